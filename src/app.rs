@@ -1,0 +1,157 @@
+//! The one place the Rocket is assembled: configuration, keys, fairings, routes and catchers.
+
+use std::sync::Arc;
+
+use rocket::fairing::AdHoc;
+use rocket::figment::Figment;
+use rocket::fs::FileServer;
+use rocket::{Build, Rocket};
+use rocket_dyn_templates::Template;
+
+use crate::config::{invalid, load_or_create_key, ConfigError, RawConfig, Settings};
+use crate::db::Db;
+use crate::oauth::http::Outbound;
+use crate::oauth::providers::Catalog;
+use crate::vault::Cipher;
+use crate::web::{RequestLog, SecurityHeaders};
+
+/// What handlers and guards share, in Rocket's managed state.
+pub struct AppState {
+    pub db: Db,
+    pub settings: Arc<Settings>,
+    pub cipher: Arc<Cipher>,
+    pub http: Outbound,
+    pub catalog: Arc<Catalog>,
+}
+
+/// Validated configuration and keys, before any Rocket or database exists (used by the CLI too).
+pub struct Prepared {
+    pub figment: Figment,
+    pub settings: Settings,
+    pub catalog: Catalog,
+    pub cipher: Cipher,
+}
+
+/// Rocket's standard figment: defaults, then `Rocket.toml` (or `ROCKET_CONFIG`), then `ROCKET_*`.
+pub fn figment() -> Figment {
+    rocket::Config::figment()
+}
+
+/// Read and check the configuration; create the debug profile's key files on first start.
+pub fn prepare(figment: Figment) -> Result<Prepared, ConfigError> {
+    let profile = figment.profile().to_string();
+    let raw = RawConfig::from_figment(&figment)?;
+    let settings = Settings::resolve(&raw, &profile)?;
+    let catalog = Catalog::build(&settings, &raw.providers)?;
+
+    let vault_key = match &raw.vault_key {
+        Some(key) => key.clone(),
+        None if settings.dev_mode => {
+            let path = settings.data_dir.join("vault.key");
+            let (key, created) = load_or_create_key(&path, true, Cipher::generate_key)?;
+            if created {
+                tracing::warn!(path = %path.display(), "generated a new vault key (debug profile only); keep this file, it opens every stored secret");
+            }
+            key
+        }
+        None => {
+            return Err(ConfigError::Missing(format!(
+                "`vault_key` is required in the `{profile}` profile: generate one with `tokenvault keygen` and set it as \
+                 ROCKET_VAULT_KEY (or `vault_key` in Rocket.toml)"
+            )))
+        }
+    };
+    let old: Vec<String> = raw.vault_old_keys.iter().map(|k| k.expose().to_string()).collect();
+    let cipher = Cipher::from_base64(vault_key.expose(), &old).map_err(|e| invalid("vault_key", e.to_string()))?;
+
+    let mut figment = figment;
+    if figment.find_value("secret_key").is_err() {
+        if settings.dev_mode {
+            let path = settings.data_dir.join("secret.key");
+            let (key, created) = load_or_create_key(&path, true, || {
+                crate::util::b64_encode(&crate::util::random_token(48).into_bytes()[..64])
+            })?;
+            if created {
+                tracing::info!(path = %path.display(), "generated a cookie secret key (debug profile only)");
+            }
+            figment = figment.merge(("secret_key", key.expose().to_string()));
+        } else {
+            return Err(ConfigError::Missing(format!(
+                "`secret_key` is required in the `{profile}` profile (it signs and encrypts cookies): generate one with \
+                 `tokenvault keygen --secret-key` and set it as ROCKET_SECRET_KEY"
+            )));
+        }
+    }
+    // tokenvault logs through `tracing` with its own request log, which never prints query strings
+    // (callbacks carry codes and states there). Rocket's own logger would.
+    figment = figment.merge(("log_level", "off"));
+    Ok(Prepared { figment, settings, catalog, cipher })
+}
+
+/// Build the Rocket from a figment (validating everything first).
+pub fn build(figment: Figment) -> Result<Rocket<Build>, ConfigError> {
+    rocket(prepare(figment)?)
+}
+
+pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
+    let Prepared { figment, settings, catalog, cipher } = prepared;
+    let http = Outbound::new(&settings).map_err(|e| invalid("http_timeout", e))?;
+    let headers = SecurityHeaders::new(&catalog.authorize_origins(&settings.public_origin()), settings.is_https());
+    let static_dir = settings.static_dir.clone();
+    let demo = settings.demo_provider;
+    let settings = Arc::new(settings);
+    let catalog = Arc::new(catalog);
+    let cipher = Arc::new(cipher);
+
+    let database = AdHoc::try_on_ignite("Database and state", move |rocket| async move {
+        let url = settings.database_url.clone();
+        let c = cipher.clone();
+        let opened = rocket::tokio::task::spawn_blocking(move || -> Result<Db, String> {
+            let db = Db::open(&url)?;
+            if demo {
+                let mut conn = db.conn().map_err(|e| e.to_string())?;
+                crate::demo::ensure_client(&mut conn, &c).map_err(|e| format!("demo provider setup failed: {e}"))?;
+            }
+            Ok(db)
+        })
+        .await;
+        match opened {
+            Ok(Ok(db)) => {
+                tracing::info!(profile = %settings.profile, public_url = %settings.public_url, vault_key_id = %cipher.active_key_id(), "database ready");
+                Ok(rocket.manage(AppState { db, settings, cipher, http, catalog }))
+            }
+            Ok(Err(e)) => {
+                tracing::error!("cannot start: {e}");
+                Err(rocket)
+            }
+            Err(e) => {
+                tracing::error!("cannot start: {e}");
+                Err(rocket)
+            }
+        }
+    });
+
+    let mut rocket = rocket::custom(figment)
+        .attach(RequestLog)
+        .attach(headers)
+        .attach(Template::custom(|engines| engines.handlebars.set_strict_mode(true)))
+        .attach(database)
+        .attach(AdHoc::on_liftoff("Announce", |rocket| {
+            Box::pin(async move {
+                let c = rocket.config();
+                tracing::info!("tokenvault listening on http://{}:{}", c.address, c.port);
+            })
+        }))
+        .mount("/", crate::routes::home::routes())
+        .mount("/", crate::routes::auth::routes())
+        .mount("/", crate::routes::services::routes())
+        .mount("/", crate::routes::settings::routes())
+        .mount("/", crate::routes::admin::routes())
+        .mount("/", crate::routes::health::routes())
+        .mount("/static", FileServer::from(static_dir))
+        .register("/", crate::routes::catchers());
+    if demo {
+        rocket = rocket.mount("/demo", crate::demo::routes());
+    }
+    Ok(rocket)
+}

@@ -1,0 +1,40 @@
+//! Creating accounts, shared by the sign-up page and `tokenvault user add`.
+
+use crate::auth::password;
+use crate::db::models::users::{self, NewUser, User};
+use crate::db::Conn;
+use crate::error::{AppError, AppResult};
+use crate::util::{now, Secret};
+
+/// Usernames: 3-32 characters of letters, digits, '.', '_' and '-'.
+pub fn check_username(name: &str) -> Result<(), String> {
+    let ok = (3..=32).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err("Usernames are 3 to 32 characters: letters, digits, '.', '_' and '-'.".into())
+    }
+}
+
+/// Create a user; the first user of an instance becomes its administrator. Blocking (argon2):
+/// call it from `Db::run` or the CLI. `BadRequest` carries a message for the user.
+pub fn create(conn: &mut Conn, username: &str, password: &Secret, admin: bool) -> AppResult<User> {
+    check_username(username).map_err(AppError::BadRequest)?;
+    password::check_policy(password.expose()).map_err(AppError::BadRequest)?;
+    let hash = password::hash_blocking(password)?;
+    let first = users::count(conn)? == 0;
+    let now = now();
+    let new = NewUser { username, password_hash: &hash, is_admin: admin || first, created_at: now, password_changed_at: now };
+    users::create(conn, &new)?.ok_or_else(|| AppError::BadRequest("That username is taken.".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn usernames() {
+        assert!(super::check_username("alice").is_ok());
+        assert!(super::check_username("al").is_err());
+        assert!(super::check_username("a b c").is_err());
+        assert!(super::check_username("<script>").is_err());
+    }
+}

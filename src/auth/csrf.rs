@@ -1,0 +1,102 @@
+//! CSRF protection for every POST form: a token bound to the session (or, before login, to a
+//! private cookie), compared in constant time, plus an `Origin` check.
+
+use rocket::data::{self, Data, FromData};
+use rocket::form::{Form, FromForm};
+use rocket::http::Status;
+use rocket::outcome::Outcome;
+use rocket::request::Request;
+
+use crate::auth::session::ANON_CSRF_COOKIE;
+use crate::auth::CurrentUser;
+use crate::app::AppState;
+use crate::util::ct_eq;
+
+/// A form that carries a `csrf_token` field.
+pub trait CsrfField {
+    fn csrf_token(&self) -> &str;
+}
+
+/// A form data guard that only succeeds when the form's CSRF token and the request's origin
+/// check out. Failures answer 403 before the handler runs.
+#[derive(Debug)]
+pub struct Csrf<T>(pub T);
+
+impl<T> Csrf<T> {
+    pub fn into_inner(self) -> T {
+        self.0
+    }
+}
+
+impl<T> std::ops::Deref for Csrf<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+#[derive(Debug)]
+pub enum CsrfError {
+    Origin,
+    Token,
+    Form(String),
+}
+
+/// Whether the request comes from our own origin (browsers send `Origin` on POSTs).
+pub fn same_origin(req: &Request<'_>) -> bool {
+    let Some(settings) = req.rocket().state::<AppState>().map(|s| &s.settings) else {
+        return false;
+    };
+    if let Some(origin) = req.headers().get_one("Origin") {
+        if origin != settings.public_origin() {
+            return false;
+        }
+    }
+    !matches!(req.headers().get_one("Sec-Fetch-Site"), Some("cross-site"))
+}
+
+#[rocket::async_trait]
+impl<'r, T> FromData<'r> for Csrf<T>
+where
+    T: FromForm<'r> + CsrfField + Send + 'r,
+{
+    type Error = CsrfError;
+
+    async fn from_data(req: &'r Request<'_>, data: Data<'r>) -> data::Outcome<'r, Self> {
+        if !same_origin(req) {
+            tracing::info!("refused a POST from another origin");
+            return Outcome::Error((Status::Forbidden, CsrfError::Origin));
+        }
+        let form = match Form::<T>::from_data(req, data).await {
+            Outcome::Success(form) => form.into_inner(),
+            Outcome::Error((status, errors)) => {
+                return Outcome::Error((status, CsrfError::Form(errors.to_string())));
+            }
+            Outcome::Forward(f) => return Outcome::Forward(f),
+        };
+        let given = form.csrf_token();
+        let session_ok = match CurrentUser::lookup(req).await {
+            Some(user) => ct_eq(given, &user.csrf_token),
+            None => false,
+        };
+        let anon_ok = req.cookies().get_private(ANON_CSRF_COOKIE).map(|c| ct_eq(given, c.value())).unwrap_or(false);
+        if !given.is_empty() && (session_ok || anon_ok) {
+            Outcome::Success(Csrf(form))
+        } else {
+            tracing::info!("refused a POST with a missing or wrong CSRF token");
+            Outcome::Error((Status::Forbidden, CsrfError::Token))
+        }
+    }
+}
+
+/// A form with nothing but its CSRF token (buttons like Log out, Delete).
+#[derive(Debug, FromForm)]
+pub struct CsrfOnly {
+    pub csrf_token: String,
+}
+
+impl CsrfField for CsrfOnly {
+    fn csrf_token(&self) -> &str {
+        &self.csrf_token
+    }
+}

@@ -1,0 +1,10 @@
+//! Who is asking: password hashing, server-side sessions, request guards and CSRF protection.
+
+pub mod accounts;
+pub mod csrf;
+pub mod guards;
+pub mod password;
+pub mod session;
+
+pub use csrf::{Csrf, CsrfField, CsrfOnly};
+pub use guards::{AdminUser, CurrentUser};

@@ -1,0 +1,72 @@
+//! Server-side sessions: a random id in a private (encrypted, signed) cookie, a row in the database.
+
+use rocket::http::{Cookie, CookieJar, SameSite};
+
+use crate::db::models::{flows, sessions};
+use crate::db::Db;
+use crate::config::Settings;
+use crate::error::AppResult;
+use crate::util::{now, random_token, sha256_hex};
+
+pub const SESSION_COOKIE: &str = "tv_session";
+pub const ANON_CSRF_COOKIE: &str = "tv_csrf";
+
+/// The cookie attributes every app cookie gets: HttpOnly, SameSite=Lax (the provider's redirect
+/// back to the callback is a top-level cross-site navigation and must carry the session), Secure
+/// on https.
+pub fn cookie(name: &'static str, value: String, settings: &Settings) -> Cookie<'static> {
+    Cookie::build((name, value))
+        .path("/")
+        .http_only(true)
+        .same_site(SameSite::Lax)
+        .secure(settings.is_https())
+        .build()
+}
+
+/// Start a new session for `user_id` (a fresh id at every login) and set its cookie.
+pub async fn start(db: &Db, settings: &Settings, cookies: &CookieJar<'_>, user_id: i64) -> AppResult<()> {
+    let raw = random_token(32);
+    let row = sessions::Session {
+        id_hash: sha256_hex(&raw),
+        user_id,
+        csrf_token: random_token(32),
+        created_at: now(),
+        expires_at: now() + settings.session_ttl,
+    };
+    db.run(move |conn| {
+        sessions::delete_expired(conn, now())?;
+        sessions::insert(conn, &row)?;
+        Ok(())
+    })
+    .await?;
+    let mut c = cookie(SESSION_COOKIE, raw, settings);
+    c.set_max_age(rocket::time::Duration::seconds(settings.session_ttl));
+    cookies.add_private(c);
+    cookies.remove_private(Cookie::build(ANON_CSRF_COOKIE).path("/"));
+    Ok(())
+}
+
+/// End the session named by the cookie (the row is deleted, so a replayed cookie is worthless).
+pub async fn end(db: &Db, cookies: &CookieJar<'_>) -> AppResult<()> {
+    if let Some(c) = cookies.get_private(SESSION_COOKIE) {
+        let hash = sha256_hex(c.value());
+        db.run(move |conn| {
+            flows::delete_for_session(conn, &hash)?;
+            sessions::delete(conn, &hash)?;
+            Ok(())
+        })
+        .await?;
+    }
+    cookies.remove_private(Cookie::build(SESSION_COOKIE).path("/"));
+    Ok(())
+}
+
+/// The CSRF token for forms shown before login, kept in a private cookie.
+pub fn anonymous_csrf_token(cookies: &CookieJar<'_>, settings: &Settings) -> String {
+    if let Some(c) = cookies.get_private(ANON_CSRF_COOKIE) {
+        return c.value().to_string();
+    }
+    let token = random_token(32);
+    cookies.add_private(cookie(ANON_CSRF_COOKIE, token.clone(), settings));
+    token
+}

@@ -1,0 +1,109 @@
+//! Administration commands on the same binary and configuration as the server.
+
+use std::io::{BufRead, IsTerminal};
+
+use clap::{Parser, Subcommand};
+
+use crate::app::{figment, prepare};
+use crate::auth::accounts;
+use crate::db::Db;
+use crate::util::Secret;
+use crate::vault::store as vault;
+
+#[derive(Debug, Parser)]
+#[command(name = "tokenvault", version, about = "Connect third-party OAuth 2.0 accounts and use them safely")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the web server (the default).
+    Serve,
+    /// Manage users.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Manage the project vault (client ids and secrets).
+    Vault {
+        #[command(subcommand)]
+        command: VaultCommand,
+    },
+    /// Print a new random key for `vault_key` (or, with --secret-key, for Rocket's `secret_key`).
+    Keygen {
+        #[arg(long)]
+        secret_key: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user. The password is read from standard input (one line; no echo on a terminal).
+    Add {
+        name: String,
+        #[arg(long)]
+        admin: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VaultCommand {
+    /// Set a value; `-` reads it from standard input.
+    Set { path: String, value: String },
+    /// List the keys that are set (never their values).
+    List,
+}
+
+fn read_secret(prompt: &str) -> Result<Secret, String> {
+    if std::io::stdin().is_terminal() {
+        rpassword::prompt_password(prompt).map(Secret::new).map_err(|e| format!("cannot read the password: {e}"))
+    } else {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line).map_err(|e| format!("cannot read standard input: {e}"))?;
+        Ok(Secret::new(line.trim_end_matches(['\r', '\n']).to_string()))
+    }
+}
+
+fn open() -> Result<(Db, crate::app::Prepared), String> {
+    let prepared = prepare(figment()).map_err(|e| e.to_string())?;
+    let db = Db::open(&prepared.settings.database_url)?;
+    Ok((db, prepared))
+}
+
+/// Run a non-server command; the text to print on success.
+pub fn run(command: Command) -> Result<String, String> {
+    match command {
+        Command::Serve => unreachable!("serve is handled by main"),
+        Command::Keygen { secret_key } => Ok(if secret_key {
+            crate::util::b64_encode(&crate::util::random_token(48).into_bytes()[..64])
+        } else {
+            crate::vault::Cipher::generate_key()
+        }),
+        Command::User { command: UserCommand::Add { name, admin } } => {
+            let (db, _) = open()?;
+            let password = read_secret(&format!("Password for {name}: "))?;
+            let mut conn = db.conn().map_err(|e| e.to_string())?;
+            let user = accounts::create(&mut conn, &name, &password, admin).map_err(|e| e.user_message())?;
+            Ok(format!("created user {} (id {}{})", user.username, user.id, if user.is_admin { ", admin" } else { "" }))
+        }
+        Command::Vault { command: VaultCommand::Set { path, value } } => {
+            let (db, prepared) = open()?;
+            let value = if value == "-" { read_secret(&format!("Value for {path}: "))? } else { Secret::new(value) };
+            let mut conn = db.conn().map_err(|e| e.to_string())?;
+            vault::set(&mut conn, &prepared.cipher, &path, value.expose(), "cli").map_err(|e| e.user_message())?;
+            Ok(format!("{path} set"))
+        }
+        Command::Vault { command: VaultCommand::List } => {
+            let (db, _) = open()?;
+            let mut conn = db.conn().map_err(|e| e.to_string())?;
+            let entries = vault::list(&mut conn).map_err(|e| e.user_message())?;
+            Ok(entries
+                .iter()
+                .map(|e| format!("{}\t(updated {} by {})", e.path, crate::util::format_utc(e.updated_at), e.updated_by))
+                .collect::<Vec<_>>()
+                .join("\n"))
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! Typed settings: Rocket's figment (defaults → `Rocket.toml` → `ROCKET_*` variables), checked once
+//! when the app is built. The result is managed state handed to whoever needs it — never a global.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use rocket::figment::Figment;
+use serde::Deserialize;
+use url::Url;
+
+use crate::oauth::providers::ProviderConfig;
+use crate::util::Secret;
+
+/// The settings as written in `Rocket.toml` / the environment.
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+pub struct RawConfig {
+    pub public_url: String,
+    pub database_url: Option<String>,
+    pub vault_key: Option<Secret>,
+    pub vault_old_keys: Vec<Secret>,
+    pub demo_provider: Option<bool>,
+    pub allow_signup: Option<bool>,
+    pub data_dir: PathBuf,
+    pub static_dir: PathBuf,
+    /// Absolute lifetime of a login session, seconds.
+    pub session_ttl: i64,
+    /// Lifetime of an authorization request (`state`), seconds (at most 600).
+    pub flow_ttl: i64,
+    /// Total timeout of a call to a provider, seconds.
+    pub http_timeout: u64,
+    pub http_connect_timeout: u64,
+    /// Largest provider response body read, bytes.
+    pub max_response_bytes: usize,
+    /// Access-token lifetime assumed when a provider omits `expires_in` (seconds).
+    pub default_token_lifetime: i64,
+    /// Lifetime of the demo provider's access tokens, seconds.
+    pub demo_token_lifetime: i64,
+    /// The log filter (`tracing` env-filter syntax); `RUST_LOG` overrides it.
+    pub log: String,
+    pub providers: BTreeMap<String, ProviderConfig>,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        RawConfig {
+            public_url: "http://127.0.0.1:8000".into(),
+            database_url: None,
+            vault_key: None,
+            vault_old_keys: Vec::new(),
+            demo_provider: None,
+            allow_signup: None,
+            data_dir: PathBuf::from("data"),
+            static_dir: PathBuf::from("static"),
+            session_ttl: 12 * 3600,
+            flow_ttl: 600,
+            http_timeout: 15,
+            http_connect_timeout: 5,
+            max_response_bytes: 1024 * 1024,
+            default_token_lifetime: 3600,
+            demo_token_lifetime: 120,
+            log: "info".into(),
+            providers: BTreeMap::new(),
+        }
+    }
+}
+
+/// The validated settings in force.
+#[derive(Debug)]
+pub struct Settings {
+    pub profile: String,
+    /// `debug` profile: conveniences on (generated keys, demo provider, sign-up).
+    pub dev_mode: bool,
+    pub public_url: Url,
+    pub database_url: String,
+    pub demo_provider: bool,
+    pub allow_signup: bool,
+    pub data_dir: PathBuf,
+    pub static_dir: PathBuf,
+    pub session_ttl: i64,
+    pub flow_ttl: i64,
+    pub http_timeout: u64,
+    pub http_connect_timeout: u64,
+    pub max_response_bytes: usize,
+    pub default_token_lifetime: i64,
+    pub demo_token_lifetime: i64,
+    pub log: String,
+}
+
+impl Settings {
+    /// `public_url` without a trailing slash, joined with `path` (which starts with `/`).
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.public_url.as_str().trim_end_matches('/'), path)
+    }
+
+    /// The redirect_uri registered at a provider for `service`.
+    pub fn redirect_uri(&self, service: &str) -> String {
+        self.url(&format!("/services/{service}/callback"))
+    }
+
+    pub fn is_https(&self) -> bool {
+        self.public_url.scheme() == "https"
+    }
+
+    /// `scheme://host[:port]` of the public URL, for Origin checks.
+    pub fn public_origin(&self) -> String {
+        self.public_url.origin().ascii_serialization()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration could not be read: {0}")]
+    Figment(#[from] Box<rocket::figment::Error>),
+    #[error("`{key}` is invalid: {reason}")]
+    Invalid { key: String, reason: String },
+    #[error("{0}")]
+    Missing(String),
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+}
+
+pub fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), reason: reason.into() }
+}
+
+/// Whether a URL's host is a loopback host (127.0.0.0/8, ::1, localhost), where plain http is fine.
+pub fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// Parse a URL that must be https, or http on a loopback host.
+pub fn parse_endpoint(key: &str, value: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(value).map_err(|e| invalid(key, format!("not a URL ({e})")))?;
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if is_loopback(&url) => Ok(url),
+        "http" => Err(invalid(key, "must use https (plain http is allowed only on loopback hosts)")),
+        other => Err(invalid(key, format!("unsupported scheme `{other}`"))),
+    }
+}
+
+impl RawConfig {
+    pub fn from_figment(figment: &Figment) -> Result<RawConfig, ConfigError> {
+        figment.extract::<RawConfig>().map_err(|e| ConfigError::Figment(Box::new(e)))
+    }
+}
+
+impl Settings {
+    pub fn resolve(raw: &RawConfig, profile: &str) -> Result<Settings, ConfigError> {
+        let dev_mode = profile == "debug";
+        let public_url = Url::parse(&raw.public_url).map_err(|e| invalid("public_url", e.to_string()))?;
+        if !matches!(public_url.scheme(), "http" | "https") {
+            return Err(invalid("public_url", "must be an http or https URL"));
+        }
+        if public_url.query().is_some() || public_url.fragment().is_some() {
+            return Err(invalid("public_url", "must not have a query or fragment"));
+        }
+        if public_url.scheme() == "http" && !is_loopback(&public_url) && !dev_mode {
+            tracing::warn!("public_url is plain http on a non-loopback host: cookies will not be marked Secure");
+        }
+        if raw.flow_ttl <= 0 || raw.flow_ttl > 600 {
+            return Err(invalid("flow_ttl", "must be between 1 and 600 seconds"));
+        }
+        if raw.session_ttl < 60 {
+            return Err(invalid("session_ttl", "must be at least 60 seconds"));
+        }
+        if raw.http_timeout == 0 || raw.http_connect_timeout == 0 {
+            return Err(invalid("http_timeout", "timeouts must be at least one second"));
+        }
+        if raw.max_response_bytes < 1024 {
+            return Err(invalid("max_response_bytes", "must be at least 1024"));
+        }
+        if raw.default_token_lifetime <= 0 || raw.demo_token_lifetime <= 0 {
+            return Err(invalid("default_token_lifetime", "token lifetimes must be positive"));
+        }
+        let database_url = match &raw.database_url {
+            Some(url) if !url.trim().is_empty() => url.clone(),
+            _ => raw.data_dir.join("tokenvault.sqlite").to_string_lossy().into_owned(),
+        };
+        Ok(Settings {
+            profile: profile.to_string(),
+            dev_mode,
+            public_url,
+            database_url,
+            demo_provider: raw.demo_provider.unwrap_or(dev_mode),
+            allow_signup: raw.allow_signup.unwrap_or(dev_mode),
+            data_dir: raw.data_dir.clone(),
+            static_dir: raw.static_dir.clone(),
+            session_ttl: raw.session_ttl,
+            flow_ttl: raw.flow_ttl,
+            http_timeout: raw.http_timeout,
+            http_connect_timeout: raw.http_connect_timeout,
+            max_response_bytes: raw.max_response_bytes,
+            default_token_lifetime: raw.default_token_lifetime,
+            demo_token_lifetime: raw.demo_token_lifetime,
+            log: raw.log.clone(),
+        })
+    }
+}
+
+/// Read a key file, or (when `create` is set) write a new random key there with mode 0600.
+/// Returns the key and whether it was just created.
+pub fn load_or_create_key(path: &Path, create: bool, generate: impl Fn() -> String) -> Result<(Secret, bool), ConfigError> {
+    let io = |source| ConfigError::Io { path: path.display().to_string(), source };
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok((Secret::new(text.trim().to_string()), false)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(io)?;
+            }
+            let key = generate();
+            write_private(path, &key).map_err(io)?;
+            Ok((Secret::new(key), true))
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(contents.as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_must_be_https_except_on_loopback() {
+        assert!(parse_endpoint("x", "https://api.dropboxapi.com/oauth2/token").is_ok());
+        assert!(parse_endpoint("x", "http://127.0.0.1:9000/token").is_ok());
+        assert!(parse_endpoint("x", "http://127.8.0.1/token").is_ok());
+        assert!(parse_endpoint("x", "http://localhost:9000/token").is_ok());
+        assert!(parse_endpoint("x", "http://[::1]:9000/token").is_ok());
+        assert!(parse_endpoint("x", "http://example.com/token").is_err());
+        assert!(parse_endpoint("x", "http://localhost.evil.com/token").is_err());
+        assert!(parse_endpoint("x", "ftp://127.0.0.1/x").is_err());
+        assert!(parse_endpoint("x", "not a url").is_err());
+    }
+
+    #[test]
+    fn profile_defaults() {
+        let raw = RawConfig::default();
+        let dev = Settings::resolve(&raw, "debug").unwrap();
+        assert!(dev.demo_provider && dev.allow_signup && dev.dev_mode);
+        let prod = Settings::resolve(&raw, "release").unwrap();
+        assert!(!prod.demo_provider && !prod.allow_signup && !prod.dev_mode);
+        assert_eq!(dev.redirect_uri("dropbox"), "http://127.0.0.1:8000/services/dropbox/callback");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let raw = RawConfig { flow_ttl: 3600, ..RawConfig::default() };
+        let err = Settings::resolve(&raw, "debug").unwrap_err().to_string();
+        assert!(err.contains("flow_ttl"), "{err}");
+        let raw = RawConfig { public_url: "ftp://x".into(), ..RawConfig::default() };
+        assert!(Settings::resolve(&raw, "debug").unwrap_err().to_string().contains("public_url"));
+    }
+
+    #[test]
+    fn key_files_are_created_private_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/vault.key");
+        let (k1, created) = load_or_create_key(&path, true, || "KEY1".into()).unwrap();
+        assert!(created);
+        let (k2, created) = load_or_create_key(&path, true, || "KEY2".into()).unwrap();
+        assert!(!created);
+        assert_eq!(k1.expose(), k2.expose());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        assert!(load_or_create_key(&dir.path().join("missing"), false, || "x".into()).is_err());
+    }
+}

@@ -1,0 +1,85 @@
+use diesel::prelude::*;
+use diesel::upsert::excluded;
+
+use crate::db::schema::connections;
+use crate::db::Conn;
+
+pub const STATUS_ACTIVE: &str = "active";
+pub const STATUS_RECONNECT: &str = "reconnect_required";
+
+/// A user's stored tokens for one service. Token columns are sealed by the vault cipher.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = connections)]
+pub struct Connection {
+    pub id: i64,
+    pub user_id: i64,
+    pub service: String,
+    pub access_token: Vec<u8>,
+    pub refresh_token: Option<Vec<u8>>,
+    pub token_type: String,
+    pub scopes: String,
+    pub expires_at: Option<i64>,
+    pub obtained_at: i64,
+    pub status: String,
+    pub version: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = connections)]
+pub struct NewConnection<'a> {
+    pub user_id: i64,
+    pub service: &'a str,
+    pub access_token: &'a [u8],
+    pub refresh_token: Option<&'a [u8]>,
+    pub token_type: &'a str,
+    pub scopes: &'a str,
+    pub expires_at: Option<i64>,
+    pub obtained_at: i64,
+    pub status: &'a str,
+    pub version: i64,
+    pub updated_at: i64,
+}
+
+/// Insert the connection, or replace the tokens of the existing one (bumping its version).
+pub fn upsert(conn: &mut Conn, new: &NewConnection<'_>) -> QueryResult<usize> {
+    diesel::insert_into(connections::table)
+        .values(new)
+        .on_conflict((connections::user_id, connections::service))
+        .do_update()
+        .set((
+            connections::access_token.eq(excluded(connections::access_token)),
+            connections::refresh_token.eq(excluded(connections::refresh_token)),
+            connections::token_type.eq(excluded(connections::token_type)),
+            connections::scopes.eq(excluded(connections::scopes)),
+            connections::expires_at.eq(excluded(connections::expires_at)),
+            connections::obtained_at.eq(excluded(connections::obtained_at)),
+            connections::status.eq(excluded(connections::status)),
+            connections::version.eq(connections::version + 1),
+            connections::updated_at.eq(excluded(connections::updated_at)),
+        ))
+        .execute(conn)
+}
+
+pub fn find(conn: &mut Conn, user_id: i64, service: &str) -> QueryResult<Option<Connection>> {
+    connections::table
+        .filter(connections::user_id.eq(user_id))
+        .filter(connections::service.eq(service))
+        .select(Connection::as_select())
+        .first(conn)
+        .optional()
+}
+
+pub fn list_for_user(conn: &mut Conn, user_id: i64) -> QueryResult<Vec<Connection>> {
+    connections::table
+        .filter(connections::user_id.eq(user_id))
+        .order(connections::service.asc())
+        .select(Connection::as_select())
+        .load(conn)
+}
+
+/// Delete a user's connection; the number of rows removed (0 when it was not theirs).
+pub fn delete(conn: &mut Conn, user_id: i64, service: &str) -> QueryResult<usize> {
+    diesel::delete(connections::table.filter(connections::user_id.eq(user_id)).filter(connections::service.eq(service)))
+        .execute(conn)
+}

@@ -1,0 +1,37 @@
+use diesel::prelude::*;
+
+use crate::db::schema::oauth_flows;
+use crate::db::Conn;
+
+/// An authorization request in flight, keyed by the SHA-256 of its `state`.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = oauth_flows)]
+pub struct Flow {
+    pub state_hash: String,
+    pub session_hash: String,
+    pub user_id: i64,
+    pub service: String,
+    /// The PKCE verifier, sealed by the vault cipher.
+    pub pkce_verifier: Vec<u8>,
+    pub redirect_uri: String,
+    pub return_to: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+pub fn insert(conn: &mut Conn, flow: &Flow) -> QueryResult<usize> {
+    diesel::insert_into(oauth_flows::table).values(flow).execute(conn)
+}
+
+/// Remove and return the flow for `state_hash`: a state can be used once, whatever happens next.
+pub fn take(conn: &mut Conn, state_hash: &str) -> QueryResult<Option<Flow>> {
+    diesel::delete(oauth_flows::table.find(state_hash)).returning(Flow::as_returning()).get_result(conn).optional()
+}
+
+pub fn delete_expired(conn: &mut Conn, now: i64) -> QueryResult<usize> {
+    diesel::delete(oauth_flows::table.filter(oauth_flows::expires_at.le(now))).execute(conn)
+}
+
+pub fn delete_for_session(conn: &mut Conn, session_hash: &str) -> QueryResult<usize> {
+    diesel::delete(oauth_flows::table.filter(oauth_flows::session_hash.eq(session_hash))).execute(conn)
+}

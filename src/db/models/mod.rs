@@ -1,0 +1,9 @@
+//! One module per table. Functions take the connection first; inserts use separate `New*` types.
+
+pub mod connections;
+pub mod demo;
+pub mod events;
+pub mod flows;
+pub mod sessions;
+pub mod users;
+pub mod vault;

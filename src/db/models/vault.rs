@@ -1,0 +1,48 @@
+use diesel::prelude::*;
+use diesel::upsert::excluded;
+
+use crate::db::schema::vault_entries;
+use crate::db::Conn;
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = vault_entries)]
+pub struct VaultEntry {
+    pub path: String,
+    pub ciphertext: Vec<u8>,
+    pub updated_at: i64,
+    pub updated_by: String,
+}
+
+/// Metadata of an entry, without its value.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = vault_entries)]
+pub struct VaultEntryMeta {
+    pub path: String,
+    pub updated_at: i64,
+    pub updated_by: String,
+}
+
+pub fn upsert(conn: &mut Conn, entry: &VaultEntry) -> QueryResult<usize> {
+    diesel::insert_into(vault_entries::table)
+        .values(entry)
+        .on_conflict(vault_entries::path)
+        .do_update()
+        .set((
+            vault_entries::ciphertext.eq(excluded(vault_entries::ciphertext)),
+            vault_entries::updated_at.eq(excluded(vault_entries::updated_at)),
+            vault_entries::updated_by.eq(excluded(vault_entries::updated_by)),
+        ))
+        .execute(conn)
+}
+
+pub fn get(conn: &mut Conn, path: &str) -> QueryResult<Option<VaultEntry>> {
+    vault_entries::table.find(path).select(VaultEntry::as_select()).first(conn).optional()
+}
+
+pub fn list(conn: &mut Conn) -> QueryResult<Vec<VaultEntryMeta>> {
+    vault_entries::table.order(vault_entries::path.asc()).select(VaultEntryMeta::as_select()).load(conn)
+}
+
+pub fn delete(conn: &mut Conn, path: &str) -> QueryResult<usize> {
+    diesel::delete(vault_entries::table.find(path)).execute(conn)
+}

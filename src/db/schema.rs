@@ -1,0 +1,123 @@
+//! Table definitions, kept by hand to match `migrations/` (see diesel.toml).
+
+diesel::table! {
+    users (id) {
+        id -> BigInt,
+        username -> Text,
+        password_hash -> Text,
+        is_admin -> Bool,
+        created_at -> BigInt,
+        password_changed_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    sessions (id_hash) {
+        id_hash -> Text,
+        user_id -> BigInt,
+        csrf_token -> Text,
+        created_at -> BigInt,
+        expires_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    oauth_flows (state_hash) {
+        state_hash -> Text,
+        session_hash -> Text,
+        user_id -> BigInt,
+        service -> Text,
+        pkce_verifier -> Binary,
+        redirect_uri -> Text,
+        return_to -> Text,
+        created_at -> BigInt,
+        expires_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    vault_entries (path) {
+        path -> Text,
+        ciphertext -> Binary,
+        updated_at -> BigInt,
+        updated_by -> Text,
+    }
+}
+
+diesel::table! {
+    connections (id) {
+        id -> BigInt,
+        user_id -> BigInt,
+        service -> Text,
+        access_token -> Binary,
+        refresh_token -> Nullable<Binary>,
+        token_type -> Text,
+        scopes -> Text,
+        expires_at -> Nullable<BigInt>,
+        obtained_at -> BigInt,
+        status -> Text,
+        version -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    connection_events (id) {
+        id -> BigInt,
+        user_id -> BigInt,
+        service -> Text,
+        at -> BigInt,
+        kind -> Text,
+        outcome -> Text,
+        detail -> Text,
+    }
+}
+
+diesel::table! {
+    demo_codes (code_hash) {
+        code_hash -> Text,
+        client_id -> Text,
+        redirect_uri -> Text,
+        code_challenge -> Text,
+        scopes -> Text,
+        account -> Text,
+        expires_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    demo_grants (id) {
+        id -> BigInt,
+        client_id -> Text,
+        account -> Text,
+        scopes -> Text,
+        revoked -> Bool,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    demo_tokens (token_hash) {
+        token_hash -> Text,
+        grant_id -> BigInt,
+        kind -> Text,
+        used -> Bool,
+        expires_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::joinable!(sessions -> users (user_id));
+diesel::joinable!(connections -> users (user_id));
+diesel::joinable!(demo_tokens -> demo_grants (grant_id));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    users,
+    sessions,
+    oauth_flows,
+    vault_entries,
+    connections,
+    connection_events,
+    demo_codes,
+    demo_grants,
+    demo_tokens,
+);

@@ -1,0 +1,16 @@
+//! tokenvault: connect third-party OAuth 2.0 accounts and use them on a user's behalf.
+//!
+//! The layout is described in `docs/ARCHITECTURE.md`.
+
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod demo;
+pub mod error;
+pub mod oauth;
+pub mod routes;
+pub mod util;
+pub mod vault;
+pub mod web;

@@ -1,0 +1,264 @@
+//! The authorization-code flow: the Redirector's `start` and the Callback's `finish`.
+//!
+//! `state` is 256 random bits, stored only as a SHA-256 hash, bound to the session, the user,
+//! the service, the PKCE verifier (sealed) and the return path, valid for `flow_ttl` seconds, and
+//! deleted on the first callback that names it — whatever that callback says.
+
+use oauth2::basic::BasicClient;
+use oauth2::{AuthUrl, ClientId, CsrfToken, PkceCodeChallenge, RedirectUrl, Scope};
+use rocket::request::{FromRequest, Outcome, Request};
+use url::Url;
+
+use crate::app::AppState;
+use crate::auth::CurrentUser;
+use crate::db::models::flows::{self, Flow};
+use crate::error::{AppError, AppResult};
+use crate::oauth::providers::Provider;
+use crate::oauth::{store, tokens};
+use crate::util::{now, random_token, sha256_hex, Secret};
+use crate::vault::store::client_credentials;
+
+fn flow_aad(state_hash: &str) -> String {
+    format!("oauth_flows/{state_hash}/pkce_verifier")
+}
+
+fn not_configured(provider: &Provider) -> AppError {
+    AppError::BadRequest(format!(
+        "{} is not set up yet: an administrator must set {} in the vault.",
+        provider.display_name,
+        provider.client_id_path()
+    ))
+}
+
+/// Create a flow for `user` and return the provider's authorize URL to send the browser to.
+pub async fn start(app: &AppState, user: &CurrentUser, provider: &Provider, return_to: &str) -> AppResult<Url> {
+    let cipher = app.cipher.clone();
+    let name = provider.name.clone();
+    let creds = app.db.run(move |conn| client_credentials(conn, &cipher, &name)).await?.ok_or_else(|| not_configured(provider))?;
+
+    let state = random_token(32);
+    let state_hash = sha256_hex(&state);
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256_len(64);
+    let redirect_uri = app.settings.redirect_uri(&provider.name);
+    let flow = Flow {
+        pkce_verifier: app.cipher.seal_str(verifier.secret(), &flow_aad(&state_hash)),
+        state_hash,
+        session_hash: user.session_hash.clone(),
+        user_id: user.id,
+        service: provider.name.clone(),
+        redirect_uri: redirect_uri.clone(),
+        return_to: return_to.to_string(),
+        created_at: now(),
+        expires_at: now() + app.settings.flow_ttl,
+    };
+    app.db
+        .run(move |conn| {
+            flows::delete_expired(conn, now())?;
+            flows::insert(conn, &flow)?;
+            Ok(())
+        })
+        .await?;
+
+    let client = BasicClient::new(ClientId::new(creds.client_id.clone()))
+        .set_auth_uri(AuthUrl::from_url(provider.authorize_url.clone()))
+        .set_redirect_uri(RedirectUrl::new(redirect_uri).map_err(AppError::internal)?);
+    let mut request = client
+        .authorize_url(|| CsrfToken::new(state))
+        .add_scopes(provider.scopes.iter().map(|s| Scope::new(s.clone())));
+    if provider.pkce {
+        request = request.set_pkce_challenge(challenge);
+    }
+    for (key, value) in &provider.authorize_params {
+        request = request.add_extra_param(key.as_str(), value.as_str());
+    }
+    let (url, _) = request.url();
+    Ok(url)
+}
+
+/// The query of a callback, with every parameter given at most once.
+#[derive(Debug, Default)]
+pub struct CallbackParams {
+    pub code: Option<String>,
+    pub states: Vec<String>,
+    pub error: Option<String>,
+    pub error_description: Option<String>,
+    pub iss: Option<String>,
+    /// A parameter we read appeared more than once (`state=a&state=b`).
+    pub duplicated: bool,
+}
+
+impl CallbackParams {
+    pub fn parse(query: &str) -> CallbackParams {
+        let mut p = CallbackParams::default();
+        let mut seen = std::collections::HashSet::new();
+        for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+            let slot = match key.as_ref() {
+                "code" => &mut p.code,
+                "state" => {
+                    p.states.push(value.into_owned());
+                    if !seen.insert("state") {
+                        p.duplicated = true;
+                    }
+                    continue;
+                }
+                "error" => &mut p.error,
+                "error_description" => &mut p.error_description,
+                "iss" => &mut p.iss,
+                _ => continue,
+            };
+            if slot.is_some() {
+                p.duplicated = true;
+            }
+            *slot = Some(value.into_owned());
+        }
+        p
+    }
+}
+
+impl std::fmt::Display for CallbackParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "callback(code: {}, states: {}, error: {:?})", self.code.is_some(), self.states.len(), self.error)
+    }
+}
+
+#[rocket::async_trait]
+impl<'r> FromRequest<'r> for CallbackParams {
+    type Error = std::convert::Infallible;
+
+    async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Self::Error> {
+        Outcome::Success(CallbackParams::parse(req.uri().query().map(|q| q.as_str()).unwrap_or("")))
+    }
+}
+
+/// How a callback ended when it did not fail.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Finished {
+    Connected { return_to: String },
+    Cancelled,
+}
+
+fn rejected(message: &str) -> AppError {
+    AppError::BadRequest(format!("{message} Nothing was changed. Please start again from the service's page."))
+}
+
+/// Provider error text, made safe to show: printable, at most 200 characters.
+fn describe(description: Option<&str>) -> String {
+    let text: String = description.unwrap_or("").chars().filter(|c| !c.is_control()).take(200).collect();
+    text.trim().to_string()
+}
+
+/// Handle the provider's redirect back: check the state, then exchange the code and store tokens.
+pub async fn finish(app: &AppState, user: Option<&CurrentUser>, provider: &Provider, params: CallbackParams) -> AppResult<Finished> {
+    // Consume every state the callback names, first of all, so none can be replayed.
+    let hashes: Vec<String> = params.states.iter().filter(|s| !s.is_empty()).map(|s| sha256_hex(s)).collect();
+    let taken = app
+        .db
+        .run(move |conn| {
+            let mut taken = Vec::new();
+            for h in &hashes {
+                if let Some(flow) = flows::take(conn, h)? {
+                    taken.push(flow);
+                }
+            }
+            Ok(taken)
+        })
+        .await?;
+    if params.duplicated {
+        return Err(rejected("The provider's answer was malformed (a parameter appeared twice)."));
+    }
+    if params.states.is_empty() || params.states[0].is_empty() {
+        return Err(rejected("The provider's answer had no state."));
+    }
+    let Some(flow) = taken.into_iter().next() else {
+        return Err(rejected("This authorization answer is unknown, expired or was already used."));
+    };
+    let Some(user) = user else {
+        return Err(rejected("You are not signed in any more."));
+    };
+    if flow.user_id != user.id || flow.session_hash != user.session_hash {
+        return Err(rejected("This authorization answer belongs to another session."));
+    }
+    if flow.service != provider.name {
+        return Err(rejected("This authorization answer was meant for another service."));
+    }
+    if flow.expires_at <= now() {
+        return Err(rejected("This authorization request expired."));
+    }
+    if let Some(iss) = &params.iss {
+        if iss.trim_end_matches('/') != provider.issuer {
+            return Err(rejected("The answer came from an unexpected issuer."));
+        }
+    }
+    let user_id = user.id;
+    let service = provider.name.clone();
+    if let Some(error) = &params.error {
+        let error = error.clone();
+        let svc = service.clone();
+        let outcome = if error == "access_denied" { "cancelled" } else { "failed" };
+        let detail = format!("authorization: {}", error.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect::<String>());
+        app.db.run(move |conn| store::record_event(conn, user_id, &svc, "connect", outcome, &detail)).await?;
+        if error == "access_denied" {
+            return Ok(Finished::Cancelled);
+        }
+        let description = describe(params.error_description.as_deref());
+        let mut message = format!("{} could not authorize tokenvault.", provider.display_name);
+        if !description.is_empty() {
+            message.push_str(&format!(" It said: “{description}”"));
+        }
+        return Err(AppError::Upstream { status: rocket::http::Status::BadGateway, message, detail: format!("{service}: authorization error") });
+    }
+    let Some(code) = params.code.filter(|c| !c.is_empty()) else {
+        return Err(rejected("The provider's answer had no authorization code."));
+    };
+
+    let verifier: Secret = app.cipher.open(&flow.pkce_verifier, &flow_aad(&flow.state_hash))?;
+    let cipher = app.cipher.clone();
+    let svc = service.clone();
+    let creds = app.db.run(move |conn| client_credentials(conn, &cipher, &svc)).await?.ok_or_else(|| not_configured(provider))?;
+    let verifier = provider.pkce.then_some(&verifier);
+    let exchanged = tokens::exchange_code(&app.http, provider, &creds, &flow.redirect_uri, &code, verifier, app.settings.default_token_lifetime).await;
+    match exchanged {
+        Ok(token_set) => {
+            let cipher = app.cipher.clone();
+            app.db.run(move |conn| store::save_new(conn, &cipher, user_id, &service, &token_set, "connect")).await?;
+            Ok(Finished::Connected { return_to: flow.return_to })
+        }
+        Err(e) => {
+            let detail = format!("code exchange: {e}");
+            app.db.run(move |conn| store::record_event(conn, user_id, &service, "connect", "failed", &detail)).await?;
+            Err(e.to_app_error(provider))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn callback_params_detect_duplicates() {
+        let p = CallbackParams::parse("code=c&state=s&scope=x+y");
+        assert_eq!(p.code.as_deref(), Some("c"));
+        assert_eq!(p.states, vec!["s".to_string()]);
+        assert!(!p.duplicated);
+        assert!(CallbackParams::parse("state=a&state=b").duplicated);
+        assert!(CallbackParams::parse("code=a&code=b&state=s").duplicated);
+        let p = CallbackParams::parse("error=access_denied&state=s&error_description=No%20way");
+        assert_eq!(p.error.as_deref(), Some("access_denied"));
+        assert_eq!(p.error_description.as_deref(), Some("No way"));
+    }
+
+    #[test]
+    fn display_never_shows_the_code() {
+        let p = CallbackParams::parse("code=SECRETCODE&state=STATE");
+        let shown = format!("{p}");
+        assert!(!shown.contains("SECRETCODE") && !shown.contains("STATE"), "{shown}");
+    }
+
+    #[test]
+    fn descriptions_are_truncated_and_cleaned() {
+        assert_eq!(describe(Some("a\u{0}b\nc")), "abc");
+        assert_eq!(describe(Some(&"x".repeat(500))).len(), 200);
+        assert_eq!(describe(None), "");
+    }
+}

@@ -1,0 +1,117 @@
+//! The one outbound HTTP client: connect and total timeouts, no redirects followed, a size cap on
+//! response bodies, and errors that never carry a URL or a body.
+
+use std::time::Duration;
+
+use crate::config::Settings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("the request timed out")]
+    Timeout,
+    #[error("could not connect: {0}")]
+    Connect(String),
+    #[error("the response was larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("{0}")]
+    Other(String),
+}
+
+fn classify(e: reqwest::Error) -> HttpError {
+    let e = e.without_url();
+    if e.is_timeout() {
+        HttpError::Timeout
+    } else if e.is_connect() {
+        HttpError::Connect(e.to_string())
+    } else {
+        HttpError::Other(e.to_string())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    client: reqwest::Client,
+    max_body: usize,
+}
+
+impl Outbound {
+    pub fn new(settings: &Settings) -> Result<Outbound, String> {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(settings.http_connect_timeout))
+            .timeout(Duration::from_secs(settings.http_timeout))
+            .user_agent(concat!("tokenvault/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(Outbound { client, max_body: settings.max_response_bytes })
+    }
+
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    /// Send a request and read at most `max_body` bytes of the answer.
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<(reqwest::StatusCode, reqwest::header::HeaderMap, Vec<u8>), HttpError> {
+        let mut response = request.send().await.map_err(classify)?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        if let Some(len) = response.content_length() {
+            if len as usize > self.max_body {
+                return Err(HttpError::TooLarge(self.max_body));
+            }
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(classify)? {
+            if body.len() + chunk.len() > self.max_body {
+                return Err(HttpError::TooLarge(self.max_body));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok((status, headers, body))
+    }
+
+    /// The HTTP function handed to the `oauth2` crate.
+    ///
+    /// An `error` member in a 200 JSON body (GitHub answers errors that way) is turned into a 400
+    /// so that it is treated as the error it is.
+    pub async fn execute_oauth(&self, request: oauth2::HttpRequest) -> Result<oauth2::HttpResponse, HttpError> {
+        let request = reqwest::Request::try_from(request).map_err(|e| HttpError::Other(e.without_url().to_string()))?;
+        let builder = reqwest::RequestBuilder::from_parts(self.client.clone(), request);
+        let (status, headers, body) = self.send(builder).await?;
+        let mut status = oauth2::http::StatusCode::from_u16(status.as_u16()).map_err(|e| HttpError::Other(e.to_string()))?;
+        if status == oauth2::http::StatusCode::OK && has_error_member(&body) {
+            status = oauth2::http::StatusCode::BAD_REQUEST;
+        }
+        let mut response = oauth2::http::Response::builder().status(status);
+        for (name, value) in headers.iter() {
+            response = response.header(name.as_str(), value.as_bytes());
+        }
+        response.body(body).map_err(|e| HttpError::Other(e.to_string()))
+    }
+}
+
+impl<'c> oauth2::AsyncHttpClient<'c> for Outbound {
+    type Error = HttpError;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<oauth2::HttpResponse, HttpError>> + Send + 'c>>;
+
+    fn call(&'c self, request: oauth2::HttpRequest) -> Self::Future {
+        Box::pin(self.execute_oauth(request))
+    }
+}
+
+fn has_error_member(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("error").map(|e| e.is_string()))
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn error_member_detection() {
+        assert!(super::has_error_member(br#"{"error":"bad_verification_code"}"#));
+        assert!(!super::has_error_member(br#"{"access_token":"x"}"#));
+        assert!(!super::has_error_member(b"<html>"));
+    }
+}

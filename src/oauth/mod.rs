@@ -1,0 +1,8 @@
+//! Everything OAuth: the provider catalog, the outbound HTTP client, the authorization flow
+//! (Redirector → provider → Callback) and the token store.
+
+pub mod flow;
+pub mod http;
+pub mod providers;
+pub mod store;
+pub mod tokens;

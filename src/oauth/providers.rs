@@ -1,0 +1,415 @@
+//! The provider catalog: presets for well-known providers, any OAuth 2.0 provider from
+//! configuration, and the built-in demo provider.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use url::Url;
+
+use crate::config::{invalid, parse_endpoint, ConfigError, Settings};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// HTTP Basic `client_id:client_secret` (RFC 6749 §2.3.1).
+    Basic,
+    /// `client_id` and `client_secret` in the form body.
+    Post,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RevokeStyle {
+    /// RFC 7009: form `token` + `token_type_hint`, client authentication.
+    Rfc7009,
+    /// Dropbox: POST with the access token as Bearer, no body.
+    Dropbox,
+    /// GitHub: DELETE /applications/{client_id}/token, Basic auth, JSON body.
+    Github,
+    /// The provider offers no revocation endpoint.
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum AccountMethod {
+    Get,
+    /// POST with no body (Dropbox's `get_current_account`).
+    Post,
+}
+
+/// One `[<profile>.providers.<name>]` table. Every field may override its preset.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub preset: Option<String>,
+    pub display_name: Option<String>,
+    pub description: Option<String>,
+    pub authorize_url: Option<String>,
+    pub token_url: Option<String>,
+    pub revoke_url: Option<String>,
+    pub revoke_style: Option<RevokeStyle>,
+    pub account_url: Option<String>,
+    pub account_method: Option<AccountMethod>,
+    pub api_base_url: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    pub authorize_params: Option<BTreeMap<String, String>>,
+    pub client_auth: Option<ClientAuth>,
+    pub pkce: Option<bool>,
+    pub issuer: Option<String>,
+    /// Microsoft: the tenant in the endpoint URLs (`common` by default).
+    pub tenant: Option<String>,
+    /// Access-token lifetime assumed when the token response has no `expires_in` (seconds).
+    pub token_lifetime: Option<i64>,
+    /// Whether this provider's tokens expire at all (GitHub OAuth apps: no).
+    pub tokens_expire: Option<bool>,
+}
+
+/// Where a preset finds the user's id, name and email in the account response (JSON pointers).
+#[derive(Debug, Clone, Default)]
+pub struct AccountFields {
+    pub id: Option<&'static str>,
+    pub name: Option<&'static str>,
+    pub email: Option<&'static str>,
+}
+
+/// A resolved, validated provider.
+#[derive(Debug, Clone)]
+pub struct Provider {
+    pub name: String,
+    pub display_name: String,
+    pub description: String,
+    pub authorize_url: Url,
+    pub token_url: Url,
+    pub revoke_url: Option<Url>,
+    pub revoke_style: RevokeStyle,
+    pub account_url: Option<Url>,
+    pub account_method: AccountMethod,
+    pub api_base_url: Option<Url>,
+    pub scopes: Vec<String>,
+    pub authorize_params: Vec<(String, String)>,
+    pub client_auth: ClientAuth,
+    pub pkce: bool,
+    /// The issuer a callback's `iss` must equal (RFC 9207): configured, or the authorize origin.
+    pub issuer: String,
+    pub token_lifetime: Option<i64>,
+    pub tokens_expire: bool,
+    pub account_fields: AccountFields,
+    /// Send `Accept: application/json` and a User-Agent everywhere (GitHub).
+    pub is_demo: bool,
+}
+
+impl Provider {
+    /// Vault path of this provider's client id.
+    pub fn client_id_path(&self) -> String {
+        format!("{}.client_id", self.name)
+    }
+
+    pub fn client_secret_path(&self) -> String {
+        format!("{}.client_secret", self.name)
+    }
+
+    pub fn can_revoke(&self) -> bool {
+        self.revoke_style != RevokeStyle::None && (self.revoke_url.is_some() || self.revoke_style == RevokeStyle::Github)
+    }
+
+    /// Origin of the authorize URL (for CSP `form-action`).
+    pub fn authorize_origin(&self) -> String {
+        self.authorize_url.origin().ascii_serialization()
+    }
+}
+
+fn preset(name: &str, tenant: &str) -> Option<ProviderConfig> {
+    let s = |v: &str| Some(v.to_string());
+    let params = |pairs: &[(&str, &str)]| Some(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+    let scopes = |v: &[&str]| Some(v.iter().map(|x| x.to_string()).collect());
+    match name {
+        "dropbox" => Some(ProviderConfig {
+            display_name: s("Dropbox"),
+            description: s("Files and folders in your Dropbox."),
+            authorize_url: s("https://www.dropbox.com/oauth2/authorize"),
+            token_url: s("https://api.dropboxapi.com/oauth2/token"),
+            revoke_url: s("https://api.dropboxapi.com/2/auth/token/revoke"),
+            revoke_style: Some(RevokeStyle::Dropbox),
+            account_url: s("https://api.dropboxapi.com/2/users/get_current_account"),
+            account_method: Some(AccountMethod::Post),
+            api_base_url: s("https://api.dropboxapi.com"),
+            scopes: scopes(&["account_info.read"]),
+            authorize_params: params(&[("token_access_type", "offline")]),
+            client_auth: Some(ClientAuth::Basic),
+            issuer: s("https://www.dropbox.com"),
+            token_lifetime: Some(4 * 3600),
+            ..Default::default()
+        }),
+        "google" => Some(ProviderConfig {
+            display_name: s("Google"),
+            description: s("Your Google account."),
+            authorize_url: s("https://accounts.google.com/o/oauth2/v2/auth"),
+            token_url: s("https://oauth2.googleapis.com/token"),
+            revoke_url: s("https://oauth2.googleapis.com/revoke"),
+            revoke_style: Some(RevokeStyle::Rfc7009),
+            account_url: s("https://openidconnect.googleapis.com/v1/userinfo"),
+            account_method: Some(AccountMethod::Get),
+            api_base_url: s("https://www.googleapis.com"),
+            scopes: scopes(&["openid", "email", "profile"]),
+            authorize_params: params(&[("access_type", "offline"), ("prompt", "consent")]),
+            client_auth: Some(ClientAuth::Post),
+            issuer: s("https://accounts.google.com"),
+            token_lifetime: Some(3600),
+            ..Default::default()
+        }),
+        "microsoft" => Some(ProviderConfig {
+            display_name: s("Microsoft"),
+            description: s("Your Microsoft account (Microsoft Graph)."),
+            authorize_url: Some(format!("https://login.microsoftonline.com/{tenant}/oauth2/v2.0/authorize")),
+            token_url: Some(format!("https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token")),
+            revoke_style: Some(RevokeStyle::None),
+            account_url: s("https://graph.microsoft.com/v1.0/me"),
+            account_method: Some(AccountMethod::Get),
+            api_base_url: s("https://graph.microsoft.com"),
+            scopes: scopes(&["offline_access", "User.Read"]),
+            client_auth: Some(ClientAuth::Post),
+            token_lifetime: Some(3600),
+            ..Default::default()
+        }),
+        "github" => Some(ProviderConfig {
+            display_name: s("GitHub"),
+            description: s("Your GitHub profile."),
+            authorize_url: s("https://github.com/login/oauth/authorize"),
+            token_url: s("https://github.com/login/oauth/access_token"),
+            revoke_style: Some(RevokeStyle::Github),
+            revoke_url: s("https://api.github.com/applications/{client_id}/token"),
+            account_url: s("https://api.github.com/user"),
+            account_method: Some(AccountMethod::Get),
+            api_base_url: s("https://api.github.com"),
+            scopes: scopes(&["read:user"]),
+            client_auth: Some(ClientAuth::Post),
+            tokens_expire: Some(false),
+            ..Default::default()
+        }),
+        _ => None,
+    }
+}
+
+fn account_fields(preset: Option<&str>) -> AccountFields {
+    match preset {
+        Some("dropbox") => AccountFields { id: Some("/account_id"), name: Some("/name/display_name"), email: Some("/email") },
+        Some("google") => AccountFields { id: Some("/sub"), name: Some("/name"), email: Some("/email") },
+        Some("microsoft") => AccountFields { id: Some("/id"), name: Some("/displayName"), email: Some("/mail") },
+        Some("github") => AccountFields { id: Some("/id"), name: Some("/login"), email: Some("/email") },
+        Some("demo") => AccountFields { id: Some("/id"), name: Some("/name"), email: Some("/email") },
+        _ => AccountFields::default(),
+    }
+}
+
+/// Overlay `over` on `base`: every field set in `over` wins.
+fn overlay(base: ProviderConfig, over: &ProviderConfig) -> ProviderConfig {
+    macro_rules! pick {
+        ($($f:ident),*) => { ProviderConfig { $($f: over.$f.clone().or(base.$f),)* } };
+    }
+    pick!(
+        preset, display_name, description, authorize_url, token_url, revoke_url, revoke_style, account_url,
+        account_method, api_base_url, scopes, authorize_params, client_auth, pkce, issuer, tenant,
+        token_lifetime, tokens_expire
+    )
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+/// Resolve one configured provider into a [`Provider`].
+pub fn resolve(name: &str, cfg: &ProviderConfig) -> Result<Provider, ConfigError> {
+    let key = |field: &str| format!("providers.{name}.{field}");
+    if !valid_name(name) {
+        return Err(invalid(format!("providers.{name}"), "names are 1-32 characters of a-z, 0-9, - and _"));
+    }
+    let preset_name = cfg.preset.clone();
+    let merged = match &preset_name {
+        Some(p) => {
+            let tenant = cfg.tenant.clone().unwrap_or_else(|| "common".into());
+            let base = preset(p, &tenant).ok_or_else(|| {
+                invalid(key("preset"), format!("unknown preset `{p}` (known: dropbox, google, microsoft, github)"))
+            })?;
+            overlay(base, cfg)
+        }
+        None => cfg.clone(),
+    };
+    let required = |v: &Option<String>, field: &str| {
+        v.clone().ok_or_else(|| invalid(key(field), "is required (or set `preset`)"))
+    };
+    let authorize_url = parse_endpoint(&key("authorize_url"), &required(&merged.authorize_url, "authorize_url")?)?;
+    let token_url = parse_endpoint(&key("token_url"), &required(&merged.token_url, "token_url")?)?;
+    let revoke_style = merged
+        .revoke_style
+        .unwrap_or(if merged.revoke_url.is_some() { RevokeStyle::Rfc7009 } else { RevokeStyle::None });
+    let revoke_url = match &merged.revoke_url {
+        // `{client_id}` is filled in at call time (GitHub); check the rest of the URL.
+        Some(u) => Some(parse_endpoint(&key("revoke_url"), &u.replace("{client_id}", "client-id"))?),
+        None => None,
+    };
+    let account_url = merged.account_url.as_deref().map(|u| parse_endpoint(&key("account_url"), u)).transpose()?;
+    let api_base_url = merged.api_base_url.as_deref().map(|u| parse_endpoint(&key("api_base_url"), u)).transpose()?;
+    if let Some(lifetime) = merged.token_lifetime {
+        if lifetime <= 0 {
+            return Err(invalid(key("token_lifetime"), "must be positive"));
+        }
+    }
+    let issuer = match &merged.issuer {
+        Some(i) => {
+            Url::parse(i).map_err(|e| invalid(key("issuer"), e.to_string()))?;
+            i.trim_end_matches('/').to_string()
+        }
+        None => authorize_url.origin().ascii_serialization(),
+    };
+    let display_name = merged.display_name.clone().unwrap_or_else(|| name.to_string());
+    Ok(Provider {
+        name: name.to_string(),
+        description: merged.description.clone().unwrap_or_else(|| format!("Your {display_name} account.")),
+        display_name,
+        authorize_url,
+        token_url,
+        revoke_url,
+        revoke_style,
+        account_url,
+        account_method: merged.account_method.unwrap_or(AccountMethod::Get),
+        api_base_url,
+        scopes: merged.scopes.clone().unwrap_or_default(),
+        authorize_params: merged.authorize_params.clone().unwrap_or_default().into_iter().collect(),
+        client_auth: merged.client_auth.unwrap_or(ClientAuth::Basic),
+        pkce: merged.pkce.unwrap_or(true),
+        issuer,
+        token_lifetime: merged.token_lifetime,
+        tokens_expire: merged.tokens_expire.unwrap_or(true),
+        account_fields: account_fields(preset_name.as_deref()),
+        is_demo: false,
+    })
+}
+
+/// The built-in demo provider, served by this same app under `/demo`.
+pub fn demo(settings: &Settings) -> Provider {
+    let url = |p: &str| Url::parse(&settings.url(p)).expect("public_url was validated");
+    Provider {
+        name: "demo".into(),
+        display_name: "Demo provider".into(),
+        description: "A small OAuth 2.0 server built into tokenvault, for trying the whole flow offline.".into(),
+        authorize_url: url("/demo/oauth2/authorize"),
+        token_url: url("/demo/oauth2/token"),
+        revoke_url: Some(url("/demo/oauth2/revoke")),
+        revoke_style: RevokeStyle::Rfc7009,
+        account_url: Some(url("/demo/api/account")),
+        account_method: AccountMethod::Get,
+        api_base_url: Some(url("/demo/api")),
+        scopes: vec!["profile".into(), "files.read".into()],
+        authorize_params: Vec::new(),
+        client_auth: ClientAuth::Basic,
+        pkce: true,
+        issuer: settings.url("/demo"),
+        token_lifetime: Some(settings.demo_token_lifetime),
+        tokens_expire: true,
+        account_fields: account_fields(Some("demo")),
+        is_demo: true,
+    }
+}
+
+/// Every service users can connect, by name.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    providers: BTreeMap<String, Arc<Provider>>,
+}
+
+impl Catalog {
+    pub fn build(settings: &Settings, configured: &BTreeMap<String, ProviderConfig>) -> Result<Catalog, ConfigError> {
+        let mut providers = BTreeMap::new();
+        if settings.demo_provider {
+            providers.insert("demo".to_string(), Arc::new(demo(settings)));
+        }
+        for (name, cfg) in configured {
+            if name == "demo" && settings.demo_provider {
+                return Err(invalid("providers.demo", "`demo` is the built-in demo provider's name; pick another"));
+            }
+            providers.insert(name.clone(), Arc::new(resolve(name, cfg)?));
+        }
+        Ok(Catalog { providers })
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Provider>> {
+        self.providers.get(name).cloned()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Provider>> {
+        self.providers.values()
+    }
+
+    /// Distinct authorize origins other than our own, for CSP `form-action`.
+    pub fn authorize_origins(&self, own_origin: &str) -> Vec<String> {
+        let mut origins: Vec<String> =
+            self.providers.values().map(|p| p.authorize_origin()).filter(|o| o != own_origin).collect();
+        origins.sort();
+        origins.dedup();
+        origins
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(preset: &str) -> ProviderConfig {
+        ProviderConfig { preset: Some(preset.into()), ..Default::default() }
+    }
+
+    #[test]
+    fn presets_resolve_with_provider_facts() {
+        let d = resolve("dropbox", &cfg("dropbox")).unwrap();
+        assert_eq!(d.client_auth, ClientAuth::Basic);
+        assert_eq!(d.authorize_params, vec![("token_access_type".to_string(), "offline".to_string())]);
+        assert_eq!(d.account_method, AccountMethod::Post);
+        assert_eq!(d.revoke_style, RevokeStyle::Dropbox);
+        let g = resolve("google", &cfg("google")).unwrap();
+        assert_eq!(g.client_auth, ClientAuth::Post);
+        assert!(g.authorize_params.contains(&("access_type".into(), "offline".into())));
+        assert!(g.authorize_params.contains(&("prompt".into(), "consent".into())));
+        assert_eq!(g.issuer, "https://accounts.google.com");
+        let m = resolve("ms", &ProviderConfig { tenant: Some("contoso".into()), ..cfg("microsoft") }).unwrap();
+        assert_eq!(m.token_url.as_str(), "https://login.microsoftonline.com/contoso/oauth2/v2.0/token");
+        assert!(!m.can_revoke());
+        assert!(m.scopes.contains(&"offline_access".to_string()));
+        let gh = resolve("github", &cfg("github")).unwrap();
+        assert!(gh.can_revoke());
+        assert!(!gh.tokens_expire);
+    }
+
+    #[test]
+    fn config_overrides_preset_fields() {
+        let c = ProviderConfig { scopes: Some(vec!["files.content.read".into()]), ..cfg("dropbox") };
+        let d = resolve("dropbox", &c).unwrap();
+        assert_eq!(d.scopes, vec!["files.content.read".to_string()]);
+        assert_eq!(d.token_url.as_str(), "https://api.dropboxapi.com/oauth2/token");
+    }
+
+    #[test]
+    fn custom_providers_need_endpoints_and_https() {
+        let err = resolve("acme", &ProviderConfig::default()).unwrap_err().to_string();
+        assert!(err.contains("providers.acme.authorize_url"), "{err}");
+        let c = ProviderConfig {
+            authorize_url: Some("http://acme.example/authorize".into()),
+            token_url: Some("https://acme.example/token".into()),
+            ..Default::default()
+        };
+        assert!(resolve("acme", &c).unwrap_err().to_string().contains("https"));
+        let c = ProviderConfig {
+            authorize_url: Some("http://127.0.0.1:9999/authorize".into()),
+            token_url: Some("http://127.0.0.1:9999/token".into()),
+            ..Default::default()
+        };
+        let p = resolve("acme", &c).unwrap();
+        assert_eq!(p.issuer, "http://127.0.0.1:9999");
+        assert!(p.pkce);
+        assert!(resolve("Bad Name", &c).is_err());
+        assert!(resolve("x", &cfg("nope")).unwrap_err().to_string().contains("unknown preset"));
+    }
+}

@@ -1,0 +1,296 @@
+//! Talking to a provider's token endpoint through the `oauth2` crate: a lenient token-response
+//! type (`expires_in` as a string, `token_type` in any case, comma-separated scopes), the code
+//! exchange, and errors sorted into what the user and the refresh logic need to know.
+
+use oauth2::basic::{BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse, BasicTokenType};
+use oauth2::{
+    AccessToken, AuthType, AuthorizationCode, ClientId, ClientSecret, EndpointNotSet, EndpointSet, PkceCodeVerifier,
+    RedirectUrl, RefreshToken, RequestTokenError, Scope, StandardRevocableToken, TokenResponse as _, TokenUrl,
+};
+use rocket::http::Status;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::error::AppError;
+use crate::oauth::http::{HttpError, Outbound};
+use crate::oauth::providers::{ClientAuth, Provider};
+use crate::util::{now, Secret};
+use crate::vault::store::ClientCredentials;
+
+/// A token response that accepts what real providers send.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LenientTokenResponse {
+    access_token: AccessToken,
+    #[serde(default = "bearer", deserialize_with = "oauth2::helpers::deserialize_untagged_enum_case_insensitive")]
+    token_type: BasicTokenType,
+    #[serde(default, deserialize_with = "de_expires_in")]
+    expires_in: Option<u64>,
+    #[serde(default)]
+    refresh_token: Option<RefreshToken>,
+    #[serde(default, rename = "scope", deserialize_with = "de_scopes")]
+    scopes: Option<Vec<Scope>>,
+}
+
+fn bearer() -> BasicTokenType {
+    BasicTokenType::Bearer
+}
+
+fn de_expires_in<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NumOrString {
+        Num(u64),
+        Float(f64),
+        Str(String),
+    }
+    match Option::<NumOrString>::deserialize(d)? {
+        None => Ok(None),
+        Some(NumOrString::Num(n)) => Ok(Some(n)),
+        Some(NumOrString::Float(f)) if f >= 0.0 && f.is_finite() => Ok(Some(f as u64)),
+        Some(NumOrString::Float(_)) => Err(serde::de::Error::custom("expires_in is negative")),
+        Some(NumOrString::Str(s)) => s.trim().parse().map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
+fn de_scopes<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Scope>>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.map(|s| {
+        s.split([' ', ','])
+            .filter(|x| !x.is_empty())
+            .map(|x| Scope::new(x.to_string()))
+            .collect()
+    }))
+}
+
+impl oauth2::TokenResponse for LenientTokenResponse {
+    type TokenType = BasicTokenType;
+    fn access_token(&self) -> &AccessToken {
+        &self.access_token
+    }
+    fn token_type(&self) -> &BasicTokenType {
+        &self.token_type
+    }
+    fn expires_in(&self) -> Option<std::time::Duration> {
+        self.expires_in.map(std::time::Duration::from_secs)
+    }
+    fn refresh_token(&self) -> Option<&RefreshToken> {
+        self.refresh_token.as_ref()
+    }
+    fn scopes(&self) -> Option<&Vec<Scope>> {
+        self.scopes.as_ref()
+    }
+}
+
+type TokenClient = oauth2::Client<
+    BasicErrorResponse,
+    LenientTokenResponse,
+    BasicTokenIntrospectionResponse,
+    StandardRevocableToken,
+    BasicRevocationErrorResponse,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointSet,
+>;
+
+/// A provider's answer, ready to store.
+#[derive(Debug)]
+pub struct TokenSet {
+    pub access_token: Secret,
+    pub refresh_token: Option<Secret>,
+    pub token_type: String,
+    pub scopes: Vec<String>,
+    pub expires_at: Option<i64>,
+    pub obtained_at: i64,
+}
+
+/// Why a token request failed. Never holds a token, a code or a raw response body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// The provider answered with an OAuth error code (`invalid_grant`, `invalid_client`…).
+    #[error("the provider refused the request ({0})")]
+    Rejected(String),
+    #[error("the provider did not answer in time")]
+    Timeout,
+    #[error("the provider could not be reached: {0}")]
+    Network(String),
+    #[error("the provider's answer was not a valid token response: {0}")]
+    InvalidResponse(String),
+}
+
+impl TokenError {
+    /// `invalid_grant`: the grant (code or refresh token) is dead; the user must reconnect.
+    pub fn is_invalid_grant(&self) -> bool {
+        matches!(self, TokenError::Rejected(code) if code == "invalid_grant")
+    }
+
+    /// `invalid_client`/`unauthorized_client`: the app's credentials are wrong (an admin's problem).
+    pub fn is_client_error(&self) -> bool {
+        matches!(self, TokenError::Rejected(code) if code == "invalid_client" || code == "unauthorized_client")
+    }
+
+    /// The page shown to the user, naming the provider and never the raw answer.
+    pub fn to_app_error(&self, provider: &Provider) -> AppError {
+        let name = &provider.display_name;
+        let (status, message) = match self {
+            TokenError::Timeout => (Status::GatewayTimeout, format!("{name} did not answer in time. Please try again.")),
+            TokenError::Network(_) => (Status::BadGateway, format!("{name} could not be reached. Please try again later.")),
+            TokenError::InvalidResponse(_) => {
+                (Status::BadGateway, format!("{name} sent an answer tokenvault could not understand. Please try again later."))
+            }
+            TokenError::Rejected(_) if self.is_client_error() => (
+                Status::BadGateway,
+                format!("{name} did not accept tokenvault's client credentials. An administrator needs to check them."),
+            ),
+            TokenError::Rejected(_) if self.is_invalid_grant() => (
+                Status::BadGateway,
+                format!("{name} did not accept the authorization (it may have expired or been used already). Please connect again."),
+            ),
+            TokenError::Rejected(code) => (Status::BadGateway, format!("{name} refused the request ({code}).")),
+        };
+        AppError::Upstream { status, message, detail: format!("{}: {self}", provider.name) }
+    }
+}
+
+fn sanitize_code(code: &str) -> String {
+    let clean: String = code.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect();
+    if clean.is_empty() {
+        "unknown_error".into()
+    } else {
+        clean
+    }
+}
+
+fn map_error(e: RequestTokenError<HttpError, BasicErrorResponse>) -> TokenError {
+    match e {
+        RequestTokenError::ServerResponse(r) => TokenError::Rejected(sanitize_code(&r.error().to_string())),
+        RequestTokenError::Request(HttpError::Timeout) => TokenError::Timeout,
+        RequestTokenError::Request(HttpError::Connect(msg)) => TokenError::Network(msg),
+        RequestTokenError::Request(HttpError::TooLarge(n)) => TokenError::InvalidResponse(format!("larger than {n} bytes")),
+        RequestTokenError::Request(HttpError::Other(msg)) => TokenError::Network(msg),
+        // The raw body inside `Parse` is dropped here, on purpose.
+        RequestTokenError::Parse(err, _body) => TokenError::InvalidResponse(format!("at `{}`", err.path())),
+        RequestTokenError::Other(msg) => TokenError::InvalidResponse(msg.chars().take(120).collect()),
+    }
+}
+
+fn client(provider: &Provider, creds: &ClientCredentials, redirect_uri: Option<&str>) -> Result<TokenClient, TokenError> {
+    let mut client = oauth2::Client::new(ClientId::new(creds.client_id.clone()))
+        .set_token_uri(TokenUrl::from_url(provider.token_url.clone()))
+        .set_auth_type(match provider.client_auth {
+            ClientAuth::Basic => AuthType::BasicAuth,
+            ClientAuth::Post => AuthType::RequestBody,
+        });
+    if let Some(secret) = &creds.client_secret {
+        client = client.set_client_secret(ClientSecret::new(secret.expose().to_string()));
+    }
+    if let Some(uri) = redirect_uri {
+        let uri = RedirectUrl::new(uri.to_string()).map_err(|e| TokenError::InvalidResponse(e.to_string()))?;
+        client = client.set_redirect_uri(uri);
+    }
+    Ok(client)
+}
+
+fn into_token_set(resp: LenientTokenResponse, provider: &Provider, default_lifetime: i64, requested: &[String]) -> Result<TokenSet, TokenError> {
+    if resp.access_token().secret().is_empty() {
+        return Err(TokenError::InvalidResponse("empty access_token".into()));
+    }
+    let obtained_at = now();
+    let expires_at = match resp.expires_in {
+        Some(secs) => Some(obtained_at.saturating_add(i64::try_from(secs).unwrap_or(i64::MAX / 2))),
+        None if provider.tokens_expire => Some(obtained_at + provider.token_lifetime.unwrap_or(default_lifetime)),
+        None => None,
+    };
+    let token_type = match resp.token_type() {
+        BasicTokenType::Bearer => "Bearer".to_string(),
+        BasicTokenType::Mac => "MAC".to_string(),
+        BasicTokenType::Extension(other) => other.clone(),
+    };
+    let scopes = match resp.scopes() {
+        Some(s) => s.iter().map(|s| s.to_string()).collect(),
+        None => requested.to_vec(),
+    };
+    Ok(TokenSet {
+        access_token: Secret::new(resp.access_token().secret().clone()),
+        refresh_token: resp.refresh_token().map(|r| Secret::new(r.secret().clone())).filter(|r| !r.expose().is_empty()),
+        token_type,
+        scopes,
+        expires_at,
+        obtained_at,
+    })
+}
+
+/// Exchange an authorization code (with its PKCE verifier) at the provider's token endpoint.
+pub async fn exchange_code(
+    http: &Outbound,
+    provider: &Provider,
+    creds: &ClientCredentials,
+    redirect_uri: &str,
+    code: &str,
+    verifier: Option<&Secret>,
+    default_lifetime: i64,
+) -> Result<TokenSet, TokenError> {
+    let client = client(provider, creds, Some(redirect_uri))?;
+    let mut request = client.exchange_code(AuthorizationCode::new(code.to_string()));
+    if let Some(v) = verifier {
+        request = request.set_pkce_verifier(PkceCodeVerifier::new(v.expose().to_string()));
+    }
+    let response = request.request_async(http).await.map_err(map_error)?;
+    into_token_set(response, provider, default_lifetime, &provider.scopes)
+}
+
+/// Use a refresh token at the provider's token endpoint.
+pub async fn refresh(
+    http: &Outbound,
+    provider: &Provider,
+    creds: &ClientCredentials,
+    refresh_token: &Secret,
+    default_lifetime: i64,
+    current_scopes: &[String],
+) -> Result<TokenSet, TokenError> {
+    let client = client(provider, creds, None)?;
+    let token = RefreshToken::new(refresh_token.expose().to_string());
+    let response = client.exchange_refresh_token(&token).request_async(http).await.map_err(map_error)?;
+    into_token_set(response, provider, default_lifetime, current_scopes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<LenientTokenResponse, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+
+    #[test]
+    fn lenient_parsing() {
+        let r = parse(r#"{"access_token":"a","token_type":"BEARER","expires_in":"3600","scope":"repo,gist"}"#).unwrap();
+        assert_eq!(r.expires_in, Some(3600));
+        assert_eq!(r.token_type, BasicTokenType::Bearer);
+        assert_eq!(r.scopes.as_ref().unwrap().len(), 2);
+        let r = parse(r#"{"access_token":"a","token_type":"bearer"}"#).unwrap();
+        assert_eq!(r.expires_in, None);
+        let r = parse(r#"{"access_token":"a"}"#).unwrap();
+        assert_eq!(r.token_type, BasicTokenType::Bearer);
+        let r = parse(r#"{"access_token":"a","token_type":"bearer","expires_in":14399.0,"scope":"a b"}"#).unwrap();
+        assert_eq!(r.expires_in, Some(14399));
+        assert!(parse(r#"{"access_token":123,"token_type":"bearer"}"#).is_err());
+        assert!(parse(r#"{"access_token":"a","expires_in":"soon"}"#).is_err());
+        assert!(parse(r#"{"token_type":"bearer"}"#).is_err());
+    }
+
+    #[test]
+    fn debug_output_hides_tokens() {
+        let r = parse(r#"{"access_token":"AT-CANARY-1","refresh_token":"RT-CANARY-1"}"#).unwrap();
+        let dbg = format!("{r:?}");
+        assert!(!dbg.contains("CANARY"), "{dbg}");
+    }
+
+    #[test]
+    fn error_classes() {
+        assert!(TokenError::Rejected("invalid_grant".into()).is_invalid_grant());
+        assert!(TokenError::Rejected("invalid_client".into()).is_client_error());
+        assert!(!TokenError::Timeout.is_invalid_grant());
+        assert_eq!(sanitize_code("<script>"), "script");
+        assert_eq!(sanitize_code("\"'"), "unknown_error");
+    }
+}

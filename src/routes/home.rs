@@ -1,0 +1,64 @@
+//! `/`: the dashboard of services for signed-in users, a short introduction for everyone else.
+
+use rocket::{get, routes, Route, State};
+use rocket_dyn_templates::Template;
+use serde::Serialize;
+
+use crate::app::AppState;
+use crate::auth::CurrentUser;
+use crate::db::models::connections::{self, STATUS_RECONNECT};
+use crate::error::AppResult;
+use crate::util::{now, relative_time};
+use crate::web::{Layout, Page};
+
+pub fn routes() -> Vec<Route> {
+    routes![index]
+}
+
+#[derive(Serialize)]
+struct ServiceCard {
+    name: String,
+    display_name: String,
+    description: String,
+    connected: bool,
+    reconnect: bool,
+    expires: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Dashboard {
+    services: Vec<ServiceCard>,
+}
+
+#[get("/")]
+async fn index(app: &State<AppState>, user: Option<&CurrentUser>, layout: Layout) -> AppResult<Template> {
+    let Some(user) = user else {
+        let body = Landing { allow_signup: app.settings.allow_signup };
+        return Ok(Template::render("home/landing", Page::new(layout, "tokenvault", body)));
+    };
+    let uid = user.id;
+    let rows = app.db.run(move |conn| Ok(connections::list_for_user(conn, uid)?)).await?;
+    let now = now();
+    let services = app
+        .catalog
+        .iter()
+        .map(|p| {
+            let row = rows.iter().find(|c| c.service == p.name);
+            ServiceCard {
+                name: p.name.clone(),
+                display_name: p.display_name.clone(),
+                description: p.description.clone(),
+                connected: row.is_some(),
+                reconnect: row.is_some_and(|c| c.status == STATUS_RECONNECT),
+                expires: row.and_then(|c| c.expires_at).map(|e| relative_time(e, now)),
+            }
+        })
+        .collect();
+    Ok(Template::render("home/dashboard", Page::new(layout, "Your services", Dashboard { services })))
+}
+
+#[derive(Serialize)]
+struct Landing {
+    allow_signup: bool,
+}
+

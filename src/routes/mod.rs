@@ -1,0 +1,63 @@
+//! Thin handlers, one module per area. Each exposes `routes()`; `catchers()` are the error pages.
+
+pub mod admin;
+pub mod auth;
+pub mod health;
+pub mod home;
+pub mod services;
+pub mod settings;
+
+use rocket::http::Status;
+use rocket::response::{Redirect, Responder};
+use rocket::{catch, catchers, Catcher, Request};
+
+use crate::error::render_error;
+
+pub fn catchers() -> Vec<Catcher> {
+    catchers![unauthorized, default_catcher]
+}
+
+/// Sends signed-out visitors of a page to the login page, remembering where they were going.
+#[catch(401)]
+fn unauthorized(req: &Request<'_>) -> Result<Redirect, Prerendered> {
+    if crate::error::wants_json(req) {
+        return Err(Prerendered(render_error(req, Status::Unauthorized, "unauthorized", "Sign in first.".into())));
+    }
+    let target = match req.method() {
+        rocket::http::Method::Get => req.uri().to_string(),
+        _ => "/".to_string(),
+    };
+    let next = crate::web::safe_next(&target).unwrap_or_else(|| "/".into());
+    let query: String = url::form_urlencoded::Serializer::new(String::new()).append_pair("next", &next).finish();
+    Ok(Redirect::to(format!("/login?{query}")))
+}
+
+#[catch(default)]
+fn default_catcher(status: Status, req: &Request<'_>) -> Prerendered {
+    let message = match status.code {
+        403 => "This request was refused. Reload the page and try again.",
+        404 => "We could not find what you asked for.",
+        413 => "That request was too large.",
+        422 | 400 => "That request could not be understood.",
+        429 => "Too many attempts. Wait a minute and try again.",
+        503 => "tokenvault is busy right now. Please try again in a moment.",
+        _ => "Something went wrong on our side.",
+    };
+    let code = match status.code {
+        403 => "forbidden",
+        404 => "not_found",
+        429 => "too_many_requests",
+        400 | 413 | 422 => "bad_request",
+        _ => "internal_error",
+    };
+    Prerendered(render_error(req, status, code, message.into()))
+}
+
+/// A pre-rendered catcher response.
+pub struct Prerendered(rocket::response::Result<'static>);
+
+impl<'r> Responder<'r, 'static> for Prerendered {
+    fn respond_to(self, _: &'r Request<'_>) -> rocket::response::Result<'static> {
+        self.0
+    }
+}

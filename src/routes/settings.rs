@@ -1,0 +1,123 @@
+//! My Settings → OAuth2 Services (`/settings/oauth2`): the user's connections, their history, delete.
+
+use rocket::response::{Flash, Redirect};
+use rocket::{get, post, routes, Route, State};
+use rocket_dyn_templates::Template;
+use serde::Serialize;
+
+use crate::app::AppState;
+use crate::auth::{Csrf, CsrfOnly, CurrentUser};
+use crate::db::models::connections::{self, STATUS_RECONNECT};
+use crate::db::models::events;
+use crate::error::{AppError, AppResult};
+use crate::oauth::store::record_event;
+use crate::util::{format_utc, now, relative_time};
+use crate::web::{Layout, Page};
+
+pub fn routes() -> Vec<Route> {
+    routes![oauth2, delete]
+}
+
+#[derive(Serialize)]
+struct EventView {
+    at: String,
+    at_utc: String,
+    kind: String,
+    outcome: String,
+    detail: String,
+}
+
+#[derive(Serialize)]
+struct ConnectionRow {
+    service: String,
+    display_name: String,
+    scopes: Vec<String>,
+    obtained: String,
+    obtained_utc: String,
+    expires: String,
+    expires_utc: String,
+    expired: bool,
+    has_refresh_token: bool,
+    status: String,
+    reconnect: bool,
+    known_service: bool,
+    events: Vec<EventView>,
+}
+
+#[derive(Serialize)]
+struct SettingsPage {
+    connections: Vec<ConnectionRow>,
+    csrf_token: String,
+}
+
+#[get("/settings/oauth2")]
+async fn oauth2(app: &State<AppState>, user: &CurrentUser, layout: Layout) -> AppResult<Template> {
+    let uid = user.id;
+    let rows = app
+        .db
+        .run(move |conn| {
+            let list = connections::list_for_user(conn, uid)?;
+            let mut out = Vec::with_capacity(list.len());
+            for c in list {
+                let ev = events::recent(conn, uid, &c.service, 5)?;
+                out.push((c, ev));
+            }
+            Ok(out)
+        })
+        .await?;
+    let now = now();
+    let connections = rows
+        .into_iter()
+        .map(|(c, ev)| {
+            let provider = app.catalog.get(&c.service);
+            ConnectionRow {
+                display_name: provider.as_ref().map(|p| p.display_name.clone()).unwrap_or_else(|| c.service.clone()),
+                known_service: provider.is_some(),
+                scopes: c.scopes.split(' ').filter(|s| !s.is_empty()).map(String::from).collect(),
+                obtained: relative_time(c.obtained_at, now),
+                obtained_utc: format_utc(c.obtained_at),
+                expires: c.expires_at.map(|e| relative_time(e, now)).unwrap_or_else(|| "never".into()),
+                expires_utc: c.expires_at.map(format_utc).unwrap_or_default(),
+                expired: c.expires_at.is_some_and(|e| e <= now),
+                has_refresh_token: c.refresh_token.is_some(),
+                reconnect: c.status == STATUS_RECONNECT,
+                status: if c.status == STATUS_RECONNECT { "Reconnect required".into() } else { "Active".into() },
+                events: ev
+                    .into_iter()
+                    .map(|e| EventView { at: relative_time(e.at, now), at_utc: format_utc(e.at), kind: e.kind, outcome: e.outcome, detail: e.detail })
+                    .collect(),
+                service: c.service,
+            }
+        })
+        .collect();
+    let page = SettingsPage { connections, csrf_token: user.csrf_token.clone() };
+    Ok(Template::render("settings/oauth2", Page::new(layout, "OAuth2 services", page)))
+}
+
+/// Delete the local tokens. This alone does not revoke access at the provider.
+#[post("/settings/oauth2/<service>/delete", data = "<_form>")]
+async fn delete(app: &State<AppState>, user: &CurrentUser, service: &str, _form: Csrf<CsrfOnly>) -> AppResult<Flash<Redirect>> {
+    let (uid, svc) = (user.id, service.to_string());
+    let removed = app
+        .db
+        .run(move |conn| {
+            use diesel::Connection as _;
+            conn.transaction(|conn| {
+                let n = connections::delete(conn, uid, &svc)?;
+                if n > 0 {
+                    record_event(conn, uid, &svc, "delete", "ok", "tokens deleted locally")?;
+                }
+                Ok::<_, AppError>(n)
+            })
+        })
+        .await?;
+    if removed == 0 {
+        return Err(AppError::NotFound);
+    }
+    let name = app.catalog.get(service).map(|p| p.display_name.clone()).unwrap_or_else(|| service.to_string());
+    tracing::info!(user_id = user.id, service, "connection deleted");
+    Ok(Flash::success(
+        Redirect::to("/settings/oauth2"),
+        format!("Your {name} tokens were deleted from tokenvault. Access stays granted at {name} until you revoke it there."),
+    ))
+}

@@ -1,0 +1,138 @@
+//! Small helpers shared by every layer: time, randomness, hashing, secrets.
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine as _;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use std::fmt;
+use zeroize::Zeroize;
+
+/// Seconds since the Unix epoch.
+pub fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// `n` bytes from the operating system's CSPRNG, base64url without padding.
+pub fn random_token(n: usize) -> String {
+    let mut bytes = vec![0u8; n];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let s = URL_SAFE_NO_PAD.encode(&bytes);
+    bytes.zeroize();
+    s
+}
+
+/// Hex SHA-256 of a value, used to index secrets (session ids, states, codes) without storing them.
+pub fn sha256_hex(value: &str) -> String {
+    let digest = Sha256::digest(value.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Constant-time comparison of two strings.
+pub fn ct_eq(a: &str, b: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
+pub fn b64_encode(bytes: &[u8]) -> String {
+    STANDARD.encode(bytes)
+}
+
+pub fn b64_decode(text: &str) -> Option<Vec<u8>> {
+    STANDARD.decode(text.trim()).ok()
+}
+
+/// A secret string: never printed by `Debug`/`Display`, wiped from memory on drop.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The secret itself. Call this only where the value leaves for its legitimate destination.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret)
+    }
+}
+
+/// "in 5 minutes", "3 hours ago", for timestamps shown on pages.
+pub fn relative_time(at: i64, now: i64) -> String {
+    let delta = at - now;
+    let abs = delta.unsigned_abs();
+    let (n, unit) = match abs {
+        0..=59 => return if delta > 0 { "in a few seconds".into() } else { "just now".into() },
+        60..=3599 => (abs / 60, "minute"),
+        3600..=86_399 => (abs / 3600, "hour"),
+        _ => (abs / 86_400, "day"),
+    };
+    let plural = if n == 1 { "" } else { "s" };
+    if delta >= 0 {
+        format!("in {n} {unit}{plural}")
+    } else {
+        format!("{n} {unit}{plural} ago")
+    }
+}
+
+/// An absolute UTC time for `title` attributes and tables.
+pub fn format_utc(at: i64) -> String {
+    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second] UTC");
+    time::OffsetDateTime::from_unix_timestamp(at)
+        .ok()
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_else(|| "-".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Secret::new("AT-CANARY-1");
+        assert_eq!(format!("{s:?}"), "[redacted]");
+        assert_eq!(s.expose(), "AT-CANARY-1");
+    }
+
+    #[test]
+    fn random_tokens_are_long_and_distinct() {
+        let a = random_token(32);
+        let b = random_token(32);
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 43);
+    }
+
+    #[test]
+    fn relative_times_read_naturally() {
+        assert_eq!(relative_time(100, 100), "just now");
+        assert_eq!(relative_time(130, 100), "in a few seconds");
+        assert_eq!(relative_time(100, 130), "just now");
+        assert_eq!(relative_time(100 + 120, 100), "in 2 minutes");
+        assert_eq!(relative_time(100, 100 + 3600), "1 hour ago");
+        assert_eq!(relative_time(100 + 3 * 86_400, 100), "in 3 days");
+    }
+
+    #[test]
+    fn ct_eq_compares() {
+        assert!(ct_eq("abc", "abc"));
+        assert!(!ct_eq("abc", "abd"));
+        assert!(!ct_eq("abc", "abcd"));
+    }
+}

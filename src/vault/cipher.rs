@@ -1,0 +1,216 @@
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use zeroize::Zeroize;
+
+use crate::util::{b64_decode, Secret};
+
+/// Length of a vault key in bytes (256 bits).
+pub const KEY_LEN: usize = 32;
+const VERSION: u8 = 1;
+const KEY_ID_LEN: usize = 4;
+const NONCE_LEN: usize = 24;
+const HEADER_LEN: usize = 1 + KEY_ID_LEN + NONCE_LEN;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum VaultError {
+    #[error("the vault key is invalid: {0}")]
+    InvalidKey(String),
+    #[error("a sealed value is malformed")]
+    Malformed,
+    #[error("a sealed value was written with a key that is not configured (key id {0})")]
+    UnknownKey(String),
+    #[error("a sealed value does not decrypt with its key (wrong key, tampered value, or moved to another row)")]
+    Decrypt,
+}
+
+struct Key {
+    id: [u8; KEY_ID_LEN],
+    aead: XChaCha20Poly1305,
+}
+
+impl Key {
+    fn from_bytes(mut bytes: Vec<u8>) -> Result<Key, VaultError> {
+        if bytes.len() != KEY_LEN {
+            let len = bytes.len();
+            bytes.zeroize();
+            return Err(VaultError::InvalidKey(format!(
+                "expected {KEY_LEN} bytes after base64 decoding, got {len}"
+            )));
+        }
+        let mut hasher = Sha256::new();
+        hasher.update(b"tokenvault key id\0");
+        hasher.update(&bytes);
+        let digest = hasher.finalize();
+        let mut id = [0u8; KEY_ID_LEN];
+        id.copy_from_slice(&digest[..KEY_ID_LEN]);
+        let aead = XChaCha20Poly1305::new_from_slice(&bytes).map_err(|_| VaultError::InvalidKey("bad length".into()))?;
+        bytes.zeroize();
+        Ok(Key { id, aead })
+    }
+}
+
+/// Seals and opens secrets. One active key encrypts; older keys only decrypt.
+pub struct Cipher {
+    active: Key,
+    old: Vec<Key>,
+}
+
+impl std::fmt::Debug for Cipher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cipher")
+            .field("active_key_id", &hex(&self.active.id))
+            .field("old_keys", &self.old.len())
+            .finish()
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_key(text: &str) -> Result<Vec<u8>, VaultError> {
+    b64_decode(text).ok_or_else(|| VaultError::InvalidKey("not valid base64".into()))
+}
+
+impl Cipher {
+    /// A cipher from the active key and any older keys, each 32 bytes in base64.
+    pub fn from_base64(active: &str, old: &[String]) -> Result<Cipher, VaultError> {
+        let active = Key::from_bytes(decode_key(active)?)?;
+        let old = old
+            .iter()
+            .map(|k| decode_key(k).and_then(Key::from_bytes))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Cipher { active, old })
+    }
+
+    /// A fresh random key, base64-encoded (for `tokenvault keygen` and first starts in debug).
+    pub fn generate_key() -> String {
+        let mut bytes = [0u8; KEY_LEN];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        let key = crate::util::b64_encode(&bytes);
+        bytes.zeroize();
+        key
+    }
+
+    /// A cipher with a fixed key, for tests.
+    pub fn for_tests(seed: u8) -> Cipher {
+        Cipher::from_base64(&crate::util::b64_encode(&[seed; KEY_LEN]), &[]).expect("valid test key")
+    }
+
+    /// The id of the key that seals new values (hex), safe to log.
+    pub fn active_key_id(&self) -> String {
+        hex(&self.active.id)
+    }
+
+    /// Encrypt `plaintext` bound to `aad`: `version | key id | nonce | ciphertext+tag`.
+    pub fn seal(&self, plaintext: &[u8], aad: &str) -> Vec<u8> {
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let sealed = self
+            .active
+            .aead
+            .encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad: aad.as_bytes() })
+            .expect("XChaCha20-Poly1305 encryption cannot fail for in-memory buffers");
+        let mut out = Vec::with_capacity(HEADER_LEN + sealed.len());
+        out.push(VERSION);
+        out.extend_from_slice(&self.active.id);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        out
+    }
+
+    pub fn seal_str(&self, plaintext: &str, aad: &str) -> Vec<u8> {
+        self.seal(plaintext.as_bytes(), aad)
+    }
+
+    /// Decrypt a value sealed by [`Cipher::seal`] with the same `aad`.
+    pub fn open(&self, sealed: &[u8], aad: &str) -> Result<Secret, VaultError> {
+        if sealed.len() < HEADER_LEN + 16 || sealed[0] != VERSION {
+            return Err(VaultError::Malformed);
+        }
+        let id = &sealed[1..1 + KEY_ID_LEN];
+        let key = std::iter::once(&self.active)
+            .chain(self.old.iter())
+            .find(|k| k.id == id)
+            .ok_or_else(|| VaultError::UnknownKey(hex(id)))?;
+        let nonce = XNonce::from_slice(&sealed[1 + KEY_ID_LEN..HEADER_LEN]);
+        let mut plain = key
+            .aead
+            .decrypt(nonce, Payload { msg: &sealed[HEADER_LEN..], aad: aad.as_bytes() })
+            .map_err(|_| VaultError::Decrypt)?;
+        let text = String::from_utf8(std::mem::take(&mut plain)).map_err(|e| {
+            let mut bytes = e.into_bytes();
+            bytes.zeroize();
+            VaultError::Malformed
+        })?;
+        Ok(Secret::new(text))
+    }
+
+    /// Whether a sealed value was written with an old key (for key rotation).
+    pub fn needs_rotation(&self, sealed: &[u8]) -> bool {
+        sealed.len() > KEY_ID_LEN && sealed[1..1 + KEY_ID_LEN] != self.active.id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_with_associated_data() {
+        let c = Cipher::for_tests(1);
+        let sealed = c.seal_str("RT-CANARY-xyz", "connections/1/demo/refresh_token");
+        assert!(!String::from_utf8_lossy(&sealed).contains("RT-CANARY"));
+        assert_eq!(c.open(&sealed, "connections/1/demo/refresh_token").unwrap().expose(), "RT-CANARY-xyz");
+    }
+
+    #[test]
+    fn moved_ciphertext_does_not_open() {
+        let c = Cipher::for_tests(1);
+        let sealed = c.seal_str("secret", "connections/1/demo/access_token");
+        assert_eq!(c.open(&sealed, "connections/2/demo/access_token"), Err(VaultError::Decrypt));
+    }
+
+    #[test]
+    fn flipped_byte_is_an_error_not_a_panic() {
+        let c = Cipher::for_tests(1);
+        let sealed = c.seal_str("secret", "x");
+        for i in 0..sealed.len() {
+            let mut bad = sealed.clone();
+            bad[i] ^= 0x01;
+            assert!(c.open(&bad, "x").is_err(), "flipping byte {i} must fail");
+        }
+        assert_eq!(c.open(&sealed[..10], "x"), Err(VaultError::Malformed));
+        assert_eq!(c.open(&[], "x"), Err(VaultError::Malformed));
+    }
+
+    #[test]
+    fn nonces_are_random() {
+        let c = Cipher::for_tests(1);
+        assert_ne!(c.seal_str("same", "x"), c.seal_str("same", "x"));
+    }
+
+    #[test]
+    fn old_keys_decrypt_and_wrong_keys_do_not() {
+        let old = Cipher::for_tests(1);
+        let sealed = old.seal_str("v", "x");
+        let new_key = crate::util::b64_encode(&[2u8; KEY_LEN]);
+        let old_key = crate::util::b64_encode(&[1u8; KEY_LEN]);
+        let ring = Cipher::from_base64(&new_key, &[old_key]).unwrap();
+        assert_eq!(ring.open(&sealed, "x").unwrap().expose(), "v");
+        assert!(ring.needs_rotation(&sealed));
+        assert!(!ring.needs_rotation(&ring.seal_str("v", "x")));
+        let other = Cipher::for_tests(3);
+        assert!(matches!(other.open(&sealed, "x"), Err(VaultError::UnknownKey(_))));
+    }
+
+    #[test]
+    fn bad_keys_are_rejected_clearly() {
+        assert!(matches!(Cipher::from_base64("not base64!!", &[]), Err(VaultError::InvalidKey(_))));
+        let short = crate::util::b64_encode(&[1u8; 16]);
+        let err = Cipher::from_base64(&short, &[]).unwrap_err();
+        assert!(err.to_string().contains("expected 32 bytes"));
+    }
+}

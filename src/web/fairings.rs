@@ -1,0 +1,91 @@
+use std::time::Instant;
+
+use rocket::fairing::{Fairing, Info, Kind};
+use rocket::http::Header;
+use rocket::{Data, Request, Response};
+
+use super::RequestId;
+
+/// Security headers on every response, error pages included.
+pub struct SecurityHeaders {
+    csp: String,
+    hsts: bool,
+}
+
+impl SecurityHeaders {
+    /// `form_action_origins`: the providers' authorize origins, which the Authorize form's redirect
+    /// must be allowed to reach (browsers apply `form-action` to redirects after a form POST).
+    pub fn new(form_action_origins: &[String], https: bool) -> SecurityHeaders {
+        let mut form_action = String::from("'self'");
+        for origin in form_action_origins {
+            form_action.push(' ');
+            form_action.push_str(origin);
+        }
+        let csp = format!(
+            "default-src 'none'; style-src 'self'; img-src 'self' data:; font-src 'self'; \
+             form-action {form_action}; frame-ancestors 'none'; base-uri 'none'"
+        );
+        SecurityHeaders { csp, hsts: https }
+    }
+
+    pub fn csp(&self) -> &str {
+        &self.csp
+    }
+}
+
+#[rocket::async_trait]
+impl Fairing for SecurityHeaders {
+    fn info(&self) -> Info {
+        Info { name: "Security headers", kind: Kind::Response }
+    }
+
+    async fn on_response<'r>(&self, req: &'r Request<'_>, res: &mut Response<'r>) {
+        res.set_header(Header::new("Content-Security-Policy", self.csp.clone()));
+        res.set_header(Header::new("X-Content-Type-Options", "nosniff"));
+        res.set_header(Header::new("Referrer-Policy", "no-referrer"));
+        res.set_header(Header::new("X-Frame-Options", "DENY"));
+        res.set_header(Header::new("Cross-Origin-Opener-Policy", "same-origin"));
+        if self.hsts {
+            res.set_header(Header::new("Strict-Transport-Security", "max-age=31536000; includeSubDomains"));
+        }
+        // Pages show per-user data and tokens' metadata: never cache them. Static assets may be cached.
+        if req.uri().path().starts_with("/static/") {
+            res.set_header(Header::new("Cache-Control", "public, max-age=3600"));
+        } else {
+            res.set_header(Header::new("Cache-Control", "no-store"));
+        }
+        let id = req.local_cache(RequestId::new);
+        res.set_header(Header::new("X-Request-Id", id.to_string()));
+    }
+}
+
+/// One log line per request: method, path (never the query string, which can hold codes and
+/// states), status, duration and request id.
+pub struct RequestLog;
+
+struct Started(Instant);
+
+#[rocket::async_trait]
+impl Fairing for RequestLog {
+    fn info(&self) -> Info {
+        Info { name: "Request log", kind: Kind::Request | Kind::Response }
+    }
+
+    async fn on_request(&self, req: &mut Request<'_>, _: &mut Data<'_>) {
+        req.local_cache(|| Started(Instant::now()));
+        req.local_cache(RequestId::new);
+    }
+
+    async fn on_response<'r>(&self, req: &'r Request<'_>, res: &mut Response<'r>) {
+        let elapsed = req.local_cache(|| Started(Instant::now())).0.elapsed();
+        let id = req.local_cache(RequestId::new);
+        tracing::info!(
+            request_id = %id,
+            method = %req.method(),
+            path = %req.uri().path(),
+            status = res.status().code,
+            micros = elapsed.as_micros() as u64,
+            "request"
+        );
+    }
+}

@@ -1,0 +1,69 @@
+use rocket::request::{FlashMessage, FromRequest, Outcome, Request};
+use serde::Serialize;
+
+use crate::auth::CurrentUser;
+
+/// The navigation bar's view of the visitor.
+#[derive(Debug, Clone, Serialize)]
+pub struct Nav {
+    pub username: Option<String>,
+    pub is_admin: bool,
+    /// The session's CSRF token, for the logout button.
+    pub csrf_token: Option<String>,
+}
+
+impl Nav {
+    pub fn anonymous() -> Nav {
+        Nav { username: None, is_admin: false, csrf_token: None }
+    }
+
+    pub fn for_user(user: &CurrentUser) -> Nav {
+        Nav { username: Some(user.username.clone()), is_admin: user.is_admin, csrf_token: Some(user.csrf_token.clone()) }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FlashView {
+    /// `success` or `error` (used as a CSS class).
+    pub kind: String,
+    pub message: String,
+}
+
+/// What every page's layout needs: the nav and the flash message of the previous POST.
+pub struct Layout {
+    pub nav: Nav,
+    pub flash: Option<FlashView>,
+}
+
+#[rocket::async_trait]
+impl<'r> FromRequest<'r> for Layout {
+    type Error = std::convert::Infallible;
+
+    async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Self::Error> {
+        let nav = match CurrentUser::lookup(req).await {
+            Some(user) => Nav::for_user(user),
+            None => Nav::anonymous(),
+        };
+        let flash = match req.guard::<Option<FlashMessage<'_>>>().await {
+            Outcome::Success(Some(f)) => Some(FlashView { kind: f.kind().to_string(), message: f.message().to_string() }),
+            _ => None,
+        };
+        Outcome::Success(Layout { nav, flash })
+    }
+}
+
+/// A page's template context: the layout's parts plus the page's own fields (flattened).
+#[derive(Serialize)]
+pub struct Page<T: Serialize> {
+    pub title: String,
+    pub nav: Nav,
+    pub flash: Option<FlashView>,
+    #[serde(flatten)]
+    pub body: T,
+}
+
+impl<T: Serialize> Page<T> {
+    pub fn new(layout: Layout, title: impl Into<String>, body: T) -> Page<T> {
+        Page { title: title.into(), nav: layout.nav, flash: layout.flash, body }
+    }
+}
