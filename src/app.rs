@@ -56,9 +56,9 @@ pub fn prepare(figment: Figment) -> Result<Prepared, ConfigError> {
         }
         None => {
             return Err(ConfigError::Missing(format!(
-                "`vault_key` is required in the `{profile}` profile: generate one with `tokenvault keygen` and set it as \
+            "`vault_key` is required in the `{profile}` profile: generate one with `tokenvault keygen` and set it as \
                  ROCKET_VAULT_KEY (or `vault_key` in Rocket.toml)"
-            )))
+        )))
         }
     };
     let old: Vec<String> = raw.vault_old_keys.iter().map(|k| k.expose().to_string()).collect();
@@ -68,9 +68,7 @@ pub fn prepare(figment: Figment) -> Result<Prepared, ConfigError> {
     if figment.find_value("secret_key").is_err() {
         if settings.dev_mode {
             let path = settings.data_dir.join("secret.key");
-            let (key, created) = load_or_create_key(&path, true, || {
-                crate::util::b64_encode(&crate::util::random_token(48).into_bytes()[..64])
-            })?;
+            let (key, created) = load_or_create_key(&path, true, || crate::util::random_key_b64(64))?;
             if created {
                 tracing::info!(path = %path.display(), "generated a cookie secret key (debug profile only)");
             }

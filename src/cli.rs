@@ -76,11 +76,9 @@ fn open() -> Result<(Db, crate::app::Prepared), String> {
 pub fn run(command: Command) -> Result<String, String> {
     match command {
         Command::Serve => unreachable!("serve is handled by main"),
-        Command::Keygen { secret_key } => Ok(if secret_key {
-            crate::util::b64_encode(&crate::util::random_token(48).into_bytes()[..64])
-        } else {
-            crate::vault::Cipher::generate_key()
-        }),
+        Command::Keygen { secret_key } => {
+            Ok(if secret_key { crate::util::random_key_b64(64) } else { crate::vault::Cipher::generate_key() })
+        }
         Command::User { command: UserCommand::Add { name, admin } } => {
             let (db, _) = open()?;
             let password = read_secret(&format!("Password for {name}: "))?;

@@ -206,7 +206,11 @@ impl Settings {
 
 /// Read a key file, or (when `create` is set) write a new random key there with mode 0600.
 /// Returns the key and whether it was just created.
-pub fn load_or_create_key(path: &Path, create: bool, generate: impl Fn() -> String) -> Result<(Secret, bool), ConfigError> {
+pub fn load_or_create_key(
+    path: &Path,
+    create: bool,
+    generate: impl Fn() -> String,
+) -> Result<(Secret, bool), ConfigError> {
     let io = |source| ConfigError::Io { path: path.display().to_string(), source };
     match std::fs::read_to_string(path) {
         Ok(text) => Ok((Secret::new(text.trim().to_string()), false)),

@@ -59,9 +59,7 @@ impl AppError {
                 "We could not find what you asked for.".into()
             }
             AppError::BadRequest(msg) => msg.clone(),
-            AppError::Forbidden => {
-                "This request was refused. Reload the page and try again.".into()
-            }
+            AppError::Forbidden => "This request was refused. Reload the page and try again.".into(),
             AppError::Upstream { message, .. } => message.clone(),
             AppError::Unavailable(_) => "tokenvault is busy right now. Please try again in a moment.".into(),
             AppError::Vault(_) => "A stored secret could not be decrypted. An administrator needs to check \
@@ -123,7 +121,7 @@ pub fn wants_json(req: &Request<'_>) -> bool {
 }
 
 /// Render an error for `req`: an HTML page with the site layout, or JSON for API clients.
-pub fn render_error<'r>(req: &'r Request<'_>, status: Status, code: &str, message: String) -> response::Result<'static> {
+pub fn render_error(req: &Request<'_>, status: Status, code: &str, message: String) -> response::Result<'static> {
     let request_id = req.local_cache(RequestId::new).to_string();
     if wants_json(req) {
         let body = JsonError { error: code, message, request_id };

@@ -21,6 +21,15 @@ pub fn random_token(n: usize) -> String {
     s
 }
 
+/// `n` random bytes, standard base64 (for keys).
+pub fn random_key_b64(n: usize) -> String {
+    let mut bytes = vec![0u8; n];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let s = STANDARD.encode(&bytes);
+    bytes.zeroize();
+    s
+}
+
 /// Hex SHA-256 of a value, used to index secrets (session ids, states, codes) without storing them.
 pub fn sha256_hex(value: &str) -> String {
     let digest = Sha256::digest(value.as_bytes());

@@ -8,7 +8,8 @@ use crate::util::{now, Secret};
 
 /// Usernames: 3-32 characters of letters, digits, '.', '_' and '-'.
 pub fn check_username(name: &str) -> Result<(), String> {
-    let ok = (3..=32).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    let ok = (3..=32).contains(&name.len())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
     if ok {
         Ok(())
     } else {
@@ -24,7 +25,8 @@ pub fn create(conn: &mut Conn, username: &str, password: &Secret, admin: bool) -
     let hash = password::hash_blocking(password)?;
     let first = users::count(conn)? == 0;
     let now = now();
-    let new = NewUser { username, password_hash: &hash, is_admin: admin || first, created_at: now, password_changed_at: now };
+    let new =
+        NewUser { username, password_hash: &hash, is_admin: admin || first, created_at: now, password_changed_at: now };
     users::create(conn, &new)?.ok_or_else(|| AppError::BadRequest("That username is taken.".into()))
 }
 

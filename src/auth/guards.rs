@@ -4,9 +4,9 @@ use rocket::http::Status;
 use rocket::outcome::try_outcome;
 use rocket::request::{FromRequest, Outcome, Request};
 
+use crate::app::AppState;
 use crate::auth::session::SESSION_COOKIE;
 use crate::db::models::sessions;
-use crate::app::AppState;
 use crate::util::{now, sha256_hex};
 
 /// The signed-in user of this request.

@@ -2,9 +2,9 @@
 
 use rocket::http::{Cookie, CookieJar, SameSite};
 
+use crate::config::Settings;
 use crate::db::models::{flows, sessions};
 use crate::db::Db;
-use crate::config::Settings;
 use crate::error::AppResult;
 use crate::util::{now, random_token, sha256_hex};
 
@@ -15,12 +15,7 @@ pub const ANON_CSRF_COOKIE: &str = "tv_csrf";
 /// back to the callback is a top-level cross-site navigation and must carry the session), Secure
 /// on https.
 pub fn cookie(name: &'static str, value: String, settings: &Settings) -> Cookie<'static> {
-    Cookie::build((name, value))
-        .path("/")
-        .http_only(true)
-        .same_site(SameSite::Lax)
-        .secure(settings.is_https())
-        .build()
+    Cookie::build((name, value)).path("/").http_only(true).same_site(SameSite::Lax).secure(settings.is_https()).build()
 }
 
 /// Start a new session for `user_id` (a fresh id at every login) and set its cookie.

@@ -123,11 +123,17 @@ fn back_to(app: &AppState, redirect_uri: &str, params: &[(&str, &str)]) -> AppRe
 }
 
 #[get("/oauth2/authorize?<q..>")]
-async fn authorize_page(app: &State<AppState>, layout: Layout, q: AuthorizeQuery) -> AppResult<Result<Template, Redirect>> {
+async fn authorize_page(
+    app: &State<AppState>,
+    layout: Layout,
+    q: AuthorizeQuery,
+) -> AppResult<Result<Template, Redirect>> {
     check_client(app, q.client_id.as_deref(), q.redirect_uri.as_deref()).await?;
     let redirect_uri = q.redirect_uri.clone().unwrap_or_default();
     let state = q.state.clone().unwrap_or_default();
-    let bad = |desc: &str| back_to(app, &redirect_uri, &[("error", "invalid_request"), ("error_description", desc), ("state", &state)]);
+    let bad = |desc: &str| {
+        back_to(app, &redirect_uri, &[("error", "invalid_request"), ("error_description", desc), ("state", &state)])
+    };
     if q.response_type.as_deref() != Some("code") {
         return bad("response_type must be code").map(Err);
     }
@@ -143,7 +149,12 @@ async fn authorize_page(app: &State<AppState>, layout: Layout, q: AuthorizeQuery
         redirect_uri,
         state,
         code_challenge: challenge,
-        account: layout.nav.username.clone().map(|u| format!("{u}@demo.example")).unwrap_or_else(|| "alice@demo.example".into()),
+        account: layout
+            .nav
+            .username
+            .clone()
+            .map(|u| format!("{u}@demo.example"))
+            .unwrap_or_else(|| "alice@demo.example".into()),
     };
     Ok(Ok(Template::render("demo/consent", Page::new(layout, "Demo provider: authorize tokenvault?", page))))
 }
@@ -199,7 +210,8 @@ impl<'r> FromRequest<'r> for BasicAuth {
             let encoded = h.strip_prefix("Basic ")?;
             let decoded = String::from_utf8(STANDARD.decode(encoded.trim()).ok()?).ok()?;
             let (id, secret) = decoded.split_once(':')?;
-            let unescape = |s: &str| url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned());
+            let unescape =
+                |s: &str| url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned());
             Some((unescape(id)?, unescape(secret)?))
         });
         Outcome::Success(BasicAuth(parsed))
@@ -217,7 +229,12 @@ pub struct TokenRequest {
     client_secret: Option<String>,
 }
 
-async fn authenticate(app: &AppState, basic: &BasicAuth, body_id: Option<&str>, body_secret: Option<&str>) -> Result<String, OAuthError> {
+async fn authenticate(
+    app: &AppState,
+    basic: &BasicAuth,
+    body_id: Option<&str>,
+    body_secret: Option<&str>,
+) -> Result<String, OAuthError> {
     let (id, secret) = match (&basic.0, body_id, body_secret) {
         (Some((id, secret)), _, _) => (id.clone(), secret.clone()),
         (None, Some(id), Some(secret)) => (id.to_string(), secret.to_string()),
@@ -243,9 +260,24 @@ fn issue_tokens(conn: &mut Conn, grant_id: i64, scopes: &str, lifetime: i64) -> 
     let refresh = format!("demo-rt-{}", random_token(24));
     model::insert_token(
         conn,
-        &DemoToken { token_hash: sha256_hex(&access), grant_id, kind: KIND_ACCESS.into(), used: false, expires_at: Some(now() + lifetime) },
+        &DemoToken {
+            token_hash: sha256_hex(&access),
+            grant_id,
+            kind: KIND_ACCESS.into(),
+            used: false,
+            expires_at: Some(now() + lifetime),
+        },
     )?;
-    model::insert_token(conn, &DemoToken { token_hash: sha256_hex(&refresh), grant_id, kind: KIND_REFRESH.into(), used: false, expires_at: None })?;
+    model::insert_token(
+        conn,
+        &DemoToken {
+            token_hash: sha256_hex(&refresh),
+            grant_id,
+            kind: KIND_REFRESH.into(),
+            used: false,
+            expires_at: None,
+        },
+    )?;
     Ok(json!({
         "access_token": access,
         "token_type": "Bearer",
@@ -261,7 +293,8 @@ async fn token(app: &State<AppState>, basic: BasicAuth, form: Form<TokenRequest>
     let client_id = authenticate(app, &basic, f.client_id.as_deref(), f.client_secret.as_deref()).await?;
     let lifetime = app.settings.demo_token_lifetime;
     let redirect_expected = app.settings.redirect_uri("demo");
-    let invalid_grant = OAuthError(Status::BadRequest, "invalid_grant", "the grant is invalid, expired, used or revoked");
+    let invalid_grant =
+        OAuthError(Status::BadRequest, "invalid_grant", "the grant is invalid, expired, used or revoked");
     match f.grant_type.as_deref() {
         Some("authorization_code") => {
             let code = f.code.unwrap_or_default();

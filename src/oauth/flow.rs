@@ -34,7 +34,11 @@ fn not_configured(provider: &Provider) -> AppError {
 pub async fn start(app: &AppState, user: &CurrentUser, provider: &Provider, return_to: &str) -> AppResult<Url> {
     let cipher = app.cipher.clone();
     let name = provider.name.clone();
-    let creds = app.db.run(move |conn| client_credentials(conn, &cipher, &name)).await?.ok_or_else(|| not_configured(provider))?;
+    let creds = app
+        .db
+        .run(move |conn| client_credentials(conn, &cipher, &name))
+        .await?
+        .ok_or_else(|| not_configured(provider))?;
 
     let state = random_token(32);
     let state_hash = sha256_hex(&state);
@@ -148,7 +152,12 @@ fn describe(description: Option<&str>) -> String {
 }
 
 /// Handle the provider's redirect back: check the state, then exchange the code and store tokens.
-pub async fn finish(app: &AppState, user: Option<&CurrentUser>, provider: &Provider, params: CallbackParams) -> AppResult<Finished> {
+pub async fn finish(
+    app: &AppState,
+    user: Option<&CurrentUser>,
+    provider: &Provider,
+    params: CallbackParams,
+) -> AppResult<Finished> {
     // Consume every state the callback names, first of all, so none can be replayed.
     let hashes: Vec<String> = params.states.iter().filter(|s| !s.is_empty()).map(|s| sha256_hex(s)).collect();
     let taken = app
@@ -195,7 +204,10 @@ pub async fn finish(app: &AppState, user: Option<&CurrentUser>, provider: &Provi
         let error = error.clone();
         let svc = service.clone();
         let outcome = if error == "access_denied" { "cancelled" } else { "failed" };
-        let detail = format!("authorization: {}", error.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect::<String>());
+        let detail = format!(
+            "authorization: {}",
+            error.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect::<String>()
+        );
         app.db.run(move |conn| store::record_event(conn, user_id, &svc, "connect", outcome, &detail)).await?;
         if error == "access_denied" {
             return Ok(Finished::Cancelled);
@@ -205,7 +217,11 @@ pub async fn finish(app: &AppState, user: Option<&CurrentUser>, provider: &Provi
         if !description.is_empty() {
             message.push_str(&format!(" It said: “{description}”"));
         }
-        return Err(AppError::Upstream { status: rocket::http::Status::BadGateway, message, detail: format!("{service}: authorization error") });
+        return Err(AppError::Upstream {
+            status: rocket::http::Status::BadGateway,
+            message,
+            detail: format!("{service}: authorization error"),
+        });
     }
     let Some(code) = params.code.filter(|c| !c.is_empty()) else {
         return Err(rejected("The provider's answer had no authorization code."));
@@ -214,9 +230,22 @@ pub async fn finish(app: &AppState, user: Option<&CurrentUser>, provider: &Provi
     let verifier: Secret = app.cipher.open(&flow.pkce_verifier, &flow_aad(&flow.state_hash))?;
     let cipher = app.cipher.clone();
     let svc = service.clone();
-    let creds = app.db.run(move |conn| client_credentials(conn, &cipher, &svc)).await?.ok_or_else(|| not_configured(provider))?;
+    let creds = app
+        .db
+        .run(move |conn| client_credentials(conn, &cipher, &svc))
+        .await?
+        .ok_or_else(|| not_configured(provider))?;
     let verifier = provider.pkce.then_some(&verifier);
-    let exchanged = tokens::exchange_code(&app.http, provider, &creds, &flow.redirect_uri, &code, verifier, app.settings.default_token_lifetime).await;
+    let exchanged = tokens::exchange_code(
+        &app.http,
+        provider,
+        &creds,
+        &flow.redirect_uri,
+        &code,
+        verifier,
+        app.settings.default_token_lifetime,
+    )
+    .await;
     match exchanged {
         Ok(token_set) => {
             let cipher = app.cipher.clone();

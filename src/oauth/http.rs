@@ -51,7 +51,10 @@ impl Outbound {
     }
 
     /// Send a request and read at most `max_body` bytes of the answer.
-    pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<(reqwest::StatusCode, reqwest::header::HeaderMap, Vec<u8>), HttpError> {
+    pub async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<(reqwest::StatusCode, reqwest::header::HeaderMap, Vec<u8>), HttpError> {
         let mut response = request.send().await.map_err(classify)?;
         let status = response.status();
         let headers = response.headers().clone();
@@ -78,7 +81,8 @@ impl Outbound {
         let request = reqwest::Request::try_from(request).map_err(|e| HttpError::Other(e.without_url().to_string()))?;
         let builder = reqwest::RequestBuilder::from_parts(self.client.clone(), request);
         let (status, headers, body) = self.send(builder).await?;
-        let mut status = oauth2::http::StatusCode::from_u16(status.as_u16()).map_err(|e| HttpError::Other(e.to_string()))?;
+        let mut status =
+            oauth2::http::StatusCode::from_u16(status.as_u16()).map_err(|e| HttpError::Other(e.to_string()))?;
         if status == oauth2::http::StatusCode::OK && has_error_member(&body) {
             status = oauth2::http::StatusCode::BAD_REQUEST;
         }
@@ -92,7 +96,8 @@ impl Outbound {
 
 impl<'c> oauth2::AsyncHttpClient<'c> for Outbound {
     type Error = HttpError;
-    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<oauth2::HttpResponse, HttpError>> + Send + 'c>>;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<oauth2::HttpResponse, HttpError>> + Send + 'c>>;
 
     fn call(&'c self, request: oauth2::HttpRequest) -> Self::Future {
         Box::pin(self.execute_oauth(request))

@@ -111,7 +111,8 @@ impl Provider {
     }
 
     pub fn can_revoke(&self) -> bool {
-        self.revoke_style != RevokeStyle::None && (self.revoke_url.is_some() || self.revoke_style == RevokeStyle::Github)
+        self.revoke_style != RevokeStyle::None
+            && (self.revoke_url.is_some() || self.revoke_style == RevokeStyle::Github)
     }
 
     /// Origin of the authorize URL (for CSP `form-action`).
@@ -194,7 +195,9 @@ fn preset(name: &str, tenant: &str) -> Option<ProviderConfig> {
 
 fn account_fields(preset: Option<&str>) -> AccountFields {
     match preset {
-        Some("dropbox") => AccountFields { id: Some("/account_id"), name: Some("/name/display_name"), email: Some("/email") },
+        Some("dropbox") => {
+            AccountFields { id: Some("/account_id"), name: Some("/name/display_name"), email: Some("/email") }
+        }
         Some("google") => AccountFields { id: Some("/sub"), name: Some("/name"), email: Some("/email") },
         Some("microsoft") => AccountFields { id: Some("/id"), name: Some("/displayName"), email: Some("/mail") },
         Some("github") => AccountFields { id: Some("/id"), name: Some("/login"), email: Some("/email") },
@@ -209,9 +212,24 @@ fn overlay(base: ProviderConfig, over: &ProviderConfig) -> ProviderConfig {
         ($($f:ident),*) => { ProviderConfig { $($f: over.$f.clone().or(base.$f),)* } };
     }
     pick!(
-        preset, display_name, description, authorize_url, token_url, revoke_url, revoke_style, account_url,
-        account_method, api_base_url, scopes, authorize_params, client_auth, pkce, issuer, tenant,
-        token_lifetime, tokens_expire
+        preset,
+        display_name,
+        description,
+        authorize_url,
+        token_url,
+        revoke_url,
+        revoke_style,
+        account_url,
+        account_method,
+        api_base_url,
+        scopes,
+        authorize_params,
+        client_auth,
+        pkce,
+        issuer,
+        tenant,
+        token_lifetime,
+        tokens_expire
     )
 }
 
@@ -238,14 +256,15 @@ pub fn resolve(name: &str, cfg: &ProviderConfig) -> Result<Provider, ConfigError
         }
         None => cfg.clone(),
     };
-    let required = |v: &Option<String>, field: &str| {
-        v.clone().ok_or_else(|| invalid(key(field), "is required (or set `preset`)"))
-    };
+    let required =
+        |v: &Option<String>, field: &str| v.clone().ok_or_else(|| invalid(key(field), "is required (or set `preset`)"));
     let authorize_url = parse_endpoint(&key("authorize_url"), &required(&merged.authorize_url, "authorize_url")?)?;
     let token_url = parse_endpoint(&key("token_url"), &required(&merged.token_url, "token_url")?)?;
-    let revoke_style = merged
-        .revoke_style
-        .unwrap_or(if merged.revoke_url.is_some() { RevokeStyle::Rfc7009 } else { RevokeStyle::None });
+    let revoke_style = merged.revoke_style.unwrap_or(if merged.revoke_url.is_some() {
+        RevokeStyle::Rfc7009
+    } else {
+        RevokeStyle::None
+    });
     let revoke_url = match &merged.revoke_url {
         // `{client_id}` is filled in at call time (GitHub); check the rest of the URL.
         Some(u) => Some(parse_endpoint(&key("revoke_url"), &u.replace("{client_id}", "client-id"))?),

@@ -16,16 +16,31 @@ pub fn aad(user_id: i64, service: &str, column: &str) -> String {
 }
 
 /// Record something that happened to a connection. `detail` is shown to the user.
-pub fn record_event(conn: &mut Conn, user_id: i64, service: &str, kind: &str, outcome: &str, detail: &str) -> AppResult<()> {
+pub fn record_event(
+    conn: &mut Conn,
+    user_id: i64,
+    service: &str,
+    kind: &str,
+    outcome: &str,
+    detail: &str,
+) -> AppResult<()> {
     events::insert(conn, &NewEvent { user_id, service, at: now(), kind, outcome, detail })?;
     Ok(())
 }
 
 /// Store a fresh token set for (user, service), replacing any older one, with its event, in one
 /// transaction.
-pub fn save_new(conn: &mut Conn, cipher: &Cipher, user_id: i64, service: &str, tokens: &TokenSet, event_kind: &str) -> AppResult<()> {
+pub fn save_new(
+    conn: &mut Conn,
+    cipher: &Cipher,
+    user_id: i64,
+    service: &str,
+    tokens: &TokenSet,
+    event_kind: &str,
+) -> AppResult<()> {
     let access = cipher.seal_str(tokens.access_token.expose(), &aad(user_id, service, "access_token"));
-    let refresh = tokens.refresh_token.as_ref().map(|r| cipher.seal_str(r.expose(), &aad(user_id, service, "refresh_token")));
+    let refresh =
+        tokens.refresh_token.as_ref().map(|r| cipher.seal_str(r.expose(), &aad(user_id, service, "refresh_token")));
     let scopes = tokens.scopes.join(" ");
     let new = NewConnection {
         user_id,

@@ -2,7 +2,9 @@
 //! type (`expires_in` as a string, `token_type` in any case, comma-separated scopes), the code
 //! exchange, and errors sorted into what the user and the refresh logic need to know.
 
-use oauth2::basic::{BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse, BasicTokenType};
+use oauth2::basic::{
+    BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse, BasicTokenType,
+};
 use oauth2::{
     AccessToken, AuthType, AuthorizationCode, ClientId, ClientSecret, EndpointNotSet, EndpointSet, PkceCodeVerifier,
     RedirectUrl, RefreshToken, RequestTokenError, Scope, StandardRevocableToken, TokenResponse as _, TokenUrl,
@@ -52,12 +54,8 @@ fn de_expires_in<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Erro
 }
 
 fn de_scopes<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Scope>>, D::Error> {
-    Ok(Option::<String>::deserialize(d)?.map(|s| {
-        s.split([' ', ','])
-            .filter(|x| !x.is_empty())
-            .map(|x| Scope::new(x.to_string()))
-            .collect()
-    }))
+    Ok(Option::<String>::deserialize(d)?
+        .map(|s| s.split([' ', ',']).filter(|x| !x.is_empty()).map(|x| Scope::new(x.to_string())).collect()))
 }
 
 impl oauth2::TokenResponse for LenientTokenResponse {
@@ -162,10 +160,12 @@ fn sanitize_code(code: &str) -> String {
 
 fn map_error(e: RequestTokenError<HttpError, BasicErrorResponse>) -> TokenError {
     match e {
-        RequestTokenError::ServerResponse(r) => TokenError::Rejected(sanitize_code(&r.error().to_string())),
+        RequestTokenError::ServerResponse(r) => TokenError::Rejected(sanitize_code(r.error().as_ref())),
         RequestTokenError::Request(HttpError::Timeout) => TokenError::Timeout,
         RequestTokenError::Request(HttpError::Connect(msg)) => TokenError::Network(msg),
-        RequestTokenError::Request(HttpError::TooLarge(n)) => TokenError::InvalidResponse(format!("larger than {n} bytes")),
+        RequestTokenError::Request(HttpError::TooLarge(n)) => {
+            TokenError::InvalidResponse(format!("larger than {n} bytes"))
+        }
         RequestTokenError::Request(HttpError::Other(msg)) => TokenError::Network(msg),
         // The raw body inside `Parse` is dropped here, on purpose.
         RequestTokenError::Parse(err, _body) => TokenError::InvalidResponse(format!("at `{}`", err.path())),
@@ -173,7 +173,11 @@ fn map_error(e: RequestTokenError<HttpError, BasicErrorResponse>) -> TokenError 
     }
 }
 
-fn client(provider: &Provider, creds: &ClientCredentials, redirect_uri: Option<&str>) -> Result<TokenClient, TokenError> {
+fn client(
+    provider: &Provider,
+    creds: &ClientCredentials,
+    redirect_uri: Option<&str>,
+) -> Result<TokenClient, TokenError> {
     let mut client = oauth2::Client::new(ClientId::new(creds.client_id.clone()))
         .set_token_uri(TokenUrl::from_url(provider.token_url.clone()))
         .set_auth_type(match provider.client_auth {
@@ -190,7 +194,12 @@ fn client(provider: &Provider, creds: &ClientCredentials, redirect_uri: Option<&
     Ok(client)
 }
 
-fn into_token_set(resp: LenientTokenResponse, provider: &Provider, default_lifetime: i64, requested: &[String]) -> Result<TokenSet, TokenError> {
+fn into_token_set(
+    resp: LenientTokenResponse,
+    provider: &Provider,
+    default_lifetime: i64,
+    requested: &[String],
+) -> Result<TokenSet, TokenError> {
     if resp.access_token().secret().is_empty() {
         return Err(TokenError::InvalidResponse("empty access_token".into()));
     }

@@ -38,7 +38,7 @@ struct VaultPage {
 
 #[get("/admin/vault")]
 async fn vault_page(app: &State<AppState>, admin: AdminUser<'_>, layout: Layout) -> AppResult<Template> {
-    let stored = app.db.run(|conn| vault::list(conn)).await?;
+    let stored = app.db.run(vault::list).await?;
     let now = now();
     let mut entries: Vec<EntryView> = Vec::new();
     for p in app.catalog.iter() {
@@ -66,7 +66,8 @@ async fn vault_page(app: &State<AppState>, admin: AdminUser<'_>, layout: Layout)
             });
         }
     }
-    let redirect_uris = app.catalog.iter().map(|p| (p.display_name.clone(), app.settings.redirect_uri(&p.name))).collect();
+    let redirect_uris =
+        app.catalog.iter().map(|p| (p.display_name.clone(), app.settings.redirect_uri(&p.name))).collect();
     let page = VaultPage { entries, csrf_token: admin.0.csrf_token.clone(), redirect_uris };
     Ok(Template::render("admin/vault", Page::new(layout, "Project vault", page)))
 }
@@ -99,7 +100,10 @@ async fn vault_set(app: &State<AppState>, admin: AdminUser<'_>, form: Csrf<SetFo
     match app.db.run(move |conn| vault::set(conn, &cipher, &p, value.expose(), &by)).await {
         Ok(()) => {
             tracing::info!(user_id = admin.0.id, path = %path, "vault value set");
-            Ok(Flash::success(Redirect::to("/admin/vault"), format!("{path} was saved. Its value will not be shown again.")))
+            Ok(Flash::success(
+                Redirect::to("/admin/vault"),
+                format!("{path} was saved. Its value will not be shown again."),
+            ))
         }
         Err(AppError::BadRequest(msg)) => Ok(Flash::error(Redirect::to("/admin/vault"), msg)),
         Err(e) => Err(e),
@@ -119,7 +123,11 @@ impl CsrfField for DeleteForm {
 }
 
 #[post("/admin/vault/delete", data = "<form>")]
-async fn vault_delete(app: &State<AppState>, admin: AdminUser<'_>, form: Csrf<DeleteForm>) -> AppResult<Flash<Redirect>> {
+async fn vault_delete(
+    app: &State<AppState>,
+    admin: AdminUser<'_>,
+    form: Csrf<DeleteForm>,
+) -> AppResult<Flash<Redirect>> {
     let path = form.path.clone();
     let p = path.clone();
     if !app.db.run(move |conn| vault::delete(conn, &p)).await? {

@@ -38,7 +38,13 @@ fn next_or_home(next: Option<&str>) -> String {
 }
 
 #[get("/login?<next>")]
-fn login_page(app: &State<AppState>, user: Option<&CurrentUser>, layout: Layout, cookies: &CookieJar<'_>, next: Option<&str>) -> Result<PageResponse, Redirect> {
+fn login_page(
+    app: &State<AppState>,
+    user: Option<&CurrentUser>,
+    layout: Layout,
+    cookies: &CookieJar<'_>,
+    next: Option<&str>,
+) -> Result<PageResponse, Redirect> {
     let next = next_or_home(next);
     if user.is_some() {
         return Err(Redirect::to(next));
@@ -68,7 +74,12 @@ impl CsrfField for LoginForm {
 }
 
 #[post("/login", data = "<form>")]
-async fn login(app: &State<AppState>, layout: Layout, cookies: &CookieJar<'_>, form: Csrf<LoginForm>) -> AppResult<Result<Flash<Redirect>, PageResponse>> {
+async fn login(
+    app: &State<AppState>,
+    layout: Layout,
+    cookies: &CookieJar<'_>,
+    form: Csrf<LoginForm>,
+) -> AppResult<Result<Flash<Redirect>, PageResponse>> {
     let form = form.into_inner();
     let username = form.username.trim().to_string();
     let lookup = username.clone();
@@ -96,7 +107,12 @@ async fn login(app: &State<AppState>, layout: Layout, cookies: &CookieJar<'_>, f
 }
 
 #[get("/signup")]
-fn signup_page(app: &State<AppState>, user: Option<&CurrentUser>, layout: Layout, cookies: &CookieJar<'_>) -> AppResult<Result<PageResponse, Redirect>> {
+fn signup_page(
+    app: &State<AppState>,
+    user: Option<&CurrentUser>,
+    layout: Layout,
+    cookies: &CookieJar<'_>,
+) -> AppResult<Result<PageResponse, Redirect>> {
     if !app.settings.allow_signup {
         return Err(AppError::NotFound);
     }
@@ -128,7 +144,12 @@ impl CsrfField for SignupForm {
 }
 
 #[post("/signup", data = "<form>")]
-async fn signup(app: &State<AppState>, layout: Layout, cookies: &CookieJar<'_>, form: Csrf<SignupForm>) -> AppResult<Result<Flash<Redirect>, PageResponse>> {
+async fn signup(
+    app: &State<AppState>,
+    layout: Layout,
+    cookies: &CookieJar<'_>,
+    form: Csrf<SignupForm>,
+) -> AppResult<Result<Flash<Redirect>, PageResponse>> {
     if !app.settings.allow_signup {
         return Err(AppError::NotFound);
     }

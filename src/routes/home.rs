@@ -61,4 +61,3 @@ async fn index(app: &State<AppState>, user: Option<&CurrentUser>, layout: Layout
 struct Landing {
     allow_signup: bool,
 }
-

@@ -46,13 +46,21 @@ struct AuthorizePage {
 }
 
 #[get("/services/<service>/authorize?<next>")]
-async fn authorize_page(app: &State<AppState>, user: &CurrentUser, layout: Layout, service: &str, next: Option<&str>) -> AppResult<Template> {
+async fn authorize_page(
+    app: &State<AppState>,
+    user: &CurrentUser,
+    layout: Layout,
+    service: &str,
+    next: Option<&str>,
+) -> AppResult<Template> {
     let p = provider(app, service)?;
     let cipher = app.cipher.clone();
     let (name, uid) = (p.name.clone(), user.id);
     let (configured, existing) = app
         .db
-        .run(move |conn| Ok((vault::client_credentials(conn, &cipher, &name)?.is_some(), connections::find(conn, uid, &name)?)))
+        .run(move |conn| {
+            Ok((vault::client_credentials(conn, &cipher, &name)?.is_some(), connections::find(conn, uid, &name)?))
+        })
         .await?;
     let page = AuthorizePage {
         service: p.name.clone(),
@@ -87,7 +95,12 @@ impl CsrfField for AuthorizeForm {
 
 /// The Authorize button: create the flow and send the browser to the provider (303).
 #[post("/services/<service>/authorize", data = "<form>")]
-async fn authorize(app: &State<AppState>, user: &CurrentUser, service: &str, form: Csrf<AuthorizeForm>) -> AppResult<Redirect> {
+async fn authorize(
+    app: &State<AppState>,
+    user: &CurrentUser,
+    service: &str,
+    form: Csrf<AuthorizeForm>,
+) -> AppResult<Redirect> {
     let p = provider(app, service)?;
     let return_to = form.next.as_deref().and_then(safe_next).unwrap_or_else(|| "/settings/oauth2".into());
     let url = flow::start(app, user, &p, &return_to).await?;
@@ -132,19 +145,20 @@ async fn finish_callback(
     service: &str,
     params: CallbackParams,
 ) -> AppResult<Result<Flash<Redirect>, Template>> {
-        let p = provider(app, service)?;
-        match flow::finish(app, user, &p, params).await? {
-            Finished::Connected { return_to } => {
-                tracing::info!(service = %p.name, "service connected");
-                let query: String = url::form_urlencoded::Serializer::new(String::new()).append_pair("next", &return_to).finish();
-                let to = format!("/services/{}/connected?{query}", p.name);
-                Ok(Ok(Flash::success(Redirect::to(to), format!("{} is connected.", p.display_name))))
-            }
-            Finished::Cancelled => {
-                let body = Cancelled { service: p.name.clone(), display_name: p.display_name.clone() };
-                Ok(Err(Template::render("services/cancelled", Page::new(layout, "Connection cancelled", body))))
-            }
+    let p = provider(app, service)?;
+    match flow::finish(app, user, &p, params).await? {
+        Finished::Connected { return_to } => {
+            tracing::info!(service = %p.name, "service connected");
+            let query: String =
+                url::form_urlencoded::Serializer::new(String::new()).append_pair("next", &return_to).finish();
+            let to = format!("/services/{}/connected?{query}", p.name);
+            Ok(Ok(Flash::success(Redirect::to(to), format!("{} is connected.", p.display_name))))
         }
+        Finished::Cancelled => {
+            let body = Cancelled { service: p.name.clone(), display_name: p.display_name.clone() };
+            Ok(Err(Template::render("services/cancelled", Page::new(layout, "Connection cancelled", body))))
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -160,7 +174,13 @@ struct ConnectedPage {
 }
 
 #[get("/services/<service>/connected?<next>")]
-async fn connected(app: &State<AppState>, user: &CurrentUser, layout: Layout, service: &str, next: Option<&str>) -> AppResult<Template> {
+async fn connected(
+    app: &State<AppState>,
+    user: &CurrentUser,
+    layout: Layout,
+    service: &str,
+    next: Option<&str>,
+) -> AppResult<Template> {
     let p = provider(app, service)?;
     let (uid, name) = (user.id, p.name.clone());
     let conn = app.db.run(move |c| Ok(connections::find(c, uid, &name)?)).await?.ok_or(AppError::NotFound)?;

@@ -84,7 +84,13 @@ async fn oauth2(app: &State<AppState>, user: &CurrentUser, layout: Layout) -> Ap
                 status: if c.status == STATUS_RECONNECT { "Reconnect required".into() } else { "Active".into() },
                 events: ev
                     .into_iter()
-                    .map(|e| EventView { at: relative_time(e.at, now), at_utc: format_utc(e.at), kind: e.kind, outcome: e.outcome, detail: e.detail })
+                    .map(|e| EventView {
+                        at: relative_time(e.at, now),
+                        at_utc: format_utc(e.at),
+                        kind: e.kind,
+                        outcome: e.outcome,
+                        detail: e.detail,
+                    })
                     .collect(),
                 service: c.service,
             }
@@ -96,7 +102,12 @@ async fn oauth2(app: &State<AppState>, user: &CurrentUser, layout: Layout) -> Ap
 
 /// Delete the local tokens. This alone does not revoke access at the provider.
 #[post("/settings/oauth2/<service>/delete", data = "<_form>")]
-async fn delete(app: &State<AppState>, user: &CurrentUser, service: &str, _form: Csrf<CsrfOnly>) -> AppResult<Flash<Redirect>> {
+async fn delete(
+    app: &State<AppState>,
+    user: &CurrentUser,
+    service: &str,
+    _form: Csrf<CsrfOnly>,
+) -> AppResult<Flash<Redirect>> {
     let (uid, svc) = (user.id, service.to_string());
     let removed = app
         .db

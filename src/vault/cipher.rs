@@ -35,9 +35,7 @@ impl Key {
         if bytes.len() != KEY_LEN {
             let len = bytes.len();
             bytes.zeroize();
-            return Err(VaultError::InvalidKey(format!(
-                "expected {KEY_LEN} bytes after base64 decoding, got {len}"
-            )));
+            return Err(VaultError::InvalidKey(format!("expected {KEY_LEN} bytes after base64 decoding, got {len}")));
         }
         let mut hasher = Sha256::new();
         hasher.update(b"tokenvault key id\0");
@@ -45,7 +43,8 @@ impl Key {
         let digest = hasher.finalize();
         let mut id = [0u8; KEY_ID_LEN];
         id.copy_from_slice(&digest[..KEY_ID_LEN]);
-        let aead = XChaCha20Poly1305::new_from_slice(&bytes).map_err(|_| VaultError::InvalidKey("bad length".into()))?;
+        let aead =
+            XChaCha20Poly1305::new_from_slice(&bytes).map_err(|_| VaultError::InvalidKey("bad length".into()))?;
         bytes.zeroize();
         Ok(Key { id, aead })
     }
@@ -78,10 +77,7 @@ impl Cipher {
     /// A cipher from the active key and any older keys, each 32 bytes in base64.
     pub fn from_base64(active: &str, old: &[String]) -> Result<Cipher, VaultError> {
         let active = Key::from_bytes(decode_key(active)?)?;
-        let old = old
-            .iter()
-            .map(|k| decode_key(k).and_then(Key::from_bytes))
-            .collect::<Result<Vec<_>, _>>()?;
+        let old = old.iter().map(|k| decode_key(k).and_then(Key::from_bytes)).collect::<Result<Vec<_>, _>>()?;
         Ok(Cipher { active, old })
     }
 

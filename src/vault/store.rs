@@ -36,8 +36,12 @@ pub fn set(conn: &mut Conn, cipher: &Cipher, path: &str, value: &str, by: &str) 
     if value.len() > MAX_VALUE_LEN {
         return Err(AppError::BadRequest(format!("The value is longer than {MAX_VALUE_LEN} bytes.")));
     }
-    let entry =
-        VaultEntry { path: path.to_string(), ciphertext: cipher.seal_str(value, &aad(path)), updated_at: now(), updated_by: by.to_string() };
+    let entry = VaultEntry {
+        path: path.to_string(),
+        ciphertext: cipher.seal_str(value, &aad(path)),
+        updated_at: now(),
+        updated_by: by.to_string(),
+    };
     model::upsert(conn, &entry)?;
     Ok(())
 }
@@ -66,7 +70,10 @@ pub struct ClientCredentials {
 
 impl std::fmt::Debug for ClientCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientCredentials").field("client_id", &self.client_id).field("client_secret", &"[redacted]").finish()
+        f.debug_struct("ClientCredentials")
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"[redacted]")
+            .finish()
     }
 }
 

@@ -18,7 +18,11 @@ impl Nav {
     }
 
     pub fn for_user(user: &CurrentUser) -> Nav {
-        Nav { username: Some(user.username.clone()), is_admin: user.is_admin, csrf_token: Some(user.csrf_token.clone()) }
+        Nav {
+            username: Some(user.username.clone()),
+            is_admin: user.is_admin,
+            csrf_token: Some(user.csrf_token.clone()),
+        }
     }
 }
 
@@ -45,7 +49,9 @@ impl<'r> FromRequest<'r> for Layout {
             None => Nav::anonymous(),
         };
         let flash = match req.guard::<Option<FlashMessage<'_>>>().await {
-            Outcome::Success(Some(f)) => Some(FlashView { kind: f.kind().to_string(), message: f.message().to_string() }),
+            Outcome::Success(Some(f)) => {
+                Some(FlashView { kind: f.kind().to_string(), message: f.message().to_string() })
+            }
             _ => None,
         };
         Outcome::Success(Layout { nav, flash })

@@ -1,0 +1,197 @@
+//! A scriptable OAuth 2.0 provider on a real HTTP port (wiremock). It checks client
+//! authentication, the redirect_uri, single-use codes and PKCE S256, issues recognisable canary
+//! tokens (`AT-CANARY-…`, `RT-CANARY-…`), rotates refresh tokens and revokes the whole family when
+//! a rotated one is replayed. Every request is recorded.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine as _;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+use super::{CLIENT_ID, CLIENT_SECRET, PUBLIC_URL};
+
+#[derive(Default)]
+pub struct State {
+    /// code → PKCE challenge; removed when redeemed.
+    codes: HashMap<String, String>,
+    pub enforce_pkce: bool,
+    /// `expires_in` to send (`None`: leave it out).
+    pub expires_in: Option<serde_json::Value>,
+    pub rotate_refresh_tokens: bool,
+    issued: u64,
+    /// refresh token → still valid?
+    refresh_tokens: HashMap<String, bool>,
+    /// access tokens currently valid.
+    pub access_tokens: Vec<String>,
+    /// Responses to use for the next token calls, before the normal behaviour.
+    script: VecDeque<ResponseTemplate>,
+}
+
+#[derive(Clone)]
+pub struct FakeProvider {
+    server: Arc<MockServer>,
+    pub state: Arc<Mutex<State>>,
+}
+
+fn error(status: u16, code: &str) -> ResponseTemplate {
+    ResponseTemplate::new(status).set_body_json(json!({"error": code}))
+}
+
+fn form(req: &Request) -> HashMap<String, String> {
+    url::form_urlencoded::parse(&req.body).into_owned().collect()
+}
+
+fn basic_ok(req: &Request) -> bool {
+    let Some(h) = req.headers.get("authorization").and_then(|h| h.to_str().ok()) else { return false };
+    let Some(b) = h.strip_prefix("Basic ") else { return false };
+    let Ok(decoded) = STANDARD.decode(b) else { return false };
+    let text = String::from_utf8_lossy(&decoded).to_string();
+    let unescape = |s: &str| url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().unwrap().1.into_owned();
+    match text.split_once(':') {
+        Some((id, secret)) => unescape(id) == CLIENT_ID && unescape(secret) == CLIENT_SECRET,
+        None => false,
+    }
+}
+
+struct TokenEndpoint(Arc<Mutex<State>>);
+
+impl Respond for TokenEndpoint {
+    fn respond(&self, req: &Request) -> ResponseTemplate {
+        let mut st = self.0.lock().unwrap();
+        if let Some(scripted) = st.script.pop_front() {
+            return scripted;
+        }
+        let f = form(req);
+        let body_auth = f.get("client_id").map(String::as_str) == Some(CLIENT_ID)
+            && f.get("client_secret").map(String::as_str) == Some(CLIENT_SECRET);
+        if !basic_ok(req) && !body_auth {
+            return error(401, "invalid_client");
+        }
+        match f.get("grant_type").map(String::as_str) {
+            Some("authorization_code") => {
+                let code = f.get("code").cloned().unwrap_or_default();
+                let Some(challenge) = st.codes.remove(&code) else { return error(400, "invalid_grant") };
+                if f.get("redirect_uri").map(String::as_str) != Some(&format!("{PUBLIC_URL}/services/fake/callback")) {
+                    return error(400, "invalid_grant");
+                }
+                if st.enforce_pkce {
+                    let verifier = f.get("code_verifier").cloned().unwrap_or_default();
+                    if URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes())) != challenge {
+                        return error(400, "invalid_grant");
+                    }
+                }
+                issue(&mut st)
+            }
+            Some("refresh_token") => {
+                let rt = f.get("refresh_token").cloned().unwrap_or_default();
+                match st.refresh_tokens.get(&rt).copied() {
+                    Some(true) => {
+                        if st.rotate_refresh_tokens {
+                            st.refresh_tokens.insert(rt, false);
+                        }
+                        issue(&mut st)
+                    }
+                    Some(false) => {
+                        // Replay of a rotated refresh token: revoke the whole family.
+                        for v in st.refresh_tokens.values_mut() {
+                            *v = false;
+                        }
+                        st.access_tokens.clear();
+                        error(400, "invalid_grant")
+                    }
+                    None => error(400, "invalid_grant"),
+                }
+            }
+            _ => error(400, "unsupported_grant_type"),
+        }
+    }
+}
+
+fn issue(st: &mut State) -> ResponseTemplate {
+    st.issued += 1;
+    let n = st.issued;
+    let access = format!("AT-CANARY-{n}-{}", uuidish());
+    let refresh = format!("RT-CANARY-{n}-{}", uuidish());
+    st.access_tokens.push(access.clone());
+    let mut body = json!({"access_token": access, "token_type": "bearer", "scope": "read write"});
+    let give_refresh = st.rotate_refresh_tokens || n == 1 || st.refresh_tokens.is_empty();
+    if give_refresh {
+        st.refresh_tokens.insert(refresh.clone(), true);
+        body["refresh_token"] = json!(refresh);
+    }
+    if let Some(e) = &st.expires_in {
+        body["expires_in"] = e.clone();
+    }
+    ResponseTemplate::new(200).set_body_json(body)
+}
+
+fn uuidish() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 6];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+struct AccountEndpoint(Arc<Mutex<State>>);
+
+impl Respond for AccountEndpoint {
+    fn respond(&self, req: &Request) -> ResponseTemplate {
+        let st = self.0.lock().unwrap();
+        let token =
+            req.headers.get("authorization").and_then(|h| h.to_str().ok()).and_then(|h| h.strip_prefix("Bearer "));
+        match token {
+            Some(t) if st.access_tokens.iter().any(|a| a == t) => ResponseTemplate::new(200)
+                .set_body_json(json!({"id": "fake-user-1", "name": "Fake User", "email": "fake@example.com"})),
+            _ => error(401, "invalid_token"),
+        }
+    }
+}
+
+impl FakeProvider {
+    pub async fn start() -> FakeProvider {
+        let server = MockServer::start().await;
+        let state = Arc::new(Mutex::new(State {
+            enforce_pkce: true,
+            expires_in: Some(json!(3600)),
+            rotate_refresh_tokens: true,
+            ..State::default()
+        }));
+        Mock::given(method("POST")).and(path("/token")).respond_with(TokenEndpoint(state.clone())).mount(&server).await;
+        Mock::given(path("/account")).respond_with(AccountEndpoint(state.clone())).mount(&server).await;
+        Mock::given(method("POST")).and(path("/revoke")).respond_with(ResponseTemplate::new(200)).mount(&server).await;
+        FakeProvider { server: Arc::new(server), state }
+    }
+
+    pub fn uri(&self) -> String {
+        self.server.uri()
+    }
+
+    /// A code the provider will accept once, for a flow whose PKCE challenge is `challenge`.
+    pub fn issue_code(&self, challenge: &str) -> String {
+        let code = format!("CODE-CANARY-{}", uuidish());
+        self.state.lock().unwrap().codes.insert(code.clone(), challenge.to_string());
+        code
+    }
+
+    /// Answer the next token call with `response` instead of the normal behaviour.
+    pub fn script(&self, response: ResponseTemplate) {
+        self.state.lock().unwrap().script.push_back(response);
+    }
+
+    pub fn with_state<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        f(&mut self.state.lock().unwrap())
+    }
+
+    pub async fn requests_to(&self, p: &str) -> Vec<Request> {
+        self.server.received_requests().await.unwrap_or_default().into_iter().filter(|r| r.url.path() == p).collect()
+    }
+
+    pub async fn token_calls(&self) -> usize {
+        self.requests_to("/token").await.len()
+    }
+}
