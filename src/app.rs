@@ -65,7 +65,11 @@ pub fn prepare(figment: Figment) -> Result<Prepared, ConfigError> {
     let cipher = Cipher::from_base64(vault_key.expose(), &old).map_err(|e| invalid("vault_key", e.to_string()))?;
 
     let mut figment = figment;
-    if figment.find_value("secret_key").is_err() {
+    // Rocket's defaults hold an all-zero secret key, which it replaces with a random one per start
+    // in debug (every restart would sign everyone out) and refuses in release.
+    let secret_key_set =
+        figment.extract_inner::<rocket::config::SecretKey>("secret_key").map(|k| !k.is_zero()).unwrap_or(false);
+    if !secret_key_set {
         if settings.dev_mode {
             let path = settings.data_dir.join("secret.key");
             let (key, created) = load_or_create_key(&path, true, || crate::util::random_key_b64(64))?;
@@ -86,6 +90,10 @@ pub fn prepare(figment: Figment) -> Result<Prepared, ConfigError> {
     Ok(Prepared { figment, settings, catalog, cipher })
 }
 
+fn template_dir(figment: &Figment) -> std::path::PathBuf {
+    figment.extract_inner::<std::path::PathBuf>("template_dir").unwrap_or_else(|_| "templates".into())
+}
+
 /// Build the Rocket from a figment (validating everything first).
 pub fn build(figment: Figment) -> Result<Rocket<Build>, ConfigError> {
     rocket(prepare(figment)?)
@@ -93,6 +101,14 @@ pub fn build(figment: Figment) -> Result<Rocket<Build>, ConfigError> {
 
 pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
     let Prepared { figment, settings, catalog, cipher } = prepared;
+    for (key, dir) in [("static_dir", settings.static_dir.clone()), ("template_dir", template_dir(&figment))] {
+        if !dir.is_dir() {
+            return Err(invalid(
+                key,
+                format!("`{}` is not a directory (run tokenvault from its project folder or set {key})", dir.display()),
+            ));
+        }
+    }
     let http = Outbound::new(&settings).map_err(|e| invalid("http_timeout", e))?;
     let headers = SecurityHeaders::new(&catalog.authorize_origins(&settings.public_origin()), settings.is_https());
     let static_dir = settings.static_dir.clone();

@@ -70,6 +70,8 @@ where
         let form = match Form::<T>::from_data(req, data).await {
             Outcome::Success(form) => form.into_inner(),
             Outcome::Error((status, errors)) => {
+                // A form without its token is a CSRF failure, not a malformed form.
+                let status = if errors.iter().any(|e| e.is_for("csrf_token")) { Status::Forbidden } else { status };
                 return Outcome::Error((status, CsrfError::Form(errors.to_string())));
             }
             Outcome::Forward(f) => return Outcome::Forward(f),

@@ -1,0 +1,143 @@
+//! The `tokenvault` binary's commands, and its refusal to start without keys in production.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+const VAULT_KEY: &str = "dGVzdC12YXVsdC1rZXktMzItYnl0ZXMtbG9uZyEhISE=";
+
+fn tokenvault(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tokenvault"));
+    cmd.args(args)
+        .current_dir(dir)
+        .env_remove("ROCKET_PROFILE")
+        .env("ROCKET_CONFIG", dir.join("Rocket.toml"))
+        .env("ROCKET_DATABASE_URL", dir.join("cli.sqlite"))
+        .env("ROCKET_DATA_DIR", dir.join("data"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("binary runs");
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    } else {
+        drop(child.stdin.take());
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+#[test]
+fn user_add_reads_the_password_from_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("ROCKET_VAULT_KEY", VAULT_KEY)];
+    let out = tokenvault(dir.path(), &["user", "add", "carol", "--admin"], &env, Some("a long cli password\n"));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("created user carol (id 1, admin)"));
+    assert!(!text(&out).contains("a long cli password"));
+
+    let again = tokenvault(dir.path(), &["user", "add", "carol"], &env, Some("a long cli password\n"));
+    assert!(!again.status.success());
+    assert!(text(&again).contains("taken"));
+    let weak = tokenvault(dir.path(), &["user", "add", "dave"], &env, Some("short\n"));
+    assert!(!weak.status.success());
+    assert!(text(&weak).contains("at least 10"));
+
+    let db = tokenvault::db::Db::open(&dir.path().join("cli.sqlite").to_string_lossy()).unwrap();
+    let mut conn = db.conn().unwrap();
+    let user = tokenvault::db::models::users::find_by_username(&mut conn, "carol").unwrap().unwrap();
+    assert!(user.is_admin);
+    assert!(tokenvault::auth::password::verify_blocking(
+        &tokenvault::util::Secret::new("a long cli password"),
+        Some(&user.password_hash)
+    ));
+}
+
+#[test]
+fn vault_set_and_list_never_print_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("ROCKET_VAULT_KEY", VAULT_KEY)];
+    let out = tokenvault(dir.path(), &["vault", "set", "dropbox.client_id", "app-key-123"], &env, None);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = tokenvault(dir.path(), &["vault", "set", "dropbox.client_secret", "-"], &env, Some("CS-CANARY-cli\n"));
+    assert!(out.status.success(), "{}", text(&out));
+    let list = tokenvault(dir.path(), &["vault", "list"], &env, None);
+    let shown = text(&list);
+    assert!(shown.contains("dropbox.client_id") && shown.contains("dropbox.client_secret"));
+    assert!(!shown.contains("CS-CANARY") && !shown.contains("app-key-123"));
+    let bad = tokenvault(dir.path(), &["vault", "set", "bad path", "x"], &env, None);
+    assert!(!bad.status.success());
+
+    let db = tokenvault::db::Db::open(&dir.path().join("cli.sqlite").to_string_lossy()).unwrap();
+    let cipher = tokenvault::vault::Cipher::from_base64(VAULT_KEY, &[]).unwrap();
+    let mut conn = db.conn().unwrap();
+    let v = tokenvault::vault::store::get(&mut conn, &cipher, "dropbox.client_secret").unwrap().unwrap();
+    assert_eq!(v.expose(), "CS-CANARY-cli");
+}
+
+#[test]
+fn debug_profile_creates_a_private_vault_key_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tokenvault(dir.path(), &["vault", "set", "x.client_id", "one"], &[], None);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("generated a new vault key"));
+    let key_path = dir.path().join("data/vault.key");
+    let key = std::fs::read_to_string(&key_path).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&key_path).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let out = tokenvault(dir.path(), &["vault", "list"], &[], None);
+    assert!(out.status.success());
+    assert!(!text(&out).contains("generated a new vault key"));
+    assert_eq!(std::fs::read_to_string(&key_path).unwrap(), key);
+}
+
+#[test]
+fn release_profile_refuses_to_start_without_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tokenvault(dir.path(), &["serve"], &[("ROCKET_PROFILE", "release")], None);
+    assert!(!out.status.success());
+    let t = text(&out);
+    assert!(t.contains("`vault_key` is required in the `release` profile") && t.contains("tokenvault keygen"), "{t}");
+
+    let out =
+        tokenvault(dir.path(), &["serve"], &[("ROCKET_PROFILE", "release"), ("ROCKET_VAULT_KEY", VAULT_KEY)], None);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("`secret_key` is required"), "{}", text(&out));
+
+    let out =
+        tokenvault(dir.path(), &["serve"], &[("ROCKET_PROFILE", "live"), ("ROCKET_VAULT_KEY", "too-short")], None);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("`vault_key` is invalid"), "{}", text(&out));
+}
+
+#[test]
+fn keygen_prints_fresh_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = String::from_utf8(tokenvault(dir.path(), &["keygen"], &[], None).stdout).unwrap();
+    let b = String::from_utf8(tokenvault(dir.path(), &["keygen"], &[], None).stdout).unwrap();
+    assert_eq!(a.trim().len(), 44);
+    assert_ne!(a, b);
+    let s = String::from_utf8(tokenvault(dir.path(), &["keygen", "--secret-key"], &[], None).stdout).unwrap();
+    assert_eq!(s.trim().len(), 88);
+}
+
+#[test]
+fn bad_provider_configuration_is_named_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("Rocket.toml"),
+        "[default.providers.acme]\nauthorize_url = \"http://acme.example/authorize\"\ntoken_url = \"https://acme.example/token\"\n",
+    )
+    .unwrap();
+    let out = tokenvault(dir.path(), &["serve"], &[("ROCKET_VAULT_KEY", VAULT_KEY)], None);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("providers.acme.authorize_url"), "{}", text(&out));
+}

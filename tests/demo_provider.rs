@@ -1,0 +1,214 @@
+//! The built-in demo provider, end to end over real HTTP: the app is launched on a free port and
+//! calls its own `/demo` authorization server, exactly as `cargo run` does.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use reqwest::redirect::Policy;
+use reqwest::StatusCode;
+
+struct Live {
+    base: String,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+    db: tokenvault::db::Db,
+    cipher: tokenvault::vault::Cipher,
+}
+
+async fn launch() -> Live {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let base = format!("http://127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("demo.sqlite");
+    let figment = rocket::figment::Figment::from(rocket::Config::debug_default())
+        .merge(("port", port))
+        .merge(("address", "127.0.0.1"))
+        .merge(("secret_key", common::SECRET_KEY))
+        .merge(("public_url", base.clone()))
+        .merge(("database_url", db_path.to_string_lossy().to_string()))
+        .merge(("data_dir", dir.path().to_string_lossy().to_string()))
+        .merge(("vault_key", common::VAULT_KEY))
+        .merge(("demo_provider", true))
+        .merge(("shutdown.ctrlc", false))
+        .select("debug");
+    let rocket = tokenvault::app::build(figment).unwrap();
+    tokio::spawn(async move { rocket.launch().await.expect("server runs") });
+    let http = reqwest::Client::builder().cookie_store(true).redirect(Policy::none()).build().unwrap();
+    for _ in 0..200 {
+        if http.get(format!("{base}/healthz")).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let db = tokenvault::db::Db::open(&db_path.to_string_lossy()).unwrap();
+    let cipher = tokenvault::vault::Cipher::from_base64(common::VAULT_KEY, &[]).unwrap();
+    Live { base, http, _dir: dir, db, cipher }
+}
+
+fn hidden_fields(html: &str) -> BTreeMap<String, String> {
+    let re = regex::Regex::new(r#"<input type="hidden" name="([a-z_]+)" value="([^"]*)""#).unwrap();
+    re.captures_iter(html).map(|c| (c[1].to_string(), c[2].replace("&amp;", "&").replace("&#x3D;", "="))).collect()
+}
+
+impl Live {
+    async fn get(&self, path: &str) -> reqwest::Response {
+        let url = if path.starts_with("http") { path.to_string() } else { format!("{}{path}", self.base) };
+        self.http.get(url).send().await.unwrap()
+    }
+
+    async fn post(&self, path: &str, form: &BTreeMap<String, String>) -> reqwest::Response {
+        self.http.post(format!("{}{path}", self.base)).form(form).send().await.unwrap()
+    }
+
+    async fn signup(&self) {
+        let page = self.get("/signup").await.text().await.unwrap();
+        let mut form = hidden_fields(&page);
+        form.insert("username".into(), "alice".into());
+        form.insert("password".into(), common::PASSWORD.into());
+        form.insert("password_confirm".into(), common::PASSWORD.into());
+        assert_eq!(self.post("/signup", &form).await.status(), StatusCode::SEE_OTHER);
+    }
+
+    /// Redirector → consent page; returns the consent form's fields.
+    async fn to_consent(&self) -> BTreeMap<String, String> {
+        let page = self.get("/services/demo/authorize").await.text().await.unwrap();
+        assert!(page.contains(r#"id="authorize""#), "{page}");
+        let res = self.post("/services/demo/authorize", &hidden_fields(&page)).await;
+        assert_eq!(res.status(), StatusCode::SEE_OTHER);
+        let location = res.headers()["location"].to_str().unwrap().to_string();
+        assert!(location.starts_with(&format!("{}/demo/oauth2/authorize?", self.base)));
+        let consent = self.get(&location).await.text().await.unwrap();
+        assert!(consent.contains(r#"id="allow""#) && consent.contains(r#"id="deny""#));
+        hidden_fields(&consent)
+    }
+
+    async fn decide(&self, mut form: BTreeMap<String, String>, decision: &str) -> String {
+        form.insert("decision".into(), decision.into());
+        form.insert("account".into(), "alice@demo.example".into());
+        let res = self.post("/demo/oauth2/authorize", &form).await;
+        assert_eq!(res.status(), StatusCode::SEE_OTHER);
+        res.headers()["location"].to_str().unwrap().to_string()
+    }
+
+    fn tokens(&self) -> Option<(String, Option<String>)> {
+        let mut conn = self.db.conn().unwrap();
+        let c = tokenvault::db::models::connections::find(&mut conn, 1, "demo").unwrap()?;
+        let (a, r) = tokenvault::oauth::store::open_tokens(&self.cipher, &c).unwrap();
+        Some((a.expose().to_string(), r.map(|r| r.expose().to_string())))
+    }
+
+    async fn client_credentials(&self) -> (String, String) {
+        let mut conn = self.db.conn().unwrap();
+        let creds = tokenvault::vault::store::client_credentials(&mut conn, &self.cipher, "demo").unwrap().unwrap();
+        (creds.client_id, creds.client_secret.unwrap().expose().to_string())
+    }
+
+    async fn token_call(&self, form: &[(&str, &str)]) -> (StatusCode, serde_json::Value) {
+        let (id, secret) = self.client_credentials().await;
+        let res = self
+            .http
+            .post(format!("{}/demo/oauth2/token", self.base))
+            .basic_auth(id, Some(secret))
+            .form(form)
+            .send()
+            .await
+            .unwrap();
+        (res.status(), res.json().await.unwrap_or_default())
+    }
+}
+
+#[tokio::test]
+async fn connect_the_demo_provider_end_to_end() {
+    let live = launch().await;
+    live.signup().await;
+    let consent = live.to_consent().await;
+    let callback = live.decide(consent, "allow").await;
+    assert!(callback.starts_with(&format!("{}/services/demo/callback?code=", live.base)));
+    assert!(callback.contains("iss="));
+    let res = live.get(&callback).await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let clean = res.headers()["location"].to_str().unwrap().to_string();
+    assert!(!clean.contains("code="));
+    let page = live.get(&clean).await.text().await.unwrap();
+    assert!(page.contains(r#"id="connected""#));
+    let settings = live.get("/settings/oauth2").await.text().await.unwrap();
+    assert!(settings.contains(r#"<tr data-service="demo">"#));
+    assert!(settings.contains("<code>profile</code>"));
+
+    // The stored token works at the demo account API; a wrong one does not.
+    let (access, refresh) = live.tokens().unwrap();
+    assert!(refresh.is_some());
+    let ok = live.http.get(format!("{}/demo/api/account", live.base)).bearer_auth(&access).send().await.unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    let body: serde_json::Value = ok.json().await.unwrap();
+    assert_eq!(body["email"], "alice@demo.example");
+    let bad = live.http.get(format!("{}/demo/api/account", live.base)).bearer_auth("nope").send().await.unwrap();
+    assert_eq!(bad.status(), StatusCode::UNAUTHORIZED);
+    assert!(bad.headers().contains_key("www-authenticate"));
+
+    // The code was single-use.
+    let code = url::Url::parse(&callback).unwrap().query_pairs().find(|(k, _)| k == "code").unwrap().1.to_string();
+    let (status, body) = live.token_call(&[("grant_type", "authorization_code"), ("code", &code)]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"], "invalid_grant");
+}
+
+#[tokio::test]
+async fn deny_on_the_consent_page_stores_nothing() {
+    let live = launch().await;
+    live.signup().await;
+    let consent = live.to_consent().await;
+    let callback = live.decide(consent, "deny").await;
+    assert!(callback.contains("error=access_denied"));
+    let res = live.get(&callback).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.text().await.unwrap().contains(r#"id="cancelled""#));
+    assert!(live.tokens().is_none());
+}
+
+#[tokio::test]
+async fn demo_token_endpoint_checks_pkce_clients_and_rotation() {
+    let live = launch().await;
+    live.signup().await;
+    let consent = live.to_consent().await;
+    let redirect_uri = consent["redirect_uri"].clone();
+    let callback = live.decide(consent, "allow").await;
+    let code = url::Url::parse(&callback).unwrap().query_pairs().find(|(k, _)| k == "code").unwrap().1.to_string();
+    // A wrong verifier burns the code.
+    let wrong = "w".repeat(64);
+    let (status, body) = live
+        .token_call(&[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", &redirect_uri),
+            ("code_verifier", &wrong),
+        ])
+        .await;
+    assert_eq!((status, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_grant")));
+    // Wrong client secret.
+    let res = live
+        .http
+        .post(format!("{}/demo/oauth2/token", live.base))
+        .basic_auth("tokenvault-demo", Some("wrong"))
+        .form(&[("grant_type", "refresh_token"), ("refresh_token", "x")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+
+    // Rotation: a refresh token works once; replaying it revokes the whole grant.
+    let consent = live.to_consent().await;
+    let callback = live.decide(consent, "allow").await;
+    assert_eq!(live.get(&callback).await.status(), StatusCode::SEE_OTHER);
+    let (_, refresh) = live.tokens().unwrap();
+    let refresh = refresh.unwrap();
+    let (status, first) = live.token_call(&[("grant_type", "refresh_token"), ("refresh_token", &refresh)]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_ne!(first["refresh_token"].as_str().unwrap(), refresh);
+    let (status, _) = live.token_call(&[("grant_type", "refresh_token"), ("refresh_token", &refresh)]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let new_access = first["access_token"].as_str().unwrap();
+    let res = live.http.get(format!("{}/demo/api/account", live.base)).bearer_auth(new_access).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "the family was revoked on reuse");
+}
