@@ -22,6 +22,7 @@ pub struct AppState {
     pub cipher: Arc<Cipher>,
     pub http: Outbound,
     pub catalog: Arc<Catalog>,
+    pub refresh_locks: crate::oauth::access::RefreshLocks,
 }
 
 /// Validated configuration and keys, before any Rocket or database exists (used by the CLI too).
@@ -132,7 +133,7 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
         match opened {
             Ok(Ok(db)) => {
                 tracing::info!(profile = %settings.profile, public_url = %settings.public_url, vault_key_id = %cipher.active_key_id(), "database ready");
-                Ok(rocket.manage(AppState { db, settings, cipher, http, catalog }))
+                Ok(rocket.manage(AppState { db, settings, cipher, http, catalog, refresh_locks: Default::default() }))
             }
             Ok(Err(e)) => {
                 tracing::error!("cannot start: {e}");
@@ -159,6 +160,7 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
         .mount("/", crate::routes::home::routes())
         .mount("/", crate::routes::auth::routes())
         .mount("/", crate::routes::services::routes())
+        .mount("/", crate::routes::account::routes())
         .mount("/", crate::routes::settings::routes())
         .mount("/", crate::routes::admin::routes())
         .mount("/", crate::routes::health::routes())

@@ -36,6 +36,8 @@ pub struct RawConfig {
     pub default_token_lifetime: i64,
     /// Lifetime of the demo provider's access tokens, seconds.
     pub demo_token_lifetime: i64,
+    /// Refresh an access token this many seconds before it expires.
+    pub refresh_margin: i64,
     /// The log filter (`tracing` env-filter syntax); `RUST_LOG` overrides it.
     pub log: String,
     pub providers: BTreeMap<String, ProviderConfig>,
@@ -59,6 +61,7 @@ impl Default for RawConfig {
             max_response_bytes: 1024 * 1024,
             default_token_lifetime: 3600,
             demo_token_lifetime: 120,
+            refresh_margin: 60,
             log: "info".into(),
             providers: BTreeMap::new(),
         }
@@ -84,6 +87,7 @@ pub struct Settings {
     pub max_response_bytes: usize,
     pub default_token_lifetime: i64,
     pub demo_token_lifetime: i64,
+    pub refresh_margin: i64,
     pub log: String,
 }
 
@@ -179,6 +183,9 @@ impl Settings {
         if raw.default_token_lifetime <= 0 || raw.demo_token_lifetime <= 0 {
             return Err(invalid("default_token_lifetime", "token lifetimes must be positive"));
         }
+        if raw.refresh_margin < 0 {
+            return Err(invalid("refresh_margin", "must not be negative"));
+        }
         let database_url = match &raw.database_url {
             Some(url) if !url.trim().is_empty() => url.clone(),
             _ => raw.data_dir.join("tokenvault.sqlite").to_string_lossy().into_owned(),
@@ -199,6 +206,7 @@ impl Settings {
             max_response_bytes: raw.max_response_bytes,
             default_token_lifetime: raw.default_token_lifetime,
             demo_token_lifetime: raw.demo_token_lifetime,
+            refresh_margin: raw.refresh_margin,
             log: raw.log.clone(),
         })
     }

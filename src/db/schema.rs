@@ -58,6 +58,7 @@ diesel::table! {
         status -> Text,
         version -> BigInt,
         updated_at -> BigInt,
+        refresh_lease_until -> Nullable<BigInt>,
     }
 }
 

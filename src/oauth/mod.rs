@@ -1,8 +1,11 @@
 //! Everything OAuth: the provider catalog, the outbound HTTP client, the authorization flow
 //! (Redirector → provider → Callback) and the token store.
 
+pub mod access;
+pub mod account;
 pub mod flow;
 pub mod http;
 pub mod providers;
+pub mod revoke;
 pub mod store;
 pub mod tokens;

@@ -82,7 +82,8 @@ pub struct Provider {
     pub description: String,
     pub authorize_url: Url,
     pub token_url: Url,
-    pub revoke_url: Option<Url>,
+    /// The revocation endpoint; for GitHub a template with `{client_id}`.
+    pub revoke_url: Option<String>,
     pub revoke_style: RevokeStyle,
     pub account_url: Option<Url>,
     pub account_method: AccountMethod,
@@ -267,7 +268,10 @@ pub fn resolve(name: &str, cfg: &ProviderConfig) -> Result<Provider, ConfigError
     });
     let revoke_url = match &merged.revoke_url {
         // `{client_id}` is filled in at call time (GitHub); check the rest of the URL.
-        Some(u) => Some(parse_endpoint(&key("revoke_url"), &u.replace("{client_id}", "client-id"))?),
+        Some(u) => {
+            parse_endpoint(&key("revoke_url"), &u.replace("{client_id}", "client-id"))?;
+            Some(u.clone())
+        }
         None => None,
     };
     let account_url = merged.account_url.as_deref().map(|u| parse_endpoint(&key("account_url"), u)).transpose()?;
@@ -317,7 +321,7 @@ pub fn demo(settings: &Settings) -> Provider {
         description: "A small OAuth 2.0 server built into tokenvault, for trying the whole flow offline.".into(),
         authorize_url: url("/demo/oauth2/authorize"),
         token_url: url("/demo/oauth2/token"),
-        revoke_url: Some(url("/demo/oauth2/revoke")),
+        revoke_url: Some(settings.url("/demo/oauth2/revoke")),
         revoke_style: RevokeStyle::Rfc7009,
         account_url: Some(url("/demo/api/account")),
         account_method: AccountMethod::Get,

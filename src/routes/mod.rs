@@ -1,5 +1,6 @@
 //! Thin handlers, one module per area. Each exposes `routes()`; `catchers()` are the error pages.
 
+pub mod account;
 pub mod admin;
 pub mod auth;
 pub mod health;

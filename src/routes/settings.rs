@@ -10,12 +10,13 @@ use crate::auth::{Csrf, CsrfOnly, CurrentUser};
 use crate::db::models::connections::{self, STATUS_RECONNECT};
 use crate::db::models::events;
 use crate::error::{AppError, AppResult};
+use crate::oauth::revoke::{revoke_and_delete, Revoked};
 use crate::oauth::store::record_event;
 use crate::util::{format_utc, now, relative_time};
 use crate::web::{Layout, Page};
 
 pub fn routes() -> Vec<Route> {
-    routes![oauth2, delete]
+    routes![oauth2, delete, revoke]
 }
 
 #[derive(Serialize)]
@@ -41,6 +42,8 @@ struct ConnectionRow {
     status: String,
     reconnect: bool,
     known_service: bool,
+    can_revoke: bool,
+    has_account_page: bool,
     events: Vec<EventView>,
 }
 
@@ -73,6 +76,8 @@ async fn oauth2(app: &State<AppState>, user: &CurrentUser, layout: Layout) -> Ap
             ConnectionRow {
                 display_name: provider.as_ref().map(|p| p.display_name.clone()).unwrap_or_else(|| c.service.clone()),
                 known_service: provider.is_some(),
+                can_revoke: provider.as_ref().is_some_and(|p| p.can_revoke()),
+                has_account_page: provider.as_ref().is_some_and(|p| p.account_url.is_some()),
                 scopes: c.scopes.split(' ').filter(|s| !s.is_empty()).map(String::from).collect(),
                 obtained: relative_time(c.obtained_at, now),
                 obtained_utc: format_utc(c.obtained_at),
@@ -131,4 +136,29 @@ async fn delete(
         Redirect::to("/settings/oauth2"),
         format!("Your {name} tokens were deleted from tokenvault. Access stays granted at {name} until you revoke it there."),
     ))
+}
+
+/// Revoke at the provider (where supported), then delete locally even if the provider call fails.
+#[post("/settings/oauth2/<service>/revoke", data = "<_form>")]
+async fn revoke(
+    app: &State<AppState>,
+    user: &CurrentUser,
+    service: &str,
+    _form: Csrf<CsrfOnly>,
+) -> AppResult<Flash<Redirect>> {
+    let p = crate::routes::services::provider(app, service)?;
+    let outcome = revoke_and_delete(app, user.id, &p).await?;
+    let name = &p.display_name;
+    let back = Redirect::to("/settings/oauth2");
+    Ok(match outcome {
+        Revoked::AtProvider => Flash::success(back, format!("{name} access was revoked and the tokens deleted.")),
+        Revoked::NotSupported => Flash::success(
+            back,
+            format!("Your {name} tokens were deleted. {name} offers no revocation: access stays granted there until you remove it in your {name} account settings."),
+        ),
+        Revoked::ProviderFailed(reason) => Flash::error(
+            back,
+            format!("The tokens were deleted from tokenvault, but {name} could not confirm the revocation ({reason}). Remove tokenvault's access in your {name} account settings to be sure."),
+        ),
+    })
 }

@@ -30,6 +30,12 @@ pub struct State {
     pub access_tokens: Vec<String>,
     /// Responses to use for the next token calls, before the normal behaviour.
     script: VecDeque<ResponseTemplate>,
+    /// The account API answers 401 whatever the token.
+    pub account_always_401: bool,
+    /// Delay of successful refresh answers (to make concurrent requests overlap).
+    pub refresh_delay: Option<std::time::Duration>,
+    /// Refresh responses leave out `refresh_token` (Dropbox, Google).
+    pub omit_refresh_token: bool,
 }
 
 #[derive(Clone)]
@@ -91,10 +97,14 @@ impl Respond for TokenEndpoint {
                 let rt = f.get("refresh_token").cloned().unwrap_or_default();
                 match st.refresh_tokens.get(&rt).copied() {
                     Some(true) => {
-                        if st.rotate_refresh_tokens {
+                        if st.rotate_refresh_tokens && !st.omit_refresh_token {
                             st.refresh_tokens.insert(rt, false);
                         }
-                        issue(&mut st)
+                        let response = issue(&mut st);
+                        match st.refresh_delay {
+                            Some(d) => response.set_delay(d),
+                            None => response,
+                        }
                     }
                     Some(false) => {
                         // Replay of a rotated refresh token: revoke the whole family.
@@ -119,7 +129,7 @@ fn issue(st: &mut State) -> ResponseTemplate {
     let refresh = format!("RT-CANARY-{n}-{}", uuidish());
     st.access_tokens.push(access.clone());
     let mut body = json!({"access_token": access, "token_type": "bearer", "scope": "read write"});
-    let give_refresh = st.rotate_refresh_tokens || n == 1 || st.refresh_tokens.is_empty();
+    let give_refresh = !st.omit_refresh_token && (st.rotate_refresh_tokens || st.refresh_tokens.is_empty());
     if give_refresh {
         st.refresh_tokens.insert(refresh.clone(), true);
         body["refresh_token"] = json!(refresh);
@@ -142,6 +152,9 @@ struct AccountEndpoint(Arc<Mutex<State>>);
 impl Respond for AccountEndpoint {
     fn respond(&self, req: &Request) -> ResponseTemplate {
         let st = self.0.lock().unwrap();
+        if st.account_always_401 {
+            return error(401, "invalid_token");
+        }
         let token =
             req.headers.get("authorization").and_then(|h| h.to_str().ok()).and_then(|h| h.strip_prefix("Bearer "));
         match token {
@@ -164,6 +177,16 @@ impl FakeProvider {
         Mock::given(method("POST")).and(path("/token")).respond_with(TokenEndpoint(state.clone())).mount(&server).await;
         Mock::given(path("/account")).respond_with(AccountEndpoint(state.clone())).mount(&server).await;
         Mock::given(method("POST")).and(path("/revoke")).respond_with(ResponseTemplate::new(200)).mount(&server).await;
+        Mock::given(method("POST"))
+            .and(path("/dropbox-revoke"))
+            .respond_with(ResponseTemplate::new(200).set_body_raw("null", "application/json"))
+            .mount(&server)
+            .await;
+        Mock::given(method("DELETE"))
+            .and(wiremock::matchers::path_regex("^/applications/[^/]+/token$"))
+            .respond_with(ResponseTemplate::new(204))
+            .mount(&server)
+            .await;
         FakeProvider { server: Arc::new(server), state }
     }
 
@@ -193,5 +216,19 @@ impl FakeProvider {
 
     pub async fn token_calls(&self) -> usize {
         self.requests_to("/token").await.len()
+    }
+
+    /// Token calls with `grant_type=refresh_token`.
+    pub async fn refresh_calls(&self) -> usize {
+        self.requests_to("/token")
+            .await
+            .iter()
+            .filter(|r| form(r).get("grant_type").map(String::as_str) == Some("refresh_token"))
+            .count()
+    }
+
+    /// Make every current access token invalid (as if revoked or expired at the provider).
+    pub fn invalidate_access_tokens(&self) {
+        self.state.lock().unwrap().access_tokens.clear();
     }
 }

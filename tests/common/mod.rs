@@ -42,10 +42,18 @@ pub struct Builder {
     fake_config: BTreeMap<String, Value>,
     demo: bool,
     credentials: bool,
+    preset: Option<String>,
 }
 
 pub fn builder() -> Builder {
-    Builder { profile: "debug", extra: Vec::new(), fake_config: BTreeMap::new(), demo: false, credentials: true }
+    Builder {
+        profile: "debug",
+        extra: Vec::new(),
+        fake_config: BTreeMap::new(),
+        demo: false,
+        credentials: true,
+        preset: None,
+    }
 }
 
 impl Builder {
@@ -58,6 +66,13 @@ impl Builder {
     /// Set a key of the fake provider's `[providers.fake]` table.
     pub fn provider(mut self, key: &str, value: impl Into<Value>) -> Self {
         self.fake_config.insert(key.to_string(), value.into());
+        self
+    }
+
+    /// Make the fake provider a `preset` whose endpoints point at the fake (every other preset
+    /// field — auth style, methods, parameters — stays the preset's).
+    pub fn preset(mut self, preset: &str) -> Self {
+        self.preset = Some(preset.to_string());
         self
     }
 
@@ -84,8 +99,21 @@ impl Builder {
         provider.insert("account_url".into(), format!("{}/account", fake.uri()).into());
         provider.insert("api_base_url".into(), format!("{}/api", fake.uri()).into());
         provider.insert("issuer".into(), fake.uri().into());
-        provider.insert("scopes".into(), vec!["read", "write"].into());
-        provider.insert("client_auth".into(), "basic".into());
+        match &self.preset {
+            Some(preset) => {
+                provider.insert("preset".into(), preset.clone().into());
+                let revoke = match preset.as_str() {
+                    "dropbox" => format!("{}/dropbox-revoke", fake.uri()),
+                    "github" => format!("{}/applications/{{client_id}}/token", fake.uri()),
+                    _ => format!("{}/revoke", fake.uri()),
+                };
+                provider.insert("revoke_url".into(), revoke.into());
+            }
+            None => {
+                provider.insert("scopes".into(), vec!["read", "write"].into());
+                provider.insert("client_auth".into(), "basic".into());
+            }
+        }
         for (k, v) in self.fake_config {
             provider.insert(k, v);
         }

@@ -23,6 +23,7 @@ pub struct Connection {
     pub status: String,
     pub version: i64,
     pub updated_at: i64,
+    pub refresh_lease_until: Option<i64>,
 }
 
 #[derive(Debug, Insertable)]
@@ -57,6 +58,7 @@ pub fn upsert(conn: &mut Conn, new: &NewConnection<'_>) -> QueryResult<usize> {
             connections::status.eq(excluded(connections::status)),
             connections::version.eq(connections::version + 1),
             connections::updated_at.eq(excluded(connections::updated_at)),
+            connections::refresh_lease_until.eq(None::<i64>),
         ))
         .execute(conn)
 }
@@ -82,4 +84,68 @@ pub fn list_for_user(conn: &mut Conn, user_id: i64) -> QueryResult<Vec<Connectio
 pub fn delete(conn: &mut Conn, user_id: i64, service: &str) -> QueryResult<usize> {
     diesel::delete(connections::table.filter(connections::user_id.eq(user_id)).filter(connections::service.eq(service)))
         .execute(conn)
+}
+
+/// Take the refresh lease of connection `id` at `version` until `until`: true when this caller
+/// won it (nobody holds an unexpired lease and the version is unchanged).
+pub fn take_refresh_lease(conn: &mut Conn, id: i64, version: i64, now: i64, until: i64) -> QueryResult<bool> {
+    let n = diesel::update(
+        connections::table
+            .filter(connections::id.eq(id))
+            .filter(connections::version.eq(version))
+            .filter(connections::status.eq(STATUS_ACTIVE))
+            .filter(connections::refresh_lease_until.is_null().or(connections::refresh_lease_until.lt(now))),
+    )
+    .set(connections::refresh_lease_until.eq(until))
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+pub fn release_refresh_lease(conn: &mut Conn, id: i64, version: i64) -> QueryResult<usize> {
+    diesel::update(connections::table.filter(connections::id.eq(id)).filter(connections::version.eq(version)))
+        .set(connections::refresh_lease_until.eq(None::<i64>))
+        .execute(conn)
+}
+
+/// New tokens after a refresh, written only if the row is still at `version` (compare-and-swap).
+pub struct Refreshed<'a> {
+    pub access_token: &'a [u8],
+    /// `None`: the provider sent no new refresh token; keep the old one.
+    pub refresh_token: Option<&'a [u8]>,
+    pub token_type: &'a str,
+    pub scopes: &'a str,
+    pub expires_at: Option<i64>,
+    pub obtained_at: i64,
+}
+
+pub fn store_refreshed(conn: &mut Conn, id: i64, version: i64, r: &Refreshed<'_>) -> QueryResult<bool> {
+    let target = connections::table.filter(connections::id.eq(id)).filter(connections::version.eq(version));
+    let common = (
+        connections::access_token.eq(r.access_token),
+        connections::token_type.eq(r.token_type),
+        connections::scopes.eq(r.scopes),
+        connections::expires_at.eq(r.expires_at),
+        connections::obtained_at.eq(r.obtained_at),
+        connections::version.eq(version + 1),
+        connections::updated_at.eq(r.obtained_at),
+        connections::refresh_lease_until.eq(None::<i64>),
+    );
+    let n = match r.refresh_token {
+        Some(rt) => diesel::update(target).set((common, connections::refresh_token.eq(rt))).execute(conn)?,
+        None => diesel::update(target).set(common).execute(conn)?,
+    };
+    Ok(n == 1)
+}
+
+/// Mark a connection as needing the user to authorize again (only if still at `version`).
+pub fn mark_reconnect_required(conn: &mut Conn, id: i64, version: i64, now: i64) -> QueryResult<bool> {
+    let n = diesel::update(connections::table.filter(connections::id.eq(id)).filter(connections::version.eq(version)))
+        .set((
+            connections::status.eq(STATUS_RECONNECT),
+            connections::version.eq(version + 1),
+            connections::updated_at.eq(now),
+            connections::refresh_lease_until.eq(None::<i64>),
+        ))
+        .execute(conn)?;
+    Ok(n == 1)
 }

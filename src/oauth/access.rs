@@ -1,0 +1,305 @@
+//! Getting a usable access token: the one refresh mechanism every caller uses.
+//!
+//! - Proactive: a token that expires within `refresh_margin` seconds is refreshed before use.
+//! - Reactive: after a 401, [`refresh_after_401`] refreshes once — unless another request already
+//!   replaced the token the 401 was for, in which case that newer token is used.
+//! - Single-flight: an in-process lock per connection, plus a short lease in the database taken
+//!   with a version compare-and-swap, so that no other request or instance refreshes at the same
+//!   time; those wait and re-read instead.
+//! - Rotation: a new refresh token replaces the old one in the same write as the new access
+//!   token; a response without one keeps the old one.
+//! - Failures: `invalid_grant` marks the connection "reconnect required" (after re-reading it, in
+//!   case someone else refreshed it meanwhile); `invalid_client` keeps the tokens and reports an
+//!   administrator problem; anything else keeps the tokens and is retryable.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use diesel::Connection as _;
+use rocket::http::Status;
+
+use crate::app::AppState;
+use crate::db::models::connections::{self, Connection, Refreshed, STATUS_RECONNECT};
+use crate::error::AppError;
+use crate::oauth::providers::Provider;
+use crate::oauth::store::{aad, open_tokens, record_event};
+use crate::oauth::tokens::{self, TokenError};
+use crate::util::{now, Secret};
+use crate::vault::store::client_credentials;
+
+/// Why no usable token could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    #[error("not connected")]
+    NotConnected,
+    #[error("the connection needs to be authorized again")]
+    ReconnectRequired,
+    /// The provider refused tokenvault's client credentials: an administrator's problem.
+    #[error("client credentials rejected: {0}")]
+    ClientRejected(TokenError),
+    /// A transient provider failure (5xx, timeout, network, garbage); the tokens are kept.
+    #[error("provider failure: {0}")]
+    Provider(TokenError),
+    #[error(transparent)]
+    App(#[from] AppError),
+}
+
+impl AccessError {
+    /// The error page for these cases that are not handled by the page itself.
+    pub fn into_app_error(self, provider: &Provider) -> AppError {
+        match self {
+            AccessError::NotConnected => AppError::NotFound,
+            AccessError::ReconnectRequired => AppError::Upstream {
+                status: Status::Conflict,
+                message: format!("Your {} connection needs to be authorized again.", provider.display_name),
+                detail: format!("{}: reconnect required", provider.name),
+            },
+            AccessError::ClientRejected(e) | AccessError::Provider(e) => e.to_app_error(provider),
+            AccessError::App(e) => e,
+        }
+    }
+}
+
+/// A usable access token and what it belongs to.
+#[derive(Debug)]
+pub struct FreshToken {
+    pub access_token: Secret,
+    pub token_type: String,
+    pub expires_at: Option<i64>,
+    pub scopes: Vec<String>,
+    /// The connection's version this token came from (for [`refresh_after_401`]).
+    pub version: i64,
+}
+
+type ConnectionLock = Arc<rocket::tokio::sync::Mutex<()>>;
+
+/// Per-connection locks of this process, keyed by (user id, service).
+#[derive(Default)]
+pub struct RefreshLocks {
+    locks: Mutex<HashMap<(i64, String), ConnectionLock>>,
+}
+
+impl RefreshLocks {
+    fn get(&self, user_id: i64, service: &str) -> ConnectionLock {
+        let mut map = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() > 10_000 {
+            map.retain(|_, l| Arc::strong_count(l) > 1);
+        }
+        map.entry((user_id, service.to_string())).or_default().clone()
+    }
+}
+
+fn fresh_from(app: &AppState, c: &Connection) -> Result<FreshToken, AccessError> {
+    let (access, _) = open_tokens(&app.cipher, c)?;
+    Ok(FreshToken {
+        access_token: access,
+        token_type: c.token_type.clone(),
+        expires_at: c.expires_at,
+        scopes: c.scopes.split(' ').filter(|s| !s.is_empty()).map(String::from).collect(),
+        version: c.version,
+    })
+}
+
+async fn load(app: &AppState, user_id: i64, service: &str) -> Result<Connection, AccessError> {
+    let svc = service.to_string();
+    let row = app.db.run(move |conn| Ok(connections::find(conn, user_id, &svc)?)).await?;
+    let row = row.ok_or(AccessError::NotConnected)?;
+    if row.status == STATUS_RECONNECT {
+        return Err(AccessError::ReconnectRequired);
+    }
+    Ok(row)
+}
+
+/// A usable access token for (user, service), refreshed first if it expires soon.
+pub async fn fresh_token(app: &AppState, user_id: i64, provider: &Provider) -> Result<FreshToken, AccessError> {
+    let margin = app.settings.refresh_margin;
+    refresh_if(app, user_id, provider, move |c| c.expires_at.is_some_and(|e| e - margin <= now())).await
+}
+
+/// The provider answered 401 to the token of `stale_version`: refresh once, unless that token was
+/// already replaced, and return the token to retry with.
+pub async fn refresh_after_401(
+    app: &AppState,
+    user_id: i64,
+    provider: &Provider,
+    stale_version: i64,
+) -> Result<FreshToken, AccessError> {
+    refresh_if(app, user_id, provider, move |c| c.version == stale_version).await
+}
+
+async fn refresh_if<F>(app: &AppState, user_id: i64, provider: &Provider, needs: F) -> Result<FreshToken, AccessError>
+where
+    F: Fn(&Connection) -> bool,
+{
+    let row = load(app, user_id, &provider.name).await?;
+    if !needs(&row) {
+        return fresh_from(app, &row);
+    }
+    let seen_version = row.version;
+    let lock = app.refresh_locks.get(user_id, &provider.name);
+    let _guard = lock.lock().await;
+    let wait_limit = now() + app.settings.http_timeout as i64 + 5;
+    loop {
+        let row = load(app, user_id, &provider.name).await?;
+        // Someone else refreshed (or reconnected) while we waited: use their token.
+        if row.version != seen_version || !needs(&row) {
+            return fresh_from(app, &row);
+        }
+        let lease_until = now() + app.settings.http_timeout as i64 + 2;
+        let (id, version) = (row.id, row.version);
+        let won =
+            app.db.run(move |conn| Ok(connections::take_refresh_lease(conn, id, version, now(), lease_until)?)).await?;
+        if won {
+            return refresh_now(app, provider, row).await;
+        }
+        // Another instance is refreshing this connection: wait for its result.
+        if now() > wait_limit {
+            return Err(AccessError::Provider(TokenError::Timeout));
+        }
+        rocket::tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Refresh `row` (whose lease we hold) and store the result.
+async fn refresh_now(app: &AppState, provider: &Provider, row: Connection) -> Result<FreshToken, AccessError> {
+    let (user_id, service, id, version) = (row.user_id, row.service.clone(), row.id, row.version);
+    let (_, refresh_token) = open_tokens(&app.cipher, &row)?;
+    let Some(refresh_token) = refresh_token else {
+        let svc = service.clone();
+        app.db
+            .run(move |conn| {
+                conn.transaction(|conn| {
+                    connections::mark_reconnect_required(conn, id, version, now())?;
+                    record_event(
+                        conn,
+                        user_id,
+                        &svc,
+                        "refresh",
+                        "reconnect required",
+                        "no refresh token to renew access",
+                    )
+                })
+            })
+            .await?;
+        return Err(AccessError::ReconnectRequired);
+    };
+    let cipher = app.cipher.clone();
+    let name = provider.name.clone();
+    let creds = app.db.run(move |conn| client_credentials(conn, &cipher, &name)).await?;
+    let Some(creds) = creds else {
+        release(app, id, version).await;
+        return Err(AccessError::ClientRejected(TokenError::Rejected("invalid_client".into())));
+    };
+    let current_scopes: Vec<String> = row.scopes.split(' ').filter(|s| !s.is_empty()).map(String::from).collect();
+    let started = std::time::Instant::now();
+    let result = tokens::refresh(
+        &app.http,
+        provider,
+        &creds,
+        &refresh_token,
+        app.settings.default_token_lifetime,
+        &current_scopes,
+    )
+    .await;
+    tracing::info!(service = %service, user_id, ok = result.is_ok(), millis = started.elapsed().as_millis() as u64, "token refresh");
+    match result {
+        Ok(set) => {
+            let access = app.cipher.seal_str(set.access_token.expose(), &aad(user_id, &service, "access_token"));
+            let refresh = set
+                .refresh_token
+                .as_ref()
+                .map(|r| app.cipher.seal_str(r.expose(), &aad(user_id, &service, "refresh_token")));
+            let scopes = set.scopes.join(" ");
+            let (token_type, expires_at, obtained_at) = (set.token_type.clone(), set.expires_at, set.obtained_at);
+            let rotated = set.refresh_token.is_some();
+            let svc = service.clone();
+            let stored = app
+                .db
+                .run(move |conn| {
+                    conn.transaction(|conn| {
+                        let r = Refreshed {
+                            access_token: &access,
+                            refresh_token: refresh.as_deref(),
+                            token_type: &token_type,
+                            scopes: &scopes,
+                            expires_at,
+                            obtained_at,
+                        };
+                        let ok = connections::store_refreshed(conn, id, version, &r)?;
+                        if ok {
+                            let detail = if rotated { "new refresh token stored" } else { "refresh token kept" };
+                            record_event(conn, user_id, &svc, "refresh", "ok", detail)?;
+                        }
+                        Ok(ok)
+                    })
+                })
+                .await?;
+            if !stored {
+                // The row changed under our lease (deleted or reconnected meanwhile): use what is there.
+                let row = load(app, user_id, &provider.name).await?;
+                return fresh_from(app, &row);
+            }
+            Ok(FreshToken {
+                access_token: set.access_token,
+                token_type: set.token_type,
+                expires_at,
+                scopes: set.scopes,
+                version: version + 1,
+            })
+        }
+        Err(e) if e.is_invalid_grant() => {
+            let svc = service.clone();
+            let marked = app
+                .db
+                .run(move |conn| {
+                    conn.transaction(|conn| {
+                        let marked = connections::mark_reconnect_required(conn, id, version, now())?;
+                        if marked {
+                            record_event(
+                                conn,
+                                user_id,
+                                &svc,
+                                "refresh",
+                                "reconnect required",
+                                "the provider no longer accepts the refresh token (invalid_grant)",
+                            )?;
+                        }
+                        Ok(marked)
+                    })
+                })
+                .await?;
+            if !marked {
+                // Someone refreshed it meanwhile: use their token.
+                let row = load(app, user_id, &provider.name).await?;
+                return fresh_from(app, &row);
+            }
+            tracing::warn!(service = %service, user_id, "refresh token rejected: reconnect required");
+            Err(AccessError::ReconnectRequired)
+        }
+        Err(e) => {
+            release(app, id, version).await;
+            let svc = service.clone();
+            let client = e.is_client_error();
+            let detail = if client {
+                "the provider rejected tokenvault's client credentials; an administrator must check them".to_string()
+            } else {
+                format!("{e}; the tokens were kept and it will be retried")
+            };
+            let outcome = if client { "failed (admin)" } else { "failed (retryable)" };
+            app.db.run(move |conn| record_event(conn, user_id, &svc, "refresh", outcome, &detail)).await?;
+            if client {
+                tracing::error!(service = %service, "the provider rejected the client credentials during a refresh");
+                Err(AccessError::ClientRejected(e))
+            } else {
+                Err(AccessError::Provider(e))
+            }
+        }
+    }
+}
+
+async fn release(app: &AppState, id: i64, version: i64) {
+    if let Err(e) = app.db.run(move |conn| Ok(connections::release_refresh_lease(conn, id, version)?)).await {
+        tracing::error!(error = %e, "could not release a refresh lease (it expires by itself)");
+    }
+}

@@ -1,0 +1,127 @@
+//! Calling a provider's API with a user's token: fresh token first, one refresh and one retry
+//! after a 401. Used by the account-info page (and any later caller).
+
+use rocket::http::Status;
+
+use crate::app::AppState;
+use crate::error::AppError;
+use crate::oauth::access::{fresh_token, refresh_after_401, AccessError};
+use crate::oauth::http::HttpError;
+use crate::oauth::providers::{AccountMethod, Provider};
+use crate::oauth::tokens::TokenError;
+use crate::util::Secret;
+
+/// A provider's answer, read with the size cap.
+#[derive(Debug)]
+pub struct ProviderResponse {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+fn http_error(e: HttpError) -> AccessError {
+    AccessError::Provider(match e {
+        HttpError::Timeout => TokenError::Timeout,
+        HttpError::Connect(m) | HttpError::Other(m) => TokenError::Network(m),
+        HttpError::TooLarge(n) => TokenError::InvalidResponse(format!("larger than {n} bytes")),
+    })
+}
+
+/// Send a request built by `build` with the user's access token; after a 401, refresh once and
+/// retry once. The caller sees the final answer (a second 401 included).
+pub async fn call_with_token<B>(
+    app: &AppState,
+    user_id: i64,
+    provider: &Provider,
+    build: B,
+) -> Result<ProviderResponse, AccessError>
+where
+    B: Fn(&reqwest::Client, &Secret) -> reqwest::RequestBuilder,
+{
+    let token = fresh_token(app, user_id, provider).await?;
+    let (status, headers, body) =
+        app.http.send(build(app.http.client(), &token.access_token)).await.map_err(http_error)?;
+    if status.as_u16() != 401 {
+        return Ok(ProviderResponse { status: status.as_u16(), headers, body });
+    }
+    tracing::info!(service = %provider.name, user_id, "the provider answered 401: refreshing once");
+    let token = refresh_after_401(app, user_id, provider, token.version).await?;
+    let (status, headers, body) =
+        app.http.send(build(app.http.client(), &token.access_token)).await.map_err(http_error)?;
+    Ok(ProviderResponse { status: status.as_u16(), headers, body })
+}
+
+/// The account call's result, ready for the page.
+#[derive(Debug)]
+pub struct AccountInfo {
+    pub json: serde_json::Value,
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub email: Option<String>,
+}
+
+fn field(json: &serde_json::Value, pointer: Option<&str>) -> Option<String> {
+    match json.pointer(pointer?)? {
+        serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Fetch the user's account at the provider.
+pub async fn fetch_account(app: &AppState, user_id: i64, provider: &Provider) -> Result<AccountInfo, AccessError> {
+    let Some(url) = provider.account_url.clone() else {
+        return Err(AccessError::App(AppError::NotFound));
+    };
+    let method = provider.account_method;
+    let response = call_with_token(app, user_id, provider, |client, token| {
+        let request = match method {
+            AccountMethod::Get => client.get(url.clone()),
+            // Dropbox's RPC endpoints take POST with no body at all.
+            AccountMethod::Post => client.post(url.clone()),
+        };
+        request.bearer_auth(token.expose()).header(reqwest::header::ACCEPT, "application/json")
+    })
+    .await?;
+    let name = &provider.display_name;
+    let upstream = |message: String, detail: String| {
+        AccessError::App(AppError::Upstream { status: Status::BadGateway, message, detail })
+    };
+    match response.status {
+        200..=299 => {}
+        401 => {
+            return Err(upstream(
+                format!("{name} refused tokenvault's access even after renewing it. Try reconnecting."),
+                format!("{}: 401 after refresh", provider.name),
+            ))
+        }
+        status => {
+            return Err(upstream(
+                format!("{name} answered with an error (HTTP {status}). Please try again later."),
+                format!("{}: account call answered {status}", provider.name),
+            ))
+        }
+    }
+    let json: serde_json::Value = serde_json::from_slice(&response.body).map_err(|_| {
+        upstream(
+            format!("{name} sent an answer tokenvault could not read."),
+            format!("{}: account answer is not JSON", provider.name),
+        )
+    })?;
+    let f = &provider.account_fields;
+    Ok(AccountInfo { id: field(&json, f.id), name: field(&json, f.name), email: field(&json, f.email), json })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::field;
+
+    #[test]
+    fn fields_from_pointers() {
+        let v = serde_json::json!({"id": 42, "name": {"display_name": "Ann"}, "email": ""});
+        assert_eq!(field(&v, Some("/id")).as_deref(), Some("42"));
+        assert_eq!(field(&v, Some("/name/display_name")).as_deref(), Some("Ann"));
+        assert_eq!(field(&v, Some("/email")), None);
+        assert_eq!(field(&v, None), None);
+    }
+}

@@ -1,0 +1,126 @@
+//! Disconnecting: revoke at the provider where it can be done (RFC 7009, or Dropbox's and
+//! GitHub's own variants), then always delete the local tokens.
+
+use diesel::Connection as _;
+
+use crate::app::AppState;
+use crate::db::models::connections;
+use crate::error::{AppError, AppResult};
+use crate::oauth::access::fresh_token;
+use crate::oauth::providers::{ClientAuth, Provider, RevokeStyle};
+use crate::oauth::store::{open_tokens, record_event};
+use crate::vault::store::client_credentials;
+
+/// What happened at the provider.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Revoked {
+    /// The provider confirmed the revocation.
+    AtProvider,
+    /// The provider offers no revocation: only the local tokens were deleted.
+    NotSupported,
+    /// The provider call failed (the reason, safe to show); the local tokens were deleted anyway.
+    ProviderFailed(String),
+}
+
+async fn call_provider(app: &AppState, user_id: i64, provider: &Provider) -> Result<(), String> {
+    let svc = provider.name.clone();
+    let cipher = app.cipher.clone();
+    let (row, creds) = app
+        .db
+        .run(move |conn| Ok((connections::find(conn, user_id, &svc)?, client_credentials(conn, &cipher, &svc)?)))
+        .await
+        .map_err(|e| e.user_message())?;
+    let row = row.ok_or("the connection is gone")?;
+    let creds = creds.ok_or("tokenvault has no client credentials for this provider")?;
+    let (access, refresh) =
+        open_tokens(&app.cipher, &row).map_err(|_| "the stored tokens could not be decrypted".to_string())?;
+    let client = app.http.client();
+    let request = match provider.revoke_style {
+        RevokeStyle::None => return Ok(()),
+        RevokeStyle::Rfc7009 => {
+            let url = provider.revoke_url.clone().ok_or("no revocation endpoint is configured")?;
+            // Revoking the refresh token ends the whole grant (RFC 7009 §2.1).
+            let (token, hint) = match &refresh {
+                Some(r) => (r.expose().to_string(), "refresh_token"),
+                None => (access.expose().to_string(), "access_token"),
+            };
+            let mut form = vec![("token", token), ("token_type_hint", hint.to_string())];
+            let request = client.post(url);
+            match provider.client_auth {
+                ClientAuth::Basic => {
+                    let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+                    let secret = creds.client_secret.as_ref().map(|s| enc(s.expose()));
+                    request.basic_auth(enc(&creds.client_id), secret).form(&form)
+                }
+                ClientAuth::Post => {
+                    form.push(("client_id", creds.client_id.clone()));
+                    if let Some(s) = &creds.client_secret {
+                        form.push(("client_secret", s.expose().to_string()));
+                    }
+                    request.form(&form)
+                }
+            }
+        }
+        RevokeStyle::Dropbox => {
+            let url = provider.revoke_url.clone().ok_or("no revocation endpoint is configured")?;
+            // Dropbox revokes with a valid access token (which also ends the refresh token).
+            let token = fresh_token(app, user_id, provider).await.map_err(|e| e.to_string())?;
+            client.post(url).bearer_auth(token.access_token.expose())
+        }
+        RevokeStyle::Github => {
+            let template = provider
+                .revoke_url
+                .clone()
+                .unwrap_or_else(|| "https://api.github.com/applications/{client_id}/token".into());
+            let client_id: String = url::form_urlencoded::byte_serialize(creds.client_id.as_bytes()).collect();
+            let url = template.replace("{client_id}", &client_id);
+            let secret = creds.client_secret.as_ref().map(|s| s.expose().to_string());
+            client
+                .delete(url)
+                .basic_auth(&creds.client_id, secret)
+                .header(reqwest::header::ACCEPT, "application/vnd.github+json")
+                .json(&serde_json::json!({ "access_token": access.expose() }))
+        }
+    };
+    let (status, _, _) = app.http.send(request).await.map_err(|e| e.to_string())?;
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("the provider answered HTTP {}", status.as_u16()))
+    }
+}
+
+/// Revoke at the provider if it can be done, then delete the local tokens whatever happened.
+pub async fn revoke_and_delete(app: &AppState, user_id: i64, provider: &Provider) -> AppResult<Revoked> {
+    let svc = provider.name.clone();
+    let exists = app.db.run(move |conn| Ok(connections::find(conn, user_id, &svc)?.is_some())).await?;
+    if !exists {
+        return Err(AppError::NotFound);
+    }
+    let outcome = if provider.can_revoke() {
+        match call_provider(app, user_id, provider).await {
+            Ok(()) => Revoked::AtProvider,
+            Err(reason) => {
+                tracing::warn!(service = %provider.name, reason = %reason, "revocation at the provider failed");
+                Revoked::ProviderFailed(reason)
+            }
+        }
+    } else {
+        Revoked::NotSupported
+    };
+    let svc = provider.name.clone();
+    let (outcome_text, detail) = match &outcome {
+        Revoked::AtProvider => ("ok", "revoked at the provider; tokens deleted".to_string()),
+        Revoked::NotSupported => ("local only", "the provider offers no revocation; tokens deleted".to_string()),
+        Revoked::ProviderFailed(r) => ("provider failed", format!("{r}; tokens deleted anyway")),
+    };
+    app.db
+        .run(move |conn| {
+            conn.transaction(|conn| {
+                connections::delete(conn, user_id, &svc)?;
+                record_event(conn, user_id, &svc, "revoke", outcome_text, &detail)
+            })
+        })
+        .await?;
+    Ok(outcome)
+}

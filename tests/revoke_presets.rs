@@ -1,0 +1,185 @@
+//! Revocation per provider style, and each preset's request shapes against recorded requests.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use common::{builder, flow_params, TestApp, CLIENT_ID, CLIENT_SECRET};
+use rocket::http::Status;
+use wiremock::ResponseTemplate;
+
+fn form_of(req: &wiremock::Request) -> BTreeMap<String, String> {
+    url::form_urlencoded::parse(&req.body).into_owned().collect()
+}
+
+fn basic() -> String {
+    format!("Basic {}", STANDARD.encode(format!("{CLIENT_ID}:{CLIENT_SECRET}")))
+}
+
+async fn revoke(agent: &common::Agent<'_>) -> common::Reply {
+    let csrf = agent.csrf("/settings/oauth2").await;
+    let r = agent.post_form("/settings/oauth2/fake/revoke", &[("csrf_token", &csrf)]).await;
+    assert_eq!(r.status, Status::SeeOther);
+    agent.fetch("/settings/oauth2").await
+}
+
+#[tokio::test]
+async fn rfc7009_revocation_sends_the_refresh_token_with_client_auth_then_deletes() {
+    let app = TestApp::start().await;
+    let alice = app.user("alice").await;
+    alice.connect("fake").await;
+    let (_, refresh) = app.stored_tokens("alice", "fake").unwrap();
+    assert!(alice.fetch("/settings/oauth2").await.text.contains(r#"id="revoke-fake""#));
+    let page = revoke(&alice).await;
+    assert!(page.text.contains("access was revoked"), "{}", page.text);
+    let calls = app.fake.requests_to("/revoke").await;
+    assert_eq!(calls.len(), 1);
+    let form = form_of(&calls[0]);
+    assert_eq!(form["token"], refresh.unwrap());
+    assert_eq!(form["token_type_hint"], "refresh_token");
+    assert_eq!(calls[0].headers.get("authorization").unwrap().to_str().unwrap(), basic());
+    assert_eq!(app.connection_count(), 0);
+    // After deletion, nothing reaches the provider on the user's behalf.
+    let before = (app.fake.token_calls().await, app.fake.requests_to("/account").await.len());
+    alice.fetch("/services/fake/account").await;
+    assert_eq!((app.fake.token_calls().await, app.fake.requests_to("/account").await.len()), before);
+}
+
+#[tokio::test]
+async fn a_failing_provider_still_means_local_deletion_and_says_so() {
+    let app = builder().provider("revoke_url", "http://127.0.0.1:9/revoke").start().await;
+    let alice = app.user("alice").await;
+    alice.connect("fake").await;
+    let page = revoke(&alice).await;
+    assert!(page.text.contains("could not confirm the revocation"), "{}", page.text);
+    assert!(page.text.contains("flash-error"));
+    assert_eq!(app.connection_count(), 0);
+}
+
+#[tokio::test]
+async fn another_users_revoke_is_a_404_without_a_provider_call() {
+    let app = TestApp::start().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    alice.connect("fake").await;
+    let csrf = bob.csrf("/settings/oauth2").await;
+    let r = bob.post_form("/settings/oauth2/fake/revoke", &[("csrf_token", &csrf)]).await;
+    assert_eq!(r.status, Status::NotFound);
+    assert!(app.fake.requests_to("/revoke").await.is_empty());
+    assert_eq!(app.connection_count(), 1);
+}
+
+/// Connect with a preset whose endpoints point at the fake; returns the authorize URL's query.
+async fn connect_preset(app: &TestApp, agent: &common::Agent<'_>) -> BTreeMap<String, String> {
+    let url = agent.start_flow("fake").await;
+    let (state, challenge) = flow_params(&url);
+    let code = app.fake.issue_code(&challenge);
+    let r = agent.fetch(&format!("/services/fake/callback?code={code}&state={state}")).await;
+    assert_eq!(r.status, Status::SeeOther, "{}", r.text);
+    url.query_pairs().into_owned().collect()
+}
+
+#[tokio::test]
+async fn dropbox_preset_request_shapes() {
+    let app = builder().preset("dropbox").start().await;
+    let alice = app.user("alice").await;
+    let q = connect_preset(&app, &alice).await;
+    assert_eq!(q["token_access_type"], "offline");
+    let token = &app.fake.requests_to("/token").await[0];
+    assert_eq!(token.headers.get("authorization").unwrap().to_str().unwrap(), basic(), "Dropbox: HTTP Basic");
+    assert!(!form_of(token).contains_key("client_secret"));
+
+    let page = alice.fetch("/services/fake/account").await;
+    assert_eq!(page.status, Status::Ok);
+    let account = &app.fake.requests_to("/account").await[0];
+    assert_eq!(account.method.as_str(), "POST");
+    assert!(account.body.is_empty(), "get_current_account takes no body");
+    assert!(account.headers.get("content-type").is_none());
+
+    let (access, _) = app.stored_tokens("alice", "fake").unwrap();
+    revoke(&alice).await;
+    let calls = app.fake.requests_to("/dropbox-revoke").await;
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].headers.get("authorization").unwrap().to_str().unwrap(), format!("Bearer {access}"));
+    assert!(calls[0].body.is_empty());
+    assert_eq!(app.connection_count(), 0);
+}
+
+#[tokio::test]
+async fn google_preset_request_shapes() {
+    let app = builder().preset("google").start().await;
+    let alice = app.user("alice").await;
+    let q = connect_preset(&app, &alice).await;
+    assert_eq!(q["access_type"], "offline");
+    assert_eq!(q["prompt"], "consent");
+    assert_eq!(q["scope"], "openid email profile");
+    let token = &app.fake.requests_to("/token").await[0];
+    let form = form_of(token);
+    assert_eq!(form["client_id"], CLIENT_ID, "Google: credentials in the form body");
+    assert_eq!(form["client_secret"], CLIENT_SECRET);
+    assert!(token.headers.get("authorization").is_none());
+    alice.fetch("/services/fake/account").await;
+    assert_eq!(app.fake.requests_to("/account").await[0].method.as_str(), "GET");
+    let (_, refresh) = app.stored_tokens("alice", "fake").unwrap();
+    revoke(&alice).await;
+    let calls = app.fake.requests_to("/revoke").await;
+    let form = form_of(&calls[0]);
+    assert_eq!(form["token"], refresh.unwrap());
+    assert_eq!(form["client_id"], CLIENT_ID);
+}
+
+#[tokio::test]
+async fn github_preset_request_shapes() {
+    let app = builder().preset("github").start().await;
+    let alice = app.user("alice").await;
+    connect_preset(&app, &alice).await;
+    let token = &app.fake.requests_to("/token").await[0];
+    assert_eq!(token.headers.get("accept").unwrap().to_str().unwrap(), "application/json");
+    assert_eq!(form_of(token)["client_secret"], CLIENT_SECRET);
+    alice.fetch("/services/fake/account").await;
+    let account = &app.fake.requests_to("/account").await[0];
+    assert!(account.headers.get("user-agent").unwrap().to_str().unwrap().starts_with("tokenvault/"));
+    let (access, _) = app.stored_tokens("alice", "fake").unwrap();
+    revoke(&alice).await;
+    let calls = app.fake.requests_to(&format!("/applications/{CLIENT_ID}/token")).await;
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].method.as_str(), "DELETE");
+    assert_eq!(calls[0].headers.get("authorization").unwrap().to_str().unwrap(), basic());
+    let body: serde_json::Value = serde_json::from_slice(&calls[0].body).unwrap();
+    assert_eq!(body["access_token"], access);
+}
+
+#[tokio::test]
+async fn github_errors_in_a_200_body_are_errors() {
+    let app = builder().preset("github").start().await;
+    let alice = app.user("alice").await;
+    app.fake.script(
+        ResponseTemplate::new(200).set_body_json(serde_json::json!({"error": "bad_verification_code", "error_description": "The code passed is incorrect or expired."})),
+    );
+    let url = alice.start_flow("fake").await;
+    let (state, challenge) = flow_params(&url);
+    let code = app.fake.issue_code(&challenge);
+    let r = alice.fetch(&format!("/services/fake/callback?code={code}&state={state}")).await;
+    assert_eq!(r.status, Status::BadGateway);
+    assert_eq!(app.connection_count(), 0);
+}
+
+#[tokio::test]
+async fn microsoft_preset_has_no_revocation_and_says_so() {
+    let app = builder().preset("microsoft").start().await;
+    let alice = app.user("alice").await;
+    let q = connect_preset(&app, &alice).await;
+    assert!(q["scope"].split(' ').any(|s| s == "offline_access"));
+    let settings = alice.fetch("/settings/oauth2").await;
+    assert!(!settings.text.contains(r#"id="revoke-fake""#));
+    assert!(settings.text.contains(r#"id="delete-fake""#));
+    let csrf = alice.csrf("/settings/oauth2").await;
+    let r = alice.post_form("/settings/oauth2/fake/revoke", &[("csrf_token", &csrf)]).await;
+    assert_eq!(r.status, Status::SeeOther);
+    let page = alice.fetch("/settings/oauth2").await;
+    assert!(page.text.contains("offers no revocation"));
+    assert!(app.fake.requests_to("/revoke").await.is_empty());
+    assert_eq!(app.connection_count(), 0);
+}
