@@ -111,11 +111,9 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
         }
     }
     let http = Outbound::new(&settings).map_err(|e| invalid("http_timeout", e))?;
-    let headers = SecurityHeaders::new(&catalog.authorize_origins(&settings.public_origin()), settings.is_https());
     let static_dir = settings.static_dir.clone();
     let demo = settings.demo_provider;
     let settings = Arc::new(settings);
-    let catalog = Arc::new(catalog);
     let cipher = Arc::new(cipher);
 
     let database = AdHoc::try_on_ignite("Database and state", move |rocket| async move {
@@ -130,10 +128,22 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
             Ok(db)
         })
         .await;
+        let mut catalog = catalog;
+        catalog.discover(&http).await;
+        let catalog = Arc::new(catalog);
         match opened {
             Ok(Ok(db)) => {
+                let headers =
+                    SecurityHeaders::new(&catalog.authorize_origins(&settings.public_origin()), settings.is_https());
                 tracing::info!(profile = %settings.profile, public_url = %settings.public_url, vault_key_id = %cipher.active_key_id(), "database ready");
-                Ok(rocket.manage(AppState { db, settings, cipher, http, catalog, refresh_locks: Default::default() }))
+                Ok(rocket.attach(headers).manage(AppState {
+                    db,
+                    settings,
+                    cipher,
+                    http,
+                    catalog,
+                    refresh_locks: Default::default(),
+                }))
             }
             Ok(Err(e)) => {
                 tracing::error!("cannot start: {e}");
@@ -148,7 +158,6 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
 
     let mut rocket = rocket::custom(figment)
         .attach(RequestLog)
-        .attach(headers)
         .attach(Template::custom(|engines| engines.handlebars.set_strict_mode(true)))
         .attach(database)
         .attach(AdHoc::on_liftoff("Announce", |rocket| {

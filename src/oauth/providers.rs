@@ -338,15 +338,70 @@ pub fn demo(settings: &Settings) -> Provider {
     }
 }
 
+/// A provider configured only by its `issuer`: everything else comes from OpenID Connect discovery.
+pub fn needs_discovery(cfg: &ProviderConfig) -> bool {
+    cfg.preset.is_none() && cfg.authorize_url.is_none() && cfg.token_url.is_none() && cfg.issuer.is_some()
+}
+
+#[derive(Debug, Deserialize)]
+struct DiscoveryDocument {
+    issuer: String,
+    authorization_endpoint: String,
+    token_endpoint: String,
+    revocation_endpoint: Option<String>,
+    userinfo_endpoint: Option<String>,
+    #[serde(default)]
+    token_endpoint_auth_methods_supported: Vec<String>,
+}
+
+/// Fetch `<issuer>/.well-known/openid-configuration` and resolve the provider from it. The
+/// document's `issuer` must equal the configured one exactly (OpenID Connect Discovery §4.3).
+pub async fn discover(http: &crate::oauth::http::Outbound, name: &str, cfg: &ProviderConfig) -> Result<Provider, String> {
+    let issuer = cfg.issuer.clone().ok_or("no issuer configured")?;
+    let url = format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'));
+    let url = parse_endpoint(&format!("providers.{name}.issuer"), &url).map_err(|e| e.to_string())?;
+    let (status, _, body) = http.send(http.client().get(url).header("Accept", "application/json")).await.map_err(|e| e.to_string())?;
+    if !status.is_success() {
+        return Err(format!("the discovery document answered HTTP {}", status.as_u16()));
+    }
+    let doc: DiscoveryDocument = serde_json::from_slice(&body).map_err(|e| format!("the discovery document is invalid: {e}"))?;
+    if doc.issuer != issuer {
+        return Err(format!("the discovery document names issuer `{}`, not the configured `{issuer}`", doc.issuer));
+    }
+    let methods = &doc.token_endpoint_auth_methods_supported;
+    let client_auth = if methods.is_empty() || methods.iter().any(|m| m == "client_secret_basic") {
+        ClientAuth::Basic
+    } else if methods.iter().any(|m| m == "client_secret_post") {
+        ClientAuth::Post
+    } else {
+        return Err(format!("the provider supports none of client_secret_basic/client_secret_post ({methods:?})"));
+    };
+    let discovered = ProviderConfig {
+        authorize_url: Some(doc.authorization_endpoint),
+        token_url: Some(doc.token_endpoint),
+        revoke_url: doc.revocation_endpoint,
+        account_url: doc.userinfo_endpoint,
+        client_auth: Some(client_auth),
+        scopes: Some(vec!["openid".into(), "email".into(), "profile".into()]),
+        ..Default::default()
+    };
+    let mut provider = resolve(name, &overlay(discovered, cfg)).map_err(|e| e.to_string())?;
+    provider.account_fields = account_fields(Some("google"));
+    Ok(provider)
+}
+
 /// Every service users can connect, by name.
 #[derive(Debug, Default)]
 pub struct Catalog {
     providers: BTreeMap<String, Arc<Provider>>,
+    /// Providers waiting for OpenID Connect discovery (done at ignite).
+    pending: Vec<(String, ProviderConfig)>,
 }
 
 impl Catalog {
     pub fn build(settings: &Settings, configured: &BTreeMap<String, ProviderConfig>) -> Result<Catalog, ConfigError> {
         let mut providers = BTreeMap::new();
+        let mut pending = Vec::new();
         if settings.demo_provider {
             providers.insert("demo".to_string(), Arc::new(demo(settings)));
         }
@@ -354,9 +409,27 @@ impl Catalog {
             if name == "demo" && settings.demo_provider {
                 return Err(invalid("providers.demo", "`demo` is the built-in demo provider's name; pick another"));
             }
+            if needs_discovery(cfg) {
+                pending.push((name.clone(), cfg.clone()));
+                continue;
+            }
             providers.insert(name.clone(), Arc::new(resolve(name, cfg)?));
         }
-        Ok(Catalog { providers })
+        Ok(Catalog { providers, pending })
+    }
+
+    /// Resolve the providers configured by `issuer` alone. A provider whose discovery fails is
+    /// left out (with a clear log line) rather than stopping the app.
+    pub async fn discover(&mut self, http: &crate::oauth::http::Outbound) {
+        for (name, cfg) in std::mem::take(&mut self.pending) {
+            match discover(http, &name, &cfg).await {
+                Ok(p) => {
+                    tracing::info!(provider = %name, issuer = %p.issuer, "OpenID Connect discovery done");
+                    self.providers.insert(name, Arc::new(p));
+                }
+                Err(e) => tracing::error!(provider = %name, "provider refused: OpenID Connect discovery failed: {e}"),
+            }
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Provider>> {
