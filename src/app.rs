@@ -176,7 +176,7 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
         .mount("/static", FileServer::from(static_dir))
         .register("/", crate::routes::catchers());
     if demo {
-        rocket = rocket.mount("/demo", crate::demo::routes());
+        rocket = rocket.mount("/demo", crate::demo::routes()).manage(crate::demo::FailureSwitch::default());
     }
     Ok(rocket)
 }

@@ -17,6 +17,10 @@ struct Live {
 }
 
 async fn launch() -> Live {
+    launch_with(120).await
+}
+
+async fn launch_with(demo_token_lifetime: i64) -> Live {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let base = format!("http://127.0.0.1:{port}");
     let dir = tempfile::tempdir().unwrap();
@@ -30,6 +34,7 @@ async fn launch() -> Live {
         .merge(("data_dir", dir.path().to_string_lossy().to_string()))
         .merge(("vault_key", common::VAULT_KEY))
         .merge(("demo_provider", true))
+        .merge(("demo_token_lifetime", demo_token_lifetime))
         .merge(("shutdown.ctrlc", false))
         .select("debug");
     let rocket = tokenvault::app::build(figment).unwrap();
@@ -211,4 +216,45 @@ async fn demo_token_endpoint_checks_pkce_clients_and_rotation() {
     let new_access = first["access_token"].as_str().unwrap();
     let res = live.http.get(format!("{}/demo/api/account", live.base)).bearer_auth(new_access).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "the family was revoked on reuse");
+}
+
+#[tokio::test]
+async fn a_grant_revoked_at_the_demo_provider_turns_into_a_reconnect_prompt() {
+    let live = launch().await;
+    live.signup().await;
+    let consent = live.to_consent().await;
+    let callback = live.decide(consent, "allow").await;
+    live.get(&callback).await;
+    let account = live.get("/services/demo/account").await.text().await.unwrap();
+    assert!(account.contains(r#"<pre id="account-json">"#) && account.contains("alice@demo.example"));
+
+    let console = live.get("/demo/").await.text().await.unwrap();
+    assert!(console.contains(r#"data-grant="1""#));
+    let res = live.post("/demo/grants/1/revoke", &hidden_fields(&console)).await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let account = live.get("/services/demo/account").await.text().await.unwrap();
+    assert!(account.contains(r#"id="reconnect""#), "{account}");
+    let settings = live.get("/settings/oauth2").await.text().await.unwrap();
+    assert!(settings.contains("Reconnect required"));
+}
+
+#[tokio::test]
+async fn the_failure_switch_makes_refreshes_fail_and_tokens_survive() {
+    let live = launch_with(30).await; // inside the refresh margin: every visit refreshes
+    live.signup().await;
+    let consent = live.to_consent().await;
+    let callback = live.decide(consent, "allow").await;
+    live.get(&callback).await;
+    let before = live.tokens();
+    let console = live.get("/demo/").await.text().await.unwrap();
+    let mut form = hidden_fields(&console);
+    form.insert("count".into(), "1".into());
+    form.insert("mode".into(), "temporarily_unavailable".into());
+    assert_eq!(live.post("/demo/failures", &form).await.status(), StatusCode::SEE_OTHER);
+    let res = live.get("/services/demo/account").await;
+    assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(live.tokens(), before, "tokens kept");
+    let res = live.get("/services/demo/account").await;
+    assert_eq!(res.status(), StatusCode::OK, "the next try refreshes fine");
+    assert_ne!(live.tokens(), before, "rotated");
 }

@@ -11,7 +11,7 @@ use base64::Engine as _;
 use rocket::form::{Form, FromForm};
 use rocket::http::{Header, Status};
 use rocket::request::{FromRequest, Outcome, Request};
-use rocket::response::{Redirect, Responder};
+use rocket::response::{Flash, Redirect, Responder};
 use rocket::serde::json::{json, Json, Value};
 use rocket::{get, post, routes, Route, State};
 use rocket_dyn_templates::Template;
@@ -19,6 +19,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::app::AppState;
+use crate::auth::{AdminUser, Csrf, CsrfField, CsrfOnly};
 use crate::db::models::demo::{self as model, DemoCode, DemoToken, KIND_ACCESS, KIND_REFRESH};
 use crate::db::Conn;
 use crate::error::{AppError, AppResult};
@@ -27,7 +28,23 @@ use crate::vault::store as vault;
 use crate::web::{Layout, Page};
 
 pub fn routes() -> Vec<Route> {
-    routes![authorize_page, authorize_decision, token, revoke, account]
+    routes![authorize_page, authorize_decision, token, revoke, account, console, revoke_grant, set_failures]
+}
+
+/// The console's switch: make the next token calls fail, to see refresh failures happen.
+#[derive(Debug, Default)]
+pub struct FailureSwitch {
+    remaining: std::sync::atomic::AtomicU32,
+    mode: std::sync::Mutex<String>,
+}
+
+impl FailureSwitch {
+    /// The failure to inject into this token call, if any.
+    fn take(&self) -> Option<String> {
+        use std::sync::atomic::Ordering;
+        self.remaining.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).ok()?;
+        Some(self.mode.lock().unwrap_or_else(|e| e.into_inner()).clone())
+    }
 }
 
 pub const CLIENT_ID_PATH: &str = "demo.client_id";
@@ -288,9 +305,30 @@ fn issue_tokens(conn: &mut Conn, grant_id: i64, scopes: &str, lifetime: i64) -> 
 }
 
 #[post("/oauth2/token", data = "<form>")]
-async fn token(app: &State<AppState>, basic: BasicAuth, form: Form<TokenRequest>) -> Result<Json<Value>, OAuthError> {
+async fn token(
+    app: &State<AppState>,
+    switch: &State<FailureSwitch>,
+    basic: BasicAuth,
+    form: Form<TokenRequest>,
+) -> Result<Json<Value>, OAuthError> {
     let f = form.into_inner();
     let client_id = authenticate(app, &basic, f.client_id.as_deref(), f.client_secret.as_deref()).await?;
+    match switch.take().as_deref() {
+        Some("invalid_grant") => {
+            return Err(OAuthError(Status::BadRequest, "invalid_grant", "failure injected from the demo console"))
+        }
+        Some("slow") => {
+            rocket::tokio::time::sleep(std::time::Duration::from_secs(app.settings.http_timeout + 2)).await;
+        }
+        Some(_) => {
+            return Err(OAuthError(
+                Status::ServiceUnavailable,
+                "temporarily_unavailable",
+                "failure injected from the demo console",
+            ))
+        }
+        None => {}
+    }
     let lifetime = app.settings.demo_token_lifetime;
     let redirect_expected = app.settings.redirect_uri("demo");
     let invalid_grant =
@@ -419,4 +457,90 @@ mod tests {
         assert!(!pkce_ok("short", &challenge));
         assert!(!pkce_ok(&verifier, &verifier)); // `plain` is not accepted
     }
+}
+
+#[derive(Serialize)]
+struct GrantView {
+    id: i64,
+    account: String,
+    scopes: String,
+    created: String,
+    revoked: bool,
+}
+
+#[derive(Serialize)]
+struct ConsolePage {
+    grants: Vec<GrantView>,
+    csrf_token: String,
+    failures_pending: u32,
+}
+
+/// The demo provider's console (administrators): its grants, and a failure switch.
+#[get("/")]
+async fn console(
+    app: &State<AppState>,
+    switch: &State<FailureSwitch>,
+    admin: AdminUser<'_>,
+    layout: Layout,
+) -> AppResult<Template> {
+    let grants = app.db.run(|conn| Ok(model::recent_grants(conn, 50)?)).await?;
+    let now = now();
+    let page = ConsolePage {
+        grants: grants
+            .into_iter()
+            .map(|g| GrantView {
+                id: g.id,
+                account: g.account,
+                scopes: g.scopes,
+                created: crate::util::relative_time(g.created_at, now),
+                revoked: g.revoked,
+            })
+            .collect(),
+        csrf_token: admin.0.csrf_token.clone(),
+        failures_pending: switch.remaining.load(std::sync::atomic::Ordering::SeqCst),
+    };
+    Ok(Template::render("demo/console", Page::new(layout, "Demo provider console", page)))
+}
+
+#[post("/grants/<id>/revoke", data = "<_form>")]
+async fn revoke_grant(
+    app: &State<AppState>,
+    _admin: AdminUser<'_>,
+    id: i64,
+    _form: Csrf<CsrfOnly>,
+) -> AppResult<Flash<Redirect>> {
+    let n = app.db.run(move |conn| Ok(model::revoke_grant(conn, id)?)).await?;
+    if n == 0 {
+        return Err(AppError::NotFound);
+    }
+    Ok(Flash::success(Redirect::to("/demo/"), format!("Grant {id} was revoked at the demo provider.")))
+}
+
+#[derive(Debug, FromForm)]
+pub struct FailuresForm {
+    csrf_token: String,
+    count: u32,
+    mode: String,
+}
+
+impl CsrfField for FailuresForm {
+    fn csrf_token(&self) -> &str {
+        &self.csrf_token
+    }
+}
+
+#[post("/failures", data = "<form>")]
+async fn set_failures(
+    switch: &State<FailureSwitch>,
+    _admin: AdminUser<'_>,
+    form: Csrf<FailuresForm>,
+) -> AppResult<Flash<Redirect>> {
+    let mode = match form.mode.as_str() {
+        m @ ("temporarily_unavailable" | "invalid_grant" | "slow") => m.to_string(),
+        _ => return Err(AppError::BadRequest("Unknown failure mode.".into())),
+    };
+    let count = form.count.min(100);
+    *switch.mode.lock().unwrap_or_else(|e| e.into_inner()) = mode.clone();
+    switch.remaining.store(count, std::sync::atomic::Ordering::SeqCst);
+    Ok(Flash::success(Redirect::to("/demo/"), format!("The next {count} token calls will fail ({mode}).")))
 }

@@ -356,15 +356,21 @@ struct DiscoveryDocument {
 
 /// Fetch `<issuer>/.well-known/openid-configuration` and resolve the provider from it. The
 /// document's `issuer` must equal the configured one exactly (OpenID Connect Discovery §4.3).
-pub async fn discover(http: &crate::oauth::http::Outbound, name: &str, cfg: &ProviderConfig) -> Result<Provider, String> {
+pub async fn discover(
+    http: &crate::oauth::http::Outbound,
+    name: &str,
+    cfg: &ProviderConfig,
+) -> Result<Provider, String> {
     let issuer = cfg.issuer.clone().ok_or("no issuer configured")?;
     let url = format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'));
     let url = parse_endpoint(&format!("providers.{name}.issuer"), &url).map_err(|e| e.to_string())?;
-    let (status, _, body) = http.send(http.client().get(url).header("Accept", "application/json")).await.map_err(|e| e.to_string())?;
+    let (status, _, body) =
+        http.send(http.client().get(url).header("Accept", "application/json")).await.map_err(|e| e.to_string())?;
     if !status.is_success() {
         return Err(format!("the discovery document answered HTTP {}", status.as_u16()));
     }
-    let doc: DiscoveryDocument = serde_json::from_slice(&body).map_err(|e| format!("the discovery document is invalid: {e}"))?;
+    let doc: DiscoveryDocument =
+        serde_json::from_slice(&body).map_err(|e| format!("the discovery document is invalid: {e}"))?;
     if doc.issuer != issuer {
         return Err(format!("the discovery document names issuer `{}`, not the configured `{issuer}`", doc.issuer));
     }

@@ -23,11 +23,13 @@ struct ServiceCard {
     connected: bool,
     reconnect: bool,
     expires: Option<String>,
+    is_demo: bool,
 }
 
 #[derive(Serialize)]
 struct Dashboard {
     services: Vec<ServiceCard>,
+    is_admin: bool,
 }
 
 #[get("/")]
@@ -51,10 +53,14 @@ async fn index(app: &State<AppState>, user: Option<&CurrentUser>, layout: Layout
                 connected: row.is_some(),
                 reconnect: row.is_some_and(|c| c.status == STATUS_RECONNECT),
                 expires: row.and_then(|c| c.expires_at).map(|e| relative_time(e, now)),
+                is_demo: p.is_demo,
             }
         })
         .collect();
-    Ok(Template::render("home/dashboard", Page::new(layout, "Your services", Dashboard { services })))
+    Ok(Template::render(
+        "home/dashboard",
+        Page::new(layout, "Your services", Dashboard { services, is_admin: user.is_admin }),
+    ))
 }
 
 #[derive(Serialize)]

@@ -92,3 +92,7 @@ pub fn revoke_grant(conn: &mut Conn, grant_id: i64) -> QueryResult<usize> {
 pub fn delete_expired_codes(conn: &mut Conn, now: i64) -> QueryResult<usize> {
     diesel::delete(demo_codes::table.filter(demo_codes::expires_at.le(now))).execute(conn)
 }
+
+pub fn recent_grants(conn: &mut Conn, limit: i64) -> QueryResult<Vec<DemoGrant>> {
+    demo_grants::table.order(demo_grants::id.desc()).limit(limit).select(DemoGrant::as_select()).load(conn)
+}
