@@ -121,6 +121,16 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
         let c = cipher.clone();
         let opened = rocket::tokio::task::spawn_blocking(move || -> Result<Db, String> {
             let db = Db::open(&url)?;
+            {
+                let mut conn = db.conn().map_err(|e| e.to_string())?;
+                match crate::vault::rotation::verify_key(&mut conn, &c)? {
+                    crate::vault::rotation::KeyCheck::OldKey => tracing::warn!(
+                        "secrets are still sealed with an old vault key: run `tokenvault vault rotate-key`"
+                    ),
+                    crate::vault::rotation::KeyCheck::Created => tracing::info!("vault key check recorded"),
+                    crate::vault::rotation::KeyCheck::Active => {}
+                }
+            }
             if demo {
                 let mut conn = db.conn().map_err(|e| e.to_string())?;
                 crate::demo::ensure_client(&mut conn, &c).map_err(|e| format!("demo provider setup failed: {e}"))?;

@@ -54,6 +54,9 @@ pub enum VaultCommand {
     Set { path: String, value: String },
     /// List the keys that are set (never their values).
     List,
+    /// Re-encrypt every secret (vault entries, users' tokens) under the active `vault_key`.
+    /// Put the previous key in `vault_old_keys` first; remove it once this has finished.
+    RotateKey,
 }
 
 fn read_secret(prompt: &str) -> Result<Secret, String> {
@@ -69,6 +72,9 @@ fn read_secret(prompt: &str) -> Result<Secret, String> {
 fn open() -> Result<(Db, crate::app::Prepared), String> {
     let prepared = prepare(figment()).map_err(|e| e.to_string())?;
     let db = Db::open(&prepared.settings.database_url)?;
+    let mut conn = db.conn().map_err(|e| e.to_string())?;
+    crate::vault::rotation::verify_key(&mut conn, &prepared.cipher)?;
+    drop(conn);
     Ok((db, prepared))
 }
 
@@ -92,6 +98,21 @@ pub fn run(command: Command) -> Result<String, String> {
             let mut conn = db.conn().map_err(|e| e.to_string())?;
             vault::set(&mut conn, &prepared.cipher, &path, value.expose(), "cli").map_err(|e| e.user_message())?;
             Ok(format!("{path} set"))
+        }
+        Command::Vault { command: VaultCommand::RotateKey } => {
+            let (db, prepared) = open()?;
+            let mut conn = db.conn().map_err(|e| e.to_string())?;
+            let done = crate::vault::rotation::rotate(&mut conn, &prepared.cipher, |what, n| {
+                eprintln!("re-encrypted {n} {what}");
+            })
+            .map_err(|e| e.to_string())?;
+            Ok(format!(
+                "rotation complete under key {}: {} vault entries, {} connections, {} flows re-encrypted;                  the old key can now be removed from vault_old_keys",
+                prepared.cipher.active_key_id(),
+                done.vault_entries,
+                done.connections,
+                done.flows
+            ))
         }
         Command::Vault { command: VaultCommand::List } => {
             let (db, _) = open()?;

@@ -141,3 +141,41 @@ fn bad_provider_configuration_is_named_clearly() {
     assert!(!out.status.success());
     assert!(text(&out).contains("providers.acme.authorize_url"), "{}", text(&out));
 }
+
+const OTHER_KEY: &str = "b3RoZXItdmF1bHQta2V5LTMyLWJ5dGVzLWxvbmchISE=";
+
+#[test]
+fn a_wrong_vault_key_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tokenvault(dir.path(), &["vault", "set", "x.client_id", "one"], &[("ROCKET_VAULT_KEY", VAULT_KEY)], None);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = tokenvault(dir.path(), &["vault", "list"], &[("ROCKET_VAULT_KEY", OTHER_KEY)], None);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("does not open this database"), "{}", text(&out));
+    let out = tokenvault(dir.path(), &["vault", "set", "y.client_id", "two"], &[("ROCKET_VAULT_KEY", OTHER_KEY)], None);
+    assert!(!out.status.success(), "nothing is written with a wrong key");
+}
+
+#[test]
+fn rotate_key_re_encrypts_everything_under_the_new_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = [("ROCKET_VAULT_KEY", VAULT_KEY)];
+    for (path, value) in [("a.client_id", "id-a"), ("a.client_secret", "CS-CANARY-a")] {
+        assert!(tokenvault(dir.path(), &["vault", "set", path, value], &old, None).status.success());
+    }
+    let old_keys = format!("[\"{VAULT_KEY}\"]");
+    let ring = [("ROCKET_VAULT_KEY", OTHER_KEY), ("ROCKET_VAULT_OLD_KEYS", old_keys.as_str())];
+    let out = tokenvault(dir.path(), &["vault", "rotate-key"], &ring, None);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("2 vault entries"), "{}", text(&out));
+    assert!(text(&out).contains("re-encrypted"), "progress is reported");
+    // The new key alone now opens everything; the old one no longer does.
+    let new_only = [("ROCKET_VAULT_KEY", OTHER_KEY)];
+    assert!(tokenvault(dir.path(), &["vault", "list"], &new_only, None).status.success());
+    assert!(!tokenvault(dir.path(), &["vault", "list"], &old, None).status.success());
+    let db = tokenvault::db::Db::open(&dir.path().join("cli.sqlite").to_string_lossy()).unwrap();
+    let cipher = tokenvault::vault::Cipher::from_base64(OTHER_KEY, &[]).unwrap();
+    let mut conn = db.conn().unwrap();
+    let v = tokenvault::vault::store::get(&mut conn, &cipher, "a.client_secret").unwrap().unwrap();
+    assert_eq!(v.expose(), "CS-CANARY-a");
+}

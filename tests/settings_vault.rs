@@ -192,3 +192,23 @@ async fn the_database_files_hold_no_token_secret_code_or_verifier() {
     }
     assert!(!haystack.contains("CANARY"));
 }
+
+#[tokio::test]
+async fn key_rotation_re_encrypts_users_tokens() {
+    let app = TestApp::start().await;
+    app.user("alice").await.connect("fake").await;
+    let before = app.stored_tokens("alice", "fake").unwrap();
+    let new_key = "b3RoZXItdmF1bHQta2V5LTMyLWJ5dGVzLWxvbmchISE=";
+    let ring = tokenvault::vault::Cipher::from_base64(new_key, &[common::VAULT_KEY.to_string()]).unwrap();
+    let mut conn = app.db.conn().unwrap();
+    let done = tokenvault::vault::rotation::rotate(&mut conn, &ring, |_, _| {}).unwrap();
+    assert_eq!((done.connections, done.vault_entries), (1, 2));
+    let new_only = tokenvault::vault::Cipher::from_base64(new_key, &[]).unwrap();
+    let row = tokenvault::db::models::connections::find(&mut conn, 1, "fake").unwrap().unwrap();
+    let (a, r) = tokenvault::oauth::store::open_tokens(&new_only, &row).unwrap();
+    assert_eq!((a.expose().to_string(), r.map(|r| r.expose().to_string())), before);
+    assert!(tokenvault::oauth::store::open_tokens(&app.cipher, &row).is_err(), "the old key no longer opens them");
+    // A second run has nothing left to do.
+    let again = tokenvault::vault::rotation::rotate(&mut conn, &ring, |_, _| {}).unwrap();
+    assert_eq!(again, tokenvault::vault::rotation::Rotated::default());
+}

@@ -107,6 +107,14 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    meta (name) {
+        name -> Text,
+        value -> Binary,
+        updated_at -> BigInt,
+    }
+}
+
 diesel::joinable!(sessions -> users (user_id));
 diesel::joinable!(connections -> users (user_id));
 diesel::joinable!(demo_tokens -> demo_grants (grant_id));
@@ -121,4 +129,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     demo_codes,
     demo_grants,
     demo_tokens,
+    meta,
 );

@@ -5,6 +5,7 @@
 //! `connections/7/dropbox/access_token`…), so a ciphertext copied to another row does not open.
 
 mod cipher;
+pub mod rotation;
 pub mod store;
 
 pub use cipher::{Cipher, VaultError, KEY_LEN};

@@ -4,6 +4,7 @@ pub mod connections;
 pub mod demo;
 pub mod events;
 pub mod flows;
+pub mod meta;
 pub mod sessions;
 pub mod users;
 pub mod vault;

@@ -1,0 +1,153 @@
+//! The vault key check and key rotation.
+//!
+//! A database remembers a value sealed with its vault key. At start the configured key ring must
+//! open it, or tokenvault refuses to start (a wrong key would otherwise fail on every secret).
+//! `tokenvault vault rotate-key` re-encrypts every sealed value (vault entries, users' tokens,
+//! flows in flight) under the active key, in batches of one transaction each, and then moves the
+//! key check to the active key; the old key can then be removed from `vault_old_keys`.
+
+use diesel::prelude::*;
+
+use crate::db::models::meta;
+use crate::db::schema::{connections, oauth_flows, vault_entries};
+use crate::db::Conn;
+use crate::error::AppResult;
+use crate::util::now;
+use crate::vault::{Cipher, VaultError};
+
+const KEY_CHECK: &str = "vault_key_check";
+const KEY_CHECK_PLAINTEXT: &str = "tokenvault vault key check";
+const BATCH: i64 = 200;
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum KeyCheck {
+    /// First start: the check was written with the active key.
+    Created,
+    /// The active key opens it.
+    Active,
+    /// Only an old key opens it: secrets still need `tokenvault vault rotate-key`.
+    OldKey,
+}
+
+/// Check (or create) the key check. `Err` means the key ring cannot open this database's secrets.
+pub fn verify_key(conn: &mut Conn, cipher: &Cipher) -> Result<KeyCheck, String> {
+    let stored = meta::get(conn, KEY_CHECK).map_err(|e| e.to_string())?;
+    let Some(sealed) = stored else {
+        meta::set(conn, KEY_CHECK, &cipher.seal_str(KEY_CHECK_PLAINTEXT, "meta/vault_key_check"), now())
+            .map_err(|e| e.to_string())?;
+        return Ok(KeyCheck::Created);
+    };
+    match cipher.open(&sealed, "meta/vault_key_check") {
+        Ok(v) if v.expose() == KEY_CHECK_PLAINTEXT => {
+            Ok(if cipher.needs_rotation(&sealed) { KeyCheck::OldKey } else { KeyCheck::Active })
+        }
+        Ok(_) | Err(VaultError::Decrypt) | Err(VaultError::Malformed) | Err(VaultError::UnknownKey(_)) => {
+            Err("the configured vault_key does not open this database's secrets (wrong key?). Set the key it was \
+             created with; to change keys, add the old one to vault_old_keys and run `tokenvault vault rotate-key`"
+                .into())
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// How many values a rotation re-encrypted, by table.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Rotated {
+    pub vault_entries: usize,
+    pub connections: usize,
+    pub flows: usize,
+}
+
+fn reseal(cipher: &Cipher, sealed: &[u8], aad: &str) -> AppResult<Option<Vec<u8>>> {
+    if !cipher.needs_rotation(sealed) {
+        return Ok(None);
+    }
+    let plain = cipher.open(sealed, aad)?;
+    Ok(Some(cipher.seal_str(plain.expose(), aad)))
+}
+
+/// Re-encrypt everything under the active key. `progress` is told after each batch.
+pub fn rotate(conn: &mut Conn, cipher: &Cipher, mut progress: impl FnMut(&str, usize)) -> AppResult<Rotated> {
+    let mut done = Rotated::default();
+    // Vault entries, by path.
+    let mut after = String::new();
+    loop {
+        let batch: Vec<(String, Vec<u8>)> = vault_entries::table
+            .filter(vault_entries::path.gt(&after))
+            .order(vault_entries::path.asc())
+            .limit(BATCH)
+            .select((vault_entries::path, vault_entries::ciphertext))
+            .load(conn)?;
+        let Some(last) = batch.last() else { break };
+        after = last.0.clone();
+        conn.transaction(|conn| {
+            for (path, sealed) in &batch {
+                if let Some(new) = reseal(cipher, sealed, &format!("vault_entries/{path}"))? {
+                    diesel::update(vault_entries::table.find(path))
+                        .set(vault_entries::ciphertext.eq(new))
+                        .execute(conn)?;
+                    done.vault_entries += 1;
+                }
+            }
+            Ok::<_, crate::error::AppError>(())
+        })?;
+        progress("vault entries", done.vault_entries);
+    }
+    // Users' tokens, by id.
+    let mut after_id = 0i64;
+    loop {
+        type Row = (i64, i64, String, Vec<u8>, Option<Vec<u8>>);
+        let batch: Vec<Row> = connections::table
+            .filter(connections::id.gt(after_id))
+            .order(connections::id.asc())
+            .limit(BATCH)
+            .select((
+                connections::id,
+                connections::user_id,
+                connections::service,
+                connections::access_token,
+                connections::refresh_token,
+            ))
+            .load(conn)?;
+        let Some(last) = batch.last() else { break };
+        after_id = last.0;
+        conn.transaction(|conn| {
+            for (id, user_id, service, access, refresh) in &batch {
+                let aad = |col: &str| crate::oauth::store::aad(*user_id, service, col);
+                let new_access = reseal(cipher, access, &aad("access_token"))?;
+                let new_refresh = match refresh {
+                    Some(r) => reseal(cipher, r, &aad("refresh_token"))?,
+                    None => None,
+                };
+                if new_access.is_none() && new_refresh.is_none() {
+                    continue;
+                }
+                let target = connections::table.find(id);
+                if let Some(a) = new_access {
+                    diesel::update(target).set(connections::access_token.eq(a)).execute(conn)?;
+                }
+                if let Some(r) = new_refresh {
+                    diesel::update(target).set(connections::refresh_token.eq(r)).execute(conn)?;
+                }
+                done.connections += 1;
+            }
+            Ok::<_, crate::error::AppError>(())
+        })?;
+        progress("connections", done.connections);
+    }
+    // Flows in flight (few, short-lived).
+    let flows: Vec<(String, Vec<u8>)> =
+        oauth_flows::table.select((oauth_flows::state_hash, oauth_flows::pkce_verifier)).load(conn)?;
+    conn.transaction(|conn| {
+        for (hash, sealed) in &flows {
+            if let Some(new) = reseal(cipher, sealed, &format!("oauth_flows/{hash}/pkce_verifier"))? {
+                diesel::update(oauth_flows::table.find(hash)).set(oauth_flows::pkce_verifier.eq(new)).execute(conn)?;
+                done.flows += 1;
+            }
+        }
+        meta::set(conn, KEY_CHECK, &cipher.seal_str(KEY_CHECK_PLAINTEXT, "meta/vault_key_check"), now())?;
+        Ok::<_, crate::error::AppError>(())
+    })?;
+    progress("flows", done.flows);
+    Ok(done)
+}
