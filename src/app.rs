@@ -23,6 +23,7 @@ pub struct AppState {
     pub http: Outbound,
     pub catalog: Arc<Catalog>,
     pub refresh_locks: crate::oauth::access::RefreshLocks,
+    pub login_throttle: crate::auth::throttle::LoginThrottle,
 }
 
 /// Validated configuration and keys, before any Rocket or database exists (used by the CLI too).
@@ -148,11 +149,15 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
                 tracing::info!(profile = %settings.profile, public_url = %settings.public_url, vault_key_id = %cipher.active_key_id(), "database ready");
                 Ok(rocket.attach(headers).manage(AppState {
                     db,
-                    settings,
                     cipher,
                     http,
                     catalog,
                     refresh_locks: Default::default(),
+                    login_throttle: crate::auth::throttle::LoginThrottle::new(
+                        settings.login_limit_per_ip,
+                        settings.login_limit_per_account,
+                    ),
+                    settings,
                 }))
             }
             Ok(Err(e)) => {
@@ -181,6 +186,7 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
         .mount("/", crate::routes::services::routes())
         .mount("/", crate::routes::account::routes())
         .mount("/", crate::routes::settings::routes())
+        .mount("/", crate::routes::password::routes())
         .mount("/", crate::routes::admin::routes())
         .mount("/", crate::routes::health::routes())
         .mount("/static", FileServer::from(static_dir))

@@ -38,6 +38,10 @@ pub struct RawConfig {
     pub demo_token_lifetime: i64,
     /// Refresh an access token this many seconds before it expires.
     pub refresh_margin: i64,
+    /// Sign-in (and sign-up) attempts allowed per client IP per minute.
+    pub login_limit_per_ip: u32,
+    /// Sign-in attempts allowed per username per minute.
+    pub login_limit_per_account: u32,
     /// The log filter (`tracing` env-filter syntax); `RUST_LOG` overrides it.
     pub log: String,
     pub providers: BTreeMap<String, ProviderConfig>,
@@ -62,6 +66,8 @@ impl Default for RawConfig {
             default_token_lifetime: 3600,
             demo_token_lifetime: 120,
             refresh_margin: 60,
+            login_limit_per_ip: 30,
+            login_limit_per_account: 10,
             log: "info".into(),
             providers: BTreeMap::new(),
         }
@@ -88,6 +94,8 @@ pub struct Settings {
     pub default_token_lifetime: i64,
     pub demo_token_lifetime: i64,
     pub refresh_margin: i64,
+    pub login_limit_per_ip: u32,
+    pub login_limit_per_account: u32,
     pub log: String,
 }
 
@@ -183,6 +191,9 @@ impl Settings {
         if raw.default_token_lifetime <= 0 || raw.demo_token_lifetime <= 0 {
             return Err(invalid("default_token_lifetime", "token lifetimes must be positive"));
         }
+        if raw.login_limit_per_ip == 0 || raw.login_limit_per_account == 0 {
+            return Err(invalid("login_limit_per_ip", "login limits must be at least 1 per minute"));
+        }
         if raw.refresh_margin < 0 {
             return Err(invalid("refresh_margin", "must not be negative"));
         }
@@ -207,6 +218,8 @@ impl Settings {
             default_token_lifetime: raw.default_token_lifetime,
             demo_token_lifetime: raw.demo_token_lifetime,
             refresh_margin: raw.refresh_margin,
+            login_limit_per_ip: raw.login_limit_per_ip,
+            login_limit_per_account: raw.login_limit_per_account,
             log: raw.log.clone(),
         })
     }

@@ -25,6 +25,8 @@ pub enum AppError {
     BadRequest(String),
     #[error("forbidden")]
     Forbidden,
+    #[error("too many requests")]
+    TooManyRequests,
     #[error("upstream failure ({status}): {detail}")]
     Upstream { status: Status, message: String, detail: String },
     #[error("unavailable: {0}")]
@@ -45,6 +47,7 @@ impl AppError {
             AppError::NotFound => Status::NotFound,
             AppError::BadRequest(_) => Status::BadRequest,
             AppError::Forbidden => Status::Forbidden,
+            AppError::TooManyRequests => Status::TooManyRequests,
             AppError::Upstream { status, .. } => *status,
             AppError::Unavailable(_) => Status::ServiceUnavailable,
             AppError::Database(diesel::result::Error::NotFound) => Status::NotFound,
@@ -60,6 +63,7 @@ impl AppError {
             }
             AppError::BadRequest(msg) => msg.clone(),
             AppError::Forbidden => "This request was refused. Reload the page and try again.".into(),
+            AppError::TooManyRequests => "Too many attempts. Wait a minute and try again.".into(),
             AppError::Upstream { message, .. } => message.clone(),
             AppError::Unavailable(_) => "tokenvault is busy right now. Please try again in a moment.".into(),
             AppError::Vault(_) => "A stored secret could not be decrypted. An administrator needs to check \
@@ -77,6 +81,8 @@ impl AppError {
             400 => "bad_request",
             403 => "forbidden",
             404 => "not_found",
+            409 => "reconnect_required",
+            429 => "too_many_requests",
             502 => "provider_error",
             503 => "unavailable",
             504 => "provider_timeout",

@@ -284,3 +284,88 @@ async fn error_pages_show_a_request_id_and_json_clients_get_json() {
     let body: serde_json::Value = res.into_json().await.unwrap();
     assert_eq!(body["error"], "not_found");
 }
+
+#[tokio::test]
+async fn login_is_throttled_per_account_with_a_uniform_429() {
+    let app = builder().set("login_limit_per_account", 3).start().await;
+    app.user("alice").await;
+    let agent = app.agent();
+    for _ in 0..3 {
+        assert_eq!(login(&agent, "alice", "wrong password!!").await.status, Status::Unauthorized);
+        assert_eq!(login(&agent, "nobody", "wrong password!!").await.status, Status::Unauthorized);
+    }
+    let known = login(&agent, "alice", PASSWORD).await;
+    let unknown = login(&agent, "nobody", PASSWORD).await;
+    assert_eq!(known.status, Status::TooManyRequests, "even the right password waits");
+    assert_eq!(unknown.status, Status::TooManyRequests);
+    let strip_id =
+        |t: &str| regex::Regex::new(r"<code>[A-Za-z0-9_-]{12}</code>").unwrap().replace_all(t, "").to_string();
+    assert_eq!(strip_id(&known.text), strip_id(&unknown.text));
+    assert!(agent.cookie("tv_session").is_none());
+    // Another account is not affected.
+    app.user("bob").await;
+    assert_eq!(login(&app.agent(), "bob", PASSWORD).await.status, Status::SeeOther);
+}
+
+#[tokio::test]
+async fn login_is_throttled_per_ip() {
+    let app = builder().set("login_limit_per_ip", 4).start().await;
+    let agent = app.agent();
+    let csrf = agent.csrf("/login").await;
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        let name = format!("user{i}");
+        let r = agent
+            .post_with(
+                "/login",
+                &[("csrf_token", &csrf), ("username", &name), ("password", "whatever password")],
+                &[("X-Real-IP", "203.0.113.7")],
+            )
+            .await;
+        statuses.push(r.status.code);
+    }
+    assert_eq!(statuses, vec![401, 401, 401, 401, 429, 429]);
+}
+
+#[tokio::test]
+async fn changing_the_password_ends_every_other_session() {
+    let app = TestApp::start().await;
+    let alice = app.user("alice").await;
+    let laptop = app.agent();
+    assert_eq!(login(&laptop, "alice", PASSWORD).await.status, Status::SeeOther);
+    let old_cookie = alice.cookie("tv_session").unwrap();
+    let csrf = alice.csrf("/settings/password").await;
+    let wrong = alice
+        .post_form(
+            "/settings/password",
+            &[
+                ("csrf_token", &csrf),
+                ("current_password", "not it at all"),
+                ("new_password", "a brand new password"),
+                ("new_password_confirm", "a brand new password"),
+            ],
+        )
+        .await;
+    assert_eq!(wrong.status, Status::UnprocessableEntity);
+    assert!(wrong.text.contains("current password is not right"));
+    let r = alice
+        .post_form(
+            "/settings/password",
+            &[
+                ("csrf_token", &csrf),
+                ("current_password", PASSWORD),
+                ("new_password", "a brand new password"),
+                ("new_password_confirm", "a brand new password"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, Status::SeeOther, "{}", r.text);
+    assert_ne!(alice.cookie("tv_session").unwrap(), old_cookie, "this session got a new id");
+    assert_eq!(alice.fetch("/settings/oauth2").await.status, Status::Ok, "still signed in here");
+    assert_eq!(laptop.fetch("/settings/oauth2").await.status, Status::SeeOther, "signed out elsewhere");
+    let replay = app.agent();
+    replay.set_cookie("tv_session", &old_cookie);
+    assert_eq!(replay.fetch("/settings/oauth2").await.status, Status::SeeOther);
+    assert_eq!(login(&app.agent(), "alice", PASSWORD).await.status, Status::Unauthorized);
+    assert_eq!(login(&app.agent(), "alice", "a brand new password").await.status, Status::SeeOther);
+}

@@ -5,6 +5,7 @@ pub mod csrf;
 pub mod guards;
 pub mod password;
 pub mod session;
+pub mod throttle;
 
 pub use csrf::{Csrf, CsrfField, CsrfOnly};
 pub use guards::{AdminUser, CurrentUser};

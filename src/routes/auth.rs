@@ -76,12 +76,17 @@ impl CsrfField for LoginForm {
 #[post("/login", data = "<form>")]
 async fn login(
     app: &State<AppState>,
+    ip: Option<std::net::IpAddr>,
     layout: Layout,
     cookies: &CookieJar<'_>,
     form: Csrf<LoginForm>,
 ) -> AppResult<Result<Flash<Redirect>, PageResponse>> {
     let form = form.into_inner();
     let username = form.username.trim().to_string();
+    if !app.login_throttle.allow_login(ip, &username) {
+        tracing::warn!("sign-in throttled");
+        return Err(AppError::TooManyRequests);
+    }
     let lookup = username.clone();
     let user = app.db.run(move |conn| Ok(users::find_by_username(conn, &lookup)?)).await?;
     let ok = password::verify(Secret::new(form.password), user.as_ref().map(|u| u.password_hash.clone())).await;
@@ -146,12 +151,16 @@ impl CsrfField for SignupForm {
 #[post("/signup", data = "<form>")]
 async fn signup(
     app: &State<AppState>,
+    ip: Option<std::net::IpAddr>,
     layout: Layout,
     cookies: &CookieJar<'_>,
     form: Csrf<SignupForm>,
 ) -> AppResult<Result<Flash<Redirect>, PageResponse>> {
     if !app.settings.allow_signup {
         return Err(AppError::NotFound);
+    }
+    if !app.login_throttle.allow_signup(ip) {
+        return Err(AppError::TooManyRequests);
     }
     let form = form.into_inner();
     let username = form.username.trim().to_string();

@@ -1,0 +1,92 @@
+//! My Settings → Password (`/settings/password`): change the password; every other session ends.
+
+use rocket::form::FromForm;
+use rocket::http::{CookieJar, Status};
+use rocket::response::{Flash, Redirect};
+use rocket::{get, post, routes, Route, State};
+use rocket_dyn_templates::Template;
+use serde::Serialize;
+
+use crate::app::AppState;
+use crate::auth::{password, session, Csrf, CsrfField, CurrentUser};
+use crate::db::models::{sessions, users};
+use crate::error::{AppError, AppResult};
+use crate::util::{now, Secret};
+use crate::web::{Layout, Page};
+
+pub fn routes() -> Vec<Route> {
+    routes![page, change]
+}
+
+#[derive(Serialize)]
+struct PasswordPage {
+    csrf_token: String,
+    error: Option<String>,
+}
+
+#[get("/settings/password")]
+fn page(user: &CurrentUser, layout: Layout) -> Template {
+    let body = PasswordPage { csrf_token: user.csrf_token.clone(), error: None };
+    Template::render("settings/password", Page::new(layout, "Change your password", body))
+}
+
+#[derive(FromForm)]
+pub struct PasswordForm {
+    csrf_token: String,
+    current_password: String,
+    new_password: String,
+    new_password_confirm: String,
+}
+
+impl CsrfField for PasswordForm {
+    fn csrf_token(&self) -> &str {
+        &self.csrf_token
+    }
+}
+
+#[post("/settings/password", data = "<form>")]
+async fn change(
+    app: &State<AppState>,
+    ip: Option<std::net::IpAddr>,
+    user: &CurrentUser,
+    layout: Layout,
+    cookies: &CookieJar<'_>,
+    form: Csrf<PasswordForm>,
+) -> AppResult<Result<Flash<Redirect>, (Status, Template)>> {
+    let form = form.into_inner();
+    if !app.login_throttle.allow_login(ip, &user.username) {
+        return Err(AppError::TooManyRequests);
+    }
+    let uid = user.id;
+    let current = app.db.run(move |conn| Ok(users::find(conn, uid)?)).await?.ok_or(AppError::NotFound)?;
+    let problem = if !password::verify(Secret::new(form.current_password), Some(current.password_hash)).await {
+        Some("Your current password is not right.".to_string())
+    } else if form.new_password != form.new_password_confirm {
+        Some("The two new passwords do not match.".to_string())
+    } else {
+        password::check_policy(&form.new_password).err()
+    };
+    if let Some(error) = problem {
+        let body = PasswordPage { csrf_token: user.csrf_token.clone(), error: Some(error) };
+        let page = Template::render("settings/password", Page::new(layout, "Change your password", body));
+        return Ok(Err((Status::UnprocessableEntity, page)));
+    }
+    let hash = password::hash(Secret::new(form.new_password)).await?;
+    let ended = app
+        .db
+        .run(move |conn| {
+            use diesel::Connection as _;
+            conn.transaction(|conn| {
+                users::set_password(conn, uid, &hash, now())?;
+                // Every session ends, this one too; a fresh one is started below.
+                Ok::<_, AppError>(sessions::delete_others(conn, uid, "")?)
+            })
+        })
+        .await?;
+    session::start(&app.db, &app.settings, cookies, uid).await?;
+    tracing::info!(user_id = uid, sessions_ended = ended, "password changed");
+    Ok(Ok(Flash::success(
+        Redirect::to("/settings/password"),
+        "Your password was changed. You were signed out everywhere else.",
+    )))
+}
