@@ -150,7 +150,9 @@ pub fn render_error(req: &Request<'_>, status: Status, code: &str, message: Stri
         heading: heading.to_string(),
         message,
         request_id,
-        nav: crate::web::Nav::anonymous(),
+        nav: crate::auth::CurrentUser::cached(req)
+            .map(crate::web::Nav::for_user)
+            .unwrap_or_else(crate::web::Nav::anonymous),
         flash: None,
     };
     let mut response = Template::render("errors/error", &page).respond_to(req)?;

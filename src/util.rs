@@ -88,9 +88,9 @@ pub fn relative_time(at: i64, now: i64) -> String {
     let abs = delta.unsigned_abs();
     let (n, unit) = match abs {
         0..=59 => return if delta > 0 { "in a few seconds".into() } else { "just now".into() },
-        60..=3599 => (abs / 60, "minute"),
-        3600..=86_399 => (abs / 3600, "hour"),
-        _ => (abs / 86_400, "day"),
+        60..=3569 => ((abs + 30) / 60, "minute"),
+        3570..=84_599 => ((abs + 1800) / 3600, "hour"),
+        _ => ((abs + 43_200) / 86_400, "day"),
     };
     let plural = if n == 1 { "" } else { "s" };
     if delta >= 0 {
@@ -136,6 +136,8 @@ mod tests {
         assert_eq!(relative_time(100 + 120, 100), "in 2 minutes");
         assert_eq!(relative_time(100, 100 + 3600), "1 hour ago");
         assert_eq!(relative_time(100 + 3 * 86_400, 100), "in 3 days");
+        assert_eq!(relative_time(120, 0), "in 2 minutes", "rounded, not floored");
+        assert_eq!(relative_time(3599, 0), "in 1 hour");
     }
 
     #[test]

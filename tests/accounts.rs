@@ -369,3 +369,38 @@ async fn changing_the_password_ends_every_other_session() {
     assert_eq!(login(&app.agent(), "alice", PASSWORD).await.status, Status::Unauthorized);
     assert_eq!(login(&app.agent(), "alice", "a brand new password").await.status, Status::SeeOther);
 }
+
+#[tokio::test]
+async fn origin_null_is_accepted_only_when_the_browser_says_same_origin() {
+    // Under Referrer-Policy: no-referrer, Chromium sends `Origin: null` on same-origin form posts.
+    let app = TestApp::start().await;
+    let alice = app.user("alice").await;
+    alice.connect("fake").await;
+    let csrf = alice.csrf("/settings/oauth2").await;
+    let path = "/settings/oauth2/fake/delete";
+    let fields = [("csrf_token", csrf.as_str())];
+    for headers in [
+        vec![("Origin", "null")],
+        vec![("Origin", "null"), ("Sec-Fetch-Site", "cross-site")],
+        vec![("Origin", "null"), ("Sec-Fetch-Site", "same-site")],
+        vec![("Origin", "https://evil.example"), ("Sec-Fetch-Site", "same-origin")],
+    ] {
+        let r = alice.post_with(path, &fields, &headers).await;
+        assert_eq!(r.status, Status::Forbidden, "{headers:?}");
+    }
+    assert_eq!(app.connection_count(), 1);
+    let r = alice.post_with(path, &fields, &[("Origin", "null"), ("Sec-Fetch-Site", "same-origin")]).await;
+    assert_eq!(r.status, Status::SeeOther);
+    assert_eq!(app.connection_count(), 0);
+}
+
+#[tokio::test]
+async fn error_pages_keep_the_signed_in_navigation() {
+    let app = TestApp::start().await;
+    let alice = app.user("alice").await;
+    let page = alice.fetch("/no/such/page").await;
+    assert_eq!(page.status, Status::NotFound);
+    assert!(page.text.contains(r#"id="logout""#) && page.text.contains("alice"));
+    let page = alice.fetch("/services/nope/authorize").await;
+    assert!(page.text.contains(r#"id="logout""#));
+}

@@ -23,11 +23,19 @@ pub fn create(conn: &mut Conn, username: &str, password: &Secret, admin: bool) -
     check_username(username).map_err(AppError::BadRequest)?;
     password::check_policy(password.expose()).map_err(AppError::BadRequest)?;
     let hash = password::hash_blocking(password)?;
-    let first = users::count(conn)? == 0;
-    let now = now();
-    let new =
-        NewUser { username, password_hash: &hash, is_admin: admin || first, created_at: now, password_changed_at: now };
-    users::create(conn, &new)?.ok_or_else(|| AppError::BadRequest("That username is taken.".into()))
+    // Count and insert in one write transaction, so two first sign-ups cannot both become admin.
+    conn.immediate_transaction(|conn| {
+        let first = users::count(conn)? == 0;
+        let now = now();
+        let new = NewUser {
+            username,
+            password_hash: &hash,
+            is_admin: admin || first,
+            created_at: now,
+            password_changed_at: now,
+        };
+        users::create(conn, &new)?.ok_or_else(|| AppError::BadRequest("That username is taken.".into()))
+    })
 }
 
 #[cfg(test)]

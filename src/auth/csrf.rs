@@ -47,12 +47,16 @@ pub fn same_origin(req: &Request<'_>) -> bool {
     let Some(settings) = req.rocket().state::<AppState>().map(|s| &s.settings) else {
         return false;
     };
+    let fetch_site = req.headers().get_one("Sec-Fetch-Site");
     if let Some(origin) = req.headers().get_one("Origin") {
-        if origin != settings.public_origin() {
+        // Under `Referrer-Policy: no-referrer` browsers send `Origin: null` even for same-origin
+        // form posts; `Sec-Fetch-Site` (which pages cannot set) then says where the post came from.
+        let null_but_same_site = origin == "null" && fetch_site == Some("same-origin");
+        if origin != settings.public_origin() && !null_but_same_site {
             return false;
         }
     }
-    !matches!(req.headers().get_one("Sec-Fetch-Site"), Some("cross-site"))
+    !matches!(fetch_site, Some("cross-site") | Some("same-site"))
 }
 
 #[rocket::async_trait]

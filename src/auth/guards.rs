@@ -21,6 +21,12 @@ pub struct CurrentUser {
 }
 
 impl CurrentUser {
+    /// The signed-in user if this request already looked it up (for synchronous callers such as
+    /// error pages); `None` when it did not.
+    pub fn cached<'r>(req: &'r Request<'_>) -> Option<&'r CurrentUser> {
+        req.local_cache(|| None::<CurrentUser>).as_ref()
+    }
+
     /// The signed-in user, looked up once per request.
     pub async fn lookup<'r>(req: &'r Request<'_>) -> Option<&'r CurrentUser> {
         req.local_cache_async(async {

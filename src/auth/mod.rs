@@ -1,6 +1,7 @@
 //! Who is asking: password hashing, server-side sessions, request guards and CSRF protection.
 
 pub mod accounts;
+pub mod api_key;
 pub mod csrf;
 pub mod guards;
 pub mod password;

@@ -59,7 +59,7 @@ mod tests {
 
     #[test]
     fn limits_per_ip_and_per_account() {
-        let t = LoginThrottle::new(5, 3);
+        let t = LoginThrottle::new(4, 3);
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         let other: IpAddr = "10.0.0.2".parse().unwrap();
         assert!((0..3).all(|_| t.allow_login(Some(ip), "alice")));

@@ -49,6 +49,28 @@ fn sqlite_path(url: &str) -> &str {
     url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url)
 }
 
+/// Create the database file readable by its owner only (SQLite gives -wal/-shm the same mode).
+fn restrict_permissions(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        if path.as_os_str() == ":memory:" {
+            return;
+        }
+        match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                if let Ok(meta) = std::fs::metadata(path) {
+                    if meta.permissions().mode() & 0o077 != 0 {
+                        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+                    }
+                }
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 impl Db {
     /// Open (creating the file and its folder if needed) and migrate the database.
     pub fn open(database_url: &str) -> Result<Db, String> {
@@ -61,6 +83,7 @@ impl Db {
                 std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
             }
         }
+        restrict_permissions(Path::new(path));
         let manager = ConnectionManager::<Conn>::new(path);
         let pool = Pool::builder()
             .max_size(16)

@@ -115,6 +115,20 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    api_keys (id) {
+        id -> BigInt,
+        user_id -> BigInt,
+        name -> Text,
+        prefix -> Text,
+        key_hash -> Text,
+        created_at -> BigInt,
+        last_used_at -> Nullable<BigInt>,
+        revoked_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::joinable!(api_keys -> users (user_id));
 diesel::joinable!(sessions -> users (user_id));
 diesel::joinable!(connections -> users (user_id));
 diesel::joinable!(demo_tokens -> demo_grants (grant_id));
@@ -130,4 +144,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     demo_grants,
     demo_tokens,
     meta,
+    api_keys,
 );

@@ -194,7 +194,7 @@ pub async fn finish(
         return Err(rejected("This authorization request expired."));
     }
     if let Some(iss) = &params.iss {
-        if iss.trim_end_matches('/') != provider.issuer {
+        if !provider.issuer_matches(iss) {
             return Err(rejected("The answer came from an unexpected issuer."));
         }
     }

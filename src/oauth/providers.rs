@@ -94,10 +94,12 @@ pub struct Provider {
     pub pkce: bool,
     /// The issuer a callback's `iss` must equal (RFC 9207): configured, or the authorize origin.
     pub issuer: String,
+    /// Whether `issuer` was configured (exact match) or derived from the authorize URL (origin match).
+    pub issuer_configured: bool,
     pub token_lifetime: Option<i64>,
     pub tokens_expire: bool,
     pub account_fields: AccountFields,
-    /// Send `Accept: application/json` and a User-Agent everywhere (GitHub).
+    /// The built-in demo provider.
     pub is_demo: bool,
 }
 
@@ -114,6 +116,16 @@ impl Provider {
     pub fn can_revoke(&self) -> bool {
         self.revoke_style != RevokeStyle::None
             && (self.revoke_url.is_some() || self.revoke_style == RevokeStyle::Github)
+    }
+
+    /// Whether a callback's `iss` parameter names this provider (RFC 9207 mix-up defence): the
+    /// configured issuer exactly, or, when none is configured, an issuer on the authorize origin.
+    pub fn issuer_matches(&self, iss: &str) -> bool {
+        let iss = iss.trim_end_matches('/');
+        if self.issuer_configured {
+            return iss == self.issuer;
+        }
+        Url::parse(iss).map(|u| u.origin() == self.authorize_url.origin()).unwrap_or(false)
     }
 
     /// Origin of the authorize URL (for CSP `form-action`).
@@ -281,6 +293,7 @@ pub fn resolve(name: &str, cfg: &ProviderConfig) -> Result<Provider, ConfigError
             return Err(invalid(key("token_lifetime"), "must be positive"));
         }
     }
+    let issuer_configured = merged.issuer.is_some();
     let issuer = match &merged.issuer {
         Some(i) => {
             Url::parse(i).map_err(|e| invalid(key("issuer"), e.to_string()))?;
@@ -305,6 +318,7 @@ pub fn resolve(name: &str, cfg: &ProviderConfig) -> Result<Provider, ConfigError
         client_auth: merged.client_auth.unwrap_or(ClientAuth::Basic),
         pkce: merged.pkce.unwrap_or(true),
         issuer,
+        issuer_configured,
         token_lifetime: merged.token_lifetime,
         tokens_expire: merged.tokens_expire.unwrap_or(true),
         account_fields: account_fields(preset_name.as_deref()),
@@ -331,6 +345,7 @@ pub fn demo(settings: &Settings) -> Provider {
         client_auth: ClientAuth::Basic,
         pkce: true,
         issuer: settings.url("/demo"),
+        issuer_configured: true,
         token_lifetime: Some(settings.demo_token_lifetime),
         tokens_expire: true,
         account_fields: account_fields(Some("demo")),
@@ -512,6 +527,11 @@ mod tests {
         assert_eq!(p.issuer, "http://127.0.0.1:9999");
         assert!(p.pkce);
         assert!(resolve("Bad Name", &c).is_err());
+        assert!(p.issuer_matches("http://127.0.0.1:9999/realms/x"), "same origin, any path");
+        assert!(!p.issuer_matches("https://evil.example"));
+        let g = resolve("google", &cfg("google")).unwrap();
+        assert!(g.issuer_matches("https://accounts.google.com"));
+        assert!(!g.issuer_matches("https://accounts.google.com/other"), "configured issuers match exactly");
         assert!(resolve("x", &cfg("nope")).unwrap_err().to_string().contains("unknown preset"));
     }
 }

@@ -35,7 +35,9 @@ fn unauthorized(req: &Request<'_>) -> Result<Redirect, Prerendered> {
 }
 
 #[catch(default)]
-fn default_catcher(status: Status, req: &Request<'_>) -> Prerendered {
+async fn default_catcher(status: Status, req: &Request<'_>) -> Prerendered {
+    // Show the signed-in navigation on error pages too.
+    crate::auth::CurrentUser::lookup(req).await;
     let message = match status.code {
         403 => "This request was refused. Reload the page and try again.",
         404 => "We could not find what you asked for.",

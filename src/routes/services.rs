@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use rocket::form::FromForm;
 use rocket::http::Header;
-use rocket::response::{Flash, Redirect, Responder};
+use rocket::response::{Redirect, Responder};
 use rocket::{get, post, routes, Route, State};
 use rocket_dyn_templates::Template;
 use serde::Serialize;
@@ -66,7 +66,11 @@ async fn authorize_page(
         service: p.name.clone(),
         display_name: p.display_name.clone(),
         description: p.description.clone(),
-        provider_host: p.authorize_url.host_str().unwrap_or_default().to_string(),
+        provider_host: if p.is_demo {
+            "the demo provider built into this tokenvault".to_string()
+        } else {
+            p.authorize_url.host_str().unwrap_or_default().to_string()
+        },
         scopes: p.scopes.clone(),
         redirect_uri: app.settings.redirect_uri(&p.name),
         configured,
@@ -134,7 +138,7 @@ async fn callback(
     layout: Layout,
     service: &str,
     params: CallbackParams,
-) -> NoTrace<AppResult<Result<Flash<Redirect>, Template>>> {
+) -> NoTrace<AppResult<Result<Redirect, Template>>> {
     NoTrace(finish_callback(app, user, layout, service, params).await)
 }
 
@@ -144,7 +148,7 @@ async fn finish_callback(
     layout: Layout,
     service: &str,
     params: CallbackParams,
-) -> AppResult<Result<Flash<Redirect>, Template>> {
+) -> AppResult<Result<Redirect, Template>> {
     let p = provider(app, service)?;
     match flow::finish(app, user, &p, params).await? {
         Finished::Connected { return_to } => {
@@ -152,7 +156,9 @@ async fn finish_callback(
             let query: String =
                 url::form_urlencoded::Serializer::new(String::new()).append_pair("next", &return_to).finish();
             let to = format!("/services/{}/connected?{query}", p.name);
-            Ok(Ok(Flash::success(Redirect::to(to), format!("{} is connected.", p.display_name))))
+            // No flash here: Rocket's flash cookie is SameSite=Strict and would not reach the next
+            // page of a redirect chain that began at the provider; the greeting page says it all.
+            Ok(Ok(Redirect::to(to)))
         }
         Finished::Cancelled => {
             let body = Cancelled { service: p.name.clone(), display_name: p.display_name.clone() };

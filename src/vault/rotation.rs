@@ -96,13 +96,14 @@ pub fn rotate(conn: &mut Conn, cipher: &Cipher, mut progress: impl FnMut(&str, u
     // Users' tokens, by id.
     let mut after_id = 0i64;
     loop {
-        type Row = (i64, i64, String, Vec<u8>, Option<Vec<u8>>);
+        type Row = (i64, i64, i64, String, Vec<u8>, Option<Vec<u8>>);
         let batch: Vec<Row> = connections::table
             .filter(connections::id.gt(after_id))
             .order(connections::id.asc())
             .limit(BATCH)
             .select((
                 connections::id,
+                connections::version,
                 connections::user_id,
                 connections::service,
                 connections::access_token,
@@ -112,7 +113,7 @@ pub fn rotate(conn: &mut Conn, cipher: &Cipher, mut progress: impl FnMut(&str, u
         let Some(last) = batch.last() else { break };
         after_id = last.0;
         conn.transaction(|conn| {
-            for (id, user_id, service, access, refresh) in &batch {
+            for (id, version, user_id, service, access, refresh) in &batch {
                 let aad = |col: &str| crate::oauth::store::aad(*user_id, service, col);
                 let new_access = reseal(cipher, access, &aad("access_token"))?;
                 let new_refresh = match refresh {
@@ -122,14 +123,19 @@ pub fn rotate(conn: &mut Conn, cipher: &Cipher, mut progress: impl FnMut(&str, u
                 if new_access.is_none() && new_refresh.is_none() {
                     continue;
                 }
-                let target = connections::table.find(id);
+                // Compare-and-swap on the version: a refresh by a running server in between wins
+                // (it sealed its new tokens with the active key already).
+                let target = connections::table.filter(connections::id.eq(id)).filter(connections::version.eq(version));
+                let mut changed = 0;
                 if let Some(a) = new_access {
-                    diesel::update(target).set(connections::access_token.eq(a)).execute(conn)?;
+                    changed += diesel::update(target).set(connections::access_token.eq(a)).execute(conn)?;
                 }
                 if let Some(r) = new_refresh {
-                    diesel::update(target).set(connections::refresh_token.eq(r)).execute(conn)?;
+                    changed += diesel::update(target).set(connections::refresh_token.eq(r)).execute(conn)?;
                 }
-                done.connections += 1;
+                if changed > 0 {
+                    done.connections += 1;
+                }
             }
             Ok::<_, crate::error::AppError>(())
         })?;

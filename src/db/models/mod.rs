@@ -1,5 +1,6 @@
 //! One module per table. Functions take the connection first; inserts use separate `New*` types.
 
+pub mod api_keys;
 pub mod connections;
 pub mod demo;
 pub mod events;
