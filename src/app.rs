@@ -24,6 +24,7 @@ pub struct AppState {
     pub catalog: Arc<Catalog>,
     pub refresh_locks: crate::oauth::access::RefreshLocks,
     pub login_throttle: crate::auth::throttle::LoginThrottle,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Validated configuration and keys, before any Rocket or database exists (used by the CLI too).
@@ -117,6 +118,8 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
     let settings = Arc::new(settings);
     let cipher = Arc::new(cipher);
 
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let metrics_state = metrics.clone();
     let database = AdHoc::try_on_ignite("Database and state", move |rocket| async move {
         let url = settings.database_url.clone();
         let c = cipher.clone();
@@ -153,6 +156,7 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
                     http,
                     catalog,
                     refresh_locks: Default::default(),
+                    metrics: metrics_state,
                     login_throttle: crate::auth::throttle::LoginThrottle::new(
                         settings.login_limit_per_ip,
                         settings.login_limit_per_account,
@@ -173,6 +177,7 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
 
     let mut rocket = rocket::custom(figment)
         .attach(RequestLog)
+        .attach(crate::metrics::MetricsFairing(metrics))
         .attach(Template::custom(|engines| engines.handlebars.set_strict_mode(true)))
         .attach(database)
         .attach(AdHoc::on_liftoff("Announce", |rocket| {
@@ -189,6 +194,8 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
         .mount("/", crate::routes::password::routes())
         .mount("/", crate::routes::admin::routes())
         .mount("/", crate::routes::health::routes())
+        .mount("/", crate::routes::api_keys::routes())
+        .mount("/api/v1", crate::routes::api::routes())
         .mount("/static", FileServer::from(static_dir))
         .register("/", crate::routes::catchers());
     if demo {

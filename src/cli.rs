@@ -31,6 +31,11 @@ pub enum Command {
         #[command(subcommand)]
         command: VaultCommand,
     },
+    /// Manage personal API keys.
+    ApiKey {
+        #[command(subcommand)]
+        command: ApiKeyCommand,
+    },
     /// Print a new random key for `vault_key` (or, with --secret-key, for Rocket's `secret_key`).
     Keygen {
         #[arg(long)]
@@ -46,6 +51,12 @@ pub enum UserCommand {
         #[arg(long)]
         admin: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApiKeyCommand {
+    /// Create an API key for a user and print it (once).
+    Create { username: String, name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -98,6 +109,15 @@ pub fn run(command: Command) -> Result<String, String> {
             let mut conn = db.conn().map_err(|e| e.to_string())?;
             vault::set(&mut conn, &prepared.cipher, &path, value.expose(), "cli").map_err(|e| e.user_message())?;
             Ok(format!("{path} set"))
+        }
+        Command::ApiKey { command: ApiKeyCommand::Create { username, name } } => {
+            let (db, _) = open()?;
+            let mut conn = db.conn().map_err(|e| e.to_string())?;
+            let user = crate::db::models::users::find_by_username(&mut conn, &username)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("no user named {username}"))?;
+            let (_, key) = crate::auth::api_key::create(&mut conn, user.id, &name).map_err(|e| e.user_message())?;
+            Ok(key.expose().to_string())
         }
         Command::Vault { command: VaultCommand::RotateKey } => {
             let (db, prepared) = open()?;

@@ -38,6 +38,12 @@ pub struct RawConfig {
     pub demo_token_lifetime: i64,
     /// Refresh an access token this many seconds before it expires.
     pub refresh_margin: i64,
+    /// Largest request body the API proxy forwards, bytes.
+    pub proxy_max_request_bytes: usize,
+    /// Largest provider answer the API proxy passes back, bytes.
+    pub proxy_max_response_bytes: usize,
+    /// Serve Prometheus metrics at `/metrics`.
+    pub metrics: bool,
     /// Sign-in (and sign-up) attempts allowed per client IP per minute.
     pub login_limit_per_ip: u32,
     /// Sign-in attempts allowed per username per minute.
@@ -66,6 +72,9 @@ impl Default for RawConfig {
             default_token_lifetime: 3600,
             demo_token_lifetime: 120,
             refresh_margin: 60,
+            proxy_max_request_bytes: 1024 * 1024,
+            proxy_max_response_bytes: 10 * 1024 * 1024,
+            metrics: true,
             login_limit_per_ip: 30,
             login_limit_per_account: 10,
             log: "info".into(),
@@ -96,6 +105,9 @@ pub struct Settings {
     pub refresh_margin: i64,
     pub login_limit_per_ip: u32,
     pub login_limit_per_account: u32,
+    pub proxy_max_request_bytes: usize,
+    pub proxy_max_response_bytes: usize,
+    pub metrics: bool,
     pub log: String,
 }
 
@@ -219,6 +231,9 @@ impl Settings {
             demo_token_lifetime: raw.demo_token_lifetime,
             refresh_margin: raw.refresh_margin,
             login_limit_per_ip: raw.login_limit_per_ip,
+            proxy_max_request_bytes: raw.proxy_max_request_bytes,
+            proxy_max_response_bytes: raw.proxy_max_response_bytes,
+            metrics: raw.metrics,
             login_limit_per_account: raw.login_limit_per_account,
             log: raw.log.clone(),
         })

@@ -9,6 +9,7 @@ pub mod config;
 pub mod db;
 pub mod demo;
 pub mod error;
+pub mod metrics;
 pub mod oauth;
 pub mod routes;
 pub mod util;

@@ -179,3 +179,23 @@ fn rotate_key_re_encrypts_everything_under_the_new_key() {
     let v = tokenvault::vault::store::get(&mut conn, &cipher, "a.client_secret").unwrap().unwrap();
     assert_eq!(v.expose(), "CS-CANARY-a");
 }
+
+#[test]
+fn api_key_create_prints_a_working_key_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("ROCKET_VAULT_KEY", VAULT_KEY)];
+    assert!(tokenvault(dir.path(), &["user", "add", "erin"], &env, Some("a long cli password\n")).status.success());
+    let out = tokenvault(dir.path(), &["api-key", "create", "erin", "nightly backup"], &env, None);
+    assert!(out.status.success(), "{}", text(&out));
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(key.starts_with("tvk_"));
+    let db = tokenvault::db::Db::open(&dir.path().join("cli.sqlite").to_string_lossy()).unwrap();
+    let mut conn = db.conn().unwrap();
+    let (k, user) = tokenvault::db::models::api_keys::find_active(&mut conn, &tokenvault::util::sha256_hex(&key))
+        .unwrap()
+        .expect("the printed key is the stored one");
+    assert_eq!((k.name.as_str(), user.username.as_str()), ("nightly backup", "erin"));
+    let missing = tokenvault(dir.path(), &["api-key", "create", "nobody", "x"], &env, None);
+    assert!(!missing.status.success());
+    assert!(text(&missing).contains("no user named nobody"));
+}

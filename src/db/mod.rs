@@ -118,3 +118,14 @@ impl Db {
         .map_err(|e| AppError::internal(format!("database task failed: {e}")))?
     }
 }
+
+/// Whether the database answers and every embedded migration is applied (for `/readyz`).
+pub fn ready(conn: &mut Conn) -> Result<(), String> {
+    use diesel::RunQueryDsl;
+    diesel::sql_query("SELECT 1").execute(conn).map_err(|e| format!("database: {e}"))?;
+    match conn.has_pending_migration(MIGRATIONS) {
+        Ok(false) => Ok(()),
+        Ok(true) => Err("migrations are pending".into()),
+        Err(e) => Err(format!("migrations: {e}")),
+    }
+}

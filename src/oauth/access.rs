@@ -203,6 +203,14 @@ async fn refresh_now(app: &AppState, provider: &Provider, row: Connection) -> Re
     )
     .await;
     tracing::info!(service = %service, user_id, ok = result.is_ok(), millis = started.elapsed().as_millis() as u64, "token refresh");
+    app.metrics.token_endpoint(&provider.name, "refresh_token", started);
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(e) if e.is_invalid_grant() => "invalid_grant",
+        Err(e) if e.is_client_error() => "client_error",
+        Err(_) => "transient_error",
+    };
+    app.metrics.refresh(&provider.name, outcome);
     match result {
         Ok(set) => {
             let access = app.cipher.seal_str(set.access_token.expose(), &aad(user_id, &service, "access_token"));

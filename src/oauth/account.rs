@@ -19,12 +19,36 @@ pub struct ProviderResponse {
     pub body: Vec<u8>,
 }
 
-fn http_error(e: HttpError) -> AccessError {
+pub fn http_error(e: HttpError) -> AccessError {
     AccessError::Provider(match e {
         HttpError::Timeout => TokenError::Timeout,
         HttpError::Connect(m) | HttpError::Other(m) => TokenError::Network(m),
         HttpError::TooLarge(n) => TokenError::InvalidResponse(format!("larger than {n} bytes")),
     })
+}
+
+/// Like [`call_with_token`], but the final answer's body is left unread for streaming (at most
+/// `limit` bytes may be declared).
+pub async fn send_with_token<B>(
+    app: &AppState,
+    user_id: i64,
+    provider: &Provider,
+    limit: usize,
+    build: B,
+) -> Result<reqwest::Response, AccessError>
+where
+    B: Fn(&reqwest::Client, &Secret) -> reqwest::RequestBuilder,
+{
+    let token = fresh_token(app, user_id, provider).await?;
+    let response =
+        app.http.send_streaming(build(app.http.client(), &token.access_token), limit).await.map_err(http_error)?;
+    if response.status().as_u16() != 401 {
+        return Ok(response);
+    }
+    drop(response);
+    tracing::info!(service = %provider.name, user_id, "the provider answered 401: refreshing once");
+    let token = refresh_after_401(app, user_id, provider, token.version).await?;
+    app.http.send_streaming(build(app.http.client(), &token.access_token), limit).await.map_err(http_error)
 }
 
 /// Send a request built by `build` with the user's access token; after a 401, refresh once and

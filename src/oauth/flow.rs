@@ -236,6 +236,7 @@ pub async fn finish(
         .await?
         .ok_or_else(|| not_configured(provider))?;
     let verifier = provider.pkce.then_some(&verifier);
+    let started = std::time::Instant::now();
     let exchanged = tokens::exchange_code(
         &app.http,
         provider,
@@ -246,6 +247,7 @@ pub async fn finish(
         app.settings.default_token_lifetime,
     )
     .await;
+    app.metrics.token_endpoint(&provider.name, "authorization_code", started);
     match exchanged {
         Ok(token_set) => {
             let cipher = app.cipher.clone();

@@ -50,6 +50,20 @@ impl Outbound {
         &self.client
     }
 
+    /// Send a request; the answer's body is left unread (for streaming). A declared length over
+    /// `limit` is refused before anything is read.
+    pub async fn send_streaming(
+        &self,
+        request: reqwest::RequestBuilder,
+        limit: usize,
+    ) -> Result<reqwest::Response, HttpError> {
+        let response = request.send().await.map_err(classify)?;
+        if response.content_length().is_some_and(|len| len as usize > limit) {
+            return Err(HttpError::TooLarge(limit));
+        }
+        Ok(response)
+    }
+
     /// Send a request and read at most `max_body` bytes of the answer.
     pub async fn send(
         &self,

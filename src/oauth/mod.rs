@@ -6,6 +6,7 @@ pub mod account;
 pub mod flow;
 pub mod http;
 pub mod providers;
+pub mod proxy;
 pub mod revoke;
 pub mod store;
 pub mod tokens;

@@ -2,6 +2,8 @@
 
 pub mod account;
 pub mod admin;
+pub mod api;
+pub mod api_keys;
 pub mod auth;
 pub mod health;
 pub mod home;

@@ -147,6 +147,35 @@ fn uuidish() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// `/api/…`: echoes what it received (for the proxy), if the bearer token is valid.
+struct ApiEndpoint(Arc<Mutex<State>>);
+
+impl Respond for ApiEndpoint {
+    fn respond(&self, req: &Request) -> ResponseTemplate {
+        let st = self.0.lock().unwrap();
+        let token =
+            req.headers.get("authorization").and_then(|h| h.to_str().ok()).and_then(|h| h.strip_prefix("Bearer "));
+        if !token.is_some_and(|t| st.access_tokens.iter().any(|a| a == t)) {
+            return error(401, "invalid_token");
+        }
+        if req.url.path() == "/api/big" {
+            return ResponseTemplate::new(200).set_body_raw(vec![b'x'; 64 * 1024], "application/octet-stream");
+        }
+        let headers: HashMap<String, String> =
+            req.headers.iter().map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string())).collect();
+        ResponseTemplate::new(201)
+            .insert_header("X-Provider-Header", "kept")
+            .insert_header("Set-Cookie", "provider_session=abc")
+            .set_body_json(json!({
+                "method": req.method.as_str(),
+                "path": req.url.path(),
+                "query": req.url.query(),
+                "body": String::from_utf8_lossy(&req.body),
+                "headers": headers,
+            }))
+    }
+}
+
 struct AccountEndpoint(Arc<Mutex<State>>);
 
 impl Respond for AccountEndpoint {
@@ -176,6 +205,10 @@ impl FakeProvider {
         }));
         Mock::given(method("POST")).and(path("/token")).respond_with(TokenEndpoint(state.clone())).mount(&server).await;
         Mock::given(path("/account")).respond_with(AccountEndpoint(state.clone())).mount(&server).await;
+        Mock::given(wiremock::matchers::path_regex("^/api/"))
+            .respond_with(ApiEndpoint(state.clone()))
+            .mount(&server)
+            .await;
         Mock::given(method("POST")).and(path("/revoke")).respond_with(ResponseTemplate::new(200)).mount(&server).await;
         Mock::given(method("POST"))
             .and(path("/dropbox-revoke"))
@@ -230,5 +263,18 @@ impl FakeProvider {
     /// Make every current access token invalid (as if revoked or expired at the provider).
     pub fn invalidate_access_tokens(&self) {
         self.state.lock().unwrap().access_tokens.clear();
+    }
+}
+
+impl FakeProvider {
+    /// Whether the provider would accept `refresh_token` now (issued, and neither rotated away nor
+    /// revoked with its family).
+    pub fn refresh_token_valid(&self, refresh_token: &str) -> bool {
+        self.state.lock().unwrap().refresh_tokens.get(refresh_token).copied().unwrap_or(false)
+    }
+
+    /// Whether the provider's API would accept `access_token` now.
+    pub fn access_token_valid(&self, access_token: &str) -> bool {
+        self.state.lock().unwrap().access_tokens.iter().any(|a| a == access_token)
     }
 }

@@ -149,3 +149,8 @@ pub fn mark_reconnect_required(conn: &mut Conn, id: i64, version: i64, now: i64)
         .execute(conn)?;
     Ok(n == 1)
 }
+
+/// How many connections there are in each status.
+pub fn count_by_status(conn: &mut Conn) -> QueryResult<Vec<(String, i64)>> {
+    connections::table.group_by(connections::status).select((connections::status, diesel::dsl::count_star())).load(conn)
+}

@@ -1,0 +1,112 @@
+//! Prometheus metrics: requests by route and status, refreshes by outcome, token-endpoint
+//! latency; connections by status are counted from the database at scrape time.
+
+use std::time::Instant;
+
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use rocket::fairing::{Fairing, Info, Kind};
+use rocket::{Data, Request, Response};
+
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    request_seconds: HistogramVec,
+    refreshes: IntCounterVec,
+    token_endpoint_seconds: HistogramVec,
+    connections: IntGaugeVec,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new_custom(Some("tokenvault".into()), None).expect("valid registry");
+        let requests = IntCounterVec::new(
+            Opts::new("http_requests_total", "HTTP requests by route and status"),
+            &["method", "route", "status"],
+        )
+        .expect("valid metric");
+        let request_seconds = HistogramVec::new(
+            HistogramOpts::new("http_request_duration_seconds", "HTTP request duration by route")
+                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            &["method", "route"],
+        )
+        .expect("valid metric");
+        let refreshes = IntCounterVec::new(
+            Opts::new("token_refreshes_total", "Token refreshes by provider and outcome"),
+            &["provider", "outcome"],
+        )
+        .expect("valid metric");
+        let token_endpoint_seconds = HistogramVec::new(
+            HistogramOpts::new("token_endpoint_duration_seconds", "Provider token-endpoint latency")
+                .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            &["provider", "grant"],
+        )
+        .expect("valid metric");
+        let connections = IntGaugeVec::new(Opts::new("connections", "Stored connections by status"), &["status"])
+            .expect("valid metric");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(request_seconds.clone()),
+            Box::new(refreshes.clone()),
+            Box::new(token_endpoint_seconds.clone()),
+            Box::new(connections.clone()),
+        ] {
+            registry.register(c).expect("metric registers once");
+        }
+        Metrics { registry, requests, request_seconds, refreshes, token_endpoint_seconds, connections }
+    }
+
+    pub fn refresh(&self, provider: &str, outcome: &str) {
+        self.refreshes.with_label_values(&[provider, outcome]).inc();
+    }
+
+    pub fn token_endpoint(&self, provider: &str, grant: &str, started: Instant) {
+        self.token_endpoint_seconds.with_label_values(&[provider, grant]).observe(started.elapsed().as_secs_f64());
+    }
+
+    /// The text exposition, with the connection gauge set from `by_status`.
+    pub fn render(&self, by_status: &[(String, i64)]) -> String {
+        self.connections.reset();
+        for (status, n) in by_status {
+            self.connections.with_label_values(&[status]).set(*n);
+        }
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding works");
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// Counts every request by its route template (never the concrete path: low cardinality, no ids).
+pub struct MetricsFairing(pub std::sync::Arc<Metrics>);
+
+struct Started(Instant);
+
+#[rocket::async_trait]
+impl Fairing for MetricsFairing {
+    fn info(&self) -> Info {
+        Info { name: "Metrics", kind: Kind::Request | Kind::Response }
+    }
+
+    async fn on_request(&self, req: &mut Request<'_>, _: &mut Data<'_>) {
+        req.local_cache(|| Started(Instant::now()));
+    }
+
+    async fn on_response<'r>(&self, req: &'r Request<'_>, res: &mut Response<'r>) {
+        let route = req.route().map(|r| r.uri.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+        let method = req.method().as_str();
+        self.0.requests.with_label_values(&[method, &route, &res.status().code.to_string()]).inc();
+        let started = req.local_cache(|| Started(Instant::now())).0;
+        self.0.request_seconds.with_label_values(&[method, &route]).observe(started.elapsed().as_secs_f64());
+    }
+}

@@ -1,0 +1,176 @@
+//! The authenticated proxy: `ANY /api/v1/services/<service>/proxy/<path..>` forwards to the
+//! service's `api_base_url` with the user's token (refresh on 401, one retry) and streams the
+//! answer back. Only URLs under the configured base can be reached.
+
+use rocket::http::Status;
+use url::Url;
+
+use crate::app::AppState;
+use crate::oauth::access::AccessError;
+use crate::oauth::account::send_with_token;
+use crate::oauth::providers::Provider;
+
+/// Request headers never forwarded: hop-by-hop ones (RFC 9110 §7.6.1), the caller's own
+/// credentials and cookies, and what the proxy sets itself.
+const DROP_REQUEST: &[&str] = &[
+    "authorization",
+    "cookie",
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+    "origin",
+    "referer",
+    "accept-encoding",
+];
+
+/// Response headers never passed back.
+pub const DROP_RESPONSE: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "set-cookie",
+    "strict-transport-security",
+    "content-security-policy",
+    "alt-svc",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("this service has no API base URL configured")]
+    NoBase,
+    #[error("the path is not allowed")]
+    BadPath,
+    #[error(transparent)]
+    Access(#[from] AccessError),
+}
+
+/// `base` joined with the (already split) path segments and the raw query; `None` if the result
+/// would leave the base (dot segments, encoded slashes, empty segments).
+pub fn target_url(base: &Url, segments: &[&str], query: Option<&str>) -> Option<Url> {
+    let mut url = base.clone();
+    {
+        let mut path = url.path_segments_mut().ok()?;
+        path.pop_if_empty();
+        for seg in segments {
+            let decoded = percent_decode(seg)?;
+            if decoded.is_empty() || decoded == "." || decoded == ".." || decoded.contains(['/', '\\']) {
+                return None;
+            }
+            path.push(&decoded);
+        }
+    }
+    url.set_query(query);
+    let base_path = base.path().trim_end_matches('/');
+    let ok =
+        url.origin() == base.origin() && (url.path() == base_path || url.path().starts_with(&format!("{base_path}/")));
+    ok.then_some(url)
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+pub struct Forward<'a> {
+    pub method: reqwest::Method,
+    pub segments: Vec<&'a str>,
+    pub query: Option<&'a str>,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// Forward the call; the provider's answer with its body unread.
+pub async fn forward(
+    app: &AppState,
+    user_id: i64,
+    provider: &Provider,
+    req: Forward<'_>,
+) -> Result<reqwest::Response, ProxyError> {
+    let base = provider.api_base_url.as_ref().ok_or(ProxyError::NoBase)?;
+    let url = target_url(base, &req.segments, req.query).ok_or(ProxyError::BadPath)?;
+    let headers: Vec<(String, String)> =
+        req.headers.into_iter().filter(|(k, _)| !DROP_REQUEST.contains(&k.to_ascii_lowercase().as_str())).collect();
+    let body = req.body;
+    let method = req.method;
+    let limit = app.settings.proxy_max_response_bytes;
+    let response = send_with_token(app, user_id, provider, limit, |client, token| {
+        let mut builder = client.request(method.clone(), url.clone());
+        for (k, v) in &headers {
+            builder = builder.header(k.as_str(), v.as_str());
+        }
+        builder = builder.bearer_auth(token.expose());
+        if !body.is_empty() {
+            builder = builder.body(body.clone());
+        }
+        builder
+    })
+    .await?;
+    Ok(response)
+}
+
+/// The status to answer with for a proxy failure.
+pub fn status_of(e: &ProxyError) -> Status {
+    match e {
+        ProxyError::NoBase | ProxyError::BadPath => Status::NotFound,
+        ProxyError::Access(_) => Status::BadGateway,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::target_url;
+    use url::Url;
+
+    #[test]
+    fn only_urls_under_the_base_are_built() {
+        let base = Url::parse("https://api.example.com/v1").unwrap();
+        let ok = target_url(&base, &["users", "me"], Some("a=1")).unwrap();
+        assert_eq!(ok.as_str(), "https://api.example.com/v1/users/me?a=1");
+        let root = Url::parse("https://api.dropboxapi.com").unwrap();
+        assert_eq!(
+            target_url(&root, &["2", "users", "get_current_account"], None).unwrap().as_str(),
+            "https://api.dropboxapi.com/2/users/get_current_account"
+        );
+        for bad in
+            [vec![".."], vec!["%2e%2e"], vec!["a", "..", ".."], vec!["%2F%2Fevil.example"], vec![""], vec!["a%5c.."]]
+        {
+            assert!(target_url(&base, &bad, None).is_none(), "{bad:?}");
+        }
+        // Anything that looks like a URL stays a path segment under the base.
+        let u = target_url(&base, &["https:", "evil.example"], None);
+        assert!(u.is_none() || u.unwrap().host_str() == Some("api.example.com"));
+        let u = target_url(&base, &["@evil.example"], None).unwrap();
+        assert_eq!(u.host_str(), Some("api.example.com"));
+    }
+}

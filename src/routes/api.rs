@@ -1,0 +1,335 @@
+//! The JSON API under `/api/v1`, authenticated with personal API keys (`Authorization: Bearer`).
+//! Errors are `{"error": "<stable_code>", "message": "…", "request_id": "…"}`.
+
+use rocket::data::{Data, ToByteUnit};
+use rocket::http::{ContentType, Header, Status};
+use rocket::request::{FromRequest, Outcome, Request};
+use rocket::response::{self, Responder, Response};
+use rocket::serde::json::Json;
+use rocket::{delete, get, patch, post, put, routes, Route, State};
+use serde::Serialize;
+
+use crate::app::AppState;
+use crate::auth::api_key::ApiUser;
+use crate::db::models::connections::{self, STATUS_RECONNECT};
+use crate::error::AppError;
+use crate::oauth::access::{fresh_token, AccessError};
+use crate::oauth::providers::Provider;
+use crate::oauth::proxy::{self, Forward, ProxyError, DROP_RESPONSE};
+use crate::oauth::tokens::TokenError;
+use crate::web::RequestId;
+
+pub fn routes() -> Vec<Route> {
+    routes![openapi, list_connections, token, proxy_get, proxy_delete, proxy_post, proxy_put, proxy_patch]
+}
+
+/// A JSON API error with a stable code.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: Status,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    fn new(status: Status, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into() }
+    }
+
+    fn unknown_service() -> ApiError {
+        ApiError::new(Status::NotFound, "unknown_service", "No such service.")
+    }
+
+    fn access(e: AccessError, p: &Provider) -> ApiError {
+        let name = &p.display_name;
+        match e {
+            AccessError::NotConnected => {
+                ApiError::new(Status::NotFound, "not_connected", format!("{name} is not connected."))
+            }
+            AccessError::ReconnectRequired => ApiError::new(
+                Status::Conflict,
+                "reconnect_required",
+                format!("The {name} connection must be authorized again in the web app."),
+            ),
+            AccessError::ClientRejected(_) => ApiError::new(
+                Status::BadGateway,
+                "provider_rejected_client",
+                format!("{name} rejected tokenvault's client credentials; an administrator must check them."),
+            ),
+            AccessError::Provider(TokenError::Timeout) => {
+                ApiError::new(Status::GatewayTimeout, "provider_timeout", format!("{name} did not answer in time."))
+            }
+            AccessError::Provider(_) => {
+                ApiError::new(Status::BadGateway, "provider_error", format!("{name} failed; try again later."))
+            }
+            AccessError::App(e) => e.into(),
+        }
+    }
+}
+
+impl From<AppError> for ApiError {
+    fn from(e: AppError) -> Self {
+        let status = e.status();
+        if status.code >= 500 {
+            tracing::error!(error = %e, "API request failed");
+        }
+        ApiError { status, code: e.code(), message: e.user_message() }
+    }
+}
+
+impl<'r> Responder<'r, 'static> for ApiError {
+    fn respond_to(self, req: &'r Request<'_>) -> response::Result<'static> {
+        let request_id = req.local_cache(RequestId::new).to_string();
+        if self.status.code >= 500 {
+            tracing::warn!(%request_id, code = self.code, status = self.status.code, "API error");
+        }
+        let body = serde_json::json!({"error": self.code, "message": self.message, "request_id": request_id});
+        (self.status, Json(body)).respond_to(req)
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn provider(app: &AppState, service: &str) -> ApiResult<std::sync::Arc<Provider>> {
+    app.catalog.get(service).ok_or_else(ApiError::unknown_service)
+}
+
+#[get("/openapi.json")]
+fn openapi() -> (ContentType, &'static str) {
+    (ContentType::JSON, include_str!("openapi.json"))
+}
+
+#[derive(Serialize)]
+struct ConnectionOut {
+    service: String,
+    display_name: String,
+    status: &'static str,
+    scopes: Vec<String>,
+    obtained_at: String,
+    expires_at: Option<String>,
+    has_refresh_token: bool,
+}
+
+fn rfc3339(at: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(at)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+/// The user's connections: service, scopes, expiry, status. Never a token.
+#[get("/connections")]
+async fn list_connections(app: &State<AppState>, user: &ApiUser) -> ApiResult<Json<Vec<ConnectionOut>>> {
+    let uid = user.id;
+    let rows = app.db.run(move |conn| Ok(connections::list_for_user(conn, uid)?)).await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|c| ConnectionOut {
+                display_name: app
+                    .catalog
+                    .get(&c.service)
+                    .map(|p| p.display_name.clone())
+                    .unwrap_or_else(|| c.service.clone()),
+                status: if c.status == STATUS_RECONNECT { "reconnect_required" } else { "active" },
+                scopes: c.scopes.split(' ').filter(|s| !s.is_empty()).map(String::from).collect(),
+                obtained_at: rfc3339(c.obtained_at),
+                expires_at: c.expires_at.map(rfc3339),
+                has_refresh_token: c.refresh_token.is_some(),
+                service: c.service,
+            })
+            .collect(),
+    ))
+}
+
+#[derive(Serialize)]
+struct TokenOut {
+    service: String,
+    access_token: String,
+    token_type: String,
+    expires_at: Option<String>,
+    expires_in: Option<i64>,
+    scopes: Vec<String>,
+}
+
+/// A fresh access token (refreshed first when needed, through the same single-flight refresh).
+#[get("/services/<service>/token")]
+async fn token(app: &State<AppState>, user: &ApiUser, service: &str) -> ApiResult<Json<TokenOut>> {
+    let p = provider(app, service)?;
+    let t = fresh_token(app, user.id, &p).await.map_err(|e| ApiError::access(e, &p))?;
+    let token_type = if t.token_type.eq_ignore_ascii_case("bearer") { "Bearer".to_string() } else { t.token_type };
+    Ok(Json(TokenOut {
+        service: p.name.clone(),
+        access_token: t.access_token.expose().to_string(),
+        token_type,
+        expires_at: t.expires_at.map(rfc3339),
+        expires_in: t.expires_at.map(|e| (e - crate::util::now()).max(0)),
+        scopes: t.scopes,
+    }))
+}
+
+/// The request's headers, to forward (filtered by the proxy) and its raw query.
+pub struct Incoming {
+    headers: Vec<(String, String)>,
+    query: Option<String>,
+    segments: Vec<String>,
+}
+
+#[rocket::async_trait]
+impl<'r> FromRequest<'r> for Incoming {
+    type Error = std::convert::Infallible;
+    async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Self::Error> {
+        let headers = req.headers().iter().map(|h| (h.name().to_string(), h.value().to_string())).collect();
+        // Everything after `/api/v1/services/<service>/proxy/`, percent-decoded segment by segment.
+        let segments = req.uri().path().segments().skip(5).map(String::from).collect();
+        Outcome::Success(Incoming { headers, query: req.uri().query().map(|q| q.as_str().to_string()), segments })
+    }
+}
+
+/// The provider's answer, streamed back with the size cap.
+pub struct Proxied {
+    response: reqwest::Response,
+    limit: usize,
+}
+
+impl<'r> Responder<'r, 'static> for Proxied {
+    fn respond_to(self, _: &'r Request<'_>) -> response::Result<'static> {
+        use futures_util::StreamExt;
+        let mut builder = Response::build();
+        builder.status(Status::new(self.response.status().as_u16()));
+        for (name, value) in self.response.headers() {
+            if DROP_RESPONSE.contains(&name.as_str()) {
+                continue;
+            }
+            if let Ok(v) = value.to_str() {
+                builder.header_adjoin(Header::new(name.as_str().to_string(), v.to_string()));
+            }
+        }
+        let limit = self.limit;
+        // Stop with an error (the connection is cut, not silently truncated) past the cap.
+        let stream = self.response.bytes_stream().scan(0usize, move |seen, chunk| {
+            let item = match chunk {
+                Ok(bytes) => {
+                    *seen += bytes.len();
+                    if *seen > limit {
+                        Some(Err(std::io::Error::other("the provider's answer exceeds the proxy size cap")))
+                    } else {
+                        Some(Ok(bytes))
+                    }
+                }
+                Err(e) => Some(Err(std::io::Error::other(e.without_url()))),
+            };
+            futures_util::future::ready(item)
+        });
+        builder.streamed_body(tokio_util::io::StreamReader::new(Box::pin(stream)));
+        Ok(builder.finalize())
+    }
+}
+
+async fn run_proxy(
+    app: &AppState,
+    user: &ApiUser,
+    service: &str,
+    method: reqwest::Method,
+    incoming: Incoming,
+    body: Option<Data<'_>>,
+) -> ApiResult<Proxied> {
+    let p = provider(app, service)?;
+    let body = match body {
+        Some(data) => {
+            let capped = data.open(app.settings.proxy_max_request_bytes.bytes()).into_bytes().await.map_err(|e| {
+                ApiError::new(Status::BadRequest, "bad_request", format!("could not read the body: {e}"))
+            })?;
+            if !capped.is_complete() {
+                return Err(ApiError::new(
+                    Status::PayloadTooLarge,
+                    "request_too_large",
+                    format!("Request bodies are limited to {} bytes.", app.settings.proxy_max_request_bytes),
+                ));
+            }
+            capped.into_inner()
+        }
+        None => Vec::new(),
+    };
+    let forward = Forward {
+        method,
+        segments: incoming.segments.iter().map(String::as_str).collect(),
+        query: incoming.query.as_deref(),
+        headers: incoming.headers,
+        body,
+    };
+    match proxy::forward(app, user.id, &p, forward).await {
+        Ok(response) => Ok(Proxied { response, limit: app.settings.proxy_max_response_bytes }),
+        Err(ProxyError::NoBase) => Err(ApiError::new(
+            Status::NotFound,
+            "no_api_base",
+            format!("{} has no API base URL configured.", p.display_name),
+        )),
+        Err(ProxyError::BadPath) => {
+            Err(ApiError::new(Status::BadRequest, "bad_path", "The path must stay under the service's API base URL."))
+        }
+        Err(ProxyError::Access(AccessError::Provider(TokenError::InvalidResponse(_)))) => Err(ApiError::new(
+            Status::BadGateway,
+            "provider_response_too_large",
+            format!("{}'s answer is larger than the proxy allows or unreadable.", p.display_name),
+        )),
+        Err(ProxyError::Access(e)) => Err(ApiError::access(e, &p)),
+    }
+}
+
+#[get("/services/<service>/proxy/<_path..>")]
+async fn proxy_get(
+    app: &State<AppState>,
+    user: &ApiUser,
+    service: &str,
+    _path: std::path::PathBuf,
+    incoming: Incoming,
+) -> ApiResult<Proxied> {
+    run_proxy(app, user, service, reqwest::Method::GET, incoming, None).await
+}
+
+#[delete("/services/<service>/proxy/<_path..>")]
+async fn proxy_delete(
+    app: &State<AppState>,
+    user: &ApiUser,
+    service: &str,
+    _path: std::path::PathBuf,
+    incoming: Incoming,
+) -> ApiResult<Proxied> {
+    run_proxy(app, user, service, reqwest::Method::DELETE, incoming, None).await
+}
+
+#[post("/services/<service>/proxy/<_path..>", data = "<body>")]
+async fn proxy_post(
+    app: &State<AppState>,
+    user: &ApiUser,
+    service: &str,
+    _path: std::path::PathBuf,
+    incoming: Incoming,
+    body: Data<'_>,
+) -> ApiResult<Proxied> {
+    run_proxy(app, user, service, reqwest::Method::POST, incoming, Some(body)).await
+}
+
+#[put("/services/<service>/proxy/<_path..>", data = "<body>")]
+async fn proxy_put(
+    app: &State<AppState>,
+    user: &ApiUser,
+    service: &str,
+    _path: std::path::PathBuf,
+    incoming: Incoming,
+    body: Data<'_>,
+) -> ApiResult<Proxied> {
+    run_proxy(app, user, service, reqwest::Method::PUT, incoming, Some(body)).await
+}
+
+#[patch("/services/<service>/proxy/<_path..>", data = "<body>")]
+async fn proxy_patch(
+    app: &State<AppState>,
+    user: &ApiUser,
+    service: &str,
+    _path: std::path::PathBuf,
+    incoming: Incoming,
+    body: Data<'_>,
+) -> ApiResult<Proxied> {
+    run_proxy(app, user, service, reqwest::Method::PATCH, incoming, Some(body)).await
+}

@@ -1,0 +1,126 @@
+//! My Settings → API keys (`/settings/api-keys`): create (shown once), list, revoke.
+
+use rocket::form::FromForm;
+use rocket::http::Status;
+use rocket::response::{Flash, Redirect};
+use rocket::{get, post, routes, Route, State};
+use rocket_dyn_templates::Template;
+use serde::Serialize;
+
+use crate::app::AppState;
+use crate::auth::{api_key, Csrf, CsrfField, CsrfOnly, CurrentUser};
+use crate::db::models::api_keys;
+use crate::error::{AppError, AppResult};
+use crate::util::{format_utc, now, relative_time};
+use crate::web::{Layout, Page};
+
+pub fn routes() -> Vec<Route> {
+    routes![page, create, revoke]
+}
+
+#[derive(Serialize)]
+struct KeyView {
+    id: i64,
+    name: String,
+    prefix: String,
+    created: String,
+    created_utc: String,
+    last_used: Option<String>,
+}
+
+#[derive(Serialize)]
+struct KeysPage {
+    keys: Vec<KeyView>,
+    csrf_token: String,
+    /// A key just created: shown this once.
+    new_key: Option<String>,
+    new_key_name: Option<String>,
+    error: Option<String>,
+    api_base: String,
+}
+
+async fn render(
+    app: &AppState,
+    user: &CurrentUser,
+    layout: Layout,
+    new_key: Option<(String, String)>,
+    error: Option<String>,
+) -> AppResult<Template> {
+    let uid = user.id;
+    let keys = app.db.run(move |conn| Ok(api_keys::list_for_user(conn, uid)?)).await?;
+    let now = now();
+    let page = KeysPage {
+        keys: keys
+            .into_iter()
+            .map(|k| KeyView {
+                id: k.id,
+                name: k.name,
+                prefix: k.prefix,
+                created: relative_time(k.created_at, now),
+                created_utc: format_utc(k.created_at),
+                last_used: k.last_used_at.map(|t| relative_time(t, now)),
+            })
+            .collect(),
+        csrf_token: user.csrf_token.clone(),
+        new_key_name: new_key.as_ref().map(|(n, _)| n.clone()),
+        new_key: new_key.map(|(_, k)| k),
+        error,
+        api_base: app.settings.url("/api/v1"),
+    };
+    Ok(Template::render("settings/api_keys", Page::new(layout, "API keys", page)))
+}
+
+#[get("/settings/api-keys")]
+async fn page(app: &State<AppState>, user: &CurrentUser, layout: Layout) -> AppResult<Template> {
+    render(app, user, layout, None, None).await
+}
+
+#[derive(Debug, FromForm)]
+pub struct CreateForm {
+    csrf_token: String,
+    name: String,
+}
+
+impl CsrfField for CreateForm {
+    fn csrf_token(&self) -> &str {
+        &self.csrf_token
+    }
+}
+
+/// Create a key and show it once, on this response (never in a redirect, cookie or flash).
+#[post("/settings/api-keys", data = "<form>")]
+async fn create(
+    app: &State<AppState>,
+    user: &CurrentUser,
+    layout: Layout,
+    form: Csrf<CreateForm>,
+) -> AppResult<(Status, Template)> {
+    let (uid, name) = (user.id, form.name.clone());
+    match app.db.run(move |conn| api_key::create(conn, uid, &name)).await {
+        Ok((row, key)) => {
+            tracing::info!(user_id = uid, key_id = row.id, "API key created");
+            let page = render(app, user, layout, Some((row.name, key.expose().to_string())), None).await?;
+            Ok((Status::Ok, page))
+        }
+        Err(AppError::BadRequest(msg)) => {
+            Ok((Status::UnprocessableEntity, render(app, user, layout, None, Some(msg)).await?))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[post("/settings/api-keys/<id>/revoke", data = "<_form>")]
+async fn revoke(
+    app: &State<AppState>,
+    user: &CurrentUser,
+    id: i64,
+    _form: Csrf<CsrfOnly>,
+) -> AppResult<Flash<Redirect>> {
+    let uid = user.id;
+    let n = app.db.run(move |conn| Ok(api_keys::revoke(conn, uid, id, now())?)).await?;
+    if n == 0 {
+        return Err(AppError::NotFound);
+    }
+    tracing::info!(user_id = uid, key_id = id, "API key revoked");
+    Ok(Flash::success(Redirect::to("/settings/api-keys"), "The API key was revoked. It no longer works."))
+}

@@ -1,0 +1,248 @@
+//! The JSON API: API keys, connections, fresh tokens, the authenticated proxy, and operations
+//! endpoints.
+
+mod common;
+
+use common::{builder, TestApp};
+use rocket::http::{ContentType, Header, Status};
+use serde_json::{json, Value};
+use wiremock::ResponseTemplate;
+
+/// Create an API key through the settings page; returns it.
+async fn api_key(agent: &common::Agent<'_>, name: &str) -> String {
+    let csrf = agent.csrf("/settings/api-keys").await;
+    let r = agent.post_form("/settings/api-keys", &[("csrf_token", &csrf), ("name", name)]).await;
+    assert_eq!(r.status, Status::Ok, "{}", r.text);
+    let re = regex::Regex::new(r#"<code id="new-api-key">(tvk_[A-Za-z0-9_-]+)</code>"#).unwrap();
+    re.captures(&r.text).expect("the new key is shown once")[1].to_string()
+}
+
+async fn api(app: &TestApp, method: &str, uri: &str, key: Option<&str>) -> (Status, Value, Vec<(String, String)>) {
+    let mut req = match method {
+        "POST" => app.client.post(uri.to_string()),
+        _ => app.client.get(uri.to_string()),
+    };
+    if let Some(k) = key {
+        req = req.header(Header::new("Authorization", format!("Bearer {k}")));
+    }
+    let res = req.dispatch().await;
+    let status = res.status();
+    let headers = res.headers().iter().map(|h| (h.name().to_string(), h.value().to_string())).collect();
+    let body = res.into_string().await.unwrap_or_default();
+    (status, serde_json::from_str(&body).unwrap_or(Value::String(body)), headers)
+}
+
+#[tokio::test]
+async fn keys_are_shown_once_stored_hashed_and_revocable() {
+    let app = TestApp::start().await;
+    let alice = app.user("alice").await;
+    let key = api_key(&alice, "backup script").await;
+    assert!(key.starts_with("tvk_") && key.len() >= 40);
+    let page = alice.fetch("/settings/api-keys").await;
+    assert!(page.text.contains("backup script") && page.text.contains(&key[..12]));
+    assert!(!page.text.contains(&key), "the key is never shown again");
+    assert!(!String::from_utf8_lossy(&app.database_bytes()).contains(&key), "only a hash is stored");
+
+    let (status, body, _) = api(&app, "GET", "/api/v1/connections", Some(&key)).await;
+    assert_eq!(status, Status::Ok);
+    assert_eq!(body, json!([]));
+    assert!(alice.fetch("/settings/api-keys").await.text.contains("just now"), "last use is recorded");
+
+    let id = regex::Regex::new(r#"data-key="(\d+)""#).unwrap().captures(&page.text).unwrap()[1].to_string();
+    let csrf = alice.csrf("/settings/api-keys").await;
+    let r = alice.post_form(&format!("/settings/api-keys/{id}/revoke"), &[("csrf_token", &csrf)]).await;
+    assert_eq!(r.status, Status::SeeOther);
+    let (status, body, _) = api(&app, "GET", "/api/v1/connections", Some(&key)).await;
+    assert_eq!(status, Status::Unauthorized);
+    assert_eq!(body["error"], "unauthorized");
+}
+
+#[tokio::test]
+async fn bad_keys_and_cookies_do_not_authenticate() {
+    let app = TestApp::start().await;
+    let alice = app.user("alice").await;
+    for key in [None, Some("tvk_not-a-real-key"), Some("garbage")] {
+        let (status, body, _) = api(&app, "GET", "/api/v1/connections", key).await;
+        assert_eq!(status, Status::Unauthorized, "{key:?}");
+        assert_eq!(body["error"], "unauthorized");
+        assert!(body["request_id"].is_string());
+    }
+    // A signed-in browser session is not an API credential.
+    let cookie = alice.cookie("tv_session").unwrap();
+    let res =
+        app.client.get("/api/v1/connections").cookie(rocket::http::Cookie::new("tv_session", cookie)).dispatch().await;
+    assert_eq!(res.status(), Status::Unauthorized);
+    // Someone else's revoke is a 404.
+    let bob = app.user("bob").await;
+    api_key(&alice, "a").await;
+    let csrf = bob.csrf("/settings/api-keys").await;
+    assert_eq!(bob.post_form("/settings/api-keys/1/revoke", &[("csrf_token", &csrf)]).await.status, Status::NotFound);
+}
+
+#[tokio::test]
+async fn connections_and_fresh_tokens_for_the_keys_user_only() {
+    let app = TestApp::start().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    alice.connect("fake").await;
+    let alice_key = api_key(&alice, "a").await;
+    let bob_key = api_key(&bob, "b").await;
+
+    let (status, body, _) = api(&app, "GET", "/api/v1/connections", Some(&alice_key)).await;
+    assert_eq!(status, Status::Ok);
+    assert_eq!(body[0]["service"], "fake");
+    assert_eq!(body[0]["status"], "active");
+    assert_eq!(body[0]["scopes"], json!(["read", "write"]));
+    assert!(!body.to_string().contains("CANARY"), "no tokens in the list");
+
+    let (status, body, headers) = api(&app, "GET", "/api/v1/services/fake/token", Some(&alice_key)).await;
+    assert_eq!(status, Status::Ok);
+    let (stored, _) = app.stored_tokens("alice", "fake").unwrap();
+    assert_eq!(body["access_token"], stored);
+    assert_eq!(body["token_type"], "Bearer");
+    assert!(body["expires_in"].as_i64().unwrap() > 3000);
+    assert!(headers.iter().any(|(k, v)| k == "Cache-Control" && v == "no-store"));
+
+    let (status, body, _) = api(&app, "GET", "/api/v1/services/fake/token", Some(&bob_key)).await;
+    assert_eq!((status, body["error"].as_str()), (Status::NotFound, Some("not_connected")));
+    let (status, body, _) = api(&app, "GET", "/api/v1/services/nope/token", Some(&alice_key)).await;
+    assert_eq!((status, body["error"].as_str()), (Status::NotFound, Some("unknown_service")));
+}
+
+#[tokio::test]
+async fn the_token_endpoint_refreshes_and_reports_failures_with_stable_codes() {
+    let app = TestApp::start().await;
+    app.fake.with_state(|s| s.expires_in = Some(json!(10)));
+    let alice = app.user("alice").await;
+    alice.connect("fake").await;
+    let key = api_key(&alice, "a").await;
+    let (old, _) = app.stored_tokens("alice", "fake").unwrap();
+    let (status, body, _) = api(&app, "GET", "/api/v1/services/fake/token", Some(&key)).await;
+    assert_eq!(status, Status::Ok);
+    assert_ne!(body["access_token"], old, "refreshed first");
+    assert_eq!(app.fake.refresh_calls().await, 1);
+
+    app.fake.script(ResponseTemplate::new(503).set_body_json(json!({"error": "temporarily_unavailable"})));
+    let (status, body, _) = api(&app, "GET", "/api/v1/services/fake/token", Some(&key)).await;
+    assert_eq!((status, body["error"].as_str()), (Status::BadGateway, Some("provider_error")));
+    app.fake.script(ResponseTemplate::new(200).set_delay(std::time::Duration::from_secs(5)));
+    let (status, body, _) = api(&app, "GET", "/api/v1/services/fake/token", Some(&key)).await;
+    assert_eq!((status, body["error"].as_str()), (Status::GatewayTimeout, Some("provider_timeout")));
+    app.fake.script(ResponseTemplate::new(400).set_body_json(json!({"error": "invalid_grant"})));
+    let (status, body, _) = api(&app, "GET", "/api/v1/services/fake/token", Some(&key)).await;
+    assert_eq!((status, body["error"].as_str()), (Status::Conflict, Some("reconnect_required")));
+    let (status, _, _) = api(&app, "GET", "/api/v1/services/fake/token", Some(&key)).await;
+    assert_eq!(status, Status::Conflict, "and it stays so without provider calls");
+}
+
+#[tokio::test]
+async fn the_proxy_forwards_with_the_token_and_strips_what_it_must() {
+    let app = TestApp::start().await;
+    let alice = app.user("alice").await;
+    alice.connect("fake").await;
+    let key = api_key(&alice, "a").await;
+    let res = app
+        .client
+        .post("/api/v1/services/fake/proxy/files/list%20all?recursive=true&x=%2F")
+        .header(Header::new("Authorization", format!("Bearer {key}")))
+        .header(Header::new("Cookie", "tv_session=should-not-leak"))
+        .header(Header::new("X-Custom-Arg", "{\"path\":\"/\"}"))
+        .header(Header::new("Connection", "keep-alive, X-Custom-Arg"))
+        .header(ContentType::JSON)
+        .body(r#"{"hello":"provider"}"#)
+        .dispatch()
+        .await;
+    assert_eq!(res.status(), Status::Created, "the provider's status comes back");
+    assert_eq!(res.headers().get_one("X-Provider-Header"), Some("kept"));
+    assert!(res.headers().get_one("Set-Cookie").is_none(), "provider cookies are dropped");
+    let body: Value = res.into_json().await.unwrap();
+    assert_eq!(body["method"], "POST");
+    assert_eq!(body["path"], "/api/files/list%20all");
+    assert_eq!(body["query"], "recursive=true&x=%2F");
+    assert_eq!(body["body"], r#"{"hello":"provider"}"#);
+    let (stored, _) = app.stored_tokens("alice", "fake").unwrap();
+    let h = &body["headers"];
+    assert_eq!(h["authorization"], format!("Bearer {stored}"), "the provider sees the user's token, not the API key");
+    assert!(h.get("cookie").is_none());
+    assert_eq!(h["x-custom-arg"], "{\"path\":\"/\"}");
+    assert_eq!(h["content-type"], "application/json");
+    assert!(!body.to_string().contains(&key));
+}
+
+#[tokio::test]
+async fn the_proxy_refreshes_once_on_401_and_retries() {
+    let app = TestApp::start().await;
+    let alice = app.user("alice").await;
+    alice.connect("fake").await;
+    let key = api_key(&alice, "a").await;
+    app.fake.invalidate_access_tokens();
+    let (status, body, _) = api(&app, "GET", "/api/v1/services/fake/proxy/me", Some(&key)).await;
+    assert_eq!(status, Status::Created, "{body}");
+    assert_eq!(app.fake.refresh_calls().await, 1);
+    assert_eq!(app.fake.requests_to("/api/me").await.len(), 2);
+}
+
+#[tokio::test]
+async fn the_proxy_reaches_nothing_outside_the_configured_base() {
+    let app = TestApp::start().await;
+    let alice = app.user("alice").await;
+    alice.connect("fake").await;
+    let key = api_key(&alice, "a").await;
+    for path in [
+        "/api/v1/services/fake/proxy/..%2F..%2Ftoken",
+        "/api/v1/services/fake/proxy/%2e%2e/token",
+        "/api/v1/services/fake/proxy/a/%2F%2Fevil.example",
+        "/api/v1/services/fake/proxy/..",
+    ] {
+        let (status, _, _) = api(&app, "GET", path, Some(&key)).await;
+        assert!(matches!(status.code, 400 | 404 | 422), "{path} → {status}");
+    }
+    let calls = app.fake.requests_to("/token").await.len();
+    assert_eq!(calls, 1, "only the connect exchange reached the token endpoint");
+    let all = app.fake.requests_to("/api/").await.len() + app.fake.requests_to("/account").await.len();
+    assert_eq!(all, 0);
+}
+
+#[tokio::test]
+async fn proxy_size_caps() {
+    let app = builder().set("proxy_max_request_bytes", 1024).set("proxy_max_response_bytes", 16 * 1024).start().await;
+    let alice = app.user("alice").await;
+    alice.connect("fake").await;
+    let key = api_key(&alice, "a").await;
+    let res = app
+        .client
+        .post("/api/v1/services/fake/proxy/upload")
+        .header(Header::new("Authorization", format!("Bearer {key}")))
+        .body(vec![b'x'; 4096])
+        .dispatch()
+        .await;
+    assert_eq!(res.status(), Status::PayloadTooLarge);
+    assert!(app.fake.requests_to("/api/upload").await.is_empty());
+    let (status, body, _) = api(&app, "GET", "/api/v1/services/fake/proxy/big", Some(&key)).await;
+    assert_eq!(status, Status::BadGateway, "{body}");
+    assert_eq!(body["error"], "provider_response_too_large");
+}
+
+#[tokio::test]
+async fn openapi_readyz_and_metrics() {
+    let app = TestApp::start().await;
+    let (status, doc, _) = api(&app, "GET", "/api/v1/openapi.json", None).await;
+    assert_eq!(status, Status::Ok);
+    assert_eq!(doc["openapi"], "3.0.3");
+    assert!(doc["paths"]["/services/{service}/token"].is_object());
+    let (status, body, _) = api(&app, "GET", "/readyz", None).await;
+    assert_eq!((status, body["status"].as_str()), (Status::Ok, Some("ready")));
+    let alice = app.user("alice").await;
+    alice.connect("fake").await;
+    let res = app.client.get("/metrics").dispatch().await;
+    assert_eq!(res.status(), Status::Ok);
+    let text = res.into_string().await.unwrap();
+    assert!(text.contains("tokenvault_http_requests_total{method=\"GET\",route=\"/services/<service>/authorize?<next>\",status=\"200\"}"), "{text}");
+    assert!(text.contains("tokenvault_connections{status=\"active\"} 1"));
+    assert!(text.contains(
+        "tokenvault_token_endpoint_duration_seconds_count{grant=\"authorization_code\",provider=\"fake\"} 1"
+    ));
+    assert!(!text.contains("CANARY"));
+    let off = builder().set("metrics", false).start().await;
+    assert_eq!(off.client.get("/metrics").dispatch().await.status(), Status::NotFound);
+}
