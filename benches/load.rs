@@ -206,7 +206,8 @@ async fn main() {
     {
         let mut conn = db.conn().unwrap();
         use diesel::RunQueryDsl;
-        diesel::sql_query("UPDATE connections SET expires_at = 0").execute(&mut conn).unwrap();
+        tokenvault::on_conn!(&mut conn, c => diesel::sql_query("UPDATE connections SET expires_at = 0").execute(c))
+            .unwrap();
     }
     let t = Instant::now();
     assert!(http.get(format!("{base}/services/fake/account")).send().await.unwrap().status().is_success());
@@ -214,7 +215,8 @@ async fn main() {
     {
         let mut conn = db.conn().unwrap();
         use diesel::RunQueryDsl;
-        diesel::sql_query("UPDATE connections SET expires_at = 0").execute(&mut conn).unwrap();
+        tokenvault::on_conn!(&mut conn, c => diesel::sql_query("UPDATE connections SET expires_at = 0").execute(c))
+            .unwrap();
     }
     let storm_before = fake.refresh_calls().await;
     let started = Instant::now();

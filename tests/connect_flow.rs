@@ -197,7 +197,7 @@ async fn an_expired_state_is_rejected() {
     let alice = app.user("alice").await;
     let (state, challenge) = flow_params(&alice.start_flow("fake").await);
     let code = app.fake.issue_code(&challenge);
-    app.count("UPDATE oauth_flows SET expires_at = 0 RETURNING 0 AS n");
+    app.exec("UPDATE oauth_flows SET expires_at = 0");
     assert_rejected(&app, &alice, &format!("code={code}&state={state}")).await;
 }
 

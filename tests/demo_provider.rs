@@ -11,8 +11,9 @@ use reqwest::StatusCode;
 struct Live {
     base: String,
     http: reqwest::Client,
-    _dir: tempfile::TempDir,
     db: tokenvault::db::Db,
+    _database: common::TestDatabase,
+    _dir: tempfile::TempDir,
     cipher: tokenvault::vault::Cipher,
 }
 
@@ -24,13 +25,13 @@ async fn launch_with(demo_token_lifetime: i64) -> Live {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let base = format!("http://127.0.0.1:{port}");
     let dir = tempfile::tempdir().unwrap();
-    let db_path = dir.path().join("demo.sqlite");
+    let database = common::TestDatabase::new(dir.path());
     let figment = rocket::figment::Figment::from(rocket::Config::debug_default())
         .merge(("port", port))
         .merge(("address", "127.0.0.1"))
         .merge(("secret_key", common::SECRET_KEY))
         .merge(("public_url", base.clone()))
-        .merge(("database_url", db_path.to_string_lossy().to_string()))
+        .merge(("database_url", database.url.clone()))
         .merge(("data_dir", dir.path().to_string_lossy().to_string()))
         .merge(("vault_key", common::VAULT_KEY))
         .merge(("demo_provider", true))
@@ -46,9 +47,9 @@ async fn launch_with(demo_token_lifetime: i64) -> Live {
         }
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
-    let db = tokenvault::db::Db::open(&db_path.to_string_lossy()).unwrap();
+    let db = tokenvault::db::Db::open_sized(&database.url, 2).unwrap();
     let cipher = tokenvault::vault::Cipher::from_base64(common::VAULT_KEY, &[]).unwrap();
-    Live { base, http, _dir: dir, db, cipher }
+    Live { base, http, db, _database: database, _dir: dir, cipher }
 }
 
 fn hidden_fields(html: &str) -> BTreeMap<String, String> {

@@ -12,14 +12,7 @@ async fn account_calls(app: &TestApp) -> usize {
 }
 
 fn status_of(app: &TestApp) -> String {
-    use diesel::prelude::*;
-    #[derive(QueryableByName)]
-    struct S {
-        #[diesel(sql_type = diesel::sql_types::Text)]
-        status: String,
-    }
-    let mut conn = app.db.conn().unwrap();
-    diesel::sql_query("SELECT status FROM connections").get_result::<S>(&mut conn).unwrap().status
+    app.text("SELECT status AS t FROM connections")
 }
 
 #[tokio::test]

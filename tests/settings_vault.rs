@@ -125,9 +125,8 @@ async fn non_admins_cannot_use_the_vault() {
 async fn a_vault_value_that_does_not_decrypt_is_a_clear_error() {
     let app = TestApp::start().await;
     let alice = app.user("alice").await;
-    app.count(
-        "UPDATE vault_entries SET ciphertext = X'0100' || ciphertext WHERE path = 'fake.client_id' RETURNING 0 AS n",
-    );
+    let prefix = if app.database.is_postgres() { "'\\x0100'::bytea" } else { "X'0100'" };
+    app.exec(&format!("UPDATE vault_entries SET ciphertext = {prefix} || ciphertext WHERE path = 'fake.client_id'"));
     let r = alice.fetch("/services/fake/authorize").await;
     assert_eq!(r.status, Status::InternalServerError);
     assert!(r.text.contains("could not be decrypted"));
@@ -142,9 +141,9 @@ async fn swapped_token_ciphertexts_do_not_open() {
     app.user("alice").await.connect("fake").await;
     app.user("bob").await.connect("fake").await;
     // Move Alice's sealed access token onto Bob's row.
-    app.count(
+    app.exec(
         "UPDATE connections SET access_token = (SELECT access_token FROM connections WHERE user_id = 1) \
-         WHERE user_id = 2 RETURNING 0 AS n",
+         WHERE user_id = 2",
     );
     let mut conn = app.db.conn().unwrap();
     let bob = tokenvault::db::models::connections::find(&mut conn, 2, "fake").unwrap().unwrap();

@@ -1,5 +1,7 @@
-//! Database access: an r2d2 pool of Diesel connections, embedded migrations, and
-//! [`Db::run`] to use a connection off the async worker threads.
+//! Database access: SQLite (the embedded default) or PostgreSQL (several instances), chosen by
+//! `database_url` at run time. One code path for queries: model functions take [`Conn`] and
+//! write their Diesel query once inside [`on_conn!`], which compiles it for both backends.
+//! [`Db::run`] uses a pooled connection off the async worker threads.
 
 pub mod models;
 pub mod schema;
@@ -7,17 +9,111 @@ pub mod schema;
 use std::path::Path;
 use std::time::Duration;
 
-use diesel::connection::SimpleConnection;
+use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
+use diesel::pg::PgConnection;
 use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection};
 use diesel::sqlite::SqliteConnection;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 use crate::error::{AppError, AppResult};
 
-pub type Conn = SqliteConnection;
-pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+pub const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+pub const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 
-/// Per-connection settings: WAL for concurrent readers, a busy timeout instead of instant
+/// Which database a `database_url` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn of(database_url: &str) -> Backend {
+        if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            Backend::Sqlite
+        }
+    }
+}
+
+/// A pooled connection to either backend.
+pub enum Conn {
+    Sqlite(PooledConnection<ConnectionManager<SqliteConnection>>),
+    Postgres(PooledConnection<ConnectionManager<PgConnection>>),
+}
+
+/// Run `$body` with `$c` bound to the concrete connection (`&mut SqliteConnection` or
+/// `&mut PgConnection`): the query is written once and compiled for each backend.
+#[macro_export]
+macro_rules! on_conn {
+    ($conn:expr, $c:ident => $body:expr) => {
+        match $conn {
+            $crate::db::Conn::Sqlite($c) => {
+                let $c: &mut ::diesel::sqlite::SqliteConnection = &mut **$c;
+                $body
+            }
+            $crate::db::Conn::Postgres($c) => {
+                let $c: &mut ::diesel::pg::PgConnection = &mut **$c;
+                $body
+            }
+        }
+    };
+}
+
+impl Conn {
+    pub fn backend(&self) -> Backend {
+        match self {
+            Conn::Sqlite(_) => Backend::Sqlite,
+            Conn::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Run `f` in a transaction: committed when it returns `Ok`, rolled back otherwise.
+    pub fn transaction<T, E, F>(&mut self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut Conn) -> Result<T, E>,
+        E: From<diesel::result::Error>,
+    {
+        on_conn!(self, c => AnsiTransactionManager::begin_transaction(c))?;
+        match f(self) {
+            Ok(value) => match on_conn!(self, c => AnsiTransactionManager::commit_transaction(c)) {
+                Ok(()) => Ok(value),
+                Err(e) => {
+                    let _ = on_conn!(self, c => AnsiTransactionManager::rollback_transaction(c));
+                    Err(e.into())
+                }
+            },
+            Err(e) => {
+                let _ = on_conn!(self, c => AnsiTransactionManager::rollback_transaction(c));
+                Err(e)
+            }
+        }
+    }
+
+    /// A transaction that takes the write lock at once (SQLite `BEGIN IMMEDIATE`; PostgreSQL
+    /// `SERIALIZABLE`), for read-then-write decisions such as "the first user is the admin".
+    pub fn immediate_transaction<T, E, F>(&mut self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut Conn) -> Result<T, E>,
+        E: From<diesel::result::Error>,
+    {
+        self.transaction(|conn| {
+            if let Conn::Postgres(c) = conn {
+                let c: &mut PgConnection = c;
+                c.batch_execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")?;
+            }
+            if let Conn::Sqlite(c) = conn {
+                // Take SQLite's write lock now rather than at the first write.
+                let c: &mut SqliteConnection = c;
+                c.batch_execute("UPDATE users SET id = id WHERE 0")?;
+            }
+            f(conn)
+        })
+    }
+}
+
+/// Per-connection SQLite settings: WAL for concurrent readers, a busy timeout instead of instant
 /// `SQLITE_BUSY`, enforced foreign keys.
 #[derive(Debug)]
 struct Pragmas;
@@ -32,15 +128,21 @@ impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for Pragmas {
     }
 }
 
+#[derive(Clone)]
+enum Pools {
+    Sqlite(Pool<ConnectionManager<SqliteConnection>>),
+    Postgres(Pool<ConnectionManager<PgConnection>>),
+}
+
 /// The connection pool, in Rocket's managed state.
 #[derive(Clone)]
 pub struct Db {
-    pool: Pool<ConnectionManager<Conn>>,
+    pools: Pools,
 }
 
 impl std::fmt::Debug for Db {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Db").field("state", &self.pool.state()).finish()
+        f.debug_struct("Db").field("backend", &self.backend()).finish()
     }
 }
 
@@ -71,36 +173,93 @@ fn restrict_permissions(path: &Path) {
     }
 }
 
+/// A key for PostgreSQL's advisory lock taken around migrations, so that instances starting
+/// together do not migrate at the same time.
+const MIGRATION_LOCK: i64 = 0x746f_6b65_6e76;
+
+/// Where a database URL points, without its password (for logs and errors).
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
 impl Db {
-    /// Open (creating the file and its folder if needed) and migrate the database.
+    /// Open (creating a SQLite file and its folder if needed) and migrate the database.
     pub fn open(database_url: &str) -> Result<Db, String> {
-        let path = sqlite_path(database_url);
-        if path.starts_with("postgres://") || path.starts_with("postgresql://") {
-            return Err("PostgreSQL is not supported by this build yet; use a SQLite path".into());
-        }
-        if let Some(dir) = Path::new(path).parent() {
-            if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        Db::open_sized(database_url, 16)
+    }
+
+    pub fn open_sized(database_url: &str, max_size: u32) -> Result<Db, String> {
+        let db = match Backend::of(database_url) {
+            Backend::Postgres => {
+                let manager = ConnectionManager::<PgConnection>::new(database_url);
+                let pool = Pool::builder()
+                    .max_size(max_size)
+                    .min_idle(Some(1))
+                    .connection_timeout(Duration::from_secs(5))
+                    .build(manager)
+                    .map_err(|e| format!("cannot connect to {}: {e}", redact_url(database_url)))?;
+                Db { pools: Pools::Postgres(pool) }
             }
-        }
-        restrict_permissions(Path::new(path));
-        let manager = ConnectionManager::<Conn>::new(path);
-        let pool = Pool::builder()
-            .max_size(16)
-            .min_idle(Some(1))
-            .connection_timeout(Duration::from_secs(5))
-            .connection_customizer(Box::new(Pragmas))
-            .build(manager)
-            .map_err(|e| format!("cannot open database {path}: {e}"))?;
-        let db = Db { pool };
-        let mut conn = db.conn().map_err(|e| e.to_string())?;
-        conn.run_pending_migrations(MIGRATIONS).map_err(|e| format!("migrations failed: {e}"))?;
+            Backend::Sqlite => {
+                let path = sqlite_path(database_url);
+                if let Some(dir) = Path::new(path).parent() {
+                    if !dir.as_os_str().is_empty() {
+                        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                    }
+                }
+                restrict_permissions(Path::new(path));
+                let manager = ConnectionManager::<SqliteConnection>::new(path);
+                let pool = Pool::builder()
+                    .max_size(max_size)
+                    .min_idle(Some(1))
+                    .connection_timeout(Duration::from_secs(5))
+                    .connection_customizer(Box::new(Pragmas))
+                    .build(manager)
+                    .map_err(|e| format!("cannot open database {path}: {e}"))?;
+                Db { pools: Pools::Sqlite(pool) }
+            }
+        };
+        db.migrate()?;
         Ok(db)
     }
 
+    fn migrate(&self) -> Result<(), String> {
+        let mut conn = self.conn().map_err(|e| e.to_string())?;
+        let failed = |e: Box<dyn std::error::Error + Send + Sync>| format!("migrations failed: {e}");
+        match &mut conn {
+            Conn::Sqlite(c) => {
+                c.run_pending_migrations(SQLITE_MIGRATIONS).map_err(failed)?;
+            }
+            Conn::Postgres(c) => {
+                let c: &mut PgConnection = c;
+                c.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})")).map_err(|e| e.to_string())?;
+                let result = c.run_pending_migrations(POSTGRES_MIGRATIONS).map(|_| ()).map_err(failed);
+                let _ = c.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"));
+                result?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self.pools {
+            Pools::Sqlite(_) => Backend::Sqlite,
+            Pools::Postgres(_) => Backend::Postgres,
+        }
+    }
+
     /// A connection for synchronous callers (the CLI, startup).
-    pub fn conn(&self) -> AppResult<PooledConnection<ConnectionManager<Conn>>> {
-        Ok(self.pool.get()?)
+    pub fn conn(&self) -> AppResult<Conn> {
+        Ok(match &self.pools {
+            Pools::Sqlite(p) => Conn::Sqlite(p.get()?),
+            Pools::Postgres(p) => Conn::Postgres(p.get()?),
+        })
     }
 
     /// Run `f` with a pooled connection on the blocking thread pool.
@@ -109,9 +268,9 @@ impl Db {
         F: FnOnce(&mut Conn) -> AppResult<T> + Send + 'static,
         T: Send + 'static,
     {
-        let pool = self.pool.clone();
+        let db = self.clone();
         rocket::tokio::task::spawn_blocking(move || {
-            let mut conn = pool.get()?;
+            let mut conn = db.conn()?;
             f(&mut conn)
         })
         .await
@@ -121,9 +280,17 @@ impl Db {
 
 /// Whether the database answers and every embedded migration is applied (for `/readyz`).
 pub fn ready(conn: &mut Conn) -> Result<(), String> {
-    use diesel::RunQueryDsl;
-    diesel::sql_query("SELECT 1").execute(conn).map_err(|e| format!("database: {e}"))?;
-    match conn.has_pending_migration(MIGRATIONS) {
+    let pending = match conn {
+        Conn::Sqlite(c) => {
+            c.batch_execute("SELECT 1").map_err(|e| format!("database: {e}"))?;
+            c.has_pending_migration(SQLITE_MIGRATIONS)
+        }
+        Conn::Postgres(c) => {
+            c.batch_execute("SELECT 1").map_err(|e| format!("database: {e}"))?;
+            c.has_pending_migration(POSTGRES_MIGRATIONS)
+        }
+    };
+    match pending {
         Ok(false) => Ok(()),
         Ok(true) => Err("migrations are pending".into()),
         Err(e) => Err(format!("migrations: {e}")),

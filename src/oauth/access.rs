@@ -16,7 +16,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use diesel::Connection as _;
 use rocket::http::Status;
 
 use crate::app::AppState;

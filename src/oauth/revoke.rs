@@ -1,8 +1,6 @@
 //! Disconnecting: revoke at the provider where it can be done (RFC 7009, or Dropbox's and
 //! GitHub's own variants), then always delete the local tokens.
 
-use diesel::Connection as _;
-
 use crate::app::AppState;
 use crate::db::models::connections;
 use crate::error::{AppError, AppResult};

@@ -1,8 +1,6 @@
 //! The token store: a user's tokens per service, sealed with the vault cipher and bound to
 //! (user, service, column) so that a ciphertext moved to another row does not open.
 
-use diesel::Connection as _;
-
 use crate::db::models::connections::{self, Connection, NewConnection, STATUS_ACTIVE};
 use crate::db::models::events::{self, NewEvent};
 use crate::db::Conn;

@@ -75,7 +75,6 @@ async fn change(
     let ended = app
         .db
         .run(move |conn| {
-            use diesel::Connection as _;
             conn.transaction(|conn| {
                 users::set_password(conn, uid, &hash, now())?;
                 // Every session ends, this one too; a fresh one is started below.

@@ -117,7 +117,6 @@ async fn delete(
     let removed = app
         .db
         .run(move |conn| {
-            use diesel::Connection as _;
             conn.transaction(|conn| {
                 let n = connections::delete(conn, uid, &svc)?;
                 if n > 0 {

@@ -6,12 +6,10 @@
 //! flows in flight) under the active key, in batches of one transaction each, and then moves the
 //! key check to the active key; the old key can then be removed from `vault_old_keys`.
 
-use diesel::prelude::*;
-
-use crate::db::models::meta;
-use crate::db::schema::{connections, oauth_flows, vault_entries};
+use crate::db::models::vault as vault_model;
+use crate::db::models::{connections, flows, meta};
 use crate::db::Conn;
-use crate::error::AppResult;
+use crate::error::{AppError, AppResult};
 use crate::util::now;
 use crate::vault::{Cipher, VaultError};
 
@@ -72,87 +70,57 @@ pub fn rotate(conn: &mut Conn, cipher: &Cipher, mut progress: impl FnMut(&str, u
     // Vault entries, by path.
     let mut after = String::new();
     loop {
-        let batch: Vec<(String, Vec<u8>)> = vault_entries::table
-            .filter(vault_entries::path.gt(&after))
-            .order(vault_entries::path.asc())
-            .limit(BATCH)
-            .select((vault_entries::path, vault_entries::ciphertext))
-            .load(conn)?;
+        let batch = vault_model::sealed_batch(conn, &after, BATCH)?;
         let Some(last) = batch.last() else { break };
         after = last.0.clone();
         conn.transaction(|conn| {
             for (path, sealed) in &batch {
                 if let Some(new) = reseal(cipher, sealed, &format!("vault_entries/{path}"))? {
-                    diesel::update(vault_entries::table.find(path))
-                        .set(vault_entries::ciphertext.eq(new))
-                        .execute(conn)?;
+                    vault_model::set_ciphertext(conn, path, &new)?;
                     done.vault_entries += 1;
                 }
             }
-            Ok::<_, crate::error::AppError>(())
+            Ok::<_, AppError>(())
         })?;
         progress("vault entries", done.vault_entries);
     }
     // Users' tokens, by id.
     let mut after_id = 0i64;
     loop {
-        type Row = (i64, i64, i64, String, Vec<u8>, Option<Vec<u8>>);
-        let batch: Vec<Row> = connections::table
-            .filter(connections::id.gt(after_id))
-            .order(connections::id.asc())
-            .limit(BATCH)
-            .select((
-                connections::id,
-                connections::version,
-                connections::user_id,
-                connections::service,
-                connections::access_token,
-                connections::refresh_token,
-            ))
-            .load(conn)?;
+        let batch = connections::sealed_batch(conn, after_id, BATCH)?;
         let Some(last) = batch.last() else { break };
-        after_id = last.0;
+        after_id = last.id;
         conn.transaction(|conn| {
-            for (id, version, user_id, service, access, refresh) in &batch {
-                let aad = |col: &str| crate::oauth::store::aad(*user_id, service, col);
-                let new_access = reseal(cipher, access, &aad("access_token"))?;
-                let new_refresh = match refresh {
+            for row in &batch {
+                let aad = |col: &str| crate::oauth::store::aad(row.user_id, &row.service, col);
+                let new_access = reseal(cipher, &row.access_token, &aad("access_token"))?;
+                let new_refresh = match &row.refresh_token {
                     Some(r) => reseal(cipher, r, &aad("refresh_token"))?,
                     None => None,
                 };
-                if new_access.is_none() && new_refresh.is_none() {
-                    continue;
-                }
                 // Compare-and-swap on the version: a refresh by a running server in between wins
                 // (it sealed its new tokens with the active key already).
-                let target = connections::table.filter(connections::id.eq(id)).filter(connections::version.eq(version));
-                let mut changed = 0;
-                if let Some(a) = new_access {
-                    changed += diesel::update(target).set(connections::access_token.eq(a)).execute(conn)?;
-                }
-                if let Some(r) = new_refresh {
-                    changed += diesel::update(target).set(connections::refresh_token.eq(r)).execute(conn)?;
-                }
-                if changed > 0 {
+                if (new_access.is_some() || new_refresh.is_some())
+                    && connections::reseal(conn, row.id, row.version, new_access.as_deref(), new_refresh.as_deref())?
+                {
                     done.connections += 1;
                 }
             }
-            Ok::<_, crate::error::AppError>(())
+            Ok::<_, AppError>(())
         })?;
         progress("connections", done.connections);
     }
     // Flows in flight (few, short-lived).
-    let flows: Vec<(String, Vec<u8>)> =
-        oauth_flows::table.select((oauth_flows::state_hash, oauth_flows::pkce_verifier)).load(conn)?;
+    let flows = flows::sealed_all(conn)?;
     conn.transaction(|conn| {
         for (hash, sealed) in &flows {
             if let Some(new) = reseal(cipher, sealed, &format!("oauth_flows/{hash}/pkce_verifier"))? {
-                diesel::update(oauth_flows::table.find(hash)).set(oauth_flows::pkce_verifier.eq(new)).execute(conn)?;
+                flows::set_verifier(conn, hash, &new)?;
                 done.flows += 1;
             }
         }
         meta::set(conn, KEY_CHECK, &cipher.seal_str(KEY_CHECK_PLAINTEXT, "meta/vault_key_check"), now())?;
-        Ok::<_, crate::error::AppError>(())
+        Ok::<_, AppError>(())
     })?;
     progress("flows", done.flows);
     Ok(done)

@@ -27,8 +27,50 @@ pub const CLIENT_ID: &str = "fake-client-id";
 pub const CLIENT_SECRET: &str = "CS-CANARY-client-secret-7c1e";
 pub const PASSWORD: &str = "correct horse battery";
 
+/// The database of one test: a SQLite file in the test's temp dir, or, when
+/// `TOKENVAULT_TEST_POSTGRES_URL` is set, a PostgreSQL database created for the test and dropped
+/// after it.
+pub struct TestDatabase {
+    pub url: String,
+    postgres: Option<(String, String)>,
+}
+
+impl TestDatabase {
+    pub fn new(dir: &std::path::Path) -> TestDatabase {
+        match std::env::var("TOKENVAULT_TEST_POSTGRES_URL") {
+            Ok(admin) if !admin.is_empty() => {
+                use diesel::{Connection, RunQueryDsl};
+                let name = format!("tv_test_{}", tokenvault::util::random_token(9).to_lowercase().replace('-', "_"));
+                let mut conn =
+                    diesel::pg::PgConnection::establish(&admin).expect("TOKENVAULT_TEST_POSTGRES_URL connects");
+                diesel::sql_query(format!("CREATE DATABASE {name}")).execute(&mut conn).expect("create test database");
+                let mut url = url::Url::parse(&admin).expect("a postgres:// URL");
+                url.set_path(&format!("/{name}"));
+                TestDatabase { url: url.to_string(), postgres: Some((admin, name)) }
+            }
+            _ => TestDatabase { url: dir.join("tokenvault.sqlite").to_string_lossy().to_string(), postgres: None },
+        }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.postgres.is_some()
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if let Some((admin, name)) = &self.postgres {
+            use diesel::{Connection, RunQueryDsl};
+            if let Ok(mut conn) = diesel::pg::PgConnection::establish(admin) {
+                let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn);
+            }
+        }
+    }
+}
+
 pub struct TestApp {
     pub client: Client,
+    pub database: TestDatabase,
     pub dir: TempDir,
     pub db_path: PathBuf,
     pub fake: FakeProvider,
@@ -90,6 +132,7 @@ impl Builder {
     pub async fn start(self) -> TestApp {
         let fake = FakeProvider::start().await;
         let dir = tempfile::tempdir().expect("temp dir");
+        let database = TestDatabase::new(dir.path());
         let db_path = dir.path().join("tokenvault.sqlite");
         let mut provider: Dict = Dict::new();
         provider.insert("display_name".into(), "Fake Provider".into());
@@ -122,7 +165,7 @@ impl Builder {
         let mut figment = Figment::from(rocket::Config::debug_default())
             .merge(("secret_key", SECRET_KEY))
             .merge(("public_url", PUBLIC_URL))
-            .merge(("database_url", db_path.to_string_lossy().to_string()))
+            .merge(("database_url", database.url.clone()))
             .merge(("data_dir", dir.path().to_string_lossy().to_string()))
             .merge(("vault_key", VAULT_KEY))
             .merge(("demo_provider", self.demo))
@@ -136,14 +179,14 @@ impl Builder {
         }
         let rocket = tokenvault::app::build(figment).expect("valid test configuration");
         let client = Client::untracked(rocket).await.expect("rocket ignites");
-        let db = Db::open(&db_path.to_string_lossy()).expect("db opens");
+        let db = Db::open_sized(&database.url, 2).expect("db opens");
         let cipher = Cipher::from_base64(VAULT_KEY, &[]).unwrap();
         if self.credentials {
             let mut conn = db.conn().unwrap();
             tokenvault::vault::store::set(&mut conn, &cipher, "fake.client_id", CLIENT_ID, "test").unwrap();
             tokenvault::vault::store::set(&mut conn, &cipher, "fake.client_secret", CLIENT_SECRET, "test").unwrap();
         }
-        TestApp { client, dir, db_path, fake, db, cipher }
+        TestApp { client, database, dir, db_path, fake, db, cipher }
     }
 }
 
@@ -186,7 +229,26 @@ impl TestApp {
             n: i64,
         }
         let mut conn = self.db.conn().unwrap();
-        diesel::sql_query(sql).get_result::<N>(&mut conn).unwrap().n
+        tokenvault::on_conn!(&mut conn, c => diesel::sql_query(sql).get_result::<N>(c)).unwrap().n
+    }
+
+    /// Run a statement, ignoring what it returns.
+    pub fn exec(&self, sql: &str) {
+        use diesel::RunQueryDsl;
+        let mut conn = self.db.conn().unwrap();
+        tokenvault::on_conn!(&mut conn, c => diesel::sql_query(sql).execute(c)).unwrap();
+    }
+
+    /// One text column of the first row.
+    pub fn text(&self, sql: &str) -> String {
+        use diesel::prelude::*;
+        #[derive(QueryableByName)]
+        struct T {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            t: String,
+        }
+        let mut conn = self.db.conn().unwrap();
+        tokenvault::on_conn!(&mut conn, c => diesel::sql_query(sql).get_result::<T>(c)).unwrap().t
     }
 
     pub fn connection_count(&self) -> i64 {
@@ -202,8 +264,23 @@ impl TestApp {
         Some((a.expose().to_string(), r.map(|r| r.expose().to_string())))
     }
 
-    /// All bytes of the database files (main, -wal, -shm).
+    /// Everything the database holds: the SQLite files (main, -wal, -shm), or for PostgreSQL
+    /// every row of every table as JSON (bytea as hex).
     pub fn database_bytes(&self) -> Vec<u8> {
+        if self.database.is_postgres() {
+            let tables = self.text(
+                "SELECT string_agg(table_name, ',') AS t FROM information_schema.tables WHERE table_schema = 'public'",
+            );
+            let mut all = String::new();
+            for table in tables.split(',') {
+                all.push_str(
+                    &self.text(&format!(
+                        "SELECT COALESCE(string_agg(row_to_json(x)::text, ''), '') AS t FROM {table} x"
+                    )),
+                );
+            }
+            return all.into_bytes();
+        }
         let mut all = Vec::new();
         for suffix in ["", "-wal", "-shm"] {
             let path = PathBuf::from(format!("{}{suffix}", self.db_path.display()));

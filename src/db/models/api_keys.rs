@@ -28,48 +28,58 @@ pub struct NewApiKey<'a> {
 }
 
 pub fn insert(conn: &mut Conn, new: &NewApiKey<'_>) -> QueryResult<ApiKey> {
-    diesel::insert_into(api_keys::table).values(new).returning(ApiKey::as_returning()).get_result(conn)
+    crate::on_conn!(conn, conn => {
+        diesel::insert_into(api_keys::table).values(new).returning(ApiKey::as_returning()).get_result(conn)
+    })
 }
 
 /// The live key with this hash, and its user.
 pub fn find_active(conn: &mut Conn, key_hash: &str) -> QueryResult<Option<(ApiKey, User)>> {
-    api_keys::table
-        .inner_join(users::table)
-        .filter(api_keys::key_hash.eq(key_hash))
-        .filter(api_keys::revoked_at.is_null())
-        .select((ApiKey::as_select(), User::as_select()))
-        .first(conn)
-        .optional()
+    crate::on_conn!(conn, conn => {
+        api_keys::table
+            .inner_join(users::table)
+            .filter(api_keys::key_hash.eq(key_hash))
+            .filter(api_keys::revoked_at.is_null())
+            .select((ApiKey::as_select(), User::as_select()))
+            .first(conn)
+            .optional()
+    })
 }
 
 pub fn list_for_user(conn: &mut Conn, user_id: i64) -> QueryResult<Vec<ApiKey>> {
-    api_keys::table
-        .filter(api_keys::user_id.eq(user_id))
-        .filter(api_keys::revoked_at.is_null())
-        .order(api_keys::id.desc())
-        .select(ApiKey::as_select())
-        .load(conn)
+    crate::on_conn!(conn, conn => {
+        api_keys::table
+            .filter(api_keys::user_id.eq(user_id))
+            .filter(api_keys::revoked_at.is_null())
+            .order(api_keys::id.desc())
+            .select(ApiKey::as_select())
+            .load(conn)
+    })
 }
 
 /// Record a use, at most once a minute per key (keeps the hot path free of writes).
 pub fn touch(conn: &mut Conn, id: i64, now: i64) -> QueryResult<usize> {
-    diesel::update(
-        api_keys::table
-            .filter(api_keys::id.eq(id))
-            .filter(api_keys::last_used_at.is_null().or(api_keys::last_used_at.lt(now - 60))),
-    )
-    .set(api_keys::last_used_at.eq(now))
-    .execute(conn)
+    crate::on_conn!(conn, conn => {
+        diesel::update(
+            api_keys::table
+                .filter(api_keys::id.eq(id))
+                .filter(api_keys::last_used_at.is_null().or(api_keys::last_used_at.lt(now - 60))),
+        )
+        .set(api_keys::last_used_at.eq(now))
+        .execute(conn)
+    })
 }
 
 /// Revoke one of the user's keys; the number of rows changed (0 when it is not theirs).
 pub fn revoke(conn: &mut Conn, user_id: i64, id: i64, now: i64) -> QueryResult<usize> {
-    diesel::update(
-        api_keys::table
-            .filter(api_keys::id.eq(id))
-            .filter(api_keys::user_id.eq(user_id))
-            .filter(api_keys::revoked_at.is_null()),
-    )
-    .set(api_keys::revoked_at.eq(now))
-    .execute(conn)
+    crate::on_conn!(conn, conn => {
+        diesel::update(
+            api_keys::table
+                .filter(api_keys::id.eq(id))
+                .filter(api_keys::user_id.eq(user_id))
+                .filter(api_keys::revoked_at.is_null()),
+        )
+        .set(api_keys::revoked_at.eq(now))
+        .execute(conn)
+    })
 }

@@ -44,67 +44,79 @@ pub struct NewConnection<'a> {
 
 /// Insert the connection, or replace the tokens of the existing one (bumping its version).
 pub fn upsert(conn: &mut Conn, new: &NewConnection<'_>) -> QueryResult<usize> {
-    diesel::insert_into(connections::table)
-        .values(new)
-        .on_conflict((connections::user_id, connections::service))
-        .do_update()
-        .set((
-            connections::access_token.eq(excluded(connections::access_token)),
-            connections::refresh_token.eq(excluded(connections::refresh_token)),
-            connections::token_type.eq(excluded(connections::token_type)),
-            connections::scopes.eq(excluded(connections::scopes)),
-            connections::expires_at.eq(excluded(connections::expires_at)),
-            connections::obtained_at.eq(excluded(connections::obtained_at)),
-            connections::status.eq(excluded(connections::status)),
-            connections::version.eq(connections::version + 1),
-            connections::updated_at.eq(excluded(connections::updated_at)),
-            connections::refresh_lease_until.eq(None::<i64>),
-        ))
-        .execute(conn)
+    crate::on_conn!(conn, conn => {
+        diesel::insert_into(connections::table)
+            .values(new)
+            .on_conflict((connections::user_id, connections::service))
+            .do_update()
+            .set((
+                connections::access_token.eq(excluded(connections::access_token)),
+                connections::refresh_token.eq(excluded(connections::refresh_token)),
+                connections::token_type.eq(excluded(connections::token_type)),
+                connections::scopes.eq(excluded(connections::scopes)),
+                connections::expires_at.eq(excluded(connections::expires_at)),
+                connections::obtained_at.eq(excluded(connections::obtained_at)),
+                connections::status.eq(excluded(connections::status)),
+                connections::version.eq(connections::version + 1),
+                connections::updated_at.eq(excluded(connections::updated_at)),
+                connections::refresh_lease_until.eq(None::<i64>),
+            ))
+            .execute(conn)
+    })
 }
 
 pub fn find(conn: &mut Conn, user_id: i64, service: &str) -> QueryResult<Option<Connection>> {
-    connections::table
-        .filter(connections::user_id.eq(user_id))
-        .filter(connections::service.eq(service))
-        .select(Connection::as_select())
-        .first(conn)
-        .optional()
+    crate::on_conn!(conn, conn => {
+        connections::table
+            .filter(connections::user_id.eq(user_id))
+            .filter(connections::service.eq(service))
+            .select(Connection::as_select())
+            .first(conn)
+            .optional()
+    })
 }
 
 pub fn list_for_user(conn: &mut Conn, user_id: i64) -> QueryResult<Vec<Connection>> {
-    connections::table
-        .filter(connections::user_id.eq(user_id))
-        .order(connections::service.asc())
-        .select(Connection::as_select())
-        .load(conn)
+    crate::on_conn!(conn, conn => {
+        connections::table
+            .filter(connections::user_id.eq(user_id))
+            .order(connections::service.asc())
+            .select(Connection::as_select())
+            .load(conn)
+    })
 }
 
 /// Delete a user's connection; the number of rows removed (0 when it was not theirs).
 pub fn delete(conn: &mut Conn, user_id: i64, service: &str) -> QueryResult<usize> {
-    diesel::delete(connections::table.filter(connections::user_id.eq(user_id)).filter(connections::service.eq(service)))
-        .execute(conn)
+    crate::on_conn!(conn, conn => {
+        diesel::delete(connections::table.filter(connections::user_id.eq(user_id)).filter(connections::service.eq(service)))
+            .execute(conn)
+    })
 }
 
 /// Take the refresh lease of connection `id` at `version` until `until`: true when this caller
 /// won it (nobody holds an unexpired lease and the version is unchanged).
 pub fn take_refresh_lease(conn: &mut Conn, id: i64, version: i64, now: i64, until: i64) -> QueryResult<bool> {
-    let n = diesel::update(
-        connections::table
-            .filter(connections::id.eq(id))
-            .filter(connections::version.eq(version))
-            .filter(connections::status.eq(STATUS_ACTIVE))
-            .filter(connections::refresh_lease_until.is_null().or(connections::refresh_lease_until.lt(now))),
-    )
-    .set(connections::refresh_lease_until.eq(until))
-    .execute(conn)?;
-    Ok(n == 1)
+    crate::on_conn!(conn, conn => {
+        let n = diesel::update(
+            connections::table
+                .filter(connections::id.eq(id))
+                .filter(connections::version.eq(version))
+                .filter(connections::status.eq(STATUS_ACTIVE))
+                .filter(connections::refresh_lease_until.is_null().or(connections::refresh_lease_until.lt(now))),
+        )
+        .set(connections::refresh_lease_until.eq(until))
+        .execute(conn)?;
+        Ok(n == 1)
+    })
 }
 
 pub fn release_refresh_lease(conn: &mut Conn, id: i64, version: i64) -> QueryResult<usize> {
-    diesel::update(connections::table.filter(connections::id.eq(id)).filter(connections::version.eq(version)))
-        .set(connections::refresh_lease_until.eq(None::<i64>))
-        .execute(conn)
+    crate::on_conn!(conn, conn => {
+        diesel::update(connections::table.filter(connections::id.eq(id)).filter(connections::version.eq(version)))
+            .set(connections::refresh_lease_until.eq(None::<i64>))
+            .execute(conn)
+    })
 }
 
 /// New tokens after a refresh, written only if the row is still at `version` (compare-and-swap).
@@ -119,38 +131,89 @@ pub struct Refreshed<'a> {
 }
 
 pub fn store_refreshed(conn: &mut Conn, id: i64, version: i64, r: &Refreshed<'_>) -> QueryResult<bool> {
-    let target = connections::table.filter(connections::id.eq(id)).filter(connections::version.eq(version));
-    let common = (
-        connections::access_token.eq(r.access_token),
-        connections::token_type.eq(r.token_type),
-        connections::scopes.eq(r.scopes),
-        connections::expires_at.eq(r.expires_at),
-        connections::obtained_at.eq(r.obtained_at),
-        connections::version.eq(version + 1),
-        connections::updated_at.eq(r.obtained_at),
-        connections::refresh_lease_until.eq(None::<i64>),
-    );
-    let n = match r.refresh_token {
-        Some(rt) => diesel::update(target).set((common, connections::refresh_token.eq(rt))).execute(conn)?,
-        None => diesel::update(target).set(common).execute(conn)?,
-    };
-    Ok(n == 1)
+    crate::on_conn!(conn, conn => {
+        let target = connections::table.filter(connections::id.eq(id)).filter(connections::version.eq(version));
+        let common = (
+            connections::access_token.eq(r.access_token),
+            connections::token_type.eq(r.token_type),
+            connections::scopes.eq(r.scopes),
+            connections::expires_at.eq(r.expires_at),
+            connections::obtained_at.eq(r.obtained_at),
+            connections::version.eq(version + 1),
+            connections::updated_at.eq(r.obtained_at),
+            connections::refresh_lease_until.eq(None::<i64>),
+        );
+        let n = match r.refresh_token {
+            Some(rt) => diesel::update(target).set((common, connections::refresh_token.eq(rt))).execute(conn)?,
+            None => diesel::update(target).set(common).execute(conn)?,
+        };
+        Ok(n == 1)
+    })
 }
 
 /// Mark a connection as needing the user to authorize again (only if still at `version`).
 pub fn mark_reconnect_required(conn: &mut Conn, id: i64, version: i64, now: i64) -> QueryResult<bool> {
-    let n = diesel::update(connections::table.filter(connections::id.eq(id)).filter(connections::version.eq(version)))
-        .set((
-            connections::status.eq(STATUS_RECONNECT),
-            connections::version.eq(version + 1),
-            connections::updated_at.eq(now),
-            connections::refresh_lease_until.eq(None::<i64>),
-        ))
-        .execute(conn)?;
-    Ok(n == 1)
+    crate::on_conn!(conn, conn => {
+        let n = diesel::update(connections::table.filter(connections::id.eq(id)).filter(connections::version.eq(version)))
+            .set((
+                connections::status.eq(STATUS_RECONNECT),
+                connections::version.eq(version + 1),
+                connections::updated_at.eq(now),
+                connections::refresh_lease_until.eq(None::<i64>),
+            ))
+            .execute(conn)?;
+        Ok(n == 1)
+    })
 }
 
 /// How many connections there are in each status.
 pub fn count_by_status(conn: &mut Conn) -> QueryResult<Vec<(String, i64)>> {
-    connections::table.group_by(connections::status).select((connections::status, diesel::dsl::count_star())).load(conn)
+    crate::on_conn!(conn, conn => {
+        connections::table.group_by(connections::status).select((connections::status, diesel::dsl::count_star())).load(conn)
+    })
+}
+
+/// The sealed columns of a connection, for key rotation.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = connections)]
+pub struct Sealed {
+    pub id: i64,
+    pub version: i64,
+    pub user_id: i64,
+    pub service: String,
+    pub access_token: Vec<u8>,
+    pub refresh_token: Option<Vec<u8>>,
+}
+
+/// Up to `limit` connections with an id above `after`.
+pub fn sealed_batch(conn: &mut Conn, after: i64, limit: i64) -> QueryResult<Vec<Sealed>> {
+    crate::on_conn!(conn, conn => {
+        connections::table
+            .filter(connections::id.gt(after))
+            .order(connections::id.asc())
+            .limit(limit)
+            .select(Sealed::as_select())
+            .load(conn)
+    })
+}
+
+/// Replace sealed tokens (same plaintext, another key) if the row is still at `version`.
+pub fn reseal(
+    conn: &mut Conn,
+    id: i64,
+    version: i64,
+    access: Option<&[u8]>,
+    refresh: Option<&[u8]>,
+) -> QueryResult<bool> {
+    crate::on_conn!(conn, conn => {
+        let target = connections::table.filter(connections::id.eq(id)).filter(connections::version.eq(version));
+        let mut changed = 0;
+        if let Some(a) = access {
+            changed += diesel::update(target).set(connections::access_token.eq(a)).execute(conn)?;
+        }
+        if let Some(r) = refresh {
+            changed += diesel::update(target).set(connections::refresh_token.eq(r)).execute(conn)?;
+        }
+        Ok(changed > 0)
+    })
 }

@@ -28,16 +28,20 @@ pub struct NewEvent<'a> {
 }
 
 pub fn insert(conn: &mut Conn, event: &NewEvent<'_>) -> QueryResult<usize> {
-    diesel::insert_into(connection_events::table).values(event).execute(conn)
+    crate::on_conn!(conn, conn => {
+        diesel::insert_into(connection_events::table).values(event).execute(conn)
+    })
 }
 
 /// The newest `limit` events of a user's service, newest first.
 pub fn recent(conn: &mut Conn, user_id: i64, service: &str, limit: i64) -> QueryResult<Vec<Event>> {
-    connection_events::table
-        .filter(connection_events::user_id.eq(user_id))
-        .filter(connection_events::service.eq(service))
-        .order((connection_events::at.desc(), connection_events::id.desc()))
-        .limit(limit)
-        .select(Event::as_select())
-        .load(conn)
+    crate::on_conn!(conn, conn => {
+        connection_events::table
+            .filter(connection_events::user_id.eq(user_id))
+            .filter(connection_events::service.eq(service))
+            .order((connection_events::at.desc(), connection_events::id.desc()))
+            .limit(limit)
+            .select(Event::as_select())
+            .load(conn)
+    })
 }

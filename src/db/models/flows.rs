@@ -20,18 +20,39 @@ pub struct Flow {
 }
 
 pub fn insert(conn: &mut Conn, flow: &Flow) -> QueryResult<usize> {
-    diesel::insert_into(oauth_flows::table).values(flow).execute(conn)
+    crate::on_conn!(conn, conn => {
+        diesel::insert_into(oauth_flows::table).values(flow).execute(conn)
+    })
 }
 
 /// Remove and return the flow for `state_hash`: a state can be used once, whatever happens next.
 pub fn take(conn: &mut Conn, state_hash: &str) -> QueryResult<Option<Flow>> {
-    diesel::delete(oauth_flows::table.find(state_hash)).returning(Flow::as_returning()).get_result(conn).optional()
+    crate::on_conn!(conn, conn => {
+        diesel::delete(oauth_flows::table.find(state_hash)).returning(Flow::as_returning()).get_result(conn).optional()
+    })
 }
 
 pub fn delete_expired(conn: &mut Conn, now: i64) -> QueryResult<usize> {
-    diesel::delete(oauth_flows::table.filter(oauth_flows::expires_at.le(now))).execute(conn)
+    crate::on_conn!(conn, conn => {
+        diesel::delete(oauth_flows::table.filter(oauth_flows::expires_at.le(now))).execute(conn)
+    })
 }
 
 pub fn delete_for_session(conn: &mut Conn, session_hash: &str) -> QueryResult<usize> {
-    diesel::delete(oauth_flows::table.filter(oauth_flows::session_hash.eq(session_hash))).execute(conn)
+    crate::on_conn!(conn, conn => {
+        diesel::delete(oauth_flows::table.filter(oauth_flows::session_hash.eq(session_hash))).execute(conn)
+    })
+}
+
+/// Every flow's sealed verifier, for key rotation (flows are few and short-lived).
+pub fn sealed_all(conn: &mut Conn) -> QueryResult<Vec<(String, Vec<u8>)>> {
+    crate::on_conn!(conn, conn => {
+        oauth_flows::table.select((oauth_flows::state_hash, oauth_flows::pkce_verifier)).load(conn)
+    })
+}
+
+pub fn set_verifier(conn: &mut Conn, state_hash: &str, sealed: &[u8]) -> QueryResult<usize> {
+    crate::on_conn!(conn, conn => {
+        diesel::update(oauth_flows::table.find(state_hash)).set(oauth_flows::pkce_verifier.eq(sealed)).execute(conn)
+    })
 }

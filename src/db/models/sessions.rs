@@ -15,30 +15,40 @@ pub struct Session {
 }
 
 pub fn insert(conn: &mut Conn, session: &Session) -> QueryResult<usize> {
-    diesel::insert_into(sessions::table).values(session).execute(conn)
+    crate::on_conn!(conn, conn => {
+        diesel::insert_into(sessions::table).values(session).execute(conn)
+    })
 }
 
 /// The unexpired session with this id hash, and its user.
 pub fn find_valid(conn: &mut Conn, id_hash: &str, now: i64) -> QueryResult<Option<(Session, User)>> {
-    sessions::table
-        .inner_join(users::table)
-        .filter(sessions::id_hash.eq(id_hash))
-        .filter(sessions::expires_at.gt(now))
-        .select((Session::as_select(), User::as_select()))
-        .first(conn)
-        .optional()
+    crate::on_conn!(conn, conn => {
+        sessions::table
+            .inner_join(users::table)
+            .filter(sessions::id_hash.eq(id_hash))
+            .filter(sessions::expires_at.gt(now))
+            .select((Session::as_select(), User::as_select()))
+            .first(conn)
+            .optional()
+    })
 }
 
 pub fn delete(conn: &mut Conn, id_hash: &str) -> QueryResult<usize> {
-    diesel::delete(sessions::table.find(id_hash)).execute(conn)
+    crate::on_conn!(conn, conn => {
+        diesel::delete(sessions::table.find(id_hash)).execute(conn)
+    })
 }
 
 /// End every session of a user except `keep` (after a password change).
 pub fn delete_others(conn: &mut Conn, user_id: i64, keep: &str) -> QueryResult<usize> {
-    diesel::delete(sessions::table.filter(sessions::user_id.eq(user_id)).filter(sessions::id_hash.ne(keep)))
-        .execute(conn)
+    crate::on_conn!(conn, conn => {
+        diesel::delete(sessions::table.filter(sessions::user_id.eq(user_id)).filter(sessions::id_hash.ne(keep)))
+            .execute(conn)
+    })
 }
 
 pub fn delete_expired(conn: &mut Conn, now: i64) -> QueryResult<usize> {
-    diesel::delete(sessions::table.filter(sessions::expires_at.le(now))).execute(conn)
+    crate::on_conn!(conn, conn => {
+        diesel::delete(sessions::table.filter(sessions::expires_at.le(now))).execute(conn)
+    })
 }

@@ -25,32 +25,44 @@ pub struct NewUser<'a> {
 }
 
 pub fn find_by_username(conn: &mut Conn, name: &str) -> QueryResult<Option<User>> {
-    users::table.filter(users::username.eq(name)).select(User::as_select()).first(conn).optional()
+    crate::on_conn!(conn, conn => {
+        users::table.filter(users::username.eq(name)).select(User::as_select()).first(conn).optional()
+    })
 }
 
 pub fn find(conn: &mut Conn, id: i64) -> QueryResult<Option<User>> {
-    users::table.find(id).select(User::as_select()).first(conn).optional()
+    crate::on_conn!(conn, conn => {
+        users::table.find(id).select(User::as_select()).first(conn).optional()
+    })
 }
 
 pub fn count(conn: &mut Conn) -> QueryResult<i64> {
-    users::table.count().get_result(conn)
+    crate::on_conn!(conn, conn => {
+        users::table.count().get_result(conn)
+    })
 }
 
 /// Insert a user; `Ok(None)` when the name is taken.
 pub fn create(conn: &mut Conn, new: &NewUser<'_>) -> QueryResult<Option<User>> {
-    match diesel::insert_into(users::table).values(new).returning(User::as_returning()).get_result(conn) {
-        Ok(u) => Ok(Some(u)),
-        Err(diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _)) => Ok(None),
-        Err(e) => Err(e),
-    }
+    crate::on_conn!(conn, conn => {
+        match diesel::insert_into(users::table).values(new).returning(User::as_returning()).get_result(conn) {
+            Ok(u) => Ok(Some(u)),
+            Err(diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    })
 }
 
 pub fn set_password(conn: &mut Conn, id: i64, hash: &str, now: i64) -> QueryResult<usize> {
-    diesel::update(users::table.find(id))
-        .set((users::password_hash.eq(hash), users::password_changed_at.eq(now)))
-        .execute(conn)
+    crate::on_conn!(conn, conn => {
+        diesel::update(users::table.find(id))
+            .set((users::password_hash.eq(hash), users::password_changed_at.eq(now)))
+            .execute(conn)
+    })
 }
 
 pub fn set_admin(conn: &mut Conn, id: i64, admin: bool) -> QueryResult<usize> {
-    diesel::update(users::table.find(id)).set(users::is_admin.eq(admin)).execute(conn)
+    crate::on_conn!(conn, conn => {
+        diesel::update(users::table.find(id)).set(users::is_admin.eq(admin)).execute(conn)
+    })
 }

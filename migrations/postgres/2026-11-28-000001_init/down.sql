@@ -1,0 +1,9 @@
+DROP TABLE demo_tokens;
+DROP TABLE demo_grants;
+DROP TABLE demo_codes;
+DROP TABLE connection_events;
+DROP TABLE connections;
+DROP TABLE vault_entries;
+DROP TABLE oauth_flows;
+DROP TABLE sessions;
+DROP TABLE users;

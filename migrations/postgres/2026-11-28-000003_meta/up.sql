@@ -1,0 +1,5 @@
+CREATE TABLE meta (
+    name TEXT PRIMARY KEY NOT NULL,
+    value BYTEA NOT NULL,
+    updated_at BIGINT NOT NULL
+);
