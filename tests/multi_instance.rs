@@ -1,0 +1,142 @@
+//! Two app instances (two processes) on one PostgreSQL database: a flow started on one finishes
+//! on the other, and a refresh storm across both makes exactly one token-endpoint call.
+//! Runs when TOKENVAULT_TEST_POSTGRES_URL is set (as in .ci/run); otherwise says why it skipped.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::json;
+
+struct Instance {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn start(database_url: &str, fake: &str, data_dir: &std::path::Path) -> Instance {
+    let port = free_port();
+    let providers = format!(
+        "{{fake={{authorize_url=\"{fake}/authorize\",token_url=\"{fake}/token\",account_url=\"{fake}/account\",\
+         scopes=[\"read\",\"write\"],client_auth=\"basic\"}}}}"
+    );
+    let child = Command::new(env!("CARGO_BIN_EXE_tokenvault"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("ROCKET_PROFILE", "debug")
+        .env("ROCKET_ADDRESS", "127.0.0.1")
+        .env("ROCKET_PORT", port.to_string())
+        .env("ROCKET_PUBLIC_URL", common::PUBLIC_URL)
+        .env("ROCKET_DATABASE_URL", database_url)
+        .env("ROCKET_DATA_DIR", data_dir)
+        .env("ROCKET_VAULT_KEY", common::VAULT_KEY)
+        .env("ROCKET_SECRET_KEY", common::SECRET_KEY)
+        .env("ROCKET_DEMO_PROVIDER", "false")
+        .env("ROCKET_PROVIDERS", providers)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the binary starts");
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    for _ in 0..400 {
+        if http.get(format!("{base}/healthz")).send().await.is_ok() {
+            return Instance { child, base };
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("instance on {base} did not start");
+}
+
+fn hidden(html: &str, name: &str) -> String {
+    let re = regex::Regex::new(&format!(r#"name="{name}" value="([^"]*)""#)).unwrap();
+    re.captures(html).map(|c| c[1].to_string()).expect("hidden field")
+}
+
+#[tokio::test]
+async fn two_instances_share_flows_and_refresh_once() {
+    if std::env::var("TOKENVAULT_TEST_POSTGRES_URL").map(|v| v.is_empty()).unwrap_or(true) {
+        eprintln!("multi-instance test skipped: set TOKENVAULT_TEST_POSTGRES_URL to run it against PostgreSQL");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let database = common::TestDatabase::new(dir.path());
+    let fake = common::FakeProvider::start().await;
+    {
+        let db = tokenvault::db::Db::open_sized(&database.url, 1).unwrap();
+        let cipher = tokenvault::vault::Cipher::from_base64(common::VAULT_KEY, &[]).unwrap();
+        let mut conn = db.conn().unwrap();
+        tokenvault::vault::store::set(&mut conn, &cipher, "fake.client_id", common::CLIENT_ID, "test").unwrap();
+        tokenvault::vault::store::set(&mut conn, &cipher, "fake.client_secret", common::CLIENT_SECRET, "test").unwrap();
+    }
+    let (fake_uri, dir_a, dir_b) = (fake.uri(), dir.path().join("a"), dir.path().join("b"));
+    let (a, b) = tokio::join!(start(&database.url, &fake_uri, &dir_a), start(&database.url, &fake_uri, &dir_b));
+    // One browser: cookies are per host, not per port, so both instances see the same session,
+    // as behind a load balancer.
+    let http = reqwest::Client::builder().cookie_store(true).redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let page = http.get(format!("{}/signup", a.base)).send().await.unwrap().text().await.unwrap();
+    let form = [
+        ("csrf_token", hidden(&page, "csrf_token")),
+        ("username", "alice".to_string()),
+        ("password", common::PASSWORD.to_string()),
+        ("password_confirm", common::PASSWORD.to_string()),
+    ];
+    assert_eq!(http.post(format!("{}/signup", a.base)).form(&form).send().await.unwrap().status(), 303);
+
+    // The flow starts on A…
+    let page = http.get(format!("{}/services/fake/authorize", a.base)).send().await.unwrap().text().await.unwrap();
+    let res = http
+        .post(format!("{}/services/fake/authorize", a.base))
+        .form(&[("csrf_token", hidden(&page, "csrf_token"))])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 303);
+    let authorize = url::Url::parse(res.headers()["location"].to_str().unwrap()).unwrap();
+    let (state, challenge) = common::flow_params(&authorize);
+    let code = fake.issue_code(&challenge);
+    // …and its callback lands on B.
+    let res = http.get(format!("{}/services/fake/callback?code={code}&state={state}", b.base)).send().await.unwrap();
+    assert_eq!(res.status(), 303, "{}", res.text().await.unwrap_or_default());
+    let page = http.get(format!("{}/services/fake/connected", a.base)).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains(r#"id="connected""#));
+
+    // Expire the token, make refreshes slow, then storm both instances at once.
+    fake.with_state(|s| {
+        s.refresh_delay = Some(Duration::from_millis(300));
+        s.expires_in = Some(json!(3600));
+    });
+    {
+        use diesel::RunQueryDsl;
+        let db = tokenvault::db::Db::open_sized(&database.url, 1).unwrap();
+        let mut conn = db.conn().unwrap();
+        tokenvault::on_conn!(&mut conn, c => diesel::sql_query("UPDATE connections SET expires_at = 0").execute(c)).unwrap();
+    }
+    let before = fake.refresh_calls().await;
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let base = if i % 2 == 0 { a.base.clone() } else { b.base.clone() };
+        let http = http.clone();
+        tasks.push(tokio::spawn(async move {
+            http.get(format!("{base}/services/fake/account")).send().await.map(|r| r.status().as_u16()).unwrap_or(0)
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(fake.refresh_calls().await - before, 1, "exactly one refresh across both instances");
+    drop((a, b));
+}
