@@ -84,7 +84,8 @@ async fn two_instances_share_flows_and_refresh_once() {
     let (a, b) = tokio::join!(start(&database.url, &fake_uri, &dir_a), start(&database.url, &fake_uri, &dir_b));
     // One browser: cookies are per host, not per port, so both instances see the same session,
     // as behind a load balancer.
-    let http = reqwest::Client::builder().cookie_store(true).redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let http =
+        reqwest::Client::builder().cookie_store(true).redirect(reqwest::redirect::Policy::none()).build().unwrap();
     let page = http.get(format!("{}/signup", a.base)).send().await.unwrap().text().await.unwrap();
     let form = [
         ("csrf_token", hidden(&page, "csrf_token")),
@@ -121,7 +122,8 @@ async fn two_instances_share_flows_and_refresh_once() {
         use diesel::RunQueryDsl;
         let db = tokenvault::db::Db::open_sized(&database.url, 1).unwrap();
         let mut conn = db.conn().unwrap();
-        tokenvault::on_conn!(&mut conn, c => diesel::sql_query("UPDATE connections SET expires_at = 0").execute(c)).unwrap();
+        tokenvault::on_conn!(&mut conn, c => diesel::sql_query("UPDATE connections SET expires_at = 0").execute(c))
+            .unwrap();
     }
     let before = fake.refresh_calls().await;
     let mut tasks = Vec::new();
