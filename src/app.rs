@@ -186,20 +186,22 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
                 tracing::info!("tokenvault listening on http://{}:{}", c.address, c.port);
             })
         }))
-        .mount("/", crate::routes::home::routes())
-        .mount("/", crate::routes::auth::routes())
-        .mount("/", crate::routes::services::routes())
-        .mount("/", crate::routes::account::routes())
-        .mount("/", crate::routes::settings::routes())
-        .mount("/", crate::routes::password::routes())
-        .mount("/", crate::routes::admin::routes())
-        .mount("/", crate::routes::health::routes())
-        .mount("/", crate::routes::api_keys::routes())
-        .mount("/api/v1", crate::routes::api::routes())
+        .mount("/", crate::web::traced(crate::routes::home::routes()))
+        .mount("/", crate::web::traced(crate::routes::auth::routes()))
+        .mount("/", crate::web::traced(crate::routes::services::routes()))
+        .mount("/", crate::web::traced(crate::routes::account::routes()))
+        .mount("/", crate::web::traced(crate::routes::settings::routes()))
+        .mount("/", crate::web::traced(crate::routes::password::routes()))
+        .mount("/", crate::web::traced(crate::routes::admin::routes()))
+        .mount("/", crate::web::traced(crate::routes::health::routes()))
+        .mount("/", crate::web::traced(crate::routes::api_keys::routes()))
+        .mount("/api/v1", crate::web::traced(crate::routes::api::routes()))
         .mount("/static", FileServer::from(static_dir))
         .register("/", crate::routes::catchers());
     if demo {
-        rocket = rocket.mount("/demo", crate::demo::routes()).manage(crate::demo::FailureSwitch::default());
+        rocket = rocket
+            .mount("/demo", crate::web::traced(crate::demo::routes()))
+            .manage(crate::demo::FailureSwitch::default());
     }
     Ok(rocket)
 }

@@ -89,3 +89,29 @@ impl Fairing for RequestLog {
         );
     }
 }
+
+/// Wraps a route's handler so that everything logged while it runs (its guards, the handler,
+/// models, outbound calls) carries the request id in a `tracing` span.
+#[derive(Clone)]
+struct Traced(Box<dyn rocket::route::Handler>);
+
+#[rocket::async_trait]
+impl rocket::route::Handler for Traced {
+    async fn handle<'r>(&self, req: &'r Request<'_>, data: Data<'r>) -> rocket::route::Outcome<'r> {
+        use tracing::Instrument;
+        let id = req.local_cache(RequestId::new).to_string();
+        let span = tracing::info_span!("request", request_id = %id);
+        self.0.handle(req, data).instrument(span).await
+    }
+}
+
+/// The same routes, with their handlers wrapped in a request-id span (see [`Traced`]).
+pub fn traced(routes: Vec<rocket::Route>) -> Vec<rocket::Route> {
+    routes
+        .into_iter()
+        .map(|mut route| {
+            route.handler = Box::new(Traced(route.handler));
+            route
+        })
+        .collect()
+}

@@ -4,7 +4,7 @@
 mod fairings;
 mod page;
 
-pub use fairings::{RequestLog, SecurityHeaders};
+pub use fairings::{traced, RequestLog, SecurityHeaders};
 pub use page::{FlashView, Layout, Nav, Page};
 
 use std::fmt;
