@@ -36,6 +36,9 @@ pub struct RawConfig {
     pub default_token_lifetime: i64,
     /// Lifetime of the demo provider's access tokens, seconds.
     pub demo_token_lifetime: i64,
+    /// Extra redirect URIs the demo provider accepts (another tokenvault using this one as its
+    /// provider from another origin).
+    pub demo_redirect_uris: Vec<String>,
     /// Refresh an access token this many seconds before it expires.
     pub refresh_margin: i64,
     /// Largest request body the API proxy forwards, bytes.
@@ -71,6 +74,7 @@ impl Default for RawConfig {
             max_response_bytes: 1024 * 1024,
             default_token_lifetime: 3600,
             demo_token_lifetime: 120,
+            demo_redirect_uris: Vec::new(),
             refresh_margin: 60,
             proxy_max_request_bytes: 1024 * 1024,
             proxy_max_response_bytes: 10 * 1024 * 1024,
@@ -102,6 +106,7 @@ pub struct Settings {
     pub max_response_bytes: usize,
     pub default_token_lifetime: i64,
     pub demo_token_lifetime: i64,
+    pub demo_redirect_uris: Vec<String>,
     pub refresh_margin: i64,
     pub login_limit_per_ip: u32,
     pub login_limit_per_account: u32,
@@ -229,6 +234,7 @@ impl Settings {
             max_response_bytes: raw.max_response_bytes,
             default_token_lifetime: raw.default_token_lifetime,
             demo_token_lifetime: raw.demo_token_lifetime,
+            demo_redirect_uris: raw.demo_redirect_uris.clone(),
             refresh_margin: raw.refresh_margin,
             login_limit_per_ip: raw.login_limit_per_ip,
             proxy_max_request_bytes: raw.proxy_max_request_bytes,

@@ -259,3 +259,24 @@ async fn the_failure_switch_makes_refreshes_fail_and_tokens_survive() {
     assert_eq!(res.status(), StatusCode::OK, "the next try refreshes fine");
     assert_ne!(live.tokens(), before, "rotated");
 }
+
+#[tokio::test]
+async fn the_demo_provider_only_redirects_to_registered_uris() {
+    let live = launch().await;
+    live.signup().await;
+    let (client_id, _) = live.client_credentials().await;
+    let challenge = "c".repeat(43);
+    for uri in ["https://evil.example/services/demo/callback", "http://127.0.0.1:1/services/demo/callback"] {
+        let q = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("response_type", "code")
+            .append_pair("client_id", &client_id)
+            .append_pair("redirect_uri", uri)
+            .append_pair("state", "s")
+            .append_pair("code_challenge", &challenge)
+            .append_pair("code_challenge_method", "S256")
+            .finish();
+        let res = live.get(&format!("/demo/oauth2/authorize?{q}")).await;
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{uri}");
+        assert!(res.headers().get("location").is_none());
+    }
+}

@@ -121,10 +121,16 @@ async fn check_client(app: &AppState, client_id: Option<&str>, redirect_uri: Opt
     if client_id != Some(expected_id.as_str()) {
         return Err(AppError::BadRequest("The demo provider does not know this client_id.".into()));
     }
-    if redirect_uri != Some(app.settings.redirect_uri("demo").as_str()) {
+    if !redirect_uri.is_some_and(|uri| registered_redirect(app, uri)) {
         return Err(AppError::BadRequest("The redirect_uri is not registered for this client.".into()));
     }
     Ok(())
+}
+
+/// The demo client's registered redirect URIs: this app's own callback, plus
+/// `demo_redirect_uris` (another tokenvault using this one as its provider, on another origin).
+fn registered_redirect(app: &AppState, uri: &str) -> bool {
+    uri == app.settings.redirect_uri("demo") || app.settings.demo_redirect_uris.iter().any(|r| r == uri)
 }
 
 fn back_to(app: &AppState, redirect_uri: &str, params: &[(&str, &str)]) -> AppResult<Redirect> {
@@ -330,7 +336,6 @@ async fn token(
         None => {}
     }
     let lifetime = app.settings.demo_token_lifetime;
-    let redirect_expected = app.settings.redirect_uri("demo");
     let invalid_grant =
         OAuthError(Status::BadRequest, "invalid_grant", "the grant is invalid, expired, used or revoked");
     match f.grant_type.as_deref() {
@@ -338,6 +343,9 @@ async fn token(
             let code = f.code.unwrap_or_default();
             let verifier = f.code_verifier.unwrap_or_default();
             let redirect_uri = f.redirect_uri.unwrap_or_default();
+            if !registered_redirect(app, &redirect_uri) {
+                return Err(OAuthError(Status::BadRequest, "invalid_grant", "the redirect_uri is not registered"));
+            }
             let result = app
                 .db
                 .run(move |conn| {
@@ -345,7 +353,6 @@ async fn token(
                     let valid = code.expires_at > now()
                         && code.client_id == client_id
                         && code.redirect_uri == redirect_uri
-                        && redirect_uri == redirect_expected
                         && pkce_ok(&verifier, &code.code_challenge);
                     if !valid {
                         return Ok(None);
