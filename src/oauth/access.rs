@@ -71,16 +71,33 @@ pub struct FreshToken {
     pub version: i64,
 }
 
-type ConnectionLock = Arc<rocket::tokio::sync::Mutex<()>>;
+/// One connection's lock, and the newest version this process has written to it: a request that
+/// waited for the lock sees at once whether someone refreshed meanwhile, and then reads the new row
+/// *after* releasing the lock, so that a thousand waiters do not re-read one after another.
+#[derive(Default)]
+pub struct ConnectionLock {
+    mutex: rocket::tokio::sync::Mutex<()>,
+    written_version: std::sync::atomic::AtomicI64,
+}
+
+impl ConnectionLock {
+    fn written(&self, version: i64) {
+        self.written_version.fetch_max(version, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn newer_than(&self, version: i64) -> bool {
+        self.written_version.load(std::sync::atomic::Ordering::SeqCst) > version
+    }
+}
 
 /// Per-connection locks of this process, keyed by (user id, service).
 #[derive(Default)]
 pub struct RefreshLocks {
-    locks: Mutex<HashMap<(i64, String), ConnectionLock>>,
+    locks: Mutex<HashMap<(i64, String), Arc<ConnectionLock>>>,
 }
 
 impl RefreshLocks {
-    fn get(&self, user_id: i64, service: &str) -> ConnectionLock {
+    fn get(&self, user_id: i64, service: &str) -> Arc<ConnectionLock> {
         let mut map = self.locks.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() > 10_000 {
             map.retain(|_, l| Arc::strong_count(l) > 1);
@@ -137,7 +154,14 @@ where
     }
     let seen_version = row.version;
     let lock = app.refresh_locks.get(user_id, &provider.name);
-    let _guard = lock.lock().await;
+    let guard = lock.mutex.lock().await;
+    if lock.newer_than(seen_version) {
+        // Refreshed by this process while we waited: read the new row without holding the lock.
+        drop(guard);
+        let row = load(app, user_id, &provider.name).await?;
+        return fresh_from(app, &row);
+    }
+    let _guard = guard;
     let wait_limit = now() + app.settings.http_timeout as i64 + 5;
     loop {
         let row = load(app, user_id, &provider.name).await?;
@@ -150,7 +174,13 @@ where
         let won =
             app.db.run(move |conn| Ok(connections::take_refresh_lease(conn, id, version, now(), lease_until)?)).await?;
         if won {
-            return refresh_now(app, provider, row).await;
+            let result = refresh_now(app, provider, row).await;
+            // Whatever happened, the row moved past `version` if we wrote it (refreshed, or
+            // marked reconnect-required); waiters re-read it.
+            if matches!(result, Ok(_) | Err(AccessError::ReconnectRequired)) {
+                lock.written(version + 1);
+            }
+            return result;
         }
         // Another instance is refreshing this connection: wait for its result.
         if now() > wait_limit {
