@@ -409,3 +409,22 @@ async fn pages_need_a_login_and_come_back_after_it() {
         .await;
     assert_eq!(res.location.as_deref(), Some("/services/fake/authorize"));
 }
+
+#[tokio::test]
+async fn redirect_uri_comes_from_public_url_never_from_host_headers() {
+    let app = TestApp::start().await;
+    let alice = app.user("alice").await;
+    let csrf = alice.csrf("/services/fake/authorize").await;
+    let r = alice
+        .post_with(
+            "/services/fake/authorize",
+            &[("csrf_token", &csrf)],
+            &[("Host", "evil.example"), ("X-Forwarded-Host", "evil.example"), ("X-Forwarded-Proto", "https")],
+        )
+        .await;
+    assert_eq!(r.status, Status::SeeOther);
+    let url = url::Url::parse(r.location.as_deref().unwrap()).unwrap();
+    let q: BTreeMap<String, String> = url.query_pairs().into_owned().collect();
+    assert_eq!(q["redirect_uri"], format!("{PUBLIC_URL}/services/fake/callback"));
+    assert!(!url.as_str().contains("evil.example"));
+}
