@@ -968,7 +968,6 @@ async fn no_secret_leaks_into_pages_headers_logs_or_the_database() {
 /// the old connection's, so `refresh_if` takes every later refresh as already done by someone
 /// else — proactive ones and the one after a 401 alike — until the process restarts.
 #[tokio::test]
-#[ignore = "bug: no refresh after revoke + reconnect (stale in-process version mark in oauth/access.rs)"]
 async fn tokens_are_still_refreshed_after_revoking_and_connecting_again() {
     let Setup { server, fake, db, cipher, database: _database, dir: _dir } = setup().await;
     let mut c = Crawler::new(&server.base, &fake, &db, &cipher);

@@ -90,19 +90,20 @@ impl ConnectionLock {
     }
 }
 
-/// Per-connection locks of this process, keyed by (user id, service).
+/// Per-connection locks of this process, keyed by the connection's row id (a connection deleted
+/// and made anew gets a new id, and so a fresh lock whose version mark starts over).
 #[derive(Default)]
 pub struct RefreshLocks {
-    locks: Mutex<HashMap<(i64, String), Arc<ConnectionLock>>>,
+    locks: Mutex<HashMap<i64, Arc<ConnectionLock>>>,
 }
 
 impl RefreshLocks {
-    fn get(&self, user_id: i64, service: &str) -> Arc<ConnectionLock> {
+    fn get(&self, connection_id: i64) -> Arc<ConnectionLock> {
         let mut map = self.locks.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() > 10_000 {
             map.retain(|_, l| Arc::strong_count(l) > 1);
         }
-        map.entry((user_id, service.to_string())).or_default().clone()
+        map.entry(connection_id).or_default().clone()
     }
 }
 
@@ -153,7 +154,7 @@ where
         return fresh_from(app, &row);
     }
     let seen_version = row.version;
-    let lock = app.refresh_locks.get(user_id, &provider.name);
+    let lock = app.refresh_locks.get(row.id);
     let guard = lock.mutex.lock().await;
     if lock.newer_than(seen_version) {
         // Refreshed by this process while we waited: read the new row without holding the lock.

@@ -42,10 +42,13 @@ pub fn safe_next(next: &str) -> Option<String> {
     if next.chars().any(|c| c.is_control() || c.is_whitespace() || c == '\\') {
         return None;
     }
-    let decoded: String = url::form_urlencoded::parse(format!("x={}", next.replace('+', "%2B")).as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default();
+    // Only what Rocket can send back as a Location: an origin-form URI (path and query, ASCII,
+    // no fragment, no `"<>{}|^` and the like).
+    if rocket::http::uri::Origin::parse(next).is_err() {
+        return None;
+    }
+    // The whole value percent-decoded (not form-decoded: that would stop at the first `&`).
+    let decoded = percent_encoding::percent_decode_str(next).decode_utf8_lossy().into_owned();
     for candidate in [next, decoded.as_str()] {
         if candidate.starts_with("//")
             || candidate.starts_with("/\\")
@@ -94,6 +97,12 @@ mod tests {
             "/a/%2e%2e/b",
             "javascript:alert(1)",
             "\\\\evil.example",
+            "/a&%5Cb",
+            "/a&%0D%0ASet-Cookie:x=1",
+            "/a&/%2e%2e/b",
+            "/a#b",
+            "/é",
+            "/a<b",
         ] {
             assert_eq!(safe_next(bad), None, "{bad:?} must be rejected");
         }
