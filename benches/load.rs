@@ -9,13 +9,14 @@
 //! - the token API with a fresh token, the account page, and the proxy;
 //! - a refresh storm: 1,000 concurrent account requests on an expired token;
 //! - RSS idle and under load, and start to first 200.
+//!
 //! Each scenario runs at 1 connection (latency: p50 overhead over the direct call) and at
 //! `BENCH_CONNECTIONS` (throughput). With `BENCH_POSTGRES_URL` (or TOKENVAULT_TEST_POSTGRES_URL)
 //! the token API and account page are measured on PostgreSQL too, with one and two instances.
 //! Knobs: BENCH_SECONDS (default 5), BENCH_CONNECTIONS (50), BENCH_STORM (1000).
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 mod common;
 
 use std::process::{Child, Command, Stdio};

@@ -31,7 +31,7 @@ async fn start(database_url: &str, fake: &str, data_dir: &std::path::Path) -> In
         "{{fake={{authorize_url=\"{fake}/authorize\",token_url=\"{fake}/token\",account_url=\"{fake}/account\",\
          scopes=[\"read\",\"write\"],client_auth=\"basic\"}}}}"
     );
-    let child = Command::new(env!("CARGO_BIN_EXE_tokenvault"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tokenvault"))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("ROCKET_PROFILE", "debug")
         .env("ROCKET_ADDRESS", "127.0.0.1")
@@ -56,6 +56,8 @@ async fn start(database_url: &str, fake: &str, data_dir: &std::path::Path) -> In
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("instance on {base} did not start");
 }
 
