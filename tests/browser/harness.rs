@@ -37,6 +37,18 @@ fn free_port() -> u16 {
     listener.local_addr().expect("local address of the probe listener").port()
 }
 
+/// A free TCP port on a given loopback address such as `127.0.0.2` (bound, read, released), for an
+/// app whose port must be known before it starts (another app's settings name it).
+pub fn free_port_on(ip: &str) -> u16 {
+    let listener = TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("bind {ip}:0 to find a free port: {e}"));
+    listener.local_addr().expect("local address of the probe listener").port()
+}
+
+/// A fresh vault key (base64 of 32 random bytes), to give two apps the same one.
+pub fn random_vault_key() -> String {
+    random_b64(32)
+}
+
 fn random_b64(len: usize) -> String {
     let bytes: Vec<u8> = (0..len).map(|_| rand::random::<u8>()).collect();
     STANDARD.encode(bytes)
@@ -63,6 +75,46 @@ fn tail(text: &str, max: usize) -> &str {
 // The app under test
 // ---------------------------------------------------------------------------------------------
 
+/// How to start an app: [`App::start`]'s defaults, plus what a test changes.
+#[derive(Debug, Clone, Default)]
+pub struct AppConfig {
+    /// The loopback address to serve on (`127.0.0.1` by default); also the host of `public_url`.
+    ip: Option<String>,
+    /// The port (a free one by default); see [`free_port_on`].
+    port: Option<u16>,
+    /// The vault key, base64 (a random one by default); see [`random_vault_key`].
+    vault_key: Option<String>,
+    /// Extra environment variables, set after the defaults so that they win.
+    env: Vec<(String, String)>,
+}
+
+impl AppConfig {
+    pub fn new() -> AppConfig {
+        AppConfig::default()
+    }
+
+    pub fn ip(mut self, ip: &str) -> AppConfig {
+        self.ip = Some(ip.to_string());
+        self
+    }
+
+    pub fn port(mut self, port: u16) -> AppConfig {
+        self.port = Some(port);
+        self
+    }
+
+    pub fn vault_key(mut self, key: &str) -> AppConfig {
+        self.vault_key = Some(key.to_string());
+        self
+    }
+
+    /// Set an environment variable for the app, e.g. `ROCKET_DEMO_TOKEN_LIFETIME`.
+    pub fn env(mut self, name: &str, value: impl Into<String>) -> AppConfig {
+        self.env.push((name.to_string(), value.into()));
+        self
+    }
+}
+
 /// The tokenvault binary serving on a free port, with its own data directory and keys.
 pub struct App {
     child: Child,
@@ -73,22 +125,33 @@ pub struct App {
 
 impl App {
     pub async fn start() -> App {
+        App::start_with(AppConfig::default()).await
+    }
+
+    /// Start the app with some settings changed (see [`AppConfig`]).
+    pub async fn start_with(config: AppConfig) -> App {
         let dir = tempfile::Builder::new().prefix("tokenvault-browser-").tempdir().expect("create a temp dir");
-        let port = free_port();
-        let base = format!("http://127.0.0.1:{port}");
+        let ip = config.ip.as_deref().unwrap_or("127.0.0.1");
+        let port = config.port.unwrap_or_else(|| free_port_on(ip));
+        let base = format!("http://{ip}:{port}");
         let stderr_path = dir.path().join("app.stderr.log");
         let stderr = File::create(&stderr_path).expect("create the app's stderr log");
-        let child = Command::new(env!("CARGO_BIN_EXE_tokenvault"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tokenvault"));
+        command
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .env("ROCKET_PROFILE", "debug")
-            .env("ROCKET_ADDRESS", "127.0.0.1")
+            .env("ROCKET_ADDRESS", ip)
             .env("ROCKET_PORT", port.to_string())
             .env("ROCKET_PUBLIC_URL", &base)
             .env("ROCKET_DATA_DIR", dir.path())
             .env("ROCKET_DATABASE_URL", dir.path().join("tv.sqlite"))
-            .env("ROCKET_VAULT_KEY", random_b64(32))
+            .env("ROCKET_VAULT_KEY", config.vault_key.unwrap_or_else(random_vault_key))
             .env("ROCKET_SECRET_KEY", random_b64(64))
-            .env("ROCKET_DEMO_TOKEN_LIFETIME", "120")
+            .env("ROCKET_DEMO_TOKEN_LIFETIME", "120");
+        for (name, value) in &config.env {
+            command.env(name, value);
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -131,6 +194,11 @@ impl App {
     /// The app's data directory (its SQLite files live there).
     pub fn data_dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The app's `database_url`, to open its database with the library while it runs.
+    pub fn database_url(&self) -> String {
+        self.dir.path().join("tv.sqlite").to_string_lossy().into_owned()
     }
 }
 
@@ -314,10 +382,25 @@ pub struct Browser {
 impl Browser {
     /// Start the app and a browser, or `None` when the browser tests are skipped on this machine.
     pub async fn start() -> Option<Browser> {
+        Browser::start_with(AppConfig::default()).await
+    }
+
+    /// [`Browser::start`] with the app's settings changed.
+    pub async fn start_with(config: AppConfig) -> Option<Browser> {
         let binary = chromedriver_or_skip()?;
-        let (app, mut driver) = tokio::join!(App::start(), Driver::start(&binary));
+        let (app, mut driver) = tokio::join!(App::start_with(config), Driver::start(&binary));
         let c = driver.connect().await;
         Some(Browser { c, app, driver })
+    }
+
+    /// A browser on the app of `config`, plus a second app started at the same time (say, the
+    /// provider on another origin), or `None` when the browser tests are skipped.
+    pub async fn start_with_second_app(config: AppConfig, second: AppConfig) -> Option<(Browser, App)> {
+        let binary = chromedriver_or_skip()?;
+        let (app, other, mut driver) =
+            tokio::join!(App::start_with(config), App::start_with(second), Driver::start(&binary));
+        let c = driver.connect().await;
+        Some((Browser { c, app, driver }, other))
     }
 
     /// End the WebDriver session cleanly (Chromium quits); the processes end when `self` drops.
@@ -407,6 +490,20 @@ impl Browser {
 
     pub async fn text(&self, css: &str) -> String {
         self.find(css).await.text().await.expect("element text")
+    }
+
+    /// The visible text of every element matching the CSS selector, in document order.
+    pub async fn texts(&self, css: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for el in self.c.find_all(Locator::Css(css)).await.expect("find elements") {
+            out.push(el.text().await.expect("element text"));
+        }
+        out
+    }
+
+    /// An attribute of the first element matching the CSS selector (empty when it has none).
+    pub async fn attr(&self, css: &str, name: &str) -> String {
+        self.find(css).await.attr(name).await.expect("read an attribute").unwrap_or_default()
     }
 
     /// Type into a form field (cleared first).

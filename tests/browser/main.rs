@@ -1,15 +1,19 @@
 //! Real-browser end-to-end tests: headless Chromium, driven through chromedriver, uses tokenvault
 //! the way a person does, against the real binary serving on a free port.
 //!
-//! Each test starts its own app (fresh data directory, keys and database) and its own chromedriver
-//! with a fresh browser profile, so the tests run in parallel. Without chromedriver or Chromium the
+//! Each test starts its own app (fresh data directory, keys and database; `cross_origin` starts a
+//! second one as the provider on another site) and its own chromedriver with a fresh browser
+//! profile, so the tests run in parallel. Without chromedriver or Chromium the
 //! browser tests print one line and pass, unless `TOKENVAULT_REQUIRE_BROWSER=1` (CI) makes that a
 //! failure. Screenshots of the main pages go to `target/screenshots/`, or to
 //! `TOKENVAULT_SCREENSHOTS_DIR` when set (`docs/screenshots` refreshes the documentation's).
 
 mod harness;
 
+mod account;
 mod accounts;
 mod admin;
 mod connect;
+mod cross_origin;
 mod headers;
+mod revocation;
