@@ -147,8 +147,21 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
         let catalog = Arc::new(catalog);
         match opened {
             Ok(Ok(db)) => {
-                let headers =
-                    SecurityHeaders::new(&catalog.authorize_origins(&settings.public_origin()), settings.is_https());
+                // Form posts may end in redirects to the providers' authorize pages (the Authorize
+                // button) and, for the demo provider's consent form, to the registered redirect URIs.
+                let mut form_targets = catalog.authorize_origins(&settings.public_origin());
+                if settings.demo_provider {
+                    form_targets.extend(
+                        settings
+                            .demo_redirect_uris
+                            .iter()
+                            .filter_map(|u| url::Url::parse(u).ok())
+                            .map(|u| u.origin().ascii_serialization()),
+                    );
+                    form_targets.sort();
+                    form_targets.dedup();
+                }
+                let headers = SecurityHeaders::new(&form_targets, settings.is_https());
                 tracing::info!(profile = %settings.profile, public_url = %settings.public_url, vault_key_id = %cipher.active_key_id(), "database ready");
                 Ok(rocket.attach(headers).manage(AppState {
                     db,

@@ -404,3 +404,12 @@ async fn error_pages_keep_the_signed_in_navigation() {
     let page = alice.fetch("/services/nope/authorize").await;
     assert!(page.text.contains(r#"id="logout""#));
 }
+
+#[tokio::test]
+async fn the_demo_providers_csp_lets_its_consent_form_reach_registered_redirect_uris() {
+    let app =
+        builder().demo().set("demo_redirect_uris", vec!["http://127.0.0.2:9000/services/demo/callback"]).start().await;
+    let r = app.agent().fetch("/login").await;
+    let csp = r.header("Content-Security-Policy").unwrap();
+    assert!(csp.contains("form-action 'self'") && csp.contains("http://127.0.0.2:9000"), "{csp}");
+}

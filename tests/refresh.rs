@@ -23,6 +23,11 @@ async fn account_page_renders_the_provider_answer_with_a_fresh_token() {
     let page = alice.fetch("/services/fake/account").await;
     assert_eq!(page.status, Status::Ok, "{}", page.text);
     assert!(page.text.contains(r#"<pre id="account-json">"#));
+    assert!(
+        page.text.contains("{\n  &quot;email&quot;: &quot;fake@example.com&quot;,\n  &quot;id&quot;"),
+        "the JSON keeps its own indentation: {}",
+        page.text
+    );
     assert!(page.text.contains("fake-user-1") && page.text.contains("fake@example.com"));
     assert!(!page.text.contains("CANARY"));
     assert_eq!(account_calls(&app).await, 1);

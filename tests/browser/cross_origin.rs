@@ -36,8 +36,6 @@ fn share_client_credentials(vault_key: &str, from_db: &str, to_db: &str) {
 }
 
 #[tokio::test]
-#[ignore = "bug: the provider's CSP `form-action 'self'` blocks its consent page's 303 to a `demo_redirect_uris` \
-            callback on another origin (src/app.rs builds form-action from the providers' authorize origins only)"]
 async fn connect_a_provider_on_another_site() {
     let vault_key = random_vault_key();
     let (port_a, port_b) = (free_port_on(A_IP), free_port_on(B_IP));
