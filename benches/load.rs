@@ -19,7 +19,7 @@
 #[allow(unused_imports)]
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -147,55 +147,12 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-struct Instance {
-    child: Child,
-    base: String,
-    started_in: Duration,
-}
+type Instance = common::server::Server;
 
-impl Drop for Instance {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn start(database_url: &str, fake: &str, data_dir: &std::path::Path) -> Instance {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let providers = format!(
-        "{{fake={{authorize_url=\"{fake}/authorize\",token_url=\"{fake}/token\",account_url=\"{fake}/account\",\
-         api_base_url=\"{fake}/api\",scopes=[\"read\",\"write\"],client_auth=\"basic\"}}}}"
-    );
-    let started = Instant::now();
-    let child = Command::new(env!("CARGO_BIN_EXE_tokenvault"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("ROCKET_PROFILE", "release")
-        .env("ROCKET_ADDRESS", "127.0.0.1")
-        .env("ROCKET_PORT", port.to_string())
-        .env("ROCKET_PUBLIC_URL", common::PUBLIC_URL)
-        .env("ROCKET_DATABASE_URL", database_url)
-        .env("ROCKET_DATA_DIR", data_dir)
-        .env("ROCKET_VAULT_KEY", common::VAULT_KEY)
-        .env("ROCKET_SECRET_KEY", common::SECRET_KEY)
-        .env("ROCKET_ALLOW_SIGNUP", "true")
-        .env("ROCKET_PROVIDERS", providers)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the release binary starts");
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    loop {
-        if let Ok(r) = http.get(format!("{base}/healthz")).send().await {
-            if r.status().is_success() {
-                break;
-            }
-        }
-        assert!(started.elapsed() < Duration::from_secs(30), "the app did not start");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    Instance { child, base, started_in: started.elapsed() }
+async fn start(database_url: &str, fake: &str, dir: &std::path::Path) -> Instance {
+    let options =
+        common::server::Options { profile: "release", ..common::server::Options::new(database_url, fake, dir) };
+    common::server::start(options).await
 }
 
 fn hidden(html: &str, name: &str) -> String {

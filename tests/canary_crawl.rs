@@ -21,7 +21,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
@@ -36,72 +36,16 @@ use tokenvault::vault::Cipher;
 
 const USERNAME: &str = "crawler";
 
-/// The server under test; killed on drop.
-struct Server {
-    child: Child,
-    base: String,
-    log: PathBuf,
-    stdout: PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use common::server::Server;
 
 async fn start_server(database_url: &str, fake: &str, dir: &Path) -> Server {
-    let port = free_port();
-    let providers = format!(
-        "{{fake={{display_name=\"Fake Provider\",authorize_url=\"{fake}/authorize\",token_url=\"{fake}/token\",\
-         revoke_url=\"{fake}/revoke\",account_url=\"{fake}/account\",api_base_url=\"{fake}/api\",issuer=\"{fake}\",\
-         scopes=[\"read\",\"write\"],client_auth=\"basic\"}}}}"
-    );
-    let log = dir.join("server.stderr.log");
-    let stdout = dir.join("server.stdout.log");
-    let data_dir = dir.join("data");
-    let child = Command::new(env!("CARGO_BIN_EXE_tokenvault"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("ROCKET_PROFILE", "debug")
-        .env("ROCKET_ADDRESS", "127.0.0.1")
-        .env("ROCKET_PORT", port.to_string())
-        .env("ROCKET_PUBLIC_URL", common::PUBLIC_URL)
-        .env("ROCKET_DATABASE_URL", database_url)
-        .env("ROCKET_DATA_DIR", &data_dir)
-        .env("ROCKET_VAULT_KEY", common::VAULT_KEY)
-        .env("ROCKET_SECRET_KEY", common::SECRET_KEY)
-        .env("ROCKET_DEMO_PROVIDER", "false")
-        .env("ROCKET_ALLOW_SIGNUP", "true")
-        .env("ROCKET_HTTP_TIMEOUT", "5")
-        .env("ROCKET_PROVIDERS", providers)
-        .env("RUST_LOG", "trace")
-        .env_remove("ROCKET_LOG")
-        .stdout(Stdio::from(std::fs::File::create(&stdout).unwrap()))
-        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-        .spawn()
-        .expect("the binary starts");
-    let mut server = Server { child, base: format!("http://127.0.0.1:{port}"), log, stdout };
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while Instant::now() < deadline {
-        if http.get(format!("{}/healthz", server.base)).send().await.is_ok() {
-            return server;
-        }
-        if let Ok(Some(status)) = server.child.try_wait() {
-            panic!("the server exited with {status}:\n{}", std::fs::read_to_string(&server.log).unwrap_or_default());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!(
-        "the server on {} did not start:\n{}",
-        server.base,
-        std::fs::read_to_string(&server.log).unwrap_or_default()
-    );
+    let env = vec![("ROCKET_HTTP_TIMEOUT".to_string(), "5".to_string())];
+    common::server::start(common::server::Options {
+        log_filter: "trace",
+        env,
+        ..common::server::Options::new(database_url, fake, dir)
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------

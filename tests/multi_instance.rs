@@ -4,61 +4,16 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::json;
 
-struct Instance {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-async fn start(database_url: &str, fake: &str, data_dir: &std::path::Path) -> Instance {
-    let port = free_port();
-    let providers = format!(
-        "{{fake={{authorize_url=\"{fake}/authorize\",token_url=\"{fake}/token\",account_url=\"{fake}/account\",\
-         scopes=[\"read\",\"write\"],client_auth=\"basic\"}}}}"
-    );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tokenvault"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("ROCKET_PROFILE", "debug")
-        .env("ROCKET_ADDRESS", "127.0.0.1")
-        .env("ROCKET_PORT", port.to_string())
-        .env("ROCKET_PUBLIC_URL", common::PUBLIC_URL)
-        .env("ROCKET_DATABASE_URL", database_url)
-        .env("ROCKET_DATA_DIR", data_dir)
-        .env("ROCKET_VAULT_KEY", common::VAULT_KEY)
-        .env("ROCKET_SECRET_KEY", common::SECRET_KEY)
-        .env("ROCKET_DEMO_PROVIDER", "false")
-        .env("ROCKET_PROVIDERS", providers)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the binary starts");
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    for _ in 0..400 {
-        if http.get(format!("{base}/healthz")).send().await.is_ok() {
-            return Instance { child, base };
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("instance on {base} did not start");
+async fn start(database_url: &str, fake: &str, dir: &std::path::Path) -> common::server::Server {
+    common::server::start(common::server::Options {
+        log_filter: "warn",
+        ..common::server::Options::new(database_url, fake, dir)
+    })
+    .await
 }
 
 fn hidden(html: &str, name: &str) -> String {

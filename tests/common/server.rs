@@ -1,0 +1,105 @@
+//! The real `tokenvault` binary as a child process, configured only through environment
+//! variables, with the fake provider configured as service `fake`. Killed on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    /// The child's stderr (its log).
+    pub log: PathBuf,
+    pub stdout: PathBuf,
+    /// From spawn to the first `200` of `/healthz`.
+    pub started_in: Duration,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How to start a server; `Options::new` gives the defaults of the tests.
+pub struct Options<'a> {
+    pub database_url: &'a str,
+    /// The fake provider's base URL (configured as service `fake`).
+    pub fake: &'a str,
+    /// Where data/, the log and stdout go.
+    pub dir: &'a Path,
+    pub profile: &'a str,
+    pub log_filter: &'a str,
+    /// More `ROCKET_*` (or other) variables.
+    pub env: Vec<(String, String)>,
+}
+
+impl<'a> Options<'a> {
+    pub fn new(database_url: &'a str, fake: &'a str, dir: &'a Path) -> Options<'a> {
+        Options { database_url, fake, dir, profile: "debug", log_filter: "info", env: Vec::new() }
+    }
+}
+
+/// `ROCKET_PROVIDERS` for the fake provider at `fake`.
+pub fn fake_provider_env(fake: &str) -> String {
+    format!(
+        "{{fake={{display_name=\"Fake Provider\",authorize_url=\"{fake}/authorize\",token_url=\"{fake}/token\",\
+         revoke_url=\"{fake}/revoke\",account_url=\"{fake}/account\",api_base_url=\"{fake}/api\",issuer=\"{fake}\",\
+         scopes=[\"read\",\"write\"],client_auth=\"basic\"}}}}"
+    )
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Start the binary and wait until `/healthz` answers 200 (or panic with its log).
+pub async fn start(o: Options<'_>) -> Server {
+    let port = free_port();
+    std::fs::create_dir_all(o.dir).unwrap();
+    let log = o.dir.join(format!("server-{port}.stderr.log"));
+    let stdout = o.dir.join(format!("server-{port}.stdout.log"));
+    let started = Instant::now();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tokenvault"));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("ROCKET_PROFILE", o.profile)
+        .env("ROCKET_ADDRESS", "127.0.0.1")
+        .env("ROCKET_PORT", port.to_string())
+        .env("ROCKET_PUBLIC_URL", super::PUBLIC_URL)
+        .env("ROCKET_DATABASE_URL", o.database_url)
+        .env("ROCKET_DATA_DIR", o.dir.join(format!("data-{port}")))
+        .env("ROCKET_VAULT_KEY", super::VAULT_KEY)
+        .env("ROCKET_SECRET_KEY", super::SECRET_KEY)
+        .env("ROCKET_DEMO_PROVIDER", "false")
+        .env("ROCKET_ALLOW_SIGNUP", "true")
+        .env("ROCKET_PROVIDERS", fake_provider_env(o.fake))
+        .env("RUST_LOG", o.log_filter)
+        .stdout(Stdio::from(std::fs::File::create(&stdout).unwrap()))
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
+    for (k, v) in &o.env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().expect("the binary starts");
+    let mut server =
+        Server { child, base: format!("http://127.0.0.1:{port}"), log, stdout, started_in: Duration::ZERO };
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while Instant::now() < deadline {
+        if let Ok(r) = http.get(format!("{}/healthz", server.base)).send().await {
+            if r.status().is_success() {
+                server.started_in = started.elapsed();
+                return server;
+            }
+        }
+        if let Ok(Some(status)) = server.child.try_wait() {
+            panic!("the server exited with {status}:\n{}", std::fs::read_to_string(&server.log).unwrap_or_default());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!(
+        "the server on {} did not start:\n{}",
+        server.base,
+        std::fs::read_to_string(&server.log).unwrap_or_default()
+    );
+}
