@@ -92,6 +92,8 @@ fn debug_profile_creates_a_private_vault_key_once() {
     {
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&key_path).unwrap().permissions().mode() & 0o777, 0o600);
+        let db = dir.path().join("cli.sqlite");
+        assert_eq!(std::fs::metadata(&db).unwrap().permissions().mode() & 0o777, 0o600, "the database is private too");
     }
     let out = tokenvault(dir.path(), &["vault", "list"], &[], None);
     assert!(out.status.success());

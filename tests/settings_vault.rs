@@ -207,6 +207,13 @@ async fn key_rotation_re_encrypts_users_tokens() {
     let (a, r) = tokenvault::oauth::store::open_tokens(&new_only, &row).unwrap();
     assert_eq!((a.expose().to_string(), r.map(|r| r.expose().to_string())), before);
     assert!(tokenvault::oauth::store::open_tokens(&app.cipher, &row).is_err(), "the old key no longer opens them");
+    // A row that changed since it was read (a concurrent refresh) is not overwritten.
+    let row = tokenvault::db::models::connections::find(&mut conn, 1, "fake").unwrap().unwrap();
+    assert!(
+        !tokenvault::db::models::connections::reseal(&mut conn, row.id, row.version - 1, Some(b"stale"), None).unwrap()
+    );
+    let after = tokenvault::db::models::connections::find(&mut conn, 1, "fake").unwrap().unwrap();
+    assert_eq!(after.access_token, row.access_token);
     // A second run has nothing left to do.
     let again = tokenvault::vault::rotation::rotate(&mut conn, &ring, |_, _| {}).unwrap();
     assert_eq!(again, tokenvault::vault::rotation::Rotated::default());

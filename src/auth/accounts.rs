@@ -38,6 +38,15 @@ pub fn create(conn: &mut Conn, username: &str, password: &Secret, admin: bool) -
     })
 }
 
+/// Set a new password hash and end every session of the user, in one transaction; the number of
+/// sessions ended. The caller starts a fresh session for the browser that made the change.
+pub fn replace_password(conn: &mut Conn, user_id: i64, hash: &str) -> AppResult<usize> {
+    conn.transaction(|conn| {
+        users::set_password(conn, user_id, hash, now())?;
+        Ok(crate::db::models::sessions::delete_others(conn, user_id, "")?)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -6,7 +6,7 @@ use crate::db::models::connections;
 use crate::error::{AppError, AppResult};
 use crate::oauth::access::fresh_token;
 use crate::oauth::providers::{ClientAuth, Provider, RevokeStyle};
-use crate::oauth::store::{open_tokens, record_event};
+use crate::oauth::store::{delete_with_event, open_tokens};
 use crate::vault::store::client_credentials;
 
 /// What happened at the provider.
@@ -112,13 +112,6 @@ pub async fn revoke_and_delete(app: &AppState, user_id: i64, provider: &Provider
         Revoked::NotSupported => ("local only", "the provider offers no revocation; tokens deleted".to_string()),
         Revoked::ProviderFailed(r) => ("provider failed", format!("{r}; tokens deleted anyway")),
     };
-    app.db
-        .run(move |conn| {
-            conn.transaction(|conn| {
-                connections::delete(conn, user_id, &svc)?;
-                record_event(conn, user_id, &svc, "revoke", outcome_text, &detail)
-            })
-        })
-        .await?;
+    app.db.run(move |conn| delete_with_event(conn, user_id, &svc, "revoke", outcome_text, &detail)).await?;
     Ok(outcome)
 }

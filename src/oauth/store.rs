@@ -60,6 +60,25 @@ pub fn save_new(
     })
 }
 
+/// Delete a user's connection and record why, in one transaction; false when there was none
+/// (or it is not this user's).
+pub fn delete_with_event(
+    conn: &mut Conn,
+    user_id: i64,
+    service: &str,
+    kind: &str,
+    outcome: &str,
+    detail: &str,
+) -> AppResult<bool> {
+    conn.transaction(|conn| {
+        let removed = connections::delete(conn, user_id, service)? > 0;
+        if removed {
+            record_event(conn, user_id, service, kind, outcome, detail)?;
+        }
+        Ok(removed)
+    })
+}
+
 /// The decrypted access and refresh tokens of a stored connection.
 pub fn open_tokens(cipher: &Cipher, c: &Connection) -> AppResult<(Secret, Option<Secret>)> {
     let access = cipher.open(&c.access_token, &aad(c.user_id, &c.service, "access_token"))?;

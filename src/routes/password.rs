@@ -8,10 +8,10 @@ use rocket_dyn_templates::Template;
 use serde::Serialize;
 
 use crate::app::AppState;
-use crate::auth::{password, session, Csrf, CsrfField, CurrentUser};
-use crate::db::models::{sessions, users};
+use crate::auth::{accounts, password, session, Csrf, CsrfField, CurrentUser};
+use crate::db::models::users;
 use crate::error::{AppError, AppResult};
-use crate::util::{now, Secret};
+use crate::util::Secret;
 use crate::web::{Layout, Page};
 
 pub fn routes() -> Vec<Route> {
@@ -72,16 +72,8 @@ async fn change(
         return Ok(Err((Status::UnprocessableEntity, page)));
     }
     let hash = password::hash(Secret::new(form.new_password)).await?;
-    let ended = app
-        .db
-        .run(move |conn| {
-            conn.transaction(|conn| {
-                users::set_password(conn, uid, &hash, now())?;
-                // Every session ends, this one too; a fresh one is started below.
-                Ok::<_, AppError>(sessions::delete_others(conn, uid, "")?)
-            })
-        })
-        .await?;
+    // Every session ends, this one too; a fresh one is started below.
+    let ended = app.db.run(move |conn| accounts::replace_password(conn, uid, &hash)).await?;
     session::start(&app.db, &app.settings, cookies, uid).await?;
     tracing::info!(user_id = uid, sessions_ended = ended, "password changed");
     Ok(Ok(Flash::success(

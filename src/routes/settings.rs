@@ -11,7 +11,7 @@ use crate::db::models::connections::{self, STATUS_RECONNECT};
 use crate::db::models::events;
 use crate::error::{AppError, AppResult};
 use crate::oauth::revoke::{revoke_and_delete, Revoked};
-use crate::oauth::store::record_event;
+use crate::oauth::store::delete_with_event;
 use crate::util::{format_utc, now, relative_time};
 use crate::web::{Layout, Page};
 
@@ -114,19 +114,9 @@ async fn delete(
     _form: Csrf<CsrfOnly>,
 ) -> AppResult<Flash<Redirect>> {
     let (uid, svc) = (user.id, service.to_string());
-    let removed = app
-        .db
-        .run(move |conn| {
-            conn.transaction(|conn| {
-                let n = connections::delete(conn, uid, &svc)?;
-                if n > 0 {
-                    record_event(conn, uid, &svc, "delete", "ok", "tokens deleted locally")?;
-                }
-                Ok::<_, AppError>(n)
-            })
-        })
-        .await?;
-    if removed == 0 {
+    let removed =
+        app.db.run(move |conn| delete_with_event(conn, uid, &svc, "delete", "ok", "tokens deleted locally")).await?;
+    if !removed {
         return Err(AppError::NotFound);
     }
     let name = app.catalog.get(service).map(|p| p.display_name.clone()).unwrap_or_else(|| service.to_string());
