@@ -96,7 +96,8 @@ where
 }
 
 /// A form with nothing but its CSRF token (buttons like Log out, Delete).
-#[derive(Debug, FromForm)]
+/// No `Debug`: it carries a secret (a token, code, password or CSRF token).
+#[derive(FromForm)]
 pub struct CsrfOnly {
     pub csrf_token: String,
 }

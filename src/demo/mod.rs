@@ -82,7 +82,8 @@ impl From<AppError> for OAuthError {
     }
 }
 
-#[derive(Debug, FromForm)]
+/// No `Debug`: it carries a secret (a token, code, password or CSRF token).
+#[derive(FromForm)]
 pub struct AuthorizeQuery {
     response_type: Option<String>,
     client_id: Option<String>,
@@ -182,7 +183,8 @@ async fn authorize_page(
     Ok(Ok(Template::render("demo/consent", Page::new(layout, "Demo provider: authorize tokenvault?", page))))
 }
 
-#[derive(Debug, FromForm)]
+/// No `Debug`: it carries a secret (a token, code, password or CSRF token).
+#[derive(FromForm)]
 pub struct Decision {
     decision: String,
     account: String,
@@ -241,7 +243,8 @@ impl<'r> FromRequest<'r> for BasicAuth {
     }
 }
 
-#[derive(Debug, FromForm)]
+/// No `Debug`: it carries a secret (a token, code, password or CSRF token).
+#[derive(FromForm)]
 pub struct TokenRequest {
     grant_type: Option<String>,
     code: Option<String>,
@@ -387,7 +390,8 @@ async fn token(
     }
 }
 
-#[derive(Debug, FromForm)]
+/// No `Debug`: it carries a secret (a token, code, password or CSRF token).
+#[derive(FromForm)]
 pub struct RevokeRequest {
     token: Option<String>,
     #[allow(dead_code)]
@@ -523,7 +527,8 @@ async fn revoke_grant(
     Ok(Flash::success(Redirect::to("/demo/"), format!("Grant {id} was revoked at the demo provider.")))
 }
 
-#[derive(Debug, FromForm)]
+/// No `Debug`: it carries a secret (a token, code, password or CSRF token).
+#[derive(FromForm)]
 pub struct FailuresForm {
     csrf_token: String,
     count: u32,

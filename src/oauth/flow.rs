@@ -79,8 +79,9 @@ pub async fn start(app: &AppState, user: &CurrentUser, provider: &Provider, retu
     Ok(url)
 }
 
-/// The query of a callback, with every parameter given at most once.
-#[derive(Debug, Default)]
+/// The query of a callback, with every parameter given at most once. Its `Debug` and `Display`
+/// never show the code or the state.
+#[derive(Default)]
 pub struct CallbackParams {
     pub code: Option<String>,
     pub states: Vec<String>,
@@ -122,6 +123,12 @@ impl CallbackParams {
 impl std::fmt::Display for CallbackParams {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "callback(code: {}, states: {}, error: {:?})", self.code.is_some(), self.states.len(), self.error)
+    }
+}
+
+impl std::fmt::Debug for CallbackParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
     }
 }
 
@@ -282,8 +289,9 @@ mod tests {
     #[test]
     fn display_never_shows_the_code() {
         let p = CallbackParams::parse("code=SECRETCODE&state=STATE");
-        let shown = format!("{p}");
-        assert!(!shown.contains("SECRETCODE") && !shown.contains("STATE"), "{shown}");
+        for shown in [format!("{p}"), format!("{p:?}")] {
+            assert!(!shown.contains("SECRETCODE") && !shown.contains("STATE"), "{shown}");
+        }
     }
 
     #[test]

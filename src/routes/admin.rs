@@ -110,7 +110,8 @@ async fn vault_set(app: &State<AppState>, admin: AdminUser<'_>, form: Csrf<SetFo
     }
 }
 
-#[derive(Debug, FromForm)]
+/// No `Debug`: it carries a secret (a token, code, password or CSRF token).
+#[derive(FromForm)]
 pub struct DeleteForm {
     csrf_token: String,
     path: String,

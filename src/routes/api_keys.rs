@@ -75,7 +75,8 @@ async fn page(app: &State<AppState>, user: &CurrentUser, layout: Layout) -> AppR
     render(app, user, layout, None, None).await
 }
 
-#[derive(Debug, FromForm)]
+/// No `Debug`: it carries a secret (a token, code, password or CSRF token).
+#[derive(FromForm)]
 pub struct CreateForm {
     csrf_token: String,
     name: String,

@@ -59,7 +59,8 @@ fn login_page(
     Ok(render("auth/login", "Sign in", layout, Status::Ok, form))
 }
 
-#[derive(Debug, FromForm)]
+/// No `Debug`: it carries a secret (a token, code, password or CSRF token).
+#[derive(FromForm)]
 pub struct LoginForm {
     csrf_token: String,
     username: String,
@@ -134,7 +135,8 @@ fn signup_page(
     Ok(Ok(render("auth/signup", "Create an account", layout, Status::Ok, form)))
 }
 
-#[derive(Debug, FromForm)]
+/// No `Debug`: it carries a secret (a token, code, password or CSRF token).
+#[derive(FromForm)]
 pub struct SignupForm {
     csrf_token: String,
     username: String,

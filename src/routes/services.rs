@@ -85,7 +85,8 @@ async fn authorize_page(
     Ok(Template::render("services/authorize", Page::new(layout, title, page)))
 }
 
-#[derive(Debug, FromForm)]
+/// No `Debug`: it carries a secret (a token, code, password or CSRF token).
+#[derive(FromForm)]
 pub struct AuthorizeForm {
     csrf_token: String,
     next: Option<String>,
