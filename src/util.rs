@@ -109,6 +109,14 @@ pub fn format_utc(at: i64) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+/// RFC 3339 UTC time, for JSON.
+pub fn rfc3339(at: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(at)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,6 +146,12 @@ mod tests {
         assert_eq!(relative_time(100 + 3 * 86_400, 100), "in 3 days");
         assert_eq!(relative_time(120, 0), "in 2 minutes", "rounded, not floored");
         assert_eq!(relative_time(3599, 0), "in 1 hour");
+    }
+
+    #[test]
+    fn times_format() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_utc(86_400), "1970-01-02 00:00:00 UTC");
     }
 
     #[test]

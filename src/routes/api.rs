@@ -17,6 +17,7 @@ use crate::oauth::access::{fresh_token, AccessError};
 use crate::oauth::providers::Provider;
 use crate::oauth::proxy::{self, Forward, ProxyError, DROP_RESPONSE};
 use crate::oauth::tokens::TokenError;
+use crate::util::rfc3339;
 use crate::web::RequestId;
 
 pub fn routes() -> Vec<Route> {
@@ -108,13 +109,6 @@ struct ConnectionOut {
     obtained_at: String,
     expires_at: Option<String>,
     has_refresh_token: bool,
-}
-
-fn rfc3339(at: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(at)
-        .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_default()
 }
 
 /// The user's connections: service, scopes, expiry, status. Never a token.
