@@ -25,6 +25,8 @@ pub struct AppState {
     pub refresh_locks: crate::oauth::access::RefreshLocks,
     pub login_throttle: crate::auth::throttle::LoginThrottle,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// In-memory copies of API keys and connection rows (see `crate::cache`).
+    pub caches: Arc<crate::cache::Caches>,
 }
 
 /// Validated configuration and keys, before any Rocket or database exists (used by the CLI too).
@@ -170,6 +172,7 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
                     catalog,
                     refresh_locks: Default::default(),
                     metrics: metrics_state,
+                    caches: Arc::new(crate::cache::Caches::new(settings.cache_ttl)),
                     login_throttle: crate::auth::throttle::LoginThrottle::new(
                         settings.login_limit_per_ip,
                         settings.login_limit_per_account,
@@ -195,6 +198,9 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
         .attach(database)
         .attach(AdHoc::on_liftoff("Announce", |rocket| {
             Box::pin(async move {
+                if let Some(app) = rocket.state::<AppState>() {
+                    rocket::tokio::spawn(crate::cache::poll_invalidations(app.db.clone(), app.caches.clone()));
+                }
                 let c = rocket.config();
                 tracing::info!("tokenvault listening on http://{}:{}", c.address, c.port);
             })

@@ -47,6 +47,10 @@ pub struct RawConfig {
     pub proxy_max_response_bytes: usize,
     /// Serve Prometheus metrics at `/metrics`.
     pub metrics: bool,
+    /// Seconds an API key or connection row may be served from memory (`0`: always read the
+    /// database). Changes made through tokenvault reach every instance within about a second
+    /// regardless; this bounds changes made behind its back.
+    pub cache_ttl: u64,
     /// Sign-in (and sign-up) attempts allowed per client IP per minute.
     pub login_limit_per_ip: u32,
     /// Sign-in attempts allowed per username per minute.
@@ -79,6 +83,7 @@ impl Default for RawConfig {
             proxy_max_request_bytes: 1024 * 1024,
             proxy_max_response_bytes: 10 * 1024 * 1024,
             metrics: true,
+            cache_ttl: 10,
             login_limit_per_ip: 30,
             login_limit_per_account: 10,
             log: "info".into(),
@@ -113,6 +118,7 @@ pub struct Settings {
     pub proxy_max_request_bytes: usize,
     pub proxy_max_response_bytes: usize,
     pub metrics: bool,
+    pub cache_ttl: u64,
     pub log: String,
 }
 
@@ -214,6 +220,9 @@ impl Settings {
         if raw.refresh_margin < 0 {
             return Err(invalid("refresh_margin", "must not be negative"));
         }
+        if raw.cache_ttl > 3600 {
+            return Err(invalid("cache_ttl", "must be at most 3600 seconds (0 turns the cache off)"));
+        }
         let database_url = match &raw.database_url {
             Some(url) if !url.trim().is_empty() => url.clone(),
             _ => raw.data_dir.join("tokenvault.sqlite").to_string_lossy().into_owned(),
@@ -240,6 +249,7 @@ impl Settings {
             proxy_max_request_bytes: raw.proxy_max_request_bytes,
             proxy_max_response_bytes: raw.proxy_max_response_bytes,
             metrics: raw.metrics,
+            cache_ttl: raw.cache_ttl,
             login_limit_per_account: raw.login_limit_per_account,
             log: raw.log.clone(),
         })
@@ -317,6 +327,10 @@ mod tests {
         assert!(err.contains("flow_ttl"), "{err}");
         let raw = RawConfig { public_url: "ftp://x".into(), ..RawConfig::default() };
         assert!(Settings::resolve(&raw, "debug").unwrap_err().to_string().contains("public_url"));
+        let raw = RawConfig { cache_ttl: 3601, ..RawConfig::default() };
+        assert!(Settings::resolve(&raw, "debug").unwrap_err().to_string().contains("cache_ttl"));
+        let raw = RawConfig { cache_ttl: 0, ..RawConfig::default() };
+        assert_eq!(Settings::resolve(&raw, "debug").unwrap().cache_ttl, 0);
     }
 
     #[test]

@@ -135,6 +135,99 @@ async fn the_token_endpoint_refreshes_and_reports_failures_with_stable_codes() {
     assert_eq!(status, Status::Conflict, "and it stays so without provider calls");
 }
 
+/// The token API's status and access token.
+async fn token(app: &TestApp, key: &str) -> (Status, String) {
+    let (status, body, _) = api(app, "GET", "/api/v1/services/fake/token", Some(key)).await;
+    (status, body["access_token"].as_str().unwrap_or_default().to_string())
+}
+
+#[tokio::test]
+async fn the_cache_never_serves_a_deleted_or_replaced_connection_or_a_revoked_key() {
+    let app = builder().set("cache_ttl", 3600).start().await;
+    let alice = app.user("alice").await;
+    alice.connect("fake").await;
+    let key = api_key(&alice, "a").await;
+    let (status, first) = token(&app, &key).await;
+    assert_eq!(status, Status::Ok);
+    assert_eq!(app.state().caches.connections.len(), 1, "the row is cached");
+    // Reconnecting replaces the tokens: the next answer has the new one.
+    alice.connect("fake").await;
+    let (status, second) = token(&app, &key).await;
+    assert_eq!(status, Status::Ok);
+    assert_ne!(first, second);
+    assert_eq!(second, app.stored_tokens("alice", "fake").unwrap().0);
+    // A refresh (the provider said 401 to the proxy) leaves the new row in the cache.
+    app.fake.invalidate_access_tokens();
+    let (status, body, _) = api(&app, "GET", "/api/v1/services/fake/proxy/me", Some(&key)).await;
+    assert_eq!(status, Status::Created, "{body}");
+    assert_eq!(app.fake.refresh_calls().await, 1);
+    let cached = app.state().caches.connections.get(&(1, "fake".to_string())).expect("the refresher cached its row");
+    assert_eq!(cached.version, app.count("SELECT version AS n FROM connections"));
+    let (_, third) = token(&app, &key).await;
+    assert_ne!(third, second);
+    assert_eq!(third, app.stored_tokens("alice", "fake").unwrap().0);
+    // Deleted in the web UI: gone at once.
+    let csrf = alice.csrf("/settings/oauth2").await;
+    assert_eq!(
+        alice.post_form("/settings/oauth2/fake/delete", &[("csrf_token", &csrf)]).await.status,
+        Status::SeeOther
+    );
+    assert_eq!(token(&app, &key).await.0, Status::NotFound);
+    // Revoked: refused at once.
+    let page = alice.fetch("/settings/api-keys").await;
+    let id = regex::Regex::new(r#"data-key="(\d+)""#).unwrap().captures(&page.text).unwrap()[1].to_string();
+    let csrf = alice.csrf("/settings/api-keys").await;
+    alice.post_form(&format!("/settings/api-keys/{id}/revoke"), &[("csrf_token", &csrf)]).await;
+    assert_eq!(token(&app, &key).await.0, Status::Unauthorized);
+}
+
+#[tokio::test]
+async fn changes_from_elsewhere_arrive_by_invalidation_or_after_cache_ttl() {
+    // A write by another instance (the model functions record an invalidation): applied within
+    // about a second although the entry would live for an hour.
+    let app = builder().set("cache_ttl", 3600).start().await;
+    let alice = app.user("alice").await;
+    alice.connect("fake").await;
+    let key = api_key(&alice, "a").await;
+    assert_eq!(api(&app, "GET", "/api/v1/services/fake/token", Some(&key)).await.0, Status::Ok);
+    {
+        let mut conn = app.db.conn().unwrap();
+        tokenvault::oauth::store::delete_with_event(&mut conn, 1, "fake", "delete", "ok", "elsewhere").unwrap();
+        let (k, _) = tokenvault::db::models::api_keys::find_active(&mut conn, &tokenvault::util::sha256_hex(&key))
+            .unwrap()
+            .unwrap();
+        tokenvault::db::models::api_keys::revoke(&mut conn, 1, k.id, 0).unwrap();
+    }
+    let started = std::time::Instant::now();
+    while api(&app, "GET", "/api/v1/services/fake/token", Some(&key)).await.0 != Status::Unauthorized {
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "the invalidation was not applied");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    // A change behind tokenvault's back (no invalidation): served from memory until `cache_ttl`.
+    let app = builder().set("cache_ttl", 1).start().await;
+    let alice = app.user("alice").await;
+    alice.connect("fake").await;
+    let key = api_key(&alice, "a").await;
+    assert_eq!(api(&app, "GET", "/api/v1/services/fake/token", Some(&key)).await.0, Status::Ok);
+    app.exec_unannounced("DELETE FROM connections");
+    let (status, _, _) = api(&app, "GET", "/api/v1/services/fake/token", Some(&key)).await;
+    assert_eq!(status, Status::Ok, "still the cached row");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (status, body, _) = api(&app, "GET", "/api/v1/services/fake/token", Some(&key)).await;
+    assert_eq!((status, body["error"].as_str()), (Status::NotFound, Some("not_connected")));
+
+    // `cache_ttl = 0`: every request reads the database.
+    let app = builder().set("cache_ttl", 0).start().await;
+    let alice = app.user("alice").await;
+    alice.connect("fake").await;
+    let key = api_key(&alice, "a").await;
+    assert_eq!(api(&app, "GET", "/api/v1/services/fake/token", Some(&key)).await.0, Status::Ok);
+    app.exec_unannounced("DELETE FROM connections");
+    assert_eq!(api(&app, "GET", "/api/v1/services/fake/token", Some(&key)).await.0, Status::NotFound);
+    assert!(app.state().caches.connections.is_empty());
+}
+
 #[tokio::test]
 async fn the_proxy_forwards_with_the_token_and_strips_what_it_must() {
     let app = TestApp::start().await;

@@ -1,5 +1,6 @@
 //! Two app instances (two processes) on one PostgreSQL database: a flow started on one finishes
-//! on the other, and a refresh storm across both makes exactly one token-endpoint call.
+//! on the other, a refresh storm across both makes exactly one token-endpoint call, and a deleted
+//! connection or revoked API key stops working on the other instance too (cache invalidations).
 //! Runs when TOKENVAULT_TEST_POSTGRES_URL is set (as in .ci/run); otherwise says why it skipped.
 
 mod common;
@@ -97,5 +98,66 @@ async fn two_instances_share_flows_and_refresh_once() {
     }
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     assert_eq!(fake.refresh_calls().await - before, 1, "exactly one refresh across both instances");
+
+    // Each instance keeps API keys and connection rows in memory; a change made on one instance
+    // reaches the other through `cache_invalidations` within about a second.
+    let key = {
+        let db = tokenvault::db::Db::open_sized(&database.url, 1).unwrap();
+        let mut conn = db.conn().unwrap();
+        let user = tokenvault::db::models::users::find_by_username(&mut conn, "alice").unwrap().unwrap();
+        tokenvault::auth::api_key::create(&mut conn, user.id, "script").unwrap().1
+    };
+    let bearer = format!("Bearer {}", key.expose());
+    let token_status = |base: String| {
+        let (http, bearer) = (http.clone(), bearer.clone());
+        async move {
+            http.get(format!("{base}/api/v1/services/fake/token"))
+                .header("Authorization", bearer)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        }
+    };
+    for base in [&a.base, &b.base] {
+        assert_eq!(token_status(base.clone()).await, 200, "the key works on {base} (and is now cached there)");
+    }
+    // Delete the connection on A (the web UI): B stops handing out its token.
+    let page = http.get(format!("{}/settings/oauth2", a.base)).send().await.unwrap().text().await.unwrap();
+    assert_eq!(post_form(&http, &format!("{}/settings/oauth2/fake/delete", a.base), &page).await, 303);
+    assert_eq!(token_status(a.base.clone()).await, 404, "A forgets at once");
+    let seen_on_b = wait_for(|| token_status(b.base.clone()), 404).await;
+    assert!(seen_on_b.is_some(), "B still served a deleted connection's token");
+    // Revoke the key on A: B refuses it.
+    let page = http.get(format!("{}/settings/api-keys", a.base)).send().await.unwrap().text().await.unwrap();
+    let id = regex::Regex::new(r#"data-key="(\d+)""#).unwrap().captures(&page).unwrap()[1].to_string();
+    assert_eq!(post_form(&http, &format!("{}/settings/api-keys/{id}/revoke", a.base), &page).await, 303);
+    assert_eq!(token_status(a.base.clone()).await, 401, "A refuses the key at once");
+    let seen_on_b = wait_for(|| token_status(b.base.clone()), 401).await;
+    assert!(seen_on_b.is_some(), "B still accepted a revoked key");
+    eprintln!("propagation to the other instance: {seen_on_b:?}");
     drop((a, b));
+}
+
+/// Post a form that carries only the CSRF token of `page`; the status.
+async fn post_form(http: &reqwest::Client, url: &str, page: &str) -> u16 {
+    let form = [("csrf_token", hidden(page, "csrf_token"))];
+    http.post(url).form(&form).send().await.unwrap().status().as_u16()
+}
+
+/// Poll until `probe` answers `want` (up to 5 s: the feed is read about once a second); how long
+/// it took, or `None`.
+async fn wait_for<F, Fut>(probe: F, want: u16) -> Option<Duration>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = u16>,
+{
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(5) {
+        if probe().await == want {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
 }

@@ -1,10 +1,14 @@
 //! Personal API keys: `tvk_` + 256 random bits, shown once, stored as a SHA-256 hash, sent as
 //! `Authorization: Bearer <key>`. A key acts for its user only.
 
+use std::sync::atomic::AtomicI64;
+use std::sync::Arc;
+
 use rocket::http::Status;
 use rocket::request::{FromRequest, Outcome, Request};
 
 use crate::app::AppState;
+use crate::cache::CachedKey;
 use crate::db::models::api_keys::{self, ApiKey, NewApiKey};
 use crate::db::Conn;
 use crate::error::{AppError, AppResult};
@@ -35,6 +39,74 @@ pub struct ApiUser {
     pub key_id: i64,
 }
 
+impl From<&CachedKey> for ApiUser {
+    fn from(k: &CachedKey) -> Self {
+        ApiUser { id: k.user_id, username: k.username.clone(), key_id: k.key_id }
+    }
+}
+
+/// The user a key stands for: from the cache (see `crate::cache`), else from the database.
+async fn authenticate(app: &AppState, key: &str) -> Option<ApiUser> {
+    let hash = sha256_hex(key);
+    let cache = &app.caches.api_keys;
+    if let Some(k) = cache.get(&hash) {
+        if k.should_touch(now()) {
+            // Record the use off the request's path (at most once a minute per key).
+            let (db, id) = (app.db.clone(), k.key_id);
+            rocket::tokio::spawn(async move {
+                if let Err(e) = db.run(move |conn| Ok(api_keys::touch(conn, id, now())?)).await {
+                    tracing::warn!(error = %e, "could not record an API key's use");
+                }
+            });
+        }
+        return Some(ApiUser::from(&k));
+    }
+    let lookup = hash.clone();
+    let db = &app.db;
+    let found = cache
+        .get_or_load(&hash, || async move {
+            let found = db
+                .run(move |conn| {
+                    let Some((k, user)) = api_keys::find_active(conn, &lookup)? else { return Ok(None) };
+                    let mut last_used = k.last_used_at.unwrap_or(0);
+                    // Record the use at most once a minute: no write on the hot path.
+                    if last_used < now() - 60 {
+                        api_keys::touch(conn, k.id, now())?;
+                        last_used = now();
+                    }
+                    Ok(Some(CachedKey {
+                        key_id: k.id,
+                        user_id: user.id,
+                        username: user.username,
+                        last_used_at: Arc::new(AtomicI64::new(last_used)),
+                    }))
+                })
+                .await?;
+            Ok::<_, AppError>(found)
+        })
+        .await;
+    match found {
+        Ok(found) => found.as_ref().map(ApiUser::from),
+        Err(e) => {
+            tracing::error!(error = %e, "API key lookup failed");
+            None
+        }
+    }
+}
+
+/// Revoke one of the user's keys; false when it is not theirs (or already revoked). The key stops
+/// working in this process at once and in every other instance within about a second.
+pub async fn revoke(app: &AppState, user_id: i64, key_id: i64) -> AppResult<bool> {
+    let hash = app.db.run(move |conn| Ok(api_keys::revoke(conn, user_id, key_id, now())?)).await?;
+    match hash {
+        Some(hash) => {
+            app.caches.api_keys.invalidate(&hash);
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
 #[rocket::async_trait]
 impl<'r> FromRequest<'r> for &'r ApiUser {
     type Error = ();
@@ -48,29 +120,7 @@ impl<'r> FromRequest<'r> for &'r ApiUser {
                 if !scheme.eq_ignore_ascii_case("bearer") || !key.starts_with(KEY_PREFIX) {
                     return None;
                 }
-                let app = req.rocket().state::<AppState>()?;
-                let hash = sha256_hex(key);
-                let result = app
-                    .db
-                    .run(move |conn| {
-                        let found = api_keys::find_active(conn, &hash)?;
-                        if let Some((k, _)) = &found {
-                            // Record the use at most once a minute: no write on the hot path.
-                            if k.last_used_at.is_none_or(|t| t < now() - 60) {
-                                api_keys::touch(conn, k.id, now())?;
-                            }
-                        }
-                        Ok(found)
-                    })
-                    .await;
-                match result {
-                    Ok(Some((k, user))) => Some(ApiUser { id: user.id, username: user.username, key_id: k.id }),
-                    Ok(None) => None,
-                    Err(e) => {
-                        tracing::error!(error = %e, "API key lookup failed");
-                        None
-                    }
-                }
+                authenticate(req.rocket().state::<AppState>()?, key).await
             })
             .await;
         match found {

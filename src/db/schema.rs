@@ -128,6 +128,15 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    cache_invalidations (id) {
+        id -> BigInt,
+        kind -> Text,
+        key -> Text,
+        created_at -> BigInt,
+    }
+}
+
 diesel::joinable!(api_keys -> users (user_id));
 diesel::joinable!(sessions -> users (user_id));
 diesel::joinable!(connections -> users (user_id));
@@ -145,4 +154,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     demo_tokens,
     meta,
     api_keys,
+    cache_invalidations,
 );

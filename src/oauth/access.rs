@@ -19,7 +19,7 @@ use std::time::Duration;
 use rocket::http::Status;
 
 use crate::app::AppState;
-use crate::db::models::connections::{self, Connection, Refreshed, STATUS_RECONNECT};
+use crate::db::models::connections::{self, Connection, Refreshed, RowRef, STATUS_RECONNECT};
 use crate::error::AppError;
 use crate::oauth::providers::Provider;
 use crate::oauth::store::{aad, open_tokens, record_event};
@@ -71,22 +71,41 @@ pub struct FreshToken {
     pub version: i64,
 }
 
-/// One connection's lock, and the newest version this process has written to it: a request that
-/// waited for the lock sees at once whether someone refreshed meanwhile, and then reads the new row
-/// *after* releasing the lock, so that a thousand waiters do not re-read one after another.
-#[derive(Default)]
+/// One connection's lock, and the newest version this process has written to it. Requests that
+/// find a refresh in flight wait for that version to be announced and are all woken at once; they
+/// take the new row from the cache, where the refresher left it, so that a thousand waiters
+/// neither queue on the lock one after another nor re-read the database.
 pub struct ConnectionLock {
     mutex: rocket::tokio::sync::Mutex<()>,
-    written_version: std::sync::atomic::AtomicI64,
+    written_version: rocket::tokio::sync::watch::Sender<i64>,
+}
+
+impl Default for ConnectionLock {
+    fn default() -> Self {
+        ConnectionLock { mutex: Default::default(), written_version: rocket::tokio::sync::watch::Sender::new(0) }
+    }
 }
 
 impl ConnectionLock {
     fn written(&self, version: i64) {
-        self.written_version.fetch_max(version, std::sync::atomic::Ordering::SeqCst);
+        self.written_version.send_if_modified(|v| {
+            let newer = version > *v;
+            if newer {
+                *v = version;
+            }
+            newer
+        });
     }
 
     fn newer_than(&self, version: i64) -> bool {
-        self.written_version.load(std::sync::atomic::Ordering::SeqCst) > version
+        *self.written_version.borrow() > version
+    }
+
+    /// Resolves once this process has written a version newer than `version`.
+    async fn written_after(&self, version: i64) {
+        let mut rx = self.written_version.subscribe();
+        // The sender lives as long as `self`, so this cannot fail.
+        let _ = rx.wait_for(|v| *v > version).await;
     }
 }
 
@@ -118,14 +137,39 @@ fn fresh_from(app: &AppState, c: &Connection) -> Result<FreshToken, AccessError>
     })
 }
 
-async fn load(app: &AppState, user_id: i64, service: &str) -> Result<Connection, AccessError> {
-    let svc = service.to_string();
-    let row = app.db.run(move |conn| Ok(connections::find(conn, user_id, &svc)?)).await?;
-    let row = row.ok_or(AccessError::NotConnected)?;
+fn usable(row: Arc<Connection>) -> Result<Arc<Connection>, AccessError> {
     if row.status == STATUS_RECONNECT {
         return Err(AccessError::ReconnectRequired);
     }
     Ok(row)
+}
+
+/// The connection row as the database has it now (and cached for the next request).
+async fn load(app: &AppState, user_id: i64, service: &str) -> Result<Arc<Connection>, AccessError> {
+    let cache = &app.caches.connections;
+    let ticket = cache.ticket();
+    let svc = service.to_string();
+    let row = app.db.run(move |conn| Ok(connections::find(conn, user_id, &svc)?)).await?;
+    let row = Arc::new(row.ok_or(AccessError::NotConnected)?);
+    cache.fill(ticket, (user_id, service.to_string()), row.clone());
+    usable(row)
+}
+
+/// The connection row from the cache (see `crate::cache`), else from the database (one read for
+/// all concurrent misses). Good enough to decide whether a refresh is needed; the refresh itself
+/// always re-reads the database.
+async fn current(app: &AppState, user_id: i64, service: &str) -> Result<Arc<Connection>, AccessError> {
+    let key = (user_id, service.to_string());
+    let row = app
+        .caches
+        .connections
+        .get_or_load(&key, || async {
+            let svc = service.to_string();
+            let row = app.db.run(move |conn| Ok(connections::find(conn, user_id, &svc)?)).await?;
+            Ok::<_, AccessError>(row.map(Arc::new))
+        })
+        .await?;
+    usable(row.ok_or(AccessError::NotConnected)?)
 }
 
 /// A usable access token for (user, service), refreshed first if it expires soon.
@@ -149,17 +193,24 @@ async fn refresh_if<F>(app: &AppState, user_id: i64, provider: &Provider, needs:
 where
     F: Fn(&Connection) -> bool,
 {
-    let row = load(app, user_id, &provider.name).await?;
+    let row = current(app, user_id, &provider.name).await?;
     if !needs(&row) {
         return fresh_from(app, &row);
     }
     let seen_version = row.version;
     let lock = app.refresh_locks.get(row.id);
-    let guard = lock.mutex.lock().await;
+    let guard = rocket::tokio::select! {
+        guard = lock.mutex.lock() => guard,
+        () = lock.written_after(seen_version) => {
+            let row = current(app, user_id, &provider.name).await?;
+            return fresh_from(app, &row);
+        }
+    };
     if lock.newer_than(seen_version) {
-        // Refreshed by this process while we waited: read the new row without holding the lock.
+        // Refreshed by this process while we waited: the refresher left the new row in the cache;
+        // read it without holding the lock.
         drop(guard);
-        let row = load(app, user_id, &provider.name).await?;
+        let row = current(app, user_id, &provider.name).await?;
         return fresh_from(app, &row);
     }
     let _guard = guard;
@@ -175,7 +226,7 @@ where
         let won =
             app.db.run(move |conn| Ok(connections::take_refresh_lease(conn, id, version, now(), lease_until)?)).await?;
         if won {
-            let result = refresh_now(app, provider, row).await;
+            let result = refresh_now(app, provider, &row).await;
             // Whatever happened, the row moved past `version` if we wrote it (refreshed, or
             // marked reconnect-required); waiters re-read it.
             if matches!(result, Ok(_) | Err(AccessError::ReconnectRequired)) {
@@ -192,15 +243,17 @@ where
 }
 
 /// Refresh `row` (whose lease we hold) and store the result.
-async fn refresh_now(app: &AppState, provider: &Provider, row: Connection) -> Result<FreshToken, AccessError> {
+async fn refresh_now(app: &AppState, provider: &Provider, row: &Connection) -> Result<FreshToken, AccessError> {
     let (user_id, service, id, version) = (row.user_id, row.service.clone(), row.id, row.version);
-    let (_, refresh_token) = open_tokens(&app.cipher, &row)?;
+    let cache_key = (user_id, service.clone());
+    let (_, refresh_token) = open_tokens(&app.cipher, row)?;
     let Some(refresh_token) = refresh_token else {
         let svc = service.clone();
         app.db
             .run(move |conn| {
                 conn.transaction(|conn| {
-                    connections::mark_reconnect_required(conn, id, version, now())?;
+                    let row = RowRef { id, version, user_id, service: &svc };
+                    connections::mark_reconnect_required(conn, row, now())?;
                     record_event(
                         conn,
                         user_id,
@@ -212,6 +265,7 @@ async fn refresh_now(app: &AppState, provider: &Provider, row: Connection) -> Re
                 })
             })
             .await?;
+        app.caches.connections.invalidate(&cache_key);
         return Err(AccessError::ReconnectRequired);
     };
     let cipher = app.cipher.clone();
@@ -252,6 +306,20 @@ async fn refresh_now(app: &AppState, provider: &Provider, row: Connection) -> Re
             let (token_type, expires_at, obtained_at) = (set.token_type.clone(), set.expires_at, set.obtained_at);
             let rotated = set.refresh_token.is_some();
             let svc = service.clone();
+            // The row this write makes, for the cache (the tokens stay sealed there).
+            let new_row = Connection {
+                access_token: access.clone(),
+                refresh_token: refresh.clone().or_else(|| row.refresh_token.clone()),
+                token_type: token_type.clone(),
+                scopes: scopes.clone(),
+                expires_at,
+                obtained_at,
+                version: version + 1,
+                updated_at: obtained_at,
+                refresh_lease_until: None,
+                ..row.clone()
+            };
+            let ticket = app.caches.connections.ticket();
             let stored = app
                 .db
                 .run(move |conn| {
@@ -264,7 +332,8 @@ async fn refresh_now(app: &AppState, provider: &Provider, row: Connection) -> Re
                             expires_at,
                             obtained_at,
                         };
-                        let ok = connections::store_refreshed(conn, id, version, &r)?;
+                        let at = RowRef { id, version, user_id, service: &svc };
+                        let ok = connections::store_refreshed(conn, at, &r)?;
                         if ok {
                             let detail = if rotated { "new refresh token stored" } else { "refresh token kept" };
                             record_event(conn, user_id, &svc, "refresh", "ok", detail)?;
@@ -275,9 +344,11 @@ async fn refresh_now(app: &AppState, provider: &Provider, row: Connection) -> Re
                 .await?;
             if !stored {
                 // The row changed under our lease (deleted or reconnected meanwhile): use what is there.
+                app.caches.connections.invalidate(&cache_key);
                 let row = load(app, user_id, &provider.name).await?;
                 return fresh_from(app, &row);
             }
+            app.caches.connections.replace(ticket, cache_key, Arc::new(new_row));
             Ok(FreshToken {
                 access_token: set.access_token,
                 token_type: set.token_type,
@@ -292,7 +363,8 @@ async fn refresh_now(app: &AppState, provider: &Provider, row: Connection) -> Re
                 .db
                 .run(move |conn| {
                     conn.transaction(|conn| {
-                        let marked = connections::mark_reconnect_required(conn, id, version, now())?;
+                        let at = RowRef { id, version, user_id, service: &svc };
+                        let marked = connections::mark_reconnect_required(conn, at, now())?;
                         if marked {
                             record_event(
                                 conn,
@@ -307,6 +379,7 @@ async fn refresh_now(app: &AppState, provider: &Provider, row: Connection) -> Re
                     })
                 })
                 .await?;
+            app.caches.connections.invalidate(&cache_key);
             if !marked {
                 // Someone refreshed it meanwhile: use their token.
                 let row = load(app, user_id, &provider.name).await?;

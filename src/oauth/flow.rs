@@ -258,7 +258,9 @@ pub async fn finish(
     match exchanged {
         Ok(token_set) => {
             let cipher = app.cipher.clone();
-            app.db.run(move |conn| store::save_new(conn, &cipher, user_id, &service, &token_set, "connect")).await?;
+            let svc = service.clone();
+            app.db.run(move |conn| store::save_new(conn, &cipher, user_id, &svc, &token_set, "connect")).await?;
+            app.caches.connection_changed(user_id, &service);
             Ok(Finished::Connected { return_to: flow.return_to })
         }
         Err(e) => {

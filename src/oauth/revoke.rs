@@ -113,5 +113,6 @@ pub async fn revoke_and_delete(app: &AppState, user_id: i64, provider: &Provider
         Revoked::ProviderFailed(r) => ("provider failed", format!("{r}; tokens deleted anyway")),
     };
     app.db.run(move |conn| delete_with_event(conn, user_id, &svc, "revoke", outcome_text, &detail)).await?;
+    app.caches.connection_changed(user_id, &provider.name);
     Ok(outcome)
 }

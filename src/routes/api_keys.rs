@@ -118,8 +118,7 @@ async fn revoke(
     _form: Csrf<CsrfOnly>,
 ) -> AppResult<Flash<Redirect>> {
     let uid = user.id;
-    let n = app.db.run(move |conn| Ok(api_keys::revoke(conn, uid, id, now())?)).await?;
-    if n == 0 {
+    if !api_key::revoke(app, uid, id).await? {
         return Err(AppError::NotFound);
     }
     tracing::info!(user_id = uid, key_id = id, "API key revoked");

@@ -116,6 +116,7 @@ async fn delete(
     let (uid, svc) = (user.id, service.to_string());
     let removed =
         app.db.run(move |conn| delete_with_event(conn, uid, &svc, "delete", "ok", "tokens deleted locally")).await?;
+    app.caches.connection_changed(uid, service);
     if !removed {
         return Err(AppError::NotFound);
     }

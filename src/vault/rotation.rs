@@ -6,6 +6,7 @@
 //! flows in flight) under the active key, in batches of one transaction each, and then moves the
 //! key check to the active key; the old key can then be removed from `vault_old_keys`.
 
+use crate::db::models::connections::RowRef;
 use crate::db::models::vault as vault_model;
 use crate::db::models::{connections, flows, meta};
 use crate::db::Conn;
@@ -101,7 +102,12 @@ pub fn rotate(conn: &mut Conn, cipher: &Cipher, mut progress: impl FnMut(&str, u
                 // Compare-and-swap on the version: a refresh by a running server in between wins
                 // (it sealed its new tokens with the active key already).
                 if (new_access.is_some() || new_refresh.is_some())
-                    && connections::reseal(conn, row.id, row.version, new_access.as_deref(), new_refresh.as_deref())?
+                    && connections::reseal(
+                        conn,
+                        RowRef { id: row.id, version: row.version, user_id: row.user_id, service: &row.service },
+                        new_access.as_deref(),
+                        new_refresh.as_deref(),
+                    )?
                 {
                     done.connections += 1;
                 }

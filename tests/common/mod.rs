@@ -233,11 +233,24 @@ impl TestApp {
         tokenvault::on_conn!(&mut conn, c => diesel::sql_query(sql).get_result::<N>(c)).unwrap().n
     }
 
-    /// Run a statement, ignoring what it returns.
+    /// Run a statement, ignoring what it returns. Like any change made behind the app's back, it
+    /// would reach the app's in-memory caches only after `cache_ttl`, so they are cleared too.
     pub fn exec(&self, sql: &str) {
+        self.exec_unannounced(sql);
+        self.state().caches.clear();
+    }
+
+    /// Run a statement as another program would: the app's caches learn of it only through
+    /// `cache_ttl` (or an invalidation row the statement writes itself).
+    pub fn exec_unannounced(&self, sql: &str) {
         use diesel::RunQueryDsl;
         let mut conn = self.db.conn().unwrap();
         tokenvault::on_conn!(&mut conn, c => diesel::sql_query(sql).execute(c)).unwrap();
+    }
+
+    /// The app's managed state.
+    pub fn state(&self) -> &tokenvault::app::AppState {
+        self.client.rocket().state::<tokenvault::app::AppState>().expect("app state")
     }
 
     /// One text column of the first row.

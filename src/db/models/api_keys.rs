@@ -1,5 +1,6 @@
 use diesel::prelude::*;
 
+use crate::db::models::invalidations;
 use crate::db::models::users::User;
 use crate::db::schema::{api_keys, users};
 use crate::db::Conn;
@@ -70,16 +71,25 @@ pub fn touch(conn: &mut Conn, id: i64, now: i64) -> QueryResult<usize> {
     })
 }
 
-/// Revoke one of the user's keys; the number of rows changed (0 when it is not theirs).
-pub fn revoke(conn: &mut Conn, user_id: i64, id: i64, now: i64) -> QueryResult<usize> {
-    crate::on_conn!(conn, conn => {
-        diesel::update(
-            api_keys::table
-                .filter(api_keys::id.eq(id))
-                .filter(api_keys::user_id.eq(user_id))
-                .filter(api_keys::revoked_at.is_null()),
-        )
-        .set(api_keys::revoked_at.eq(now))
-        .execute(conn)
+/// Revoke one of the user's keys (with its cache invalidation, in one transaction); the revoked
+/// key's hash, or `None` when it is not theirs or already revoked.
+pub fn revoke(conn: &mut Conn, user_id: i64, id: i64, now: i64) -> QueryResult<Option<String>> {
+    conn.transaction(|conn| {
+        let hash: Option<String> = crate::on_conn!(conn, conn => {
+            diesel::update(
+                api_keys::table
+                    .filter(api_keys::id.eq(id))
+                    .filter(api_keys::user_id.eq(user_id))
+                    .filter(api_keys::revoked_at.is_null()),
+            )
+            .set(api_keys::revoked_at.eq(now))
+            .returning(api_keys::key_hash)
+            .get_result(conn)
+            .optional()
+        })?;
+        if let Some(hash) = &hash {
+            invalidations::api_key(conn, hash)?;
+        }
+        Ok(hash)
     })
 }

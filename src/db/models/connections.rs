@@ -1,6 +1,7 @@
 use diesel::prelude::*;
 use diesel::upsert::excluded;
 
+use crate::db::models::invalidations;
 use crate::db::schema::connections;
 use crate::db::Conn;
 
@@ -43,7 +44,9 @@ pub struct NewConnection<'a> {
 }
 
 /// Insert the connection, or replace the tokens of the existing one (bumping its version).
+/// Every write to a connection also records a cache invalidation (call inside a transaction).
 pub fn upsert(conn: &mut Conn, new: &NewConnection<'_>) -> QueryResult<usize> {
+    invalidations::connection(conn, new.user_id, new.service)?;
     crate::on_conn!(conn, conn => {
         diesel::insert_into(connections::table)
             .values(new)
@@ -88,6 +91,7 @@ pub fn list_for_user(conn: &mut Conn, user_id: i64) -> QueryResult<Vec<Connectio
 
 /// Delete a user's connection; the number of rows removed (0 when it was not theirs).
 pub fn delete(conn: &mut Conn, user_id: i64, service: &str) -> QueryResult<usize> {
+    invalidations::connection(conn, user_id, service)?;
     crate::on_conn!(conn, conn => {
         diesel::delete(connections::table.filter(connections::user_id.eq(user_id)).filter(connections::service.eq(service)))
             .execute(conn)
@@ -119,6 +123,41 @@ pub fn release_refresh_lease(conn: &mut Conn, id: i64, version: i64) -> QueryRes
     })
 }
 
+/// A connection row at a version: what compare-and-swap writes name.
+#[derive(Debug, Clone, Copy)]
+pub struct RowRef<'a> {
+    pub id: i64,
+    pub version: i64,
+    pub user_id: i64,
+    pub service: &'a str,
+}
+
+impl Connection {
+    pub fn at_version(&self) -> RowRef<'_> {
+        RowRef { id: self.id, version: self.version, user_id: self.user_id, service: &self.service }
+    }
+
+    /// A row for unit tests.
+    #[cfg(test)]
+    pub fn for_tests(user_id: i64, service: &str) -> Connection {
+        Connection {
+            id: 1,
+            user_id,
+            service: service.to_string(),
+            access_token: Vec::new(),
+            refresh_token: None,
+            token_type: "bearer".into(),
+            scopes: String::new(),
+            expires_at: None,
+            obtained_at: 0,
+            status: STATUS_ACTIVE.into(),
+            version: 1,
+            updated_at: 0,
+            refresh_lease_until: None,
+        }
+    }
+}
+
 /// New tokens after a refresh, written only if the row is still at `version` (compare-and-swap).
 pub struct Refreshed<'a> {
     pub access_token: &'a [u8],
@@ -130,7 +169,9 @@ pub struct Refreshed<'a> {
     pub obtained_at: i64,
 }
 
-pub fn store_refreshed(conn: &mut Conn, id: i64, version: i64, r: &Refreshed<'_>) -> QueryResult<bool> {
+pub fn store_refreshed(conn: &mut Conn, row: RowRef<'_>, r: &Refreshed<'_>) -> QueryResult<bool> {
+    let RowRef { id, version, user_id, service } = row;
+    invalidations::connection(conn, user_id, service)?;
     crate::on_conn!(conn, conn => {
         let target = connections::table.filter(connections::id.eq(id)).filter(connections::version.eq(version));
         let common = (
@@ -152,7 +193,9 @@ pub fn store_refreshed(conn: &mut Conn, id: i64, version: i64, r: &Refreshed<'_>
 }
 
 /// Mark a connection as needing the user to authorize again (only if still at `version`).
-pub fn mark_reconnect_required(conn: &mut Conn, id: i64, version: i64, now: i64) -> QueryResult<bool> {
+pub fn mark_reconnect_required(conn: &mut Conn, row: RowRef<'_>, now: i64) -> QueryResult<bool> {
+    let RowRef { id, version, user_id, service } = row;
+    invalidations::connection(conn, user_id, service)?;
     crate::on_conn!(conn, conn => {
         let n = diesel::update(connections::table.filter(connections::id.eq(id)).filter(connections::version.eq(version)))
             .set((
@@ -198,13 +241,9 @@ pub fn sealed_batch(conn: &mut Conn, after: i64, limit: i64) -> QueryResult<Vec<
 }
 
 /// Replace sealed tokens (same plaintext, another key) if the row is still at `version`.
-pub fn reseal(
-    conn: &mut Conn,
-    id: i64,
-    version: i64,
-    access: Option<&[u8]>,
-    refresh: Option<&[u8]>,
-) -> QueryResult<bool> {
+pub fn reseal(conn: &mut Conn, row: RowRef<'_>, access: Option<&[u8]>, refresh: Option<&[u8]>) -> QueryResult<bool> {
+    let RowRef { id, version, user_id, service } = row;
+    invalidations::connection(conn, user_id, service)?;
     crate::on_conn!(conn, conn => {
         let target = connections::table.filter(connections::id.eq(id)).filter(connections::version.eq(version));
         let mut changed = 0;

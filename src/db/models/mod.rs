@@ -5,6 +5,7 @@ pub mod connections;
 pub mod demo;
 pub mod events;
 pub mod flows;
+pub mod invalidations;
 pub mod meta;
 pub mod sessions;
 pub mod users;

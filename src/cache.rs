@@ -1,0 +1,392 @@
+//! Short-lived in-memory copies of what the API's hot path reads on every request: API keys and
+//! connection rows. The database stays the source of truth:
+//!
+//! - an entry lives at most `cache_ttl` seconds (`0` turns caching off);
+//! - every write that changes a cached row invalidates it in this process right after it commits,
+//!   and records an invalidation in the `cache_invalidations` table in the same transaction; every
+//!   instance polls that table about once a second and drops what it names
+//!   ([`crate::db::models::invalidations`]), so a revoked key or a deleted connection stops working
+//!   everywhere within about a second, and within `cache_ttl` even for a change made behind
+//!   tokenvault's back;
+//! - a reader that misses fills the entry only if nothing was invalidated since it started reading
+//!   the database (a generation counter checked under the same lock as invalidations), so a slow
+//!   reader never puts back a row that a writer has just replaced or deleted.
+//!
+//! Connection rows are cached as stored: tokens stay sealed in memory and are opened per use.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::db::models::connections::Connection;
+use crate::db::models::invalidations::{self, Invalidation, KIND_API_KEY, KIND_CONNECTION};
+use crate::db::Db;
+use crate::util::now;
+
+/// A map whose entries expire after `ttl`, with invalidation-safe fills.
+pub struct TtlCache<K, V> {
+    ttl: Duration,
+    capacity: usize,
+    inner: Mutex<Inner<K, V>>,
+    /// The load in flight per missing key ([`TtlCache::get_or_load`]).
+    loading: Mutex<HashMap<K, Arc<rocket::tokio::sync::OnceCell<Option<V>>>>>,
+}
+
+struct Inner<K, V> {
+    map: HashMap<K, (V, Instant)>,
+    generation: u64,
+}
+
+/// A ticket taken before reading the database: [`TtlCache::fill`] with it stores the value only
+/// if no invalidation happened since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket(u64);
+
+impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
+    pub fn new(ttl: Duration, capacity: usize) -> Self {
+        TtlCache {
+            ttl,
+            capacity,
+            inner: Mutex::new(Inner { map: HashMap::new(), generation: 0 }),
+            loading: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The cached value, or what `load` reads (cached unless invalidated meanwhile). Concurrent
+    /// misses of one key wait for a single load instead of all reading the database (after an
+    /// entry expires, a thousand requests for it make one query). `Ok(None)` is not cached.
+    pub async fn get_or_load<F, Fut, E>(&self, key: &K, load: F) -> Result<Option<V>, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<V>, E>>,
+    {
+        if let Some(v) = self.get(key) {
+            return Ok(Some(v));
+        }
+        if !self.enabled() {
+            return load().await;
+        }
+        // Everyone who misses while a load is in flight waits for that load and is woken with its
+        // result at once (not one after another, as a queue on a lock would).
+        let cell = {
+            let mut loading = self.loading.lock().unwrap_or_else(|e| e.into_inner());
+            loading.entry(key.clone()).or_default().clone()
+        };
+        let result = cell
+            .get_or_try_init(|| async {
+                let ticket = self.ticket();
+                let value = load().await?;
+                if let Some(v) = &value {
+                    self.fill(ticket, key.clone(), v.clone());
+                }
+                Ok(value)
+            })
+            .await
+            .cloned();
+        // The next miss loads anew.
+        let mut loading = self.loading.lock().unwrap_or_else(|e| e.into_inner());
+        if loading.get(key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            loading.remove(key);
+        }
+        result
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner<K, V>> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn enabled(&self) -> bool {
+        !self.ttl.is_zero()
+    }
+
+    pub fn get(&self, key: &K) -> Option<V> {
+        if !self.enabled() {
+            return None;
+        }
+        let inner = self.lock();
+        let (value, at) = inner.map.get(key)?;
+        (at.elapsed() < self.ttl).then(|| value.clone())
+    }
+
+    /// Take before reading the database.
+    pub fn ticket(&self) -> Ticket {
+        Ticket(self.lock().generation)
+    }
+
+    /// Store what was read with `ticket`, unless something was invalidated meanwhile.
+    pub fn fill(&self, ticket: Ticket, key: K, value: V) -> bool {
+        if !self.enabled() {
+            return false;
+        }
+        let mut inner = self.lock();
+        if inner.generation != ticket.0 {
+            return false;
+        }
+        if inner.map.len() >= self.capacity {
+            let ttl = self.ttl;
+            inner.map.retain(|_, (_, at)| at.elapsed() < ttl);
+            if inner.map.len() >= self.capacity {
+                inner.map.clear();
+            }
+        }
+        inner.map.insert(key, (value, Instant::now()));
+        true
+    }
+
+    /// A writer that has just committed `value` stores it (if nothing else was invalidated since
+    /// its `ticket`, taken before the write) and invalidates everything read before it.
+    pub fn replace(&self, ticket: Ticket, key: K, value: V) {
+        let mut inner = self.lock();
+        if inner.generation == ticket.0 && self.enabled() {
+            inner.map.insert(key, (value, Instant::now()));
+        } else {
+            inner.map.remove(&key);
+        }
+        inner.generation += 1;
+    }
+
+    pub fn invalidate(&self, key: &K) {
+        let mut inner = self.lock();
+        inner.map.remove(key);
+        inner.generation += 1;
+    }
+
+    pub fn invalidate_if(&self, mut pred: impl FnMut(&K, &V) -> bool) {
+        let mut inner = self.lock();
+        inner.map.retain(|k, (v, _)| !pred(k, v));
+        inner.generation += 1;
+    }
+
+    pub fn clear(&self) {
+        let mut inner = self.lock();
+        inner.map.clear();
+        inner.generation += 1;
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What an API key stands for, as cached.
+#[derive(Debug, Clone)]
+pub struct CachedKey {
+    pub key_id: i64,
+    pub user_id: i64,
+    pub username: String,
+    /// When this process last recorded a use of the key (shared by the copies of the entry).
+    pub last_used_at: Arc<AtomicI64>,
+}
+
+impl CachedKey {
+    /// True at most once a minute per key: time to record a use.
+    pub fn should_touch(&self, now: i64) -> bool {
+        let last = self.last_used_at.load(Ordering::Relaxed);
+        last < now - 60 && self.last_used_at.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    }
+}
+
+/// The caches of one process.
+pub struct Caches {
+    /// API key hash → key.
+    pub api_keys: TtlCache<String, CachedKey>,
+    /// (user id, service) → the connection row, tokens sealed.
+    pub connections: TtlCache<(i64, String), Arc<Connection>>,
+}
+
+impl Caches {
+    pub fn new(ttl_seconds: u64) -> Caches {
+        let ttl = Duration::from_secs(ttl_seconds);
+        Caches { api_keys: TtlCache::new(ttl, 100_000), connections: TtlCache::new(ttl, 100_000) }
+    }
+
+    /// Drop what an invalidation names.
+    pub fn apply(&self, inv: &Invalidation) {
+        match inv.kind.as_str() {
+            KIND_API_KEY => self.api_keys.invalidate(&inv.key),
+            KIND_CONNECTION => match inv.key.split_once(':').and_then(|(u, s)| Some((u.parse::<i64>().ok()?, s))) {
+                Some((user_id, service)) => self.connections.invalidate(&(user_id, service.to_string())),
+                None => self.connections.clear(),
+            },
+            _ => self.clear(),
+        }
+    }
+
+    /// The connection of (user, service) was written by this process (call after the commit).
+    pub fn connection_changed(&self, user_id: i64, service: &str) {
+        self.connections.invalidate(&(user_id, service.to_string()));
+    }
+
+    /// Forget everything (after a change made outside tokenvault's own writes).
+    pub fn clear(&self) {
+        self.api_keys.clear();
+        self.connections.clear();
+    }
+}
+
+/// How often every instance reads `cache_invalidations`.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// How far back each poll looks (transactions commit out of id order; re-applying is harmless).
+const POLL_OVERLAP_SECONDS: i64 = 5;
+/// Invalidation rows older than this are deleted.
+const KEEP_SECONDS: i64 = 3600;
+
+/// Poll `cache_invalidations` until the process ends (does nothing when caching is off).
+pub async fn poll_invalidations(db: Db, caches: Arc<Caches>) {
+    if !caches.api_keys.enabled() && !caches.connections.enabled() {
+        return;
+    }
+    let mut since = now() - POLL_OVERLAP_SECONDS;
+    let mut polls: u64 = 0;
+    loop {
+        rocket::tokio::time::sleep(POLL_INTERVAL).await;
+        polls += 1;
+        let started = now();
+        let prune = polls % 60 == 0;
+        let read = db
+            .run(move |conn| {
+                if prune {
+                    invalidations::delete_before(conn, started - KEEP_SECONDS)?;
+                }
+                Ok(invalidations::since(conn, since)?)
+            })
+            .await;
+        match read {
+            Ok(rows) => {
+                for inv in &rows {
+                    caches.apply(inv);
+                }
+                since = started - POLL_OVERLAP_SECONDS;
+            }
+            Err(e) => {
+                // Without the feed this process cannot trust its copies.
+                tracing::warn!(error = %e, "could not read cache invalidations; cache cleared");
+                caches.clear();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_expire_after_the_ttl() {
+        let c: TtlCache<u32, u32> = TtlCache::new(Duration::from_millis(50), 10);
+        assert!(c.fill(c.ticket(), 1, 10));
+        assert_eq!(c.get(&1), Some(10));
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(c.get(&1), None);
+    }
+
+    #[test]
+    fn a_zero_ttl_turns_caching_off() {
+        let c: TtlCache<u32, u32> = TtlCache::new(Duration::ZERO, 10);
+        assert!(!c.fill(c.ticket(), 1, 10));
+        c.replace(c.ticket(), 1, 10);
+        assert_eq!(c.get(&1), None);
+    }
+
+    #[test]
+    fn a_fill_after_an_invalidation_is_refused() {
+        let c: TtlCache<u32, &str> = TtlCache::new(Duration::from_secs(60), 10);
+        let reader = c.ticket(); // a reader starts reading the old row…
+        c.invalidate(&1); // …a writer commits and invalidates…
+        assert!(!c.fill(reader, 1, "old")); // …the reader's stale row is not cached.
+        assert_eq!(c.get(&1), None);
+        assert!(c.fill(c.ticket(), 1, "new"));
+        assert_eq!(c.get(&1), Some("new"));
+    }
+
+    #[test]
+    fn replace_stores_the_writers_row_and_blocks_older_fills() {
+        let c: TtlCache<u32, &str> = TtlCache::new(Duration::from_secs(60), 10);
+        let reader = c.ticket();
+        let writer = c.ticket();
+        c.replace(writer, 1, "v2");
+        assert_eq!(c.get(&1), Some("v2"));
+        assert!(!c.fill(reader, 1, "v1"), "a reader that started before the write must not win");
+        assert_eq!(c.get(&1), Some("v2"));
+    }
+
+    #[test]
+    fn replace_after_someone_elses_invalidation_only_removes() {
+        let c: TtlCache<u32, &str> = TtlCache::new(Duration::from_secs(60), 10);
+        let writer = c.ticket();
+        c.invalidate(&1); // e.g. a delete that committed after our write
+        c.replace(writer, 1, "v2");
+        assert_eq!(c.get(&1), None);
+    }
+
+    #[rocket::async_test]
+    async fn concurrent_misses_share_one_load() {
+        let c: Arc<TtlCache<u32, u32>> = Arc::new(TtlCache::new(Duration::from_secs(60), 10));
+        let loads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let (c, loads) = (c.clone(), loads.clone());
+                rocket::tokio::spawn(async move {
+                    c.get_or_load(&1, || async {
+                        loads.fetch_add(1, Ordering::SeqCst);
+                        rocket::tokio::time::sleep(Duration::from_millis(20)).await;
+                        Ok::<_, ()>(Some(42))
+                    })
+                    .await
+                })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), Ok(Some(42)));
+        }
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+        // Not found is not cached; errors are not cached.
+        assert_eq!(c.get_or_load(&2, || async { Ok::<_, ()>(None) }).await, Ok(None));
+        assert_eq!(c.get_or_load(&2, || async { Err::<Option<u32>, _>(()) }).await, Err(()));
+        assert_eq!(c.get_or_load(&2, || async { Ok::<_, ()>(Some(7)) }).await, Ok(Some(7)));
+        assert_eq!(c.get(&2), Some(7));
+    }
+
+    #[test]
+    fn the_capacity_is_a_bound() {
+        let c: TtlCache<u32, u32> = TtlCache::new(Duration::from_secs(60), 3);
+        for i in 0..10 {
+            c.fill(c.ticket(), i, i);
+            assert!(c.len() <= 3);
+        }
+        assert_eq!(c.get(&9), Some(9));
+    }
+
+    #[test]
+    fn invalidations_name_keys_and_connections() {
+        let caches = Caches::new(60);
+        let key = CachedKey { key_id: 1, user_id: 7, username: "a".into(), last_used_at: Default::default() };
+        caches.api_keys.fill(caches.api_keys.ticket(), "hash".into(), key);
+        let row = Arc::new(Connection::for_tests(7, "dropbox"));
+        caches.connections.fill(caches.connections.ticket(), (7, "dropbox".into()), row.clone());
+        caches.connections.fill(caches.connections.ticket(), (7, "google".into()), row);
+        let inv = |kind: &str, key: &str| Invalidation { id: 0, kind: kind.into(), key: key.into(), created_at: 0 };
+        caches.apply(&inv(KIND_CONNECTION, "7:dropbox"));
+        assert!(caches.connections.get(&(7, "dropbox".into())).is_none());
+        assert!(caches.connections.get(&(7, "google".into())).is_some());
+        caches.apply(&inv(KIND_API_KEY, "hash"));
+        assert!(caches.api_keys.get(&"hash".to_string()).is_none());
+        caches.apply(&inv("something new", "x"));
+        assert!(caches.connections.is_empty());
+    }
+
+    #[test]
+    fn a_use_is_recorded_at_most_once_a_minute() {
+        let key = CachedKey { key_id: 1, user_id: 7, username: "a".into(), last_used_at: Default::default() };
+        let copy = key.clone();
+        assert!(key.should_touch(1_000));
+        assert!(!copy.should_touch(1_030), "copies share the mark");
+        assert!(copy.should_touch(1_061));
+    }
+}
