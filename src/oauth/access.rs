@@ -25,7 +25,7 @@ use crate::oauth::providers::Provider;
 use crate::oauth::store::{aad, open_tokens, record_event};
 use crate::oauth::tokens::{self, TokenError};
 use crate::util::{now, Secret};
-use crate::vault::store::client_credentials;
+use crate::vault::store::{client_credentials, ClientCredentials};
 
 /// Why no usable token could be had.
 #[derive(Debug, thiserror::Error)]
@@ -127,7 +127,9 @@ impl RefreshLocks {
 }
 
 fn fresh_from(app: &AppState, c: &Connection) -> Result<FreshToken, AccessError> {
-    let (access, _) = open_tokens(&app.cipher, c)?;
+    // Only the access token is opened on this path.
+    let access =
+        app.cipher.open(&c.access_token, &aad(c.user_id, &c.service, "access_token")).map_err(AppError::from)?;
     Ok(FreshToken {
         access_token: access,
         token_type: c.token_type.clone(),
@@ -215,18 +217,31 @@ where
     }
     let _guard = guard;
     let wait_limit = now() + app.settings.http_timeout as i64 + 5;
+    // The compare-and-swap that takes the lease is the authoritative check: it succeeds only if
+    // nobody changed the row since `row` was read (from the cache, perhaps), so the first attempt
+    // needs no re-read. The client credentials come in the same round trip.
+    let mut row = row;
     loop {
-        let row = load(app, user_id, &provider.name).await?;
-        // Someone else refreshed (or reconnected) while we waited: use their token.
-        if row.version != seen_version || !needs(&row) {
-            return fresh_from(app, &row);
-        }
         let lease_until = now() + app.settings.http_timeout as i64 + 2;
         let (id, version) = (row.id, row.version);
-        let won =
-            app.db.run(move |conn| Ok(connections::take_refresh_lease(conn, id, version, now(), lease_until)?)).await?;
-        if won {
-            let result = refresh_now(app, provider, &row).await;
+        let (cipher, name) = (app.cipher.clone(), provider.name.clone());
+        let lease = app
+            .db
+            .run(move |conn| {
+                if !connections::take_refresh_lease(conn, id, version, now(), lease_until)? {
+                    return Ok(None);
+                }
+                match client_credentials(conn, &cipher, &name) {
+                    Ok(creds) => Ok(Some(creds)),
+                    Err(e) => {
+                        connections::release_refresh_lease(conn, id, version)?;
+                        Err(e)
+                    }
+                }
+            })
+            .await?;
+        if let Some(creds) = lease {
+            let result = refresh_now(app, provider, &row, creds).await;
             // Whatever happened, the row moved past `version` if we wrote it (refreshed, or
             // marked reconnect-required); waiters re-read it.
             if matches!(result, Ok(_) | Err(AccessError::ReconnectRequired)) {
@@ -234,7 +249,12 @@ where
             }
             return result;
         }
-        // Another instance is refreshing this connection: wait for its result.
+        // Lost: the row changed (someone refreshed or reconnected: use their token), or another
+        // instance holds the lease (wait for its result).
+        row = load(app, user_id, &provider.name).await?;
+        if row.version != seen_version || !needs(&row) {
+            return fresh_from(app, &row);
+        }
         if now() > wait_limit {
             return Err(AccessError::Provider(TokenError::Timeout));
         }
@@ -242,8 +262,14 @@ where
     }
 }
 
-/// Refresh `row` (whose lease we hold) and store the result.
-async fn refresh_now(app: &AppState, provider: &Provider, row: &Connection) -> Result<FreshToken, AccessError> {
+/// Refresh `row` (whose lease we hold) with the client's credentials (`None`: not configured) and
+/// store the result.
+async fn refresh_now(
+    app: &AppState,
+    provider: &Provider,
+    row: &Connection,
+    creds: Option<ClientCredentials>,
+) -> Result<FreshToken, AccessError> {
     let (user_id, service, id, version) = (row.user_id, row.service.clone(), row.id, row.version);
     let cache_key = (user_id, service.clone());
     let (_, refresh_token) = open_tokens(&app.cipher, row)?;
@@ -268,9 +294,6 @@ async fn refresh_now(app: &AppState, provider: &Provider, row: &Connection) -> R
         app.caches.connections.invalidate(&cache_key);
         return Err(AccessError::ReconnectRequired);
     };
-    let cipher = app.cipher.clone();
-    let name = provider.name.clone();
-    let creds = app.db.run(move |conn| client_credentials(conn, &cipher, &name)).await?;
     let Some(creds) = creds else {
         release(app, id, version).await;
         return Err(AccessError::ClientRejected(TokenError::Rejected("invalid_client".into())));
