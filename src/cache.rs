@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,16 @@ pub struct TtlCache<K, V> {
     inner: Mutex<Inner<K, V>>,
     /// The load in flight per missing key ([`TtlCache::get_or_load`]).
     loading: Mutex<HashMap<K, Arc<rocket::tokio::sync::OnceCell<Option<V>>>>>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+/// A cache's counters, for `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub entries: u64,
 }
 
 struct Inner<K, V> {
@@ -51,6 +61,16 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
             capacity,
             inner: Mutex::new(Inner { map: HashMap::new(), generation: 0 }),
             loading: Mutex::new(HashMap::new()),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            entries: self.len() as u64,
         }
     }
 
@@ -62,9 +82,18 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<Option<V>, E>>,
     {
-        if let Some(v) = self.get(key) {
-            return Ok(Some(v));
+        match self.get(key) {
+            Some(v) => Ok(Some(v)),
+            None => self.load_missing(key, load).await,
         }
+    }
+
+    /// [`TtlCache::get_or_load`] for a caller that has just missed with [`TtlCache::get`].
+    pub async fn load_missing<F, Fut, E>(&self, key: &K, load: F) -> Result<Option<V>, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<V>, E>>,
+    {
         if !self.enabled() {
             return load().await;
         }
@@ -105,9 +134,13 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
         if !self.enabled() {
             return None;
         }
-        let inner = self.lock();
-        let (value, at) = inner.map.get(key)?;
-        (at.elapsed() < self.ttl).then(|| value.clone())
+        let found = {
+            let inner = self.lock();
+            inner.map.get(key).filter(|(_, at)| at.elapsed() < self.ttl).map(|(value, _)| value.clone())
+        };
+        let counter = if found.is_some() { &self.hits } else { &self.misses };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
     }
 
     /// Take before reading the database.
@@ -221,6 +254,11 @@ impl Caches {
     /// The connection of (user, service) was written by this process (call after the commit).
     pub fn connection_changed(&self, user_id: i64, service: &str) {
         self.connections.invalidate(&(user_id, service.to_string()));
+    }
+
+    /// Counters per cache, by name.
+    pub fn stats(&self) -> [(&'static str, CacheStats); 2] {
+        [("api_keys", self.api_keys.stats()), ("connections", self.connections.stats())]
     }
 
     /// Forget everything (after a change made outside tokenvault's own writes).
@@ -351,6 +389,16 @@ mod tests {
         assert_eq!(c.get_or_load(&2, || async { Err::<Option<u32>, _>(()) }).await, Err(()));
         assert_eq!(c.get_or_load(&2, || async { Ok::<_, ()>(Some(7)) }).await, Ok(Some(7)));
         assert_eq!(c.get(&2), Some(7));
+    }
+
+    #[test]
+    fn hits_and_misses_are_counted() {
+        let c: TtlCache<u32, u32> = TtlCache::new(Duration::from_secs(60), 10);
+        assert_eq!(c.get(&1), None);
+        c.fill(c.ticket(), 1, 1);
+        assert_eq!(c.get(&1), Some(1));
+        assert_eq!(c.get(&1), Some(1));
+        assert_eq!(c.stats(), CacheStats { hits: 2, misses: 1, entries: 1 });
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Prometheus metrics: requests by route and status, refreshes by outcome, token-endpoint
-//! latency; connections by status are counted from the database at scrape time.
+//! latency; connections by status are counted from the database, and the in-memory caches' hits,
+//! misses and entries read, at scrape time.
 
 use std::time::Instant;
 
@@ -14,6 +15,8 @@ pub struct Metrics {
     refreshes: IntCounterVec,
     token_endpoint_seconds: HistogramVec,
     connections: IntGaugeVec,
+    cache_lookups: IntCounterVec,
+    cache_entries: IntGaugeVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -55,16 +58,34 @@ impl Metrics {
         .expect("valid metric");
         let connections = IntGaugeVec::new(Opts::new("connections", "Stored connections by status"), &["status"])
             .expect("valid metric");
+        let cache_lookups = IntCounterVec::new(
+            Opts::new("cache_lookups_total", "In-memory cache lookups by cache and result (hit, miss)"),
+            &["cache", "result"],
+        )
+        .expect("valid metric");
+        let cache_entries =
+            IntGaugeVec::new(Opts::new("cache_entries", "In-memory cache entries"), &["cache"]).expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_seconds.clone()),
             Box::new(refreshes.clone()),
             Box::new(token_endpoint_seconds.clone()),
             Box::new(connections.clone()),
+            Box::new(cache_lookups.clone()),
+            Box::new(cache_entries.clone()),
         ] {
             registry.register(c).expect("metric registers once");
         }
-        Metrics { registry, requests, request_seconds, refreshes, token_endpoint_seconds, connections }
+        Metrics {
+            registry,
+            requests,
+            request_seconds,
+            refreshes,
+            token_endpoint_seconds,
+            connections,
+            cache_lookups,
+            cache_entries,
+        }
     }
 
     pub fn refresh(&self, provider: &str, outcome: &str) {
@@ -75,11 +96,19 @@ impl Metrics {
         self.token_endpoint_seconds.with_label_values(&[provider, grant]).observe(started.elapsed().as_secs_f64());
     }
 
-    /// The text exposition, with the connection gauge set from `by_status`.
-    pub fn render(&self, by_status: &[(String, i64)]) -> String {
+    /// The text exposition, with the connection gauge set from `by_status` and the cache figures
+    /// from `caches` (read at scrape time).
+    pub fn render(&self, by_status: &[(String, i64)], caches: &[(&str, crate::cache::CacheStats)]) -> String {
         self.connections.reset();
         for (status, n) in by_status {
             self.connections.with_label_values(&[status]).set(*n);
+        }
+        for (name, stats) in caches {
+            for (result, total) in [("hit", stats.hits), ("miss", stats.misses)] {
+                let counter = self.cache_lookups.with_label_values(&[name, result]);
+                counter.inc_by(total.saturating_sub(counter.get()));
+            }
+            self.cache_entries.with_label_values(&[name]).set(stats.entries as i64);
         }
         let mut out = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding works");

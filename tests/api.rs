@@ -336,6 +336,16 @@ async fn openapi_readyz_and_metrics() {
         "tokenvault_token_endpoint_duration_seconds_count{grant=\"authorization_code\",provider=\"fake\"} 1"
     ));
     assert!(!text.contains("CANARY"));
+    // The caches' figures: the token API misses once, then hits.
+    let key = api_key(&alice, "a").await;
+    for _ in 0..3 {
+        assert_eq!(api(&app, "GET", "/api/v1/services/fake/token", Some(&key)).await.0, Status::Ok);
+    }
+    let text = app.client.get("/metrics").dispatch().await.into_string().await.unwrap();
+    assert!(text.contains("tokenvault_cache_lookups_total{cache=\"connections\",result=\"hit\"} 2"), "{text}");
+    assert!(text.contains("tokenvault_cache_lookups_total{cache=\"connections\",result=\"miss\"} 1"), "{text}");
+    assert!(text.contains("tokenvault_cache_lookups_total{cache=\"api_keys\",result=\"hit\"} 2"), "{text}");
+    assert!(text.contains("tokenvault_cache_entries{cache=\"connections\"} 1"), "{text}");
     let off = builder().set("metrics", false).start().await;
     assert_eq!(off.client.get("/metrics").dispatch().await.status(), Status::NotFound);
 }

@@ -64,7 +64,7 @@ async fn authenticate(app: &AppState, key: &str) -> Option<ApiUser> {
     let lookup = hash.clone();
     let db = &app.db;
     let found = cache
-        .get_or_load(&hash, || async move {
+        .load_missing(&hash, || async move {
             let found = db
                 .run(move |conn| {
                     let Some((k, user)) = api_keys::find_active(conn, &lookup)? else { return Ok(None) };
