@@ -171,6 +171,20 @@ async fn invalid_grant_asks_the_user_to_reconnect_and_stops_calling() {
 }
 
 #[tokio::test]
+async fn an_expired_token_without_a_refresh_token_asks_to_reconnect_without_calling() {
+    let app = TestApp::start().await;
+    let alice = app.user("alice").await;
+    alice.connect("fake").await;
+    app.exec("UPDATE connections SET refresh_token = NULL, expires_at = 0");
+    let calls = (app.fake.token_calls().await, account_calls(&app).await);
+    let page = alice.fetch("/services/fake/account").await;
+    assert!(page.text.contains(r#"id="reconnect""#), "{}", page.text);
+    assert_eq!(status_of(&app), "reconnect_required");
+    assert_eq!((app.fake.token_calls().await, account_calls(&app).await), calls, "nothing to send the provider");
+    assert!(alice.fetch("/settings/oauth2").await.text.contains("no refresh token to renew access"));
+}
+
+#[tokio::test]
 async fn a_503_during_refresh_keeps_the_tokens_and_is_retryable() {
     let app = TestApp::start().await;
     app.fake.with_state(|s| s.expires_in = Some(json!(5)));

@@ -274,25 +274,7 @@ async fn refresh_now(
     let cache_key = (user_id, service.clone());
     let (_, refresh_token) = open_tokens(&app.cipher, row)?;
     let Some(refresh_token) = refresh_token else {
-        let svc = service.clone();
-        app.db
-            .run(move |conn| {
-                conn.transaction(|conn| {
-                    let row = RowRef { id, version, user_id, service: &svc };
-                    connections::mark_reconnect_required(conn, row, now())?;
-                    record_event(
-                        conn,
-                        user_id,
-                        &svc,
-                        "refresh",
-                        "reconnect required",
-                        "no refresh token to renew access",
-                    )
-                })
-            })
-            .await?;
-        app.caches.connections.invalidate(&cache_key);
-        return Err(AccessError::ReconnectRequired);
+        return reconnect_required(app, provider, row, "no refresh token to renew access").await;
     };
     let Some(creds) = creds else {
         release(app, id, version).await;
@@ -381,35 +363,9 @@ async fn refresh_now(
             })
         }
         Err(e) if e.is_invalid_grant() => {
-            let svc = service.clone();
-            let marked = app
-                .db
-                .run(move |conn| {
-                    conn.transaction(|conn| {
-                        let at = RowRef { id, version, user_id, service: &svc };
-                        let marked = connections::mark_reconnect_required(conn, at, now())?;
-                        if marked {
-                            record_event(
-                                conn,
-                                user_id,
-                                &svc,
-                                "refresh",
-                                "reconnect required",
-                                "the provider no longer accepts the refresh token (invalid_grant)",
-                            )?;
-                        }
-                        Ok(marked)
-                    })
-                })
-                .await?;
-            app.caches.connections.invalidate(&cache_key);
-            if !marked {
-                // Someone refreshed it meanwhile: use their token.
-                let row = load(app, user_id, &provider.name).await?;
-                return fresh_from(app, &row);
-            }
             tracing::warn!(service = %service, user_id, "refresh token rejected: reconnect required");
-            Err(AccessError::ReconnectRequired)
+            reconnect_required(app, provider, row, "the provider no longer accepts the refresh token (invalid_grant)")
+                .await
         }
         Err(e) => {
             release(app, id, version).await;
@@ -430,6 +386,36 @@ async fn refresh_now(
             }
         }
     }
+}
+
+/// Mark `row` (whose lease we hold) "reconnect required", with its event, if it is still at its
+/// version; if someone changed it meanwhile (refreshed or reconnected), use their token instead.
+async fn reconnect_required(
+    app: &AppState,
+    provider: &Provider,
+    row: &Connection,
+    detail: &'static str,
+) -> Result<FreshToken, AccessError> {
+    let (id, version, user_id, service) = (row.id, row.version, row.user_id, row.service.clone());
+    let marked = app
+        .db
+        .run(move |conn| {
+            conn.transaction(|conn| {
+                let at = RowRef { id, version, user_id, service: &service };
+                let marked = connections::mark_reconnect_required(conn, at, now())?;
+                if marked {
+                    record_event(conn, user_id, &service, "refresh", "reconnect required", detail)?;
+                }
+                Ok(marked)
+            })
+        })
+        .await?;
+    app.caches.connection_changed(user_id, &row.service);
+    if !marked {
+        let row = load(app, user_id, &provider.name).await?;
+        return fresh_from(app, &row);
+    }
+    Err(AccessError::ReconnectRequired)
 }
 
 async fn release(app: &AppState, id: i64, version: i64) {
