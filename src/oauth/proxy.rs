@@ -10,22 +10,27 @@ use crate::oauth::access::AccessError;
 use crate::oauth::account::send_with_token;
 use crate::oauth::providers::Provider;
 
-/// Request headers never forwarded: hop-by-hop ones (RFC 9110 §7.6.1), the caller's own
-/// credentials and cookies, and what the proxy sets itself.
-const DROP_REQUEST: &[&str] = &[
-    "authorization",
-    "cookie",
-    "host",
+/// Hop-by-hop headers (RFC 9110 §7.6.1) and framing, set by each side itself: never passed on
+/// in either direction.
+const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",
     "proxy-authenticate",
-    "proxy-authorization",
     "proxy-connection",
     "te",
     "trailer",
     "transfer-encoding",
     "upgrade",
     "content-length",
+];
+
+/// Request headers never forwarded besides those: the caller's own credentials and cookies, and
+/// what would tell the provider about the caller.
+const DROP_REQUEST: &[&str] = &[
+    "authorization",
+    "cookie",
+    "host",
+    "proxy-authorization",
     "forwarded",
     "x-forwarded-for",
     "x-forwarded-host",
@@ -36,22 +41,21 @@ const DROP_REQUEST: &[&str] = &[
     "accept-encoding",
 ];
 
-/// Response headers never passed back.
-pub const DROP_RESPONSE: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "content-length",
-    "set-cookie",
-    "strict-transport-security",
-    "content-security-policy",
-    "alt-svc",
-];
+/// Response headers never passed back besides those: the provider's cookies and its policies
+/// for its own origin.
+const DROP_RESPONSE: &[&str] = &["set-cookie", "strict-transport-security", "content-security-policy", "alt-svc"];
+
+/// Whether a request header (any case) may be forwarded to the provider.
+pub fn forwards_request_header(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    !HOP_BY_HOP.contains(&name.as_str()) && !DROP_REQUEST.contains(&name.as_str())
+}
+
+/// Whether a provider's response header (any case) may be passed back.
+pub fn returns_response_header(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    !HOP_BY_HOP.contains(&name.as_str()) && !DROP_RESPONSE.contains(&name.as_str())
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -119,8 +123,7 @@ pub async fn forward(
 ) -> Result<reqwest::Response, ProxyError> {
     let base = provider.api_base_url.as_ref().ok_or(ProxyError::NoBase)?;
     let url = target_url(base, &req.segments, req.query).ok_or(ProxyError::BadPath)?;
-    let headers: Vec<(String, String)> =
-        req.headers.into_iter().filter(|(k, _)| !DROP_REQUEST.contains(&k.to_ascii_lowercase().as_str())).collect();
+    let headers: Vec<(String, String)> = req.headers.into_iter().filter(|(k, _)| forwards_request_header(k)).collect();
     let body = req.body;
     let method = req.method;
     let limit = app.settings.proxy_max_response_bytes;
@@ -149,8 +152,20 @@ pub fn status_of(e: &ProxyError) -> Status {
 
 #[cfg(test)]
 mod tests {
-    use super::target_url;
+    use super::{forwards_request_header, returns_response_header, target_url};
     use url::Url;
+
+    #[test]
+    fn credentials_and_hop_by_hop_headers_stay_behind() {
+        for h in ["Authorization", "cookie", "Connection", "Transfer-Encoding", "X-Forwarded-For", "Host"] {
+            assert!(!forwards_request_header(h), "{h}");
+        }
+        assert!(forwards_request_header("Content-Type") && forwards_request_header("Dropbox-API-Arg"));
+        for h in ["Set-Cookie", "connection", "Content-Length", "Strict-Transport-Security"] {
+            assert!(!returns_response_header(h), "{h}");
+        }
+        assert!(returns_response_header("Content-Type") && returns_response_header("ETag"));
+    }
 
     #[test]
     fn only_urls_under_the_base_are_built() {

@@ -15,7 +15,7 @@ use crate::db::models::connections::{self, STATUS_RECONNECT};
 use crate::error::AppError;
 use crate::oauth::access::{fresh_token, AccessError};
 use crate::oauth::providers::Provider;
-use crate::oauth::proxy::{self, Forward, ProxyError, DROP_RESPONSE};
+use crate::oauth::proxy::{self, returns_response_header, Forward, ProxyError};
 use crate::oauth::tokens::TokenError;
 use crate::util::rfc3339;
 use crate::web::RequestId;
@@ -191,7 +191,7 @@ impl<'r> Responder<'r, 'static> for Proxied {
         let mut builder = Response::build();
         builder.status(Status::new(self.response.status().as_u16()));
         for (name, value) in self.response.headers() {
-            if DROP_RESPONSE.contains(&name.as_str()) {
+            if !returns_response_header(name.as_str()) {
                 continue;
             }
             if let Ok(v) = value.to_str() {
