@@ -322,7 +322,20 @@ async fn openapi_readyz_and_metrics() {
     let (status, doc, _) = api(&app, "GET", "/api/v1/openapi.json", None).await;
     assert_eq!(status, Status::Ok);
     assert_eq!(doc["openapi"], "3.0.3");
-    assert!(doc["paths"]["/services/{service}/token"].is_object());
+    // Every mounted API route, with its method, is in the document.
+    let api_routes: Vec<_> = app.client.rocket().routes().filter(|r| r.uri.base() == "/api/v1").collect();
+    assert_eq!(api_routes.len(), 8, "openapi, connections, token and five proxy methods");
+    for route in api_routes {
+        let path = route
+            .uri
+            .unmounted_origin
+            .path()
+            .to_string()
+            .replace("<service>", "{service}")
+            .replace("<_path..>", "{path}");
+        let method = route.method.as_str().to_ascii_lowercase();
+        assert!(doc["paths"][&path][&method].is_object(), "{method} {path} is not in openapi.json");
+    }
     let (status, body, _) = api(&app, "GET", "/readyz", None).await;
     assert_eq!((status, body["status"].as_str()), (Status::Ok, Some("ready")));
     let alice = app.user("alice").await;
