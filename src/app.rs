@@ -72,8 +72,17 @@ pub fn prepare(figment: Figment) -> Result<Prepared, ConfigError> {
     let mut figment = figment;
     // Rocket's defaults hold an all-zero secret key, which it replaces with a random one per start
     // in debug (every restart would sign everyone out) and refuses in release.
-    let secret_key_set =
-        figment.extract_inner::<rocket::config::SecretKey>("secret_key").map(|k| !k.is_zero()).unwrap_or(false);
+    let secret_key_set = match figment.extract_inner::<rocket::config::SecretKey>("secret_key") {
+        Ok(key) => !key.is_zero(),
+        Err(_) if figment.find_value("secret_key").is_err() => false,
+        // Set but unusable: say so (without the value) instead of treating it as missing.
+        Err(_) => {
+            return Err(invalid(
+                "secret_key",
+                "is not a valid key: it must be 64 random bytes in base64 (`tokenvault keygen --secret-key`)",
+            ))
+        }
+    };
     if !secret_key_set {
         if settings.dev_mode {
             let path = settings.data_dir.join("secret.key");

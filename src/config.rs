@@ -93,7 +93,6 @@ impl Default for RawConfig {
 }
 
 /// The validated settings in force.
-#[derive(Debug)]
 pub struct Settings {
     pub profile: String,
     /// `debug` profile: conveniences on (generated keys, demo provider, sign-up).
@@ -145,8 +144,9 @@ impl Settings {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// Figment's own errors, with the values of secret keys left out (see [`describe`]).
     #[error("configuration could not be read: {0}")]
-    Figment(#[from] Box<rocket::figment::Error>),
+    Figment(String),
     #[error("`{key}` is invalid: {reason}")]
     Invalid { key: String, reason: String },
     #[error("{0}")]
@@ -182,7 +182,38 @@ pub fn parse_endpoint(key: &str, value: &str) -> Result<Url, ConfigError> {
 
 impl RawConfig {
     pub fn from_figment(figment: &Figment) -> Result<RawConfig, ConfigError> {
-        figment.extract::<RawConfig>().map_err(|e| ConfigError::Figment(Box::new(e)))
+        figment.extract::<RawConfig>().map_err(|e| ConfigError::Figment(describe(e)))
+    }
+}
+
+/// Keys whose values are secrets: an error about them names the key, never the value.
+const SECRET_KEYS: &[&str] = &["vault_key", "vault_old_keys", "secret_key", "database_url"];
+
+/// Figment's errors as text. Figment quotes the offending value ("invalid type: found string
+/// \"…\""), which for a key such as `vault_old_keys` given as a plain string is the key itself.
+pub fn describe(errors: rocket::figment::Error) -> String {
+    errors
+        .into_iter()
+        .map(|e| {
+            let path = e.path.join(".");
+            if SECRET_KEYS.iter().any(|k| path == *k || path.starts_with(&format!("{k}."))) {
+                format!("`{path}` has an invalid value (not shown: it is a secret); see the README's configuration reference")
+            } else {
+                e.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Without the database URL's password.
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("profile", &self.profile)
+            .field("public_url", &self.public_url.as_str())
+            .field("database_url", &crate::db::redact_url(&self.database_url))
+            .finish_non_exhaustive()
     }
 }
 
@@ -329,8 +360,27 @@ mod tests {
         assert!(Settings::resolve(&raw, "debug").unwrap_err().to_string().contains("public_url"));
         let raw = RawConfig { cache_ttl: 3601, ..RawConfig::default() };
         assert!(Settings::resolve(&raw, "debug").unwrap_err().to_string().contains("cache_ttl"));
+        let raw = RawConfig { database_url: Some("postgres://app:pa55word@db/tv".into()), ..RawConfig::default() };
+        assert!(!format!("{:?}", Settings::resolve(&raw, "debug").unwrap()).contains("pa55word"));
         let raw = RawConfig { cache_ttl: 0, ..RawConfig::default() };
         assert_eq!(Settings::resolve(&raw, "debug").unwrap().cache_ttl, 0);
+    }
+
+    #[test]
+    fn errors_about_secret_keys_never_show_the_value() {
+        use rocket::figment::Figment;
+        let secret = "c2VjcmV0LXZhbHVlLXRoYXQtbXVzdC1ub3QtYmUtcHJpbnRlZA==";
+        for key in ["vault_old_keys", "vault_key", "database_url"] {
+            let value: serde_json::Value =
+                if key == "vault_old_keys" { secret.into() } else { serde_json::json!({ "x": secret }) };
+            let figment = Figment::new().merge((key, value));
+            let err = RawConfig::from_figment(&figment).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains(key) && !err.contains(secret), "{key}: {err}");
+        }
+        // Other keys keep figment's full message.
+        let figment = Figment::new().merge(("flow_ttl", "soon"));
+        let err = RawConfig::from_figment(&figment).unwrap_err().to_string();
+        assert!(err.contains("flow_ttl") && err.contains("soon"), "{err}");
     }
 
     #[test]

@@ -118,6 +118,19 @@ fn release_profile_refuses_to_start_without_keys() {
         tokenvault(dir.path(), &["serve"], &[("ROCKET_PROFILE", "live"), ("ROCKET_VAULT_KEY", "too-short")], None);
     assert!(!out.status.success());
     assert!(text(&out).contains("`vault_key` is invalid"), "{}", text(&out));
+
+    // A malformed secret_key is reported as such (not as missing, not silently replaced in debug),
+    // and a secret given with the wrong shape is never echoed.
+    for profile in ["release", "debug"] {
+        let env = [("ROCKET_PROFILE", profile), ("ROCKET_VAULT_KEY", VAULT_KEY), ("ROCKET_SECRET_KEY", "not-a-key")];
+        let out = tokenvault(dir.path(), &["serve"], &env, None);
+        assert!(!out.status.success());
+        assert!(text(&out).contains("`secret_key` is invalid"), "{profile}: {}", text(&out));
+    }
+    let canary = "b2xkLWtleS10aGF0LW11c3Qtbm90LWJlLXByaW50ZWQtYW55d2hlcmU=";
+    let out = tokenvault(dir.path(), &["vault", "list"], &[("ROCKET_VAULT_OLD_KEYS", canary)], None);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("vault_old_keys") && !text(&out).contains(canary), "{}", text(&out));
 }
 
 #[test]

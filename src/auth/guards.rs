@@ -10,7 +10,7 @@ use crate::db::models::sessions;
 use crate::util::{now, sha256_hex};
 
 /// The signed-in user of this request.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CurrentUser {
     pub id: i64,
     pub username: String,

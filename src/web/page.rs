@@ -4,7 +4,7 @@ use serde::Serialize;
 use crate::auth::CurrentUser;
 
 /// The navigation bar's view of the visitor.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Clone, Serialize)]
 pub struct Nav {
     pub username: Option<String>,
     pub is_admin: bool,

@@ -4,7 +4,7 @@ use crate::db::models::users::User;
 use crate::db::schema::{sessions, users};
 use crate::db::Conn;
 
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[derive(Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = sessions)]
 pub struct Session {
     pub id_hash: String,
