@@ -30,8 +30,9 @@ pub struct TtlCache<K, V> {
     ttl: Duration,
     capacity: usize,
     inner: Mutex<Inner<K, V>>,
-    /// The load in flight per missing key ([`TtlCache::get_or_load`]).
-    loading: Mutex<HashMap<K, Arc<rocket::tokio::sync::OnceCell<Option<V>>>>>,
+    /// The load in flight per missing key ([`TtlCache::get_or_load`]): `Some(found)` once it
+    /// succeeded, `None` if it failed.
+    loading: Mutex<HashMap<K, Arc<Loading<V>>>>,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -47,6 +48,25 @@ pub struct CacheStats {
 struct Inner<K, V> {
     map: HashMap<K, (V, Instant)>,
     generation: u64,
+}
+
+type Loading<V> = rocket::tokio::sync::OnceCell<Option<Option<V>>>;
+
+/// Removes a load's entry when the load ends, also when the request waiting for it is dropped
+/// (a client that disconnects must not leave entries behind: keys can be anything a caller sends).
+struct LoadingEntry<'a, K: Eq + Hash, V> {
+    loading: &'a Mutex<HashMap<K, Arc<Loading<V>>>>,
+    key: &'a K,
+    cell: Arc<Loading<V>>,
+}
+
+impl<K: Eq + Hash, V> Drop for LoadingEntry<'_, K, V> {
+    fn drop(&mut self) {
+        let mut loading = self.loading.lock().unwrap_or_else(|e| e.into_inner());
+        if loading.get(self.key).is_some_and(|c| Arc::ptr_eq(c, &self.cell)) {
+            loading.remove(self.key);
+        }
+    }
 }
 
 /// A ticket taken before reading the database: [`TtlCache::fill`] with it stores the value only
@@ -98,28 +118,41 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
             return load().await;
         }
         // Everyone who misses while a load is in flight waits for that load and is woken with its
-        // result at once (not one after another, as a queue on a lock would).
+        // result at once (not one after another, as a queue on a lock would). An invalidation
+        // removes the entry, so a miss after it starts a new load instead of joining an old one.
         let cell = {
             let mut loading = self.loading.lock().unwrap_or_else(|e| e.into_inner());
             loading.entry(key.clone()).or_default().clone()
         };
-        let result = cell
-            .get_or_try_init(|| async {
+        let _entry = LoadingEntry { loading: &self.loading, key, cell: cell.clone() };
+        let mut load = Some(load);
+        let mut failure = None;
+        let shared = cell
+            .get_or_init(|| async {
+                let load = load.take().expect("one initializer");
                 let ticket = self.ticket();
-                let value = load().await?;
-                if let Some(v) = &value {
-                    self.fill(ticket, key.clone(), v.clone());
+                match load().await {
+                    Ok(value) => {
+                        if let Some(v) = &value {
+                            self.fill(ticket, key.clone(), v.clone());
+                        }
+                        Some(value)
+                    }
+                    Err(e) => {
+                        failure = Some(e);
+                        None
+                    }
                 }
-                Ok(value)
             })
             .await
-            .cloned();
-        // The next miss loads anew.
-        let mut loading = self.loading.lock().unwrap_or_else(|e| e.into_inner());
-        if loading.get(key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-            loading.remove(key);
+            .clone();
+        match (shared, failure, load) {
+            (Some(value), _, _) => Ok(value),
+            (None, Some(e), _) => Err(e),
+            // The shared load failed: each waiter tries once on its own, all at the same time.
+            (None, None, Some(load)) => load().await,
+            (None, None, None) => unreachable!("the initializer either stored a value or kept its error"),
         }
-        result
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner<K, V>> {
@@ -184,18 +217,14 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
         let mut inner = self.lock();
         inner.map.remove(key);
         inner.generation += 1;
-    }
-
-    pub fn invalidate_if(&self, mut pred: impl FnMut(&K, &V) -> bool) {
-        let mut inner = self.lock();
-        inner.map.retain(|k, (v, _)| !pred(k, v));
-        inner.generation += 1;
+        self.loading.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
     }
 
     pub fn clear(&self) {
         let mut inner = self.lock();
         inner.map.clear();
         inner.generation += 1;
+        self.loading.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     pub fn len(&self) -> usize {
@@ -270,37 +299,77 @@ impl Caches {
 
 /// How often every instance reads `cache_invalidations`.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
-/// How far back each poll looks (transactions commit out of id order; re-applying is harmless).
-const POLL_OVERLAP_SECONDS: i64 = 5;
+/// How many ids below the newest one each poll reads again: ids are handed out when a
+/// transaction writes its row, but transactions commit in any order, so a row with a lower id can
+/// appear after a higher one was seen. Rows already applied are skipped.
+const REREAD_IDS: i64 = 256;
 /// Invalidation rows older than this are deleted.
 const KEEP_SECONDS: i64 = 3600;
+
+/// What a poller has seen of `cache_invalidations`.
+#[derive(Debug, Default)]
+pub struct Feed {
+    newest: i64,
+    applied: std::collections::BTreeSet<i64>,
+}
+
+impl Feed {
+    /// Start after `newest`: rows before it were written before this process had anything cached
+    /// (those still committing are within the re-read window and are applied harmlessly).
+    pub fn starting_at(newest: i64) -> Feed {
+        Feed { newest, applied: Default::default() }
+    }
+
+    /// The id after which the next poll reads.
+    pub fn read_after(&self) -> i64 {
+        (self.newest - REREAD_IDS).max(0)
+    }
+
+    /// Apply what is new in `rows` (read with [`Feed::read_after`]) to `caches`; how many.
+    pub fn apply(&mut self, rows: &[Invalidation], caches: &Caches) -> usize {
+        let mut applied = 0;
+        for inv in rows {
+            if self.applied.insert(inv.id) {
+                caches.apply(inv);
+                applied += 1;
+            }
+            self.newest = self.newest.max(inv.id);
+        }
+        let floor = self.read_after();
+        self.applied.retain(|id| *id > floor);
+        applied
+    }
+}
 
 /// Poll `cache_invalidations` until the process ends (does nothing when caching is off).
 pub async fn poll_invalidations(db: Db, caches: Arc<Caches>) {
     if !caches.api_keys.enabled() && !caches.connections.enabled() {
         return;
     }
-    let mut since = now() - POLL_OVERLAP_SECONDS;
+    let mut feed = loop {
+        match db.run(|conn| Ok(invalidations::newest_id(conn)?)).await {
+            Ok(newest) => break Feed::starting_at(newest),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read cache invalidations; cache cleared");
+                caches.clear();
+                rocket::tokio::time::sleep(POLL_INTERVAL).await;
+            }
+        }
+    };
     let mut polls: u64 = 0;
     loop {
         rocket::tokio::time::sleep(POLL_INTERVAL).await;
         polls += 1;
-        let started = now();
-        let prune = polls % 60 == 0;
-        let read = db
-            .run(move |conn| {
-                if prune {
-                    invalidations::delete_before(conn, started - KEEP_SECONDS)?;
-                }
-                Ok(invalidations::since(conn, since)?)
-            })
-            .await;
-        match read {
+        if polls % 60 == 0 {
+            let before = now() - KEEP_SECONDS;
+            if let Err(e) = db.run(move |conn| Ok(invalidations::delete_before(conn, before)?)).await {
+                tracing::warn!(error = %e, "could not prune cache invalidations");
+            }
+        }
+        let after = feed.read_after();
+        match db.run(move |conn| Ok(invalidations::after(conn, after)?)).await {
             Ok(rows) => {
-                for inv in &rows {
-                    caches.apply(inv);
-                }
-                since = started - POLL_OVERLAP_SECONDS;
+                feed.apply(&rows, &caches);
             }
             Err(e) => {
                 // Without the feed this process cannot trust its copies.
@@ -389,6 +458,102 @@ mod tests {
         assert_eq!(c.get_or_load(&2, || async { Err::<Option<u32>, _>(()) }).await, Err(()));
         assert_eq!(c.get_or_load(&2, || async { Ok::<_, ()>(Some(7)) }).await, Ok(Some(7)));
         assert_eq!(c.get(&2), Some(7));
+    }
+
+    #[rocket::async_test]
+    async fn a_miss_after_an_invalidation_does_not_join_the_older_load() {
+        let c: Arc<TtlCache<u32, &str>> = Arc::new(TtlCache::new(Duration::from_secs(60), 10));
+        let (release, wait) = rocket::tokio::sync::oneshot::channel::<()>();
+        let first = {
+            let c = c.clone();
+            rocket::tokio::spawn(async move {
+                c.get_or_load(&1, || async {
+                    let _ = wait.await; // the row is read before the revocation commits…
+                    Ok::<_, ()>(Some("old"))
+                })
+                .await
+            })
+        };
+        rocket::tokio::task::yield_now().await;
+        while c.loading.lock().unwrap().is_empty() {
+            rocket::tokio::task::yield_now().await;
+        }
+        c.invalidate(&1); // …which invalidates while that load is still in flight.
+        let second = c.get_or_load(&1, || async { Ok::<_, ()>(Some("new")) }).await;
+        assert_eq!(second, Ok(Some("new")), "a request after the invalidation must not get the old row");
+        release.send(()).unwrap();
+        assert_eq!(first.await.unwrap(), Ok(Some("old")), "the request that started before it may");
+        assert_eq!(c.get(&1), Some("new"), "and the old row was not cached over the new one");
+    }
+
+    #[rocket::async_test]
+    async fn when_the_shared_load_fails_the_waiters_try_at_once_on_their_own() {
+        let c: Arc<TtlCache<u32, u32>> = Arc::new(TtlCache::new(Duration::from_secs(60), 10));
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (in_flight, most) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let tasks: Vec<_> = (0..10)
+            .map(|_| {
+                let (c, calls, in_flight, most) = (c.clone(), calls.clone(), in_flight.clone(), most.clone());
+                rocket::tokio::spawn(async move {
+                    c.get_or_load(&1, || async {
+                        let n = calls.fetch_add(1, Ordering::SeqCst);
+                        most.fetch_max(in_flight.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                        rocket::tokio::time::sleep(Duration::from_millis(50)).await;
+                        in_flight.fetch_sub(1, Ordering::SeqCst);
+                        if n == 0 {
+                            Err("database down")
+                        } else {
+                            Ok(Some(7))
+                        }
+                    })
+                    .await
+                })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for t in tasks {
+            results.push(t.await.unwrap());
+        }
+        assert_eq!(results.iter().filter(|r| r.is_err()).count(), 1, "{results:?}");
+        assert_eq!(results.iter().filter(|r| **r == Ok(Some(7))).count(), 9);
+        assert!(most.load(Ordering::SeqCst) > 1, "the retries ran side by side, not one after another");
+    }
+
+    #[rocket::async_test]
+    async fn a_dropped_request_leaves_no_loading_entry() {
+        let c: TtlCache<u32, u32> = TtlCache::new(Duration::from_secs(60), 10);
+        let pending = c.get_or_load(&1, std::future::pending::<Result<Option<u32>, ()>>);
+        assert!(rocket::tokio::time::timeout(Duration::from_millis(20), pending).await.is_err());
+        assert!(c.loading.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_feed_applies_each_row_once_and_catches_late_commits() {
+        let caches = Caches::new(60);
+        let fill = |user: i64| {
+            let row = Arc::new(Connection::for_tests(user, "s"));
+            caches.connections.fill(caches.connections.ticket(), (user, "s".into()), row);
+        };
+        let inv = |id: i64, user: i64| Invalidation {
+            id,
+            kind: KIND_CONNECTION.into(),
+            key: format!("{user}:s"),
+            created_at: 0,
+        };
+        let mut feed = Feed::starting_at(1000);
+        assert_eq!(feed.read_after(), 1000 - REREAD_IDS);
+        fill(1);
+        fill(2);
+        assert_eq!(feed.apply(&[inv(1001, 1)], &caches), 1);
+        assert!(caches.connections.get(&(1, "s".into())).is_none());
+        // Row 1001 comes back in the next poll's window: not applied again.
+        fill(1);
+        assert_eq!(feed.apply(&[inv(1001, 1)], &caches), 0);
+        assert!(caches.connections.get(&(1, "s".into())).is_some());
+        // A transaction with a lower id commits after 1001 was seen: still applied.
+        assert_eq!(feed.apply(&[inv(999, 2), inv(1001, 1)], &caches), 1);
+        assert!(caches.connections.get(&(2, "s".into())).is_none());
+        assert_eq!(feed.read_after(), 1001 - REREAD_IDS);
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub struct Metrics {
     connections: IntGaugeVec,
     cache_lookups: IntCounterVec,
     cache_entries: IntGaugeVec,
+    scrape: std::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -85,6 +86,7 @@ impl Metrics {
             connections,
             cache_lookups,
             cache_entries,
+            scrape: Default::default(),
         }
     }
 
@@ -103,6 +105,8 @@ impl Metrics {
         for (status, n) in by_status {
             self.connections.with_label_values(&[status]).set(*n);
         }
+        // Counters only go up: add what is new since the last scrape (one scrape at a time).
+        let _scrape = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
         for (name, stats) in caches {
             for (result, total) in [("hit", stats.hits), ("miss", stats.misses)] {
                 let counter = self.cache_lookups.with_label_values(&[name, result]);

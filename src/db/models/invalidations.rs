@@ -43,15 +43,23 @@ pub fn api_key(conn: &mut Conn, key_hash: &str) -> QueryResult<()> {
     insert(conn, KIND_API_KEY, key_hash)
 }
 
-/// Invalidations recorded at or after `since`.
-pub fn since(conn: &mut Conn, since: i64) -> QueryResult<Vec<Invalidation>> {
+/// Invalidations with an id above `after`, oldest first.
+pub fn after(conn: &mut Conn, after: i64) -> QueryResult<Vec<Invalidation>> {
     crate::on_conn!(conn, conn => {
         cache_invalidations::table
-            .filter(cache_invalidations::created_at.ge(since))
+            .filter(cache_invalidations::id.gt(after))
             .order(cache_invalidations::id.asc())
             .select(Invalidation::as_select())
             .load(conn)
     })
+}
+
+/// The highest id so far (0 when there is none).
+pub fn newest_id(conn: &mut Conn) -> QueryResult<i64> {
+    crate::on_conn!(conn, conn => {
+        cache_invalidations::table.select(diesel::dsl::max(cache_invalidations::id)).first::<Option<i64>>(conn)
+    })
+    .map(|id| id.unwrap_or(0))
 }
 
 pub fn delete_before(conn: &mut Conn, before: i64) -> QueryResult<usize> {
