@@ -2,7 +2,6 @@
 //! service's `api_base_url` with the user's token (refresh on 401, one retry) and streams the
 //! answer back. Only URLs under the configured base can be reached.
 
-use rocket::http::Status;
 use url::Url;
 
 use crate::app::AppState;
@@ -51,6 +50,21 @@ pub fn forwards_request_header(name: &str) -> bool {
     !HOP_BY_HOP.contains(&name.as_str()) && !DROP_REQUEST.contains(&name.as_str())
 }
 
+/// The request headers to forward: without those above, nor those the request's `Connection`
+/// header names as hop-by-hop (RFC 9110 §7.6.1).
+pub fn forwardable_headers(headers: &[(&str, &str)]) -> Vec<(String, String)> {
+    let named: Vec<String> = headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("connection"))
+        .flat_map(|(_, v)| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
+        .collect();
+    headers
+        .iter()
+        .filter(|(k, _)| forwards_request_header(k) && !named.contains(&k.to_ascii_lowercase()))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 /// Whether a provider's response header (any case) may be passed back.
 pub fn returns_response_header(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
@@ -67,19 +81,19 @@ pub enum ProxyError {
     Access(#[from] AccessError),
 }
 
-/// `base` joined with the (already split) path segments and the raw query; `None` if the result
-/// would leave the base (dot segments, encoded slashes, empty segments).
+/// `base` joined with the path segments (already percent-decoded, as Rocket gives them; each is
+/// encoded again as one segment) and the raw query; `None` if the result would leave the base
+/// (dot segments, slashes or backslashes inside a segment, empty segments).
 pub fn target_url(base: &Url, segments: &[&str], query: Option<&str>) -> Option<Url> {
     let mut url = base.clone();
     {
         let mut path = url.path_segments_mut().ok()?;
         path.pop_if_empty();
         for seg in segments {
-            let decoded = percent_decode(seg)?;
-            if decoded.is_empty() || decoded == "." || decoded == ".." || decoded.contains(['/', '\\']) {
+            if seg.is_empty() || *seg == "." || *seg == ".." || seg.contains(['/', '\\']) {
                 return None;
             }
-            path.push(&decoded);
+            path.push(seg);
         }
     }
     url.set_query(query);
@@ -89,27 +103,11 @@ pub fn target_url(base: &Url, segments: &[&str], query: Option<&str>) -> Option<
     ok.then_some(url)
 }
 
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
 pub struct Forward<'a> {
     pub method: reqwest::Method,
     pub segments: Vec<&'a str>,
     pub query: Option<&'a str>,
+    /// From [`forwardable_headers`].
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
@@ -123,7 +121,7 @@ pub async fn forward(
 ) -> Result<reqwest::Response, ProxyError> {
     let base = provider.api_base_url.as_ref().ok_or(ProxyError::NoBase)?;
     let url = target_url(base, &req.segments, req.query).ok_or(ProxyError::BadPath)?;
-    let headers: Vec<(String, String)> = req.headers.into_iter().filter(|(k, _)| forwards_request_header(k)).collect();
+    let headers = req.headers;
     let body = req.body;
     let method = req.method;
     let limit = app.settings.proxy_max_response_bytes;
@@ -142,17 +140,9 @@ pub async fn forward(
     Ok(response)
 }
 
-/// The status to answer with for a proxy failure.
-pub fn status_of(e: &ProxyError) -> Status {
-    match e {
-        ProxyError::NoBase | ProxyError::BadPath => Status::NotFound,
-        ProxyError::Access(_) => Status::BadGateway,
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{forwards_request_header, returns_response_header, target_url};
+    use super::{forwardable_headers, forwards_request_header, returns_response_header, target_url};
     use url::Url;
 
     #[test]
@@ -165,6 +155,8 @@ mod tests {
             assert!(!returns_response_header(h), "{h}");
         }
         assert!(returns_response_header("Content-Type") && returns_response_header("ETag"));
+        let h = [("Connection", "keep-alive, X-Hop"), ("X-Hop", "1"), ("X-Keep", "2"), ("authorization", "Bearer k")];
+        assert_eq!(forwardable_headers(&h), vec![("X-Keep".to_string(), "2".to_string())]);
     }
 
     #[test]
@@ -177,11 +169,13 @@ mod tests {
             target_url(&root, &["2", "users", "get_current_account"], None).unwrap().as_str(),
             "https://api.dropboxapi.com/2/users/get_current_account"
         );
-        for bad in
-            [vec![".."], vec!["%2e%2e"], vec!["a", "..", ".."], vec!["%2F%2Fevil.example"], vec![""], vec!["a%5c.."]]
-        {
+        // Segments arrive decoded: `%2e%2e` is `..`, `%2F%2Fevil.example` is `//evil.example`.
+        for bad in [vec![".."], vec!["."], vec!["a", "..", ".."], vec!["//evil.example"], vec![""], vec!["a\\.."]] {
             assert!(target_url(&base, &bad, None).is_none(), "{bad:?}");
         }
+        // Encoded once, exactly: a literal `%` stays a `%`, a space is `%20`, dots inside are fine.
+        let u = target_url(&base, &["100%", "a b", ".well-known", "%2e%2e"], None).unwrap();
+        assert_eq!(u.as_str(), "https://api.example.com/v1/100%25/a%20b/.well-known/%252e%252e");
         // Anything that looks like a URL stays a path segment under the base.
         let u = target_url(&base, &["https:", "evil.example"], None);
         assert!(u.is_none() || u.unwrap().host_str() == Some("api.example.com"));

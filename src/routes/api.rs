@@ -2,6 +2,7 @@
 //! Errors are `{"error": "<stable_code>", "message": "…", "request_id": "…"}`.
 
 use rocket::data::{Data, ToByteUnit};
+use rocket::http::uri::Segments;
 use rocket::http::{ContentType, Header, Status};
 use rocket::request::{FromRequest, Outcome, Request};
 use rocket::response::{self, Responder, Response};
@@ -161,23 +162,26 @@ async fn token(app: &State<AppState>, user: &ApiUser, service: &str) -> ApiResul
     }))
 }
 
-/// The request's headers, to forward (filtered by the proxy) and its raw query.
+/// The request's headers that may be forwarded (the caller's key and cookies never are), and its
+/// raw query.
 pub struct Incoming {
     headers: Vec<(String, String)>,
     query: Option<String>,
-    segments: Vec<String>,
 }
 
 #[rocket::async_trait]
 impl<'r> FromRequest<'r> for Incoming {
     type Error = std::convert::Infallible;
     async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Self::Error> {
-        let headers = req.headers().iter().map(|h| (h.name().to_string(), h.value().to_string())).collect();
-        // Everything after `/api/v1/services/<service>/proxy/`, percent-decoded segment by segment.
-        let segments = req.uri().path().segments().skip(5).map(String::from).collect();
-        Outcome::Success(Incoming { headers, query: req.uri().query().map(|q| q.as_str().to_string()), segments })
+        let all: Vec<_> = req.headers().iter().collect();
+        let pairs: Vec<(&str, &str)> = all.iter().map(|h| (h.name().as_str(), h.value())).collect();
+        let headers = proxy::forwardable_headers(&pairs);
+        Outcome::Success(Incoming { headers, query: req.uri().query().map(|q| q.as_str().to_string()) })
     }
 }
+
+/// The path after `proxy/`, percent-decoded segment by segment (any segment: `target_url` decides).
+type ProxyPath<'r> = Segments<'r, rocket::http::uri::fmt::Path>;
 
 /// The provider's answer, streamed back with the size cap.
 pub struct Proxied {
@@ -224,6 +228,7 @@ async fn run_proxy(
     user: &ApiUser,
     service: &str,
     method: reqwest::Method,
+    path: ProxyPath<'_>,
     incoming: Incoming,
     body: Option<Data<'_>>,
 ) -> ApiResult<Proxied> {
@@ -244,13 +249,8 @@ async fn run_proxy(
         }
         None => Vec::new(),
     };
-    let forward = Forward {
-        method,
-        segments: incoming.segments.iter().map(String::as_str).collect(),
-        query: incoming.query.as_deref(),
-        headers: incoming.headers,
-        body,
-    };
+    let forward =
+        Forward { method, segments: path.collect(), query: incoming.query.as_deref(), headers: incoming.headers, body };
     match proxy::forward(app, user.id, &p, forward).await {
         Ok(response) => Ok(Proxied { response, limit: app.settings.proxy_max_response_bytes }),
         Err(ProxyError::NoBase) => Err(ApiError::new(
@@ -270,60 +270,60 @@ async fn run_proxy(
     }
 }
 
-#[get("/services/<service>/proxy/<_path..>")]
+#[get("/services/<service>/proxy/<path..>")]
 async fn proxy_get(
     app: &State<AppState>,
     user: &ApiUser,
     service: &str,
-    _path: std::path::PathBuf,
+    path: ProxyPath<'_>,
     incoming: Incoming,
 ) -> ApiResult<Proxied> {
-    run_proxy(app, user, service, reqwest::Method::GET, incoming, None).await
+    run_proxy(app, user, service, reqwest::Method::GET, path, incoming, None).await
 }
 
-#[delete("/services/<service>/proxy/<_path..>")]
+#[delete("/services/<service>/proxy/<path..>")]
 async fn proxy_delete(
     app: &State<AppState>,
     user: &ApiUser,
     service: &str,
-    _path: std::path::PathBuf,
+    path: ProxyPath<'_>,
     incoming: Incoming,
 ) -> ApiResult<Proxied> {
-    run_proxy(app, user, service, reqwest::Method::DELETE, incoming, None).await
+    run_proxy(app, user, service, reqwest::Method::DELETE, path, incoming, None).await
 }
 
-#[post("/services/<service>/proxy/<_path..>", data = "<body>")]
+#[post("/services/<service>/proxy/<path..>", data = "<body>")]
 async fn proxy_post(
     app: &State<AppState>,
     user: &ApiUser,
     service: &str,
-    _path: std::path::PathBuf,
+    path: ProxyPath<'_>,
     incoming: Incoming,
     body: Data<'_>,
 ) -> ApiResult<Proxied> {
-    run_proxy(app, user, service, reqwest::Method::POST, incoming, Some(body)).await
+    run_proxy(app, user, service, reqwest::Method::POST, path, incoming, Some(body)).await
 }
 
-#[put("/services/<service>/proxy/<_path..>", data = "<body>")]
+#[put("/services/<service>/proxy/<path..>", data = "<body>")]
 async fn proxy_put(
     app: &State<AppState>,
     user: &ApiUser,
     service: &str,
-    _path: std::path::PathBuf,
+    path: ProxyPath<'_>,
     incoming: Incoming,
     body: Data<'_>,
 ) -> ApiResult<Proxied> {
-    run_proxy(app, user, service, reqwest::Method::PUT, incoming, Some(body)).await
+    run_proxy(app, user, service, reqwest::Method::PUT, path, incoming, Some(body)).await
 }
 
-#[patch("/services/<service>/proxy/<_path..>", data = "<body>")]
+#[patch("/services/<service>/proxy/<path..>", data = "<body>")]
 async fn proxy_patch(
     app: &State<AppState>,
     user: &ApiUser,
     service: &str,
-    _path: std::path::PathBuf,
+    path: ProxyPath<'_>,
     incoming: Incoming,
     body: Data<'_>,
 ) -> ApiResult<Proxied> {
-    run_proxy(app, user, service, reqwest::Method::PATCH, incoming, Some(body)).await
+    run_proxy(app, user, service, reqwest::Method::PATCH, path, incoming, Some(body)).await
 }

@@ -243,6 +243,11 @@ impl FakeProvider {
         f(&mut self.state.lock().unwrap())
     }
 
+    /// Every request the fake has received.
+    pub async fn all_requests(&self) -> Vec<Request> {
+        self.server.received_requests().await.unwrap_or_default()
+    }
+
     pub async fn requests_to(&self, p: &str) -> Vec<Request> {
         self.server.received_requests().await.unwrap_or_default().into_iter().filter(|r| r.url.path() == p).collect()
     }
