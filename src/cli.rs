@@ -100,14 +100,14 @@ pub fn run(command: Command) -> Result<String, String> {
             let (db, _) = open()?;
             let password = read_secret(&format!("Password for {name}: "))?;
             let mut conn = db.conn().map_err(|e| e.to_string())?;
-            let user = accounts::create(&mut conn, &name, &password, admin).map_err(|e| e.user_message())?;
+            let user = accounts::create(&mut conn, &name, &password, admin).map_err(cli_error)?;
             Ok(format!("created user {} (id {}{})", user.username, user.id, if user.is_admin { ", admin" } else { "" }))
         }
         Command::Vault { command: VaultCommand::Set { path, value } } => {
             let (db, prepared) = open()?;
             let value = if value == "-" { read_secret(&format!("Value for {path}: "))? } else { Secret::new(value) };
             let mut conn = db.conn().map_err(|e| e.to_string())?;
-            vault::set(&mut conn, &prepared.cipher, &path, value.expose(), "cli").map_err(|e| e.user_message())?;
+            vault::set(&mut conn, &prepared.cipher, &path, value.expose(), "cli").map_err(cli_error)?;
             Ok(format!("{path} set"))
         }
         Command::ApiKey { command: ApiKeyCommand::Create { username, name } } => {
@@ -116,7 +116,7 @@ pub fn run(command: Command) -> Result<String, String> {
             let user = crate::db::models::users::find_by_username(&mut conn, &username)
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| format!("no user named {username}"))?;
-            let (_, key) = crate::auth::api_key::create(&mut conn, user.id, &name).map_err(|e| e.user_message())?;
+            let (_, key) = crate::auth::api_key::create(&mut conn, user.id, &name).map_err(cli_error)?;
             Ok(key.expose().to_string())
         }
         Command::Vault { command: VaultCommand::RotateKey } => {
@@ -127,7 +127,8 @@ pub fn run(command: Command) -> Result<String, String> {
             })
             .map_err(|e| e.to_string())?;
             Ok(format!(
-                "rotation complete under key {}: {} vault entries, {} connections, {} flows re-encrypted;                  the old key can now be removed from vault_old_keys",
+                "rotation complete under key {}: {} vault entries, {} connections, {} flows re-encrypted; \
+                 the old key can now be removed from vault_old_keys",
                 prepared.cipher.active_key_id(),
                 done.vault_entries,
                 done.connections,
@@ -137,12 +138,21 @@ pub fn run(command: Command) -> Result<String, String> {
         Command::Vault { command: VaultCommand::List } => {
             let (db, _) = open()?;
             let mut conn = db.conn().map_err(|e| e.to_string())?;
-            let entries = vault::list(&mut conn).map_err(|e| e.user_message())?;
+            let entries = vault::list(&mut conn).map_err(cli_error)?;
             Ok(entries
                 .iter()
                 .map(|e| format!("{}\t(updated {} by {})", e.path, crate::util::format_utc(e.updated_at), e.updated_by))
                 .collect::<Vec<_>>()
                 .join("\n"))
         }
+    }
+}
+
+/// An error as the operator at the terminal should read it: the whole of it (the web app shows a
+/// generic message and logs the detail; the CLI has no log to point to).
+fn cli_error(e: crate::error::AppError) -> String {
+    match e {
+        crate::error::AppError::BadRequest(message) => message,
+        other => other.to_string(),
     }
 }

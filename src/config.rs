@@ -118,7 +118,6 @@ pub struct Settings {
     pub proxy_max_response_bytes: usize,
     pub metrics: bool,
     pub cache_ttl: u64,
-    pub log: String,
 }
 
 impl Settings {
@@ -236,17 +235,27 @@ impl Settings {
         if raw.session_ttl < 60 {
             return Err(invalid("session_ttl", "must be at least 60 seconds"));
         }
-        if raw.http_timeout == 0 || raw.http_connect_timeout == 0 {
-            return Err(invalid("http_timeout", "timeouts must be at least one second"));
+        for (key, value) in [("http_timeout", raw.http_timeout), ("http_connect_timeout", raw.http_connect_timeout)] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least one second"));
+            }
         }
         if raw.max_response_bytes < 1024 {
             return Err(invalid("max_response_bytes", "must be at least 1024"));
         }
-        if raw.default_token_lifetime <= 0 || raw.demo_token_lifetime <= 0 {
-            return Err(invalid("default_token_lifetime", "token lifetimes must be positive"));
+        for (key, value) in
+            [("default_token_lifetime", raw.default_token_lifetime), ("demo_token_lifetime", raw.demo_token_lifetime)]
+        {
+            if value <= 0 {
+                return Err(invalid(key, "must be a positive number of seconds"));
+            }
         }
-        if raw.login_limit_per_ip == 0 || raw.login_limit_per_account == 0 {
-            return Err(invalid("login_limit_per_ip", "login limits must be at least 1 per minute"));
+        for (key, value) in
+            [("login_limit_per_ip", raw.login_limit_per_ip), ("login_limit_per_account", raw.login_limit_per_account)]
+        {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1 per minute"));
+            }
         }
         if raw.refresh_margin < 0 {
             return Err(invalid("refresh_margin", "must not be negative"));
@@ -282,7 +291,6 @@ impl Settings {
             metrics: raw.metrics,
             cache_ttl: raw.cache_ttl,
             login_limit_per_account: raw.login_limit_per_account,
-            log: raw.log.clone(),
         })
     }
 }
@@ -358,6 +366,23 @@ mod tests {
         assert!(err.contains("flow_ttl"), "{err}");
         let raw = RawConfig { public_url: "ftp://x".into(), ..RawConfig::default() };
         assert!(Settings::resolve(&raw, "debug").unwrap_err().to_string().contains("public_url"));
+        // Each bad value is reported under its own key.
+        let bad = |raw: RawConfig| Settings::resolve(&raw, "debug").err().map(|e| e.to_string()).unwrap_or_default();
+        let d = RawConfig::default;
+        for (key, err) in [
+            ("session_ttl", bad(RawConfig { session_ttl: 59, ..d() })),
+            ("http_timeout", bad(RawConfig { http_timeout: 0, ..d() })),
+            ("http_connect_timeout", bad(RawConfig { http_connect_timeout: 0, ..d() })),
+            ("max_response_bytes", bad(RawConfig { max_response_bytes: 10, ..d() })),
+            ("default_token_lifetime", bad(RawConfig { default_token_lifetime: 0, ..d() })),
+            ("demo_token_lifetime", bad(RawConfig { demo_token_lifetime: -1, ..d() })),
+            ("login_limit_per_ip", bad(RawConfig { login_limit_per_ip: 0, ..d() })),
+            ("login_limit_per_account", bad(RawConfig { login_limit_per_account: 0, ..d() })),
+            ("refresh_margin", bad(RawConfig { refresh_margin: -1, ..d() })),
+            ("public_url", bad(RawConfig { public_url: "http://127.0.0.1:8000/?x=1".into(), ..d() })),
+        ] {
+            assert!(err.starts_with(&format!("`{key}` is invalid")), "{key}: {err}");
+        }
         let raw = RawConfig { cache_ttl: 3601, ..RawConfig::default() };
         assert!(Settings::resolve(&raw, "debug").unwrap_err().to_string().contains("cache_ttl"));
         let raw = RawConfig { database_url: Some("postgres://app:pa55word@db/tv".into()), ..RawConfig::default() };

@@ -3,7 +3,6 @@
 //! Which variant to use:
 //! - `NotFound`: unknown service, another user's row (never reveal that it exists), missing page.
 //! - `BadRequest(msg)`: the request itself is wrong; `msg` is shown to the user, so keep secrets out.
-//! - `Forbidden`: CSRF/Origin failures, non-admins on admin pages.
 //! - `Upstream { .. }`: a provider failed; `message` is shown, `detail` is only logged.
 //! - `Unavailable`: the database pool is exhausted or the server is shutting down (503).
 //! - `Database`, `Vault`, `Internal`: bugs or broken state; logged with detail, shown as a plain 500.
@@ -23,8 +22,6 @@ pub enum AppError {
     NotFound,
     #[error("bad request: {0}")]
     BadRequest(String),
-    #[error("forbidden")]
-    Forbidden,
     #[error("too many requests")]
     TooManyRequests,
     #[error("upstream failure ({status}): {detail}")]
@@ -46,7 +43,6 @@ impl AppError {
         match self {
             AppError::NotFound => Status::NotFound,
             AppError::BadRequest(_) => Status::BadRequest,
-            AppError::Forbidden => Status::Forbidden,
             AppError::TooManyRequests => Status::TooManyRequests,
             AppError::Upstream { status, .. } => *status,
             AppError::Unavailable(_) => Status::ServiceUnavailable,
@@ -62,7 +58,6 @@ impl AppError {
                 "We could not find what you asked for.".into()
             }
             AppError::BadRequest(msg) => msg.clone(),
-            AppError::Forbidden => "This request was refused. Reload the page and try again.".into(),
             AppError::TooManyRequests => "Too many attempts. Wait a minute and try again.".into(),
             AppError::Upstream { message, .. } => message.clone(),
             AppError::Unavailable(_) => "tokenvault is busy right now. Please try again in a moment.".into(),

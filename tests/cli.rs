@@ -183,7 +183,8 @@ fn rotate_key_re_encrypts_everything_under_the_new_key() {
     let out = tokenvault(dir.path(), &["vault", "rotate-key"], &ring, None);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("2 vault entries"), "{}", text(&out));
-    assert!(text(&out).contains("re-encrypted"), "progress is reported");
+    assert!(text(&out).contains("re-encrypted 2 vault entries\n"), "progress is reported: {}", text(&out));
+    assert!(text(&out).contains("re-encrypted; the old key can now be removed"), "{}", text(&out));
     // The new key alone now opens everything; the old one no longer does.
     let new_only = [("ROCKET_VAULT_KEY", OTHER_KEY)];
     assert!(tokenvault(dir.path(), &["vault", "list"], &new_only, None).status.success());

@@ -43,7 +43,7 @@ pub fn create(conn: &mut Conn, username: &str, password: &Secret, admin: bool) -
 pub fn replace_password(conn: &mut Conn, user_id: i64, hash: &str) -> AppResult<usize> {
     conn.transaction(|conn| {
         users::set_password(conn, user_id, hash, now())?;
-        Ok(crate::db::models::sessions::delete_others(conn, user_id, "")?)
+        Ok(crate::db::models::sessions::delete_for_user(conn, user_id)?)
     })
 }
 

@@ -363,7 +363,6 @@ async fn refresh_now(
             })
         }
         Err(e) if e.is_invalid_grant() => {
-            tracing::warn!(service = %service, user_id, "refresh token rejected: reconnect required");
             reconnect_required(app, provider, row, "the provider no longer accepts the refresh token (invalid_grant)")
                 .await
         }
@@ -415,6 +414,7 @@ async fn reconnect_required(
         let row = load(app, user_id, &provider.name).await?;
         return fresh_from(app, &row);
     }
+    tracing::warn!(service = %row.service, user_id, reason = detail, "reconnect required");
     Err(AccessError::ReconnectRequired)
 }
 

@@ -39,11 +39,10 @@ pub fn delete(conn: &mut Conn, id_hash: &str) -> QueryResult<usize> {
     })
 }
 
-/// End every session of a user except `keep` (after a password change).
-pub fn delete_others(conn: &mut Conn, user_id: i64, keep: &str) -> QueryResult<usize> {
+/// End every session of a user (after a password change; the caller then starts a new one).
+pub fn delete_for_user(conn: &mut Conn, user_id: i64) -> QueryResult<usize> {
     crate::on_conn!(conn, conn => {
-        diesel::delete(sessions::table.filter(sessions::user_id.eq(user_id)).filter(sessions::id_hash.ne(keep)))
-            .execute(conn)
+        diesel::delete(sessions::table.filter(sessions::user_id.eq(user_id))).execute(conn)
     })
 }
 

@@ -60,9 +60,3 @@ pub fn set_password(conn: &mut Conn, id: i64, hash: &str, now: i64) -> QueryResu
             .execute(conn)
     })
 }
-
-pub fn set_admin(conn: &mut Conn, id: i64, admin: bool) -> QueryResult<usize> {
-    crate::on_conn!(conn, conn => {
-        diesel::update(users::table.find(id)).set(users::is_admin.eq(admin)).execute(conn)
-    })
-}
