@@ -257,10 +257,7 @@ pub async fn finish(
     app.metrics.token_endpoint(&provider.name, "authorization_code", started);
     match exchanged {
         Ok(token_set) => {
-            let cipher = app.cipher.clone();
-            let svc = service.clone();
-            app.db.run(move |conn| store::save_new(conn, &cipher, user_id, &svc, &token_set, "connect")).await?;
-            app.caches.connection_changed(user_id, &service);
+            store::save(app, user_id, &service, token_set, "connect").await?;
             Ok(Finished::Connected { return_to: flow.return_to })
         }
         Err(e) => {

@@ -6,7 +6,7 @@ use crate::db::models::connections;
 use crate::error::{AppError, AppResult};
 use crate::oauth::access::fresh_token;
 use crate::oauth::providers::{ClientAuth, Provider, RevokeStyle};
-use crate::oauth::store::{delete_with_event, open_tokens};
+use crate::oauth::store::{self, open_tokens};
 use crate::vault::store::client_credentials;
 
 /// What happened at the provider.
@@ -107,13 +107,11 @@ pub async fn revoke_and_delete(app: &AppState, user_id: i64, provider: &Provider
     } else {
         Revoked::NotSupported
     };
-    let svc = provider.name.clone();
     let (outcome_text, detail) = match &outcome {
         Revoked::AtProvider => ("ok", "revoked at the provider; tokens deleted".to_string()),
         Revoked::NotSupported => ("local only", "the provider offers no revocation; tokens deleted".to_string()),
         Revoked::ProviderFailed(r) => ("provider failed", format!("{r}; tokens deleted anyway")),
     };
-    app.db.run(move |conn| delete_with_event(conn, user_id, &svc, "revoke", outcome_text, &detail)).await?;
-    app.caches.connection_changed(user_id, &provider.name);
+    store::delete(app, user_id, &provider.name, "revoke", outcome_text, detail).await?;
     Ok(outcome)
 }

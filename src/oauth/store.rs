@@ -1,6 +1,7 @@
 //! The token store: a user's tokens per service, sealed with the vault cipher and bound to
 //! (user, service, column) so that a ciphertext moved to another row does not open.
 
+use crate::app::AppState;
 use crate::db::models::connections::{self, Connection, NewConnection, STATUS_ACTIVE};
 use crate::db::models::events::{self, NewEvent};
 use crate::db::Conn;
@@ -77,6 +78,36 @@ pub fn delete_with_event(
         }
         Ok(removed)
     })
+}
+
+/// [`save_new`] on the blocking pool, then drop this process's cached copy of the row (other
+/// instances learn of it from the invalidation `save_new` records).
+pub async fn save(
+    app: &AppState,
+    user_id: i64,
+    service: &str,
+    tokens: TokenSet,
+    event_kind: &'static str,
+) -> AppResult<()> {
+    let (cipher, svc) = (app.cipher.clone(), service.to_string());
+    app.db.run(move |conn| save_new(conn, &cipher, user_id, &svc, &tokens, event_kind)).await?;
+    app.caches.connection_changed(user_id, service);
+    Ok(())
+}
+
+/// [`delete_with_event`] on the blocking pool, then drop this process's cached copy of the row.
+pub async fn delete(
+    app: &AppState,
+    user_id: i64,
+    service: &str,
+    kind: &'static str,
+    outcome: &'static str,
+    detail: String,
+) -> AppResult<bool> {
+    let svc = service.to_string();
+    let removed = app.db.run(move |conn| delete_with_event(conn, user_id, &svc, kind, outcome, &detail)).await?;
+    app.caches.connection_changed(user_id, service);
+    Ok(removed)
 }
 
 /// The decrypted access and refresh tokens of a stored connection.

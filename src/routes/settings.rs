@@ -11,7 +11,7 @@ use crate::db::models::connections::{self, STATUS_RECONNECT};
 use crate::db::models::events;
 use crate::error::{AppError, AppResult};
 use crate::oauth::revoke::{revoke_and_delete, Revoked};
-use crate::oauth::store::delete_with_event;
+use crate::oauth::store;
 use crate::util::{format_utc, now, relative_time};
 use crate::web::{Layout, Page};
 
@@ -113,10 +113,7 @@ async fn delete(
     service: &str,
     _form: Csrf<CsrfOnly>,
 ) -> AppResult<Flash<Redirect>> {
-    let (uid, svc) = (user.id, service.to_string());
-    let removed =
-        app.db.run(move |conn| delete_with_event(conn, uid, &svc, "delete", "ok", "tokens deleted locally")).await?;
-    app.caches.connection_changed(uid, service);
+    let removed = store::delete(app, user.id, service, "delete", "ok", "tokens deleted locally".into()).await?;
     if !removed {
         return Err(AppError::NotFound);
     }
