@@ -142,6 +142,23 @@ async fn token(app: &TestApp, key: &str) -> (Status, String) {
 }
 
 #[tokio::test]
+async fn missing_client_credentials_and_rejected_ones_have_their_own_codes() {
+    let app = TestApp::start().await;
+    app.fake.with_state(|s| s.expires_in = Some(json!(5)));
+    let alice = app.user("alice").await;
+    alice.connect("fake").await;
+    let key = api_key(&alice, "a").await;
+    app.fake.script(ResponseTemplate::new(401).set_body_json(json!({"error": "invalid_client"})));
+    let (status, body, _) = api(&app, "GET", "/api/v1/services/fake/token", Some(&key)).await;
+    assert_eq!((status, body["error"].as_str()), (Status::BadGateway, Some("provider_rejected_client")));
+    app.exec("DELETE FROM vault_entries WHERE path LIKE 'fake.%'");
+    let calls = app.fake.token_calls().await;
+    let (status, body, _) = api(&app, "GET", "/api/v1/services/fake/token", Some(&key)).await;
+    assert_eq!((status, body["error"].as_str()), (Status::ServiceUnavailable, Some("not_configured")));
+    assert_eq!(app.fake.token_calls().await, calls);
+}
+
+#[tokio::test]
 async fn the_cache_never_serves_a_deleted_or_replaced_connection_or_a_revoked_key() {
     let app = builder().set("cache_ttl", 3600).start().await;
     let alice = app.user("alice").await;

@@ -185,6 +185,25 @@ async fn an_expired_token_without_a_refresh_token_asks_to_reconnect_without_call
 }
 
 #[tokio::test]
+async fn a_refresh_without_client_credentials_says_so_and_keeps_the_tokens() {
+    let app = TestApp::start().await;
+    app.fake.with_state(|s| s.expires_in = Some(json!(5)));
+    let alice = app.user("alice").await;
+    alice.connect("fake").await;
+    let before = app.stored_tokens("alice", "fake");
+    app.exec("DELETE FROM vault_entries WHERE path LIKE 'fake.%'");
+    let calls = app.fake.token_calls().await;
+    let page = alice.fetch("/services/fake/account").await;
+    assert_eq!(page.status, Status::BadRequest, "{}", page.text);
+    assert!(page.text.contains("an administrator must set fake.client_id"), "{}", page.text);
+    assert!(!page.text.contains("rejected"), "not reported as the provider rejecting the client");
+    assert_eq!(app.fake.token_calls().await, calls, "nothing was sent to the provider");
+    assert_eq!(app.stored_tokens("alice", "fake"), before);
+    assert_eq!(status_of(&app), "active");
+    assert!(alice.fetch("/settings/oauth2").await.text.contains("no client credentials"));
+}
+
+#[tokio::test]
 async fn a_503_during_refresh_keeps_the_tokens_and_is_retryable() {
     let app = TestApp::start().await;
     app.fake.with_state(|s| s.expires_in = Some(json!(5)));

@@ -37,6 +37,10 @@ pub enum AccessError {
     /// The provider refused tokenvault's client credentials: an administrator's problem.
     #[error("client credentials rejected: {0}")]
     ClientRejected(TokenError),
+    /// tokenvault has no client credentials for the provider (the vault entry is gone): an
+    /// administrator's problem; the tokens are kept and nothing is sent to the provider.
+    #[error("no client credentials")]
+    NotConfigured,
     /// A transient provider failure (5xx, timeout, network, garbage); the tokens are kept.
     #[error("provider failure: {0}")]
     Provider(TokenError),
@@ -54,6 +58,7 @@ impl AccessError {
                 message: format!("Your {} connection needs to be authorized again.", provider.display_name),
                 detail: format!("{}: reconnect required", provider.name),
             },
+            AccessError::NotConfigured => crate::oauth::flow::not_configured(provider),
             AccessError::ClientRejected(e) | AccessError::Provider(e) => e.to_app_error(provider),
             AccessError::App(e) => e,
         }
@@ -278,7 +283,11 @@ async fn refresh_now(
     };
     let Some(creds) = creds else {
         release(app, id, version).await;
-        return Err(AccessError::ClientRejected(TokenError::Rejected("invalid_client".into())));
+        let detail = "tokenvault has no client credentials for this service; an administrator must set them";
+        app.db.run(move |conn| record_event(conn, user_id, &service, "refresh", "failed (admin)", detail)).await?;
+        app.metrics.refresh(&provider.name, "not_configured");
+        tracing::error!(service = %provider.name, "cannot refresh: no client credentials in the vault");
+        return Err(AccessError::NotConfigured);
     };
     let current_scopes: Vec<String> = row.scopes.split(' ').filter(|s| !s.is_empty()).map(String::from).collect();
     let started = std::time::Instant::now();

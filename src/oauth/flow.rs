@@ -22,7 +22,7 @@ fn flow_aad(state_hash: &str) -> String {
     format!("oauth_flows/{state_hash}/pkce_verifier")
 }
 
-fn not_configured(provider: &Provider) -> AppError {
+pub(crate) fn not_configured(provider: &Provider) -> AppError {
     AppError::BadRequest(format!(
         "{} is not set up yet: an administrator must set {} in the vault.",
         provider.display_name,

@@ -53,6 +53,11 @@ impl ApiError {
                 "reconnect_required",
                 format!("The {name} connection must be authorized again in the web app."),
             ),
+            AccessError::NotConfigured => ApiError::new(
+                Status::ServiceUnavailable,
+                "not_configured",
+                format!("{name} is not set up in tokenvault (no client credentials); an administrator must set them."),
+            ),
             AccessError::ClientRejected(_) => ApiError::new(
                 Status::BadGateway,
                 "provider_rejected_client",
