@@ -722,6 +722,44 @@ async fn no_secret_leaks_into_pages_headers_logs_or_the_database() {
     );
     c.get("/services/fake/account").await.expect(200);
 
+    // A broken or hostile provider that echoes secrets in its error answers: neither the pages,
+    // the API answers, the connection history nor the log may repeat them.
+    let (echo_at, echo_rt) = {
+        let mut conn = db.conn().unwrap();
+        let user = tokenvault::db::models::users::find_by_username(&mut conn, USERNAME).unwrap().unwrap();
+        let row = tokenvault::db::models::connections::find(&mut conn, user.id, "fake").unwrap().unwrap();
+        let (a, r) = tokenvault::oauth::store::open_tokens(&cipher, &row).unwrap();
+        (a.expose().to_string(), r.expect("a refresh token").expose().to_string())
+    };
+    let echo = json!({
+        "error": echo_rt,
+        "error_description": format!("refresh_token={echo_rt} access_token={echo_at} secret={}", common::CLIENT_SECRET),
+    });
+    fake.script(wiremock::ResponseTemplate::new(400).set_body_json(echo.clone()));
+    let page = c.get("/services/fake/account").await;
+    assert_eq!(page.status, 502, "{}: {}", page.place, page.body);
+    fake.script(wiremock::ResponseTemplate::new(500).set_body_string(format!("boom {echo_rt} {echo_at}")));
+    assert_eq!(c.get("/services/fake/account").await.status, 502);
+    fake.script(wiremock::ResponseTemplate::new(503).set_body_json(echo));
+    c.api("/api/v1/services/fake/token", Some(&api_key)).await.expect(502);
+    // An authorization error whose description repeats a code.
+    let (state, _) = c.start_flow().await;
+    let echoed_code = fake.issue_code("unused-challenge");
+    c.secrets.add(Kind::Code, &echoed_code);
+    let description = format!("could not use code {echoed_code}");
+    let page = c
+        .get(&callback_path(&[
+            ("error", "server_error"),
+            ("error_description", description.as_str()),
+            ("state", state.as_str()),
+            ("code", echoed_code.as_str()),
+        ]))
+        .await;
+    assert_eq!(page.status, 502, "{}: {}", page.place, page.body);
+    assert!(page.body.contains("could not use code [code]"), "{}", page.body);
+    c.get("/settings/oauth2").await.expect(200);
+    c.get("/services/fake/account").await.expect(200);
+
     // Revoke (at the provider, then locally), connect again, then delete locally.
     c.submit("/settings/oauth2", "/settings/oauth2/fake/revoke", &[]).await.expect(303);
     c.get("/settings/oauth2").await.expect(200);
@@ -925,10 +963,16 @@ async fn tokens_are_still_refreshed_after_revoking_and_connecting_again() {
     c.connect().await;
     c.get("/services/fake/account").await.expect(200);
     assert_eq!(fake.refresh_calls().await - before, 1, "the new connection's token is refreshed like the first's");
-    // And after the provider rejects the token, exactly one refresh and one retry.
+    // And after the provider rejects a token that is not due for refresh: exactly one refresh
+    // and one retry.
+    fake.with_state(|s| s.expires_in = Some(serde_json::json!(3600)));
+    c.get("/services/fake/account").await.expect(200); // one more proactive refresh, to a long-lived token
     fake.invalidate_access_tokens();
+    let (refreshes, account_calls) = (fake.refresh_calls().await, fake.requests_to("/account").await.len());
     let page = c.get("/services/fake/account").await;
     assert!(page.body.contains(r#"data-state="ok""#), "{}", page.body);
+    assert_eq!(fake.refresh_calls().await - refreshes, 1, "one refresh after the 401");
+    assert_eq!(fake.requests_to("/account").await.len() - account_calls, 2, "the call and its one retry");
     drop(server);
 }
 

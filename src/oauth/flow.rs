@@ -153,9 +153,14 @@ fn rejected(message: &str) -> AppError {
 }
 
 /// Provider error text, made safe to show: printable, at most 200 characters.
-fn describe(description: Option<&str>) -> String {
-    let text: String = description.unwrap_or("").chars().filter(|c| !c.is_control()).take(200).collect();
-    text.trim().to_string()
+/// A provider's `error_description`, to show: printable, at most 200 characters, and without the
+/// authorization code if the provider echoed it (the page and the log never carry a code).
+fn describe(description: Option<&str>, code: Option<&str>) -> String {
+    let mut text: String = description.unwrap_or("").chars().filter(|c| !c.is_control()).collect();
+    if let Some(code) = code.filter(|c| c.len() >= 4) {
+        text = text.replace(code, "[code]");
+    }
+    text.chars().take(200).collect::<String>().trim().to_string()
 }
 
 /// Handle the provider's redirect back: check the state, then exchange the code and store tokens.
@@ -211,15 +216,12 @@ pub async fn finish(
         let error = error.clone();
         let svc = service.clone();
         let outcome = if error == "access_denied" { "cancelled" } else { "failed" };
-        let detail = format!(
-            "authorization: {}",
-            error.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect::<String>()
-        );
+        let detail = format!("authorization: {}", crate::oauth::tokens::sanitize_code(&error));
         app.db.run(move |conn| store::record_event(conn, user_id, &svc, "connect", outcome, &detail)).await?;
         if error == "access_denied" {
             return Ok(Finished::Cancelled);
         }
-        let description = describe(params.error_description.as_deref());
+        let description = describe(params.error_description.as_deref(), params.code.as_deref());
         let mut message = format!("{} could not authorize tokenvault.", provider.display_name);
         if !description.is_empty() {
             message.push_str(&format!(" It said: “{description}”"));
@@ -295,8 +297,9 @@ mod tests {
 
     #[test]
     fn descriptions_are_truncated_and_cleaned() {
-        assert_eq!(describe(Some("a\u{0}b\nc")), "abc");
-        assert_eq!(describe(Some(&"x".repeat(500))).len(), 200);
-        assert_eq!(describe(None), "");
+        assert_eq!(describe(Some("a\u{0}b\nc"), None), "abc");
+        assert_eq!(describe(Some(&"x".repeat(500)), None).len(), 200);
+        assert_eq!(describe(None, None), "");
+        assert_eq!(describe(Some("code CODE-CANARY-1234 was bad"), Some("CODE-CANARY-1234")), "code [code] was bad");
     }
 }

@@ -149,12 +149,15 @@ impl TokenError {
     }
 }
 
-fn sanitize_code(code: &str) -> String {
-    let clean: String = code.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect();
-    if clean.is_empty() {
-        "unknown_error".into()
+/// A provider's `error` code as we may show and log it: OAuth error codes are lowercase words
+/// joined by underscores (RFC 6749 §5.2, §4.1.2.1); anything else — markup, or a provider that
+/// echoes a token or code in the field — becomes `unknown_error` rather than being passed on.
+pub(crate) fn sanitize_code(code: &str) -> String {
+    let code = code.trim();
+    if !code.is_empty() && code.len() <= 64 && code.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+        code.to_string()
     } else {
-        clean
+        "unknown_error".into()
     }
 }
 
@@ -299,7 +302,16 @@ mod tests {
         assert!(TokenError::Rejected("invalid_grant".into()).is_invalid_grant());
         assert!(TokenError::Rejected("invalid_client".into()).is_client_error());
         assert!(!TokenError::Timeout.is_invalid_grant());
-        assert_eq!(sanitize_code("<script>"), "script");
-        assert_eq!(sanitize_code("\"'"), "unknown_error");
+        assert_eq!(sanitize_code(" invalid_grant "), "invalid_grant");
+        for bad in [
+            "<script>",
+            "\"'",
+            "",
+            "RT-CANARY-0123abcd",
+            "ghr_1B4a2e77838347a7E420ce178F2E7c6912E169246c34E1",
+            "x".repeat(65).as_str(),
+        ] {
+            assert_eq!(sanitize_code(bad), "unknown_error", "{bad}");
+        }
     }
 }
