@@ -164,6 +164,9 @@ async fn login_and_signup_forms_need_their_csrf_token() {
     let r = agent.post_form("/login", &[("csrf_token", "x"), ("username", "alice"), ("password", PASSWORD)]).await;
     assert_eq!(r.status, Status::Forbidden);
     assert!(agent.cookie("tv_session").is_none());
+    let form = [("csrf_token", "x"), ("username", "bob"), ("password", PASSWORD), ("password_confirm", PASSWORD)];
+    assert_eq!(agent.post_form("/signup", &form).await.status, Status::Forbidden);
+    assert_eq!(app.count("SELECT COUNT(*) AS n FROM users"), 1, "no account was made");
 }
 
 #[tokio::test]
@@ -229,6 +232,16 @@ async fn signup_can_be_turned_off() {
     let agent = app.agent();
     assert_eq!(agent.fetch("/signup").await.status, Status::NotFound);
     assert!(!agent.fetch("/login").await.text.contains("/signup"));
+    // Posting the form anyway creates nothing.
+    let csrf = agent.csrf("/login").await;
+    let form = [
+        ("csrf_token", csrf.as_str()),
+        ("username", "mallory"),
+        ("password", PASSWORD),
+        ("password_confirm", PASSWORD),
+    ];
+    assert_eq!(agent.post_form("/signup", &form).await.status, Status::NotFound);
+    assert_eq!(app.count("SELECT COUNT(*) AS n FROM users"), 0);
 }
 
 #[tokio::test]

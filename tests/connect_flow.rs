@@ -116,6 +116,18 @@ async fn assert_rejected(app: &TestApp, agent: &common::Agent<'_>, query: &str) 
 }
 
 #[tokio::test]
+async fn a_valid_state_without_code_or_error_is_rejected_and_spends_the_state() {
+    let app = TestApp::start().await;
+    let alice = app.user("alice").await;
+    let authorize = alice.start_flow("fake").await;
+    let (state, challenge) = common::flow_params(&authorize);
+    assert_rejected(&app, &alice, &format!("state={state}")).await;
+    // The state is spent: the real answer afterwards is refused too.
+    let code = app.fake.issue_code(&challenge);
+    assert_rejected(&app, &alice, &format!("code={code}&state={state}")).await;
+}
+
+#[tokio::test]
 async fn forged_missing_and_replayed_states_are_rejected_before_any_token_call() {
     let app = TestApp::start().await;
     let alice = app.user("alice").await;

@@ -280,3 +280,29 @@ async fn the_demo_provider_only_redirects_to_registered_uris() {
         assert!(res.headers().get("location").is_none());
     }
 }
+
+/// The demo provider's console plays the provider's administrators: tokenvault administrators only.
+#[tokio::test]
+async fn the_console_is_for_administrators_and_checks_its_input() {
+    let app = common::builder().demo().start().await;
+    let alice = app.user("alice").await; // the first user: an administrator
+    let bob = app.user("bob").await;
+    let csrf = bob.csrf("/settings/oauth2").await;
+    assert_eq!(bob.fetch("/demo/").await.status, rocket::http::Status::Forbidden);
+    let form = [("csrf_token", csrf.as_str()), ("count", "3"), ("mode", "invalid_grant")];
+    assert_eq!(bob.post_form("/demo/failures", &form).await.status, rocket::http::Status::Forbidden);
+    assert_eq!(
+        bob.post_form("/demo/grants/1/revoke", &[("csrf_token", &csrf)]).await.status,
+        rocket::http::Status::Forbidden
+    );
+    let page = alice.fetch("/demo/").await;
+    assert_eq!(page.status, rocket::http::Status::Ok);
+    assert!(page.text.contains(r#"<strong id="failures-pending">0</strong>"#), "bob's attempt changed nothing");
+    let csrf = alice.csrf("/demo/").await;
+    let bad = [("csrf_token", csrf.as_str()), ("count", "3"), ("mode", "explode")];
+    assert_eq!(alice.post_form("/demo/failures", &bad).await.status, rocket::http::Status::BadRequest);
+    assert_eq!(
+        alice.post_form("/demo/grants/999/revoke", &[("csrf_token", &csrf)]).await.status,
+        rocket::http::Status::NotFound
+    );
+}
