@@ -72,17 +72,7 @@ impl AppError {
 
     /// A stable machine-readable code for JSON errors.
     pub fn code(&self) -> &'static str {
-        match self.status().code {
-            400 => "bad_request",
-            403 => "forbidden",
-            404 => "not_found",
-            409 => "reconnect_required",
-            429 => "too_many_requests",
-            502 => "provider_error",
-            503 => "unavailable",
-            504 => "provider_timeout",
-            _ => "internal_error",
-        }
+        code_for(self.status())
     }
 
     pub fn internal(detail: impl std::fmt::Display) -> AppError {
@@ -122,6 +112,22 @@ pub fn wants_json(req: &Request<'_>) -> bool {
 }
 
 /// Render an error for `req`: an HTML page with the site layout, or JSON for API clients.
+/// The stable JSON error code of a status, for errors (and catchers) without a more specific one.
+pub fn code_for(status: Status) -> &'static str {
+    match status.code {
+        400 | 422 => "bad_request",
+        403 => "forbidden",
+        404 => "not_found",
+        409 => "reconnect_required",
+        413 => "request_too_large",
+        429 => "too_many_requests",
+        502 => "provider_error",
+        503 => "unavailable",
+        504 => "provider_timeout",
+        _ => "internal_error",
+    }
+}
+
 pub fn render_error(req: &Request<'_>, status: Status, code: &str, message: String) -> response::Result<'static> {
     let request_id = req.local_cache(RequestId::new).to_string();
     if wants_json(req) {

@@ -222,7 +222,7 @@ async fn changes_from_elsewhere_arrive_by_invalidation_or_after_cache_ttl() {
     }
 
     // A change behind tokenvault's back (no invalidation): served from memory until `cache_ttl`.
-    let app = builder().set("cache_ttl", 1).start().await;
+    let app = builder().set("cache_ttl", 3).start().await;
     let alice = app.user("alice").await;
     alice.connect("fake").await;
     let key = api_key(&alice, "a").await;
@@ -230,7 +230,7 @@ async fn changes_from_elsewhere_arrive_by_invalidation_or_after_cache_ttl() {
     app.exec_unannounced("DELETE FROM connections");
     let (status, _, _) = api(&app, "GET", "/api/v1/services/fake/token", Some(&key)).await;
     assert_eq!(status, Status::Ok, "still the cached row");
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
     let (status, body, _) = api(&app, "GET", "/api/v1/services/fake/token", Some(&key)).await;
     assert_eq!((status, body["error"].as_str()), (Status::NotFound, Some("not_connected")));
 
@@ -366,6 +366,12 @@ async fn openapi_readyz_and_metrics() {
         let method = route.method.as_str().to_ascii_lowercase();
         assert!(doc["paths"][&path][&method].is_object(), "{method} {path} is not in openapi.json");
     }
+    let (status, body, _) = api(&app, "GET", "/api/v1/nope", None).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (Status::NotFound, Some("not_found")),
+        "catchers answer JSON under /api"
+    );
     let (status, body, _) = api(&app, "GET", "/readyz", None).await;
     assert_eq!((status, body["status"].as_str()), (Status::Ok, Some("ready")));
     let alice = app.user("alice").await;

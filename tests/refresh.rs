@@ -251,10 +251,6 @@ async fn invalid_client_is_an_admin_problem_and_keeps_user_tokens() {
 
 #[tokio::test]
 async fn the_provider_being_down_is_a_friendly_page() {
-    let app = TestApp::start().await;
-    let alice = app.user("alice").await;
-    alice.connect("fake").await;
-    app.fake.with_state(|s| s.account_always_401 = false);
     // Point the account call at a port where nothing listens.
     let app2 = builder().provider("account_url", "http://127.0.0.1:9/account").start().await;
     let bob = app2.user("bob").await;

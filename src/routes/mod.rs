@@ -49,14 +49,7 @@ async fn default_catcher(status: Status, req: &Request<'_>) -> Prerendered {
         503 => "tokenvault is busy right now. Please try again in a moment.",
         _ => "Something went wrong on our side.",
     };
-    let code = match status.code {
-        403 => "forbidden",
-        404 => "not_found",
-        429 => "too_many_requests",
-        400 | 413 | 422 => "bad_request",
-        _ => "internal_error",
-    };
-    Prerendered(render_error(req, status, code, message.into()))
+    Prerendered(render_error(req, status, crate::error::code_for(status), message.into()))
 }
 
 /// A pre-rendered catcher response.
