@@ -32,8 +32,17 @@ pub fn random_key_b64(n: usize) -> String {
 
 /// Hex SHA-256 of a value, used to index secrets (session ids, states, codes) without storing them.
 pub fn sha256_hex(value: &str) -> String {
-    let digest = Sha256::digest(value.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    hex(&Sha256::digest(value.as_bytes()))
+}
+
+/// Lowercase hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A space-separated scope string (as stored and as OAuth sends it) as a list.
+pub fn scope_list(scopes: &str) -> Vec<String> {
+    scopes.split(' ').filter(|s| !s.is_empty()).map(String::from).collect()
 }
 
 /// Constant-time comparison of two strings.
@@ -120,6 +129,14 @@ pub fn rfc3339(at: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scopes_and_hex() {
+        assert_eq!(scope_list(" read  write "), vec!["read", "write"]);
+        assert!(scope_list("").is_empty());
+        assert_eq!(hex(&[0, 15, 255]), "000fff");
+        assert_eq!(sha256_hex("").len(), 64);
+    }
 
     #[test]
     fn secrets_never_print() {

@@ -168,7 +168,7 @@ async fn authorize_page(
     let scope = q.scope.clone().unwrap_or_default();
     let page = ConsentPage {
         client_id: q.client_id.clone().unwrap_or_default(),
-        scopes: scope.split(' ').filter(|s| !s.is_empty()).map(String::from).collect(),
+        scopes: crate::util::scope_list(&scope),
         scope,
         redirect_uri,
         state,

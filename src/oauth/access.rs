@@ -139,7 +139,7 @@ fn fresh_from(app: &AppState, c: &Connection) -> Result<FreshToken, AccessError>
         access_token: access,
         token_type: c.token_type.clone(),
         expires_at: c.expires_at,
-        scopes: c.scopes.split(' ').filter(|s| !s.is_empty()).map(String::from).collect(),
+        scopes: crate::util::scope_list(&c.scopes),
         version: c.version,
     })
 }
@@ -289,7 +289,7 @@ async fn refresh_now(
         tracing::error!(service = %provider.name, "cannot refresh: no client credentials in the vault");
         return Err(AccessError::NotConfigured);
     };
-    let current_scopes: Vec<String> = row.scopes.split(' ').filter(|s| !s.is_empty()).map(String::from).collect();
+    let current_scopes: Vec<String> = crate::util::scope_list(&row.scopes);
     let started = std::time::Instant::now();
     let result = tokens::refresh(
         &app.http,

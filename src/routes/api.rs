@@ -19,7 +19,6 @@ use crate::oauth::providers::Provider;
 use crate::oauth::proxy::{self, returns_response_header, Forward, ProxyError};
 use crate::oauth::tokens::TokenError;
 use crate::util::rfc3339;
-use crate::web::RequestId;
 
 pub fn routes() -> Vec<Route> {
     routes![openapi, list_connections, token, proxy_get, proxy_delete, proxy_post, proxy_put, proxy_patch]
@@ -84,14 +83,13 @@ impl From<AppError> for ApiError {
     }
 }
 
+/// The same JSON error body as every other error under `/api/` (`error::render_error`).
 impl<'r> Responder<'r, 'static> for ApiError {
     fn respond_to(self, req: &'r Request<'_>) -> response::Result<'static> {
-        let request_id = req.local_cache(RequestId::new).to_string();
         if self.status.code >= 500 {
-            tracing::warn!(%request_id, code = self.code, status = self.status.code, "API error");
+            tracing::warn!(code = self.code, status = self.status.code, "API error");
         }
-        let body = serde_json::json!({"error": self.code, "message": self.message, "request_id": request_id});
-        (self.status, Json(body)).respond_to(req)
+        crate::error::render_error(req, self.status, self.code, self.message)
     }
 }
 
@@ -131,7 +129,7 @@ async fn list_connections(app: &State<AppState>, user: &ApiUser) -> ApiResult<Js
                     .map(|p| p.display_name.clone())
                     .unwrap_or_else(|| c.service.clone()),
                 status: if c.status == STATUS_RECONNECT { "reconnect_required" } else { "active" },
-                scopes: c.scopes.split(' ').filter(|s| !s.is_empty()).map(String::from).collect(),
+                scopes: crate::util::scope_list(&c.scopes),
                 obtained_at: rfc3339(c.obtained_at),
                 expires_at: c.expires_at.map(rfc3339),
                 has_refresh_token: c.refresh_token.is_some(),

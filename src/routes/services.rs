@@ -79,7 +79,7 @@ async fn authorize_page(
         already_connected: existing.is_some(),
         reconnect: existing.as_ref().is_some_and(|c| c.status == STATUS_RECONNECT),
         csrf_token: user.csrf_token.clone(),
-        next: next.and_then(safe_next).unwrap_or_else(|| "/settings/oauth2".into()),
+        next: return_path(next),
     };
     let title = format!("Connect {}", p.display_name);
     Ok(Template::render("services/authorize", Page::new(layout, title, page)))
@@ -107,7 +107,7 @@ async fn authorize(
     form: Csrf<AuthorizeForm>,
 ) -> AppResult<Redirect> {
     let p = provider(app, service)?;
-    let return_to = form.next.as_deref().and_then(safe_next).unwrap_or_else(|| "/settings/oauth2".into());
+    let return_to = return_path(form.next.as_deref());
     let url = flow::start(app, user, &p, &return_to).await?;
     tracing::info!(user_id = user.id, service = %p.name, "authorization started");
     Ok(Redirect::to(url.to_string()))
@@ -195,12 +195,17 @@ async fn connected(
         service: p.name.clone(),
         display_name: p.display_name.clone(),
         username: user.username.clone(),
-        scopes: conn.scopes.split(' ').filter(|s| !s.is_empty()).map(String::from).collect(),
+        scopes: crate::util::scope_list(&conn.scopes),
         expires: conn.expires_at.map(|e| relative_time(e, now())),
         expires_utc: conn.expires_at.map(format_utc),
         has_refresh_token: conn.refresh_token.is_some(),
-        next: next.and_then(safe_next).unwrap_or_else(|| "/settings/oauth2".into()),
+        next: return_path(next),
     };
     let title = format!("{} connected", p.display_name);
     Ok(Template::render("services/connected", Page::new(layout, title, page)))
+}
+
+/// Where to go after a connect: a same-site `next`, else My Settings → OAuth2 Services.
+fn return_path(next: Option<&str>) -> String {
+    next.and_then(safe_next).unwrap_or_else(|| "/settings/oauth2".into())
 }

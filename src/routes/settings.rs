@@ -78,7 +78,7 @@ async fn oauth2(app: &State<AppState>, user: &CurrentUser, layout: Layout) -> Ap
                 known_service: provider.is_some(),
                 can_revoke: provider.as_ref().is_some_and(|p| p.can_revoke()),
                 has_account_page: provider.as_ref().is_some_and(|p| p.account_url.is_some()),
-                scopes: c.scopes.split(' ').filter(|s| !s.is_empty()).map(String::from).collect(),
+                scopes: crate::util::scope_list(&c.scopes),
                 obtained: relative_time(c.obtained_at, now),
                 obtained_utc: format_utc(c.obtained_at),
                 expires: c.expires_at.map(|e| relative_time(e, now)).unwrap_or_else(|| "never".into()),

@@ -59,14 +59,10 @@ pub struct Cipher {
 impl std::fmt::Debug for Cipher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cipher")
-            .field("active_key_id", &hex(&self.active.id))
+            .field("active_key_id", &crate::util::hex(&self.active.id))
             .field("old_keys", &self.old.len())
             .finish()
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn decode_key(text: &str) -> Result<Vec<u8>, VaultError> {
@@ -83,11 +79,7 @@ impl Cipher {
 
     /// A fresh random key, base64-encoded (for `tokenvault keygen` and first starts in debug).
     pub fn generate_key() -> String {
-        let mut bytes = [0u8; KEY_LEN];
-        rand::rngs::OsRng.fill_bytes(&mut bytes);
-        let key = crate::util::b64_encode(&bytes);
-        bytes.zeroize();
-        key
+        crate::util::random_key_b64(KEY_LEN)
     }
 
     /// A cipher with a fixed key, for tests.
@@ -97,7 +89,7 @@ impl Cipher {
 
     /// The id of the key that seals new values (hex), safe to log.
     pub fn active_key_id(&self) -> String {
-        hex(&self.active.id)
+        crate::util::hex(&self.active.id)
     }
 
     /// Encrypt `plaintext` bound to `aad`: `version | key id | nonce | ciphertext+tag`.
@@ -130,7 +122,7 @@ impl Cipher {
         let key = std::iter::once(&self.active)
             .chain(self.old.iter())
             .find(|k| k.id == id)
-            .ok_or_else(|| VaultError::UnknownKey(hex(id)))?;
+            .ok_or_else(|| VaultError::UnknownKey(crate::util::hex(id)))?;
         let nonce = XNonce::from_slice(&sealed[1 + KEY_ID_LEN..HEADER_LEN]);
         let mut plain = key
             .aead
