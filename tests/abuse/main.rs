@@ -1,0 +1,9 @@
+//! Regression tests for the attacks of issue 10 ("hold up under attack and faults"): each row of
+//! that issue's table has a test here that fails without its fix. Attacks that need distinct client
+//! addresses run the real binary (`common::server`) and bind their clients to 127.0.0.N — the
+//! whole 127.0.0.0/8 is loopback — instead of trusting a header.
+//!
+//! One module per area, so the pieces can grow independently.
+
+#[path = "../common/mod.rs"]
+mod common;
