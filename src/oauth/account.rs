@@ -133,7 +133,12 @@ pub async fn fetch_account(app: &AppState, user_id: i64, provider: &Provider) ->
         )
     })?;
     let f = &provider.account_fields;
-    Ok(AccountInfo { id: field(&json, f.id), name: field(&json, f.name), email: field(&json, f.email), json })
+    Ok(AccountInfo {
+        id: field(&json, f.id.as_deref()),
+        name: field(&json, f.name.as_deref()),
+        email: field(&json, f.email.as_deref()),
+        json,
+    })
 }
 
 #[cfg(test)]

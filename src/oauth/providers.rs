@@ -64,14 +64,28 @@ pub struct ProviderConfig {
     pub token_lifetime: Option<i64>,
     /// Whether this provider's tokens expire at all (GitHub OAuth apps: no).
     pub tokens_expire: Option<bool>,
+    /// JSON pointers (RFC 6901) to the user's id, name and email in the account API's answer.
+    pub account_id_pointer: Option<String>,
+    pub account_name_pointer: Option<String>,
+    pub account_email_pointer: Option<String>,
 }
 
-/// Where a preset finds the user's id, name and email in the account response (JSON pointers).
+/// Where the user's id, name and email are in the account response (JSON pointers).
 #[derive(Debug, Clone, Default)]
 pub struct AccountFields {
-    pub id: Option<&'static str>,
-    pub name: Option<&'static str>,
-    pub email: Option<&'static str>,
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub email: Option<String>,
+}
+
+impl AccountFields {
+    fn of(cfg: &ProviderConfig) -> AccountFields {
+        AccountFields {
+            id: cfg.account_id_pointer.clone(),
+            name: cfg.account_name_pointer.clone(),
+            email: cfg.account_email_pointer.clone(),
+        }
+    }
 }
 
 /// A resolved, validated provider.
@@ -134,90 +148,36 @@ impl Provider {
     }
 }
 
-fn preset(name: &str, tenant: &str) -> Option<ProviderConfig> {
-    let s = |v: &str| Some(v.to_string());
-    let params = |pairs: &[(&str, &str)]| Some(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
-    let scopes = |v: &[&str]| Some(v.iter().map(|x| x.to_string()).collect());
-    match name {
-        "dropbox" => Some(ProviderConfig {
-            display_name: s("Dropbox"),
-            description: s("Files and folders in your Dropbox."),
-            authorize_url: s("https://www.dropbox.com/oauth2/authorize"),
-            token_url: s("https://api.dropboxapi.com/oauth2/token"),
-            revoke_url: s("https://api.dropboxapi.com/2/auth/token/revoke"),
-            revoke_style: Some(RevokeStyle::Dropbox),
-            account_url: s("https://api.dropboxapi.com/2/users/get_current_account"),
-            account_method: Some(AccountMethod::Post),
-            api_base_url: s("https://api.dropboxapi.com"),
-            scopes: scopes(&["account_info.read"]),
-            authorize_params: params(&[("token_access_type", "offline")]),
-            client_auth: Some(ClientAuth::Basic),
-            issuer: s("https://www.dropbox.com"),
-            token_lifetime: Some(4 * 3600),
-            ..Default::default()
-        }),
-        "google" => Some(ProviderConfig {
-            display_name: s("Google"),
-            description: s("Your Google account."),
-            authorize_url: s("https://accounts.google.com/o/oauth2/v2/auth"),
-            token_url: s("https://oauth2.googleapis.com/token"),
-            revoke_url: s("https://oauth2.googleapis.com/revoke"),
-            revoke_style: Some(RevokeStyle::Rfc7009),
-            account_url: s("https://openidconnect.googleapis.com/v1/userinfo"),
-            account_method: Some(AccountMethod::Get),
-            api_base_url: s("https://www.googleapis.com"),
-            scopes: scopes(&["openid", "email", "profile"]),
-            authorize_params: params(&[("access_type", "offline"), ("prompt", "consent")]),
-            client_auth: Some(ClientAuth::Post),
-            issuer: s("https://accounts.google.com"),
-            token_lifetime: Some(3600),
-            ..Default::default()
-        }),
-        "microsoft" => Some(ProviderConfig {
-            display_name: s("Microsoft"),
-            description: s("Your Microsoft account (Microsoft Graph)."),
-            authorize_url: Some(format!("https://login.microsoftonline.com/{tenant}/oauth2/v2.0/authorize")),
-            token_url: Some(format!("https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token")),
-            revoke_style: Some(RevokeStyle::None),
-            account_url: s("https://graph.microsoft.com/v1.0/me"),
-            account_method: Some(AccountMethod::Get),
-            api_base_url: s("https://graph.microsoft.com"),
-            scopes: scopes(&["offline_access", "User.Read"]),
-            client_auth: Some(ClientAuth::Post),
-            token_lifetime: Some(3600),
-            ..Default::default()
-        }),
-        "github" => Some(ProviderConfig {
-            display_name: s("GitHub"),
-            description: s("Your GitHub profile."),
-            authorize_url: s("https://github.com/login/oauth/authorize"),
-            token_url: s("https://github.com/login/oauth/access_token"),
-            revoke_style: Some(RevokeStyle::Github),
-            revoke_url: s("https://api.github.com/applications/{client_id}/token"),
-            account_url: s("https://api.github.com/user"),
-            account_method: Some(AccountMethod::Get),
-            api_base_url: s("https://api.github.com"),
-            scopes: scopes(&["read:user"]),
-            client_auth: Some(ClientAuth::Post),
-            tokens_expire: Some(false),
-            ..Default::default()
-        }),
-        _ => None,
-    }
+/// The presets, compiled in: one table per well-known provider (`src/oauth/presets.toml`).
+const PRESETS_TOML: &str = include_str!("presets.toml");
+
+/// Every preset by name, parsed once.
+fn presets() -> &'static BTreeMap<String, ProviderConfig> {
+    static PRESETS: std::sync::OnceLock<BTreeMap<String, ProviderConfig>> = std::sync::OnceLock::new();
+    PRESETS.get_or_init(|| {
+        use rocket::figment::providers::{Format, Toml};
+        rocket::figment::Figment::from(Toml::string(PRESETS_TOML))
+            .extract()
+            .expect("src/oauth/presets.toml is valid (checked by a unit test)")
+    })
 }
 
-fn account_fields(preset: Option<&str>) -> AccountFields {
-    match preset {
-        Some("dropbox") => {
-            AccountFields { id: Some("/account_id"), name: Some("/name/display_name"), email: Some("/email") }
-        }
-        Some("google") => AccountFields { id: Some("/sub"), name: Some("/name"), email: Some("/email") },
-        Some("microsoft") => AccountFields { id: Some("/id"), name: Some("/displayName"), email: Some("/mail") },
-        Some("github") => AccountFields { id: Some("/id"), name: Some("/login"), email: Some("/email") },
-        Some("demo") => AccountFields { id: Some("/id"), name: Some("/name"), email: Some("/email") },
-        _ => AccountFields::default(),
-    }
+/// The names of the presets, for error messages and documentation.
+pub fn preset_names() -> Vec<&'static str> {
+    presets().keys().map(String::as_str).collect()
 }
+
+/// The preset `name` with `{tenant}` filled into its URLs.
+fn preset(name: &str, tenant: &str) -> Option<ProviderConfig> {
+    let mut p = presets().get(name)?.clone();
+    for url in [&mut p.authorize_url, &mut p.token_url, &mut p.revoke_url, &mut p.account_url].into_iter().flatten() {
+        *url = url.replace("{tenant}", tenant);
+    }
+    Some(p)
+}
+
+/// OpenID Connect's standard claims, for providers resolved by discovery (their userinfo endpoint).
+const OIDC_ACCOUNT_FIELDS: (&str, &str, &str) = ("/sub", "/name", "/email");
 
 /// Overlay `over` on `base`: every field set in `over` wins.
 fn overlay(base: ProviderConfig, over: &ProviderConfig) -> ProviderConfig {
@@ -242,7 +202,10 @@ fn overlay(base: ProviderConfig, over: &ProviderConfig) -> ProviderConfig {
         issuer,
         tenant,
         token_lifetime,
-        tokens_expire
+        tokens_expire,
+        account_id_pointer,
+        account_name_pointer,
+        account_email_pointer
     )
 }
 
@@ -263,7 +226,7 @@ pub fn resolve(name: &str, cfg: &ProviderConfig) -> Result<Provider, ConfigError
         Some(p) => {
             let tenant = cfg.tenant.clone().unwrap_or_else(|| "common".into());
             let base = preset(p, &tenant).ok_or_else(|| {
-                invalid(key("preset"), format!("unknown preset `{p}` (known: dropbox, google, microsoft, github)"))
+                invalid(key("preset"), format!("unknown preset `{p}` (known: {})", preset_names().join(", ")))
             })?;
             overlay(base, cfg)
         }
@@ -321,7 +284,7 @@ pub fn resolve(name: &str, cfg: &ProviderConfig) -> Result<Provider, ConfigError
         issuer_configured,
         token_lifetime: merged.token_lifetime,
         tokens_expire: merged.tokens_expire.unwrap_or(true),
-        account_fields: account_fields(preset_name.as_deref()),
+        account_fields: AccountFields::of(&merged),
         is_demo: false,
     })
 }
@@ -348,7 +311,11 @@ pub fn demo(settings: &Settings) -> Provider {
         issuer_configured: true,
         token_lifetime: Some(settings.demo_token_lifetime),
         tokens_expire: true,
-        account_fields: account_fields(Some("demo")),
+        account_fields: AccountFields {
+            id: Some("/id".into()),
+            name: Some("/name".into()),
+            email: Some("/email".into()),
+        },
         is_demo: true,
     }
 }
@@ -397,7 +364,11 @@ pub async fn discover(
     } else {
         return Err(format!("the provider supports none of client_secret_basic/client_secret_post ({methods:?})"));
     };
+    let (id, name_pointer, email) = OIDC_ACCOUNT_FIELDS;
     let discovered = ProviderConfig {
+        account_id_pointer: Some(id.into()),
+        account_name_pointer: Some(name_pointer.into()),
+        account_email_pointer: Some(email.into()),
         authorize_url: Some(doc.authorization_endpoint),
         token_url: Some(doc.token_endpoint),
         revoke_url: doc.revocation_endpoint,
@@ -406,9 +377,7 @@ pub async fn discover(
         scopes: Some(vec!["openid".into(), "email".into(), "profile".into()]),
         ..Default::default()
     };
-    let mut provider = resolve(name, &overlay(discovered, cfg)).map_err(|e| e.to_string())?;
-    provider.account_fields = account_fields(Some("google"));
-    Ok(provider)
+    resolve(name, &overlay(discovered, cfg)).map_err(|e| e.to_string())
 }
 
 /// Every service users can connect, by name.
@@ -498,6 +467,37 @@ mod tests {
         let gh = resolve("github", &cfg("github")).unwrap();
         assert!(gh.can_revoke());
         assert!(!gh.tokens_expire);
+    }
+
+    #[test]
+    fn every_preset_in_the_data_file_resolves() {
+        assert_eq!(preset_names(), vec!["dropbox", "github", "google", "microsoft"]);
+        for name in preset_names() {
+            let p = resolve(name, &cfg(name)).unwrap_or_else(|e| panic!("preset {name}: {e}"));
+            assert!(p.account_url.is_some() && p.api_base_url.is_some(), "{name}");
+            assert!(p.account_fields.id.is_some(), "{name} names where the account id is");
+            assert!(!p.authorize_url.as_str().contains('{'), "{name}: a placeholder left in a URL");
+        }
+        let d = resolve("dropbox", &cfg("dropbox")).unwrap();
+        assert_eq!(d.account_fields.id.as_deref(), Some("/account_id"));
+        assert_eq!(d.account_fields.name.as_deref(), Some("/name/display_name"));
+        assert_eq!(d.token_lifetime, Some(4 * 3600));
+        assert_eq!(resolve("google", &cfg("google")).unwrap().account_fields.id.as_deref(), Some("/sub"));
+    }
+
+    #[test]
+    fn account_pointers_can_be_configured() {
+        let c = ProviderConfig { account_email_pointer: Some("/emails/0".into()), ..cfg("github") };
+        let gh = resolve("github", &c).unwrap();
+        assert_eq!(gh.account_fields.email.as_deref(), Some("/emails/0"));
+        assert_eq!(gh.account_fields.name.as_deref(), Some("/login"), "the rest stays the preset's");
+        let custom = ProviderConfig {
+            authorize_url: Some("https://acme.example/authorize".into()),
+            token_url: Some("https://acme.example/token".into()),
+            account_id_pointer: Some("/user/uid".into()),
+            ..Default::default()
+        };
+        assert_eq!(resolve("acme", &custom).unwrap().account_fields.id.as_deref(), Some("/user/uid"));
     }
 
     #[test]
