@@ -5,7 +5,7 @@ use rocket::outcome::try_outcome;
 use rocket::request::{FromRequest, Outcome, Request};
 
 use crate::app::AppState;
-use crate::auth::session::SESSION_COOKIE;
+use crate::auth::session::session_cookie_name;
 use crate::db::models::sessions;
 use crate::util::{now, sha256_hex};
 
@@ -30,8 +30,9 @@ impl CurrentUser {
     /// The signed-in user, looked up once per request.
     pub async fn lookup<'r>(req: &'r Request<'_>) -> Option<&'r CurrentUser> {
         req.local_cache_async(async {
-            let raw = req.cookies().get_private(SESSION_COOKIE)?.value().to_string();
-            let db = &req.rocket().state::<AppState>()?.db;
+            let app = req.rocket().state::<AppState>()?;
+            let raw = req.cookies().get_private(session_cookie_name(&app.settings))?.value().to_string();
+            let db = &app.db;
             let hash = sha256_hex(&raw);
             match db.run(move |conn| Ok(sessions::find_valid(conn, &hash, now())?)).await {
                 Ok(Some((session, user))) => Some(CurrentUser {

@@ -1,6 +1,7 @@
-use rocket::request::{FlashMessage, FromRequest, Outcome, Request};
+use rocket::request::{FromRequest, Outcome, Request};
 use serde::Serialize;
 
+use crate::app::AppState;
 use crate::auth::CurrentUser;
 
 /// The navigation bar's view of the visitor.
@@ -48,12 +49,7 @@ impl<'r> FromRequest<'r> for Layout {
             Some(user) => Nav::for_user(user),
             None => Nav::anonymous(),
         };
-        let flash = match req.guard::<Option<FlashMessage<'_>>>().await {
-            Outcome::Success(Some(f)) => {
-                Some(FlashView { kind: f.kind().to_string(), message: f.message().to_string() })
-            }
-            _ => None,
-        };
+        let flash = req.rocket().state::<AppState>().and_then(|app| super::flash::take(req.cookies(), &app.settings));
         Outcome::Success(Layout { nav, flash })
     }
 }
