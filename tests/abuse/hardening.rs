@@ -1,11 +1,11 @@
-//! Issue 10, item 9: the attributes of every cookie the app sends (flash messages in `tv_flash`,
-//! the session cookie `__Host-`-prefixed on https).
+//! Issue 10, items 9 and 12: the attributes of every cookie the app sends, and database outages
+//! answered as 503s.
 
 use std::collections::BTreeSet;
 
-use rocket::http::Status;
+use rocket::http::{Header, Status};
 
-use crate::common::{self, csrf_from, flow_params, Reply, PASSWORD};
+use crate::common::{self, csrf_from, flow_params, Reply, TestApp, PASSWORD};
 
 // ---------------------------------------------------------------------------------------------
 // Item 9: cookies
@@ -115,4 +115,109 @@ async fn every_cookie_is_http_only_and_lax_on_http() {
 #[tokio::test]
 async fn every_cookie_is_secure_on_https_and_the_session_is_host_prefixed() {
     every_cookie(Some("https://tokenvault.example")).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Item 12: outages are outages
+
+/// Make one table unreachable, as a database outage does for the queries that need it.
+fn break_table(app: &TestApp, table: &str) {
+    app.exec_unannounced(&format!("ALTER TABLE {table} RENAME TO {table}_unreachable"));
+}
+
+fn assert_retry_after(reply: &Reply) {
+    let retry = reply.header("Retry-After").unwrap_or_else(|| panic!("no Retry-After: {:?}", reply.headers));
+    assert!(retry.parse::<u32>().is_ok_and(|s| s > 0), "Retry-After: {retry}");
+}
+
+#[tokio::test]
+async fn a_database_outage_in_the_session_guard_is_a_503_not_a_sign_in_page() {
+    let app = TestApp::start().await;
+    let alice = app.user("alice").await;
+    let csrf = alice.csrf("/settings/oauth2").await;
+    break_table(&app, "sessions");
+    // Pages behind `&CurrentUser`, pages with only the layout, and a form post.
+    for path in ["/settings/oauth2", "/", "/login", "/services/fake/authorize"] {
+        let reply = alice.fetch(path).await;
+        assert_eq!(reply.status, Status::ServiceUnavailable, "{path}: {:?} {}", reply.location, reply.text);
+        assert!(reply.location.is_none(), "{path}: not sent to /login: {:?}", reply.location);
+        assert_retry_after(&reply);
+        assert!(reply.text.contains("Temporarily unavailable"), "{path}: an error page: {}", reply.text);
+    }
+    // Form posts: behind `&CurrentUser`, and behind nothing but the CSRF check (log out).
+    for path in ["/settings/oauth2/fake/delete", "/logout"] {
+        let reply = alice.post_form(path, &[("csrf_token", &csrf)]).await;
+        assert_eq!(reply.status, Status::ServiceUnavailable, "{path}: {}", reply.text);
+        assert_retry_after(&reply);
+    }
+    // Visitors without a session are not affected by the sessions table.
+    assert_eq!(app.agent().fetch("/login").await.status, Status::Ok);
+}
+
+#[tokio::test]
+async fn a_database_outage_in_the_api_key_guard_is_a_503_json_not_a_401() {
+    let app = TestApp::start().await;
+    let alice = app.user("alice").await;
+    let csrf = alice.csrf("/settings/api-keys").await;
+    let page = alice.post_form("/settings/api-keys", &[("csrf_token", &csrf), ("name", "outage")]).await;
+    let key =
+        regex::Regex::new(r"tvk_[A-Za-z0-9_-]+").unwrap().find(&page.text).expect("the new key").as_str().to_string();
+    break_table(&app, "api_keys");
+    let res = app
+        .client
+        .get("/api/v1/connections")
+        .header(Header::new("Authorization", format!("Bearer {key}")))
+        .dispatch()
+        .await;
+    assert_eq!(res.status(), Status::ServiceUnavailable);
+    let retry = res.headers().get_one("Retry-After").map(String::from);
+    assert!(retry.is_some_and(|r| r.parse::<u32>().is_ok()), "Retry-After");
+    let body: serde_json::Value = serde_json::from_str(&res.into_string().await.unwrap()).expect("JSON");
+    assert_eq!(body["error"], "unavailable", "{body}");
+    assert!(!body.to_string().contains(&key));
+    // A wrong key is still a 401 when the database answers; restore the table to see it.
+    app.exec_unannounced("ALTER TABLE api_keys_unreachable RENAME TO api_keys");
+    let res =
+        app.client.get("/api/v1/connections").header(Header::new("Authorization", "Bearer tvk_wrong")).dispatch().await;
+    assert_eq!(res.status(), Status::Unauthorized);
+}
+
+/// A real outage on PostgreSQL (only when `TOKENVAULT_TEST_POSTGRES_URL` is set): the app's
+/// connections are cut and new ones refused, as when the database server goes away.
+#[tokio::test]
+async fn a_postgres_outage_is_a_503_for_pages_and_the_api() {
+    use diesel::{Connection, RunQueryDsl};
+    let app = TestApp::start().await;
+    if !app.database.is_postgres() {
+        return;
+    }
+    let alice = app.user("alice").await;
+    let csrf = alice.csrf("/settings/api-keys").await;
+    let page = alice.post_form("/settings/api-keys", &[("csrf_token", &csrf), ("name", "outage")]).await;
+    let key =
+        regex::Regex::new(r"tvk_[A-Za-z0-9_-]+").unwrap().find(&page.text).expect("the new key").as_str().to_string();
+    let admin_url = std::env::var("TOKENVAULT_TEST_POSTGRES_URL").unwrap();
+    let name = url::Url::parse(&app.database.url).unwrap().path().trim_start_matches('/').to_string();
+    let mut admin = diesel::pg::PgConnection::establish(&admin_url).expect("admin connection");
+    let sql = |admin: &mut diesel::pg::PgConnection, q: String| diesel::sql_query(q).execute(admin).expect("admin SQL");
+    sql(&mut admin, format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"));
+    sql(&mut admin, format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"));
+
+    let reply = alice.fetch("/settings/oauth2").await;
+    assert_eq!(reply.status, Status::ServiceUnavailable, "{:?} {}", reply.location, reply.text);
+    assert!(reply.location.is_none(), "not sent to /login");
+    assert_retry_after(&reply);
+    let res = app
+        .client
+        .get("/api/v1/connections")
+        .header(Header::new("Authorization", format!("Bearer {key}")))
+        .dispatch()
+        .await;
+    assert_eq!(res.status(), Status::ServiceUnavailable);
+    assert!(res.headers().get_one("Retry-After").is_some());
+    let body: serde_json::Value = serde_json::from_str(&res.into_string().await.unwrap()).expect("JSON");
+    assert_eq!(body["error"], "unavailable", "{body}");
+
+    // Let the test database be dropped.
+    sql(&mut admin, format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"));
 }
