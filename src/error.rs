@@ -128,7 +128,19 @@ pub fn code_for(status: Status) -> &'static str {
     }
 }
 
+/// Seconds a client is asked to wait (`Retry-After`) before retrying a 503.
+pub const RETRY_AFTER_SECS: u32 = 5;
+
 pub fn render_error(req: &Request<'_>, status: Status, code: &str, message: String) -> response::Result<'static> {
+    let mut response = render_error_body(req, status, code, message)?;
+    // A 503 (database outage, overload, shutdown) is temporary: say when to come back.
+    if status == Status::ServiceUnavailable {
+        response.set_raw_header("Retry-After", RETRY_AFTER_SECS.to_string());
+    }
+    Ok(response)
+}
+
+fn render_error_body(req: &Request<'_>, status: Status, code: &str, message: String) -> response::Result<'static> {
     let request_id = req.local_cache(RequestId::new).to_string();
     if wants_json(req) {
         let body = JsonError { error: code, message, request_id };

@@ -45,8 +45,13 @@ impl From<&CachedKey> for ApiUser {
     }
 }
 
-/// The user a key stands for: from the cache (see `crate::cache`), else from the database.
-async fn authenticate(app: &AppState, key: &str) -> Option<ApiUser> {
+/// The key could not be checked because the database failed (an outage: 503, not 401).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyCheckUnavailable;
+
+/// The user a key stands for (`None`: no such active key): from the cache (see `crate::cache`),
+/// else from the database; `Err` when the database could not be asked.
+async fn authenticate(app: &AppState, key: &str) -> Result<Option<ApiUser>, KeyCheckUnavailable> {
     let hash = sha256_hex(key);
     let cache = &app.caches.api_keys;
     if let Some(k) = cache.get(&hash) {
@@ -59,7 +64,7 @@ async fn authenticate(app: &AppState, key: &str) -> Option<ApiUser> {
                 }
             });
         }
-        return Some(ApiUser::from(&k));
+        return Ok(Some(ApiUser::from(&k)));
     }
     let lookup = hash.clone();
     let db = &app.db;
@@ -86,10 +91,10 @@ async fn authenticate(app: &AppState, key: &str) -> Option<ApiUser> {
         })
         .await;
     match found {
-        Ok(found) => found.as_ref().map(ApiUser::from),
+        Ok(found) => Ok(found.as_ref().map(ApiUser::from)),
         Err(e) => {
-            tracing::error!(error = %e, "API key lookup failed");
-            None
+            tracing::error!(error = %e, "API key lookup failed: answering 503");
+            Err(KeyCheckUnavailable)
         }
     }
 }
@@ -112,20 +117,24 @@ impl<'r> FromRequest<'r> for &'r ApiUser {
     type Error = ();
 
     async fn from_request(req: &'r Request<'_>) -> Outcome<Self, ()> {
-        let found = req
+        let found: &Result<Option<ApiUser>, KeyCheckUnavailable> = req
             .local_cache_async(async {
-                let header = req.headers().get_one("Authorization")?;
-                let (scheme, key) = header.split_once(' ')?;
+                let Some((scheme, key)) = req.headers().get_one("Authorization").and_then(|h| h.split_once(' ')) else {
+                    return Ok(None);
+                };
                 let key = key.trim();
                 if !scheme.eq_ignore_ascii_case("bearer") || !key.starts_with(KEY_PREFIX) {
-                    return None;
+                    return Ok(None);
                 }
-                authenticate(req.rocket().state::<AppState>()?, key).await
+                let Some(app) = req.rocket().state::<AppState>() else { return Ok(None) };
+                authenticate(app, key).await
             })
             .await;
         match found {
-            Some(user) => Outcome::Success(user),
-            None => Outcome::Error((Status::Unauthorized, ())),
+            Ok(Some(user)) => Outcome::Success(user),
+            Ok(None) => Outcome::Error((Status::Unauthorized, ())),
+            // An outage is an outage: the catcher answers 503 JSON with `Retry-After`.
+            Err(KeyCheckUnavailable) => Outcome::Error((Status::ServiceUnavailable, ())),
         }
     }
 }

@@ -40,6 +40,8 @@ pub enum CsrfError {
     Origin,
     Token,
     Form(String),
+    /// The session could not be checked (database outage): 503.
+    Unavailable,
 }
 
 /// Whether the request comes from our own origin (browsers send `Origin` on POSTs).
@@ -81,9 +83,10 @@ where
             Outcome::Forward(f) => return Outcome::Forward(f),
         };
         let given = form.csrf_token();
-        let session_ok = match CurrentUser::lookup(req).await {
-            Some(user) => ct_eq(given, &user.csrf_token),
-            None => false,
+        let session_ok = match CurrentUser::check(req).await {
+            Ok(Some(user)) => ct_eq(given, &user.csrf_token),
+            Ok(None) => false,
+            Err(_) => return Outcome::Error((Status::ServiceUnavailable, CsrfError::Unavailable)),
         };
         let anon_ok = req.cookies().get_private(ANON_CSRF_COOKIE).map(|c| ct_eq(given, c.value())).unwrap_or(false);
         if !given.is_empty() && (session_ok || anon_ok) {

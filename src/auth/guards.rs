@@ -5,7 +5,7 @@ use rocket::outcome::try_outcome;
 use rocket::request::{FromRequest, Outcome, Request};
 
 use crate::app::AppState;
-use crate::auth::session::SESSION_COOKIE;
+use crate::auth::session::session_cookie_name;
 use crate::db::models::sessions;
 use crate::util::{now, sha256_hex};
 
@@ -20,36 +20,54 @@ pub struct CurrentUser {
     pub csrf_token: String,
 }
 
+/// The session could not be checked because the database failed (an outage, not "signed out").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionUnavailable;
+
+/// What the per-request lookup found; cached in the request under this one type.
+type Lookup = Result<Option<CurrentUser>, SessionUnavailable>;
+
 impl CurrentUser {
     /// The signed-in user if this request already looked it up (for synchronous callers such as
     /// error pages); `None` when it did not.
     pub fn cached<'r>(req: &'r Request<'_>) -> Option<&'r CurrentUser> {
-        req.local_cache(|| None::<CurrentUser>).as_ref()
+        req.local_cache(|| Ok(None) as Lookup).as_ref().ok().and_then(Option::as_ref)
     }
 
-    /// The signed-in user, looked up once per request.
+    /// The signed-in user, looked up once per request; `None` when signed out or when the
+    /// database could not be asked (see [`CurrentUser::check`] to tell the two apart).
     pub async fn lookup<'r>(req: &'r Request<'_>) -> Option<&'r CurrentUser> {
-        req.local_cache_async(async {
-            let raw = req.cookies().get_private(SESSION_COOKIE)?.value().to_string();
-            let db = &req.rocket().state::<AppState>()?.db;
-            let hash = sha256_hex(&raw);
-            match db.run(move |conn| Ok(sessions::find_valid(conn, &hash, now())?)).await {
-                Ok(Some((session, user))) => Some(CurrentUser {
-                    id: user.id,
-                    username: user.username,
-                    is_admin: user.is_admin,
-                    session_hash: session.id_hash,
-                    csrf_token: session.csrf_token,
-                }),
-                Ok(None) => None,
-                Err(e) => {
-                    tracing::error!(error = %e, "session lookup failed");
-                    None
+        Self::check(req).await.ok().flatten()
+    }
+
+    /// The signed-in user (`Ok(None)`: signed out), or `Err` when the session cookie could not be
+    /// checked because the database failed: callers answer 503 rather than treat the visitor as
+    /// signed out. Looked up once per request.
+    pub async fn check<'r>(req: &'r Request<'_>) -> Result<Option<&'r CurrentUser>, SessionUnavailable> {
+        let found: &Lookup = req
+            .local_cache_async(async {
+                let Some(app) = req.rocket().state::<AppState>() else { return Ok(None) };
+                let Some(cookie) = req.cookies().get_private(session_cookie_name(&app.settings)) else {
+                    return Ok(None);
+                };
+                let hash = sha256_hex(cookie.value());
+                match app.db.run(move |conn| Ok(sessions::find_valid(conn, &hash, now())?)).await {
+                    Ok(Some((session, user))) => Ok(Some(CurrentUser {
+                        id: user.id,
+                        username: user.username,
+                        is_admin: user.is_admin,
+                        session_hash: session.id_hash,
+                        csrf_token: session.csrf_token,
+                    })),
+                    Ok(None) => Ok(None),
+                    Err(e) => {
+                        tracing::error!(error = %e, "session lookup failed: answering 503");
+                        Err(SessionUnavailable)
+                    }
                 }
-            }
-        })
-        .await
-        .as_ref()
+            })
+            .await;
+        found.as_ref().map(Option::as_ref).map_err(|e| *e)
     }
 }
 
@@ -58,9 +76,11 @@ impl<'r> FromRequest<'r> for &'r CurrentUser {
     type Error = ();
 
     async fn from_request(req: &'r Request<'_>) -> Outcome<Self, ()> {
-        match CurrentUser::lookup(req).await {
-            Some(user) => Outcome::Success(user),
-            None => Outcome::Error((Status::Unauthorized, ())),
+        match CurrentUser::check(req).await {
+            Ok(Some(user)) => Outcome::Success(user),
+            Ok(None) => Outcome::Error((Status::Unauthorized, ())),
+            // An outage is an outage: the catcher answers 503 with `Retry-After`, not a sign-in page.
+            Err(SessionUnavailable) => Outcome::Error((Status::ServiceUnavailable, ())),
         }
     }
 }

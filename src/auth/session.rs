@@ -8,12 +8,25 @@ use crate::db::Db;
 use crate::error::AppResult;
 use crate::util::{now, random_token, sha256_hex};
 
+/// The session cookie's name on plain http (loopback and development).
 pub const SESSION_COOKIE: &str = "tv_session";
+/// The session cookie's name on https: the `__Host-` prefix makes browsers accept it only when it is
+/// `Secure`, has `Path=/` and no `Domain`, so a sibling subdomain cannot set or shadow it.
+pub const HOST_SESSION_COOKIE: &str = "__Host-tv_session";
 pub const ANON_CSRF_COOKIE: &str = "tv_csrf";
+
+/// The session cookie's name for this deployment: `__Host-tv_session` on https, `tv_session` on http.
+pub fn session_cookie_name(settings: &Settings) -> &'static str {
+    if settings.is_https() {
+        HOST_SESSION_COOKIE
+    } else {
+        SESSION_COOKIE
+    }
+}
 
 /// The cookie attributes every app cookie gets: HttpOnly, SameSite=Lax (the provider's redirect
 /// back to the callback is a top-level cross-site navigation and must carry the session), Secure
-/// on https.
+/// on https; `Path=/` and no `Domain` (as the `__Host-` prefix requires).
 pub fn cookie(name: &'static str, value: String, settings: &Settings) -> Cookie<'static> {
     Cookie::build((name, value)).path("/").http_only(true).same_site(SameSite::Lax).secure(settings.is_https()).build()
 }
@@ -34,16 +47,17 @@ pub async fn start(db: &Db, settings: &Settings, cookies: &CookieJar<'_>, user_i
         Ok(())
     })
     .await?;
-    let mut c = cookie(SESSION_COOKIE, raw, settings);
+    let mut c = cookie(session_cookie_name(settings), raw, settings);
     c.set_max_age(rocket::time::Duration::seconds(settings.session_ttl));
     cookies.add_private(c);
-    cookies.remove_private(Cookie::build(ANON_CSRF_COOKIE).path("/"));
+    remove(cookies, ANON_CSRF_COOKIE, settings);
     Ok(())
 }
 
 /// End the session named by the cookie (the row is deleted, so a replayed cookie is worthless).
-pub async fn end(db: &Db, cookies: &CookieJar<'_>) -> AppResult<()> {
-    if let Some(c) = cookies.get_private(SESSION_COOKIE) {
+pub async fn end(db: &Db, settings: &Settings, cookies: &CookieJar<'_>) -> AppResult<()> {
+    let name = session_cookie_name(settings);
+    if let Some(c) = cookies.get_private(name) {
         let hash = sha256_hex(c.value());
         db.run(move |conn| {
             flows::delete_for_session(conn, &hash)?;
@@ -52,8 +66,14 @@ pub async fn end(db: &Db, cookies: &CookieJar<'_>) -> AppResult<()> {
         })
         .await?;
     }
-    cookies.remove_private(Cookie::build(SESSION_COOKIE).path("/"));
+    remove(cookies, name, settings);
     Ok(())
+}
+
+/// Remove one of the app's cookies. The removal `Set-Cookie` carries the same attributes as the
+/// cookie (HttpOnly, SameSite=Lax, Secure on https), like every cookie the app sends.
+pub fn remove(cookies: &CookieJar<'_>, name: &'static str, settings: &Settings) {
+    cookies.remove_private(cookie(name, String::new(), settings));
 }
 
 /// The CSRF token for forms shown before login, kept in a private cookie.

@@ -11,7 +11,7 @@ use base64::Engine as _;
 use rocket::form::{Form, FromForm};
 use rocket::http::{Header, Status};
 use rocket::request::{FromRequest, Outcome, Request};
-use rocket::response::{Flash, Redirect, Responder};
+use rocket::response::{Redirect, Responder};
 use rocket::serde::json::{json, Json, Value};
 use rocket::{get, post, routes, Route, State};
 use rocket_dyn_templates::Template;
@@ -25,7 +25,7 @@ use crate::db::Conn;
 use crate::error::{AppError, AppResult};
 use crate::util::{ct_eq, now, random_token, sha256_hex};
 use crate::vault::store as vault;
-use crate::web::{Layout, Page};
+use crate::web::{Flash, Layout, Page};
 
 pub fn routes() -> Vec<Route> {
     routes![authorize_page, authorize_decision, token, revoke, account, console, revoke_grant, set_failures]

@@ -2,7 +2,7 @@
 //! shown again; the page lists which keys are set.
 
 use rocket::form::FromForm;
-use rocket::response::{Flash, Redirect};
+use rocket::response::Redirect;
 use rocket::{get, post, routes, Route, State};
 use rocket_dyn_templates::Template;
 use serde::Serialize;
@@ -12,7 +12,7 @@ use crate::auth::{AdminUser, Csrf, CsrfField};
 use crate::error::{AppError, AppResult};
 use crate::util::{format_utc, now, relative_time, Secret};
 use crate::vault::store as vault;
-use crate::web::{Layout, Page};
+use crate::web::{Flash, Layout, Page};
 
 pub fn routes() -> Vec<Route> {
     routes![vault_page, vault_set, vault_delete]

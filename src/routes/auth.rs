@@ -2,7 +2,7 @@
 
 use rocket::form::FromForm;
 use rocket::http::{CookieJar, Status};
-use rocket::response::{Flash, Redirect};
+use rocket::response::Redirect;
 use rocket::{get, post, routes, Route, State};
 use rocket_dyn_templates::Template;
 use serde::Serialize;
@@ -12,7 +12,7 @@ use crate::auth::{accounts, password, session, Csrf, CsrfField, CsrfOnly, Curren
 use crate::db::models::users;
 use crate::error::{AppError, AppResult};
 use crate::util::Secret;
-use crate::web::{safe_next, Layout, Page};
+use crate::web::{safe_next, Flash, Layout, Page};
 
 pub fn routes() -> Vec<Route> {
     routes![login_page, login, signup_page, signup, logout]
@@ -192,6 +192,6 @@ async fn signup(
 
 #[post("/logout", data = "<_form>")]
 async fn logout(app: &State<AppState>, cookies: &CookieJar<'_>, _form: Csrf<CsrfOnly>) -> AppResult<Flash<Redirect>> {
-    session::end(&app.db, cookies).await?;
+    session::end(&app.db, &app.settings, cookies).await?;
     Ok(Flash::success(Redirect::to("/login"), "You are signed out."))
 }

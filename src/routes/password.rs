@@ -2,7 +2,7 @@
 
 use rocket::form::FromForm;
 use rocket::http::{CookieJar, Status};
-use rocket::response::{Flash, Redirect};
+use rocket::response::Redirect;
 use rocket::{get, post, routes, Route, State};
 use rocket_dyn_templates::Template;
 use serde::Serialize;
@@ -12,7 +12,7 @@ use crate::auth::{accounts, password, session, Csrf, CsrfField, CurrentUser};
 use crate::db::models::users;
 use crate::error::{AppError, AppResult};
 use crate::util::Secret;
-use crate::web::{Layout, Page};
+use crate::web::{Flash, Layout, Page};
 
 pub fn routes() -> Vec<Route> {
     routes![page, change]

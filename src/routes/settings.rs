@@ -1,6 +1,6 @@
 //! My Settings → OAuth2 Services (`/settings/oauth2`): the user's connections, their history, delete.
 
-use rocket::response::{Flash, Redirect};
+use rocket::response::Redirect;
 use rocket::{get, post, routes, Route, State};
 use rocket_dyn_templates::Template;
 use serde::Serialize;
@@ -13,7 +13,7 @@ use crate::error::{AppError, AppResult};
 use crate::oauth::revoke::{revoke_and_delete, Revoked};
 use crate::oauth::store;
 use crate::util::{format_utc, now, relative_time};
-use crate::web::{Layout, Page};
+use crate::web::{Flash, Layout, Page};
 
 pub fn routes() -> Vec<Route> {
     routes![oauth2, delete, revoke]

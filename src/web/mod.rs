@@ -2,9 +2,11 @@
 //! security headers and request logging.
 
 mod fairings;
+mod flash;
 mod page;
 
 pub use fairings::{traced, RequestLog, SecurityHeaders};
+pub use flash::{Flash, FLASH_COOKIE};
 pub use page::{FlashView, Layout, Nav, Page};
 
 use std::fmt;

@@ -1,6 +1,8 @@
-use rocket::request::{FlashMessage, FromRequest, Outcome, Request};
+use rocket::http::Status;
+use rocket::request::{FromRequest, Outcome, Request};
 use serde::Serialize;
 
+use crate::app::AppState;
 use crate::auth::CurrentUser;
 
 /// The navigation bar's view of the visitor.
@@ -34,6 +36,9 @@ pub struct FlashView {
 }
 
 /// What every page's layout needs: the nav and the flash message of the previous POST.
+///
+/// Fails only when the visitor's session could not be checked (the database is down): the page
+/// is then a 503, not a signed-out version of itself.
 pub struct Layout {
     pub nav: Nav,
     pub flash: Option<FlashView>,
@@ -41,19 +46,15 @@ pub struct Layout {
 
 #[rocket::async_trait]
 impl<'r> FromRequest<'r> for Layout {
-    type Error = std::convert::Infallible;
+    type Error = ();
 
     async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Self::Error> {
-        let nav = match CurrentUser::lookup(req).await {
-            Some(user) => Nav::for_user(user),
-            None => Nav::anonymous(),
+        let nav = match CurrentUser::check(req).await {
+            Ok(Some(user)) => Nav::for_user(user),
+            Ok(None) => Nav::anonymous(),
+            Err(_) => return Outcome::Error((Status::ServiceUnavailable, ())),
         };
-        let flash = match req.guard::<Option<FlashMessage<'_>>>().await {
-            Outcome::Success(Some(f)) => {
-                Some(FlashView { kind: f.kind().to_string(), message: f.message().to_string() })
-            }
-            _ => None,
-        };
+        let flash = req.rocket().state::<AppState>().and_then(|app| super::flash::take(req.cookies(), &app.settings));
         Outcome::Success(Layout { nav, flash })
     }
 }

@@ -36,6 +36,9 @@ pub struct State {
     pub refresh_delay: Option<std::time::Duration>,
     /// Refresh responses leave out `refresh_token` (Dropbox, Google).
     pub omit_refresh_token: bool,
+    /// The app's `public_url` when a test sets another than `PUBLIC_URL` (the expected
+    /// `redirect_uri` is built from it).
+    pub public_url: Option<String>,
 }
 
 #[derive(Clone)]
@@ -82,7 +85,8 @@ impl Respond for TokenEndpoint {
             Some("authorization_code") => {
                 let code = f.get("code").cloned().unwrap_or_default();
                 let Some(challenge) = st.codes.remove(&code) else { return error(400, "invalid_grant") };
-                if f.get("redirect_uri").map(String::as_str) != Some(&format!("{PUBLIC_URL}/services/fake/callback")) {
+                let public_url = st.public_url.as_deref().unwrap_or(PUBLIC_URL);
+                if f.get("redirect_uri").map(String::as_str) != Some(&format!("{public_url}/services/fake/callback")) {
                     return error(400, "invalid_grant");
                 }
                 if st.enforce_pkce {

@@ -1,0 +1,223 @@
+//! Issue 10, items 9 and 12: the attributes of every cookie the app sends, and database outages
+//! answered as 503s.
+
+use std::collections::BTreeSet;
+
+use rocket::http::{Header, Status};
+
+use crate::common::{self, csrf_from, flow_params, Reply, TestApp, PASSWORD};
+
+// ---------------------------------------------------------------------------------------------
+// Item 9: cookies
+
+/// Every `Set-Cookie` of a response.
+fn set_cookies(reply: &Reply) -> Vec<String> {
+    reply.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case("Set-Cookie")).map(|(_, v)| v.clone()).collect()
+}
+
+/// Sign up, see the flash, connect the fake provider, delete it (a flash redirect), log out, sign in
+/// again with a wrong and then the right password; check every `Set-Cookie` on the way.
+async fn every_cookie(public_url: Option<&str>) {
+    let https = public_url.is_some_and(|u| u.starts_with("https:"));
+    let mut builder = common::builder();
+    if let Some(url) = public_url {
+        builder = builder.set("public_url", url);
+    }
+    let app = builder.start().await;
+    app.fake.state.lock().unwrap().public_url = public_url.map(String::from);
+    let (session, other_session) =
+        if https { ("__Host-tv_session", "tv_session") } else { ("tv_session", "__Host-tv_session") };
+    let agent = app.agent();
+    let mut replies: Vec<(String, Reply)> = Vec::new();
+    let mut step = |name: &str, reply: Reply| -> Reply {
+        let copy = Reply {
+            status: reply.status,
+            location: reply.location.clone(),
+            headers: reply.headers.clone(),
+            text: String::new(),
+        };
+        replies.push((name.to_string(), copy));
+        reply
+    };
+
+    let page = step("GET /signup", agent.fetch("/signup").await);
+    let csrf = csrf_from(&page.text);
+    let fields =
+        [("csrf_token", csrf.as_str()), ("username", "cookie"), ("password", PASSWORD), ("password_confirm", PASSWORD)];
+    let res = step("POST /signup", agent.post_form("/signup", &fields).await);
+    assert_eq!(res.status, Status::SeeOther, "{}", res.text);
+    let home = step("GET / (flash)", agent.fetch("/").await);
+    assert!(home.text.contains(r#"id="flash""#) && home.text.contains("Welcome to tokenvault"), "{}", home.text);
+    let again = step("GET / (again)", agent.fetch("/").await);
+    assert!(!again.text.contains(r#"id="flash""#), "a flash message shows once");
+    assert!(again.text.contains(r#"id="logout""#), "signed in with the `{session}` cookie");
+
+    let page = step("GET authorize", agent.fetch("/services/fake/authorize").await);
+    let csrf = csrf_from(&page.text);
+    let res = step("POST authorize", agent.post_form("/services/fake/authorize", &[("csrf_token", &csrf)]).await);
+    assert_eq!(res.status, Status::SeeOther, "{}", res.text);
+    let (state, challenge) = flow_params(&url::Url::parse(res.location.as_deref().unwrap()).unwrap());
+    let code = app.fake.issue_code(&challenge);
+    let res = step("GET callback", agent.fetch(&format!("/services/fake/callback?code={code}&state={state}")).await);
+    assert_eq!(res.status, Status::SeeOther, "{}", res.text);
+    let connected = step("GET connected", agent.fetch(res.location.as_deref().unwrap()).await);
+    assert!(connected.text.contains(r#"id="connected""#), "{}", connected.text);
+
+    let csrf = csrf_from(&step("GET settings", agent.fetch("/settings/oauth2").await).text);
+    let res = step("POST delete", agent.post_form("/settings/oauth2/fake/delete", &[("csrf_token", &csrf)]).await);
+    assert_eq!(res.status, Status::SeeOther, "{}", res.text);
+    let settings = step("GET settings (flash)", agent.fetch("/settings/oauth2").await);
+    assert!(settings.text.contains(r#"id="flash""#), "{}", settings.text);
+    assert_eq!(app.connection_count(), 0);
+
+    let csrf = csrf_from(&settings.text);
+    let res = step("POST /logout", agent.post_form("/logout", &[("csrf_token", &csrf)]).await);
+    assert_eq!(res.status, Status::SeeOther);
+    let login = step("GET /login (flash)", agent.fetch("/login").await);
+    assert!(login.text.contains("You are signed out."), "{}", login.text);
+    let csrf = csrf_from(&login.text);
+    let bad = [("csrf_token", csrf.as_str()), ("username", "cookie"), ("password", "not the password")];
+    assert_eq!(step("POST /login (wrong)", agent.post_form("/login", &bad).await).status, Status::Unauthorized);
+    let csrf = csrf_from(&step("GET /login", agent.fetch("/login").await).text);
+    let good = [("csrf_token", csrf.as_str()), ("username", "cookie"), ("password", PASSWORD)];
+    assert_eq!(step("POST /login", agent.post_form("/login", &good).await).status, Status::SeeOther);
+    let home = step("GET / (signed in)", agent.fetch("/").await);
+    assert!(home.text.contains(r#"id="logout""#));
+
+    let (mut set, mut removed) = (BTreeSet::new(), BTreeSet::new());
+    for (name, reply) in &replies {
+        for raw in set_cookies(reply) {
+            let c = cookie::Cookie::parse(raw.clone()).unwrap_or_else(|e| panic!("{name}: unparsable {raw}: {e}"));
+            let what = format!("{name}: `Set-Cookie: {raw}`");
+            assert_ne!(c.name(), "_flash", "{what}: Rocket's flash cookie");
+            assert_ne!(c.name(), other_session, "{what}");
+            assert_eq!(c.http_only(), Some(true), "{what} is not HttpOnly");
+            assert_eq!(c.same_site(), Some(cookie::SameSite::Lax), "{what} is not SameSite=Lax");
+            assert_eq!(c.secure().unwrap_or(false), https, "{what}: Secure must be {https}");
+            assert_eq!(c.path(), Some("/"), "{what}");
+            assert_eq!(c.domain(), None, "{what}");
+            let removal = c.value().is_empty() || c.max_age().is_some_and(|m| m.is_zero() || m.is_negative());
+            let names = if removal { &mut removed } else { &mut set };
+            names.insert(c.name().to_string());
+        }
+    }
+    for name in [session, "tv_csrf", "tv_flash"] {
+        assert!(set.contains(name), "`{name}` was never set: {set:?}");
+        assert!(removed.contains(name), "`{name}` was never removed: {removed:?}");
+    }
+}
+
+#[tokio::test]
+async fn every_cookie_is_http_only_and_lax_on_http() {
+    every_cookie(None).await;
+}
+
+#[tokio::test]
+async fn every_cookie_is_secure_on_https_and_the_session_is_host_prefixed() {
+    every_cookie(Some("https://tokenvault.example")).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Item 12: outages are outages
+
+/// Make one table unreachable, as a database outage does for the queries that need it.
+fn break_table(app: &TestApp, table: &str) {
+    app.exec_unannounced(&format!("ALTER TABLE {table} RENAME TO {table}_unreachable"));
+}
+
+fn assert_retry_after(reply: &Reply) {
+    let retry = reply.header("Retry-After").unwrap_or_else(|| panic!("no Retry-After: {:?}", reply.headers));
+    assert!(retry.parse::<u32>().is_ok_and(|s| s > 0), "Retry-After: {retry}");
+}
+
+#[tokio::test]
+async fn a_database_outage_in_the_session_guard_is_a_503_not_a_sign_in_page() {
+    let app = TestApp::start().await;
+    let alice = app.user("alice").await;
+    let csrf = alice.csrf("/settings/oauth2").await;
+    break_table(&app, "sessions");
+    // Pages behind `&CurrentUser`, pages with only the layout, and a form post.
+    for path in ["/settings/oauth2", "/", "/login", "/services/fake/authorize"] {
+        let reply = alice.fetch(path).await;
+        assert_eq!(reply.status, Status::ServiceUnavailable, "{path}: {:?} {}", reply.location, reply.text);
+        assert!(reply.location.is_none(), "{path}: not sent to /login: {:?}", reply.location);
+        assert_retry_after(&reply);
+        assert!(reply.text.contains("Temporarily unavailable"), "{path}: an error page: {}", reply.text);
+    }
+    // Form posts: behind `&CurrentUser`, and behind nothing but the CSRF check (log out).
+    for path in ["/settings/oauth2/fake/delete", "/logout"] {
+        let reply = alice.post_form(path, &[("csrf_token", &csrf)]).await;
+        assert_eq!(reply.status, Status::ServiceUnavailable, "{path}: {}", reply.text);
+        assert_retry_after(&reply);
+    }
+    // Visitors without a session are not affected by the sessions table.
+    assert_eq!(app.agent().fetch("/login").await.status, Status::Ok);
+}
+
+#[tokio::test]
+async fn a_database_outage_in_the_api_key_guard_is_a_503_json_not_a_401() {
+    let app = TestApp::start().await;
+    let alice = app.user("alice").await;
+    let csrf = alice.csrf("/settings/api-keys").await;
+    let page = alice.post_form("/settings/api-keys", &[("csrf_token", &csrf), ("name", "outage")]).await;
+    let key =
+        regex::Regex::new(r"tvk_[A-Za-z0-9_-]+").unwrap().find(&page.text).expect("the new key").as_str().to_string();
+    break_table(&app, "api_keys");
+    let res = app
+        .client
+        .get("/api/v1/connections")
+        .header(Header::new("Authorization", format!("Bearer {key}")))
+        .dispatch()
+        .await;
+    assert_eq!(res.status(), Status::ServiceUnavailable);
+    let retry = res.headers().get_one("Retry-After").map(String::from);
+    assert!(retry.is_some_and(|r| r.parse::<u32>().is_ok()), "Retry-After");
+    let body: serde_json::Value = serde_json::from_str(&res.into_string().await.unwrap()).expect("JSON");
+    assert_eq!(body["error"], "unavailable", "{body}");
+    assert!(!body.to_string().contains(&key));
+    // A wrong key is still a 401 when the database answers; restore the table to see it.
+    app.exec_unannounced("ALTER TABLE api_keys_unreachable RENAME TO api_keys");
+    let res =
+        app.client.get("/api/v1/connections").header(Header::new("Authorization", "Bearer tvk_wrong")).dispatch().await;
+    assert_eq!(res.status(), Status::Unauthorized);
+}
+
+/// A real outage on PostgreSQL (only when `TOKENVAULT_TEST_POSTGRES_URL` is set): the app's
+/// connections are cut and new ones refused, as when the database server goes away.
+#[tokio::test]
+async fn a_postgres_outage_is_a_503_for_pages_and_the_api() {
+    use diesel::{Connection, RunQueryDsl};
+    let app = TestApp::start().await;
+    if !app.database.is_postgres() {
+        return;
+    }
+    let alice = app.user("alice").await;
+    let csrf = alice.csrf("/settings/api-keys").await;
+    let page = alice.post_form("/settings/api-keys", &[("csrf_token", &csrf), ("name", "outage")]).await;
+    let key =
+        regex::Regex::new(r"tvk_[A-Za-z0-9_-]+").unwrap().find(&page.text).expect("the new key").as_str().to_string();
+    let admin_url = std::env::var("TOKENVAULT_TEST_POSTGRES_URL").unwrap();
+    let name = url::Url::parse(&app.database.url).unwrap().path().trim_start_matches('/').to_string();
+    let mut admin = diesel::pg::PgConnection::establish(&admin_url).expect("admin connection");
+    let sql = |admin: &mut diesel::pg::PgConnection, q: String| diesel::sql_query(q).execute(admin).expect("admin SQL");
+    sql(&mut admin, format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"));
+    sql(&mut admin, format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"));
+
+    let reply = alice.fetch("/settings/oauth2").await;
+    assert_eq!(reply.status, Status::ServiceUnavailable, "{:?} {}", reply.location, reply.text);
+    assert!(reply.location.is_none(), "not sent to /login");
+    assert_retry_after(&reply);
+    let res = app
+        .client
+        .get("/api/v1/connections")
+        .header(Header::new("Authorization", format!("Bearer {key}")))
+        .dispatch()
+        .await;
+    assert_eq!(res.status(), Status::ServiceUnavailable);
+    assert!(res.headers().get_one("Retry-After").is_some());
+    let body: serde_json::Value = serde_json::from_str(&res.into_string().await.unwrap()).expect("JSON");
+    assert_eq!(body["error"], "unavailable", "{body}");
+
+    // Let the test database be dropped.
+    sql(&mut admin, format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"));
+}
