@@ -93,3 +93,18 @@ pub fn revoke(conn: &mut Conn, user_id: i64, id: i64, now: i64) -> QueryResult<O
         Ok(hash)
     })
 }
+
+/// Revoke every live key of the user (after a password change), with their cache invalidations,
+/// in the caller's transaction; the revoked keys' hashes.
+pub fn revoke_all_for_user(conn: &mut Conn, user_id: i64, now: i64) -> QueryResult<Vec<String>> {
+    let hashes: Vec<String> = crate::on_conn!(conn, conn => {
+        diesel::update(api_keys::table.filter(api_keys::user_id.eq(user_id)).filter(api_keys::revoked_at.is_null()))
+            .set(api_keys::revoked_at.eq(now))
+            .returning(api_keys::key_hash)
+            .get_results(conn)
+    })?;
+    for hash in &hashes {
+        invalidations::api_key(conn, hash)?;
+    }
+    Ok(hashes)
+}
