@@ -2,6 +2,8 @@
 //! password change revokes the user's API keys and ends every other session; the sessions page
 //! lists the user's sessions and signs out one or all others, for its owner only.
 
+mod bounded;
+
 use rocket::http::Status;
 
 use crate::common::{self, csrf_from, Agent, TestApp, PASSWORD};
