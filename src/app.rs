@@ -223,6 +223,7 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
         .mount("/", crate::web::traced(crate::routes::admin::routes()))
         .mount("/", crate::web::traced(crate::routes::health::routes()))
         .mount("/", crate::web::traced(crate::routes::api_keys::routes()))
+        .mount("/", crate::web::traced(crate::routes::sessions::routes()))
         .mount("/api/v1", crate::web::traced(crate::routes::api::routes()))
         .mount("/static", FileServer::from(static_dir))
         .register("/", crate::routes::catchers());

@@ -111,13 +111,21 @@ pub fn run(command: Command) -> Result<String, String> {
             Ok(format!("{path} set"))
         }
         Command::ApiKey { command: ApiKeyCommand::Create { username, name } } => {
-            let (db, _) = open()?;
+            let (db, prepared) = open()?;
             let mut conn = db.conn().map_err(|e| e.to_string())?;
             let user = crate::db::models::users::find_by_username(&mut conn, &username)
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| format!("no user named {username}"))?;
-            let (_, key) = crate::auth::api_key::create(&mut conn, user.id, &name).map_err(cli_error)?;
-            Ok(key.expose().to_string())
+            let max_keys = prepared.settings.max_api_keys_per_user;
+            let created = crate::auth::api_key::create(&mut conn, user.id, &name, max_keys).map_err(cli_error)?;
+            for old in &created.evicted {
+                // On standard error: standard output is the key alone, for scripts.
+                eprintln!(
+                    "revoked the oldest key \"{}\" ({}…): {username} can have {max_keys} keys at most",
+                    old.name, old.prefix
+                );
+            }
+            Ok(created.key.expose().to_string())
         }
         Command::Vault { command: VaultCommand::RotateKey } => {
             let (db, prepared) = open()?;

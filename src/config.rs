@@ -55,6 +55,12 @@ pub struct RawConfig {
     pub login_limit_per_ip: u32,
     /// Sign-in attempts allowed per username per minute.
     pub login_limit_per_account: u32,
+    /// Pending authorization requests kept per user; starting one more drops the oldest.
+    pub max_pending_flows_per_user: i64,
+    /// Events kept per connection (user and service); recording one more drops the oldest.
+    pub events_per_connection: i64,
+    /// Live API keys per user; creating one more revokes the oldest (and says so).
+    pub max_api_keys_per_user: i64,
     /// The log filter (`tracing` env-filter syntax); `RUST_LOG` overrides it.
     pub log: String,
     pub providers: BTreeMap<String, ProviderConfig>,
@@ -86,6 +92,9 @@ impl Default for RawConfig {
             cache_ttl: 10,
             login_limit_per_ip: 30,
             login_limit_per_account: 10,
+            max_pending_flows_per_user: 10,
+            events_per_connection: 50,
+            max_api_keys_per_user: 20,
             log: "info".into(),
             providers: BTreeMap::new(),
         }
@@ -118,6 +127,9 @@ pub struct Settings {
     pub proxy_max_response_bytes: usize,
     pub metrics: bool,
     pub cache_ttl: u64,
+    pub max_pending_flows_per_user: i64,
+    pub events_per_connection: i64,
+    pub max_api_keys_per_user: i64,
 }
 
 impl Settings {
@@ -263,6 +275,15 @@ impl Settings {
         if raw.cache_ttl > 3600 {
             return Err(invalid("cache_ttl", "must be at most 3600 seconds (0 turns the cache off)"));
         }
+        for (key, value, max) in [
+            ("max_pending_flows_per_user", raw.max_pending_flows_per_user, 1000),
+            ("events_per_connection", raw.events_per_connection, 10_000),
+            ("max_api_keys_per_user", raw.max_api_keys_per_user, 1000),
+        ] {
+            if !(1..=max).contains(&value) {
+                return Err(invalid(key, format!("must be between 1 and {max}")));
+            }
+        }
         let database_url = match &raw.database_url {
             Some(url) if !url.trim().is_empty() => url.clone(),
             _ => raw.data_dir.join("tokenvault.sqlite").to_string_lossy().into_owned(),
@@ -291,6 +312,9 @@ impl Settings {
             metrics: raw.metrics,
             cache_ttl: raw.cache_ttl,
             login_limit_per_account: raw.login_limit_per_account,
+            max_pending_flows_per_user: raw.max_pending_flows_per_user,
+            events_per_connection: raw.events_per_connection,
+            max_api_keys_per_user: raw.max_api_keys_per_user,
         })
     }
 }
@@ -380,6 +404,10 @@ mod tests {
             ("login_limit_per_account", bad(RawConfig { login_limit_per_account: 0, ..d() })),
             ("refresh_margin", bad(RawConfig { refresh_margin: -1, ..d() })),
             ("public_url", bad(RawConfig { public_url: "http://127.0.0.1:8000/?x=1".into(), ..d() })),
+            ("max_pending_flows_per_user", bad(RawConfig { max_pending_flows_per_user: 0, ..d() })),
+            ("events_per_connection", bad(RawConfig { events_per_connection: -5, ..d() })),
+            ("events_per_connection", bad(RawConfig { events_per_connection: 10_001, ..d() })),
+            ("max_api_keys_per_user", bad(RawConfig { max_api_keys_per_user: 0, ..d() })),
         ] {
             assert!(err.starts_with(&format!("`{key}` is invalid")), "{key}: {err}");
         }

@@ -38,12 +38,21 @@ pub fn create(conn: &mut Conn, username: &str, password: &Secret, admin: bool) -
     })
 }
 
-/// Set a new password hash and end every session of the user, in one transaction; the number of
-/// sessions ended. The caller starts a fresh session for the browser that made the change.
-pub fn replace_password(conn: &mut Conn, user_id: i64, hash: &str) -> AppResult<usize> {
+/// What a password change ended: the number of sessions, and the hashes of the API keys revoked
+/// (for the caller to drop from this process's cache).
+pub struct PasswordReplaced {
+    pub sessions_ended: usize,
+    pub revoked_key_hashes: Vec<String>,
+}
+
+/// Set a new password hash, end every session of the user and revoke every API key, in one
+/// transaction. The caller starts a fresh session for the browser that made the change.
+pub fn replace_password(conn: &mut Conn, user_id: i64, hash: &str) -> AppResult<PasswordReplaced> {
     conn.transaction(|conn| {
         users::set_password(conn, user_id, hash, now())?;
-        Ok(crate::db::models::sessions::delete_for_user(conn, user_id)?)
+        let sessions_ended = crate::db::models::sessions::delete_for_user(conn, user_id)?;
+        let revoked_key_hashes = crate::db::models::api_keys::revoke_all_for_user(conn, user_id, now())?;
+        Ok(PasswordReplaced { sessions_ended, revoked_key_hashes })
     })
 }
 

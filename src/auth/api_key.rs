@@ -16,19 +16,34 @@ use crate::util::{now, random_token, sha256_hex, Secret};
 
 pub const KEY_PREFIX: &str = "tvk_";
 
-/// Create a key for `user_id`; the key itself is returned once and never stored.
-pub fn create(conn: &mut Conn, user_id: i64, name: &str) -> AppResult<(ApiKey, Secret)> {
+/// A key just created, and the keys revoked to make room for it.
+pub struct Created {
+    pub row: ApiKey,
+    /// The key itself: shown once, never stored.
+    pub key: Secret,
+    /// The user's oldest keys, revoked because the new one went over `max_api_keys_per_user`.
+    pub evicted: Vec<ApiKey>,
+}
+
+/// Create a key for `user_id`, keeping at most `max_keys` live keys: beyond that the oldest are
+/// revoked, in the same transaction. The caller drops the evicted keys from this process's cache
+/// (other instances learn of them from their invalidations) and tells the user.
+pub fn create(conn: &mut Conn, user_id: i64, name: &str, max_keys: i64) -> AppResult<Created> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 100 {
         return Err(AppError::BadRequest("Give the key a name of 1 to 100 characters.".into()));
     }
     let key = format!("{KEY_PREFIX}{}", random_token(32));
     let prefix: String = key.chars().take(12).collect();
-    let row = api_keys::insert(
-        conn,
-        &NewApiKey { user_id, name, prefix: &prefix, key_hash: &sha256_hex(&key), created_at: now() },
-    )?;
-    Ok((row, Secret::new(key)))
+    let (row, evicted) = conn.transaction(|conn| {
+        let row = api_keys::insert(
+            conn,
+            &NewApiKey { user_id, name, prefix: &prefix, key_hash: &sha256_hex(&key), created_at: now() },
+        )?;
+        let evicted = api_keys::revoke_oldest_beyond(conn, user_id, max_keys, now())?;
+        Ok::<_, AppError>((row, evicted))
+    })?;
+    Ok(Created { row, key: Secret::new(key), evicted })
 }
 
 /// The user an API request acts for.

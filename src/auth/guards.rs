@@ -9,6 +9,9 @@ use crate::auth::session::session_cookie_name;
 use crate::db::models::sessions;
 use crate::util::{now, sha256_hex};
 
+/// The longest user agent kept with a session, in characters.
+pub const USER_AGENT_MAX_CHARS: usize = 256;
+
 /// The signed-in user of this request.
 #[derive(Clone)]
 pub struct CurrentUser {
@@ -51,7 +54,22 @@ impl CurrentUser {
                     return Ok(None);
                 };
                 let hash = sha256_hex(cookie.value());
-                match app.db.run(move |conn| Ok(sessions::find_valid(conn, &hash, now())?)).await {
+                let ip = req.client_ip().map(|ip| ip.to_string());
+                let agent = req
+                    .headers()
+                    .get_one("User-Agent")
+                    .map(|ua| ua.chars().take(USER_AGENT_MAX_CHARS).collect::<String>());
+                let found = app.db.run(move |conn| {
+                    let found = sessions::find_valid(conn, &hash, now())?;
+                    if let Some((session, _)) = &found {
+                        // What My Settings → Sessions shows, written at most once a minute.
+                        if session.last_seen_at.is_none_or(|t| t <= now() - sessions::TOUCH_INTERVAL) {
+                            sessions::touch(conn, &session.id_hash, now(), ip.as_deref(), agent.as_deref())?;
+                        }
+                    }
+                    Ok(found)
+                });
+                match found.await {
                     Ok(Some((session, user))) => Ok(Some(CurrentUser {
                         id: user.id,
                         username: user.username,

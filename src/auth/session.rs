@@ -40,6 +40,11 @@ pub async fn start(db: &Db, settings: &Settings, cookies: &CookieJar<'_>, user_i
         csrf_token: random_token(32),
         created_at: now(),
         expires_at: now() + settings.session_ttl,
+        public_id: random_token(16),
+        // Filled in by the first request of the new session (`CurrentUser::lookup`).
+        last_seen_at: None,
+        ip: None,
+        user_agent: None,
     };
     db.run(move |conn| {
         sessions::delete_expired(conn, now())?;
@@ -74,6 +79,36 @@ pub async fn end(db: &Db, settings: &Settings, cookies: &CookieJar<'_>) -> AppRe
 /// cookie (HttpOnly, SameSite=Lax, Secure on https), like every cookie the app sends.
 pub fn remove(cookies: &CookieJar<'_>, name: &'static str, settings: &Settings) {
     cookies.remove_private(cookie(name, String::new(), settings));
+}
+
+/// End one of the user's sessions, named by its public id, with its pending flows; the ended
+/// session's id hash, or `None` when the user has no such session (another user's id included).
+pub async fn end_by_public_id(db: &Db, user_id: i64, public_id: String) -> AppResult<Option<String>> {
+    db.run(move |conn| {
+        conn.transaction(|conn| {
+            let ended = sessions::delete_by_public_id(conn, user_id, &public_id)?;
+            if let Some(hash) = &ended {
+                flows::delete_for_session(conn, hash)?;
+            }
+            Ok(ended)
+        })
+    })
+    .await
+}
+
+/// End every session of the user but the one with `keep_hash` (this browser's), with their
+/// pending flows; how many ended.
+pub async fn end_others(db: &Db, user_id: i64, keep_hash: String) -> AppResult<usize> {
+    db.run(move |conn| {
+        conn.transaction(|conn| {
+            let ended = sessions::delete_others(conn, user_id, &keep_hash)?;
+            for hash in &ended {
+                flows::delete_for_session(conn, hash)?;
+            }
+            Ok(ended.len())
+        })
+    })
+    .await
 }
 
 /// The CSRF token for forms shown before login, kept in a private cookie.

@@ -284,7 +284,10 @@ async fn refresh_now(
     let Some(creds) = creds else {
         release(app, id, version).await;
         let detail = "tokenvault has no client credentials for this service; an administrator must set them";
-        app.db.run(move |conn| record_event(conn, user_id, &service, "refresh", "failed (admin)", detail)).await?;
+        let keep = app.settings.events_per_connection;
+        app.db
+            .run(move |conn| record_event(conn, keep, user_id, &service, "refresh", "failed (admin)", detail))
+            .await?;
         app.metrics.refresh(&provider.name, "not_configured");
         tracing::error!(service = %provider.name, "cannot refresh: no client credentials in the vault");
         return Err(AccessError::NotConfigured);
@@ -334,6 +337,7 @@ async fn refresh_now(
                 ..row.clone()
             };
             let ticket = app.caches.connections.ticket();
+            let keep = app.settings.events_per_connection;
             let stored = app
                 .db
                 .run(move |conn| {
@@ -350,7 +354,7 @@ async fn refresh_now(
                         let ok = connections::store_refreshed(conn, at, &r)?;
                         if ok {
                             let detail = if rotated { "new refresh token stored" } else { "refresh token kept" };
-                            record_event(conn, user_id, &svc, "refresh", "ok", detail)?;
+                            record_event(conn, keep, user_id, &svc, "refresh", "ok", detail)?;
                         }
                         Ok(ok)
                     })
@@ -385,7 +389,8 @@ async fn refresh_now(
                 format!("{e}; the tokens were kept and it will be retried")
             };
             let outcome = if client { "failed (admin)" } else { "failed (retryable)" };
-            app.db.run(move |conn| record_event(conn, user_id, &svc, "refresh", outcome, &detail)).await?;
+            let keep = app.settings.events_per_connection;
+            app.db.run(move |conn| record_event(conn, keep, user_id, &svc, "refresh", outcome, &detail)).await?;
             if client {
                 tracing::error!(service = %service, "the provider rejected the client credentials during a refresh");
                 Err(AccessError::ClientRejected(e))
@@ -405,6 +410,7 @@ async fn reconnect_required(
     detail: &'static str,
 ) -> Result<FreshToken, AccessError> {
     let (id, version, user_id, service) = (row.id, row.version, row.user_id, row.service.clone());
+    let keep = app.settings.events_per_connection;
     let marked = app
         .db
         .run(move |conn| {
@@ -412,7 +418,7 @@ async fn reconnect_required(
                 let at = RowRef { id, version, user_id, service: &service };
                 let marked = connections::mark_reconnect_required(conn, at, now())?;
                 if marked {
-                    record_event(conn, user_id, &service, "refresh", "reconnect required", detail)?;
+                    record_event(conn, keep, user_id, &service, "refresh", "reconnect required", detail)?;
                 }
                 Ok(marked)
             })

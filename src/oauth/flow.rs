@@ -55,11 +55,16 @@ pub async fn start(app: &AppState, user: &CurrentUser, provider: &Provider, retu
         created_at: now(),
         expires_at: now() + app.settings.flow_ttl,
     };
+    let keep = app.settings.max_pending_flows_per_user;
     app.db
         .run(move |conn| {
-            flows::delete_expired(conn, now())?;
-            flows::insert(conn, &flow)?;
-            Ok(())
+            conn.transaction(|conn| {
+                flows::delete_expired(conn, now())?;
+                flows::insert(conn, &flow)?;
+                // Bounded per user: the oldest pending requests go first.
+                flows::delete_oldest_beyond(conn, flow.user_id, &flow.state_hash, keep)?;
+                Ok(())
+            })
         })
         .await?;
 
@@ -217,7 +222,8 @@ pub async fn finish(
         let svc = service.clone();
         let outcome = if error == "access_denied" { "cancelled" } else { "failed" };
         let detail = format!("authorization: {}", crate::oauth::tokens::sanitize_code(&error));
-        app.db.run(move |conn| store::record_event(conn, user_id, &svc, "connect", outcome, &detail)).await?;
+        let keep = app.settings.events_per_connection;
+        app.db.run(move |conn| store::record_event(conn, keep, user_id, &svc, "connect", outcome, &detail)).await?;
         if error == "access_denied" {
             return Ok(Finished::Cancelled);
         }
@@ -264,7 +270,10 @@ pub async fn finish(
         }
         Err(e) => {
             let detail = format!("code exchange: {e}");
-            app.db.run(move |conn| store::record_event(conn, user_id, &service, "connect", "failed", &detail)).await?;
+            let keep = app.settings.events_per_connection;
+            app.db
+                .run(move |conn| store::record_event(conn, keep, user_id, &service, "connect", "failed", &detail))
+                .await?;
             Err(e.to_app_error(provider))
         }
     }

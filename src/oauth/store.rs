@@ -14,9 +14,12 @@ pub fn aad(user_id: i64, service: &str, column: &str) -> String {
     format!("connections/{user_id}/{service}/{column}")
 }
 
-/// Record something that happened to a connection. `detail` is shown to the user.
+/// Record something that happened to a connection, keeping its newest `keep` events (the
+/// `events_per_connection` setting; the oldest go first). `detail` is shown to the user.
+#[allow(clippy::too_many_arguments)]
 pub fn record_event(
     conn: &mut Conn,
+    keep: i64,
     user_id: i64,
     service: &str,
     kind: &str,
@@ -24,13 +27,16 @@ pub fn record_event(
     detail: &str,
 ) -> AppResult<()> {
     events::insert(conn, &NewEvent { user_id, service, at: now(), kind, outcome, detail })?;
+    events::prune(conn, user_id, service, keep)?;
     Ok(())
 }
 
 /// Store a fresh token set for (user, service), replacing any older one, with its event, in one
 /// transaction.
+#[allow(clippy::too_many_arguments)]
 pub fn save_new(
     conn: &mut Conn,
+    keep: i64,
     cipher: &Cipher,
     user_id: i64,
     service: &str,
@@ -57,14 +63,16 @@ pub fn save_new(
     conn.transaction(|conn| {
         connections::upsert(conn, &new)?;
         let detail = if tokens.refresh_token.is_some() { "with a refresh token" } else { "without a refresh token" };
-        record_event(conn, user_id, service, event_kind, "ok", detail)
+        record_event(conn, keep, user_id, service, event_kind, "ok", detail)
     })
 }
 
 /// Delete a user's connection and record why, in one transaction; false when there was none
 /// (or it is not this user's).
+#[allow(clippy::too_many_arguments)]
 pub fn delete_with_event(
     conn: &mut Conn,
+    keep: i64,
     user_id: i64,
     service: &str,
     kind: &str,
@@ -74,7 +82,7 @@ pub fn delete_with_event(
     conn.transaction(|conn| {
         let removed = connections::delete(conn, user_id, service)? > 0;
         if removed {
-            record_event(conn, user_id, service, kind, outcome, detail)?;
+            record_event(conn, keep, user_id, service, kind, outcome, detail)?;
         }
         Ok(removed)
     })
@@ -89,8 +97,8 @@ pub async fn save(
     tokens: TokenSet,
     event_kind: &'static str,
 ) -> AppResult<()> {
-    let (cipher, svc) = (app.cipher.clone(), service.to_string());
-    app.db.run(move |conn| save_new(conn, &cipher, user_id, &svc, &tokens, event_kind)).await?;
+    let (cipher, svc, keep) = (app.cipher.clone(), service.to_string(), app.settings.events_per_connection);
+    app.db.run(move |conn| save_new(conn, keep, &cipher, user_id, &svc, &tokens, event_kind)).await?;
     app.caches.connection_changed(user_id, service);
     Ok(())
 }
@@ -104,8 +112,8 @@ pub async fn delete(
     outcome: &'static str,
     detail: String,
 ) -> AppResult<bool> {
-    let svc = service.to_string();
-    let removed = app.db.run(move |conn| delete_with_event(conn, user_id, &svc, kind, outcome, &detail)).await?;
+    let (svc, keep) = (service.to_string(), app.settings.events_per_connection);
+    let removed = app.db.run(move |conn| delete_with_event(conn, keep, user_id, &svc, kind, outcome, &detail)).await?;
     app.caches.connection_changed(user_id, service);
     Ok(removed)
 }

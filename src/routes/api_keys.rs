@@ -35,20 +35,40 @@ struct KeysPage {
     /// A key just created: shown this once.
     new_key: Option<String>,
     new_key_name: Option<String>,
+    /// Keys revoked to stay within `max_api_keys_per_user` when that key was created.
+    evicted: Vec<EvictedView>,
+    max_keys: i64,
     error: Option<String>,
     api_base: String,
+}
+
+#[derive(Serialize)]
+struct EvictedView {
+    name: String,
+    prefix: String,
+}
+
+/// What the page shows once after creating a key.
+struct NewKeyView {
+    name: String,
+    key: String,
+    evicted: Vec<EvictedView>,
 }
 
 async fn render(
     app: &AppState,
     user: &CurrentUser,
     layout: Layout,
-    new_key: Option<(String, String)>,
+    new_key: Option<NewKeyView>,
     error: Option<String>,
 ) -> AppResult<Template> {
     let uid = user.id;
     let keys = app.db.run(move |conn| Ok(api_keys::list_for_user(conn, uid)?)).await?;
     let now = now();
+    let (new_key_name, new_key, evicted) = match new_key {
+        Some(k) => (Some(k.name), Some(k.key), k.evicted),
+        None => (None, None, Vec::new()),
+    };
     let page = KeysPage {
         keys: keys
             .into_iter()
@@ -62,8 +82,10 @@ async fn render(
             })
             .collect(),
         csrf_token: user.csrf_token.clone(),
-        new_key_name: new_key.as_ref().map(|(n, _)| n.clone()),
-        new_key: new_key.map(|(_, k)| k),
+        max_keys: app.settings.max_api_keys_per_user,
+        new_key_name,
+        new_key,
+        evicted,
         error,
         api_base: app.settings.url("/api/v1"),
     };
@@ -96,11 +118,20 @@ async fn create(
     layout: Layout,
     form: Csrf<CreateForm>,
 ) -> AppResult<(Status, Template)> {
-    let (uid, name) = (user.id, form.name.clone());
-    match app.db.run(move |conn| api_key::create(conn, uid, &name)).await {
-        Ok((row, key)) => {
-            tracing::info!(user_id = uid, key_id = row.id, "API key created");
-            let page = render(app, user, layout, Some((row.name, key.expose().to_string())), None).await?;
+    let (uid, name, max_keys) = (user.id, form.name.clone(), app.settings.max_api_keys_per_user);
+    match app.db.run(move |conn| api_key::create(conn, uid, &name, max_keys)).await {
+        Ok(created) => {
+            for old in &created.evicted {
+                app.caches.api_keys.invalidate(&old.key_hash);
+                tracing::info!(user_id = uid, key_id = old.id, "API key revoked: over max_api_keys_per_user");
+            }
+            tracing::info!(user_id = uid, key_id = created.row.id, "API key created");
+            let new_key = NewKeyView {
+                name: created.row.name.clone(),
+                key: created.key.expose().to_string(),
+                evicted: created.evicted.into_iter().map(|k| EvictedView { name: k.name, prefix: k.prefix }).collect(),
+            };
+            let page = render(app, user, layout, Some(new_key), None).await?;
             Ok((Status::Ok, page))
         }
         Err(AppError::BadRequest(msg)) => {

@@ -9,6 +9,7 @@ pub mod health;
 pub mod home;
 pub mod password;
 pub mod services;
+pub mod sessions;
 pub mod settings;
 
 use rocket::http::Status;

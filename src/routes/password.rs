@@ -1,4 +1,5 @@
-//! My Settings → Password (`/settings/password`): change the password; every other session ends.
+//! My Settings → Password (`/settings/password`): change the password; every other session ends
+//! and every API key is revoked.
 
 use rocket::form::FromForm;
 use rocket::http::{CookieJar, Status};
@@ -72,12 +73,22 @@ async fn change(
         return Ok(Err((Status::UnprocessableEntity, page)));
     }
     let hash = password::hash(Secret::new(form.new_password)).await?;
-    // Every session ends, this one too; a fresh one is started below.
-    let ended = app.db.run(move |conn| accounts::replace_password(conn, uid, &hash)).await?;
+    // Every session ends, this one too (a fresh one is started below), and every API key is
+    // revoked: whoever knew the old password may have made one.
+    let done = app.db.run(move |conn| accounts::replace_password(conn, uid, &hash)).await?;
+    for key_hash in &done.revoked_key_hashes {
+        app.caches.api_keys.invalidate(key_hash);
+    }
     session::start(&app.db, &app.settings, cookies, uid).await?;
-    tracing::info!(user_id = uid, sessions_ended = ended, "password changed");
+    let keys = done.revoked_key_hashes.len();
+    tracing::info!(user_id = uid, sessions_ended = done.sessions_ended, api_keys_revoked = keys, "password changed");
+    let revoked = match keys {
+        0 => String::new(),
+        1 => " Your API key was revoked: create a new one on the API keys page.".to_string(),
+        n => format!(" Your {n} API keys were revoked: create new ones on the API keys page."),
+    };
     Ok(Ok(Flash::success(
         Redirect::to("/settings/password"),
-        "Your password was changed. You were signed out everywhere else.",
+        format!("Your password was changed. You were signed out everywhere else.{revoked}"),
     )))
 }

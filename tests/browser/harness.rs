@@ -375,7 +375,9 @@ impl Drop for Driver {
 
 pub struct Browser {
     pub c: Client,
-    pub app: App,
+    /// Shared with the other browsers of the test ([`Browser::another`]); the app stops with the
+    /// last of them.
+    pub app: std::sync::Arc<App>,
     driver: Driver,
 }
 
@@ -390,7 +392,7 @@ impl Browser {
         let binary = chromedriver_or_skip()?;
         let (app, mut driver) = tokio::join!(App::start_with(config), Driver::start(&binary));
         let c = driver.connect().await;
-        Some(Browser { c, app, driver })
+        Some(Browser { c, app: std::sync::Arc::new(app), driver })
     }
 
     /// A browser on the app of `config`, plus a second app started at the same time (say, the
@@ -400,7 +402,15 @@ impl Browser {
         let (app, other, mut driver) =
             tokio::join!(App::start_with(config), App::start_with(second), Driver::start(&binary));
         let c = driver.connect().await;
-        Some((Browser { c, app, driver }, other))
+        Some((Browser { c, app: std::sync::Arc::new(app), driver }, other))
+    }
+
+    /// A second browser (its own chromedriver and profile, so its own cookies) on the same app.
+    pub async fn another(&self) -> Browser {
+        let binary = chromedriver_or_skip().expect("the first browser started, so this one can");
+        let mut driver = Driver::start(&binary).await;
+        let c = driver.connect().await;
+        Browser { c, app: self.app.clone(), driver }
     }
 
     /// End the WebDriver session cleanly (Chromium quits); the processes end when `self` drops.

@@ -17,3 +17,4 @@ mod connect;
 mod cross_origin;
 mod headers;
 mod revocation;
+mod sessions;

@@ -382,6 +382,17 @@ impl<'a> Agent<'a> {
         Pending(res)
     }
 
+    /// GET with extra headers (a `User-Agent`, an `Authorization`), read in full.
+    pub async fn fetch_with(&self, uri: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut req = self.app.client.get(uri.to_string()).cookies(self.jar());
+        for (k, v) in headers {
+            req = req.header(Header::new(k.to_string(), v.to_string()));
+        }
+        let res = req.dispatch().await;
+        self.absorb(&res);
+        read(res).await
+    }
+
     pub async fn fetch(&self, uri: &str) -> Reply {
         let res = self.get(uri).await;
         read(res.0).await

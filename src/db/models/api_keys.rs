@@ -93,3 +93,36 @@ pub fn revoke(conn: &mut Conn, user_id: i64, id: i64, now: i64) -> QueryResult<O
         Ok(hash)
     })
 }
+
+/// Revoke every live key of the user (after a password change), with their cache invalidations,
+/// in the caller's transaction; the revoked keys' hashes.
+pub fn revoke_all_for_user(conn: &mut Conn, user_id: i64, now: i64) -> QueryResult<Vec<String>> {
+    let hashes: Vec<String> = crate::on_conn!(conn, conn => {
+        diesel::update(api_keys::table.filter(api_keys::user_id.eq(user_id)).filter(api_keys::revoked_at.is_null()))
+            .set(api_keys::revoked_at.eq(now))
+            .returning(api_keys::key_hash)
+            .get_results(conn)
+    })?;
+    for hash in &hashes {
+        invalidations::api_key(conn, hash)?;
+    }
+    Ok(hashes)
+}
+
+/// Revoke the user's oldest live keys until at most `keep` remain, with their cache
+/// invalidations, in the caller's transaction; the keys revoked, oldest first.
+pub fn revoke_oldest_beyond(conn: &mut Conn, user_id: i64, keep: i64, now: i64) -> QueryResult<Vec<ApiKey>> {
+    let live = list_for_user(conn, user_id)?; // newest first
+    let mut evicted: Vec<ApiKey> = live.into_iter().skip(usize::try_from(keep.max(0)).unwrap_or(0)).collect();
+    evicted.reverse();
+    for key in &mut evicted {
+        crate::on_conn!(conn, conn => {
+            diesel::update(api_keys::table.filter(api_keys::id.eq(key.id)).filter(api_keys::revoked_at.is_null()))
+                .set(api_keys::revoked_at.eq(now))
+                .execute(conn)
+        })?;
+        key.revoked_at = Some(now);
+        invalidations::api_key(conn, &key.key_hash)?;
+    }
+    Ok(evicted)
+}

@@ -45,3 +45,28 @@ pub fn recent(conn: &mut Conn, user_id: i64, service: &str, limit: i64) -> Query
             .load(conn)
     })
 }
+
+/// Keep only the newest `keep` events of a user's service (by insertion order); how many were
+/// deleted.
+pub fn prune(conn: &mut Conn, user_id: i64, service: &str, keep: i64) -> QueryResult<usize> {
+    crate::on_conn!(conn, conn => {
+        let oldest_kept: Option<i64> = connection_events::table
+            .filter(connection_events::user_id.eq(user_id))
+            .filter(connection_events::service.eq(service))
+            .order(connection_events::id.desc())
+            .offset(keep.max(1) - 1)
+            .select(connection_events::id)
+            .first(conn)
+            .optional()?;
+        match oldest_kept {
+            Some(id) => diesel::delete(
+                connection_events::table
+                    .filter(connection_events::user_id.eq(user_id))
+                    .filter(connection_events::service.eq(service))
+                    .filter(connection_events::id.lt(id)),
+            )
+            .execute(conn),
+            None => Ok(0),
+        }
+    })
+}

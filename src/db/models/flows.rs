@@ -32,6 +32,24 @@ pub fn take(conn: &mut Conn, state_hash: &str) -> QueryResult<Option<Flow>> {
     })
 }
 
+/// Keep at most `keep` pending flows of the user: `newest` (just started) and the most recent of
+/// the others; the oldest are deleted (their `state` no longer completes). How many were deleted.
+pub fn delete_oldest_beyond(conn: &mut Conn, user_id: i64, newest: &str, keep: i64) -> QueryResult<usize> {
+    crate::on_conn!(conn, conn => {
+        let dropped: Vec<String> = oauth_flows::table
+            .filter(oauth_flows::user_id.eq(user_id))
+            .filter(oauth_flows::state_hash.ne(newest))
+            .order((oauth_flows::created_at.desc(), oauth_flows::expires_at.desc()))
+            .offset(keep.max(1) - 1)
+            .select(oauth_flows::state_hash)
+            .load(conn)?;
+        if dropped.is_empty() {
+            return Ok(0);
+        }
+        diesel::delete(oauth_flows::table.filter(oauth_flows::state_hash.eq_any(&dropped))).execute(conn)
+    })
+}
+
 pub fn delete_expired(conn: &mut Conn, now: i64) -> QueryResult<usize> {
     crate::on_conn!(conn, conn => {
         diesel::delete(oauth_flows::table.filter(oauth_flows::expires_at.le(now))).execute(conn)
