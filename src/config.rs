@@ -39,8 +39,12 @@ pub struct RawConfig {
     /// Extra redirect URIs the demo provider accepts (another tokenvault using this one as its
     /// provider from another origin).
     pub demo_redirect_uris: Vec<String>,
-    /// Refresh an access token this many seconds before it expires.
+    /// Refresh an access token this many seconds before it expires (at most half of the token's
+    /// lifetime: see `oauth::access::refresh_due`).
     pub refresh_margin: i64,
+    /// A provider's 401 is answered with a refresh at most once per connection per this many
+    /// seconds (across instances); within the cooldown the 401 is passed through.
+    pub refresh_cooldown: i64,
     /// Largest request body the API proxy forwards, bytes.
     pub proxy_max_request_bytes: usize,
     /// Largest provider answer the API proxy passes back, bytes.
@@ -86,6 +90,7 @@ impl Default for RawConfig {
             demo_token_lifetime: 120,
             demo_redirect_uris: Vec::new(),
             refresh_margin: 60,
+            refresh_cooldown: 30,
             proxy_max_request_bytes: 1024 * 1024,
             proxy_max_response_bytes: 10 * 1024 * 1024,
             metrics: true,
@@ -121,6 +126,7 @@ pub struct Settings {
     pub demo_token_lifetime: i64,
     pub demo_redirect_uris: Vec<String>,
     pub refresh_margin: i64,
+    pub refresh_cooldown: i64,
     pub login_limit_per_ip: u32,
     pub login_limit_per_account: u32,
     pub proxy_max_request_bytes: usize,
@@ -272,6 +278,9 @@ impl Settings {
         if raw.refresh_margin < 0 {
             return Err(invalid("refresh_margin", "must not be negative"));
         }
+        if !(1..=3600).contains(&raw.refresh_cooldown) {
+            return Err(invalid("refresh_cooldown", "must be between 1 and 3600 seconds"));
+        }
         if raw.cache_ttl > 3600 {
             return Err(invalid("cache_ttl", "must be at most 3600 seconds (0 turns the cache off)"));
         }
@@ -306,6 +315,7 @@ impl Settings {
             demo_token_lifetime: raw.demo_token_lifetime,
             demo_redirect_uris: raw.demo_redirect_uris.clone(),
             refresh_margin: raw.refresh_margin,
+            refresh_cooldown: raw.refresh_cooldown,
             login_limit_per_ip: raw.login_limit_per_ip,
             proxy_max_request_bytes: raw.proxy_max_request_bytes,
             proxy_max_response_bytes: raw.proxy_max_response_bytes,
@@ -403,6 +413,8 @@ mod tests {
             ("login_limit_per_ip", bad(RawConfig { login_limit_per_ip: 0, ..d() })),
             ("login_limit_per_account", bad(RawConfig { login_limit_per_account: 0, ..d() })),
             ("refresh_margin", bad(RawConfig { refresh_margin: -1, ..d() })),
+            ("refresh_cooldown", bad(RawConfig { refresh_cooldown: 0, ..d() })),
+            ("refresh_cooldown", bad(RawConfig { refresh_cooldown: 3601, ..d() })),
             ("public_url", bad(RawConfig { public_url: "http://127.0.0.1:8000/?x=1".into(), ..d() })),
             ("max_pending_flows_per_user", bad(RawConfig { max_pending_flows_per_user: 0, ..d() })),
             ("events_per_connection", bad(RawConfig { events_per_connection: -5, ..d() })),

@@ -118,9 +118,14 @@ async fn the_token_endpoint_refreshes_and_reports_failures_with_stable_codes() {
     let key = api_key(&alice, "a").await;
     let (old, _) = app.stored_tokens("alice", "fake").unwrap();
     let (status, body, _) = api(&app, "GET", "/api/v1/services/fake/token", Some(&key)).await;
+    assert_eq!((status, &body["access_token"]), (Status::Ok, &json!(old)), "a 10 s token just issued is used");
+    // Obtained an hour ago, it expires within the margin (and past half its lifetime).
+    app.exec("UPDATE connections SET obtained_at = obtained_at - 3600");
+    let (status, body, _) = api(&app, "GET", "/api/v1/services/fake/token", Some(&key)).await;
     assert_eq!(status, Status::Ok);
     assert_ne!(body["access_token"], old, "refreshed first");
     assert_eq!(app.fake.refresh_calls().await, 1);
+    app.exec("UPDATE connections SET obtained_at = obtained_at - 3600");
 
     app.fake.script(ResponseTemplate::new(503).set_body_json(json!({"error": "temporarily_unavailable"})));
     let (status, body, _) = api(&app, "GET", "/api/v1/services/fake/token", Some(&key)).await;
@@ -148,6 +153,7 @@ async fn missing_client_credentials_and_rejected_ones_have_their_own_codes() {
     let alice = app.user("alice").await;
     alice.connect("fake").await;
     let key = api_key(&alice, "a").await;
+    app.exec("UPDATE connections SET obtained_at = obtained_at - 3600"); // due for a refresh
     app.fake.script(ResponseTemplate::new(401).set_body_json(json!({"error": "invalid_client"})));
     let (status, body, _) = api(&app, "GET", "/api/v1/services/fake/token", Some(&key)).await;
     assert_eq!((status, body["error"].as_str()), (Status::BadGateway, Some("provider_rejected_client")));
@@ -256,15 +262,17 @@ async fn the_proxy_forwards_with_the_token_and_strips_what_it_must() {
         .post("/api/v1/services/fake/proxy/files/list%20all?recursive=true&x=%2F")
         .header(Header::new("Authorization", format!("Bearer {key}")))
         .header(Header::new("Cookie", "tv_session=should-not-leak"))
-        .header(Header::new("X-Custom-Arg", "{\"path\":\"/\"}"))
-        .header(Header::new("X-Hop", "named in Connection"))
-        .header(Header::new("Connection", "keep-alive, X-Hop"))
+        .header(Header::new("Dropbox-API-Arg", "{\"path\":\"/\"}"))
+        .header(Header::new("X-Custom-Arg", "not on the allowlist"))
+        .header(Header::new("Accept-Language", "named in Connection"))
+        .header(Header::new("Connection", "keep-alive, Accept-Language"))
         .header(ContentType::JSON)
         .body(r#"{"hello":"provider"}"#)
         .dispatch()
         .await;
     assert_eq!(res.status(), Status::Created, "the provider's status comes back");
-    assert_eq!(res.headers().get_one("X-Provider-Header"), Some("kept"));
+    assert_eq!(res.headers().get_one("Content-Type"), Some("application/json"));
+    assert!(res.headers().get_one("X-Provider-Header").is_none(), "not on the response allowlist");
     assert!(res.headers().get_one("Set-Cookie").is_none(), "provider cookies are dropped");
     let body: Value = res.into_json().await.unwrap();
     assert_eq!(body["method"], "POST");
@@ -275,8 +283,9 @@ async fn the_proxy_forwards_with_the_token_and_strips_what_it_must() {
     let h = &body["headers"];
     assert_eq!(h["authorization"], format!("Bearer {stored}"), "the provider sees the user's token, not the API key");
     assert!(h.get("cookie").is_none());
-    assert_eq!(h["x-custom-arg"], "{\"path\":\"/\"}");
-    assert!(h.get("x-hop").is_none(), "headers named in Connection are hop-by-hop");
+    assert_eq!(h["dropbox-api-arg"], "{\"path\":\"/\"}");
+    assert!(h.get("x-custom-arg").is_none(), "not on the request allowlist");
+    assert!(h.get("accept-language").is_none(), "headers named in Connection are hop-by-hop");
     assert_eq!(h["content-type"], "application/json");
     assert!(!body.to_string().contains(&key));
 }
@@ -354,7 +363,7 @@ async fn openapi_readyz_and_metrics() {
     assert_eq!(doc["openapi"], "3.0.3");
     // Every mounted API route, with its method, is in the document.
     let api_routes: Vec<_> = app.client.rocket().routes().filter(|r| r.uri.base() == "/api/v1").collect();
-    assert_eq!(api_routes.len(), 8, "openapi, connections, token and five proxy methods");
+    assert_eq!(api_routes.len(), 9, "openapi, connections, token and six proxy methods");
     for route in api_routes {
         let path = route
             .uri

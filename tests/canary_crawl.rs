@@ -4,8 +4,8 @@
 //! signs up (and becomes the administrator), sets a vault value and re-saves the client secret
 //! through `/admin/vault`, connects the fake provider through the real flow, creates an API key,
 //! then every page and API response is fetched — including failing callbacks, revocation,
-//! deletion, a password change, logout and login. The fake's `expires_in` is 30 s, inside the 60 s
-//! refresh margin, so every use of the token refreshes it (and rotates the refresh token).
+//! deletion, a password change, logout and login. The fake's `expires_in` is 0 (tokens expired
+//! when issued), so every use of the token refreshes it (and rotates the refresh token).
 //!
 //! Every secret of the run — each access and refresh token the fake issued, the client secret, the
 //! admin-typed vault canary, each authorization code, PKCE verifier and `state`, the API key, each
@@ -568,7 +568,7 @@ fn other_files(dir: &Path, skip: &[PathBuf], out: &mut Vec<Hay>) {
 
 // ---------------------------------------------------------------------------------------------
 
-/// The fake provider (tokens that live 30 s), the test database with the fake's client
+/// The fake provider (tokens that expire as they are issued), the test database with the fake's client
 /// credentials in the vault, and the server on it.
 struct Setup {
     server: Server,
@@ -583,8 +583,9 @@ async fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let database = common::TestDatabase::new(dir.path());
     let fake = FakeProvider::start().await;
-    // Tokens live 30 s, inside the 60 s refresh margin: every use of a token refreshes it first.
-    fake.with_state(|s| s.expires_in = Some(json!(30)));
+    // Tokens expire as they are issued (`expires_in: 0`): every use of a token refreshes it first.
+    // (A 30 s token, inside the 60 s margin, used to do the same; now it is used for half its life.)
+    fake.with_state(|s| s.expires_in = Some(json!(0)));
     let cipher = Cipher::from_base64(common::VAULT_KEY, &[]).unwrap();
     let db = Db::open_sized(&database.url, 1).expect("the test database opens");
     {
@@ -958,7 +959,7 @@ async fn tokens_are_still_refreshed_after_revoking_and_connecting_again() {
     c.get("/services/fake/account").await.expect(200);
     c.get("/services/fake/account").await.expect(200);
     let before = fake.refresh_calls().await;
-    assert_eq!(before, 2, "each use of a token that expires within the margin refreshes it");
+    assert_eq!(before, 2, "each use of an expired token refreshes it");
     c.submit("/settings/oauth2", "/settings/oauth2/fake/revoke", &[]).await.expect(303);
     c.connect().await;
     c.get("/services/fake/account").await.expect(200);

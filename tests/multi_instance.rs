@@ -22,15 +22,28 @@ fn hidden(html: &str, name: &str) -> String {
     re.captures(html).map(|c| c[1].to_string()).expect("hidden field")
 }
 
-#[tokio::test]
-async fn two_instances_share_flows_and_refresh_once() {
+fn postgres_configured() -> bool {
     if std::env::var("TOKENVAULT_TEST_POSTGRES_URL").map(|v| v.is_empty()).unwrap_or(true) {
         eprintln!("multi-instance test skipped: set TOKENVAULT_TEST_POSTGRES_URL to run it against PostgreSQL");
-        return;
+        return false;
     }
+    true
+}
+
+/// Two instances on one PostgreSQL database, and one browser (its cookie jar) signed up on A as
+/// `alice`, who connected the fake provider with a flow started on A and finished on B.
+struct Pair {
+    a: common::server::Server,
+    b: common::server::Server,
+    http: reqwest::Client,
+    fake: common::FakeProvider,
+    database: common::TestDatabase,
+    _dir: tempfile::TempDir,
+}
+
+async fn two_instances_with_a_connection(fake: common::FakeProvider) -> Pair {
     let dir = tempfile::tempdir().unwrap();
     let database = common::TestDatabase::new(dir.path());
-    let fake = common::FakeProvider::start().await;
     {
         let db = tokenvault::db::Db::open_sized(&database.url, 1).unwrap();
         let cipher = tokenvault::vault::Cipher::from_base64(common::VAULT_KEY, &[]).unwrap();
@@ -70,6 +83,44 @@ async fn two_instances_share_flows_and_refresh_once() {
     assert_eq!(res.status(), 303, "{}", res.text().await.unwrap_or_default());
     let page = http.get(format!("{}/services/fake/connected", a.base)).send().await.unwrap().text().await.unwrap();
     assert!(page.contains(r#"id="connected""#));
+    Pair { a, b, http, fake, database, _dir: dir }
+}
+
+/// `n` concurrent account-page loads, alternating between the instances; their statuses.
+async fn page_loads(pair: &Pair, n: usize) -> Vec<u16> {
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let base = if i % 2 == 0 { pair.a.base.clone() } else { pair.b.base.clone() };
+        let http = pair.http.clone();
+        tasks.push(tokio::spawn(async move {
+            http.get(format!("{base}/services/fake/account")).send().await.map(|r| r.status().as_u16()).unwrap_or(0)
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    statuses
+}
+
+/// The connection's `obtained_at`, read from the database.
+fn obtained_at(database: &common::TestDatabase) -> i64 {
+    use diesel::prelude::*;
+    let db = tokenvault::db::Db::open_sized(&database.url, 1).unwrap();
+    let mut conn = db.conn().unwrap();
+    tokenvault::on_conn!(&mut conn, c => tokenvault::db::schema::connections::table
+        .select(tokenvault::db::schema::connections::obtained_at)
+        .first::<i64>(c))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn two_instances_share_flows_and_refresh_once() {
+    if !postgres_configured() {
+        return;
+    }
+    let pair = two_instances_with_a_connection(common::FakeProvider::start().await).await;
+    let (a, b, http, fake, database) = (&pair.a, &pair.b, &pair.http, &pair.fake, &pair.database);
 
     // Expire the token, make refreshes slow, then storm both instances at once.
     fake.with_state(|s| {
@@ -84,18 +135,7 @@ async fn two_instances_share_flows_and_refresh_once() {
             .unwrap();
     }
     let before = fake.refresh_calls().await;
-    let mut tasks = Vec::new();
-    for i in 0..40 {
-        let base = if i % 2 == 0 { a.base.clone() } else { b.base.clone() };
-        let http = http.clone();
-        tasks.push(tokio::spawn(async move {
-            http.get(format!("{base}/services/fake/account")).send().await.map(|r| r.status().as_u16()).unwrap_or(0)
-        }));
-    }
-    let mut statuses = Vec::new();
-    for t in tasks {
-        statuses.push(t.await.unwrap());
-    }
+    let statuses = page_loads(&pair, 40).await;
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     assert_eq!(fake.refresh_calls().await - before, 1, "exactly one refresh across both instances");
 
@@ -124,19 +164,47 @@ async fn two_instances_share_flows_and_refresh_once() {
     }
     // Delete the connection on A (the web UI): B stops handing out its token.
     let page = http.get(format!("{}/settings/oauth2", a.base)).send().await.unwrap().text().await.unwrap();
-    assert_eq!(post_form(&http, &format!("{}/settings/oauth2/fake/delete", a.base), &page).await, 303);
+    assert_eq!(post_form(http, &format!("{}/settings/oauth2/fake/delete", a.base), &page).await, 303);
     assert_eq!(token_status(a.base.clone()).await, 404, "A forgets at once");
     let seen_on_b = wait_for(|| token_status(b.base.clone()), 404).await;
     assert!(seen_on_b.is_some(), "B still served a deleted connection's token");
     // Revoke the key on A: B refuses it.
     let page = http.get(format!("{}/settings/api-keys", a.base)).send().await.unwrap().text().await.unwrap();
     let id = regex::Regex::new(r#"data-key="(\d+)""#).unwrap().captures(&page).unwrap()[1].to_string();
-    assert_eq!(post_form(&http, &format!("{}/settings/api-keys/{id}/revoke", a.base), &page).await, 303);
+    assert_eq!(post_form(http, &format!("{}/settings/api-keys/{id}/revoke", a.base), &page).await, 303);
     assert_eq!(token_status(a.base.clone()).await, 401, "A refuses the key at once");
     let seen_on_b = wait_for(|| token_status(b.base.clone()), 401).await;
     assert!(seen_on_b.is_some(), "B still accepted a revoked key");
     eprintln!("propagation to the other instance: {seen_on_b:?}");
-    drop((a, b));
+    drop(pair);
+}
+
+/// Issue 10's row "two instances on PostgreSQL, a provider with 20 s tokens, 20 concurrent page
+/// loads": no refresh while the token is fresh, then exactly one once it is past half its life —
+/// not one per instance, and not one per request with the default 60 s `refresh_margin`.
+#[tokio::test]
+async fn two_instances_use_a_fresh_short_lived_token_and_refresh_it_once() {
+    if !postgres_configured() {
+        return;
+    }
+    let fake = common::FakeProvider::start().await;
+    fake.with_state(|s| s.expires_in = Some(json!(20)));
+    let pair = two_instances_with_a_connection(fake).await;
+    let statuses = page_loads(&pair, 20).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(pair.fake.refresh_calls().await, 0, "a token issued moments ago is used, not refreshed");
+    // Wait (real time: both instances' caches age naturally) until it is past half its life.
+    let obtained = obtained_at(&pair.database);
+    while tokenvault::util::now() < obtained + 11 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let statuses = page_loads(&pair, 20).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(pair.fake.refresh_calls().await, 1, "exactly one refresh across both instances");
+    let statuses = page_loads(&pair, 20).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(pair.fake.refresh_calls().await, 1, "the refreshed token is fresh on both instances");
+    assert!(obtained_at(&pair.database) >= obtained + 11);
 }
 
 /// Post a form that carries only the CSRF token of `page`; the status.

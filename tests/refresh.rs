@@ -15,6 +15,13 @@ fn status_of(app: &TestApp) -> String {
     app.text("SELECT status AS t FROM connections")
 }
 
+/// The stored token as if obtained an hour ago, with the same expiry: a short-lived one is then
+/// due for a refresh (past half its lifetime and within `refresh_margin`); just issued, it would
+/// be used as it is.
+fn obtained_an_hour_ago(app: &TestApp) {
+    app.exec("UPDATE connections SET obtained_at = obtained_at - 3600");
+}
+
 #[tokio::test]
 async fn account_page_renders_the_provider_answer_with_a_fresh_token() {
     let app = TestApp::start().await;
@@ -56,10 +63,15 @@ async fn a_token_about_to_expire_is_refreshed_before_the_call() {
     let alice = app.user("alice").await;
     alice.connect("fake").await;
     let (old_access, old_refresh) = app.stored_tokens("alice", "fake").unwrap();
+    // Just issued, it is used as it is: the margin is at most half its lifetime (15 s).
+    assert_eq!(alice.fetch("/services/fake/account").await.status, Status::Ok);
+    assert_eq!((app.fake.refresh_calls().await, account_calls(&app).await), (0, 1));
+    // 20 s later (10 s left, past half its life): refreshed before the call.
+    app.exec("UPDATE connections SET obtained_at = obtained_at - 20, expires_at = expires_at - 20");
     let page = alice.fetch("/services/fake/account").await;
     assert_eq!(page.status, Status::Ok, "{}", page.text);
     assert_eq!(app.fake.refresh_calls().await, 1);
-    assert_eq!(account_calls(&app).await, 1, "no wasted call with the old token");
+    assert_eq!(account_calls(&app).await, 2, "no wasted call with the old token");
     let (access, refresh) = app.stored_tokens("alice", "fake").unwrap();
     assert_ne!(access, old_access);
     assert_ne!(refresh, old_refresh, "the rotated refresh token replaced the old one");
@@ -99,6 +111,7 @@ async fn a_refresh_without_a_refresh_token_keeps_the_old_one() {
     app.fake.with_state(|s| s.expires_in = Some(json!(10)));
     let alice = app.user("alice").await;
     alice.connect("fake").await;
+    obtained_an_hour_ago(&app);
     app.fake.with_state(|s| s.omit_refresh_token = true);
     let (_, old_refresh) = app.stored_tokens("alice", "fake").unwrap();
     assert_eq!(alice.fetch("/services/fake/account").await.status, Status::Ok);
@@ -152,6 +165,7 @@ async fn invalid_grant_asks_the_user_to_reconnect_and_stops_calling() {
     app.fake.with_state(|s| s.expires_in = Some(json!(5)));
     let alice = app.user("alice").await;
     alice.connect("fake").await;
+    obtained_an_hour_ago(&app);
     app.fake.script(ResponseTemplate::new(400).set_body_json(json!({"error": "invalid_grant"})));
     let page = alice.fetch("/services/fake/account").await;
     assert_eq!(page.status, Status::Ok);
@@ -190,6 +204,7 @@ async fn a_refresh_without_client_credentials_says_so_and_keeps_the_tokens() {
     app.fake.with_state(|s| s.expires_in = Some(json!(5)));
     let alice = app.user("alice").await;
     alice.connect("fake").await;
+    obtained_an_hour_ago(&app);
     let before = app.stored_tokens("alice", "fake");
     app.exec("DELETE FROM vault_entries WHERE path LIKE 'fake.%'");
     let calls = app.fake.token_calls().await;
@@ -209,6 +224,7 @@ async fn a_503_during_refresh_keeps_the_tokens_and_is_retryable() {
     app.fake.with_state(|s| s.expires_in = Some(json!(5)));
     let alice = app.user("alice").await;
     alice.connect("fake").await;
+    obtained_an_hour_ago(&app);
     let before = app.stored_tokens("alice", "fake");
     app.fake.script(ResponseTemplate::new(503).set_body_json(json!({"error": "temporarily_unavailable"})));
     let page = alice.fetch("/services/fake/account").await;
@@ -226,6 +242,7 @@ async fn a_stalled_refresh_is_a_504_and_keeps_the_tokens() {
     app.fake.with_state(|s| s.expires_in = Some(json!(5)));
     let alice = app.user("alice").await;
     alice.connect("fake").await;
+    obtained_an_hour_ago(&app);
     let before = app.stored_tokens("alice", "fake");
     app.fake.script(ResponseTemplate::new(200).set_delay(std::time::Duration::from_secs(5)));
     let page = alice.fetch("/services/fake/account").await;
@@ -239,6 +256,7 @@ async fn invalid_client_is_an_admin_problem_and_keeps_user_tokens() {
     app.fake.with_state(|s| s.expires_in = Some(json!(5)));
     let alice = app.user("alice").await;
     alice.connect("fake").await;
+    obtained_an_hour_ago(&app);
     let before = app.stored_tokens("alice", "fake");
     app.fake.script(ResponseTemplate::new(401).set_body_json(json!({"error": "invalid_client"})));
     let page = alice.fetch("/services/fake/account").await;
@@ -259,4 +277,101 @@ async fn the_provider_being_down_is_a_friendly_page() {
     assert_eq!(page.status, Status::BadGateway);
     assert!(page.text.contains("could not be reached"));
     assert!(app2.stored_tokens("bob", "fake").is_some());
+}
+
+/// The token API's status and access token for API key `key`.
+async fn token_api(app: &TestApp, key: &str) -> (Status, String) {
+    let res = app
+        .client
+        .get("/api/v1/services/fake/token")
+        .header(rocket::http::Header::new("Authorization", format!("Bearer {key}")))
+        .dispatch()
+        .await;
+    let status = res.status();
+    let body: serde_json::Value = res.into_json().await.unwrap_or_default();
+    (status, body["access_token"].as_str().unwrap_or_default().to_string())
+}
+
+/// 20 concurrent account-page loads and 20 concurrent token API calls; the tokens handed out.
+async fn burst(app: &TestApp, alice: &common::Agent<'_>, key: &str) -> std::collections::BTreeSet<String> {
+    let pages = futures_util::future::join_all((0..20).map(|_| alice.fetch("/services/fake/account")));
+    let tokens = futures_util::future::join_all((0..20).map(|_| token_api(app, key)));
+    let (pages, tokens) = futures_util::future::join(pages, tokens).await;
+    assert!(pages.iter().all(|p| p.status == Status::Ok), "{:?}", pages.iter().map(|p| p.status).collect::<Vec<_>>());
+    assert!(tokens.iter().all(|(s, _)| *s == Status::Ok));
+    tokens.into_iter().map(|(_, t)| t).collect()
+}
+
+/// Issue 10, item 7: with 20 s tokens and the default 60 s `refresh_margin`, every use used to
+/// refresh a token issued a second before. The margin is at most half the lifetime.
+#[tokio::test]
+async fn a_fresh_short_lived_token_is_used_not_refreshed() {
+    let app = TestApp::start().await;
+    app.fake.with_state(|s| s.expires_in = Some(json!(20)));
+    let alice = app.user("alice").await;
+    alice.connect("fake").await;
+    let key = {
+        let mut conn = app.db.conn().unwrap();
+        tokenvault::auth::api_key::create(&mut conn, 1, "script").unwrap().1
+    };
+    let key = key.expose();
+    let (issued, _) = app.stored_tokens("alice", "fake").unwrap();
+    assert_eq!(burst(&app, &alice, key).await, [issued].into(), "the token just issued is handed out");
+    assert_eq!(burst(&app, &alice, key).await.len(), 1);
+    assert_eq!(app.fake.refresh_calls().await, 0, "no refresh while the token is fresh");
+    // 11 s later (9 s left, past half its life): one refresh for all of them, then the new token
+    // is fresh in turn.
+    app.exec("UPDATE connections SET obtained_at = obtained_at - 11, expires_at = expires_at - 11");
+    let (aged, _) = app.stored_tokens("alice", "fake").unwrap();
+    let handed = burst(&app, &alice, key).await;
+    assert_eq!(app.fake.refresh_calls().await, 1, "exactly one refresh past half-life");
+    let (refreshed, _) = app.stored_tokens("alice", "fake").unwrap();
+    assert_ne!(refreshed, aged);
+    assert_eq!(handed, [refreshed.clone()].into(), "every call got the refreshed token");
+    assert_eq!(burst(&app, &alice, key).await, [refreshed].into());
+    assert_eq!(app.fake.refresh_calls().await, 1);
+}
+
+/// Issue 10, item 6, on the account page: a provider that answers 401 to every call (Dropbox does
+/// for a missing scope) costs one refresh per `refresh_cooldown`, for sequential and concurrent
+/// page loads alike; each shows the error page, and the connection stays.
+#[tokio::test]
+async fn an_api_that_always_answers_401_costs_one_refresh_per_cooldown() {
+    let app = TestApp::start().await;
+    let alice = app.user("alice").await;
+    alice.connect("fake").await;
+    app.fake.with_state(|s| s.account_always_401 = true);
+    for i in 0..5 {
+        let page = alice.fetch("/services/fake/account").await;
+        assert_eq!(page.status, Status::BadGateway, "load {i}: {}", page.text);
+        assert!(page.text.contains("even after renewing"), "{}", page.text);
+    }
+    let pages = futures_util::future::join_all((0..20).map(|_| alice.fetch("/services/fake/account"))).await;
+    assert!(pages.iter().all(|p| p.status == Status::BadGateway));
+    assert_eq!(app.fake.refresh_calls().await, 1, "one refresh for 25 page loads");
+    assert_eq!(account_calls(&app).await, 26, "the first load's call and retry, then one call each");
+    assert_eq!(status_of(&app), "active");
+    // The cooldown is read from the stored row, so a refresh attempted by another instance holds
+    // this one back as well: one attempted 20 s ago…
+    let attempted =
+        |ago: i64| format!("UPDATE connections SET refresh_after_401_at = {}", tokenvault::util::now() - ago);
+    app.exec(&attempted(20));
+    assert_eq!(alice.fetch("/services/fake/account").await.status, Status::BadGateway);
+    assert_eq!(app.fake.refresh_calls().await, 1, "inside the 30 s default cooldown");
+    // …and, past the cooldown, one more, for any number of page loads.
+    app.exec(&attempted(31));
+    let pages = futures_util::future::join_all((0..10).map(|_| alice.fetch("/services/fake/account"))).await;
+    assert!(pages.iter().all(|p| p.status == Status::BadGateway));
+    assert_eq!(app.fake.refresh_calls().await, 2, "past the cooldown: one more");
+    // A stale cached row does not get round it: the lease's compare-and-swap checks the stored
+    // time. The row is cached while its last attempt is long past; then another instance's attempt
+    // is recorded (unannounced, so the cache still holds the old row) and the provider says 401.
+    app.fake.with_state(|s| s.account_always_401 = false);
+    app.exec(&attempted(31));
+    assert_eq!(alice.fetch("/services/fake/account").await.status, Status::Ok);
+    app.exec_unannounced(&attempted(0));
+    app.fake.invalidate_access_tokens();
+    let page = alice.fetch("/services/fake/account").await;
+    assert_eq!(page.status, Status::BadGateway, "the 401 is passed through: {}", page.text);
+    assert_eq!(app.fake.refresh_calls().await, 2);
 }

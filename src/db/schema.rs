@@ -63,6 +63,7 @@ diesel::table! {
         version -> BigInt,
         updated_at -> BigInt,
         refresh_lease_until -> Nullable<BigInt>,
+        refresh_after_401_at -> Nullable<BigInt>,
     }
 }
 

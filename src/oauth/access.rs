@@ -1,8 +1,15 @@
 //! Getting a usable access token: the one refresh mechanism every caller uses.
 //!
-//! - Proactive: a token that expires within `refresh_margin` seconds is refreshed before use.
+//! - Proactive: a token that expires within its margin is refreshed before use; the margin is
+//!   `refresh_margin`, but at most half of the token's lifetime (`expires_at - obtained_at`, both
+//!   stored), so a token just issued is used, not refreshed, however short-lived ([`refresh_due`]).
 //! - Reactive: after a 401, [`refresh_after_401`] refreshes once — unless another request already
-//!   replaced the token the 401 was for, in which case that newer token is used.
+//!   replaced the token the 401 was for, in which case that newer token is used, or a refresh
+//!   after a 401 was attempted less than `refresh_cooldown` seconds ago, in which case the 401
+//!   stands: a provider that answers 401 for a missing scope costs one refresh per cooldown, not
+//!   one per request. The cooldown is the stored row's `refresh_after_401_at` (set with the lease
+//!   of such a refresh, by any instance) and is part of the lease's compare-and-swap, so it holds
+//!   across instances and against stale cached rows.
 //! - Single-flight: an in-process lock per connection, plus a short lease in the database taken
 //!   with a version compare-and-swap, so that no other request or instance refreshes at the same
 //!   time; those wait and re-read instead.
@@ -179,24 +186,62 @@ async fn current(app: &AppState, user_id: i64, service: &str) -> Result<Arc<Conn
     usable(row.ok_or(AccessError::NotConnected)?)
 }
 
+/// Whether a token obtained at `obtained_at` and expiring at `expires_at` (`None`: never) is due
+/// for a proactive refresh at `now`: when it expires within `refresh_margin` seconds, the margin
+/// being at most half of its lifetime — a 20 s token is refreshed after 10 s, not on every use.
+pub fn refresh_due(obtained_at: i64, expires_at: Option<i64>, refresh_margin: i64, now: i64) -> bool {
+    let Some(expires_at) = expires_at else { return false };
+    let half_life = expires_at.saturating_sub(obtained_at).max(0) / 2;
+    expires_at.saturating_sub(refresh_margin.min(half_life)) <= now
+}
+
+/// Whether a 401 may be answered with a refresh at `now`, the connection's last refresh after a
+/// 401 having been attempted at `last_attempt` (`None`: never since it was made): only if that was
+/// at least `cooldown` seconds ago. A newer one (in any instance) got the token the provider
+/// refuses now, and another would be refused the same way.
+pub fn may_refresh_after_401(last_attempt: Option<i64>, cooldown: i64, now: i64) -> bool {
+    last_attempt.is_none_or(|t| t <= cooldown_bound(cooldown, now))
+}
+
+/// The latest refresh attempt that still allows a refresh after a 401 at `now`.
+fn cooldown_bound(cooldown: i64, now: i64) -> i64 {
+    now.saturating_sub(cooldown)
+}
+
 /// A usable access token for (user, service), refreshed first if it expires soon.
 pub async fn fresh_token(app: &AppState, user_id: i64, provider: &Provider) -> Result<FreshToken, AccessError> {
     let margin = app.settings.refresh_margin;
-    refresh_if(app, user_id, provider, move |c| c.expires_at.is_some_and(|e| e - margin <= now())).await
+    refresh_if(app, user_id, provider, None, move |c| refresh_due(c.obtained_at, c.expires_at, margin, now())).await
 }
 
-/// The provider answered 401 to the token of `stale_version`: refresh once, unless that token was
-/// already replaced, and return the token to retry with.
+/// The provider answered 401 to the token of `stale_version`: the token to retry with — a newer
+/// one another request stored meanwhile, or one refreshed now — or `None` when the 401 must be
+/// passed through: the token is still that of `stale_version` and a refresh after a 401 was
+/// attempted within `refresh_cooldown` (here or in another instance).
 pub async fn refresh_after_401(
     app: &AppState,
     user_id: i64,
     provider: &Provider,
     stale_version: i64,
-) -> Result<FreshToken, AccessError> {
-    refresh_if(app, user_id, provider, move |c| c.version == stale_version).await
+) -> Result<Option<FreshToken>, AccessError> {
+    let cooldown = app.settings.refresh_cooldown;
+    let token = refresh_if(app, user_id, provider, Some(cooldown), move |c| {
+        c.version == stale_version && may_refresh_after_401(c.refresh_after_401_at, cooldown, now())
+    })
+    .await?;
+    Ok((token.version != stale_version).then_some(token))
 }
 
-async fn refresh_if<F>(app: &AppState, user_id: i64, provider: &Provider, needs: F) -> Result<FreshToken, AccessError>
+/// Refresh the connection if `needs` says so of its row (single-flight, see the module doc). With
+/// `cooldown` (a refresh after a 401), the lease is taken only if no other refresh after a 401 was
+/// attempted within that many seconds, and records this one.
+async fn refresh_if<F>(
+    app: &AppState,
+    user_id: i64,
+    provider: &Provider,
+    cooldown: Option<i64>,
+    needs: F,
+) -> Result<FreshToken, AccessError>
 where
     F: Fn(&Connection) -> bool,
 {
@@ -227,13 +272,15 @@ where
     // needs no re-read. The client credentials come in the same round trip.
     let mut row = row;
     loop {
-        let lease_until = now() + app.settings.http_timeout as i64 + 2;
+        let attempt = now();
+        let lease_until = attempt + app.settings.http_timeout as i64 + 2;
+        let after_401_by = cooldown.map(|c| cooldown_bound(c, attempt));
         let (id, version) = (row.id, row.version);
         let (cipher, name) = (app.cipher.clone(), provider.name.clone());
         let lease = app
             .db
             .run(move |conn| {
-                if !connections::take_refresh_lease(conn, id, version, now(), lease_until)? {
+                if !connections::take_refresh_lease(conn, id, version, attempt, lease_until, after_401_by)? {
                     return Ok(None);
                 }
                 match client_credentials(conn, &cipher, &name) {
@@ -246,7 +293,7 @@ where
             })
             .await?;
         if let Some(creds) = lease {
-            let result = refresh_now(app, provider, &row, creds).await;
+            let result = refresh_now(app, provider, &row, after_401_by.map(|_| attempt), creds).await;
             // Whatever happened, the row moved past `version` if we wrote it (refreshed, or
             // marked reconnect-required); waiters re-read it.
             if matches!(result, Ok(_) | Err(AccessError::ReconnectRequired)) {
@@ -254,10 +301,12 @@ where
             }
             return result;
         }
-        // Lost: the row changed (someone refreshed or reconnected: use their token), or another
-        // instance holds the lease (wait for its result).
+        // Lost: the row changed (someone refreshed or reconnected: use their token), another
+        // instance holds the lease (wait for its result), or — after a 401 — a refresh was
+        // attempted within the cooldown (the re-read row says so: `needs` is false).
         row = load(app, user_id, &provider.name).await?;
-        if row.version != seen_version || !needs(&row) {
+        let leased = row.refresh_lease_until.is_some_and(|until| until >= now());
+        if row.version != seen_version || (!leased && !needs(&row)) {
             return fresh_from(app, &row);
         }
         if now() > wait_limit {
@@ -267,12 +316,13 @@ where
     }
 }
 
-/// Refresh `row` (whose lease we hold) with the client's credentials (`None`: not configured) and
-/// store the result.
+/// Refresh `row` (whose lease we took; `after_401`: at this time, to answer a 401) with the
+/// client's credentials (`None`: not configured) and store the result.
 async fn refresh_now(
     app: &AppState,
     provider: &Provider,
     row: &Connection,
+    after_401: Option<i64>,
     creds: Option<ClientCredentials>,
 ) -> Result<FreshToken, AccessError> {
     let (user_id, service, id, version) = (row.user_id, row.service.clone(), row.id, row.version);
@@ -334,6 +384,7 @@ async fn refresh_now(
                 version: version + 1,
                 updated_at: obtained_at,
                 refresh_lease_until: None,
+                refresh_after_401_at: after_401.or(row.refresh_after_401_at),
                 ..row.clone()
             };
             let ticket = app.caches.connections.ticket();
@@ -436,5 +487,50 @@ async fn reconnect_required(
 async fn release(app: &AppState, id: i64, version: i64) {
     if let Err(e) = app.db.run(move |conn| Ok(connections::release_refresh_lease(conn, id, version)?)).await {
         tracing::error!(error = %e, "could not release a refresh lease (it expires by itself)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{may_refresh_after_401, refresh_due};
+
+    #[test]
+    fn the_margin_is_at_most_half_the_lifetime() {
+        let t0 = 1_000_000;
+        // A 20 s token with a 60 s margin: used for its first 10 s, refreshed from then on.
+        for (age, due) in [(0, false), (1, false), (9, false), (10, true), (19, true), (25, true)] {
+            assert_eq!(refresh_due(t0, Some(t0 + 20), 60, t0 + age), due, "20 s token at {age} s");
+        }
+        // A long-lived token: `refresh_margin` is the bound.
+        let hour = Some(t0 + 3600);
+        assert!(!refresh_due(t0, hour, 60, t0 + 3539));
+        assert!(refresh_due(t0, hour, 60, t0 + 3540));
+        // No margin: refreshed when expired.
+        assert!(!refresh_due(t0, Some(t0 + 20), 0, t0 + 19));
+        assert!(refresh_due(t0, Some(t0 + 20), 0, t0 + 20));
+        // A token without an expiry is never due; one stored as expired (or expiring before it
+        // was obtained) is due at once.
+        assert!(!refresh_due(t0, None, 60, i64::MAX));
+        assert!(refresh_due(t0, Some(0), 60, t0));
+        assert!(refresh_due(t0, Some(t0 - 5), 60, t0));
+        // A 1 s token is refreshed once it has expired, not before.
+        assert!(!refresh_due(t0, Some(t0 + 1), 60, t0));
+        assert!(refresh_due(t0, Some(t0 + 1), 60, t0 + 1));
+        // No overflow at the edges.
+        assert!(!refresh_due(i64::MIN, Some(i64::MAX), i64::MAX, 0));
+    }
+
+    #[test]
+    fn a_401_refreshes_only_once_per_cooldown() {
+        let t0 = 1_000_000;
+        assert!(may_refresh_after_401(None, 30, t0), "no refresh attempted since the connection was made");
+        assert!(!may_refresh_after_401(Some(t0), 30, t0), "attempted just now");
+        assert!(!may_refresh_after_401(Some(t0 - 29), 30, t0));
+        assert!(may_refresh_after_401(Some(t0 - 30), 30, t0));
+        assert!(may_refresh_after_401(Some(t0 - 3600), 30, t0));
+        // A clock that went back (another instance's attempt "in the future") does not allow one.
+        assert!(!may_refresh_after_401(Some(t0 + 5), 30, t0));
+        assert!(may_refresh_after_401(Some(i64::MIN), 30, i64::MIN + 30));
+        assert!(!may_refresh_after_401(Some(i64::MAX), 30, i64::MIN));
     }
 }

@@ -5,7 +5,7 @@ use rocket::http::Status;
 
 use crate::app::AppState;
 use crate::error::AppError;
-use crate::oauth::access::{fresh_token, refresh_after_401, AccessError};
+use crate::oauth::access::{fresh_token, refresh_after_401, AccessError, FreshToken};
 use crate::oauth::http::HttpError;
 use crate::oauth::providers::{AccountMethod, Provider};
 use crate::oauth::tokens::TokenError;
@@ -45,14 +45,36 @@ where
     if response.status().as_u16() != 401 {
         return Ok(response);
     }
+    let Some(token) = retry_token(app, user_id, provider, token.version).await? else {
+        return Ok(response);
+    };
     drop(response);
-    tracing::info!(service = %provider.name, user_id, "the provider answered 401: refreshing once");
-    let token = refresh_after_401(app, user_id, provider, token.version).await?;
     app.http.send_streaming(build(app.http.client(), &token.access_token), limit).await.map_err(http_error)
 }
 
-/// Send a request built by `build` with the user's access token; after a 401, refresh once and
-/// retry once. The caller sees the final answer (a second 401 included).
+/// After a 401 to the token of `version`: the token to retry with (see [`refresh_after_401`]), or
+/// `None` to pass the 401 on.
+async fn retry_token(
+    app: &AppState,
+    user_id: i64,
+    provider: &Provider,
+    version: i64,
+) -> Result<Option<FreshToken>, AccessError> {
+    let token = refresh_after_401(app, user_id, provider, version).await?;
+    match &token {
+        Some(t) => {
+            tracing::info!(service = %provider.name, user_id, version = t.version, "the provider answered 401: retrying once with a newer token")
+        }
+        None => {
+            tracing::info!(service = %provider.name, user_id, "the provider answered 401 to a token issued moments ago: not refreshing it again (refresh_cooldown)")
+        }
+    }
+    Ok(token)
+}
+
+/// Send a request built by `build` with the user's access token; after a 401, refresh once (unless
+/// the token was obtained within `refresh_cooldown`) and retry once. The caller sees the final
+/// answer (a second 401 included).
 pub async fn call_with_token<B>(
     app: &AppState,
     user_id: i64,
@@ -68,8 +90,9 @@ where
     if status.as_u16() != 401 {
         return Ok(ProviderResponse { status: status.as_u16(), headers, body });
     }
-    tracing::info!(service = %provider.name, user_id, "the provider answered 401: refreshing once");
-    let token = refresh_after_401(app, user_id, provider, token.version).await?;
+    let Some(token) = retry_token(app, user_id, provider, token.version).await? else {
+        return Ok(ProviderResponse { status: status.as_u16(), headers, body });
+    };
     let (status, headers, body) =
         app.http.send(build(app.http.client(), &token.access_token)).await.map_err(http_error)?;
     Ok(ProviderResponse { status: status.as_u16(), headers, body })

@@ -1,6 +1,7 @@
 //! The authenticated proxy: `ANY /api/v1/services/<service>/proxy/<path..>` forwards to the
 //! service's `api_base_url` with the user's token (refresh on 401, one retry) and streams the
-//! answer back. Only URLs under the configured base can be reached.
+//! answer back. Only URLs under the configured base can be reached; headers pass by allowlist in
+//! both directions, and a provider's redirect is never handed on as a `Location`.
 
 use url::Url;
 
@@ -9,49 +10,82 @@ use crate::oauth::access::AccessError;
 use crate::oauth::account::send_with_token;
 use crate::oauth::providers::Provider;
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1) and framing, set by each side itself: never passed on
-/// in either direction.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "content-length",
+/// Request headers forwarded to the provider (any case): content negotiation, the body's type,
+/// conditional and range requests, and the provider-specific argument headers of the presets'
+/// APIs. Nothing else is: not the caller's credentials, cookies, `Host`, `Origin`, `Referer`,
+/// `User-Agent`, `X-Forwarded-*` or any other header (README, "The API proxy").
+pub const REQUEST_HEADERS: &[&str] = &[
+    "accept",
+    "accept-language",
+    "content-type",
+    "content-encoding",
+    "content-language",
+    "if-match",
+    "if-none-match",
+    "if-modified-since",
+    "if-unmodified-since",
+    "if-range",
+    "range",
+    "cache-control",
+    "prefer",
+    // Dropbox
+    "dropbox-api-arg",
+    "dropbox-api-select-user",
+    "dropbox-api-select-admin",
+    "dropbox-api-path-root",
+    // GitHub
+    "x-github-api-version",
+    // Microsoft Graph
+    "consistencylevel",
+    // Google resumable uploads
+    "x-goog-upload-protocol",
+    "x-goog-upload-command",
+    "x-goog-upload-offset",
+    "x-goog-upload-header-content-type",
+    "x-goog-upload-header-content-length",
 ];
 
-/// Request headers never forwarded besides those: the caller's own credentials and cookies, and
-/// what would tell the provider about the caller.
-const DROP_REQUEST: &[&str] = &[
-    "authorization",
-    "cookie",
-    "host",
-    "proxy-authorization",
-    "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-    "x-real-ip",
-    "origin",
-    "referer",
-    "accept-encoding",
+/// Response headers passed back to the caller (any case): the body's description, caching
+/// validators, pagination, rate limits and the presets' result headers. Never `Set-Cookie`,
+/// CORS (`Access-Control-*`), `Clear-Site-Data`, `Refresh`, `Location` (see [`upstream_location`]),
+/// security policies for the provider's origin, framing or anything else not listed.
+pub const RESPONSE_HEADERS: &[&str] = &[
+    "content-type",
+    "content-encoding",
+    "content-language",
+    "content-disposition",
+    "content-range",
+    "accept-ranges",
+    "etag",
+    "last-modified",
+    "cache-control",
+    "expires",
+    "retry-after",
+    "link",
+    "x-ratelimit-limit",
+    "x-ratelimit-remaining",
+    "x-ratelimit-reset",
+    "x-ratelimit-used",
+    "x-ratelimit-resource",
+    "ratelimit",
+    "ratelimit-policy",
+    "ratelimit-limit",
+    "ratelimit-remaining",
+    "ratelimit-reset",
+    // Dropbox (download endpoints put the file's metadata here)
+    "dropbox-api-result",
 ];
 
-/// Response headers never passed back besides those: the provider's cookies and its policies
-/// for its own origin.
-const DROP_RESPONSE: &[&str] = &["set-cookie", "strict-transport-security", "content-security-policy", "alt-svc"];
+/// Where a provider's redirect target is handed to the caller instead of `Location`.
+pub const UPSTREAM_LOCATION: &str = "X-Upstream-Location";
 
 /// Whether a request header (any case) may be forwarded to the provider.
 pub fn forwards_request_header(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    !HOP_BY_HOP.contains(&name.as_str()) && !DROP_REQUEST.contains(&name.as_str())
+    REQUEST_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name))
 }
 
-/// The request headers to forward: without those above, nor those the request's `Connection`
-/// header names as hop-by-hop (RFC 9110 §7.6.1).
+/// The request headers to forward: those on [`REQUEST_HEADERS`], less any the request's
+/// `Connection` header names as hop-by-hop (RFC 9110 §7.6.1).
 pub fn forwardable_headers(headers: &[(&str, &str)]) -> Vec<(String, String)> {
     let named: Vec<String> = headers
         .iter()
@@ -67,8 +101,52 @@ pub fn forwardable_headers(headers: &[(&str, &str)]) -> Vec<(String, String)> {
 
 /// Whether a provider's response header (any case) may be passed back.
 pub fn returns_response_header(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    !HOP_BY_HOP.contains(&name.as_str()) && !DROP_RESPONSE.contains(&name.as_str())
+    RESPONSE_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// Whether `url` is `base` or under it (same origin, path below the base's).
+fn under_base(base: &Url, url: &Url) -> bool {
+    let base_path = base.path().trim_end_matches('/');
+    url.origin() == base.origin() && (url.path() == base_path || url.path().starts_with(&format!("{base_path}/")))
+}
+
+/// A provider's `Location` (resolved against the URL it answered), as the caller may see it in
+/// [`UPSTREAM_LOCATION`]: only when it stays under `base`, without userinfo or fragment; `None`
+/// otherwise. It is never passed on as `Location`, which a client would follow with its
+/// tokenvault key.
+pub fn upstream_location(base: &Url, answered: &Url, location: &str) -> Option<String> {
+    let mut target = answered.join(location).ok()?;
+    target.set_fragment(None);
+    if !target.username().is_empty() || target.password().is_some() || !under_base(base, &target) {
+        return None;
+    }
+    Some(target.to_string())
+}
+
+/// The headers of a provider's answer to pass back: those on [`RESPONSE_HEADERS`], plus
+/// [`UPSTREAM_LOCATION`] for a `Location` under `base`.
+pub fn returned_headers(base: &Url, answered: &Url, headers: &reqwest::header::HeaderMap) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (name, value) in headers {
+        let Ok(value) = value.to_str() else { continue };
+        if returns_response_header(name.as_str()) {
+            out.push((name.as_str().to_string(), value.to_string()));
+        } else if name == reqwest::header::LOCATION {
+            if let Some(target) = upstream_location(base, answered, value) {
+                out.push((UPSTREAM_LOCATION.to_string(), target));
+            }
+        }
+    }
+    out
+}
+
+/// Whether the raw (still percent-encoded) request path is one the proxy refuses before decoding
+/// it: a `;` (path parameters, which some servers strip or reinterpret), an encoded dot (`%2e`,
+/// either case, in any segment: servers disagree on whether `%2e%2e` is `..`), or a backslash,
+/// raw or encoded (`%5c`), which some servers take for a slash.
+pub fn refused_raw_path(raw: &str) -> bool {
+    let lower = raw.to_ascii_lowercase();
+    lower.contains(';') || lower.contains('\\') || lower.contains("%2e") || lower.contains("%5c")
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,14 +175,13 @@ pub fn target_url(base: &Url, segments: &[&str], query: Option<&str>) -> Option<
         }
     }
     url.set_query(query);
-    let base_path = base.path().trim_end_matches('/');
-    let ok =
-        url.origin() == base.origin() && (url.path() == base_path || url.path().starts_with(&format!("{base_path}/")));
-    ok.then_some(url)
+    under_base(base, &url).then_some(url)
 }
 
 pub struct Forward<'a> {
     pub method: reqwest::Method,
+    /// The request's path as it arrived (percent-encoded), checked with [`refused_raw_path`].
+    pub raw_path: &'a str,
     pub segments: Vec<&'a str>,
     pub query: Option<&'a str>,
     /// From [`forwardable_headers`].
@@ -112,13 +189,22 @@ pub struct Forward<'a> {
     pub body: Vec<u8>,
 }
 
-/// Forward the call; the provider's answer with its body unread.
+/// The provider's answer: its body unread, and the headers to pass back ([`returned_headers`]).
+pub struct Answer {
+    pub response: reqwest::Response,
+    pub headers: Vec<(String, String)>,
+}
+
+/// Forward the call (refused before anything is sent if the path is not allowed).
 pub async fn forward(
     app: &AppState,
     user_id: i64,
     provider: &Provider,
     req: Forward<'_>,
-) -> Result<reqwest::Response, ProxyError> {
+) -> Result<Answer, ProxyError> {
+    if refused_raw_path(req.raw_path) {
+        return Err(ProxyError::BadPath);
+    }
     let base = provider.api_base_url.as_ref().ok_or(ProxyError::NoBase)?;
     let url = target_url(base, &req.segments, req.query).ok_or(ProxyError::BadPath)?;
     let headers = req.headers;
@@ -137,26 +223,131 @@ pub async fn forward(
         builder
     })
     .await?;
-    Ok(response)
+    let headers = returned_headers(base, response.url(), response.headers());
+    Ok(Answer { response, headers })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{forwardable_headers, forwards_request_header, returns_response_header, target_url};
+    use super::{
+        forwardable_headers, forwards_request_header, refused_raw_path, returned_headers, returns_response_header,
+        target_url, upstream_location,
+    };
     use url::Url;
 
     #[test]
-    fn credentials_and_hop_by_hop_headers_stay_behind() {
-        for h in ["Authorization", "cookie", "Connection", "Transfer-Encoding", "X-Forwarded-For", "Host"] {
+    fn only_listed_headers_pass_in_either_direction() {
+        for h in [
+            "Authorization",
+            "cookie",
+            "Connection",
+            "Transfer-Encoding",
+            "X-Forwarded-For",
+            "Forwarded",
+            "X-Real-IP",
+            "Host",
+            "Origin",
+            "Referer",
+            "User-Agent",
+            "X-Custom-Arg",
+            "X-HTTP-Method-Override",
+        ] {
             assert!(!forwards_request_header(h), "{h}");
         }
-        assert!(forwards_request_header("Content-Type") && forwards_request_header("Dropbox-API-Arg"));
-        for h in ["Set-Cookie", "connection", "Content-Length", "Strict-Transport-Security"] {
+        for h in ["Content-Type", "accept", "If-None-Match", "Range", "Dropbox-API-Arg", "X-GitHub-Api-Version"] {
+            assert!(forwards_request_header(h), "{h}");
+        }
+        for h in [
+            "Set-Cookie",
+            "connection",
+            "Content-Length",
+            "Strict-Transport-Security",
+            "Content-Security-Policy",
+            "Access-Control-Allow-Origin",
+            "access-control-allow-credentials",
+            "Clear-Site-Data",
+            "Refresh",
+            "Location",
+            "Content-Location",
+            "X-Provider-Header",
+            "X-Request-Id",
+        ] {
             assert!(!returns_response_header(h), "{h}");
         }
-        assert!(returns_response_header("Content-Type") && returns_response_header("ETag"));
-        let h = [("Connection", "keep-alive, X-Hop"), ("X-Hop", "1"), ("X-Keep", "2"), ("authorization", "Bearer k")];
-        assert_eq!(forwardable_headers(&h), vec![("X-Keep".to_string(), "2".to_string())]);
+        for h in ["Content-Type", "ETag", "Link", "Retry-After", "X-RateLimit-Remaining", "Dropbox-API-Result"] {
+            assert!(returns_response_header(h), "{h}");
+        }
+        let h = [
+            ("Connection", "keep-alive, Accept-Language"),
+            ("Accept-Language", "fr"),
+            ("Accept", "application/json"),
+            ("X-Keep", "2"),
+            ("authorization", "Bearer k"),
+        ];
+        assert_eq!(forwardable_headers(&h), vec![("Accept".to_string(), "application/json".to_string())]);
+    }
+
+    #[test]
+    fn a_redirect_target_is_offered_only_under_the_base() {
+        let base = Url::parse("https://api.example.com/v1").unwrap();
+        let answered = Url::parse("https://api.example.com/v1/files/a?x=1").unwrap();
+        let loc = |l: &str| upstream_location(&base, &answered, l);
+        assert_eq!(loc("/v1/files/b?y=2#frag").as_deref(), Some("https://api.example.com/v1/files/b?y=2"));
+        assert_eq!(loc("b").as_deref(), Some("https://api.example.com/v1/files/b"));
+        assert_eq!(loc("https://api.example.com/v1").as_deref(), Some("https://api.example.com/v1"));
+        for off in [
+            "https://evil.example/v1/files",
+            "//evil.example/v1",
+            "/v10/files",
+            "/other",
+            "../../token",
+            "http://api.example.com/v1/files",
+            "https://user:pw@api.example.com/v1/files",
+            "https://api.example.com:444/v1/files",
+            "javascript:alert(1)",
+        ] {
+            assert_eq!(loc(off), None, "{off}");
+        }
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert("location", "/v1/files/b".parse().unwrap());
+        headers.insert("set-cookie", "s=1".parse().unwrap());
+        headers.insert("etag", "\"v2\"".parse().unwrap());
+        let mut out = returned_headers(&base, &answered, &headers);
+        out.sort();
+        assert_eq!(
+            out,
+            vec![
+                ("X-Upstream-Location".to_string(), "https://api.example.com/v1/files/b".to_string()),
+                ("etag".to_string(), "\"v2\"".to_string()),
+            ]
+        );
+        headers.insert("location", "https://evil.example/".parse().unwrap());
+        assert_eq!(returned_headers(&base, &answered, &headers).len(), 1, "only the ETag");
+    }
+
+    #[test]
+    fn ambiguous_raw_paths_are_refused() {
+        for bad in [
+            "/api/v1/services/fake/proxy/a;b",
+            "/api/v1/services/fake/proxy/a/%2e%2e/b",
+            "/api/v1/services/fake/proxy/%2E%2E",
+            "/api/v1/services/fake/proxy/a/.%2e",
+            "/api/v1/services/fake/proxy/a/%2Ewell-known",
+            "/api/v1/services/fake/proxy/a\\b",
+            "/api/v1/services/fake/proxy/a%5cb",
+            "/api/v1/services/fake/proxy/a%5C..",
+        ] {
+            assert!(refused_raw_path(bad), "{bad}");
+        }
+        for ok in [
+            "/api/v1/services/fake/proxy/files/list%20all",
+            "/api/v1/services/fake/proxy/.well-known/x",
+            "/api/v1/services/fake/proxy/100%25",
+            "/api/v1/services/fake/proxy/a%2541",
+            "/api/v1/services/fake/proxy/v1.2/file.tar.gz",
+        ] {
+            assert!(!refused_raw_path(ok), "{ok}");
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ use rocket::http::{ContentType, Header, Status};
 use rocket::request::{FromRequest, Outcome, Request};
 use rocket::response::{self, Responder, Response};
 use rocket::serde::json::Json;
-use rocket::{delete, get, patch, post, put, routes, Route, State};
+use rocket::{delete, get, head, patch, post, put, routes, Route, State};
 use serde::Serialize;
 
 use crate::app::AppState;
@@ -16,12 +16,12 @@ use crate::db::models::connections::{self, STATUS_RECONNECT};
 use crate::error::AppError;
 use crate::oauth::access::{fresh_token, AccessError};
 use crate::oauth::providers::Provider;
-use crate::oauth::proxy::{self, returns_response_header, Forward, ProxyError};
+use crate::oauth::proxy::{self, Forward, ProxyError};
 use crate::oauth::tokens::TokenError;
 use crate::util::rfc3339;
 
 pub fn routes() -> Vec<Route> {
-    routes![openapi, list_connections, token, proxy_get, proxy_delete, proxy_post, proxy_put, proxy_patch]
+    routes![openapi, list_connections, token, proxy_get, proxy_head, proxy_delete, proxy_post, proxy_put, proxy_patch]
 }
 
 /// A JSON API error with a stable code.
@@ -165,10 +165,11 @@ async fn token(app: &State<AppState>, user: &ApiUser, service: &str) -> ApiResul
     }))
 }
 
-/// The request's headers that may be forwarded (the caller's key and cookies never are), and its
-/// raw query.
+/// The request's headers that may be forwarded (by allowlist: the caller's key and cookies never
+/// are), its raw path (for `proxy::refused_raw_path`) and its raw query.
 pub struct Incoming {
     headers: Vec<(String, String)>,
+    raw_path: String,
     query: Option<String>,
 }
 
@@ -179,16 +180,21 @@ impl<'r> FromRequest<'r> for Incoming {
         let all: Vec<_> = req.headers().iter().collect();
         let pairs: Vec<(&str, &str)> = all.iter().map(|h| (h.name().as_str(), h.value())).collect();
         let headers = proxy::forwardable_headers(&pairs);
-        Outcome::Success(Incoming { headers, query: req.uri().query().map(|q| q.as_str().to_string()) })
+        Outcome::Success(Incoming {
+            headers,
+            raw_path: req.uri().path().as_str().to_string(),
+            query: req.uri().query().map(|q| q.as_str().to_string()),
+        })
     }
 }
 
 /// The path after `proxy/`, percent-decoded segment by segment (any segment: `target_url` decides).
 type ProxyPath<'r> = Segments<'r, rocket::http::uri::fmt::Path>;
 
-/// The provider's answer, streamed back with the size cap.
+/// The provider's answer, streamed back with the size cap, with the headers
+/// `proxy::returned_headers` allows.
 pub struct Proxied {
-    response: reqwest::Response,
+    answer: proxy::Answer,
     limit: usize,
 }
 
@@ -196,18 +202,14 @@ impl<'r> Responder<'r, 'static> for Proxied {
     fn respond_to(self, _: &'r Request<'_>) -> response::Result<'static> {
         use futures_util::StreamExt;
         let mut builder = Response::build();
-        builder.status(Status::new(self.response.status().as_u16()));
-        for (name, value) in self.response.headers() {
-            if !returns_response_header(name.as_str()) {
-                continue;
-            }
-            if let Ok(v) = value.to_str() {
-                builder.header_adjoin(Header::new(name.as_str().to_string(), v.to_string()));
-            }
+        let proxy::Answer { response, headers } = self.answer;
+        builder.status(Status::new(response.status().as_u16()));
+        for (name, value) in headers {
+            builder.header_adjoin(Header::new(name, value));
         }
         let limit = self.limit;
         // Stop with an error (the connection is cut, not silently truncated) past the cap.
-        let stream = self.response.bytes_stream().scan(0usize, move |seen, chunk| {
+        let stream = response.bytes_stream().scan(0usize, move |seen, chunk| {
             let item = match chunk {
                 Ok(bytes) => {
                     *seen += bytes.len();
@@ -252,18 +254,26 @@ async fn run_proxy(
         }
         None => Vec::new(),
     };
-    let forward =
-        Forward { method, segments: path.collect(), query: incoming.query.as_deref(), headers: incoming.headers, body };
+    let forward = Forward {
+        method,
+        raw_path: &incoming.raw_path,
+        segments: path.collect(),
+        query: incoming.query.as_deref(),
+        headers: incoming.headers,
+        body,
+    };
     match proxy::forward(app, user.id, &p, forward).await {
-        Ok(response) => Ok(Proxied { response, limit: app.settings.proxy_max_response_bytes }),
+        Ok(answer) => Ok(Proxied { answer, limit: app.settings.proxy_max_response_bytes }),
         Err(ProxyError::NoBase) => Err(ApiError::new(
             Status::NotFound,
             "no_api_base",
             format!("{} has no API base URL configured.", p.display_name),
         )),
-        Err(ProxyError::BadPath) => {
-            Err(ApiError::new(Status::BadRequest, "bad_path", "The path must stay under the service's API base URL."))
-        }
+        Err(ProxyError::BadPath) => Err(ApiError::new(
+            Status::BadRequest,
+            "bad_path",
+            "The path must stay under the service's API base URL, without `;`, encoded dots or backslashes.",
+        )),
         Err(ProxyError::Access(AccessError::Provider(TokenError::InvalidResponse(_)))) => Err(ApiError::new(
             Status::BadGateway,
             "provider_response_too_large",
@@ -282,6 +292,19 @@ async fn proxy_get(
     incoming: Incoming,
 ) -> ApiResult<Proxied> {
     run_proxy(app, user, service, reqwest::Method::GET, path, incoming, None).await
+}
+
+/// `HEAD` goes upstream as `HEAD` (without this route Rocket would answer it with the GET route,
+/// which sends a GET).
+#[head("/services/<service>/proxy/<path..>")]
+async fn proxy_head(
+    app: &State<AppState>,
+    user: &ApiUser,
+    service: &str,
+    path: ProxyPath<'_>,
+    incoming: Incoming,
+) -> ApiResult<Proxied> {
+    run_proxy(app, user, service, reqwest::Method::HEAD, path, incoming, None).await
 }
 
 #[delete("/services/<service>/proxy/<path..>")]

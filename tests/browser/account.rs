@@ -8,10 +8,21 @@ use crate::harness::{AppConfig, Browser};
 const ROW: &str = "tr[data-service=\"demo\"]";
 const ACCOUNT_OK: &str = "#account[data-service=\"demo\"][data-state=\"ok\"]";
 
-/// Access tokens that live 30 s: inside the default 60 s `refresh_margin`, so every use of the
-/// token (each account-page visit) refreshes it first.
+/// Access tokens that live 30 s, and no connection cache, so that a change the test makes to the
+/// database is seen at once (see [`obtained_an_hour_ago`]).
 fn short_lived_tokens() -> AppConfig {
-    AppConfig::new().env("ROCKET_DEMO_TOKEN_LIFETIME", "30")
+    AppConfig::new().env("ROCKET_DEMO_TOKEN_LIFETIME", "30").env("ROCKET_CACHE_TTL", "0")
+}
+
+/// Make the stored token look obtained an hour ago (same expiry): a 30 s token just issued is
+/// used as it is (the margin is at most half its lifetime), one obtained long ago and expiring
+/// within the 60 s `refresh_margin` is refreshed before its next use.
+fn obtained_an_hour_ago(b: &Browser) {
+    use diesel::RunQueryDsl;
+    let db = tokenvault::db::Db::open_sized(&b.app.database_url(), 1).expect("open the app's database");
+    let mut conn = db.conn().expect("a connection to the app's database");
+    tokenvault::on_conn!(&mut conn, c => diesel::sql_query("UPDATE connections SET obtained_at = obtained_at - 3600").execute(c))
+        .expect("age the stored token");
 }
 
 fn unix_now() -> u64 {
@@ -65,7 +76,8 @@ async fn account_page_shows_the_demo_account() {
     b.finish().await;
 }
 
-/// With 30-second tokens every account-page visit refreshes first; the settings page shows it.
+/// A token due for a refresh is refreshed before each account-page visit; the settings page shows
+/// it.
 #[tokio::test]
 async fn expiring_token_is_refreshed_on_each_visit() {
     let Some(b) = Browser::start_with(short_lived_tokens()).await else { return };
@@ -83,6 +95,7 @@ async fn expiring_token_is_refreshed_on_each_visit() {
     // Refreshed tokens get their expiry from the clock's seconds: make sure one has passed.
     wait_past(connected_at).await;
     for visit in 1..=2 {
+        obtained_an_hour_ago(&b);
         b.goto("/services/demo/account").await;
         b.wait_for(ACCOUNT_OK).await;
         let json = b.text("#account-json").await;
@@ -126,6 +139,7 @@ async fn transient_refresh_failure_keeps_the_tokens() {
     assert!(flash.contains("temporarily_unavailable"), "the console confirms the switch: {flash}");
     assert_eq!(b.text("#failures-pending").await, "1");
 
+    obtained_an_hour_ago(&b);
     b.goto("/services/demo/account").await;
     b.wait_for("#error[data-status=\"502\"]").await;
     let message = b.text("#error-message").await;

@@ -25,6 +25,9 @@ pub struct Connection {
     pub version: i64,
     pub updated_at: i64,
     pub refresh_lease_until: Option<i64>,
+    /// When a refresh after a 401 was last attempted (its lease taken), in any instance; `None`
+    /// since the connection was made. See `oauth::access::may_refresh_after_401`.
+    pub refresh_after_401_at: Option<i64>,
 }
 
 #[derive(Debug, Insertable)]
@@ -63,6 +66,7 @@ pub fn upsert(conn: &mut Conn, new: &NewConnection<'_>) -> QueryResult<usize> {
                 connections::version.eq(connections::version + 1),
                 connections::updated_at.eq(excluded(connections::updated_at)),
                 connections::refresh_lease_until.eq(None::<i64>),
+                connections::refresh_after_401_at.eq(None::<i64>),
             ))
             .execute(conn)
     })
@@ -99,18 +103,32 @@ pub fn delete(conn: &mut Conn, user_id: i64, service: &str) -> QueryResult<usize
 }
 
 /// Take the refresh lease of connection `id` at `version` until `until`: true when this caller
-/// won it (nobody holds an unexpired lease and the version is unchanged).
-pub fn take_refresh_lease(conn: &mut Conn, id: i64, version: i64, now: i64, until: i64) -> QueryResult<bool> {
+/// won it (nobody holds an unexpired lease and the version is unchanged). With
+/// `after_401_by: Some(t)` the refresh answers a 401: the lease is taken only if no refresh after a
+/// 401 was attempted after `t`, and `now` is recorded as the latest one.
+pub fn take_refresh_lease(
+    conn: &mut Conn,
+    id: i64,
+    version: i64,
+    now: i64,
+    until: i64,
+    after_401_by: Option<i64>,
+) -> QueryResult<bool> {
     crate::on_conn!(conn, conn => {
-        let n = diesel::update(
-            connections::table
-                .filter(connections::id.eq(id))
-                .filter(connections::version.eq(version))
-                .filter(connections::status.eq(STATUS_ACTIVE))
-                .filter(connections::refresh_lease_until.is_null().or(connections::refresh_lease_until.lt(now))),
-        )
-        .set(connections::refresh_lease_until.eq(until))
-        .execute(conn)?;
+        let target = connections::table
+            .filter(connections::id.eq(id))
+            .filter(connections::version.eq(version))
+            .filter(connections::status.eq(STATUS_ACTIVE))
+            .filter(connections::refresh_lease_until.is_null().or(connections::refresh_lease_until.lt(now)));
+        let lease = connections::refresh_lease_until.eq(until);
+        let n = match after_401_by {
+            Some(t) => diesel::update(
+                target.filter(connections::refresh_after_401_at.is_null().or(connections::refresh_after_401_at.le(t))),
+            )
+            .set((lease, connections::refresh_after_401_at.eq(now)))
+            .execute(conn)?,
+            None => diesel::update(target).set(lease).execute(conn)?,
+        };
         Ok(n == 1)
     })
 }
@@ -154,6 +172,7 @@ impl Connection {
             version: 1,
             updated_at: 0,
             refresh_lease_until: None,
+            refresh_after_401_at: None,
         }
     }
 }

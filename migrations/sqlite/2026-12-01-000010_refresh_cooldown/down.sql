@@ -1,0 +1,1 @@
+ALTER TABLE connections DROP COLUMN refresh_after_401_at;
