@@ -1,11 +1,88 @@
-//! Issue 10, items 9 and 12: the attributes of every cookie the app sends, and database outages
-//! answered as 503s.
+//! Issue 10, items 8, 9 and 12: the demo consent form's CSRF protection, the attributes of every
+//! cookie the app sends, and database outages answered as 503s.
 
 use std::collections::BTreeSet;
 
 use rocket::http::{Header, Status};
 
-use crate::common::{self, csrf_from, flow_params, Reply, TestApp, PASSWORD};
+use crate::common::{self, csrf_from, flow_params, Agent, Reply, TestApp, PASSWORD};
+
+// ---------------------------------------------------------------------------------------------
+// Item 8: demo consent
+
+/// The hidden fields of the consent form (as the demo provider's tests read them).
+fn hidden_fields(html: &str) -> Vec<(String, String)> {
+    let re = regex::Regex::new(r#"<input type="hidden" name="([a-z_]+)" value="([^"]*)""#).unwrap();
+    re.captures_iter(html).map(|c| (c[1].to_string(), c[2].replace("&amp;", "&").replace("&#x3D;", "="))).collect()
+}
+
+/// `agent` opens the consent page at `authorize` (a URL on this app); its form's fields, with
+/// Allow chosen.
+async fn consent_form(agent: &Agent<'_>, authorize: &url::Url) -> Vec<(String, String)> {
+    let page = agent.fetch(&format!("{}?{}", authorize.path(), authorize.query().unwrap_or_default())).await;
+    assert_eq!(page.status, Status::Ok, "{}", page.text);
+    assert!(page.text.contains(r#"id="consent""#), "{}", page.text);
+    let mut fields = hidden_fields(&page.text);
+    fields.push(("decision".into(), "allow".into()));
+    fields.push(("account".into(), "alice@demo.example".into()));
+    fields
+}
+
+fn without(fields: &[(String, String)], name: &str) -> Vec<(String, String)> {
+    fields.iter().filter(|(k, _)| k != name).cloned().collect()
+}
+
+async fn post(agent: &Agent<'_>, fields: &[(String, String)], headers: &[(&str, &str)]) -> Reply {
+    let pairs: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    agent.post_with("/demo/oauth2/authorize", &pairs, headers).await
+}
+
+#[tokio::test]
+async fn a_cross_site_consent_post_gets_no_code() {
+    let app = common::builder().demo().start().await;
+    let codes = || app.count("SELECT COUNT(*) AS n FROM demo_codes");
+    let alice = app.user("alice").await;
+    let authorize = alice.start_flow("demo").await;
+    let form = consent_form(&alice, &authorize).await;
+    assert!(form.iter().any(|(k, v)| k == "csrf_token" && !v.is_empty()), "the consent form carries a CSRF token");
+    let forged = without(&form, "csrf_token");
+    let evil = [("Origin", "https://evil.example"), ("Sec-Fetch-Site", "cross-site")];
+
+    // An attacker's page posting the consent form: no cookies (a cross-site POST does not carry
+    // SameSite=Lax cookies), with or without the browser's cross-site headers.
+    let attacker = app.agent();
+    for headers in [&[][..], &evil[..]] {
+        let res = post(&attacker, &forged, headers).await;
+        assert_eq!(res.status, Status::Forbidden, "{headers:?}: {}", res.text);
+        assert!(res.location.is_none(), "no redirect back with a code: {:?}", res.location);
+    }
+    // Even with the victim's cookies: no token, a wrong token, or the right token from another origin.
+    let wrong = [without(&form, "csrf_token"), vec![("csrf_token".into(), "not-the-token".into())]].concat();
+    for (fields, headers) in [(&forged, &[][..]), (&wrong, &[][..]), (&form, &evil[..])] {
+        let res = post(&alice, fields, headers).await;
+        assert_eq!(res.status, Status::Forbidden, "{headers:?}: {}", res.text);
+        assert!(res.location.is_none());
+    }
+    assert_eq!(codes(), 0, "no authorization code was issued");
+
+    // The real consent still works, from the consent page's own origin.
+    let res = post(&alice, &form, &[("Origin", common::PUBLIC_URL), ("Sec-Fetch-Site", "same-origin")]).await;
+    assert_eq!(res.status, Status::SeeOther, "{}", res.text);
+    let back = res.location.unwrap();
+    assert!(back.starts_with(&format!("{}/services/demo/callback?code=", common::PUBLIC_URL)), "{back}");
+    assert_eq!(codes(), 1);
+
+    // Nobody signed in at the provider (another tokenvault using this one as its provider): the
+    // token is the anonymous CSRF cookie's.
+    let visitor = app.agent();
+    let form = consent_form(&visitor, &authorize).await;
+    assert!(visitor.cookie("tv_csrf").is_some(), "the consent page set the anonymous CSRF cookie");
+    let res = post(&visitor, &without(&form, "csrf_token"), &[]).await;
+    assert_eq!(res.status, Status::Forbidden);
+    let res = post(&visitor, &form, &[]).await;
+    assert_eq!(res.status, Status::SeeOther, "{}", res.text);
+    assert_eq!(codes(), 2);
+}
 
 // ---------------------------------------------------------------------------------------------
 // Item 9: cookies
