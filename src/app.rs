@@ -98,6 +98,9 @@ pub fn prepare(figment: Figment) -> Result<Prepared, ConfigError> {
             )));
         }
     }
+    if let Some(secret_key) = figment.find_value("secret_key").ok().and_then(|v| v.into_string()) {
+        crate::config::check_keys_distinct(&secret_key, &vault_key, &raw.vault_old_keys)?;
+    }
     // tokenvault logs through `tracing` with its own request log, which never prints query strings
     // (callbacks carry codes and states there). Rocket's own logger would.
     figment = figment.merge(("log_level", "off"));
@@ -122,6 +125,14 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
                 format!("`{}` is not a directory (run tokenvault from its project folder or set {key})", dir.display()),
             ));
         }
+    }
+    if settings.demo_provider && !settings.dev_mode {
+        tracing::warn!(
+            profile = %settings.profile,
+            "DEMO PROVIDER ENABLED OUTSIDE DEBUG: `demo_provider = true` serves a pretend OAuth 2.0 provider under \
+             /demo that grants codes and tokens to anyone who clicks Allow. Never enable it on an instance that \
+             holds real users' tokens; set `demo_provider = false`."
+        );
     }
     let http = Outbound::new(&settings).map_err(|e| invalid("http_timeout", e))?;
     let static_dir = settings.static_dir.clone();

@@ -51,6 +51,8 @@ pub struct RawConfig {
     pub proxy_max_response_bytes: usize,
     /// Serve Prometheus metrics at `/metrics`.
     pub metrics: bool,
+    /// Bearer token `/metrics` requires. Outside `debug`, `/metrics` is not served without one.
+    pub metrics_token: Option<Secret>,
     /// Seconds an API key or connection row may be served from memory (`0`: always read the
     /// database). Changes made through tokenvault reach every instance within about a second
     /// regardless; this bounds changes made behind its back.
@@ -94,6 +96,7 @@ impl Default for RawConfig {
             proxy_max_request_bytes: 1024 * 1024,
             proxy_max_response_bytes: 10 * 1024 * 1024,
             metrics: true,
+            metrics_token: None,
             cache_ttl: 10,
             login_limit_per_ip: 30,
             login_limit_per_account: 10,
@@ -132,10 +135,22 @@ pub struct Settings {
     pub proxy_max_request_bytes: usize,
     pub proxy_max_response_bytes: usize,
     pub metrics: bool,
+    /// The Bearer token of `/metrics` (see [`Settings::metrics_access`]).
+    pub metrics_token: Option<Secret>,
     pub cache_ttl: u64,
     pub max_pending_flows_per_user: i64,
     pub events_per_connection: i64,
     pub max_api_keys_per_user: i64,
+}
+
+/// Who may read `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsAccess {
+    Allowed,
+    /// A token is configured and the request did not carry it: 401.
+    Unauthorized,
+    /// Metrics are off, or this is a production profile without a `metrics_token`: 404.
+    NotServed,
 }
 
 impl Settings {
@@ -151,6 +166,31 @@ impl Settings {
 
     pub fn is_https(&self) -> bool {
         self.public_url.scheme() == "https"
+    }
+
+    /// Whether a request with this `Authorization` header may read `/metrics`: with a
+    /// `metrics_token`, only `Bearer <metrics_token>` (compared in constant time); without one,
+    /// everyone in `debug` and nobody (not served) in every other profile.
+    pub fn metrics_access(&self, authorization: Option<&str>) -> MetricsAccess {
+        if !self.metrics {
+            return MetricsAccess::NotServed;
+        }
+        let Some(token) = &self.metrics_token else {
+            return if self.dev_mode { MetricsAccess::Allowed } else { MetricsAccess::NotServed };
+        };
+        let given = authorization
+            .and_then(|h| h.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, value)| value.trim())
+            .unwrap_or_default();
+        // Digests of equal length, so the comparison says nothing about the token's length either.
+        if !given.is_empty()
+            && crate::util::ct_eq(&crate::util::sha256_hex(given), &crate::util::sha256_hex(token.expose()))
+        {
+            MetricsAccess::Allowed
+        } else {
+            MetricsAccess::Unauthorized
+        }
     }
 
     /// `scheme://host[:port]` of the public URL, for Origin checks.
@@ -204,7 +244,7 @@ impl RawConfig {
 }
 
 /// Keys whose values are secrets: an error about them names the key, never the value.
-const SECRET_KEYS: &[&str] = &["vault_key", "vault_old_keys", "secret_key", "database_url"];
+const SECRET_KEYS: &[&str] = &["vault_key", "vault_old_keys", "secret_key", "database_url", "metrics_token"];
 
 /// Figment's errors as text. Figment quotes the offending value ("invalid type: found string
 /// \"…\""), which for a key such as `vault_old_keys` given as a plain string is the key itself.
@@ -293,6 +333,13 @@ impl Settings {
                 return Err(invalid(key, format!("must be between 1 and {max}")));
             }
         }
+        let metrics_token = match &raw.metrics_token {
+            Some(token) if token.expose().trim().chars().count() < 16 => {
+                return Err(invalid("metrics_token", "must be at least 16 characters (e.g. `tokenvault keygen`)"));
+            }
+            Some(token) => Some(Secret::new(token.expose().trim())),
+            None => None,
+        };
         let database_url = match &raw.database_url {
             Some(url) if !url.trim().is_empty() => url.clone(),
             _ => raw.data_dir.join("tokenvault.sqlite").to_string_lossy().into_owned(),
@@ -320,6 +367,7 @@ impl Settings {
             proxy_max_request_bytes: raw.proxy_max_request_bytes,
             proxy_max_response_bytes: raw.proxy_max_response_bytes,
             metrics: raw.metrics,
+            metrics_token,
             cache_ttl: raw.cache_ttl,
             login_limit_per_account: raw.login_limit_per_account,
             max_pending_flows_per_user: raw.max_pending_flows_per_user,
@@ -327,6 +375,40 @@ impl Settings {
             max_api_keys_per_user: raw.max_api_keys_per_user,
         })
     }
+}
+
+/// `secret_key` (cookies) and the vault keys (stored secrets) must be different keys: one leaked
+/// or rotated must not give away or take down the other. The error names the keys, never a value.
+/// Keys are compared as written and as the bytes they encode (`secret_key` as Rocket reads it:
+/// 44 or 88 characters of base64, or 64 of hex; vault keys as base64).
+pub fn check_keys_distinct(secret_key: &str, vault_key: &Secret, vault_old_keys: &[Secret]) -> Result<(), ConfigError> {
+    use base64::Engine as _;
+    let base64 = |s: &str| base64::engine::general_purpose::STANDARD.decode(s).ok().filter(|b| !b.is_empty());
+    let secret = secret_key.trim();
+    let secret_bytes = if secret.len() == 64 && secret.bytes().all(|b| b.is_ascii_hexdigit()) {
+        (0..64).step_by(2).map(|i| u8::from_str_radix(&secret[i..i + 2], 16).ok()).collect::<Option<Vec<u8>>>()
+    } else {
+        base64(secret)
+    };
+    let same = |vault: &Secret| {
+        let vault = vault.expose().trim();
+        crate::util::ct_eq(secret, vault) || matches!((&secret_bytes, base64(vault)), (Some(x), Some(y)) if *x == y)
+    };
+    if same(vault_key) {
+        return Err(invalid(
+            "secret_key",
+            "is the same key as `vault_key`: the cookie key and the vault key must be different keys \
+             (generate a cookie key with `tokenvault keygen --secret-key`)",
+        ));
+    }
+    if vault_old_keys.iter().any(same) {
+        return Err(invalid(
+            "secret_key",
+            "is the same key as one of `vault_old_keys`: the cookie key and the vault keys must be different \
+             keys (generate a cookie key with `tokenvault keygen --secret-key`)",
+        ));
+    }
+    Ok(())
 }
 
 /// Read a key file, or (when `create` is set) write a new random key there with mode 0600.
@@ -446,6 +528,53 @@ mod tests {
         let figment = Figment::new().merge(("flow_ttl", "soon"));
         let err = RawConfig::from_figment(&figment).unwrap_err().to_string();
         assert!(err.contains("flow_ttl") && err.contains("soon"), "{err}");
+    }
+
+    #[test]
+    fn the_cookie_key_must_differ_from_the_vault_keys() {
+        use base64::Engine as _;
+        let bytes = [7u8; 32];
+        let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let vault = Secret::new(b64.clone());
+        let other = Secret::new(base64::engine::general_purpose::STANDARD.encode([8u8; 32]));
+        for secret_key in [b64.as_str(), &format!(" {b64}\n"), hex.as_str()] {
+            let err = check_keys_distinct(secret_key, &vault, &[]).unwrap_err().to_string();
+            assert!(err.contains("`secret_key`") && err.contains("`vault_key`"), "{err}");
+            assert!(!err.contains(&b64) && !err.contains(&hex), "the error shows no key: {err}");
+        }
+        let err = check_keys_distinct(&b64, &other, std::slice::from_ref(&vault)).unwrap_err().to_string();
+        assert!(err.contains("`secret_key`") && err.contains("`vault_old_keys`") && !err.contains(&b64), "{err}");
+        let cookie_key = base64::engine::general_purpose::STANDARD.encode([9u8; 64]);
+        assert!(check_keys_distinct(&cookie_key, &vault, std::slice::from_ref(&other)).is_ok());
+    }
+
+    #[test]
+    fn metrics_need_their_token_outside_debug() {
+        let token = "metrics-token-0123456789";
+        let with = |profile: &str, token: Option<&str>| {
+            let raw = RawConfig { metrics_token: token.map(Secret::new), ..RawConfig::default() };
+            Settings::resolve(&raw, profile).unwrap()
+        };
+        let bearer = format!("Bearer {token}");
+        let lower = format!("bearer {token}");
+        for profile in ["release", "live", "debug"] {
+            let s = with(profile, Some(token));
+            assert_eq!(s.metrics_access(Some(&bearer)), MetricsAccess::Allowed, "{profile}");
+            assert_eq!(s.metrics_access(Some(&lower)), MetricsAccess::Allowed, "{profile}");
+            for bad in [None, Some("Bearer"), Some("Bearer "), Some("Bearer metrics-token-012345678"), Some(token)] {
+                assert_eq!(s.metrics_access(bad), MetricsAccess::Unauthorized, "{profile} {bad:?}");
+            }
+            assert_eq!(s.metrics_access(Some(&format!("Basic {token}"))), MetricsAccess::Unauthorized);
+        }
+        assert_eq!(with("release", None).metrics_access(None), MetricsAccess::NotServed);
+        assert_eq!(with("release", None).metrics_access(Some(&bearer)), MetricsAccess::NotServed);
+        assert_eq!(with("debug", None).metrics_access(None), MetricsAccess::Allowed);
+        let off = RawConfig { metrics: false, metrics_token: Some(Secret::new(token)), ..RawConfig::default() };
+        assert_eq!(Settings::resolve(&off, "debug").unwrap().metrics_access(Some(&bearer)), MetricsAccess::NotServed);
+        let short = RawConfig { metrics_token: Some(Secret::new("short")), ..RawConfig::default() };
+        let err = Settings::resolve(&short, "release").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.starts_with("`metrics_token` is invalid") && !err.contains("short"), "{err}");
     }
 
     #[test]

@@ -9,7 +9,7 @@
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use rocket::form::{Form, FromForm};
-use rocket::http::{Header, Status};
+use rocket::http::{CookieJar, Header, Status};
 use rocket::request::{FromRequest, Outcome, Request};
 use rocket::response::{Redirect, Responder};
 use rocket::serde::json::{json, Json, Value};
@@ -103,6 +103,8 @@ struct ConsentPage {
     scopes: Vec<String>,
     code_challenge: String,
     account: String,
+    /// The signed-in user's session token, or before login the anonymous CSRF cookie's.
+    csrf_token: String,
 }
 
 async fn demo_client(app: &AppState) -> AppResult<(String, String)> {
@@ -150,6 +152,7 @@ fn back_to(app: &AppState, redirect_uri: &str, params: &[(&str, &str)]) -> AppRe
 async fn authorize_page(
     app: &State<AppState>,
     layout: Layout,
+    cookies: &CookieJar<'_>,
     q: AuthorizeQuery,
 ) -> AppResult<Result<Template, Redirect>> {
     check_client(app, q.client_id.as_deref(), q.redirect_uri.as_deref()).await?;
@@ -166,7 +169,14 @@ async fn authorize_page(
         return bad("PKCE with S256 is required").map(Err);
     }
     let scope = q.scope.clone().unwrap_or_default();
+    // The consent form is protected like every other form (`Csrf<Decision>`): a token bound to the
+    // signed-in session, or before login to the anonymous CSRF cookie.
+    let csrf_token = match &layout.nav.csrf_token {
+        Some(token) => token.clone(),
+        None => crate::auth::session::anonymous_csrf_token(cookies, &app.settings),
+    };
     let page = ConsentPage {
+        csrf_token,
         client_id: q.client_id.clone().unwrap_or_default(),
         scopes: crate::util::scope_list(&scope),
         scope,
@@ -186,6 +196,7 @@ async fn authorize_page(
 /// No `Debug`: it carries a secret (a token, code, password or CSRF token).
 #[derive(FromForm)]
 pub struct Decision {
+    csrf_token: String,
     decision: String,
     account: String,
     client_id: String,
@@ -195,8 +206,16 @@ pub struct Decision {
     code_challenge: String,
 }
 
+impl CsrfField for Decision {
+    fn csrf_token(&self) -> &str {
+        &self.csrf_token
+    }
+}
+
+/// Allow or Deny. A cross-site POST (no CSRF token, or a foreign `Origin`) is a 403 before any code
+/// is issued.
 #[post("/oauth2/authorize", data = "<form>")]
-async fn authorize_decision(app: &State<AppState>, form: Form<Decision>) -> AppResult<Redirect> {
+async fn authorize_decision(app: &State<AppState>, form: Csrf<Decision>) -> AppResult<Redirect> {
     let f = form.into_inner();
     check_client(app, Some(&f.client_id), Some(&f.redirect_uri)).await?;
     if f.decision != "allow" {

@@ -1,13 +1,17 @@
 //! Operations: `/healthz` (liveness, touches nothing but the process), `/readyz` (database
-//! reachable, migrations applied) and `/metrics` (Prometheus, unless `metrics = false`).
+//! reachable, migrations applied) and `/metrics` (Prometheus, unless `metrics = false`; behind
+//! `metrics_token` when one is set, and outside `debug` not served without one).
 
 use rocket::http::{ContentType, Status};
+use rocket::request::{self, FromRequest, Request};
+use rocket::response::{self, Responder};
 use rocket::serde::json::{json, Json, Value};
 use rocket::{get, routes, Route, State};
 
 use crate::app::AppState;
+use crate::config::MetricsAccess;
 use crate::db::models::connections;
-use crate::error::{AppError, AppResult};
+use crate::error::{render_error, AppError, AppResult};
 
 pub fn routes() -> Vec<Route> {
     routes![healthz, readyz, metrics]
@@ -33,12 +37,41 @@ async fn readyz(app: &State<AppState>) -> (Status, Json<Value>) {
     }
 }
 
+/// The `Authorization` header of a request, if any (never fails).
+pub struct Authorization<'r>(Option<&'r str>);
+
+#[rocket::async_trait]
+impl<'r> FromRequest<'r> for Authorization<'r> {
+    type Error = std::convert::Infallible;
+
+    async fn from_request(req: &'r Request<'_>) -> request::Outcome<Self, Self::Error> {
+        request::Outcome::Success(Authorization(req.headers().get_one("Authorization")))
+    }
+}
+
+/// A 401 for `/metrics` with its Bearer challenge (not the sign-in redirect pages get).
+pub struct MetricsUnauthorized;
+
+impl<'r> Responder<'r, 'static> for MetricsUnauthorized {
+    fn respond_to(self, req: &'r Request<'_>) -> response::Result<'static> {
+        tracing::info!("refused /metrics without its token");
+        let mut res = render_error(req, Status::Unauthorized, "unauthorized", "This needs the metrics token.".into())?;
+        res.set_raw_header("WWW-Authenticate", "Bearer realm=\"tokenvault metrics\"");
+        Ok(res)
+    }
+}
+
 #[get("/metrics")]
-async fn metrics(app: &State<AppState>) -> AppResult<(ContentType, String)> {
-    if !app.settings.metrics {
-        return Err(AppError::NotFound);
+async fn metrics(
+    app: &State<AppState>,
+    authorization: Authorization<'_>,
+) -> AppResult<Result<(ContentType, String), MetricsUnauthorized>> {
+    match app.settings.metrics_access(authorization.0) {
+        MetricsAccess::Allowed => {}
+        MetricsAccess::Unauthorized => return Ok(Err(MetricsUnauthorized)),
+        MetricsAccess::NotServed => return Err(AppError::NotFound),
     }
     let by_status = app.db.run(|conn| Ok(connections::count_by_status(conn)?)).await?;
     let text = app.metrics.render(&by_status, &app.caches.stats());
-    Ok((ContentType::new("text", "plain").with_params(("version", "0.0.4")), text))
+    Ok(Ok((ContentType::new("text", "plain").with_params(("version", "0.0.4")), text)))
 }

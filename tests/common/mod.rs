@@ -119,6 +119,12 @@ impl Builder {
         self
     }
 
+    /// Run in another profile than `debug` (e.g. `release`: the production rules).
+    pub fn profile(mut self, profile: &'static str) -> Self {
+        self.profile = profile;
+        self
+    }
+
     pub fn demo(mut self) -> Self {
         self.demo = true;
         self
