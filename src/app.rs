@@ -219,7 +219,16 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
         .attach(AdHoc::on_liftoff("Announce", |rocket| {
             Box::pin(async move {
                 if let Some(app) = rocket.state::<AppState>() {
-                    rocket::tokio::spawn(crate::cache::poll_invalidations(app.db.clone(), app.caches.clone()));
+                    // Stops when shutdown starts (SIGTERM, Ctrl-C): no database work while the
+                    // process exits.
+                    let (poller, shutdown) =
+                        (crate::cache::poll_invalidations(app.db.clone(), app.caches.clone()), rocket.shutdown());
+                    rocket::tokio::spawn(async move {
+                        rocket::tokio::select! {
+                            _ = poller => {}
+                            _ = shutdown => {}
+                        }
+                    });
                 }
                 let c = rocket.config();
                 tracing::info!("tokenvault listening on http://{}:{}", c.address, c.port);

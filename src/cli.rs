@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 
 use crate::app::{figment, prepare};
 use crate::auth::accounts;
-use crate::db::Db;
+use crate::db::{self, Conn};
 use crate::util::Secret;
 use crate::vault::store as vault;
 
@@ -80,13 +80,14 @@ fn read_secret(prompt: &str) -> Result<Secret, String> {
     }
 }
 
-fn open() -> Result<(Db, crate::app::Prepared), String> {
+/// The configuration and one database connection of its own (no pool: a command is one short
+/// sequence of queries, and a pool's background threads could still be connecting at exit),
+/// after checking that the vault key opens this database.
+fn open() -> Result<(Conn, crate::app::Prepared), String> {
     let prepared = prepare(figment()).map_err(|e| e.to_string())?;
-    let db = Db::open(&prepared.settings.database_url)?;
-    let mut conn = db.conn().map_err(|e| e.to_string())?;
+    let mut conn = db::connect(&prepared.settings.database_url)?;
     crate::vault::rotation::verify_key(&mut conn, &prepared.cipher)?;
-    drop(conn);
-    Ok((db, prepared))
+    Ok((conn, prepared))
 }
 
 /// Run a non-server command; the text to print on success.
@@ -97,22 +98,19 @@ pub fn run(command: Command) -> Result<String, String> {
             Ok(if secret_key { crate::util::random_key_b64(64) } else { crate::vault::Cipher::generate_key() })
         }
         Command::User { command: UserCommand::Add { name, admin } } => {
-            let (db, _) = open()?;
+            let (mut conn, _) = open()?;
             let password = read_secret(&format!("Password for {name}: "))?;
-            let mut conn = db.conn().map_err(|e| e.to_string())?;
             let user = accounts::create(&mut conn, &name, &password, admin).map_err(cli_error)?;
             Ok(format!("created user {} (id {}{})", user.username, user.id, if user.is_admin { ", admin" } else { "" }))
         }
         Command::Vault { command: VaultCommand::Set { path, value } } => {
-            let (db, prepared) = open()?;
+            let (mut conn, prepared) = open()?;
             let value = if value == "-" { read_secret(&format!("Value for {path}: "))? } else { Secret::new(value) };
-            let mut conn = db.conn().map_err(|e| e.to_string())?;
             vault::set(&mut conn, &prepared.cipher, &path, value.expose(), "cli").map_err(cli_error)?;
             Ok(format!("{path} set"))
         }
         Command::ApiKey { command: ApiKeyCommand::Create { username, name } } => {
-            let (db, prepared) = open()?;
-            let mut conn = db.conn().map_err(|e| e.to_string())?;
+            let (mut conn, prepared) = open()?;
             let user = crate::db::models::users::find_by_username(&mut conn, &username)
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| format!("no user named {username}"))?;
@@ -128,8 +126,7 @@ pub fn run(command: Command) -> Result<String, String> {
             Ok(created.key.expose().to_string())
         }
         Command::Vault { command: VaultCommand::RotateKey } => {
-            let (db, prepared) = open()?;
-            let mut conn = db.conn().map_err(|e| e.to_string())?;
+            let (mut conn, prepared) = open()?;
             let done = crate::vault::rotation::rotate(&mut conn, &prepared.cipher, |what, n| {
                 eprintln!("re-encrypted {n} {what}");
             })
@@ -144,8 +141,7 @@ pub fn run(command: Command) -> Result<String, String> {
             ))
         }
         Command::Vault { command: VaultCommand::List } => {
-            let (db, _) = open()?;
-            let mut conn = db.conn().map_err(|e| e.to_string())?;
+            let (mut conn, _) = open()?;
             let entries = vault::list(&mut conn).map_err(cli_error)?;
             Ok(entries
                 .iter()

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
 use diesel::pg::PgConnection;
-use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection};
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection, R2D2Connection};
 use diesel::sqlite::SqliteConnection;
+use diesel::Connection;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 use crate::error::{AppError, AppResult};
@@ -37,10 +38,37 @@ impl Backend {
     }
 }
 
-/// A pooled connection to either backend.
+/// A connection to either backend: pooled (the server) or on its own (the CLI, see [`connect`]).
 pub enum Conn {
-    Sqlite(PooledConnection<ConnectionManager<SqliteConnection>>),
-    Postgres(PooledConnection<ConnectionManager<PgConnection>>),
+    Sqlite(Handle<SqliteConnection>),
+    Postgres(Handle<PgConnection>),
+}
+
+/// A connection of one backend, borrowed from a pool or owned; dereferences to the connection.
+pub enum Handle<C: R2D2Connection + 'static> {
+    Pooled(PooledConnection<ConnectionManager<C>>),
+    /// Closed when dropped: no pool, no background threads.
+    Direct(C),
+}
+
+impl<C: R2D2Connection + 'static> std::ops::Deref for Handle<C> {
+    type Target = C;
+
+    fn deref(&self) -> &C {
+        match self {
+            Handle::Pooled(c) => c,
+            Handle::Direct(c) => c,
+        }
+    }
+}
+
+impl<C: R2D2Connection + 'static> std::ops::DerefMut for Handle<C> {
+    fn deref_mut(&mut self) -> &mut C {
+        match self {
+            Handle::Pooled(c) => c,
+            Handle::Direct(c) => c,
+        }
+    }
 }
 
 /// Run `$body` with `$c` bound to the concrete connection (`&mut SqliteConnection` or
@@ -120,12 +148,47 @@ struct Pragmas;
 
 impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for Pragmas {
     fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
-        conn.batch_execute(
-            "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON; \
-             PRAGMA synchronous = NORMAL;",
-        )
-        .map_err(diesel::r2d2::Error::QueryError)
+        sqlite_pragmas(conn).map_err(diesel::r2d2::Error::QueryError)
     }
+}
+
+fn sqlite_pragmas(conn: &mut SqliteConnection) -> diesel::QueryResult<()> {
+    conn.batch_execute(
+        "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON; \
+         PRAGMA synchronous = NORMAL;",
+    )
+}
+
+/// The SQLite file's path, with its folder created and its mode restricted.
+fn prepare_sqlite_file(database_url: &str) -> Result<&str, String> {
+    let path = sqlite_path(database_url);
+    if let Some(dir) = Path::new(path).parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+    }
+    restrict_permissions(Path::new(path));
+    Ok(path)
+}
+
+/// One migrated connection of its own, for a short-lived process (the CLI): no pool, so no pool
+/// threads still connecting in the background when the process exits (with PostgreSQL over TLS
+/// such a thread raced OpenSSL's exit-time cleanup and crashed the process). Closed when dropped.
+pub fn connect(database_url: &str) -> Result<Conn, String> {
+    let mut conn = match Backend::of(database_url) {
+        Backend::Postgres => Conn::Postgres(Handle::Direct(
+            PgConnection::establish(database_url)
+                .map_err(|e| format!("cannot connect to {}: {e}", redact_url(database_url)))?,
+        )),
+        Backend::Sqlite => {
+            let path = prepare_sqlite_file(database_url)?;
+            let mut c = SqliteConnection::establish(path).map_err(|e| format!("cannot open database {path}: {e}"))?;
+            sqlite_pragmas(&mut c).map_err(|e| format!("cannot open database {path}: {e}"))?;
+            Conn::Sqlite(Handle::Direct(c))
+        }
+    };
+    migrate(&mut conn)?;
+    Ok(conn)
 }
 
 #[derive(Clone)]
@@ -210,13 +273,7 @@ impl Db {
                 Db { pools: Pools::Postgres(pool) }
             }
             Backend::Sqlite => {
-                let path = sqlite_path(database_url);
-                if let Some(dir) = Path::new(path).parent() {
-                    if !dir.as_os_str().is_empty() {
-                        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-                    }
-                }
-                restrict_permissions(Path::new(path));
+                let path = prepare_sqlite_file(database_url)?;
                 let manager = ConnectionManager::<SqliteConnection>::new(path);
                 let pool = Pool::builder()
                     .max_size(max_size)
@@ -229,26 +286,8 @@ impl Db {
                 Db { pools: Pools::Sqlite(pool) }
             }
         };
-        db.migrate()?;
+        migrate(&mut db.conn().map_err(|e| e.to_string())?)?;
         Ok(db)
-    }
-
-    fn migrate(&self) -> Result<(), String> {
-        let mut conn = self.conn().map_err(|e| e.to_string())?;
-        let failed = |e: Box<dyn std::error::Error + Send + Sync>| format!("migrations failed: {e}");
-        match &mut conn {
-            Conn::Sqlite(c) => {
-                c.run_pending_migrations(SQLITE_MIGRATIONS).map_err(failed)?;
-            }
-            Conn::Postgres(c) => {
-                let c: &mut PgConnection = c;
-                c.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})")).map_err(|e| e.to_string())?;
-                let result = c.run_pending_migrations(POSTGRES_MIGRATIONS).map(|_| ()).map_err(failed);
-                let _ = c.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"));
-                result?;
-            }
-        }
-        Ok(())
     }
 
     pub fn backend(&self) -> Backend {
@@ -261,8 +300,8 @@ impl Db {
     /// A connection for synchronous callers (the CLI, startup).
     pub fn conn(&self) -> AppResult<Conn> {
         Ok(match &self.pools {
-            Pools::Sqlite(p) => Conn::Sqlite(p.get()?),
-            Pools::Postgres(p) => Conn::Postgres(p.get()?),
+            Pools::Sqlite(p) => Conn::Sqlite(Handle::Pooled(p.get()?)),
+            Pools::Postgres(p) => Conn::Postgres(Handle::Pooled(p.get()?)),
         })
     }
 
@@ -280,6 +319,25 @@ impl Db {
         .await
         .map_err(|e| AppError::internal(format!("database task failed: {e}")))?
     }
+}
+
+/// Run the pending migrations (on PostgreSQL under an advisory lock, so that instances starting
+/// together do not migrate at the same time).
+fn migrate(conn: &mut Conn) -> Result<(), String> {
+    let failed = |e: Box<dyn std::error::Error + Send + Sync>| format!("migrations failed: {e}");
+    match conn {
+        Conn::Sqlite(c) => {
+            c.run_pending_migrations(SQLITE_MIGRATIONS).map_err(failed)?;
+        }
+        Conn::Postgres(c) => {
+            let c: &mut PgConnection = c;
+            c.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})")).map_err(|e| e.to_string())?;
+            let result = c.run_pending_migrations(POSTGRES_MIGRATIONS).map(|_| ()).map_err(failed);
+            let _ = c.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"));
+            result?;
+        }
+    }
+    Ok(())
 }
 
 /// Whether the database answers and every embedded migration is applied (for `/readyz`).
