@@ -265,9 +265,13 @@ impl Db {
                     .max_size(max_size)
                     .min_idle(Some(1))
                     .connection_timeout(Duration::from_secs(5))
-                    // A broken connection fails its query and is discarded; no extra round trip
-                    // on every checkout.
-                    .test_on_check_out(false)
+                    // Check each connection as it is handed out (one `SELECT 1`): after a server
+                    // restart or a terminated backend, Diesel cannot tell a dead connection from a
+                    // live one (`is_broken` looks only at the transaction state), so without this
+                    // the pool would keep serving dead connections and the app would answer 503
+                    // long after the database is back. The API's hot path reads the in-memory
+                    // caches, not the pool.
+                    .test_on_check_out(true)
                     .build(manager)
                     .map_err(|e| format!("cannot connect to {}: {e}", redact_url(database_url)))?;
                 Db { pools: Pools::Postgres(pool) }

@@ -410,6 +410,18 @@ async fn a_postgres_outage_is_a_503_for_pages_and_the_api() {
     assert!(retry_after, "Retry-After");
     assert_eq!(body["error"], "unavailable", "{body}");
 
-    // Let the test database be dropped.
+    // The database is back: the next requests get fresh connections instead of the dead ones
+    // (a new connection may take a moment; a bounded number of tries, no timing assertion).
     sql(&mut admin, format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"));
+    let mut recovered = false;
+    for _ in 0..50 {
+        if alice.fetch("/settings/oauth2").await.status == Status::Ok {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(recovered, "pages work again once the database is back");
+    let (status, _, body) = list_connections(&app, &key).await;
+    assert_eq!(status, Status::Ok, "the API works again: {body}");
 }
