@@ -4,14 +4,14 @@ use std::sync::Arc;
 
 use rocket::fairing::AdHoc;
 use rocket::figment::Figment;
-use rocket::fs::FileServer;
 use rocket::{Build, Rocket};
 use rocket_dyn_templates::Template;
 
-use crate::config::{invalid, load_or_create_key, ConfigError, RawConfig, Settings};
+use crate::config::{invalid, key_or_file, load_or_create_key, ConfigError, RawConfig, Settings};
 use crate::db::Db;
 use crate::oauth::http::Outbound;
 use crate::oauth::providers::Catalog;
+use crate::util::Secret;
 use crate::vault::Cipher;
 use crate::web::{RequestLog, SecurityHeaders};
 
@@ -49,8 +49,8 @@ pub fn prepare(figment: Figment) -> Result<Prepared, ConfigError> {
     let settings = Settings::resolve(&raw, &profile)?;
     let catalog = Catalog::build(&settings, &raw.providers)?;
 
-    let vault_key = match &raw.vault_key {
-        Some(key) => key.clone(),
+    let vault_key = match key_or_file("vault_key", raw.vault_key.clone(), raw.vault_key_file.as_deref())? {
+        Some(key) => key,
         None if settings.dev_mode => {
             let path = settings.data_dir.join("vault.key");
             let (key, created) = load_or_create_key(&path, true, Cipher::generate_key)?;
@@ -62,7 +62,7 @@ pub fn prepare(figment: Figment) -> Result<Prepared, ConfigError> {
         None => {
             return Err(ConfigError::Missing(format!(
             "`vault_key` is required in the `{profile}` profile: generate one with `tokenvault keygen` and set it as \
-                 ROCKET_VAULT_KEY (or `vault_key` in Rocket.toml)"
+                 ROCKET_VAULT_KEY, or put it in a file named by ROCKET_VAULT_KEY_FILE (`vault_key_file`)"
         )))
         }
     };
@@ -72,31 +72,39 @@ pub fn prepare(figment: Figment) -> Result<Prepared, ConfigError> {
     let mut figment = figment;
     // Rocket's defaults hold an all-zero secret key, which it replaces with a random one per start
     // in debug (every restart would sign everyone out) and refuses in release.
-    let secret_key_set = match figment.extract_inner::<rocket::config::SecretKey>("secret_key") {
-        Ok(key) => !key.is_zero(),
-        Err(_) if figment.find_value("secret_key").is_err() => false,
-        // Set but unusable: say so (without the value) instead of treating it as missing.
-        Err(_) => {
-            return Err(invalid(
-                "secret_key",
+    let secret_key_set =
+        |figment: &Figment, key: &str| match figment.extract_inner::<rocket::config::SecretKey>("secret_key") {
+            Ok(key) => Ok(!key.is_zero()),
+            Err(_) if figment.find_value("secret_key").is_err() => Ok(false),
+            // Set but unusable: say so (without the value) instead of treating it as missing.
+            Err(_) => Err(invalid(
+                key,
                 "is not a valid key: it must be 64 random bytes in base64 (`tokenvault keygen --secret-key`)",
-            ))
-        }
-    };
-    if !secret_key_set {
-        if settings.dev_mode {
-            let path = settings.data_dir.join("secret.key");
-            let (key, created) = load_or_create_key(&path, true, || crate::util::random_key_b64(64))?;
-            if created {
-                tracing::info!(path = %path.display(), "generated a cookie secret key (debug profile only)");
-            }
+            )),
+        };
+    let inline_secret_key = secret_key_set(&figment, "secret_key")?;
+    if let Some(path) = &raw.secret_key_file {
+        // (An inline key is passed only so that "both set" is refused.)
+        let inline = inline_secret_key.then(|| Secret::new(String::new()));
+        if let Some(key) = key_or_file("secret_key", inline, Some(path))? {
             figment = figment.merge(("secret_key", key.expose().to_string()));
-        } else {
-            return Err(ConfigError::Missing(format!(
-                "`secret_key` is required in the `{profile}` profile (it signs and encrypts cookies): generate one with \
-                 `tokenvault keygen --secret-key` and set it as ROCKET_SECRET_KEY"
-            )));
+            secret_key_set(&figment, "secret_key_file")?;
         }
+    } else if inline_secret_key {
+        // Rocket reads it from the figment.
+    } else if settings.dev_mode {
+        let path = settings.data_dir.join("secret.key");
+        let (key, created) = load_or_create_key(&path, true, || crate::util::random_key_b64(64))?;
+        if created {
+            tracing::info!(path = %path.display(), "generated a cookie secret key (debug profile only)");
+        }
+        figment = figment.merge(("secret_key", key.expose().to_string()));
+    } else {
+        return Err(ConfigError::Missing(format!(
+            "`secret_key` is required in the `{profile}` profile (it signs and encrypts cookies): generate one with \
+             `tokenvault keygen --secret-key` and set it as ROCKET_SECRET_KEY, or put it in a file named by \
+             ROCKET_SECRET_KEY_FILE (`secret_key_file`)"
+        )));
     }
     if let Some(secret_key) = figment.find_value("secret_key").ok().and_then(|v| v.into_string()) {
         crate::config::check_keys_distinct(&secret_key, &vault_key, &raw.vault_old_keys)?;
@@ -107,10 +115,6 @@ pub fn prepare(figment: Figment) -> Result<Prepared, ConfigError> {
     Ok(Prepared { figment, settings, catalog, cipher })
 }
 
-fn template_dir(figment: &Figment) -> std::path::PathBuf {
-    figment.extract_inner::<std::path::PathBuf>("template_dir").unwrap_or_else(|_| "templates".into())
-}
-
 /// Build the Rocket from a figment (validating everything first).
 pub fn build(figment: Figment) -> Result<Rocket<Build>, ConfigError> {
     rocket(prepare(figment)?)
@@ -118,14 +122,10 @@ pub fn build(figment: Figment) -> Result<Rocket<Build>, ConfigError> {
 
 pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
     let Prepared { figment, settings, catalog, cipher } = prepared;
-    for (key, dir) in [("static_dir", settings.static_dir.clone()), ("template_dir", template_dir(&figment))] {
-        if !dir.is_dir() {
-            return Err(invalid(
-                key,
-                format!("`{}` is not a directory (run tokenvault from its project folder or set {key})", dir.display()),
-            ));
-        }
-    }
+    // The embedded templates, or `template_dir` when it has them all (see `crate::assets`).
+    let templates = crate::assets::template_root(settings.template_dir.as_deref())
+        .map_err(|e| invalid("template_dir", format!("cannot prepare the templates: {e}")))?;
+    let figment = figment.merge(("template_dir", templates.path.clone()));
     if settings.demo_provider && !settings.dev_mode {
         tracing::warn!(
             profile = %settings.profile,
@@ -135,7 +135,7 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
         );
     }
     let http = Outbound::new(&settings).map_err(|e| invalid("http_timeout", e))?;
-    let static_dir = settings.static_dir.clone();
+    let static_files = crate::assets::StaticFiles { dir: settings.static_dir.clone() };
     let demo = settings.demo_provider;
     let settings = Arc::new(settings);
     let cipher = Arc::new(cipher);
@@ -245,7 +245,9 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
         .mount("/", crate::web::traced(crate::routes::api_keys::routes()))
         .mount("/", crate::web::traced(crate::routes::sessions::routes()))
         .mount("/api/v1", crate::web::traced(crate::routes::api::routes()))
-        .mount("/static", FileServer::from(static_dir))
+        .mount("/static", crate::assets::routes())
+        .manage(static_files)
+        .manage(templates)
         .register("/", crate::routes::catchers());
     if demo {
         rocket = rocket

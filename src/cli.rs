@@ -41,6 +41,13 @@ pub enum Command {
         #[arg(long)]
         secret_key: bool,
     },
+    /// Copy the SQLite database, consistently, while the server runs, into a new file (mode
+    /// 0600). On PostgreSQL, explains how to use `pg_dump` instead (and exits non-zero).
+    Backup { file: std::path::PathBuf },
+    /// Check the configuration as `serve` would, open the database, verify the vault key, and
+    /// list every provider with the redirect URI to register and whether its credentials are set.
+    /// Exits non-zero naming the first problem.
+    Check,
 }
 
 #[derive(Debug, Subcommand)]
@@ -140,6 +147,23 @@ pub fn run(command: Command) -> Result<String, String> {
                 done.flows
             ))
         }
+        Command::Backup { file } => {
+            let (db, prepared) = open()?;
+            let mut conn = db.conn().map_err(|e| e.to_string())?;
+            let backup = crate::db::backup::sqlite(&mut conn, &file)?;
+            let rows: Vec<String> = backup.tables.iter().map(|(table, n)| format!("  {table}: {n}")).collect();
+            Ok(format!(
+                "wrote {} ({} bytes, mode 0600), a consistent copy of {}:\n{}\n\
+                 Its secrets are sealed with the vault key {}: keep that key backed up separately (not next to \
+                 this file); a restore needs both.",
+                backup.path.display(),
+                backup.bytes,
+                prepared.settings.database_url,
+                rows.join("\n"),
+                prepared.cipher.active_key_id(),
+            ))
+        }
+        Command::Check => check(),
         Command::Vault { command: VaultCommand::List } => {
             let (mut conn, _) = open()?;
             let entries = vault::list(&mut conn).map_err(cli_error)?;
@@ -149,6 +173,98 @@ pub fn run(command: Command) -> Result<String, String> {
                 .collect::<Vec<_>>()
                 .join("\n"))
         }
+    }
+}
+
+/// `tokenvault check`: every step `serve` takes before it listens, each reported on stdout; the
+/// first problem is the error (and the exit status).
+fn check() -> Result<String, String> {
+    let prepared = prepare(figment()).map_err(|e| format!("configuration: {e}"))?;
+    let settings = &prepared.settings;
+    prepared
+        .figment
+        .extract::<rocket::Config>()
+        .map_err(|e| format!("configuration: {}", crate::config::describe(e)))?;
+    crate::assets::template_root(settings.template_dir.as_deref())
+        .map_err(|e| format!("configuration: `template_dir`: {e}"))?;
+    let http =
+        crate::oauth::http::Outbound::new(settings).map_err(|e| format!("configuration: `http_timeout`: {e}"))?;
+    println!("configuration: ok (profile {}, public_url {})", settings.profile, settings.public_url);
+    let overrides = [("template_dir", &settings.template_dir), ("static_dir", &settings.static_dir)];
+    for (key, dir) in overrides {
+        match dir {
+            Some(dir) => println!("{key}: {} (its files override the built-in ones)", dir.display()),
+            None => println!("{key}: not set (the files built into tokenvault)"),
+        }
+    }
+
+    let db = Db::open(&settings.database_url).map_err(|e| format!("database: {e}"))?;
+    println!(
+        "database: ok ({:?}, {}, migrations applied)",
+        db.backend(),
+        crate::db::redact_url(&settings.database_url)
+    );
+    let mut conn = db.conn().map_err(|e| format!("database: {e}"))?;
+    let key_check =
+        crate::vault::rotation::verify_key(&mut conn, &prepared.cipher).map_err(|e| format!("vault key: {e}"))?;
+    let key_id = prepared.cipher.active_key_id();
+    match key_check {
+        crate::vault::rotation::KeyCheck::Active => println!("vault key: ok (key {key_id} opens this database)"),
+        crate::vault::rotation::KeyCheck::Created => {
+            println!("vault key: ok (a new database: its key check was recorded with key {key_id})")
+        }
+        crate::vault::rotation::KeyCheck::OldKey => {
+            println!("vault key: ok, but secrets are still sealed with an old key: run `tokenvault vault rotate-key`")
+        }
+    }
+
+    // Providers configured by `issuer` alone are resolved by OpenID Connect discovery, as at start.
+    let mut catalog = prepared.catalog;
+    let runtime = rocket::tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start an async runtime: {e}"))?;
+    runtime.block_on(catalog.discover(&http));
+    let configured = crate::config::RawConfig::from_figment(&prepared.figment).map_err(|e| e.to_string())?.providers;
+    let mut problems = Vec::new();
+    for name in configured.keys().filter(|name| catalog.get(name).is_none()) {
+        problems.push(format!("provider {name}: OpenID Connect discovery failed (see the log above)"));
+    }
+    println!("providers:");
+    if catalog.iter().next().is_none() {
+        problems.push("no providers are configured: add a `[<profile>.providers.<name>]` table".to_string());
+    }
+    for provider in catalog.iter() {
+        let credentials = if provider.is_demo {
+            "built in (created at start)".to_string()
+        } else {
+            let stored = vault::client_credentials(&mut conn, &prepared.cipher, &provider.name).map_err(cli_error)?;
+            let missing = match &stored {
+                None => Some(provider.client_id_path()),
+                Some(c) if c.client_secret.is_none() => Some(provider.client_secret_path()),
+                Some(_) => None,
+            };
+            match missing {
+                None => "set".to_string(),
+                Some(path) => {
+                    problems.push(format!(
+                        "provider {}: `{path}` is not set in the vault (`tokenvault vault set {path} -`)",
+                        provider.name
+                    ));
+                    format!("MISSING {path}")
+                }
+            }
+        };
+        println!(
+            "  {} ({}): redirect URI {} ; client credentials: {credentials}",
+            provider.name,
+            provider.display_name,
+            settings.redirect_uri(&provider.name)
+        );
+    }
+    match problems.into_iter().next() {
+        Some(first) => Err(first),
+        None => Ok("check passed".to_string()),
     }
 }
 

@@ -18,11 +18,17 @@ pub struct RawConfig {
     pub public_url: String,
     pub database_url: Option<String>,
     pub vault_key: Option<Secret>,
+    /// A file holding `vault_key` (e.g. a systemd credential), instead of the key itself.
+    pub vault_key_file: Option<PathBuf>,
+    /// A file holding Rocket's `secret_key`, instead of the key itself.
+    pub secret_key_file: Option<PathBuf>,
     pub vault_old_keys: Vec<Secret>,
     pub demo_provider: Option<bool>,
     pub allow_signup: Option<bool>,
     pub data_dir: PathBuf,
-    pub static_dir: PathBuf,
+    /// Overrides of the embedded static files and templates (see `crate::assets`).
+    pub static_dir: Option<PathBuf>,
+    pub template_dir: Option<PathBuf>,
     /// Absolute lifetime of a login session, seconds.
     pub session_ttl: i64,
     /// Lifetime of an authorization request (`state`), seconds (at most 600).
@@ -78,11 +84,14 @@ impl Default for RawConfig {
             public_url: "http://127.0.0.1:8000".into(),
             database_url: None,
             vault_key: None,
+            vault_key_file: None,
+            secret_key_file: None,
             vault_old_keys: Vec::new(),
             demo_provider: None,
             allow_signup: None,
             data_dir: PathBuf::from("data"),
-            static_dir: PathBuf::from("static"),
+            static_dir: None,
+            template_dir: None,
             session_ttl: 12 * 3600,
             flow_ttl: 600,
             http_timeout: 15,
@@ -119,7 +128,9 @@ pub struct Settings {
     pub demo_provider: bool,
     pub allow_signup: bool,
     pub data_dir: PathBuf,
-    pub static_dir: PathBuf,
+    /// The directories whose files override the embedded ones, if any.
+    pub static_dir: Option<PathBuf>,
+    pub template_dir: Option<PathBuf>,
     pub session_ttl: i64,
     pub flow_ttl: i64,
     pub http_timeout: u64,
@@ -352,7 +363,8 @@ impl Settings {
             demo_provider: raw.demo_provider.unwrap_or(dev_mode),
             allow_signup: raw.allow_signup.unwrap_or(dev_mode),
             data_dir: raw.data_dir.clone(),
-            static_dir: raw.static_dir.clone(),
+            static_dir: override_dir("static_dir", raw.static_dir.as_deref(), "static")?,
+            template_dir: override_dir("template_dir", raw.template_dir.as_deref(), "templates")?,
             session_ttl: raw.session_ttl,
             flow_ttl: raw.flow_ttl,
             http_timeout: raw.http_timeout,
@@ -409,6 +421,63 @@ pub fn check_keys_distinct(secret_key: &str, vault_key: &Secret, vault_old_keys:
         ));
     }
     Ok(())
+}
+
+/// An override directory: the configured one (which must exist), or else, in debug builds only,
+/// the working directory's `default` folder when present (the checkout under `cargo run`, whose
+/// templates then reload when edited). A release build without the key uses what it embeds.
+fn override_dir(key: &str, configured: Option<&Path>, default: &str) -> Result<Option<PathBuf>, ConfigError> {
+    match configured {
+        Some(dir) if dir.is_dir() => Ok(Some(dir.to_path_buf())),
+        Some(dir) => Err(invalid(
+            key,
+            format!(
+                "`{}` is not a directory (leave {key} unset to use the files built into tokenvault)",
+                dir.display()
+            ),
+        )),
+        None if cfg!(debug_assertions) && Path::new(default).is_dir() => Ok(Some(PathBuf::from(default))),
+        None => Ok(None),
+    }
+}
+
+/// A key given in the configuration or as a file (`<key>_file`), never both. A key file must not
+/// be readable or writable by other users (group access is allowed, with a warning).
+pub fn key_or_file(key: &str, inline: Option<Secret>, file: Option<&Path>) -> Result<Option<Secret>, ConfigError> {
+    let Some(path) = file else { return Ok(inline) };
+    if inline.is_some() {
+        return Err(invalid(
+            format!("{key}_file"),
+            format!(
+                "both `{key}` and `{key}_file` are set: keep one (the file keeps the key out of the configuration)"
+            ),
+        ));
+    }
+    let io = |source| ConfigError::Io { path: format!("{key}_file {}", path.display()), source };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if !meta.is_file() {
+        return Err(invalid(format!("{key}_file"), format!("`{}` is not a file", path.display())));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o007 != 0 {
+            return Err(invalid(
+                format!("{key}_file"),
+                format!("`{}` is accessible to other users (mode {mode:o}): `chmod 600` it", path.display()),
+            ));
+        }
+        if mode & 0o070 != 0 {
+            tracing::warn!(path = %path.display(), mode = %format!("{mode:o}"), "{key}_file is readable by its group");
+        }
+    }
+    let text = Secret::new(std::fs::read_to_string(path).map_err(io)?);
+    let value = text.expose().trim();
+    if value.is_empty() {
+        return Err(invalid(format!("{key}_file"), format!("`{}` is empty", path.display())));
+    }
+    Ok(Some(Secret::new(value.to_string())))
 }
 
 /// Read a key file, or (when `create` is set) write a new random key there with mode 0600.
@@ -528,6 +597,51 @@ mod tests {
         let figment = Figment::new().merge(("flow_ttl", "soon"));
         let err = RawConfig::from_figment(&figment).unwrap_err().to_string();
         assert!(err.contains("flow_ttl") && err.contains("soon"), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn keys_from_files_are_private_trimmed_and_exclusive() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str, mode: u32| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            path
+        };
+        let key = file("vault.key", "  S3CRET-KEY-VALUE\n", 0o400);
+        assert_eq!(key_or_file("vault_key", None, Some(&key)).unwrap().unwrap().expose(), "S3CRET-KEY-VALUE");
+        assert_eq!(key_or_file("vault_key", Some(Secret::new("inline")), None).unwrap().unwrap().expose(), "inline");
+        assert!(key_or_file("vault_key", None, None).unwrap().is_none());
+        // A group-readable file is accepted (with a warning).
+        let group = file("group.key", "K", 0o640);
+        assert!(key_or_file("secret_key", None, Some(&group)).is_ok());
+
+        let err = |r: Result<Option<Secret>, ConfigError>| r.err().map(|e| e.to_string()).unwrap_or_default();
+        let both = err(key_or_file("vault_key", Some(Secret::new("inline")), Some(&key)));
+        assert!(both.starts_with("`vault_key_file` is invalid: both `vault_key` and `vault_key_file`"), "{both}");
+        for mode in [0o644, 0o604, 0o602] {
+            let open = file("open.key", "S3CRET-KEY-VALUE", mode);
+            let e = err(key_or_file("vault_key", None, Some(&open)));
+            assert!(e.contains("vault_key_file") && e.contains("other users"), "{mode:o}: {e}");
+            assert!(!e.contains("S3CRET"), "{e}");
+        }
+        let empty = file("empty.key", " \n", 0o600);
+        assert!(err(key_or_file("secret_key", None, Some(&empty))).contains("is empty"));
+        let missing = err(key_or_file("secret_key", None, Some(&dir.path().join("missing.key"))));
+        assert!(missing.starts_with("secret_key_file ") && missing.contains("missing.key"), "{missing}");
+        assert!(err(key_or_file("secret_key", None, Some(dir.path()))).contains("not a file"));
+    }
+
+    #[test]
+    fn override_directories_must_exist_when_set() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(override_dir("static_dir", Some(dir.path()), "static").unwrap().as_deref(), Some(dir.path()));
+        let missing = dir.path().join("missing");
+        let e = override_dir("static_dir", Some(&missing), "static").unwrap_err().to_string();
+        assert!(e.starts_with("`static_dir` is invalid") && e.contains("missing"), "{e}");
+        assert_eq!(override_dir("template_dir", None, "no-such-folder-here").unwrap(), None);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! The layout is described in `docs/ARCHITECTURE.md`.
 
 pub mod app;
+pub mod assets;
 pub mod auth;
 pub mod cache;
 pub mod cli;

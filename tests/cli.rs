@@ -1,36 +1,10 @@
 //! The `tokenvault` binary's commands, and its refusal to start without keys in production.
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+mod common;
+
+use common::cli::{text, tokenvault};
 
 const VAULT_KEY: &str = "dGVzdC12YXVsdC1rZXktMzItYnl0ZXMtbG9uZyEhISE=";
-
-fn tokenvault(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tokenvault"));
-    cmd.args(args)
-        .current_dir(dir)
-        .env_remove("ROCKET_PROFILE")
-        .env("ROCKET_CONFIG", dir.join("Rocket.toml"))
-        .env("ROCKET_DATABASE_URL", dir.join("cli.sqlite"))
-        .env("ROCKET_DATA_DIR", dir.join("data"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("binary runs");
-    if let Some(input) = stdin {
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    } else {
-        drop(child.stdin.take());
-    }
-    child.wait_with_output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
 
 #[test]
 fn user_add_reads_the_password_from_stdin() {

@@ -3,6 +3,7 @@
 //! write their Diesel query once inside [`on_conn!`], which compiles it for both backends.
 //! [`Db::run`] uses a pooled connection off the async worker threads.
 
+pub mod backup;
 pub mod models;
 pub mod schema;
 

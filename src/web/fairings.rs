@@ -48,10 +48,9 @@ impl Fairing for SecurityHeaders {
         if self.hsts {
             res.set_header(Header::new("Strict-Transport-Security", "max-age=31536000; includeSubDomains"));
         }
-        // Pages show per-user data and tokens' metadata: never cache them. Static assets may be cached.
-        if req.uri().path().starts_with("/static/") {
-            res.set_header(Header::new("Cache-Control", "public, max-age=3600"));
-        } else {
+        // Pages show per-user data and tokens' metadata: never cache them. Static assets keep the
+        // `Cache-Control` their route set (`crate::assets`); a 404 under /static is not cached.
+        if !(req.uri().path().starts_with("/static/") && res.headers().contains("Cache-Control")) {
             res.set_header(Header::new("Cache-Control", "no-store"));
         }
         let id = req.local_cache(RequestId::new);

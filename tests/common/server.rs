@@ -56,13 +56,19 @@ pub fn free_port() -> u16 {
 
 /// Start the binary and wait until `/healthz` answers 200 (or panic with its log).
 pub async fn start(o: Options<'_>) -> Server {
+    start_in(o, Path::new(env!("CARGO_MANIFEST_DIR"))).await
+}
+
+/// [`start`] with `cwd` as the working directory (the checkout's by default, where `templates/`
+/// and `static/` are).
+pub async fn start_in(o: Options<'_>, cwd: &Path) -> Server {
     let port = free_port();
     std::fs::create_dir_all(o.dir).unwrap();
     let log = o.dir.join(format!("server-{port}.stderr.log"));
     let stdout = o.dir.join(format!("server-{port}.stdout.log"));
     let started = Instant::now();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tokenvault"));
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+    cmd.current_dir(cwd)
         .env("ROCKET_PROFILE", o.profile)
         .env("ROCKET_ADDRESS", "127.0.0.1")
         .env("ROCKET_PORT", port.to_string())
