@@ -46,6 +46,7 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum UserCommand {
     /// Create a user. The password is read from standard input (one line; no echo on a terminal).
+    /// `--admin` makes an administrator (outside the debug profile the only way to get the first one).
     Add {
         name: String,
         #[arg(long)]
@@ -97,10 +98,20 @@ pub fn run(command: Command) -> Result<String, String> {
             Ok(if secret_key { crate::util::random_key_b64(64) } else { crate::vault::Cipher::generate_key() })
         }
         Command::User { command: UserCommand::Add { name, admin } } => {
-            let (db, _) = open()?;
+            let (db, prepared) = open()?;
             let password = read_secret(&format!("Password for {name}: "))?;
+            // Synchronous and alone: the CLI hashes directly, before it takes a connection.
+            accounts::check_new(&name, &password).map_err(cli_error)?;
+            let hash = crate::auth::password::hash_blocking(&password).map_err(cli_error)?;
+            let role = if admin {
+                accounts::Role::Admin
+            } else if prepared.settings.dev_mode {
+                accounts::Role::FirstIsAdmin
+            } else {
+                accounts::Role::User
+            };
             let mut conn = db.conn().map_err(|e| e.to_string())?;
-            let user = accounts::create(&mut conn, &name, &password, admin).map_err(cli_error)?;
+            let user = accounts::create(&mut conn, &name, &hash, role).map_err(cli_error)?;
             Ok(format!("created user {} (id {}{})", user.username, user.id, if user.is_admin { ", admin" } else { "" }))
         }
         Command::Vault { command: VaultCommand::Set { path, value } } => {

@@ -53,8 +53,10 @@ pub struct RawConfig {
     pub cache_ttl: u64,
     /// Sign-in (and sign-up) attempts allowed per client IP per minute.
     pub login_limit_per_ip: u32,
-    /// Sign-in attempts allowed per username per minute.
+    /// Sign-in attempts allowed per username per minute (and failures per device cookie).
     pub login_limit_per_account: u32,
+    /// Most entries in each of the login throttle's maps (addresses, accounts, devices).
+    pub login_throttle_capacity: usize,
     /// The log filter (`tracing` env-filter syntax); `RUST_LOG` overrides it.
     pub log: String,
     pub providers: BTreeMap<String, ProviderConfig>,
@@ -86,6 +88,7 @@ impl Default for RawConfig {
             cache_ttl: 10,
             login_limit_per_ip: 30,
             login_limit_per_account: 10,
+            login_throttle_capacity: crate::auth::throttle::DEFAULT_CAPACITY,
             log: "info".into(),
             providers: BTreeMap::new(),
         }
@@ -114,6 +117,7 @@ pub struct Settings {
     pub refresh_margin: i64,
     pub login_limit_per_ip: u32,
     pub login_limit_per_account: u32,
+    pub login_throttle_capacity: usize,
     pub proxy_max_request_bytes: usize,
     pub proxy_max_response_bytes: usize,
     pub metrics: bool,
@@ -257,6 +261,9 @@ impl Settings {
                 return Err(invalid(key, "must be at least 1 per minute"));
             }
         }
+        if raw.login_throttle_capacity < 100 {
+            return Err(invalid("login_throttle_capacity", "must be at least 100"));
+        }
         if raw.refresh_margin < 0 {
             return Err(invalid("refresh_margin", "must not be negative"));
         }
@@ -291,6 +298,7 @@ impl Settings {
             metrics: raw.metrics,
             cache_ttl: raw.cache_ttl,
             login_limit_per_account: raw.login_limit_per_account,
+            login_throttle_capacity: raw.login_throttle_capacity,
         })
     }
 }
@@ -379,6 +387,7 @@ mod tests {
             ("login_limit_per_ip", bad(RawConfig { login_limit_per_ip: 0, ..d() })),
             ("login_limit_per_account", bad(RawConfig { login_limit_per_account: 0, ..d() })),
             ("refresh_margin", bad(RawConfig { refresh_margin: -1, ..d() })),
+            ("login_throttle_capacity", bad(RawConfig { login_throttle_capacity: 10, ..d() })),
             ("public_url", bad(RawConfig { public_url: "http://127.0.0.1:8000/?x=1".into(), ..d() })),
         ] {
             assert!(err.starts_with(&format!("`{key}` is invalid")), "{key}: {err}");

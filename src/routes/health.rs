@@ -39,6 +39,7 @@ async fn metrics(app: &State<AppState>) -> AppResult<(ContentType, String)> {
         return Err(AppError::NotFound);
     }
     let by_status = app.db.run(|conn| Ok(connections::count_by_status(conn)?)).await?;
+    app.metrics.set_login_figures(app.login_throttle.sizes(), app.hasher.stats());
     let text = app.metrics.render(&by_status, &app.caches.stats());
     Ok((ContentType::new("text", "plain").with_params(("version", "0.0.4")), text))
 }
