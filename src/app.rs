@@ -24,6 +24,8 @@ pub struct AppState {
     pub catalog: Arc<Catalog>,
     pub refresh_locks: crate::oauth::access::RefreshLocks,
     pub login_throttle: crate::auth::throttle::LoginThrottle,
+    /// Every argon2 hash and verify of the server runs through it (bounded, see its docs).
+    pub hasher: Arc<crate::auth::password::Hasher>,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// In-memory copies of API keys and connection rows (see `crate::cache`).
     pub caches: Arc<crate::cache::Caches>,
@@ -109,10 +111,29 @@ pub fn prepare(figment: Figment) -> Result<Prepared, ConfigError> {
     if let Some(secret_key) = figment.find_value("secret_key").ok().and_then(|v| v.into_string()) {
         crate::config::check_keys_distinct(&secret_key, &vault_key, &raw.vault_old_keys)?;
     }
+    // The client address (login throttling, logs) comes from the TCP peer. Rocket's own default
+    // `ip_header` is `X-Real-IP`, which any client can send: a header is used only when the
+    // operator names one (Rocket.toml or ROCKET_IP_HEADER), never by Rocket's default.
+    figment = ip_header_only_if_named(figment);
+    match figment.extract_inner::<String>("ip_header") {
+        Ok(header) => tracing::info!(ip_header = %header, "client addresses are taken from a request header"),
+        Err(_) => tracing::debug!("client addresses are taken from the connection"),
+    }
     // tokenvault logs through `tracing` with its own request log, which never prints query strings
     // (callbacks carry codes and states there). Rocket's own logger would.
     figment = figment.merge(("log_level", "off"));
     Ok(Prepared { figment, settings, catalog, cipher })
+}
+
+/// `ip_header = false` unless the operator set `ip_header` (a file or the environment): Rocket's
+/// built-in default is never used.
+fn ip_header_only_if_named(figment: Figment) -> Figment {
+    let named = figment.find_metadata("ip_header").is_some_and(|m| !m.name.starts_with("rocket::Config"));
+    if named {
+        figment
+    } else {
+        figment.merge(("ip_header", false))
+    }
 }
 
 /// Build the Rocket from a figment (validating everything first).
@@ -193,9 +214,11 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
                     refresh_locks: Default::default(),
                     metrics: metrics_state,
                     caches: Arc::new(crate::cache::Caches::new(settings.cache_ttl)),
+                    hasher: Arc::new(crate::auth::password::Hasher::for_this_machine()),
                     login_throttle: crate::auth::throttle::LoginThrottle::new(
                         settings.login_limit_per_ip,
                         settings.login_limit_per_account,
+                        settings.login_throttle_capacity,
                     ),
                     settings,
                 }))
@@ -255,4 +278,24 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
             .manage(crate::demo::FailureSwitch::default());
     }
     Ok(rocket)
+}
+
+#[cfg(test)]
+mod tests {
+    use rocket::figment::Figment;
+
+    fn header(figment: Figment) -> Option<String> {
+        super::ip_header_only_if_named(figment).extract::<rocket::Config>().unwrap().ip_header.map(|h| h.to_string())
+    }
+
+    #[test]
+    fn rocket_default_ip_header_is_switched_off_and_a_named_one_kept() {
+        assert_eq!(header(rocket::Config::figment()), None);
+        assert_eq!(header(Figment::from(rocket::Config::default())), None);
+        assert_eq!(header(Figment::from(rocket::Config::debug_default())), None);
+        let named = rocket::Config::figment().merge(("ip_header", "X-Forwarded-For"));
+        assert_eq!(header(named).as_deref(), Some("X-Forwarded-For"));
+        let off = rocket::Config::figment().merge(("ip_header", false));
+        assert_eq!(header(off), None);
+    }
 }

@@ -53,6 +53,7 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum UserCommand {
     /// Create a user. The password is read from standard input (one line; no echo on a terminal).
+    /// `--admin` makes an administrator (outside the debug profile the only way to get the first one).
     Add {
         name: String,
         #[arg(long)]
@@ -105,9 +106,19 @@ pub fn run(command: Command) -> Result<String, String> {
             Ok(if secret_key { crate::util::random_key_b64(64) } else { crate::vault::Cipher::generate_key() })
         }
         Command::User { command: UserCommand::Add { name, admin } } => {
-            let (mut conn, _) = open()?;
+            let (mut conn, prepared) = open()?;
             let password = read_secret(&format!("Password for {name}: "))?;
-            let user = accounts::create(&mut conn, &name, &password, admin).map_err(cli_error)?;
+            // Synchronous and alone: the CLI hashes directly, before it takes a connection.
+            accounts::check_new(&name, &password).map_err(cli_error)?;
+            let hash = crate::auth::password::hash_blocking(&password).map_err(cli_error)?;
+            let role = if admin {
+                accounts::Role::Admin
+            } else if prepared.settings.dev_mode {
+                accounts::Role::FirstIsAdmin
+            } else {
+                accounts::Role::User
+            };
+            let user = accounts::create(&mut conn, &name, &hash, role).map_err(cli_error)?;
             Ok(format!("created user {} (id {}{})", user.username, user.id, if user.is_admin { ", admin" } else { "" }))
         }
         Command::Vault { command: VaultCommand::Set { path, value } } => {
@@ -148,8 +159,7 @@ pub fn run(command: Command) -> Result<String, String> {
             ))
         }
         Command::Backup { file } => {
-            let (db, prepared) = open()?;
-            let mut conn = db.conn().map_err(|e| e.to_string())?;
+            let (mut conn, prepared) = open()?;
             let backup = crate::db::backup::sqlite(&mut conn, &file)?;
             let rows: Vec<String> = backup.tables.iter().map(|(table, n)| format!("  {table}: {n}")).collect();
             Ok(format!(
@@ -198,13 +208,13 @@ fn check() -> Result<String, String> {
         }
     }
 
-    let db = Db::open(&settings.database_url).map_err(|e| format!("database: {e}"))?;
+    // One connection of its own, as every CLI command (no pool threads left running at exit).
+    let mut conn = crate::db::connect(&settings.database_url).map_err(|e| format!("database: {e}"))?;
     println!(
         "database: ok ({:?}, {}, migrations applied)",
-        db.backend(),
+        conn.backend(),
         crate::db::redact_url(&settings.database_url)
     );
-    let mut conn = db.conn().map_err(|e| format!("database: {e}"))?;
     let key_check =
         crate::vault::rotation::verify_key(&mut conn, &prepared.cipher).map_err(|e| format!("vault key: {e}"))?;
     let key_id = prepared.cipher.active_key_id();

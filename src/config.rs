@@ -65,7 +65,7 @@ pub struct RawConfig {
     pub cache_ttl: u64,
     /// Sign-in (and sign-up) attempts allowed per client IP per minute.
     pub login_limit_per_ip: u32,
-    /// Sign-in attempts allowed per username per minute.
+    /// Sign-in attempts allowed per username per minute (and failures per device cookie).
     pub login_limit_per_account: u32,
     /// Pending authorization requests kept per user; starting one more drops the oldest.
     pub max_pending_flows_per_user: i64,
@@ -73,6 +73,8 @@ pub struct RawConfig {
     pub events_per_connection: i64,
     /// Live API keys per user; creating one more revokes the oldest (and says so).
     pub max_api_keys_per_user: i64,
+    /// Most entries in each of the login throttle's maps (addresses, accounts, devices).
+    pub login_throttle_capacity: usize,
     /// The log filter (`tracing` env-filter syntax); `RUST_LOG` overrides it.
     pub log: String,
     pub providers: BTreeMap<String, ProviderConfig>,
@@ -112,6 +114,7 @@ impl Default for RawConfig {
             max_pending_flows_per_user: 10,
             events_per_connection: 50,
             max_api_keys_per_user: 20,
+            login_throttle_capacity: crate::auth::throttle::DEFAULT_CAPACITY,
             log: "info".into(),
             providers: BTreeMap::new(),
         }
@@ -143,6 +146,7 @@ pub struct Settings {
     pub refresh_cooldown: i64,
     pub login_limit_per_ip: u32,
     pub login_limit_per_account: u32,
+    pub login_throttle_capacity: usize,
     pub proxy_max_request_bytes: usize,
     pub proxy_max_response_bytes: usize,
     pub metrics: bool,
@@ -326,6 +330,9 @@ impl Settings {
                 return Err(invalid(key, "must be at least 1 per minute"));
             }
         }
+        if raw.login_throttle_capacity < 100 {
+            return Err(invalid("login_throttle_capacity", "must be at least 100"));
+        }
         if raw.refresh_margin < 0 {
             return Err(invalid("refresh_margin", "must not be negative"));
         }
@@ -385,6 +392,7 @@ impl Settings {
             max_pending_flows_per_user: raw.max_pending_flows_per_user,
             events_per_connection: raw.events_per_connection,
             max_api_keys_per_user: raw.max_api_keys_per_user,
+            login_throttle_capacity: raw.login_throttle_capacity,
         })
     }
 }
@@ -566,6 +574,7 @@ mod tests {
             ("refresh_margin", bad(RawConfig { refresh_margin: -1, ..d() })),
             ("refresh_cooldown", bad(RawConfig { refresh_cooldown: 0, ..d() })),
             ("refresh_cooldown", bad(RawConfig { refresh_cooldown: 3601, ..d() })),
+            ("login_throttle_capacity", bad(RawConfig { login_throttle_capacity: 10, ..d() })),
             ("public_url", bad(RawConfig { public_url: "http://127.0.0.1:8000/?x=1".into(), ..d() })),
             ("max_pending_flows_per_user", bad(RawConfig { max_pending_flows_per_user: 0, ..d() })),
             ("events_per_connection", bad(RawConfig { events_per_connection: -5, ..d() })),

@@ -5,6 +5,8 @@
 //! - `BadRequest(msg)`: the request itself is wrong; `msg` is shown to the user, so keep secrets out.
 //! - `Upstream { .. }`: a provider failed; `message` is shown, `detail` is only logged.
 //! - `Unavailable`: the database pool is exhausted or the server is shutting down (503).
+//! - `Busy { retry_after }`: a bounded resource (password hashing) is saturated: 503 with
+//!   `Retry-After`, code `busy`.
 //! - `Database`, `Vault`, `Internal`: bugs or broken state; logged with detail, shown as a plain 500.
 
 use rocket::http::{ContentType, Status};
@@ -28,6 +30,8 @@ pub enum AppError {
     Upstream { status: Status, message: String, detail: String },
     #[error("unavailable: {0}")]
     Unavailable(String),
+    #[error("busy (retry after {retry_after} s)")]
+    Busy { retry_after: u64 },
     #[error("database error: {0}")]
     Database(#[from] diesel::result::Error),
     #[error("vault error: {0}")]
@@ -45,7 +49,7 @@ impl AppError {
             AppError::BadRequest(_) => Status::BadRequest,
             AppError::TooManyRequests => Status::TooManyRequests,
             AppError::Upstream { status, .. } => *status,
-            AppError::Unavailable(_) => Status::ServiceUnavailable,
+            AppError::Unavailable(_) | AppError::Busy { .. } => Status::ServiceUnavailable,
             AppError::Database(diesel::result::Error::NotFound) => Status::NotFound,
             AppError::Database(_) | AppError::Vault(_) | AppError::Internal(_) => Status::InternalServerError,
         }
@@ -61,6 +65,9 @@ impl AppError {
             AppError::TooManyRequests => "Too many attempts. Wait a minute and try again.".into(),
             AppError::Upstream { message, .. } => message.clone(),
             AppError::Unavailable(_) => "tokenvault is busy right now. Please try again in a moment.".into(),
+            AppError::Busy { retry_after } => {
+                format!("tokenvault is busy right now. Please try again in {retry_after} seconds.")
+            }
             AppError::Vault(_) => "A stored secret could not be decrypted. An administrator needs to check \
                                    the vault key configuration."
                 .into(),
@@ -72,7 +79,19 @@ impl AppError {
 
     /// A stable machine-readable code for JSON errors.
     pub fn code(&self) -> &'static str {
-        code_for(self.status())
+        match self {
+            AppError::Busy { .. } => "busy",
+            _ => code_for(self.status()),
+        }
+    }
+
+    /// Seconds for a `Retry-After` header, for errors that say when to come back.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            AppError::Busy { retry_after } => Some(*retry_after),
+            AppError::TooManyRequests => Some(60),
+            _ => None,
+        }
     }
 
     pub fn internal(detail: impl std::fmt::Display) -> AppError {
@@ -183,7 +202,11 @@ impl<'r> Responder<'r, 'static> for AppError {
         } else {
             tracing::info!(%request_id, status = status.code, error = %self, "request refused");
         }
-        render_error(req, status, self.code(), self.user_message())
+        let mut response = render_error(req, status, self.code(), self.user_message())?;
+        if let Some(seconds) = self.retry_after() {
+            response.set_raw_header("Retry-After", seconds.to_string());
+        }
+        Ok(response)
     }
 }
 
@@ -199,6 +222,9 @@ mod tests {
         let up = AppError::Upstream { status: Status::GatewayTimeout, message: "m".into(), detail: "d".into() };
         assert_eq!(up.status(), Status::GatewayTimeout);
         assert_eq!(up.code(), "provider_timeout");
+        let busy = AppError::Busy { retry_after: 2 };
+        assert_eq!((busy.status(), busy.code(), busy.retry_after()), (Status::ServiceUnavailable, "busy", Some(2)));
+        assert_eq!(AppError::TooManyRequests.retry_after(), Some(60));
     }
 
     #[test]

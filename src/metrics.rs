@@ -17,6 +17,8 @@ pub struct Metrics {
     connections: IntGaugeVec,
     cache_lookups: IntCounterVec,
     cache_entries: IntGaugeVec,
+    login_throttle_entries: IntGaugeVec,
+    password_hashing: IntGaugeVec,
     scrape: std::sync::Mutex<()>,
 }
 
@@ -66,8 +68,23 @@ impl Metrics {
         .expect("valid metric");
         let cache_entries =
             IntGaugeVec::new(Opts::new("cache_entries", "In-memory cache entries"), &["cache"]).expect("valid metric");
+        let login_throttle_entries = IntGaugeVec::new(
+            Opts::new("login_throttle_entries", "Entries in the login throttle's maps (address, account, device)"),
+            &["map"],
+        )
+        .expect("valid metric");
+        let password_hashing = IntGaugeVec::new(
+            Opts::new(
+                "password_hashing",
+                "The password hasher: workers and queue (limits), running now, peak running, refused (503) so far",
+            ),
+            &["figure"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(login_throttle_entries.clone()),
+            Box::new(password_hashing.clone()),
             Box::new(request_seconds.clone()),
             Box::new(refreshes.clone()),
             Box::new(token_endpoint_seconds.clone()),
@@ -86,6 +103,8 @@ impl Metrics {
             connections,
             cache_lookups,
             cache_entries,
+            login_throttle_entries,
+            password_hashing,
             scrape: Default::default(),
         }
     }
@@ -96,6 +115,26 @@ impl Metrics {
 
     pub fn token_endpoint(&self, provider: &str, grant: &str, started: Instant) {
         self.token_endpoint_seconds.with_label_values(&[provider, grant]).observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Set the login throttle's and the password hasher's figures (read at scrape time).
+    pub fn set_login_figures(
+        &self,
+        sizes: crate::auth::throttle::ThrottleSizes,
+        hashing: crate::auth::password::HasherStats,
+    ) {
+        for (map, n) in [("address", sizes.addresses), ("account", sizes.accounts), ("device", sizes.devices)] {
+            self.login_throttle_entries.with_label_values(&[map]).set(n as i64);
+        }
+        for (figure, n) in [
+            ("workers", hashing.workers as u64),
+            ("queue", hashing.queue as u64),
+            ("running", hashing.running as u64),
+            ("peak", hashing.peak as u64),
+            ("refused", hashing.refused),
+        ] {
+            self.password_hashing.with_label_values(&[figure]).set(n as i64);
+        }
     }
 
     /// The text exposition, with the connection gauge set from `by_status` and the cache figures

@@ -322,7 +322,8 @@ async fn login_is_throttled_per_account_with_a_uniform_429() {
 
 #[tokio::test]
 async fn login_is_throttled_per_ip() {
-    let app = builder().set("login_limit_per_ip", 4).start().await;
+    // The local client has no TCP peer: name the header explicitly (it is used only then).
+    let app = builder().set("login_limit_per_ip", 4).set("ip_header", "X-Real-IP").start().await;
     let agent = app.agent();
     let csrf = agent.csrf("/login").await;
     let mut statuses = Vec::new();

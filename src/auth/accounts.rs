@@ -1,4 +1,5 @@
-//! Creating accounts, shared by the sign-up page and `tokenvault user add`.
+//! Creating accounts, shared by the sign-up page and `tokenvault user add`, and the one place
+//! usernames are cleaned and normalised.
 
 use crate::auth::password;
 use crate::db::models::users::{self, NewUser, User};
@@ -6,34 +7,65 @@ use crate::db::Conn;
 use crate::error::{AppError, AppResult};
 use crate::util::{now, Secret};
 
+/// Longest username accepted, in bytes (usernames are ASCII). Anything longer is refused before
+/// it reaches the login throttle's maps or the password hasher.
+pub const MAX_USERNAME_LEN: usize = 32;
+pub const MIN_USERNAME_LEN: usize = 3;
+
 /// Usernames: 3-32 characters of letters, digits, '.', '_' and '-'.
 pub fn check_username(name: &str) -> Result<(), String> {
-    let ok = (3..=32).contains(&name.len())
+    let ok = (MIN_USERNAME_LEN..=MAX_USERNAME_LEN).contains(&name.len())
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
     if ok {
         Ok(())
     } else {
-        Err("Usernames are 3 to 32 characters: letters, digits, '.', '_' and '-'.".into())
+        Err(format!(
+            "Usernames are {MIN_USERNAME_LEN} to {MAX_USERNAME_LEN} characters: letters, digits, '.', '_' and '-'."
+        ))
     }
 }
 
-/// Create a user; the first user of an instance becomes its administrator. Blocking (argon2):
-/// call it from `Db::run` or the CLI. `BadRequest` carries a message for the user.
-pub fn create(conn: &mut Conn, username: &str, password: &Secret, admin: bool) -> AppResult<User> {
+/// The username as typed in a form, without surrounding whitespace: what is stored and looked up.
+pub fn clean_username(input: &str) -> &str {
+    input.trim()
+}
+
+/// The key under which a username is throttled: cleaned and lower-cased, so `Alice`, `alice ` and
+/// `ALICE` share one allowance.
+pub fn throttle_key(input: &str) -> String {
+    clean_username(input).to_lowercase()
+}
+
+/// Who becomes an administrator when an account is created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Admin,
+    User,
+    /// An administrator if it is the instance's first account, else a user: only the `debug`
+    /// profile's sign-up page uses this (outside `debug` the first administrator comes from
+    /// `tokenvault user add --admin`).
+    FirstIsAdmin,
+}
+
+/// Check a new account's username and password before anything is hashed.
+pub fn check_new(username: &str, password: &Secret) -> AppResult<()> {
     check_username(username).map_err(AppError::BadRequest)?;
-    password::check_policy(password.expose()).map_err(AppError::BadRequest)?;
-    let hash = password::hash_blocking(password)?;
+    password::check_policy(password.expose()).map_err(AppError::BadRequest)
+}
+
+/// Create a user with an argon2 `hash` made beforehand (no connection is held while hashing:
+/// check with [`check_new`], hash, then call this). `BadRequest` carries a message for the user.
+pub fn create(conn: &mut Conn, username: &str, hash: &str, role: Role) -> AppResult<User> {
+    check_username(username).map_err(AppError::BadRequest)?;
     // Count and insert in one write transaction, so two first sign-ups cannot both become admin.
     conn.immediate_transaction(|conn| {
-        let first = users::count(conn)? == 0;
-        let now = now();
-        let new = NewUser {
-            username,
-            password_hash: &hash,
-            is_admin: admin || first,
-            created_at: now,
-            password_changed_at: now,
+        let is_admin = match role {
+            Role::Admin => true,
+            Role::User => false,
+            Role::FirstIsAdmin => users::count(conn)? == 0,
         };
+        let now = now();
+        let new = NewUser { username, password_hash: hash, is_admin, created_at: now, password_changed_at: now };
         users::create(conn, &new)?.ok_or_else(|| AppError::BadRequest("That username is taken.".into()))
     })
 }
@@ -64,5 +96,14 @@ mod tests {
         assert!(super::check_username("al").is_err());
         assert!(super::check_username("a b c").is_err());
         assert!(super::check_username("<script>").is_err());
+        assert!(super::check_username(&"a".repeat(super::MAX_USERNAME_LEN)).is_ok());
+        assert!(super::check_username(&"a".repeat(super::MAX_USERNAME_LEN + 1)).is_err());
+    }
+
+    #[test]
+    fn throttle_keys_ignore_case_and_surrounding_whitespace() {
+        assert_eq!(super::throttle_key("  Alice\t"), "alice");
+        assert_eq!(super::throttle_key("ALICE"), super::throttle_key("alice"));
+        assert_eq!(super::clean_username(" Alice "), "Alice");
     }
 }

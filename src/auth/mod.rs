@@ -3,6 +3,7 @@
 pub mod accounts;
 pub mod api_key;
 pub mod csrf;
+pub mod device;
 pub mod guards;
 pub mod password;
 pub mod session;

@@ -1,9 +1,13 @@
-//! argon2id password hashing (m=19456 KiB, t=2, p=1), always off the async worker threads.
+//! argon2id password hashing (m=19456 KiB, t=2, p=1), always off the async worker threads and,
+//! in the server, through the bounded [`Hasher`].
 
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
+
+use rocket::tokio::sync::Semaphore;
 
 use crate::error::{AppError, AppResult};
 use crate::util::Secret;
@@ -56,15 +60,109 @@ pub fn verify_blocking(password: &Secret, hash: Option<&str>) -> bool {
     ok && real
 }
 
-pub async fn hash(password: Secret) -> AppResult<String> {
-    rocket::tokio::task::spawn_blocking(move || hash_blocking(&password))
-        .await
-        .map_err(|e| AppError::internal(format!("hashing task failed: {e}")))?
+/// Bounded password hashing: every argon2 hash and verify of the server goes through one of
+/// these (in `AppState`). At most `workers` run at once (each takes 19 MiB and a core for tens of
+/// milliseconds), at most `queue` more wait for a turn, and beyond that a request is refused at
+/// once with [`AppError::Busy`] (503 + `Retry-After`) instead of piling up blocking threads and
+/// memory. Callers hold no database connection while they wait or hash.
+pub struct Hasher {
+    /// Permits to be admitted at all: `workers + queue`.
+    admission: Arc<Semaphore>,
+    /// Permits to hash: `workers`.
+    work: Arc<Semaphore>,
+    workers: usize,
+    queue: usize,
+    /// Hashes running now and at most, counted inside the blocking tasks.
+    running: Arc<(AtomicUsize, AtomicUsize)>,
+    refused: AtomicU64,
 }
 
-/// Verify `password` against `hash`; with `None` (unknown user) verify against a dummy hash and fail.
-pub async fn verify(password: Secret, hash: Option<String>) -> bool {
-    rocket::tokio::task::spawn_blocking(move || verify_blocking(&password, hash.as_deref())).await.unwrap_or(false)
+impl std::fmt::Debug for Hasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hasher").field("workers", &self.workers).field("queue", &self.queue).finish()
+    }
+}
+
+/// What `/metrics` shows of the hasher.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HasherStats {
+    pub workers: usize,
+    pub queue: usize,
+    pub running: usize,
+    /// The most hashes that ever ran at once (never above `workers`).
+    pub peak: usize,
+    /// Requests refused with 503 because the queue was full.
+    pub refused: u64,
+}
+
+/// `Retry-After` of a refusal: the queue drains in well under a second.
+pub const RETRY_AFTER_SECS: u64 = 1;
+
+/// How many wait for a turn, per worker, before requests are refused.
+pub const QUEUE_PER_WORKER: usize = 2;
+
+impl Hasher {
+    /// One worker per core (`std::thread::available_parallelism`), a queue of two per worker.
+    pub fn for_this_machine() -> Hasher {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        Hasher::new(cores, cores * QUEUE_PER_WORKER)
+    }
+
+    pub fn new(workers: usize, queue: usize) -> Hasher {
+        let workers = workers.max(1);
+        Hasher {
+            admission: Arc::new(Semaphore::new(workers + queue)),
+            work: Arc::new(Semaphore::new(workers)),
+            workers,
+            queue,
+            running: Arc::default(),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    pub fn stats(&self) -> HasherStats {
+        HasherStats {
+            workers: self.workers,
+            queue: self.queue,
+            running: self.running.0.load(Ordering::Relaxed),
+            peak: self.running.1.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Run `job` on the blocking pool once a worker is free; `Busy` when the queue is full.
+    async fn run<T: Send + 'static>(&self, job: impl FnOnce() -> T + Send + 'static) -> AppResult<T> {
+        let Ok(admitted) = self.admission.clone().try_acquire_owned() else {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(workers = self.workers, queue = self.queue, "password hashing queue full: refused with 503");
+            return Err(AppError::Busy { retry_after: RETRY_AFTER_SECS });
+        };
+        let permit = self.work.clone().acquire_owned().await.map_err(|e| AppError::internal(e.to_string()))?;
+        let counters = self.running.clone();
+        // The permits move into the blocking task: if the request is dropped while it hashes, the
+        // worker stays taken until the hash has really finished.
+        rocket::tokio::task::spawn_blocking(move || {
+            let now = counters.0.fetch_add(1, Ordering::SeqCst) + 1;
+            counters.1.fetch_max(now, Ordering::SeqCst);
+            let out = job();
+            counters.0.fetch_sub(1, Ordering::SeqCst);
+            drop((permit, admitted));
+            out
+        })
+        .await
+        .map_err(|e| AppError::internal(format!("hashing task failed: {e}")))
+    }
+
+    /// Hash a new password (argon2id, fresh salt).
+    pub async fn hash(&self, password: Secret) -> AppResult<String> {
+        self.run(move || hash_blocking(&password)).await?
+    }
+
+    /// Verify `password` against `hash`; with `None` (unknown user) verify against a dummy hash and
+    /// fail, so both cases cost the same. `Busy` when the queue is full.
+    pub async fn verify(&self, password: Secret, hash: Option<String>) -> AppResult<bool> {
+        self.run(move || verify_blocking(&password, hash.as_deref())).await
+    }
 }
 
 #[cfg(test)]
@@ -100,5 +198,34 @@ mod tests {
         assert!(check_policy("short").is_err());
         assert!(check_policy("long enough pw").is_ok());
         assert!(check_policy(&"x".repeat(2000)).is_err());
+    }
+
+    #[rocket::async_test]
+    async fn a_full_queue_is_refused_with_busy_and_workers_never_exceed_the_limit() {
+        let hasher = Arc::new(Hasher::new(1, 1));
+        // Hold the only worker: a job that waits until released.
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let h = hasher.clone();
+        let first = rocket::tokio::spawn(async move { h.run(move || rx.recv().is_ok()).await });
+        while hasher.stats().running == 0 {
+            rocket::tokio::task::yield_now().await;
+        }
+        // One may wait in the queue ...
+        let h = hasher.clone();
+        let queued = rocket::tokio::spawn(async move { h.run(|| true).await });
+        while hasher.admission.available_permits() > 0 {
+            rocket::tokio::task::yield_now().await;
+        }
+        // ... the next is refused at once, without hashing.
+        let refused = hasher.verify(Secret::new("whatever password"), None).await;
+        assert!(matches!(refused, Err(AppError::Busy { retry_after }) if retry_after >= 1), "{refused:?}");
+        assert_eq!(hasher.stats().refused, 1);
+        tx.send(()).unwrap();
+        assert!(first.await.unwrap().unwrap());
+        assert!(queued.await.unwrap().unwrap());
+        let stats = hasher.stats();
+        assert_eq!((stats.peak, stats.running), (1, 0), "{stats:?}");
+        // Capacity is back: a real verify runs.
+        assert!(!hasher.verify(Secret::new("whatever password"), None).await.unwrap());
     }
 }

@@ -8,7 +8,8 @@ use rocket_dyn_templates::Template;
 use serde::Serialize;
 
 use crate::app::AppState;
-use crate::auth::{accounts, password, session, Csrf, CsrfField, CsrfOnly, CurrentUser};
+use crate::auth::throttle::DeviceClaim;
+use crate::auth::{accounts, device, session, Csrf, CsrfField, CsrfOnly, CurrentUser};
 use crate::db::models::users;
 use crate::error::{AppError, AppResult};
 use crate::util::Secret;
@@ -83,17 +84,43 @@ async fn login(
     form: Csrf<LoginForm>,
 ) -> AppResult<Result<Flash<Redirect>, PageResponse>> {
     let form = form.into_inner();
-    let username = form.username.trim().to_string();
-    if !app.login_throttle.allow_login(ip, &username) {
-        tracing::warn!("sign-in throttled");
+    // The address's limit first: an address over it gets no further (no hashing, no state).
+    if app.login_throttle.check_address(ip, "sign-in").is_err() {
         return Err(AppError::TooManyRequests);
     }
+    let username = accounts::clean_username(&form.username).to_string();
+    if username.len() > accounts::MAX_USERNAME_LEN {
+        // No account has such a name: refused before it reaches any map or the hasher, and not
+        // echoed back.
+        let form = AuthForm {
+            csrf_token: session::anonymous_csrf_token(cookies, &app.settings),
+            next: next_or_home(form.next.as_deref()),
+            username: String::new(),
+            error: Some(format!("Usernames are at most {} characters.", accounts::MAX_USERNAME_LEN)),
+            allow_signup: app.settings.allow_signup,
+        };
+        return Ok(Err(render("auth/login", "Sign in", layout, Status::UnprocessableEntity, form)));
+    }
+    let key = accounts::throttle_key(&username);
+    let claim = device::claim(cookies, &key);
+    if claim == DeviceClaim::Invalid {
+        device::remove_invalid(cookies);
+    }
+    let Ok(admission) = app.login_throttle.admit(ip, &key, claim) else {
+        return Err(AppError::TooManyRequests);
+    };
     let lookup = username.clone();
     let user = app.db.run(move |conn| Ok(users::find_by_username(conn, &lookup)?)).await?;
-    let ok = password::verify(Secret::new(form.password), user.as_ref().map(|u| u.password_hash.clone())).await;
+    let verified = app.hasher.verify(Secret::new(form.password), user.as_ref().map(|u| u.password_hash.clone())).await;
+    let ok = verified.inspect_err(|_| app.login_throttle.unchecked(&key, &admission))?;
+    if !ok {
+        app.login_throttle.failed(ip, &key, &admission);
+    }
     match user {
         Some(user) if ok => {
             session::start(&app.db, &app.settings, cookies, user.id).await?;
+            app.login_throttle.succeeded(&key, &admission);
+            device::issue(cookies, &app.settings, &key);
             tracing::info!(user_id = user.id, "signed in");
             let next = next_or_home(form.next.as_deref());
             Ok(Ok(Flash::success(Redirect::to(next), format!("Welcome, {}.", user.username))))
@@ -161,18 +188,30 @@ async fn signup(
     if !app.settings.allow_signup {
         return Err(AppError::NotFound);
     }
-    if !app.login_throttle.allow_signup(ip) {
+    if app.login_throttle.check_address(ip, "sign-up").is_err() {
         return Err(AppError::TooManyRequests);
     }
     let form = form.into_inner();
-    let username = form.username.trim().to_string();
+    let username = accounts::clean_username(&form.username).to_string();
     let problem = if form.password != form.password_confirm {
         Some("The two passwords do not match.".to_string())
     } else {
+        // Outside the debug profile a sign-up never makes an administrator (the first one comes
+        // from `tokenvault user add --admin`).
+        let role = if app.settings.dev_mode { accounts::Role::FirstIsAdmin } else { accounts::Role::User };
         let (name, pw) = (username.clone(), Secret::new(form.password));
-        match app.db.run(move |conn| accounts::create(conn, &name, &pw, false)).await {
+        let created = match accounts::check_new(&name, &pw) {
+            Ok(()) => {
+                // Hash first, with no database connection held, then insert.
+                let hash = app.hasher.hash(pw).await?;
+                app.db.run(move |conn| accounts::create(conn, &name, &hash, role)).await
+            }
+            Err(e) => Err(e),
+        };
+        match created {
             Ok(user) => {
                 session::start(&app.db, &app.settings, cookies, user.id).await?;
+                device::issue(cookies, &app.settings, &accounts::throttle_key(&user.username));
                 tracing::info!(user_id = user.id, admin = user.is_admin, "account created");
                 return Ok(Ok(Flash::success(Redirect::to("/"), format!("Welcome to tokenvault, {}.", user.username))));
             }

@@ -72,6 +72,7 @@ async fn metrics(
         MetricsAccess::NotServed => return Err(AppError::NotFound),
     }
     let by_status = app.db.run(|conn| Ok(connections::count_by_status(conn)?)).await?;
+    app.metrics.set_login_figures(app.login_throttle.sizes(), app.hasher.stats());
     let text = app.metrics.render(&by_status, &app.caches.stats());
     Ok(Ok((ContentType::new("text", "plain").with_params(("version", "0.0.4")), text)))
 }

@@ -9,7 +9,7 @@ use rocket_dyn_templates::Template;
 use serde::Serialize;
 
 use crate::app::AppState;
-use crate::auth::{accounts, password, session, Csrf, CsrfField, CurrentUser};
+use crate::auth::{accounts, device, password, session, Csrf, CsrfField, CurrentUser};
 use crate::db::models::users;
 use crate::error::{AppError, AppResult};
 use crate::util::Secret;
@@ -55,12 +55,24 @@ async fn change(
     form: Csrf<PasswordForm>,
 ) -> AppResult<Result<Flash<Redirect>, (Status, Template)>> {
     let form = form.into_inner();
-    if !app.login_throttle.allow_login(ip, &user.username) {
+    // The same limits as a sign-in: the current password is a guess like any other.
+    if app.login_throttle.check_address(ip, "password change").is_err() {
         return Err(AppError::TooManyRequests);
     }
+    let key = accounts::throttle_key(&user.username);
+    let Ok(admission) = app.login_throttle.admit(ip, &key, device::claim(cookies, &key)) else {
+        return Err(AppError::TooManyRequests);
+    };
     let uid = user.id;
     let current = app.db.run(move |conn| Ok(users::find(conn, uid)?)).await?.ok_or(AppError::NotFound)?;
-    let problem = if !password::verify(Secret::new(form.current_password), Some(current.password_hash)).await {
+    let verified = app.hasher.verify(Secret::new(form.current_password), Some(current.password_hash)).await;
+    let current_ok = verified.inspect_err(|_| app.login_throttle.unchecked(&key, &admission))?;
+    if current_ok {
+        app.login_throttle.succeeded(&key, &admission);
+    } else {
+        app.login_throttle.failed(ip, &key, &admission);
+    }
+    let problem = if !current_ok {
         Some("Your current password is not right.".to_string())
     } else if form.new_password != form.new_password_confirm {
         Some("The two new passwords do not match.".to_string())
@@ -72,7 +84,7 @@ async fn change(
         let page = Template::render("settings/password", Page::new(layout, "Change your password", body));
         return Ok(Err((Status::UnprocessableEntity, page)));
     }
-    let hash = password::hash(Secret::new(form.new_password)).await?;
+    let hash = app.hasher.hash(Secret::new(form.new_password)).await?;
     // Every session ends, this one too (a fresh one is started below), and every API key is
     // revoked: whoever knew the old password may have made one.
     let done = app.db.run(move |conn| accounts::replace_password(conn, uid, &hash)).await?;

@@ -8,5 +8,6 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod hardening;
+mod login;
 mod proxy;
 mod sessions;
