@@ -773,7 +773,11 @@ async fn no_secret_leaks_into_pages_headers_logs_or_the_database() {
     c.api("/api/v1/services/fake/token", Some(&api_key)).await.expect(404);
     c.api("/api/v1/services/fake/proxy/anything", Some(&api_key)).await.expect(404);
 
-    // The password page, then revoking the API key.
+    // Revoking the API key, then the password page (a password change revokes every key too).
+    let key_id = regex::Regex::new(r#"data-key="(\d+)""#).unwrap().captures(&keys_page).expect("the key is listed")[1]
+        .to_string();
+    c.submit("/settings/api-keys", &format!("/settings/api-keys/{key_id}/revoke"), &[]).await.expect(303);
+    c.api("/api/v1/connections", Some(&api_key)).await.expect(401);
     c.submit(
         "/settings/password",
         "/settings/password",
@@ -786,10 +790,6 @@ async fn no_secret_leaks_into_pages_headers_logs_or_the_database() {
     .await
     .expect(303);
     c.get("/settings/password").await.expect(200);
-    let key_id = regex::Regex::new(r#"data-key="(\d+)""#).unwrap().captures(&keys_page).expect("the key is listed")[1]
-        .to_string();
-    c.submit("/settings/api-keys", &format!("/settings/api-keys/{key_id}/revoke"), &[]).await.expect(303);
-    c.api("/api/v1/connections", Some(&api_key)).await.expect(401);
 
     // Log out, a failed login, a login.
     c.submit("/", "/logout", &[]).await.expect(303);

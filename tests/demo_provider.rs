@@ -241,12 +241,15 @@ async fn a_grant_revoked_at_the_demo_provider_turns_into_a_reconnect_prompt() {
 
 #[tokio::test]
 async fn the_failure_switch_makes_refreshes_fail_and_tokens_survive() {
-    let live = launch_with(30).await; // inside the refresh margin: every visit refreshes
+    // 2 s tokens: the refresh margin is at most half a token's lifetime, so a visit 1 s after the
+    // connection refreshes (a token just issued would be used as it is).
+    let live = launch_with(2).await;
     live.signup().await;
     let consent = live.to_consent().await;
     let callback = live.decide(consent, "allow").await;
     live.get(&callback).await;
     let before = live.tokens();
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
     let console = live.get("/demo/").await.text().await.unwrap();
     let mut form = hidden_fields(&console);
     form.insert("count".into(), "1".into());

@@ -272,6 +272,9 @@ async fn healthz_stays_fast_while_a_refresh_waits_on_a_trickling_token_endpoint(
     alice.connect("fake").await;
     let before = app.stored_tokens("alice", "fake").unwrap();
     assert_eq!(before, ("AT-CANARY-raw-1".to_string(), Some("RT-CANARY-raw-1".to_string())));
+    // The margin is at most half a token's lifetime: make the 30 s token one obtained long ago,
+    // so it is due for a refresh (a token just issued would be used as it is).
+    app.exec("UPDATE connections SET obtained_at = obtained_at - 3600");
 
     raw.set(Mode::Trickle(token_json("AT-CANARY-raw-2", "RT-CANARY-raw-2", 3600)));
     let started = Instant::now();

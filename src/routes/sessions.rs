@@ -2,7 +2,7 @@
 //! one of them or every other one.
 
 use rocket::http::CookieJar;
-use rocket::response::{Flash, Redirect};
+use rocket::response::Redirect;
 use rocket::{get, post, routes, Route, State};
 use rocket_dyn_templates::Template;
 use serde::Serialize;
@@ -12,7 +12,7 @@ use crate::auth::{session, Csrf, CsrfOnly, CurrentUser};
 use crate::db::models::sessions;
 use crate::error::{AppError, AppResult};
 use crate::util::{format_utc, now, relative_time};
-use crate::web::{Layout, Page};
+use crate::web::{Flash, Layout, Page};
 
 pub fn routes() -> Vec<Route> {
     routes![page, end, end_others]
