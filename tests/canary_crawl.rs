@@ -644,6 +644,8 @@ async fn no_secret_leaks_into_pages_headers_logs_or_the_database() {
         "/services/fake/account",
         "/settings/oauth2",
         "/settings/password",
+        "/settings/sessions",
+        "/settings/api-keys",
         "/admin/vault",
         "/services/fake/authorize",
         "/healthz",
@@ -790,6 +792,8 @@ async fn no_secret_leaks_into_pages_headers_logs_or_the_database() {
     .await
     .expect(303);
     c.get("/settings/password").await.expect(200);
+    // The sessions page after the password change (its own test checks it never shows a session id).
+    c.get("/settings/sessions").await.expect(200);
 
     // Log out, a failed login, a login.
     c.submit("/", "/logout", &[]).await.expect(303);
