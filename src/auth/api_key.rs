@@ -116,6 +116,18 @@ async fn authenticate(app: &AppState, key: &str) -> Result<Option<ApiUser>, KeyC
 
 /// Revoke one of the user's keys; false when it is not theirs (or already revoked). The key stops
 /// working in this process at once and in every other instance within about a second.
+/// [`create`] for a signed-in user, with this process's cached copies of the keys it evicted
+/// dropped at once (convention 3: handlers never touch the caches).
+pub async fn create_for(app: &AppState, user_id: i64, name: String) -> AppResult<Created> {
+    let max_keys = app.settings.max_api_keys_per_user;
+    let created = app.db.run(move |conn| create(conn, user_id, &name, max_keys)).await?;
+    for old in &created.evicted {
+        app.caches.api_keys.invalidate(&old.key_hash);
+        tracing::info!(user_id, key_id = old.id, "API key revoked: over max_api_keys_per_user");
+    }
+    Ok(created)
+}
+
 pub async fn revoke(app: &AppState, user_id: i64, key_id: i64) -> AppResult<bool> {
     let hash = app.db.run(move |conn| Ok(api_keys::revoke(conn, user_id, key_id, now())?)).await?;
     match hash {

@@ -118,13 +118,9 @@ async fn create(
     layout: Layout,
     form: Csrf<CreateForm>,
 ) -> AppResult<(Status, Template)> {
-    let (uid, name, max_keys) = (user.id, form.name.clone(), app.settings.max_api_keys_per_user);
-    match app.db.run(move |conn| api_key::create(conn, uid, &name, max_keys)).await {
+    let uid = user.id;
+    match api_key::create_for(app, uid, form.name.clone()).await {
         Ok(created) => {
-            for old in &created.evicted {
-                app.caches.api_keys.invalidate(&old.key_hash);
-                tracing::info!(user_id = uid, key_id = old.id, "API key revoked: over max_api_keys_per_user");
-            }
             tracing::info!(user_id = uid, key_id = created.row.id, "API key created");
             let new_key = NewKeyView {
                 name: created.row.name.clone(),

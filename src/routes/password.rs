@@ -87,10 +87,7 @@ async fn change(
     let hash = app.hasher.hash(Secret::new(form.new_password)).await?;
     // Every session ends, this one too (a fresh one is started below), and every API key is
     // revoked: whoever knew the old password may have made one.
-    let done = app.db.run(move |conn| accounts::replace_password(conn, uid, &hash)).await?;
-    for key_hash in &done.revoked_key_hashes {
-        app.caches.api_keys.invalidate(key_hash);
-    }
+    let done = accounts::change_password(app, uid, hash).await?;
     session::start(&app.db, &app.settings, cookies, uid).await?;
     let keys = done.revoked_key_hashes.len();
     tracing::info!(user_id = uid, sessions_ended = done.sessions_ended, api_keys_revoked = keys, "password changed");
