@@ -8,6 +8,10 @@
 //! logins were answered, and the latency of `/healthz` (p50/p99), polled from another address
 //! (127.0.0.3) throughout each attack. Figures, not assertions: the regression tests are in
 //! `tests/abuse/login.rs`.
+//!
+//! `TV_BENCH_SMAPS=1` also prints the largest memory mappings after the first attack;
+//! `TV_SERVER_BINARY=<path>` measures another build of the server (e.g. an older commit's) instead
+//! of this one, so two builds can be compared on the same machine in one sitting.
 
 #[path = "../tests/common/mod.rs"]
 #[allow(unused_imports)]
@@ -94,6 +98,26 @@ fn tally(statuses: &[u16]) -> String {
         .join(", ")
 }
 
+/// The 15 mappings of `pid` with the most resident memory, from `/proc/<pid>/smaps` (to tell the
+/// binary, the heap, thread arenas and stacks apart).
+fn print_largest_mappings(pid: u32) {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut maps: Vec<(u64, &str)> = Vec::new();
+    let mut mapping = "";
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or_default();
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            mapping = line;
+        } else if let Some(kib) = line.strip_prefix("Rss:") {
+            maps.push((kib.trim().trim_end_matches(" kB").parse().unwrap_or(0), mapping));
+        }
+    }
+    maps.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    for (kib, mapping) in maps.iter().take(15) {
+        eprintln!("{kib:>8} KiB  {mapping}");
+    }
+}
+
 struct Outcome {
     statuses: Vec<u16>,
     health: Vec<Duration>,
@@ -153,6 +177,9 @@ async fn main() {
     let flood_time = started.elapsed();
     let flood_peak = proc_kib(pid, "VmHWM:");
     let after_flood = proc_kib(pid, "VmRSS:");
+    if std::env::var_os("TV_BENCH_SMAPS").is_some() {
+        print_largest_mappings(pid);
+    }
 
     // 2. 2,000 unique 30 KB usernames from one address (eight at a time).
     let http = client(2);

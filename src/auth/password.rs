@@ -1,13 +1,22 @@
 //! argon2id password hashing (m=19456 KiB, t=2, p=1), always off the async worker threads and,
 //! in the server, through the bounded [`Hasher`].
+//!
+//! The server's hashes run on a few dedicated threads, each with one argon2 memory block that it
+//! allocates on first use and reuses for every hash ([`Memory`]). Allocating 19 MiB per hash on
+//! the blocking pool instead left freed blocks in glibc's per-thread arenas (after the first free,
+//! glibc's mmap threshold rises to the block's size, so later blocks come from arenas that are
+//! rarely trimmed): 192 logins grew the server to ~230 MB with never more than two hashes at
+//! once, the memory sitting in 64 MiB-aligned arena mappings (`TV_BENCH_SMAPS=1 cargo bench
+//! --bench login_flood`). With reused blocks hashing holds `workers` × 19 MiB, whatever the traffic.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::{Output, ParamsString, PasswordHash, Salt, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 
-use rocket::tokio::sync::Semaphore;
+use rocket::tokio::sync::{oneshot, Semaphore};
 
 use crate::error::{AppError, AppResult};
 use crate::util::Secret;
@@ -16,9 +25,16 @@ use crate::util::Secret;
 pub const MAX_PASSWORD_BYTES: usize = 1024;
 pub const MIN_PASSWORD_CHARS: usize = 10;
 
-fn argon2() -> Argon2<'static> {
-    let params = Params::new(19_456, 2, 1, None).expect("valid argon2 parameters");
-    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+/// The parameters of every new hash: OWASP's first argon2id choice (19 MiB, two passes).
+const M_COST_KIB: u32 = 19_456;
+const T_COST: u32 = 2;
+
+/// The most memory a stored hash may ask for when verified (4× ours): a hash written with larger
+/// parameters elsewhere fails to verify rather than making a login allocate without bound.
+const MAX_M_COST_KIB: u32 = 4 * M_COST_KIB;
+
+fn params() -> Params {
+    Params::new(M_COST_KIB, T_COST, 1, None).expect("valid argon2 parameters")
 }
 
 /// Check a new password against the policy; the message is shown to the user.
@@ -32,47 +48,131 @@ pub fn check_policy(password: &str) -> Result<(), String> {
     Ok(())
 }
 
-pub fn hash_blocking(password: &Secret) -> AppResult<String> {
+/// argon2's working memory, allocated on first use and reused by every later hash.
+#[derive(Default)]
+pub struct Memory {
+    blocks: Vec<Block>,
+}
+
+impl Memory {
+    /// The first `count` blocks, growing the allocation only when a hash needs more than before.
+    fn blocks(&mut self, count: usize) -> &mut [Block] {
+        if self.blocks.len() < count {
+            self.blocks.resize(count, Block::default());
+        }
+        &mut self.blocks[..count]
+    }
+
+    /// Bytes held now.
+    pub fn held(&self) -> usize {
+        self.blocks.capacity() * Block::SIZE
+    }
+}
+
+/// argon2 of `password` with `salt`, the PHC string's parts, computed in `memory`.
+fn hash_in<'a>(
+    memory: &mut Memory,
+    password: &[u8],
+    algorithm: Algorithm,
+    version: Version,
+    params: Params,
+    salt: Salt<'a>,
+) -> argon2::password_hash::Result<PasswordHash<'a>> {
+    if params.m_cost() > MAX_M_COST_KIB {
+        return Err(argon2::password_hash::Error::ParamValueInvalid(
+            argon2::password_hash::errors::InvalidValue::TooLong,
+        ));
+    }
+    let mut salt_buf = [0u8; 64];
+    let salt_bytes = salt.decode_b64(&mut salt_buf)?;
+    let output_len = params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN);
+    let blocks = memory.blocks(params.block_count());
+    let argon2 = Argon2::new(algorithm, version, params.clone());
+    let output = Output::init_with(output_len, |out| {
+        argon2.hash_password_into_with_memory(password, salt_bytes, out, &mut *blocks).map_err(Into::into)
+    })?;
+    Ok(PasswordHash {
+        algorithm: algorithm.ident(),
+        version: Some(version.into()),
+        params: ParamsString::try_from(&params)?,
+        salt: Some(salt),
+        hash: Some(output),
+    })
+}
+
+/// Hash a new password (argon2id, fresh salt) in `memory`.
+pub fn hash_with(memory: &mut Memory, password: &Secret) -> AppResult<String> {
     let salt = SaltString::generate(&mut rand::rngs::OsRng);
-    argon2()
-        .hash_password(password.expose().as_bytes(), &salt)
+    hash_in(memory, password.expose().as_bytes(), Algorithm::Argon2id, Version::V0x13, params(), salt.as_salt())
         .map(|h| h.to_string())
         .map_err(|e| AppError::internal(format!("password hashing failed: {e}")))
 }
 
-/// A hash to verify against when the user does not exist, so both cases take the same time.
-fn dummy_hash() -> &'static str {
-    static DUMMY: OnceLock<String> = OnceLock::new();
-    DUMMY.get_or_init(|| {
-        hash_blocking(&Secret::new(crate::util::random_token(16))).expect("hashing a random password works")
-    })
+/// Does `password` match the PHC string `hash`? (The comparison is constant-time.)
+fn matches(memory: &mut Memory, password: &Secret, hash: &str) -> bool {
+    let Ok(parsed) = PasswordHash::new(hash) else { return false };
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else { return false };
+    let (Ok(algorithm), Ok(version), Ok(params)) = (
+        Algorithm::try_from(parsed.algorithm),
+        parsed.version.map(Version::try_from).transpose().map(Option::unwrap_or_default),
+        Params::try_from(&parsed),
+    ) else {
+        return false;
+    };
+    match hash_in(memory, password.expose().as_bytes(), algorithm, version, params, salt) {
+        Ok(computed) => computed.hash == Some(expected),
+        Err(_) => false,
+    }
 }
 
-pub fn verify_blocking(password: &Secret, hash: Option<&str>) -> bool {
-    let (hash, real) = match hash {
-        Some(h) => (h, true),
-        None => (dummy_hash(), false),
-    };
-    let ok = match PasswordHash::new(hash) {
-        Ok(parsed) => argon2().verify_password(password.expose().as_bytes(), &parsed).is_ok(),
-        Err(_) => false,
-    };
-    ok && real
+/// A hash to verify against when the user does not exist, so both cases take the same time.
+fn dummy_hash(memory: &mut Memory) -> &'static str {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    if let Some(hash) = DUMMY.get() {
+        return hash;
+    }
+    let hash = hash_with(memory, &Secret::new(crate::util::random_token(16))).expect("hashing a random password works");
+    DUMMY.get_or_init(|| hash)
 }
+
+/// Verify `password` against `hash` in `memory`; with `None` (unknown user) verify against a
+/// dummy hash and fail, so both cases cost the same.
+pub fn verify_with(memory: &mut Memory, password: &Secret, hash: Option<&str>) -> bool {
+    match hash {
+        Some(hash) => matches(memory, password, hash),
+        None => {
+            let dummy = dummy_hash(memory);
+            let _ = matches(memory, password, dummy);
+            false
+        }
+    }
+}
+
+/// Hash with memory of its own (the CLI: one hash per process).
+pub fn hash_blocking(password: &Secret) -> AppResult<String> {
+    hash_with(&mut Memory::default(), password)
+}
+
+/// Verify with memory of its own.
+pub fn verify_blocking(password: &Secret, hash: Option<&str>) -> bool {
+    verify_with(&mut Memory::default(), password, hash)
+}
+
+type Job = Box<dyn FnOnce(&mut Memory) + Send>;
 
 /// Bounded password hashing: every argon2 hash and verify of the server goes through one of
-/// these (in `AppState`). At most `workers` run at once (each takes 19 MiB and a core for tens of
-/// milliseconds), at most `queue` more wait for a turn, and beyond that a request is refused at
-/// once with [`AppError::Busy`] (503 + `Retry-After`) instead of piling up blocking threads and
-/// memory. Callers hold no database connection while they wait or hash.
+/// these (in `AppState`). `workers` dedicated threads hash, each in its own reused [`Memory`] (so
+/// hashing holds at most `workers` × 19 MiB); at most `queue` more requests wait for a turn, and
+/// beyond that a request is refused at once with [`AppError::Busy`] (503 + `Retry-After`) instead
+/// of piling up threads and memory. Callers hold no database connection while they wait or hash.
+/// The threads end when the `Hasher` is dropped.
 pub struct Hasher {
-    /// Permits to be admitted at all: `workers + queue`.
+    /// Permits to be admitted at all: `workers + queue`; a job holds one until it has finished.
     admission: Arc<Semaphore>,
-    /// Permits to hash: `workers`.
-    work: Arc<Semaphore>,
+    jobs: Mutex<mpsc::Sender<Job>>,
     workers: usize,
     queue: usize,
-    /// Hashes running now and at most, counted inside the blocking tasks.
+    /// Hashes running now and at most, counted on the hashing threads.
     running: Arc<(AtomicUsize, AtomicUsize)>,
     refused: AtomicU64,
 }
@@ -110,9 +210,28 @@ impl Hasher {
 
     pub fn new(workers: usize, queue: usize) -> Hasher {
         let workers = workers.max(1);
+        let (tx, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        for n in 0..workers {
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("tv-hash-{n}"))
+                .spawn(move || {
+                    let mut memory = Memory::default();
+                    loop {
+                        // (The lock is held only while waiting for the next job.)
+                        let next = rx.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).recv();
+                        match next {
+                            Ok(job) => job(&mut memory),
+                            Err(_) => break,
+                        }
+                    }
+                })
+                .expect("a password hashing thread starts");
+        }
         Hasher {
             admission: Arc::new(Semaphore::new(workers + queue)),
-            work: Arc::new(Semaphore::new(workers)),
+            jobs: Mutex::new(tx),
             workers,
             queue,
             running: Arc::default(),
@@ -130,38 +249,42 @@ impl Hasher {
         }
     }
 
-    /// Run `job` on the blocking pool once a worker is free; `Busy` when the queue is full.
-    async fn run<T: Send + 'static>(&self, job: impl FnOnce() -> T + Send + 'static) -> AppResult<T> {
+    /// Run `job` on a hashing thread once one is free; `Busy` when the queue is full.
+    async fn run<T: Send + 'static>(&self, job: impl FnOnce(&mut Memory) -> T + Send + 'static) -> AppResult<T> {
         let Ok(admitted) = self.admission.clone().try_acquire_owned() else {
             self.refused.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(workers = self.workers, queue = self.queue, "password hashing queue full: refused with 503");
             return Err(AppError::Busy { retry_after: RETRY_AFTER_SECS });
         };
-        let permit = self.work.clone().acquire_owned().await.map_err(|e| AppError::internal(e.to_string()))?;
         let counters = self.running.clone();
-        // The permits move into the blocking task: if the request is dropped while it hashes, the
-        // worker stays taken until the hash has really finished.
-        rocket::tokio::task::spawn_blocking(move || {
+        let (reply, answer) = oneshot::channel();
+        // The permit moves into the job: if the request is dropped while it waits or hashes, its
+        // place stays taken until the hash has really finished.
+        let job: Job = Box::new(move |memory: &mut Memory| {
             let now = counters.0.fetch_add(1, Ordering::SeqCst) + 1;
             counters.1.fetch_max(now, Ordering::SeqCst);
-            let out = job();
+            // A panic loses this answer (the caller gets an error), not the thread.
+            let out = std::panic::catch_unwind(AssertUnwindSafe(|| job(memory)));
             counters.0.fetch_sub(1, Ordering::SeqCst);
-            drop((permit, admitted));
-            out
-        })
-        .await
-        .map_err(|e| AppError::internal(format!("hashing task failed: {e}")))
+            drop(admitted);
+            if let Ok(out) = out {
+                let _ = reply.send(out);
+            }
+        });
+        let sent = self.jobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).send(job);
+        sent.map_err(|_| AppError::internal("the password hashing threads are gone"))?;
+        answer.await.map_err(|_| AppError::internal("a password hashing job failed"))
     }
 
     /// Hash a new password (argon2id, fresh salt).
     pub async fn hash(&self, password: Secret) -> AppResult<String> {
-        self.run(move || hash_blocking(&password)).await?
+        self.run(move |memory| hash_with(memory, &password)).await?
     }
 
     /// Verify `password` against `hash`; with `None` (unknown user) verify against a dummy hash and
     /// fail, so both cases cost the same. `Busy` when the queue is full.
     pub async fn verify(&self, password: Secret, hash: Option<String>) -> AppResult<bool> {
-        self.run(move || verify_blocking(&password, hash.as_deref())).await
+        self.run(move |memory| verify_with(memory, &password, hash.as_deref())).await
     }
 }
 
@@ -194,6 +317,59 @@ mod tests {
     }
 
     #[test]
+    fn hashes_are_compatible_both_ways_with_argon2s_own_hasher() {
+        use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+        let pw = Secret::new("correct horse battery staple");
+        let theirs = Argon2::new(Algorithm::Argon2id, Version::V0x13, params())
+            .hash_password(pw.expose().as_bytes(), &SaltString::generate(&mut rand::rngs::OsRng))
+            .unwrap()
+            .to_string();
+        let mut memory = Memory::default();
+        assert!(verify_with(&mut memory, &pw, Some(&theirs)));
+        assert!(!verify_with(&mut memory, &Secret::new("correct horse battery stapler"), Some(&theirs)));
+        let ours = hash_with(&mut memory, &pw).unwrap();
+        let parsed = PasswordHash::new(&ours).unwrap();
+        assert!(Argon2::default().verify_password(pw.expose().as_bytes(), &parsed).is_ok());
+        // Other parameters and argon2i/argon2d stored elsewhere verify too.
+        let other = Argon2::new(Algorithm::Argon2i, Version::V0x10, Params::new(8192, 3, 1, Some(24)).unwrap())
+            .hash_password(b"another password", &SaltString::generate(&mut rand::rngs::OsRng))
+            .unwrap()
+            .to_string();
+        assert!(verify_with(&mut memory, &Secret::new("another password"), Some(&other)));
+        assert!(!verify_with(&mut memory, &Secret::new("another passwore"), Some(&other)));
+    }
+
+    #[test]
+    fn one_memory_block_is_allocated_once_and_reused() {
+        let mut memory = Memory::default();
+        assert_eq!(memory.held(), 0);
+        let pw = Secret::new("correct horse battery staple");
+        let hash = hash_with(&mut memory, &pw).unwrap();
+        let block = M_COST_KIB as usize * 1024;
+        assert_eq!(memory.held(), block);
+        for _ in 0..3 {
+            assert!(verify_with(&mut memory, &pw, Some(&hash)));
+            assert!(!verify_with(&mut memory, &pw, None));
+        }
+        assert_eq!(memory.held(), block, "no hash allocates again");
+        // A stored hash asking for more than 4× our memory is refused, not allocated.
+        let greedy = hash.replace("m=19456", &format!("m={}", MAX_M_COST_KIB + 1));
+        assert!(!verify_with(&mut memory, &pw, Some(&greedy)));
+        assert_eq!(memory.held(), block);
+    }
+
+    #[test]
+    fn tampered_hashes_never_verify() {
+        let pw = Secret::new("correct horse battery staple");
+        let hash = hash_blocking(&pw).unwrap();
+        let (head, digest) = hash.rsplit_once('$').unwrap();
+        let flipped = if digest.starts_with('A') { "B" } else { "A" };
+        assert!(!verify_blocking(&pw, Some(&format!("{head}${flipped}{}", &digest[1..]))));
+        assert!(!verify_blocking(&pw, Some(head)), "no digest");
+        assert!(!verify_blocking(&pw, Some(&hash.replace("argon2id", "scrypt"))));
+    }
+
+    #[test]
     fn policy() {
         assert!(check_policy("short").is_err());
         assert!(check_policy("long enough pw").is_ok());
@@ -206,13 +382,13 @@ mod tests {
         // Hold the only worker: a job that waits until released.
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let h = hasher.clone();
-        let first = rocket::tokio::spawn(async move { h.run(move || rx.recv().is_ok()).await });
+        let first = rocket::tokio::spawn(async move { h.run(move |_| rx.recv().is_ok()).await });
         while hasher.stats().running == 0 {
             rocket::tokio::task::yield_now().await;
         }
         // One may wait in the queue ...
         let h = hasher.clone();
-        let queued = rocket::tokio::spawn(async move { h.run(|| true).await });
+        let queued = rocket::tokio::spawn(async move { h.run(|_| true).await });
         while hasher.admission.available_permits() > 0 {
             rocket::tokio::task::yield_now().await;
         }

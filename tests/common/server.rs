@@ -59,6 +59,12 @@ pub async fn start(o: Options<'_>) -> Server {
     start_in(o, Path::new(env!("CARGO_MANIFEST_DIR"))).await
 }
 
+/// The server binary: the one cargo built for this test, or the one `TV_SERVER_BINARY` names (so a
+/// benchmark can measure an earlier build against this one in the same run).
+pub fn binary() -> std::ffi::OsString {
+    std::env::var_os("TV_SERVER_BINARY").unwrap_or_else(|| env!("CARGO_BIN_EXE_tokenvault").into())
+}
+
 /// [`start`] with `cwd` as the working directory (the checkout's by default, where `templates/`
 /// and `static/` are).
 pub async fn start_in(o: Options<'_>, cwd: &Path) -> Server {
@@ -67,7 +73,7 @@ pub async fn start_in(o: Options<'_>, cwd: &Path) -> Server {
     let log = o.dir.join(format!("server-{port}.stderr.log"));
     let stdout = o.dir.join(format!("server-{port}.stdout.log"));
     let started = Instant::now();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tokenvault"));
+    let mut cmd = Command::new(binary());
     cmd.current_dir(cwd)
         .env("ROCKET_PROFILE", o.profile)
         .env("ROCKET_ADDRESS", "127.0.0.1")
