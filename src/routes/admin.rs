@@ -3,7 +3,7 @@
 
 use rocket::form::FromForm;
 use rocket::response::Redirect;
-use rocket::{get, post, routes, Route, State};
+use rocket::{get, post, routes, uri, Route, State};
 use rocket_dyn_templates::Template;
 use serde::Serialize;
 
@@ -101,11 +101,11 @@ async fn vault_set(app: &State<AppState>, admin: AdminUser<'_>, form: Csrf<SetFo
         Ok(()) => {
             tracing::info!(user_id = admin.0.id, path = %path, "vault value set");
             Ok(Flash::success(
-                Redirect::to("/admin/vault"),
+                Redirect::to(uri!(vault_page)),
                 format!("{path} was saved. Its value will not be shown again."),
             ))
         }
-        Err(AppError::BadRequest(msg)) => Ok(Flash::error(Redirect::to("/admin/vault"), msg)),
+        Err(AppError::BadRequest(msg)) => Ok(Flash::error(Redirect::to(uri!(vault_page)), msg)),
         Err(e) => Err(e),
     }
 }
@@ -135,5 +135,5 @@ async fn vault_delete(
         return Err(AppError::NotFound);
     }
     tracing::info!(user_id = admin.0.id, path = %path, "vault value deleted");
-    Ok(Flash::success(Redirect::to("/admin/vault"), format!("{path} was deleted.")))
+    Ok(Flash::success(Redirect::to(uri!(vault_page)), format!("{path} was deleted.")))
 }

@@ -3,7 +3,7 @@
 use rocket::form::FromForm;
 use rocket::http::Status;
 use rocket::response::Redirect;
-use rocket::{get, post, routes, Route, State};
+use rocket::{get, post, routes, uri, Route, State};
 use rocket_dyn_templates::Template;
 use serde::Serialize;
 
@@ -149,5 +149,5 @@ async fn revoke(
         return Err(AppError::NotFound);
     }
     tracing::info!(user_id = uid, key_id = id, "API key revoked");
-    Ok(Flash::success(Redirect::to("/settings/api-keys"), "The API key was revoked. It no longer works."))
+    Ok(Flash::success(Redirect::to(uri!(page)), "The API key was revoked. It no longer works."))
 }

@@ -3,7 +3,7 @@
 use rocket::form::FromForm;
 use rocket::http::{CookieJar, Status};
 use rocket::response::Redirect;
-use rocket::{get, post, routes, Route, State};
+use rocket::{get, post, routes, uri, Route, State};
 use rocket_dyn_templates::Template;
 use serde::Serialize;
 
@@ -150,7 +150,7 @@ fn signup_page(
         return Err(AppError::NotFound);
     }
     if user.is_some() {
-        return Ok(Err(Redirect::to("/")));
+        return Ok(Err(Redirect::to(uri!(crate::routes::home::index))));
     }
     let form = AuthForm {
         csrf_token: session::anonymous_csrf_token(cookies, &app.settings),
@@ -213,7 +213,10 @@ async fn signup(
                 session::start(&app.db, &app.settings, cookies, user.id).await?;
                 device::issue(cookies, &app.settings, &accounts::throttle_key(&user.username));
                 tracing::info!(user_id = user.id, admin = user.is_admin, "account created");
-                return Ok(Ok(Flash::success(Redirect::to("/"), format!("Welcome to tokenvault, {}.", user.username))));
+                return Ok(Ok(Flash::success(
+                    Redirect::to(uri!(crate::routes::home::index)),
+                    format!("Welcome to tokenvault, {}.", user.username),
+                )));
             }
             Err(AppError::BadRequest(msg)) => Some(msg),
             Err(e) => return Err(e),
@@ -232,5 +235,5 @@ async fn signup(
 #[post("/logout", data = "<_form>")]
 async fn logout(app: &State<AppState>, cookies: &CookieJar<'_>, _form: Csrf<CsrfOnly>) -> AppResult<Flash<Redirect>> {
     session::end(&app.db, &app.settings, cookies).await?;
-    Ok(Flash::success(Redirect::to("/login"), "You are signed out."))
+    Ok(Flash::success(Redirect::to(uri!(login_page(_))), "You are signed out."))
 }

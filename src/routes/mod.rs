@@ -14,7 +14,7 @@ pub mod settings;
 
 use rocket::http::Status;
 use rocket::response::{Redirect, Responder};
-use rocket::{catch, catchers, Catcher, Request};
+use rocket::{catch, catchers, uri, Catcher, Request};
 
 use crate::error::render_error;
 
@@ -33,8 +33,7 @@ fn unauthorized(req: &Request<'_>) -> Result<Redirect, Prerendered> {
         _ => "/".to_string(),
     };
     let next = crate::web::safe_next(&target).unwrap_or_else(|| "/".into());
-    let query: String = url::form_urlencoded::Serializer::new(String::new()).append_pair("next", &next).finish();
-    Ok(Redirect::to(format!("/login?{query}")))
+    Ok(Redirect::to(uri!(crate::routes::auth::login_page(Some(next.as_str())))))
 }
 
 #[catch(default)]

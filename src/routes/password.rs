@@ -4,7 +4,7 @@
 use rocket::form::FromForm;
 use rocket::http::{CookieJar, Status};
 use rocket::response::Redirect;
-use rocket::{get, post, routes, Route, State};
+use rocket::{get, post, routes, uri, Route, State};
 use rocket_dyn_templates::Template;
 use serde::Serialize;
 
@@ -97,7 +97,7 @@ async fn change(
         n => format!(" Your {n} API keys were revoked: create new ones on the API keys page."),
     };
     Ok(Ok(Flash::success(
-        Redirect::to("/settings/password"),
+        Redirect::to(uri!(page)),
         format!("Your password was changed. You were signed out everywhere else.{revoked}"),
     )))
 }

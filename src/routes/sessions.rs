@@ -3,7 +3,7 @@
 
 use rocket::http::CookieJar;
 use rocket::response::Redirect;
-use rocket::{get, post, routes, Route, State};
+use rocket::{get, post, routes, uri, Route, State};
 use rocket_dyn_templates::Template;
 use serde::Serialize;
 
@@ -81,9 +81,9 @@ async fn end(
     tracing::info!(user_id = uid, "session ended from the sessions page");
     if ended == user.session_hash {
         session::end(&app.db, &app.settings, cookies).await?;
-        return Ok(Flash::success(Redirect::to("/login"), "You are signed out."));
+        return Ok(Flash::success(Redirect::to(uri!(crate::routes::auth::login_page(_))), "You are signed out."));
     }
-    Ok(Flash::success(Redirect::to("/settings/sessions"), "That session was signed out."))
+    Ok(Flash::success(Redirect::to(uri!(page)), "That session was signed out."))
 }
 
 #[post("/settings/sessions/end-others", data = "<_form>")]
@@ -96,5 +96,5 @@ async fn end_others(app: &State<AppState>, user: &CurrentUser, _form: Csrf<CsrfO
         1 => "Your other session was signed out.".to_string(),
         n => format!("Your {n} other sessions were signed out."),
     };
-    Ok(Flash::success(Redirect::to("/settings/sessions"), message))
+    Ok(Flash::success(Redirect::to(uri!(page)), message))
 }

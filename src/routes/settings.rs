@@ -1,7 +1,7 @@
 //! My Settings → OAuth2 Services (`/settings/oauth2`): the user's connections, their history, delete.
 
 use rocket::response::Redirect;
-use rocket::{get, post, routes, Route, State};
+use rocket::{get, post, routes, uri, Route, State};
 use rocket_dyn_templates::Template;
 use serde::Serialize;
 
@@ -120,7 +120,7 @@ async fn delete(
     let name = app.catalog.get(service).map(|p| p.display_name.clone()).unwrap_or_else(|| service.to_string());
     tracing::info!(user_id = user.id, service, "connection deleted");
     Ok(Flash::success(
-        Redirect::to("/settings/oauth2"),
+        Redirect::to(uri!(oauth2)),
         format!("Your {name} tokens were deleted from tokenvault. Access stays granted at {name} until you revoke it there."),
     ))
 }
@@ -136,7 +136,7 @@ async fn revoke(
     let p = crate::routes::services::provider(app, service)?;
     let outcome = revoke_and_delete(app, user.id, &p).await?;
     let name = &p.display_name;
-    let back = Redirect::to("/settings/oauth2");
+    let back = Redirect::to(uri!(oauth2));
     Ok(match outcome {
         Revoked::AtProvider => Flash::success(back, format!("{name} access was revoked and the tokens deleted.")),
         Revoked::NotSupported => Flash::success(
