@@ -90,7 +90,7 @@ pub fn replace_password(conn: &mut Conn, user_id: i64, hash: &str) -> AppResult<
 
 /// [`replace_password`] for the signed-in user, with this process's cached copies of the revoked
 /// API keys dropped at once (other instances learn of them from their invalidations).
-pub async fn change_password(app: &crate::app::AppState, user_id: i64, hash: String) -> AppResult<PasswordReplaced> {
+pub async fn change_password(app: &crate::state::AppState, user_id: i64, hash: String) -> AppResult<PasswordReplaced> {
     let done = app.db.run(move |conn| replace_password(conn, user_id, &hash)).await?;
     for key_hash in &done.revoked_key_hashes {
         app.caches.api_keys.invalidate(key_hash);

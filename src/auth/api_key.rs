@@ -7,11 +7,11 @@ use std::sync::Arc;
 use rocket::http::Status;
 use rocket::request::{FromRequest, Outcome, Request};
 
-use crate::app::AppState;
 use crate::cache::CachedKey;
 use crate::db::models::api_keys::{self, ApiKey, NewApiKey};
 use crate::db::Conn;
 use crate::error::{AppError, AppResult};
+use crate::state::AppState;
 use crate::util::{now, random_token, sha256_hex, Secret};
 
 pub const KEY_PREFIX: &str = "tvk_";

@@ -18,11 +18,11 @@ use rocket_dyn_templates::Template;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::app::AppState;
 use crate::auth::{AdminUser, Csrf, CsrfField, CsrfOnly};
 use crate::db::models::demo::{self as model, DemoCode, DemoToken, KIND_ACCESS, KIND_REFRESH};
 use crate::db::Conn;
 use crate::error::{AppError, AppResult};
+use crate::state::AppState;
 use crate::util::{ct_eq, now, random_token, sha256_hex};
 use crate::vault::store as vault;
 use crate::web::{Flash, Layout, Page};

@@ -25,12 +25,12 @@ use std::time::Duration;
 
 use rocket::http::Status;
 
-use crate::app::AppState;
 use crate::db::models::connections::{self, Connection, Refreshed, RowRef, STATUS_RECONNECT};
 use crate::error::AppError;
 use crate::oauth::providers::Provider;
 use crate::oauth::store::{aad, open_tokens, record_event};
 use crate::oauth::tokens::{self, TokenError};
+use crate::state::AppState;
 use crate::util::{now, Secret};
 use crate::vault::store::{client_credentials, ClientCredentials};
 

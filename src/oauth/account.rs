@@ -3,12 +3,12 @@
 
 use rocket::http::Status;
 
-use crate::app::AppState;
 use crate::error::AppError;
 use crate::oauth::access::{fresh_token, refresh_after_401, AccessError, FreshToken};
 use crate::oauth::http::HttpError;
 use crate::oauth::providers::{AccountMethod, Provider};
 use crate::oauth::tokens::TokenError;
+use crate::state::AppState;
 use crate::util::Secret;
 
 /// A provider's answer, read with the size cap.

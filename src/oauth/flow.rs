@@ -9,12 +9,12 @@ use oauth2::{AuthUrl, ClientId, CsrfToken, PkceCodeChallenge, RedirectUrl, Scope
 use rocket::request::{FromRequest, Outcome, Request};
 use url::Url;
 
-use crate::app::AppState;
 use crate::auth::CurrentUser;
 use crate::db::models::flows::{self, Flow};
 use crate::error::{AppError, AppResult};
 use crate::oauth::providers::Provider;
 use crate::oauth::{store, tokens};
+use crate::state::AppState;
 use crate::util::{now, random_token, sha256_hex, Secret};
 use crate::vault::store::client_credentials;
 

@@ -5,10 +5,10 @@
 
 use url::Url;
 
-use crate::app::AppState;
 use crate::oauth::access::AccessError;
 use crate::oauth::account::send_with_token;
 use crate::oauth::providers::Provider;
+use crate::state::AppState;
 
 /// Request headers forwarded to the provider (any case): content negotiation, the body's type,
 /// conditional and range requests, and the provider-specific argument headers of the presets'

@@ -1,12 +1,12 @@
 //! Disconnecting: revoke at the provider where it can be done (RFC 7009, or Dropbox's and
 //! GitHub's own variants), then always delete the local tokens.
 
-use crate::app::AppState;
 use crate::db::models::connections;
 use crate::error::{AppError, AppResult};
 use crate::oauth::access::fresh_token;
 use crate::oauth::providers::{ClientAuth, Provider, RevokeStyle};
 use crate::oauth::store::{self, open_tokens};
+use crate::state::AppState;
 use crate::vault::store::client_credentials;
 
 /// What happened at the provider.

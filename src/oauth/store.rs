@@ -1,12 +1,12 @@
 //! The token store: a user's tokens per service, sealed with the vault cipher and bound to
 //! (user, service, column) so that a ciphertext moved to another row does not open.
 
-use crate::app::AppState;
 use crate::db::models::connections::{self, Connection, NewConnection, STATUS_ACTIVE};
 use crate::db::models::events::{self, NewEvent};
 use crate::db::Conn;
 use crate::error::AppResult;
 use crate::oauth::tokens::TokenSet;
+use crate::state::AppState;
 use crate::util::{now, Secret};
 use crate::vault::Cipher;
 

@@ -5,12 +5,12 @@ use rocket::{get, routes, Route, State};
 use rocket_dyn_templates::Template;
 use serde::Serialize;
 
-use crate::app::AppState;
 use crate::auth::CurrentUser;
 use crate::error::{AppError, AppResult};
 use crate::oauth::access::AccessError;
 use crate::oauth::account::fetch_account;
 use crate::routes::services::provider;
+use crate::state::AppState;
 use crate::web::{Layout, Page};
 
 pub fn routes() -> Vec<Route> {

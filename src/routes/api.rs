@@ -10,7 +10,6 @@ use rocket::serde::json::Json;
 use rocket::{delete, get, head, patch, post, put, routes, Route, State};
 use serde::Serialize;
 
-use crate::app::AppState;
 use crate::auth::api_key::ApiUser;
 use crate::db::models::connections::{self, STATUS_RECONNECT};
 use crate::error::AppError;
@@ -18,6 +17,7 @@ use crate::oauth::access::{fresh_token, AccessError};
 use crate::oauth::providers::Provider;
 use crate::oauth::proxy::{self, Forward, ProxyError};
 use crate::oauth::tokens::TokenError;
+use crate::state::AppState;
 use crate::util::rfc3339;
 
 pub fn routes() -> Vec<Route> {

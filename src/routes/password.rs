@@ -8,10 +8,10 @@ use rocket::{get, post, routes, uri, Route, State};
 use rocket_dyn_templates::Template;
 use serde::Serialize;
 
-use crate::app::AppState;
 use crate::auth::{accounts, device, password, session, Csrf, CsrfField, CurrentUser};
 use crate::db::models::users;
 use crate::error::{AppError, AppResult};
+use crate::state::AppState;
 use crate::util::Secret;
 use crate::web::{Flash, Layout, Page};
 

@@ -10,12 +10,12 @@ use rocket::{get, post, routes, Route, State};
 use rocket_dyn_templates::Template;
 use serde::Serialize;
 
-use crate::app::AppState;
 use crate::auth::{Csrf, CsrfField, CurrentUser};
 use crate::db::models::connections::{self, STATUS_RECONNECT};
 use crate::error::{AppError, AppResult};
 use crate::oauth::flow::{self, CallbackParams, Finished};
 use crate::oauth::providers::Provider;
+use crate::state::AppState;
 use crate::util::{format_utc, now, relative_time};
 use crate::vault::store as vault;
 use crate::web::{safe_next, Layout, Page};

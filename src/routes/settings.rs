@@ -5,13 +5,13 @@ use rocket::{get, post, routes, uri, Route, State};
 use rocket_dyn_templates::Template;
 use serde::Serialize;
 
-use crate::app::AppState;
 use crate::auth::{Csrf, CsrfOnly, CurrentUser};
 use crate::db::models::connections::{self, STATUS_RECONNECT};
 use crate::db::models::events;
 use crate::error::{AppError, AppResult};
 use crate::oauth::revoke::{revoke_and_delete, Revoked};
 use crate::oauth::store;
+use crate::state::AppState;
 use crate::util::{format_utc, now, relative_time};
 use crate::web::{Flash, Layout, Page};
 
