@@ -15,6 +15,7 @@ use crate::metrics::Metrics;
 use crate::oauth::access::RefreshLocks;
 use crate::oauth::http::Outbound;
 use crate::oauth::providers::Catalog;
+use crate::oauth::store::Tokens;
 use crate::vault::Cipher;
 
 /// What handlers and guards share, in Rocket's managed state.
@@ -31,4 +32,16 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// In-memory copies of API keys and connection rows (see `crate::cache`).
     pub caches: Arc<Caches>,
+}
+
+impl AppState {
+    /// The token store's handles (`oauth::store`).
+    pub fn tokens(&self) -> Tokens<'_> {
+        Tokens {
+            db: &self.db,
+            cipher: &self.cipher,
+            caches: &self.caches,
+            events_kept: self.settings.events_per_connection,
+        }
+    }
 }

@@ -265,7 +265,7 @@ pub async fn finish(
     app.metrics.token_endpoint(&provider.name, "authorization_code", started);
     match exchanged {
         Ok(token_set) => {
-            store::save(app, user_id, &service, token_set, "connect").await?;
+            store::save(app.tokens(), user_id, &service, token_set, "connect").await?;
             Ok(Finished::Connected { return_to: flow.return_to })
         }
         Err(e) => {

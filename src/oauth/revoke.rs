@@ -112,6 +112,6 @@ pub async fn revoke_and_delete(app: &AppState, user_id: i64, provider: &Provider
         Revoked::NotSupported => ("local only", "the provider offers no revocation; tokens deleted".to_string()),
         Revoked::ProviderFailed(r) => ("provider failed", format!("{r}; tokens deleted anyway")),
     };
-    store::delete(app, user_id, &provider.name, "revoke", outcome_text, detail).await?;
+    store::delete(app.tokens(), user_id, &provider.name, "revoke", outcome_text, detail).await?;
     Ok(outcome)
 }

@@ -113,7 +113,8 @@ async fn delete(
     service: &str,
     _form: Csrf<CsrfOnly>,
 ) -> AppResult<Flash<Redirect>> {
-    let removed = store::delete(app, user.id, service, "delete", "ok", "tokens deleted locally".into()).await?;
+    let removed =
+        store::delete(app.tokens(), user.id, service, "delete", "ok", "tokens deleted locally".into()).await?;
     if !removed {
         return Err(AppError::NotFound);
     }
