@@ -12,7 +12,7 @@ use crate::cache::Caches;
 use crate::config::Settings;
 use crate::db::Db;
 use crate::metrics::Metrics;
-use crate::oauth::access::RefreshLocks;
+use crate::oauth::access::{Access, RefreshLocks};
 use crate::oauth::http::Outbound;
 use crate::oauth::providers::Catalog;
 use crate::oauth::store::Tokens;
@@ -42,6 +42,17 @@ impl AppState {
             cipher: &self.cipher,
             caches: &self.caches,
             events_kept: self.settings.events_per_connection,
+        }
+    }
+
+    /// What getting a usable token needs (`oauth::access`, and the calls built on it).
+    pub fn access(&self) -> Access<'_> {
+        Access {
+            tokens: self.tokens(),
+            http: &self.http,
+            metrics: &self.metrics,
+            locks: &self.refresh_locks,
+            settings: &self.settings,
         }
     }
 }

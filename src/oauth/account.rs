@@ -39,7 +39,7 @@ pub async fn send_with_token<B>(
 where
     B: Fn(&reqwest::Client, &Secret) -> reqwest::RequestBuilder,
 {
-    let token = fresh_token(app, user_id, provider).await?;
+    let token = fresh_token(&app.access(), user_id, provider).await?;
     let response =
         app.http.send_streaming(build(app.http.client(), &token.access_token), limit).await.map_err(http_error)?;
     if response.status().as_u16() != 401 {
@@ -60,7 +60,7 @@ async fn retry_token(
     provider: &Provider,
     version: i64,
 ) -> Result<Option<FreshToken>, AccessError> {
-    let token = refresh_after_401(app, user_id, provider, version).await?;
+    let token = refresh_after_401(&app.access(), user_id, provider, version).await?;
     match &token {
         Some(t) => {
             tracing::info!(service = %provider.name, user_id, version = t.version, "the provider answered 401: retrying once with a newer token")
@@ -84,7 +84,7 @@ pub async fn call_with_token<B>(
 where
     B: Fn(&reqwest::Client, &Secret) -> reqwest::RequestBuilder,
 {
-    let token = fresh_token(app, user_id, provider).await?;
+    let token = fresh_token(&app.access(), user_id, provider).await?;
     let (status, headers, body) =
         app.http.send(build(app.http.client(), &token.access_token)).await.map_err(http_error)?;
     if status.as_u16() != 401 {

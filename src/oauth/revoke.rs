@@ -62,8 +62,9 @@ async fn call_provider(app: &AppState, user_id: i64, provider: &Provider) -> Res
         RevokeStyle::Dropbox => {
             let url = provider.revoke_url.clone().ok_or("no revocation endpoint is configured")?;
             // Dropbox revokes with a valid access token (which also ends the refresh token).
-            let token =
-                fresh_token(app, user_id, provider).await.map_err(|e| e.into_app_error(provider).user_message())?;
+            let token = fresh_token(&app.access(), user_id, provider)
+                .await
+                .map_err(|e| e.into_app_error(provider).user_message())?;
             client.post(url).bearer_auth(token.access_token.expose())
         }
         RevokeStyle::Github => {

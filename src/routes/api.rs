@@ -153,7 +153,7 @@ struct TokenOut {
 #[get("/services/<service>/token")]
 async fn token(app: &State<AppState>, user: &ApiUser, service: &str) -> ApiResult<Json<TokenOut>> {
     let p = provider(app, service)?;
-    let t = fresh_token(app, user.id, &p).await.map_err(|e| ApiError::access(e, &p))?;
+    let t = fresh_token(&app.access(), user.id, &p).await.map_err(|e| ApiError::access(e, &p))?;
     let token_type = if t.token_type.eq_ignore_ascii_case("bearer") { "Bearer".to_string() } else { t.token_type };
     Ok(Json(TokenOut {
         service: p.name.clone(),
