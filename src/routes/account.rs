@@ -50,7 +50,7 @@ async fn account(app: &State<AppState>, user: &CurrentUser, layout: Layout, serv
         account_email: None,
         json: String::new(),
     };
-    match fetch_account(app, user.id, &p).await {
+    match fetch_account(&app.access(), user.id, &p).await {
         Ok(info) => {
             page.ok = true;
             page.account_id = info.id;

@@ -262,7 +262,7 @@ async fn run_proxy(
         headers: incoming.headers,
         body,
     };
-    match proxy::forward(app, user.id, &p, forward).await {
+    match proxy::forward(&app.access(), user.id, &p, forward).await {
         Ok(answer) => Ok(Proxied { answer, limit: app.settings.proxy_max_response_bytes }),
         Err(ProxyError::NoBase) => Err(ApiError::new(
             Status::NotFound,
