@@ -80,11 +80,21 @@ impl AccessError {
                 message: format!("Your {} connection needs to be authorized again.", provider.display_name),
                 detail: format!("{}: reconnect required", provider.name),
             },
-            AccessError::NotConfigured => crate::oauth::flow::not_configured(provider),
+            AccessError::NotConfigured => not_configured(provider),
             AccessError::ClientRejected(e) | AccessError::Provider(e) => e.to_app_error(provider),
             AccessError::App(e) => e,
         }
     }
+}
+
+/// The error page for a provider without client credentials in the vault (a flow cannot start,
+/// a token cannot be refreshed).
+pub(crate) fn not_configured(provider: &Provider) -> AppError {
+    AppError::BadRequest(format!(
+        "{} is not set up yet: an administrator must set {} in the vault.",
+        provider.display_name,
+        provider.client_id_path()
+    ))
 }
 
 /// A usable access token and what it belongs to.

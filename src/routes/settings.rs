@@ -135,7 +135,7 @@ async fn revoke(
     _form: Csrf<CsrfOnly>,
 ) -> AppResult<Flash<Redirect>> {
     let p = crate::routes::services::provider(app, service)?;
-    let outcome = revoke_and_delete(app, user.id, &p).await?;
+    let outcome = revoke_and_delete(&app.access(), user.id, &p).await?;
     let name = &p.display_name;
     let back = Redirect::to(uri!(oauth2));
     Ok(match outcome {
