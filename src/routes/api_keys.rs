@@ -119,7 +119,7 @@ async fn create(
     form: Csrf<CreateForm>,
 ) -> AppResult<(Status, Template)> {
     let uid = user.id;
-    match api_key::create_for(app, uid, form.name.clone()).await {
+    match api_key::create_for(&app.db, &app.caches, app.settings.max_api_keys_per_user, uid, form.name.clone()).await {
         Ok(created) => {
             tracing::info!(user_id = uid, key_id = created.row.id, "API key created");
             let new_key = NewKeyView {
@@ -145,7 +145,7 @@ async fn revoke(
     _form: Csrf<CsrfOnly>,
 ) -> AppResult<Flash<Redirect>> {
     let uid = user.id;
-    if !api_key::revoke(app, uid, id).await? {
+    if !api_key::revoke(&app.db, &app.caches, uid, id).await? {
         return Err(AppError::NotFound);
     }
     tracing::info!(user_id = uid, key_id = id, "API key revoked");

@@ -87,7 +87,7 @@ async fn change(
     let hash = app.hasher.hash(Secret::new(form.new_password)).await?;
     // Every session ends, this one too (a fresh one is started below), and every API key is
     // revoked: whoever knew the old password may have made one.
-    let done = accounts::change_password(app, uid, hash).await?;
+    let done = accounts::change_password(&app.db, &app.caches, uid, hash).await?;
     session::start(&app.db, &app.settings, cookies, uid).await?;
     let keys = done.revoked_key_hashes.len();
     tracing::info!(user_id = uid, sessions_ended = done.sessions_ended, api_keys_revoked = keys, "password changed");
