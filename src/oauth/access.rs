@@ -31,10 +31,11 @@ use crate::error::AppError;
 use crate::metrics::Metrics;
 use crate::oauth::http::Outbound;
 use crate::oauth::providers::Provider;
-use crate::oauth::store::{aad, open_tokens, record_event, Tokens};
+use crate::oauth::store::{open_tokens, record_event, Tokens};
 use crate::oauth::tokens::{self, TokenError};
 use crate::util::{now, Secret};
 use crate::vault::store::{client_credentials, ClientCredentials};
+use crate::vault::Aad;
 
 /// What getting a usable token needs: the token store, the outbound client and the metrics for
 /// the provider's token endpoint, this process's refresh locks, and the settings that time a
@@ -165,8 +166,11 @@ impl RefreshLocks {
 
 fn fresh_from(ctx: &Access<'_>, c: &Connection) -> Result<FreshToken, AccessError> {
     // Only the access token is opened on this path.
-    let access =
-        ctx.tokens.cipher.open(&c.access_token, &aad(c.user_id, &c.service, "access_token")).map_err(AppError::from)?;
+    let access = ctx
+        .tokens
+        .cipher
+        .open(&c.access_token, Aad::AccessToken { user_id: c.user_id, service: &c.service })
+        .map_err(AppError::from)?;
     Ok(FreshToken {
         access_token: access,
         token_type: c.token_type.clone(),
@@ -392,11 +396,12 @@ async fn refresh_now(
     ctx.metrics.refresh(&provider.name, outcome);
     match result {
         Ok(set) => {
-            let access = ctx.tokens.cipher.seal_str(set.access_token.expose(), &aad(user_id, &service, "access_token"));
+            let access =
+                ctx.tokens.cipher.seal_str(set.access_token.expose(), Aad::AccessToken { user_id, service: &service });
             let refresh = set
                 .refresh_token
                 .as_ref()
-                .map(|r| ctx.tokens.cipher.seal_str(r.expose(), &aad(user_id, &service, "refresh_token")));
+                .map(|r| ctx.tokens.cipher.seal_str(r.expose(), Aad::RefreshToken { user_id, service: &service }));
             let scopes = set.scopes.join(" ");
             let (token_type, expires_at, obtained_at) = (set.token_type.clone(), set.expires_at, set.obtained_at);
             let rotated = set.refresh_token.is_some();

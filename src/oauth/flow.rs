@@ -21,11 +21,7 @@ use crate::oauth::providers::Provider;
 use crate::oauth::{store, tokens};
 use crate::util::{now, random_token, sha256_hex, Secret};
 use crate::vault::store::client_credentials;
-use crate::vault::Cipher;
-
-fn flow_aad(state_hash: &str) -> String {
-    format!("oauth_flows/{state_hash}/pkce_verifier")
-}
+use crate::vault::{Aad, Cipher};
 
 /// Create a flow for `user` and return the provider's authorize URL to send the browser to.
 pub async fn start(
@@ -45,7 +41,7 @@ pub async fn start(
     let (challenge, verifier) = PkceCodeChallenge::new_random_sha256_len(64);
     let redirect_uri = settings.redirect_uri(&provider.name);
     let flow = Flow {
-        pkce_verifier: cipher.seal_str(verifier.secret(), &flow_aad(&state_hash)),
+        pkce_verifier: cipher.seal_str(verifier.secret(), Aad::PkceVerifier { state_hash: &state_hash }),
         state_hash,
         session_hash: user.session_hash.clone(),
         user_id: user.id,
@@ -246,7 +242,8 @@ pub async fn finish(
         return Err(rejected("The provider's answer had no authorization code."));
     };
 
-    let verifier: Secret = ctx.tokens.cipher.open(&flow.pkce_verifier, &flow_aad(&flow.state_hash))?;
+    let verifier: Secret =
+        ctx.tokens.cipher.open(&flow.pkce_verifier, Aad::PkceVerifier { state_hash: &flow.state_hash })?;
     let cipher = ctx.tokens.cipher.clone();
     let svc = service.clone();
     let creds = ctx

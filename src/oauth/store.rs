@@ -10,7 +10,7 @@ use crate::db::{Conn, Db};
 use crate::error::AppResult;
 use crate::oauth::tokens::TokenSet;
 use crate::util::{now, Secret};
-use crate::vault::Cipher;
+use crate::vault::{Aad, Cipher};
 
 /// What storing a user's tokens needs: the database, the cipher that seals them, this process's
 /// cache of connection rows (dropped after every write) and how many events to keep per
@@ -22,10 +22,6 @@ pub struct Tokens<'a> {
     pub caches: &'a Caches,
     /// `events_per_connection`.
     pub events_kept: i64,
-}
-
-pub fn aad(user_id: i64, service: &str, column: &str) -> String {
-    format!("connections/{user_id}/{service}/{column}")
 }
 
 /// Record something that happened to a connection, keeping its newest `keep` events (the
@@ -57,9 +53,9 @@ pub fn save_new(
     tokens: &TokenSet,
     event_kind: &str,
 ) -> AppResult<()> {
-    let access = cipher.seal_str(tokens.access_token.expose(), &aad(user_id, service, "access_token"));
+    let access = cipher.seal_str(tokens.access_token.expose(), Aad::AccessToken { user_id, service });
     let refresh =
-        tokens.refresh_token.as_ref().map(|r| cipher.seal_str(r.expose(), &aad(user_id, service, "refresh_token")));
+        tokens.refresh_token.as_ref().map(|r| cipher.seal_str(r.expose(), Aad::RefreshToken { user_id, service }));
     let scopes = tokens.scopes.join(" ");
     let new = NewConnection {
         user_id,
@@ -135,9 +131,9 @@ pub async fn delete(
 
 /// The decrypted access and refresh tokens of a stored connection.
 pub fn open_tokens(cipher: &Cipher, c: &Connection) -> AppResult<(Secret, Option<Secret>)> {
-    let access = cipher.open(&c.access_token, &aad(c.user_id, &c.service, "access_token"))?;
+    let access = cipher.open(&c.access_token, Aad::AccessToken { user_id: c.user_id, service: &c.service })?;
     let refresh = match &c.refresh_token {
-        Some(r) => Some(cipher.open(r, &aad(c.user_id, &c.service, "refresh_token"))?),
+        Some(r) => Some(cipher.open(r, Aad::RefreshToken { user_id: c.user_id, service: &c.service })?),
         None => None,
     };
     Ok((access, refresh))
