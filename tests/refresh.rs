@@ -5,6 +5,7 @@ mod common;
 use common::{builder, TestApp};
 use rocket::http::Status;
 use serde_json::json;
+use tokenvault::util::ExposeSecret;
 use wiremock::ResponseTemplate;
 
 async fn account_calls(app: &TestApp) -> usize {
@@ -314,7 +315,7 @@ async fn a_fresh_short_lived_token_is_used_not_refreshed() {
         let mut conn = app.db.conn().unwrap();
         tokenvault::auth::api_key::create(&mut conn, 1, "script", 20).unwrap().key
     };
-    let key = key.expose();
+    let key = key.expose_secret();
     let (issued, _) = app.stored_tokens("alice", "fake").unwrap();
     assert_eq!(burst(&app, &alice, key).await, [issued].into(), "the token just issued is handed out");
     assert_eq!(burst(&app, &alice, key).await.len(), 1);

@@ -6,6 +6,7 @@
 //! RFC 7009 revocation endpoint, and an account API that answers 401 for expired or revoked tokens.
 //! Its client credentials live in the project vault like any provider's (created on first start).
 
+use crate::util::ExposeSecret;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use rocket::form::{Form, FromForm};
@@ -113,7 +114,7 @@ async fn demo_client(app: &AppState) -> AppResult<(String, String)> {
         .run(move |conn| {
             let id = vault::get(conn, &cipher, CLIENT_ID_PATH)?.ok_or(AppError::NotFound)?;
             let secret = vault::get(conn, &cipher, CLIENT_SECRET_PATH)?.ok_or(AppError::NotFound)?;
-            Ok((id.expose().to_string(), secret.expose().to_string()))
+            Ok((id.expose_secret().to_string(), secret.expose_secret().to_string()))
         })
         .await
 }

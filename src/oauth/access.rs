@@ -19,6 +19,7 @@
 //!   case someone else refreshed it meanwhile); `invalid_client` keeps the tokens and reports an
 //!   administrator problem; anything else keeps the tokens and is retryable.
 
+use crate::util::ExposeSecret;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -364,11 +365,11 @@ async fn refresh_now(
     app.metrics.refresh(&provider.name, outcome);
     match result {
         Ok(set) => {
-            let access = app.cipher.seal_str(set.access_token.expose(), &aad(user_id, &service, "access_token"));
+            let access = app.cipher.seal_str(set.access_token.expose_secret(), &aad(user_id, &service, "access_token"));
             let refresh = set
                 .refresh_token
                 .as_ref()
-                .map(|r| app.cipher.seal_str(r.expose(), &aad(user_id, &service, "refresh_token")));
+                .map(|r| app.cipher.seal_str(r.expose_secret(), &aad(user_id, &service, "refresh_token")));
             let scopes = set.scopes.join(" ");
             let (token_type, expires_at, obtained_at) = (set.token_type.clone(), set.expires_at, set.obtained_at);
             let rotated = set.refresh_token.is_some();

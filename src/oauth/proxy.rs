@@ -3,6 +3,7 @@
 //! answer back. Only URLs under the configured base can be reached; headers pass by allowlist in
 //! both directions, and a provider's redirect is never handed on as a `Location`.
 
+use crate::util::ExposeSecret;
 use url::Url;
 
 use crate::app::AppState;
@@ -216,7 +217,7 @@ pub async fn forward(
         for (k, v) in &headers {
             builder = builder.header(k.as_str(), v.as_str());
         }
-        builder = builder.bearer_auth(token.expose());
+        builder = builder.bearer_auth(token.expose_secret());
         if !body.is_empty() {
             builder = builder.body(body.clone());
         }

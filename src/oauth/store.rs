@@ -7,6 +7,7 @@ use crate::db::models::events::{self, NewEvent};
 use crate::db::Conn;
 use crate::error::AppResult;
 use crate::oauth::tokens::TokenSet;
+use crate::util::ExposeSecret;
 use crate::util::{now, Secret};
 use crate::vault::Cipher;
 
@@ -43,9 +44,11 @@ pub fn save_new(
     tokens: &TokenSet,
     event_kind: &str,
 ) -> AppResult<()> {
-    let access = cipher.seal_str(tokens.access_token.expose(), &aad(user_id, service, "access_token"));
-    let refresh =
-        tokens.refresh_token.as_ref().map(|r| cipher.seal_str(r.expose(), &aad(user_id, service, "refresh_token")));
+    let access = cipher.seal_str(tokens.access_token.expose_secret(), &aad(user_id, service, "access_token"));
+    let refresh = tokens
+        .refresh_token
+        .as_ref()
+        .map(|r| cipher.seal_str(r.expose_secret(), &aad(user_id, service, "refresh_token")));
     let scopes = tokens.scopes.join(" ");
     let new = NewConnection {
         user_id,

@@ -1,6 +1,7 @@
 //! The JSON API under `/api/v1`, authenticated with personal API keys (`Authorization: Bearer`).
 //! Errors are `{"error": "<stable_code>", "message": "…", "request_id": "…"}`.
 
+use crate::util::ExposeSecret;
 use rocket::data::{Data, ToByteUnit};
 use rocket::http::uri::Segments;
 use rocket::http::{ContentType, Header, Status};
@@ -157,7 +158,7 @@ async fn token(app: &State<AppState>, user: &ApiUser, service: &str) -> ApiResul
     let token_type = if t.token_type.eq_ignore_ascii_case("bearer") { "Bearer".to_string() } else { t.token_type };
     Ok(Json(TokenOut {
         service: p.name.clone(),
-        access_token: t.access_token.expose().to_string(),
+        access_token: t.access_token.expose_secret().to_string(),
         token_type,
         expires_at: t.expires_at.map(rfc3339),
         expires_in: t.expires_at.map(|e| (e - crate::util::now()).max(0)),
