@@ -23,8 +23,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rocket::http::Status;
-
 use crate::app::AppState;
 use crate::db::models::connections::{self, Connection, Refreshed, RowRef, STATUS_RECONNECT};
 use crate::error::AppError;
@@ -56,16 +54,14 @@ pub enum AccessError {
 }
 
 impl AccessError {
-    /// The error page for these cases that are not handled by the page itself.
+    /// The one error (page or JSON) for each case, where the caller does not handle it itself.
     pub fn into_app_error(self, provider: &Provider) -> AppError {
         match self {
-            AccessError::NotConnected => AppError::NotFound,
-            AccessError::ReconnectRequired => AppError::Upstream {
-                status: Status::Conflict,
-                message: format!("Your {} connection needs to be authorized again.", provider.display_name),
-                detail: format!("{}: reconnect required", provider.name),
-            },
-            AccessError::NotConfigured => crate::oauth::flow::not_configured(provider),
+            AccessError::NotConnected => AppError::NotConnected(provider.service()),
+            AccessError::ReconnectRequired => AppError::ReconnectRequired(provider.service()),
+            AccessError::NotConfigured => {
+                AppError::NotConfigured { service: provider.service(), client_id_path: provider.client_id_path() }
+            }
             AccessError::ClientRejected(e) | AccessError::Provider(e) => e.to_app_error(provider),
             AccessError::App(e) => e,
         }
@@ -339,7 +335,7 @@ async fn refresh_now(
             .run(move |conn| record_event(conn, keep, user_id, &service, "refresh", "failed (admin)", detail))
             .await?;
         app.metrics.refresh(&provider.name, "not_configured");
-        tracing::error!(service = %provider.name, "cannot refresh: no client credentials in the vault");
+        // Logged once, by the error's responder (`AppError::NotConfigured`).
         return Err(AccessError::NotConfigured);
     };
     let current_scopes: Vec<String> = crate::util::scope_list(&row.scopes);
@@ -443,7 +439,7 @@ async fn refresh_now(
             let keep = app.settings.events_per_connection;
             app.db.run(move |conn| record_event(conn, keep, user_id, &svc, "refresh", outcome, &detail)).await?;
             if client {
-                tracing::error!(service = %service, "the provider rejected the client credentials during a refresh");
+                // Logged once, by the error's responder (`AppError::ClientRejected`).
                 Err(AccessError::ClientRejected(e))
             } else {
                 Err(AccessError::Provider(e))

@@ -22,12 +22,12 @@ fn flow_aad(state_hash: &str) -> String {
     format!("oauth_flows/{state_hash}/pkce_verifier")
 }
 
+/// Starting (or finishing) a flow for a provider without client credentials. The Redirector's
+/// page says so and offers no button, so a POST anyway is the request's fault: 400, with the words
+/// of [`AppError::NotConfigured`] (which a refresh without credentials answers: 503).
 pub(crate) fn not_configured(provider: &Provider) -> AppError {
-    AppError::BadRequest(format!(
-        "{} is not set up yet: an administrator must set {} in the vault.",
-        provider.display_name,
-        provider.client_id_path()
-    ))
+    let words = AppError::NotConfigured { service: provider.service(), client_id_path: provider.client_id_path() };
+    AppError::BadRequest(words.user_message())
 }
 
 /// Create a flow for `user` and return the provider's authorize URL to send the browser to.
