@@ -79,7 +79,7 @@ pub enum AppError {
     Unavailable(String),
     #[error("busy (retry after {retry_after} s)")]
     Busy { retry_after: u64 },
-    #[error("database error: {0}")]
+    #[error("database error: {}", with_causes(.0))]
     Database(#[from] diesel::result::Error),
     #[error("vault error: {0}")]
     Vault(#[from] crate::vault::VaultError),
@@ -88,6 +88,19 @@ pub enum AppError {
 }
 
 pub type AppResult<T> = Result<T, AppError>;
+
+/// An error and its causes, `: `-separated (Diesel's "Error deserializing field 'status'" says
+/// which field, its cause which value).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
 
 impl AppError {
     pub fn status(&self) -> Status {

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::app::AppState;
-use crate::db::models::connections::{self, Connection, Refreshed, RowRef, STATUS_RECONNECT};
+use crate::db::models::connections::{self, Connection, ConnectionStatus, Refreshed, RowRef};
 use crate::error::AppError;
 use crate::oauth::providers::Provider;
 use crate::oauth::store::{aad, open_tokens, record_event};
@@ -148,7 +148,7 @@ fn fresh_from(app: &AppState, c: &Connection) -> Result<FreshToken, AccessError>
 }
 
 fn usable(row: Arc<Connection>) -> Result<Arc<Connection>, AccessError> {
-    if row.status == STATUS_RECONNECT {
+    if row.status == ConnectionStatus::ReconnectRequired {
         return Err(AccessError::ReconnectRequired);
     }
     Ok(row)

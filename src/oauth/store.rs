@@ -2,7 +2,7 @@
 //! (user, service, column) so that a ciphertext moved to another row does not open.
 
 use crate::app::AppState;
-use crate::db::models::connections::{self, Connection, NewConnection, STATUS_ACTIVE};
+use crate::db::models::connections::{self, Connection, ConnectionStatus, NewConnection};
 use crate::db::models::events::{self, NewEvent};
 use crate::db::Conn;
 use crate::error::AppResult;
@@ -56,7 +56,7 @@ pub fn save_new(
         scopes: &scopes,
         expires_at: tokens.expires_at,
         obtained_at: tokens.obtained_at,
-        status: STATUS_ACTIVE,
+        status: ConnectionStatus::Active,
         version: 1,
         updated_at: now(),
     };

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::app::AppState;
 use crate::auth::api_key::ApiUser;
-use crate::db::models::connections::{self, STATUS_RECONNECT};
+use crate::db::models::connections::{self, ConnectionStatus};
 use crate::error::AppError;
 use crate::oauth::access::fresh_token;
 use crate::oauth::providers::Provider;
@@ -59,7 +59,10 @@ async fn list_connections(app: &State<AppState>, user: &ApiUser) -> ApiResult<Js
                     .get(&c.service)
                     .map(|p| p.display_name.clone())
                     .unwrap_or_else(|| c.service.clone()),
-                status: if c.status == STATUS_RECONNECT { "reconnect_required" } else { "active" },
+                status: match c.status {
+                    ConnectionStatus::Active => "active",
+                    ConnectionStatus::ReconnectRequired => "reconnect_required",
+                },
                 scopes: crate::util::scope_list(&c.scopes),
                 obtained_at: rfc3339(c.obtained_at),
                 expires_at: c.expires_at.map(rfc3339),

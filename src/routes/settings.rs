@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::app::AppState;
 use crate::auth::{Csrf, CsrfOnly, CurrentUser};
-use crate::db::models::connections::{self, STATUS_RECONNECT};
+use crate::db::models::connections::{self, ConnectionStatus};
 use crate::db::models::events;
 use crate::error::{AppError, AppResult};
 use crate::oauth::revoke::{revoke_and_delete, Revoked};
@@ -85,8 +85,11 @@ async fn oauth2(app: &State<AppState>, user: &CurrentUser, layout: Layout) -> Ap
                 expires_utc: c.expires_at.map(format_utc).unwrap_or_default(),
                 expired: c.expires_at.is_some_and(|e| e <= now),
                 has_refresh_token: c.refresh_token.is_some(),
-                reconnect: c.status == STATUS_RECONNECT,
-                status: if c.status == STATUS_RECONNECT { "Reconnect required".into() } else { "Active".into() },
+                reconnect: c.status == ConnectionStatus::ReconnectRequired,
+                status: match c.status {
+                    ConnectionStatus::Active => "Active".into(),
+                    ConnectionStatus::ReconnectRequired => "Reconnect required".into(),
+                },
                 events: ev
                     .into_iter()
                     .map(|e| EventView {
