@@ -259,7 +259,9 @@ async fn changes_from_elsewhere_arrive_by_invalidation_or_after_cache_ttl() {
     assert_eq!(api(&app, "GET", "/api/v1/services/fake/token", Some(&key)).await.0, Status::Ok);
     {
         let mut conn = app.db.conn().unwrap();
-        tokenvault::oauth::store::delete_with_event(&mut conn, 50, 1, "fake", "delete", "ok", "elsewhere").unwrap();
+        use tokenvault::db::models::events::{EventKind, EventOutcome};
+        let (kind, outcome) = (EventKind::Delete, EventOutcome::Ok);
+        tokenvault::oauth::store::delete_with_event(&mut conn, 50, 1, "fake", kind, outcome, "elsewhere").unwrap();
         let (k, _) = tokenvault::db::models::api_keys::find_active(&mut conn, &tokenvault::util::sha256_hex(&key))
             .unwrap()
             .unwrap();

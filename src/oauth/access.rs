@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use crate::app::AppState;
 use crate::db::models::connections::{self, Connection, ConnectionStatus, Refreshed, RowRef};
+use crate::db::models::events::{EventKind, EventOutcome};
 use crate::error::AppError;
 use crate::oauth::providers::Provider;
 use crate::oauth::store::{aad, open_tokens, record_event};
@@ -332,7 +333,9 @@ async fn refresh_now(
         let detail = "tokenvault has no client credentials for this service; an administrator must set them";
         let keep = app.settings.events_per_connection;
         app.db
-            .run(move |conn| record_event(conn, keep, user_id, &service, "refresh", "failed (admin)", detail))
+            .run(move |conn| {
+                record_event(conn, keep, user_id, &service, EventKind::Refresh, EventOutcome::FailedAdmin, detail)
+            })
             .await?;
         app.metrics.refresh(&provider.name, "not_configured");
         // Logged once, by the error's responder (`AppError::NotConfigured`).
@@ -401,7 +404,7 @@ async fn refresh_now(
                         let ok = connections::store_refreshed(conn, at, &r)?;
                         if ok {
                             let detail = if rotated { "new refresh token stored" } else { "refresh token kept" };
-                            record_event(conn, keep, user_id, &svc, "refresh", "ok", detail)?;
+                            record_event(conn, keep, user_id, &svc, EventKind::Refresh, EventOutcome::Ok, detail)?;
                         }
                         Ok(ok)
                     })
@@ -435,9 +438,11 @@ async fn refresh_now(
             } else {
                 format!("{e}; the tokens were kept and it will be retried")
             };
-            let outcome = if client { "failed (admin)" } else { "failed (retryable)" };
+            let outcome = if client { EventOutcome::FailedAdmin } else { EventOutcome::FailedRetryable };
             let keep = app.settings.events_per_connection;
-            app.db.run(move |conn| record_event(conn, keep, user_id, &svc, "refresh", outcome, &detail)).await?;
+            app.db
+                .run(move |conn| record_event(conn, keep, user_id, &svc, EventKind::Refresh, outcome, &detail))
+                .await?;
             if client {
                 // Logged once, by the error's responder (`AppError::ClientRejected`).
                 Err(AccessError::ClientRejected(e))
@@ -465,7 +470,8 @@ async fn reconnect_required(
                 let at = RowRef { id, version, user_id, service: &service };
                 let marked = connections::mark_reconnect_required(conn, at, now())?;
                 if marked {
-                    record_event(conn, keep, user_id, &service, "refresh", "reconnect required", detail)?;
+                    let (kind, outcome) = (EventKind::Refresh, EventOutcome::ReconnectRequired);
+                    record_event(conn, keep, user_id, &service, kind, outcome, detail)?;
                 }
                 Ok(marked)
             })

@@ -11,6 +11,7 @@ use url::Url;
 
 use crate::app::AppState;
 use crate::auth::CurrentUser;
+use crate::db::models::events::{EventKind, EventOutcome};
 use crate::db::models::flows::{self, Flow};
 use crate::error::{AppError, AppResult};
 use crate::oauth::providers::Provider;
@@ -220,10 +221,12 @@ pub async fn finish(
     if let Some(error) = &params.error {
         let error = error.clone();
         let svc = service.clone();
-        let outcome = if error == "access_denied" { "cancelled" } else { "failed" };
+        let outcome = if error == "access_denied" { EventOutcome::Cancelled } else { EventOutcome::Failed };
         let detail = format!("authorization: {}", crate::oauth::tokens::sanitize_code(&error));
         let keep = app.settings.events_per_connection;
-        app.db.run(move |conn| store::record_event(conn, keep, user_id, &svc, "connect", outcome, &detail)).await?;
+        app.db
+            .run(move |conn| store::record_event(conn, keep, user_id, &svc, EventKind::Connect, outcome, &detail))
+            .await?;
         if error == "access_denied" {
             return Ok(Finished::Cancelled);
         }
@@ -265,14 +268,24 @@ pub async fn finish(
     app.metrics.token_endpoint(&provider.name, "authorization_code", started);
     match exchanged {
         Ok(token_set) => {
-            store::save(app, user_id, &service, token_set, "connect").await?;
+            store::save(app, user_id, &service, token_set, EventKind::Connect).await?;
             Ok(Finished::Connected { return_to: flow.return_to })
         }
         Err(e) => {
             let detail = format!("code exchange: {e}");
             let keep = app.settings.events_per_connection;
             app.db
-                .run(move |conn| store::record_event(conn, keep, user_id, &service, "connect", "failed", &detail))
+                .run(move |conn| {
+                    store::record_event(
+                        conn,
+                        keep,
+                        user_id,
+                        &service,
+                        EventKind::Connect,
+                        EventOutcome::Failed,
+                        &detail,
+                    )
+                })
                 .await?;
             Err(e.to_app_error(provider))
         }

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::app::AppState;
 use crate::auth::{Csrf, CsrfOnly, CurrentUser};
 use crate::db::models::connections::{self, ConnectionStatus};
-use crate::db::models::events;
+use crate::db::models::events::{self, EventKind, EventOutcome};
 use crate::error::{AppError, AppResult};
 use crate::oauth::revoke::{revoke_and_delete, Revoked};
 use crate::oauth::store;
@@ -23,8 +23,8 @@ pub fn routes() -> Vec<Route> {
 struct EventView {
     at: String,
     at_utc: String,
-    kind: String,
-    outcome: String,
+    kind: &'static str,
+    outcome: &'static str,
     detail: String,
 }
 
@@ -95,8 +95,8 @@ async fn oauth2(app: &State<AppState>, user: &CurrentUser, layout: Layout) -> Ap
                     .map(|e| EventView {
                         at: relative_time(e.at, now),
                         at_utc: format_utc(e.at),
-                        kind: e.kind,
-                        outcome: e.outcome,
+                        kind: e.kind.as_str(),
+                        outcome: e.outcome.as_str(),
                         detail: e.detail,
                     })
                     .collect(),
@@ -116,7 +116,9 @@ async fn delete(
     service: &str,
     _form: Csrf<CsrfOnly>,
 ) -> AppResult<Flash<Redirect>> {
-    let removed = store::delete(app, user.id, service, "delete", "ok", "tokens deleted locally".into()).await?;
+    let removed =
+        store::delete(app, user.id, service, EventKind::Delete, EventOutcome::Ok, "tokens deleted locally".into())
+            .await?;
     if !removed {
         return Err(AppError::NotFound);
     }
