@@ -233,7 +233,7 @@ async fn check_after_kill(env: &Env, users: &[User]) -> Vec<Held> {
         let c = tokenvault::db::models::connections::find(&mut conn, row.id, "fake")
             .unwrap()
             .unwrap_or_else(|| panic!("{}: the connection is gone", user.name));
-        assert_eq!(c.status, "active", "{}: nothing provoked invalid_grant before the kill", user.name);
+        assert_eq!(c.status.as_str(), "active", "{}: nothing provoked invalid_grant before the kill", user.name);
         let (access, refresh) = tokenvault::oauth::store::open_tokens(&env.cipher, &c)
             .unwrap_or_else(|e| panic!("{}: the stored tokens do not decrypt: {e}", user.name));
         let (access, refresh) =

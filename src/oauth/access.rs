@@ -24,10 +24,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rocket::http::Status;
-
 use crate::app::AppState;
-use crate::db::models::connections::{self, Connection, Refreshed, RowRef, STATUS_RECONNECT};
+use crate::db::models::connections::{self, Connection, ConnectionStatus, Refreshed, RowRef};
+use crate::db::models::events::{EventKind, EventOutcome};
 use crate::error::AppError;
 use crate::oauth::providers::Provider;
 use crate::oauth::store::{aad, open_tokens, record_event};
@@ -57,16 +56,14 @@ pub enum AccessError {
 }
 
 impl AccessError {
-    /// The error page for these cases that are not handled by the page itself.
+    /// The one error (page or JSON) for each case, where the caller does not handle it itself.
     pub fn into_app_error(self, provider: &Provider) -> AppError {
         match self {
-            AccessError::NotConnected => AppError::NotFound,
-            AccessError::ReconnectRequired => AppError::Upstream {
-                status: Status::Conflict,
-                message: format!("Your {} connection needs to be authorized again.", provider.display_name),
-                detail: format!("{}: reconnect required", provider.name),
-            },
-            AccessError::NotConfigured => crate::oauth::flow::not_configured(provider),
+            AccessError::NotConnected => AppError::NotConnected(provider.service()),
+            AccessError::ReconnectRequired => AppError::ReconnectRequired(provider.service()),
+            AccessError::NotConfigured => {
+                AppError::NotConfigured { service: provider.service(), client_id_path: provider.client_id_path() }
+            }
             AccessError::ClientRejected(e) | AccessError::Provider(e) => e.to_app_error(provider),
             AccessError::App(e) => e,
         }
@@ -153,7 +150,7 @@ fn fresh_from(app: &AppState, c: &Connection) -> Result<FreshToken, AccessError>
 }
 
 fn usable(row: Arc<Connection>) -> Result<Arc<Connection>, AccessError> {
-    if row.status == STATUS_RECONNECT {
+    if row.status == ConnectionStatus::ReconnectRequired {
         return Err(AccessError::ReconnectRequired);
     }
     Ok(row)
@@ -337,10 +334,12 @@ async fn refresh_now(
         let detail = "tokenvault has no client credentials for this service; an administrator must set them";
         let keep = app.settings.events_per_connection;
         app.db
-            .run(move |conn| record_event(conn, keep, user_id, &service, "refresh", "failed (admin)", detail))
+            .run(move |conn| {
+                record_event(conn, keep, user_id, &service, EventKind::Refresh, EventOutcome::FailedAdmin, detail)
+            })
             .await?;
         app.metrics.refresh(&provider.name, "not_configured");
-        tracing::error!(service = %provider.name, "cannot refresh: no client credentials in the vault");
+        // Logged once, by the error's responder (`AppError::NotConfigured`).
         return Err(AccessError::NotConfigured);
     };
     let current_scopes: Vec<String> = crate::util::scope_list(&row.scopes);
@@ -406,7 +405,7 @@ async fn refresh_now(
                         let ok = connections::store_refreshed(conn, at, &r)?;
                         if ok {
                             let detail = if rotated { "new refresh token stored" } else { "refresh token kept" };
-                            record_event(conn, keep, user_id, &svc, "refresh", "ok", detail)?;
+                            record_event(conn, keep, user_id, &svc, EventKind::Refresh, EventOutcome::Ok, detail)?;
                         }
                         Ok(ok)
                     })
@@ -440,11 +439,13 @@ async fn refresh_now(
             } else {
                 format!("{e}; the tokens were kept and it will be retried")
             };
-            let outcome = if client { "failed (admin)" } else { "failed (retryable)" };
+            let outcome = if client { EventOutcome::FailedAdmin } else { EventOutcome::FailedRetryable };
             let keep = app.settings.events_per_connection;
-            app.db.run(move |conn| record_event(conn, keep, user_id, &svc, "refresh", outcome, &detail)).await?;
+            app.db
+                .run(move |conn| record_event(conn, keep, user_id, &svc, EventKind::Refresh, outcome, &detail))
+                .await?;
             if client {
-                tracing::error!(service = %service, "the provider rejected the client credentials during a refresh");
+                // Logged once, by the error's responder (`AppError::ClientRejected`).
                 Err(AccessError::ClientRejected(e))
             } else {
                 Err(AccessError::Provider(e))
@@ -470,7 +471,8 @@ async fn reconnect_required(
                 let at = RowRef { id, version, user_id, service: &service };
                 let marked = connections::mark_reconnect_required(conn, at, now())?;
                 if marked {
-                    record_event(conn, keep, user_id, &service, "refresh", "reconnect required", detail)?;
+                    let (kind, outcome) = (EventKind::Refresh, EventOutcome::ReconnectRequired);
+                    record_event(conn, keep, user_id, &service, kind, outcome, detail)?;
                 }
                 Ok(marked)
             })

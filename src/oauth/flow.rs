@@ -11,6 +11,7 @@ use url::Url;
 
 use crate::app::AppState;
 use crate::auth::CurrentUser;
+use crate::db::models::events::{EventKind, EventOutcome};
 use crate::db::models::flows::{self, Flow};
 use crate::error::{AppError, AppResult};
 use crate::oauth::providers::Provider;
@@ -22,12 +23,12 @@ fn flow_aad(state_hash: &str) -> String {
     format!("oauth_flows/{state_hash}/pkce_verifier")
 }
 
+/// Starting (or finishing) a flow for a provider without client credentials. The Redirector's
+/// page says so and offers no button, so a POST anyway is the request's fault: 400, with the words
+/// of [`AppError::NotConfigured`] (which a refresh without credentials answers: 503).
 pub(crate) fn not_configured(provider: &Provider) -> AppError {
-    AppError::BadRequest(format!(
-        "{} is not set up yet: an administrator must set {} in the vault.",
-        provider.display_name,
-        provider.client_id_path()
-    ))
+    let words = AppError::NotConfigured { service: provider.service(), client_id_path: provider.client_id_path() };
+    AppError::BadRequest(words.user_message())
 }
 
 /// Create a flow for `user` and return the provider's authorize URL to send the browser to.
@@ -220,10 +221,12 @@ pub async fn finish(
     if let Some(error) = &params.error {
         let error = error.clone();
         let svc = service.clone();
-        let outcome = if error == "access_denied" { "cancelled" } else { "failed" };
+        let outcome = if error == "access_denied" { EventOutcome::Cancelled } else { EventOutcome::Failed };
         let detail = format!("authorization: {}", crate::oauth::tokens::sanitize_code(&error));
         let keep = app.settings.events_per_connection;
-        app.db.run(move |conn| store::record_event(conn, keep, user_id, &svc, "connect", outcome, &detail)).await?;
+        app.db
+            .run(move |conn| store::record_event(conn, keep, user_id, &svc, EventKind::Connect, outcome, &detail))
+            .await?;
         if error == "access_denied" {
             return Ok(Finished::Cancelled);
         }
@@ -265,14 +268,24 @@ pub async fn finish(
     app.metrics.token_endpoint(&provider.name, "authorization_code", started);
     match exchanged {
         Ok(token_set) => {
-            store::save(app, user_id, &service, token_set, "connect").await?;
+            store::save(app, user_id, &service, token_set, EventKind::Connect).await?;
             Ok(Finished::Connected { return_to: flow.return_to })
         }
         Err(e) => {
             let detail = format!("code exchange: {e}");
             let keep = app.settings.events_per_connection;
             app.db
-                .run(move |conn| store::record_event(conn, keep, user_id, &service, "connect", "failed", &detail))
+                .run(move |conn| {
+                    store::record_event(
+                        conn,
+                        keep,
+                        user_id,
+                        &service,
+                        EventKind::Connect,
+                        EventOutcome::Failed,
+                        &detail,
+                    )
+                })
                 .await?;
             Err(e.to_app_error(provider))
         }

@@ -7,9 +7,11 @@ use crate::util::ExposeSecret;
 use url::Url;
 
 use crate::app::AppState;
+use crate::error::AppError;
 use crate::oauth::access::AccessError;
 use crate::oauth::account::send_with_token;
 use crate::oauth::providers::Provider;
+use crate::oauth::tokens::TokenError;
 
 /// Request headers forwarded to the provider (any case): content negotiation, the body's type,
 /// conditional and range requests, and the provider-specific argument headers of the presets'
@@ -158,6 +160,20 @@ pub enum ProxyError {
     BadPath,
     #[error(transparent)]
     Access(#[from] AccessError),
+}
+
+impl ProxyError {
+    /// The API's error for each case (a provider's unreadable answer has a code of its own).
+    pub fn into_app_error(self, provider: &Provider) -> AppError {
+        match self {
+            ProxyError::NoBase => AppError::NoApiBase(provider.service()),
+            ProxyError::BadPath => AppError::BadPath,
+            ProxyError::Access(AccessError::Provider(e @ TokenError::InvalidResponse(_))) => {
+                AppError::ProviderResponseTooLarge { service: provider.service(), detail: e.to_string() }
+            }
+            ProxyError::Access(e) => e.into_app_error(provider),
+        }
+    }
 }
 
 /// `base` joined with the path segments (already percent-decoded, as Rocket gives them; each is

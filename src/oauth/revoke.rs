@@ -3,6 +3,7 @@
 
 use crate::app::AppState;
 use crate::db::models::connections;
+use crate::db::models::events::{EventKind, EventOutcome};
 use crate::error::{AppError, AppResult};
 use crate::oauth::access::fresh_token;
 use crate::oauth::providers::{ClientAuth, Provider, RevokeStyle};
@@ -108,11 +109,13 @@ pub async fn revoke_and_delete(app: &AppState, user_id: i64, provider: &Provider
     } else {
         Revoked::NotSupported
     };
-    let (outcome_text, detail) = match &outcome {
-        Revoked::AtProvider => ("ok", "revoked at the provider; tokens deleted".to_string()),
-        Revoked::NotSupported => ("local only", "the provider offers no revocation; tokens deleted".to_string()),
-        Revoked::ProviderFailed(r) => ("provider failed", format!("{r}; tokens deleted anyway")),
+    let (event_outcome, detail) = match &outcome {
+        Revoked::AtProvider => (EventOutcome::Ok, "revoked at the provider; tokens deleted".to_string()),
+        Revoked::NotSupported => {
+            (EventOutcome::LocalOnly, "the provider offers no revocation; tokens deleted".to_string())
+        }
+        Revoked::ProviderFailed(r) => (EventOutcome::ProviderFailed, format!("{r}; tokens deleted anyway")),
     };
-    store::delete(app, user_id, &provider.name, "revoke", outcome_text, detail).await?;
+    store::delete(app, user_id, &provider.name, EventKind::Revoke, event_outcome, detail).await?;
     Ok(outcome)
 }

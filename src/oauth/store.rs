@@ -2,8 +2,8 @@
 //! (user, service, column) so that a ciphertext moved to another row does not open.
 
 use crate::app::AppState;
-use crate::db::models::connections::{self, Connection, NewConnection, STATUS_ACTIVE};
-use crate::db::models::events::{self, NewEvent};
+use crate::db::models::connections::{self, Connection, ConnectionStatus, NewConnection};
+use crate::db::models::events::{self, EventKind, EventOutcome, NewEvent};
 use crate::db::Conn;
 use crate::error::AppResult;
 use crate::oauth::tokens::TokenSet;
@@ -23,8 +23,8 @@ pub fn record_event(
     keep: i64,
     user_id: i64,
     service: &str,
-    kind: &str,
-    outcome: &str,
+    kind: EventKind,
+    outcome: EventOutcome,
     detail: &str,
 ) -> AppResult<()> {
     events::insert(conn, &NewEvent { user_id, service, at: now(), kind, outcome, detail })?;
@@ -42,7 +42,7 @@ pub fn save_new(
     user_id: i64,
     service: &str,
     tokens: &TokenSet,
-    event_kind: &str,
+    event_kind: EventKind,
 ) -> AppResult<()> {
     let access = cipher.seal_str(tokens.access_token.expose_secret(), &aad(user_id, service, "access_token"));
     let refresh = tokens
@@ -59,14 +59,14 @@ pub fn save_new(
         scopes: &scopes,
         expires_at: tokens.expires_at,
         obtained_at: tokens.obtained_at,
-        status: STATUS_ACTIVE,
+        status: ConnectionStatus::Active,
         version: 1,
         updated_at: now(),
     };
     conn.transaction(|conn| {
         connections::upsert(conn, &new)?;
         let detail = if tokens.refresh_token.is_some() { "with a refresh token" } else { "without a refresh token" };
-        record_event(conn, keep, user_id, service, event_kind, "ok", detail)
+        record_event(conn, keep, user_id, service, event_kind, EventOutcome::Ok, detail)
     })
 }
 
@@ -78,8 +78,8 @@ pub fn delete_with_event(
     keep: i64,
     user_id: i64,
     service: &str,
-    kind: &str,
-    outcome: &str,
+    kind: EventKind,
+    outcome: EventOutcome,
     detail: &str,
 ) -> AppResult<bool> {
     conn.transaction(|conn| {
@@ -98,7 +98,7 @@ pub async fn save(
     user_id: i64,
     service: &str,
     tokens: TokenSet,
-    event_kind: &'static str,
+    event_kind: EventKind,
 ) -> AppResult<()> {
     let (cipher, svc, keep) = (app.cipher.clone(), service.to_string(), app.settings.events_per_connection);
     app.db.run(move |conn| save_new(conn, keep, &cipher, user_id, &svc, &tokens, event_kind)).await?;
@@ -111,8 +111,8 @@ pub async fn delete(
     app: &AppState,
     user_id: i64,
     service: &str,
-    kind: &'static str,
-    outcome: &'static str,
+    kind: EventKind,
+    outcome: EventOutcome,
     detail: String,
 ) -> AppResult<bool> {
     let (svc, keep) = (service.to_string(), app.settings.events_per_connection);

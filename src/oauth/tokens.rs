@@ -136,10 +136,14 @@ impl TokenError {
             TokenError::InvalidResponse(_) => {
                 (Status::BadGateway, format!("{name} sent an answer tokenvault could not understand. Please try again later."))
             }
-            TokenError::Rejected(_) if self.is_client_error() => (
-                Status::BadGateway,
-                format!("{name} did not accept tokenvault's client credentials. An administrator needs to check them."),
-            ),
+            TokenError::Rejected(_) if self.is_client_error() => {
+                return AppError::ClientRejected {
+                    message: format!(
+                        "{name} did not accept tokenvault's client credentials. An administrator needs to check them."
+                    ),
+                    detail: format!("{}: {self}", provider.name),
+                }
+            }
             TokenError::Rejected(_) if self.is_invalid_grant() => (
                 Status::BadGateway,
                 format!("{name} did not accept the authorization (it may have expired or been used already). Please connect again."),
