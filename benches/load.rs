@@ -27,6 +27,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokenvault::util::ExposeSecret;
 
 use common::FakeProvider;
 use reqwest::cookie::CookieStore;
@@ -201,7 +202,7 @@ async fn seed(instance: &Instance, fake: &FakeProvider, db: &tokenvault::db::Db)
     let row = tokenvault::db::models::connections::find(&mut conn, user.id, "fake").unwrap().unwrap();
     let (access, _) = tokenvault::oauth::store::open_tokens(&cipher, &row).unwrap();
     let key = tokenvault::auth::api_key::create(&mut conn, user.id, "bench", 20).unwrap().key;
-    (cookie, access.expose().to_string(), key.expose().to_string())
+    (cookie, access.expose_secret().to_string(), key.expose_secret().to_string())
 }
 
 struct Row {

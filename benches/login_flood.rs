@@ -112,7 +112,7 @@ fn print_largest_mappings(pid: u32) {
             maps.push((kib.trim().trim_end_matches(" kB").parse().unwrap_or(0), mapping));
         }
     }
-    maps.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    maps.sort_unstable_by_key(|m| std::cmp::Reverse(m.0));
     for (kib, mapping) in maps.iter().take(15) {
         eprintln!("{kib:>8} KiB  {mapping}");
     }

@@ -1,6 +1,7 @@
 //! The one place the Rocket is assembled: configuration, keys, fairings, routes and catchers
 //! (the state it manages is `crate::state::AppState`).
 
+use crate::util::ExposeSecret;
 use std::sync::Arc;
 
 use rocket::fairing::AdHoc;
@@ -54,8 +55,9 @@ pub fn prepare(figment: Figment) -> Result<Prepared, ConfigError> {
         )))
         }
     };
-    let old: Vec<String> = raw.vault_old_keys.iter().map(|k| k.expose().to_string()).collect();
-    let cipher = Cipher::from_base64(vault_key.expose(), &old).map_err(|e| invalid("vault_key", e.to_string()))?;
+    let old: Vec<String> = raw.vault_old_keys.iter().map(|k| k.expose_secret().to_string()).collect();
+    let cipher =
+        Cipher::from_base64(vault_key.expose_secret(), &old).map_err(|e| invalid("vault_key", e.to_string()))?;
 
     let mut figment = figment;
     // Rocket's defaults hold an all-zero secret key, which it replaces with a random one per start
@@ -73,9 +75,9 @@ pub fn prepare(figment: Figment) -> Result<Prepared, ConfigError> {
     let inline_secret_key = secret_key_set(&figment, "secret_key")?;
     if let Some(path) = &raw.secret_key_file {
         // (An inline key is passed only so that "both set" is refused.)
-        let inline = inline_secret_key.then(|| Secret::new(String::new()));
+        let inline = inline_secret_key.then(|| Secret::from(String::new()));
         if let Some(key) = key_or_file("secret_key", inline, Some(path))? {
-            figment = figment.merge(("secret_key", key.expose().to_string()));
+            figment = figment.merge(("secret_key", key.expose_secret().to_string()));
             secret_key_set(&figment, "secret_key_file")?;
         }
     } else if inline_secret_key {
@@ -86,7 +88,7 @@ pub fn prepare(figment: Figment) -> Result<Prepared, ConfigError> {
         if created {
             tracing::info!(path = %path.display(), "generated a cookie secret key (debug profile only)");
         }
-        figment = figment.merge(("secret_key", key.expose().to_string()));
+        figment = figment.merge(("secret_key", key.expose_secret().to_string()));
     } else {
         return Err(ConfigError::Missing(format!(
             "`secret_key` is required in the `{profile}` profile (it signs and encrypts cookies): generate one with \

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::db::models::connections::Connection;
-use crate::db::models::invalidations::{self, Invalidation, KIND_API_KEY, KIND_CONNECTION};
+use crate::db::models::invalidations::{self, Invalidated, Invalidation};
 use crate::db::Db;
 use crate::util::now;
 
@@ -268,15 +268,14 @@ impl Caches {
         Caches { api_keys: TtlCache::new(ttl, 100_000), connections: TtlCache::new(ttl, 100_000) }
     }
 
-    /// Drop what an invalidation names.
+    /// Drop what an invalidation names (everything, when this version cannot tell what it names).
     pub fn apply(&self, inv: &Invalidation) {
-        match inv.kind.as_str() {
-            KIND_API_KEY => self.api_keys.invalidate(&inv.key),
-            KIND_CONNECTION => match inv.key.split_once(':').and_then(|(u, s)| Some((u.parse::<i64>().ok()?, s))) {
-                Some((user_id, service)) => self.connections.invalidate(&(user_id, service.to_string())),
-                None => self.connections.clear(),
-            },
-            _ => self.clear(),
+        match &inv.target {
+            Ok(Invalidated::ApiKey(hash)) => self.api_keys.invalidate(hash),
+            Ok(Invalidated::Connection { user_id, service }) => {
+                self.connections.invalidate(&(*user_id, service.clone()))
+            }
+            Err(_) => self.clear(),
         }
     }
 
@@ -534,12 +533,7 @@ mod tests {
             let row = Arc::new(Connection::for_tests(user, "s"));
             caches.connections.fill(caches.connections.ticket(), (user, "s".into()), row);
         };
-        let inv = |id: i64, user: i64| Invalidation {
-            id,
-            kind: KIND_CONNECTION.into(),
-            key: format!("{user}:s"),
-            created_at: 0,
-        };
+        let inv = |id: i64, user: i64| Invalidation::from_stored(id, "connection", &format!("{user}:s"));
         let mut feed = Feed::starting_at(1000);
         assert_eq!(feed.read_after(), 1000 - REREAD_IDS);
         fill(1);
@@ -584,11 +578,11 @@ mod tests {
         let row = Arc::new(Connection::for_tests(7, "dropbox"));
         caches.connections.fill(caches.connections.ticket(), (7, "dropbox".into()), row.clone());
         caches.connections.fill(caches.connections.ticket(), (7, "google".into()), row);
-        let inv = |kind: &str, key: &str| Invalidation { id: 0, kind: kind.into(), key: key.into(), created_at: 0 };
-        caches.apply(&inv(KIND_CONNECTION, "7:dropbox"));
+        let inv = |kind: &str, key: &str| Invalidation::from_stored(0, kind, key);
+        caches.apply(&inv("connection", "7:dropbox"));
         assert!(caches.connections.get(&(7, "dropbox".into())).is_none());
         assert!(caches.connections.get(&(7, "google".into())).is_some());
-        caches.apply(&inv(KIND_API_KEY, "hash"));
+        caches.apply(&inv("api_key", "hash"));
         assert!(caches.api_keys.get(&"hash".to_string()).is_none());
         caches.apply(&inv("something new", "x"));
         assert!(caches.connections.is_empty());

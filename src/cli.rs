@@ -1,5 +1,6 @@
 //! Administration commands on the same binary and configuration as the server.
 
+use crate::util::ExposeSecret;
 use std::io::{BufRead, IsTerminal};
 
 use clap::{Parser, Subcommand};
@@ -80,11 +81,11 @@ pub enum VaultCommand {
 
 fn read_secret(prompt: &str) -> Result<Secret, String> {
     if std::io::stdin().is_terminal() {
-        rpassword::prompt_password(prompt).map(Secret::new).map_err(|e| format!("cannot read the password: {e}"))
+        rpassword::prompt_password(prompt).map(Secret::from).map_err(|e| format!("cannot read the password: {e}"))
     } else {
         let mut line = String::new();
         std::io::stdin().lock().read_line(&mut line).map_err(|e| format!("cannot read standard input: {e}"))?;
-        Ok(Secret::new(line.trim_end_matches(['\r', '\n']).to_string()))
+        Ok(Secret::from(line.trim_end_matches(['\r', '\n']).to_string()))
     }
 }
 
@@ -123,8 +124,8 @@ pub fn run(command: Command) -> Result<String, String> {
         }
         Command::Vault { command: VaultCommand::Set { path, value } } => {
             let (mut conn, prepared) = open()?;
-            let value = if value == "-" { read_secret(&format!("Value for {path}: "))? } else { Secret::new(value) };
-            vault::set(&mut conn, &prepared.cipher, &path, value.expose(), "cli").map_err(cli_error)?;
+            let value = if value == "-" { read_secret(&format!("Value for {path}: "))? } else { Secret::from(value) };
+            vault::set(&mut conn, &prepared.cipher, &path, value.expose_secret(), "cli").map_err(cli_error)?;
             Ok(format!("{path} set"))
         }
         Command::ApiKey { command: ApiKeyCommand::Create { username, name } } => {
@@ -141,7 +142,7 @@ pub fn run(command: Command) -> Result<String, String> {
                     old.name, old.prefix
                 );
             }
-            Ok(created.key.expose().to_string())
+            Ok(created.key.expose_secret().to_string())
         }
         Command::Vault { command: VaultCommand::RotateKey } => {
             let (mut conn, prepared) = open()?;

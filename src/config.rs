@@ -1,6 +1,7 @@
 //! Typed settings: Rocket's figment (defaults → `Rocket.toml` → `ROCKET_*` variables), checked once
 //! when the app is built. The result is managed state handed to whoever needs it — never a global.
 
+use crate::util::ExposeSecret;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -200,7 +201,7 @@ impl Settings {
             .unwrap_or_default();
         // Digests of equal length, so the comparison says nothing about the token's length either.
         if !given.is_empty()
-            && crate::util::ct_eq(&crate::util::sha256_hex(given), &crate::util::sha256_hex(token.expose()))
+            && crate::util::ct_eq(&crate::util::sha256_hex(given), &crate::util::sha256_hex(token.expose_secret()))
         {
             MetricsAccess::Allowed
         } else {
@@ -352,10 +353,10 @@ impl Settings {
             }
         }
         let metrics_token = match &raw.metrics_token {
-            Some(token) if token.expose().trim().chars().count() < 16 => {
+            Some(token) if token.expose_secret().trim().chars().count() < 16 => {
                 return Err(invalid("metrics_token", "must be at least 16 characters (e.g. `tokenvault keygen`)"));
             }
-            Some(token) => Some(Secret::new(token.expose().trim())),
+            Some(token) => Some(Secret::from(token.expose_secret().trim())),
             None => None,
         };
         let database_url = match &raw.database_url {
@@ -411,7 +412,7 @@ pub fn check_keys_distinct(secret_key: &str, vault_key: &Secret, vault_old_keys:
         base64(secret)
     };
     let same = |vault: &Secret| {
-        let vault = vault.expose().trim();
+        let vault = vault.expose_secret().trim();
         crate::util::ct_eq(secret, vault) || matches!((&secret_bytes, base64(vault)), (Some(x), Some(y)) if *x == y)
     };
     if same(vault_key) {
@@ -480,12 +481,12 @@ pub fn key_or_file(key: &str, inline: Option<Secret>, file: Option<&Path>) -> Re
             tracing::warn!(path = %path.display(), mode = %format!("{mode:o}"), "{key}_file is readable by its group");
         }
     }
-    let text = Secret::new(std::fs::read_to_string(path).map_err(io)?);
-    let value = text.expose().trim();
+    let text = Secret::from(std::fs::read_to_string(path).map_err(io)?);
+    let value = text.expose_secret().trim();
     if value.is_empty() {
         return Err(invalid(format!("{key}_file"), format!("`{}` is empty", path.display())));
     }
-    Ok(Some(Secret::new(value.to_string())))
+    Ok(Some(Secret::from(value.to_string())))
 }
 
 /// Read a key file, or (when `create` is set) write a new random key there with mode 0600.
@@ -497,14 +498,14 @@ pub fn load_or_create_key(
 ) -> Result<(Secret, bool), ConfigError> {
     let io = |source| ConfigError::Io { path: path.display().to_string(), source };
     match std::fs::read_to_string(path) {
-        Ok(text) => Ok((Secret::new(text.trim().to_string()), false)),
+        Ok(text) => Ok((Secret::from(text.trim().to_string()), false)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).map_err(io)?;
             }
             let key = generate();
             write_private(path, &key).map_err(io)?;
-            Ok((Secret::new(key), true))
+            Ok((Secret::from(key), true))
         }
         Err(e) => Err(io(e)),
     }
@@ -620,15 +621,18 @@ mod tests {
             path
         };
         let key = file("vault.key", "  S3CRET-KEY-VALUE\n", 0o400);
-        assert_eq!(key_or_file("vault_key", None, Some(&key)).unwrap().unwrap().expose(), "S3CRET-KEY-VALUE");
-        assert_eq!(key_or_file("vault_key", Some(Secret::new("inline")), None).unwrap().unwrap().expose(), "inline");
+        assert_eq!(key_or_file("vault_key", None, Some(&key)).unwrap().unwrap().expose_secret(), "S3CRET-KEY-VALUE");
+        assert_eq!(
+            key_or_file("vault_key", Some(Secret::from("inline")), None).unwrap().unwrap().expose_secret(),
+            "inline"
+        );
         assert!(key_or_file("vault_key", None, None).unwrap().is_none());
         // A group-readable file is accepted (with a warning).
         let group = file("group.key", "K", 0o640);
         assert!(key_or_file("secret_key", None, Some(&group)).is_ok());
 
         let err = |r: Result<Option<Secret>, ConfigError>| r.err().map(|e| e.to_string()).unwrap_or_default();
-        let both = err(key_or_file("vault_key", Some(Secret::new("inline")), Some(&key)));
+        let both = err(key_or_file("vault_key", Some(Secret::from("inline")), Some(&key)));
         assert!(both.starts_with("`vault_key_file` is invalid: both `vault_key` and `vault_key_file`"), "{both}");
         for mode in [0o644, 0o604, 0o602] {
             let open = file("open.key", "S3CRET-KEY-VALUE", mode);
@@ -659,8 +663,8 @@ mod tests {
         let bytes = [7u8; 32];
         let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
         let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        let vault = Secret::new(b64.clone());
-        let other = Secret::new(base64::engine::general_purpose::STANDARD.encode([8u8; 32]));
+        let vault = Secret::from(b64.clone());
+        let other = Secret::from(base64::engine::general_purpose::STANDARD.encode([8u8; 32]));
         for secret_key in [b64.as_str(), &format!(" {b64}\n"), hex.as_str()] {
             let err = check_keys_distinct(secret_key, &vault, &[]).unwrap_err().to_string();
             assert!(err.contains("`secret_key`") && err.contains("`vault_key`"), "{err}");
@@ -676,7 +680,7 @@ mod tests {
     fn metrics_need_their_token_outside_debug() {
         let token = "metrics-token-0123456789";
         let with = |profile: &str, token: Option<&str>| {
-            let raw = RawConfig { metrics_token: token.map(Secret::new), ..RawConfig::default() };
+            let raw = RawConfig { metrics_token: token.map(Secret::from), ..RawConfig::default() };
             Settings::resolve(&raw, profile).unwrap()
         };
         let bearer = format!("Bearer {token}");
@@ -693,9 +697,9 @@ mod tests {
         assert_eq!(with("release", None).metrics_access(None), MetricsAccess::NotServed);
         assert_eq!(with("release", None).metrics_access(Some(&bearer)), MetricsAccess::NotServed);
         assert_eq!(with("debug", None).metrics_access(None), MetricsAccess::Allowed);
-        let off = RawConfig { metrics: false, metrics_token: Some(Secret::new(token)), ..RawConfig::default() };
+        let off = RawConfig { metrics: false, metrics_token: Some(Secret::from(token)), ..RawConfig::default() };
         assert_eq!(Settings::resolve(&off, "debug").unwrap().metrics_access(Some(&bearer)), MetricsAccess::NotServed);
-        let short = RawConfig { metrics_token: Some(Secret::new("short")), ..RawConfig::default() };
+        let short = RawConfig { metrics_token: Some(Secret::from("short")), ..RawConfig::default() };
         let err = Settings::resolve(&short, "release").err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.starts_with("`metrics_token` is invalid") && !err.contains("short"), "{err}");
     }
@@ -708,7 +712,7 @@ mod tests {
         assert!(created);
         let (k2, created) = load_or_create_key(&path, true, || "KEY2".into()).unwrap();
         assert!(!created);
-        assert_eq!(k1.expose(), k2.expose());
+        assert_eq!(k1.expose_secret(), k2.expose_secret());
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

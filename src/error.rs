@@ -1,13 +1,29 @@
-//! The one error type of the app, its HTTP status, and how it is shown.
+//! The one error type of the app, from the model to the response: its HTTP status, its stable
+//! JSON code, the message a user may see, the detail that is logged, and how it is shown — an
+//! HTML page with the site layout, or JSON (`{"error": "<code>", "message", "request_id"}`) when
+//! the request asks for it ([`wants_json`]: under `/api/`, or `Accept: application/json`).
 //!
 //! Which variant to use:
-//! - `NotFound`: unknown service, another user's row (never reveal that it exists), missing page.
+//! - `NotFound`: another user's row (never reveal that it exists), a missing page or record.
+//! - `UnknownService`, `NotConnected`, `NoApiBase`: the API's finer 404s (a page may show them too).
 //! - `BadRequest(msg)`: the request itself is wrong; `msg` is shown to the user, so keep secrets out.
+//!   `BadPath` and `PayloadTooLarge` are the proxy's refusals (400 `bad_path`, 413).
+//! - `ReconnectRequired`: the provider no longer accepts the grant; the user must connect again (409).
+//! - `NotConfigured`: tokenvault has no client credentials for the provider: an administrator's
+//!   problem, 503 `not_configured` (README, openapi.json), the same on pages and in the API.
 //! - `Upstream { .. }`: a provider failed; `message` is shown, `detail` is only logged.
+//!   `ClientRejected` (it refused tokenvault's client credentials) and `ProviderResponseTooLarge`
+//!   are the provider failures with codes of their own.
 //! - `Unavailable`: the database pool is exhausted or the server is shutting down (503).
 //! - `Busy { retry_after }`: a bounded resource (password hashing) is saturated: 503 with
 //!   `Retry-After`, code `busy`.
 //! - `Database`, `Vault`, `Internal`: bugs or broken state; logged with detail, shown as a plain 500.
+//!
+//! Every failure answered with an `AppError` writes exactly one log line (`request failed` at
+//! `error` for ≥ 500, `request refused` at `info` otherwise) with the request id, status, code and
+//! the error's `Display` — which names services and causes, never a token, secret or query.
+//! Errors that are not an `AppError` (a guard's refusal, an unknown route) are rendered by the
+//! catchers with the same [`render_error`], from the same [`StatusWords`] table.
 
 use rocket::http::{ContentType, Status};
 use rocket::request::Request;
@@ -18,21 +34,52 @@ use serde::Serialize;
 
 use crate::web::RequestId;
 
+/// The service an error is about: its configured name (logged) and display name (shown).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub name: String,
+    pub display_name: String,
+}
+
+impl std::fmt::Display for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("not found")]
     NotFound,
+    #[error("unknown service")]
+    UnknownService,
+    #[error("{0}: not connected")]
+    NotConnected(Service),
+    #[error("{0}: no api_base_url configured")]
+    NoApiBase(Service),
     #[error("bad request: {0}")]
     BadRequest(String),
+    #[error("refused proxy path")]
+    BadPath,
+    #[error("request body over {limit} bytes")]
+    PayloadTooLarge { limit: usize },
     #[error("too many requests")]
     TooManyRequests,
+    #[error("{0}: reconnect required")]
+    ReconnectRequired(Service),
+    #[error("{service}: no client credentials in the vault")]
+    NotConfigured { service: Service, client_id_path: String },
     #[error("upstream failure ({status}): {detail}")]
     Upstream { status: Status, message: String, detail: String },
+    #[error("client credentials rejected: {detail}")]
+    ClientRejected { message: String, detail: String },
+    #[error("{service}: the provider's answer is too large or unreadable: {detail}")]
+    ProviderResponseTooLarge { service: Service, detail: String },
     #[error("unavailable: {0}")]
     Unavailable(String),
     #[error("busy (retry after {retry_after} s)")]
     Busy { retry_after: u64 },
-    #[error("database error: {0}")]
+    #[error("database error: {}", with_causes(.0))]
     Database(#[from] diesel::result::Error),
     #[error("vault error: {0}")]
     Vault(#[from] crate::vault::VaultError),
@@ -42,46 +89,90 @@ pub enum AppError {
 
 pub type AppResult<T> = Result<T, AppError>;
 
+/// An error and its causes, `: `-separated (Diesel's "Error deserializing field 'status'" says
+/// which field, its cause which value).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 impl AppError {
     pub fn status(&self) -> Status {
         match self {
-            AppError::NotFound => Status::NotFound,
-            AppError::BadRequest(_) => Status::BadRequest,
+            AppError::NotFound
+            | AppError::UnknownService
+            | AppError::NotConnected(_)
+            | AppError::NoApiBase(_)
+            | AppError::Database(diesel::result::Error::NotFound) => Status::NotFound,
+            AppError::BadRequest(_) | AppError::BadPath => Status::BadRequest,
+            AppError::PayloadTooLarge { .. } => Status::PayloadTooLarge,
             AppError::TooManyRequests => Status::TooManyRequests,
+            AppError::ReconnectRequired(_) => Status::Conflict,
             AppError::Upstream { status, .. } => *status,
-            AppError::Unavailable(_) | AppError::Busy { .. } => Status::ServiceUnavailable,
-            AppError::Database(diesel::result::Error::NotFound) => Status::NotFound,
+            AppError::ClientRejected { .. } | AppError::ProviderResponseTooLarge { .. } => Status::BadGateway,
+            AppError::NotConfigured { .. } | AppError::Unavailable(_) | AppError::Busy { .. } => {
+                Status::ServiceUnavailable
+            }
             AppError::Database(_) | AppError::Vault(_) | AppError::Internal(_) => Status::InternalServerError,
+        }
+    }
+
+    /// The stable machine-readable code of JSON errors: the variant's own, else its status's.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AppError::UnknownService => "unknown_service",
+            AppError::NotConnected(_) => "not_connected",
+            AppError::NoApiBase(_) => "no_api_base",
+            AppError::BadPath => "bad_path",
+            AppError::NotConfigured { .. } => "not_configured",
+            AppError::ClientRejected { .. } => "provider_rejected_client",
+            AppError::ProviderResponseTooLarge { .. } => "provider_response_too_large",
+            AppError::Busy { .. } => "busy",
+            _ => StatusWords::of(self.status()).code,
         }
     }
 
     /// The message a user may see. Never contains a secret or internal detail.
     pub fn user_message(&self) -> String {
         match self {
-            AppError::NotFound | AppError::Database(diesel::result::Error::NotFound) => {
-                "We could not find what you asked for.".into()
-            }
+            AppError::UnknownService => "No such service.".into(),
+            AppError::NotConnected(s) => format!("{} is not connected.", s.display_name),
+            AppError::NoApiBase(s) => format!("{} has no API base URL configured.", s.display_name),
             AppError::BadRequest(msg) => msg.clone(),
-            AppError::TooManyRequests => "Too many attempts. Wait a minute and try again.".into(),
-            AppError::Upstream { message, .. } => message.clone(),
-            AppError::Unavailable(_) => "tokenvault is busy right now. Please try again in a moment.".into(),
+            AppError::BadPath => {
+                "The path must stay under the service's API base URL, without `;`, encoded dots or backslashes.".into()
+            }
+            AppError::PayloadTooLarge { limit } => format!("Request bodies are limited to {limit} bytes."),
+            AppError::ReconnectRequired(s) => {
+                format!("Your {} connection needs to be authorized again.", s.display_name)
+            }
+            AppError::NotConfigured { service, client_id_path } => format!(
+                "{} is not set up yet: an administrator must set {client_id_path} in the vault.",
+                service.display_name
+            ),
+            AppError::Upstream { message, .. } | AppError::ClientRejected { message, .. } => message.clone(),
+            AppError::ProviderResponseTooLarge { service, .. } => {
+                format!("{}'s answer is larger than the proxy allows or unreadable.", service.display_name)
+            }
             AppError::Busy { retry_after } => {
                 format!("tokenvault is busy right now. Please try again in {retry_after} seconds.")
             }
             AppError::Vault(_) => "A stored secret could not be decrypted. An administrator needs to check \
                                    the vault key configuration."
                 .into(),
-            AppError::Database(_) | AppError::Internal(_) => {
+            AppError::Database(e) if !matches!(e, diesel::result::Error::NotFound) => {
                 "Something went wrong on our side. It has been logged.".into()
             }
-        }
-    }
-
-    /// A stable machine-readable code for JSON errors.
-    pub fn code(&self) -> &'static str {
-        match self {
-            AppError::Busy { .. } => "busy",
-            _ => code_for(self.status()),
+            AppError::Internal(_) => "Something went wrong on our side. It has been logged.".into(),
+            AppError::NotFound | AppError::Database(_) | AppError::TooManyRequests | AppError::Unavailable(_) => {
+                StatusWords::of(self.status()).message.into()
+            }
         }
     }
 
@@ -105,11 +196,47 @@ impl From<diesel::r2d2::PoolError> for AppError {
     }
 }
 
+/// What is said for a status: the stable JSON code, the error page's heading, and the message
+/// of an error that brings none of its own (the catchers'). The one table of status words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusWords {
+    pub code: &'static str,
+    pub heading: &'static str,
+    pub message: &'static str,
+}
+
+impl StatusWords {
+    pub fn of(status: Status) -> StatusWords {
+        const WRONG: &str = "Something went wrong";
+        const OUR_SIDE: &str = "Something went wrong on our side.";
+        const NOT_UNDERSTOOD: &str = "That request could not be understood.";
+        let (code, heading, message) = match status.code {
+            400 => ("bad_request", "That request did not work", NOT_UNDERSTOOD),
+            401 => ("unauthorized", WRONG, "Sign in first."),
+            403 => ("forbidden", "Not allowed", "This request was refused. Reload the page and try again."),
+            404 => ("not_found", "Not found", "We could not find what you asked for."),
+            409 => ("reconnect_required", WRONG, OUR_SIDE),
+            413 => ("request_too_large", WRONG, "That request was too large."),
+            422 => ("bad_request", "That form could not be read", NOT_UNDERSTOOD),
+            429 => ("too_many_requests", "Too many attempts", "Too many attempts. Wait a minute and try again."),
+            502 => ("provider_error", "The provider did not answer properly", OUR_SIDE),
+            503 => (
+                "unavailable",
+                "Temporarily unavailable",
+                "tokenvault is busy right now. Please try again in a moment.",
+            ),
+            504 => ("provider_timeout", "The provider took too long", OUR_SIDE),
+            _ => ("internal_error", WRONG, OUR_SIDE),
+        };
+        StatusWords { code, heading, message }
+    }
+}
+
 #[derive(Serialize)]
 struct ErrorPage<'a> {
     title: &'a str,
     status: u16,
-    heading: String,
+    heading: &'a str,
     message: String,
     request_id: String,
     nav: crate::web::Nav,
@@ -123,33 +250,20 @@ struct JsonError<'a> {
     request_id: String,
 }
 
-/// Whether the client wants JSON rather than an HTML page.
+/// Whether the client wants JSON rather than an HTML page: everything under `/api/`, a JSON
+/// body without an `Accept`, or an `Accept` that prefers JSON.
 pub fn wants_json(req: &Request<'_>) -> bool {
     req.uri().path().starts_with("/api/")
         || req.format().map(|f| f.is_json()).unwrap_or(false) && req.accept().is_none()
         || req.accept().map(|a| a.preferred().is_json()).unwrap_or(false)
 }
 
-/// Render an error for `req`: an HTML page with the site layout, or JSON for API clients.
-/// The stable JSON error code of a status, for errors (and catchers) without a more specific one.
-pub fn code_for(status: Status) -> &'static str {
-    match status.code {
-        400 | 422 => "bad_request",
-        403 => "forbidden",
-        404 => "not_found",
-        409 => "reconnect_required",
-        413 => "request_too_large",
-        429 => "too_many_requests",
-        502 => "provider_error",
-        503 => "unavailable",
-        504 => "provider_timeout",
-        _ => "internal_error",
-    }
-}
-
 /// Seconds a client is asked to wait (`Retry-After`) before retrying a 503.
 pub const RETRY_AFTER_SECS: u32 = 5;
 
+/// Render an error for `req` (logging nothing): an HTML page with the site layout, or JSON for
+/// API clients ([`wants_json`]); a 503 says when to come back. `AppError`'s responder and the
+/// catchers both answer through here.
 pub fn render_error(req: &Request<'_>, status: Status, code: &str, message: String) -> response::Result<'static> {
     let mut response = render_error_body(req, status, code, message)?;
     // A 503 (database outage, overload, shutdown) is temporary: say when to come back.
@@ -165,21 +279,11 @@ fn render_error_body(req: &Request<'_>, status: Status, code: &str, message: Str
         let body = JsonError { error: code, message, request_id };
         return (status, Json(body)).respond_to(req);
     }
-    let heading = match status.code {
-        400 => "That request did not work",
-        403 => "Not allowed",
-        404 => "Not found",
-        422 => "That form could not be read",
-        429 => "Too many attempts",
-        502 => "The provider did not answer properly",
-        503 => "Temporarily unavailable",
-        504 => "The provider took too long",
-        _ => "Something went wrong",
-    };
+    let heading = StatusWords::of(status).heading;
     let page = ErrorPage {
         title: heading,
         status: status.code,
-        heading: heading.to_string(),
+        heading,
         message,
         request_id,
         nav: crate::auth::CurrentUser::cached(req)
@@ -195,14 +299,15 @@ fn render_error_body(req: &Request<'_>, status: Status, code: &str, message: Str
 
 impl<'r> Responder<'r, 'static> for AppError {
     fn respond_to(self, req: &'r Request<'_>) -> response::Result<'static> {
-        let status = self.status();
+        let (status, code) = (self.status(), self.code());
         let request_id = req.local_cache(RequestId::new).to_string();
+        // The one log line of this failure.
         if status.code >= 500 {
-            tracing::error!(%request_id, status = status.code, error = %self, "request failed");
+            tracing::error!(%request_id, status = status.code, code, error = %self, "request failed");
         } else {
-            tracing::info!(%request_id, status = status.code, error = %self, "request refused");
+            tracing::info!(%request_id, status = status.code, code, error = %self, "request refused");
         }
-        let mut response = render_error(req, status, self.code(), self.user_message())?;
+        let mut response = render_error(req, status, code, self.user_message())?;
         if let Some(seconds) = self.retry_after() {
             response.set_raw_header("Retry-After", seconds.to_string());
         }
@@ -213,6 +318,10 @@ impl<'r> Responder<'r, 'static> for AppError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn fake() -> Service {
+        Service { name: "fake".into(), display_name: "Fake Provider".into() }
+    }
 
     #[test]
     fn statuses() {
@@ -227,11 +336,48 @@ mod tests {
         assert_eq!(AppError::TooManyRequests.retry_after(), Some(60));
     }
 
+    /// The API's documented statuses and codes (README "Errors are JSON …", openapi.json).
+    #[test]
+    fn the_documented_codes() {
+        let not_configured = AppError::NotConfigured { service: fake(), client_id_path: "fake.client_id".into() };
+        let rejected = AppError::ClientRejected { message: "m".into(), detail: "d".into() };
+        let large = AppError::ProviderResponseTooLarge { service: fake(), detail: "d".into() };
+        let cases = [
+            (AppError::BadPath, 400, "bad_path"),
+            (AppError::BadRequest("x".into()), 400, "bad_request"),
+            (AppError::UnknownService, 404, "unknown_service"),
+            (AppError::NotConnected(fake()), 404, "not_connected"),
+            (AppError::NoApiBase(fake()), 404, "no_api_base"),
+            (AppError::NotFound, 404, "not_found"),
+            (AppError::ReconnectRequired(fake()), 409, "reconnect_required"),
+            (AppError::PayloadTooLarge { limit: 10 }, 413, "request_too_large"),
+            (AppError::internal("x"), 500, "internal_error"),
+            (
+                AppError::Upstream { status: Status::BadGateway, message: "m".into(), detail: "d".into() },
+                502,
+                "provider_error",
+            ),
+            (rejected, 502, "provider_rejected_client"),
+            (large, 502, "provider_response_too_large"),
+            (AppError::Unavailable("pool".into()), 503, "unavailable"),
+            (not_configured, 503, "not_configured"),
+        ];
+        for (e, status, code) in cases {
+            assert_eq!((e.status().code, e.code()), (status, code), "{e}");
+        }
+        assert_eq!(StatusWords::of(Status::Unauthorized).code, "unauthorized");
+        assert_eq!(StatusWords::of(Status::UnprocessableEntity).code, "bad_request");
+        assert_eq!(StatusWords::of(Status::ImATeapot).code, "internal_error");
+    }
+
     #[test]
     fn internal_detail_is_not_shown() {
         let e = AppError::internal("SELECT secret FROM x");
         assert!(!e.user_message().contains("SELECT"));
         let e = AppError::Upstream { status: Status::BadGateway, message: "shown".into(), detail: "hidden".into() };
         assert_eq!(e.user_message(), "shown");
+        let e = AppError::NotConfigured { service: fake(), client_id_path: "fake.client_id".into() };
+        assert_eq!(e.to_string(), "fake: no client credentials in the vault");
+        assert!(e.user_message().contains("Fake Provider is not set up yet"), "{}", e.user_message());
     }
 }

@@ -4,7 +4,6 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use std::fmt;
 use zeroize::Zeroize;
 
 /// Seconds since the Unix epoch.
@@ -59,37 +58,10 @@ pub fn b64_decode(text: &str) -> Option<Vec<u8>> {
     STANDARD.decode(text.trim()).ok()
 }
 
-/// A secret string: never printed by `Debug`/`Display`, wiped from memory on drop.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-    /// The secret itself. Call this only where the value leaves for its legitimate destination.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-impl Drop for Secret {
-    fn drop(&mut self) {
-        self.0.zeroize();
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Secret {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(Secret)
-    }
-}
+/// A secret string: never printed by `Debug` (there is no `Display`), wiped from memory on drop,
+/// read only through [`ExposeSecret::expose_secret`] where the value leaves for its legitimate
+/// destination. (`secrecy`'s `SecretString`, under the name the code has always used.)
+pub use secrecy::{ExposeSecret, SecretString as Secret};
 
 /// "in 5 minutes", "3 hours ago", for timestamps shown on pages.
 pub fn relative_time(at: i64, now: i64) -> String {
@@ -140,9 +112,10 @@ mod tests {
 
     #[test]
     fn secrets_never_print() {
-        let s = Secret::new("AT-CANARY-1");
-        assert_eq!(format!("{s:?}"), "[redacted]");
-        assert_eq!(s.expose(), "AT-CANARY-1");
+        let s = Secret::from("AT-CANARY-1");
+        assert!(!format!("{s:?}").contains("CANARY"), "{s:?}");
+        assert!(format!("{s:?}").contains("REDACTED"));
+        assert_eq!(s.expose_secret(), "AT-CANARY-1");
     }
 
     #[test]

@@ -161,7 +161,51 @@ async fn missing_client_credentials_and_rejected_ones_have_their_own_codes() {
     let calls = app.fake.token_calls().await;
     let (status, body, _) = api(&app, "GET", "/api/v1/services/fake/token", Some(&key)).await;
     assert_eq!((status, body["error"].as_str()), (Status::ServiceUnavailable, Some("not_configured")));
+    assert!(body["message"].as_str().unwrap_or_default().contains("an administrator must set fake.client_id"));
+    // The same case on a page: the same status, as HTML, or as the same JSON when asked for.
+    let page = alice.fetch("/services/fake/account").await;
+    assert_eq!(page.status, Status::ServiceUnavailable, "{}", page.text);
+    assert!(page.text.contains(r#"id="error""#) && page.text.contains("an administrator must set fake.client_id"));
+    let json = alice.fetch_with("/services/fake/account", &[("Accept", "application/json")]).await;
+    let body: Value = serde_json::from_str(&json.text).unwrap();
+    assert_eq!((json.status, body["error"].as_str()), (Status::ServiceUnavailable, Some("not_configured")));
     assert_eq!(app.fake.token_calls().await, calls);
+}
+
+/// One error type: JSON for everything under `/api/` (whatever the `Accept`), HTML for pages,
+/// and JSON for a page when the client prefers it.
+#[tokio::test]
+async fn errors_are_json_under_api_and_for_json_clients_html_otherwise() {
+    let app = TestApp::start().await;
+    let alice = app.user("alice").await;
+    let key = api_key(&alice, "a").await;
+    let bearer = format!("Bearer {key}");
+    for accept in [None, Some("text/html"), Some("*/*")] {
+        let mut headers = vec![("Authorization", bearer.as_str())];
+        headers.extend(accept.map(|a| ("Accept", a)));
+        let r = alice.fetch_with("/api/v1/services/nope/token", &headers).await;
+        assert_eq!(r.status, Status::NotFound, "{accept:?}");
+        assert_eq!(r.header("Content-Type"), Some("application/json"), "{accept:?}");
+        let body: Value = serde_json::from_str(&r.text).expect("a JSON error");
+        assert_eq!(body["error"], "unknown_service", "{accept:?}");
+        assert_eq!(body["message"], "No such service.");
+        assert_eq!(body["request_id"].as_str(), r.header("X-Request-Id"), "the id the log line carries");
+    }
+    let page = alice.fetch("/services/nope/account").await;
+    assert_eq!(page.status, Status::NotFound);
+    assert!(page.header("Content-Type").is_some_and(|t| t.starts_with("text/html")), "{:?}", page.headers);
+    assert!(page.text.contains(r#"data-status="404""#) && page.text.contains("We could not find"), "{}", page.text);
+    let json = alice.fetch_with("/services/nope/account", &[("Accept", "application/json")]).await;
+    assert_eq!((json.status, json.header("Content-Type")), (Status::NotFound, Some("application/json")));
+    let body: Value = serde_json::from_str(&json.text).unwrap();
+    assert_eq!(
+        (body["error"].as_str(), body["message"].as_str()),
+        (Some("not_found"), Some("We could not find what you asked for."))
+    );
+    // A catcher's error (no such route) speaks the same way, from the same table.
+    let r = alice.fetch_with("/api/v1/nothing-here", &[("Authorization", &bearer)]).await;
+    assert_eq!((r.status, r.header("Content-Type")), (Status::NotFound, Some("application/json")));
+    assert_eq!(serde_json::from_str::<Value>(&r.text).unwrap()["error"], "not_found");
 }
 
 #[tokio::test]
@@ -215,7 +259,9 @@ async fn changes_from_elsewhere_arrive_by_invalidation_or_after_cache_ttl() {
     assert_eq!(api(&app, "GET", "/api/v1/services/fake/token", Some(&key)).await.0, Status::Ok);
     {
         let mut conn = app.db.conn().unwrap();
-        tokenvault::oauth::store::delete_with_event(&mut conn, 50, 1, "fake", "delete", "ok", "elsewhere").unwrap();
+        use tokenvault::db::models::events::{EventKind, EventOutcome};
+        let (kind, outcome) = (EventKind::Delete, EventOutcome::Ok);
+        tokenvault::oauth::store::delete_with_event(&mut conn, 50, 1, "fake", kind, outcome, "elsewhere").unwrap();
         let (k, _) = tokenvault::db::models::api_keys::find_active(&mut conn, &tokenvault::util::sha256_hex(&key))
             .unwrap()
             .unwrap();

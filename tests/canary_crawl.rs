@@ -21,6 +21,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use tokenvault::util::ExposeSecret;
 
 use std::time::{Duration, Instant};
 
@@ -448,9 +449,9 @@ impl<'a> Crawler<'a> {
         };
         for c in tokenvault::db::models::connections::list_for_user(&mut conn, user.id).unwrap() {
             let (access, refresh) = tokenvault::oauth::store::open_tokens(self.cipher, &c).unwrap();
-            self.secrets.add_token(access.expose());
+            self.secrets.add_token(access.expose_secret());
             if let Some(r) = refresh {
-                self.secrets.add_token(r.expose());
+                self.secrets.add_token(r.expose_secret());
             }
         }
     }
@@ -732,7 +733,7 @@ async fn no_secret_leaks_into_pages_headers_logs_or_the_database() {
         let user = tokenvault::db::models::users::find_by_username(&mut conn, USERNAME).unwrap().unwrap();
         let row = tokenvault::db::models::connections::find(&mut conn, user.id, "fake").unwrap().unwrap();
         let (a, r) = tokenvault::oauth::store::open_tokens(&cipher, &row).unwrap();
-        (a.expose().to_string(), r.expect("a refresh token").expose().to_string())
+        (a.expose_secret().to_string(), r.expect("a refresh token").expose_secret().to_string())
     };
     let echo = json!({
         "error": echo_rt,

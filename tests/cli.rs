@@ -4,6 +4,7 @@ mod common;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
+use tokenvault::util::ExposeSecret;
 
 use common::cli::{text, tokenvault};
 
@@ -30,7 +31,7 @@ fn user_add_reads_the_password_from_stdin() {
     let user = tokenvault::db::models::users::find_by_username(&mut conn, "carol").unwrap().unwrap();
     assert!(user.is_admin);
     assert!(tokenvault::auth::password::verify_blocking(
-        &tokenvault::util::Secret::new("a long cli password"),
+        &tokenvault::util::Secret::from("a long cli password"),
         Some(&user.password_hash)
     ));
 }
@@ -54,7 +55,7 @@ fn vault_set_and_list_never_print_values() {
     let cipher = tokenvault::vault::Cipher::from_base64(VAULT_KEY, &[]).unwrap();
     let mut conn = db.conn().unwrap();
     let v = tokenvault::vault::store::get(&mut conn, &cipher, "dropbox.client_secret").unwrap().unwrap();
-    assert_eq!(v.expose(), "CS-CANARY-cli");
+    assert_eq!(v.expose_secret(), "CS-CANARY-cli");
 }
 
 #[test]
@@ -170,7 +171,7 @@ fn rotate_key_re_encrypts_everything_under_the_new_key() {
     let cipher = tokenvault::vault::Cipher::from_base64(OTHER_KEY, &[]).unwrap();
     let mut conn = db.conn().unwrap();
     let v = tokenvault::vault::store::get(&mut conn, &cipher, "a.client_secret").unwrap().unwrap();
-    assert_eq!(v.expose(), "CS-CANARY-a");
+    assert_eq!(v.expose_secret(), "CS-CANARY-a");
 }
 
 #[test]

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use tokenvault::util::ExposeSecret;
 
 use common::{flow_params, FakeProvider, PASSWORD, SECRET_KEY, VAULT_KEY};
 use diesel::prelude::*;
@@ -232,10 +233,11 @@ async fn check_after_kill(env: &Env, users: &[User]) -> Vec<Held> {
         let c = tokenvault::db::models::connections::find(&mut conn, row.id, "fake")
             .unwrap()
             .unwrap_or_else(|| panic!("{}: the connection is gone", user.name));
-        assert_eq!(c.status, "active", "{}: nothing provoked invalid_grant before the kill", user.name);
+        assert_eq!(c.status.as_str(), "active", "{}: nothing provoked invalid_grant before the kill", user.name);
         let (access, refresh) = tokenvault::oauth::store::open_tokens(&env.cipher, &c)
             .unwrap_or_else(|e| panic!("{}: the stored tokens do not decrypt: {e}", user.name));
-        let (access, refresh) = (access.expose().to_string(), refresh.expect("a refresh token").expose().to_string());
+        let (access, refresh) =
+            (access.expose_secret().to_string(), refresh.expect("a refresh token").expose_secret().to_string());
         assert_eq!(pair_number(&access), pair_number(&refresh), "{}: a mixed pair {access} / {refresh}", user.name);
         assert!(env.fake.access_token_valid(&access), "{}: the stored access token is dead", user.name);
         if env.fake.refresh_token_valid(&refresh) {

@@ -4,6 +4,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use tokenvault::util::ExposeSecret;
 
 use reqwest::redirect::Policy;
 use reqwest::StatusCode;
@@ -101,13 +102,13 @@ impl Live {
         let mut conn = self.db.conn().unwrap();
         let c = tokenvault::db::models::connections::find(&mut conn, 1, "demo").unwrap()?;
         let (a, r) = tokenvault::oauth::store::open_tokens(&self.cipher, &c).unwrap();
-        Some((a.expose().to_string(), r.map(|r| r.expose().to_string())))
+        Some((a.expose_secret().to_string(), r.map(|r| r.expose_secret().to_string())))
     }
 
     async fn client_credentials(&self) -> (String, String) {
         let mut conn = self.db.conn().unwrap();
         let creds = tokenvault::vault::store::client_credentials(&mut conn, &self.cipher, "demo").unwrap().unwrap();
-        (creds.client_id, creds.client_secret.unwrap().expose().to_string())
+        (creds.client_id, creds.client_secret.unwrap().expose_secret().to_string())
     }
 
     async fn token_call(&self, form: &[(&str, &str)]) -> (StatusCode, serde_json::Value) {

@@ -6,6 +6,7 @@
 mod common;
 
 use std::time::Duration;
+use tokenvault::util::ExposeSecret;
 
 use serde_json::json;
 
@@ -147,7 +148,7 @@ async fn two_instances_share_flows_and_refresh_once() {
         let user = tokenvault::db::models::users::find_by_username(&mut conn, "alice").unwrap().unwrap();
         tokenvault::auth::api_key::create(&mut conn, user.id, "script", 20).unwrap().key
     };
-    let bearer = format!("Bearer {}", key.expose());
+    let bearer = format!("Bearer {}", key.expose_secret());
     let token_status = |base: String| {
         let (http, bearer) = (http.clone(), bearer.clone());
         async move {

@@ -5,6 +5,7 @@ mod common;
 use common::{builder, TestApp};
 use rocket::http::Status;
 use serde_json::json;
+use tokenvault::util::ExposeSecret;
 use wiremock::ResponseTemplate;
 
 async fn account_calls(app: &TestApp) -> usize {
@@ -209,7 +210,8 @@ async fn a_refresh_without_client_credentials_says_so_and_keeps_the_tokens() {
     app.exec("DELETE FROM vault_entries WHERE path LIKE 'fake.%'");
     let calls = app.fake.token_calls().await;
     let page = alice.fetch("/services/fake/account").await;
-    assert_eq!(page.status, Status::BadRequest, "{}", page.text);
+    // The API's documented 503 `not_configured` (README, openapi.json): the same on pages.
+    assert_eq!(page.status, Status::ServiceUnavailable, "{}", page.text);
     assert!(page.text.contains("an administrator must set fake.client_id"), "{}", page.text);
     assert!(!page.text.contains("rejected"), "not reported as the provider rejecting the client");
     assert_eq!(app.fake.token_calls().await, calls, "nothing was sent to the provider");
@@ -314,7 +316,7 @@ async fn a_fresh_short_lived_token_is_used_not_refreshed() {
         let mut conn = app.db.conn().unwrap();
         tokenvault::auth::api_key::create(&mut conn, 1, "script", 20).unwrap().key
     };
-    let key = key.expose();
+    let key = key.expose_secret();
     let (issued, _) = app.stored_tokens("alice", "fake").unwrap();
     assert_eq!(burst(&app, &alice, key).await, [issued].into(), "the token just issued is handed out");
     assert_eq!(burst(&app, &alice, key).await.len(), 1);

@@ -6,6 +6,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use common::{flow_params, TestApp, CLIENT_SECRET};
 use rocket::http::Status;
+use tokenvault::util::ExposeSecret;
 
 #[tokio::test]
 async fn settings_lists_only_my_connections_with_their_details() {
@@ -92,7 +93,7 @@ async fn the_admin_vault_never_shows_a_secret_again() {
     }
     let mut conn = app.db.conn().unwrap();
     let stored = tokenvault::vault::store::get(&mut conn, &app.cipher, "example.client_secret").unwrap().unwrap();
-    assert_eq!(stored.expose(), canary);
+    assert_eq!(stored.expose_secret(), canary);
 
     // Bad keys are explained, not stored.
     let r = admin.post_form("/admin/vault", &[("csrf_token", &csrf), ("path", "../etc/passwd"), ("value", "x")]).await;
@@ -117,7 +118,7 @@ async fn non_admins_cannot_use_the_vault() {
     assert_eq!(r.status, Status::Forbidden);
     let mut conn = app.db.conn().unwrap();
     let stored = tokenvault::vault::store::get(&mut conn, &app.cipher, "fake.client_secret").unwrap().unwrap();
-    assert_eq!(stored.expose(), CLIENT_SECRET);
+    assert_eq!(stored.expose_secret(), CLIENT_SECRET);
     assert!(!bob.fetch("/").await.text.contains("/admin/vault"), "no vault link for users");
 }
 
@@ -205,7 +206,7 @@ async fn key_rotation_re_encrypts_users_tokens() {
     let new_only = tokenvault::vault::Cipher::from_base64(new_key, &[]).unwrap();
     let row = tokenvault::db::models::connections::find(&mut conn, 1, "fake").unwrap().unwrap();
     let (a, r) = tokenvault::oauth::store::open_tokens(&new_only, &row).unwrap();
-    assert_eq!((a.expose().to_string(), r.map(|r| r.expose().to_string())), before);
+    assert_eq!((a.expose_secret().to_string(), r.map(|r| r.expose_secret().to_string())), before);
     assert!(tokenvault::oauth::store::open_tokens(&app.cipher, &row).is_err(), "the old key no longer opens them");
     // A row that changed since it was read (a concurrent refresh) is not overwritten.
     let row = tokenvault::db::models::connections::find(&mut conn, 1, "fake").unwrap().unwrap();

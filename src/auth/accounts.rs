@@ -6,6 +6,7 @@ use crate::cache::Caches;
 use crate::db::models::users::{self, NewUser, User};
 use crate::db::{Conn, Db};
 use crate::error::{AppError, AppResult};
+use crate::util::ExposeSecret;
 use crate::util::{now, Secret};
 
 /// Longest username accepted, in bytes (usernames are ASCII). Anything longer is refused before
@@ -51,7 +52,7 @@ pub enum Role {
 /// Check a new account's username and password before anything is hashed.
 pub fn check_new(username: &str, password: &Secret) -> AppResult<()> {
     check_username(username).map_err(AppError::BadRequest)?;
-    password::check_policy(password.expose()).map_err(AppError::BadRequest)
+    password::check_policy(password.expose_secret()).map_err(AppError::BadRequest)
 }
 
 /// Create a user with an argon2 `hash` made beforehand (no connection is held while hashing:

@@ -9,6 +9,7 @@
 //! once, the memory sitting in 64 MiB-aligned arena mappings (`TV_BENCH_SMAPS=1 cargo bench
 //! --bench login_flood`). With reused blocks hashing holds `workers` × 19 MiB, whatever the traffic.
 
+use crate::util::ExposeSecret;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
@@ -103,7 +104,7 @@ fn hash_in<'a>(
 /// Hash a new password (argon2id, fresh salt) in `memory`.
 pub fn hash_with(memory: &mut Memory, password: &Secret) -> AppResult<String> {
     let salt = SaltString::generate(&mut rand::rngs::OsRng);
-    hash_in(memory, password.expose().as_bytes(), Algorithm::Argon2id, Version::V0x13, params(), salt.as_salt())
+    hash_in(memory, password.expose_secret().as_bytes(), Algorithm::Argon2id, Version::V0x13, params(), salt.as_salt())
         .map(|h| h.to_string())
         .map_err(|e| AppError::internal(format!("password hashing failed: {e}")))
 }
@@ -119,7 +120,7 @@ fn matches(memory: &mut Memory, password: &Secret, hash: &str) -> bool {
     ) else {
         return false;
     };
-    match hash_in(memory, password.expose().as_bytes(), algorithm, version, params, salt) {
+    match hash_in(memory, password.expose_secret().as_bytes(), algorithm, version, params, salt) {
         Ok(computed) => computed.hash == Some(expected),
         Err(_) => false,
     }
@@ -131,7 +132,8 @@ fn dummy_hash(memory: &mut Memory) -> &'static str {
     if let Some(hash) = DUMMY.get() {
         return hash;
     }
-    let hash = hash_with(memory, &Secret::new(crate::util::random_token(16))).expect("hashing a random password works");
+    let hash =
+        hash_with(memory, &Secret::from(crate::util::random_token(16))).expect("hashing a random password works");
     DUMMY.get_or_init(|| hash)
 }
 
@@ -294,56 +296,56 @@ mod tests {
 
     #[test]
     fn hashes_are_argon2id_with_strong_params_and_unique_salts() {
-        let pw = Secret::new("correct horse battery staple");
+        let pw = Secret::from("correct horse battery staple");
         let a = hash_blocking(&pw).unwrap();
         let b = hash_blocking(&pw).unwrap();
         assert!(a.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{a}");
         assert_ne!(a, b);
         assert!(verify_blocking(&pw, Some(&a)));
-        assert!(!verify_blocking(&Secret::new("wrong password!"), Some(&a)));
+        assert!(!verify_blocking(&Secret::from("wrong password!"), Some(&a)));
     }
 
     #[test]
     fn unicode_and_long_passwords_work() {
-        let pw = Secret::new("pässwörd-🔐-".repeat(40));
+        let pw = Secret::from("pässwörd-🔐-".repeat(40));
         let h = hash_blocking(&pw).unwrap();
         assert!(verify_blocking(&pw, Some(&h)));
     }
 
     #[test]
     fn unknown_users_never_verify() {
-        assert!(!verify_blocking(&Secret::new("anything"), None));
-        assert!(!verify_blocking(&Secret::new("anything"), Some("not a hash")));
+        assert!(!verify_blocking(&Secret::from("anything"), None));
+        assert!(!verify_blocking(&Secret::from("anything"), Some("not a hash")));
     }
 
     #[test]
     fn hashes_are_compatible_both_ways_with_argon2s_own_hasher() {
         use argon2::password_hash::{PasswordHasher, PasswordVerifier};
-        let pw = Secret::new("correct horse battery staple");
+        let pw = Secret::from("correct horse battery staple");
         let theirs = Argon2::new(Algorithm::Argon2id, Version::V0x13, params())
-            .hash_password(pw.expose().as_bytes(), &SaltString::generate(&mut rand::rngs::OsRng))
+            .hash_password(pw.expose_secret().as_bytes(), &SaltString::generate(&mut rand::rngs::OsRng))
             .unwrap()
             .to_string();
         let mut memory = Memory::default();
         assert!(verify_with(&mut memory, &pw, Some(&theirs)));
-        assert!(!verify_with(&mut memory, &Secret::new("correct horse battery stapler"), Some(&theirs)));
+        assert!(!verify_with(&mut memory, &Secret::from("correct horse battery stapler"), Some(&theirs)));
         let ours = hash_with(&mut memory, &pw).unwrap();
         let parsed = PasswordHash::new(&ours).unwrap();
-        assert!(Argon2::default().verify_password(pw.expose().as_bytes(), &parsed).is_ok());
+        assert!(Argon2::default().verify_password(pw.expose_secret().as_bytes(), &parsed).is_ok());
         // Other parameters and argon2i/argon2d stored elsewhere verify too.
         let other = Argon2::new(Algorithm::Argon2i, Version::V0x10, Params::new(8192, 3, 1, Some(24)).unwrap())
             .hash_password(b"another password", &SaltString::generate(&mut rand::rngs::OsRng))
             .unwrap()
             .to_string();
-        assert!(verify_with(&mut memory, &Secret::new("another password"), Some(&other)));
-        assert!(!verify_with(&mut memory, &Secret::new("another passwore"), Some(&other)));
+        assert!(verify_with(&mut memory, &Secret::from("another password"), Some(&other)));
+        assert!(!verify_with(&mut memory, &Secret::from("another passwore"), Some(&other)));
     }
 
     #[test]
     fn one_memory_block_is_allocated_once_and_reused() {
         let mut memory = Memory::default();
         assert_eq!(memory.held(), 0);
-        let pw = Secret::new("correct horse battery staple");
+        let pw = Secret::from("correct horse battery staple");
         let hash = hash_with(&mut memory, &pw).unwrap();
         let block = M_COST_KIB as usize * 1024;
         assert_eq!(memory.held(), block);
@@ -360,7 +362,7 @@ mod tests {
 
     #[test]
     fn tampered_hashes_never_verify() {
-        let pw = Secret::new("correct horse battery staple");
+        let pw = Secret::from("correct horse battery staple");
         let hash = hash_blocking(&pw).unwrap();
         let (head, digest) = hash.rsplit_once('$').unwrap();
         let flipped = if digest.starts_with('A') { "B" } else { "A" };
@@ -393,7 +395,7 @@ mod tests {
             rocket::tokio::task::yield_now().await;
         }
         // ... the next is refused at once, without hashing.
-        let refused = hasher.verify(Secret::new("whatever password"), None).await;
+        let refused = hasher.verify(Secret::from("whatever password"), None).await;
         assert!(matches!(refused, Err(AppError::Busy { retry_after }) if retry_after >= 1), "{refused:?}");
         assert_eq!(hasher.stats().refused, 1);
         tx.send(()).unwrap();
@@ -402,6 +404,6 @@ mod tests {
         let stats = hasher.stats();
         assert_eq!((stats.peak, stats.running), (1, 0), "{stats:?}");
         // Capacity is back: a real verify runs.
-        assert!(!hasher.verify(Secret::new("whatever password"), None).await.unwrap());
+        assert!(!hasher.verify(Secret::from("whatever password"), None).await.unwrap());
     }
 }

@@ -6,6 +6,7 @@
 pub mod backup;
 pub mod models;
 pub mod schema;
+pub mod text_enum;
 
 use std::path::Path;
 use std::time::Duration;

@@ -25,7 +25,7 @@ use rocket::Route;
 use crate::db::Conn;
 use crate::error::{AppError, AppResult};
 use crate::state::AppState;
-use crate::util::random_token;
+use crate::util::{random_token, ExposeSecret};
 use crate::vault::store as vault;
 
 pub fn routes() -> Vec<Route> {
@@ -89,7 +89,7 @@ async fn demo_client(app: &AppState) -> AppResult<(String, String)> {
         .run(move |conn| {
             let id = vault::get(conn, &cipher, CLIENT_ID_PATH)?.ok_or(AppError::NotFound)?;
             let secret = vault::get(conn, &cipher, CLIENT_SECRET_PATH)?.ok_or(AppError::NotFound)?;
-            Ok((id.expose().to_string(), secret.expose().to_string()))
+            Ok((id.expose_secret().to_string(), secret.expose_secret().to_string()))
         })
         .await
 }

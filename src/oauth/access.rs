@@ -19,14 +19,14 @@
 //!   case someone else refreshed it meanwhile); `invalid_client` keeps the tokens and reports an
 //!   administrator problem; anything else keeps the tokens and is retryable.
 
+use crate::util::ExposeSecret;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rocket::http::Status;
-
 use crate::config::Settings;
-use crate::db::models::connections::{self, Connection, Refreshed, RowRef, STATUS_RECONNECT};
+use crate::db::models::connections::{self, Connection, ConnectionStatus, Refreshed, RowRef};
+use crate::db::models::events::{EventKind, EventOutcome};
 use crate::error::AppError;
 use crate::metrics::Metrics;
 use crate::oauth::http::Outbound;
@@ -72,30 +72,18 @@ pub enum AccessError {
 }
 
 impl AccessError {
-    /// The error page for these cases that are not handled by the page itself.
+    /// The one error (page or JSON) for each case, where the caller does not handle it itself.
     pub fn into_app_error(self, provider: &Provider) -> AppError {
         match self {
-            AccessError::NotConnected => AppError::NotFound,
-            AccessError::ReconnectRequired => AppError::Upstream {
-                status: Status::Conflict,
-                message: format!("Your {} connection needs to be authorized again.", provider.display_name),
-                detail: format!("{}: reconnect required", provider.name),
-            },
-            AccessError::NotConfigured => not_configured(provider),
+            AccessError::NotConnected => AppError::NotConnected(provider.service()),
+            AccessError::ReconnectRequired => AppError::ReconnectRequired(provider.service()),
+            AccessError::NotConfigured => {
+                AppError::NotConfigured { service: provider.service(), client_id_path: provider.client_id_path() }
+            }
             AccessError::ClientRejected(e) | AccessError::Provider(e) => e.to_app_error(provider),
             AccessError::App(e) => e,
         }
     }
-}
-
-/// The error page for a provider without client credentials in the vault (a flow cannot start,
-/// a token cannot be refreshed).
-pub(crate) fn not_configured(provider: &Provider) -> AppError {
-    AppError::BadRequest(format!(
-        "{} is not set up yet: an administrator must set {} in the vault.",
-        provider.display_name,
-        provider.client_id_path()
-    ))
 }
 
 /// A usable access token and what it belongs to.
@@ -181,7 +169,7 @@ fn fresh_from(ctx: &Access<'_>, c: &Connection) -> Result<FreshToken, AccessErro
 }
 
 fn usable(row: Arc<Connection>) -> Result<Arc<Connection>, AccessError> {
-    if row.status == STATUS_RECONNECT {
+    if row.status == ConnectionStatus::ReconnectRequired {
         return Err(AccessError::ReconnectRequired);
     }
     Ok(row)
@@ -368,10 +356,12 @@ async fn refresh_now(
         let keep = ctx.tokens.events_kept;
         ctx.tokens
             .db
-            .run(move |conn| record_event(conn, keep, user_id, &service, "refresh", "failed (admin)", detail))
+            .run(move |conn| {
+                record_event(conn, keep, user_id, &service, EventKind::Refresh, EventOutcome::FailedAdmin, detail)
+            })
             .await?;
         ctx.metrics.refresh(&provider.name, "not_configured");
-        tracing::error!(service = %provider.name, "cannot refresh: no client credentials in the vault");
+        // Logged once, by the error's responder (`AppError::NotConfigured`).
         return Err(AccessError::NotConfigured);
     };
     let current_scopes: Vec<String> = crate::util::scope_list(&row.scopes);
@@ -396,12 +386,13 @@ async fn refresh_now(
     ctx.metrics.refresh(&provider.name, outcome);
     match result {
         Ok(set) => {
-            let access =
-                ctx.tokens.cipher.seal_str(set.access_token.expose(), Aad::AccessToken { user_id, service: &service });
-            let refresh = set
-                .refresh_token
-                .as_ref()
-                .map(|r| ctx.tokens.cipher.seal_str(r.expose(), Aad::RefreshToken { user_id, service: &service }));
+            let access = ctx
+                .tokens
+                .cipher
+                .seal_str(set.access_token.expose_secret(), Aad::AccessToken { user_id, service: &service });
+            let refresh = set.refresh_token.as_ref().map(|r| {
+                ctx.tokens.cipher.seal_str(r.expose_secret(), Aad::RefreshToken { user_id, service: &service })
+            });
             let scopes = set.scopes.join(" ");
             let (token_type, expires_at, obtained_at) = (set.token_type.clone(), set.expires_at, set.obtained_at);
             let rotated = set.refresh_token.is_some();
@@ -439,7 +430,7 @@ async fn refresh_now(
                         let ok = connections::store_refreshed(conn, at, &r)?;
                         if ok {
                             let detail = if rotated { "new refresh token stored" } else { "refresh token kept" };
-                            record_event(conn, keep, user_id, &svc, "refresh", "ok", detail)?;
+                            record_event(conn, keep, user_id, &svc, EventKind::Refresh, EventOutcome::Ok, detail)?;
                         }
                         Ok(ok)
                     })
@@ -473,11 +464,14 @@ async fn refresh_now(
             } else {
                 format!("{e}; the tokens were kept and it will be retried")
             };
-            let outcome = if client { "failed (admin)" } else { "failed (retryable)" };
+            let outcome = if client { EventOutcome::FailedAdmin } else { EventOutcome::FailedRetryable };
             let keep = ctx.tokens.events_kept;
-            ctx.tokens.db.run(move |conn| record_event(conn, keep, user_id, &svc, "refresh", outcome, &detail)).await?;
+            ctx.tokens
+                .db
+                .run(move |conn| record_event(conn, keep, user_id, &svc, EventKind::Refresh, outcome, &detail))
+                .await?;
             if client {
-                tracing::error!(service = %service, "the provider rejected the client credentials during a refresh");
+                // Logged once, by the error's responder (`AppError::ClientRejected`).
                 Err(AccessError::ClientRejected(e))
             } else {
                 Err(AccessError::Provider(e))
@@ -504,7 +498,8 @@ async fn reconnect_required(
                 let at = RowRef { id, version, user_id, service: &service };
                 let marked = connections::mark_reconnect_required(conn, at, now())?;
                 if marked {
-                    record_event(conn, keep, user_id, &service, "refresh", "reconnect required", detail)?;
+                    let (kind, outcome) = (EventKind::Refresh, EventOutcome::ReconnectRequired);
+                    record_event(conn, keep, user_id, &service, kind, outcome, detail)?;
                 }
                 Ok(marked)
             })
@@ -532,13 +527,14 @@ mod tests {
     use super::{fresh_token, may_refresh_after_401, refresh_due, Access, AccessError, RefreshLocks};
     use crate::cache::Caches;
     use crate::config::{RawConfig, Settings};
+    use crate::db::models::events::EventKind;
     use crate::db::models::{connections, events, users};
     use crate::db::Db;
     use crate::metrics::Metrics;
     use crate::oauth::http::Outbound;
     use crate::oauth::store::{self, Tokens};
     use crate::oauth::tokens::TokenSet;
-    use crate::util::{now, Secret};
+    use crate::util::{now, ExposeSecret, Secret};
     use crate::vault::Cipher;
 
     /// `Access` is made of plain handles: the refresh path runs in a unit test, without Rocket and,
@@ -564,21 +560,21 @@ mod tests {
         assert!(matches!(fresh_token(&ctx, user_id, &provider).await, Err(AccessError::NotConnected)));
 
         let set = |expires_at| TokenSet {
-            access_token: Secret::new("AT-1".to_string()),
-            refresh_token: Some(Secret::new("RT-1".to_string())),
+            access_token: Secret::from("AT-1"),
+            refresh_token: Some(Secret::from("RT-1")),
             token_type: "Bearer".into(),
             scopes: vec!["read".into()],
             expires_at,
             obtained_at: now() - 100,
         };
-        store::save(tokens, user_id, "demo", set(Some(now() + 3600)), "connect").await.unwrap();
+        store::save(tokens, user_id, "demo", set(Some(now() + 3600)), EventKind::Connect).await.unwrap();
         let token = fresh_token(&ctx, user_id, &provider).await.unwrap();
-        assert_eq!((token.access_token.expose(), token.version), ("AT-1", 1));
+        assert_eq!((token.access_token.expose_secret(), token.version), ("AT-1", 1));
         assert_eq!(caches.connections.len(), 1, "the row is cached for the next call");
 
         // Expired, and the vault holds no client credentials: the tokens and the row stay as they
         // were, the lease is released, and the user's events say why.
-        store::save(tokens, user_id, "demo", set(Some(now() - 1)), "connect").await.unwrap();
+        store::save(tokens, user_id, "demo", set(Some(now() - 1)), EventKind::Connect).await.unwrap();
         assert!(matches!(fresh_token(&ctx, user_id, &provider).await, Err(AccessError::NotConfigured)));
         let mut conn = db.conn().unwrap();
         let row = connections::find(&mut conn, user_id, "demo").unwrap().unwrap();

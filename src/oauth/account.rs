@@ -1,6 +1,7 @@
 //! Calling a provider's API with a user's token: fresh token first, one refresh and one retry
 //! after a 401. Used by the account-info page (and any later caller).
 
+use crate::util::ExposeSecret;
 use rocket::http::Status;
 
 use crate::error::AppError;
@@ -126,7 +127,7 @@ pub async fn fetch_account(ctx: &Access<'_>, user_id: i64, provider: &Provider) 
             // Dropbox's RPC endpoints take POST with no body at all.
             AccountMethod::Post => client.post(url.clone()),
         };
-        request.bearer_auth(token.expose()).header(reqwest::header::ACCEPT, "application/json")
+        request.bearer_auth(token.expose_secret()).header(reqwest::header::ACCEPT, "application/json")
     })
     .await?;
     let name = &provider.display_name;

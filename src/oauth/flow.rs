@@ -13,15 +13,24 @@ use url::Url;
 
 use crate::auth::CurrentUser;
 use crate::config::Settings;
+use crate::db::models::events::{EventKind, EventOutcome};
 use crate::db::models::flows::{self, Flow};
 use crate::db::Db;
 use crate::error::{AppError, AppResult};
-use crate::oauth::access::{not_configured, Access};
+use crate::oauth::access::Access;
 use crate::oauth::providers::Provider;
 use crate::oauth::{store, tokens};
 use crate::util::{now, random_token, sha256_hex, Secret};
 use crate::vault::store::client_credentials;
 use crate::vault::{Aad, Cipher};
+
+/// Starting (or finishing) a flow for a provider without client credentials. The Redirector's
+/// page says so and offers no button, so a POST anyway is the request's fault: 400, with the words
+/// of [`AppError::NotConfigured`] (which a refresh without credentials answers: 503).
+pub(crate) fn not_configured(provider: &Provider) -> AppError {
+    let words = AppError::NotConfigured { service: provider.service(), client_id_path: provider.client_id_path() };
+    AppError::BadRequest(words.user_message())
+}
 
 /// Create a flow for `user` and return the provider's authorize URL to send the browser to.
 pub async fn start(
@@ -217,12 +226,12 @@ pub async fn finish(
     if let Some(error) = &params.error {
         let error = error.clone();
         let svc = service.clone();
-        let outcome = if error == "access_denied" { "cancelled" } else { "failed" };
+        let outcome = if error == "access_denied" { EventOutcome::Cancelled } else { EventOutcome::Failed };
         let detail = format!("authorization: {}", crate::oauth::tokens::sanitize_code(&error));
         let keep = ctx.tokens.events_kept;
         ctx.tokens
             .db
-            .run(move |conn| store::record_event(conn, keep, user_id, &svc, "connect", outcome, &detail))
+            .run(move |conn| store::record_event(conn, keep, user_id, &svc, EventKind::Connect, outcome, &detail))
             .await?;
         if error == "access_denied" {
             return Ok(Finished::Cancelled);
@@ -267,7 +276,7 @@ pub async fn finish(
     ctx.metrics.token_endpoint(&provider.name, "authorization_code", started);
     match exchanged {
         Ok(token_set) => {
-            store::save(ctx.tokens, user_id, &service, token_set, "connect").await?;
+            store::save(ctx.tokens, user_id, &service, token_set, EventKind::Connect).await?;
             Ok(Finished::Connected { return_to: flow.return_to })
         }
         Err(e) => {
@@ -275,7 +284,17 @@ pub async fn finish(
             let keep = ctx.tokens.events_kept;
             ctx.tokens
                 .db
-                .run(move |conn| store::record_event(conn, keep, user_id, &service, "connect", "failed", &detail))
+                .run(move |conn| {
+                    store::record_event(
+                        conn,
+                        keep,
+                        user_id,
+                        &service,
+                        EventKind::Connect,
+                        EventOutcome::Failed,
+                        &detail,
+                    )
+                })
                 .await?;
             Err(e.to_app_error(provider))
         }

@@ -118,6 +118,11 @@ pub struct Provider {
 }
 
 impl Provider {
+    /// This provider as errors name it (`crate::error::Service`).
+    pub fn service(&self) -> crate::error::Service {
+        crate::error::Service { name: self.name.clone(), display_name: self.display_name.clone() }
+    }
+
     /// Vault path of this provider's client id.
     pub fn client_id_path(&self) -> String {
         format!("{}.client_id", self.name)

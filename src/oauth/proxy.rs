@@ -3,11 +3,14 @@
 //! answer back. Only URLs under the configured base can be reached; headers pass by allowlist in
 //! both directions, and a provider's redirect is never handed on as a `Location`.
 
+use crate::util::ExposeSecret;
 use url::Url;
 
+use crate::error::AppError;
 use crate::oauth::access::{Access, AccessError};
 use crate::oauth::account::send_with_token;
 use crate::oauth::providers::Provider;
+use crate::oauth::tokens::TokenError;
 
 /// Request headers forwarded to the provider (any case): content negotiation, the body's type,
 /// conditional and range requests, and the provider-specific argument headers of the presets'
@@ -158,6 +161,20 @@ pub enum ProxyError {
     Access(#[from] AccessError),
 }
 
+impl ProxyError {
+    /// The API's error for each case (a provider's unreadable answer has a code of its own).
+    pub fn into_app_error(self, provider: &Provider) -> AppError {
+        match self {
+            ProxyError::NoBase => AppError::NoApiBase(provider.service()),
+            ProxyError::BadPath => AppError::BadPath,
+            ProxyError::Access(AccessError::Provider(e @ TokenError::InvalidResponse(_))) => {
+                AppError::ProviderResponseTooLarge { service: provider.service(), detail: e.to_string() }
+            }
+            ProxyError::Access(e) => e.into_app_error(provider),
+        }
+    }
+}
+
 /// `base` joined with the path segments (already percent-decoded, as Rocket gives them; each is
 /// encoded again as one segment) and the raw query; `None` if the result would leave the base
 /// (dot segments, slashes or backslashes inside a segment, empty segments).
@@ -215,7 +232,7 @@ pub async fn forward(
         for (k, v) in &headers {
             builder = builder.header(k.as_str(), v.as_str());
         }
-        builder = builder.bearer_auth(token.expose());
+        builder = builder.bearer_auth(token.expose_secret());
         if !body.is_empty() {
             builder = builder.body(body.clone());
         }

@@ -2,10 +2,12 @@
 //! GitHub's own variants), then always delete the local tokens.
 
 use crate::db::models::connections;
+use crate::db::models::events::{EventKind, EventOutcome};
 use crate::error::{AppError, AppResult};
 use crate::oauth::access::{fresh_token, Access};
 use crate::oauth::providers::{ClientAuth, Provider, RevokeStyle};
 use crate::oauth::store::{self, open_tokens};
+use crate::util::ExposeSecret;
 use crate::vault::store::client_credentials;
 
 /// What happened at the provider.
@@ -39,21 +41,21 @@ async fn call_provider(ctx: &Access<'_>, user_id: i64, provider: &Provider) -> R
             let url = provider.revoke_url.clone().ok_or("no revocation endpoint is configured")?;
             // Revoking the refresh token ends the whole grant (RFC 7009 §2.1).
             let (token, hint) = match &refresh {
-                Some(r) => (r.expose().to_string(), "refresh_token"),
-                None => (access.expose().to_string(), "access_token"),
+                Some(r) => (r.expose_secret().to_string(), "refresh_token"),
+                None => (access.expose_secret().to_string(), "access_token"),
             };
             let mut form = vec![("token", token), ("token_type_hint", hint.to_string())];
             let request = client.post(url);
             match provider.client_auth {
                 ClientAuth::Basic => {
                     let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-                    let secret = creds.client_secret.as_ref().map(|s| enc(s.expose()));
+                    let secret = creds.client_secret.as_ref().map(|s| enc(s.expose_secret()));
                     request.basic_auth(enc(&creds.client_id), secret).form(&form)
                 }
                 ClientAuth::Post => {
                     form.push(("client_id", creds.client_id.clone()));
                     if let Some(s) = &creds.client_secret {
-                        form.push(("client_secret", s.expose().to_string()));
+                        form.push(("client_secret", s.expose_secret().to_string()));
                     }
                     request.form(&form)
                 }
@@ -64,7 +66,7 @@ async fn call_provider(ctx: &Access<'_>, user_id: i64, provider: &Provider) -> R
             // Dropbox revokes with a valid access token (which also ends the refresh token).
             let token =
                 fresh_token(ctx, user_id, provider).await.map_err(|e| e.into_app_error(provider).user_message())?;
-            client.post(url).bearer_auth(token.access_token.expose())
+            client.post(url).bearer_auth(token.access_token.expose_secret())
         }
         RevokeStyle::Github => {
             let template = provider
@@ -73,12 +75,12 @@ async fn call_provider(ctx: &Access<'_>, user_id: i64, provider: &Provider) -> R
                 .unwrap_or_else(|| "https://api.github.com/applications/{client_id}/token".into());
             let client_id: String = url::form_urlencoded::byte_serialize(creds.client_id.as_bytes()).collect();
             let url = template.replace("{client_id}", &client_id);
-            let secret = creds.client_secret.as_ref().map(|s| s.expose().to_string());
+            let secret = creds.client_secret.as_ref().map(|s| s.expose_secret().to_string());
             client
                 .delete(url)
                 .basic_auth(&creds.client_id, secret)
                 .header(reqwest::header::ACCEPT, "application/vnd.github+json")
-                .json(&serde_json::json!({ "access_token": access.expose() }))
+                .json(&serde_json::json!({ "access_token": access.expose_secret() }))
         }
     };
     let (status, _, _) = ctx.http.send(request).await.map_err(|e| e.to_string())?;
@@ -107,11 +109,13 @@ pub async fn revoke_and_delete(ctx: &Access<'_>, user_id: i64, provider: &Provid
     } else {
         Revoked::NotSupported
     };
-    let (outcome_text, detail) = match &outcome {
-        Revoked::AtProvider => ("ok", "revoked at the provider; tokens deleted".to_string()),
-        Revoked::NotSupported => ("local only", "the provider offers no revocation; tokens deleted".to_string()),
-        Revoked::ProviderFailed(r) => ("provider failed", format!("{r}; tokens deleted anyway")),
+    let (event_outcome, detail) = match &outcome {
+        Revoked::AtProvider => (EventOutcome::Ok, "revoked at the provider; tokens deleted".to_string()),
+        Revoked::NotSupported => {
+            (EventOutcome::LocalOnly, "the provider offers no revocation; tokens deleted".to_string())
+        }
+        Revoked::ProviderFailed(r) => (EventOutcome::ProviderFailed, format!("{r}; tokens deleted anyway")),
     };
-    store::delete(ctx.tokens, user_id, &provider.name, "revoke", outcome_text, detail).await?;
+    store::delete(ctx.tokens, user_id, &provider.name, EventKind::Revoke, event_outcome, detail).await?;
     Ok(outcome)
 }

@@ -4,11 +4,12 @@
 use std::sync::Arc;
 
 use crate::cache::Caches;
-use crate::db::models::connections::{self, Connection, NewConnection, STATUS_ACTIVE};
-use crate::db::models::events::{self, NewEvent};
+use crate::db::models::connections::{self, Connection, ConnectionStatus, NewConnection};
+use crate::db::models::events::{self, EventKind, EventOutcome, NewEvent};
 use crate::db::{Conn, Db};
 use crate::error::AppResult;
 use crate::oauth::tokens::TokenSet;
+use crate::util::ExposeSecret;
 use crate::util::{now, Secret};
 use crate::vault::{Aad, Cipher};
 
@@ -32,8 +33,8 @@ pub fn record_event(
     keep: i64,
     user_id: i64,
     service: &str,
-    kind: &str,
-    outcome: &str,
+    kind: EventKind,
+    outcome: EventOutcome,
     detail: &str,
 ) -> AppResult<()> {
     events::insert(conn, &NewEvent { user_id, service, at: now(), kind, outcome, detail })?;
@@ -51,11 +52,13 @@ pub fn save_new(
     user_id: i64,
     service: &str,
     tokens: &TokenSet,
-    event_kind: &str,
+    event_kind: EventKind,
 ) -> AppResult<()> {
-    let access = cipher.seal_str(tokens.access_token.expose(), Aad::AccessToken { user_id, service });
-    let refresh =
-        tokens.refresh_token.as_ref().map(|r| cipher.seal_str(r.expose(), Aad::RefreshToken { user_id, service }));
+    let access = cipher.seal_str(tokens.access_token.expose_secret(), Aad::AccessToken { user_id, service });
+    let refresh = tokens
+        .refresh_token
+        .as_ref()
+        .map(|r| cipher.seal_str(r.expose_secret(), Aad::RefreshToken { user_id, service }));
     let scopes = tokens.scopes.join(" ");
     let new = NewConnection {
         user_id,
@@ -66,14 +69,14 @@ pub fn save_new(
         scopes: &scopes,
         expires_at: tokens.expires_at,
         obtained_at: tokens.obtained_at,
-        status: STATUS_ACTIVE,
+        status: ConnectionStatus::Active,
         version: 1,
         updated_at: now(),
     };
     conn.transaction(|conn| {
         connections::upsert(conn, &new)?;
         let detail = if tokens.refresh_token.is_some() { "with a refresh token" } else { "without a refresh token" };
-        record_event(conn, keep, user_id, service, event_kind, "ok", detail)
+        record_event(conn, keep, user_id, service, event_kind, EventOutcome::Ok, detail)
     })
 }
 
@@ -85,8 +88,8 @@ pub fn delete_with_event(
     keep: i64,
     user_id: i64,
     service: &str,
-    kind: &str,
-    outcome: &str,
+    kind: EventKind,
+    outcome: EventOutcome,
     detail: &str,
 ) -> AppResult<bool> {
     conn.transaction(|conn| {
@@ -105,7 +108,7 @@ pub async fn save(
     user_id: i64,
     service: &str,
     tokens: TokenSet,
-    event_kind: &'static str,
+    event_kind: EventKind,
 ) -> AppResult<()> {
     let (cipher, svc, keep) = (store.cipher.clone(), service.to_string(), store.events_kept);
     store.db.run(move |conn| save_new(conn, keep, &cipher, user_id, &svc, &tokens, event_kind)).await?;
@@ -118,8 +121,8 @@ pub async fn delete(
     store: Tokens<'_>,
     user_id: i64,
     service: &str,
-    kind: &'static str,
-    outcome: &'static str,
+    kind: EventKind,
+    outcome: EventOutcome,
     detail: String,
 ) -> AppResult<bool> {
     let (svc, keep) = (service.to_string(), store.events_kept);
@@ -145,10 +148,11 @@ mod tests {
 
     use super::{delete, open_tokens, save, Tokens};
     use crate::cache::Caches;
+    use crate::db::models::events::{EventKind, EventOutcome};
     use crate::db::models::{connections, events, users};
     use crate::db::Db;
     use crate::oauth::tokens::TokenSet;
-    use crate::util::{now, Secret};
+    use crate::util::{now, ExposeSecret, Secret};
     use crate::vault::Cipher;
 
     /// The store's handles are plain values: a test makes them from a database file, a cipher and
@@ -168,29 +172,32 @@ mod tests {
         };
         let user_id = users::create(&mut db.conn().unwrap(), &user).unwrap().unwrap().id;
         let set = TokenSet {
-            access_token: Secret::new("AT-1".to_string()),
-            refresh_token: Some(Secret::new("RT-1".to_string())),
+            access_token: Secret::from("AT-1"),
+            refresh_token: Some(Secret::from("RT-1")),
             token_type: "Bearer".into(),
             scopes: vec!["read".into()],
             expires_at: None,
             obtained_at: now(),
         };
-        save(store, user_id, "fake", set, "connect").await.unwrap();
+        save(store, user_id, "fake", set, EventKind::Connect).await.unwrap();
 
         let mut conn = db.conn().unwrap();
         let row = connections::find(&mut conn, user_id, "fake").unwrap().expect("stored");
         assert!(!row.access_token.windows(4).any(|w| w == b"AT-1"), "sealed, not stored in the clear");
         let (access, refresh) = open_tokens(&cipher, &row).unwrap();
-        assert_eq!((access.expose(), refresh.as_ref().map(Secret::expose)), ("AT-1", Some("RT-1")));
+        assert_eq!((access.expose_secret(), refresh.as_ref().map(|r| r.expose_secret())), ("AT-1", Some("RT-1")));
         // Bound to its row: the same ciphertext under another user's name does not open.
         let moved = connections::Connection { user_id: user_id + 1, ..row.clone() };
         assert!(open_tokens(&cipher, &moved).is_err());
 
-        assert!(delete(store, user_id, "fake", "delete", "ok", "gone".into()).await.unwrap());
+        assert!(delete(store, user_id, "fake", EventKind::Delete, EventOutcome::Ok, "gone".into()).await.unwrap());
         assert!(connections::find(&mut conn, user_id, "fake").unwrap().is_none());
         let details: Vec<String> =
             events::recent(&mut conn, user_id, "fake", 5).unwrap().into_iter().map(|e| e.detail).collect();
         assert_eq!(details, ["gone", "with a refresh token"]);
-        assert!(!delete(store, user_id, "fake", "delete", "ok", "gone".into()).await.unwrap(), "nothing left");
+        assert!(
+            !delete(store, user_id, "fake", EventKind::Delete, EventOutcome::Ok, "gone".into()).await.unwrap(),
+            "nothing left"
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! type (`expires_in` as a string, `token_type` in any case, comma-separated scopes), the code
 //! exchange, and errors sorted into what the user and the refresh logic need to know.
 
+use crate::util::ExposeSecret;
 use oauth2::basic::{
     BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse, BasicTokenType,
 };
@@ -135,10 +136,14 @@ impl TokenError {
             TokenError::InvalidResponse(_) => {
                 (Status::BadGateway, format!("{name} sent an answer tokenvault could not understand. Please try again later."))
             }
-            TokenError::Rejected(_) if self.is_client_error() => (
-                Status::BadGateway,
-                format!("{name} did not accept tokenvault's client credentials. An administrator needs to check them."),
-            ),
+            TokenError::Rejected(_) if self.is_client_error() => {
+                return AppError::ClientRejected {
+                    message: format!(
+                        "{name} did not accept tokenvault's client credentials. An administrator needs to check them."
+                    ),
+                    detail: format!("{}: {self}", provider.name),
+                }
+            }
             TokenError::Rejected(_) if self.is_invalid_grant() => (
                 Status::BadGateway,
                 format!("{name} did not accept the authorization (it may have expired or been used already). Please connect again."),
@@ -188,7 +193,7 @@ fn client(
             ClientAuth::Post => AuthType::RequestBody,
         });
     if let Some(secret) = &creds.client_secret {
-        client = client.set_client_secret(ClientSecret::new(secret.expose().to_string()));
+        client = client.set_client_secret(ClientSecret::new(secret.expose_secret().to_string()));
     }
     if let Some(uri) = redirect_uri {
         let uri = RedirectUrl::new(uri.to_string()).map_err(|e| TokenError::InvalidResponse(e.to_string()))?;
@@ -222,8 +227,11 @@ fn into_token_set(
         None => requested.to_vec(),
     };
     Ok(TokenSet {
-        access_token: Secret::new(resp.access_token().secret().clone()),
-        refresh_token: resp.refresh_token().map(|r| Secret::new(r.secret().clone())).filter(|r| !r.expose().is_empty()),
+        access_token: Secret::from(resp.access_token().secret().clone()),
+        refresh_token: resp
+            .refresh_token()
+            .map(|r| Secret::from(r.secret().clone()))
+            .filter(|r| !r.expose_secret().is_empty()),
         token_type,
         scopes,
         expires_at,
@@ -244,7 +252,7 @@ pub async fn exchange_code(
     let client = client(provider, creds, Some(redirect_uri))?;
     let mut request = client.exchange_code(AuthorizationCode::new(code.to_string()));
     if let Some(v) = verifier {
-        request = request.set_pkce_verifier(PkceCodeVerifier::new(v.expose().to_string()));
+        request = request.set_pkce_verifier(PkceCodeVerifier::new(v.expose_secret().to_string()));
     }
     let response = request.request_async(http).await.map_err(map_error)?;
     into_token_set(response, provider, default_lifetime, &provider.scopes)
@@ -260,7 +268,7 @@ pub async fn refresh(
     current_scopes: &[String],
 ) -> Result<TokenSet, TokenError> {
     let client = client(provider, creds, None)?;
-    let token = RefreshToken::new(refresh_token.expose().to_string());
+    let token = RefreshToken::new(refresh_token.expose_secret().to_string());
     let response = client.exchange_refresh_token(&token).request_async(http).await.map_err(map_error)?;
     into_token_set(response, provider, default_lifetime, current_scopes)
 }

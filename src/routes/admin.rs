@@ -1,6 +1,7 @@
 //! `/admin/vault`: administrators set, replace and delete project-vault values. Values are never
 //! shown again; the page lists which keys are set.
 
+use crate::util::ExposeSecret;
 use rocket::form::FromForm;
 use rocket::response::Redirect;
 use rocket::{get, post, routes, uri, Route, State};
@@ -95,9 +96,9 @@ impl CsrfField for SetForm {
 async fn vault_set(app: &State<AppState>, admin: AdminUser<'_>, form: Csrf<SetForm>) -> AppResult<Flash<Redirect>> {
     let form = form.into_inner();
     let path = form.path.trim().to_string();
-    let value = Secret::new(form.value.trim_end_matches(['\r', '\n']).to_string());
+    let value = Secret::from(form.value.trim_end_matches(['\r', '\n']).to_string());
     let (cipher, by, p) = (app.cipher.clone(), admin.0.username.clone(), path.clone());
-    match app.db.run(move |conn| vault::set(conn, &cipher, &p, value.expose(), &by)).await {
+    match app.db.run(move |conn| vault::set(conn, &cipher, &p, value.expose_secret(), &by)).await {
         Ok(()) => {
             tracing::info!(user_id = admin.0.id, path = %path, "vault value set");
             Ok(Flash::success(

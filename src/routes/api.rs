@@ -1,6 +1,8 @@
 //! The JSON API under `/api/v1`, authenticated with personal API keys (`Authorization: Bearer`).
-//! Errors are `{"error": "<stable_code>", "message": "…", "request_id": "…"}`.
+//! Errors are `AppError`s, answered as `{"error": "<stable_code>", "message": "…", "request_id": "…"}`
+//! (everything under `/api/` is answered in JSON: `error::wants_json`).
 
+use crate::util::ExposeSecret;
 use rocket::data::{Data, ToByteUnit};
 use rocket::http::uri::Segments;
 use rocket::http::{ContentType, Header, Status};
@@ -11,12 +13,11 @@ use rocket::{delete, get, head, patch, post, put, routes, Route, State};
 use serde::Serialize;
 
 use crate::auth::api_key::ApiUser;
-use crate::db::models::connections::{self, STATUS_RECONNECT};
+use crate::db::models::connections::{self, ConnectionStatus};
 use crate::error::AppError;
-use crate::oauth::access::{fresh_token, AccessError};
+use crate::oauth::access::fresh_token;
 use crate::oauth::providers::Provider;
-use crate::oauth::proxy::{self, Forward, ProxyError};
-use crate::oauth::tokens::TokenError;
+use crate::oauth::proxy::{self, Forward};
 use crate::state::AppState;
 use crate::util::rfc3339;
 
@@ -24,79 +25,10 @@ pub fn routes() -> Vec<Route> {
     routes![openapi, list_connections, token, proxy_get, proxy_head, proxy_delete, proxy_post, proxy_put, proxy_patch]
 }
 
-/// A JSON API error with a stable code.
-#[derive(Debug)]
-pub struct ApiError {
-    pub status: Status,
-    pub code: &'static str,
-    pub message: String,
-}
-
-impl ApiError {
-    fn new(status: Status, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into() }
-    }
-
-    fn unknown_service() -> ApiError {
-        ApiError::new(Status::NotFound, "unknown_service", "No such service.")
-    }
-
-    fn access(e: AccessError, p: &Provider) -> ApiError {
-        let name = &p.display_name;
-        match e {
-            AccessError::NotConnected => {
-                ApiError::new(Status::NotFound, "not_connected", format!("{name} is not connected."))
-            }
-            AccessError::ReconnectRequired => ApiError::new(
-                Status::Conflict,
-                "reconnect_required",
-                format!("The {name} connection must be authorized again in the web app."),
-            ),
-            AccessError::NotConfigured => ApiError::new(
-                Status::ServiceUnavailable,
-                "not_configured",
-                format!("{name} is not set up in tokenvault (no client credentials); an administrator must set them."),
-            ),
-            AccessError::ClientRejected(_) => ApiError::new(
-                Status::BadGateway,
-                "provider_rejected_client",
-                format!("{name} rejected tokenvault's client credentials; an administrator must check them."),
-            ),
-            AccessError::Provider(TokenError::Timeout) => {
-                ApiError::new(Status::GatewayTimeout, "provider_timeout", format!("{name} did not answer in time."))
-            }
-            AccessError::Provider(_) => {
-                ApiError::new(Status::BadGateway, "provider_error", format!("{name} failed; try again later."))
-            }
-            AccessError::App(e) => e.into(),
-        }
-    }
-}
-
-impl From<AppError> for ApiError {
-    fn from(e: AppError) -> Self {
-        let status = e.status();
-        if status.code >= 500 {
-            tracing::error!(error = %e, "API request failed");
-        }
-        ApiError { status, code: e.code(), message: e.user_message() }
-    }
-}
-
-/// The same JSON error body as every other error under `/api/` (`error::render_error`).
-impl<'r> Responder<'r, 'static> for ApiError {
-    fn respond_to(self, req: &'r Request<'_>) -> response::Result<'static> {
-        if self.status.code >= 500 {
-            tracing::warn!(code = self.code, status = self.status.code, "API error");
-        }
-        crate::error::render_error(req, self.status, self.code, self.message)
-    }
-}
-
-type ApiResult<T> = Result<T, ApiError>;
+type ApiResult<T> = Result<T, AppError>;
 
 fn provider(app: &AppState, service: &str) -> ApiResult<std::sync::Arc<Provider>> {
-    app.catalog.get(service).ok_or_else(ApiError::unknown_service)
+    app.catalog.get(service).ok_or(AppError::UnknownService)
 }
 
 #[get("/openapi.json")]
@@ -128,7 +60,10 @@ async fn list_connections(app: &State<AppState>, user: &ApiUser) -> ApiResult<Js
                     .get(&c.service)
                     .map(|p| p.display_name.clone())
                     .unwrap_or_else(|| c.service.clone()),
-                status: if c.status == STATUS_RECONNECT { "reconnect_required" } else { "active" },
+                status: match c.status {
+                    ConnectionStatus::Active => "active",
+                    ConnectionStatus::ReconnectRequired => "reconnect_required",
+                },
                 scopes: crate::util::scope_list(&c.scopes),
                 obtained_at: rfc3339(c.obtained_at),
                 expires_at: c.expires_at.map(rfc3339),
@@ -153,11 +88,11 @@ struct TokenOut {
 #[get("/services/<service>/token")]
 async fn token(app: &State<AppState>, user: &ApiUser, service: &str) -> ApiResult<Json<TokenOut>> {
     let p = provider(app, service)?;
-    let t = fresh_token(&app.access(), user.id, &p).await.map_err(|e| ApiError::access(e, &p))?;
+    let t = fresh_token(&app.access(), user.id, &p).await.map_err(|e| e.into_app_error(&p))?;
     let token_type = if t.token_type.eq_ignore_ascii_case("bearer") { "Bearer".to_string() } else { t.token_type };
     Ok(Json(TokenOut {
         service: p.name.clone(),
-        access_token: t.access_token.expose().to_string(),
+        access_token: t.access_token.expose_secret().to_string(),
         token_type,
         expires_at: t.expires_at.map(rfc3339),
         expires_in: t.expires_at.map(|e| (e - crate::util::now()).max(0)),
@@ -240,15 +175,13 @@ async fn run_proxy(
     let p = provider(app, service)?;
     let body = match body {
         Some(data) => {
-            let capped = data.open(app.settings.proxy_max_request_bytes.bytes()).into_bytes().await.map_err(|e| {
-                ApiError::new(Status::BadRequest, "bad_request", format!("could not read the body: {e}"))
-            })?;
+            let capped = data
+                .open(app.settings.proxy_max_request_bytes.bytes())
+                .into_bytes()
+                .await
+                .map_err(|e| AppError::BadRequest(format!("could not read the body: {e}")))?;
             if !capped.is_complete() {
-                return Err(ApiError::new(
-                    Status::PayloadTooLarge,
-                    "request_too_large",
-                    format!("Request bodies are limited to {} bytes.", app.settings.proxy_max_request_bytes),
-                ));
+                return Err(AppError::PayloadTooLarge { limit: app.settings.proxy_max_request_bytes });
             }
             capped.into_inner()
         }
@@ -264,22 +197,7 @@ async fn run_proxy(
     };
     match proxy::forward(&app.access(), user.id, &p, forward).await {
         Ok(answer) => Ok(Proxied { answer, limit: app.settings.proxy_max_response_bytes }),
-        Err(ProxyError::NoBase) => Err(ApiError::new(
-            Status::NotFound,
-            "no_api_base",
-            format!("{} has no API base URL configured.", p.display_name),
-        )),
-        Err(ProxyError::BadPath) => Err(ApiError::new(
-            Status::BadRequest,
-            "bad_path",
-            "The path must stay under the service's API base URL, without `;`, encoded dots or backslashes.",
-        )),
-        Err(ProxyError::Access(AccessError::Provider(TokenError::InvalidResponse(_)))) => Err(ApiError::new(
-            Status::BadGateway,
-            "provider_response_too_large",
-            format!("{}'s answer is larger than the proxy allows or unreadable.", p.display_name),
-        )),
-        Err(ProxyError::Access(e)) => Err(ApiError::access(e, &p)),
+        Err(e) => Err(e.into_app_error(&p)),
     }
 }
 

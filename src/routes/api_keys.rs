@@ -1,5 +1,6 @@
 //! My Settings → API keys (`/settings/api-keys`): create (shown once), list, revoke.
 
+use crate::util::ExposeSecret;
 use rocket::form::FromForm;
 use rocket::http::Status;
 use rocket::response::Redirect;
@@ -124,7 +125,7 @@ async fn create(
             tracing::info!(user_id = uid, key_id = created.row.id, "API key created");
             let new_key = NewKeyView {
                 name: created.row.name.clone(),
-                key: created.key.expose().to_string(),
+                key: created.key.expose_secret().to_string(),
                 evicted: created.evicted.into_iter().map(|k| EvictedView { name: k.name, prefix: k.prefix }).collect(),
             };
             let page = render(app, user, layout, Some(new_key), None).await?;

@@ -10,7 +10,7 @@ use rocket::{get, routes, Route, State};
 
 use crate::config::MetricsAccess;
 use crate::db::models::connections;
-use crate::error::{render_error, AppError, AppResult};
+use crate::error::{render_error, AppError, AppResult, StatusWords};
 use crate::state::AppState;
 
 pub fn routes() -> Vec<Route> {
@@ -55,7 +55,8 @@ pub struct MetricsUnauthorized;
 impl<'r> Responder<'r, 'static> for MetricsUnauthorized {
     fn respond_to(self, req: &'r Request<'_>) -> response::Result<'static> {
         tracing::info!("refused /metrics without its token");
-        let mut res = render_error(req, Status::Unauthorized, "unauthorized", "This needs the metrics token.".into())?;
+        let message = "This needs the metrics token.".into();
+        let mut res = render_error(req, Status::Unauthorized, StatusWords::of(Status::Unauthorized).code, message)?;
         res.set_raw_header("WWW-Authenticate", "Bearer realm=\"tokenvault metrics\"");
         Ok(res)
     }

@@ -5,7 +5,7 @@ use rocket_dyn_templates::Template;
 use serde::Serialize;
 
 use crate::auth::CurrentUser;
-use crate::db::models::connections::{self, STATUS_RECONNECT};
+use crate::db::models::connections::{self, ConnectionStatus};
 use crate::error::AppResult;
 use crate::state::AppState;
 use crate::util::{now, relative_time};
@@ -51,7 +51,7 @@ async fn index(app: &State<AppState>, user: Option<&CurrentUser>, layout: Layout
                 display_name: p.display_name.clone(),
                 description: p.description.clone(),
                 connected: row.is_some(),
-                reconnect: row.is_some_and(|c| c.status == STATUS_RECONNECT),
+                reconnect: row.is_some_and(|c| c.status == ConnectionStatus::ReconnectRequired),
                 expires: row.and_then(|c| c.expires_at).map(|e| relative_time(e, now)),
                 is_demo: p.is_demo,
             }

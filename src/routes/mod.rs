@@ -16,7 +16,7 @@ use rocket::http::Status;
 use rocket::response::{Redirect, Responder};
 use rocket::{catch, catchers, uri, Catcher, Request};
 
-use crate::error::render_error;
+use crate::error::{render_error, StatusWords};
 
 pub fn catchers() -> Vec<Catcher> {
     catchers![unauthorized, default_catcher]
@@ -26,7 +26,8 @@ pub fn catchers() -> Vec<Catcher> {
 #[catch(401)]
 fn unauthorized(req: &Request<'_>) -> Result<Redirect, Prerendered> {
     if crate::error::wants_json(req) {
-        return Err(Prerendered(render_error(req, Status::Unauthorized, "unauthorized", "Sign in first.".into())));
+        let words = StatusWords::of(Status::Unauthorized);
+        return Err(Prerendered(render_error(req, Status::Unauthorized, words.code, words.message.into())));
     }
     let target = match req.method() {
         rocket::http::Method::Get => req.uri().to_string(),
@@ -36,20 +37,15 @@ fn unauthorized(req: &Request<'_>) -> Result<Redirect, Prerendered> {
     Ok(Redirect::to(uri!(crate::routes::auth::login_page(Some(next.as_str())))))
 }
 
+/// Every other error status (a guard's refusal, an unknown route, a body over its limit): the
+/// status's own words. Nothing is logged here beyond the request line: whoever refused (a guard)
+/// logged why.
 #[catch(default)]
 async fn default_catcher(status: Status, req: &Request<'_>) -> Prerendered {
     // Show the signed-in navigation on error pages too.
     crate::auth::CurrentUser::lookup(req).await;
-    let message = match status.code {
-        403 => "This request was refused. Reload the page and try again.",
-        404 => "We could not find what you asked for.",
-        413 => "That request was too large.",
-        422 | 400 => "That request could not be understood.",
-        429 => "Too many attempts. Wait a minute and try again.",
-        503 => "tokenvault is busy right now. Please try again in a moment.",
-        _ => "Something went wrong on our side.",
-    };
-    Prerendered(render_error(req, status, crate::error::code_for(status), message.into()))
+    let words = StatusWords::of(status);
+    Prerendered(render_error(req, status, words.code, words.message.into()))
 }
 
 /// A pre-rendered catcher response.

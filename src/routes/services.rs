@@ -11,7 +11,7 @@ use rocket_dyn_templates::Template;
 use serde::Serialize;
 
 use crate::auth::{Csrf, CsrfField, CurrentUser};
-use crate::db::models::connections::{self, STATUS_RECONNECT};
+use crate::db::models::connections::{self, ConnectionStatus};
 use crate::error::{AppError, AppResult};
 use crate::oauth::flow::{self, CallbackParams, Finished};
 use crate::oauth::providers::Provider;
@@ -77,7 +77,7 @@ async fn authorize_page(
         client_id_path: p.client_id_path(),
         is_admin: user.is_admin,
         already_connected: existing.is_some(),
-        reconnect: existing.as_ref().is_some_and(|c| c.status == STATUS_RECONNECT),
+        reconnect: existing.as_ref().is_some_and(|c| c.status == ConnectionStatus::ReconnectRequired),
         csrf_token: user.csrf_token.clone(),
         next: return_path(next),
     };

@@ -6,8 +6,8 @@ use rocket_dyn_templates::Template;
 use serde::Serialize;
 
 use crate::auth::{Csrf, CsrfOnly, CurrentUser};
-use crate::db::models::connections::{self, STATUS_RECONNECT};
-use crate::db::models::events;
+use crate::db::models::connections::{self, ConnectionStatus};
+use crate::db::models::events::{self, EventKind, EventOutcome};
 use crate::error::{AppError, AppResult};
 use crate::oauth::revoke::{revoke_and_delete, Revoked};
 use crate::oauth::store;
@@ -23,8 +23,8 @@ pub fn routes() -> Vec<Route> {
 struct EventView {
     at: String,
     at_utc: String,
-    kind: String,
-    outcome: String,
+    kind: &'static str,
+    outcome: &'static str,
     detail: String,
 }
 
@@ -85,15 +85,18 @@ async fn oauth2(app: &State<AppState>, user: &CurrentUser, layout: Layout) -> Ap
                 expires_utc: c.expires_at.map(format_utc).unwrap_or_default(),
                 expired: c.expires_at.is_some_and(|e| e <= now),
                 has_refresh_token: c.refresh_token.is_some(),
-                reconnect: c.status == STATUS_RECONNECT,
-                status: if c.status == STATUS_RECONNECT { "Reconnect required".into() } else { "Active".into() },
+                reconnect: c.status == ConnectionStatus::ReconnectRequired,
+                status: match c.status {
+                    ConnectionStatus::Active => "Active".into(),
+                    ConnectionStatus::ReconnectRequired => "Reconnect required".into(),
+                },
                 events: ev
                     .into_iter()
                     .map(|e| EventView {
                         at: relative_time(e.at, now),
                         at_utc: format_utc(e.at),
-                        kind: e.kind,
-                        outcome: e.outcome,
+                        kind: e.kind.as_str(),
+                        outcome: e.outcome.as_str(),
                         detail: e.detail,
                     })
                     .collect(),
@@ -113,8 +116,15 @@ async fn delete(
     service: &str,
     _form: Csrf<CsrfOnly>,
 ) -> AppResult<Flash<Redirect>> {
-    let removed =
-        store::delete(app.tokens(), user.id, service, "delete", "ok", "tokens deleted locally".into()).await?;
+    let removed = store::delete(
+        app.tokens(),
+        user.id,
+        service,
+        EventKind::Delete,
+        EventOutcome::Ok,
+        "tokens deleted locally".into(),
+    )
+    .await?;
     if !removed {
         return Err(AppError::NotFound);
     }

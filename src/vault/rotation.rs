@@ -12,6 +12,7 @@ use crate::db::models::{connections, flows, meta};
 use crate::db::Conn;
 use crate::error::{AppError, AppResult};
 use crate::util::now;
+use crate::util::ExposeSecret;
 use crate::vault::{Aad, Cipher, VaultError};
 
 const KEY_CHECK: &str = "vault_key_check";
@@ -37,7 +38,7 @@ pub fn verify_key(conn: &mut Conn, cipher: &Cipher) -> Result<KeyCheck, String> 
         return Ok(KeyCheck::Created);
     };
     match cipher.open(&sealed, Aad::KeyCheck) {
-        Ok(v) if v.expose() == KEY_CHECK_PLAINTEXT => {
+        Ok(v) if v.expose_secret() == KEY_CHECK_PLAINTEXT => {
             Ok(if cipher.needs_rotation(&sealed) { KeyCheck::OldKey } else { KeyCheck::Active })
         }
         Ok(_) | Err(VaultError::Decrypt) | Err(VaultError::Malformed) | Err(VaultError::UnknownKey(_)) => {
@@ -62,7 +63,7 @@ fn reseal(cipher: &Cipher, sealed: &[u8], aad: Aad<'_>) -> AppResult<Option<Vec<
         return Ok(None);
     }
     let plain = cipher.open(sealed, aad)?;
-    Ok(Some(cipher.seal_str(plain.expose(), aad)))
+    Ok(Some(cipher.seal_str(plain.expose_secret(), aad)))
 }
 
 /// Re-encrypt everything under the active key. `progress` is told after each batch.

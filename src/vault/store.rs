@@ -3,6 +3,7 @@
 use crate::db::models::vault::{self as model, VaultEntry, VaultEntryMeta};
 use crate::db::Conn;
 use crate::error::{AppError, AppResult};
+use crate::util::ExposeSecret;
 use crate::util::{now, Secret};
 use crate::vault::{Aad, Cipher};
 
@@ -79,7 +80,7 @@ pub fn client_credentials(conn: &mut Conn, cipher: &Cipher, provider: &str) -> A
         return Ok(None);
     };
     let client_secret = get(conn, cipher, &format!("{provider}.client_secret"))?;
-    Ok(Some(ClientCredentials { client_id: client_id.expose().to_string(), client_secret }))
+    Ok(Some(ClientCredentials { client_id: client_id.expose_secret().to_string(), client_secret }))
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 
 use rocket::http::{Header, Method, Status};
 use serde_json::{json, Value};
+use tokenvault::util::ExposeSecret;
 use wiremock::matchers::{any, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -25,7 +26,7 @@ async fn app_with_api(b: Builder, api: &MockServer) -> (TestApp, String) {
         let user = tokenvault::db::models::users::find_by_username(&mut conn, "alice").unwrap().unwrap();
         tokenvault::auth::api_key::create(&mut conn, user.id, "script", 20).unwrap().key
     };
-    (app, key.expose().to_string())
+    (app, key.expose_secret().to_string())
 }
 
 struct Answer {

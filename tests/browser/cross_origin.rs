@@ -5,6 +5,7 @@
 //! Content-Security-Policies (`form-action`) let both form submissions redirect where they must.
 
 use std::time::{Duration, Instant};
+use tokenvault::util::ExposeSecret;
 
 use tokenvault::db::Db;
 use tokenvault::vault::{store, Cipher};
@@ -23,7 +24,7 @@ fn share_client_credentials(vault_key: &str, from_db: &str, to_db: &str) {
         store::get(&mut conn, &cipher, path)
             .expect("read the provider's vault")
             .unwrap_or_else(|| panic!("the provider has no {path}"))
-            .expose()
+            .expose_secret()
             .to_string()
     };
     let (id, secret) = (read("demo.client_id"), read("demo.client_secret"));

@@ -10,6 +10,7 @@ pub mod server;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
+use tokenvault::util::ExposeSecret;
 
 use rocket::figment::value::{Dict, Value};
 use rocket::figment::Figment;
@@ -282,7 +283,7 @@ impl TestApp {
         let user = tokenvault::db::models::users::find_by_username(&mut conn, username).unwrap()?;
         let c = tokenvault::db::models::connections::find(&mut conn, user.id, service).unwrap()?;
         let (a, r) = tokenvault::oauth::store::open_tokens(&self.cipher, &c).unwrap();
-        Some((a.expose().to_string(), r.map(|r| r.expose().to_string())))
+        Some((a.expose_secret().to_string(), r.map(|r| r.expose_secret().to_string())))
     }
 
     /// Everything the database holds: the SQLite files (main, -wal, -shm), or for PostgreSQL

@@ -5,8 +5,14 @@ use crate::db::models::invalidations;
 use crate::db::schema::connections;
 use crate::db::Conn;
 
-pub const STATUS_ACTIVE: &str = "active";
-pub const STATUS_RECONNECT: &str = "reconnect_required";
+crate::db::text_enum::text_enum! {
+    /// Whether a connection's tokens may be used and refreshed, or the user must authorize again.
+    pub enum ConnectionStatus {
+        Active = "active",
+        /// The provider no longer accepts the grant (`invalid_grant`, no refresh token).
+        ReconnectRequired = "reconnect_required",
+    }
+}
 
 /// A user's stored tokens for one service. Token columns are sealed by the vault cipher.
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -21,7 +27,7 @@ pub struct Connection {
     pub scopes: String,
     pub expires_at: Option<i64>,
     pub obtained_at: i64,
-    pub status: String,
+    pub status: ConnectionStatus,
     pub version: i64,
     pub updated_at: i64,
     pub refresh_lease_until: Option<i64>,
@@ -41,7 +47,7 @@ pub struct NewConnection<'a> {
     pub scopes: &'a str,
     pub expires_at: Option<i64>,
     pub obtained_at: i64,
-    pub status: &'a str,
+    pub status: ConnectionStatus,
     pub version: i64,
     pub updated_at: i64,
 }
@@ -118,7 +124,7 @@ pub fn take_refresh_lease(
         let target = connections::table
             .filter(connections::id.eq(id))
             .filter(connections::version.eq(version))
-            .filter(connections::status.eq(STATUS_ACTIVE))
+            .filter(connections::status.eq(ConnectionStatus::Active))
             .filter(connections::refresh_lease_until.is_null().or(connections::refresh_lease_until.lt(now)));
         let lease = connections::refresh_lease_until.eq(until);
         let n = match after_401_by {
@@ -168,7 +174,7 @@ impl Connection {
             scopes: String::new(),
             expires_at: None,
             obtained_at: 0,
-            status: STATUS_ACTIVE.into(),
+            status: ConnectionStatus::Active,
             version: 1,
             updated_at: 0,
             refresh_lease_until: None,
@@ -218,7 +224,7 @@ pub fn mark_reconnect_required(conn: &mut Conn, row: RowRef<'_>, now: i64) -> Qu
     crate::on_conn!(conn, conn => {
         let n = diesel::update(connections::table.filter(connections::id.eq(id)).filter(connections::version.eq(version)))
             .set((
-                connections::status.eq(STATUS_RECONNECT),
+                connections::status.eq(ConnectionStatus::ReconnectRequired),
                 connections::version.eq(version + 1),
                 connections::updated_at.eq(now),
                 connections::refresh_lease_until.eq(None::<i64>),
@@ -229,7 +235,7 @@ pub fn mark_reconnect_required(conn: &mut Conn, row: RowRef<'_>, now: i64) -> Qu
 }
 
 /// How many connections there are in each status.
-pub fn count_by_status(conn: &mut Conn) -> QueryResult<Vec<(String, i64)>> {
+pub fn count_by_status(conn: &mut Conn) -> QueryResult<Vec<(ConnectionStatus, i64)>> {
     crate::on_conn!(conn, conn => {
         connections::table.group_by(connections::status).select((connections::status, diesel::dsl::count_star())).load(conn)
     })
@@ -274,4 +280,18 @@ pub fn reseal(conn: &mut Conn, row: RowRef<'_>, access: Option<&[u8]>, refresh: 
         }
         Ok(changed > 0)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ConnectionStatus;
+
+    #[test]
+    fn every_status_is_stored_as_its_string() {
+        assert_eq!(
+            ConnectionStatus::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+            ["active", "reconnect_required"]
+        );
+        crate::db::text_enum::assert_text_round_trips!(ConnectionStatus);
+    }
 }

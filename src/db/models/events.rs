@@ -3,6 +3,35 @@ use diesel::prelude::*;
 use crate::db::schema::connection_events;
 use crate::db::Conn;
 
+crate::db::text_enum::text_enum! {
+    /// What happened to a connection (`connection_events.kind`).
+    pub enum EventKind {
+        Connect = "connect",
+        Refresh = "refresh",
+        Revoke = "revoke",
+        Delete = "delete",
+    }
+}
+
+crate::db::text_enum::text_enum! {
+    /// How it ended (`connection_events.outcome`), as the settings page shows it.
+    pub enum EventOutcome {
+        Ok = "ok",
+        Failed = "failed",
+        /// The user said no at the provider (`access_denied`).
+        Cancelled = "cancelled",
+        /// An administrator must act (no or rejected client credentials); the tokens are kept.
+        FailedAdmin = "failed (admin)",
+        /// A transient provider failure; the tokens are kept.
+        FailedRetryable = "failed (retryable)",
+        ReconnectRequired = "reconnect required",
+        /// Revoked locally only: the provider offers no revocation.
+        LocalOnly = "local only",
+        /// Revocation at the provider failed; the tokens were deleted anyway.
+        ProviderFailed = "provider failed",
+    }
+}
+
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = connection_events)]
 pub struct Event {
@@ -10,8 +39,8 @@ pub struct Event {
     pub user_id: i64,
     pub service: String,
     pub at: i64,
-    pub kind: String,
-    pub outcome: String,
+    pub kind: EventKind,
+    pub outcome: EventOutcome,
     pub detail: String,
 }
 
@@ -22,8 +51,8 @@ pub struct NewEvent<'a> {
     pub user_id: i64,
     pub service: &'a str,
     pub at: i64,
-    pub kind: &'a str,
-    pub outcome: &'a str,
+    pub kind: EventKind,
+    pub outcome: EventOutcome,
     pub detail: &'a str,
 }
 
@@ -69,4 +98,31 @@ pub fn prune(conn: &mut Conn, user_id: i64, service: &str, keep: i64) -> QueryRe
             None => Ok(0),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{EventKind, EventOutcome};
+
+    #[test]
+    fn every_kind_and_outcome_is_stored_as_its_string() {
+        let kinds: Vec<_> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(kinds, ["connect", "refresh", "revoke", "delete"]);
+        let outcomes: Vec<_> = EventOutcome::ALL.iter().map(|o| o.as_str()).collect();
+        assert_eq!(
+            outcomes,
+            [
+                "ok",
+                "failed",
+                "cancelled",
+                "failed (admin)",
+                "failed (retryable)",
+                "reconnect required",
+                "local only",
+                "provider failed"
+            ]
+        );
+        crate::db::text_enum::assert_text_round_trips!(EventKind);
+        crate::db::text_enum::assert_text_round_trips!(EventOutcome);
+    }
 }
