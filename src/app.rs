@@ -1,4 +1,5 @@
-//! The one place the Rocket is assembled: configuration, keys, fairings, routes and catchers.
+//! The one place the Rocket is assembled: configuration, keys, fairings, routes and catchers
+//! (the state it manages is `crate::state::AppState`).
 
 use crate::util::ExposeSecret;
 use std::sync::Arc;
@@ -12,25 +13,10 @@ use crate::config::{invalid, key_or_file, load_or_create_key, ConfigError, RawCo
 use crate::db::Db;
 use crate::oauth::http::Outbound;
 use crate::oauth::providers::Catalog;
+use crate::state::AppState;
 use crate::util::Secret;
 use crate::vault::Cipher;
 use crate::web::{RequestLog, SecurityHeaders};
-
-/// What handlers and guards share, in Rocket's managed state.
-pub struct AppState {
-    pub db: Db,
-    pub settings: Arc<Settings>,
-    pub cipher: Arc<Cipher>,
-    pub http: Outbound,
-    pub catalog: Arc<Catalog>,
-    pub refresh_locks: crate::oauth::access::RefreshLocks,
-    pub login_throttle: crate::auth::throttle::LoginThrottle,
-    /// Every argon2 hash and verify of the server runs through it (bounded, see its docs).
-    pub hasher: Arc<crate::auth::password::Hasher>,
-    pub metrics: Arc<crate::metrics::Metrics>,
-    /// In-memory copies of API keys and connection rows (see `crate::cache`).
-    pub caches: Arc<crate::cache::Caches>,
-}
 
 /// Validated configuration and keys, before any Rocket or database exists (used by the CLI too).
 pub struct Prepared {

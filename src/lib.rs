@@ -14,6 +14,7 @@ pub mod error;
 pub mod metrics;
 pub mod oauth;
 pub mod routes;
+pub mod state;
 pub mod util;
 pub mod vault;
 pub mod web;

@@ -2,8 +2,9 @@
 //! usernames are cleaned and normalised.
 
 use crate::auth::password;
+use crate::cache::Caches;
 use crate::db::models::users::{self, NewUser, User};
-use crate::db::Conn;
+use crate::db::{Conn, Db};
 use crate::error::{AppError, AppResult};
 use crate::util::ExposeSecret;
 use crate::util::{now, Secret};
@@ -91,10 +92,10 @@ pub fn replace_password(conn: &mut Conn, user_id: i64, hash: &str) -> AppResult<
 
 /// [`replace_password`] for the signed-in user, with this process's cached copies of the revoked
 /// API keys dropped at once (other instances learn of them from their invalidations).
-pub async fn change_password(app: &crate::app::AppState, user_id: i64, hash: String) -> AppResult<PasswordReplaced> {
-    let done = app.db.run(move |conn| replace_password(conn, user_id, &hash)).await?;
+pub async fn change_password(db: &Db, caches: &Caches, user_id: i64, hash: String) -> AppResult<PasswordReplaced> {
+    let done = db.run(move |conn| replace_password(conn, user_id, &hash)).await?;
     for key_hash in &done.revoked_key_hashes {
-        app.caches.api_keys.invalidate(key_hash);
+        caches.api_keys.invalidate(key_hash);
     }
     Ok(done)
 }

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use rocket::http::Status;
 use rocket::request::{FromRequest, Outcome, Request};
 
-use crate::app::AppState;
-use crate::cache::CachedKey;
+use crate::cache::{CachedKey, Caches};
 use crate::db::models::api_keys::{self, ApiKey, NewApiKey};
-use crate::db::Conn;
+use crate::db::{Conn, Db};
 use crate::error::{AppError, AppResult};
+use crate::state::AppState;
 use crate::util::{now, random_token, sha256_hex, Secret};
 
 pub const KEY_PREFIX: &str = "tvk_";
@@ -66,13 +66,13 @@ pub struct KeyCheckUnavailable;
 
 /// The user a key stands for (`None`: no such active key): from the cache (see `crate::cache`),
 /// else from the database; `Err` when the database could not be asked.
-async fn authenticate(app: &AppState, key: &str) -> Result<Option<ApiUser>, KeyCheckUnavailable> {
+async fn authenticate(db: &Db, caches: &Caches, key: &str) -> Result<Option<ApiUser>, KeyCheckUnavailable> {
     let hash = sha256_hex(key);
-    let cache = &app.caches.api_keys;
+    let cache = &caches.api_keys;
     if let Some(k) = cache.get(&hash) {
         if k.should_touch(now()) {
             // Record the use off the request's path (at most once a minute per key).
-            let (db, id) = (app.db.clone(), k.key_id);
+            let (db, id) = (db.clone(), k.key_id);
             rocket::tokio::spawn(async move {
                 if let Err(e) = db.run(move |conn| Ok(api_keys::touch(conn, id, now())?)).await {
                     tracing::warn!(error = %e, "could not record an API key's use");
@@ -82,7 +82,6 @@ async fn authenticate(app: &AppState, key: &str) -> Result<Option<ApiUser>, KeyC
         return Ok(Some(ApiUser::from(&k)));
     }
     let lookup = hash.clone();
-    let db = &app.db;
     let found = cache
         .load_missing(&hash, || async move {
             let found = db
@@ -118,21 +117,20 @@ async fn authenticate(app: &AppState, key: &str) -> Result<Option<ApiUser>, KeyC
 /// working in this process at once and in every other instance within about a second.
 /// [`create`] for a signed-in user, with this process's cached copies of the keys it evicted
 /// dropped at once (convention 3: handlers never touch the caches).
-pub async fn create_for(app: &AppState, user_id: i64, name: String) -> AppResult<Created> {
-    let max_keys = app.settings.max_api_keys_per_user;
-    let created = app.db.run(move |conn| create(conn, user_id, &name, max_keys)).await?;
+pub async fn create_for(db: &Db, caches: &Caches, max_keys: i64, user_id: i64, name: String) -> AppResult<Created> {
+    let created = db.run(move |conn| create(conn, user_id, &name, max_keys)).await?;
     for old in &created.evicted {
-        app.caches.api_keys.invalidate(&old.key_hash);
+        caches.api_keys.invalidate(&old.key_hash);
         tracing::info!(user_id, key_id = old.id, "API key revoked: over max_api_keys_per_user");
     }
     Ok(created)
 }
 
-pub async fn revoke(app: &AppState, user_id: i64, key_id: i64) -> AppResult<bool> {
-    let hash = app.db.run(move |conn| Ok(api_keys::revoke(conn, user_id, key_id, now())?)).await?;
+pub async fn revoke(db: &Db, caches: &Caches, user_id: i64, key_id: i64) -> AppResult<bool> {
+    let hash = db.run(move |conn| Ok(api_keys::revoke(conn, user_id, key_id, now())?)).await?;
     match hash {
         Some(hash) => {
-            app.caches.api_keys.invalidate(&hash);
+            caches.api_keys.invalidate(&hash);
             Ok(true)
         }
         None => Ok(false),
@@ -154,7 +152,7 @@ impl<'r> FromRequest<'r> for &'r ApiUser {
                     return Ok(None);
                 }
                 let Some(app) = req.rocket().state::<AppState>() else { return Ok(None) };
-                authenticate(app, key).await
+                authenticate(&app.db, &app.caches, key).await
             })
             .await;
         match found {

@@ -7,9 +7,9 @@ use rocket::http::Status;
 use rocket::outcome::Outcome;
 use rocket::request::Request;
 
-use crate::app::AppState;
 use crate::auth::session::ANON_CSRF_COOKIE;
 use crate::auth::CurrentUser;
+use crate::state::AppState;
 use crate::util::ct_eq;
 
 /// A form that carries a `csrf_token` field.

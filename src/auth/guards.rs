@@ -4,9 +4,9 @@ use rocket::http::Status;
 use rocket::outcome::try_outcome;
 use rocket::request::{FromRequest, Outcome, Request};
 
-use crate::app::AppState;
 use crate::auth::session::session_cookie_name;
 use crate::db::models::sessions;
+use crate::state::AppState;
 use crate::util::{now, sha256_hex};
 
 /// The longest user agent kept with a session, in characters.

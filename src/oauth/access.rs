@@ -24,15 +24,31 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::app::AppState;
+use crate::config::Settings;
 use crate::db::models::connections::{self, Connection, ConnectionStatus, Refreshed, RowRef};
 use crate::db::models::events::{EventKind, EventOutcome};
 use crate::error::AppError;
+use crate::metrics::Metrics;
+use crate::oauth::http::Outbound;
 use crate::oauth::providers::Provider;
-use crate::oauth::store::{aad, open_tokens, record_event};
+use crate::oauth::store::{open_tokens, record_event, Tokens};
 use crate::oauth::tokens::{self, TokenError};
 use crate::util::{now, Secret};
 use crate::vault::store::{client_credentials, ClientCredentials};
+use crate::vault::Aad;
+
+/// What getting a usable token needs: the token store, the outbound client and the metrics for
+/// the provider's token endpoint, this process's refresh locks, and the settings that time a
+/// refresh (`refresh_margin`, `refresh_cooldown`, `http_timeout`, `default_token_lifetime`).
+/// Borrowed from the server's state (`AppState::access`) or made by a test.
+#[derive(Clone, Copy)]
+pub struct Access<'a> {
+    pub tokens: Tokens<'a>,
+    pub http: &'a Outbound,
+    pub metrics: &'a Metrics,
+    pub locks: &'a RefreshLocks,
+    pub settings: &'a Settings,
+}
 
 /// Why no usable token could be had.
 #[derive(Debug, thiserror::Error)]
@@ -136,10 +152,13 @@ impl RefreshLocks {
     }
 }
 
-fn fresh_from(app: &AppState, c: &Connection) -> Result<FreshToken, AccessError> {
+fn fresh_from(ctx: &Access<'_>, c: &Connection) -> Result<FreshToken, AccessError> {
     // Only the access token is opened on this path.
-    let access =
-        app.cipher.open(&c.access_token, &aad(c.user_id, &c.service, "access_token")).map_err(AppError::from)?;
+    let access = ctx
+        .tokens
+        .cipher
+        .open(&c.access_token, Aad::AccessToken { user_id: c.user_id, service: &c.service })
+        .map_err(AppError::from)?;
     Ok(FreshToken {
         access_token: access,
         token_type: c.token_type.clone(),
@@ -157,11 +176,11 @@ fn usable(row: Arc<Connection>) -> Result<Arc<Connection>, AccessError> {
 }
 
 /// The connection row as the database has it now (and cached for the next request).
-async fn load(app: &AppState, user_id: i64, service: &str) -> Result<Arc<Connection>, AccessError> {
-    let cache = &app.caches.connections;
+async fn load(ctx: &Access<'_>, user_id: i64, service: &str) -> Result<Arc<Connection>, AccessError> {
+    let cache = &ctx.tokens.caches.connections;
     let ticket = cache.ticket();
     let svc = service.to_string();
-    let row = app.db.run(move |conn| Ok(connections::find(conn, user_id, &svc)?)).await?;
+    let row = ctx.tokens.db.run(move |conn| Ok(connections::find(conn, user_id, &svc)?)).await?;
     let row = Arc::new(row.ok_or(AccessError::NotConnected)?);
     cache.fill(ticket, (user_id, service.to_string()), row.clone());
     usable(row)
@@ -170,14 +189,15 @@ async fn load(app: &AppState, user_id: i64, service: &str) -> Result<Arc<Connect
 /// The connection row from the cache (see `crate::cache`), else from the database (one read for
 /// all concurrent misses). Good enough to decide whether a refresh is needed; the refresh itself
 /// always re-reads the database.
-async fn current(app: &AppState, user_id: i64, service: &str) -> Result<Arc<Connection>, AccessError> {
+async fn current(ctx: &Access<'_>, user_id: i64, service: &str) -> Result<Arc<Connection>, AccessError> {
     let key = (user_id, service.to_string());
-    let row = app
+    let row = ctx
+        .tokens
         .caches
         .connections
         .get_or_load(&key, || async {
             let svc = service.to_string();
-            let row = app.db.run(move |conn| Ok(connections::find(conn, user_id, &svc)?)).await?;
+            let row = ctx.tokens.db.run(move |conn| Ok(connections::find(conn, user_id, &svc)?)).await?;
             Ok::<_, AccessError>(row.map(Arc::new))
         })
         .await?;
@@ -207,9 +227,9 @@ fn cooldown_bound(cooldown: i64, now: i64) -> i64 {
 }
 
 /// A usable access token for (user, service), refreshed first if it expires soon.
-pub async fn fresh_token(app: &AppState, user_id: i64, provider: &Provider) -> Result<FreshToken, AccessError> {
-    let margin = app.settings.refresh_margin;
-    refresh_if(app, user_id, provider, None, move |c| refresh_due(c.obtained_at, c.expires_at, margin, now())).await
+pub async fn fresh_token(ctx: &Access<'_>, user_id: i64, provider: &Provider) -> Result<FreshToken, AccessError> {
+    let margin = ctx.settings.refresh_margin;
+    refresh_if(ctx, user_id, provider, None, move |c| refresh_due(c.obtained_at, c.expires_at, margin, now())).await
 }
 
 /// The provider answered 401 to the token of `stale_version`: the token to retry with — a newer
@@ -217,13 +237,13 @@ pub async fn fresh_token(app: &AppState, user_id: i64, provider: &Provider) -> R
 /// passed through: the token is still that of `stale_version` and a refresh after a 401 was
 /// attempted within `refresh_cooldown` (here or in another instance).
 pub async fn refresh_after_401(
-    app: &AppState,
+    ctx: &Access<'_>,
     user_id: i64,
     provider: &Provider,
     stale_version: i64,
 ) -> Result<Option<FreshToken>, AccessError> {
-    let cooldown = app.settings.refresh_cooldown;
-    let token = refresh_if(app, user_id, provider, Some(cooldown), move |c| {
+    let cooldown = ctx.settings.refresh_cooldown;
+    let token = refresh_if(ctx, user_id, provider, Some(cooldown), move |c| {
         c.version == stale_version && may_refresh_after_401(c.refresh_after_401_at, cooldown, now())
     })
     .await?;
@@ -234,7 +254,7 @@ pub async fn refresh_after_401(
 /// `cooldown` (a refresh after a 401), the lease is taken only if no other refresh after a 401 was
 /// attempted within that many seconds, and records this one.
 async fn refresh_if<F>(
-    app: &AppState,
+    ctx: &Access<'_>,
     user_id: i64,
     provider: &Provider,
     cooldown: Option<i64>,
@@ -243,39 +263,40 @@ async fn refresh_if<F>(
 where
     F: Fn(&Connection) -> bool,
 {
-    let row = current(app, user_id, &provider.name).await?;
+    let row = current(ctx, user_id, &provider.name).await?;
     if !needs(&row) {
-        return fresh_from(app, &row);
+        return fresh_from(ctx, &row);
     }
     let seen_version = row.version;
-    let lock = app.refresh_locks.get(row.id);
+    let lock = ctx.locks.get(row.id);
     let guard = rocket::tokio::select! {
         guard = lock.mutex.lock() => guard,
         () = lock.written_after(seen_version) => {
-            let row = current(app, user_id, &provider.name).await?;
-            return fresh_from(app, &row);
+            let row = current(ctx, user_id, &provider.name).await?;
+            return fresh_from(ctx, &row);
         }
     };
     if lock.newer_than(seen_version) {
         // Refreshed by this process while we waited: the refresher left the new row in the cache;
         // read it without holding the lock.
         drop(guard);
-        let row = current(app, user_id, &provider.name).await?;
-        return fresh_from(app, &row);
+        let row = current(ctx, user_id, &provider.name).await?;
+        return fresh_from(ctx, &row);
     }
     let _guard = guard;
-    let wait_limit = now() + app.settings.http_timeout as i64 + 5;
+    let wait_limit = now() + ctx.settings.http_timeout as i64 + 5;
     // The compare-and-swap that takes the lease is the authoritative check: it succeeds only if
     // nobody changed the row since `row` was read (from the cache, perhaps), so the first attempt
     // needs no re-read. The client credentials come in the same round trip.
     let mut row = row;
     loop {
         let attempt = now();
-        let lease_until = attempt + app.settings.http_timeout as i64 + 2;
+        let lease_until = attempt + ctx.settings.http_timeout as i64 + 2;
         let after_401_by = cooldown.map(|c| cooldown_bound(c, attempt));
         let (id, version) = (row.id, row.version);
-        let (cipher, name) = (app.cipher.clone(), provider.name.clone());
-        let lease = app
+        let (cipher, name) = (ctx.tokens.cipher.clone(), provider.name.clone());
+        let lease = ctx
+            .tokens
             .db
             .run(move |conn| {
                 if !connections::take_refresh_lease(conn, id, version, attempt, lease_until, after_401_by)? {
@@ -291,7 +312,7 @@ where
             })
             .await?;
         if let Some(creds) = lease {
-            let result = refresh_now(app, provider, &row, after_401_by.map(|_| attempt), creds).await;
+            let result = refresh_now(ctx, provider, &row, after_401_by.map(|_| attempt), creds).await;
             // Whatever happened, the row moved past `version` if we wrote it (refreshed, or
             // marked reconnect-required); waiters re-read it.
             if matches!(result, Ok(_) | Err(AccessError::ReconnectRequired)) {
@@ -302,10 +323,10 @@ where
         // Lost: the row changed (someone refreshed or reconnected: use their token), another
         // instance holds the lease (wait for its result), or — after a 401 — a refresh was
         // attempted within the cooldown (the re-read row says so: `needs` is false).
-        row = load(app, user_id, &provider.name).await?;
+        row = load(ctx, user_id, &provider.name).await?;
         let leased = row.refresh_lease_until.is_some_and(|until| until >= now());
         if row.version != seen_version || (!leased && !needs(&row)) {
-            return fresh_from(app, &row);
+            return fresh_from(ctx, &row);
         }
         if now() > wait_limit {
             return Err(AccessError::Provider(TokenError::Timeout));
@@ -317,7 +338,7 @@ where
 /// Refresh `row` (whose lease we took; `after_401`: at this time, to answer a 401) with the
 /// client's credentials (`None`: not configured) and store the result.
 async fn refresh_now(
-    app: &AppState,
+    ctx: &Access<'_>,
     provider: &Provider,
     row: &Connection,
     after_401: Option<i64>,
@@ -325,50 +346,53 @@ async fn refresh_now(
 ) -> Result<FreshToken, AccessError> {
     let (user_id, service, id, version) = (row.user_id, row.service.clone(), row.id, row.version);
     let cache_key = (user_id, service.clone());
-    let (_, refresh_token) = open_tokens(&app.cipher, row)?;
+    let (_, refresh_token) = open_tokens(ctx.tokens.cipher, row)?;
     let Some(refresh_token) = refresh_token else {
-        return reconnect_required(app, provider, row, "no refresh token to renew access").await;
+        return reconnect_required(ctx, provider, row, "no refresh token to renew access").await;
     };
     let Some(creds) = creds else {
-        release(app, id, version).await;
+        release(ctx, id, version).await;
         let detail = "tokenvault has no client credentials for this service; an administrator must set them";
-        let keep = app.settings.events_per_connection;
-        app.db
+        let keep = ctx.tokens.events_kept;
+        ctx.tokens
+            .db
             .run(move |conn| {
                 record_event(conn, keep, user_id, &service, EventKind::Refresh, EventOutcome::FailedAdmin, detail)
             })
             .await?;
-        app.metrics.refresh(&provider.name, "not_configured");
+        ctx.metrics.refresh(&provider.name, "not_configured");
         // Logged once, by the error's responder (`AppError::NotConfigured`).
         return Err(AccessError::NotConfigured);
     };
     let current_scopes: Vec<String> = crate::util::scope_list(&row.scopes);
     let started = std::time::Instant::now();
     let result = tokens::refresh(
-        &app.http,
+        ctx.http,
         provider,
         &creds,
         &refresh_token,
-        app.settings.default_token_lifetime,
+        ctx.settings.default_token_lifetime,
         &current_scopes,
     )
     .await;
     tracing::info!(service = %service, user_id, ok = result.is_ok(), millis = started.elapsed().as_millis() as u64, "token refresh");
-    app.metrics.token_endpoint(&provider.name, "refresh_token", started);
+    ctx.metrics.token_endpoint(&provider.name, "refresh_token", started);
     let outcome = match &result {
         Ok(_) => "ok",
         Err(e) if e.is_invalid_grant() => "invalid_grant",
         Err(e) if e.is_client_error() => "client_error",
         Err(_) => "transient_error",
     };
-    app.metrics.refresh(&provider.name, outcome);
+    ctx.metrics.refresh(&provider.name, outcome);
     match result {
         Ok(set) => {
-            let access = app.cipher.seal_str(set.access_token.expose_secret(), &aad(user_id, &service, "access_token"));
-            let refresh = set
-                .refresh_token
-                .as_ref()
-                .map(|r| app.cipher.seal_str(r.expose_secret(), &aad(user_id, &service, "refresh_token")));
+            let access = ctx
+                .tokens
+                .cipher
+                .seal_str(set.access_token.expose_secret(), Aad::AccessToken { user_id, service: &service });
+            let refresh = set.refresh_token.as_ref().map(|r| {
+                ctx.tokens.cipher.seal_str(r.expose_secret(), Aad::RefreshToken { user_id, service: &service })
+            });
             let scopes = set.scopes.join(" ");
             let (token_type, expires_at, obtained_at) = (set.token_type.clone(), set.expires_at, set.obtained_at);
             let rotated = set.refresh_token.is_some();
@@ -387,9 +411,10 @@ async fn refresh_now(
                 refresh_after_401_at: after_401.or(row.refresh_after_401_at),
                 ..row.clone()
             };
-            let ticket = app.caches.connections.ticket();
-            let keep = app.settings.events_per_connection;
-            let stored = app
+            let ticket = ctx.tokens.caches.connections.ticket();
+            let keep = ctx.tokens.events_kept;
+            let stored = ctx
+                .tokens
                 .db
                 .run(move |conn| {
                     conn.transaction(|conn| {
@@ -413,11 +438,11 @@ async fn refresh_now(
                 .await?;
             if !stored {
                 // The row changed under our lease (deleted or reconnected meanwhile): use what is there.
-                app.caches.connections.invalidate(&cache_key);
-                let row = load(app, user_id, &provider.name).await?;
-                return fresh_from(app, &row);
+                ctx.tokens.caches.connections.invalidate(&cache_key);
+                let row = load(ctx, user_id, &provider.name).await?;
+                return fresh_from(ctx, &row);
             }
-            app.caches.connections.replace(ticket, cache_key, Arc::new(new_row));
+            ctx.tokens.caches.connections.replace(ticket, cache_key, Arc::new(new_row));
             Ok(FreshToken {
                 access_token: set.access_token,
                 token_type: set.token_type,
@@ -427,11 +452,11 @@ async fn refresh_now(
             })
         }
         Err(e) if e.is_invalid_grant() => {
-            reconnect_required(app, provider, row, "the provider no longer accepts the refresh token (invalid_grant)")
+            reconnect_required(ctx, provider, row, "the provider no longer accepts the refresh token (invalid_grant)")
                 .await
         }
         Err(e) => {
-            release(app, id, version).await;
+            release(ctx, id, version).await;
             let svc = service.clone();
             let client = e.is_client_error();
             let detail = if client {
@@ -440,8 +465,9 @@ async fn refresh_now(
                 format!("{e}; the tokens were kept and it will be retried")
             };
             let outcome = if client { EventOutcome::FailedAdmin } else { EventOutcome::FailedRetryable };
-            let keep = app.settings.events_per_connection;
-            app.db
+            let keep = ctx.tokens.events_kept;
+            ctx.tokens
+                .db
                 .run(move |conn| record_event(conn, keep, user_id, &svc, EventKind::Refresh, outcome, &detail))
                 .await?;
             if client {
@@ -457,14 +483,15 @@ async fn refresh_now(
 /// Mark `row` (whose lease we hold) "reconnect required", with its event, if it is still at its
 /// version; if someone changed it meanwhile (refreshed or reconnected), use their token instead.
 async fn reconnect_required(
-    app: &AppState,
+    ctx: &Access<'_>,
     provider: &Provider,
     row: &Connection,
     detail: &'static str,
 ) -> Result<FreshToken, AccessError> {
     let (id, version, user_id, service) = (row.id, row.version, row.user_id, row.service.clone());
-    let keep = app.settings.events_per_connection;
-    let marked = app
+    let keep = ctx.tokens.events_kept;
+    let marked = ctx
+        .tokens
         .db
         .run(move |conn| {
             conn.transaction(|conn| {
@@ -478,24 +505,83 @@ async fn reconnect_required(
             })
         })
         .await?;
-    app.caches.connection_changed(user_id, &row.service);
+    ctx.tokens.caches.connection_changed(user_id, &row.service);
     if !marked {
-        let row = load(app, user_id, &provider.name).await?;
-        return fresh_from(app, &row);
+        let row = load(ctx, user_id, &provider.name).await?;
+        return fresh_from(ctx, &row);
     }
     tracing::warn!(service = %row.service, user_id, reason = detail, "reconnect required");
     Err(AccessError::ReconnectRequired)
 }
 
-async fn release(app: &AppState, id: i64, version: i64) {
-    if let Err(e) = app.db.run(move |conn| Ok(connections::release_refresh_lease(conn, id, version)?)).await {
+async fn release(ctx: &Access<'_>, id: i64, version: i64) {
+    if let Err(e) = ctx.tokens.db.run(move |conn| Ok(connections::release_refresh_lease(conn, id, version)?)).await {
         tracing::error!(error = %e, "could not release a refresh lease (it expires by itself)");
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{may_refresh_after_401, refresh_due};
+    use std::sync::Arc;
+
+    use super::{fresh_token, may_refresh_after_401, refresh_due, Access, AccessError, RefreshLocks};
+    use crate::cache::Caches;
+    use crate::config::{RawConfig, Settings};
+    use crate::db::models::events::EventKind;
+    use crate::db::models::{connections, events, users};
+    use crate::db::Db;
+    use crate::metrics::Metrics;
+    use crate::oauth::http::Outbound;
+    use crate::oauth::store::{self, Tokens};
+    use crate::oauth::tokens::TokenSet;
+    use crate::util::{now, ExposeSecret, Secret};
+    use crate::vault::Cipher;
+
+    /// `Access` is made of plain handles: the refresh path runs in a unit test, without Rocket and,
+    /// here, without a provider (no client credentials: nothing is sent).
+    #[rocket::async_test]
+    async fn tokens_are_used_until_due_and_kept_when_a_refresh_cannot_be_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.sqlite").to_string_lossy()).unwrap();
+        let settings = Settings::resolve(&RawConfig::default(), "debug").unwrap();
+        let (cipher, caches, locks) = (Arc::new(Cipher::for_tests(3)), Caches::new(60), RefreshLocks::default());
+        let (http, metrics) = (Outbound::new(&settings).unwrap(), Metrics::new());
+        let tokens = Tokens { db: &db, cipher: &cipher, caches: &caches, events_kept: 10 };
+        let ctx = Access { tokens, http: &http, metrics: &metrics, locks: &locks, settings: &settings };
+        let provider = crate::oauth::providers::demo(&settings);
+        let user = users::NewUser {
+            username: "ann",
+            password_hash: "x",
+            is_admin: false,
+            created_at: 0,
+            password_changed_at: 0,
+        };
+        let user_id = users::create(&mut db.conn().unwrap(), &user).unwrap().unwrap().id;
+        assert!(matches!(fresh_token(&ctx, user_id, &provider).await, Err(AccessError::NotConnected)));
+
+        let set = |expires_at| TokenSet {
+            access_token: Secret::from("AT-1"),
+            refresh_token: Some(Secret::from("RT-1")),
+            token_type: "Bearer".into(),
+            scopes: vec!["read".into()],
+            expires_at,
+            obtained_at: now() - 100,
+        };
+        store::save(tokens, user_id, "demo", set(Some(now() + 3600)), EventKind::Connect).await.unwrap();
+        let token = fresh_token(&ctx, user_id, &provider).await.unwrap();
+        assert_eq!((token.access_token.expose_secret(), token.version), ("AT-1", 1));
+        assert_eq!(caches.connections.len(), 1, "the row is cached for the next call");
+
+        // Expired, and the vault holds no client credentials: the tokens and the row stay as they
+        // were, the lease is released, and the user's events say why.
+        store::save(tokens, user_id, "demo", set(Some(now() - 1)), EventKind::Connect).await.unwrap();
+        assert!(matches!(fresh_token(&ctx, user_id, &provider).await, Err(AccessError::NotConfigured)));
+        let mut conn = db.conn().unwrap();
+        let row = connections::find(&mut conn, user_id, "demo").unwrap().unwrap();
+        assert_eq!((row.version, row.refresh_lease_until), (2, None), "reconnected once, not refreshed");
+        let newest = events::recent(&mut conn, user_id, "demo", 1).unwrap().remove(0);
+        assert!(newest.detail.contains("no client credentials"), "{}", newest.detail);
+    }
 
     #[test]
     fn the_margin_is_at_most_half_the_lifetime() {

@@ -4,9 +4,8 @@
 use crate::util::ExposeSecret;
 use rocket::http::Status;
 
-use crate::app::AppState;
 use crate::error::AppError;
-use crate::oauth::access::{fresh_token, refresh_after_401, AccessError, FreshToken};
+use crate::oauth::access::{fresh_token, refresh_after_401, Access, AccessError, FreshToken};
 use crate::oauth::http::HttpError;
 use crate::oauth::providers::{AccountMethod, Provider};
 use crate::oauth::tokens::TokenError;
@@ -31,7 +30,7 @@ pub fn http_error(e: HttpError) -> AccessError {
 /// Like [`call_with_token`], but the final answer's body is left unread for streaming (at most
 /// `limit` bytes may be declared).
 pub async fn send_with_token<B>(
-    app: &AppState,
+    ctx: &Access<'_>,
     user_id: i64,
     provider: &Provider,
     limit: usize,
@@ -40,28 +39,28 @@ pub async fn send_with_token<B>(
 where
     B: Fn(&reqwest::Client, &Secret) -> reqwest::RequestBuilder,
 {
-    let token = fresh_token(app, user_id, provider).await?;
+    let token = fresh_token(ctx, user_id, provider).await?;
     let response =
-        app.http.send_streaming(build(app.http.client(), &token.access_token), limit).await.map_err(http_error)?;
+        ctx.http.send_streaming(build(ctx.http.client(), &token.access_token), limit).await.map_err(http_error)?;
     if response.status().as_u16() != 401 {
         return Ok(response);
     }
-    let Some(token) = retry_token(app, user_id, provider, token.version).await? else {
+    let Some(token) = retry_token(ctx, user_id, provider, token.version).await? else {
         return Ok(response);
     };
     drop(response);
-    app.http.send_streaming(build(app.http.client(), &token.access_token), limit).await.map_err(http_error)
+    ctx.http.send_streaming(build(ctx.http.client(), &token.access_token), limit).await.map_err(http_error)
 }
 
 /// After a 401 to the token of `version`: the token to retry with (see [`refresh_after_401`]), or
 /// `None` to pass the 401 on.
 async fn retry_token(
-    app: &AppState,
+    ctx: &Access<'_>,
     user_id: i64,
     provider: &Provider,
     version: i64,
 ) -> Result<Option<FreshToken>, AccessError> {
-    let token = refresh_after_401(app, user_id, provider, version).await?;
+    let token = refresh_after_401(ctx, user_id, provider, version).await?;
     match &token {
         Some(t) => {
             tracing::info!(service = %provider.name, user_id, version = t.version, "the provider answered 401: retrying once with a newer token")
@@ -77,7 +76,7 @@ async fn retry_token(
 /// the token was obtained within `refresh_cooldown`) and retry once. The caller sees the final
 /// answer (a second 401 included).
 pub async fn call_with_token<B>(
-    app: &AppState,
+    ctx: &Access<'_>,
     user_id: i64,
     provider: &Provider,
     build: B,
@@ -85,17 +84,17 @@ pub async fn call_with_token<B>(
 where
     B: Fn(&reqwest::Client, &Secret) -> reqwest::RequestBuilder,
 {
-    let token = fresh_token(app, user_id, provider).await?;
+    let token = fresh_token(ctx, user_id, provider).await?;
     let (status, headers, body) =
-        app.http.send(build(app.http.client(), &token.access_token)).await.map_err(http_error)?;
+        ctx.http.send(build(ctx.http.client(), &token.access_token)).await.map_err(http_error)?;
     if status.as_u16() != 401 {
         return Ok(ProviderResponse { status: status.as_u16(), headers, body });
     }
-    let Some(token) = retry_token(app, user_id, provider, token.version).await? else {
+    let Some(token) = retry_token(ctx, user_id, provider, token.version).await? else {
         return Ok(ProviderResponse { status: status.as_u16(), headers, body });
     };
     let (status, headers, body) =
-        app.http.send(build(app.http.client(), &token.access_token)).await.map_err(http_error)?;
+        ctx.http.send(build(ctx.http.client(), &token.access_token)).await.map_err(http_error)?;
     Ok(ProviderResponse { status: status.as_u16(), headers, body })
 }
 
@@ -117,12 +116,12 @@ fn field(json: &serde_json::Value, pointer: Option<&str>) -> Option<String> {
 }
 
 /// Fetch the user's account at the provider.
-pub async fn fetch_account(app: &AppState, user_id: i64, provider: &Provider) -> Result<AccountInfo, AccessError> {
+pub async fn fetch_account(ctx: &Access<'_>, user_id: i64, provider: &Provider) -> Result<AccountInfo, AccessError> {
     let Some(url) = provider.account_url.clone() else {
         return Err(AccessError::App(AppError::NotFound));
     };
     let method = provider.account_method;
-    let response = call_with_token(app, user_id, provider, |client, token| {
+    let response = call_with_token(ctx, user_id, provider, |client, token| {
         let request = match method {
             AccountMethod::Get => client.get(url.clone()),
             // Dropbox's RPC endpoints take POST with no body at all.

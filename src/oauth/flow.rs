@@ -4,24 +4,25 @@
 //! the service, the PKCE verifier (sealed) and the return path, valid for `flow_ttl` seconds, and
 //! deleted on the first callback that names it — whatever that callback says.
 
+use std::sync::Arc;
+
 use oauth2::basic::BasicClient;
 use oauth2::{AuthUrl, ClientId, CsrfToken, PkceCodeChallenge, RedirectUrl, Scope};
 use rocket::request::{FromRequest, Outcome, Request};
 use url::Url;
 
-use crate::app::AppState;
 use crate::auth::CurrentUser;
+use crate::config::Settings;
 use crate::db::models::events::{EventKind, EventOutcome};
 use crate::db::models::flows::{self, Flow};
+use crate::db::Db;
 use crate::error::{AppError, AppResult};
+use crate::oauth::access::Access;
 use crate::oauth::providers::Provider;
 use crate::oauth::{store, tokens};
 use crate::util::{now, random_token, sha256_hex, Secret};
 use crate::vault::store::client_credentials;
-
-fn flow_aad(state_hash: &str) -> String {
-    format!("oauth_flows/{state_hash}/pkce_verifier")
-}
+use crate::vault::{Aad, Cipher};
 
 /// Starting (or finishing) a flow for a provider without client credentials. The Redirector's
 /// page says so and offers no button, so a POST anyway is the request's fault: 400, with the words
@@ -32,21 +33,24 @@ pub(crate) fn not_configured(provider: &Provider) -> AppError {
 }
 
 /// Create a flow for `user` and return the provider's authorize URL to send the browser to.
-pub async fn start(app: &AppState, user: &CurrentUser, provider: &Provider, return_to: &str) -> AppResult<Url> {
-    let cipher = app.cipher.clone();
-    let name = provider.name.clone();
-    let creds = app
-        .db
-        .run(move |conn| client_credentials(conn, &cipher, &name))
-        .await?
-        .ok_or_else(|| not_configured(provider))?;
+pub async fn start(
+    db: &Db,
+    cipher: &Arc<Cipher>,
+    settings: &Settings,
+    user: &CurrentUser,
+    provider: &Provider,
+    return_to: &str,
+) -> AppResult<Url> {
+    let (c, name) = (cipher.clone(), provider.name.clone());
+    let creds =
+        db.run(move |conn| client_credentials(conn, &c, &name)).await?.ok_or_else(|| not_configured(provider))?;
 
     let state = random_token(32);
     let state_hash = sha256_hex(&state);
     let (challenge, verifier) = PkceCodeChallenge::new_random_sha256_len(64);
-    let redirect_uri = app.settings.redirect_uri(&provider.name);
+    let redirect_uri = settings.redirect_uri(&provider.name);
     let flow = Flow {
-        pkce_verifier: app.cipher.seal_str(verifier.secret(), &flow_aad(&state_hash)),
+        pkce_verifier: cipher.seal_str(verifier.secret(), Aad::PkceVerifier { state_hash: &state_hash }),
         state_hash,
         session_hash: user.session_hash.clone(),
         user_id: user.id,
@@ -54,20 +58,19 @@ pub async fn start(app: &AppState, user: &CurrentUser, provider: &Provider, retu
         redirect_uri: redirect_uri.clone(),
         return_to: return_to.to_string(),
         created_at: now(),
-        expires_at: now() + app.settings.flow_ttl,
+        expires_at: now() + settings.flow_ttl,
     };
-    let keep = app.settings.max_pending_flows_per_user;
-    app.db
-        .run(move |conn| {
-            conn.transaction(|conn| {
-                flows::delete_expired(conn, now())?;
-                flows::insert(conn, &flow)?;
-                // Bounded per user: the oldest pending requests go first.
-                flows::delete_oldest_beyond(conn, flow.user_id, &flow.state_hash, keep)?;
-                Ok(())
-            })
+    let keep = settings.max_pending_flows_per_user;
+    db.run(move |conn| {
+        conn.transaction(|conn| {
+            flows::delete_expired(conn, now())?;
+            flows::insert(conn, &flow)?;
+            // Bounded per user: the oldest pending requests go first.
+            flows::delete_oldest_beyond(conn, flow.user_id, &flow.state_hash, keep)?;
+            Ok(())
         })
-        .await?;
+    })
+    .await?;
 
     let client = BasicClient::new(ClientId::new(creds.client_id.clone()))
         .set_auth_uri(AuthUrl::from_url(provider.authorize_url.clone()))
@@ -169,16 +172,18 @@ fn describe(description: Option<&str>, code: Option<&str>) -> String {
     text.chars().take(200).collect::<String>().trim().to_string()
 }
 
-/// Handle the provider's redirect back: check the state, then exchange the code and store tokens.
+/// Handle the provider's redirect back: check the state, then exchange the code and store tokens
+/// (through `ctx`'s token store, outbound client and metrics; the refresh locks are not used).
 pub async fn finish(
-    app: &AppState,
+    ctx: &Access<'_>,
     user: Option<&CurrentUser>,
     provider: &Provider,
     params: CallbackParams,
 ) -> AppResult<Finished> {
     // Consume every state the callback names, first of all, so none can be replayed.
     let hashes: Vec<String> = params.states.iter().filter(|s| !s.is_empty()).map(|s| sha256_hex(s)).collect();
-    let taken = app
+    let taken = ctx
+        .tokens
         .db
         .run(move |conn| {
             let mut taken = Vec::new();
@@ -223,8 +228,9 @@ pub async fn finish(
         let svc = service.clone();
         let outcome = if error == "access_denied" { EventOutcome::Cancelled } else { EventOutcome::Failed };
         let detail = format!("authorization: {}", crate::oauth::tokens::sanitize_code(&error));
-        let keep = app.settings.events_per_connection;
-        app.db
+        let keep = ctx.tokens.events_kept;
+        ctx.tokens
+            .db
             .run(move |conn| store::record_event(conn, keep, user_id, &svc, EventKind::Connect, outcome, &detail))
             .await?;
         if error == "access_denied" {
@@ -245,10 +251,12 @@ pub async fn finish(
         return Err(rejected("The provider's answer had no authorization code."));
     };
 
-    let verifier: Secret = app.cipher.open(&flow.pkce_verifier, &flow_aad(&flow.state_hash))?;
-    let cipher = app.cipher.clone();
+    let verifier: Secret =
+        ctx.tokens.cipher.open(&flow.pkce_verifier, Aad::PkceVerifier { state_hash: &flow.state_hash })?;
+    let cipher = ctx.tokens.cipher.clone();
     let svc = service.clone();
-    let creds = app
+    let creds = ctx
+        .tokens
         .db
         .run(move |conn| client_credentials(conn, &cipher, &svc))
         .await?
@@ -256,25 +264,26 @@ pub async fn finish(
     let verifier = provider.pkce.then_some(&verifier);
     let started = std::time::Instant::now();
     let exchanged = tokens::exchange_code(
-        &app.http,
+        ctx.http,
         provider,
         &creds,
         &flow.redirect_uri,
         &code,
         verifier,
-        app.settings.default_token_lifetime,
+        ctx.settings.default_token_lifetime,
     )
     .await;
-    app.metrics.token_endpoint(&provider.name, "authorization_code", started);
+    ctx.metrics.token_endpoint(&provider.name, "authorization_code", started);
     match exchanged {
         Ok(token_set) => {
-            store::save(app, user_id, &service, token_set, EventKind::Connect).await?;
+            store::save(ctx.tokens, user_id, &service, token_set, EventKind::Connect).await?;
             Ok(Finished::Connected { return_to: flow.return_to })
         }
         Err(e) => {
             let detail = format!("code exchange: {e}");
-            let keep = app.settings.events_per_connection;
-            app.db
+            let keep = ctx.tokens.events_kept;
+            ctx.tokens
+                .db
                 .run(move |conn| {
                     store::record_event(
                         conn,

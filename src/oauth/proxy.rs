@@ -6,9 +6,8 @@
 use crate::util::ExposeSecret;
 use url::Url;
 
-use crate::app::AppState;
 use crate::error::AppError;
-use crate::oauth::access::AccessError;
+use crate::oauth::access::{Access, AccessError};
 use crate::oauth::account::send_with_token;
 use crate::oauth::providers::Provider;
 use crate::oauth::tokens::TokenError;
@@ -214,7 +213,7 @@ pub struct Answer {
 
 /// Forward the call (refused before anything is sent if the path is not allowed).
 pub async fn forward(
-    app: &AppState,
+    ctx: &Access<'_>,
     user_id: i64,
     provider: &Provider,
     req: Forward<'_>,
@@ -227,8 +226,8 @@ pub async fn forward(
     let headers = req.headers;
     let body = req.body;
     let method = req.method;
-    let limit = app.settings.proxy_max_response_bytes;
-    let response = send_with_token(app, user_id, provider, limit, |client, token| {
+    let limit = ctx.settings.proxy_max_response_bytes;
+    let response = send_with_token(ctx, user_id, provider, limit, |client, token| {
         let mut builder = client.request(method.clone(), url.clone());
         for (k, v) in &headers {
             builder = builder.header(k.as_str(), v.as_str());

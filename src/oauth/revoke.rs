@@ -1,11 +1,10 @@
 //! Disconnecting: revoke at the provider where it can be done (RFC 7009, or Dropbox's and
 //! GitHub's own variants), then always delete the local tokens.
 
-use crate::app::AppState;
 use crate::db::models::connections;
 use crate::db::models::events::{EventKind, EventOutcome};
 use crate::error::{AppError, AppResult};
-use crate::oauth::access::fresh_token;
+use crate::oauth::access::{fresh_token, Access};
 use crate::oauth::providers::{ClientAuth, Provider, RevokeStyle};
 use crate::oauth::store::{self, open_tokens};
 use crate::util::ExposeSecret;
@@ -22,10 +21,11 @@ pub enum Revoked {
     ProviderFailed(String),
 }
 
-async fn call_provider(app: &AppState, user_id: i64, provider: &Provider) -> Result<(), String> {
+async fn call_provider(ctx: &Access<'_>, user_id: i64, provider: &Provider) -> Result<(), String> {
     let svc = provider.name.clone();
-    let cipher = app.cipher.clone();
-    let (row, creds) = app
+    let cipher = ctx.tokens.cipher.clone();
+    let (row, creds) = ctx
+        .tokens
         .db
         .run(move |conn| Ok((connections::find(conn, user_id, &svc)?, client_credentials(conn, &cipher, &svc)?)))
         .await
@@ -33,8 +33,8 @@ async fn call_provider(app: &AppState, user_id: i64, provider: &Provider) -> Res
     let row = row.ok_or("the connection is gone")?;
     let creds = creds.ok_or("tokenvault has no client credentials for this provider")?;
     let (access, refresh) =
-        open_tokens(&app.cipher, &row).map_err(|_| "the stored tokens could not be decrypted".to_string())?;
-    let client = app.http.client();
+        open_tokens(ctx.tokens.cipher, &row).map_err(|_| "the stored tokens could not be decrypted".to_string())?;
+    let client = ctx.http.client();
     let request = match provider.revoke_style {
         RevokeStyle::None => return Ok(()),
         RevokeStyle::Rfc7009 => {
@@ -65,7 +65,7 @@ async fn call_provider(app: &AppState, user_id: i64, provider: &Provider) -> Res
             let url = provider.revoke_url.clone().ok_or("no revocation endpoint is configured")?;
             // Dropbox revokes with a valid access token (which also ends the refresh token).
             let token =
-                fresh_token(app, user_id, provider).await.map_err(|e| e.into_app_error(provider).user_message())?;
+                fresh_token(ctx, user_id, provider).await.map_err(|e| e.into_app_error(provider).user_message())?;
             client.post(url).bearer_auth(token.access_token.expose_secret())
         }
         RevokeStyle::Github => {
@@ -83,7 +83,7 @@ async fn call_provider(app: &AppState, user_id: i64, provider: &Provider) -> Res
                 .json(&serde_json::json!({ "access_token": access.expose_secret() }))
         }
     };
-    let (status, _, _) = app.http.send(request).await.map_err(|e| e.to_string())?;
+    let (status, _, _) = ctx.http.send(request).await.map_err(|e| e.to_string())?;
     if status.is_success() {
         Ok(())
     } else {
@@ -92,14 +92,14 @@ async fn call_provider(app: &AppState, user_id: i64, provider: &Provider) -> Res
 }
 
 /// Revoke at the provider if it can be done, then delete the local tokens whatever happened.
-pub async fn revoke_and_delete(app: &AppState, user_id: i64, provider: &Provider) -> AppResult<Revoked> {
+pub async fn revoke_and_delete(ctx: &Access<'_>, user_id: i64, provider: &Provider) -> AppResult<Revoked> {
     let svc = provider.name.clone();
-    let exists = app.db.run(move |conn| Ok(connections::find(conn, user_id, &svc)?.is_some())).await?;
+    let exists = ctx.tokens.db.run(move |conn| Ok(connections::find(conn, user_id, &svc)?.is_some())).await?;
     if !exists {
         return Err(AppError::NotFound);
     }
     let outcome = if provider.can_revoke() {
-        match call_provider(app, user_id, provider).await {
+        match call_provider(ctx, user_id, provider).await {
             Ok(()) => Revoked::AtProvider,
             Err(reason) => {
                 tracing::warn!(service = %provider.name, reason = %reason, "revocation at the provider failed");
@@ -116,6 +116,6 @@ pub async fn revoke_and_delete(app: &AppState, user_id: i64, provider: &Provider
         }
         Revoked::ProviderFailed(r) => (EventOutcome::ProviderFailed, format!("{r}; tokens deleted anyway")),
     };
-    store::delete(app, user_id, &provider.name, EventKind::Revoke, event_outcome, detail).await?;
+    store::delete(ctx.tokens, user_id, &provider.name, EventKind::Revoke, event_outcome, detail).await?;
     Ok(outcome)
 }

@@ -1,18 +1,28 @@
 //! The token store: a user's tokens per service, sealed with the vault cipher and bound to
 //! (user, service, column) so that a ciphertext moved to another row does not open.
 
-use crate::app::AppState;
+use std::sync::Arc;
+
+use crate::cache::Caches;
 use crate::db::models::connections::{self, Connection, ConnectionStatus, NewConnection};
 use crate::db::models::events::{self, EventKind, EventOutcome, NewEvent};
-use crate::db::Conn;
+use crate::db::{Conn, Db};
 use crate::error::AppResult;
 use crate::oauth::tokens::TokenSet;
 use crate::util::ExposeSecret;
 use crate::util::{now, Secret};
-use crate::vault::Cipher;
+use crate::vault::{Aad, Cipher};
 
-pub fn aad(user_id: i64, service: &str, column: &str) -> String {
-    format!("connections/{user_id}/{service}/{column}")
+/// What storing a user's tokens needs: the database, the cipher that seals them, this process's
+/// cache of connection rows (dropped after every write) and how many events to keep per
+/// connection. Borrowed from the server's state (`AppState::tokens`) or made by a test.
+#[derive(Clone, Copy)]
+pub struct Tokens<'a> {
+    pub db: &'a Db,
+    pub cipher: &'a Arc<Cipher>,
+    pub caches: &'a Caches,
+    /// `events_per_connection`.
+    pub events_kept: i64,
 }
 
 /// Record something that happened to a connection, keeping its newest `keep` events (the
@@ -44,11 +54,11 @@ pub fn save_new(
     tokens: &TokenSet,
     event_kind: EventKind,
 ) -> AppResult<()> {
-    let access = cipher.seal_str(tokens.access_token.expose_secret(), &aad(user_id, service, "access_token"));
+    let access = cipher.seal_str(tokens.access_token.expose_secret(), Aad::AccessToken { user_id, service });
     let refresh = tokens
         .refresh_token
         .as_ref()
-        .map(|r| cipher.seal_str(r.expose_secret(), &aad(user_id, service, "refresh_token")));
+        .map(|r| cipher.seal_str(r.expose_secret(), Aad::RefreshToken { user_id, service }));
     let scopes = tokens.scopes.join(" ");
     let new = NewConnection {
         user_id,
@@ -94,39 +104,100 @@ pub fn delete_with_event(
 /// [`save_new`] on the blocking pool, then drop this process's cached copy of the row (other
 /// instances learn of it from the invalidation `save_new` records).
 pub async fn save(
-    app: &AppState,
+    store: Tokens<'_>,
     user_id: i64,
     service: &str,
     tokens: TokenSet,
     event_kind: EventKind,
 ) -> AppResult<()> {
-    let (cipher, svc, keep) = (app.cipher.clone(), service.to_string(), app.settings.events_per_connection);
-    app.db.run(move |conn| save_new(conn, keep, &cipher, user_id, &svc, &tokens, event_kind)).await?;
-    app.caches.connection_changed(user_id, service);
+    let (cipher, svc, keep) = (store.cipher.clone(), service.to_string(), store.events_kept);
+    store.db.run(move |conn| save_new(conn, keep, &cipher, user_id, &svc, &tokens, event_kind)).await?;
+    store.caches.connection_changed(user_id, service);
     Ok(())
 }
 
 /// [`delete_with_event`] on the blocking pool, then drop this process's cached copy of the row.
 pub async fn delete(
-    app: &AppState,
+    store: Tokens<'_>,
     user_id: i64,
     service: &str,
     kind: EventKind,
     outcome: EventOutcome,
     detail: String,
 ) -> AppResult<bool> {
-    let (svc, keep) = (service.to_string(), app.settings.events_per_connection);
-    let removed = app.db.run(move |conn| delete_with_event(conn, keep, user_id, &svc, kind, outcome, &detail)).await?;
-    app.caches.connection_changed(user_id, service);
+    let (svc, keep) = (service.to_string(), store.events_kept);
+    let removed =
+        store.db.run(move |conn| delete_with_event(conn, keep, user_id, &svc, kind, outcome, &detail)).await?;
+    store.caches.connection_changed(user_id, service);
     Ok(removed)
 }
 
 /// The decrypted access and refresh tokens of a stored connection.
 pub fn open_tokens(cipher: &Cipher, c: &Connection) -> AppResult<(Secret, Option<Secret>)> {
-    let access = cipher.open(&c.access_token, &aad(c.user_id, &c.service, "access_token"))?;
+    let access = cipher.open(&c.access_token, Aad::AccessToken { user_id: c.user_id, service: &c.service })?;
     let refresh = match &c.refresh_token {
-        Some(r) => Some(cipher.open(r, &aad(c.user_id, &c.service, "refresh_token"))?),
+        Some(r) => Some(cipher.open(r, Aad::RefreshToken { user_id: c.user_id, service: &c.service })?),
         None => None,
     };
     Ok((access, refresh))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::{delete, open_tokens, save, Tokens};
+    use crate::cache::Caches;
+    use crate::db::models::events::{EventKind, EventOutcome};
+    use crate::db::models::{connections, events, users};
+    use crate::db::Db;
+    use crate::oauth::tokens::TokenSet;
+    use crate::util::{now, ExposeSecret, Secret};
+    use crate::vault::Cipher;
+
+    /// The store's handles are plain values: a test makes them from a database file, a cipher and
+    /// a cache, without Rocket.
+    #[rocket::async_test]
+    async fn tokens_are_sealed_per_row_and_deleted_with_their_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.sqlite").to_string_lossy()).unwrap();
+        let (cipher, caches) = (Arc::new(Cipher::for_tests(7)), Caches::new(60));
+        let store = Tokens { db: &db, cipher: &cipher, caches: &caches, events_kept: 10 };
+        let user = users::NewUser {
+            username: "ann",
+            password_hash: "x",
+            is_admin: false,
+            created_at: 0,
+            password_changed_at: 0,
+        };
+        let user_id = users::create(&mut db.conn().unwrap(), &user).unwrap().unwrap().id;
+        let set = TokenSet {
+            access_token: Secret::from("AT-1"),
+            refresh_token: Some(Secret::from("RT-1")),
+            token_type: "Bearer".into(),
+            scopes: vec!["read".into()],
+            expires_at: None,
+            obtained_at: now(),
+        };
+        save(store, user_id, "fake", set, EventKind::Connect).await.unwrap();
+
+        let mut conn = db.conn().unwrap();
+        let row = connections::find(&mut conn, user_id, "fake").unwrap().expect("stored");
+        assert!(!row.access_token.windows(4).any(|w| w == b"AT-1"), "sealed, not stored in the clear");
+        let (access, refresh) = open_tokens(&cipher, &row).unwrap();
+        assert_eq!((access.expose_secret(), refresh.as_ref().map(|r| r.expose_secret())), ("AT-1", Some("RT-1")));
+        // Bound to its row: the same ciphertext under another user's name does not open.
+        let moved = connections::Connection { user_id: user_id + 1, ..row.clone() };
+        assert!(open_tokens(&cipher, &moved).is_err());
+
+        assert!(delete(store, user_id, "fake", EventKind::Delete, EventOutcome::Ok, "gone".into()).await.unwrap());
+        assert!(connections::find(&mut conn, user_id, "fake").unwrap().is_none());
+        let details: Vec<String> =
+            events::recent(&mut conn, user_id, "fake", 5).unwrap().into_iter().map(|e| e.detail).collect();
+        assert_eq!(details, ["gone", "with a refresh token"]);
+        assert!(
+            !delete(store, user_id, "fake", EventKind::Delete, EventOutcome::Ok, "gone".into()).await.unwrap(),
+            "nothing left"
+        );
+    }
 }

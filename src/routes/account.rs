@@ -5,12 +5,12 @@ use rocket::{get, routes, Route, State};
 use rocket_dyn_templates::Template;
 use serde::Serialize;
 
-use crate::app::AppState;
 use crate::auth::CurrentUser;
 use crate::error::{AppError, AppResult};
 use crate::oauth::access::AccessError;
 use crate::oauth::account::fetch_account;
 use crate::routes::services::provider;
+use crate::state::AppState;
 use crate::web::{Layout, Page};
 
 pub fn routes() -> Vec<Route> {
@@ -50,7 +50,7 @@ async fn account(app: &State<AppState>, user: &CurrentUser, layout: Layout, serv
         account_email: None,
         json: String::new(),
     };
-    match fetch_account(app, user.id, &p).await {
+    match fetch_account(&app.access(), user.id, &p).await {
         Ok(info) => {
             page.ok = true;
             page.account_id = info.id;

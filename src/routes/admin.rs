@@ -8,9 +8,9 @@ use rocket::{get, post, routes, uri, Route, State};
 use rocket_dyn_templates::Template;
 use serde::Serialize;
 
-use crate::app::AppState;
 use crate::auth::{AdminUser, Csrf, CsrfField};
 use crate::error::{AppError, AppResult};
+use crate::state::AppState;
 use crate::util::{format_utc, now, relative_time, Secret};
 use crate::vault::store as vault;
 use crate::web::{Flash, Layout, Page};

@@ -12,13 +12,13 @@ use rocket::serde::json::Json;
 use rocket::{delete, get, head, patch, post, put, routes, Route, State};
 use serde::Serialize;
 
-use crate::app::AppState;
 use crate::auth::api_key::ApiUser;
 use crate::db::models::connections::{self, ConnectionStatus};
 use crate::error::AppError;
 use crate::oauth::access::fresh_token;
 use crate::oauth::providers::Provider;
 use crate::oauth::proxy::{self, Forward};
+use crate::state::AppState;
 use crate::util::rfc3339;
 
 pub fn routes() -> Vec<Route> {
@@ -88,7 +88,7 @@ struct TokenOut {
 #[get("/services/<service>/token")]
 async fn token(app: &State<AppState>, user: &ApiUser, service: &str) -> ApiResult<Json<TokenOut>> {
     let p = provider(app, service)?;
-    let t = fresh_token(app, user.id, &p).await.map_err(|e| e.into_app_error(&p))?;
+    let t = fresh_token(&app.access(), user.id, &p).await.map_err(|e| e.into_app_error(&p))?;
     let token_type = if t.token_type.eq_ignore_ascii_case("bearer") { "Bearer".to_string() } else { t.token_type };
     Ok(Json(TokenOut {
         service: p.name.clone(),
@@ -195,7 +195,7 @@ async fn run_proxy(
         headers: incoming.headers,
         body,
     };
-    match proxy::forward(app, user.id, &p, forward).await {
+    match proxy::forward(&app.access(), user.id, &p, forward).await {
         Ok(answer) => Ok(Proxied { answer, limit: app.settings.proxy_max_response_bytes }),
         Err(e) => Err(e.into_app_error(&p)),
     }

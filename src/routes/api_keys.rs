@@ -8,10 +8,10 @@ use rocket::{get, post, routes, uri, Route, State};
 use rocket_dyn_templates::Template;
 use serde::Serialize;
 
-use crate::app::AppState;
 use crate::auth::{api_key, Csrf, CsrfField, CsrfOnly, CurrentUser};
 use crate::db::models::api_keys;
 use crate::error::{AppError, AppResult};
+use crate::state::AppState;
 use crate::util::{format_utc, now, relative_time};
 use crate::web::{Flash, Layout, Page};
 
@@ -120,7 +120,7 @@ async fn create(
     form: Csrf<CreateForm>,
 ) -> AppResult<(Status, Template)> {
     let uid = user.id;
-    match api_key::create_for(app, uid, form.name.clone()).await {
+    match api_key::create_for(&app.db, &app.caches, app.settings.max_api_keys_per_user, uid, form.name.clone()).await {
         Ok(created) => {
             tracing::info!(user_id = uid, key_id = created.row.id, "API key created");
             let new_key = NewKeyView {
@@ -146,7 +146,7 @@ async fn revoke(
     _form: Csrf<CsrfOnly>,
 ) -> AppResult<Flash<Redirect>> {
     let uid = user.id;
-    if !api_key::revoke(app, uid, id).await? {
+    if !api_key::revoke(&app.db, &app.caches, uid, id).await? {
         return Err(AppError::NotFound);
     }
     tracing::info!(user_id = uid, key_id = id, "API key revoked");

@@ -7,11 +7,11 @@ use rocket::{get, post, routes, uri, Route, State};
 use rocket_dyn_templates::Template;
 use serde::Serialize;
 
-use crate::app::AppState;
 use crate::auth::throttle::DeviceClaim;
 use crate::auth::{accounts, device, session, Csrf, CsrfField, CsrfOnly, CurrentUser};
 use crate::db::models::users;
 use crate::error::{AppError, AppResult};
+use crate::state::AppState;
 use crate::util::Secret;
 use crate::web::{safe_next, Flash, Layout, Page};
 

@@ -8,10 +8,10 @@ use rocket::response::{self, Responder};
 use rocket::serde::json::{json, Json, Value};
 use rocket::{get, routes, Route, State};
 
-use crate::app::AppState;
 use crate::config::MetricsAccess;
 use crate::db::models::connections;
 use crate::error::{render_error, AppError, AppResult, StatusWords};
+use crate::state::AppState;
 
 pub fn routes() -> Vec<Route> {
     routes![healthz, readyz, metrics]

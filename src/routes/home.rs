@@ -4,10 +4,10 @@ use rocket::{get, routes, Route, State};
 use rocket_dyn_templates::Template;
 use serde::Serialize;
 
-use crate::app::AppState;
 use crate::auth::CurrentUser;
 use crate::db::models::connections::{self, ConnectionStatus};
 use crate::error::AppResult;
+use crate::state::AppState;
 use crate::util::{now, relative_time};
 use crate::web::{Layout, Page};
 

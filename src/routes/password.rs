@@ -8,10 +8,10 @@ use rocket::{get, post, routes, uri, Route, State};
 use rocket_dyn_templates::Template;
 use serde::Serialize;
 
-use crate::app::AppState;
 use crate::auth::{accounts, device, password, session, Csrf, CsrfField, CurrentUser};
 use crate::db::models::users;
 use crate::error::{AppError, AppResult};
+use crate::state::AppState;
 use crate::util::Secret;
 use crate::web::{Flash, Layout, Page};
 
@@ -87,7 +87,7 @@ async fn change(
     let hash = app.hasher.hash(Secret::from(form.new_password)).await?;
     // Every session ends, this one too (a fresh one is started below), and every API key is
     // revoked: whoever knew the old password may have made one.
-    let done = accounts::change_password(app, uid, hash).await?;
+    let done = accounts::change_password(&app.db, &app.caches, uid, hash).await?;
     session::start(&app.db, &app.settings, cookies, uid).await?;
     let keys = done.revoked_key_hashes.len();
     tracing::info!(user_id = uid, sessions_ended = done.sessions_ended, api_keys_revoked = keys, "password changed");

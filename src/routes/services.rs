@@ -10,12 +10,12 @@ use rocket::{get, post, routes, Route, State};
 use rocket_dyn_templates::Template;
 use serde::Serialize;
 
-use crate::app::AppState;
 use crate::auth::{Csrf, CsrfField, CurrentUser};
 use crate::db::models::connections::{self, ConnectionStatus};
 use crate::error::{AppError, AppResult};
 use crate::oauth::flow::{self, CallbackParams, Finished};
 use crate::oauth::providers::Provider;
+use crate::state::AppState;
 use crate::util::{format_utc, now, relative_time};
 use crate::vault::store as vault;
 use crate::web::{safe_next, Layout, Page};
@@ -108,7 +108,7 @@ async fn authorize(
 ) -> AppResult<Redirect> {
     let p = provider(app, service)?;
     let return_to = return_path(form.next.as_deref());
-    let url = flow::start(app, user, &p, &return_to).await?;
+    let url = flow::start(&app.db, &app.cipher, &app.settings, user, &p, &return_to).await?;
     tracing::info!(user_id = user.id, service = %p.name, "authorization started");
     Ok(Redirect::to(url.to_string()))
 }
@@ -151,7 +151,7 @@ async fn finish_callback(
     params: CallbackParams,
 ) -> AppResult<Result<Redirect, Template>> {
     let p = provider(app, service)?;
-    match flow::finish(app, user, &p, params).await? {
+    match flow::finish(&app.access(), user, &p, params).await? {
         Finished::Connected { return_to } => {
             tracing::info!(service = %p.name, "service connected");
             let query: String =

@@ -7,10 +7,10 @@ use rocket::{get, post, routes, uri, Route, State};
 use rocket_dyn_templates::Template;
 use serde::Serialize;
 
-use crate::app::AppState;
 use crate::auth::{session, Csrf, CsrfOnly, CurrentUser};
 use crate::db::models::sessions;
 use crate::error::{AppError, AppResult};
+use crate::state::AppState;
 use crate::util::{format_utc, now, relative_time};
 use crate::web::{Flash, Layout, Page};
 

@@ -5,13 +5,13 @@ use rocket::{get, post, routes, uri, Route, State};
 use rocket_dyn_templates::Template;
 use serde::Serialize;
 
-use crate::app::AppState;
 use crate::auth::{Csrf, CsrfOnly, CurrentUser};
 use crate::db::models::connections::{self, ConnectionStatus};
 use crate::db::models::events::{self, EventKind, EventOutcome};
 use crate::error::{AppError, AppResult};
 use crate::oauth::revoke::{revoke_and_delete, Revoked};
 use crate::oauth::store;
+use crate::state::AppState;
 use crate::util::{format_utc, now, relative_time};
 use crate::web::{Flash, Layout, Page};
 
@@ -116,9 +116,15 @@ async fn delete(
     service: &str,
     _form: Csrf<CsrfOnly>,
 ) -> AppResult<Flash<Redirect>> {
-    let removed =
-        store::delete(app, user.id, service, EventKind::Delete, EventOutcome::Ok, "tokens deleted locally".into())
-            .await?;
+    let removed = store::delete(
+        app.tokens(),
+        user.id,
+        service,
+        EventKind::Delete,
+        EventOutcome::Ok,
+        "tokens deleted locally".into(),
+    )
+    .await?;
     if !removed {
         return Err(AppError::NotFound);
     }
@@ -139,7 +145,7 @@ async fn revoke(
     _form: Csrf<CsrfOnly>,
 ) -> AppResult<Flash<Redirect>> {
     let p = crate::routes::services::provider(app, service)?;
-    let outcome = revoke_and_delete(app, user.id, &p).await?;
+    let outcome = revoke_and_delete(&app.access(), user.id, &p).await?;
     let name = &p.display_name;
     let back = Redirect::to(uri!(oauth2));
     Ok(match outcome {

@@ -4,6 +4,7 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroize;
 
+use super::Aad;
 use crate::util::{b64_decode, Secret};
 
 /// Length of a vault key in bytes (256 bits).
@@ -93,7 +94,8 @@ impl Cipher {
     }
 
     /// Encrypt `plaintext` bound to `aad`: `version | key id | nonce | ciphertext+tag`.
-    pub fn seal(&self, plaintext: &[u8], aad: &str) -> Vec<u8> {
+    pub fn seal(&self, plaintext: &[u8], aad: Aad<'_>) -> Vec<u8> {
+        let aad = aad.to_string();
         let mut nonce = [0u8; NONCE_LEN];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         let sealed = self
@@ -109,12 +111,12 @@ impl Cipher {
         out
     }
 
-    pub fn seal_str(&self, plaintext: &str, aad: &str) -> Vec<u8> {
+    pub fn seal_str(&self, plaintext: &str, aad: Aad<'_>) -> Vec<u8> {
         self.seal(plaintext.as_bytes(), aad)
     }
 
     /// Decrypt a value sealed by [`Cipher::seal`] with the same `aad`.
-    pub fn open(&self, sealed: &[u8], aad: &str) -> Result<Secret, VaultError> {
+    pub fn open(&self, sealed: &[u8], aad: Aad<'_>) -> Result<Secret, VaultError> {
         if sealed.len() < HEADER_LEN + 16 || sealed[0] != VERSION {
             return Err(VaultError::Malformed);
         }
@@ -124,6 +126,7 @@ impl Cipher {
             .find(|k| k.id == id)
             .ok_or_else(|| VaultError::UnknownKey(crate::util::hex(id)))?;
         let nonce = XNonce::from_slice(&sealed[1 + KEY_ID_LEN..HEADER_LEN]);
+        let aad = aad.to_string();
         let mut plain = key
             .aead
             .decrypt(nonce, Payload { msg: &sealed[HEADER_LEN..], aad: aad.as_bytes() })
@@ -147,52 +150,57 @@ mod tests {
     use super::*;
     use crate::util::ExposeSecret;
 
+    const X: Aad<'static> = Aad::VaultEntry("x");
+
     #[test]
     fn round_trip_with_associated_data() {
         let c = Cipher::for_tests(1);
-        let sealed = c.seal_str("RT-CANARY-xyz", "connections/1/demo/refresh_token");
+        let sealed = c.seal_str("RT-CANARY-xyz", Aad::RefreshToken { user_id: 1, service: "demo" });
         assert!(!String::from_utf8_lossy(&sealed).contains("RT-CANARY"));
-        assert_eq!(c.open(&sealed, "connections/1/demo/refresh_token").unwrap().expose_secret(), "RT-CANARY-xyz");
+        assert_eq!(
+            c.open(&sealed, Aad::RefreshToken { user_id: 1, service: "demo" }).unwrap().expose_secret(),
+            "RT-CANARY-xyz"
+        );
     }
 
     #[test]
     fn moved_ciphertext_does_not_open() {
         let c = Cipher::for_tests(1);
-        let sealed = c.seal_str("secret", "connections/1/demo/access_token");
-        assert!(matches!(c.open(&sealed, "connections/2/demo/access_token"), Err(VaultError::Decrypt)));
+        let sealed = c.seal_str("secret", Aad::AccessToken { user_id: 1, service: "demo" });
+        assert!(matches!(c.open(&sealed, Aad::AccessToken { user_id: 2, service: "demo" }), Err(VaultError::Decrypt)));
     }
 
     #[test]
     fn flipped_byte_is_an_error_not_a_panic() {
         let c = Cipher::for_tests(1);
-        let sealed = c.seal_str("secret", "x");
+        let sealed = c.seal_str("secret", X);
         for i in 0..sealed.len() {
             let mut bad = sealed.clone();
             bad[i] ^= 0x01;
-            assert!(c.open(&bad, "x").is_err(), "flipping byte {i} must fail");
+            assert!(c.open(&bad, X).is_err(), "flipping byte {i} must fail");
         }
-        assert!(matches!(c.open(&sealed[..10], "x"), Err(VaultError::Malformed)));
-        assert!(matches!(c.open(&[], "x"), Err(VaultError::Malformed)));
+        assert!(matches!(c.open(&sealed[..10], X), Err(VaultError::Malformed)));
+        assert!(matches!(c.open(&[], X), Err(VaultError::Malformed)));
     }
 
     #[test]
     fn nonces_are_random() {
         let c = Cipher::for_tests(1);
-        assert_ne!(c.seal_str("same", "x"), c.seal_str("same", "x"));
+        assert_ne!(c.seal_str("same", X), c.seal_str("same", X));
     }
 
     #[test]
     fn old_keys_decrypt_and_wrong_keys_do_not() {
         let old = Cipher::for_tests(1);
-        let sealed = old.seal_str("v", "x");
+        let sealed = old.seal_str("v", X);
         let new_key = crate::util::b64_encode(&[2u8; KEY_LEN]);
         let old_key = crate::util::b64_encode(&[1u8; KEY_LEN]);
         let ring = Cipher::from_base64(&new_key, &[old_key]).unwrap();
-        assert_eq!(ring.open(&sealed, "x").unwrap().expose_secret(), "v");
+        assert_eq!(ring.open(&sealed, X).unwrap().expose_secret(), "v");
         assert!(ring.needs_rotation(&sealed));
-        assert!(!ring.needs_rotation(&ring.seal_str("v", "x")));
+        assert!(!ring.needs_rotation(&ring.seal_str("v", X)));
         let other = Cipher::for_tests(3);
-        assert!(matches!(other.open(&sealed, "x"), Err(VaultError::UnknownKey(_))));
+        assert!(matches!(other.open(&sealed, X), Err(VaultError::UnknownKey(_))));
     }
 
     #[test]

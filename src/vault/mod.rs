@@ -1,11 +1,13 @@
 //! Secrets at rest: the AEAD cipher (XChaCha20-Poly1305 with a key ring) and the project vault.
 //!
 //! Every sealed value carries the id of the key that sealed it and is bound to associated data
-//! naming what it belongs to (`vault_entries/dropbox.client_secret`,
+//! naming what it belongs to (an [`Aad`]: `vault_entries/dropbox.client_secret`,
 //! `connections/7/dropbox/access_token`…), so a ciphertext copied to another row does not open.
 
+mod aad;
 mod cipher;
 pub mod rotation;
 pub mod store;
 
+pub use aad::Aad;
 pub use cipher::{Cipher, VaultError, KEY_LEN};

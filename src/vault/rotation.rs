@@ -13,7 +13,7 @@ use crate::db::Conn;
 use crate::error::{AppError, AppResult};
 use crate::util::now;
 use crate::util::ExposeSecret;
-use crate::vault::{Cipher, VaultError};
+use crate::vault::{Aad, Cipher, VaultError};
 
 const KEY_CHECK: &str = "vault_key_check";
 const KEY_CHECK_PLAINTEXT: &str = "tokenvault vault key check";
@@ -33,11 +33,11 @@ pub enum KeyCheck {
 pub fn verify_key(conn: &mut Conn, cipher: &Cipher) -> Result<KeyCheck, String> {
     let stored = meta::get(conn, KEY_CHECK).map_err(|e| e.to_string())?;
     let Some(sealed) = stored else {
-        meta::set(conn, KEY_CHECK, &cipher.seal_str(KEY_CHECK_PLAINTEXT, "meta/vault_key_check"), now())
+        meta::set(conn, KEY_CHECK, &cipher.seal_str(KEY_CHECK_PLAINTEXT, Aad::KeyCheck), now())
             .map_err(|e| e.to_string())?;
         return Ok(KeyCheck::Created);
     };
-    match cipher.open(&sealed, "meta/vault_key_check") {
+    match cipher.open(&sealed, Aad::KeyCheck) {
         Ok(v) if v.expose_secret() == KEY_CHECK_PLAINTEXT => {
             Ok(if cipher.needs_rotation(&sealed) { KeyCheck::OldKey } else { KeyCheck::Active })
         }
@@ -58,7 +58,7 @@ pub struct Rotated {
     pub flows: usize,
 }
 
-fn reseal(cipher: &Cipher, sealed: &[u8], aad: &str) -> AppResult<Option<Vec<u8>>> {
+fn reseal(cipher: &Cipher, sealed: &[u8], aad: Aad<'_>) -> AppResult<Option<Vec<u8>>> {
     if !cipher.needs_rotation(sealed) {
         return Ok(None);
     }
@@ -77,7 +77,7 @@ pub fn rotate(conn: &mut Conn, cipher: &Cipher, mut progress: impl FnMut(&str, u
         after = last.0.clone();
         conn.transaction(|conn| {
             for (path, sealed) in &batch {
-                if let Some(new) = reseal(cipher, sealed, &format!("vault_entries/{path}"))? {
+                if let Some(new) = reseal(cipher, sealed, Aad::VaultEntry(path))? {
                     vault_model::set_ciphertext(conn, path, &new)?;
                     done.vault_entries += 1;
                 }
@@ -94,10 +94,10 @@ pub fn rotate(conn: &mut Conn, cipher: &Cipher, mut progress: impl FnMut(&str, u
         after_id = last.id;
         conn.transaction(|conn| {
             for row in &batch {
-                let aad = |col: &str| crate::oauth::store::aad(row.user_id, &row.service, col);
-                let new_access = reseal(cipher, &row.access_token, &aad("access_token"))?;
+                let (user_id, service) = (row.user_id, row.service.as_str());
+                let new_access = reseal(cipher, &row.access_token, Aad::AccessToken { user_id, service })?;
                 let new_refresh = match &row.refresh_token {
-                    Some(r) => reseal(cipher, r, &aad("refresh_token"))?,
+                    Some(r) => reseal(cipher, r, Aad::RefreshToken { user_id, service })?,
                     None => None,
                 };
                 // Compare-and-swap on the version: a refresh by a running server in between wins
@@ -121,12 +121,12 @@ pub fn rotate(conn: &mut Conn, cipher: &Cipher, mut progress: impl FnMut(&str, u
     let flows = flows::sealed_all(conn)?;
     conn.transaction(|conn| {
         for (hash, sealed) in &flows {
-            if let Some(new) = reseal(cipher, sealed, &format!("oauth_flows/{hash}/pkce_verifier"))? {
+            if let Some(new) = reseal(cipher, sealed, Aad::PkceVerifier { state_hash: hash })? {
                 flows::set_verifier(conn, hash, &new)?;
                 done.flows += 1;
             }
         }
-        meta::set(conn, KEY_CHECK, &cipher.seal_str(KEY_CHECK_PLAINTEXT, "meta/vault_key_check"), now())?;
+        meta::set(conn, KEY_CHECK, &cipher.seal_str(KEY_CHECK_PLAINTEXT, Aad::KeyCheck), now())?;
         Ok::<_, AppError>(())
     })?;
     progress("flows", done.flows);

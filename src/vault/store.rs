@@ -5,14 +5,10 @@ use crate::db::Conn;
 use crate::error::{AppError, AppResult};
 use crate::util::ExposeSecret;
 use crate::util::{now, Secret};
-use crate::vault::Cipher;
+use crate::vault::{Aad, Cipher};
 
 /// Largest value the vault accepts, in bytes.
 pub const MAX_VALUE_LEN: usize = 16 * 1024;
-
-fn aad(path: &str) -> String {
-    format!("vault_entries/{path}")
-}
 
 /// Paths are dotted names such as `dropbox.client_secret`.
 pub fn validate_path(path: &str) -> Result<(), String> {
@@ -39,7 +35,7 @@ pub fn set(conn: &mut Conn, cipher: &Cipher, path: &str, value: &str, by: &str) 
     }
     let entry = VaultEntry {
         path: path.to_string(),
-        ciphertext: cipher.seal_str(value, &aad(path)),
+        ciphertext: cipher.seal_str(value, Aad::VaultEntry(path)),
         updated_at: now(),
         updated_by: by.to_string(),
     };
@@ -50,7 +46,7 @@ pub fn set(conn: &mut Conn, cipher: &Cipher, path: &str, value: &str, by: &str) 
 /// The decrypted value at `path`, if set. A value that does not decrypt is an error.
 pub fn get(conn: &mut Conn, cipher: &Cipher, path: &str) -> AppResult<Option<Secret>> {
     match model::get(conn, path)? {
-        Some(entry) => Ok(Some(cipher.open(&entry.ciphertext, &aad(path))?)),
+        Some(entry) => Ok(Some(cipher.open(&entry.ciphertext, Aad::VaultEntry(path))?)),
         None => Ok(None),
     }
 }

@@ -10,9 +10,9 @@ use rocket::http::CookieJar;
 use rocket::request::Request;
 use rocket::response::{self, Responder};
 
-use crate::app::AppState;
 use crate::auth::session::cookie;
 use crate::config::Settings;
+use crate::state::AppState;
 
 use super::FlashView;
 

@@ -2,8 +2,8 @@ use rocket::http::Status;
 use rocket::request::{FromRequest, Outcome, Request};
 use serde::Serialize;
 
-use crate::app::AppState;
 use crate::auth::CurrentUser;
+use crate::state::AppState;
 
 /// The navigation bar's view of the visitor.
 #[derive(Clone, Serialize)]

@@ -257,8 +257,8 @@ impl TestApp {
     }
 
     /// The app's managed state.
-    pub fn state(&self) -> &tokenvault::app::AppState {
-        self.client.rocket().state::<tokenvault::app::AppState>().expect("app state")
+    pub fn state(&self) -> &tokenvault::state::AppState {
+        self.client.rocket().state::<tokenvault::state::AppState>().expect("app state")
     }
 
     /// One text column of the first row.

@@ -1,0 +1,58 @@
+//! The state every request shares, below the routes: one handle per service (database, cipher,
+//! outbound HTTP, caches, settings, provider catalog, refresh locks, login throttle, hasher,
+//! metrics). `app::rocket` builds it and hands it to Rocket as managed state; guards and handlers
+//! read it with `&State<AppState>`. The functions of `oauth/`, `auth/`, `vault/` and `db/` take
+//! only the handles they need, never this struct.
+
+use std::sync::Arc;
+
+use crate::auth::password::Hasher;
+use crate::auth::throttle::LoginThrottle;
+use crate::cache::Caches;
+use crate::config::Settings;
+use crate::db::Db;
+use crate::metrics::Metrics;
+use crate::oauth::access::{Access, RefreshLocks};
+use crate::oauth::http::Outbound;
+use crate::oauth::providers::Catalog;
+use crate::oauth::store::Tokens;
+use crate::vault::Cipher;
+
+/// What handlers and guards share, in Rocket's managed state.
+pub struct AppState {
+    pub db: Db,
+    pub settings: Arc<Settings>,
+    pub cipher: Arc<Cipher>,
+    pub http: Outbound,
+    pub catalog: Arc<Catalog>,
+    pub refresh_locks: RefreshLocks,
+    pub login_throttle: LoginThrottle,
+    /// Every argon2 hash and verify of the server runs through it (bounded, see its docs).
+    pub hasher: Arc<Hasher>,
+    pub metrics: Arc<Metrics>,
+    /// In-memory copies of API keys and connection rows (see `crate::cache`).
+    pub caches: Arc<Caches>,
+}
+
+impl AppState {
+    /// The token store's handles (`oauth::store`).
+    pub fn tokens(&self) -> Tokens<'_> {
+        Tokens {
+            db: &self.db,
+            cipher: &self.cipher,
+            caches: &self.caches,
+            events_kept: self.settings.events_per_connection,
+        }
+    }
+
+    /// What getting a usable token needs (`oauth::access`, and the calls built on it).
+    pub fn access(&self) -> Access<'_> {
+        Access {
+            tokens: self.tokens(),
+            http: &self.http,
+            metrics: &self.metrics,
+            locks: &self.refresh_locks,
+            settings: &self.settings,
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! What a sealed value belongs to: the associated data every seal and open is bound to.
+//!
+//! The cipher authenticates these bytes with the ciphertext, so a value copied to another row
+//! (another user, service, column, path or flow) does not open. The strings are part of every
+//! ciphertext already stored: their formats never change (see the golden test below).
+
+use std::fmt;
+
+/// The row (and column) a sealed value belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Aad<'a> {
+    /// A project vault entry, by path (`dropbox.client_secret`).
+    VaultEntry(&'a str),
+    /// A user's access token for a service.
+    AccessToken { user_id: i64, service: &'a str },
+    /// A user's refresh token for a service.
+    RefreshToken { user_id: i64, service: &'a str },
+    /// The PKCE verifier of an authorization flow in flight, by the SHA-256 of its state.
+    PkceVerifier { state_hash: &'a str },
+    /// The value in `meta` that tells whether the configured key opens this database.
+    KeyCheck,
+}
+
+impl fmt::Display for Aad<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Aad::VaultEntry(path) => write!(f, "vault_entries/{path}"),
+            Aad::AccessToken { user_id, service } => write!(f, "connections/{user_id}/{service}/access_token"),
+            Aad::RefreshToken { user_id, service } => write!(f, "connections/{user_id}/{service}/refresh_token"),
+            Aad::PkceVerifier { state_hash } => write!(f, "oauth_flows/{state_hash}/pkce_verifier"),
+            Aad::KeyCheck => f.write_str("meta/vault_key_check"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Aad;
+
+    /// The formats of every ciphertext already stored: changing one would make those values
+    /// unreadable.
+    #[test]
+    fn formats_are_those_of_the_stored_ciphertexts() {
+        let golden = [
+            (Aad::VaultEntry("dropbox.client_secret"), "vault_entries/dropbox.client_secret"),
+            (Aad::AccessToken { user_id: 7, service: "dropbox" }, "connections/7/dropbox/access_token"),
+            (Aad::RefreshToken { user_id: 7, service: "dropbox" }, "connections/7/dropbox/refresh_token"),
+            (Aad::PkceVerifier { state_hash: "ab12" }, "oauth_flows/ab12/pkce_verifier"),
+            (Aad::KeyCheck, "meta/vault_key_check"),
+        ];
+        for (aad, text) in golden {
+            assert_eq!(aad.to_string(), text);
+        }
+    }
+}
