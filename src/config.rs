@@ -9,7 +9,7 @@ use rocket::figment::Figment;
 use serde::Deserialize;
 use url::Url;
 
-use crate::oauth::providers::ProviderConfig;
+use crate::oauth::provider_config::ProviderConfig;
 use crate::util::Secret;
 
 /// The settings as written in `Rocket.toml` / the environment.

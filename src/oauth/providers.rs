@@ -9,66 +9,7 @@ use url::Url;
 
 use crate::config::{invalid, parse_endpoint, ConfigError, Settings};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ClientAuth {
-    /// HTTP Basic `client_id:client_secret` (RFC 6749 §2.3.1).
-    Basic,
-    /// `client_id` and `client_secret` in the form body.
-    Post,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RevokeStyle {
-    /// RFC 7009: form `token` + `token_type_hint`, client authentication.
-    Rfc7009,
-    /// Dropbox: POST with the access token as Bearer, no body.
-    Dropbox,
-    /// GitHub: DELETE /applications/{client_id}/token, Basic auth, JSON body.
-    Github,
-    /// The provider offers no revocation endpoint.
-    None,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum AccountMethod {
-    Get,
-    /// POST with no body (Dropbox's `get_current_account`).
-    Post,
-}
-
-/// One `[<profile>.providers.<name>]` table. Every field may override its preset.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProviderConfig {
-    pub preset: Option<String>,
-    pub display_name: Option<String>,
-    pub description: Option<String>,
-    pub authorize_url: Option<String>,
-    pub token_url: Option<String>,
-    pub revoke_url: Option<String>,
-    pub revoke_style: Option<RevokeStyle>,
-    pub account_url: Option<String>,
-    pub account_method: Option<AccountMethod>,
-    pub api_base_url: Option<String>,
-    pub scopes: Option<Vec<String>>,
-    pub authorize_params: Option<BTreeMap<String, String>>,
-    pub client_auth: Option<ClientAuth>,
-    pub pkce: Option<bool>,
-    pub issuer: Option<String>,
-    /// Microsoft: the tenant in the endpoint URLs (`common` by default).
-    pub tenant: Option<String>,
-    /// Access-token lifetime assumed when the token response has no `expires_in` (seconds).
-    pub token_lifetime: Option<i64>,
-    /// Whether this provider's tokens expire at all (GitHub OAuth apps: no).
-    pub tokens_expire: Option<bool>,
-    /// JSON pointers (RFC 6901) to the user's id, name and email in the account API's answer.
-    pub account_id_pointer: Option<String>,
-    pub account_name_pointer: Option<String>,
-    pub account_email_pointer: Option<String>,
-}
+pub use crate::oauth::provider_config::{AccountMethod, ClientAuth, ProviderConfig, RevokeStyle};
 
 /// Where the user's id, name and email are in the account response (JSON pointers).
 #[derive(Debug, Clone, Default)]
