@@ -1,7 +1,7 @@
 //! The one error type of the app, from the model to the response: its HTTP status, its stable
 //! JSON code, the message a user may see, the detail that is logged, and how it is shown — an
 //! HTML page with the site layout, or JSON (`{"error": "<code>", "message", "request_id"}`) when
-//! the request asks for it ([`wants_json`]: under `/api/`, or `Accept: application/json`).
+//! the request asks for it (`web::wants_json`: under `/api/`, or `Accept: application/json`).
 //!
 //! Which variant to use:
 //! - `NotFound`: another user's row (never reveal that it exists), a missing page or record.
@@ -23,16 +23,10 @@
 //! `error` for ≥ 500, `request refused` at `info` otherwise) with the request id, status, code and
 //! the error's `Display` — which names services and causes, never a token, secret or query.
 //! Errors that are not an `AppError` (a guard's refusal, an unknown route) are rendered by the
-//! catchers with the same [`render_error`], from the same [`StatusWords`] table.
+//! catchers with the same `render_error`, from the same [`StatusWords`] table. How an error is
+//! shown (the page, the JSON body, the log line) is `web::error_page`, above the model.
 
-use rocket::http::{ContentType, Status};
-use rocket::request::Request;
-use rocket::response::{self, Responder};
-use rocket::serde::json::Json;
-use rocket_dyn_templates::Template;
-use serde::Serialize;
-
-use crate::web::RequestId;
+use rocket::http::Status;
 
 /// The service an error is about: its configured name (logged) and display name (shown).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -229,89 +223,6 @@ impl StatusWords {
             _ => ("internal_error", WRONG, OUR_SIDE),
         };
         StatusWords { code, heading, message }
-    }
-}
-
-#[derive(Serialize)]
-struct ErrorPage<'a> {
-    title: &'a str,
-    status: u16,
-    heading: &'a str,
-    message: String,
-    request_id: String,
-    nav: crate::web::Nav,
-    flash: Option<crate::web::FlashView>,
-}
-
-#[derive(Serialize)]
-struct JsonError<'a> {
-    error: &'a str,
-    message: String,
-    request_id: String,
-}
-
-/// Whether the client wants JSON rather than an HTML page: everything under `/api/`, a JSON
-/// body without an `Accept`, or an `Accept` that prefers JSON.
-pub fn wants_json(req: &Request<'_>) -> bool {
-    req.uri().path().starts_with("/api/")
-        || req.format().map(|f| f.is_json()).unwrap_or(false) && req.accept().is_none()
-        || req.accept().map(|a| a.preferred().is_json()).unwrap_or(false)
-}
-
-/// Seconds a client is asked to wait (`Retry-After`) before retrying a 503.
-pub const RETRY_AFTER_SECS: u32 = 5;
-
-/// Render an error for `req` (logging nothing): an HTML page with the site layout, or JSON for
-/// API clients ([`wants_json`]); a 503 says when to come back. `AppError`'s responder and the
-/// catchers both answer through here.
-pub fn render_error(req: &Request<'_>, status: Status, code: &str, message: String) -> response::Result<'static> {
-    let mut response = render_error_body(req, status, code, message)?;
-    // A 503 (database outage, overload, shutdown) is temporary: say when to come back.
-    if status == Status::ServiceUnavailable {
-        response.set_raw_header("Retry-After", RETRY_AFTER_SECS.to_string());
-    }
-    Ok(response)
-}
-
-fn render_error_body(req: &Request<'_>, status: Status, code: &str, message: String) -> response::Result<'static> {
-    let request_id = req.local_cache(RequestId::new).to_string();
-    if wants_json(req) {
-        let body = JsonError { error: code, message, request_id };
-        return (status, Json(body)).respond_to(req);
-    }
-    let heading = StatusWords::of(status).heading;
-    let page = ErrorPage {
-        title: heading,
-        status: status.code,
-        heading,
-        message,
-        request_id,
-        nav: crate::auth::CurrentUser::cached(req)
-            .map(crate::web::Nav::for_user)
-            .unwrap_or_else(crate::web::Nav::anonymous),
-        flash: None,
-    };
-    let mut response = Template::render("errors/error", &page).respond_to(req)?;
-    response.set_status(status);
-    response.set_header(ContentType::HTML);
-    Ok(response)
-}
-
-impl<'r> Responder<'r, 'static> for AppError {
-    fn respond_to(self, req: &'r Request<'_>) -> response::Result<'static> {
-        let (status, code) = (self.status(), self.code());
-        let request_id = req.local_cache(RequestId::new).to_string();
-        // The one log line of this failure.
-        if status.code >= 500 {
-            tracing::error!(%request_id, status = status.code, code, error = %self, "request failed");
-        } else {
-            tracing::info!(%request_id, status = status.code, code, error = %self, "request refused");
-        }
-        let mut response = render_error(req, status, code, self.user_message())?;
-        if let Some(seconds) = self.retry_after() {
-            response.set_raw_header("Retry-After", seconds.to_string());
-        }
-        Ok(response)
     }
 }
 

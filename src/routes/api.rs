@@ -1,6 +1,6 @@
 //! The JSON API under `/api/v1`, authenticated with personal API keys (`Authorization: Bearer`).
 //! Errors are `AppError`s, answered as `{"error": "<stable_code>", "message": "…", "request_id": "…"}`
-//! (everything under `/api/` is answered in JSON: `error::wants_json`).
+//! (everything under `/api/` is answered in JSON: `web::wants_json`).
 
 use crate::util::ExposeSecret;
 use rocket::data::{Data, ToByteUnit};

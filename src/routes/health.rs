@@ -10,8 +10,9 @@ use rocket::{get, routes, Route, State};
 
 use crate::config::MetricsAccess;
 use crate::db::models::connections;
-use crate::error::{render_error, AppError, AppResult, StatusWords};
+use crate::error::{AppError, AppResult, StatusWords};
 use crate::state::AppState;
+use crate::web::render_error;
 
 pub fn routes() -> Vec<Route> {
     routes![healthz, readyz, metrics]

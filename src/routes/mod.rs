@@ -16,7 +16,8 @@ use rocket::http::Status;
 use rocket::response::{Redirect, Responder};
 use rocket::{catch, catchers, uri, Catcher, Request};
 
-use crate::error::{render_error, StatusWords};
+use crate::error::StatusWords;
+use crate::web::render_error;
 
 pub fn catchers() -> Vec<Catcher> {
     catchers![unauthorized, default_catcher]
@@ -25,7 +26,7 @@ pub fn catchers() -> Vec<Catcher> {
 /// Sends signed-out visitors of a page to the login page, remembering where they were going.
 #[catch(401)]
 fn unauthorized(req: &Request<'_>) -> Result<Redirect, Prerendered> {
-    if crate::error::wants_json(req) {
+    if crate::web::wants_json(req) {
         let words = StatusWords::of(Status::Unauthorized);
         return Err(Prerendered(render_error(req, Status::Unauthorized, words.code, words.message.into())));
     }

@@ -1,10 +1,12 @@
 //! The web layer shared by every page: the page context, flash messages, request ids,
 //! security headers and request logging.
 
+mod error_page;
 mod fairings;
 mod flash;
 mod page;
 
+pub use error_page::{render_error, wants_json, RETRY_AFTER_SECS};
 pub use fairings::{traced, RequestLog, SecurityHeaders};
 pub use flash::{Flash, FLASH_COOKIE};
 pub use page::{FlashView, Layout, Nav, Page};
