@@ -463,20 +463,21 @@ mod tests {
     async fn a_miss_after_an_invalidation_does_not_join_the_older_load() {
         let c: Arc<TtlCache<u32, &str>> = Arc::new(TtlCache::new(Duration::from_secs(60), 10));
         let (release, wait) = rocket::tokio::sync::oneshot::channel::<()>();
+        let (started, reading) = rocket::tokio::sync::oneshot::channel::<()>();
         let first = {
             let c = c.clone();
             rocket::tokio::spawn(async move {
                 c.get_or_load(&1, || async {
+                    let _ = started.send(());
                     let _ = wait.await; // the row is read before the revocation commits…
                     Ok::<_, ()>(Some("old"))
                 })
                 .await
             })
         };
-        rocket::tokio::task::yield_now().await;
-        while c.loading.lock().unwrap().is_empty() {
-            rocket::tokio::task::yield_now().await;
-        }
+        // Wait until the load is reading (its ticket is taken before that), not merely registered:
+        // an invalidation before the ticket would rightly let the load's result be cached.
+        reading.await.unwrap();
         c.invalidate(&1); // …which invalidates while that load is still in flight.
         let second = c.get_or_load(&1, || async { Ok::<_, ()>(Some("new")) }).await;
         assert_eq!(second, Ok(Some("new")), "a request after the invalidation must not get the old row");
