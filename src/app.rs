@@ -14,7 +14,6 @@ use crate::db::Db;
 use crate::oauth::http::Outbound;
 use crate::oauth::providers::Catalog;
 use crate::state::AppState;
-use crate::util::Secret;
 use crate::vault::Cipher;
 use crate::web::{RequestLog, SecurityHeaders};
 
@@ -75,7 +74,7 @@ pub fn prepare(figment: Figment) -> Result<Prepared, ConfigError> {
     let inline_secret_key = secret_key_set(&figment, "secret_key")?;
     if let Some(path) = &raw.secret_key_file {
         // (An inline key is passed only so that "both set" is refused.)
-        let inline = inline_secret_key.then(|| Secret::from(String::new()));
+        let inline = inline_secret_key.then(|| crate::util::secret(String::new()));
         if let Some(key) = key_or_file("secret_key", inline, Some(path))? {
             figment = figment.merge(("secret_key", key.expose_secret().to_string()));
             secret_key_set(&figment, "secret_key_file")?;

@@ -81,11 +81,13 @@ pub enum VaultCommand {
 
 fn read_secret(prompt: &str) -> Result<Secret, String> {
     if std::io::stdin().is_terminal() {
-        rpassword::prompt_password(prompt).map(Secret::from).map_err(|e| format!("cannot read the password: {e}"))
+        rpassword::prompt_password(prompt)
+            .map(crate::util::secret)
+            .map_err(|e| format!("cannot read the password: {e}"))
     } else {
         let mut line = String::new();
         std::io::stdin().lock().read_line(&mut line).map_err(|e| format!("cannot read standard input: {e}"))?;
-        Ok(Secret::from(line.trim_end_matches(['\r', '\n']).to_string()))
+        Ok(crate::util::secret(line.trim_end_matches(['\r', '\n']).to_string()))
     }
 }
 
@@ -124,7 +126,8 @@ pub fn run(command: Command) -> Result<String, String> {
         }
         Command::Vault { command: VaultCommand::Set { path, value } } => {
             let (mut conn, prepared) = open()?;
-            let value = if value == "-" { read_secret(&format!("Value for {path}: "))? } else { Secret::from(value) };
+            let value =
+                if value == "-" { read_secret(&format!("Value for {path}: "))? } else { crate::util::secret(value) };
             vault::set(&mut conn, &prepared.cipher, &path, value.expose_secret(), "cli").map_err(cli_error)?;
             Ok(format!("{path} set"))
         }

@@ -356,7 +356,7 @@ impl Settings {
             Some(token) if token.expose_secret().trim().chars().count() < 16 => {
                 return Err(invalid("metrics_token", "must be at least 16 characters (e.g. `tokenvault keygen`)"));
             }
-            Some(token) => Some(Secret::from(token.expose_secret().trim())),
+            Some(token) => Some(crate::util::secret(token.expose_secret().trim())),
             None => None,
         };
         let database_url = match &raw.database_url {
@@ -481,12 +481,12 @@ pub fn key_or_file(key: &str, inline: Option<Secret>, file: Option<&Path>) -> Re
             tracing::warn!(path = %path.display(), mode = %format!("{mode:o}"), "{key}_file is readable by its group");
         }
     }
-    let text = Secret::from(std::fs::read_to_string(path).map_err(io)?);
+    let text = crate::util::secret(std::fs::read_to_string(path).map_err(io)?);
     let value = text.expose_secret().trim();
     if value.is_empty() {
         return Err(invalid(format!("{key}_file"), format!("`{}` is empty", path.display())));
     }
-    Ok(Some(Secret::from(value.to_string())))
+    Ok(Some(crate::util::secret(value.to_string())))
 }
 
 /// Read a key file, or (when `create` is set) write a new random key there with mode 0600.
@@ -498,14 +498,14 @@ pub fn load_or_create_key(
 ) -> Result<(Secret, bool), ConfigError> {
     let io = |source| ConfigError::Io { path: path.display().to_string(), source };
     match std::fs::read_to_string(path) {
-        Ok(text) => Ok((Secret::from(text.trim().to_string()), false)),
+        Ok(text) => Ok((crate::util::secret(text.trim().to_string()), false)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).map_err(io)?;
             }
             let key = generate();
             write_private(path, &key).map_err(io)?;
-            Ok((Secret::from(key), true))
+            Ok((crate::util::secret(key), true))
         }
         Err(e) => Err(io(e)),
     }

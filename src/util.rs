@@ -63,6 +63,17 @@ pub fn b64_decode(text: &str) -> Option<Vec<u8>> {
 /// destination. (`secrecy`'s `SecretString`, under the name the code has always used.)
 pub use secrecy::{ExposeSecret, SecretString as Secret};
 
+/// A [`Secret`] made from `value`, leaving no copy behind: the secret gets an allocation of exactly
+/// its length and `value`'s buffer (spare capacity included) is wiped. `Secret::from(String)`
+/// alone would reallocate a string with spare capacity (a decrypted token always has some: its
+/// buffer held the ciphertext) and free the old buffer with the secret still in it.
+pub fn secret(value: impl Into<String>) -> Secret {
+    let mut value = value.into();
+    let exact: Box<str> = Box::from(value.as_str());
+    value.zeroize();
+    Secret::from(exact)
+}
+
 /// "in 5 minutes", "3 hours ago", for timestamps shown on pages.
 pub fn relative_time(at: i64, now: i64) -> String {
     let delta = at - now;

@@ -43,7 +43,7 @@ pub fn create(conn: &mut Conn, user_id: i64, name: &str, max_keys: i64) -> AppRe
         let evicted = api_keys::revoke_oldest_beyond(conn, user_id, max_keys, now())?;
         Ok::<_, AppError>((row, evicted))
     })?;
-    Ok(Created { row, key: Secret::from(key), evicted })
+    Ok(Created { row, key: crate::util::secret(key), evicted })
 }
 
 /// The user an API request acts for.

@@ -227,10 +227,10 @@ fn into_token_set(
         None => requested.to_vec(),
     };
     Ok(TokenSet {
-        access_token: Secret::from(resp.access_token().secret().clone()),
+        access_token: crate::util::secret(resp.access_token().secret().clone()),
         refresh_token: resp
             .refresh_token()
-            .map(|r| Secret::from(r.secret().clone()))
+            .map(|r| crate::util::secret(r.secret().clone()))
             .filter(|r| !r.expose_secret().is_empty()),
         token_type,
         scopes,

@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::auth::{AdminUser, Csrf, CsrfField};
 use crate::error::{AppError, AppResult};
 use crate::state::AppState;
-use crate::util::{format_utc, now, relative_time, Secret};
+use crate::util::{format_utc, now, relative_time};
 use crate::vault::store as vault;
 use crate::web::{Flash, Layout, Page};
 
@@ -96,7 +96,7 @@ impl CsrfField for SetForm {
 async fn vault_set(app: &State<AppState>, admin: AdminUser<'_>, form: Csrf<SetForm>) -> AppResult<Flash<Redirect>> {
     let form = form.into_inner();
     let path = form.path.trim().to_string();
-    let value = Secret::from(form.value.trim_end_matches(['\r', '\n']).to_string());
+    let value = crate::util::secret(form.value.trim_end_matches(['\r', '\n']).to_string());
     let (cipher, by, p) = (app.cipher.clone(), admin.0.username.clone(), path.clone());
     match app.db.run(move |conn| vault::set(conn, &cipher, &p, value.expose_secret(), &by)).await {
         Ok(()) => {

@@ -12,7 +12,6 @@ use crate::auth::{accounts, device, session, Csrf, CsrfField, CsrfOnly, CurrentU
 use crate::db::models::users;
 use crate::error::{AppError, AppResult};
 use crate::state::AppState;
-use crate::util::Secret;
 use crate::web::{safe_next, Flash, Layout, Page};
 
 pub fn routes() -> Vec<Route> {
@@ -111,7 +110,8 @@ async fn login(
     };
     let lookup = username.clone();
     let user = app.db.run(move |conn| Ok(users::find_by_username(conn, &lookup)?)).await?;
-    let verified = app.hasher.verify(Secret::from(form.password), user.as_ref().map(|u| u.password_hash.clone())).await;
+    let verified =
+        app.hasher.verify(crate::util::secret(form.password), user.as_ref().map(|u| u.password_hash.clone())).await;
     let ok = verified.inspect_err(|_| app.login_throttle.unchecked(&key, &admission))?;
     if !ok {
         app.login_throttle.failed(ip, &key, &admission);
@@ -199,7 +199,7 @@ async fn signup(
         // Outside the debug profile a sign-up never makes an administrator (the first one comes
         // from `tokenvault user add --admin`).
         let role = if app.settings.dev_mode { accounts::Role::FirstIsAdmin } else { accounts::Role::User };
-        let (name, pw) = (username.clone(), Secret::from(form.password));
+        let (name, pw) = (username.clone(), crate::util::secret(form.password));
         let created = match accounts::check_new(&name, &pw) {
             Ok(()) => {
                 // Hash first, with no database connection held, then insert.

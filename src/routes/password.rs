@@ -12,7 +12,6 @@ use crate::auth::{accounts, device, password, session, Csrf, CsrfField, CurrentU
 use crate::db::models::users;
 use crate::error::{AppError, AppResult};
 use crate::state::AppState;
-use crate::util::Secret;
 use crate::web::{Flash, Layout, Page};
 
 pub fn routes() -> Vec<Route> {
@@ -65,7 +64,7 @@ async fn change(
     };
     let uid = user.id;
     let current = app.db.run(move |conn| Ok(users::find(conn, uid)?)).await?.ok_or(AppError::NotFound)?;
-    let verified = app.hasher.verify(Secret::from(form.current_password), Some(current.password_hash)).await;
+    let verified = app.hasher.verify(crate::util::secret(form.current_password), Some(current.password_hash)).await;
     let current_ok = verified.inspect_err(|_| app.login_throttle.unchecked(&key, &admission))?;
     if current_ok {
         app.login_throttle.succeeded(&key, &admission);
@@ -84,7 +83,7 @@ async fn change(
         let page = Template::render("settings/password", Page::new(layout, "Change your password", body));
         return Ok(Err((Status::UnprocessableEntity, page)));
     }
-    let hash = app.hasher.hash(Secret::from(form.new_password)).await?;
+    let hash = app.hasher.hash(crate::util::secret(form.new_password)).await?;
     // Every session ends, this one too (a fresh one is started below), and every API key is
     // revoked: whoever knew the old password may have made one.
     let done = accounts::change_password(&app.db, &app.caches, uid, hash).await?;

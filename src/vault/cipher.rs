@@ -136,7 +136,7 @@ impl Cipher {
             bytes.zeroize();
             VaultError::Malformed
         })?;
-        Ok(Secret::from(text))
+        Ok(crate::util::secret(text))
     }
 
     /// Whether a sealed value was written with an old key (for key rotation).
