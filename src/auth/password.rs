@@ -30,9 +30,12 @@ pub const MIN_PASSWORD_CHARS: usize = 10;
 const M_COST_KIB: u32 = 19_456;
 const T_COST: u32 = 2;
 
-/// The most memory a stored hash may ask for when verified (4× ours): a hash written with larger
-/// parameters elsewhere fails to verify rather than making a login allocate without bound.
+/// The most memory, passes and lanes a stored hash may ask for when verified (4× ours): a hash
+/// written with larger parameters elsewhere fails to verify rather than making a login allocate or
+/// compute without bound.
 const MAX_M_COST_KIB: u32 = 4 * M_COST_KIB;
+const MAX_T_COST: u32 = 4 * T_COST;
+const MAX_P_COST: u32 = 4;
 
 fn params() -> Params {
     Params::new(M_COST_KIB, T_COST, 1, None).expect("valid argon2 parameters")
@@ -68,6 +71,14 @@ impl Memory {
     pub fn held(&self) -> usize {
         self.blocks.capacity() * Block::SIZE
     }
+
+    /// Give back what a hash with larger parameters than ours made this memory grow to, so that
+    /// hashing keeps holding one block of our size per worker.
+    fn shrink_to_ours(&mut self) {
+        if self.blocks.len() > M_COST_KIB as usize {
+            self.blocks = Vec::new();
+        }
+    }
 }
 
 /// argon2 of `password` with `salt`, the PHC string's parts, computed in `memory`.
@@ -79,7 +90,7 @@ fn hash_in<'a>(
     params: Params,
     salt: Salt<'a>,
 ) -> argon2::password_hash::Result<PasswordHash<'a>> {
-    if params.m_cost() > MAX_M_COST_KIB {
+    if params.m_cost() > MAX_M_COST_KIB || params.t_cost() > MAX_T_COST || params.p_cost() > MAX_P_COST {
         return Err(argon2::password_hash::Error::ParamValueInvalid(
             argon2::password_hash::errors::InvalidValue::TooLong,
         ));
@@ -120,10 +131,12 @@ fn matches(memory: &mut Memory, password: &Secret, hash: &str) -> bool {
     ) else {
         return false;
     };
-    match hash_in(memory, password.expose_secret().as_bytes(), algorithm, version, params, salt) {
+    let matched = match hash_in(memory, password.expose_secret().as_bytes(), algorithm, version, params, salt) {
         Ok(computed) => computed.hash == Some(expected),
         Err(_) => false,
-    }
+    };
+    memory.shrink_to_ours();
+    matched
 }
 
 /// A hash to verify against when the user does not exist, so both cases take the same time.
@@ -132,8 +145,8 @@ fn dummy_hash(memory: &mut Memory) -> &'static str {
     if let Some(hash) = DUMMY.get() {
         return hash;
     }
-    let hash =
-        hash_with(memory, &Secret::from(crate::util::random_token(16))).expect("hashing a random password works");
+    let hash = hash_with(memory, &crate::util::secret(crate::util::random_token(16)))
+        .expect("hashing a random password works");
     DUMMY.get_or_init(|| hash)
 }
 
@@ -263,6 +276,10 @@ impl Hasher {
         // The permit moves into the job: if the request is dropped while it waits or hashes, its
         // place stays taken until the hash has really finished.
         let job: Job = Box::new(move |memory: &mut Memory| {
+            // The request gave up while it waited (the client went away): nobody wants the answer.
+            if reply.is_closed() {
+                return;
+            }
             let now = counters.0.fetch_add(1, Ordering::SeqCst) + 1;
             counters.1.fetch_max(now, Ordering::SeqCst);
             // A panic loses this answer (the caller gets an error), not the thread.
@@ -354,9 +371,22 @@ mod tests {
             assert!(!verify_with(&mut memory, &pw, None));
         }
         assert_eq!(memory.held(), block, "no hash allocates again");
-        // A stored hash asking for more than 4× our memory is refused, not allocated.
+        // A stored hash asking for more than 4× our memory, passes or lanes is refused, not run.
         let greedy = hash.replace("m=19456", &format!("m={}", MAX_M_COST_KIB + 1));
         assert!(!verify_with(&mut memory, &pw, Some(&greedy)));
+        assert!(!verify_with(&mut memory, &pw, Some(&hash.replace("t=2", "t=9"))));
+        assert!(!verify_with(&mut memory, &pw, Some(&hash.replace("p=1", "p=5"))));
+        assert_eq!(memory.held(), block);
+        // One with twice our memory verifies, and the memory goes back to nothing (the next hash
+        // allocates our size again), not to twice ours.
+        use argon2::password_hash::PasswordHasher;
+        let bigger = Argon2::new(Algorithm::Argon2id, Version::V0x13, Params::new(2 * M_COST_KIB, 1, 1, None).unwrap())
+            .hash_password(pw.expose_secret().as_bytes(), &SaltString::generate(&mut rand::rngs::OsRng))
+            .unwrap()
+            .to_string();
+        assert!(verify_with(&mut memory, &pw, Some(&bigger)));
+        assert_eq!(memory.held(), 0);
+        assert!(verify_with(&mut memory, &pw, Some(&hash)));
         assert_eq!(memory.held(), block);
     }
 
@@ -376,6 +406,43 @@ mod tests {
         assert!(check_policy("short").is_err());
         assert!(check_policy("long enough pw").is_ok());
         assert!(check_policy(&"x".repeat(2000)).is_err());
+    }
+
+    #[rocket::async_test]
+    async fn a_panicking_job_is_an_error_and_the_worker_and_its_place_survive() {
+        let hasher = Hasher::new(1, 0);
+        let failed = hasher.run(|_| -> bool { panic!("a hashing bug") }).await;
+        assert!(matches!(failed, Err(AppError::Internal(_))), "{failed:?}");
+        assert_eq!(hasher.admission.available_permits(), 1);
+        assert!(!hasher.verify(Secret::from("whatever password"), None).await.unwrap());
+    }
+
+    #[rocket::async_test]
+    async fn a_request_that_gave_up_while_queued_is_not_hashed() {
+        let hasher = Arc::new(Hasher::new(1, 1));
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let h = hasher.clone();
+        let first = rocket::tokio::spawn(async move { h.run(move |_| rx.recv().is_ok()).await });
+        while hasher.stats().running == 0 {
+            rocket::tokio::task::yield_now().await;
+        }
+        let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (h, flag) = (hasher.clone(), ran.clone());
+        let queued = rocket::tokio::spawn(async move { h.run(move |_| flag.store(true, Ordering::SeqCst)).await });
+        while hasher.admission.available_permits() > 0 {
+            rocket::tokio::task::yield_now().await;
+        }
+        // (`run` sends the job right after taking the permit, with no await in between.)
+        rocket::tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        queued.abort();
+        let _ = queued.await;
+        tx.send(()).unwrap();
+        assert!(first.await.unwrap().unwrap());
+        while hasher.admission.available_permits() < 2 {
+            rocket::tokio::task::yield_now().await;
+        }
+        assert!(!ran.load(Ordering::SeqCst), "the abandoned job was skipped");
+        assert_eq!(hasher.stats().peak, 1);
     }
 
     #[rocket::async_test]
