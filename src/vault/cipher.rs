@@ -210,4 +210,18 @@ mod tests {
         let err = Cipher::from_base64(&short, &[]).unwrap_err();
         assert!(err.to_string().contains("expected 32 bytes"));
     }
+
+    /// A value sealed by this format (version byte, key id, nonce, XChaCha20-Poly1305) under the
+    /// test key 7 for connection 7's Dropbox access token: it must open for as long as databases
+    /// sealed today exist. A change of the layout or of `Aad`'s text breaks this test.
+    #[test]
+    fn a_value_sealed_in_2026_still_opens() {
+        const SEALED: &str = "AeYvP3gpIUes7kCQ9TYTuJLVo+MEd35EphhhmTtR4Lpc2aABqAeYN2zg5GMQMj5enLaK5kSSlr4=";
+        let sealed = crate::util::b64_decode(SEALED).unwrap();
+        let c = Cipher::for_tests(7);
+        let aad = Aad::AccessToken { user_id: 7, service: "dropbox" };
+        assert_eq!(c.open(&sealed, aad).unwrap().expose_secret(), "AT-GOLDEN-7");
+        assert!(c.open(&sealed, Aad::RefreshToken { user_id: 7, service: "dropbox" }).is_err());
+        assert!(c.open(&sealed, Aad::AccessToken { user_id: 8, service: "dropbox" }).is_err());
+    }
 }
