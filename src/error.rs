@@ -19,8 +19,10 @@
 //!   `Retry-After`, code `busy`.
 //! - `Database`, `Vault`, `Internal`: bugs or broken state; logged with detail, shown as a plain 500.
 //!
-//! Every failure answered with an `AppError` writes exactly one log line (`request failed` at
-//! `error` for ≥ 500, `request refused` at `info` otherwise) with the request id, status, code and
+//! Every failure answered with an `AppError` writes one log line of its own (`request failed` at
+//! `error` for ≥ 500, `request refused` at `info` otherwise; besides the request line, and besides a
+//! warning where the failure is an event of its own, such as a connection turning "reconnect
+//! required" or the hasher refusing work) with the request id, status, code and
 //! the error's `Display` — which names services and causes, never a token, secret or query.
 //! Errors that are not an `AppError` (a guard's refusal, an unknown route) are rendered by the
 //! catchers with the same `render_error`, from the same [`StatusWords`] table. How an error is

@@ -4,7 +4,7 @@
 use crate::db::models::connections;
 use crate::db::models::events::{EventKind, EventOutcome};
 use crate::error::{AppError, AppResult};
-use crate::oauth::access::{fresh_token, Access};
+use crate::oauth::access::{fresh_token, Access, AccessError};
 use crate::oauth::providers::{ClientAuth, Provider, RevokeStyle};
 use crate::oauth::store::{self, open_tokens};
 use crate::util::ExposeSecret;
@@ -64,8 +64,14 @@ async fn call_provider(ctx: &Access<'_>, user_id: i64, provider: &Provider) -> R
         RevokeStyle::Dropbox => {
             let url = provider.revoke_url.clone().ok_or("no revocation endpoint is configured")?;
             // Dropbox revokes with a valid access token (which also ends the refresh token).
-            let token =
-                fresh_token(ctx, user_id, provider).await.map_err(|e| e.into_app_error(provider).user_message())?;
+            let token = fresh_token(ctx, user_id, provider).await.map_err(|e| {
+                // An administrator's problem is logged as one (a page error would be, by the
+                // responder; here the revocation only reports it).
+                if matches!(e, AccessError::NotConfigured | AccessError::ClientRejected(_)) {
+                    tracing::error!(service = %provider.name, error = %e, "cannot revoke: the client credentials are missing or rejected");
+                }
+                e.into_app_error(provider).user_message()
+            })?;
             client.post(url).bearer_auth(token.access_token.expose_secret())
         }
         RevokeStyle::Github => {
