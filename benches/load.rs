@@ -372,10 +372,11 @@ async fn storm(
             conns
         }
     };
-    // Tokens expire by the clock, as they do in use: the fake issues them for the refresh margin
-    // (60 s) + 3 s, so a token is due for refresh 3 s after it was issued, while the app still
-    // holds its row in memory (cache_ttl 10 s). One forced expiry starts the cycle.
-    fake.with_state(|s| s.expires_in = Some(serde_json::json!(63)));
+    // Tokens expire by the clock, as they do in use: the fake issues them for 6 s, and a token is
+    // due for refresh once less than its margin is left — `refresh_margin` (60 s), but at most half
+    // its lifetime — so 3 s after it was issued, while the app still holds its row in memory
+    // (cache_ttl 10 s). One forced expiry starts the cycle.
+    fake.with_state(|s| s.expires_in = Some(serde_json::json!(6)));
     expire_all(db).await;
     let mut single = open(1).await;
     assert_eq!(single[0].exchange(&request).await, 200);
