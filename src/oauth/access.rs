@@ -345,7 +345,6 @@ async fn refresh_now(
     creds: Option<ClientCredentials>,
 ) -> Result<FreshToken, AccessError> {
     let (user_id, service, id, version) = (row.user_id, row.service.clone(), row.id, row.version);
-    let cache_key = (user_id, service.clone());
     let (_, refresh_token) = open_tokens(ctx.tokens.cipher, row)?;
     let Some(refresh_token) = refresh_token else {
         return reconnect_required(ctx, provider, row, "no refresh token to renew access").await;
@@ -427,22 +426,22 @@ async fn refresh_now(
                             obtained_at,
                         };
                         let at = RowRef { id, version, user_id, service: &svc };
-                        let ok = connections::store_refreshed(conn, at, &r)?;
-                        if ok {
+                        let written = connections::store_refreshed(conn, at, &r)?;
+                        if *written.value() {
                             let detail = if rotated { "new refresh token stored" } else { "refresh token kept" };
                             record_event(conn, keep, user_id, &svc, EventKind::Refresh, EventOutcome::Ok, detail)?;
                         }
-                        Ok(ok)
+                        Ok(written)
                     })
                 })
                 .await?;
-            if !stored {
+            if !*stored.value() {
                 // The row changed under our lease (deleted or reconnected meanwhile): use what is there.
-                ctx.tokens.caches.connections.invalidate(&cache_key);
+                ctx.tokens.caches.after_write(stored);
                 let row = load(ctx, user_id, &provider.name).await?;
                 return fresh_from(ctx, &row);
             }
-            ctx.tokens.caches.connections.replace(ticket, cache_key, Arc::new(new_row));
+            ctx.tokens.caches.after_refresh(stored, ticket, Arc::new(new_row));
             Ok(FreshToken {
                 access_token: set.access_token,
                 token_type: set.token_type,
@@ -496,17 +495,16 @@ async fn reconnect_required(
         .run(move |conn| {
             conn.transaction(|conn| {
                 let at = RowRef { id, version, user_id, service: &service };
-                let marked = connections::mark_reconnect_required(conn, at, now())?;
-                if marked {
+                let written = connections::mark_reconnect_required(conn, at, now())?;
+                if *written.value() {
                     let (kind, outcome) = (EventKind::Refresh, EventOutcome::ReconnectRequired);
                     record_event(conn, keep, user_id, &service, kind, outcome, detail)?;
                 }
-                Ok(marked)
+                Ok(written)
             })
         })
         .await?;
-    ctx.tokens.caches.connection_changed(user_id, &row.service);
-    if !marked {
+    if !ctx.tokens.caches.after_write(marked) {
         let row = load(ctx, user_id, &provider.name).await?;
         return fresh_from(ctx, &row);
     }
