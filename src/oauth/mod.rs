@@ -7,6 +7,7 @@ pub mod flow;
 pub mod http;
 pub mod providers;
 pub mod proxy;
+pub mod refresh;
 pub mod revoke;
 pub mod store;
 pub mod tokens;

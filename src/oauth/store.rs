@@ -164,14 +164,7 @@ mod tests {
         let db = Db::open(&dir.path().join("t.sqlite").to_string_lossy()).unwrap();
         let (cipher, caches) = (Arc::new(Cipher::for_tests(7)), Caches::new(60));
         let store = Tokens { db: &db, cipher: &cipher, caches: &caches, events_kept: 10 };
-        let user = users::NewUser {
-            username: "ann",
-            password_hash: "x",
-            is_admin: false,
-            created_at: 0,
-            password_changed_at: 0,
-        };
-        let user_id = users::create(&mut db.conn().unwrap(), &user).unwrap().unwrap().id;
+        let user_id = users::for_tests(&mut db.conn().unwrap(), "ann");
         let set = TokenSet {
             access_token: Secret::from("AT-1"),
             refresh_token: Some(Secret::from("RT-1")),
