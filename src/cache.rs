@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::db::models::connections::Connection;
-use crate::db::models::invalidations::{self, Invalidated, Invalidation};
+use crate::db::models::invalidations::{self, Invalidated, Invalidation, Written};
 use crate::db::Db;
 use crate::util::now;
 
@@ -271,17 +271,46 @@ impl Caches {
     /// Drop what an invalidation names (everything, when this version cannot tell what it names).
     pub fn apply(&self, inv: &Invalidation) {
         match &inv.target {
-            Ok(Invalidated::ApiKey(hash)) => self.api_keys.invalidate(hash),
-            Ok(Invalidated::Connection { user_id, service }) => {
-                self.connections.invalidate(&(*user_id, service.clone()))
-            }
+            Ok(what) => self.drop_named(what),
             Err(_) => self.clear(),
         }
     }
 
-    /// The connection of (user, service) was written by this process (call after the commit).
-    pub fn connection_changed(&self, user_id: i64, service: &str) {
-        self.connections.invalidate(&(user_id, service.to_string()));
+    fn drop_named(&self, what: &Invalidated) {
+        match what {
+            Invalidated::ApiKey(hash) => self.api_keys.invalidate(hash),
+            Invalidated::Connection { user_id, service } => self.connections.invalidate(&(*user_id, service.clone())),
+        }
+    }
+
+    /// A write of this process has committed: drop what it invalidated (other instances learn of it
+    /// from the rows it recorded),
+    /// and hand back its outcome.
+    pub fn after_write<T>(&self, written: Written<T>) -> T {
+        let (value, invalidated) = written.into_parts();
+        for what in &invalidated {
+            self.drop_named(what);
+        }
+        value
+    }
+
+    /// [`Caches::after_write`] for a refresh that has just stored `row` under its (user, service)
+    /// with a ticket taken before the write: that row goes into the cache in place of the old
+    /// one (unless something else was invalidated meanwhile, see [`TtlCache::replace`]).
+    pub fn after_refresh<T>(&self, written: Written<T>, ticket: Ticket, row: Arc<Connection>) -> T {
+        let key = (row.user_id, row.service.clone());
+        let (value, invalidated) = written.into_parts();
+        let mut replaced = false;
+        for what in &invalidated {
+            match what {
+                Invalidated::Connection { user_id, service } if !replaced && (*user_id, service) == (key.0, &key.1) => {
+                    self.connections.replace(ticket, key.clone(), row.clone());
+                    replaced = true;
+                }
+                other => self.drop_named(other),
+            }
+        }
+        value
     }
 
     /// Counters per cache, by name.

@@ -261,11 +261,14 @@ async fn changes_from_elsewhere_arrive_by_invalidation_or_after_cache_ttl() {
         let mut conn = app.db.conn().unwrap();
         use tokenvault::db::models::events::{EventKind, EventOutcome};
         let (kind, outcome) = (EventKind::Delete, EventOutcome::Ok);
-        tokenvault::oauth::store::delete_with_event(&mut conn, 50, 1, "fake", kind, outcome, "elsewhere").unwrap();
+        // Another instance's writes: this process learns of them from the recorded invalidations.
+        tokenvault::oauth::store::delete_with_event(&mut conn, 50, 1, "fake", kind, outcome, "elsewhere")
+            .unwrap()
+            .recorded_only();
         let (k, _) = tokenvault::db::models::api_keys::find_active(&mut conn, &tokenvault::util::sha256_hex(&key))
             .unwrap()
             .unwrap();
-        tokenvault::db::models::api_keys::revoke(&mut conn, 1, k.id, 0).unwrap();
+        tokenvault::db::models::api_keys::revoke(&mut conn, 1, k.id, 0).unwrap().recorded_only();
     }
     let started = std::time::Instant::now();
     while api(&app, "GET", "/api/v1/services/fake/token", Some(&key)).await.0 != Status::Unauthorized {

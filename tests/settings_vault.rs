@@ -211,7 +211,9 @@ async fn key_rotation_re_encrypts_users_tokens() {
     // A row that changed since it was read (a concurrent refresh) is not overwritten.
     let row = tokenvault::db::models::connections::find(&mut conn, 1, "fake").unwrap().unwrap();
     let stale = tokenvault::db::models::connections::RowRef { version: row.version - 1, ..row.at_version() };
-    assert!(!tokenvault::db::models::connections::reseal(&mut conn, stale, Some(b"stale"), None).unwrap());
+    assert!(!tokenvault::db::models::connections::reseal(&mut conn, stale, Some(b"stale"), None)
+        .unwrap()
+        .recorded_only());
     let after = tokenvault::db::models::connections::find(&mut conn, 1, "fake").unwrap().unwrap();
     assert_eq!(after.access_token, row.access_token);
     // A second run has nothing left to do.

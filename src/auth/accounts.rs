@@ -3,6 +3,7 @@
 
 use crate::auth::password;
 use crate::cache::Caches;
+use crate::db::models::invalidations::Written;
 use crate::db::models::users::{self, NewUser, User};
 use crate::db::{Conn, Db};
 use crate::error::{AppError, AppResult};
@@ -81,12 +82,12 @@ pub struct PasswordReplaced {
 
 /// Set a new password hash, end every session of the user and revoke every API key, in one
 /// transaction. The caller starts a fresh session for the browser that made the change.
-pub fn replace_password(conn: &mut Conn, user_id: i64, hash: &str) -> AppResult<PasswordReplaced> {
+pub fn replace_password(conn: &mut Conn, user_id: i64, hash: &str) -> AppResult<Written<PasswordReplaced>> {
     conn.transaction(|conn| {
         users::set_password(conn, user_id, hash, now())?;
         let sessions_ended = crate::db::models::sessions::delete_for_user(conn, user_id)?;
-        let revoked_key_hashes = crate::db::models::api_keys::revoke_all_for_user(conn, user_id, now())?;
-        Ok(PasswordReplaced { sessions_ended, revoked_key_hashes })
+        let revoked = crate::db::models::api_keys::revoke_all_for_user(conn, user_id, now())?;
+        Ok(revoked.map(|revoked_key_hashes| PasswordReplaced { sessions_ended, revoked_key_hashes }))
     })
 }
 
@@ -94,10 +95,7 @@ pub fn replace_password(conn: &mut Conn, user_id: i64, hash: &str) -> AppResult<
 /// API keys dropped at once (other instances learn of them from their invalidations).
 pub async fn change_password(db: &Db, caches: &Caches, user_id: i64, hash: String) -> AppResult<PasswordReplaced> {
     let done = db.run(move |conn| replace_password(conn, user_id, &hash)).await?;
-    for key_hash in &done.revoked_key_hashes {
-        caches.api_keys.invalidate(key_hash);
-    }
-    Ok(done)
+    Ok(caches.after_write(done))
 }
 
 #[cfg(test)]

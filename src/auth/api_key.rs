@@ -9,6 +9,7 @@ use rocket::request::{FromRequest, Outcome, Request};
 
 use crate::cache::{CachedKey, Caches};
 use crate::db::models::api_keys::{self, ApiKey, NewApiKey};
+use crate::db::models::invalidations::Written;
 use crate::db::{Conn, Db};
 use crate::error::{AppError, AppResult};
 use crate::state::AppState;
@@ -26,24 +27,30 @@ pub struct Created {
 }
 
 /// Create a key for `user_id`, keeping at most `max_keys` live keys: beyond that the oldest are
-/// revoked, in the same transaction. The caller drops the evicted keys from this process's cache
-/// (other instances learn of them from their invalidations) and tells the user.
-pub fn create(conn: &mut Conn, user_id: i64, name: &str, max_keys: i64) -> AppResult<Created> {
+/// revoked, in the same transaction; with their invalidations, for this process's cache (other
+/// instances learn of them from the recorded rows).
+pub fn create_written(conn: &mut Conn, user_id: i64, name: &str, max_keys: i64) -> AppResult<Written<Created>> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 100 {
         return Err(AppError::BadRequest("Give the key a name of 1 to 100 characters.".into()));
     }
     let key = format!("{KEY_PREFIX}{}", random_token(32));
     let prefix: String = key.chars().take(12).collect();
-    let (row, evicted) = conn.transaction(|conn| {
+    let written = conn.transaction(|conn| {
         let row = api_keys::insert(
             conn,
             &NewApiKey { user_id, name, prefix: &prefix, key_hash: &sha256_hex(&key), created_at: now() },
         )?;
         let evicted = api_keys::revoke_oldest_beyond(conn, user_id, max_keys, now())?;
-        Ok::<_, AppError>((row, evicted))
+        Ok::<_, AppError>(evicted.map(|evicted| (row, evicted)))
     })?;
-    Ok(Created { row, key: crate::util::secret(key), evicted })
+    Ok(written.map(|(row, evicted)| Created { row, key: crate::util::secret(key), evicted }))
+}
+
+/// [`create_written`] for a process that caches no keys (the CLI, tests): the running servers
+/// learn of the evicted keys from the recorded invalidations.
+pub fn create(conn: &mut Conn, user_id: i64, name: &str, max_keys: i64) -> AppResult<Created> {
+    Ok(create_written(conn, user_id, name, max_keys)?.recorded_only())
 }
 
 /// The user an API request acts for.
@@ -118,23 +125,17 @@ async fn authenticate(db: &Db, caches: &Caches, key: &str) -> Result<Option<ApiU
 /// [`create`] for a signed-in user, with this process's cached copies of the keys it evicted
 /// dropped at once (convention 3: handlers never touch the caches).
 pub async fn create_for(db: &Db, caches: &Caches, max_keys: i64, user_id: i64, name: String) -> AppResult<Created> {
-    let created = db.run(move |conn| create(conn, user_id, &name, max_keys)).await?;
+    let created = db.run(move |conn| create_written(conn, user_id, &name, max_keys)).await?;
+    let created = caches.after_write(created);
     for old in &created.evicted {
-        caches.api_keys.invalidate(&old.key_hash);
         tracing::info!(user_id, key_id = old.id, "API key revoked: over max_api_keys_per_user");
     }
     Ok(created)
 }
 
 pub async fn revoke(db: &Db, caches: &Caches, user_id: i64, key_id: i64) -> AppResult<bool> {
-    let hash = db.run(move |conn| Ok(api_keys::revoke(conn, user_id, key_id, now())?)).await?;
-    match hash {
-        Some(hash) => {
-            caches.api_keys.invalidate(&hash);
-            Ok(true)
-        }
-        None => Ok(false),
-    }
+    let revoked = db.run(move |conn| Ok(api_keys::revoke(conn, user_id, key_id, now())?)).await?;
+    Ok(caches.after_write(revoked).is_some())
 }
 
 #[rocket::async_trait]

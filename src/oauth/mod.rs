@@ -8,6 +8,7 @@ pub mod http;
 pub mod provider_config;
 pub mod providers;
 pub mod proxy;
+pub mod refresh;
 pub mod revoke;
 pub mod store;
 pub mod tokens;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::cache::Caches;
 use crate::db::models::connections::{self, Connection, ConnectionStatus, NewConnection};
 use crate::db::models::events::{self, EventKind, EventOutcome, NewEvent};
+use crate::db::models::invalidations::Written;
 use crate::db::{Conn, Db};
 use crate::error::AppResult;
 use crate::oauth::tokens::TokenSet;
@@ -43,7 +44,7 @@ pub fn record_event(
 }
 
 /// Store a fresh token set for (user, service), replacing any older one, with its event, in one
-/// transaction.
+/// transaction; what it invalidated, for this process's caches.
 #[allow(clippy::too_many_arguments)]
 pub fn save_new(
     conn: &mut Conn,
@@ -53,7 +54,7 @@ pub fn save_new(
     service: &str,
     tokens: &TokenSet,
     event_kind: EventKind,
-) -> AppResult<()> {
+) -> AppResult<Written<()>> {
     let access = cipher.seal_str(tokens.access_token.expose_secret(), Aad::AccessToken { user_id, service });
     let refresh = tokens
         .refresh_token
@@ -74,14 +75,15 @@ pub fn save_new(
         updated_at: now(),
     };
     conn.transaction(|conn| {
-        connections::upsert(conn, &new)?;
+        let written = connections::upsert(conn, &new)?;
         let detail = if tokens.refresh_token.is_some() { "with a refresh token" } else { "without a refresh token" };
-        record_event(conn, keep, user_id, service, event_kind, EventOutcome::Ok, detail)
+        record_event(conn, keep, user_id, service, event_kind, EventOutcome::Ok, detail)?;
+        Ok(written.with(()))
     })
 }
 
 /// Delete a user's connection and record why, in one transaction; false when there was none
-/// (or it is not this user's).
+/// (or it is not this user's), with what it invalidated.
 #[allow(clippy::too_many_arguments)]
 pub fn delete_with_event(
     conn: &mut Conn,
@@ -91,10 +93,10 @@ pub fn delete_with_event(
     kind: EventKind,
     outcome: EventOutcome,
     detail: &str,
-) -> AppResult<bool> {
+) -> AppResult<Written<bool>> {
     conn.transaction(|conn| {
-        let removed = connections::delete(conn, user_id, service)? > 0;
-        if removed {
+        let removed = connections::delete(conn, user_id, service)?.map(|n| n > 0);
+        if *removed.value() {
             record_event(conn, keep, user_id, service, kind, outcome, detail)?;
         }
         Ok(removed)
@@ -111,8 +113,8 @@ pub async fn save(
     event_kind: EventKind,
 ) -> AppResult<()> {
     let (cipher, svc, keep) = (store.cipher.clone(), service.to_string(), store.events_kept);
-    store.db.run(move |conn| save_new(conn, keep, &cipher, user_id, &svc, &tokens, event_kind)).await?;
-    store.caches.connection_changed(user_id, service);
+    let written = store.db.run(move |conn| save_new(conn, keep, &cipher, user_id, &svc, &tokens, event_kind)).await?;
+    store.caches.after_write(written);
     Ok(())
 }
 
@@ -128,8 +130,7 @@ pub async fn delete(
     let (svc, keep) = (service.to_string(), store.events_kept);
     let removed =
         store.db.run(move |conn| delete_with_event(conn, keep, user_id, &svc, kind, outcome, &detail)).await?;
-    store.caches.connection_changed(user_id, service);
-    Ok(removed)
+    Ok(store.caches.after_write(removed))
 }
 
 /// The decrypted access and refresh tokens of a stored connection.
@@ -163,14 +164,7 @@ mod tests {
         let db = Db::open(&dir.path().join("t.sqlite").to_string_lossy()).unwrap();
         let (cipher, caches) = (Arc::new(Cipher::for_tests(7)), Caches::new(60));
         let store = Tokens { db: &db, cipher: &cipher, caches: &caches, events_kept: 10 };
-        let user = users::NewUser {
-            username: "ann",
-            password_hash: "x",
-            is_admin: false,
-            created_at: 0,
-            password_changed_at: 0,
-        };
-        let user_id = users::create(&mut db.conn().unwrap(), &user).unwrap().unwrap().id;
+        let user_id = users::for_tests(&mut db.conn().unwrap(), "ann");
         let set = TokenSet {
             access_token: Secret::from("AT-1"),
             refresh_token: Some(Secret::from("RT-1")),

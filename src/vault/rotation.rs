@@ -102,6 +102,7 @@ pub fn rotate(conn: &mut Conn, cipher: &Cipher, mut progress: impl FnMut(&str, u
                 };
                 // Compare-and-swap on the version: a refresh by a running server in between wins
                 // (it sealed its new tokens with the active key already).
+                // The CLI caches nothing: the recorded invalidations tell the running servers.
                 if (new_access.is_some() || new_refresh.is_some())
                     && connections::reseal(
                         conn,
@@ -109,6 +110,7 @@ pub fn rotate(conn: &mut Conn, cipher: &Cipher, mut progress: impl FnMut(&str, u
                         new_access.as_deref(),
                         new_refresh.as_deref(),
                     )?
+                    .recorded_only()
                 {
                     done.connections += 1;
                 }

@@ -1,6 +1,6 @@
 use diesel::prelude::*;
 
-use crate::db::models::invalidations;
+use crate::db::models::invalidations::{self, Written};
 use crate::db::models::users::User;
 use crate::db::schema::{api_keys, users};
 use crate::db::Conn;
@@ -73,7 +73,7 @@ pub fn touch(conn: &mut Conn, id: i64, now: i64) -> QueryResult<usize> {
 
 /// Revoke one of the user's keys (with its cache invalidation, in one transaction); the revoked
 /// key's hash, or `None` when it is not theirs or already revoked.
-pub fn revoke(conn: &mut Conn, user_id: i64, id: i64, now: i64) -> QueryResult<Option<String>> {
+pub fn revoke(conn: &mut Conn, user_id: i64, id: i64, now: i64) -> QueryResult<Written<Option<String>>> {
     conn.transaction(|conn| {
         let hash: Option<String> = crate::on_conn!(conn, conn => {
             diesel::update(
@@ -87,34 +87,36 @@ pub fn revoke(conn: &mut Conn, user_id: i64, id: i64, now: i64) -> QueryResult<O
             .get_result(conn)
             .optional()
         })?;
-        if let Some(hash) = &hash {
-            invalidations::api_key(conn, hash)?;
+        match &hash {
+            Some(h) => Ok(invalidations::api_key(conn, h)?.with(hash)),
+            None => Ok(Written::from(hash)),
         }
-        Ok(hash)
     })
 }
 
 /// Revoke every live key of the user (after a password change), with their cache invalidations,
 /// in the caller's transaction; the revoked keys' hashes.
-pub fn revoke_all_for_user(conn: &mut Conn, user_id: i64, now: i64) -> QueryResult<Vec<String>> {
+pub fn revoke_all_for_user(conn: &mut Conn, user_id: i64, now: i64) -> QueryResult<Written<Vec<String>>> {
     let hashes: Vec<String> = crate::on_conn!(conn, conn => {
         diesel::update(api_keys::table.filter(api_keys::user_id.eq(user_id)).filter(api_keys::revoked_at.is_null()))
             .set(api_keys::revoked_at.eq(now))
             .returning(api_keys::key_hash)
             .get_results(conn)
     })?;
+    let mut written = Written::from(());
     for hash in &hashes {
-        invalidations::api_key(conn, hash)?;
+        written = written.and(invalidations::api_key(conn, hash)?);
     }
-    Ok(hashes)
+    Ok(written.with(hashes))
 }
 
 /// Revoke the user's oldest live keys until at most `keep` remain, with their cache
 /// invalidations, in the caller's transaction; the keys revoked, oldest first.
-pub fn revoke_oldest_beyond(conn: &mut Conn, user_id: i64, keep: i64, now: i64) -> QueryResult<Vec<ApiKey>> {
+pub fn revoke_oldest_beyond(conn: &mut Conn, user_id: i64, keep: i64, now: i64) -> QueryResult<Written<Vec<ApiKey>>> {
     let live = list_for_user(conn, user_id)?; // newest first
     let mut evicted: Vec<ApiKey> = live.into_iter().skip(usize::try_from(keep.max(0)).unwrap_or(0)).collect();
     evicted.reverse();
+    let mut written = Written::from(());
     for key in &mut evicted {
         crate::on_conn!(conn, conn => {
             diesel::update(api_keys::table.filter(api_keys::id.eq(key.id)).filter(api_keys::revoked_at.is_null()))
@@ -122,7 +124,7 @@ pub fn revoke_oldest_beyond(conn: &mut Conn, user_id: i64, keep: i64, now: i64) 
                 .execute(conn)
         })?;
         key.revoked_at = Some(now);
-        invalidations::api_key(conn, &key.key_hash)?;
+        written = written.and(invalidations::api_key(conn, &key.key_hash)?);
     }
-    Ok(evicted)
+    Ok(written.with(evicted))
 }

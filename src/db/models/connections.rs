@@ -1,7 +1,7 @@
 use diesel::prelude::*;
 use diesel::upsert::excluded;
 
-use crate::db::models::invalidations;
+use crate::db::models::invalidations::{self, Written};
 use crate::db::schema::connections;
 use crate::db::Conn;
 
@@ -53,10 +53,11 @@ pub struct NewConnection<'a> {
 }
 
 /// Insert the connection, or replace the tokens of the existing one (bumping its version).
-/// Every write to a connection also records a cache invalidation (call inside a transaction).
-pub fn upsert(conn: &mut Conn, new: &NewConnection<'_>) -> QueryResult<usize> {
-    invalidations::connection(conn, new.user_id, new.service)?;
-    crate::on_conn!(conn, conn => {
+/// Every write to a connection also records a cache invalidation (call inside a transaction) and
+/// returns it with its outcome.
+pub fn upsert(conn: &mut Conn, new: &NewConnection<'_>) -> QueryResult<Written<usize>> {
+    let written = invalidations::connection(conn, new.user_id, new.service)?;
+    let n = crate::on_conn!(conn, conn => {
         diesel::insert_into(connections::table)
             .values(new)
             .on_conflict((connections::user_id, connections::service))
@@ -75,7 +76,8 @@ pub fn upsert(conn: &mut Conn, new: &NewConnection<'_>) -> QueryResult<usize> {
                 connections::refresh_after_401_at.eq(None::<i64>),
             ))
             .execute(conn)
-    })
+    })?;
+    Ok(written.with(n))
 }
 
 pub fn find(conn: &mut Conn, user_id: i64, service: &str) -> QueryResult<Option<Connection>> {
@@ -100,12 +102,13 @@ pub fn list_for_user(conn: &mut Conn, user_id: i64) -> QueryResult<Vec<Connectio
 }
 
 /// Delete a user's connection; the number of rows removed (0 when it was not theirs).
-pub fn delete(conn: &mut Conn, user_id: i64, service: &str) -> QueryResult<usize> {
-    invalidations::connection(conn, user_id, service)?;
-    crate::on_conn!(conn, conn => {
+pub fn delete(conn: &mut Conn, user_id: i64, service: &str) -> QueryResult<Written<usize>> {
+    let written = invalidations::connection(conn, user_id, service)?;
+    let n = crate::on_conn!(conn, conn => {
         diesel::delete(connections::table.filter(connections::user_id.eq(user_id)).filter(connections::service.eq(service)))
             .execute(conn)
-    })
+    })?;
+    Ok(written.with(n))
 }
 
 /// Take the refresh lease of connection `id` at `version` until `until`: true when this caller
@@ -194,10 +197,10 @@ pub struct Refreshed<'a> {
     pub obtained_at: i64,
 }
 
-pub fn store_refreshed(conn: &mut Conn, row: RowRef<'_>, r: &Refreshed<'_>) -> QueryResult<bool> {
+pub fn store_refreshed(conn: &mut Conn, row: RowRef<'_>, r: &Refreshed<'_>) -> QueryResult<Written<bool>> {
     let RowRef { id, version, user_id, service } = row;
-    invalidations::connection(conn, user_id, service)?;
-    crate::on_conn!(conn, conn => {
+    let written = invalidations::connection(conn, user_id, service)?;
+    let stored: bool = crate::on_conn!(conn, conn => {
         let target = connections::table.filter(connections::id.eq(id)).filter(connections::version.eq(version));
         let common = (
             connections::access_token.eq(r.access_token),
@@ -213,15 +216,16 @@ pub fn store_refreshed(conn: &mut Conn, row: RowRef<'_>, r: &Refreshed<'_>) -> Q
             Some(rt) => diesel::update(target).set((common, connections::refresh_token.eq(rt))).execute(conn)?,
             None => diesel::update(target).set(common).execute(conn)?,
         };
-        Ok(n == 1)
-    })
+        QueryResult::Ok(n == 1)
+    })?;
+    Ok(written.with(stored))
 }
 
 /// Mark a connection as needing the user to authorize again (only if still at `version`).
-pub fn mark_reconnect_required(conn: &mut Conn, row: RowRef<'_>, now: i64) -> QueryResult<bool> {
+pub fn mark_reconnect_required(conn: &mut Conn, row: RowRef<'_>, now: i64) -> QueryResult<Written<bool>> {
     let RowRef { id, version, user_id, service } = row;
-    invalidations::connection(conn, user_id, service)?;
-    crate::on_conn!(conn, conn => {
+    let written = invalidations::connection(conn, user_id, service)?;
+    let marked: bool = crate::on_conn!(conn, conn => {
         let n = diesel::update(connections::table.filter(connections::id.eq(id)).filter(connections::version.eq(version)))
             .set((
                 connections::status.eq(ConnectionStatus::ReconnectRequired),
@@ -230,8 +234,9 @@ pub fn mark_reconnect_required(conn: &mut Conn, row: RowRef<'_>, now: i64) -> Qu
                 connections::refresh_lease_until.eq(None::<i64>),
             ))
             .execute(conn)?;
-        Ok(n == 1)
-    })
+        QueryResult::Ok(n == 1)
+    })?;
+    Ok(written.with(marked))
 }
 
 /// How many connections there are in each status.
@@ -266,10 +271,15 @@ pub fn sealed_batch(conn: &mut Conn, after: i64, limit: i64) -> QueryResult<Vec<
 }
 
 /// Replace sealed tokens (same plaintext, another key) if the row is still at `version`.
-pub fn reseal(conn: &mut Conn, row: RowRef<'_>, access: Option<&[u8]>, refresh: Option<&[u8]>) -> QueryResult<bool> {
+pub fn reseal(
+    conn: &mut Conn,
+    row: RowRef<'_>,
+    access: Option<&[u8]>,
+    refresh: Option<&[u8]>,
+) -> QueryResult<Written<bool>> {
     let RowRef { id, version, user_id, service } = row;
-    invalidations::connection(conn, user_id, service)?;
-    crate::on_conn!(conn, conn => {
+    let written = invalidations::connection(conn, user_id, service)?;
+    let changed: bool = crate::on_conn!(conn, conn => {
         let target = connections::table.filter(connections::id.eq(id)).filter(connections::version.eq(version));
         let mut changed = 0;
         if let Some(a) = access {
@@ -278,8 +288,9 @@ pub fn reseal(conn: &mut Conn, row: RowRef<'_>, access: Option<&[u8]>, refresh: 
         if let Some(r) = refresh {
             changed += diesel::update(target).set(connections::refresh_token.eq(r)).execute(conn)?;
         }
-        Ok(changed > 0)
-    })
+        QueryResult::Ok(changed > 0)
+    })?;
+    Ok(written.with(changed))
 }
 
 #[cfg(test)]

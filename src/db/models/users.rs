@@ -53,6 +53,13 @@ pub fn create(conn: &mut Conn, new: &NewUser<'_>) -> QueryResult<Option<User>> {
     })
 }
 
+/// A user for unit tests (no usable password); its id.
+#[cfg(test)]
+pub fn for_tests(conn: &mut Conn, username: &str) -> i64 {
+    let new = NewUser { username, password_hash: "x", is_admin: false, created_at: 0, password_changed_at: 0 };
+    create(conn, &new).unwrap().expect("a new username").id
+}
+
 pub fn set_password(conn: &mut Conn, id: i64, hash: &str, now: i64) -> QueryResult<usize> {
     crate::on_conn!(conn, conn => {
         diesel::update(users::table.find(id))

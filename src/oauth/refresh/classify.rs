@@ -1,0 +1,73 @@
+//! What the provider's answer to a refresh means for the connection (a pure function).
+
+use crate::oauth::tokens::{TokenError, TokenSet};
+
+/// The verdict on a refresh answer.
+#[derive(Debug)]
+pub enum Verdict {
+    /// New tokens to store.
+    Refreshed(TokenSet),
+    /// The grant is dead (`invalid_grant`): the user must authorize again; why, for the event.
+    ReconnectRequired(&'static str),
+    /// The provider refused tokenvault's client credentials: an administrator's problem; the
+    /// tokens are kept.
+    AdminProblem(TokenError),
+    /// Anything else (5xx, timeout, network, garbage): the tokens are kept, it is retried.
+    Transient(TokenError),
+}
+
+impl Verdict {
+    /// The `outcome` label of the refresh metric.
+    pub fn metric(&self) -> &'static str {
+        match self {
+            Verdict::Refreshed(_) => "ok",
+            Verdict::ReconnectRequired(_) => "invalid_grant",
+            Verdict::AdminProblem(_) => "client_error",
+            Verdict::Transient(_) => "transient_error",
+        }
+    }
+}
+
+pub const INVALID_GRANT: &str = "the provider no longer accepts the refresh token (invalid_grant)";
+pub const NO_REFRESH_TOKEN: &str = "no refresh token to renew access";
+
+pub fn classify(answer: Result<TokenSet, TokenError>) -> Verdict {
+    match answer {
+        Ok(set) => Verdict::Refreshed(set),
+        Err(e) if e.is_invalid_grant() => Verdict::ReconnectRequired(INVALID_GRANT),
+        Err(e) if e.is_client_error() => Verdict::AdminProblem(e),
+        Err(e) => Verdict::Transient(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{classify, Verdict};
+    use crate::oauth::tokens::{TokenError, TokenSet};
+    use crate::util::Secret;
+
+    #[test]
+    fn answers_are_classified() {
+        let set = TokenSet {
+            access_token: Secret::from("a"),
+            refresh_token: None,
+            token_type: "Bearer".into(),
+            scopes: vec![],
+            expires_at: None,
+            obtained_at: 0,
+        };
+        let verdict = |r| {
+            let v = classify(r);
+            (v.metric(), matches!(v, Verdict::Refreshed(_) | Verdict::ReconnectRequired(_)))
+        };
+        let rejected = |code: &str| Err(TokenError::Rejected(code.into()));
+        assert_eq!(verdict(Ok(set)), ("ok", true));
+        assert_eq!(verdict(rejected("invalid_grant")), ("invalid_grant", true));
+        assert_eq!(verdict(rejected("invalid_client")), ("client_error", false));
+        assert_eq!(verdict(rejected("unauthorized_client")), ("client_error", false));
+        assert_eq!(verdict(rejected("invalid_scope")), ("transient_error", false));
+        assert_eq!(verdict(Err(TokenError::Timeout)), ("transient_error", false));
+        assert_eq!(verdict(Err(TokenError::Network("x".into()))), ("transient_error", false));
+        assert_eq!(verdict(Err(TokenError::InvalidResponse("x".into()))), ("transient_error", false));
+    }
+}

@@ -1,0 +1,310 @@
+//! The refresh core without HTTP or Rocket: a SQLite file, a real cipher, and a scripted provider
+//! that counts its calls.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::{classify, AccessError, RefreshLocks, Refresher, TokenEndpoint};
+use crate::cache::Caches;
+use crate::config::{RawConfig, Settings};
+use crate::db::models::connections::{self, Connection, ConnectionStatus, Refreshed};
+use crate::db::models::events::{self, EventKind, EventOutcome};
+use crate::db::models::users;
+use crate::db::Db;
+use crate::metrics::Metrics;
+use crate::oauth::access::fresh_token_with;
+use crate::oauth::providers::Provider;
+use crate::oauth::store::{self, open_tokens, Tokens};
+use crate::oauth::tokens::{TokenError, TokenSet};
+use crate::util::{now, ExposeSecret, Secret};
+use crate::vault::store::ClientCredentials;
+use crate::vault::{Aad, Cipher};
+
+/// A provider whose token endpoint gives the scripted answers in order, after `delay`, and
+/// records the refresh tokens it was sent.
+#[derive(Default)]
+struct Scripted {
+    answers: Mutex<VecDeque<Result<TokenSet, TokenError>>>,
+    sent: Mutex<Vec<String>>,
+    calls: AtomicUsize,
+    delay: Duration,
+}
+
+impl Scripted {
+    fn answering(answers: impl IntoIterator<Item = Result<TokenSet, TokenError>>) -> Scripted {
+        Scripted { answers: Mutex::new(answers.into_iter().collect()), ..Default::default() }
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    fn sent(&self) -> Vec<String> {
+        self.sent.lock().unwrap().clone()
+    }
+}
+
+#[rocket::async_trait]
+impl TokenEndpoint for Scripted {
+    async fn refresh(
+        &self,
+        _provider: &Provider,
+        creds: &ClientCredentials,
+        refresh_token: &Secret,
+        _current_scopes: &[String],
+    ) -> Result<TokenSet, TokenError> {
+        assert_eq!(creds.client_id, "client-1", "the vault's client credentials are used");
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.sent.lock().unwrap().push(refresh_token.expose_secret().to_string());
+        rocket::tokio::time::sleep(self.delay).await;
+        self.answers.lock().unwrap().pop_front().expect("an answer was scripted for this call")
+    }
+}
+
+fn tokens(access: &str, refresh: Option<&str>, expires_at: Option<i64>) -> TokenSet {
+    TokenSet {
+        access_token: Secret::from(access),
+        refresh_token: refresh.map(Secret::from),
+        token_type: "Bearer".into(),
+        scopes: vec!["read".into()],
+        expires_at,
+        obtained_at: now() - 100,
+    }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    db: Db,
+    settings: Settings,
+    cipher: Arc<Cipher>,
+    caches: Caches,
+    locks: RefreshLocks,
+    metrics: Metrics,
+    provider: Provider,
+    user_id: i64,
+}
+
+impl Fixture {
+    /// A user connected to the demo provider with AT-1/RT-1, already expired; with the client's
+    /// credentials in the vault when `configured`.
+    async fn new(configured: bool) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.sqlite").to_string_lossy()).unwrap();
+        let settings = Settings::resolve(&RawConfig::default(), "debug").unwrap();
+        let cipher = Arc::new(Cipher::for_tests(5));
+        let provider = crate::oauth::providers::demo(&settings);
+        let mut conn = db.conn().unwrap();
+        let user_id = users::for_tests(&mut conn, "ann");
+        if configured {
+            crate::vault::store::set(&mut conn, &cipher, &provider.client_id_path(), "client-1", "test").unwrap();
+            crate::vault::store::set(&mut conn, &cipher, &provider.client_secret_path(), "secret-1", "test").unwrap();
+        }
+        drop(conn);
+        let f = Fixture {
+            _dir: dir,
+            db,
+            settings,
+            cipher,
+            caches: Caches::new(60),
+            locks: RefreshLocks::default(),
+            metrics: Metrics::new(),
+            provider,
+            user_id,
+        };
+        store::save(f.tokens(), user_id, "demo", tokens("AT-1", Some("RT-1"), Some(now() - 1)), EventKind::Connect)
+            .await
+            .unwrap();
+        f
+    }
+
+    fn tokens(&self) -> Tokens<'_> {
+        Tokens { db: &self.db, cipher: &self.cipher, caches: &self.caches, events_kept: 50 }
+    }
+
+    fn with<'a>(&'a self, endpoint: &'a dyn TokenEndpoint) -> Refresher<'a> {
+        Refresher {
+            tokens: self.tokens(),
+            endpoint,
+            metrics: &self.metrics,
+            locks: &self.locks,
+            settings: &self.settings,
+        }
+    }
+
+    async fn fresh(&self, endpoint: &dyn TokenEndpoint) -> Result<String, AccessError> {
+        let token = fresh_token_with(&self.with(endpoint), self.user_id, &self.provider).await?;
+        Ok(token.access_token.expose_secret().to_string())
+    }
+
+    fn row(&self) -> Connection {
+        connections::find(&mut self.db.conn().unwrap(), self.user_id, "demo").unwrap().expect("connected")
+    }
+
+    /// The stored (access, refresh) tokens, opened.
+    fn stored(&self) -> (String, Option<String>) {
+        let (a, r) = open_tokens(&self.cipher, &self.row()).unwrap();
+        (a.expose_secret().to_string(), r.map(|r| r.expose_secret().to_string()))
+    }
+
+    /// The newest event: (outcome, detail).
+    fn last_event(&self) -> (EventOutcome, String) {
+        let e = events::recent(&mut self.db.conn().unwrap(), self.user_id, "demo", 1).unwrap().remove(0);
+        assert_eq!(e.kind, EventKind::Refresh);
+        (e.outcome, e.detail)
+    }
+
+    /// Another process takes the lease of the row as it is now, until `until`.
+    fn lease_elsewhere(&self, until: i64) -> Connection {
+        let row = self.row();
+        let taken =
+            connections::take_refresh_lease(&mut self.db.conn().unwrap(), row.id, row.version, now(), until, None);
+        assert!(taken.unwrap(), "the other holder took the lease");
+        row
+    }
+}
+
+#[rocket::async_test]
+async fn a_new_refresh_token_replaces_the_old_one_and_an_answer_without_one_keeps_it() {
+    let f = Fixture::new(true).await;
+    let before = f.row();
+    let fake = Scripted::answering([
+        Ok(tokens("AT-2", Some("RT-2"), Some(now() - 1))), // expired at once: the next use refreshes again
+        Ok(tokens("AT-3", None, Some(now() + 3600))),
+    ]);
+    assert_eq!(f.fresh(&fake).await.unwrap(), "AT-2");
+    let row = f.row();
+    assert_eq!(row.version, before.version + 1, "both tokens in one write");
+    assert_eq!(f.stored(), ("AT-2".into(), Some("RT-2".into())));
+    assert_eq!(row.refresh_lease_until, None, "the lease ends with the write");
+    assert_eq!(f.last_event(), (EventOutcome::Ok, "new refresh token stored".into()));
+    let cached = f.caches.connections.get(&(f.user_id, "demo".into())).expect("the new row is cached");
+    assert_eq!((cached.version, &cached.access_token), (row.version, &row.access_token));
+
+    assert_eq!(f.fresh(&fake).await.unwrap(), "AT-3");
+    assert_eq!(f.stored(), ("AT-3".into(), Some("RT-2".into())), "no new refresh token: the old one is kept");
+    assert_eq!(f.last_event(), (EventOutcome::Ok, "refresh token kept".into()));
+    assert_eq!(fake.sent(), ["RT-1", "RT-2"]);
+    // Not due any more: used as it is.
+    assert_eq!(f.fresh(&fake).await.unwrap(), "AT-3");
+    assert_eq!(fake.calls(), 2);
+}
+
+#[rocket::async_test]
+async fn a_caller_that_loses_the_lease_waits_and_uses_the_holders_token() {
+    let f = Fixture::new(true).await;
+    let held = f.lease_elsewhere(now() + 30);
+    let fake = Scripted::default(); // no answers: a call would panic
+    let holder = async {
+        // The other instance gets its answer and stores it under its lease.
+        rocket::tokio::time::sleep(Duration::from_millis(300)).await;
+        let access = f.cipher.seal_str("AT-theirs", Aad::AccessToken { user_id: f.user_id, service: "demo" });
+        let r = Refreshed {
+            access_token: &access,
+            refresh_token: None,
+            token_type: "Bearer",
+            scopes: "read",
+            expires_at: Some(now() + 3600),
+            obtained_at: now(),
+        };
+        let stored = connections::store_refreshed(&mut f.db.conn().unwrap(), held.at_version(), &r).unwrap();
+        assert!(stored.recorded_only(), "another instance's write: this process learns of it from the database");
+    };
+    let started = Instant::now();
+    let (token, ()) = rocket::tokio::join!(f.fresh(&fake), holder);
+    assert_eq!(token.unwrap(), "AT-theirs");
+    assert!(started.elapsed() >= Duration::from_millis(300), "it waited for the holder");
+    assert_eq!(fake.calls(), 0, "the provider is asked once, by the holder");
+    assert_eq!(f.row().version, held.version + 1);
+}
+
+#[rocket::async_test]
+async fn invalid_grant_marks_the_connection_reconnect_required_and_keeps_the_tokens_sealed() {
+    let f = Fixture::new(true).await;
+    let before = f.row();
+    let fake = Scripted::answering([Err(TokenError::Rejected("invalid_grant".into()))]);
+    assert!(matches!(f.fresh(&fake).await, Err(AccessError::ReconnectRequired)));
+    let row = f.row();
+    assert_eq!((row.status, row.version, row.refresh_lease_until), (ConnectionStatus::ReconnectRequired, 2, None));
+    assert_eq!((&row.access_token, &row.refresh_token), (&before.access_token, &before.refresh_token));
+    assert_eq!(f.stored(), ("AT-1".into(), Some("RT-1".into())), "still sealed, and still opening");
+    assert_eq!(f.last_event(), (EventOutcome::ReconnectRequired, classify::INVALID_GRANT.into()));
+    // The cached row was dropped (the write's invalidation applied): the next use knows at once,
+    // without asking the provider.
+    assert!(f.caches.connections.get(&(f.user_id, "demo".into())).is_none(), "the stale row left the cache");
+    assert!(matches!(f.fresh(&fake).await, Err(AccessError::ReconnectRequired)));
+    assert_eq!(fake.calls(), 1);
+}
+
+#[rocket::async_test]
+async fn a_transient_failure_keeps_the_tokens_releases_the_lease_and_is_retried() {
+    let f = Fixture::new(true).await;
+    let before = f.row();
+    let fake = Scripted::answering([
+        Err(TokenError::Network("connection reset".into())),
+        Err(TokenError::Rejected("invalid_client".into())),
+        Ok(tokens("AT-2", Some("RT-2"), Some(now() + 3600))),
+    ]);
+    assert!(matches!(f.fresh(&fake).await, Err(AccessError::Provider(TokenError::Network(_)))));
+    let row = f.row();
+    assert_eq!((row.status, row.version, row.refresh_lease_until), (ConnectionStatus::Active, before.version, None));
+    assert_eq!(f.stored(), ("AT-1".into(), Some("RT-1".into())));
+    let (outcome, detail) = f.last_event();
+    assert_eq!(outcome, EventOutcome::FailedRetryable);
+    assert!(detail.ends_with("the tokens were kept and it will be retried"), "{detail}");
+
+    // The client credentials refused: an administrator's problem, the tokens kept as well.
+    assert!(matches!(f.fresh(&fake).await, Err(AccessError::ClientRejected(_))));
+    assert_eq!((f.row().version, f.row().refresh_lease_until), (before.version, None));
+    assert_eq!(f.last_event().0, EventOutcome::FailedAdmin);
+
+    // The lease was given back each time: the next use refreshes at once.
+    assert_eq!(f.fresh(&fake).await.unwrap(), "AT-2");
+    assert_eq!(fake.sent(), ["RT-1", "RT-1", "RT-1"]);
+}
+
+#[rocket::async_test]
+async fn a_lease_left_by_a_dead_process_blocks_until_it_expires() {
+    let f = Fixture::new(true).await;
+    // A process took the lease and died: nobody will store a result or release it.
+    f.lease_elsewhere(now() + 1);
+    let fake = Scripted::answering([Ok(tokens("AT-2", Some("RT-2"), Some(now() + 3600)))]);
+    let started = Instant::now();
+    assert_eq!(f.fresh(&fake).await.unwrap(), "AT-2");
+    assert!(started.elapsed() >= Duration::from_secs(1), "waited for the lease to expire: {:?}", started.elapsed());
+    assert_eq!(fake.calls(), 1);
+    assert_eq!(f.stored(), ("AT-2".into(), Some("RT-2".into())));
+    assert_eq!(f.row().refresh_lease_until, None);
+}
+
+#[rocket::async_test]
+async fn concurrent_callers_in_one_process_make_one_refresh() {
+    let f = Fixture::new(true).await;
+    let fake = Scripted {
+        delay: Duration::from_millis(200),
+        ..Scripted::answering([Ok(tokens("AT-2", Some("RT-2"), Some(now() + 3600)))])
+    };
+    let callers = (0..20).map(|_| f.fresh(&fake));
+    let tokens = futures_util::future::join_all(callers).await;
+    assert!(tokens.iter().all(|t| matches!(t, Ok(t) if t == "AT-2")), "{tokens:?}");
+    assert_eq!(fake.calls(), 1);
+    assert_eq!(f.row().version, 2);
+    // The 19 others were woken by the refresher's announcement and took its row from the cache;
+    // they did not each lose the lease and re-read the database.
+    assert!(f.caches.connections.stats().hits >= 19, "{:?}", f.caches.connections.stats());
+}
+
+#[rocket::async_test]
+async fn without_client_credentials_nothing_is_sent_and_the_tokens_are_kept() {
+    let f = Fixture::new(false).await;
+    let fake = Scripted::default();
+    assert!(matches!(f.fresh(&fake).await, Err(AccessError::NotConfigured)));
+    assert_eq!(fake.calls(), 0);
+    let row = f.row();
+    assert_eq!((row.status, row.version, row.refresh_lease_until), (ConnectionStatus::Active, 1, None));
+    assert_eq!(f.stored(), ("AT-1".into(), Some("RT-1".into())));
+    let (outcome, detail) = f.last_event();
+    assert_eq!(outcome, EventOutcome::FailedAdmin);
+    assert!(detail.contains("no client credentials"), "{detail}");
+}
