@@ -139,14 +139,10 @@ impl Metrics {
 
     /// The text exposition, with the connection gauge set from `by_status` and the cache figures
     /// from `caches` (read at scrape time).
-    pub fn render(
-        &self,
-        by_status: &[(crate::db::models::connections::ConnectionStatus, i64)],
-        caches: &[(&str, crate::cache::CacheStats)],
-    ) -> String {
+    pub fn render(&self, by_status: &[(&str, i64)], caches: &[(&str, crate::cache::CacheStats)]) -> String {
         self.connections.reset();
         for (status, n) in by_status {
-            self.connections.with_label_values(&[status.as_str()]).set(*n);
+            self.connections.with_label_values(&[*status]).set(*n);
         }
         // Counters only go up: add what is new since the last scrape (one scrape at a time).
         let _scrape = self.scrape.lock().unwrap_or_else(|e| e.into_inner());

@@ -3,6 +3,12 @@
 //! compile); reading one back gives the variant, or — for a string no variant has — a
 //! deserialization error naming the enum and the string (the query fails; nothing panics).
 //!
+//! A string no variant has is what an older instance reads when a newer one, during a rolling
+//! upgrade on a shared database, writes a value it added. Where one such row must not make a
+//! whole page fail, the enum names the variant to read it as (`unknown => Variant;` after the
+//! variants: the fail-closed meaning, logged as a warning), or the query reads the column as a
+//! string and skips the row (connection events: display only).
+//!
 //! The strings are a storage format: existing rows hold them, so a variant's string never changes.
 
 /// A stored string that names no variant of the enum it was read as.
@@ -18,9 +24,12 @@ pub struct UnknownText {
 /// and Diesel's `ToSql`/`FromSql` for `Text` on every backend that stores a `str` as `Text`
 /// (SQLite and PostgreSQL).
 macro_rules! text_enum {
+    (@fallback) => { None };
+    (@fallback $v:path) => { Some($v) };
     (
         $(#[$meta:meta])*
         $vis:vis enum $name:ident { $( $(#[$vmeta:meta])* $variant:ident = $text:literal ),+ $(,)? }
+        $( unknown => $fallback:ident; )?
     ) => {
         $(#[$meta])*
         #[derive(
@@ -34,6 +43,9 @@ macro_rules! text_enum {
         impl $name {
             /// Every variant, in declaration order.
             pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// What a stored string no variant has is read as (`None`: it is an error).
+            pub const UNKNOWN_READS_AS: Option<$name> = $crate::db::text_enum::text_enum!(@fallback $($name::$fallback)?);
 
             /// The stored string.
             pub const fn as_str(self) -> &'static str {
@@ -80,7 +92,14 @@ macro_rules! text_enum {
         {
             fn from_sql(bytes: DB::RawValue<'_>) -> diesel::deserialize::Result<Self> {
                 let text = <String as diesel::deserialize::FromSql<diesel::sql_types::Text, DB>>::from_sql(bytes)?;
-                Ok(text.parse::<$name>()?)
+                match (text.parse::<$name>(), $name::UNKNOWN_READS_AS) {
+                    (Ok(v), _) => Ok(v),
+                    (Err(unknown), Some(v)) => {
+                        tracing::warn!(error = %unknown, read_as = v.as_str(), "a value this version does not know");
+                        Ok(v)
+                    }
+                    (Err(unknown), None) => Err(unknown.into()),
+                }
             }
         }
     };
@@ -90,7 +109,8 @@ pub(crate) use text_enum;
 /// Assert, for every variant of the text enum `$ty`, against SQLite (in memory) and — when
 /// `TOKENVAULT_TEST_POSTGRES_URL` is set — PostgreSQL: that it is written as its string, byte
 /// for byte; that the string as a row holds it reads back as the variant; and that a string no
-/// variant has is a deserialization error naming the enum, not a panic.
+/// variant has is a deserialization error naming the enum, not a panic — or, for an enum with
+/// `unknown => Variant;`, reads as that variant.
 #[cfg(test)]
 macro_rules! assert_text_round_trips {
     ($ty:ty) => {{
@@ -121,10 +141,17 @@ macro_rules! check_text_round_trips {
             assert_eq!(v.as_str().parse::<$ty>(), Ok(v));
         }
         let unknown = diesel::select(stored("no such value")).get_result::<$ty>(conn);
-        // What the error's log line says (Diesel names the field; the cause names the value).
-        let message = $crate::error::AppError::from(unknown.expect_err("an unknown string is an error")).to_string();
-        let expected = format!("unknown {} \"no such value\" in the database", stringify!($ty));
-        assert!(message.contains(&expected), "{message}");
+        match <$ty>::UNKNOWN_READS_AS {
+            Some(v) => assert_eq!(unknown, Ok(v), "an unknown string reads as the enum's fallback"),
+            None => {
+                // What the error's log line says (Diesel names the field; the cause names the value).
+                let message =
+                    $crate::error::AppError::from(unknown.expect_err("an unknown string is an error")).to_string();
+                let expected = format!("unknown {} \"no such value\" in the database", stringify!($ty));
+                assert!(message.contains(&expected), "{message}");
+            }
+        }
+        assert!("no such value".parse::<$ty>().is_err(), "parsing stays strict");
     }};
 }
 #[cfg(test)]

@@ -12,6 +12,8 @@ crate::db::text_enum::text_enum! {
         /// The provider no longer accepts the grant (`invalid_grant`, no refresh token).
         ReconnectRequired = "reconnect_required",
     }
+    // A status written by a newer instance: this one neither hands out nor refreshes its tokens.
+    unknown => ReconnectRequired;
 }
 
 /// A user's stored tokens for one service. Token columns are sealed by the vault cipher.
@@ -239,11 +241,24 @@ pub fn mark_reconnect_required(conn: &mut Conn, row: RowRef<'_>, now: i64) -> Qu
     Ok(written.with(marked))
 }
 
-/// How many connections there are in each status.
-pub fn count_by_status(conn: &mut Conn) -> QueryResult<Vec<(ConnectionStatus, i64)>> {
-    crate::on_conn!(conn, conn => {
-        connections::table.group_by(connections::status).select((connections::status, diesel::dsl::count_star())).load(conn)
-    })
+/// How many connections there are in each status, by its stored string: a status this version
+/// does not know (written by a newer instance) is counted under `"unknown"`, not an error.
+pub fn count_by_status(conn: &mut Conn) -> QueryResult<Vec<(&'static str, i64)>> {
+    let rows: Vec<(String, i64)> = crate::on_conn!(conn, conn => {
+        connections::table
+            .group_by(connections::status)
+            .select((connections::status, diesel::dsl::count_star()))
+            .load(conn)
+    })?;
+    let mut counts: Vec<(&'static str, i64)> = Vec::new();
+    for (text, n) in rows {
+        let label = text.parse::<ConnectionStatus>().map_or("unknown", ConnectionStatus::as_str);
+        match counts.iter_mut().find(|(l, _)| *l == label) {
+            Some((_, total)) => *total += n,
+            None => counts.push((label, n)),
+        }
+    }
+    Ok(counts)
 }
 
 /// The sealed columns of a connection, for key rotation.
@@ -295,7 +310,66 @@ pub fn reseal(
 
 #[cfg(test)]
 mod tests {
-    use super::ConnectionStatus;
+    use super::*;
+    use crate::db::models::events::{self, EventKind, EventOutcome, NewEvent};
+    use crate::db::models::users;
+    use crate::db::Db;
+
+    /// A newer instance on the same database (a rolling upgrade) writes a status and an event
+    /// outcome this version does not know: the user's pages and `/metrics` still work.
+    #[test]
+    fn a_status_from_a_newer_version_breaks_neither_the_list_nor_the_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.sqlite").to_string_lossy()).unwrap();
+        let mut conn = db.conn().unwrap();
+        let user_id = users::for_tests(&mut conn, "alice");
+        for service in ["dropbox", "google"] {
+            let row = NewConnection {
+                user_id,
+                service,
+                access_token: b"sealed",
+                refresh_token: None,
+                token_type: "bearer",
+                scopes: "",
+                expires_at: None,
+                obtained_at: 0,
+                status: ConnectionStatus::Active,
+                version: 1,
+                updated_at: 0,
+            };
+            upsert(&mut conn, &row).unwrap().recorded_only();
+            for outcome in [EventOutcome::Ok, EventOutcome::Failed] {
+                let event = NewEvent { user_id, service, at: 1, kind: EventKind::Refresh, outcome, detail: "" };
+                events::insert(&mut conn, &event).unwrap();
+            }
+        }
+        let sql = "UPDATE connections SET status = 'from_the_future' WHERE service = 'google'";
+        crate::on_conn!(&mut conn, c => diesel::sql_query(sql).execute(c)).unwrap();
+        let sql =
+            "UPDATE connection_events SET outcome = 'from the future' WHERE service = 'google' AND outcome = 'ok'";
+        crate::on_conn!(&mut conn, c => diesel::sql_query(sql).execute(c)).unwrap();
+
+        let listed = list_for_user(&mut conn, user_id).unwrap();
+        let statuses: Vec<_> = listed.iter().map(|c| (c.service.as_str(), c.status)).collect();
+        assert_eq!(
+            statuses,
+            [("dropbox", ConnectionStatus::Active), ("google", ConnectionStatus::ReconnectRequired)],
+            "the unknown status reads as the fail-closed one; the other row is untouched"
+        );
+        assert_eq!(find(&mut conn, user_id, "google").unwrap().unwrap().status, ConnectionStatus::ReconnectRequired);
+
+        let mut counts = count_by_status(&mut conn).unwrap();
+        counts.sort();
+        assert_eq!(counts, [("active", 1), ("unknown", 1)]);
+
+        let history = events::recent(&mut conn, user_id, "google", 10).unwrap();
+        assert_eq!(
+            history.iter().map(|e| e.outcome).collect::<Vec<_>>(),
+            [EventOutcome::Failed],
+            "only the unknown row is skipped"
+        );
+        assert_eq!(events::recent(&mut conn, user_id, "dropbox", 10).unwrap().len(), 2);
+    }
 
     #[test]
     fn every_status_is_stored_as_its_string() {

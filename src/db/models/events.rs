@@ -32,8 +32,7 @@ crate::db::text_enum::text_enum! {
     }
 }
 
-#[derive(Debug, Clone, Queryable, Selectable)]
-#[diesel(table_name = connection_events)]
+#[derive(Debug, Clone)]
 pub struct Event {
     pub id: i64,
     pub user_id: i64,
@@ -42,6 +41,35 @@ pub struct Event {
     pub kind: EventKind,
     pub outcome: EventOutcome,
     pub detail: String,
+}
+
+/// An event row as stored, kind and outcome as their strings: one written by a newer instance
+/// (a kind or outcome this version does not know) is skipped by [`recent`], not an error for the
+/// whole history.
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = connection_events)]
+struct StoredEvent {
+    id: i64,
+    user_id: i64,
+    service: String,
+    at: i64,
+    kind: String,
+    outcome: String,
+    detail: String,
+}
+
+impl StoredEvent {
+    fn read(self) -> Option<Event> {
+        let (kind, outcome) = match (self.kind.parse::<EventKind>(), self.outcome.parse::<EventOutcome>()) {
+            (Ok(kind), Ok(outcome)) => (kind, outcome),
+            (Err(unknown), _) | (_, Err(unknown)) => {
+                tracing::warn!(event_id = self.id, error = %unknown, "an event this version cannot show, skipped");
+                return None;
+            }
+        };
+        let StoredEvent { id, user_id, service, at, detail, .. } = self;
+        Some(Event { id, user_id, service, at, kind, outcome, detail })
+    }
 }
 
 /// A connection event. `detail` is shown to the user: never put a token or a raw provider body in it.
@@ -70,9 +98,10 @@ pub fn recent(conn: &mut Conn, user_id: i64, service: &str, limit: i64) -> Query
             .filter(connection_events::service.eq(service))
             .order((connection_events::at.desc(), connection_events::id.desc()))
             .limit(limit)
-            .select(Event::as_select())
+            .select(StoredEvent::as_select())
             .load(conn)
     })
+    .map(|rows: Vec<StoredEvent>| rows.into_iter().filter_map(StoredEvent::read).collect())
 }
 
 /// Keep only the newest `keep` events of a user's service (by insertion order); how many were
