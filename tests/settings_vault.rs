@@ -20,7 +20,7 @@ async fn settings_lists_only_my_connections_with_their_details() {
     assert!(page.text.contains(r#"<tr data-service="fake">"#));
     assert!(page.text.contains("<code>read</code>") && page.text.contains("<code>write</code>"));
     assert!(page.text.contains("in 59 minutes") || page.text.contains("in 1 hour"), "relative expiry");
-    assert!(page.text.contains(r#"<td class="refresh">yes</td>"#));
+    assert!(page.text.contains(r#"<td data-label="Refresh token" class="refresh">yes</td>"#));
     assert!(page.text.contains(r#"id="delete-fake""#));
     assert!(page.text.contains("connect <strong>ok</strong>"), "history shows the connection");
     let other = bob.fetch("/settings/oauth2").await;

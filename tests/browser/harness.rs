@@ -306,8 +306,14 @@ impl Driver {
     }
 
     async fn connect(&mut self) -> Client {
+        self.connect_as(None).await
+    }
+
+    /// A session on a desktop window (`None`) or emulating a phone's screen: its CSS pixel size, a
+    /// mobile viewport (the page's `<meta name="viewport">` applies) and touch input.
+    async fn connect_as(&mut self, phone: Option<(u32, u32)>) -> Client {
         let user_data_dir = self._profile.path().join("profile");
-        let caps = json!({
+        let mut caps = json!({
             "browserName": "chrome",
             "goog:loggingPrefs": { "browser": "ALL" },
             "goog:chromeOptions": { "args": [
@@ -316,6 +322,11 @@ impl Driver {
                 format!("--user-data-dir={}", user_data_dir.display()),
             ]},
         });
+        if let Some((width, height)) = phone {
+            caps["goog:chromeOptions"]["mobileEmulation"] = json!({
+                "deviceMetrics": { "width": width, "height": height, "pixelRatio": 2, "mobile": true, "touch": true },
+            });
+        }
         let Value::Object(caps) = caps else { unreachable!() };
         let client = ClientBuilder::new(HttpConnector::new())
             .capabilities(caps)
@@ -392,6 +403,14 @@ impl Browser {
         let binary = chromedriver_or_skip()?;
         let (app, mut driver) = tokio::join!(App::start_with(config), Driver::start(&binary));
         let c = driver.connect().await;
+        Some(Browser { c, app: std::sync::Arc::new(app), driver })
+    }
+
+    /// [`Browser::start`] on a phone's screen of `width`×`height` CSS pixels (mobile viewport, touch).
+    pub async fn start_phone(width: u32, height: u32) -> Option<Browser> {
+        let binary = chromedriver_or_skip()?;
+        let (app, mut driver) = tokio::join!(App::start_with(AppConfig::default()), Driver::start(&binary));
+        let c = driver.connect_as(Some((width, height))).await;
         Some(Browser { c, app: std::sync::Arc::new(app), driver })
     }
 

@@ -16,5 +16,6 @@ mod admin;
 mod connect;
 mod cross_origin;
 mod headers;
+mod phone;
 mod revocation;
 mod sessions;
