@@ -242,11 +242,19 @@ pub struct CachedKey {
     pub key_id: i64,
     pub user_id: i64,
     pub username: String,
+    /// What the key may do, and until when.
+    pub scope: Arc<crate::db::models::key_scope::KeyScope>,
     /// When this process last recorded a use of the key (shared by the copies of the entry).
     pub last_used_at: Arc<AtomicI64>,
 }
 
 impl CachedKey {
+    /// A key of `user_id` without limits, never used.
+    #[cfg(test)]
+    pub fn for_tests(key_id: i64, user_id: i64) -> CachedKey {
+        CachedKey { key_id, user_id, username: "a".into(), scope: Default::default(), last_used_at: Default::default() }
+    }
+
     /// True at most once a minute per key: time to record a use.
     pub fn should_touch(&self, now: i64) -> bool {
         let last = self.last_used_at.load(Ordering::Relaxed);
@@ -603,7 +611,7 @@ mod tests {
     #[test]
     fn invalidations_name_keys_and_connections() {
         let caches = Caches::new(60);
-        let key = CachedKey { key_id: 1, user_id: 7, username: "a".into(), last_used_at: Default::default() };
+        let key = CachedKey::for_tests(1, 7);
         caches.api_keys.fill(caches.api_keys.ticket(), "hash".into(), key);
         let row = Arc::new(Connection::for_tests(7, "dropbox"));
         caches.connections.fill(caches.connections.ticket(), (7, "dropbox".into()), row.clone());
@@ -620,7 +628,7 @@ mod tests {
 
     #[test]
     fn a_use_is_recorded_at_most_once_a_minute() {
-        let key = CachedKey { key_id: 1, user_id: 7, username: "a".into(), last_used_at: Default::default() };
+        let key = CachedKey::for_tests(1, 7);
         let copy = key.clone();
         assert!(key.should_touch(1_000));
         assert!(!copy.should_touch(1_030), "copies share the mark");

@@ -64,8 +64,21 @@ pub enum UserCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum ApiKeyCommand {
-    /// Create an API key for a user and print it (once).
-    Create { username: String, name: String },
+    /// Create an API key for a user and print it (once). Without limits it may do everything the
+    /// user may; `--service`, `--scope` and `--expires` limit it.
+    Create {
+        username: String,
+        name: String,
+        /// Limit the key to this service (repeat for several).
+        #[arg(long = "service", value_name = "SERVICE")]
+        services: Vec<String>,
+        /// Limit the key to this capability: connections:read, token:read or proxy (repeat for several).
+        #[arg(long = "scope", value_name = "CAPABILITY")]
+        scopes: Vec<String>,
+        /// Make the key stop working after this long: 90m, 12h, 30d, 2w.
+        #[arg(long, value_name = "LIFETIME")]
+        expires: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -131,13 +144,21 @@ pub fn run(command: Command) -> Result<String, String> {
             vault::set(&mut conn, &prepared.cipher, &path, value.expose_secret(), "cli").map_err(cli_error)?;
             Ok(format!("{path} set"))
         }
-        Command::ApiKey { command: ApiKeyCommand::Create { username, name } } => {
+        Command::ApiKey { command: ApiKeyCommand::Create { username, name, services, scopes, expires } } => {
             let (mut conn, prepared) = open()?;
+            let scope = crate::auth::api_key::KeyScope::from_input(
+                &services,
+                &scopes,
+                expires.as_deref(),
+                |s| prepared.catalog.get(s).is_some(),
+                crate::util::now(),
+            )?;
             let user = crate::db::models::users::find_by_username(&mut conn, &username)
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| format!("no user named {username}"))?;
             let max_keys = prepared.settings.max_api_keys_per_user;
-            let created = crate::auth::api_key::create(&mut conn, user.id, &name, max_keys).map_err(cli_error)?;
+            let created =
+                crate::auth::api_key::create(&mut conn, user.id, &name, &scope, max_keys).map_err(cli_error)?;
             for old in &created.evicted {
                 // On standard error: standard output is the key alone, for scripts.
                 eprintln!(

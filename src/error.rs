@@ -61,6 +61,9 @@ pub enum AppError {
     PayloadTooLarge { limit: usize },
     #[error("too many requests")]
     TooManyRequests,
+    /// An API key used outside its limits (a service or capability it was not given).
+    #[error("forbidden scope: {0}")]
+    ForbiddenScope(String),
     #[error("{0}: reconnect required")]
     ReconnectRequired(Service),
     #[error("{service}: no client credentials in the vault")]
@@ -109,6 +112,7 @@ impl AppError {
             AppError::BadRequest(_) | AppError::BadPath => Status::BadRequest,
             AppError::PayloadTooLarge { .. } => Status::PayloadTooLarge,
             AppError::TooManyRequests => Status::TooManyRequests,
+            AppError::ForbiddenScope(_) => Status::Forbidden,
             AppError::ReconnectRequired(_) => Status::Conflict,
             AppError::Upstream { status, .. } => *status,
             AppError::ClientRejected { .. } | AppError::ProviderResponseTooLarge { .. } => Status::BadGateway,
@@ -130,6 +134,7 @@ impl AppError {
             AppError::ClientRejected { .. } => "provider_rejected_client",
             AppError::ProviderResponseTooLarge { .. } => "provider_response_too_large",
             AppError::Busy { .. } => "busy",
+            AppError::ForbiddenScope(_) => "forbidden_scope",
             _ => StatusWords::of(self.status()).code,
         }
     }
@@ -140,7 +145,7 @@ impl AppError {
             AppError::UnknownService => "No such service.".into(),
             AppError::NotConnected(s) => format!("{} is not connected.", s.display_name),
             AppError::NoApiBase(s) => format!("{} has no API base URL configured.", s.display_name),
-            AppError::BadRequest(msg) => msg.clone(),
+            AppError::BadRequest(msg) | AppError::ForbiddenScope(msg) => msg.clone(),
             AppError::BadPath => {
                 "The path must stay under the service's API base URL, without `;`, encoded dots or backslashes.".into()
             }

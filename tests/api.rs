@@ -265,9 +265,13 @@ async fn changes_from_elsewhere_arrive_by_invalidation_or_after_cache_ttl() {
         tokenvault::oauth::store::delete_with_event(&mut conn, 50, 1, "fake", kind, outcome, "elsewhere")
             .unwrap()
             .recorded_only();
-        let (k, _) = tokenvault::db::models::api_keys::find_active(&mut conn, &tokenvault::util::sha256_hex(&key))
-            .unwrap()
-            .unwrap();
+        let (k, _) = tokenvault::db::models::api_keys::find_active(
+            &mut conn,
+            &tokenvault::util::sha256_hex(&key),
+            tokenvault::util::now(),
+        )
+        .unwrap()
+        .unwrap();
         tokenvault::db::models::api_keys::revoke(&mut conn, 1, k.id, 0).unwrap().recorded_only();
     }
     let started = std::time::Instant::now();
@@ -423,6 +427,10 @@ async fn openapi_readyz_and_metrics() {
             .replace("<path..>", "{path}");
         let method = route.method.as_str().to_ascii_lowercase();
         assert!(doc["paths"][&path][&method].is_object(), "{method} {path} is not in openapi.json");
+        if path != "/openapi.json" {
+            let forbidden = &doc["paths"][&path][&method]["responses"]["403"];
+            assert!(forbidden.is_object(), "{method} {path} documents 403 forbidden_scope");
+        }
     }
     let (status, body, _) = api(&app, "GET", "/api/v1/nope", None).await;
     assert_eq!(

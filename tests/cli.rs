@@ -185,13 +185,42 @@ fn api_key_create_prints_a_working_key_once() {
     assert!(key.starts_with("tvk_"));
     let db = tokenvault::db::Db::open(&dir.path().join("cli.sqlite").to_string_lossy()).unwrap();
     let mut conn = db.conn().unwrap();
-    let (k, user) = tokenvault::db::models::api_keys::find_active(&mut conn, &tokenvault::util::sha256_hex(&key))
-        .unwrap()
-        .expect("the printed key is the stored one");
+    let (k, user) = tokenvault::db::models::api_keys::find_active(
+        &mut conn,
+        &tokenvault::util::sha256_hex(&key),
+        tokenvault::util::now(),
+    )
+    .unwrap()
+    .expect("the printed key is the stored one");
     assert_eq!((k.name.as_str(), user.username.as_str()), ("nightly backup", "erin"));
     let missing = tokenvault(dir.path(), &["api-key", "create", "nobody", "x"], &env, None);
     assert!(!missing.status.success());
     assert!(text(&missing).contains("no user named nobody"));
+    assert_eq!((k.services, k.capabilities, k.expires_at), (None, None, None), "no limits: full access");
+
+    // Limits: services, capabilities and a lifetime.
+    let args = ["api-key", "create", "erin", "ci", "--service", "demo", "--scope", "token:read", "--expires", "30d"];
+    let out = tokenvault(dir.path(), &args, &env, None);
+    assert!(out.status.success(), "{}", text(&out));
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let now = tokenvault::util::now();
+    let (k, _) = tokenvault::db::models::api_keys::find_active(&mut conn, &tokenvault::util::sha256_hex(&key), now)
+        .unwrap()
+        .expect("the limited key is stored");
+    assert_eq!((k.services.as_deref(), k.capabilities.as_deref()), (Some("demo"), Some("token:read")));
+    let expires = k.expires_at.expect("an expiry");
+    assert!((now + 30 * 86_400 - 5..=now + 30 * 86_400).contains(&expires), "{expires} is 30 days from now");
+    for (bad, says) in [
+        (["--scope", "admin"], "\"admin\" is not a capability"),
+        (["--service", "nope"], "no service named \"nope\""),
+        (["--expires", "forever"], "is not a lifetime"),
+    ] {
+        let args = [&["api-key", "create", "erin", "bad"][..], &bad[..]].concat();
+        let out = tokenvault(dir.path(), &args, &env, None);
+        assert!(!out.status.success(), "{bad:?} is refused");
+        assert!(text(&out).contains(says), "{bad:?}: {}", text(&out));
+        assert!(out.stdout.is_empty(), "no key is printed");
+    }
 }
 
 /// A PostgreSQL database of its own for a test, when `TOKENVAULT_TEST_POSTGRES_URL` is set:

@@ -146,7 +146,7 @@ async fn two_instances_share_flows_and_refresh_once() {
         let db = tokenvault::db::Db::open_sized(&database.url, 1).unwrap();
         let mut conn = db.conn().unwrap();
         let user = tokenvault::db::models::users::find_by_username(&mut conn, "alice").unwrap().unwrap();
-        tokenvault::auth::api_key::create(&mut conn, user.id, "script", 20).unwrap().key
+        tokenvault::auth::api_key::create(&mut conn, user.id, "script", &Default::default(), 20).unwrap().key
     };
     let bearer = format!("Bearer {}", key.expose_secret());
     let token_status = |base: String| {

@@ -1,5 +1,6 @@
 //! Personal API keys: `tvk_` + 256 random bits, shown once, stored as a SHA-256 hash, sent as
-//! `Authorization: Bearer <key>`. A key acts for its user only.
+//! `Authorization: Bearer <key>`. A key acts for its user only, within its limits
+//! ([`KeyScope`]: services, capabilities, expiry).
 
 use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use rocket::request::{FromRequest, Outcome, Request};
 use crate::cache::{CachedKey, Caches};
 use crate::db::models::api_keys::{self, ApiKey, NewApiKey};
 use crate::db::models::invalidations::Written;
+pub use crate::db::models::key_scope::{Capability, KeyScope};
 use crate::db::{Conn, Db};
 use crate::error::{AppError, AppResult};
 use crate::state::AppState;
@@ -29,18 +31,32 @@ pub struct Created {
 /// Create a key for `user_id`, keeping at most `max_keys` live keys: beyond that the oldest are
 /// revoked, in the same transaction; with their invalidations, for this process's cache (other
 /// instances learn of them from the recorded rows).
-pub fn create_written(conn: &mut Conn, user_id: i64, name: &str, max_keys: i64) -> AppResult<Written<Created>> {
+pub fn create_written(
+    conn: &mut Conn,
+    user_id: i64,
+    name: &str,
+    scope: &KeyScope,
+    max_keys: i64,
+) -> AppResult<Written<Created>> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 100 {
         return Err(AppError::BadRequest("Give the key a name of 1 to 100 characters.".into()));
     }
     let key = format!("{KEY_PREFIX}{}", random_token(32));
     let prefix: String = key.chars().take(12).collect();
+    let (services, capabilities) = (scope.services_column(), scope.capabilities_column());
     let written = conn.transaction(|conn| {
-        let row = api_keys::insert(
-            conn,
-            &NewApiKey { user_id, name, prefix: &prefix, key_hash: &sha256_hex(&key), created_at: now() },
-        )?;
+        let new = NewApiKey {
+            user_id,
+            name,
+            prefix: &prefix,
+            key_hash: &sha256_hex(&key),
+            created_at: now(),
+            services: services.as_deref(),
+            capabilities: capabilities.as_deref(),
+            expires_at: scope.expires_at,
+        };
+        let row = api_keys::insert(conn, &new)?;
         let evicted = api_keys::revoke_oldest_beyond(conn, user_id, max_keys, now())?;
         Ok::<_, AppError>(evicted.map(|evicted| (row, evicted)))
     })?;
@@ -49,8 +65,8 @@ pub fn create_written(conn: &mut Conn, user_id: i64, name: &str, max_keys: i64) 
 
 /// [`create_written`] for a process that caches no keys (the CLI, tests): the running servers
 /// learn of the evicted keys from the recorded invalidations.
-pub fn create(conn: &mut Conn, user_id: i64, name: &str, max_keys: i64) -> AppResult<Created> {
-    Ok(create_written(conn, user_id, name, max_keys)?.recorded_only())
+pub fn create(conn: &mut Conn, user_id: i64, name: &str, scope: &KeyScope, max_keys: i64) -> AppResult<Created> {
+    Ok(create_written(conn, user_id, name, scope, max_keys)?.recorded_only())
 }
 
 /// The user an API request acts for.
@@ -59,11 +75,20 @@ pub struct ApiUser {
     pub id: i64,
     pub username: String,
     pub key_id: i64,
+    /// What the key may do: check it with [`ApiUser::require`] before acting.
+    pub scope: Arc<KeyScope>,
+}
+
+impl ApiUser {
+    /// `Ok` when the key may use `capability` (on `service`); else 403 `forbidden_scope`.
+    pub fn require(&self, capability: Capability, service: Option<&str>) -> AppResult<()> {
+        self.scope.require(capability, service)
+    }
 }
 
 impl From<&CachedKey> for ApiUser {
     fn from(k: &CachedKey) -> Self {
-        ApiUser { id: k.user_id, username: k.username.clone(), key_id: k.key_id }
+        ApiUser { id: k.user_id, username: k.username.clone(), key_id: k.key_id, scope: k.scope.clone() }
     }
 }
 
@@ -71,17 +96,27 @@ impl From<&CachedKey> for ApiUser {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyCheckUnavailable;
 
-/// The user a key stands for (`None`: no such active key): from the cache (see `crate::cache`),
-/// else from the database; `Err` when the database could not be asked.
-async fn authenticate(db: &Db, caches: &Caches, key: &str) -> Result<Option<ApiUser>, KeyCheckUnavailable> {
+/// The user a key stands for (`None`: no such active key, or it has expired): from the cache
+/// (see `crate::cache`), else from the database; `Err` when the database could not be asked.
+/// A use is recorded, with the client's address `ip`, at most once a minute.
+async fn authenticate(
+    db: &Db,
+    caches: &Caches,
+    key: &str,
+    ip: Option<String>,
+) -> Result<Option<ApiUser>, KeyCheckUnavailable> {
     let hash = sha256_hex(key);
     let cache = &caches.api_keys;
     if let Some(k) = cache.get(&hash) {
+        // A cached copy can outlive the key's expiry: the expiry is checked on every use.
+        if k.scope.is_expired(now()) {
+            return Ok(None);
+        }
         if k.should_touch(now()) {
             // Record the use off the request's path (at most once a minute per key).
             let (db, id) = (db.clone(), k.key_id);
             rocket::tokio::spawn(async move {
-                if let Err(e) = db.run(move |conn| Ok(api_keys::touch(conn, id, now())?)).await {
+                if let Err(e) = db.run(move |conn| Ok(api_keys::touch(conn, id, now(), ip.as_deref())?)).await {
                     tracing::warn!(error = %e, "could not record an API key's use");
                 }
             });
@@ -93,17 +128,18 @@ async fn authenticate(db: &Db, caches: &Caches, key: &str) -> Result<Option<ApiU
         .load_missing(&hash, || async move {
             let found = db
                 .run(move |conn| {
-                    let Some((k, user)) = api_keys::find_active(conn, &lookup)? else { return Ok(None) };
+                    let Some((k, user)) = api_keys::find_active(conn, &lookup, now())? else { return Ok(None) };
                     let mut last_used = k.last_used_at.unwrap_or(0);
                     // Record the use at most once a minute: no write on the hot path.
                     if last_used < now() - 60 {
-                        api_keys::touch(conn, k.id, now())?;
+                        api_keys::touch(conn, k.id, now(), ip.as_deref())?;
                         last_used = now();
                     }
                     Ok(Some(CachedKey {
                         key_id: k.id,
                         user_id: user.id,
                         username: user.username,
+                        scope: Arc::new(KeyScope::of(&k)),
                         last_used_at: Arc::new(AtomicI64::new(last_used)),
                     }))
                 })
@@ -112,7 +148,7 @@ async fn authenticate(db: &Db, caches: &Caches, key: &str) -> Result<Option<ApiU
         })
         .await;
     match found {
-        Ok(found) => Ok(found.as_ref().map(ApiUser::from)),
+        Ok(found) => Ok(found.as_ref().filter(|k| !k.scope.is_expired(now())).map(ApiUser::from)),
         Err(e) => {
             tracing::error!(error = %e, "API key lookup failed: answering 503");
             Err(KeyCheckUnavailable)
@@ -124,8 +160,15 @@ async fn authenticate(db: &Db, caches: &Caches, key: &str) -> Result<Option<ApiU
 /// working in this process at once and in every other instance within about a second.
 /// [`create`] for a signed-in user, with this process's cached copies of the keys it evicted
 /// dropped at once (convention 3: handlers never touch the caches).
-pub async fn create_for(db: &Db, caches: &Caches, max_keys: i64, user_id: i64, name: String) -> AppResult<Created> {
-    let created = db.run(move |conn| create_written(conn, user_id, &name, max_keys)).await?;
+pub async fn create_for(
+    db: &Db,
+    caches: &Caches,
+    max_keys: i64,
+    user_id: i64,
+    name: String,
+    scope: KeyScope,
+) -> AppResult<Created> {
+    let created = db.run(move |conn| create_written(conn, user_id, &name, &scope, max_keys)).await?;
     let created = caches.after_write(created);
     for old in &created.evicted {
         tracing::info!(user_id, key_id = old.id, "API key revoked: over max_api_keys_per_user");
@@ -153,7 +196,8 @@ impl<'r> FromRequest<'r> for &'r ApiUser {
                     return Ok(None);
                 }
                 let Some(app) = req.rocket().state::<AppState>() else { return Ok(None) };
-                authenticate(&app.db, &app.caches, key).await
+                let ip = req.client_ip().map(|ip| ip.to_string());
+                authenticate(&app.db, &app.caches, key, ip).await
             })
             .await;
         match found {

@@ -130,6 +130,10 @@ diesel::table! {
         created_at -> BigInt,
         last_used_at -> Nullable<BigInt>,
         revoked_at -> Nullable<BigInt>,
+        services -> Nullable<Text>,
+        capabilities -> Nullable<Text>,
+        expires_at -> Nullable<BigInt>,
+        last_used_ip -> Nullable<Text>,
     }
 }
 

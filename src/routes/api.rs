@@ -12,7 +12,7 @@ use rocket::serde::json::Json;
 use rocket::{delete, get, head, patch, post, put, routes, Route, State};
 use serde::Serialize;
 
-use crate::auth::api_key::ApiUser;
+use crate::auth::api_key::{ApiUser, Capability};
 use crate::db::models::connections::{self, ConnectionStatus};
 use crate::error::AppError;
 use crate::oauth::access::fresh_token;
@@ -47,13 +47,16 @@ struct ConnectionOut {
     has_refresh_token: bool,
 }
 
-/// The user's connections: service, scopes, expiry, status. Never a token.
+/// The user's connections: service, scopes, expiry, status. Never a token. A key limited to
+/// some services sees only those.
 #[get("/connections")]
 async fn list_connections(app: &State<AppState>, user: &ApiUser) -> ApiResult<Json<Vec<ConnectionOut>>> {
+    user.require(Capability::ConnectionsRead, None)?;
     let uid = user.id;
     let rows = app.db.run(move |conn| Ok(connections::list_for_user(conn, uid)?)).await?;
     Ok(Json(
         rows.into_iter()
+            .filter(|c| user.scope.allows_service(&c.service))
             .map(|c| ConnectionOut {
                 display_name: app
                     .catalog
@@ -87,6 +90,7 @@ struct TokenOut {
 /// A fresh access token (refreshed first when needed, through the same single-flight refresh).
 #[get("/services/<service>/token")]
 async fn token(app: &State<AppState>, user: &ApiUser, service: &str) -> ApiResult<Json<TokenOut>> {
+    user.require(Capability::TokenRead, Some(service))?;
     let p = provider(app, service)?;
     let t = fresh_token(&app.access(), user.id, &p).await.map_err(|e| e.into_app_error(&p))?;
     let token_type = if t.token_type.eq_ignore_ascii_case("bearer") { "Bearer".to_string() } else { t.token_type };
@@ -172,6 +176,7 @@ async fn run_proxy(
     incoming: Incoming,
     body: Option<Data<'_>>,
 ) -> ApiResult<Proxied> {
+    user.require(Capability::Proxy, Some(service))?;
     let p = provider(app, service)?;
     let body = match body {
         Some(data) => {

@@ -8,7 +8,8 @@ use rocket::{get, post, routes, uri, Route, State};
 use rocket_dyn_templates::Template;
 use serde::Serialize;
 
-use crate::auth::{api_key, Csrf, CsrfField, CsrfOnly, CurrentUser};
+use crate::auth::api_key::{self, Capability, KeyScope};
+use crate::auth::{Csrf, CsrfField, CsrfOnly, CurrentUser};
 use crate::db::models::api_keys;
 use crate::error::{AppError, AppResult};
 use crate::state::AppState;
@@ -27,6 +28,28 @@ struct KeyView {
     created: String,
     created_utc: String,
     last_used: Option<String>,
+    last_used_ip: Option<String>,
+    /// "all services" or the list.
+    services: String,
+    /// "full access" or the list.
+    capabilities: String,
+    limited: bool,
+    expires: Option<String>,
+    expires_utc: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Choice {
+    value: String,
+    /// `value` usable in an element id (`connections:read` → `connections-read`).
+    slug: String,
+    label: String,
+}
+
+impl Choice {
+    fn new(value: &str, label: &str) -> Choice {
+        Choice { value: value.into(), slug: value.replace(':', "-"), label: label.into() }
+    }
 }
 
 #[derive(Serialize)]
@@ -41,6 +64,9 @@ struct KeysPage {
     max_keys: i64,
     error: Option<String>,
     api_base: String,
+    /// The services and capabilities a new key may be limited to.
+    services: Vec<Choice>,
+    capabilities: Vec<Choice>,
 }
 
 #[derive(Serialize)]
@@ -73,13 +99,22 @@ async fn render(
     let page = KeysPage {
         keys: keys
             .into_iter()
-            .map(|k| KeyView {
-                id: k.id,
-                name: k.name,
-                prefix: k.prefix,
-                created: relative_time(k.created_at, now),
-                created_utc: format_utc(k.created_at),
-                last_used: k.last_used_at.map(|t| relative_time(t, now)),
+            .map(|k| {
+                let scope = KeyScope::of(&k);
+                KeyView {
+                    id: k.id,
+                    created: relative_time(k.created_at, now),
+                    created_utc: format_utc(k.created_at),
+                    last_used: k.last_used_at.map(|t| relative_time(t, now)),
+                    last_used_ip: k.last_used_ip,
+                    services: scope.services_text(),
+                    capabilities: scope.capabilities_text(),
+                    limited: scope != KeyScope::default(),
+                    expires: scope.expires_at.map(|t| relative_time(t, now)),
+                    expires_utc: scope.expires_at.map(format_utc),
+                    name: k.name,
+                    prefix: k.prefix,
+                }
             })
             .collect(),
         csrf_token: user.csrf_token.clone(),
@@ -89,6 +124,8 @@ async fn render(
         evicted,
         error,
         api_base: app.settings.url("/api/v1"),
+        services: app.catalog.iter().map(|p| Choice::new(&p.name, &p.display_name)).collect(),
+        capabilities: Capability::ALL.iter().map(|c| Choice::new(c.as_str(), capability_label(*c))).collect(),
     };
     Ok(Template::render("settings/api_keys", Page::new(layout, "API keys", page)))
 }
@@ -98,11 +135,25 @@ async fn page(app: &State<AppState>, user: &CurrentUser, layout: Layout) -> AppR
     render(app, user, layout, None, None).await
 }
 
+fn capability_label(c: Capability) -> &'static str {
+    match c {
+        Capability::ConnectionsRead => "list connections",
+        Capability::TokenRead => "read access tokens",
+        Capability::Proxy => "call services through the proxy",
+    }
+}
+
 /// No `Debug`: it carries a secret (a token, code, password or CSRF token).
 #[derive(FromForm)]
 pub struct CreateForm {
     csrf_token: String,
     name: String,
+    /// Limit the key to these services (none ticked: all).
+    services: Vec<String>,
+    /// Limit it to these capabilities (none ticked: all).
+    capabilities: Vec<String>,
+    /// A lifetime such as `30d`; empty: never expires.
+    expires: Option<String>,
 }
 
 impl CsrfField for CreateForm {
@@ -120,7 +171,21 @@ async fn create(
     form: Csrf<CreateForm>,
 ) -> AppResult<(Status, Template)> {
     let uid = user.id;
-    match api_key::create_for(&app.db, &app.caches, app.settings.max_api_keys_per_user, uid, form.name.clone()).await {
+    let scope = KeyScope::from_input(
+        &form.services,
+        &form.capabilities,
+        form.expires.as_deref(),
+        |s| app.catalog.get(s).is_some(),
+        now(),
+    );
+    let created = match scope {
+        Ok(scope) => {
+            let max_keys = app.settings.max_api_keys_per_user;
+            api_key::create_for(&app.db, &app.caches, max_keys, uid, form.name.clone(), scope).await
+        }
+        Err(message) => Err(AppError::BadRequest(message)),
+    };
+    match created {
         Ok(created) => {
             tracing::info!(user_id = uid, key_id = created.row.id, "API key created");
             let new_key = NewKeyView {

@@ -16,6 +16,14 @@ pub struct ApiKey {
     pub created_at: i64,
     pub last_used_at: Option<i64>,
     pub revoked_at: Option<i64>,
+    /// The services the key may use, space-separated; `None`: all of its user's.
+    pub services: Option<String>,
+    /// What it may do (`auth::api_key::Capability`s), space-separated; `None`: everything.
+    pub capabilities: Option<String>,
+    /// When it stops working; `None`: never.
+    pub expires_at: Option<i64>,
+    /// The client address of the last recorded use.
+    pub last_used_ip: Option<String>,
 }
 
 #[derive(Debug, Insertable)]
@@ -26,6 +34,9 @@ pub struct NewApiKey<'a> {
     pub prefix: &'a str,
     pub key_hash: &'a str,
     pub created_at: i64,
+    pub services: Option<&'a str>,
+    pub capabilities: Option<&'a str>,
+    pub expires_at: Option<i64>,
 }
 
 pub fn insert(conn: &mut Conn, new: &NewApiKey<'_>) -> QueryResult<ApiKey> {
@@ -34,13 +45,14 @@ pub fn insert(conn: &mut Conn, new: &NewApiKey<'_>) -> QueryResult<ApiKey> {
     })
 }
 
-/// The live key with this hash, and its user.
-pub fn find_active(conn: &mut Conn, key_hash: &str) -> QueryResult<Option<(ApiKey, User)>> {
+/// The live key with this hash (not revoked, not expired at `now`), and its user.
+pub fn find_active(conn: &mut Conn, key_hash: &str, now: i64) -> QueryResult<Option<(ApiKey, User)>> {
     crate::on_conn!(conn, conn => {
         api_keys::table
             .inner_join(users::table)
             .filter(api_keys::key_hash.eq(key_hash))
             .filter(api_keys::revoked_at.is_null())
+            .filter(api_keys::expires_at.is_null().or(api_keys::expires_at.gt(now)))
             .select((ApiKey::as_select(), User::as_select()))
             .first(conn)
             .optional()
@@ -58,15 +70,16 @@ pub fn list_for_user(conn: &mut Conn, user_id: i64) -> QueryResult<Vec<ApiKey>> 
     })
 }
 
-/// Record a use, at most once a minute per key (keeps the hot path free of writes).
-pub fn touch(conn: &mut Conn, id: i64, now: i64) -> QueryResult<usize> {
+/// Record a use and the client's address, at most once a minute per key (keeps the hot path free
+/// of writes).
+pub fn touch(conn: &mut Conn, id: i64, now: i64, ip: Option<&str>) -> QueryResult<usize> {
     crate::on_conn!(conn, conn => {
         diesel::update(
             api_keys::table
                 .filter(api_keys::id.eq(id))
                 .filter(api_keys::last_used_at.is_null().or(api_keys::last_used_at.lt(now - 60))),
         )
-        .set(api_keys::last_used_at.eq(now))
+        .set((api_keys::last_used_at.eq(now), api_keys::last_used_ip.eq(ip)))
         .execute(conn)
     })
 }

@@ -6,6 +6,8 @@ pub mod demo;
 pub mod events;
 pub mod flows;
 pub mod invalidations;
+/// What the limit columns of `api_keys` mean (not a table of its own).
+pub mod key_scope;
 pub mod meta;
 pub mod sessions;
 pub mod users;
