@@ -214,6 +214,7 @@ fn api_key_create_prints_a_working_key_once() {
         (["--scope", "admin"], "\"admin\" is not a capability"),
         (["--service", "nope"], "no service named \"nope\""),
         (["--expires", "forever"], "is not a lifetime"),
+        (["--service", ""], "was given but empty"),
     ] {
         let args = [&["api-key", "create", "erin", "bad"][..], &bad[..]].concat();
         let out = tokenvault(dir.path(), &args, &env, None);

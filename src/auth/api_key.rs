@@ -1,4 +1,4 @@
-//! Personal API keys: `tvk_` + 256 random bits, shown once, stored as a SHA-256 hash, sent as
+//! Personal API keys: `tvk_` (or `tvs_` for a key with limits) + 256 random bits, shown once, stored as a SHA-256 hash, sent as
 //! `Authorization: Bearer <key>`. A key acts for its user only, within its limits
 //! ([`KeyScope`]: services, capabilities, expiry).
 
@@ -17,7 +17,12 @@ use crate::error::{AppError, AppResult};
 use crate::state::AppState;
 use crate::util::{now, random_token, sha256_hex, Secret};
 
+/// The prefix of a key without limits (every key made before limits existed has it).
 pub const KEY_PREFIX: &str = "tvk_";
+/// The prefix of a key with limits (services, capabilities or an expiry). A version of tokenvault
+/// from before limits existed knows only `tvk_` and refuses such a key with a 401 — so during a
+/// rolling upgrade, or after a rollback, a limited key never works as a full one.
+pub const LIMITED_KEY_PREFIX: &str = "tvs_";
 
 /// A key just created, and the keys revoked to make room for it.
 pub struct Created {
@@ -42,7 +47,8 @@ pub fn create_written(
     if name.is_empty() || name.chars().count() > 100 {
         return Err(AppError::BadRequest("Give the key a name of 1 to 100 characters.".into()));
     }
-    let key = format!("{KEY_PREFIX}{}", random_token(32));
+    let kind = if *scope == KeyScope::default() { KEY_PREFIX } else { LIMITED_KEY_PREFIX };
+    let key = format!("{kind}{}", random_token(32));
     let prefix: String = key.chars().take(12).collect();
     let (services, capabilities) = (scope.services_column(), scope.capabilities_column());
     let written = conn.transaction(|conn| {
@@ -192,7 +198,9 @@ impl<'r> FromRequest<'r> for &'r ApiUser {
                     return Ok(None);
                 };
                 let key = key.trim();
-                if !scheme.eq_ignore_ascii_case("bearer") || !key.starts_with(KEY_PREFIX) {
+                if !scheme.eq_ignore_ascii_case("bearer")
+                    || !(key.starts_with(KEY_PREFIX) || key.starts_with(LIMITED_KEY_PREFIX))
+                {
                     return Ok(None);
                 }
                 let Some(app) = req.rocket().state::<AppState>() else { return Ok(None) };

@@ -95,7 +95,15 @@ macro_rules! text_enum {
                 match (text.parse::<$name>(), $name::UNKNOWN_READS_AS) {
                     (Ok(v), _) => Ok(v),
                     (Err(unknown), Some(v)) => {
-                        tracing::warn!(error = %unknown, read_as = v.as_str(), "a value this version does not know");
+                        // Once per process and enum: such rows are read on every page view.
+                        static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+                        if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                            tracing::warn!(
+                                error = %unknown,
+                                read_as = v.as_str(),
+                                "a value this version does not know (said once per process)"
+                            );
+                        }
                         Ok(v)
                     }
                     (Err(unknown), None) => Err(unknown.into()),

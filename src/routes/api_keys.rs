@@ -36,6 +36,7 @@ struct KeyView {
     limited: bool,
     expires: Option<String>,
     expires_utc: Option<String>,
+    expired: bool,
 }
 
 #[derive(Serialize)]
@@ -112,6 +113,7 @@ async fn render(
                     limited: scope != KeyScope::default(),
                     expires: scope.expires_at.map(|t| relative_time(t, now)),
                     expires_utc: scope.expires_at.map(format_utc),
+                    expired: scope.is_expired(now),
                     name: k.name,
                     prefix: k.prefix,
                 }

@@ -93,8 +93,16 @@ async fn every_page_fits_a_phone_and_every_action_is_on_screen() {
     }
     b.screenshot("15-phone-settings").await;
 
+    // A limited key, so the keys table has a row to lay out as a card.
+    b.goto("/settings/api-keys").await;
+    b.fill("#api-key-name", "phone script").await;
+    b.find("#api-key-capability-token-read").await.click().await.expect("tick token:read");
+    b.click_to("#api-key-create", "#new-api-key").await;
+    assert_fits(&b, "API keys with a new key").await;
+    assert_on_screen(&b, "#new-api-key").await;
+    assert_on_screen(&b, "tr[data-key] button[id^=\"revoke-key-\"]").await;
+
     for (path, marker) in [
-        ("/settings/api-keys", "#settings-api-keys"),
         ("/settings/password", "#settings-password"),
         ("/settings/sessions", "#settings-sessions"),
         ("/admin/vault", "#nav-vault"),

@@ -1,5 +1,7 @@
 -- Scoped API keys. NULL means unrestricted, so every key created before this step keeps the
--- full access it had: all of its user's services, every capability, no expiry.
+-- full access it had: all of its user's services, every capability, no expiry. A key with limits
+-- is made as tvs_… (not tvk_…), which versions from before this step refuse: they cannot read
+-- these columns, so they must not accept such a key. down.sql revokes the limited keys.
 -- services: the service names the key may use, space-separated.
 ALTER TABLE api_keys ADD COLUMN services TEXT;
 -- capabilities: what it may do (connections:read, token:read, proxy), space-separated.

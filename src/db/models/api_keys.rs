@@ -123,11 +123,13 @@ pub fn revoke_all_for_user(conn: &mut Conn, user_id: i64, now: i64) -> QueryResu
     Ok(written.with(hashes))
 }
 
-/// Revoke the user's oldest live keys until at most `keep` remain, with their cache
+/// Revoke the user's oldest live (unexpired) keys until at most `keep` remain, with their cache
 /// invalidations, in the caller's transaction; the keys revoked, oldest first.
 pub fn revoke_oldest_beyond(conn: &mut Conn, user_id: i64, keep: i64, now: i64) -> QueryResult<Written<Vec<ApiKey>>> {
-    let live = list_for_user(conn, user_id)?; // newest first
-    let mut evicted: Vec<ApiKey> = live.into_iter().skip(usize::try_from(keep.max(0)).unwrap_or(0)).collect();
+    // Newest first; an expired key does not count (it works no more, and evicting it would leave
+    // a working key revoked while a dead one stays).
+    let live = list_for_user(conn, user_id)?.into_iter().filter(|k| k.expires_at.is_none_or(|e| e > now));
+    let mut evicted: Vec<ApiKey> = live.skip(usize::try_from(keep.max(0)).unwrap_or(0)).collect();
     evicted.reverse();
     let mut written = Written::from(());
     for key in &mut evicted {

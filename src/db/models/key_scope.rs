@@ -44,7 +44,8 @@ impl KeyScope {
 
     /// Limits from what a user or an operator typed: service names (checked with `known`),
     /// capability names and an expiry such as `30d` (see [`parse_expiry`]), from `now`. Empty
-    /// lists mean unrestricted. `Err` is a message for the user.
+    /// lists mean unrestricted, but an empty name in a list is refused (a script passing
+    /// `--service "$UNSET"` must not get a key for every service). `Err` is a message for the user.
     pub fn from_input(
         services: &[String],
         capabilities: &[String],
@@ -53,7 +54,10 @@ impl KeyScope {
         now: i64,
     ) -> Result<KeyScope, String> {
         let mut names: Vec<String> = Vec::new();
-        for s in services.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        if services.iter().chain(capabilities).any(|v| v.trim().is_empty()) {
+            return Err("A service or capability was given but empty.".into());
+        }
+        for s in services.iter().map(|s| s.trim()) {
             if !known(s) {
                 return Err(format!("There is no service named \"{}\".", s.chars().take(40).collect::<String>()));
             }
@@ -62,7 +66,7 @@ impl KeyScope {
             }
         }
         let mut caps: Vec<Capability> = Vec::new();
-        for c in capabilities.iter().map(|c| c.trim()).filter(|c| !c.is_empty()) {
+        for c in capabilities.iter().map(|c| c.trim()) {
             let cap = c.parse::<Capability>().map_err(|_| {
                 let all: Vec<_> = Capability::ALL.iter().map(|c| c.as_str()).collect();
                 format!(
@@ -197,7 +201,7 @@ mod tests {
     #[test]
     fn input_is_checked_deduplicated_and_round_trips_through_the_columns() {
         let s = KeyScope::from_input(
-            &["dropbox".into(), " demo ".into(), "dropbox".into(), "".into()],
+            &["dropbox".into(), " demo ".into(), "dropbox".into()],
             &["proxy".into(), "token:read".into(), "proxy".into()],
             Some("30d"),
             known,
@@ -229,6 +233,10 @@ mod tests {
         assert!(KeyScope::from_input(&["nope".into()], &[], None, known, 0).unwrap_err().contains("nope"));
         assert!(KeyScope::from_input(&[], &["admin".into()], None, known, 0).unwrap_err().contains("token:read"));
         assert_eq!(KeyScope::from_input(&[], &[], Some(""), known, 0).unwrap(), KeyScope::default());
+        for empty in [vec![String::new()], vec!["demo".into(), " ".into()]] {
+            assert!(KeyScope::from_input(&empty, &[], None, known, 0).unwrap_err().contains("empty"));
+            assert!(KeyScope::from_input(&[], &empty, None, known, 0).unwrap_err().contains("empty"));
+        }
     }
 
     #[test]
