@@ -10,3 +10,4 @@ pub mod meta;
 pub mod sessions;
 pub mod users;
 pub mod vault;
+pub mod webhooks;
