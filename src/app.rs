@@ -270,6 +270,7 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
         .mount("/", crate::web::traced(crate::routes::settings::routes()))
         .mount("/", crate::web::traced(crate::routes::password::routes()))
         .mount("/", crate::web::traced(crate::routes::admin::routes()))
+        .mount("/", crate::web::traced(crate::routes::webhooks::routes()))
         .mount("/", crate::web::traced(crate::routes::health::routes()))
         .mount("/", crate::web::traced(crate::routes::api_keys::routes()))
         .mount("/", crate::web::traced(crate::routes::sessions::routes()))

@@ -185,3 +185,185 @@ async fn bad_webhook_configuration_stops_the_start_with_a_clear_error() {
         assert!(!e.contains(&s[6..]) && !e.contains("not-a-whsec"), "the secret is never shown: {e}");
     }
 }
+
+#[tokio::test]
+async fn the_admin_page_lists_deliveries_and_sends_a_test_event_to_one_endpoint() {
+    let (rx, other) = (Receiver::start().await, Receiver::start().await);
+    let (s1, s2) = (secret(), secret());
+    let app = app_with(&[("ops", &rx.url(), &s1, Some(&["connection.*"])), ("audit", &other.url(), &s2, None)]).await;
+    let root = app.user("root").await; // the first user is the administrator
+    let ann = app.user("ann").await;
+    ann.connect("fake").await;
+    let created = rx.wait_for(1, Duration::from_secs(5)).await.remove(0);
+    other.wait_for(1, Duration::from_secs(5)).await;
+
+    let page = root.fetch("/admin/webhooks").await;
+    assert_eq!(page.status, Status::Ok);
+    assert!(page.text.contains(r#"id="webhook-ops""#) && page.text.contains(&rx.url()));
+    assert!(page.text.contains("connection.*"));
+    assert!(page.text.contains(r#"id="send-test-ops""#) && page.text.contains(r#"id="send-test-audit""#));
+    let row = format!(r#"data-webhook-id="{}" data-status="delivered""#, created.id());
+    assert!(page.text.contains(&row), "{}", page.text);
+    assert!(page.text.contains("connection.created"));
+    for s in [&s1, &s2] {
+        assert!(!page.text.contains(&s[6..]) && !page.text.contains(s.as_str()), "no secret on the page");
+    }
+
+    // The test button: one webhook.test, to that endpoint only (whatever its filter).
+    let csrf = root.csrf("/admin/webhooks").await;
+    let r = root.post_form("/admin/webhooks/ops/test", &[("csrf_token", &csrf)]).await;
+    assert_eq!((r.status, r.location.as_deref()), (Status::SeeOther, Some("/admin/webhooks")));
+    let got = rx.wait_for(2, Duration::from_secs(5)).await;
+    assert_eq!(got[1].json()["type"], "webhook.test");
+    assert!(got[1].verifies(&s1));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(other.received().len(), 1, "the other endpoint got no test event");
+    let page = root.fetch("/admin/webhooks").await.text;
+    assert!(page.contains(&format!(r#"data-webhook-id="{}" data-status="delivered""#, got[1].id())), "{page}");
+
+    // CSRF on the POST; unknown endpoints are 404.
+    let r = root.post_form("/admin/webhooks/ops/test", &[("csrf_token", "wrong")]).await;
+    assert_eq!(r.status, Status::Forbidden);
+    let r = root.post_form("/admin/webhooks/nope/test", &[("csrf_token", &csrf)]).await;
+    assert_eq!(r.status, Status::NotFound);
+
+    // Not for users, nor for the signed-out.
+    assert_eq!(ann.fetch("/admin/webhooks").await.status, Status::Forbidden);
+    let csrf = ann.csrf("/settings/oauth2").await;
+    assert_eq!(ann.post_form("/admin/webhooks/ops/test", &[("csrf_token", &csrf)]).await.status, Status::Forbidden);
+    let anonymous = app.agent().fetch("/admin/webhooks").await;
+    assert_eq!(anonymous.status, Status::SeeOther);
+    assert!(anonymous.location.unwrap().starts_with("/login"));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(rx.received().len(), 2, "refused requests queued nothing");
+}
+
+/// `ROCKET_WEBHOOKS` for one endpoint `rx` at `url`.
+fn webhooks_env(url: &str, secret: &str) -> (String, String) {
+    ("ROCKET_WEBHOOKS".into(), format!(r#"{{rx={{url="{url}",secret="{secret}"}}}}"#))
+}
+
+/// The fake provider's client credentials in the vault of the database at `url` (created and
+/// migrated if new).
+fn seed_credentials(url: &str) {
+    let db = tokenvault::db::Db::open_sized(url, 1).unwrap();
+    let cipher = tokenvault::vault::Cipher::from_base64(common::VAULT_KEY, &[]).unwrap();
+    let mut conn = db.conn().unwrap();
+    tokenvault::vault::store::set(&mut conn, &cipher, "fake.client_id", common::CLIENT_ID, "test").unwrap();
+    tokenvault::vault::store::set(&mut conn, &cipher, "fake.client_secret", common::CLIENT_SECRET, "test").unwrap();
+}
+
+/// Sign up `username` on `base` and connect the fake provider (a browser's cookie jar).
+async fn signup_and_connect(base: &str, fake: &common::FakeProvider, username: &str) -> reqwest::Client {
+    let http = common::server::browser();
+    common::server::sign_up(&http, base, username).await;
+    common::server::connect(&http, base, base, fake).await;
+    http
+}
+
+/// The connection is committed with its event, then the process is SIGKILLed before any
+/// delivery could succeed (nothing listens on the endpoint's port yet); after a restart on the
+/// same database the event is delivered.
+#[tokio::test]
+async fn an_event_committed_before_a_sigkill_is_delivered_after_the_restart() {
+    let fake = common::FakeProvider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let database = common::TestDatabase::new(dir.path());
+    seed_credentials(&database.url);
+    let (port, s, fake_uri) = (common::server::free_port(), secret(), fake.uri());
+    let options = || common::server::Options {
+        env: vec![webhooks_env(&common::webhook_receiver::url(port), &s)],
+        ..common::server::Options::new(&database.url, &fake_uri, dir.path())
+    };
+    let mut first = common::server::start(options()).await;
+    signup_and_connect(&first.base, &fake, "ann").await;
+    first.child.kill().expect("SIGKILL");
+    first.child.wait().unwrap();
+    let count = |sql: &str| -> i64 {
+        use diesel::prelude::*;
+        #[derive(QueryableByName)]
+        struct N {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let db = tokenvault::db::Db::open_sized(&database.url, 1).unwrap();
+        let mut conn = db.conn().unwrap();
+        tokenvault::on_conn!(&mut conn, c => diesel::sql_query(sql).get_result::<N>(c)).unwrap().n
+    };
+    assert_eq!(count("SELECT COUNT(*) AS n FROM connections"), 1, "the change was committed");
+    assert_eq!(count("SELECT COUNT(*) AS n FROM webhook_events"), 1, "with its event");
+    assert_eq!(count("SELECT COUNT(*) AS n FROM webhook_deliveries WHERE status = 'delivered'"), 0);
+
+    let rx = Receiver::start_on(port).await;
+    let _second = common::server::start(options()).await;
+    let got = rx.wait_for(1, Duration::from_secs(20)).await;
+    assert_eq!(got[0].json()["type"], "connection.created");
+    assert!(got[0].verifies(&s));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(rx.received().len(), 1);
+    assert_eq!(count("SELECT COUNT(*) AS n FROM webhook_deliveries WHERE status = 'delivered'"), 1);
+}
+
+/// Two instances on one PostgreSQL database, both delivering: every event succeeds at the
+/// receiver exactly once (one failed first attempt included), whichever instance claims it.
+#[tokio::test]
+async fn two_instances_on_postgresql_deliver_each_event_once() {
+    if std::env::var("TOKENVAULT_TEST_POSTGRES_URL").map(|v| v.is_empty()).unwrap_or(true) {
+        eprintln!("skipped: set TOKENVAULT_TEST_POSTGRES_URL to run two instances on PostgreSQL");
+        return;
+    }
+    const EVENTS: usize = 60;
+    let fake = common::FakeProvider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let database = common::TestDatabase::new(dir.path());
+    seed_credentials(&database.url);
+    let (rx, s) = (Receiver::start().await, secret());
+    rx.answer(&[500]);
+    let (fake_uri, dir_a, dir_b) = (fake.uri(), dir.path().join("a"), dir.path().join("b"));
+    let env = webhooks_env(&rx.url(), &s);
+    let options = |sub| common::server::Options {
+        env: vec![env.clone()],
+        log_filter: "warn,tokenvault::webhooks=info",
+        ..common::server::Options::new(&database.url, &fake_uri, sub)
+    };
+    let (a, b) = tokio::join!(common::server::start(options(&dir_a)), common::server::start(options(&dir_b)));
+    // Events recorded by "a third instance" all at once, so both race for them…
+    {
+        let db = tokenvault::db::Db::open_sized(&database.url, 1).unwrap();
+        let mut conn = db.conn().unwrap();
+        for i in 0..EVENTS {
+            let data = tokenvault::webhooks::outbox::EventData {
+                connection_id: i as i64 + 1000,
+                user: format!("user{i}"),
+                service: "fake".into(),
+                account: None,
+                status: "reconnect_required".into(),
+                reason: Some("invalid_grant".into()),
+            };
+            tokenvault::webhooks::outbox::record(&mut conn, tokenvault::webhooks::EventType::ConnectionExpiring, &data)
+                .unwrap();
+        }
+    }
+    // …and real connections made on each instance.
+    signup_and_connect(&a.base, &fake, "ann").await;
+    signup_and_connect(&b.base, &fake, "bob").await;
+    let total = EVENTS + 2;
+    rx.wait_for(total + 1, Duration::from_secs(40)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let got = rx.received();
+    let mut successes: std::collections::BTreeMap<String, usize> = Default::default();
+    for r in &got {
+        assert!(r.verifies(&s));
+        if r.answered == 200 {
+            *successes.entry(r.id().to_string()).or_default() += 1;
+        }
+    }
+    assert_eq!(successes.len(), total, "every event delivered");
+    assert!(successes.values().all(|n| *n == 1), "each id succeeded once: {successes:?}");
+    assert_eq!(got.len(), total + 1, "one failed attempt retried, nothing else sent twice");
+    let attempts = |log: &std::path::Path| std::fs::read_to_string(log).unwrap().matches("webhook attempt").count();
+    let (by_a, by_b) = (attempts(&a.log), attempts(&b.log));
+    println!("{total} events, {} requests: {by_a} attempts by instance A, {by_b} by B", got.len());
+    assert_eq!(by_a + by_b, got.len(), "every request was one instance's recorded attempt");
+    drop((a, b));
+}

@@ -57,6 +57,11 @@ pub struct Receiver {
     script: Arc<Mutex<Vec<u16>>>,
 }
 
+/// The URL of a receiver on `port`.
+pub fn url(port: u16) -> String {
+    format!("http://127.0.0.1:{port}/hook")
+}
+
 /// A fresh `whsec_` secret (32 random bytes).
 pub fn secret() -> String {
     format!("whsec_{}", tokenvault::util::random_key_b64(32))
@@ -64,7 +69,12 @@ pub fn secret() -> String {
 
 impl Receiver {
     pub async fn start() -> Receiver {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Receiver::start_on(0).await
+    }
+
+    /// On a given port (e.g. one an app was configured with before the receiver existed).
+    pub async fn start_on(port: u16) -> Receiver {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let receiver = Receiver { port, received: Default::default(), script: Default::default() };
         let r = receiver.clone();
@@ -78,7 +88,7 @@ impl Receiver {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/hook", self.port)
+        url(self.port)
     }
 
     /// Answer the next requests with these codes.
