@@ -18,3 +18,6 @@ mod cross_origin;
 mod headers;
 mod revocation;
 mod sessions;
+#[path = "../common/webhook_receiver.rs"]
+mod webhook_receiver;
+mod webhooks;
