@@ -249,7 +249,7 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
                         db: app.db.clone(),
                         hooks: app.webhooks.clone(),
                         http: app.http.clone(),
-                        lease: (app.settings.http_timeout + app.settings.http_connect_timeout) as i64 + 30,
+                        lease: (app.settings.http_timeout + app.settings.http_connect_timeout) as i64 + 5,
                     };
                     let shutdown = rocket.shutdown();
                     rocket::tokio::spawn(async move {

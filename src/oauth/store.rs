@@ -105,9 +105,8 @@ pub fn delete_with_event(
     detail: &str,
 ) -> AppResult<Written<bool>> {
     conn.transaction(|conn| {
-        let before = connections::find(conn, user_id, service)?;
-        let removed = connections::delete(conn, user_id, service)?.map(|n| n > 0);
-        if let (true, Some(row)) = (*removed.value(), before) {
+        let removed = connections::delete(conn, user_id, service)?;
+        if let Some(row) = removed.value().clone() {
             record_event(conn, keep, user_id, service, kind, outcome, detail)?;
             let (t, status) = match kind {
                 EventKind::Revoke => (EventType::ConnectionRevoked, "revoked"),
@@ -117,7 +116,7 @@ pub fn delete_with_event(
             let data = EventData::of(conn, &row, status, reason)?;
             outbox::record(conn, t, &data)?;
         }
-        Ok(removed)
+        Ok(removed.map(|row| row.is_some()))
     })
 }
 

@@ -109,16 +109,22 @@ fn new_delivery(event_id: i64, endpoint: &str, at: i64) -> NewDelivery<'_> {
 }
 
 /// Turn up to `limit` recorded events into deliveries to the endpoints that want them; how many
-/// events. Idempotent: an instance doing it again adds nothing.
+/// events. Idempotent (a delivery per event and endpoint at most), so an instance that repeats it
+/// — or is killed half-way — does no harm. The marks and the deliveries are one transaction that
+/// begins with a write (no SQLite read-to-write upgrade to fail under load).
 pub fn fan_out(conn: &mut Conn, hooks: &Webhooks, limit: i64) -> diesel::QueryResult<usize> {
+    let events = rows::unfanned(conn, limit)?;
+    if events.is_empty() {
+        return Ok(0);
+    }
+    let at = now();
+    let ids: Vec<i64> = events.iter().map(|e| e.id).collect();
     conn.transaction(|conn| {
-        let events = rows::unfanned(conn, limit)?;
-        let at = now();
+        rows::mark_fanned_out(conn, &ids)?;
         for e in &events {
             for endpoint in hooks.endpoints().iter().filter(|ep| ep.wants(e.event_type)) {
                 rows::insert_delivery(conn, &new_delivery(e.id, &endpoint.name, at))?;
             }
-            rows::mark_fanned_out(conn, e.id)?;
         }
         Ok(events.len())
     })
@@ -133,16 +139,14 @@ pub struct Claimed {
 }
 
 /// Claim up to `limit` due deliveries for `lease` seconds: each is taken with a compare-and-swap on
-/// its lease, so of several instances asking at once exactly one gets it.
+/// its lease (`rows::claim`), so of several instances asking at once exactly one gets it.
 pub fn claim(conn: &mut Conn, at: i64, lease: i64, limit: i64) -> diesel::QueryResult<Vec<Claimed>> {
-    let mut claimed = Vec::new();
-    for id in rows::due(conn, at, limit)? {
-        if rows::take_lease(conn, id, at, at + lease)? {
-            let (delivery, event) = rows::with_event(conn, id)?;
-            claimed.push(Claimed { delivery, event, lease_until: at + lease });
-        }
+    let ids = rows::claim(conn, at, at + lease, limit)?;
+    if ids.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(claimed)
+    let claimed = rows::with_events(conn, &ids)?;
+    Ok(claimed.into_iter().map(|(delivery, event)| Claimed { delivery, event, lease_until: at + lease }).collect())
 }
 
 /// How an attempt went: the receiver's status code (2xx is success), or a transport failure.
@@ -311,6 +315,56 @@ mod tests {
         let done = finish(&mut conn, &taken_over[0], &AttemptResult::Answered(204), later).unwrap();
         assert_eq!(done, Some(DeliveryStatus::Delivered));
         assert!(claim(&mut conn, later + 100_000, 60, 10).unwrap().is_empty(), "delivered: never again");
+    }
+
+    /// Instances racing for the same deliveries (threads with their own connections here): each
+    /// delivery is won exactly once, because the lease is re-checked in the claiming UPDATE.
+    #[test]
+    fn racing_claims_win_each_delivery_once() {
+        const N: usize = 300;
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.sqlite").to_string_lossy()).unwrap();
+        let hooks = hooks(&[("all", None)]);
+        {
+            let mut conn = db.conn().unwrap();
+            for _ in 0..N {
+                record(&mut conn, EventType::ConnectionCreated, &data()).unwrap();
+            }
+            while fan_out(&mut conn, &hooks, 100).unwrap() > 0 {}
+        }
+        let t = now();
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(4));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (db, barrier) = (db.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let mut conn = db.conn().unwrap();
+                    barrier.wait();
+                    let mut won = Vec::new();
+                    loop {
+                        let got = claim(&mut conn, t, 60, 3).unwrap();
+                        if got.is_empty() {
+                            return won;
+                        }
+                        won.extend(got.into_iter().map(|c| c.delivery.id));
+                    }
+                })
+            })
+            .collect();
+        let mut all: Vec<i64> = threads.into_iter().flat_map(|h| h.join().unwrap()).collect();
+        // A thread may give up early after losing races; what is left is claimed here.
+        let mut conn = db.conn().unwrap();
+        loop {
+            let rest = claim(&mut conn, t, 60, 100).unwrap();
+            if rest.is_empty() {
+                break;
+            }
+            all.extend(rest.into_iter().map(|c| c.delivery.id));
+        }
+        let claimed = all.len();
+        all.sort();
+        all.dedup();
+        assert_eq!((claimed, all.len()), (N, N), "every delivery claimed, none twice");
     }
 
     #[test]

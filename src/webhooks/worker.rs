@@ -30,8 +30,9 @@ pub struct Worker {
     pub db: Db,
     pub hooks: Arc<Webhooks>,
     pub http: Outbound,
-    /// Seconds a claimed delivery is ours: longer than a request can take (`http_timeout` +
-    /// `http_connect_timeout` + a margin), so a live instance never loses a lease mid-request.
+    /// Seconds a claimed delivery is ours: longer than a request can take (`http_timeout`, which
+    /// bounds the whole request, + `http_connect_timeout` + 5 s), so a live instance never loses a
+    /// lease mid-request; after a crash mid-delivery the next attempt waits this long.
     pub lease: i64,
 }
 

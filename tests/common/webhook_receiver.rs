@@ -98,6 +98,10 @@ impl Receiver {
         self.script.lock().unwrap().extend_from_slice(codes);
     }
 
+    pub fn count(&self) -> usize {
+        self.received.lock().unwrap().len()
+    }
+
     pub fn received(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
     }
@@ -106,11 +110,11 @@ impl Receiver {
     pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
         let deadline = std::time::Instant::now() + timeout;
         loop {
-            let got = self.received();
-            if got.len() >= n {
-                return got;
+            let count = self.count();
+            if count >= n {
+                return self.received();
             }
-            assert!(std::time::Instant::now() < deadline, "{} of {n} webhook requests after {timeout:?}", got.len());
+            assert!(std::time::Instant::now() < deadline, "{count} of {n} webhook requests after {timeout:?}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

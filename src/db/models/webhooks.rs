@@ -109,53 +109,52 @@ pub fn insert_delivery(conn: &mut Conn, delivery: &NewDelivery<'_>) -> QueryResu
     })
 }
 
-pub fn mark_fanned_out(conn: &mut Conn, event_id: i64) -> QueryResult<usize> {
+/// Mark events fanned out (call first in the transaction that adds their deliveries: it takes the
+/// write lock at once).
+pub fn mark_fanned_out(conn: &mut Conn, event_ids: &[i64]) -> QueryResult<usize> {
     crate::on_conn!(conn, conn => {
-        diesel::update(webhook_events::table.filter(webhook_events::id.eq(event_id)))
+        diesel::update(webhook_events::table.filter(webhook_events::id.eq_any(event_ids)))
             .set(webhook_events::fanned_out.eq(true))
             .execute(conn)
     })
 }
 
-/// Up to `limit` deliveries that are due at `now` and whose lease (if any) has run out.
-pub fn due(conn: &mut Conn, now: i64, limit: i64) -> QueryResult<Vec<i64>> {
+/// Take the lease, until `until`, of up to `limit` deliveries that are due at `now` and not leased
+/// (or whose lease ran out); the ids this caller won. The candidates are read, then taken with one
+/// `UPDATE … WHERE <still free> … RETURNING`: the compare-and-swap happens row by row inside it (PostgreSQL re-checks the conditions on a row
+/// another transaction changed meanwhile; SQLite has one writer), so of several instances asking
+/// at once each delivery goes to exactly one.
+pub fn claim(conn: &mut Conn, now: i64, until: i64, limit: i64) -> QueryResult<Vec<i64>> {
     crate::on_conn!(conn, conn => {
-        webhook_deliveries::table
-            .filter(webhook_deliveries::status.eq(DeliveryStatus::Pending))
-            .filter(webhook_deliveries::next_attempt_at.le(now))
-            .filter(webhook_deliveries::lease_until.is_null().or(webhook_deliveries::lease_until.lt(now)))
+        let free = webhook_deliveries::status
+            .eq(DeliveryStatus::Pending)
+            .and(webhook_deliveries::next_attempt_at.le(now))
+            .and(webhook_deliveries::lease_until.is_null().or(webhook_deliveries::lease_until.lt(now)));
+        let candidates: Vec<i64> = webhook_deliveries::table
+            .filter(free)
             .order(webhook_deliveries::next_attempt_at.asc())
             .limit(limit)
             .select(webhook_deliveries::id)
-            .load(conn)
+            .load(conn)?;
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        diesel::update(webhook_deliveries::table.filter(webhook_deliveries::id.eq_any(&candidates)).filter(free))
+            .set(webhook_deliveries::lease_until.eq(until))
+            .returning(webhook_deliveries::id)
+            .get_results(conn)
     })
 }
 
-/// Take delivery `id`'s lease until `until`: true when this caller won it (it is still pending and
-/// nobody holds an unexpired lease). The compare-and-swap is one `UPDATE … WHERE`, which SQLite and
-/// PostgreSQL both apply atomically, so two instances never both win.
-pub fn take_lease(conn: &mut Conn, id: i64, now: i64, until: i64) -> QueryResult<bool> {
-    crate::on_conn!(conn, conn => {
-        diesel::update(
-            webhook_deliveries::table
-                .filter(webhook_deliveries::id.eq(id))
-                .filter(webhook_deliveries::status.eq(DeliveryStatus::Pending))
-                .filter(webhook_deliveries::lease_until.is_null().or(webhook_deliveries::lease_until.lt(now))),
-        )
-        .set(webhook_deliveries::lease_until.eq(until))
-        .execute(conn)
-        .map(|n| n == 1)
-    })
-}
-
-/// A delivery with its event.
-pub fn with_event(conn: &mut Conn, id: i64) -> QueryResult<(Delivery, Event)> {
+/// Deliveries with their events.
+pub fn with_events(conn: &mut Conn, ids: &[i64]) -> QueryResult<Vec<(Delivery, Event)>> {
     crate::on_conn!(conn, conn => {
         webhook_deliveries::table
             .inner_join(webhook_events::table)
-            .filter(webhook_deliveries::id.eq(id))
+            .filter(webhook_deliveries::id.eq_any(ids))
+            .order(webhook_deliveries::id.asc())
             .select((Delivery::as_select(), Event::as_select()))
-            .first(conn)
+            .load(conn)
     })
 }
 
