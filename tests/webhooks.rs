@@ -141,6 +141,35 @@ async fn a_failing_receiver_gets_the_same_id_until_it_accepts() {
     assert_eq!(rx.received().len(), 3, "delivered: not sent again");
 }
 
+/// A receiver that never answers is cut off by `http_timeout` (3 s in tests) and tried again under
+/// the same id; one that answers 200 with an endless body counts as delivered, its body unread.
+#[tokio::test]
+async fn a_stalling_receiver_times_out_and_an_endless_answer_is_not_read() {
+    use common::webhook_receiver::{ENDLESS, STALL};
+    let rx = Receiver::start().await;
+    rx.answer(&[STALL, ENDLESS]);
+    let s = secret();
+    let app = app_with(&[("slow", &rx.url(), &s, None)]).await;
+    let ann = app.user("ann").await;
+    ann.connect("fake").await;
+    let got = rx.wait_for(2, Duration::from_secs(20)).await;
+    assert_eq!(got[0].id(), got[1].id());
+    let gap = got[1].at - got[0].at;
+    assert!((3..=8).contains(&gap), "timed out after http_timeout, retried 2 s later: {gap} s");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let row = app.text("SELECT status || ' ' || attempts AS t FROM webhook_deliveries");
+        if row == "delivered 2" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the endless answer must not hold the delivery: {row}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(got[1].at - got[0].at < 10);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(rx.received().len(), 2);
+}
+
 #[tokio::test]
 async fn a_dead_grant_raises_reconnect_required_and_routine_refreshes_send_nothing() {
     let rx = Receiver::start().await;
@@ -285,6 +314,7 @@ async fn an_event_committed_before_a_sigkill_is_delivered_after_the_restart() {
     signup_and_connect(&first.base, &fake, "ann").await;
     first.child.kill().expect("SIGKILL");
     first.child.wait().unwrap();
+    assert!(!std::fs::read_to_string(&first.log).unwrap().contains(&s[6..]), "the secret is never logged");
     let count = |sql: &str| -> i64 {
         use diesel::prelude::*;
         #[derive(QueryableByName)]
@@ -301,7 +331,7 @@ async fn an_event_committed_before_a_sigkill_is_delivered_after_the_restart() {
     assert_eq!(count("SELECT COUNT(*) AS n FROM webhook_deliveries WHERE status = 'delivered'"), 0);
 
     let rx = Receiver::start_on(port).await;
-    let _second = common::server::start(options()).await;
+    let second = common::server::start(options()).await;
     // At most the lease plus the 10 s retry step.
     let got = rx.wait_for(1, Duration::from_secs(30)).await;
     assert_eq!(got[0].json()["type"], "connection.created");
@@ -309,6 +339,9 @@ async fn an_event_committed_before_a_sigkill_is_delivered_after_the_restart() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(rx.received().len(), 1);
     assert_eq!(count("SELECT COUNT(*) AS n FROM webhook_deliveries WHERE status = 'delivered'"), 1);
+    let log = std::fs::read_to_string(&second.log).unwrap();
+    assert!(log.contains("webhook attempt") && log.contains(got[0].id()), "the attempt is logged with its id");
+    assert!(!log.contains(&s[6..]), "the secret is never logged");
 }
 
 /// Two instances on one PostgreSQL database, both delivering: every event succeeds at the

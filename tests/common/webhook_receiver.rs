@@ -59,6 +59,11 @@ pub struct Receiver {
     script: Arc<Mutex<Vec<u16>>>,
 }
 
+/// A scripted "code" for never answering (the request is recorded, the connection held open).
+pub const STALL: u16 = 0;
+/// A scripted "code" for a 200 whose body never ends.
+pub const ENDLESS: u16 = 1;
+
 /// The URL of a receiver on `port`.
 pub fn url(port: u16) -> String {
     format!("http://127.0.0.1:{port}/hook")
@@ -150,6 +155,23 @@ impl Receiver {
                 };
                 let at = tokenvault::util::now();
                 self.received.lock().unwrap().push(Received { headers, body, answered: code, at });
+                match code {
+                    STALL => {
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                        return;
+                    }
+                    ENDLESS => {
+                        // 200, then a body that never ends (until the client hangs up).
+                        let head = "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\n";
+                        if stream.write_all(head.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        let chunk = vec![b'x'; 64 * 1024];
+                        while stream.write_all(&chunk).await.is_ok() {}
+                        return;
+                    }
+                    _ => {}
+                }
                 let reply = format!("HTTP/1.1 {code} X\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
                 let _ = stream.write_all(reply.as_bytes()).await;
                 let _ = stream.shutdown().await;
