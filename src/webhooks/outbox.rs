@@ -368,6 +368,33 @@ mod tests {
     }
 
     #[test]
+    fn pruning_drops_old_finished_events_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.sqlite").to_string_lossy()).unwrap();
+        let mut conn = db.conn().unwrap();
+        let hooks = hooks(&[("all", None)]);
+        let (done, waiting) = (
+            record(&mut conn, EventType::ConnectionCreated, &data()).unwrap(),
+            record(&mut conn, EventType::ConnectionDeleted, &data()).unwrap(),
+        );
+        fan_out(&mut conn, &hooks, 100).unwrap();
+        let t = now();
+        for c in claim(&mut conn, t, 60, 10).unwrap() {
+            let answer = if c.event.msg_id == done { 200 } else { 503 };
+            finish(&mut conn, &c, &AttemptResult::Answered(answer), t).unwrap();
+        }
+        let unfanned = record(&mut conn, EventType::ConnectionRevoked, &data()).unwrap();
+        let ids = |conn: &mut crate::db::Conn| -> Vec<String> {
+            rows::recent(conn, "all", 10).unwrap().into_iter().map(|(_, e)| e.msg_id).collect()
+        };
+        assert_eq!(rows::prune(&mut conn, t).unwrap(), 0, "nothing is older than `before`");
+        assert_eq!(rows::prune(&mut conn, t + 1).unwrap(), 1, "only the delivered event goes");
+        assert_eq!(ids(&mut conn), [waiting], "the pending delivery stays");
+        assert_eq!(fan_out(&mut conn, &hooks, 100).unwrap(), 1, "the event not yet fanned out stays");
+        assert_eq!(ids(&mut conn)[0], unfanned);
+    }
+
+    #[test]
     fn the_schedule_starts_within_ten_seconds_grows_and_ends_within_a_day() {
         assert!(RETRY_DELAYS[0] <= 10);
         assert!(RETRY_DELAYS.windows(2).all(|w| w[0] <= w[1]));
