@@ -23,6 +23,7 @@ pub struct Prepared {
     pub settings: Settings,
     pub catalog: Catalog,
     pub cipher: Cipher,
+    pub webhooks: crate::webhooks::Webhooks,
 }
 
 /// Rocket's standard figment: defaults, then `Rocket.toml` (or `ROCKET_CONFIG`), then `ROCKET_*`.
@@ -36,6 +37,7 @@ pub fn prepare(figment: Figment) -> Result<Prepared, ConfigError> {
     let raw = RawConfig::from_figment(&figment)?;
     let settings = Settings::resolve(&raw, &profile)?;
     let catalog = Catalog::build(&settings, &raw.providers)?;
+    let webhooks = crate::webhooks::Webhooks::build(&raw.webhooks)?;
 
     let vault_key = match key_or_file("vault_key", raw.vault_key.clone(), raw.vault_key_file.as_deref())? {
         Some(key) => key,
@@ -109,7 +111,7 @@ pub fn prepare(figment: Figment) -> Result<Prepared, ConfigError> {
     // tokenvault logs through `tracing` with its own request log, which never prints query strings
     // (callbacks carry codes and states there). Rocket's own logger would.
     figment = figment.merge(("log_level", "off"));
-    Ok(Prepared { figment, settings, catalog, cipher })
+    Ok(Prepared { figment, settings, catalog, cipher, webhooks })
 }
 
 /// `ip_header = false` unless the operator set `ip_header` (a file or the environment): Rocket's
@@ -129,7 +131,8 @@ pub fn build(figment: Figment) -> Result<Rocket<Build>, ConfigError> {
 }
 
 pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
-    let Prepared { figment, settings, catalog, cipher } = prepared;
+    let Prepared { figment, settings, catalog, cipher, webhooks } = prepared;
+    let webhooks = Arc::new(webhooks);
     // The embedded templates, or `template_dir` when it has them all (see `crate::assets`).
     let templates = crate::assets::template_root(settings.template_dir.as_deref())
         .map_err(|e| invalid("template_dir", format!("cannot prepare the templates: {e}")))?;
@@ -207,6 +210,7 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
                         settings.login_limit_per_account,
                         settings.login_throttle_capacity,
                     ),
+                    webhooks,
                     settings,
                 }))
             }
@@ -239,6 +243,21 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
                             _ = shutdown => {}
                         }
                     });
+                    // The webhook delivery worker, stopped the same way (a delivery cut short is
+                    // attempted again once its lease runs out, under the same webhook-id).
+                    let worker = crate::webhooks::worker::Worker {
+                        db: app.db.clone(),
+                        hooks: app.webhooks.clone(),
+                        http: app.http.clone(),
+                        lease: (app.settings.http_timeout + app.settings.http_connect_timeout) as i64 + 5,
+                    };
+                    let shutdown = rocket.shutdown();
+                    rocket::tokio::spawn(async move {
+                        rocket::tokio::select! {
+                            _ = worker.run() => {}
+                            _ = shutdown => {}
+                        }
+                    });
                 }
                 let c = rocket.config();
                 tracing::info!("tokenvault listening on http://{}:{}", c.address, c.port);
@@ -251,6 +270,7 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
         .mount("/", crate::web::traced(crate::routes::settings::routes()))
         .mount("/", crate::web::traced(crate::routes::password::routes()))
         .mount("/", crate::web::traced(crate::routes::admin::routes()))
+        .mount("/", crate::web::traced(crate::routes::webhooks::routes()))
         .mount("/", crate::web::traced(crate::routes::health::routes()))
         .mount("/", crate::web::traced(crate::routes::api_keys::routes()))
         .mount("/", crate::web::traced(crate::routes::sessions::routes()))

@@ -79,6 +79,20 @@ pub struct RawConfig {
     /// The log filter (`tracing` env-filter syntax); `RUST_LOG` overrides it.
     pub log: String,
     pub providers: BTreeMap<String, ProviderConfig>,
+    /// `[<profile>.webhooks.<name>]`: the endpoints that receive signed events (validated by
+    /// `webhooks::Endpoints::build`).
+    pub webhooks: BTreeMap<String, RawWebhook>,
+}
+
+/// One `[<profile>.webhooks.<name>]` table as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhook {
+    pub url: String,
+    /// `whsec_` + base64 (Standard Webhooks).
+    pub secret: Secret,
+    /// Event names or `prefix.*` wildcards; every event when absent.
+    pub events: Option<Vec<String>>,
 }
 
 impl Default for RawConfig {
@@ -118,6 +132,7 @@ impl Default for RawConfig {
             login_throttle_capacity: crate::auth::throttle::DEFAULT_CAPACITY,
             log: "info".into(),
             providers: BTreeMap::new(),
+            webhooks: BTreeMap::new(),
         }
     }
 }
@@ -269,7 +284,8 @@ pub fn describe(errors: rocket::figment::Error) -> String {
         .into_iter()
         .map(|e| {
             let path = e.path.join(".");
-            if SECRET_KEYS.iter().any(|k| path == *k || path.starts_with(&format!("{k}."))) {
+            let webhook_secret = path.starts_with("webhooks.") && path.ends_with(".secret");
+            if webhook_secret || SECRET_KEYS.iter().any(|k| path == *k || path.starts_with(&format!("{k}."))) {
                 format!("`{path}` has an invalid value (not shown: it is a secret); see the README's configuration reference")
             } else {
                 e.to_string()

@@ -18,3 +18,4 @@ pub mod state;
 pub mod util;
 pub mod vault;
 pub mod web;
+pub mod webhooks;

@@ -32,6 +32,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// In-memory copies of API keys and connection rows (see `crate::cache`).
     pub caches: Arc<Caches>,
+    /// The configured webhook endpoints and the delivery worker's wake-up (see `crate::webhooks`).
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
 }
 
 impl AppState {

@@ -18,10 +18,7 @@ async fn start(database_url: &str, fake: &str, dir: &std::path::Path) -> common:
     .await
 }
 
-fn hidden(html: &str, name: &str) -> String {
-    let re = regex::Regex::new(&format!(r#"name="{name}" value="([^"]*)""#)).unwrap();
-    re.captures(html).map(|c| c[1].to_string()).expect("hidden field")
-}
+use common::server::hidden;
 
 fn postgres_configured() -> bool {
     if std::env::var("TOKENVAULT_TEST_POSTGRES_URL").map(|v| v.is_empty()).unwrap_or(true) {
@@ -55,33 +52,10 @@ async fn two_instances_with_a_connection(fake: common::FakeProvider) -> Pair {
     let (fake_uri, dir_a, dir_b) = (fake.uri(), dir.path().join("a"), dir.path().join("b"));
     let (a, b) = tokio::join!(start(&database.url, &fake_uri, &dir_a), start(&database.url, &fake_uri, &dir_b));
     // One browser: cookies are per host, not per port, so both instances see the same session,
-    // as behind a load balancer.
-    let http =
-        reqwest::Client::builder().cookie_store(true).redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let page = http.get(format!("{}/signup", a.base)).send().await.unwrap().text().await.unwrap();
-    let form = [
-        ("csrf_token", hidden(&page, "csrf_token")),
-        ("username", "alice".to_string()),
-        ("password", common::PASSWORD.to_string()),
-        ("password_confirm", common::PASSWORD.to_string()),
-    ];
-    assert_eq!(http.post(format!("{}/signup", a.base)).form(&form).send().await.unwrap().status(), 303);
-
-    // The flow starts on A…
-    let page = http.get(format!("{}/services/fake/authorize", a.base)).send().await.unwrap().text().await.unwrap();
-    let res = http
-        .post(format!("{}/services/fake/authorize", a.base))
-        .form(&[("csrf_token", hidden(&page, "csrf_token"))])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 303);
-    let authorize = url::Url::parse(res.headers()["location"].to_str().unwrap()).unwrap();
-    let (state, challenge) = common::flow_params(&authorize);
-    let code = fake.issue_code(&challenge);
-    // …and its callback lands on B.
-    let res = http.get(format!("{}/services/fake/callback?code={code}&state={state}", b.base)).send().await.unwrap();
-    assert_eq!(res.status(), 303, "{}", res.text().await.unwrap_or_default());
+    // as behind a load balancer. The flow starts on A and its callback lands on B.
+    let http = common::server::browser();
+    common::server::sign_up(&http, &a.base, "alice").await;
+    common::server::connect(&http, &a.base, &b.base, &fake).await;
     let page = http.get(format!("{}/services/fake/connected", a.base)).send().await.unwrap().text().await.unwrap();
     assert!(page.contains(r#"id="connected""#));
     Pair { a, b, http, fake, database, _dir: dir }

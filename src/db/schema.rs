@@ -146,10 +146,38 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    webhook_events (id) {
+        id -> BigInt,
+        msg_id -> Text,
+        event_type -> Text,
+        body -> Text,
+        target -> Nullable<Text>,
+        fanned_out -> Bool,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    webhook_deliveries (id) {
+        id -> BigInt,
+        event_id -> BigInt,
+        endpoint -> Text,
+        status -> Text,
+        attempts -> BigInt,
+        next_attempt_at -> BigInt,
+        lease_until -> Nullable<BigInt>,
+        last_status_code -> Nullable<BigInt>,
+        last_error -> Nullable<Text>,
+        updated_at -> BigInt,
+    }
+}
+
 diesel::joinable!(api_keys -> users (user_id));
 diesel::joinable!(sessions -> users (user_id));
 diesel::joinable!(connections -> users (user_id));
 diesel::joinable!(demo_tokens -> demo_grants (grant_id));
+diesel::joinable!(webhook_deliveries -> webhook_events (event_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     users,
@@ -164,4 +192,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     meta,
     api_keys,
     cache_invalidations,
+    webhook_events,
+    webhook_deliveries,
 );

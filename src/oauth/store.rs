@@ -13,6 +13,10 @@ use crate::oauth::tokens::TokenSet;
 use crate::util::ExposeSecret;
 use crate::util::{now, Secret};
 use crate::vault::{Aad, Cipher};
+use crate::webhooks::{
+    outbox::{self, EventData},
+    EventType,
+};
 
 /// What storing a user's tokens needs: the database, the cipher that seals them, this process's
 /// cache of connection rows (dropped after every write) and how many events to keep per
@@ -78,6 +82,12 @@ pub fn save_new(
         let written = connections::upsert(conn, &new)?;
         let detail = if tokens.refresh_token.is_some() { "with a refresh token" } else { "without a refresh token" };
         record_event(conn, keep, user_id, service, event_kind, EventOutcome::Ok, detail)?;
+        if let Some(row) = connections::find(conn, user_id, service)? {
+            // A new row starts at version 1; connecting again over an existing one bumps it.
+            let t = if row.version == 1 { EventType::ConnectionCreated } else { EventType::ConnectionReconnected };
+            let data = EventData::of(conn, &row, ConnectionStatus::Active.as_str(), None)?;
+            outbox::record(conn, t, &data)?;
+        }
         Ok(written.with(()))
     })
 }
@@ -95,11 +105,18 @@ pub fn delete_with_event(
     detail: &str,
 ) -> AppResult<Written<bool>> {
     conn.transaction(|conn| {
-        let removed = connections::delete(conn, user_id, service)?.map(|n| n > 0);
-        if *removed.value() {
+        let removed = connections::delete(conn, user_id, service)?;
+        if let Some(row) = removed.value().clone() {
             record_event(conn, keep, user_id, service, kind, outcome, detail)?;
+            let (t, status) = match kind {
+                EventKind::Revoke => (EventType::ConnectionRevoked, "revoked"),
+                _ => (EventType::ConnectionDeleted, "deleted"),
+            };
+            let reason = (outcome == EventOutcome::ProviderFailed).then_some("provider_revocation_failed");
+            let data = EventData::of(conn, &row, status, reason)?;
+            outbox::record(conn, t, &data)?;
         }
-        Ok(removed)
+        Ok(removed.map(|row| row.is_some()))
     })
 }
 

@@ -11,6 +11,7 @@ pub mod password;
 pub mod services;
 pub mod sessions;
 pub mod settings;
+pub mod webhooks;
 
 use rocket::http::Status;
 use rocket::response::{Redirect, Responder};

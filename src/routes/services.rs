@@ -154,6 +154,7 @@ async fn finish_callback(
     match flow::finish(&app.access(), user, &p, params).await? {
         Finished::Connected { return_to } => {
             tracing::info!(service = %p.name, "service connected");
+            app.webhooks.wake();
             let query: String =
                 url::form_urlencoded::Serializer::new(String::new()).append_pair("next", &return_to).finish();
             let to = format!("/services/{}/connected?{query}", p.name);

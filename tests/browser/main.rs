@@ -19,3 +19,6 @@ mod headers;
 mod phone;
 mod revocation;
 mod sessions;
+#[path = "../common/webhook_receiver.rs"]
+mod webhook_receiver;
+mod webhooks;

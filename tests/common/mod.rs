@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod fake_provider;
 pub mod server;
+pub mod webhook_receiver;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -115,3 +115,44 @@ pub async fn start_in(o: Options<'_>, cwd: &Path) -> Server {
         std::fs::read_to_string(&server.log).unwrap_or_default()
     );
 }
+
+/// A hidden form field's value in `html`.
+pub fn hidden(html: &str, name: &str) -> String {
+    let re = regex::Regex::new(&format!(r#"name="{name}" value="([^"]*)""#)).unwrap();
+    re.captures(html).map(|c| c[1].to_string()).expect("hidden field")
+}
+
+/// A browser for real servers: a cookie jar, redirects not followed.
+pub fn browser() -> reqwest::Client {
+    reqwest::Client::builder().cookie_store(true).redirect(reqwest::redirect::Policy::none()).build().unwrap()
+}
+
+/// Sign up `username` on the server at `base`.
+pub async fn sign_up(http: &reqwest::Client, base: &str, username: &str) {
+    let page = http.get(format!("{base}/signup")).send().await.unwrap().text().await.unwrap();
+    let form = [
+        ("csrf_token", hidden(&page, "csrf_token")),
+        ("username", username.to_string()),
+        ("password", super::PASSWORD.to_string()),
+        ("password_confirm", super::PASSWORD.to_string()),
+    ];
+    assert_eq!(http.post(format!("{base}/signup")).form(&form).send().await.unwrap().status(), 303);
+}
+
+/// Connect the fake provider: the flow starts on `start` and its callback lands on `callback`
+/// (the same server, or another instance on the same database).
+pub async fn connect(http: &reqwest::Client, start: &str, callback: &str, fake: &super::FakeProvider) {
+    let page = http.get(format!("{start}/services/fake/authorize")).send().await.unwrap().text().await.unwrap();
+    let res = http
+        .post(format!("{start}/services/fake/authorize"))
+        .form(&[("csrf_token", hidden(&page, "csrf_token"))])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 303);
+    let authorize = url::Url::parse(res.headers()["location"].to_str().unwrap()).unwrap();
+    let (state, challenge) = super::flow_params(&authorize);
+    let code = fake.issue_code(&challenge);
+    let res = http.get(format!("{callback}/services/fake/callback?code={code}&state={state}")).send().await.unwrap();
+    assert_eq!(res.status(), 303, "{}", res.text().await.unwrap_or_default());
+}

@@ -103,14 +103,17 @@ pub fn list_for_user(conn: &mut Conn, user_id: i64) -> QueryResult<Vec<Connectio
     })
 }
 
-/// Delete a user's connection; the number of rows removed (0 when it was not theirs).
-pub fn delete(conn: &mut Conn, user_id: i64, service: &str) -> QueryResult<Written<usize>> {
+/// Delete a user's connection; the row removed (`None` when it was not theirs), read in the same
+/// statement (`RETURNING`), so the caller's transaction starts with its write.
+pub fn delete(conn: &mut Conn, user_id: i64, service: &str) -> QueryResult<Written<Option<Connection>>> {
     let written = invalidations::connection(conn, user_id, service)?;
-    let n = crate::on_conn!(conn, conn => {
+    let row = crate::on_conn!(conn, conn => {
         diesel::delete(connections::table.filter(connections::user_id.eq(user_id)).filter(connections::service.eq(service)))
-            .execute(conn)
+            .returning(Connection::as_returning())
+            .get_result(conn)
+            .optional()
     })?;
-    Ok(written.with(n))
+    Ok(written.with(row))
 }
 
 /// Take the refresh lease of connection `id` at `version` until `until`: true when this caller

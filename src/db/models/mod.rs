@@ -12,3 +12,4 @@ pub mod meta;
 pub mod sessions;
 pub mod users;
 pub mod vault;
+pub mod webhooks;

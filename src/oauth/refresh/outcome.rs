@@ -12,6 +12,7 @@ use crate::oauth::store::record_event;
 use crate::oauth::tokens::{TokenError, TokenSet};
 use crate::util::{now, ExposeSecret};
 use crate::vault::Aad;
+use crate::webhooks::{self, outbox::EventData, EventType};
 
 /// Seal and store the new tokens of `row` (whose lease we hold; `after_401`: the lease was taken
 /// at this time to answer a 401) with their event, in one transaction; a new refresh token
@@ -100,6 +101,7 @@ pub async fn reconnect_required(
 ) -> Result<FreshToken, AccessError> {
     let (id, version, user_id, service) = (row.id, row.version, row.user_id, row.service.clone());
     let keep = ctx.tokens.events_kept;
+    let snapshot = row.clone();
     let written = ctx
         .tokens
         .db
@@ -110,6 +112,9 @@ pub async fn reconnect_required(
                 if *written.value() {
                     let (kind, outcome) = (EventKind::Refresh, EventOutcome::ReconnectRequired);
                     record_event(conn, keep, user_id, &service, kind, outcome, detail)?;
+                    let status = connections::ConnectionStatus::ReconnectRequired.as_str();
+                    let data = EventData::of(conn, &snapshot, status, Some(reason_code(detail)))?;
+                    webhooks::outbox::record(conn, EventType::ConnectionReconnectRequired, &data)?;
                 }
                 Ok(written)
             })
@@ -121,6 +126,15 @@ pub async fn reconnect_required(
     }
     tracing::warn!(service = %row.service, user_id, reason = detail, "reconnect required");
     Err(AccessError::ReconnectRequired)
+}
+
+/// The webhook's `reason` for a verdict's event detail.
+fn reason_code(detail: &str) -> &'static str {
+    if detail == super::classify::NO_REFRESH_TOKEN {
+        "no_refresh_token"
+    } else {
+        "invalid_grant"
+    }
 }
 
 /// tokenvault has no client credentials for the provider: release the lease, record why (an

@@ -1,0 +1,253 @@
+//! The webhook outbox (`webhook_events`) and its deliveries (`webhook_deliveries`). What is sent
+//! and when is decided in `crate::webhooks`; these are the queries.
+
+use diesel::prelude::*;
+
+use crate::db::schema::{webhook_deliveries, webhook_events};
+use crate::db::Conn;
+
+crate::db::text_enum::text_enum! {
+    /// What a webhook reports (`webhook_events.event_type`, the body's `type`).
+    pub enum EventType {
+        ConnectionCreated = "connection.created",
+        ConnectionReconnected = "connection.reconnected",
+        ConnectionRefreshFailed = "connection.refresh_failed",
+        ConnectionRecovered = "connection.recovered",
+        ConnectionReconnectRequired = "connection.reconnect_required",
+        ConnectionExpiring = "connection.expiring",
+        ConnectionRevoked = "connection.revoked",
+        ConnectionDeleted = "connection.deleted",
+        /// Sent from `/admin/webhooks` to one endpoint, whatever its filter.
+        Test = "webhook.test",
+    }
+}
+
+crate::db::text_enum::text_enum! {
+    /// Where a delivery stands (`webhook_deliveries.status`).
+    pub enum DeliveryStatus {
+        /// Not yet delivered; attempted again at `next_attempt_at`.
+        Pending = "pending",
+        /// A 2xx answer was received.
+        Delivered = "delivered",
+        /// Every attempt of the retry schedule failed.
+        Failed = "failed",
+    }
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = webhook_events)]
+pub struct NewEvent<'a> {
+    pub msg_id: &'a str,
+    pub event_type: EventType,
+    pub body: &'a str,
+    pub target: Option<&'a str>,
+    pub fanned_out: bool,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = webhook_events)]
+pub struct Event {
+    pub id: i64,
+    pub msg_id: String,
+    pub event_type: EventType,
+    pub body: String,
+    pub target: Option<String>,
+    pub fanned_out: bool,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = webhook_deliveries)]
+pub struct NewDelivery<'a> {
+    pub event_id: i64,
+    pub endpoint: &'a str,
+    pub status: DeliveryStatus,
+    pub attempts: i64,
+    pub next_attempt_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = webhook_deliveries)]
+pub struct Delivery {
+    pub id: i64,
+    pub event_id: i64,
+    pub endpoint: String,
+    pub status: DeliveryStatus,
+    pub attempts: i64,
+    pub next_attempt_at: i64,
+    pub lease_until: Option<i64>,
+    pub last_status_code: Option<i64>,
+    pub last_error: Option<String>,
+    pub updated_at: i64,
+}
+
+pub fn insert_event(conn: &mut Conn, event: &NewEvent<'_>) -> QueryResult<i64> {
+    crate::on_conn!(conn, conn => {
+        diesel::insert_into(webhook_events::table).values(event).returning(webhook_events::id).get_result(conn)
+    })
+}
+
+/// Up to `limit` events not yet fanned out into deliveries, oldest first.
+pub fn unfanned(conn: &mut Conn, limit: i64) -> QueryResult<Vec<Event>> {
+    crate::on_conn!(conn, conn => {
+        webhook_events::table
+            .filter(webhook_events::fanned_out.eq(false))
+            .order(webhook_events::id.asc())
+            .limit(limit)
+            .select(Event::as_select())
+            .load(conn)
+    })
+}
+
+/// Add a delivery unless the event already has one to that endpoint (another instance fanned it
+/// out first): fanning out twice is harmless.
+pub fn insert_delivery(conn: &mut Conn, delivery: &NewDelivery<'_>) -> QueryResult<usize> {
+    crate::on_conn!(conn, conn => {
+        diesel::insert_into(webhook_deliveries::table).values(delivery).on_conflict_do_nothing().execute(conn)
+    })
+}
+
+/// Mark events fanned out (call first in the transaction that adds their deliveries: it takes the
+/// write lock at once).
+pub fn mark_fanned_out(conn: &mut Conn, event_ids: &[i64]) -> QueryResult<usize> {
+    crate::on_conn!(conn, conn => {
+        diesel::update(webhook_events::table.filter(webhook_events::id.eq_any(event_ids)))
+            .set(webhook_events::fanned_out.eq(true))
+            .execute(conn)
+    })
+}
+
+/// Take the lease, until `until`, of up to `limit` deliveries that are due at `now` and not leased
+/// (or whose lease ran out); the ids this caller won. The candidates are read, then taken with one
+/// `UPDATE … WHERE <still free> … RETURNING`: the compare-and-swap happens row by row inside it (PostgreSQL re-checks the conditions on a row
+/// another transaction changed meanwhile; SQLite has one writer), so of several instances asking
+/// at once each delivery goes to exactly one.
+pub fn claim(conn: &mut Conn, now: i64, until: i64, limit: i64) -> QueryResult<Vec<i64>> {
+    crate::on_conn!(conn, conn => {
+        let free = webhook_deliveries::status
+            .eq(DeliveryStatus::Pending)
+            .and(webhook_deliveries::next_attempt_at.le(now))
+            .and(webhook_deliveries::lease_until.is_null().or(webhook_deliveries::lease_until.lt(now)));
+        let candidates: Vec<i64> = webhook_deliveries::table
+            .filter(free)
+            .order(webhook_deliveries::next_attempt_at.asc())
+            .limit(limit)
+            .select(webhook_deliveries::id)
+            .load(conn)?;
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        diesel::update(webhook_deliveries::table.filter(webhook_deliveries::id.eq_any(&candidates)).filter(free))
+            .set(webhook_deliveries::lease_until.eq(until))
+            .returning(webhook_deliveries::id)
+            .get_results(conn)
+    })
+}
+
+/// Deliveries with their events.
+pub fn with_events(conn: &mut Conn, ids: &[i64]) -> QueryResult<Vec<(Delivery, Event)>> {
+    crate::on_conn!(conn, conn => {
+        webhook_deliveries::table
+            .inner_join(webhook_events::table)
+            .filter(webhook_deliveries::id.eq_any(ids))
+            .order(webhook_deliveries::id.asc())
+            .select((Delivery::as_select(), Event::as_select()))
+            .load(conn)
+    })
+}
+
+/// What an attempt came to.
+#[derive(Debug)]
+pub struct Attempted<'a> {
+    pub status: DeliveryStatus,
+    pub attempts: i64,
+    pub next_attempt_at: i64,
+    pub last_status_code: Option<i64>,
+    pub last_error: Option<&'a str>,
+    pub now: i64,
+}
+
+/// Record an attempt of delivery `id` made under the lease that ends at `lease_until`, and release
+/// the lease; false when the lease was no longer ours (it ran out and another instance took it).
+pub fn record_attempt(conn: &mut Conn, id: i64, lease_until: i64, a: &Attempted<'_>) -> QueryResult<bool> {
+    crate::on_conn!(conn, conn => {
+        diesel::update(
+            webhook_deliveries::table
+                .filter(webhook_deliveries::id.eq(id))
+                .filter(webhook_deliveries::lease_until.eq(lease_until)),
+        )
+        .set((
+            webhook_deliveries::status.eq(a.status),
+            webhook_deliveries::attempts.eq(a.attempts),
+            webhook_deliveries::next_attempt_at.eq(a.next_attempt_at),
+            webhook_deliveries::last_status_code.eq(a.last_status_code),
+            webhook_deliveries::last_error.eq(a.last_error),
+            webhook_deliveries::lease_until.eq(None::<i64>),
+            webhook_deliveries::updated_at.eq(a.now),
+        ))
+        .execute(conn)
+        .map(|n| n == 1)
+    })
+}
+
+/// The newest `limit` deliveries to `endpoint`, with their events, newest first.
+pub fn recent(conn: &mut Conn, endpoint: &str, limit: i64) -> QueryResult<Vec<(Delivery, Event)>> {
+    crate::on_conn!(conn, conn => {
+        webhook_deliveries::table
+            .inner_join(webhook_events::table)
+            .filter(webhook_deliveries::endpoint.eq(endpoint))
+            .order(webhook_deliveries::id.desc())
+            .limit(limit)
+            .select((Delivery::as_select(), Event::as_select()))
+            .load(conn)
+    })
+}
+
+/// Delete up to 1000 events older than `before` whose deliveries are all finished (their
+/// deliveries go with them); how many.
+pub fn prune(conn: &mut Conn, before: i64) -> QueryResult<usize> {
+    crate::on_conn!(conn, conn => {
+        let unfinished = webhook_deliveries::table
+            .filter(webhook_deliveries::status.eq(DeliveryStatus::Pending))
+            .select(webhook_deliveries::event_id);
+        let old: Vec<i64> = webhook_events::table
+            .filter(webhook_events::created_at.lt(before))
+            .filter(webhook_events::fanned_out.eq(true))
+            .filter(webhook_events::id.ne_all(unfinished))
+            .select(webhook_events::id)
+            .limit(1000)
+            .load(conn)?;
+        diesel::delete(webhook_deliveries::table.filter(webhook_deliveries::event_id.eq_any(&old))).execute(conn)?;
+        diesel::delete(webhook_events::table.filter(webhook_events::id.eq_any(&old))).execute(conn)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{DeliveryStatus, EventType};
+
+    #[test]
+    fn event_types_and_statuses_are_stored_as_their_strings() {
+        let types: Vec<_> = EventType::ALL.iter().map(|t| t.as_str()).collect();
+        assert_eq!(
+            types,
+            [
+                "connection.created",
+                "connection.reconnected",
+                "connection.refresh_failed",
+                "connection.recovered",
+                "connection.reconnect_required",
+                "connection.expiring",
+                "connection.revoked",
+                "connection.deleted",
+                "webhook.test"
+            ]
+        );
+        let statuses: Vec<_> = DeliveryStatus::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(statuses, ["pending", "delivered", "failed"]);
+        crate::db::text_enum::assert_text_round_trips!(EventType);
+        crate::db::text_enum::assert_text_round_trips!(DeliveryStatus);
+    }
+}
