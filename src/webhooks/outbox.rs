@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use super::{EventType, Webhooks};
-use crate::db::models::connections::{Connection, ConnectionStatus};
+use crate::db::models::connections::Connection;
 use crate::db::models::users;
 use crate::db::models::webhooks::{self as rows, Attempted, Delivery, DeliveryStatus, Event, NewDelivery, NewEvent};
 use crate::db::Conn;
@@ -42,11 +42,6 @@ impl EventData {
             status: status.to_string(),
             reason: reason.map(str::to_string),
         })
-    }
-
-    /// The status word of a stored connection.
-    pub fn status_of(status: ConnectionStatus) -> &'static str {
-        status.as_str()
     }
 }
 
