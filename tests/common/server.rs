@@ -115,3 +115,37 @@ pub async fn start_in(o: Options<'_>, cwd: &Path) -> Server {
         std::fs::read_to_string(&server.log).unwrap_or_default()
     );
 }
+
+/// The value of the hidden form field `name` in `html`.
+pub fn hidden(html: &str, name: &str) -> String {
+    let re = regex::Regex::new(&format!(r#"name="{name}" value="([^"]*)""#)).unwrap();
+    re.captures(html).map(|c| c[1].to_string()).expect("hidden field")
+}
+
+/// Sign `user` up on the server at `base` and connect the fake provider, with a browser (cookie
+/// jar) of its own; that browser.
+pub async fn sign_up_and_connect(base: &str, fake: &super::FakeProvider, user: &str) -> reqwest::Client {
+    let http =
+        reqwest::Client::builder().cookie_store(true).redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let page = http.get(format!("{base}/signup")).send().await.unwrap().text().await.unwrap();
+    let form = [
+        ("csrf_token", hidden(&page, "csrf_token")),
+        ("username", user.to_string()),
+        ("password", super::PASSWORD.to_string()),
+        ("password_confirm", super::PASSWORD.to_string()),
+    ];
+    assert_eq!(http.post(format!("{base}/signup")).form(&form).send().await.unwrap().status(), 303);
+    let page = http.get(format!("{base}/services/fake/authorize")).send().await.unwrap().text().await.unwrap();
+    let res = http
+        .post(format!("{base}/services/fake/authorize"))
+        .form(&[("csrf_token", hidden(&page, "csrf_token"))])
+        .send()
+        .await
+        .unwrap();
+    let authorize = url::Url::parse(res.headers()["location"].to_str().unwrap()).unwrap();
+    let (state, challenge) = super::flow_params(&authorize);
+    let code = fake.issue_code(&challenge);
+    let res = http.get(format!("{base}/services/fake/callback?code={code}&state={state}")).send().await.unwrap();
+    assert_eq!(res.status(), 303);
+    http
+}
