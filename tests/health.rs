@@ -193,6 +193,26 @@ async fn a_429_sets_the_next_attempt_and_pauses_the_worker_for_that_provider() {
 }
 
 #[tokio::test]
+async fn keep_alive_refreshes_towards_one_provider_are_bounded_by_keepalive_concurrency() {
+    let app = builder().set("keepalive_interval", 10).set("keepalive_concurrency", 2).start().await;
+    let users = ["user0", "user1", "user2", "user3", "user4", "user5"];
+    for name in users {
+        app.user(name).await.connect("fake").await;
+        idle_for(&app, name, 11);
+    }
+    // Each refresh answer is held 400 ms by the provider: 6 of them all at once would be done in
+    // about 0.4 s, one at a time in about 2.2 s (measured); 2 at a time need three rounds.
+    app.fake.with_state(|s| s.refresh_delay = Some(Duration::from_millis(400)));
+    let started = Instant::now();
+    let report = pass(&app).await;
+    let took = started.elapsed();
+    assert_eq!((report.candidates, report.ok), (6, 6), "{report:?}");
+    assert_eq!(app.fake.refresh_calls().await, 6);
+    assert!(took >= Duration::from_millis(800), "at most 2 in flight: {took:?}");
+    assert!(took < Duration::from_millis(1800), "but 2 at a time, not 1: {took:?}");
+}
+
+#[tokio::test]
 async fn a_refresh_token_expiry_is_stored_shown_and_ends_the_connection_without_a_provider_call() {
     let app = keepalive_app().await;
     let alice = app.user("alice").await;
