@@ -57,6 +57,8 @@ pub struct RawConfig {
     pub keepalive_interval: i64,
     /// Keep-alive refreshes in flight towards one provider at a time.
     pub keepalive_concurrency: usize,
+    /// Whether this instance runs the keep-alive worker (false: leave it to the others).
+    pub keepalive_worker: bool,
     /// Largest request body the API proxy forwards, bytes.
     pub proxy_max_request_bytes: usize,
     /// Largest provider answer the API proxy passes back, bytes.
@@ -112,6 +114,7 @@ impl Default for RawConfig {
             refresh_cooldown: 30,
             keepalive_interval: 86_400,
             keepalive_concurrency: 4,
+            keepalive_worker: true,
             proxy_max_request_bytes: 1024 * 1024,
             proxy_max_response_bytes: 10 * 1024 * 1024,
             metrics: true,
@@ -154,6 +157,7 @@ pub struct Settings {
     pub refresh_cooldown: i64,
     pub keepalive_interval: i64,
     pub keepalive_concurrency: usize,
+    pub keepalive_worker: bool,
     pub login_limit_per_ip: u32,
     pub login_limit_per_account: u32,
     pub login_throttle_capacity: usize,
@@ -400,6 +404,7 @@ impl Settings {
             refresh_cooldown: raw.refresh_cooldown,
             keepalive_interval: raw.keepalive_interval,
             keepalive_concurrency: raw.keepalive_concurrency,
+            keepalive_worker: raw.keepalive_worker,
             login_limit_per_ip: raw.login_limit_per_ip,
             proxy_max_request_bytes: raw.proxy_max_request_bytes,
             proxy_max_response_bytes: raw.proxy_max_response_bytes,

@@ -14,13 +14,29 @@ use serde_json::{json, Value};
 use tokenvault::oauth::keepalive::{Pace, PassReport};
 use wiremock::ResponseTemplate;
 
-/// A keep-alive pass of the app's worker, run here rather than on its timer.
+/// A keep-alive pass of the app's worker, run here rather than on its timer (the apps of these
+/// tests run no worker of their own: `keepalive_worker = false`, so no pass races this one).
 async fn pass(app: &TestApp) -> PassReport {
     app.state().keepalive().pass(&Pace::default(), &|| false).await.expect("the pass runs")
 }
 
 async fn keepalive_app() -> TestApp {
-    builder().set("keepalive_interval", 10).start().await
+    builder().set("keepalive_interval", 10).set("keepalive_worker", false).start().await
+}
+
+/// [`keepalive_app`] with one more setting.
+async fn keepalive_app_with(key: &str, value: usize) -> TestApp {
+    builder().set("keepalive_interval", 10).set("keepalive_worker", false).set(key, value).start().await
+}
+
+/// Alice's and Bob's connections, both idle; one keep-alive refresh at a time.
+async fn two_idle_connections_one_refresh_at_a_time() -> TestApp {
+    let app = keepalive_app_with("keepalive_concurrency", 1).await;
+    for name in ["alice", "bob"] {
+        app.user(name).await.connect("fake").await;
+        idle_for(&app, name, 11);
+    }
+    app
 }
 
 fn user_id(app: &TestApp, name: &str) -> i64 {
@@ -174,12 +190,7 @@ async fn invalid_grant_found_by_the_keep_alive_needs_a_reconnect() {
 
 #[tokio::test]
 async fn a_429_sets_the_next_attempt_and_pauses_the_worker_for_that_provider() {
-    let app = builder().set("keepalive_interval", 10).set("keepalive_concurrency", 1).start().await;
-    let (alice, bob) = (app.user("alice").await, app.user("bob").await);
-    alice.connect("fake").await;
-    bob.connect("fake").await;
-    idle_for(&app, "alice", 11);
-    idle_for(&app, "bob", 11);
+    let app = two_idle_connections_one_refresh_at_a_time().await;
     app.fake.script(ResponseTemplate::new(429).insert_header("Retry-After", "300").set_body_string("slow down"));
 
     let report = pass(&app).await;
@@ -194,7 +205,7 @@ async fn a_429_sets_the_next_attempt_and_pauses_the_worker_for_that_provider() {
 
 #[tokio::test]
 async fn keep_alive_refreshes_towards_one_provider_are_bounded_by_keepalive_concurrency() {
-    let app = builder().set("keepalive_interval", 10).set("keepalive_concurrency", 2).start().await;
+    let app = keepalive_app_with("keepalive_concurrency", 2).await;
     let users = ["user0", "user1", "user2", "user3", "user4", "user5"];
     for name in users {
         app.user(name).await.connect("fake").await;
@@ -210,6 +221,28 @@ async fn keep_alive_refreshes_towards_one_provider_are_bounded_by_keepalive_conc
     assert_eq!(app.fake.refresh_calls().await, 6);
     assert!(took >= Duration::from_millis(800), "at most 2 in flight: {took:?}");
     assert!(took < Duration::from_millis(1800), "but 2 at a time, not 1: {took:?}");
+}
+
+#[tokio::test]
+async fn refused_client_credentials_pause_the_provider_instead_of_failing_every_pass() {
+    let app = two_idle_connections_one_refresh_at_a_time().await;
+    app.fake.script(ResponseTemplate::new(401).set_body_json(json!({"error": "invalid_client"})));
+    let (worker, pace) = (app.state().keepalive(), Pace::default());
+    let first = worker.pass(&pace, &|| false).await.unwrap();
+    assert_eq!((first.candidates, first.failed, first.skipped), (2, 1, 1), "{first:?}");
+    let events = app.count("SELECT COUNT(*) AS n FROM connection_events");
+    // The next passes (the worker's Pace is kept across them) leave the provider alone.
+    for _ in 0..3 {
+        let next = worker.pass(&pace, &|| false).await.unwrap();
+        assert_eq!((next.candidates, next.skipped), (2, 2), "{next:?}");
+    }
+    assert_eq!(app.fake.refresh_calls().await, 1, "one provider call, not one per connection and pass");
+    assert_eq!(app.count("SELECT COUNT(*) AS n FROM connection_events"), events, "no event per pass");
+    assert_eq!(
+        app.count("SELECT COUNT(*) AS n FROM connections WHERE status = 'active'"),
+        2,
+        "the users' tokens are kept"
+    );
 }
 
 #[tokio::test]
@@ -232,6 +265,22 @@ async fn a_refresh_token_expiry_is_stored_shown_and_ends_the_connection_without_
     assert_eq!(app.text("SELECT status_reason AS t FROM connections"), "refresh_token_expired");
     assert_eq!(settings_status(&alice).await, "reconnect_required");
     assert_eq!(app.fake.refresh_calls().await, 1, "marked without asking the provider");
+}
+
+#[tokio::test]
+async fn keepalive_worker_false_leaves_the_keep_alive_to_other_instances() {
+    let (on, off) = tokio::join!(
+        builder().set("keepalive_interval", 10).start(),
+        builder().set("keepalive_interval", 10).set("keepalive_worker", false).start()
+    );
+    for app in [&on, &off] {
+        app.user("alice").await.connect("fake").await;
+        idle_for(app, "alice", 11);
+    }
+    // The worker looks every second (a tenth of the interval).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(on.fake.refresh_calls().await, 1, "the app's own worker refreshed it");
+    assert_eq!(off.fake.refresh_calls().await, 0, "no worker in this instance");
 }
 
 // ---- the real binary: the spawned worker, and two instances on one PostgreSQL database ----

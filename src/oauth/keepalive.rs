@@ -10,7 +10,9 @@
 //!   across instances each connection is refreshed by one of them (the loser of the lease finds
 //!   the row refreshed and leaves it).
 //! - A provider's `429` + `Retry-After` sets the connection's next attempt (the refresh core) and
-//!   pauses the worker towards that provider until then ([`Pace`], kept across passes).
+//!   pauses the worker towards that provider until then ([`Pace`], kept across passes); refused
+//!   or missing client credentials pause it for [`admin_pause`] (they would fail for every
+//!   connection of the provider, on every pass).
 //! - [`Worker::run`] repeats passes every [`tick`]; the server spawns it at liftoff and drops it
 //!   when shutdown starts (`app.rs`); the CLI never launches Rocket, so never runs it.
 
@@ -84,6 +86,12 @@ pub fn wants_refresh(c: &Connection, idle_before: i64, now: i64) -> bool {
         ConnectionStatus::Degraded => expired || c.next_attempt_at.is_none_or(|t| t <= now),
         ConnectionStatus::ReconnectRequired => false,
     }
+}
+
+/// How long the worker leaves a provider alone whose client credentials were refused or are
+/// missing: the keep-alive interval, at most an hour.
+pub fn admin_pause(keepalive_interval: i64) -> i64 {
+    keepalive_interval.min(3600)
 }
 
 /// How often the worker looks: a tenth of the interval, between 1 s and 60 s.
@@ -160,6 +168,14 @@ async fn provider_batch(
                     count(|r| r.failed += 1)
                 }
                 Err(AccessError::BackingOff { .. }) => count(|r| r.skipped += 1),
+                Err(AccessError::ClientRejected(_) | AccessError::NotConfigured) => {
+                    // The provider's client credentials are wrong or missing: an administrator's
+                    // problem that every connection of the provider would hit again, each pass.
+                    // Leave the provider alone for a while (one attempt and one event per pause).
+                    pace.pause(&provider.name, now() + admin_pause(interval));
+                    tracing::warn!(provider = %provider.name, "keep-alive paused: the client credentials need an administrator");
+                    count(|r| r.failed += 1)
+                }
                 Err(_) => count(|r| r.failed += 1),
             }
         })
