@@ -258,6 +258,22 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
                             _ = shutdown => {}
                         }
                     });
+                    // The keep-alive worker (`oauth::keepalive`): stops starting refreshes when
+                    // shutdown starts and is dropped with the same select (a lease it held
+                    // expires by itself).
+                    if app.settings.keepalive_worker {
+                        let (worker, shutdown) = (app.keepalive(), rocket.shutdown());
+                        let stopping = {
+                            let shutdown = shutdown.clone();
+                            move || futures_util::FutureExt::now_or_never(shutdown.clone()).is_some()
+                        };
+                        rocket::tokio::spawn(async move {
+                            rocket::tokio::select! {
+                                _ = worker.run(stopping) => {}
+                                _ = shutdown => {}
+                            }
+                        });
+                    }
                 }
                 let c = rocket.config();
                 tracing::info!("tokenvault listening on http://{}:{}", c.address, c.port);

@@ -52,6 +52,13 @@ pub struct RawConfig {
     /// A provider's 401 is answered with a refresh at most once per connection per this many
     /// seconds (across instances); within the cooldown the 401 is passed through.
     pub refresh_cooldown: i64,
+    /// The keep-alive worker refreshes a connection not refreshed (or connected) for this many
+    /// seconds (at least 10), so refresh tokens that die from disuse stay alive.
+    pub keepalive_interval: i64,
+    /// Keep-alive refreshes in flight towards one provider at a time.
+    pub keepalive_concurrency: usize,
+    /// Whether this instance runs the keep-alive worker (false: leave it to the others).
+    pub keepalive_worker: bool,
     /// Largest request body the API proxy forwards, bytes.
     pub proxy_max_request_bytes: usize,
     /// Largest provider answer the API proxy passes back, bytes.
@@ -119,6 +126,9 @@ impl Default for RawConfig {
             demo_redirect_uris: Vec::new(),
             refresh_margin: 60,
             refresh_cooldown: 30,
+            keepalive_interval: 86_400,
+            keepalive_concurrency: 4,
+            keepalive_worker: true,
             proxy_max_request_bytes: 1024 * 1024,
             proxy_max_response_bytes: 10 * 1024 * 1024,
             metrics: true,
@@ -160,6 +170,9 @@ pub struct Settings {
     pub demo_redirect_uris: Vec<String>,
     pub refresh_margin: i64,
     pub refresh_cooldown: i64,
+    pub keepalive_interval: i64,
+    pub keepalive_concurrency: usize,
+    pub keepalive_worker: bool,
     pub login_limit_per_ip: u32,
     pub login_limit_per_account: u32,
     pub login_throttle_capacity: usize,
@@ -356,6 +369,12 @@ impl Settings {
         if !(1..=3600).contains(&raw.refresh_cooldown) {
             return Err(invalid("refresh_cooldown", "must be between 1 and 3600 seconds"));
         }
+        if raw.keepalive_interval < 10 {
+            return Err(invalid("keepalive_interval", "must be at least 10 seconds"));
+        }
+        if !(1..=64).contains(&raw.keepalive_concurrency) {
+            return Err(invalid("keepalive_concurrency", "must be between 1 and 64"));
+        }
         if raw.cache_ttl > 3600 {
             return Err(invalid("cache_ttl", "must be at most 3600 seconds (0 turns the cache off)"));
         }
@@ -399,6 +418,9 @@ impl Settings {
             demo_redirect_uris: raw.demo_redirect_uris.clone(),
             refresh_margin: raw.refresh_margin,
             refresh_cooldown: raw.refresh_cooldown,
+            keepalive_interval: raw.keepalive_interval,
+            keepalive_concurrency: raw.keepalive_concurrency,
+            keepalive_worker: raw.keepalive_worker,
             login_limit_per_ip: raw.login_limit_per_ip,
             proxy_max_request_bytes: raw.proxy_max_request_bytes,
             proxy_max_response_bytes: raw.proxy_max_response_bytes,
@@ -591,6 +613,9 @@ mod tests {
             ("refresh_margin", bad(RawConfig { refresh_margin: -1, ..d() })),
             ("refresh_cooldown", bad(RawConfig { refresh_cooldown: 0, ..d() })),
             ("refresh_cooldown", bad(RawConfig { refresh_cooldown: 3601, ..d() })),
+            ("keepalive_interval", bad(RawConfig { keepalive_interval: 9, ..d() })),
+            ("keepalive_concurrency", bad(RawConfig { keepalive_concurrency: 0, ..d() })),
+            ("keepalive_concurrency", bad(RawConfig { keepalive_concurrency: 65, ..d() })),
             ("login_throttle_capacity", bad(RawConfig { login_throttle_capacity: 10, ..d() })),
             ("public_url", bad(RawConfig { public_url: "http://127.0.0.1:8000/?x=1".into(), ..d() })),
             ("max_pending_flows_per_user", bad(RawConfig { max_pending_flows_per_user: 0, ..d() })),

@@ -76,6 +76,10 @@ pub enum AppError {
     ProviderResponseTooLarge { service: Service, detail: String },
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The connection is degraded (the provider failed) and its next attempt is `retry_after`
+    /// seconds away: 503 with that `Retry-After`, nothing sent to the provider.
+    #[error("{service}: degraded, next attempt in {retry_after} s")]
+    ProviderUnavailable { service: Service, retry_after: u64 },
     #[error("busy (retry after {retry_after} s)")]
     Busy { retry_after: u64 },
     #[error("database error: {}", with_causes(.0))]
@@ -116,9 +120,10 @@ impl AppError {
             AppError::ReconnectRequired(_) => Status::Conflict,
             AppError::Upstream { status, .. } => *status,
             AppError::ClientRejected { .. } | AppError::ProviderResponseTooLarge { .. } => Status::BadGateway,
-            AppError::NotConfigured { .. } | AppError::Unavailable(_) | AppError::Busy { .. } => {
-                Status::ServiceUnavailable
-            }
+            AppError::NotConfigured { .. }
+            | AppError::Unavailable(_)
+            | AppError::Busy { .. }
+            | AppError::ProviderUnavailable { .. } => Status::ServiceUnavailable,
             AppError::Database(_) | AppError::Vault(_) | AppError::Internal(_) => Status::InternalServerError,
         }
     }
@@ -164,6 +169,10 @@ impl AppError {
             AppError::Busy { retry_after } => {
                 format!("tokenvault is busy right now. Please try again in {retry_after} seconds.")
             }
+            AppError::ProviderUnavailable { service, retry_after } => format!(
+                "{} is failing at the moment; tokenvault will try again in {retry_after} seconds.",
+                service.display_name
+            ),
             AppError::Vault(_) => "A stored secret could not be decrypted. An administrator needs to check \
                                    the vault key configuration."
                 .into(),
@@ -180,7 +189,7 @@ impl AppError {
     /// Seconds for a `Retry-After` header, for errors that say when to come back.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
-            AppError::Busy { retry_after } => Some(*retry_after),
+            AppError::Busy { retry_after } | AppError::ProviderUnavailable { retry_after, .. } => Some(*retry_after),
             AppError::TooManyRequests => Some(60),
             _ => None,
         }

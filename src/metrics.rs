@@ -141,6 +141,11 @@ impl Metrics {
     /// from `caches` (read at scrape time).
     pub fn render(&self, by_status: &[(&str, i64)], caches: &[(&str, crate::cache::CacheStats)]) -> String {
         self.connections.reset();
+        // Every status has its series, 0 when no connection has it (`degraded` shows before the
+        // first failure, so an alert on it has something to watch).
+        for status in crate::db::models::connections::ConnectionStatus::ALL {
+            self.connections.with_label_values(&[status.as_str()]).set(0);
+        }
         for (status, n) in by_status {
             self.connections.with_label_values(&[*status]).set(*n);
         }

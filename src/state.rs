@@ -25,7 +25,8 @@ pub struct AppState {
     pub cipher: Arc<Cipher>,
     pub http: Outbound,
     pub catalog: Arc<Catalog>,
-    pub refresh_locks: RefreshLocks,
+    /// Shared with the keep-alive worker, so that it and requests refresh a connection once.
+    pub refresh_locks: Arc<RefreshLocks>,
     pub login_throttle: LoginThrottle,
     /// Every argon2 hash and verify of the server runs through it (bounded, see its docs).
     pub hasher: Arc<Hasher>,
@@ -44,6 +45,20 @@ impl AppState {
             cipher: &self.cipher,
             caches: &self.caches,
             events_kept: self.settings.events_per_connection,
+        }
+    }
+
+    /// The keep-alive worker's handles (`oauth::keepalive`), cloned: it runs beside requests.
+    pub fn keepalive(&self) -> crate::oauth::keepalive::Worker {
+        crate::oauth::keepalive::Worker {
+            db: self.db.clone(),
+            cipher: self.cipher.clone(),
+            caches: self.caches.clone(),
+            http: self.http.clone(),
+            metrics: self.metrics.clone(),
+            locks: self.refresh_locks.clone(),
+            settings: self.settings.clone(),
+            catalog: self.catalog.clone(),
         }
     }
 

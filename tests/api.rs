@@ -130,9 +130,16 @@ async fn the_token_endpoint_refreshes_and_reports_failures_with_stable_codes() {
     app.fake.script(ResponseTemplate::new(503).set_body_json(json!({"error": "temporarily_unavailable"})));
     let (status, body, _) = api(&app, "GET", "/api/v1/services/fake/token", Some(&key)).await;
     assert_eq!((status, body["error"].as_str()), (Status::BadGateway, Some("provider_error")));
+    // Degraded now (issue 12): its still valid token is handed out without another provider call
+    // until the backoff step has passed.
+    let (status, body, _) = api(&app, "GET", "/api/v1/services/fake/token", Some(&key)).await;
+    assert_eq!(status, Status::Ok, "{body}");
+    assert_eq!(app.fake.refresh_calls().await, 2);
+    app.exec("UPDATE connections SET next_attempt_at = 1");
     app.fake.script(ResponseTemplate::new(200).set_delay(std::time::Duration::from_secs(5)));
     let (status, body, _) = api(&app, "GET", "/api/v1/services/fake/token", Some(&key)).await;
     assert_eq!((status, body["error"].as_str()), (Status::GatewayTimeout, Some("provider_timeout")));
+    app.exec("UPDATE connections SET next_attempt_at = 1");
     app.fake.script(ResponseTemplate::new(400).set_body_json(json!({"error": "invalid_grant"})));
     let (status, body, _) = api(&app, "GET", "/api/v1/services/fake/token", Some(&key)).await;
     assert_eq!((status, body["error"].as_str()), (Status::Conflict, Some("reconnect_required")));

@@ -728,6 +728,20 @@ async fn no_secret_leaks_into_pages_headers_logs_or_the_database() {
 
     // A broken or hostile provider that echoes secrets in its error answers: neither the pages,
     // the API answers, the connection history nor the log may repeat them.
+    let user_id = {
+        let mut conn = db.conn().unwrap();
+        tokenvault::db::models::users::find_by_username(&mut conn, USERNAME).unwrap().unwrap().id
+    };
+    // A failure makes the connection degraded (issue 12): let its backoff step pass, as the app
+    // would learn of it (a cache invalidation, applied by the server's poller within a second).
+    let backoff_passed = || {
+        use diesel::RunQueryDsl;
+        let mut conn = db.conn().unwrap();
+        tokenvault::on_conn!(&mut conn, c => diesel::sql_query("UPDATE connections SET next_attempt_at = 1").execute(c))
+            .unwrap();
+        tokenvault::db::models::invalidations::connection(&mut conn, user_id, "fake").unwrap().recorded_only();
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+    };
     let (echo_at, echo_rt) = {
         let mut conn = db.conn().unwrap();
         let user = tokenvault::db::models::users::find_by_username(&mut conn, USERNAME).unwrap().unwrap();
@@ -742,10 +756,17 @@ async fn no_secret_leaks_into_pages_headers_logs_or_the_database() {
     fake.script(wiremock::ResponseTemplate::new(400).set_body_json(echo.clone()));
     let page = c.get("/services/fake/account").await;
     assert_eq!(page.status, 502, "{}: {}", page.place, page.body);
+    // Degraded, its token expired: the backoff's 503 (no provider call), crawled like the rest.
+    assert_eq!(c.get("/services/fake/account").await.status, 503);
+    c.get("/settings/oauth2").await.expect(200);
+    backoff_passed();
     fake.script(wiremock::ResponseTemplate::new(500).set_body_string(format!("boom {echo_rt} {echo_at}")));
     assert_eq!(c.get("/services/fake/account").await.status, 502);
+    backoff_passed();
     fake.script(wiremock::ResponseTemplate::new(503).set_body_json(echo));
     c.api("/api/v1/services/fake/token", Some(&api_key)).await.expect(502);
+    c.api("/api/v1/connections", Some(&api_key)).await.expect(200);
+    backoff_passed();
     // An authorization error whose description repeats a code.
     let (state, _) = c.start_flow().await;
     let echoed_code = fake.issue_code("unused-challenge");

@@ -98,6 +98,22 @@ impl Live {
         res.headers()["location"].to_str().unwrap().to_string()
     }
 
+    /// The demo connection's row.
+    fn row(&self) -> tokenvault::db::models::connections::Connection {
+        let mut conn = self.db.conn().unwrap();
+        tokenvault::db::models::connections::find(&mut conn, 1, "demo").unwrap().expect("connected")
+    }
+
+    /// Change the connection's row as the app would: with its cache invalidation, which the
+    /// running app's poller applies within about a second.
+    fn exec(&self, statement: &str) {
+        use diesel::RunQueryDsl;
+        let mut conn = self.db.conn().unwrap();
+        tokenvault::on_conn!(&mut conn, c => diesel::sql_query(statement).execute(c)).unwrap();
+        tokenvault::db::models::invalidations::connection(&mut conn, 1, "demo").unwrap().recorded_only();
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+    }
+
     fn tokens(&self) -> Option<(String, Option<String>)> {
         let mut conn = self.db.conn().unwrap();
         let c = tokenvault::db::models::connections::find(&mut conn, 1, "demo").unwrap()?;
@@ -140,7 +156,7 @@ async fn connect_the_demo_provider_end_to_end() {
     let page = live.get(&clean).await.text().await.unwrap();
     assert!(page.contains(r#"id="connected""#));
     let settings = live.get("/settings/oauth2").await.text().await.unwrap();
-    assert!(settings.contains(r#"<tr data-service="demo">"#));
+    assert!(settings.contains(r#"<tr data-service="demo" data-status="active">"#));
     assert!(settings.contains("<code>profile</code>"));
 
     // The stored token works at the demo account API; a wrong one does not.
@@ -259,9 +275,59 @@ async fn the_failure_switch_makes_refreshes_fail_and_tokens_survive() {
     let res = live.get("/services/demo/account").await;
     assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
     assert_eq!(live.tokens(), before, "tokens kept");
+    let settings = live.get("/settings/oauth2").await.text().await.unwrap();
+    assert!(settings.contains(r#"data-status="degraded""#), "{settings}");
+    assert!(settings.contains("<code>temporarily_unavailable</code>"), "{settings}");
+    // The backoff step passes (as if 30 s later; the row's invalidation reaches the app's cache).
+    live.exec("UPDATE connections SET next_attempt_at = 1");
     let res = live.get("/services/demo/account").await;
     assert_eq!(res.status(), StatusCode::OK, "the next try refreshes fine");
     assert_ne!(live.tokens(), before, "rotated");
+    let settings = live.get("/settings/oauth2").await.text().await.unwrap();
+    assert!(settings.contains(r#"data-status="active""#), "{settings}");
+}
+
+/// Set the console's failure switch: the next `count` token calls answer in `mode`.
+async fn switch(live: &Live, mode: &str, count: u32) {
+    let console = live.get("/demo/").await.text().await.unwrap();
+    let mut form = hidden_fields(&console);
+    form.insert("count".into(), count.to_string());
+    form.insert("mode".into(), mode.into());
+    assert_eq!(live.post("/demo/failures", &form).await.status(), StatusCode::SEE_OTHER);
+}
+
+#[tokio::test]
+async fn the_demo_console_shows_every_connection_state() {
+    let live = launch_with(2).await;
+    live.signup().await;
+    // A refresh token that expires: the connection shows when.
+    switch(&live, "refresh_token_expires_in", 1).await;
+    let consent = live.to_consent().await;
+    let callback = live.decide(consent, "allow").await;
+    live.get(&callback).await;
+    let settings = live.get("/settings/oauth2").await.text().await.unwrap();
+    assert!(settings.contains("refresh token expires in 6 days"), "{settings}");
+    // No expires_in: the demo's tokens do expire, so the default lifetime is used, not "never".
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    switch(&live, "omit_expires_in", 1).await;
+    assert_eq!(live.get("/services/demo/account").await.status(), StatusCode::OK);
+    let row = live.row();
+    assert!(row.expires_at.is_some_and(|e| e > row.obtained_at), "{:?}", row.expires_at);
+    // A 429 with Retry-After: degraded until then.
+    live.exec(&format!("UPDATE connections SET expires_at = {}", tokenvault::util::now() + 1));
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    switch(&live, "rate_limited", 1).await;
+    assert_eq!(live.get("/services/demo/account").await.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let row = live.row();
+    assert_eq!((row.status.as_str(), row.status_reason.as_deref()), ("degraded", Some("rate_limited")));
+    let wait = row.next_attempt_at.unwrap() - tokenvault::util::now();
+    assert!((118..=120).contains(&wait), "the demo's Retry-After: {wait}");
+    // invalid_grant: reconnect required.
+    live.exec("UPDATE connections SET next_attempt_at = 1");
+    switch(&live, "invalid_grant", 1).await;
+    live.get("/services/demo/account").await;
+    let row = live.row();
+    assert_eq!((row.status.as_str(), row.status_reason.as_deref()), ("reconnect_required", Some("invalid_grant")));
 }
 
 #[tokio::test]

@@ -290,10 +290,16 @@ async fn healthz_stays_fast_while_a_refresh_waits_on_a_trickling_token_endpoint(
     assert!(account_done - started < ANSWER_LIMIT, "answered after {:?}", account_done - started);
     assert_eq!(raw.grant_types(), vec!["authorization_code", "refresh_token"]);
     assert_eq!(app.stored_tokens("alice", "fake").unwrap(), before, "the tokens were kept");
-    assert_eq!(app.count("SELECT COUNT(*) AS n FROM connections WHERE status = 'active'"), 1);
+    assert_eq!(
+        app.count("SELECT COUNT(*) AS n FROM connections WHERE status = 'degraded'"),
+        1,
+        "a timeout degrades it"
+    );
     assert!(app.fake.requests_to("/account").await.is_empty(), "no API call without a usable token");
 
-    // The lease was released: the next try refreshes at once and works.
+    // The mark released the lease: once the backoff step has passed, the next try refreshes at
+    // once and works.
+    app.exec("UPDATE connections SET next_attempt_at = 1");
     raw.set(Mode::Json(token_json("AT-CANARY-raw-3", "RT-CANARY-raw-3", 3600)));
     app.fake.with_state(|s| s.access_tokens.push("AT-CANARY-raw-3".into())); // the fake's API accepts it
     let refreshed = alice.fetch("/services/fake/account").await;

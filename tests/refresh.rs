@@ -232,10 +232,13 @@ async fn a_503_during_refresh_keeps_the_tokens_and_is_retryable() {
     let page = alice.fetch("/services/fake/account").await;
     assert_eq!(page.status, Status::BadGateway);
     assert_eq!(app.stored_tokens("alice", "fake"), before);
-    assert_eq!(status_of(&app), "active");
+    assert_eq!(status_of(&app), "degraded", "a transient failure degrades the connection (issue 12)");
     assert!(alice.fetch("/settings/oauth2").await.text.contains("failed (retryable)"));
-    // The next try works.
+    // Once the backoff step has passed, the next try works and the connection is active again.
+    app.exec("UPDATE connections SET next_attempt_at = 1");
     assert_eq!(alice.fetch("/services/fake/account").await.status, Status::Ok);
+    assert_eq!(status_of(&app), "active");
+    assert_eq!(app.fake.refresh_calls().await, 2);
 }
 
 #[tokio::test]

@@ -64,6 +64,10 @@ diesel::table! {
         updated_at -> BigInt,
         refresh_lease_until -> Nullable<BigInt>,
         refresh_after_401_at -> Nullable<BigInt>,
+        status_reason -> Nullable<Text>,
+        attempts -> BigInt,
+        next_attempt_at -> Nullable<BigInt>,
+        refresh_token_expires_at -> Nullable<BigInt>,
     }
 }
 

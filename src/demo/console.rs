@@ -97,7 +97,12 @@ async fn set_failures(
     form: Csrf<FailuresForm>,
 ) -> AppResult<Flash<Redirect>> {
     let mode = match form.mode.as_str() {
-        m @ ("temporarily_unavailable" | "invalid_grant" | "slow") => m.to_string(),
+        m @ ("temporarily_unavailable"
+        | "invalid_grant"
+        | "slow"
+        | "rate_limited"
+        | "omit_expires_in"
+        | "refresh_token_expires_in") => m.to_string(),
         _ => return Err(AppError::BadRequest("Unknown failure mode.".into())),
     };
     let count = form.count.min(100);

@@ -32,7 +32,15 @@ pub fn routes() -> Vec<Route> {
     [authorize::routes(), token::routes(), api::routes(), console::routes()].concat()
 }
 
-/// The console's switch: make the next token calls fail, to see refresh failures happen.
+/// The `Retry-After` of the console's `rate_limited` failure, seconds.
+pub const RATE_LIMIT_RETRY_AFTER: u64 = 120;
+/// The `refresh_token_expires_in` of the console's `refresh_token_expires_in` mode: 6 days.
+pub const REFRESH_TOKEN_LIFETIME: i64 = 6 * 86_400;
+
+/// The console's switch: make the next token calls fail (or answer unusually), to see each
+/// connection state happen: `temporarily_unavailable` (503), `slow` (past `http_timeout`),
+/// `invalid_grant`, `rate_limited` (429 + `Retry-After`), `omit_expires_in` and
+/// `refresh_token_expires_in` (successful answers shaped so).
 #[derive(Debug, Default)]
 pub struct FailureSwitch {
     remaining: std::sync::atomic::AtomicU32,
@@ -70,6 +78,9 @@ impl<'r> Responder<'r, 'static> for OAuthError {
         let mut res = (self.0, Json(json!({"error": self.1, "error_description": self.2}))).respond_to(req)?;
         if self.0 == Status::Unauthorized {
             res.set_header(Header::new("WWW-Authenticate", format!("Bearer error=\"{}\"", self.1)));
+        }
+        if self.0 == Status::TooManyRequests {
+            res.set_header(Header::new("Retry-After", RATE_LIMIT_RETRY_AFTER.to_string()));
         }
         Ok(res)
     }

@@ -78,7 +78,15 @@ fn pkce_ok(verifier: &str, challenge: &str) -> bool {
         && ct_eq(&URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes())), challenge)
 }
 
-fn issue_tokens(conn: &mut Conn, grant_id: i64, scopes: &str, lifetime: i64) -> AppResult<Value> {
+/// How a successful token answer is shaped (the console's switch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Normal,
+    OmitExpiresIn,
+    RefreshTokenExpiresIn,
+}
+
+fn issue_tokens(conn: &mut Conn, grant_id: i64, scopes: &str, lifetime: i64, shape: Shape) -> AppResult<Value> {
     let access = format!("demo-at-{}", random_token(24));
     let refresh = format!("demo-rt-{}", random_token(24));
     model::insert_token(
@@ -101,13 +109,21 @@ fn issue_tokens(conn: &mut Conn, grant_id: i64, scopes: &str, lifetime: i64) -> 
             expires_at: None,
         },
     )?;
-    Ok(json!({
+    let mut answer = json!({
         "access_token": access,
         "token_type": "Bearer",
         "expires_in": lifetime,
         "refresh_token": refresh,
         "scope": scopes,
-    }))
+    });
+    match shape {
+        Shape::Normal => {}
+        Shape::OmitExpiresIn => {
+            answer.as_object_mut().map(|o| o.remove("expires_in"));
+        }
+        Shape::RefreshTokenExpiresIn => answer["refresh_token_expires_in"] = json!(super::REFRESH_TOKEN_LIFETIME),
+    }
+    Ok(answer)
 }
 
 #[post("/oauth2/token", data = "<form>")]
@@ -119,7 +135,13 @@ async fn token(
 ) -> Result<Json<Value>, OAuthError> {
     let f = form.into_inner();
     let client_id = authenticate(app, &basic, f.client_id.as_deref(), f.client_secret.as_deref()).await?;
+    let mut shape = Shape::Normal;
     match switch.take().as_deref() {
+        Some("omit_expires_in") => shape = Shape::OmitExpiresIn,
+        Some("refresh_token_expires_in") => shape = Shape::RefreshTokenExpiresIn,
+        Some("rate_limited") => {
+            return Err(OAuthError(Status::TooManyRequests, "slow_down", "failure injected from the demo console"))
+        }
         Some("invalid_grant") => {
             return Err(OAuthError(Status::BadRequest, "invalid_grant", "failure injected from the demo console"))
         }
@@ -158,7 +180,7 @@ async fn token(
                         return Ok(None);
                     }
                     let grant = model::create_grant(conn, &client_id, &code.account, &code.scopes, now())?;
-                    issue_tokens(conn, grant.id, &grant.scopes, lifetime).map(Some)
+                    issue_tokens(conn, grant.id, &grant.scopes, lifetime, shape).map(Some)
                 })
                 .await?;
             result.map(Json).ok_or(invalid_grant)
@@ -178,7 +200,7 @@ async fn token(
                         model::revoke_grant(conn, grant.id)?;
                         return Ok(None);
                     }
-                    issue_tokens(conn, grant.id, &grant.scopes, lifetime).map(Some)
+                    issue_tokens(conn, grant.id, &grant.scopes, lifetime, shape).map(Some)
                 })
                 .await?;
             result.map(Json).ok_or(invalid_grant)

@@ -131,6 +131,7 @@ mod tests {
             scopes: vec!["read".into()],
             expires_at,
             obtained_at: now() - 100,
+            refresh_expires_at: None,
         };
         store::save(tokens, user_id, "demo", set(Some(now() + 3600)), EventKind::Connect).await.unwrap();
         let token = fresh_token(&ctx, user_id, &provider).await.unwrap();

@@ -24,6 +24,7 @@ pub fn http_error(e: HttpError) -> AccessError {
         HttpError::Timeout => TokenError::Timeout,
         HttpError::Connect(m) | HttpError::Other(m) => TokenError::Network(m),
         HttpError::TooLarge(n) => TokenError::InvalidResponse(format!("larger than {n} bytes")),
+        HttpError::RateLimited(after) => TokenError::RateLimited(after),
     })
 }
 

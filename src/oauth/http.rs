@@ -15,6 +15,14 @@ pub enum HttpError {
     TooLarge(usize),
     #[error("{0}")]
     Other(String),
+    /// HTTP 429 Too Many Requests, with its `Retry-After` in seconds when it is a number.
+    #[error("rate limited (429)")]
+    RateLimited(Option<u64>),
+}
+
+/// The seconds of a `Retry-After` header given as a number (an HTTP date is not trusted: clocks).
+pub fn retry_after_secs(headers: &reqwest::header::HeaderMap) -> Option<u64> {
+    headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()
 }
 
 fn classify(e: reqwest::Error) -> HttpError {
@@ -95,6 +103,11 @@ impl Outbound {
         let request = reqwest::Request::try_from(request).map_err(|e| HttpError::Other(e.without_url().to_string()))?;
         let builder = reqwest::RequestBuilder::from_parts(self.client.clone(), request);
         let (status, headers, body) = self.send(builder).await?;
+        if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            // Whatever the body says, the provider's answer is "not now": the refresh core backs
+            // off for at least `Retry-After`.
+            return Err(HttpError::RateLimited(retry_after_secs(&headers)));
+        }
         let mut status =
             oauth2::http::StatusCode::from_u16(status.as_u16()).map_err(|e| HttpError::Other(e.to_string()))?;
         if status == oauth2::http::StatusCode::OK && has_error_member(&body) {

@@ -77,6 +77,7 @@ pub fn save_new(
         status: ConnectionStatus::Active,
         version: 1,
         updated_at: now(),
+        refresh_token_expires_at: tokens.refresh_expires_at,
     };
     conn.transaction(|conn| {
         let written = connections::upsert(conn, &new)?;
@@ -189,6 +190,7 @@ mod tests {
             scopes: vec!["read".into()],
             expires_at: None,
             obtained_at: now(),
+            refresh_expires_at: None,
         };
         save(store, user_id, "fake", set, EventKind::Connect).await.unwrap();
 

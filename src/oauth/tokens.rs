@@ -31,6 +31,12 @@ pub struct LenientTokenResponse {
     refresh_token: Option<RefreshToken>,
     #[serde(default, rename = "scope", deserialize_with = "de_scopes")]
     scopes: Option<Vec<Scope>>,
+    /// The refresh token's lifetime, where a provider says it (Microsoft Entra, GitHub Apps:
+    /// `refresh_token_expires_in`; Keycloak: `refresh_expires_in`).
+    #[serde(default, deserialize_with = "de_expires_in")]
+    refresh_token_expires_in: Option<u64>,
+    #[serde(default, deserialize_with = "de_expires_in")]
+    refresh_expires_in: Option<u64>,
 }
 
 fn bearer() -> BasicTokenType {
@@ -100,6 +106,9 @@ pub struct TokenSet {
     pub scopes: Vec<String>,
     pub expires_at: Option<i64>,
     pub obtained_at: i64,
+    /// When the refresh token expires, if the provider said (`refresh_token_expires_in` or
+    /// `refresh_expires_in`; 0 — Keycloak's "no expiry" — counts as not said).
+    pub refresh_expires_at: Option<i64>,
 }
 
 /// Why a token request failed. Never holds a token, a code or a raw response body.
@@ -114,6 +123,9 @@ pub enum TokenError {
     Network(String),
     #[error("the provider's answer was not a valid token response: {0}")]
     InvalidResponse(String),
+    /// HTTP 429, with the seconds of its `Retry-After` (when it sent a number).
+    #[error("the provider asked tokenvault to slow down (429)")]
+    RateLimited(Option<u64>),
 }
 
 impl TokenError {
@@ -132,6 +144,9 @@ impl TokenError {
         let name = &provider.display_name;
         let (status, message) = match self {
             TokenError::Timeout => (Status::GatewayTimeout, format!("{name} did not answer in time. Please try again.")),
+            TokenError::RateLimited(_) => {
+                (Status::ServiceUnavailable, format!("{name} asked tokenvault to slow down. Please try again later."))
+            }
             TokenError::Network(_) => (Status::BadGateway, format!("{name} could not be reached. Please try again later.")),
             TokenError::InvalidResponse(_) => {
                 (Status::BadGateway, format!("{name} sent an answer tokenvault could not understand. Please try again later."))
@@ -175,6 +190,7 @@ fn map_error(e: RequestTokenError<HttpError, BasicErrorResponse>) -> TokenError 
             TokenError::InvalidResponse(format!("larger than {n} bytes"))
         }
         RequestTokenError::Request(HttpError::Other(msg)) => TokenError::Network(msg),
+        RequestTokenError::Request(HttpError::RateLimited(after)) => TokenError::RateLimited(after),
         // The raw body inside `Parse` is dropped here, on purpose.
         RequestTokenError::Parse(err, _body) => TokenError::InvalidResponse(format!("at `{}`", err.path())),
         RequestTokenError::Other(msg) => TokenError::InvalidResponse(msg.chars().take(120).collect()),
@@ -222,6 +238,9 @@ fn into_token_set(
         BasicTokenType::Mac => "MAC".to_string(),
         BasicTokenType::Extension(other) => other.clone(),
     };
+    let refresh_lifetime = resp.refresh_token_expires_in.or(resp.refresh_expires_in).filter(|s| *s > 0);
+    let refresh_expires_at =
+        refresh_lifetime.map(|secs| obtained_at.saturating_add(i64::try_from(secs).unwrap_or(i64::MAX / 2)));
     let scopes = match resp.scopes() {
         Some(s) => s.iter().map(|s| s.to_string()).collect(),
         None => requested.to_vec(),
@@ -236,6 +255,7 @@ fn into_token_set(
         scopes,
         expires_at,
         obtained_at,
+        refresh_expires_at,
     })
 }
 
@@ -296,6 +316,25 @@ mod tests {
         assert!(parse(r#"{"access_token":123,"token_type":"bearer"}"#).is_err());
         assert!(parse(r#"{"access_token":"a","expires_in":"soon"}"#).is_err());
         assert!(parse(r#"{"token_type":"bearer"}"#).is_err());
+        let r = parse(r#"{"access_token":"a","refresh_token_expires_in":"518400"}"#).unwrap();
+        assert_eq!((r.refresh_token_expires_in, r.refresh_expires_in), (Some(518400), None));
+        let r = parse(r#"{"access_token":"a","refresh_expires_in":1800}"#).unwrap();
+        assert_eq!(r.refresh_expires_in, Some(1800));
+    }
+
+    #[test]
+    fn the_refresh_token_expiry_is_made_absolute() {
+        let provider = crate::oauth::providers::demo(
+            &crate::config::Settings::resolve(&crate::config::RawConfig::default(), "debug").unwrap(),
+        );
+        let set = |json: &str| into_token_set(parse(json).unwrap(), &provider, 3600, &[]).unwrap();
+        let s = set(r#"{"access_token":"a","refresh_token_expires_in":518400}"#);
+        assert_eq!(s.refresh_expires_at, Some(s.obtained_at + 518400));
+        let s = set(r#"{"access_token":"a","refresh_expires_in":"1800"}"#);
+        assert_eq!(s.refresh_expires_at, Some(s.obtained_at + 1800));
+        // Keycloak's 0 means "does not expire"; not said at all is unknown.
+        assert_eq!(set(r#"{"access_token":"a","refresh_expires_in":0}"#).refresh_expires_at, None);
+        assert_eq!(set(r#"{"access_token":"a"}"#).refresh_expires_at, None);
     }
 
     #[test]

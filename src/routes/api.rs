@@ -45,6 +45,10 @@ struct ConnectionOut {
     obtained_at: String,
     expires_at: Option<String>,
     has_refresh_token: bool,
+    status_reason: Option<String>,
+    attempts: i64,
+    next_attempt_at: Option<String>,
+    refresh_token_expires_at: Option<String>,
 }
 
 /// The user's connections: service, scopes, expiry, status. Never a token. A key limited to
@@ -63,10 +67,11 @@ async fn list_connections(app: &State<AppState>, user: &ApiUser) -> ApiResult<Js
                     .get(&c.service)
                     .map(|p| p.display_name.clone())
                     .unwrap_or_else(|| c.service.clone()),
-                status: match c.status {
-                    ConnectionStatus::Active => "active",
-                    ConnectionStatus::ReconnectRequired => "reconnect_required",
-                },
+                status: c.status.as_str(),
+                next_attempt_at: c.next_attempt_at.filter(|_| c.status == ConnectionStatus::Degraded).map(rfc3339),
+                refresh_token_expires_at: c.refresh_token_expires_at.map(rfc3339),
+                attempts: c.attempts,
+                status_reason: c.status_reason,
                 scopes: crate::util::scope_list(&c.scopes),
                 obtained_at: rfc3339(c.obtained_at),
                 expires_at: c.expires_at.map(rfc3339),

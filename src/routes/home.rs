@@ -22,6 +22,10 @@ struct ServiceCard {
     description: String,
     connected: bool,
     reconnect: bool,
+    /// A transient provider failure: still connected, retried with backoff.
+    degraded: bool,
+    /// `data-status` of the card: the stored status, or `none`.
+    status: &'static str,
     expires: Option<String>,
     is_demo: bool,
 }
@@ -52,6 +56,8 @@ async fn index(app: &State<AppState>, user: Option<&CurrentUser>, layout: Layout
                 description: p.description.clone(),
                 connected: row.is_some(),
                 reconnect: row.is_some_and(|c| c.status == ConnectionStatus::ReconnectRequired),
+                degraded: row.is_some_and(|c| c.status == ConnectionStatus::Degraded),
+                status: row.map(|c| c.status.as_str()).unwrap_or("none"),
                 expires: row.and_then(|c| c.expires_at).map(|e| relative_time(e, now)),
                 is_demo: p.is_demo,
             }

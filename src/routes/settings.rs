@@ -40,6 +40,16 @@ struct ConnectionRow {
     expired: bool,
     has_refresh_token: bool,
     status: String,
+    /// The stored status (`tr[data-status]`): active, degraded or reconnect_required.
+    status_code: &'static str,
+    /// Why degraded or reconnect required (a code), and when a degraded one is retried.
+    status_reason: Option<String>,
+    next_attempt: Option<String>,
+    /// "in 6 days" / "2 days ago", when the provider said when the refresh token expires.
+    refresh_expires: Option<String>,
+    refresh_expires_utc: String,
+    expired_refresh: bool,
+    healthy: bool,
     reconnect: bool,
     known_service: bool,
     can_revoke: bool,
@@ -88,8 +98,19 @@ async fn oauth2(app: &State<AppState>, user: &CurrentUser, layout: Layout) -> Ap
                 reconnect: c.status == ConnectionStatus::ReconnectRequired,
                 status: match c.status {
                     ConnectionStatus::Active => "Active".into(),
+                    ConnectionStatus::Degraded => "Degraded".into(),
                     ConnectionStatus::ReconnectRequired => "Reconnect required".into(),
                 },
+                status_code: c.status.as_str(),
+                next_attempt: c
+                    .next_attempt_at
+                    .filter(|_| c.status == ConnectionStatus::Degraded)
+                    .map(|t| relative_time(t, now)),
+                status_reason: c.status_reason.clone().filter(|_| c.status != ConnectionStatus::Active),
+                refresh_expires: c.refresh_token_expires_at.map(|t| relative_time(t, now)),
+                refresh_expires_utc: c.refresh_token_expires_at.map(format_utc).unwrap_or_default(),
+                expired_refresh: c.refresh_token_expires_at.is_some_and(|t| t <= now),
+                healthy: c.status == ConnectionStatus::Active,
                 events: ev
                     .into_iter()
                     .map(|e| EventView {

@@ -25,6 +25,15 @@ fn obtained_an_hour_ago(b: &Browser) {
         .expect("age the stored token");
 }
 
+/// A degraded connection's next attempt due now (the app runs with `cache_ttl = 0`).
+fn set_next_attempt_due(b: &Browser) {
+    use diesel::RunQueryDsl;
+    let db = tokenvault::db::Db::open_sized(&b.app.database_url(), 1).expect("open the app's database");
+    let mut conn = db.conn().expect("a connection to the app's database");
+    tokenvault::on_conn!(&mut conn, c => diesel::sql_query("UPDATE connections SET next_attempt_at = 1").execute(c))
+        .expect("the backoff step passes");
+}
+
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).expect("the clock is after 1970").as_secs()
 }
@@ -119,7 +128,8 @@ async fn expiring_token_is_refreshed_on_each_visit() {
 }
 
 /// The demo console's failure switch: one refresh fails with 503 `temporarily_unavailable`; the
-/// page says 502, the tokens are kept, and the next visit works.
+/// page says 502, the tokens are kept, My Settings shows the connection degraded (its token still
+/// works), and once the backoff step has passed the next visit refreshes and it is active again.
 #[tokio::test]
 async fn transient_refresh_failure_keeps_the_tokens() {
     let Some(b) = Browser::start_with(short_lived_tokens()).await else { return };
@@ -146,9 +156,23 @@ async fn transient_refresh_failure_keeps_the_tokens() {
     assert!(message.contains("Demo provider"), "the error names the provider: {message}");
     assert!(!b.exists("#account").await);
 
+    b.goto("/settings/oauth2").await;
+    b.wait_for(&format!("{ROW}[data-status=\"degraded\"]")).await;
+    assert!(b.text(&format!("{ROW} .status")).await.starts_with("Degraded"));
+    let reason = b.text(&format!("{ROW} .status-reason")).await;
+    assert!(reason.contains("temporarily_unavailable") && reason.contains("next attempt in"), "{reason}");
+    b.screenshot("15-settings-degraded").await;
+    // Degraded is not unusable: the stored token has not expired and is used as it is.
+    b.goto("/services/demo/account").await;
+    b.wait_for(ACCOUNT_OK).await;
+
+    // The backoff step passes (as 30 s later would): the next visit refreshes.
+    set_next_attempt_due(&b);
     b.goto("/services/demo/account").await;
     b.wait_for(ACCOUNT_OK).await;
     assert!(b.text("#account-json").await.contains("admin@demo.example"));
+    b.goto("/settings/oauth2").await;
+    b.wait_for(&format!("{ROW}[data-status=\"active\"]")).await;
 
     let events = history(&b).await;
     let failed = events.iter().position(|e| e.contains("refresh failed (retryable)"));
@@ -158,7 +182,7 @@ async fn transient_refresh_failure_keeps_the_tokens() {
         "newest first: a refresh ok after the failed one: {events:#?}"
     );
     assert!(events.iter().any(|e| e.contains("tokens were kept")), "the failure kept the tokens: {events:#?}");
-    assert_eq!(b.text(&format!("{ROW} .status")).await, "Active", "a transient failure needs no reconnect");
+    assert_eq!(b.text(&format!("{ROW} .status")).await, "Active", "recovered: no reconnect was needed");
 
     b.goto("/demo/").await;
     b.wait_for("#failures-form").await;

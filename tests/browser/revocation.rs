@@ -37,7 +37,8 @@ async fn provider_revocation_asks_for_a_reconnect_that_repairs_it() {
     let card = b.wait_for(CARD).await.text().await.expect("card text");
     assert!(card.contains("Reconnect required"), "the dashboard shows the broken connection: {card}");
     b.goto("/settings/oauth2").await;
-    assert_eq!(b.wait_for(&format!("{ROW} .status")).await.text().await.unwrap(), "Reconnect required");
+    assert_eq!(b.wait_for(&format!("{ROW} .status .badge")).await.text().await.unwrap(), "Reconnect required");
+    assert_eq!(b.text(&format!("{ROW}[data-status=\"reconnect_required\"] .status-reason")).await, "invalid_grant");
 
     // Repair it from the account page: Redirector → consent → connected.
     b.goto("/services/demo/account").await;

@@ -156,3 +156,12 @@ pub async fn connect(http: &reqwest::Client, start: &str, callback: &str, fake: 
     let res = http.get(format!("{callback}/services/fake/callback?code={code}&state={state}")).send().await.unwrap();
     assert_eq!(res.status(), 303, "{}", res.text().await.unwrap_or_default());
 }
+
+/// Sign `user` up on the server at `base` and connect the fake provider, with a browser (cookie
+/// jar) of its own; that browser.
+pub async fn sign_up_and_connect(base: &str, fake: &super::FakeProvider, user: &str) -> reqwest::Client {
+    let http = browser();
+    sign_up(&http, base, user).await;
+    connect(&http, base, base, fake).await;
+    http
+}

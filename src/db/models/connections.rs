@@ -9,6 +9,10 @@ crate::db::text_enum::text_enum! {
     /// Whether a connection's tokens may be used and refreshed, or the user must authorize again.
     pub enum ConnectionStatus {
         Active = "active",
+        /// A transient refresh failure (5xx, timeout, 429): retried with capped exponential
+        /// backoff (`status_reason`, `attempts`, `next_attempt_at`); still usable while its access
+        /// token is valid.
+        Degraded = "degraded",
         /// The provider no longer accepts the grant (`invalid_grant`, no refresh token).
         ReconnectRequired = "reconnect_required",
     }
@@ -36,6 +40,15 @@ pub struct Connection {
     /// When a refresh after a 401 was last attempted (its lease taken), in any instance; `None`
     /// since the connection was made. See `oauth::access::may_refresh_after_401`.
     pub refresh_after_401_at: Option<i64>,
+    /// Why the connection is degraded or needs a reconnect (a code, see `oauth::refresh::health`);
+    /// `None` when active.
+    pub status_reason: Option<String>,
+    /// Failed refresh attempts since the last success.
+    pub attempts: i64,
+    /// When a degraded connection may be refreshed again; no lease is granted before.
+    pub next_attempt_at: Option<i64>,
+    /// When the provider said the refresh token expires (`None`: it did not say).
+    pub refresh_token_expires_at: Option<i64>,
 }
 
 #[derive(Debug, Insertable)]
@@ -52,6 +65,7 @@ pub struct NewConnection<'a> {
     pub status: ConnectionStatus,
     pub version: i64,
     pub updated_at: i64,
+    pub refresh_token_expires_at: Option<i64>,
 }
 
 /// Insert the connection, or replace the tokens of the existing one (bumping its version).
@@ -76,6 +90,10 @@ pub fn upsert(conn: &mut Conn, new: &NewConnection<'_>) -> QueryResult<Written<u
                 connections::updated_at.eq(excluded(connections::updated_at)),
                 connections::refresh_lease_until.eq(None::<i64>),
                 connections::refresh_after_401_at.eq(None::<i64>),
+                connections::status_reason.eq(None::<String>),
+                connections::attempts.eq(0),
+                connections::next_attempt_at.eq(None::<i64>),
+                connections::refresh_token_expires_at.eq(excluded(connections::refresh_token_expires_at)),
             ))
             .execute(conn)
     })?;
@@ -117,7 +135,8 @@ pub fn delete(conn: &mut Conn, user_id: i64, service: &str) -> QueryResult<Writt
 }
 
 /// Take the refresh lease of connection `id` at `version` until `until`: true when this caller
-/// won it (nobody holds an unexpired lease and the version is unchanged). With
+/// won it (nobody holds an unexpired lease, the version is unchanged, the connection does not
+/// need a reconnect and, if degraded, its next attempt is due). With
 /// `after_401_by: Some(t)` the refresh answers a 401: the lease is taken only if no refresh after a
 /// 401 was attempted after `t`, and `now` is recorded as the latest one.
 pub fn take_refresh_lease(
@@ -132,7 +151,8 @@ pub fn take_refresh_lease(
         let target = connections::table
             .filter(connections::id.eq(id))
             .filter(connections::version.eq(version))
-            .filter(connections::status.eq(ConnectionStatus::Active))
+            .filter(connections::status.ne(ConnectionStatus::ReconnectRequired))
+            .filter(connections::next_attempt_at.is_null().or(connections::next_attempt_at.le(now)))
             .filter(connections::refresh_lease_until.is_null().or(connections::refresh_lease_until.lt(now)));
         let lease = connections::refresh_lease_until.eq(until);
         let n = match after_401_by {
@@ -187,6 +207,10 @@ impl Connection {
             updated_at: 0,
             refresh_lease_until: None,
             refresh_after_401_at: None,
+            status_reason: None,
+            attempts: 0,
+            next_attempt_at: None,
+            refresh_token_expires_at: None,
         }
     }
 }
@@ -200,8 +224,12 @@ pub struct Refreshed<'a> {
     pub scopes: &'a str,
     pub expires_at: Option<i64>,
     pub obtained_at: i64,
+    /// The refresh token's expiry to store (`Some(None)`: unknown now), `None`: keep the stored one.
+    pub refresh_token_expires_at: Option<Option<i64>>,
 }
 
+/// Store a refresh's new tokens if the row is still at its version; the connection is active
+/// again (reason, attempts and next attempt cleared).
 pub fn store_refreshed(conn: &mut Conn, row: RowRef<'_>, r: &Refreshed<'_>) -> QueryResult<Written<bool>> {
     let RowRef { id, version, user_id, service } = row;
     let written = invalidations::connection(conn, user_id, service)?;
@@ -217,23 +245,64 @@ pub fn store_refreshed(conn: &mut Conn, row: RowRef<'_>, r: &Refreshed<'_>) -> Q
             connections::updated_at.eq(r.obtained_at),
             connections::refresh_lease_until.eq(None::<i64>),
         );
+        let healthy = (
+            connections::status.eq(ConnectionStatus::Active),
+            connections::status_reason.eq(None::<String>),
+            connections::attempts.eq(0),
+            connections::next_attempt_at.eq(None::<i64>),
+        );
         let n = match r.refresh_token {
-            Some(rt) => diesel::update(target).set((common, connections::refresh_token.eq(rt))).execute(conn)?,
-            None => diesel::update(target).set(common).execute(conn)?,
+            Some(rt) => diesel::update(target).set((common, healthy, connections::refresh_token.eq(rt))).execute(conn)?,
+            None => diesel::update(target).set((common, healthy)).execute(conn)?,
         };
+        if let (1, Some(expiry)) = (n, r.refresh_token_expires_at) {
+            diesel::update(connections::table.filter(connections::id.eq(id)))
+                .set(connections::refresh_token_expires_at.eq(expiry))
+                .execute(conn)?;
+        }
         QueryResult::Ok(n == 1)
     })?;
     Ok(written.with(stored))
 }
 
-/// Mark a connection as needing the user to authorize again (only if still at `version`).
-pub fn mark_reconnect_required(conn: &mut Conn, row: RowRef<'_>, now: i64) -> QueryResult<Written<bool>> {
+/// Mark a connection as needing the user to authorize again, with the reason's code (only if still
+/// at `version`).
+pub fn mark_reconnect_required(conn: &mut Conn, row: RowRef<'_>, reason: &str, now: i64) -> QueryResult<Written<bool>> {
+    mark_unhealthy(conn, row, ConnectionStatus::ReconnectRequired, reason, None, now)
+}
+
+/// Mark a connection degraded after a transient refresh failure (only if still at `version`):
+/// the reason's code, one more attempt, no refresh before `next_attempt_at`, the lease released.
+pub fn mark_degraded(
+    conn: &mut Conn,
+    row: RowRef<'_>,
+    reason: &str,
+    next_attempt_at: i64,
+    now: i64,
+) -> QueryResult<Written<bool>> {
+    mark_unhealthy(conn, row, ConnectionStatus::Degraded, reason, Some(next_attempt_at), now)
+}
+
+/// Set `status` with its reason and next attempt (a degraded mark counts one more attempt), a new
+/// version and no lease, if the row is still at its version.
+fn mark_unhealthy(
+    conn: &mut Conn,
+    row: RowRef<'_>,
+    status: ConnectionStatus,
+    reason: &str,
+    next_attempt_at: Option<i64>,
+    now: i64,
+) -> QueryResult<Written<bool>> {
     let RowRef { id, version, user_id, service } = row;
     let written = invalidations::connection(conn, user_id, service)?;
+    let one_more = i64::from(status == ConnectionStatus::Degraded);
     let marked: bool = crate::on_conn!(conn, conn => {
         let n = diesel::update(connections::table.filter(connections::id.eq(id)).filter(connections::version.eq(version)))
             .set((
-                connections::status.eq(ConnectionStatus::ReconnectRequired),
+                connections::status.eq(status),
+                connections::status_reason.eq(reason),
+                connections::attempts.eq(connections::attempts + one_more),
+                connections::next_attempt_at.eq(next_attempt_at),
                 connections::version.eq(version + 1),
                 connections::updated_at.eq(now),
                 connections::refresh_lease_until.eq(None::<i64>),
@@ -242,6 +311,37 @@ pub fn mark_reconnect_required(conn: &mut Conn, row: RowRef<'_>, now: i64) -> Qu
         QueryResult::Ok(n == 1)
     })?;
     Ok(written.with(marked))
+}
+
+/// Connections the keep-alive worker should look at, by id above `after` (at most `limit`): those
+/// with a refresh token that are active and were not refreshed (or connected) since
+/// `idle_before`, degraded ones whose next attempt is due, and those whose refresh token has
+/// expired (to be marked without a provider call); none that another instance holds the lease of.
+pub fn keepalive_candidates(
+    conn: &mut Conn,
+    now: i64,
+    idle_before: i64,
+    after: i64,
+    limit: i64,
+) -> QueryResult<Vec<(i64, i64, String)>> {
+    crate::on_conn!(conn, conn => {
+        let idle = connections::status.eq(ConnectionStatus::Active).and(connections::obtained_at.le(idle_before));
+        let due = connections::status
+            .eq(ConnectionStatus::Degraded)
+            .and(connections::next_attempt_at.is_null().or(connections::next_attempt_at.le(now)));
+        let expired = connections::status
+            .ne(ConnectionStatus::ReconnectRequired)
+            .and(connections::refresh_token_expires_at.le(now));
+        connections::table
+            .filter(connections::id.gt(after))
+            .filter(connections::refresh_token.is_not_null())
+            .filter(connections::refresh_lease_until.is_null().or(connections::refresh_lease_until.lt(now)))
+            .filter(idle.or(due).or(expired))
+            .order(connections::id.asc())
+            .limit(limit)
+            .select((connections::id, connections::user_id, connections::service))
+            .load(conn)
+    })
 }
 
 /// How many connections there are in each status, by its stored string: a status this version
@@ -339,6 +439,7 @@ mod tests {
                 status: ConnectionStatus::Active,
                 version: 1,
                 updated_at: 0,
+                refresh_token_expires_at: None,
             };
             upsert(&mut conn, &row).unwrap().recorded_only();
             for outcome in [EventOutcome::Ok, EventOutcome::Failed] {
@@ -378,7 +479,7 @@ mod tests {
     fn every_status_is_stored_as_its_string() {
         assert_eq!(
             ConnectionStatus::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
-            ["active", "reconnect_required"]
+            ["active", "degraded", "reconnect_required"]
         );
         crate::db::text_enum::assert_text_round_trips!(ConnectionStatus);
     }

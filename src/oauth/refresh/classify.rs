@@ -1,5 +1,6 @@
 //! What the provider's answer to a refresh means for the connection (a pure function).
 
+use super::health::reason;
 use crate::oauth::tokens::{TokenError, TokenSet};
 
 /// The verdict on a refresh answer.
@@ -7,8 +8,8 @@ use crate::oauth::tokens::{TokenError, TokenSet};
 pub enum Verdict {
     /// New tokens to store.
     Refreshed(TokenSet),
-    /// The grant is dead (`invalid_grant`): the user must authorize again; why, for the event.
-    ReconnectRequired(&'static str),
+    /// The grant is dead (`invalid_grant`): the user must authorize again; why.
+    ReconnectRequired(Dead),
     /// The provider refused tokenvault's client credentials: an administrator's problem; the
     /// tokens are kept.
     AdminProblem(TokenError),
@@ -28,8 +29,21 @@ impl Verdict {
     }
 }
 
-pub const INVALID_GRANT: &str = "the provider no longer accepts the refresh token (invalid_grant)";
-pub const NO_REFRESH_TOKEN: &str = "no refresh token to renew access";
+/// Why a connection needs a reconnect: the `status_reason` code and the event's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dead {
+    pub reason: &'static str,
+    pub detail: &'static str,
+}
+
+pub const INVALID_GRANT: Dead =
+    Dead { reason: reason::INVALID_GRANT, detail: "the provider no longer accepts the refresh token (invalid_grant)" };
+pub const NO_REFRESH_TOKEN: Dead =
+    Dead { reason: reason::NO_REFRESH_TOKEN, detail: "no refresh token to renew access" };
+pub const REFRESH_TOKEN_EXPIRED: Dead = Dead {
+    reason: reason::REFRESH_TOKEN_EXPIRED,
+    detail: "the refresh token expired (the provider said when); nothing was sent to the provider",
+};
 
 pub fn classify(answer: Result<TokenSet, TokenError>) -> Verdict {
     match answer {
@@ -55,6 +69,7 @@ mod tests {
             scopes: vec![],
             expires_at: None,
             obtained_at: 0,
+            refresh_expires_at: None,
         };
         let verdict = |r| {
             let v = classify(r);
@@ -69,5 +84,6 @@ mod tests {
         assert_eq!(verdict(Err(TokenError::Timeout)), ("transient_error", false));
         assert_eq!(verdict(Err(TokenError::Network("x".into()))), ("transient_error", false));
         assert_eq!(verdict(Err(TokenError::InvalidResponse("x".into()))), ("transient_error", false));
+        assert_eq!(verdict(Err(TokenError::RateLimited(Some(30)))), ("transient_error", false));
     }
 }

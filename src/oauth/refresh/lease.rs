@@ -52,6 +52,11 @@ where
         // instance holds the lease (wait for its result), or — after a 401 — a refresh was
         // attempted within the cooldown (the re-read row says so: `needs` is false).
         row = load(ctx, row.user_id, &provider.name).await?;
+        // Degraded meanwhile (here or in another instance), or backing off: not before its next
+        // attempt.
+        if let Some(answer) = super::backing_off(ctx, &row) {
+            return answer.map(Acquired::Theirs);
+        }
         let leased = row.refresh_lease_until.is_some_and(|until| until >= now());
         if row.version != seen_version || (!leased && !needs(&row)) {
             return Ok(Acquired::Theirs(fresh_from(ctx, &row)?));

@@ -11,8 +11,12 @@
 //! - [`classify`]: the provider's answer as a [`Verdict`]: refreshed, reconnect required,
 //!   an administrator's problem, or transient.
 //! - [`outcome`]: storing the verdict with its event: sealed new tokens (rotation: a new refresh
-//!   token replaces the old one in the same write; an answer without one keeps it), the mark
-//!   "reconnect required", or a failure (lease released, tokens kept).
+//!   token replaces the old one in the same write; an answer without one keeps it; the
+//!   connection active again), the mark "reconnect required" with its reason, the mark
+//!   "degraded" with its backoff ([`health`]), or an administrator's problem (lease released,
+//!   tokens kept).
+//! - [`health`]: reason codes and the capped exponential backoff of a degraded connection; a
+//!   degraded connection whose next attempt is not due is answered without a provider call.
 //!
 //! `oauth::access` (`fresh_token`, `refresh_after_401`) decides *whether* to refresh and calls
 //! [`refresh_if`] with the real endpoint.
@@ -20,6 +24,7 @@
 pub mod classify;
 pub mod due;
 pub mod endpoint;
+pub mod health;
 pub mod lease;
 pub mod outcome;
 pub mod single_flight;
@@ -72,6 +77,10 @@ pub enum AccessError {
     /// A transient provider failure (5xx, timeout, network, garbage); the tokens are kept.
     #[error("provider failure: {0}")]
     Provider(TokenError),
+    /// The connection is degraded, its access token has expired and its next attempt is this
+    /// many seconds away: nothing is sent to the provider.
+    #[error("degraded, next attempt in {retry_after} s")]
+    BackingOff { retry_after: u64 },
     #[error(transparent)]
     App(#[from] AppError),
 }
@@ -86,6 +95,9 @@ impl AccessError {
                 AppError::NotConfigured { service: provider.service(), client_id_path: provider.client_id_path() }
             }
             AccessError::ClientRejected(e) | AccessError::Provider(e) => e.to_app_error(provider),
+            AccessError::BackingOff { retry_after } => {
+                AppError::ProviderUnavailable { service: provider.service(), retry_after }
+            }
             AccessError::App(e) => e,
         }
     }
@@ -116,6 +128,18 @@ fn fresh_from(ctx: &Refresher<'_>, c: &Connection) -> Result<FreshToken, AccessE
         scopes: crate::util::scope_list(&c.scopes),
         version: c.version,
     })
+}
+
+/// A degraded connection whose next attempt is not due: its stored token while that is valid
+/// (degraded is not unusable), else how long to wait — without a provider call. `None`: a
+/// refresh may be tried.
+fn backing_off(ctx: &Refresher<'_>, row: &Connection) -> Option<Result<FreshToken, AccessError>> {
+    let now = crate::util::now();
+    let retry_after = health::wait(row, now)?;
+    if row.expires_at.is_none_or(|e| e > now) {
+        return Some(fresh_from(ctx, row));
+    }
+    Some(Err(AccessError::BackingOff { retry_after }))
 }
 
 fn usable(row: Arc<Connection>) -> Result<Arc<Connection>, AccessError> {
@@ -172,12 +196,15 @@ where
     if !needs(&row) {
         return fresh_from(ctx, &row);
     }
+    if let Some(answer) = backing_off(ctx, &row) {
+        return answer;
+    }
     let lock = ctx.locks.get(row.id);
     let _guard = match lock.enter(row.version).await {
         single_flight::Entry::Leader(guard) => guard,
         single_flight::Entry::Written => {
             let row = current(ctx, user_id, &provider.name).await?;
-            return fresh_from(ctx, &row);
+            return backing_off(ctx, &row).unwrap_or_else(|| fresh_from(ctx, &row));
         }
     };
     let (row, creds, after_401) = match lease::acquire(ctx, provider, row, cooldown, needs).await? {
@@ -185,9 +212,9 @@ where
         Acquired::Theirs(token) => return Ok(token),
     };
     let result = refresh_now(ctx, provider, &row, after_401, creds).await;
-    // Whatever happened, the row moved past its version if we wrote it (refreshed, or marked
-    // reconnect-required); waiters re-read it.
-    if matches!(result, Ok(_) | Err(AccessError::ReconnectRequired)) {
+    // Whatever happened, the row moved past its version if we wrote it (refreshed, marked
+    // reconnect-required or degraded); waiters re-read it.
+    if matches!(result, Ok(_) | Err(AccessError::ReconnectRequired | AccessError::Provider(_))) {
         lock.written(row.version + 1);
     }
     result
@@ -206,6 +233,9 @@ async fn refresh_now(
     let Some(refresh_token) = refresh_token else {
         return outcome::reconnect_required(ctx, provider, row, classify::NO_REFRESH_TOKEN).await;
     };
+    if row.refresh_token_expires_at.is_some_and(|t| t <= crate::util::now()) {
+        return outcome::reconnect_required(ctx, provider, row, classify::REFRESH_TOKEN_EXPIRED).await;
+    }
     let Some(creds) = creds else {
         return Err(outcome::not_configured(ctx, provider, row).await);
     };
@@ -219,8 +249,8 @@ async fn refresh_now(
     ctx.metrics.refresh(&provider.name, verdict.metric());
     match verdict {
         Verdict::Refreshed(set) => outcome::store_tokens(ctx, provider, row, after_401, set).await,
-        Verdict::ReconnectRequired(detail) => outcome::reconnect_required(ctx, provider, row, detail).await,
-        Verdict::AdminProblem(e) => Err(outcome::failed(ctx, row, e, true).await),
-        Verdict::Transient(e) => Err(outcome::failed(ctx, row, e, false).await),
+        Verdict::ReconnectRequired(dead) => outcome::reconnect_required(ctx, provider, row, dead).await,
+        Verdict::AdminProblem(e) => Err(outcome::client_rejected(ctx, row, e).await),
+        Verdict::Transient(e) => Err(outcome::degraded(ctx, row, e).await),
     }
 }

@@ -1,12 +1,17 @@
 //! Storing what a refresh came to, each with its event: new tokens (sealed, compare-and-swap on
-//! the version, the new row put in the cache), "reconnect required", or a failure (the lease
+//! the version, the new row put in the cache, the connection active again), "reconnect required"
+//! with its reason, "degraded" with its backoff, or an administrator's problem (the lease
 //! released, the tokens kept).
 
 use std::sync::Arc;
 
-use super::{fresh_from, lease, load, AccessError, FreshToken, Refresher};
-use crate::db::models::connections::{self, Connection, Refreshed, RowRef};
+use super::classify::Dead;
+use super::{fresh_from, health, lease, load, AccessError, FreshToken, Refresher};
+use crate::db::models::connections::{self, Connection, ConnectionStatus, Refreshed, RowRef};
 use crate::db::models::events::{EventKind, EventOutcome};
+use crate::db::models::invalidations::Written;
+use crate::db::Conn;
+use crate::error::AppError;
 use crate::oauth::providers::Provider;
 use crate::oauth::store::record_event;
 use crate::oauth::tokens::{TokenError, TokenSet};
@@ -35,6 +40,9 @@ pub async fn store_tokens(
     let scopes = set.scopes.join(" ");
     let (token_type, expires_at, obtained_at) = (set.token_type.clone(), set.expires_at, set.obtained_at);
     let rotated = set.refresh_token.is_some();
+    // A new refresh token's expiry is what this answer says (or unknown); an old one keeps its
+    // stored expiry unless the answer names one.
+    let refresh_expiry = if rotated || set.refresh_expires_at.is_some() { Some(set.refresh_expires_at) } else { None };
     // The row this write makes, for the cache (the tokens stay sealed there).
     let new_row = Connection {
         access_token: access.clone(),
@@ -47,10 +55,16 @@ pub async fn store_tokens(
         updated_at: obtained_at,
         refresh_lease_until: None,
         refresh_after_401_at: after_401.or(row.refresh_after_401_at),
+        status: ConnectionStatus::Active,
+        status_reason: None,
+        attempts: 0,
+        next_attempt_at: None,
+        refresh_token_expires_at: refresh_expiry.unwrap_or(row.refresh_token_expires_at),
         ..row.clone()
     };
     let ticket = ctx.tokens.caches.connections.ticket();
     let keep = ctx.tokens.events_kept;
+    let recovering = (row.status == ConnectionStatus::Degraded).then(|| row.clone());
     let written = ctx
         .tokens
         .db
@@ -63,12 +77,18 @@ pub async fn store_tokens(
                     scopes: &scopes,
                     expires_at,
                     obtained_at,
+                    refresh_token_expires_at: refresh_expiry,
                 };
                 let at = RowRef { id, version, user_id, service: &service };
                 let written = connections::store_refreshed(conn, at, &r)?;
                 if *written.value() {
                     let detail = if rotated { "new refresh token stored" } else { "refresh token kept" };
                     record_event(conn, keep, user_id, &service, EventKind::Refresh, EventOutcome::Ok, detail)?;
+                    // Back from `degraded`: `connection.recovered` (a routine refresh sends nothing).
+                    if let Some(snapshot) = &recovering {
+                        let data = EventData::of(conn, snapshot, ConnectionStatus::Active.as_str(), None)?;
+                        webhooks::outbox::record(conn, EventType::ConnectionRecovered, &data)?;
+                    }
                 }
                 Ok(written)
             })
@@ -90,51 +110,62 @@ pub async fn store_tokens(
     })
 }
 
-/// Mark `row` (whose lease we hold) "reconnect required", with its event, if it is still at its
-/// version; if someone changed it meanwhile (refreshed or reconnected), use their token instead.
-/// The sealed tokens stay where they are.
+/// Mark `row` (whose lease we hold) "reconnect required", with its reason and event, if it is
+/// still at its version; if someone changed it meanwhile (refreshed or reconnected), use their
+/// token instead. The sealed tokens stay where they are.
 pub async fn reconnect_required(
     ctx: &Refresher<'_>,
     provider: &Provider,
     row: &Connection,
-    detail: &'static str,
+    dead: Dead,
 ) -> Result<FreshToken, AccessError> {
-    let (id, version, user_id, service) = (row.id, row.version, row.user_id, row.service.clone());
-    let keep = ctx.tokens.events_kept;
+    let user_id = row.user_id;
+    let (outcome, detail) = (EventOutcome::ReconnectRequired, dead.detail.to_string());
     let snapshot = row.clone();
-    let written = ctx
-        .tokens
-        .db
-        .run(move |conn| {
-            conn.transaction(|conn| {
-                let at = RowRef { id, version, user_id, service: &service };
-                let written = connections::mark_reconnect_required(conn, at, now())?;
-                if *written.value() {
-                    let (kind, outcome) = (EventKind::Refresh, EventOutcome::ReconnectRequired);
-                    record_event(conn, keep, user_id, &service, kind, outcome, detail)?;
-                    let status = connections::ConnectionStatus::ReconnectRequired.as_str();
-                    let data = EventData::of(conn, &snapshot, status, Some(reason_code(detail)))?;
-                    webhooks::outbox::record(conn, EventType::ConnectionReconnectRequired, &data)?;
-                }
-                Ok(written)
-            })
-        })
-        .await?;
+    let written = mark_with_event(ctx, row, outcome, detail, move |conn, at| {
+        let written = connections::mark_reconnect_required(conn, at, dead.reason, now())?;
+        if *written.value() {
+            let status = ConnectionStatus::ReconnectRequired.as_str();
+            let data = EventData::of(conn, &snapshot, status, Some(dead.reason))?;
+            webhooks::outbox::record(conn, EventType::ConnectionReconnectRequired, &data)?;
+        }
+        Ok(written)
+    })
+    .await?;
     if !ctx.tokens.caches.after_write(written) {
         let row = load(ctx, user_id, &provider.name).await?;
         return fresh_from(ctx, &row);
     }
-    tracing::warn!(service = %row.service, user_id, reason = detail, "reconnect required");
+    tracing::warn!(service = %row.service, user_id, reason = dead.reason, "reconnect required");
     Err(AccessError::ReconnectRequired)
 }
 
-/// The webhook's `reason` for a verdict's event detail.
-fn reason_code(detail: &str) -> &'static str {
-    if detail == super::classify::NO_REFRESH_TOKEN {
-        "no_refresh_token"
-    } else {
-        "invalid_grant"
-    }
+/// Write a mark of `row` with `mark` (a compare-and-swap on its version) and, if it was written,
+/// its refresh event, in one transaction.
+async fn mark_with_event<F>(
+    ctx: &Refresher<'_>,
+    row: &Connection,
+    outcome: EventOutcome,
+    detail: String,
+    mark: F,
+) -> Result<Written<bool>, AppError>
+where
+    F: FnOnce(&mut Conn, RowRef<'_>) -> diesel::QueryResult<Written<bool>> + Send + 'static,
+{
+    let (id, version, user_id, service) = (row.id, row.version, row.user_id, row.service.clone());
+    let keep = ctx.tokens.events_kept;
+    ctx.tokens
+        .db
+        .run(move |conn| {
+            conn.transaction(|conn| {
+                let written = mark(conn, RowRef { id, version, user_id, service: &service })?;
+                if *written.value() {
+                    record_event(conn, keep, user_id, &service, EventKind::Refresh, outcome, &detail)?;
+                }
+                Ok(written)
+            })
+        })
+        .await
 }
 
 /// tokenvault has no client credentials for the provider: release the lease, record why (an
@@ -159,30 +190,58 @@ pub async fn not_configured(ctx: &Refresher<'_>, provider: &Provider, row: &Conn
     AccessError::NotConfigured
 }
 
-/// The refresh failed and the tokens are kept: release the lease and record the failure, an
-/// administrator's problem (`client`: the client credentials were refused) or retryable.
-pub async fn failed(ctx: &Refresher<'_>, row: &Connection, e: TokenError, client: bool) -> AccessError {
+/// A transient failure: mark `row` (whose lease we hold) degraded — its reason, one more
+/// attempt, the next one after the backoff or the provider's `Retry-After` — with its
+/// `failed (retryable)` event, in one transaction, if it is still at its version (the write
+/// releases the lease). The tokens are kept.
+pub async fn degraded(ctx: &Refresher<'_>, row: &Connection, e: TokenError) -> AccessError {
+    let (id, version, user_id) = (row.id, row.version, row.user_id);
+    let attempt = row.attempts + 1;
+    let at = now();
+    let next = health::next_attempt_at(at, attempt, &e);
+    let reason = health::transient_reason(&e);
+    let detail = format!("{e}; the tokens were kept and it will be retried (attempt {attempt}, in {} s)", next - at);
+    // Entering `degraded` (not each retry while in it) raises `connection.refresh_failed`.
+    let entering = (row.status != ConnectionStatus::Degraded).then(|| row.clone());
+    let written = mark_with_event(ctx, row, EventOutcome::FailedRetryable, detail, move |conn, at_row| {
+        let written = connections::mark_degraded(conn, at_row, &reason, next, at)?;
+        if let (true, Some(snapshot)) = (*written.value(), entering) {
+            let data = EventData::of(conn, &snapshot, ConnectionStatus::Degraded.as_str(), Some(&reason))?;
+            webhooks::outbox::record(conn, EventType::ConnectionRefreshFailed, &data)?;
+        }
+        Ok(written)
+    })
+    .await;
+    match written {
+        Ok(written) => {
+            ctx.tokens.caches.after_write(written);
+        }
+        Err(err) => {
+            lease::release(ctx, id, version).await;
+            return err.into();
+        }
+    }
+    tracing::warn!(service = %row.service, user_id, attempt, retry_in = next - at, "connection degraded");
+    AccessError::Provider(e)
+}
+
+/// The provider refused tokenvault's client credentials and the tokens are kept: release the
+/// lease and record it (an administrator's problem).
+pub async fn client_rejected(ctx: &Refresher<'_>, row: &Connection, e: TokenError) -> AccessError {
     let (user_id, service) = (row.user_id, row.service.clone());
     lease::release(ctx, row.id, row.version).await;
-    let detail = if client {
-        "the provider rejected tokenvault's client credentials; an administrator must check them".to_string()
-    } else {
-        format!("{e}; the tokens were kept and it will be retried")
-    };
-    let outcome = if client { EventOutcome::FailedAdmin } else { EventOutcome::FailedRetryable };
+    let detail = "the provider rejected tokenvault's client credentials; an administrator must check them";
     let keep = ctx.tokens.events_kept;
     let recorded = ctx
         .tokens
         .db
-        .run(move |conn| record_event(conn, keep, user_id, &service, EventKind::Refresh, outcome, &detail))
+        .run(move |conn| {
+            record_event(conn, keep, user_id, &service, EventKind::Refresh, EventOutcome::FailedAdmin, detail)
+        })
         .await;
     if let Err(e) = recorded {
         return e.into();
     }
-    if client {
-        // Logged once, by the error's responder (`AppError::ClientRejected`).
-        AccessError::ClientRejected(e)
-    } else {
-        AccessError::Provider(e)
-    }
+    // Logged once, by the error's responder (`AppError::ClientRejected`).
+    AccessError::ClientRejected(e)
 }

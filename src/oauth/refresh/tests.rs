@@ -12,6 +12,7 @@ use crate::config::{RawConfig, Settings};
 use crate::db::models::connections::{self, Connection, ConnectionStatus, Refreshed};
 use crate::db::models::events::{self, EventKind, EventOutcome};
 use crate::db::models::users;
+use crate::db::schema::connections as schema;
 use crate::db::Db;
 use crate::metrics::Metrics;
 use crate::oauth::access::fresh_token_with;
@@ -21,6 +22,7 @@ use crate::oauth::tokens::{TokenError, TokenSet};
 use crate::util::{now, ExposeSecret, Secret};
 use crate::vault::store::ClientCredentials;
 use crate::vault::{Aad, Cipher};
+use diesel::ExpressionMethods;
 
 /// A provider whose token endpoint gives the scripted answers in order, after `delay`, and
 /// records the refresh tokens it was sent.
@@ -71,6 +73,7 @@ fn tokens(access: &str, refresh: Option<&str>, expires_at: Option<i64>) -> Token
         scopes: vec!["read".into()],
         expires_at,
         obtained_at: now() - 100,
+        refresh_expires_at: None,
     }
 }
 
@@ -136,6 +139,19 @@ impl Fixture {
     async fn fresh(&self, endpoint: &dyn TokenEndpoint) -> Result<String, AccessError> {
         let token = fresh_token_with(&self.with(endpoint), self.user_id, &self.provider).await?;
         Ok(token.access_token.expose_secret().to_string())
+    }
+
+    /// Change this connection's row behind the refresh core's back (as time passing would), and
+    /// drop the cached copy.
+    fn set<Q>(&self, change: impl FnOnce(schema::table) -> Q)
+    where
+        Q: diesel::query_builder::QueryFragment<diesel::sqlite::Sqlite> + diesel::query_builder::QueryId,
+    {
+        let mut conn = self.db.conn().unwrap();
+        let crate::db::Conn::Sqlite(c) = &mut conn else { panic!("the unit tests run on SQLite") };
+        diesel::query_dsl::methods::ExecuteDsl::<diesel::SqliteConnection>::execute(change(schema::table), &mut **c)
+            .unwrap();
+        self.caches.clear();
     }
 
     fn row(&self) -> Connection {
@@ -207,6 +223,7 @@ async fn a_caller_that_loses_the_lease_waits_and_uses_the_holders_token() {
             scopes: "read",
             expires_at: Some(now() + 3600),
             obtained_at: now(),
+            refresh_token_expires_at: None,
         };
         let stored = connections::store_refreshed(&mut f.db.conn().unwrap(), held.at_version(), &r).unwrap();
         assert!(stored.recorded_only(), "another instance's write: this process learns of it from the database");
@@ -229,7 +246,8 @@ async fn invalid_grant_marks_the_connection_reconnect_required_and_keeps_the_tok
     assert_eq!((row.status, row.version, row.refresh_lease_until), (ConnectionStatus::ReconnectRequired, 2, None));
     assert_eq!((&row.access_token, &row.refresh_token), (&before.access_token, &before.refresh_token));
     assert_eq!(f.stored(), ("AT-1".into(), Some("RT-1".into())), "still sealed, and still opening");
-    assert_eq!(f.last_event(), (EventOutcome::ReconnectRequired, classify::INVALID_GRANT.into()));
+    assert_eq!(row.status_reason.as_deref(), Some("invalid_grant"));
+    assert_eq!(f.last_event(), (EventOutcome::ReconnectRequired, classify::INVALID_GRANT.detail.into()));
     // The cached row was dropped (the write's invalidation applied): the next use knows at once,
     // without asking the provider.
     assert!(f.caches.connections.get(&(f.user_id, "demo".into())).is_none(), "the stale row left the cache");
@@ -238,30 +256,156 @@ async fn invalid_grant_marks_the_connection_reconnect_required_and_keeps_the_tok
 }
 
 #[rocket::async_test]
-async fn a_transient_failure_keeps_the_tokens_releases_the_lease_and_is_retried() {
+async fn a_transient_failure_degrades_the_connection_with_its_attempt_and_next_attempt() {
+    let f = Fixture::new(true).await;
+    let before = f.row();
+    let fake = Scripted::answering([Err(TokenError::Network("connection reset".into()))]);
+    let at = now();
+    assert!(matches!(f.fresh(&fake).await, Err(AccessError::Provider(TokenError::Network(_)))));
+    let row = f.row();
+    assert_eq!(
+        (row.status, row.attempts, row.status_reason.as_deref()),
+        (ConnectionStatus::Degraded, 1, Some("network"))
+    );
+    let next = row.next_attempt_at.expect("a next attempt time");
+    assert!((at + 30..=now() + 30).contains(&next), "the first backoff step is 30 s: {next} vs {at}");
+    assert_eq!((row.version, row.refresh_lease_until), (before.version + 1, None), "the mark released the lease");
+    assert_eq!(f.stored(), ("AT-1".into(), Some("RT-1".into())), "the tokens are kept");
+    let (outcome, detail) = f.last_event();
+    assert_eq!(outcome, EventOutcome::FailedRetryable, "the `failed (retryable)` event is kept");
+    assert!(detail.contains("the tokens were kept and it will be retried (attempt 1, in 30 s)"), "{detail}");
+    assert!(f.caches.connections.get(&(f.user_id, "demo".into())).is_none(), "the stale row left the cache");
+}
+
+#[rocket::async_test]
+async fn requests_during_the_backoff_make_no_provider_call() {
+    let f = Fixture::new(true).await;
+    let fake = Scripted::answering([Err(TokenError::Rejected("temporarily_unavailable".into()))]);
+    assert!(f.fresh(&fake).await.is_err());
+    assert_eq!(f.row().status_reason.as_deref(), Some("temporarily_unavailable"));
+    // The access token has expired: 20 requests (at once, then one by one) are told when to come
+    // back, and the provider is not asked again.
+    let answers = futures_util::future::join_all((0..10).map(|_| f.fresh(&fake))).await;
+    for _ in 0..10 {
+        assert!(matches!(f.fresh(&fake).await, Err(AccessError::BackingOff { retry_after: 28..=30 })));
+    }
+    assert!(answers.iter().all(|a| matches!(a, Err(AccessError::BackingOff { retry_after: 28..=30 }))), "{answers:?}");
+    assert_eq!(fake.calls(), 1, "one provider call per backoff step");
+    // Another instance cannot take the lease before the next attempt either.
+    let row = f.row();
+    let mut conn = f.db.conn().unwrap();
+    assert!(!connections::take_refresh_lease(&mut conn, row.id, row.version, now(), now() + 5, None).unwrap());
+    // The error says 503 with Retry-After = the seconds to the next attempt.
+    let e = AccessError::BackingOff { retry_after: 29 }.into_app_error(&f.provider);
+    assert_eq!((e.status().code, e.retry_after()), (503, Some(29)));
+    // Degraded is not unusable: a token that is due but still valid is handed out as it is.
+    f.set(|c| diesel::update(c).set(schema::expires_at.eq(now() + 20)));
+    assert_eq!(f.fresh(&fake).await.unwrap(), "AT-1");
+    assert_eq!(fake.calls(), 1);
+}
+
+#[rocket::async_test]
+async fn the_next_success_makes_the_connection_active_again() {
+    let f = Fixture::new(true).await;
+    let fake = Scripted::answering([Err(TokenError::Timeout), Ok(tokens("AT-2", Some("RT-2"), Some(now() + 3600)))]);
+    assert!(f.fresh(&fake).await.is_err());
+    assert_eq!((f.row().status, f.row().status_reason.as_deref()), (ConnectionStatus::Degraded, Some("timeout")));
+    // The backoff step has passed.
+    f.set(|c| diesel::update(c).set(schema::next_attempt_at.eq(now() - 1)));
+    assert_eq!(f.fresh(&fake).await.unwrap(), "AT-2");
+    let row = f.row();
+    assert_eq!(
+        (row.status, row.status_reason, row.attempts, row.next_attempt_at),
+        (ConnectionStatus::Active, None, 0, None)
+    );
+    assert_eq!(f.last_event().0, EventOutcome::Ok);
+    let cached = f.caches.connections.get(&(f.user_id, "demo".into())).expect("the new row is cached");
+    assert_eq!((cached.status, cached.attempts), (ConnectionStatus::Active, 0), "the cache says active too");
+    assert_eq!(fake.calls(), 2);
+}
+
+#[rocket::async_test]
+async fn the_backoff_grows_and_is_capped() {
+    let f = Fixture::new(true).await;
+    let fake = Scripted::answering((0..3).map(|_| Err(TokenError::Timeout)));
+    let mut waits = Vec::new();
+    for attempts_before in [0, 1, 30] {
+        f.set(move |c| {
+            diesel::update(c).set((schema::next_attempt_at.eq(now() - 1), schema::attempts.eq(attempts_before)))
+        });
+        let at = now();
+        assert!(f.fresh(&fake).await.is_err());
+        let row = f.row();
+        assert_eq!(row.attempts, attempts_before + 1);
+        waits.push(row.next_attempt_at.unwrap() - at);
+    }
+    assert!(matches!(waits[..], [30 | 29, 60 | 59, 3600 | 3599]), "{waits:?}");
+}
+
+#[rocket::async_test]
+async fn a_429_with_retry_after_sets_the_next_attempt() {
+    let f = Fixture::new(true).await;
+    let fake = Scripted::answering([Err(TokenError::RateLimited(Some(600)))]);
+    let at = now();
+    assert!(matches!(f.fresh(&fake).await, Err(AccessError::Provider(TokenError::RateLimited(Some(600))))));
+    let row = f.row();
+    assert_eq!((row.status, row.status_reason.as_deref()), (ConnectionStatus::Degraded, Some("rate_limited")));
+    assert!((at + 600..=now() + 600).contains(&row.next_attempt_at.unwrap()), "Retry-After beats the 30 s step");
+    assert!(matches!(f.fresh(&fake).await, Err(AccessError::BackingOff { retry_after: 598..=600 })));
+    assert_eq!(fake.calls(), 1);
+}
+
+#[rocket::async_test]
+async fn refused_client_credentials_are_an_administrators_problem_not_a_degraded_connection() {
     let f = Fixture::new(true).await;
     let before = f.row();
     let fake = Scripted::answering([
-        Err(TokenError::Network("connection reset".into())),
         Err(TokenError::Rejected("invalid_client".into())),
         Ok(tokens("AT-2", Some("RT-2"), Some(now() + 3600))),
     ]);
-    assert!(matches!(f.fresh(&fake).await, Err(AccessError::Provider(TokenError::Network(_)))));
+    assert!(matches!(f.fresh(&fake).await, Err(AccessError::ClientRejected(_))));
     let row = f.row();
     assert_eq!((row.status, row.version, row.refresh_lease_until), (ConnectionStatus::Active, before.version, None));
-    assert_eq!(f.stored(), ("AT-1".into(), Some("RT-1".into())));
-    let (outcome, detail) = f.last_event();
-    assert_eq!(outcome, EventOutcome::FailedRetryable);
-    assert!(detail.ends_with("the tokens were kept and it will be retried"), "{detail}");
-
-    // The client credentials refused: an administrator's problem, the tokens kept as well.
-    assert!(matches!(f.fresh(&fake).await, Err(AccessError::ClientRejected(_))));
-    assert_eq!((f.row().version, f.row().refresh_lease_until), (before.version, None));
     assert_eq!(f.last_event().0, EventOutcome::FailedAdmin);
-
-    // The lease was given back each time: the next use refreshes at once.
+    // The lease was given back: the next use refreshes at once.
     assert_eq!(f.fresh(&fake).await.unwrap(), "AT-2");
-    assert_eq!(fake.sent(), ["RT-1", "RT-1", "RT-1"]);
+    assert_eq!(fake.sent(), ["RT-1", "RT-1"]);
+}
+
+#[rocket::async_test]
+async fn an_expired_refresh_token_needs_a_reconnect_without_a_provider_call() {
+    let f = Fixture::new(true).await;
+    let fake = Scripted::default(); // no answers: a call would panic
+    f.set(|c| diesel::update(c).set(schema::refresh_token_expires_at.eq(now() - 1)));
+    assert!(matches!(f.fresh(&fake).await, Err(AccessError::ReconnectRequired)));
+    let row = f.row();
+    assert_eq!(
+        (row.status, row.status_reason.as_deref()),
+        (ConnectionStatus::ReconnectRequired, Some("refresh_token_expired"))
+    );
+    assert_eq!(f.last_event(), (EventOutcome::ReconnectRequired, classify::REFRESH_TOKEN_EXPIRED.detail.into()));
+    assert_eq!(fake.calls(), 0);
+}
+
+#[rocket::async_test]
+async fn a_refresh_token_expiry_the_provider_sends_is_stored_and_kept() {
+    let f = Fixture::new(true).await;
+    let with_expiry = |access: &str, refresh: Option<&str>, rt_expires: Option<i64>| TokenSet {
+        refresh_expires_at: rt_expires,
+        ..tokens(access, refresh, Some(now() - 1))
+    };
+    let in_6_days = now() + 6 * 86_400;
+    let fake = Scripted::answering([
+        Ok(with_expiry("AT-2", None, Some(in_6_days))),
+        Ok(with_expiry("AT-3", None, None)),
+        Ok(with_expiry("AT-4", Some("RT-4"), None)),
+    ]);
+    assert_eq!(f.fresh(&fake).await.unwrap(), "AT-2");
+    assert_eq!(f.row().refresh_token_expires_at, Some(in_6_days));
+    assert_eq!(f.fresh(&fake).await.unwrap(), "AT-3");
+    assert_eq!(f.row().refresh_token_expires_at, Some(in_6_days), "the same refresh token: its expiry stays");
+    assert_eq!(f.fresh(&fake).await.unwrap(), "AT-4");
+    assert_eq!(f.row().refresh_token_expires_at, None, "a new refresh token of unknown lifetime");
 }
 
 #[rocket::async_test]
