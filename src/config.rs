@@ -59,6 +59,9 @@ pub struct RawConfig {
     pub keepalive_concurrency: usize,
     /// Whether this instance runs the keep-alive worker (false: leave it to the others).
     pub keepalive_worker: bool,
+    /// `connection.expiring` is raised this many seconds before a refresh token's expiry (when
+    /// the provider says when); 0: never.
+    pub expiry_warning: i64,
     /// Largest request body the API proxy forwards, bytes.
     pub proxy_max_request_bytes: usize,
     /// Largest provider answer the API proxy passes back, bytes.
@@ -129,6 +132,7 @@ impl Default for RawConfig {
             keepalive_interval: 86_400,
             keepalive_concurrency: 4,
             keepalive_worker: true,
+            expiry_warning: 3 * 86_400,
             proxy_max_request_bytes: 1024 * 1024,
             proxy_max_response_bytes: 10 * 1024 * 1024,
             metrics: true,
@@ -173,6 +177,7 @@ pub struct Settings {
     pub keepalive_interval: i64,
     pub keepalive_concurrency: usize,
     pub keepalive_worker: bool,
+    pub expiry_warning: i64,
     pub login_limit_per_ip: u32,
     pub login_limit_per_account: u32,
     pub login_throttle_capacity: usize,
@@ -372,6 +377,9 @@ impl Settings {
         if raw.keepalive_interval < 10 {
             return Err(invalid("keepalive_interval", "must be at least 10 seconds"));
         }
+        if !(0..=365 * 86_400).contains(&raw.expiry_warning) {
+            return Err(invalid("expiry_warning", "must be between 0 (never) and 31536000 seconds (a year)"));
+        }
         if !(1..=64).contains(&raw.keepalive_concurrency) {
             return Err(invalid("keepalive_concurrency", "must be between 1 and 64"));
         }
@@ -421,6 +429,7 @@ impl Settings {
             keepalive_interval: raw.keepalive_interval,
             keepalive_concurrency: raw.keepalive_concurrency,
             keepalive_worker: raw.keepalive_worker,
+            expiry_warning: raw.expiry_warning,
             login_limit_per_ip: raw.login_limit_per_ip,
             proxy_max_request_bytes: raw.proxy_max_request_bytes,
             proxy_max_response_bytes: raw.proxy_max_response_bytes,
@@ -615,6 +624,8 @@ mod tests {
             ("refresh_cooldown", bad(RawConfig { refresh_cooldown: 3601, ..d() })),
             ("keepalive_interval", bad(RawConfig { keepalive_interval: 9, ..d() })),
             ("keepalive_concurrency", bad(RawConfig { keepalive_concurrency: 0, ..d() })),
+            ("expiry_warning", bad(RawConfig { expiry_warning: -1, ..d() })),
+            ("expiry_warning", bad(RawConfig { expiry_warning: 365 * 86_400 + 1, ..d() })),
             ("keepalive_concurrency", bad(RawConfig { keepalive_concurrency: 65, ..d() })),
             ("login_throttle_capacity", bad(RawConfig { login_throttle_capacity: 10, ..d() })),
             ("public_url", bad(RawConfig { public_url: "http://127.0.0.1:8000/?x=1".into(), ..d() })),

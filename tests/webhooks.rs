@@ -235,6 +235,45 @@ async fn entering_degraded_raises_refresh_failed_once_and_the_next_success_recov
 }
 
 #[tokio::test]
+async fn a_refresh_token_about_to_expire_raises_expiring_once_per_expiry() {
+    let rx = Receiver::start().await;
+    let s = secret();
+    let app = builder()
+        .set("webhooks", webhooks(&[("all", &rx.url(), &s, None)]))
+        .set("keepalive_worker", false)
+        .set("expiry_warning", 7200)
+        .start()
+        .await;
+    let pass = || async { app.state().keepalive().pass(&Default::default(), &|| false).await.unwrap() };
+    let ann = app.user("ann").await;
+    ann.connect("fake").await;
+    rx.wait_for(1, Duration::from_secs(5)).await;
+    let now = tokenvault::util::now();
+
+    // Expiring beyond the warning window: nothing yet.
+    app.exec(&format!("UPDATE connections SET refresh_token_expires_at = {}", now + 7300));
+    assert_eq!(pass().await.warned, 0);
+    // Within it: one warning, delivered, and not again on the next pass.
+    app.exec(&format!("UPDATE connections SET refresh_token_expires_at = {}", now + 3600));
+    assert_eq!(pass().await.warned, 1);
+    let got = rx.wait_for(2, Duration::from_secs(5)).await;
+    check(&got[1], &s, "connection.expiring", "active", &[common::CLIENT_SECRET]);
+    assert_eq!(got[1].json()["data"]["reason"], "refresh_token_expiring");
+    assert_eq!(pass().await.warned, 0, "once per expiry");
+    // A new refresh token with its own expiry is warned about again.
+    app.exec(&format!("UPDATE connections SET refresh_token_expires_at = {}", now + 3000));
+    assert_eq!(pass().await.warned, 1);
+    rx.wait_for(3, Duration::from_secs(5)).await;
+    // An expired one is not "expiring" (it is reconnect_required: the health part's business).
+    app.exec(&format!("UPDATE connections SET refresh_token_expires_at = {}, expiry_warned_for = NULL", now - 1));
+    let report = pass().await;
+    assert_eq!(report.warned, 0);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let expiring = rx.received().iter().filter(|r| r.json()["type"] == "connection.expiring").count();
+    assert_eq!(expiring, 2);
+}
+
+#[tokio::test]
 async fn bad_webhook_configuration_stops_the_start_with_a_clear_error() {
     let s = secret();
     for (url, secret, events, expect) in [

@@ -68,6 +68,7 @@ diesel::table! {
         attempts -> BigInt,
         next_attempt_at -> Nullable<BigInt>,
         refresh_token_expires_at -> Nullable<BigInt>,
+        expiry_warned_for -> Nullable<BigInt>,
     }
 }
 

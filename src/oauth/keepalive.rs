@@ -13,6 +13,10 @@
 //!   pauses the worker towards that provider until then ([`Pace`], kept across passes); refused
 //!   or missing client credentials pause it for [`admin_pause`] (they would fail for every
 //!   connection of the provider, on every pass).
+//! - Each pass first raises `connection.expiring` ([`raise_expiry_warnings`]) for connections
+//!   whose refresh token expires within `expiry_warning` seconds: once per expiry, by one
+//!   instance (a compare-and-swap on `connections.expiry_warned_for`), in the same transaction as
+//!   its outbox row.
 //! - [`Worker::run`] repeats passes every [`tick`]; the server spawns it at liftoff and drops it
 //!   when shutdown starts (`app.rs`); the CLI never launches Rocket, so never runs it.
 
@@ -35,6 +39,7 @@ use crate::oauth::store::Tokens;
 use crate::oauth::tokens::TokenError;
 use crate::util::now;
 use crate::vault::Cipher;
+use crate::webhooks::{self, outbox::EventData, EventType};
 
 /// Candidates read per database round trip.
 const BATCH: i64 = 500;
@@ -51,6 +56,8 @@ pub struct PassReport {
     /// Left for later: the provider asked to slow down, the service is no longer configured, or
     /// the worker is stopping.
     pub skipped: usize,
+    /// `connection.expiring` events raised by this pass.
+    pub warned: usize,
 }
 
 /// The worker's pace per provider: no keep-alive refresh towards it before the time its last
@@ -109,7 +116,10 @@ pub async fn pass(
 ) -> AppResult<PassReport> {
     let started = now();
     let idle_before = started - ctx.settings.keepalive_interval;
-    let mut report = PassReport::default();
+    let mut report = PassReport {
+        warned: raise_expiry_warnings(ctx.tokens.db, ctx.settings.expiry_warning).await?,
+        ..Default::default()
+    };
     let mut after = 0;
     loop {
         let batch = ctx
@@ -140,6 +150,44 @@ pub async fn pass(
         }
     }
     Ok(report)
+}
+
+/// Raise `connection.expiring` for every connection whose refresh token expires within `window`
+/// seconds (0: never): once per expiry — a new refresh token with a new expiry is warned about
+/// again — and, across instances, by whichever marks it first. How many were raised.
+pub async fn raise_expiry_warnings(db: &Db, window: i64) -> AppResult<usize> {
+    if window <= 0 {
+        return Ok(0);
+    }
+    let (mut raised, mut after) = (0, 0);
+    loop {
+        let batch = db.run(move |conn| Ok(connections::expiring_unwarned(conn, now(), window, after, BATCH)?)).await?;
+        let Some(last) = batch.last().map(|c| c.id) else { break };
+        after = last;
+        raised += db
+            .run(move |conn| {
+                let mut n = 0;
+                for row in &batch {
+                    let Some(expires) = row.refresh_token_expires_at else { continue };
+                    let raised = conn.transaction(|conn| {
+                        if !connections::mark_expiry_warned(conn, row.id, expires)? {
+                            return Ok::<_, diesel::result::Error>(false);
+                        }
+                        let data = EventData::of(conn, row, row.status.as_str(), Some("refresh_token_expiring"))?;
+                        webhooks::outbox::record(conn, EventType::ConnectionExpiring, &data)?;
+                        Ok(true)
+                    })?;
+                    if raised {
+                        n += 1;
+                        let in_secs = expires - now();
+                        tracing::info!(service = %row.service, user_id = row.user_id, in_secs, "refresh token expiring: warned");
+                    }
+                }
+                Ok(n)
+            })
+            .await?;
+    }
+    Ok(raised)
 }
 
 /// Keep-alive refreshes of one provider's connections, `keepalive_concurrency` at a time.
@@ -229,12 +277,13 @@ impl Worker {
         while !stopping() {
             rocket::tokio::time::sleep(every).await;
             match self.pass(&pace, &stopping).await {
-                Ok(r) if r.candidates > 0 => {
+                Ok(r) if r.candidates > 0 || r.warned > 0 => {
                     tracing::info!(
                         candidates = r.candidates,
                         ok = r.ok,
                         failed = r.failed,
                         skipped = r.skipped,
+                        warned = r.warned,
                         "keep-alive pass"
                     )
                 }

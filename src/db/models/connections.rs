@@ -49,6 +49,8 @@ pub struct Connection {
     pub next_attempt_at: Option<i64>,
     /// When the provider said the refresh token expires (`None`: it did not say).
     pub refresh_token_expires_at: Option<i64>,
+    /// The refresh-token expiry that `connection.expiring` was raised for (once per expiry).
+    pub expiry_warned_for: Option<i64>,
 }
 
 #[derive(Debug, Insertable)]
@@ -211,6 +213,7 @@ impl Connection {
             attempts: 0,
             next_attempt_at: None,
             refresh_token_expires_at: None,
+            expiry_warned_for: None,
         }
     }
 }
@@ -342,6 +345,50 @@ pub fn keepalive_candidates(
             .select((connections::id, connections::user_id, connections::service))
             .load(conn)
     })
+}
+
+/// Up to `limit` connections (id above `after`) whose refresh token expires within `window`
+/// seconds of `now` and was not warned about yet for that expiry, nor needs a reconnect already.
+pub fn expiring_unwarned(
+    conn: &mut Conn,
+    now: i64,
+    window: i64,
+    after: i64,
+    limit: i64,
+) -> QueryResult<Vec<Connection>> {
+    crate::on_conn!(conn, conn => {
+        connections::table
+            .filter(connections::id.gt(after))
+            .filter(connections::status.ne(ConnectionStatus::ReconnectRequired))
+            .filter(connections::refresh_token_expires_at.gt(now))
+            .filter(connections::refresh_token_expires_at.le(now + window))
+            .filter(
+                connections::expiry_warned_for
+                    .is_null()
+                    .or(connections::expiry_warned_for.nullable().ne(connections::refresh_token_expires_at)),
+            )
+            .order(connections::id.asc())
+            .limit(limit)
+            .select(Connection::as_select())
+            .load(conn)
+    })
+}
+
+/// Record that the warning for the refresh-token expiry `expires_at` of connection `id` was
+/// raised — a compare-and-swap: false when it was already (another instance was first) or the
+/// expiry changed meanwhile.
+pub fn mark_expiry_warned(conn: &mut Conn, id: i64, expires_at: i64) -> QueryResult<bool> {
+    crate::on_conn!(conn, conn => {
+        diesel::update(
+            connections::table
+                .filter(connections::id.eq(id))
+                .filter(connections::refresh_token_expires_at.eq(expires_at))
+                .filter(connections::expiry_warned_for.is_null().or(connections::expiry_warned_for.ne(expires_at))),
+        )
+        .set(connections::expiry_warned_for.eq(expires_at))
+        .execute(conn)
+    })
+    .map(|n| n == 1)
 }
 
 /// How many connections there are in each status, by its stored string: a status this version
