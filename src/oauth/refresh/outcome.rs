@@ -171,23 +171,28 @@ where
 /// tokenvault has no client credentials for the provider: release the lease, record why (an
 /// administrator's problem), count it; nothing was sent to the provider.
 pub async fn not_configured(ctx: &Refresher<'_>, provider: &Provider, row: &Connection) -> AccessError {
-    let (user_id, service) = (row.user_id, row.service.clone());
-    lease::release(ctx, row.id, row.version).await;
     let detail = "tokenvault has no client credentials for this service; an administrator must set them";
-    let keep = ctx.tokens.events_kept;
-    let recorded = ctx
-        .tokens
-        .db
-        .run(move |conn| {
-            record_event(conn, keep, user_id, &service, EventKind::Refresh, EventOutcome::FailedAdmin, detail)
-        })
-        .await;
-    if let Err(e) = recorded {
+    if let Err(e) = admin_problem(ctx, row, detail).await {
         return e.into();
     }
     ctx.metrics.refresh(&provider.name, "not_configured");
     // Logged once, by the error's responder (`AppError::NotConfigured`).
     AccessError::NotConfigured
+}
+
+/// An administrator must act and the tokens are kept: release the lease of `row` and record a
+/// `failed (admin)` event saying why.
+async fn admin_problem(ctx: &Refresher<'_>, row: &Connection, detail: &'static str) -> Result<(), AppError> {
+    let (user_id, service) = (row.user_id, row.service.clone());
+    lease::release(ctx, row.id, row.version).await;
+    let keep = ctx.tokens.events_kept;
+    ctx.tokens
+        .db
+        .run(move |conn| {
+            record_event(conn, keep, user_id, &service, EventKind::Refresh, EventOutcome::FailedAdmin, detail)
+        })
+        .await
+        .map(|_| ())
 }
 
 /// A transient failure: mark `row` (whose lease we hold) degraded — its reason, one more
@@ -228,19 +233,9 @@ pub async fn degraded(ctx: &Refresher<'_>, row: &Connection, e: TokenError) -> A
 /// The provider refused tokenvault's client credentials and the tokens are kept: release the
 /// lease and record it (an administrator's problem).
 pub async fn client_rejected(ctx: &Refresher<'_>, row: &Connection, e: TokenError) -> AccessError {
-    let (user_id, service) = (row.user_id, row.service.clone());
-    lease::release(ctx, row.id, row.version).await;
     let detail = "the provider rejected tokenvault's client credentials; an administrator must check them";
-    let keep = ctx.tokens.events_kept;
-    let recorded = ctx
-        .tokens
-        .db
-        .run(move |conn| {
-            record_event(conn, keep, user_id, &service, EventKind::Refresh, EventOutcome::FailedAdmin, detail)
-        })
-        .await;
-    if let Err(e) = recorded {
-        return e.into();
+    if let Err(err) = admin_problem(ctx, row, detail).await {
+        return err.into();
     }
     // Logged once, by the error's responder (`AppError::ClientRejected`).
     AccessError::ClientRejected(e)
