@@ -170,15 +170,27 @@ async fn a_stalling_receiver_times_out_and_an_endless_answer_is_not_read() {
     assert_eq!(rx.received().len(), 2);
 }
 
-#[tokio::test]
-async fn a_dead_grant_raises_reconnect_required_and_routine_refreshes_send_nothing() {
-    let rx = Receiver::start().await;
-    let s = secret();
+/// A receiver, its secret, and an app sending it every event, whose fake provider issues 5 s
+/// tokens (so each page load past a shifted `obtained_at` refreshes).
+async fn short_token_app() -> (Receiver, String, TestApp) {
+    let (rx, s) = (Receiver::start().await, secret());
     let app = builder().set("webhooks", webhooks(&[("all", &rx.url(), &s, None)])).start().await;
     app.fake.with_state(|st| st.expires_in = Some(json!(5)));
+    (rx, s, app)
+}
+
+/// Ann, signed up and connected to the fake provider, once `connection.created` has arrived.
+async fn connected<'a>(app: &'a TestApp, rx: &Receiver) -> common::Agent<'a> {
     let ann = app.user("ann").await;
     ann.connect("fake").await;
     rx.wait_for(1, Duration::from_secs(5)).await;
+    ann
+}
+
+#[tokio::test]
+async fn a_dead_grant_raises_reconnect_required_and_routine_refreshes_send_nothing() {
+    let (rx, s, app) = short_token_app().await;
+    let ann = connected(&app, &rx).await;
 
     // A routine refresh: nothing is sent.
     app.exec("UPDATE connections SET obtained_at = obtained_at - 3600");
@@ -200,13 +212,8 @@ async fn a_dead_grant_raises_reconnect_required_and_routine_refreshes_send_nothi
 
 #[tokio::test]
 async fn entering_degraded_raises_refresh_failed_once_and_the_next_success_recovered() {
-    let rx = Receiver::start().await;
-    let s = secret();
-    let app = builder().set("webhooks", webhooks(&[("all", &rx.url(), &s, None)])).start().await;
-    app.fake.with_state(|st| st.expires_in = Some(json!(5)));
-    let ann = app.user("ann").await;
-    ann.connect("fake").await;
-    rx.wait_for(1, Duration::from_secs(5)).await;
+    let (rx, s, app) = short_token_app().await;
+    let ann = connected(&app, &rx).await;
 
     // A provider outage: the connection enters `degraded`, and says so once.
     app.exec("UPDATE connections SET obtained_at = obtained_at - 3600");
