@@ -262,12 +262,16 @@ impl CachedKey {
     }
 }
 
+/// A user's connections to one service, first connected first (`Which::pick` chooses one).
+pub type ConnectionSet = Arc<Vec<Arc<Connection>>>;
+
 /// The caches of one process.
 pub struct Caches {
     /// API key hash → key.
     pub api_keys: TtlCache<String, CachedKey>,
-    /// (user id, service) → the connection row, tokens sealed.
-    pub connections: TtlCache<(i64, String), Arc<Connection>>,
+    /// (user id, service) → the user's connection rows to the service (one per account, first
+    /// connected first), tokens sealed.
+    pub connections: TtlCache<(i64, String), ConnectionSet>,
 }
 
 impl Caches {
@@ -303,8 +307,9 @@ impl Caches {
     }
 
     /// [`Caches::after_write`] for a refresh that has just stored `row` under its (user, service)
-    /// with a ticket taken before the write: that row goes into the cache in place of the old
-    /// one (unless something else was invalidated meanwhile, see [`TtlCache::replace`]).
+    /// with a ticket taken before the write: that row goes into the cached set in place of the old
+    /// one (unless something else was invalidated meanwhile, see [`TtlCache::replace`]; a set not
+    /// cached is simply dropped, to be read again).
     pub fn after_refresh<T>(&self, written: Written<T>, ticket: Ticket, row: Arc<Connection>) -> T {
         let key = (row.user_id, row.service.clone());
         let (value, invalidated) = written.into_parts();
@@ -312,7 +317,16 @@ impl Caches {
         for what in &invalidated {
             match what {
                 Invalidated::Connection { user_id, service } if !replaced && (*user_id, service) == (key.0, &key.1) => {
-                    self.connections.replace(ticket, key.clone(), row.clone());
+                    let updated = self.connections.get(&key).and_then(|set| {
+                        let at = set.iter().position(|c| c.id == row.id)?;
+                        let mut rows = set.as_ref().clone();
+                        rows[at] = row.clone();
+                        Some(Arc::new(rows))
+                    });
+                    match updated {
+                        Some(set) => self.connections.replace(ticket, key.clone(), set),
+                        None => self.connections.invalidate(&key),
+                    }
                     replaced = true;
                 }
                 other => self.drop_named(other),
@@ -568,8 +582,8 @@ mod tests {
     fn the_feed_applies_each_row_once_and_catches_late_commits() {
         let caches = Caches::new(60);
         let fill = |user: i64| {
-            let row = Arc::new(Connection::for_tests(user, "s"));
-            caches.connections.fill(caches.connections.ticket(), (user, "s".into()), row);
+            let set = Arc::new(vec![Arc::new(Connection::for_tests(user, "s"))]);
+            caches.connections.fill(caches.connections.ticket(), (user, "s".into()), set);
         };
         let inv = |id: i64, user: i64| Invalidation::from_stored(id, "connection", &format!("{user}:s"));
         let mut feed = Feed::starting_at(1000);
@@ -613,9 +627,9 @@ mod tests {
         let caches = Caches::new(60);
         let key = CachedKey::for_tests(1, 7);
         caches.api_keys.fill(caches.api_keys.ticket(), "hash".into(), key);
-        let row = Arc::new(Connection::for_tests(7, "dropbox"));
-        caches.connections.fill(caches.connections.ticket(), (7, "dropbox".into()), row.clone());
-        caches.connections.fill(caches.connections.ticket(), (7, "google".into()), row);
+        let set = Arc::new(vec![Arc::new(Connection::for_tests(7, "dropbox"))]);
+        caches.connections.fill(caches.connections.ticket(), (7, "dropbox".into()), set.clone());
+        caches.connections.fill(caches.connections.ticket(), (7, "google".into()), set);
         let inv = |kind: &str, key: &str| Invalidation::from_stored(0, kind, key);
         caches.apply(&inv("connection", "7:dropbox"));
         assert!(caches.connections.get(&(7, "dropbox".into())).is_none());

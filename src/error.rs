@@ -66,6 +66,17 @@ pub enum AppError {
     ForbiddenScope(String),
     #[error("{0}: reconnect required")]
     ReconnectRequired(Service),
+    /// Several accounts of the service are connected and the request named none of them (409
+    /// `ambiguous_account`, the accounts listed so the caller can name one).
+    #[error("{service}: several accounts are connected and none was named")]
+    AmbiguousAccount { service: Service, accounts: Vec<serde_json::Value> },
+    /// The connection's grant lacks scopes the caller requires (403 `insufficient_scope`, with
+    /// the page that asks the provider for them on the same connection).
+    #[error("{service}: the grant lacks {missing:?}")]
+    InsufficientScope { service: Service, missing: Vec<String>, upgrade_url: String },
+    /// The request conflicts with the current state (409); the message is shown.
+    #[error("conflict: {0}")]
+    Conflict(String),
     #[error("{service}: no client credentials in the vault")]
     NotConfigured { service: Service, client_id_path: String },
     #[error("upstream failure ({status}): {detail}")]
@@ -116,8 +127,10 @@ impl AppError {
             AppError::BadRequest(_) | AppError::BadPath => Status::BadRequest,
             AppError::PayloadTooLarge { .. } => Status::PayloadTooLarge,
             AppError::TooManyRequests => Status::TooManyRequests,
-            AppError::ForbiddenScope(_) => Status::Forbidden,
-            AppError::ReconnectRequired(_) => Status::Conflict,
+            AppError::ForbiddenScope(_) | AppError::InsufficientScope { .. } => Status::Forbidden,
+            AppError::ReconnectRequired(_) | AppError::AmbiguousAccount { .. } | AppError::Conflict(_) => {
+                Status::Conflict
+            }
             AppError::Upstream { status, .. } => *status,
             AppError::ClientRejected { .. } | AppError::ProviderResponseTooLarge { .. } => Status::BadGateway,
             AppError::NotConfigured { .. }
@@ -140,6 +153,8 @@ impl AppError {
             AppError::ProviderResponseTooLarge { .. } => "provider_response_too_large",
             AppError::Busy { .. } => "busy",
             AppError::ForbiddenScope(_) => "forbidden_scope",
+            AppError::AmbiguousAccount { .. } => "ambiguous_account",
+            AppError::InsufficientScope { .. } => "insufficient_scope",
             _ => StatusWords::of(self.status()).code,
         }
     }
@@ -150,7 +165,16 @@ impl AppError {
             AppError::UnknownService => "No such service.".into(),
             AppError::NotConnected(s) => format!("{} is not connected.", s.display_name),
             AppError::NoApiBase(s) => format!("{} has no API base URL configured.", s.display_name),
-            AppError::BadRequest(msg) | AppError::ForbiddenScope(msg) => msg.clone(),
+            AppError::BadRequest(msg) | AppError::ForbiddenScope(msg) | AppError::Conflict(msg) => msg.clone(),
+            AppError::AmbiguousAccount { service, .. } => format!(
+                "Several {} accounts are connected: name one with ?account=<account id> (or ?connection=<id>).",
+                service.display_name
+            ),
+            AppError::InsufficientScope { service, missing, .. } => format!(
+                "The {} connection was not granted {}. Open upgrade_url to ask for more permissions.",
+                service.display_name,
+                missing.join(", ")
+            ),
             AppError::BadPath => {
                 "The path must stay under the service's API base URL, without `;`, encoded dots or backslashes.".into()
             }
@@ -184,6 +208,22 @@ impl AppError {
                 StatusWords::of(self.status()).message.into()
             }
         }
+    }
+
+    /// Fields a JSON error carries besides `error`, `message` and `request_id` (never a secret).
+    pub fn details(&self) -> Option<serde_json::Map<String, serde_json::Value>> {
+        let mut extra = serde_json::Map::new();
+        match self {
+            AppError::AmbiguousAccount { accounts, .. } => {
+                extra.insert("accounts".into(), serde_json::Value::Array(accounts.clone()));
+            }
+            AppError::InsufficientScope { missing, upgrade_url, .. } => {
+                extra.insert("missing".into(), serde_json::json!(missing));
+                extra.insert("upgrade_url".into(), serde_json::json!(upgrade_url));
+            }
+            _ => return None,
+        }
+        Some(extra)
     }
 
     /// Seconds for a `Retry-After` header, for errors that say when to come back.

@@ -235,7 +235,8 @@ async fn the_cache_never_serves_a_deleted_or_replaced_connection_or_a_revoked_ke
     let (status, body, _) = api(&app, "GET", "/api/v1/services/fake/proxy/me", Some(&key)).await;
     assert_eq!(status, Status::Created, "{body}");
     assert_eq!(app.fake.refresh_calls().await, 1);
-    let cached = app.state().caches.connections.get(&(1, "fake".to_string())).expect("the refresher cached its row");
+    let cached =
+        app.state().caches.connections.get(&(1, "fake".to_string())).expect("the refresher cached its row")[0].clone();
     assert_eq!(cached.version, app.count("SELECT version AS n FROM connections"));
     let (_, third) = token(&app, &key).await;
     assert_ne!(third, second);
@@ -269,9 +270,17 @@ async fn changes_from_elsewhere_arrive_by_invalidation_or_after_cache_ttl() {
         use tokenvault::db::models::events::{EventKind, EventOutcome};
         let (kind, outcome) = (EventKind::Delete, EventOutcome::Ok);
         // Another instance's writes: this process learns of them from the recorded invalidations.
-        tokenvault::oauth::store::delete_with_event(&mut conn, 50, 1, "fake", kind, outcome, "elsewhere")
-            .unwrap()
-            .recorded_only();
+        tokenvault::oauth::store::delete_with_event(
+            &mut conn,
+            50,
+            tokenvault::db::models::connections::Which::first(1),
+            "fake",
+            kind,
+            outcome,
+            "elsewhere",
+        )
+        .unwrap()
+        .recorded_only();
         let (k, _) = tokenvault::db::models::api_keys::find_active(
             &mut conn,
             &tokenvault::util::sha256_hex(&key),
@@ -452,19 +461,20 @@ async fn openapi_readyz_and_metrics() {
     let res = app.client.get("/metrics").dispatch().await;
     assert_eq!(res.status(), Status::Ok);
     let text = res.into_string().await.unwrap();
-    assert!(text.contains("tokenvault_http_requests_total{method=\"GET\",route=\"/services/<service>/authorize?<next>\",status=\"200\"}"), "{text}");
+    assert!(text.contains("tokenvault_http_requests_total{method=\"GET\",route=\"/services/<service>/authorize?<next>&<connection>&<scopes>\",status=\"200\"}"), "{text}");
     assert!(text.contains("tokenvault_connections{status=\"active\"} 1"));
     assert!(text.contains(
         "tokenvault_token_endpoint_duration_seconds_count{grant=\"authorization_code\",provider=\"fake\"} 1"
     ));
     assert!(!text.contains("CANARY"));
-    // The caches' figures: the token API misses once, then hits.
+    // The caches' figures: the token API misses once, then hits (two lookups a call: picking the
+    // account, then the token).
     let key = api_key(&alice, "a").await;
     for _ in 0..3 {
         assert_eq!(api(&app, "GET", "/api/v1/services/fake/token", Some(&key)).await.0, Status::Ok);
     }
     let text = app.client.get("/metrics").dispatch().await.into_string().await.unwrap();
-    assert!(text.contains("tokenvault_cache_lookups_total{cache=\"connections\",result=\"hit\"} 2"), "{text}");
+    assert!(text.contains("tokenvault_cache_lookups_total{cache=\"connections\",result=\"hit\"} 5"), "{text}");
     assert!(text.contains("tokenvault_cache_lookups_total{cache=\"connections\",result=\"miss\"} 1"), "{text}");
     assert!(text.contains("tokenvault_cache_lookups_total{cache=\"api_keys\",result=\"hit\"} 2"), "{text}");
     assert!(text.contains("tokenvault_cache_entries{cache=\"connections\"} 1"), "{text}");

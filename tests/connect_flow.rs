@@ -87,7 +87,7 @@ async fn happy_path_stores_tokens_and_greets_on_a_clean_url() {
     assert!(refresh.unwrap().starts_with("RT-CANARY-1"));
 
     let settings = alice.fetch("/settings/oauth2").await;
-    assert!(settings.text.contains(r#"<tr data-service="fake" data-status="active">"#));
+    assert!(settings.text.contains(r#"<tr data-service="fake" data-status="active""#));
     assert!(settings.text.contains("Fake Provider"));
     assert!(!settings.text.contains("CANARY"));
 }

@@ -156,7 +156,7 @@ async fn connect_the_demo_provider_end_to_end() {
     let page = live.get(&clean).await.text().await.unwrap();
     assert!(page.contains(r#"id="connected""#));
     let settings = live.get("/settings/oauth2").await.text().await.unwrap();
-    assert!(settings.contains(r#"<tr data-service="demo" data-status="active">"#));
+    assert!(settings.contains(r#"<tr data-service="demo" data-status="active""#));
     assert!(settings.contains("<code>profile</code>"));
 
     // The stored token works at the demo account API; a wrong one does not.

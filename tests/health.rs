@@ -76,7 +76,7 @@ async fn listed(app: &TestApp, key: &str) -> Value {
 async fn settings_status(agent: &common::Agent<'_>) -> String {
     let page = agent.fetch("/settings/oauth2").await.text;
     assert!(!page.contains("CANARY"), "no token on the page");
-    let re = regex::Regex::new(r#"<tr data-service="fake" data-status="([a-z_]+)">"#).unwrap();
+    let re = regex::Regex::new(r#"<tr data-service="fake" data-status="([a-z_]+)""#).unwrap();
     re.captures(&page).unwrap_or_else(|| panic!("a row for fake:\n{page}"))[1].to_string()
 }
 

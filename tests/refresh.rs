@@ -32,7 +32,7 @@ async fn account_page_renders_the_provider_answer_with_a_fresh_token() {
     assert_eq!(page.status, Status::Ok, "{}", page.text);
     assert!(page.text.contains(r#"<pre id="account-json">"#));
     assert!(
-        page.text.contains("{\n  &quot;email&quot;: &quot;fake@example.com&quot;,\n  &quot;id&quot;"),
+        page.text.contains("{\n  &quot;account_id&quot;: &quot;dbid:fake-1&quot;,\n  &quot;email&quot;"),
         "the JSON keeps its own indentation: {}",
         page.text
     );

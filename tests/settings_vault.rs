@@ -17,7 +17,7 @@ async fn settings_lists_only_my_connections_with_their_details() {
     assert!(empty.text.contains(r#"id="no-connections""#));
     alice.connect("fake").await;
     let page = alice.fetch("/settings/oauth2").await;
-    assert!(page.text.contains(r#"<tr data-service="fake" data-status="active">"#));
+    assert!(page.text.contains(r#"<tr data-service="fake" data-status="active""#));
     assert!(page.text.contains("<code>read</code>") && page.text.contains("<code>write</code>"));
     assert!(page.text.contains("in 59 minutes") || page.text.contains("in 1 hour"), "relative expiry");
     assert!(page.text.contains(r#"<td data-label="Refresh token" class="refresh">yes</td>"#));

@@ -36,6 +36,9 @@ diesel::table! {
         return_to -> Text,
         created_at -> BigInt,
         expires_at -> BigInt,
+        connection_id -> Nullable<BigInt>,
+        add_account -> Bool,
+        scopes -> Nullable<Text>,
     }
 }
 
@@ -69,6 +72,9 @@ diesel::table! {
         next_attempt_at -> Nullable<BigInt>,
         refresh_token_expires_at -> Nullable<BigInt>,
         expiry_warned_for -> Nullable<BigInt>,
+        account_id -> Text,
+        account_label -> Nullable<Text>,
+        requested_scopes -> Nullable<Text>,
     }
 }
 

@@ -127,6 +127,9 @@ pub struct Decision {
     state: String,
     scope: String,
     code_challenge: String,
+    /// The consent page's ticked scopes (with `choose_scopes`; without it, all of `scope`).
+    granted: Vec<String>,
+    choose_scopes: Option<bool>,
 }
 
 impl CsrfField for Decision {
@@ -152,7 +155,16 @@ async fn authorize_decision(app: &State<AppState>, form: Csrf<Decision>) -> AppR
         client_id: f.client_id.clone(),
         redirect_uri: f.redirect_uri.clone(),
         code_challenge: f.code_challenge.clone(),
-        scopes: f.scope.clone(),
+        scopes: if f.choose_scopes == Some(true) {
+            // Only what was asked for and ticked: a provider grants fewer, never more.
+            crate::util::scope_list(&f.scope)
+                .into_iter()
+                .filter(|s| f.granted.contains(s))
+                .collect::<Vec<_>>()
+                .join(" ")
+        } else {
+            f.scope.clone()
+        },
         account,
         expires_at: now() + CODE_TTL,
     };

@@ -21,7 +21,11 @@
 //!
 //! This file decides *when* to refresh; how is the refresh core, `oauth::refresh`.
 
+use std::sync::Arc;
+
 use crate::config::Settings;
+use crate::db::models::connections::{Connection, Which};
+use crate::error::AppError;
 use crate::metrics::Metrics;
 use crate::oauth::http::Outbound;
 use crate::oauth::providers::Provider;
@@ -30,7 +34,7 @@ use crate::oauth::store::Tokens;
 use crate::util::now;
 
 pub use crate::oauth::refresh::due::{may_refresh_after_401, refresh_due};
-pub use crate::oauth::refresh::{AccessError, FreshToken, RefreshLocks};
+pub use crate::oauth::refresh::{connection_set, AccessError, FreshToken, RefreshLocks};
 
 /// What getting a usable token needs: the token store, the outbound client and the metrics for
 /// the provider's token endpoint, this process's refresh locks, and the settings that time a
@@ -56,20 +60,20 @@ impl Access<'_> {
     }
 }
 
-/// A usable access token for (user, service), refreshed first if it expires soon.
-pub async fn fresh_token(ctx: &Access<'_>, user_id: i64, provider: &Provider) -> Result<FreshToken, AccessError> {
+/// A usable access token of the connection `which` names, refreshed first if it expires soon.
+pub async fn fresh_token(ctx: &Access<'_>, which: Which, provider: &Provider) -> Result<FreshToken, AccessError> {
     let endpoint = ctx.endpoint();
-    fresh_token_with(&ctx.with_endpoint(&endpoint), user_id, provider).await
+    fresh_token_with(&ctx.with_endpoint(&endpoint), which, provider).await
 }
 
 /// [`fresh_token`] with any token endpoint (the unit tests' fake).
 pub async fn fresh_token_with(
     ctx: &Refresher<'_>,
-    user_id: i64,
+    which: Which,
     provider: &Provider,
 ) -> Result<FreshToken, AccessError> {
     let margin = ctx.settings.refresh_margin;
-    refresh_if(ctx, user_id, provider, None, move |c| refresh_due(c.obtained_at, c.expires_at, margin, now())).await
+    refresh_if(ctx, which, provider, None, move |c| refresh_due(c.obtained_at, c.expires_at, margin, now())).await
 }
 
 /// The provider answered 401 to the token of `stale_version`: the token to retry with — a newer
@@ -78,18 +82,64 @@ pub async fn fresh_token_with(
 /// attempted within `refresh_cooldown` (here or in another instance).
 pub async fn refresh_after_401(
     ctx: &Access<'_>,
-    user_id: i64,
+    which: Which,
     provider: &Provider,
     stale_version: i64,
 ) -> Result<Option<FreshToken>, AccessError> {
     let endpoint = ctx.endpoint();
     let ctx = ctx.with_endpoint(&endpoint);
     let cooldown = ctx.settings.refresh_cooldown;
-    let token = refresh_if(&ctx, user_id, provider, Some(cooldown), move |c| {
+    let token = refresh_if(&ctx, which, provider, Some(cooldown), move |c| {
         c.version == stale_version && may_refresh_after_401(c.refresh_after_401_at, cooldown, now())
     })
     .await?;
     Ok((token.version != stale_version).then_some(token))
+}
+
+/// Which of a user's connections to a service a request names: `connection=<id>`,
+/// `account=<provider account id>` (both: they must agree), or neither — then the only one.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Named<'a> {
+    pub account: Option<&'a str>,
+    pub connection: Option<i64>,
+}
+
+/// The connection `named` picks from `set` (the user's connections to `provider`): not
+/// connected (404) when it names none of them or there are none; with several and none named,
+/// 409 `ambiguous_account` listing them.
+pub fn pick(set: &[Arc<Connection>], named: Named<'_>, provider: &Provider) -> Result<Arc<Connection>, AppError> {
+    let matches = |c: &&Arc<Connection>| {
+        named.connection.is_none_or(|id| c.id == id) && named.account.is_none_or(|a| c.account_id == a)
+    };
+    if named.connection.is_some() || named.account.is_some() {
+        return set.iter().find(matches).cloned().ok_or_else(|| AppError::NotConnected(provider.service()));
+    }
+    match set {
+        [] => Err(AppError::NotConnected(provider.service())),
+        [only] => Ok(only.clone()),
+        several => Err(AppError::AmbiguousAccount {
+            service: provider.service(),
+            accounts: several
+                .iter()
+                .map(|c| {
+                    serde_json::json!({
+                        "connection_id": c.id,
+                        "account_id": (!c.account_id.is_empty()).then_some(&c.account_id),
+                        "account_label": c.account_label,
+                        "status": c.status.as_str(),
+                    })
+                })
+                .collect(),
+        }),
+    }
+}
+
+/// The scopes of `required` that connection `c` was not granted (empty: it has them all).
+pub fn missing_scopes(c: &Connection, required: &[String]) -> Vec<String> {
+    let granted = c.granted();
+    let mut missing: Vec<String> = required.iter().filter(|s| !granted.contains(s)).cloned().collect();
+    missing.dedup();
+    missing
 }
 
 #[cfg(test)]
@@ -122,7 +172,10 @@ mod tests {
         let ctx = Access { tokens, http: &http, metrics: &metrics, locks: &locks, settings: &settings };
         let provider = crate::oauth::providers::demo(&settings);
         let user_id = users::for_tests(&mut db.conn().unwrap(), "ann");
-        assert!(matches!(fresh_token(&ctx, user_id, &provider).await, Err(AccessError::NotConnected)));
+        assert!(matches!(
+            fresh_token(&ctx, crate::db::models::connections::Which::first(user_id), &provider).await,
+            Err(AccessError::NotConnected)
+        ));
 
         let set = |expires_at| TokenSet {
             access_token: Secret::from("AT-1"),
@@ -133,15 +186,32 @@ mod tests {
             obtained_at: now() - 100,
             refresh_expires_at: None,
         };
-        store::save(tokens, user_id, "demo", set(Some(now() + 3600)), EventKind::Connect).await.unwrap();
-        let token = fresh_token(&ctx, user_id, &provider).await.unwrap();
+        store::save(
+            tokens,
+            crate::oauth::store::Destination::only(user_id, "demo"),
+            set(Some(now() + 3600)),
+            EventKind::Connect,
+        )
+        .await
+        .unwrap();
+        let token = fresh_token(&ctx, crate::db::models::connections::Which::first(user_id), &provider).await.unwrap();
         assert_eq!((token.access_token.expose_secret(), token.version), ("AT-1", 1));
         assert_eq!(caches.connections.len(), 1, "the row is cached for the next call");
 
         // Expired, and the vault holds no client credentials: the tokens and the row stay as they
         // were, the lease is released, and the user's events say why.
-        store::save(tokens, user_id, "demo", set(Some(now() - 1)), EventKind::Connect).await.unwrap();
-        assert!(matches!(fresh_token(&ctx, user_id, &provider).await, Err(AccessError::NotConfigured)));
+        store::save(
+            tokens,
+            crate::oauth::store::Destination::only(user_id, "demo"),
+            set(Some(now() - 1)),
+            EventKind::Connect,
+        )
+        .await
+        .unwrap();
+        assert!(matches!(
+            fresh_token(&ctx, crate::db::models::connections::Which::first(user_id), &provider).await,
+            Err(AccessError::NotConfigured)
+        ));
         let mut conn = db.conn().unwrap();
         let row = connections::find(&mut conn, user_id, "demo").unwrap().unwrap();
         assert_eq!((row.version, row.refresh_lease_until), (2, None), "reconnected once, not refreshed");

@@ -4,9 +4,10 @@
 use crate::util::ExposeSecret;
 use rocket::http::Status;
 
+use crate::db::models::connections::{Account, Which};
 use crate::error::AppError;
 use crate::oauth::access::{fresh_token, refresh_after_401, Access, AccessError, FreshToken};
-use crate::oauth::http::HttpError;
+use crate::oauth::http::{HttpError, Outbound};
 use crate::oauth::providers::{AccountMethod, Provider};
 use crate::oauth::tokens::TokenError;
 use crate::util::Secret;
@@ -32,7 +33,7 @@ pub fn http_error(e: HttpError) -> AccessError {
 /// `limit` bytes may be declared).
 pub async fn send_with_token<B>(
     ctx: &Access<'_>,
-    user_id: i64,
+    which: Which,
     provider: &Provider,
     limit: usize,
     build: B,
@@ -40,13 +41,14 @@ pub async fn send_with_token<B>(
 where
     B: Fn(&reqwest::Client, &Secret) -> reqwest::RequestBuilder,
 {
-    let token = fresh_token(ctx, user_id, provider).await?;
+    let token = fresh_token(ctx, which, provider).await?;
     let response =
         ctx.http.send_streaming(build(ctx.http.client(), &token.access_token), limit).await.map_err(http_error)?;
     if response.status().as_u16() != 401 {
         return Ok(response);
     }
-    let Some(token) = retry_token(ctx, user_id, provider, token.version).await? else {
+    let Some(token) = retry_token(ctx, Which::id(which.user_id, token.connection_id), provider, token.version).await?
+    else {
         return Ok(response);
     };
     drop(response);
@@ -57,11 +59,12 @@ where
 /// `None` to pass the 401 on.
 async fn retry_token(
     ctx: &Access<'_>,
-    user_id: i64,
+    which: Which,
     provider: &Provider,
     version: i64,
 ) -> Result<Option<FreshToken>, AccessError> {
-    let token = refresh_after_401(ctx, user_id, provider, version).await?;
+    let token = refresh_after_401(ctx, which, provider, version).await?;
+    let user_id = which.user_id;
     match &token {
         Some(t) => {
             tracing::info!(service = %provider.name, user_id, version = t.version, "the provider answered 401: retrying once with a newer token")
@@ -78,20 +81,21 @@ async fn retry_token(
 /// answer (a second 401 included).
 pub async fn call_with_token<B>(
     ctx: &Access<'_>,
-    user_id: i64,
+    which: Which,
     provider: &Provider,
     build: B,
 ) -> Result<ProviderResponse, AccessError>
 where
     B: Fn(&reqwest::Client, &Secret) -> reqwest::RequestBuilder,
 {
-    let token = fresh_token(ctx, user_id, provider).await?;
+    let token = fresh_token(ctx, which, provider).await?;
     let (status, headers, body) =
         ctx.http.send(build(ctx.http.client(), &token.access_token)).await.map_err(http_error)?;
     if status.as_u16() != 401 {
         return Ok(ProviderResponse { status: status.as_u16(), headers, body });
     }
-    let Some(token) = retry_token(ctx, user_id, provider, token.version).await? else {
+    let Some(token) = retry_token(ctx, Which::id(which.user_id, token.connection_id), provider, token.version).await?
+    else {
         return Ok(ProviderResponse { status: status.as_u16(), headers, body });
     };
     let (status, headers, body) =
@@ -116,13 +120,76 @@ fn field(json: &serde_json::Value, pointer: Option<&str>) -> Option<String> {
     }
 }
 
+/// The most of an account id or label that is kept (longer ones are cut, on a char boundary).
+const ACCOUNT_ID_MAX: usize = 255;
+const ACCOUNT_LABEL_MAX: usize = 200;
+
+fn clean(text: String, max: usize) -> String {
+    text.chars().filter(|c| !c.is_control()).take(max).collect::<String>().trim().to_string()
+}
+
+/// The account of an account-API answer: the id at `account_id_pointer`, the label at
+/// `account_label_pointer` (else the email, else the name). `None` without an id.
+pub fn account_of(provider: &Provider, json: &serde_json::Value) -> Option<Account> {
+    let f = &provider.account_fields;
+    let id = clean(field(json, f.id.as_deref())?, ACCOUNT_ID_MAX);
+    if id.is_empty() {
+        return None;
+    }
+    let label = field(json, f.label.as_deref())
+        .or_else(|| field(json, f.email.as_deref()))
+        .or_else(|| field(json, f.name.as_deref()))
+        .map(|l| clean(l, ACCOUNT_LABEL_MAX))
+        .filter(|l| !l.is_empty());
+    Some(Account { id, label })
+}
+
+/// Whether the provider tells which account a token is for (an account API and where its id is).
+pub fn identifies(provider: &Provider) -> bool {
+    provider.account_url.is_some() && provider.account_fields.id.is_some()
+}
+
+/// Which account a token just obtained is for, from the provider's account API (`Ok(None)` when
+/// the provider does not say: see [`identifies`]). Nothing is stored by this call; a provider
+/// that cannot answer fails the connection (the caller stores nothing then either), since tokens
+/// of an unknown account could replace another account's.
+pub async fn identify(
+    http: &Outbound,
+    provider: &Provider,
+    access_token: &Secret,
+) -> Result<Option<Account>, AppError> {
+    let Some(url) = provider.account_url.clone().filter(|_| identifies(provider)) else {
+        return Ok(None);
+    };
+    let request = match provider.account_method {
+        AccountMethod::Get => http.client().get(url),
+        AccountMethod::Post => http.client().post(url),
+    };
+    let request = request.bearer_auth(access_token.expose_secret()).header(reqwest::header::ACCEPT, "application/json");
+    let name = &provider.display_name;
+    let failed = |detail: String| AppError::Upstream {
+        status: Status::BadGateway,
+        message: format!(
+            "tokenvault could not learn which {name} account you authorized, so nothing was stored. Please try again."
+        ),
+        detail: format!("{}: identifying the account: {detail}", provider.name),
+    };
+    let (status, _, body) = http.send(request).await.map_err(|e| failed(e.to_string()))?;
+    if !status.is_success() {
+        return Err(failed(format!("the account API answered {}", status.as_u16())));
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|_| failed("the account API's answer is not JSON".into()))?;
+    account_of(provider, &json).map(Some).ok_or_else(|| failed("the answer has no account id".into()))
+}
+
 /// Fetch the user's account at the provider.
-pub async fn fetch_account(ctx: &Access<'_>, user_id: i64, provider: &Provider) -> Result<AccountInfo, AccessError> {
+pub async fn fetch_account(ctx: &Access<'_>, which: Which, provider: &Provider) -> Result<AccountInfo, AccessError> {
     let Some(url) = provider.account_url.clone() else {
         return Err(AccessError::App(AppError::NotFound));
     };
     let method = provider.account_method;
-    let response = call_with_token(ctx, user_id, provider, |client, token| {
+    let response = call_with_token(ctx, which, provider, |client, token| {
         let request = match method {
             AccountMethod::Get => client.get(url.clone()),
             // Dropbox's RPC endpoints take POST with no body at all.

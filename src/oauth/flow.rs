@@ -13,12 +13,15 @@ use url::Url;
 
 use crate::auth::CurrentUser;
 use crate::config::Settings;
+use crate::db::models::connections::{self, Account, Connection, Which};
 use crate::db::models::events::{EventKind, EventOutcome};
 use crate::db::models::flows::{self, Flow};
 use crate::db::Db;
 use crate::error::{AppError, AppResult};
 use crate::oauth::access::Access;
+use crate::oauth::account::identify;
 use crate::oauth::providers::Provider;
+use crate::oauth::store::Destination;
 use crate::oauth::{store, tokens};
 use crate::util::{now, random_token, sha256_hex, Secret};
 use crate::vault::store::client_credentials;
@@ -32,7 +35,43 @@ pub(crate) fn not_configured(provider: &Provider) -> AppError {
     AppError::BadRequest(words.user_message())
 }
 
+/// What an authorization is for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Intent {
+    /// Reconnect (or upgrade) this connection of the user: the provider must answer with its
+    /// account, or nothing is stored.
+    pub connection: Option<i64>,
+    /// Add another account (rather than reconnect the one connection there is).
+    pub add_account: bool,
+    /// More scopes to ask for (an upgrade: the grant's scopes and these).
+    pub more_scopes: Vec<String>,
+}
+
+/// The scopes to ask for: the provider's, those `row` was granted or asked for, and `more` —
+/// each of which must be one the provider offers (`scopes` or `optional_scopes`).
+pub fn scopes_for(provider: &Provider, row: Option<&Connection>, more: &[String]) -> AppResult<Vec<String>> {
+    let mut scopes = provider.scopes.clone();
+    if let Some(row) = row {
+        scopes.extend(row.granted());
+        scopes.extend(row.requested());
+    }
+    for s in more {
+        if !provider.scopes.contains(s) && !provider.optional_scopes.contains(s) {
+            return Err(AppError::BadRequest(format!(
+                "{} does not offer the permission “{}” here.",
+                provider.display_name,
+                s.chars().filter(|c| !c.is_control()).take(100).collect::<String>()
+            )));
+        }
+        scopes.push(s.clone());
+    }
+    let mut seen = std::collections::HashSet::new();
+    scopes.retain(|s| seen.insert(s.clone()));
+    Ok(scopes)
+}
+
 /// Create a flow for `user` and return the provider's authorize URL to send the browser to.
+#[allow(clippy::too_many_arguments)]
 pub async fn start(
     db: &Db,
     cipher: &Arc<Cipher>,
@@ -40,10 +79,21 @@ pub async fn start(
     user: &CurrentUser,
     provider: &Provider,
     return_to: &str,
+    intent: &Intent,
 ) -> AppResult<Url> {
-    let (c, name) = (cipher.clone(), provider.name.clone());
-    let creds =
-        db.run(move |conn| client_credentials(conn, &c, &name)).await?.ok_or_else(|| not_configured(provider))?;
+    let (c, name, uid, target) = (cipher.clone(), provider.name.clone(), user.id, intent.connection);
+    let (creds, row) = db
+        .run(move |conn| {
+            let row = match target {
+                Some(id) => Some(connections::find_which(conn, Which::id(uid, id), &name)?.ok_or(AppError::NotFound)?),
+                None => None,
+            };
+            Ok((client_credentials(conn, &c, &name)?, row))
+        })
+        .await?;
+    let creds = creds.ok_or_else(|| not_configured(provider))?;
+    let upgrading = !intent.more_scopes.is_empty();
+    let scopes = scopes_for(provider, row.as_ref(), &intent.more_scopes)?;
 
     let state = random_token(32);
     let state_hash = sha256_hex(&state);
@@ -59,6 +109,9 @@ pub async fn start(
         return_to: return_to.to_string(),
         created_at: now(),
         expires_at: now() + settings.flow_ttl,
+        connection_id: intent.connection,
+        add_account: intent.add_account && intent.connection.is_none(),
+        scopes: Some(scopes.join(" ")),
     };
     let keep = settings.max_pending_flows_per_user;
     db.run(move |conn| {
@@ -75,14 +128,17 @@ pub async fn start(
     let client = BasicClient::new(ClientId::new(creds.client_id.clone()))
         .set_auth_uri(AuthUrl::from_url(provider.authorize_url.clone()))
         .set_redirect_uri(RedirectUrl::new(redirect_uri).map_err(AppError::internal)?);
-    let mut request = client
-        .authorize_url(|| CsrfToken::new(state))
-        .add_scopes(provider.scopes.iter().map(|s| Scope::new(s.clone())));
+    let mut request =
+        client.authorize_url(|| CsrfToken::new(state)).add_scopes(scopes.iter().map(|s| Scope::new(s.clone())));
     if provider.pkce {
         request = request.set_pkce_challenge(challenge);
     }
     for (key, value) in &provider.authorize_params {
         request = request.add_extra_param(key.as_str(), value.as_str());
+    }
+    if upgrading && provider.incremental_auth {
+        // Keep what was granted before (Google's incremental authorization).
+        request = request.add_extra_param("include_granted_scopes", "true");
     }
     let (url, _) = request.url();
     Ok(url)
@@ -153,8 +209,58 @@ impl<'r> FromRequest<'r> for CallbackParams {
 /// How a callback ended when it did not fail.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Finished {
-    Connected { return_to: String },
+    Connected {
+        return_to: String,
+        connection_id: i64,
+    },
     Cancelled,
+    /// Reconnecting connection `connection_id` (of `expected`), the provider answered for another
+    /// account (`got`; `None`: it did not say which): nothing was stored.
+    AccountMismatch {
+        connection_id: i64,
+        expected: Option<Account>,
+        got: Option<Account>,
+        return_to: String,
+    },
+}
+
+/// Where the tokens of an authorization go (see [`Intent`]): a connection reconnected in place
+/// (the same account, or one whose account was not known), the connection of that account, or a
+/// new one — or, reconnecting a connection of another account, nowhere.
+pub fn destination(
+    flow: &Flow,
+    rows: &[Connection],
+    account: Option<Account>,
+    requested: Vec<String>,
+) -> Result<Destination, (i64, Option<Account>, Option<Account>)> {
+    let mut to = Destination {
+        user_id: flow.user_id,
+        service: flow.service.clone(),
+        account: account.clone(),
+        into: None,
+        requested,
+    };
+    // Reconnecting: the row named, or the only one there is when not adding another account.
+    let pinned = match flow.connection_id {
+        Some(id) => rows.iter().find(|c| c.id == id),
+        None if !flow.add_account && rows.len() == 1 => rows.first(),
+        None => None,
+    };
+    let Some(row) = pinned else { return Ok(to) };
+    let got = account.as_ref().map(|a| a.id.as_str()).unwrap_or("");
+    if row.account_id.is_empty() {
+        // An account not known yet: this authorization names it — unless it is one connected
+        // already as another row, which then gets the tokens.
+        if got.is_empty() || !rows.iter().any(|c| c.id != row.id && c.account_id == got) {
+            to.into = Some(row.id);
+        }
+        return Ok(to);
+    }
+    if row.account_id == got {
+        to.into = Some(row.id);
+        return Ok(to);
+    }
+    Err((row.id, row.account(), account))
 }
 
 fn rejected(message: &str) -> AppError {
@@ -170,6 +276,17 @@ fn describe(description: Option<&str>, code: Option<&str>) -> String {
         text = text.replace(code, "[code]");
     }
     text.chars().take(200).collect::<String>().trim().to_string()
+}
+
+/// Record a failed connect in the service's history.
+async fn connect_failed(ctx: &Access<'_>, user_id: i64, service: &str, detail: String) -> AppResult<()> {
+    let (keep, svc) = (ctx.tokens.events_kept, service.to_string());
+    ctx.tokens
+        .db
+        .run(move |conn| {
+            store::record_event(conn, keep, user_id, &svc, EventKind::Connect, EventOutcome::Failed, &detail)
+        })
+        .await
 }
 
 /// Handle the provider's redirect back: check the state, then exchange the code and store tokens
@@ -262,6 +379,7 @@ pub async fn finish(
         .await?
         .ok_or_else(|| not_configured(provider))?;
     let verifier = provider.pkce.then_some(&verifier);
+    let requested = flow.scopes.as_deref().map(crate::util::scope_list).unwrap_or_else(|| provider.scopes.clone());
     let started = std::time::Instant::now();
     let exchanged = tokens::exchange_code(
         ctx.http,
@@ -271,31 +389,31 @@ pub async fn finish(
         &code,
         verifier,
         ctx.settings.default_token_lifetime,
+        &requested,
     )
     .await;
     ctx.metrics.token_endpoint(&provider.name, "authorization_code", started);
     match exchanged {
         Ok(token_set) => {
-            store::save(ctx.tokens, user_id, &service, token_set, EventKind::Connect).await?;
-            Ok(Finished::Connected { return_to: flow.return_to })
+            let account = identify(ctx.http, provider, &token_set.access_token).await?;
+            let svc = service.clone();
+            let rows = ctx.tokens.db.run(move |conn| Ok(connections::list_for(conn, user_id, &svc)?)).await?;
+            let to = match destination(&flow, &rows, account, requested) {
+                Ok(to) => to,
+                Err((connection_id, expected, got)) => {
+                    let detail = format!(
+                        "reconnect refused: the provider answered for another account ({})",
+                        got.as_ref().and_then(|a| a.label.clone()).unwrap_or_else(|| "unknown".into())
+                    );
+                    connect_failed(ctx, user_id, &service, detail).await?;
+                    return Ok(Finished::AccountMismatch { connection_id, expected, got, return_to: flow.return_to });
+                }
+            };
+            let connection_id = store::save(ctx.tokens, to, token_set, EventKind::Connect).await?;
+            Ok(Finished::Connected { return_to: flow.return_to, connection_id })
         }
         Err(e) => {
-            let detail = format!("code exchange: {e}");
-            let keep = ctx.tokens.events_kept;
-            ctx.tokens
-                .db
-                .run(move |conn| {
-                    store::record_event(
-                        conn,
-                        keep,
-                        user_id,
-                        &service,
-                        EventKind::Connect,
-                        EventOutcome::Failed,
-                        &detail,
-                    )
-                })
-                .await?;
+            connect_failed(ctx, user_id, &service, format!("code exchange: {e}")).await?;
             Err(e.to_app_error(provider))
         }
     }
@@ -324,6 +442,70 @@ mod tests {
         for shown in [format!("{p}"), format!("{p:?}")] {
             assert!(!shown.contains("SECRETCODE") && !shown.contains("STATE"), "{shown}");
         }
+    }
+
+    fn flow(connection_id: Option<i64>, add_account: bool) -> Flow {
+        Flow {
+            state_hash: "h".into(),
+            session_hash: "s".into(),
+            user_id: 1,
+            service: "fake".into(),
+            pkce_verifier: Vec::new(),
+            redirect_uri: String::new(),
+            return_to: String::new(),
+            created_at: 0,
+            expires_at: 0,
+            connection_id,
+            add_account,
+            scopes: None,
+        }
+    }
+
+    fn row(id: i64, account: &str) -> Connection {
+        Connection { id, account_id: account.into(), ..Connection::for_tests(1, "fake") }
+    }
+
+    fn acct(id: &str) -> Option<Account> {
+        Some(Account { id: id.into(), label: None })
+    }
+
+    /// Where an authorization's tokens go, for every kind of flow and every state of the rows.
+    #[test]
+    fn destinations_pin_reconnects_to_their_account() {
+        let into = |r: Result<Destination, _>| r.map(|d| d.into).map_err(|(id, _, _)| id);
+        // First connect, and "another account": stored by account (insert or the same one's row).
+        assert_eq!(into(destination(&flow(None, false), &[], acct("a"), vec![])), Ok(None));
+        assert_eq!(into(destination(&flow(None, true), &[row(5, "a")], acct("b"), vec![])), Ok(None));
+        // The plain button with one connection reconnects it: the same account, or refused.
+        assert_eq!(into(destination(&flow(None, false), &[row(5, "a")], acct("a"), vec![])), Ok(Some(5)));
+        assert_eq!(into(destination(&flow(None, false), &[row(5, "a")], acct("b"), vec![])), Err(5));
+        // Naming the row: the same.
+        let rows = [row(5, "a"), row(6, "b")];
+        assert_eq!(into(destination(&flow(Some(6), false), &rows, acct("b"), vec![])), Ok(Some(6)));
+        assert_eq!(into(destination(&flow(Some(6), false), &rows, acct("a"), vec![])), Err(6));
+        assert_eq!(into(destination(&flow(Some(6), false), &rows, None, vec![])), Err(6), "unknown is not the same");
+        // Several rows, the plain button: stored by account.
+        assert_eq!(into(destination(&flow(None, false), &rows, acct("c"), vec![])), Ok(None));
+        // A row whose account was not known learns it — unless that account has a row already.
+        let legacy = [row(5, "")];
+        assert_eq!(into(destination(&flow(None, false), &legacy, acct("a"), vec![])), Ok(Some(5)));
+        let both = [row(5, ""), row(6, "a")];
+        assert_eq!(into(destination(&flow(Some(5), false), &both, acct("a"), vec![])), Ok(None));
+        assert_eq!(into(destination(&flow(Some(5), false), &both, None, vec![])), Ok(Some(5)));
+        // A row that vanished meanwhile: stored by account.
+        assert_eq!(into(destination(&flow(Some(9), false), &rows, acct("b"), vec![])), Ok(None));
+    }
+
+    #[test]
+    fn scopes_are_the_union_and_only_offered_ones() {
+        let settings = Settings::resolve(&crate::config::RawConfig::default(), "debug").unwrap();
+        let mut p = crate::oauth::providers::demo(&settings);
+        p.scopes = vec!["read".into()];
+        p.optional_scopes = vec!["write".into()];
+        let granted = Connection { scopes: "read extra".into(), ..Connection::for_tests(1, "fake") };
+        assert_eq!(scopes_for(&p, Some(&granted), &["write".into()]).unwrap(), ["read", "extra", "write"]);
+        assert_eq!(scopes_for(&p, None, &[]).unwrap(), ["read"]);
+        assert!(scopes_for(&p, None, &["root".into()]).is_err());
     }
 
     #[test]

@@ -28,7 +28,7 @@ use futures_util::StreamExt;
 
 use crate::cache::Caches;
 use crate::config::Settings;
-use crate::db::models::connections::{self, Connection, ConnectionStatus};
+use crate::db::models::connections::{self, Connection, ConnectionStatus, Which};
 use crate::db::Db;
 use crate::error::AppResult;
 use crate::metrics::Metrics;
@@ -130,9 +130,9 @@ pub async fn pass(
         let Some(&(last, _, _)) = batch.last() else { break };
         after = last;
         report.candidates += batch.len();
-        let mut by_service: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-        for (_, user_id, service) in batch {
-            by_service.entry(service).or_default().push(user_id);
+        let mut by_service: BTreeMap<String, Vec<Which>> = BTreeMap::new();
+        for (id, user_id, service) in batch {
+            by_service.entry(service).or_default().push(Which::id(user_id, id));
         }
         let per_provider = by_service.into_iter().map(|(service, users)| async move {
             let Some(provider) = catalog.get(&service) else {
@@ -194,7 +194,7 @@ pub async fn raise_expiry_warnings(db: &Db, window: i64) -> AppResult<usize> {
 async fn provider_batch(
     ctx: &Refresher<'_>,
     provider: &Provider,
-    users: Vec<i64>,
+    users: Vec<Which>,
     pace: &Pace,
     stopping: &(dyn Fn() -> bool + Sync),
 ) -> PassReport {
@@ -202,12 +202,12 @@ async fn provider_batch(
     let count = |f: fn(&mut PassReport)| f(&mut report.lock().unwrap_or_else(|e| e.into_inner()));
     let interval = ctx.settings.keepalive_interval;
     futures_util::stream::iter(users)
-        .for_each_concurrent(ctx.settings.keepalive_concurrency, |user_id| async move {
+        .for_each_concurrent(ctx.settings.keepalive_concurrency, |which| async move {
             if stopping() || pace.paused(&provider.name, now()) {
                 return count(|r| r.skipped += 1);
             }
             let needs = move |c: &Connection| wants_refresh(c, now() - interval, now());
-            match refresh_if(ctx, user_id, provider, None, needs).await {
+            match refresh_if(ctx, which, provider, None, needs).await {
                 Ok(_) => count(|r| r.ok += 1),
                 Err(AccessError::Provider(TokenError::RateLimited(after))) => {
                     let wait = after.map_or(crate::oauth::refresh::health::BACKOFF_BASE, |s| s.min(86_400) as i64);

@@ -65,4 +65,13 @@ pub struct ProviderConfig {
     pub account_id_pointer: Option<String>,
     pub account_name_pointer: Option<String>,
     pub account_email_pointer: Option<String>,
+    /// What identifies the account to a person (an email, a login) in the account API's answer;
+    /// shown beside every connection. Default: the email, else the name.
+    pub account_label_pointer: Option<String>,
+    /// Scopes a user may add to a connection later ("Request more permissions"; an upgrade asks
+    /// for the union of the granted scopes and these).
+    pub optional_scopes: Option<Vec<String>>,
+    /// Whether the authorization request may ask for an incremental grant that keeps what was
+    /// granted before (Google's `include_granted_scopes=true`).
+    pub incremental_auth: Option<bool>,
 }

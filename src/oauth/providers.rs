@@ -17,6 +17,8 @@ pub struct AccountFields {
     pub id: Option<String>,
     pub name: Option<String>,
     pub email: Option<String>,
+    /// What a person recognises the account by (default: the email, else the name).
+    pub label: Option<String>,
 }
 
 impl AccountFields {
@@ -25,6 +27,7 @@ impl AccountFields {
             id: cfg.account_id_pointer.clone(),
             name: cfg.account_name_pointer.clone(),
             email: cfg.account_email_pointer.clone(),
+            label: cfg.account_label_pointer.clone(),
         }
     }
 }
@@ -44,6 +47,10 @@ pub struct Provider {
     pub account_method: AccountMethod,
     pub api_base_url: Option<Url>,
     pub scopes: Vec<String>,
+    /// Scopes a connection may be upgraded with later (`optional_scopes`).
+    pub optional_scopes: Vec<String>,
+    /// Ask for incremental grants (`include_granted_scopes=true`) when upgrading.
+    pub incremental_auth: bool,
     pub authorize_params: Vec<(String, String)>,
     pub client_auth: ClientAuth,
     pub pkce: bool,
@@ -151,7 +158,10 @@ fn overlay(base: ProviderConfig, over: &ProviderConfig) -> ProviderConfig {
         tokens_expire,
         account_id_pointer,
         account_name_pointer,
-        account_email_pointer
+        account_email_pointer,
+        account_label_pointer,
+        optional_scopes,
+        incremental_auth
     )
 }
 
@@ -223,6 +233,8 @@ pub fn resolve(name: &str, cfg: &ProviderConfig) -> Result<Provider, ConfigError
         account_method: merged.account_method.unwrap_or(AccountMethod::Get),
         api_base_url,
         scopes: merged.scopes.clone().unwrap_or_default(),
+        optional_scopes: merged.optional_scopes.clone().unwrap_or_default(),
+        incremental_auth: merged.incremental_auth.unwrap_or(false),
         authorize_params: merged.authorize_params.clone().unwrap_or_default().into_iter().collect(),
         client_auth: merged.client_auth.unwrap_or(ClientAuth::Basic),
         pkce: merged.pkce.unwrap_or(true),
@@ -250,6 +262,8 @@ pub fn demo(settings: &Settings) -> Provider {
         account_method: AccountMethod::Get,
         api_base_url: Some(url("/demo/api")),
         scopes: vec!["profile".into(), "files.read".into()],
+        optional_scopes: vec!["files.write".into()],
+        incremental_auth: false,
         authorize_params: Vec::new(),
         client_auth: ClientAuth::Basic,
         pkce: true,
@@ -261,6 +275,7 @@ pub fn demo(settings: &Settings) -> Provider {
             id: Some("/id".into()),
             name: Some("/name".into()),
             email: Some("/email".into()),
+            label: Some("/email".into()),
         },
         is_demo: true,
     }

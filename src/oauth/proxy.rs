@@ -6,6 +6,7 @@
 use crate::util::ExposeSecret;
 use url::Url;
 
+use crate::db::models::connections::Which;
 use crate::error::AppError;
 use crate::oauth::access::{Access, AccessError};
 use crate::oauth::account::send_with_token;
@@ -214,7 +215,7 @@ pub struct Answer {
 /// Forward the call (refused before anything is sent if the path is not allowed).
 pub async fn forward(
     ctx: &Access<'_>,
-    user_id: i64,
+    which: Which,
     provider: &Provider,
     req: Forward<'_>,
 ) -> Result<Answer, ProxyError> {
@@ -227,7 +228,7 @@ pub async fn forward(
     let body = req.body;
     let method = req.method;
     let limit = ctx.settings.proxy_max_response_bytes;
-    let response = send_with_token(ctx, user_id, provider, limit, |client, token| {
+    let response = send_with_token(ctx, which, provider, limit, |client, token| {
         let mut builder = client.request(method.clone(), url.clone());
         for (k, v) in &headers {
             builder = builder.header(k.as_str(), v.as_str());

@@ -1,7 +1,7 @@
 //! Disconnecting: revoke at the provider where it can be done (RFC 7009, or Dropbox's and
 //! GitHub's own variants), then always delete the local tokens.
 
-use crate::db::models::connections;
+use crate::db::models::connections::{self, Which};
 use crate::db::models::events::{EventKind, EventOutcome};
 use crate::error::{AppError, AppResult};
 use crate::oauth::access::{fresh_token, Access, AccessError};
@@ -21,13 +21,13 @@ pub enum Revoked {
     ProviderFailed(String),
 }
 
-async fn call_provider(ctx: &Access<'_>, user_id: i64, provider: &Provider) -> Result<(), String> {
+async fn call_provider(ctx: &Access<'_>, which: Which, provider: &Provider) -> Result<(), String> {
     let svc = provider.name.clone();
     let cipher = ctx.tokens.cipher.clone();
     let (row, creds) = ctx
         .tokens
         .db
-        .run(move |conn| Ok((connections::find(conn, user_id, &svc)?, client_credentials(conn, &cipher, &svc)?)))
+        .run(move |conn| Ok((connections::find_which(conn, which, &svc)?, client_credentials(conn, &cipher, &svc)?)))
         .await
         .map_err(|e| e.user_message())?;
     let row = row.ok_or("the connection is gone")?;
@@ -64,7 +64,7 @@ async fn call_provider(ctx: &Access<'_>, user_id: i64, provider: &Provider) -> R
         RevokeStyle::Dropbox => {
             let url = provider.revoke_url.clone().ok_or("no revocation endpoint is configured")?;
             // Dropbox revokes with a valid access token (which also ends the refresh token).
-            let token = fresh_token(ctx, user_id, provider).await.map_err(|e| {
+            let token = fresh_token(ctx, which, provider).await.map_err(|e| {
                 // An administrator's problem is logged as one (a page error would be, by the
                 // responder; here the revocation only reports it).
                 if matches!(e, AccessError::NotConfigured | AccessError::ClientRejected(_)) {
@@ -98,14 +98,16 @@ async fn call_provider(ctx: &Access<'_>, user_id: i64, provider: &Provider) -> R
 }
 
 /// Revoke at the provider if it can be done, then delete the local tokens whatever happened.
-pub async fn revoke_and_delete(ctx: &Access<'_>, user_id: i64, provider: &Provider) -> AppResult<Revoked> {
+pub async fn revoke_and_delete(ctx: &Access<'_>, which: Which, provider: &Provider) -> AppResult<Revoked> {
     let svc = provider.name.clone();
-    let exists = ctx.tokens.db.run(move |conn| Ok(connections::find(conn, user_id, &svc)?.is_some())).await?;
-    if !exists {
+    let found = ctx.tokens.db.run(move |conn| Ok(connections::find_which(conn, which, &svc)?)).await?;
+    let Some(row) = found else {
         return Err(AppError::NotFound);
-    }
+    };
+    // This row from here on (not whichever is first by the time the provider answered).
+    let which = Which::id(which.user_id, row.id);
     let outcome = if provider.can_revoke() {
-        match call_provider(ctx, user_id, provider).await {
+        match call_provider(ctx, which, provider).await {
             Ok(()) => Revoked::AtProvider,
             Err(reason) => {
                 tracing::warn!(service = %provider.name, reason = %reason, "revocation at the provider failed");
@@ -122,6 +124,6 @@ pub async fn revoke_and_delete(ctx: &Access<'_>, user_id: i64, provider: &Provid
         }
         Revoked::ProviderFailed(r) => (EventOutcome::ProviderFailed, format!("{r}; tokens deleted anyway")),
     };
-    store::delete(ctx.tokens, user_id, &provider.name, EventKind::Revoke, event_outcome, detail).await?;
+    store::delete(ctx.tokens, which, &provider.name, EventKind::Revoke, event_outcome, detail).await?;
     Ok(outcome)
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::cache::Caches;
-use crate::db::models::connections::{self, Connection, ConnectionStatus, NewConnection};
+use crate::db::models::connections::{self, Account, Connection, ConnectionStatus, NewConnection, Which};
 use crate::db::models::events::{self, EventKind, EventOutcome, NewEvent};
 use crate::db::models::invalidations::Written;
 use crate::db::{Conn, Db};
@@ -47,24 +47,44 @@ pub fn record_event(
     Ok(())
 }
 
-/// Store a fresh token set for (user, service), replacing any older one, with its event, in one
-/// transaction; what it invalidated, for this process's caches.
-#[allow(clippy::too_many_arguments)]
+/// Where a finished authorization's tokens go: the user's connection to `service` for `account`
+/// (a new one, or the one already there for that account), or — `into: Some(id)` — connection
+/// `id` reconnected in place (the caller has checked it is the same account, or one not known).
+#[derive(Debug, Clone)]
+pub struct Destination {
+    pub user_id: i64,
+    pub service: String,
+    /// The provider account (`None`: the provider does not say).
+    pub account: Option<Account>,
+    pub into: Option<i64>,
+    /// The scopes asked for, stored when the grant differs from them.
+    pub requested: Vec<String>,
+}
+
+/// Store a fresh token set where `to` says, with its event, in one transaction; the connection's
+/// id, and what it invalidated, for this process's caches.
 pub fn save_new(
     conn: &mut Conn,
     keep: i64,
     cipher: &Cipher,
-    user_id: i64,
-    service: &str,
+    to: &Destination,
     tokens: &TokenSet,
     event_kind: EventKind,
-) -> AppResult<Written<()>> {
-    let access = cipher.seal_str(tokens.access_token.expose_secret(), Aad::AccessToken { user_id, service });
+) -> AppResult<Written<i64>> {
+    let (user_id, service) = (to.user_id, to.service.as_str());
+    let account = to.account.as_ref().map_or("", |a| a.id.as_str());
+    let access = cipher.seal_str(tokens.access_token.expose_secret(), Aad::AccessToken { user_id, service, account });
     let refresh = tokens
         .refresh_token
         .as_ref()
-        .map(|r| cipher.seal_str(r.expose_secret(), Aad::RefreshToken { user_id, service }));
+        .map(|r| cipher.seal_str(r.expose_secret(), Aad::RefreshToken { user_id, service, account }));
     let scopes = tokens.scopes.join(" ");
+    let mut granted = tokens.scopes.clone();
+    granted.sort();
+    let mut requested = to.requested.clone();
+    requested.sort();
+    requested.dedup();
+    let requested = (!requested.is_empty() && requested != granted).then(|| to.requested.join(" "));
     let new = NewConnection {
         user_id,
         service,
@@ -78,18 +98,41 @@ pub fn save_new(
         version: 1,
         updated_at: now(),
         refresh_token_expires_at: tokens.refresh_expires_at,
+        account_id: account,
+        account_label: to.account.as_ref().and_then(|a| a.label.as_deref()),
+        requested_scopes: requested.as_deref(),
     };
     conn.transaction(|conn| {
-        let written = connections::upsert(conn, &new)?;
-        let detail = if tokens.refresh_token.is_some() { "with a refresh token" } else { "without a refresh token" };
-        record_event(conn, keep, user_id, service, event_kind, EventOutcome::Ok, detail)?;
-        if let Some(row) = connections::find(conn, user_id, service)? {
-            // A new row starts at version 1; connecting again over an existing one bumps it.
-            let t = if row.version == 1 { EventType::ConnectionCreated } else { EventType::ConnectionReconnected };
-            let data = EventData::of(conn, &row, ConnectionStatus::Active.as_str(), None)?;
-            outbox::record(conn, t, &data)?;
+        let written = match to.into {
+            Some(id) => {
+                let replaced = connections::replace(conn, id, &new)?;
+                if *replaced.value() == 0 {
+                    return Err(crate::error::AppError::Conflict(
+                        "The connection you were reconnecting was deleted meanwhile; nothing was stored.".into(),
+                    ));
+                }
+                replaced
+            }
+            None => connections::upsert(conn, &new)?,
+        };
+        let mut detail = String::from(if tokens.refresh_token.is_some() {
+            "with a refresh token"
+        } else {
+            "without a refresh token"
+        });
+        if let Some(label) = to.account.as_ref().and_then(|a| a.label.as_deref()) {
+            detail.push_str(&format!(" ({label})"));
         }
-        Ok(written.with(()))
+        record_event(conn, keep, user_id, service, event_kind, EventOutcome::Ok, &detail)?;
+        let Some(row) = connections::list_for(conn, user_id, service)?.into_iter().find(|c| c.account_id == account)
+        else {
+            return Err(crate::error::AppError::internal("the connection just stored is not there"));
+        };
+        // A new row starts at version 1; connecting again over an existing one bumps it.
+        let t = if row.version == 1 { EventType::ConnectionCreated } else { EventType::ConnectionReconnected };
+        let data = EventData::of(conn, &row, ConnectionStatus::Active.as_str(), None)?;
+        outbox::record(conn, t, &data)?;
+        Ok(written.with(row.id))
     })
 }
 
@@ -99,14 +142,15 @@ pub fn save_new(
 pub fn delete_with_event(
     conn: &mut Conn,
     keep: i64,
-    user_id: i64,
+    which: Which,
     service: &str,
     kind: EventKind,
     outcome: EventOutcome,
     detail: &str,
 ) -> AppResult<Written<bool>> {
+    let user_id = which.user_id;
     conn.transaction(|conn| {
-        let removed = connections::delete(conn, user_id, service)?;
+        let removed = connections::delete(conn, which, service)?;
         if let Some(row) = removed.value().clone() {
             record_event(conn, keep, user_id, service, kind, outcome, detail)?;
             let (t, status) = match kind {
@@ -123,39 +167,40 @@ pub fn delete_with_event(
 
 /// [`save_new`] on the blocking pool, then drop this process's cached copy of the row (other
 /// instances learn of it from the invalidation `save_new` records).
-pub async fn save(
-    store: Tokens<'_>,
-    user_id: i64,
-    service: &str,
-    tokens: TokenSet,
-    event_kind: EventKind,
-) -> AppResult<()> {
-    let (cipher, svc, keep) = (store.cipher.clone(), service.to_string(), store.events_kept);
-    let written = store.db.run(move |conn| save_new(conn, keep, &cipher, user_id, &svc, &tokens, event_kind)).await?;
-    store.caches.after_write(written);
-    Ok(())
+pub async fn save(store: Tokens<'_>, to: Destination, tokens: TokenSet, event_kind: EventKind) -> AppResult<i64> {
+    let (cipher, keep) = (store.cipher.clone(), store.events_kept);
+    let written = store.db.run(move |conn| save_new(conn, keep, &cipher, &to, &tokens, event_kind)).await?;
+    Ok(store.caches.after_write(written))
+}
+
+impl Destination {
+    /// The user's only connection to `service`, of an account the provider does not name (what
+    /// tests and providers without an account API store).
+    pub fn only(user_id: i64, service: &str) -> Destination {
+        Destination { user_id, service: service.to_string(), account: None, into: None, requested: Vec::new() }
+    }
 }
 
 /// [`delete_with_event`] on the blocking pool, then drop this process's cached copy of the row.
 pub async fn delete(
     store: Tokens<'_>,
-    user_id: i64,
+    which: Which,
     service: &str,
     kind: EventKind,
     outcome: EventOutcome,
     detail: String,
 ) -> AppResult<bool> {
     let (svc, keep) = (service.to_string(), store.events_kept);
-    let removed =
-        store.db.run(move |conn| delete_with_event(conn, keep, user_id, &svc, kind, outcome, &detail)).await?;
+    let removed = store.db.run(move |conn| delete_with_event(conn, keep, which, &svc, kind, outcome, &detail)).await?;
     Ok(store.caches.after_write(removed))
 }
 
 /// The decrypted access and refresh tokens of a stored connection.
 pub fn open_tokens(cipher: &Cipher, c: &Connection) -> AppResult<(Secret, Option<Secret>)> {
-    let access = cipher.open(&c.access_token, Aad::AccessToken { user_id: c.user_id, service: &c.service })?;
+    let (user_id, service, account) = (c.user_id, c.service.as_str(), c.account_id.as_str());
+    let access = cipher.open(&c.access_token, Aad::AccessToken { user_id, service, account })?;
     let refresh = match &c.refresh_token {
-        Some(r) => Some(cipher.open(r, Aad::RefreshToken { user_id: c.user_id, service: &c.service })?),
+        Some(r) => Some(cipher.open(r, Aad::RefreshToken { user_id, service, account })?),
         None => None,
     };
     Ok((access, refresh))
@@ -165,8 +210,9 @@ pub fn open_tokens(cipher: &Cipher, c: &Connection) -> AppResult<(Secret, Option
 mod tests {
     use std::sync::Arc;
 
-    use super::{delete, open_tokens, save, Tokens};
+    use super::{delete, open_tokens, save, Destination, Tokens};
     use crate::cache::Caches;
+    use crate::db::models::connections::Which;
     use crate::db::models::events::{EventKind, EventOutcome};
     use crate::db::models::{connections, events, users};
     use crate::db::Db;
@@ -192,7 +238,7 @@ mod tests {
             obtained_at: now(),
             refresh_expires_at: None,
         };
-        save(store, user_id, "fake", set, EventKind::Connect).await.unwrap();
+        save(store, Destination::only(user_id, "fake"), set, EventKind::Connect).await.unwrap();
 
         let mut conn = db.conn().unwrap();
         let row = connections::find(&mut conn, user_id, "fake").unwrap().expect("stored");
@@ -203,13 +249,17 @@ mod tests {
         let moved = connections::Connection { user_id: user_id + 1, ..row.clone() };
         assert!(open_tokens(&cipher, &moved).is_err());
 
-        assert!(delete(store, user_id, "fake", EventKind::Delete, EventOutcome::Ok, "gone".into()).await.unwrap());
+        assert!(delete(store, Which::first(user_id), "fake", EventKind::Delete, EventOutcome::Ok, "gone".into())
+            .await
+            .unwrap());
         assert!(connections::find(&mut conn, user_id, "fake").unwrap().is_none());
         let details: Vec<String> =
             events::recent(&mut conn, user_id, "fake", 5).unwrap().into_iter().map(|e| e.detail).collect();
         assert_eq!(details, ["gone", "with a refresh token"]);
         assert!(
-            !delete(store, user_id, "fake", EventKind::Delete, EventOutcome::Ok, "gone".into()).await.unwrap(),
+            !delete(store, Which::first(user_id), "fake", EventKind::Delete, EventOutcome::Ok, "gone".into())
+                .await
+                .unwrap(),
             "nothing left"
         );
     }

@@ -259,7 +259,9 @@ fn into_token_set(
     })
 }
 
-/// Exchange an authorization code (with its PKCE verifier) at the provider's token endpoint.
+/// Exchange an authorization code (with its PKCE verifier) at the provider's token endpoint;
+/// `requested`: the scopes the authorization asked for.
+#[allow(clippy::too_many_arguments)]
 pub async fn exchange_code(
     http: &Outbound,
     provider: &Provider,
@@ -268,6 +270,7 @@ pub async fn exchange_code(
     code: &str,
     verifier: Option<&Secret>,
     default_lifetime: i64,
+    requested: &[String],
 ) -> Result<TokenSet, TokenError> {
     let client = client(provider, creds, Some(redirect_uri))?;
     let mut request = client.exchange_code(AuthorizationCode::new(code.to_string()));
@@ -275,7 +278,8 @@ pub async fn exchange_code(
         request = request.set_pkce_verifier(PkceCodeVerifier::new(v.expose_secret().to_string()));
     }
     let response = request.request_async(http).await.map_err(map_error)?;
-    into_token_set(response, provider, default_lifetime, &provider.scopes)
+    // An answer without `scope` granted what was asked for (RFC 6749 §5.1).
+    into_token_set(response, provider, default_lifetime, requested)
 }
 
 /// Use a refresh token at the provider's token endpoint.

@@ -6,8 +6,9 @@ use rocket_dyn_templates::Template;
 use serde::Serialize;
 
 use crate::auth::CurrentUser;
+use crate::db::models::connections::Which;
 use crate::error::{AppError, AppResult};
-use crate::oauth::access::AccessError;
+use crate::oauth::access::{connection_set, pick, AccessError, Named};
 use crate::oauth::account::fetch_account;
 use crate::routes::services::provider;
 use crate::state::AppState;
@@ -30,15 +31,57 @@ struct AccountPage {
     account_name: Option<String>,
     account_email: Option<String>,
     json: String,
+    /// The connection shown, and the others of the service (the picker, when there are several).
+    connection_id: Option<i64>,
+    accounts: Vec<PickerEntry>,
 }
 
-#[get("/services/<service>/account")]
-async fn account(app: &State<AppState>, user: &CurrentUser, layout: Layout, service: &str) -> AppResult<Template> {
+#[derive(Serialize)]
+struct PickerEntry {
+    connection_id: i64,
+    label: String,
+    current: bool,
+}
+
+#[get("/services/<service>/account?<connection>&<account>")]
+async fn account(
+    app: &State<AppState>,
+    user: &CurrentUser,
+    layout: Layout,
+    service: &str,
+    connection: Option<i64>,
+    account: Option<&str>,
+) -> AppResult<Template> {
     let p = provider(app, service)?;
     if p.account_url.is_none() {
         return Err(AppError::BadRequest(format!("{} has no account API configured.", p.display_name)));
     }
+    let set = connection_set(app.tokens(), user.id, &p.name).await.map_err(|e| e.into_app_error(&p))?;
+    // None named: the first connection (the page offers the others).
+    let chosen = match (connection, account.filter(|a| !a.is_empty())) {
+        (None, None) => set.first().cloned(),
+        (connection, account) => Some(pick(&set, Named { account, connection }, &p)?),
+    };
+    let accounts = if set.len() > 1 {
+        set.iter()
+            .map(|c| PickerEntry {
+                connection_id: c.id,
+                label: c.account_label.clone().unwrap_or_else(|| {
+                    if c.account_id.is_empty() {
+                        format!("connection {}", c.id)
+                    } else {
+                        c.account_id.clone()
+                    }
+                }),
+                current: chosen.as_ref().is_some_and(|x| x.id == c.id),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let mut page = AccountPage {
+        connection_id: chosen.as_ref().map(|c| c.id),
+        accounts,
         service: p.name.clone(),
         display_name: p.display_name.clone(),
         state: "ok",
@@ -50,7 +93,11 @@ async fn account(app: &State<AppState>, user: &CurrentUser, layout: Layout, serv
         account_email: None,
         json: String::new(),
     };
-    match fetch_account(&app.access(), user.id, &p).await {
+    let which = match &chosen {
+        Some(c) => Which::id(user.id, c.id),
+        None => Which::first(user.id),
+    };
+    match fetch_account(&app.access(), which, &p).await {
         Ok(info) => {
             page.ok = true;
             page.account_id = info.id;

@@ -13,9 +13,9 @@ use rocket::{delete, get, head, patch, post, put, routes, Route, State};
 use serde::Serialize;
 
 use crate::auth::api_key::{ApiUser, Capability};
-use crate::db::models::connections::{self, ConnectionStatus};
+use crate::db::models::connections::{self, ConnectionStatus, Which};
 use crate::error::AppError;
-use crate::oauth::access::fresh_token;
+use crate::oauth::access::{connection_set, fresh_token, missing_scopes, pick, Named};
 use crate::oauth::providers::Provider;
 use crate::oauth::proxy::{self, Forward};
 use crate::state::AppState;
@@ -38,10 +38,17 @@ fn openapi() -> (ContentType, &'static str) {
 
 #[derive(Serialize)]
 struct ConnectionOut {
+    connection_id: i64,
     service: String,
     display_name: String,
+    /// The provider's id of the account and its label (`null` when the provider does not say).
+    account_id: Option<String>,
+    account_label: Option<String>,
     status: &'static str,
+    /// Granted scopes.
     scopes: Vec<String>,
+    /// The scopes asked for (the granted ones, unless the provider granted fewer or others).
+    requested_scopes: Vec<String>,
     obtained_at: String,
     expires_at: Option<String>,
     has_refresh_token: bool,
@@ -62,6 +69,10 @@ async fn list_connections(app: &State<AppState>, user: &ApiUser) -> ApiResult<Js
         rows.into_iter()
             .filter(|c| user.scope.allows_service(&c.service))
             .map(|c| ConnectionOut {
+                connection_id: c.id,
+                account_id: c.account().map(|a| a.id),
+                account_label: c.account_label.clone(),
+                requested_scopes: c.requested(),
                 display_name: app
                     .catalog
                     .get(&c.service)
@@ -85,6 +96,9 @@ async fn list_connections(app: &State<AppState>, user: &ApiUser) -> ApiResult<Js
 #[derive(Serialize)]
 struct TokenOut {
     service: String,
+    connection_id: i64,
+    account_id: Option<String>,
+    account_label: Option<String>,
     access_token: String,
     token_type: String,
     expires_at: Option<String>,
@@ -92,14 +106,54 @@ struct TokenOut {
     scopes: Vec<String>,
 }
 
+/// Which connection a request is for, and the scopes it needs: `?account=<account id>`,
+/// `?connection=<id>`, `?required_scopes=a,b`.
+#[derive(Debug, Default, rocket::FromForm)]
+pub struct Choice<'r> {
+    account: Option<&'r str>,
+    connection: Option<i64>,
+    required_scopes: Option<&'r str>,
+}
+
+/// The connection `choice` names among the user's connections to `p` (404 `not_connected`, 409
+/// `ambiguous_account`), and — with `required_scopes` — 403 `insufficient_scope` when its grant
+/// lacks one, with the Redirector's URL that asks for them on the same connection.
+async fn chosen(
+    app: &AppState,
+    user: &ApiUser,
+    p: &Provider,
+    choice: &Choice<'_>,
+) -> ApiResult<(Which, std::sync::Arc<connections::Connection>)> {
+    let set = connection_set(app.tokens(), user.id, &p.name).await.map_err(|e| e.into_app_error(p))?;
+    let named = Named { account: choice.account.filter(|a| !a.is_empty()), connection: choice.connection };
+    let row = pick(&set, named, p)?;
+    let required: Vec<String> =
+        choice.required_scopes.unwrap_or("").split([',', ' ']).filter(|s| !s.is_empty()).map(str::to_string).collect();
+    let missing = missing_scopes(&row, &required);
+    if !missing.is_empty() {
+        let path = crate::routes::services::upgrade_path(&p.name, row.id, &missing);
+        return Err(AppError::InsufficientScope {
+            service: p.service(),
+            missing,
+            upgrade_url: app.settings.url(&path),
+        });
+    }
+    Ok((Which::id(user.id, row.id), row))
+}
+
 /// A fresh access token (refreshed first when needed, through the same single-flight refresh).
-#[get("/services/<service>/token")]
-async fn token(app: &State<AppState>, user: &ApiUser, service: &str) -> ApiResult<Json<TokenOut>> {
+#[get("/services/<service>/token?<choice..>")]
+async fn token(app: &State<AppState>, user: &ApiUser, service: &str, choice: Choice<'_>) -> ApiResult<Json<TokenOut>> {
     user.require(Capability::TokenRead, Some(service))?;
     let p = provider(app, service)?;
-    let t = fresh_token(&app.access(), user.id, &p).await.map_err(|e| e.into_app_error(&p))?;
+    let (which, row) = chosen(app, user, &p, &choice).await?;
+    let t = fresh_token(&app.access(), which, &p).await.map_err(|e| e.into_app_error(&p))?;
     let token_type = if t.token_type.eq_ignore_ascii_case("bearer") { "Bearer".to_string() } else { t.token_type };
     Ok(Json(TokenOut {
+        connection_id: t.connection_id,
+        // The account of a connection never changes once known (a reconnect is pinned to it).
+        account_id: row.account().map(|a| a.id),
+        account_label: row.account_label.clone(),
         service: p.name.clone(),
         access_token: t.access_token.expose_secret().to_string(),
         token_type,
@@ -183,6 +237,13 @@ async fn run_proxy(
 ) -> ApiResult<Proxied> {
     user.require(Capability::Proxy, Some(service))?;
     let p = provider(app, service)?;
+    let (choice_query, query) = split_query(incoming.query.as_deref());
+    let choice = Choice {
+        account: choice_query.account.as_deref(),
+        connection: choice_query.connection,
+        required_scopes: choice_query.required_scopes.as_deref(),
+    };
+    let (which, _) = chosen(app, user, &p, &choice).await?;
     let body = match body {
         Some(data) => {
             let capped = data
@@ -201,14 +262,44 @@ async fn run_proxy(
         method,
         raw_path: &incoming.raw_path,
         segments: path.collect(),
-        query: incoming.query.as_deref(),
+        query: query.as_deref(),
         headers: incoming.headers,
         body,
     };
-    match proxy::forward(&app.access(), user.id, &p, forward).await {
+    match proxy::forward(&app.access(), which, &p, forward).await {
         Ok(answer) => Ok(Proxied { answer, limit: app.settings.proxy_max_response_bytes }),
         Err(e) => Err(e.into_app_error(&p)),
     }
+}
+
+/// tokenvault's own parameters of a proxied call's query (`account`, `connection`,
+/// `required_scopes`; a malformed `connection` is a 400), and the rest of the query, forwarded
+/// byte for byte as it came.
+#[derive(Debug, Default)]
+struct ChoiceQuery {
+    account: Option<String>,
+    connection: Option<i64>,
+    required_scopes: Option<String>,
+}
+
+fn split_query(query: Option<&str>) -> (ChoiceQuery, Option<String>) {
+    let mut choice = ChoiceQuery::default();
+    let Some(query) = query else { return (choice, None) };
+    let mut rest = Vec::new();
+    for part in query.split('&') {
+        let (key, value) = part.split_once('=').unwrap_or((part, ""));
+        let decoded =
+            || url::form_urlencoded::parse(format!("v={value}").as_bytes()).next().map(|(_, v)| v.into_owned());
+        match key {
+            "account" => choice.account = decoded(),
+            // Not a number: names no connection (404 not_connected), rather than the first.
+            "connection" => choice.connection = Some(decoded().and_then(|v| v.parse().ok()).unwrap_or(-1)),
+            "required_scopes" => choice.required_scopes = decoded(),
+            _ => rest.push(part),
+        }
+    }
+    let rest = rest.join("&");
+    (choice, (!rest.is_empty()).then_some(rest))
 }
 
 #[get("/services/<service>/proxy/<path..>")]
@@ -280,4 +371,21 @@ async fn proxy_patch(
     body: Data<'_>,
 ) -> ApiResult<Proxied> {
     run_proxy(app, user, service, reqwest::Method::PATCH, path, incoming, Some(body)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_query;
+
+    #[test]
+    fn tokenvaults_parameters_are_taken_out_of_the_forwarded_query() {
+        let (c, rest) = split_query(Some("path=%2Fa&account=dbid%3AAB&limit=2&required_scopes=files.read,files.write"));
+        assert_eq!(c.account.as_deref(), Some("dbid:AB"));
+        assert_eq!(c.required_scopes.as_deref(), Some("files.read,files.write"));
+        assert_eq!(rest.as_deref(), Some("path=%2Fa&limit=2"), "the rest exactly as sent");
+        let (c, rest) = split_query(Some("connection=12"));
+        assert_eq!((c.connection, rest), (Some(12), None));
+        assert_eq!(split_query(Some("connection=x")).0.connection, Some(-1), "a bad id names no connection");
+        assert!(split_query(None).1.is_none());
+    }
 }

@@ -28,6 +28,8 @@ struct ServiceCard {
     status: &'static str,
     expires: Option<String>,
     is_demo: bool,
+    /// The connected accounts' labels (several when the user connected more than one).
+    accounts: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -49,8 +51,19 @@ async fn index(app: &State<AppState>, user: Option<&CurrentUser>, layout: Layout
         .catalog
         .iter()
         .map(|p| {
-            let row = rows.iter().find(|c| c.service == p.name);
+            let mine: Vec<_> = rows.iter().filter(|c| c.service == p.name).collect();
+            // The card shows the connection in the worst state (the first among equals).
+            let rank = |s: ConnectionStatus| match s {
+                ConnectionStatus::ReconnectRequired => 0,
+                ConnectionStatus::Degraded => 1,
+                ConnectionStatus::Active => 2,
+            };
+            let row = mine.iter().copied().min_by_key(|c| (rank(c.status), c.id));
             ServiceCard {
+                accounts: mine
+                    .iter()
+                    .filter_map(|c| c.account_label.clone().or_else(|| c.account().map(|a| a.id)))
+                    .collect(),
                 name: p.name.clone(),
                 display_name: p.display_name.clone(),
                 description: p.description.clone(),

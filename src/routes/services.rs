@@ -11,9 +11,10 @@ use rocket_dyn_templates::Template;
 use serde::Serialize;
 
 use crate::auth::{Csrf, CsrfField, CurrentUser};
-use crate::db::models::connections::{self, ConnectionStatus};
+use crate::db::models::connections::{self, Account, ConnectionStatus, Which};
 use crate::error::{AppError, AppResult};
-use crate::oauth::flow::{self, CallbackParams, Finished};
+use crate::oauth::account::identifies;
+use crate::oauth::flow::{self, CallbackParams, Finished, Intent};
 use crate::oauth::providers::Provider;
 use crate::state::AppState;
 use crate::util::{format_utc, now, relative_time};
@@ -28,6 +29,21 @@ pub fn provider(app: &AppState, service: &str) -> AppResult<Arc<Provider>> {
     app.catalog.get(service).ok_or(AppError::NotFound)
 }
 
+/// The Redirector's link that asks for more permissions on connection `id` (an incremental
+/// authorization of the same connection, pinned to its account).
+pub fn upgrade_path(service: &str, id: i64, more: &[String]) -> String {
+    let query = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("connection", &id.to_string())
+        .append_pair("scopes", &more.join(","))
+        .finish();
+    format!("/services/{service}/authorize?{query}")
+}
+
+/// `scopes=a,b` (or space-separated), as a list.
+fn scope_param(scopes: Option<&str>) -> Vec<String> {
+    scopes.unwrap_or("").split([',', ' ']).filter(|s| !s.is_empty()).map(str::to_string).collect()
+}
+
 #[derive(Serialize)]
 struct AuthorizePage {
     service: String,
@@ -35,33 +51,50 @@ struct AuthorizePage {
     description: String,
     provider_host: String,
     scopes: Vec<String>,
+    /// Scopes the upgrade adds (shown as new).
+    more_scopes: Vec<String>,
+    more_scopes_param: String,
     redirect_uri: String,
     configured: bool,
     client_id_path: String,
     is_admin: bool,
     already_connected: bool,
     reconnect: bool,
+    /// Reconnecting this connection (`?connection=`), of this account.
+    connection: Option<i64>,
+    account_label: Option<String>,
+    /// Whether "Connect another account" is offered (the service is connected and tells accounts apart).
+    can_add_account: bool,
     csrf_token: String,
     next: String,
 }
 
-#[get("/services/<service>/authorize?<next>")]
+#[get("/services/<service>/authorize?<next>&<connection>&<scopes>")]
 async fn authorize_page(
     app: &State<AppState>,
     user: &CurrentUser,
     layout: Layout,
     service: &str,
     next: Option<&str>,
+    connection: Option<i64>,
+    scopes: Option<&str>,
 ) -> AppResult<Template> {
     let p = provider(app, service)?;
     let cipher = app.cipher.clone();
     let (name, uid) = (p.name.clone(), user.id);
-    let (configured, existing) = app
+    let (configured, rows) = app
         .db
         .run(move |conn| {
-            Ok((vault::client_credentials(conn, &cipher, &name)?.is_some(), connections::find(conn, uid, &name)?))
+            Ok((vault::client_credentials(conn, &cipher, &name)?.is_some(), connections::list_for(conn, uid, &name)?))
         })
         .await?;
+    let target = match connection {
+        Some(id) => Some(rows.iter().find(|c| c.id == id).ok_or(AppError::NotFound)?),
+        None => None,
+    };
+    let existing = target.or(if rows.len() == 1 { rows.first() } else { None });
+    let more = scope_param(scopes);
+    let all = flow::scopes_for(&p, target, &more)?;
     let page = AuthorizePage {
         service: p.name.clone(),
         display_name: p.display_name.clone(),
@@ -71,13 +104,18 @@ async fn authorize_page(
         } else {
             p.authorize_url.host_str().unwrap_or_default().to_string()
         },
-        scopes: p.scopes.clone(),
+        more_scopes: more.iter().filter(|s| !target.is_some_and(|t| t.granted().contains(s))).cloned().collect(),
+        more_scopes_param: more.join(","),
+        scopes: all,
         redirect_uri: app.settings.redirect_uri(&p.name),
         configured,
         client_id_path: p.client_id_path(),
         is_admin: user.is_admin,
-        already_connected: existing.is_some(),
-        reconnect: existing.as_ref().is_some_and(|c| c.status == ConnectionStatus::ReconnectRequired),
+        already_connected: !rows.is_empty(),
+        reconnect: existing.is_some_and(|c| c.status == ConnectionStatus::ReconnectRequired),
+        connection: target.map(|c| c.id),
+        account_label: existing.and_then(|c| c.account_label.clone().or_else(|| c.account().map(|a| a.id))),
+        can_add_account: !rows.is_empty() && identifies(&p),
         csrf_token: user.csrf_token.clone(),
         next: return_path(next),
     };
@@ -90,6 +128,12 @@ async fn authorize_page(
 pub struct AuthorizeForm {
     csrf_token: String,
     next: Option<String>,
+    /// Reconnect (or upgrade) this connection.
+    connection: Option<i64>,
+    /// "Connect another account".
+    add_account: Option<bool>,
+    /// More scopes to ask for, comma- or space-separated.
+    scopes: Option<String>,
 }
 
 impl CsrfField for AuthorizeForm {
@@ -108,8 +152,13 @@ async fn authorize(
 ) -> AppResult<Redirect> {
     let p = provider(app, service)?;
     let return_to = return_path(form.next.as_deref());
-    let url = flow::start(&app.db, &app.cipher, &app.settings, user, &p, &return_to).await?;
-    tracing::info!(user_id = user.id, service = %p.name, "authorization started");
+    let intent = Intent {
+        connection: form.connection,
+        add_account: form.add_account.unwrap_or(false),
+        more_scopes: scope_param(form.scopes.as_deref()),
+    };
+    let url = flow::start(&app.db, &app.cipher, &app.settings, user, &p, &return_to, &intent).await?;
+    tracing::info!(user_id = user.id, service = %p.name, connection = ?intent.connection, add_account = intent.add_account, "authorization started");
     Ok(Redirect::to(url.to_string()))
 }
 
@@ -139,7 +188,7 @@ async fn callback(
     layout: Layout,
     service: &str,
     params: CallbackParams,
-) -> NoTrace<AppResult<Result<Redirect, Template>>> {
+) -> NoTrace<AppResult<Result<Redirect, (rocket::http::Status, Template)>>> {
     NoTrace(finish_callback(app, user, layout, service, params).await)
 }
 
@@ -149,14 +198,16 @@ async fn finish_callback(
     layout: Layout,
     service: &str,
     params: CallbackParams,
-) -> AppResult<Result<Redirect, Template>> {
+) -> AppResult<Result<Redirect, (rocket::http::Status, Template)>> {
     let p = provider(app, service)?;
     match flow::finish(&app.access(), user, &p, params).await? {
-        Finished::Connected { return_to } => {
-            tracing::info!(service = %p.name, "service connected");
+        Finished::Connected { return_to, connection_id } => {
+            tracing::info!(service = %p.name, connection_id, "service connected");
             app.webhooks.wake();
-            let query: String =
-                url::form_urlencoded::Serializer::new(String::new()).append_pair("next", &return_to).finish();
+            let query: String = url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("next", &return_to)
+                .append_pair("connection", &connection_id.to_string())
+                .finish();
             let to = format!("/services/{}/connected?{query}", p.name);
             // No flash here: Rocket's flash cookie is SameSite=Strict and would not reach the next
             // page of a redirect chain that began at the provider; the greeting page says it all.
@@ -164,9 +215,46 @@ async fn finish_callback(
         }
         Finished::Cancelled => {
             let body = Cancelled { service: p.name.clone(), display_name: p.display_name.clone() };
-            Ok(Err(Template::render("services/cancelled", Page::new(layout, "Connection cancelled", body))))
+            Ok(Err((
+                rocket::http::Status::Ok,
+                Template::render("services/cancelled", Page::new(layout, "Connection cancelled", body)),
+            )))
+        }
+        Finished::AccountMismatch { connection_id, expected, got, return_to } => {
+            tracing::info!(service = %p.name, connection_id, "reconnect refused: another account");
+            let label = |a: &Option<Account>| {
+                a.as_ref()
+                    .map(|a| a.label.clone().unwrap_or_else(|| a.id.clone()))
+                    .unwrap_or_else(|| "an unknown account".into())
+            };
+            let body = MismatchPage {
+                service: p.name.clone(),
+                display_name: p.display_name.clone(),
+                connection_id,
+                expected: label(&expected),
+                got: label(&got),
+                can_add: got.is_some(),
+                csrf_token: user.map(|u| u.csrf_token.clone()).unwrap_or_default(),
+                next: return_to,
+            };
+            // 409: the reconnect could not be carried out as asked; nothing was stored.
+            let page = Template::render("services/account_mismatch", Page::new(layout, "Another account", body));
+            Ok(Err((rocket::http::Status::Conflict, page)))
         }
     }
+}
+
+#[derive(Serialize)]
+struct MismatchPage {
+    service: String,
+    display_name: String,
+    connection_id: i64,
+    /// The account of the connection being reconnected, and the one the provider answered for.
+    expected: String,
+    got: String,
+    can_add: bool,
+    csrf_token: String,
+    next: String,
 }
 
 #[derive(Serialize)]
@@ -174,6 +262,11 @@ struct ConnectedPage {
     service: String,
     display_name: String,
     username: String,
+    connection_id: i64,
+    account_id: String,
+    account_label: Option<String>,
+    /// Asked for and not granted (a provider may grant fewer: not a failure).
+    not_granted: Vec<String>,
     scopes: Vec<String>,
     expires: Option<String>,
     expires_utc: Option<String>,
@@ -181,22 +274,28 @@ struct ConnectedPage {
     next: String,
 }
 
-#[get("/services/<service>/connected?<next>")]
+#[get("/services/<service>/connected?<next>&<connection>")]
 async fn connected(
     app: &State<AppState>,
     user: &CurrentUser,
     layout: Layout,
     service: &str,
     next: Option<&str>,
+    connection: Option<i64>,
 ) -> AppResult<Template> {
     let p = provider(app, service)?;
-    let (uid, name) = (user.id, p.name.clone());
-    let conn = app.db.run(move |c| Ok(connections::find(c, uid, &name)?)).await?.ok_or(AppError::NotFound)?;
+    let (which, name) = (Which { user_id: user.id, id: connection }, p.name.clone());
+    let conn = app.db.run(move |c| Ok(connections::find_which(c, which, &name)?)).await?.ok_or(AppError::NotFound)?;
+    let granted = conn.granted();
     let page = ConnectedPage {
         service: p.name.clone(),
         display_name: p.display_name.clone(),
         username: user.username.clone(),
-        scopes: crate::util::scope_list(&conn.scopes),
+        connection_id: conn.id,
+        account_id: conn.account_id.clone(),
+        account_label: conn.account_label.clone(),
+        not_granted: conn.requested().into_iter().filter(|s| !granted.contains(s)).collect(),
+        scopes: granted,
         expires: conn.expires_at.map(|e| relative_time(e, now())),
         expires_utc: conn.expires_at.map(format_utc),
         has_refresh_token: conn.refresh_token.is_some(),

@@ -5,8 +5,10 @@ use rocket::{get, post, routes, uri, Route, State};
 use rocket_dyn_templates::Template;
 use serde::Serialize;
 
-use crate::auth::{Csrf, CsrfOnly, CurrentUser};
-use crate::db::models::connections::{self, ConnectionStatus};
+use rocket::form::FromForm;
+
+use crate::auth::{Csrf, CsrfField, CurrentUser};
+use crate::db::models::connections::{self, ConnectionStatus, Which};
 use crate::db::models::events::{self, EventKind, EventOutcome};
 use crate::error::{AppError, AppResult};
 use crate::oauth::revoke::{revoke_and_delete, Revoked};
@@ -32,7 +34,18 @@ struct EventView {
 struct ConnectionRow {
     service: String,
     display_name: String,
+    /// The connection's id (`tr[data-connection]`, the `-<id>` suffix of its actions' ids).
+    id: i64,
+    /// The first connection of its service: its actions also answer to the unsuffixed ids
+    /// (`#revoke-<service>` …), as before there could be several.
+    first: bool,
+    /// The provider's account id (`tr[data-account]`; empty when not known) and its label.
+    account_id: String,
+    account_label: Option<String>,
+    /// Granted scopes; those asked for and not granted; optional ones not granted yet.
     scopes: Vec<String>,
+    not_granted: Vec<String>,
+    upgrade_url: Option<String>,
     obtained: String,
     obtained_utc: String,
     expires: String,
@@ -70,20 +83,39 @@ async fn oauth2(app: &State<AppState>, user: &CurrentUser, layout: Layout) -> Ap
         .db
         .run(move |conn| {
             let list = connections::list_for_user(conn, uid)?;
-            let mut out = Vec::with_capacity(list.len());
+            let mut out: Vec<(connections::Connection, Vec<events::Event>)> = Vec::with_capacity(list.len());
             for c in list {
-                let ev = events::recent(conn, uid, &c.service, 5)?;
+                let ev = if out.last().is_some_and(|(prev, _)| prev.service == c.service) {
+                    Vec::new()
+                } else {
+                    events::recent(conn, uid, &c.service, 5)?
+                };
                 out.push((c, ev));
             }
             Ok(out)
         })
         .await?;
     let now = now();
+    let mut seen = std::collections::HashSet::new();
     let connections = rows
         .into_iter()
         .map(|(c, ev)| {
             let provider = app.catalog.get(&c.service);
+            let first = seen.insert(c.service.clone());
+            let granted = c.granted();
+            let not_granted: Vec<String> = c.requested().into_iter().filter(|s| !granted.contains(s)).collect();
+            let more: Vec<String> = provider
+                .as_ref()
+                .map(|p| p.optional_scopes.iter().filter(|s| !granted.contains(s)).cloned().collect())
+                .unwrap_or_default();
             ConnectionRow {
+                id: c.id,
+                first,
+                account_id: c.account_id.clone(),
+                account_label: c.account_label.clone(),
+                not_granted,
+                upgrade_url: (!more.is_empty() && c.status != ConnectionStatus::ReconnectRequired)
+                    .then(|| crate::routes::services::upgrade_path(&c.service, c.id, &more)),
                 display_name: provider.as_ref().map(|p| p.display_name.clone()).unwrap_or_else(|| c.service.clone()),
                 known_service: provider.is_some(),
                 can_revoke: provider.as_ref().is_some_and(|p| p.can_revoke()),
@@ -111,6 +143,7 @@ async fn oauth2(app: &State<AppState>, user: &CurrentUser, layout: Layout) -> Ap
                 refresh_expires_utc: c.refresh_token_expires_at.map(format_utc).unwrap_or_default(),
                 expired_refresh: c.refresh_token_expires_at.is_some_and(|t| t <= now),
                 healthy: c.status == ConnectionStatus::Active,
+                // The history is the service's: shown once, under its last connection (below).
                 events: ev
                     .into_iter()
                     .map(|e| EventView {
@@ -120,26 +153,53 @@ async fn oauth2(app: &State<AppState>, user: &CurrentUser, layout: Layout) -> Ap
                         outcome: e.outcome.as_str(),
                         detail: e.detail,
                     })
-                    .collect(),
+                    .collect::<Vec<_>>(),
                 service: c.service,
             }
         })
         .collect();
+    let mut connections: Vec<ConnectionRow> = connections;
+    // A service's history (it is the service's, not one account's) goes under its last row.
+    for i in 0..connections.len() {
+        let next_same = connections.get(i + 1).is_some_and(|n| n.service == connections[i].service);
+        if next_same {
+            let events = std::mem::take(&mut connections[i].events);
+            connections[i + 1].events = events;
+        }
+    }
     let page = SettingsPage { connections, csrf_token: user.csrf_token.clone() };
     Ok(Template::render("settings/oauth2", Page::new(layout, "OAuth2 services", page)))
 }
 
+/// The Revoke and Delete forms: which connection (`connection`; none: the service's first).
+/// No `Debug`: it carries a secret (a token, code, password or CSRF token).
+#[derive(FromForm)]
+pub struct ConnectionForm {
+    csrf_token: String,
+    connection: Option<i64>,
+}
+
+impl CsrfField for ConnectionForm {
+    fn csrf_token(&self) -> &str {
+        &self.csrf_token
+    }
+}
+
+fn which(user: &CurrentUser, form: &ConnectionForm) -> Which {
+    Which { user_id: user.id, id: form.connection }
+}
+
 /// Delete the local tokens. This alone does not revoke access at the provider.
-#[post("/settings/oauth2/<service>/delete", data = "<_form>")]
+#[post("/settings/oauth2/<service>/delete", data = "<form>")]
 async fn delete(
     app: &State<AppState>,
     user: &CurrentUser,
     service: &str,
-    _form: Csrf<CsrfOnly>,
+    form: Csrf<ConnectionForm>,
 ) -> AppResult<Flash<Redirect>> {
     let removed = store::delete(
         app.tokens(),
-        user.id,
+        which(user, &form),
         service,
         EventKind::Delete,
         EventOutcome::Ok,
@@ -159,15 +219,15 @@ async fn delete(
 }
 
 /// Revoke at the provider (where supported), then delete locally even if the provider call fails.
-#[post("/settings/oauth2/<service>/revoke", data = "<_form>")]
+#[post("/settings/oauth2/<service>/revoke", data = "<form>")]
 async fn revoke(
     app: &State<AppState>,
     user: &CurrentUser,
     service: &str,
-    _form: Csrf<CsrfOnly>,
+    form: Csrf<ConnectionForm>,
 ) -> AppResult<Flash<Redirect>> {
     let p = crate::routes::services::provider(app, service)?;
-    let outcome = revoke_and_delete(&app.access(), user.id, &p).await?;
+    let outcome = revoke_and_delete(&app.access(), which(user, &form), &p).await?;
     app.webhooks.wake();
     let name = &p.display_name;
     let back = Redirect::to(uri!(oauth2));

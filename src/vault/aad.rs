@@ -11,10 +11,11 @@ use std::fmt;
 pub enum Aad<'a> {
     /// A project vault entry, by path (`dropbox.client_secret`).
     VaultEntry(&'a str),
-    /// A user's access token for a service.
-    AccessToken { user_id: i64, service: &'a str },
-    /// A user's refresh token for a service.
-    RefreshToken { user_id: i64, service: &'a str },
+    /// A user's access token for an account at a service (`account`: the provider's account id,
+    /// `""` when not known — the format of the tokens stored before accounts were).
+    AccessToken { user_id: i64, service: &'a str, account: &'a str },
+    /// A user's refresh token for an account at a service (`account` as for the access token).
+    RefreshToken { user_id: i64, service: &'a str, account: &'a str },
     /// The PKCE verifier of an authorization flow in flight, by the SHA-256 of its state.
     PkceVerifier { state_hash: &'a str },
     /// The value in `meta` that tells whether the configured key opens this database.
@@ -25,8 +26,22 @@ impl fmt::Display for Aad<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Aad::VaultEntry(path) => write!(f, "vault_entries/{path}"),
-            Aad::AccessToken { user_id, service } => write!(f, "connections/{user_id}/{service}/access_token"),
-            Aad::RefreshToken { user_id, service } => write!(f, "connections/{user_id}/{service}/refresh_token"),
+            // The account last: a service name has no `/`, so no two (service, account) pairs
+            // write the same text, and an unknown account writes the original format.
+            Aad::AccessToken { user_id, service, account } => {
+                write!(f, "connections/{user_id}/{service}/access_token")?;
+                if !account.is_empty() {
+                    write!(f, "/{account}")?;
+                }
+                Ok(())
+            }
+            Aad::RefreshToken { user_id, service, account } => {
+                write!(f, "connections/{user_id}/{service}/refresh_token")?;
+                if !account.is_empty() {
+                    write!(f, "/{account}")?;
+                }
+                Ok(())
+            }
             Aad::PkceVerifier { state_hash } => write!(f, "oauth_flows/{state_hash}/pkce_verifier"),
             Aad::KeyCheck => f.write_str("meta/vault_key_check"),
         }
@@ -43,8 +58,16 @@ mod tests {
     fn formats_are_those_of_the_stored_ciphertexts() {
         let golden = [
             (Aad::VaultEntry("dropbox.client_secret"), "vault_entries/dropbox.client_secret"),
-            (Aad::AccessToken { user_id: 7, service: "dropbox" }, "connections/7/dropbox/access_token"),
-            (Aad::RefreshToken { user_id: 7, service: "dropbox" }, "connections/7/dropbox/refresh_token"),
+            (Aad::AccessToken { user_id: 7, service: "dropbox", account: "" }, "connections/7/dropbox/access_token"),
+            (Aad::RefreshToken { user_id: 7, service: "dropbox", account: "" }, "connections/7/dropbox/refresh_token"),
+            (
+                Aad::AccessToken { user_id: 7, service: "dropbox", account: "dbid:AAH4f9" },
+                "connections/7/dropbox/access_token/dbid:AAH4f9",
+            ),
+            (
+                Aad::RefreshToken { user_id: 7, service: "dropbox", account: "dbid:AAH4f9" },
+                "connections/7/dropbox/refresh_token/dbid:AAH4f9",
+            ),
             (Aad::PkceVerifier { state_hash: "ab12" }, "oauth_flows/ab12/pkce_verifier"),
             (Aad::KeyCheck, "meta/vault_key_check"),
         ];

@@ -155,10 +155,10 @@ mod tests {
     #[test]
     fn round_trip_with_associated_data() {
         let c = Cipher::for_tests(1);
-        let sealed = c.seal_str("RT-CANARY-xyz", Aad::RefreshToken { user_id: 1, service: "demo" });
+        let sealed = c.seal_str("RT-CANARY-xyz", Aad::RefreshToken { user_id: 1, service: "demo", account: "" });
         assert!(!String::from_utf8_lossy(&sealed).contains("RT-CANARY"));
         assert_eq!(
-            c.open(&sealed, Aad::RefreshToken { user_id: 1, service: "demo" }).unwrap().expose_secret(),
+            c.open(&sealed, Aad::RefreshToken { user_id: 1, service: "demo", account: "" }).unwrap().expose_secret(),
             "RT-CANARY-xyz"
         );
     }
@@ -166,8 +166,11 @@ mod tests {
     #[test]
     fn moved_ciphertext_does_not_open() {
         let c = Cipher::for_tests(1);
-        let sealed = c.seal_str("secret", Aad::AccessToken { user_id: 1, service: "demo" });
-        assert!(matches!(c.open(&sealed, Aad::AccessToken { user_id: 2, service: "demo" }), Err(VaultError::Decrypt)));
+        let sealed = c.seal_str("secret", Aad::AccessToken { user_id: 1, service: "demo", account: "" });
+        assert!(matches!(
+            c.open(&sealed, Aad::AccessToken { user_id: 2, service: "demo", account: "" }),
+            Err(VaultError::Decrypt)
+        ));
     }
 
     #[test]
@@ -219,9 +222,9 @@ mod tests {
         const SEALED: &str = "AeYvP3gpIUes7kCQ9TYTuJLVo+MEd35EphhhmTtR4Lpc2aABqAeYN2zg5GMQMj5enLaK5kSSlr4=";
         let sealed = crate::util::b64_decode(SEALED).unwrap();
         let c = Cipher::for_tests(7);
-        let aad = Aad::AccessToken { user_id: 7, service: "dropbox" };
+        let aad = Aad::AccessToken { user_id: 7, service: "dropbox", account: "" };
         assert_eq!(c.open(&sealed, aad).unwrap().expose_secret(), "AT-GOLDEN-7");
-        assert!(c.open(&sealed, Aad::RefreshToken { user_id: 7, service: "dropbox" }).is_err());
-        assert!(c.open(&sealed, Aad::AccessToken { user_id: 8, service: "dropbox" }).is_err());
+        assert!(c.open(&sealed, Aad::RefreshToken { user_id: 7, service: "dropbox", account: "" }).is_err());
+        assert!(c.open(&sealed, Aad::AccessToken { user_id: 8, service: "dropbox", account: "" }).is_err());
     }
 }

@@ -94,10 +94,10 @@ pub fn rotate(conn: &mut Conn, cipher: &Cipher, mut progress: impl FnMut(&str, u
         after_id = last.id;
         conn.transaction(|conn| {
             for row in &batch {
-                let (user_id, service) = (row.user_id, row.service.as_str());
-                let new_access = reseal(cipher, &row.access_token, Aad::AccessToken { user_id, service })?;
+                let (user_id, service, account) = (row.user_id, row.service.as_str(), row.account_id.as_str());
+                let new_access = reseal(cipher, &row.access_token, Aad::AccessToken { user_id, service, account })?;
                 let new_refresh = match &row.refresh_token {
-                    Some(r) => reseal(cipher, r, Aad::RefreshToken { user_id, service })?,
+                    Some(r) => reseal(cipher, r, Aad::RefreshToken { user_id, service, account })?,
                     None => None,
                 };
                 // Compare-and-swap on the version: a refresh by a running server in between wins

@@ -28,6 +28,8 @@ struct JsonError<'a> {
     error: &'a str,
     message: String,
     request_id: String,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    details: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// Whether the client wants JSON rather than an HTML page: everything under `/api/`, a JSON
@@ -45,7 +47,18 @@ pub const RETRY_AFTER_SECS: u32 = 5;
 /// API clients ([`wants_json`]); a 503 says when to come back. `AppError`'s responder and the
 /// catchers both answer through here.
 pub fn render_error(req: &Request<'_>, status: Status, code: &str, message: String) -> response::Result<'static> {
-    let mut response = render_error_body(req, status, code, message)?;
+    render_error_with(req, status, code, message, None)
+}
+
+/// [`render_error`] with the error's own JSON fields ([`AppError::details`]).
+fn render_error_with(
+    req: &Request<'_>,
+    status: Status,
+    code: &str,
+    message: String,
+    details: Option<serde_json::Map<String, serde_json::Value>>,
+) -> response::Result<'static> {
+    let mut response = render_error_body(req, status, code, message, details)?;
     // A 503 (database outage, overload, shutdown) is temporary: say when to come back.
     if status == Status::ServiceUnavailable {
         response.set_raw_header("Retry-After", RETRY_AFTER_SECS.to_string());
@@ -53,10 +66,16 @@ pub fn render_error(req: &Request<'_>, status: Status, code: &str, message: Stri
     Ok(response)
 }
 
-fn render_error_body(req: &Request<'_>, status: Status, code: &str, message: String) -> response::Result<'static> {
+fn render_error_body(
+    req: &Request<'_>,
+    status: Status,
+    code: &str,
+    message: String,
+    details: Option<serde_json::Map<String, serde_json::Value>>,
+) -> response::Result<'static> {
     let request_id = req.local_cache(RequestId::new).to_string();
     if wants_json(req) {
-        let body = JsonError { error: code, message, request_id };
+        let body = JsonError { error: code, message, request_id, details };
         return (status, Json(body)).respond_to(req);
     }
     let heading = StatusWords::of(status).heading;
@@ -85,7 +104,7 @@ impl<'r> Responder<'r, 'static> for AppError {
         } else {
             tracing::info!(%request_id, status = status.code, code, error = %self, "request refused");
         }
-        let mut response = render_error(req, status, code, self.user_message())?;
+        let mut response = render_error_with(req, status, code, self.user_message(), self.details())?;
         if let Some(seconds) = self.retry_after() {
             response.set_raw_header("Retry-After", seconds.to_string());
         }

@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use super::{EventType, Webhooks};
-use crate::db::models::connections::Connection;
+use crate::db::models::connections::{Account, Connection};
 use crate::db::models::users;
 use crate::db::models::webhooks::{self as rows, Attempted, Delivery, DeliveryStatus, Event, NewDelivery, NewEvent};
 use crate::db::Conn;
@@ -22,8 +22,8 @@ pub struct EventData {
     /// The username.
     pub user: String,
     pub service: String,
-    /// The provider account's name, when known (not yet stored: `null`).
-    pub account: Option<String>,
+    /// The provider account (`{"id", "label"}`), when the provider says which it is.
+    pub account: Option<Account>,
     /// The connection's status after the change (`active`, `reconnect_required`, `deleted`, …).
     pub status: String,
     /// Why, as a reason code (`invalid_grant`, …), when there is one.
@@ -38,7 +38,7 @@ impl EventData {
             connection_id: row.id,
             user,
             service: row.service.clone(),
-            account: None,
+            account: row.account(),
             status: status.to_string(),
             reason: reason.map(str::to_string),
         })

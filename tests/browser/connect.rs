@@ -36,7 +36,7 @@ async fn connect_demo_provider_under_csp() {
 
     b.click_to("#authorize", "#consent").await;
     assert_eq!(b.path().await, "/demo/oauth2/authorize");
-    assert_eq!(texts(&b, "#consent li").await, scopes, "the consent page lists the same scopes");
+    assert_eq!(texts(&b, "#scope-choice code").await, scopes, "the consent page lists the same scopes");
     b.screenshot("06-consent").await;
 
     b.click_to("#allow", "#connected").await;

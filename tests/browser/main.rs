@@ -17,6 +17,7 @@ mod connect;
 mod cross_origin;
 mod headers;
 mod phone;
+mod provider_accounts;
 mod revocation;
 mod sessions;
 #[path = "../common/webhook_receiver.rs"]

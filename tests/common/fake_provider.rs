@@ -39,6 +39,21 @@ pub struct State {
     /// The app's `public_url` when a test sets another than `PUBLIC_URL` (the expected
     /// `redirect_uri` is built from it).
     pub public_url: Option<String>,
+    /// The account the user is signed in to at the provider: tokens issued for a code belong to
+    /// it (`None`: [`FakeProvider::default_account`]); refreshed ones to their refresh token's.
+    pub account: Option<serde_json::Value>,
+    /// token (access or refresh) → the account it belongs to.
+    token_accounts: HashMap<String, serde_json::Value>,
+    /// The `scope` the token endpoint answers with (`None`: `read write`; `Some("")`: none).
+    pub grant_scope: Option<String>,
+}
+
+impl State {
+    /// Sign in to account `n` at the provider: the account API then answers for it (id
+    /// `fake-user-<n>`, email `user<n>@fake.example`) for tokens issued from now on.
+    pub fn sign_in_as(&mut self, n: u32) {
+        self.account = Some(FakeProvider::account_json(n));
+    }
 }
 
 #[derive(Clone)]
@@ -95,16 +110,19 @@ impl Respond for TokenEndpoint {
                         return error(400, "invalid_grant");
                     }
                 }
-                issue(&mut st)
+                let account = st.account.clone().unwrap_or_else(|| FakeProvider::account_json(1));
+                issue(&mut st, account)
             }
             Some("refresh_token") => {
                 let rt = f.get("refresh_token").cloned().unwrap_or_default();
                 match st.refresh_tokens.get(&rt).copied() {
                     Some(true) => {
                         if st.rotate_refresh_tokens && !st.omit_refresh_token {
-                            st.refresh_tokens.insert(rt, false);
+                            st.refresh_tokens.insert(rt.clone(), false);
                         }
-                        let response = issue(&mut st);
+                        let account =
+                            st.token_accounts.get(&rt).cloned().unwrap_or_else(|| FakeProvider::account_json(1));
+                        let response = issue(&mut st, account);
                         match st.refresh_delay {
                             Some(d) => response.set_delay(d),
                             None => response,
@@ -126,16 +144,22 @@ impl Respond for TokenEndpoint {
     }
 }
 
-fn issue(st: &mut State) -> ResponseTemplate {
+fn issue(st: &mut State, account: serde_json::Value) -> ResponseTemplate {
     st.issued += 1;
     let n = st.issued;
     let access = format!("AT-CANARY-{n}-{}", uuidish());
     let refresh = format!("RT-CANARY-{n}-{}", uuidish());
     st.access_tokens.push(access.clone());
-    let mut body = json!({"access_token": access, "token_type": "bearer", "scope": "read write"});
+    st.token_accounts.insert(access.clone(), account.clone());
+    let scope = st.grant_scope.clone().unwrap_or_else(|| "read write".into());
+    let mut body = json!({"access_token": access, "token_type": "bearer"});
+    if !scope.is_empty() {
+        body["scope"] = json!(scope);
+    }
     let give_refresh = !st.omit_refresh_token && (st.rotate_refresh_tokens || st.refresh_tokens.is_empty());
     if give_refresh {
         st.refresh_tokens.insert(refresh.clone(), true);
+        st.token_accounts.insert(refresh.clone(), account);
         body["refresh_token"] = json!(refresh);
     }
     if let Some(e) = &st.expires_in {
@@ -192,7 +216,7 @@ impl Respond for AccountEndpoint {
             req.headers.get("authorization").and_then(|h| h.to_str().ok()).and_then(|h| h.strip_prefix("Bearer "));
         match token {
             Some(t) if st.access_tokens.iter().any(|a| a == t) => ResponseTemplate::new(200)
-                .set_body_json(json!({"id": "fake-user-1", "name": "Fake User", "email": "fake@example.com"})),
+                .set_body_json(st.token_accounts.get(t).cloned().unwrap_or_else(|| FakeProvider::account_json(1))),
             _ => error(401, "invalid_token"),
         }
     }
@@ -225,6 +249,27 @@ impl FakeProvider {
             .mount(&server)
             .await;
         FakeProvider { server: Arc::new(server), state }
+    }
+
+    /// The account API's answer for account `n`, with the fields every preset points at (`id`,
+    /// Dropbox's `account_id`, Google's `sub`, GitHub's `login`, Microsoft's `userPrincipalName`).
+    pub fn account_json(n: u32) -> serde_json::Value {
+        let email = if n == 1 { "fake@example.com".to_string() } else { format!("user{n}@fake.example") };
+        json!({
+            "id": format!("fake-user-{n}"),
+            "account_id": format!("dbid:fake-{n}"),
+            "sub": format!("sub-{n}"),
+            "login": format!("fake{n}"),
+            "userPrincipalName": email,
+            "name": if n == 1 { "Fake User".to_string() } else { format!("Fake User {n}") },
+            "email": email,
+        })
+    }
+
+    /// The account (`id`) a token the fake issued belongs to.
+    pub fn account_of(&self, token: &str) -> Option<String> {
+        let st = self.state.lock().unwrap();
+        st.token_accounts.get(token).and_then(|a| a["id"].as_str()).map(str::to_string)
     }
 
     pub fn uri(&self) -> String {

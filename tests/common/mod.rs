@@ -435,6 +435,24 @@ impl<'a> Agent<'a> {
         url::Url::parse(res.location.as_deref().unwrap()).unwrap()
     }
 
+    /// Press the Redirector's button with these form fields besides the CSRF token
+    /// (`connection`, `add_account`, `scopes`); returns the provider authorize URL.
+    pub async fn start_flow_with(&self, service: &str, fields: &[(&str, &str)]) -> url::Url {
+        let csrf = self.csrf(&format!("/services/{service}/authorize")).await;
+        let mut all = vec![("csrf_token", csrf.as_str())];
+        all.extend_from_slice(fields);
+        let res = self.post_form(&format!("/services/{service}/authorize"), &all).await;
+        assert_eq!(res.status, Status::SeeOther, "authorize failed: {}", res.text);
+        url::Url::parse(res.location.as_deref().unwrap()).unwrap()
+    }
+
+    /// Finish a flow started at the fake provider (it approves): the callback's reply.
+    pub async fn finish_flow(&self, service: &str, authorize: &url::Url) -> Reply {
+        let (state, challenge) = flow_params(authorize);
+        let code = self.app.fake.issue_code(&challenge);
+        self.fetch(&format!("/services/{service}/callback?code={code}&state={state}")).await
+    }
+
     /// Run a whole successful flow against the fake provider.
     pub async fn connect(&self, service: &str) -> Reply {
         let authorize = self.start_flow(service).await;

@@ -51,6 +51,66 @@ pub struct Connection {
     pub refresh_token_expires_at: Option<i64>,
     /// The refresh-token expiry that `connection.expiring` was raised for (once per expiry).
     pub expiry_warned_for: Option<i64>,
+    /// The provider's id of the account (`""`: not known — a provider without an account API, or
+    /// a connection made before accounts were recorded). Unique per (user, service).
+    pub account_id: String,
+    /// What the user recognises the account by (an email, a login), when known.
+    pub account_label: Option<String>,
+    /// The scopes tokenvault asked for, when they differ from those granted (`scopes`).
+    pub requested_scopes: Option<String>,
+}
+
+impl Connection {
+    /// The provider account, when known.
+    pub fn account(&self) -> Option<Account> {
+        (!self.account_id.is_empty())
+            .then(|| Account { id: self.account_id.clone(), label: self.account_label.clone() })
+    }
+
+    /// The scopes granted, as a list.
+    pub fn granted(&self) -> Vec<String> {
+        crate::util::scope_list(&self.scopes)
+    }
+
+    /// The scopes asked for (the granted ones when none were recorded).
+    pub fn requested(&self) -> Vec<String> {
+        crate::util::scope_list(self.requested_scopes.as_deref().unwrap_or(&self.scopes))
+    }
+}
+
+/// Which account at the provider a connection is: its id there and a label a person recognises.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Account {
+    pub id: String,
+    pub label: Option<String>,
+}
+
+/// Which of a user's connections to a service: the one with this id, or (`id: None`) the first
+/// connected — the only one for a user with one account per service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Which {
+    pub user_id: i64,
+    pub id: Option<i64>,
+}
+
+impl Which {
+    /// The user's first (for most users: only) connection to the service.
+    pub fn first(user_id: i64) -> Which {
+        Which { user_id, id: None }
+    }
+
+    /// The user's connection `id` (only if it is theirs and of the service asked for).
+    pub fn id(user_id: i64, id: i64) -> Which {
+        Which { user_id, id: Some(id) }
+    }
+
+    /// The chosen row of the user's connections to one service (ordered by id).
+    pub fn pick<'r, C: std::borrow::Borrow<Connection>>(&self, rows: &'r [C]) -> Option<&'r C> {
+        match self.id {
+            None => rows.first(),
+            Some(id) => rows.iter().find(|c| c.borrow().id == id && c.borrow().user_id == self.user_id),
+        }
+    }
 }
 
 #[derive(Debug, Insertable)]
@@ -68,9 +128,14 @@ pub struct NewConnection<'a> {
     pub version: i64,
     pub updated_at: i64,
     pub refresh_token_expires_at: Option<i64>,
+    /// `""` when the provider does not say which account this is.
+    pub account_id: &'a str,
+    pub account_label: Option<&'a str>,
+    pub requested_scopes: Option<&'a str>,
 }
 
-/// Insert the connection, or replace the tokens of the existing one (bumping its version).
+/// Insert the connection, or — the same account (`account_id`) of the same user and service
+/// connected again — replace the tokens of the existing one (bumping its version).
 /// Every write to a connection also records a cache invalidation (call inside a transaction) and
 /// returns it with its outcome.
 pub fn upsert(conn: &mut Conn, new: &NewConnection<'_>) -> QueryResult<Written<usize>> {
@@ -78,9 +143,11 @@ pub fn upsert(conn: &mut Conn, new: &NewConnection<'_>) -> QueryResult<Written<u
     let n = crate::on_conn!(conn, conn => {
         diesel::insert_into(connections::table)
             .values(new)
-            .on_conflict((connections::user_id, connections::service))
+            .on_conflict((connections::user_id, connections::service, connections::account_id))
             .do_update()
             .set((
+                connections::account_label.eq(excluded(connections::account_label)),
+                connections::requested_scopes.eq(excluded(connections::requested_scopes)),
                 connections::access_token.eq(excluded(connections::access_token)),
                 connections::refresh_token.eq(excluded(connections::refresh_token)),
                 connections::token_type.eq(excluded(connections::token_type)),
@@ -102,36 +169,106 @@ pub fn upsert(conn: &mut Conn, new: &NewConnection<'_>) -> QueryResult<Written<u
     Ok(written.with(n))
 }
 
+/// Reconnect connection `id` in place: new tokens, and the account the provider now names (a
+/// connection whose account was not known learns it), the version bumped, healthy again.
+pub fn replace(conn: &mut Conn, id: i64, new: &NewConnection<'_>) -> QueryResult<Written<usize>> {
+    let written = invalidations::connection(conn, new.user_id, new.service)?;
+    let n = crate::on_conn!(conn, conn => {
+        diesel::update(
+            connections::table
+                .filter(connections::id.eq(id))
+                .filter(connections::user_id.eq(new.user_id))
+                .filter(connections::service.eq(new.service)),
+        )
+        .set((
+            connections::account_id.eq(new.account_id),
+            connections::account_label.eq(new.account_label),
+            connections::requested_scopes.eq(new.requested_scopes),
+            connections::access_token.eq(new.access_token),
+            connections::refresh_token.eq(new.refresh_token),
+            connections::token_type.eq(new.token_type),
+            connections::scopes.eq(new.scopes),
+            connections::expires_at.eq(new.expires_at),
+            connections::obtained_at.eq(new.obtained_at),
+            connections::status.eq(new.status),
+            connections::version.eq(connections::version + 1),
+            connections::updated_at.eq(new.updated_at),
+            connections::refresh_lease_until.eq(None::<i64>),
+            connections::refresh_after_401_at.eq(None::<i64>),
+            connections::status_reason.eq(None::<String>),
+            connections::attempts.eq(0),
+            connections::next_attempt_at.eq(None::<i64>),
+            connections::refresh_token_expires_at.eq(new.refresh_token_expires_at),
+        ))
+        .execute(conn)
+    })?;
+    Ok(written.with(n))
+}
+
+/// The user's first connection to `service` (the only one for a user with one account there).
 pub fn find(conn: &mut Conn, user_id: i64, service: &str) -> QueryResult<Option<Connection>> {
+    find_which(conn, Which::first(user_id), service)
+}
+
+/// The connection `which` names among the user's connections to `service`.
+pub fn find_which(conn: &mut Conn, which: Which, service: &str) -> QueryResult<Option<Connection>> {
+    crate::on_conn!(conn, conn => {
+        let q = connections::table
+            .filter(connections::user_id.eq(which.user_id))
+            .filter(connections::service.eq(service))
+            .into_boxed();
+        let q = match which.id {
+            Some(id) => q.filter(connections::id.eq(id)),
+            None => q,
+        };
+        q.order(connections::id.asc()).select(Connection::as_select()).first(conn).optional()
+    })
+}
+
+/// The user's connections to `service`, first connected first.
+pub fn list_for(conn: &mut Conn, user_id: i64, service: &str) -> QueryResult<Vec<Connection>> {
     crate::on_conn!(conn, conn => {
         connections::table
             .filter(connections::user_id.eq(user_id))
             .filter(connections::service.eq(service))
-            .select(Connection::as_select())
-            .first(conn)
-            .optional()
-    })
-}
-
-pub fn list_for_user(conn: &mut Conn, user_id: i64) -> QueryResult<Vec<Connection>> {
-    crate::on_conn!(conn, conn => {
-        connections::table
-            .filter(connections::user_id.eq(user_id))
-            .order(connections::service.asc())
+            .order(connections::id.asc())
             .select(Connection::as_select())
             .load(conn)
     })
 }
 
-/// Delete a user's connection; the row removed (`None` when it was not theirs), read in the same
-/// statement (`RETURNING`), so the caller's transaction starts with its write.
-pub fn delete(conn: &mut Conn, user_id: i64, service: &str) -> QueryResult<Written<Option<Connection>>> {
-    let written = invalidations::connection(conn, user_id, service)?;
+/// All the user's connections, by service, then first connected first.
+pub fn list_for_user(conn: &mut Conn, user_id: i64) -> QueryResult<Vec<Connection>> {
+    crate::on_conn!(conn, conn => {
+        connections::table
+            .filter(connections::user_id.eq(user_id))
+            .order((connections::service.asc(), connections::id.asc()))
+            .select(Connection::as_select())
+            .load(conn)
+    })
+}
+
+/// Delete the connection `which` names among the user's connections to `service`; the row
+/// removed (`None` when there is none), read in the same statement (`RETURNING`), so the caller's
+/// transaction starts with its write.
+pub fn delete(conn: &mut Conn, which: Which, service: &str) -> QueryResult<Written<Option<Connection>>> {
+    let written = invalidations::connection(conn, which.user_id, service)?;
+    let Some(id) = (match which.id {
+        Some(id) => Some(id),
+        None => find(conn, which.user_id, service)?.map(|c| c.id),
+    }) else {
+        return Ok(written.with(None));
+    };
     let row = crate::on_conn!(conn, conn => {
-        diesel::delete(connections::table.filter(connections::user_id.eq(user_id)).filter(connections::service.eq(service)))
-            .returning(Connection::as_returning())
-            .get_result(conn)
-            .optional()
+        diesel::delete(
+            connections::table
+                .filter(connections::id.eq(id))
+                .filter(connections::user_id.eq(which.user_id))
+                .filter(connections::service.eq(service)),
+        )
+        .returning(Connection::as_returning())
+        .get_result(conn)
+        .optional()
     })?;
     Ok(written.with(row))
 }
@@ -214,6 +351,9 @@ impl Connection {
             next_attempt_at: None,
             refresh_token_expires_at: None,
             expiry_warned_for: None,
+            account_id: String::new(),
+            account_label: None,
+            requested_scopes: None,
         }
     }
 }
@@ -419,6 +559,7 @@ pub struct Sealed {
     pub version: i64,
     pub user_id: i64,
     pub service: String,
+    pub account_id: String,
     pub access_token: Vec<u8>,
     pub refresh_token: Option<Vec<u8>>,
 }
@@ -487,6 +628,9 @@ mod tests {
                 version: 1,
                 updated_at: 0,
                 refresh_token_expires_at: None,
+                account_id: "",
+                account_label: None,
+                requested_scopes: None,
             };
             upsert(&mut conn, &row).unwrap().recorded_only();
             for outcome in [EventOutcome::Ok, EventOutcome::Failed] {
@@ -520,6 +664,75 @@ mod tests {
             "only the unknown row is skipped"
         );
         assert_eq!(events::recent(&mut conn, user_id, "dropbox", 10).unwrap().len(), 2);
+    }
+
+    /// A connection made before accounts were recorded survives the migration that allows several
+    /// per service (SQLite rebuilds the table): its id, its tokens (sealed in the format without an
+    /// account) and its place as the service's only connection; then a second account can join,
+    /// and the way back (down.sql) keeps the first.
+    #[test]
+    fn connections_from_before_accounts_survive_the_accounts_migration_both_ways() {
+        use crate::vault::{Aad, Cipher};
+        use diesel_migrations::MigrationHarness;
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.sqlite").to_string_lossy()).unwrap();
+        let mut conn = db.conn().unwrap();
+        let user_id = users::for_tests(&mut conn, "old");
+        let revert = |conn: &mut Conn| {
+            let crate::db::Conn::Sqlite(c) = conn else { unreachable!() };
+            let c: &mut diesel::sqlite::SqliteConnection = &mut *c;
+            loop {
+                let reverted = c.revert_last_migration(crate::db::SQLITE_MIGRATIONS).unwrap();
+                if reverted.to_string().contains("000060") {
+                    break;
+                }
+            }
+        };
+        revert(&mut conn);
+        let cipher = Cipher::for_tests(9);
+        let sealed = cipher.seal_str("AT-old", Aad::AccessToken { user_id, service: "dropbox", account: "" });
+        let hex: String = sealed.iter().map(|b| format!("{b:02x}")).collect();
+        let sql = format!(
+            "INSERT INTO connections (id, user_id, service, access_token, token_type, scopes, obtained_at, updated_at) \
+             VALUES (41, {user_id}, 'dropbox', X'{hex}', 'bearer', 'read', 1, 1)"
+        );
+        crate::on_conn!(&mut conn, c => diesel::sql_query(sql).execute(c)).unwrap();
+        {
+            let crate::db::Conn::Sqlite(c) = &mut conn else { unreachable!() };
+            let c: &mut diesel::sqlite::SqliteConnection = &mut *c;
+            c.run_pending_migrations(crate::db::SQLITE_MIGRATIONS).unwrap();
+        }
+        let row = find(&mut conn, user_id, "dropbox").unwrap().expect("kept");
+        assert_eq!((row.id, row.account_id.as_str(), row.account()), (41, "", None));
+        let (access, _) = crate::oauth::store::open_tokens(&cipher, &row).unwrap();
+        assert_eq!(crate::util::ExposeSecret::expose_secret(&access), "AT-old");
+        let second = NewConnection {
+            user_id,
+            service: "dropbox",
+            access_token: b"sealed",
+            refresh_token: None,
+            token_type: "bearer",
+            scopes: "",
+            expires_at: None,
+            obtained_at: 2,
+            status: ConnectionStatus::Active,
+            version: 1,
+            updated_at: 2,
+            refresh_token_expires_at: None,
+            account_id: "dbid:work",
+            account_label: Some("work@example.com"),
+            requested_scopes: None,
+        };
+        upsert(&mut conn, &second).unwrap().recorded_only();
+        assert_eq!(list_for(&mut conn, user_id, "dropbox").unwrap().len(), 2, "a second account is a second row");
+        let other = NewConnection { account_id: "dbid:other", ..second };
+        let next = diesel::insert_into(connections::table).values(&other).returning(connections::id);
+        let id: i64 = crate::on_conn!(&mut conn, c => next.get_result(c)).unwrap();
+        assert!(id > 41, "ids keep growing after the rebuild");
+        revert(&mut conn);
+        let ids: Vec<i64> =
+            crate::on_conn!(&mut conn, c => connections::table.select(connections::id).load(c)).unwrap();
+        assert_eq!(ids, [41], "down.sql keeps the first connection of each service");
     }
 
     #[test]

@@ -17,6 +17,12 @@ pub struct Flow {
     pub return_to: String,
     pub created_at: i64,
     pub expires_at: i64,
+    /// Reconnecting (or upgrading) this connection of the user: pinned to its account.
+    pub connection_id: Option<i64>,
+    /// Adding another account (rather than reconnecting the one there is).
+    pub add_account: bool,
+    /// The scopes asked for, space-separated (`None`: the provider's configured ones).
+    pub scopes: Option<String>,
 }
 
 pub fn insert(conn: &mut Conn, flow: &Flow) -> QueryResult<usize> {

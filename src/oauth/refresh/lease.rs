@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::due::cooldown_bound;
 use super::{fresh_from, load, AccessError, FreshToken, Refresher};
-use crate::db::models::connections::{self, Connection};
+use crate::db::models::connections::{self, Connection, Which};
 use crate::oauth::providers::Provider;
 use crate::oauth::tokens::TokenError;
 use crate::util::now;
@@ -51,7 +51,7 @@ where
         // Lost: the row changed (someone refreshed or reconnected: use their token), another
         // instance holds the lease (wait for its result), or — after a 401 — a refresh was
         // attempted within the cooldown (the re-read row says so: `needs` is false).
-        row = load(ctx, row.user_id, &provider.name).await?;
+        row = load(ctx, Which::id(row.user_id, row.id), &provider.name).await?;
         // Degraded meanwhile (here or in another instance), or backing off: not before its next
         // attempt.
         if let Some(answer) = super::backing_off(ctx, &row) {

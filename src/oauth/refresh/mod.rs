@@ -33,8 +33,9 @@ mod tests;
 
 use std::sync::Arc;
 
+use crate::cache::ConnectionSet;
 use crate::config::Settings;
-use crate::db::models::connections::{self, Connection, ConnectionStatus};
+use crate::db::models::connections::{self, Connection, ConnectionStatus, Which};
 use crate::error::AppError;
 use crate::metrics::Metrics;
 use crate::oauth::providers::Provider;
@@ -112,6 +113,8 @@ pub struct FreshToken {
     pub scopes: Vec<String>,
     /// The connection's version this token came from (for `access::refresh_after_401`).
     pub version: i64,
+    /// The connection it came from.
+    pub connection_id: i64,
 }
 
 fn fresh_from(ctx: &Refresher<'_>, c: &Connection) -> Result<FreshToken, AccessError> {
@@ -119,7 +122,7 @@ fn fresh_from(ctx: &Refresher<'_>, c: &Connection) -> Result<FreshToken, AccessE
     let access = ctx
         .tokens
         .cipher
-        .open(&c.access_token, Aad::AccessToken { user_id: c.user_id, service: &c.service })
+        .open(&c.access_token, Aad::AccessToken { user_id: c.user_id, service: &c.service, account: &c.account_id })
         .map_err(AppError::from)?;
     Ok(FreshToken {
         access_token: access,
@@ -127,6 +130,7 @@ fn fresh_from(ctx: &Refresher<'_>, c: &Connection) -> Result<FreshToken, AccessE
         expires_at: c.expires_at,
         scopes: crate::util::scope_list(&c.scopes),
         version: c.version,
+        connection_id: c.id,
     })
 }
 
@@ -149,33 +153,49 @@ fn usable(row: Arc<Connection>) -> Result<Arc<Connection>, AccessError> {
     Ok(row)
 }
 
-/// The connection row as the database has it now (and cached for the next request).
-async fn load(ctx: &Refresher<'_>, user_id: i64, service: &str) -> Result<Arc<Connection>, AccessError> {
+/// The user's connections to `service` as the database has them, first connected first.
+async fn read_set(ctx: &Refresher<'_>, user_id: i64, service: &str) -> Result<ConnectionSet, AccessError> {
+    let svc = service.to_string();
+    let rows = ctx.tokens.db.run(move |conn| Ok(connections::list_for(conn, user_id, &svc)?)).await?;
+    Ok(Arc::new(rows.into_iter().map(Arc::new).collect()))
+}
+
+/// The connection row as the database has it now (its set cached for the next request).
+async fn load(ctx: &Refresher<'_>, which: Which, service: &str) -> Result<Arc<Connection>, AccessError> {
     let cache = &ctx.tokens.caches.connections;
     let ticket = cache.ticket();
-    let svc = service.to_string();
-    let row = ctx.tokens.db.run(move |conn| Ok(connections::find(conn, user_id, &svc)?)).await?;
-    let row = Arc::new(row.ok_or(AccessError::NotConnected)?);
-    cache.fill(ticket, (user_id, service.to_string()), row.clone());
-    usable(row)
+    let set = read_set(ctx, which.user_id, service).await?;
+    let row = which.pick(&set).cloned();
+    if !set.is_empty() {
+        cache.fill(ticket, (which.user_id, service.to_string()), set);
+    }
+    usable(row.ok_or(AccessError::NotConnected)?)
 }
 
 /// The connection row from the cache (see `crate::cache`), else from the database (one read for
 /// all concurrent misses). Good enough to decide whether a refresh is needed; the refresh itself
 /// always re-reads the database.
-async fn current(ctx: &Refresher<'_>, user_id: i64, service: &str) -> Result<Arc<Connection>, AccessError> {
+async fn current(ctx: &Refresher<'_>, which: Which, service: &str) -> Result<Arc<Connection>, AccessError> {
+    let set = connection_set(ctx.tokens, which.user_id, service).await?;
+    usable(which.pick(&set).cloned().ok_or(AccessError::NotConnected)?)
+}
+
+/// The user's connections to `service` (first connected first; empty when none), from the cache
+/// (see `crate::cache`), else from the database (one read for all concurrent misses): how the
+/// API picks the account a request names before asking for its token.
+pub async fn connection_set(tokens: Tokens<'_>, user_id: i64, service: &str) -> Result<ConnectionSet, AccessError> {
     let key = (user_id, service.to_string());
-    let row = ctx
-        .tokens
+    let set = tokens
         .caches
         .connections
         .get_or_load(&key, || async {
             let svc = service.to_string();
-            let row = ctx.tokens.db.run(move |conn| Ok(connections::find(conn, user_id, &svc)?)).await?;
-            Ok::<_, AccessError>(row.map(Arc::new))
+            let rows = tokens.db.run(move |conn| Ok(connections::list_for(conn, user_id, &svc)?)).await?;
+            let set: ConnectionSet = Arc::new(rows.into_iter().map(Arc::new).collect());
+            Ok::<_, AccessError>((!set.is_empty()).then_some(set))
         })
         .await?;
-    usable(row.ok_or(AccessError::NotConnected)?)
+    Ok(set.unwrap_or_default())
 }
 
 /// A usable token for (user, service): the stored one, or — if `needs` says so of its row — one
@@ -184,7 +204,7 @@ async fn current(ctx: &Refresher<'_>, user_id: i64, service: &str) -> Result<Arc
 /// if no other refresh after a 401 was attempted within that many seconds, and records this one.
 pub async fn refresh_if<F>(
     ctx: &Refresher<'_>,
-    user_id: i64,
+    which: Which,
     provider: &Provider,
     cooldown: Option<i64>,
     needs: F,
@@ -192,7 +212,9 @@ pub async fn refresh_if<F>(
 where
     F: Fn(&Connection) -> bool,
 {
-    let row = current(ctx, user_id, &provider.name).await?;
+    let row = current(ctx, which, &provider.name).await?;
+    // The same row from here on, whatever is connected meanwhile.
+    let which = Which::id(which.user_id, row.id);
     if !needs(&row) {
         return fresh_from(ctx, &row);
     }
@@ -203,7 +225,7 @@ where
     let _guard = match lock.enter(row.version).await {
         single_flight::Entry::Leader(guard) => guard,
         single_flight::Entry::Written => {
-            let row = current(ctx, user_id, &provider.name).await?;
+            let row = current(ctx, which, &provider.name).await?;
             return backing_off(ctx, &row).unwrap_or_else(|| fresh_from(ctx, &row));
         }
     };

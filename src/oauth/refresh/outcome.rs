@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::classify::Dead;
 use super::{fresh_from, health, lease, load, AccessError, FreshToken, Refresher};
-use crate::db::models::connections::{self, Connection, ConnectionStatus, Refreshed, RowRef};
+use crate::db::models::connections::{self, Connection, ConnectionStatus, Refreshed, RowRef, Which};
 use crate::db::models::events::{EventKind, EventOutcome};
 use crate::db::models::invalidations::Written;
 use crate::db::Conn;
@@ -32,11 +32,13 @@ pub async fn store_tokens(
 ) -> Result<FreshToken, AccessError> {
     let (user_id, service, id, version) = (row.user_id, row.service.clone(), row.id, row.version);
     let cipher = ctx.tokens.cipher;
-    let access = cipher.seal_str(set.access_token.expose_secret(), Aad::AccessToken { user_id, service: &service });
-    let refresh = set
-        .refresh_token
-        .as_ref()
-        .map(|r| cipher.seal_str(r.expose_secret(), Aad::RefreshToken { user_id, service: &service }));
+    let access = cipher.seal_str(
+        set.access_token.expose_secret(),
+        Aad::AccessToken { user_id, service: &service, account: &row.account_id },
+    );
+    let refresh = set.refresh_token.as_ref().map(|r| {
+        cipher.seal_str(r.expose_secret(), Aad::RefreshToken { user_id, service: &service, account: &row.account_id })
+    });
     let scopes = set.scopes.join(" ");
     let (token_type, expires_at, obtained_at) = (set.token_type.clone(), set.expires_at, set.obtained_at);
     let rotated = set.refresh_token.is_some();
@@ -97,7 +99,7 @@ pub async fn store_tokens(
     if !*written.value() {
         // The row changed under our lease (deleted or reconnected meanwhile): use what is there.
         ctx.tokens.caches.after_write(written);
-        let row = load(ctx, user_id, &provider.name).await?;
+        let row = load(ctx, Which::id(user_id, id), &provider.name).await?;
         return fresh_from(ctx, &row);
     }
     ctx.tokens.caches.after_refresh(written, ticket, Arc::new(new_row));
@@ -107,6 +109,7 @@ pub async fn store_tokens(
         expires_at,
         scopes: set.scopes,
         version: version + 1,
+        connection_id: id,
     })
 }
 
@@ -119,7 +122,7 @@ pub async fn reconnect_required(
     row: &Connection,
     dead: Dead,
 ) -> Result<FreshToken, AccessError> {
-    let user_id = row.user_id;
+    let (user_id, id) = (row.user_id, row.id);
     let (outcome, detail) = (EventOutcome::ReconnectRequired, dead.detail.to_string());
     let snapshot = row.clone();
     let written = mark_with_event(ctx, row, outcome, detail, move |conn, at| {
@@ -133,7 +136,7 @@ pub async fn reconnect_required(
     })
     .await?;
     if !ctx.tokens.caches.after_write(written) {
-        let row = load(ctx, user_id, &provider.name).await?;
+        let row = load(ctx, Which::id(user_id, id), &provider.name).await?;
         return fresh_from(ctx, &row);
     }
     tracing::warn!(service = %row.service, user_id, reason = dead.reason, "reconnect required");

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::{classify, AccessError, RefreshLocks, Refresher, TokenEndpoint};
 use crate::cache::Caches;
 use crate::config::{RawConfig, Settings};
-use crate::db::models::connections::{self, Connection, ConnectionStatus, Refreshed};
+use crate::db::models::connections::{self, Connection, ConnectionStatus, Refreshed, Which};
 use crate::db::models::events::{self, EventKind, EventOutcome};
 use crate::db::models::users;
 use crate::db::schema::connections as schema;
@@ -116,9 +116,14 @@ impl Fixture {
             provider,
             user_id,
         };
-        store::save(f.tokens(), user_id, "demo", tokens("AT-1", Some("RT-1"), Some(now() - 1)), EventKind::Connect)
-            .await
-            .unwrap();
+        store::save(
+            f.tokens(),
+            store::Destination::only(user_id, "demo"),
+            tokens("AT-1", Some("RT-1"), Some(now() - 1)),
+            EventKind::Connect,
+        )
+        .await
+        .unwrap();
         f
     }
 
@@ -137,7 +142,7 @@ impl Fixture {
     }
 
     async fn fresh(&self, endpoint: &dyn TokenEndpoint) -> Result<String, AccessError> {
-        let token = fresh_token_with(&self.with(endpoint), self.user_id, &self.provider).await?;
+        let token = fresh_token_with(&self.with(endpoint), Which::first(self.user_id), &self.provider).await?;
         Ok(token.access_token.expose_secret().to_string())
     }
 
@@ -195,7 +200,7 @@ async fn a_new_refresh_token_replaces_the_old_one_and_an_answer_without_one_keep
     assert_eq!(f.stored(), ("AT-2".into(), Some("RT-2".into())));
     assert_eq!(row.refresh_lease_until, None, "the lease ends with the write");
     assert_eq!(f.last_event(), (EventOutcome::Ok, "new refresh token stored".into()));
-    let cached = f.caches.connections.get(&(f.user_id, "demo".into())).expect("the new row is cached");
+    let cached = f.caches.connections.get(&(f.user_id, "demo".into())).expect("the new row is cached")[0].clone();
     assert_eq!((cached.version, &cached.access_token), (row.version, &row.access_token));
 
     assert_eq!(f.fresh(&fake).await.unwrap(), "AT-3");
@@ -215,7 +220,8 @@ async fn a_caller_that_loses_the_lease_waits_and_uses_the_holders_token() {
     let holder = async {
         // The other instance gets its answer and stores it under its lease.
         rocket::tokio::time::sleep(Duration::from_millis(300)).await;
-        let access = f.cipher.seal_str("AT-theirs", Aad::AccessToken { user_id: f.user_id, service: "demo" });
+        let access =
+            f.cipher.seal_str("AT-theirs", Aad::AccessToken { user_id: f.user_id, service: "demo", account: "" });
         let r = Refreshed {
             access_token: &access,
             refresh_token: None,
@@ -319,7 +325,7 @@ async fn the_next_success_makes_the_connection_active_again() {
         (ConnectionStatus::Active, None, 0, None)
     );
     assert_eq!(f.last_event().0, EventOutcome::Ok);
-    let cached = f.caches.connections.get(&(f.user_id, "demo".into())).expect("the new row is cached");
+    let cached = f.caches.connections.get(&(f.user_id, "demo".into())).expect("the new row is cached")[0].clone();
     assert_eq!((cached.status, cached.attempts), (ConnectionStatus::Active, 0), "the cache says active too");
     assert_eq!(fake.calls(), 2);
 }
