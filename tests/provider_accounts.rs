@@ -299,3 +299,43 @@ async fn incremental_providers_are_asked_to_keep_what_was_granted() {
     let url = alice.start_flow_with("fake", &[("connection", &id.to_string()), ("scopes", "admin")]).await;
     assert!(url.query_pairs().any(|(k, v)| k == "include_granted_scopes" && v == "true"), "{url}");
 }
+
+/// An OpenID Connect provider: the account is the verified id_token's `sub`, and a connect whose
+/// id_token fails any check stores nothing.
+#[tokio::test]
+async fn an_openid_connect_provider_names_the_account_by_its_verified_id_token() {
+    let fake = builder().provider("scopes", vec!["openid", "email"]);
+    // The fake's JWKS is at <fake>/jwks: set once the fake's port is known.
+    let app = fake.provider_with_fake_url("jwks_url", "/jwks").start().await;
+    app.fake.with_state(|s| s.id_tokens = true);
+    let alice = app.user("alice").await;
+    let url = alice.start_flow("fake").await;
+    let nonce = url.query_pairs().find(|(k, _)| k == "nonce").map(|(_, v)| v.into_owned());
+    assert!(nonce.as_ref().is_some_and(|n| n.len() >= 32), "a nonce is sent: {url}");
+    let reply = alice.finish_flow("fake", &url).await;
+    assert_eq!(reply.status, Status::SeeOther, "{}", reply.text);
+    assert_eq!(app.text("SELECT account_id AS t FROM connections"), "sub-1", "the id_token's sub");
+    assert_eq!(app.text("SELECT account_label AS t FROM connections"), "fake@example.com");
+    assert!(app.fake.requests_to("/account").await.is_empty(), "no account API call is needed");
+
+    for fault in ["aud", "iss", "nonce", "expired", "signature"] {
+        app.fake.with_state(|s| {
+            s.id_token_fault = Some(fault);
+            s.sign_in_as(3);
+        });
+        let url = alice.start_flow_with("fake", &[("add_account", "true")]).await;
+        let reply = alice.finish_flow("fake", &url).await;
+        assert_eq!(reply.status, Status::BadGateway, "{fault}: {}", reply.text);
+        assert!(reply.text.contains("could not be verified"), "{fault}");
+        assert!(!reply.text.contains("CANARY") && !reply.text.contains("eyJ"), "no token on the page");
+        assert_eq!(app.connection_count(), 1, "{fault}: nothing stored");
+    }
+    app.fake.with_state(|s| {
+        s.id_token_fault = None;
+        s.id_tokens = false;
+    });
+    let url = alice.start_flow_with("fake", &[("add_account", "true")]).await;
+    let reply = alice.finish_flow("fake", &url).await;
+    assert_eq!(reply.status, Status::BadGateway, "an OpenID provider's answer without an id_token: {}", reply.text);
+    assert_eq!(app.connection_count(), 1);
+}

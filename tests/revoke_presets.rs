@@ -72,11 +72,9 @@ async fn another_users_revoke_is_a_404_without_a_provider_call() {
 }
 
 /// Connect with a preset whose endpoints point at the fake; returns the authorize URL's query.
-async fn connect_preset(app: &TestApp, agent: &common::Agent<'_>) -> BTreeMap<String, String> {
+async fn connect_preset(_app: &TestApp, agent: &common::Agent<'_>) -> BTreeMap<String, String> {
     let url = agent.start_flow("fake").await;
-    let (state, challenge) = flow_params(&url);
-    let code = app.fake.issue_code(&challenge);
-    let r = agent.fetch(&format!("/services/fake/callback?code={code}&state={state}")).await;
+    let r = agent.finish_flow("fake", &url).await;
     assert_eq!(r.status, Status::SeeOther, "{}", r.text);
     url.query_pairs().into_owned().collect()
 }

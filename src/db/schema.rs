@@ -39,6 +39,7 @@ diesel::table! {
         connection_id -> Nullable<BigInt>,
         add_account -> Bool,
         scopes -> Nullable<Text>,
+        nonce_hash -> Nullable<Text>,
     }
 }
 

@@ -22,7 +22,7 @@ use crate::oauth::access::Access;
 use crate::oauth::account::identify;
 use crate::oauth::providers::Provider;
 use crate::oauth::store::Destination;
-use crate::oauth::{store, tokens};
+use crate::oauth::{id_token, store, tokens};
 use crate::util::{now, random_token, sha256_hex, Secret};
 use crate::vault::store::client_credentials;
 use crate::vault::{Aad, Cipher};
@@ -97,6 +97,8 @@ pub async fn start(
 
     let state = random_token(32);
     let state_hash = sha256_hex(&state);
+    // OpenID Connect: the id_token must carry this back (replay of another sign-in's token).
+    let nonce = provider.verifies_id_token().then(|| random_token(32));
     let (challenge, verifier) = PkceCodeChallenge::new_random_sha256_len(64);
     let redirect_uri = settings.redirect_uri(&provider.name);
     let flow = Flow {
@@ -112,6 +114,7 @@ pub async fn start(
         connection_id: intent.connection,
         add_account: intent.add_account && intent.connection.is_none(),
         scopes: Some(scopes.join(" ")),
+        nonce_hash: nonce.as_deref().map(sha256_hex),
     };
     let keep = settings.max_pending_flows_per_user;
     db.run(move |conn| {
@@ -135,6 +138,9 @@ pub async fn start(
     }
     for (key, value) in &provider.authorize_params {
         request = request.add_extra_param(key.as_str(), value.as_str());
+    }
+    if let Some(nonce) = &nonce {
+        request = request.add_extra_param("nonce", nonce.as_str());
     }
     if upgrading && provider.incremental_auth {
         // Keep what was granted before (Google's incremental authorization).
@@ -394,8 +400,20 @@ pub async fn finish(
     .await;
     ctx.metrics.token_endpoint(&provider.name, "authorization_code", started);
     match exchanged {
-        Ok(token_set) => {
-            let account = identify(ctx.http, provider, &token_set.access_token).await?;
+        Ok((token_set, id_token)) => {
+            let account = if provider.verifies_id_token() {
+                let account = id_token::verify(
+                    ctx.http,
+                    provider,
+                    &creds.client_id,
+                    id_token.as_ref(),
+                    flow.nonce_hash.as_deref(),
+                )
+                .await?;
+                Some(account)
+            } else {
+                identify(ctx.http, provider, &token_set.access_token).await?
+            };
             let svc = service.clone();
             let rows = ctx.tokens.db.run(move |conn| Ok(connections::list_for(conn, user_id, &svc)?)).await?;
             let to = match destination(&flow, &rows, account, requested) {
@@ -458,6 +476,7 @@ mod tests {
             connection_id,
             add_account,
             scopes: None,
+            nonce_hash: None,
         }
     }
 

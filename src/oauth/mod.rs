@@ -5,6 +5,7 @@ pub mod access;
 pub mod account;
 pub mod flow;
 pub mod http;
+pub mod id_token;
 pub mod keepalive;
 pub mod provider_config;
 pub mod providers;

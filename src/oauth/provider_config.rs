@@ -74,4 +74,8 @@ pub struct ProviderConfig {
     /// Whether the authorization request may ask for an incremental grant that keeps what was
     /// granted before (Google's `include_granted_scopes=true`).
     pub incremental_auth: Option<bool>,
+    /// OpenID Connect: the provider's JWKS (its signing keys). With it and the `openid` scope,
+    /// every connect sends a `nonce` and verifies the id_token (signature, `iss`, `aud`, `exp`,
+    /// `nonce`), whose `sub` is the account. Discovery fills it from `jwks_uri`.
+    pub jwks_url: Option<String>,
 }

@@ -51,6 +51,8 @@ pub struct Provider {
     pub optional_scopes: Vec<String>,
     /// Ask for incremental grants (`include_granted_scopes=true`) when upgrading.
     pub incremental_auth: bool,
+    /// OpenID Connect: where the id_token's signing keys are (`jwks_url`).
+    pub jwks_url: Option<Url>,
     pub authorize_params: Vec<(String, String)>,
     pub client_auth: ClientAuth,
     pub pkce: bool,
@@ -78,6 +80,11 @@ impl Provider {
 
     pub fn client_secret_path(&self) -> String {
         format!("{}.client_secret", self.name)
+    }
+
+    /// Whether connects verify an OpenID Connect id_token (a JWKS and the `openid` scope).
+    pub fn verifies_id_token(&self) -> bool {
+        self.jwks_url.is_some() && self.scopes.iter().any(|s| s == "openid")
     }
 
     pub fn can_revoke(&self) -> bool {
@@ -161,7 +168,8 @@ fn overlay(base: ProviderConfig, over: &ProviderConfig) -> ProviderConfig {
         account_email_pointer,
         account_label_pointer,
         optional_scopes,
-        incremental_auth
+        incremental_auth,
+        jwks_url
     )
 }
 
@@ -235,6 +243,7 @@ pub fn resolve(name: &str, cfg: &ProviderConfig) -> Result<Provider, ConfigError
         scopes: merged.scopes.clone().unwrap_or_default(),
         optional_scopes: merged.optional_scopes.clone().unwrap_or_default(),
         incremental_auth: merged.incremental_auth.unwrap_or(false),
+        jwks_url: merged.jwks_url.as_deref().map(|u| parse_endpoint(&key("jwks_url"), u)).transpose()?,
         authorize_params: merged.authorize_params.clone().unwrap_or_default().into_iter().collect(),
         client_auth: merged.client_auth.unwrap_or(ClientAuth::Basic),
         pkce: merged.pkce.unwrap_or(true),
@@ -264,6 +273,7 @@ pub fn demo(settings: &Settings) -> Provider {
         scopes: vec!["profile".into(), "files.read".into()],
         optional_scopes: vec!["files.write".into()],
         incremental_auth: false,
+        jwks_url: None,
         authorize_params: Vec::new(),
         client_auth: ClientAuth::Basic,
         pkce: true,
@@ -293,6 +303,7 @@ struct DiscoveryDocument {
     token_endpoint: String,
     revocation_endpoint: Option<String>,
     userinfo_endpoint: Option<String>,
+    jwks_uri: Option<String>,
     #[serde(default)]
     token_endpoint_auth_methods_supported: Vec<String>,
 }
@@ -334,6 +345,7 @@ pub async fn discover(
         token_url: Some(doc.token_endpoint),
         revoke_url: doc.revocation_endpoint,
         account_url: doc.userinfo_endpoint,
+        jwks_url: doc.jwks_uri,
         client_auth: Some(client_auth),
         scopes: Some(vec!["openid".into(), "email".into(), "profile".into()]),
         ..Default::default()

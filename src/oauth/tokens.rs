@@ -37,6 +37,9 @@ pub struct LenientTokenResponse {
     refresh_token_expires_in: Option<u64>,
     #[serde(default, deserialize_with = "de_expires_in")]
     refresh_expires_in: Option<u64>,
+    /// OpenID Connect's id_token (a JWS), verified by `oauth::id_token` on connect.
+    #[serde(default)]
+    id_token: Option<String>,
 }
 
 fn bearer() -> BasicTokenType {
@@ -260,7 +263,7 @@ fn into_token_set(
 }
 
 /// Exchange an authorization code (with its PKCE verifier) at the provider's token endpoint;
-/// `requested`: the scopes the authorization asked for.
+/// `requested`: the scopes the authorization asked for. With the tokens, the id_token if any.
 #[allow(clippy::too_many_arguments)]
 pub async fn exchange_code(
     http: &Outbound,
@@ -271,15 +274,16 @@ pub async fn exchange_code(
     verifier: Option<&Secret>,
     default_lifetime: i64,
     requested: &[String],
-) -> Result<TokenSet, TokenError> {
+) -> Result<(TokenSet, Option<Secret>), TokenError> {
     let client = client(provider, creds, Some(redirect_uri))?;
     let mut request = client.exchange_code(AuthorizationCode::new(code.to_string()));
     if let Some(v) = verifier {
         request = request.set_pkce_verifier(PkceCodeVerifier::new(v.expose_secret().to_string()));
     }
     let response = request.request_async(http).await.map_err(map_error)?;
+    let id_token = response.id_token.clone().map(crate::util::secret);
     // An answer without `scope` granted what was asked for (RFC 6749 §5.1).
-    into_token_set(response, provider, default_lifetime, requested)
+    Ok((into_token_set(response, provider, default_lifetime, requested)?, id_token))
 }
 
 /// Use a refresh token at the provider's token endpoint.

@@ -46,6 +46,15 @@ pub struct State {
     token_accounts: HashMap<String, serde_json::Value>,
     /// The `scope` the token endpoint answers with (`None`: `read write`; `Some("")`: none).
     pub grant_scope: Option<String>,
+    /// Code exchanges answer with an id_token signed by the fixture key (served at `/jwks`),
+    /// for `sub` = the account's `sub`, with the nonce the code was issued for.
+    pub id_tokens: bool,
+    /// Spoil the next id_tokens: `"aud"`, `"iss"`, `"nonce"`, `"expired"`, `"signature"`.
+    pub id_token_fault: Option<&'static str>,
+    /// code → the `nonce` of its authorization request.
+    nonces: HashMap<String, String>,
+    /// The fake's own URL (the id_token's `iss`).
+    issuer: String,
 }
 
 impl State {
@@ -111,7 +120,13 @@ impl Respond for TokenEndpoint {
                     }
                 }
                 let account = st.account.clone().unwrap_or_else(|| FakeProvider::account_json(1));
-                issue(&mut st, account)
+                let nonce = st.nonces.remove(&code);
+                let id_token = st.id_tokens.then(|| id_token(&st, &account, nonce));
+                let mut body = issue_body(&mut st, account);
+                if let Some(t) = id_token {
+                    body["id_token"] = json!(t);
+                }
+                ResponseTemplate::new(200).set_body_json(body)
             }
             Some("refresh_token") => {
                 let rt = f.get("refresh_token").cloned().unwrap_or_default();
@@ -145,6 +160,10 @@ impl Respond for TokenEndpoint {
 }
 
 fn issue(st: &mut State, account: serde_json::Value) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(issue_body(st, account))
+}
+
+fn issue_body(st: &mut State, account: serde_json::Value) -> serde_json::Value {
     st.issued += 1;
     let n = st.issued;
     let access = format!("AT-CANARY-{n}-{}", uuidish());
@@ -165,7 +184,40 @@ fn issue(st: &mut State, account: serde_json::Value) -> ResponseTemplate {
     if let Some(e) = &st.expires_in {
         body["expires_in"] = e.clone();
     }
-    ResponseTemplate::new(200).set_body_json(body)
+    body
+}
+
+/// The fixture key (tests/fixtures/oidc-test-key.pem, P-256) and its public half as a JWK.
+const ID_TOKEN_KEY: &[u8] = include_bytes!("../fixtures/oidc-test-key.pem");
+const ID_TOKEN_X: &str = "YBIYt2d8I_jDPlMiKLa7XgfQ8Z-9fpvgLdEYIqQBB8Y";
+const ID_TOKEN_Y: &str = "JEJuMkTE7b97N2VE2IRv9rsTldvOqhG_SOYxlPFHRBU";
+
+fn id_token(st: &State, account: &serde_json::Value, nonce: Option<String>) -> String {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let fault = st.id_token_fault;
+    let mut claims = json!({
+        "iss": if fault == Some("iss") { "https://elsewhere.example".to_string() } else { st.issuer.clone() },
+        "aud": if fault == Some("aud") { "another-client" } else { CLIENT_ID },
+        "sub": account["sub"],
+        "email": account["email"],
+        "iat": now,
+        "exp": if fault == Some("expired") { now - 3600 } else { now + 600 },
+    });
+    if let Some(n) = nonce {
+        claims["nonce"] = json!(if fault == Some("nonce") { "another-nonce".to_string() } else { n });
+    }
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some("fake-1".into());
+    let token = encode(&header, &claims, &EncodingKey::from_ec_pem(ID_TOKEN_KEY).unwrap()).unwrap();
+    if fault == Some("signature") {
+        // Someone else's claims under this signature.
+        let forged =
+            encode(&header, &json!({"sub": "admin"}), &EncodingKey::from_ec_pem(ID_TOKEN_KEY).unwrap()).unwrap();
+        let p: Vec<&str> = token.split('.').collect();
+        return format!("{}.{}.{}", p[0], forged.split('.').nth(1).unwrap(), p[2]);
+    }
+    token
 }
 
 fn uuidish() -> String {
@@ -233,6 +285,9 @@ impl FakeProvider {
         }));
         Mock::given(method("POST")).and(path("/token")).respond_with(TokenEndpoint(state.clone())).mount(&server).await;
         Mock::given(path("/account")).respond_with(AccountEndpoint(state.clone())).mount(&server).await;
+        let jwks = json!({"keys": [{"kty": "EC", "crv": "P-256", "x": ID_TOKEN_X, "y": ID_TOKEN_Y, "kid": "fake-1", "use": "sig", "alg": "ES256"}]});
+        Mock::given(path("/jwks")).respond_with(ResponseTemplate::new(200).set_body_json(jwks)).mount(&server).await;
+        state.lock().unwrap().issuer = server.uri();
         Mock::given(wiremock::matchers::path_regex("^/api/"))
             .respond_with(ApiEndpoint(state.clone()))
             .mount(&server)
@@ -264,6 +319,11 @@ impl FakeProvider {
             "name": if n == 1 { "Fake User".to_string() } else { format!("Fake User {n}") },
             "email": email,
         })
+    }
+
+    /// The `nonce` of the authorization request `code` answers (the id_token carries it back).
+    pub fn remember_nonce(&self, code: &str, nonce: &str) {
+        self.state.lock().unwrap().nonces.insert(code.to_string(), nonce.to_string());
     }
 
     /// The account (`id`) a token the fake issued belongs to.

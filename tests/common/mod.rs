@@ -86,6 +86,7 @@ pub struct Builder {
     profile: &'static str,
     extra: Vec<(String, Value)>,
     fake_config: BTreeMap<String, Value>,
+    fake_urls: Vec<(String, String)>,
     demo: bool,
     credentials: bool,
     preset: Option<String>,
@@ -96,6 +97,7 @@ pub fn builder() -> Builder {
         profile: "debug",
         extra: Vec::new(),
         fake_config: BTreeMap::new(),
+        fake_urls: Vec::new(),
         demo: false,
         credentials: true,
         preset: None,
@@ -112,6 +114,12 @@ impl Builder {
     /// Set a key of the fake provider's `[providers.fake]` table.
     pub fn provider(mut self, key: &str, value: impl Into<Value>) -> Self {
         self.fake_config.insert(key.to_string(), value.into());
+        self
+    }
+
+    /// Set a key of the fake provider's table to the fake's URL with `path` (once its port is known).
+    pub fn provider_with_fake_url(mut self, key: &str, path: &str) -> Self {
+        self.fake_urls.push((key.to_string(), path.to_string()));
         self
     }
 
@@ -161,6 +169,9 @@ impl Builder {
                     _ => format!("{}/revoke", fake.uri()),
                 };
                 provider.insert("revoke_url".into(), revoke.into());
+                // OpenID Connect presets verify id_tokens: against the fake's keys, which then sends them.
+                provider.insert("jwks_url".into(), format!("{}/jwks", fake.uri()).into());
+                fake.with_state(|s| s.id_tokens = true);
             }
             None => {
                 provider.insert("scopes".into(), vec!["read", "write"].into());
@@ -169,6 +180,9 @@ impl Builder {
         }
         for (k, v) in self.fake_config {
             provider.insert(k, v);
+        }
+        for (k, path) in self.fake_urls {
+            provider.insert(k, format!("{}{path}", fake.uri()).into());
         }
         let mut providers = Dict::new();
         providers.insert("fake".into(), provider.into());
@@ -450,15 +464,16 @@ impl<'a> Agent<'a> {
     pub async fn finish_flow(&self, service: &str, authorize: &url::Url) -> Reply {
         let (state, challenge) = flow_params(authorize);
         let code = self.app.fake.issue_code(&challenge);
+        if let Some((_, nonce)) = authorize.query_pairs().find(|(k, _)| k == "nonce") {
+            self.app.fake.remember_nonce(&code, &nonce);
+        }
         self.fetch(&format!("/services/{service}/callback?code={code}&state={state}")).await
     }
 
     /// Run a whole successful flow against the fake provider.
     pub async fn connect(&self, service: &str) -> Reply {
         let authorize = self.start_flow(service).await;
-        let (state, challenge) = flow_params(&authorize);
-        let code = self.app.fake.issue_code(&challenge);
-        let reply = self.fetch(&format!("/services/{service}/callback?code={code}&state={state}")).await;
+        let reply = self.finish_flow(service, &authorize).await;
         assert_eq!(reply.status, Status::SeeOther, "callback failed: {}", reply.text);
         reply
     }

@@ -1,3 +1,4 @@
+ALTER TABLE oauth_flows DROP COLUMN nonce_hash;
 ALTER TABLE oauth_flows DROP COLUMN scopes;
 ALTER TABLE oauth_flows DROP COLUMN add_account;
 ALTER TABLE oauth_flows DROP COLUMN connection_id;

@@ -47,3 +47,5 @@ CREATE INDEX connections_obtained_at ON connections (obtained_at);
 ALTER TABLE oauth_flows ADD COLUMN connection_id BIGINT;
 ALTER TABLE oauth_flows ADD COLUMN add_account BOOLEAN NOT NULL DEFAULT FALSE;
 ALTER TABLE oauth_flows ADD COLUMN scopes TEXT;
+-- OpenID Connect: the SHA-256 of the nonce sent, which the id_token must carry back.
+ALTER TABLE oauth_flows ADD COLUMN nonce_hash TEXT;

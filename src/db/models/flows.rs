@@ -23,6 +23,8 @@ pub struct Flow {
     pub add_account: bool,
     /// The scopes asked for, space-separated (`None`: the provider's configured ones).
     pub scopes: Option<String>,
+    /// OpenID Connect: the SHA-256 of the `nonce` sent, which the id_token must carry back.
+    pub nonce_hash: Option<String>,
 }
 
 pub fn insert(conn: &mut Conn, flow: &Flow) -> QueryResult<usize> {
