@@ -189,6 +189,27 @@ async fn invalid_grant_found_by_the_keep_alive_needs_a_reconnect() {
 }
 
 #[tokio::test]
+async fn a_grant_the_user_revoked_at_the_provider_needs_a_reconnect_with_reason_revoked() {
+    let app = keepalive_app().await;
+    let alice = app.user("alice").await;
+    alice.connect("fake").await;
+    let key = api_key(&alice).await;
+    idle_for(&app, "alice", 11);
+    // Google's words for a grant the user removed in their account settings.
+    let body = json!({"error": "invalid_grant", "error_description": "Token has been expired or revoked."});
+    app.fake.script(ResponseTemplate::new(400).set_body_json(body));
+    assert_eq!(pass(&app).await.failed, 1);
+    let c = listed(&app, &key).await;
+    assert_eq!((c["status"].as_str(), c["status_reason"].as_str()), (Some("reconnect_required"), Some("revoked")));
+    let event: Value = serde_json::from_str(&app.text(
+        "SELECT body AS t FROM webhook_events WHERE event_type = 'connection.reconnect_required' ORDER BY id DESC LIMIT 1",
+    ))
+    .unwrap();
+    assert_eq!(event["data"]["reason"], "revoked");
+    assert!(!event.to_string().contains("Token has been"), "the provider's words are not passed on");
+}
+
+#[tokio::test]
 async fn a_429_sets_the_next_attempt_and_pauses_the_worker_for_that_provider() {
     let app = two_idle_connections_one_refresh_at_a_time().await;
     app.fake.script(ResponseTemplate::new(429).insert_header("Retry-After", "300").set_body_string("slow down"));

@@ -158,8 +158,9 @@ async fn token(
         None => {}
     }
     let lifetime = app.settings.demo_token_lifetime;
-    let invalid_grant =
-        OAuthError(Status::BadRequest, "invalid_grant", "the grant is invalid, expired, used or revoked");
+    let invalid_grant = OAuthError(Status::BadRequest, "invalid_grant", "the grant is invalid, expired or used");
+    // As Google and Dropbox do, the description says when the user revoked the grant.
+    let revoked = OAuthError(Status::BadRequest, "invalid_grant", "the grant was revoked");
     match f.grant_type.as_deref() {
         Some("authorization_code") => {
             let code = f.code.unwrap_or_default();
@@ -191,19 +192,22 @@ async fn token(
                 .db
                 .run(move |conn| {
                     let hash = sha256_hex(&refresh);
-                    let Some((token, grant)) = model::find_token(conn, &hash)? else { return Ok(None) };
-                    if token.kind != KIND_REFRESH || grant.revoked || grant.client_id != client_id {
-                        return Ok(None);
+                    let Some((token, grant)) = model::find_token(conn, &hash)? else { return Ok(Err(false)) };
+                    if token.kind != KIND_REFRESH || grant.client_id != client_id {
+                        return Ok(Err(false));
+                    }
+                    if grant.revoked {
+                        return Ok(Err(true));
                     }
                     if !model::mark_used(conn, &hash)? {
                         // A rotated refresh token came back: assume it leaked and end the whole grant.
                         model::revoke_grant(conn, grant.id)?;
-                        return Ok(None);
+                        return Ok(Err(false));
                     }
-                    issue_tokens(conn, grant.id, &grant.scopes, lifetime, shape).map(Some)
+                    issue_tokens(conn, grant.id, &grant.scopes, lifetime, shape).map(Ok)
                 })
                 .await?;
-            result.map(Json).ok_or(invalid_grant)
+            result.map(Json).map_err(|was_revoked| if was_revoked { revoked } else { invalid_grant })
         }
         _ => Err(OAuthError(Status::BadRequest, "unsupported_grant_type", "use authorization_code or refresh_token")),
     }

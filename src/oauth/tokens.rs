@@ -120,6 +120,10 @@ pub enum TokenError {
     /// The provider answered with an OAuth error code (`invalid_grant`, `invalid_client`…).
     #[error("the provider refused the request ({0})")]
     Rejected(String),
+    /// `invalid_grant` whose description says the grant was revoked (Google: "Token has been
+    /// expired or revoked.", Dropbox, the demo provider).
+    #[error("the provider refused the request (invalid_grant: revoked)")]
+    GrantRevoked,
     #[error("the provider did not answer in time")]
     Timeout,
     #[error("the provider could not be reached: {0}")]
@@ -135,6 +139,7 @@ impl TokenError {
     /// `invalid_grant`: the grant (code or refresh token) is dead; the user must reconnect.
     pub fn is_invalid_grant(&self) -> bool {
         matches!(self, TokenError::Rejected(code) if code == "invalid_grant")
+            || matches!(self, TokenError::GrantRevoked)
     }
 
     /// `invalid_client`/`unauthorized_client`: the app's credentials are wrong (an admin's problem).
@@ -162,6 +167,10 @@ impl TokenError {
                     detail: format!("{}: {self}", provider.name),
                 }
             }
+            TokenError::GrantRevoked => (
+                Status::BadGateway,
+                format!("{name} says the authorization was revoked. Please connect again."),
+            ),
             TokenError::Rejected(_) if self.is_invalid_grant() => (
                 Status::BadGateway,
                 format!("{name} did not accept the authorization (it may have expired or been used already). Please connect again."),
@@ -186,7 +195,15 @@ pub(crate) fn sanitize_code(code: &str) -> String {
 
 fn map_error(e: RequestTokenError<HttpError, BasicErrorResponse>) -> TokenError {
     match e {
-        RequestTokenError::ServerResponse(r) => TokenError::Rejected(sanitize_code(r.error().as_ref())),
+        RequestTokenError::ServerResponse(r) => {
+            let code = sanitize_code(r.error().as_ref());
+            let revoked = r.error_description().is_some_and(|d| d.to_ascii_lowercase().contains("revoked"));
+            if code == "invalid_grant" && revoked {
+                TokenError::GrantRevoked
+            } else {
+                TokenError::Rejected(code)
+            }
+        }
         RequestTokenError::Request(HttpError::Timeout) => TokenError::Timeout,
         RequestTokenError::Request(HttpError::Connect(msg)) => TokenError::Network(msg),
         RequestTokenError::Request(HttpError::TooLarge(n)) => {

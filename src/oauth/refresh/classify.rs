@@ -38,6 +38,8 @@ pub struct Dead {
 
 pub const INVALID_GRANT: Dead =
     Dead { reason: reason::INVALID_GRANT, detail: "the provider no longer accepts the refresh token (invalid_grant)" };
+pub const REVOKED: Dead =
+    Dead { reason: reason::REVOKED, detail: "the provider says the grant was revoked (invalid_grant)" };
 pub const NO_REFRESH_TOKEN: Dead =
     Dead { reason: reason::NO_REFRESH_TOKEN, detail: "no refresh token to renew access" };
 pub const REFRESH_TOKEN_EXPIRED: Dead = Dead {
@@ -48,6 +50,7 @@ pub const REFRESH_TOKEN_EXPIRED: Dead = Dead {
 pub fn classify(answer: Result<TokenSet, TokenError>) -> Verdict {
     match answer {
         Ok(set) => Verdict::Refreshed(set),
+        Err(TokenError::GrantRevoked) => Verdict::ReconnectRequired(REVOKED),
         Err(e) if e.is_invalid_grant() => Verdict::ReconnectRequired(INVALID_GRANT),
         Err(e) if e.is_client_error() => Verdict::AdminProblem(e),
         Err(e) => Verdict::Transient(e),
@@ -78,6 +81,14 @@ mod tests {
         let rejected = |code: &str| Err(TokenError::Rejected(code.into()));
         assert_eq!(verdict(Ok(set)), ("ok", true));
         assert_eq!(verdict(rejected("invalid_grant")), ("invalid_grant", true));
+        match classify(Err(TokenError::GrantRevoked)) {
+            Verdict::ReconnectRequired(dead) => assert_eq!(dead.reason, "revoked"),
+            other => panic!("{other:?}"),
+        }
+        match classify(rejected("invalid_grant")) {
+            Verdict::ReconnectRequired(dead) => assert_eq!(dead.reason, "invalid_grant"),
+            other => panic!("{other:?}"),
+        }
         assert_eq!(verdict(rejected("invalid_client")), ("client_error", false));
         assert_eq!(verdict(rejected("unauthorized_client")), ("client_error", false));
         assert_eq!(verdict(rejected("invalid_scope")), ("transient_error", false));

@@ -52,6 +52,7 @@ pub fn next_attempt_at(now: i64, attempt: i64, error: &TokenError) -> i64 {
 pub fn transient_reason(error: &TokenError) -> String {
     match error {
         TokenError::Rejected(code) => code.clone(),
+        TokenError::GrantRevoked => "invalid_grant".into(),
         TokenError::Timeout => "timeout".into(),
         TokenError::Network(_) => "network".into(),
         TokenError::InvalidResponse(_) => "invalid_response".into(),
