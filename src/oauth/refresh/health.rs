@@ -37,14 +37,33 @@ pub fn backoff(attempt: i64) -> i64 {
     BACKOFF_BASE.saturating_mul(1i64 << doublings).min(BACKOFF_CAP)
 }
 
-/// When the next attempt may be made after the `attempt`-th failure at `now`: the backoff, or
-/// the provider's `Retry-After` (at most [`RETRY_AFTER_CAP`]) when that is longer.
-pub fn next_attempt_at(now: i64, attempt: i64, error: &TokenError) -> i64 {
+/// Up to a tenth more than `step`, different for each connection and attempt (a provider's outage
+/// degrades many connections at once: without it they would all come back in the same second),
+/// but the same every time it is computed for them (no randomness to make a test or a retry
+/// unpredictable).
+pub fn jitter(step: i64, connection_id: i64, attempt: i64) -> i64 {
+    // splitmix64 of (id, attempt): a well-spread value from two small integers.
+    let mut z = (connection_id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (attempt as u64);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    let spread = (step / 10).max(0) as u64;
+    if spread == 0 {
+        return 0;
+    }
+    (z % (spread + 1)) as i64
+}
+
+/// When connection `connection_id`'s next attempt may be made after its `attempt`-th failure at
+/// `now`: the backoff with its [`jitter`], or the provider's `Retry-After` (at most
+/// [`RETRY_AFTER_CAP`]) when that is longer.
+pub fn next_attempt_at(now: i64, attempt: i64, error: &TokenError, connection_id: i64) -> i64 {
     let retry_after = match error {
         TokenError::RateLimited(Some(secs)) => i64::try_from(*secs).unwrap_or(i64::MAX).min(RETRY_AFTER_CAP),
         _ => 0,
     };
-    now.saturating_add(backoff(attempt).max(retry_after))
+    let step = backoff(attempt);
+    now.saturating_add(step.saturating_add(jitter(step, connection_id, attempt)).max(retry_after))
 }
 
 /// The `status_reason` of a degraded connection: what went wrong, as a code (an OAuth error code
@@ -86,11 +105,23 @@ mod tests {
     #[test]
     fn retry_after_is_honoured_when_longer_than_the_backoff() {
         let t = 1_000_000;
-        assert_eq!(next_attempt_at(t, 1, &TokenError::Timeout), t + 30);
-        assert_eq!(next_attempt_at(t, 1, &TokenError::RateLimited(Some(120))), t + 120);
-        assert_eq!(next_attempt_at(t, 3, &TokenError::RateLimited(Some(5))), t + 120, "the backoff is longer");
-        assert_eq!(next_attempt_at(t, 1, &TokenError::RateLimited(None)), t + 30);
-        assert_eq!(next_attempt_at(t, 1, &TokenError::RateLimited(Some(u64::MAX))), t + RETRY_AFTER_CAP);
+        let at = |attempt, e: &TokenError| next_attempt_at(t, attempt, e, 7) - t;
+        let j = |step, attempt| jitter(step, 7, attempt);
+        assert_eq!(at(1, &TokenError::Timeout), 30 + j(30, 1));
+        assert_eq!(at(1, &TokenError::RateLimited(Some(120))), 120);
+        assert_eq!(at(3, &TokenError::RateLimited(Some(5))), 120 + j(120, 3), "the backoff is longer");
+        assert_eq!(at(1, &TokenError::RateLimited(None)), 30 + j(30, 1));
+        assert_eq!(at(1, &TokenError::RateLimited(Some(u64::MAX))), RETRY_AFTER_CAP);
+    }
+
+    #[test]
+    fn jitter_spreads_connections_over_a_tenth_of_the_step() {
+        let waits: Vec<i64> = (1..=1000).map(|id| jitter(3600, id, 5)).collect();
+        assert!(waits.iter().all(|w| (0..=360).contains(w)));
+        let distinct: std::collections::HashSet<_> = waits.iter().collect();
+        assert!(distinct.len() > 300, "1000 connections land on {} different seconds", distinct.len());
+        assert_eq!(jitter(3600, 42, 5), jitter(3600, 42, 5), "the same for the same connection and attempt");
+        assert_eq!(jitter(5, 42, 1), 0, "no jitter on steps under 10 s");
     }
 
     #[test]

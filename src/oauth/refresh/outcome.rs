@@ -206,7 +206,7 @@ pub async fn degraded(ctx: &Refresher<'_>, row: &Connection, e: TokenError) -> A
     let (id, version, user_id) = (row.id, row.version, row.user_id);
     let attempt = row.attempts + 1;
     let at = now();
-    let next = health::next_attempt_at(at, attempt, &e);
+    let next = health::next_attempt_at(at, attempt, &e, id);
     let reason = health::transient_reason(&e);
     let detail = format!("{e}; the tokens were kept and it will be retried (attempt {attempt}, in {} s)", next - at);
     // Entering `degraded` (not each retry while in it) raises `connection.refresh_failed`.
