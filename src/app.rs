@@ -249,6 +249,7 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
                         db: app.db.clone(),
                         hooks: app.webhooks.clone(),
                         http: app.http.clone(),
+                        metrics: app.metrics.clone(),
                         lease: (app.settings.http_timeout + app.settings.http_connect_timeout) as i64 + 5,
                     };
                     let shutdown = rocket.shutdown();

@@ -19,6 +19,9 @@ pub struct Metrics {
     cache_entries: IntGaugeVec,
     login_throttle_entries: IntGaugeVec,
     password_hashing: IntGaugeVec,
+    webhook_attempts: IntCounterVec,
+    webhook_attempt_seconds: HistogramVec,
+    webhook_deliveries: IntGaugeVec,
     scrape: std::sync::Mutex<()>,
 }
 
@@ -81,8 +84,30 @@ impl Metrics {
             &["figure"],
         )
         .expect("valid metric");
+        let webhook_attempts = IntCounterVec::new(
+            Opts::new(
+                "webhook_attempts_total",
+                "Webhook delivery attempts by endpoint and result (delivered, retry, failed)",
+            ),
+            &["endpoint", "result"],
+        )
+        .expect("valid metric");
+        let webhook_attempt_seconds = HistogramVec::new(
+            HistogramOpts::new("webhook_attempt_duration_seconds", "Webhook delivery attempts, seconds")
+                .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            &["endpoint"],
+        )
+        .expect("valid metric");
+        let webhook_deliveries = IntGaugeVec::new(
+            Opts::new("webhook_deliveries", "Webhook deliveries kept, by status (pending: waiting or retrying)"),
+            &["status"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(webhook_attempts.clone()),
+            Box::new(webhook_attempt_seconds.clone()),
+            Box::new(webhook_deliveries.clone()),
             Box::new(login_throttle_entries.clone()),
             Box::new(password_hashing.clone()),
             Box::new(request_seconds.clone()),
@@ -105,12 +130,31 @@ impl Metrics {
             cache_entries,
             login_throttle_entries,
             password_hashing,
+            webhook_attempts,
+            webhook_attempt_seconds,
+            webhook_deliveries,
             scrape: Default::default(),
         }
     }
 
     pub fn refresh(&self, provider: &str, outcome: &str) {
         self.refreshes.with_label_values(&[provider, outcome]).inc();
+    }
+
+    /// One webhook attempt to `endpoint` (a configured name) and what it came to.
+    pub fn webhook_attempt(&self, endpoint: &str, result: &str, started: Instant) {
+        self.webhook_attempts.with_label_values(&[endpoint, result]).inc();
+        self.webhook_attempt_seconds.with_label_values(&[endpoint]).observe(started.elapsed().as_secs_f64());
+    }
+
+    /// The deliveries kept, by status (read at scrape time).
+    pub fn set_webhook_deliveries(&self, by_status: &[(&str, i64)]) {
+        for status in crate::db::models::webhooks::DeliveryStatus::ALL {
+            self.webhook_deliveries.with_label_values(&[status.as_str()]).set(0);
+        }
+        for (status, n) in by_status {
+            self.webhook_deliveries.with_label_values(&[*status]).set(*n);
+        }
     }
 
     pub fn token_endpoint(&self, provider: &str, grant: &str, started: Instant) {

@@ -139,6 +139,17 @@ async fn a_failing_receiver_gets_the_same_id_until_it_accepts() {
     assert_eq!(row, "delivered 3 200");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(rx.received().len(), 3, "delivered: not sent again");
+    // The metrics count the attempts by endpoint and result, and the deliveries kept.
+    let metrics = app.client.get("/metrics").dispatch().await.into_string().await.unwrap();
+    for line in [
+        "tokenvault_webhook_attempts_total{endpoint=\"flaky\",result=\"retry\"} 2",
+        "tokenvault_webhook_attempts_total{endpoint=\"flaky\",result=\"delivered\"} 1",
+        "tokenvault_webhook_attempt_duration_seconds_count{endpoint=\"flaky\"} 3",
+        "tokenvault_webhook_deliveries{status=\"delivered\"} 1",
+        "tokenvault_webhook_deliveries{status=\"pending\"} 0",
+    ] {
+        assert!(metrics.contains(line), "{line} in:\n{metrics}");
+    }
 }
 
 /// A receiver that never answers is cut off by `http_timeout` (3 s in tests) and tried again under

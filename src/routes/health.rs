@@ -73,7 +73,11 @@ async fn metrics(
         MetricsAccess::Unauthorized => return Ok(Err(MetricsUnauthorized)),
         MetricsAccess::NotServed => return Err(AppError::NotFound),
     }
-    let by_status = app.db.run(|conn| Ok(connections::count_by_status(conn)?)).await?;
+    let (by_status, deliveries) = app
+        .db
+        .run(|conn| Ok((connections::count_by_status(conn)?, crate::db::models::webhooks::count_by_status(conn)?)))
+        .await?;
+    app.metrics.set_webhook_deliveries(&deliveries);
     app.metrics.set_login_figures(app.login_throttle.sizes(), app.hasher.stats());
     let text = app.metrics.render(&by_status, &app.caches.stats());
     Ok(Ok((ContentType::new("text", "plain").with_params(("version", "0.0.4")), text)))

@@ -12,6 +12,7 @@ use super::outbox::{self, AttemptResult, Claimed};
 use super::Webhooks;
 use crate::db::models::webhooks as rows;
 use crate::db::Db;
+use crate::metrics::Metrics;
 use crate::oauth::http::Outbound;
 use crate::util::now;
 
@@ -30,6 +31,8 @@ pub struct Worker {
     pub db: Db,
     pub hooks: Arc<Webhooks>,
     pub http: Outbound,
+    /// Attempts by endpoint and result, and their duration (`/metrics`).
+    pub metrics: Arc<Metrics>,
     /// Seconds a claimed delivery is ours: longer than a request can take (`http_timeout`, which
     /// bounds the whole request, + `http_connect_timeout` + 5 s), so a live instance never loses a
     /// lease mid-request; after a crash mid-delivery the next attempt waits this long.
@@ -74,6 +77,7 @@ impl Worker {
 
     async fn attempt(&self, c: Claimed) {
         let endpoint_name = c.delivery.endpoint.clone();
+        let started = std::time::Instant::now();
         let result = match self.hooks.get(&endpoint_name) {
             Some(endpoint) => send(&self.http, endpoint, &c).await,
             // Configured when the event was fanned out, gone since: nobody to send it to.
@@ -82,10 +86,18 @@ impl Worker {
         let (msg_id, attempt) = (c.event.msg_id.clone(), c.delivery.attempts + 1);
         let r = result.clone();
         match self.db.run(move |conn| Ok(outbox::finish(conn, &c, &r, now())?)).await {
-            Ok(Some(status)) => tracing::info!(
-                endpoint = %endpoint_name, webhook_id = %msg_id, attempt, status = %status, result = ?result,
-                "webhook attempt"
-            ),
+            Ok(Some(status)) => {
+                // `delivered`; `pending`: it will be retried; `failed`: the last attempt failed.
+                let outcome = match status {
+                    rows::DeliveryStatus::Pending => "retry",
+                    other => other.as_str(),
+                };
+                self.metrics.webhook_attempt(&endpoint_name, outcome, started);
+                tracing::info!(
+                    endpoint = %endpoint_name, webhook_id = %msg_id, attempt, status = %status, result = ?result,
+                    "webhook attempt"
+                )
+            }
             Ok(None) => {
                 tracing::warn!(endpoint = %endpoint_name, webhook_id = %msg_id, "webhook lease lost during delivery")
             }

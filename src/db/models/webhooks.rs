@@ -207,6 +207,20 @@ pub fn recent(conn: &mut Conn, endpoint: &str, limit: i64) -> QueryResult<Vec<(D
 
 /// Delete up to 1000 events older than `before` whose deliveries are all finished (their
 /// deliveries go with them); how many.
+/// How many deliveries are kept in each status (a status a newer version wrote: `unknown`).
+pub fn count_by_status(conn: &mut Conn) -> QueryResult<Vec<(&'static str, i64)>> {
+    let rows: Vec<(String, i64)> = crate::on_conn!(conn, conn => {
+        webhook_deliveries::table
+            .group_by(webhook_deliveries::status)
+            .select((webhook_deliveries::status, diesel::dsl::count_star()))
+            .load(conn)
+    })?;
+    Ok(rows
+        .into_iter()
+        .map(|(text, n)| (text.parse::<DeliveryStatus>().map_or("unknown", DeliveryStatus::as_str), n))
+        .collect())
+}
+
 pub fn prune(conn: &mut Conn, before: i64) -> QueryResult<usize> {
     crate::on_conn!(conn, conn => {
         let unfinished = webhook_deliveries::table
