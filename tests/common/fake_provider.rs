@@ -55,6 +55,9 @@ pub struct State {
     nonces: HashMap<String, String>,
     /// The fake's own URL (the id_token's `iss`).
     issuer: String,
+    /// Refresh any refresh token it did not issue (connections a benchmark seeded directly),
+    /// without rotating it, and keep no record of the tokens issued for them (bounded memory).
+    pub accept_any_refresh: bool,
 }
 
 impl State {
@@ -130,6 +133,14 @@ impl Respond for TokenEndpoint {
             }
             Some("refresh_token") => {
                 let rt = f.get("refresh_token").cloned().unwrap_or_default();
+                if st.accept_any_refresh && !st.refresh_tokens.contains_key(&rt) {
+                    st.issued += 1;
+                    let n = st.issued;
+                    return ResponseTemplate::new(200).set_body_json(json!({
+                        "access_token": format!("AT-CANARY-{n}"), "token_type": "bearer", "expires_in": 3600,
+                        "scope": "read write"
+                    }));
+                }
                 match st.refresh_tokens.get(&rt).copied() {
                     Some(true) => {
                         if st.rotate_refresh_tokens && !st.omit_refresh_token {
