@@ -211,6 +211,7 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
                         settings.login_throttle_capacity,
                     ),
                     webhooks,
+                    audit: Default::default(),
                     settings,
                 }))
             }
@@ -233,6 +234,16 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
         .attach(AdHoc::on_liftoff("Announce", |rocket| {
             Box::pin(async move {
                 if let Some(app) = rocket.state::<AppState>() {
+                    // The audit batcher (flushed by the shutdown fairing below) and retention pruning.
+                    app.audit.start(app.db.clone(), app.cipher.clone());
+                    let (db, cipher, days, shutdown) =
+                        (app.db.clone(), app.cipher.clone(), app.settings.audit_retention_days, rocket.shutdown());
+                    rocket::tokio::spawn(async move {
+                        rocket::tokio::select! {
+                            _ = crate::audit::batcher::prune_hourly(db, cipher, days) => {}
+                            _ = shutdown => {}
+                        }
+                    });
                     // Stops when shutdown starts (SIGTERM, Ctrl-C): no database work while the
                     // process exits.
                     let (poller, shutdown) =
@@ -277,6 +288,13 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
                 }
                 let c = rocket.config();
                 tracing::info!("tokenvault listening on http://{}:{}", c.address, c.port);
+            })
+        }))
+        .attach(AdHoc::on_shutdown("Audit flush", |rocket| {
+            Box::pin(async move {
+                if let Some(app) = rocket.state::<AppState>() {
+                    app.audit.flush().await;
+                }
             })
         }))
         .mount("/", crate::web::traced(crate::routes::home::routes()))

@@ -12,6 +12,7 @@ use rocket::serde::json::Json;
 use rocket::{delete, get, head, patch, post, put, routes, Route, State};
 use serde::Serialize;
 
+use crate::audit;
 use crate::auth::api_key::{ApiUser, Capability};
 use crate::db::models::connections::{self, ConnectionStatus};
 use crate::error::AppError;
@@ -94,10 +95,22 @@ struct TokenOut {
 
 /// A fresh access token (refreshed first when needed, through the same single-flight refresh).
 #[get("/services/<service>/token")]
-async fn token(app: &State<AppState>, user: &ApiUser, service: &str) -> ApiResult<Json<TokenOut>> {
+async fn token(
+    app: &State<AppState>,
+    user: &ApiUser,
+    service: &str,
+    ip: Option<std::net::IpAddr>,
+) -> ApiResult<Json<TokenOut>> {
     user.require(Capability::TokenRead, Some(service))?;
     let p = provider(app, service)?;
     let t = fresh_token(&app.access(), user.id, &p).await.map_err(|e| e.into_app_error(&p))?;
+    app.audit.read(
+        audit::Entry::new(audit::Kind::TokenRead, audit::Actor::Key(user.key_id))
+            .user(user.id)
+            .service(&p.name)
+            .address(ip)
+            .with("key_id", user.key_id),
+    );
     let token_type = if t.token_type.eq_ignore_ascii_case("bearer") { "Bearer".to_string() } else { t.token_type };
     Ok(Json(TokenOut {
         service: p.name.clone(),
@@ -115,6 +128,7 @@ pub struct Incoming {
     headers: Vec<(String, String)>,
     raw_path: String,
     query: Option<String>,
+    address: Option<String>,
 }
 
 #[rocket::async_trait]
@@ -128,6 +142,7 @@ impl<'r> FromRequest<'r> for Incoming {
             headers,
             raw_path: req.uri().path().as_str().to_string(),
             query: req.uri().query().map(|q| q.as_str().to_string()),
+            address: req.client_ip().map(|ip| ip.to_string()),
         })
     }
 }
@@ -205,10 +220,22 @@ async fn run_proxy(
         headers: incoming.headers,
         body,
     };
-    match proxy::forward(&app.access(), user.id, &p, forward).await {
-        Ok(answer) => Ok(Proxied { answer, limit: app.settings.proxy_max_response_bytes }),
-        Err(e) => Err(e.into_app_error(&p)),
-    }
+    let (method, template) = (forward.method.to_string(), audit::path_template(&forward.segments));
+    let result = proxy::forward(&app.access(), user.id, &p, forward).await.map_err(|e| e.into_app_error(&p));
+    let status = match &result {
+        Ok(answer) => answer.response.status().as_u16(),
+        Err(e) => e.status().code,
+    };
+    app.audit.read(
+        audit::Entry::new(audit::Kind::ProxyCall, audit::Actor::Key(user.key_id))
+            .user(user.id)
+            .service(&p.name)
+            .address(incoming.address)
+            .with("method", method)
+            .with("path", template)
+            .with("status", status),
+    );
+    result.map(|answer| Proxied { answer, limit: app.settings.proxy_max_response_bytes })
 }
 
 #[get("/services/<service>/proxy/<path..>")]
