@@ -308,6 +308,7 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
         .mount("/", crate::web::traced(crate::routes::health::routes()))
         .mount("/", crate::web::traced(crate::routes::api_keys::routes()))
         .mount("/", crate::web::traced(crate::routes::sessions::routes()))
+        .mount("/", crate::web::traced(crate::routes::audit::routes()))
         .mount("/api/v1", crate::web::traced(crate::routes::api::routes()))
         .mount("/static", crate::assets::routes())
         .manage(static_files)

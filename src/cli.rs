@@ -153,7 +153,11 @@ pub fn run(command: Command) -> Result<String, String> {
             } else {
                 accounts::Role::User
             };
+            // Recorded right after: `create` is an immediate transaction, which cannot be nested.
             let user = accounts::create(&mut conn, &name, &hash, role).map_err(cli_error)?;
+            let e = crate::audit::Entry::new(crate::audit::Kind::UserAdded, crate::audit::Actor::Cli);
+            crate::audit::record(&mut conn, &prepared.cipher, e.user(user.id).with("admin", user.is_admin))
+                .map_err(cli_error)?;
             Ok(format!("created user {} (id {}{})", user.username, user.id, if user.is_admin { ", admin" } else { "" }))
         }
         Command::Vault { command: VaultCommand::Set { path, value } } => {

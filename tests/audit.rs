@@ -175,3 +175,63 @@ fn two_writers_on_postgres_never_fork_the_chain() {
     let mut conn = dbs[0].conn().unwrap();
     assert_eq!(tokenvault::audit::verify(&mut conn, &cipher).unwrap(), Ok(400));
 }
+
+#[tokio::test]
+async fn connections_api_keys_pages_and_filters() {
+    let app = TestApp::start().await;
+    let alice = app.user("alice").await; // the debug profile's first user: the administrator
+    let bob = app.user("bob").await;
+    bob.connect("fake").await;
+    let (bob_access, _) = app.stored_tokens("bob", "fake").unwrap();
+    let key = api_key(&bob, "b").await;
+    let res = app
+        .client
+        .get("/api/v1/services/fake/token")
+        .header(Header::new("Authorization", format!("Bearer {key}")))
+        .dispatch()
+        .await;
+    assert_eq!(res.status(), Status::Ok);
+    bob.connect("fake").await;
+    let csrf = bob.csrf("/settings/oauth2").await;
+    let r = bob.post_form("/settings/oauth2/fake/delete", &[("csrf_token", &csrf)]).await;
+    assert_eq!(r.status, Status::SeeOther, "{}", r.text);
+    app.state().audit.flush().await;
+
+    let all = rows(&app);
+    let text = all.join("\n");
+    for kind in [
+        "user.added|2|",
+        "connection.created|2|user:2|fake|",
+        "connection.reconnected|2|user:2|fake|",
+        "connection.deleted|2|user:2|fake|",
+        "api_key.created|2|user:2|",
+        "token.read|2|key:",
+    ] {
+        assert!(all.iter().any(|r| r.starts_with(kind)), "{kind} missing in\n{text}");
+    }
+    assert!(!text.contains(&bob_access) && !text.contains(&key));
+
+    // Bob sees his own entries only; alice's sign-up is not among them.
+    let page = bob.fetch("/settings/activity").await;
+    assert_eq!(page.status, Status::Ok);
+    assert!(page.text.contains(r#"data-kind="token.read""#));
+    let alice_added = app.count("SELECT id AS n FROM audit_log WHERE kind = 'user.added' AND user_id = 1");
+    assert!(!page.text.contains(&format!(r#"data-audit-id="{alice_added}""#)), "another user's entry shown");
+    assert!(!page.text.contains(&bob_access) && !page.text.contains(&key));
+
+    // The admin page: administrators only, filters narrow it.
+    let r = bob.fetch("/admin/audit").await;
+    assert!(r.status == Status::Forbidden || r.status == Status::SeeOther, "{:?}", r.status);
+    let r = alice.fetch("/admin/audit").await;
+    assert_eq!(r.status, Status::Ok);
+    assert!(r.text.contains(r#"data-kind="connection.deleted""#) && !r.text.contains(&bob_access));
+    let r = alice.fetch("/admin/audit?kind=token.read&user=bob&service=fake").await;
+    assert!(r.text.contains(r#"data-kind="token.read""#));
+    assert!(!r.text.contains(r#"data-kind="connection.created""#));
+    let r = alice.fetch("/admin/audit?user=alice").await;
+    assert!(!r.text.contains(r#"data-kind="token.read""#));
+    let r = alice.fetch("/admin/audit?from=2000-01-01&to=2000-01-02").await;
+    assert!(r.text.contains(r#"id="audit-empty""#));
+    let mut conn = app.db.conn().unwrap();
+    assert!(tokenvault::audit::verify(&mut conn, &app.cipher).unwrap().is_ok());
+}

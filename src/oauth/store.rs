@@ -88,6 +88,7 @@ pub fn save_new(
             let t = if row.version == 1 { EventType::ConnectionCreated } else { EventType::ConnectionReconnected };
             let data = EventData::of(conn, &row, ConnectionStatus::Active.as_str(), None)?;
             outbox::record(conn, t, &data)?;
+            crate::audit::record(conn, cipher, audit_entry(t, user_id, service).connection(row.id))?;
         }
         Ok(written.with(()))
     })
@@ -145,10 +146,34 @@ pub async fn delete(
     outcome: EventOutcome,
     detail: String,
 ) -> AppResult<bool> {
-    let (svc, keep) = (service.to_string(), store.events_kept);
-    let removed =
-        store.db.run(move |conn| delete_with_event(conn, keep, user_id, &svc, kind, outcome, &detail)).await?;
+    let (svc, keep, cipher) = (service.to_string(), store.events_kept, store.cipher.clone());
+    let removed = store
+        .db
+        .run(move |conn| {
+            conn.transaction(|conn| {
+                let removed = delete_with_event(conn, keep, user_id, &svc, kind, outcome, &detail)?;
+                let t =
+                    if kind == EventKind::Revoke { EventType::ConnectionRevoked } else { EventType::ConnectionDeleted };
+                if *removed.value() {
+                    crate::audit::record(conn, &cipher, audit_entry(t, user_id, &svc))?;
+                }
+                Ok(removed)
+            })
+        })
+        .await?;
     Ok(store.caches.after_write(removed))
+}
+
+/// The audit entry of a connection change (the webhook event type names the kind).
+fn audit_entry(t: EventType, user_id: i64, service: &str) -> crate::audit::Entry {
+    use crate::audit::{Actor, Entry, Kind};
+    let kind = match t {
+        EventType::ConnectionCreated => Kind::ConnectionCreated,
+        EventType::ConnectionReconnected => Kind::ConnectionReconnected,
+        EventType::ConnectionRevoked => Kind::ConnectionRevoked,
+        _ => Kind::ConnectionDeleted,
+    };
+    Entry::new(kind, Actor::User(user_id)).user(user_id).service(service)
 }
 
 /// The decrypted access and refresh tokens of a stored connection.

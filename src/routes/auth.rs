@@ -210,7 +210,17 @@ async fn signup(
             Ok(()) => {
                 // Hash first, with no database connection held, then insert.
                 let hash = app.hasher.hash(pw).await?;
-                app.db.run(move |conn| accounts::create(conn, &name, &hash, role)).await
+                // Recorded right after the insert, not inside it: `create` is an immediate
+                // (on PostgreSQL SERIALIZABLE) transaction, which cannot be nested.
+                let c = app.cipher.clone();
+                app.db
+                    .run(move |conn| {
+                        let user = accounts::create(conn, &name, &hash, role)?;
+                        let e = audit::Entry::new(audit::Kind::UserAdded, audit::Actor::User(user.id));
+                        audit::record(conn, &c, e.user(user.id).address(ip))?;
+                        Ok(user)
+                    })
+                    .await
             }
             Err(e) => Err(e),
         };
@@ -239,7 +249,17 @@ async fn signup(
 }
 
 #[post("/logout", data = "<_form>")]
-async fn logout(app: &State<AppState>, cookies: &CookieJar<'_>, _form: Csrf<CsrfOnly>) -> AppResult<Flash<Redirect>> {
+async fn logout(
+    app: &State<AppState>,
+    user: Option<&CurrentUser>,
+    ip: Option<std::net::IpAddr>,
+    cookies: &CookieJar<'_>,
+    _form: Csrf<CsrfOnly>,
+) -> AppResult<Flash<Redirect>> {
     session::end(&app.db, &app.settings, cookies).await?;
+    if let Some(uid) = user.map(|u| u.id) {
+        let (c, e) = (app.cipher.clone(), audit::Entry::new(audit::Kind::SessionEnd, audit::Actor::User(uid)));
+        app.db.run(move |conn| audit::record(conn, &c, e.user(uid).address(ip))).await?;
+    }
     Ok(Flash::success(Redirect::to(uri!(login_page(_))), "You are signed out."))
 }
