@@ -211,6 +211,7 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
                         settings.login_throttle_capacity,
                     ),
                     webhooks,
+                    audit: Default::default(),
                     settings,
                 }))
             }
@@ -233,6 +234,16 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
         .attach(AdHoc::on_liftoff("Announce", |rocket| {
             Box::pin(async move {
                 if let Some(app) = rocket.state::<AppState>() {
+                    // The audit batcher (flushed by the shutdown fairing below) and retention pruning.
+                    app.audit.start(app.db.clone(), app.cipher.clone());
+                    let (db, cipher, days, shutdown) =
+                        (app.db.clone(), app.cipher.clone(), app.settings.audit_retention_days, rocket.shutdown());
+                    rocket::tokio::spawn(async move {
+                        rocket::tokio::select! {
+                            _ = crate::audit::batcher::prune_hourly(db, cipher, days) => {}
+                            _ = shutdown => {}
+                        }
+                    });
                     // Stops when shutdown starts (SIGTERM, Ctrl-C): no database work while the
                     // process exits.
                     let (poller, shutdown) =
@@ -280,6 +291,13 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
                 tracing::info!("tokenvault listening on http://{}:{}", c.address, c.port);
             })
         }))
+        .attach(AdHoc::on_shutdown("Audit flush", |rocket| {
+            Box::pin(async move {
+                if let Some(app) = rocket.state::<AppState>() {
+                    app.audit.flush().await;
+                }
+            })
+        }))
         .mount("/", crate::web::traced(crate::routes::home::routes()))
         .mount("/", crate::web::traced(crate::routes::auth::routes()))
         .mount("/", crate::web::traced(crate::routes::services::routes()))
@@ -291,6 +309,7 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
         .mount("/", crate::web::traced(crate::routes::health::routes()))
         .mount("/", crate::web::traced(crate::routes::api_keys::routes()))
         .mount("/", crate::web::traced(crate::routes::sessions::routes()))
+        .mount("/", crate::web::traced(crate::routes::audit::routes()))
         .mount("/api/v1", crate::web::traced(crate::routes::api::routes()))
         .mount("/static", crate::assets::routes())
         .manage(static_files)

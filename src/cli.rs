@@ -45,10 +45,29 @@ pub enum Command {
     /// Copy the SQLite database, consistently, while the server runs, into a new file (mode
     /// 0600). On PostgreSQL, explains how to use `pg_dump` instead (and exits non-zero).
     Backup { file: std::path::PathBuf },
+    /// The tamper-evident audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Check the configuration as `serve` would, open the database, verify the vault key, and
     /// list every provider with the redirect URI to register and whether its credentials are set.
     /// Exits non-zero naming the first problem.
     Check,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Walk the chain from its anchor: exit 0 printing the count when intact, else non-zero
+    /// naming the first bad entry and why.
+    Verify,
+    /// Print the newest entries, oldest first (`--json`: one JSON object a line).
+    Tail {
+        #[arg(short = 'n', default_value_t = 20)]
+        n: i64,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -134,14 +153,23 @@ pub fn run(command: Command) -> Result<String, String> {
             } else {
                 accounts::Role::User
             };
+            // Recorded right after: `create` is an immediate transaction, which cannot be nested.
             let user = accounts::create(&mut conn, &name, &hash, role).map_err(cli_error)?;
+            let e = crate::audit::Entry::new(crate::audit::Kind::UserAdded, crate::audit::Actor::Cli);
+            crate::audit::record(&mut conn, &prepared.cipher, e.user(user.id).with("admin", user.is_admin))
+                .map_err(cli_error)?;
             Ok(format!("created user {} (id {}{})", user.username, user.id, if user.is_admin { ", admin" } else { "" }))
         }
         Command::Vault { command: VaultCommand::Set { path, value } } => {
             let (mut conn, prepared) = open()?;
             let value =
                 if value == "-" { read_secret(&format!("Value for {path}: "))? } else { crate::util::secret(value) };
-            vault::set(&mut conn, &prepared.cipher, &path, value.expose_secret(), "cli").map_err(cli_error)?;
+            conn.transaction(|conn| {
+                vault::set(conn, &prepared.cipher, &path, value.expose_secret(), "cli")?;
+                let e = crate::audit::Entry::new(crate::audit::Kind::VaultSet, crate::audit::Actor::Cli);
+                crate::audit::record(conn, &prepared.cipher, e.with("path", path.clone()))
+            })
+            .map_err(cli_error)?;
             Ok(format!("{path} set"))
         }
         Command::ApiKey { command: ApiKeyCommand::Create { username, name, services, scopes, expires } } => {
@@ -199,6 +227,40 @@ pub fn run(command: Command) -> Result<String, String> {
             ))
         }
         Command::Check => check(),
+        Command::Audit { command: AuditCommand::Verify } => {
+            let (mut conn, prepared) = open()?;
+            match crate::audit::verify(&mut conn, &prepared.cipher).map_err(cli_error)? {
+                Ok(n) => Ok(format!("audit log intact: {n} entries")),
+                Err(broken) => Err(format!("audit log broken at {broken}")),
+            }
+        }
+        Command::Audit { command: AuditCommand::Tail { n, json } } => {
+            let (mut conn, _) = open()?;
+            let filter = crate::db::models::audit::Filter::default();
+            let mut rows =
+                crate::db::models::audit::list(&mut conn, &filter, n.clamp(1, 10_000)).map_err(|e| e.to_string())?;
+            rows.reverse();
+            let lines: Vec<String> = rows
+                .iter()
+                .map(|r| {
+                    if json {
+                        serde_json::to_string(r).unwrap_or_default()
+                    } else {
+                        format!(
+                            "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                            r.id,
+                            crate::util::format_utc(r.at),
+                            r.kind,
+                            r.actor,
+                            r.service.as_deref().unwrap_or("-"),
+                            r.address.as_deref().unwrap_or("-"),
+                            r.detail
+                        )
+                    }
+                })
+                .collect();
+            Ok(lines.join("\n"))
+        }
         Command::Vault { command: VaultCommand::List } => {
             let (mut conn, _) = open()?;
             let entries = vault::list(&mut conn).map_err(cli_error)?;

@@ -84,6 +84,8 @@ pub struct RawConfig {
     pub events_per_connection: i64,
     /// Live API keys per user; creating one more revokes the oldest (and says so).
     pub max_api_keys_per_user: i64,
+    /// Days audit entries are kept (0: forever); pruning leaves an anchor so the chain verifies.
+    pub audit_retention_days: i64,
     /// Most entries in each of the login throttle's maps (addresses, accounts, devices).
     pub login_throttle_capacity: usize,
     /// The log filter (`tracing` env-filter syntax); `RUST_LOG` overrides it.
@@ -143,6 +145,7 @@ impl Default for RawConfig {
             max_pending_flows_per_user: 10,
             events_per_connection: 50,
             max_api_keys_per_user: 20,
+            audit_retention_days: 365,
             login_throttle_capacity: crate::auth::throttle::DEFAULT_CAPACITY,
             log: "info".into(),
             providers: BTreeMap::new(),
@@ -190,6 +193,7 @@ pub struct Settings {
     pub max_pending_flows_per_user: i64,
     pub events_per_connection: i64,
     pub max_api_keys_per_user: i64,
+    pub audit_retention_days: i64,
 }
 
 /// Who may read `/metrics`.
@@ -383,6 +387,9 @@ impl Settings {
         if !(1..=64).contains(&raw.keepalive_concurrency) {
             return Err(invalid("keepalive_concurrency", "must be between 1 and 64"));
         }
+        if !(0..=36_500).contains(&raw.audit_retention_days) {
+            return Err(invalid("audit_retention_days", "must be 0 (keep forever) or between 1 and 36500 days"));
+        }
         if raw.cache_ttl > 3600 {
             return Err(invalid("cache_ttl", "must be at most 3600 seconds (0 turns the cache off)"));
         }
@@ -440,6 +447,7 @@ impl Settings {
             max_pending_flows_per_user: raw.max_pending_flows_per_user,
             events_per_connection: raw.events_per_connection,
             max_api_keys_per_user: raw.max_api_keys_per_user,
+            audit_retention_days: raw.audit_retention_days,
             login_throttle_capacity: raw.login_throttle_capacity,
         })
     }

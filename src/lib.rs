@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod assets;
+pub mod audit;
 pub mod auth;
 pub mod cache;
 pub mod cli;

@@ -35,6 +35,8 @@ pub struct AppState {
     pub caches: Arc<Caches>,
     /// The configured webhook endpoints and the delivery worker's wake-up (see `crate::webhooks`).
     pub webhooks: Arc<crate::webhooks::Webhooks>,
+    /// The audit log's batcher for reads (`token.read`, `proxy.call`; see `crate::audit`).
+    pub audit: Arc<crate::audit::batcher::Batcher>,
 }
 
 impl AppState {

@@ -273,6 +273,7 @@ async fn changes_from_elsewhere_arrive_by_invalidation_or_after_cache_ttl() {
         tokenvault::oauth::store::delete_with_event(
             &mut conn,
             50,
+            &app.cipher,
             tokenvault::db::models::connections::Which::first(1),
             "fake",
             kind,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use rocket::http::Status;
 use rocket::request::{FromRequest, Outcome, Request};
 
+use crate::audit::{Actor, Entry, Kind};
 use crate::cache::{CachedKey, Caches};
 use crate::db::models::api_keys::{self, ApiKey, NewApiKey};
 use crate::db::models::invalidations::Written;
@@ -166,15 +167,27 @@ async fn authenticate(
 /// working in this process at once and in every other instance within about a second.
 /// [`create`] for a signed-in user, with this process's cached copies of the keys it evicted
 /// dropped at once (convention 3: handlers never touch the caches).
+#[allow(clippy::too_many_arguments)]
 pub async fn create_for(
     db: &Db,
     caches: &Caches,
+    cipher: &std::sync::Arc<crate::vault::Cipher>,
     max_keys: i64,
     user_id: i64,
     name: String,
     scope: KeyScope,
 ) -> AppResult<Created> {
-    let created = db.run(move |conn| create_written(conn, user_id, &name, &scope, max_keys)).await?;
+    let cipher = cipher.clone();
+    let created = db
+        .run(move |conn| {
+            conn.transaction(|conn| {
+                let created = create_written(conn, user_id, &name, &scope, max_keys)?;
+                let e = Entry::new(Kind::ApiKeyCreated, Actor::User(user_id)).user(user_id);
+                crate::audit::record(conn, &cipher, e.with("key_id", created.value().row.id))?;
+                Ok(created)
+            })
+        })
+        .await?;
     let created = caches.after_write(created);
     for old in &created.evicted {
         tracing::info!(user_id, key_id = old.id, "API key revoked: over max_api_keys_per_user");
@@ -182,8 +195,26 @@ pub async fn create_for(
     Ok(created)
 }
 
-pub async fn revoke(db: &Db, caches: &Caches, user_id: i64, key_id: i64) -> AppResult<bool> {
-    let revoked = db.run(move |conn| Ok(api_keys::revoke(conn, user_id, key_id, now())?)).await?;
+pub async fn revoke(
+    db: &Db,
+    caches: &Caches,
+    cipher: &std::sync::Arc<crate::vault::Cipher>,
+    user_id: i64,
+    key_id: i64,
+) -> AppResult<bool> {
+    let cipher = cipher.clone();
+    let revoked = db
+        .run(move |conn| {
+            conn.transaction(|conn| {
+                let revoked = api_keys::revoke(conn, user_id, key_id, now())?;
+                if revoked.value().is_some() {
+                    let e = Entry::new(Kind::ApiKeyRevoked, Actor::User(user_id)).user(user_id);
+                    crate::audit::record(conn, &cipher, e.with("key_id", key_id))?;
+                }
+                Ok(revoked)
+            })
+        })
+        .await?;
     Ok(caches.after_write(revoked).is_some())
 }
 

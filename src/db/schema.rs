@@ -185,6 +185,34 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    audit_log (id) {
+        id -> BigInt,
+        at -> BigInt,
+        kind -> Text,
+        user_id -> Nullable<BigInt>,
+        actor -> Text,
+        service -> Nullable<Text>,
+        connection_id -> Nullable<BigInt>,
+        account -> Nullable<Text>,
+        address -> Nullable<Text>,
+        detail -> Text,
+        prev_hash -> Text,
+        hash -> Text,
+    }
+}
+
+diesel::table! {
+    audit_head (id) {
+        id -> BigInt,
+        seq -> BigInt,
+        hash -> Text,
+        anchor_id -> BigInt,
+        anchor_hash -> Text,
+        mac -> Nullable<Text>,
+    }
+}
+
 diesel::joinable!(api_keys -> users (user_id));
 diesel::joinable!(sessions -> users (user_id));
 diesel::joinable!(connections -> users (user_id));
@@ -206,4 +234,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     cache_invalidations,
     webhook_events,
     webhook_deliveries,
+    audit_log,
+    audit_head,
 );

@@ -132,6 +132,7 @@ pub fn save_new(
         let t = if row.version == 1 { EventType::ConnectionCreated } else { EventType::ConnectionReconnected };
         let data = EventData::of(conn, &row, ConnectionStatus::Active.as_str(), None)?;
         outbox::record(conn, t, &data)?;
+        crate::audit::record(conn, cipher, audit_entry(t, &row))?;
         Ok(written.with(row.id))
     })
 }
@@ -142,6 +143,7 @@ pub fn save_new(
 pub fn delete_with_event(
     conn: &mut Conn,
     keep: i64,
+    cipher: &Cipher,
     which: Which,
     service: &str,
     kind: EventKind,
@@ -160,6 +162,7 @@ pub fn delete_with_event(
             let reason = (outcome == EventOutcome::ProviderFailed).then_some("provider_revocation_failed");
             let data = EventData::of(conn, &row, status, reason)?;
             outbox::record(conn, t, &data)?;
+            crate::audit::record(conn, cipher, audit_entry(t, &row))?;
         }
         Ok(removed.map(|row| row.is_some()))
     })
@@ -190,9 +193,27 @@ pub async fn delete(
     outcome: EventOutcome,
     detail: String,
 ) -> AppResult<bool> {
-    let (svc, keep) = (service.to_string(), store.events_kept);
-    let removed = store.db.run(move |conn| delete_with_event(conn, keep, which, &svc, kind, outcome, &detail)).await?;
+    let (svc, keep, cipher) = (service.to_string(), store.events_kept, store.cipher.clone());
+    let removed =
+        store.db.run(move |conn| delete_with_event(conn, keep, &cipher, which, &svc, kind, outcome, &detail)).await?;
     Ok(store.caches.after_write(removed))
+}
+
+/// The audit entry of a change to connection `row` (the webhook event type names the kind), with
+/// its provider account when known.
+fn audit_entry(t: EventType, row: &Connection) -> crate::audit::Entry {
+    use crate::audit::{Actor, Entry, Kind};
+    let kind = match t {
+        EventType::ConnectionCreated => Kind::ConnectionCreated,
+        EventType::ConnectionReconnected => Kind::ConnectionReconnected,
+        EventType::ConnectionRevoked => Kind::ConnectionRevoked,
+        _ => Kind::ConnectionDeleted,
+    };
+    let entry = Entry::new(kind, Actor::User(row.user_id)).user(row.user_id).service(&row.service).connection(row.id);
+    match row.account() {
+        Some(a) => entry.with("account", a.id),
+        None => entry,
+    }
 }
 
 /// The decrypted access and refresh tokens of a stored connection.

@@ -8,6 +8,7 @@ use rocket::{get, post, routes, uri, Route, State};
 use rocket_dyn_templates::Template;
 use serde::Serialize;
 
+use crate::audit;
 use crate::auth::{AdminUser, Csrf, CsrfField};
 use crate::error::{AppError, AppResult};
 use crate::state::AppState;
@@ -98,7 +99,19 @@ async fn vault_set(app: &State<AppState>, admin: AdminUser<'_>, form: Csrf<SetFo
     let path = form.path.trim().to_string();
     let value = crate::util::secret(form.value.trim_end_matches(['\r', '\n']).to_string());
     let (cipher, by, p) = (app.cipher.clone(), admin.0.username.clone(), path.clone());
-    match app.db.run(move |conn| vault::set(conn, &cipher, &p, value.expose_secret(), &by)).await {
+    let e = audit::Entry::new(audit::Kind::VaultSet, audit::Actor::User(admin.0.id))
+        .user(admin.0.id)
+        .with("path", path.clone());
+    match app
+        .db
+        .run(move |conn| {
+            conn.transaction(|conn| {
+                vault::set(conn, &cipher, &p, value.expose_secret(), &by)?;
+                audit::record(conn, &cipher, e)
+            })
+        })
+        .await
+    {
         Ok(()) => {
             tracing::info!(user_id = admin.0.id, path = %path, "vault value set");
             Ok(Flash::success(
@@ -131,8 +144,20 @@ async fn vault_delete(
     form: Csrf<DeleteForm>,
 ) -> AppResult<Flash<Redirect>> {
     let path = form.path.clone();
-    let p = path.clone();
-    if !app.db.run(move |conn| vault::delete(conn, &p)).await? {
+    let (p, c) = (path.clone(), app.cipher.clone());
+    let e = audit::Entry::new(audit::Kind::VaultDelete, audit::Actor::User(admin.0.id))
+        .user(admin.0.id)
+        .with("path", path.clone());
+    let deleted = app.db.run(move |conn| {
+        conn.transaction(|conn| {
+            let deleted = vault::delete(conn, &p)?;
+            if deleted {
+                audit::record(conn, &c, e)?;
+            }
+            Ok(deleted)
+        })
+    });
+    if !deleted.await? {
         return Err(AppError::NotFound);
     }
     tracing::info!(user_id = admin.0.id, path = %path, "vault value deleted");

@@ -12,6 +12,7 @@ use rocket::serde::json::Json;
 use rocket::{delete, get, head, patch, post, put, routes, Route, State};
 use serde::Serialize;
 
+use crate::audit;
 use crate::auth::api_key::{ApiUser, Capability};
 use crate::db::models::connections::{self, ConnectionStatus, Which};
 use crate::error::AppError;
@@ -141,13 +142,38 @@ async fn chosen(
     Ok((Which::id(user.id, row.id), row))
 }
 
+/// The audit entry of a token read or proxy call by an API key, for connection `row`.
+fn read_entry(
+    kind: audit::Kind,
+    user: &ApiUser,
+    row: &connections::Connection,
+    ip: Option<impl ToString>,
+) -> audit::Entry {
+    let entry = audit::Entry::new(kind, audit::Actor::Key(user.key_id))
+        .user(user.id)
+        .service(&row.service)
+        .connection(row.id)
+        .address(ip);
+    match row.account() {
+        Some(a) => entry.with("account", a.id),
+        None => entry,
+    }
+}
+
 /// A fresh access token (refreshed first when needed, through the same single-flight refresh).
 #[get("/services/<service>/token?<choice..>")]
-async fn token(app: &State<AppState>, user: &ApiUser, service: &str, choice: Choice<'_>) -> ApiResult<Json<TokenOut>> {
+async fn token(
+    app: &State<AppState>,
+    user: &ApiUser,
+    service: &str,
+    choice: Choice<'_>,
+    ip: Option<std::net::IpAddr>,
+) -> ApiResult<Json<TokenOut>> {
     user.require(Capability::TokenRead, Some(service))?;
     let p = provider(app, service)?;
     let (which, row) = chosen(app, user, &p, &choice).await?;
     let t = fresh_token(&app.access(), which, &p).await.map_err(|e| e.into_app_error(&p))?;
+    app.audit.read(read_entry(audit::Kind::TokenRead, user, &row, ip).with("key_id", user.key_id));
     let token_type = if t.token_type.eq_ignore_ascii_case("bearer") { "Bearer".to_string() } else { t.token_type };
     Ok(Json(TokenOut {
         connection_id: t.connection_id,
@@ -169,6 +195,7 @@ pub struct Incoming {
     headers: Vec<(String, String)>,
     raw_path: String,
     query: Option<String>,
+    address: Option<String>,
 }
 
 #[rocket::async_trait]
@@ -182,6 +209,7 @@ impl<'r> FromRequest<'r> for Incoming {
             headers,
             raw_path: req.uri().path().as_str().to_string(),
             query: req.uri().query().map(|q| q.as_str().to_string()),
+            address: req.client_ip().map(|ip| ip.to_string()),
         })
     }
 }
@@ -243,7 +271,7 @@ async fn run_proxy(
         connection: choice_query.connection,
         required_scopes: choice_query.required_scopes.as_deref(),
     };
-    let (which, _) = chosen(app, user, &p, &choice).await?;
+    let (which, row) = chosen(app, user, &p, &choice).await?;
     let body = match body {
         Some(data) => {
             let capped = data
@@ -266,10 +294,19 @@ async fn run_proxy(
         headers: incoming.headers,
         body,
     };
-    match proxy::forward(&app.access(), which, &p, forward).await {
-        Ok(answer) => Ok(Proxied { answer, limit: app.settings.proxy_max_response_bytes }),
-        Err(e) => Err(e.into_app_error(&p)),
-    }
+    let (method, template) = (forward.method.to_string(), audit::path_template(&forward.segments));
+    let result = proxy::forward(&app.access(), which, &p, forward).await.map_err(|e| e.into_app_error(&p));
+    let status = match &result {
+        Ok(answer) => answer.response.status().as_u16(),
+        Err(e) => e.status().code,
+    };
+    app.audit.read(
+        read_entry(audit::Kind::ProxyCall, user, &row, incoming.address)
+            .with("method", method)
+            .with("path", template)
+            .with("status", status),
+    );
+    result.map(|answer| Proxied { answer, limit: app.settings.proxy_max_response_bytes })
 }
 
 /// tokenvault's own parameters of a proxied call's query (`account`, `connection`,

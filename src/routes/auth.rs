@@ -7,6 +7,7 @@ use rocket::{get, post, routes, uri, Route, State};
 use rocket_dyn_templates::Template;
 use serde::Serialize;
 
+use crate::audit;
 use crate::auth::throttle::DeviceClaim;
 use crate::auth::{accounts, device, session, Csrf, CsrfField, CsrfOnly, CurrentUser};
 use crate::db::models::users;
@@ -119,6 +120,9 @@ async fn login(
     match user {
         Some(user) if ok => {
             session::start(&app.db, &app.settings, cookies, user.id).await?;
+            let (c, uid) = (app.cipher.clone(), user.id);
+            let e = audit::Entry::new(audit::Kind::SigninSuccess, audit::Actor::User(uid)).user(uid).address(ip);
+            app.db.run(move |conn| audit::record(conn, &c, e)).await?;
             app.login_throttle.succeeded(&key, &admission);
             device::issue(cookies, &app.settings, &key);
             tracing::info!(user_id = user.id, "signed in");
@@ -127,6 +131,8 @@ async fn login(
         }
         _ => {
             tracing::info!("failed sign-in attempt");
+            let (c, uid, name) = (app.cipher.clone(), user.as_ref().map(|u| u.id), username.clone());
+            app.db.run(move |conn| audit::record_signin_failure(conn, &c, uid, &name, ip)).await?;
             let form = AuthForm {
                 csrf_token: session::anonymous_csrf_token(cookies, &app.settings),
                 next: next_or_home(form.next.as_deref()),
@@ -204,7 +210,17 @@ async fn signup(
             Ok(()) => {
                 // Hash first, with no database connection held, then insert.
                 let hash = app.hasher.hash(pw).await?;
-                app.db.run(move |conn| accounts::create(conn, &name, &hash, role)).await
+                // Recorded right after the insert, not inside it: `create` is an immediate
+                // (on PostgreSQL SERIALIZABLE) transaction, which cannot be nested.
+                let c = app.cipher.clone();
+                app.db
+                    .run(move |conn| {
+                        let user = accounts::create(conn, &name, &hash, role)?;
+                        let e = audit::Entry::new(audit::Kind::UserAdded, audit::Actor::User(user.id));
+                        audit::record(conn, &c, e.user(user.id).address(ip))?;
+                        Ok(user)
+                    })
+                    .await
             }
             Err(e) => Err(e),
         };
@@ -233,7 +249,17 @@ async fn signup(
 }
 
 #[post("/logout", data = "<_form>")]
-async fn logout(app: &State<AppState>, cookies: &CookieJar<'_>, _form: Csrf<CsrfOnly>) -> AppResult<Flash<Redirect>> {
+async fn logout(
+    app: &State<AppState>,
+    user: Option<&CurrentUser>,
+    ip: Option<std::net::IpAddr>,
+    cookies: &CookieJar<'_>,
+    _form: Csrf<CsrfOnly>,
+) -> AppResult<Flash<Redirect>> {
     session::end(&app.db, &app.settings, cookies).await?;
+    if let Some(uid) = user.map(|u| u.id) {
+        let (c, e) = (app.cipher.clone(), audit::Entry::new(audit::Kind::SessionEnd, audit::Actor::User(uid)));
+        app.db.run(move |conn| audit::record(conn, &c, e.user(uid).address(ip))).await?;
+    }
     Ok(Flash::success(Redirect::to(uri!(login_page(_))), "You are signed out."))
 }

@@ -20,6 +20,8 @@ pub enum Aad<'a> {
     PkceVerifier { state_hash: &'a str },
     /// The value in `meta` that tells whether the configured key opens this database.
     KeyCheck,
+    /// The audit log's chain key in `meta` (a random key, sealed so that it survives key rotation).
+    AuditChainKey,
 }
 
 impl fmt::Display for Aad<'_> {
@@ -44,6 +46,7 @@ impl fmt::Display for Aad<'_> {
             }
             Aad::PkceVerifier { state_hash } => write!(f, "oauth_flows/{state_hash}/pkce_verifier"),
             Aad::KeyCheck => f.write_str("meta/vault_key_check"),
+            Aad::AuditChainKey => f.write_str("meta/audit_chain_key"),
         }
     }
 }
@@ -70,6 +73,7 @@ mod tests {
             ),
             (Aad::PkceVerifier { state_hash: "ab12" }, "oauth_flows/ab12/pkce_verifier"),
             (Aad::KeyCheck, "meta/vault_key_check"),
+            (Aad::AuditChainKey, "meta/audit_chain_key"),
         ];
         for (aad, text) in golden {
             assert_eq!(aad.to_string(), text);

@@ -128,6 +128,7 @@ pub fn rotate(conn: &mut Conn, cipher: &Cipher, mut progress: impl FnMut(&str, u
                 done.flows += 1;
             }
         }
+        crate::audit::reseal_key(conn, cipher)?;
         meta::set(conn, KEY_CHECK, &cipher.seal_str(KEY_CHECK_PLAINTEXT, Aad::KeyCheck), now())?;
         Ok::<_, AppError>(())
     })?;

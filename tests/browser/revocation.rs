@@ -38,7 +38,7 @@ async fn provider_revocation_asks_for_a_reconnect_that_repairs_it() {
     assert!(card.contains("Reconnect required"), "the dashboard shows the broken connection: {card}");
     b.goto("/settings/oauth2").await;
     assert_eq!(b.wait_for(&format!("{ROW} .status .badge")).await.text().await.unwrap(), "Reconnect required");
-    assert_eq!(b.text(&format!("{ROW}[data-status=\"reconnect_required\"] .status-reason")).await, "invalid_grant");
+    assert_eq!(b.text(&format!("{ROW}[data-status=\"reconnect_required\"] .status-reason")).await, "revoked");
 
     // Repair it from the account page: Redirector → consent → connected.
     b.goto("/services/demo/account").await;

@@ -1,6 +1,7 @@
 //! One module per table. Functions take the connection first; inserts use separate `New*` types.
 
 pub mod api_keys;
+pub mod audit;
 pub mod connections;
 pub mod demo;
 pub mod events;

@@ -1,0 +1,140 @@
+//! The batcher for high-volume reads (`token.read`, `proxy.call`): a bounded queue the request
+//! never waits on, drained by one task that appends every ~200 ms or 500 entries in one
+//! transaction per batch. A full queue drops the entry (counted, logged). A crash loses at most
+//! the reads queued since the last flush; security events never go through here.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rocket::tokio::sync::{mpsc, oneshot};
+
+use super::Entry;
+use crate::db::Db;
+use crate::vault::Cipher;
+
+pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
+pub const BATCH: usize = 500;
+const QUEUE: usize = 10_000;
+
+enum Msg {
+    Entry(Entry),
+    Flush(oneshot::Sender<()>),
+}
+
+/// The handle in `AppState` (`app.audit`).
+pub struct Batcher {
+    tx: mpsc::Sender<Msg>,
+    rx: Mutex<Option<mpsc::Receiver<Msg>>>,
+    dropped: Arc<AtomicU64>,
+    lost: Arc<AtomicU64>,
+}
+
+impl Default for Batcher {
+    fn default() -> Self {
+        Batcher::new()
+    }
+}
+
+impl Batcher {
+    pub fn new() -> Batcher {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        Batcher { tx, rx: Mutex::new(Some(rx)), dropped: Default::default(), lost: Default::default() }
+    }
+
+    /// Queue a read; never waits. A full queue drops it (counted in [`Batcher::dropped`]).
+    pub fn read(&self, entry: Entry) {
+        if self.tx.try_send(Msg::Entry(entry)).is_err() {
+            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::warn!(dropped_total = n, "audit queue full: a read entry was dropped");
+        }
+    }
+
+    /// Entries dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Entries lost because a batch could not be written.
+    pub fn lost(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
+    }
+
+    /// Write everything queued so far (at shutdown; tests).
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Msg::Flush(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+
+    /// Start the flushing task (once; later calls do nothing).
+    pub fn start(&self, db: Db, cipher: Arc<Cipher>) {
+        let Some(mut rx) = self.rx.lock().expect("not poisoned").take() else { return };
+        let lost = self.lost.clone();
+        rocket::tokio::spawn(async move {
+            let mut buf: Vec<Entry> = Vec::new();
+            let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
+            loop {
+                let msg = if buf.is_empty() {
+                    rx.recv().await
+                } else {
+                    match rocket::tokio::time::timeout(FLUSH_EVERY, rx.recv()).await {
+                        Ok(m) => m,
+                        Err(_) => {
+                            write(&db, &cipher, &lost, std::mem::take(&mut buf)).await;
+                            continue;
+                        }
+                    }
+                };
+                match msg {
+                    None => break,
+                    Some(Msg::Entry(e)) => buf.push(e),
+                    Some(Msg::Flush(done)) => waiting.push(done),
+                }
+                // Take what else is queued now, without waiting.
+                while buf.len() < BATCH {
+                    match rx.try_recv() {
+                        Ok(Msg::Entry(e)) => buf.push(e),
+                        Ok(Msg::Flush(done)) => waiting.push(done),
+                        Err(_) => break,
+                    }
+                }
+                if buf.len() >= BATCH || !waiting.is_empty() {
+                    write(&db, &cipher, &lost, std::mem::take(&mut buf)).await;
+                    for done in waiting.drain(..) {
+                        let _ = done.send(());
+                    }
+                }
+            }
+            write(&db, &cipher, &lost, buf).await;
+        });
+    }
+}
+
+async fn write(db: &Db, cipher: &Arc<Cipher>, lost: &AtomicU64, batch: Vec<Entry>) {
+    if batch.is_empty() {
+        return;
+    }
+    let (n, cipher) = (batch.len() as u64, cipher.clone());
+    if let Err(e) = db.run(move |conn| super::append(conn, &cipher, &batch)).await {
+        let total = lost.fetch_add(n, Ordering::Relaxed) + n;
+        tracing::error!(entries = n, lost_total = total, "audit batch could not be written: {e}");
+    }
+}
+
+/// Retention pruning: at start and then every hour (`audit_retention_days`; 0 keeps forever).
+pub async fn prune_hourly(db: Db, cipher: Arc<Cipher>, days: i64) {
+    if days <= 0 {
+        return;
+    }
+    loop {
+        let c = cipher.clone();
+        match db.run(move |conn| super::prune(conn, &c, days, crate::util::now())).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "audit entries past retention pruned"),
+            Err(e) => tracing::warn!("audit pruning failed: {e}"),
+        }
+        rocket::tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+}

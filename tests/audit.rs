@@ -1,0 +1,237 @@
+//! The audit log: what the app records, that no secret lands in it, the CLI's verify and tail,
+//! and two writers on one PostgreSQL never forking the chain.
+
+mod common;
+
+use common::cli::{text, tokenvault};
+use common::{TestApp, PASSWORD};
+use rocket::http::{Header, Status};
+
+const VAULT_KEY: &str = "dGVzdC12YXVsdC1rZXktMzItYnl0ZXMtbG9uZyEhISE=";
+
+async fn api_key(agent: &common::Agent<'_>, name: &str) -> String {
+    let csrf = agent.csrf("/settings/api-keys").await;
+    let r = agent.post_form("/settings/api-keys", &[("csrf_token", &csrf), ("name", name)]).await;
+    assert_eq!(r.status, Status::Ok, "{}", r.text);
+    let re = regex::Regex::new(r#"<code id="new-api-key">(tvk_[A-Za-z0-9_-]+)</code>"#).unwrap();
+    re.captures(&r.text).expect("the new key is shown once")[1].to_string()
+}
+
+/// Every audit row as one text (kind|user|actor|service|address|detail lines).
+fn rows(app: &TestApp) -> Vec<String> {
+    let n = app.count("SELECT COUNT(*) AS n FROM audit_log");
+    (1..=n)
+        .map(|id| {
+            app.text(&format!(
+                "SELECT kind || '|' || COALESCE(CAST(user_id AS TEXT), '-') || '|' || actor || '|' || \
+                 COALESCE(service, '-') || '|' || COALESCE(address, '-') || '|' || detail AS t \
+                 FROM audit_log WHERE id = {id}"
+            ))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn sign_ins_token_reads_proxy_calls_and_vault_changes_are_recorded_without_secrets() {
+    let app = TestApp::start().await;
+    let alice = app.user("alice").await;
+    // A failed sign-in, then a successful one, from a fresh browser.
+    let other = app.agent();
+    let csrf = other.csrf("/login").await;
+    let r = other
+        .post_form("/login", &[("csrf_token", &csrf), ("username", "alice"), ("password", "wrong password")])
+        .await;
+    assert_eq!(r.status, Status::Unauthorized);
+    let csrf = other.csrf("/login").await;
+    let r = other.post_form("/login", &[("csrf_token", &csrf), ("username", "alice"), ("password", PASSWORD)]).await;
+    assert_eq!(r.status, Status::SeeOther);
+
+    alice.connect("fake").await;
+    let key = api_key(&alice, "a").await;
+    let res = app
+        .client
+        .get("/api/v1/services/fake/token")
+        .header(Header::new("Authorization", format!("Bearer {key}")))
+        .dispatch()
+        .await;
+    assert_eq!(res.status(), Status::Ok);
+    let res = app
+        .client
+        .post("/api/v1/services/fake/proxy/files/12345")
+        .header(Header::new("Authorization", format!("Bearer {key}")))
+        .body("{}")
+        .dispatch()
+        .await;
+    assert_eq!(res.status(), Status::Created);
+    app.state().audit.flush().await;
+
+    let all = rows(&app);
+    let text = all.join("\n");
+    let has = |prefix: &str| all.iter().any(|r| r.starts_with(prefix));
+    assert!(has("signin.failure|1|system|-|"), "{text}");
+    assert!(has("signin.success|1|user:1|-|"), "{text}");
+    assert!(has("token.read|1|key:"), "{text}");
+    assert!(all.iter().any(|r| r.starts_with("token.read|1|key:") && r.contains("|fake|") && r.contains("key_id")));
+    assert!(
+        all.iter().any(|r| r.starts_with("proxy.call|1|key:")
+            && r.contains("\"method\":\"POST\"")
+            && r.contains("\"path\":\"/files/*\"")
+            && r.contains("\"status\":201")),
+        "{text}"
+    );
+    // No token, key, password or username in any row.
+    let (access, refresh) = app.stored_tokens("alice", "fake").unwrap();
+    for secret in [access.as_str(), refresh.as_deref().unwrap_or("CANARY"), key.as_str(), PASSWORD, "wrong password"] {
+        assert!(!text.contains(secret), "a secret in the audit log");
+    }
+    assert!(!text.contains("alice"), "usernames only as keyed hashes");
+    assert!(text.contains("username_hash"));
+
+    // The admin's vault change (alice is the debug profile's first user, so the admin).
+    let csrf = alice.csrf("/admin/vault").await;
+    let r = alice
+        .post_form(
+            "/admin/vault",
+            &[("csrf_token", &csrf), ("path", "other.client_secret"), ("value", "CS-AUDIT-CANARY")],
+        )
+        .await;
+    assert_eq!(r.status, Status::SeeOther, "{}", r.text);
+    let all = rows(&app);
+    assert!(all.iter().any(|r| r.starts_with("vault.set|1|user:1|") && r.contains("other.client_secret")));
+    assert!(!all.join("\n").contains("CS-AUDIT-CANARY"));
+    let mut conn = app.db.conn().unwrap();
+    let n = tokenvault::audit::verify(&mut conn, &app.cipher).unwrap().expect("intact");
+    assert_eq!(n as usize, all.len());
+}
+
+#[test]
+fn cli_verify_names_the_tampered_entry_and_tail_prints_json_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("ROCKET_VAULT_KEY", VAULT_KEY)];
+    for (path, value) in [("a.client_id", "1"), ("b.client_id", "2"), ("c.client_id", "3"), ("d.client_id", "4")] {
+        let out = tokenvault(dir.path(), &["vault", "set", path, value], &env, None);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let out = tokenvault(dir.path(), &["audit", "verify"], &env, None);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("intact: 4 entries"), "{}", text(&out));
+
+    let out = tokenvault(dir.path(), &["audit", "tail", "-n", "3", "--json"], &env, None);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    for l in &lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert_eq!(v["kind"], "vault.set");
+        assert_eq!(v["actor"], "cli");
+    }
+
+    let db = tokenvault::db::Db::open(&dir.path().join("cli.sqlite").to_string_lossy()).unwrap();
+    {
+        use diesel::RunQueryDsl;
+        let mut conn = db.conn().unwrap();
+        tokenvault::on_conn!(&mut conn, c => diesel::sql_query(
+            "UPDATE audit_log SET detail = '{\"path\":\"z.client_id\"}' WHERE id = 3").execute(c))
+        .unwrap();
+    }
+    let out = tokenvault(dir.path(), &["audit", "verify"], &env, None);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("entry 3"), "{}", text(&out));
+}
+
+/// Two instances (two pools, two threads) appending at once on one PostgreSQL: one chain.
+#[test]
+fn two_writers_on_postgres_never_fork_the_chain() {
+    let Ok(admin) = std::env::var("TOKENVAULT_TEST_POSTGRES_URL") else {
+        eprintln!("skipped: TOKENVAULT_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    if admin.is_empty() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let database = common::TestDatabase::new(dir.path());
+    let cipher = std::sync::Arc::new(tokenvault::vault::Cipher::from_base64(VAULT_KEY, &[]).unwrap());
+    let dbs: Vec<_> = (0..2).map(|_| tokenvault::db::Db::open(&database.url).unwrap()).collect();
+    let threads: Vec<_> = dbs
+        .iter()
+        .enumerate()
+        .map(|(i, db)| {
+            let (db, cipher) = (db.clone(), cipher.clone());
+            std::thread::spawn(move || {
+                use tokenvault::audit::{append, Actor, Entry, Kind};
+                let mut conn = db.conn().unwrap();
+                for n in 0..200 {
+                    let e = Entry::new(Kind::TokenRead, Actor::Key(i as i64)).with("n", n);
+                    append(&mut conn, &cipher, &[e]).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let mut conn = dbs[0].conn().unwrap();
+    assert_eq!(tokenvault::audit::verify(&mut conn, &cipher).unwrap(), Ok(400));
+}
+
+#[tokio::test]
+async fn connections_api_keys_pages_and_filters() {
+    let app = TestApp::start().await;
+    let alice = app.user("alice").await; // the debug profile's first user: the administrator
+    let bob = app.user("bob").await;
+    bob.connect("fake").await;
+    let (bob_access, _) = app.stored_tokens("bob", "fake").unwrap();
+    let key = api_key(&bob, "b").await;
+    let res = app
+        .client
+        .get("/api/v1/services/fake/token")
+        .header(Header::new("Authorization", format!("Bearer {key}")))
+        .dispatch()
+        .await;
+    assert_eq!(res.status(), Status::Ok);
+    bob.connect("fake").await;
+    let csrf = bob.csrf("/settings/oauth2").await;
+    let r = bob.post_form("/settings/oauth2/fake/delete", &[("csrf_token", &csrf)]).await;
+    assert_eq!(r.status, Status::SeeOther, "{}", r.text);
+    app.state().audit.flush().await;
+
+    let all = rows(&app);
+    let text = all.join("\n");
+    for kind in [
+        "user.added|2|",
+        "connection.created|2|user:2|fake|",
+        "connection.reconnected|2|user:2|fake|",
+        "connection.deleted|2|user:2|fake|",
+        "api_key.created|2|user:2|",
+        "token.read|2|key:",
+    ] {
+        assert!(all.iter().any(|r| r.starts_with(kind)), "{kind} missing in\n{text}");
+    }
+    assert!(!text.contains(&bob_access) && !text.contains(&key));
+
+    // Bob sees his own entries only; alice's sign-up is not among them.
+    let page = bob.fetch("/settings/activity").await;
+    assert_eq!(page.status, Status::Ok);
+    assert!(page.text.contains(r#"data-kind="token.read""#));
+    let alice_added = app.count("SELECT id AS n FROM audit_log WHERE kind = 'user.added' AND user_id = 1");
+    assert!(!page.text.contains(&format!(r#"data-audit-id="{alice_added}""#)), "another user's entry shown");
+    assert!(!page.text.contains(&bob_access) && !page.text.contains(&key));
+
+    // The admin page: administrators only, filters narrow it.
+    let r = bob.fetch("/admin/audit").await;
+    assert!(r.status == Status::Forbidden || r.status == Status::SeeOther, "{:?}", r.status);
+    let r = alice.fetch("/admin/audit").await;
+    assert_eq!(r.status, Status::Ok);
+    assert!(r.text.contains(r#"data-kind="connection.deleted""#) && !r.text.contains(&bob_access));
+    let r = alice.fetch("/admin/audit?kind=token.read&user=bob&service=fake").await;
+    assert!(r.text.contains(r#"data-kind="token.read""#));
+    assert!(!r.text.contains(r#"data-kind="connection.created""#));
+    let r = alice.fetch("/admin/audit?user=alice").await;
+    assert!(!r.text.contains(r#"data-kind="token.read""#));
+    let r = alice.fetch("/admin/audit?from=2000-01-01&to=2000-01-02").await;
+    assert!(r.text.contains(r#"id="audit-empty""#));
+    let mut conn = app.db.conn().unwrap();
+    assert!(tokenvault::audit::verify(&mut conn, &app.cipher).unwrap().is_ok());
+}
