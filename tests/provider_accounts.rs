@@ -113,6 +113,10 @@ async fn two_accounts_of_one_service_are_two_connections_a_script_can_tell_apart
         assert_eq!(app.fake.account_of(access).as_deref(), Some(account), "{query} gets that account's token");
         assert_eq!((token["connection_id"].as_i64(), token["account_id"].as_str()), (Some(id), Some(account)));
     }
+    for bad in ["connection=12abc", "connection=99999999999999999999", "connection="] {
+        let (status, body) = api(&app, &format!("/api/v1/services/fake/token?{bad}"), &key).await;
+        assert_eq!(status, Status::NotFound, "{bad} names no connection, not the only one: {body}");
+    }
     let (status, body) = api(&app, "/api/v1/services/fake/token?account=someone-else", &key).await;
     assert_eq!((status, body["error"].as_str()), (Status::NotFound, Some("not_connected")));
     let (status, body) =
@@ -132,6 +136,12 @@ async fn two_accounts_of_one_service_are_two_connections_a_script_can_tell_apart
     let page = alice.fetch(&format!("/services/fake/account?connection={}", ids[1])).await.text;
     assert!(page.contains(r#"id="account-picker""#), "{page}");
     assert!(page.contains(r#"<dd id="account-id"><code>fake-user-2</code></dd>"#), "{page}");
+
+    // A malformed id on the Delete form deletes nothing.
+    let csrf = alice.csrf("/settings/oauth2").await;
+    let res = alice.post_form("/settings/oauth2/fake/delete", &[("csrf_token", &csrf), ("connection", "1x")]).await;
+    assert_eq!(res.status, Status::NotFound);
+    assert_eq!(app.connection_count(), 2);
 
     // Revoking one account leaves the other.
     let csrf = alice.csrf("/settings/oauth2").await;

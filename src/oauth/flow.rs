@@ -81,11 +81,22 @@ pub async fn start(
     return_to: &str,
     intent: &Intent,
 ) -> AppResult<Url> {
-    let (c, name, uid, target) = (cipher.clone(), provider.name.clone(), user.id, intent.connection);
+    let (c, name, uid, target, add_account) =
+        (cipher.clone(), provider.name.clone(), user.id, intent.connection, intent.add_account);
     let (creds, row) = db
         .run(move |conn| {
             let row = match target {
                 Some(id) => Some(connections::find_which(conn, Which::id(uid, id), &name)?.ok_or(AppError::NotFound)?),
+                // The plain button with one connection reconnects it (see `destination`): ask
+                // for what it has, not less.
+                None if !add_account => {
+                    let mut rows = connections::list_for(conn, uid, &name)?;
+                    if rows.len() == 1 {
+                        rows.pop()
+                    } else {
+                        None
+                    }
+                }
                 None => None,
             };
             Ok((client_credentials(conn, &c, &name)?, row))
@@ -248,7 +259,15 @@ pub fn destination(
     };
     // Reconnecting: the row named, or the only one there is when not adding another account.
     let pinned = match flow.connection_id {
-        Some(id) => rows.iter().find(|c| c.id == id),
+        Some(id) => match rows.iter().find(|c| c.id == id) {
+            Some(row) => Some(row),
+            None => {
+                // The row being reconnected is gone: storing fails (409), it does not quietly
+                // become another account's connection.
+                to.into = Some(id);
+                return Ok(to);
+            }
+        },
         None if !flow.add_account && rows.len() == 1 => rows.first(),
         None => None,
     };
@@ -511,8 +530,8 @@ mod tests {
         let both = [row(5, ""), row(6, "a")];
         assert_eq!(into(destination(&flow(Some(5), false), &both, acct("a"), vec![])), Ok(None));
         assert_eq!(into(destination(&flow(Some(5), false), &both, None, vec![])), Ok(Some(5)));
-        // A row that vanished meanwhile: stored by account.
-        assert_eq!(into(destination(&flow(Some(9), false), &rows, acct("b"), vec![])), Ok(None));
+        // A row that vanished meanwhile: aimed at it, so the write finds nothing (409).
+        assert_eq!(into(destination(&flow(Some(9), false), &rows, acct("b"), vec![])), Ok(Some(9)));
     }
 
     #[test]

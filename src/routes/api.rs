@@ -112,8 +112,14 @@ struct TokenOut {
 #[derive(Debug, Default, rocket::FromForm)]
 pub struct Choice<'r> {
     account: Option<&'r str>,
-    connection: Option<i64>,
+    /// Read as text: a malformed id names no connection (404), never "none named".
+    connection: Option<&'r str>,
     required_scopes: Option<&'r str>,
+}
+
+/// A connection id as given: not a number → -1, which no connection has.
+fn connection_id(text: Option<&str>) -> Option<i64> {
+    text.map(|t| t.parse().unwrap_or(-1))
 }
 
 /// The connection `choice` names among the user's connections to `p` (404 `not_connected`, 409
@@ -126,7 +132,8 @@ async fn chosen(
     choice: &Choice<'_>,
 ) -> ApiResult<(Which, std::sync::Arc<connections::Connection>)> {
     let set = connection_set(app.tokens(), user.id, &p.name).await.map_err(|e| e.into_app_error(p))?;
-    let named = Named { account: choice.account.filter(|a| !a.is_empty()), connection: choice.connection };
+    let named =
+        Named { account: choice.account.filter(|a| !a.is_empty()), connection: connection_id(choice.connection) };
     let row = pick(&set, named, p)?;
     let required: Vec<String> =
         choice.required_scopes.unwrap_or("").split([',', ' ']).filter(|s| !s.is_empty()).map(str::to_string).collect();
@@ -266,9 +273,10 @@ async fn run_proxy(
     user.require(Capability::Proxy, Some(service))?;
     let p = provider(app, service)?;
     let (choice_query, query) = split_query(incoming.query.as_deref());
+    let connection = choice_query.connection.map(|id| id.to_string());
     let choice = Choice {
         account: choice_query.account.as_deref(),
-        connection: choice_query.connection,
+        connection: connection.as_deref(),
         required_scopes: choice_query.required_scopes.as_deref(),
     };
     let (which, row) = chosen(app, user, &p, &choice).await?;

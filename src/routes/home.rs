@@ -30,6 +30,8 @@ struct ServiceCard {
     is_demo: bool,
     /// The connected accounts' labels (several when the user connected more than one).
     accounts: Vec<String>,
+    /// The connection the card shows (its Reconnect is pinned to it).
+    connection_id: Option<i64>,
 }
 
 #[derive(Serialize)]
@@ -60,6 +62,7 @@ async fn index(app: &State<AppState>, user: Option<&CurrentUser>, layout: Layout
             };
             let row = mine.iter().copied().min_by_key(|c| (rank(c.status), c.id));
             ServiceCard {
+                connection_id: row.map(|c| c.id),
                 accounts: mine
                     .iter()
                     .filter_map(|c| c.account_label.clone().or_else(|| c.account().map(|a| a.id)))

@@ -176,7 +176,8 @@ async fn oauth2(app: &State<AppState>, user: &CurrentUser, layout: Layout) -> Ap
 #[derive(FromForm)]
 pub struct ConnectionForm {
     csrf_token: String,
-    connection: Option<i64>,
+    /// Read as text: a malformed id names no connection (404), never the first one.
+    connection: Option<String>,
 }
 
 impl CsrfField for ConnectionForm {
@@ -186,7 +187,7 @@ impl CsrfField for ConnectionForm {
 }
 
 fn which(user: &CurrentUser, form: &ConnectionForm) -> Which {
-    Which { user_id: user.id, id: form.connection }
+    Which { user_id: user.id, id: form.connection.as_deref().map(|t| t.parse().unwrap_or(-1)) }
 }
 
 /// Delete the local tokens. This alone does not revoke access at the provider.

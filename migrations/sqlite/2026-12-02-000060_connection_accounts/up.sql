@@ -38,6 +38,13 @@ SELECT id, user_id, service, access_token, refresh_token, token_type, scopes,
     expires_at, obtained_at, status, version, updated_at, refresh_lease_until, refresh_after_401_at,
     status_reason, attempts, next_attempt_at, refresh_token_expires_at, expiry_warned_for
 FROM connections;
+-- Keep the id counter where it was (past deleted rows): an id is never handed out twice, so audit
+-- entries, webhook events and API clients naming a connection id never name another one.
+UPDATE sqlite_sequence SET seq = MAX(seq, (SELECT seq FROM sqlite_sequence WHERE name = 'connections'))
+WHERE name = 'connections_new';
+INSERT INTO sqlite_sequence (name, seq)
+SELECT 'connections_new', seq FROM sqlite_sequence WHERE name = 'connections'
+AND NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'connections_new');
 DROP TABLE connections;
 ALTER TABLE connections_new RENAME TO connections;
 CREATE INDEX connections_obtained_at ON connections (obtained_at);

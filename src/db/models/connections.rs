@@ -174,11 +174,14 @@ pub fn upsert(conn: &mut Conn, new: &NewConnection<'_>) -> QueryResult<Written<u
 pub fn replace(conn: &mut Conn, id: i64, new: &NewConnection<'_>) -> QueryResult<Written<usize>> {
     let written = invalidations::connection(conn, new.user_id, new.service)?;
     let n = crate::on_conn!(conn, conn => {
+        // Only a row of this account, or of one not known yet: the pin holds at the write too
+        // (two reconnects of a row of unknown account racing each other cannot both name it).
         diesel::update(
             connections::table
                 .filter(connections::id.eq(id))
                 .filter(connections::user_id.eq(new.user_id))
-                .filter(connections::service.eq(new.service)),
+                .filter(connections::service.eq(new.service))
+                .filter(connections::account_id.eq(new.account_id).or(connections::account_id.eq(""))),
         )
         .set((
             connections::account_id.eq(new.account_id),
@@ -689,6 +692,13 @@ mod tests {
             }
         };
         revert(&mut conn);
+        // A deleted connection with a higher id: its id must never be handed out again.
+        let gone = format!(
+            "INSERT INTO connections (id, user_id, service, access_token, token_type, scopes, obtained_at, updated_at) \
+             VALUES (90, {user_id}, 'gone', X'00', 'bearer', '', 1, 1)"
+        );
+        crate::on_conn!(&mut conn, c => diesel::sql_query(gone).execute(c)).unwrap();
+        crate::on_conn!(&mut conn, c => diesel::sql_query("DELETE FROM connections WHERE id = 90").execute(c)).unwrap();
         let cipher = Cipher::for_tests(9);
         let sealed = cipher.seal_str("AT-old", Aad::AccessToken { user_id, service: "dropbox", account: "" });
         let hex: String = sealed.iter().map(|b| format!("{b:02x}")).collect();
@@ -728,7 +738,7 @@ mod tests {
         let other = NewConnection { account_id: "dbid:other", ..second };
         let next = diesel::insert_into(connections::table).values(&other).returning(connections::id);
         let id: i64 = crate::on_conn!(&mut conn, c => next.get_result(c)).unwrap();
-        assert!(id > 41, "ids keep growing after the rebuild");
+        assert!(id > 90, "ids keep growing after the rebuild, past deleted rows: {id}");
         revert(&mut conn);
         let ids: Vec<i64> =
             crate::on_conn!(&mut conn, c => connections::table.select(connections::id).load(c)).unwrap();
