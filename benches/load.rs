@@ -156,14 +156,53 @@ fn rss_kib(pid: u32) -> u64 {
 type Instance = common::server::Server;
 
 async fn start(database_url: &str, fake: &str, dir: &std::path::Path) -> Instance {
-    let options =
-        common::server::Options { profile: "release", ..common::server::Options::new(database_url, fake, dir) };
+    // The fake as a provider that says which account a token is for (as every preset does), so
+    // that a second account can be connected and named with `?account=`.
+    let providers = common::server::fake_provider_env(fake).replacen(
+        "client_auth=",
+        "account_id_pointer=\"/id\",account_label_pointer=\"/email\",client_auth=",
+        1,
+    );
+    let options = common::server::Options {
+        profile: "release",
+        env: vec![("ROCKET_PROVIDERS".into(), providers)],
+        ..common::server::Options::new(database_url, fake, dir)
+    };
     common::server::start(options).await
 }
 
 fn hidden(html: &str, name: &str) -> String {
     let re = regex::Regex::new(&format!(r#"name="{name}" value="([^"]*)""#)).unwrap();
     re.captures(html).map(|c| c[1].to_string()).expect("hidden field")
+}
+
+/// Through the Redirector (with `fields` beside the CSRF token), the fake's authorize step and the
+/// callback, on a client that carries the session.
+async fn connect_flow(http: &reqwest::Client, base: &str, fake: &FakeProvider, fields: &[(&str, &str)]) {
+    let page = http.get(format!("{base}/services/fake/authorize")).send().await.unwrap().text().await.unwrap();
+    let csrf = hidden(&page, "csrf_token");
+    let mut form = vec![("csrf_token", csrf.as_str())];
+    form.extend_from_slice(fields);
+    let res = http.post(format!("{base}/services/fake/authorize")).form(&form).send().await.unwrap();
+    let url = url::Url::parse(res.headers()["location"].to_str().unwrap()).unwrap();
+    let (state, challenge) = common::flow_params(&url);
+    let code = fake.issue_code(&challenge);
+    let res = http.get(format!("{base}/services/fake/callback?code={code}&state={state}")).send().await.unwrap();
+    assert_eq!(res.status(), 303, "connect {fields:?}");
+}
+
+/// Connect account `n` at the fake provider as another connection of the signed-in user
+/// ("Connect another account": the Redirector's `#add-account` form).
+async fn add_account(instance: &Instance, fake: &FakeProvider, cookie: &str, n: u32) {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("Cookie", cookie.parse().unwrap());
+    let http = reqwest::Client::builder()
+        .default_headers(headers)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    fake.with_state(|s| s.sign_in_as(n));
+    connect_flow(&http, &instance.base, fake, &[("add_account", "true")]).await;
 }
 
 /// Sign up, connect the fake provider; returns the session cookie header, the access token and an API key.
@@ -183,18 +222,7 @@ async fn seed(instance: &Instance, fake: &FakeProvider, db: &tokenvault::db::Db)
         ("password_confirm", common::PASSWORD.to_string()),
     ];
     assert_eq!(http.post(format!("{base}/signup")).form(&form).send().await.unwrap().status(), 303);
-    let page = http.get(format!("{base}/services/fake/authorize")).send().await.unwrap().text().await.unwrap();
-    let res = http
-        .post(format!("{base}/services/fake/authorize"))
-        .form(&[("csrf_token", hidden(&page, "csrf_token"))])
-        .send()
-        .await
-        .unwrap();
-    let url = url::Url::parse(res.headers()["location"].to_str().unwrap()).unwrap();
-    let (state, challenge) = common::flow_params(&url);
-    let code = fake.issue_code(&challenge);
-    let res = http.get(format!("{base}/services/fake/callback?code={code}&state={state}")).send().await.unwrap();
-    assert_eq!(res.status(), 303, "connect");
+    connect_flow(&http, base, fake, &[]).await;
     let cookie = jar.cookies(&url::Url::parse(base).unwrap()).unwrap().to_str().unwrap().to_string();
     let cipher = tokenvault::vault::Cipher::from_base64(common::VAULT_KEY, &[]).unwrap();
     let mut conn = db.conn().unwrap();
@@ -488,6 +516,27 @@ async fn main() {
         storms.push((name, delay, storm(&url, &headers, storm_n, &db, &fake).await));
     }
 
+    // Several accounts (issue 13): a second account of the same service, each named with
+    // `?account=`; measured beside a fresh `/healthz` run, so that the ratio is of one moment.
+    add_account(&app, &fake, &cookie, 2).await;
+    let audited_before = audit_entries(&db, "token.read");
+    let account_rows = vec![
+        scenario("GET /healthz (again, beside the next row)", &format!("{base}/healthz"), &[], connections, seconds)
+            .await,
+        scenario(
+            "GET /api/v1/services/fake/token?account=fake-user-2 (2 accounts)",
+            &format!("{base}/api/v1/services/fake/token?account=fake-user-2"),
+            &bearer(&key),
+            connections,
+            seconds,
+        )
+        .await,
+    ];
+    let (status, body) = get_json(&format!("{base}/api/v1/services/fake/token"), &bearer(&key)).await;
+    assert_eq!((status, body["error"].as_str()), (409, Some("ambiguous_account")), "{body}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let audited = audit_entries(&db, "token.read") - audited_before;
+
     println!("\n## SQLite, one instance\n");
     print_rows(&rows);
     let (page, direct, token, health, proxy, direct_api) = (&rows[2], &rows[1], &rows[3], &rows[0], &rows[5], &rows[4]);
@@ -505,6 +554,16 @@ async fn main() {
         "- proxy: +{} at p50 over the direct provider call (target <= 1 ms)",
         ms(proxy.latency.p50.saturating_sub(direct_api.latency.p50))
     );
+    println!();
+    print_rows(&account_rows);
+    println!();
+    println!(
+        "- token API with `?account=` (two accounts) vs /healthz: {:.2}x (target >= 0.5x); \
+         {audited} `token.read` audit entries written during it",
+        account_rows[1].throughput.rps / account_rows[0].throughput.rps
+    );
+    assert_eq!(account_rows[1].latency.errors + account_rows[1].throughput.errors, 0, "every ?account= read succeeds");
+    assert!(audited > 0, "auditing is on: every token read is recorded");
     println!();
     println!("| refresh storm: {storm_n} concurrent requests on an expired token | token endpoint delay | token calls | failures | p50 | p99 | one refresh round trip | p99 / round trip (target <= 2x) | same burst, fresh token: p99 |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
@@ -575,6 +634,29 @@ async fn main() {
         assert_eq!(st.refreshes, 1, "a storm must cause exactly one refresh");
         assert_eq!(st.failed, 0, "every storm request must succeed");
     }
+}
+
+/// Audit entries of `kind` so far.
+fn audit_entries(db: &tokenvault::db::Db, kind: &str) -> i64 {
+    use diesel::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let mut conn = db.conn().unwrap();
+    let q = format!("SELECT COUNT(*) AS n FROM audit_log WHERE kind = '{kind}'");
+    tokenvault::on_conn!(&mut conn, c => diesel::sql_query(&q).get_result::<N>(c).unwrap().n)
+}
+
+async fn get_json(url: &str, headers: &[(String, String)]) -> (u16, serde_json::Value) {
+    let mut req = reqwest::Client::new().get(url);
+    for (k, v) in headers {
+        req = req.header(k, v);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or_default())
 }
 
 fn seed_vault(db: &tokenvault::db::Db) {
