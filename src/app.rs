@@ -156,6 +156,7 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
     let database = AdHoc::try_on_ignite("Database and state", move |rocket| async move {
         let url = settings.database_url.clone();
         let c = cipher.clone();
+        let hooks = webhooks.clone();
         let opened = rocket::tokio::task::spawn_blocking(move || -> Result<Db, String> {
             let db = Db::open(&url)?;
             {
@@ -166,6 +167,11 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
                     ),
                     crate::vault::rotation::KeyCheck::Created => tracing::info!("vault key check recorded"),
                     crate::vault::rotation::KeyCheck::Active => {}
+                }
+                // The endpoints edited on /admin/webhooks, in effect before the first request.
+                hooks.reload(&mut conn, &c).map_err(|e| format!("cannot read the webhook endpoints: {e}"))?;
+                for e in hooks.endpoints().iter().filter(|e| e.origin == crate::webhooks::Origin::Edited) {
+                    tracing::info!(endpoint = %e.name, "webhook endpoint: the settings edited on /admin/webhooks override its configured table");
                 }
             }
             if demo {
@@ -261,6 +267,7 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
                         hooks: app.webhooks.clone(),
                         http: app.http.clone(),
                         metrics: app.metrics.clone(),
+                        cipher: app.cipher.clone(),
                         lease: (app.settings.http_timeout + app.settings.http_connect_timeout) as i64 + 5,
                     };
                     let shutdown = rocket.shutdown();

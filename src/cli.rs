@@ -203,12 +203,13 @@ pub fn run(command: Command) -> Result<String, String> {
             })
             .map_err(|e| e.to_string())?;
             Ok(format!(
-                "rotation complete under key {}: {} vault entries, {} connections, {} flows re-encrypted; \
-                 the old key can now be removed from vault_old_keys",
+                "rotation complete under key {}: {} vault entries, {} connections, {} flows, {} webhook secrets \
+                 re-encrypted; the old key can now be removed from vault_old_keys",
                 prepared.cipher.active_key_id(),
                 done.vault_entries,
                 done.connections,
-                done.flows
+                done.flows,
+                done.webhook_secrets
             ))
         }
         Command::Backup { file } => {

@@ -361,6 +361,167 @@ async fn the_admin_page_lists_deliveries_and_sends_a_test_event_to_one_endpoint(
     assert_eq!(rx.received().len(), 2, "refused requests queued nothing");
 }
 
+/// The secret a page shows once (`#new-webhook-secret`), unescaped.
+fn shown_secret(html: &str) -> String {
+    let re = regex::Regex::new(r#"<code id="new-webhook-secret">([^<]+)</code>"#).unwrap();
+    re.captures(html).expect("the new secret is shown once")[1].replace("&#x3D;", "=")
+}
+
+fn version_of(html: &str, name: &str) -> String {
+    let re =
+        regex::Regex::new(&format!(r#"data-endpoint="{name}" data-origin="[a-z]+" data-version="(\d+)""#)).unwrap();
+    re.captures(html).unwrap_or_else(|| panic!("{name} on the page: {html}"))[1].to_string()
+}
+
+/// Issue 12's `/admin/webhooks` editing: add an endpoint (its secret shown once), edit a configured
+/// one's URL and events (its configured secret still signs; a stale page saves nothing), rotate a
+/// secret (both sign during the overlap), refuse bad input keeping what was typed, delete (pending
+/// deliveries given up) and revert; each change audited as `webhook.changed`, no secret stored or
+/// shown anywhere else.
+#[tokio::test]
+async fn the_admin_page_adds_edits_rotates_reverts_and_deletes_endpoints() {
+    let (rx, moved, added) = (Receiver::start().await, Receiver::start().await, Receiver::start().await);
+    let configured = secret();
+    let app = app_with(&[("ops", &rx.url(), &configured, Some(&["connection.created"]))]).await;
+    let root = app.user("root").await;
+    let ann = app.user("ann").await;
+
+    // Add "billing": the secret is on this response only.
+    let csrf = root.csrf("/admin/webhooks").await;
+    let r = root
+        .post_form(
+            "/admin/webhooks",
+            &[("csrf_token", &csrf), ("name", "billing"), ("url", &added.url()), ("events", "connection.*")],
+        )
+        .await;
+    assert_eq!(r.status, Status::Ok, "{}", r.text);
+    let billing_secret = shown_secret(&r.text);
+    assert!(billing_secret.starts_with("whsec_") && billing_secret.len() >= 46, "{billing_secret}");
+    let page = root.fetch("/admin/webhooks").await.text;
+    assert!(page.contains(r#"id="webhook-billing""#) && page.contains(r#"data-origin="added""#), "{page}");
+    assert!(!page.contains(r#"id="new-webhook-secret""#) && !page.contains(&billing_secret[6..20]), "shown once");
+    assert_eq!(version_of(&page, "ops"), "0");
+
+    ann.connect("fake").await;
+    let first = rx.wait_for(1, Duration::from_secs(5)).await.remove(0);
+    assert!(first.verifies(&configured));
+    let to_billing = added.wait_for(1, Duration::from_secs(5)).await.remove(0);
+    assert_eq!(to_billing.json()["type"], "connection.created");
+    assert!(to_billing.verifies(&billing_secret) && !to_billing.verifies(&configured));
+    assert_eq!(to_billing.id(), first.id());
+
+    // Bad input: 422, the message, what was typed kept, nothing stored.
+    let bad = root
+        .post_form(
+            "/admin/webhooks",
+            &[("csrf_token", &csrf), ("name", "plain"), ("url", "http://hooks.example/x"), ("events", "connection.*")],
+        )
+        .await;
+    assert_eq!(bad.status, Status::UnprocessableEntity);
+    assert!(bad.text.contains(r#"id="add-webhook-error""#) && bad.text.contains("https"), "{}", bad.text);
+    assert!(bad.text.contains(r#"value="plain""#) && bad.text.contains("http://hooks.example/x"));
+    let r = root
+        .post_form(
+            "/admin/webhooks/ops",
+            &[("csrf_token", &csrf), ("version", "0"), ("url", &moved.url()), ("events", "connection.creatd")],
+        )
+        .await;
+    assert_eq!(r.status, Status::UnprocessableEntity);
+    assert!(r.text.contains(r#"id="webhook-error-ops""#) && r.text.contains("connection.creatd"), "{}", r.text);
+    assert_eq!(app.count("SELECT COUNT(*) AS n FROM webhook_endpoints"), 1, "only billing is stored");
+
+    // Edit the configured endpoint: a new URL, every event; its configured secret still signs.
+    let r = root
+        .post_form(
+            "/admin/webhooks/ops",
+            &[("csrf_token", &csrf), ("version", "0"), ("url", &moved.url()), ("events", "")],
+        )
+        .await;
+    assert_eq!((r.status, r.location.as_deref()), (Status::SeeOther, Some("/admin/webhooks")), "{}", r.text);
+    let stale = root
+        .post_form(
+            "/admin/webhooks/ops",
+            &[("csrf_token", &csrf), ("version", "0"), ("url", &rx.url()), ("events", "")],
+        )
+        .await;
+    assert_eq!(stale.status, Status::Conflict, "an edit from a page loaded before the last one is refused");
+    let page = root.fetch("/admin/webhooks").await.text;
+    assert!(page.contains(r#"data-endpoint="ops" data-origin="edited" data-version="1""#), "{page}");
+    assert!(page.contains(&moved.url()) && page.contains(r#"id="revert-webhook-ops""#));
+    let csrf_ann = ann.csrf("/settings/oauth2").await;
+    let r = ann.post_form("/settings/oauth2/fake/revoke", &[("csrf_token", &csrf_ann)]).await;
+    assert_eq!(r.status, Status::SeeOther);
+    let revoked = moved.wait_for(1, Duration::from_secs(5)).await.remove(0);
+    assert_eq!(revoked.json()["type"], "connection.revoked", "the new filter: every event");
+    assert!(revoked.verifies(&configured));
+
+    // Rotate billing's secret: during the overlap every delivery carries both signatures.
+    let r = root.post_form("/admin/webhooks/billing/rotate", &[("csrf_token", &csrf), ("version", "1")]).await;
+    assert_eq!(r.status, Status::Ok, "{}", r.text);
+    let rotated = shown_secret(&r.text);
+    assert_ne!(rotated, billing_secret);
+    assert!(r.text.contains("both the new and the previous secret"));
+    let r = root.post_form("/admin/webhooks/billing/rotate", &[("csrf_token", &csrf), ("version", "1")]).await;
+    assert_eq!(r.status, Status::Conflict, "a stale rotation is refused");
+    ann.connect("fake").await;
+    let got = added.wait_for(3, Duration::from_secs(5)).await;
+    let after = got.last().unwrap();
+    assert_eq!(after.json()["type"], "connection.created");
+    assert!(after.verifies(&rotated) && after.verifies(&billing_secret), "{:?}", after.headers);
+    assert_eq!(after.header("webhook-signature").split(' ').count(), 2);
+
+    // Delete billing while a delivery to it is pending: the delivery is given up at once.
+    added.answer(&[503]);
+    let csrf_ann = ann.csrf("/settings/oauth2").await;
+    ann.post_form("/settings/oauth2/fake/revoke", &[("csrf_token", &csrf_ann)]).await;
+    added.wait_for(4, Duration::from_secs(5)).await;
+    let pending = "SELECT COUNT(*) AS n FROM webhook_deliveries WHERE endpoint = 'billing' AND status = 'pending'";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while app.count(pending) == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(app.count(pending), 1);
+    let r = root.post_form("/admin/webhooks/billing/delete", &[("csrf_token", &csrf), ("version", "2")]).await;
+    assert_eq!(r.status, Status::SeeOther);
+    assert_eq!(app.count(pending), 0);
+    let failed = "SELECT COUNT(*) AS n FROM webhook_deliveries WHERE endpoint = 'billing' AND status = 'failed'";
+    assert_eq!(app.count(failed), 1);
+    assert!(!root.fetch("/admin/webhooks").await.text.contains(r#"id="webhook-billing""#));
+
+    // Revert ops: its configured URL and filter again; a configured endpoint cannot be deleted.
+    let r = root.post_form("/admin/webhooks/ops/delete", &[("csrf_token", &csrf), ("version", "1")]).await;
+    assert_eq!(r.status, Status::SeeOther);
+    let page = root.fetch("/admin/webhooks").await.text;
+    assert!(page.contains(r#"data-endpoint="ops" data-origin="config" data-version="0""#), "{page}");
+    assert!(!page.contains(r#"id="revert-webhook-ops""#));
+    let r = root.post_form("/admin/webhooks/ops/delete", &[("csrf_token", &csrf), ("version", "0")]).await;
+    assert_eq!(r.status, Status::SeeOther, "refused with a message");
+    assert!(root.fetch("/admin/webhooks").await.text.contains("Rocket.toml and has no changes to revert"));
+    ann.connect("fake").await;
+    let back = rx.wait_for(2, Duration::from_secs(5)).await;
+    assert_eq!(back[1].json()["type"], "connection.created");
+    assert!(back[1].verifies(&configured));
+
+    // The audit log has every change, and no secret; the database has none in the clear.
+    assert_eq!(app.count("SELECT COUNT(*) AS n FROM audit_log WHERE kind = 'webhook.changed'"), 5);
+    let dump = String::from_utf8_lossy(&app.database_bytes()).to_string();
+    for s in [&billing_secret, &rotated, &configured] {
+        assert!(!dump.contains(&s[6..]), "a webhook secret in the clear in the database");
+    }
+
+    // Only administrators, with CSRF.
+    let csrf_ann = ann.csrf("/settings/oauth2").await;
+    let r = ann
+        .post_form("/admin/webhooks", &[("csrf_token", &csrf_ann), ("name", "x"), ("url", &rx.url()), ("events", "")])
+        .await;
+    assert_eq!(r.status, Status::Forbidden);
+    let r = ann.post_form("/admin/webhooks/ops/rotate", &[("csrf_token", &csrf_ann), ("version", "0")]).await;
+    assert_eq!(r.status, Status::Forbidden);
+    let r = root.post_form("/admin/webhooks/ops/rotate", &[("csrf_token", "wrong"), ("version", "0")]).await;
+    assert_eq!(r.status, Status::Forbidden);
+    assert_eq!(app.count("SELECT COUNT(*) AS n FROM webhook_endpoints"), 0);
+}
+
 /// `ROCKET_WEBHOOKS` for one endpoint `rx` at `url`.
 fn webhooks_env(url: &str, secret: &str) -> (String, String) {
     ("ROCKET_WEBHOOKS".into(), format!(r#"{{rx={{url="{url}",secret="{secret}"}}}}"#))

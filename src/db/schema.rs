@@ -186,6 +186,20 @@ diesel::table! {
 }
 
 diesel::table! {
+    webhook_endpoints (name) {
+        name -> Text,
+        url -> Text,
+        events -> Nullable<Text>,
+        secret -> Binary,
+        previous_secret -> Nullable<Binary>,
+        previous_until -> Nullable<BigInt>,
+        version -> BigInt,
+        updated_at -> BigInt,
+        updated_by -> Text,
+    }
+}
+
+diesel::table! {
     audit_log (id) {
         id -> BigInt,
         at -> BigInt,
@@ -234,6 +248,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     cache_invalidations,
     webhook_events,
     webhook_deliveries,
+    webhook_endpoints,
     audit_log,
     audit_head,
 );

@@ -22,6 +22,10 @@ pub enum Aad<'a> {
     KeyCheck,
     /// The audit log's chain key in `meta` (a random key, sealed so that it survives key rotation).
     AuditChainKey,
+    /// The signing secret (`whsec_…`) of a webhook endpoint edited on `/admin/webhooks`, by name.
+    WebhookSecret(&'a str),
+    /// The secret a rotation replaced, still signed with for a while, by endpoint name.
+    WebhookPreviousSecret(&'a str),
 }
 
 impl fmt::Display for Aad<'_> {
@@ -47,6 +51,8 @@ impl fmt::Display for Aad<'_> {
             Aad::PkceVerifier { state_hash } => write!(f, "oauth_flows/{state_hash}/pkce_verifier"),
             Aad::KeyCheck => f.write_str("meta/vault_key_check"),
             Aad::AuditChainKey => f.write_str("meta/audit_chain_key"),
+            Aad::WebhookSecret(name) => write!(f, "webhook_endpoints/{name}/secret"),
+            Aad::WebhookPreviousSecret(name) => write!(f, "webhook_endpoints/{name}/previous_secret"),
         }
     }
 }
@@ -74,6 +80,8 @@ mod tests {
             (Aad::PkceVerifier { state_hash: "ab12" }, "oauth_flows/ab12/pkce_verifier"),
             (Aad::KeyCheck, "meta/vault_key_check"),
             (Aad::AuditChainKey, "meta/audit_chain_key"),
+            (Aad::WebhookSecret("ops"), "webhook_endpoints/ops/secret"),
+            (Aad::WebhookPreviousSecret("ops"), "webhook_endpoints/ops/previous_secret"),
         ];
         for (aad, text) in golden {
             assert_eq!(aad.to_string(), text);

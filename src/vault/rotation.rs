@@ -8,7 +8,7 @@
 
 use crate::db::models::connections::RowRef;
 use crate::db::models::vault as vault_model;
-use crate::db::models::{connections, flows, meta};
+use crate::db::models::{connections, flows, meta, webhook_endpoints};
 use crate::db::Conn;
 use crate::error::{AppError, AppResult};
 use crate::util::now;
@@ -56,6 +56,8 @@ pub struct Rotated {
     pub vault_entries: usize,
     pub connections: usize,
     pub flows: usize,
+    /// Secrets of webhook endpoints edited on `/admin/webhooks` (current and previous).
+    pub webhook_secrets: usize,
 }
 
 fn reseal(cipher: &Cipher, sealed: &[u8], aad: Aad<'_>) -> AppResult<Option<Vec<u8>>> {
@@ -126,6 +128,20 @@ pub fn rotate(conn: &mut Conn, cipher: &Cipher, mut progress: impl FnMut(&str, u
             if let Some(new) = reseal(cipher, sealed, Aad::PkceVerifier { state_hash: hash })? {
                 flows::set_verifier(conn, hash, &new)?;
                 done.flows += 1;
+            }
+        }
+        // Webhook endpoints edited on the page (few): the version stays, so no edit is refused.
+        for row in webhook_endpoints::all(conn)? {
+            let secret = reseal(cipher, &row.secret, Aad::WebhookSecret(&row.name))?;
+            let previous = match &row.previous_secret {
+                Some(p) => reseal(cipher, p, Aad::WebhookPreviousSecret(&row.name))?,
+                None => None,
+            };
+            if secret.is_some() || previous.is_some() {
+                done.webhook_secrets += usize::from(secret.is_some()) + usize::from(previous.is_some());
+                let secret = secret.unwrap_or_else(|| row.secret.clone());
+                let previous = previous.or_else(|| row.previous_secret.clone());
+                webhook_endpoints::set_ciphertexts(conn, &row.name, &secret, previous.as_deref())?;
             }
         }
         crate::audit::reseal_key(conn, cipher)?;

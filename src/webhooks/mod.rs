@@ -4,29 +4,67 @@
 //! filter matches and delivers it, retrying with backoff under the same `webhook-id`.
 //!
 //! Configuration: `[<profile>.webhooks.<name>]` with `url` (https, or http on a loopback host,
-//! checked like provider endpoints), `secret` (`whsec_` + base64) and optional `events`.
+//! checked like provider endpoints), `secret` (`whsec_` + base64) and optional `events`. On
+//! `/admin/webhooks` an administrator edits an endpoint's URL and events, rotates its secret, and
+//! adds or deletes endpoints ([`edit`]); those changes live in the `webhook_endpoints` table, win
+//! over the configuration until reverted, and reach every instance through [`Webhooks::reload`].
 
+pub mod edit;
 pub mod outbox;
 pub mod signature;
 pub mod worker;
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
 
 use url::Url;
 
 use crate::config::{invalid, parse_endpoint, ConfigError, RawWebhook};
+use crate::db::models::webhook_endpoints::{self as stored, StoredEndpoint};
 pub use crate::db::models::webhooks::EventType;
+use crate::db::Conn;
+use crate::error::AppResult;
 use crate::util::ExposeSecret;
+use crate::vault::{Aad, Cipher};
 use signature::SigningKey;
 
-/// One configured endpoint.
+/// Where an endpoint's settings come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A `[webhooks.<name>]` table of the configuration, as written.
+    Config,
+    /// A configured endpoint whose settings were edited on `/admin/webhooks` (they win until
+    /// reverted).
+    Edited,
+    /// Added on `/admin/webhooks`.
+    Added,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Config => "config",
+            Origin::Edited => "edited",
+            Origin::Added => "added",
+        }
+    }
+}
+
+/// One endpoint, as in effect.
 #[derive(Debug)]
 pub struct Endpoint {
     pub name: String,
     pub url: Url,
     key: SigningKey,
+    /// After a rotation: the replaced key, signed with as well until the time given.
+    previous: Option<(SigningKey, i64)>,
     /// As configured; empty: every event.
     pub events: Vec<String>,
+    pub origin: Origin,
+    /// The stored row's version (0: the configuration's table, no row).
+    pub version: i64,
+    /// When and by whom it was last edited on the page.
+    pub updated: Option<(i64, String)>,
 }
 
 impl Endpoint {
@@ -36,8 +74,23 @@ impl Endpoint {
         self.events.is_empty() || self.events.iter().any(|f| filter_matches(f, t.as_str()))
     }
 
+    /// The `webhook-signature` value: the current key's signature, and during a rotation's overlap
+    /// the previous key's too (`v1,<new> v1,<old>`, as the specification allows), so a receiver
+    /// that still has the old secret keeps verifying.
     pub fn sign(&self, id: &str, timestamp: i64, body: &str) -> String {
-        self.key.sign(id, timestamp, body)
+        let mut signature = self.key.sign(id, timestamp, body);
+        if let Some((old, until)) = &self.previous {
+            if timestamp < *until {
+                signature.push(' ');
+                signature.push_str(&old.sign(id, timestamp, body));
+            }
+        }
+        signature
+    }
+
+    /// Until when the previous secret is still signed with, after a rotation.
+    pub fn previous_until(&self, at: i64) -> Option<i64> {
+        self.previous.as_ref().map(|(_, until)| *until).filter(|until| at < *until)
     }
 
     /// The filter as shown on `/admin/webhooks`.
@@ -59,10 +112,55 @@ fn filter_matches(filter: &str, name: &str) -> bool {
     }
 }
 
-/// The configured endpoints, and the bell that wakes the delivery worker.
+/// An endpoint name: usable in a URL path and an element id.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err("the name must be 1 to 64 characters of a-z, 0-9, `-` and `_`".into())
+    }
+}
+
+/// An endpoint URL: the providers' rules (https, or http on a loopback host), no credentials.
+pub fn check_url(value: &str) -> Result<Url, String> {
+    let url = parse_endpoint("url", value.trim()).map_err(|e| match e {
+        ConfigError::Invalid { reason, .. } => reason,
+        other => other.to_string(),
+    })?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not carry credentials; the signature authenticates the sender".into());
+    }
+    Ok(url)
+}
+
+/// Event filters: event names or `<prefix>.*`; an empty list means every event.
+pub fn check_events(filters: &[String]) -> Result<(), String> {
+    for filter in filters {
+        if !EventType::ALL.iter().any(|t| filter_matches(filter, t.as_str())) || filter == "webhook.test" {
+            let known: Vec<&str> = EventType::ALL.iter().map(|t| t.as_str()).filter(|t| *t != "webhook.test").collect();
+            return Err(format!("`{filter}` is not an event name or `<prefix>.*` (events: {})", known.join(", ")));
+        }
+    }
+    Ok(())
+}
+
+/// The endpoints in effect now, and the stored versions they were built from.
+#[derive(Debug, Default)]
+struct Snapshot {
+    endpoints: Arc<Vec<Arc<Endpoint>>>,
+    /// `None` until the table was first read.
+    versions: Option<Vec<(String, i64)>>,
+}
+
+/// The endpoints — the configured ones, with the edits and additions of `/admin/webhooks` laid
+/// over them (re-read by [`Webhooks::reload`]) — and the bell that wakes the delivery worker.
 #[derive(Debug, Default)]
 pub struct Webhooks {
-    endpoints: Vec<Endpoint>,
+    configured: Vec<Arc<Endpoint>>,
+    current: RwLock<Snapshot>,
     wake: rocket::tokio::sync::Notify,
 }
 
@@ -73,46 +171,100 @@ impl Webhooks {
         let mut endpoints = Vec::new();
         for (name, w) in raw {
             let key = |k: &str| format!("webhooks.{name}.{k}");
-            let name_ok = !name.is_empty()
-                && name.len() <= 64
-                && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-            if !name_ok {
-                return Err(invalid(
-                    format!("webhooks.{name}"),
-                    "the name must be 1 to 64 characters of a-z, 0-9, `-` and `_`",
-                ));
-            }
-            let url = parse_endpoint(&key("url"), &w.url)?;
-            if !url.username().is_empty() || url.password().is_some() {
-                return Err(invalid(key("url"), "must not carry credentials; the signature authenticates the sender"));
-            }
+            check_name(name).map_err(|e| invalid(format!("webhooks.{name}"), e))?;
+            let url = check_url(&w.url).map_err(|e| invalid(key("url"), e))?;
             let signing =
                 SigningKey::parse(w.secret.expose_secret()).map_err(|e| invalid(key("secret"), e.to_string()))?;
-            let events = w.events.clone().unwrap_or_default();
             if w.events.as_ref().is_some_and(|e| e.is_empty()) {
                 return Err(invalid(key("events"), "is empty: leave it out to receive every event"));
             }
-            for filter in &events {
-                if !EventType::ALL.iter().any(|t| filter_matches(filter, t.as_str())) || filter == "webhook.test" {
-                    let known: Vec<&str> =
-                        EventType::ALL.iter().map(|t| t.as_str()).filter(|t| *t != "webhook.test").collect();
-                    return Err(invalid(
-                        key("events"),
-                        format!("`{filter}` is not an event name or `<prefix>.*` (events: {})", known.join(", ")),
-                    ));
+            let events = w.events.clone().unwrap_or_default();
+            check_events(&events).map_err(|e| invalid(key("events"), e))?;
+            endpoints.push(Arc::new(Endpoint {
+                name: name.clone(),
+                url,
+                key: signing,
+                previous: None,
+                events,
+                origin: Origin::Config,
+                version: 0,
+                updated: None,
+            }));
+        }
+        let current = RwLock::new(Snapshot { endpoints: Arc::new(endpoints.clone()), versions: None });
+        Ok(Webhooks { configured: endpoints, current, wake: Default::default() })
+    }
+
+    /// The endpoints in effect, by name.
+    pub fn endpoints(&self) -> Arc<Vec<Arc<Endpoint>>> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).endpoints.clone()
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Endpoint>> {
+        self.endpoints().iter().find(|e| e.name == name).cloned()
+    }
+
+    /// The configuration's own endpoint `name`, whatever was edited since.
+    pub fn configured(&self, name: &str) -> Option<&Arc<Endpoint>> {
+        self.configured.iter().find(|e| e.name == name)
+    }
+
+    /// Read the stored endpoints again if they changed (one small query otherwise): called by the
+    /// delivery worker every round and by the admin page, so an edit made on any instance is in
+    /// effect on every instance within a poll interval. A row that cannot be used (a secret the
+    /// key ring does not open) is left out, logged, and the configured endpoint of its name, if
+    /// any, stays in effect.
+    pub fn reload(&self, conn: &mut Conn, cipher: &Cipher) -> AppResult<()> {
+        let versions = stored::versions(conn)?;
+        if self.current.read().unwrap_or_else(|e| e.into_inner()).versions.as_ref() == Some(&versions) {
+            return Ok(());
+        }
+        let rows = stored::all(conn)?;
+        let mut by_name: BTreeMap<String, Arc<Endpoint>> =
+            self.configured.iter().map(|e| (e.name.clone(), e.clone())).collect();
+        for row in &rows {
+            match self.endpoint_of(row, cipher) {
+                Ok(endpoint) => {
+                    by_name.insert(row.name.clone(), Arc::new(endpoint));
+                }
+                Err(why) => {
+                    tracing::error!(endpoint = %row.name, error = %why, "a stored webhook endpoint is unusable")
                 }
             }
-            endpoints.push(Endpoint { name: name.clone(), url, key: signing, events });
         }
-        Ok(Webhooks { endpoints, wake: Default::default() })
+        let endpoints = Arc::new(by_name.into_values().collect());
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) =
+            Snapshot { endpoints, versions: Some(versions.iter().map(|(n, v)| (n.clone(), *v)).collect()) };
+        Ok(())
     }
 
-    pub fn endpoints(&self) -> &[Endpoint] {
-        &self.endpoints
-    }
-
-    pub fn get(&self, name: &str) -> Option<&Endpoint> {
-        self.endpoints.iter().find(|e| e.name == name)
+    fn endpoint_of(&self, row: &StoredEndpoint, cipher: &Cipher) -> Result<Endpoint, String> {
+        let url = check_url(&row.url)?;
+        let open = |sealed: &[u8], aad: Aad<'_>| -> Result<SigningKey, String> {
+            let secret = cipher.open(sealed, aad).map_err(|e| e.to_string())?;
+            SigningKey::parse(secret.expose_secret()).map_err(|e| e.to_string())
+        };
+        let key = open(&row.secret, Aad::WebhookSecret(&row.name))?;
+        let previous = match (&row.previous_secret, row.previous_until) {
+            (Some(sealed), Some(until)) => Some((open(sealed, Aad::WebhookPreviousSecret(&row.name))?, until)),
+            _ => None,
+        };
+        let events: Vec<String> = match &row.events {
+            Some(json) => serde_json::from_str(json).map_err(|e| format!("events: {e}"))?,
+            None => Vec::new(),
+        };
+        check_events(&events)?;
+        let origin = if self.configured(&row.name).is_some() { Origin::Edited } else { Origin::Added };
+        Ok(Endpoint {
+            name: row.name.clone(),
+            url,
+            key,
+            previous,
+            events,
+            origin,
+            version: row.version,
+            updated: Some((row.updated_at, row.updated_by.clone())),
+        })
     }
 
     /// Ask the worker to look at the outbox now (after a commit that recorded an event).

@@ -114,10 +114,11 @@ pub fn fan_out(conn: &mut Conn, hooks: &Webhooks, limit: i64) -> diesel::QueryRe
     }
     let at = now();
     let ids: Vec<i64> = events.iter().map(|e| e.id).collect();
+    let endpoints = hooks.endpoints();
     conn.transaction(|conn| {
         rows::mark_fanned_out(conn, &ids)?;
         for e in &events {
-            for endpoint in hooks.endpoints().iter().filter(|ep| ep.wants(e.event_type)) {
+            for endpoint in endpoints.iter().filter(|ep| ep.wants(e.event_type)) {
                 rows::insert_delivery(conn, &new_delivery(e.id, &endpoint.name, at))?;
             }
         }

@@ -47,6 +47,19 @@ impl SigningKey {
         Ok(SigningKey(bytes))
     }
 
+    /// A new random secret (32 bytes, within the spec's 24 to 64), as `whsec_` + base64.
+    pub fn generate() -> crate::util::Secret {
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, bytes.as_mut());
+        crate::util::secret(format!("whsec_{}", crate::util::b64_encode(bytes.as_ref())))
+    }
+
+    /// The key written back in the secret format (to seal a configured secret when its endpoint
+    /// is first edited on the page).
+    pub fn to_secret(&self) -> crate::util::Secret {
+        crate::util::secret(format!("whsec_{}", crate::util::b64_encode(&self.0)))
+    }
+
     /// The `webhook-signature` header value of message `id` sent at `timestamp` with `body`.
     pub fn sign(&self, id: &str, timestamp: i64, body: &str) -> String {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes keys of any length");
@@ -85,5 +98,17 @@ mod tests {
         assert_eq!(SigningKey::parse("whsec_c2hvcnQ=").unwrap_err(), KeyError::TooShort(5));
         let key = SigningKey::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
         assert!(!format!("{key:?}").contains("MfKQ"));
+    }
+
+    #[test]
+    fn generated_secrets_are_random_parse_back_and_round_trip() {
+        use crate::util::ExposeSecret;
+        let (a, b) = (SigningKey::generate(), SigningKey::generate());
+        assert_ne!(a.expose_secret(), b.expose_secret());
+        let key = SigningKey::parse(a.expose_secret()).unwrap();
+        assert_eq!(key.0.len(), 32);
+        assert_eq!(key.to_secret().expose_secret(), a.expose_secret());
+        let spec = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        assert_eq!(SigningKey::parse(spec).unwrap().to_secret().expose_secret(), spec);
     }
 }

@@ -33,6 +33,8 @@ pub struct Worker {
     pub http: Outbound,
     /// Attempts by endpoint and result, and their duration (`/metrics`).
     pub metrics: Arc<Metrics>,
+    /// Opens the secrets of endpoints edited on `/admin/webhooks`.
+    pub cipher: Arc<crate::vault::Cipher>,
     /// Seconds a claimed delivery is ours: longer than a request can take (`http_timeout`, which
     /// bounds the whole request, + `http_connect_timeout` + 5 s), so a live instance never loses a
     /// lease mid-request; after a crash mid-delivery the next attempt waits this long.
@@ -64,10 +66,16 @@ impl Worker {
         }
     }
 
-    /// One round: fan out, claim, send, record. How many deliveries were attempted.
+    /// One round: pick up endpoint edits, fan out, claim, send, record. How many deliveries were
+    /// attempted.
     pub async fn round(&self) -> crate::error::AppResult<usize> {
-        let hooks = self.hooks.clone();
-        self.db.run(move |conn| Ok(outbox::fan_out(conn, &hooks, 100)?)).await?;
+        let (hooks, cipher) = (self.hooks.clone(), self.cipher.clone());
+        self.db
+            .run(move |conn| {
+                hooks.reload(conn, &cipher)?;
+                Ok(outbox::fan_out(conn, &hooks, 100)?)
+            })
+            .await?;
         let lease = self.lease;
         let claimed = self.db.run(move |conn| Ok(outbox::claim(conn, now(), lease, BATCH)?)).await?;
         let n = claimed.len();
@@ -79,8 +87,9 @@ impl Worker {
         let endpoint_name = c.delivery.endpoint.clone();
         let started = std::time::Instant::now();
         let result = match self.hooks.get(&endpoint_name) {
-            Some(endpoint) => send(&self.http, endpoint, &c).await,
-            // Configured when the event was fanned out, gone since: nobody to send it to.
+            Some(endpoint) => send(&self.http, &endpoint, &c).await,
+            // Configured when the event was fanned out, gone since (its table removed from the
+            // configuration): nobody to send it to. (Deleting on the page fails them at once.)
             None => AttemptResult::NoAnswer("the endpoint is no longer configured".into()),
         };
         let (msg_id, attempt) = (c.event.msg_id.clone(), c.delivery.attempts + 1);

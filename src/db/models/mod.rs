@@ -13,4 +13,5 @@ pub mod meta;
 pub mod sessions;
 pub mod users;
 pub mod vault;
+pub mod webhook_endpoints;
 pub mod webhooks;

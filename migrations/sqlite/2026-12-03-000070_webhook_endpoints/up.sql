@@ -1,0 +1,19 @@
+-- Webhook endpoints edited on /admin/webhooks. A row named like a [webhooks.<name>] table of the
+-- configuration overrides that table (URL, events, secret) until it is reverted; a row of another
+-- name is an endpoint added on the page. Secrets are sealed under the vault key
+-- (AAD webhook_endpoints/<name>/secret and …/previous_secret), never stored in the clear.
+CREATE TABLE webhook_endpoints (
+    name TEXT PRIMARY KEY NOT NULL,
+    url TEXT NOT NULL,
+    -- A JSON array of event filters; NULL: every event.
+    events TEXT,
+    secret BLOB NOT NULL,
+    -- After a rotation, the secret it replaced: deliveries are signed with both until
+    -- previous_until (unix seconds), so that receivers can switch over without losing events.
+    previous_secret BLOB,
+    previous_until BIGINT,
+    -- Bumped by every change: an edit made from a page loaded before another edit is refused.
+    version BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    updated_by TEXT NOT NULL
+);
