@@ -73,7 +73,9 @@ pub enum AppError {
     /// The connection's grant lacks scopes the caller requires (403 `insufficient_scope`, with
     /// the page that asks the provider for them on the same connection).
     #[error("{service}: the grant lacks {missing:?}")]
-    InsufficientScope { service: Service, missing: Vec<String>, upgrade_url: String },
+    /// `upgrade_url` is `None` when a missing scope is one the provider does not offer here (not
+    /// in its `scopes` or `optional_scopes`): no authorization would grant it.
+    InsufficientScope { service: Service, missing: Vec<String>, upgrade_url: Option<String> },
     /// The request conflicts with the current state (409); the message is shown.
     #[error("conflict: {0}")]
     Conflict(String),
@@ -170,10 +172,17 @@ impl AppError {
                 "Several {} accounts are connected: name one with ?account=<account id> (or ?connection=<id>).",
                 service.display_name
             ),
-            AppError::InsufficientScope { service, missing, .. } => format!(
+            AppError::InsufficientScope { service, missing, upgrade_url: Some(_) } => format!(
                 "The {} connection was not granted {}. Open upgrade_url to ask for more permissions.",
                 service.display_name,
                 missing.join(", ")
+            ),
+            AppError::InsufficientScope { service, missing, upgrade_url: None } => format!(
+                "The {} connection was not granted {}, and {} does not offer all of them here \
+                 (not in its scopes or optional_scopes), so there is no upgrade to ask for.",
+                service.display_name,
+                missing.join(", "),
+                service.display_name
             ),
             AppError::BadPath => {
                 "The path must stay under the service's API base URL, without `;`, encoded dots or backslashes.".into()

@@ -264,6 +264,12 @@ async fn granted_scopes_are_kept_apart_from_requested_ones_and_upgraded_in_place
     assert_eq!(upgrade, format!("{PUBLIC_URL}/services/fake/authorize?connection={id}&scopes=write"));
     assert_eq!(api(&app, "/api/v1/services/fake/proxy/x?required_scopes=write", &key).await.0, Status::Forbidden);
     assert_eq!(api(&app, "/api/v1/services/fake/token?required_scopes=read", &key).await.0, Status::Ok);
+    // A scope the provider does not offer here: no upgrade could grant it, so no upgrade_url.
+    let (status, body) = api(&app, "/api/v1/services/fake/token?required_scopes=write,root", &key).await;
+    assert_eq!((status, body["error"].as_str()), (Status::Forbidden, Some("insufficient_scope")), "{body}");
+    assert_eq!(body["missing"], serde_json::json!(["write", "root"]));
+    assert!(body["upgrade_url"].is_null(), "{body}");
+    assert!(body["message"].as_str().unwrap().contains("does not offer"), "{body}");
 
     // The upgrade: the same connection, asking for the union.
     let path = upgrade.trim_start_matches(PUBLIC_URL);

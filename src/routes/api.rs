@@ -107,21 +107,6 @@ struct TokenOut {
     scopes: Vec<String>,
 }
 
-/// Which connection a request is for, and the scopes it needs: `?account=<account id>`,
-/// `?connection=<id>`, `?required_scopes=a,b`.
-#[derive(Debug, Default, rocket::FromForm)]
-pub struct Choice<'r> {
-    account: Option<&'r str>,
-    /// Read as text: a malformed id names no connection (404), never "none named".
-    connection: Option<&'r str>,
-    required_scopes: Option<&'r str>,
-}
-
-/// A connection id as given: not a number → -1, which no connection has.
-fn connection_id(text: Option<&str>) -> Option<i64> {
-    text.map(|t| t.parse().unwrap_or(-1))
-}
-
 /// The connection `choice` names among the user's connections to `p` (404 `not_connected`, 409
 /// `ambiguous_account`), and — with `required_scopes` — 403 `insufficient_scope` when its grant
 /// lacks one, with the Redirector's URL that asks for them on the same connection.
@@ -129,22 +114,26 @@ async fn chosen(
     app: &AppState,
     user: &ApiUser,
     p: &Provider,
-    choice: &Choice<'_>,
+    choice: &ChoiceQuery,
 ) -> ApiResult<(Which, std::sync::Arc<connections::Connection>)> {
     let set = connection_set(app.tokens(), user.id, &p.name).await.map_err(|e| e.into_app_error(p))?;
-    let named =
-        Named { account: choice.account.filter(|a| !a.is_empty()), connection: connection_id(choice.connection) };
+    let named = Named { account: choice.account.as_deref().filter(|a| !a.is_empty()), connection: choice.connection };
     let row = pick(&set, named, p)?;
-    let required: Vec<String> =
-        choice.required_scopes.unwrap_or("").split([',', ' ']).filter(|s| !s.is_empty()).map(str::to_string).collect();
+    let required: Vec<String> = choice
+        .required_scopes
+        .as_deref()
+        .unwrap_or("")
+        .split([',', ' '])
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
     let missing = missing_scopes(&row, &required);
     if !missing.is_empty() {
-        let path = crate::routes::services::upgrade_path(&p.name, row.id, &missing);
-        return Err(AppError::InsufficientScope {
-            service: p.service(),
-            missing,
-            upgrade_url: app.settings.url(&path),
-        });
+        // An upgrade can only ask for what the provider offers; otherwise say so (null).
+        let offered = missing.iter().all(|s| p.scopes.contains(s) || p.optional_scopes.contains(s));
+        let upgrade_url =
+            offered.then(|| app.settings.url(&crate::routes::services::upgrade_path(&p.name, row.id, &missing)));
+        return Err(AppError::InsufficientScope { service: p.service(), missing, upgrade_url });
     }
     Ok((Which::id(user.id, row.id), row))
 }
@@ -168,16 +157,18 @@ fn read_entry(
 }
 
 /// A fresh access token (refreshed first when needed, through the same single-flight refresh).
-#[get("/services/<service>/token?<choice..>")]
+/// `?account=`, `?connection=`, `?required_scopes=` choose the connection (see [`chosen`]).
+#[get("/services/<service>/token")]
 async fn token(
     app: &State<AppState>,
     user: &ApiUser,
     service: &str,
-    choice: Choice<'_>,
+    origin: &rocket::http::uri::Origin<'_>,
     ip: Option<std::net::IpAddr>,
 ) -> ApiResult<Json<TokenOut>> {
     user.require(Capability::TokenRead, Some(service))?;
     let p = provider(app, service)?;
+    let (choice, _) = split_query(origin.query().map(|q| q.as_str()))?;
     let (which, row) = chosen(app, user, &p, &choice).await?;
     let t = fresh_token(&app.access(), which, &p).await.map_err(|e| e.into_app_error(&p))?;
     app.audit.read(read_entry(audit::Kind::TokenRead, user, &row, ip).with("key_id", user.key_id));
@@ -272,13 +263,7 @@ async fn run_proxy(
 ) -> ApiResult<Proxied> {
     user.require(Capability::Proxy, Some(service))?;
     let p = provider(app, service)?;
-    let (choice_query, query) = split_query(incoming.query.as_deref());
-    let connection = choice_query.connection.map(|id| id.to_string());
-    let choice = Choice {
-        account: choice_query.account.as_deref(),
-        connection: connection.as_deref(),
-        required_scopes: choice_query.required_scopes.as_deref(),
-    };
+    let (choice, query) = split_query(incoming.query.as_deref())?;
     let (which, row) = chosen(app, user, &p, &choice).await?;
     let body = match body {
         Some(data) => {
@@ -327,24 +312,32 @@ struct ChoiceQuery {
     required_scopes: Option<String>,
 }
 
-fn split_query(query: Option<&str>) -> (ChoiceQuery, Option<String>) {
+/// The token API and the proxy read them alike: a parameter given twice is a 400 (which one
+/// would win is a guess a script should not depend on).
+fn split_query(query: Option<&str>) -> Result<(ChoiceQuery, Option<String>), AppError> {
     let mut choice = ChoiceQuery::default();
-    let Some(query) = query else { return (choice, None) };
+    let Some(query) = query else { return Ok((choice, None)) };
     let mut rest = Vec::new();
     for part in query.split('&') {
         let (key, value) = part.split_once('=').unwrap_or((part, ""));
         let decoded =
             || url::form_urlencoded::parse(format!("v={value}").as_bytes()).next().map(|(_, v)| v.into_owned());
-        match key {
-            "account" => choice.account = decoded(),
+        let twice = match key {
+            "account" => choice.account.replace(decoded().unwrap_or_default()).is_some(),
             // Not a number: names no connection (404 not_connected), rather than the first.
-            "connection" => choice.connection = Some(decoded().and_then(|v| v.parse().ok()).unwrap_or(-1)),
-            "required_scopes" => choice.required_scopes = decoded(),
-            _ => rest.push(part),
+            "connection" => choice.connection.replace(decoded().and_then(|v| v.parse().ok()).unwrap_or(-1)).is_some(),
+            "required_scopes" => choice.required_scopes.replace(decoded().unwrap_or_default()).is_some(),
+            _ => {
+                rest.push(part);
+                false
+            }
+        };
+        if twice {
+            return Err(AppError::BadRequest(format!("`{key}` is given more than once; give it once.")));
         }
     }
     let rest = rest.join("&");
-    (choice, (!rest.is_empty()).then_some(rest))
+    Ok((choice, (!rest.is_empty()).then_some(rest)))
 }
 
 #[get("/services/<service>/proxy/<path..>")]
@@ -424,13 +417,20 @@ mod tests {
 
     #[test]
     fn tokenvaults_parameters_are_taken_out_of_the_forwarded_query() {
-        let (c, rest) = split_query(Some("path=%2Fa&account=dbid%3AAB&limit=2&required_scopes=files.read,files.write"));
+        let (c, rest) =
+            split_query(Some("path=%2Fa&account=dbid%3AAB&limit=2&required_scopes=files.read,files.write")).unwrap();
         assert_eq!(c.account.as_deref(), Some("dbid:AB"));
         assert_eq!(c.required_scopes.as_deref(), Some("files.read,files.write"));
         assert_eq!(rest.as_deref(), Some("path=%2Fa&limit=2"), "the rest exactly as sent");
-        let (c, rest) = split_query(Some("connection=12"));
+        let (c, rest) = split_query(Some("connection=12")).unwrap();
         assert_eq!((c.connection, rest), (Some(12), None));
-        assert_eq!(split_query(Some("connection=x")).0.connection, Some(-1), "a bad id names no connection");
-        assert!(split_query(None).1.is_none());
+        assert_eq!(split_query(Some("connection=x")).unwrap().0.connection, Some(-1), "a bad id names no connection");
+        assert!(split_query(None).unwrap().1.is_none());
+        // Given twice: refused, whichever parameter (the token API and the proxy alike).
+        for q in ["connection=1&connection=2", "account=a&x=1&account=b", "required_scopes=a&required_scopes=a"] {
+            assert!(
+                matches!(split_query(Some(q)), Err(crate::error::AppError::BadRequest(m)) if m.contains("more than once"))
+            );
+        }
     }
 }
