@@ -22,6 +22,7 @@ pub struct Metrics {
     webhook_attempts: IntCounterVec,
     webhook_attempt_seconds: HistogramVec,
     webhook_deliveries: IntGaugeVec,
+    audit_lost: IntCounterVec,
     scrape: std::sync::Mutex<()>,
 }
 
@@ -103,8 +104,17 @@ impl Metrics {
             &["status"],
         )
         .expect("valid metric");
+        let audit_lost = IntCounterVec::new(
+            Opts::new(
+                "audit_entries_lost_total",
+                "Audit entries of the batcher (reads, refused sign-ins) never written: queue_full, write_failed",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(audit_lost.clone()),
             Box::new(webhook_attempts.clone()),
             Box::new(webhook_attempt_seconds.clone()),
             Box::new(webhook_deliveries.clone()),
@@ -133,6 +143,7 @@ impl Metrics {
             webhook_attempts,
             webhook_attempt_seconds,
             webhook_deliveries,
+            audit_lost,
             scrape: Default::default(),
         }
     }
@@ -181,9 +192,14 @@ impl Metrics {
         }
     }
 
-    /// The text exposition, with the connection gauge set from `by_status` and the cache figures
-    /// from `caches` (read at scrape time).
-    pub fn render(&self, by_status: &[(&str, i64)], caches: &[(&str, crate::cache::CacheStats)]) -> String {
+    /// The text exposition, with the connection gauge set from `by_status`, the cache figures
+    /// from `caches` and the audit batcher's losses (read at scrape time).
+    pub fn render(
+        &self,
+        by_status: &[(&str, i64)],
+        caches: &[(&str, crate::cache::CacheStats)],
+        audit: AuditLosses,
+    ) -> String {
         self.connections.reset();
         // Every status has its series, 0 when no connection has it (`degraded` shows before the
         // first failure, so an alert on it has something to watch).
@@ -202,10 +218,23 @@ impl Metrics {
             }
             self.cache_entries.with_label_values(&[name]).set(stats.entries as i64);
         }
+        for (reason, total) in [("queue_full", audit.dropped), ("write_failed", audit.lost)] {
+            let counter = self.audit_lost.with_label_values(&[reason]);
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
         let mut out = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding works");
         String::from_utf8(out).unwrap_or_default()
     }
+}
+
+/// What the audit batcher never wrote, so far (`crate::audit::batcher::Batcher`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AuditLosses {
+    /// Dropped because its queue was full.
+    pub dropped: u64,
+    /// Lost because a batch could not be written.
+    pub lost: u64,
 }
 
 /// Counts every request by its route template (never the concrete path: low cardinality, no ids).

@@ -235,3 +235,73 @@ async fn connections_api_keys_pages_and_filters() {
     let mut conn = app.db.conn().unwrap();
     assert!(tokenvault::audit::verify(&mut conn, &app.cipher).unwrap().is_ok());
 }
+
+/// Sign-in attempts refused before any work (throttled, an impossible username) are audited
+/// through the bounded batcher, at most `REFUSALS_PER_SECOND` a second: a flood leaves a few
+/// entries saying how many were left out, not one row per request. `/metrics` counts what the
+/// batcher could not write.
+#[tokio::test]
+async fn refused_sign_ins_are_audited_without_a_row_per_request_of_a_flood() {
+    use tokenvault::audit::batcher::REFUSALS_PER_SECOND;
+    let app = common::builder().set("login_limit_per_account", 2).start().await;
+    app.user("alice").await;
+    let other = app.agent();
+    let csrf = other.csrf("/login").await;
+    let attempt = |name: String| {
+        let (other, csrf) = (&other, csrf.clone());
+        async move {
+            other
+                .post_form("/login", &[("csrf_token", &csrf), ("username", &name), ("password", "wrong password")])
+                .await
+        }
+    };
+    let long = attempt("x".repeat(300)).await;
+    assert_eq!(long.status, Status::UnprocessableEntity);
+    let started = std::time::Instant::now();
+    let mut refused = 0;
+    for _ in 0..60 {
+        if attempt("alice".into()).await.status == Status::TooManyRequests {
+            refused += 1;
+        }
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    assert!(refused >= 50, "the account throttle refused the flood ({refused})");
+    // One more, in a later second: it is recorded and carries the count left out before it.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(attempt("alice".into()).await.status, Status::TooManyRequests);
+    refused += 1;
+    app.state().audit.flush().await;
+
+    let all = rows(&app);
+    let throttled: Vec<&String> = all.iter().filter(|r| r.contains("\"refused\":\"throttled\"")).collect();
+    assert!(!throttled.is_empty(), "{all:?}");
+    assert!(
+        throttled.len() as u64 <= u64::from(REFUSALS_PER_SECOND) * (seconds + 1),
+        "{} entries in {seconds} s",
+        throttled.len()
+    );
+    let suppressed: u64 = throttled
+        .iter()
+        .filter_map(|r| {
+            let detail: serde_json::Value = serde_json::from_str(r.rsplit('|').next().unwrap()).unwrap();
+            detail["suppressed_before"].as_u64()
+        })
+        .sum();
+    // Every refusal is an entry or counted in the next one.
+    assert_eq!(throttled.len() as u64 + suppressed, refused as u64, "{throttled:?}");
+    if seconds <= 4 {
+        assert!(suppressed > 0 && throttled.len() < refused / 2, "a flood leaves few rows: {}", throttled.len());
+    }
+    assert!(all.iter().any(|r| r.starts_with("signin.failure|-|system|") && r.contains("username_too_long")));
+    assert!(!all.join("\n").contains("alice") && !all.join("\n").contains("xxxxxxxx"), "no username in the log");
+    let mut conn = app.db.conn().unwrap();
+    assert!(tokenvault::audit::verify(&mut conn, &app.cipher).unwrap().is_ok());
+
+    let metrics = app.client.get("/metrics").dispatch().await.into_string().await.unwrap();
+    for line in [
+        "tokenvault_audit_entries_lost_total{reason=\"queue_full\"} 0",
+        "tokenvault_audit_entries_lost_total{reason=\"write_failed\"} 0",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+}

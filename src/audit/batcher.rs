@@ -1,5 +1,6 @@
-//! The batcher for high-volume reads (`token.read`, `proxy.call`): a bounded queue the request
-//! never waits on, drained by one task that appends every ~200 ms or 500 entries in one
+//! The batcher for high-volume reads (`token.read`, `proxy.call`) and for sign-in attempts the
+//! throttle refused before any work (a flood must not become one database write per request): a
+//! bounded queue the request never waits on, drained by one task that appends every ~200 ms or 500 entries in one
 //! transaction per batch. A full queue drops the entry (counted, logged). A crash loses at most
 //! the reads queued since the last flush; security events never go through here.
 
@@ -28,6 +29,17 @@ pub struct Batcher {
     rx: Mutex<Option<mpsc::Receiver<Msg>>>,
     dropped: Arc<AtomicU64>,
     lost: Arc<AtomicU64>,
+    refusals: Mutex<RefusalWindow>,
+}
+
+/// Refused sign-ins recorded per second at most (see [`Batcher::refusal`]).
+pub const REFUSALS_PER_SECOND: u32 = 10;
+
+#[derive(Default)]
+struct RefusalWindow {
+    second: i64,
+    recorded: u32,
+    suppressed: u64,
 }
 
 impl Default for Batcher {
@@ -39,7 +51,13 @@ impl Default for Batcher {
 impl Batcher {
     pub fn new() -> Batcher {
         let (tx, rx) = mpsc::channel(QUEUE);
-        Batcher { tx, rx: Mutex::new(Some(rx)), dropped: Default::default(), lost: Default::default() }
+        Batcher {
+            tx,
+            rx: Mutex::new(Some(rx)),
+            dropped: Default::default(),
+            lost: Default::default(),
+            refusals: Default::default(),
+        }
     }
 
     /// Queue a read; never waits. A full queue drops it (counted in [`Batcher::dropped`]).
@@ -48,6 +66,27 @@ impl Batcher {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             tracing::warn!(dropped_total = n, "audit queue full: a read entry was dropped");
         }
+    }
+
+    /// Queue a sign-in attempt refused before any work (throttled, or an impossible username).
+    /// At most [`REFUSALS_PER_SECOND`] are recorded each second, so a flood cannot fill the disk
+    /// through the log; the next recorded one says how many were left out before it
+    /// (`"suppressed_before": n`). Like a read, it may be dropped when the queue is full (counted).
+    pub fn refusal(&self, entry: Entry) {
+        let second = crate::util::now();
+        let suppressed = {
+            let mut w = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+            if w.second != second {
+                (w.second, w.recorded) = (second, 0);
+            }
+            if w.recorded >= REFUSALS_PER_SECOND {
+                w.suppressed += 1;
+                return;
+            }
+            w.recorded += 1;
+            std::mem::take(&mut w.suppressed)
+        };
+        self.read(if suppressed > 0 { entry.with("suppressed_before", suppressed) } else { entry })
     }
 
     /// Entries dropped because the queue was full.

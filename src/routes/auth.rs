@@ -84,12 +84,19 @@ async fn login(
     form: Csrf<LoginForm>,
 ) -> AppResult<Result<Flash<Redirect>, PageResponse>> {
     let form = form.into_inner();
+    // Refused attempts are audited through the bounded batcher: no database write of their own.
+    let refused = |why: &str| {
+        let e = audit::Entry::new(audit::Kind::SigninFailure, audit::Actor::System).address(ip).with("refused", why);
+        app.audit.refusal(e);
+    };
     // The address's limit first: an address over it gets no further (no hashing, no state).
     if app.login_throttle.check_address(ip, "sign-in").is_err() {
+        refused("address_throttled");
         return Err(AppError::TooManyRequests);
     }
     let username = accounts::clean_username(&form.username).to_string();
     if username.len() > accounts::MAX_USERNAME_LEN {
+        refused("username_too_long");
         // No account has such a name: refused before it reaches any map or the hasher, and not
         // echoed back.
         let form = AuthForm {
@@ -107,6 +114,7 @@ async fn login(
         device::remove_invalid(cookies);
     }
     let Ok(admission) = app.login_throttle.admit(ip, &key, claim) else {
+        refused("throttled");
         return Err(AppError::TooManyRequests);
     };
     let lookup = username.clone();

@@ -79,6 +79,7 @@ async fn metrics(
         .await?;
     app.metrics.set_webhook_deliveries(&deliveries);
     app.metrics.set_login_figures(app.login_throttle.sizes(), app.hasher.stats());
-    let text = app.metrics.render(&by_status, &app.caches.stats());
+    let losses = crate::metrics::AuditLosses { dropped: app.audit.dropped(), lost: app.audit.lost() };
+    let text = app.metrics.render(&by_status, &app.caches.stats(), losses);
     Ok(Ok((ContentType::new("text", "plain").with_params(("version", "0.0.4")), text)))
 }
