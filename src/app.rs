@@ -37,7 +37,7 @@ pub fn prepare(figment: Figment) -> Result<Prepared, ConfigError> {
     let raw = RawConfig::from_figment(&figment)?;
     let settings = Settings::resolve(&raw, &profile)?;
     let catalog = Catalog::build(&settings, &raw.providers)?;
-    let webhooks = crate::webhooks::Webhooks::build(&raw.webhooks)?;
+    let webhooks = crate::webhooks::Webhooks::build(&raw.webhooks)?.allow_private_urls(settings.webhook_private_urls);
 
     let vault_key = match key_or_file("vault_key", raw.vault_key.clone(), raw.vault_key_file.as_deref())? {
         Some(key) => key,
@@ -171,7 +171,7 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
                 // The endpoints edited on /admin/webhooks, in effect before the first request.
                 hooks.reload(&mut conn, &c).map_err(|e| format!("cannot read the webhook endpoints: {e}"))?;
                 for e in hooks.endpoints().iter().filter(|e| e.origin == crate::webhooks::Origin::Edited) {
-                    tracing::info!(endpoint = %e.name, "webhook endpoint: the settings edited on /admin/webhooks override its configured table");
+                    tracing::warn!(endpoint = %e.name, "webhook endpoint: the settings edited on /admin/webhooks override its Rocket.toml table (changes to that table do not apply until it is reverted on the page)");
                 }
             }
             if demo {
@@ -268,6 +268,11 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
                         http: app.http.clone(),
                         metrics: app.metrics.clone(),
                         cipher: app.cipher.clone(),
+                        public_http: crate::oauth::http::Outbound::with_resolver(
+                            &app.settings,
+                            Arc::new(crate::webhooks::egress::PublicOnly),
+                        )
+                        .expect("the public-only client builds as the main one did"),
                         lease: (app.settings.http_timeout + app.settings.http_connect_timeout) as i64 + 5,
                     };
                     let shutdown = rocket.shutdown();

@@ -26,6 +26,8 @@ pub struct RawConfig {
     pub vault_old_keys: Vec<Secret>,
     pub demo_provider: Option<bool>,
     pub allow_signup: Option<bool>,
+    /// Webhook URLs set on `/admin/webhooks` may name private addresses (default: `debug` only).
+    pub webhook_private_urls: Option<bool>,
     pub data_dir: PathBuf,
     /// Overrides of the embedded static files and templates (see `crate::assets`).
     pub static_dir: Option<PathBuf>,
@@ -118,6 +120,7 @@ impl Default for RawConfig {
             vault_old_keys: Vec::new(),
             demo_provider: None,
             allow_signup: None,
+            webhook_private_urls: None,
             data_dir: PathBuf::from("data"),
             static_dir: None,
             template_dir: None,
@@ -163,6 +166,8 @@ pub struct Settings {
     pub database_url: String,
     pub demo_provider: bool,
     pub allow_signup: bool,
+    /// Webhook URLs set on `/admin/webhooks` may name loopback and private addresses.
+    pub webhook_private_urls: bool,
     pub data_dir: PathBuf,
     /// The directories whose files override the embedded ones, if any.
     pub static_dir: Option<PathBuf>,
@@ -420,6 +425,7 @@ impl Settings {
             database_url,
             demo_provider: raw.demo_provider.unwrap_or(dev_mode),
             allow_signup: raw.allow_signup.unwrap_or(dev_mode),
+            webhook_private_urls: raw.webhook_private_urls.unwrap_or(dev_mode),
             data_dir: raw.data_dir.clone(),
             static_dir: override_dir("static_dir", raw.static_dir.as_deref(), "static")?,
             template_dir: override_dir("template_dir", raw.template_dir.as_deref(), "templates")?,

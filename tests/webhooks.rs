@@ -515,11 +515,52 @@ async fn the_admin_page_adds_edits_rotates_reverts_and_deletes_endpoints() {
         .post_form("/admin/webhooks", &[("csrf_token", &csrf_ann), ("name", "x"), ("url", &rx.url()), ("events", "")])
         .await;
     assert_eq!(r.status, Status::Forbidden);
-    let r = ann.post_form("/admin/webhooks/ops/rotate", &[("csrf_token", &csrf_ann), ("version", "0")]).await;
+    for path in ["/admin/webhooks/ops/rotate", "/admin/webhooks/ops/delete"] {
+        let r = ann.post_form(path, &[("csrf_token", &csrf_ann), ("version", "0")]).await;
+        assert_eq!(r.status, Status::Forbidden, "{path}");
+    }
+    let r = ann
+        .post_form(
+            "/admin/webhooks/ops",
+            &[("csrf_token", &csrf_ann), ("version", "0"), ("url", &rx.url()), ("events", "")],
+        )
+        .await;
     assert_eq!(r.status, Status::Forbidden);
     let r = root.post_form("/admin/webhooks/ops/rotate", &[("csrf_token", "wrong"), ("version", "0")]).await;
     assert_eq!(r.status, Status::Forbidden);
     assert_eq!(app.count("SELECT COUNT(*) AS n FROM webhook_endpoints"), 0);
+}
+
+/// Outside `debug` (`webhook_private_urls` off), a URL set on the page must name a public host: the
+/// page cannot be used to reach the server's own network. `Rocket.toml` endpoints may.
+#[tokio::test]
+async fn page_urls_must_be_public_unless_the_operator_allows_private_ones() {
+    let rx = Receiver::start().await;
+    let app = builder()
+        .set("webhook_private_urls", false)
+        .set("webhooks", webhooks(&[("ops", &rx.url(), &secret(), None)]))
+        .start()
+        .await;
+    let root = app.user("root").await;
+    let csrf = root.csrf("/admin/webhooks").await;
+    for url in ["http://127.0.0.1:9/hook", "https://192.168.1.10/hook", "https://[::1]/x", "https://localhost/x"] {
+        let r = root
+            .post_form("/admin/webhooks", &[("csrf_token", &csrf), ("name", "internal"), ("url", url), ("events", "")])
+            .await;
+        assert_eq!(r.status, Status::UnprocessableEntity, "{url}");
+        assert!(r.text.contains("public host"), "{url}: {}", r.text);
+    }
+    let r = root
+        .post_form(
+            "/admin/webhooks/ops",
+            &[("csrf_token", &csrf), ("version", "0"), ("url", "https://10.1.1.1/"), ("events", "")],
+        )
+        .await;
+    assert_eq!(r.status, Status::UnprocessableEntity);
+    assert_eq!(app.count("SELECT COUNT(*) AS n FROM webhook_endpoints"), 0);
+    // The configured loopback endpoint still gets its events.
+    app.user("ann").await.connect("fake").await;
+    assert_eq!(rx.wait_for(1, Duration::from_secs(5)).await[0].json()["type"], "connection.created");
 }
 
 /// `ROCKET_WEBHOOKS` for one endpoint `rx` at `url`.

@@ -194,6 +194,7 @@ diesel::table! {
         previous_secret -> Nullable<Binary>,
         previous_until -> Nullable<BigInt>,
         version -> BigInt,
+        revision -> Text,
         updated_at -> BigInt,
         updated_by -> Text,
     }

@@ -1,6 +1,7 @@
 //! The one outbound HTTP client: connect and total timeouts, no redirects followed, a size cap on
 //! response bodies, and errors that never carry a URL or a body.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Settings;
@@ -44,13 +45,27 @@ pub struct Outbound {
 
 impl Outbound {
     pub fn new(settings: &Settings) -> Result<Outbound, String> {
-        let client = reqwest::Client::builder()
+        Outbound::build(settings, |b| b)
+    }
+
+    /// The same client with its own name resolution (e.g. one that refuses private addresses).
+    pub fn with_resolver<R: reqwest::dns::Resolve + 'static>(
+        settings: &Settings,
+        resolver: Arc<R>,
+    ) -> Result<Outbound, String> {
+        Outbound::build(settings, |b| b.dns_resolver(resolver))
+    }
+
+    fn build(
+        settings: &Settings,
+        customize: impl FnOnce(reqwest::ClientBuilder) -> reqwest::ClientBuilder,
+    ) -> Result<Outbound, String> {
+        let builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(settings.http_connect_timeout))
             .timeout(Duration::from_secs(settings.http_timeout))
-            .user_agent(concat!("tokenvault/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+            .user_agent(concat!("tokenvault/", env!("CARGO_PKG_VERSION")));
+        let client = customize(builder).build().map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         Ok(Outbound { client, max_body: settings.max_response_bytes })
     }
 

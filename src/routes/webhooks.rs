@@ -79,8 +79,16 @@ struct AddDraft {
 }
 
 #[derive(Serialize)]
+struct BrokenView {
+    name: String,
+    version: i64,
+}
+
+#[derive(Serialize)]
 struct WebhooksPage {
     endpoints: Vec<EndpointView>,
+    /// Stored rows that could not be used (left out; see `Webhooks::reload`).
+    broken: Vec<BrokenView>,
     csrf_token: String,
     new_secret: Option<NewSecretView>,
     add: AddDraft,
@@ -157,8 +165,15 @@ async fn render(
         })
         .collect();
     let event_names = crate::webhooks::EventType::ALL.iter().map(|t| t.as_str()).filter(|t| *t != "webhook.test");
+    let broken: Vec<BrokenView> = app
+        .webhooks
+        .broken()
+        .iter()
+        .map(|(name, version)| BrokenView { name: name.clone(), version: *version })
+        .collect();
     let body = WebhooksPage {
         endpoints,
+        broken,
         csrf_token: admin.0.csrf_token.clone(),
         new_secret,
         add,
@@ -333,7 +348,7 @@ async fn remove(
     let origin = edit(app, &admin, move |ed, conn| ed.remove(conn, &n, version)).await;
     let message = match origin {
         Ok(Origin::Added) => format!("{name} was deleted; its pending deliveries were given up."),
-        Ok(_) => format!("{name} was reverted to its Rocket.toml settings."),
+        Ok(_) => format!("{name} was reverted: its Rocket.toml URL, events and secret apply again from now on."),
         Err(AppError::BadRequest(message)) => return Ok(Flash::error(Redirect::to(uri!(page)), message)),
         Err(e) => return Err(e),
     };

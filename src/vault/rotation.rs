@@ -138,10 +138,12 @@ pub fn rotate(conn: &mut Conn, cipher: &Cipher, mut progress: impl FnMut(&str, u
                 None => None,
             };
             if secret.is_some() || previous.is_some() {
-                done.webhook_secrets += usize::from(secret.is_some()) + usize::from(previous.is_some());
+                let n = usize::from(secret.is_some()) + usize::from(previous.is_some());
                 let secret = secret.unwrap_or_else(|| row.secret.clone());
                 let previous = previous.or_else(|| row.previous_secret.clone());
-                webhook_endpoints::set_ciphertexts(conn, &row.name, &secret, previous.as_deref())?;
+                if webhook_endpoints::set_ciphertexts(conn, &row.name, &row.revision, &secret, previous.as_deref())? {
+                    done.webhook_secrets += n;
+                }
             }
         }
         crate::audit::reseal_key(conn, cipher)?;

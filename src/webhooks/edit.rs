@@ -19,6 +19,8 @@ use crate::vault::{Aad, Cipher};
 
 /// Seconds after a rotation during which the previous secret still signs (one day).
 pub const ROTATION_OVERLAP: i64 = 86_400;
+/// Previous secrets that sign during an overlap, at most (rotations in quick succession).
+pub const MAX_PREVIOUS: usize = 2;
 
 /// Who makes the changes, with the handles they need.
 pub struct Editor<'a> {
@@ -32,9 +34,12 @@ pub struct Editor<'a> {
 /// The events field of the forms: names or `prefix.*`, separated by commas or spaces; empty:
 /// every event.
 pub fn parse_events(text: &str) -> Vec<String> {
-    let mut events: Vec<String> =
-        text.split(|c: char| c == ',' || c.is_whitespace()).filter(|s| !s.is_empty()).map(str::to_string).collect();
-    events.dedup();
+    let mut events: Vec<String> = Vec::new();
+    for filter in text.split(|c: char| c == ',' || c.is_whitespace()).filter(|s| !s.is_empty()) {
+        if !events.iter().any(|e| e == filter) {
+            events.push(filter.to_string());
+        }
+    }
     events
 }
 
@@ -42,9 +47,13 @@ fn events_json(events: &[String]) -> Option<String> {
     (!events.is_empty()).then(|| serde_json::to_string(events).expect("strings serialize"))
 }
 
-/// The URL and events of a form, checked; the message names the field.
-fn checked(url: &str, events: &str) -> AppResult<(url::Url, Vec<String>)> {
+/// The URL and events of a form, checked; the message names the field. Unless
+/// `webhook_private_urls` is on, the URL must name a public host ([`super::egress`]).
+fn checked(hooks: &Webhooks, url: &str, events: &str) -> AppResult<(url::Url, Vec<String>)> {
     let url = check_url(url).map_err(|e| AppError::BadRequest(format!("URL: {e}")))?;
+    if !hooks.private_urls() {
+        super::egress::check_public_host(&url).map_err(|e| AppError::BadRequest(format!("URL: {e}")))?;
+    }
     let events = parse_events(events);
     check_events(&events).map_err(|e| AppError::BadRequest(format!("Events: {e}")))?;
     Ok((url, events))
@@ -82,6 +91,7 @@ impl Editor<'_> {
             previous_secret: None,
             previous_until: None,
             version,
+            revision: crate::util::random_token(12),
             updated_at: now(),
             updated_by: self.username.to_string(),
         }
@@ -96,9 +106,9 @@ impl Editor<'_> {
     pub fn add(&self, conn: &mut Conn, name: &str, url: &str, events: &str) -> AppResult<Secret> {
         let name = name.trim();
         check_name(name).map_err(|e| AppError::BadRequest(format!("Name: {e}")))?;
-        let (url, events) = checked(url, events)?;
+        let (url, events) = checked(self.hooks, url, events)?;
         self.hooks.reload(conn, self.cipher)?;
-        if self.hooks.get(name).is_some() {
+        if self.hooks.get(name).is_some() || self.hooks.broken().iter().any(|(n, _)| n == name) {
             return Err(AppError::BadRequest(format!("Name: an endpoint named {name} exists already")));
         }
         let secret = SigningKey::generate();
@@ -116,7 +126,7 @@ impl Editor<'_> {
 
     /// Set the URL and events of `name`, if it is still at version `expected`.
     pub fn update(&self, conn: &mut Conn, name: &str, expected: i64, url: &str, events: &str) -> AppResult<()> {
-        let (url, events) = checked(url, events)?;
+        let (url, events) = checked(self.hooks, url, events)?;
         self.hooks.reload(conn, self.cipher)?;
         let endpoint = self.current(name)?;
         conn.transaction(|conn| {
@@ -125,6 +135,7 @@ impl Editor<'_> {
                     row.url = url.to_string();
                     row.events = events_json(&events);
                     row.version = expected + 1;
+                    row.revision = crate::util::random_token(12);
                     row.updated_at = now();
                     row.updated_by = self.username.to_string();
                     stored::replace(conn, expected, &row)?
@@ -147,14 +158,25 @@ impl Editor<'_> {
     }
 
     /// Give `name` a new secret, if it is still at version `expected`; the new secret, to show
-    /// once. The replaced one keeps signing for [`ROTATION_OVERLAP`] seconds.
+    /// once. The replaced one keeps signing for [`ROTATION_OVERLAP`] seconds — and so does the
+    /// one before it when a rotation follows another within that time (a receiver may still
+    /// have either): at most [`MAX_PREVIOUS`] previous secrets sign.
     pub fn rotate(&self, conn: &mut Conn, name: &str, expected: i64) -> AppResult<Secret> {
         self.hooks.reload(conn, self.cipher)?;
         let endpoint = self.current(name)?;
         let secret = SigningKey::generate();
         let sealed = self.cipher.seal_str(secret.expose_secret(), Aad::WebhookSecret(name));
-        let previous = self.cipher.seal_str(endpoint.key.to_secret().expose_secret(), Aad::WebhookPreviousSecret(name));
-        let until = now() + ROTATION_OVERLAP;
+        let at = now();
+        let mut previous: Vec<Secret> = vec![endpoint.key.to_secret()];
+        if let Some((keys, until)) = &endpoint.previous {
+            if at < *until {
+                previous.extend(keys.iter().map(SigningKey::to_secret));
+            }
+        }
+        previous.truncate(MAX_PREVIOUS);
+        let joined: Vec<&str> = previous.iter().map(|s| s.expose_secret()).collect();
+        let previous = self.cipher.seal_str(&joined.join("\n"), Aad::WebhookPreviousSecret(name));
+        let until = at + ROTATION_OVERLAP;
         conn.transaction(|conn| {
             let written = match stored::find(conn, name)? {
                 Some(mut row) if row.version == expected && expected == endpoint.version => {
@@ -162,6 +184,7 @@ impl Editor<'_> {
                     row.previous_secret = Some(previous);
                     row.previous_until = Some(until);
                     row.version = expected + 1;
+                    row.revision = crate::util::random_token(12);
                     row.updated_at = now();
                     row.updated_by = self.username.to_string();
                     stored::replace(conn, expected, &row)?
@@ -184,11 +207,22 @@ impl Editor<'_> {
     }
 
     /// Revert an edited configured endpoint to its configuration, or delete an added one (its
-    /// pending deliveries end `failed`), if it is still at version `expected`.
+    /// pending deliveries end `failed`), if it is still at version `expected`. A stored row that
+    /// could not be used (see [`Webhooks::reload`]) can be removed the same way.
     pub fn remove(&self, conn: &mut Conn, name: &str, expected: i64) -> AppResult<Origin> {
         self.hooks.reload(conn, self.cipher)?;
-        let endpoint = self.current(name)?;
-        if endpoint.origin == Origin::Config {
+        let origin = match self.hooks.get(name) {
+            Some(endpoint) => endpoint.origin,
+            None if self.hooks.broken().iter().any(|(n, _)| n == name) => {
+                if self.hooks.configured(name).is_some() {
+                    Origin::Edited
+                } else {
+                    Origin::Added
+                }
+            }
+            None => return Err(AppError::NotFound),
+        };
+        if origin == Origin::Config {
             return Err(AppError::BadRequest(format!(
                 "{name} is configured in Rocket.toml and has no changes to revert; remove its table there to delete it"
             )));
@@ -197,7 +231,7 @@ impl Editor<'_> {
             if !stored::delete(conn, name, expected)? {
                 return Err(stale(name));
             }
-            let change = if endpoint.origin == Origin::Added {
+            let change = if origin == Origin::Added {
                 stored::fail_pending(conn, name, "the endpoint was deleted", now())?;
                 "deleted"
             } else {
@@ -206,7 +240,7 @@ impl Editor<'_> {
             audit::record(conn, self.cipher, self.entry(name, change))
         })?;
         self.hooks.reload(conn, self.cipher)?;
-        Ok(endpoint.origin)
+        Ok(origin)
     }
 }
 
@@ -234,6 +268,12 @@ mod tests {
         Webhooks::build(&BTreeMap::from([("ops".to_string(), raw)])).unwrap()
     }
 
+    fn database() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.sqlite").to_string_lossy()).unwrap();
+        (dir, db)
+    }
+
     fn verifies(signature: &str, secret: &str, id: &str, ts: i64, body: &str) -> bool {
         let expected = SigningKey::parse(secret).unwrap().sign(id, ts, body);
         signature.split(' ').any(|s| s == expected)
@@ -242,13 +282,13 @@ mod tests {
     #[test]
     fn the_events_field_takes_commas_or_spaces() {
         assert_eq!(parse_events(" connection.*, connection.deleted  x"), ["connection.*", "connection.deleted", "x"]);
+        assert_eq!(parse_events("a, b, a"), ["a", "b"], "repeats dropped, order kept");
         assert!(parse_events(" , ").is_empty());
     }
 
     #[test]
     fn edits_reach_another_instance_and_stale_ones_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(&dir.path().join("t.sqlite").to_string_lossy()).unwrap();
+        let (_dir, db) = database();
         let mut conn = db.conn().unwrap();
         let cipher = Cipher::for_tests(1);
         let (a, b) = (configured(), configured());
@@ -269,6 +309,13 @@ mod tests {
         assert!(matches!(&e, AppError::BadRequest(m) if m.starts_with("URL:") && m.contains("https")), "{e:?}");
         let e = editor.add(&mut conn, "typo", "https://x.example/", "connection.creatd").unwrap_err();
         assert!(matches!(&e, AppError::BadRequest(m) if m.starts_with("Events:")), "{e:?}");
+        let long = format!("https://x.example/{}", "a".repeat(2048));
+        let e = editor.add(&mut conn, "long", &long, "").unwrap_err();
+        assert!(matches!(&e, AppError::BadRequest(m) if m.contains("longer than 2048")), "{e:?}");
+        let e = editor
+            .add(&mut conn, "many", "https://x.example/", &(0..20).map(|i| format!("x{i} ")).collect::<String>())
+            .unwrap_err();
+        assert!(matches!(&e, AppError::BadRequest(m) if m.contains("20 filters")), "{e:?}");
 
         // Edit the configured endpoint: the edit wins, its secret is still the configured one.
         editor.update(&mut conn, "ops", 0, "https://ops2.example/hook", "").unwrap();
@@ -329,8 +376,7 @@ mod tests {
     /// ring without the old key still signs with both, and the edit versions are unchanged.
     #[test]
     fn a_vault_key_rotation_reseals_the_stored_secrets() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(&dir.path().join("t.sqlite").to_string_lossy()).unwrap();
+        let (_dir, db) = database();
         let mut conn = db.conn().unwrap();
         let (old_key, new_key) = (Cipher::generate_key(), Cipher::generate_key());
         let old = Cipher::from_base64(&old_key, &[]).unwrap();
@@ -353,5 +399,68 @@ mod tests {
         assert!(verifies(&sig, first.expose_secret(), "m", t, "b"));
         assert!(verifies(&sig, second.expose_secret(), "m", t, "b"));
         assert_eq!(crate::vault::rotation::rotate(&mut conn, &ring, |_, _| {}).unwrap().webhook_secrets, 0);
+    }
+
+    /// Review findings: a row deleted and made again under the same name and version is seen as
+    /// changed; rotations in quick succession keep the earlier secrets signing; page URLs must be
+    /// public unless allowed; an unusable row fails closed and can be deleted.
+    #[test]
+    fn reuse_quick_rotations_private_urls_and_broken_rows() {
+        let (_dir, db) = database();
+        let mut conn = db.conn().unwrap();
+        let cipher = Cipher::for_tests(1);
+        let (a, b) = (configured(), configured());
+        let editor = Editor { hooks: &a, cipher: &cipher, user_id: 1, username: "root" };
+
+        let first = editor.add(&mut conn, "billing", "https://one.example/in", "").unwrap();
+        b.reload(&mut conn, &cipher).unwrap();
+        editor.remove(&mut conn, "billing", 1).unwrap();
+        let again = editor.add(&mut conn, "billing", "https://two.example/in", "").unwrap();
+        b.reload(&mut conn, &cipher).unwrap();
+        let seen = b.get("billing").unwrap();
+        assert_eq!((seen.version, seen.url.as_str()), (1, "https://two.example/in"), "same version, new row");
+        let t = now();
+        assert!(verifies(&seen.sign("m", t, "b"), again.expose_secret(), "m", t, "b"));
+        assert!(!verifies(&seen.sign("m", t, "b"), first.expose_secret(), "m", t, "b"));
+
+        // Two rotations within the overlap: all three secrets sign; a third drops the oldest.
+        let r1 = editor.rotate(&mut conn, "billing", 1).unwrap();
+        let r2 = editor.rotate(&mut conn, "billing", 2).unwrap();
+        let sig = a.get("billing").unwrap().sign("m", t, "b");
+        for s in [&again, &r1, &r2] {
+            assert!(verifies(&sig, s.expose_secret(), "m", t, "b"), "{sig}");
+        }
+        let r3 = editor.rotate(&mut conn, "billing", 3).unwrap();
+        let sig = a.get("billing").unwrap().sign("m", t, "b");
+        assert_eq!(sig.split(' ').count(), 1 + super::MAX_PREVIOUS);
+        assert!(verifies(&sig, r3.expose_secret(), "m", t, "b") && !verifies(&sig, again.expose_secret(), "m", t, "b"));
+
+        // Private addresses: refused from the page unless webhook_private_urls is on.
+        for url in ["http://127.0.0.1:9/hook", "https://10.0.0.7/hook", "https://localhost/x"] {
+            let e = editor.add(&mut conn, "internal", url, "").unwrap_err();
+            assert!(matches!(&e, AppError::BadRequest(m) if m.contains("public host")), "{url}: {e:?}");
+        }
+        let open = configured().allow_private_urls(true);
+        let permissive = Editor { hooks: &open, cipher: &cipher, user_id: 1, username: "root" };
+        permissive.add(&mut conn, "internal", "http://127.0.0.1:9/hook", "").unwrap();
+        assert!(!open.get("internal").unwrap().restricted);
+        // …and an instance without the setting leaves such a row out.
+        a.reload(&mut conn, &cipher).unwrap();
+        assert!(a.get("internal").is_none());
+        assert_eq!(a.broken().as_slice(), [("internal".to_string(), 1)]);
+        assert!(a.get("billing").unwrap().restricted);
+
+        // An edited configured endpoint whose row cannot be opened: left out, not the configured
+        // settings it replaced; it can be deleted (reverted).
+        editor.update(&mut conn, "ops", 0, "https://elsewhere.example/", "").unwrap();
+        {
+            use diesel::RunQueryDsl;
+            crate::on_conn!(&mut conn, c => diesel::sql_query("UPDATE webhook_endpoints SET secret = X'00', revision = 'x' WHERE name = 'ops'").execute(c)).unwrap();
+        }
+        a.reload(&mut conn, &cipher).unwrap();
+        assert!(a.get("ops").is_none(), "fails closed");
+        assert!(a.broken().iter().any(|(n, v)| n == "ops" && *v == 1));
+        assert_eq!(editor.remove(&mut conn, "ops", 1).unwrap(), Origin::Edited);
+        assert_eq!(a.get("ops").unwrap().origin, Origin::Config);
     }
 }

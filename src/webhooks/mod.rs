@@ -10,6 +10,7 @@
 //! over the configuration until reverted, and reach every instance through [`Webhooks::reload`].
 
 pub mod edit;
+pub mod egress;
 pub mod outbox;
 pub mod signature;
 pub mod worker;
@@ -56,8 +57,9 @@ pub struct Endpoint {
     pub name: String,
     pub url: Url,
     key: SigningKey,
-    /// After a rotation: the replaced key, signed with as well until the time given.
-    previous: Option<(SigningKey, i64)>,
+    /// After a rotation: the replaced keys (newest first), signed with as well until the time
+    /// given.
+    previous: Option<(Vec<SigningKey>, i64)>,
     /// As configured; empty: every event.
     pub events: Vec<String>,
     pub origin: Origin,
@@ -65,6 +67,9 @@ pub struct Endpoint {
     pub version: i64,
     /// When and by whom it was last edited on the page.
     pub updated: Option<(i64, String)>,
+    /// Set on the page while `webhook_private_urls` is off: delivered only to public addresses
+    /// (see [`egress`]).
+    pub restricted: bool,
 }
 
 impl Endpoint {
@@ -81,8 +86,10 @@ impl Endpoint {
         let mut signature = self.key.sign(id, timestamp, body);
         if let Some((old, until)) = &self.previous {
             if timestamp < *until {
-                signature.push(' ');
-                signature.push_str(&old.sign(id, timestamp, body));
+                for key in old {
+                    signature.push(' ');
+                    signature.push_str(&key.sign(id, timestamp, body));
+                }
             }
         }
         signature
@@ -126,6 +133,9 @@ pub fn check_name(name: &str) -> Result<(), String> {
 
 /// An endpoint URL: the providers' rules (https, or http on a loopback host), no credentials.
 pub fn check_url(value: &str) -> Result<Url, String> {
+    if value.len() > MAX_URL_LEN {
+        return Err(format!("is longer than {MAX_URL_LEN} characters"));
+    }
     let url = parse_endpoint("url", value.trim()).map_err(|e| match e {
         ConfigError::Invalid { reason, .. } => reason,
         other => other.to_string(),
@@ -136,8 +146,15 @@ pub fn check_url(value: &str) -> Result<Url, String> {
     Ok(url)
 }
 
+/// Longest endpoint URL accepted.
+pub const MAX_URL_LEN: usize = 2048;
+
 /// Event filters: event names or `<prefix>.*`; an empty list means every event.
 pub fn check_events(filters: &[String]) -> Result<(), String> {
+    // More filters than events is a mistake (and a row that grows without bound).
+    if filters.len() > EventType::ALL.len() {
+        return Err(format!("{} filters; there are only {} events", filters.len(), EventType::ALL.len()));
+    }
     for filter in filters {
         if !EventType::ALL.iter().any(|t| filter_matches(filter, t.as_str())) || filter == "webhook.test" {
             let known: Vec<&str> = EventType::ALL.iter().map(|t| t.as_str()).filter(|t| *t != "webhook.test").collect();
@@ -152,7 +169,10 @@ pub fn check_events(filters: &[String]) -> Result<(), String> {
 struct Snapshot {
     endpoints: Arc<Vec<Arc<Endpoint>>>,
     /// `None` until the table was first read.
-    versions: Option<Vec<(String, i64)>>,
+    versions: Option<Vec<(String, i64, String)>>,
+    /// Stored rows that could not be used (name, version): left out, not replaced by the
+    /// configured endpoint of their name — the page offers to delete them.
+    broken: Arc<Vec<(String, i64)>>,
 }
 
 /// The endpoints — the configured ones, with the edits and additions of `/admin/webhooks` laid
@@ -161,6 +181,10 @@ struct Snapshot {
 pub struct Webhooks {
     configured: Vec<Arc<Endpoint>>,
     current: RwLock<Snapshot>,
+    /// One reload at a time, so a slower one never installs an older snapshot.
+    reloading: std::sync::Mutex<()>,
+    /// `webhook_private_urls`: endpoints set on the page may point at private addresses.
+    private_urls: bool,
     wake: rocket::tokio::sync::Notify,
 }
 
@@ -189,10 +213,33 @@ impl Webhooks {
                 origin: Origin::Config,
                 version: 0,
                 updated: None,
+                restricted: false,
             }));
         }
-        let current = RwLock::new(Snapshot { endpoints: Arc::new(endpoints.clone()), versions: None });
-        Ok(Webhooks { configured: endpoints, current, wake: Default::default() })
+        let current = RwLock::new(Snapshot { endpoints: Arc::new(endpoints.clone()), ..Default::default() });
+        Ok(Webhooks {
+            configured: endpoints,
+            current,
+            reloading: Default::default(),
+            private_urls: false,
+            wake: Default::default(),
+        })
+    }
+
+    /// With `webhook_private_urls` on: URLs set on the page may name private addresses too.
+    pub fn allow_private_urls(mut self, allow: bool) -> Webhooks {
+        self.private_urls = allow;
+        self
+    }
+
+    /// Whether URLs set on the page may name private addresses.
+    pub fn private_urls(&self) -> bool {
+        self.private_urls
+    }
+
+    /// Stored rows left out because they could not be used (name, version).
+    pub fn broken(&self) -> Arc<Vec<(String, i64)>> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).broken.clone()
     }
 
     /// The endpoints in effect, by name.
@@ -211,10 +258,11 @@ impl Webhooks {
 
     /// Read the stored endpoints again if they changed (one small query otherwise): called by the
     /// delivery worker every round and by the admin page, so an edit made on any instance is in
-    /// effect on every instance within a poll interval. A row that cannot be used (a secret the
-    /// key ring does not open) is left out, logged, and the configured endpoint of its name, if
-    /// any, stays in effect.
+    /// effect on every instance by its worker's next round. A row that cannot be used (a secret
+    /// the key ring does not open) is left out and logged — failing closed: the configured
+    /// endpoint of its name, whose settings it replaced, does not come back by itself.
     pub fn reload(&self, conn: &mut Conn, cipher: &Cipher) -> AppResult<()> {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
         let versions = stored::versions(conn)?;
         if self.current.read().unwrap_or_else(|e| e.into_inner()).versions.as_ref() == Some(&versions) {
             return Ok(());
@@ -222,31 +270,40 @@ impl Webhooks {
         let rows = stored::all(conn)?;
         let mut by_name: BTreeMap<String, Arc<Endpoint>> =
             self.configured.iter().map(|e| (e.name.clone(), e.clone())).collect();
+        let mut broken = Vec::new();
         for row in &rows {
             match self.endpoint_of(row, cipher) {
                 Ok(endpoint) => {
                     by_name.insert(row.name.clone(), Arc::new(endpoint));
                 }
                 Err(why) => {
-                    tracing::error!(endpoint = %row.name, error = %why, "a stored webhook endpoint is unusable")
+                    tracing::error!(endpoint = %row.name, error = %why, "a stored webhook endpoint is unusable: left out");
+                    by_name.remove(&row.name);
+                    broken.push((row.name.clone(), row.version));
                 }
             }
         }
+        let versions = rows.iter().map(|r| (r.name.clone(), r.version, r.revision.clone())).collect();
         let endpoints = Arc::new(by_name.into_values().collect());
         *self.current.write().unwrap_or_else(|e| e.into_inner()) =
-            Snapshot { endpoints, versions: Some(versions.iter().map(|(n, v)| (n.clone(), *v)).collect()) };
+            Snapshot { endpoints, versions: Some(versions), broken: Arc::new(broken) };
         Ok(())
     }
 
     fn endpoint_of(&self, row: &StoredEndpoint, cipher: &Cipher) -> Result<Endpoint, String> {
         let url = check_url(&row.url)?;
-        let open = |sealed: &[u8], aad: Aad<'_>| -> Result<SigningKey, String> {
-            let secret = cipher.open(sealed, aad).map_err(|e| e.to_string())?;
-            SigningKey::parse(secret.expose_secret()).map_err(|e| e.to_string())
-        };
-        let key = open(&row.secret, Aad::WebhookSecret(&row.name))?;
+        let secret = cipher.open(&row.secret, Aad::WebhookSecret(&row.name)).map_err(|e| e.to_string())?;
+        let key = SigningKey::parse(secret.expose_secret()).map_err(|e| e.to_string())?;
         let previous = match (&row.previous_secret, row.previous_until) {
-            (Some(sealed), Some(until)) => Some((open(sealed, Aad::WebhookPreviousSecret(&row.name))?, until)),
+            (Some(sealed), Some(until)) => {
+                let text = cipher.open(sealed, Aad::WebhookPreviousSecret(&row.name)).map_err(|e| e.to_string())?;
+                let keys = text
+                    .expose_secret()
+                    .lines()
+                    .map(|s| SigningKey::parse(s).map_err(|e| e.to_string()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Some((keys, until))
+            }
             _ => None,
         };
         let events: Vec<String> = match &row.events {
@@ -255,6 +312,10 @@ impl Webhooks {
         };
         check_events(&events)?;
         let origin = if self.configured(&row.name).is_some() { Origin::Edited } else { Origin::Added };
+        let restricted = !self.private_urls;
+        if restricted {
+            egress::check_public_host(&url)?;
+        }
         Ok(Endpoint {
             name: row.name.clone(),
             url,
@@ -264,6 +325,7 @@ impl Webhooks {
             origin,
             version: row.version,
             updated: Some((row.updated_at, row.updated_by.clone())),
+            restricted,
         })
     }
 

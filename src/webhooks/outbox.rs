@@ -4,9 +4,10 @@
 
 use serde::Serialize;
 
-use super::{EventType, Webhooks};
+use super::{EventType, Origin, Webhooks};
 use crate::db::models::connections::{Account, Connection};
 use crate::db::models::users;
+use crate::db::models::webhook_endpoints;
 use crate::db::models::webhooks::{self as rows, Attempted, Delivery, DeliveryStatus, Event, NewDelivery, NewEvent};
 use crate::db::Conn;
 use crate::util::{now, rfc3339};
@@ -117,8 +118,16 @@ pub fn fan_out(conn: &mut Conn, hooks: &Webhooks, limit: i64) -> diesel::QueryRe
     let endpoints = hooks.endpoints();
     conn.transaction(|conn| {
         rows::mark_fanned_out(conn, &ids)?;
+        // An endpoint added on the page and deleted since this instance last reloaded gets
+        // nothing (its deletion gave up its deliveries; none may follow).
+        let stored: std::collections::HashSet<String> = if endpoints.iter().any(|e| e.origin == Origin::Added) {
+            webhook_endpoints::versions(conn)?.into_iter().map(|(name, _, _)| name).collect()
+        } else {
+            Default::default()
+        };
+        let live = |ep: &&std::sync::Arc<super::Endpoint>| ep.origin != Origin::Added || stored.contains(&ep.name);
         for e in &events {
-            for endpoint in endpoints.iter().filter(|ep| ep.wants(e.event_type)) {
+            for endpoint in endpoints.iter().filter(live).filter(|ep| ep.wants(e.event_type)) {
                 rows::insert_delivery(conn, &new_delivery(e.id, &endpoint.name, at))?;
             }
         }

@@ -31,6 +31,9 @@ pub struct Worker {
     pub db: Db,
     pub hooks: Arc<Webhooks>,
     pub http: Outbound,
+    /// The client for endpoints set on the page while `webhook_private_urls` is off: it connects
+    /// to public addresses only (`super::egress::PublicOnly`).
+    pub public_http: Outbound,
     /// Attempts by endpoint and result, and their duration (`/metrics`).
     pub metrics: Arc<Metrics>,
     /// Opens the secrets of endpoints edited on `/admin/webhooks`.
@@ -87,6 +90,11 @@ impl Worker {
         let endpoint_name = c.delivery.endpoint.clone();
         let started = std::time::Instant::now();
         let result = match self.hooks.get(&endpoint_name) {
+            // Checked again here: a literal address never reaches the resolver.
+            Some(endpoint) if endpoint.restricted => match super::egress::check_public_host(&endpoint.url) {
+                Ok(()) => send(&self.public_http, &endpoint, &c).await,
+                Err(e) => AttemptResult::NoAnswer(format!("refused: the URL {e}")),
+            },
             Some(endpoint) => send(&self.http, &endpoint, &c).await,
             // Configured when the event was fanned out, gone since (its table removed from the
             // configuration): nobody to send it to. (Deleting on the page fails them at once.)

@@ -8,12 +8,16 @@ CREATE TABLE webhook_endpoints (
     -- A JSON array of event filters; NULL: every event.
     events TEXT,
     secret BYTEA NOT NULL,
-    -- After a rotation, the secret it replaced: deliveries are signed with both until
-    -- previous_until (unix seconds), so that receivers can switch over without losing events.
+    -- After a rotation, the secrets it replaced (newline-separated, newest first, at most two):
+    -- deliveries are signed with them too until previous_until (unix seconds), so that receivers
+    -- can switch over without rejecting a delivery.
     previous_secret BYTEA,
     previous_until BIGINT,
     -- Bumped by every change: an edit made from a page loaded before another edit is refused.
     version BIGINT NOT NULL,
+    -- Random, new with every write: a row deleted and made again (same name and version) is
+    -- still seen as changed by the instances that reload.
+    revision TEXT NOT NULL,
     updated_at BIGINT NOT NULL,
     updated_by TEXT NOT NULL
 );

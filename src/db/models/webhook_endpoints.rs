@@ -18,6 +18,8 @@ pub struct StoredEndpoint {
     pub previous_secret: Option<Vec<u8>>,
     pub previous_until: Option<i64>,
     pub version: i64,
+    /// Random, new with every write (see the migration).
+    pub revision: String,
     pub updated_at: i64,
     pub updated_by: String,
 }
@@ -28,12 +30,13 @@ pub fn all(conn: &mut Conn) -> QueryResult<Vec<StoredEndpoint>> {
     })
 }
 
-/// What identifies the stored state of every row: the worker reloads only when it changed.
-pub fn versions(conn: &mut Conn) -> QueryResult<Vec<(String, i64)>> {
+/// What identifies the stored state of every row (name, version, revision): the worker reloads
+/// only when it changed.
+pub fn versions(conn: &mut Conn) -> QueryResult<Vec<(String, i64, String)>> {
     crate::on_conn!(conn, conn => {
         webhook_endpoints::table
             .order(webhook_endpoints::name.asc())
-            .select((webhook_endpoints::name, webhook_endpoints::version))
+            .select((webhook_endpoints::name, webhook_endpoints::version, webhook_endpoints::revision))
             .load(conn)
     })
 }
@@ -67,6 +70,7 @@ pub fn replace(conn: &mut Conn, expected: i64, row: &StoredEndpoint) -> QueryRes
             webhook_endpoints::previous_secret.eq(&row.previous_secret),
             webhook_endpoints::previous_until.eq(row.previous_until),
             webhook_endpoints::version.eq(row.version),
+            webhook_endpoints::revision.eq(&row.revision),
             webhook_endpoints::updated_at.eq(row.updated_at),
             webhook_endpoints::updated_by.eq(&row.updated_by),
         ))
@@ -86,12 +90,24 @@ pub fn delete(conn: &mut Conn, name: &str, expected: i64) -> QueryResult<bool> {
     })
 }
 
-/// Re-sealed secrets (vault key rotation): written whatever the version, which stays.
-pub fn set_ciphertexts(conn: &mut Conn, name: &str, secret: &[u8], previous: Option<&[u8]>) -> QueryResult<usize> {
+/// Re-sealed secrets (vault key rotation) of the row as it was read (`revision`): an edit made
+/// meanwhile (sealed under the active key already) wins; the version stays, so no page is stale.
+pub fn set_ciphertexts(
+    conn: &mut Conn,
+    name: &str,
+    revision: &str,
+    secret: &[u8],
+    previous: Option<&[u8]>,
+) -> QueryResult<bool> {
     crate::on_conn!(conn, conn => {
-        diesel::update(webhook_endpoints::table.find(name))
-            .set((webhook_endpoints::secret.eq(secret), webhook_endpoints::previous_secret.eq(previous)))
-            .execute(conn)
+        diesel::update(
+            webhook_endpoints::table
+                .filter(webhook_endpoints::name.eq(name))
+                .filter(webhook_endpoints::revision.eq(revision)),
+        )
+        .set((webhook_endpoints::secret.eq(secret), webhook_endpoints::previous_secret.eq(previous)))
+        .execute(conn)
+        .map(|n| n == 1)
     })
 }
 
