@@ -151,11 +151,42 @@ impl Batcher {
     }
 }
 
+/// Entries of one batch that say the same thing (kind, user, actor, service, connection, address,
+/// detail) become one, with `"count": n` and the time of the first: a script reading its token
+/// a thousand times a second writes a few rows a second, not a thousand — each row still says
+/// who read which connection's token from where, and when to the flush interval.
+pub fn coalesce(batch: Vec<Entry>) -> Vec<Entry> {
+    let mut out: Vec<(Entry, u64)> = Vec::with_capacity(batch.len().min(64));
+    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for e in batch {
+        let key = format!(
+            "{}\u{1}{:?}\u{1}{}\u{1}{:?}\u{1}{:?}\u{1}{:?}\u{1}{}",
+            e.kind.as_str(),
+            e.user_id,
+            e.actor,
+            e.service,
+            e.connection_id,
+            e.address,
+            e.detail
+        );
+        match index.get(&key) {
+            Some(&i) => out[i].1 += 1,
+            None => {
+                index.insert(key, out.len());
+                out.push((e, 1));
+            }
+        }
+    }
+    out.into_iter().map(|(e, n)| if n > 1 { e.with("count", n) } else { e }).collect()
+}
+
 async fn write(db: &Db, cipher: &Arc<Cipher>, lost: &AtomicU64, batch: Vec<Entry>) {
     if batch.is_empty() {
         return;
     }
-    let (n, cipher) = (batch.len() as u64, cipher.clone());
+    // What was lost is counted in reads (as they were queued), not in rows.
+    let n = batch.len() as u64;
+    let (batch, cipher) = (coalesce(batch), cipher.clone());
     if let Err(e) = db.run(move |conn| super::append(conn, &cipher, &batch)).await {
         let total = lost.fetch_add(n, Ordering::Relaxed) + n;
         tracing::error!(entries = n, lost_total = total, "audit batch could not be written: {e}");
@@ -175,5 +206,46 @@ pub async fn prune_hourly(db: Db, cipher: Arc<Cipher>, days: i64) {
             Err(e) => tracing::warn!("audit pruning failed: {e}"),
         }
         rocket::tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::coalesce;
+    use crate::audit::{Actor, Entry, Kind};
+
+    fn read(key: i64, connection: i64, address: &str, at: i64) -> Entry {
+        let mut e = Entry::new(Kind::TokenRead, Actor::Key(key))
+            .user(1)
+            .service("fake")
+            .connection(connection)
+            .address(Some(address))
+            .with("key_id", key);
+        e.at = at;
+        e
+    }
+
+    #[test]
+    fn identical_reads_of_a_batch_become_one_entry_with_their_count() {
+        let mut batch = Vec::new();
+        for i in 0..1000 {
+            batch.push(read(7, 1, "127.0.0.2", 100 + i % 2));
+        }
+        batch.push(read(7, 2, "127.0.0.2", 101));
+        batch.push(read(7, 1, "127.0.0.3", 101));
+        batch.push(read(8, 1, "127.0.0.2", 101));
+        let out = coalesce(batch);
+        assert_eq!(out.len(), 4, "one row per key, connection and address");
+        assert_eq!(out[0].detail["count"], 1000);
+        assert_eq!(out[0].at, 100, "the time of the first");
+        assert!(out[1..].iter().all(|e| e.detail.get("count").is_none()), "a single read has no count");
+        assert_eq!(
+            (out[1].connection_id, out[2].address.as_deref(), out[3].actor.clone()),
+            (Some(2), Some("127.0.0.3"), Actor::Key(8))
+        );
+        // Another detail (a proxy call's status) is another entry.
+        let a = Entry::new(Kind::ProxyCall, Actor::Key(7)).with("status", 200);
+        let b = Entry::new(Kind::ProxyCall, Actor::Key(7)).with("status", 500);
+        assert_eq!(coalesce(vec![a.clone(), b, a]).len(), 2);
     }
 }
