@@ -66,6 +66,7 @@ async fn main() {
     let n: i64 = std::env::var("BENCH_CONNECTIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
     let concurrency: usize = std::env::var("BENCH_CONCURRENCY").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
     let app = common::builder()
+        .unrecorded_fake()
         .set("keepalive_interval", 10)
         .set("keepalive_worker", false)
         .set("keepalive_concurrency", concurrency)

@@ -287,7 +287,15 @@ impl Respond for AccountEndpoint {
 
 impl FakeProvider {
     pub async fn start() -> FakeProvider {
-        let server = MockServer::start().await;
+        FakeProvider::start_on(MockServer::start().await).await
+    }
+
+    /// One that keeps no record of the requests it answers (see `Builder::unrecorded_fake`).
+    pub async fn start_unrecorded() -> FakeProvider {
+        FakeProvider::start_on(MockServer::builder().disable_request_recording().start().await).await
+    }
+
+    async fn start_on(server: MockServer) -> FakeProvider {
         let state = Arc::new(Mutex::new(State {
             enforce_pkce: true,
             expires_in: Some(json!(3600)),

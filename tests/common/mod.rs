@@ -90,6 +90,8 @@ pub struct Builder {
     demo: bool,
     credentials: bool,
     preset: Option<String>,
+    /// The fake provider keeps no record of the requests it answers (benchmarks).
+    unrecorded: bool,
 }
 
 pub fn builder() -> Builder {
@@ -101,6 +103,7 @@ pub fn builder() -> Builder {
         demo: false,
         credentials: true,
         preset: None,
+        unrecorded: false,
     }
 }
 
@@ -141,6 +144,14 @@ impl Builder {
         self
     }
 
+    /// The fake provider records no requests (a benchmark's 100,000 refreshes would otherwise
+    /// be kept in memory, in the same process as the app it measures; `refresh_calls` and the
+    /// like then count nothing).
+    pub fn unrecorded_fake(mut self) -> Self {
+        self.unrecorded = true;
+        self
+    }
+
     /// Leave the fake provider's client credentials out of the vault.
     pub fn without_credentials(mut self) -> Self {
         self.credentials = false;
@@ -148,7 +159,7 @@ impl Builder {
     }
 
     pub async fn start(self) -> TestApp {
-        let fake = FakeProvider::start().await;
+        let fake = if self.unrecorded { FakeProvider::start_unrecorded().await } else { FakeProvider::start().await };
         let dir = tempfile::tempdir().expect("temp dir");
         let database = TestDatabase::new(dir.path());
         let db_path = dir.path().join("tokenvault.sqlite");
