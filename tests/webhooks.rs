@@ -558,9 +558,26 @@ async fn page_urls_must_be_public_unless_the_operator_allows_private_ones() {
         .await;
     assert_eq!(r.status, Status::UnprocessableEntity);
     assert_eq!(app.count("SELECT COUNT(*) AS n FROM webhook_endpoints"), 0);
-    // The configured loopback endpoint still gets its events.
-    app.user("ann").await.connect("fake").await;
+    // The configured loopback endpoint still gets its events — also after its events were edited
+    // and its secret rotated on the page (its URL stays the operator's).
+    let ann = app.user("ann").await;
+    ann.connect("fake").await;
     assert_eq!(rx.wait_for(1, Duration::from_secs(5)).await[0].json()["type"], "connection.created");
+    let r = root
+        .post_form(
+            "/admin/webhooks/ops",
+            &[("csrf_token", &csrf), ("version", "0"), ("url", &rx.url()), ("events", "connection.*")],
+        )
+        .await;
+    assert_eq!(r.status, Status::SeeOther, "an events-only edit keeps the configured URL: {}", r.text);
+    let r = root.post_form("/admin/webhooks/ops/rotate", &[("csrf_token", &csrf), ("version", "1")]).await;
+    assert_eq!(r.status, Status::Ok);
+    let rotated = shown_secret(&r.text);
+    ann.connect("fake").await;
+    let got = rx.wait_for(2, Duration::from_secs(5)).await;
+    assert_eq!(got[1].json()["type"], "connection.reconnected");
+    assert!(got[1].verifies(&rotated), "delivered to the configured loopback URL after the rotation");
+    assert!(!root.fetch("/admin/webhooks").await.text.contains("broken-webhook-"));
 }
 
 /// `ROCKET_WEBHOOKS` for one endpoint `rx` at `url`.

@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rocket::tokio::time::Instant;
+
 use rocket::tokio::sync::{mpsc, oneshot};
 
 use super::Entry;
@@ -29,7 +31,7 @@ pub struct Batcher {
     rx: Mutex<Option<mpsc::Receiver<Msg>>>,
     dropped: Arc<AtomicU64>,
     lost: Arc<AtomicU64>,
-    refusals: Mutex<RefusalWindow>,
+    refusals: Arc<Mutex<RefusalWindow>>,
 }
 
 /// Refused sign-ins recorded per second at most (see [`Batcher::refusal`]).
@@ -62,16 +64,25 @@ impl Batcher {
 
     /// Queue a read; never waits. A full queue drops it (counted in [`Batcher::dropped`]).
     pub fn read(&self, entry: Entry) {
+        self.queue(entry);
+    }
+
+    /// Queue an entry; false (counted, logged) when the queue is full.
+    fn queue(&self, entry: Entry) -> bool {
         if self.tx.try_send(Msg::Entry(entry)).is_err() {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            tracing::warn!(dropped_total = n, "audit queue full: a read entry was dropped");
+            tracing::warn!(dropped_total = n, "audit queue full: an entry was dropped");
+            return false;
         }
+        true
     }
 
     /// Queue a sign-in attempt refused before any work (throttled, or an impossible username).
-    /// At most [`REFUSALS_PER_SECOND`] are recorded each second, so a flood cannot fill the disk
-    /// through the log; the next recorded one says how many were left out before it
-    /// (`"suppressed_before": n`). Like a read, it may be dropped when the queue is full (counted).
+    /// At most [`REFUSALS_PER_SECOND`] are recorded each second (across addresses), so a flood
+    /// cannot fill the disk through the log; the next recorded one says how many were left out
+    /// before it (`"suppressed_before": n`), or, when none follows within the second, an entry
+    /// `{"refused": "suppressed"}` written by the flusher does. One the full queue refuses is
+    /// counted the same way.
     pub fn refusal(&self, entry: Entry) {
         let second = crate::util::now();
         let suppressed = {
@@ -86,7 +97,10 @@ impl Batcher {
             w.recorded += 1;
             std::mem::take(&mut w.suppressed)
         };
-        self.read(if suppressed > 0 { entry.with("suppressed_before", suppressed) } else { entry })
+        if !self.queue(if suppressed > 0 { entry.with("suppressed_before", suppressed) } else { entry }) {
+            // Not recorded: it and the count it carried wait for the next one (or the summary).
+            self.refusals.lock().unwrap_or_else(|e| e.into_inner()).suppressed += suppressed + 1;
+        }
     }
 
     /// Entries dropped because the queue was full.
@@ -110,25 +124,33 @@ impl Batcher {
     /// Start the flushing task (once; later calls do nothing).
     pub fn start(&self, db: Db, cipher: Arc<Cipher>) {
         let Some(mut rx) = self.rx.lock().expect("not poisoned").take() else { return };
-        let lost = self.lost.clone();
+        let (lost, refusals) = (self.lost.clone(), self.refusals.clone());
         rocket::tokio::spawn(async move {
             let mut buf: Vec<Entry> = Vec::new();
             let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
+            // When the batch is written: FLUSH_EVERY after its first entry came, however steadily
+            // more arrive (so one coalesced row spans at most that). Idle, the task still wakes
+            // that often, to write the count of refusals a closed window left out.
+            let mut due: Option<Instant> = None;
             loop {
-                let msg = if buf.is_empty() {
-                    rx.recv().await
-                } else {
-                    match rocket::tokio::time::timeout(FLUSH_EVERY, rx.recv()).await {
-                        Ok(m) => m,
-                        Err(_) => {
-                            write(&db, &cipher, &lost, std::mem::take(&mut buf)).await;
-                            continue;
+                let wake = due.unwrap_or_else(|| Instant::now() + FLUSH_EVERY);
+                let msg = match rocket::tokio::time::timeout_at(wake, rx.recv()).await {
+                    Ok(msg) => msg,
+                    Err(_) => {
+                        if let Some(summary) = closed_window_summary(&refusals) {
+                            buf.push(summary);
                         }
+                        write(&db, &cipher, &lost, std::mem::take(&mut buf)).await;
+                        due = None;
+                        continue;
                     }
                 };
                 match msg {
                     None => break,
-                    Some(Msg::Entry(e)) => buf.push(e),
+                    Some(Msg::Entry(e)) => {
+                        due.get_or_insert_with(|| Instant::now() + FLUSH_EVERY);
+                        buf.push(e)
+                    }
                     Some(Msg::Flush(done)) => waiting.push(done),
                 }
                 // Take what else is queued now, without waiting.
@@ -141,6 +163,7 @@ impl Batcher {
                 }
                 if buf.len() >= BATCH || !waiting.is_empty() {
                     write(&db, &cipher, &lost, std::mem::take(&mut buf)).await;
+                    due = None;
                     for done in waiting.drain(..) {
                         let _ = done.send(());
                     }
@@ -149,6 +172,21 @@ impl Batcher {
             write(&db, &cipher, &lost, buf).await;
         });
     }
+}
+
+/// The entry that records the refusals a window left out, once that window is over and no later
+/// refusal carried them (a flood that stopped): `{"refused": "suppressed", "suppressed_before": n}`.
+fn closed_window_summary(refusals: &Mutex<RefusalWindow>) -> Option<Entry> {
+    let mut w = refusals.lock().unwrap_or_else(|e| e.into_inner());
+    if w.suppressed == 0 || w.second >= crate::util::now() {
+        return None;
+    }
+    let n = std::mem::take(&mut w.suppressed);
+    Some(
+        Entry::new(super::Kind::SigninFailure, super::Actor::System)
+            .with("refused", "suppressed")
+            .with("suppressed_before", n),
+    )
 }
 
 /// Entries of one batch that say the same thing (kind, user, actor, service, connection, address,

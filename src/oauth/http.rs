@@ -53,7 +53,8 @@ impl Outbound {
         settings: &Settings,
         resolver: Arc<R>,
     ) -> Result<Outbound, String> {
-        Outbound::build(settings, |b| b.dns_resolver(resolver))
+        // No proxy from the environment: a proxy would resolve the name itself, past the resolver.
+        Outbound::build(settings, |b| b.dns_resolver(resolver).no_proxy())
     }
 
     fn build(

@@ -319,10 +319,14 @@ fn split_query(query: Option<&str>) -> Result<(ChoiceQuery, Option<String>), App
     let Some(query) = query else { return Ok((choice, None)) };
     let mut rest = Vec::new();
     for part in query.split('&') {
-        let (key, value) = part.split_once('=').unwrap_or((part, ""));
-        let decoded =
-            || url::form_urlencoded::parse(format!("v={value}").as_bytes()).next().map(|(_, v)| v.into_owned());
-        let twice = match key {
+        let (raw_key, value) = part.split_once('=').unwrap_or((part, ""));
+        let decode = |text: &str| {
+            url::form_urlencoded::parse(format!("v={text}").as_bytes()).next().map(|(_, v)| v.into_owned())
+        };
+        let decoded = || decode(value);
+        // Names decoded as a form decoder would (`%61ccount` is `account`); the rest is forwarded raw.
+        let key = decode(raw_key).unwrap_or_default();
+        let twice = match key.as_str() {
             "account" => choice.account.replace(decoded().unwrap_or_default()).is_some(),
             // Not a number: names no connection (404 not_connected), rather than the first.
             "connection" => choice.connection.replace(decoded().and_then(|v| v.parse().ok()).unwrap_or(-1)).is_some(),
@@ -427,6 +431,9 @@ mod tests {
         assert_eq!(split_query(Some("connection=x")).unwrap().0.connection, Some(-1), "a bad id names no connection");
         assert!(split_query(None).unwrap().1.is_none());
         // Given twice: refused, whichever parameter (the token API and the proxy alike).
+        let (c, rest) = split_query(Some("%61ccount=x&required%5Fscopes=a&q=%61")).unwrap();
+        assert_eq!((c.account.as_deref(), c.required_scopes.as_deref()), (Some("x"), Some("a")), "names decoded");
+        assert_eq!(rest.as_deref(), Some("q=%61"));
         for q in ["connection=1&connection=2", "account=a&x=1&account=b", "required_scopes=a&required_scopes=a"] {
             assert!(
                 matches!(split_query(Some(q)), Err(crate::error::AppError::BadRequest(m)) if m.contains("more than once"))

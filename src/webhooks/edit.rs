@@ -47,11 +47,12 @@ fn events_json(events: &[String]) -> Option<String> {
     (!events.is_empty()).then(|| serde_json::to_string(events).expect("strings serialize"))
 }
 
-/// The URL and events of a form, checked; the message names the field. Unless
-/// `webhook_private_urls` is on, the URL must name a public host ([`super::egress`]).
-fn checked(hooks: &Webhooks, url: &str, events: &str) -> AppResult<(url::Url, Vec<String>)> {
+/// The URL and events of a form for endpoint `name`, checked; the message names the field. Unless
+/// `webhook_private_urls` is on, a URL set on the page must name a public host
+/// ([`super::egress`]); a configured endpoint's own URL is the operator's.
+fn checked(hooks: &Webhooks, name: &str, url: &str, events: &str) -> AppResult<(url::Url, Vec<String>)> {
     let url = check_url(url).map_err(|e| AppError::BadRequest(format!("URL: {e}")))?;
-    if !hooks.private_urls() {
+    if !hooks.private_urls() && hooks.url_set_on_page(name, &url) {
         super::egress::check_public_host(&url).map_err(|e| AppError::BadRequest(format!("URL: {e}")))?;
     }
     let events = parse_events(events);
@@ -106,7 +107,7 @@ impl Editor<'_> {
     pub fn add(&self, conn: &mut Conn, name: &str, url: &str, events: &str) -> AppResult<Secret> {
         let name = name.trim();
         check_name(name).map_err(|e| AppError::BadRequest(format!("Name: {e}")))?;
-        let (url, events) = checked(self.hooks, url, events)?;
+        let (url, events) = checked(self.hooks, name, url, events)?;
         self.hooks.reload(conn, self.cipher)?;
         if self.hooks.get(name).is_some() || self.hooks.broken().iter().any(|(n, _)| n == name) {
             return Err(AppError::BadRequest(format!("Name: an endpoint named {name} exists already")));
@@ -126,7 +127,7 @@ impl Editor<'_> {
 
     /// Set the URL and events of `name`, if it is still at version `expected`.
     pub fn update(&self, conn: &mut Conn, name: &str, expected: i64, url: &str, events: &str) -> AppResult<()> {
-        let (url, events) = checked(self.hooks, url, events)?;
+        let (url, events) = checked(self.hooks, name, url, events)?;
         self.hooks.reload(conn, self.cipher)?;
         let endpoint = self.current(name)?;
         conn.transaction(|conn| {

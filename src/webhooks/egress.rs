@@ -16,10 +16,7 @@ use url::{Host, Url};
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_public_v4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => is_public_v4(v4),
-            None => is_public_v6(v6),
-        },
+        IpAddr::V6(v6) => is_public_v6(v6),
     }
 }
 
@@ -42,7 +39,17 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
 }
 
 fn is_public_v6(ip: Ipv6Addr) -> bool {
-    let first = ip.segments()[0];
+    let seg = ip.segments();
+    // The first 80 bits zero: ::ffff:a.b.c.d (mapped) is its IPv4 address; anything else there
+    // (::a.b.c.d compatible, ::ffff:0:a.b.c.d SIIT, ::1, ::) is refused.
+    if seg[..5].iter().all(|s| *s == 0) {
+        return seg[5] == 0xffff && is_public_v4(ip.to_ipv4_mapped().expect("mapped"));
+    }
+    // 6to4 (2002::/16) carries an IPv4 address: that address decides.
+    if seg[0] == 0x2002 {
+        return is_public_v4(Ipv4Addr::new((seg[1] >> 8) as u8, seg[1] as u8, (seg[2] >> 8) as u8, seg[2] as u8));
+    }
+    let first = seg[0];
     !(ip.is_unspecified()
         || ip.is_loopback()
         || ip.is_multicast()
@@ -50,6 +57,10 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         // ::ffff:0:0/96 handled by the caller, 64:ff9b::/96 NAT64 (may map to anything).
         || (first & 0xfe00) == 0xfc00
         || (first & 0xffc0) == 0xfe80
+        // fec0::/10 site-local (deprecated, still routed inside some networks)
+        || (first & 0xffc0) == 0xfec0
+        // 2001::/32 Teredo (tunnels to any IPv4 address)
+        || (first == 0x2001 && seg[1] == 0)
         || (first == 0x2001 && ip.segments()[1] == 0x0db8)
         || (first == 0x0064 && ip.segments()[1] == 0xff9b))
 }
@@ -126,7 +137,7 @@ mod tests {
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["93.184.216.34", "8.8.8.8", "100.128.0.1", "2606:4700::1111", "::ffff:8.8.8.8"] {
+        for ip in ["93.184.216.34", "8.8.8.8", "100.128.0.1", "2606:4700::1111", "::ffff:8.8.8.8", "2002:808:808::1"] {
             assert!(is_public(ip.parse().unwrap()), "{ip}");
         }
     }

@@ -237,6 +237,13 @@ impl Webhooks {
         self.private_urls
     }
 
+    /// Whether `url` for endpoint `name` was set on the page rather than copied from its
+    /// `Rocket.toml` table (a rotation or an events-only edit keeps the configured URL, which is
+    /// the operator's and keeps the providers' rules).
+    pub fn url_set_on_page(&self, name: &str, url: &Url) -> bool {
+        self.configured(name).is_none_or(|c| c.url != *url)
+    }
+
     /// Stored rows left out because they could not be used (name, version).
     pub fn broken(&self) -> Arc<Vec<(String, i64)>> {
         self.current.read().unwrap_or_else(|e| e.into_inner()).broken.clone()
@@ -312,7 +319,7 @@ impl Webhooks {
         };
         check_events(&events)?;
         let origin = if self.configured(&row.name).is_some() { Origin::Edited } else { Origin::Added };
-        let restricted = !self.private_urls;
+        let restricted = !self.private_urls && self.url_set_on_page(&row.name, &url);
         if restricted {
             egress::check_public_host(&url)?;
         }
