@@ -144,7 +144,9 @@ async fn main() {
     let app = common::builder()
         .unrecorded_fake()
         .provider("token_url", token_url)
-        .set("keepalive_interval", 10)
+        // Long enough that the one real connection, made before a seeding that takes a minute on
+        // PostgreSQL, is not idle yet; the seeded ones were last refreshed an hour ago.
+        .set("keepalive_interval", 600)
         .set("keepalive_worker", false)
         .set("keepalive_concurrency", concurrency)
         .start()
