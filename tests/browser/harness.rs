@@ -128,55 +128,72 @@ impl App {
         App::start_with(AppConfig::default()).await
     }
 
-    /// Start the app with some settings changed (see [`AppConfig`]).
+    /// Start the app with some settings changed (see [`AppConfig`]). A port picked here is free
+    /// when it is picked, not necessarily when the app binds it (another test's server, or an
+    /// outgoing connection's local port, may take it in between): on "Address already in use"
+    /// the app is started again on another port, with the same keys and database.
     pub async fn start_with(config: AppConfig) -> App {
-        let dir = tempfile::Builder::new().prefix("tokenvault-browser-").tempdir().expect("create a temp dir");
-        let ip = config.ip.as_deref().unwrap_or("127.0.0.1");
-        let port = config.port.unwrap_or_else(|| free_port_on(ip));
-        let base = format!("http://{ip}:{port}");
-        let stderr_path = dir.path().join("app.stderr.log");
-        let stderr = File::create(&stderr_path).expect("create the app's stderr log");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_tokenvault"));
-        command
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("ROCKET_PROFILE", "debug")
-            .env("ROCKET_ADDRESS", ip)
-            .env("ROCKET_PORT", port.to_string())
-            .env("ROCKET_PUBLIC_URL", &base)
-            .env("ROCKET_DATA_DIR", dir.path())
-            .env("ROCKET_DATABASE_URL", dir.path().join("tv.sqlite"))
-            .env("ROCKET_VAULT_KEY", config.vault_key.unwrap_or_else(random_vault_key))
-            .env("ROCKET_SECRET_KEY", random_b64(64))
-            .env("ROCKET_DEMO_TOKEN_LIFETIME", "120");
-        for (name, value) in &config.env {
-            command.env(name, value);
+        let mut dir = tempfile::Builder::new().prefix("tokenvault-browser-").tempdir().expect("create a temp dir");
+        let ip = config.ip.clone().unwrap_or_else(|| "127.0.0.1".to_string());
+        let (vault_key, secret_key) = (config.vault_key.clone().unwrap_or_else(random_vault_key), random_b64(64));
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let port = config.port.unwrap_or_else(|| free_port_on(&ip));
+            let base = format!("http://{ip}:{port}");
+            let stderr_path = dir.path().join(format!("app.stderr.{attempt}.log"));
+            let stderr = File::create(&stderr_path).expect("create the app's stderr log");
+            let mut command = Command::new(env!("CARGO_BIN_EXE_tokenvault"));
+            command
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .env("ROCKET_PROFILE", "debug")
+                .env("ROCKET_ADDRESS", &ip)
+                .env("ROCKET_PORT", port.to_string())
+                .env("ROCKET_PUBLIC_URL", &base)
+                .env("ROCKET_DATA_DIR", dir.path())
+                .env("ROCKET_DATABASE_URL", dir.path().join("tv.sqlite"))
+                .env("ROCKET_VAULT_KEY", &vault_key)
+                .env("ROCKET_SECRET_KEY", &secret_key)
+                .env("ROCKET_DEMO_TOKEN_LIFETIME", "120");
+            for (name, value) in &config.env {
+                command.env(name, value);
+            }
+            let child = command
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(stderr)
+                .spawn()
+                .expect("start the tokenvault binary");
+            let mut app = App { child, base, dir, stderr_path };
+            match app.wait_healthy().await {
+                Ok(()) => return app,
+                Err(why) if config.port.is_none() && attempt < 5 && app.stderr().contains("Address already in use") => {
+                    eprintln!("port {port} was taken before the app bound it; starting again ({why})");
+                    dir = std::mem::replace(&mut app.dir, tempfile::tempdir().expect("a temp dir"));
+                }
+                Err(why) => panic!("{why}"),
+            }
         }
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("start the tokenvault binary");
-        let mut app = App { child, base, dir, stderr_path };
-        app.wait_healthy().await;
-        app
     }
 
-    async fn wait_healthy(&mut self) {
+    async fn wait_healthy(&mut self) -> Result<(), String> {
         let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("reqwest client");
         let url = self.url("/healthz");
         let deadline = Instant::now() + STARTUP;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("tokenvault exited during startup ({status}); its stderr:\n{}", self.stderr());
+                return Err(format!("tokenvault exited during startup ({status}); its stderr:\n{}", self.stderr()));
             }
             if let Ok(res) = http.get(&url).send().await {
                 if res.status() == reqwest::StatusCode::OK {
-                    return;
+                    return Ok(());
                 }
             }
             if Instant::now() > deadline {
-                panic!("tokenvault did not answer 200 on {url} within {STARTUP:?}; its stderr:\n{}", self.stderr());
+                return Err(format!(
+                    "tokenvault did not answer 200 on {url} within {STARTUP:?}; its stderr:\n{}",
+                    self.stderr()
+                ));
             }
             tokio::time::sleep(POLL).await;
         }

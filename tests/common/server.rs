@@ -68,6 +68,18 @@ pub fn binary() -> std::ffi::OsString {
 /// [`start`] with `cwd` as the working directory (the checkout's by default, where `templates/`
 /// and `static/` are).
 pub async fn start_in(o: Options<'_>, cwd: &Path) -> Server {
+    // A port free when picked may be taken before the server binds it (another test's server, or
+    // an outgoing connection's local port): then start again on another one.
+    for _ in 0..4 {
+        if let Some(server) = try_start_in(&o, cwd).await {
+            return server;
+        }
+    }
+    try_start_in(&o, cwd).await.expect("a free port, five times in a row")
+}
+
+/// One start; `None` when the port was taken before the server could bind it.
+async fn try_start_in(o: &Options<'_>, cwd: &Path) -> Option<Server> {
     let port = free_port();
     std::fs::create_dir_all(o.dir).unwrap();
     let log = o.dir.join(format!("server-{port}.stderr.log"));
@@ -101,11 +113,16 @@ pub async fn start_in(o: Options<'_>, cwd: &Path) -> Server {
         if let Ok(r) = http.get(format!("{}/healthz", server.base)).send().await {
             if r.status().is_success() {
                 server.started_in = started.elapsed();
-                return server;
+                return Some(server);
             }
         }
         if let Ok(Some(status)) = server.child.try_wait() {
-            panic!("the server exited with {status}:\n{}", std::fs::read_to_string(&server.log).unwrap_or_default());
+            let log = std::fs::read_to_string(&server.log).unwrap_or_default();
+            if log.contains("Address already in use") {
+                eprintln!("port {port} was taken before the server bound it; starting again");
+                return None;
+            }
+            panic!("the server exited with {status}:\n{log}");
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
