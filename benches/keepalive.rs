@@ -22,14 +22,23 @@ use tokenvault::db::models::connections::{ConnectionStatus, NewConnection};
 use tokenvault::db::schema::{connections, users};
 use tokenvault::vault::Aad;
 
-fn peak_rss_mb() -> f64 {
+/// A figure of this process's `/proc/self/status` in MB (`VmHWM:` peak RSS, `VmRSS:` now).
+fn status_mb(field: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|kb| kb.parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn peak_rss_mb() -> f64 {
+    status_mb("VmHWM:")
+}
+
+fn rss_mb() -> f64 {
+    status_mb("VmRSS:")
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -67,16 +76,6 @@ async fn token_loop(
     }
     took.sort();
     (took, calls)
-}
-
-fn rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// A token endpoint that keeps nothing: every POST is answered with fresh tokens, on keep-alive

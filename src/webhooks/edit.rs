@@ -275,6 +275,12 @@ mod tests {
         (dir, db)
     }
 
+    /// A database and two instances' endpoints (the configured `ops`) over it.
+    fn two_instances() -> (tempfile::TempDir, Db, Cipher, Webhooks, Webhooks) {
+        let (dir, db) = database();
+        (dir, db, Cipher::for_tests(1), configured(), configured())
+    }
+
     fn verifies(signature: &str, secret: &str, id: &str, ts: i64, body: &str) -> bool {
         let expected = SigningKey::parse(secret).unwrap().sign(id, ts, body);
         signature.split(' ').any(|s| s == expected)
@@ -289,10 +295,8 @@ mod tests {
 
     #[test]
     fn edits_reach_another_instance_and_stale_ones_are_refused() {
-        let (_dir, db) = database();
+        let (_dir, db, cipher, a, b) = two_instances();
         let mut conn = db.conn().unwrap();
-        let cipher = Cipher::for_tests(1);
-        let (a, b) = (configured(), configured());
         let editor = Editor { hooks: &a, cipher: &cipher, user_id: 1, username: "root" };
 
         // Add an endpoint: its secret signs what it gets, on both instances.
@@ -407,10 +411,8 @@ mod tests {
     /// public unless allowed; an unusable row fails closed and can be deleted.
     #[test]
     fn reuse_quick_rotations_private_urls_and_broken_rows() {
-        let (_dir, db) = database();
+        let (_dir, db, cipher, a, b) = two_instances();
         let mut conn = db.conn().unwrap();
-        let cipher = Cipher::for_tests(1);
-        let (a, b) = (configured(), configured());
         let editor = Editor { hooks: &a, cipher: &cipher, user_id: 1, username: "root" };
 
         let first = editor.add(&mut conn, "billing", "https://one.example/in", "").unwrap();

@@ -90,11 +90,9 @@ impl Worker {
         let endpoint_name = c.delivery.endpoint.clone();
         let started = std::time::Instant::now();
         let result = match self.hooks.get(&endpoint_name) {
-            // Checked again here: a literal address never reaches the resolver.
-            Some(endpoint) if endpoint.restricted => match super::egress::check_public_host(&endpoint.url) {
-                Ok(()) => send(&self.public_http, &endpoint, &c).await,
-                Err(e) => AttemptResult::NoAnswer(format!("refused: the URL {e}")),
-            },
+            // Its host passed check_public_host when it was loaded (or it is left out); a name
+            // must also resolve to public addresses only.
+            Some(endpoint) if endpoint.restricted => send(&self.public_http, &endpoint, &c).await,
             Some(endpoint) => send(&self.http, &endpoint, &c).await,
             // Configured when the event was fanned out, gone since (its table removed from the
             // configuration): nobody to send it to. (Deleting on the page fails them at once.)
