@@ -608,9 +608,9 @@ mod tests {
     fn profile_defaults() {
         let raw = RawConfig::default();
         let dev = Settings::resolve(&raw, "debug").unwrap();
-        assert!(dev.demo_provider && dev.allow_signup && dev.dev_mode);
+        assert!(dev.demo_provider && dev.allow_signup && dev.dev_mode && dev.webhook_private_urls);
         let prod = Settings::resolve(&raw, "release").unwrap();
-        assert!(!prod.demo_provider && !prod.allow_signup && !prod.dev_mode);
+        assert!(!prod.demo_provider && !prod.allow_signup && !prod.dev_mode && !prod.webhook_private_urls);
         assert_eq!(dev.redirect_uri("dropbox"), "http://127.0.0.1:8000/services/dropbox/callback");
     }
 

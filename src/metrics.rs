@@ -260,3 +260,20 @@ impl Fairing for MetricsFairing {
         self.0.request_seconds.with_label_values(&[method, &route]).observe(started.elapsed().as_secs_f64());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{AuditLosses, Metrics};
+
+    /// The audit batcher's losses are counters that follow its totals across scrapes.
+    #[test]
+    fn audit_losses_are_exported_as_counters() {
+        let m = Metrics::new();
+        let text = m.render(&[], &[], AuditLosses { dropped: 3, lost: 0 });
+        assert!(text.contains("tokenvault_audit_entries_lost_total{reason=\"queue_full\"} 3"), "{text}");
+        assert!(text.contains("tokenvault_audit_entries_lost_total{reason=\"write_failed\"} 0"), "{text}");
+        let text = m.render(&[], &[], AuditLosses { dropped: 5, lost: 2 });
+        assert!(text.contains("tokenvault_audit_entries_lost_total{reason=\"queue_full\"} 5"), "{text}");
+        assert!(text.contains("tokenvault_audit_entries_lost_total{reason=\"write_failed\"} 2"), "{text}");
+    }
+}

@@ -270,6 +270,16 @@ async fn granted_scopes_are_kept_apart_from_requested_ones_and_upgraded_in_place
     assert_eq!(body["missing"], serde_json::json!(["write", "root"]));
     assert!(body["upgrade_url"].is_null(), "{body}");
     assert!(body["message"].as_str().unwrap().contains("does not offer"), "{body}");
+    // tokenvault's own parameters once each, on the token API as on the proxy.
+    for uri in [
+        "/api/v1/services/fake/token?required_scopes=read&required_scopes=write",
+        "/api/v1/services/fake/proxy/x?connection=1&connection=2",
+    ] {
+        let (status, body) = api(&app, uri, &key).await;
+        assert_eq!((status, body["error"].as_str()), (Status::BadRequest, Some("bad_request")), "{uri}: {body}");
+    }
+    let (status, _) = api(&app, "/api/v1/services/fake/token?required%5Fscopes=write,root", &key).await;
+    assert_eq!(status, Status::Forbidden, "an encoded name is the same parameter");
 
     // The upgrade: the same connection, asking for the union.
     let path = upgrade.trim_start_matches(PUBLIC_URL);

@@ -249,7 +249,7 @@ pub async fn prune_hourly(db: Db, cipher: Arc<Cipher>, days: i64) {
 
 #[cfg(test)]
 mod tests {
-    use super::coalesce;
+    use super::{coalesce, Batcher, FLUSH_EVERY, QUEUE};
     use crate::audit::{Actor, Entry, Kind};
 
     fn read(key: i64, connection: i64, address: &str, at: i64) -> Entry {
@@ -285,5 +285,45 @@ mod tests {
         let a = Entry::new(Kind::ProxyCall, Actor::Key(7)).with("status", 200);
         let b = Entry::new(Kind::ProxyCall, Actor::Key(7)).with("status", 500);
         assert_eq!(coalesce(vec![a.clone(), b, a]).len(), 2);
+    }
+
+    /// A full queue drops a read and counts it; a refusal it cannot take is counted back into the
+    /// next recorded one instead of vanishing.
+    #[test]
+    fn a_full_queue_counts_what_it_drops() {
+        let b = Batcher::new();
+        for i in 0..QUEUE + 5 {
+            b.read(read(1, 1, "127.0.0.2", i as i64));
+        }
+        assert_eq!(b.dropped(), 5);
+        b.refusal(Entry::new(Kind::SigninFailure, Actor::System).with("refused", "throttled"));
+        assert_eq!(b.dropped(), 6);
+        let w = b.refusals.lock().unwrap();
+        assert_eq!((w.recorded, w.suppressed), (1, 1), "the refused refusal waits to be counted");
+    }
+
+    /// A steady trickle (one read every 40 ms, for a second) is written in batches of about 200 ms,
+    /// not held until 500 entries: one coalesced row never spans more than a flush interval.
+    #[rocket::async_test]
+    async fn a_batch_is_written_one_flush_interval_after_its_first_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db::Db::open(&dir.path().join("b.sqlite").to_string_lossy()).unwrap();
+        let b = Batcher::new();
+        b.start(db.clone(), std::sync::Arc::new(crate::vault::Cipher::for_tests(3)));
+        let started = std::time::Instant::now();
+        for _ in 0..25 {
+            b.read(read(1, 1, "127.0.0.2", 100));
+            rocket::tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+        }
+        b.flush().await;
+        let spent = started.elapsed();
+        let rows = crate::db::models::audit::after(&mut db.conn().unwrap(), 0, 100).unwrap();
+        let counts: Vec<u64> = rows
+            .iter()
+            .map(|r| serde_json::from_str::<serde_json::Value>(&r.detail).unwrap()["count"].as_u64().unwrap_or(1))
+            .collect();
+        assert_eq!(counts.iter().sum::<u64>(), 25, "every read recorded: {counts:?}");
+        let at_least = (spent.as_millis() / (FLUSH_EVERY.as_millis() * 2)) as usize;
+        assert!(rows.len() >= at_least.max(2), "{} rows in {spent:?}: {counts:?}", rows.len());
     }
 }

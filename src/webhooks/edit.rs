@@ -466,4 +466,30 @@ mod tests {
         assert_eq!(editor.remove(&mut conn, "ops", 1).unwrap(), Origin::Edited);
         assert_eq!(a.get("ops").unwrap().origin, Origin::Config);
     }
+
+    /// An instance that has not reloaded since another deleted an added endpoint fans nothing
+    /// out to it (the deletion gave up its deliveries; none may follow).
+    #[test]
+    fn fan_out_skips_an_added_endpoint_deleted_on_another_instance() {
+        use crate::webhooks::outbox::{self, EventData};
+        let (_dir, db, cipher, a, b) = two_instances();
+        let mut conn = db.conn().unwrap();
+        let editor = Editor { hooks: &a, cipher: &cipher, user_id: 1, username: "root" };
+        editor.add(&mut conn, "billing", "https://billing.example/in", "").unwrap();
+        b.reload(&mut conn, &cipher).unwrap();
+        editor.remove(&mut conn, "billing", 1).unwrap();
+        let data = EventData {
+            connection_id: 1,
+            user: "ann".into(),
+            service: "fake".into(),
+            account: None,
+            status: "active".into(),
+            reason: None,
+        };
+        outbox::record(&mut conn, EventType::ConnectionCreated, &data).unwrap();
+        assert!(b.get("billing").is_some(), "b has not reloaded");
+        assert_eq!(outbox::fan_out(&mut conn, &b, 100).unwrap(), 1);
+        let to = |name: &str| crate::db::models::webhooks::recent(&mut db.conn().unwrap(), name, 10).unwrap().len();
+        assert_eq!((to("billing"), to("ops")), (0, 1), "the configured endpoint gets it, the deleted one not");
+    }
 }
