@@ -239,7 +239,17 @@ async fn seed(instance: &Instance, fake: &FakeProvider, db: &tokenvault::db::Db)
     let user = tokenvault::db::models::users::find_by_username(&mut conn, "bench").unwrap().unwrap();
     let row = tokenvault::db::models::connections::find(&mut conn, user.id, "fake").unwrap().unwrap();
     let (access, _) = tokenvault::oauth::store::open_tokens(&cipher, &row).unwrap();
-    let key = tokenvault::auth::api_key::create(&mut conn, user.id, "bench", &Default::default(), 20).unwrap().key;
+    let key = tokenvault::auth::api_key::create(
+        &mut conn,
+        &cipher,
+        tokenvault::audit::Actor::Cli,
+        user.id,
+        "bench",
+        &Default::default(),
+        20,
+    )
+    .unwrap()
+    .key;
     (cookie, access.expose_secret().to_string(), key.expose_secret().to_string())
 }
 

@@ -79,6 +79,10 @@ pub enum UserCommand {
         #[arg(long)]
         admin: bool,
     },
+    /// Rename a user: NAME exactly (or any case of it, when only one user has it) becomes
+    /// NEW_NAME, which no other user may have in any case. The way to resolve users whose names
+    /// differ only in case, which keep tokenvault from starting: it works before that upgrade step.
+    Rename { name: String, new_name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -160,6 +164,19 @@ pub fn run(command: Command) -> Result<String, String> {
                 .map_err(cli_error)?;
             Ok(format!("created user {} (id {}{})", user.username, user.id, if user.is_admin { ", admin" } else { "" }))
         }
+        Command::User { command: UserCommand::Rename { name, new_name } } => {
+            let prepared = prepare(figment()).map_err(|e| e.to_string())?;
+            // Migrated up to (not into) a step that names differing only in case would block.
+            let mut conn = db::connect_for_repair(&prepared.settings.database_url)?;
+            crate::vault::rotation::verify_key(&mut conn, &prepared.cipher)?;
+            let id = accounts::rename(&mut conn, &prepared.cipher, &name, &new_name).map_err(cli_error)?;
+            let left = crate::db::models::users::case_collisions(&mut conn).map_err(|e| e.to_string())?;
+            let mut out = format!("renamed user {name} (id {id}) to {}", accounts::clean_username(&new_name));
+            if !left.is_empty() {
+                out.push_str(&format!("\nstill to rename before tokenvault starts: {}", db::collision_groups(&left)));
+            }
+            Ok(out)
+        }
         Command::Vault { command: VaultCommand::Set { path, value } } => {
             let (mut conn, prepared) = open()?;
             let value =
@@ -185,8 +202,10 @@ pub fn run(command: Command) -> Result<String, String> {
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| format!("no user named {username}"))?;
             let max_keys = prepared.settings.max_api_keys_per_user;
+            let cli = crate::audit::Actor::Cli;
             let created =
-                crate::auth::api_key::create(&mut conn, user.id, &name, &scope, max_keys).map_err(cli_error)?;
+                crate::auth::api_key::create(&mut conn, &prepared.cipher, cli, user.id, &name, &scope, max_keys)
+                    .map_err(cli_error)?;
             for old in &created.evicted {
                 // On standard error: standard output is the key alone, for scripts.
                 eprintln!(

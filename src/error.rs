@@ -20,7 +20,8 @@
 //! - `Database`, `Vault`, `Internal`: bugs or broken state; logged with detail, shown as a plain 500.
 //!
 //! Every failure answered with an `AppError` writes one log line of its own (`request failed` at
-//! `error` for ≥ 500, `request refused` at `info` otherwise; besides the request line, and besides a
+//! `error` for ≥ 500, `request refused` at `info` otherwise — and for the 503s that only repeat a
+//! state logged when it began, see [`AppError::is_news`]; besides the request line, and besides a
 //! warning where the failure is an event of its own, such as a connection turning "reconnect
 //! required" or the hasher refusing work) with the request id, status, code and
 //! the error's `Display` — which names services and causes, never a token, secret or query.
@@ -233,6 +234,16 @@ impl AppError {
             _ => return None,
         }
         Some(extra)
+    }
+
+    /// Whether answering this is news for the error log (`request failed` at `error`): a 5xx,
+    /// unless it only repeats a state that was logged when it began — a degraded connection
+    /// backing off (`connection degraded`, at `warn`, when its refresh failed) or a full
+    /// password-hashing queue (logged by the hasher when it filled up). Those refusals, like a
+    /// 4xx, are `request refused` at `info`: a client polling a degraded connection cannot flood
+    /// the error log with one line a request.
+    pub fn is_news(&self) -> bool {
+        self.status().code >= 500 && !matches!(self, AppError::ProviderUnavailable { .. } | AppError::Busy { .. })
     }
 
     /// Seconds for a `Retry-After` header, for errors that say when to come back.

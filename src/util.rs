@@ -44,6 +44,19 @@ pub fn scope_list(scopes: &str) -> Vec<String> {
     scopes.split(' ').filter(|s| !s.is_empty()).map(String::from).collect()
 }
 
+/// `s` cut to at most `max` bytes (at a character boundary), with `…` after it when it was cut:
+/// for values a client chose (a path, a name) in a log line, whose size the client must not set.
+pub fn capped(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if s.len() <= max {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}…", &s[..end]))
+}
+
 /// Constant-time comparison of two strings.
 pub fn ct_eq(a: &str, b: &str) -> bool {
     use subtle::ConstantTimeEq;
@@ -112,6 +125,14 @@ pub fn rfc3339(at: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capped_cuts_at_a_character_boundary() {
+        assert_eq!(capped("/short", 256), "/short");
+        assert_eq!(capped(&"a".repeat(300), 256), format!("{}…", "a".repeat(256)));
+        // 'é' is two bytes: a cut inside it moves back to before it.
+        assert_eq!(capped("aé", 2), "a…");
+    }
 
     #[test]
     fn scopes_and_hex() {

@@ -128,7 +128,16 @@ async fn a_key_stops_at_its_expiry_even_while_cached_and_shows_when() {
     let scope =
         tokenvault::auth::api_key::KeyScope { expires_at: Some(tokenvault::util::now() + 2), ..Default::default() };
     let mut conn = app.db.conn().unwrap();
-    let short = tokenvault::auth::api_key::create(&mut conn, user_id, "short", &scope, 20).unwrap();
+    let short = tokenvault::auth::api_key::create(
+        &mut conn,
+        &app.cipher,
+        tokenvault::audit::Actor::Cli,
+        user_id,
+        "short",
+        &scope,
+        20,
+    )
+    .unwrap();
     let short = tokenvault::util::ExposeSecret::expose_secret(&short.key).to_string();
     assert_eq!(get(&app, "/api/v1/connections", &short, "127.0.0.1").await.0, Status::Ok);
     assert!(!app.state().caches.api_keys.is_empty(), "the key is now cached for an hour");

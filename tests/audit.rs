@@ -305,3 +305,161 @@ async fn refused_sign_ins_are_audited_without_a_row_per_request_of_a_flood() {
         assert!(metrics.contains(line), "{line} in {metrics}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Issue 19, item 5: security events that used to leave no trace.
+
+/// The rows of one kind, as `rows` gives them.
+fn of_kind(app: &TestApp, kind: &str) -> Vec<String> {
+    rows(app).into_iter().filter(|r| r.starts_with(&format!("{kind}|"))).collect()
+}
+
+/// The JSON detail of a row of `rows`.
+fn detail(row: &str) -> serde_json::Value {
+    serde_json::from_str(row.rsplit('|').next().unwrap()).unwrap()
+}
+
+async fn sign_in(agent: &common::Agent<'_>, username: &str, password: &str) {
+    let csrf = agent.csrf("/login").await;
+    let r = agent.post_form("/login", &[("csrf_token", &csrf), ("username", username), ("password", password)]).await;
+    assert_eq!(r.status, Status::SeeOther, "{}", r.text);
+}
+
+fn key_id(app: &TestApp, key: &str) -> i64 {
+    app.count(&format!("SELECT id AS n FROM api_keys WHERE prefix = '{}'", &key[..12]))
+}
+
+#[tokio::test]
+async fn a_password_change_records_itself_every_key_it_revoked_and_the_sessions_it_ended() {
+    let app = TestApp::start().await;
+    let alice = app.user("alice").await;
+    let laptop = app.agent();
+    sign_in(&laptop, "alice", PASSWORD).await;
+    let (first, second) = (api_key(&alice, "one").await, api_key(&alice, "two").await);
+    let ids = [key_id(&app, &first), key_id(&app, &second)];
+
+    let csrf = alice.csrf("/settings/password").await;
+    let new = "a brand new passphrase";
+    let r = alice
+        .post_form(
+            "/settings/password",
+            &[
+                ("csrf_token", &csrf),
+                ("current_password", PASSWORD),
+                ("new_password", new),
+                ("new_password_confirm", new),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, Status::SeeOther, "{}", r.text);
+
+    let text = rows(&app).join("\n");
+    let changed = of_kind(&app, "password.changed");
+    assert_eq!(changed.len(), 1, "{text}");
+    assert!(changed[0].starts_with("password.changed|1|user:1|"), "{text}");
+    assert_eq!(detail(&changed[0])["api_keys_revoked"], 2, "{text}");
+    assert_eq!(detail(&changed[0])["sessions_ended"], 2, "{text}");
+    let revoked = of_kind(&app, "api_key.revoked");
+    assert_eq!(revoked.len(), 2, "one entry per key: {text}");
+    for (row, id) in revoked.iter().zip(ids) {
+        assert!(row.starts_with("api_key.revoked|1|user:1|"), "{row}");
+        assert_eq!(detail(row)["key_id"], id, "{row}");
+        assert_eq!(detail(row)["reason"], "password_changed", "{row}");
+    }
+    let ended = of_kind(&app, "session.end");
+    assert_eq!(ended.len(), 1, "{text}");
+    assert_eq!(detail(&ended[0])["reason"], "password_changed");
+    assert_eq!(detail(&ended[0])["count"], 2, "alice's two browsers");
+    assert!(!text.contains(new) && !text.contains(PASSWORD) && !text.contains(&first) && !text.contains(&second));
+    let mut conn = app.db.conn().unwrap();
+    assert!(tokenvault::audit::verify(&mut conn, &app.cipher).unwrap().is_ok());
+}
+
+/// The public ids of the `tr[data-session]` rows of the sessions page, and whether each is this
+/// browser's.
+fn sessions_of(page: &str) -> Vec<(String, bool)> {
+    let re = regex::Regex::new(r#"<tr data-session="([^"]+)" data-current="(true|false)">"#).unwrap();
+    re.captures_iter(page).map(|c| (c[1].to_string(), &c[2] == "true")).collect()
+}
+
+#[tokio::test]
+async fn sessions_ended_from_my_settings_are_recorded_one_or_all_others() {
+    let app = TestApp::start().await;
+    let alice = app.user("alice").await;
+    let browsers = [app.agent(), app.agent(), app.agent()];
+    for b in &browsers {
+        sign_in(b, "alice", PASSWORD).await;
+    }
+    let page = alice.fetch("/settings/sessions").await;
+    let (one, _) = sessions_of(&page.text).into_iter().find(|(_, current)| !current).expect("another session");
+    let csrf = common::csrf_from(&page.text);
+    let r = alice.post_form(&format!("/settings/sessions/{one}/end"), &[("csrf_token", &csrf)]).await;
+    assert_eq!(r.status, Status::SeeOther, "{}", r.text);
+    let ended = of_kind(&app, "session.end");
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    assert!(ended[0].starts_with("session.end|1|user:1|"), "{}", ended[0]);
+    let d = detail(&ended[0]);
+    assert_eq!(
+        (d["reason"].as_str(), d["session"].as_str(), d["count"].as_i64()),
+        (Some("ended_from_settings"), Some(one.as_str()), Some(1))
+    );
+
+    let csrf = alice.csrf("/settings/sessions").await;
+    let r = alice.post_form("/settings/sessions/end-others", &[("csrf_token", &csrf)]).await;
+    assert_eq!(r.status, Status::SeeOther, "{}", r.text);
+    let ended = of_kind(&app, "session.end");
+    assert_eq!(ended.len(), 2, "{ended:?}");
+    let d = detail(&ended[1]);
+    assert_eq!(
+        (d["reason"].as_str(), d["scope"].as_str(), d["count"].as_i64()),
+        (Some("ended_from_settings"), Some("others"), Some(2))
+    );
+    // Nothing left to end: nothing recorded.
+    let csrf = alice.csrf("/settings/sessions").await;
+    alice.post_form("/settings/sessions/end-others", &[("csrf_token", &csrf)]).await;
+    assert_eq!(of_kind(&app, "session.end").len(), 2);
+}
+
+#[tokio::test]
+async fn a_key_revoked_by_the_per_user_limit_is_recorded() {
+    let app = common::builder().set("max_api_keys_per_user", 2).start().await;
+    let alice = app.user("alice").await;
+    let oldest = api_key(&alice, "one").await;
+    let oldest_id = key_id(&app, &oldest);
+    api_key(&alice, "two").await;
+    assert!(of_kind(&app, "api_key.revoked").is_empty());
+    api_key(&alice, "three").await;
+    let revoked = of_kind(&app, "api_key.revoked");
+    assert_eq!(revoked.len(), 1, "{revoked:?}");
+    assert!(revoked[0].starts_with("api_key.revoked|1|user:1|"), "{}", revoked[0]);
+    let d = detail(&revoked[0]);
+    assert_eq!((d["key_id"].as_i64(), d["reason"].as_str()), (Some(oldest_id), Some("over_limit")));
+    assert_eq!(of_kind(&app, "api_key.created").len(), 3);
+}
+
+#[test]
+fn a_key_created_with_the_cli_is_recorded_with_actor_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("ROCKET_VAULT_KEY", VAULT_KEY), ("ROCKET_MAX_API_KEYS_PER_USER", "1")];
+    let out = tokenvault(dir.path(), &["user", "add", "erin"], &env, Some("a long cli password\n"));
+    assert!(out.status.success(), "{}", text(&out));
+    for name in ["first", "second"] {
+        let out = tokenvault(dir.path(), &["api-key", "create", "erin", name], &env, None);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let out = tokenvault(dir.path(), &["audit", "tail", "-n", "10", "--json"], &env, None);
+    assert!(out.status.success(), "{}", text(&out));
+    let entries: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let of = |kind: &str| entries.iter().filter(|e| e["kind"] == kind).cloned().collect::<Vec<_>>();
+    let created = of("api_key.created");
+    assert_eq!(created.len(), 2, "{entries:#?}");
+    assert!(created.iter().all(|e| e["actor"] == "cli" && e["user_id"] == 1), "{created:#?}");
+    let revoked = of("api_key.revoked");
+    assert_eq!(revoked.len(), 1, "the first key, over the limit of 1: {entries:#?}");
+    assert_eq!(revoked[0]["actor"], "cli");
+    let d: serde_json::Value = serde_json::from_str(revoked[0]["detail"].as_str().unwrap()).unwrap();
+    assert_eq!(d["reason"], "over_limit");
+    let out = tokenvault(dir.path(), &["audit", "verify"], &env, None);
+    assert!(out.status.success(), "{}", text(&out));
+}

@@ -364,3 +364,81 @@ fn a_served_binary_stopped_with_sigterm_exits_0() {
         }
     }
 }
+
+/// Issue 19, item 6: usernames are one account whatever their case. A database from before that
+/// rule may hold `alice` beside `ALICE`: the upgrade names them, refuses to go on (so the server
+/// refuses to start) until all but one of each group is renamed with `tokenvault user rename`,
+/// and then applies the unique index. On SQLite and PostgreSQL.
+#[test]
+fn names_that_differ_only_in_case_block_the_upgrade_until_renamed() {
+    use diesel::connection::SimpleConnection;
+    let dir = tempfile::tempdir().unwrap();
+    let database = common::TestDatabase::new(dir.path());
+    let env = [("ROCKET_VAULT_KEY", VAULT_KEY), ("ROCKET_DATABASE_URL", database.url.as_str())];
+    // A database as the step before left it: the step undone (its down.sql) and not recorded.
+    {
+        let db = tokenvault::db::Db::open(&database.url).unwrap();
+        let mut conn = db.conn().unwrap();
+        // (The step's down.sql is the same on both backends.)
+        let down = include_str!("../migrations/sqlite/2026-12-06-000210_usernames_nocase/down.sql");
+        let sql = format!(
+            "{down}; DELETE FROM __diesel_schema_migrations WHERE version = '{}';",
+            tokenvault::db::USERNAMES_NOCASE
+        );
+        tokenvault::on_conn!(&mut conn, c => c.batch_execute(&sql)).unwrap();
+        for name in ["alice", "ALICE", "Bob", "bob", "BOB", "carol"] {
+            let sql = format!(
+                "INSERT INTO users (username, password_hash, is_admin, created_at, password_changed_at) \
+                 VALUES ('{name}', 'x', false, 0, 0)"
+            );
+            tokenvault::on_conn!(&mut conn, c => c.batch_execute(&sql)).unwrap();
+        }
+    }
+    let report = r#""alice" (id 1), "ALICE" (id 2); "Bob" (id 3), "bob" (id 4), "BOB" (id 5)"#;
+
+    // `serve` opens the database like this at start-up, and `check` like every command.
+    let refused = tokenvault::db::Db::open(&database.url).expect_err("the upgrade is refused");
+    assert!(refused.contains(report), "{refused}");
+    assert!(refused.contains("tokenvault user rename <name> <new-name>"), "{refused}");
+    assert!(!refused.contains("carol"), "{refused}");
+    let check = tokenvault(dir.path(), &["check"], &env, None);
+    assert!(!check.status.success());
+    assert!(text(&check).contains(report) && text(&check).contains("refuses to start"), "{}", text(&check));
+
+    let rename = |from: &str, to: &str| tokenvault(dir.path(), &["user", "rename", from, to], &env, None);
+    let out = rename("bOb", "robert");
+    assert!(!out.status.success());
+    assert!(text(&out).contains("several users are named bOb in other cases (Bob, bob, BOB)"), "{}", text(&out));
+    let out = rename("ALICE", "alice2");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("renamed user ALICE (id 2) to alice2"), "{}", text(&out));
+    assert!(
+        text(&out).contains(r#"still to rename before tokenvault starts: "Bob" (id 3), "bob" (id 4), "BOB" (id 5)"#)
+    );
+    let out = rename("BOB", "Alice2");
+    assert!(!out.status.success());
+    assert!(text(&out).contains("Alice2 is taken"), "{}", text(&out));
+    assert!(rename("bob", "bob2").status.success());
+    let refused = tokenvault::db::Db::open(&database.url).expect_err("one group left");
+    assert!(refused.contains(r#""Bob" (id 3), "BOB" (id 5)"#) && !refused.contains("alice"), "{refused}");
+    let out = rename("BOB", "robert");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!text(&out).contains("still to rename"), "{}", text(&out));
+
+    // Resolved: the upgrade runs, and the rule holds from then on.
+    let db = tokenvault::db::Db::open(&database.url).expect("the upgrade runs once the names are unique");
+    let mut conn = db.conn().unwrap();
+    let bob = tokenvault::db::models::users::find_by_username(&mut conn, "BOB").unwrap().unwrap();
+    assert_eq!((bob.id, bob.username.as_str()), (3, "Bob"), "any case of a name finds its one account");
+    let add = tokenvault(dir.path(), &["user", "add", "ROBERT"], &env, Some("a long cli password\n"));
+    assert!(!add.status.success());
+    assert!(
+        text(&add).contains("That username is taken (usernames are the same whatever their case)."),
+        "{}",
+        text(&add)
+    );
+    let tail = tokenvault(dir.path(), &["audit", "tail", "--json"], &env, None);
+    let renamed =
+        String::from_utf8_lossy(&tail.stdout).lines().filter(|l| l.contains(r#""kind":"user.renamed""#)).count();
+    assert_eq!(renamed, 3, "{}", text(&tail));
+}

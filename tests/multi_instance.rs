@@ -120,7 +120,18 @@ async fn two_instances_share_flows_and_refresh_once() {
         let db = tokenvault::db::Db::open_sized(&database.url, 1).unwrap();
         let mut conn = db.conn().unwrap();
         let user = tokenvault::db::models::users::find_by_username(&mut conn, "alice").unwrap().unwrap();
-        tokenvault::auth::api_key::create(&mut conn, user.id, "script", &Default::default(), 20).unwrap().key
+        let cipher = tokenvault::vault::Cipher::from_base64(common::VAULT_KEY, &[]).unwrap();
+        tokenvault::auth::api_key::create(
+            &mut conn,
+            &cipher,
+            tokenvault::audit::Actor::Cli,
+            user.id,
+            "script",
+            &Default::default(),
+            20,
+        )
+        .unwrap()
+        .key
     };
     let bearer = format!("Bearer {}", key.expose_secret());
     let token_status = |base: String| {

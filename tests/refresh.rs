@@ -317,7 +317,17 @@ async fn a_fresh_short_lived_token_is_used_not_refreshed() {
     alice.connect("fake").await;
     let key = {
         let mut conn = app.db.conn().unwrap();
-        tokenvault::auth::api_key::create(&mut conn, 1, "script", &Default::default(), 20).unwrap().key
+        tokenvault::auth::api_key::create(
+            &mut conn,
+            &app.cipher,
+            tokenvault::audit::Actor::Cli,
+            1,
+            "script",
+            &Default::default(),
+            20,
+        )
+        .unwrap()
+        .key
     };
     let key = key.expose_secret();
     let (issued, _) = app.stored_tokens("alice", "fake").unwrap();

@@ -46,6 +46,11 @@ pub enum Kind {
     WebhookChanged,
     /// Retention pruning removed the entries up to the anchor.
     AuditPruned,
+    /// A user changed their password (every session ended, every API key revoked: those are
+    /// recorded as `session.end` and `api_key.revoked` entries of their own).
+    PasswordChanged,
+    /// An account was renamed (`tokenvault user rename`).
+    UserRenamed,
 }
 
 impl Kind {
@@ -66,6 +71,8 @@ impl Kind {
         Kind::UserAdded,
         Kind::WebhookChanged,
         Kind::AuditPruned,
+        Kind::PasswordChanged,
+        Kind::UserRenamed,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -86,6 +93,8 @@ impl Kind {
             Kind::UserAdded => "user.added",
             Kind::WebhookChanged => "webhook.changed",
             Kind::AuditPruned => "audit.pruned",
+            Kind::PasswordChanged => "password.changed",
+            Kind::UserRenamed => "user.renamed",
         }
     }
 }

@@ -1,6 +1,10 @@
 //! Creating accounts, shared by the sign-up page and `tokenvault user add`, and the one place
 //! usernames are cleaned and normalised.
 
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::audit::{self, Actor, Entry, Kind};
 use crate::auth::password;
 use crate::cache::Caches;
 use crate::db::models::invalidations::Written;
@@ -9,6 +13,7 @@ use crate::db::{Conn, Db};
 use crate::error::{AppError, AppResult};
 use crate::util::ExposeSecret;
 use crate::util::{now, Secret};
+use crate::vault::Cipher;
 
 /// Longest username accepted, in bytes (usernames are ASCII). Anything longer is refused before
 /// it reaches the login throttle's maps or the password hasher.
@@ -33,10 +38,19 @@ pub fn clean_username(input: &str) -> &str {
     input.trim()
 }
 
-/// The key under which a username is throttled: cleaned and lower-cased, so `Alice`, `alice ` and
-/// `ALICE` share one allowance.
+/// The account a username names, in one canonical form: cleaned and lower-cased (ASCII, as
+/// usernames are: [`check_username`]). Usernames are unique in this form (the
+/// `users_username_nocase` index on `lower(username)`), so `Alice`, `alice ` and `ALICE` are one
+/// account: sign-in finds it by any of them, and the login throttle's per-account limit, device
+/// cookies and the password page all key on this one string.
+pub fn canonical_username(input: &str) -> String {
+    clean_username(input).to_ascii_lowercase()
+}
+
+/// The key under which a sign-in to `input` is throttled per account: its
+/// [`canonical_username`], which names exactly one account (or none).
 pub fn throttle_key(input: &str) -> String {
-    clean_username(input).to_lowercase()
+    canonical_username(input)
 }
 
 /// Who becomes an administrator when an account is created.
@@ -69,33 +83,98 @@ pub fn create(conn: &mut Conn, username: &str, hash: &str, role: Role) -> AppRes
         };
         let now = now();
         let new = NewUser { username, password_hash: hash, is_admin, created_at: now, password_changed_at: now };
-        users::create(conn, &new)?.ok_or_else(|| AppError::BadRequest("That username is taken.".into()))
+        users::create(conn, &new)?.ok_or_else(|| {
+            AppError::BadRequest("That username is taken (usernames are the same whatever their case).".into())
+        })
     })
 }
 
-/// What a password change ended: the number of sessions, and the hashes of the API keys revoked
-/// (for the caller to drop from this process's cache).
+/// What a password change ended: the number of sessions, the hashes of the API keys revoked
+/// (for the caller to drop from this process's cache), and the new password epoch (device
+/// cookies issued under an older one are void).
 pub struct PasswordReplaced {
     pub sessions_ended: usize,
     pub revoked_key_hashes: Vec<String>,
+    pub password_epoch: i64,
 }
 
 /// Set a new password hash, end every session of the user and revoke every API key, in one
-/// transaction. The caller starts a fresh session for the browser that made the change.
-pub fn replace_password(conn: &mut Conn, user_id: i64, hash: &str) -> AppResult<Written<PasswordReplaced>> {
+/// transaction with their audit entries (`password.changed`, one `api_key.revoked` per key with
+/// `"reason": "password_changed"`, and `session.end` with the number of sessions ended). The
+/// caller starts a fresh session for the browser that made the change.
+pub fn replace_password(
+    conn: &mut Conn,
+    cipher: &Cipher,
+    user_id: i64,
+    hash: &str,
+    address: Option<IpAddr>,
+) -> AppResult<Written<PasswordReplaced>> {
     conn.transaction(|conn| {
-        users::set_password(conn, user_id, hash, now())?;
+        let at = now();
+        let password_epoch = users::set_password(conn, user_id, hash, at)?;
         let sessions_ended = crate::db::models::sessions::delete_for_user(conn, user_id)?;
-        let revoked = crate::db::models::api_keys::revoke_all_for_user(conn, user_id, now())?;
-        Ok(revoked.map(|revoked_key_hashes| PasswordReplaced { sessions_ended, revoked_key_hashes }))
+        let revoked = crate::db::models::api_keys::revoke_all_for_user(conn, user_id, at)?;
+        let actor = Actor::User(user_id);
+        let entry = |kind| Entry::new(kind, actor.clone()).user(user_id).address(address);
+        let e = entry(Kind::PasswordChanged)
+            .with("sessions_ended", sessions_ended as i64)
+            .with("api_keys_revoked", revoked.value().len() as i64);
+        audit::record(conn, cipher, e)?;
+        for (key_id, _) in revoked.value() {
+            audit::record(
+                conn,
+                cipher,
+                entry(Kind::ApiKeyRevoked).with("key_id", *key_id).with("reason", "password_changed"),
+            )?;
+        }
+        if sessions_ended > 0 {
+            let e = entry(Kind::SessionEnd).with("reason", "password_changed").with("count", sessions_ended as i64);
+            audit::record(conn, cipher, e)?;
+        }
+        Ok(revoked.map(|revoked| PasswordReplaced {
+            sessions_ended,
+            revoked_key_hashes: revoked.into_iter().map(|(_, hash)| hash).collect(),
+            password_epoch,
+        }))
     })
 }
 
 /// [`replace_password`] for the signed-in user, with this process's cached copies of the revoked
 /// API keys dropped at once (other instances learn of them from their invalidations).
-pub async fn change_password(db: &Db, caches: &Caches, user_id: i64, hash: String) -> AppResult<PasswordReplaced> {
-    let done = db.run(move |conn| replace_password(conn, user_id, &hash)).await?;
+pub async fn change_password(
+    db: &Db,
+    caches: &Caches,
+    cipher: &Arc<Cipher>,
+    user_id: i64,
+    hash: String,
+    address: Option<IpAddr>,
+) -> AppResult<PasswordReplaced> {
+    let cipher = cipher.clone();
+    let done = db.run(move |conn| replace_password(conn, &cipher, user_id, &hash, address)).await?;
     Ok(caches.after_write(done))
+}
+
+/// Rename an account (`tokenvault user rename`): `from` is the exact name, or any case of it when
+/// only one account has it; `to` must pass [`check_username`] and be no other account's name in
+/// any case. Recorded as `user.renamed` (actor `cli`; names only as the user id). The way to
+/// resolve accounts whose names differ only in case, which keep tokenvault from starting.
+pub fn rename(conn: &mut Conn, cipher: &Cipher, from: &str, to: &str) -> AppResult<i64> {
+    let (from, to) = (clean_username(from), clean_username(to));
+    check_username(to).map_err(AppError::BadRequest)?;
+    conn.transaction(|conn| match users::rename(conn, from, to)? {
+        users::Renamed::Done(id) => {
+            audit::record(conn, cipher, Entry::new(Kind::UserRenamed, Actor::Cli).user(id))?;
+            Ok(id)
+        }
+        users::Renamed::NoSuchUser => Err(AppError::BadRequest(format!("no user named {from}"))),
+        users::Renamed::Ambiguous(names) => Err(AppError::BadRequest(format!(
+            "several users are named {from} in other cases ({}): give one of these names exactly",
+            names.join(", ")
+        ))),
+        users::Renamed::Taken => {
+            Err(AppError::BadRequest(format!("{to} is taken (usernames are the same whatever their case)")))
+        }
+    })
 }
 
 #[cfg(test)]
@@ -115,5 +194,7 @@ mod tests {
         assert_eq!(super::throttle_key("  Alice\t"), "alice");
         assert_eq!(super::throttle_key("ALICE"), super::throttle_key("alice"));
         assert_eq!(super::clean_username(" Alice "), "Alice");
+        // ASCII folding, as SQL lower() on both backends and as usernames are.
+        assert_eq!(super::canonical_username("ÄLICE"), "Älice");
     }
 }

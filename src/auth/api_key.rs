@@ -17,6 +17,7 @@ use crate::db::{Conn, Db};
 use crate::error::{AppError, AppResult};
 use crate::state::AppState;
 use crate::util::{now, random_token, sha256_hex, Secret};
+use crate::vault::Cipher;
 
 /// The prefix of a key without limits (every key made before limits existed has it).
 pub const KEY_PREFIX: &str = "tvk_";
@@ -35,10 +36,14 @@ pub struct Created {
 }
 
 /// Create a key for `user_id`, keeping at most `max_keys` live keys: beyond that the oldest are
-/// revoked, in the same transaction; with their invalidations, for this process's cache (other
-/// instances learn of them from the recorded rows).
+/// revoked, in the same transaction, with the audit entries (`api_key.created` by `actor`, and an
+/// `api_key.revoked` with `"reason": "over_limit"` for each key evicted); with their
+/// invalidations, for this process's cache (other instances learn of them from the recorded rows).
+#[allow(clippy::too_many_arguments)]
 pub fn create_written(
     conn: &mut Conn,
+    cipher: &Cipher,
+    actor: Actor,
     user_id: i64,
     name: &str,
     scope: &KeyScope,
@@ -65,15 +70,30 @@ pub fn create_written(
         };
         let row = api_keys::insert(conn, &new)?;
         let evicted = api_keys::revoke_oldest_beyond(conn, user_id, max_keys, now())?;
+        let entry = |kind| Entry::new(kind, actor.clone()).user(user_id);
+        crate::audit::record(conn, cipher, entry(Kind::ApiKeyCreated).with("key_id", row.id))?;
+        for old in evicted.value() {
+            let e = entry(Kind::ApiKeyRevoked).with("key_id", old.id).with("reason", "over_limit");
+            crate::audit::record(conn, cipher, e.with("max_api_keys_per_user", max_keys))?;
+        }
         Ok::<_, AppError>(evicted.map(|evicted| (row, evicted)))
     })?;
     Ok(written.map(|(row, evicted)| Created { row, key: crate::util::secret(key), evicted }))
 }
 
-/// [`create_written`] for a process that caches no keys (the CLI, tests): the running servers
-/// learn of the evicted keys from the recorded invalidations.
-pub fn create(conn: &mut Conn, user_id: i64, name: &str, scope: &KeyScope, max_keys: i64) -> AppResult<Created> {
-    Ok(create_written(conn, user_id, name, scope, max_keys)?.recorded_only())
+/// [`create_written`] for a process that caches no keys (the CLI, with actor `cli`; tests): the
+/// running servers learn of the evicted keys from the recorded invalidations.
+#[allow(clippy::too_many_arguments)]
+pub fn create(
+    conn: &mut Conn,
+    cipher: &Cipher,
+    actor: Actor,
+    user_id: i64,
+    name: &str,
+    scope: &KeyScope,
+    max_keys: i64,
+) -> AppResult<Created> {
+    Ok(create_written(conn, cipher, actor, user_id, name, scope, max_keys)?.recorded_only())
 }
 
 /// The user an API request acts for.
@@ -163,8 +183,6 @@ async fn authenticate(
     }
 }
 
-/// Revoke one of the user's keys; false when it is not theirs (or already revoked). The key stops
-/// working in this process at once and in every other instance within about a second.
 /// [`create`] for a signed-in user, with this process's cached copies of the keys it evicted
 /// dropped at once (convention 3: handlers never touch the caches).
 #[allow(clippy::too_many_arguments)]
@@ -179,14 +197,7 @@ pub async fn create_for(
 ) -> AppResult<Created> {
     let cipher = cipher.clone();
     let created = db
-        .run(move |conn| {
-            conn.transaction(|conn| {
-                let created = create_written(conn, user_id, &name, &scope, max_keys)?;
-                let e = Entry::new(Kind::ApiKeyCreated, Actor::User(user_id)).user(user_id);
-                crate::audit::record(conn, &cipher, e.with("key_id", created.value().row.id))?;
-                Ok(created)
-            })
-        })
+        .run(move |conn| create_written(conn, &cipher, Actor::User(user_id), user_id, &name, &scope, max_keys))
         .await?;
     let created = caches.after_write(created);
     for old in &created.evicted {
@@ -195,6 +206,8 @@ pub async fn create_for(
     Ok(created)
 }
 
+/// Revoke one of the user's keys; false when it is not theirs (or already revoked). The key stops
+/// working in this process at once and in every other instance within about a second.
 pub async fn revoke(
     db: &Db,
     caches: &Caches,
@@ -209,7 +222,7 @@ pub async fn revoke(
                 let revoked = api_keys::revoke(conn, user_id, key_id, now())?;
                 if revoked.value().is_some() {
                     let e = Entry::new(Kind::ApiKeyRevoked, Actor::User(user_id)).user(user_id);
-                    crate::audit::record(conn, &cipher, e.with("key_id", key_id))?;
+                    crate::audit::record(conn, &cipher, e.with("key_id", key_id).with("reason", "revoked_by_user"))?;
                 }
                 Ok(revoked)
             })

@@ -11,7 +11,7 @@
 
 use crate::util::ExposeSecret;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 
 use argon2::password_hash::{Output, ParamsString, PasswordHash, Salt, SaltString};
@@ -190,6 +190,10 @@ pub struct Hasher {
     /// Hashes running now and at most, counted on the hashing threads.
     running: Arc<(AtomicUsize, AtomicUsize)>,
     refused: AtomicU64,
+    /// Whether the queue is known to be full: its first refusal is logged at `warn`, the ones
+    /// after it (until a job is admitted again) at `debug` — a flood writes one warning, and
+    /// `/metrics` counts every refusal.
+    full: AtomicBool,
 }
 
 impl std::fmt::Debug for Hasher {
@@ -251,6 +255,7 @@ impl Hasher {
             queue,
             running: Arc::default(),
             refused: AtomicU64::new(0),
+            full: AtomicBool::new(false),
         }
     }
 
@@ -268,9 +273,24 @@ impl Hasher {
     async fn run<T: Send + 'static>(&self, job: impl FnOnce(&mut Memory) -> T + Send + 'static) -> AppResult<T> {
         let Ok(admitted) = self.admission.clone().try_acquire_owned() else {
             self.refused.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(workers = self.workers, queue = self.queue, "password hashing queue full: refused with 503");
+            if self.full.swap(true, Ordering::Relaxed) {
+                tracing::debug!(
+                    workers = self.workers,
+                    queue = self.queue,
+                    "password hashing queue still full: refused"
+                );
+            } else {
+                tracing::warn!(
+                    workers = self.workers,
+                    queue = self.queue,
+                    "password hashing queue full: refusing with 503 until it drains (each refusal counted in /metrics)"
+                );
+            }
             return Err(AppError::Busy { retry_after: RETRY_AFTER_SECS });
         };
+        if self.full.swap(false, Ordering::Relaxed) {
+            tracing::info!("password hashing queue has room again");
+        }
         let counters = self.running.clone();
         let (reply, answer) = oneshot::channel();
         // The permit moves into the job: if the request is dropped while it waits or hashes, its

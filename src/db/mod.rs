@@ -177,7 +177,22 @@ fn prepare_sqlite_file(database_url: &str) -> Result<&str, String> {
 /// threads still connecting in the background when the process exits (with PostgreSQL over TLS
 /// such a thread raced OpenSSL's exit-time cleanup and crashed the process). Closed when dropped.
 pub fn connect(database_url: &str) -> Result<Conn, String> {
-    let mut conn = match Backend::of(database_url) {
+    let mut conn = connect_unmigrated(database_url)?;
+    migrate(&mut conn, Blocked::Refuse)?;
+    Ok(conn)
+}
+
+/// [`connect`] for `tokenvault user rename`, the way out of a migration that existing rows block
+/// (accounts whose names differ only in case, see [`USERNAMES_NOCASE`]): the migrations before
+/// that step are applied and the rest are left pending, so the rows can be fixed first.
+pub fn connect_for_repair(database_url: &str) -> Result<Conn, String> {
+    let mut conn = connect_unmigrated(database_url)?;
+    migrate(&mut conn, Blocked::StopBefore)?;
+    Ok(conn)
+}
+
+fn connect_unmigrated(database_url: &str) -> Result<Conn, String> {
+    let conn = match Backend::of(database_url) {
         Backend::Postgres => Conn::Postgres(Handle::Direct(
             PgConnection::establish(database_url)
                 .map_err(|e| format!("cannot connect to {}: {e}", redact_url(database_url)))?,
@@ -189,7 +204,6 @@ pub fn connect(database_url: &str) -> Result<Conn, String> {
             Conn::Sqlite(Handle::Direct(c))
         }
     };
-    migrate(&mut conn)?;
     Ok(conn)
 }
 
@@ -292,7 +306,7 @@ impl Db {
                 Db { pools: Pools::Sqlite(pool) }
             }
         };
-        migrate(&mut db.conn().map_err(|e| e.to_string())?)?;
+        migrate(&mut db.conn().map_err(|e| e.to_string())?, Blocked::Refuse)?;
         Ok(db)
     }
 
@@ -327,23 +341,99 @@ impl Db {
     }
 }
 
+/// The version of the step that makes usernames unique whatever their case
+/// (`2026-12-06-000210_usernames_nocase`): it cannot be applied while two accounts' names differ
+/// only in case, so [`migrate`] checks for that first.
+pub const USERNAMES_NOCASE: &str = "20261206000210";
+
+/// What [`migrate`] does when existing rows keep a step from being applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Blocked {
+    /// Fail, naming the rows and how to fix them (`serve` and every command but the repair).
+    Refuse,
+    /// Apply the steps before it and stop there (`user rename`).
+    StopBefore,
+}
+
 /// Run the pending migrations (on PostgreSQL under an advisory lock, so that instances starting
-/// together do not migrate at the same time).
-fn migrate(conn: &mut Conn) -> Result<(), String> {
+/// together do not migrate at the same time), one step at a time: before the
+/// [`USERNAMES_NOCASE`] step, accounts whose names differ only in case are looked for, and if
+/// there are any the operator is told which (the step would fail with a bare "UNIQUE constraint
+/// failed" otherwise).
+fn migrate(conn: &mut Conn, blocked: Blocked) -> Result<(), String> {
+    if let Conn::Postgres(c) = conn {
+        let c: &mut PgConnection = c;
+        c.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})")).map_err(|e| e.to_string())?;
+    }
+    let result = migrate_steps(conn, blocked);
+    if let Conn::Postgres(c) = conn {
+        let c: &mut PgConnection = c;
+        let _ = c.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"));
+    }
+    result
+}
+
+fn migrate_steps(conn: &mut Conn, blocked: Blocked) -> Result<(), String> {
     let failed = |e: Box<dyn std::error::Error + Send + Sync>| format!("migrations failed: {e}");
-    match conn {
-        Conn::Sqlite(c) => {
-            c.run_pending_migrations(SQLITE_MIGRATIONS).map_err(failed)?;
+    loop {
+        let next = match conn {
+            Conn::Sqlite(c) => next_pending(&mut **c, SQLITE_MIGRATIONS),
+            Conn::Postgres(c) => next_pending(&mut **c, POSTGRES_MIGRATIONS),
         }
-        Conn::Postgres(c) => {
-            let c: &mut PgConnection = c;
-            c.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})")).map_err(|e| e.to_string())?;
-            let result = c.run_pending_migrations(POSTGRES_MIGRATIONS).map(|_| ()).map_err(failed);
-            let _ = c.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"));
-            result?;
+        .map_err(failed)?;
+        let Some(version) = next else { return Ok(()) };
+        if version == USERNAMES_NOCASE {
+            let collisions = models::users::case_collisions(conn).map_err(|e| format!("migrations failed: {e}"))?;
+            if !collisions.is_empty() {
+                return match blocked {
+                    Blocked::StopBefore => Ok(()),
+                    Blocked::Refuse => Err(describe_collisions(&collisions)),
+                };
+            }
+        }
+        match conn {
+            Conn::Sqlite(c) => c.run_next_migration(SQLITE_MIGRATIONS).map(|_| ()),
+            Conn::Postgres(c) => c.run_next_migration(POSTGRES_MIGRATIONS).map(|_| ()),
+        }
+        .map_err(failed)?;
+    }
+}
+
+/// The version of the first pending migration of `source`.
+fn next_pending<DB: diesel::backend::Backend>(
+    c: &mut impl MigrationHarness<DB>,
+    source: EmbeddedMigrations,
+) -> diesel::migration::Result<Option<String>> {
+    Ok(c.pending_migrations(source)?.first().map(|m| m.name().version().to_string()))
+}
+
+/// Accounts whose names differ only in case ([`models::users::case_collisions`]), one group a
+/// line part: `"alice" (id 1), "ALICE" (id 7); "bob" (id 2), "Bob" (id 9)`.
+pub fn collision_groups(collisions: &[(i64, String)]) -> String {
+    let mut groups: Vec<Vec<String>> = Vec::new();
+    let mut last: Option<String> = None;
+    for (id, name) in collisions {
+        let key = name.to_lowercase();
+        if last.as_deref() != Some(key.as_str()) {
+            groups.push(Vec::new());
+            last = Some(key);
+        }
+        if let Some(group) = groups.last_mut() {
+            group.push(format!("\"{name}\" (id {id})"));
         }
     }
-    Ok(())
+    groups.iter().map(|g| g.join(", ")).collect::<Vec<_>>().join("; ")
+}
+
+/// The operator's message for accounts whose names differ only in case: which, and what to do.
+pub fn describe_collisions(collisions: &[(i64, String)]) -> String {
+    format!(
+        "cannot upgrade the database: a username is now one account whatever its case, and these accounts' \
+         names differ only in case: {}. Rename all but one of each group with \
+         `tokenvault user rename <name> <new-name>` (or delete the extra accounts); tokenvault refuses to \
+         start until then",
+        collision_groups(collisions)
+    )
 }
 
 /// Whether the database answers and every embedded migration is applied (for `/readyz`).

@@ -8,6 +8,7 @@ diesel::table! {
         is_admin -> Bool,
         created_at -> BigInt,
         password_changed_at -> BigInt,
+        password_epoch -> BigInt,
     }
 }
 

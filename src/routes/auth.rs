@@ -108,8 +108,18 @@ async fn login(
         };
         return Ok(Err(render("auth/login", "Sign in", layout, Status::UnprocessableEntity, form)));
     }
+    // The account, in the one form the throttle and device cookies key on (any case of a name
+    // is the same account).
     let key = accounts::throttle_key(&username);
-    let claim = device::claim(cookies, &key);
+    let lookup = || {
+        let name = key.clone();
+        app.db.run(move |conn| Ok(users::find_by_username(conn, &name)?))
+    };
+    // A device cookie naming this username counts only if it was issued to this very account
+    // under its current password: look the account up first (only for such a cookie).
+    let presented = device::presented(cookies, &key);
+    let found = if presented.names_account() { Some(lookup().await?) } else { None };
+    let claim = presented.claim(found.as_ref().and_then(Option::as_ref).map(device::Account::from));
     if claim == DeviceClaim::Invalid {
         device::remove_invalid(cookies);
     }
@@ -117,8 +127,10 @@ async fn login(
         refused("throttled");
         return Err(AppError::TooManyRequests);
     };
-    let lookup = username.clone();
-    let user = app.db.run(move |conn| Ok(users::find_by_username(conn, &lookup)?)).await?;
+    let user = match found {
+        Some(user) => user,
+        None => lookup().await?,
+    };
     let verified =
         app.hasher.verify(crate::util::secret(form.password), user.as_ref().map(|u| u.password_hash.clone())).await;
     let ok = verified.inspect_err(|_| app.login_throttle.unchecked(&key, &admission))?;
@@ -132,7 +144,7 @@ async fn login(
             let e = audit::Entry::new(audit::Kind::SigninSuccess, audit::Actor::User(uid)).user(uid).address(ip);
             app.db.run(move |conn| audit::record(conn, &c, e)).await?;
             app.login_throttle.succeeded(&key, &admission);
-            device::issue(cookies, &app.settings, &key);
+            device::issue(cookies, &app.settings, &key, device::Account::from(&user));
             tracing::info!(user_id = user.id, "signed in");
             let next = next_or_home(form.next.as_deref());
             Ok(Ok(Flash::success(Redirect::to(next), format!("Welcome, {}.", user.username))))
@@ -235,7 +247,8 @@ async fn signup(
         match created {
             Ok(user) => {
                 session::start(&app.db, &app.settings, cookies, user.id).await?;
-                device::issue(cookies, &app.settings, &accounts::throttle_key(&user.username));
+                let key = accounts::throttle_key(&user.username);
+                device::issue(cookies, &app.settings, &key, device::Account::from(&user));
                 tracing::info!(user_id = user.id, admin = user.is_admin, "account created");
                 return Ok(Ok(Flash::success(
                     Redirect::to(uri!(crate::routes::home::index)),

@@ -59,11 +59,12 @@ async fn change(
         return Err(AppError::TooManyRequests);
     }
     let key = accounts::throttle_key(&user.username);
-    let Ok(admission) = app.login_throttle.admit(ip, &key, device::claim(cookies, &key)) else {
-        return Err(AppError::TooManyRequests);
-    };
     let uid = user.id;
     let current = app.db.run(move |conn| Ok(users::find(conn, uid)?)).await?.ok_or(AppError::NotFound)?;
+    let claim = device::presented(cookies, &key).claim(Some(device::Account::from(&current)));
+    let Ok(admission) = app.login_throttle.admit(ip, &key, claim) else {
+        return Err(AppError::TooManyRequests);
+    };
     let verified = app.hasher.verify(crate::util::secret(form.current_password), Some(current.password_hash)).await;
     let current_ok = verified.inspect_err(|_| app.login_throttle.unchecked(&key, &admission))?;
     if current_ok {
@@ -86,8 +87,11 @@ async fn change(
     let hash = app.hasher.hash(crate::util::secret(form.new_password)).await?;
     // Every session ends, this one too (a fresh one is started below), and every API key is
     // revoked: whoever knew the old password may have made one.
-    let done = accounts::change_password(&app.db, &app.caches, uid, hash).await?;
+    // Device cookies issued before are void (the password epoch moved on); this browser, which
+    // just proved both passwords, gets a fresh one.
+    let done = accounts::change_password(&app.db, &app.caches, &app.cipher, uid, hash, ip).await?;
     session::start(&app.db, &app.settings, cookies, uid).await?;
+    device::issue(cookies, &app.settings, &key, device::Account { user_id: uid, password_epoch: done.password_epoch });
     let keys = done.revoked_key_hashes.len();
     tracing::info!(user_id = uid, sessions_ended = done.sessions_ended, api_keys_revoked = keys, "password changed");
     let revoked = match keys {

@@ -72,12 +72,14 @@ async fn page(app: &State<AppState>, user: &CurrentUser, layout: Layout) -> AppR
 async fn end(
     app: &State<AppState>,
     user: &CurrentUser,
+    ip: Option<std::net::IpAddr>,
     cookies: &CookieJar<'_>,
     id: &str,
     _form: Csrf<CsrfOnly>,
 ) -> AppResult<Flash<Redirect>> {
     let uid = user.id;
-    let ended = session::end_by_public_id(&app.db, uid, id.to_string()).await?.ok_or(AppError::NotFound)?;
+    let ended =
+        session::end_by_public_id(&app.db, &app.cipher, uid, id.to_string(), ip).await?.ok_or(AppError::NotFound)?;
     tracing::info!(user_id = uid, "session ended from the sessions page");
     if ended == user.session_hash {
         session::end(&app.db, &app.settings, cookies).await?;
@@ -87,9 +89,14 @@ async fn end(
 }
 
 #[post("/settings/sessions/end-others", data = "<_form>")]
-async fn end_others(app: &State<AppState>, user: &CurrentUser, _form: Csrf<CsrfOnly>) -> AppResult<Flash<Redirect>> {
+async fn end_others(
+    app: &State<AppState>,
+    user: &CurrentUser,
+    ip: Option<std::net::IpAddr>,
+    _form: Csrf<CsrfOnly>,
+) -> AppResult<Flash<Redirect>> {
     let uid = user.id;
-    let ended = session::end_others(&app.db, uid, user.session_hash.clone()).await?;
+    let ended = session::end_others(&app.db, &app.cipher, uid, user.session_hash.clone(), ip).await?;
     tracing::info!(user_id = uid, sessions_ended = ended, "other sessions ended");
     let message = match ended {
         0 => "You were not signed in anywhere else.".to_string(),

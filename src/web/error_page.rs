@@ -94,15 +94,21 @@ fn render_error_body(
     Ok(response)
 }
 
+/// The most of an error's detail its log line holds.
+pub const LOGGED_ERROR_MAX: usize = 512;
+
 impl<'r> Responder<'r, 'static> for AppError {
     fn respond_to(self, req: &'r Request<'_>) -> response::Result<'static> {
         let (status, code) = (self.status(), self.code());
         let request_id = req.local_cache(RequestId::new).to_string();
-        // The one log line of this failure.
-        if status.code >= 500 {
-            tracing::error!(%request_id, status = status.code, code, error = %self, "request failed");
+        // The one log line of this failure: its detail may hold what the client sent (a name, a
+        // query key), so it is capped like the request line's path.
+        let detail = self.to_string();
+        let error = crate::util::capped(&detail, LOGGED_ERROR_MAX);
+        if self.is_news() {
+            tracing::error!(%request_id, status = status.code, code, %error, "request failed");
         } else {
-            tracing::info!(%request_id, status = status.code, code, error = %self, "request refused");
+            tracing::info!(%request_id, status = status.code, code, %error, "request refused");
         }
         let mut response = render_error_with(req, status, code, self.user_message(), self.details())?;
         if let Some(seconds) = self.retry_after() {

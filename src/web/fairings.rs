@@ -59,8 +59,12 @@ impl Fairing for SecurityHeaders {
 }
 
 /// One log line per request: method, path (never the query string, which can hold codes and
-/// states), status, duration and request id.
+/// states), status, duration and request id. The path is the client's choice, so at most
+/// [`LOGGED_PATH_MAX`] bytes of it are written (then `…`): a line is bounded whatever is sent.
 pub struct RequestLog;
+
+/// The most of a request's path a log line holds.
+pub const LOGGED_PATH_MAX: usize = 256;
 
 struct Started(Instant);
 
@@ -81,7 +85,7 @@ impl Fairing for RequestLog {
         tracing::info!(
             request_id = %id,
             method = %req.method(),
-            path = %req.uri().path(),
+            path = %crate::util::capped(req.uri().path().as_str(), LOGGED_PATH_MAX),
             status = res.status().code,
             micros = elapsed.as_micros() as u64,
             "request"

@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use crate::common::{self, server};
 
-fn addr(n: u8) -> IpAddr {
+pub(crate) fn addr(n: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, n))
 }
 
 /// A browser-like client on 127.0.0.`n`: its own cookie jar, no redirects followed, and a generous
 /// overall timeout so that a hung request fails the test instead of hanging it.
-fn client(n: u8) -> reqwest::Client {
+pub(crate) fn client(n: u8) -> reqwest::Client {
     reqwest::Client::builder()
         .local_address(addr(n))
         .cookie_store(true)
@@ -24,7 +24,7 @@ fn client(n: u8) -> reqwest::Client {
         .unwrap()
 }
 
-async fn start(dir: &Path, database: &common::TestDatabase, env: &[(&str, &str)]) -> server::Server {
+pub(crate) async fn start(dir: &Path, database: &common::TestDatabase, env: &[(&str, &str)]) -> server::Server {
     let mut o = server::Options::new(&database.url, "http://127.0.0.1:9", dir);
     o.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     if let Some((_, profile)) = env.iter().find(|(k, _)| *k == "ROCKET_PROFILE") {
@@ -38,12 +38,12 @@ async fn csrf(http: &reqwest::Client, base: &str, path: &str) -> String {
     common::csrf_from(&page)
 }
 
-struct Answer {
-    status: u16,
-    retry_after: Option<String>,
-    content_type: String,
-    set_cookies: Vec<String>,
-    body: String,
+pub(crate) struct Answer {
+    pub status: u16,
+    pub retry_after: Option<String>,
+    pub content_type: String,
+    pub set_cookies: Vec<String>,
+    pub body: String,
 }
 
 async fn post(http: &reqwest::Client, url: String, form: &[(&str, &str)], headers: &[(&str, &str)]) -> Answer {
@@ -60,7 +60,7 @@ async fn post(http: &reqwest::Client, url: String, form: &[(&str, &str)], header
     Answer { status, retry_after, content_type, set_cookies, body: res.text().await.unwrap() }
 }
 
-async fn login(http: &reqwest::Client, base: &str, username: &str, password: &str) -> Answer {
+pub(crate) async fn login(http: &reqwest::Client, base: &str, username: &str, password: &str) -> Answer {
     login_with(http, base, username, password, &[]).await
 }
 
@@ -76,7 +76,7 @@ async fn login_with(
     post(http, format!("{base}/login"), &form, headers).await
 }
 
-async fn signup(http: &reqwest::Client, base: &str, username: &str) -> Answer {
+pub(crate) async fn signup(http: &reqwest::Client, base: &str, username: &str) -> Answer {
     let token = csrf(http, base, "/signup").await;
     let form = [
         ("csrf_token", token.as_str()),

@@ -3,7 +3,8 @@
 //! addresses run the real binary (`common::server`) and bind their clients to 127.0.0.N — the
 //! whole 127.0.0.0/8 is loopback — instead of trusting a header.
 //!
-//! One module per area, so the pieces can grow independently.
+//! One module per area, so the pieces can grow independently. `usernames` holds issue 19's item 6
+//! (one account per name whatever its case, device cookies bound to the account).
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -11,3 +12,4 @@ mod hardening;
 mod login;
 mod proxy;
 mod sessions;
+mod usernames;

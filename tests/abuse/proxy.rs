@@ -24,7 +24,17 @@ async fn app_with_api(b: Builder, api: &MockServer) -> (TestApp, String) {
     let key = {
         let mut conn = app.db.conn().unwrap();
         let user = tokenvault::db::models::users::find_by_username(&mut conn, "alice").unwrap().unwrap();
-        tokenvault::auth::api_key::create(&mut conn, user.id, "script", &Default::default(), 20).unwrap().key
+        tokenvault::auth::api_key::create(
+            &mut conn,
+            &app.cipher,
+            tokenvault::audit::Actor::Cli,
+            user.id,
+            "script",
+            &Default::default(),
+            20,
+        )
+        .unwrap()
+        .key
     };
     (app, key.expose_secret().to_string())
 }

@@ -108,19 +108,20 @@ pub fn revoke(conn: &mut Conn, user_id: i64, id: i64, now: i64) -> QueryResult<W
 }
 
 /// Revoke every live key of the user (after a password change), with their cache invalidations,
-/// in the caller's transaction; the revoked keys' hashes.
-pub fn revoke_all_for_user(conn: &mut Conn, user_id: i64, now: i64) -> QueryResult<Written<Vec<String>>> {
-    let hashes: Vec<String> = crate::on_conn!(conn, conn => {
+/// in the caller's transaction; the revoked keys' (id, hash), by id.
+pub fn revoke_all_for_user(conn: &mut Conn, user_id: i64, now: i64) -> QueryResult<Written<Vec<(i64, String)>>> {
+    let mut revoked: Vec<(i64, String)> = crate::on_conn!(conn, conn => {
         diesel::update(api_keys::table.filter(api_keys::user_id.eq(user_id)).filter(api_keys::revoked_at.is_null()))
             .set(api_keys::revoked_at.eq(now))
-            .returning(api_keys::key_hash)
+            .returning((api_keys::id, api_keys::key_hash))
             .get_results(conn)
     })?;
+    revoked.sort_unstable();
     let mut written = Written::from(());
-    for hash in &hashes {
+    for (_, hash) in &revoked {
         written = written.and(invalidations::api_key(conn, hash)?);
     }
-    Ok(written.with(hashes))
+    Ok(written.with(revoked))
 }
 
 /// Revoke the user's oldest live (unexpired) keys until at most `keep` remain, with their cache

@@ -1,0 +1,2 @@
+DROP INDEX users_username_nocase;
+ALTER TABLE users DROP COLUMN password_epoch;
