@@ -193,13 +193,14 @@ pub fn with_api_headers(
     request
 }
 
-/// The client credentials, when requests to `provider` need them at call time (see
-/// [`Provider::needs_client_id`]); `None` otherwise (no database read on the hot path).
-pub async fn credentials_if_needed(
+/// The client credentials when `needed` (`{client_id}` in the provider's `api_headers`, an
+/// introspecting account call); `None` otherwise, with no database read (the proxy's hot path).
+pub async fn credentials_if(
+    needed: bool,
     ctx: &Access<'_>,
     provider: &Provider,
 ) -> Result<Option<ClientCredentials>, AccessError> {
-    if !provider.needs_client_id() {
+    if !needed {
         return Ok(None);
     }
     let (cipher, name) = (ctx.tokens.cipher.clone(), provider.name.clone());
@@ -249,7 +250,8 @@ pub async fn fetch_account(ctx: &Access<'_>, which: Which, provider: &Provider) 
     let Some(url) = provider.account_url.clone() else {
         return Err(AccessError::App(AppError::NotFound));
     };
-    let creds = credentials_if_needed(ctx, provider).await?;
+    let introspects = provider.account_style == AccountStyle::Introspect;
+    let creds = credentials_if(provider.needs_client_id() || introspects, ctx, provider).await?;
     let response = call_with_token(ctx, which, provider, |client, token| {
         account_request(client, provider, url.clone(), token, creds.as_ref())
     })

@@ -211,10 +211,9 @@ impl Provider {
     }
 
     /// Whether requests to this provider need the client id at call time (`{client_id}` in an
-    /// `api_headers` value, or an introspecting account call).
+    /// `api_headers` value).
     pub fn needs_client_id(&self) -> bool {
-        self.account_style == AccountStyle::Introspect
-            || self.api_headers.iter().any(|(_, v)| v.contains("{client_id}"))
+        self.api_headers.iter().any(|(_, v)| v.contains("{client_id}"))
     }
 
     /// The `api_headers` with `{client_id}` filled in (left out when no client id is given).
@@ -887,7 +886,7 @@ mod tests {
         assert!(twitch.api_headers(None).is_empty(), "a header naming the client id is left out without one");
         let hubspot = resolve("hubspot", &cfg("hubspot")).unwrap();
         assert_eq!(hubspot.account_style, AccountStyle::Introspect);
-        assert!(hubspot.needs_client_id());
+        assert!(!hubspot.needs_client_id(), "only its account call needs the credentials, not the proxy");
     }
 
     #[test]

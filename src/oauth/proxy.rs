@@ -9,7 +9,7 @@ use url::Url;
 use crate::db::models::connections::Which;
 use crate::error::AppError;
 use crate::oauth::access::{Access, AccessError};
-use crate::oauth::account::{credentials_if_needed, send_with_token};
+use crate::oauth::account::{credentials_if, send_with_token};
 use crate::oauth::providers::Provider;
 use crate::oauth::tokens::TokenError;
 
@@ -231,7 +231,7 @@ pub async fn forward(
     let method = req.method;
     let limit = ctx.settings.proxy_max_response_bytes;
     // The provider's own headers (`api_headers`), unless the caller sent one of the same name.
-    let creds = credentials_if_needed(ctx, provider).await?;
+    let creds = credentials_if(provider.needs_client_id(), ctx, provider).await?;
     let own: Vec<(String, String)> = provider
         .api_headers(creds.as_ref().map(|c| c.client_id.as_str()))
         .into_iter()
