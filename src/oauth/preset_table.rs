@@ -60,6 +60,9 @@ pub fn needs(cfg: &ProviderConfig) -> Vec<String> {
     if cfg.pkce == Some(false) {
         out.push("no PKCE".into());
     }
+    if cfg.jwks_url.is_some() {
+        out.push("id_token verified (jwks_url)".into());
+    }
     if let Some(h) = &cfg.api_token_header {
         out.push(format!("api_token_header {}", code(h)));
     }

@@ -689,7 +689,7 @@ mod tests {
         ("todoist", "https://api.todoist.com/oauth/access_token", "https://api.todoist.com/api/v1", Post, R::None, "/id", false, false),
         ("twitch", "https://id.twitch.tv/oauth2/token", "https://api.twitch.tv/helix", Post, R::Rfc7009, "/data/0/id", false, true),
         ("x", "https://api.x.com/2/oauth2/token", "https://api.x.com/2", Basic, R::Rfc7009, "/data/id", true, true),
-        ("xero", "https://identity.xero.com/connect/token", "https://api.xero.com/", Basic, R::Rfc7009, "/sub", true, true),
+        ("xero", "https://identity.xero.com/connect/token", "https://api.xero.com/", Basic, R::Rfc7009, "/0/tenantId", true, true),
         ("zendesk", "https://acme.zendesk.com/oauth/tokens", "https://acme.zendesk.com/api/v2", Post, R::Bearer, "/user/id", true, false),
         ("zoom", "https://zoom.us/oauth/token", "https://api.zoom.us/v2", Basic, R::Rfc7009, "/id", true, true),
     ];
@@ -884,6 +884,9 @@ mod tests {
         assert!(twitch.needs_client_id());
         assert_eq!(twitch.api_headers(Some("cid-1")), vec![("client-id".to_string(), "cid-1".to_string())]);
         assert!(twitch.api_headers(None).is_empty(), "a header naming the client id is left out without one");
+        let xero = resolve("xero", &cfg("xero")).unwrap();
+        assert!(xero.verifies_id_token(), "Xero names the user in its id_token only");
+        assert_eq!(xero.issuer, "https://identity.xero.com");
         let hubspot = resolve("hubspot", &cfg("hubspot")).unwrap();
         assert_eq!(hubspot.account_style, AccountStyle::Introspect);
         assert!(!hubspot.needs_client_id(), "only its account call needs the credentials, not the proxy");
