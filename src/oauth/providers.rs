@@ -678,7 +678,7 @@ mod tests {
         ("monday", "https://auth.monday.com/oauth_ms/oauth/token", "https://api.monday.com/v2", Post, R::None, "/data/me/id", true, true),
         ("notion", "https://api.notion.com/v1/oauth/token", "https://api.notion.com/", Basic, R::Json, "/id", false, false),
         ("okta", "https://acme.okta.com/oauth2/v1/token", "https://acme.okta.com/", Basic, R::Rfc7009, "/sub", true, true),
-        ("pipedrive", "https://oauth.pipedrive.com/oauth/token", "https://api.pipedrive.com/", Basic, R::Rfc7009, "/data/id", false, true),
+        ("pipedrive", "https://oauth.pipedrive.com/oauth/token", "https://acme.pipedrive.com/api", Basic, R::Rfc7009, "/data/id", false, true),
         ("quickbooks", "https://oauth.platform.intuit.com/oauth2/v1/tokens/bearer", "https://quickbooks.api.intuit.com/", Basic, R::Json, "/sub", false, true),
         ("reddit", "https://www.reddit.com/api/v1/access_token", "https://oauth.reddit.com/", Basic, R::Rfc7009, "/id", false, true),
         ("salesforce", "https://acme.my.salesforce.com/services/oauth2/token", "https://acme.my.salesforce.com/", Post, R::Rfc7009, "/user_id", true, true),
