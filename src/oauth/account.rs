@@ -8,9 +8,11 @@ use crate::db::models::connections::{Account, Which};
 use crate::error::AppError;
 use crate::oauth::access::{fresh_token, refresh_after_401, Access, AccessError, FreshToken};
 use crate::oauth::http::{HttpError, Outbound};
-use crate::oauth::providers::{AccountMethod, Provider};
-use crate::oauth::tokens::TokenError;
+use crate::oauth::providers::{AccountMethod, AccountStyle, Provider};
+use crate::oauth::tokens::{client_authenticated, BodyFormat, TokenError};
 use crate::util::Secret;
+use crate::vault::store::{client_credentials, ClientCredentials};
+use url::Url;
 
 /// A provider's answer, read with the size cap.
 #[derive(Debug)]
@@ -144,6 +146,69 @@ pub fn account_of(provider: &Provider, json: &serde_json::Value) -> Option<Accou
     Some(Account { id, label })
 }
 
+/// The account call for `token` as the provider wants it: `GET` or `POST` (with `account_body`
+/// as JSON) authenticated by the token as API calls are, or RFC 7662 introspection of the token
+/// with the client's authentication (`account_style = "introspect"`); with the `api_headers`.
+pub fn account_request(
+    client: &reqwest::Client,
+    provider: &Provider,
+    url: Url,
+    token: &Secret,
+    creds: Option<&ClientCredentials>,
+) -> reqwest::RequestBuilder {
+    let request = match (provider.account_style, creds) {
+        (AccountStyle::Introspect, Some(creds)) => client_authenticated(
+            client.post(url),
+            provider,
+            creds,
+            vec![("token", token.expose_secret().to_string()), ("token_type_hint", "access_token".into())],
+            BodyFormat::Form,
+        ),
+        _ => {
+            let request = match provider.account_method {
+                AccountMethod::Get => client.get(url),
+                // Dropbox's RPC endpoints take POST with no body at all; GraphQL APIs a query.
+                AccountMethod::Post => match &provider.account_body {
+                    Some(body) => {
+                        client.post(url).header(reqwest::header::CONTENT_TYPE, "application/json").body(body.clone())
+                    }
+                    None => client.post(url),
+                },
+            };
+            provider.token_header.apply(request, token.expose_secret())
+        }
+    };
+    with_api_headers(request.header(reqwest::header::ACCEPT, "application/json"), provider, creds)
+}
+
+/// `request` with the provider's `api_headers` (those naming the client id only when `creds` is given).
+pub fn with_api_headers(
+    mut request: reqwest::RequestBuilder,
+    provider: &Provider,
+    creds: Option<&ClientCredentials>,
+) -> reqwest::RequestBuilder {
+    for (name, value) in provider.api_headers(creds.map(|c| c.client_id.as_str())) {
+        request = request.header(name, value);
+    }
+    request
+}
+
+/// The client credentials when `needed` (`{client_id}` in the provider's `api_headers`, an
+/// introspecting account call); `None` otherwise, with no database read (the proxy's hot path).
+pub async fn credentials_if(
+    needed: bool,
+    ctx: &Access<'_>,
+    provider: &Provider,
+) -> Result<Option<ClientCredentials>, AccessError> {
+    if !needed {
+        return Ok(None);
+    }
+    let (cipher, name) = (ctx.tokens.cipher.clone(), provider.name.clone());
+    let creds =
+        ctx.tokens.db.run(move |conn| client_credentials(conn, &cipher, &name)).await.map_err(AccessError::App)?;
+    creds.map(Some).ok_or(AccessError::NotConfigured)
+}
+
 /// Whether the provider tells which account a token is for (an account API and where its id is).
 pub fn identifies(provider: &Provider) -> bool {
     provider.account_url.is_some() && provider.account_fields.id.is_some()
@@ -156,16 +221,13 @@ pub fn identifies(provider: &Provider) -> bool {
 pub async fn identify(
     http: &Outbound,
     provider: &Provider,
+    creds: &ClientCredentials,
     access_token: &Secret,
 ) -> Result<Option<Account>, AppError> {
     let Some(url) = provider.account_url.clone().filter(|_| identifies(provider)) else {
         return Ok(None);
     };
-    let request = match provider.account_method {
-        AccountMethod::Get => http.client().get(url),
-        AccountMethod::Post => http.client().post(url),
-    };
-    let request = request.bearer_auth(access_token.expose_secret()).header(reqwest::header::ACCEPT, "application/json");
+    let request = account_request(http.client(), provider, url, access_token, Some(creds));
     let name = &provider.display_name;
     let failed = |detail: String| AppError::Upstream {
         status: Status::BadGateway,
@@ -188,14 +250,10 @@ pub async fn fetch_account(ctx: &Access<'_>, which: Which, provider: &Provider) 
     let Some(url) = provider.account_url.clone() else {
         return Err(AccessError::App(AppError::NotFound));
     };
-    let method = provider.account_method;
+    let introspects = provider.account_style == AccountStyle::Introspect;
+    let creds = credentials_if(provider.needs_client_id() || introspects, ctx, provider).await?;
     let response = call_with_token(ctx, which, provider, |client, token| {
-        let request = match method {
-            AccountMethod::Get => client.get(url.clone()),
-            // Dropbox's RPC endpoints take POST with no body at all.
-            AccountMethod::Post => client.post(url.clone()),
-        };
-        request.bearer_auth(token.expose_secret()).header(reqwest::header::ACCEPT, "application/json")
+        account_request(client, provider, url.clone(), token, creds.as_ref())
     })
     .await?;
     let name = &provider.display_name;

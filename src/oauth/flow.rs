@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use oauth2::basic::BasicClient;
-use oauth2::{AuthUrl, ClientId, CsrfToken, PkceCodeChallenge, RedirectUrl, Scope};
+use oauth2::{AuthUrl, ClientId, CsrfToken, PkceCodeChallenge, RedirectUrl};
 use rocket::request::{FromRequest, Outcome, Request};
 use url::Url;
 
@@ -142,8 +142,11 @@ pub async fn start(
     let client = BasicClient::new(ClientId::new(creds.client_id.clone()))
         .set_auth_uri(AuthUrl::from_url(provider.authorize_url.clone()))
         .set_redirect_uri(RedirectUrl::new(redirect_uri).map_err(AppError::internal)?);
-    let mut request =
-        client.authorize_url(|| CsrfToken::new(state)).add_scopes(scopes.iter().map(|s| Scope::new(s.clone())));
+    let mut request = client.authorize_url(|| CsrfToken::new(state));
+    if !scopes.is_empty() {
+        // Joined as the provider wants them (`scope_separator`), under its parameter (`scope_param`).
+        request = request.add_extra_param(provider.scope_param.as_str(), scopes.join(&provider.scope_separator));
+    }
     if provider.pkce {
         request = request.set_pkce_challenge(challenge);
     }
@@ -431,7 +434,7 @@ pub async fn finish(
                 .await?;
                 Some(account)
             } else {
-                identify(ctx.http, provider, &token_set.access_token).await?
+                identify(ctx.http, provider, &creds, &token_set.access_token).await?
             };
             let svc = service.clone();
             let rows = ctx.tokens.db.run(move |conn| Ok(connections::list_for(conn, user_id, &svc)?)).await?;

@@ -7,6 +7,8 @@ pub mod flow;
 pub mod http;
 pub mod id_token;
 pub mod keepalive;
+pub mod parameters;
+pub mod preset_table;
 pub mod provider_config;
 pub mod providers;
 pub mod proxy;

@@ -24,15 +24,84 @@ pub enum RevokeStyle {
     Dropbox,
     /// GitHub: DELETE /applications/{client_id}/token, Basic auth, JSON body.
     Github,
+    /// The access token authenticates a call to `revoke_url` (as it does API calls: `api_token_header`),
+    /// with `revoke_method` and no body (Slack's `auth.revoke`, Linear, Strava; Shopify and Zendesk
+    /// with DELETE). `dropbox` is this style with POST.
+    Bearer,
+    /// A JSON body `{"token": …}` (the refresh token, else the access token) with client
+    /// authentication: HTTP Basic, or `client_id`/`client_secret` in the JSON (Intuit, Notion).
+    Json,
     /// The provider offers no revocation endpoint.
     None,
+}
+
+/// The HTTP method of a `bearer` revocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum RevokeMethod {
+    Post,
+    Delete,
+}
+
+/// How the code exchange and refresh requests are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenRequest {
+    /// `application/x-www-form-urlencoded` (RFC 6749).
+    Form,
+    /// The same parameters as a JSON object (Notion).
+    Json,
+}
+
+/// How the account call authenticates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccountStyle {
+    /// The access token authenticates a call to `account_url`, as it does API calls.
+    Api,
+    /// RFC 7662 token introspection: POST `token=<access token>` to `account_url` with client
+    /// authentication; the answer describes the token's account (HubSpot).
+    Introspect,
+}
+
+/// What a URL parameter's value may be. None of them allows `/`, `@`, `?`, `#`, `%`, `\` or
+/// whitespace, so a parameter never moves a URL to another host or path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ParameterKind {
+    /// One DNS label (`acme-store` of `acme-store.myshopify.com`): 1-63 of a-z, A-Z, 0-9 and `-`,
+    /// not starting or ending with `-`.
+    #[default]
+    Label,
+    /// A host name (labels joined by dots), optionally with `:port` (`acme.okta.com`).
+    Hostname,
+    /// One URL path segment (a Keycloak realm, a Microsoft tenant): 1-128 of a-z, A-Z, 0-9, `.`,
+    /// `_`, `~` and `-`, not `.` or `..`.
+    Segment,
+}
+
+/// A parameter a preset's URLs need (`{shop}`, `{subdomain}`, `{domain}`, `{realm}`…): the operator's
+/// table gives its value in `params` (Microsoft's `tenant` also as the `tenant` key).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParameterSpec {
+    pub name: String,
+    /// What the value is, for the operator (a form field's label on the admin page).
+    pub description: String,
+    /// An example value (valid for `kind`).
+    pub example: String,
+    #[serde(default)]
+    pub kind: ParameterKind,
+    /// The value when the operator gives none (else the parameter is required).
+    #[serde(default)]
+    pub default: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum AccountMethod {
     Get,
-    /// POST with no body (Dropbox's `get_current_account`).
+    /// POST with no body (Dropbox's `get_current_account`), or with `account_body`.
     Post,
 }
 
@@ -78,4 +147,35 @@ pub struct ProviderConfig {
     /// every connect sends a `nonce` and verifies the id_token (signature, `iss`, `aud`, `exp`,
     /// `nonce`), whose `sub` is the account. Discovery fills it from `jwks_uri`.
     pub jwks_url: Option<String>,
+    /// The parameters this provider's URLs take (`{shop}`…), declared by its preset.
+    pub parameters: Option<Vec<ParameterSpec>>,
+    /// The values of those parameters (`params = { shop = "acme-store" }`).
+    pub params: Option<BTreeMap<String, String>>,
+    /// Where an application (client id and secret) is registered at the provider.
+    pub register_url: Option<String>,
+    /// What joins the scopes in the authorization request (default a space; Slack, Strava: `,`).
+    pub scope_separator: Option<String>,
+    /// The authorization request's parameter carrying the scopes (default `scope`; Slack's user
+    /// tokens: `user_scope`).
+    pub scope_param: Option<String>,
+    /// How the token requests are encoded: `form` (default) or `json` (Notion).
+    pub token_request: Option<TokenRequest>,
+    /// A JSON pointer to the object holding the tokens in the token response, used when that
+    /// object has an `access_token` (Slack's user token: `/authed_user`).
+    pub token_response_root: Option<String>,
+    /// Where refresh requests go when not to `token_url` (Figma).
+    pub refresh_url: Option<String>,
+    /// The HTTP method of a `bearer` revocation: `POST` (default) or `DELETE`.
+    pub revoke_method: Option<RevokeMethod>,
+    /// How the access token is sent to the API, the account call and a `bearer` revocation:
+    /// `"<Header>: <value with {token}>"` (default `Authorization: Bearer {token}`; Shopify
+    /// `X-Shopify-Access-Token: {token}`).
+    pub api_token_header: Option<String>,
+    /// Headers sent with every request to the provider (token endpoint, account call, revocation,
+    /// API proxy), e.g. `Notion-Version`; `{client_id}` in a value is the client id (Twitch).
+    pub api_headers: Option<BTreeMap<String, String>>,
+    /// A JSON body for a `POST` account call (a GraphQL query: Linear, monday.com, Shopify).
+    pub account_body: Option<String>,
+    /// How the account call authenticates: `api` (default) or `introspect` (RFC 7662, HubSpot).
+    pub account_style: Option<AccountStyle>,
 }

@@ -9,7 +9,12 @@ use url::Url;
 
 use crate::config::{invalid, parse_endpoint, ConfigError, Settings};
 
-pub use crate::oauth::provider_config::{AccountMethod, ClientAuth, ProviderConfig, RevokeStyle};
+use crate::oauth::parameters;
+pub use crate::oauth::parameters::Parameter;
+pub use crate::oauth::provider_config::{
+    AccountMethod, AccountStyle, ClientAuth, ParameterKind, ParameterSpec, ProviderConfig, RevokeMethod, RevokeStyle,
+    TokenRequest,
+};
 
 /// Where the user's id, name and email are in the account response (JSON pointers).
 #[derive(Debug, Clone, Default)]
@@ -65,6 +70,109 @@ pub struct Provider {
     pub account_fields: AccountFields,
     /// The built-in demo provider.
     pub is_demo: bool,
+    /// The parameters of its URLs (`{shop}`…), with their values: the admin page's form fields.
+    pub parameters: Vec<Parameter>,
+    /// Where an application is registered at the provider (`register_url`).
+    pub register_url: Option<String>,
+    /// What joins the scopes in the authorization request (`scope_separator`).
+    pub scope_separator: String,
+    /// The authorization request's parameter carrying the scopes (`scope_param`).
+    pub scope_param: String,
+    pub token_request: TokenRequest,
+    /// Where the tokens are in the token response, when not at the top (`token_response_root`).
+    pub token_response_root: Option<String>,
+    /// Where refresh requests go (`refresh_url`, default `token_url`).
+    pub refresh_url: Option<Url>,
+    pub revoke_method: RevokeMethod,
+    /// How the access token is sent to the API (`api_token_header`).
+    pub token_header: TokenHeader,
+    /// Headers for every request to the provider (`api_headers`; `{client_id}` filled at call time).
+    pub api_headers: Vec<(String, String)>,
+    /// The JSON body of a `POST` account call (`account_body`).
+    pub account_body: Option<String>,
+    pub account_style: AccountStyle,
+}
+
+/// How the access token travels to the API: a header whose value is a prefix, the token and a
+/// suffix (`Authorization: Bearer {token}` unless `api_token_header` says otherwise).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenHeader {
+    pub name: reqwest::header::HeaderName,
+    prefix: String,
+    suffix: String,
+}
+
+/// Headers a provider table may not set (`api_headers`, `api_token_header`): the request's own
+/// framing, credentials and cookies.
+const RESERVED_HEADERS: &[&str] =
+    &["authorization", "cookie", "host", "content-length", "content-type", "transfer-encoding", "connection"];
+
+fn header_name(key: &str, name: &str) -> Result<reqwest::header::HeaderName, ConfigError> {
+    reqwest::header::HeaderName::from_bytes(name.trim().as_bytes())
+        .map_err(|_| invalid(key, format!("`{name}` is not a header name")))
+}
+
+impl TokenHeader {
+    /// `Authorization: Bearer {token}`.
+    pub fn bearer() -> TokenHeader {
+        TokenHeader { name: reqwest::header::AUTHORIZATION, prefix: "Bearer ".into(), suffix: String::new() }
+    }
+
+    /// Parse `"<Header>: <value with {token}>"`.
+    pub fn parse(key: &str, text: &str) -> Result<TokenHeader, ConfigError> {
+        let (name, value) =
+            text.split_once(':').ok_or_else(|| invalid(key, "must be `<Header>: <value with {token}>`"))?;
+        let name = header_name(key, name)?;
+        if name != reqwest::header::AUTHORIZATION && RESERVED_HEADERS.contains(&name.as_str()) {
+            return Err(invalid(key, format!("`{name}` cannot carry the token")));
+        }
+        let value = value.trim_start();
+        let (prefix, suffix) =
+            value.split_once("{token}").ok_or_else(|| invalid(key, "the value must contain `{token}`"))?;
+        if suffix.contains("{token}") || reqwest::header::HeaderValue::from_str(&format!("{prefix}x{suffix}")).is_err()
+        {
+            return Err(invalid(key, "the value must contain `{token}` once, in printable characters"));
+        }
+        Ok(TokenHeader { name, prefix: prefix.into(), suffix: suffix.into() })
+    }
+
+    /// `builder` with the token in this header (marked sensitive, as `bearer_auth` does).
+    pub fn apply(&self, builder: reqwest::RequestBuilder, token: &str) -> reqwest::RequestBuilder {
+        match reqwest::header::HeaderValue::from_str(&format!("{}{token}{}", self.prefix, self.suffix)) {
+            Ok(mut value) => {
+                value.set_sensitive(true);
+                builder.header(self.name.clone(), value)
+            }
+            // A token that is no header value is sent as nothing (the provider answers 401).
+            Err(_) => builder,
+        }
+    }
+
+    /// The header as `api_token_header` writes it.
+    pub fn describe(&self) -> String {
+        format!("{}: {}{{token}}{}", self.name, self.prefix, self.suffix)
+    }
+}
+
+fn api_headers(
+    key: &str,
+    headers: &BTreeMap<String, String>,
+    token: &TokenHeader,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    headers
+        .iter()
+        .map(|(name, value)| {
+            let name = header_name(key, name)?;
+            if RESERVED_HEADERS.contains(&name.as_str()) || name == token.name {
+                return Err(invalid(key, format!("`{name}` cannot be set here")));
+            }
+            let filled = parameters::fill(key, value, &[], &["client_id"])?;
+            if reqwest::header::HeaderValue::from_str(&filled.replace("{client_id}", "id")).is_err() {
+                return Err(invalid(key, format!("the value of `{name}` is not a header value")));
+            }
+            Ok((name.to_string(), filled))
+        })
+        .collect()
 }
 
 impl Provider {
@@ -102,6 +210,29 @@ impl Provider {
         Url::parse(iss).map(|u| u.origin() == self.authorize_url.origin()).unwrap_or(false)
     }
 
+    /// Whether requests to this provider need the client id at call time (`{client_id}` in an
+    /// `api_headers` value).
+    pub fn needs_client_id(&self) -> bool {
+        self.api_headers.iter().any(|(_, v)| v.contains("{client_id}"))
+    }
+
+    /// The `api_headers` with `{client_id}` filled in (left out when no client id is given).
+    pub fn api_headers(&self, client_id: Option<&str>) -> Vec<(String, String)> {
+        self.api_headers
+            .iter()
+            .filter_map(|(name, value)| match (value.contains("{client_id}"), client_id) {
+                (false, _) => Some((name.clone(), value.clone())),
+                (true, Some(id)) => Some((name.clone(), value.replace("{client_id}", id))),
+                (true, None) => None,
+            })
+            .collect()
+    }
+
+    /// Where refresh requests go.
+    pub fn refresh_url(&self) -> &Url {
+        self.refresh_url.as_ref().unwrap_or(&self.token_url)
+    }
+
     /// Origin of the authorize URL (for CSP `form-action`).
     pub fn authorize_origin(&self) -> String {
         self.authorize_url.origin().ascii_serialization()
@@ -127,13 +258,9 @@ pub fn preset_names() -> Vec<&'static str> {
     presets().keys().map(String::as_str).collect()
 }
 
-/// The preset `name` with `{tenant}` filled into its URLs.
-fn preset(name: &str, tenant: &str) -> Option<ProviderConfig> {
-    let mut p = presets().get(name)?.clone();
-    for url in [&mut p.authorize_url, &mut p.token_url, &mut p.revoke_url, &mut p.account_url].into_iter().flatten() {
-        *url = url.replace("{tenant}", tenant);
-    }
-    Some(p)
+/// The preset `name`, as the data file has it.
+pub fn preset(name: &str) -> Option<&'static ProviderConfig> {
+    presets().get(name)
 }
 
 /// OpenID Connect's standard claims, for providers resolved by discovery (their userinfo endpoint).
@@ -169,7 +296,20 @@ fn overlay(base: ProviderConfig, over: &ProviderConfig) -> ProviderConfig {
         account_label_pointer,
         optional_scopes,
         incremental_auth,
-        jwks_url
+        jwks_url,
+        parameters,
+        params,
+        register_url,
+        scope_separator,
+        scope_param,
+        token_request,
+        token_response_root,
+        refresh_url,
+        revoke_method,
+        api_token_header,
+        api_headers,
+        account_body,
+        account_style
     )
 }
 
@@ -185,49 +325,79 @@ pub fn resolve(name: &str, cfg: &ProviderConfig) -> Result<Provider, ConfigError
     if !valid_name(name) {
         return Err(invalid(format!("providers.{name}"), "names are 1-32 characters of a-z, 0-9, - and _"));
     }
-    let preset_name = cfg.preset.clone();
-    let merged = match &preset_name {
+    let merged = match &cfg.preset {
         Some(p) => {
-            let tenant = cfg.tenant.clone().unwrap_or_else(|| "common".into());
-            let base = preset(p, &tenant).ok_or_else(|| {
+            let base = preset(p).ok_or_else(|| {
                 invalid(key("preset"), format!("unknown preset `{p}` (known: {})", preset_names().join(", ")))
             })?;
-            overlay(base, cfg)
+            overlay(base.clone(), cfg)
         }
         None => cfg.clone(),
     };
-    let required =
-        |v: &Option<String>, field: &str| v.clone().ok_or_else(|| invalid(key(field), "is required (or set `preset`)"));
-    let authorize_url = parse_endpoint(&key("authorize_url"), &required(&merged.authorize_url, "authorize_url")?)?;
-    let token_url = parse_endpoint(&key("token_url"), &required(&merged.token_url, "token_url")?)?;
+    let parameters = parameters::resolve(name, &merged)?;
+    // A URL with its parameters filled in (`{client_id}` is filled at call time: GitHub).
+    let filled = |v: &Option<String>, field: &str| -> Result<Option<String>, ConfigError> {
+        v.as_deref().map(|u| parameters::fill(&key(field), u, &parameters, &["client_id"])).transpose()
+    };
+    let endpoint = |v: &Option<String>, field: &str| -> Result<Option<Url>, ConfigError> {
+        filled(v, field)?.map(|u| parse_endpoint(&key(field), &u)).transpose()
+    };
+    let required = |v: Option<Url>, field: &str| v.ok_or_else(|| invalid(key(field), "is required (or set `preset`)"));
+    let authorize_url = required(endpoint(&merged.authorize_url, "authorize_url")?, "authorize_url")?;
+    let token_url = required(endpoint(&merged.token_url, "token_url")?, "token_url")?;
     let revoke_style = merged.revoke_style.unwrap_or(if merged.revoke_url.is_some() {
         RevokeStyle::Rfc7009
     } else {
         RevokeStyle::None
     });
-    let revoke_url = match &merged.revoke_url {
+    let revoke_url = match filled(&merged.revoke_url, "revoke_url")? {
         // `{client_id}` is filled in at call time (GitHub); check the rest of the URL.
         Some(u) => {
             parse_endpoint(&key("revoke_url"), &u.replace("{client_id}", "client-id"))?;
-            Some(u.clone())
+            Some(u)
         }
         None => None,
     };
-    let account_url = merged.account_url.as_deref().map(|u| parse_endpoint(&key("account_url"), u)).transpose()?;
-    let api_base_url = merged.api_base_url.as_deref().map(|u| parse_endpoint(&key("api_base_url"), u)).transpose()?;
+    let account_url = endpoint(&merged.account_url, "account_url")?;
+    let api_base_url = endpoint(&merged.api_base_url, "api_base_url")?;
     if let Some(lifetime) = merged.token_lifetime {
         if lifetime <= 0 {
             return Err(invalid(key("token_lifetime"), "must be positive"));
         }
     }
     let issuer_configured = merged.issuer.is_some();
-    let issuer = match &merged.issuer {
+    let issuer = match filled(&merged.issuer, "issuer")? {
         Some(i) => {
-            Url::parse(i).map_err(|e| invalid(key("issuer"), e.to_string()))?;
+            Url::parse(&i).map_err(|e| invalid(key("issuer"), e.to_string()))?;
             i.trim_end_matches('/').to_string()
         }
         None => authorize_url.origin().ascii_serialization(),
     };
+    let scope_separator = merged.scope_separator.clone().unwrap_or_else(|| " ".into());
+    if scope_separator.is_empty() || scope_separator.chars().any(|c| c.is_alphanumeric()) {
+        return Err(invalid(key("scope_separator"), "must be punctuation or a space, e.g. \",\""));
+    }
+    let scope_param = merged.scope_param.clone().unwrap_or_else(|| "scope".into());
+    if scope_param.is_empty() || !scope_param.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err(invalid(key("scope_param"), "must be a parameter name (letters, digits and `_`)"));
+    }
+    if let Some(root) = &merged.token_response_root {
+        if !root.starts_with('/') {
+            return Err(invalid(key("token_response_root"), "must be a JSON pointer (starting with `/`)"));
+        }
+    }
+    let token_header = match &merged.api_token_header {
+        Some(h) => TokenHeader::parse(&key("api_token_header"), h)?,
+        None => TokenHeader::bearer(),
+    };
+    let api_headers = api_headers(&key("api_headers"), &merged.api_headers.clone().unwrap_or_default(), &token_header)?;
+    if let Some(body) = &merged.account_body {
+        serde_json::from_str::<serde_json::Value>(body)
+            .map_err(|e| invalid(key("account_body"), format!("is not JSON ({e})")))?;
+        if merged.account_method != Some(AccountMethod::Post) {
+            return Err(invalid(key("account_body"), "needs `account_method = \"POST\"`"));
+        }
+    }
     let display_name = merged.display_name.clone().unwrap_or_else(|| name.to_string());
     Ok(Provider {
         name: name.to_string(),
@@ -243,7 +413,7 @@ pub fn resolve(name: &str, cfg: &ProviderConfig) -> Result<Provider, ConfigError
         scopes: merged.scopes.clone().unwrap_or_default(),
         optional_scopes: merged.optional_scopes.clone().unwrap_or_default(),
         incremental_auth: merged.incremental_auth.unwrap_or(false),
-        jwks_url: merged.jwks_url.as_deref().map(|u| parse_endpoint(&key("jwks_url"), u)).transpose()?,
+        jwks_url: endpoint(&merged.jwks_url, "jwks_url")?,
         authorize_params: merged.authorize_params.clone().unwrap_or_default().into_iter().collect(),
         client_auth: merged.client_auth.unwrap_or(ClientAuth::Basic),
         pkce: merged.pkce.unwrap_or(true),
@@ -253,6 +423,18 @@ pub fn resolve(name: &str, cfg: &ProviderConfig) -> Result<Provider, ConfigError
         tokens_expire: merged.tokens_expire.unwrap_or(true),
         account_fields: AccountFields::of(&merged),
         is_demo: false,
+        register_url: filled(&merged.register_url, "register_url")?,
+        refresh_url: endpoint(&merged.refresh_url, "refresh_url")?,
+        parameters,
+        scope_separator,
+        scope_param,
+        token_request: merged.token_request.unwrap_or(TokenRequest::Form),
+        token_response_root: merged.token_response_root.clone(),
+        revoke_method: merged.revoke_method.unwrap_or(RevokeMethod::Post),
+        token_header,
+        api_headers,
+        account_body: merged.account_body.clone(),
+        account_style: merged.account_style.unwrap_or(AccountStyle::Api),
     })
 }
 
@@ -288,6 +470,18 @@ pub fn demo(settings: &Settings) -> Provider {
             label: Some("/email".into()),
         },
         is_demo: true,
+        parameters: Vec::new(),
+        register_url: None,
+        scope_separator: " ".into(),
+        scope_param: "scope".into(),
+        token_request: TokenRequest::Form,
+        token_response_root: None,
+        refresh_url: None,
+        revoke_method: RevokeMethod::Post,
+        token_header: TokenHeader::bearer(),
+        api_headers: Vec::new(),
+        account_body: None,
+        account_style: AccountStyle::Api,
     }
 }
 
@@ -434,6 +628,7 @@ mod tests {
         assert!(g.authorize_params.contains(&("prompt".into(), "consent".into())));
         assert_eq!(g.issuer, "https://accounts.google.com");
         let m = resolve("ms", &ProviderConfig { tenant: Some("contoso".into()), ..cfg("microsoft") }).unwrap();
+        assert_eq!(m.authorize_url.as_str(), "https://login.microsoftonline.com/contoso/oauth2/v2.0/authorize");
         assert_eq!(m.token_url.as_str(), "https://login.microsoftonline.com/contoso/oauth2/v2.0/token");
         assert!(!m.can_revoke());
         assert!(m.scopes.contains(&"offline_access".to_string()));
@@ -442,20 +637,339 @@ mod tests {
         assert!(!gh.tokens_expire);
     }
 
+    /// The preset `name` with each parameter that has no default set to its example.
+    fn with_examples(name: &str) -> ProviderConfig {
+        let specs = preset(name).and_then(|p| p.parameters.clone()).unwrap_or_default();
+        let params: BTreeMap<String, String> =
+            specs.iter().filter(|s| s.default.is_none()).map(|s| (s.name.clone(), s.example.clone())).collect();
+        ProviderConfig { params: (!params.is_empty()).then_some(params), ..cfg(name) }
+    }
+
+    /// One preset's key facts, as its provider's documentation states them: name, token URL, API
+    /// base URL, client authentication, revocation style, account id pointer, PKCE, whether
+    /// tokens expire.
+    type Facts = (&'static str, &'static str, &'static str, ClientAuth, RevokeStyle, &'static str, bool, bool);
+
+    use ClientAuth::{Basic, Post};
+    use RevokeStyle as R;
+
+    /// Every preset, resolved with its example parameters (a new preset must be added here).
+    #[rustfmt::skip]
+    const CATALOG: &[Facts] = &[
+        ("airtable", "https://airtable.com/oauth2/v1/token", "https://api.airtable.com/v0", Basic, R::None, "/id", true, true),
+        ("asana", "https://app.asana.com/-/oauth_token", "https://app.asana.com/api/1.0", Post, R::Rfc7009, "/data/gid", true, true),
+        ("atlassian", "https://auth.atlassian.com/oauth/token", "https://api.atlassian.com/", Post, R::None, "/account_id", false, true),
+        ("auth0", "https://acme.us.auth0.com/oauth/token", "https://acme.us.auth0.com/", Post, R::Rfc7009, "/sub", true, true),
+        ("bitbucket", "https://bitbucket.org/site/oauth2/access_token", "https://api.bitbucket.org/2.0", Basic, R::None, "/uuid", false, true),
+        ("box", "https://api.box.com/oauth2/token", "https://api.box.com/2.0", Post, R::Rfc7009, "/id", false, true),
+        ("calendly", "https://auth.calendly.com/oauth/token", "https://api.calendly.com/", Post, R::Rfc7009, "/resource/uri", true, true),
+        ("discord", "https://discord.com/api/oauth2/token", "https://discord.com/api", Basic, R::Rfc7009, "/id", true, true),
+        ("dropbox", "https://api.dropboxapi.com/oauth2/token", "https://api.dropboxapi.com/", Basic, R::Dropbox, "/account_id", true, true),
+        ("figma", "https://api.figma.com/v1/oauth/token", "https://api.figma.com/", Basic, R::None, "/id", false, true),
+        ("github", "https://github.com/login/oauth/access_token", "https://api.github.com/", Post, R::Github, "/id", true, false),
+        ("gitlab", "https://gitlab.com/oauth/token", "https://gitlab.com/api/v4", Post, R::Rfc7009, "/id", true, true),
+        ("google", "https://oauth2.googleapis.com/token", "https://www.googleapis.com/", Post, R::Rfc7009, "/sub", true, true),
+        ("hubspot", "https://api.hubapi.com/oauth/v3/token", "https://api.hubapi.com/", Post, R::None, "/hub_id", true, true),
+        ("keycloak", "https://sso.example.com/realms/main/protocol/openid-connect/token", "https://sso.example.com/realms/main", Basic, R::Rfc7009, "/sub", true, true),
+        ("linear", "https://api.linear.app/oauth/token", "https://api.linear.app/", Post, R::Bearer, "/data/viewer/id", false, true),
+        ("linkedin", "https://www.linkedin.com/oauth/v2/accessToken", "https://api.linkedin.com/", Post, R::None, "/sub", false, true),
+        ("microsoft", "https://login.microsoftonline.com/common/oauth2/v2.0/token", "https://graph.microsoft.com/", Post, R::None, "/id", true, true),
+        ("miro", "https://api.miro.com/v1/oauth/token", "https://api.miro.com/", Post, R::None, "/team/id", false, true),
+        ("monday", "https://auth.monday.com/oauth_ms/oauth/token", "https://api.monday.com/v2", Post, R::None, "/data/me/id", true, true),
+        ("notion", "https://api.notion.com/v1/oauth/token", "https://api.notion.com/", Basic, R::Json, "/id", false, false),
+        ("okta", "https://acme.okta.com/oauth2/v1/token", "https://acme.okta.com/", Basic, R::Rfc7009, "/sub", true, true),
+        ("pipedrive", "https://oauth.pipedrive.com/oauth/token", "https://acme.pipedrive.com/api", Basic, R::Rfc7009, "/data/id", false, true),
+        ("quickbooks", "https://oauth.platform.intuit.com/oauth2/v1/tokens/bearer", "https://quickbooks.api.intuit.com/", Basic, R::Json, "/sub", false, true),
+        ("reddit", "https://www.reddit.com/api/v1/access_token", "https://oauth.reddit.com/", Basic, R::Rfc7009, "/id", false, true),
+        ("salesforce", "https://acme.my.salesforce.com/services/oauth2/token", "https://acme.my.salesforce.com/", Post, R::Rfc7009, "/user_id", true, true),
+        ("shopify", "https://acme-store.myshopify.com/admin/oauth/access_token", "https://acme-store.myshopify.com/admin", Post, R::Bearer, "/data/shop/id", false, false),
+        ("slack", "https://slack.com/api/oauth.v2.access", "https://slack.com/api", Basic, R::Bearer, "/user_id", false, false),
+        ("spotify", "https://accounts.spotify.com/api/token", "https://api.spotify.com/v1", Basic, R::None, "/id", true, true),
+        ("strava", "https://www.strava.com/oauth/token", "https://www.strava.com/api/v3", Post, R::Bearer, "/id", false, true),
+        ("todoist", "https://api.todoist.com/oauth/access_token", "https://api.todoist.com/api/v1", Post, R::None, "/id", false, false),
+        ("twitch", "https://id.twitch.tv/oauth2/token", "https://api.twitch.tv/helix", Post, R::Rfc7009, "/data/0/id", false, true),
+        ("x", "https://api.x.com/2/oauth2/token", "https://api.x.com/2", Basic, R::Rfc7009, "/data/id", true, true),
+        ("xero", "https://identity.xero.com/connect/token", "https://api.xero.com/", Basic, R::Rfc7009, "/0/tenantId", true, true),
+        ("zendesk", "https://acme.zendesk.com/oauth/tokens", "https://acme.zendesk.com/api/v2", Post, R::Bearer, "/user/id", true, false),
+        ("zoom", "https://zoom.us/oauth/token", "https://api.zoom.us/v2", Basic, R::Rfc7009, "/id", true, true),
+    ];
+
     #[test]
     fn every_preset_in_the_data_file_resolves() {
-        assert_eq!(preset_names(), vec!["dropbox", "github", "google", "microsoft"]);
-        for name in preset_names() {
-            let p = resolve(name, &cfg(name)).unwrap_or_else(|e| panic!("preset {name}: {e}"));
-            assert!(p.account_url.is_some() && p.api_base_url.is_some(), "{name}");
-            assert!(p.account_fields.id.is_some(), "{name} names where the account id is");
-            assert!(!p.authorize_url.as_str().contains('{'), "{name}: a placeholder left in a URL");
+        let listed: Vec<&str> = CATALOG.iter().map(|f| f.0).collect();
+        assert_eq!(preset_names(), listed, "every preset has a row of facts here, and every row a preset");
+        assert!(preset_names().len() >= 34, "the catalog has 30 providers beyond the first four");
+        for &(name, token_url, api_base_url, client_auth, revoke, account_id, pkce, tokens_expire) in CATALOG {
+            let p = resolve(name, &with_examples(name)).unwrap_or_else(|e| panic!("preset {name}: {e}"));
+            assert_eq!(p.token_url.as_str(), token_url, "{name}");
+            assert_eq!(p.api_base_url.as_ref().map(Url::as_str), Some(api_base_url), "{name}");
+            assert_eq!(p.client_auth, client_auth, "{name}");
+            assert_eq!(p.revoke_style, revoke, "{name}");
+            assert_eq!(p.can_revoke(), revoke != RevokeStyle::None, "{name}: a revocation style has its endpoint");
+            assert_eq!(p.account_fields.id.as_deref(), Some(account_id), "{name}");
+            assert_eq!(p.pkce, pkce, "{name}");
+            assert_eq!(p.tokens_expire, tokens_expire, "{name}");
+            assert!(
+                !p.tokens_expire || p.token_lifetime.is_some(),
+                "{name}: expiring tokens have a lifetime to assume"
+            );
+            assert!(p.account_url.is_some() && crate::oauth::account::identifies(&p), "{name} identifies its accounts");
+            assert!(p.register_url.as_deref().is_some_and(|u| u.starts_with("https://")), "{name}: where to register");
+            assert!(p.display_name != name && !p.description.is_empty(), "{name}");
+            for url in
+                [&p.authorize_url, &p.token_url, p.account_url.as_ref().unwrap(), p.api_base_url.as_ref().unwrap()]
+            {
+                assert!(
+                    !url.as_str().contains('{') && !url.as_str().contains("%7B"),
+                    "{name}: a placeholder left in {url}"
+                );
+                assert_eq!(url.scheme(), "https", "{name}");
+            }
+            // Each parameter without a default is required, and named when missing.
+            for spec in preset(name).unwrap().parameters.iter().flatten().filter(|s| s.default.is_none()) {
+                let mut c = with_examples(name);
+                c.params.as_mut().unwrap().remove(&spec.name);
+                let err = resolve(name, &c).unwrap_err().to_string();
+                assert!(err.contains(&format!("providers.{name}.params.{}", spec.name)), "{name}: {err}");
+            }
         }
         let d = resolve("dropbox", &cfg("dropbox")).unwrap();
         assert_eq!(d.account_fields.id.as_deref(), Some("/account_id"));
         assert_eq!(d.account_fields.name.as_deref(), Some("/name/display_name"));
         assert_eq!(d.token_lifetime, Some(4 * 3600));
         assert_eq!(resolve("google", &cfg("google")).unwrap().account_fields.id.as_deref(), Some("/sub"));
+    }
+
+    /// Each table of the data file says where its facts come from, in a `# docs: https://…` line.
+    #[test]
+    fn every_preset_cites_its_documentation() {
+        let mut comment: Vec<&str> = Vec::new();
+        let mut cited = Vec::new();
+        for line in PRESETS_TOML.lines() {
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                let docs = comment.iter().find_map(|c| c.strip_prefix("# docs: "));
+                assert!(
+                    docs.is_some_and(|d| d.starts_with("https://")),
+                    "[{name}] has no `# docs: https://…` line above it"
+                );
+                assert!(comment.len() >= 2, "[{name}] says what it needs in a comment above it");
+                cited.push(name);
+            }
+            if line.starts_with('#') {
+                comment.push(line);
+            } else if line.trim().is_empty() || line.starts_with('[') {
+                comment.clear();
+            }
+        }
+        assert_eq!(cited, {
+            let mut names = preset_names();
+            names.sort_by_key(|n| PRESETS_TOML.find(&format!("[{n}]")));
+            names
+        });
+    }
+
+    #[test]
+    fn presets_with_parameters_fill_them_into_every_url() {
+        let params = |pairs: &[(&str, &str)]| Some(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+        let shop =
+            resolve("shop", &ProviderConfig { params: params(&[("shop", "tea-house")]), ..cfg("shopify") }).unwrap();
+        assert_eq!(shop.authorize_url.as_str(), "https://tea-house.myshopify.com/admin/oauth/authorize");
+        assert_eq!(
+            shop.revoke_url.as_deref(),
+            Some("https://tea-house.myshopify.com/admin/api_permissions/current.json")
+        );
+        assert_eq!(shop.parameters.len(), 1);
+        let field = &shop.parameters[0];
+        assert_eq!(
+            (field.name.as_str(), field.value.as_str(), field.example.as_str()),
+            ("shop", "tea-house", "acme-store")
+        );
+        assert!(field.description.contains("myshopify.com"));
+        let err = resolve("shop", &ProviderConfig { params: params(&[("shop", "evil.example/x")]), ..cfg("shopify") })
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("providers.shop.params.shop"), "{err}");
+        let err = resolve("shop", &cfg("shopify")).unwrap_err().to_string();
+        assert!(err.contains("is required") && err.contains("acme-store"), "{err}");
+
+        let kc = resolve(
+            "kc",
+            &ProviderConfig {
+                params: params(&[("host", "id.example.org:8443"), ("realm", "staff")]),
+                ..cfg("keycloak")
+            },
+        )
+        .unwrap();
+        assert_eq!(kc.issuer, "https://id.example.org:8443/realms/staff");
+        assert!(kc.issuer_matches("https://id.example.org:8443/realms/staff"));
+        assert!(!kc.issuer_matches("https://id.example.org:8443/realms/other"));
+        assert_eq!(
+            kc.revoke_url.as_deref(),
+            Some("https://id.example.org:8443/realms/staff/protocol/openid-connect/revoke")
+        );
+
+        let gl = resolve("gitlab", &cfg("gitlab")).unwrap();
+        assert_eq!(gl.parameters[0].value, "gitlab.com", "the default host");
+        let own =
+            resolve("gitlab", &ProviderConfig { params: params(&[("host", "git.example.com")]), ..cfg("gitlab") })
+                .unwrap();
+        assert_eq!(own.account_url.unwrap().as_str(), "https://git.example.com/api/v4/user");
+        let sf = resolve(
+            "sf",
+            &ProviderConfig { params: params(&[("my_domain", "acme--uat.sandbox")]), ..cfg("salesforce") },
+        )
+        .unwrap();
+        assert_eq!(sf.api_base_url.unwrap().as_str(), "https://acme--uat.sandbox.my.salesforce.com/");
+        // A provider without a preset may declare parameters too.
+        let custom = ProviderConfig {
+            parameters: Some(vec![ParameterSpec {
+                name: "region".into(),
+                description: "The region.".into(),
+                example: "eu".into(),
+                kind: ParameterKind::Label,
+                default: Some("us".into()),
+            }]),
+            authorize_url: Some("https://{region}.acme.example/authorize".into()),
+            token_url: Some("https://{region}.acme.example/token".into()),
+            ..Default::default()
+        };
+        assert_eq!(resolve("acme", &custom).unwrap().token_url.as_str(), "https://us.acme.example/token");
+        let undeclared = ProviderConfig { token_url: Some("https://{zone}.acme.example/token".into()), ..custom };
+        let err = resolve("acme", &undeclared).unwrap_err().to_string();
+        assert!(err.contains("providers.acme.token_url") && err.contains("`{zone}` is not a parameter"), "{err}");
+    }
+
+    #[test]
+    fn the_microsoft_tenant_key_works_as_it_always_did() {
+        let m = resolve("ms", &cfg("microsoft")).unwrap();
+        assert_eq!(m.authorize_url.as_str(), "https://login.microsoftonline.com/common/oauth2/v2.0/authorize");
+        let m = resolve("ms", &ProviderConfig { tenant: Some("contoso.onmicrosoft.com".into()), ..cfg("microsoft") })
+            .unwrap();
+        assert_eq!(m.token_url.as_str(), "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token");
+        assert_eq!(m.parameters[0].value, "contoso.onmicrosoft.com");
+        // Another preset ignores `tenant`, as before.
+        assert!(resolve("g", &ProviderConfig { tenant: Some("x".into()), ..cfg("google") }).is_ok());
+        let err = resolve("ms", &ProviderConfig { tenant: Some("a/../b".into()), ..cfg("microsoft") }).unwrap_err();
+        assert!(err.to_string().contains("providers.ms.tenant"), "{err}");
+    }
+
+    #[test]
+    fn options_default_to_plain_oauth_and_presets_set_what_they_need() {
+        let g = resolve("google", &cfg("google")).unwrap();
+        assert_eq!((g.scope_separator.as_str(), g.scope_param.as_str()), (" ", "scope"));
+        assert_eq!(g.token_request, TokenRequest::Form);
+        assert_eq!(g.token_header, TokenHeader::bearer());
+        assert!(g.api_headers.is_empty() && g.account_body.is_none() && g.token_response_root.is_none());
+        assert_eq!((g.account_style, g.revoke_method), (AccountStyle::Api, RevokeMethod::Post));
+        assert_eq!(g.refresh_url(), &g.token_url);
+        assert!(!g.needs_client_id());
+
+        let slack = resolve("slack", &cfg("slack")).unwrap();
+        assert_eq!((slack.scope_separator.as_str(), slack.scope_param.as_str()), (",", "user_scope"));
+        assert_eq!(slack.token_response_root.as_deref(), Some("/authed_user"));
+        let notion = resolve("notion", &cfg("notion")).unwrap();
+        assert_eq!(notion.token_request, TokenRequest::Json);
+        assert_eq!(notion.api_headers(None), vec![("notion-version".to_string(), "2025-09-03".to_string())]);
+        let figma = resolve("figma", &cfg("figma")).unwrap();
+        assert_eq!(figma.refresh_url().as_str(), "https://api.figma.com/v1/oauth/refresh");
+        let shop = resolve("s", &with_examples("shopify")).unwrap();
+        assert_eq!(shop.token_header.describe(), "x-shopify-access-token: {token}");
+        assert_eq!(shop.revoke_method, RevokeMethod::Delete);
+        assert_eq!(resolve("monday", &cfg("monday")).unwrap().token_header.describe(), "authorization: {token}");
+        let linear = resolve("linear", &cfg("linear")).unwrap();
+        let body: serde_json::Value = serde_json::from_str(linear.account_body.as_deref().unwrap()).unwrap();
+        assert!(body["query"].as_str().unwrap().contains("viewer"));
+        assert_eq!(linear.account_method, AccountMethod::Post);
+        let twitch = resolve("twitch", &cfg("twitch")).unwrap();
+        assert!(twitch.needs_client_id());
+        assert_eq!(twitch.api_headers(Some("cid-1")), vec![("client-id".to_string(), "cid-1".to_string())]);
+        assert!(twitch.api_headers(None).is_empty(), "a header naming the client id is left out without one");
+        let xero = resolve("xero", &cfg("xero")).unwrap();
+        assert!(xero.verifies_id_token(), "Xero names the user in its id_token only");
+        assert_eq!(xero.issuer, "https://identity.xero.com");
+        let hubspot = resolve("hubspot", &cfg("hubspot")).unwrap();
+        assert_eq!(hubspot.account_style, AccountStyle::Introspect);
+        assert!(!hubspot.needs_client_id(), "only its account call needs the credentials, not the proxy");
+    }
+
+    #[test]
+    fn option_values_are_checked() {
+        let custom = || ProviderConfig {
+            authorize_url: Some("https://acme.example/authorize".into()),
+            token_url: Some("https://acme.example/token".into()),
+            ..Default::default()
+        };
+        let err = |c: ProviderConfig| resolve("acme", &c).unwrap_err().to_string();
+        assert!(err(ProviderConfig { scope_separator: Some("".into()), ..custom() }).contains("scope_separator"));
+        assert!(err(ProviderConfig { scope_separator: Some("a".into()), ..custom() }).contains("scope_separator"));
+        assert!(err(ProviderConfig { scope_param: Some("scope&x=1".into()), ..custom() }).contains("scope_param"));
+        assert!(err(ProviderConfig { token_response_root: Some("authed_user".into()), ..custom() })
+            .contains("JSON pointer"));
+        assert!(err(ProviderConfig { refresh_url: Some("http://acme.example/refresh".into()), ..custom() })
+            .contains("https"));
+        for bad in [
+            "Authorization Bearer {token}",
+            "X-Token: Bearer",
+            "Cookie: s={token}",
+            "X-Token: {token}{token}",
+            "Bad Name: {token}",
+        ] {
+            let e = err(ProviderConfig { api_token_header: Some(bad.into()), ..custom() });
+            assert!(e.contains("providers.acme.api_token_header"), "{bad}: {e}");
+        }
+        let header = |k: &str, v: &str| Some(BTreeMap::from([(k.to_string(), v.to_string())]));
+        for (k, v) in [
+            ("Authorization", "x"),
+            ("Host", "evil.example"),
+            ("X-Api", "{shop}"),
+            (
+                "X-Api", "a
+b",
+            ),
+            ("Bad Name", "x"),
+        ] {
+            let e = err(ProviderConfig { api_headers: header(k, v), ..custom() });
+            assert!(e.contains("providers.acme.api_headers"), "{k}: {v}: {e}");
+        }
+        // The token's own header cannot be set again as an API header.
+        let e = err(ProviderConfig {
+            api_token_header: Some("X-Token: {token}".into()),
+            api_headers: header("x-token", "y"),
+            ..custom()
+        });
+        assert!(e.contains("api_headers"), "{e}");
+        assert!(err(ProviderConfig {
+            account_body: Some("{not json".into()),
+            account_method: Some(AccountMethod::Post),
+            ..custom()
+        })
+        .contains("is not JSON"));
+        assert!(err(ProviderConfig { account_body: Some("{}".into()), ..custom() }).contains("account_method"));
+        let ok = resolve(
+            "acme",
+            &ProviderConfig {
+                api_token_header: Some("X-Token: token={token};".into()),
+                api_headers: header("X-Api-Version", "2"),
+                ..custom()
+            },
+        )
+        .unwrap();
+        assert_eq!(ok.token_header.describe(), "x-token: token={token};");
+    }
+
+    #[test]
+    fn the_token_header_is_sent_as_configured_and_marked_sensitive() {
+        let client = reqwest::Client::new();
+        let sent = |h: &TokenHeader| h.apply(client.get("https://api.example/x"), "AT-1").build().unwrap();
+        let bearer = sent(&TokenHeader::bearer());
+        let value = bearer.headers().get("authorization").unwrap();
+        assert_eq!(value.to_str().unwrap(), "Bearer AT-1");
+        assert!(value.is_sensitive());
+        let shopify = sent(&TokenHeader::parse("k", "X-Shopify-Access-Token: {token}").unwrap());
+        assert_eq!(shopify.headers().get("x-shopify-access-token").unwrap().to_str().unwrap(), "AT-1");
+        assert!(shopify.headers().get("authorization").is_none());
+        let bare = sent(&TokenHeader::parse("k", "Authorization: {token}").unwrap());
+        assert_eq!(bare.headers().get("authorization").unwrap().to_str().unwrap(), "AT-1");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use url::Url;
 use crate::db::models::connections::Which;
 use crate::error::AppError;
 use crate::oauth::access::{Access, AccessError};
-use crate::oauth::account::send_with_token;
+use crate::oauth::account::{credentials_if, send_with_token};
 use crate::oauth::providers::Provider;
 use crate::oauth::tokens::TokenError;
 
@@ -40,6 +40,8 @@ pub const REQUEST_HEADERS: &[&str] = &[
     "x-github-api-version",
     // Microsoft Graph
     "consistencylevel",
+    // Notion (its `api_headers` default, which a caller may override)
+    "notion-version",
     // Google resumable uploads
     "x-goog-upload-protocol",
     "x-goog-upload-command",
@@ -228,12 +230,19 @@ pub async fn forward(
     let body = req.body;
     let method = req.method;
     let limit = ctx.settings.proxy_max_response_bytes;
+    // The provider's own headers (`api_headers`), unless the caller sent one of the same name.
+    let creds = credentials_if(provider.needs_client_id(), ctx, provider).await?;
+    let own: Vec<(String, String)> = provider
+        .api_headers(creds.as_ref().map(|c| c.client_id.as_str()))
+        .into_iter()
+        .filter(|(name, _)| !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name)))
+        .collect();
     let response = send_with_token(ctx, which, provider, limit, |client, token| {
         let mut builder = client.request(method.clone(), url.clone());
-        for (k, v) in &headers {
+        for (k, v) in headers.iter().chain(&own) {
             builder = builder.header(k.as_str(), v.as_str());
         }
-        builder = builder.bearer_auth(token.expose_secret());
+        builder = provider.token_header.apply(builder, token.expose_secret());
         if !body.is_empty() {
             builder = builder.body(body.clone());
         }

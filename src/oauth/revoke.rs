@@ -1,12 +1,13 @@
-//! Disconnecting: revoke at the provider where it can be done (RFC 7009, or Dropbox's and
-//! GitHub's own variants), then always delete the local tokens.
+//! Disconnecting: revoke at the provider where it can be done (RFC 7009, a JSON body, a call
+//! authenticated by the access token, GitHub's own variant), then always delete the local tokens.
 
 use crate::db::models::connections::{self, Which};
 use crate::db::models::events::{EventKind, EventOutcome};
 use crate::error::{AppError, AppResult};
 use crate::oauth::access::{fresh_token, Access, AccessError};
-use crate::oauth::providers::{ClientAuth, Provider, RevokeStyle};
+use crate::oauth::providers::{Provider, RevokeMethod, RevokeStyle};
 use crate::oauth::store::{self, open_tokens};
+use crate::oauth::tokens::{client_authenticated, sanitize_code, BodyFormat};
 use crate::util::ExposeSecret;
 use crate::vault::store::client_credentials;
 
@@ -35,35 +36,28 @@ async fn call_provider(ctx: &Access<'_>, which: Which, provider: &Provider) -> R
     let (access, refresh) =
         open_tokens(ctx.tokens.cipher, &row).map_err(|_| "the stored tokens could not be decrypted".to_string())?;
     let client = ctx.http.client();
-    let request = match provider.revoke_style {
+    // Revoking the refresh token ends the whole grant (RFC 7009 §2.1).
+    let (token, hint) = match &refresh {
+        Some(r) => (r.expose_secret().to_string(), "refresh_token"),
+        None => (access.expose_secret().to_string(), "access_token"),
+    };
+    let url = || provider.revoke_url.clone().ok_or("no revocation endpoint is configured");
+    let mut request = match provider.revoke_style {
         RevokeStyle::None => return Ok(()),
-        RevokeStyle::Rfc7009 => {
-            let url = provider.revoke_url.clone().ok_or("no revocation endpoint is configured")?;
-            // Revoking the refresh token ends the whole grant (RFC 7009 §2.1).
-            let (token, hint) = match &refresh {
-                Some(r) => (r.expose_secret().to_string(), "refresh_token"),
-                None => (access.expose_secret().to_string(), "access_token"),
-            };
-            let mut form = vec![("token", token), ("token_type_hint", hint.to_string())];
-            let request = client.post(url);
-            match provider.client_auth {
-                ClientAuth::Basic => {
-                    let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-                    let secret = creds.client_secret.as_ref().map(|s| enc(s.expose_secret()));
-                    request.basic_auth(enc(&creds.client_id), secret).form(&form)
-                }
-                ClientAuth::Post => {
-                    form.push(("client_id", creds.client_id.clone()));
-                    if let Some(s) = &creds.client_secret {
-                        form.push(("client_secret", s.expose_secret().to_string()));
-                    }
-                    request.form(&form)
-                }
-            }
+        RevokeStyle::Rfc7009 => client_authenticated(
+            client.post(url()?),
+            provider,
+            &creds,
+            vec![("token", token), ("token_type_hint", hint.to_string())],
+            BodyFormat::Form,
+        ),
+        RevokeStyle::Json => {
+            client_authenticated(client.post(url()?), provider, &creds, vec![("token", token)], BodyFormat::Json)
+                .header(reqwest::header::ACCEPT, "application/json")
         }
-        RevokeStyle::Dropbox => {
-            let url = provider.revoke_url.clone().ok_or("no revocation endpoint is configured")?;
-            // Dropbox revokes with a valid access token (which also ends the refresh token).
+        RevokeStyle::Dropbox | RevokeStyle::Bearer => {
+            let url = url()?;
+            // Revoked with a valid access token (Dropbox's also ends the refresh token).
             let token = fresh_token(ctx, which, provider).await.map_err(|e| {
                 // An administrator's problem is logged as one (a page error would be, by the
                 // responder; here the revocation only reports it).
@@ -72,7 +66,11 @@ async fn call_provider(ctx: &Access<'_>, which: Which, provider: &Provider) -> R
                 }
                 e.into_app_error(provider).user_message()
             })?;
-            client.post(url).bearer_auth(token.access_token.expose_secret())
+            let method = match provider.revoke_method {
+                RevokeMethod::Post => reqwest::Method::POST,
+                RevokeMethod::Delete => reqwest::Method::DELETE,
+            };
+            provider.token_header.apply(client.request(method, url), token.access_token.expose_secret())
         }
         RevokeStyle::Github => {
             let template = provider
@@ -89,12 +87,26 @@ async fn call_provider(ctx: &Access<'_>, which: Which, provider: &Provider) -> R
                 .json(&serde_json::json!({ "access_token": access.expose_secret() }))
         }
     };
-    let (status, _, _) = ctx.http.send(request).await.map_err(|e| e.to_string())?;
-    if status.is_success() {
-        Ok(())
-    } else {
-        Err(format!("the provider answered HTTP {}", status.as_u16()))
+    for (name, value) in provider.api_headers(Some(&creds.client_id)) {
+        request = request.header(name, value);
     }
+    let (status, _, body) = ctx.http.send(request).await.map_err(|e| e.to_string())?;
+    if !status.is_success() {
+        return Err(format!("the provider answered HTTP {}", status.as_u16()));
+    }
+    match refused_in_body(&body) {
+        Some(code) => Err(format!("the provider answered that it did not revoke ({code})")),
+        None => Ok(()),
+    }
+}
+
+/// A successful status whose JSON body says the call failed (Slack answers HTTP 200 with
+/// `{"ok": false, "error": "invalid_auth"}`): the error code, made safe to show.
+fn refused_in_body(body: &[u8]) -> Option<String> {
+    let json: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let failed =
+        json.get("ok") == Some(&serde_json::Value::Bool(false)) || json.get("error").is_some_and(|e| e.is_string());
+    failed.then(|| sanitize_code(json.get("error").and_then(|e| e.as_str()).unwrap_or("")))
 }
 
 /// Revoke at the provider if it can be done, then delete the local tokens whatever happened.
@@ -126,4 +138,20 @@ pub async fn revoke_and_delete(ctx: &Access<'_>, which: Which, provider: &Provid
     };
     store::delete(ctx.tokens, which, &provider.name, EventKind::Revoke, event_outcome, detail).await?;
     Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refused_in_body;
+
+    #[test]
+    fn a_successful_status_can_still_say_it_failed() {
+        assert_eq!(refused_in_body(br#"{"ok":false,"error":"invalid_auth"}"#).as_deref(), Some("invalid_auth"));
+        assert_eq!(refused_in_body(br#"{"ok":false}"#).as_deref(), Some("unknown_error"));
+        assert_eq!(refused_in_body(br#"{"error":"<b>RT-CANARY-1</b>"}"#).as_deref(), Some("unknown_error"));
+        assert_eq!(refused_in_body(br#"{"ok":true,"revoked":true}"#), None);
+        assert_eq!(refused_in_body(b"null"), None, "Dropbox answers null");
+        assert_eq!(refused_in_body(b""), None);
+        assert_eq!(refused_in_body(br#"{"status":"success"}"#), None, "Zoom");
+    }
 }

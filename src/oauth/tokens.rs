@@ -1,6 +1,8 @@
 //! Talking to a provider's token endpoint through the `oauth2` crate: a lenient token-response
-//! type (`expires_in` as a string, `token_type` in any case, comma-separated scopes), the code
-//! exchange, and errors sorted into what the user and the refresh logic need to know.
+//! type (`expires_in` as a string, `token_type` in any case, scopes comma-separated or as an
+//! array), the provider's request and response shapes (a JSON request, tokens nested in the
+//! answer), the code exchange, and errors sorted into what the user and the refresh logic need
+//! to know.
 
 use crate::util::ExposeSecret;
 use oauth2::basic::{
@@ -15,7 +17,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::AppError;
 use crate::oauth::http::{HttpError, Outbound};
-use crate::oauth::providers::{ClientAuth, Provider};
+use crate::oauth::providers::{ClientAuth, Provider, TokenRequest};
 use crate::util::{now, Secret};
 use crate::vault::store::ClientCredentials;
 
@@ -63,9 +65,27 @@ fn de_expires_in<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Erro
     }
 }
 
+/// `scope` as a string of scopes separated by spaces or commas, or as an array of them (Twitch).
 fn de_scopes<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Scope>>, D::Error> {
-    Ok(Option::<String>::deserialize(d)?
-        .map(|s| s.split([' ', ',']).filter(|x| !x.is_empty()).map(|x| Scope::new(x.to_string())).collect()))
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum StringOrList {
+        String(String),
+        List(Vec<String>),
+    }
+    let words = match Option::<StringOrList>::deserialize(d)? {
+        None => return Ok(None),
+        Some(StringOrList::String(s)) => vec![s],
+        Some(StringOrList::List(list)) => list,
+    };
+    Ok(Some(
+        words
+            .iter()
+            .flat_map(|w| w.split([' ', ',']))
+            .filter(|x| !x.is_empty())
+            .map(|x| Scope::new(x.to_string()))
+            .collect(),
+    ))
 }
 
 impl oauth2::TokenResponse for LenientTokenResponse {
@@ -217,13 +237,70 @@ fn map_error(e: RequestTokenError<HttpError, BasicErrorResponse>) -> TokenError 
     }
 }
 
+/// The HTTP client handed to the `oauth2` crate for one provider's token requests: it sends them
+/// as the provider wants them (`token_request = "json"`, `api_headers`) and reads the tokens where
+/// the provider puts them (`token_response_root`).
+struct TokenHttp<'a> {
+    http: &'a Outbound,
+    provider: &'a Provider,
+    client_id: &'a str,
+}
+
+impl TokenHttp<'_> {
+    fn adapt(&self, mut request: oauth2::HttpRequest) -> Result<oauth2::HttpRequest, HttpError> {
+        use oauth2::http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
+        if self.provider.token_request == TokenRequest::Json {
+            let fields: serde_json::Map<String, serde_json::Value> = url::form_urlencoded::parse(request.body())
+                .map(|(k, v)| (k.into_owned(), serde_json::Value::String(v.into_owned())))
+                .collect();
+            *request.body_mut() = serde_json::to_vec(&fields).map_err(|e| HttpError::Other(e.to_string()))?;
+            request.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        for (name, value) in self.provider.api_headers(Some(self.client_id)) {
+            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| HttpError::Other(e.to_string()))?;
+            let value = HeaderValue::from_str(&value).map_err(|e| HttpError::Other(e.to_string()))?;
+            request.headers_mut().insert(name, value);
+        }
+        Ok(request)
+    }
+}
+
+impl<'c> oauth2::AsyncHttpClient<'c> for TokenHttp<'_> {
+    type Error = HttpError;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<oauth2::HttpResponse, HttpError>> + Send + 'c>>;
+
+    fn call(&'c self, request: oauth2::HttpRequest) -> Self::Future {
+        Box::pin(async move {
+            let mut response = self.http.execute_oauth(self.adapt(request)?).await?;
+            if let Some(root) = &self.provider.token_response_root {
+                if let Some(body) = token_object_at(response.body(), root) {
+                    *response.body_mut() = body;
+                }
+            }
+            Ok(response)
+        })
+    }
+}
+
+/// The object at JSON pointer `root` of a token response, when it holds an `access_token` (Slack's
+/// user token in `authed_user`); `None` leaves the answer as it is (a refresh answer has its
+/// tokens at the top).
+fn token_object_at(body: &[u8], root: &str) -> Option<Vec<u8>> {
+    let json: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let inner = json.pointer(root)?;
+    inner.get("access_token")?.as_str()?;
+    serde_json::to_vec(inner).ok()
+}
+
 fn client(
     provider: &Provider,
     creds: &ClientCredentials,
     redirect_uri: Option<&str>,
+    token_url: &url::Url,
 ) -> Result<TokenClient, TokenError> {
     let mut client = oauth2::Client::new(ClientId::new(creds.client_id.clone()))
-        .set_token_uri(TokenUrl::from_url(provider.token_url.clone()))
+        .set_token_uri(TokenUrl::from_url(token_url.clone()))
         .set_auth_type(match provider.client_auth {
             ClientAuth::Basic => AuthType::BasicAuth,
             ClientAuth::Post => AuthType::RequestBody,
@@ -279,6 +356,47 @@ fn into_token_set(
     })
 }
 
+/// How a request of the client's own (revocation, introspection) carries its fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BodyFormat {
+    Form,
+    Json,
+}
+
+/// `request` with `fields` as its body and the client's authentication as the provider wants it:
+/// HTTP Basic with the id and secret form-encoded first (RFC 6749 §2.3.1), or `client_id` and
+/// `client_secret` among the fields.
+pub(crate) fn client_authenticated(
+    request: reqwest::RequestBuilder,
+    provider: &Provider,
+    creds: &ClientCredentials,
+    mut fields: Vec<(&'static str, String)>,
+    format: BodyFormat,
+) -> reqwest::RequestBuilder {
+    let request = match provider.client_auth {
+        ClientAuth::Basic => {
+            let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            let secret = creds.client_secret.as_ref().map(|s| enc(s.expose_secret()));
+            request.basic_auth(enc(&creds.client_id), secret)
+        }
+        ClientAuth::Post => {
+            fields.push(("client_id", creds.client_id.clone()));
+            if let Some(s) = &creds.client_secret {
+                fields.push(("client_secret", s.expose_secret().to_string()));
+            }
+            request
+        }
+    };
+    match format {
+        BodyFormat::Form => request.form(&fields),
+        BodyFormat::Json => {
+            let body: serde_json::Map<String, serde_json::Value> =
+                fields.into_iter().map(|(k, v)| (k.to_string(), serde_json::Value::String(v))).collect();
+            request.json(&body)
+        }
+    }
+}
+
 /// Exchange an authorization code (with its PKCE verifier) at the provider's token endpoint;
 /// `requested`: the scopes the authorization asked for. With the tokens, the id_token if any.
 #[allow(clippy::too_many_arguments)]
@@ -292,12 +410,13 @@ pub async fn exchange_code(
     default_lifetime: i64,
     requested: &[String],
 ) -> Result<(TokenSet, Option<Secret>), TokenError> {
-    let client = client(provider, creds, Some(redirect_uri))?;
+    let client = client(provider, creds, Some(redirect_uri), &provider.token_url)?;
     let mut request = client.exchange_code(AuthorizationCode::new(code.to_string()));
     if let Some(v) = verifier {
         request = request.set_pkce_verifier(PkceCodeVerifier::new(v.expose_secret().to_string()));
     }
-    let response = request.request_async(http).await.map_err(map_error)?;
+    let http = TokenHttp { http, provider, client_id: &creds.client_id };
+    let response = request.request_async(&http).await.map_err(map_error)?;
     let id_token = response.id_token.clone().map(crate::util::secret);
     // An answer without `scope` granted what was asked for (RFC 6749 §5.1).
     Ok((into_token_set(response, provider, default_lifetime, requested)?, id_token))
@@ -312,9 +431,10 @@ pub async fn refresh(
     default_lifetime: i64,
     current_scopes: &[String],
 ) -> Result<TokenSet, TokenError> {
-    let client = client(provider, creds, None)?;
+    let client = client(provider, creds, None, provider.refresh_url())?;
     let token = RefreshToken::new(refresh_token.expose_secret().to_string());
-    let response = client.exchange_refresh_token(&token).request_async(http).await.map_err(map_error)?;
+    let http = TokenHttp { http, provider, client_id: &creds.client_id };
+    let response = client.exchange_refresh_token(&token).request_async(&http).await.map_err(map_error)?;
     into_token_set(response, provider, default_lifetime, current_scopes)
 }
 
@@ -360,6 +480,61 @@ mod tests {
         // Keycloak's 0 means "does not expire"; not said at all is unknown.
         assert_eq!(set(r#"{"access_token":"a","refresh_expires_in":0}"#).refresh_expires_at, None);
         assert_eq!(set(r#"{"access_token":"a"}"#).refresh_expires_at, None);
+    }
+
+    #[test]
+    fn scopes_may_come_as_an_array() {
+        let r = parse(r#"{"access_token":"a","scope":["user:read:email","chat:read"]}"#).unwrap();
+        let scopes: Vec<String> = r.scopes.unwrap().iter().map(|s| s.to_string()).collect();
+        assert_eq!(scopes, ["user:read:email", "chat:read"]);
+        assert_eq!(parse(r#"{"access_token":"a","scope":[]}"#).unwrap().scopes.unwrap().len(), 0);
+        assert!(parse(r#"{"access_token":"a","scope":[1]}"#).is_err());
+    }
+
+    #[test]
+    fn tokens_are_read_from_the_configured_object_when_it_has_them() {
+        let slack = br#"{"ok":true,"access_token":"xoxb-bot","token_type":"bot","scope":"commands",
+            "authed_user":{"id":"U1","scope":"users.profile:read,chat:write","access_token":"xoxp-user","token_type":"user"}}"#;
+        let inner: serde_json::Value =
+            serde_json::from_slice(&token_object_at(slack, "/authed_user").unwrap()).unwrap();
+        assert_eq!(inner["access_token"], "xoxp-user");
+        let set = parse(&String::from_utf8(token_object_at(slack, "/authed_user").unwrap()).unwrap()).unwrap();
+        assert_eq!(set.scopes.unwrap().len(), 2, "the user token's scopes, comma-separated");
+        // A refresh answer has its tokens at the top: left alone; so is an object without a token.
+        assert_eq!(
+            token_object_at(br#"{"ok":true,"access_token":"xoxe.xoxp-1","refresh_token":"r"}"#, "/authed_user"),
+            None
+        );
+        assert_eq!(token_object_at(br#"{"authed_user":{"id":"U1"}}"#, "/authed_user"), None);
+        assert_eq!(token_object_at(b"not json", "/authed_user"), None);
+    }
+
+    #[test]
+    fn token_requests_are_sent_as_the_provider_wants_them() {
+        let settings = crate::config::Settings::resolve(&crate::config::RawConfig::default(), "debug").unwrap();
+        let http = Outbound::new(&settings).unwrap();
+        let mut provider = crate::oauth::providers::demo(&settings);
+        let form = || {
+            oauth2::http::Request::builder()
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(b"grant_type=authorization_code&code=c%2B1&redirect_uri=https%3A%2F%2Fa.example%2Fcb".to_vec())
+                .unwrap()
+        };
+        let adapt = |p: &Provider| TokenHttp { http: &http, provider: p, client_id: "cid" }.adapt(form()).unwrap();
+        let plain = adapt(&provider);
+        assert_eq!(plain.body(), form().body(), "a form stays a form");
+        provider.token_request = TokenRequest::Json;
+        provider.api_headers =
+            vec![("notion-version".into(), "2025-09-03".into()), ("client-id".into(), "{client_id}".into())];
+        let json = adapt(&provider);
+        assert_eq!(json.headers()["content-type"], "application/json");
+        assert_eq!(json.headers()["notion-version"], "2025-09-03");
+        assert_eq!(json.headers()["client-id"], "cid");
+        let body: serde_json::Value = serde_json::from_slice(json.body()).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"grant_type": "authorization_code", "code": "c+1", "redirect_uri": "https://a.example/cb"})
+        );
     }
 
     #[test]

@@ -58,6 +58,9 @@ pub struct State {
     /// Refresh any refresh token it did not issue (connections a benchmark seeded directly),
     /// without rotating it, and keep no record of the tokens issued for them (bounded memory).
     pub accept_any_refresh: bool,
+    /// Reshape each successful token answer as a provider with its own shape would send it
+    /// (Slack's user token inside `authed_user`, Twitch's `scope` array).
+    pub reshape_tokens: Option<fn(serde_json::Value) -> serde_json::Value>,
 }
 
 impl State {
@@ -78,8 +81,28 @@ fn error(status: u16, code: &str) -> ResponseTemplate {
     ResponseTemplate::new(status).set_body_json(json!({"error": code}))
 }
 
-fn form(req: &Request) -> HashMap<String, String> {
+/// The fields of a request body: form-encoded, or a JSON object of strings (Notion's token requests).
+pub fn form(req: &Request) -> HashMap<String, String> {
+    let json = req
+        .headers
+        .get("content-type")
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/json"));
+    if json {
+        let fields: HashMap<String, serde_json::Value> = serde_json::from_slice(&req.body).unwrap_or_default();
+        return fields.into_iter().filter_map(|(k, v)| v.as_str().map(|v| (k, v.to_string()))).collect();
+    }
     url::form_urlencoded::parse(&req.body).into_owned().collect()
+}
+
+/// The access token a request carries: `Authorization: Bearer …`, a bare `Authorization` value
+/// (monday.com) or `X-Shopify-Access-Token`.
+pub fn token_of(req: &Request) -> Option<String> {
+    let header = |name: &str| req.headers.get(name).and_then(|h| h.to_str().ok()).map(str::to_string);
+    match header("authorization") {
+        Some(a) => Some(a.strip_prefix("Bearer ").map(str::to_string).unwrap_or(a)),
+        None => header("x-shopify-access-token"),
+    }
 }
 
 fn basic_ok(req: &Request) -> bool {
@@ -129,6 +152,9 @@ impl Respond for TokenEndpoint {
                 if let Some(t) = id_token {
                     body["id_token"] = json!(t);
                 }
+                if let Some(reshape) = st.reshape_tokens {
+                    body = reshape(body);
+                }
                 ResponseTemplate::new(200).set_body_json(body)
             }
             Some("refresh_token") => {
@@ -171,7 +197,11 @@ impl Respond for TokenEndpoint {
 }
 
 fn issue(st: &mut State, account: serde_json::Value) -> ResponseTemplate {
-    ResponseTemplate::new(200).set_body_json(issue_body(st, account))
+    let mut body = issue_body(st, account);
+    if let Some(reshape) = st.reshape_tokens {
+        body = reshape(body);
+    }
+    ResponseTemplate::new(200).set_body_json(body)
 }
 
 fn issue_body(st: &mut State, account: serde_json::Value) -> serde_json::Value {
@@ -244,9 +274,8 @@ struct ApiEndpoint(Arc<Mutex<State>>);
 impl Respond for ApiEndpoint {
     fn respond(&self, req: &Request) -> ResponseTemplate {
         let st = self.0.lock().unwrap();
-        let token =
-            req.headers.get("authorization").and_then(|h| h.to_str().ok()).and_then(|h| h.strip_prefix("Bearer "));
-        if !token.is_some_and(|t| st.access_tokens.iter().any(|a| a == t)) {
+        let token = token_of(req);
+        if !token.is_some_and(|t| st.access_tokens.contains(&t)) {
             return error(401, "invalid_token");
         }
         if req.url.path() == "/api/big" {
@@ -275,12 +304,60 @@ impl Respond for AccountEndpoint {
         if st.account_always_401 {
             return error(401, "invalid_token");
         }
-        let token =
-            req.headers.get("authorization").and_then(|h| h.to_str().ok()).and_then(|h| h.strip_prefix("Bearer "));
-        match token {
-            Some(t) if st.access_tokens.iter().any(|a| a == t) => ResponseTemplate::new(200)
-                .set_body_json(st.token_accounts.get(t).cloned().unwrap_or_else(|| FakeProvider::account_json(1))),
+        match token_of(req) {
+            Some(t) if st.access_tokens.contains(&t) => ResponseTemplate::new(200)
+                .set_body_json(st.token_accounts.get(&t).cloned().unwrap_or_else(|| FakeProvider::account_json(1))),
             _ => error(401, "invalid_token"),
+        }
+    }
+}
+
+/// `POST /graphql`: a GraphQL API answering `{ <field> { … } }` with the token's account under
+/// `data.<field>` (Linear's `viewer`, monday.com's `me`, Shopify's `shop`); anything else is a
+/// GraphQL error.
+struct GraphqlEndpoint(Arc<Mutex<State>>);
+
+impl Respond for GraphqlEndpoint {
+    fn respond(&self, req: &Request) -> ResponseTemplate {
+        let st = self.0.lock().unwrap();
+        let Some(account) = token_of(req).and_then(|t| st.token_accounts.get(&t).cloned()) else {
+            return error(401, "invalid_token");
+        };
+        let query = serde_json::from_slice::<serde_json::Value>(&req.body)
+            .ok()
+            .and_then(|b| b["query"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        let field = query.trim().trim_start_matches('{').split_whitespace().next().unwrap_or("").to_string();
+        if field.is_empty() || !field.chars().all(|c| c.is_ascii_alphabetic()) {
+            return ResponseTemplate::new(200).set_body_json(json!({"errors": [{"message": "Syntax Error"}]}));
+        }
+        ResponseTemplate::new(200).set_body_json(json!({"data": {field: account}}))
+    }
+}
+
+/// `POST /introspect`: RFC 7662 with client authentication (Basic or in the form), describing the
+/// token's account as HubSpot does (`hub_id`, `user`, `hub_domain`).
+struct IntrospectEndpoint(Arc<Mutex<State>>);
+
+impl Respond for IntrospectEndpoint {
+    fn respond(&self, req: &Request) -> ResponseTemplate {
+        let st = self.0.lock().unwrap();
+        let f = form(req);
+        let body_auth = f.get("client_id").map(String::as_str) == Some(CLIENT_ID)
+            && f.get("client_secret").map(String::as_str) == Some(CLIENT_SECRET);
+        if !basic_ok(req) && !body_auth {
+            return error(401, "invalid_client");
+        }
+        let token = f.get("token").cloned().unwrap_or_default();
+        match st.token_accounts.get(&token).filter(|_| st.access_tokens.contains(&token)) {
+            Some(account) => ResponseTemplate::new(200).set_body_json(json!({
+                "active": true,
+                "token_use": "access_token",
+                "hub_id": account["id"],
+                "user": account["email"],
+                "hub_domain": format!("{}.hubspot.example", account["login"].as_str().unwrap_or("x")),
+            })),
+            None => ResponseTemplate::new(200).set_body_json(json!({"active": false})),
         }
     }
 }
@@ -303,6 +380,22 @@ impl FakeProvider {
             ..State::default()
         }));
         Mock::given(method("POST")).and(path("/token")).respond_with(TokenEndpoint(state.clone())).mount(&server).await;
+        // A separate refresh endpoint (Figma's), answering as the token endpoint does.
+        Mock::given(method("POST"))
+            .and(path("/refresh"))
+            .respond_with(TokenEndpoint(state.clone()))
+            .mount(&server)
+            .await;
+        Mock::given(method("POST"))
+            .and(path("/graphql"))
+            .respond_with(GraphqlEndpoint(state.clone()))
+            .mount(&server)
+            .await;
+        Mock::given(method("POST"))
+            .and(path("/introspect"))
+            .respond_with(IntrospectEndpoint(state.clone()))
+            .mount(&server)
+            .await;
         Mock::given(path("/account")).respond_with(AccountEndpoint(state.clone())).mount(&server).await;
         let jwks = json!({"keys": [{"kty": "EC", "crv": "P-256", "x": ID_TOKEN_X, "y": ID_TOKEN_Y, "kid": "fake-1", "use": "sig", "alg": "ES256"}]});
         Mock::given(path("/jwks")).respond_with(ResponseTemplate::new(200).set_body_json(jwks)).mount(&server).await;
@@ -355,6 +448,11 @@ impl FakeProvider {
         self.server.uri()
     }
 
+    /// Answer more paths (a test's own revocation endpoint…).
+    pub async fn mount(&self, mock: Mock) {
+        mock.mount(&self.server).await;
+    }
+
     /// A code the provider will accept once, for a flow whose PKCE challenge is `challenge`.
     pub fn issue_code(&self, challenge: &str) -> String {
         let code = format!("CODE-CANARY-{}", uuidish());
@@ -384,13 +482,18 @@ impl FakeProvider {
         self.requests_to("/token").await.len()
     }
 
-    /// Token calls with `grant_type=refresh_token`.
-    pub async fn refresh_calls(&self) -> usize {
-        self.requests_to("/token")
+    /// Token calls with `grant_type=refresh_token` at `path` (`/token`, or `/refresh`).
+    pub async fn refresh_calls_to(&self, p: &str) -> usize {
+        self.requests_to(p)
             .await
             .iter()
             .filter(|r| form(r).get("grant_type").map(String::as_str) == Some("refresh_token"))
             .count()
+    }
+
+    /// Token calls with `grant_type=refresh_token`.
+    pub async fn refresh_calls(&self) -> usize {
+        self.refresh_calls_to("/token").await
     }
 
     /// Make every current access token invalid (as if revoked or expired at the provider).

@@ -481,6 +481,15 @@ impl<'a> Agent<'a> {
         self.fetch(&format!("/services/{service}/callback?code={code}&state={state}")).await
     }
 
+    /// Create an API key named `name` on /settings/api-keys; the key, as shown once.
+    pub async fn api_key(&self, name: &str) -> String {
+        let csrf = self.csrf("/settings/api-keys").await;
+        let r = self.post_form("/settings/api-keys", &[("csrf_token", &csrf), ("name", name)]).await;
+        assert_eq!(r.status, Status::Ok, "{}", r.text);
+        let re = regex::Regex::new(r#"<code id="new-api-key">(tvk_[A-Za-z0-9_-]+)</code>"#).unwrap();
+        re.captures(&r.text).expect("the new key is shown once")[1].to_string()
+    }
+
     /// Run a whole successful flow against the fake provider.
     pub async fn connect(&self, service: &str) -> Reply {
         let authorize = self.start_flow(service).await;
