@@ -344,7 +344,7 @@ async fn an_openid_connect_provider_names_the_account_by_its_verified_id_token()
     assert_eq!(app.text("SELECT account_label AS t FROM connections"), "fake@example.com");
     assert!(app.fake.requests_to("/account").await.is_empty(), "no account API call is needed");
 
-    for fault in ["aud", "iss", "nonce", "expired", "signature"] {
+    for fault in ["aud", "iss", "nonce", "expired", "signature", "audiences", "azp", "azp-alone"] {
         app.fake.with_state(|s| {
             s.id_token_fault = Some(fault);
             s.sign_in_as(3);
@@ -356,12 +356,19 @@ async fn an_openid_connect_provider_names_the_account_by_its_verified_id_token()
         assert!(!reply.text.contains("CANARY") && !reply.text.contains("eyJ"), "no token on the page");
         assert_eq!(app.connection_count(), 1, "{fault}: nothing stored");
     }
+    // Several audiences with tokenvault as the authorized party: the token was issued to it.
+    app.fake.with_state(|s| s.id_token_fault = Some("audiences-azp-ours"));
+    let url = alice.start_flow_with("fake", &[("add_account", "true")]).await;
+    let reply = alice.finish_flow("fake", &url).await;
+    assert_eq!(reply.status, Status::SeeOther, "{}", reply.text);
+    assert_eq!(app.connection_count(), 2, "sub-3 added");
     app.fake.with_state(|s| {
         s.id_token_fault = None;
         s.id_tokens = false;
+        s.sign_in_as(4);
     });
     let url = alice.start_flow_with("fake", &[("add_account", "true")]).await;
     let reply = alice.finish_flow("fake", &url).await;
     assert_eq!(reply.status, Status::BadGateway, "an OpenID provider's answer without an id_token: {}", reply.text);
-    assert_eq!(app.connection_count(), 1);
+    assert_eq!(app.connection_count(), 2);
 }

@@ -49,7 +49,10 @@ pub struct State {
     /// Code exchanges answer with an id_token signed by the fixture key (served at `/jwks`),
     /// for `sub` = the account's `sub`, with the nonce the code was issued for.
     pub id_tokens: bool,
-    /// Spoil the next id_tokens: `"aud"`, `"iss"`, `"nonce"`, `"expired"`, `"signature"`.
+    /// Spoil the next id_tokens: `"aud"`, `"iss"`, `"nonce"`, `"expired"`, `"signature"`,
+    /// `"audiences"` (ours and another, no `azp`), `"azp"` (both, `azp` the other client),
+    /// `"azp-alone"` (ours only, `azp` another client) — or shape them without spoiling them:
+    /// `"audiences-azp-ours"` (both audiences, `azp` ours).
     pub id_token_fault: Option<&'static str>,
     /// code → the `nonce` of its authorization request.
     nonces: HashMap<String, String>,
@@ -215,6 +218,20 @@ fn id_token(st: &State, account: &serde_json::Value, nonce: Option<String>) -> S
         "iat": now,
         "exp": if fault == Some("expired") { now - 3600 } else { now + 600 },
     });
+    // Several audiences, with or without an authorized party (`azp`).
+    match fault {
+        Some("audiences") => claims["aud"] = json!([CLIENT_ID, "another-client"]),
+        Some("azp") => {
+            claims["aud"] = json!([CLIENT_ID, "another-client"]);
+            claims["azp"] = json!("another-client");
+        }
+        Some("azp-alone") => claims["azp"] = json!("another-client"),
+        Some("audiences-azp-ours") => {
+            claims["aud"] = json!([CLIENT_ID, "another-client"]);
+            claims["azp"] = json!(CLIENT_ID);
+        }
+        _ => {}
+    }
     if let Some(n) = nonce {
         claims["nonce"] = json!(if fault == Some("nonce") { "another-nonce".to_string() } else { n });
     }
