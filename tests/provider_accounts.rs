@@ -372,3 +372,63 @@ async fn an_openid_connect_provider_names_the_account_by_its_verified_id_token()
     assert_eq!(reply.status, Status::BadGateway, "an OpenID provider's answer without an id_token: {}", reply.text);
     assert_eq!(app.connection_count(), 2);
 }
+
+/// The fake as an OpenID Connect provider (its JWKS and `openid`), signed in to account 1.
+async fn openid_app() -> TestApp {
+    let app =
+        builder().provider("scopes", vec!["openid", "email"]).provider_with_fake_url("jwks_url", "/jwks").start().await;
+    app.fake.with_state(|s| s.id_tokens = true);
+    app
+}
+
+/// "Connect another account" against a provider that keeps a session: without its account
+/// chooser it would sign the session's account in again and the app would renew that connection.
+#[tokio::test]
+async fn another_account_can_be_added_while_the_provider_keeps_a_session() {
+    let app = openid_app().await;
+    let alice = app.user("alice").await;
+    alice.connect("fake").await;
+    // At the provider's chooser she would pick account 2; without it the session (account 1) answers.
+    app.fake.with_state(|s| s.choose(2));
+    let plain = alice.start_flow("fake").await;
+    assert!(!plain.query_pairs().any(|(k, _)| k == "prompt"), "a plain connect asks for no chooser: {plain}");
+    let url = alice.start_flow_with("fake", &[("add_account", "true")]).await;
+    assert!(url.query_pairs().any(|(k, v)| k == "prompt" && v == "select_account"), "{url}");
+    let reply = alice.finish_flow("fake", &url).await;
+    assert_eq!(reply.status, Status::SeeOther, "{}", reply.text);
+    assert_eq!(app.connection_count(), 2, "account 2 was added, not account 1 renewed");
+    let greeting = alice.fetch(reply.location.as_deref().unwrap()).await.text;
+    assert!(greeting.contains(r#"id="connected-account">user2@fake.example<"#), "{greeting}");
+    assert!(!greeting.contains("account-already-connected"));
+
+    // Picking an account that is connected already: renewed, and the page says so.
+    app.fake.with_state(|s| s.choose(1));
+    let version = app.count("SELECT version AS n FROM connections WHERE account_id = 'sub-1'");
+    let url = alice.start_flow_with("fake", &[("add_account", "true")]).await;
+    let reply = alice.finish_flow("fake", &url).await;
+    assert_eq!(reply.status, Status::SeeOther, "{}", reply.text);
+    assert_eq!(app.connection_count(), 2, "no third connection");
+    assert_eq!(app.count("SELECT version AS n FROM connections WHERE account_id = 'sub-1'"), version + 1);
+    let greeting = alice.fetch(reply.location.as_deref().unwrap()).await.text;
+    assert!(greeting.contains(r#"id="account-already-connected""#), "{greeting}");
+    assert!(greeting.contains("<strong>fake@example.com</strong>"), "it names the account: {greeting}");
+}
+
+/// A provider's `add_account_params` replace the default (none for a provider without id_tokens).
+#[tokio::test]
+async fn add_account_params_are_configurable() {
+    let app = builder()
+        .provider("account_id_pointer", "/id")
+        .provider("add_account_params", std::collections::BTreeMap::from([("force_reauthentication", "true")]))
+        .start()
+        .await;
+    app.fake.with_state(|s| s.chooser = Some(("force_reauthentication".into(), "true".into())));
+    let alice = app.user("alice").await;
+    alice.connect("fake").await;
+    app.fake.with_state(|s| s.choose(2));
+    let url = alice.start_flow_with("fake", &[("add_account", "true")]).await;
+    assert!(url.query_pairs().any(|(k, v)| k == "force_reauthentication" && v == "true"), "{url}");
+    assert!(!url.query_pairs().any(|(k, _)| k == "prompt"), "the configured table replaces the default");
+    assert_eq!(alice.finish_flow("fake", &url).await.status, Status::SeeOther);
+    assert_eq!(app.connection_count(), 2);
+}

@@ -79,12 +79,20 @@ async fn connect_preset(_app: &TestApp, agent: &common::Agent<'_>) -> BTreeMap<S
     url.query_pairs().into_owned().collect()
 }
 
+/// The authorize query of a "Connect another account" flow (started, not finished).
+async fn add_account_query(agent: &common::Agent<'_>) -> BTreeMap<String, String> {
+    agent.start_flow_with("fake", &[("add_account", "true")]).await.query_pairs().into_owned().collect()
+}
+
 #[tokio::test]
 async fn dropbox_preset_request_shapes() {
     let app = builder().preset("dropbox").start().await;
     let alice = app.user("alice").await;
     let q = connect_preset(&app, &alice).await;
     assert_eq!(q["token_access_type"], "offline");
+    assert!(!q.contains_key("force_reauthentication"), "only to add another account");
+    let added = add_account_query(&alice).await;
+    assert_eq!((added["force_reauthentication"].as_str(), added["token_access_type"].as_str()), ("true", "offline"));
     let token = &app.fake.requests_to("/token").await[0];
     assert_eq!(token.headers.get("authorization").unwrap().to_str().unwrap(), basic(), "Dropbox: HTTP Basic");
     assert!(!form_of(token).contains_key("client_secret"));
@@ -113,6 +121,8 @@ async fn google_preset_request_shapes() {
     assert_eq!(q["access_type"], "offline");
     assert_eq!(q["prompt"], "consent");
     assert_eq!(q["scope"], "openid email profile");
+    // Another account: Google's chooser, and still a refresh token (`consent`), in one `prompt`.
+    assert_eq!(add_account_query(&alice).await["prompt"], "consent select_account");
     let token = &app.fake.requests_to("/token").await[0];
     let form = form_of(token);
     assert_eq!(form["client_id"], CLIENT_ID, "Google: credentials in the form body");
@@ -132,7 +142,9 @@ async fn google_preset_request_shapes() {
 async fn github_preset_request_shapes() {
     let app = builder().preset("github").start().await;
     let alice = app.user("alice").await;
-    connect_preset(&app, &alice).await;
+    let q = connect_preset(&app, &alice).await;
+    assert!(!q.contains_key("prompt"));
+    assert_eq!(add_account_query(&alice).await["prompt"], "select_account", "GitHub's account picker");
     let token = &app.fake.requests_to("/token").await[0];
     assert_eq!(token.headers.get("accept").unwrap().to_str().unwrap(), "application/json");
     assert_eq!(form_of(token)["client_secret"], CLIENT_SECRET);
@@ -170,6 +182,7 @@ async fn microsoft_preset_has_no_revocation_and_says_so() {
     let alice = app.user("alice").await;
     let q = connect_preset(&app, &alice).await;
     assert!(q["scope"].split(' ').any(|s| s == "offline_access"));
+    assert_eq!(add_account_query(&alice).await["prompt"], "select_account", "Microsoft's account chooser");
     let settings = alice.fetch("/settings/oauth2").await;
     assert!(!settings.text.contains(r#"id="revoke-fake""#));
     assert!(settings.text.contains(r#"id="delete-fake""#));

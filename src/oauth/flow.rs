@@ -147,8 +147,9 @@ pub async fn start(
     if provider.pkce {
         request = request.set_pkce_challenge(challenge);
     }
-    for (key, value) in &provider.authorize_params {
-        request = request.add_extra_param(key.as_str(), value.as_str());
+    let add_account = intent.add_account && intent.connection.is_none();
+    for (key, value) in authorize_extras(provider, add_account, upgrading) {
+        request = request.add_extra_param(key, value);
     }
     if let Some(nonce) = &nonce {
         request = request.add_extra_param("nonce", nonce.as_str());
@@ -159,6 +160,34 @@ pub async fn start(
     }
     let (url, _) = request.url();
     Ok(url)
+}
+
+/// The provider's extra authorize parameters for this request: its `authorize_params`, plus its
+/// `add_account_params` on a "Connect another account" flow (what makes it show its account
+/// chooser), plus `prompt=consent` when upgrading an OpenID Connect provider's connection (so it
+/// shows the new scopes rather than answering from an earlier consent). Each name once: `prompt`
+/// values are space-separated lists (OpenID Connect Core §3.1.2.1), so two are merged; for any
+/// other name the later value wins.
+pub fn authorize_extras(provider: &Provider, add_account: bool, upgrading: bool) -> Vec<(String, String)> {
+    let mut params: Vec<(String, String)> = Vec::new();
+    let consent = [("prompt".to_string(), "consent".to_string())];
+    let added: &[(String, String)] = if add_account { &provider.add_account_params } else { &[] };
+    let upgrade: &[(String, String)] = if upgrading && provider.verifies_id_token() { &consent } else { &[] };
+    for (key, value) in provider.authorize_params.iter().chain(added).chain(upgrade) {
+        match params.iter_mut().find(|(k, _)| k == key) {
+            Some((_, prompt)) if key == "prompt" => {
+                for word in value.split(' ').filter(|w| !w.is_empty()) {
+                    if !prompt.split(' ').any(|w| w == word) {
+                        prompt.push(' ');
+                        prompt.push_str(word);
+                    }
+                }
+            }
+            Some((_, old)) => *old = value.clone(),
+            None => params.push((key.clone(), value.clone())),
+        }
+    }
+    params
 }
 
 /// The query of a callback, with every parameter given at most once. Its `Debug` and `Display`
@@ -229,6 +258,9 @@ pub enum Finished {
     Connected {
         return_to: String,
         connection_id: i64,
+        /// "Connect another account" was answered for an account connected already: its
+        /// connection was renewed, and the page must say so.
+        already_connected: bool,
     },
     Cancelled,
     /// Reconnecting connection `connection_id` (of `expected`), the provider answered for another
@@ -446,8 +478,11 @@ pub async fn finish(
                     return Ok(Finished::AccountMismatch { connection_id, expected, got, return_to: flow.return_to });
                 }
             };
+            let already_connected = flow.add_account
+                && to.into.is_none()
+                && to.account.as_ref().is_some_and(|a| rows.iter().any(|r| r.account_id == a.id));
             let connection_id = store::save(ctx.tokens, to, token_set, EventKind::Connect).await?;
-            Ok(Finished::Connected { return_to: flow.return_to, connection_id })
+            Ok(Finished::Connected { return_to: flow.return_to, connection_id, already_connected })
         }
         Err(e) => {
             connect_failed(ctx, user_id, &service, format!("code exchange: {e}")).await?;
@@ -544,6 +579,37 @@ mod tests {
         assert_eq!(scopes_for(&p, Some(&granted), &["write".into()]).unwrap(), ["read", "extra", "write"]);
         assert_eq!(scopes_for(&p, None, &[]).unwrap(), ["read"]);
         assert!(scopes_for(&p, None, &["root".into()]).is_err());
+    }
+
+    #[test]
+    fn add_account_and_upgrade_parameters_join_the_providers_own() {
+        let preset = |name: &str| {
+            let cfg = crate::oauth::providers::ProviderConfig { preset: Some(name.into()), ..Default::default() };
+            crate::oauth::providers::resolve(name, &cfg).unwrap()
+        };
+        let map = |p: Vec<(String, String)>| p.into_iter().collect::<std::collections::BTreeMap<_, _>>();
+        let google = preset("google");
+        let plain = map(authorize_extras(&google, false, false));
+        assert_eq!((plain["prompt"].as_str(), plain["access_type"].as_str()), ("consent", "offline"));
+        let added = authorize_extras(&google, true, false);
+        assert_eq!(added.iter().filter(|(k, _)| k == "prompt").count(), 1, "one prompt parameter");
+        assert_eq!(map(added)["prompt"], "consent select_account");
+        assert_eq!(map(authorize_extras(&google, false, true))["prompt"], "consent", "consent once");
+        let dropbox = map(authorize_extras(&preset("dropbox"), true, false));
+        assert_eq!(
+            (dropbox["force_reauthentication"].as_str(), dropbox["token_access_type"].as_str()),
+            ("true", "offline")
+        );
+        assert!(!map(authorize_extras(&preset("dropbox"), false, false)).contains_key("force_reauthentication"));
+        assert_eq!(map(authorize_extras(&preset("github"), true, false))["prompt"], "select_account");
+        // An upgrade asks an OpenID provider for consent again; others are asked as before.
+        let settings = Settings::resolve(&crate::config::RawConfig::default(), "debug").unwrap();
+        let mut oidc = crate::oauth::providers::demo(&settings);
+        assert!(authorize_extras(&oidc, true, true).is_empty(), "the demo provider: nothing extra");
+        oidc.jwks_url = Some(Url::parse("https://issuer.example/jwks").unwrap());
+        oidc.scopes = vec!["openid".into()];
+        assert_eq!(authorize_extras(&oidc, false, true), [("prompt".to_string(), "consent".to_string())]);
+        assert!(authorize_extras(&oidc, false, false).is_empty());
     }
 
     #[test]

@@ -201,13 +201,15 @@ async fn finish_callback(
 ) -> AppResult<Result<Redirect, (rocket::http::Status, Template)>> {
     let p = provider(app, service)?;
     match flow::finish(&app.access(), user, &p, params).await? {
-        Finished::Connected { return_to, connection_id } => {
-            tracing::info!(service = %p.name, connection_id, "service connected");
+        Finished::Connected { return_to, connection_id, already_connected } => {
+            tracing::info!(service = %p.name, connection_id, already_connected, "service connected");
             app.webhooks.wake();
-            let query: String = url::form_urlencoded::Serializer::new(String::new())
-                .append_pair("next", &return_to)
-                .append_pair("connection", &connection_id.to_string())
-                .finish();
+            let mut query = url::form_urlencoded::Serializer::new(String::new());
+            query.append_pair("next", &return_to).append_pair("connection", &connection_id.to_string());
+            if already_connected {
+                query.append_pair("already_connected", "true");
+            }
+            let query = query.finish();
             let to = format!("/services/{}/connected?{query}", p.name);
             // No flash here: Rocket's flash cookie is SameSite=Strict and would not reach the next
             // page of a redirect chain that began at the provider; the greeting page says it all.
@@ -271,10 +273,13 @@ struct ConnectedPage {
     expires: Option<String>,
     expires_utc: Option<String>,
     has_refresh_token: bool,
+    /// "Connect another account" came back with this account, which was connected already: its
+    /// connection was renewed, no account was added (`#account-already-connected`).
+    already_connected: bool,
     next: String,
 }
 
-#[get("/services/<service>/connected?<next>&<connection>")]
+#[get("/services/<service>/connected?<next>&<connection>&<already_connected>")]
 async fn connected(
     app: &State<AppState>,
     user: &CurrentUser,
@@ -282,6 +287,7 @@ async fn connected(
     service: &str,
     next: Option<&str>,
     connection: Option<i64>,
+    already_connected: Option<bool>,
 ) -> AppResult<Template> {
     let p = provider(app, service)?;
     let (which, name) = (Which { user_id: user.id, id: connection }, p.name.clone());
@@ -299,6 +305,7 @@ async fn connected(
         expires: conn.expires_at.map(|e| relative_time(e, now())),
         expires_utc: conn.expires_at.map(format_utc),
         has_refresh_token: conn.refresh_token.is_some(),
+        already_connected: already_connected.unwrap_or(false),
         next: return_path(next),
     };
     let title = format!("{} connected", p.display_name);

@@ -44,6 +44,16 @@ pub struct State {
     pub account: Option<serde_json::Value>,
     /// token (access or refresh) → the account it belongs to.
     token_accounts: HashMap<String, serde_json::Value>,
+    /// The authorize parameter (name, and a value among its space-separated values) that makes
+    /// the fake show its account chooser (default `prompt=select_account`); without it, an
+    /// authorization answers for the session's account (`account`), as providers with a live
+    /// session do.
+    pub chooser: Option<(String, String)>,
+    /// The account the person picks when the chooser is shown (`None`: the session's); picking
+    /// one signs the session in to it.
+    pub chooser_pick: Option<serde_json::Value>,
+    /// code → the account it was issued for at the authorize step ([`FakeProvider::authorize`]).
+    code_accounts: HashMap<String, serde_json::Value>,
     /// The `scope` the token endpoint answers with (`None`: `read write`; `Some("")`: none).
     pub grant_scope: Option<String>,
     /// Code exchanges answer with an id_token signed by the fixture key (served at `/jwks`),
@@ -68,6 +78,11 @@ impl State {
     /// `fake-user-<n>`, email `user<n>@fake.example`) for tokens issued from now on.
     pub fn sign_in_as(&mut self, n: u32) {
         self.account = Some(FakeProvider::account_json(n));
+    }
+
+    /// At the account chooser (when the authorization request asks for it), pick account `n`.
+    pub fn choose(&mut self, n: u32) {
+        self.chooser_pick = Some(FakeProvider::account_json(n));
     }
 }
 
@@ -125,7 +140,11 @@ impl Respond for TokenEndpoint {
                         return error(400, "invalid_grant");
                     }
                 }
-                let account = st.account.clone().unwrap_or_else(|| FakeProvider::account_json(1));
+                let account = st
+                    .code_accounts
+                    .remove(&code)
+                    .or_else(|| st.account.clone())
+                    .unwrap_or_else(|| FakeProvider::account_json(1));
                 let nonce = st.nonces.remove(&code);
                 let id_token = st.id_tokens.then(|| id_token(&st, &account, nonce));
                 let mut body = issue_body(&mut st, account);
@@ -317,6 +336,7 @@ impl FakeProvider {
             enforce_pkce: true,
             expires_in: Some(json!(3600)),
             rotate_refresh_tokens: true,
+            chooser: Some(("prompt".into(), "select_account".into())),
             ..State::default()
         }));
         Mock::given(method("POST")).and(path("/token")).respond_with(TokenEndpoint(state.clone())).mount(&server).await;
@@ -376,6 +396,29 @@ impl FakeProvider {
     pub fn issue_code(&self, challenge: &str) -> String {
         let code = format!("CODE-CANARY-{}", uuidish());
         self.state.lock().unwrap().codes.insert(code.clone(), challenge.to_string());
+        code
+    }
+
+    /// The person at the fake's authorize page, approving the request `url` (the Redirector's
+    /// redirect): a code for its PKCE challenge (and `nonce`), issued for the session's account —
+    /// or, when the request asks for the account chooser and a pick is set, for that account.
+    pub fn authorize(&self, url: &url::Url) -> String {
+        let q: HashMap<String, String> = url.query_pairs().into_owned().collect();
+        let code = self.issue_code(q.get("code_challenge").map(String::as_str).unwrap_or_default());
+        if let Some(nonce) = q.get("nonce") {
+            self.remember_nonce(&code, nonce);
+        }
+        let mut st = self.state.lock().unwrap();
+        let shown =
+            st.chooser.as_ref().is_some_and(|(k, v)| q.get(k).is_some_and(|given| given.split(' ').any(|w| w == v)));
+        if shown {
+            if let Some(pick) = st.chooser_pick.clone() {
+                st.account = Some(pick);
+            }
+        }
+        if let Some(account) = st.account.clone() {
+            st.code_accounts.insert(code.clone(), account);
+        }
         code
     }
 

@@ -473,11 +473,8 @@ impl<'a> Agent<'a> {
 
     /// Finish a flow started at the fake provider (it approves): the callback's reply.
     pub async fn finish_flow(&self, service: &str, authorize: &url::Url) -> Reply {
-        let (state, challenge) = flow_params(authorize);
-        let code = self.app.fake.issue_code(&challenge);
-        if let Some((_, nonce)) = authorize.query_pairs().find(|(k, _)| k == "nonce") {
-            self.app.fake.remember_nonce(&code, &nonce);
-        }
+        let (state, _) = flow_params(authorize);
+        let code = self.app.fake.authorize(authorize);
         self.fetch(&format!("/services/{service}/callback?code={code}&state={state}")).await
     }
 
