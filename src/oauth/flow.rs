@@ -22,7 +22,8 @@ use crate::oauth::access::Access;
 use crate::oauth::account::identify;
 use crate::oauth::providers::Provider;
 use crate::oauth::store::Destination;
-use crate::oauth::{id_token, store, tokens};
+use crate::oauth::tokens::TokenSet;
+use crate::oauth::{id_token, retire, store, tokens};
 use crate::util::{now, random_token, sha256_hex, Secret};
 use crate::vault::store::client_credentials;
 use crate::vault::{Aad, Cipher};
@@ -288,6 +289,7 @@ pub fn destination(
         account: account.clone(),
         into: None,
         requested,
+        retire_replaced: false,
     };
     // Reconnecting: the row named, or the only one there is when not adding another account.
     let pinned = match flow.connection_id {
@@ -452,43 +454,70 @@ pub async fn finish(
     ctx.metrics.token_endpoint(&provider.name, "authorization_code", started);
     match exchanged {
         Ok((token_set, id_token)) => {
-            let account = if provider.verifies_id_token() {
-                let account = id_token::verify(
-                    ctx.http,
-                    provider,
-                    &creds.client_id,
-                    id_token.as_ref(),
-                    flow.nonce_hash.as_deref(),
-                )
-                .await?;
-                Some(account)
-            } else {
-                identify(ctx.http, provider, &token_set.access_token).await?
-            };
-            let svc = service.clone();
-            let rows = ctx.tokens.db.run(move |conn| Ok(connections::list_for(conn, user_id, &svc)?)).await?;
-            let to = match destination(&flow, &rows, account, requested) {
-                Ok(to) => to,
-                Err((connection_id, expected, got)) => {
-                    let detail = format!(
-                        "reconnect refused: the provider answered for another account ({})",
-                        got.as_ref().and_then(|a| a.label.clone()).unwrap_or_else(|| "unknown".into())
-                    );
-                    connect_failed(ctx, user_id, &service, detail).await?;
-                    return Ok(Finished::AccountMismatch { connection_id, expected, got, return_to: flow.return_to });
-                }
-            };
-            let already_connected = flow.add_account
-                && to.into.is_none()
-                && to.account.as_ref().is_some_and(|a| rows.iter().any(|r| r.account_id == a.id));
-            let connection_id = store::save(ctx.tokens, to, token_set, EventKind::Connect).await?;
-            Ok(Finished::Connected { return_to: flow.return_to, connection_id, already_connected })
+            let kept = (token_set.access_token.clone(), token_set.refresh_token.clone());
+            let answer = Answer { tokens: token_set, id_token, nonce_hash: flow.nonce_hash.clone(), requested };
+            let settled = settle(ctx, provider, &creds.client_id, flow, answer).await;
+            if !matches!(settled, Ok(Finished::Connected { .. })) {
+                // Obtained and not stored (another account, a refused id_token, …): still live
+                // at the provider, so revoked too.
+                retire::discard(ctx.tokens, provider, user_id, &kept.0, kept.1.as_ref()).await;
+            }
+            settled
         }
         Err(e) => {
             connect_failed(ctx, user_id, &service, format!("code exchange: {e}")).await?;
             Err(e.to_app_error(provider))
         }
     }
+}
+
+/// A token endpoint's answer to a code exchange, and what the flow asked for.
+struct Answer {
+    tokens: TokenSet,
+    id_token: Option<Secret>,
+    nonce_hash: Option<String>,
+    requested: Vec<String>,
+}
+
+/// Which account the answer is for, and where its tokens go: stored (a connection made, renewed
+/// or reconnected), or — another account on a pinned reconnect — nowhere.
+async fn settle(
+    ctx: &Access<'_>,
+    provider: &Provider,
+    client_id: &str,
+    flow: Flow,
+    answer: Answer,
+) -> AppResult<Finished> {
+    let (user_id, service) = (flow.user_id, provider.name.clone());
+    let account = if provider.verifies_id_token() {
+        let account =
+            id_token::verify(ctx.http, provider, client_id, answer.id_token.as_ref(), answer.nonce_hash.as_deref())
+                .await?;
+        Some(account)
+    } else {
+        identify(ctx.http, provider, &answer.tokens.access_token).await?
+    };
+    let svc = service.clone();
+    let rows = ctx.tokens.db.run(move |conn| Ok(connections::list_for(conn, user_id, &svc)?)).await?;
+    let mut to = match destination(&flow, &rows, account, answer.requested) {
+        Ok(to) => to,
+        Err((connection_id, expected, got)) => {
+            let detail = format!(
+                "reconnect refused: the provider answered for another account ({})",
+                got.as_ref().and_then(|a| a.label.clone()).unwrap_or_else(|| "unknown".into())
+            );
+            connect_failed(ctx, user_id, &service, detail).await?;
+            return Ok(Finished::AccountMismatch { connection_id, expected, got, return_to: flow.return_to });
+        }
+    };
+    // The tokens this replaces (a reconnect, an upgrade, an account connected again) are revoked
+    // once the new ones are stored — unless one revocation would end the whole grant.
+    to.retire_replaced = provider.revokes_retired_tokens();
+    let already_connected = flow.add_account
+        && to.into.is_none()
+        && to.account.as_ref().is_some_and(|a| rows.iter().any(|r| r.account_id == a.id));
+    let connection_id = store::save(ctx.tokens, to, answer.tokens, EventKind::Connect).await?;
+    Ok(Finished::Connected { return_to: flow.return_to, connection_id, already_connected })
 }
 
 #[cfg(test)]

@@ -98,6 +98,13 @@ impl Provider {
             && (self.revoke_url.is_some() || self.revoke_style == RevokeStyle::Github)
     }
 
+    /// Whether the tokens tokenvault replaces or throws away are revoked at the provider
+    /// (`oauth::retire`): it can revoke, and revoking one token does not end the account's whole
+    /// grant (`revocation_ends_grant`), which would end the new tokens, or another connection's, too.
+    pub fn revokes_retired_tokens(&self) -> bool {
+        self.can_revoke() && !self.revocation_ends_grant
+    }
+
     /// Whether a callback's `iss` parameter names this provider (RFC 9207 mix-up defence): the
     /// configured issuer exactly, or, when none is configured, an issuer on the authorize origin.
     pub fn issuer_matches(&self, iss: &str) -> bool {

@@ -1,14 +1,16 @@
 //! Disconnecting: revoke at the provider where it can be done (RFC 7009, or Dropbox's and
-//! GitHub's own variants), then always delete the local tokens.
+//! GitHub's own variants), then always delete the local tokens. [`call`] is the provider call,
+//! also used by `oauth::retire` for the tokens tokenvault replaced or threw away.
 
 use crate::db::models::connections::{self, Which};
 use crate::db::models::events::{EventKind, EventOutcome};
 use crate::error::{AppError, AppResult};
 use crate::oauth::access::{fresh_token, Access, AccessError};
+use crate::oauth::http::Outbound;
 use crate::oauth::providers::{ClientAuth, Provider, RevokeStyle};
 use crate::oauth::store::{self, open_tokens};
-use crate::util::ExposeSecret;
-use crate::vault::store::client_credentials;
+use crate::util::{ExposeSecret, Secret};
+use crate::vault::store::{client_credentials, ClientCredentials};
 
 /// What happened at the provider.
 #[derive(Debug, PartialEq, Eq)]
@@ -21,28 +23,49 @@ pub enum Revoked {
     ProviderFailed(String),
 }
 
-async fn call_provider(ctx: &Access<'_>, which: Which, provider: &Provider) -> Result<(), String> {
-    let svc = provider.name.clone();
-    let cipher = ctx.tokens.cipher.clone();
-    let (row, creds) = ctx
-        .tokens
-        .db
-        .run(move |conn| Ok((connections::find_which(conn, which, &svc)?, client_credentials(conn, &cipher, &svc)?)))
-        .await
-        .map_err(|e| e.user_message())?;
-    let row = row.ok_or("the connection is gone")?;
-    let creds = creds.ok_or("tokenvault has no client credentials for this provider")?;
-    let (access, refresh) =
-        open_tokens(ctx.tokens.cipher, &row).map_err(|_| "the stored tokens could not be decrypted".to_string())?;
-    let client = ctx.http.client();
-    let request = match provider.revoke_style {
-        RevokeStyle::None => return Ok(()),
-        RevokeStyle::Rfc7009 => {
+/// The token a revocation call names. RFC 7009 takes either (the refresh token ends the grant's
+/// access tokens too, §2.1); Dropbox and GitHub take an access token.
+#[derive(Clone, Copy)]
+pub enum Token<'a> {
+    Refresh(&'a Secret),
+    Access(&'a Secret),
+}
+
+/// Why a revocation call did not succeed: the provider's HTTP status when it answered, and words
+/// safe to show and log (never a token: HTTP errors carry no URL or body).
+#[derive(Debug)]
+pub struct CallFailed {
+    pub status: Option<u16>,
+    pub reason: String,
+}
+
+impl From<String> for CallFailed {
+    fn from(reason: String) -> Self {
+        CallFailed { status: None, reason }
+    }
+}
+
+impl From<&str> for CallFailed {
+    fn from(reason: &str) -> Self {
+        CallFailed { status: None, reason: reason.to_string() }
+    }
+}
+
+/// Call `provider`'s revocation endpoint for `token`, in its style. `Ok` only on a 2xx answer.
+pub async fn call(
+    http: &Outbound,
+    provider: &Provider,
+    creds: &ClientCredentials,
+    token: Token<'_>,
+) -> Result<(), CallFailed> {
+    let client = http.client();
+    let request = match (provider.revoke_style, token) {
+        (RevokeStyle::None, _) => return Err("the provider offers no revocation".into()),
+        (RevokeStyle::Rfc7009, token) => {
             let url = provider.revoke_url.clone().ok_or("no revocation endpoint is configured")?;
-            // Revoking the refresh token ends the whole grant (RFC 7009 §2.1).
-            let (token, hint) = match &refresh {
-                Some(r) => (r.expose_secret().to_string(), "refresh_token"),
-                None => (access.expose_secret().to_string(), "access_token"),
+            let (token, hint) = match token {
+                Token::Refresh(r) => (r.expose_secret().to_string(), "refresh_token"),
+                Token::Access(a) => (a.expose_secret().to_string(), "access_token"),
             };
             let mut form = vec![("token", token), ("token_type_hint", hint.to_string())];
             let request = client.post(url);
@@ -61,20 +84,15 @@ async fn call_provider(ctx: &Access<'_>, which: Which, provider: &Provider) -> R
                 }
             }
         }
-        RevokeStyle::Dropbox => {
-            let url = provider.revoke_url.clone().ok_or("no revocation endpoint is configured")?;
-            // Dropbox revokes with a valid access token (which also ends the refresh token).
-            let token = fresh_token(ctx, which, provider).await.map_err(|e| {
-                // An administrator's problem is logged as one (a page error would be, by the
-                // responder; here the revocation only reports it).
-                if matches!(e, AccessError::NotConfigured | AccessError::ClientRejected(_)) {
-                    tracing::error!(service = %provider.name, error = %e, "cannot revoke: the client credentials are missing or rejected");
-                }
-                e.into_app_error(provider).user_message()
-            })?;
-            client.post(url).bearer_auth(token.access_token.expose_secret())
+        (RevokeStyle::Dropbox | RevokeStyle::Github, Token::Refresh(_)) => {
+            return Err("this provider revokes with an access token".into())
         }
-        RevokeStyle::Github => {
+        // Dropbox revokes with a valid access token (which also ends its refresh token).
+        (RevokeStyle::Dropbox, Token::Access(access)) => {
+            let url = provider.revoke_url.clone().ok_or("no revocation endpoint is configured")?;
+            client.post(url).bearer_auth(access.expose_secret())
+        }
+        (RevokeStyle::Github, Token::Access(access)) => {
             let template = provider
                 .revoke_url
                 .clone()
@@ -89,12 +107,47 @@ async fn call_provider(ctx: &Access<'_>, which: Which, provider: &Provider) -> R
                 .json(&serde_json::json!({ "access_token": access.expose_secret() }))
         }
     };
-    let (status, _, _) = ctx.http.send(request).await.map_err(|e| e.to_string())?;
+    let (status, _, _) = http.send(request).await.map_err(|e| CallFailed::from(e.to_string()))?;
     if status.is_success() {
         Ok(())
     } else {
-        Err(format!("the provider answered HTTP {}", status.as_u16()))
+        let code = status.as_u16();
+        Err(CallFailed { status: Some(code), reason: format!("the provider answered HTTP {code}") })
     }
+}
+
+async fn call_provider(ctx: &Access<'_>, which: Which, provider: &Provider) -> Result<(), String> {
+    let svc = provider.name.clone();
+    let cipher = ctx.tokens.cipher.clone();
+    let (row, creds) = ctx
+        .tokens
+        .db
+        .run(move |conn| Ok((connections::find_which(conn, which, &svc)?, client_credentials(conn, &cipher, &svc)?)))
+        .await
+        .map_err(|e| e.user_message())?;
+    let row = row.ok_or("the connection is gone")?;
+    let creds = creds.ok_or("tokenvault has no client credentials for this provider")?;
+    let (access, refresh) =
+        open_tokens(ctx.tokens.cipher, &row).map_err(|_| "the stored tokens could not be decrypted".to_string())?;
+    let token = match provider.revoke_style {
+        RevokeStyle::None => return Ok(()),
+        // Revoking the refresh token ends the whole grant (RFC 7009 §2.1).
+        RevokeStyle::Rfc7009 => refresh.as_ref().map_or(Token::Access(&access), Token::Refresh),
+        RevokeStyle::Dropbox => {
+            // A valid access token: refreshed first if it has expired.
+            let token = fresh_token(ctx, which, provider).await.map_err(|e| {
+                // An administrator's problem is logged as one (a page error would be, by the
+                // responder; here the revocation only reports it).
+                if matches!(e, AccessError::NotConfigured | AccessError::ClientRejected(_)) {
+                    tracing::error!(service = %provider.name, error = %e, "cannot revoke: the client credentials are missing or rejected");
+                }
+                e.into_app_error(provider).user_message()
+            })?;
+            return call(ctx.http, provider, &creds, Token::Access(&token.access_token)).await.map_err(|e| e.reason);
+        }
+        RevokeStyle::Github => Token::Access(&access),
+    };
+    call(ctx.http, provider, &creds, token).await.map_err(|e| e.reason)
 }
 
 /// Revoke at the provider if it can be done, then delete the local tokens whatever happened.

@@ -54,6 +54,11 @@ pub struct State {
     pub chooser_pick: Option<serde_json::Value>,
     /// code → the account it was issued for at the authorize step ([`FakeProvider::authorize`]).
     code_accounts: HashMap<String, serde_json::Value>,
+    /// The revocation endpoints answer 503 (down for a while).
+    pub revoke_unavailable: bool,
+    /// access token → the refresh token it came with (or was refreshed from): Dropbox's
+    /// revocation by access token ends that refresh token too.
+    access_parent: HashMap<String, String>,
     /// The `scope` the token endpoint answers with (`None`: `read write`; `Some("")`: none).
     pub grant_scope: Option<String>,
     /// Code exchanges answer with an id_token signed by the fixture key (served at `/jwks`),
@@ -170,7 +175,12 @@ impl Respond for TokenEndpoint {
                         }
                         let account =
                             st.token_accounts.get(&rt).cloned().unwrap_or_else(|| FakeProvider::account_json(1));
-                        let response = issue(&mut st, account);
+                        let body = issue_body(&mut st, account);
+                        if body.get("refresh_token").is_none() {
+                            let access = body["access_token"].as_str().unwrap_or_default().to_string();
+                            st.access_parent.insert(access, rt.clone());
+                        }
+                        let response = ResponseTemplate::new(200).set_body_json(body);
                         match st.refresh_delay {
                             Some(d) => response.set_delay(d),
                             None => response,
@@ -192,10 +202,6 @@ impl Respond for TokenEndpoint {
     }
 }
 
-fn issue(st: &mut State, account: serde_json::Value) -> ResponseTemplate {
-    ResponseTemplate::new(200).set_body_json(issue_body(st, account))
-}
-
 fn issue_body(st: &mut State, account: serde_json::Value) -> serde_json::Value {
     st.issued += 1;
     let n = st.issued;
@@ -212,6 +218,7 @@ fn issue_body(st: &mut State, account: serde_json::Value) -> serde_json::Value {
     if give_refresh {
         st.refresh_tokens.insert(refresh.clone(), true);
         st.token_accounts.insert(refresh.clone(), account);
+        st.access_parent.insert(access.clone(), refresh.clone());
         body["refresh_token"] = json!(refresh);
     }
     if let Some(e) = &st.expires_in {
@@ -303,6 +310,60 @@ impl Respond for ApiEndpoint {
     }
 }
 
+/// The revocation endpoints, which revoke one token (and what it carries) at a time, as RFC 7009
+/// allows: RFC 7009 (`/revoke`: form `token`, client authentication), Dropbox's
+/// (`/dropbox-revoke`: the access token as Bearer ends it and its refresh token) and GitHub's
+/// (`DELETE /applications/<id>/token`: JSON `access_token`).
+struct RevokeEndpoint(Arc<Mutex<State>>);
+
+impl Respond for RevokeEndpoint {
+    fn respond(&self, req: &Request) -> ResponseTemplate {
+        let mut st = self.0.lock().unwrap();
+        if st.revoke_unavailable {
+            return error(503, "temporarily_unavailable");
+        }
+        let revoke = |st: &mut State, token: &str| {
+            if let Some(live) = st.refresh_tokens.get_mut(token) {
+                *live = false;
+            }
+            st.access_tokens.retain(|a| a != token);
+        };
+        match req.url.path() {
+            "/revoke" => {
+                let f = form(req);
+                let body_auth = f.get("client_id").map(String::as_str) == Some(CLIENT_ID)
+                    && f.get("client_secret").map(String::as_str) == Some(CLIENT_SECRET);
+                if !basic_ok(req) && !body_auth {
+                    return error(401, "invalid_client");
+                }
+                revoke(&mut st, f.get("token").map(String::as_str).unwrap_or_default());
+                ResponseTemplate::new(200)
+            }
+            "/dropbox-revoke" => {
+                let bearer = req
+                    .headers
+                    .get("authorization")
+                    .and_then(|h| h.to_str().ok())
+                    .and_then(|h| h.strip_prefix("Bearer "));
+                let Some(access) = bearer.filter(|t| st.access_tokens.iter().any(|a| a == t)).map(str::to_string)
+                else {
+                    return error(401, "invalid_access_token");
+                };
+                revoke(&mut st, &access);
+                if let Some(parent) = st.access_parent.get(&access).cloned() {
+                    revoke(&mut st, &parent);
+                }
+                ResponseTemplate::new(200).set_body_raw("null", "application/json")
+            }
+            _ => {
+                let body: serde_json::Value = serde_json::from_slice(&req.body).unwrap_or_default();
+                revoke(&mut st, body["access_token"].as_str().unwrap_or_default());
+                ResponseTemplate::new(204)
+            }
+        }
+    }
+}
+
 struct AccountEndpoint(Arc<Mutex<State>>);
 
 impl Respond for AccountEndpoint {
@@ -348,15 +409,19 @@ impl FakeProvider {
             .respond_with(ApiEndpoint(state.clone()))
             .mount(&server)
             .await;
-        Mock::given(method("POST")).and(path("/revoke")).respond_with(ResponseTemplate::new(200)).mount(&server).await;
+        Mock::given(method("POST"))
+            .and(path("/revoke"))
+            .respond_with(RevokeEndpoint(state.clone()))
+            .mount(&server)
+            .await;
         Mock::given(method("POST"))
             .and(path("/dropbox-revoke"))
-            .respond_with(ResponseTemplate::new(200).set_body_raw("null", "application/json"))
+            .respond_with(RevokeEndpoint(state.clone()))
             .mount(&server)
             .await;
         Mock::given(method("DELETE"))
             .and(wiremock::matchers::path_regex("^/applications/[^/]+/token$"))
-            .respond_with(ResponseTemplate::new(204))
+            .respond_with(RevokeEndpoint(state.clone()))
             .mount(&server)
             .await;
         FakeProvider { server: Arc::new(server), state }
@@ -464,6 +529,15 @@ impl FakeProvider {
     /// revoked with its family).
     pub fn refresh_token_valid(&self, refresh_token: &str) -> bool {
         self.state.lock().unwrap().refresh_tokens.get(refresh_token).copied().unwrap_or(false)
+    }
+
+    /// Every refresh token the provider would still accept (issued, neither rotated away nor
+    /// revoked), sorted.
+    pub fn live_refresh_tokens(&self) -> Vec<String> {
+        let st = self.state.lock().unwrap();
+        let mut live: Vec<String> = st.refresh_tokens.iter().filter(|(_, v)| **v).map(|(k, _)| k.clone()).collect();
+        live.sort();
+        live
     }
 
     /// Whether the provider's API would accept `access_token` now.
