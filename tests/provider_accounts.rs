@@ -140,7 +140,7 @@ async fn two_accounts_of_one_service_are_two_connections_a_script_can_tell_apart
     // A malformed id on the Delete form deletes nothing.
     let csrf = alice.csrf("/settings/oauth2").await;
     let res = alice.post_form("/settings/oauth2/fake/delete", &[("csrf_token", &csrf), ("connection", "1x")]).await;
-    assert_eq!(res.status, Status::NotFound);
+    assert_eq!(res.status, Status::BadRequest);
     assert_eq!(app.connection_count(), 2);
 
     // Revoking one account leaves the other.
@@ -431,4 +431,76 @@ async fn add_account_params_are_configurable() {
     assert!(!url.query_pairs().any(|(k, _)| k == "prompt"), "the configured table replaces the default");
     assert_eq!(alice.finish_flow("fake", &url).await.status, Status::SeeOther);
     assert_eq!(app.connection_count(), 2);
+}
+
+/// The pages read `connection` (and `account`, `scopes`, `add_account`) as the API does: given
+/// twice or malformed, refused with 400 — never acting on the first, the last or none of them.
+#[tokio::test]
+async fn page_forms_refuse_repeated_and_malformed_fields() {
+    let app = identifying_app().await;
+    let alice = app.user("alice").await;
+    alice.connect("fake").await;
+    add_account(&app, &alice, 2).await;
+    let ids = connection_ids(&app);
+    let (first, second) = (ids[0].to_string(), ids[1].to_string());
+    let flows = || app.count("SELECT COUNT(*) AS n FROM oauth_flows");
+    for action in ["delete", "revoke"] {
+        for fields in
+            [vec![("connection", second.as_str()), ("connection", first.as_str())], vec![("connection", "abc")]]
+        {
+            let csrf = alice.csrf("/settings/oauth2").await;
+            let mut all = vec![("csrf_token", csrf.as_str())];
+            all.extend(fields.iter().copied());
+            let res = alice.post_form(&format!("/settings/oauth2/fake/{action}"), &all).await;
+            assert_eq!(res.status, Status::BadRequest, "{action} {fields:?}: {}", res.text);
+            assert_eq!(connection_ids(&app), ids, "{action} {fields:?}: nothing deleted");
+        }
+    }
+    assert!(app.fake.requests_to("/revoke").await.is_empty(), "nothing revoked");
+    let before = flows();
+    for fields in [
+        vec![("connection", "abc")],
+        vec![("connection", second.as_str()), ("connection", first.as_str())],
+        vec![("add_account", "true"), ("add_account", "false")],
+        vec![("add_account", "maybe")],
+        vec![("connection", first.as_str()), ("scopes", "admin"), ("scopes", "admin")],
+    ] {
+        let csrf = alice.csrf("/services/fake/authorize").await;
+        let mut all = vec![("csrf_token", csrf.as_str())];
+        all.extend(fields.iter().copied());
+        let res = alice.post_form("/services/fake/authorize", &all).await;
+        assert_eq!(res.status, Status::BadRequest, "{fields:?}: {}", res.text);
+        assert_eq!(flows(), before, "{fields:?}: no flow started");
+    }
+    for page in [
+        format!("/services/fake/authorize?connection={first}&connection={second}"),
+        "/services/fake/authorize?connection=abc".to_string(),
+        format!("/services/fake/authorize?connection={first}&scopes=admin&scopes=admin"),
+        format!("/services/fake/account?connection={first}&connection={second}"),
+        "/services/fake/account?connection=abc".to_string(),
+        "/services/fake/account?account=fake-user-1&account=fake-user-2".to_string(),
+        format!("/services/fake/connected?connection={first}&connection={second}"),
+    ] {
+        let res = alice.fetch(&page).await;
+        assert_eq!(res.status, Status::BadRequest, "{page}: {}", res.text);
+        assert!(res.text.contains("more than once") || res.text.contains("must be a connection id"), "{page}");
+    }
+    // Given once, as before.
+    assert_eq!(alice.fetch(&format!("/services/fake/account?connection={second}")).await.status, Status::Ok);
+    assert_eq!(alice.fetch(&format!("/services/fake/authorize?connection={second}")).await.status, Status::Ok);
+}
+
+/// Two accounts with the same label (here: the same team name): the mismatch page names them by
+/// label and id, or the user could not tell which is which.
+#[tokio::test]
+async fn a_mismatch_between_accounts_that_share_a_label_shows_their_ids() {
+    let app = builder().provider("account_id_pointer", "/id").provider("account_label_pointer", "/team").start().await;
+    let alice = app.user("alice").await;
+    alice.connect("fake").await;
+    app.fake.with_state(|s| s.sign_in_as(2));
+    let url = alice.start_flow("fake").await;
+    let reply = alice.finish_flow("fake", &url).await;
+    assert_eq!(reply.status, Status::Conflict, "{}", reply.text);
+    assert!(reply.text.contains(r#"<strong id="expected-account">Fake Team (fake-user-1)</strong>"#), "{}", reply.text);
+    assert!(reply.text.contains(r#"<strong id="got-account">Fake Team (fake-user-2)</strong>"#), "{}", reply.text);
 }

@@ -439,6 +439,8 @@ impl FakeProvider {
             "userPrincipalName": email,
             "name": if n == 1 { "Fake User".to_string() } else { format!("Fake User {n}") },
             "email": email,
+            // The same for every account (a label two accounts share).
+            "team": "Fake Team",
         })
     }
 
