@@ -455,7 +455,7 @@ pub async fn finish(
     match exchanged {
         Ok((token_set, id_token)) => {
             let kept = (token_set.access_token.clone(), token_set.refresh_token.clone());
-            let answer = Answer { tokens: token_set, id_token, nonce_hash: flow.nonce_hash.clone(), requested };
+            let answer = Answer { tokens: token_set, id_token, requested };
             let settled = settle(ctx, provider, &creds.client_id, flow, answer).await;
             if !matches!(settled, Ok(Finished::Connected { .. })) {
                 // Obtained and not stored (another account, a refused id_token, …): still live
@@ -475,7 +475,6 @@ pub async fn finish(
 struct Answer {
     tokens: TokenSet,
     id_token: Option<Secret>,
-    nonce_hash: Option<String>,
     requested: Vec<String>,
 }
 
@@ -491,7 +490,7 @@ async fn settle(
     let (user_id, service) = (flow.user_id, provider.name.clone());
     let account = if provider.verifies_id_token() {
         let account =
-            id_token::verify(ctx.http, provider, client_id, answer.id_token.as_ref(), answer.nonce_hash.as_deref())
+            id_token::verify(ctx.http, provider, client_id, answer.id_token.as_ref(), flow.nonce_hash.as_deref())
                 .await?;
         Some(account)
     } else {
