@@ -218,6 +218,7 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
                     ),
                     webhooks,
                     audit: Default::default(),
+                    revocations: Default::default(),
                     settings,
                 }))
             }
@@ -276,6 +277,15 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
                         lease: (app.settings.http_timeout + app.settings.http_connect_timeout) as i64 + 5,
                     };
                     let shutdown = rocket.shutdown();
+                    rocket::tokio::spawn(async move {
+                        rocket::tokio::select! {
+                            _ = worker.run() => {}
+                            _ = shutdown => {}
+                        }
+                    });
+                    // The worker revoking replaced and discarded tokens (`oauth::retire`), stopped
+                    // the same way (a row it held is claimed again when its lease runs out).
+                    let (worker, shutdown) = (app.retire_worker(), rocket.shutdown());
                     rocket::tokio::spawn(async move {
                         rocket::tokio::select! {
                             _ = worker.run() => {}

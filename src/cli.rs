@@ -222,13 +222,14 @@ pub fn run(command: Command) -> Result<String, String> {
             })
             .map_err(|e| e.to_string())?;
             Ok(format!(
-                "rotation complete under key {}: {} vault entries, {} connections, {} flows, {} webhook secrets \
-                 re-encrypted; the old key can now be removed from vault_old_keys",
+                "rotation complete under key {}: {} vault entries, {} connections, {} flows, {} webhook secrets, \
+                 {} tokens waiting to be revoked re-encrypted; the old key can now be removed from vault_old_keys",
                 prepared.cipher.active_key_id(),
                 done.vault_entries,
                 done.connections,
                 done.flows,
-                done.webhook_secrets
+                done.webhook_secrets,
+                done.retired_tokens
             ))
         }
         Command::Backup { file } => {

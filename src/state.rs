@@ -37,6 +37,8 @@ pub struct AppState {
     pub webhooks: Arc<crate::webhooks::Webhooks>,
     /// The audit log's batcher for reads (`token.read`, `proxy.call`; see `crate::audit`).
     pub audit: Arc<crate::audit::batcher::Batcher>,
+    /// The wake-up of the worker that revokes replaced and discarded tokens (`oauth::retire`).
+    pub revocations: Arc<crate::oauth::retire::Queue>,
 }
 
 impl AppState {
@@ -61,6 +63,19 @@ impl AppState {
             locks: self.refresh_locks.clone(),
             settings: self.settings.clone(),
             catalog: self.catalog.clone(),
+        }
+    }
+
+    /// The revocation worker's handles (`oauth::retire`), cloned: it runs beside requests.
+    pub fn retire_worker(&self) -> crate::oauth::retire::Worker {
+        crate::oauth::retire::Worker {
+            db: self.db.clone(),
+            cipher: self.cipher.clone(),
+            http: self.http.clone(),
+            catalog: self.catalog.clone(),
+            queue: self.revocations.clone(),
+            default_lifetime: self.settings.default_token_lifetime,
+            lease: (self.settings.http_timeout + self.settings.http_connect_timeout) as i64 * 2 + 5,
         }
     }
 

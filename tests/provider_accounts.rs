@@ -140,7 +140,7 @@ async fn two_accounts_of_one_service_are_two_connections_a_script_can_tell_apart
     // A malformed id on the Delete form deletes nothing.
     let csrf = alice.csrf("/settings/oauth2").await;
     let res = alice.post_form("/settings/oauth2/fake/delete", &[("csrf_token", &csrf), ("connection", "1x")]).await;
-    assert_eq!(res.status, Status::NotFound);
+    assert_eq!(res.status, Status::BadRequest);
     assert_eq!(app.connection_count(), 2);
 
     // Revoking one account leaves the other.
@@ -344,7 +344,7 @@ async fn an_openid_connect_provider_names_the_account_by_its_verified_id_token()
     assert_eq!(app.text("SELECT account_label AS t FROM connections"), "fake@example.com");
     assert!(app.fake.requests_to("/account").await.is_empty(), "no account API call is needed");
 
-    for fault in ["aud", "iss", "nonce", "expired", "signature"] {
+    for fault in ["aud", "iss", "nonce", "expired", "signature", "audiences", "azp", "azp-alone"] {
         app.fake.with_state(|s| {
             s.id_token_fault = Some(fault);
             s.sign_in_as(3);
@@ -356,12 +356,151 @@ async fn an_openid_connect_provider_names_the_account_by_its_verified_id_token()
         assert!(!reply.text.contains("CANARY") && !reply.text.contains("eyJ"), "no token on the page");
         assert_eq!(app.connection_count(), 1, "{fault}: nothing stored");
     }
+    // Several audiences with tokenvault as the authorized party: the token was issued to it.
+    app.fake.with_state(|s| s.id_token_fault = Some("audiences-azp-ours"));
+    let url = alice.start_flow_with("fake", &[("add_account", "true")]).await;
+    let reply = alice.finish_flow("fake", &url).await;
+    assert_eq!(reply.status, Status::SeeOther, "{}", reply.text);
+    assert_eq!(app.connection_count(), 2, "sub-3 added");
     app.fake.with_state(|s| {
         s.id_token_fault = None;
         s.id_tokens = false;
+        s.sign_in_as(4);
     });
     let url = alice.start_flow_with("fake", &[("add_account", "true")]).await;
     let reply = alice.finish_flow("fake", &url).await;
     assert_eq!(reply.status, Status::BadGateway, "an OpenID provider's answer without an id_token: {}", reply.text);
-    assert_eq!(app.connection_count(), 1);
+    assert_eq!(app.connection_count(), 2);
+}
+
+/// The fake as an OpenID Connect provider (its JWKS and `openid`), signed in to account 1.
+async fn openid_app() -> TestApp {
+    let app =
+        builder().provider("scopes", vec!["openid", "email"]).provider_with_fake_url("jwks_url", "/jwks").start().await;
+    app.fake.with_state(|s| s.id_tokens = true);
+    app
+}
+
+/// "Connect another account" against a provider that keeps a session: without its account
+/// chooser it would sign the session's account in again and the app would renew that connection.
+#[tokio::test]
+async fn another_account_can_be_added_while_the_provider_keeps_a_session() {
+    let app = openid_app().await;
+    let alice = app.user("alice").await;
+    alice.connect("fake").await;
+    // At the provider's chooser she would pick account 2; without it the session (account 1) answers.
+    app.fake.with_state(|s| s.choose(2));
+    let plain = alice.start_flow("fake").await;
+    assert!(!plain.query_pairs().any(|(k, _)| k == "prompt"), "a plain connect asks for no chooser: {plain}");
+    let url = alice.start_flow_with("fake", &[("add_account", "true")]).await;
+    assert!(url.query_pairs().any(|(k, v)| k == "prompt" && v == "select_account"), "{url}");
+    let reply = alice.finish_flow("fake", &url).await;
+    assert_eq!(reply.status, Status::SeeOther, "{}", reply.text);
+    assert_eq!(app.connection_count(), 2, "account 2 was added, not account 1 renewed");
+    let greeting = alice.fetch(reply.location.as_deref().unwrap()).await.text;
+    assert!(greeting.contains(r#"id="connected-account">user2@fake.example<"#), "{greeting}");
+    assert!(!greeting.contains("account-already-connected"));
+
+    // Picking an account that is connected already: renewed, and the page says so.
+    app.fake.with_state(|s| s.choose(1));
+    let version = app.count("SELECT version AS n FROM connections WHERE account_id = 'sub-1'");
+    let url = alice.start_flow_with("fake", &[("add_account", "true")]).await;
+    let reply = alice.finish_flow("fake", &url).await;
+    assert_eq!(reply.status, Status::SeeOther, "{}", reply.text);
+    assert_eq!(app.connection_count(), 2, "no third connection");
+    assert_eq!(app.count("SELECT version AS n FROM connections WHERE account_id = 'sub-1'"), version + 1);
+    let greeting = alice.fetch(reply.location.as_deref().unwrap()).await.text;
+    assert!(greeting.contains(r#"id="account-already-connected""#), "{greeting}");
+    assert!(greeting.contains("<strong>fake@example.com</strong>"), "it names the account: {greeting}");
+}
+
+/// A provider's `add_account_params` replace the default (none for a provider without id_tokens).
+#[tokio::test]
+async fn add_account_params_are_configurable() {
+    let app = builder()
+        .provider("account_id_pointer", "/id")
+        .provider("add_account_params", std::collections::BTreeMap::from([("force_reauthentication", "true")]))
+        .start()
+        .await;
+    app.fake.with_state(|s| s.chooser = Some(("force_reauthentication".into(), "true".into())));
+    let alice = app.user("alice").await;
+    alice.connect("fake").await;
+    app.fake.with_state(|s| s.choose(2));
+    let url = alice.start_flow_with("fake", &[("add_account", "true")]).await;
+    assert!(url.query_pairs().any(|(k, v)| k == "force_reauthentication" && v == "true"), "{url}");
+    assert!(!url.query_pairs().any(|(k, _)| k == "prompt"), "the configured table replaces the default");
+    assert_eq!(alice.finish_flow("fake", &url).await.status, Status::SeeOther);
+    assert_eq!(app.connection_count(), 2);
+}
+
+/// The pages read `connection` (and `account`, `scopes`, `add_account`) as the API does: given
+/// twice or malformed, refused with 400 — never acting on the first, the last or none of them.
+#[tokio::test]
+async fn page_forms_refuse_repeated_and_malformed_fields() {
+    let app = identifying_app().await;
+    let alice = app.user("alice").await;
+    alice.connect("fake").await;
+    add_account(&app, &alice, 2).await;
+    let ids = connection_ids(&app);
+    let (first, second) = (ids[0].to_string(), ids[1].to_string());
+    let flows = || app.count("SELECT COUNT(*) AS n FROM oauth_flows");
+    for action in ["delete", "revoke"] {
+        for fields in
+            [vec![("connection", second.as_str()), ("connection", first.as_str())], vec![("connection", "abc")]]
+        {
+            let csrf = alice.csrf("/settings/oauth2").await;
+            let mut all = vec![("csrf_token", csrf.as_str())];
+            all.extend(fields.iter().copied());
+            let res = alice.post_form(&format!("/settings/oauth2/fake/{action}"), &all).await;
+            assert_eq!(res.status, Status::BadRequest, "{action} {fields:?}: {}", res.text);
+            assert_eq!(connection_ids(&app), ids, "{action} {fields:?}: nothing deleted");
+        }
+    }
+    assert!(app.fake.requests_to("/revoke").await.is_empty(), "nothing revoked");
+    let before = flows();
+    for fields in [
+        vec![("connection", "abc")],
+        vec![("connection", second.as_str()), ("connection", first.as_str())],
+        vec![("add_account", "true"), ("add_account", "false")],
+        vec![("add_account", "maybe")],
+        vec![("connection", first.as_str()), ("scopes", "admin"), ("scopes", "admin")],
+    ] {
+        let csrf = alice.csrf("/services/fake/authorize").await;
+        let mut all = vec![("csrf_token", csrf.as_str())];
+        all.extend(fields.iter().copied());
+        let res = alice.post_form("/services/fake/authorize", &all).await;
+        assert_eq!(res.status, Status::BadRequest, "{fields:?}: {}", res.text);
+        assert_eq!(flows(), before, "{fields:?}: no flow started");
+    }
+    for page in [
+        format!("/services/fake/authorize?connection={first}&connection={second}"),
+        "/services/fake/authorize?connection=abc".to_string(),
+        format!("/services/fake/authorize?connection={first}&scopes=admin&scopes=admin"),
+        format!("/services/fake/account?connection={first}&connection={second}"),
+        "/services/fake/account?connection=abc".to_string(),
+        "/services/fake/account?account=fake-user-1&account=fake-user-2".to_string(),
+        format!("/services/fake/connected?connection={first}&connection={second}"),
+    ] {
+        let res = alice.fetch(&page).await;
+        assert_eq!(res.status, Status::BadRequest, "{page}: {}", res.text);
+        assert!(res.text.contains("more than once") || res.text.contains("must be a connection id"), "{page}");
+    }
+    // Given once, as before.
+    assert_eq!(alice.fetch(&format!("/services/fake/account?connection={second}")).await.status, Status::Ok);
+    assert_eq!(alice.fetch(&format!("/services/fake/authorize?connection={second}")).await.status, Status::Ok);
+}
+
+/// Two accounts with the same label (here: the same team name): the mismatch page names them by
+/// label and id, or the user could not tell which is which.
+#[tokio::test]
+async fn a_mismatch_between_accounts_that_share_a_label_shows_their_ids() {
+    let app = builder().provider("account_id_pointer", "/id").provider("account_label_pointer", "/team").start().await;
+    let alice = app.user("alice").await;
+    alice.connect("fake").await;
+    app.fake.with_state(|s| s.sign_in_as(2));
+    let url = alice.start_flow("fake").await;
+    let reply = alice.finish_flow("fake", &url).await;
+    assert_eq!(reply.status, Status::Conflict, "{}", reply.text);
+    assert!(reply.text.contains(r#"<strong id="expected-account">Fake Team (fake-user-1)</strong>"#), "{}", reply.text);
+    assert!(reply.text.contains(r#"<strong id="got-account">Fake Team (fake-user-2)</strong>"#), "{}", reply.text);
 }

@@ -229,6 +229,20 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    token_revocations (id) {
+        id -> BigInt,
+        user_id -> BigInt,
+        service -> Text,
+        account_id -> Text,
+        access_token -> Binary,
+        refresh_token -> Nullable<Binary>,
+        attempts -> BigInt,
+        next_attempt_at -> BigInt,
+        created_at -> BigInt,
+    }
+}
+
 diesel::joinable!(api_keys -> users (user_id));
 diesel::joinable!(sessions -> users (user_id));
 diesel::joinable!(connections -> users (user_id));
@@ -253,4 +267,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     webhook_endpoints,
     audit_log,
     audit_head,
+    token_revocations,
 );

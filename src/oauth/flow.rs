@@ -22,9 +22,10 @@ use crate::oauth::access::Access;
 use crate::oauth::account::identify;
 use crate::oauth::providers::Provider;
 use crate::oauth::store::Destination;
-use crate::oauth::{id_token, store, tokens};
+use crate::oauth::tokens::TokenSet;
+use crate::oauth::{id_token, retire, store, tokens};
 use crate::util::{now, random_token, sha256_hex, Secret};
-use crate::vault::store::client_credentials;
+use crate::vault::store::{client_credentials, ClientCredentials};
 use crate::vault::{Aad, Cipher};
 
 /// Starting (or finishing) a flow for a provider without client credentials. The Redirector's
@@ -150,8 +151,9 @@ pub async fn start(
     if provider.pkce {
         request = request.set_pkce_challenge(challenge);
     }
-    for (key, value) in &provider.authorize_params {
-        request = request.add_extra_param(key.as_str(), value.as_str());
+    let add_account = intent.add_account && intent.connection.is_none();
+    for (key, value) in authorize_extras(provider, add_account, upgrading) {
+        request = request.add_extra_param(key, value);
     }
     if let Some(nonce) = &nonce {
         request = request.add_extra_param("nonce", nonce.as_str());
@@ -162,6 +164,34 @@ pub async fn start(
     }
     let (url, _) = request.url();
     Ok(url)
+}
+
+/// The provider's extra authorize parameters for this request: its `authorize_params`, plus its
+/// `add_account_params` on a "Connect another account" flow (what makes it show its account
+/// chooser), plus `prompt=consent` when upgrading an OpenID Connect provider's connection (so it
+/// shows the new scopes rather than answering from an earlier consent). Each name once: `prompt`
+/// values are space-separated lists (OpenID Connect Core §3.1.2.1), so two are merged; for any
+/// other name the later value wins.
+pub fn authorize_extras(provider: &Provider, add_account: bool, upgrading: bool) -> Vec<(String, String)> {
+    let mut params: Vec<(String, String)> = Vec::new();
+    let consent = [("prompt".to_string(), "consent".to_string())];
+    let added: &[(String, String)] = if add_account { &provider.add_account_params } else { &[] };
+    let upgrade: &[(String, String)] = if upgrading && provider.verifies_id_token() { &consent } else { &[] };
+    for (key, value) in provider.authorize_params.iter().chain(added).chain(upgrade) {
+        match params.iter_mut().find(|(k, _)| k == key) {
+            Some((_, prompt)) if key == "prompt" => {
+                for word in value.split(' ').filter(|w| !w.is_empty()) {
+                    if !prompt.split(' ').any(|w| w == word) {
+                        prompt.push(' ');
+                        prompt.push_str(word);
+                    }
+                }
+            }
+            Some((_, old)) => *old = value.clone(),
+            None => params.push((key.clone(), value.clone())),
+        }
+    }
+    params
 }
 
 /// The query of a callback, with every parameter given at most once. Its `Debug` and `Display`
@@ -232,6 +262,9 @@ pub enum Finished {
     Connected {
         return_to: String,
         connection_id: i64,
+        /// "Connect another account" was answered for an account connected already: its
+        /// connection was renewed, and the page must say so.
+        already_connected: bool,
     },
     Cancelled,
     /// Reconnecting connection `connection_id` (of `expected`), the provider answered for another
@@ -259,6 +292,7 @@ pub fn destination(
         account: account.clone(),
         into: None,
         requested,
+        retire_replaced: false,
     };
     // Reconnecting: the row named, or the only one there is when not adding another account.
     let pinned = match flow.connection_id {
@@ -423,40 +457,74 @@ pub async fn finish(
     ctx.metrics.token_endpoint(&provider.name, "authorization_code", started);
     match exchanged {
         Ok((token_set, id_token)) => {
-            let account = if provider.verifies_id_token() {
-                let account = id_token::verify(
-                    ctx.http,
-                    provider,
-                    &creds.client_id,
-                    id_token.as_ref(),
-                    flow.nonce_hash.as_deref(),
-                )
-                .await?;
-                Some(account)
-            } else {
-                identify(ctx.http, provider, &creds, &token_set.access_token).await?
-            };
-            let svc = service.clone();
-            let rows = ctx.tokens.db.run(move |conn| Ok(connections::list_for(conn, user_id, &svc)?)).await?;
-            let to = match destination(&flow, &rows, account, requested) {
-                Ok(to) => to,
-                Err((connection_id, expected, got)) => {
-                    let detail = format!(
-                        "reconnect refused: the provider answered for another account ({})",
-                        got.as_ref().and_then(|a| a.label.clone()).unwrap_or_else(|| "unknown".into())
-                    );
-                    connect_failed(ctx, user_id, &service, detail).await?;
-                    return Ok(Finished::AccountMismatch { connection_id, expected, got, return_to: flow.return_to });
-                }
-            };
-            let connection_id = store::save(ctx.tokens, to, token_set, EventKind::Connect).await?;
-            Ok(Finished::Connected { return_to: flow.return_to, connection_id })
+            let kept = (token_set.access_token.clone(), token_set.refresh_token.clone());
+            let answer = Answer { tokens: token_set, id_token, requested };
+            let settled = settle(ctx, provider, &creds, flow, answer).await;
+            if !matches!(settled, Ok(Finished::Connected { .. })) {
+                // Obtained and not stored (another account, a refused id_token, …): still live
+                // at the provider, so revoked too.
+                retire::discard(ctx.tokens, provider, user_id, &kept.0, kept.1.as_ref()).await;
+            }
+            settled
         }
         Err(e) => {
             connect_failed(ctx, user_id, &service, format!("code exchange: {e}")).await?;
             Err(e.to_app_error(provider))
         }
     }
+}
+
+/// A token endpoint's answer to a code exchange, and what the flow asked for.
+struct Answer {
+    tokens: TokenSet,
+    id_token: Option<Secret>,
+    requested: Vec<String>,
+}
+
+/// Which account the answer is for, and where its tokens go: stored (a connection made, renewed
+/// or reconnected), or — another account on a pinned reconnect — nowhere.
+async fn settle(
+    ctx: &Access<'_>,
+    provider: &Provider,
+    creds: &ClientCredentials,
+    flow: Flow,
+    answer: Answer,
+) -> AppResult<Finished> {
+    let (user_id, service) = (flow.user_id, provider.name.clone());
+    let account = if provider.verifies_id_token() {
+        let account = id_token::verify(
+            ctx.http,
+            provider,
+            &creds.client_id,
+            answer.id_token.as_ref(),
+            flow.nonce_hash.as_deref(),
+        )
+        .await?;
+        Some(account)
+    } else {
+        identify(ctx.http, provider, creds, &answer.tokens.access_token).await?
+    };
+    let svc = service.clone();
+    let rows = ctx.tokens.db.run(move |conn| Ok(connections::list_for(conn, user_id, &svc)?)).await?;
+    let mut to = match destination(&flow, &rows, account, answer.requested) {
+        Ok(to) => to,
+        Err((connection_id, expected, got)) => {
+            let detail = format!(
+                "reconnect refused: the provider answered for another account ({})",
+                got.as_ref().and_then(|a| a.label.clone()).unwrap_or_else(|| "unknown".into())
+            );
+            connect_failed(ctx, user_id, &service, detail).await?;
+            return Ok(Finished::AccountMismatch { connection_id, expected, got, return_to: flow.return_to });
+        }
+    };
+    // The tokens this replaces (a reconnect, an upgrade, an account connected again) are revoked
+    // once the new ones are stored — unless one revocation would end the whole grant.
+    to.retire_replaced = provider.revokes_retired_tokens();
+    let already_connected = flow.add_account
+        && to.into.is_none()
+        && to.account.as_ref().is_some_and(|a| rows.iter().any(|r| r.account_id == a.id));
+    let connection_id = store::save(ctx.tokens, to, answer.tokens, EventKind::Connect).await?;
+    Ok(Finished::Connected { return_to: flow.return_to, connection_id, already_connected })
 }
 
 #[cfg(test)]
@@ -547,6 +615,37 @@ mod tests {
         assert_eq!(scopes_for(&p, Some(&granted), &["write".into()]).unwrap(), ["read", "extra", "write"]);
         assert_eq!(scopes_for(&p, None, &[]).unwrap(), ["read"]);
         assert!(scopes_for(&p, None, &["root".into()]).is_err());
+    }
+
+    #[test]
+    fn add_account_and_upgrade_parameters_join_the_providers_own() {
+        let preset = |name: &str| {
+            let cfg = crate::oauth::providers::ProviderConfig { preset: Some(name.into()), ..Default::default() };
+            crate::oauth::providers::resolve(name, &cfg).unwrap()
+        };
+        let map = |p: Vec<(String, String)>| p.into_iter().collect::<std::collections::BTreeMap<_, _>>();
+        let google = preset("google");
+        let plain = map(authorize_extras(&google, false, false));
+        assert_eq!((plain["prompt"].as_str(), plain["access_type"].as_str()), ("consent", "offline"));
+        let added = authorize_extras(&google, true, false);
+        assert_eq!(added.iter().filter(|(k, _)| k == "prompt").count(), 1, "one prompt parameter");
+        assert_eq!(map(added)["prompt"], "consent select_account");
+        assert_eq!(map(authorize_extras(&google, false, true))["prompt"], "consent", "consent once");
+        let dropbox = map(authorize_extras(&preset("dropbox"), true, false));
+        assert_eq!(
+            (dropbox["force_reauthentication"].as_str(), dropbox["token_access_type"].as_str()),
+            ("true", "offline")
+        );
+        assert!(!map(authorize_extras(&preset("dropbox"), false, false)).contains_key("force_reauthentication"));
+        assert_eq!(map(authorize_extras(&preset("github"), true, false))["prompt"], "select_account");
+        // An upgrade asks an OpenID provider for consent again; others are asked as before.
+        let settings = Settings::resolve(&crate::config::RawConfig::default(), "debug").unwrap();
+        let mut oidc = crate::oauth::providers::demo(&settings);
+        assert!(authorize_extras(&oidc, true, true).is_empty(), "the demo provider: nothing extra");
+        oidc.jwks_url = Some(Url::parse("https://issuer.example/jwks").unwrap());
+        oidc.scopes = vec!["openid".into()];
+        assert_eq!(authorize_extras(&oidc, false, true), [("prompt".to_string(), "consent".to_string())]);
+        assert!(authorize_extras(&oidc, false, false).is_empty());
     }
 
     #[test]

@@ -1,8 +1,16 @@
 //! OpenID Connect: the id_token of a code exchange, verified (OpenID Connect Core §3.1.3.7) — its
 //! JWS signature against the provider's JWKS (asymmetric algorithms only, the key chosen by
-//! `kid`), `iss` (the provider's issuer), `aud` (tokenvault's client id), `exp` (60 s leeway) and
-//! the `nonce` the flow sent — and read as the provider account (`sub`, labelled by `email` or
-//! `preferred_username`). Nothing of the token is logged or shown.
+//! `kid`), `iss` (the provider's issuer), `aud` (tokenvault's client id), `azp` (see below), `exp`
+//! (60 s leeway) and the `nonce` the flow sent — and read as the provider account (`sub`, labelled
+//! by `email` or `preferred_username`). Nothing of the token is logged or shown.
+//!
+//! Audiences and the authorized party (§3.1.3.7 items 3–5): `aud` must name our client id; an
+//! `azp`, when present, must be our client id; a token with several audiences is accepted only when
+//! its `azp` is present and is our client id. No other audience is "trusted" as such: with `azp` =
+//! us, the provider says the token was issued to tokenvault (the party that redeemed the code, with
+//! its client credentials), and the other audiences are parties it may also be shown to — which
+//! tokenvault never does. Without `azp`, a token meant for several clients could be one obtained by
+//! another of them, so it is refused.
 
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -28,10 +36,31 @@ const ALGORITHMS: &[Algorithm] = &[
     Algorithm::ES384,
 ];
 
+/// `aud`: one audience or several (RFC 7519 §4.1.3).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(#[allow(dead_code)] String),
+    Several(Vec<String>),
+}
+
+impl Audience {
+    /// How many distinct audiences it names.
+    fn count(&self) -> usize {
+        match self {
+            Audience::One(_) => 1,
+            Audience::Several(list) => list.iter().collect::<std::collections::HashSet<_>>().len(),
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct Claims {
     iss: String,
     sub: String,
+    aud: Audience,
+    /// The authorized party: the client the token was issued to.
+    azp: Option<String>,
     nonce: Option<String>,
     email: Option<String>,
     preferred_username: Option<String>,
@@ -54,6 +83,10 @@ pub enum Refused {
     Issuer(String),
     #[error("the nonce does not match the one sent")]
     Nonce,
+    #[error("the authorized party (azp) is another client")]
+    AuthorizedParty,
+    #[error("several audiences and no azp naming tokenvault's client")]
+    Audiences,
 }
 
 /// Check `id_token` with the keys in `jwks` (already fetched) for `provider` and `client_id`,
@@ -87,6 +120,13 @@ pub fn check(
     let claims = jsonwebtoken::decode::<Claims>(id_token, &key, &validation)
         .map_err(|e| Refused::Invalid(e.to_string()))?
         .claims;
+    // `aud` contains our client id (checked by the decoder); the authorized party must be us.
+    if claims.azp.as_deref().is_some_and(|azp| azp != client_id) {
+        return Err(Refused::AuthorizedParty);
+    }
+    if claims.aud.count() > 1 && claims.azp.as_deref() != Some(client_id) {
+        return Err(Refused::Audiences);
+    }
     // Google documents both `https://accounts.google.com` and `accounts.google.com`.
     if !provider.issuer_matches(&claims.iss) && format!("https://{}", claims.iss) != provider.issuer {
         return Err(Refused::Issuer(claims.iss.chars().take(100).collect()));
@@ -231,5 +271,32 @@ mod tests {
         hs.kid = Some("hmac".into());
         let hmac = encode(&hs, &claims(), &EncodingKey::from_secret(b"secret")).unwrap();
         assert!(matches!(refuse(hmac, Some(&nonce)), Err(Refused::Header(_))));
+    }
+
+    /// OpenID Connect Core §3.1.3.7 items 3–5: `azp` names the client the token was issued to.
+    #[test]
+    fn the_authorized_party_must_be_tokenvault() {
+        let nonce = sha256_hex("n-1");
+        let check_claims =
+            |c: serde_json::Value| check(&jwks(), &provider(), "client-1", &sign(c, Some("k1")), Some(&nonce));
+        let several = json!(["client-1", "client-2"]);
+        // Several audiences: only with azp = our client id.
+        assert_eq!(check_claims(with("aud", several.clone())).err(), Some(Refused::Audiences));
+        let mut theirs = with("aud", several.clone());
+        theirs["azp"] = json!("client-2");
+        assert_eq!(check_claims(theirs).err(), Some(Refused::AuthorizedParty));
+        let mut ours = with("aud", several);
+        ours["azp"] = json!("client-1");
+        assert_eq!(check_claims(ours).unwrap().id, "user-42");
+        // One audience: an azp, when present, must be ours too.
+        assert_eq!(check_claims(with("azp", json!("client-2"))).err(), Some(Refused::AuthorizedParty));
+        assert!(check_claims(with("azp", json!("client-1"))).is_ok());
+        // The same audience twice is one audience; a list of one is one.
+        assert!(check_claims(with("aud", json!(["client-1", "client-1"]))).is_ok());
+        assert!(check_claims(with("aud", json!(["client-1"]))).is_ok());
+        // Our client id must be among the audiences whatever azp says.
+        let mut elsewhere = with("aud", json!(["client-2", "client-3"]));
+        elsewhere["azp"] = json!("client-1");
+        assert!(matches!(check_claims(elsewhere), Err(Refused::Invalid(_))));
     }
 }

@@ -13,6 +13,7 @@ pub mod provider_config;
 pub mod providers;
 pub mod proxy;
 pub mod refresh;
+pub mod retire;
 pub mod revoke;
 pub mod store;
 pub mod tokens;

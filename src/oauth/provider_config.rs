@@ -178,4 +178,15 @@ pub struct ProviderConfig {
     pub account_body: Option<String>,
     /// How the account call authenticates: `api` (default) or `introspect` (RFC 7662, HubSpot).
     pub account_style: Option<AccountStyle>,
+    /// Extra authorize parameters of a "Connect another account" flow: what makes the provider
+    /// show its account chooser instead of signing its current session's account in again
+    /// (`prompt = "select_account"`, Dropbox's `force_reauthentication = "true"`). Default:
+    /// `prompt = "select_account"` for an OpenID Connect provider (`jwks_url` and `openid`), else
+    /// none. A `prompt` is merged with one in `authorize_params` (both values, space-separated).
+    pub add_account_params: Option<BTreeMap<String, String>>,
+    /// Whether revoking one token at this provider ends the account's whole grant to the client
+    /// (Google): then tokens that a reconnect replaces or a connect throws away are not revoked,
+    /// since that would end the new tokens (or another connection's) too. Default `false`: each
+    /// token is revoked on its own (RFC 7009 allows either).
+    pub revocation_ends_grant: Option<bool>,
 }

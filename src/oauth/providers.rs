@@ -59,6 +59,12 @@ pub struct Provider {
     /// OpenID Connect: where the id_token's signing keys are (`jwks_url`).
     pub jwks_url: Option<Url>,
     pub authorize_params: Vec<(String, String)>,
+    /// Added to the authorize parameters of a "Connect another account" flow (see
+    /// `ProviderConfig::add_account_params`).
+    pub add_account_params: Vec<(String, String)>,
+    /// Revoking one token ends the account's whole grant to the client (Google): replaced and
+    /// discarded tokens are then left to expire rather than revoked.
+    pub revocation_ends_grant: bool,
     pub client_auth: ClientAuth,
     pub pkce: bool,
     /// The issuer a callback's `iss` must equal (RFC 9207): configured, or the authorize origin.
@@ -200,6 +206,13 @@ impl Provider {
             && (self.revoke_url.is_some() || self.revoke_style == RevokeStyle::Github)
     }
 
+    /// Whether the tokens tokenvault replaces or throws away are revoked at the provider
+    /// (`oauth::retire`): it can revoke, and revoking one token does not end the account's whole
+    /// grant (`revocation_ends_grant`), which would end the new tokens, or another connection's, too.
+    pub fn revokes_retired_tokens(&self) -> bool {
+        self.can_revoke() && !self.revocation_ends_grant
+    }
+
     /// Whether a callback's `iss` parameter names this provider (RFC 9207 mix-up defence): the
     /// configured issuer exactly, or, when none is configured, an issuer on the authorize origin.
     pub fn issuer_matches(&self, iss: &str) -> bool {
@@ -309,7 +322,9 @@ fn overlay(base: ProviderConfig, over: &ProviderConfig) -> ProviderConfig {
         api_token_header,
         api_headers,
         account_body,
-        account_style
+        account_style,
+        add_account_params,
+        revocation_ends_grant
     )
 }
 
@@ -399,6 +414,15 @@ pub fn resolve(name: &str, cfg: &ProviderConfig) -> Result<Provider, ConfigError
         }
     }
     let display_name = merged.display_name.clone().unwrap_or_else(|| name.to_string());
+    let scopes = merged.scopes.clone().unwrap_or_default();
+    let jwks_url = endpoint(&merged.jwks_url, "jwks_url")?;
+    // An OpenID Connect provider shows its account chooser for `prompt=select_account` (§3.1.2.1).
+    let openid = jwks_url.is_some() && scopes.iter().any(|s| s == "openid");
+    let add_account_params = match &merged.add_account_params {
+        Some(params) => params.clone().into_iter().collect(),
+        None if openid => vec![("prompt".to_string(), "select_account".to_string())],
+        None => Vec::new(),
+    };
     Ok(Provider {
         name: name.to_string(),
         description: merged.description.clone().unwrap_or_else(|| format!("Your {display_name} account.")),
@@ -410,11 +434,13 @@ pub fn resolve(name: &str, cfg: &ProviderConfig) -> Result<Provider, ConfigError
         account_url,
         account_method: merged.account_method.unwrap_or(AccountMethod::Get),
         api_base_url,
-        scopes: merged.scopes.clone().unwrap_or_default(),
+        scopes,
         optional_scopes: merged.optional_scopes.clone().unwrap_or_default(),
         incremental_auth: merged.incremental_auth.unwrap_or(false),
-        jwks_url: endpoint(&merged.jwks_url, "jwks_url")?,
+        jwks_url,
         authorize_params: merged.authorize_params.clone().unwrap_or_default().into_iter().collect(),
+        add_account_params,
+        revocation_ends_grant: merged.revocation_ends_grant.unwrap_or(false),
         client_auth: merged.client_auth.unwrap_or(ClientAuth::Basic),
         pkce: merged.pkce.unwrap_or(true),
         issuer,
@@ -457,6 +483,9 @@ pub fn demo(settings: &Settings) -> Provider {
         incremental_auth: false,
         jwks_url: None,
         authorize_params: Vec::new(),
+        // Its consent page asks for the account every time; each code makes a grant of its own.
+        add_account_params: Vec::new(),
+        revocation_ends_grant: false,
         client_auth: ClientAuth::Basic,
         pkce: true,
         issuer: settings.url("/demo"),
@@ -635,6 +664,33 @@ mod tests {
         let gh = resolve("github", &cfg("github")).unwrap();
         assert!(gh.can_revoke());
         assert!(!gh.tokens_expire);
+        // What shows each one's account chooser, and whether one revocation ends the whole grant.
+        let pair = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        assert_eq!(d.add_account_params, pair("force_reauthentication", "true"));
+        assert_eq!(g.add_account_params, pair("prompt", "select_account"));
+        assert_eq!(m.add_account_params, pair("prompt", "select_account"));
+        assert_eq!(gh.add_account_params, pair("prompt", "select_account"));
+        assert!(g.revocation_ends_grant);
+        assert!(!d.revocation_ends_grant && !gh.revocation_ends_grant && !m.revocation_ends_grant);
+    }
+
+    #[test]
+    fn openid_providers_show_their_account_chooser_by_default() {
+        let custom = |jwks: bool, scopes: &[&str], params: Option<&[(&str, &str)]>| ProviderConfig {
+            authorize_url: Some("https://acme.example/authorize".into()),
+            token_url: Some("https://acme.example/token".into()),
+            jwks_url: jwks.then(|| "https://acme.example/jwks".into()),
+            scopes: Some(scopes.iter().map(|s| s.to_string()).collect()),
+            add_account_params: params.map(|p| p.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+            ..Default::default()
+        };
+        let params = |c: ProviderConfig| resolve("acme", &c).unwrap().add_account_params;
+        assert_eq!(params(custom(true, &["openid"], None)), [("prompt".to_string(), "select_account".to_string())]);
+        assert!(params(custom(false, &["openid"], None)).is_empty(), "no id_token, no OpenID prompt");
+        assert!(params(custom(true, &["read"], None)).is_empty());
+        assert!(params(custom(true, &["openid"], Some(&[]))).is_empty(), "configured empty: none");
+        assert_eq!(params(custom(false, &[], Some(&[("login", "1")]))), [("login".to_string(), "1".to_string())]);
+        assert!(!resolve("acme", &custom(false, &[], None)).unwrap().revocation_ends_grant);
     }
 
     /// The preset `name` with each parameter that has no default set to its example.

@@ -59,6 +59,9 @@ pub struct Destination {
     pub into: Option<i64>,
     /// The scopes asked for, stored when the grant differs from them.
     pub requested: Vec<String>,
+    /// Queue the tokens this write replaces for revocation at the provider (`oauth::retire`;
+    /// `Provider::revokes_retired_tokens`).
+    pub retire_replaced: bool,
 }
 
 /// Store a fresh token set where `to` says, with its event, in one transaction; the connection's
@@ -103,6 +106,13 @@ pub fn save_new(
         requested_scopes: requested.as_deref(),
     };
     conn.transaction(|conn| {
+        // The row this write replaces, if any, as it is now: locked until the write, so that its
+        // tokens are the ones retired (a refresh in between would have rotated them).
+        let before = connections::list_for_update(conn, user_id, service)?;
+        let old = match to.into {
+            Some(id) => before.into_iter().find(|c| c.id == id),
+            None => before.into_iter().find(|c| c.account_id == account),
+        };
         let written = match to.into {
             Some(id) => {
                 let replaced = connections::replace(conn, id, &new)?;
@@ -124,6 +134,9 @@ pub fn save_new(
             detail.push_str(&format!(" ({label})"));
         }
         record_event(conn, keep, user_id, service, event_kind, EventOutcome::Ok, &detail)?;
+        if let Some(old) = old.filter(|_| to.retire_replaced) {
+            retire_replaced(conn, cipher, &old, tokens)?;
+        }
         let Some(row) = connections::list_for(conn, user_id, service)?.into_iter().find(|c| c.account_id == account)
         else {
             return Err(crate::error::AppError::internal("the connection just stored is not there"));
@@ -135,6 +148,22 @@ pub fn save_new(
         crate::audit::record(conn, cipher, audit_entry(t, &row))?;
         Ok(written.with(row.id))
     })
+}
+
+/// Queue `old`'s tokens for revocation if `new` replaces them (in the caller's transaction). Tokens
+/// that do not open are left alone (logged): storing the new ones matters more.
+fn retire_replaced(conn: &mut Conn, cipher: &Cipher, old: &Connection, new: &TokenSet) -> AppResult<()> {
+    match open_tokens(cipher, old) {
+        Ok((access, refresh)) if crate::oauth::retire::replaced(&access, refresh.as_ref(), new) => {
+            let whose = (old.user_id, old.service.as_str(), old.account_id.as_str());
+            crate::oauth::retire::enqueue(conn, cipher, whose, &access, refresh.as_ref())
+        }
+        Ok(_) => Ok(()),
+        Err(e) => {
+            tracing::warn!(service = %old.service, connection_id = old.id, error = %e, "the replaced tokens could not be decrypted: not revoked");
+            Ok(())
+        }
+    }
 }
 
 /// Delete a user's connection and record why, in one transaction; false when there was none
@@ -180,7 +209,14 @@ impl Destination {
     /// The user's only connection to `service`, of an account the provider does not name (what
     /// tests and providers without an account API store).
     pub fn only(user_id: i64, service: &str) -> Destination {
-        Destination { user_id, service: service.to_string(), account: None, into: None, requested: Vec::new() }
+        Destination {
+            user_id,
+            service: service.to_string(),
+            account: None,
+            into: None,
+            requested: Vec::new(),
+            retire_replaced: false,
+        }
     }
 }
 
@@ -283,5 +319,60 @@ mod tests {
                 .unwrap(),
             "nothing left"
         );
+    }
+
+    /// A reconnect queues the tokens it replaces in its own transaction, sealed (bound to whose
+    /// they were), and `vault rotate-key` re-seals them.
+    #[rocket::async_test]
+    async fn replaced_tokens_are_queued_sealed_and_survive_a_key_rotation() {
+        use crate::db::models::revocations;
+        use crate::vault::Aad;
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.sqlite").to_string_lossy()).unwrap();
+        let (old_key, new_key) = (Cipher::generate_key(), Cipher::generate_key());
+        let cipher = Arc::new(Cipher::from_base64(&old_key, &[]).unwrap());
+        let caches = Caches::new(60);
+        let store = Tokens { db: &db, cipher: &cipher, caches: &caches, events_kept: 10 };
+        let user_id = users::for_tests(&mut db.conn().unwrap(), "ann");
+        let set = |n: u32, refresh: Option<&str>| TokenSet {
+            access_token: Secret::from(format!("AT-{n}")),
+            refresh_token: refresh.map(Secret::from),
+            token_type: "Bearer".into(),
+            scopes: vec!["read".into()],
+            expires_at: None,
+            obtained_at: now(),
+            refresh_expires_at: None,
+        };
+        let to = |retire| Destination { retire_replaced: retire, ..Destination::only(user_id, "fake") };
+        save(store, to(true), set(1, Some("RT-1")), EventKind::Connect).await.unwrap();
+        let mut conn = db.conn().unwrap();
+        assert!(revocations::all(&mut conn).unwrap().is_empty(), "nothing replaced yet");
+        // Replaced without retiring (a provider whose revocation ends the grant): nothing queued.
+        save(store, to(false), set(2, Some("RT-2")), EventKind::Connect).await.unwrap();
+        assert!(revocations::all(&mut conn).unwrap().is_empty());
+        // The same refresh token again: the grant goes on, nothing to revoke.
+        save(store, to(true), set(3, Some("RT-2")), EventKind::Connect).await.unwrap();
+        assert!(revocations::all(&mut conn).unwrap().is_empty());
+        save(store, to(true), set(4, Some("RT-4")), EventKind::Connect).await.unwrap();
+        let queued = revocations::all(&mut conn).unwrap();
+        assert_eq!(queued.len(), 1);
+        let row = &queued[0];
+        assert_eq!((row.user_id, row.service.as_str(), row.attempts), (user_id, "fake", 0));
+        let sealed = row.refresh_token.clone().unwrap();
+        assert!(!sealed.windows(4).any(|w| w == b"RT-2") && !row.access_token.windows(4).any(|w| w == b"AT-3"));
+        let aad = |user_id, column| Aad::RetiredToken { user_id, service: "fake", account: "", column };
+        assert_eq!(cipher.open(&sealed, aad(user_id, "refresh_token")).unwrap().expose_secret(), "RT-2");
+        assert_eq!(cipher.open(&row.access_token, aad(user_id, "access_token")).unwrap().expose_secret(), "AT-3");
+        assert!(cipher.open(&sealed, aad(user_id + 1, "refresh_token")).is_err(), "bound to whose it was");
+        assert!(cipher.open(&sealed, aad(user_id, "access_token")).is_err(), "and to its column");
+
+        let ring = Cipher::from_base64(&new_key, std::slice::from_ref(&old_key)).unwrap();
+        let done = crate::vault::rotation::rotate(&mut conn, &ring, |_, _| {}).unwrap();
+        assert_eq!(done.retired_tokens, 2);
+        let only_new = Cipher::from_base64(&new_key, &[]).unwrap();
+        let row = &revocations::all(&mut conn).unwrap()[0];
+        let refresh = only_new.open(row.refresh_token.as_ref().unwrap(), aad(user_id, "refresh_token")).unwrap();
+        assert_eq!(refresh.expose_secret(), "RT-2");
+        assert_eq!(crate::vault::rotation::rotate(&mut conn, &ring, |_, _| {}).unwrap().retired_tokens, 0);
     }
 }

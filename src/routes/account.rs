@@ -12,7 +12,7 @@ use crate::oauth::access::{connection_set, pick, AccessError, Named};
 use crate::oauth::account::fetch_account;
 use crate::routes::services::provider;
 use crate::state::AppState;
-use crate::web::{Layout, Page};
+use crate::web::{fields, Layout, Page};
 
 pub fn routes() -> Vec<Route> {
     routes![account]
@@ -49,9 +49,11 @@ async fn account(
     user: &CurrentUser,
     layout: Layout,
     service: &str,
-    connection: Option<i64>,
-    account: Option<&str>,
+    connection: Vec<String>,
+    account: Vec<String>,
 ) -> AppResult<Template> {
+    // Each at most once, as the API reads them (`?connection=1&connection=2` is a 400).
+    let (connection, account) = (fields::connection_id(&connection)?, fields::once("account", &account)?);
     let p = provider(app, service)?;
     if p.account_url.is_none() {
         return Err(AppError::BadRequest(format!("{} has no account API configured.", p.display_name)));

@@ -337,7 +337,7 @@ fn split_query(query: Option<&str>) -> Result<(ChoiceQuery, Option<String>), App
             }
         };
         if twice {
-            return Err(AppError::BadRequest(format!("`{key}` is given more than once; give it once.")));
+            return Err(crate::web::fields::given_twice(&key));
         }
     }
     let rest = rest.join("&");

@@ -19,7 +19,7 @@ use crate::oauth::providers::Provider;
 use crate::state::AppState;
 use crate::util::{format_utc, now, relative_time};
 use crate::vault::store as vault;
-use crate::web::{safe_next, Layout, Page};
+use crate::web::{fields, safe_next, Layout, Page};
 
 pub fn routes() -> Vec<Route> {
     routes![authorize_page, authorize, callback, connected]
@@ -76,9 +76,10 @@ async fn authorize_page(
     layout: Layout,
     service: &str,
     next: Option<&str>,
-    connection: Option<i64>,
-    scopes: Option<&str>,
+    connection: Vec<String>,
+    scopes: Vec<String>,
 ) -> AppResult<Template> {
+    let (connection, scopes) = (fields::connection_id(&connection)?, fields::once("scopes", &scopes)?);
     let p = provider(app, service)?;
     let cipher = app.cipher.clone();
     let (name, uid) = (p.name.clone(), user.id);
@@ -128,12 +129,13 @@ async fn authorize_page(
 pub struct AuthorizeForm {
     csrf_token: String,
     next: Option<String>,
-    /// Reconnect (or upgrade) this connection.
-    connection: Option<i64>,
-    /// "Connect another account".
-    add_account: Option<bool>,
+    /// Reconnect (or upgrade) this connection. Like the fields below, every value given is kept,
+    /// so that a repeated or malformed one is refused (`web::fields`) rather than dropped.
+    connection: Vec<String>,
+    /// "Connect another account" (`true`).
+    add_account: Vec<String>,
     /// More scopes to ask for, comma- or space-separated.
-    scopes: Option<String>,
+    scopes: Vec<String>,
 }
 
 impl CsrfField for AuthorizeForm {
@@ -150,13 +152,13 @@ async fn authorize(
     service: &str,
     form: Csrf<AuthorizeForm>,
 ) -> AppResult<Redirect> {
+    let intent = Intent {
+        connection: fields::connection_id(&form.connection)?,
+        add_account: fields::flag("add_account", &form.add_account)?,
+        more_scopes: scope_param(fields::once("scopes", &form.scopes)?),
+    };
     let p = provider(app, service)?;
     let return_to = return_path(form.next.as_deref());
-    let intent = Intent {
-        connection: form.connection,
-        add_account: form.add_account.unwrap_or(false),
-        more_scopes: scope_param(form.scopes.as_deref()),
-    };
     let url = flow::start(&app.db, &app.cipher, &app.settings, user, &p, &return_to, &intent).await?;
     tracing::info!(user_id = user.id, service = %p.name, connection = ?intent.connection, add_account = intent.add_account, "authorization started");
     Ok(Redirect::to(url.to_string()))
@@ -200,14 +202,19 @@ async fn finish_callback(
     params: CallbackParams,
 ) -> AppResult<Result<Redirect, (rocket::http::Status, Template)>> {
     let p = provider(app, service)?;
-    match flow::finish(&app.access(), user, &p, params).await? {
-        Finished::Connected { return_to, connection_id } => {
-            tracing::info!(service = %p.name, connection_id, "service connected");
+    let finished = flow::finish(&app.access(), user, &p, params).await;
+    // Whatever the outcome, tokens may have been queued for revocation (replaced or thrown away).
+    app.revocations.wake();
+    match finished? {
+        Finished::Connected { return_to, connection_id, already_connected } => {
+            tracing::info!(service = %p.name, connection_id, already_connected, "service connected");
             app.webhooks.wake();
-            let query: String = url::form_urlencoded::Serializer::new(String::new())
-                .append_pair("next", &return_to)
-                .append_pair("connection", &connection_id.to_string())
-                .finish();
+            let mut query = url::form_urlencoded::Serializer::new(String::new());
+            query.append_pair("next", &return_to).append_pair("connection", &connection_id.to_string());
+            if already_connected {
+                query.append_pair("already_connected", "true");
+            }
+            let query = query.finish();
             let to = format!("/services/{}/connected?{query}", p.name);
             // No flash here: Rocket's flash cookie is SameSite=Strict and would not reach the next
             // page of a redirect chain that began at the provider; the greeting page says it all.
@@ -222,17 +229,13 @@ async fn finish_callback(
         }
         Finished::AccountMismatch { connection_id, expected, got, return_to } => {
             tracing::info!(service = %p.name, connection_id, "reconnect refused: another account");
-            let label = |a: &Option<Account>| {
-                a.as_ref()
-                    .map(|a| a.label.clone().unwrap_or_else(|| a.id.clone()))
-                    .unwrap_or_else(|| "an unknown account".into())
-            };
+            let (expected_name, got_name) = mismatch_names(expected.as_ref(), got.as_ref());
             let body = MismatchPage {
                 service: p.name.clone(),
                 display_name: p.display_name.clone(),
                 connection_id,
-                expected: label(&expected),
-                got: label(&got),
+                expected: expected_name,
+                got: got_name,
                 can_add: got.is_some(),
                 csrf_token: user.map(|u| u.csrf_token.clone()).unwrap_or_default(),
                 next: return_to,
@@ -242,6 +245,24 @@ async fn finish_callback(
             Ok(Err((rocket::http::Status::Conflict, page)))
         }
     }
+}
+
+/// How the account-mismatch page names the account being reconnected and the one the provider
+/// answered for: by label (else id) — and, when both have the same label (one email at two
+/// tenants, two profiles with one name), by label and id, so that the two can be told apart.
+fn mismatch_names(expected: Option<&Account>, got: Option<&Account>) -> (String, String) {
+    let label = |a: Option<&Account>| {
+        a.map(|a| a.label.clone().unwrap_or_else(|| a.id.clone())).unwrap_or_else(|| "an unknown account".into())
+    };
+    let (e, g) = (label(expected), label(got));
+    if e != g {
+        return (e, g);
+    }
+    let with_id = |name: String, a: Option<&Account>| match a {
+        Some(a) if a.label.is_some() => format!("{name} ({})", a.id),
+        _ => name,
+    };
+    (with_id(e, expected), with_id(g, got))
 }
 
 #[derive(Serialize)]
@@ -271,18 +292,23 @@ struct ConnectedPage {
     expires: Option<String>,
     expires_utc: Option<String>,
     has_refresh_token: bool,
+    /// "Connect another account" came back with this account, which was connected already: its
+    /// connection was renewed, no account was added (`#account-already-connected`).
+    already_connected: bool,
     next: String,
 }
 
-#[get("/services/<service>/connected?<next>&<connection>")]
+#[get("/services/<service>/connected?<next>&<connection>&<already_connected>")]
 async fn connected(
     app: &State<AppState>,
     user: &CurrentUser,
     layout: Layout,
     service: &str,
     next: Option<&str>,
-    connection: Option<i64>,
+    connection: Vec<String>,
+    already_connected: Option<bool>,
 ) -> AppResult<Template> {
+    let connection = fields::connection_id(&connection)?;
     let p = provider(app, service)?;
     let (which, name) = (Which { user_id: user.id, id: connection }, p.name.clone());
     let conn = app.db.run(move |c| Ok(connections::find_which(c, which, &name)?)).await?.ok_or(AppError::NotFound)?;
@@ -299,6 +325,7 @@ async fn connected(
         expires: conn.expires_at.map(|e| relative_time(e, now())),
         expires_utc: conn.expires_at.map(format_utc),
         has_refresh_token: conn.refresh_token.is_some(),
+        already_connected: already_connected.unwrap_or(false),
         next: return_path(next),
     };
     let title = format!("{} connected", p.display_name);
@@ -308,4 +335,23 @@ async fn connected(
 /// Where to go after a connect: a same-site `next`, else My Settings → OAuth2 Services.
 fn return_path(next: Option<&str>) -> String {
     next.and_then(safe_next).unwrap_or_else(|| "/settings/oauth2".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mismatched_accounts_that_share_a_label_are_named_with_their_ids() {
+        let acct = |id: &str, label: Option<&str>| Account { id: id.into(), label: label.map(str::to_string) };
+        let (work, home) = (acct("u-1", Some("ann@example.com")), acct("u-2", Some("ann@example.com")));
+        assert_eq!(
+            mismatch_names(Some(&work), Some(&home)),
+            ("ann@example.com (u-1)".to_string(), "ann@example.com (u-2)".to_string())
+        );
+        let other = acct("u-3", Some("bob@example.com"));
+        assert_eq!(mismatch_names(Some(&work), Some(&other)).1, "bob@example.com", "labels that differ suffice");
+        assert_eq!(mismatch_names(Some(&work), None).1, "an unknown account");
+        assert_eq!(mismatch_names(Some(&acct("u-1", None)), Some(&acct("u-2", None))).0, "u-1", "ids as labels");
+    }
 }

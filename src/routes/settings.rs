@@ -176,8 +176,9 @@ async fn oauth2(app: &State<AppState>, user: &CurrentUser, layout: Layout) -> Ap
 #[derive(FromForm)]
 pub struct ConnectionForm {
     csrf_token: String,
-    /// Read as text: a malformed id names no connection (404), never the first one.
-    connection: Option<String>,
+    /// Every value given: one connection id, or none (the first); several or a malformed one is a
+    /// 400 (`web::fields`), never the first or the last of them.
+    connection: Vec<String>,
 }
 
 impl CsrfField for ConnectionForm {
@@ -186,8 +187,8 @@ impl CsrfField for ConnectionForm {
     }
 }
 
-fn which(user: &CurrentUser, form: &ConnectionForm) -> Which {
-    Which { user_id: user.id, id: form.connection.as_deref().map(|t| t.parse().unwrap_or(-1)) }
+fn which(user: &CurrentUser, form: &ConnectionForm) -> AppResult<Which> {
+    Ok(Which { user_id: user.id, id: crate::web::fields::connection_id(&form.connection)? })
 }
 
 /// Delete the local tokens. This alone does not revoke access at the provider.
@@ -200,7 +201,7 @@ async fn delete(
 ) -> AppResult<Flash<Redirect>> {
     let removed = store::delete(
         app.tokens(),
-        which(user, &form),
+        which(user, &form)?,
         service,
         EventKind::Delete,
         EventOutcome::Ok,
@@ -228,7 +229,7 @@ async fn revoke(
     form: Csrf<ConnectionForm>,
 ) -> AppResult<Flash<Redirect>> {
     let p = crate::routes::services::provider(app, service)?;
-    let outcome = revoke_and_delete(&app.access(), which(user, &form), &p).await?;
+    let outcome = revoke_and_delete(&app.access(), which(user, &form)?, &p).await?;
     app.webhooks.wake();
     let name = &p.display_name;
     let back = Redirect::to(uri!(oauth2));

@@ -26,6 +26,10 @@ pub enum Aad<'a> {
     WebhookSecret(&'a str),
     /// The secret a rotation replaced, still signed with for a while, by endpoint name.
     WebhookPreviousSecret(&'a str),
+    /// A token tokenvault replaced or threw away, waiting in `token_revocations` to be revoked at
+    /// the provider: whose it was (user, service, account) and which (`access_token` or
+    /// `refresh_token`).
+    RetiredToken { user_id: i64, service: &'a str, account: &'a str, column: &'a str },
 }
 
 impl fmt::Display for Aad<'_> {
@@ -53,6 +57,13 @@ impl fmt::Display for Aad<'_> {
             Aad::AuditChainKey => f.write_str("meta/audit_chain_key"),
             Aad::WebhookSecret(name) => write!(f, "webhook_endpoints/{name}/secret"),
             Aad::WebhookPreviousSecret(name) => write!(f, "webhook_endpoints/{name}/previous_secret"),
+            Aad::RetiredToken { user_id, service, account, column } => {
+                write!(f, "token_revocations/{user_id}/{service}/{column}")?;
+                if !account.is_empty() {
+                    write!(f, "/{account}")?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -82,6 +93,14 @@ mod tests {
             (Aad::AuditChainKey, "meta/audit_chain_key"),
             (Aad::WebhookSecret("ops"), "webhook_endpoints/ops/secret"),
             (Aad::WebhookPreviousSecret("ops"), "webhook_endpoints/ops/previous_secret"),
+            (
+                Aad::RetiredToken { user_id: 7, service: "dropbox", account: "", column: "refresh_token" },
+                "token_revocations/7/dropbox/refresh_token",
+            ),
+            (
+                Aad::RetiredToken { user_id: 7, service: "dropbox", account: "dbid:AAH4f9", column: "access_token" },
+                "token_revocations/7/dropbox/access_token/dbid:AAH4f9",
+            ),
         ];
         for (aad, text) in golden {
             assert_eq!(aad.to_string(), text);

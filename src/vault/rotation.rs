@@ -3,12 +3,12 @@
 //! A database remembers a value sealed with its vault key. At start the configured key ring must
 //! open it, or tokenvault refuses to start (a wrong key would otherwise fail on every secret).
 //! `tokenvault vault rotate-key` re-encrypts every sealed value (vault entries, users' tokens,
-//! flows in flight) under the active key, in batches of one transaction each, and then moves the
+//! flows in flight, tokens waiting to be revoked) under the active key, in batches of one transaction each, and then moves the
 //! key check to the active key; the old key can then be removed from `vault_old_keys`.
 
 use crate::db::models::connections::RowRef;
 use crate::db::models::vault as vault_model;
-use crate::db::models::{connections, flows, meta, webhook_endpoints};
+use crate::db::models::{connections, flows, meta, revocations, webhook_endpoints};
 use crate::db::Conn;
 use crate::error::{AppError, AppResult};
 use crate::util::now;
@@ -58,6 +58,8 @@ pub struct Rotated {
     pub flows: usize,
     /// Secrets of webhook endpoints edited on `/admin/webhooks` (current and previous).
     pub webhook_secrets: usize,
+    /// Replaced or discarded tokens waiting to be revoked (`token_revocations`).
+    pub retired_tokens: usize,
 }
 
 fn reseal(cipher: &Cipher, sealed: &[u8], aad: Aad<'_>) -> AppResult<Option<Vec<u8>>> {
@@ -144,6 +146,22 @@ pub fn rotate(conn: &mut Conn, cipher: &Cipher, mut progress: impl FnMut(&str, u
                 if webhook_endpoints::set_ciphertexts(conn, &row.name, &row.revision, &secret, previous.as_deref())? {
                     done.webhook_secrets += n;
                 }
+            }
+        }
+        // Tokens waiting to be revoked (few: each is worked within hours).
+        for row in revocations::all(conn)? {
+            let (user_id, service, account) = (row.user_id, row.service.as_str(), row.account_id.as_str());
+            let aad = |column| Aad::RetiredToken { user_id, service, account, column };
+            let access = reseal(cipher, &row.access_token, aad("access_token"))?;
+            let refresh = match &row.refresh_token {
+                Some(r) => reseal(cipher, r, aad("refresh_token"))?,
+                None => None,
+            };
+            if access.is_some() || refresh.is_some() {
+                done.retired_tokens += usize::from(access.is_some()) + usize::from(refresh.is_some());
+                let access = access.unwrap_or_else(|| row.access_token.clone());
+                let refresh = refresh.or_else(|| row.refresh_token.clone());
+                revocations::set_tokens(conn, row.id, &access, refresh.as_deref())?;
             }
         }
         crate::audit::reseal_key(conn, cipher)?;

@@ -1,8 +1,9 @@
 //! The web layer shared by every page: the page context, flash messages, request ids,
-//! security headers and request logging.
+//! security headers, request logging, and reading form and query fields once (`fields`).
 
 mod error_page;
 mod fairings;
+pub mod fields;
 mod flash;
 mod page;
 

@@ -44,12 +44,30 @@ pub struct State {
     pub account: Option<serde_json::Value>,
     /// token (access or refresh) → the account it belongs to.
     token_accounts: HashMap<String, serde_json::Value>,
+    /// The authorize parameter (name, and a value among its space-separated values) that makes
+    /// the fake show its account chooser (default `prompt=select_account`); without it, an
+    /// authorization answers for the session's account (`account`), as providers with a live
+    /// session do.
+    pub chooser: Option<(String, String)>,
+    /// The account the person picks when the chooser is shown (`None`: the session's); picking
+    /// one signs the session in to it.
+    pub chooser_pick: Option<serde_json::Value>,
+    /// code → the account it was issued for at the authorize step ([`FakeProvider::authorize`]).
+    code_accounts: HashMap<String, serde_json::Value>,
+    /// The revocation endpoints answer 503 (down for a while).
+    pub revoke_unavailable: bool,
+    /// access token → the refresh token it came with (or was refreshed from): Dropbox's
+    /// revocation by access token ends that refresh token too.
+    access_parent: HashMap<String, String>,
     /// The `scope` the token endpoint answers with (`None`: `read write`; `Some("")`: none).
     pub grant_scope: Option<String>,
     /// Code exchanges answer with an id_token signed by the fixture key (served at `/jwks`),
     /// for `sub` = the account's `sub`, with the nonce the code was issued for.
     pub id_tokens: bool,
-    /// Spoil the next id_tokens: `"aud"`, `"iss"`, `"nonce"`, `"expired"`, `"signature"`.
+    /// Spoil the next id_tokens: `"aud"`, `"iss"`, `"nonce"`, `"expired"`, `"signature"`,
+    /// `"audiences"` (ours and another, no `azp`), `"azp"` (both, `azp` the other client),
+    /// `"azp-alone"` (ours only, `azp` another client) — or shape them without spoiling them:
+    /// `"audiences-azp-ours"` (both audiences, `azp` ours).
     pub id_token_fault: Option<&'static str>,
     /// code → the `nonce` of its authorization request.
     nonces: HashMap<String, String>,
@@ -68,6 +86,11 @@ impl State {
     /// `fake-user-<n>`, email `user<n>@fake.example`) for tokens issued from now on.
     pub fn sign_in_as(&mut self, n: u32) {
         self.account = Some(FakeProvider::account_json(n));
+    }
+
+    /// At the account chooser (when the authorization request asks for it), pick account `n`.
+    pub fn choose(&mut self, n: u32) {
+        self.chooser_pick = Some(FakeProvider::account_json(n));
     }
 }
 
@@ -145,7 +168,11 @@ impl Respond for TokenEndpoint {
                         return error(400, "invalid_grant");
                     }
                 }
-                let account = st.account.clone().unwrap_or_else(|| FakeProvider::account_json(1));
+                let account = st
+                    .code_accounts
+                    .remove(&code)
+                    .or_else(|| st.account.clone())
+                    .unwrap_or_else(|| FakeProvider::account_json(1));
                 let nonce = st.nonces.remove(&code);
                 let id_token = st.id_tokens.then(|| id_token(&st, &account, nonce));
                 let mut body = issue_body(&mut st, account);
@@ -174,7 +201,16 @@ impl Respond for TokenEndpoint {
                         }
                         let account =
                             st.token_accounts.get(&rt).cloned().unwrap_or_else(|| FakeProvider::account_json(1));
-                        let response = issue(&mut st, account);
+                        let body = issue_body(&mut st, account);
+                        if body.get("refresh_token").is_none() {
+                            let access = body["access_token"].as_str().unwrap_or_default().to_string();
+                            st.access_parent.insert(access, rt.clone());
+                        }
+                        let body = match st.reshape_tokens {
+                            Some(reshape) => reshape(body),
+                            None => body,
+                        };
+                        let response = ResponseTemplate::new(200).set_body_json(body);
                         match st.refresh_delay {
                             Some(d) => response.set_delay(d),
                             None => response,
@@ -196,14 +232,6 @@ impl Respond for TokenEndpoint {
     }
 }
 
-fn issue(st: &mut State, account: serde_json::Value) -> ResponseTemplate {
-    let mut body = issue_body(st, account);
-    if let Some(reshape) = st.reshape_tokens {
-        body = reshape(body);
-    }
-    ResponseTemplate::new(200).set_body_json(body)
-}
-
 fn issue_body(st: &mut State, account: serde_json::Value) -> serde_json::Value {
     st.issued += 1;
     let n = st.issued;
@@ -220,6 +248,7 @@ fn issue_body(st: &mut State, account: serde_json::Value) -> serde_json::Value {
     if give_refresh {
         st.refresh_tokens.insert(refresh.clone(), true);
         st.token_accounts.insert(refresh.clone(), account);
+        st.access_parent.insert(access.clone(), refresh.clone());
         body["refresh_token"] = json!(refresh);
     }
     if let Some(e) = &st.expires_in {
@@ -245,6 +274,20 @@ fn id_token(st: &State, account: &serde_json::Value, nonce: Option<String>) -> S
         "iat": now,
         "exp": if fault == Some("expired") { now - 3600 } else { now + 600 },
     });
+    // Several audiences, with or without an authorized party (`azp`).
+    match fault {
+        Some("audiences") => claims["aud"] = json!([CLIENT_ID, "another-client"]),
+        Some("azp") => {
+            claims["aud"] = json!([CLIENT_ID, "another-client"]);
+            claims["azp"] = json!("another-client");
+        }
+        Some("azp-alone") => claims["azp"] = json!("another-client"),
+        Some("audiences-azp-ours") => {
+            claims["aud"] = json!([CLIENT_ID, "another-client"]);
+            claims["azp"] = json!(CLIENT_ID);
+        }
+        _ => {}
+    }
     if let Some(n) = nonce {
         claims["nonce"] = json!(if fault == Some("nonce") { "another-nonce".to_string() } else { n });
     }
@@ -293,6 +336,60 @@ impl Respond for ApiEndpoint {
                 "body": String::from_utf8_lossy(&req.body),
                 "headers": headers,
             }))
+    }
+}
+
+/// The revocation endpoints, which revoke one token (and what it carries) at a time, as RFC 7009
+/// allows: RFC 7009 (`/revoke`: form `token`, client authentication), Dropbox's
+/// (`/dropbox-revoke`: the access token as Bearer ends it and its refresh token) and GitHub's
+/// (`DELETE /applications/<id>/token`: JSON `access_token`).
+struct RevokeEndpoint(Arc<Mutex<State>>);
+
+impl Respond for RevokeEndpoint {
+    fn respond(&self, req: &Request) -> ResponseTemplate {
+        let mut st = self.0.lock().unwrap();
+        if st.revoke_unavailable {
+            return error(503, "temporarily_unavailable");
+        }
+        let revoke = |st: &mut State, token: &str| {
+            if let Some(live) = st.refresh_tokens.get_mut(token) {
+                *live = false;
+            }
+            st.access_tokens.retain(|a| a != token);
+        };
+        match req.url.path() {
+            "/revoke" => {
+                let f = form(req);
+                let body_auth = f.get("client_id").map(String::as_str) == Some(CLIENT_ID)
+                    && f.get("client_secret").map(String::as_str) == Some(CLIENT_SECRET);
+                if !basic_ok(req) && !body_auth {
+                    return error(401, "invalid_client");
+                }
+                revoke(&mut st, f.get("token").map(String::as_str).unwrap_or_default());
+                ResponseTemplate::new(200)
+            }
+            "/dropbox-revoke" => {
+                let bearer = req
+                    .headers
+                    .get("authorization")
+                    .and_then(|h| h.to_str().ok())
+                    .and_then(|h| h.strip_prefix("Bearer "));
+                let Some(access) = bearer.filter(|t| st.access_tokens.iter().any(|a| a == t)).map(str::to_string)
+                else {
+                    return error(401, "invalid_access_token");
+                };
+                revoke(&mut st, &access);
+                if let Some(parent) = st.access_parent.get(&access).cloned() {
+                    revoke(&mut st, &parent);
+                }
+                ResponseTemplate::new(200).set_body_raw("null", "application/json")
+            }
+            _ => {
+                let body: serde_json::Value = serde_json::from_slice(&req.body).unwrap_or_default();
+                revoke(&mut st, body["access_token"].as_str().unwrap_or_default());
+                ResponseTemplate::new(204)
+            }
+        }
     }
 }
 
@@ -377,6 +474,7 @@ impl FakeProvider {
             enforce_pkce: true,
             expires_in: Some(json!(3600)),
             rotate_refresh_tokens: true,
+            chooser: Some(("prompt".into(), "select_account".into())),
             ..State::default()
         }));
         Mock::given(method("POST")).and(path("/token")).respond_with(TokenEndpoint(state.clone())).mount(&server).await;
@@ -404,15 +502,19 @@ impl FakeProvider {
             .respond_with(ApiEndpoint(state.clone()))
             .mount(&server)
             .await;
-        Mock::given(method("POST")).and(path("/revoke")).respond_with(ResponseTemplate::new(200)).mount(&server).await;
+        Mock::given(method("POST"))
+            .and(path("/revoke"))
+            .respond_with(RevokeEndpoint(state.clone()))
+            .mount(&server)
+            .await;
         Mock::given(method("POST"))
             .and(path("/dropbox-revoke"))
-            .respond_with(ResponseTemplate::new(200).set_body_raw("null", "application/json"))
+            .respond_with(RevokeEndpoint(state.clone()))
             .mount(&server)
             .await;
         Mock::given(method("DELETE"))
             .and(wiremock::matchers::path_regex("^/applications/[^/]+/token$"))
-            .respond_with(ResponseTemplate::new(204))
+            .respond_with(RevokeEndpoint(state.clone()))
             .mount(&server)
             .await;
         FakeProvider { server: Arc::new(server), state }
@@ -430,6 +532,8 @@ impl FakeProvider {
             "userPrincipalName": email,
             "name": if n == 1 { "Fake User".to_string() } else { format!("Fake User {n}") },
             "email": email,
+            // The same for every account (a label two accounts share).
+            "team": "Fake Team",
         })
     }
 
@@ -457,6 +561,29 @@ impl FakeProvider {
     pub fn issue_code(&self, challenge: &str) -> String {
         let code = format!("CODE-CANARY-{}", uuidish());
         self.state.lock().unwrap().codes.insert(code.clone(), challenge.to_string());
+        code
+    }
+
+    /// The person at the fake's authorize page, approving the request `url` (the Redirector's
+    /// redirect): a code for its PKCE challenge (and `nonce`), issued for the session's account —
+    /// or, when the request asks for the account chooser and a pick is set, for that account.
+    pub fn authorize(&self, url: &url::Url) -> String {
+        let q: HashMap<String, String> = url.query_pairs().into_owned().collect();
+        let code = self.issue_code(q.get("code_challenge").map(String::as_str).unwrap_or_default());
+        if let Some(nonce) = q.get("nonce") {
+            self.remember_nonce(&code, nonce);
+        }
+        let mut st = self.state.lock().unwrap();
+        let shown =
+            st.chooser.as_ref().is_some_and(|(k, v)| q.get(k).is_some_and(|given| given.split(' ').any(|w| w == v)));
+        if shown {
+            if let Some(pick) = st.chooser_pick.clone() {
+                st.account = Some(pick);
+            }
+        }
+        if let Some(account) = st.account.clone() {
+            st.code_accounts.insert(code.clone(), account);
+        }
         code
     }
 
@@ -507,6 +634,15 @@ impl FakeProvider {
     /// revoked with its family).
     pub fn refresh_token_valid(&self, refresh_token: &str) -> bool {
         self.state.lock().unwrap().refresh_tokens.get(refresh_token).copied().unwrap_or(false)
+    }
+
+    /// Every refresh token the provider would still accept (issued, neither rotated away nor
+    /// revoked), sorted.
+    pub fn live_refresh_tokens(&self) -> Vec<String> {
+        let st = self.state.lock().unwrap();
+        let mut live: Vec<String> = st.refresh_tokens.iter().filter(|(_, v)| **v).map(|(k, _)| k.clone()).collect();
+        live.sort();
+        live
     }
 
     /// Whether the provider's API would accept `access_token` now.

@@ -312,6 +312,35 @@ impl TestApp {
         Some((a.expose_secret().to_string(), r.map(|r| r.expose_secret().to_string())))
     }
 
+    /// Every refresh token tokenvault stores, of every user's connections, sorted.
+    pub fn stored_refresh_tokens(&self) -> Vec<String> {
+        let mut conn = self.db.conn().unwrap();
+        let users = self.count("SELECT COUNT(*) AS n FROM users");
+        let mut all = Vec::new();
+        for i in 0..users {
+            let id = self.count(&format!("SELECT id AS n FROM users ORDER BY id LIMIT 1 OFFSET {i}"));
+            for c in tokenvault::db::models::connections::list_for_user(&mut conn, id).unwrap() {
+                let (_, refresh) = tokenvault::oauth::store::open_tokens(&self.cipher, &c).unwrap();
+                all.extend(refresh.map(|r| r.expose_secret().to_string()));
+            }
+        }
+        all.sort();
+        all
+    }
+
+    /// Wait until the worker that revokes replaced and discarded tokens has worked every one
+    /// queued (woken every 50 ms; a revocation still queued after 10 s fails the test).
+    pub async fn revocations_done(&self) {
+        for _ in 0..200 {
+            if self.count("SELECT COUNT(*) AS n FROM token_revocations") == 0 {
+                return;
+            }
+            self.state().revocations.wake();
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("token revocations still queued after 10 s");
+    }
+
     /// Everything the database holds: the SQLite files (main, -wal, -shm), or for PostgreSQL
     /// every row of every table as JSON (bytea as hex).
     pub fn database_bytes(&self) -> Vec<u8> {
@@ -473,11 +502,8 @@ impl<'a> Agent<'a> {
 
     /// Finish a flow started at the fake provider (it approves): the callback's reply.
     pub async fn finish_flow(&self, service: &str, authorize: &url::Url) -> Reply {
-        let (state, challenge) = flow_params(authorize);
-        let code = self.app.fake.issue_code(&challenge);
-        if let Some((_, nonce)) = authorize.query_pairs().find(|(k, _)| k == "nonce") {
-            self.app.fake.remember_nonce(&code, &nonce);
-        }
+        let (state, _) = flow_params(authorize);
+        let code = self.app.fake.authorize(authorize);
         self.fetch(&format!("/services/{service}/callback?code={code}&state={state}")).await
     }
 

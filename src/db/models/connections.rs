@@ -240,6 +240,28 @@ pub fn list_for(conn: &mut Conn, user_id: i64, service: &str) -> QueryResult<Vec
     })
 }
 
+/// [`list_for`], locked for the caller's transaction until it writes (PostgreSQL `FOR UPDATE`;
+/// SQLite takes its write lock first): what the caller reads is what its write replaces.
+pub fn list_for_update(conn: &mut Conn, user_id: i64, service: &str) -> QueryResult<Vec<Connection>> {
+    match conn {
+        Conn::Sqlite(c) => {
+            let c: &mut diesel::sqlite::SqliteConnection = c;
+            diesel::connection::SimpleConnection::batch_execute(c, "UPDATE connections SET id = id WHERE 0")?;
+            list_for(conn, user_id, service)
+        }
+        Conn::Postgres(c) => {
+            let c: &mut diesel::pg::PgConnection = c;
+            connections::table
+                .filter(connections::user_id.eq(user_id))
+                .filter(connections::service.eq(service))
+                .order(connections::id.asc())
+                .select(Connection::as_select())
+                .for_update()
+                .load(c)
+        }
+    }
+}
+
 /// All the user's connections, by service, then first connected first.
 pub fn list_for_user(conn: &mut Conn, user_id: i64) -> QueryResult<Vec<Connection>> {
     crate::on_conn!(conn, conn => {

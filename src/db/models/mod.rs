@@ -10,6 +10,8 @@ pub mod invalidations;
 /// What the limit columns of `api_keys` mean (not a table of its own).
 pub mod key_scope;
 pub mod meta;
+/// Replaced and discarded tokens waiting to be revoked at the provider (`oauth::retire`).
+pub mod revocations;
 pub mod sessions;
 pub mod users;
 pub mod vault;
