@@ -214,6 +214,7 @@ diesel::table! {
         detail -> Text,
         prev_hash -> Text,
         hash -> Text,
+        at_last -> Nullable<BigInt>,
     }
 }
 

@@ -1,0 +1,3 @@
+-- Entries written with `at_last` no longer verify once it is dropped (it is part of their hash):
+-- `tokenvault audit verify` names the first one.
+ALTER TABLE audit_log DROP COLUMN at_last;
