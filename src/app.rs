@@ -168,6 +168,12 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
                     crate::vault::rotation::KeyCheck::Created => tracing::info!("vault key check recorded"),
                     crate::vault::rotation::KeyCheck::Active => {}
                 }
+                // The audit log: started here in a new database; elsewhere its head must verify, or
+                // nothing could be recorded — and then tokenvault does not start.
+                match crate::audit::open(&mut conn, &c).map_err(|e| format!("cannot open the audit log: {e}"))? {
+                    Ok(head) => tracing::info!(seq = head.seq, anchor = head.anchor_id, "audit log ready"),
+                    Err(broken) => return Err(crate::audit::unusable(&broken)),
+                }
                 // The endpoints edited on /admin/webhooks, in effect before the first request.
                 hooks.reload(&mut conn, &c).map_err(|e| format!("cannot read the webhook endpoints: {e}"))?;
                 for e in hooks.endpoints().iter().filter(|e| e.origin == crate::webhooks::Origin::Edited) {
@@ -243,11 +249,38 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
                 if let Some(app) = rocket.state::<AppState>() {
                     // The audit batcher (flushed by the shutdown fairing below) and retention pruning.
                     app.audit.start(app.db.clone(), app.cipher.clone());
-                    let (db, cipher, days, shutdown) =
-                        (app.db.clone(), app.cipher.clone(), app.settings.audit_retention_days, rocket.shutdown());
+                    let (db, cipher, days, metrics, shutdown) = (
+                        app.db.clone(),
+                        app.cipher.clone(),
+                        app.settings.audit_retention_days,
+                        app.metrics.clone(),
+                        rocket.shutdown(),
+                    );
                     rocket::tokio::spawn(async move {
                         rocket::tokio::select! {
-                            _ = crate::audit::batcher::prune_hourly(db, cipher, days) => {}
+                            _ = crate::audit::batcher::prune_hourly(db, cipher, days, metrics) => {}
+                            _ = shutdown => {}
+                        }
+                    });
+                    // Audit checkpoints, out of the database's reach: at start-up and every
+                    // audit_checkpoint_interval (app log, audit.checkpoint webhook event, file).
+                    let checkpoints = crate::audit::checkpoint::publish_periodically(
+                        app.db.clone(),
+                        app.cipher.clone(),
+                        std::time::Duration::from_secs(app.settings.audit_checkpoint_interval as u64),
+                        app.settings.audit_checkpoint_file.clone(),
+                        app.metrics.clone(),
+                        {
+                            let hooks = app.webhooks.clone();
+                            std::sync::Arc::new(move |conn: &mut crate::db::Conn, c: &_| {
+                                hooks.record_checkpoint(conn, c)
+                            })
+                        },
+                    );
+                    let shutdown = rocket.shutdown();
+                    rocket::tokio::spawn(async move {
+                        rocket::tokio::select! {
+                            _ = checkpoints => {}
                             _ = shutdown => {}
                         }
                     });

@@ -59,14 +59,40 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Walk the chain from its anchor: exit 0 printing the count when intact, else non-zero
-    /// naming the first bad entry and why.
-    Verify,
+    /// naming the first bad entry and why. With checkpoints, also fail when the log no longer
+    /// holds a checkpoint's entry with its hash (or ends before it).
+    Verify {
+        /// A checkpoint `<seq>:<hash>` (from the app log's `audit checkpoint` line or a webhook
+        /// event) the log must still hold (repeat for several).
+        #[arg(long = "checkpoint", value_name = "SEQ:HASH")]
+        checkpoints: Vec<String>,
+        /// A file of checkpoint lines (`audit_checkpoint_file`, or the `data` of `audit.checkpoint`
+        /// events one a line): every line is checked, its signature first (repeat for several).
+        #[arg(long = "checkpoint-file", value_name = "FILE")]
+        checkpoint_files: Vec<std::path::PathBuf>,
+    },
     /// Print the newest entries, oldest first (`--json`: one JSON object a line).
     Tail {
         #[arg(short = 'n', default_value_t = 20)]
         n: i64,
         #[arg(long)]
         json: bool,
+    },
+    /// Publish a checkpoint of the log's head now: print its line, append it to
+    /// `audit_checkpoint_file` when set, log it, and record an `audit.checkpoint` webhook event
+    /// (delivered by a running server).
+    Checkpoint,
+    /// Archive a log that does not verify (every entry, its head and sealed chain key, as JSON
+    /// lines in a new file of mode 0600) and start a new one after it, whose first entry
+    /// (`audit.restarted`) records why, what was found and the archive's SHA-256. Refused while
+    /// the log verifies.
+    Restart {
+        /// The archive to write (must not exist).
+        #[arg(long, value_name = "FILE")]
+        archive: std::path::PathBuf,
+        /// Why: recorded in the new log's first entry.
+        #[arg(long)]
+        reason: String,
     },
 }
 
@@ -134,6 +160,12 @@ fn open() -> Result<(Conn, crate::app::Prepared), String> {
     let prepared = prepare(figment()).map_err(|e| e.to_string())?;
     let mut conn = db::connect(&prepared.settings.database_url)?;
     crate::vault::rotation::verify_key(&mut conn, &prepared.cipher)?;
+    // A new database's audit log starts here as at the server's start. A log that cannot be
+    // extended is not an error yet: a command that records fails on it with what to do, and
+    // `audit verify`/`restart` are how to look into it.
+    if let Err(e) = crate::audit::open(&mut conn, &prepared.cipher) {
+        tracing::debug!("audit log: {e}");
+    }
     Ok((conn, prepared))
 }
 
@@ -248,12 +280,62 @@ pub fn run(command: Command) -> Result<String, String> {
             ))
         }
         Command::Check => check(),
-        Command::Audit { command: AuditCommand::Verify } => {
+        Command::Audit { command: AuditCommand::Verify { checkpoints, checkpoint_files } } => {
             let (mut conn, prepared) = open()?;
-            match crate::audit::verify(&mut conn, &prepared.cipher).map_err(cli_error)? {
-                Ok(n) => Ok(format!("audit log intact: {n} entries")),
-                Err(broken) => Err(format!("audit log broken at {broken}")),
+            audit_verify(&mut conn, &prepared.cipher, &checkpoints, &checkpoint_files)
+        }
+        Command::Audit { command: AuditCommand::Checkpoint } => {
+            let (mut conn, prepared) = open()?;
+            let file = prepared.settings.audit_checkpoint_file.as_deref();
+            // The endpoints in effect, edits on /admin/webhooks included.
+            prepared.webhooks.reload(&mut conn, &prepared.cipher).map_err(cli_error)?;
+            let hooks = &prepared.webhooks;
+            let published = crate::audit::checkpoint::publish(&mut conn, &prepared.cipher, file, &|conn, c| {
+                hooks.record_checkpoint(conn, c)
+            })
+            .map_err(cli_error)?
+            .map_err(|broken| format!("no checkpoint: {}", crate::audit::unusable(&broken)))?;
+            for problem in &published.problems {
+                eprintln!("not published to {problem}");
             }
+            if !published.problems.is_empty() {
+                return Err(format!("checkpoint {} not published everywhere", published.checkpoint.short()));
+            }
+            Ok(published.checkpoint.line())
+        }
+        Command::Audit { command: AuditCommand::Restart { archive, reason } } => {
+            let (mut conn, prepared) = open()?;
+            if reason.trim().is_empty() {
+                return Err("--reason must say why the log is restarted".into());
+            }
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                options.mode(0o600);
+            }
+            let mut file =
+                options.open(&archive).map_err(|e| format!("cannot create the archive {}: {e}", archive.display()))?;
+            let done = match crate::audit::restart(&mut conn, &prepared.cipher, reason.trim(), &mut file) {
+                Ok(done) => done,
+                Err(e) => {
+                    drop(file);
+                    let _ = std::fs::remove_file(&archive);
+                    return Err(cli_error(e));
+                }
+            };
+            file.sync_all().map_err(|e| format!("cannot write the archive {}: {e}", archive.display()))?;
+            Ok(format!(
+                "audit log restarted after entry {}: {} entries archived to {} (SHA-256 {}), recorded in the new log's \
+                 first entry. What was wrong: {}. Publish a checkpoint now (`tokenvault audit checkpoint`) and start \
+                 a new checkpoint file: the old checkpoints name the archived log.",
+                done.anchor,
+                done.archived,
+                archive.display(),
+                done.archive_sha256,
+                done.broken
+            ))
         }
         Command::Audit { command: AuditCommand::Tail { n, json } } => {
             let (mut conn, _) = open()?;
@@ -270,7 +352,7 @@ pub fn run(command: Command) -> Result<String, String> {
                         format!(
                             "{}\t{}\t{}\t{}\t{}\t{}\t{}",
                             r.id,
-                            crate::util::format_utc(r.at),
+                            crate::audit::when(r.at, r.at_last),
                             r.kind,
                             r.actor,
                             r.service.as_deref().unwrap_or("-"),
@@ -326,6 +408,7 @@ fn check() -> Result<String, String> {
     let key_check =
         crate::vault::rotation::verify_key(&mut conn, &prepared.cipher).map_err(|e| format!("vault key: {e}"))?;
     let key_id = prepared.cipher.active_key_id();
+    let audit = crate::audit::open(&mut conn, &prepared.cipher).map_err(|e| format!("audit log: {e}"))?;
     match key_check {
         crate::vault::rotation::KeyCheck::Active => println!("vault key: ok (key {key_id} opens this database)"),
         crate::vault::rotation::KeyCheck::Created => {
@@ -334,6 +417,10 @@ fn check() -> Result<String, String> {
         crate::vault::rotation::KeyCheck::OldKey => {
             println!("vault key: ok, but secrets are still sealed with an old key: run `tokenvault vault rotate-key`")
         }
+    }
+    match audit {
+        Ok(head) => println!("audit log: ok (its head, at entry {}, verifies)", head.seq),
+        Err(broken) => return Err(format!("audit log: {}", crate::audit::unusable(&broken))),
     }
 
     // Providers configured by `issuer` alone are resolved by OpenID Connect discovery, as at start.
@@ -383,6 +470,94 @@ fn check() -> Result<String, String> {
     match problems.into_iter().next() {
         Some(first) => Err(first),
         None => Ok("check passed".to_string()),
+    }
+}
+
+/// `tokenvault audit verify [--checkpoint S:H]… [--checkpoint-file F]…`: the chain's verdict, then
+/// one line per checkpoint; `Err` (exit 1) with the whole report when the chain is broken or a
+/// checkpoint fails (not held, malformed, or a forged line).
+fn audit_verify(
+    conn: &mut Conn,
+    cipher: &crate::vault::Cipher,
+    checkpoints: &[String],
+    files: &[std::path::PathBuf],
+) -> Result<String, String> {
+    use crate::audit::checkpoint::{self, Authenticity};
+    let report = crate::audit::verify_report(conn, cipher).map_err(cli_error)?;
+    let mut failed = report.result.is_err();
+    let mut lines = vec![match &report.result {
+        Ok(n) if report.head.anchor_id > 0 => {
+            format!("audit log intact: {n} entries (entries {} to {})", report.head.anchor_id + 1, report.head.seq)
+        }
+        Ok(n) => format!("audit log intact: {n} entries"),
+        Err(broken) if broken.id().is_some() => format!("audit log broken at {broken}"),
+        Err(broken) => format!("audit log broken: {broken}"),
+    }];
+    // One checkpoint against the log: its line, and whether it fails.
+    let mut check = |what: String, seq: i64, hash: &str| -> Result<(String, bool), String> {
+        let finding =
+            checkpoint::check(conn, &report.head, report.anchor_moved_by.as_ref(), seq, hash).map_err(cli_error)?;
+        Ok(if finding.is_failure() {
+            (format!("{what}: FAILED — {finding}"), true)
+        } else {
+            (format!("{what}: ok — {finding}"), false)
+        })
+    };
+    let mut note = |(line, failure): (String, bool), lines: &mut Vec<String>| {
+        failed |= failure;
+        lines.push(line);
+    };
+    for text in checkpoints {
+        match checkpoint::parse_claim(text) {
+            Ok((seq, hash)) => note(check(format!("checkpoint {seq}:{hash}"), seq, &hash)?, &mut lines),
+            Err(e) => note((format!("checkpoint `{text}`: FAILED — {e}"), true), &mut lines),
+        }
+    }
+    for file in files {
+        let entries = checkpoint::read_file(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        if entries.is_empty() {
+            lines.push(format!("{}: no checkpoints in it", file.display()));
+        }
+        for (n, parsed) in entries {
+            let what = format!("{} line {n}", file.display());
+            let c = match parsed {
+                Ok(c) => c,
+                Err(e) => {
+                    note((format!("{what}: FAILED — {e}"), true), &mut lines);
+                    continue;
+                }
+            };
+            let what = format!("{what} (checkpoint {})", c.short());
+            match c.authenticity(cipher) {
+                Authenticity::Valid => note(check(what, c.seq, &c.hash)?, &mut lines),
+                Authenticity::Forged => note(
+                    (
+                        format!(
+                            "{what}: FAILED — its signature does not verify with vault key {}: tokenvault did not write \
+                             this line (forged or damaged)",
+                            c.key_id
+                        ),
+                        true,
+                    ),
+                    &mut lines,
+                ),
+                Authenticity::UnknownKey => {
+                    let unsigned = format!(
+                        "{what}: signed with vault key {}, which is not configured (rotated away?): not \
+                         authenticated, compared with the log all the same",
+                        c.key_id
+                    );
+                    note((unsigned, false), &mut lines);
+                    note(check(what, c.seq, &c.hash)?, &mut lines);
+                }
+            }
+        }
+    }
+    let text = lines.join("\n");
+    if failed {
+        Err(text)
+    } else {
+        Ok(text)
     }
 }
 

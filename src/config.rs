@@ -88,6 +88,11 @@ pub struct RawConfig {
     pub max_api_keys_per_user: i64,
     /// Days audit entries are kept (0: forever); pruning leaves an anchor so the chain verifies.
     pub audit_retention_days: i64,
+    /// Seconds between two audit checkpoints of the server (also published at start-up and by
+    /// `tokenvault audit checkpoint`).
+    pub audit_checkpoint_interval: i64,
+    /// A file every audit checkpoint is appended to, one line each (created with mode 0600).
+    pub audit_checkpoint_file: Option<PathBuf>,
     /// Most entries in each of the login throttle's maps (addresses, accounts, devices).
     pub login_throttle_capacity: usize,
     /// The log filter (`tracing` env-filter syntax); `RUST_LOG` overrides it.
@@ -149,6 +154,8 @@ impl Default for RawConfig {
             events_per_connection: 50,
             max_api_keys_per_user: 20,
             audit_retention_days: 365,
+            audit_checkpoint_interval: 600,
+            audit_checkpoint_file: None,
             login_throttle_capacity: crate::auth::throttle::DEFAULT_CAPACITY,
             log: "info".into(),
             providers: BTreeMap::new(),
@@ -199,6 +206,8 @@ pub struct Settings {
     pub events_per_connection: i64,
     pub max_api_keys_per_user: i64,
     pub audit_retention_days: i64,
+    pub audit_checkpoint_interval: i64,
+    pub audit_checkpoint_file: Option<PathBuf>,
 }
 
 /// Who may read `/metrics`.
@@ -395,6 +404,12 @@ impl Settings {
         if !(0..=36_500).contains(&raw.audit_retention_days) {
             return Err(invalid("audit_retention_days", "must be 0 (keep forever) or between 1 and 36500 days"));
         }
+        if !(10..=86_400).contains(&raw.audit_checkpoint_interval) {
+            return Err(invalid("audit_checkpoint_interval", "must be between 10 and 86400 seconds (a day)"));
+        }
+        if raw.audit_checkpoint_file.as_ref().is_some_and(|f| f.as_os_str().is_empty() || f.is_dir()) {
+            return Err(invalid("audit_checkpoint_file", "must name a file (lines are appended to it)"));
+        }
         if raw.cache_ttl > 3600 {
             return Err(invalid("cache_ttl", "must be at most 3600 seconds (0 turns the cache off)"));
         }
@@ -454,6 +469,8 @@ impl Settings {
             events_per_connection: raw.events_per_connection,
             max_api_keys_per_user: raw.max_api_keys_per_user,
             audit_retention_days: raw.audit_retention_days,
+            audit_checkpoint_interval: raw.audit_checkpoint_interval,
+            audit_checkpoint_file: raw.audit_checkpoint_file.clone(),
             login_throttle_capacity: raw.login_throttle_capacity,
         })
     }
@@ -647,6 +664,9 @@ mod tests {
             ("events_per_connection", bad(RawConfig { events_per_connection: -5, ..d() })),
             ("events_per_connection", bad(RawConfig { events_per_connection: 10_001, ..d() })),
             ("max_api_keys_per_user", bad(RawConfig { max_api_keys_per_user: 0, ..d() })),
+            ("audit_checkpoint_interval", bad(RawConfig { audit_checkpoint_interval: 9, ..d() })),
+            ("audit_checkpoint_interval", bad(RawConfig { audit_checkpoint_interval: 86_401, ..d() })),
+            ("audit_checkpoint_file", bad(RawConfig { audit_checkpoint_file: Some(std::env::temp_dir()), ..d() })),
         ] {
             assert!(err.starts_with(&format!("`{key}` is invalid")), "{key}: {err}");
         }
@@ -656,6 +676,8 @@ mod tests {
         assert!(!format!("{:?}", Settings::resolve(&raw, "debug").unwrap()).contains("pa55word"));
         let raw = RawConfig { cache_ttl: 0, ..RawConfig::default() };
         assert_eq!(Settings::resolve(&raw, "debug").unwrap().cache_ttl, 0);
+        let defaults = Settings::resolve(&RawConfig::default(), "release").unwrap();
+        assert_eq!((defaults.audit_checkpoint_interval, defaults.audit_checkpoint_file), (600, None));
     }
 
     #[test]

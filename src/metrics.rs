@@ -4,7 +4,9 @@
 
 use std::time::Instant;
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 use rocket::fairing::{Fairing, Info, Kind};
 use rocket::{Data, Request, Response};
 
@@ -23,8 +25,15 @@ pub struct Metrics {
     webhook_attempt_seconds: HistogramVec,
     webhook_deliveries: IntGaugeVec,
     audit_lost: IntCounterVec,
+    audit_prune_refused: IntCounter,
+    audit_checkpoints: IntCounterVec,
     scrape: std::sync::Mutex<()>,
 }
+
+/// The results `tokenvault_audit_checkpoints_total` counts: published (at least the log line), not
+/// published (the head is not authenticated, or the database failed), or published after finding
+/// the log no longer holding the previous checkpoint of this instance.
+pub const CHECKPOINT_RESULTS: [&str; 3] = ["published", "failed", "inconsistent"];
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -112,9 +121,28 @@ impl Metrics {
             &["reason"],
         )
         .expect("valid metric");
+        let audit_prune_refused = IntCounter::new(
+            "audit_prune_refused_total",
+            "Audit retention prunes that removed nothing because the chain did not verify up to the cut-off",
+        )
+        .expect("valid metric");
+        let audit_checkpoints = IntCounterVec::new(
+            Opts::new(
+                "audit_checkpoints_total",
+                "Audit checkpoints by result: published, failed (not published), inconsistent (the log no longer \
+                 holds this instance's previous checkpoint)",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        for result in CHECKPOINT_RESULTS {
+            audit_checkpoints.with_label_values(&[result]);
+        }
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(audit_lost.clone()),
+            Box::new(audit_prune_refused.clone()),
+            Box::new(audit_checkpoints.clone()),
             Box::new(webhook_attempts.clone()),
             Box::new(webhook_attempt_seconds.clone()),
             Box::new(webhook_deliveries.clone()),
@@ -144,8 +172,20 @@ impl Metrics {
             webhook_attempt_seconds,
             webhook_deliveries,
             audit_lost,
+            audit_prune_refused,
+            audit_checkpoints,
             scrape: Default::default(),
         }
+    }
+
+    /// An audit prune refused (something before its cut-off did not verify).
+    pub fn audit_prune_refused(&self) {
+        self.audit_prune_refused.inc();
+    }
+
+    /// An audit checkpoint and its result (one of [`CHECKPOINT_RESULTS`]).
+    pub fn audit_checkpoint(&self, result: &str) {
+        self.audit_checkpoints.with_label_values(&[result]).inc();
     }
 
     pub fn refresh(&self, provider: &str, outcome: &str) {
@@ -275,5 +315,22 @@ mod tests {
         let text = m.render(&[], &[], AuditLosses { dropped: 5, lost: 2 });
         assert!(text.contains("tokenvault_audit_entries_lost_total{reason=\"queue_full\"} 5"), "{text}");
         assert!(text.contains("tokenvault_audit_entries_lost_total{reason=\"write_failed\"} 2"), "{text}");
+    }
+
+    /// Refused prunes and checkpoints are counters, every checkpoint result shown from the start.
+    #[test]
+    fn audit_prunes_refused_and_checkpoints_are_counted() {
+        let m = Metrics::new();
+        let text = m.render(&[], &[], AuditLosses::default());
+        assert!(text.contains("tokenvault_audit_prune_refused_total 0"), "{text}");
+        for result in super::CHECKPOINT_RESULTS {
+            assert!(text.contains(&format!("tokenvault_audit_checkpoints_total{{result=\"{result}\"}} 0")), "{text}");
+        }
+        m.audit_prune_refused();
+        m.audit_checkpoint("published");
+        m.audit_checkpoint("published");
+        let text = m.render(&[], &[], AuditLosses::default());
+        assert!(text.contains("tokenvault_audit_prune_refused_total 1"), "{text}");
+        assert!(text.contains("tokenvault_audit_checkpoints_total{result=\"published\"} 2"), "{text}");
     }
 }

@@ -379,6 +379,9 @@ fn names_that_differ_only_in_case_block_the_upgrade_until_renamed() {
     {
         let db = tokenvault::db::Db::open(&database.url).unwrap();
         let mut conn = db.conn().unwrap();
+        // Its audit log started, as every database with users has one.
+        let cipher = tokenvault::vault::Cipher::from_base64(VAULT_KEY, &[]).unwrap();
+        tokenvault::audit::open(&mut conn, &cipher).unwrap().unwrap();
         // (The step's down.sql is the same on both backends.)
         let down = include_str!("../migrations/sqlite/2026-12-06-000210_usernames_nocase/down.sql");
         let sql = format!(

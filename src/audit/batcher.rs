@@ -1,10 +1,17 @@
 //! The batcher for high-volume reads (`token.read`, `proxy.call`) and for sign-in attempts the
 //! throttle refused before any work (a flood must not become one database write per request): a
-//! bounded queue the request never waits on, drained by one task that appends every ~200 ms or 500 entries in one
-//! transaction per batch. A full queue drops the entry (counted, logged). A crash loses at most
-//! the reads queued since the last flush; security events never go through here.
+//! queue the request never waits on, bounded by entries and by bytes, drained by one task that
+//! appends every ~200 ms or 500 entries in one transaction per batch. A full queue drops the entry
+//! (counted, logged). A crash loses at most the reads queued since the last flush; security events
+//! never go through here.
+//!
+//! What one batch can add to the database is bounded whatever the requests: every entry is cut to
+//! `MAX_ENTRY_BYTES` when queued ([`Entry::bounded`]), identical ones become one ([`coalesce`]),
+//! and one actor's calls keep at most [`PATHS_PER_BATCH`] distinct path templates per batch (the
+//! others are recorded as `/…`, with their count). Every entry written here carries `at_last`: it
+//! is appended after its events, so entries recorded meanwhile have lower ids.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,10 +26,21 @@ use crate::vault::Cipher;
 pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
 pub const BATCH: usize = 500;
 const QUEUE: usize = 10_000;
+/// The queue also holds at most this many bytes of entries (as [`queued_size`] counts them).
+pub const QUEUE_BYTES: usize = 4 * 1024 * 1024;
+/// Distinct path templates kept per actor (and service, connection, address, method, status) in
+/// one batch; the calls beyond are recorded with the path `/…`.
+pub const PATHS_PER_BATCH: usize = 16;
 
 enum Msg {
-    Entry(Entry),
+    /// An entry and its size in the queue.
+    Entry(Entry, usize),
     Flush(oneshot::Sender<()>),
+}
+
+/// What an entry weighs in the queue: its stored bytes and the fixed fields around them.
+fn queued_size(e: &Entry) -> usize {
+    e.stored_bytes() + 64
 }
 
 /// The handle in `AppState` (`app.audit`).
@@ -31,6 +49,10 @@ pub struct Batcher {
     rx: Mutex<Option<mpsc::Receiver<Msg>>>,
     dropped: Arc<AtomicU64>,
     lost: Arc<AtomicU64>,
+    /// Bytes of the entries in the queue now.
+    queued_bytes: Arc<AtomicUsize>,
+    /// Batches written (appends), for tests and benchmarks.
+    batches: Arc<AtomicU64>,
     refusals: Arc<Mutex<RefusalWindow>>,
 }
 
@@ -58,6 +80,8 @@ impl Batcher {
             rx: Mutex::new(Some(rx)),
             dropped: Default::default(),
             lost: Default::default(),
+            queued_bytes: Default::default(),
+            batches: Default::default(),
             refusals: Default::default(),
         }
     }
@@ -67,9 +91,15 @@ impl Batcher {
         self.queue(entry);
     }
 
-    /// Queue an entry; false (counted, logged) when the queue is full.
+    /// Queue an entry, cut to its stored bounds; false (counted, logged) when the queue is full —
+    /// of entries, or of bytes.
     fn queue(&self, entry: Entry) -> bool {
-        if self.tx.try_send(Msg::Entry(entry)).is_err() {
+        let entry = entry.bounded();
+        let size = queued_size(&entry);
+        let before = self.queued_bytes.fetch_add(size, Ordering::Relaxed);
+        let sent = before + size <= QUEUE_BYTES && self.tx.try_send(Msg::Entry(entry, size)).is_ok();
+        if !sent {
+            self.queued_bytes.fetch_sub(size, Ordering::Relaxed);
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             tracing::warn!(dropped_total = n, "audit queue full: an entry was dropped");
             return false;
@@ -113,6 +143,11 @@ impl Batcher {
         self.lost.load(Ordering::Relaxed)
     }
 
+    /// Batches written so far (one append each).
+    pub fn batches_written(&self) -> u64 {
+        self.batches.load(Ordering::Relaxed)
+    }
+
     /// Write everything queued so far (at shutdown; tests).
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
@@ -125,6 +160,10 @@ impl Batcher {
     pub fn start(&self, db: Db, cipher: Arc<Cipher>) {
         let Some(mut rx) = self.rx.lock().expect("not poisoned").take() else { return };
         let (lost, refusals) = (self.lost.clone(), self.refusals.clone());
+        let (queued, batches) = (self.queued_bytes.clone(), self.batches.clone());
+        let taken = move |size: usize| {
+            queued.fetch_sub(size, Ordering::Relaxed);
+        };
         rocket::tokio::spawn(async move {
             let mut buf: Vec<Entry> = Vec::new();
             let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
@@ -140,14 +179,15 @@ impl Batcher {
                         if let Some(summary) = closed_window_summary(&refusals) {
                             buf.push(summary);
                         }
-                        write(&db, &cipher, &lost, std::mem::take(&mut buf)).await;
+                        write(&db, &cipher, &lost, &batches, std::mem::take(&mut buf)).await;
                         due = None;
                         continue;
                     }
                 };
                 match msg {
                     None => break,
-                    Some(Msg::Entry(e)) => {
+                    Some(Msg::Entry(e, size)) => {
+                        taken(size);
                         due.get_or_insert_with(|| Instant::now() + FLUSH_EVERY);
                         buf.push(e)
                     }
@@ -156,20 +196,23 @@ impl Batcher {
                 // Take what else is queued now, without waiting.
                 while buf.len() < BATCH {
                     match rx.try_recv() {
-                        Ok(Msg::Entry(e)) => buf.push(e),
+                        Ok(Msg::Entry(e, size)) => {
+                            taken(size);
+                            buf.push(e)
+                        }
                         Ok(Msg::Flush(done)) => waiting.push(done),
                         Err(_) => break,
                     }
                 }
                 if buf.len() >= BATCH || !waiting.is_empty() {
-                    write(&db, &cipher, &lost, std::mem::take(&mut buf)).await;
+                    write(&db, &cipher, &lost, &batches, std::mem::take(&mut buf)).await;
                     due = None;
                     for done in waiting.drain(..) {
                         let _ = done.send(());
                     }
                 }
             }
-            write(&db, &cipher, &lost, buf).await;
+            write(&db, &cipher, &lost, &batches, buf).await;
         });
     }
 }
@@ -190,57 +233,107 @@ fn closed_window_summary(refusals: &Mutex<RefusalWindow>) -> Option<Entry> {
 }
 
 /// Entries of one batch that say the same thing (kind, user, actor, service, connection, address,
-/// detail) become one, with `"count": n` and the time of the first: a script reading its token
-/// a thousand times a second writes a few rows a second, not a thousand — each row still says
-/// who read which connection's token from where, and when to the flush interval.
-pub fn coalesce(batch: Vec<Entry>) -> Vec<Entry> {
+/// detail) become one, with `"count": n`, the time of the first as `at` and of the last as
+/// `at_last`: a script reading its token a thousand times a second writes a few rows a second,
+/// not a thousand — each row still says who read which connection's token from where, and when
+/// to the flush interval. Before that, one actor's calls keep at most [`PATHS_PER_BATCH`] distinct
+/// `path`s per group (the rest become `/…`), so a flood of distinct long paths is a few rows too.
+/// Every entry returned has `at_last` (the same as `at` for a single event).
+pub fn coalesce(mut batch: Vec<Entry>) -> Vec<Entry> {
+    cap_paths(&mut batch);
     let mut out: Vec<(Entry, u64)> = Vec::with_capacity(batch.len().min(64));
     let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for e in batch {
-        let key = format!(
-            "{}\u{1}{:?}\u{1}{}\u{1}{:?}\u{1}{:?}\u{1}{:?}\u{1}{}",
-            e.kind.as_str(),
-            e.user_id,
-            e.actor,
-            e.service,
-            e.connection_id,
-            e.address,
-            e.detail
-        );
+        let key = group_key(&e, &e.detail);
+        let last = e.at_last.unwrap_or(e.at).max(e.at);
         match index.get(&key) {
-            Some(&i) => out[i].1 += 1,
+            Some(&i) => {
+                let (first, n) = &mut out[i];
+                *n += 1;
+                first.at = first.at.min(e.at);
+                first.at_last = Some(first.at_last.unwrap_or(first.at).max(last));
+            }
             None => {
                 index.insert(key, out.len());
-                out.push((e, 1));
+                out.push((Entry { at_last: Some(last), ..e }, 1));
             }
         }
     }
     out.into_iter().map(|(e, n)| if n > 1 { e.with("count", n) } else { e }).collect()
 }
 
-async fn write(db: &Db, cipher: &Arc<Cipher>, lost: &AtomicU64, batch: Vec<Entry>) {
+fn group_key(e: &Entry, detail: &serde_json::Value) -> String {
+    format!(
+        "{}\u{1}{:?}\u{1}{}\u{1}{:?}\u{1}{:?}\u{1}{:?}\u{1}{}",
+        e.kind.as_str(),
+        e.user_id,
+        e.actor,
+        e.service,
+        e.connection_id,
+        e.address,
+        detail
+    )
+}
+
+/// Keep at most [`PATHS_PER_BATCH`] distinct `path`s per group (everything but the path alike);
+/// the later ones become [`super::PATH_CUT`].
+fn cap_paths(batch: &mut [Entry]) {
+    let mut seen: std::collections::HashMap<String, std::collections::HashSet<String>> = Default::default();
+    for e in batch.iter_mut() {
+        let Some(path) = e.detail.get("path").and_then(|p| p.as_str()).map(str::to_string) else { continue };
+        let mut rest = e.detail.clone();
+        if let Some(map) = rest.as_object_mut() {
+            map.remove("path");
+        }
+        let paths = seen.entry(group_key(e, &rest)).or_default();
+        if paths.contains(&path) {
+            continue;
+        }
+        if paths.len() < PATHS_PER_BATCH {
+            paths.insert(path);
+        } else if let Some(map) = e.detail.as_object_mut() {
+            map.insert("path".into(), super::PATH_CUT.into());
+        }
+    }
+}
+
+async fn write(db: &Db, cipher: &Arc<Cipher>, lost: &AtomicU64, batches: &AtomicU64, batch: Vec<Entry>) {
     if batch.is_empty() {
         return;
     }
     // What was lost is counted in reads (as they were queued), not in rows.
     let n = batch.len() as u64;
     let (batch, cipher) = (coalesce(batch), cipher.clone());
-    if let Err(e) = db.run(move |conn| super::append(conn, &cipher, &batch)).await {
-        let total = lost.fetch_add(n, Ordering::Relaxed) + n;
-        tracing::error!(entries = n, lost_total = total, "audit batch could not be written: {e}");
+    match db.run(move |conn| super::append(conn, &cipher, &batch)).await {
+        Ok(_) => {
+            batches.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => {
+            let total = lost.fetch_add(n, Ordering::Relaxed) + n;
+            tracing::error!(entries = n, lost_total = total, "audit batch could not be written: {e}");
+        }
     }
 }
 
-/// Retention pruning: at start and then every hour (`audit_retention_days`; 0 keeps forever).
-pub async fn prune_hourly(db: Db, cipher: Arc<Cipher>, days: i64) {
+/// Retention pruning: at start and then every hour (`audit_retention_days`; 0 keeps forever). A
+/// prune that finds something that does not verify removes nothing: it is logged as an error and
+/// counted (`tokenvault_audit_prune_refused_total`).
+pub async fn prune_hourly(db: Db, cipher: Arc<Cipher>, days: i64, metrics: Arc<crate::metrics::Metrics>) {
     if days <= 0 {
         return;
     }
     loop {
         let c = cipher.clone();
         match db.run(move |conn| super::prune(conn, &c, days, crate::util::now())).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(removed = n, "audit entries past retention pruned"),
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(removed = n, "audit entries past retention pruned"),
+            Ok(Err(broken)) => {
+                metrics.audit_prune_refused();
+                tracing::error!(
+                    "audit pruning refused, nothing removed: {broken}. Run `tokenvault audit verify`; the entries stay \
+                     until the log verifies"
+                );
+            }
             Err(e) => tracing::warn!("audit pruning failed: {e}"),
         }
         rocket::tokio::time::sleep(Duration::from_secs(3600)).await;
@@ -249,7 +342,7 @@ pub async fn prune_hourly(db: Db, cipher: Arc<Cipher>, days: i64) {
 
 #[cfg(test)]
 mod tests {
-    use super::{coalesce, Batcher, FLUSH_EVERY, QUEUE};
+    use super::{coalesce, Batcher, FLUSH_EVERY, PATHS_PER_BATCH, QUEUE, QUEUE_BYTES};
     use crate::audit::{Actor, Entry, Kind};
 
     fn read(key: i64, connection: i64, address: &str, at: i64) -> Entry {
@@ -276,6 +369,8 @@ mod tests {
         assert_eq!(out.len(), 4, "one row per key, connection and address");
         assert_eq!(out[0].detail["count"], 1000);
         assert_eq!(out[0].at, 100, "the time of the first");
+        assert_eq!(out[0].at_last, Some(101), "and of the last");
+        assert_eq!(out[1].at_last, Some(101), "a single read written late is marked too");
         assert!(out[1..].iter().all(|e| e.detail.get("count").is_none()), "a single read has no count");
         assert_eq!(
             (out[1].connection_id, out[2].address.as_deref(), out[3].actor.clone()),
@@ -300,6 +395,68 @@ mod tests {
         assert_eq!(b.dropped(), 6);
         let w = b.refusals.lock().unwrap();
         assert_eq!((w.recorded, w.suppressed), (1, 1), "the refused refusal waits to be counted");
+    }
+
+    /// Issue 19, item 4: one actor's flood of long, distinct proxy paths (60 KB each, as in the
+    /// issue) becomes at most PATHS_PER_BATCH + 1 rows per batch, each within the entry cap — a
+    /// bounded amount per coalescing window, however many calls and however long their paths.
+    #[test]
+    fn a_flood_of_long_distinct_paths_is_a_few_bounded_rows_a_batch() {
+        let letters = |mut i: usize| -> String {
+            let mut s = String::new();
+            for _ in 0..4 {
+                s.push(char::from(b'a' + (i % 26) as u8));
+                i /= 26;
+            }
+            s
+        };
+        let batch: Vec<Entry> = (0..600)
+            .map(|i| {
+                let segments: Vec<String> = (0..3000).map(|j| format!("{}seg{}", letters(i + j), letters(j))).collect();
+                Entry::new(Kind::ProxyCall, Actor::Key(7))
+                    .user(1)
+                    .service("fake")
+                    .connection(1)
+                    .address(Some("127.0.0.2"))
+                    .with("method", "GET")
+                    .with("path", crate::audit::path_template(&segments))
+                    .with("status", 404)
+            })
+            .collect();
+        assert!(batch.iter().all(|e| e.detail["path"].as_str().unwrap().len() <= crate::audit::PATH_BYTES));
+        let out = coalesce(batch);
+        assert!(out.len() <= PATHS_PER_BATCH + 1, "{} rows", out.len());
+        let bytes: usize = out.iter().map(|e| e.clone().bounded().stored_bytes()).sum();
+        assert!(bytes <= (PATHS_PER_BATCH + 1) * crate::audit::MAX_ENTRY_BYTES, "{bytes} bytes");
+        let counts: u64 = out.iter().map(|e| e.detail["count"].as_u64().unwrap_or(1)).sum();
+        assert_eq!(counts, 600, "every call is counted");
+        assert_eq!(out.last().unwrap().detail["path"], crate::audit::PATH_CUT);
+        // Another actor (or status) has its own paths.
+        let other = Entry::new(Kind::ProxyCall, Actor::Key(8)).with("path", "/x");
+        assert_eq!(coalesce(vec![other.clone()])[0].detail["path"], "/x");
+    }
+
+    /// The queue holds at most QUEUE_BYTES of entries, whatever their number: large entries are
+    /// dropped (and counted) long before QUEUE of them are queued.
+    #[test]
+    fn the_queue_is_bounded_by_bytes_too() {
+        let b = Batcher::new();
+        let big = |i: i64| {
+            let mut e = read(1, 1, "127.0.0.2", i);
+            for f in 0..8 {
+                e = e.with(&format!("f{f}"), "y".repeat(120));
+            }
+            e
+        };
+        let size = super::queued_size(&big(0).bounded());
+        assert!(size > 1000, "{size}");
+        let fits = QUEUE_BYTES / size;
+        assert!(fits < QUEUE, "the bytes bound is the tighter one here");
+        for i in 0..(fits + 10) as i64 {
+            b.read(big(i));
+        }
+        assert_eq!(b.dropped(), 10);
+        assert!(b.queued_bytes.load(std::sync::atomic::Ordering::Relaxed) <= QUEUE_BYTES);
     }
 
     /// A steady trickle (one read every 40 ms, for a second) is written in batches of about 200 ms,

@@ -215,6 +215,7 @@ diesel::table! {
         detail -> Text,
         prev_hash -> Text,
         hash -> Text,
+        at_last -> Nullable<BigInt>,
     }
 }
 

@@ -171,6 +171,8 @@ mod tests {
         let tokens = Tokens { db: &db, cipher: &cipher, caches: &caches, events_kept: 10 };
         let ctx = Access { tokens, http: &http, metrics: &metrics, locks: &locks, settings: &settings };
         let provider = crate::oauth::providers::demo(&settings);
+        // The audit log starts before the first user, as at a server's first start.
+        crate::audit::open(&mut db.conn().unwrap(), &cipher).unwrap().unwrap();
         let user_id = users::for_tests(&mut db.conn().unwrap(), "ann");
         assert!(matches!(
             fresh_token(&ctx, crate::db::models::connections::Which::first(user_id), &provider).await,

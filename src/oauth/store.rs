@@ -285,6 +285,8 @@ mod tests {
         let db = Db::open(&dir.path().join("t.sqlite").to_string_lossy()).unwrap();
         let (cipher, caches) = (Arc::new(Cipher::for_tests(7)), Caches::new(60));
         let store = Tokens { db: &db, cipher: &cipher, caches: &caches, events_kept: 10 };
+        // The audit log starts before the first user, as at a server's first start.
+        crate::audit::open(&mut db.conn().unwrap(), &cipher).unwrap().unwrap();
         let user_id = users::for_tests(&mut db.conn().unwrap(), "ann");
         let set = TokenSet {
             access_token: Secret::from("AT-1"),
@@ -333,6 +335,7 @@ mod tests {
         let cipher = Arc::new(Cipher::from_base64(&old_key, &[]).unwrap());
         let caches = Caches::new(60);
         let store = Tokens { db: &db, cipher: &cipher, caches: &caches, events_kept: 10 };
+        crate::audit::open(&mut db.conn().unwrap(), &cipher).unwrap().unwrap();
         let user_id = users::for_tests(&mut db.conn().unwrap(), "ann");
         let set = |n: u32, refresh: Option<&str>| TokenSet {
             access_token: Secret::from(format!("AT-{n}")),

@@ -25,6 +25,12 @@ pub fn routes() -> Vec<Route> {
 struct EntryView {
     id: i64,
     at: String,
+    /// When its events happened: `at`, or for a batched entry the range `at – at_last`.
+    when: String,
+    /// Written by the batcher after its events (its id follows entries recorded meanwhile).
+    batched: bool,
+    /// How many identical events a batched entry stands for.
+    count: u64,
     kind: String,
     user_id: Option<i64>,
     actor: String,
@@ -35,9 +41,14 @@ struct EntryView {
 
 impl From<AuditRow> for EntryView {
     fn from(r: AuditRow) -> Self {
+        let count =
+            serde_json::from_str::<serde_json::Value>(&r.detail).ok().and_then(|d| d["count"].as_u64()).unwrap_or(1);
         EntryView {
             id: r.id,
             at: format_utc(r.at),
+            when: crate::audit::when(r.at, r.at_last),
+            batched: r.at_last.is_some(),
+            count,
             kind: r.kind,
             user_id: r.user_id,
             actor: r.actor,

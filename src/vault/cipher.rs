@@ -2,7 +2,7 @@ use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use zeroize::Zeroize;
+use zeroize::{Zeroize, Zeroizing};
 
 use super::Aad;
 use crate::util::{b64_decode, Secret};
@@ -29,6 +29,9 @@ pub enum VaultError {
 struct Key {
     id: [u8; KEY_ID_LEN],
     aead: XChaCha20Poly1305,
+    /// HMAC-SHA256(key, "tokenvault derived keys v1"): the root of the keys [`Cipher::derived`]
+    /// hands out for other purposes (never the key itself, never used to encrypt).
+    derive_root: Zeroizing<[u8; 32]>,
 }
 
 impl Key {
@@ -46,8 +49,41 @@ impl Key {
         id.copy_from_slice(&digest[..KEY_ID_LEN]);
         let aead =
             XChaCha20Poly1305::new_from_slice(&bytes).map_err(|_| VaultError::InvalidKey("bad length".into()))?;
+        let derive_root = hmac_sha256(&bytes, &[b"tokenvault derived keys v1"]);
         bytes.zeroize();
-        Ok(Key { id, aead })
+        Ok(Key { id, aead, derive_root })
+    }
+
+    /// The key derived for `label` (one purpose, one label).
+    fn derived(&self, label: &str) -> DerivedKey {
+        DerivedKey { key_id: crate::util::hex(&self.id), key: hmac_sha256(&self.derive_root[..], &[label.as_bytes()]) }
+    }
+}
+
+/// HMAC-SHA256 of the concatenated parts.
+fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> Zeroizing<[u8; 32]> {
+    use hmac::{Hmac, Mac};
+    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    for p in parts {
+        m.update(p);
+    }
+    let mut out = Zeroizing::new([0u8; 32]);
+    out.copy_from_slice(&m.finalize().into_bytes());
+    out
+}
+
+/// A key derived from one vault key of the ring for a purpose other than sealing (e.g. signing
+/// audit checkpoints), and the id of the vault key it comes from. Anyone holding that vault key
+/// derives the same bytes; the database never holds them. No `Debug` of the bytes; zeroed on drop.
+pub struct DerivedKey {
+    /// The vault key's id (hex, as [`Cipher::active_key_id`]).
+    pub key_id: String,
+    pub key: Zeroizing<[u8; 32]>,
+}
+
+impl std::fmt::Debug for DerivedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DerivedKey").field("key_id", &self.key_id).finish_non_exhaustive()
     }
 }
 
@@ -139,6 +175,20 @@ impl Cipher {
         Ok(crate::util::secret(text))
     }
 
+    /// The key derived from the active vault key for `label` (see [`DerivedKey`]).
+    pub fn derived(&self, label: &str) -> DerivedKey {
+        self.active.derived(label)
+    }
+
+    /// The key derived for `label` from the key of the ring whose id is `key_id` (hex), if that key
+    /// is configured (active or old).
+    pub fn derived_with(&self, key_id: &str, label: &str) -> Option<DerivedKey> {
+        std::iter::once(&self.active)
+            .chain(self.old.iter())
+            .find(|k| crate::util::hex(&k.id).eq_ignore_ascii_case(key_id))
+            .map(|k| k.derived(label))
+    }
+
     /// Whether a sealed value was written with an old key (for key rotation).
     pub fn needs_rotation(&self, sealed: &[u8]) -> bool {
         sealed.len() > KEY_ID_LEN && sealed[1..1 + KEY_ID_LEN] != self.active.id
@@ -151,6 +201,9 @@ mod tests {
     use crate::util::ExposeSecret;
 
     const X: Aad<'static> = Aad::VaultEntry("x");
+    /// HMAC-SHA256(HMAC-SHA256([7; 32], "tokenvault derived keys v1"), "tokenvault audit checkpoint v1"),
+    /// computed independently of this code.
+    const GOLDEN_DERIVED: &str = "2133f06b92033888b1cc88ac1408725062a7792dadae31bdc0903bf88c0c80b2";
 
     #[test]
     fn round_trip_with_associated_data() {
@@ -204,6 +257,28 @@ mod tests {
         assert!(!ring.needs_rotation(&ring.seal_str("v", X)));
         let other = Cipher::for_tests(3);
         assert!(matches!(other.open(&sealed, X), Err(VaultError::UnknownKey(_))));
+    }
+
+    #[test]
+    fn derived_keys_depend_on_the_vault_key_and_the_label_only() {
+        let a = Cipher::for_tests(1);
+        let d = a.derived("one");
+        assert_eq!(d.key_id, a.active_key_id());
+        assert_eq!(*d.key, *Cipher::for_tests(1).derived("one").key, "the same key derives the same bytes");
+        assert_ne!(*d.key, *a.derived("two").key);
+        assert_ne!(*d.key, *Cipher::for_tests(2).derived("one").key);
+        assert!(!format!("{d:?}").contains(&crate::util::hex(&d.key[..])));
+        // An old key of the ring still derives its own, found by its id.
+        let ring =
+            Cipher::from_base64(&crate::util::b64_encode(&[2u8; KEY_LEN]), &[crate::util::b64_encode(&[1u8; KEY_LEN])])
+                .unwrap();
+        assert_eq!(*ring.derived_with(&a.active_key_id(), "one").unwrap().key, *d.key);
+        assert!(Cipher::for_tests(3).derived_with(&a.active_key_id(), "one").is_none());
+        // A golden value: checkpoint signatures made today must verify for as long as the key lives.
+        assert_eq!(
+            crate::util::hex(&Cipher::for_tests(7).derived("tokenvault audit checkpoint v1").key[..]),
+            GOLDEN_DERIVED
+        );
     }
 
     #[test]

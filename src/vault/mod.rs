@@ -10,4 +10,4 @@ pub mod rotation;
 pub mod store;
 
 pub use aad::Aad;
-pub use cipher::{Cipher, VaultError, KEY_LEN};
+pub use cipher::{Cipher, DerivedKey, VaultError, KEY_LEN};

@@ -74,8 +74,13 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// Whether this endpoint wants events of type `t` (a test event goes to the endpoint it names,
-    /// whatever the filter: see [`outbox::record_test`]).
+    /// whatever the filter: see [`outbox::record_test`]; `audit.checkpoint` only to an endpoint
+    /// whose filter names it, `audit.checkpoint` or `audit.*`).
     pub fn wants(&self, t: EventType) -> bool {
+        if t == EventType::AuditCheckpoint {
+            // Its `data` is not a connection's: only for receivers that ask for it by name.
+            return self.events.iter().any(|f| f != "*" && filter_matches(f, t.as_str()));
+        }
         self.events.is_empty() || self.events.iter().any(|f| filter_matches(f, t.as_str()))
     }
 
@@ -341,6 +346,20 @@ impl Webhooks {
         self.wake.notify_one();
     }
 
+    /// Record an `audit.checkpoint` event when an endpoint in effect wants it (none: nothing is
+    /// written, so the outbox does not fill with events nobody receives), and wake the worker.
+    pub fn record_checkpoint(
+        &self,
+        conn: &mut Conn,
+        checkpoint: &crate::audit::checkpoint::Checkpoint,
+    ) -> AppResult<()> {
+        if self.endpoints().iter().any(|e| e.wants(EventType::AuditCheckpoint)) {
+            outbox::record_audit_checkpoint(conn, checkpoint)?;
+            self.wake();
+        }
+        Ok(())
+    }
+
     /// Wait for [`Webhooks::wake`] (a wake-up while nobody waits is kept for the next wait).
     pub async fn woken(&self) {
         self.wake.notified().await
@@ -397,10 +416,21 @@ mod tests {
         assert!(ep.wants(EventType::ConnectionDeleted));
         assert!(!ep.wants(EventType::ConnectionCreated));
         let wild = one("https://h.example/", SECRET, Some(&["connection.*"])).unwrap();
-        assert!(EventType::ALL.iter().filter(|t| **t != EventType::Test).all(|t| wild.endpoints()[0].wants(*t)));
+        let connection_events = || EventType::ALL.iter().filter(|t| t.as_str().starts_with("connection."));
+        assert!(connection_events().all(|t| wild.endpoints()[0].wants(*t)));
         assert!(!wild.endpoints()[0].wants(EventType::Test));
+        assert!(!wild.endpoints()[0].wants(EventType::AuditCheckpoint));
         let all = one("https://h.example/", SECRET, None).unwrap();
         assert!(all.endpoints()[0].wants(EventType::ConnectionRevoked));
         assert_eq!(all.endpoints()[0].filter_text(), "all events");
+        // Audit checkpoints (another `data`) go only where they are asked for by name.
+        assert!(!all.endpoints()[0].wants(EventType::AuditCheckpoint));
+        let star = one("https://h.example/", SECRET, Some(&["*"])).unwrap();
+        assert!(!star.endpoints()[0].wants(EventType::AuditCheckpoint));
+        for filter in ["audit.checkpoint", "audit.*"] {
+            let audit = one("https://h.example/", SECRET, Some(&[filter, "connection.revoked"])).unwrap();
+            assert!(audit.endpoints()[0].wants(EventType::AuditCheckpoint), "{filter}");
+            assert!(!audit.endpoints()[0].wants(EventType::ConnectionCreated), "{filter}");
+        }
     }
 }

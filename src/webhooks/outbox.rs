@@ -62,6 +62,16 @@ pub fn record(conn: &mut Conn, event_type: EventType, data: &EventData) -> diese
     insert(conn, event_type, data, None).map(|(_, msg_id)| msg_id)
 }
 
+/// Record an `audit.checkpoint` event: its `data` is the checkpoint as a checkpoint-file line
+/// holds it (`seq`, `hash`, `at`, `key_id`, `signature`; no secret), so a receiver that stores
+/// each `data` as a line has a file `tokenvault audit verify --checkpoint-file` reads.
+pub fn record_audit_checkpoint(
+    conn: &mut Conn,
+    checkpoint: &crate::audit::checkpoint::Checkpoint,
+) -> diesel::QueryResult<String> {
+    insert(conn, EventType::AuditCheckpoint, checkpoint, None).map(|(_, msg_id)| msg_id)
+}
+
 /// Record a `webhook.test` event for the endpoint `endpoint` only, ready to deliver.
 pub fn record_test(conn: &mut Conn, endpoint: &str, by: &str) -> diesel::QueryResult<String> {
     #[derive(Serialize)]

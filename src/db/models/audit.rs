@@ -22,6 +22,9 @@ pub struct AuditRow {
     pub detail: String,
     pub prev_hash: String,
     pub hash: String,
+    /// An entry of the batcher: the time of the last event it stands for (`at` is the first's).
+    /// `None` for an entry written when its event happened.
+    pub at_last: Option<i64>,
 }
 
 /// The chain's head row.
@@ -89,10 +92,20 @@ pub fn find(conn: &mut Conn, id: i64) -> QueryResult<Option<AuditRow>> {
     })
 }
 
-/// The newest entry written before `cutoff` (unix seconds), by id.
-pub fn last_id_before(conn: &mut Conn, cutoff: i64) -> QueryResult<Option<i64>> {
+/// The highest id stored (`None`: no entry).
+pub fn max_id(conn: &mut Conn) -> QueryResult<Option<i64>> {
+    crate::on_conn!(conn, conn => audit_log::table.select(diesel::dsl::max(audit_log::id)).first(conn))
+}
+
+/// Whether the database has users: every user's making is recorded (`user.added`), so a database
+/// with users has had a log. A log is started only in a database without (see `crate::audit`).
+/// (Vault values are not counted: they can be set through the library without a record, as test
+/// harnesses do before a server starts.)
+pub fn database_has_history(conn: &mut Conn) -> QueryResult<bool> {
+    use crate::db::schema::users;
     crate::on_conn!(conn, conn => {
-        audit_log::table.filter(audit_log::at.lt(cutoff)).select(diesel::dsl::max(audit_log::id)).first(conn)
+        let users: i64 = users::table.count().get_result(conn)?;
+        Ok(users > 0)
     })
 }
 
@@ -103,6 +116,11 @@ pub fn delete_through(conn: &mut Conn, through: i64) -> QueryResult<usize> {
 
 pub fn count(conn: &mut Conn) -> QueryResult<i64> {
     crate::on_conn!(conn, conn => audit_log::table.count().get_result(conn))
+}
+
+/// Delete every entry (`tokenvault audit restart`, after they were archived).
+pub fn delete_all(conn: &mut Conn) -> QueryResult<usize> {
+    crate::on_conn!(conn, conn => diesel::delete(audit_log::table).execute(conn))
 }
 
 /// What a listing is narrowed to (every field optional).

@@ -19,6 +19,9 @@ crate::db::text_enum::text_enum! {
         ConnectionDeleted = "connection.deleted",
         /// Sent from `/admin/webhooks` to one endpoint, whatever its filter.
         Test = "webhook.test",
+        /// An audit checkpoint (`crate::audit::checkpoint`): only to the endpoints whose `events`
+        /// name it (`audit.checkpoint` or `audit.*`), not to those that take every event.
+        AuditCheckpoint = "audit.checkpoint",
     }
 }
 
@@ -256,7 +259,8 @@ mod tests {
                 "connection.expiring",
                 "connection.revoked",
                 "connection.deleted",
-                "webhook.test"
+                "webhook.test",
+                "audit.checkpoint"
             ]
         );
         let statuses: Vec<_> = DeliveryStatus::ALL.iter().map(|s| s.as_str()).collect();

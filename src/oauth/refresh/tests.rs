@@ -99,6 +99,8 @@ impl Fixture {
         let cipher = Arc::new(Cipher::for_tests(5));
         let provider = crate::oauth::providers::demo(&settings);
         let mut conn = db.conn().unwrap();
+        // The audit log starts before the first user, as at a server's first start.
+        crate::audit::open(&mut conn, &cipher).unwrap().unwrap();
         let user_id = users::for_tests(&mut conn, "ann");
         if configured {
             crate::vault::store::set(&mut conn, &cipher, &provider.client_id_path(), "client-1", "test").unwrap();
