@@ -181,6 +181,208 @@ async fn a_stalling_receiver_times_out_and_an_endless_answer_is_not_read() {
     assert_eq!(rx.received().len(), 2);
 }
 
+/// `n` `connection.created` events recorded at once (one transaction), as a burst of changes
+/// would; the worker is woken.
+fn record_events(app: &TestApp, n: usize) {
+    let mut conn = app.db.conn().unwrap();
+    conn.transaction(|conn| {
+        for i in 0..n {
+            let data = tokenvault::webhooks::outbox::EventData {
+                connection_id: i as i64 + 1,
+                user: "ann".into(),
+                service: "fake".into(),
+                account: None,
+                status: "active".into(),
+                reason: None,
+            };
+            tokenvault::webhooks::outbox::record(conn, tokenvault::webhooks::EventType::ConnectionCreated, &data)?;
+        }
+        Ok::<_, diesel::result::Error>(())
+    })
+    .unwrap();
+    app.state().webhooks.wake();
+}
+
+/// Issue 19: an endpoint that accepts the connection and never answers made a healthy endpoint
+/// wait for it (a round of 16 claimed deliveries waited for its slowest). With a 30 s
+/// `http_timeout`, a worker that waits on the tarpit cannot deliver the healthy endpoint's 20
+/// events before the tarpit's first attempts time out; delivering per endpoint, they all arrive
+/// while every tarpit attempt is still hanging.
+#[tokio::test]
+async fn a_tarpit_endpoint_does_not_hold_up_a_healthy_one() {
+    use common::webhook_receiver::Tarpit;
+    const EVENTS: usize = 20;
+    let (tarpit, healthy) = (Tarpit::start().await, Receiver::start().await);
+    let (s1, s2) = (secret(), secret());
+    let app = builder()
+        .set("webhooks", webhooks(&[("tarpit", &tarpit.url(), &s1, None), ("healthy", &healthy.url(), &s2, None)]))
+        .set("http_timeout", 30)
+        .start()
+        .await;
+    let started = Instant::now();
+    record_events(&app, EVENTS);
+    let got = healthy.wait_for(EVENTS, Duration::from_secs(20)).await;
+    let took = started.elapsed();
+    println!("{EVENTS} deliveries to the healthy endpoint in {took:?} beside a tarpit");
+    // Still before the first tarpit attempt could time out: none has ended yet.
+    assert!(took < Duration::from_secs(30));
+    let ended = "SELECT COUNT(*) AS n FROM webhook_deliveries WHERE endpoint = 'tarpit' AND attempts > 0";
+    assert_eq!(app.count(ended), 0, "every tarpit attempt is still hanging");
+    let ids: std::collections::BTreeSet<&str> = got.iter().map(|r| r.id()).collect();
+    assert_eq!(ids.len(), EVENTS, "each event once");
+    assert!(got.iter().all(|r| r.verifies(&s2) && r.answered == 200));
+    // The tarpit holds no more than its own share of attempts.
+    let hanging = tarpit.connections().len();
+    assert!((1..=tokenvault::webhooks::worker::PER_ENDPOINT).contains(&hanging), "{hanging} tarpit connections");
+    let delivered = "SELECT COUNT(*) AS n FROM webhook_deliveries WHERE endpoint = 'healthy' AND status = 'delivered'";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while app.count(delivered) < EVENTS as i64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(app.count(delivered), EVENTS as i64);
+}
+
+/// An endpoint that times out is paused, then tried one delivery at a time — retries under the
+/// same webhook-id — while another endpoint gets everything at once; each delivery keeps its
+/// retry schedule.
+#[tokio::test]
+async fn an_endpoint_that_times_out_is_backed_off_alone() {
+    use common::webhook_receiver::Tarpit;
+    use tokenvault::webhooks::worker::{FIRST_PAUSE, PER_ENDPOINT};
+    // As many as the tarpit's room: each later attempt is a retry.
+    const EVENTS: usize = PER_ENDPOINT;
+    let (tarpit, healthy) = (Tarpit::start().await, Receiver::start().await);
+    let (s1, s2) = (secret(), secret());
+    let app = builder()
+        .set("webhooks", webhooks(&[("tarpit", &tarpit.url(), &s1, None), ("healthy", &healthy.url(), &s2, None)]))
+        .set("http_timeout", 2)
+        .start()
+        .await;
+    let started = Instant::now();
+    record_events(&app, EVENTS);
+    healthy.wait_for(EVENTS, Duration::from_secs(10)).await;
+    // The first wave: the tarpit's full room; it times out after 2 s, then the endpoint is paused
+    // (2 s), probed once (times out after 2 s), paused 4 s, probed once, … Without the pause, its
+    // deliveries would be retried 2 s after each timeout, 16 at a time.
+    tokio::time::sleep(Duration::from_secs(14).saturating_sub(started.elapsed())).await;
+    let seen = tarpit.connections();
+    let first_wave = seen.iter().filter(|(at, _)| at.duration_since(seen[0].0) < Duration::from_secs(1)).count();
+    assert_eq!(first_wave, PER_ENDPOINT, "the tarpit's full room at first: {seen:?}");
+    let probes = &seen[first_wave..];
+    assert!((1..=3).contains(&probes.len()), "one attempt at a time after the pause: {} probes", probes.len());
+    let first_timeout = seen[0].0 + Duration::from_secs(2);
+    assert!(probes[0].0 >= first_timeout + FIRST_PAUSE - Duration::from_millis(600), "probed after the pause");
+    for pair in probes.windows(2) {
+        assert!(pair[1].0.duration_since(pair[0].0) >= Duration::from_millis(2 * 2000 + 1500), "{probes:?}");
+    }
+    // A probe is a retry of a delivery that timed out, under the same webhook-id.
+    let wave_ids: Vec<&str> = seen[..first_wave].iter().filter_map(|(_, id)| id.as_deref()).collect();
+    assert_eq!(wave_ids.len(), PER_ENDPOINT, "every request was read");
+    let probe_id = probes[0].1.as_deref().expect("the probe's request was read");
+    assert!(wave_ids.contains(&probe_id), "a retry of a timed-out delivery: {probe_id}");
+    let timed_out = "SELECT COUNT(*) AS n FROM webhook_deliveries WHERE endpoint = 'tarpit' \
+                     AND status = 'pending' AND last_error = 'the request timed out'";
+    assert!(app.count(timed_out) >= PER_ENDPOINT as i64, "timed out, pending, to be retried");
+    // The healthy endpoint had everything long before, once each.
+    assert_eq!(healthy.received().len(), EVENTS);
+}
+
+/// A delivery to an endpoint no longer configured (its table removed, the server restarted) is
+/// attempted apart from the configured endpoints' — it fails at once and follows the schedule —
+/// while they keep being delivered.
+#[tokio::test]
+async fn deliveries_to_an_endpoint_no_longer_configured_fail_without_holding_up_the_others() {
+    let (rx, s) = (Receiver::start().await, secret());
+    let app = app_with(&[("ops", &rx.url(), &s, None)]).await;
+    record_events(&app, 1);
+    rx.wait_for(1, Duration::from_secs(5)).await;
+    let now = tokenvault::util::now();
+    app.exec(&format!(
+        "INSERT INTO webhook_deliveries (event_id, endpoint, status, attempts, next_attempt_at, updated_at) \
+         SELECT id, 'gone', 'pending', 0, {now}, {now} FROM webhook_events"
+    ));
+    record_events(&app, 3);
+    rx.wait_for(4, Duration::from_secs(5)).await;
+    let gone = "SELECT COUNT(*) AS n FROM webhook_deliveries WHERE endpoint = 'gone' AND attempts = 1 \
+                AND status = 'pending' AND last_error = 'the endpoint is no longer configured'";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while app.count(gone) == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(app.count(gone), 1, "attempted once, to be retried on the schedule");
+    assert_eq!(rx.received().len(), 4);
+}
+
+/// Issue 19: a posted `version` of i64::MAX overflowed `version + 1` (a panic in debug builds):
+/// it is a stale form (409), and nothing is saved.
+#[tokio::test]
+async fn a_version_past_the_last_is_a_stale_form_not_a_panic() {
+    let rx = Receiver::start().await;
+    let app = app_with(&[("ops", &rx.url(), &secret(), None)]).await;
+    let root = app.user("root").await;
+    let csrf = root.csrf("/admin/webhooks").await;
+    let r = root
+        .post_form("/admin/webhooks", &[("csrf_token", &csrf), ("name", "billing"), ("url", &rx.url()), ("events", "")])
+        .await;
+    assert_eq!(r.status, Status::Ok, "{}", r.text);
+    let max = i64::MAX.to_string();
+    for name in ["billing", "ops"] {
+        let r = root
+            .post_form(
+                &format!("/admin/webhooks/{name}"),
+                &[("csrf_token", &csrf), ("version", &max), ("url", &rx.url()), ("events", "connection.*")],
+            )
+            .await;
+        assert_eq!(r.status, Status::Conflict, "{name}: {}", r.text);
+        let r = root
+            .post_form(&format!("/admin/webhooks/{name}/rotate"), &[("csrf_token", &csrf), ("version", &max)])
+            .await;
+        assert_eq!(r.status, Status::Conflict, "{name}: {}", r.text);
+    }
+    let page = root.fetch("/admin/webhooks").await.text;
+    assert_eq!(version_of(&page, "billing"), "1");
+    assert_eq!(version_of(&page, "ops"), "0");
+    assert_eq!(app.count("SELECT COUNT(*) AS n FROM webhook_endpoints"), 1, "billing only, unchanged");
+    assert_eq!(app.count("SELECT COUNT(*) AS n FROM webhook_endpoints WHERE events IS NULL"), 1);
+}
+
+/// Issue 19: `::ffff:0:a.b.c.d` (IPv4-translated) passed as public; every IPv6 form that carries a
+/// private IPv4 address is refused on the page, as are the forms refused whatever they carry.
+#[tokio::test]
+async fn ipv6_forms_of_private_ipv4_addresses_are_refused_on_the_page() {
+    let rx = Receiver::start().await;
+    let app = builder()
+        .set("webhook_private_urls", false)
+        .set("webhooks", webhooks(&[("ops", &rx.url(), &secret(), None)]))
+        .start()
+        .await;
+    let root = app.user("root").await;
+    let csrf = root.csrf("/admin/webhooks").await;
+    for url in [
+        "https://[::ffff:0:7f00:1]/hook",
+        "https://[::ffff:0:127.0.0.1]:8443/hook",
+        "https://[::ffff:0:169.254.169.254]/latest/meta-data/",
+        "https://[::ffff:0:10.0.0.1]/",
+        "https://[::ffff:10.0.0.1]/",
+        "https://[64:ff9b::192.168.1.1]/",
+        "https://[64:ff9b:1::808:808]/",
+        "https://[2002:a9fe:a9fe::1]/",
+        "https://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/",
+        "https://[::127.0.0.1]/",
+    ] {
+        let r = root
+            .post_form("/admin/webhooks", &[("csrf_token", &csrf), ("name", "internal"), ("url", url), ("events", "")])
+            .await;
+        assert_eq!(r.status, Status::UnprocessableEntity, "{url}");
+        assert!(r.text.contains("public host"), "{url}: {}", r.text);
+        let r = root
+            .post_form("/admin/webhooks/ops", &[("csrf_token", &csrf), ("version", "0"), ("url", url), ("events", "")])
+            .await;
+        assert_eq!(r.status, Status::UnprocessableEntity, "{url}");
+    }
+    assert_eq!(app.count("SELECT COUNT(*) AS n FROM webhook_endpoints"), 0);
+}
+
 /// A receiver, its secret, and an app sending it every event, whose fake provider issues 5 s
 /// tokens (so each page load past a shifted `obtained_at` refreshes).
 async fn short_token_app() -> (Receiver, String, TestApp) {

@@ -130,12 +130,14 @@ impl Editor<'_> {
         let (url, events) = checked(self.hooks, name, url, events)?;
         self.hooks.reload(conn, self.cipher)?;
         let endpoint = self.current(name)?;
+        // No row is at a version after which there is none: such a form is not from the page.
+        let next = expected.checked_add(1).ok_or_else(|| stale(name))?;
         conn.transaction(|conn| {
             let written = match stored::find(conn, name)? {
                 Some(mut row) => {
                     row.url = url.to_string();
                     row.events = events_json(&events);
-                    row.version = expected + 1;
+                    row.version = next;
                     row.revision = crate::util::random_token(12);
                     row.updated_at = now();
                     row.updated_by = self.username.to_string();
@@ -165,6 +167,7 @@ impl Editor<'_> {
     pub fn rotate(&self, conn: &mut Conn, name: &str, expected: i64) -> AppResult<Secret> {
         self.hooks.reload(conn, self.cipher)?;
         let endpoint = self.current(name)?;
+        let next = expected.checked_add(1).ok_or_else(|| stale(name))?;
         let secret = SigningKey::generate();
         let sealed = self.cipher.seal_str(secret.expose_secret(), Aad::WebhookSecret(name));
         let at = now();
@@ -184,7 +187,7 @@ impl Editor<'_> {
                     row.secret = sealed;
                     row.previous_secret = Some(previous);
                     row.previous_until = Some(until);
-                    row.version = expected + 1;
+                    row.version = next;
                     row.revision = crate::util::random_token(12);
                     row.updated_at = now();
                     row.updated_by = self.username.to_string();

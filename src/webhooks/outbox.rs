@@ -8,6 +8,7 @@ use super::{EventType, Origin, Webhooks};
 use crate::db::models::connections::{Account, Connection};
 use crate::db::models::users;
 use crate::db::models::webhook_endpoints;
+pub use crate::db::models::webhooks::ClaimScope;
 use crate::db::models::webhooks::{self as rows, Attempted, Delivery, DeliveryStatus, Event, NewDelivery, NewEvent};
 use crate::db::Conn;
 use crate::util::{now, rfc3339};
@@ -156,7 +157,18 @@ pub struct Claimed {
 /// Claim up to `limit` due deliveries for `lease` seconds: each is taken with a compare-and-swap on
 /// its lease (`rows::claim`), so of several instances asking at once exactly one gets it.
 pub fn claim(conn: &mut Conn, at: i64, lease: i64, limit: i64) -> diesel::QueryResult<Vec<Claimed>> {
-    let ids = rows::claim(conn, at, at + lease, limit)?;
+    claim_in(conn, at, lease, ClaimScope::All, limit)
+}
+
+/// [`claim`], of the deliveries in `scope` only (one endpoint's, say).
+pub fn claim_in(
+    conn: &mut Conn,
+    at: i64,
+    lease: i64,
+    scope: ClaimScope<'_>,
+    limit: i64,
+) -> diesel::QueryResult<Vec<Claimed>> {
+    let ids = rows::claim(conn, at, at + lease, scope, limit)?;
     if ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -330,6 +342,38 @@ mod tests {
         let done = finish(&mut conn, &taken_over[0], &AttemptResult::Answered(204), later).unwrap();
         assert_eq!(done, Some(DeliveryStatus::Delivered));
         assert!(claim(&mut conn, later + 100_000, 60, 10).unwrap().is_empty(), "delivered: never again");
+    }
+
+    /// The worker claims each endpoint's deliveries on their own, for every endpoint name the
+    /// table holds (configured or not).
+    #[test]
+    fn claims_take_one_endpoint_and_every_endpoint_name_is_listed() {
+        use super::{claim_in, ClaimScope};
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.sqlite").to_string_lossy()).unwrap();
+        let mut conn = db.conn().unwrap();
+        assert!(rows::endpoint_names(&mut conn).unwrap().is_empty());
+        for _ in 0..3 {
+            record(&mut conn, EventType::ConnectionCreated, &data()).unwrap();
+        }
+        fan_out(&mut conn, &hooks(&[("b", None), ("a", None), ("gone", None)]), 100).unwrap();
+        assert_eq!(rows::endpoint_names(&mut conn).unwrap(), ["a", "b", "gone"]);
+        let t = now();
+        let endpoints = |got: &[super::Claimed]| got.iter().map(|c| c.delivery.endpoint.clone()).collect::<Vec<_>>();
+        let a = claim_in(&mut conn, t, 60, ClaimScope::Endpoint("a"), 2).unwrap();
+        assert_eq!(endpoints(&a), ["a", "a"]);
+        assert_eq!((a[0].delivery.event_id, a[1].delivery.event_id), (1, 2), "oldest first");
+        let b = claim_in(&mut conn, t, 60, ClaimScope::Endpoint("b"), 10).unwrap();
+        assert_eq!(endpoints(&b), ["b", "b", "b"]);
+        let rest = claim(&mut conn, t, 60, 10).unwrap();
+        let mut left = endpoints(&rest);
+        left.sort();
+        assert_eq!(left, ["a", "gone", "gone", "gone"], "the ones left");
+        // Finished deliveries keep their endpoint's name listed (their lane is cheap to ask).
+        for c in a.iter().chain(&b).chain(&rest) {
+            finish(&mut conn, c, &AttemptResult::Answered(200), t).unwrap();
+        }
+        assert_eq!(rows::endpoint_names(&mut conn).unwrap(), ["a", "b", "gone"]);
     }
 
     /// Instances racing for the same deliveries (threads with their own connections here): each

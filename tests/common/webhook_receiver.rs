@@ -184,3 +184,71 @@ impl Receiver {
         }
     }
 }
+
+/// A connection a tarpit accepted: when, and the `webhook-id` of its request once read.
+pub type Held = (std::time::Instant, Option<String>);
+
+/// A tarpit endpoint: it accepts every TCP connection, reads the request head, and never answers
+/// (each connection is held open until the tarpit is dropped), as a receiver that hangs does.
+pub struct Tarpit {
+    pub port: u16,
+    /// Each connection: when it was accepted, and the `webhook-id` of its request once read.
+    seen: Arc<Mutex<Vec<Held>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Tarpit {
+    pub async fn start() -> Tarpit {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen: Arc<Mutex<Vec<Held>>> = Default::default();
+        let record = seen.clone();
+        let task = tokio::spawn(async move {
+            let mut held = tokio::task::JoinSet::new();
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let index = {
+                    let mut seen = record.lock().unwrap();
+                    seen.push((std::time::Instant::now(), None));
+                    seen.len() - 1
+                };
+                let record = record.clone();
+                held.spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&buf).to_string();
+                    let id = head
+                        .split("\r\n")
+                        .filter_map(|l| l.split_once(':'))
+                        .find(|(k, _)| k.trim().eq_ignore_ascii_case("webhook-id"))
+                        .map(|(_, v)| v.trim().to_string());
+                    record.lock().unwrap()[index].1 = id;
+                    // Never answer; keep the connection until the tarpit goes.
+                    std::future::pending::<()>().await;
+                    drop(stream);
+                });
+            }
+        });
+        Tarpit { port, seen, task }
+    }
+
+    pub fn url(&self) -> String {
+        url(self.port)
+    }
+
+    /// The connections accepted so far: when, and the `webhook-id` they carried.
+    pub fn connections(&self) -> Vec<Held> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Tarpit {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

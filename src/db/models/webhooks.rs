@@ -122,31 +122,62 @@ pub fn mark_fanned_out(conn: &mut Conn, event_ids: &[i64]) -> QueryResult<usize>
     })
 }
 
-/// Take the lease, until `until`, of up to `limit` deliveries that are due at `now` and not leased
-/// (or whose lease ran out); the ids this caller won. The candidates are read, then taken with one
-/// `UPDATE … WHERE <still free> … RETURNING`: the compare-and-swap happens row by row inside it (PostgreSQL re-checks the conditions on a row
+/// Whose due deliveries a claim takes.
+#[derive(Debug, Clone, Copy)]
+pub enum ClaimScope<'a> {
+    /// Any endpoint's.
+    All,
+    /// This endpoint's only (the delivery worker claims each endpoint on its own).
+    Endpoint(&'a str),
+}
+
+/// Take the lease, until `until`, of up to `limit` deliveries in `scope` that are due at `now` and
+/// not leased (or whose lease ran out), oldest due first; the ids this caller won. One statement,
+/// `UPDATE … WHERE id IN (<the candidates, LIMIT n>) AND <still free> … RETURNING`: the
+/// compare-and-swap happens row by row inside it (PostgreSQL re-checks the conditions on a row
 /// another transaction changed meanwhile; SQLite has one writer), so of several instances asking
 /// at once each delivery goes to exactly one.
-pub fn claim(conn: &mut Conn, now: i64, until: i64, limit: i64) -> QueryResult<Vec<i64>> {
+pub fn claim(conn: &mut Conn, now: i64, until: i64, scope: ClaimScope<'_>, limit: i64) -> QueryResult<Vec<i64>> {
     crate::on_conn!(conn, conn => {
         let free = webhook_deliveries::status
             .eq(DeliveryStatus::Pending)
             .and(webhook_deliveries::next_attempt_at.le(now))
             .and(webhook_deliveries::lease_until.is_null().or(webhook_deliveries::lease_until.lt(now)));
-        let candidates: Vec<i64> = webhook_deliveries::table
+        let mut candidates = webhook_deliveries::table
             .filter(free)
-            .order(webhook_deliveries::next_attempt_at.asc())
+            .order((webhook_deliveries::next_attempt_at.asc(), webhook_deliveries::id.asc()))
             .limit(limit)
             .select(webhook_deliveries::id)
-            .load(conn)?;
-        if candidates.is_empty() {
-            return Ok(Vec::new());
+            .into_boxed();
+        match scope {
+            ClaimScope::All => {}
+            ClaimScope::Endpoint(name) => candidates = candidates.filter(webhook_deliveries::endpoint.eq(name)),
         }
-        diesel::update(webhook_deliveries::table.filter(webhook_deliveries::id.eq_any(&candidates)).filter(free))
+        // One statement: the candidates are a subquery, the conditions checked again per row.
+        diesel::update(webhook_deliveries::table.filter(webhook_deliveries::id.eq_any(candidates)).filter(free))
             .set(webhook_deliveries::lease_until.eq(until))
             .returning(webhook_deliveries::id)
             .get_results(conn)
     })
+}
+
+/// Every endpoint name deliveries are kept for, whatever their status — also of endpoints no
+/// longer configured, whose deliveries must still be attempted (and fail). One index probe per
+/// name (a loose index scan on `webhook_deliveries_endpoint`), not a read of every row.
+pub fn endpoint_names(conn: &mut Conn) -> QueryResult<Vec<String>> {
+    #[derive(QueryableByName)]
+    struct Name {
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+        name: Option<String>,
+    }
+    const SQL: &str = "WITH RECURSIVE e(name) AS ( \
+           SELECT (SELECT endpoint FROM webhook_deliveries ORDER BY endpoint LIMIT 1) \
+           UNION ALL \
+           SELECT (SELECT d.endpoint FROM webhook_deliveries d WHERE d.endpoint > e.name ORDER BY d.endpoint LIMIT 1) \
+           FROM e WHERE e.name IS NOT NULL \
+         ) SELECT name FROM e WHERE name IS NOT NULL";
+    let names: Vec<Name> = crate::on_conn!(conn, c => diesel::sql_query(SQL).load(c))?;
+    Ok(names.into_iter().filter_map(|n| n.name).collect())
 }
 
 /// Deliveries with their events.
