@@ -391,26 +391,38 @@ impl Feed {
     }
 }
 
-/// Poll `cache_invalidations` until the process ends (does nothing when caching is off).
-pub async fn poll_invalidations(db: Db, caches: Arc<Caches>) {
-    if !caches.api_keys.enabled() && !caches.connections.enabled() {
-        return;
+/// Polling `cache_invalidations` (other instances' writes), as a background job (`crate::jobs`;
+/// listed only when caching is on): the first run finds where the feed starts, each later one
+/// applies what is new, and every 60th prunes rows older than `KEEP_SECONDS`. When the feed
+/// cannot be read this process cannot trust its copies: they are cleared.
+pub struct InvalidationPoll {
+    db: Db,
+    caches: Arc<Caches>,
+    feed: Option<Feed>,
+    polls: u64,
+}
+
+impl InvalidationPoll {
+    pub fn new(db: Db, caches: Arc<Caches>) -> InvalidationPoll {
+        InvalidationPoll { db, caches, feed: None, polls: 0 }
     }
-    let mut feed = loop {
-        match db.run(|conn| Ok(invalidations::newest_id(conn)?)).await {
-            Ok(newest) => break Feed::starting_at(newest),
-            Err(e) => {
-                tracing::warn!(error = %e, "could not read cache invalidations; cache cleared");
-                caches.clear();
-                rocket::tokio::time::sleep(POLL_INTERVAL).await;
-            }
-        }
-    };
-    let mut polls: u64 = 0;
-    loop {
-        rocket::tokio::time::sleep(POLL_INTERVAL).await;
-        polls += 1;
-        if polls % 60 == 0 {
+
+    async fn poll(&mut self) -> Result<(), String> {
+        let (db, caches) = (&self.db, &self.caches);
+        let Some(feed) = self.feed.as_mut() else {
+            return match db.run(|conn| Ok(invalidations::newest_id(conn)?)).await {
+                Ok(newest) => {
+                    self.feed = Some(Feed::starting_at(newest));
+                    Ok(())
+                }
+                Err(e) => {
+                    caches.clear();
+                    Err(format!("could not read cache invalidations; cache cleared: {e}"))
+                }
+            };
+        };
+        self.polls += 1;
+        if self.polls % 60 == 0 {
             let before = now() - KEEP_SECONDS;
             if let Err(e) = db.run(move |conn| Ok(invalidations::delete_before(conn, before)?)).await {
                 tracing::warn!(error = %e, "could not prune cache invalidations");
@@ -419,14 +431,26 @@ pub async fn poll_invalidations(db: Db, caches: Arc<Caches>) {
         let after = feed.read_after();
         match db.run(move |conn| Ok(invalidations::after(conn, after)?)).await {
             Ok(rows) => {
-                feed.apply(&rows, &caches);
+                feed.apply(&rows, caches);
+                Ok(())
             }
             Err(e) => {
                 // Without the feed this process cannot trust its copies.
-                tracing::warn!(error = %e, "could not read cache invalidations; cache cleared");
                 caches.clear();
+                Err(format!("could not read cache invalidations; cache cleared: {e}"))
             }
         }
+    }
+}
+
+#[rocket::async_trait]
+impl crate::jobs::Job for InvalidationPoll {
+    fn name(&self) -> &'static str {
+        "cache_invalidations"
+    }
+
+    async fn run(&mut self, _stop: &tokio_util::sync::CancellationToken) -> Result<crate::jobs::Next, String> {
+        self.poll().await.map(|()| crate::jobs::Next::Idle)
     }
 }
 

@@ -178,6 +178,12 @@ impl Metrics {
         }
     }
 
+    /// Register another module's metrics (`crate::jobs`) in the same registry, so `/metrics`
+    /// shows them.
+    pub fn register(&self, collector: Box<dyn prometheus::core::Collector>) -> prometheus::Result<()> {
+        self.registry.register(collector)
+    }
+
     /// An audit prune refused (something before its cut-off did not verify).
     pub fn audit_prune_refused(&self) {
         self.audit_prune_refused.inc();

@@ -39,6 +39,8 @@ pub struct AppState {
     pub audit: Arc<crate::audit::batcher::Batcher>,
     /// The wake-up of the worker that revokes replaced and discarded tokens (`oauth::retire`).
     pub revocations: Arc<crate::oauth::retire::Queue>,
+    /// The background jobs' supervisor and metrics (see `crate::jobs`).
+    pub jobs: Arc<crate::jobs::Supervisor>,
 }
 
 impl AppState {
@@ -76,6 +78,23 @@ impl AppState {
             queue: self.revocations.clone(),
             default_lifetime: self.settings.default_token_lifetime,
             lease: (self.settings.http_timeout + self.settings.http_connect_timeout) as i64 * 2 + 5,
+        }
+    }
+
+    /// The webhook delivery worker's handles (`webhooks::worker`), cloned: it runs beside requests.
+    pub fn webhook_worker(&self) -> crate::webhooks::worker::Worker {
+        crate::webhooks::worker::Worker {
+            db: self.db.clone(),
+            hooks: self.webhooks.clone(),
+            http: self.http.clone(),
+            metrics: self.metrics.clone(),
+            cipher: self.cipher.clone(),
+            public_http: crate::oauth::http::Outbound::with_resolver(
+                &self.settings,
+                Arc::new(crate::webhooks::egress::PublicOnly),
+            )
+            .expect("the public-only client builds as the main one did"),
+            lease: (self.settings.http_timeout + self.settings.http_connect_timeout) as i64 + 5,
         }
     }
 

@@ -36,7 +36,7 @@ use crate::vault::{Aad, Cipher};
 /// [`backoff`]).
 pub const MAX_ATTEMPTS: i64 = 8;
 /// How often the queue is read without a wake-up (rows of other instances, retries coming due).
-const POLL_INTERVAL: Duration = Duration::from_secs(10);
+pub const POLL_INTERVAL: Duration = Duration::from_secs(10);
 /// Revocations worked (concurrently) per round.
 const BATCH: i64 = 16;
 
@@ -128,7 +128,7 @@ enum Attempt {
     Failed(String),
 }
 
-/// The background worker (started with the server, stopped by shutdown).
+/// The background worker (run as the [`RetireJob`] by `crate::jobs`).
 #[derive(Clone)]
 pub struct Worker {
     pub db: Db,
@@ -142,20 +142,38 @@ pub struct Worker {
     pub lease: i64,
 }
 
-impl Worker {
-    /// Work the queue until the future is dropped (at shutdown).
-    pub async fn run(self) {
-        loop {
-            match self.round().await {
-                Ok(n) if n as i64 >= BATCH => continue,
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "token revocation round failed; retrying"),
-            }
-            rocket::tokio::select! {
-                _ = self.queue.wake.notified() => {}
-                _ = rocket::tokio::time::sleep(POLL_INTERVAL) => {}
-            }
+/// The worker as a background job (`crate::jobs`): a round at start, at once again while rounds
+/// come back full, at a wake-up ([`Queue::wake`]) and every [`POLL_INTERVAL`] otherwise.
+pub struct RetireJob {
+    worker: Worker,
+}
+
+/// The job's name (metrics, logs).
+pub const JOB: &str = "token_revocations";
+
+#[rocket::async_trait]
+impl crate::jobs::Job for RetireJob {
+    fn name(&self) -> &'static str {
+        JOB
+    }
+
+    async fn run(&mut self, _stop: &tokio_util::sync::CancellationToken) -> Result<crate::jobs::Next, String> {
+        match self.worker.round().await {
+            Ok(n) if n as i64 >= BATCH => Ok(crate::jobs::Next::Again),
+            Ok(_) => Ok(crate::jobs::Next::Idle),
+            Err(e) => Err(format!("token revocation round failed: {e}")),
         }
+    }
+
+    fn woken(&mut self) -> crate::jobs::BoxFuture<'_, ()> {
+        Box::pin(self.worker.queue.wake.notified())
+    }
+}
+
+impl Worker {
+    /// This worker as a background job.
+    pub fn into_job(self) -> RetireJob {
+        RetireJob { worker: self }
     }
 
     /// One round: claim the due rows, attempt each (concurrently), record the outcomes. How many

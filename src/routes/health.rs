@@ -73,11 +73,18 @@ async fn metrics(
         MetricsAccess::Unauthorized => return Ok(Err(MetricsUnauthorized)),
         MetricsAccess::NotServed => return Err(AppError::NotFound),
     }
-    let (by_status, deliveries) = app
+    let (by_status, deliveries, queues) = app
         .db
-        .run(|conn| Ok((connections::count_by_status(conn)?, crate::db::models::webhooks::count_by_status(conn)?)))
+        .run(|conn| {
+            Ok((
+                connections::count_by_status(conn)?,
+                crate::db::models::webhooks::count_by_status(conn)?,
+                crate::jobs::metrics::queues(conn, crate::util::now())?,
+            ))
+        })
         .await?;
     app.metrics.set_webhook_deliveries(&deliveries);
+    app.jobs.metrics().set_queues(&queues);
     app.metrics.set_login_figures(app.login_throttle.sizes(), app.hasher.stats());
     let losses = crate::metrics::AuditLosses { dropped: app.audit.dropped(), lost: app.audit.lost() };
     let text = app.metrics.render(&by_status, &app.caches.stats(), losses);

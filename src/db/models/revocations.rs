@@ -43,6 +43,16 @@ pub fn insert(conn: &mut Conn, new: &NewRevocation<'_>) -> QueryResult<usize> {
     })
 }
 
+/// Revocations waiting and when the oldest was queued (the `token_revocations` job's queue
+/// figures on `/metrics`).
+pub fn pending_figures(conn: &mut Conn) -> QueryResult<(i64, Option<i64>)> {
+    crate::on_conn!(conn, conn => {
+        token_revocations::table
+            .select((diesel::dsl::count_star(), diesel::dsl::min(token_revocations::created_at)))
+            .first(conn)
+    })
+}
+
 /// Up to `limit` revocations due at `now`, oldest first.
 pub fn due(conn: &mut Conn, now: i64, limit: i64) -> QueryResult<Vec<Revocation>> {
     crate::on_conn!(conn, conn => {

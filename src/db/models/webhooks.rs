@@ -255,6 +255,20 @@ pub fn count_by_status(conn: &mut Conn) -> QueryResult<Vec<(&'static str, i64)>>
         .collect())
 }
 
+/// Deliveries waiting (pending) and when the event of the oldest was recorded (the
+/// `webhook_deliveries` job's queue figures on `/metrics`).
+pub fn pending_figures(conn: &mut Conn) -> QueryResult<(i64, Option<i64>)> {
+    crate::on_conn!(conn, conn => {
+        let pending = webhook_deliveries::table.filter(webhook_deliveries::status.eq(DeliveryStatus::Pending));
+        let depth: i64 = pending.count().get_result(conn)?;
+        let oldest: Option<i64> = webhook_events::table
+            .filter(webhook_events::id.eq_any(pending.select(webhook_deliveries::event_id)))
+            .select(diesel::dsl::min(webhook_events::created_at))
+            .first(conn)?;
+        Ok((depth, oldest))
+    })
+}
+
 pub fn prune(conn: &mut Conn, before: i64) -> QueryResult<usize> {
     crate::on_conn!(conn, conn => {
         let unfinished = webhook_deliveries::table

@@ -1,0 +1,108 @@
+//! The jobs' metrics, registered in the server's registry (`crate::metrics::Metrics::register`):
+//! runs and failed runs by job (counters), and for the queued jobs the pending items and the age
+//! of the oldest (gauges, read at scrape time with [`queues`]).
+
+use prometheus::{IntCounterVec, IntGaugeVec, Opts};
+
+use crate::db::Conn;
+use crate::error::AppResult;
+
+/// What `/metrics` shows of the jobs.
+pub struct JobMetrics {
+    runs: IntCounterVec,
+    failures: IntCounterVec,
+    queue_depth: IntGaugeVec,
+    oldest_pending: IntGaugeVec,
+}
+
+impl std::fmt::Debug for JobMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JobMetrics")
+    }
+}
+
+/// One queue's figures: its job, how many items wait (due or not), the age of the oldest, seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueFigures {
+    pub job: &'static str,
+    pub depth: i64,
+    pub oldest_age: i64,
+}
+
+impl JobMetrics {
+    /// The jobs' metrics, registered in `registry`.
+    pub fn new(registry: &crate::metrics::Metrics) -> JobMetrics {
+        let runs = IntCounterVec::new(Opts::new("job_runs_total", "Background job runs, by job"), &["job"])
+            .expect("valid metric");
+        let failures = IntCounterVec::new(
+            Opts::new("job_failures_total", "Background job runs that failed or panicked, by job"),
+            &["job"],
+        )
+        .expect("valid metric");
+        let queue_depth = IntGaugeVec::new(
+            Opts::new("job_queue_depth", "Items waiting in a background job's queue, by job"),
+            &["job"],
+        )
+        .expect("valid metric");
+        let oldest_pending = IntGaugeVec::new(
+            Opts::new(
+                "job_oldest_pending_seconds",
+                "Age of the oldest item waiting in a background job's queue (0 when empty), by job",
+            ),
+            &["job"],
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(runs.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(failures.clone()),
+            Box::new(queue_depth.clone()),
+            Box::new(oldest_pending.clone()),
+        ] {
+            registry.register(c).expect("job metrics register once");
+        }
+        JobMetrics { runs, failures, queue_depth, oldest_pending }
+    }
+
+    /// `job` is running: its series show from now on (0 until it runs).
+    pub fn known(&self, job: &str) {
+        self.runs.with_label_values(&[job]);
+        self.failures.with_label_values(&[job]);
+    }
+
+    /// One run of `job` ended, well or not.
+    pub fn ran(&self, job: &str, ok: bool) {
+        self.runs.with_label_values(&[job]).inc();
+        if !ok {
+            self.failures.with_label_values(&[job]).inc();
+        }
+    }
+
+    pub fn runs(&self, job: &str) -> u64 {
+        self.runs.with_label_values(&[job]).get()
+    }
+
+    pub fn failures(&self, job: &str) -> u64 {
+        self.failures.with_label_values(&[job]).get()
+    }
+
+    /// Set the queue gauges (at scrape time).
+    pub fn set_queues(&self, queues: &[QueueFigures]) {
+        for q in queues {
+            self.queue_depth.with_label_values(&[q.job]).set(q.depth);
+            self.oldest_pending.with_label_values(&[q.job]).set(q.oldest_age);
+        }
+    }
+}
+
+/// The queued jobs' figures at `now`: webhook deliveries waiting (pending), revocations waiting.
+pub fn queues(conn: &mut Conn, now: i64) -> AppResult<Vec<QueueFigures>> {
+    let figures = |job, (depth, oldest): (i64, Option<i64>)| QueueFigures {
+        job,
+        depth,
+        oldest_age: oldest.map_or(0, |at| (now - at).max(0)),
+    };
+    Ok(vec![
+        figures(crate::webhooks::worker::JOB, crate::db::models::webhooks::pending_figures(conn)?),
+        figures(crate::oauth::retire::JOB, crate::db::models::revocations::pending_figures(conn)?),
+    ])
+}
