@@ -343,6 +343,19 @@ async fn a_failing_revocation_is_retried_with_backoff_then_given_up() {
     let wait = app.count("SELECT next_attempt_at - created_at AS n FROM token_revocations");
     assert!((60..=70).contains(&wait), "the next attempt a minute later: {wait}");
     assert!(app.fake.refresh_token_valid(&before), "not revoked yet");
+    // The job's figures on /metrics: its runs, and the row waiting in its queue.
+    app.exec("UPDATE token_revocations SET created_at = created_at - 100");
+    let metrics = app.client.get("/metrics").dispatch().await.into_string().await.unwrap();
+    let figure = |name: &str| -> f64 {
+        let line = format!("{name}{{job=\"token_revocations\"}} ");
+        let at = metrics.find(&line).unwrap_or_else(|| panic!("{line} in {metrics}"));
+        metrics[at + line.len()..].lines().next().unwrap().trim().parse().unwrap()
+    };
+    assert!(figure("tokenvault_job_runs_total") >= 1.0, "{metrics}");
+    assert_eq!(figure("tokenvault_job_failures_total"), 0.0, "a failed revocation is not a failed run");
+    assert_eq!(figure("tokenvault_job_queue_depth"), 1.0);
+    assert!((100.0..=110.0).contains(&figure("tokenvault_job_oldest_pending_seconds")), "{metrics}");
+    assert!(metrics.contains("tokenvault_job_queue_depth{job=\"webhook_deliveries\"} 0"), "{metrics}");
     // Due again, and the provider back up: revoked.
     app.exec("UPDATE token_revocations SET next_attempt_at = 0");
     app.fake.with_state(|s| s.revoke_unavailable = false);

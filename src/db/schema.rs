@@ -244,6 +244,22 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    jobs (id) {
+        id -> BigInt,
+        kind -> Text,
+        payload -> Text,
+        attempts -> BigInt,
+        max_attempts -> BigInt,
+        run_at -> BigInt,
+        locked_by -> Nullable<Text>,
+        locked_until -> Nullable<BigInt>,
+        last_error -> Nullable<Text>,
+        dead_at -> Nullable<BigInt>,
+        created_at -> BigInt,
+    }
+}
+
 diesel::joinable!(api_keys -> users (user_id));
 diesel::joinable!(sessions -> users (user_id));
 diesel::joinable!(connections -> users (user_id));
@@ -269,4 +285,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     audit_log,
     audit_head,
     token_revocations,
+    jobs,
 );

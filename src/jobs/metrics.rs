@@ -13,6 +13,7 @@ pub struct JobMetrics {
     failures: IntCounterVec,
     queue_depth: IntGaugeVec,
     oldest_pending: IntGaugeVec,
+    dead: IntGaugeVec,
 }
 
 impl std::fmt::Debug for JobMetrics {
@@ -22,11 +23,13 @@ impl std::fmt::Debug for JobMetrics {
 }
 
 /// One queue's figures: its job, how many items wait (due or not), the age of the oldest, seconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueFigures {
-    pub job: &'static str,
+    pub job: String,
     pub depth: i64,
     pub oldest_age: i64,
+    /// Jobs of a durable queue given up after their attempts (`jobs::queue`).
+    pub dead: Option<i64>,
 }
 
 impl JobMetrics {
@@ -52,15 +55,21 @@ impl JobMetrics {
             &["job"],
         )
         .expect("valid metric");
+        let dead = IntGaugeVec::new(
+            Opts::new("job_dead", "Durable jobs given up after their attempts (kept in the jobs table), by job"),
+            &["job"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(runs.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(failures.clone()),
             Box::new(queue_depth.clone()),
             Box::new(oldest_pending.clone()),
+            Box::new(dead.clone()),
         ] {
             registry.register(c).expect("job metrics register once");
         }
-        JobMetrics { runs, failures, queue_depth, oldest_pending }
+        JobMetrics { runs, failures, queue_depth, oldest_pending, dead }
     }
 
     /// `job` is running: its series show from now on (0 until it runs).
@@ -87,22 +96,36 @@ impl JobMetrics {
 
     /// Set the queue gauges (at scrape time).
     pub fn set_queues(&self, queues: &[QueueFigures]) {
+        // A queue seen before and empty now shows 0, not its last figures.
+        self.queue_depth.reset();
+        self.oldest_pending.reset();
+        self.dead.reset();
         for q in queues {
-            self.queue_depth.with_label_values(&[q.job]).set(q.depth);
-            self.oldest_pending.with_label_values(&[q.job]).set(q.oldest_age);
+            self.queue_depth.with_label_values(&[&q.job]).set(q.depth);
+            self.oldest_pending.with_label_values(&[&q.job]).set(q.oldest_age);
+            if let Some(dead) = q.dead {
+                self.dead.with_label_values(&[&q.job]).set(dead);
+            }
         }
     }
 }
 
-/// The queued jobs' figures at `now`: webhook deliveries waiting (pending), revocations waiting.
+/// The queued jobs' figures at `now`: webhook deliveries waiting (pending), revocations waiting,
+/// and every kind of the durable `jobs` table (`super::queue`).
 pub fn queues(conn: &mut Conn, now: i64) -> AppResult<Vec<QueueFigures>> {
-    let figures = |job, (depth, oldest): (i64, Option<i64>)| QueueFigures {
-        job,
+    let age = |oldest: Option<i64>| oldest.map_or(0, |at| (now - at).max(0));
+    let figures = |job: &str, (depth, oldest): (i64, Option<i64>)| QueueFigures {
+        job: job.to_string(),
         depth,
-        oldest_age: oldest.map_or(0, |at| (now - at).max(0)),
+        oldest_age: age(oldest),
+        dead: None,
     };
-    Ok(vec![
+    let mut out = vec![
         figures(crate::webhooks::worker::JOB, crate::db::models::webhooks::pending_figures(conn)?),
         figures(crate::oauth::retire::JOB, crate::db::models::revocations::pending_figures(conn)?),
-    ])
+    ];
+    for f in super::queue::figures(conn)? {
+        out.push(QueueFigures { job: f.kind, depth: f.waiting, oldest_age: age(f.oldest), dead: Some(f.dead) });
+    }
+    Ok(out)
 }

@@ -29,6 +29,7 @@ use crate::config::Settings;
 use crate::state::AppState;
 
 pub mod metrics;
+pub mod queue;
 
 pub use metrics::JobMetrics;
 

@@ -1,0 +1,20 @@
+-- Durable queued background work (`crate::jobs::queue`): one row per job of a `kind`, its
+-- `payload` (the kind's own text; secrets in it are sealed by the kind), enqueued in the
+-- transaction of the change that calls for it. A worker claims due rows with a lease
+-- (`locked_by`, `locked_until`; `attempts` counts the claims); a failed attempt is retried at
+-- `run_at` with backoff, and after `max_attempts` the row is dead (`dead_at`, kept for the
+-- operator, shown in /metrics). A finished job's row is deleted.
+CREATE TABLE jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    attempts BIGINT NOT NULL DEFAULT 0,
+    max_attempts BIGINT NOT NULL,
+    run_at BIGINT NOT NULL,
+    locked_by TEXT,
+    locked_until BIGINT,
+    last_error TEXT,
+    dead_at BIGINT,
+    created_at BIGINT NOT NULL
+);
+CREATE INDEX jobs_due ON jobs(kind, run_at) WHERE dead_at IS NULL;
