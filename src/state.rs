@@ -78,6 +78,7 @@ impl AppState {
             queue: self.revocations.clone(),
             default_lifetime: self.settings.default_token_lifetime,
             lease: (self.settings.http_timeout + self.settings.http_connect_timeout) as i64 * 2 + 5,
+            worker: crate::jobs::queue::worker_id(),
         }
     }
 

@@ -78,9 +78,12 @@ fn a_killed_workers_lease_runs_out_and_another_worker_takes_the_job() {
     assert_eq!(taken.len(), 1, "the lease ran out");
     assert_eq!((taken[0].id, taken[0].attempts, taken[0].payload.as_str()), (id, 2, "payload"));
     // The dead worker coming back cannot finish or fail what it lost.
-    assert!(!queue::complete(&mut conn, &held[0], "killed").unwrap());
-    assert_eq!(queue::fail(&mut conn, &held[0], "killed", "late", queue::backoff, now + 31).unwrap(), Failed::NotHeld);
-    assert!(queue::complete(&mut conn, &taken[0], "other").unwrap());
+    assert!(!queue::complete(&mut conn, held[0].held(), "killed").unwrap());
+    assert_eq!(
+        queue::fail(&mut conn, held[0].held(), "killed", "late", queue::backoff, now + 31).unwrap(),
+        Failed::NotHeld
+    );
+    assert!(queue::complete(&mut conn, taken[0].held(), "other").unwrap());
     assert!(tokenvault::db::models::jobs::all_of(&mut conn, KIND).unwrap().is_empty(), "done: the row is gone");
 }
 
@@ -94,7 +97,7 @@ async fn a_job_that_keeps_failing_backs_off_and_ends_dead_in_the_metrics() {
     let mut outcomes = Vec::new();
     for _ in 0..3 {
         let job = queue::claim(&mut conn, &[KIND], "w", 30, 10, now).unwrap().pop().expect("due");
-        let failed = queue::fail(&mut conn, &job, "w", "the provider answered 503", queue::backoff, now).unwrap();
+        let failed = queue::fail(&mut conn, job.held(), "w", "the provider answered 503", queue::backoff, now).unwrap();
         if let Failed::RetryAt(at) = failed {
             assert!(queue::claim(&mut conn, &[KIND], "w", 30, 10, at - 1).unwrap().is_empty(), "not before its time");
             outcomes.push(Failed::RetryAt(at - now));
@@ -138,4 +141,62 @@ fn a_job_is_enqueued_in_its_callers_transaction() {
     let payloads: Vec<String> =
         tokenvault::db::models::jobs::all_of(&mut conn, KIND).unwrap().into_iter().map(|j| j.payload).collect();
     assert_eq!(payloads, ["committed"]);
+}
+
+/// Revocations waiting in `token_revocations` when the jobs table arrives move into it: same
+/// sealed bytes, attempts and due time, and the old table is gone.
+#[test]
+fn waiting_revocations_move_into_the_jobs_table() {
+    use diesel::connection::SimpleConnection;
+    let (_dir, database, db) = open();
+    let postgres = database.is_postgres();
+    {
+        let mut conn = db.conn().unwrap();
+        // The database as the step before left it (the step's down.sql, not recorded), with two rows.
+        let down = if postgres {
+            include_str!("../migrations/postgres/2026-12-07-000200_jobs/down.sql")
+        } else {
+            include_str!("../migrations/sqlite/2026-12-07-000200_jobs/down.sql")
+        };
+        let bytes = |hex: &str| if postgres { format!("'\\x{hex}'::bytea") } else { format!("X'{hex}'") };
+        let sql = format!(
+            "{down}; DELETE FROM __diesel_schema_migrations WHERE version = '20261207000200';
+             INSERT INTO token_revocations (user_id, service, account_id, access_token, refresh_token, attempts, \
+             next_attempt_at, created_at) VALUES (7, 'fake', '', {}, {}, 2, 1000, 900), \
+             (8, 'github', 'acct', {}, NULL, 0, 1200, 1100);",
+            bytes("00ABCDEF"),
+            bytes("FF10"),
+            bytes("0102")
+        );
+        tokenvault::on_conn!(&mut conn, c => c.batch_execute(&sql)).unwrap();
+    }
+    drop(db);
+    let db = Db::open(&database.url).expect("the step runs again");
+    let mut conn = db.conn().unwrap();
+    let moved = tokenvault::db::models::revocations::all(&mut conn).unwrap();
+    let seen: Vec<_> = moved
+        .iter()
+        .map(|r| {
+            (
+                r.user_id,
+                r.service.as_str(),
+                r.account_id.as_str(),
+                r.access_token.clone(),
+                r.refresh_token.clone(),
+                r.attempts,
+                r.max_attempts,
+                r.next_attempt_at,
+                r.created_at,
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (7, "fake", "", vec![0x00, 0xab, 0xcd, 0xef], Some(vec![0xff, 0x10]), 2, 8, 1000, 900),
+            (8, "github", "acct", vec![0x01, 0x02], None, 0, 8, 1200, 1100),
+        ]
+    );
+    let old = tokenvault::on_conn!(&mut conn, c => c.batch_execute("SELECT 1 FROM token_revocations"));
+    assert!(old.is_err(), "the old table is gone");
 }

@@ -231,20 +231,6 @@ diesel::table! {
 }
 
 diesel::table! {
-    token_revocations (id) {
-        id -> BigInt,
-        user_id -> BigInt,
-        service -> Text,
-        account_id -> Text,
-        access_token -> Binary,
-        refresh_token -> Nullable<Binary>,
-        attempts -> BigInt,
-        next_attempt_at -> BigInt,
-        created_at -> BigInt,
-    }
-}
-
-diesel::table! {
     jobs (id) {
         id -> BigInt,
         kind -> Text,
@@ -284,6 +270,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     webhook_endpoints,
     audit_log,
     audit_head,
-    token_revocations,
     jobs,
 );

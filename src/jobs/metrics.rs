@@ -110,8 +110,8 @@ impl JobMetrics {
     }
 }
 
-/// The queued jobs' figures at `now`: webhook deliveries waiting (pending), revocations waiting,
-/// and every kind of the durable `jobs` table (`super::queue`).
+/// The queued jobs' figures at `now`: webhook deliveries waiting (pending), and every kind of the
+/// durable `jobs` table (`super::queue`; token revocations among them).
 pub fn queues(conn: &mut Conn, now: i64) -> AppResult<Vec<QueueFigures>> {
     let age = |oldest: Option<i64>| oldest.map_or(0, |at| (now - at).max(0));
     let figures = |job: &str, (depth, oldest): (i64, Option<i64>)| QueueFigures {
@@ -120,10 +120,7 @@ pub fn queues(conn: &mut Conn, now: i64) -> AppResult<Vec<QueueFigures>> {
         oldest_age: age(oldest),
         dead: None,
     };
-    let mut out = vec![
-        figures(crate::webhooks::worker::JOB, crate::db::models::webhooks::pending_figures(conn)?),
-        figures(crate::oauth::retire::JOB, crate::db::models::revocations::pending_figures(conn)?),
-    ];
+    let mut out = vec![figures(crate::webhooks::worker::JOB, crate::db::models::webhooks::pending_figures(conn)?)];
     for f in super::queue::figures(conn)? {
         out.push(QueueFigures { job: f.kind, depth: f.waiting, oldest_age: age(f.oldest), dead: Some(f.dead) });
     }

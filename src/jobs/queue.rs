@@ -10,7 +10,7 @@
 //! PostgreSQL claims with `FOR UPDATE SKIP LOCKED` (instances never wait on each other's claims);
 //! SQLite (one instance) with the same single `UPDATE … RETURNING`, atomic there.
 
-use crate::db::models::jobs::{self as rows, JobRow, NewJob};
+use crate::db::models::jobs::{self as rows, Held, JobRow, NewJob};
 use crate::db::Conn;
 use crate::error::AppResult;
 
@@ -48,7 +48,7 @@ pub fn claim(
 }
 
 /// `job` is done. False when `worker` no longer held it (its lease ran out and another took it).
-pub fn complete(conn: &mut Conn, job: &JobRow, worker: &str) -> AppResult<bool> {
+pub fn complete(conn: &mut Conn, job: Held, worker: &str) -> AppResult<bool> {
     Ok(rows::delete_held(conn, job.id, worker)?)
 }
 
@@ -67,7 +67,7 @@ pub enum Failed {
 /// `backoff(attempts)`, or dead after its last attempt.
 pub fn fail(
     conn: &mut Conn,
-    job: &JobRow,
+    job: Held,
     worker: &str,
     error: &str,
     backoff: fn(i64) -> i64,

@@ -18,3 +18,13 @@ CREATE TABLE jobs (
     created_at BIGINT NOT NULL
 );
 CREATE INDEX jobs_due ON jobs(kind, run_at) WHERE dead_at IS NULL;
+
+-- The first kind: token revocations (`oauth::retire`), until now in a table of their own. Rows
+-- waiting there move over with their attempts and due time (one leased as it moves is due when
+-- that lease would have ended); the sealed tokens go into the payload in hex, unchanged.
+INSERT INTO jobs (kind, payload, attempts, max_attempts, run_at, created_at)
+SELECT 'token_revocations', json_build_object('user_id', user_id, 'service', service, 'account_id', account_id,
+    'access_token', encode(access_token, 'hex'), 'refresh_token', encode(refresh_token, 'hex'))::text,
+    attempts, 8, next_attempt_at, created_at
+FROM token_revocations ORDER BY id;
+DROP TABLE token_revocations;

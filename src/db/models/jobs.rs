@@ -28,6 +28,21 @@ pub struct JobRow {
     pub created_at: i64,
 }
 
+/// What a worker needs to finish or fail a job it claimed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    pub id: i64,
+    /// Attempts started, the one held included.
+    pub attempts: i64,
+    pub max_attempts: i64,
+}
+
+impl JobRow {
+    pub fn held(&self) -> Held {
+        Held { id: self.id, attempts: self.attempts, max_attempts: self.max_attempts }
+    }
+}
+
 #[derive(Debug, Insertable)]
 #[diesel(table_name = jobs)]
 pub struct NewJob<'a> {
