@@ -151,7 +151,7 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
     let settings = Arc::new(settings);
     let cipher = Arc::new(cipher);
 
-    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let metrics = Arc::new(crate::state::AppMetrics::new());
     let metrics_state = metrics.clone();
     let database = AdHoc::try_on_ignite("Database and state", move |rocket| async move {
         let url = settings.database_url.clone();
@@ -241,7 +241,7 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
 
     let mut rocket = rocket::custom(figment)
         .attach(RequestLog)
-        .attach(crate::metrics::MetricsFairing(metrics))
+        .attach(crate::metrics::MetricsFairing(metrics.registry.clone()))
         .attach(Template::custom(|engines| engines.handlebars.set_strict_mode(true)))
         .attach(database)
         .attach(AdHoc::on_liftoff("Announce", |rocket| {
@@ -253,7 +253,7 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
                         app.db.clone(),
                         app.cipher.clone(),
                         app.settings.audit_retention_days,
-                        app.metrics.clone(),
+                        app.metrics.audit.clone(),
                         rocket.shutdown(),
                     );
                     rocket::tokio::spawn(async move {
@@ -269,7 +269,7 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
                         app.cipher.clone(),
                         std::time::Duration::from_secs(app.settings.audit_checkpoint_interval as u64),
                         app.settings.audit_checkpoint_file.clone(),
-                        app.metrics.clone(),
+                        app.metrics.audit.clone(),
                         {
                             let hooks = app.webhooks.clone();
                             std::sync::Arc::new(move |conn: &mut crate::db::Conn, c: &_| {
@@ -300,7 +300,7 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
                         db: app.db.clone(),
                         hooks: app.webhooks.clone(),
                         http: app.http.clone(),
-                        metrics: app.metrics.clone(),
+                        metrics: app.metrics.webhooks.clone(),
                         cipher: app.cipher.clone(),
                         public_http: crate::oauth::http::Outbound::with_resolver(
                             &app.settings,

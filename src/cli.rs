@@ -403,7 +403,7 @@ fn check() -> Result<String, String> {
     println!(
         "database: ok ({:?}, {}, migrations applied)",
         conn.backend(),
-        crate::db::redact_url(&settings.database_url)
+        crate::util::redact_url(&settings.database_url)
     );
     let key_check =
         crate::vault::rotation::verify_key(&mut conn, &prepared.cipher).map_err(|e| format!("vault key: {e}"))?;

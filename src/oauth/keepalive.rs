@@ -31,8 +31,8 @@ use crate::config::Settings;
 use crate::db::models::connections::{self, Connection, ConnectionStatus, Which};
 use crate::db::Db;
 use crate::error::AppResult;
-use crate::metrics::Metrics;
 use crate::oauth::http::Outbound;
+use crate::oauth::metrics::OauthMetrics;
 use crate::oauth::providers::{Catalog, Provider};
 use crate::oauth::refresh::{refresh_if, AccessError, HttpEndpoint, RefreshLocks, Refresher};
 use crate::oauth::store::Tokens;
@@ -237,7 +237,7 @@ pub struct Worker {
     pub cipher: Arc<Cipher>,
     pub caches: Arc<Caches>,
     pub http: Outbound,
-    pub metrics: Arc<Metrics>,
+    pub metrics: OauthMetrics,
     pub locks: Arc<RefreshLocks>,
     pub settings: Arc<Settings>,
     pub catalog: Arc<Catalog>,

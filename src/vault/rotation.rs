@@ -62,6 +62,9 @@ pub struct Rotated {
     pub retired_tokens: usize,
 }
 
+/// The `meta` rows that hold a sealed value, with the associated data each is sealed with.
+const SEALED_META: [(&str, Aad<'static>); 1] = [(crate::vault::AUDIT_CHAIN_KEY, Aad::AuditChainKey)];
+
 fn reseal(cipher: &Cipher, sealed: &[u8], aad: Aad<'_>) -> AppResult<Option<Vec<u8>>> {
     if !cipher.needs_rotation(sealed) {
         return Ok(None);
@@ -164,7 +167,15 @@ pub fn rotate(conn: &mut Conn, cipher: &Cipher, mut progress: impl FnMut(&str, u
                 revocations::set_tokens(conn, row.id, &access, refresh.as_deref())?;
             }
         }
-        crate::audit::reseal_key(conn, cipher)?;
+        // Values sealed in `meta` (the audit log's chain key): re-sealed here, by name, so that the
+        // vault needs nothing from the modules that keep them.
+        for (name, aad) in SEALED_META {
+            if let Some(sealed) = meta::get(conn, name)? {
+                if let Some(resealed) = reseal(cipher, &sealed, aad)? {
+                    meta::set(conn, name, &resealed, now())?;
+                }
+            }
+        }
         meta::set(conn, KEY_CHECK, &cipher.seal_str(KEY_CHECK_PLAINTEXT, Aad::KeyCheck), now())?;
         Ok::<_, AppError>(())
     })?;

@@ -9,8 +9,13 @@ use rocket::figment::Figment;
 use serde::Deserialize;
 use url::Url;
 
-use crate::oauth::provider_config::ProviderConfig;
+pub mod providers;
+
 use crate::util::Secret;
+use providers::ProviderConfig;
+
+/// Login-throttle entries per map unless configured (`login_throttle_capacity`): at most a few MB each.
+pub const DEFAULT_THROTTLE_CAPACITY: usize = 100_000;
 
 /// The settings as written in `Rocket.toml` / the environment.
 #[derive(Debug, Deserialize)]
@@ -156,7 +161,7 @@ impl Default for RawConfig {
             audit_retention_days: 365,
             audit_checkpoint_interval: 600,
             audit_checkpoint_file: None,
-            login_throttle_capacity: crate::auth::throttle::DEFAULT_CAPACITY,
+            login_throttle_capacity: DEFAULT_THROTTLE_CAPACITY,
             log: "info".into(),
             providers: BTreeMap::new(),
             webhooks: BTreeMap::new(),
@@ -337,7 +342,7 @@ impl std::fmt::Debug for Settings {
         f.debug_struct("Settings")
             .field("profile", &self.profile)
             .field("public_url", &self.public_url.as_str())
-            .field("database_url", &crate::db::redact_url(&self.database_url))
+            .field("database_url", &crate::util::redact_url(&self.database_url))
             .finish_non_exhaustive()
     }
 }
