@@ -37,7 +37,7 @@ pub fn prepare(figment: Figment) -> Result<Prepared, ConfigError> {
     let raw = RawConfig::from_figment(&figment)?;
     let settings = Settings::resolve(&raw, &profile)?;
     let catalog = Catalog::build(&settings, &raw.providers)?;
-    let webhooks = crate::webhooks::Webhooks::build(&raw.webhooks)?.allow_private_urls(settings.webhook_private_urls);
+    let webhooks = crate::webhooks::Webhooks::build(&raw.webhooks)?.allow_private_urls(settings.webhooks.private_urls);
 
     let vault_key = match key_or_file("vault_key", raw.vault_key.clone(), raw.vault_key_file.as_deref())? {
         Some(key) => key,
@@ -145,7 +145,7 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
              holds real users' tokens; set `demo_provider = false`."
         );
     }
-    let http = Outbound::new(&settings).map_err(|e| invalid("http_timeout", e))?;
+    let http = Outbound::new(&settings.http).map_err(|e| invalid("http_timeout", e))?;
     let static_files = crate::assets::StaticFiles { dir: settings.static_dir.clone() };
     let demo = settings.demo_provider;
     let settings = Arc::new(settings);
@@ -198,7 +198,8 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
                 if settings.demo_provider {
                     form_targets.extend(
                         settings
-                            .demo_redirect_uris
+                            .demo
+                            .redirect_uris
                             .iter()
                             .filter_map(|u| url::Url::parse(u).ok())
                             .map(|u| u.origin().ascii_serialization()),
@@ -215,12 +216,12 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
                     catalog,
                     refresh_locks: Default::default(),
                     metrics: metrics_state,
-                    caches: Arc::new(crate::cache::Caches::new(settings.cache_ttl)),
+                    caches: Arc::new(crate::cache::Caches::new(settings.api.cache_ttl)),
                     hasher: Arc::new(crate::auth::password::Hasher::for_this_machine()),
                     login_throttle: crate::auth::throttle::LoginThrottle::new(
-                        settings.login_limit_per_ip,
-                        settings.login_limit_per_account,
-                        settings.login_throttle_capacity,
+                        settings.login.per_ip,
+                        settings.login.per_account,
+                        settings.login.throttle_capacity,
                     ),
                     webhooks,
                     audit: Default::default(),
@@ -252,7 +253,7 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
                     let (db, cipher, days, metrics, shutdown) = (
                         app.db.clone(),
                         app.cipher.clone(),
-                        app.settings.audit_retention_days,
+                        app.settings.audit.retention_days,
                         app.metrics.audit.clone(),
                         rocket.shutdown(),
                     );
@@ -267,8 +268,8 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
                     let checkpoints = crate::audit::checkpoint::publish_periodically(
                         app.db.clone(),
                         app.cipher.clone(),
-                        std::time::Duration::from_secs(app.settings.audit_checkpoint_interval as u64),
-                        app.settings.audit_checkpoint_file.clone(),
+                        std::time::Duration::from_secs(app.settings.audit.checkpoint_interval as u64),
+                        app.settings.audit.checkpoint_file.clone(),
                         app.metrics.audit.clone(),
                         {
                             let hooks = app.webhooks.clone();
@@ -303,11 +304,11 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
                         metrics: app.metrics.webhooks.clone(),
                         cipher: app.cipher.clone(),
                         public_http: crate::oauth::http::Outbound::with_resolver(
-                            &app.settings,
+                            &app.settings.http,
                             Arc::new(crate::webhooks::egress::PublicOnly),
                         )
                         .expect("the public-only client builds as the main one did"),
-                        lease: (app.settings.http_timeout + app.settings.http_connect_timeout) as i64 + 5,
+                        lease: (app.settings.http.timeout + app.settings.http.connect_timeout) as i64 + 5,
                     };
                     let shutdown = rocket.shutdown();
                     rocket::tokio::spawn(async move {
@@ -328,7 +329,7 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
                     // The keep-alive worker (`oauth::keepalive`): stops starting refreshes when
                     // shutdown starts and is dropped with the same select (a lease it held
                     // expires by itself).
-                    if app.settings.keepalive_worker {
+                    if app.settings.refresh.keepalive_worker {
                         let (worker, shutdown) = (app.keepalive(), rocket.shutdown());
                         let stopping = {
                             let shutdown = shutdown.clone();

@@ -233,7 +233,7 @@ pub fn run(command: Command) -> Result<String, String> {
             let user = crate::db::models::users::find_by_username(&mut conn, &username)
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| format!("no user named {username}"))?;
-            let max_keys = prepared.settings.max_api_keys_per_user;
+            let max_keys = prepared.settings.api.max_keys_per_user;
             let cli = crate::audit::Actor::Cli;
             let created =
                 crate::auth::api_key::create(&mut conn, &prepared.cipher, cli, user.id, &name, &scope, max_keys)
@@ -286,7 +286,7 @@ pub fn run(command: Command) -> Result<String, String> {
         }
         Command::Audit { command: AuditCommand::Checkpoint } => {
             let (mut conn, prepared) = open()?;
-            let file = prepared.settings.audit_checkpoint_file.as_deref();
+            let file = prepared.settings.audit.checkpoint_file.as_deref();
             // The endpoints in effect, edits on /admin/webhooks included.
             prepared.webhooks.reload(&mut conn, &prepared.cipher).map_err(cli_error)?;
             let hooks = &prepared.webhooks;
@@ -388,7 +388,7 @@ fn check() -> Result<String, String> {
     crate::assets::template_root(settings.template_dir.as_deref())
         .map_err(|e| format!("configuration: `template_dir`: {e}"))?;
     let http =
-        crate::oauth::http::Outbound::new(settings).map_err(|e| format!("configuration: `http_timeout`: {e}"))?;
+        crate::oauth::http::Outbound::new(&settings.http).map_err(|e| format!("configuration: `http_timeout`: {e}"))?;
     println!("configuration: ok (profile {}, public_url {})", settings.profile, settings.public_url);
     let overrides = [("template_dir", &settings.template_dir), ("static_dir", &settings.static_dir)];
     for (key, dir) in overrides {

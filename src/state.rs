@@ -81,7 +81,7 @@ impl AppState {
             db: &self.db,
             cipher: &self.cipher,
             caches: &self.caches,
-            events_kept: self.settings.events_per_connection,
+            events_kept: self.settings.flows.events_per_connection,
         }
     }
 
@@ -107,8 +107,8 @@ impl AppState {
             http: self.http.clone(),
             catalog: self.catalog.clone(),
             queue: self.revocations.clone(),
-            default_lifetime: self.settings.default_token_lifetime,
-            lease: (self.settings.http_timeout + self.settings.http_connect_timeout) as i64 * 2 + 5,
+            default_lifetime: self.settings.refresh.default_token_lifetime,
+            lease: (self.settings.http.timeout + self.settings.http.connect_timeout) as i64 * 2 + 5,
         }
     }
 

@@ -146,7 +146,7 @@ async fn token(
             return Err(OAuthError(Status::BadRequest, "invalid_grant", "failure injected from the demo console"))
         }
         Some("slow") => {
-            rocket::tokio::time::sleep(std::time::Duration::from_secs(app.settings.http_timeout + 2)).await;
+            rocket::tokio::time::sleep(std::time::Duration::from_secs(app.settings.http.timeout + 2)).await;
         }
         Some(_) => {
             return Err(OAuthError(
@@ -157,7 +157,7 @@ async fn token(
         }
         None => {}
     }
-    let lifetime = app.settings.demo_token_lifetime;
+    let lifetime = app.settings.demo.token_lifetime;
     let invalid_grant = OAuthError(Status::BadRequest, "invalid_grant", "the grant is invalid, expired or used");
     // As Google and Dropbox do, the description says when the user revoked the grant.
     let revoked = OAuthError(Status::BadRequest, "invalid_grant", "the grant was revoked");

@@ -56,7 +56,7 @@ impl Access<'_> {
     }
 
     fn endpoint(&self) -> HttpEndpoint<'_> {
-        HttpEndpoint { http: self.http, default_lifetime: self.settings.default_token_lifetime }
+        HttpEndpoint { http: self.http, default_lifetime: self.settings.refresh.default_token_lifetime }
     }
 }
 
@@ -72,7 +72,7 @@ pub async fn fresh_token_with(
     which: Which,
     provider: &Provider,
 ) -> Result<FreshToken, AccessError> {
-    let margin = ctx.settings.refresh_margin;
+    let margin = ctx.settings.refresh.margin;
     refresh_if(ctx, which, provider, None, move |c| refresh_due(c.obtained_at, c.expires_at, margin, now())).await
 }
 
@@ -88,7 +88,7 @@ pub async fn refresh_after_401(
 ) -> Result<Option<FreshToken>, AccessError> {
     let endpoint = ctx.endpoint();
     let ctx = ctx.with_endpoint(&endpoint);
-    let cooldown = ctx.settings.refresh_cooldown;
+    let cooldown = ctx.settings.refresh.cooldown;
     let token = refresh_if(&ctx, which, provider, Some(cooldown), move |c| {
         c.version == stale_version && may_refresh_after_401(c.refresh_after_401_at, cooldown, now())
     })
@@ -168,7 +168,7 @@ mod tests {
         let settings = Settings::resolve(&RawConfig::default(), "debug").unwrap();
         let (cipher, caches, locks) = (Arc::new(Cipher::for_tests(3)), Caches::new(60), RefreshLocks::default());
         let (http, metrics) =
-            (Outbound::new(&settings).unwrap(), OauthMetrics::register(&crate::metrics::Metrics::new()));
+            (Outbound::new(&settings.http).unwrap(), OauthMetrics::register(&crate::metrics::Metrics::new()));
         let tokens = Tokens { db: &db, cipher: &cipher, caches: &caches, events_kept: 10 };
         let ctx = Access { tokens, http: &http, metrics: &metrics, locks: &locks, settings: &settings };
         let provider = crate::oauth::providers::demo(&settings);

@@ -115,9 +115,9 @@ pub async fn pass(
     stopping: &(dyn Fn() -> bool + Sync),
 ) -> AppResult<PassReport> {
     let started = now();
-    let idle_before = started - ctx.settings.keepalive_interval;
+    let idle_before = started - ctx.settings.refresh.keepalive_interval;
     let mut report = PassReport {
-        warned: raise_expiry_warnings(ctx.tokens.db, ctx.settings.expiry_warning).await?,
+        warned: raise_expiry_warnings(ctx.tokens.db, ctx.settings.refresh.expiry_warning).await?,
         ..Default::default()
     };
     let mut after = 0;
@@ -200,9 +200,9 @@ async fn provider_batch(
 ) -> PassReport {
     let report = Mutex::new(PassReport::default());
     let count = |f: fn(&mut PassReport)| f(&mut report.lock().unwrap_or_else(|e| e.into_inner()));
-    let interval = ctx.settings.keepalive_interval;
+    let interval = ctx.settings.refresh.keepalive_interval;
     futures_util::stream::iter(users)
-        .for_each_concurrent(ctx.settings.keepalive_concurrency, |which| async move {
+        .for_each_concurrent(ctx.settings.refresh.keepalive_concurrency, |which| async move {
             if stopping() || pace.paused(&provider.name, now()) {
                 return count(|r| r.skipped += 1);
             }
@@ -247,12 +247,13 @@ impl Worker {
     /// One [`pass`] with the server's handles and the HTTP endpoint (what [`Worker::run`] repeats;
     /// tests call it directly).
     pub async fn pass(&self, pace: &Pace, stopping: &(dyn Fn() -> bool + Sync)) -> AppResult<PassReport> {
-        let endpoint = HttpEndpoint { http: &self.http, default_lifetime: self.settings.default_token_lifetime };
+        let endpoint =
+            HttpEndpoint { http: &self.http, default_lifetime: self.settings.refresh.default_token_lifetime };
         let tokens = Tokens {
             db: &self.db,
             cipher: &self.cipher,
             caches: &self.caches,
-            events_kept: self.settings.events_per_connection,
+            events_kept: self.settings.flows.events_per_connection,
         };
         let ctx = Refresher {
             tokens,
@@ -268,9 +269,9 @@ impl Worker {
     /// says so; a failed pass is logged and the next one tried.
     pub async fn run(self, stopping: impl Fn() -> bool + Sync) {
         let pace = Pace::default();
-        let every = tick(self.settings.keepalive_interval);
+        let every = tick(self.settings.refresh.keepalive_interval);
         tracing::info!(
-            interval = self.settings.keepalive_interval,
+            interval = self.settings.refresh.keepalive_interval,
             every_secs = every.as_secs(),
             "keep-alive worker started"
         );

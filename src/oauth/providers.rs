@@ -490,7 +490,7 @@ pub fn demo(settings: &Settings) -> Provider {
         pkce: true,
         issuer: settings.url("/demo"),
         issuer_configured: true,
-        token_lifetime: Some(settings.demo_token_lifetime),
+        token_lifetime: Some(settings.demo.token_lifetime),
         tokens_expire: true,
         account_fields: AccountFields {
             id: Some("/id".into()),
