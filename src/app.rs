@@ -39,26 +39,7 @@ pub fn prepare(figment: Figment) -> Result<Prepared, ConfigError> {
     let catalog = Catalog::build(&settings, &raw.providers)?;
     let webhooks = crate::webhooks::Webhooks::build(&raw.webhooks)?.allow_private_urls(settings.webhooks.private_urls);
 
-    let vault_key = match key_or_file("vault_key", raw.vault_key.clone(), raw.vault_key_file.as_deref())? {
-        Some(key) => key,
-        None if settings.dev_mode => {
-            let path = settings.data_dir.join("vault.key");
-            let (key, created) = load_or_create_key(&path, true, Cipher::generate_key)?;
-            if created {
-                tracing::warn!(path = %path.display(), "generated a new vault key (debug profile only); keep this file, it opens every stored secret");
-            }
-            key
-        }
-        None => {
-            return Err(ConfigError::Missing(format!(
-            "`vault_key` is required in the `{profile}` profile: generate one with `tokenvault keygen` and set it as \
-                 ROCKET_VAULT_KEY, or put it in a file named by ROCKET_VAULT_KEY_FILE (`vault_key_file`)"
-        )))
-        }
-    };
-    let old: Vec<String> = raw.vault_old_keys.iter().map(|k| k.expose_secret().to_string()).collect();
-    let cipher =
-        Cipher::from_base64(vault_key.expose_secret(), &old).map_err(|e| invalid("vault_key", e.to_string()))?;
+    let (vault_key, cipher) = vault_key(&raw, &settings, &profile)?;
 
     let mut figment = figment;
     // Rocket's defaults hold an all-zero secret key, which it replaces with a random one per start
@@ -112,6 +93,36 @@ pub fn prepare(figment: Figment) -> Result<Prepared, ConfigError> {
     // (callbacks carry codes and states there). Rocket's own logger would.
     figment = figment.merge(("log_level", "off"));
     Ok(Prepared { figment, settings, catalog, cipher, webhooks })
+}
+
+/// The vault key (configured, in a file, or in the debug profile created on first start) and the
+/// cipher it opens, with the old keys of a rotation.
+fn vault_key(
+    raw: &RawConfig,
+    settings: &Settings,
+    profile: &str,
+) -> Result<(crate::util::Secret, Cipher), ConfigError> {
+    let vault_key = match key_or_file("vault_key", raw.vault_key.clone(), raw.vault_key_file.as_deref())? {
+        Some(key) => key,
+        None if settings.dev_mode => {
+            let path = settings.data_dir.join("vault.key");
+            let (key, created) = load_or_create_key(&path, true, Cipher::generate_key)?;
+            if created {
+                tracing::warn!(path = %path.display(), "generated a new vault key (debug profile only); keep this file, it opens every stored secret");
+            }
+            key
+        }
+        None => {
+            return Err(ConfigError::Missing(format!(
+            "`vault_key` is required in the `{profile}` profile: generate one with `tokenvault keygen` and set it as \
+                 ROCKET_VAULT_KEY, or put it in a file named by ROCKET_VAULT_KEY_FILE (`vault_key_file`)"
+        )))
+        }
+    };
+    let old: Vec<String> = raw.vault_old_keys.iter().map(|k| k.expose_secret().to_string()).collect();
+    let cipher =
+        Cipher::from_base64(vault_key.expose_secret(), &old).map_err(|e| invalid("vault_key", e.to_string()))?;
+    Ok((vault_key, cipher))
 }
 
 /// `ip_header = false` unless the operator set `ip_header` (a file or the environment): Rocket's
