@@ -1,7 +1,7 @@
 //! The built-in demo provider, end to end over real HTTP: the app is launched on a free port and
 //! calls its own `/demo` authorization server, exactly as `cargo run` does.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use tokenvault::util::ExposeSecret;

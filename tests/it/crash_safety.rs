@@ -10,7 +10,7 @@
 //! for a live refresh token, the "reconnect" page for a lost rotation (the provider revokes the
 //! family on the replay), and connecting again repairs it.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,7 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tokenvault::util::ExposeSecret;
 
-use common::{flow_params, FakeProvider, PASSWORD, SECRET_KEY, VAULT_KEY};
+use crate::common::{flow_params, FakeProvider, PASSWORD, SECRET_KEY, VAULT_KEY};
 use diesel::prelude::*;
 use reqwest::StatusCode;
 use serde_json::json;

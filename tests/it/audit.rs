@@ -1,10 +1,10 @@
 //! The audit log: what the app records, that no secret lands in it, the CLI's verify and tail,
 //! and two writers on one PostgreSQL never forking the chain.
 
-mod common;
+use crate::common;
 
-use common::cli::{text, tokenvault};
-use common::{TestApp, PASSWORD};
+use crate::common::cli::{text, tokenvault};
+use crate::common::{TestApp, PASSWORD};
 use rocket::http::{Header, Status};
 
 const VAULT_KEY: &str = "dGVzdC12YXVsdC1rZXktMzItYnl0ZXMtbG9uZyEhISE=";
@@ -512,7 +512,7 @@ fn a_rolled_back_head_and_cut_tail_are_caught_by_checkpoints() {
 /// a line in `audit_checkpoint_file`; an endpoint taking every event gets none.
 #[tokio::test]
 async fn the_server_publishes_a_checkpoint_at_start_up() {
-    use common::webhook_receiver::{secret, Receiver};
+    use crate::common::webhook_receiver::{secret, Receiver};
     use rocket::figment::value::{Dict, Value};
     let (audit_rx, all_rx) = (Receiver::start().await, Receiver::start().await);
     let (s1, s2) = (secret(), secret());

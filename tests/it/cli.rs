@@ -1,12 +1,12 @@
 //! The `tokenvault` binary's commands, and its refusal to start without keys in production.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 use tokenvault::util::ExposeSecret;
 
-use common::cli::{text, tokenvault};
+use crate::common::cli::{text, tokenvault};
 
 const VAULT_KEY: &str = "dGVzdC12YXVsdC1rZXktMzItYnl0ZXMtbG9uZyEhISE=";
 
@@ -383,7 +383,7 @@ fn names_that_differ_only_in_case_block_the_upgrade_until_renamed() {
         let cipher = tokenvault::vault::Cipher::from_base64(VAULT_KEY, &[]).unwrap();
         tokenvault::audit::open(&mut conn, &cipher).unwrap().unwrap();
         // (The step's down.sql is the same on both backends.)
-        let down = include_str!("../migrations/sqlite/2026-12-06-000210_usernames_nocase/down.sql");
+        let down = include_str!("../../migrations/sqlite/2026-12-06-000210_usernames_nocase/down.sql");
         let sql = format!(
             "{down}; DELETE FROM __diesel_schema_migrations WHERE version = '{}';",
             tokenvault::db::USERNAMES_NOCASE

@@ -4,11 +4,11 @@
 //! provider's 429 is honoured; the spawned worker really runs in the server binary, and two
 //! instances on one PostgreSQL database refresh each connection exactly once.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::{builder, TestApp};
+use crate::common::{builder, TestApp};
 use rocket::http::{Header, Status};
 use serde_json::{json, Value};
 use tokenvault::oauth::keepalive::{Pace, PassReport};

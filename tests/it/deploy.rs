@@ -1,15 +1,15 @@
 //! Deploying the binary alone: embedded templates and static files (and their overrides), the
 //! `backup` and `check` commands, key files, and PostgreSQL over TLS without a system libpq.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use common::cli::{text, tokenvault};
+use crate::common::cli::{text, tokenvault};
 
-use common::server::{self, Options};
-use common::{builder, TestApp};
+use crate::common::server::{self, Options};
+use crate::common::{builder, TestApp};
 use rocket::http::{Header, Status};
 
 const OTHER_VAULT_KEY: &str = "b3RoZXItdmF1bHQta2V5LW9mLTMyLWJ5dGVzLWxvbmc=";

@@ -1,9 +1,9 @@
 //! The JSON API: API keys, connections, fresh tokens, the authenticated proxy, and operations
 //! endpoints.
 
-mod common;
+use crate::common;
 
-use common::{builder, TestApp};
+use crate::common::{builder, TestApp};
 use rocket::http::{ContentType, Header, Status};
 use serde_json::{json, Value};
 use wiremock::ResponseTemplate;

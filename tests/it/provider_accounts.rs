@@ -4,9 +4,9 @@
 //! provider on a real HTTP port, which answers its account API for whichever account the user
 //! is "signed in to" there.
 
-mod common;
+use crate::common;
 
-use common::{builder, TestApp, PUBLIC_URL};
+use crate::common::{builder, TestApp, PUBLIC_URL};
 use rocket::http::{Header, Status};
 use serde_json::Value;
 
