@@ -8,6 +8,11 @@
 //! failure. Screenshots of the main pages go to `target/screenshots/`, or to
 //! `TOKENVAULT_SCREENSHOTS_DIR` when set (`docs/screenshots` refreshes the documentation's).
 
+// The harness of `tests/common`: the `it` binary uses all of it (its dead-code check covers
+// it); this suite uses a part.
+#[allow(dead_code)]
+#[path = "../common/binary.rs"]
+mod binary;
 mod harness;
 
 mod account;

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod binary;
 pub mod cli;
 pub mod fake_provider;
 pub mod server;

@@ -4,7 +4,7 @@
 use crate::common;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use crate::common::cli::{text, tokenvault};
 
@@ -359,34 +359,21 @@ async fn keys_can_come_from_files_as_systemd_credentials() {
     assert!(!out.status.success() && text(&out).contains("secret_key_file /nonexistent/key"), "{}", text(&out));
 
     // The server starts in the release profile with only the files (no key in the environment).
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tokenvault"));
-    let port = server::free_port();
-    cmd.current_dir(dir.path())
-        .env_clear()
-        .env("ROCKET_CONFIG", dir.path().join("no-Rocket.toml"))
-        .env("ROCKET_PORT", port.to_string())
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(dir.path().join("serve.log")).unwrap()));
-    for (k, v) in env.iter().map(|(k, v)| (k.as_str(), v.as_str())).chain(files) {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let http = reqwest::Client::new();
-    let mut ready = false;
-    for _ in 0..600 {
-        if let Ok(r) = http.get(format!("http://127.0.0.1:{port}/readyz")).send().await {
-            ready = r.status() == 200;
-            break;
+    let dir_path = dir.path();
+    let mut server = common::binary::spawn("127.0.0.1", None, dir_path, |cmd, _| {
+        cmd.current_dir(dir_path)
+            .env_clear()
+            .env("ROCKET_CONFIG", dir_path.join("no-Rocket.toml"))
+            .env("RUST_LOG", "info");
+        for (k, v) in env.iter().map(|(k, v)| (k.as_str(), v.as_str())).chain(files) {
+            cmd.env(k, v);
         }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("exited with {status}: {}", std::fs::read_to_string(dir.path().join("serve.log")).unwrap());
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap();
+    })
+    .await;
+    let ready = reqwest::get(format!("{}/readyz", server.base)).await.is_ok_and(|r| r.status() == 200);
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+    let log = server.log_text();
     assert!(ready, "{log}");
     assert!(!log.contains(common::VAULT_KEY) && !log.contains(common::SECRET_KEY));
 }

@@ -814,7 +814,7 @@ async fn an_event_committed_before_a_sigkill_is_delivered_after_the_restart() {
     let dir = tempfile::tempdir().unwrap();
     let database = common::TestDatabase::new(dir.path());
     seed_credentials(&database.url);
-    let (port, s, fake_uri) = (common::server::free_port(), secret(), fake.uri());
+    let (port, s, fake_uri) = (common::binary::free_port(), secret(), fake.uri());
     // Short timeouts: a kill that lands mid-attempt leaves a lease of 2 + 1 + 5 s.
     let options = || common::server::Options {
         env: vec![
