@@ -8,8 +8,8 @@
 //! failure. Screenshots of the main pages go to `target/screenshots/`, or to
 //! `TOKENVAULT_SCREENSHOTS_DIR` when set (`docs/screenshots` refreshes the documentation's).
 
-// The harness of `tests/common`: the `it` binary uses all of it (its dead-code check covers
-// it); this suite uses a part.
+// Two files of `tests/common`: the `it` binary uses all of them (its dead-code check covers
+// them); this suite uses a part.
 #[allow(dead_code)]
 #[path = "../common/binary.rs"]
 mod binary;
@@ -25,6 +25,7 @@ mod phone;
 mod provider_accounts;
 mod revocation;
 mod sessions;
+#[allow(dead_code)]
 #[path = "../common/webhook_receiver.rs"]
 mod webhook_receiver;
 mod webhooks;

@@ -7,8 +7,7 @@ use std::process::Command;
 use tokenvault::util::ExposeSecret;
 
 use crate::common::cli::{text, tokenvault};
-
-const VAULT_KEY: &str = "dGVzdC12YXVsdC1rZXktMzItYnl0ZXMtbG9uZyEhISE=";
+use crate::common::VAULT_KEY;
 
 #[test]
 fn user_add_reads_the_password_from_stdin() {

@@ -131,15 +131,6 @@ async fn a_missing_or_broken_override_directory_stops_the_start_with_its_name() 
     assert!(err.contains("home/landing.html.hbs"), "{err}");
 }
 
-/// Create an API key through the settings page; returns it.
-async fn api_key(agent: &common::Agent<'_>) -> String {
-    let csrf = agent.csrf("/settings/api-keys").await;
-    let r = agent.post_form("/settings/api-keys", &[("csrf_token", &csrf), ("name", "restore test")]).await;
-    assert_eq!(r.status, Status::Ok, "{}", r.text);
-    let re = regex::Regex::new(r#"<code id="new-api-key">(tvk_[A-Za-z0-9_-]+)</code>"#).unwrap();
-    re.captures(&r.text).expect("the new key is shown once")[1].to_string()
-}
-
 /// Sign up users on a running server until told to stop; returns how many.
 async fn keep_signing_up(base: String, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> usize {
     let mut n = 0;
@@ -173,7 +164,7 @@ async fn a_backup_of_a_running_instance_restores_into_a_fresh_one() {
     let app = TestApp::start().await;
     let alice = app.user("alice").await;
     alice.connect("fake").await;
-    let key = api_key(&alice).await;
+    let key = alice.api_key("restore test").await;
     let (access_token, _) = app.stored_tokens("alice", "fake").unwrap();
     let backup = app.dir.path().join("backups/tokenvault-backup.sqlite");
     std::fs::create_dir_all(backup.parent().unwrap()).unwrap();
