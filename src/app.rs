@@ -37,28 +37,9 @@ pub fn prepare(figment: Figment) -> Result<Prepared, ConfigError> {
     let raw = RawConfig::from_figment(&figment)?;
     let settings = Settings::resolve(&raw, &profile)?;
     let catalog = Catalog::build(&settings, &raw.providers)?;
-    let webhooks = crate::webhooks::Webhooks::build(&raw.webhooks)?.allow_private_urls(settings.webhook_private_urls);
+    let webhooks = crate::webhooks::Webhooks::build(&raw.webhooks)?.allow_private_urls(settings.webhooks.private_urls);
 
-    let vault_key = match key_or_file("vault_key", raw.vault_key.clone(), raw.vault_key_file.as_deref())? {
-        Some(key) => key,
-        None if settings.dev_mode => {
-            let path = settings.data_dir.join("vault.key");
-            let (key, created) = load_or_create_key(&path, true, Cipher::generate_key)?;
-            if created {
-                tracing::warn!(path = %path.display(), "generated a new vault key (debug profile only); keep this file, it opens every stored secret");
-            }
-            key
-        }
-        None => {
-            return Err(ConfigError::Missing(format!(
-            "`vault_key` is required in the `{profile}` profile: generate one with `tokenvault keygen` and set it as \
-                 ROCKET_VAULT_KEY, or put it in a file named by ROCKET_VAULT_KEY_FILE (`vault_key_file`)"
-        )))
-        }
-    };
-    let old: Vec<String> = raw.vault_old_keys.iter().map(|k| k.expose_secret().to_string()).collect();
-    let cipher =
-        Cipher::from_base64(vault_key.expose_secret(), &old).map_err(|e| invalid("vault_key", e.to_string()))?;
+    let (vault_key, cipher) = vault_key(&raw, &settings, &profile)?;
 
     let mut figment = figment;
     // Rocket's defaults hold an all-zero secret key, which it replaces with a random one per start
@@ -114,6 +95,36 @@ pub fn prepare(figment: Figment) -> Result<Prepared, ConfigError> {
     Ok(Prepared { figment, settings, catalog, cipher, webhooks })
 }
 
+/// The vault key (configured, in a file, or in the debug profile created on first start) and the
+/// cipher it opens, with the old keys of a rotation.
+fn vault_key(
+    raw: &RawConfig,
+    settings: &Settings,
+    profile: &str,
+) -> Result<(crate::util::Secret, Cipher), ConfigError> {
+    let vault_key = match key_or_file("vault_key", raw.vault_key.clone(), raw.vault_key_file.as_deref())? {
+        Some(key) => key,
+        None if settings.dev_mode => {
+            let path = settings.data_dir.join("vault.key");
+            let (key, created) = load_or_create_key(&path, true, Cipher::generate_key)?;
+            if created {
+                tracing::warn!(path = %path.display(), "generated a new vault key (debug profile only); keep this file, it opens every stored secret");
+            }
+            key
+        }
+        None => {
+            return Err(ConfigError::Missing(format!(
+            "`vault_key` is required in the `{profile}` profile: generate one with `tokenvault keygen` and set it as \
+                 ROCKET_VAULT_KEY, or put it in a file named by ROCKET_VAULT_KEY_FILE (`vault_key_file`)"
+        )))
+        }
+    };
+    let old: Vec<String> = raw.vault_old_keys.iter().map(|k| k.expose_secret().to_string()).collect();
+    let cipher =
+        Cipher::from_base64(vault_key.expose_secret(), &old).map_err(|e| invalid("vault_key", e.to_string()))?;
+    Ok((vault_key, cipher))
+}
+
 /// `ip_header = false` unless the operator set `ip_header` (a file or the environment): Rocket's
 /// built-in default is never used.
 fn ip_header_only_if_named(figment: Figment) -> Figment {
@@ -145,16 +156,16 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
              holds real users' tokens; set `demo_provider = false`."
         );
     }
-    let http = Outbound::new(&settings).map_err(|e| invalid("http_timeout", e))?;
+    let http = Outbound::new(&settings.http).map_err(|e| invalid("http_timeout", e))?;
     let static_files = crate::assets::StaticFiles { dir: settings.static_dir.clone() };
     let demo = settings.demo_provider;
     let settings = Arc::new(settings);
     let cipher = Arc::new(cipher);
 
-    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let metrics = Arc::new(crate::state::AppMetrics::new());
     let metrics_state = metrics.clone();
     // The background jobs (`crate::jobs`): started at liftoff, stopped at shutdown.
-    let jobs = Arc::new(crate::jobs::Supervisor::new(Arc::new(crate::jobs::JobMetrics::new(&metrics))));
+    let jobs = Arc::new(crate::jobs::Supervisor::new(metrics.jobs.clone()));
     let jobs_state = jobs.clone();
     let database = AdHoc::try_on_ignite("Database and state", move |rocket| async move {
         let url = settings.database_url.clone();
@@ -201,7 +212,8 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
                 if settings.demo_provider {
                     form_targets.extend(
                         settings
-                            .demo_redirect_uris
+                            .demo
+                            .redirect_uris
                             .iter()
                             .filter_map(|u| url::Url::parse(u).ok())
                             .map(|u| u.origin().ascii_serialization()),
@@ -218,12 +230,12 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
                     catalog,
                     refresh_locks: Default::default(),
                     metrics: metrics_state,
-                    caches: Arc::new(crate::cache::Caches::new(settings.cache_ttl)),
+                    caches: Arc::new(crate::cache::Caches::new(settings.api.cache_ttl)),
                     hasher: Arc::new(crate::auth::password::Hasher::for_this_machine()),
                     login_throttle: crate::auth::throttle::LoginThrottle::new(
-                        settings.login_limit_per_ip,
-                        settings.login_limit_per_account,
-                        settings.login_throttle_capacity,
+                        settings.login.per_ip,
+                        settings.login.per_account,
+                        settings.login.throttle_capacity,
                     ),
                     webhooks,
                     audit: Default::default(),
@@ -245,7 +257,7 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
 
     let mut rocket = rocket::custom(figment)
         .attach(RequestLog)
-        .attach(crate::metrics::MetricsFairing(metrics))
+        .attach(crate::metrics::MetricsFairing(metrics.registry.clone()))
         .attach(Template::custom(|engines| engines.handlebars.set_strict_mode(true)))
         .attach(database)
         .attach(crate::jobs::Fairing { supervisor: jobs })

@@ -326,7 +326,7 @@ pub struct Pruner {
     pub db: Db,
     pub cipher: Arc<Cipher>,
     pub days: i64,
-    pub metrics: Arc<crate::metrics::Metrics>,
+    pub metrics: crate::audit::metrics::AuditMetrics,
 }
 
 #[rocket::async_trait]
@@ -341,7 +341,7 @@ impl crate::jobs::Job for Pruner {
             Ok(Ok(0)) => {}
             Ok(Ok(n)) => tracing::info!(removed = n, "audit entries past retention pruned"),
             Ok(Err(broken)) => {
-                self.metrics.audit_prune_refused();
+                self.metrics.prune_refused();
                 tracing::error!(
                     "audit pruning refused, nothing removed: {broken}. Run `tokenvault audit verify`; the entries \
                      stay until the log verifies"

@@ -335,7 +335,7 @@ pub struct Publisher {
     db: crate::db::Db,
     cipher: std::sync::Arc<Cipher>,
     file: Option<std::path::PathBuf>,
-    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    metrics: crate::audit::metrics::AuditMetrics,
     record_event: std::sync::Arc<RecordEvent>,
     last: Option<Checkpoint>,
 }
@@ -345,7 +345,7 @@ impl Publisher {
         db: crate::db::Db,
         cipher: std::sync::Arc<Cipher>,
         file: Option<std::path::PathBuf>,
-        metrics: std::sync::Arc<crate::metrics::Metrics>,
+        metrics: crate::audit::metrics::AuditMetrics,
         record_event: std::sync::Arc<RecordEvent>,
     ) -> Publisher {
         Publisher { db, cipher, file, metrics, record_event, last: None }
@@ -374,7 +374,7 @@ impl Publisher {
             Ok(None) => Ok(()),
             Ok(Some((published, gone, previous))) => {
                 if let (Some(finding), Some(p)) = (gone, previous) {
-                    metrics.audit_checkpoint("inconsistent");
+                    metrics.checkpoint("inconsistent");
                     tracing::error!(
                         checkpoint = %p.short(),
                         "the audit log no longer holds this instance's previous checkpoint: {finding}. Run `tokenvault \
@@ -384,22 +384,22 @@ impl Publisher {
                 }
                 match published {
                     Ok(p) => {
-                        metrics.audit_checkpoint("published");
+                        metrics.checkpoint("published");
                         if !p.problems.is_empty() {
-                            metrics.audit_checkpoint("failed");
+                            metrics.checkpoint("failed");
                         }
                         self.last = Some(p.checkpoint);
                         Ok(())
                     }
                     Err(broken) => {
-                        metrics.audit_checkpoint("failed");
+                        metrics.checkpoint("failed");
                         tracing::error!("no audit checkpoint published: {broken}. Run `tokenvault audit verify`");
                         Err("no audit checkpoint published".into())
                     }
                 }
             }
             Err(e) => {
-                metrics.audit_checkpoint("failed");
+                metrics.checkpoint("failed");
                 Err(format!("no audit checkpoint published: {e}"))
             }
         }

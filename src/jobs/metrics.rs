@@ -1,13 +1,15 @@
-//! The jobs' metrics, registered in the server's registry (`crate::metrics::Metrics::register`):
+//! The jobs' metrics, registered in the server's registry (`state::AppMetrics`):
 //! runs and failed runs by job (counters), and for the queued jobs the pending items and the age
 //! of the oldest (gauges, read at scrape time with [`queues`]).
 
-use prometheus::{IntCounterVec, IntGaugeVec, Opts};
+use prometheus::{IntCounterVec, IntGaugeVec};
 
 use crate::db::Conn;
 use crate::error::AppResult;
+use crate::metrics::Metrics;
 
 /// What `/metrics` shows of the jobs.
+#[derive(Clone)]
 pub struct JobMetrics {
     runs: IntCounterVec,
     failures: IntCounterVec,
@@ -33,43 +35,23 @@ pub struct QueueFigures {
 }
 
 impl JobMetrics {
-    /// The jobs' metrics, registered in `registry`.
-    pub fn new(registry: &crate::metrics::Metrics) -> JobMetrics {
-        let runs = IntCounterVec::new(Opts::new("job_runs_total", "Background job runs, by job"), &["job"])
-            .expect("valid metric");
-        let failures = IntCounterVec::new(
-            Opts::new("job_failures_total", "Background job runs that failed or panicked, by job"),
-            &["job"],
-        )
-        .expect("valid metric");
-        let queue_depth = IntGaugeVec::new(
-            Opts::new("job_queue_depth", "Items waiting in a background job's queue, by job"),
-            &["job"],
-        )
-        .expect("valid metric");
-        let oldest_pending = IntGaugeVec::new(
-            Opts::new(
+    /// The jobs' metrics, registered in `m`.
+    pub fn register(m: &Metrics) -> JobMetrics {
+        JobMetrics {
+            runs: m.counters("job_runs_total", "Background job runs, by job", &["job"]),
+            failures: m.counters("job_failures_total", "Background job runs that failed or panicked, by job", &["job"]),
+            queue_depth: m.gauges("job_queue_depth", "Items waiting in a background job's queue, by job", &["job"]),
+            oldest_pending: m.gauges(
                 "job_oldest_pending_seconds",
                 "Age of the oldest item waiting in a background job's queue (0 when empty), by job",
+                &["job"],
             ),
-            &["job"],
-        )
-        .expect("valid metric");
-        let dead = IntGaugeVec::new(
-            Opts::new("job_dead", "Durable jobs given up after their attempts (kept in the jobs table), by job"),
-            &["job"],
-        )
-        .expect("valid metric");
-        for c in [
-            Box::new(runs.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(failures.clone()),
-            Box::new(queue_depth.clone()),
-            Box::new(oldest_pending.clone()),
-            Box::new(dead.clone()),
-        ] {
-            registry.register(c).expect("job metrics register once");
+            dead: m.gauges(
+                "job_dead",
+                "Durable jobs given up after their attempts (kept in the jobs table), by job",
+                &["job"],
+            ),
         }
-        JobMetrics { runs, failures, queue_depth, oldest_pending, dead }
     }
 
     /// `job` is running: its series show from now on (0 until it runs).

@@ -86,9 +86,9 @@ impl Intervals {
             webhooks: crate::webhooks::worker::POLL_INTERVAL,
             revocations: crate::oauth::retire::POLL_INTERVAL,
             cache_invalidations: crate::cache::POLL_INTERVAL,
-            keepalive: crate::oauth::keepalive::tick(settings.keepalive_interval),
+            keepalive: crate::oauth::keepalive::tick(settings.refresh.keepalive_interval),
             audit_prune: crate::audit::batcher::PRUNE_EVERY,
-            audit_checkpoint: Duration::from_secs(settings.audit_checkpoint_interval.max(1) as u64),
+            audit_checkpoint: Duration::from_secs(settings.audit.checkpoint_interval.max(1) as u64),
         }
     }
 }
@@ -129,15 +129,15 @@ pub fn all(app: &AppState) -> Vec<Scheduled> {
             crate::audit::checkpoint::Publisher::new(
                 app.db.clone(),
                 app.cipher.clone(),
-                app.settings.audit_checkpoint_file.clone(),
-                app.metrics.clone(),
+                app.settings.audit.checkpoint_file.clone(),
+                app.metrics.audit.clone(),
                 record_checkpoint,
             ),
         ),
     ];
-    if app.settings.audit_retention_days > 0 {
+    if app.settings.audit.retention_days > 0 {
         let (db, cipher, days, metrics) =
-            (app.db.clone(), app.cipher.clone(), app.settings.audit_retention_days, app.metrics.clone());
+            (app.db.clone(), app.cipher.clone(), app.settings.audit.retention_days, app.metrics.audit.clone());
         jobs.push(every(t.audit_prune, crate::audit::batcher::Pruner { db, cipher, days, metrics }));
     }
     if app.caches.api_keys.enabled() || app.caches.connections.enabled() {
@@ -146,7 +146,7 @@ pub fn all(app: &AppState) -> Vec<Scheduled> {
             crate::cache::InvalidationPoll::new(app.db.clone(), app.caches.clone()),
         ));
     }
-    if app.settings.keepalive_worker {
+    if app.settings.refresh.keepalive_worker {
         jobs.push(every(t.keepalive, app.keepalive().into_job(t.keepalive)).first_after_interval());
     }
     jobs
@@ -155,12 +155,12 @@ pub fn all(app: &AppState) -> Vec<Scheduled> {
 /// Runs jobs until its token is cancelled.
 pub struct Supervisor {
     stop: CancellationToken,
-    metrics: Arc<JobMetrics>,
+    metrics: JobMetrics,
     tasks: Mutex<JoinSet<()>>,
 }
 
 impl Supervisor {
-    pub fn new(metrics: Arc<JobMetrics>) -> Supervisor {
+    pub fn new(metrics: JobMetrics) -> Supervisor {
         Supervisor { stop: CancellationToken::new(), metrics, tasks: Mutex::new(JoinSet::new()) }
     }
 
@@ -169,7 +169,7 @@ impl Supervisor {
         self.stop.clone()
     }
 
-    pub fn metrics(&self) -> &Arc<JobMetrics> {
+    pub fn metrics(&self) -> &JobMetrics {
         &self.metrics
     }
 
@@ -201,7 +201,7 @@ impl Supervisor {
 }
 
 /// One job's loop: run, count, wait; until `stop`.
-async fn drive(scheduled: Scheduled, stop: CancellationToken, metrics: Arc<JobMetrics>) {
+async fn drive(scheduled: Scheduled, stop: CancellationToken, metrics: JobMetrics) {
     let Scheduled { mut job, every, at_start } = scheduled;
     let name = job.name();
     if !at_start {

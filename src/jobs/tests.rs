@@ -40,7 +40,7 @@ impl Job for Endless {
 }
 
 fn supervisor() -> Supervisor {
-    Supervisor::new(Arc::new(JobMetrics::new(&crate::metrics::Metrics::new())))
+    Supervisor::new(JobMetrics::register(&crate::metrics::Metrics::new()))
 }
 
 fn probe(

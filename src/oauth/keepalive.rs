@@ -17,8 +17,8 @@
 //!   whose refresh token expires within `expiry_warning` seconds: once per expiry, by one
 //!   instance (a compare-and-swap on `connections.expiry_warned_for`), in the same transaction as
 //!   its outbox row.
-//! - [`Worker::run`] repeats passes every [`tick`]; the server spawns it at liftoff and drops it
-//!   when shutdown starts (`app.rs`); the CLI never launches Rocket, so never runs it.
+//! - [`KeepaliveJob`] ([`Worker::into_job`]) repeats passes every [`tick`], a background job of
+//!   `crate::jobs` from liftoff to shutdown; the CLI never launches Rocket, so never runs it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -31,8 +31,8 @@ use crate::config::Settings;
 use crate::db::models::connections::{self, Connection, ConnectionStatus, Which};
 use crate::db::Db;
 use crate::error::AppResult;
-use crate::metrics::Metrics;
 use crate::oauth::http::Outbound;
+use crate::oauth::metrics::OauthMetrics;
 use crate::oauth::providers::{Catalog, Provider};
 use crate::oauth::refresh::{refresh_if, AccessError, HttpEndpoint, RefreshLocks, Refresher};
 use crate::oauth::store::Tokens;
@@ -115,9 +115,9 @@ pub async fn pass(
     stopping: &(dyn Fn() -> bool + Sync),
 ) -> AppResult<PassReport> {
     let started = now();
-    let idle_before = started - ctx.settings.keepalive_interval;
+    let idle_before = started - ctx.settings.refresh.keepalive_interval;
     let mut report = PassReport {
-        warned: raise_expiry_warnings(ctx.tokens.db, ctx.settings.expiry_warning).await?,
+        warned: raise_expiry_warnings(ctx.tokens.db, ctx.settings.refresh.expiry_warning).await?,
         ..Default::default()
     };
     let mut after = 0;
@@ -200,9 +200,9 @@ async fn provider_batch(
 ) -> PassReport {
     let report = Mutex::new(PassReport::default());
     let count = |f: fn(&mut PassReport)| f(&mut report.lock().unwrap_or_else(|e| e.into_inner()));
-    let interval = ctx.settings.keepalive_interval;
+    let interval = ctx.settings.refresh.keepalive_interval;
     futures_util::stream::iter(users)
-        .for_each_concurrent(ctx.settings.keepalive_concurrency, |which| async move {
+        .for_each_concurrent(ctx.settings.refresh.keepalive_concurrency, |which| async move {
             if stopping() || pace.paused(&provider.name, now()) {
                 return count(|r| r.skipped += 1);
             }
@@ -237,22 +237,23 @@ pub struct Worker {
     pub cipher: Arc<Cipher>,
     pub caches: Arc<Caches>,
     pub http: Outbound,
-    pub metrics: Arc<Metrics>,
+    pub metrics: OauthMetrics,
     pub locks: Arc<RefreshLocks>,
     pub settings: Arc<Settings>,
     pub catalog: Arc<Catalog>,
 }
 
 impl Worker {
-    /// One [`pass`] with the server's handles and the HTTP endpoint (what [`Worker::run`] repeats;
+    /// One [`pass`] with the server's handles and the HTTP endpoint (what [`KeepaliveJob`] repeats;
     /// tests call it directly).
     pub async fn pass(&self, pace: &Pace, stopping: &(dyn Fn() -> bool + Sync)) -> AppResult<PassReport> {
-        let endpoint = HttpEndpoint { http: &self.http, default_lifetime: self.settings.default_token_lifetime };
+        let endpoint =
+            HttpEndpoint { http: &self.http, default_lifetime: self.settings.refresh.default_token_lifetime };
         let tokens = Tokens {
             db: &self.db,
             cipher: &self.cipher,
             caches: &self.caches,
-            events_kept: self.settings.events_per_connection,
+            events_kept: self.settings.flows.events_per_connection,
         };
         let ctx = Refresher {
             tokens,
@@ -268,7 +269,7 @@ impl Worker {
     /// one interval after start; no refresh starts once shutdown has begun (`every` is logged).
     pub fn into_job(self, every: Duration) -> KeepaliveJob {
         tracing::info!(
-            interval = self.settings.keepalive_interval,
+            interval = self.settings.refresh.keepalive_interval,
             every_secs = every.as_secs(),
             "keep-alive worker started"
         );

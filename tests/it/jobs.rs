@@ -3,7 +3,7 @@
 //! worker's lease runs out and another worker takes the job, a job that keeps failing backs off
 //! and ends dead — shown in /metrics — and a job is enqueued in its caller's transaction.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 
@@ -116,9 +116,9 @@ async fn a_job_that_keeps_failing_backs_off_and_ends_dead_in_the_metrics() {
     // What /metrics shows of it (the same figures the route reads at scrape time).
     queue::enqueue(&mut conn, KIND, "waiting", 3, start + 86_400).unwrap();
     let metrics = tokenvault::metrics::Metrics::new();
-    let jobs = tokenvault::jobs::JobMetrics::new(&metrics);
+    let jobs = tokenvault::jobs::JobMetrics::register(&metrics);
     jobs.set_queues(&tokenvault::jobs::metrics::queues(&mut conn, tokenvault::util::now() + 50).unwrap());
-    let text = metrics.render(&[], &[], Default::default());
+    let text = metrics.render();
     assert!(text.contains("tokenvault_job_dead{job=\"test.kind\"} 1"), "{text}");
     assert!(text.contains("tokenvault_job_queue_depth{job=\"test.kind\"} 1"), "{text}");
     let oldest =
@@ -154,9 +154,9 @@ fn waiting_revocations_move_into_the_jobs_table() {
         let mut conn = db.conn().unwrap();
         // The database as the step before left it (the step's down.sql, not recorded), with two rows.
         let down = if postgres {
-            include_str!("../migrations/postgres/2026-12-07-000200_jobs/down.sql")
+            include_str!("../../migrations/postgres/2026-12-07-000200_jobs/down.sql")
         } else {
-            include_str!("../migrations/sqlite/2026-12-07-000200_jobs/down.sql")
+            include_str!("../../migrations/sqlite/2026-12-07-000200_jobs/down.sql")
         };
         let bytes = |hex: &str| if postgres { format!("'\\x{hex}'::bytea") } else { format!("X'{hex}'") };
         let sql = format!(
