@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 use crate::state::AppState;
 
+pub mod listen;
 pub mod metrics;
 pub mod queue;
 
@@ -70,8 +71,11 @@ pub struct Intervals {
     pub webhooks: Duration,
     /// The token-revocation queue read without a wake-up.
     pub revocations: Duration,
-    /// `cache_invalidations` polled (other instances' writes).
+    /// `cache_invalidations` polled (other instances' writes): every second on SQLite; on
+    /// PostgreSQL a slow fallback, commits waking the reader through the listener.
     pub cache_invalidations: Duration,
+    /// The PostgreSQL listener (`listen`) started again after its connection failed.
+    pub listen: Duration,
     /// A keep-alive pass: a tenth of `keepalive_interval`, between 1 s and 60 s.
     pub keepalive: Duration,
     /// Audit retention pruning.
@@ -85,7 +89,11 @@ impl Intervals {
         Intervals {
             webhooks: crate::webhooks::worker::POLL_INTERVAL,
             revocations: crate::oauth::retire::POLL_INTERVAL,
-            cache_invalidations: crate::cache::POLL_INTERVAL,
+            cache_invalidations: match crate::db::Backend::of(&settings.database_url) {
+                crate::db::Backend::Sqlite => crate::cache::POLL_INTERVAL,
+                crate::db::Backend::Postgres => crate::cache::POLL_INTERVAL_LISTENING,
+            },
+            listen: Duration::from_secs(5),
             keepalive: crate::oauth::keepalive::tick(settings.refresh.keepalive_interval),
             audit_prune: crate::audit::batcher::PRUNE_EVERY,
             audit_checkpoint: Duration::from_secs(settings.audit.checkpoint_interval.max(1) as u64),
@@ -140,11 +148,20 @@ pub fn all(app: &AppState) -> Vec<Scheduled> {
             (app.db.clone(), app.cipher.clone(), app.settings.audit.retention_days, app.metrics.audit.clone());
         jobs.push(every(t.audit_prune, crate::audit::batcher::Pruner { db, cipher, days, metrics }));
     }
+    let invalidations = Arc::new(rocket::tokio::sync::Notify::new());
     if app.caches.api_keys.enabled() || app.caches.connections.enabled() {
         jobs.push(every(
             t.cache_invalidations,
-            crate::cache::InvalidationPoll::new(app.db.clone(), app.caches.clone()),
+            crate::cache::InvalidationPoll::new(app.db.clone(), app.caches.clone(), invalidations.clone()),
         ));
+    }
+    if app.db.backend() == crate::db::Backend::Postgres {
+        let hooks = app.webhooks.clone();
+        let ring: listen::Ring = Arc::new(move |channel| match channel {
+            crate::db::notify::Channel::Webhooks => hooks.wake(),
+            crate::db::notify::Channel::CacheInvalidations => invalidations.notify_one(),
+        });
+        jobs.push(every(t.listen, listen::ListenJob { database_url: app.settings.database_url.clone(), ring }));
     }
     if app.settings.refresh.keepalive_worker {
         jobs.push(every(t.keepalive, app.keepalive().into_job(t.keepalive)).first_after_interval());

@@ -86,10 +86,14 @@ pub struct Delivery {
     pub updated_at: i64,
 }
 
+/// Record an event in the outbox; on PostgreSQL the other instances' workers are woken at commit
+/// (`db::notify`).
 pub fn insert_event(conn: &mut Conn, event: &NewEvent<'_>) -> QueryResult<i64> {
-    crate::on_conn!(conn, conn => {
+    let id = crate::on_conn!(conn, conn => {
         diesel::insert_into(webhook_events::table).values(event).returning(webhook_events::id).get_result(conn)
-    })
+    })?;
+    crate::db::notify::notify(conn, crate::db::notify::Channel::Webhooks)?;
+    Ok(id)
 }
 
 /// Up to `limit` events not yet fanned out into deliveries, oldest first.
