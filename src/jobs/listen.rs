@@ -3,6 +3,8 @@
 //! job it is for (the webhook worker, the cache-invalidation reader) at once. Diesel gives no wait
 //! on the connection's socket, so the listener looks at what has arrived every [`TICK`] (no query,
 //! no round trip) and makes a round trip every [`CHECK_EVERY`] to find a connection that broke.
+//! This process's own notifications wake their job [`OWN_DELAY`] later, as the one-second poll
+//! did: the write already acted on this process (see `db::notify`).
 //!
 //! A run lasts until shutdown. When its connection fails the run fails (logged, counted) and the
 //! supervisor starts it again at its interval; every (re)connection first wakes everything once,
@@ -20,6 +22,8 @@ use crate::db::notify::{Channel, Listener};
 pub const TICK: Duration = Duration::from_millis(50);
 /// How often it makes sure its connection is alive.
 pub const CHECK_EVERY: Duration = Duration::from_secs(30);
+/// How long after its own notification a job is woken.
+pub const OWN_DELAY: Duration = Duration::from_secs(1);
 
 /// What a notification wakes, by channel.
 pub type Ring = Arc<dyn Fn(Channel) + Send + Sync>;
@@ -58,10 +62,24 @@ pub fn listen(url: &str, ring: &(dyn Fn(Channel) + Sync), stopped: &dyn Fn() -> 
         ring(channel);
     }
     let mut checked = Instant::now();
+    // This process's own notifications, and when they wake their jobs.
+    let mut own: Vec<(Channel, Instant)> = Vec::new();
     while !stopped() {
-        for channel in listener.received().map_err(|e| format!("the listening connection broke: {e}"))? {
-            ring(channel);
+        for heard in listener.received().map_err(|e| format!("the listening connection broke: {e}"))? {
+            if !heard.own {
+                ring(heard.channel);
+            } else if !own.iter().any(|(c, _)| *c == heard.channel) {
+                own.push((heard.channel, Instant::now() + OWN_DELAY));
+            }
         }
+        let now = Instant::now();
+        own.retain(|(channel, at)| {
+            let due = *at <= now;
+            if due {
+                ring(*channel);
+            }
+            !due
+        });
         if checked.elapsed() >= CHECK_EVERY {
             listener.check().map_err(|e| format!("the listening connection broke: {e}"))?;
             checked = Instant::now();
