@@ -49,6 +49,7 @@ impl AppState {
             cipher: &self.cipher,
             caches: &self.caches,
             events_kept: self.settings.events_per_connection,
+            webhooks: Some(&self.webhooks),
         }
     }
 
@@ -63,6 +64,7 @@ impl AppState {
             locks: self.refresh_locks.clone(),
             settings: self.settings.clone(),
             catalog: self.catalog.clone(),
+            webhooks: self.webhooks.clone(),
         }
     }
 

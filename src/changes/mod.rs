@@ -1,0 +1,228 @@
+//! The unit of work: domain code says what happened — a [`Change`] — inside one transaction
+//! ([`write`], or [`Db::write`] on the blocking pool), and [`project`] turns each change, in that
+//! transaction, into everything that must follow from it: its connection history row
+//! (`connection_events`), its audit entry, its webhook outbox row and its cache invalidation.
+//! Nothing else writes those (the low-level writers are private to the projections).
+//!
+//! Committing hands back a [`Committed`], `#[must_use]`, whose value comes out only through
+//! [`Committed::settle`] (this process's cached copies dropped, the webhook worker woken when an
+//! event was recorded) or, in a process that caches nothing and runs no worker (the CLI, a test
+//! playing another instance), [`Committed::recorded_only`].
+//!
+//! ```ignore
+//! let id = app.db.write(app.ledger(), move |tx| {
+//!     let row = connections::upsert(tx.conn(), &new)?;
+//!     tx.record(Change::ConnectionCreated { conn: Subject::of(&row), detail })?;
+//!     Ok(row.id)
+//! }).await?.settle(app.effects());
+//! ```
+
+pub mod project;
+
+use std::sync::Arc;
+
+use crate::cache::{Caches, Ticket};
+use crate::db::models::connections::{Account, Connection};
+use crate::db::models::events::EventOutcome;
+use crate::db::models::invalidations::{Invalidated, Written};
+use crate::db::{Conn, Db};
+use crate::error::AppResult;
+use crate::vault::Cipher;
+use crate::webhooks::Webhooks;
+
+/// A connection as a change names it: which one, whose, of which account. Never its tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subject {
+    pub id: i64,
+    pub user_id: i64,
+    pub service: String,
+    pub account: Option<Account>,
+}
+
+impl Subject {
+    pub fn of(row: &Connection) -> Subject {
+        Subject { id: row.id, user_id: row.user_id, service: row.service.clone(), account: row.account() }
+    }
+}
+
+/// Something that happened, as domain code says it. Each variant carries what its projections
+/// need (ids, names, reasons shown to the user) and never a secret. Adding one: a variant here,
+/// then one arm in each projection of [`project`] (the compiler lists them: no wildcard arms).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// A new connection was stored (`detail`: shown in its history).
+    ConnectionCreated { conn: Subject, detail: String },
+    /// An existing connection got new tokens from a new authorization.
+    ConnectionReconnected { conn: Subject, detail: String },
+    /// An authorization did not end in tokens (`cancelled`: the user said no at the provider).
+    ConnectRefused { user_id: i64, service: String, cancelled: bool, detail: String },
+    /// A connection was deleted locally (`outcome` as its history shows it).
+    ConnectionDeleted { conn: Subject, outcome: EventOutcome, detail: String },
+    /// A connection was revoked (at the provider or, `outcome` says, not) and deleted.
+    ConnectionRevoked { conn: Subject, outcome: EventOutcome, detail: String },
+    /// A refresh stored new tokens (`rotated`: with a new refresh token; `recovered`: the
+    /// connection was degraded until now).
+    ConnectionRefreshed { conn: Subject, rotated: bool, recovered: bool },
+    /// The provider no longer accepts the grant: the user must connect again.
+    ReconnectRequired { conn: Subject, reason: String, detail: String },
+    /// A transient refresh failure; `entering`: the connection was healthy until now.
+    ConnectionDegraded { conn: Subject, reason: String, detail: String, entering: bool },
+    /// A refresh could not be tried: an administrator must act (the tokens are kept).
+    RefreshNeedsAdmin { user_id: i64, service: String, detail: String },
+    /// A connection's refresh token expires soon (`status`: the connection's, as stored).
+    ExpiryWarned { conn: Subject, status: String },
+}
+
+/// The transaction of a unit of work: the connection, for the domain's own queries, and
+/// [`Tx::record`] for what happened.
+pub struct Tx<'c> {
+    conn: &'c mut Conn,
+    cipher: &'c Cipher,
+    events_kept: i64,
+    invalidated: Vec<Invalidated>,
+    wake: bool,
+}
+
+impl<'c> Tx<'c> {
+    /// The connection, for the domain's queries in this transaction.
+    pub fn conn(&mut self) -> &mut Conn {
+        self.conn
+    }
+
+    /// Record `change`: its projections are written now, in this transaction.
+    pub fn record(&mut self, change: Change) -> AppResult<()> {
+        project::history(self.conn, self.events_kept, &change)?;
+        project::audit(self.conn, self.cipher, &change)?;
+        if project::outbox(self.conn, &change)? {
+            self.wake = true;
+        }
+        if let Some(what) = project::invalidation_of(&change) {
+            if !self.invalidated.contains(&what) {
+                project::invalidate(self.conn, &what)?;
+                self.invalidated.push(what);
+            }
+        }
+        Ok(())
+    }
+
+    /// The value of a model write that recorded its own invalidations (their rows are already
+    /// written; this process's copies are dropped when the unit is settled).
+    pub fn absorb<T>(&mut self, written: Written<T>) -> T {
+        let (value, invalidated) = written.into_parts();
+        for what in invalidated {
+            if !self.invalidated.contains(&what) {
+                self.invalidated.push(what);
+            }
+        }
+        value
+    }
+}
+
+/// What a unit of work needs besides the connection: the cipher of the audit chain and how many
+/// history rows to keep per connection (`events_per_connection`).
+#[derive(Clone)]
+pub struct Ledger {
+    pub cipher: Arc<Cipher>,
+    pub events_kept: i64,
+}
+
+/// Run `f` in one transaction (nested in the caller's when there is one) with the changes it
+/// records projected in it; committed when it returns `Ok`.
+pub fn write<T>(
+    conn: &mut Conn,
+    cipher: &Cipher,
+    events_kept: i64,
+    f: impl FnOnce(&mut Tx<'_>) -> AppResult<T>,
+) -> AppResult<Committed<T>> {
+    conn.transaction(|conn| {
+        let mut tx = Tx { conn, cipher, events_kept, invalidated: Vec::new(), wake: false };
+        let value = f(&mut tx)?;
+        Ok(Committed { value, invalidated: tx.invalidated, wake: tx.wake })
+    })
+}
+
+impl Db {
+    /// [`write`] on the blocking pool.
+    pub async fn write<F, T>(&self, ledger: Ledger, f: F) -> AppResult<Committed<T>>
+    where
+        F: FnOnce(&mut Tx<'_>) -> AppResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.run(move |conn| write(conn, &ledger.cipher, ledger.events_kept, f)).await
+    }
+}
+
+/// What a process does after a commit: drop its cached copies, wake its webhook worker. A
+/// process without one of them leaves it `None`.
+#[derive(Clone, Copy, Default)]
+pub struct Effects<'a> {
+    pub caches: Option<&'a Caches>,
+    pub webhooks: Option<&'a Webhooks>,
+}
+
+/// A committed unit of work: its value, and what this process must do now that it is committed.
+#[must_use = "settle it: `Committed::settle` drops this process's cached copies and wakes the webhook worker"]
+#[derive(Debug)]
+pub struct Committed<T> {
+    value: T,
+    invalidated: Vec<Invalidated>,
+    wake: bool,
+}
+
+impl<T> Committed<T> {
+    /// Drop this process's cached copies of what changed, wake the webhook worker when an event
+    /// was recorded, and hand back the value.
+    pub fn settle(self, fx: Effects<'_>) -> T {
+        let Committed { value, invalidated, wake } = self;
+        if wake {
+            if let Some(hooks) = fx.webhooks {
+                hooks.wake();
+            }
+        }
+        match fx.caches {
+            Some(caches) => caches.after_write(Written::from_parts(value, invalidated)),
+            None => value,
+        }
+    }
+
+    /// [`Committed::settle`] for a refresh that has just stored `row` with a ticket taken before
+    /// the write: the row goes into the cached set in place of the old one (`Caches::after_refresh`).
+    pub fn settle_refresh(self, fx: Effects<'_>, ticket: Ticket, row: Arc<Connection>) -> T {
+        let Committed { value, invalidated, wake } = self;
+        if let (true, Some(hooks)) = (wake, fx.webhooks) {
+            hooks.wake();
+        }
+        match fx.caches {
+            Some(caches) => caches.after_refresh(Written::from_parts(value, invalidated), ticket, row),
+            None => value,
+        }
+    }
+
+    /// The value, for a process that caches nothing and runs no webhook worker (the CLI, or a
+    /// test playing another instance): the recorded rows alone tell the running servers.
+    pub fn recorded_only(self) -> T {
+        self.value
+    }
+
+    /// The value, to look at before settling.
+    pub fn value(&self) -> &T {
+        &self.value
+    }
+
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Committed<U> {
+        Committed { value: f(self.value), invalidated: self.invalidated, wake: self.wake }
+    }
+
+    /// Whether settling wakes the webhook worker (an event was recorded).
+    pub fn wakes(&self) -> bool {
+        self.wake
+    }
+
+    /// What settling drops from this process's caches.
+    pub fn invalidated(&self) -> &[Invalidated] {
+        &self.invalidated
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,192 @@
+//! The projections of a [`Change`]: its connection history row, its audit entry, its webhook
+//! event and its cache invalidation. Each is a pure mapping (`*_of`, unit-tested per variant)
+//! and a writer used by `Tx::record` only. Every match is exhaustive: a new variant does not
+//! compile until each projection says what it makes of it.
+
+use super::{Change, Subject};
+use crate::audit::{Actor, Entry, Kind};
+use crate::db::models::connections::ConnectionStatus;
+use crate::db::models::events::{self, EventKind, EventOutcome, NewEvent};
+use crate::db::models::invalidations::{self, Invalidated};
+use crate::db::Conn;
+use crate::error::AppResult;
+use crate::util::now;
+use crate::vault::Cipher;
+use crate::webhooks::{
+    outbox::{self, EventData},
+    EventType,
+};
+
+/// A `connection_events` row to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryRow<'a> {
+    pub user_id: i64,
+    pub service: &'a str,
+    pub kind: EventKind,
+    pub outcome: EventOutcome,
+    pub detail: &'a str,
+}
+
+/// The history row of `change`, if it has one.
+pub fn history_of(change: &Change) -> Option<HistoryRow<'_>> {
+    fn row<'a>(c: &'a Subject, kind: EventKind, outcome: EventOutcome, detail: &'a str) -> HistoryRow<'a> {
+        HistoryRow { user_id: c.user_id, service: &c.service, kind, outcome, detail }
+    }
+    match change {
+        Change::ConnectionCreated { conn, detail } | Change::ConnectionReconnected { conn, detail } => {
+            Some(row(conn, EventKind::Connect, EventOutcome::Ok, detail))
+        }
+        Change::ConnectRefused { user_id, service, cancelled, detail } => Some(HistoryRow {
+            user_id: *user_id,
+            service,
+            kind: EventKind::Connect,
+            outcome: if *cancelled { EventOutcome::Cancelled } else { EventOutcome::Failed },
+            detail,
+        }),
+        Change::ConnectionDeleted { conn, outcome, detail } => Some(row(conn, EventKind::Delete, *outcome, detail)),
+        Change::ConnectionRevoked { conn, outcome, detail } => Some(row(conn, EventKind::Revoke, *outcome, detail)),
+        Change::ConnectionRefreshed { conn, rotated, .. } => {
+            let detail = if *rotated { "new refresh token stored" } else { "refresh token kept" };
+            Some(row(conn, EventKind::Refresh, EventOutcome::Ok, detail))
+        }
+        Change::ReconnectRequired { conn, detail, .. } => {
+            Some(row(conn, EventKind::Refresh, EventOutcome::ReconnectRequired, detail))
+        }
+        Change::ConnectionDegraded { conn, detail, .. } => {
+            Some(row(conn, EventKind::Refresh, EventOutcome::FailedRetryable, detail))
+        }
+        Change::RefreshNeedsAdmin { user_id, service, detail } => Some(HistoryRow {
+            user_id: *user_id,
+            service,
+            kind: EventKind::Refresh,
+            outcome: EventOutcome::FailedAdmin,
+            detail,
+        }),
+        Change::ExpiryWarned { .. } => None,
+    }
+}
+
+/// Write the history row of `change`, keeping the newest `keep` of its connection's.
+pub(super) fn history(conn: &mut Conn, keep: i64, change: &Change) -> AppResult<()> {
+    if let Some(h) = history_of(change) {
+        let new = NewEvent {
+            user_id: h.user_id,
+            service: h.service,
+            at: now(),
+            kind: h.kind,
+            outcome: h.outcome,
+            detail: h.detail,
+        };
+        events::insert(conn, &new)?;
+        events::prune(conn, h.user_id, h.service, keep)?;
+    }
+    Ok(())
+}
+
+/// The audit entry of `change`, if it has one.
+pub fn audit_of(change: &Change) -> Option<Entry> {
+    let connection = |kind, c: &Subject| {
+        let entry = Entry::new(kind, Actor::User(c.user_id)).user(c.user_id).service(&c.service).connection(c.id);
+        match &c.account {
+            Some(a) => entry.with("account", a.id.clone()),
+            None => entry,
+        }
+    };
+    match change {
+        Change::ConnectionCreated { conn, .. } => Some(connection(Kind::ConnectionCreated, conn)),
+        Change::ConnectionReconnected { conn, .. } => Some(connection(Kind::ConnectionReconnected, conn)),
+        Change::ConnectionDeleted { conn, .. } => Some(connection(Kind::ConnectionDeleted, conn)),
+        Change::ConnectionRevoked { conn, .. } => Some(connection(Kind::ConnectionRevoked, conn)),
+        Change::ConnectRefused { .. }
+        | Change::ConnectionRefreshed { .. }
+        | Change::ReconnectRequired { .. }
+        | Change::ConnectionDegraded { .. }
+        | Change::RefreshNeedsAdmin { .. }
+        | Change::ExpiryWarned { .. } => None,
+    }
+}
+
+pub(super) fn audit(conn: &mut Conn, cipher: &Cipher, change: &Change) -> AppResult<()> {
+    match audit_of(change) {
+        Some(entry) => crate::audit::record(conn, cipher, entry),
+        None => Ok(()),
+    }
+}
+
+/// A webhook event to record: its type, the connection it is about, the connection's status after
+/// the change and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEvent<'a> {
+    pub event_type: EventType,
+    pub conn: &'a Subject,
+    pub status: &'a str,
+    pub reason: Option<&'a str>,
+}
+
+/// The webhook event of `change`, if it has one.
+pub fn outbox_of(change: &Change) -> Option<OutboxEvent<'_>> {
+    let event = |event_type, conn, status, reason| Some(OutboxEvent { event_type, conn, status, reason });
+    let active = ConnectionStatus::Active.as_str();
+    match change {
+        Change::ConnectionCreated { conn, .. } => event(EventType::ConnectionCreated, conn, active, None),
+        Change::ConnectionReconnected { conn, .. } => event(EventType::ConnectionReconnected, conn, active, None),
+        Change::ConnectionDeleted { conn, outcome, .. } => {
+            let reason = (*outcome == EventOutcome::ProviderFailed).then_some("provider_revocation_failed");
+            event(EventType::ConnectionDeleted, conn, "deleted", reason)
+        }
+        Change::ConnectionRevoked { conn, outcome, .. } => {
+            let reason = (*outcome == EventOutcome::ProviderFailed).then_some("provider_revocation_failed");
+            event(EventType::ConnectionRevoked, conn, "revoked", reason)
+        }
+        // Back from `degraded`: `connection.recovered` (a routine refresh sends nothing).
+        Change::ConnectionRefreshed { conn, recovered: true, .. } => {
+            event(EventType::ConnectionRecovered, conn, active, None)
+        }
+        Change::ConnectionRefreshed { recovered: false, .. } => None,
+        Change::ReconnectRequired { conn, reason, .. } => event(
+            EventType::ConnectionReconnectRequired,
+            conn,
+            ConnectionStatus::ReconnectRequired.as_str(),
+            Some(reason),
+        ),
+        // Entering `degraded` (not each retry while in it) raises `connection.refresh_failed`.
+        Change::ConnectionDegraded { conn, reason, entering: true, .. } => {
+            event(EventType::ConnectionRefreshFailed, conn, ConnectionStatus::Degraded.as_str(), Some(reason))
+        }
+        Change::ConnectionDegraded { entering: false, .. } => None,
+        Change::ExpiryWarned { conn, status } => {
+            event(EventType::ConnectionExpiring, conn, status, Some("refresh_token_expiring"))
+        }
+        Change::ConnectRefused { .. } | Change::RefreshNeedsAdmin { .. } => None,
+    }
+}
+
+/// Record the webhook event of `change`; whether there was one (the worker is woken for it).
+pub(super) fn outbox(conn: &mut Conn, change: &Change) -> AppResult<bool> {
+    let Some(e) = outbox_of(change) else { return Ok(false) };
+    let c = e.conn;
+    let data = EventData::named(conn, c.id, c.user_id, &c.service, c.account.clone(), e.status, e.reason)?;
+    outbox::record(conn, e.event_type, &data)?;
+    Ok(true)
+}
+
+/// What `change` makes every instance drop from its caches, if anything.
+pub fn invalidation_of(change: &Change) -> Option<Invalidated> {
+    let connection = |c: &Subject| Some(Invalidated::Connection { user_id: c.user_id, service: c.service.clone() });
+    match change {
+        Change::ConnectionCreated { conn, .. }
+        | Change::ConnectionReconnected { conn, .. }
+        | Change::ConnectionDeleted { conn, .. }
+        | Change::ConnectionRevoked { conn, .. }
+        | Change::ConnectionRefreshed { conn, .. }
+        | Change::ReconnectRequired { conn, .. }
+        | Change::ConnectionDegraded { conn, .. } => connection(conn),
+        // The warned mark is not cached; history rows are not cached.
+        Change::ExpiryWarned { .. } | Change::ConnectRefused { .. } | Change::RefreshNeedsAdmin { .. } => None,
+    }
+}
+
+pub(super) fn invalidate(conn: &mut Conn, what: &Invalidated) -> AppResult<()> {
+    invalidations::record(conn, what.clone())?.recorded_only();
+    Ok(())
+}

@@ -1,0 +1,260 @@
+//! Each projection's mapping, variant by variant, and a unit of work writing them all in its
+//! transaction.
+
+use super::project::{audit_of, history_of, invalidation_of, outbox_of};
+use super::{Change, Subject};
+use crate::db::models::connections::Account;
+use crate::db::models::events::EventOutcome;
+use crate::db::models::invalidations::Invalidated;
+
+fn subject() -> Subject {
+    Subject { id: 3, user_id: 7, service: "dropbox".into(), account: Some(Account { id: "acc".into(), label: None }) }
+}
+
+/// One of every variant (the names say which; `samples_cover_every_variant` checks it).
+fn samples() -> Vec<(&'static str, Change)> {
+    let conn = subject();
+    vec![
+        ("created", Change::ConnectionCreated { conn: conn.clone(), detail: "with a refresh token".into() }),
+        ("reconnected", Change::ConnectionReconnected { conn: conn.clone(), detail: "without a refresh token".into() }),
+        (
+            "refused",
+            Change::ConnectRefused { user_id: 7, service: "dropbox".into(), cancelled: false, detail: "no".into() },
+        ),
+        (
+            "cancelled",
+            Change::ConnectRefused { user_id: 7, service: "dropbox".into(), cancelled: true, detail: "no".into() },
+        ),
+        ("deleted", Change::ConnectionDeleted { conn: conn.clone(), outcome: EventOutcome::Ok, detail: "d".into() }),
+        (
+            "revoked",
+            Change::ConnectionRevoked { conn: conn.clone(), outcome: EventOutcome::ProviderFailed, detail: "r".into() },
+        ),
+        ("refreshed", Change::ConnectionRefreshed { conn: conn.clone(), rotated: true, recovered: false }),
+        ("recovered", Change::ConnectionRefreshed { conn: conn.clone(), rotated: false, recovered: true }),
+        (
+            "reconnect_required",
+            Change::ReconnectRequired { conn: conn.clone(), reason: "invalid_grant".into(), detail: "gone".into() },
+        ),
+        (
+            "degraded",
+            Change::ConnectionDegraded {
+                conn: conn.clone(),
+                reason: "timeout".into(),
+                detail: "later".into(),
+                entering: true,
+            },
+        ),
+        (
+            "still_degraded",
+            Change::ConnectionDegraded {
+                conn: conn.clone(),
+                reason: "timeout".into(),
+                detail: "later".into(),
+                entering: false,
+            },
+        ),
+        ("needs_admin", Change::RefreshNeedsAdmin { user_id: 7, service: "dropbox".into(), detail: "admin".into() }),
+        ("expiring", Change::ExpiryWarned { conn, status: "active".into() }),
+    ]
+}
+
+/// A name per variant: a new variant fails to compile here until it has a sample.
+fn variant(change: &Change) -> &'static str {
+    match change {
+        Change::ConnectionCreated { .. } => "ConnectionCreated",
+        Change::ConnectionReconnected { .. } => "ConnectionReconnected",
+        Change::ConnectRefused { .. } => "ConnectRefused",
+        Change::ConnectionDeleted { .. } => "ConnectionDeleted",
+        Change::ConnectionRevoked { .. } => "ConnectionRevoked",
+        Change::ConnectionRefreshed { .. } => "ConnectionRefreshed",
+        Change::ReconnectRequired { .. } => "ReconnectRequired",
+        Change::ConnectionDegraded { .. } => "ConnectionDegraded",
+        Change::RefreshNeedsAdmin { .. } => "RefreshNeedsAdmin",
+        Change::ExpiryWarned { .. } => "ExpiryWarned",
+    }
+}
+
+const VARIANTS: usize = 10;
+
+/// What `projection` makes of each sample, by the sample's name.
+fn table(projection: impl Fn(&Change) -> Option<String>) -> Vec<(&'static str, Option<String>)> {
+    samples().iter().map(|(name, c)| (*name, projection(c))).collect()
+}
+
+fn expected(rows: &[(&'static str, Option<&str>)]) -> Vec<(&'static str, Option<String>)> {
+    rows.iter().map(|(n, r)| (*n, r.map(str::to_string))).collect()
+}
+
+#[test]
+fn samples_cover_every_variant() {
+    let mut names: Vec<_> = samples().iter().map(|(_, c)| variant(c)).collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), VARIANTS, "{names:?}");
+}
+
+/// The history rows, as `connection_events` stores them (kind, outcome, detail).
+#[test]
+fn history_projection() {
+    let got = table(|c| {
+        history_of(c).map(|h| {
+            assert_eq!((h.user_id, h.service), (7, "dropbox"));
+            format!("{} / {} / {}", h.kind.as_str(), h.outcome.as_str(), h.detail)
+        })
+    });
+    let want = [
+        ("created", Some("connect / ok / with a refresh token")),
+        ("reconnected", Some("connect / ok / without a refresh token")),
+        ("refused", Some("connect / failed / no")),
+        ("cancelled", Some("connect / cancelled / no")),
+        ("deleted", Some("delete / ok / d")),
+        ("revoked", Some("revoke / provider failed / r")),
+        ("refreshed", Some("refresh / ok / new refresh token stored")),
+        ("recovered", Some("refresh / ok / refresh token kept")),
+        ("reconnect_required", Some("refresh / reconnect required / gone")),
+        ("degraded", Some("refresh / failed (retryable) / later")),
+        ("still_degraded", Some("refresh / failed (retryable) / later")),
+        ("needs_admin", Some("refresh / failed (admin) / admin")),
+        ("expiring", None),
+    ];
+    assert_eq!(got, expected(&want));
+}
+
+/// The audit entries: kind string, actor, and the detail as stored.
+#[test]
+fn audit_projection() {
+    let got = table(|c| {
+        audit_of(c).map(|e| {
+            let (kind, actor, detail) = (e.kind.as_str(), &e.actor, &e.detail);
+            format!(
+                "{kind} {actor} user={:?} service={:?} connection={:?} {detail}",
+                e.user_id, e.service, e.connection_id
+            )
+        })
+    });
+    let conn = |kind: &str| {
+        Some(format!(r#"{kind} user:7 user=Some(7) service=Some("dropbox") connection=Some(3) {{"account":"acc"}}"#))
+    };
+    let want = vec![
+        ("created", conn("connection.created")),
+        ("reconnected", conn("connection.reconnected")),
+        ("refused", None),
+        ("cancelled", None),
+        ("deleted", conn("connection.deleted")),
+        ("revoked", conn("connection.revoked")),
+        ("refreshed", None),
+        ("recovered", None),
+        ("reconnect_required", None),
+        ("degraded", None),
+        ("still_degraded", None),
+        ("needs_admin", None),
+        ("expiring", None),
+    ];
+    assert_eq!(got, want);
+}
+
+/// The webhook events: type as sent, the connection's status and the reason.
+#[test]
+fn outbox_projection() {
+    let got = table(|c| {
+        outbox_of(c).map(|e| {
+            assert_eq!(e.conn, &subject());
+            format!("{} {} {:?}", e.event_type.as_str(), e.status, e.reason)
+        })
+    });
+    let want = [
+        ("created", Some("connection.created active None")),
+        ("reconnected", Some("connection.reconnected active None")),
+        ("refused", None),
+        ("cancelled", None),
+        ("deleted", Some("connection.deleted deleted None")),
+        ("revoked", Some(r#"connection.revoked revoked Some("provider_revocation_failed")"#)),
+        ("refreshed", None),
+        ("recovered", Some("connection.recovered active None")),
+        ("reconnect_required", Some(r#"connection.reconnect_required reconnect_required Some("invalid_grant")"#)),
+        ("degraded", Some(r#"connection.refresh_failed degraded Some("timeout")"#)),
+        ("still_degraded", None),
+        ("needs_admin", None),
+        ("expiring", Some(r#"connection.expiring active Some("refresh_token_expiring")"#)),
+    ];
+    assert_eq!(got, expected(&want));
+}
+
+/// The cache invalidations.
+#[test]
+fn invalidation_projection() {
+    let conn = Some(Invalidated::Connection { user_id: 7, service: "dropbox".into() });
+    let got: Vec<_> = samples().iter().map(|(name, c)| (*name, invalidation_of(c))).collect();
+    let want = vec![
+        ("created", conn.clone()),
+        ("reconnected", conn.clone()),
+        ("refused", None),
+        ("cancelled", None),
+        ("deleted", conn.clone()),
+        ("revoked", conn.clone()),
+        ("refreshed", conn.clone()),
+        ("recovered", conn.clone()),
+        ("reconnect_required", conn.clone()),
+        ("degraded", conn.clone()),
+        ("still_degraded", conn.clone()),
+        ("needs_admin", None),
+        ("expiring", None),
+    ];
+    assert_eq!(got, want);
+}
+
+/// A unit of work writes every projection of what it records in its transaction, once per
+/// invalidation, and its value comes out with what settling must do; a failed unit leaves nothing.
+#[test]
+fn a_unit_of_work_writes_its_projections_in_its_transaction() {
+    use crate::cache::Caches;
+    use crate::db::Db;
+    use crate::vault::Cipher;
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(&dir.path().join("t.sqlite").to_string_lossy()).unwrap();
+    let cipher = Cipher::for_tests(3);
+    let mut conn = db.conn().unwrap();
+    crate::audit::open(&mut conn, &cipher).unwrap().unwrap();
+    let user_id = crate::db::models::users::for_tests(&mut conn, "ann");
+    let conn_of = || Subject { user_id, ..subject() };
+    let count = |conn: &mut crate::db::Conn, table: &str| -> i64 {
+        use diesel::prelude::*;
+        #[derive(QueryableByName)]
+        struct N {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let q = format!("SELECT COUNT(*) AS n FROM {table}");
+        crate::on_conn!(conn, c => diesel::sql_query(q).get_result::<N>(c)).unwrap().n
+    };
+    let tables = ["connection_events", "audit_log", "webhook_events", "cache_invalidations"];
+    let before: Vec<i64> = tables.iter().map(|t| count(&mut conn, t)).collect();
+
+    let failed = super::write(&mut conn, &cipher, 10, |tx| {
+        tx.record(Change::ConnectionCreated { conn: conn_of(), detail: "x".into() })?;
+        Err::<(), _>(crate::error::AppError::internal("then it failed"))
+    });
+    assert!(failed.is_err());
+    assert_eq!(tables.iter().map(|t| count(&mut conn, t)).collect::<Vec<_>>(), before, "rolled back");
+
+    let committed = super::write(&mut conn, &cipher, 10, |tx| {
+        tx.record(Change::ConnectionCreated { conn: conn_of(), detail: "x".into() })?;
+        tx.record(Change::ConnectionRefreshed { conn: conn_of(), rotated: true, recovered: false })?;
+        Ok(42)
+    })
+    .unwrap();
+    let after: Vec<i64> = tables.iter().map(|t| count(&mut conn, t)).collect();
+    let added: Vec<i64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert_eq!(added, [2, 1, 1, 1], "two history rows, one audit entry, one event, one invalidation");
+    assert!(committed.wakes());
+    assert_eq!(committed.invalidated(), [Invalidated::Connection { user_id, service: "dropbox".into() }]);
+    let caches = Caches::new(60);
+    let key = (user_id, "dropbox".to_string());
+    let ticket = caches.connections.ticket();
+    caches.connections.fill(ticket, key.clone(), std::sync::Arc::new(Vec::new()));
+    assert!(caches.connections.get(&key).is_some());
+    assert_eq!(committed.settle(super::Effects { caches: Some(&caches), webhooks: None }), 42);
+    assert!(caches.connections.get(&key).is_none(), "settling dropped the cached copy");
+    assert!(crate::audit::verify(&mut conn, &cipher).unwrap().is_ok(), "the chain still verifies");
+}
