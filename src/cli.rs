@@ -189,11 +189,7 @@ pub fn run(command: Command) -> Result<String, String> {
             } else {
                 accounts::Role::User
             };
-            // Recorded right after: `create` is an immediate transaction, which cannot be nested.
-            let user = accounts::create(&mut conn, &name, &hash, role).map_err(cli_error)?;
-            let e = crate::audit::Entry::new(crate::audit::Kind::UserAdded, crate::audit::Actor::Cli);
-            crate::audit::record(&mut conn, &prepared.cipher, e.user(user.id).with("admin", user.is_admin))
-                .map_err(cli_error)?;
+            let user = accounts::add_from_cli(&mut conn, &prepared.cipher, &name, &hash, role).map_err(cli_error)?;
             Ok(format!("created user {} (id {}{})", user.username, user.id, if user.is_admin { ", admin" } else { "" }))
         }
         Command::User { command: UserCommand::Rename { name, new_name } } => {
@@ -213,12 +209,10 @@ pub fn run(command: Command) -> Result<String, String> {
             let (mut conn, prepared) = open()?;
             let value =
                 if value == "-" { read_secret(&format!("Value for {path}: "))? } else { crate::util::secret(value) };
-            conn.transaction(|conn| {
-                vault::set(conn, &prepared.cipher, &path, value.expose_secret(), "cli")?;
-                let e = crate::audit::Entry::new(crate::audit::Kind::VaultSet, crate::audit::Actor::Cli);
-                crate::audit::record(conn, &prepared.cipher, e.with("path", path.clone()))
-            })
-            .map_err(cli_error)?;
+            vault::set_recorded(&mut conn, &prepared.cipher, &path, &value, crate::changes::Actor::Cli, "cli")
+                .map_err(cli_error)?
+                // The CLI caches nothing and runs no worker: the recorded rows tell the servers.
+                .recorded_only();
             Ok(format!("{path} set"))
         }
         Command::ApiKey { command: ApiKeyCommand::Create { username, name, services, scopes, expires } } => {

@@ -19,7 +19,10 @@
 
 pub mod project;
 
+use std::net::IpAddr;
 use std::sync::Arc;
+
+pub use crate::audit::Actor;
 
 use crate::cache::{Caches, Ticket};
 use crate::db::models::connections::{Account, Connection};
@@ -71,6 +74,52 @@ pub enum Change {
     RefreshNeedsAdmin { user_id: i64, service: String, detail: String },
     /// A connection's refresh token expires soon (`status`: the connection's, as stored).
     ExpiryWarned { conn: Subject, status: String },
+
+    /// A user signed in.
+    SignedIn { user_id: i64, address: Option<IpAddr> },
+    /// A sign-in was refused (`user_id`: when the name is an account's). The name is audited only
+    /// as its keyed hash.
+    SignInRefused { user_id: Option<i64>, username: String, address: Option<IpAddr> },
+    /// A user signed out.
+    SignedOut { user_id: i64, address: Option<IpAddr> },
+    /// Sessions of a user ended other than by signing out.
+    SessionsEnded { user_id: i64, address: Option<IpAddr>, why: SessionsEnd },
+    /// An account was created (`admin`: said in the entry, as `tokenvault user add` does).
+    UserAdded { user_id: i64, by: Actor, admin: Option<bool>, address: Option<IpAddr> },
+    /// An account was renamed (`tokenvault user rename`).
+    UserRenamed { user_id: i64 },
+    /// A user changed their password (the sessions and keys it ended are changes of their own).
+    PasswordChanged { user_id: i64, address: Option<IpAddr>, sessions_ended: usize, api_keys_revoked: usize },
+    /// An API key was created.
+    ApiKeyCreated { by: Actor, user_id: i64, key_id: i64 },
+    /// An API key was revoked (`key_hash`: its stored SHA-256, what caches know it by).
+    ApiKeyRevoked { by: Actor, user_id: i64, key_id: i64, key_hash: String, why: KeyRevoked, address: Option<IpAddr> },
+    /// A vault value was set (never the value).
+    VaultValueSet { by: Actor, path: String },
+    /// A vault value was deleted.
+    VaultValueDeleted { by: Actor, path: String },
+}
+
+/// Why sessions ended ([`Change::SessionsEnded`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionsEnd {
+    /// Every session, by a password change.
+    PasswordChanged { count: usize },
+    /// One session, from the settings page (`session`: its public id).
+    FromSettings { session: String },
+    /// Every other session, from the settings page.
+    OthersFromSettings { count: usize },
+}
+
+/// Why an API key was revoked ([`Change::ApiKeyRevoked`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRevoked {
+    ByUser,
+    /// Evicted by a new key beyond `max_api_keys_per_user`.
+    OverLimit {
+        max_keys: i64,
+    },
+    PasswordChanged,
 }
 
 /// The transaction of a unit of work: the connection, for the domain's own queries, and
@@ -78,7 +127,8 @@ pub enum Change {
 pub struct Tx<'c> {
     conn: &'c mut Conn,
     cipher: &'c Cipher,
-    events_kept: i64,
+    /// `None`: a unit that records no connection history (see [`write_no_history`]).
+    events_kept: Option<i64>,
     invalidated: Vec<Invalidated>,
     wake: bool,
 }
@@ -132,6 +182,25 @@ pub fn write<T>(
     conn: &mut Conn,
     cipher: &Cipher,
     events_kept: i64,
+    f: impl FnOnce(&mut Tx<'_>) -> AppResult<T>,
+) -> AppResult<Committed<T>> {
+    unit(conn, cipher, Some(events_kept), f)
+}
+
+/// [`write`] for a unit that records no connection history (accounts, keys, the vault, webhook
+/// endpoints): recording a change that has one is an internal error.
+pub fn write_no_history<T>(
+    conn: &mut Conn,
+    cipher: &Cipher,
+    f: impl FnOnce(&mut Tx<'_>) -> AppResult<T>,
+) -> AppResult<Committed<T>> {
+    unit(conn, cipher, None, f)
+}
+
+fn unit<T>(
+    conn: &mut Conn,
+    cipher: &Cipher,
+    events_kept: Option<i64>,
     f: impl FnOnce(&mut Tx<'_>) -> AppResult<T>,
 ) -> AppResult<Committed<T>> {
     conn.transaction(|conn| {

@@ -3,7 +3,7 @@
 //! and a writer used by `Tx::record` only. Every match is exhaustive: a new variant does not
 //! compile until each projection says what it makes of it.
 
-use super::{Change, Subject};
+use super::{Change, KeyRevoked, SessionsEnd, Subject};
 use crate::audit::{Actor, Entry, Kind};
 use crate::db::models::connections::ConnectionStatus;
 use crate::db::models::events::{self, EventKind, EventOutcome, NewEvent};
@@ -62,13 +62,29 @@ pub fn history_of(change: &Change) -> Option<HistoryRow<'_>> {
             outcome: EventOutcome::FailedAdmin,
             detail,
         }),
-        Change::ExpiryWarned { .. } => None,
+        Change::ExpiryWarned { .. }
+        | Change::SignedIn { .. }
+        | Change::SignInRefused { .. }
+        | Change::SignedOut { .. }
+        | Change::SessionsEnded { .. }
+        | Change::UserAdded { .. }
+        | Change::UserRenamed { .. }
+        | Change::PasswordChanged { .. }
+        | Change::ApiKeyCreated { .. }
+        | Change::ApiKeyRevoked { .. }
+        | Change::VaultValueSet { .. }
+        | Change::VaultValueDeleted { .. } => None,
     }
 }
 
 /// Write the history row of `change`, keeping the newest `keep` of its connection's.
-pub(super) fn history(conn: &mut Conn, keep: i64, change: &Change) -> AppResult<()> {
+pub(super) fn history(conn: &mut Conn, keep: Option<i64>, change: &Change) -> AppResult<()> {
     if let Some(h) = history_of(change) {
+        let Some(keep) = keep else {
+            return Err(crate::error::AppError::internal(
+                "a connection's history recorded without events_per_connection",
+            ));
+        };
         let new = NewEvent {
             user_id: h.user_id,
             service: h.service,
@@ -103,10 +119,82 @@ pub fn audit_of(change: &Change) -> Option<Entry> {
         | Change::ConnectionDegraded { .. }
         | Change::RefreshNeedsAdmin { .. }
         | Change::ExpiryWarned { .. } => None,
+        Change::SignedIn { user_id, address } => {
+            Some(Entry::new(Kind::SigninSuccess, Actor::User(*user_id)).user(*user_id).address(*address))
+        }
+        // The name's keyed hash is added when it is written, under the chain's lock (see `audit`).
+        Change::SignInRefused { user_id, address, .. } => {
+            let mut e = Entry::new(Kind::SigninFailure, Actor::System).address(*address);
+            e.user_id = *user_id;
+            Some(e)
+        }
+        Change::SignedOut { user_id, address } => {
+            Some(Entry::new(Kind::SessionEnd, Actor::User(*user_id)).user(*user_id).address(*address))
+        }
+        Change::SessionsEnded { user_id, address, why } => {
+            let e = Entry::new(Kind::SessionEnd, Actor::User(*user_id)).user(*user_id).address(*address);
+            Some(match why {
+                SessionsEnd::PasswordChanged { count } => {
+                    e.with("reason", "password_changed").with("count", *count as i64)
+                }
+                SessionsEnd::FromSettings { session } => {
+                    e.with("reason", "ended_from_settings").with("session", session.as_str()).with("count", 1)
+                }
+                SessionsEnd::OthersFromSettings { count } => {
+                    e.with("reason", "ended_from_settings").with("scope", "others").with("count", *count as i64)
+                }
+            })
+        }
+        Change::UserAdded { user_id, by, admin, address } => {
+            let e = Entry::new(Kind::UserAdded, by.clone()).user(*user_id).address(*address);
+            Some(match admin {
+                Some(admin) => e.with("admin", *admin),
+                None => e,
+            })
+        }
+        Change::UserRenamed { user_id } => Some(Entry::new(Kind::UserRenamed, Actor::Cli).user(*user_id)),
+        Change::PasswordChanged { user_id, address, sessions_ended, api_keys_revoked } => Some(
+            Entry::new(Kind::PasswordChanged, Actor::User(*user_id))
+                .user(*user_id)
+                .address(*address)
+                .with("sessions_ended", *sessions_ended as i64)
+                .with("api_keys_revoked", *api_keys_revoked as i64),
+        ),
+        Change::ApiKeyCreated { by, user_id, key_id } => {
+            Some(Entry::new(Kind::ApiKeyCreated, by.clone()).user(*user_id).with("key_id", *key_id))
+        }
+        Change::ApiKeyRevoked { by, user_id, key_id, why, address, .. } => {
+            let e =
+                Entry::new(Kind::ApiKeyRevoked, by.clone()).user(*user_id).address(*address).with("key_id", *key_id);
+            Some(match why {
+                KeyRevoked::ByUser => e.with("reason", "revoked_by_user"),
+                KeyRevoked::OverLimit { max_keys } => {
+                    e.with("reason", "over_limit").with("max_api_keys_per_user", *max_keys)
+                }
+                KeyRevoked::PasswordChanged => e.with("reason", "password_changed"),
+            })
+        }
+        Change::VaultValueSet { by, path } => {
+            Some(by_user(Entry::new(Kind::VaultSet, by.clone())).with("path", path.as_str()))
+        }
+        Change::VaultValueDeleted { by, path } => {
+            Some(by_user(Entry::new(Kind::VaultDelete, by.clone())).with("path", path.as_str()))
+        }
+    }
+}
+
+/// The entry of something a signed-in user did names them as its user too.
+fn by_user(e: Entry) -> Entry {
+    match e.actor {
+        Actor::User(id) => e.user(id),
+        Actor::Key(_) | Actor::Cli | Actor::System => e,
     }
 }
 
 pub(super) fn audit(conn: &mut Conn, cipher: &Cipher, change: &Change) -> AppResult<()> {
+    if let Change::SignInRefused { user_id, username, address } = change {
+        return crate::audit::record_signin_failure(conn, cipher, *user_id, username, *address);
+    }
     match audit_of(change) {
         Some(entry) => crate::audit::record(conn, cipher, entry),
         None => Ok(()),
@@ -157,7 +245,19 @@ pub fn outbox_of(change: &Change) -> Option<OutboxEvent<'_>> {
         Change::ExpiryWarned { conn, status } => {
             event(EventType::ConnectionExpiring, conn, status, Some("refresh_token_expiring"))
         }
-        Change::ConnectRefused { .. } | Change::RefreshNeedsAdmin { .. } => None,
+        Change::ConnectRefused { .. }
+        | Change::RefreshNeedsAdmin { .. }
+        | Change::SignedIn { .. }
+        | Change::SignInRefused { .. }
+        | Change::SignedOut { .. }
+        | Change::SessionsEnded { .. }
+        | Change::UserAdded { .. }
+        | Change::UserRenamed { .. }
+        | Change::PasswordChanged { .. }
+        | Change::ApiKeyCreated { .. }
+        | Change::ApiKeyRevoked { .. }
+        | Change::VaultValueSet { .. }
+        | Change::VaultValueDeleted { .. } => None,
     }
 }
 
@@ -182,7 +282,21 @@ pub fn invalidation_of(change: &Change) -> Option<Invalidated> {
         | Change::ReconnectRequired { conn, .. }
         | Change::ConnectionDegraded { conn, .. } => connection(conn),
         // The warned mark is not cached; history rows are not cached.
-        Change::ExpiryWarned { .. } | Change::ConnectRefused { .. } | Change::RefreshNeedsAdmin { .. } => None,
+        Change::ApiKeyRevoked { key_hash, .. } => Some(Invalidated::ApiKey(key_hash.clone())),
+        // Sessions, accounts and vault values are not cached (a session is read per request).
+        Change::ExpiryWarned { .. }
+        | Change::ConnectRefused { .. }
+        | Change::RefreshNeedsAdmin { .. }
+        | Change::SignedIn { .. }
+        | Change::SignInRefused { .. }
+        | Change::SignedOut { .. }
+        | Change::SessionsEnded { .. }
+        | Change::UserAdded { .. }
+        | Change::UserRenamed { .. }
+        | Change::PasswordChanged { .. }
+        | Change::ApiKeyCreated { .. }
+        | Change::VaultValueSet { .. }
+        | Change::VaultValueDeleted { .. } => None,
     }
 }
 

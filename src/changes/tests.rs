@@ -2,7 +2,7 @@
 //! transaction.
 
 use super::project::{audit_of, history_of, invalidation_of, outbox_of};
-use super::{Change, Subject};
+use super::{Actor, Change, KeyRevoked, SessionsEnd, Subject};
 use crate::db::models::connections::Account;
 use crate::db::models::events::EventOutcome;
 use crate::db::models::invalidations::Invalidated;
@@ -56,7 +56,45 @@ fn samples() -> Vec<(&'static str, Change)> {
         ),
         ("needs_admin", Change::RefreshNeedsAdmin { user_id: 7, service: "dropbox".into(), detail: "admin".into() }),
         ("expiring", Change::ExpiryWarned { conn, status: "active".into() }),
+        ("signed_in", Change::SignedIn { user_id: 7, address: Some(ip()) }),
+        ("signin_refused", Change::SignInRefused { user_id: None, username: "eve".into(), address: Some(ip()) }),
+        ("signed_out", Change::SignedOut { user_id: 7, address: None }),
+        (
+            "sessions_password",
+            Change::SessionsEnded { user_id: 7, address: None, why: SessionsEnd::PasswordChanged { count: 2 } },
+        ),
+        (
+            "session_settings",
+            Change::SessionsEnded {
+                user_id: 7,
+                address: None,
+                why: SessionsEnd::FromSettings { session: "s1".into() },
+            },
+        ),
+        (
+            "sessions_others",
+            Change::SessionsEnded { user_id: 7, address: None, why: SessionsEnd::OthersFromSettings { count: 3 } },
+        ),
+        ("user_signup", Change::UserAdded { user_id: 7, by: Actor::User(7), admin: None, address: Some(ip()) }),
+        ("user_cli", Change::UserAdded { user_id: 7, by: Actor::Cli, admin: Some(true), address: None }),
+        ("renamed", Change::UserRenamed { user_id: 7 }),
+        ("password", Change::PasswordChanged { user_id: 7, address: None, sessions_ended: 2, api_keys_revoked: 1 }),
+        ("key_created", Change::ApiKeyCreated { by: Actor::Cli, user_id: 7, key_id: 4 }),
+        ("key_by_user", key_revoked(KeyRevoked::ByUser)),
+        ("key_over_limit", key_revoked(KeyRevoked::OverLimit { max_keys: 20 })),
+        ("key_password", key_revoked(KeyRevoked::PasswordChanged)),
+        ("vault_set", Change::VaultValueSet { by: Actor::User(7), path: "oauth/x/client_secret".into() }),
+        ("vault_cli", Change::VaultValueSet { by: Actor::Cli, path: "p".into() }),
+        ("vault_deleted", Change::VaultValueDeleted { by: Actor::User(7), path: "p".into() }),
     ]
+}
+
+fn ip() -> std::net::IpAddr {
+    std::net::IpAddr::from([192, 0, 2, 1])
+}
+
+fn key_revoked(why: KeyRevoked) -> Change {
+    Change::ApiKeyRevoked { by: Actor::User(7), user_id: 7, key_id: 4, key_hash: "9f86d0".into(), why, address: None }
 }
 
 /// A name per variant: a new variant fails to compile here until it has a sample.
@@ -72,10 +110,48 @@ fn variant(change: &Change) -> &'static str {
         Change::ConnectionDegraded { .. } => "ConnectionDegraded",
         Change::RefreshNeedsAdmin { .. } => "RefreshNeedsAdmin",
         Change::ExpiryWarned { .. } => "ExpiryWarned",
+        Change::SignedIn { .. } => "SignedIn",
+        Change::SignInRefused { .. } => "SignInRefused",
+        Change::SignedOut { .. } => "SignedOut",
+        Change::SessionsEnded { .. } => "SessionsEnded",
+        Change::UserAdded { .. } => "UserAdded",
+        Change::UserRenamed { .. } => "UserRenamed",
+        Change::PasswordChanged { .. } => "PasswordChanged",
+        Change::ApiKeyCreated { .. } => "ApiKeyCreated",
+        Change::ApiKeyRevoked { .. } => "ApiKeyRevoked",
+        Change::VaultValueSet { .. } => "VaultValueSet",
+        Change::VaultValueDeleted { .. } => "VaultValueDeleted",
     }
 }
 
-const VARIANTS: usize = 10;
+const VARIANTS: usize = 21;
+
+/// The samples past the connection ones, which no connection projection (history, outbox)
+/// makes anything of.
+const NOT_CONNECTIONS: [&str; 17] = [
+    "signed_in",
+    "signin_refused",
+    "signed_out",
+    "sessions_password",
+    "session_settings",
+    "sessions_others",
+    "user_signup",
+    "user_cli",
+    "renamed",
+    "password",
+    "key_created",
+    "key_by_user",
+    "key_over_limit",
+    "key_password",
+    "vault_set",
+    "vault_cli",
+    "vault_deleted",
+];
+
+fn with_none(mut rows: Vec<(&'static str, Option<&'static str>)>) -> Vec<(&'static str, Option<&'static str>)> {
+    rows.extend(NOT_CONNECTIONS.iter().map(|n| (*n, None)));
+    rows
+}
 
 /// What `projection` makes of each sample, by the sample's name.
 fn table(projection: impl Fn(&Change) -> Option<String>) -> Vec<(&'static str, Option<String>)> {
@@ -118,7 +194,7 @@ fn history_projection() {
         ("needs_admin", Some("refresh / failed (admin) / admin")),
         ("expiring", None),
     ];
-    assert_eq!(got, expected(&want));
+    assert_eq!(got, expected(&with_none(want.to_vec())));
 }
 
 /// The audit entries: kind string, actor, and the detail as stored.
@@ -127,8 +203,9 @@ fn audit_projection() {
     let got = table(|c| {
         audit_of(c).map(|e| {
             let (kind, actor, detail) = (e.kind.as_str(), &e.actor, &e.detail);
+            let at = e.address.as_ref().map(|a| format!(" @{a}")).unwrap_or_default();
             format!(
-                "{kind} {actor} user={:?} service={:?} connection={:?} {detail}",
+                "{kind} {actor} user={:?} service={:?} connection={:?} {detail}{at}",
                 e.user_id, e.service, e.connection_id
             )
         })
@@ -151,6 +228,35 @@ fn audit_projection() {
         ("needs_admin", None),
         ("expiring", None),
     ];
+    let mut want: Vec<_> = want.into_iter().map(|(n, r)| (n, r.map(|r| r.to_string()))).collect();
+    let none = "user=None service=None connection=None";
+    let at7 = "user=Some(7) service=None connection=None";
+    let key = r#"api_key.revoked user:7 user=Some(7) service=None connection=None {"key_id":4,"#;
+    want.extend(expected(&[
+        ("signed_in", Some(&format!("signin.success user:7 {at7} {{}} @192.0.2.1"))),
+        ("signin_refused", Some(&format!("signin.failure system {none} {{}} @192.0.2.1"))),
+        ("signed_out", Some(&format!("session.end user:7 {at7} {{}}"))),
+        ("sessions_password", Some(&format!(r#"session.end user:7 {at7} {{"count":2,"reason":"password_changed"}}"#))),
+        (
+            "session_settings",
+            Some(&format!(r#"session.end user:7 {at7} {{"count":1,"reason":"ended_from_settings","session":"s1"}}"#)),
+        ),
+        (
+            "sessions_others",
+            Some(&format!(r#"session.end user:7 {at7} {{"count":3,"reason":"ended_from_settings","scope":"others"}}"#)),
+        ),
+        ("user_signup", Some(&format!("user.added user:7 {at7} {{}} @192.0.2.1"))),
+        ("user_cli", Some(&format!(r#"user.added cli {at7} {{"admin":true}}"#))),
+        ("renamed", Some(&format!("user.renamed cli {at7} {{}}"))),
+        ("password", Some(&format!(r#"password.changed user:7 {at7} {{"api_keys_revoked":1,"sessions_ended":2}}"#))),
+        ("key_created", Some(&format!(r#"api_key.created cli {at7} {{"key_id":4}}"#))),
+        ("key_by_user", Some(&format!(r#"{key}"reason":"revoked_by_user"}}"#))),
+        ("key_over_limit", Some(&format!(r#"{key}"max_api_keys_per_user":20,"reason":"over_limit"}}"#))),
+        ("key_password", Some(&format!(r#"{key}"reason":"password_changed"}}"#))),
+        ("vault_set", Some(&format!(r#"vault.set user:7 {at7} {{"path":"oauth/x/client_secret"}}"#))),
+        ("vault_cli", Some(&format!(r#"vault.set cli {none} {{"path":"p"}}"#))),
+        ("vault_deleted", Some(&format!(r#"vault.delete user:7 {at7} {{"path":"p"}}"#))),
+    ]));
     assert_eq!(got, want);
 }
 
@@ -178,7 +284,7 @@ fn outbox_projection() {
         ("needs_admin", None),
         ("expiring", Some(r#"connection.expiring active Some("refresh_token_expiring")"#)),
     ];
-    assert_eq!(got, expected(&want));
+    assert_eq!(got, expected(&with_none(want.to_vec())));
 }
 
 /// The cache invalidations.
@@ -201,6 +307,12 @@ fn invalidation_projection() {
         ("needs_admin", None),
         ("expiring", None),
     ];
+    let mut want: Vec<_> = want.into_iter().chain(NOT_CONNECTIONS.iter().map(|n| (*n, None))).collect();
+    for (name, what) in &mut want {
+        if name.starts_with("key_") && *name != "key_created" {
+            *what = Some(Invalidated::ApiKey("9f86d0".into()));
+        }
+    }
     assert_eq!(got, want);
 }
 
