@@ -98,6 +98,30 @@ pub enum Change {
     VaultValueSet { by: Actor, path: String },
     /// A vault value was deleted.
     VaultValueDeleted { by: Actor, path: String },
+    /// An administrator changed webhook endpoint `endpoint` on `/admin/webhooks`.
+    WebhookEndpointChanged { user_id: i64, endpoint: String, change: EndpointChange },
+}
+
+/// What changed of a webhook endpoint ([`Change::WebhookEndpointChanged`]). A URL only as its
+/// origin (a receiver's path may hold a token of its own); `events` as set (empty: all).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndpointChange {
+    Added {
+        url_origin: String,
+        events: Vec<String>,
+    },
+    Updated {
+        url_origin: String,
+        events: Vec<String>,
+    },
+    /// A new secret; the replaced one signs until `previous_valid_until`.
+    SecretRotated {
+        previous_valid_until: i64,
+    },
+    /// An endpoint added on the page was deleted.
+    Deleted,
+    /// A configured endpoint's edits were reverted.
+    Reverted,
 }
 
 /// Why sessions ended ([`Change::SessionsEnded`]).
@@ -143,9 +167,8 @@ impl<'c> Tx<'c> {
     pub fn record(&mut self, change: Change) -> AppResult<()> {
         project::history(self.conn, self.events_kept, &change)?;
         project::audit(self.conn, self.cipher, &change)?;
-        if project::outbox(self.conn, &change)? {
-            self.wake = true;
-        }
+        project::outbox(self.conn, &change)?;
+        self.wake |= project::wakes_webhooks(&change);
         if let Some(what) = project::invalidation_of(&change) {
             if !self.invalidated.contains(&what) {
                 project::invalidate(self.conn, &what)?;

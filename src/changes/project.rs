@@ -3,7 +3,7 @@
 //! and a writer used by `Tx::record` only. Every match is exhaustive: a new variant does not
 //! compile until each projection says what it makes of it.
 
-use super::{Change, KeyRevoked, SessionsEnd, Subject};
+use super::{Change, EndpointChange, KeyRevoked, SessionsEnd, Subject};
 use crate::audit::{Actor, Entry, Kind};
 use crate::db::models::connections::ConnectionStatus;
 use crate::db::models::events::{self, EventKind, EventOutcome, NewEvent};
@@ -73,7 +73,8 @@ pub fn history_of(change: &Change) -> Option<HistoryRow<'_>> {
         | Change::ApiKeyCreated { .. }
         | Change::ApiKeyRevoked { .. }
         | Change::VaultValueSet { .. }
-        | Change::VaultValueDeleted { .. } => None,
+        | Change::VaultValueDeleted { .. }
+        | Change::WebhookEndpointChanged { .. } => None,
     }
 }
 
@@ -180,6 +181,31 @@ pub fn audit_of(change: &Change) -> Option<Entry> {
         Change::VaultValueDeleted { by, path } => {
             Some(by_user(Entry::new(Kind::VaultDelete, by.clone())).with("path", path.as_str()))
         }
+        Change::WebhookEndpointChanged { user_id, endpoint, change } => {
+            let e = |change: &str| {
+                Entry::new(Kind::WebhookChanged, Actor::User(*user_id))
+                    .user(*user_id)
+                    .with("endpoint", endpoint.as_str())
+                    .with("change", change)
+            };
+            let described = |change: &str, url_origin: &str, events: &[String]| {
+                let filters: serde_json::Value = if events.is_empty() {
+                    "all".into()
+                } else {
+                    events.iter().map(String::as_str).collect::<Vec<_>>().into()
+                };
+                e(change).with("url_origin", url_origin).with("events", filters)
+            };
+            Some(match change {
+                EndpointChange::Added { url_origin, events } => described("added", url_origin, events),
+                EndpointChange::Updated { url_origin, events } => described("updated", url_origin, events),
+                EndpointChange::SecretRotated { previous_valid_until } => {
+                    e("secret_rotated").with("previous_valid_until", *previous_valid_until)
+                }
+                EndpointChange::Deleted => e("deleted"),
+                EndpointChange::Reverted => e("reverted"),
+            })
+        }
     }
 }
 
@@ -257,7 +283,8 @@ pub fn outbox_of(change: &Change) -> Option<OutboxEvent<'_>> {
         | Change::ApiKeyCreated { .. }
         | Change::ApiKeyRevoked { .. }
         | Change::VaultValueSet { .. }
-        | Change::VaultValueDeleted { .. } => None,
+        | Change::VaultValueDeleted { .. }
+        | Change::WebhookEndpointChanged { .. } => None,
     }
 }
 
@@ -268,6 +295,15 @@ pub(super) fn outbox(conn: &mut Conn, change: &Change) -> AppResult<bool> {
     let data = EventData::named(conn, c.id, c.user_id, &c.service, c.account.clone(), e.status, e.reason)?;
     outbox::record(conn, e.event_type, &data)?;
     Ok(true)
+}
+
+/// Whether the webhook worker must look again once `change` is committed: it recorded an event,
+/// or the endpoints changed (a new one may have events waiting).
+pub fn wakes_webhooks(change: &Change) -> bool {
+    match change {
+        Change::WebhookEndpointChanged { .. } => true,
+        other => outbox_of(other).is_some(),
+    }
 }
 
 /// What `change` makes every instance drop from its caches, if anything.
@@ -296,7 +332,8 @@ pub fn invalidation_of(change: &Change) -> Option<Invalidated> {
         | Change::PasswordChanged { .. }
         | Change::ApiKeyCreated { .. }
         | Change::VaultValueSet { .. }
-        | Change::VaultValueDeleted { .. } => None,
+        | Change::VaultValueDeleted { .. }
+        | Change::WebhookEndpointChanged { .. } => None,
     }
 }
 

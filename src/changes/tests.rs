@@ -1,8 +1,8 @@
 //! Each projection's mapping, variant by variant, and a unit of work writing them all in its
 //! transaction.
 
-use super::project::{audit_of, history_of, invalidation_of, outbox_of};
-use super::{Actor, Change, KeyRevoked, SessionsEnd, Subject};
+use super::project::{audit_of, history_of, invalidation_of, outbox_of, wakes_webhooks};
+use super::{Actor, Change, EndpointChange, KeyRevoked, SessionsEnd, Subject};
 use crate::db::models::connections::Account;
 use crate::db::models::events::EventOutcome;
 use crate::db::models::invalidations::Invalidated;
@@ -86,11 +86,26 @@ fn samples() -> Vec<(&'static str, Change)> {
         ("vault_set", Change::VaultValueSet { by: Actor::User(7), path: "oauth/x/client_secret".into() }),
         ("vault_cli", Change::VaultValueSet { by: Actor::Cli, path: "p".into() }),
         ("vault_deleted", Change::VaultValueDeleted { by: Actor::User(7), path: "p".into() }),
+        ("hook_added", endpoint(EndpointChange::Added { url_origin: "https://h.example".into(), events: Vec::new() })),
+        (
+            "hook_updated",
+            endpoint(EndpointChange::Updated {
+                url_origin: "https://h.example".into(),
+                events: vec!["connection.*".into()],
+            }),
+        ),
+        ("hook_rotated", endpoint(EndpointChange::SecretRotated { previous_valid_until: 99 })),
+        ("hook_deleted", endpoint(EndpointChange::Deleted)),
+        ("hook_reverted", endpoint(EndpointChange::Reverted)),
     ]
 }
 
 fn ip() -> std::net::IpAddr {
     std::net::IpAddr::from([192, 0, 2, 1])
+}
+
+fn endpoint(change: EndpointChange) -> Change {
+    Change::WebhookEndpointChanged { user_id: 7, endpoint: "ops".into(), change }
 }
 
 fn key_revoked(why: KeyRevoked) -> Change {
@@ -121,14 +136,15 @@ fn variant(change: &Change) -> &'static str {
         Change::ApiKeyRevoked { .. } => "ApiKeyRevoked",
         Change::VaultValueSet { .. } => "VaultValueSet",
         Change::VaultValueDeleted { .. } => "VaultValueDeleted",
+        Change::WebhookEndpointChanged { .. } => "WebhookEndpointChanged",
     }
 }
 
-const VARIANTS: usize = 21;
+const VARIANTS: usize = 22;
 
 /// The samples past the connection ones, which no connection projection (history, outbox)
 /// makes anything of.
-const NOT_CONNECTIONS: [&str; 17] = [
+const NOT_CONNECTIONS: [&str; 22] = [
     "signed_in",
     "signin_refused",
     "signed_out",
@@ -146,6 +162,11 @@ const NOT_CONNECTIONS: [&str; 17] = [
     "vault_set",
     "vault_cli",
     "vault_deleted",
+    "hook_added",
+    "hook_updated",
+    "hook_rotated",
+    "hook_deleted",
+    "hook_reverted",
 ];
 
 fn with_none(mut rows: Vec<(&'static str, Option<&'static str>)>) -> Vec<(&'static str, Option<&'static str>)> {
@@ -256,6 +277,26 @@ fn audit_projection() {
         ("vault_set", Some(&format!(r#"vault.set user:7 {at7} {{"path":"oauth/x/client_secret"}}"#))),
         ("vault_cli", Some(&format!(r#"vault.set cli {none} {{"path":"p"}}"#))),
         ("vault_deleted", Some(&format!(r#"vault.delete user:7 {at7} {{"path":"p"}}"#))),
+        (
+            "hook_added",
+            Some(&format!(
+                r#"webhook.changed user:7 {at7} {{"change":"added","endpoint":"ops","events":"all","url_origin":"https://h.example"}}"#
+            )),
+        ),
+        (
+            "hook_updated",
+            Some(&format!(
+                r#"webhook.changed user:7 {at7} {{"change":"updated","endpoint":"ops","events":["connection.*"],"url_origin":"https://h.example"}}"#
+            )),
+        ),
+        (
+            "hook_rotated",
+            Some(&format!(
+                r#"webhook.changed user:7 {at7} {{"change":"secret_rotated","endpoint":"ops","previous_valid_until":99}}"#
+            )),
+        ),
+        ("hook_deleted", Some(&format!(r#"webhook.changed user:7 {at7} {{"change":"deleted","endpoint":"ops"}}"#))),
+        ("hook_reverted", Some(&format!(r#"webhook.changed user:7 {at7} {{"change":"reverted","endpoint":"ops"}}"#))),
     ]));
     assert_eq!(got, want);
 }
@@ -369,4 +410,13 @@ fn a_unit_of_work_writes_its_projections_in_its_transaction() {
     assert_eq!(committed.settle(super::Effects { caches: Some(&caches), webhooks: None }), 42);
     assert!(caches.connections.get(&key).is_none(), "settling dropped the cached copy");
     assert!(crate::audit::verify(&mut conn, &cipher).unwrap().is_ok(), "the chain still verifies");
+}
+
+/// The webhook worker is woken after an event was recorded or the endpoints changed.
+#[test]
+fn wake_projection() {
+    let woken: Vec<&str> = samples().iter().filter(|(_, c)| wakes_webhooks(c)).map(|(n, _)| *n).collect();
+    let mut want: Vec<&str> = samples().iter().filter(|(_, c)| outbox_of(c).is_some()).map(|(n, _)| *n).collect();
+    want.extend(["hook_added", "hook_updated", "hook_rotated", "hook_deleted", "hook_reverted"]);
+    assert_eq!(woken, want);
 }

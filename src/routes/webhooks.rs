@@ -11,6 +11,7 @@ use rocket_dyn_templates::Template;
 use serde::Serialize;
 
 use crate::auth::{AdminUser, Csrf, CsrfField, CsrfOnly};
+use crate::changes::Committed;
 use crate::db::models::webhooks as rows;
 use crate::error::{AppError, AppResult};
 use crate::state::AppState;
@@ -186,16 +187,18 @@ async fn render(
 async fn edit<T: Send + 'static>(
     app: &AppState,
     admin: &AdminUser<'_>,
-    f: impl FnOnce(&Editor<'_>, &mut crate::db::Conn) -> AppResult<T> + Send + 'static,
+    f: impl FnOnce(&Editor<'_>, &mut crate::db::Conn) -> AppResult<Committed<T>> + Send + 'static,
 ) -> AppResult<T> {
     let (hooks, cipher, user_id, username) =
         (app.webhooks.clone(), app.cipher.clone(), admin.0.id, admin.0.username.clone());
-    app.db
+    let committed = app
+        .db
         .run(move |conn| {
             let editor = Editor { hooks: &hooks, cipher: &cipher, user_id, username: &username };
             f(&editor, conn)
         })
-        .await
+        .await?;
+    Ok(committed.settle(app.effects()))
 }
 
 #[get("/admin/webhooks")]
@@ -257,7 +260,6 @@ async fn add(
     match edit(app, &admin, move |ed, conn| ed.add(conn, &n, &u, &e)).await {
         Ok(secret) => {
             tracing::info!(user_id = admin.0.id, endpoint = %name, "webhook endpoint added");
-            app.webhooks.wake();
             let view = shown(&name, &secret, false);
             Ok((Status::Ok, render(app, &admin, layout, Some(view), AddDraft::default(), None).await?))
         }
