@@ -98,6 +98,9 @@ pub enum Change {
     VaultValueSet { by: Actor, path: String },
     /// A vault value was deleted.
     VaultValueDeleted { by: Actor, path: String },
+    /// An administrator (`by`: their username, as the event says) queued a `webhook.test` event
+    /// for endpoint `endpoint` only.
+    WebhookTestQueued { endpoint: String, by: String },
     /// An administrator changed webhook endpoint `endpoint` on `/admin/webhooks`.
     WebhookEndpointChanged { user_id: i64, endpoint: String, change: EndpointChange },
 }
@@ -155,6 +158,8 @@ pub struct Tx<'c> {
     events_kept: Option<i64>,
     invalidated: Vec<Invalidated>,
     wake: bool,
+    /// The `webhook-id`s of the events recorded so far.
+    events: Vec<String>,
 }
 
 impl<'c> Tx<'c> {
@@ -167,7 +172,9 @@ impl<'c> Tx<'c> {
     pub fn record(&mut self, change: Change) -> AppResult<()> {
         project::history(self.conn, self.events_kept, &change)?;
         project::audit(self.conn, self.cipher, &change)?;
-        project::outbox(self.conn, &change)?;
+        if let Some(id) = project::outbox(self.conn, &change)? {
+            self.events.push(id);
+        }
         self.wake |= project::wakes_webhooks(&change);
         if let Some(what) = project::invalidation_of(&change) {
             if !self.invalidated.contains(&what) {
@@ -176,6 +183,11 @@ impl<'c> Tx<'c> {
             }
         }
         Ok(())
+    }
+
+    /// The `webhook-id`s of the events recorded so far in this unit, oldest first.
+    pub fn events(&self) -> &[String] {
+        &self.events
     }
 
     /// The value of a model write that recorded its own invalidations (their rows are already
@@ -227,7 +239,7 @@ fn unit<T>(
     f: impl FnOnce(&mut Tx<'_>) -> AppResult<T>,
 ) -> AppResult<Committed<T>> {
     conn.transaction(|conn| {
-        let mut tx = Tx { conn, cipher, events_kept, invalidated: Vec::new(), wake: false };
+        let mut tx = Tx { conn, cipher, events_kept, invalidated: Vec::new(), wake: false, events: Vec::new() };
         let value = f(&mut tx)?;
         Ok(Committed { value, invalidated: tx.invalidated, wake: tx.wake })
     })

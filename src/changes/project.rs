@@ -74,6 +74,7 @@ pub fn history_of(change: &Change) -> Option<HistoryRow<'_>> {
         | Change::ApiKeyRevoked { .. }
         | Change::VaultValueSet { .. }
         | Change::VaultValueDeleted { .. }
+        | Change::WebhookTestQueued { .. }
         | Change::WebhookEndpointChanged { .. } => None,
     }
 }
@@ -119,7 +120,8 @@ pub fn audit_of(change: &Change) -> Option<Entry> {
         | Change::ReconnectRequired { .. }
         | Change::ConnectionDegraded { .. }
         | Change::RefreshNeedsAdmin { .. }
-        | Change::ExpiryWarned { .. } => None,
+        | Change::ExpiryWarned { .. }
+        | Change::WebhookTestQueued { .. } => None,
         Change::SignedIn { user_id, address } => {
             Some(Entry::new(Kind::SigninSuccess, Actor::User(*user_id)).user(*user_id).address(*address))
         }
@@ -285,23 +287,28 @@ pub fn outbox_of(change: &Change) -> Option<OutboxEvent<'_>> {
         | Change::VaultValueSet { .. }
         | Change::VaultValueDeleted { .. }
         | Change::WebhookEndpointChanged { .. } => None,
+        // Recorded for its one endpoint (see `outbox`), not as a connection event.
+        Change::WebhookTestQueued { .. } => None,
     }
 }
 
-/// Record the webhook event of `change`; whether there was one (the worker is woken for it).
-pub(super) fn outbox(conn: &mut Conn, change: &Change) -> AppResult<bool> {
-    let Some(e) = outbox_of(change) else { return Ok(false) };
+/// Record the webhook event of `change`; its `webhook-id` when there was one. A test event goes to
+/// its one endpoint, ready to deliver ([`outbox::record_test`]).
+pub(super) fn outbox(conn: &mut Conn, change: &Change) -> AppResult<Option<String>> {
+    if let Change::WebhookTestQueued { endpoint, by } = change {
+        return Ok(Some(outbox::record_test(conn, endpoint, by)?));
+    }
+    let Some(e) = outbox_of(change) else { return Ok(None) };
     let c = e.conn;
     let data = EventData::named(conn, c.id, c.user_id, &c.service, c.account.clone(), e.status, e.reason)?;
-    outbox::record(conn, e.event_type, &data)?;
-    Ok(true)
+    Ok(Some(outbox::record(conn, e.event_type, &data)?))
 }
 
 /// Whether the webhook worker must look again once `change` is committed: it recorded an event,
 /// or the endpoints changed (a new one may have events waiting).
 pub fn wakes_webhooks(change: &Change) -> bool {
     match change {
-        Change::WebhookEndpointChanged { .. } => true,
+        Change::WebhookEndpointChanged { .. } | Change::WebhookTestQueued { .. } => true,
         other => outbox_of(other).is_some(),
     }
 }
@@ -333,6 +340,7 @@ pub fn invalidation_of(change: &Change) -> Option<Invalidated> {
         | Change::ApiKeyCreated { .. }
         | Change::VaultValueSet { .. }
         | Change::VaultValueDeleted { .. }
+        | Change::WebhookTestQueued { .. }
         | Change::WebhookEndpointChanged { .. } => None,
     }
 }

@@ -97,6 +97,7 @@ fn samples() -> Vec<(&'static str, Change)> {
         ("hook_rotated", endpoint(EndpointChange::SecretRotated { previous_valid_until: 99 })),
         ("hook_deleted", endpoint(EndpointChange::Deleted)),
         ("hook_reverted", endpoint(EndpointChange::Reverted)),
+        ("hook_test", Change::WebhookTestQueued { endpoint: "ops".into(), by: "root".into() }),
     ]
 }
 
@@ -137,14 +138,15 @@ fn variant(change: &Change) -> &'static str {
         Change::VaultValueSet { .. } => "VaultValueSet",
         Change::VaultValueDeleted { .. } => "VaultValueDeleted",
         Change::WebhookEndpointChanged { .. } => "WebhookEndpointChanged",
+        Change::WebhookTestQueued { .. } => "WebhookTestQueued",
     }
 }
 
-const VARIANTS: usize = 22;
+const VARIANTS: usize = 23;
 
 /// The samples past the connection ones, which no connection projection (history, outbox)
 /// makes anything of.
-const NOT_CONNECTIONS: [&str; 22] = [
+const NOT_CONNECTIONS: [&str; 23] = [
     "signed_in",
     "signin_refused",
     "signed_out",
@@ -167,6 +169,7 @@ const NOT_CONNECTIONS: [&str; 22] = [
     "hook_rotated",
     "hook_deleted",
     "hook_reverted",
+    "hook_test",
 ];
 
 fn with_none(mut rows: Vec<(&'static str, Option<&'static str>)>) -> Vec<(&'static str, Option<&'static str>)> {
@@ -297,6 +300,7 @@ fn audit_projection() {
         ),
         ("hook_deleted", Some(&format!(r#"webhook.changed user:7 {at7} {{"change":"deleted","endpoint":"ops"}}"#))),
         ("hook_reverted", Some(&format!(r#"webhook.changed user:7 {at7} {{"change":"reverted","endpoint":"ops"}}"#))),
+        ("hook_test", None),
     ]));
     assert_eq!(got, want);
 }
@@ -417,6 +421,38 @@ fn a_unit_of_work_writes_its_projections_in_its_transaction() {
 fn wake_projection() {
     let woken: Vec<&str> = samples().iter().filter(|(_, c)| wakes_webhooks(c)).map(|(n, _)| *n).collect();
     let mut want: Vec<&str> = samples().iter().filter(|(_, c)| outbox_of(c).is_some()).map(|(n, _)| *n).collect();
-    want.extend(["hook_added", "hook_updated", "hook_rotated", "hook_deleted", "hook_reverted"]);
+    want.extend(["hook_added", "hook_updated", "hook_rotated", "hook_deleted", "hook_reverted", "hook_test"]);
     assert_eq!(woken, want);
+}
+
+/// A queued test event is one `webhook.test` event for its endpoint only, with its delivery ready
+/// (no history, no audit entry, no invalidation); the unit knows its `webhook-id` and wakes the worker.
+#[test]
+fn a_test_event_is_recorded_for_its_one_endpoint() {
+    use crate::db::models::webhooks as rows;
+    use crate::db::Db;
+    use crate::vault::Cipher;
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(&dir.path().join("t.sqlite").to_string_lossy()).unwrap();
+    let cipher = Cipher::for_tests(3);
+    let mut conn = db.conn().unwrap();
+    crate::audit::open(&mut conn, &cipher).unwrap().unwrap();
+    let committed = super::write_no_history(&mut conn, &cipher, |tx| {
+        tx.record(Change::WebhookTestQueued { endpoint: "ops".into(), by: "root".into() })?;
+        assert_eq!(tx.events().len(), 1);
+        Ok(tx.events()[0].clone())
+    })
+    .unwrap();
+    assert!(committed.wakes());
+    assert!(committed.invalidated().is_empty());
+    let id = committed.recorded_only();
+    assert!(id.starts_with("msg_"), "{id}");
+    let recent = rows::recent(&mut conn, "ops", 10).unwrap();
+    assert_eq!(recent.len(), 1);
+    let (_, event) = &recent[0];
+    assert_eq!(event.msg_id, id);
+    let body: serde_json::Value = serde_json::from_str(&event.body).unwrap();
+    assert_eq!(body["type"], "webhook.test");
+    assert_eq!(body["data"], serde_json::json!({"endpoint": "ops", "requested_by": "root"}));
+    assert!(rows::recent(&mut conn, "other", 10).unwrap().is_empty(), "no other endpoint gets it");
 }

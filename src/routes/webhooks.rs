@@ -11,14 +11,14 @@ use rocket_dyn_templates::Template;
 use serde::Serialize;
 
 use crate::auth::{AdminUser, Csrf, CsrfField, CsrfOnly};
-use crate::changes::Committed;
+use crate::changes::{Change, Committed};
 use crate::db::models::webhooks as rows;
 use crate::error::{AppError, AppResult};
 use crate::state::AppState;
 use crate::util::{format_utc, now, relative_time, ExposeSecret, Secret};
 use crate::web::{Flash, Layout, Page};
 use crate::webhooks::edit::{Editor, ROTATION_OVERLAP};
-use crate::webhooks::{outbox, Origin};
+use crate::webhooks::Origin;
 
 pub fn routes() -> Vec<Route> {
     routes![page, send_test, add, update, rotate, remove]
@@ -217,8 +217,14 @@ async fn send_test(
     app.db.run(move |conn| hooks.reload(conn, &cipher)).await?;
     let endpoint = app.webhooks.get(name).ok_or(AppError::NotFound)?.name.clone();
     let (ep, by) = (endpoint.clone(), admin.0.username.clone());
-    let id = app.db.run(move |conn| Ok(outbox::record_test(conn, &ep, &by)?)).await?;
-    app.webhooks.wake();
+    let committed = app
+        .db
+        .write(app.ledger(), move |tx| {
+            tx.record(Change::WebhookTestQueued { endpoint: ep, by })?;
+            tx.events().last().cloned().ok_or_else(|| AppError::internal("the test event was not recorded"))
+        })
+        .await?;
+    let id = committed.settle(app.effects());
     tracing::info!(user_id = admin.0.id, endpoint = %endpoint, webhook_id = %id, "webhook test event queued");
     Ok(Flash::success(Redirect::to(uri!(page)), format!("A test event ({id}) was queued for {endpoint}.")))
 }
