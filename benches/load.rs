@@ -20,8 +20,9 @@
 //! the token API and account page are measured on PostgreSQL too, with one and two instances.
 //! Knobs: BENCH_SECONDS (default 5), BENCH_CONNECTIONS (50), BENCH_STORM (1000).
 
+// The `it` test binary uses all of `common` (its dead-code check covers it); this uses a part.
 #[path = "../tests/common/mod.rs"]
-#[allow(unused_imports)]
+#[allow(unused_imports, dead_code)]
 mod common;
 
 use std::process::{Command, Stdio};

@@ -13,8 +13,9 @@
 //! `TV_SERVER_BINARY=<path>` measures another build of the server (e.g. an older commit's) instead
 //! of this one, so two builds can be compared on the same machine in one sitting.
 
+// The `it` test binary uses all of `common` (its dead-code check covers it); this uses a part.
 #[path = "../tests/common/mod.rs"]
-#[allow(unused_imports)]
+#[allow(unused_imports, dead_code)]
 mod common;
 
 use std::collections::BTreeMap;

@@ -3,8 +3,9 @@
 //! in-process worker to a loopback receiver. Prints recordings and deliveries per second; fails if
 //! any event is missing or delivered twice. Knob: BENCH_WEBHOOKS (default 10000).
 
+// The `it` test binary uses all of `common` (its dead-code check covers it); this uses a part.
 #[path = "../tests/common/mod.rs"]
-#[allow(unused_imports)]
+#[allow(unused_imports, dead_code)]
 mod common;
 
 use std::time::{Duration, Instant};

@@ -37,28 +37,9 @@ pub fn prepare(figment: Figment) -> Result<Prepared, ConfigError> {
     let raw = RawConfig::from_figment(&figment)?;
     let settings = Settings::resolve(&raw, &profile)?;
     let catalog = Catalog::build(&settings, &raw.providers)?;
-    let webhooks = crate::webhooks::Webhooks::build(&raw.webhooks)?.allow_private_urls(settings.webhook_private_urls);
+    let webhooks = crate::webhooks::Webhooks::build(&raw.webhooks)?.allow_private_urls(settings.webhooks.private_urls);
 
-    let vault_key = match key_or_file("vault_key", raw.vault_key.clone(), raw.vault_key_file.as_deref())? {
-        Some(key) => key,
-        None if settings.dev_mode => {
-            let path = settings.data_dir.join("vault.key");
-            let (key, created) = load_or_create_key(&path, true, Cipher::generate_key)?;
-            if created {
-                tracing::warn!(path = %path.display(), "generated a new vault key (debug profile only); keep this file, it opens every stored secret");
-            }
-            key
-        }
-        None => {
-            return Err(ConfigError::Missing(format!(
-            "`vault_key` is required in the `{profile}` profile: generate one with `tokenvault keygen` and set it as \
-                 ROCKET_VAULT_KEY, or put it in a file named by ROCKET_VAULT_KEY_FILE (`vault_key_file`)"
-        )))
-        }
-    };
-    let old: Vec<String> = raw.vault_old_keys.iter().map(|k| k.expose_secret().to_string()).collect();
-    let cipher =
-        Cipher::from_base64(vault_key.expose_secret(), &old).map_err(|e| invalid("vault_key", e.to_string()))?;
+    let (vault_key, cipher) = vault_key(&raw, &settings, &profile)?;
 
     let mut figment = figment;
     // Rocket's defaults hold an all-zero secret key, which it replaces with a random one per start
@@ -114,6 +95,36 @@ pub fn prepare(figment: Figment) -> Result<Prepared, ConfigError> {
     Ok(Prepared { figment, settings, catalog, cipher, webhooks })
 }
 
+/// The vault key (configured, in a file, or in the debug profile created on first start) and the
+/// cipher it opens, with the old keys of a rotation.
+fn vault_key(
+    raw: &RawConfig,
+    settings: &Settings,
+    profile: &str,
+) -> Result<(crate::util::Secret, Cipher), ConfigError> {
+    let vault_key = match key_or_file("vault_key", raw.vault_key.clone(), raw.vault_key_file.as_deref())? {
+        Some(key) => key,
+        None if settings.dev_mode => {
+            let path = settings.data_dir.join("vault.key");
+            let (key, created) = load_or_create_key(&path, true, Cipher::generate_key)?;
+            if created {
+                tracing::warn!(path = %path.display(), "generated a new vault key (debug profile only); keep this file, it opens every stored secret");
+            }
+            key
+        }
+        None => {
+            return Err(ConfigError::Missing(format!(
+            "`vault_key` is required in the `{profile}` profile: generate one with `tokenvault keygen` and set it as \
+                 ROCKET_VAULT_KEY, or put it in a file named by ROCKET_VAULT_KEY_FILE (`vault_key_file`)"
+        )))
+        }
+    };
+    let old: Vec<String> = raw.vault_old_keys.iter().map(|k| k.expose_secret().to_string()).collect();
+    let cipher =
+        Cipher::from_base64(vault_key.expose_secret(), &old).map_err(|e| invalid("vault_key", e.to_string()))?;
+    Ok((vault_key, cipher))
+}
+
 /// `ip_header = false` unless the operator set `ip_header` (a file or the environment): Rocket's
 /// built-in default is never used.
 fn ip_header_only_if_named(figment: Figment) -> Figment {
@@ -145,13 +156,13 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
              holds real users' tokens; set `demo_provider = false`."
         );
     }
-    let http = Outbound::new(&settings).map_err(|e| invalid("http_timeout", e))?;
+    let http = Outbound::new(&settings.http).map_err(|e| invalid("http_timeout", e))?;
     let static_files = crate::assets::StaticFiles { dir: settings.static_dir.clone() };
     let demo = settings.demo_provider;
     let settings = Arc::new(settings);
     let cipher = Arc::new(cipher);
 
-    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let metrics = Arc::new(crate::state::AppMetrics::new());
     let metrics_state = metrics.clone();
     let database = AdHoc::try_on_ignite("Database and state", move |rocket| async move {
         let url = settings.database_url.clone();
@@ -198,7 +209,8 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
                 if settings.demo_provider {
                     form_targets.extend(
                         settings
-                            .demo_redirect_uris
+                            .demo
+                            .redirect_uris
                             .iter()
                             .filter_map(|u| url::Url::parse(u).ok())
                             .map(|u| u.origin().ascii_serialization()),
@@ -215,12 +227,12 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
                     catalog,
                     refresh_locks: Default::default(),
                     metrics: metrics_state,
-                    caches: Arc::new(crate::cache::Caches::new(settings.cache_ttl)),
+                    caches: Arc::new(crate::cache::Caches::new(settings.api.cache_ttl)),
                     hasher: Arc::new(crate::auth::password::Hasher::for_this_machine()),
                     login_throttle: crate::auth::throttle::LoginThrottle::new(
-                        settings.login_limit_per_ip,
-                        settings.login_limit_per_account,
-                        settings.login_throttle_capacity,
+                        settings.login.per_ip,
+                        settings.login.per_account,
+                        settings.login.throttle_capacity,
                     ),
                     webhooks,
                     audit: Default::default(),
@@ -241,7 +253,7 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
 
     let mut rocket = rocket::custom(figment)
         .attach(RequestLog)
-        .attach(crate::metrics::MetricsFairing(metrics))
+        .attach(crate::metrics::MetricsFairing(metrics.registry.clone()))
         .attach(Template::custom(|engines| engines.handlebars.set_strict_mode(true)))
         .attach(database)
         .attach(AdHoc::on_liftoff("Announce", |rocket| {
@@ -252,8 +264,8 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
                     let (db, cipher, days, metrics, shutdown) = (
                         app.db.clone(),
                         app.cipher.clone(),
-                        app.settings.audit_retention_days,
-                        app.metrics.clone(),
+                        app.settings.audit.retention_days,
+                        app.metrics.audit.clone(),
                         rocket.shutdown(),
                     );
                     rocket::tokio::spawn(async move {
@@ -267,9 +279,9 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
                     let checkpoints = crate::audit::checkpoint::publish_periodically(
                         app.db.clone(),
                         app.cipher.clone(),
-                        std::time::Duration::from_secs(app.settings.audit_checkpoint_interval as u64),
-                        app.settings.audit_checkpoint_file.clone(),
-                        app.metrics.clone(),
+                        std::time::Duration::from_secs(app.settings.audit.checkpoint_interval as u64),
+                        app.settings.audit.checkpoint_file.clone(),
+                        app.metrics.audit.clone(),
                         {
                             let hooks = app.webhooks.clone();
                             std::sync::Arc::new(move |conn: &mut crate::db::Conn, c: &_| {
@@ -300,14 +312,14 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
                         db: app.db.clone(),
                         hooks: app.webhooks.clone(),
                         http: app.http.clone(),
-                        metrics: app.metrics.clone(),
+                        metrics: app.metrics.webhooks.clone(),
                         cipher: app.cipher.clone(),
                         public_http: crate::oauth::http::Outbound::with_resolver(
-                            &app.settings,
+                            &app.settings.http,
                             Arc::new(crate::webhooks::egress::PublicOnly),
                         )
                         .expect("the public-only client builds as the main one did"),
-                        lease: (app.settings.http_timeout + app.settings.http_connect_timeout) as i64 + 5,
+                        lease: (app.settings.http.timeout + app.settings.http.connect_timeout) as i64 + 5,
                     };
                     let shutdown = rocket.shutdown();
                     rocket::tokio::spawn(async move {
@@ -328,7 +340,7 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
                     // The keep-alive worker (`oauth::keepalive`): stops starting refreshes when
                     // shutdown starts and is dropped with the same select (a lease it held
                     // expires by itself).
-                    if app.settings.keepalive_worker {
+                    if app.settings.refresh.keepalive_worker {
                         let (worker, shutdown) = (app.keepalive(), rocket.shutdown());
                         let stopping = {
                             let shutdown = shutdown.clone();

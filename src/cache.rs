@@ -38,11 +38,41 @@ pub struct TtlCache<K, V> {
 }
 
 /// A cache's counters, for `/metrics`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CacheStats {
     pub hits: u64,
     pub misses: u64,
     pub entries: u64,
+}
+
+/// The caches' metrics: lookups by cache and result, entries (read at scrape time).
+#[derive(Clone)]
+pub struct CacheMetrics {
+    lookups: prometheus::IntCounterVec,
+    entries: prometheus::IntGaugeVec,
+}
+
+impl CacheMetrics {
+    pub fn register(m: &crate::metrics::Metrics) -> CacheMetrics {
+        CacheMetrics {
+            lookups: m.counters(
+                "cache_lookups_total",
+                "In-memory cache lookups by cache and result (hit, miss)",
+                &["cache", "result"],
+            ),
+            entries: m.gauges("cache_entries", "In-memory cache entries", &["cache"]),
+        }
+    }
+
+    /// Follow each named cache's running totals.
+    pub fn set(&self, caches: &[(&str, CacheStats)]) {
+        for (name, stats) in caches {
+            for (result, total) in [("hit", stats.hits), ("miss", stats.misses)] {
+                crate::metrics::follow(&self.lookups.with_label_values(&[name, result]), total);
+            }
+            self.entries.with_label_values(&[name]).set(stats.entries as i64);
+        }
+    }
 }
 
 struct Inner<K, V> {

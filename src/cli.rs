@@ -176,204 +176,250 @@ pub fn run(command: Command) -> Result<String, String> {
         Command::Keygen { secret_key } => {
             Ok(if secret_key { crate::util::random_key_b64(64) } else { crate::vault::Cipher::generate_key() })
         }
-        Command::User { command: UserCommand::Add { name, admin } } => {
-            let (mut conn, prepared) = open()?;
-            let password = read_secret(&format!("Password for {name}: "))?;
-            // Synchronous and alone: the CLI hashes directly, before it takes a connection.
-            accounts::check_new(&name, &password).map_err(cli_error)?;
-            let hash = crate::auth::password::hash_blocking(&password).map_err(cli_error)?;
-            let role = if admin {
-                accounts::Role::Admin
-            } else if prepared.settings.dev_mode {
-                accounts::Role::FirstIsAdmin
-            } else {
-                accounts::Role::User
-            };
-            let user = accounts::add_from_cli(&mut conn, &prepared.cipher, &name, &hash, role).map_err(cli_error)?;
-            Ok(format!("created user {} (id {}{})", user.username, user.id, if user.is_admin { ", admin" } else { "" }))
-        }
-        Command::User { command: UserCommand::Rename { name, new_name } } => {
-            let prepared = prepare(figment()).map_err(|e| e.to_string())?;
-            // Migrated up to (not into) a step that names differing only in case would block.
-            let mut conn = db::connect_for_repair(&prepared.settings.database_url)?;
-            crate::vault::rotation::verify_key(&mut conn, &prepared.cipher)?;
-            let id = accounts::rename(&mut conn, &prepared.cipher, &name, &new_name).map_err(cli_error)?;
-            let left = crate::db::models::users::case_collisions(&mut conn).map_err(|e| e.to_string())?;
-            let mut out = format!("renamed user {name} (id {id}) to {}", accounts::clean_username(&new_name));
-            if !left.is_empty() {
-                out.push_str(&format!("\nstill to rename before tokenvault starts: {}", db::collision_groups(&left)));
-            }
-            Ok(out)
-        }
-        Command::Vault { command: VaultCommand::Set { path, value } } => {
-            let (mut conn, prepared) = open()?;
-            let value =
-                if value == "-" { read_secret(&format!("Value for {path}: "))? } else { crate::util::secret(value) };
-            vault::set_recorded(&mut conn, &prepared.cipher, &path, &value, crate::changes::Actor::Cli, "cli")
-                .map_err(cli_error)?
-                // The CLI caches nothing and runs no worker: the recorded rows tell the servers.
-                .recorded_only();
-            Ok(format!("{path} set"))
-        }
+        Command::User { command: UserCommand::Add { name, admin } } => user_add(name, admin),
+        Command::User { command: UserCommand::Rename { name, new_name } } => user_rename(name, new_name),
+        Command::Vault { command: VaultCommand::Set { path, value } } => vault_set(path, value),
         Command::ApiKey { command: ApiKeyCommand::Create { username, name, services, scopes, expires } } => {
-            let (mut conn, prepared) = open()?;
-            let scope = crate::auth::api_key::KeyScope::from_input(
-                &services,
-                &scopes,
-                expires.as_deref(),
-                |s| prepared.catalog.get(s).is_some(),
-                crate::util::now(),
-            )?;
-            let user = crate::db::models::users::find_by_username(&mut conn, &username)
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("no user named {username}"))?;
-            let max_keys = prepared.settings.max_api_keys_per_user;
-            let cli = crate::audit::Actor::Cli;
-            let created =
-                crate::auth::api_key::create(&mut conn, &prepared.cipher, cli, user.id, &name, &scope, max_keys)
-                    .map_err(cli_error)?;
-            for old in &created.evicted {
-                // On standard error: standard output is the key alone, for scripts.
-                eprintln!(
-                    "revoked the oldest key \"{}\" ({}…): {username} can have {max_keys} keys at most",
-                    old.name, old.prefix
-                );
-            }
-            Ok(created.key.expose_secret().to_string())
+            api_key_create(username, name, services, scopes, expires)
         }
-        Command::Vault { command: VaultCommand::RotateKey } => {
-            let (mut conn, prepared) = open()?;
-            let done = crate::vault::rotation::rotate(&mut conn, &prepared.cipher, |what, n| {
-                eprintln!("re-encrypted {n} {what}");
-            })
-            .map_err(|e| e.to_string())?;
-            Ok(format!(
-                "rotation complete under key {}: {} vault entries, {} connections, {} flows, {} webhook secrets, \
-                 {} tokens waiting to be revoked re-encrypted; the old key can now be removed from vault_old_keys",
-                prepared.cipher.active_key_id(),
-                done.vault_entries,
-                done.connections,
-                done.flows,
-                done.webhook_secrets,
-                done.retired_tokens
-            ))
-        }
-        Command::Backup { file } => {
-            let (mut conn, prepared) = open()?;
-            let backup = crate::db::backup::sqlite(&mut conn, &file)?;
-            let rows: Vec<String> = backup.tables.iter().map(|(table, n)| format!("  {table}: {n}")).collect();
-            Ok(format!(
-                "wrote {} ({} bytes, mode 0600), a consistent copy of {}:\n{}\n\
-                 Its secrets are sealed with the vault key {}: keep that key backed up separately (not next to \
-                 this file); a restore needs both.",
-                backup.path.display(),
-                backup.bytes,
-                prepared.settings.database_url,
-                rows.join("\n"),
-                prepared.cipher.active_key_id(),
-            ))
-        }
+        Command::Vault { command: VaultCommand::RotateKey } => vault_rotate_key(),
+        Command::Backup { file } => backup(file),
         Command::Check => check(),
         Command::Audit { command: AuditCommand::Verify { checkpoints, checkpoint_files } } => {
             let (mut conn, prepared) = open()?;
             audit_verify(&mut conn, &prepared.cipher, &checkpoints, &checkpoint_files)
         }
-        Command::Audit { command: AuditCommand::Checkpoint } => {
-            let (mut conn, prepared) = open()?;
-            let file = prepared.settings.audit_checkpoint_file.as_deref();
-            // The endpoints in effect, edits on /admin/webhooks included.
-            prepared.webhooks.reload(&mut conn, &prepared.cipher).map_err(cli_error)?;
-            let hooks = &prepared.webhooks;
-            let published = crate::audit::checkpoint::publish(&mut conn, &prepared.cipher, file, &|conn, c| {
-                hooks.record_checkpoint(conn, c)
-            })
-            .map_err(cli_error)?
-            .map_err(|broken| format!("no checkpoint: {}", crate::audit::unusable(&broken)))?;
-            for problem in &published.problems {
-                eprintln!("not published to {problem}");
-            }
-            if !published.problems.is_empty() {
-                return Err(format!("checkpoint {} not published everywhere", published.checkpoint.short()));
-            }
-            Ok(published.checkpoint.line())
-        }
-        Command::Audit { command: AuditCommand::Restart { archive, reason } } => {
-            let (mut conn, prepared) = open()?;
-            if reason.trim().is_empty() {
-                return Err("--reason must say why the log is restarted".into());
-            }
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                options.mode(0o600);
-            }
-            let mut file =
-                options.open(&archive).map_err(|e| format!("cannot create the archive {}: {e}", archive.display()))?;
-            let done = match crate::audit::restart(&mut conn, &prepared.cipher, reason.trim(), &mut file) {
-                Ok(done) => done,
-                Err(e) => {
-                    drop(file);
-                    let _ = std::fs::remove_file(&archive);
-                    return Err(cli_error(e));
-                }
-            };
-            file.sync_all().map_err(|e| format!("cannot write the archive {}: {e}", archive.display()))?;
-            Ok(format!(
-                "audit log restarted after entry {}: {} entries archived to {} (SHA-256 {}), recorded in the new log's \
-                 first entry. What was wrong: {}. Publish a checkpoint now (`tokenvault audit checkpoint`) and start \
-                 a new checkpoint file: the old checkpoints name the archived log.",
-                done.anchor,
-                done.archived,
-                archive.display(),
-                done.archive_sha256,
-                done.broken
-            ))
-        }
-        Command::Audit { command: AuditCommand::Tail { n, json } } => {
-            let (mut conn, _) = open()?;
-            let filter = crate::db::models::audit::Filter::default();
-            let mut rows =
-                crate::db::models::audit::list(&mut conn, &filter, n.clamp(1, 10_000)).map_err(|e| e.to_string())?;
-            rows.reverse();
-            let lines: Vec<String> = rows
-                .iter()
-                .map(|r| {
-                    if json {
-                        serde_json::to_string(r).unwrap_or_default()
-                    } else {
-                        format!(
-                            "{}\t{}\t{}\t{}\t{}\t{}\t{}",
-                            r.id,
-                            crate::audit::when(r.at, r.at_last),
-                            r.kind,
-                            r.actor,
-                            r.service.as_deref().unwrap_or("-"),
-                            r.address.as_deref().unwrap_or("-"),
-                            r.detail
-                        )
-                    }
-                })
-                .collect();
-            Ok(lines.join("\n"))
-        }
-        Command::Vault { command: VaultCommand::List } => {
-            let (mut conn, _) = open()?;
-            let entries = vault::list(&mut conn).map_err(cli_error)?;
-            Ok(entries
-                .iter()
-                .map(|e| format!("{}\t(updated {} by {})", e.path, crate::util::format_utc(e.updated_at), e.updated_by))
-                .collect::<Vec<_>>()
-                .join("\n"))
-        }
+        Command::Audit { command: AuditCommand::Checkpoint } => audit_checkpoint(),
+        Command::Audit { command: AuditCommand::Restart { archive, reason } } => audit_restart(archive, reason),
+        Command::Audit { command: AuditCommand::Tail { n, json } } => audit_tail(n, json),
+        Command::Vault { command: VaultCommand::List } => vault_list(),
     }
+}
+
+/// `tokenvault user add NAME [--admin]`: a new account, its password read from the terminal.
+fn user_add(name: String, admin: bool) -> Result<String, String> {
+    let (mut conn, prepared) = open()?;
+    let password = read_secret(&format!("Password for {name}: "))?;
+    // Synchronous and alone: the CLI hashes directly, before it takes a connection.
+    accounts::check_new(&name, &password).map_err(cli_error)?;
+    let hash = crate::auth::password::hash_blocking(&password).map_err(cli_error)?;
+    let role = if admin {
+        accounts::Role::Admin
+    } else if prepared.settings.dev_mode {
+        accounts::Role::FirstIsAdmin
+    } else {
+        accounts::Role::User
+    };
+    let user = accounts::add_from_cli(&mut conn, &prepared.cipher, &name, &hash, role).map_err(cli_error)?;
+    Ok(format!("created user {} (id {}{})", user.username, user.id, if user.is_admin { ", admin" } else { "" }))
+}
+
+/// `tokenvault user rename NAME NEW_NAME`: also on a database that names differing only in case keep from starting.
+fn user_rename(name: String, new_name: String) -> Result<String, String> {
+    let prepared = prepare(figment()).map_err(|e| e.to_string())?;
+    // Migrated up to (not into) a step that names differing only in case would block.
+    let mut conn = db::connect_for_repair(&prepared.settings.database_url)?;
+    crate::vault::rotation::verify_key(&mut conn, &prepared.cipher)?;
+    let id = accounts::rename(&mut conn, &prepared.cipher, &name, &new_name).map_err(cli_error)?;
+    let left = crate::db::models::users::case_collisions(&mut conn).map_err(|e| e.to_string())?;
+    let mut out = format!("renamed user {name} (id {id}) to {}", accounts::clean_username(&new_name));
+    if !left.is_empty() {
+        out.push_str(&format!("\nstill to rename before tokenvault starts: {}", db::collision_groups(&left)));
+    }
+    Ok(out)
+}
+
+/// `tokenvault vault set PATH VALUE|-`: a secret into the project vault.
+fn vault_set(path: String, value: String) -> Result<String, String> {
+    let (mut conn, prepared) = open()?;
+    let value = if value == "-" { read_secret(&format!("Value for {path}: "))? } else { crate::util::secret(value) };
+    vault::set_recorded(&mut conn, &prepared.cipher, &path, &value, crate::changes::Actor::Cli, "cli")
+        .map_err(cli_error)?
+        // The CLI caches nothing and runs no worker: the recorded rows tell the servers.
+        .recorded_only();
+    Ok(format!("{path} set"))
+}
+
+/// `tokenvault api-key create`: a scoped key for a user; the key alone on standard output.
+fn api_key_create(
+    username: String,
+    name: String,
+    services: Vec<String>,
+    scopes: Vec<String>,
+    expires: Option<String>,
+) -> Result<String, String> {
+    let (mut conn, prepared) = open()?;
+    let scope = crate::auth::api_key::KeyScope::from_input(
+        &services,
+        &scopes,
+        expires.as_deref(),
+        |s| prepared.catalog.get(s).is_some(),
+        crate::util::now(),
+    )?;
+    let user = crate::db::models::users::find_by_username(&mut conn, &username)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no user named {username}"))?;
+    let max_keys = prepared.settings.api.max_keys_per_user;
+    let cli = crate::audit::Actor::Cli;
+    let created = crate::auth::api_key::create(&mut conn, &prepared.cipher, cli, user.id, &name, &scope, max_keys)
+        .map_err(cli_error)?;
+    for old in &created.evicted {
+        // On standard error: standard output is the key alone, for scripts.
+        eprintln!(
+            "revoked the oldest key \"{}\" ({}…): {username} can have {max_keys} keys at most",
+            old.name, old.prefix
+        );
+    }
+    Ok(created.key.expose_secret().to_string())
+}
+
+/// `tokenvault vault rotate-key`: every sealed value re-sealed under the active key.
+fn vault_rotate_key() -> Result<String, String> {
+    let (mut conn, prepared) = open()?;
+    let done = crate::vault::rotation::rotate(&mut conn, &prepared.cipher, |what, n| {
+        eprintln!("re-encrypted {n} {what}");
+    })
+    .map_err(|e| e.to_string())?;
+    Ok(format!(
+        "rotation complete under key {}: {} vault entries, {} connections, {} flows, {} webhook secrets, \
+         {} tokens waiting to be revoked re-encrypted; the old key can now be removed from vault_old_keys",
+        prepared.cipher.active_key_id(),
+        done.vault_entries,
+        done.connections,
+        done.flows,
+        done.webhook_secrets,
+        done.retired_tokens
+    ))
+}
+
+/// `tokenvault backup FILE`: a consistent copy of a SQLite database.
+fn backup(file: std::path::PathBuf) -> Result<String, String> {
+    let (mut conn, prepared) = open()?;
+    let backup = crate::db::backup::sqlite(&mut conn, &file)?;
+    let rows: Vec<String> = backup.tables.iter().map(|(table, n)| format!("  {table}: {n}")).collect();
+    Ok(format!(
+        "wrote {} ({} bytes, mode 0600), a consistent copy of {}:\n{}\n\
+         Its secrets are sealed with the vault key {}: keep that key backed up separately (not next to \
+         this file); a restore needs both.",
+        backup.path.display(),
+        backup.bytes,
+        prepared.settings.database_url,
+        rows.join("\n"),
+        prepared.cipher.active_key_id(),
+    ))
+}
+
+/// `tokenvault audit checkpoint`: publish a checkpoint of the audit log now.
+fn audit_checkpoint() -> Result<String, String> {
+    let (mut conn, prepared) = open()?;
+    let file = prepared.settings.audit.checkpoint_file.as_deref();
+    // The endpoints in effect, edits on /admin/webhooks included.
+    prepared.webhooks.reload(&mut conn, &prepared.cipher).map_err(cli_error)?;
+    let hooks = &prepared.webhooks;
+    let published = crate::audit::checkpoint::publish(&mut conn, &prepared.cipher, file, &|conn, c| {
+        hooks.record_checkpoint(conn, c)
+    })
+    .map_err(cli_error)?
+    .map_err(|broken| format!("no checkpoint: {}", crate::audit::unusable(&broken)))?;
+    for problem in &published.problems {
+        eprintln!("not published to {problem}");
+    }
+    if !published.problems.is_empty() {
+        return Err(format!("checkpoint {} not published everywhere", published.checkpoint.short()));
+    }
+    Ok(published.checkpoint.line())
+}
+
+/// `tokenvault audit restart --archive FILE --reason TEXT`: archive a broken log and begin again, on the record.
+fn audit_restart(archive: std::path::PathBuf, reason: String) -> Result<String, String> {
+    let (mut conn, prepared) = open()?;
+    if reason.trim().is_empty() {
+        return Err("--reason must say why the log is restarted".into());
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file =
+        options.open(&archive).map_err(|e| format!("cannot create the archive {}: {e}", archive.display()))?;
+    let done = match crate::audit::restart(&mut conn, &prepared.cipher, reason.trim(), &mut file) {
+        Ok(done) => done,
+        Err(e) => {
+            drop(file);
+            let _ = std::fs::remove_file(&archive);
+            return Err(cli_error(e));
+        }
+    };
+    file.sync_all().map_err(|e| format!("cannot write the archive {}: {e}", archive.display()))?;
+    Ok(format!(
+        "audit log restarted after entry {}: {} entries archived to {} (SHA-256 {}), recorded in the new log's \
+         first entry. What was wrong: {}. Publish a checkpoint now (`tokenvault audit checkpoint`) and start \
+         a new checkpoint file: the old checkpoints name the archived log.",
+        done.anchor,
+        done.archived,
+        archive.display(),
+        done.archive_sha256,
+        done.broken
+    ))
+}
+
+/// `tokenvault audit tail [-n N] [--json]`: the newest entries, oldest first.
+fn audit_tail(n: i64, json: bool) -> Result<String, String> {
+    let (mut conn, _) = open()?;
+    let filter = crate::db::models::audit::Filter::default();
+    let mut rows = crate::db::models::audit::list(&mut conn, &filter, n.clamp(1, 10_000)).map_err(|e| e.to_string())?;
+    rows.reverse();
+    let lines: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            if json {
+                serde_json::to_string(r).unwrap_or_default()
+            } else {
+                format!(
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    r.id,
+                    crate::audit::when(r.at, r.at_last),
+                    r.kind,
+                    r.actor,
+                    r.service.as_deref().unwrap_or("-"),
+                    r.address.as_deref().unwrap_or("-"),
+                    r.detail
+                )
+            }
+        })
+        .collect();
+    Ok(lines.join("\n"))
+}
+
+/// `tokenvault vault list`: the vault's paths (never their values).
+fn vault_list() -> Result<String, String> {
+    let (mut conn, _) = open()?;
+    let entries = vault::list(&mut conn).map_err(cli_error)?;
+    Ok(entries
+        .iter()
+        .map(|e| format!("{}\t(updated {} by {})", e.path, crate::util::format_utc(e.updated_at), e.updated_by))
+        .collect::<Vec<_>>()
+        .join("\n"))
 }
 
 /// `tokenvault check`: every step `serve` takes before it listens, each reported on stdout; the
 /// first problem is the error (and the exit status).
 fn check() -> Result<String, String> {
     let prepared = prepare(figment()).map_err(|e| format!("configuration: {e}"))?;
+    let http = check_configuration(&prepared)?;
+    let mut conn = check_database(&prepared)?;
+    let problems = check_providers(prepared, &mut conn, &http)?;
+    match problems.into_iter().next() {
+        Some(first) => Err(first),
+        None => Ok("check passed".to_string()),
+    }
+}
+
+/// `check`, first step: the configuration Rocket and the templates read; the outbound client.
+fn check_configuration(prepared: &crate::app::Prepared) -> Result<crate::oauth::http::Outbound, String> {
     let settings = &prepared.settings;
     prepared
         .figment
@@ -382,7 +428,7 @@ fn check() -> Result<String, String> {
     crate::assets::template_root(settings.template_dir.as_deref())
         .map_err(|e| format!("configuration: `template_dir`: {e}"))?;
     let http =
-        crate::oauth::http::Outbound::new(settings).map_err(|e| format!("configuration: `http_timeout`: {e}"))?;
+        crate::oauth::http::Outbound::new(&settings.http).map_err(|e| format!("configuration: `http_timeout`: {e}"))?;
     println!("configuration: ok (profile {}, public_url {})", settings.profile, settings.public_url);
     let overrides = [("template_dir", &settings.template_dir), ("static_dir", &settings.static_dir)];
     for (key, dir) in overrides {
@@ -392,12 +438,18 @@ fn check() -> Result<String, String> {
         }
     }
 
+    Ok(http)
+}
+
+/// `check`, second step: the database, the vault key that opens it, and its audit log.
+fn check_database(prepared: &crate::app::Prepared) -> Result<crate::db::Conn, String> {
+    let settings = &prepared.settings;
     // One connection of its own, as every CLI command (no pool threads left running at exit).
     let mut conn = crate::db::connect(&settings.database_url).map_err(|e| format!("database: {e}"))?;
     println!(
         "database: ok ({:?}, {}, migrations applied)",
         conn.backend(),
-        crate::db::redact_url(&settings.database_url)
+        crate::util::redact_url(&settings.database_url)
     );
     let key_check =
         crate::vault::rotation::verify_key(&mut conn, &prepared.cipher).map_err(|e| format!("vault key: {e}"))?;
@@ -417,13 +469,24 @@ fn check() -> Result<String, String> {
         Err(broken) => return Err(format!("audit log: {}", crate::audit::unusable(&broken))),
     }
 
+    Ok(conn)
+}
+
+/// `check`, last step: every provider (discovered as at start) and its client credentials; the
+/// problems found, in order.
+fn check_providers(
+    prepared: crate::app::Prepared,
+    conn: &mut crate::db::Conn,
+    http: &crate::oauth::http::Outbound,
+) -> Result<Vec<String>, String> {
+    let settings = &prepared.settings;
     // Providers configured by `issuer` alone are resolved by OpenID Connect discovery, as at start.
     let mut catalog = prepared.catalog;
     let runtime = rocket::tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start an async runtime: {e}"))?;
-    runtime.block_on(catalog.discover(&http));
+    runtime.block_on(catalog.discover(http));
     let configured = crate::config::RawConfig::from_figment(&prepared.figment).map_err(|e| e.to_string())?.providers;
     let mut problems = Vec::new();
     for name in configured.keys().filter(|name| catalog.get(name).is_none()) {
@@ -437,7 +500,7 @@ fn check() -> Result<String, String> {
         let credentials = if provider.is_demo {
             "built in (created at start)".to_string()
         } else {
-            let stored = vault::client_credentials(&mut conn, &prepared.cipher, &provider.name).map_err(cli_error)?;
+            let stored = vault::client_credentials(conn, &prepared.cipher, &provider.name).map_err(cli_error)?;
             let missing = match &stored {
                 None => Some(provider.client_id_path()),
                 Some(c) if c.client_secret.is_none() => Some(provider.client_secret_path()),
@@ -461,10 +524,7 @@ fn check() -> Result<String, String> {
             settings.redirect_uri(&provider.name)
         );
     }
-    match problems.into_iter().next() {
-        Some(first) => Err(first),
-        None => Ok("check passed".to_string()),
-    }
+    Ok(problems)
 }
 
 /// `tokenvault audit verify [--checkpoint S:H]… [--checkpoint-file F]…`: the chain's verdict, then

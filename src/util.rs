@@ -122,6 +122,17 @@ pub fn rfc3339(at: i64) -> String {
         .unwrap_or_default()
 }
 
+/// Where a database URL points, without its password (for logs and errors).
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -318,7 +318,7 @@ async fn write(db: &Db, cipher: &Arc<Cipher>, lost: &AtomicU64, batches: &Atomic
 /// Retention pruning: at start and then every hour (`audit_retention_days`; 0 keeps forever). A
 /// prune that finds something that does not verify removes nothing: it is logged as an error and
 /// counted (`tokenvault_audit_prune_refused_total`).
-pub async fn prune_hourly(db: Db, cipher: Arc<Cipher>, days: i64, metrics: Arc<crate::metrics::Metrics>) {
+pub async fn prune_hourly(db: Db, cipher: Arc<Cipher>, days: i64, metrics: crate::audit::metrics::AuditMetrics) {
     if days <= 0 {
         return;
     }
@@ -328,7 +328,7 @@ pub async fn prune_hourly(db: Db, cipher: Arc<Cipher>, days: i64, metrics: Arc<c
             Ok(Ok(0)) => {}
             Ok(Ok(n)) => tracing::info!(removed = n, "audit entries past retention pruned"),
             Ok(Err(broken)) => {
-                metrics.audit_prune_refused();
+                metrics.prune_refused();
                 tracing::error!(
                     "audit pruning refused, nothing removed: {broken}. Run `tokenvault audit verify`; the entries stay \
                      until the log verifies"

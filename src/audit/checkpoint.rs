@@ -336,7 +336,7 @@ pub async fn publish_periodically(
     cipher: std::sync::Arc<Cipher>,
     every: std::time::Duration,
     file: Option<std::path::PathBuf>,
-    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    metrics: crate::audit::metrics::AuditMetrics,
     record_event: std::sync::Arc<RecordEvent>,
 ) {
     let mut last: Option<Checkpoint> = None;
@@ -359,7 +359,7 @@ pub async fn publish_periodically(
             Ok(None) => {}
             Ok(Some((published, gone, previous))) => {
                 if let (Some(finding), Some(p)) = (gone, previous) {
-                    metrics.audit_checkpoint("inconsistent");
+                    metrics.checkpoint("inconsistent");
                     tracing::error!(
                         checkpoint = %p.short(),
                         "the audit log no longer holds this instance's previous checkpoint: {finding}. Run `tokenvault \
@@ -369,20 +369,20 @@ pub async fn publish_periodically(
                 }
                 match published {
                     Ok(p) => {
-                        metrics.audit_checkpoint("published");
+                        metrics.checkpoint("published");
                         if !p.problems.is_empty() {
-                            metrics.audit_checkpoint("failed");
+                            metrics.checkpoint("failed");
                         }
                         last = Some(p.checkpoint);
                     }
                     Err(broken) => {
-                        metrics.audit_checkpoint("failed");
+                        metrics.checkpoint("failed");
                         tracing::error!("no audit checkpoint published: {broken}. Run `tokenvault audit verify`");
                     }
                 }
             }
             Err(e) => {
-                metrics.audit_checkpoint("failed");
+                metrics.checkpoint("failed");
                 tracing::warn!("no audit checkpoint published: {e}");
             }
         }

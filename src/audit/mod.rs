@@ -44,7 +44,7 @@ use crate::vault::{Aad, Cipher};
 /// The `prev_hash` of the first entry of a log started before genesis heads were random (the
 /// logs of databases made by tokenvault up to 4c91691), and the placeholder head's hash.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-const KEY_NAME: &str = "audit_chain_key";
+const KEY_NAME: &str = crate::vault::AUDIT_CHAIN_KEY;
 
 /// Longest text of one string in an entry's detail, and of its service (bytes; longer ones are cut
 /// at a character boundary and end with `…`).
@@ -418,17 +418,6 @@ fn random_genesis() -> String {
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     hex(&bytes)
-}
-
-/// Re-seal the chain key under the active vault key (`vault rotate-key`).
-pub fn reseal_key(conn: &mut Conn, cipher: &Cipher) -> AppResult<bool> {
-    let Some(sealed) = meta::get(conn, KEY_NAME)? else { return Ok(false) };
-    if !cipher.needs_rotation(&sealed) {
-        return Ok(false);
-    }
-    let plain = cipher.open(&sealed, Aad::AuditChainKey)?;
-    meta::set(conn, KEY_NAME, &cipher.seal_str(plain.expose_secret(), Aad::AuditChainKey), now())?;
-    Ok(true)
 }
 
 /// Whether the head is the migration's placeholder: no MAC, nothing appended, nothing anchored.
@@ -920,5 +909,6 @@ pub fn path_template<S: AsRef<str>>(segments: &[S]) -> String {
 
 pub mod batcher;
 pub mod checkpoint;
+pub mod metrics;
 #[cfg(test)]
 mod tests;

@@ -429,7 +429,7 @@ fn the_time_range_of_a_batched_entry_is_part_of_its_hash() {
 }
 
 /// An entry without `at_last` hashes exactly as main (4c91691) hashed it: the chain of a database
-/// it made verifies unchanged (`tests/audit.rs` checks rows that build wrote).
+/// it made verifies unchanged (`tests/it/audit.rs` checks rows that build wrote).
 #[test]
 fn entries_without_a_range_hash_as_before() {
     let key = super::ChainKey::for_tests(5);

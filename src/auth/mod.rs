@@ -5,6 +5,7 @@ pub mod api_key;
 pub mod csrf;
 pub mod device;
 pub mod guards;
+pub mod metrics;
 pub mod password;
 pub mod session;
 pub mod throttle;

@@ -43,7 +43,7 @@ pub async fn start(db: &Db, settings: &Settings, cookies: &CookieJar<'_>, user_i
         user_id,
         csrf_token: random_token(32),
         created_at: now(),
-        expires_at: now() + settings.session_ttl,
+        expires_at: now() + settings.login.session_ttl,
         public_id: random_token(16),
         // Filled in by the first request of the new session (`CurrentUser::lookup`).
         last_seen_at: None,
@@ -57,7 +57,7 @@ pub async fn start(db: &Db, settings: &Settings, cookies: &CookieJar<'_>, user_i
     })
     .await?;
     let mut c = cookie(session_cookie_name(settings), raw, settings);
-    c.set_max_age(rocket::time::Duration::seconds(settings.session_ttl));
+    c.set_max_age(rocket::time::Duration::seconds(settings.login.session_ttl));
     cookies.add_private(c);
     remove(cookies, ANON_CSRF_COOKIE, settings);
     Ok(())

@@ -25,8 +25,6 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Entries per map unless configured (`login_throttle_capacity`): at most a few MB each.
-pub const DEFAULT_CAPACITY: usize = 100_000;
 const PERIOD: Duration = Duration::from_secs(60);
 /// How often a full map may be swept for evictable entries (a sweep is O(capacity)).
 const SWEEP_EVERY: Duration = Duration::from_secs(1);

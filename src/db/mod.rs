@@ -8,6 +8,7 @@ pub mod models;
 pub mod schema;
 pub mod text_enum;
 
+use crate::util::redact_url;
 use std::path::Path;
 use std::time::Duration;
 
@@ -255,17 +256,6 @@ fn restrict_permissions(path: &Path) {
 /// A key for PostgreSQL's advisory lock taken around migrations, so that instances starting
 /// together do not migrate at the same time.
 const MIGRATION_LOCK: i64 = 0x746f_6b65_6e76;
-
-/// Where a database URL points, without its password (for logs and errors).
-pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_string(),
-    }
-}
 
 impl Db {
     /// Open (creating a SQLite file and its folder if needed) and migrate the database.

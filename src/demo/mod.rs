@@ -108,5 +108,5 @@ async fn demo_client(app: &AppState) -> AppResult<(String, String)> {
 /// The demo client's registered redirect URIs: this app's own callback, plus
 /// `demo_redirect_uris` (another tokenvault using this one as its provider, on another origin).
 fn registered_redirect(app: &AppState, uri: &str) -> bool {
-    uri == app.settings.redirect_uri("demo") || app.settings.demo_redirect_uris.iter().any(|r| r == uri)
+    uri == app.settings.redirect_uri("demo") || app.settings.demo.redirect_uris.iter().any(|r| r == uri)
 }

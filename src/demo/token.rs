@@ -135,82 +135,99 @@ async fn token(
 ) -> Result<Json<Value>, OAuthError> {
     let f = form.into_inner();
     let client_id = authenticate(app, &basic, f.client_id.as_deref(), f.client_secret.as_deref()).await?;
-    let mut shape = Shape::Normal;
-    match switch.take().as_deref() {
-        Some("omit_expires_in") => shape = Shape::OmitExpiresIn,
-        Some("refresh_token_expires_in") => shape = Shape::RefreshTokenExpiresIn,
-        Some("rate_limited") => {
-            return Err(OAuthError(Status::TooManyRequests, "slow_down", "failure injected from the demo console"))
-        }
-        Some("invalid_grant") => {
-            return Err(OAuthError(Status::BadRequest, "invalid_grant", "failure injected from the demo console"))
-        }
-        Some("slow") => {
-            rocket::tokio::time::sleep(std::time::Duration::from_secs(app.settings.http_timeout + 2)).await;
-        }
-        Some(_) => {
-            return Err(OAuthError(
-                Status::ServiceUnavailable,
-                "temporarily_unavailable",
-                "failure injected from the demo console",
-            ))
-        }
-        None => {}
-    }
-    let lifetime = app.settings.demo_token_lifetime;
-    let invalid_grant = OAuthError(Status::BadRequest, "invalid_grant", "the grant is invalid, expired or used");
-    // As Google and Dropbox do, the description says when the user revoked the grant.
-    let revoked = OAuthError(Status::BadRequest, "invalid_grant", "the grant was revoked");
+    let shape = injected(app, switch).await?;
     match f.grant_type.as_deref() {
-        Some("authorization_code") => {
-            let code = f.code.unwrap_or_default();
-            let verifier = f.code_verifier.unwrap_or_default();
-            let redirect_uri = f.redirect_uri.unwrap_or_default();
-            if !registered_redirect(app, &redirect_uri) {
-                return Err(OAuthError(Status::BadRequest, "invalid_grant", "the redirect_uri is not registered"));
-            }
-            let result = app
-                .db
-                .run(move |conn| {
-                    let Some(code) = model::take_code(conn, &sha256_hex(&code))? else { return Ok(None) };
-                    let valid = code.expires_at > now()
-                        && code.client_id == client_id
-                        && code.redirect_uri == redirect_uri
-                        && pkce_ok(&verifier, &code.code_challenge);
-                    if !valid {
-                        return Ok(None);
-                    }
-                    let grant = model::create_grant(conn, &client_id, &code.account, &code.scopes, now())?;
-                    issue_tokens(conn, grant.id, &grant.scopes, lifetime, shape).map(Some)
-                })
-                .await?;
-            result.map(Json).ok_or(invalid_grant)
-        }
-        Some("refresh_token") => {
-            let refresh = f.refresh_token.unwrap_or_default();
-            let result = app
-                .db
-                .run(move |conn| {
-                    let hash = sha256_hex(&refresh);
-                    let Some((token, grant)) = model::find_token(conn, &hash)? else { return Ok(Err(false)) };
-                    if token.kind != KIND_REFRESH || grant.client_id != client_id {
-                        return Ok(Err(false));
-                    }
-                    if grant.revoked {
-                        return Ok(Err(true));
-                    }
-                    if !model::mark_used(conn, &hash)? {
-                        // A rotated refresh token came back: assume it leaked and end the whole grant.
-                        model::revoke_grant(conn, grant.id)?;
-                        return Ok(Err(false));
-                    }
-                    issue_tokens(conn, grant.id, &grant.scopes, lifetime, shape).map(Ok)
-                })
-                .await?;
-            result.map(Json).map_err(|was_revoked| if was_revoked { revoked } else { invalid_grant })
-        }
+        Some("authorization_code") => authorization_code(app, f, client_id, shape).await,
+        Some("refresh_token") => refresh_token(app, f, client_id, shape).await,
         _ => Err(OAuthError(Status::BadRequest, "unsupported_grant_type", "use authorization_code or refresh_token")),
     }
+}
+
+/// The failure the demo console queued for the next token request, if any: an error answered
+/// now, a slow answer, or an odd shape of the tokens issued.
+async fn injected(app: &AppState, switch: &FailureSwitch) -> Result<Shape, OAuthError> {
+    let injected = |status, error| OAuthError(status, error, "failure injected from the demo console");
+    match switch.take().as_deref() {
+        Some("omit_expires_in") => Ok(Shape::OmitExpiresIn),
+        Some("refresh_token_expires_in") => Ok(Shape::RefreshTokenExpiresIn),
+        Some("rate_limited") => Err(injected(Status::TooManyRequests, "slow_down")),
+        Some("invalid_grant") => Err(injected(Status::BadRequest, "invalid_grant")),
+        Some("slow") => {
+            rocket::tokio::time::sleep(std::time::Duration::from_secs(app.settings.http.timeout + 2)).await;
+            Ok(Shape::Normal)
+        }
+        Some(_) => Err(injected(Status::ServiceUnavailable, "temporarily_unavailable")),
+        None => Ok(Shape::Normal),
+    }
+}
+
+fn invalid_grant() -> OAuthError {
+    OAuthError(Status::BadRequest, "invalid_grant", "the grant is invalid, expired or used")
+}
+
+/// A code (once, unexpired, for this client and redirect_uri, with its PKCE verifier) for a new grant's tokens.
+async fn authorization_code(
+    app: &AppState,
+    f: TokenRequest,
+    client_id: String,
+    shape: Shape,
+) -> Result<Json<Value>, OAuthError> {
+    let lifetime = app.settings.demo.token_lifetime;
+    let code = f.code.unwrap_or_default();
+    let verifier = f.code_verifier.unwrap_or_default();
+    let redirect_uri = f.redirect_uri.unwrap_or_default();
+    if !registered_redirect(app, &redirect_uri) {
+        return Err(OAuthError(Status::BadRequest, "invalid_grant", "the redirect_uri is not registered"));
+    }
+    let result = app
+        .db
+        .run(move |conn| {
+            let Some(code) = model::take_code(conn, &sha256_hex(&code))? else { return Ok(None) };
+            let valid = code.expires_at > now()
+                && code.client_id == client_id
+                && code.redirect_uri == redirect_uri
+                && pkce_ok(&verifier, &code.code_challenge);
+            if !valid {
+                return Ok(None);
+            }
+            let grant = model::create_grant(conn, &client_id, &code.account, &code.scopes, now())?;
+            issue_tokens(conn, grant.id, &grant.scopes, lifetime, shape).map(Some)
+        })
+        .await?;
+    result.map(Json).ok_or_else(invalid_grant)
+}
+
+/// A refresh token (rotated: one use each; a reused one ends its grant) for new tokens.
+async fn refresh_token(
+    app: &AppState,
+    f: TokenRequest,
+    client_id: String,
+    shape: Shape,
+) -> Result<Json<Value>, OAuthError> {
+    let lifetime = app.settings.demo.token_lifetime;
+    let refresh = f.refresh_token.unwrap_or_default();
+    let result = app
+        .db
+        .run(move |conn| {
+            let hash = sha256_hex(&refresh);
+            let Some((token, grant)) = model::find_token(conn, &hash)? else { return Ok(Err(false)) };
+            if token.kind != KIND_REFRESH || grant.client_id != client_id {
+                return Ok(Err(false));
+            }
+            if grant.revoked {
+                return Ok(Err(true));
+            }
+            if !model::mark_used(conn, &hash)? {
+                // A rotated refresh token came back: assume it leaked and end the whole grant.
+                model::revoke_grant(conn, grant.id)?;
+                return Ok(Err(false));
+            }
+            issue_tokens(conn, grant.id, &grant.scopes, lifetime, shape).map(Ok)
+        })
+        .await?;
+    // As Google and Dropbox do, the description says when the user revoked the grant.
+    let revoked = || OAuthError(Status::BadRequest, "invalid_grant", "the grant was revoked");
+    result.map(Json).map_err(|was_revoked| if was_revoked { revoked() } else { invalid_grant() })
 }
 
 /// No `Debug`: it carries a secret (a token, code, password or CSRF token).

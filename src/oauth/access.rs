@@ -26,8 +26,8 @@ use std::sync::Arc;
 use crate::config::Settings;
 use crate::db::models::connections::{Connection, Which};
 use crate::error::AppError;
-use crate::metrics::Metrics;
 use crate::oauth::http::Outbound;
+use crate::oauth::metrics::OauthMetrics;
 use crate::oauth::providers::Provider;
 use crate::oauth::refresh::{refresh_if, HttpEndpoint, Refresher};
 use crate::oauth::store::Tokens;
@@ -44,7 +44,7 @@ pub use crate::oauth::refresh::{connection_set, AccessError, FreshToken, Refresh
 pub struct Access<'a> {
     pub tokens: Tokens<'a>,
     pub http: &'a Outbound,
-    pub metrics: &'a Metrics,
+    pub metrics: &'a OauthMetrics,
     pub locks: &'a RefreshLocks,
     pub settings: &'a Settings,
 }
@@ -56,7 +56,7 @@ impl Access<'_> {
     }
 
     fn endpoint(&self) -> HttpEndpoint<'_> {
-        HttpEndpoint { http: self.http, default_lifetime: self.settings.default_token_lifetime }
+        HttpEndpoint { http: self.http, default_lifetime: self.settings.refresh.default_token_lifetime }
     }
 }
 
@@ -72,7 +72,7 @@ pub async fn fresh_token_with(
     which: Which,
     provider: &Provider,
 ) -> Result<FreshToken, AccessError> {
-    let margin = ctx.settings.refresh_margin;
+    let margin = ctx.settings.refresh.margin;
     refresh_if(ctx, which, provider, None, move |c| refresh_due(c.obtained_at, c.expires_at, margin, now())).await
 }
 
@@ -88,7 +88,7 @@ pub async fn refresh_after_401(
 ) -> Result<Option<FreshToken>, AccessError> {
     let endpoint = ctx.endpoint();
     let ctx = ctx.with_endpoint(&endpoint);
-    let cooldown = ctx.settings.refresh_cooldown;
+    let cooldown = ctx.settings.refresh.cooldown;
     let token = refresh_if(&ctx, which, provider, Some(cooldown), move |c| {
         c.version == stale_version && may_refresh_after_401(c.refresh_after_401_at, cooldown, now())
     })
@@ -151,8 +151,8 @@ mod tests {
     use crate::config::{RawConfig, Settings};
     use crate::db::models::{connections, events, users};
     use crate::db::Db;
-    use crate::metrics::Metrics;
     use crate::oauth::http::Outbound;
+    use crate::oauth::metrics::OauthMetrics;
     use crate::oauth::store::{self, Tokens};
     use crate::oauth::tokens::TokenSet;
     use crate::util::{now, ExposeSecret, Secret};
@@ -166,7 +166,8 @@ mod tests {
         let db = Db::open(&dir.path().join("t.sqlite").to_string_lossy()).unwrap();
         let settings = Settings::resolve(&RawConfig::default(), "debug").unwrap();
         let (cipher, caches, locks) = (Arc::new(Cipher::for_tests(3)), Caches::new(60), RefreshLocks::default());
-        let (http, metrics) = (Outbound::new(&settings).unwrap(), Metrics::new());
+        let (http, metrics) =
+            (Outbound::new(&settings.http).unwrap(), OauthMetrics::register(&crate::metrics::Metrics::new()));
         let tokens = Tokens { db: &db, cipher: &cipher, caches: &caches, events_kept: 10, webhooks: None };
         let ctx = Access { tokens, http: &http, metrics: &metrics, locks: &locks, settings: &settings };
         let provider = crate::oauth::providers::demo(&settings);

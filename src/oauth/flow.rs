@@ -122,13 +122,13 @@ pub async fn start(
         redirect_uri: redirect_uri.clone(),
         return_to: return_to.to_string(),
         created_at: now(),
-        expires_at: now() + settings.flow_ttl,
+        expires_at: now() + settings.flows.ttl,
         connection_id: intent.connection,
         add_account: intent.add_account && intent.connection.is_none(),
         scopes: Some(scopes.join(" ")),
         nonce_hash: nonce.as_deref().map(sha256_hex),
     };
-    let keep = settings.max_pending_flows_per_user;
+    let keep = settings.flows.max_pending_per_user;
     db.run(move |conn| {
         conn.transaction(|conn| {
             flows::delete_expired(conn, now())?;
@@ -439,7 +439,7 @@ pub async fn finish(
         &flow.redirect_uri,
         &code,
         verifier,
-        ctx.settings.default_token_lifetime,
+        ctx.settings.refresh.default_token_lifetime,
         &requested,
     )
     .await;

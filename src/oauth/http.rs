@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::Settings;
+use crate::config::HttpLimits;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
@@ -44,30 +44,30 @@ pub struct Outbound {
 }
 
 impl Outbound {
-    pub fn new(settings: &Settings) -> Result<Outbound, String> {
-        Outbound::build(settings, |b| b)
+    pub fn new(limits: &HttpLimits) -> Result<Outbound, String> {
+        Outbound::build(limits, |b| b)
     }
 
     /// The same client with its own name resolution (e.g. one that refuses private addresses).
     pub fn with_resolver<R: reqwest::dns::Resolve + 'static>(
-        settings: &Settings,
+        limits: &HttpLimits,
         resolver: Arc<R>,
     ) -> Result<Outbound, String> {
         // No proxy from the environment: a proxy would resolve the name itself, past the resolver.
-        Outbound::build(settings, |b| b.dns_resolver(resolver).no_proxy())
+        Outbound::build(limits, |b| b.dns_resolver(resolver).no_proxy())
     }
 
     fn build(
-        settings: &Settings,
+        limits: &HttpLimits,
         customize: impl FnOnce(reqwest::ClientBuilder) -> reqwest::ClientBuilder,
     ) -> Result<Outbound, String> {
         let builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(settings.http_connect_timeout))
-            .timeout(Duration::from_secs(settings.http_timeout))
+            .connect_timeout(Duration::from_secs(limits.connect_timeout))
+            .timeout(Duration::from_secs(limits.timeout))
             .user_agent(concat!("tokenvault/", env!("CARGO_PKG_VERSION")));
         let client = customize(builder).build().map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-        Ok(Outbound { client, max_body: settings.max_response_bytes })
+        Ok(Outbound { client, max_body: limits.max_response_bytes })
     }
 
     pub fn client(&self) -> &reqwest::Client {

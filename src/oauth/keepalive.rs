@@ -32,8 +32,8 @@ use crate::config::Settings;
 use crate::db::models::connections::{self, Connection, ConnectionStatus, Which};
 use crate::db::Db;
 use crate::error::AppResult;
-use crate::metrics::Metrics;
 use crate::oauth::http::Outbound;
+use crate::oauth::metrics::OauthMetrics;
 use crate::oauth::providers::{Catalog, Provider};
 use crate::oauth::refresh::{refresh_if, AccessError, HttpEndpoint, RefreshLocks, Refresher};
 use crate::oauth::store::Tokens;
@@ -115,9 +115,9 @@ pub async fn pass(
     stopping: &(dyn Fn() -> bool + Sync),
 ) -> AppResult<PassReport> {
     let started = now();
-    let idle_before = started - ctx.settings.keepalive_interval;
+    let idle_before = started - ctx.settings.refresh.keepalive_interval;
     let mut report = PassReport {
-        warned: raise_expiry_warnings(ctx.tokens, ctx.settings.expiry_warning).await?,
+        warned: raise_expiry_warnings(ctx.tokens, ctx.settings.refresh.expiry_warning).await?,
         ..Default::default()
     };
     let mut after = 0;
@@ -205,9 +205,9 @@ async fn provider_batch(
 ) -> PassReport {
     let report = Mutex::new(PassReport::default());
     let count = |f: fn(&mut PassReport)| f(&mut report.lock().unwrap_or_else(|e| e.into_inner()));
-    let interval = ctx.settings.keepalive_interval;
+    let interval = ctx.settings.refresh.keepalive_interval;
     futures_util::stream::iter(users)
-        .for_each_concurrent(ctx.settings.keepalive_concurrency, |which| async move {
+        .for_each_concurrent(ctx.settings.refresh.keepalive_concurrency, |which| async move {
             if stopping() || pace.paused(&provider.name, now()) {
                 return count(|r| r.skipped += 1);
             }
@@ -242,7 +242,7 @@ pub struct Worker {
     pub cipher: Arc<Cipher>,
     pub caches: Arc<Caches>,
     pub http: Outbound,
-    pub metrics: Arc<Metrics>,
+    pub metrics: OauthMetrics,
     pub locks: Arc<RefreshLocks>,
     pub settings: Arc<Settings>,
     pub catalog: Arc<Catalog>,
@@ -254,12 +254,13 @@ impl Worker {
     /// One [`pass`] with the server's handles and the HTTP endpoint (what [`Worker::run`] repeats;
     /// tests call it directly).
     pub async fn pass(&self, pace: &Pace, stopping: &(dyn Fn() -> bool + Sync)) -> AppResult<PassReport> {
-        let endpoint = HttpEndpoint { http: &self.http, default_lifetime: self.settings.default_token_lifetime };
+        let endpoint =
+            HttpEndpoint { http: &self.http, default_lifetime: self.settings.refresh.default_token_lifetime };
         let tokens = Tokens {
             db: &self.db,
             cipher: &self.cipher,
             caches: &self.caches,
-            events_kept: self.settings.events_per_connection,
+            events_kept: self.settings.flows.events_per_connection,
             webhooks: Some(&self.webhooks),
         };
         let ctx = Refresher {
@@ -276,9 +277,9 @@ impl Worker {
     /// says so; a failed pass is logged and the next one tried.
     pub async fn run(self, stopping: impl Fn() -> bool + Sync) {
         let pace = Pace::default();
-        let every = tick(self.settings.keepalive_interval);
+        let every = tick(self.settings.refresh.keepalive_interval);
         tracing::info!(
-            interval = self.settings.keepalive_interval,
+            interval = self.settings.refresh.keepalive_interval,
             every_secs = every.as_secs(),
             "keep-alive worker started"
         );

@@ -8,8 +8,8 @@
 
 use serde::Serialize;
 
+use crate::config::providers::{ParameterKind, ParameterSpec, ProviderConfig};
 use crate::config::{invalid, ConfigError};
-use crate::oauth::provider_config::{ParameterKind, ParameterSpec, ProviderConfig};
 
 /// A parameter of a resolved provider: what it is (for a form field) and its value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

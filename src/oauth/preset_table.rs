@@ -3,9 +3,7 @@
 //! `preset-table` marker comments (`TOKENVAULT_UPDATE_README=1 cargo test --lib preset_table`
 //! writes the new table in).
 
-use crate::oauth::provider_config::{
-    AccountMethod, AccountStyle, ParameterKind, ProviderConfig, RevokeStyle, TokenRequest,
-};
+use crate::config::providers::{AccountMethod, AccountStyle, ParameterKind, ProviderConfig, RevokeStyle, TokenRequest};
 use crate::oauth::providers::{preset, preset_names};
 
 pub const BEGIN: &str = "<!-- preset-table:begin -->";

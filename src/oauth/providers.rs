@@ -9,12 +9,12 @@ use url::Url;
 
 use crate::config::{invalid, parse_endpoint, ConfigError, Settings};
 
-use crate::oauth::parameters;
-pub use crate::oauth::parameters::Parameter;
-pub use crate::oauth::provider_config::{
+pub use crate::config::providers::{
     AccountMethod, AccountStyle, ClientAuth, ParameterKind, ParameterSpec, ProviderConfig, RevokeMethod, RevokeStyle,
     TokenRequest,
 };
+use crate::oauth::parameters;
+pub use crate::oauth::parameters::Parameter;
 
 /// Where the user's id, name and email are in the account response (JSON pointers).
 #[derive(Debug, Clone, Default)]
@@ -490,7 +490,7 @@ pub fn demo(settings: &Settings) -> Provider {
         pkce: true,
         issuer: settings.url("/demo"),
         issuer_configured: true,
-        token_lifetime: Some(settings.demo_token_lifetime),
+        token_lifetime: Some(settings.demo.token_lifetime),
         tokens_expire: true,
         account_fields: AccountFields {
             id: Some("/id".into()),

@@ -229,7 +229,7 @@ pub async fn forward(
     let headers = req.headers;
     let body = req.body;
     let method = req.method;
-    let limit = ctx.settings.proxy_max_response_bytes;
+    let limit = ctx.settings.api.proxy_max_response_bytes;
     // The provider's own headers (`api_headers`), unless the caller sent one of the same name.
     let creds = credentials_if(provider.needs_client_id(), ctx, provider).await?;
     let own: Vec<(String, String)> = provider

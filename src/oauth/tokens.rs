@@ -512,7 +512,7 @@ mod tests {
     #[test]
     fn token_requests_are_sent_as_the_provider_wants_them() {
         let settings = crate::config::Settings::resolve(&crate::config::RawConfig::default(), "debug").unwrap();
-        let http = Outbound::new(&settings).unwrap();
+        let http = Outbound::new(&settings.http).unwrap();
         let mut provider = crate::oauth::providers::demo(&settings);
         let form = || {
             oauth2::http::Request::builder()

@@ -268,12 +268,12 @@ async fn run_proxy(
     let body = match body {
         Some(data) => {
             let capped = data
-                .open(app.settings.proxy_max_request_bytes.bytes())
+                .open(app.settings.api.proxy_max_request_bytes.bytes())
                 .into_bytes()
                 .await
                 .map_err(|e| AppError::BadRequest(format!("could not read the body: {e}")))?;
             if !capped.is_complete() {
-                return Err(AppError::PayloadTooLarge { limit: app.settings.proxy_max_request_bytes });
+                return Err(AppError::PayloadTooLarge { limit: app.settings.api.proxy_max_request_bytes });
             }
             capped.into_inner()
         }
@@ -299,7 +299,7 @@ async fn run_proxy(
             .with("path", template)
             .with("status", status),
     );
-    result.map(|answer| Proxied { answer, limit: app.settings.proxy_max_response_bytes })
+    result.map(|answer| Proxied { answer, limit: app.settings.api.proxy_max_response_bytes })
 }
 
 /// tokenvault's own parameters of a proxied call's query (`account`, `connection`,

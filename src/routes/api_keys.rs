@@ -120,7 +120,7 @@ async fn render(
             })
             .collect(),
         csrf_token: user.csrf_token.clone(),
-        max_keys: app.settings.max_api_keys_per_user,
+        max_keys: app.settings.api.max_keys_per_user,
         new_key_name,
         new_key,
         evicted,
@@ -182,7 +182,7 @@ async fn create(
     );
     let created = match scope {
         Ok(scope) => {
-            let max_keys = app.settings.max_api_keys_per_user;
+            let max_keys = app.settings.api.max_keys_per_user;
             api_key::create_for(app, max_keys, uid, form.name.clone(), scope).await
         }
         Err(message) => Err(AppError::BadRequest(message)),

@@ -77,9 +77,15 @@ async fn metrics(
         .db
         .run(|conn| Ok((connections::count_by_status(conn)?, crate::db::models::webhooks::count_by_status(conn)?)))
         .await?;
-    app.metrics.set_webhook_deliveries(&deliveries);
-    app.metrics.set_login_figures(app.login_throttle.sizes(), app.hasher.stats());
-    let losses = crate::metrics::AuditLosses { dropped: app.audit.dropped(), lost: app.audit.lost() };
-    let text = app.metrics.render(&by_status, &app.caches.stats(), losses);
+    let m = &app.metrics;
+    let text = {
+        let _scrape = m.scrape.lock().unwrap_or_else(|e| e.into_inner());
+        m.oauth.set_connections(&by_status);
+        m.webhooks.set_deliveries(&deliveries);
+        m.login.set(app.login_throttle.sizes(), app.hasher.stats());
+        m.audit.set_losses(crate::audit::metrics::AuditLosses { dropped: app.audit.dropped(), lost: app.audit.lost() });
+        m.caches.set(&app.caches.stats());
+        m.registry.render()
+    };
     Ok(Ok((ContentType::new("text", "plain").with_params(("version", "0.0.4")), text)))
 }

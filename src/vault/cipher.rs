@@ -26,6 +26,12 @@ pub enum VaultError {
     Decrypt,
 }
 
+impl From<VaultError> for crate::error::AppError {
+    fn from(e: VaultError) -> Self {
+        crate::error::AppError::Vault(e.to_string())
+    }
+}
+
 struct Key {
     id: [u8; KEY_ID_LEN],
     aead: XChaCha20Poly1305,

@@ -10,4 +10,7 @@ pub mod rotation;
 pub mod store;
 
 pub use aad::Aad;
+
+/// The `meta` row holding the audit log's chain key (sealed with [`Aad::AuditChainKey`]).
+pub const AUDIT_CHAIN_KEY: &str = "audit_chain_key";
 pub use cipher::{Cipher, DerivedKey, VaultError, KEY_LEN};

@@ -62,6 +62,9 @@ pub struct Rotated {
     pub retired_tokens: usize,
 }
 
+/// The `meta` rows that hold a sealed value, with the associated data each is sealed with.
+const SEALED_META: [(&str, Aad<'static>); 1] = [(crate::vault::AUDIT_CHAIN_KEY, Aad::AuditChainKey)];
+
 fn reseal(cipher: &Cipher, sealed: &[u8], aad: Aad<'_>) -> AppResult<Option<Vec<u8>>> {
     if !cipher.needs_rotation(sealed) {
         return Ok(None);
@@ -73,7 +76,28 @@ fn reseal(cipher: &Cipher, sealed: &[u8], aad: Aad<'_>) -> AppResult<Option<Vec<
 /// Re-encrypt everything under the active key. `progress` is told after each batch.
 pub fn rotate(conn: &mut Conn, cipher: &Cipher, mut progress: impl FnMut(&str, usize)) -> AppResult<Rotated> {
     let mut done = Rotated::default();
-    // Vault entries, by path.
+    vault_entries(conn, cipher, &mut done, &mut progress)?;
+    connection_tokens(conn, cipher, &mut done, &mut progress)?;
+    // The small tables (few rows each), in one transaction that ends by writing the key check.
+    conn.transaction(|conn| {
+        flow_verifiers(conn, cipher, &mut done)?;
+        webhook_secrets(conn, cipher, &mut done)?;
+        retired_tokens(conn, cipher, &mut done)?;
+        sealed_meta(conn, cipher)?;
+        meta::set(conn, KEY_CHECK, &cipher.seal_str(KEY_CHECK_PLAINTEXT, Aad::KeyCheck), now())?;
+        Ok::<_, AppError>(())
+    })?;
+    progress("flows", done.flows);
+    Ok(done)
+}
+
+/// Vault entries, by path, in batches.
+fn vault_entries(
+    conn: &mut Conn,
+    cipher: &Cipher,
+    done: &mut Rotated,
+    progress: &mut impl FnMut(&str, usize),
+) -> AppResult<()> {
     let mut after = String::new();
     loop {
         let batch = vault_model::sealed_batch(conn, &after, BATCH)?;
@@ -90,7 +114,16 @@ pub fn rotate(conn: &mut Conn, cipher: &Cipher, mut progress: impl FnMut(&str, u
         })?;
         progress("vault entries", done.vault_entries);
     }
-    // Users' tokens, by id.
+    Ok(())
+}
+
+/// Users' tokens, by connection id, in batches.
+fn connection_tokens(
+    conn: &mut Conn,
+    cipher: &Cipher,
+    done: &mut Rotated,
+    progress: &mut impl FnMut(&str, usize),
+) -> AppResult<()> {
     let mut after_id = 0i64;
     loop {
         let batch = connections::sealed_batch(conn, after_id, BATCH)?;
@@ -123,51 +156,69 @@ pub fn rotate(conn: &mut Conn, cipher: &Cipher, mut progress: impl FnMut(&str, u
         })?;
         progress("connections", done.connections);
     }
-    // Flows in flight (few, short-lived).
-    let flows = flows::sealed_all(conn)?;
-    conn.transaction(|conn| {
-        for (hash, sealed) in &flows {
-            if let Some(new) = reseal(cipher, sealed, Aad::PkceVerifier { state_hash: hash })? {
-                flows::set_verifier(conn, hash, &new)?;
-                done.flows += 1;
+    Ok(())
+}
+
+/// Flows in flight (few, short-lived).
+fn flow_verifiers(conn: &mut Conn, cipher: &Cipher, done: &mut Rotated) -> AppResult<()> {
+    for (hash, sealed) in &flows::sealed_all(conn)? {
+        if let Some(new) = reseal(cipher, sealed, Aad::PkceVerifier { state_hash: hash })? {
+            flows::set_verifier(conn, hash, &new)?;
+            done.flows += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Webhook endpoints edited on the page (few): the version stays, so no edit is refused.
+fn webhook_secrets(conn: &mut Conn, cipher: &Cipher, done: &mut Rotated) -> AppResult<()> {
+    for row in webhook_endpoints::all(conn)? {
+        let secret = reseal(cipher, &row.secret, Aad::WebhookSecret(&row.name))?;
+        let previous = match &row.previous_secret {
+            Some(p) => reseal(cipher, p, Aad::WebhookPreviousSecret(&row.name))?,
+            None => None,
+        };
+        if secret.is_some() || previous.is_some() {
+            let n = usize::from(secret.is_some()) + usize::from(previous.is_some());
+            let secret = secret.unwrap_or_else(|| row.secret.clone());
+            let previous = previous.or_else(|| row.previous_secret.clone());
+            if webhook_endpoints::set_ciphertexts(conn, &row.name, &row.revision, &secret, previous.as_deref())? {
+                done.webhook_secrets += n;
             }
         }
-        // Webhook endpoints edited on the page (few): the version stays, so no edit is refused.
-        for row in webhook_endpoints::all(conn)? {
-            let secret = reseal(cipher, &row.secret, Aad::WebhookSecret(&row.name))?;
-            let previous = match &row.previous_secret {
-                Some(p) => reseal(cipher, p, Aad::WebhookPreviousSecret(&row.name))?,
-                None => None,
-            };
-            if secret.is_some() || previous.is_some() {
-                let n = usize::from(secret.is_some()) + usize::from(previous.is_some());
-                let secret = secret.unwrap_or_else(|| row.secret.clone());
-                let previous = previous.or_else(|| row.previous_secret.clone());
-                if webhook_endpoints::set_ciphertexts(conn, &row.name, &row.revision, &secret, previous.as_deref())? {
-                    done.webhook_secrets += n;
-                }
+    }
+    Ok(())
+}
+
+/// Tokens waiting to be revoked (few: each is worked within hours).
+fn retired_tokens(conn: &mut Conn, cipher: &Cipher, done: &mut Rotated) -> AppResult<()> {
+    for row in revocations::all(conn)? {
+        let (user_id, service, account) = (row.user_id, row.service.as_str(), row.account_id.as_str());
+        let aad = |column| Aad::RetiredToken { user_id, service, account, column };
+        let access = reseal(cipher, &row.access_token, aad("access_token"))?;
+        let refresh = match &row.refresh_token {
+            Some(r) => reseal(cipher, r, aad("refresh_token"))?,
+            None => None,
+        };
+        if access.is_some() || refresh.is_some() {
+            done.retired_tokens += usize::from(access.is_some()) + usize::from(refresh.is_some());
+            let access = access.unwrap_or_else(|| row.access_token.clone());
+            let refresh = refresh.or_else(|| row.refresh_token.clone());
+            revocations::set_tokens(conn, row.id, &access, refresh.as_deref())?;
+        }
+    }
+    Ok(())
+}
+
+/// Values sealed in `meta` (the audit log's chain key): re-sealed here, by name, so that the vault
+/// needs nothing from the modules that keep them.
+fn sealed_meta(conn: &mut Conn, cipher: &Cipher) -> AppResult<()> {
+    for (name, aad) in SEALED_META {
+        if let Some(sealed) = meta::get(conn, name)? {
+            if let Some(resealed) = reseal(cipher, &sealed, aad)? {
+                meta::set(conn, name, &resealed, now())?;
             }
         }
-        // Tokens waiting to be revoked (few: each is worked within hours).
-        for row in revocations::all(conn)? {
-            let (user_id, service, account) = (row.user_id, row.service.as_str(), row.account_id.as_str());
-            let aad = |column| Aad::RetiredToken { user_id, service, account, column };
-            let access = reseal(cipher, &row.access_token, aad("access_token"))?;
-            let refresh = match &row.refresh_token {
-                Some(r) => reseal(cipher, r, aad("refresh_token"))?,
-                None => None,
-            };
-            if access.is_some() || refresh.is_some() {
-                done.retired_tokens += usize::from(access.is_some()) + usize::from(refresh.is_some());
-                let access = access.unwrap_or_else(|| row.access_token.clone());
-                let refresh = refresh.or_else(|| row.refresh_token.clone());
-                revocations::set_tokens(conn, row.id, &access, refresh.as_deref())?;
-            }
-        }
-        crate::audit::reseal_key(conn, cipher)?;
-        meta::set(conn, KEY_CHECK, &cipher.seal_str(KEY_CHECK_PLAINTEXT, Aad::KeyCheck), now())?;
-        Ok::<_, AppError>(())
-    })?;
-    progress("flows", done.flows);
-    Ok(done)
+    }
+    Ok(())
 }

@@ -11,6 +11,7 @@
 
 pub mod edit;
 pub mod egress;
+pub mod metrics;
 pub mod outbox;
 pub mod signature;
 pub mod worker;

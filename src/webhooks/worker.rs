@@ -27,9 +27,9 @@ use super::outbox::{self, AttemptResult, ClaimScope, Claimed};
 use super::Webhooks;
 use crate::db::models::webhooks as rows;
 use crate::db::Db;
-use crate::metrics::Metrics;
 use crate::oauth::http::{HttpError, Outbound};
 use crate::util::now;
+use crate::webhooks::metrics::WebhookMetrics;
 
 /// How often the outbox is read without a wake-up.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -61,7 +61,7 @@ pub struct Worker {
     /// to public addresses only (`super::egress::PublicOnly`).
     pub public_http: Outbound,
     /// Attempts by endpoint and result, and their duration (`/metrics`).
-    pub metrics: Arc<Metrics>,
+    pub metrics: WebhookMetrics,
     /// Opens the secrets of endpoints edited on `/admin/webhooks`.
     pub cipher: Arc<crate::vault::Cipher>,
     /// Seconds a claimed delivery is ours: longer than a request can take (`http_timeout`, which
@@ -408,7 +408,7 @@ impl Worker {
                     rows::DeliveryStatus::Pending => "retry",
                     other => other.as_str(),
                 };
-                self.metrics.webhook_attempt(&endpoint_name, outcome, started);
+                self.metrics.attempt(&endpoint_name, outcome, started);
                 tracing::info!(
                     endpoint = %endpoint_name, webhook_id = %msg_id, attempt, status = %status, result = ?result,
                     "webhook attempt"

@@ -8,7 +8,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Once;
@@ -22,6 +22,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
+pub use crate::binary::free_port_on;
+use crate::binary::Server;
+
 /// How long a page may take to show what a test waits for. Generous: the machine has two cores
 /// and other builds may run next to the suite.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -30,19 +33,6 @@ const POLL: Duration = Duration::from_millis(50);
 
 /// A password that passes the sign-up form's rules (at least 10 characters).
 pub const PASSWORD: &str = "correct horse battery staple";
-
-/// A free TCP port on the loopback interface (bound, read, released).
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a free port");
-    listener.local_addr().expect("local address of the probe listener").port()
-}
-
-/// A free TCP port on a given loopback address such as `127.0.0.2` (bound, read, released), for an
-/// app whose port must be known before it starts (another app's settings name it).
-pub fn free_port_on(ip: &str) -> u16 {
-    let listener = TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("bind {ip}:0 to find a free port: {e}"));
-    listener.local_addr().expect("local address of the probe listener").port()
-}
 
 /// A fresh vault key (base64 of 32 random bytes), to give two apps the same one.
 pub fn random_vault_key() -> String {
@@ -117,10 +107,9 @@ impl AppConfig {
 
 /// The tokenvault binary serving on a free port, with its own data directory and keys.
 pub struct App {
-    child: Child,
+    server: Server,
     pub base: String,
     dir: TempDir,
-    stderr_path: PathBuf,
 }
 
 impl App {
@@ -128,28 +117,16 @@ impl App {
         App::start_with(AppConfig::default()).await
     }
 
-    /// Start the app with some settings changed (see [`AppConfig`]). A port picked here is free
-    /// when it is picked, not necessarily when the app binds it (another test's server, or an
-    /// outgoing connection's local port, may take it in between): on "Address already in use"
-    /// the app is started again on another port, with the same keys and database.
+    /// Start the app with some settings changed (see [`AppConfig`]); the process and the port
+    /// race are [`crate::binary::spawn`]'s (a new port, the same keys and database).
     pub async fn start_with(config: AppConfig) -> App {
-        let mut dir = tempfile::Builder::new().prefix("tokenvault-browser-").tempdir().expect("create a temp dir");
+        let dir = tempfile::Builder::new().prefix("tokenvault-browser-").tempdir().expect("create a temp dir");
         let ip = config.ip.clone().unwrap_or_else(|| "127.0.0.1".to_string());
         let (vault_key, secret_key) = (config.vault_key.clone().unwrap_or_else(random_vault_key), random_b64(64));
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let port = config.port.unwrap_or_else(|| free_port_on(&ip));
-            let base = format!("http://{ip}:{port}");
-            let stderr_path = dir.path().join(format!("app.stderr.{attempt}.log"));
-            let stderr = File::create(&stderr_path).expect("create the app's stderr log");
-            let mut command = Command::new(env!("CARGO_BIN_EXE_tokenvault"));
+        let server = crate::binary::spawn(&ip, config.port, dir.path(), |command, port| {
             command
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
                 .env("ROCKET_PROFILE", "debug")
-                .env("ROCKET_ADDRESS", &ip)
-                .env("ROCKET_PORT", port.to_string())
-                .env("ROCKET_PUBLIC_URL", &base)
+                .env("ROCKET_PUBLIC_URL", format!("http://{ip}:{port}"))
                 .env("ROCKET_DATA_DIR", dir.path())
                 .env("ROCKET_DATABASE_URL", dir.path().join("tv.sqlite"))
                 .env("ROCKET_VAULT_KEY", &vault_key)
@@ -158,45 +135,9 @@ impl App {
             for (name, value) in &config.env {
                 command.env(name, value);
             }
-            let child = command
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(stderr)
-                .spawn()
-                .expect("start the tokenvault binary");
-            let mut app = App { child, base, dir, stderr_path };
-            match app.wait_healthy().await {
-                Ok(()) => return app,
-                Err(why) if config.port.is_none() && attempt < 5 && app.stderr().contains("Address already in use") => {
-                    eprintln!("port {port} was taken before the app bound it; starting again ({why})");
-                    dir = std::mem::replace(&mut app.dir, tempfile::tempdir().expect("a temp dir"));
-                }
-                Err(why) => panic!("{why}"),
-            }
-        }
-    }
-
-    async fn wait_healthy(&mut self) -> Result<(), String> {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("reqwest client");
-        let url = self.url("/healthz");
-        let deadline = Instant::now() + STARTUP;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!("tokenvault exited during startup ({status}); its stderr:\n{}", self.stderr()));
-            }
-            if let Ok(res) = http.get(&url).send().await {
-                if res.status() == reqwest::StatusCode::OK {
-                    return Ok(());
-                }
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "tokenvault did not answer 200 on {url} within {STARTUP:?}; its stderr:\n{}",
-                    self.stderr()
-                ));
-            }
-            tokio::time::sleep(POLL).await;
-        }
+        })
+        .await;
+        App { base: server.base.clone(), server, dir }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -205,7 +146,7 @@ impl App {
 
     /// Everything the app wrote to stderr so far (its log).
     pub fn stderr(&self) -> String {
-        read_lossy(&self.stderr_path)
+        self.server.log_text()
     }
 
     /// The app's data directory (its SQLite files live there).
@@ -216,13 +157,6 @@ impl App {
     /// The app's `database_url`, to open its database with the library while it runs.
     pub fn database_url(&self) -> String {
         self.dir.path().join("tv.sqlite").to_string_lossy().into_owned()
-    }
-}
-
-impl Drop for App {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -281,7 +215,7 @@ struct Driver {
 impl Driver {
     async fn start(binary: &Path) -> Driver {
         let profile = tempfile::Builder::new().prefix("tokenvault-chromium-").tempdir().expect("create a profile dir");
-        let port = free_port();
+        let port = crate::binary::free_port();
         let log_path = profile.path().join("chromedriver.log");
         let log = File::create(&log_path).expect("create chromedriver's log");
         let child = Command::new(binary)

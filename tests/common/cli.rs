@@ -7,7 +7,7 @@ use std::process::{Command, Output, Stdio};
 /// exist unless a test writes it), the database `dir/cli.sqlite` and the data dir `dir/data`
 /// unless `env` says otherwise, and `stdin` as standard input.
 pub fn tokenvault(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tokenvault"));
+    let mut cmd = Command::new(super::binary::path());
     cmd.args(args)
         .current_dir(dir)
         .env_remove("ROCKET_PROFILE")

@@ -1,8 +1,7 @@
 //! Test support: a `TestApp` with a fresh SQLite database in a temp dir, a real HTTP fake
 //! provider on a random port, and `Agent`s (one cookie jar each) to act as different users.
 
-#![allow(dead_code)]
-
+pub mod binary;
 pub mod cli;
 pub mod fake_provider;
 pub mod server;
@@ -134,6 +133,7 @@ impl Builder {
     }
 
     /// Run in another profile than `debug` (e.g. `release`: the production rules).
+    #[allow(dead_code, reason = "used by the abuse binary only; the `it` binary checks the rest")]
     pub fn profile(mut self, profile: &'static str) -> Self {
         self.profile = profile;
         self
@@ -147,6 +147,7 @@ impl Builder {
     /// The fake provider records no requests (a benchmark's 100,000 refreshes would otherwise
     /// be kept in memory, in the same process as the app it measures; `refresh_calls` and the
     /// like then count nothing).
+    #[allow(dead_code, reason = "used by benches/keepalive.rs only")]
     pub fn unrecorded_fake(mut self) -> Self {
         self.unrecorded = true;
         self

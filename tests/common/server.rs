@@ -1,43 +1,29 @@
-//! The real `tokenvault` binary as a child process, configured only through environment
-//! variables, with the fake provider configured as service `fake`. Killed on drop.
+//! The real `tokenvault` binary as a server with the tests' settings (keys, the fake provider as
+//! service `fake`), configured only through environment variables, and helpers to use it over
+//! HTTP. The process itself is [`super::binary`]'s.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
 
-pub struct Server {
-    pub child: Child,
-    pub base: String,
-    /// The child's stderr (its log).
-    pub log: PathBuf,
-    pub stdout: PathBuf,
-    /// From spawn to the first `200` of `/healthz`.
-    pub started_in: Duration,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+pub use super::binary::Server;
 
 /// How to start a server; `Options::new` gives the defaults of the tests.
 pub struct Options<'a> {
     pub database_url: &'a str,
     /// The fake provider's base URL (configured as service `fake`).
     pub fake: &'a str,
-    /// Where data/, the log and stdout go.
+    /// Where the log goes, and data-<port>/ unless `data_dir` says otherwise.
     pub dir: &'a Path,
+    /// The data directory (one per start, under `dir`, by default).
+    pub data_dir: Option<&'a Path>,
     pub profile: &'a str,
     pub log_filter: &'a str,
-    /// More `ROCKET_*` (or other) variables.
+    /// More `ROCKET_*` (or other) variables; they win over the defaults.
     pub env: Vec<(String, String)>,
 }
 
 impl<'a> Options<'a> {
     pub fn new(database_url: &'a str, fake: &'a str, dir: &'a Path) -> Options<'a> {
-        Options { database_url, fake, dir, profile: "debug", log_filter: "info", env: Vec::new() }
+        Options { database_url, fake, dir, data_dir: None, profile: "debug", log_filter: "info", env: Vec::new() }
     }
 }
 
@@ -50,87 +36,33 @@ pub fn fake_provider_env(fake: &str) -> String {
     )
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Start the binary and wait until `/healthz` answers 200 (or panic with its log).
+/// Start the binary (see [`super::binary::spawn`]) with the tests' keys and the fake provider, and
+/// wait until `/healthz` answers 200 (or panic with its log).
 pub async fn start(o: Options<'_>) -> Server {
     start_in(o, Path::new(env!("CARGO_MANIFEST_DIR"))).await
-}
-
-/// The server binary: the one cargo built for this test, or the one `TV_SERVER_BINARY` names (so a
-/// benchmark can measure an earlier build against this one in the same run).
-pub fn binary() -> std::ffi::OsString {
-    std::env::var_os("TV_SERVER_BINARY").unwrap_or_else(|| env!("CARGO_BIN_EXE_tokenvault").into())
 }
 
 /// [`start`] with `cwd` as the working directory (the checkout's by default, where `templates/`
 /// and `static/` are).
 pub async fn start_in(o: Options<'_>, cwd: &Path) -> Server {
-    // A port free when picked may be taken before the server binds it (another test's server, or
-    // an outgoing connection's local port): then start again on another one.
-    for _ in 0..4 {
-        if let Some(server) = try_start_in(&o, cwd).await {
-            return server;
+    super::binary::spawn("127.0.0.1", None, o.dir, |cmd, port| {
+        let data_dir = o.data_dir.map(Path::to_path_buf).unwrap_or_else(|| o.dir.join(format!("data-{port}")));
+        cmd.current_dir(cwd)
+            .env("ROCKET_PROFILE", o.profile)
+            .env("ROCKET_PUBLIC_URL", super::PUBLIC_URL)
+            .env("ROCKET_DATABASE_URL", o.database_url)
+            .env("ROCKET_DATA_DIR", data_dir)
+            .env("ROCKET_VAULT_KEY", super::VAULT_KEY)
+            .env("ROCKET_SECRET_KEY", super::SECRET_KEY)
+            .env("ROCKET_DEMO_PROVIDER", "false")
+            .env("ROCKET_ALLOW_SIGNUP", "true")
+            .env("ROCKET_PROVIDERS", fake_provider_env(o.fake))
+            .env("RUST_LOG", o.log_filter);
+        for (k, v) in &o.env {
+            cmd.env(k, v);
         }
-    }
-    try_start_in(&o, cwd).await.expect("a free port, five times in a row")
-}
-
-/// One start; `None` when the port was taken before the server could bind it.
-async fn try_start_in(o: &Options<'_>, cwd: &Path) -> Option<Server> {
-    let port = free_port();
-    std::fs::create_dir_all(o.dir).unwrap();
-    let log = o.dir.join(format!("server-{port}.stderr.log"));
-    let stdout = o.dir.join(format!("server-{port}.stdout.log"));
-    let started = Instant::now();
-    let mut cmd = Command::new(binary());
-    cmd.current_dir(cwd)
-        .env("ROCKET_PROFILE", o.profile)
-        .env("ROCKET_ADDRESS", "127.0.0.1")
-        .env("ROCKET_PORT", port.to_string())
-        .env("ROCKET_PUBLIC_URL", super::PUBLIC_URL)
-        .env("ROCKET_DATABASE_URL", o.database_url)
-        .env("ROCKET_DATA_DIR", o.dir.join(format!("data-{port}")))
-        .env("ROCKET_VAULT_KEY", super::VAULT_KEY)
-        .env("ROCKET_SECRET_KEY", super::SECRET_KEY)
-        .env("ROCKET_DEMO_PROVIDER", "false")
-        .env("ROCKET_ALLOW_SIGNUP", "true")
-        .env("ROCKET_PROVIDERS", fake_provider_env(o.fake))
-        .env("RUST_LOG", o.log_filter)
-        .stdout(Stdio::from(std::fs::File::create(&stdout).unwrap()))
-        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
-    for (k, v) in &o.env {
-        cmd.env(k, v);
-    }
-    let child = cmd.spawn().expect("the binary starts");
-    let mut server =
-        Server { child, base: format!("http://127.0.0.1:{port}"), log, stdout, started_in: Duration::ZERO };
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while Instant::now() < deadline {
-        if let Ok(r) = http.get(format!("{}/healthz", server.base)).send().await {
-            if r.status().is_success() {
-                server.started_in = started.elapsed();
-                return Some(server);
-            }
-        }
-        if let Ok(Some(status)) = server.child.try_wait() {
-            let log = std::fs::read_to_string(&server.log).unwrap_or_default();
-            if log.contains("Address already in use") {
-                eprintln!("port {port} was taken before the server bound it; starting again");
-                return None;
-            }
-            panic!("the server exited with {status}:\n{log}");
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!(
-        "the server on {} did not start:\n{}",
-        server.base,
-        std::fs::read_to_string(&server.log).unwrap_or_default()
-    );
+    })
+    .await
 }
 
 /// A hidden form field's value in `html`.

@@ -3,8 +3,6 @@
 //! Webhooks verifier written here, independently of the app's signer (the `hmac` and `sha2`
 //! crates directly).
 
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -37,7 +37,7 @@ where
     F: Fn(&Connection) -> bool,
 {
     let seen_version = row.version;
-    let wait_limit = now() + ctx.settings.http_timeout as i64 + 5;
+    let wait_limit = now() + ctx.settings.http.timeout as i64 + 5;
     // The compare-and-swap that takes the lease is the authoritative check: it succeeds only if
     // nobody changed the row since `row` was read (from the cache, perhaps), so the first attempt
     // needs no re-read. The client credentials come in the same round trip.
@@ -78,7 +78,7 @@ async fn take(
     attempt: i64,
     after_401_by: Option<i64>,
 ) -> Result<Option<Option<ClientCredentials>>, AccessError> {
-    let lease_until = attempt + ctx.settings.http_timeout as i64 + 2;
+    let lease_until = attempt + ctx.settings.http.timeout as i64 + 2;
     let (id, version) = (row.id, row.version);
     let (cipher, name) = (ctx.tokens.cipher.clone(), provider.name.clone());
     let lease = ctx

@@ -37,7 +37,7 @@ use crate::cache::ConnectionSet;
 use crate::config::Settings;
 use crate::db::models::connections::{self, Connection, ConnectionStatus, Which};
 use crate::error::AppError;
-use crate::metrics::Metrics;
+use crate::oauth::metrics::OauthMetrics;
 use crate::oauth::providers::Provider;
 use crate::oauth::store::{open_tokens, Tokens};
 use crate::oauth::tokens::TokenError;
@@ -56,7 +56,7 @@ pub use single_flight::{ConnectionLock, RefreshLocks};
 pub struct Refresher<'a> {
     pub tokens: Tokens<'a>,
     pub endpoint: &'a dyn TokenEndpoint,
-    pub metrics: &'a Metrics,
+    pub metrics: &'a OauthMetrics,
     pub locks: &'a RefreshLocks,
     pub settings: &'a Settings,
 }

@@ -14,8 +14,8 @@ use crate::db::models::events::{self, EventKind, EventOutcome};
 use crate::db::models::users;
 use crate::db::schema::connections as schema;
 use crate::db::Db;
-use crate::metrics::Metrics;
 use crate::oauth::access::fresh_token_with;
+use crate::oauth::metrics::OauthMetrics;
 use crate::oauth::providers::Provider;
 use crate::oauth::store::{self, open_tokens, Tokens};
 use crate::oauth::tokens::{TokenError, TokenSet};
@@ -84,7 +84,7 @@ struct Fixture {
     cipher: Arc<Cipher>,
     caches: Caches,
     locks: RefreshLocks,
-    metrics: Metrics,
+    metrics: OauthMetrics,
     provider: Provider,
     user_id: i64,
 }
@@ -114,7 +114,7 @@ impl Fixture {
             cipher,
             caches: Caches::new(60),
             locks: RefreshLocks::default(),
-            metrics: Metrics::new(),
+            metrics: OauthMetrics::register(&crate::metrics::Metrics::new()),
             provider,
             user_id,
         };

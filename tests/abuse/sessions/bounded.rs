@@ -9,7 +9,7 @@ use crate::common::{self, flow_params, TestApp};
 #[rocket::async_test]
 async fn starting_many_flows_keeps_only_the_newest_pending() {
     let app = TestApp::start().await;
-    let limit = app.state().settings.max_pending_flows_per_user;
+    let limit = app.state().settings.flows.max_pending_per_user;
     assert_eq!(limit, 10, "the documented default");
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;

@@ -4,11 +4,11 @@
 //! provider's 429 is honoured; the spawned worker really runs in the server binary, and two
 //! instances on one PostgreSQL database refresh each connection exactly once.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::{builder, TestApp};
+use crate::common::{builder, TestApp};
 use rocket::http::{Header, Status};
 use serde_json::{json, Value};
 use tokenvault::oauth::keepalive::{Pace, PassReport};
@@ -47,13 +47,6 @@ fn user_id(app: &TestApp, name: &str) -> i64 {
 fn idle_for(app: &TestApp, name: &str, secs: i64) {
     let id = user_id(app, name);
     app.exec(&format!("UPDATE connections SET obtained_at = obtained_at - {secs} WHERE user_id = {id}"));
-}
-
-async fn api_key(agent: &common::Agent<'_>) -> String {
-    let csrf = agent.csrf("/settings/api-keys").await;
-    let r = agent.post_form("/settings/api-keys", &[("csrf_token", &csrf), ("name", "health")]).await;
-    let re = regex::Regex::new(r#"<code id="new-api-key">(tvk_[A-Za-z0-9_-]+)</code>"#).unwrap();
-    re.captures(&r.text).expect("the new key is shown once")[1].to_string()
 }
 
 async fn api(app: &TestApp, uri: &str, key: &str) -> (Status, String, Option<String>) {
@@ -110,7 +103,7 @@ async fn a_provider_failure_degrades_the_connection_visibly_and_the_next_success
     let app = keepalive_app().await;
     let alice = app.user("alice").await;
     alice.connect("fake").await;
-    let key = api_key(&alice).await;
+    let key = alice.api_key("health").await;
     let before = app.stored_tokens("alice", "fake").unwrap();
     idle_for(&app, "alice", 11);
     app.fake.script(ResponseTemplate::new(500).set_body_json(json!({"error": "server_error"})));
@@ -171,7 +164,7 @@ async fn invalid_grant_found_by_the_keep_alive_needs_a_reconnect() {
     let app = keepalive_app().await;
     let alice = app.user("alice").await;
     alice.connect("fake").await;
-    let key = api_key(&alice).await;
+    let key = alice.api_key("health").await;
     idle_for(&app, "alice", 11);
     app.fake.script(ResponseTemplate::new(400).set_body_json(json!({"error": "invalid_grant"})));
 
@@ -193,7 +186,7 @@ async fn a_grant_the_user_revoked_at_the_provider_needs_a_reconnect_with_reason_
     let app = keepalive_app().await;
     let alice = app.user("alice").await;
     alice.connect("fake").await;
-    let key = api_key(&alice).await;
+    let key = alice.api_key("health").await;
     idle_for(&app, "alice", 11);
     // Google's words for a grant the user removed in their account settings.
     let body = json!({"error": "invalid_grant", "error_description": "Token has been expired or revoked."});

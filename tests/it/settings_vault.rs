@@ -1,10 +1,10 @@
 //! My Settings → OAuth2 Services, user isolation, the admin vault, and secrets at rest.
 
-mod common;
+use crate::common;
 
+use crate::common::{flow_params, TestApp, CLIENT_SECRET};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
-use common::{flow_params, TestApp, CLIENT_SECRET};
 use rocket::http::Status;
 use tokenvault::util::ExposeSecret;
 

@@ -18,7 +18,7 @@
 //! that creates it, a session cookie in the `Set-Cookie` that sets it, a `state` in the redirect to
 //! the provider, and the `Authorization` header of calls to the provider.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use tokenvault::util::ExposeSecret;
@@ -31,13 +31,13 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use common::FakeProvider;
+use crate::common::FakeProvider;
 use tokenvault::db::Db;
 use tokenvault::vault::Cipher;
 
 const USERNAME: &str = "crawler";
 
-use common::server::Server;
+use crate::common::server::Server;
 
 async fn start_server(database_url: &str, fake: &str, dir: &Path) -> Server {
     let env = vec![("ROCKET_HTTP_TIMEOUT".to_string(), "5".to_string())];

@@ -2,12 +2,12 @@
 //! to a real HTTP receiver on a random loopback port and verified there with test-side code
 //! (`common::webhook_receiver`), independent of the app's signer.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::webhook_receiver::{secret, Received, Receiver};
-use common::{builder, TestApp};
+use crate::common::webhook_receiver::{secret, Received, Receiver};
+use crate::common::{builder, TestApp};
 use rocket::figment::value::{Dict, Value};
 use rocket::http::Status;
 use serde_json::json;
@@ -156,7 +156,7 @@ async fn a_failing_receiver_gets_the_same_id_until_it_accepts() {
 /// the same id; one that answers 200 with an endless body counts as delivered, its body unread.
 #[tokio::test]
 async fn a_stalling_receiver_times_out_and_an_endless_answer_is_not_read() {
-    use common::webhook_receiver::{ENDLESS, STALL};
+    use crate::common::webhook_receiver::{ENDLESS, STALL};
     let rx = Receiver::start().await;
     rx.answer(&[STALL, ENDLESS]);
     let s = secret();
@@ -210,7 +210,7 @@ fn record_events(app: &TestApp, n: usize) {
 /// while every tarpit attempt is still hanging.
 #[tokio::test]
 async fn a_tarpit_endpoint_does_not_hold_up_a_healthy_one() {
-    use common::webhook_receiver::Tarpit;
+    use crate::common::webhook_receiver::Tarpit;
     const EVENTS: usize = 20;
     let (tarpit, healthy) = (Tarpit::start().await, Receiver::start().await);
     let (s1, s2) = (secret(), secret());
@@ -247,7 +247,7 @@ async fn a_tarpit_endpoint_does_not_hold_up_a_healthy_one() {
 /// retry schedule.
 #[tokio::test]
 async fn an_endpoint_that_times_out_is_backed_off_alone() {
-    use common::webhook_receiver::Tarpit;
+    use crate::common::webhook_receiver::Tarpit;
     use tokenvault::webhooks::worker::{FIRST_PAUSE, PER_ENDPOINT};
     // As many as the tarpit's room: each later attempt is a retry.
     const EVENTS: usize = PER_ENDPOINT;
@@ -814,7 +814,7 @@ async fn an_event_committed_before_a_sigkill_is_delivered_after_the_restart() {
     let dir = tempfile::tempdir().unwrap();
     let database = common::TestDatabase::new(dir.path());
     seed_credentials(&database.url);
-    let (port, s, fake_uri) = (common::server::free_port(), secret(), fake.uri());
+    let (port, s, fake_uri) = (common::binary::free_port(), secret(), fake.uri());
     // Short timeouts: a kill that lands mid-attempt leaves a lease of 2 + 1 + 5 s.
     let options = || common::server::Options {
         env: vec![

@@ -1,12 +1,12 @@
 //! Revocation per provider style, and each preset's request shapes against recorded requests.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 
+use crate::common::{builder, flow_params, TestApp, CLIENT_ID, CLIENT_SECRET};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use common::{builder, flow_params, TestApp, CLIENT_ID, CLIENT_SECRET};
 use rocket::http::Status;
 use wiremock::ResponseTemplate;
 

@@ -1,7 +1,7 @@
 //! The server's log: every line written while a request is handled carries its request id, the
 //! same id the client gets as `X-Request-Id`.
 
-mod common;
+use crate::common;
 
 /// The server's log once it has the request line of request `id` (the child writes it
 /// asynchronously).
@@ -47,7 +47,7 @@ async fn log_lines_inside_a_request_carry_its_request_id() {
 /// without the caller's key; the old API error type logged a 4xx not at all and a 5xx twice.
 #[tokio::test]
 async fn a_failure_is_logged_in_exactly_one_line() {
-    use common::cli::{text, tokenvault};
+    use crate::common::cli::{text, tokenvault};
     let dir = tempfile::tempdir().unwrap();
     let database = common::TestDatabase::new(dir.path());
     let env = [("ROCKET_VAULT_KEY", common::VAULT_KEY), ("ROCKET_DATABASE_URL", database.url.as_str())];
@@ -95,7 +95,7 @@ async fn log_after_all(server: &common::server::Server, ids: &[String]) -> Strin
 /// the log. A 60 KB path once made two 60 KB lines (the request line and the error's line).
 #[tokio::test]
 async fn a_60_kb_path_makes_no_long_log_line() {
-    use common::cli::{text, tokenvault};
+    use crate::common::cli::{text, tokenvault};
     let dir = tempfile::tempdir().unwrap();
     let database = common::TestDatabase::new(dir.path());
     let providers = common::server::fake_provider_env("http://127.0.0.1:9");

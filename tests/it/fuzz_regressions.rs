@@ -1,9 +1,9 @@
 //! Regression tests for what the cargo-fuzz targets in `fuzz/` found (see fuzz/README.md).
 //! Each test keeps one finding fixed.
 
-mod common;
+use crate::common;
 
-use common::TestApp;
+use crate::common::TestApp;
 use rocket::http::uri::Reference;
 use rocket::http::Status;
 use tokenvault::oauth::tokens::LenientTokenResponse;

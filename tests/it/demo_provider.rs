@@ -1,7 +1,7 @@
-//! The built-in demo provider, end to end over real HTTP: the app is launched on a free port and
+//! The built-in demo provider, end to end over real HTTP: the binary is launched on a free port and
 //! calls its own `/demo` authorization server, exactly as `cargo run` does.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use tokenvault::util::ExposeSecret;
@@ -13,6 +13,8 @@ struct Live {
     base: String,
     http: reqwest::Client,
     db: tokenvault::db::Db,
+    /// The binary (see `common::binary::spawn`), stopped before the database is dropped.
+    _server: common::binary::Server,
     _database: common::TestDatabase,
     _dir: tempfile::TempDir,
     cipher: tokenvault::vault::Cipher,
@@ -23,34 +25,24 @@ async fn launch() -> Live {
 }
 
 async fn launch_with(demo_token_lifetime: i64) -> Live {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let base = format!("http://127.0.0.1:{port}");
     let dir = tempfile::tempdir().unwrap();
     let database = common::TestDatabase::new(dir.path());
-    let figment = rocket::figment::Figment::from(rocket::Config::debug_default())
-        .merge(("port", port))
-        .merge(("address", "127.0.0.1"))
-        .merge(("secret_key", common::SECRET_KEY))
-        .merge(("public_url", base.clone()))
-        .merge(("database_url", database.url.clone()))
-        .merge(("data_dir", dir.path().to_string_lossy().to_string()))
-        .merge(("vault_key", common::VAULT_KEY))
-        .merge(("demo_provider", true))
-        .merge(("demo_token_lifetime", demo_token_lifetime))
-        .merge(("shutdown.ctrlc", false))
-        .select("debug");
-    let rocket = tokenvault::app::build(figment).unwrap();
-    tokio::spawn(async move { rocket.launch().await.expect("server runs") });
+    let server = common::binary::spawn("127.0.0.1", None, dir.path(), |cmd, port| {
+        cmd.env("ROCKET_CONFIG", dir.path().join("no-Rocket.toml"))
+            .env("ROCKET_PROFILE", "debug")
+            .env("ROCKET_SECRET_KEY", common::SECRET_KEY)
+            .env("ROCKET_PUBLIC_URL", format!("http://127.0.0.1:{port}"))
+            .env("ROCKET_DATABASE_URL", &database.url)
+            .env("ROCKET_DATA_DIR", dir.path())
+            .env("ROCKET_VAULT_KEY", common::VAULT_KEY)
+            .env("ROCKET_DEMO_PROVIDER", "true")
+            .env("ROCKET_DEMO_TOKEN_LIFETIME", demo_token_lifetime.to_string());
+    })
+    .await;
     let http = reqwest::Client::builder().cookie_store(true).redirect(Policy::none()).build().unwrap();
-    for _ in 0..200 {
-        if http.get(format!("{base}/healthz")).send().await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
     let db = tokenvault::db::Db::open_sized(&database.url, 2).unwrap();
     let cipher = tokenvault::vault::Cipher::from_base64(common::VAULT_KEY, &[]).unwrap();
-    Live { base, http, db, _database: database, _dir: dir, cipher }
+    Live { base: server.base.clone(), http, db, _server: server, _database: database, _dir: dir, cipher }
 }
 
 fn hidden_fields(html: &str) -> BTreeMap<String, String> {

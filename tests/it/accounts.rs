@@ -1,8 +1,8 @@
 //! Sign-up, login, logout, sessions, cookies and CSRF.
 
-mod common;
+use crate::common;
 
-use common::{builder, TestApp, PASSWORD};
+use crate::common::{builder, TestApp, PASSWORD};
 use rocket::http::Status;
 
 fn set_cookie<'a>(reply: &'a common::Reply, name: &str) -> Option<&'a str> {

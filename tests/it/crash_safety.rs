@@ -10,15 +10,15 @@
 //! for a live refresh token, the "reconnect" page for a lost rotation (the provider revokes the
 //! family on the replay), and connecting again repairs it.
 
-mod common;
+use crate::common;
 
+use crate::common::server::Server;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tokenvault::util::ExposeSecret;
 
-use common::{flow_params, FakeProvider, PASSWORD, SECRET_KEY, VAULT_KEY};
+use crate::common::{flow_params, FakeProvider, PASSWORD, VAULT_KEY};
 use diesel::prelude::*;
 use reqwest::StatusCode;
 use serde_json::json;
@@ -29,82 +29,31 @@ const LOOPS_PER_USER: usize = 6;
 /// `http_timeout` of the binary; a refresh lease lasts this + 2 s.
 const HTTP_TIMEOUT: u64 = 2;
 
-/// The tokenvault binary running on `port`, killed (SIGKILL) and reaped on drop.
-struct Server {
-    child: Child,
-    log: PathBuf,
+/// The tokenvault binary on a free port, on the test's database and data directory (so that a
+/// restart finds everything the killed process committed).
+async fn start(env: &Env) -> Server {
+    let fake = env.fake.uri();
+    let providers = format!(
+        r#"{{fake={{authorize_url="{fake}/authorize",token_url="{fake}/token",account_url="{fake}/account",scopes=["read","write"],client_auth="basic"}}}}"#
+    );
+    let database_url = env.db_path.to_string_lossy();
+    common::server::start(common::server::Options {
+        data_dir: Some(env.dir.path()),
+        env: vec![
+            ("ROCKET_HTTP_TIMEOUT".into(), HTTP_TIMEOUT.to_string()),
+            ("ROCKET_REFRESH_MARGIN".into(), "1".into()),
+            ("ROCKET_PROVIDERS".into(), providers),
+        ],
+        ..common::server::Options::new(&database_url, &fake, env.dir.path())
+    })
+    .await
 }
 
-impl Server {
-    async fn start(env: &Env, port: u16, run: usize) -> Server {
-        let log = env.dir.path().join(format!("server-{run}.log"));
-        let out = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tokenvault"));
-        for (key, _) in std::env::vars() {
-            if key.starts_with("ROCKET_") {
-                cmd.env_remove(key);
-            }
-        }
-        let fake = env.fake.uri();
-        let providers = format!(
-            r#"{{fake={{authorize_url="{fake}/authorize",token_url="{fake}/token",account_url="{fake}/account",scopes=["read","write"],client_auth="basic"}}}}"#
-        );
-        let child = cmd
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("ROCKET_PROFILE", "debug")
-            .env("ROCKET_ADDRESS", "127.0.0.1")
-            .env("ROCKET_PORT", port.to_string())
-            .env("ROCKET_PUBLIC_URL", common::PUBLIC_URL)
-            .env("ROCKET_DATA_DIR", env.dir.path())
-            .env("ROCKET_DATABASE_URL", &env.db_path)
-            .env("ROCKET_VAULT_KEY", VAULT_KEY)
-            .env("ROCKET_SECRET_KEY", SECRET_KEY)
-            .env("ROCKET_DEMO_PROVIDER", "false")
-            .env("ROCKET_HTTP_TIMEOUT", HTTP_TIMEOUT.to_string())
-            .env("ROCKET_REFRESH_MARGIN", "1")
-            .env("ROCKET_PROVIDERS", providers)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("the tokenvault binary starts");
-        let mut server = Server { child, log };
-        let probe = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(r) = probe.get(format!("http://127.0.0.1:{port}/healthz")).send().await {
-                if r.status() == StatusCode::OK {
-                    return server;
-                }
-            }
-            if let Ok(Some(status)) = server.child.try_wait() {
-                panic!("tokenvault exited with {status}:\n{}", server.log_tail());
-            }
-            assert!(Instant::now() < deadline, "tokenvault did not come up:\n{}", server.log_tail());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn kill(&mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reaped");
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// The last 40 lines of the server's log.
+fn log_tail(server: &Server) -> String {
+    let text = server.log_text();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
 struct Env {
@@ -328,11 +277,8 @@ async fn sigkill_during_a_refresh_storm_leaves_a_consistent_database() {
         tokenvault::vault::store::set(&mut conn, &cipher, "fake.client_secret", common::CLIENT_SECRET, "test").unwrap();
     }
     let env = Env { dir, db_path, fake, db, cipher };
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let base = format!("http://127.0.0.1:{port}");
-
-    let mut run = 0;
-    let mut server = Server::start(&env, port, run).await;
+    let mut server = start(&env).await;
+    let base = server.base.clone();
     let mut users = Vec::new();
     for i in 0..USERS {
         let user = User::sign_up(&base, &format!("user{i}")).await;
@@ -344,12 +290,12 @@ async fn sigkill_during_a_refresh_storm_leaves_a_consistent_database() {
     let kills =
         [KillAt::RefreshInFlight(1), KillAt::After(Duration::from_millis(600)), KillAt::RefreshInFlight(USERS + 2)];
     let mut totals = (0, 0);
-    let base = base.as_str();
+    let mut base = base;
     for (round, kill_at) in kills.into_iter().enumerate() {
         let round_started = Instant::now();
         expire_all_tokens(&env.db_path);
         let refreshes_before = env.fake.refresh_calls().await;
-        let tasks = storm(base, &users);
+        let tasks = storm(&base, &users);
         let storm_started = Instant::now();
         match kill_at {
             KillAt::RefreshInFlight(n) => loop {
@@ -364,7 +310,8 @@ async fn sigkill_during_a_refresh_storm_leaves_a_consistent_database() {
             },
             KillAt::After(d) => tokio::time::sleep(d).await,
         }
-        server.kill();
+        server.child.kill().expect("SIGKILL");
+        server.child.wait().expect("reaped");
         let killed_after = storm_started.elapsed();
         let mut answered = Vec::new();
         for t in tasks {
@@ -373,7 +320,7 @@ async fn sigkill_during_a_refresh_storm_leaves_a_consistent_database() {
         assert!(
             answered.iter().all(|s| *s == StatusCode::OK),
             "round {round}: every account page answered before the kill was the account: {answered:?}\n{}",
-            server.log_tail()
+            log_tail(&server)
         );
         // Let the fake finish with requests that were already on their way when the app died.
         settle(&env.fake).await;
@@ -381,9 +328,10 @@ async fn sigkill_during_a_refresh_storm_leaves_a_consistent_database() {
         let lost = held.iter().filter(|h| **h == Held::LostRotation).count();
         totals = (totals.0 + held.len() - lost, totals.1 + lost);
 
-        // Restart on the same database.
-        run += 1;
-        server = Server::start(&env, port, run).await;
+        // Restart on the same database (on another free port: the users' cookies are per host).
+        server = start(&env).await;
+        base = server.base.clone();
+        let base = base.as_str();
         let (report, _) = integrity(&env.db_path);
         assert_eq!(report, "ok", "round {round}: integrity after the restart");
         // First the connections with a live refresh token (before any replay makes the fake revoke

@@ -3,7 +3,7 @@
 //! connection or revoked API key stops working on the other instance too (cache invalidations).
 //! Runs when TOKENVAULT_TEST_POSTGRES_URL is set (as in .ci/run); otherwise says why it skipped.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 use tokenvault::util::ExposeSecret;
@@ -18,7 +18,7 @@ async fn start(database_url: &str, fake: &str, dir: &std::path::Path) -> common:
     .await
 }
 
-use common::server::hidden;
+use crate::common::server::hidden;
 
 fn postgres_configured() -> bool {
     if std::env::var("TOKENVAULT_TEST_POSTGRES_URL").map(|v| v.is_empty()).unwrap_or(true) {

@@ -4,9 +4,9 @@
 //! provider on a real HTTP port, which answers its account API for whichever account the user
 //! is "signed in to" there.
 
-mod common;
+use crate::common;
 
-use common::{builder, TestApp, PUBLIC_URL};
+use crate::common::{builder, TestApp, PUBLIC_URL};
 use rocket::http::{Header, Status};
 use serde_json::Value;
 
@@ -18,14 +18,6 @@ async fn identifying_app() -> TestApp {
         .provider("optional_scopes", vec!["admin"])
         .start()
         .await
-}
-
-async fn api_key(agent: &common::Agent<'_>) -> String {
-    let csrf = agent.csrf("/settings/api-keys").await;
-    let r = agent.post_form("/settings/api-keys", &[("csrf_token", &csrf), ("name", "script")]).await;
-    assert_eq!(r.status, Status::Ok, "{}", r.text);
-    let re = regex::Regex::new(r#"<code id="new-api-key">(tvk_[A-Za-z0-9_-]+)</code>"#).unwrap();
-    re.captures(&r.text).expect("the new key is shown once")[1].to_string()
 }
 
 async fn api(app: &TestApp, uri: &str, key: &str) -> (Status, Value) {
@@ -80,7 +72,7 @@ async fn two_accounts_of_one_service_are_two_connections_a_script_can_tell_apart
     assert_eq!(settings.matches(r#"id="revoke-fake""#).count(), 1, "the unsuffixed id stays, on the first row");
 
     // The API a script uses with two accounts.
-    let key = api_key(&alice).await;
+    let key = alice.api_key("script").await;
     let (status, list) = api(&app, "/api/v1/connections", &key).await;
     assert_eq!(status, Status::Ok);
     let accounts: Vec<(i64, &str, &str)> = list
@@ -217,7 +209,7 @@ async fn a_provider_that_does_not_say_which_account_keeps_one_connection_as_befo
     let settings = alice.fetch("/settings/oauth2").await.text;
     assert!(settings.contains(r#"data-service="fake" data-status="active" data-account="""#), "{settings}");
     assert!(settings.contains("account not known yet"));
-    let key = api_key(&alice).await;
+    let key = alice.api_key("script").await;
     let (status, list) = api(&app, "/api/v1/connections", &key).await;
     assert_eq!(status, Status::Ok);
     assert!(list[0]["account_id"].is_null() && list[0]["connection_id"].is_i64(), "{list}");
@@ -251,7 +243,7 @@ async fn granted_scopes_are_kept_apart_from_requested_ones_and_upgraded_in_place
     assert!(settings.contains(r#"class="not-granted""#), "{settings}");
     assert!(settings.contains(r#"data-status="active""#));
     assert!(settings.contains(&format!(r#"id="upgrade-fake-{id}""#)), "optional scopes can be requested");
-    let key = api_key(&alice).await;
+    let key = alice.api_key("script").await;
     let (_, list) = api(&app, "/api/v1/connections", &key).await;
     assert_eq!(list[0]["scopes"], serde_json::json!(["read"]));
     assert_eq!(list[0]["requested_scopes"], serde_json::json!(["read", "write"]));

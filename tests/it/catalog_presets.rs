@@ -5,14 +5,14 @@
 //! headers for every request (Notion-Version, Twitch's Client-Id) and the revocation styles
 //! `bearer` and `json`.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 
+use crate::common::fake_provider::form;
+use crate::common::{builder, Builder, TestApp, CLIENT_ID, CLIENT_SECRET};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use common::fake_provider::form;
-use common::{builder, Builder, TestApp, CLIENT_ID, CLIENT_SECRET};
 use rocket::http::{Header, Status};
 use serde_json::{json, Value};
 use wiremock::matchers::{method, path};

@@ -3,13 +3,11 @@
 //! staying fast while a callback or a refresh is stalled; and strict refresh-token rotation with
 //! family revocation over several refreshes.
 
-mod common;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{builder, flow_params, Agent, TestApp};
+use crate::common::{builder, flow_params, Agent, TestApp};
 use rocket::http::Status;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

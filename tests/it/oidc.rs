@@ -1,8 +1,6 @@
 //! Generic OpenID Connect providers configured by `issuer` alone.
 
-mod common;
-
-use common::builder;
+use crate::common::builder;
 use rocket::figment::value::{Dict, Value};
 use rocket::http::Status;
 use wiremock::matchers::path;

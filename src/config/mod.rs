@@ -9,8 +9,13 @@ use rocket::figment::Figment;
 use serde::Deserialize;
 use url::Url;
 
-use crate::oauth::provider_config::ProviderConfig;
+pub mod providers;
+
 use crate::util::Secret;
+use providers::ProviderConfig;
+
+/// Login-throttle entries per map unless configured (`login_throttle_capacity`): at most a few MB each.
+pub const DEFAULT_THROTTLE_CAPACITY: usize = 100_000;
 
 /// The settings as written in `Rocket.toml` / the environment.
 #[derive(Debug, Deserialize)]
@@ -156,7 +161,7 @@ impl Default for RawConfig {
             audit_retention_days: 365,
             audit_checkpoint_interval: 600,
             audit_checkpoint_file: None,
-            login_throttle_capacity: crate::auth::throttle::DEFAULT_CAPACITY,
+            login_throttle_capacity: DEFAULT_THROTTLE_CAPACITY,
             log: "info".into(),
             providers: BTreeMap::new(),
             webhooks: BTreeMap::new(),
@@ -164,7 +169,9 @@ impl Default for RawConfig {
     }
 }
 
-/// The validated settings in force.
+/// The validated settings in force: what the whole app shares, and one group per concern, each
+/// handed only to the code that needs it (the outbound HTTP client gets [`HttpLimits`], the
+/// refresher [`RefreshSettings`]…). The keys are the flat ones of [`RawConfig`], unchanged.
 pub struct Settings {
     pub profile: String,
     /// `debug` profile: conveniences on (generated keys, demo provider, sign-up).
@@ -173,41 +180,95 @@ pub struct Settings {
     pub database_url: String,
     pub demo_provider: bool,
     pub allow_signup: bool,
-    /// Webhook URLs set on `/admin/webhooks` may name loopback and private addresses.
-    pub webhook_private_urls: bool,
     pub data_dir: PathBuf,
     /// The directories whose files override the embedded ones, if any.
     pub static_dir: Option<PathBuf>,
     pub template_dir: Option<PathBuf>,
-    pub session_ttl: i64,
-    pub flow_ttl: i64,
-    pub http_timeout: u64,
-    pub http_connect_timeout: u64,
+    pub http: HttpLimits,
+    pub login: LoginLimits,
+    pub flows: FlowLimits,
+    pub refresh: RefreshSettings,
+    pub api: ApiLimits,
+    pub webhooks: WebhookSettings,
+    pub audit: AuditSettings,
+    pub metrics: MetricsSettings,
+    pub demo: DemoSettings,
+}
+
+/// Calls to providers and webhook receivers (`http_timeout`, `http_connect_timeout`, `max_response_bytes`).
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    pub timeout: u64,
+    pub connect_timeout: u64,
     pub max_response_bytes: usize,
+}
+
+/// Sign-in (`login_limit_per_ip`, `login_limit_per_account`, `login_throttle_capacity`, `session_ttl`).
+#[derive(Debug, Clone)]
+pub struct LoginLimits {
+    pub per_ip: u32,
+    pub per_account: u32,
+    pub throttle_capacity: usize,
+    pub session_ttl: i64,
+}
+
+/// Connect flows and connection history (`flow_ttl`, `max_pending_flows_per_user`, `events_per_connection`).
+#[derive(Debug, Clone)]
+pub struct FlowLimits {
+    pub ttl: i64,
+    pub max_pending_per_user: i64,
+    pub events_per_connection: i64,
+}
+
+/// Token refresh and keep-alive (`refresh_margin`, `refresh_cooldown`, `default_token_lifetime`,
+/// `keepalive_*`, `expiry_warning`).
+#[derive(Debug, Clone)]
+pub struct RefreshSettings {
+    pub margin: i64,
+    pub cooldown: i64,
     pub default_token_lifetime: i64,
-    pub demo_token_lifetime: i64,
-    pub demo_redirect_uris: Vec<String>,
-    pub refresh_margin: i64,
-    pub refresh_cooldown: i64,
     pub keepalive_interval: i64,
     pub keepalive_concurrency: usize,
     pub keepalive_worker: bool,
     pub expiry_warning: i64,
-    pub login_limit_per_ip: u32,
-    pub login_limit_per_account: u32,
-    pub login_throttle_capacity: usize,
+}
+
+/// The JSON API (`proxy_max_request_bytes`, `proxy_max_response_bytes`, `max_api_keys_per_user`, `cache_ttl`).
+#[derive(Debug, Clone)]
+pub struct ApiLimits {
     pub proxy_max_request_bytes: usize,
     pub proxy_max_response_bytes: usize,
-    pub metrics: bool,
-    /// The Bearer token of `/metrics` (see [`Settings::metrics_access`]).
-    pub metrics_token: Option<Secret>,
+    pub max_keys_per_user: i64,
     pub cache_ttl: u64,
-    pub max_pending_flows_per_user: i64,
-    pub events_per_connection: i64,
-    pub max_api_keys_per_user: i64,
-    pub audit_retention_days: i64,
-    pub audit_checkpoint_interval: i64,
-    pub audit_checkpoint_file: Option<PathBuf>,
+}
+
+/// Webhooks (`webhook_private_urls`: URLs set on `/admin/webhooks` may name loopback and private addresses).
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    pub private_urls: bool,
+}
+
+/// The audit log (`audit_retention_days`, `audit_checkpoint_interval`, `audit_checkpoint_file`).
+#[derive(Debug, Clone)]
+pub struct AuditSettings {
+    pub retention_days: i64,
+    pub checkpoint_interval: i64,
+    pub checkpoint_file: Option<PathBuf>,
+}
+
+/// `/metrics` (`metrics`, `metrics_token`).
+#[derive(Clone)]
+pub struct MetricsSettings {
+    pub enabled: bool,
+    /// The Bearer token of `/metrics` (see [`Settings::metrics_access`]).
+    pub token: Option<Secret>,
+}
+
+/// The built-in demo provider (`demo_token_lifetime`, `demo_redirect_uris`).
+#[derive(Debug, Clone)]
+pub struct DemoSettings {
+    pub token_lifetime: i64,
+    pub redirect_uris: Vec<String>,
 }
 
 /// Who may read `/metrics`.
@@ -239,10 +300,10 @@ impl Settings {
     /// `metrics_token`, only `Bearer <metrics_token>` (compared in constant time); without one,
     /// everyone in `debug` and nobody (not served) in every other profile.
     pub fn metrics_access(&self, authorization: Option<&str>) -> MetricsAccess {
-        if !self.metrics {
+        if !self.metrics.enabled {
             return MetricsAccess::NotServed;
         }
-        let Some(token) = &self.metrics_token else {
+        let Some(token) = &self.metrics.token else {
             return if self.dev_mode { MetricsAccess::Allowed } else { MetricsAccess::NotServed };
         };
         let given = authorization
@@ -337,7 +398,7 @@ impl std::fmt::Debug for Settings {
         f.debug_struct("Settings")
             .field("profile", &self.profile)
             .field("public_url", &self.public_url.as_str())
-            .field("database_url", &crate::db::redact_url(&self.database_url))
+            .field("database_url", &crate::util::redact_url(&self.database_url))
             .finish_non_exhaustive()
     }
 }
@@ -355,80 +416,6 @@ impl Settings {
         if public_url.scheme() == "http" && !is_loopback(&public_url) && !dev_mode {
             tracing::warn!("public_url is plain http on a non-loopback host: cookies will not be marked Secure");
         }
-        if raw.flow_ttl <= 0 || raw.flow_ttl > 600 {
-            return Err(invalid("flow_ttl", "must be between 1 and 600 seconds"));
-        }
-        if raw.session_ttl < 60 {
-            return Err(invalid("session_ttl", "must be at least 60 seconds"));
-        }
-        for (key, value) in [("http_timeout", raw.http_timeout), ("http_connect_timeout", raw.http_connect_timeout)] {
-            if value == 0 {
-                return Err(invalid(key, "must be at least one second"));
-            }
-        }
-        if raw.max_response_bytes < 1024 {
-            return Err(invalid("max_response_bytes", "must be at least 1024"));
-        }
-        for (key, value) in
-            [("default_token_lifetime", raw.default_token_lifetime), ("demo_token_lifetime", raw.demo_token_lifetime)]
-        {
-            if value <= 0 {
-                return Err(invalid(key, "must be a positive number of seconds"));
-            }
-        }
-        for (key, value) in
-            [("login_limit_per_ip", raw.login_limit_per_ip), ("login_limit_per_account", raw.login_limit_per_account)]
-        {
-            if value == 0 {
-                return Err(invalid(key, "must be at least 1 per minute"));
-            }
-        }
-        if raw.login_throttle_capacity < 100 {
-            return Err(invalid("login_throttle_capacity", "must be at least 100"));
-        }
-        if raw.refresh_margin < 0 {
-            return Err(invalid("refresh_margin", "must not be negative"));
-        }
-        if !(1..=3600).contains(&raw.refresh_cooldown) {
-            return Err(invalid("refresh_cooldown", "must be between 1 and 3600 seconds"));
-        }
-        if raw.keepalive_interval < 10 {
-            return Err(invalid("keepalive_interval", "must be at least 10 seconds"));
-        }
-        if !(0..=365 * 86_400).contains(&raw.expiry_warning) {
-            return Err(invalid("expiry_warning", "must be between 0 (never) and 31536000 seconds (a year)"));
-        }
-        if !(1..=64).contains(&raw.keepalive_concurrency) {
-            return Err(invalid("keepalive_concurrency", "must be between 1 and 64"));
-        }
-        if !(0..=36_500).contains(&raw.audit_retention_days) {
-            return Err(invalid("audit_retention_days", "must be 0 (keep forever) or between 1 and 36500 days"));
-        }
-        if !(10..=86_400).contains(&raw.audit_checkpoint_interval) {
-            return Err(invalid("audit_checkpoint_interval", "must be between 10 and 86400 seconds (a day)"));
-        }
-        if raw.audit_checkpoint_file.as_ref().is_some_and(|f| f.as_os_str().is_empty() || f.is_dir()) {
-            return Err(invalid("audit_checkpoint_file", "must name a file (lines are appended to it)"));
-        }
-        if raw.cache_ttl > 3600 {
-            return Err(invalid("cache_ttl", "must be at most 3600 seconds (0 turns the cache off)"));
-        }
-        for (key, value, max) in [
-            ("max_pending_flows_per_user", raw.max_pending_flows_per_user, 1000),
-            ("events_per_connection", raw.events_per_connection, 10_000),
-            ("max_api_keys_per_user", raw.max_api_keys_per_user, 1000),
-        ] {
-            if !(1..=max).contains(&value) {
-                return Err(invalid(key, format!("must be between 1 and {max}")));
-            }
-        }
-        let metrics_token = match &raw.metrics_token {
-            Some(token) if token.expose_secret().trim().chars().count() < 16 => {
-                return Err(invalid("metrics_token", "must be at least 16 characters (e.g. `tokenvault keygen`)"));
-            }
-            Some(token) => Some(crate::util::secret(token.expose_secret().trim())),
-            None => None,
-        };
         let database_url = match &raw.database_url {
             Some(url) if !url.trim().is_empty() => url.clone(),
             _ => raw.data_dir.join("tokenvault.sqlite").to_string_lossy().into_owned(),
@@ -440,39 +427,157 @@ impl Settings {
             database_url,
             demo_provider: raw.demo_provider.unwrap_or(dev_mode),
             allow_signup: raw.allow_signup.unwrap_or(dev_mode),
-            webhook_private_urls: raw.webhook_private_urls.unwrap_or(dev_mode),
             data_dir: raw.data_dir.clone(),
             static_dir: override_dir("static_dir", raw.static_dir.as_deref(), "static")?,
             template_dir: override_dir("template_dir", raw.template_dir.as_deref(), "templates")?,
-            session_ttl: raw.session_ttl,
-            flow_ttl: raw.flow_ttl,
-            http_timeout: raw.http_timeout,
-            http_connect_timeout: raw.http_connect_timeout,
+            http: HttpLimits::resolve(raw)?,
+            login: LoginLimits::resolve(raw)?,
+            flows: FlowLimits::resolve(raw)?,
+            refresh: RefreshSettings::resolve(raw)?,
+            api: ApiLimits::resolve(raw)?,
+            webhooks: WebhookSettings { private_urls: raw.webhook_private_urls.unwrap_or(dev_mode) },
+            audit: AuditSettings::resolve(raw)?,
+            metrics: MetricsSettings::resolve(raw)?,
+            demo: DemoSettings::resolve(raw)?,
+        })
+    }
+}
+
+/// `value` must lie in `range`, else `key` is invalid with `reason`.
+fn within<T: PartialOrd>(
+    key: &str,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+    reason: &str,
+) -> Result<(), ConfigError> {
+    if range.contains(&value) {
+        Ok(())
+    } else {
+        Err(invalid(key, reason))
+    }
+}
+
+impl HttpLimits {
+    fn resolve(raw: &RawConfig) -> Result<HttpLimits, ConfigError> {
+        for (key, value) in [("http_timeout", raw.http_timeout), ("http_connect_timeout", raw.http_connect_timeout)] {
+            within(key, value, 1..=u64::MAX, "must be at least one second")?;
+        }
+        within("max_response_bytes", raw.max_response_bytes, 1024..=usize::MAX, "must be at least 1024")?;
+        Ok(HttpLimits {
+            timeout: raw.http_timeout,
+            connect_timeout: raw.http_connect_timeout,
             max_response_bytes: raw.max_response_bytes,
+        })
+    }
+}
+
+impl LoginLimits {
+    fn resolve(raw: &RawConfig) -> Result<LoginLimits, ConfigError> {
+        within("session_ttl", raw.session_ttl, 60..=i64::MAX, "must be at least 60 seconds")?;
+        for (key, value) in
+            [("login_limit_per_ip", raw.login_limit_per_ip), ("login_limit_per_account", raw.login_limit_per_account)]
+        {
+            within(key, value, 1..=u32::MAX, "must be at least 1 per minute")?;
+        }
+        within("login_throttle_capacity", raw.login_throttle_capacity, 100..=usize::MAX, "must be at least 100")?;
+        Ok(LoginLimits {
+            per_ip: raw.login_limit_per_ip,
+            per_account: raw.login_limit_per_account,
+            throttle_capacity: raw.login_throttle_capacity,
+            session_ttl: raw.session_ttl,
+        })
+    }
+}
+
+/// The per-user and per-connection bounds: between 1 and `max`.
+fn bounded(key: &str, value: i64, max: i64) -> Result<i64, ConfigError> {
+    within(key, value, 1..=max, &format!("must be between 1 and {max}"))?;
+    Ok(value)
+}
+
+impl FlowLimits {
+    fn resolve(raw: &RawConfig) -> Result<FlowLimits, ConfigError> {
+        within("flow_ttl", raw.flow_ttl, 1..=600, "must be between 1 and 600 seconds")?;
+        Ok(FlowLimits {
+            ttl: raw.flow_ttl,
+            max_pending_per_user: bounded("max_pending_flows_per_user", raw.max_pending_flows_per_user, 1000)?,
+            events_per_connection: bounded("events_per_connection", raw.events_per_connection, 10_000)?,
+        })
+    }
+}
+
+impl RefreshSettings {
+    fn resolve(raw: &RawConfig) -> Result<RefreshSettings, ConfigError> {
+        let positive = "must be a positive number of seconds";
+        within("default_token_lifetime", raw.default_token_lifetime, 1..=i64::MAX, positive)?;
+        within("refresh_margin", raw.refresh_margin, 0..=i64::MAX, "must not be negative")?;
+        within("refresh_cooldown", raw.refresh_cooldown, 1..=3600, "must be between 1 and 3600 seconds")?;
+        within("keepalive_interval", raw.keepalive_interval, 10..=i64::MAX, "must be at least 10 seconds")?;
+        within(
+            "expiry_warning",
+            raw.expiry_warning,
+            0..=365 * 86_400,
+            "must be between 0 (never) and 31536000 seconds (a year)",
+        )?;
+        within("keepalive_concurrency", raw.keepalive_concurrency, 1..=64, "must be between 1 and 64")?;
+        Ok(RefreshSettings {
+            margin: raw.refresh_margin,
+            cooldown: raw.refresh_cooldown,
             default_token_lifetime: raw.default_token_lifetime,
-            demo_token_lifetime: raw.demo_token_lifetime,
-            demo_redirect_uris: raw.demo_redirect_uris.clone(),
-            refresh_margin: raw.refresh_margin,
-            refresh_cooldown: raw.refresh_cooldown,
             keepalive_interval: raw.keepalive_interval,
             keepalive_concurrency: raw.keepalive_concurrency,
             keepalive_worker: raw.keepalive_worker,
             expiry_warning: raw.expiry_warning,
-            login_limit_per_ip: raw.login_limit_per_ip,
+        })
+    }
+}
+
+impl ApiLimits {
+    fn resolve(raw: &RawConfig) -> Result<ApiLimits, ConfigError> {
+        within("cache_ttl", raw.cache_ttl, 0..=3600, "must be at most 3600 seconds (0 turns the cache off)")?;
+        Ok(ApiLimits {
             proxy_max_request_bytes: raw.proxy_max_request_bytes,
             proxy_max_response_bytes: raw.proxy_max_response_bytes,
-            metrics: raw.metrics,
-            metrics_token,
+            max_keys_per_user: bounded("max_api_keys_per_user", raw.max_api_keys_per_user, 1000)?,
             cache_ttl: raw.cache_ttl,
-            login_limit_per_account: raw.login_limit_per_account,
-            max_pending_flows_per_user: raw.max_pending_flows_per_user,
-            events_per_connection: raw.events_per_connection,
-            max_api_keys_per_user: raw.max_api_keys_per_user,
-            audit_retention_days: raw.audit_retention_days,
-            audit_checkpoint_interval: raw.audit_checkpoint_interval,
-            audit_checkpoint_file: raw.audit_checkpoint_file.clone(),
-            login_throttle_capacity: raw.login_throttle_capacity,
         })
+    }
+}
+
+impl AuditSettings {
+    fn resolve(raw: &RawConfig) -> Result<AuditSettings, ConfigError> {
+        let days = "must be 0 (keep forever) or between 1 and 36500 days";
+        within("audit_retention_days", raw.audit_retention_days, 0..=36_500, days)?;
+        let interval = "must be between 10 and 86400 seconds (a day)";
+        within("audit_checkpoint_interval", raw.audit_checkpoint_interval, 10..=86_400, interval)?;
+        if raw.audit_checkpoint_file.as_ref().is_some_and(|f| f.as_os_str().is_empty() || f.is_dir()) {
+            return Err(invalid("audit_checkpoint_file", "must name a file (lines are appended to it)"));
+        }
+        Ok(AuditSettings {
+            retention_days: raw.audit_retention_days,
+            checkpoint_interval: raw.audit_checkpoint_interval,
+            checkpoint_file: raw.audit_checkpoint_file.clone(),
+        })
+    }
+}
+
+impl MetricsSettings {
+    fn resolve(raw: &RawConfig) -> Result<MetricsSettings, ConfigError> {
+        let token = match &raw.metrics_token {
+            Some(token) if token.expose_secret().trim().chars().count() < 16 => {
+                return Err(invalid("metrics_token", "must be at least 16 characters (e.g. `tokenvault keygen`)"));
+            }
+            Some(token) => Some(crate::util::secret(token.expose_secret().trim())),
+            None => None,
+        };
+        Ok(MetricsSettings { enabled: raw.metrics, token })
+    }
+}
+
+impl DemoSettings {
+    fn resolve(raw: &RawConfig) -> Result<DemoSettings, ConfigError> {
+        within("demo_token_lifetime", raw.demo_token_lifetime, 1..=i64::MAX, "must be a positive number of seconds")?;
+        Ok(DemoSettings { token_lifetime: raw.demo_token_lifetime, redirect_uris: raw.demo_redirect_uris.clone() })
     }
 }
 
@@ -625,9 +730,9 @@ mod tests {
     fn profile_defaults() {
         let raw = RawConfig::default();
         let dev = Settings::resolve(&raw, "debug").unwrap();
-        assert!(dev.demo_provider && dev.allow_signup && dev.dev_mode && dev.webhook_private_urls);
+        assert!(dev.demo_provider && dev.allow_signup && dev.dev_mode && dev.webhooks.private_urls);
         let prod = Settings::resolve(&raw, "release").unwrap();
-        assert!(!prod.demo_provider && !prod.allow_signup && !prod.dev_mode && !prod.webhook_private_urls);
+        assert!(!prod.demo_provider && !prod.allow_signup && !prod.dev_mode && !prod.webhooks.private_urls);
         assert_eq!(dev.redirect_uri("dropbox"), "http://127.0.0.1:8000/services/dropbox/callback");
     }
 
@@ -675,9 +780,9 @@ mod tests {
         let raw = RawConfig { database_url: Some("postgres://app:pa55word@db/tv".into()), ..RawConfig::default() };
         assert!(!format!("{:?}", Settings::resolve(&raw, "debug").unwrap()).contains("pa55word"));
         let raw = RawConfig { cache_ttl: 0, ..RawConfig::default() };
-        assert_eq!(Settings::resolve(&raw, "debug").unwrap().cache_ttl, 0);
+        assert_eq!(Settings::resolve(&raw, "debug").unwrap().api.cache_ttl, 0);
         let defaults = Settings::resolve(&RawConfig::default(), "release").unwrap();
-        assert_eq!((defaults.audit_checkpoint_interval, defaults.audit_checkpoint_file), (600, None));
+        assert_eq!((defaults.audit.checkpoint_interval, defaults.audit.checkpoint_file), (600, None));
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The account-info page and the one refresh mechanism behind it.
 
-mod common;
+use crate::common;
 
-use common::{builder, TestApp};
+use crate::common::{builder, TestApp};
 use rocket::http::Status;
 use serde_json::json;
 use tokenvault::util::ExposeSecret;

@@ -1,12 +1,12 @@
 //! The Redirector → provider → Callback flow against a real HTTP fake provider.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashSet};
 
+use crate::common::{builder, flow_params, TestApp, CLIENT_ID, CLIENT_SECRET, PUBLIC_URL};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use common::{builder, flow_params, TestApp, CLIENT_ID, CLIENT_SECRET, PUBLIC_URL};
 use rocket::http::Status;
 use sha2::{Digest, Sha256};
 use wiremock::ResponseTemplate;

@@ -1,21 +1,11 @@
 //! The audit log: what the app records, that no secret lands in it, the CLI's verify and tail,
 //! and two writers on one PostgreSQL never forking the chain.
 
-mod common;
+use crate::common;
 
-use common::cli::{text, tokenvault};
-use common::{TestApp, PASSWORD};
+use crate::common::cli::{text, tokenvault};
+use crate::common::{TestApp, PASSWORD, VAULT_KEY};
 use rocket::http::{Header, Status};
-
-const VAULT_KEY: &str = "dGVzdC12YXVsdC1rZXktMzItYnl0ZXMtbG9uZyEhISE=";
-
-async fn api_key(agent: &common::Agent<'_>, name: &str) -> String {
-    let csrf = agent.csrf("/settings/api-keys").await;
-    let r = agent.post_form("/settings/api-keys", &[("csrf_token", &csrf), ("name", name)]).await;
-    assert_eq!(r.status, Status::Ok, "{}", r.text);
-    let re = regex::Regex::new(r#"<code id="new-api-key">(tvk_[A-Za-z0-9_-]+)</code>"#).unwrap();
-    re.captures(&r.text).expect("the new key is shown once")[1].to_string()
-}
 
 /// Every audit row as one text (kind|user|actor|service|address|detail lines).
 fn rows(app: &TestApp) -> Vec<String> {
@@ -47,7 +37,7 @@ async fn sign_ins_token_reads_proxy_calls_and_vault_changes_are_recorded_without
     assert_eq!(r.status, Status::SeeOther);
 
     alice.connect("fake").await;
-    let key = api_key(&alice, "a").await;
+    let key = alice.api_key("a").await;
     let res = app
         .client
         .get("/api/v1/services/fake/token")
@@ -183,7 +173,7 @@ async fn connections_api_keys_pages_and_filters() {
     let bob = app.user("bob").await;
     bob.connect("fake").await;
     let (bob_access, _) = app.stored_tokens("bob", "fake").unwrap();
-    let key = api_key(&bob, "b").await;
+    let key = bob.api_key("b").await;
     let res = app
         .client
         .get("/api/v1/services/fake/token")
@@ -512,7 +502,7 @@ fn a_rolled_back_head_and_cut_tail_are_caught_by_checkpoints() {
 /// a line in `audit_checkpoint_file`; an endpoint taking every event gets none.
 #[tokio::test]
 async fn the_server_publishes_a_checkpoint_at_start_up() {
-    use common::webhook_receiver::{secret, Receiver};
+    use crate::common::webhook_receiver::{secret, Receiver};
     use rocket::figment::value::{Dict, Value};
     let (audit_rx, all_rx) = (Receiver::start().await, Receiver::start().await);
     let (s1, s2) = (secret(), secret());
@@ -648,7 +638,7 @@ async fn a_flood_of_long_proxy_paths_is_bounded_per_batch() {
     let app = TestApp::start().await;
     let alice = app.user("alice").await;
     alice.connect("fake").await;
-    let key = api_key(&alice, "flood").await;
+    let key = alice.api_key("flood").await;
     app.state().audit.flush().await;
     let batches_before = app.state().audit.batches_written();
     let calls = 300;
@@ -711,7 +701,7 @@ async fn a_batched_read_written_after_a_revocation_shows_when_it_happened() {
     let app = TestApp::start().await;
     let alice = app.user("alice").await;
     alice.connect("fake").await;
-    let key = api_key(&alice, "reader").await;
+    let key = alice.api_key("reader").await;
     app.state().audit.flush().await;
     let res = app
         .client
@@ -787,7 +777,7 @@ async fn a_password_change_records_itself_every_key_it_revoked_and_the_sessions_
     let alice = app.user("alice").await;
     let laptop = app.agent();
     sign_in(&laptop, "alice", PASSWORD).await;
-    let (first, second) = (api_key(&alice, "one").await, api_key(&alice, "two").await);
+    let (first, second) = (alice.api_key("one").await, alice.api_key("two").await);
     let ids = [key_id(&app, &first), key_id(&app, &second)];
 
     let csrf = alice.csrf("/settings/password").await;
@@ -876,11 +866,11 @@ async fn sessions_ended_from_my_settings_are_recorded_one_or_all_others() {
 async fn a_key_revoked_by_the_per_user_limit_is_recorded() {
     let app = common::builder().set("max_api_keys_per_user", 2).start().await;
     let alice = app.user("alice").await;
-    let oldest = api_key(&alice, "one").await;
+    let oldest = alice.api_key("one").await;
     let oldest_id = key_id(&app, &oldest);
-    api_key(&alice, "two").await;
+    alice.api_key("two").await;
     assert!(of_kind(&app, "api_key.revoked").is_empty());
-    api_key(&alice, "three").await;
+    alice.api_key("three").await;
     let revoked = of_kind(&app, "api_key.revoked");
     assert_eq!(revoked.len(), 1, "{revoked:?}");
     assert!(revoked[0].starts_with("api_key.revoked|1|user:1|"), "{}", revoked[0]);

@@ -1,21 +1,10 @@
 //! The JSON API: API keys, connections, fresh tokens, the authenticated proxy, and operations
 //! endpoints.
 
-mod common;
-
-use common::{builder, TestApp};
+use crate::common::{builder, TestApp};
 use rocket::http::{ContentType, Header, Status};
 use serde_json::{json, Value};
 use wiremock::ResponseTemplate;
-
-/// Create an API key through the settings page; returns it.
-async fn api_key(agent: &common::Agent<'_>, name: &str) -> String {
-    let csrf = agent.csrf("/settings/api-keys").await;
-    let r = agent.post_form("/settings/api-keys", &[("csrf_token", &csrf), ("name", name)]).await;
-    assert_eq!(r.status, Status::Ok, "{}", r.text);
-    let re = regex::Regex::new(r#"<code id="new-api-key">(tvk_[A-Za-z0-9_-]+)</code>"#).unwrap();
-    re.captures(&r.text).expect("the new key is shown once")[1].to_string()
-}
 
 async fn api(app: &TestApp, method: &str, uri: &str, key: Option<&str>) -> (Status, Value, Vec<(String, String)>) {
     let mut req = match method {
@@ -36,7 +25,7 @@ async fn api(app: &TestApp, method: &str, uri: &str, key: Option<&str>) -> (Stat
 async fn keys_are_shown_once_stored_hashed_and_revocable() {
     let app = TestApp::start().await;
     let alice = app.user("alice").await;
-    let key = api_key(&alice, "backup script").await;
+    let key = alice.api_key("backup script").await;
     assert!(key.starts_with("tvk_") && key.len() >= 40);
     let page = alice.fetch("/settings/api-keys").await;
     assert!(page.text.contains("backup script") && page.text.contains(&key[..12]));
@@ -74,7 +63,7 @@ async fn bad_keys_and_cookies_do_not_authenticate() {
     assert_eq!(res.status(), Status::Unauthorized);
     // Someone else's revoke is a 404.
     let bob = app.user("bob").await;
-    api_key(&alice, "a").await;
+    alice.api_key("a").await;
     let csrf = bob.csrf("/settings/api-keys").await;
     assert_eq!(bob.post_form("/settings/api-keys/1/revoke", &[("csrf_token", &csrf)]).await.status, Status::NotFound);
 }
@@ -85,8 +74,8 @@ async fn connections_and_fresh_tokens_for_the_keys_user_only() {
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
     alice.connect("fake").await;
-    let alice_key = api_key(&alice, "a").await;
-    let bob_key = api_key(&bob, "b").await;
+    let alice_key = alice.api_key("a").await;
+    let bob_key = bob.api_key("b").await;
 
     let (status, body, _) = api(&app, "GET", "/api/v1/connections", Some(&alice_key)).await;
     assert_eq!(status, Status::Ok);
@@ -115,7 +104,7 @@ async fn the_token_endpoint_refreshes_and_reports_failures_with_stable_codes() {
     app.fake.with_state(|s| s.expires_in = Some(json!(10)));
     let alice = app.user("alice").await;
     alice.connect("fake").await;
-    let key = api_key(&alice, "a").await;
+    let key = alice.api_key("a").await;
     let (old, _) = app.stored_tokens("alice", "fake").unwrap();
     let (status, body, _) = api(&app, "GET", "/api/v1/services/fake/token", Some(&key)).await;
     assert_eq!((status, &body["access_token"]), (Status::Ok, &json!(old)), "a 10 s token just issued is used");
@@ -159,7 +148,7 @@ async fn missing_client_credentials_and_rejected_ones_have_their_own_codes() {
     app.fake.with_state(|s| s.expires_in = Some(json!(5)));
     let alice = app.user("alice").await;
     alice.connect("fake").await;
-    let key = api_key(&alice, "a").await;
+    let key = alice.api_key("a").await;
     app.exec("UPDATE connections SET obtained_at = obtained_at - 3600"); // due for a refresh
     app.fake.script(ResponseTemplate::new(401).set_body_json(json!({"error": "invalid_client"})));
     let (status, body, _) = api(&app, "GET", "/api/v1/services/fake/token", Some(&key)).await;
@@ -185,7 +174,7 @@ async fn missing_client_credentials_and_rejected_ones_have_their_own_codes() {
 async fn errors_are_json_under_api_and_for_json_clients_html_otherwise() {
     let app = TestApp::start().await;
     let alice = app.user("alice").await;
-    let key = api_key(&alice, "a").await;
+    let key = alice.api_key("a").await;
     let bearer = format!("Bearer {key}");
     for accept in [None, Some("text/html"), Some("*/*")] {
         let mut headers = vec![("Authorization", bearer.as_str())];
@@ -220,7 +209,7 @@ async fn the_cache_never_serves_a_deleted_or_replaced_connection_or_a_revoked_ke
     let app = builder().set("cache_ttl", 3600).start().await;
     let alice = app.user("alice").await;
     alice.connect("fake").await;
-    let key = api_key(&alice, "a").await;
+    let key = alice.api_key("a").await;
     let (status, first) = token(&app, &key).await;
     assert_eq!(status, Status::Ok);
     assert_eq!(app.state().caches.connections.len(), 1, "the row is cached");
@@ -263,7 +252,7 @@ async fn changes_from_elsewhere_arrive_by_invalidation_or_after_cache_ttl() {
     let app = builder().set("cache_ttl", 3600).start().await;
     let alice = app.user("alice").await;
     alice.connect("fake").await;
-    let key = api_key(&alice, "a").await;
+    let key = alice.api_key("a").await;
     assert_eq!(api(&app, "GET", "/api/v1/services/fake/token", Some(&key)).await.0, Status::Ok);
     {
         let mut conn = app.db.conn().unwrap();
@@ -301,7 +290,7 @@ async fn changes_from_elsewhere_arrive_by_invalidation_or_after_cache_ttl() {
     let app = builder().set("cache_ttl", 3).start().await;
     let alice = app.user("alice").await;
     alice.connect("fake").await;
-    let key = api_key(&alice, "a").await;
+    let key = alice.api_key("a").await;
     assert_eq!(api(&app, "GET", "/api/v1/services/fake/token", Some(&key)).await.0, Status::Ok);
     app.exec_unannounced("DELETE FROM connections");
     let (status, _, _) = api(&app, "GET", "/api/v1/services/fake/token", Some(&key)).await;
@@ -314,7 +303,7 @@ async fn changes_from_elsewhere_arrive_by_invalidation_or_after_cache_ttl() {
     let app = builder().set("cache_ttl", 0).start().await;
     let alice = app.user("alice").await;
     alice.connect("fake").await;
-    let key = api_key(&alice, "a").await;
+    let key = alice.api_key("a").await;
     assert_eq!(api(&app, "GET", "/api/v1/services/fake/token", Some(&key)).await.0, Status::Ok);
     app.exec_unannounced("DELETE FROM connections");
     assert_eq!(api(&app, "GET", "/api/v1/services/fake/token", Some(&key)).await.0, Status::NotFound);
@@ -326,7 +315,7 @@ async fn the_proxy_forwards_with_the_token_and_strips_what_it_must() {
     let app = TestApp::start().await;
     let alice = app.user("alice").await;
     alice.connect("fake").await;
-    let key = api_key(&alice, "a").await;
+    let key = alice.api_key("a").await;
     let res = app
         .client
         .post("/api/v1/services/fake/proxy/files/list%20all?recursive=true&x=%2F")
@@ -365,7 +354,7 @@ async fn the_proxy_refreshes_once_on_401_and_retries() {
     let app = TestApp::start().await;
     let alice = app.user("alice").await;
     alice.connect("fake").await;
-    let key = api_key(&alice, "a").await;
+    let key = alice.api_key("a").await;
     app.fake.invalidate_access_tokens();
     let (status, body, _) = api(&app, "GET", "/api/v1/services/fake/proxy/me", Some(&key)).await;
     assert_eq!(status, Status::Created, "{body}");
@@ -378,7 +367,7 @@ async fn the_proxy_reaches_nothing_outside_the_configured_base() {
     let app = TestApp::start().await;
     let alice = app.user("alice").await;
     alice.connect("fake").await;
-    let key = api_key(&alice, "a").await;
+    let key = alice.api_key("a").await;
     for path in [
         "/api/v1/services/fake/proxy/..%2F..%2Ftoken",
         "/api/v1/services/fake/proxy/%2e%2e/token",
@@ -410,7 +399,7 @@ async fn proxy_size_caps() {
     let app = builder().set("proxy_max_request_bytes", 1024).set("proxy_max_response_bytes", 16 * 1024).start().await;
     let alice = app.user("alice").await;
     alice.connect("fake").await;
-    let key = api_key(&alice, "a").await;
+    let key = alice.api_key("a").await;
     let res = app
         .client
         .post("/api/v1/services/fake/proxy/upload")
@@ -470,7 +459,7 @@ async fn openapi_readyz_and_metrics() {
     assert!(!text.contains("CANARY"));
     // The caches' figures: the token API misses once, then hits (two lookups a call: picking the
     // account, then the token).
-    let key = api_key(&alice, "a").await;
+    let key = alice.api_key("a").await;
     for _ in 0..3 {
         assert_eq!(api(&app, "GET", "/api/v1/services/fake/token", Some(&key)).await.0, Status::Ok);
     }

@@ -2,9 +2,9 @@
 //! `proxy`) and given an expiry; outside its limits a key gets 403 `forbidden_scope`. Keys made
 //! without limits (and every key made before limits existed) keep full access.
 
-mod common;
+use crate::common;
 
-use common::{builder, Agent, TestApp};
+use crate::common::{builder, Agent, TestApp};
 use rocket::http::{Header, Status};
 use serde_json::{json, Value};
 

@@ -1,14 +1,13 @@
 //! The `tokenvault` binary's commands, and its refusal to start without keys in production.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use tokenvault::util::ExposeSecret;
 
-use common::cli::{text, tokenvault};
-
-const VAULT_KEY: &str = "dGVzdC12YXVsdC1rZXktMzItYnl0ZXMtbG9uZyEhISE=";
+use crate::common::cli::{text, tokenvault};
+use crate::common::VAULT_KEY;
 
 #[test]
 fn user_add_reads_the_password_from_stdin() {
@@ -279,41 +278,21 @@ fn cli_commands_exit_cleanly_on_postgres() {
     assert_eq!(endings, [("exit 0".to_string(), 100)].into(), "100 runs of `tokenvault vault list`");
 }
 
-/// Start `tokenvault serve` on a free port with `database_url`; the child and its base URL, once
-/// `/healthz` answers.
-fn serve(dir: &std::path::Path, database_url: &str) -> (std::process::Child, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+/// Start `tokenvault serve` on a free port with `database_url` (see `common::binary::spawn`), from
+/// this synchronous test, once `/healthz` answers.
+fn serve(dir: &std::path::Path, database_url: &str) -> common::binary::Server {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tokenvault"))
-        .arg("serve")
-        .current_dir(dir)
-        .env_remove("ROCKET_PROFILE")
-        .env("ROCKET_CONFIG", dir.join("Rocket.toml"))
-        .env("ROCKET_DATABASE_URL", database_url)
-        .env("ROCKET_DATA_DIR", dir.join("data"))
-        .env("ROCKET_VAULT_KEY", VAULT_KEY)
-        .env("ROCKET_ADDRESS", "127.0.0.1")
-        .env("ROCKET_PORT", port.to_string())
-        .env("ROCKET_TEMPLATE_DIR", root.join("templates"))
-        .env("ROCKET_STATIC_DIR", root.join("static"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(dir.join("server.log")).unwrap()))
-        .spawn()
-        .expect("the binary starts");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while std::time::Instant::now() < deadline {
-        if http_get(port, "/healthz").is_some_and(|r| r.starts_with("HTTP/1.1 200")) {
-            return (child, format!("127.0.0.1:{port}"));
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("the server ended ({status}): {}", std::fs::read_to_string(dir.join("server.log")).unwrap());
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("the server did not start: {}", std::fs::read_to_string(dir.join("server.log")).unwrap());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(common::binary::spawn("127.0.0.1", None, dir, |cmd, _| {
+        cmd.arg("serve")
+            .current_dir(dir)
+            .env("ROCKET_CONFIG", dir.join("Rocket.toml"))
+            .env("ROCKET_DATABASE_URL", database_url)
+            .env("ROCKET_DATA_DIR", dir.join("data"))
+            .env("ROCKET_VAULT_KEY", VAULT_KEY)
+            .env("ROCKET_TEMPLATE_DIR", root.join("templates"))
+            .env("ROCKET_STATIC_DIR", root.join("static"));
+    }))
 }
 
 /// One plain HTTP/1.1 GET; the whole answer.
@@ -338,8 +317,9 @@ fn a_served_binary_stopped_with_sigterm_exits_0() {
     urls.extend(postgres.as_ref().map(|(url, _)| url.clone()));
     for url in &urls {
         for round in 0..5 {
-            let (mut child, base) = serve(dir.path(), url);
-            let port: u16 = base.rsplit(':').next().unwrap().parse().unwrap();
+            let mut server = serve(dir.path(), url);
+            let port: u16 = server.base.rsplit(':').next().unwrap().parse().unwrap();
+            let child = &mut server.child;
             for path in ["/readyz", "/login", "/healthz"] {
                 assert!(http_get(port, path).is_some_and(|r| r.starts_with("HTTP/1.1 200")), "{path}");
             }
@@ -359,7 +339,7 @@ fn a_served_binary_stopped_with_sigterm_exits_0() {
                 }
                 std::thread::sleep(std::time::Duration::from_millis(20));
             };
-            let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
+            let log = server.log_text();
             assert_eq!(ending(status), "exit 0", "{url}, round {round}: {log}");
         }
     }
@@ -383,7 +363,7 @@ fn names_that_differ_only_in_case_block_the_upgrade_until_renamed() {
         let cipher = tokenvault::vault::Cipher::from_base64(VAULT_KEY, &[]).unwrap();
         tokenvault::audit::open(&mut conn, &cipher).unwrap().unwrap();
         // (The step's down.sql is the same on both backends.)
-        let down = include_str!("../migrations/sqlite/2026-12-06-000210_usernames_nocase/down.sql");
+        let down = include_str!("../../migrations/sqlite/2026-12-06-000210_usernames_nocase/down.sql");
         let sql = format!(
             "{down}; DELETE FROM __diesel_schema_migrations WHERE version = '{}';",
             tokenvault::db::USERNAMES_NOCASE

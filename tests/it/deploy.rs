@@ -1,15 +1,15 @@
 //! Deploying the binary alone: embedded templates and static files (and their overrides), the
 //! `backup` and `check` commands, key files, and PostgreSQL over TLS without a system libpq.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
-use common::cli::{text, tokenvault};
+use crate::common::cli::{text, tokenvault};
 
-use common::server::{self, Options};
-use common::{builder, TestApp};
+use crate::common::server::{self, Options};
+use crate::common::{builder, TestApp};
 use rocket::http::{Header, Status};
 
 const OTHER_VAULT_KEY: &str = "b3RoZXItdmF1bHQta2V5LW9mLTMyLWJ5dGVzLWxvbmc=";
@@ -131,15 +131,6 @@ async fn a_missing_or_broken_override_directory_stops_the_start_with_its_name() 
     assert!(err.contains("home/landing.html.hbs"), "{err}");
 }
 
-/// Create an API key through the settings page; returns it.
-async fn api_key(agent: &common::Agent<'_>) -> String {
-    let csrf = agent.csrf("/settings/api-keys").await;
-    let r = agent.post_form("/settings/api-keys", &[("csrf_token", &csrf), ("name", "restore test")]).await;
-    assert_eq!(r.status, Status::Ok, "{}", r.text);
-    let re = regex::Regex::new(r#"<code id="new-api-key">(tvk_[A-Za-z0-9_-]+)</code>"#).unwrap();
-    re.captures(&r.text).expect("the new key is shown once")[1].to_string()
-}
-
 /// Sign up users on a running server until told to stop; returns how many.
 async fn keep_signing_up(base: String, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> usize {
     let mut n = 0;
@@ -173,7 +164,7 @@ async fn a_backup_of_a_running_instance_restores_into_a_fresh_one() {
     let app = TestApp::start().await;
     let alice = app.user("alice").await;
     alice.connect("fake").await;
-    let key = api_key(&alice).await;
+    let key = alice.api_key("restore test").await;
     let (access_token, _) = app.stored_tokens("alice", "fake").unwrap();
     let backup = app.dir.path().join("backups/tokenvault-backup.sqlite");
     std::fs::create_dir_all(backup.parent().unwrap()).unwrap();
@@ -359,34 +350,21 @@ async fn keys_can_come_from_files_as_systemd_credentials() {
     assert!(!out.status.success() && text(&out).contains("secret_key_file /nonexistent/key"), "{}", text(&out));
 
     // The server starts in the release profile with only the files (no key in the environment).
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tokenvault"));
-    let port = server::free_port();
-    cmd.current_dir(dir.path())
-        .env_clear()
-        .env("ROCKET_CONFIG", dir.path().join("no-Rocket.toml"))
-        .env("ROCKET_PORT", port.to_string())
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(dir.path().join("serve.log")).unwrap()));
-    for (k, v) in env.iter().map(|(k, v)| (k.as_str(), v.as_str())).chain(files) {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let http = reqwest::Client::new();
-    let mut ready = false;
-    for _ in 0..600 {
-        if let Ok(r) = http.get(format!("http://127.0.0.1:{port}/readyz")).send().await {
-            ready = r.status() == 200;
-            break;
+    let dir_path = dir.path();
+    let mut server = common::binary::spawn("127.0.0.1", None, dir_path, |cmd, _| {
+        cmd.current_dir(dir_path)
+            .env_clear()
+            .env("ROCKET_CONFIG", dir_path.join("no-Rocket.toml"))
+            .env("RUST_LOG", "info");
+        for (k, v) in env.iter().map(|(k, v)| (k.as_str(), v.as_str())).chain(files) {
+            cmd.env(k, v);
         }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("exited with {status}: {}", std::fs::read_to_string(dir.path().join("serve.log")).unwrap());
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap();
+    })
+    .await;
+    let ready = reqwest::get(format!("{}/readyz", server.base)).await.is_ok_and(|r| r.status() == 200);
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+    let log = server.log_text();
     assert!(ready, "{log}");
     assert!(!log.contains(common::VAULT_KEY) && !log.contains(common::SECRET_KEY));
 }
