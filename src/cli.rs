@@ -316,8 +316,10 @@ fn audit_checkpoint() -> Result<String, String> {
     // The endpoints in effect, edits on /admin/webhooks included.
     prepared.webhooks.reload(&mut conn, &prepared.cipher).map_err(cli_error)?;
     let hooks = &prepared.webhooks;
-    let published = crate::audit::checkpoint::publish(&mut conn, &prepared.cipher, file, &|conn, c| {
-        hooks.record_checkpoint(conn, c)
+    let cipher = &prepared.cipher;
+    let published = crate::audit::checkpoint::publish(&mut conn, cipher, file, &|conn, c| {
+        // The CLI runs no worker: the servers' workers deliver the recorded event.
+        crate::changes::checkpoint_event(conn, cipher, hooks, c).map(crate::changes::Committed::recorded_only)
     })
     .map_err(cli_error)?
     .map_err(|broken| format!("no checkpoint: {}", crate::audit::unusable(&broken)))?;

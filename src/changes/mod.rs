@@ -24,6 +24,8 @@ use std::sync::Arc;
 
 pub use crate::audit::Actor;
 
+use crate::audit::checkpoint::Checkpoint;
+
 use crate::cache::{Caches, Ticket};
 use crate::db::models::connections::{Account, Connection};
 use crate::db::models::events::EventOutcome;
@@ -103,6 +105,9 @@ pub enum Change {
     WebhookTestQueued { endpoint: String, by: String },
     /// An administrator changed webhook endpoint `endpoint` on `/admin/webhooks`.
     WebhookEndpointChanged { user_id: i64, endpoint: String, change: EndpointChange },
+    /// An audit checkpoint was published and an endpoint in effect wants its `audit.checkpoint`
+    /// event (recorded only then: see [`checkpoint_event`]). Audit's own: no audit entry.
+    AuditCheckpointed { checkpoint: Checkpoint },
 }
 
 /// What changed of a webhook endpoint ([`Change::WebhookEndpointChanged`]). A URL only as its
@@ -242,6 +247,24 @@ fn unit<T>(
         let mut tx = Tx { conn, cipher, events_kept, invalidated: Vec::new(), wake: false, events: Vec::new() };
         let value = f(&mut tx)?;
         Ok(Committed { value, invalidated: tx.invalidated, wake: tx.wake })
+    })
+}
+
+/// The `audit.checkpoint` event of a published checkpoint, in a unit of its own, when an endpoint
+/// in effect wants it (none: nothing is written, so the outbox does not fill with events nobody
+/// receives). The server settles it (waking its worker); the CLI keeps it recorded only.
+pub fn checkpoint_event(
+    conn: &mut Conn,
+    cipher: &Cipher,
+    webhooks: &Webhooks,
+    checkpoint: &Checkpoint,
+) -> AppResult<Committed<()>> {
+    let wanted = webhooks.wants_any(crate::webhooks::EventType::AuditCheckpoint);
+    write_no_history(conn, cipher, |tx| {
+        if wanted {
+            tx.record(Change::AuditCheckpointed { checkpoint: checkpoint.clone() })?;
+        }
+        Ok(())
     })
 }
 

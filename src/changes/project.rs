@@ -75,7 +75,8 @@ pub fn history_of(change: &Change) -> Option<HistoryRow<'_>> {
         | Change::VaultValueSet { .. }
         | Change::VaultValueDeleted { .. }
         | Change::WebhookTestQueued { .. }
-        | Change::WebhookEndpointChanged { .. } => None,
+        | Change::WebhookEndpointChanged { .. }
+        | Change::AuditCheckpointed { .. } => None,
     }
 }
 
@@ -122,6 +123,8 @@ pub fn audit_of(change: &Change) -> Option<Entry> {
         | Change::RefreshNeedsAdmin { .. }
         | Change::ExpiryWarned { .. }
         | Change::WebhookTestQueued { .. } => None,
+        // The checkpoint is the audit log's own statement about itself, not an entry in it.
+        Change::AuditCheckpointed { .. } => None,
         Change::SignedIn { user_id, address } => {
             Some(Entry::new(Kind::SigninSuccess, Actor::User(*user_id)).user(*user_id).address(*address))
         }
@@ -287,16 +290,22 @@ pub fn outbox_of(change: &Change) -> Option<OutboxEvent<'_>> {
         | Change::VaultValueSet { .. }
         | Change::VaultValueDeleted { .. }
         | Change::WebhookEndpointChanged { .. } => None,
-        // Recorded for its one endpoint (see `outbox`), not as a connection event.
-        Change::WebhookTestQueued { .. } => None,
+        // Not connection events: recorded by `outbox` itself (a test for its one endpoint, a
+        // checkpoint with the checkpoint as its `data`).
+        Change::WebhookTestQueued { .. } | Change::AuditCheckpointed { .. } => None,
     }
 }
 
 /// Record the webhook event of `change`; its `webhook-id` when there was one. A test event goes to
-/// its one endpoint, ready to deliver ([`outbox::record_test`]).
+/// its one endpoint, ready to deliver ([`outbox::record_test`]); a checkpoint's event carries the
+/// checkpoint ([`outbox::record_audit_checkpoint`]).
 pub(super) fn outbox(conn: &mut Conn, change: &Change) -> AppResult<Option<String>> {
+    // The two events that are not a connection's (`outbox_of` has none for them).
     if let Change::WebhookTestQueued { endpoint, by } = change {
         return Ok(Some(outbox::record_test(conn, endpoint, by)?));
+    }
+    if let Change::AuditCheckpointed { checkpoint } = change {
+        return Ok(Some(outbox::record_audit_checkpoint(conn, checkpoint)?));
     }
     let Some(e) = outbox_of(change) else { return Ok(None) };
     let c = e.conn;
@@ -308,7 +317,9 @@ pub(super) fn outbox(conn: &mut Conn, change: &Change) -> AppResult<Option<Strin
 /// or the endpoints changed (a new one may have events waiting).
 pub fn wakes_webhooks(change: &Change) -> bool {
     match change {
-        Change::WebhookEndpointChanged { .. } | Change::WebhookTestQueued { .. } => true,
+        Change::WebhookEndpointChanged { .. } | Change::WebhookTestQueued { .. } | Change::AuditCheckpointed { .. } => {
+            true
+        }
         other => outbox_of(other).is_some(),
     }
 }
@@ -341,7 +352,8 @@ pub fn invalidation_of(change: &Change) -> Option<Invalidated> {
         | Change::VaultValueSet { .. }
         | Change::VaultValueDeleted { .. }
         | Change::WebhookTestQueued { .. }
-        | Change::WebhookEndpointChanged { .. } => None,
+        | Change::WebhookEndpointChanged { .. }
+        | Change::AuditCheckpointed { .. } => None,
     }
 }
 

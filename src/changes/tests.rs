@@ -7,6 +7,16 @@ use crate::db::models::connections::Account;
 use crate::db::models::events::EventOutcome;
 use crate::db::models::invalidations::Invalidated;
 
+fn checkpoint() -> crate::audit::checkpoint::Checkpoint {
+    crate::audit::checkpoint::Checkpoint {
+        seq: 12,
+        hash: "ab".repeat(32),
+        at: 1_700_000_000,
+        key_id: "k1".into(),
+        signature: "cd".repeat(32),
+    }
+}
+
 fn subject() -> Subject {
     Subject { id: 3, user_id: 7, service: "dropbox".into(), account: Some(Account { id: "acc".into(), label: None }) }
 }
@@ -98,6 +108,7 @@ fn samples() -> Vec<(&'static str, Change)> {
         ("hook_deleted", endpoint(EndpointChange::Deleted)),
         ("hook_reverted", endpoint(EndpointChange::Reverted)),
         ("hook_test", Change::WebhookTestQueued { endpoint: "ops".into(), by: "root".into() }),
+        ("checkpointed", Change::AuditCheckpointed { checkpoint: checkpoint() }),
     ]
 }
 
@@ -139,14 +150,15 @@ fn variant(change: &Change) -> &'static str {
         Change::VaultValueDeleted { .. } => "VaultValueDeleted",
         Change::WebhookEndpointChanged { .. } => "WebhookEndpointChanged",
         Change::WebhookTestQueued { .. } => "WebhookTestQueued",
+        Change::AuditCheckpointed { .. } => "AuditCheckpointed",
     }
 }
 
-const VARIANTS: usize = 23;
+const VARIANTS: usize = 24;
 
 /// The samples past the connection ones, which no connection projection (history, outbox)
 /// makes anything of.
-const NOT_CONNECTIONS: [&str; 23] = [
+const NOT_CONNECTIONS: [&str; 24] = [
     "signed_in",
     "signin_refused",
     "signed_out",
@@ -170,6 +182,7 @@ const NOT_CONNECTIONS: [&str; 23] = [
     "hook_deleted",
     "hook_reverted",
     "hook_test",
+    "checkpointed",
 ];
 
 fn with_none(mut rows: Vec<(&'static str, Option<&'static str>)>) -> Vec<(&'static str, Option<&'static str>)> {
@@ -301,6 +314,7 @@ fn audit_projection() {
         ("hook_deleted", Some(&format!(r#"webhook.changed user:7 {at7} {{"change":"deleted","endpoint":"ops"}}"#))),
         ("hook_reverted", Some(&format!(r#"webhook.changed user:7 {at7} {{"change":"reverted","endpoint":"ops"}}"#))),
         ("hook_test", None),
+        ("checkpointed", None),
     ]));
     assert_eq!(got, want);
 }
@@ -421,7 +435,15 @@ fn a_unit_of_work_writes_its_projections_in_its_transaction() {
 fn wake_projection() {
     let woken: Vec<&str> = samples().iter().filter(|(_, c)| wakes_webhooks(c)).map(|(n, _)| *n).collect();
     let mut want: Vec<&str> = samples().iter().filter(|(_, c)| outbox_of(c).is_some()).map(|(n, _)| *n).collect();
-    want.extend(["hook_added", "hook_updated", "hook_rotated", "hook_deleted", "hook_reverted", "hook_test"]);
+    want.extend([
+        "hook_added",
+        "hook_updated",
+        "hook_rotated",
+        "hook_deleted",
+        "hook_reverted",
+        "hook_test",
+        "checkpointed",
+    ]);
     assert_eq!(woken, want);
 }
 
@@ -455,4 +477,52 @@ fn a_test_event_is_recorded_for_its_one_endpoint() {
     assert_eq!(body["type"], "webhook.test");
     assert_eq!(body["data"], serde_json::json!({"endpoint": "ops", "requested_by": "root"}));
     assert!(rows::recent(&mut conn, "other", 10).unwrap().is_empty(), "no other endpoint gets it");
+}
+
+/// A published checkpoint is one `audit.checkpoint` event carrying it, for every endpoint that asks
+/// for it by name, when one does; none is recorded otherwise. No audit entry: it is the log's own.
+#[test]
+fn a_checkpoint_event_is_recorded_only_when_an_endpoint_wants_it() {
+    use crate::db::Db;
+    use crate::vault::Cipher;
+    use crate::webhooks::Webhooks;
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(&dir.path().join("t.sqlite").to_string_lossy()).unwrap();
+    let cipher = Cipher::for_tests(3);
+    let mut conn = db.conn().unwrap();
+    crate::audit::open(&mut conn, &cipher).unwrap().unwrap();
+    let hooks = |endpoints: &[(&str, Option<&str>)]| {
+        let raw = endpoints.iter().map(|(name, filter)| {
+            let raw = crate::config::RawWebhook {
+                url: format!("https://hooks.example/{name}"),
+                secret: crate::util::secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+                events: filter.map(|f| vec![f.to_string()]),
+            };
+            (name.to_string(), raw)
+        });
+        Webhooks::build(&raw.collect()).unwrap()
+    };
+    let events = |conn: &mut crate::db::Conn| -> Vec<String> {
+        use crate::db::schema::webhook_events::dsl::*;
+        use diesel::prelude::*;
+        crate::on_conn!(conn, c => webhook_events.select(body).order(id).load::<String>(c)).unwrap()
+    };
+
+    let none = hooks(&[("all", None), ("connections", Some("connection.*"))]);
+    let committed = super::checkpoint_event(&mut conn, &cipher, &none, &checkpoint()).unwrap();
+    assert!(!committed.wakes(), "no endpoint asks for it: nothing recorded, nobody woken");
+    committed.recorded_only();
+    assert!(events(&mut conn).is_empty());
+
+    let audit = hooks(&[("all", None), ("audit", Some("audit.*"))]);
+    let committed = super::checkpoint_event(&mut conn, &cipher, &audit, &checkpoint()).unwrap();
+    assert!(committed.wakes());
+    assert!(committed.invalidated().is_empty());
+    committed.recorded_only();
+    let bodies = events(&mut conn);
+    assert_eq!(bodies.len(), 1);
+    let body: serde_json::Value = serde_json::from_str(&bodies[0]).unwrap();
+    assert_eq!(body["type"], "audit.checkpoint");
+    assert_eq!(body["data"], serde_json::to_value(checkpoint()).unwrap());
+    assert!(crate::audit::verify(&mut conn, &cipher).unwrap().is_ok(), "the chain is untouched");
 }

@@ -347,18 +347,10 @@ impl Webhooks {
         self.wake.notify_one();
     }
 
-    /// Record an `audit.checkpoint` event when an endpoint in effect wants it (none: nothing is
-    /// written, so the outbox does not fill with events nobody receives), and wake the worker.
-    pub fn record_checkpoint(
-        &self,
-        conn: &mut Conn,
-        checkpoint: &crate::audit::checkpoint::Checkpoint,
-    ) -> AppResult<()> {
-        if self.endpoints().iter().any(|e| e.wants(EventType::AuditCheckpoint)) {
-            outbox::record_audit_checkpoint(conn, checkpoint)?;
-            self.wake();
-        }
-        Ok(())
+    /// Whether an endpoint in effect wants events of type `t` (`crate::changes::checkpoint_event`
+    /// records an `audit.checkpoint` event only then).
+    pub fn wants_any(&self, t: EventType) -> bool {
+        self.endpoints().iter().any(|e| e.wants(t))
     }
 
     /// Wait for [`Webhooks::wake`] (a wake-up while nobody waits is kept for the next wait).
