@@ -2,7 +2,9 @@
 //! ([`write`], or [`Db::write`] on the blocking pool), and [`project`] turns each change, in that
 //! transaction, into everything that must follow from it: its connection history row
 //! (`connection_events`), its audit entry, its webhook outbox row and its cache invalidation.
-//! Nothing else writes those (the low-level writers are private to the projections).
+//! Nothing else writes the first three; the writers of the cached tables (`connections`,
+//! `api_keys`) still insert their own invalidation and return it as a `Written`, handed to
+//! [`Tx::absorb`].
 //!
 //! Committing hands back a [`Committed`], `#[must_use]`, whose value comes out only through
 //! [`Committed::settle`] (this process's cached copies dropped, the webhook worker woken when an
@@ -11,7 +13,9 @@
 //!
 //! ```ignore
 //! let id = app.db.write(app.ledger(), move |tx| {
-//!     let row = connections::upsert(tx.conn(), &new)?;
+//!     let upserted = connections::upsert(tx.conn(), &new)?;
+//!     tx.absorb(upserted);
+//!     let row = connections::find(tx.conn(), user_id, &service)?.ok_or(AppError::NotFound)?;
 //!     tx.record(Change::ConnectionCreated { conn: Subject::of(&row), detail })?;
 //!     Ok(row.id)
 //! }).await?.settle(app.effects());
