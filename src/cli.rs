@@ -538,64 +538,93 @@ fn audit_verify(
     checkpoints: &[String],
     files: &[std::path::PathBuf],
 ) -> Result<String, String> {
-    use crate::audit::checkpoint::{self, Authenticity};
     let report = crate::audit::verify_report(conn, cipher).map_err(cli_error)?;
-    let mut failed = report.result.is_err();
-    let mut lines = vec![match &report.result {
+    let headline = match &report.result {
         Ok(n) if report.head.anchor_id > 0 => {
             format!("audit log intact: {n} entries (entries {} to {})", report.head.anchor_id + 1, report.head.seq)
         }
         Ok(n) => format!("audit log intact: {n} entries"),
         Err(broken) if broken.id().is_some() => format!("audit log broken at {broken}"),
         Err(broken) => format!("audit log broken: {broken}"),
-    }];
-    // One checkpoint against the log: its line, and whether it fails.
-    let mut check = |what: String, seq: i64, hash: &str| -> Result<(String, bool), String> {
-        let finding =
-            checkpoint::check(conn, &report.head, report.anchor_moved_by.as_ref(), seq, hash).map_err(cli_error)?;
-        Ok(if finding.is_failure() {
-            (format!("{what}: FAILED — {finding}"), true)
-        } else {
-            (format!("{what}: ok — {finding}"), false)
-        })
     };
-    let mut note = |(line, failure): (String, bool), lines: &mut Vec<String>| {
-        failed |= failure;
-        lines.push(line);
-    };
+    let mut v = Verification { conn, report: &report, lines: vec![headline], failed: report.result.is_err() };
     for text in checkpoints {
-        match checkpoint::parse_claim(text) {
-            Ok((seq, hash)) => note(check(format!("checkpoint {seq}:{hash}"), seq, &hash)?, &mut lines),
-            Err(e) => note((format!("checkpoint `{text}`: FAILED — {e}"), true), &mut lines),
-        }
+        v.claim(text)?;
     }
     for file in files {
+        v.file(file, cipher)?;
+    }
+    let text = v.lines.join("\n");
+    if v.failed {
+        Err(text)
+    } else {
+        Ok(text)
+    }
+}
+
+/// `audit verify`'s findings so far: one line each, and whether any failed.
+struct Verification<'a> {
+    conn: &'a mut Conn,
+    report: &'a crate::audit::Report,
+    lines: Vec<String>,
+    failed: bool,
+}
+
+impl Verification<'_> {
+    fn note(&mut self, line: String, failure: bool) {
+        self.failed |= failure;
+        self.lines.push(line);
+    }
+
+    /// One checkpoint (`seq`, `hash`) against the log.
+    fn check(&mut self, what: String, seq: i64, hash: &str) -> Result<(), String> {
+        let (head, moved) = (&self.report.head, self.report.anchor_moved_by.as_ref());
+        let finding = crate::audit::checkpoint::check(self.conn, head, moved, seq, hash).map_err(cli_error)?;
+        if finding.is_failure() {
+            self.note(format!("{what}: FAILED — {finding}"), true);
+        } else {
+            self.note(format!("{what}: ok — {finding}"), false);
+        }
+        Ok(())
+    }
+
+    /// `--checkpoint SEQ:HASH`.
+    fn claim(&mut self, text: &str) -> Result<(), String> {
+        match crate::audit::checkpoint::parse_claim(text) {
+            Ok((seq, hash)) => self.check(format!("checkpoint {seq}:{hash}"), seq, &hash),
+            Err(e) => {
+                self.note(format!("checkpoint `{text}`: FAILED — {e}"), true);
+                Ok(())
+            }
+        }
+    }
+
+    /// `--checkpoint-file F`: every line of it, its signature checked first.
+    fn file(&mut self, file: &std::path::Path, cipher: &crate::vault::Cipher) -> Result<(), String> {
+        use crate::audit::checkpoint::{self, Authenticity};
         let entries = checkpoint::read_file(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
         if entries.is_empty() {
-            lines.push(format!("{}: no checkpoints in it", file.display()));
+            self.lines.push(format!("{}: no checkpoints in it", file.display()));
         }
         for (n, parsed) in entries {
             let what = format!("{} line {n}", file.display());
             let c = match parsed {
                 Ok(c) => c,
                 Err(e) => {
-                    note((format!("{what}: FAILED — {e}"), true), &mut lines);
+                    self.note(format!("{what}: FAILED — {e}"), true);
                     continue;
                 }
             };
             let what = format!("{what} (checkpoint {})", c.short());
             match c.authenticity(cipher) {
-                Authenticity::Valid => note(check(what, c.seq, &c.hash)?, &mut lines),
-                Authenticity::Forged => note(
-                    (
-                        format!(
-                            "{what}: FAILED — its signature does not verify with vault key {}: tokenvault did not write \
-                             this line (forged or damaged)",
-                            c.key_id
-                        ),
-                        true,
+                Authenticity::Valid => self.check(what, c.seq, &c.hash)?,
+                Authenticity::Forged => self.note(
+                    format!(
+                        "{what}: FAILED — its signature does not verify with vault key {}: tokenvault did not write \
+                         this line (forged or damaged)",
+                        c.key_id
                     ),
-                    &mut lines,
+                    true,
                 ),
                 Authenticity::UnknownKey => {
                     let unsigned = format!(
@@ -603,17 +632,12 @@ fn audit_verify(
                          authenticated, compared with the log all the same",
                         c.key_id
                     );
-                    note((unsigned, false), &mut lines);
-                    note(check(what, c.seq, &c.hash)?, &mut lines);
+                    self.note(unsigned, false);
+                    self.check(what, c.seq, &c.hash)?;
                 }
             }
         }
-    }
-    let text = lines.join("\n");
-    if failed {
-        Err(text)
-    } else {
-        Ok(text)
+        Ok(())
     }
 }
 

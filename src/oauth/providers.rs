@@ -334,88 +334,26 @@ fn valid_name(name: &str) -> bool {
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
 }
 
-/// Resolve one configured provider into a [`Provider`].
+/// Resolve one configured provider into a [`Provider`]: its preset under it, its URLs filled in
+/// with its parameters and checked, its values checked, its defaults applied.
 pub fn resolve(name: &str, cfg: &ProviderConfig) -> Result<Provider, ConfigError> {
-    let key = |field: &str| format!("providers.{name}.{field}");
     if !valid_name(name) {
         return Err(invalid(format!("providers.{name}"), "names are 1-32 characters of a-z, 0-9, - and _"));
     }
-    let merged = match &cfg.preset {
-        Some(p) => {
-            let base = preset(p).ok_or_else(|| {
-                invalid(key("preset"), format!("unknown preset `{p}` (known: {})", preset_names().join(", ")))
-            })?;
-            overlay(base.clone(), cfg)
-        }
-        None => cfg.clone(),
-    };
-    let parameters = parameters::resolve(name, &merged)?;
-    // A URL with its parameters filled in (`{client_id}` is filled at call time: GitHub).
-    let filled = |v: &Option<String>, field: &str| -> Result<Option<String>, ConfigError> {
-        v.as_deref().map(|u| parameters::fill(&key(field), u, &parameters, &["client_id"])).transpose()
-    };
-    let endpoint = |v: &Option<String>, field: &str| -> Result<Option<Url>, ConfigError> {
-        filled(v, field)?.map(|u| parse_endpoint(&key(field), &u)).transpose()
-    };
-    let required = |v: Option<Url>, field: &str| v.ok_or_else(|| invalid(key(field), "is required (or set `preset`)"));
-    let authorize_url = required(endpoint(&merged.authorize_url, "authorize_url")?, "authorize_url")?;
-    let token_url = required(endpoint(&merged.token_url, "token_url")?, "token_url")?;
-    let revoke_style = merged.revoke_style.unwrap_or(if merged.revoke_url.is_some() {
-        RevokeStyle::Rfc7009
-    } else {
-        RevokeStyle::None
-    });
-    let revoke_url = match filled(&merged.revoke_url, "revoke_url")? {
-        // `{client_id}` is filled in at call time (GitHub); check the rest of the URL.
-        Some(u) => {
-            parse_endpoint(&key("revoke_url"), &u.replace("{client_id}", "client-id"))?;
-            Some(u)
-        }
-        None => None,
-    };
-    let account_url = endpoint(&merged.account_url, "account_url")?;
-    let api_base_url = endpoint(&merged.api_base_url, "api_base_url")?;
-    if let Some(lifetime) = merged.token_lifetime {
-        if lifetime <= 0 {
-            return Err(invalid(key("token_lifetime"), "must be positive"));
-        }
-    }
-    let issuer_configured = merged.issuer.is_some();
-    let issuer = match filled(&merged.issuer, "issuer")? {
-        Some(i) => {
-            Url::parse(&i).map_err(|e| invalid(key("issuer"), e.to_string()))?;
-            i.trim_end_matches('/').to_string()
-        }
-        None => authorize_url.origin().ascii_serialization(),
-    };
-    let scope_separator = merged.scope_separator.clone().unwrap_or_else(|| " ".into());
-    if scope_separator.is_empty() || scope_separator.chars().any(|c| c.is_alphanumeric()) {
-        return Err(invalid(key("scope_separator"), "must be punctuation or a space, e.g. \",\""));
-    }
-    let scope_param = merged.scope_param.clone().unwrap_or_else(|| "scope".into());
-    if scope_param.is_empty() || !scope_param.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-        return Err(invalid(key("scope_param"), "must be a parameter name (letters, digits and `_`)"));
-    }
-    if let Some(root) = &merged.token_response_root {
-        if !root.starts_with('/') {
-            return Err(invalid(key("token_response_root"), "must be a JSON pointer (starting with `/`)"));
-        }
-    }
+    let merged = with_preset(name, cfg)?;
+    let urls = Urls { name, parameters: parameters::resolve(name, &merged)? };
+    let authorize_url = urls.required(&merged.authorize_url, "authorize_url")?;
+    let token_url = urls.required(&merged.token_url, "token_url")?;
+    check_values(name, &merged)?;
     let token_header = match &merged.api_token_header {
-        Some(h) => TokenHeader::parse(&key("api_token_header"), h)?,
+        Some(h) => TokenHeader::parse(&urls.key("api_token_header"), h)?,
         None => TokenHeader::bearer(),
     };
-    let api_headers = api_headers(&key("api_headers"), &merged.api_headers.clone().unwrap_or_default(), &token_header)?;
-    if let Some(body) = &merged.account_body {
-        serde_json::from_str::<serde_json::Value>(body)
-            .map_err(|e| invalid(key("account_body"), format!("is not JSON ({e})")))?;
-        if merged.account_method != Some(AccountMethod::Post) {
-            return Err(invalid(key("account_body"), "needs `account_method = \"POST\"`"));
-        }
-    }
+    let api_headers =
+        api_headers(&urls.key("api_headers"), &merged.api_headers.clone().unwrap_or_default(), &token_header)?;
     let display_name = merged.display_name.clone().unwrap_or_else(|| name.to_string());
     let scopes = merged.scopes.clone().unwrap_or_default();
-    let jwks_url = endpoint(&merged.jwks_url, "jwks_url")?;
+    let jwks_url = urls.endpoint(&merged.jwks_url, "jwks_url")?;
     // An OpenID Connect provider shows its account chooser for `prompt=select_account` (§3.1.2.1).
     let openid = jwks_url.is_some() && scopes.iter().any(|s| s == "openid");
     let add_account_params = match &merged.add_account_params {
@@ -427,13 +365,19 @@ pub fn resolve(name: &str, cfg: &ProviderConfig) -> Result<Provider, ConfigError
         name: name.to_string(),
         description: merged.description.clone().unwrap_or_else(|| format!("Your {display_name} account.")),
         display_name,
+        issuer: urls.issuer(&merged, &authorize_url)?,
+        issuer_configured: merged.issuer.is_some(),
         authorize_url,
         token_url,
-        revoke_url,
-        revoke_style,
-        account_url,
+        revoke_url: urls.revoke_url(&merged)?,
+        revoke_style: merged.revoke_style.unwrap_or(if merged.revoke_url.is_some() {
+            RevokeStyle::Rfc7009
+        } else {
+            RevokeStyle::None
+        }),
+        account_url: urls.endpoint(&merged.account_url, "account_url")?,
         account_method: merged.account_method.unwrap_or(AccountMethod::Get),
-        api_base_url,
+        api_base_url: urls.endpoint(&merged.api_base_url, "api_base_url")?,
         scopes,
         optional_scopes: merged.optional_scopes.clone().unwrap_or_default(),
         incremental_auth: merged.incremental_auth.unwrap_or(false),
@@ -443,17 +387,14 @@ pub fn resolve(name: &str, cfg: &ProviderConfig) -> Result<Provider, ConfigError
         revocation_ends_grant: merged.revocation_ends_grant.unwrap_or(false),
         client_auth: merged.client_auth.unwrap_or(ClientAuth::Basic),
         pkce: merged.pkce.unwrap_or(true),
-        issuer,
-        issuer_configured,
         token_lifetime: merged.token_lifetime,
         tokens_expire: merged.tokens_expire.unwrap_or(true),
         account_fields: AccountFields::of(&merged),
         is_demo: false,
-        register_url: filled(&merged.register_url, "register_url")?,
-        refresh_url: endpoint(&merged.refresh_url, "refresh_url")?,
-        parameters,
-        scope_separator,
-        scope_param,
+        register_url: urls.filled(&merged.register_url, "register_url")?,
+        refresh_url: urls.endpoint(&merged.refresh_url, "refresh_url")?,
+        scope_separator: merged.scope_separator.clone().unwrap_or_else(|| " ".into()),
+        scope_param: merged.scope_param.clone().unwrap_or_else(|| "scope".into()),
         token_request: merged.token_request.unwrap_or(TokenRequest::Form),
         token_response_root: merged.token_response_root.clone(),
         revoke_method: merged.revoke_method.unwrap_or(RevokeMethod::Post),
@@ -461,7 +402,92 @@ pub fn resolve(name: &str, cfg: &ProviderConfig) -> Result<Provider, ConfigError
         api_headers,
         account_body: merged.account_body.clone(),
         account_style: merged.account_style.unwrap_or(AccountStyle::Api),
+        parameters: urls.parameters,
     })
+}
+
+/// The provider's table laid over its preset's, if it names one.
+fn with_preset(name: &str, cfg: &ProviderConfig) -> Result<ProviderConfig, ConfigError> {
+    let Some(p) = &cfg.preset else { return Ok(cfg.clone()) };
+    let base = preset(p).ok_or_else(|| {
+        invalid(
+            format!("providers.{name}.preset"),
+            format!("unknown preset `{p}` (known: {})", preset_names().join(", ")),
+        )
+    })?;
+    Ok(overlay(base.clone(), cfg))
+}
+
+/// The values (not URLs) a provider table can get wrong.
+fn check_values(name: &str, merged: &ProviderConfig) -> Result<(), ConfigError> {
+    let key = |field: &str| format!("providers.{name}.{field}");
+    if merged.token_lifetime.is_some_and(|lifetime| lifetime <= 0) {
+        return Err(invalid(key("token_lifetime"), "must be positive"));
+    }
+    if let Some(sep) = &merged.scope_separator {
+        if sep.is_empty() || sep.chars().any(|c| c.is_alphanumeric()) {
+            return Err(invalid(key("scope_separator"), "must be punctuation or a space, e.g. \",\""));
+        }
+    }
+    if let Some(param) = &merged.scope_param {
+        if param.is_empty() || !param.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(invalid(key("scope_param"), "must be a parameter name (letters, digits and `_`)"));
+        }
+    }
+    if merged.token_response_root.as_ref().is_some_and(|root| !root.starts_with('/')) {
+        return Err(invalid(key("token_response_root"), "must be a JSON pointer (starting with `/`)"));
+    }
+    if let Some(body) = &merged.account_body {
+        serde_json::from_str::<serde_json::Value>(body)
+            .map_err(|e| invalid(key("account_body"), format!("is not JSON ({e})")))?;
+        if merged.account_method != Some(AccountMethod::Post) {
+            return Err(invalid(key("account_body"), "needs `account_method = \"POST\"`"));
+        }
+    }
+    Ok(())
+}
+
+/// A provider's URLs, filled in with its parameters and checked.
+struct Urls<'a> {
+    name: &'a str,
+    parameters: Vec<Parameter>,
+}
+
+impl Urls<'_> {
+    fn key(&self, field: &str) -> String {
+        format!("providers.{}.{field}", self.name)
+    }
+
+    /// A URL with its parameters filled in (`{client_id}` is filled at call time: GitHub).
+    fn filled(&self, v: &Option<String>, field: &str) -> Result<Option<String>, ConfigError> {
+        v.as_deref().map(|u| parameters::fill(&self.key(field), u, &self.parameters, &["client_id"])).transpose()
+    }
+
+    fn endpoint(&self, v: &Option<String>, field: &str) -> Result<Option<Url>, ConfigError> {
+        self.filled(v, field)?.map(|u| parse_endpoint(&self.key(field), &u)).transpose()
+    }
+
+    fn required(&self, v: &Option<String>, field: &str) -> Result<Url, ConfigError> {
+        self.endpoint(v, field)?.ok_or_else(|| invalid(self.key(field), "is required (or set `preset`)"))
+    }
+
+    /// `{client_id}` is filled in at call time (GitHub); the rest of the URL is checked.
+    fn revoke_url(&self, merged: &ProviderConfig) -> Result<Option<String>, ConfigError> {
+        let Some(u) = self.filled(&merged.revoke_url, "revoke_url")? else { return Ok(None) };
+        parse_endpoint(&self.key("revoke_url"), &u.replace("{client_id}", "client-id"))?;
+        Ok(Some(u))
+    }
+
+    /// The configured issuer, else the authorization endpoint's origin.
+    fn issuer(&self, merged: &ProviderConfig, authorize_url: &Url) -> Result<String, ConfigError> {
+        match self.filled(&merged.issuer, "issuer")? {
+            Some(i) => {
+                Url::parse(&i).map_err(|e| invalid(self.key("issuer"), e.to_string()))?;
+                Ok(i.trim_end_matches('/').to_string())
+            }
+            None => Ok(authorize_url.origin().ascii_serialization()),
+        }
+    }
 }
 
 /// The built-in demo provider, served by this same app under `/demo`.

@@ -92,20 +92,26 @@ fn clean(v: Option<&str>) -> Option<String> {
     v.map(str::trim).filter(|s| !s.is_empty()).map(str::to_string)
 }
 
-#[allow(clippy::too_many_arguments)]
-#[get("/admin/audit?<user>&<kind>&<service>&<from>&<to>&<before>&<limit>")]
+/// The filters of `/admin/audit` (see the module's documentation).
+#[derive(rocket::FromForm)]
+struct AuditQuery<'r> {
+    user: Option<&'r str>,
+    kind: Option<&'r str>,
+    service: Option<&'r str>,
+    from: Option<&'r str>,
+    to: Option<&'r str>,
+    before: Option<i64>,
+    limit: Option<i64>,
+}
+
+#[get("/admin/audit?<query..>")]
 async fn admin_page(
     app: &State<AppState>,
     _admin: AdminUser<'_>,
     layout: Layout,
-    user: Option<&str>,
-    kind: Option<&str>,
-    service: Option<&str>,
-    from: Option<&str>,
-    to: Option<&str>,
-    before: Option<i64>,
-    limit: Option<i64>,
+    query: AuditQuery<'_>,
 ) -> AppResult<Template> {
+    let AuditQuery { user, kind, service, from, to, before, limit } = query;
     let limit = limit.unwrap_or(100).clamp(1, 500);
     let bad = |what: &str| AppError::BadRequest(format!("`{what}` is YYYY-MM-DD or unix seconds"));
     let from_at = clean(from).map(|f| parse_time(&f, false).ok_or_else(|| bad("from"))).transpose()?;
