@@ -1,5 +1,6 @@
 //! Signed webhooks (the Standard Webhooks specification), delivered at least once through an
-//! outbox: [`outbox::record`] writes an event in the transaction of the change it reports, and
+//! outbox: an event is written in the transaction of the change it reports, by the outbox
+//! projection of that `crate::changes::Change` (the only caller of [`outbox::record`]), and
 //! [`worker`] (started with the server) fans each event out to the configured endpoints whose
 //! filter matches and delivers it, retrying with backoff under the same `webhook-id`.
 //!

@@ -69,9 +69,10 @@ struct Body<'a, D: Serialize> {
     data: &'a D,
 }
 
-/// Record an event in the outbox. Call it inside the transaction that makes the change, so the
-/// event exists exactly when the change does (a crash before the commit loses both, after it
-/// neither); the worker delivers it to every endpoint whose `events` match. The returned id is
+/// Record an event in the outbox, inside the transaction that makes the change, so the event
+/// exists exactly when the change does (a crash before the commit loses both, after it neither);
+/// the worker delivers it to every endpoint whose `events` match. Called by the outbox projection
+/// of `crate::changes` only: domain code records a `Change`. The returned id is
 /// the `webhook-id` of every attempt.
 pub fn record(conn: &mut Conn, event_type: EventType, data: &EventData) -> diesel::QueryResult<String> {
     insert(conn, event_type, data, None).map(|(_, msg_id)| msg_id)
