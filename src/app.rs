@@ -283,9 +283,10 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
                         app.settings.audit.checkpoint_file.clone(),
                         app.metrics.audit.clone(),
                         {
-                            let hooks = app.webhooks.clone();
+                            let (hooks, cipher) = (app.webhooks.clone(), app.cipher.clone());
                             std::sync::Arc::new(move |conn: &mut crate::db::Conn, c: &_| {
-                                hooks.record_checkpoint(conn, c)
+                                let fx = crate::changes::Effects { caches: None, webhooks: Some(&hooks) };
+                                crate::changes::checkpoint_event(conn, &cipher, &hooks, c).map(|done| done.settle(fx))
                             })
                         },
                     );
