@@ -210,11 +210,7 @@ fn user_add(name: String, admin: bool) -> Result<String, String> {
     } else {
         accounts::Role::User
     };
-    // Recorded right after: `create` is an immediate transaction, which cannot be nested.
-    let user = accounts::create(&mut conn, &name, &hash, role).map_err(cli_error)?;
-    let e = crate::audit::Entry::new(crate::audit::Kind::UserAdded, crate::audit::Actor::Cli);
-    crate::audit::record(&mut conn, &prepared.cipher, e.user(user.id).with("admin", user.is_admin))
-        .map_err(cli_error)?;
+    let user = accounts::add_from_cli(&mut conn, &prepared.cipher, &name, &hash, role).map_err(cli_error)?;
     Ok(format!("created user {} (id {}{})", user.username, user.id, if user.is_admin { ", admin" } else { "" }))
 }
 
@@ -237,12 +233,10 @@ fn user_rename(name: String, new_name: String) -> Result<String, String> {
 fn vault_set(path: String, value: String) -> Result<String, String> {
     let (mut conn, prepared) = open()?;
     let value = if value == "-" { read_secret(&format!("Value for {path}: "))? } else { crate::util::secret(value) };
-    conn.transaction(|conn| {
-        vault::set(conn, &prepared.cipher, &path, value.expose_secret(), "cli")?;
-        let e = crate::audit::Entry::new(crate::audit::Kind::VaultSet, crate::audit::Actor::Cli);
-        crate::audit::record(conn, &prepared.cipher, e.with("path", path.clone()))
-    })
-    .map_err(cli_error)?;
+    vault::set_recorded(&mut conn, &prepared.cipher, &path, &value, crate::changes::Actor::Cli, "cli")
+        .map_err(cli_error)?
+        // The CLI caches nothing and runs no worker: the recorded rows tell the servers.
+        .recorded_only();
     Ok(format!("{path} set"))
 }
 
@@ -322,8 +316,10 @@ fn audit_checkpoint() -> Result<String, String> {
     // The endpoints in effect, edits on /admin/webhooks included.
     prepared.webhooks.reload(&mut conn, &prepared.cipher).map_err(cli_error)?;
     let hooks = &prepared.webhooks;
-    let published = crate::audit::checkpoint::publish(&mut conn, &prepared.cipher, file, &|conn, c| {
-        hooks.record_checkpoint(conn, c)
+    let cipher = &prepared.cipher;
+    let published = crate::audit::checkpoint::publish(&mut conn, cipher, file, &|conn, c| {
+        // The CLI runs no worker: the servers' workers deliver the recorded event.
+        crate::changes::checkpoint_event(conn, cipher, hooks, c).map(crate::changes::Committed::recorded_only)
     })
     .map_err(cli_error)?
     .map_err(|broken| format!("no checkpoint: {}", crate::audit::unusable(&broken)))?;

@@ -7,6 +7,7 @@ pub mod assets;
 pub mod audit;
 pub mod auth;
 pub mod cache;
+pub mod changes;
 pub mod cli;
 pub mod config;
 pub mod db;

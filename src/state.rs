@@ -87,7 +87,25 @@ impl AppState {
             cipher: &self.cipher,
             caches: &self.caches,
             events_kept: self.settings.flows.events_per_connection,
+            webhooks: Some(&self.webhooks),
         }
+    }
+
+    /// What a unit of work needs (`crate::changes`).
+    pub fn ledger(&self) -> crate::changes::Ledger {
+        crate::changes::Ledger { cipher: self.cipher.clone(), events_kept: self.settings.flows.events_per_connection }
+    }
+
+    /// What this process does after a unit of work commits: drop its cached copies, wake the
+    /// webhook worker.
+    pub fn effects(&self) -> crate::changes::Effects<'_> {
+        crate::changes::Effects { caches: Some(&self.caches), webhooks: Some(&self.webhooks) }
+    }
+
+    /// Record `change` alone in a unit of work of its own, settled.
+    pub async fn record(&self, change: crate::changes::Change) -> crate::error::AppResult<()> {
+        self.db.write(self.ledger(), move |tx| tx.record(change)).await?.settle(self.effects());
+        Ok(())
     }
 
     /// The keep-alive worker's handles (`oauth::keepalive`), cloned: it runs beside requests.
@@ -101,6 +119,7 @@ impl AppState {
             locks: self.refresh_locks.clone(),
             settings: self.settings.clone(),
             catalog: self.catalog.clone(),
+            webhooks: self.webhooks.clone(),
         }
     }
 

@@ -323,7 +323,7 @@ pub fn still_holds(conn: &mut Conn, earlier: &Checkpoint) -> AppResult<Option<Fi
 }
 
 /// Record the `audit.checkpoint` webhook event (the caller's: `webhooks` sits above this module;
-/// `Webhooks::record_checkpoint`).
+/// `crate::changes::checkpoint_event`, a unit of work).
 pub type RecordEvent = dyn Fn(&mut Conn, &Checkpoint) -> AppResult<()> + Send + Sync;
 
 /// The server's checkpoints, a background job (`crate::jobs`): one at start-up, then every

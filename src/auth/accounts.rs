@@ -2,15 +2,13 @@
 //! usernames are cleaned and normalised.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 
-use crate::audit::{self, Actor, Entry, Kind};
 use crate::auth::password;
-use crate::cache::Caches;
-use crate::db::models::invalidations::Written;
+use crate::changes::{self, Actor, Change, Committed, KeyRevoked, SessionsEnd};
 use crate::db::models::users::{self, NewUser, User};
-use crate::db::{Conn, Db};
+use crate::db::Conn;
 use crate::error::{AppError, AppResult};
+use crate::state::AppState;
 use crate::util::ExposeSecret;
 use crate::util::{now, Secret};
 use crate::vault::Cipher;
@@ -108,50 +106,72 @@ pub fn replace_password(
     user_id: i64,
     hash: &str,
     address: Option<IpAddr>,
-) -> AppResult<Written<PasswordReplaced>> {
-    conn.transaction(|conn| {
+) -> AppResult<Committed<PasswordReplaced>> {
+    changes::write_no_history(conn, cipher, |tx| {
         let at = now();
-        let password_epoch = users::set_password(conn, user_id, hash, at)?;
-        let sessions_ended = crate::db::models::sessions::delete_for_user(conn, user_id)?;
-        let revoked = crate::db::models::api_keys::revoke_all_for_user(conn, user_id, at)?;
-        let actor = Actor::User(user_id);
-        let entry = |kind| Entry::new(kind, actor.clone()).user(user_id).address(address);
-        let e = entry(Kind::PasswordChanged)
-            .with("sessions_ended", sessions_ended as i64)
-            .with("api_keys_revoked", revoked.value().len() as i64);
-        audit::record(conn, cipher, e)?;
-        for (key_id, _) in revoked.value() {
-            audit::record(
-                conn,
-                cipher,
-                entry(Kind::ApiKeyRevoked).with("key_id", *key_id).with("reason", "password_changed"),
-            )?;
+        let password_epoch = users::set_password(tx.conn(), user_id, hash, at)?;
+        let sessions_ended = crate::db::models::sessions::delete_for_user(tx.conn(), user_id)?;
+        let revoked = crate::db::models::api_keys::revoke_all_for_user(tx.conn(), user_id, at)?;
+        let revoked = tx.absorb(revoked);
+        let api_keys_revoked = revoked.len();
+        tx.record(Change::PasswordChanged { user_id, address, sessions_ended, api_keys_revoked })?;
+        for (key_id, key_hash) in &revoked {
+            let (by, why, key_id, key_hash) =
+                (Actor::User(user_id), KeyRevoked::PasswordChanged, *key_id, key_hash.clone());
+            tx.record(Change::ApiKeyRevoked { by, user_id, key_id, key_hash, why, address })?;
         }
         if sessions_ended > 0 {
-            let e = entry(Kind::SessionEnd).with("reason", "password_changed").with("count", sessions_ended as i64);
-            audit::record(conn, cipher, e)?;
+            let why = SessionsEnd::PasswordChanged { count: sessions_ended };
+            tx.record(Change::SessionsEnded { user_id, address, why })?;
         }
-        Ok(revoked.map(|revoked| PasswordReplaced {
+        Ok(PasswordReplaced {
             sessions_ended,
             revoked_key_hashes: revoked.into_iter().map(|(_, hash)| hash).collect(),
             password_epoch,
-        }))
+        })
     })
 }
 
-/// [`replace_password`] for the signed-in user, with this process's cached copies of the revoked
-/// API keys dropped at once (other instances learn of them from their invalidations).
+/// [`replace_password`] for the signed-in user, settled: this process's cached copies of the
+/// revoked API keys dropped at once (other instances learn of them from their invalidations).
 pub async fn change_password(
-    db: &Db,
-    caches: &Caches,
-    cipher: &Arc<Cipher>,
+    app: &AppState,
     user_id: i64,
     hash: String,
     address: Option<IpAddr>,
 ) -> AppResult<PasswordReplaced> {
-    let cipher = cipher.clone();
-    let done = db.run(move |conn| replace_password(conn, &cipher, user_id, &hash, address)).await?;
-    Ok(caches.after_write(done))
+    let cipher = app.cipher.clone();
+    let done = app.db.run(move |conn| replace_password(conn, &cipher, user_id, &hash, address)).await?;
+    Ok(done.settle(app.effects()))
+}
+
+/// Create an account from the sign-up page and record it (`user.added` by the new user), then
+/// settle. Recorded right after the insert, not inside it: [`create`] is an immediate (on
+/// PostgreSQL SERIALIZABLE) transaction, which cannot be nested.
+pub async fn sign_up(
+    app: &AppState,
+    name: String,
+    hash: String,
+    role: Role,
+    address: Option<IpAddr>,
+) -> AppResult<User> {
+    let user = app.db.run(move |conn| create(conn, &name, &hash, role)).await?;
+    let (user_id, by) = (user.id, Actor::User(user.id));
+    app.record(Change::UserAdded { user_id, by, admin: None, address }).await?;
+    Ok(user)
+}
+
+/// [`create`] for `tokenvault user add`, recorded as `user.added` by `cli` (saying whether the
+/// account is an administrator's).
+pub fn add_from_cli(conn: &mut Conn, cipher: &Cipher, name: &str, hash: &str, role: Role) -> AppResult<User> {
+    let user = create(conn, name, hash, role)?;
+    let (user_id, admin) = (user.id, Some(user.is_admin));
+    let committed = changes::write_no_history(conn, cipher, |tx| {
+        tx.record(Change::UserAdded { user_id, by: Actor::Cli, admin, address: None })
+    })?;
+    // The CLI caches nothing and runs no worker: the recorded rows tell the running servers.
+    committed.recorded_only();
+    Ok(user)
 }
 
 /// Rename an account (`tokenvault user rename`): `from` is the exact name, or any case of it when
@@ -161,10 +181,10 @@ pub async fn change_password(
 pub fn rename(conn: &mut Conn, cipher: &Cipher, from: &str, to: &str) -> AppResult<i64> {
     let (from, to) = (clean_username(from), clean_username(to));
     check_username(to).map_err(AppError::BadRequest)?;
-    conn.transaction(|conn| match users::rename(conn, from, to)? {
-        users::Renamed::Done(id) => {
-            audit::record(conn, cipher, Entry::new(Kind::UserRenamed, Actor::Cli).user(id))?;
-            Ok(id)
+    let renamed = changes::write_no_history(conn, cipher, |tx| match users::rename(tx.conn(), from, to)? {
+        users::Renamed::Done(user_id) => {
+            tx.record(Change::UserRenamed { user_id })?;
+            Ok(user_id)
         }
         users::Renamed::NoSuchUser => Err(AppError::BadRequest(format!("no user named {from}"))),
         users::Renamed::Ambiguous(names) => Err(AppError::BadRequest(format!(
@@ -174,7 +194,9 @@ pub fn rename(conn: &mut Conn, cipher: &Cipher, from: &str, to: &str) -> AppResu
         users::Renamed::Taken => {
             Err(AppError::BadRequest(format!("{to} is taken (usernames are the same whatever their case)")))
         }
-    })
+    })?;
+    // The CLI caches nothing and runs no worker: the recorded rows tell the running servers.
+    Ok(renamed.recorded_only())
 }
 
 #[cfg(test)]

@@ -8,10 +8,9 @@ use std::sync::Arc;
 use rocket::http::Status;
 use rocket::request::{FromRequest, Outcome, Request};
 
-use crate::audit::{Actor, Entry, Kind};
 use crate::cache::{CachedKey, Caches};
+use crate::changes::{self, Actor, Change, Committed, KeyRevoked};
 use crate::db::models::api_keys::{self, ApiKey, NewApiKey};
-use crate::db::models::invalidations::Written;
 pub use crate::db::models::key_scope::{Capability, KeyScope};
 use crate::db::{Conn, Db};
 use crate::error::{AppError, AppResult};
@@ -48,7 +47,7 @@ pub fn create_written(
     name: &str,
     scope: &KeyScope,
     max_keys: i64,
-) -> AppResult<Written<Created>> {
+) -> AppResult<Committed<Created>> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 100 {
         return Err(AppError::BadRequest("Give the key a name of 1 to 100 characters.".into()));
@@ -57,7 +56,7 @@ pub fn create_written(
     let key = format!("{kind}{}", random_token(32));
     let prefix: String = key.chars().take(12).collect();
     let (services, capabilities) = (scope.services_column(), scope.capabilities_column());
-    let written = conn.transaction(|conn| {
+    let committed = changes::write_no_history(conn, cipher, |tx| {
         let new = NewApiKey {
             user_id,
             name,
@@ -68,17 +67,23 @@ pub fn create_written(
             capabilities: capabilities.as_deref(),
             expires_at: scope.expires_at,
         };
-        let row = api_keys::insert(conn, &new)?;
-        let evicted = api_keys::revoke_oldest_beyond(conn, user_id, max_keys, now())?;
-        let entry = |kind| Entry::new(kind, actor.clone()).user(user_id);
-        crate::audit::record(conn, cipher, entry(Kind::ApiKeyCreated).with("key_id", row.id))?;
-        for old in evicted.value() {
-            let e = entry(Kind::ApiKeyRevoked).with("key_id", old.id).with("reason", "over_limit");
-            crate::audit::record(conn, cipher, e.with("max_api_keys_per_user", max_keys))?;
+        let row = api_keys::insert(tx.conn(), &new)?;
+        let evicted = api_keys::revoke_oldest_beyond(tx.conn(), user_id, max_keys, now())?;
+        let evicted = tx.absorb(evicted);
+        tx.record(Change::ApiKeyCreated { by: actor.clone(), user_id, key_id: row.id })?;
+        for old in &evicted {
+            tx.record(Change::ApiKeyRevoked {
+                by: actor.clone(),
+                user_id,
+                key_id: old.id,
+                key_hash: old.key_hash.clone(),
+                why: KeyRevoked::OverLimit { max_keys },
+                address: None,
+            })?;
         }
-        Ok::<_, AppError>(evicted.map(|evicted| (row, evicted)))
+        Ok((row, evicted))
     })?;
-    Ok(written.map(|(row, evicted)| Created { row, key: crate::util::secret(key), evicted }))
+    Ok(committed.map(|(row, evicted)| Created { row, key: crate::util::secret(key), evicted }))
 }
 
 /// [`create_written`] for a process that caches no keys (the CLI, with actor `cli`; tests): the
@@ -187,19 +192,18 @@ async fn authenticate(
 /// dropped at once (convention 3: handlers never touch the caches).
 #[allow(clippy::too_many_arguments)]
 pub async fn create_for(
-    db: &Db,
-    caches: &Caches,
-    cipher: &std::sync::Arc<crate::vault::Cipher>,
+    app: &AppState,
     max_keys: i64,
     user_id: i64,
     name: String,
     scope: KeyScope,
 ) -> AppResult<Created> {
-    let cipher = cipher.clone();
-    let created = db
+    let cipher = app.cipher.clone();
+    let created = app
+        .db
         .run(move |conn| create_written(conn, &cipher, Actor::User(user_id), user_id, &name, &scope, max_keys))
-        .await?;
-    let created = caches.after_write(created);
+        .await?
+        .settle(app.effects());
     for old in &created.evicted {
         tracing::info!(user_id, key_id = old.id, "API key revoked: over max_api_keys_per_user");
     }
@@ -208,27 +212,18 @@ pub async fn create_for(
 
 /// Revoke one of the user's keys; false when it is not theirs (or already revoked). The key stops
 /// working in this process at once and in every other instance within about a second.
-pub async fn revoke(
-    db: &Db,
-    caches: &Caches,
-    cipher: &std::sync::Arc<crate::vault::Cipher>,
-    user_id: i64,
-    key_id: i64,
-) -> AppResult<bool> {
-    let cipher = cipher.clone();
-    let revoked = db
-        .run(move |conn| {
-            conn.transaction(|conn| {
-                let revoked = api_keys::revoke(conn, user_id, key_id, now())?;
-                if revoked.value().is_some() {
-                    let e = Entry::new(Kind::ApiKeyRevoked, Actor::User(user_id)).user(user_id);
-                    crate::audit::record(conn, &cipher, e.with("key_id", key_id).with("reason", "revoked_by_user"))?;
-                }
-                Ok(revoked)
-            })
+pub async fn revoke(app: &AppState, user_id: i64, key_id: i64) -> AppResult<bool> {
+    let revoked = app
+        .db
+        .write(app.ledger(), move |tx| {
+            let revoked = api_keys::revoke(tx.conn(), user_id, key_id, now())?;
+            let Some(key_hash) = tx.absorb(revoked) else { return Ok(false) };
+            let (by, why) = (Actor::User(user_id), KeyRevoked::ByUser);
+            tx.record(Change::ApiKeyRevoked { by, user_id, key_id, key_hash, why, address: None })?;
+            Ok(true)
         })
         .await?;
-    Ok(caches.after_write(revoked).is_some())
+    Ok(revoked.settle(app.effects()))
 }
 
 #[rocket::async_trait]

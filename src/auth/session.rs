@@ -1,17 +1,16 @@
 //! Server-side sessions: a random id in a private (encrypted, signed) cookie, a row in the database.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use rocket::http::{Cookie, CookieJar, SameSite};
 
-use crate::audit::{self, Actor, Entry, Kind};
+use crate::changes::{Change, SessionsEnd};
 use crate::config::Settings;
 use crate::db::models::{flows, sessions};
 use crate::db::Db;
 use crate::error::AppResult;
+use crate::state::AppState;
 use crate::util::{now, random_token, sha256_hex};
-use crate::vault::Cipher;
 
 /// The session cookie's name on plain http (loopback and development).
 pub const SESSION_COOKIE: &str = "tv_session";
@@ -90,59 +89,45 @@ pub fn remove(cookies: &CookieJar<'_>, name: &'static str, settings: &Settings) 
 /// `session.end` audit entry (`"reason": "ended_from_settings"`), in one transaction; the ended
 /// session's id hash, or `None` when the user has no such session (another user's id included).
 pub async fn end_by_public_id(
-    db: &Db,
-    cipher: &Arc<Cipher>,
+    app: &AppState,
     user_id: i64,
     public_id: String,
     address: Option<IpAddr>,
 ) -> AppResult<Option<String>> {
-    let cipher = cipher.clone();
-    db.run(move |conn| {
-        conn.transaction(|conn| {
-            let ended = sessions::delete_by_public_id(conn, user_id, &public_id)?;
+    let committed = app
+        .db
+        .write(app.ledger(), move |tx| {
+            let ended = sessions::delete_by_public_id(tx.conn(), user_id, &public_id)?;
             if let Some(hash) = &ended {
-                flows::delete_for_session(conn, hash)?;
-                let e = ended_from_settings(user_id, address).with("session", public_id.as_str()).with("count", 1);
-                audit::record(conn, &cipher, e)?;
+                flows::delete_for_session(tx.conn(), hash)?;
+                let why = SessionsEnd::FromSettings { session: public_id };
+                tx.record(Change::SessionsEnded { user_id, address, why })?;
             }
             Ok(ended)
         })
-    })
-    .await
+        .await?;
+    Ok(committed.settle(app.effects()))
 }
 
 /// End every session of the user but the one with `keep_hash` (this browser's), with their
 /// pending flows and one `session.end` audit entry saying how many (`"reason":
 /// "ended_from_settings"`, `"scope": "others"`), in one transaction; how many ended.
-pub async fn end_others(
-    db: &Db,
-    cipher: &Arc<Cipher>,
-    user_id: i64,
-    keep_hash: String,
-    address: Option<IpAddr>,
-) -> AppResult<usize> {
-    let cipher = cipher.clone();
-    db.run(move |conn| {
-        conn.transaction(|conn| {
-            let ended = sessions::delete_others(conn, user_id, &keep_hash)?;
+pub async fn end_others(app: &AppState, user_id: i64, keep_hash: String, address: Option<IpAddr>) -> AppResult<usize> {
+    let committed = app
+        .db
+        .write(app.ledger(), move |tx| {
+            let ended = sessions::delete_others(tx.conn(), user_id, &keep_hash)?;
             for hash in &ended {
-                flows::delete_for_session(conn, hash)?;
+                flows::delete_for_session(tx.conn(), hash)?;
             }
             if !ended.is_empty() {
-                let e = ended_from_settings(user_id, address).with("scope", "others").with("count", ended.len() as i64);
-                audit::record(conn, &cipher, e)?;
+                let why = SessionsEnd::OthersFromSettings { count: ended.len() };
+                tx.record(Change::SessionsEnded { user_id, address, why })?;
             }
             Ok(ended.len())
         })
-    })
-    .await
-}
-
-fn ended_from_settings(user_id: i64, address: Option<IpAddr>) -> Entry {
-    Entry::new(Kind::SessionEnd, Actor::User(user_id))
-        .user(user_id)
-        .address(address)
-        .with("reason", "ended_from_settings")
+        .await?;
+    Ok(committed.settle(app.effects()))
 }
 
 /// The CSRF token for forms shown before login, kept in a private cookie.

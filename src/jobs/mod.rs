@@ -126,8 +126,11 @@ impl Scheduled {
 pub fn all(app: &AppState) -> Vec<Scheduled> {
     let t = Intervals::from_settings(&app.settings);
     let record_checkpoint = {
-        let hooks = app.webhooks.clone();
-        Arc::new(move |conn: &mut crate::db::Conn, c: &_| hooks.record_checkpoint(conn, c))
+        let (hooks, cipher) = (app.webhooks.clone(), app.cipher.clone());
+        Arc::new(move |conn: &mut crate::db::Conn, c: &_| {
+            let fx = crate::changes::Effects { caches: None, webhooks: Some(&hooks) };
+            crate::changes::checkpoint_event(conn, &cipher, &hooks, c).map(|done| done.settle(fx))
+        })
     };
     let mut jobs = vec![
         every(t.webhooks, app.webhook_worker().into_job(t.webhooks)),

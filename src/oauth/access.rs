@@ -149,7 +149,6 @@ mod tests {
     use super::{fresh_token, may_refresh_after_401, refresh_due, Access, AccessError, RefreshLocks};
     use crate::cache::Caches;
     use crate::config::{RawConfig, Settings};
-    use crate::db::models::events::EventKind;
     use crate::db::models::{connections, events, users};
     use crate::db::Db;
     use crate::oauth::http::Outbound;
@@ -169,7 +168,7 @@ mod tests {
         let (cipher, caches, locks) = (Arc::new(Cipher::for_tests(3)), Caches::new(60), RefreshLocks::default());
         let (http, metrics) =
             (Outbound::new(&settings.http).unwrap(), OauthMetrics::register(&crate::metrics::Metrics::new()));
-        let tokens = Tokens { db: &db, cipher: &cipher, caches: &caches, events_kept: 10 };
+        let tokens = Tokens { db: &db, cipher: &cipher, caches: &caches, events_kept: 10, webhooks: None };
         let ctx = Access { tokens, http: &http, metrics: &metrics, locks: &locks, settings: &settings };
         let provider = crate::oauth::providers::demo(&settings);
         // The audit log starts before the first user, as at a server's first start.
@@ -189,28 +188,18 @@ mod tests {
             obtained_at: now() - 100,
             refresh_expires_at: None,
         };
-        store::save(
-            tokens,
-            crate::oauth::store::Destination::only(user_id, "demo"),
-            set(Some(now() + 3600)),
-            EventKind::Connect,
-        )
-        .await
-        .unwrap();
+        store::save(tokens, crate::oauth::store::Destination::only(user_id, "demo"), set(Some(now() + 3600)))
+            .await
+            .unwrap();
         let token = fresh_token(&ctx, crate::db::models::connections::Which::first(user_id), &provider).await.unwrap();
         assert_eq!((token.access_token.expose_secret(), token.version), ("AT-1", 1));
         assert_eq!(caches.connections.len(), 1, "the row is cached for the next call");
 
         // Expired, and the vault holds no client credentials: the tokens and the row stay as they
         // were, the lease is released, and the user's events say why.
-        store::save(
-            tokens,
-            crate::oauth::store::Destination::only(user_id, "demo"),
-            set(Some(now() - 1)),
-            EventKind::Connect,
-        )
-        .await
-        .unwrap();
+        store::save(tokens, crate::oauth::store::Destination::only(user_id, "demo"), set(Some(now() - 1)))
+            .await
+            .unwrap();
         assert!(matches!(
             fresh_token(&ctx, crate::db::models::connections::Which::first(user_id), &provider).await,
             Err(AccessError::NotConfigured)

@@ -12,9 +12,9 @@ use rocket::request::{FromRequest, Outcome, Request};
 use url::Url;
 
 use crate::auth::CurrentUser;
+use crate::changes::Change;
 use crate::config::Settings;
 use crate::db::models::connections::{self, Account, Connection, Which};
-use crate::db::models::events::{EventKind, EventOutcome};
 use crate::db::models::flows::{self, Flow};
 use crate::db::Db;
 use crate::error::{AppError, AppResult};
@@ -342,13 +342,7 @@ fn describe(description: Option<&str>, code: Option<&str>) -> String {
 
 /// Record a failed connect in the service's history.
 async fn connect_failed(ctx: &Access<'_>, user_id: i64, service: &str, detail: String) -> AppResult<()> {
-    let (keep, svc) = (ctx.tokens.events_kept, service.to_string());
-    ctx.tokens
-        .db
-        .run(move |conn| {
-            store::record_event(conn, keep, user_id, &svc, EventKind::Connect, EventOutcome::Failed, &detail)
-        })
-        .await
+    ctx.tokens.record(Change::ConnectRefused { user_id, service: service.to_string(), cancelled: false, detail }).await
 }
 
 /// Handle the provider's redirect back: check the state, then exchange the code and store tokens
@@ -404,14 +398,9 @@ pub async fn finish(
     let service = provider.name.clone();
     if let Some(error) = &params.error {
         let error = error.clone();
-        let svc = service.clone();
-        let outcome = if error == "access_denied" { EventOutcome::Cancelled } else { EventOutcome::Failed };
+        let cancelled = error == "access_denied";
         let detail = format!("authorization: {}", crate::oauth::tokens::sanitize_code(&error));
-        let keep = ctx.tokens.events_kept;
-        ctx.tokens
-            .db
-            .run(move |conn| store::record_event(conn, keep, user_id, &svc, EventKind::Connect, outcome, &detail))
-            .await?;
+        ctx.tokens.record(Change::ConnectRefused { user_id, service: service.clone(), cancelled, detail }).await?;
         if error == "access_denied" {
             return Ok(Finished::Cancelled);
         }
@@ -523,7 +512,7 @@ async fn settle(
     let already_connected = flow.add_account
         && to.into.is_none()
         && to.account.as_ref().is_some_and(|a| rows.iter().any(|r| r.account_id == a.id));
-    let connection_id = store::save(ctx.tokens, to, answer.tokens, EventKind::Connect).await?;
+    let connection_id = store::save(ctx.tokens, to, answer.tokens).await?;
     Ok(Finished::Connected { return_to: flow.return_to, connection_id, already_connected })
 }
 

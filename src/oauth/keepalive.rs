@@ -27,6 +27,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 
 use crate::cache::Caches;
+use crate::changes::{self, Change, Subject};
 use crate::config::Settings;
 use crate::db::models::connections::{self, Connection, ConnectionStatus, Which};
 use crate::db::Db;
@@ -39,7 +40,6 @@ use crate::oauth::store::Tokens;
 use crate::oauth::tokens::TokenError;
 use crate::util::now;
 use crate::vault::Cipher;
-use crate::webhooks::{self, outbox::EventData, EventType};
 
 /// Candidates read per database round trip.
 const BATCH: i64 = 500;
@@ -117,7 +117,7 @@ pub async fn pass(
     let started = now();
     let idle_before = started - ctx.settings.refresh.keepalive_interval;
     let mut report = PassReport {
-        warned: raise_expiry_warnings(ctx.tokens.db, ctx.settings.refresh.expiry_warning).await?,
+        warned: raise_expiry_warnings(ctx.tokens, ctx.settings.refresh.expiry_warning).await?,
         ..Default::default()
     };
     let mut after = 0;
@@ -155,37 +155,42 @@ pub async fn pass(
 /// Raise `connection.expiring` for every connection whose refresh token expires within `window`
 /// seconds (0: never): once per expiry — a new refresh token with a new expiry is warned about
 /// again — and, across instances, by whichever marks it first. How many were raised.
-pub async fn raise_expiry_warnings(db: &Db, window: i64) -> AppResult<usize> {
+pub async fn raise_expiry_warnings(tokens: Tokens<'_>, window: i64) -> AppResult<usize> {
     if window <= 0 {
         return Ok(0);
     }
-    let (mut raised, mut after) = (0, 0);
+    let (db, mut raised, mut after) = (tokens.db, 0, 0);
     loop {
         let batch = db.run(move |conn| Ok(connections::expiring_unwarned(conn, now(), window, after, BATCH)?)).await?;
         let Some(last) = batch.last().map(|c| c.id) else { break };
         after = last;
-        raised += db
+        let ledger = tokens.ledger();
+        let warned = db
             .run(move |conn| {
-                let mut n = 0;
+                let mut warned = Vec::new();
                 for row in &batch {
                     let Some(expires) = row.refresh_token_expires_at else { continue };
-                    let raised = conn.transaction(|conn| {
-                        if !connections::mark_expiry_warned(conn, row.id, expires)? {
-                            return Ok::<_, diesel::result::Error>(false);
+                    let committed = changes::write(conn, &ledger.cipher, ledger.events_kept, |tx| {
+                        if !connections::mark_expiry_warned(tx.conn(), row.id, expires)? {
+                            return Ok(false);
                         }
-                        let data = EventData::of(conn, row, row.status.as_str(), Some("refresh_token_expiring"))?;
-                        webhooks::outbox::record(conn, EventType::ConnectionExpiring, &data)?;
+                        tx.record(Change::ExpiryWarned { conn: Subject::of(row), status: row.status.as_str().into() })?;
                         Ok(true)
                     })?;
-                    if raised {
-                        n += 1;
+                    if *committed.value() {
                         let in_secs = expires - now();
                         tracing::info!(service = %row.service, user_id = row.user_id, in_secs, "refresh token expiring: warned");
                     }
+                    warned.push(committed);
                 }
-                Ok(n)
+                Ok(warned)
             })
             .await?;
+        for committed in warned {
+            if committed.settle(tokens.effects()) {
+                raised += 1;
+            }
+        }
     }
     Ok(raised)
 }
@@ -241,6 +246,8 @@ pub struct Worker {
     pub locks: Arc<RefreshLocks>,
     pub settings: Arc<Settings>,
     pub catalog: Arc<Catalog>,
+    /// Rung after a pass recorded webhook events (`connection.expiring`, …).
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
 }
 
 impl Worker {
@@ -254,6 +261,7 @@ impl Worker {
             cipher: &self.cipher,
             caches: &self.caches,
             events_kept: self.settings.flows.events_per_connection,
+            webhooks: Some(&self.webhooks),
         };
         let ctx = Refresher {
             tokens,

@@ -4,19 +4,16 @@
 use std::sync::Arc;
 
 use crate::cache::Caches;
+use crate::changes::{self, Change, Committed, Effects, Ledger, Subject};
 use crate::db::models::connections::{self, Account, Connection, ConnectionStatus, NewConnection, Which};
-use crate::db::models::events::{self, EventKind, EventOutcome, NewEvent};
-use crate::db::models::invalidations::Written;
+use crate::db::models::events::{EventKind, EventOutcome};
 use crate::db::{Conn, Db};
 use crate::error::AppResult;
 use crate::oauth::tokens::TokenSet;
 use crate::util::ExposeSecret;
 use crate::util::{now, Secret};
 use crate::vault::{Aad, Cipher};
-use crate::webhooks::{
-    outbox::{self, EventData},
-    EventType,
-};
+use crate::webhooks::Webhooks;
 
 /// What storing a user's tokens needs: the database, the cipher that seals them, this process's
 /// cache of connection rows (dropped after every write) and how many events to keep per
@@ -28,23 +25,27 @@ pub struct Tokens<'a> {
     pub caches: &'a Caches,
     /// `events_per_connection`.
     pub events_kept: i64,
+    /// The webhook worker's bell, rung after a write that recorded an event (`None`: a process
+    /// without the worker).
+    pub webhooks: Option<&'a Webhooks>,
 }
 
-/// Record something that happened to a connection, keeping its newest `keep` events (the
-/// `events_per_connection` setting; the oldest go first). `detail` is shown to the user.
-#[allow(clippy::too_many_arguments)]
-pub fn record_event(
-    conn: &mut Conn,
-    keep: i64,
-    user_id: i64,
-    service: &str,
-    kind: EventKind,
-    outcome: EventOutcome,
-    detail: &str,
-) -> AppResult<()> {
-    events::insert(conn, &NewEvent { user_id, service, at: now(), kind, outcome, detail })?;
-    events::prune(conn, user_id, service, keep)?;
-    Ok(())
+impl Tokens<'_> {
+    /// What a unit of work of the store needs (`crate::changes`).
+    pub fn ledger(&self) -> Ledger {
+        Ledger { cipher: self.cipher.clone(), events_kept: self.events_kept }
+    }
+
+    /// What this process does after a commit: drop its cached rows, wake the webhook worker.
+    pub fn effects(&self) -> Effects<'_> {
+        Effects { caches: Some(self.caches), webhooks: self.webhooks }
+    }
+
+    /// Record `change` alone in a unit of work of its own, settled.
+    pub async fn record(&self, change: Change) -> AppResult<()> {
+        self.db.write(self.ledger(), move |tx| tx.record(change)).await?.settle(self.effects());
+        Ok(())
+    }
 }
 
 /// Where a finished authorization's tokens go: the user's connection to `service` for `account`
@@ -64,16 +65,15 @@ pub struct Destination {
     pub retire_replaced: bool,
 }
 
-/// Store a fresh token set where `to` says, with its event, in one transaction; the connection's
-/// id, and what it invalidated, for this process's caches.
+/// Store a fresh token set where `to` says, with its event, in one unit of work; the connection's
+/// id, to settle.
 pub fn save_new(
     conn: &mut Conn,
     keep: i64,
     cipher: &Cipher,
     to: &Destination,
     tokens: &TokenSet,
-    event_kind: EventKind,
-) -> AppResult<Written<i64>> {
+) -> AppResult<Committed<i64>> {
     let (user_id, service) = (to.user_id, to.service.as_str());
     let account = to.account.as_ref().map_or("", |a| a.id.as_str());
     let access = cipher.seal_str(tokens.access_token.expose_secret(), Aad::AccessToken { user_id, service, account });
@@ -105,26 +105,28 @@ pub fn save_new(
         account_label: to.account.as_ref().and_then(|a| a.label.as_deref()),
         requested_scopes: requested.as_deref(),
     };
-    conn.transaction(|conn| {
+    changes::write(conn, cipher, keep, |tx| {
         // The row this write replaces, if any, as it is now: locked until the write, so that its
         // tokens are the ones retired (a refresh in between would have rotated them).
-        let before = connections::list_for_update(conn, user_id, service)?;
+        let before = connections::list_for_update(tx.conn(), user_id, service)?;
         let old = match to.into {
             Some(id) => before.into_iter().find(|c| c.id == id),
             None => before.into_iter().find(|c| c.account_id == account),
         };
-        let written = match to.into {
+        match to.into {
             Some(id) => {
-                let replaced = connections::replace(conn, id, &new)?;
-                if *replaced.value() == 0 {
+                let replaced = connections::replace(tx.conn(), id, &new)?;
+                if tx.absorb(replaced) == 0 {
                     return Err(crate::error::AppError::Conflict(
                         "The connection you were reconnecting was deleted meanwhile; nothing was stored.".into(),
                     ));
                 }
-                replaced
             }
-            None => connections::upsert(conn, &new)?,
-        };
+            None => {
+                let upserted = connections::upsert(tx.conn(), &new)?;
+                tx.absorb(upserted);
+            }
+        }
         let mut detail = String::from(if tokens.refresh_token.is_some() {
             "with a refresh token"
         } else {
@@ -133,20 +135,22 @@ pub fn save_new(
         if let Some(label) = to.account.as_ref().and_then(|a| a.label.as_deref()) {
             detail.push_str(&format!(" ({label})"));
         }
-        record_event(conn, keep, user_id, service, event_kind, EventOutcome::Ok, &detail)?;
         if let Some(old) = old.filter(|_| to.retire_replaced) {
-            retire_replaced(conn, cipher, &old, tokens)?;
+            retire_replaced(tx.conn(), cipher, &old, tokens)?;
         }
-        let Some(row) = connections::list_for(conn, user_id, service)?.into_iter().find(|c| c.account_id == account)
+        let Some(row) =
+            connections::list_for(tx.conn(), user_id, service)?.into_iter().find(|c| c.account_id == account)
         else {
             return Err(crate::error::AppError::internal("the connection just stored is not there"));
         };
         // A new row starts at version 1; connecting again over an existing one bumps it.
-        let t = if row.version == 1 { EventType::ConnectionCreated } else { EventType::ConnectionReconnected };
-        let data = EventData::of(conn, &row, ConnectionStatus::Active.as_str(), None)?;
-        outbox::record(conn, t, &data)?;
-        crate::audit::record(conn, cipher, audit_entry(t, &row))?;
-        Ok(written.with(row.id))
+        let conn = Subject::of(&row);
+        tx.record(if row.version == 1 {
+            Change::ConnectionCreated { conn, detail }
+        } else {
+            Change::ConnectionReconnected { conn, detail }
+        })?;
+        Ok(row.id)
     })
 }
 
@@ -166,8 +170,8 @@ fn retire_replaced(conn: &mut Conn, cipher: &Cipher, old: &Connection, new: &Tok
     }
 }
 
-/// Delete a user's connection and record why, in one transaction; false when there was none
-/// (or it is not this user's), with what it invalidated.
+/// Delete a user's connection and record why (`kind`: [`EventKind::Revoke`] or a deletion), in
+/// one unit of work; false when there was none (or it is not this user's), to settle.
 #[allow(clippy::too_many_arguments)]
 pub fn delete_with_event(
     conn: &mut Conn,
@@ -178,31 +182,27 @@ pub fn delete_with_event(
     kind: EventKind,
     outcome: EventOutcome,
     detail: &str,
-) -> AppResult<Written<bool>> {
-    let user_id = which.user_id;
-    conn.transaction(|conn| {
-        let removed = connections::delete(conn, which, service)?;
-        if let Some(row) = removed.value().clone() {
-            record_event(conn, keep, user_id, service, kind, outcome, detail)?;
-            let (t, status) = match kind {
-                EventKind::Revoke => (EventType::ConnectionRevoked, "revoked"),
-                _ => (EventType::ConnectionDeleted, "deleted"),
-            };
-            let reason = (outcome == EventOutcome::ProviderFailed).then_some("provider_revocation_failed");
-            let data = EventData::of(conn, &row, status, reason)?;
-            outbox::record(conn, t, &data)?;
-            crate::audit::record(conn, cipher, audit_entry(t, &row))?;
-        }
-        Ok(removed.map(|row| row.is_some()))
+) -> AppResult<Committed<bool>> {
+    changes::write(conn, cipher, keep, |tx| {
+        let removed = connections::delete(tx.conn(), which, service)?;
+        let Some(row) = tx.absorb(removed) else { return Ok(false) };
+        let (conn, detail) = (Subject::of(&row), detail.to_string());
+        tx.record(match kind {
+            EventKind::Revoke => Change::ConnectionRevoked { conn, outcome, detail },
+            EventKind::Connect | EventKind::Refresh | EventKind::Delete => {
+                Change::ConnectionDeleted { conn, outcome, detail }
+            }
+        })?;
+        Ok(true)
     })
 }
 
-/// [`save_new`] on the blocking pool, then drop this process's cached copy of the row (other
-/// instances learn of it from the invalidation `save_new` records).
-pub async fn save(store: Tokens<'_>, to: Destination, tokens: TokenSet, event_kind: EventKind) -> AppResult<i64> {
+/// [`save_new`] on the blocking pool, then settled: this process's cached copy of the row dropped
+/// (other instances learn of it from the recorded invalidation), the webhook worker woken.
+pub async fn save(store: Tokens<'_>, to: Destination, tokens: TokenSet) -> AppResult<i64> {
     let (cipher, keep) = (store.cipher.clone(), store.events_kept);
-    let written = store.db.run(move |conn| save_new(conn, keep, &cipher, &to, &tokens, event_kind)).await?;
-    Ok(store.caches.after_write(written))
+    let committed = store.db.run(move |conn| save_new(conn, keep, &cipher, &to, &tokens)).await?;
+    Ok(committed.settle(store.effects()))
 }
 
 impl Destination {
@@ -220,7 +220,7 @@ impl Destination {
     }
 }
 
-/// [`delete_with_event`] on the blocking pool, then drop this process's cached copy of the row.
+/// [`delete_with_event`] on the blocking pool, then settled.
 pub async fn delete(
     store: Tokens<'_>,
     which: Which,
@@ -230,26 +230,9 @@ pub async fn delete(
     detail: String,
 ) -> AppResult<bool> {
     let (svc, keep, cipher) = (service.to_string(), store.events_kept, store.cipher.clone());
-    let removed =
+    let committed =
         store.db.run(move |conn| delete_with_event(conn, keep, &cipher, which, &svc, kind, outcome, &detail)).await?;
-    Ok(store.caches.after_write(removed))
-}
-
-/// The audit entry of a change to connection `row` (the webhook event type names the kind), with
-/// its provider account when known.
-fn audit_entry(t: EventType, row: &Connection) -> crate::audit::Entry {
-    use crate::audit::{Actor, Entry, Kind};
-    let kind = match t {
-        EventType::ConnectionCreated => Kind::ConnectionCreated,
-        EventType::ConnectionReconnected => Kind::ConnectionReconnected,
-        EventType::ConnectionRevoked => Kind::ConnectionRevoked,
-        _ => Kind::ConnectionDeleted,
-    };
-    let entry = Entry::new(kind, Actor::User(row.user_id)).user(row.user_id).service(&row.service).connection(row.id);
-    match row.account() {
-        Some(a) => entry.with("account", a.id),
-        None => entry,
-    }
+    Ok(committed.settle(store.effects()))
 }
 
 /// The decrypted access and refresh tokens of a stored connection.
@@ -284,7 +267,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("t.sqlite").to_string_lossy()).unwrap();
         let (cipher, caches) = (Arc::new(Cipher::for_tests(7)), Caches::new(60));
-        let store = Tokens { db: &db, cipher: &cipher, caches: &caches, events_kept: 10 };
+        let store = Tokens { db: &db, cipher: &cipher, caches: &caches, events_kept: 10, webhooks: None };
         // The audit log starts before the first user, as at a server's first start.
         crate::audit::open(&mut db.conn().unwrap(), &cipher).unwrap().unwrap();
         let user_id = users::for_tests(&mut db.conn().unwrap(), "ann");
@@ -297,7 +280,7 @@ mod tests {
             obtained_at: now(),
             refresh_expires_at: None,
         };
-        save(store, Destination::only(user_id, "fake"), set, EventKind::Connect).await.unwrap();
+        save(store, Destination::only(user_id, "fake"), set).await.unwrap();
 
         let mut conn = db.conn().unwrap();
         let row = connections::find(&mut conn, user_id, "fake").unwrap().expect("stored");
@@ -334,7 +317,7 @@ mod tests {
         let (old_key, new_key) = (Cipher::generate_key(), Cipher::generate_key());
         let cipher = Arc::new(Cipher::from_base64(&old_key, &[]).unwrap());
         let caches = Caches::new(60);
-        let store = Tokens { db: &db, cipher: &cipher, caches: &caches, events_kept: 10 };
+        let store = Tokens { db: &db, cipher: &cipher, caches: &caches, events_kept: 10, webhooks: None };
         crate::audit::open(&mut db.conn().unwrap(), &cipher).unwrap().unwrap();
         let user_id = users::for_tests(&mut db.conn().unwrap(), "ann");
         let set = |n: u32, refresh: Option<&str>| TokenSet {
@@ -347,16 +330,16 @@ mod tests {
             refresh_expires_at: None,
         };
         let to = |retire| Destination { retire_replaced: retire, ..Destination::only(user_id, "fake") };
-        save(store, to(true), set(1, Some("RT-1")), EventKind::Connect).await.unwrap();
+        save(store, to(true), set(1, Some("RT-1"))).await.unwrap();
         let mut conn = db.conn().unwrap();
         assert!(revocations::all(&mut conn).unwrap().is_empty(), "nothing replaced yet");
         // Replaced without retiring (a provider whose revocation ends the grant): nothing queued.
-        save(store, to(false), set(2, Some("RT-2")), EventKind::Connect).await.unwrap();
+        save(store, to(false), set(2, Some("RT-2"))).await.unwrap();
         assert!(revocations::all(&mut conn).unwrap().is_empty());
         // The same refresh token again: the grant goes on, nothing to revoke.
-        save(store, to(true), set(3, Some("RT-2")), EventKind::Connect).await.unwrap();
+        save(store, to(true), set(3, Some("RT-2"))).await.unwrap();
         assert!(revocations::all(&mut conn).unwrap().is_empty());
-        save(store, to(true), set(4, Some("RT-4")), EventKind::Connect).await.unwrap();
+        save(store, to(true), set(4, Some("RT-4"))).await.unwrap();
         let queued = revocations::all(&mut conn).unwrap();
         assert_eq!(queued.len(), 1);
         let row = &queued[0];

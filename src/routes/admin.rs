@@ -1,7 +1,6 @@
 //! `/admin/vault`: administrators set, replace and delete project-vault values. Values are never
 //! shown again; the page lists which keys are set.
 
-use crate::util::ExposeSecret;
 use rocket::form::FromForm;
 use rocket::response::Redirect;
 use rocket::{get, post, routes, uri, Route, State};
@@ -98,21 +97,10 @@ async fn vault_set(app: &State<AppState>, admin: AdminUser<'_>, form: Csrf<SetFo
     let form = form.into_inner();
     let path = form.path.trim().to_string();
     let value = crate::util::secret(form.value.trim_end_matches(['\r', '\n']).to_string());
-    let (cipher, by, p) = (app.cipher.clone(), admin.0.username.clone(), path.clone());
-    let e = audit::Entry::new(audit::Kind::VaultSet, audit::Actor::User(admin.0.id))
-        .user(admin.0.id)
-        .with("path", path.clone());
-    match app
-        .db
-        .run(move |conn| {
-            conn.transaction(|conn| {
-                vault::set(conn, &cipher, &p, value.expose_secret(), &by)?;
-                audit::record(conn, &cipher, e)
-            })
-        })
-        .await
-    {
-        Ok(()) => {
+    let (cipher, by, p, uid) = (app.cipher.clone(), admin.0.username.clone(), path.clone(), admin.0.id);
+    match app.db.run(move |conn| vault::set_recorded(conn, &cipher, &p, &value, audit::Actor::User(uid), &by)).await {
+        Ok(committed) => {
+            committed.settle(app.effects());
             tracing::info!(user_id = admin.0.id, path = %path, "vault value set");
             Ok(Flash::success(
                 Redirect::to(uri!(vault_page)),
@@ -144,20 +132,9 @@ async fn vault_delete(
     form: Csrf<DeleteForm>,
 ) -> AppResult<Flash<Redirect>> {
     let path = form.path.clone();
-    let (p, c) = (path.clone(), app.cipher.clone());
-    let e = audit::Entry::new(audit::Kind::VaultDelete, audit::Actor::User(admin.0.id))
-        .user(admin.0.id)
-        .with("path", path.clone());
-    let deleted = app.db.run(move |conn| {
-        conn.transaction(|conn| {
-            let deleted = vault::delete(conn, &p)?;
-            if deleted {
-                audit::record(conn, &c, e)?;
-            }
-            Ok(deleted)
-        })
-    });
-    if !deleted.await? {
+    let (p, c, uid) = (path.clone(), app.cipher.clone(), admin.0.id);
+    let deleted = app.db.run(move |conn| vault::delete_recorded(conn, &c, &p, audit::Actor::User(uid))).await?;
+    if !deleted.settle(app.effects()) {
         return Err(AppError::NotFound);
     }
     tracing::info!(user_id = admin.0.id, path = %path, "vault value deleted");

@@ -183,7 +183,7 @@ async fn create(
     let created = match scope {
         Ok(scope) => {
             let max_keys = app.settings.api.max_keys_per_user;
-            api_key::create_for(&app.db, &app.caches, &app.cipher, max_keys, uid, form.name.clone(), scope).await
+            api_key::create_for(app, max_keys, uid, form.name.clone(), scope).await
         }
         Err(message) => Err(AppError::BadRequest(message)),
     };
@@ -213,7 +213,7 @@ async fn revoke(
     _form: Csrf<CsrfOnly>,
 ) -> AppResult<Flash<Redirect>> {
     let uid = user.id;
-    if !api_key::revoke(&app.db, &app.caches, &app.cipher, uid, id).await? {
+    if !api_key::revoke(app, uid, id).await? {
         return Err(AppError::NotFound);
     }
     tracing::info!(user_id = uid, key_id = id, "API key revoked");

@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::audit;
 use crate::auth::throttle::DeviceClaim;
 use crate::auth::{accounts, device, session, Csrf, CsrfField, CsrfOnly, CurrentUser};
+use crate::changes::Change;
 use crate::db::models::users;
 use crate::error::{AppError, AppResult};
 use crate::state::AppState;
@@ -140,9 +141,7 @@ async fn login(
     match user {
         Some(user) if ok => {
             session::start(&app.db, &app.settings, cookies, user.id).await?;
-            let (c, uid) = (app.cipher.clone(), user.id);
-            let e = audit::Entry::new(audit::Kind::SigninSuccess, audit::Actor::User(uid)).user(uid).address(ip);
-            app.db.run(move |conn| audit::record(conn, &c, e)).await?;
+            app.record(Change::SignedIn { user_id: user.id, address: ip }).await?;
             app.login_throttle.succeeded(&key, &admission);
             device::issue(cookies, &app.settings, &key, device::Account::from(&user));
             tracing::info!(user_id = user.id, "signed in");
@@ -151,8 +150,8 @@ async fn login(
         }
         _ => {
             tracing::info!("failed sign-in attempt");
-            let (c, uid, name) = (app.cipher.clone(), user.as_ref().map(|u| u.id), username.clone());
-            app.db.run(move |conn| audit::record_signin_failure(conn, &c, uid, &name, ip)).await?;
+            let (user_id, name) = (user.as_ref().map(|u| u.id), username.clone());
+            app.record(Change::SignInRefused { user_id, username: name, address: ip }).await?;
             let form = AuthForm {
                 csrf_token: session::anonymous_csrf_token(cookies, &app.settings),
                 next: next_or_home(form.next.as_deref()),
@@ -232,15 +231,7 @@ async fn signup(
                 let hash = app.hasher.hash(pw).await?;
                 // Recorded right after the insert, not inside it: `create` is an immediate
                 // (on PostgreSQL SERIALIZABLE) transaction, which cannot be nested.
-                let c = app.cipher.clone();
-                app.db
-                    .run(move |conn| {
-                        let user = accounts::create(conn, &name, &hash, role)?;
-                        let e = audit::Entry::new(audit::Kind::UserAdded, audit::Actor::User(user.id));
-                        audit::record(conn, &c, e.user(user.id).address(ip))?;
-                        Ok(user)
-                    })
-                    .await
+                accounts::sign_up(app, name, hash, role, ip).await
             }
             Err(e) => Err(e),
         };
@@ -279,8 +270,7 @@ async fn logout(
 ) -> AppResult<Flash<Redirect>> {
     session::end(&app.db, &app.settings, cookies).await?;
     if let Some(uid) = user.map(|u| u.id) {
-        let (c, e) = (app.cipher.clone(), audit::Entry::new(audit::Kind::SessionEnd, audit::Actor::User(uid)));
-        app.db.run(move |conn| audit::record(conn, &c, e.user(uid).address(ip))).await?;
+        app.record(Change::SignedOut { user_id: uid, address: ip }).await?;
     }
     Ok(Flash::success(Redirect::to(uri!(login_page(_))), "You are signed out."))
 }

@@ -89,7 +89,7 @@ async fn change(
     // revoked: whoever knew the old password may have made one.
     // Device cookies issued before are void (the password epoch moved on); this browser, which
     // just proved both passwords, gets a fresh one.
-    let done = accounts::change_password(&app.db, &app.caches, &app.cipher, uid, hash, ip).await?;
+    let done = accounts::change_password(app, uid, hash, ip).await?;
     session::start(&app.db, &app.settings, cookies, uid).await?;
     device::issue(cookies, &app.settings, &key, device::Account { user_id: uid, password_epoch: done.password_epoch });
     let keys = done.revoked_key_hashes.len();

@@ -208,7 +208,6 @@ async fn finish_callback(
     match finished? {
         Finished::Connected { return_to, connection_id, already_connected } => {
             tracing::info!(service = %p.name, connection_id, already_connected, "service connected");
-            app.webhooks.wake();
             let mut query = url::form_urlencoded::Serializer::new(String::new());
             query.append_pair("next", &return_to).append_pair("connection", &connection_id.to_string());
             if already_connected {

@@ -78,8 +78,7 @@ async fn end(
     _form: Csrf<CsrfOnly>,
 ) -> AppResult<Flash<Redirect>> {
     let uid = user.id;
-    let ended =
-        session::end_by_public_id(&app.db, &app.cipher, uid, id.to_string(), ip).await?.ok_or(AppError::NotFound)?;
+    let ended = session::end_by_public_id(app, uid, id.to_string(), ip).await?.ok_or(AppError::NotFound)?;
     tracing::info!(user_id = uid, "session ended from the sessions page");
     if ended == user.session_hash {
         session::end(&app.db, &app.settings, cookies).await?;
@@ -96,7 +95,7 @@ async fn end_others(
     _form: Csrf<CsrfOnly>,
 ) -> AppResult<Flash<Redirect>> {
     let uid = user.id;
-    let ended = session::end_others(&app.db, &app.cipher, uid, user.session_hash.clone(), ip).await?;
+    let ended = session::end_others(app, uid, user.session_hash.clone(), ip).await?;
     tracing::info!(user_id = uid, sessions_ended = ended, "other sessions ended");
     let message = match ended {
         0 => "You were not signed in anywhere else.".to_string(),

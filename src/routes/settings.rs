@@ -211,7 +211,6 @@ async fn delete(
     if !removed {
         return Err(AppError::NotFound);
     }
-    app.webhooks.wake();
     let name = app.catalog.get(service).map(|p| p.display_name.clone()).unwrap_or_else(|| service.to_string());
     tracing::info!(user_id = user.id, service, "connection deleted");
     Ok(Flash::success(
@@ -230,7 +229,6 @@ async fn revoke(
 ) -> AppResult<Flash<Redirect>> {
     let p = crate::routes::services::provider(app, service)?;
     let outcome = revoke_and_delete(&app.access(), which(user, &form)?, &p).await?;
-    app.webhooks.wake();
     let name = &p.display_name;
     let back = Redirect::to(uri!(oauth2));
     Ok(match outcome {

@@ -11,13 +11,14 @@ use rocket_dyn_templates::Template;
 use serde::Serialize;
 
 use crate::auth::{AdminUser, Csrf, CsrfField, CsrfOnly};
+use crate::changes::{Change, Committed};
 use crate::db::models::webhooks as rows;
 use crate::error::{AppError, AppResult};
 use crate::state::AppState;
 use crate::util::{format_utc, now, relative_time, ExposeSecret, Secret};
 use crate::web::{Flash, Layout, Page};
 use crate::webhooks::edit::{Editor, ROTATION_OVERLAP};
-use crate::webhooks::{outbox, Origin};
+use crate::webhooks::Origin;
 
 pub fn routes() -> Vec<Route> {
     routes![page, send_test, add, update, rotate, remove]
@@ -186,16 +187,18 @@ async fn render(
 async fn edit<T: Send + 'static>(
     app: &AppState,
     admin: &AdminUser<'_>,
-    f: impl FnOnce(&Editor<'_>, &mut crate::db::Conn) -> AppResult<T> + Send + 'static,
+    f: impl FnOnce(&Editor<'_>, &mut crate::db::Conn) -> AppResult<Committed<T>> + Send + 'static,
 ) -> AppResult<T> {
     let (hooks, cipher, user_id, username) =
         (app.webhooks.clone(), app.cipher.clone(), admin.0.id, admin.0.username.clone());
-    app.db
+    let committed = app
+        .db
         .run(move |conn| {
             let editor = Editor { hooks: &hooks, cipher: &cipher, user_id, username: &username };
             f(&editor, conn)
         })
-        .await
+        .await?;
+    Ok(committed.settle(app.effects()))
 }
 
 #[get("/admin/webhooks")]
@@ -214,8 +217,14 @@ async fn send_test(
     app.db.run(move |conn| hooks.reload(conn, &cipher)).await?;
     let endpoint = app.webhooks.get(name).ok_or(AppError::NotFound)?.name.clone();
     let (ep, by) = (endpoint.clone(), admin.0.username.clone());
-    let id = app.db.run(move |conn| Ok(outbox::record_test(conn, &ep, &by)?)).await?;
-    app.webhooks.wake();
+    let committed = app
+        .db
+        .write(app.ledger(), move |tx| {
+            tx.record(Change::WebhookTestQueued { endpoint: ep, by })?;
+            tx.events().last().cloned().ok_or_else(|| AppError::internal("the test event was not recorded"))
+        })
+        .await?;
+    let id = committed.settle(app.effects());
     tracing::info!(user_id = admin.0.id, endpoint = %endpoint, webhook_id = %id, "webhook test event queued");
     Ok(Flash::success(Redirect::to(uri!(page)), format!("A test event ({id}) was queued for {endpoint}.")))
 }
@@ -257,7 +266,6 @@ async fn add(
     match edit(app, &admin, move |ed, conn| ed.add(conn, &n, &u, &e)).await {
         Ok(secret) => {
             tracing::info!(user_id = admin.0.id, endpoint = %name, "webhook endpoint added");
-            app.webhooks.wake();
             let view = shown(&name, &secret, false);
             Ok((Status::Ok, render(app, &admin, layout, Some(view), AddDraft::default(), None).await?))
         }

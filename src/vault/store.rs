@@ -1,5 +1,6 @@
 //! The project vault: the app's own secrets (client ids and secrets), one sealed value per path.
 
+use crate::changes::{self, Actor, Change, Committed};
 use crate::db::models::vault::{self as model, VaultEntry, VaultEntryMeta};
 use crate::db::Conn;
 use crate::error::{AppError, AppResult};
@@ -57,6 +58,33 @@ pub fn list(conn: &mut Conn) -> AppResult<Vec<VaultEntryMeta>> {
 
 pub fn delete(conn: &mut Conn, path: &str) -> AppResult<bool> {
     Ok(model::delete(conn, path)? > 0)
+}
+
+/// [`set`] with its `vault.set` audit entry by `by` (never the value), in one unit of work.
+pub fn set_recorded(
+    conn: &mut Conn,
+    cipher: &Cipher,
+    path: &str,
+    value: &Secret,
+    by: Actor,
+    updated_by: &str,
+) -> AppResult<Committed<()>> {
+    changes::write_no_history(conn, cipher, |tx| {
+        set(tx.conn(), cipher, path, value.expose_secret(), updated_by)?;
+        tx.record(Change::VaultValueSet { by, path: path.to_string() })
+    })
+}
+
+/// [`delete`] with its `vault.delete` audit entry by `by` when there was a value, in one unit of
+/// work; whether there was.
+pub fn delete_recorded(conn: &mut Conn, cipher: &Cipher, path: &str, by: Actor) -> AppResult<Committed<bool>> {
+    changes::write_no_history(conn, cipher, |tx| {
+        let deleted = delete(tx.conn(), path)?;
+        if deleted {
+            tx.record(Change::VaultValueDeleted { by, path: path.to_string() })?;
+        }
+        Ok(deleted)
+    })
 }
 
 /// A provider's client credentials from the vault.

@@ -10,7 +10,7 @@
 
 use super::signature::SigningKey;
 use super::{check_events, check_name, check_url, Endpoint, Origin, Webhooks};
-use crate::audit::{self, Actor, Entry, Kind};
+use crate::changes::{self, Change, Committed, EndpointChange};
 use crate::db::models::webhook_endpoints::{self as stored, StoredEndpoint};
 use crate::db::Conn;
 use crate::error::{AppError, AppResult};
@@ -68,19 +68,14 @@ fn stale(name: &str) -> AppError {
 }
 
 impl Editor<'_> {
-    fn entry(&self, name: &str, change: &str) -> Entry {
-        Entry::new(Kind::WebhookChanged, Actor::User(self.user_id))
-            .user(self.user_id)
-            .with("endpoint", name)
-            .with("change", change)
+    /// The change to record: `change` of endpoint `name` by this editor.
+    fn changed(&self, name: &str, change: EndpointChange) -> Change {
+        Change::WebhookEndpointChanged { user_id: self.user_id, endpoint: name.to_string(), change }
     }
 
-    /// The entry of a change of URL or events: the URL only as its origin (a receiver's path may
-    /// hold a token of its own), the filters as set.
-    fn described(&self, name: &str, change: &str, url: &url::Url, events: &[String]) -> Entry {
-        let filters: serde_json::Value =
-            if events.is_empty() { "all".into() } else { events.iter().map(|e| e.as_str()).collect::<Vec<_>>().into() };
-        self.entry(name, change).with("url_origin", url.origin().ascii_serialization()).with("events", filters)
+    /// A change of URL or events.
+    fn described(url: &url::Url, events: &[String]) -> (String, Vec<String>) {
+        (url.origin().ascii_serialization(), events.to_vec())
     }
 
     fn row(&self, name: &str, url: &url::Url, events: &[String], secret: Vec<u8>, version: i64) -> StoredEndpoint {
@@ -104,7 +99,7 @@ impl Editor<'_> {
     }
 
     /// Add an endpoint; its new secret, to show once.
-    pub fn add(&self, conn: &mut Conn, name: &str, url: &str, events: &str) -> AppResult<Secret> {
+    pub fn add(&self, conn: &mut Conn, name: &str, url: &str, events: &str) -> AppResult<Committed<Secret>> {
         let name = name.trim();
         check_name(name).map_err(|e| AppError::BadRequest(format!("Name: {e}")))?;
         let (url, events) = checked(self.hooks, name, url, events)?;
@@ -115,24 +110,34 @@ impl Editor<'_> {
         let secret = SigningKey::generate();
         let row =
             self.row(name, &url, &events, self.cipher.seal_str(secret.expose_secret(), Aad::WebhookSecret(name)), 1);
-        conn.transaction(|conn| {
+        let committed = changes::write_no_history(conn, self.cipher, |tx| {
+            let conn = tx.conn();
             if !stored::insert(conn, &row)? {
                 return Err(AppError::BadRequest(format!("Name: an endpoint named {name} exists already")));
             }
-            audit::record(conn, self.cipher, self.described(name, "added", &url, &events))
+            let (url_origin, events) = Self::described(&url, &events);
+            tx.record(self.changed(name, EndpointChange::Added { url_origin, events }))
         })?;
         self.hooks.reload(conn, self.cipher)?;
-        Ok(secret)
+        Ok(committed.map(|()| secret))
     }
 
     /// Set the URL and events of `name`, if it is still at version `expected`.
-    pub fn update(&self, conn: &mut Conn, name: &str, expected: i64, url: &str, events: &str) -> AppResult<()> {
+    pub fn update(
+        &self,
+        conn: &mut Conn,
+        name: &str,
+        expected: i64,
+        url: &str,
+        events: &str,
+    ) -> AppResult<Committed<()>> {
         let (url, events) = checked(self.hooks, name, url, events)?;
         self.hooks.reload(conn, self.cipher)?;
         let endpoint = self.current(name)?;
         // No row is at a version after which there is none: such a form is not from the page.
         let next = expected.checked_add(1).ok_or_else(|| stale(name))?;
-        conn.transaction(|conn| {
+        let committed = changes::write_no_history(conn, self.cipher, |tx| {
+            let conn = tx.conn();
             let written = match stored::find(conn, name)? {
                 Some(mut row) => {
                     row.url = url.to_string();
@@ -155,16 +160,18 @@ impl Editor<'_> {
             if !written {
                 return Err(stale(name));
             }
-            audit::record(conn, self.cipher, self.described(name, "updated", &url, &events))
+            let (url_origin, events) = Self::described(&url, &events);
+            tx.record(self.changed(name, EndpointChange::Updated { url_origin, events }))
         })?;
-        self.hooks.reload(conn, self.cipher)
+        self.hooks.reload(conn, self.cipher)?;
+        Ok(committed)
     }
 
     /// Give `name` a new secret, if it is still at version `expected`; the new secret, to show
     /// once. The replaced one keeps signing for [`ROTATION_OVERLAP`] seconds — and so does the
     /// one before it when a rotation follows another within that time (a receiver may still
     /// have either): at most [`MAX_PREVIOUS`] previous secrets sign.
-    pub fn rotate(&self, conn: &mut Conn, name: &str, expected: i64) -> AppResult<Secret> {
+    pub fn rotate(&self, conn: &mut Conn, name: &str, expected: i64) -> AppResult<Committed<Secret>> {
         self.hooks.reload(conn, self.cipher)?;
         let endpoint = self.current(name)?;
         let next = expected.checked_add(1).ok_or_else(|| stale(name))?;
@@ -181,7 +188,8 @@ impl Editor<'_> {
         let joined: Vec<&str> = previous.iter().map(|s| s.expose_secret()).collect();
         let previous = self.cipher.seal_str(&joined.join("\n"), Aad::WebhookPreviousSecret(name));
         let until = at + ROTATION_OVERLAP;
-        conn.transaction(|conn| {
+        let committed = changes::write_no_history(conn, self.cipher, |tx| {
+            let conn = tx.conn();
             let written = match stored::find(conn, name)? {
                 Some(mut row) if row.version == expected && expected == endpoint.version => {
                     row.secret = sealed;
@@ -204,16 +212,16 @@ impl Editor<'_> {
             if !written {
                 return Err(stale(name));
             }
-            audit::record(conn, self.cipher, self.entry(name, "secret_rotated").with("previous_valid_until", until))
+            tx.record(self.changed(name, EndpointChange::SecretRotated { previous_valid_until: until }))
         })?;
         self.hooks.reload(conn, self.cipher)?;
-        Ok(secret)
+        Ok(committed.map(|()| secret))
     }
 
     /// Revert an edited configured endpoint to its configuration, or delete an added one (its
     /// pending deliveries end `failed`), if it is still at version `expected`. A stored row that
     /// could not be used (see [`Webhooks::reload`]) can be removed the same way.
-    pub fn remove(&self, conn: &mut Conn, name: &str, expected: i64) -> AppResult<Origin> {
+    pub fn remove(&self, conn: &mut Conn, name: &str, expected: i64) -> AppResult<Committed<Origin>> {
         self.hooks.reload(conn, self.cipher)?;
         let origin = match self.hooks.get(name) {
             Some(endpoint) => endpoint.origin,
@@ -231,20 +239,21 @@ impl Editor<'_> {
                 "{name} is configured in Rocket.toml and has no changes to revert; remove its table there to delete it"
             )));
         }
-        conn.transaction(|conn| {
+        let committed = changes::write_no_history(conn, self.cipher, |tx| {
+            let conn = tx.conn();
             if !stored::delete(conn, name, expected)? {
                 return Err(stale(name));
             }
             let change = if origin == Origin::Added {
                 stored::fail_pending(conn, name, "the endpoint was deleted", now())?;
-                "deleted"
+                EndpointChange::Deleted
             } else {
-                "reverted"
+                EndpointChange::Reverted
             };
-            audit::record(conn, self.cipher, self.entry(name, change))
+            tx.record(self.changed(name, change))
         })?;
         self.hooks.reload(conn, self.cipher)?;
-        Ok(origin)
+        Ok(committed.map(|()| origin))
     }
 }
 
@@ -303,7 +312,10 @@ mod tests {
         let editor = Editor { hooks: &a, cipher: &cipher, user_id: 1, username: "root" };
 
         // Add an endpoint: its secret signs what it gets, on both instances.
-        let secret = editor.add(&mut conn, "billing", "https://billing.example/in", "connection.deleted").unwrap();
+        let secret = editor
+            .add(&mut conn, "billing", "https://billing.example/in", "connection.deleted")
+            .unwrap()
+            .recorded_only();
         b.reload(&mut conn, &cipher).unwrap();
         let added = b.get("billing").expect("the other instance sees it");
         assert_eq!((added.origin, added.version), (Origin::Added, 1));
@@ -326,7 +338,7 @@ mod tests {
         assert!(matches!(&e, AppError::BadRequest(m) if m.contains("20 filters")), "{e:?}");
 
         // Edit the configured endpoint: the edit wins, its secret is still the configured one.
-        editor.update(&mut conn, "ops", 0, "https://ops2.example/hook", "").unwrap();
+        editor.update(&mut conn, "ops", 0, "https://ops2.example/hook", "").unwrap().recorded_only();
         b.reload(&mut conn, &cipher).unwrap();
         let ops = b.get("ops").unwrap();
         assert_eq!((ops.origin, ops.version, ops.url.as_str()), (Origin::Edited, 1, "https://ops2.example/hook"));
@@ -338,7 +350,7 @@ mod tests {
         assert_eq!(a.get("ops").unwrap().url.as_str(), "https://ops2.example/hook");
 
         // Rotate: both secrets sign during the overlap, only the new one after it.
-        let new = editor.rotate(&mut conn, "ops", 1).unwrap();
+        let new = editor.rotate(&mut conn, "ops", 1).unwrap().recorded_only();
         b.reload(&mut conn, &cipher).unwrap();
         let ops = b.get("ops").unwrap();
         let t = now();
@@ -353,17 +365,20 @@ mod tests {
         assert!(
             verifies(&after, new.expose_secret(), "m", later, "b") && !verifies(&after, CONFIGURED, "m", later, "b")
         );
-        assert!(editor.rotate(&mut conn, "ops", 1).is_err(), "stale rotation refused");
+        assert!(editor.rotate(&mut conn, "ops", 1).map(|c| c.recorded_only()).is_err(), "stale rotation refused");
 
         // Revert the configured one, delete the added one; configured-only cannot be removed.
-        assert_eq!(editor.remove(&mut conn, "ops", 2).unwrap(), Origin::Edited);
-        assert_eq!(editor.remove(&mut conn, "billing", 1).unwrap(), Origin::Added);
+        assert_eq!(editor.remove(&mut conn, "ops", 2).unwrap().recorded_only(), Origin::Edited);
+        assert_eq!(editor.remove(&mut conn, "billing", 1).unwrap().recorded_only(), Origin::Added);
         b.reload(&mut conn, &cipher).unwrap();
         let ops = b.get("ops").unwrap();
         assert_eq!((ops.origin, ops.url.as_str()), (Origin::Config, "https://ops.example/hook"));
         assert!(b.get("billing").is_none());
-        assert!(matches!(editor.remove(&mut conn, "ops", 0), Err(AppError::BadRequest(_))));
-        assert!(matches!(editor.update(&mut conn, "nope", 0, "https://x.example/", ""), Err(AppError::NotFound)));
+        assert!(matches!(editor.remove(&mut conn, "ops", 0).map(|c| c.recorded_only()), Err(AppError::BadRequest(_))));
+        assert!(matches!(
+            editor.update(&mut conn, "nope", 0, "https://x.example/", "").map(|c| c.recorded_only()),
+            Err(AppError::NotFound)
+        ));
 
         // Every change is in the audit log, and no secret is.
         let entries = crate::db::models::audit::after(&mut conn, 0, 1000).unwrap();
@@ -391,8 +406,8 @@ mod tests {
         crate::vault::rotation::verify_key(&mut conn, &old).unwrap();
         let hooks = configured();
         let editor = Editor { hooks: &hooks, cipher: &old, user_id: 1, username: "root" };
-        let first = editor.add(&mut conn, "billing", "https://billing.example/in", "").unwrap();
-        let second = editor.rotate(&mut conn, "billing", 1).unwrap();
+        let first = editor.add(&mut conn, "billing", "https://billing.example/in", "").unwrap().recorded_only();
+        let second = editor.rotate(&mut conn, "billing", 1).unwrap().recorded_only();
 
         let ring = Cipher::from_base64(&new_key, std::slice::from_ref(&old_key)).unwrap();
         let done = crate::vault::rotation::rotate(&mut conn, &ring, |_, _| {}).unwrap();
@@ -418,10 +433,10 @@ mod tests {
         let mut conn = db.conn().unwrap();
         let editor = Editor { hooks: &a, cipher: &cipher, user_id: 1, username: "root" };
 
-        let first = editor.add(&mut conn, "billing", "https://one.example/in", "").unwrap();
+        let first = editor.add(&mut conn, "billing", "https://one.example/in", "").unwrap().recorded_only();
         b.reload(&mut conn, &cipher).unwrap();
-        editor.remove(&mut conn, "billing", 1).unwrap();
-        let again = editor.add(&mut conn, "billing", "https://two.example/in", "").unwrap();
+        editor.remove(&mut conn, "billing", 1).unwrap().recorded_only();
+        let again = editor.add(&mut conn, "billing", "https://two.example/in", "").unwrap().recorded_only();
         b.reload(&mut conn, &cipher).unwrap();
         let seen = b.get("billing").unwrap();
         assert_eq!((seen.version, seen.url.as_str()), (1, "https://two.example/in"), "same version, new row");
@@ -430,13 +445,13 @@ mod tests {
         assert!(!verifies(&seen.sign("m", t, "b"), first.expose_secret(), "m", t, "b"));
 
         // Two rotations within the overlap: all three secrets sign; a third drops the oldest.
-        let r1 = editor.rotate(&mut conn, "billing", 1).unwrap();
-        let r2 = editor.rotate(&mut conn, "billing", 2).unwrap();
+        let r1 = editor.rotate(&mut conn, "billing", 1).unwrap().recorded_only();
+        let r2 = editor.rotate(&mut conn, "billing", 2).unwrap().recorded_only();
         let sig = a.get("billing").unwrap().sign("m", t, "b");
         for s in [&again, &r1, &r2] {
             assert!(verifies(&sig, s.expose_secret(), "m", t, "b"), "{sig}");
         }
-        let r3 = editor.rotate(&mut conn, "billing", 3).unwrap();
+        let r3 = editor.rotate(&mut conn, "billing", 3).unwrap().recorded_only();
         let sig = a.get("billing").unwrap().sign("m", t, "b");
         assert_eq!(sig.split(' ').count(), 1 + super::MAX_PREVIOUS);
         assert!(verifies(&sig, r3.expose_secret(), "m", t, "b") && !verifies(&sig, again.expose_secret(), "m", t, "b"));
@@ -448,7 +463,7 @@ mod tests {
         }
         let open = configured().allow_private_urls(true);
         let permissive = Editor { hooks: &open, cipher: &cipher, user_id: 1, username: "root" };
-        permissive.add(&mut conn, "internal", "http://127.0.0.1:9/hook", "").unwrap();
+        permissive.add(&mut conn, "internal", "http://127.0.0.1:9/hook", "").unwrap().recorded_only();
         assert!(!open.get("internal").unwrap().restricted);
         // …and an instance without the setting leaves such a row out.
         a.reload(&mut conn, &cipher).unwrap();
@@ -458,7 +473,7 @@ mod tests {
 
         // An edited configured endpoint whose row cannot be opened: left out, not the configured
         // settings it replaced; it can be deleted (reverted).
-        editor.update(&mut conn, "ops", 0, "https://elsewhere.example/", "").unwrap();
+        editor.update(&mut conn, "ops", 0, "https://elsewhere.example/", "").unwrap().recorded_only();
         {
             use diesel::RunQueryDsl;
             crate::on_conn!(&mut conn, c => diesel::sql_query("UPDATE webhook_endpoints SET secret = X'00', revision = 'x' WHERE name = 'ops'").execute(c)).unwrap();
@@ -466,7 +481,7 @@ mod tests {
         a.reload(&mut conn, &cipher).unwrap();
         assert!(a.get("ops").is_none(), "fails closed");
         assert!(a.broken().iter().any(|(n, v)| n == "ops" && *v == 1));
-        assert_eq!(editor.remove(&mut conn, "ops", 1).unwrap(), Origin::Edited);
+        assert_eq!(editor.remove(&mut conn, "ops", 1).unwrap().recorded_only(), Origin::Edited);
         assert_eq!(a.get("ops").unwrap().origin, Origin::Config);
     }
 
@@ -478,9 +493,9 @@ mod tests {
         let (_dir, db, cipher, a, b) = two_instances();
         let mut conn = db.conn().unwrap();
         let editor = Editor { hooks: &a, cipher: &cipher, user_id: 1, username: "root" };
-        editor.add(&mut conn, "billing", "https://billing.example/in", "").unwrap();
+        editor.add(&mut conn, "billing", "https://billing.example/in", "").unwrap().recorded_only();
         b.reload(&mut conn, &cipher).unwrap();
-        editor.remove(&mut conn, "billing", 1).unwrap();
+        editor.remove(&mut conn, "billing", 1).unwrap().recorded_only();
         let data = EventData {
             connection_id: 1,
             user: "ann".into(),

@@ -1,5 +1,6 @@
 //! Signed webhooks (the Standard Webhooks specification), delivered at least once through an
-//! outbox: [`outbox::record`] writes an event in the transaction of the change it reports, and
+//! outbox: an event is written in the transaction of the change it reports, by the outbox
+//! projection of that `crate::changes::Change` (the only caller of [`outbox::record`]), and
 //! [`worker`] (started with the server) fans each event out to the configured endpoints whose
 //! filter matches and delivers it, retrying with backoff under the same `webhook-id`.
 //!
@@ -347,18 +348,10 @@ impl Webhooks {
         self.wake.notify_one();
     }
 
-    /// Record an `audit.checkpoint` event when an endpoint in effect wants it (none: nothing is
-    /// written, so the outbox does not fill with events nobody receives), and wake the worker.
-    pub fn record_checkpoint(
-        &self,
-        conn: &mut Conn,
-        checkpoint: &crate::audit::checkpoint::Checkpoint,
-    ) -> AppResult<()> {
-        if self.endpoints().iter().any(|e| e.wants(EventType::AuditCheckpoint)) {
-            outbox::record_audit_checkpoint(conn, checkpoint)?;
-            self.wake();
-        }
-        Ok(())
+    /// Whether an endpoint in effect wants events of type `t` (`crate::changes::checkpoint_event`
+    /// records an `audit.checkpoint` event only then).
+    pub fn wants_any(&self, t: EventType) -> bool {
+        self.endpoints().iter().any(|e| e.wants(t))
     }
 
     /// Wait for [`Webhooks::wake`] (a wake-up while nobody waits is kept for the next wait).

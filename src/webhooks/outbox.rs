@@ -35,12 +35,26 @@ pub struct EventData {
 impl EventData {
     /// The data of `row` (read in the caller's transaction), with `status` and `reason`.
     pub fn of(conn: &mut Conn, row: &Connection, status: &str, reason: Option<&str>) -> diesel::QueryResult<EventData> {
-        let user = users::find(conn, row.user_id)?.map(|u| u.username).unwrap_or_default();
+        EventData::named(conn, row.id, row.user_id, &row.service, row.account(), status, reason)
+    }
+
+    /// The data of connection `connection_id` of `user_id` (whose username is read in the
+    /// caller's transaction), with `status` and `reason`.
+    pub fn named(
+        conn: &mut Conn,
+        connection_id: i64,
+        user_id: i64,
+        service: &str,
+        account: Option<Account>,
+        status: &str,
+        reason: Option<&str>,
+    ) -> diesel::QueryResult<EventData> {
+        let user = users::find(conn, user_id)?.map(|u| u.username).unwrap_or_default();
         Ok(EventData {
-            connection_id: row.id,
+            connection_id,
             user,
-            service: row.service.clone(),
-            account: row.account(),
+            service: service.to_string(),
+            account,
             status: status.to_string(),
             reason: reason.map(str::to_string),
         })
@@ -55,9 +69,10 @@ struct Body<'a, D: Serialize> {
     data: &'a D,
 }
 
-/// Record an event in the outbox. Call it inside the transaction that makes the change, so the
-/// event exists exactly when the change does (a crash before the commit loses both, after it
-/// neither); the worker delivers it to every endpoint whose `events` match. The returned id is
+/// Record an event in the outbox, inside the transaction that makes the change, so the event
+/// exists exactly when the change does (a crash before the commit loses both, after it neither);
+/// the worker delivers it to every endpoint whose `events` match. Called by the outbox projection
+/// of `crate::changes` only: domain code records a `Change`. The returned id is
 /// the `webhook-id` of every attempt.
 pub fn record(conn: &mut Conn, event_type: EventType, data: &EventData) -> diesel::QueryResult<String> {
     insert(conn, event_type, data, None).map(|(_, msg_id)| msg_id)

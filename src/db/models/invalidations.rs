@@ -123,6 +123,11 @@ impl<T> Written<T> {
         self.value
     }
 
+    /// A value and what its write invalidated (for `crate::changes`, which records them).
+    pub(crate) fn from_parts(value: T, invalidated: Vec<Invalidated>) -> Written<T> {
+        Written { value, invalidated }
+    }
+
     /// The value and the invalidations (for `Caches`).
     pub(crate) fn into_parts(self) -> (T, Vec<Invalidated>) {
         (self.value, self.invalidated)

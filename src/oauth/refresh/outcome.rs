@@ -7,17 +7,15 @@ use std::sync::Arc;
 
 use super::classify::Dead;
 use super::{fresh_from, health, lease, load, AccessError, FreshToken, Refresher};
+use crate::changes::{Change, Committed, Subject};
 use crate::db::models::connections::{self, Connection, ConnectionStatus, Refreshed, RowRef, Which};
-use crate::db::models::events::{EventKind, EventOutcome};
 use crate::db::models::invalidations::Written;
 use crate::db::Conn;
 use crate::error::AppError;
 use crate::oauth::providers::Provider;
-use crate::oauth::store::record_event;
 use crate::oauth::tokens::{TokenError, TokenSet};
 use crate::util::{now, ExposeSecret};
 use crate::vault::Aad;
-use crate::webhooks::{self, outbox::EventData, EventType};
 
 /// Seal and store the new tokens of `row` (whose lease we hold; `after_401`: the lease was taken
 /// at this time to answer a 401) with their event, in one transaction; a new refresh token
@@ -65,44 +63,37 @@ pub async fn store_tokens(
         ..row.clone()
     };
     let ticket = ctx.tokens.caches.connections.ticket();
-    let keep = ctx.tokens.events_kept;
-    let recovering = (row.status == ConnectionStatus::Degraded).then(|| row.clone());
-    let written = ctx
+    let recovered = row.status == ConnectionStatus::Degraded;
+    let subject = Subject::of(row);
+    let committed = ctx
         .tokens
         .db
-        .run(move |conn| {
-            conn.transaction(|conn| {
-                let r = Refreshed {
-                    access_token: &access,
-                    refresh_token: refresh.as_deref(),
-                    token_type: &token_type,
-                    scopes: &scopes,
-                    expires_at,
-                    obtained_at,
-                    refresh_token_expires_at: refresh_expiry,
-                };
-                let at = RowRef { id, version, user_id, service: &service };
-                let written = connections::store_refreshed(conn, at, &r)?;
-                if *written.value() {
-                    let detail = if rotated { "new refresh token stored" } else { "refresh token kept" };
-                    record_event(conn, keep, user_id, &service, EventKind::Refresh, EventOutcome::Ok, detail)?;
-                    // Back from `degraded`: `connection.recovered` (a routine refresh sends nothing).
-                    if let Some(snapshot) = &recovering {
-                        let data = EventData::of(conn, snapshot, ConnectionStatus::Active.as_str(), None)?;
-                        webhooks::outbox::record(conn, EventType::ConnectionRecovered, &data)?;
-                    }
-                }
-                Ok(written)
-            })
+        .write(ctx.tokens.ledger(), move |tx| {
+            let r = Refreshed {
+                access_token: &access,
+                refresh_token: refresh.as_deref(),
+                token_type: &token_type,
+                scopes: &scopes,
+                expires_at,
+                obtained_at,
+                refresh_token_expires_at: refresh_expiry,
+            };
+            let at = RowRef { id, version, user_id, service: &service };
+            let written = connections::store_refreshed(tx.conn(), at, &r)?;
+            let stored = tx.absorb(written);
+            if stored {
+                tx.record(Change::ConnectionRefreshed { conn: subject, rotated, recovered })?;
+            }
+            Ok(stored)
         })
         .await?;
-    if !*written.value() {
+    if !*committed.value() {
         // The row changed under our lease (deleted or reconnected meanwhile): use what is there.
-        ctx.tokens.caches.after_write(written);
+        committed.settle(ctx.tokens.effects());
         let row = load(ctx, Which::id(user_id, id), &provider.name).await?;
         return fresh_from(ctx, &row);
     }
-    ctx.tokens.caches.after_refresh(written, ticket, Arc::new(new_row));
+    committed.settle_refresh(ctx.tokens.effects(), ticket, Arc::new(new_row));
     Ok(FreshToken {
         access_token: set.access_token,
         token_type: set.token_type,
@@ -123,19 +114,16 @@ pub async fn reconnect_required(
     dead: Dead,
 ) -> Result<FreshToken, AccessError> {
     let (user_id, id) = (row.user_id, row.id);
-    let (outcome, detail) = (EventOutcome::ReconnectRequired, dead.detail.to_string());
-    let snapshot = row.clone();
-    let written = mark_with_event(ctx, row, outcome, detail, move |conn, at| {
-        let written = connections::mark_reconnect_required(conn, at, dead.reason, now())?;
-        if *written.value() {
-            let status = ConnectionStatus::ReconnectRequired.as_str();
-            let data = EventData::of(conn, &snapshot, status, Some(dead.reason))?;
-            webhooks::outbox::record(conn, EventType::ConnectionReconnectRequired, &data)?;
-        }
-        Ok(written)
+    let change = Change::ReconnectRequired {
+        conn: Subject::of(row),
+        reason: dead.reason.to_string(),
+        detail: dead.detail.to_string(),
+    };
+    let committed = mark_with_event(ctx, row, change, move |conn, at| {
+        connections::mark_reconnect_required(conn, at, dead.reason, now())
     })
     .await?;
-    if !ctx.tokens.caches.after_write(written) {
+    if !committed.settle(ctx.tokens.effects()) {
         let row = load(ctx, Which::id(user_id, id), &provider.name).await?;
         return fresh_from(ctx, &row);
     }
@@ -144,29 +132,26 @@ pub async fn reconnect_required(
 }
 
 /// Write a mark of `row` with `mark` (a compare-and-swap on its version) and, if it was written,
-/// its refresh event, in one transaction.
+/// record `change`, in one unit of work.
 async fn mark_with_event<F>(
     ctx: &Refresher<'_>,
     row: &Connection,
-    outcome: EventOutcome,
-    detail: String,
+    change: Change,
     mark: F,
-) -> Result<Written<bool>, AppError>
+) -> Result<Committed<bool>, AppError>
 where
     F: FnOnce(&mut Conn, RowRef<'_>) -> diesel::QueryResult<Written<bool>> + Send + 'static,
 {
     let (id, version, user_id, service) = (row.id, row.version, row.user_id, row.service.clone());
-    let keep = ctx.tokens.events_kept;
     ctx.tokens
         .db
-        .run(move |conn| {
-            conn.transaction(|conn| {
-                let written = mark(conn, RowRef { id, version, user_id, service: &service })?;
-                if *written.value() {
-                    record_event(conn, keep, user_id, &service, EventKind::Refresh, outcome, &detail)?;
-                }
-                Ok(written)
-            })
+        .write(ctx.tokens.ledger(), move |tx| {
+            let written = mark(tx.conn(), RowRef { id, version, user_id, service: &service })?;
+            let marked = tx.absorb(written);
+            if marked {
+                tx.record(change)?;
+            }
+            Ok(marked)
         })
         .await
 }
@@ -188,14 +173,8 @@ pub async fn not_configured(ctx: &Refresher<'_>, provider: &Provider, row: &Conn
 async fn admin_problem(ctx: &Refresher<'_>, row: &Connection, detail: &'static str) -> Result<(), AppError> {
     let (user_id, service) = (row.user_id, row.service.clone());
     lease::release(ctx, row.id, row.version).await;
-    let keep = ctx.tokens.events_kept;
-    ctx.tokens
-        .db
-        .run(move |conn| {
-            record_event(conn, keep, user_id, &service, EventKind::Refresh, EventOutcome::FailedAdmin, detail)
-        })
-        .await
-        .map(|_| ())
+    let change = Change::RefreshNeedsAdmin { user_id, service, detail: detail.to_string() };
+    ctx.tokens.record(change).await
 }
 
 /// A transient failure: mark `row` (whose lease we hold) degraded — its reason, one more
@@ -210,19 +189,15 @@ pub async fn degraded(ctx: &Refresher<'_>, row: &Connection, e: TokenError) -> A
     let reason = health::transient_reason(&e);
     let detail = format!("{e}; the tokens were kept and it will be retried (attempt {attempt}, in {} s)", next - at);
     // Entering `degraded` (not each retry while in it) raises `connection.refresh_failed`.
-    let entering = (row.status != ConnectionStatus::Degraded).then(|| row.clone());
-    let written = mark_with_event(ctx, row, EventOutcome::FailedRetryable, detail, move |conn, at_row| {
-        let written = connections::mark_degraded(conn, at_row, &reason, next, at)?;
-        if let (true, Some(snapshot)) = (*written.value(), entering) {
-            let data = EventData::of(conn, &snapshot, ConnectionStatus::Degraded.as_str(), Some(&reason))?;
-            webhooks::outbox::record(conn, EventType::ConnectionRefreshFailed, &data)?;
-        }
-        Ok(written)
+    let entering = row.status != ConnectionStatus::Degraded;
+    let change = Change::ConnectionDegraded { conn: Subject::of(row), reason: reason.clone(), detail, entering };
+    let committed = mark_with_event(ctx, row, change, move |conn, at_row| {
+        connections::mark_degraded(conn, at_row, &reason, next, at)
     })
     .await;
-    match written {
-        Ok(written) => {
-            ctx.tokens.caches.after_write(written);
+    match committed {
+        Ok(committed) => {
+            committed.settle(ctx.tokens.effects());
         }
         Err(err) => {
             lease::release(ctx, id, version).await;

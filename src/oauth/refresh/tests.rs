@@ -122,7 +122,6 @@ impl Fixture {
             f.tokens(),
             store::Destination::only(user_id, "demo"),
             tokens("AT-1", Some("RT-1"), Some(now() - 1)),
-            EventKind::Connect,
         )
         .await
         .unwrap();
@@ -130,7 +129,7 @@ impl Fixture {
     }
 
     fn tokens(&self) -> Tokens<'_> {
-        Tokens { db: &self.db, cipher: &self.cipher, caches: &self.caches, events_kept: 50 }
+        Tokens { db: &self.db, cipher: &self.cipher, caches: &self.caches, events_kept: 50, webhooks: None }
     }
 
     fn with<'a>(&'a self, endpoint: &'a dyn TokenEndpoint) -> Refresher<'a> {

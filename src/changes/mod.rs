@@ -1,0 +1,359 @@
+//! The unit of work: domain code says what happened — a [`Change`] — inside one transaction
+//! ([`write`], or [`Db::write`] on the blocking pool), and [`project`] turns each change, in that
+//! transaction, into everything that must follow from it: its connection history row
+//! (`connection_events`), its audit entry, its webhook outbox row and its cache invalidation.
+//! Nothing else writes the first three; the writers of the cached tables (`connections`,
+//! `api_keys`) still insert their own invalidation and return it as a `Written`, handed to
+//! [`Tx::absorb`].
+//!
+//! Committing hands back a [`Committed`], `#[must_use]`, whose value comes out only through
+//! [`Committed::settle`] (this process's cached copies dropped, the webhook worker woken when an
+//! event was recorded) or, in a process that caches nothing and runs no worker (the CLI, a test
+//! playing another instance), [`Committed::recorded_only`].
+//!
+//! ```ignore
+//! let id = app.db.write(app.ledger(), move |tx| {
+//!     let upserted = connections::upsert(tx.conn(), &new)?;
+//!     tx.absorb(upserted);
+//!     let row = connections::find(tx.conn(), user_id, &service)?.ok_or(AppError::NotFound)?;
+//!     tx.record(Change::ConnectionCreated { conn: Subject::of(&row), detail })?;
+//!     Ok(row.id)
+//! }).await?.settle(app.effects());
+//! ```
+
+pub mod project;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+pub use crate::audit::Actor;
+
+use crate::audit::checkpoint::Checkpoint;
+
+use crate::cache::{Caches, Ticket};
+use crate::db::models::connections::{Account, Connection};
+use crate::db::models::events::EventOutcome;
+use crate::db::models::invalidations::{Invalidated, Written};
+use crate::db::{Conn, Db};
+use crate::error::AppResult;
+use crate::vault::Cipher;
+use crate::webhooks::Webhooks;
+
+/// A connection as a change names it: which one, whose, of which account. Never its tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subject {
+    pub id: i64,
+    pub user_id: i64,
+    pub service: String,
+    pub account: Option<Account>,
+}
+
+impl Subject {
+    pub fn of(row: &Connection) -> Subject {
+        Subject { id: row.id, user_id: row.user_id, service: row.service.clone(), account: row.account() }
+    }
+}
+
+/// Something that happened, as domain code says it. Each variant carries what its projections
+/// need (ids, names, reasons shown to the user) and never a secret. Adding one: a variant here,
+/// then one arm in each projection of [`project`] (the compiler lists them: no wildcard arms).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// A new connection was stored (`detail`: shown in its history).
+    ConnectionCreated { conn: Subject, detail: String },
+    /// An existing connection got new tokens from a new authorization.
+    ConnectionReconnected { conn: Subject, detail: String },
+    /// An authorization did not end in tokens (`cancelled`: the user said no at the provider).
+    ConnectRefused { user_id: i64, service: String, cancelled: bool, detail: String },
+    /// A connection was deleted locally (`outcome` as its history shows it).
+    ConnectionDeleted { conn: Subject, outcome: EventOutcome, detail: String },
+    /// A connection was revoked (at the provider or, `outcome` says, not) and deleted.
+    ConnectionRevoked { conn: Subject, outcome: EventOutcome, detail: String },
+    /// A refresh stored new tokens (`rotated`: with a new refresh token; `recovered`: the
+    /// connection was degraded until now).
+    ConnectionRefreshed { conn: Subject, rotated: bool, recovered: bool },
+    /// The provider no longer accepts the grant: the user must connect again.
+    ReconnectRequired { conn: Subject, reason: String, detail: String },
+    /// A transient refresh failure; `entering`: the connection was healthy until now.
+    ConnectionDegraded { conn: Subject, reason: String, detail: String, entering: bool },
+    /// A refresh could not be tried: an administrator must act (the tokens are kept).
+    RefreshNeedsAdmin { user_id: i64, service: String, detail: String },
+    /// A connection's refresh token expires soon (`status`: the connection's, as stored).
+    ExpiryWarned { conn: Subject, status: String },
+
+    /// A user signed in.
+    SignedIn { user_id: i64, address: Option<IpAddr> },
+    /// A sign-in was refused (`user_id`: when the name is an account's). The name is audited only
+    /// as its keyed hash.
+    SignInRefused { user_id: Option<i64>, username: String, address: Option<IpAddr> },
+    /// A user signed out.
+    SignedOut { user_id: i64, address: Option<IpAddr> },
+    /// Sessions of a user ended other than by signing out.
+    SessionsEnded { user_id: i64, address: Option<IpAddr>, why: SessionsEnd },
+    /// An account was created (`admin`: said in the entry, as `tokenvault user add` does).
+    UserAdded { user_id: i64, by: Actor, admin: Option<bool>, address: Option<IpAddr> },
+    /// An account was renamed (`tokenvault user rename`).
+    UserRenamed { user_id: i64 },
+    /// A user changed their password (the sessions and keys it ended are changes of their own).
+    PasswordChanged { user_id: i64, address: Option<IpAddr>, sessions_ended: usize, api_keys_revoked: usize },
+    /// An API key was created.
+    ApiKeyCreated { by: Actor, user_id: i64, key_id: i64 },
+    /// An API key was revoked (`key_hash`: its stored SHA-256, what caches know it by).
+    ApiKeyRevoked { by: Actor, user_id: i64, key_id: i64, key_hash: String, why: KeyRevoked, address: Option<IpAddr> },
+    /// A vault value was set (never the value).
+    VaultValueSet { by: Actor, path: String },
+    /// A vault value was deleted.
+    VaultValueDeleted { by: Actor, path: String },
+    /// An administrator (`by`: their username, as the event says) queued a `webhook.test` event
+    /// for endpoint `endpoint` only.
+    WebhookTestQueued { endpoint: String, by: String },
+    /// An administrator changed webhook endpoint `endpoint` on `/admin/webhooks`.
+    WebhookEndpointChanged { user_id: i64, endpoint: String, change: EndpointChange },
+    /// An audit checkpoint was published and an endpoint in effect wants its `audit.checkpoint`
+    /// event (recorded only then: see [`checkpoint_event`]). Audit's own: no audit entry.
+    AuditCheckpointed { checkpoint: Checkpoint },
+}
+
+/// What changed of a webhook endpoint ([`Change::WebhookEndpointChanged`]). A URL only as its
+/// origin (a receiver's path may hold a token of its own); `events` as set (empty: all).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndpointChange {
+    Added {
+        url_origin: String,
+        events: Vec<String>,
+    },
+    Updated {
+        url_origin: String,
+        events: Vec<String>,
+    },
+    /// A new secret; the replaced one signs until `previous_valid_until`.
+    SecretRotated {
+        previous_valid_until: i64,
+    },
+    /// An endpoint added on the page was deleted.
+    Deleted,
+    /// A configured endpoint's edits were reverted.
+    Reverted,
+}
+
+/// Why sessions ended ([`Change::SessionsEnded`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionsEnd {
+    /// Every session, by a password change.
+    PasswordChanged { count: usize },
+    /// One session, from the settings page (`session`: its public id).
+    FromSettings { session: String },
+    /// Every other session, from the settings page.
+    OthersFromSettings { count: usize },
+}
+
+/// Why an API key was revoked ([`Change::ApiKeyRevoked`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRevoked {
+    ByUser,
+    /// Evicted by a new key beyond `max_api_keys_per_user`.
+    OverLimit {
+        max_keys: i64,
+    },
+    PasswordChanged,
+}
+
+/// The transaction of a unit of work: the connection, for the domain's own queries, and
+/// [`Tx::record`] for what happened.
+pub struct Tx<'c> {
+    conn: &'c mut Conn,
+    cipher: &'c Cipher,
+    /// `None`: a unit that records no connection history (see [`write_no_history`]).
+    events_kept: Option<i64>,
+    invalidated: Vec<Invalidated>,
+    wake: bool,
+    /// The `webhook-id`s of the events recorded so far.
+    events: Vec<String>,
+}
+
+impl<'c> Tx<'c> {
+    /// The connection, for the domain's queries in this transaction.
+    pub fn conn(&mut self) -> &mut Conn {
+        self.conn
+    }
+
+    /// Record `change`: its projections are written now, in this transaction.
+    pub fn record(&mut self, change: Change) -> AppResult<()> {
+        project::history(self.conn, self.events_kept, &change)?;
+        project::audit(self.conn, self.cipher, &change)?;
+        if let Some(id) = project::outbox(self.conn, &change)? {
+            self.events.push(id);
+        }
+        self.wake |= project::wakes_webhooks(&change);
+        if let Some(what) = project::invalidation_of(&change) {
+            if !self.invalidated.contains(&what) {
+                project::invalidate(self.conn, &what)?;
+                self.invalidated.push(what);
+            }
+        }
+        Ok(())
+    }
+
+    /// The `webhook-id`s of the events recorded so far in this unit, oldest first.
+    pub fn events(&self) -> &[String] {
+        &self.events
+    }
+
+    /// The value of a model write that recorded its own invalidations (their rows are already
+    /// written; this process's copies are dropped when the unit is settled).
+    pub fn absorb<T>(&mut self, written: Written<T>) -> T {
+        let (value, invalidated) = written.into_parts();
+        for what in invalidated {
+            if !self.invalidated.contains(&what) {
+                self.invalidated.push(what);
+            }
+        }
+        value
+    }
+}
+
+/// What a unit of work needs besides the connection: the cipher of the audit chain and how many
+/// history rows to keep per connection (`events_per_connection`).
+#[derive(Clone)]
+pub struct Ledger {
+    pub cipher: Arc<Cipher>,
+    pub events_kept: i64,
+}
+
+/// Run `f` in one transaction (nested in the caller's when there is one) with the changes it
+/// records projected in it; committed when it returns `Ok`.
+pub fn write<T>(
+    conn: &mut Conn,
+    cipher: &Cipher,
+    events_kept: i64,
+    f: impl FnOnce(&mut Tx<'_>) -> AppResult<T>,
+) -> AppResult<Committed<T>> {
+    unit(conn, cipher, Some(events_kept), f)
+}
+
+/// [`write`] for a unit that records no connection history (accounts, keys, the vault, webhook
+/// endpoints): recording a change that has one is an internal error.
+pub fn write_no_history<T>(
+    conn: &mut Conn,
+    cipher: &Cipher,
+    f: impl FnOnce(&mut Tx<'_>) -> AppResult<T>,
+) -> AppResult<Committed<T>> {
+    unit(conn, cipher, None, f)
+}
+
+fn unit<T>(
+    conn: &mut Conn,
+    cipher: &Cipher,
+    events_kept: Option<i64>,
+    f: impl FnOnce(&mut Tx<'_>) -> AppResult<T>,
+) -> AppResult<Committed<T>> {
+    conn.transaction(|conn| {
+        let mut tx = Tx { conn, cipher, events_kept, invalidated: Vec::new(), wake: false, events: Vec::new() };
+        let value = f(&mut tx)?;
+        Ok(Committed { value, invalidated: tx.invalidated, wake: tx.wake })
+    })
+}
+
+/// The `audit.checkpoint` event of a published checkpoint, in a unit of its own, when an endpoint
+/// in effect wants it (none: nothing is written, so the outbox does not fill with events nobody
+/// receives). The server settles it (waking its worker); the CLI keeps it recorded only.
+pub fn checkpoint_event(
+    conn: &mut Conn,
+    cipher: &Cipher,
+    webhooks: &Webhooks,
+    checkpoint: &Checkpoint,
+) -> AppResult<Committed<()>> {
+    let wanted = webhooks.wants_any(crate::webhooks::EventType::AuditCheckpoint);
+    write_no_history(conn, cipher, |tx| {
+        if wanted {
+            tx.record(Change::AuditCheckpointed { checkpoint: checkpoint.clone() })?;
+        }
+        Ok(())
+    })
+}
+
+impl Db {
+    /// [`write`] on the blocking pool.
+    pub async fn write<F, T>(&self, ledger: Ledger, f: F) -> AppResult<Committed<T>>
+    where
+        F: FnOnce(&mut Tx<'_>) -> AppResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.run(move |conn| write(conn, &ledger.cipher, ledger.events_kept, f)).await
+    }
+}
+
+/// What a process does after a commit: drop its cached copies, wake its webhook worker. A
+/// process without one of them leaves it `None`.
+#[derive(Clone, Copy, Default)]
+pub struct Effects<'a> {
+    pub caches: Option<&'a Caches>,
+    pub webhooks: Option<&'a Webhooks>,
+}
+
+/// A committed unit of work: its value, and what this process must do now that it is committed.
+#[must_use = "settle it: `Committed::settle` drops this process's cached copies and wakes the webhook worker"]
+#[derive(Debug)]
+pub struct Committed<T> {
+    value: T,
+    invalidated: Vec<Invalidated>,
+    wake: bool,
+}
+
+impl<T> Committed<T> {
+    /// Drop this process's cached copies of what changed, wake the webhook worker when an event
+    /// was recorded, and hand back the value.
+    pub fn settle(self, fx: Effects<'_>) -> T {
+        let Committed { value, invalidated, wake } = self;
+        if wake {
+            if let Some(hooks) = fx.webhooks {
+                hooks.wake();
+            }
+        }
+        match fx.caches {
+            Some(caches) => caches.after_write(Written::from_parts(value, invalidated)),
+            None => value,
+        }
+    }
+
+    /// [`Committed::settle`] for a refresh that has just stored `row` with a ticket taken before
+    /// the write: the row goes into the cached set in place of the old one (`Caches::after_refresh`).
+    pub fn settle_refresh(self, fx: Effects<'_>, ticket: Ticket, row: Arc<Connection>) -> T {
+        let Committed { value, invalidated, wake } = self;
+        if let (true, Some(hooks)) = (wake, fx.webhooks) {
+            hooks.wake();
+        }
+        match fx.caches {
+            Some(caches) => caches.after_refresh(Written::from_parts(value, invalidated), ticket, row),
+            None => value,
+        }
+    }
+
+    /// The value, for a process that caches nothing and runs no webhook worker (the CLI, or a
+    /// test playing another instance): the recorded rows alone tell the running servers.
+    pub fn recorded_only(self) -> T {
+        self.value
+    }
+
+    /// The value, to look at before settling.
+    pub fn value(&self) -> &T {
+        &self.value
+    }
+
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Committed<U> {
+        Committed { value: f(self.value), invalidated: self.invalidated, wake: self.wake }
+    }
+
+    /// Whether settling wakes the webhook worker (an event was recorded).
+    pub fn wakes(&self) -> bool {
+        self.wake
+    }
+
+    /// What settling drops from this process's caches.
+    pub fn invalidated(&self) -> &[Invalidated] {
+        &self.invalidated
+    }
+}
+
+#[cfg(test)]
+mod tests;
