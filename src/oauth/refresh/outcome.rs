@@ -6,7 +6,9 @@
 use std::sync::Arc;
 
 use super::classify::Dead;
-use super::{fresh_from, health, lease, load, AccessError, FreshToken, Refresher};
+use super::context::{AccessError, FreshToken, Refresher};
+use super::read::{fresh_from, load};
+use super::{health, lease};
 use crate::changes::{Change, Committed, Subject};
 use crate::db::models::connections::{self, Connection, ConnectionStatus, Refreshed, RowRef, Which};
 use crate::db::models::invalidations::Written;
