@@ -38,7 +38,6 @@ pub struct Created {
 /// revoked, in the same transaction, with the audit entries (`api_key.created` by `actor`, and an
 /// `api_key.revoked` with `"reason": "over_limit"` for each key evicted); with their
 /// invalidations, for this process's cache (other instances learn of them from the recorded rows).
-#[allow(clippy::too_many_arguments)]
 pub fn create_written(
     conn: &mut Conn,
     cipher: &Cipher,
@@ -88,7 +87,6 @@ pub fn create_written(
 
 /// [`create_written`] for a process that caches no keys (the CLI, with actor `cli`; tests): the
 /// running servers learn of the evicted keys from the recorded invalidations.
-#[allow(clippy::too_many_arguments)]
 pub fn create(
     conn: &mut Conn,
     cipher: &Cipher,
@@ -190,7 +188,6 @@ async fn authenticate(
 
 /// [`create`] for a signed-in user, with this process's cached copies of the keys it evicted
 /// dropped at once (convention 3: handlers never touch the caches).
-#[allow(clippy::too_many_arguments)]
 pub async fn create_for(
     app: &AppState,
     max_keys: i64,

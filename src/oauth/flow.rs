@@ -72,7 +72,6 @@ pub fn scopes_for(provider: &Provider, row: Option<&Connection>, more: &[String]
 }
 
 /// Create a flow for `user` and return the provider's authorize URL to send the browser to.
-#[allow(clippy::too_many_arguments)]
 pub async fn start(
     db: &Db,
     cipher: &Arc<Cipher>,
@@ -104,30 +103,25 @@ pub async fn start(
         })
         .await?;
     let creds = creds.ok_or_else(|| not_configured(provider))?;
-    let upgrading = !intent.more_scopes.is_empty();
     let scopes = scopes_for(provider, row.as_ref(), &intent.more_scopes)?;
-
-    let state = random_token(32);
-    let state_hash = sha256_hex(&state);
-    // OpenID Connect: the id_token must carry this back (replay of another sign-in's token).
-    let nonce = provider.verifies_id_token().then(|| random_token(32));
-    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256_len(64);
-    let redirect_uri = settings.redirect_uri(&provider.name);
+    let request = AuthRequest::new(provider, intent, scopes);
     let flow = Flow {
-        pkce_verifier: cipher.seal_str(verifier.secret(), Aad::PkceVerifier { state_hash: &state_hash }),
-        state_hash,
+        pkce_verifier: cipher
+            .seal_str(request.verifier.secret(), Aad::PkceVerifier { state_hash: &request.state_hash }),
+        state_hash: request.state_hash.clone(),
         session_hash: user.session_hash.clone(),
         user_id: user.id,
         service: provider.name.clone(),
-        redirect_uri: redirect_uri.clone(),
+        redirect_uri: settings.redirect_uri(&provider.name),
         return_to: return_to.to_string(),
         created_at: now(),
         expires_at: now() + settings.flows.ttl,
         connection_id: intent.connection,
-        add_account: intent.add_account && intent.connection.is_none(),
-        scopes: Some(scopes.join(" ")),
-        nonce_hash: nonce.as_deref().map(sha256_hex),
+        add_account: request.add_account,
+        scopes: Some(request.scopes.join(" ")),
+        nonce_hash: request.nonce.as_deref().map(sha256_hex),
     };
+    let url = request.url(provider, &creds, flow.redirect_uri.clone())?;
     let keep = settings.flows.max_pending_per_user;
     db.run(move |conn| {
         conn.transaction(|conn| {
@@ -139,31 +133,64 @@ pub async fn start(
         })
     })
     .await?;
-
-    let client = BasicClient::new(ClientId::new(creds.client_id.clone()))
-        .set_auth_uri(AuthUrl::from_url(provider.authorize_url.clone()))
-        .set_redirect_uri(RedirectUrl::new(redirect_uri).map_err(AppError::internal)?);
-    let mut request = client.authorize_url(|| CsrfToken::new(state));
-    if !scopes.is_empty() {
-        // Joined as the provider wants them (`scope_separator`), under its parameter (`scope_param`).
-        request = request.add_extra_param(provider.scope_param.as_str(), scopes.join(&provider.scope_separator));
-    }
-    if provider.pkce {
-        request = request.set_pkce_challenge(challenge);
-    }
-    let add_account = intent.add_account && intent.connection.is_none();
-    for (key, value) in authorize_extras(provider, add_account, upgrading) {
-        request = request.add_extra_param(key, value);
-    }
-    if let Some(nonce) = &nonce {
-        request = request.add_extra_param("nonce", nonce.as_str());
-    }
-    if upgrading && provider.incremental_auth {
-        // Keep what was granted before (Google's incremental authorization).
-        request = request.add_extra_param("include_granted_scopes", "true");
-    }
-    let (url, _) = request.url();
     Ok(url)
+}
+
+/// One authorization request: its fresh secrets (state, PKCE, OpenID nonce) and what it asks.
+struct AuthRequest {
+    state: String,
+    state_hash: String,
+    /// OpenID Connect: the id_token must carry this back (replay of another sign-in's token).
+    nonce: Option<String>,
+    challenge: PkceCodeChallenge,
+    verifier: oauth2::PkceCodeVerifier,
+    scopes: Vec<String>,
+    add_account: bool,
+    upgrading: bool,
+}
+
+impl AuthRequest {
+    fn new(provider: &Provider, intent: &Intent, scopes: Vec<String>) -> AuthRequest {
+        let state = random_token(32);
+        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256_len(64);
+        AuthRequest {
+            state_hash: sha256_hex(&state),
+            state,
+            nonce: provider.verifies_id_token().then(|| random_token(32)),
+            challenge,
+            verifier,
+            scopes,
+            add_account: intent.add_account && intent.connection.is_none(),
+            upgrading: !intent.more_scopes.is_empty(),
+        }
+    }
+
+    /// The provider's authorize URL for this request.
+    fn url(self, provider: &Provider, creds: &ClientCredentials, redirect_uri: String) -> AppResult<Url> {
+        let client = BasicClient::new(ClientId::new(creds.client_id.clone()))
+            .set_auth_uri(AuthUrl::from_url(provider.authorize_url.clone()))
+            .set_redirect_uri(RedirectUrl::new(redirect_uri).map_err(AppError::internal)?);
+        let mut request = client.authorize_url(|| CsrfToken::new(self.state));
+        if !self.scopes.is_empty() {
+            // Joined as the provider wants them (`scope_separator`), under its parameter (`scope_param`).
+            request =
+                request.add_extra_param(provider.scope_param.as_str(), self.scopes.join(&provider.scope_separator));
+        }
+        if provider.pkce {
+            request = request.set_pkce_challenge(self.challenge);
+        }
+        for (key, value) in authorize_extras(provider, self.add_account, self.upgrading) {
+            request = request.add_extra_param(key, value);
+        }
+        if let Some(nonce) = &self.nonce {
+            request = request.add_extra_param("nonce", nonce.as_str());
+        }
+        if self.upgrading && provider.incremental_auth {
+            // Keep what was granted before (Google's incremental authorization).
+            request = request.add_extra_param("include_granted_scopes", "true");
+        }
+        Ok(request.url().0)
+    }
 }
 
 /// The provider's extra authorize parameters for this request: its `authorize_params`, plus its
@@ -345,15 +372,38 @@ async fn connect_failed(ctx: &Access<'_>, user_id: i64, service: &str, detail: S
     ctx.tokens.record(Change::ConnectRefused { user_id, service: service.to_string(), cancelled: false, detail }).await
 }
 
-/// Handle the provider's redirect back: check the state, then exchange the code and store tokens
-/// (through `ctx`'s token store, outbound client and metrics; the refresh locks are not used).
+/// Handle the provider's redirect back, in four steps: the state consumed (its flow, checked),
+/// the provider's answer read (a code, a cancel or an error), the code exchanged, and the
+/// answer's account identified and its tokens stored ([`settle`]). Tokens obtained and not
+/// stored are revoked.
 pub async fn finish(
     ctx: &Access<'_>,
     user: Option<&CurrentUser>,
     provider: &Provider,
     params: CallbackParams,
 ) -> AppResult<Finished> {
-    // Consume every state the callback names, first of all, so none can be replayed.
+    let flow = take_flow(ctx, user, provider, &params).await?;
+    let Some(code) = code_of(ctx, provider, &flow, params).await? else { return Ok(Finished::Cancelled) };
+    let (creds, answer) = exchange(ctx, provider, &flow, &code).await?;
+    let kept = (answer.tokens.access_token.clone(), answer.tokens.refresh_token.clone());
+    let user_id = flow.user_id;
+    let settled = settle(ctx, provider, &creds, flow, answer).await;
+    if !matches!(settled, Ok(Finished::Connected { .. })) {
+        // Obtained and not stored (another account, a refused id_token, …): still live at the
+        // provider, so revoked too.
+        retire::discard(ctx.tokens, provider, user_id, &kept.0, kept.1.as_ref()).await;
+    }
+    settled
+}
+
+/// Step 1: consume every state the callback names, first of all, so none can be replayed; then
+/// the flow of the first, if it is this session's, for this service, and not expired.
+async fn take_flow(
+    ctx: &Access<'_>,
+    user: Option<&CurrentUser>,
+    provider: &Provider,
+    params: &CallbackParams,
+) -> AppResult<Flow> {
     let hashes: Vec<String> = params.states.iter().filter(|s| !s.is_empty()).map(|s| sha256_hex(s)).collect();
     let taken = ctx
         .tokens
@@ -389,20 +439,27 @@ pub async fn finish(
     if flow.expires_at <= now() {
         return Err(rejected("This authorization request expired."));
     }
-    if let Some(iss) = &params.iss {
-        if !provider.issuer_matches(iss) {
-            return Err(rejected("The answer came from an unexpected issuer."));
-        }
+    if params.iss.as_deref().is_some_and(|iss| !provider.issuer_matches(iss)) {
+        return Err(rejected("The answer came from an unexpected issuer."));
     }
-    let user_id = user.id;
-    let service = provider.name.clone();
+    Ok(flow)
+}
+
+/// Step 2: the provider's answer — its code, `None` when the user said no (recorded), or its
+/// error (recorded, and shown with its description).
+async fn code_of(
+    ctx: &Access<'_>,
+    provider: &Provider,
+    flow: &Flow,
+    params: CallbackParams,
+) -> AppResult<Option<String>> {
+    let (user_id, service) = (flow.user_id, provider.name.clone());
     if let Some(error) = &params.error {
-        let error = error.clone();
         let cancelled = error == "access_denied";
-        let detail = format!("authorization: {}", crate::oauth::tokens::sanitize_code(&error));
+        let detail = format!("authorization: {}", crate::oauth::tokens::sanitize_code(error));
         ctx.tokens.record(Change::ConnectRefused { user_id, service: service.clone(), cancelled, detail }).await?;
-        if error == "access_denied" {
-            return Ok(Finished::Cancelled);
+        if cancelled {
+            return Ok(None);
         }
         let description = describe(params.error_description.as_deref(), params.code.as_deref());
         let mut message = format!("{} could not authorize tokenvault.", provider.display_name);
@@ -415,49 +472,44 @@ pub async fn finish(
             detail: format!("{service}: authorization error"),
         });
     }
-    let Some(code) = params.code.filter(|c| !c.is_empty()) else {
-        return Err(rejected("The provider's answer had no authorization code."));
-    };
+    match params.code.filter(|c| !c.is_empty()) {
+        Some(code) => Ok(Some(code)),
+        None => Err(rejected("The provider's answer had no authorization code.")),
+    }
+}
 
+/// Step 3: the code exchanged at the provider's token endpoint (with the flow's PKCE verifier),
+/// timed; a failure is recorded in the service's history.
+async fn exchange(
+    ctx: &Access<'_>,
+    provider: &Provider,
+    flow: &Flow,
+    code: &str,
+) -> AppResult<(ClientCredentials, Answer)> {
     let verifier: Secret =
         ctx.tokens.cipher.open(&flow.pkce_verifier, Aad::PkceVerifier { state_hash: &flow.state_hash })?;
-    let cipher = ctx.tokens.cipher.clone();
-    let svc = service.clone();
+    let (cipher, service) = (ctx.tokens.cipher.clone(), provider.name.clone());
     let creds = ctx
         .tokens
         .db
-        .run(move |conn| client_credentials(conn, &cipher, &svc))
+        .run(move |conn| client_credentials(conn, &cipher, &service))
         .await?
         .ok_or_else(|| not_configured(provider))?;
-    let verifier = provider.pkce.then_some(&verifier);
     let requested = flow.scopes.as_deref().map(crate::util::scope_list).unwrap_or_else(|| provider.scopes.clone());
+    let grant = tokens::CodeGrant {
+        code,
+        redirect_uri: &flow.redirect_uri,
+        verifier: provider.pkce.then_some(&verifier),
+        requested: &requested,
+    };
     let started = std::time::Instant::now();
-    let exchanged = tokens::exchange_code(
-        ctx.http,
-        provider,
-        &creds,
-        &flow.redirect_uri,
-        &code,
-        verifier,
-        ctx.settings.refresh.default_token_lifetime,
-        &requested,
-    )
-    .await;
+    let exchanged =
+        tokens::exchange_code(ctx.http, provider, &creds, grant, ctx.settings.refresh.default_token_lifetime).await;
     ctx.metrics.token_endpoint(&provider.name, "authorization_code", started);
     match exchanged {
-        Ok((token_set, id_token)) => {
-            let kept = (token_set.access_token.clone(), token_set.refresh_token.clone());
-            let answer = Answer { tokens: token_set, id_token, requested };
-            let settled = settle(ctx, provider, &creds, flow, answer).await;
-            if !matches!(settled, Ok(Finished::Connected { .. })) {
-                // Obtained and not stored (another account, a refused id_token, …): still live
-                // at the provider, so revoked too.
-                retire::discard(ctx.tokens, provider, user_id, &kept.0, kept.1.as_ref()).await;
-            }
-            settled
-        }
+        Ok((tokens, id_token)) => Ok((creds, Answer { tokens, id_token, requested })),
         Err(e) => {
-            connect_failed(ctx, user_id, &service, format!("code exchange: {e}")).await?;
+            connect_failed(ctx, flow.user_id, &provider.name, format!("code exchange: {e}")).await?;
             Err(e.to_app_error(provider))
         }
     }
@@ -470,7 +522,7 @@ struct Answer {
     requested: Vec<String>,
 }
 
-/// Which account the answer is for, and where its tokens go: stored (a connection made, renewed
+/// Step 4: which account the answer is for, and where its tokens go: stored (a connection made, renewed
 /// or reconnected), or — another account on a pinned reconnect — nowhere.
 async fn settle(
     ctx: &Access<'_>,

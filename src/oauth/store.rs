@@ -82,12 +82,7 @@ pub fn save_new(
         .as_ref()
         .map(|r| cipher.seal_str(r.expose_secret(), Aad::RefreshToken { user_id, service, account }));
     let scopes = tokens.scopes.join(" ");
-    let mut granted = tokens.scopes.clone();
-    granted.sort();
-    let mut requested = to.requested.clone();
-    requested.sort();
-    requested.dedup();
-    let requested = (!requested.is_empty() && requested != granted).then(|| to.requested.join(" "));
+    let requested = to.requested_if_not_granted(&tokens.scopes);
     let new = NewConnection {
         user_id,
         service,
@@ -113,28 +108,7 @@ pub fn save_new(
             Some(id) => before.into_iter().find(|c| c.id == id),
             None => before.into_iter().find(|c| c.account_id == account),
         };
-        match to.into {
-            Some(id) => {
-                let replaced = connections::replace(tx.conn(), id, &new)?;
-                if tx.absorb(replaced) == 0 {
-                    return Err(crate::error::AppError::Conflict(
-                        "The connection you were reconnecting was deleted meanwhile; nothing was stored.".into(),
-                    ));
-                }
-            }
-            None => {
-                let upserted = connections::upsert(tx.conn(), &new)?;
-                tx.absorb(upserted);
-            }
-        }
-        let mut detail = String::from(if tokens.refresh_token.is_some() {
-            "with a refresh token"
-        } else {
-            "without a refresh token"
-        });
-        if let Some(label) = to.account.as_ref().and_then(|a| a.label.as_deref()) {
-            detail.push_str(&format!(" ({label})"));
-        }
+        write_row(tx, to.into, &new)?;
         if let Some(old) = old.filter(|_| to.retire_replaced) {
             retire_replaced(tx.conn(), cipher, &old, tokens)?;
         }
@@ -143,6 +117,14 @@ pub fn save_new(
         else {
             return Err(crate::error::AppError::internal("the connection just stored is not there"));
         };
+        let mut detail = String::from(if tokens.refresh_token.is_some() {
+            "with a refresh token"
+        } else {
+            "without a refresh token"
+        });
+        if let Some(label) = to.account.as_ref().and_then(|a| a.label.as_deref()) {
+            detail.push_str(&format!(" ({label})"));
+        }
         // A new row starts at version 1; connecting again over an existing one bumps it.
         let conn = Subject::of(&row);
         tx.record(if row.version == 1 {
@@ -152,6 +134,26 @@ pub fn save_new(
         })?;
         Ok(row.id)
     })
+}
+
+/// Write `new` over connection `into` (refused when it was deleted meanwhile), or as the row of
+/// its account (a new one, or the one there).
+fn write_row(tx: &mut changes::Tx<'_>, into: Option<i64>, new: &NewConnection<'_>) -> AppResult<()> {
+    match into {
+        Some(id) => {
+            let replaced = connections::replace(tx.conn(), id, new)?;
+            if tx.absorb(replaced) == 0 {
+                return Err(crate::error::AppError::Conflict(
+                    "The connection you were reconnecting was deleted meanwhile; nothing was stored.".into(),
+                ));
+            }
+        }
+        None => {
+            let upserted = connections::upsert(tx.conn(), new)?;
+            tx.absorb(upserted);
+        }
+    }
+    Ok(())
 }
 
 /// Queue `old`'s tokens for revocation if `new` replaces them (in the caller's transaction). Tokens
@@ -172,18 +174,16 @@ fn retire_replaced(conn: &mut Conn, cipher: &Cipher, old: &Connection, new: &Tok
 
 /// Delete a user's connection and record why (`kind`: [`EventKind::Revoke`] or a deletion), in
 /// one unit of work; false when there was none (or it is not this user's), to settle.
-#[allow(clippy::too_many_arguments)]
 pub fn delete_with_event(
     conn: &mut Conn,
-    keep: i64,
-    cipher: &Cipher,
+    ledger: &Ledger,
     which: Which,
     service: &str,
     kind: EventKind,
     outcome: EventOutcome,
     detail: &str,
 ) -> AppResult<Committed<bool>> {
-    changes::write(conn, cipher, keep, |tx| {
+    changes::write(conn, &ledger.cipher, ledger.events_kept, |tx| {
         let removed = connections::delete(tx.conn(), which, service)?;
         let Some(row) = tx.absorb(removed) else { return Ok(false) };
         let (conn, detail) = (Subject::of(&row), detail.to_string());
@@ -206,6 +206,17 @@ pub async fn save(store: Tokens<'_>, to: Destination, tokens: TokenSet) -> AppRe
 }
 
 impl Destination {
+    /// The scopes asked for, space-separated, when the provider granted other ones (`None`: as
+    /// asked, or nothing asked).
+    fn requested_if_not_granted(&self, granted: &[String]) -> Option<String> {
+        let mut granted = granted.to_vec();
+        granted.sort();
+        let mut requested = self.requested.clone();
+        requested.sort();
+        requested.dedup();
+        (!requested.is_empty() && requested != granted).then(|| self.requested.join(" "))
+    }
+
     /// The user's only connection to `service`, of an account the provider does not name (what
     /// tests and providers without an account API store).
     pub fn only(user_id: i64, service: &str) -> Destination {
@@ -229,9 +240,9 @@ pub async fn delete(
     outcome: EventOutcome,
     detail: String,
 ) -> AppResult<bool> {
-    let (svc, keep, cipher) = (service.to_string(), store.events_kept, store.cipher.clone());
+    let (svc, ledger) = (service.to_string(), store.ledger());
     let committed =
-        store.db.run(move |conn| delete_with_event(conn, keep, &cipher, which, &svc, kind, outcome, &detail)).await?;
+        store.db.run(move |conn| delete_with_event(conn, &ledger, which, &svc, kind, outcome, &detail)).await?;
     Ok(committed.settle(store.effects()))
 }
 

@@ -397,29 +397,35 @@ pub(crate) fn client_authenticated(
     }
 }
 
-/// Exchange an authorization code (with its PKCE verifier) at the provider's token endpoint;
-/// `requested`: the scopes the authorization asked for. With the tokens, the id_token if any.
-#[allow(clippy::too_many_arguments)]
+/// An authorization code to exchange, with what the authorization that got it sent.
+pub struct CodeGrant<'a> {
+    pub code: &'a str,
+    pub redirect_uri: &'a str,
+    /// The PKCE verifier, for a provider that takes one.
+    pub verifier: Option<&'a Secret>,
+    /// The scopes the authorization asked for: granted when the answer does not say.
+    pub requested: &'a [String],
+}
+
+/// Exchange an authorization code at the provider's token endpoint. With the tokens, the
+/// id_token if any.
 pub async fn exchange_code(
     http: &Outbound,
     provider: &Provider,
     creds: &ClientCredentials,
-    redirect_uri: &str,
-    code: &str,
-    verifier: Option<&Secret>,
+    grant: CodeGrant<'_>,
     default_lifetime: i64,
-    requested: &[String],
 ) -> Result<(TokenSet, Option<Secret>), TokenError> {
-    let client = client(provider, creds, Some(redirect_uri), &provider.token_url)?;
-    let mut request = client.exchange_code(AuthorizationCode::new(code.to_string()));
-    if let Some(v) = verifier {
+    let client = client(provider, creds, Some(grant.redirect_uri), &provider.token_url)?;
+    let mut request = client.exchange_code(AuthorizationCode::new(grant.code.to_string()));
+    if let Some(v) = grant.verifier {
         request = request.set_pkce_verifier(PkceCodeVerifier::new(v.expose_secret().to_string()));
     }
     let http = TokenHttp { http, provider, client_id: &creds.client_id };
     let response = request.request_async(&http).await.map_err(map_error)?;
     let id_token = response.id_token.clone().map(crate::util::secret);
     // An answer without `scope` granted what was asked for (RFC 6749 §5.1).
-    Ok((into_token_set(response, provider, default_lifetime, requested)?, id_token))
+    Ok((into_token_set(response, provider, default_lifetime, grant.requested)?, id_token))
 }
 
 /// Use a refresh token at the provider's token endpoint.

@@ -14,11 +14,12 @@ use serde::Serialize;
 
 use crate::audit;
 use crate::auth::api_key::{ApiUser, Capability};
-use crate::db::models::connections::{self, ConnectionStatus, Which};
+use crate::db::models::connections::{self, Which};
 use crate::error::AppError;
 use crate::oauth::access::{connection_set, fresh_token, missing_scopes, pick, Named};
 use crate::oauth::providers::Provider;
 use crate::oauth::proxy::{self, Forward};
+use crate::routes::view::ConnectionView;
 use crate::state::AppState;
 use crate::util::rfc3339;
 
@@ -67,31 +68,33 @@ async fn list_connections(app: &State<AppState>, user: &ApiUser) -> ApiResult<Js
     let uid = user.id;
     let rows = app.db.run(move |conn| Ok(connections::list_for_user(conn, uid)?)).await?;
     Ok(Json(
-        rows.into_iter()
+        rows.iter()
             .filter(|c| user.scope.allows_service(&c.service))
-            .map(|c| ConnectionOut {
-                connection_id: c.id,
-                account_id: c.account().map(|a| a.id),
-                account_label: c.account_label.clone(),
-                requested_scopes: c.requested(),
-                display_name: app
-                    .catalog
-                    .get(&c.service)
-                    .map(|p| p.display_name.clone())
-                    .unwrap_or_else(|| c.service.clone()),
-                status: c.status.as_str(),
-                next_attempt_at: c.next_attempt_at.filter(|_| c.status == ConnectionStatus::Degraded).map(rfc3339),
-                refresh_token_expires_at: c.refresh_token_expires_at.map(rfc3339),
-                attempts: c.attempts,
-                status_reason: c.status_reason,
-                scopes: crate::util::scope_list(&c.scopes),
-                obtained_at: rfc3339(c.obtained_at),
-                expires_at: c.expires_at.map(rfc3339),
-                has_refresh_token: c.refresh_token.is_some(),
-                service: c.service,
-            })
+            .map(|c| ConnectionOut::from(ConnectionView::of(c, &app.catalog)))
             .collect(),
     ))
+}
+
+impl From<ConnectionView> for ConnectionOut {
+    fn from(v: ConnectionView) -> ConnectionOut {
+        ConnectionOut {
+            connection_id: v.id,
+            account_id: v.account_id().map(str::to_string),
+            status: v.health.status().as_str(),
+            status_reason: v.health.reason().map(str::to_string),
+            next_attempt_at: v.health.next_attempt_at().map(rfc3339),
+            attempts: v.attempts,
+            refresh_token_expires_at: v.refresh_token_expires_at.map(rfc3339),
+            obtained_at: rfc3339(v.obtained_at),
+            expires_at: v.expires_at.map(rfc3339),
+            has_refresh_token: v.has_refresh_token,
+            requested_scopes: v.requested,
+            scopes: v.scopes,
+            account_label: v.account_label,
+            display_name: v.display_name,
+            service: v.service,
+        }
+    }
 }
 
 #[derive(Serialize)]

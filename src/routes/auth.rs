@@ -84,7 +84,55 @@ async fn login(
     cookies: &CookieJar<'_>,
     form: Csrf<LoginForm>,
 ) -> AppResult<Result<Flash<Redirect>, PageResponse>> {
-    let form = form.into_inner();
+    let LoginForm { username, password, next, .. } = form.into_inner();
+    let next = next_or_home(next.as_deref());
+    let again = |username: String, error: String, status: Status| {
+        let form = AuthForm {
+            csrf_token: session::anonymous_csrf_token(cookies, &app.settings),
+            next: next.clone(),
+            username,
+            error: Some(error),
+            allow_signup: app.settings.allow_signup,
+        };
+        Ok(Err(render("auth/login", "Sign in", layout, status, form)))
+    };
+    match sign_in(app, ip, cookies, username, password).await? {
+        SignIn::Throttled => Err(AppError::TooManyRequests),
+        // No account has such a name: not echoed back.
+        SignIn::NameTooLong => again(
+            String::new(),
+            format!("Usernames are at most {} characters.", accounts::MAX_USERNAME_LEN),
+            Status::UnprocessableEntity,
+        ),
+        SignIn::Refused { username } => {
+            again(username, "That username and password do not match an account.".into(), Status::Unauthorized)
+        }
+        SignIn::SignedIn(user) => Ok(Ok(Flash::success(Redirect::to(next), format!("Welcome, {}.", user.username)))),
+    }
+}
+
+/// How a sign-in attempt ended.
+enum SignIn {
+    /// Over the address's limit, or the account's for this address and device (429).
+    Throttled,
+    /// A username longer than any account's: refused before it reaches any map or the hasher.
+    NameTooLong,
+    /// No such account, or not its password (the form shows the name typed).
+    Refused { username: String },
+    /// Signed in: the session is started and its cookies set.
+    SignedIn(users::User),
+}
+
+/// One sign-in attempt: the limits (address first, then the account with its device cookie),
+/// the password checked, and what follows — a session, an audit entry, the throttle and the
+/// device cookie told.
+async fn sign_in(
+    app: &AppState,
+    ip: Option<std::net::IpAddr>,
+    cookies: &CookieJar<'_>,
+    username: String,
+    password: String,
+) -> AppResult<SignIn> {
     // Refused attempts are audited through the bounded batcher: no database write of their own.
     let refused = |why: &str| {
         let e = audit::Entry::new(audit::Kind::SigninFailure, audit::Actor::System).address(ip).with("refused", why);
@@ -93,21 +141,12 @@ async fn login(
     // The address's limit first: an address over it gets no further (no hashing, no state).
     if app.login_throttle.check_address(ip, "sign-in").is_err() {
         refused("address_throttled");
-        return Err(AppError::TooManyRequests);
+        return Ok(SignIn::Throttled);
     }
-    let username = accounts::clean_username(&form.username).to_string();
+    let username = accounts::clean_username(&username).to_string();
     if username.len() > accounts::MAX_USERNAME_LEN {
         refused("username_too_long");
-        // No account has such a name: refused before it reaches any map or the hasher, and not
-        // echoed back.
-        let form = AuthForm {
-            csrf_token: session::anonymous_csrf_token(cookies, &app.settings),
-            next: next_or_home(form.next.as_deref()),
-            username: String::new(),
-            error: Some(format!("Usernames are at most {} characters.", accounts::MAX_USERNAME_LEN)),
-            allow_signup: app.settings.allow_signup,
-        };
-        return Ok(Err(render("auth/login", "Sign in", layout, Status::UnprocessableEntity, form)));
+        return Ok(SignIn::NameTooLong);
     }
     // The account, in the one form the throttle and device cookies key on (any case of a name
     // is the same account).
@@ -126,14 +165,14 @@ async fn login(
     }
     let Ok(admission) = app.login_throttle.admit(ip, &key, claim) else {
         refused("throttled");
-        return Err(AppError::TooManyRequests);
+        return Ok(SignIn::Throttled);
     };
     let user = match found {
         Some(user) => user,
         None => lookup().await?,
     };
     let verified =
-        app.hasher.verify(crate::util::secret(form.password), user.as_ref().map(|u| u.password_hash.clone())).await;
+        app.hasher.verify(crate::util::secret(password), user.as_ref().map(|u| u.password_hash.clone())).await;
     let ok = verified.inspect_err(|_| app.login_throttle.unchecked(&key, &admission))?;
     if !ok {
         app.login_throttle.failed(ip, &key, &admission);
@@ -145,21 +184,13 @@ async fn login(
             app.login_throttle.succeeded(&key, &admission);
             device::issue(cookies, &app.settings, &key, device::Account::from(&user));
             tracing::info!(user_id = user.id, "signed in");
-            let next = next_or_home(form.next.as_deref());
-            Ok(Ok(Flash::success(Redirect::to(next), format!("Welcome, {}.", user.username))))
+            Ok(SignIn::SignedIn(user))
         }
         _ => {
             tracing::info!("failed sign-in attempt");
-            let (user_id, name) = (user.as_ref().map(|u| u.id), username.clone());
-            app.record(Change::SignInRefused { user_id, username: name, address: ip }).await?;
-            let form = AuthForm {
-                csrf_token: session::anonymous_csrf_token(cookies, &app.settings),
-                next: next_or_home(form.next.as_deref()),
-                username,
-                error: Some("That username and password do not match an account.".into()),
-                allow_signup: app.settings.allow_signup,
-            };
-            Ok(Err(render("auth/login", "Sign in", layout, Status::Unauthorized, form)))
+            let user_id = user.as_ref().map(|u| u.id);
+            app.record(Change::SignInRefused { user_id, username: username.clone(), address: ip }).await?;
+            Ok(SignIn::Refused { username })
         }
     }
 }

@@ -5,8 +5,9 @@ use rocket_dyn_templates::Template;
 use serde::Serialize;
 
 use crate::auth::CurrentUser;
-use crate::db::models::connections::{self, ConnectionStatus};
+use crate::db::models::connections::{self, Health};
 use crate::error::AppResult;
+use crate::routes::view::ConnectionView;
 use crate::state::AppState;
 use crate::util::{now, relative_time};
 use crate::web::{Layout, Page};
@@ -53,27 +54,21 @@ async fn index(app: &State<AppState>, user: Option<&CurrentUser>, layout: Layout
         .catalog
         .iter()
         .map(|p| {
-            let mine: Vec<_> = rows.iter().filter(|c| c.service == p.name).collect();
+            let mine: Vec<ConnectionView> =
+                rows.iter().filter(|c| c.service == p.name).map(|c| ConnectionView::of(c, &app.catalog)).collect();
             // The card shows the connection in the worst state (the first among equals).
-            let rank = |s: ConnectionStatus| match s {
-                ConnectionStatus::ReconnectRequired => 0,
-                ConnectionStatus::Degraded => 1,
-                ConnectionStatus::Active => 2,
-            };
-            let row = mine.iter().copied().min_by_key(|c| (rank(c.status), c.id));
+            let row = mine.iter().min_by_key(|c| (c.health.severity_rank(), c.id));
+            let health = row.map(|c| &c.health);
             ServiceCard {
                 connection_id: row.map(|c| c.id),
-                accounts: mine
-                    .iter()
-                    .filter_map(|c| c.account_label.clone().or_else(|| c.account().map(|a| a.id)))
-                    .collect(),
+                accounts: mine.iter().filter_map(ConnectionView::account_name).collect(),
                 name: p.name.clone(),
                 display_name: p.display_name.clone(),
                 description: p.description.clone(),
                 connected: row.is_some(),
-                reconnect: row.is_some_and(|c| c.status == ConnectionStatus::ReconnectRequired),
-                degraded: row.is_some_and(|c| c.status == ConnectionStatus::Degraded),
-                status: row.map(|c| c.status.as_str()).unwrap_or("none"),
+                reconnect: matches!(health, Some(Health::ReconnectRequired { .. })),
+                degraded: matches!(health, Some(Health::Degraded { .. })),
+                status: health.map(|h| h.status().as_str()).unwrap_or("none"),
                 expires: row.and_then(|c| c.expires_at).map(|e| relative_time(e, now)),
                 is_demo: p.is_demo,
             }

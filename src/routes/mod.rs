@@ -12,6 +12,7 @@ pub mod password;
 pub mod services;
 pub mod sessions;
 pub mod settings;
+pub mod view;
 pub mod webhooks;
 
 use rocket::http::Status;

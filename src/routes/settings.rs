@@ -8,11 +8,12 @@ use serde::Serialize;
 use rocket::form::FromForm;
 
 use crate::auth::{Csrf, CsrfField, CurrentUser};
-use crate::db::models::connections::{self, ConnectionStatus, Which};
+use crate::db::models::connections::{self, Health, Which};
 use crate::db::models::events::{self, EventKind, EventOutcome};
 use crate::error::{AppError, AppResult};
 use crate::oauth::revoke::{revoke_and_delete, Revoked};
 use crate::oauth::store;
+use crate::routes::view::ConnectionView;
 use crate::state::AppState;
 use crate::util::{format_utc, now, relative_time};
 use crate::web::{Flash, Layout, Page};
@@ -100,62 +101,19 @@ async fn oauth2(app: &State<AppState>, user: &CurrentUser, layout: Layout) -> Ap
     let connections = rows
         .into_iter()
         .map(|(c, ev)| {
-            let provider = app.catalog.get(&c.service);
             let first = seen.insert(c.service.clone());
-            let granted = c.granted();
-            let not_granted: Vec<String> = c.requested().into_iter().filter(|s| !granted.contains(s)).collect();
-            let more: Vec<String> = provider
-                .as_ref()
-                .map(|p| p.optional_scopes.iter().filter(|s| !granted.contains(s)).cloned().collect())
-                .unwrap_or_default();
-            ConnectionRow {
-                id: c.id,
-                first,
-                account_id: c.account_id.clone(),
-                account_label: c.account_label.clone(),
-                not_granted,
-                upgrade_url: (!more.is_empty() && c.status != ConnectionStatus::ReconnectRequired)
-                    .then(|| crate::routes::services::upgrade_path(&c.service, c.id, &more)),
-                display_name: provider.as_ref().map(|p| p.display_name.clone()).unwrap_or_else(|| c.service.clone()),
-                known_service: provider.is_some(),
-                can_revoke: provider.as_ref().is_some_and(|p| p.can_revoke()),
-                has_account_page: provider.as_ref().is_some_and(|p| p.account_url.is_some()),
-                scopes: crate::util::scope_list(&c.scopes),
-                obtained: relative_time(c.obtained_at, now),
-                obtained_utc: format_utc(c.obtained_at),
-                expires: c.expires_at.map(|e| relative_time(e, now)).unwrap_or_else(|| "never".into()),
-                expires_utc: c.expires_at.map(format_utc).unwrap_or_default(),
-                expired: c.expires_at.is_some_and(|e| e <= now),
-                has_refresh_token: c.refresh_token.is_some(),
-                reconnect: c.status == ConnectionStatus::ReconnectRequired,
-                status: match c.status {
-                    ConnectionStatus::Active => "Active".into(),
-                    ConnectionStatus::Degraded => "Degraded".into(),
-                    ConnectionStatus::ReconnectRequired => "Reconnect required".into(),
-                },
-                status_code: c.status.as_str(),
-                next_attempt: c
-                    .next_attempt_at
-                    .filter(|_| c.status == ConnectionStatus::Degraded)
-                    .map(|t| relative_time(t, now)),
-                status_reason: c.status_reason.clone().filter(|_| c.status != ConnectionStatus::Active),
-                refresh_expires: c.refresh_token_expires_at.map(|t| relative_time(t, now)),
-                refresh_expires_utc: c.refresh_token_expires_at.map(format_utc).unwrap_or_default(),
-                expired_refresh: c.refresh_token_expires_at.is_some_and(|t| t <= now),
-                healthy: c.status == ConnectionStatus::Active,
-                // The history is the service's: shown once, under its last connection (below).
-                events: ev
-                    .into_iter()
-                    .map(|e| EventView {
-                        at: relative_time(e.at, now),
-                        at_utc: format_utc(e.at),
-                        kind: e.kind.as_str(),
-                        outcome: e.outcome.as_str(),
-                        detail: e.detail,
-                    })
-                    .collect::<Vec<_>>(),
-                service: c.service,
-            }
+            // The history is the service's: shown once, under its last connection (below).
+            let events = ev
+                .into_iter()
+                .map(|e| EventView {
+                    at: relative_time(e.at, now),
+                    at_utc: format_utc(e.at),
+                    kind: e.kind.as_str(),
+                    outcome: e.outcome.as_str(),
+                    detail: e.detail,
+                })
+                .collect();
+            ConnectionRow::of(ConnectionView::of(&c, &app.catalog), first, events, now)
         })
         .collect();
     let mut connections: Vec<ConnectionRow> = connections;
@@ -169,6 +127,46 @@ async fn oauth2(app: &State<AppState>, user: &CurrentUser, layout: Layout) -> Ap
     }
     let page = SettingsPage { connections, csrf_token: user.csrf_token.clone() };
     Ok(Template::render("settings/oauth2", Page::new(layout, "OAuth2 services", page)))
+}
+
+impl ConnectionRow {
+    /// A connection's row on the page (`first`: the first of its service; `events`: the
+    /// service's history, moved under its last row by the caller).
+    fn of(v: ConnectionView, first: bool, events: Vec<EventView>, now: i64) -> ConnectionRow {
+        let more = v.more_scopes();
+        let reconnect = matches!(v.health, Health::ReconnectRequired { .. });
+        ConnectionRow {
+            id: v.id,
+            first,
+            not_granted: v.not_granted(),
+            upgrade_url: (!more.is_empty() && !reconnect)
+                .then(|| crate::routes::services::upgrade_path(&v.service, v.id, &more)),
+            known_service: v.provider.is_some(),
+            can_revoke: v.provider.as_ref().is_some_and(|p| p.can_revoke()),
+            has_account_page: v.provider.as_ref().is_some_and(|p| p.account_url.is_some()),
+            obtained: relative_time(v.obtained_at, now),
+            obtained_utc: format_utc(v.obtained_at),
+            expires: v.expires_at.map(|e| relative_time(e, now)).unwrap_or_else(|| "never".into()),
+            expires_utc: v.expires_at.map(format_utc).unwrap_or_default(),
+            expired: v.expires_at.is_some_and(|e| e <= now),
+            has_refresh_token: v.has_refresh_token,
+            reconnect,
+            status: v.health.label().into(),
+            status_code: v.health.status().as_str(),
+            next_attempt: v.health.next_attempt_at().map(|t| relative_time(t, now)),
+            status_reason: v.health.reason().map(str::to_string),
+            refresh_expires: v.refresh_token_expires_at.map(|t| relative_time(t, now)),
+            refresh_expires_utc: v.refresh_token_expires_at.map(format_utc).unwrap_or_default(),
+            expired_refresh: v.refresh_token_expires_at.is_some_and(|t| t <= now),
+            healthy: v.health == Health::Active,
+            events,
+            display_name: v.display_name,
+            account_id: v.account_id,
+            account_label: v.account_label,
+            scopes: v.scopes,
+            service: v.service,
+        }
+    }
 }
 
 /// The Revoke and Delete forms: which connection (`connection`; none: the service's first).

@@ -261,8 +261,7 @@ async fn changes_from_elsewhere_arrive_by_invalidation_or_after_cache_ttl() {
         // Another instance's writes: this process learns of them from the recorded invalidations.
         tokenvault::oauth::store::delete_with_event(
             &mut conn,
-            50,
-            &app.cipher,
+            &tokenvault::changes::Ledger { cipher: app.state().cipher.clone(), events_kept: 50 },
             tokenvault::db::models::connections::Which::first(1),
             "fake",
             kind,

@@ -76,6 +76,81 @@ impl Connection {
     pub fn requested(&self) -> Vec<String> {
         crate::util::scope_list(self.requested_scopes.as_deref().unwrap_or(&self.scopes))
     }
+
+    /// The connection's health: its status with what belongs to that status (a degraded one's
+    /// reason, attempts and next try; the reason a reconnect is required).
+    pub fn health(&self) -> Health {
+        match self.status {
+            ConnectionStatus::Active => Health::Active,
+            ConnectionStatus::Degraded => Health::Degraded {
+                reason: self.status_reason.clone(),
+                attempts: self.attempts,
+                next_attempt_at: self.next_attempt_at,
+            },
+            ConnectionStatus::ReconnectRequired => Health::ReconnectRequired { reason: self.status_reason.clone() },
+        }
+    }
+}
+
+/// A connection's health as one value: what its status says, and only what belongs to it (the
+/// columns `status`, `status_reason`, `attempts` and `next_attempt_at` read together).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    Active,
+    /// A transient refresh failure, retried at `next_attempt_at` (after `attempts` failures).
+    Degraded {
+        reason: Option<String>,
+        attempts: i64,
+        next_attempt_at: Option<i64>,
+    },
+    /// The provider no longer accepts the grant: the user must connect again.
+    ReconnectRequired {
+        reason: Option<String>,
+    },
+}
+
+impl Health {
+    pub fn status(&self) -> ConnectionStatus {
+        match self {
+            Health::Active => ConnectionStatus::Active,
+            Health::Degraded { .. } => ConnectionStatus::Degraded,
+            Health::ReconnectRequired { .. } => ConnectionStatus::ReconnectRequired,
+        }
+    }
+
+    /// As people read it.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Health::Active => "Active",
+            Health::Degraded { .. } => "Degraded",
+            Health::ReconnectRequired { .. } => "Reconnect required",
+        }
+    }
+
+    /// Why it is not active (`None` when it is, or nothing was said).
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Health::Active => None,
+            Health::Degraded { reason, .. } | Health::ReconnectRequired { reason } => reason.as_deref(),
+        }
+    }
+
+    /// When a degraded connection's refresh is tried again.
+    pub fn next_attempt_at(&self) -> Option<i64> {
+        match self {
+            Health::Degraded { next_attempt_at, .. } => *next_attempt_at,
+            Health::Active | Health::ReconnectRequired { .. } => None,
+        }
+    }
+
+    /// Worst first: a service's card shows its connection in the worst state.
+    pub fn severity_rank(&self) -> u8 {
+        match self {
+            Health::ReconnectRequired { .. } => 0,
+            Health::Degraded { .. } => 1,
+            Health::Active => 2,
+        }
+    }
 }
 
 /// Which account at the provider a connection is: its id there and a label a person recognises.

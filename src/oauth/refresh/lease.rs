@@ -4,8 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::context::{AccessError, FreshToken, Refresher};
 use super::due::cooldown_bound;
-use super::{fresh_from, load, AccessError, FreshToken, Refresher};
+use super::read::{backing_off, fresh_from, load};
 use crate::db::models::connections::{self, Connection, Which};
 use crate::oauth::providers::Provider;
 use crate::oauth::tokens::TokenError;
@@ -54,7 +55,7 @@ where
         row = load(ctx, Which::id(row.user_id, row.id), &provider.name).await?;
         // Degraded meanwhile (here or in another instance), or backing off: not before its next
         // attempt.
-        if let Some(answer) = super::backing_off(ctx, &row) {
+        if let Some(answer) = backing_off(ctx, &row) {
             return answer.map(Acquired::Theirs);
         }
         let leased = row.refresh_lease_until.is_some_and(|until| until >= now());

@@ -18,185 +18,41 @@
 //! - [`health`]: reason codes and the capped exponential backoff of a degraded connection; a
 //!   degraded connection whose next attempt is not due is answered without a provider call.
 //!
+//! - [`context`]: what every step shares ([`Refresher`], [`FreshToken`], [`AccessError`]), and
+//!   `read`: every read of a connection for a refresh (cache or database, its stored token).
+//!
+//! One refresh reads top to bottom in [`refresh_if`]: load (`read`) → decide (`needs`, the
+//! backoff) → take the lock and the lease ([`single_flight`], [`lease`]) → call the provider
+//! ([`endpoint`], [`classify`]) → apply the outcome, one unit of work ([`outcome`]) → release.
+//! The steps are siblings: none calls back into this module.
+//!
 //! `oauth::access` (`fresh_token`, `refresh_after_401`) decides *whether* to refresh and calls
 //! [`refresh_if`] with the real endpoint.
 
 pub mod classify;
+pub mod context;
 pub mod due;
 pub mod endpoint;
 pub mod health;
 pub mod lease;
 pub mod outcome;
+mod read;
 pub mod single_flight;
 #[cfg(test)]
 mod tests;
 
-use std::sync::Arc;
-
-use crate::cache::ConnectionSet;
-use crate::config::Settings;
-use crate::db::models::connections::{self, Connection, ConnectionStatus, Which};
-use crate::error::AppError;
-use crate::oauth::metrics::OauthMetrics;
+use crate::db::models::connections::{Connection, Which};
 use crate::oauth::providers::Provider;
-use crate::oauth::store::{open_tokens, Tokens};
-use crate::oauth::tokens::TokenError;
-use crate::util::Secret;
+use crate::oauth::store::open_tokens;
 use crate::vault::store::ClientCredentials;
-use crate::vault::Aad;
 
 pub use classify::{classify, Verdict};
+pub use context::{AccessError, FreshToken, Refresher};
 pub use endpoint::{HttpEndpoint, TokenEndpoint};
 pub use lease::Acquired;
+pub use read::connection_set;
+use read::{backing_off, current, fresh_from};
 pub use single_flight::{ConnectionLock, RefreshLocks};
-
-/// What a refresh needs: the token store, the provider's token endpoint, the metrics, this
-/// process's refresh locks and the settings that time it (`http_timeout` for the lease).
-#[derive(Clone, Copy)]
-pub struct Refresher<'a> {
-    pub tokens: Tokens<'a>,
-    pub endpoint: &'a dyn TokenEndpoint,
-    pub metrics: &'a OauthMetrics,
-    pub locks: &'a RefreshLocks,
-    pub settings: &'a Settings,
-}
-
-/// Why no usable token could be had.
-#[derive(Debug, thiserror::Error)]
-pub enum AccessError {
-    #[error("not connected")]
-    NotConnected,
-    #[error("the connection needs to be authorized again")]
-    ReconnectRequired,
-    /// The provider refused tokenvault's client credentials: an administrator's problem.
-    #[error("client credentials rejected: {0}")]
-    ClientRejected(TokenError),
-    /// tokenvault has no client credentials for the provider (the vault entry is gone): an
-    /// administrator's problem; the tokens are kept and nothing is sent to the provider.
-    #[error("no client credentials")]
-    NotConfigured,
-    /// A transient provider failure (5xx, timeout, network, garbage); the tokens are kept.
-    #[error("provider failure: {0}")]
-    Provider(TokenError),
-    /// The connection is degraded, its access token has expired and its next attempt is this
-    /// many seconds away: nothing is sent to the provider.
-    #[error("degraded, next attempt in {retry_after} s")]
-    BackingOff { retry_after: u64 },
-    #[error(transparent)]
-    App(#[from] AppError),
-}
-
-impl AccessError {
-    /// The one error (page or JSON) for each case, where the caller does not handle it itself.
-    pub fn into_app_error(self, provider: &Provider) -> AppError {
-        match self {
-            AccessError::NotConnected => AppError::NotConnected(provider.service()),
-            AccessError::ReconnectRequired => AppError::ReconnectRequired(provider.service()),
-            AccessError::NotConfigured => {
-                AppError::NotConfigured { service: provider.service(), client_id_path: provider.client_id_path() }
-            }
-            AccessError::ClientRejected(e) | AccessError::Provider(e) => e.to_app_error(provider),
-            AccessError::BackingOff { retry_after } => {
-                AppError::ProviderUnavailable { service: provider.service(), retry_after }
-            }
-            AccessError::App(e) => e,
-        }
-    }
-}
-
-/// A usable access token and what it belongs to.
-#[derive(Debug)]
-pub struct FreshToken {
-    pub access_token: Secret,
-    pub token_type: String,
-    pub expires_at: Option<i64>,
-    pub scopes: Vec<String>,
-    /// The connection's version this token came from (for `access::refresh_after_401`).
-    pub version: i64,
-    /// The connection it came from.
-    pub connection_id: i64,
-}
-
-fn fresh_from(ctx: &Refresher<'_>, c: &Connection) -> Result<FreshToken, AccessError> {
-    // Only the access token is opened on this path.
-    let access = ctx
-        .tokens
-        .cipher
-        .open(&c.access_token, Aad::AccessToken { user_id: c.user_id, service: &c.service, account: &c.account_id })
-        .map_err(AppError::from)?;
-    Ok(FreshToken {
-        access_token: access,
-        token_type: c.token_type.clone(),
-        expires_at: c.expires_at,
-        scopes: crate::util::scope_list(&c.scopes),
-        version: c.version,
-        connection_id: c.id,
-    })
-}
-
-/// A degraded connection whose next attempt is not due: its stored token while that is valid
-/// (degraded is not unusable), else how long to wait — without a provider call. `None`: a
-/// refresh may be tried.
-fn backing_off(ctx: &Refresher<'_>, row: &Connection) -> Option<Result<FreshToken, AccessError>> {
-    let now = crate::util::now();
-    let retry_after = health::wait(row, now)?;
-    if row.expires_at.is_none_or(|e| e > now) {
-        return Some(fresh_from(ctx, row));
-    }
-    Some(Err(AccessError::BackingOff { retry_after }))
-}
-
-fn usable(row: Arc<Connection>) -> Result<Arc<Connection>, AccessError> {
-    if row.status == ConnectionStatus::ReconnectRequired {
-        return Err(AccessError::ReconnectRequired);
-    }
-    Ok(row)
-}
-
-/// The user's connections to `service` as the database has them, first connected first.
-async fn read_set(ctx: &Refresher<'_>, user_id: i64, service: &str) -> Result<ConnectionSet, AccessError> {
-    let svc = service.to_string();
-    let rows = ctx.tokens.db.run(move |conn| Ok(connections::list_for(conn, user_id, &svc)?)).await?;
-    Ok(Arc::new(rows.into_iter().map(Arc::new).collect()))
-}
-
-/// The connection row as the database has it now (its set cached for the next request).
-async fn load(ctx: &Refresher<'_>, which: Which, service: &str) -> Result<Arc<Connection>, AccessError> {
-    let cache = &ctx.tokens.caches.connections;
-    let ticket = cache.ticket();
-    let set = read_set(ctx, which.user_id, service).await?;
-    let row = which.pick(&set).cloned();
-    if !set.is_empty() {
-        cache.fill(ticket, (which.user_id, service.to_string()), set);
-    }
-    usable(row.ok_or(AccessError::NotConnected)?)
-}
-
-/// The connection row from the cache (see `crate::cache`), else from the database (one read for
-/// all concurrent misses). Good enough to decide whether a refresh is needed; the refresh itself
-/// always re-reads the database.
-async fn current(ctx: &Refresher<'_>, which: Which, service: &str) -> Result<Arc<Connection>, AccessError> {
-    let set = connection_set(ctx.tokens, which.user_id, service).await?;
-    usable(which.pick(&set).cloned().ok_or(AccessError::NotConnected)?)
-}
-
-/// The user's connections to `service` (first connected first; empty when none), from the cache
-/// (see `crate::cache`), else from the database (one read for all concurrent misses): how the
-/// API picks the account a request names before asking for its token.
-pub async fn connection_set(tokens: Tokens<'_>, user_id: i64, service: &str) -> Result<ConnectionSet, AccessError> {
-    let key = (user_id, service.to_string());
-    let set = tokens
-        .caches
-        .connections
-        .get_or_load(&key, || async {
-            let svc = service.to_string();
-            let rows = tokens.db.run(move |conn| Ok(connections::list_for(conn, user_id, &svc)?)).await?;
-            let set: ConnectionSet = Arc::new(rows.into_iter().map(Arc::new).collect());
-            Ok::<_, AccessError>((!set.is_empty()).then_some(set))
-        })
-        .await?;
-    Ok(set.unwrap_or_default())
-}
 
 /// A usable token for (user, service): the stored one, or — if `needs` says so of its row — one
 /// refreshed now, by this caller or by whoever refreshed first (single-flight in this process,

@@ -6,7 +6,9 @@
 use std::sync::Arc;
 
 use super::classify::Dead;
-use super::{fresh_from, health, lease, load, AccessError, FreshToken, Refresher};
+use super::context::{AccessError, FreshToken, Refresher};
+use super::read::{fresh_from, load};
+use super::{health, lease};
 use crate::changes::{Change, Committed, Subject};
 use crate::db::models::connections::{self, Connection, ConnectionStatus, Refreshed, RowRef, Which};
 use crate::db::models::invalidations::Written;
@@ -15,7 +17,7 @@ use crate::error::AppError;
 use crate::oauth::providers::Provider;
 use crate::oauth::tokens::{TokenError, TokenSet};
 use crate::util::{now, ExposeSecret};
-use crate::vault::Aad;
+use crate::vault::{Aad, Cipher};
 
 /// Seal and store the new tokens of `row` (whose lease we hold; `after_401`: the lease was taken
 /// at this time to answer a 401) with their event, in one transaction; a new refresh token
@@ -29,20 +31,10 @@ pub async fn store_tokens(
     set: TokenSet,
 ) -> Result<FreshToken, AccessError> {
     let (user_id, service, id, version) = (row.user_id, row.service.clone(), row.id, row.version);
-    let cipher = ctx.tokens.cipher;
-    let access = cipher.seal_str(
-        set.access_token.expose_secret(),
-        Aad::AccessToken { user_id, service: &service, account: &row.account_id },
-    );
-    let refresh = set.refresh_token.as_ref().map(|r| {
-        cipher.seal_str(r.expose_secret(), Aad::RefreshToken { user_id, service: &service, account: &row.account_id })
-    });
+    let Sealed { access, refresh, refresh_expiry } = Sealed::of(ctx.tokens.cipher, row, &set);
     let scopes = set.scopes.join(" ");
     let (token_type, expires_at, obtained_at) = (set.token_type.clone(), set.expires_at, set.obtained_at);
     let rotated = set.refresh_token.is_some();
-    // A new refresh token's expiry is what this answer says (or unknown); an old one keeps its
-    // stored expiry unless the answer names one.
-    let refresh_expiry = if rotated || set.refresh_expires_at.is_some() { Some(set.refresh_expires_at) } else { None };
     // The row this write makes, for the cache (the tokens stay sealed there).
     let new_row = Connection {
         access_token: access.clone(),
@@ -102,6 +94,30 @@ pub async fn store_tokens(
         version: version + 1,
         connection_id: id,
     })
+}
+
+/// A refresh's tokens sealed for `row`, and the refresh token's expiry to store (`None`: keep the
+/// stored one).
+struct Sealed {
+    access: Vec<u8>,
+    refresh: Option<Vec<u8>>,
+    refresh_expiry: Option<Option<i64>>,
+}
+
+impl Sealed {
+    fn of(cipher: &Cipher, row: &Connection, set: &TokenSet) -> Sealed {
+        let (user_id, service, account) = (row.user_id, row.service.as_str(), row.account_id.as_str());
+        let access = cipher.seal_str(set.access_token.expose_secret(), Aad::AccessToken { user_id, service, account });
+        let refresh = set
+            .refresh_token
+            .as_ref()
+            .map(|r| cipher.seal_str(r.expose_secret(), Aad::RefreshToken { user_id, service, account }));
+        // A new refresh token's expiry is what this answer says (or unknown); an old one keeps
+        // its stored expiry unless the answer names one.
+        let refresh_expiry =
+            (set.refresh_token.is_some() || set.refresh_expires_at.is_some()).then_some(set.refresh_expires_at);
+        Sealed { access, refresh, refresh_expiry }
+    }
 }
 
 /// Mark `row` (whose lease we hold) "reconnect required", with its reason and event, if it is
