@@ -164,6 +164,9 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
 
     let metrics = Arc::new(crate::state::AppMetrics::new());
     let metrics_state = metrics.clone();
+    // The background jobs (`crate::jobs`): started at liftoff, stopped at shutdown.
+    let jobs = Arc::new(crate::jobs::Supervisor::new(metrics.jobs.clone()));
+    let jobs_state = jobs.clone();
     let database = AdHoc::try_on_ignite("Database and state", move |rocket| async move {
         let url = settings.database_url.clone();
         let c = cipher.clone();
@@ -237,6 +240,7 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
                     webhooks,
                     audit: Default::default(),
                     revocations: Default::default(),
+                    jobs: jobs_state,
                     settings,
                 }))
             }
@@ -256,105 +260,9 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
         .attach(crate::metrics::MetricsFairing(metrics.registry.clone()))
         .attach(Template::custom(|engines| engines.handlebars.set_strict_mode(true)))
         .attach(database)
+        .attach(crate::jobs::Fairing { supervisor: jobs })
         .attach(AdHoc::on_liftoff("Announce", |rocket| {
             Box::pin(async move {
-                if let Some(app) = rocket.state::<AppState>() {
-                    // The audit batcher (flushed by the shutdown fairing below) and retention pruning.
-                    app.audit.start(app.db.clone(), app.cipher.clone());
-                    let (db, cipher, days, metrics, shutdown) = (
-                        app.db.clone(),
-                        app.cipher.clone(),
-                        app.settings.audit.retention_days,
-                        app.metrics.audit.clone(),
-                        rocket.shutdown(),
-                    );
-                    rocket::tokio::spawn(async move {
-                        rocket::tokio::select! {
-                            _ = crate::audit::batcher::prune_hourly(db, cipher, days, metrics) => {}
-                            _ = shutdown => {}
-                        }
-                    });
-                    // Audit checkpoints, out of the database's reach: at start-up and every
-                    // audit_checkpoint_interval (app log, audit.checkpoint webhook event, file).
-                    let checkpoints = crate::audit::checkpoint::publish_periodically(
-                        app.db.clone(),
-                        app.cipher.clone(),
-                        std::time::Duration::from_secs(app.settings.audit.checkpoint_interval as u64),
-                        app.settings.audit.checkpoint_file.clone(),
-                        app.metrics.audit.clone(),
-                        {
-                            let (hooks, cipher) = (app.webhooks.clone(), app.cipher.clone());
-                            std::sync::Arc::new(move |conn: &mut crate::db::Conn, c: &_| {
-                                let fx = crate::changes::Effects { caches: None, webhooks: Some(&hooks) };
-                                crate::changes::checkpoint_event(conn, &cipher, &hooks, c).map(|done| done.settle(fx))
-                            })
-                        },
-                    );
-                    let shutdown = rocket.shutdown();
-                    rocket::tokio::spawn(async move {
-                        rocket::tokio::select! {
-                            _ = checkpoints => {}
-                            _ = shutdown => {}
-                        }
-                    });
-                    // Stops when shutdown starts (SIGTERM, Ctrl-C): no database work while the
-                    // process exits.
-                    let (poller, shutdown) =
-                        (crate::cache::poll_invalidations(app.db.clone(), app.caches.clone()), rocket.shutdown());
-                    rocket::tokio::spawn(async move {
-                        rocket::tokio::select! {
-                            _ = poller => {}
-                            _ = shutdown => {}
-                        }
-                    });
-                    // The webhook delivery worker, stopped the same way (a delivery cut short is
-                    // attempted again once its lease runs out, under the same webhook-id).
-                    let worker = crate::webhooks::worker::Worker {
-                        db: app.db.clone(),
-                        hooks: app.webhooks.clone(),
-                        http: app.http.clone(),
-                        metrics: app.metrics.webhooks.clone(),
-                        cipher: app.cipher.clone(),
-                        public_http: crate::oauth::http::Outbound::with_resolver(
-                            &app.settings.http,
-                            Arc::new(crate::webhooks::egress::PublicOnly),
-                        )
-                        .expect("the public-only client builds as the main one did"),
-                        lease: (app.settings.http.timeout + app.settings.http.connect_timeout) as i64 + 5,
-                    };
-                    let shutdown = rocket.shutdown();
-                    rocket::tokio::spawn(async move {
-                        rocket::tokio::select! {
-                            _ = worker.run() => {}
-                            _ = shutdown => {}
-                        }
-                    });
-                    // The worker revoking replaced and discarded tokens (`oauth::retire`), stopped
-                    // the same way (a row it held is claimed again when its lease runs out).
-                    let (worker, shutdown) = (app.retire_worker(), rocket.shutdown());
-                    rocket::tokio::spawn(async move {
-                        rocket::tokio::select! {
-                            _ = worker.run() => {}
-                            _ = shutdown => {}
-                        }
-                    });
-                    // The keep-alive worker (`oauth::keepalive`): stops starting refreshes when
-                    // shutdown starts and is dropped with the same select (a lease it held
-                    // expires by itself).
-                    if app.settings.refresh.keepalive_worker {
-                        let (worker, shutdown) = (app.keepalive(), rocket.shutdown());
-                        let stopping = {
-                            let shutdown = shutdown.clone();
-                            move || futures_util::FutureExt::now_or_never(shutdown.clone()).is_some()
-                        };
-                        rocket::tokio::spawn(async move {
-                            rocket::tokio::select! {
-                                _ = worker.run(stopping) => {}
-                                _ = shutdown => {}
-                            }
-                        });
-                    }
-                }
                 let c = rocket.config();
                 tracing::info!("tokenvault listening on http://{}:{}", c.address, c.port);
             })

@@ -4,10 +4,11 @@
 //! - an entry lives at most `cache_ttl` seconds (`0` turns caching off);
 //! - every write that changes a cached row invalidates it in this process right after it commits,
 //!   and records an invalidation in the `cache_invalidations` table in the same transaction; every
-//!   instance polls that table about once a second and drops what it names
-//!   ([`crate::db::models::invalidations`]), so a revoked key or a deleted connection stops working
-//!   everywhere within about a second, and within `cache_ttl` even for a change made behind
-//!   tokenvault's back;
+//!   instance reads that table and drops what it names ([`crate::db::models::invalidations`]) —
+//!   on PostgreSQL when the commit's notification arrives (`db::notify`, `jobs::listen`; every
+//!   [`POLL_INTERVAL_LISTENING`] as a fallback), on SQLite every [`POLL_INTERVAL`] — so a revoked
+//!   key or a deleted connection stops working everywhere within about a second, and within
+//!   `cache_ttl` even for a change made behind tokenvault's back;
 //! - a reader that misses fills the entry only if nothing was invalidated since it started reading
 //!   the database (a generation counter checked under the same lock as invalidations), so a slow
 //!   reader never puts back a row that a writer has just replaced or deleted.
@@ -377,8 +378,11 @@ impl Caches {
     }
 }
 
-/// How often every instance reads `cache_invalidations`.
+/// How often every instance reads `cache_invalidations` (on SQLite).
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// How often it is read on PostgreSQL, where other instances' commits wake the reader at once
+/// (`db::notify`): the fallback, for a notification lost while the listener reconnected.
+pub const POLL_INTERVAL_LISTENING: Duration = Duration::from_secs(30);
 /// How many ids below the newest one each poll reads again: ids are handed out when a
 /// transaction writes its row, but transactions commit in any order, so a row with a lower id can
 /// appear after a higher one was seen. Rows already applied are skipped.
@@ -421,26 +425,40 @@ impl Feed {
     }
 }
 
-/// Poll `cache_invalidations` until the process ends (does nothing when caching is off).
-pub async fn poll_invalidations(db: Db, caches: Arc<Caches>) {
-    if !caches.api_keys.enabled() && !caches.connections.enabled() {
-        return;
+/// Polling `cache_invalidations` (other instances' writes), as a background job (`crate::jobs`;
+/// listed only when caching is on): the first run finds where the feed starts, each later one
+/// applies what is new, and every 60th prunes rows older than `KEEP_SECONDS`. When the feed
+/// cannot be read this process cannot trust its copies: they are cleared. It runs at its interval
+/// and whenever `wake` is rung (on PostgreSQL by `jobs::listen`, at another instance's commit).
+pub struct InvalidationPoll {
+    db: Db,
+    caches: Arc<Caches>,
+    wake: Arc<rocket::tokio::sync::Notify>,
+    feed: Option<Feed>,
+    polls: u64,
+}
+
+impl InvalidationPoll {
+    pub fn new(db: Db, caches: Arc<Caches>, wake: Arc<rocket::tokio::sync::Notify>) -> InvalidationPoll {
+        InvalidationPoll { db, caches, wake, feed: None, polls: 0 }
     }
-    let mut feed = loop {
-        match db.run(|conn| Ok(invalidations::newest_id(conn)?)).await {
-            Ok(newest) => break Feed::starting_at(newest),
-            Err(e) => {
-                tracing::warn!(error = %e, "could not read cache invalidations; cache cleared");
-                caches.clear();
-                rocket::tokio::time::sleep(POLL_INTERVAL).await;
-            }
-        }
-    };
-    let mut polls: u64 = 0;
-    loop {
-        rocket::tokio::time::sleep(POLL_INTERVAL).await;
-        polls += 1;
-        if polls % 60 == 0 {
+
+    async fn poll(&mut self) -> Result<(), String> {
+        let (db, caches) = (&self.db, &self.caches);
+        let Some(feed) = self.feed.as_mut() else {
+            return match db.run(|conn| Ok(invalidations::newest_id(conn)?)).await {
+                Ok(newest) => {
+                    self.feed = Some(Feed::starting_at(newest));
+                    Ok(())
+                }
+                Err(e) => {
+                    caches.clear();
+                    Err(format!("could not read cache invalidations; cache cleared: {e}"))
+                }
+            };
+        };
+        self.polls += 1;
+        if self.polls % 60 == 0 {
             let before = now() - KEEP_SECONDS;
             if let Err(e) = db.run(move |conn| Ok(invalidations::delete_before(conn, before)?)).await {
                 tracing::warn!(error = %e, "could not prune cache invalidations");
@@ -449,14 +467,30 @@ pub async fn poll_invalidations(db: Db, caches: Arc<Caches>) {
         let after = feed.read_after();
         match db.run(move |conn| Ok(invalidations::after(conn, after)?)).await {
             Ok(rows) => {
-                feed.apply(&rows, &caches);
+                feed.apply(&rows, caches);
+                Ok(())
             }
             Err(e) => {
                 // Without the feed this process cannot trust its copies.
-                tracing::warn!(error = %e, "could not read cache invalidations; cache cleared");
                 caches.clear();
+                Err(format!("could not read cache invalidations; cache cleared: {e}"))
             }
         }
+    }
+}
+
+#[rocket::async_trait]
+impl crate::jobs::Job for InvalidationPoll {
+    fn name(&self) -> &'static str {
+        "cache_invalidations"
+    }
+
+    async fn run(&mut self, _stop: &tokio_util::sync::CancellationToken) -> Result<crate::jobs::Next, String> {
+        self.poll().await.map(|()| crate::jobs::Next::Idle)
+    }
+
+    fn woken(&mut self) -> crate::jobs::BoxFuture<'_, ()> {
+        Box::pin(self.wake.notified())
     }
 }
 

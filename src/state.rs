@@ -26,6 +26,8 @@ pub struct AppMetrics {
     pub audit: crate::audit::metrics::AuditMetrics,
     pub login: crate::auth::metrics::LoginMetrics,
     pub caches: crate::cache::CacheMetrics,
+    /// The background jobs' runs, failures and queues (`crate::jobs`).
+    pub jobs: crate::jobs::JobMetrics,
     /// One scrape at a time: the counters that follow running totals add what is new since the last.
     pub scrape: std::sync::Mutex<()>,
 }
@@ -39,6 +41,7 @@ impl AppMetrics {
             audit: crate::audit::metrics::AuditMetrics::register(&registry),
             login: crate::auth::metrics::LoginMetrics::register(&registry),
             caches: crate::cache::CacheMetrics::register(&registry),
+            jobs: crate::jobs::JobMetrics::register(&registry),
             registry,
             scrape: Default::default(),
         }
@@ -72,6 +75,8 @@ pub struct AppState {
     pub audit: Arc<crate::audit::batcher::Batcher>,
     /// The wake-up of the worker that revokes replaced and discarded tokens (`oauth::retire`).
     pub revocations: Arc<crate::oauth::retire::Queue>,
+    /// The background jobs' supervisor and metrics (see `crate::jobs`).
+    pub jobs: Arc<crate::jobs::Supervisor>,
 }
 
 impl AppState {
@@ -128,6 +133,24 @@ impl AppState {
             queue: self.revocations.clone(),
             default_lifetime: self.settings.refresh.default_token_lifetime,
             lease: (self.settings.http.timeout + self.settings.http.connect_timeout) as i64 * 2 + 5,
+            worker: crate::jobs::queue::worker_id(),
+        }
+    }
+
+    /// The webhook delivery worker's handles (`webhooks::worker`), cloned: it runs beside requests.
+    pub fn webhook_worker(&self) -> crate::webhooks::worker::Worker {
+        crate::webhooks::worker::Worker {
+            db: self.db.clone(),
+            hooks: self.webhooks.clone(),
+            http: self.http.clone(),
+            metrics: self.metrics.webhooks.clone(),
+            cipher: self.cipher.clone(),
+            public_http: crate::oauth::http::Outbound::with_resolver(
+                &self.settings.http,
+                Arc::new(crate::webhooks::egress::PublicOnly),
+            )
+            .expect("the public-only client builds as the main one did"),
+            lease: (self.settings.http.timeout + self.settings.http.connect_timeout) as i64 + 5,
         }
     }
 
@@ -148,8 +171,9 @@ mod tests {
     use super::AppMetrics;
 
     /// `/metrics` shows the same families, labels and values as before each module registered its
-    /// own (the fixture is the output of the single metrics struct this replaced; durations vary,
-    /// so the histograms' `_sum` lines are left out of the comparison).
+    /// own (the fixture is the output of the single metrics struct this replaced, plus the jobs'
+    /// families added since, `tokenvault_job_*`; durations vary, so the histograms' `_sum` lines
+    /// are left out of the comparison).
     #[test]
     fn the_exposition_is_unchanged_by_modules_registering_their_own_metrics() {
         let m = AppMetrics::new();
@@ -161,6 +185,10 @@ mod tests {
         m.oauth.set_connections(&[("active", 3)]);
         m.caches.set(&[("api_keys", Default::default())]);
         m.audit.set_losses(Default::default());
+        m.jobs.known("j");
+        m.jobs.ran("j", false);
+        let queue = crate::jobs::metrics::QueueFigures { job: "q".into(), depth: 2, oldest_age: 30, dead: Some(1) };
+        m.jobs.set_queues(&[queue]);
         let stable =
             |text: &str| -> Vec<String> { text.lines().filter(|l| !l.contains("_sum")).map(str::to_string).collect() };
         let want = include_str!("../tests/fixtures/metrics-golden.txt");

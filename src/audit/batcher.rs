@@ -315,28 +315,42 @@ async fn write(db: &Db, cipher: &Arc<Cipher>, lost: &AtomicU64, batches: &Atomic
     }
 }
 
-/// Retention pruning: at start and then every hour (`audit_retention_days`; 0 keeps forever). A
-/// prune that finds something that does not verify removes nothing: it is logged as an error and
-/// counted (`tokenvault_audit_prune_refused_total`).
-pub async fn prune_hourly(db: Db, cipher: Arc<Cipher>, days: i64, metrics: crate::audit::metrics::AuditMetrics) {
-    if days <= 0 {
-        return;
+/// How often the audit log is pruned (`audit_retention_days`).
+pub const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Retention pruning, a background job (`crate::jobs`; listed only when `audit_retention_days` is
+/// above 0): at start and then every [`PRUNE_EVERY`]. A prune that finds something that does not
+/// verify removes nothing: it is logged as an error and counted
+/// (`tokenvault_audit_prune_refused_total`) — and the run counts as failed.
+pub struct Pruner {
+    pub db: Db,
+    pub cipher: Arc<Cipher>,
+    pub days: i64,
+    pub metrics: crate::audit::metrics::AuditMetrics,
+}
+
+#[rocket::async_trait]
+impl crate::jobs::Job for Pruner {
+    fn name(&self) -> &'static str {
+        "audit_prune"
     }
-    loop {
-        let c = cipher.clone();
-        match db.run(move |conn| super::prune(conn, &c, days, crate::util::now())).await {
+
+    async fn run(&mut self, _stop: &tokio_util::sync::CancellationToken) -> Result<crate::jobs::Next, String> {
+        let (c, days) = (self.cipher.clone(), self.days);
+        match self.db.run(move |conn| super::prune(conn, &c, days, crate::util::now())).await {
             Ok(Ok(0)) => {}
             Ok(Ok(n)) => tracing::info!(removed = n, "audit entries past retention pruned"),
             Ok(Err(broken)) => {
-                metrics.prune_refused();
+                self.metrics.prune_refused();
                 tracing::error!(
-                    "audit pruning refused, nothing removed: {broken}. Run `tokenvault audit verify`; the entries stay \
-                     until the log verifies"
+                    "audit pruning refused, nothing removed: {broken}. Run `tokenvault audit verify`; the entries \
+                     stay until the log verifies"
                 );
+                return Err("audit pruning refused".into());
             }
-            Err(e) => tracing::warn!("audit pruning failed: {e}"),
+            Err(e) => return Err(format!("audit pruning failed: {e}")),
         }
-        rocket::tokio::time::sleep(Duration::from_secs(3600)).await;
+        Ok(crate::jobs::Next::Idle)
     }
 }
 

@@ -326,23 +326,37 @@ pub fn still_holds(conn: &mut Conn, earlier: &Checkpoint) -> AppResult<Option<Fi
 /// `crate::changes::checkpoint_event`, a unit of work).
 pub type RecordEvent = dyn Fn(&mut Conn, &Checkpoint) -> AppResult<()> + Send + Sync;
 
-/// The server's checkpoints: one at start-up, then every `every` when the head has moved since the
-/// last one. Before each, the log must still hold this instance's previous checkpoint: if it does
-/// not (its head went back, or that entry changed), that is logged as an error and counted
-/// (`inconsistent`), and the new head is published all the same. Counted in
-/// `tokenvault_audit_checkpoints_total{result}`.
-pub async fn publish_periodically(
+/// The server's checkpoints, a background job (`crate::jobs`): one at start-up, then every
+/// `every` when the head has moved since the last one. Before each, the log must still hold this
+/// instance's previous checkpoint: if it does not (its head went back, or that entry changed),
+/// that is logged as an error and counted (`inconsistent`), and the new head is published all the
+/// same. Counted in `tokenvault_audit_checkpoints_total{result}`.
+pub struct Publisher {
     db: crate::db::Db,
     cipher: std::sync::Arc<Cipher>,
-    every: std::time::Duration,
     file: Option<std::path::PathBuf>,
     metrics: crate::audit::metrics::AuditMetrics,
     record_event: std::sync::Arc<RecordEvent>,
-) {
-    let mut last: Option<Checkpoint> = None;
-    loop {
-        let (c, f, previous, record) = (cipher.clone(), file.clone(), last.clone(), record_event.clone());
-        let round = db
+    last: Option<Checkpoint>,
+}
+
+impl Publisher {
+    pub fn new(
+        db: crate::db::Db,
+        cipher: std::sync::Arc<Cipher>,
+        file: Option<std::path::PathBuf>,
+        metrics: crate::audit::metrics::AuditMetrics,
+        record_event: std::sync::Arc<RecordEvent>,
+    ) -> Publisher {
+        Publisher { db, cipher, file, metrics, record_event, last: None }
+    }
+
+    /// One checkpoint round (a failure is counted and logged here, and returned).
+    async fn round(&mut self) -> Result<(), String> {
+        let (c, f, previous, record) =
+            (self.cipher.clone(), self.file.clone(), self.last.clone(), self.record_event.clone());
+        let round = self
+            .db
             .run(move |conn| {
                 let gone = match &previous {
                     Some(p) => still_holds(conn, p)?,
@@ -355,8 +369,9 @@ pub async fn publish_periodically(
                 Ok(Some((publish(conn, &c, f.as_deref(), &*record)?, gone, previous)))
             })
             .await;
+        let metrics = &self.metrics;
         match round {
-            Ok(None) => {}
+            Ok(None) => Ok(()),
             Ok(Some((published, gone, previous))) => {
                 if let (Some(finding), Some(p)) = (gone, previous) {
                     metrics.checkpoint("inconsistent");
@@ -373,20 +388,32 @@ pub async fn publish_periodically(
                         if !p.problems.is_empty() {
                             metrics.checkpoint("failed");
                         }
-                        last = Some(p.checkpoint);
+                        self.last = Some(p.checkpoint);
+                        Ok(())
                     }
                     Err(broken) => {
                         metrics.checkpoint("failed");
                         tracing::error!("no audit checkpoint published: {broken}. Run `tokenvault audit verify`");
+                        Err("no audit checkpoint published".into())
                     }
                 }
             }
             Err(e) => {
                 metrics.checkpoint("failed");
-                tracing::warn!("no audit checkpoint published: {e}");
+                Err(format!("no audit checkpoint published: {e}"))
             }
         }
-        rocket::tokio::time::sleep(every).await;
+    }
+}
+
+#[rocket::async_trait]
+impl crate::jobs::Job for Publisher {
+    fn name(&self) -> &'static str {
+        "audit_checkpoint"
+    }
+
+    async fn run(&mut self, _stop: &tokio_util::sync::CancellationToken) -> Result<crate::jobs::Next, String> {
+        self.round().await.map(|()| crate::jobs::Next::Idle)
     }
 }
 

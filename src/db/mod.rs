@@ -5,6 +5,7 @@
 
 pub mod backup;
 pub mod models;
+pub mod notify;
 pub mod schema;
 pub mod text_enum;
 

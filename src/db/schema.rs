@@ -231,15 +231,17 @@ diesel::table! {
 }
 
 diesel::table! {
-    token_revocations (id) {
+    jobs (id) {
         id -> BigInt,
-        user_id -> BigInt,
-        service -> Text,
-        account_id -> Text,
-        access_token -> Binary,
-        refresh_token -> Nullable<Binary>,
+        kind -> Text,
+        payload -> Text,
         attempts -> BigInt,
-        next_attempt_at -> BigInt,
+        max_attempts -> BigInt,
+        run_at -> BigInt,
+        locked_by -> Nullable<Text>,
+        locked_until -> Nullable<BigInt>,
+        last_error -> Nullable<Text>,
+        dead_at -> Nullable<BigInt>,
         created_at -> BigInt,
     }
 }
@@ -268,5 +270,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     webhook_endpoints,
     audit_log,
     audit_head,
-    token_revocations,
+    jobs,
 );

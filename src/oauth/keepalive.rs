@@ -17,8 +17,8 @@
 //!   whose refresh token expires within `expiry_warning` seconds: once per expiry, by one
 //!   instance (a compare-and-swap on `connections.expiry_warned_for`), in the same transaction as
 //!   its outbox row.
-//! - [`Worker::run`] repeats passes every [`tick`]; the server spawns it at liftoff and drops it
-//!   when shutdown starts (`app.rs`); the CLI never launches Rocket, so never runs it.
+//! - [`KeepaliveJob`] ([`Worker::into_job`]) repeats passes every [`tick`], a background job of
+//!   `crate::jobs` from liftoff to shutdown; the CLI never launches Rocket, so never runs it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -251,7 +251,7 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// One [`pass`] with the server's handles and the HTTP endpoint (what [`Worker::run`] repeats;
+    /// One [`pass`] with the server's handles and the HTTP endpoint (what [`KeepaliveJob`] repeats;
     /// tests call it directly).
     pub async fn pass(&self, pace: &Pace, stopping: &(dyn Fn() -> bool + Sync)) -> AppResult<PassReport> {
         let endpoint =
@@ -273,33 +273,44 @@ impl Worker {
         pass(&ctx, &self.catalog, pace, stopping).await
     }
 
-    /// Passes every [`tick`] until the future is dropped (the server's shutdown) or `stopping`
-    /// says so; a failed pass is logged and the next one tried.
-    pub async fn run(self, stopping: impl Fn() -> bool + Sync) {
-        let pace = Pace::default();
-        let every = tick(self.settings.refresh.keepalive_interval);
+    /// This worker as a background job (`crate::jobs`): a pass every `every` ([`tick`]), the first
+    /// one interval after start; no refresh starts once shutdown has begun (`every` is logged).
+    pub fn into_job(self, every: Duration) -> KeepaliveJob {
         tracing::info!(
             interval = self.settings.refresh.keepalive_interval,
             every_secs = every.as_secs(),
             "keep-alive worker started"
         );
-        while !stopping() {
-            rocket::tokio::time::sleep(every).await;
-            match self.pass(&pace, &stopping).await {
-                Ok(r) if r.candidates > 0 || r.warned > 0 => {
-                    tracing::info!(
-                        candidates = r.candidates,
-                        ok = r.ok,
-                        failed = r.failed,
-                        skipped = r.skipped,
-                        warned = r.warned,
-                        "keep-alive pass"
-                    )
-                }
-                Ok(_) => {}
-                Err(e) => tracing::error!(error = %e, "keep-alive pass failed"),
-            }
+        KeepaliveJob { worker: self, pace: Pace::default() }
+    }
+}
+
+/// The keep-alive passes as a background job.
+pub struct KeepaliveJob {
+    worker: Worker,
+    pace: Pace,
+}
+
+#[rocket::async_trait]
+impl crate::jobs::Job for KeepaliveJob {
+    fn name(&self) -> &'static str {
+        "keepalive"
+    }
+
+    async fn run(&mut self, stop: &tokio_util::sync::CancellationToken) -> Result<crate::jobs::Next, String> {
+        let stopping = || stop.is_cancelled();
+        let r = self.worker.pass(&self.pace, &stopping).await.map_err(|e| format!("keep-alive pass failed: {e}"))?;
+        if r.candidates > 0 || r.warned > 0 {
+            tracing::info!(
+                candidates = r.candidates,
+                ok = r.ok,
+                failed = r.failed,
+                skipped = r.skipped,
+                warned = r.warned,
+                "keep-alive pass"
+            )
         }
+        Ok(crate::jobs::Next::Idle)
     }
 }
 

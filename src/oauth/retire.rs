@@ -4,8 +4,8 @@
 //! call that failed, a connection deleted meanwhile). Left alone they would stay live at the
 //! provider — valid for hours or months — though the user believes they are gone.
 //!
-//! A replaced pair is queued in `token_revocations` **in the transaction that swaps the tokens**
-//! (`store::save_new`), so it exists exactly when the new tokens are stored; a thrown-away pair is
+//! A replaced pair is queued (a `token_revocations` job of `crate::jobs::queue`) **in the
+//! transaction that swaps the tokens** (`store::save_new`), so it exists exactly when the new tokens are stored; a thrown-away pair is
 //! queued right after the connect gives up on it ([`discard`]). The [`Worker`] (started with the
 //! server) revokes them in the background with the provider's revocation call
 //! (`revoke::call`): retried with exponential backoff ([`backoff`]) at most [`MAX_ATTEMPTS`]
@@ -15,14 +15,17 @@
 //!
 //! The tokens are sealed under the vault cipher (`Aad::RetiredToken`) and re-sealed by key
 //! rotation; no log line names a token (the provider call's failures carry a status or an HTTP
-//! error, never a body or a URL). Small and self-contained: a general jobs table may take it over.
+//! error, never a body or a URL). A revocation given up stays in the jobs table as dead
+//! (`tokenvault_job_dead{job="token_revocations"}`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::db::models::jobs::Held;
 use crate::db::models::revocations::{self, NewRevocation, Revocation};
 use crate::db::{Conn, Db};
 use crate::error::AppResult;
+use crate::jobs::queue::{self, Failed};
 use crate::oauth::http::Outbound;
 use crate::oauth::providers::{Catalog, Provider, RevokeStyle};
 use crate::oauth::revoke::{self, CallFailed, Token};
@@ -36,14 +39,14 @@ use crate::vault::{Aad, Cipher};
 /// [`backoff`]).
 pub const MAX_ATTEMPTS: i64 = 8;
 /// How often the queue is read without a wake-up (rows of other instances, retries coming due).
-const POLL_INTERVAL: Duration = Duration::from_secs(10);
+pub const POLL_INTERVAL: Duration = Duration::from_secs(10);
 /// Revocations worked (concurrently) per round.
 const BATCH: i64 = 16;
 
 /// Seconds before attempt `attempts + 1` after `attempts` failed ones: 1 minute, doubling, at
 /// most 2 hours.
 pub fn backoff(attempts: i64) -> i64 {
-    (60i64 << (attempts - 1).clamp(0, 7)).min(7200)
+    queue::backoff(attempts)
 }
 
 /// Whether writing `new` over a row that held `old_access`/`old_refresh` retires the old ones:
@@ -73,7 +76,6 @@ pub fn enqueue(
     let sealed_access = cipher.seal_str(access.expose_secret(), aad(user_id, service, account, "access_token"));
     let sealed_refresh =
         refresh.map(|r| cipher.seal_str(r.expose_secret(), aad(user_id, service, account, "refresh_token")));
-    let at = now();
     revocations::insert(
         conn,
         &NewRevocation {
@@ -82,9 +84,8 @@ pub fn enqueue(
             account_id: account,
             access_token: &sealed_access,
             refresh_token: sealed_refresh.as_deref(),
-            attempts: 0,
-            next_attempt_at: at,
-            created_at: at,
+            next_attempt_at: now(),
+            max_attempts: MAX_ATTEMPTS,
         },
     )?;
     Ok(())
@@ -128,7 +129,7 @@ enum Attempt {
     Failed(String),
 }
 
-/// The background worker (started with the server, stopped by shutdown).
+/// The background worker (run as the [`RetireJob`] by `crate::jobs`).
 #[derive(Clone)]
 pub struct Worker {
     pub db: Db,
@@ -140,36 +141,60 @@ pub struct Worker {
     pub default_lifetime: i64,
     /// Seconds a claimed row is this instance's: longer than an attempt can take.
     pub lease: i64,
+    /// This process's name on the leases it takes (`jobs::queue::worker_id`).
+    pub worker: String,
+}
+
+/// The worker as a background job (`crate::jobs`): a round at start, at once again while rounds
+/// come back full, at a wake-up ([`Queue::wake`]) and every [`POLL_INTERVAL`] otherwise.
+pub struct RetireJob {
+    worker: Worker,
+}
+
+/// The job's name (metrics, logs).
+pub const JOB: &str = revocations::KIND;
+
+#[rocket::async_trait]
+impl crate::jobs::Job for RetireJob {
+    fn name(&self) -> &'static str {
+        JOB
+    }
+
+    async fn run(&mut self, _stop: &tokio_util::sync::CancellationToken) -> Result<crate::jobs::Next, String> {
+        match self.worker.round().await {
+            Ok(n) if n as i64 >= BATCH => Ok(crate::jobs::Next::Again),
+            Ok(_) => Ok(crate::jobs::Next::Idle),
+            Err(e) => Err(format!("token revocation round failed: {e}")),
+        }
+    }
+
+    fn woken(&mut self) -> crate::jobs::BoxFuture<'_, ()> {
+        Box::pin(self.worker.queue.wake.notified())
+    }
 }
 
 impl Worker {
-    /// Work the queue until the future is dropped (at shutdown).
-    pub async fn run(self) {
-        loop {
-            match self.round().await {
-                Ok(n) if n as i64 >= BATCH => continue,
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "token revocation round failed; retrying"),
-            }
-            rocket::tokio::select! {
-                _ = self.queue.wake.notified() => {}
-                _ = rocket::tokio::time::sleep(POLL_INTERVAL) => {}
-            }
-        }
+    /// This worker as a background job.
+    pub fn into_job(self) -> RetireJob {
+        RetireJob { worker: self }
     }
 
     /// One round: claim the due rows, attempt each (concurrently), record the outcomes. How many
     /// were attempted.
     pub async fn round(&self) -> AppResult<usize> {
-        let lease = self.lease;
+        let (lease, worker) = (self.lease, self.worker.clone());
         let claimed: Vec<Revocation> = self
             .db
             .run(move |conn| {
-                let at = now();
                 let mut claimed = Vec::new();
-                for row in revocations::due(conn, at, BATCH)? {
-                    if revocations::claim(conn, &row, at + lease)? {
-                        claimed.push(row);
+                for job in queue::claim(conn, &[revocations::KIND], &worker, lease, BATCH, now())? {
+                    match Revocation::from_job(&job) {
+                        Some(row) => claimed.push(row),
+                        None => {
+                            tracing::error!(job = job.id, "a queued token revocation cannot be read; given up");
+                            let dead = Held { max_attempts: job.attempts, ..job.held() };
+                            queue::fail(conn, dead, &worker, "unreadable payload", backoff, now())?;
+                        }
                     }
                 }
                 Ok(claimed)
@@ -187,8 +212,7 @@ impl Worker {
     }
 
     async fn record(&self, row: Revocation, outcome: Attempt) -> AppResult<()> {
-        let (service, user_id, attempts) = (row.service.as_str(), row.user_id, row.attempts + 1);
-        let (id, next) = (row.id, now() + backoff(attempts));
+        let (service, user_id, attempts) = (row.service.as_str(), row.user_id, row.attempts);
         match &outcome {
             Attempt::Done => {
                 tracing::info!(service, user_id, "a token tokenvault no longer keeps was revoked at the provider")
@@ -203,13 +227,15 @@ impl Worker {
                 tracing::warn!(service, user_id, attempts, reason = %why, "revoking a token tokenvault no longer keeps failed; retrying later")
             }
         }
-        let retry = matches!(outcome, Attempt::Failed(_)) && attempts < MAX_ATTEMPTS;
+        let (held, worker) = (row.held(), self.worker.clone());
         self.db
             .run(move |conn| {
-                if retry {
-                    revocations::retry_at(conn, id, attempts, next)?;
-                } else {
-                    revocations::delete(conn, id)?;
+                let kept = match outcome {
+                    Attempt::Failed(why) => queue::fail(conn, held, &worker, &why, backoff, now())? != Failed::NotHeld,
+                    _ => queue::complete(conn, held, &worker)?,
+                };
+                if !kept {
+                    tracing::warn!(service = %row.service, user_id, "a token revocation outlived its lease; another attempt follows");
                 }
                 Ok(())
             })

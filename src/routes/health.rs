@@ -73,15 +73,22 @@ async fn metrics(
         MetricsAccess::Unauthorized => return Ok(Err(MetricsUnauthorized)),
         MetricsAccess::NotServed => return Err(AppError::NotFound),
     }
-    let (by_status, deliveries) = app
+    let (by_status, deliveries, queues) = app
         .db
-        .run(|conn| Ok((connections::count_by_status(conn)?, crate::db::models::webhooks::count_by_status(conn)?)))
+        .run(|conn| {
+            Ok((
+                connections::count_by_status(conn)?,
+                crate::db::models::webhooks::count_by_status(conn)?,
+                crate::jobs::metrics::queues(conn, crate::util::now())?,
+            ))
+        })
         .await?;
     let m = &app.metrics;
     let text = {
         let _scrape = m.scrape.lock().unwrap_or_else(|e| e.into_inner());
         m.oauth.set_connections(&by_status);
         m.webhooks.set_deliveries(&deliveries);
+        m.jobs.set_queues(&queues);
         m.login.set(app.login_throttle.sizes(), app.hasher.stats());
         m.audit.set_losses(crate::audit::metrics::AuditLosses { dropped: app.audit.dropped(), lost: app.audit.lost() });
         m.caches.set(&app.caches.stats());

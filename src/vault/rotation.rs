@@ -204,7 +204,7 @@ fn retired_tokens(conn: &mut Conn, cipher: &Cipher, done: &mut Rotated) -> AppRe
             done.retired_tokens += usize::from(access.is_some()) + usize::from(refresh.is_some());
             let access = access.unwrap_or_else(|| row.access_token.clone());
             let refresh = refresh.or_else(|| row.refresh_token.clone());
-            revocations::set_tokens(conn, row.id, &access, refresh.as_deref())?;
+            revocations::set_tokens(conn, &row, &access, refresh.as_deref())?;
         }
     }
     Ok(())

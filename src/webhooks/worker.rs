@@ -1,5 +1,5 @@
-//! The delivery worker, started with the server (`app.rs`, at liftoff; never for CLI commands) and
-//! stopped by shutdown: every `POLL_INTERVAL`, or at once when [`Webhooks::wake`] rings after a
+//! The delivery worker, a background job ([`DeliveryJob`], run by `crate::jobs` from liftoff to
+//! shutdown; never for CLI commands): every `POLL_INTERVAL`, or at once when [`Webhooks::wake`] rings after a
 //! commit, it fans recorded events out and claims the due deliveries; each is sent — signed, over
 //! the one outbound client (timeouts, no redirects), reading at most `MAX_ANSWER_BYTES` of the
 //! answer — by a task of its own. An instance that dies mid-delivery (or shuts down) leaves a
@@ -251,63 +251,111 @@ struct Running {
     of: HashMap<Id, (String, Instant)>,
 }
 
+/// The job's name (metrics, logs).
+pub const JOB: &str = "webhook_deliveries";
+
+/// The delivery worker as a background job (`crate::jobs`): each run settles the attempts that
+/// ended, reads the outbox (when woken, when the last read fanned out a full transaction, and
+/// every poll interval) and claims for every endpoint with room. It runs again at once while
+/// there is more to fan out, at a wake-up ([`Webhooks::wake`]) or the end of an attempt, and at
+/// the next poll or the end of an endpoint's pause otherwise.
+pub struct DeliveryJob {
+    this: Arc<Worker>,
+    every: Duration,
+    lanes: Lanes,
+    running: Running,
+    read_outbox: bool,
+    last_read: Instant,
+    last_prune: Instant,
+    turn: usize,
+}
+
 impl Worker {
-    /// Deliver until the future is dropped (at shutdown).
-    pub async fn run(self) {
-        let this = Arc::new(self);
-        let mut lanes = Lanes::default();
-        let mut running = Running::default();
-        let mut read_outbox = true;
-        let mut last_read = Instant::now();
-        let mut last_prune = Instant::now();
-        let mut turn = 0usize;
-        loop {
-            while let Some(done) = running.tasks.try_join_next_with_id() {
-                this.settle(&mut lanes, &mut running, done);
-            }
-            if read_outbox || last_read.elapsed() >= POLL_INTERVAL {
-                read_outbox = false;
-                last_read = Instant::now();
-                match this.read_outbox().await {
-                    Ok((fanned, names)) => {
-                        // A full transaction of events: there may be more to fan out.
-                        read_outbox = fanned as i64 >= FAN_OUT;
-                        // A lane for every endpoint in effect, and for every name deliveries are
-                        // kept for: one no longer configured has its deliveries attempted (and
-                        // failed: "the endpoint is no longer configured") like any other.
-                        let endpoints = this.hooks.endpoints();
-                        let configured = endpoints.iter().map(|e| (e.name.as_str(), e.version));
-                        let gone = names.iter().filter(|n| !endpoints.iter().any(|e| e.name == **n));
-                        lanes.sync(configured.chain(gone.map(|n| (n.as_str(), 0))));
-                    }
-                    Err(e) => tracing::warn!(error = %e, "could not read the webhook outbox; retrying"),
-                }
-                if last_prune.elapsed() >= PRUNE_EVERY {
-                    last_prune = Instant::now();
-                    let before = now() - KEEP_SECONDS;
-                    if let Err(e) = this.db.run(move |conn| Ok(rows::prune(conn, before)?)).await {
-                        tracing::warn!(error = %e, "could not prune delivered webhooks");
-                    }
-                }
-            }
-            turn = turn.wrapping_add(1);
-            if let Err(e) = this.claim(&mut lanes, &mut running, turn).await {
-                tracing::warn!(error = %e, "could not claim webhook deliveries; retrying");
-            }
-            if read_outbox {
-                rocket::tokio::task::yield_now().await;
-                continue;
-            }
-            let poll = last_read + POLL_INTERVAL;
-            let wake_at = lanes.next_resume(Instant::now()).map_or(poll, |t| t.min(poll));
-            rocket::tokio::select! {
-                _ = this.hooks.woken() => read_outbox = true,
-                Some(done) = running.tasks.join_next_with_id() => this.settle(&mut lanes, &mut running, done),
-                _ = rocket::tokio::time::sleep_until(wake_at.into()) => {}
-            }
+    /// This worker as a background job reading the outbox every `every` without a wake-up.
+    pub fn into_job(self, every: Duration) -> DeliveryJob {
+        DeliveryJob {
+            this: Arc::new(self),
+            every,
+            lanes: Lanes::default(),
+            running: Running::default(),
+            read_outbox: true,
+            last_read: Instant::now(),
+            last_prune: Instant::now(),
+            turn: 0,
         }
     }
+}
 
+impl DeliveryJob {
+    async fn round(&mut self) -> Result<crate::jobs::Next, String> {
+        let (this, lanes, running) = (&self.this, &mut self.lanes, &mut self.running);
+        let mut failed = Vec::new();
+        while let Some(done) = running.tasks.try_join_next_with_id() {
+            this.settle(lanes, running, done);
+        }
+        if self.read_outbox || self.last_read.elapsed() >= self.every {
+            self.read_outbox = false;
+            self.last_read = Instant::now();
+            match this.read_outbox().await {
+                Ok((fanned, names)) => {
+                    // A full transaction of events: there may be more to fan out.
+                    self.read_outbox = fanned as i64 >= FAN_OUT;
+                    // A lane for every endpoint in effect, and for every name deliveries are
+                    // kept for: one no longer configured has its deliveries attempted (and
+                    // failed: "the endpoint is no longer configured") like any other.
+                    let endpoints = this.hooks.endpoints();
+                    let configured = endpoints.iter().map(|e| (e.name.as_str(), e.version));
+                    let gone = names.iter().filter(|n| !endpoints.iter().any(|e| e.name == **n));
+                    lanes.sync(configured.chain(gone.map(|n| (n.as_str(), 0))));
+                }
+                Err(e) => failed.push(format!("could not read the webhook outbox: {e}")),
+            }
+            if self.last_prune.elapsed() >= PRUNE_EVERY {
+                self.last_prune = Instant::now();
+                let before = now() - KEEP_SECONDS;
+                if let Err(e) = this.db.run(move |conn| Ok(rows::prune(conn, before)?)).await {
+                    tracing::warn!(error = %e, "could not prune delivered webhooks");
+                }
+            }
+        }
+        self.turn = self.turn.wrapping_add(1);
+        if let Err(e) = this.claim(lanes, running, self.turn).await {
+            failed.push(format!("could not claim webhook deliveries: {e}"));
+        }
+        if !failed.is_empty() {
+            return Err(failed.join("; "));
+        }
+        if self.read_outbox {
+            return Ok(crate::jobs::Next::Again);
+        }
+        let poll = self.last_read + self.every;
+        Ok(crate::jobs::Next::At(lanes.next_resume(Instant::now()).map_or(poll, |t| t.min(poll))))
+    }
+}
+
+#[rocket::async_trait]
+impl crate::jobs::Job for DeliveryJob {
+    fn name(&self) -> &'static str {
+        JOB
+    }
+
+    async fn run(&mut self, _stop: &tokio_util::sync::CancellationToken) -> Result<crate::jobs::Next, String> {
+        self.round().await
+    }
+
+    /// A wake-up ([`Webhooks::wake`]: read the outbox) or an attempt that ended (its lane has room).
+    fn woken(&mut self) -> crate::jobs::BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let (this, lanes, running) = (&self.this, &mut self.lanes, &mut self.running);
+            rocket::tokio::select! {
+                _ = this.hooks.woken() => self.read_outbox = true,
+                Some(done) = running.tasks.join_next_with_id() => this.settle(lanes, running, done),
+            }
+        })
+    }
+}
+
+impl Worker {
     /// Pick up endpoint edits and fan recorded events out; how many events, and the endpoint
     /// names deliveries are kept for.
     async fn read_outbox(&self) -> crate::error::AppResult<(usize, Vec<String>)> {

@@ -333,7 +333,7 @@ impl TestApp {
     /// queued (woken every 50 ms; a revocation still queued after 10 s fails the test).
     pub async fn revocations_done(&self) {
         for _ in 0..200 {
-            if self.count("SELECT COUNT(*) AS n FROM token_revocations") == 0 {
+            if self.count("SELECT COUNT(*) AS n FROM jobs WHERE kind = 'token_revocations' AND dead_at IS NULL") == 0 {
                 return;
             }
             self.state().revocations.wake();

@@ -24,6 +24,7 @@ mod deploy;
 mod faults;
 mod fuzz_regressions;
 mod health;
+mod jobs;
 mod logging;
 mod multi_instance;
 mod oidc;

@@ -115,36 +115,8 @@ async fn two_instances_share_flows_and_refresh_once() {
     assert_eq!(fake.refresh_calls().await - before, 1, "exactly one refresh across both instances");
 
     // Each instance keeps API keys and connection rows in memory; a change made on one instance
-    // reaches the other through `cache_invalidations` within about a second.
-    let key = {
-        let db = tokenvault::db::Db::open_sized(&database.url, 1).unwrap();
-        let mut conn = db.conn().unwrap();
-        let user = tokenvault::db::models::users::find_by_username(&mut conn, "alice").unwrap().unwrap();
-        let cipher = tokenvault::vault::Cipher::from_base64(common::VAULT_KEY, &[]).unwrap();
-        tokenvault::auth::api_key::create(
-            &mut conn,
-            &cipher,
-            tokenvault::audit::Actor::Cli,
-            user.id,
-            "script",
-            &Default::default(),
-            20,
-        )
-        .unwrap()
-        .key
-    };
-    let bearer = format!("Bearer {}", key.expose_secret());
-    let token_status = |base: String| {
-        let (http, bearer) = (http.clone(), bearer.clone());
-        async move {
-            http.get(format!("{base}/api/v1/services/fake/token"))
-                .header("Authorization", bearer)
-                .send()
-                .await
-                .map(|r| r.status().as_u16())
-                .unwrap_or(0)
-        }
-    };
+    // reaches the other through `cache_invalidations` (read when the commit's notification arrives).
+    let token_status = token_status(http, &api_key(database));
     for base in [&a.base, &b.base] {
         assert_eq!(token_status(base.clone()).await, 200, "the key works on {base} (and is now cached there)");
     }
@@ -193,14 +165,130 @@ async fn two_instances_use_a_fresh_short_lived_token_and_refresh_it_once() {
     assert!(obtained_at(&pair.database) >= obtained + 11);
 }
 
+/// A new API key of `alice` (made as the CLI makes one).
+fn api_key(database: &common::TestDatabase) -> String {
+    let db = tokenvault::db::Db::open_sized(&database.url, 1).unwrap();
+    let mut conn = db.conn().unwrap();
+    let user = tokenvault::db::models::users::find_by_username(&mut conn, "alice").unwrap().unwrap();
+    let cipher = tokenvault::vault::Cipher::from_base64(common::VAULT_KEY, &[]).unwrap();
+    let created = tokenvault::auth::api_key::create(
+        &mut conn,
+        &cipher,
+        tokenvault::audit::Actor::Cli,
+        user.id,
+        "script",
+        &Default::default(),
+        20,
+    )
+    .unwrap();
+    created.key.expose_secret().to_string()
+}
+
+/// The status of a token read through the API with `key` on the instance at a base URL.
+fn token_status(
+    http: &reqwest::Client,
+    key: &str,
+) -> impl Fn(String) -> std::pin::Pin<Box<dyn std::future::Future<Output = u16> + Send>> {
+    let (http, bearer) = (http.clone(), format!("Bearer {key}"));
+    move |base: String| {
+        let (http, bearer) = (http.clone(), bearer.clone());
+        Box::pin(async move {
+            http.get(format!("{base}/api/v1/services/fake/token"))
+                .header("Authorization", bearer)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        })
+    }
+}
+
+/// On PostgreSQL an instance reads `cache_invalidations` when another instance's commit notifies
+/// it (`LISTEN`/`NOTIFY`, `db::notify`), polling only as a slow fallback
+/// (`cache::POLL_INTERVAL_LISTENING`): a key revoked on A is refused on B within 2 s, long before
+/// B's next poll.
+#[tokio::test]
+async fn a_key_revoked_on_one_instance_is_refused_on_the_other_at_once() {
+    if !postgres_configured() {
+        return;
+    }
+    let started = std::time::Instant::now();
+    let pair = two_instances_with_a_connection(common::FakeProvider::start().await).await;
+    let (a, b, http) = (&pair.a, &pair.b, &pair.http);
+    let token_status = token_status(http, &api_key(&pair.database));
+    for base in [&a.base, &b.base] {
+        assert_eq!(token_status(base.clone()).await, 200, "the key works on {base} (and is now cached there)");
+    }
+    let page = http.get(format!("{}/settings/api-keys", a.base)).send().await.unwrap().text().await.unwrap();
+    let id = regex::Regex::new(r#"data-key="(\d+)""#).unwrap().captures(&page).unwrap()[1].to_string();
+    assert_eq!(post_form(http, &format!("{}/settings/api-keys/{id}/revoke", a.base), &page).await, 303);
+    assert_eq!(token_status(a.base.clone()).await, 401, "A refuses the key at once");
+    let seen_on_b = wait_for(|| token_status(b.base.clone()), 401).await;
+    assert!(seen_on_b.is_some_and(|d| d < Duration::from_secs(2)), "B refused the revoked key after {seen_on_b:?}");
+    // B's reader polled at its start and next polls a fallback interval later: only the
+    // notification explains the refusal (this holds while the test is shorter than that).
+    let fallback = tokenvault::cache::POLL_INTERVAL_LISTENING;
+    assert!(started.elapsed() + Duration::from_secs(2) < fallback, "the test took {:?}", started.elapsed());
+}
+
+/// A change's notification reaches the other instances' listener at its commit — not before, and
+/// not for a rollback: what wakes their cache reader and webhook worker (`db::notify`).
+#[test]
+fn a_change_notifies_the_other_instances_at_its_commit() {
+    use tokenvault::db::models::invalidations;
+    use tokenvault::db::notify::{Channel, Heard, Listener};
+    use tokenvault::error::AppError;
+    if !postgres_configured() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let database = common::TestDatabase::new(dir.path());
+    let db = tokenvault::db::Db::open_sized(&database.url, 1).unwrap();
+    // In this test one process writes and listens: its notifications are marked as its own (a
+    // server acts on those a second later; tests/it/multi_instance.rs's two processes above hear
+    // each other's as others').
+    let mut listener = Listener::connect(&database.url).unwrap();
+    let own = |channel| Heard { channel, own: true };
+    // What arrives within `within`, each channel once.
+    let arrived = |listener: &mut Listener, within: Duration| {
+        let (until, mut got) = (std::time::Instant::now() + within, Vec::new());
+        while std::time::Instant::now() < until {
+            for c in listener.received().unwrap() {
+                if !got.contains(&c) {
+                    got.push(c);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        got
+    };
+    let mut conn = db.conn().unwrap();
+    let rolled_back: Result<(), AppError> = conn.transaction(|c| {
+        invalidations::api_key(c, "hash")?.recorded_only();
+        Err(AppError::NotFound)
+    });
+    assert!(rolled_back.is_err());
+    assert_eq!(arrived(&mut listener, Duration::from_millis(300)), [], "nothing for a rollback");
+    conn.transaction(|c| {
+        invalidations::api_key(c, "hash")?.recorded_only();
+        invalidations::connection(c, 1, "fake")?.recorded_only();
+        assert_eq!(arrived(&mut listener, Duration::from_millis(300)), [], "nothing before the commit");
+        Ok::<_, AppError>(())
+    })
+    .unwrap();
+    assert_eq!(arrived(&mut listener, Duration::from_secs(2)), [own(Channel::CacheInvalidations)]);
+    tokenvault::webhooks::outbox::record_test(&mut conn, "somewhere", "alice").unwrap();
+    assert_eq!(arrived(&mut listener, Duration::from_secs(2)), [own(Channel::Webhooks)]);
+}
+
 /// Post a form that carries only the CSRF token of `page`; the status.
 async fn post_form(http: &reqwest::Client, url: &str, page: &str) -> u16 {
     let form = [("csrf_token", hidden(page, "csrf_token"))];
     http.post(url).form(&form).send().await.unwrap().status().as_u16()
 }
 
-/// Poll until `probe` answers `want` (up to 5 s: the feed is read about once a second); how long
-/// it took, or `None`.
+/// Poll until `probe` answers `want` (up to 5 s: the feed is read when a commit notifies the
+/// instance); how long it took, or `None`.
 async fn wait_for<F, Fut>(probe: F, want: u16) -> Option<Duration>
 where
     F: Fn() -> Fut,

@@ -311,7 +311,7 @@ async fn a_provider_whose_revocation_ends_the_grant_is_not_asked_to_revoke_repla
     app.fake.with_state(|s| s.sign_in_as(2));
     let id = connection_ids(&app)[0].to_string();
     assert_eq!(flow(&alice, &[("connection", &id)]).await.status, Status::Conflict);
-    assert_eq!(app.count("SELECT COUNT(*) AS n FROM token_revocations"), 0, "nothing queued");
+    assert_eq!(app.count("SELECT COUNT(*) AS n FROM jobs"), 0, "nothing queued");
     app.state().revocations.wake();
     assert!(app.fake.requests_to("/revoke").await.is_empty());
     let (_, refresh) = app.stored_tokens("alice", "fake").unwrap();
@@ -330,7 +330,9 @@ async fn a_failing_revocation_is_retried_with_backoff_then_given_up() {
         app.fake.with_state(|s| s.revoke_unavailable = true);
         alice.connect("fake").await;
         for _ in 0..200 {
-            if app.count("SELECT COALESCE(MAX(attempts), 0) AS n FROM token_revocations") == 1 {
+            if app.count("SELECT COALESCE(MAX(attempts), 0) AS n FROM jobs WHERE locked_by IS NULL AND dead_at IS NULL")
+                == 1
+            {
                 return before.unwrap();
             }
             app.state().revocations.wake();
@@ -340,18 +342,35 @@ async fn a_failing_revocation_is_retried_with_backoff_then_given_up() {
     };
     alice.connect("fake").await;
     let before = reconnect_while_down().await;
-    let wait = app.count("SELECT next_attempt_at - created_at AS n FROM token_revocations");
+    let wait = app.count("SELECT run_at - created_at AS n FROM jobs");
     assert!((60..=70).contains(&wait), "the next attempt a minute later: {wait}");
     assert!(app.fake.refresh_token_valid(&before), "not revoked yet");
+    // The job's figures on /metrics: its runs, and the row waiting in its queue.
+    app.exec("UPDATE jobs SET created_at = created_at - 100");
+    let metrics = app.client.get("/metrics").dispatch().await.into_string().await.unwrap();
+    let figure = |name: &str| -> f64 {
+        let line = format!("{name}{{job=\"token_revocations\"}} ");
+        let at = metrics.find(&line).unwrap_or_else(|| panic!("{line} in {metrics}"));
+        metrics[at + line.len()..].lines().next().unwrap().trim().parse().unwrap()
+    };
+    assert!(figure("tokenvault_job_runs_total") >= 1.0, "{metrics}");
+    assert_eq!(figure("tokenvault_job_failures_total"), 0.0, "a failed revocation is not a failed run");
+    assert_eq!(figure("tokenvault_job_queue_depth"), 1.0);
+    assert!((100.0..=110.0).contains(&figure("tokenvault_job_oldest_pending_seconds")), "{metrics}");
+    assert!(metrics.contains("tokenvault_job_queue_depth{job=\"webhook_deliveries\"} 0"), "{metrics}");
     // Due again, and the provider back up: revoked.
-    app.exec("UPDATE token_revocations SET next_attempt_at = 0");
+    app.exec("UPDATE jobs SET run_at = 0");
     app.fake.with_state(|s| s.revoke_unavailable = false);
     app.revocations_done().await;
     assert!(!app.fake.refresh_token_valid(&before));
     // The last attempt failing too: given up (the token is left to expire), the row gone.
     let before = reconnect_while_down().await;
     let last = tokenvault::oauth::retire::MAX_ATTEMPTS - 1;
-    app.exec(&format!("UPDATE token_revocations SET attempts = {last}, next_attempt_at = 0"));
+    app.exec(&format!("UPDATE jobs SET attempts = {last}, run_at = 0"));
     app.revocations_done().await;
     assert!(app.fake.refresh_token_valid(&before), "given up: still live, and logged as such");
+    assert_eq!(app.count("SELECT COUNT(*) AS n FROM jobs WHERE dead_at IS NOT NULL"), 1, "kept as a dead job");
+    let metrics = app.client.get("/metrics").dispatch().await.into_string().await.unwrap();
+    assert!(metrics.contains("tokenvault_job_dead{job=\"token_revocations\"} 1"), "{metrics}");
+    assert!(metrics.contains("tokenvault_job_queue_depth{job=\"token_revocations\"} 0"), "{metrics}");
 }

@@ -141,11 +141,13 @@ impl<T> From<T> for Written<T> {
     }
 }
 
-/// Record that `what` changed (call inside the transaction of the change).
+/// Record that `what` changed (call inside the transaction of the change). On PostgreSQL the other
+/// instances read it at commit (`db::notify`), without waiting for their next poll.
 pub fn record(conn: &mut Conn, what: Invalidated) -> QueryResult<Written<()>> {
     let key = what.key();
     let row = NewInvalidation { kind: what.kind(), key: &key, created_at: crate::util::now() };
     crate::on_conn!(conn, conn => diesel::insert_into(cache_invalidations::table).values(&row).execute(conn))?;
+    crate::db::notify::notify(conn, crate::db::notify::Channel::CacheInvalidations)?;
     Ok(Written { value: (), invalidated: vec![what] })
 }
 

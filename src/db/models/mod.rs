@@ -7,6 +7,7 @@ pub mod demo;
 pub mod events;
 pub mod flows;
 pub mod invalidations;
+pub mod jobs;
 /// What the limit columns of `api_keys` mean (not a table of its own).
 pub mod key_scope;
 pub mod meta;

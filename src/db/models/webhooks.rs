@@ -86,10 +86,14 @@ pub struct Delivery {
     pub updated_at: i64,
 }
 
+/// Record an event in the outbox; on PostgreSQL the other instances' workers are woken at commit
+/// (`db::notify`).
 pub fn insert_event(conn: &mut Conn, event: &NewEvent<'_>) -> QueryResult<i64> {
-    crate::on_conn!(conn, conn => {
+    let id = crate::on_conn!(conn, conn => {
         diesel::insert_into(webhook_events::table).values(event).returning(webhook_events::id).get_result(conn)
-    })
+    })?;
+    crate::db::notify::notify(conn, crate::db::notify::Channel::Webhooks)?;
+    Ok(id)
 }
 
 /// Up to `limit` events not yet fanned out into deliveries, oldest first.
@@ -253,6 +257,20 @@ pub fn count_by_status(conn: &mut Conn) -> QueryResult<Vec<(&'static str, i64)>>
         .into_iter()
         .map(|(text, n)| (text.parse::<DeliveryStatus>().map_or("unknown", DeliveryStatus::as_str), n))
         .collect())
+}
+
+/// Deliveries waiting (pending) and when the event of the oldest was recorded (the
+/// `webhook_deliveries` job's queue figures on `/metrics`).
+pub fn pending_figures(conn: &mut Conn) -> QueryResult<(i64, Option<i64>)> {
+    crate::on_conn!(conn, conn => {
+        let pending = webhook_deliveries::table.filter(webhook_deliveries::status.eq(DeliveryStatus::Pending));
+        let depth: i64 = pending.count().get_result(conn)?;
+        let oldest: Option<i64> = webhook_events::table
+            .filter(webhook_events::id.eq_any(pending.select(webhook_deliveries::event_id)))
+            .select(diesel::dsl::min(webhook_events::created_at))
+            .first(conn)?;
+        Ok((depth, oldest))
+    })
 }
 
 pub fn prune(conn: &mut Conn, before: i64) -> QueryResult<usize> {

@@ -1,0 +1,90 @@
+//! The PostgreSQL listener as a background job (listed in `jobs::all` only on PostgreSQL): one
+//! connection of its own, `LISTEN`ing on `db::notify`'s channels; each notification wakes the
+//! job it is for (the webhook worker, the cache-invalidation reader) at once. Diesel gives no wait
+//! on the connection's socket, so the listener looks at what has arrived every [`TICK`] (no query,
+//! no round trip) and makes a round trip every [`CHECK_EVERY`] to find a connection that broke.
+//! This process's own notifications wake their job [`OWN_DELAY`] later, as the one-second poll
+//! did: the write already acted on this process (see `db::notify`).
+//!
+//! A run lasts until shutdown. When its connection fails the run fails (logged, counted) and the
+//! supervisor starts it again at its interval; every (re)connection first wakes everything once,
+//! for what was committed while nobody listened.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::{Job, Next};
+use crate::db::notify::{Channel, Listener};
+
+/// How often the listener looks at what has arrived.
+pub const TICK: Duration = Duration::from_millis(50);
+/// How often it makes sure its connection is alive.
+pub const CHECK_EVERY: Duration = Duration::from_secs(30);
+/// How long after its own notification a job is woken.
+pub const OWN_DELAY: Duration = Duration::from_secs(1);
+
+/// What a notification wakes, by channel.
+pub type Ring = Arc<dyn Fn(Channel) + Send + Sync>;
+
+pub struct ListenJob {
+    pub database_url: String,
+    pub ring: Ring,
+}
+
+#[rocket::async_trait]
+impl Job for ListenJob {
+    fn name(&self) -> &'static str {
+        "pg_listen"
+    }
+
+    async fn run(&mut self, stop: &CancellationToken) -> Result<Next, String> {
+        // A thread of its own rather than the runtime's blocking pool: it ends at `stop`, and
+        // also when this run is dropped (a runtime shutting down does not wait for it).
+        let (url, ring, stop) = (self.database_url.clone(), self.ring.clone(), stop.clone());
+        let (done, result) = rocket::tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("pg-listen".into())
+            .spawn(move || {
+                let ended = listen(&url, &*ring, &|| stop.is_cancelled() || done.is_closed());
+                let _ = done.send(ended);
+            })
+            .map_err(|e| format!("could not start the listener: {e}"))?;
+        result.await.map_err(|_| "the listener stopped".to_string())?
+    }
+}
+
+/// Listen until `stopped`; an error when the connection cannot be made or breaks.
+pub fn listen(url: &str, ring: &(dyn Fn(Channel) + Sync), stopped: &dyn Fn() -> bool) -> Result<Next, String> {
+    let mut listener = Listener::connect(url)?;
+    for channel in Channel::ALL {
+        ring(channel);
+    }
+    let mut checked = Instant::now();
+    // This process's own notifications, and when they wake their jobs.
+    let mut own: Vec<(Channel, Instant)> = Vec::new();
+    while !stopped() {
+        for heard in listener.received().map_err(|e| format!("the listening connection broke: {e}"))? {
+            if !heard.own {
+                ring(heard.channel);
+            } else if !own.iter().any(|(c, _)| *c == heard.channel) {
+                own.push((heard.channel, Instant::now() + OWN_DELAY));
+            }
+        }
+        let now = Instant::now();
+        own.retain(|(channel, at)| {
+            let due = *at <= now;
+            if due {
+                ring(*channel);
+            }
+            !due
+        });
+        if checked.elapsed() >= CHECK_EVERY {
+            listener.check().map_err(|e| format!("the listening connection broke: {e}"))?;
+            checked = Instant::now();
+        }
+        std::thread::sleep(TICK);
+    }
+    Ok(Next::Idle)
+}
