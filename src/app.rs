@@ -148,14 +148,7 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
     let templates = crate::assets::template_root(settings.template_dir.as_deref())
         .map_err(|e| invalid("template_dir", format!("cannot prepare the templates: {e}")))?;
     let figment = figment.merge(("template_dir", templates.path.clone()));
-    if settings.demo_provider && !settings.dev_mode {
-        tracing::warn!(
-            profile = %settings.profile,
-            "DEMO PROVIDER ENABLED OUTSIDE DEBUG: `demo_provider = true` serves a pretend OAuth 2.0 provider under \
-             /demo that grants codes and tokens to anyone who clicks Allow. Never enable it on an instance that \
-             holds real users' tokens; set `demo_provider = false`."
-        );
-    }
+    warn_of_demo_outside_debug(&settings);
     let http = Outbound::new(&settings.http).map_err(|e| invalid("http_timeout", e))?;
     let static_files = crate::assets::StaticFiles { dir: settings.static_dir.clone() };
     let demo = settings.demo_provider;
@@ -171,36 +164,7 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
         let url = settings.database_url.clone();
         let c = cipher.clone();
         let hooks = webhooks.clone();
-        let opened = rocket::tokio::task::spawn_blocking(move || -> Result<Db, String> {
-            let db = Db::open(&url)?;
-            {
-                let mut conn = db.conn().map_err(|e| e.to_string())?;
-                match crate::vault::rotation::verify_key(&mut conn, &c)? {
-                    crate::vault::rotation::KeyCheck::OldKey => tracing::warn!(
-                        "secrets are still sealed with an old vault key: run `tokenvault vault rotate-key`"
-                    ),
-                    crate::vault::rotation::KeyCheck::Created => tracing::info!("vault key check recorded"),
-                    crate::vault::rotation::KeyCheck::Active => {}
-                }
-                // The audit log: started here in a new database; elsewhere its head must verify, or
-                // nothing could be recorded — and then tokenvault does not start.
-                match crate::audit::open(&mut conn, &c).map_err(|e| format!("cannot open the audit log: {e}"))? {
-                    Ok(head) => tracing::info!(seq = head.seq, anchor = head.anchor_id, "audit log ready"),
-                    Err(broken) => return Err(crate::audit::unusable(&broken)),
-                }
-                // The endpoints edited on /admin/webhooks, in effect before the first request.
-                hooks.reload(&mut conn, &c).map_err(|e| format!("cannot read the webhook endpoints: {e}"))?;
-                for e in hooks.endpoints().iter().filter(|e| e.origin == crate::webhooks::Origin::Edited) {
-                    tracing::warn!(endpoint = %e.name, "webhook endpoint: the settings edited on /admin/webhooks override its Rocket.toml table (changes to that table do not apply until it is reverted on the page)");
-                }
-            }
-            if demo {
-                let mut conn = db.conn().map_err(|e| e.to_string())?;
-                crate::demo::ensure_client(&mut conn, &c).map_err(|e| format!("demo provider setup failed: {e}"))?;
-            }
-            Ok(db)
-        })
-        .await;
+        let opened = rocket::tokio::task::spawn_blocking(move || open_database(&url, &c, &hooks, demo)).await;
         let mut catalog = catalog;
         catalog.discover(&http).await;
         let catalog = Arc::new(catalog);
@@ -208,41 +172,14 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
             Ok(Ok(db)) => {
                 // Form posts may end in redirects to the providers' authorize pages (the Authorize
                 // button) and, for the demo provider's consent form, to the registered redirect URIs.
-                let mut form_targets = catalog.authorize_origins(&settings.public_origin());
-                if settings.demo_provider {
-                    form_targets.extend(
-                        settings
-                            .demo
-                            .redirect_uris
-                            .iter()
-                            .filter_map(|u| url::Url::parse(u).ok())
-                            .map(|u| u.origin().ascii_serialization()),
-                    );
-                    form_targets.sort();
-                    form_targets.dedup();
-                }
-                let headers = SecurityHeaders::new(&form_targets, settings.is_https());
+                let headers = SecurityHeaders::new(&form_targets(&settings, &catalog), settings.is_https());
                 tracing::info!(profile = %settings.profile, public_url = %settings.public_url, vault_key_id = %cipher.active_key_id(), "database ready");
-                Ok(rocket.attach(headers).manage(AppState {
+                let state = app_state(
                     db,
-                    cipher,
-                    http,
                     catalog,
-                    refresh_locks: Default::default(),
-                    metrics: metrics_state,
-                    caches: Arc::new(crate::cache::Caches::new(settings.api.cache_ttl)),
-                    hasher: Arc::new(crate::auth::password::Hasher::for_this_machine()),
-                    login_throttle: crate::auth::throttle::LoginThrottle::new(
-                        settings.login.per_ip,
-                        settings.login.per_account,
-                        settings.login.throttle_capacity,
-                    ),
-                    webhooks,
-                    audit: Default::default(),
-                    revocations: Default::default(),
-                    jobs: jobs_state,
-                    settings,
-                }))
+                    Handles { settings, cipher, http, metrics: metrics_state, webhooks, jobs: jobs_state },
+                );
+                Ok(rocket.attach(headers).manage(state))
             }
             Ok(Err(e)) => {
                 tracing::error!("cannot start: {e}");
@@ -255,7 +192,7 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
         }
     });
 
-    let mut rocket = rocket::custom(figment)
+    let rocket = rocket::custom(figment)
         .attach(RequestLog)
         .attach(crate::metrics::MetricsFairing(metrics.registry.clone()))
         .attach(Template::custom(|engines| engines.handlebars.set_strict_mode(true)))
@@ -274,29 +211,132 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
                 }
             })
         }))
-        .mount("/", crate::web::traced(crate::routes::home::routes()))
-        .mount("/", crate::web::traced(crate::routes::auth::routes()))
-        .mount("/", crate::web::traced(crate::routes::services::routes()))
-        .mount("/", crate::web::traced(crate::routes::account::routes()))
-        .mount("/", crate::web::traced(crate::routes::settings::routes()))
-        .mount("/", crate::web::traced(crate::routes::password::routes()))
-        .mount("/", crate::web::traced(crate::routes::admin::routes()))
-        .mount("/", crate::web::traced(crate::routes::webhooks::routes()))
-        .mount("/", crate::web::traced(crate::routes::health::routes()))
-        .mount("/", crate::web::traced(crate::routes::api_keys::routes()))
-        .mount("/", crate::web::traced(crate::routes::sessions::routes()))
-        .mount("/", crate::web::traced(crate::routes::audit::routes()))
-        .mount("/api/v1", crate::web::traced(crate::routes::api::routes()))
-        .mount("/static", crate::assets::routes())
         .manage(static_files)
         .manage(templates)
         .register("/", crate::routes::catchers());
-    if demo {
-        rocket = rocket
-            .mount("/demo", crate::web::traced(crate::demo::routes()))
-            .manage(crate::demo::FailureSwitch::default());
+    Ok(mount_routes(rocket, demo))
+}
+
+/// What the server's state is made of before the database is open.
+struct Handles {
+    settings: Arc<Settings>,
+    cipher: Arc<Cipher>,
+    http: Outbound,
+    metrics: Arc<crate::state::AppMetrics>,
+    webhooks: Arc<crate::webhooks::Webhooks>,
+    jobs: Arc<crate::jobs::Supervisor>,
+}
+
+/// The server's state, once its database is open and its providers discovered.
+fn app_state(db: Db, catalog: Arc<Catalog>, h: Handles) -> AppState {
+    let Handles { settings, cipher, http, metrics, webhooks, jobs } = h;
+    AppState {
+        db,
+        cipher,
+        http,
+        catalog,
+        refresh_locks: Default::default(),
+        metrics,
+        caches: Arc::new(crate::cache::Caches::new(settings.api.cache_ttl)),
+        hasher: Arc::new(crate::auth::password::Hasher::for_this_machine()),
+        login_throttle: crate::auth::throttle::LoginThrottle::new(
+            settings.login.per_ip,
+            settings.login.per_account,
+            settings.login.throttle_capacity,
+        ),
+        webhooks,
+        audit: Default::default(),
+        revocations: Default::default(),
+        jobs,
+        settings,
     }
-    Ok(rocket)
+}
+
+/// Every page and API route, the static files and — with the demo provider — `/demo`.
+fn mount_routes(rocket: Rocket<Build>, demo: bool) -> Rocket<Build> {
+    use crate::routes::*;
+    use crate::web::traced;
+    let pages = [
+        home::routes(),
+        auth::routes(),
+        services::routes(),
+        account::routes(),
+        settings::routes(),
+        password::routes(),
+        admin::routes(),
+        webhooks::routes(),
+        health::routes(),
+        api_keys::routes(),
+        sessions::routes(),
+        audit::routes(),
+    ];
+    let mut rocket = pages.into_iter().fold(rocket, |rocket, routes| rocket.mount("/", traced(routes)));
+    rocket = rocket.mount("/api/v1", traced(api::routes())).mount("/static", crate::assets::routes());
+    if demo {
+        rocket = rocket.mount("/demo", traced(crate::demo::routes())).manage(crate::demo::FailureSwitch::default());
+    }
+    rocket
+}
+
+/// The demo provider grants tokens to anyone who clicks Allow: said loudly outside debug.
+fn warn_of_demo_outside_debug(settings: &Settings) {
+    if settings.demo_provider && !settings.dev_mode {
+        tracing::warn!(
+            profile = %settings.profile,
+            "DEMO PROVIDER ENABLED OUTSIDE DEBUG: `demo_provider = true` serves a pretend OAuth 2.0 provider under \
+             /demo that grants codes and tokens to anyone who clicks Allow. Never enable it on an instance that \
+             holds real users' tokens; set `demo_provider = false`."
+        );
+    }
+}
+
+/// Open the database (migrated) and check what must hold before the first request: the vault
+/// key, the audit log's head, the webhook endpoints edited on the page, the demo client.
+fn open_database(url: &str, cipher: &Cipher, hooks: &crate::webhooks::Webhooks, demo: bool) -> Result<Db, String> {
+    let db = Db::open(url)?;
+    let mut conn = db.conn().map_err(|e| e.to_string())?;
+    match crate::vault::rotation::verify_key(&mut conn, cipher)? {
+        crate::vault::rotation::KeyCheck::OldKey => {
+            tracing::warn!("secrets are still sealed with an old vault key: run `tokenvault vault rotate-key`")
+        }
+        crate::vault::rotation::KeyCheck::Created => tracing::info!("vault key check recorded"),
+        crate::vault::rotation::KeyCheck::Active => {}
+    }
+    // The audit log: started here in a new database; elsewhere its head must verify, or nothing
+    // could be recorded — and then tokenvault does not start.
+    match crate::audit::open(&mut conn, cipher).map_err(|e| format!("cannot open the audit log: {e}"))? {
+        Ok(head) => tracing::info!(seq = head.seq, anchor = head.anchor_id, "audit log ready"),
+        Err(broken) => return Err(crate::audit::unusable(&broken)),
+    }
+    // The endpoints edited on /admin/webhooks, in effect before the first request.
+    hooks.reload(&mut conn, cipher).map_err(|e| format!("cannot read the webhook endpoints: {e}"))?;
+    for e in hooks.endpoints().iter().filter(|e| e.origin == crate::webhooks::Origin::Edited) {
+        tracing::warn!(endpoint = %e.name, "webhook endpoint: the settings edited on /admin/webhooks override its Rocket.toml table (changes to that table do not apply until it is reverted on the page)");
+    }
+    if demo {
+        crate::demo::ensure_client(&mut conn, cipher).map_err(|e| format!("demo provider setup failed: {e}"))?;
+    }
+    drop(conn);
+    Ok(db)
+}
+
+/// Where form posts may end: the providers' authorize pages (the Authorize button) and, for the
+/// demo provider's consent form, its registered redirect URIs.
+fn form_targets(settings: &Settings, catalog: &Catalog) -> Vec<String> {
+    let mut targets = catalog.authorize_origins(&settings.public_origin());
+    if settings.demo_provider {
+        targets.extend(
+            settings
+                .demo
+                .redirect_uris
+                .iter()
+                .filter_map(|u| url::Url::parse(u).ok())
+                .map(|u| u.origin().ascii_serialization()),
+        );
+        targets.sort();
+        targets.dedup();
+    }
+    targets
 }
 
 #[cfg(test)]
