@@ -197,7 +197,7 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
         .attach(crate::metrics::MetricsFairing(metrics.registry.clone()))
         .attach(Template::custom(|engines| engines.handlebars.set_strict_mode(true)))
         .attach(database)
-        .attach(crate::jobs::Fairing { supervisor: jobs })
+        .attach(crate::schedule::Fairing { supervisor: jobs })
         .attach(AdHoc::on_liftoff("Announce", |rocket| {
             Box::pin(async move {
                 let c = rocket.config();

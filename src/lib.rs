@@ -17,6 +17,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod oauth;
 pub mod routes;
+pub mod schedule;
 pub mod state;
 pub mod util;
 pub mod vault;

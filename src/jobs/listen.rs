@@ -1,4 +1,4 @@
-//! The PostgreSQL listener as a background job (listed in `jobs::all` only on PostgreSQL): one
+//! The PostgreSQL listener as a background job (listed in `schedule::all` only on PostgreSQL): one
 //! connection of its own, `LISTEN`ing on `db::notify`'s channels; each notification wakes the
 //! job it is for (the webhook worker, the cache-invalidation reader) at once. Diesel gives no wait
 //! on the connection's socket, so the listener looks at what has arrived every [`TICK`] (no query,

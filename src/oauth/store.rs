@@ -160,9 +160,9 @@ fn write_row(tx: &mut changes::Tx<'_>, into: Option<i64>, new: &NewConnection<'_
 /// that do not open are left alone (logged): storing the new ones matters more.
 fn retire_replaced(conn: &mut Conn, cipher: &Cipher, old: &Connection, new: &TokenSet) -> AppResult<()> {
     match open_tokens(cipher, old) {
-        Ok((access, refresh)) if crate::oauth::retire::replaced(&access, refresh.as_ref(), new) => {
+        Ok((access, refresh)) if crate::oauth::retire::pending::replaced(&access, refresh.as_ref(), new) => {
             let whose = (old.user_id, old.service.as_str(), old.account_id.as_str());
-            crate::oauth::retire::enqueue(conn, cipher, whose, &access, refresh.as_ref())
+            crate::oauth::retire::pending::enqueue(conn, cipher, whose, &access, refresh.as_ref())
         }
         Ok(_) => Ok(()),
         Err(e) => {

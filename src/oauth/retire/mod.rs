@@ -18,78 +18,32 @@
 //! error, never a body or a URL). A revocation given up stays in the jobs table as dead
 //! (`tokenvault_job_dead{job="token_revocations"}`).
 
+pub mod pending;
+
+use pending::aad;
+pub use pending::{backoff, enqueue, replaced, MAX_ATTEMPTS};
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::db::models::jobs::Held;
-use crate::db::models::revocations::{self, NewRevocation, Revocation};
-use crate::db::{Conn, Db};
+use crate::db::models::revocations::{self, Revocation};
+use crate::db::Db;
 use crate::error::AppResult;
 use crate::jobs::queue::{self, Failed};
 use crate::oauth::http::Outbound;
 use crate::oauth::providers::{Catalog, Provider, RevokeStyle};
 use crate::oauth::revoke::{self, CallFailed, Token};
 use crate::oauth::store::Tokens;
-use crate::oauth::tokens::{self, TokenSet};
-use crate::util::{now, ExposeSecret, Secret};
+use crate::oauth::tokens;
+use crate::util::{now, Secret};
 use crate::vault::store::client_credentials;
-use crate::vault::{Aad, Cipher};
+use crate::vault::Cipher;
 
-/// Attempts before a revocation is given up (the last about two hours after the first, with
-/// [`backoff`]).
-pub const MAX_ATTEMPTS: i64 = 8;
 /// How often the queue is read without a wake-up (rows of other instances, retries coming due).
 pub const POLL_INTERVAL: Duration = Duration::from_secs(10);
 /// Revocations worked (concurrently) per round.
 const BATCH: i64 = 16;
-
-/// Seconds before attempt `attempts + 1` after `attempts` failed ones: 1 minute, doubling, at
-/// most 2 hours.
-pub fn backoff(attempts: i64) -> i64 {
-    queue::backoff(attempts)
-}
-
-/// Whether writing `new` over a row that held `old_access`/`old_refresh` retires the old ones:
-/// not when the grant goes on in the new tokens (the provider answered with the same refresh
-/// token or — without one — the same access token).
-pub fn replaced(old_access: &Secret, old_refresh: Option<&Secret>, new: &TokenSet) -> bool {
-    let same = |a: &Secret, b: Option<&Secret>| b.is_some_and(|b| a.expose_secret() == b.expose_secret());
-    match old_refresh {
-        Some(old) => !same(old, new.refresh_token.as_ref()),
-        None => !same(old_access, Some(&new.access_token)),
-    }
-}
-
-fn aad<'a>(user_id: i64, service: &'a str, account: &'a str, column: &'a str) -> Aad<'a> {
-    Aad::RetiredToken { user_id, service, account, column }
-}
-
-/// Queue `access` (and `refresh`) of the user's `account` at `service` for revocation; call inside
-/// the transaction that drops them.
-pub fn enqueue(
-    conn: &mut Conn,
-    cipher: &Cipher,
-    (user_id, service, account): (i64, &str, &str),
-    access: &Secret,
-    refresh: Option<&Secret>,
-) -> AppResult<()> {
-    let sealed_access = cipher.seal_str(access.expose_secret(), aad(user_id, service, account, "access_token"));
-    let sealed_refresh =
-        refresh.map(|r| cipher.seal_str(r.expose_secret(), aad(user_id, service, account, "refresh_token")));
-    revocations::insert(
-        conn,
-        &NewRevocation {
-            user_id,
-            service,
-            account_id: account,
-            access_token: &sealed_access,
-            refresh_token: sealed_refresh.as_deref(),
-            next_attempt_at: now(),
-            max_attempts: MAX_ATTEMPTS,
-        },
-    )?;
-    Ok(())
-}
 
 /// Queue the tokens of an answer that is not stored (their own transaction), if `provider`'s are
 /// revoked at all. A failure is logged, not returned: the caller is reporting another outcome.
@@ -298,6 +252,7 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::oauth::tokens::TokenSet;
 
     fn set(access: &str, refresh: Option<&str>) -> TokenSet {
         TokenSet {
