@@ -7,6 +7,7 @@ use crate::cache::Caches;
 use crate::changes::{self, Change, Committed, Effects, Ledger, Subject};
 use crate::db::models::connections::{self, Account, Connection, ConnectionStatus, NewConnection, Which};
 use crate::db::models::events::{EventKind, EventOutcome};
+use crate::db::models::invalidations::Invalidated;
 use crate::db::{Conn, Db};
 use crate::error::AppResult;
 use crate::oauth::tokens::TokenSet;
@@ -141,16 +142,14 @@ pub fn save_new(
 fn write_row(tx: &mut changes::Tx<'_>, into: Option<i64>, new: &NewConnection<'_>) -> AppResult<()> {
     match into {
         Some(id) => {
-            let replaced = connections::replace(tx.conn(), id, new)?;
-            if tx.absorb(replaced) == 0 {
+            if connections::replace(tx.conn(), id, new)? == 0 {
                 return Err(crate::error::AppError::Conflict(
                     "The connection you were reconnecting was deleted meanwhile; nothing was stored.".into(),
                 ));
             }
         }
         None => {
-            let upserted = connections::upsert(tx.conn(), new)?;
-            tx.absorb(upserted);
+            connections::upsert(tx.conn(), new)?;
         }
     }
     Ok(())
@@ -184,8 +183,11 @@ pub fn delete_with_event(
     detail: &str,
 ) -> AppResult<Committed<bool>> {
     changes::write(conn, &ledger.cipher, ledger.events_kept, |tx| {
-        let removed = connections::delete(tx.conn(), which, service)?;
-        let Some(row) = tx.absorb(removed) else { return Ok(false) };
+        let Some(row) = connections::delete(tx.conn(), which, service)? else {
+            // Gone already (deleted by another instance, which recorded it): drop our copy.
+            tx.saw_stale(Invalidated::Connection { user_id: which.user_id, service: service.to_string() });
+            return Ok(false);
+        };
         let (conn, detail) = (Subject::of(&row), detail.to_string());
         tx.record(match kind {
             EventKind::Revoke => Change::ConnectionRevoked { conn, outcome, detail },
@@ -364,12 +366,12 @@ mod tests {
         assert!(cipher.open(&sealed, aad(user_id, "access_token")).is_err(), "and to its column");
 
         let ring = Cipher::from_base64(&new_key, std::slice::from_ref(&old_key)).unwrap();
-        let done = crate::vault::rotation::rotate(&mut conn, &ring, |_, _| {}).unwrap();
+        let done = crate::changes::rotate_vault_key(&mut conn, &ring, |_, _| {}).unwrap();
         assert_eq!(done.retired_tokens, 2);
         let only_new = Cipher::from_base64(&new_key, &[]).unwrap();
         let row = &revocations::all(&mut conn).unwrap()[0];
         let refresh = only_new.open(row.refresh_token.as_ref().unwrap(), aad(user_id, "refresh_token")).unwrap();
         assert_eq!(refresh.expose_secret(), "RT-2");
-        assert_eq!(crate::vault::rotation::rotate(&mut conn, &ring, |_, _| {}).unwrap().retired_tokens, 0);
+        assert_eq!(crate::changes::rotate_vault_key(&mut conn, &ring, |_, _| {}).unwrap().retired_tokens, 0);
     }
 }
