@@ -246,7 +246,7 @@ fn app_state(db: Db, catalog: Arc<Catalog>, h: Handles) -> AppState {
         ),
         webhooks,
         audit: Default::default(),
-        revocations: Default::default(),
+        job_wake: Default::default(),
         jobs,
         settings,
     }

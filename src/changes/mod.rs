@@ -37,6 +37,7 @@ use crate::db::models::events::EventOutcome;
 use crate::db::models::invalidations::Invalidated;
 use crate::db::{Conn, Db};
 use crate::error::AppResult;
+use crate::jobs::Wake;
 use crate::vault::Cipher;
 use crate::webhooks::Webhooks;
 
@@ -175,6 +176,8 @@ pub struct Tx<'c> {
     /// What this process drops from its caches on settling: the recorded ones, and the stale.
     invalidated: Vec<Invalidated>,
     wake: bool,
+    /// A job was queued in the jobs table: its workers are woken on settling.
+    jobs_queued: bool,
     /// The `webhook-id`s of the events recorded so far.
     events: Vec<String>,
 }
@@ -201,6 +204,11 @@ impl<'c> Tx<'c> {
             }
         }
         Ok(())
+    }
+
+    /// This unit queued a job in the jobs table (`crate::jobs::queue`): settling wakes its workers.
+    pub fn job_queued(&mut self) {
+        self.jobs_queued = true;
     }
 
     /// A compare-and-swap of this unit found `what` changed under it (or gone): nothing is
@@ -265,10 +273,11 @@ fn unit<T>(
             recorded: Vec::new(),
             invalidated: Vec::new(),
             wake: false,
+            jobs_queued: false,
             events: Vec::new(),
         };
         let value = f(&mut tx)?;
-        Ok(Committed { value, invalidated: tx.invalidated, wake: tx.wake })
+        Ok(Committed { value, invalidated: tx.invalidated, wake: tx.wake, jobs_queued: tx.jobs_queued })
     })
 }
 
@@ -321,12 +330,24 @@ impl Db {
     }
 }
 
-/// What a process does after a commit: drop its cached copies, wake its webhook worker. A
-/// process without one of them leaves it `None`.
+/// What a process does after a commit: drop its cached copies, wake its webhook worker and the
+/// workers of the jobs table. A process without one of them leaves it `None`.
 #[derive(Clone, Copy, Default)]
 pub struct Effects<'a> {
     pub caches: Option<&'a Caches>,
     pub webhooks: Option<&'a Webhooks>,
+    pub jobs: Option<&'a Wake>,
+}
+
+impl Effects<'_> {
+    fn wake_workers(&self, webhooks: bool, jobs: bool) {
+        if let (true, Some(hooks)) = (webhooks, self.webhooks) {
+            hooks.wake();
+        }
+        if let (true, Some(wake)) = (jobs, self.jobs) {
+            wake.wake();
+        }
+    }
 }
 
 /// A committed unit of work: its value, and what this process must do now that it is committed.
@@ -336,18 +357,15 @@ pub struct Committed<T> {
     value: T,
     invalidated: Vec<Invalidated>,
     wake: bool,
+    jobs_queued: bool,
 }
 
 impl<T> Committed<T> {
     /// Drop this process's cached copies of what changed, wake the webhook worker when an event
-    /// was recorded, and hand back the value.
+    /// was recorded and the jobs' workers when a job was queued, and hand back the value.
     pub fn settle(self, fx: Effects<'_>) -> T {
-        let Committed { value, invalidated, wake } = self;
-        if wake {
-            if let Some(hooks) = fx.webhooks {
-                hooks.wake();
-            }
-        }
+        let Committed { value, invalidated, wake, jobs_queued } = self;
+        fx.wake_workers(wake, jobs_queued);
         if let Some(caches) = fx.caches {
             caches.after_write(&invalidated);
         }
@@ -357,10 +375,8 @@ impl<T> Committed<T> {
     /// [`Committed::settle`] for a refresh that has just stored `row` with a ticket taken before
     /// the write: the row goes into the cached set in place of the old one (`Caches::after_refresh`).
     pub fn settle_refresh(self, fx: Effects<'_>, ticket: Ticket, row: Arc<Connection>) -> T {
-        let Committed { value, invalidated, wake } = self;
-        if let (true, Some(hooks)) = (wake, fx.webhooks) {
-            hooks.wake();
-        }
+        let Committed { value, invalidated, wake, jobs_queued } = self;
+        fx.wake_workers(wake, jobs_queued);
         if let Some(caches) = fx.caches {
             caches.after_refresh(&invalidated, ticket, row);
         }
@@ -379,12 +395,22 @@ impl<T> Committed<T> {
     }
 
     pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Committed<U> {
-        Committed { value: f(self.value), invalidated: self.invalidated, wake: self.wake }
+        Committed {
+            value: f(self.value),
+            invalidated: self.invalidated,
+            wake: self.wake,
+            jobs_queued: self.jobs_queued,
+        }
     }
 
     /// Whether settling wakes the webhook worker (an event was recorded).
     pub fn wakes(&self) -> bool {
         self.wake
+    }
+
+    /// Whether settling wakes the workers of the jobs table (a job was queued).
+    pub fn wakes_jobs(&self) -> bool {
+        self.jobs_queued
     }
 
     /// What settling drops from this process's caches.

@@ -431,7 +431,7 @@ fn a_unit_of_work_writes_its_projections_in_its_transaction() {
     let ticket = caches.connections.ticket();
     caches.connections.fill(ticket, key.clone(), std::sync::Arc::new(Vec::new()));
     assert!(caches.connections.get(&key).is_some());
-    assert_eq!(committed.settle(super::Effects { caches: Some(&caches), webhooks: None }), 42);
+    assert_eq!(committed.settle(super::Effects { caches: Some(&caches), ..Default::default() }), 42);
     assert!(caches.connections.get(&key).is_none(), "settling dropped the cached copy");
     assert!(crate::audit::verify(&mut conn, &cipher).unwrap().is_ok(), "the chain still verifies");
 
@@ -447,8 +447,34 @@ fn a_unit_of_work_writes_its_projections_in_its_transaction() {
     assert_eq!(tables.iter().map(|t| count(&mut conn, t)).collect::<Vec<_>>(), before, "no row of any projection");
     assert_eq!((committed.invalidated(), committed.wakes()), (&[stale][..], false));
     caches.connections.fill(caches.connections.ticket(), key.clone(), std::sync::Arc::new(Vec::new()));
-    assert!(!committed.settle(super::Effects { caches: Some(&caches), webhooks: None }));
+    assert!(!committed.settle(super::Effects { caches: Some(&caches), ..Default::default() }));
     assert!(caches.connections.get(&key).is_none(), "the stale copy was dropped");
+}
+
+/// A unit that queued a job wakes the jobs' workers on settling (and only then); one without a
+/// bell to ring (the CLI) just hands back its value.
+#[test]
+fn a_unit_that_queued_a_job_wakes_the_jobs_workers() {
+    use crate::db::Db;
+    use crate::vault::Cipher;
+    use futures_util::FutureExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(&dir.path().join("t.sqlite").to_string_lossy()).unwrap();
+    let cipher = Cipher::for_tests(3);
+    let mut conn = db.conn().unwrap();
+    let bell = crate::jobs::Wake::default();
+    let quiet = super::write_no_history(&mut conn, &cipher, |_| Ok(1)).unwrap();
+    assert!(!quiet.wakes_jobs());
+    assert_eq!(quiet.settle(super::Effects { jobs: Some(&bell), ..Default::default() }), 1);
+    assert!(bell.notified().now_or_never().is_none(), "nothing queued, nobody woken");
+    let queued = super::write_no_history(&mut conn, &cipher, |tx| {
+        tx.job_queued();
+        Ok(2)
+    })
+    .unwrap();
+    assert!(queued.wakes_jobs() && !queued.wakes());
+    assert_eq!(queued.settle(super::Effects { jobs: Some(&bell), ..Default::default() }), 2);
+    assert!(bell.notified().now_or_never().is_some(), "the workers were woken");
 }
 
 /// `vault rotate-key` through the unit of work: each re-sealed connection is recorded as

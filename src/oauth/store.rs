@@ -29,6 +29,8 @@ pub struct Tokens<'a> {
     /// The webhook worker's bell, rung after a write that recorded an event (`None`: a process
     /// without the worker).
     pub webhooks: Option<&'a Webhooks>,
+    /// The jobs' workers' bell, rung after a write that queued a job (`None`: no workers).
+    pub jobs: Option<&'a crate::jobs::Wake>,
 }
 
 impl Tokens<'_> {
@@ -39,7 +41,7 @@ impl Tokens<'_> {
 
     /// What this process does after a commit: drop its cached rows, wake the webhook worker.
     pub fn effects(&self) -> Effects<'_> {
-        Effects { caches: Some(self.caches), webhooks: self.webhooks }
+        Effects { caches: Some(self.caches), webhooks: self.webhooks, jobs: self.jobs }
     }
 
     /// Record `change` alone in a unit of work of its own, settled.
@@ -111,7 +113,7 @@ pub fn save_new(
         };
         write_row(tx, to.into, &new)?;
         if let Some(old) = old.filter(|_| to.retire_replaced) {
-            retire_replaced(tx.conn(), cipher, &old, tokens)?;
+            retire_replaced(tx, cipher, &old, tokens)?;
         }
         let Some(row) =
             connections::list_for(tx.conn(), user_id, service)?.into_iter().find(|c| c.account_id == account)
@@ -157,11 +159,11 @@ fn write_row(tx: &mut changes::Tx<'_>, into: Option<i64>, new: &NewConnection<'_
 
 /// Queue `old`'s tokens for revocation if `new` replaces them (in the caller's transaction). Tokens
 /// that do not open are left alone (logged): storing the new ones matters more.
-fn retire_replaced(conn: &mut Conn, cipher: &Cipher, old: &Connection, new: &TokenSet) -> AppResult<()> {
+fn retire_replaced(tx: &mut changes::Tx<'_>, cipher: &Cipher, old: &Connection, new: &TokenSet) -> AppResult<()> {
     match open_tokens(cipher, old) {
         Ok((access, refresh)) if crate::oauth::retire::pending::replaced(&access, refresh.as_ref(), new) => {
             let whose = (old.user_id, old.service.as_str(), old.account_id.as_str());
-            crate::oauth::retire::pending::enqueue(conn, cipher, whose, &access, refresh.as_ref())
+            crate::oauth::retire::pending::enqueue(tx, cipher, whose, &access, refresh.as_ref())
         }
         Ok(_) => Ok(()),
         Err(e) => {
@@ -280,7 +282,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("t.sqlite").to_string_lossy()).unwrap();
         let (cipher, caches) = (Arc::new(Cipher::for_tests(7)), Caches::new(60));
-        let store = Tokens { db: &db, cipher: &cipher, caches: &caches, events_kept: 10, webhooks: None };
+        let store = Tokens { db: &db, cipher: &cipher, caches: &caches, events_kept: 10, webhooks: None, jobs: None };
         // The audit log starts before the first user, as at a server's first start.
         crate::audit::open(&mut db.conn().unwrap(), &cipher).unwrap().unwrap();
         let user_id = users::for_tests(&mut db.conn().unwrap(), "ann");
@@ -330,7 +332,7 @@ mod tests {
         let (old_key, new_key) = (Cipher::generate_key(), Cipher::generate_key());
         let cipher = Arc::new(Cipher::from_base64(&old_key, &[]).unwrap());
         let caches = Caches::new(60);
-        let store = Tokens { db: &db, cipher: &cipher, caches: &caches, events_kept: 10, webhooks: None };
+        let store = Tokens { db: &db, cipher: &cipher, caches: &caches, events_kept: 10, webhooks: None, jobs: None };
         crate::audit::open(&mut db.conn().unwrap(), &cipher).unwrap().unwrap();
         let user_id = users::for_tests(&mut db.conn().unwrap(), "ann");
         let set = |n: u32, refresh: Option<&str>| TokenSet {

@@ -129,7 +129,7 @@ impl Fixture {
     }
 
     fn tokens(&self) -> Tokens<'_> {
-        Tokens { db: &self.db, cipher: &self.cipher, caches: &self.caches, events_kept: 50, webhooks: None }
+        Tokens { db: &self.db, cipher: &self.cipher, caches: &self.caches, events_kept: 50, webhooks: None, jobs: None }
     }
 
     fn with<'a>(&'a self, endpoint: &'a dyn TokenEndpoint) -> Refresher<'a> {
