@@ -92,6 +92,12 @@ pub enum Kind {
     /// `tokenvault audit restart`: a log that could no longer be appended to was archived and a
     /// new one started after it (the first entry of the new log).
     AuditRestarted,
+    /// A user allowed a client of tokenvault's authorization server a grant.
+    GrantCreated,
+    /// A grant ended before its expiry (`"reason"` says why).
+    GrantRevoked,
+    /// The token endpoint issued tokens of a grant.
+    GrantTokensIssued,
 }
 
 impl Kind {
@@ -115,6 +121,9 @@ impl Kind {
         Kind::PasswordChanged,
         Kind::UserRenamed,
         Kind::AuditRestarted,
+        Kind::GrantCreated,
+        Kind::GrantRevoked,
+        Kind::GrantTokensIssued,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -138,15 +147,20 @@ impl Kind {
             Kind::PasswordChanged => "password.changed",
             Kind::UserRenamed => "user.renamed",
             Kind::AuditRestarted => "audit.restarted",
+            Kind::GrantCreated => "grant.created",
+            Kind::GrantRevoked => "grant.revoked",
+            Kind::GrantTokensIssued => "grant.tokens_issued",
         }
     }
 }
 
-/// Who acted: `user:<id>`, `key:<id>` (an API key), `cli` or `system`.
+/// Who acted: `user:<id>`, `key:<id>` (an API key), `grant:<id>` (an OAuth grant's token), `cli` or `system`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Actor {
     User(i64),
     Key(i64),
+    /// An access token of a grant of tokenvault's authorization server.
+    Grant(i64),
     Cli,
     System,
 }
@@ -156,6 +170,7 @@ impl std::fmt::Display for Actor {
         match self {
             Actor::User(id) => write!(f, "user:{id}"),
             Actor::Key(id) => write!(f, "key:{id}"),
+            Actor::Grant(id) => write!(f, "grant:{id}"),
             Actor::Cli => f.write_str("cli"),
             Actor::System => f.write_str("system"),
         }
