@@ -13,9 +13,9 @@ use sha2::{Digest, Sha256};
 
 use crate::common::{self, builder, Agent, TestApp, PUBLIC_URL};
 
-const REDIRECT: &str = "http://127.0.0.1:7777/callback";
+pub(crate) const REDIRECT: &str = "http://127.0.0.1:7777/callback";
 
-fn pkce() -> (String, String) {
+pub(crate) fn pkce() -> (String, String) {
     let verifier = format!("v{}", tokenvault::util::random_token(40));
     let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
     (verifier, challenge)
@@ -77,7 +77,12 @@ async fn register(app: &TestApp, redirects: &[&str]) -> String {
 }
 
 /// An authorization request's URL.
-fn authorize_url(client_id: &str, redirect: &str, challenge: Option<&str>, extra: &[(&str, &str)]) -> String {
+pub(crate) fn authorize_url(
+    client_id: &str,
+    redirect: &str,
+    challenge: Option<&str>,
+    extra: &[(&str, &str)],
+) -> String {
     let mut q = url::form_urlencoded::Serializer::new(String::new());
     q.append_pair("response_type", "code").append_pair("client_id", client_id).append_pair("redirect_uri", redirect);
     q.append_pair("state", "st-123");
@@ -91,7 +96,7 @@ fn authorize_url(client_id: &str, redirect: &str, challenge: Option<&str>, extra
 }
 
 /// The hidden and checked fields of the consent form, as the browser would send them.
-fn consent_fields(page: &str) -> Vec<(String, String)> {
+pub(crate) fn consent_fields(page: &str) -> Vec<(String, String)> {
     let form = &page[page.find(r#"id="grant-form""#).expect("the consent form")..];
     let form = &form[..form.find("</form>").unwrap()];
     let mut fields = Vec::new();
@@ -115,7 +120,7 @@ fn consent_fields(page: &str) -> Vec<(String, String)> {
 }
 
 /// The query of a redirect to the client.
-fn query_of(location: &str) -> BTreeMap<String, String> {
+pub(crate) fn query_of(location: &str) -> BTreeMap<String, String> {
     url::Url::parse(location).unwrap().query_pairs().into_owned().collect()
 }
 
@@ -726,4 +731,118 @@ async fn client_id_metadata_documents_are_fetched_checked_and_cached() {
     let r = bob.fetch(&authorize_url(&url, REDIRECT, Some(&challenge), &[])).await;
     assert_eq!((r.status, r.location.is_none()), (Status::BadRequest, true));
     assert!(server.received_requests().await.unwrap().is_empty(), "never fetched");
+}
+
+/// Where `.ci/run` installs panva's `oauth4webapi` (or `TOKENVAULT_OAUTH4WEBAPI`), when it and
+/// `node` are there; otherwise the test is skipped — or fails under `TOKENVAULT_REQUIRE_BROWSER=1`
+/// (CI), as the browser tests do.
+fn oauth4webapi() -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("TOKENVAULT_OAUTH4WEBAPI").map(std::path::PathBuf::from).unwrap_or_else(|| {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/node-oauth-client/node_modules/oauth4webapi")
+    });
+    let node = std::process::Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
+    if node && dir.join("build/index.js").is_file() {
+        return Some(dir);
+    }
+    let missing = if node { format!("no oauth4webapi in {}", dir.display()) } else { "no node".into() };
+    if std::env::var("TOKENVAULT_REQUIRE_BROWSER").is_ok_and(|v| v == "1") {
+        panic!("the oauth4webapi test cannot run: {missing} (.ci/run installs it); TOKENVAULT_REQUIRE_BROWSER=1");
+    }
+    eprintln!("oauth4webapi test skipped: {missing} (run .ci/run, or npm install --prefix target/node-oauth-client oauth4webapi)");
+    None
+}
+
+/// A real third-party OAuth client — panva's `oauth4webapi`, run by Node.js — against the real
+/// binary: RFC 8414 discovery, PKCE S256, the consent page (posted by this test as the user's
+/// browser), the RFC 9207 `iss` and `state` checks, the code exchange with a `resource`, and a
+/// refresh; its access token then works at `/api/v1`.
+#[tokio::test]
+async fn a_real_third_party_client_completes_the_flow() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let Some(module) = oauth4webapi() else { return };
+    let fake = common::FakeProvider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let database = common::TestDatabase::new(dir.path());
+    {
+        let db = tokenvault::db::Db::open_sized(&database.url, 1).unwrap();
+        let cipher = tokenvault::vault::Cipher::from_base64(common::VAULT_KEY, &[]).unwrap();
+        let mut conn = db.conn().unwrap();
+        tokenvault::vault::store::set(&mut conn, &cipher, "fake.client_id", common::CLIENT_ID, "test").unwrap();
+        tokenvault::vault::store::set(&mut conn, &cipher, "fake.client_secret", common::CLIENT_SECRET, "test").unwrap();
+    }
+    let server = common::server::start(common::server::Options {
+        log_filter: "warn",
+        public_url_is_base: true,
+        ..common::server::Options::new(&database.url, &fake.uri(), dir.path())
+    })
+    .await;
+    let base = server.base.clone();
+    // (No connection: the fake provider knows only the tests' usual public URL for its callback.)
+    let http = common::server::browser();
+    common::server::sign_up(&http, &base, "alice").await;
+    let registered: Value = http
+        .post(format!("{base}/oauth/register"))
+        .json(&json!({"client_name": "oauth4webapi", "redirect_uris": [REDIRECT]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let client_id = registered["client_id"].as_str().unwrap();
+
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/oauth4webapi_client.mjs");
+    let mut child = tokio::process::Command::new("node")
+        .arg(script)
+        .args([&base, client_id, REDIRECT, &format!("{base}/api/v1"), "connections:read proxy:read"])
+        .env("OAUTH4WEBAPI", &module)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node starts");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let next = |prefix: &'static str, line: Option<String>| {
+        line.and_then(|l| l.strip_prefix(prefix).map(str::to_string)).unwrap_or_else(|| panic!("no {prefix}line"))
+    };
+    let read = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line()).await;
+    let authorize = next("AUTHORIZE ", read.expect("the client answers in time").unwrap());
+    assert!(authorize.starts_with(&format!("{base}/oauth/authorize?")), "discovered: {authorize}");
+    // The user's browser: the consent page, Allow.
+    let page = http.get(&authorize).send().await.unwrap().text().await.unwrap();
+    let mut fields = consent_fields(&page);
+    fields.push(("decision".into(), "allow".into()));
+    let allowed = http.post(format!("{base}/oauth/authorize")).form(&fields).send().await.unwrap();
+    assert_eq!(allowed.status().as_u16(), 303);
+    let callback = allowed.headers()["location"].to_str().unwrap().to_string();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(format!("{callback}\n").as_bytes()).await.unwrap();
+    drop(stdin);
+    let read = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line()).await;
+    let line = read.expect("the client finishes in time").unwrap();
+    if line.is_none() {
+        let mut err = String::new();
+        tokio::io::AsyncReadExt::read_to_string(child.stderr.as_mut().unwrap(), &mut err).await.unwrap();
+        panic!("oauth4webapi failed: {err}");
+    }
+    let result: Value = serde_json::from_str(&next("RESULT ", line)).unwrap();
+    assert_eq!(result["rotated"], true, "{result}");
+    assert_eq!(result["scope"], "connections:read proxy:read");
+    let access = result["access_token"].as_str().unwrap();
+    let listed = http
+        .get(format!("{base}/api/v1/connections"))
+        .header("Authorization", format!("Bearer {access}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status().as_u16(), 200);
+    assert_eq!(listed.json::<Value>().await.unwrap(), json!([]));
+    let first = result["first_access_token"].as_str().unwrap();
+    let status = |token: String| {
+        let http = http.clone();
+        let url = format!("{base}/api/v1/services/fake/token");
+        async move { http.get(url).bearer_auth(token).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status(first.to_string()).await, 403, "token:read was not asked for");
 }
