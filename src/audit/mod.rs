@@ -98,6 +98,9 @@ pub enum Kind {
     GrantRevoked,
     /// The token endpoint issued tokens of a grant.
     GrantTokensIssued,
+    /// The authorization server refused a request (an authorization request, the consent
+    /// denied, a token request): through the batcher's bounded refusals, like refused sign-ins.
+    OAuthRefused,
 }
 
 impl Kind {
@@ -124,6 +127,7 @@ impl Kind {
         Kind::GrantCreated,
         Kind::GrantRevoked,
         Kind::GrantTokensIssued,
+        Kind::OAuthRefused,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -150,6 +154,7 @@ impl Kind {
             Kind::GrantCreated => "grant.created",
             Kind::GrantRevoked => "grant.revoked",
             Kind::GrantTokensIssued => "grant.tokens_issued",
+            Kind::OAuthRefused => "oauth.refused",
         }
     }
 }

@@ -42,6 +42,28 @@ pub fn routes() -> Vec<Route> {
     ]
 }
 
+/// Audit a refusal of the authorization server (`oauth.refused`: the OAuth error code, why, the
+/// client and address; never a code or token) through the batcher's bounded refusals, so a flood
+/// of bad requests cannot fill the log.
+fn audit_refusal(
+    app: &AppState,
+    client_id: Option<&str>,
+    user_id: Option<i64>,
+    error: &str,
+    why: &str,
+    ip: Option<std::net::IpAddr>,
+) {
+    let mut e = crate::audit::Entry::new(crate::audit::Kind::OAuthRefused, crate::audit::Actor::System)
+        .address(ip)
+        .with("error", error)
+        .with("reason", why);
+    if let Some(c) = client_id {
+        e = e.with("client_id", c);
+    }
+    e.user_id = user_id;
+    app.audit.refusal(e);
+}
+
 /// 404 unless the authorization server is on.
 fn enabled(app: &AppState) -> AppResult<()> {
     if app.settings.authz.enabled {
@@ -166,7 +188,29 @@ struct Checked {
 /// URI not verified), or an error sent back to the verified redirect URI.
 enum Stop {
     Page(AppError),
-    Back(Redirect),
+    Back { to: Box<Redirect>, error: &'static str, why: String },
+}
+
+impl Stop {
+    /// Audit it (`oauth.refused`) and answer it.
+    fn answer(
+        self,
+        app: &AppState,
+        client_id: Option<&str>,
+        user_id: Option<i64>,
+        ip: Option<std::net::IpAddr>,
+    ) -> AppResult<Redirect> {
+        match self {
+            Stop::Page(e) => {
+                audit_refusal(app, client_id, user_id, "invalid_request", &e.user_message(), ip);
+                Err(e)
+            }
+            Stop::Back { to, error, why } => {
+                audit_refusal(app, client_id, user_id, error, &why, ip);
+                Ok(*to)
+            }
+        }
+    }
 }
 
 /// The client's redirect URI with `params` (and `iss`, RFC 9207) added to its query.
@@ -185,8 +229,9 @@ fn back_to(app: &AppState, redirect_uri: &str, params: &[(&str, &str)], state: O
     Redirect::to(url.to_string())
 }
 
-fn error_back(app: &AppState, redirect_uri: &str, error: &str, description: &str, state: Option<&str>) -> Stop {
-    Stop::Back(back_to(app, redirect_uri, &[("error", error), ("error_description", description)], state))
+fn error_back(app: &AppState, redirect_uri: &str, error: &'static str, description: &str, state: Option<&str>) -> Stop {
+    let to = back_to(app, redirect_uri, &[("error", error), ("error_description", description)], state);
+    Stop::Back { to: Box::new(to), error, why: description.to_string() }
 }
 
 /// Check an authorization request: first the client and its redirect URI (errors shown here),
@@ -212,7 +257,7 @@ async fn check(app: &AppState, q: &AuthorizeQuery) -> AppResult<Result<Checked, 
         }
     };
     let state = q.state.clone();
-    let back = |e: &str, d: &str| Ok(Err(error_back(app, &redirect_uri, e, d, state.as_deref())));
+    let back = |e: &'static str, d: &str| Ok(Err(error_back(app, &redirect_uri, e, d, state.as_deref())));
     if q.response_type.as_deref() != Some("code") {
         return back("unsupported_response_type", "only response_type=code is supported");
     }
@@ -313,12 +358,12 @@ async fn authorize(
     layout: Layout,
     q: AuthorizeQuery,
     origin: &rocket::http::uri::Origin<'_>,
+    ip: Option<std::net::IpAddr>,
 ) -> AppResult<Result<ConsentResponse, Redirect>> {
     enabled(app)?;
     let checked = match check(app, &q).await? {
         Ok(c) => c,
-        Err(Stop::Page(e)) => return Err(e),
-        Err(Stop::Back(r)) => return Ok(Err(r)),
+        Err(stop) => return stop.answer(app, q.client_id.as_deref(), user.map(|u| u.id), ip).map(Err),
     };
     let Some(user) = user else {
         let next = crate::web::safe_next(&origin.to_string()).unwrap_or_else(|| "/".into());
@@ -413,11 +458,11 @@ async fn decide(
     };
     let checked = match check(app, &q).await? {
         Ok(c) => c,
-        Err(Stop::Page(e)) => return Err(e),
-        Err(Stop::Back(r)) => return Ok(r),
+        Err(stop) => return stop.answer(app, Some(&form.client_id), Some(user.id), ip),
     };
     let state = checked.state.as_deref();
     if form.decision != "allow" {
+        audit_refusal(app, Some(&form.client_id), Some(user.id), "access_denied", "the user denied access", ip);
         return Ok(back_to(app, &checked.redirect_uri, &[("error", "access_denied")], state));
     }
     let mut capabilities = Vec::new();
@@ -558,8 +603,15 @@ pub struct TokenForm {
 
 /// The client a token-endpoint request authenticates as (RFC 6749 §2.3): HTTP Basic, or
 /// `client_id` (+ `client_secret`) in the body — not both.
-async fn client_of(app: &AppState, basic: &BasicCredentials, form: &TokenForm) -> Result<Client, OAuthJson> {
+async fn client_of(
+    app: &AppState,
+    basic: &BasicCredentials,
+    form: &TokenForm,
+    ip: Option<std::net::IpAddr>,
+) -> Result<Client, OAuthJson> {
+    let named = basic.0.as_ref().map(|(id, _)| id.as_str()).or(form.client_id.as_deref());
     let invalid = |basic: bool| {
+        audit_refusal(app, named, None, "invalid_client", "client authentication failed", ip);
         let mut e = OAuthJson::error(Status::Unauthorized, "invalid_client", "client authentication failed");
         e.basic_challenge = basic;
         e
@@ -601,10 +653,16 @@ fn tokens_answer(t: IssuedTokens) -> OAuthJson {
 
 /// The token endpoint: `authorization_code` (PKCE) and `refresh_token` (rotated).
 #[post("/oauth/token", data = "<form>")]
-async fn token(app: &State<AppState>, basic: BasicCredentials, form: Form<TokenForm>) -> Result<OAuthJson, OAuthJson> {
+async fn token(
+    app: &State<AppState>,
+    basic: BasicCredentials,
+    form: Form<TokenForm>,
+    ip: Option<std::net::IpAddr>,
+) -> Result<OAuthJson, OAuthJson> {
     enabled(app)?;
     let form = form.into_inner();
-    let client = client_of(app, &basic, &form).await?;
+    let client = client_of(app, &basic, &form, ip).await?;
+    let client_id = client.client_id.clone();
     let lifetime = app.settings.authz.access_token_lifetime;
     let resource = form.resource.clone();
     let outcome = match form.grant_type.as_deref() {
@@ -649,6 +707,7 @@ async fn token(app: &State<AppState>, basic: BasicCredentials, form: Form<TokenF
         Ok(issued) => Ok(tokens_answer(issued)),
         Err(refusal) => {
             tracing::info!(code = refusal.code(), reason = refusal.description(), "token request refused");
+            audit_refusal(app, Some(&client_id), None, refusal.code(), refusal.description(), ip);
             Err(refused(refusal))
         }
     }
@@ -660,10 +719,15 @@ fn refused(r: Refusal) -> OAuthJson {
 
 /// RFC 7009: always 200 for an authenticated client, whatever the token was.
 #[post("/oauth/revoke", data = "<form>")]
-async fn revoke(app: &State<AppState>, basic: BasicCredentials, form: Form<TokenForm>) -> Result<OAuthJson, OAuthJson> {
+async fn revoke(
+    app: &State<AppState>,
+    basic: BasicCredentials,
+    form: Form<TokenForm>,
+    ip: Option<std::net::IpAddr>,
+) -> Result<OAuthJson, OAuthJson> {
     enabled(app)?;
     let form = form.into_inner();
-    let client = client_of(app, &basic, &form).await?;
+    let client = client_of(app, &basic, &form, ip).await?;
     let Some(token) = form.token.clone() else {
         return Err(OAuthJson::error(Status::BadRequest, "invalid_request", "token is required"));
     };
@@ -677,10 +741,11 @@ async fn introspect(
     app: &State<AppState>,
     basic: BasicCredentials,
     form: Form<TokenForm>,
+    ip: Option<std::net::IpAddr>,
 ) -> Result<OAuthJson, OAuthJson> {
     enabled(app)?;
     let form = form.into_inner();
-    let client = client_of(app, &basic, &form).await?;
+    let client = client_of(app, &basic, &form, ip).await?;
     if client.secret_hash.is_none() {
         return Err(OAuthJson::error(
             Status::Unauthorized,

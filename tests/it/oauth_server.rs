@@ -316,6 +316,22 @@ async fn pkce_is_required_and_checked() {
     assert_eq!((status, body["error"].as_str()), (Status::BadRequest, Some("invalid_grant")), "{body}");
     let (status, _) = exchange(&app, &client_id, &code, &verifier, &[]).await;
     assert_eq!(status, Status::BadRequest, "a code is spent by a failed exchange too");
+    // Each refusal is audited (batched): the error and why, never the code.
+    // (Identical refusals in one batch are coalesced into one entry with a count.)
+    let refused = |why: &str| {
+        format!("SELECT COUNT(*) AS n FROM audit_log WHERE kind = 'oauth.refused' AND detail LIKE '%{why}%'")
+    };
+    let whys = ["PKCE is required", "code_verifier is required", "code_verifier does not match", "already used"];
+    for _ in 0..50 {
+        if whys.iter().all(|w| app.count(&refused(w)) > 0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    for why in whys {
+        assert!(app.count(&refused(why)) > 0, "{why} audited");
+    }
+    assert_eq!(app.count(&format!("SELECT COUNT(*) AS n FROM audit_log WHERE detail LIKE '%{code}%'")), 0);
 }
 
 #[tokio::test]
