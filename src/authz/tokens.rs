@@ -369,10 +369,18 @@ pub fn introspect(conn: &mut Conn, client: &Client, token: &str, at: i64) -> App
     Ok(serde_json::json!({ "active": false }))
 }
 
-/// Delete expired codes and tokens (a job: `AuthzSweep`), and unused dynamic registrations.
+/// Grants that ended are deleted this long after (the audit log keeps their story).
+pub const ENDED_GRANTS_KEPT: i64 = 30 * 86_400;
+
+/// The sweep (job `authz_sweep`): expired codes and tokens, unused dynamic registrations, grants
+/// ended more than [`ENDED_GRANTS_KEPT`] ago, and stale metadata-document clients without a
+/// grant; how many rows went.
 pub fn sweep(conn: &mut Conn, at: i64) -> AppResult<usize> {
-    let n = model::prune_expired(conn, at - REFRESH_GRACE)?;
-    Ok(n + model::delete_unused_registrations(conn, at)?)
+    let mut n = model::prune_expired(conn, at - REFRESH_GRACE)?;
+    n += model::delete_unused_registrations(conn, at)?;
+    n += model::delete_ended_grants(conn, at - ENDED_GRANTS_KEPT)?;
+    n += model::delete_stale_documents(conn, at - super::metadata_doc::MAX_CACHE_SECS)?;
+    Ok(n)
 }
 
 #[cfg(test)]

@@ -600,6 +600,13 @@ async fn revoking_on_connected_apps_stops_the_tokens_and_revocation_and_introspe
     assert_eq!(r.status, Status::SeeOther);
     assert_eq!(api(&app, "GET", "/api/v1/connections", access).await.0, Status::Unauthorized);
     assert!(alice.fetch("/settings/apps").await.text.contains(r#"id="no-connected-apps""#));
+    // An ended grant is deleted, with its tokens, a while after it ended.
+    tokenvault::authz::tokens::sweep(&mut app.db.conn().unwrap(), tokenvault::util::now()).unwrap();
+    assert_eq!(app.count("SELECT COUNT(*) AS n FROM authz_grants"), 1, "kept for a while");
+    app.exec("UPDATE authz_grants SET revoked_at = 1");
+    tokenvault::authz::tokens::sweep(&mut app.db.conn().unwrap(), tokenvault::util::now()).unwrap();
+    assert_eq!(app.count("SELECT COUNT(*) AS n FROM authz_grants"), 0);
+    assert_eq!(app.count("SELECT COUNT(*) AS n FROM authz_tokens"), 0);
     assert_eq!(app.count("SELECT COUNT(*) AS n FROM webhook_events WHERE event_type = 'grant.revoked'"), 1);
 
     // A confidential client registered by an administrator: RFC 7009 and RFC 7662.
@@ -664,6 +671,7 @@ async fn dynamic_registration_is_checked_rate_limited_and_can_be_turned_off() {
     app.exec("UPDATE authz_clients SET expires_at = 1");
     let removed = tokenvault::authz::tokens::sweep(&mut app.db.conn().unwrap(), tokenvault::util::now()).unwrap();
     assert_eq!(removed, 8);
+    assert_eq!(app.count("SELECT COUNT(*) AS n FROM authz_clients"), 0);
 
     let off = builder().set("oauth_dynamic_registration", false).start().await;
     let (status, _) = post_json(&off, "/oauth/register", json!({"redirect_uris": [REDIRECT]}), "127.0.0.1").await;
@@ -716,6 +724,15 @@ async fn client_id_metadata_documents_are_fetched_checked_and_cached() {
     let (status, tokens) = exchange(&app, &url, &code, &verifier, &[]).await;
     assert_eq!(status, Status::Ok, "{tokens}");
     assert_eq!(server.received_requests().await.unwrap().len(), 1, "cached per its Cache-Control");
+    // A stale cached document without a grant is swept; one with a grant stays.
+    let (_s, unused) = document_server(|u| ResponseSpec { body: doc(u, "Unused"), delay: None }).await;
+    assert_eq!(alice.fetch(&authorize_url(&unused, REDIRECT, Some(&challenge), &[])).await.status, Status::Ok);
+    assert_eq!(app.count("SELECT COUNT(*) AS n FROM authz_clients"), 2);
+    app.exec("UPDATE authz_clients SET expires_at = 1");
+    tokenvault::authz::tokens::sweep(&mut app.db.conn().unwrap(), tokenvault::util::now()).unwrap();
+    assert_eq!(app.text("SELECT client_id AS t FROM authz_clients"), url, "the granted one stays");
+    let (status, _) = refresh(&app, &url, tokens["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(status, Status::Ok, "and keeps working");
 
     // Its client_id is not its URL.
     let (_s, mismatch) =

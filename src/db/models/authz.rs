@@ -211,6 +211,32 @@ pub fn delete_unused_registrations(conn: &mut Conn, now: i64) -> QueryResult<usi
     })
 }
 
+/// Delete cached metadata-document clients whose copy went stale before `before` and that hold
+/// no grant (any visitor can make the server fetch one: they must not pile up); how many.
+pub fn delete_stale_documents(conn: &mut Conn, before: i64) -> QueryResult<usize> {
+    crate::on_conn!(conn, conn => {
+        let granted = authz_grants::table.filter(authz_grants::client_pk.eq(authz_clients::id));
+        diesel::delete(
+            authz_clients::table
+                .filter(authz_clients::kind.eq(ClientKind::Metadata))
+                .filter(authz_clients::expires_at.lt(before))
+                .filter(diesel::dsl::not(diesel::dsl::exists(granted))),
+        )
+        .execute(conn)
+    })
+}
+
+/// Delete grants that ended (revoked or expired) before `before`, with their codes and tokens
+/// (the audit log keeps their story); how many.
+pub fn delete_ended_grants(conn: &mut Conn, before: i64) -> QueryResult<usize> {
+    crate::on_conn!(conn, conn => {
+        diesel::delete(
+            authz_grants::table.filter(authz_grants::revoked_at.lt(before).or(authz_grants::expires_at.lt(before))),
+        )
+        .execute(conn)
+    })
+}
+
 /// Delete a client (its grants, codes and tokens go with it); whether it existed.
 pub fn delete_client(conn: &mut Conn, id: i64) -> QueryResult<bool> {
     crate::on_conn!(conn, conn => {
