@@ -152,19 +152,36 @@ pub const REGISTRATIONS_PER_HOUR: u32 = 10;
 /// Addresses the limiter remembers at most (beyond: the oldest windows are dropped).
 const LIMITER_CAPACITY: usize = 10_000;
 
-/// The rate limit of `/oauth/register`: [`REGISTRATIONS_PER_HOUR`] per client address, in memory
-/// (per instance).
+/// The rate limit of `/oauth/register`: [`REGISTRATIONS_PER_HOUR`] per client address (an IPv6
+/// address counted per /64), in memory (per instance), at most [`LIMITER_CAPACITY`] addresses: when
+/// that many have registered within the hour, a new address is refused until a window ends.
 #[derive(Default)]
 pub struct RegistrationLimiter {
     windows: std::sync::Mutex<std::collections::HashMap<Option<std::net::IpAddr>, (i64, u32)>>,
 }
 
+/// The key an address is counted under: an IPv6 address by its /64.
+fn address_key(ip: Option<std::net::IpAddr>) -> Option<std::net::IpAddr> {
+    match ip {
+        Some(std::net::IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            Some(std::net::IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0)))
+        }
+        Some(std::net::IpAddr::V6(v6)) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4),
+        other => other,
+    }
+}
+
 impl RegistrationLimiter {
     /// Whether one more registration from `ip` is allowed at `now` (and count it).
     pub fn allow(&self, ip: Option<std::net::IpAddr>, now: i64) -> bool {
+        let ip = address_key(ip);
         let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-        if windows.len() >= LIMITER_CAPACITY {
+        if windows.len() >= LIMITER_CAPACITY && !windows.contains_key(&ip) {
             windows.retain(|_, (start, _)| *start > now - 3600);
+            if windows.len() >= LIMITER_CAPACITY {
+                return false;
+            }
         }
         let entry = windows.entry(ip).or_insert((now, 0));
         if entry.0 <= now - 3600 {
@@ -192,6 +209,18 @@ mod tests {
         assert!(!l.allow(a, 1000));
         assert!(l.allow(Some(std::net::IpAddr::from([192, 0, 2, 2])), 1000), "another address");
         assert!(l.allow(a, 1000 + 3600), "the next hour");
+        let v6 = |last: u16| Some(std::net::IpAddr::from([0x2001, 0xdb8, 1, 2, 3, 4, 5, last]));
+        for i in 0..REGISTRATIONS_PER_HOUR as u16 {
+            assert!(l.allow(v6(i), 1000));
+        }
+        assert!(!l.allow(v6(999), 1000), "an IPv6 /64 counts as one address");
+        let full = RegistrationLimiter::default();
+        for i in 0..LIMITER_CAPACITY as u32 {
+            assert!(full.allow(Some(std::net::IpAddr::from(i.to_be_bytes())), 1000));
+        }
+        assert!(!full.allow(Some(std::net::IpAddr::from([203, 0, 113, 1])), 1000), "the map is bounded");
+        assert!(full.allow(Some(std::net::IpAddr::from([203, 0, 113, 1])), 1000 + 3600), "until windows end");
+        assert!(full.windows.lock().unwrap().len() <= LIMITER_CAPACITY);
     }
 
     fn client(uris: &str) -> Client {

@@ -27,6 +27,10 @@ pub const FETCH_TIMEOUT_SECS: u64 = 5;
 pub const MIN_CACHE_SECS: i64 = 60;
 pub const MAX_CACHE_SECS: i64 = 86_400;
 pub const DEFAULT_CACHE_SECS: i64 = 3_600;
+/// Metadata documents fetched at once, at most (any visitor can make the server fetch one).
+pub const MAX_CONCURRENT_FETCHES: usize = 4;
+
+static FETCHES: rocket::tokio::sync::Semaphore = rocket::tokio::sync::Semaphore::const_new(MAX_CONCURRENT_FETCHES);
 
 /// Whether `client_id` names a metadata document (rather than a registered client).
 pub fn is_document_url(client_id: &str) -> bool {
@@ -94,8 +98,14 @@ fn cache_secs(headers: &reqwest::header::HeaderMap) -> i64 {
     secs.clamp(MIN_CACHE_SECS, MAX_CACHE_SECS)
 }
 
-/// Fetch and check the document at `url`.
+/// Fetch and check the document at `url` (at most [`MAX_CONCURRENT_FETCHES`] at once; one that
+/// waits longer than the fetch timeout for its turn is refused).
 pub async fn fetch(limits: &HttpLimits, url: &Url, private_allowed: bool) -> Result<Fetched, String> {
+    let wait = std::time::Duration::from_secs(FETCH_TIMEOUT_SECS.min(limits.timeout));
+    let _turn = match rocket::tokio::time::timeout(wait, FETCHES.acquire()).await {
+        Ok(Ok(permit)) => permit,
+        _ => return Err("tokenvault is fetching too many client metadata documents; try again".into()),
+    };
     let capped = HttpLimits {
         timeout: FETCH_TIMEOUT_SECS.min(limits.timeout),
         connect_timeout: FETCH_TIMEOUT_SECS.min(limits.connect_timeout),
