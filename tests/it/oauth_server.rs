@@ -879,3 +879,43 @@ async fn a_real_third_party_client_completes_the_flow() {
     };
     assert_eq!(status(first.to_string()).await, 403, "token:read was not asked for");
 }
+
+#[tokio::test]
+async fn an_administrator_sees_and_revokes_any_grant() {
+    let app = builder().start().await;
+    let admin = app.user("root").await; // the first user of a `debug` instance is an administrator
+    let bob = app.user("bob").await;
+    let (_, tokens) = granted(&app, &bob, "connections:read").await;
+    let access = tokens["access_token"].as_str().unwrap();
+    assert_eq!(bob.fetch("/admin/oauth-clients").await.status, Status::Forbidden, "administrators only");
+    let page = admin.fetch("/admin/oauth-clients").await;
+    assert_eq!(page.status, Status::Ok);
+    assert!(page.text.contains(r#"id="all-grants""#) && page.text.contains("<td>bob</td>"), "{}", page.text);
+    assert!(page.text.contains("dynamic registration"));
+    let id =
+        regex::Regex::new(r#"id="admin-revoke-grant-(\d+)""#).unwrap().captures(&page.text).unwrap()[1].to_string();
+    let csrf = common::csrf_from(&bob.fetch("/settings/apps").await.text);
+    let r = bob.post_form(&format!("/admin/oauth-clients/grants/{id}/revoke"), &[("csrf_token", &csrf)]).await;
+    assert_eq!(r.status, Status::Forbidden, "not by a user");
+    assert_eq!(api(&app, "GET", "/api/v1/connections", access).await.0, Status::Ok);
+    let csrf = common::csrf_from(&page.text);
+    let r = admin.post_form(&format!("/admin/oauth-clients/grants/{id}/revoke"), &[("csrf_token", &csrf)]).await;
+    assert_eq!(r.status, Status::SeeOther);
+    assert_eq!(api(&app, "GET", "/api/v1/connections", access).await.0, Status::Unauthorized);
+    assert_eq!(
+        app.count(
+            "SELECT COUNT(*) AS n FROM audit_log WHERE kind = 'grant.revoked' AND detail LIKE '%revoked_by_admin%'"
+        ),
+        1
+    );
+    // A refused registration form answers 422 with the message.
+    let csrf = admin.csrf("/admin/oauth-clients").await;
+    let r = admin
+        .post_form(
+            "/admin/oauth-clients",
+            &[("csrf_token", &csrf), ("name", "Bad"), ("redirect_uris", "http://x.example/cb")],
+        )
+        .await;
+    assert_eq!(r.status, Status::UnprocessableEntity);
+    assert!(r.text.contains(r#"id="oauth-client-error""#));
+}
