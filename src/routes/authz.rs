@@ -292,6 +292,8 @@ struct Choice {
 
 #[derive(Serialize)]
 struct ConsentPage {
+    /// Why the last submission was refused.
+    error: Option<String>,
     csrf_token: String,
     client_id: String,
     client_name: String,
@@ -313,11 +315,13 @@ struct ConsentPage {
 pub struct ConsentResponse {
     page: Template,
     form_action: String,
+    status: Status,
 }
 
 impl<'r> Responder<'r, 'static> for ConsentResponse {
     fn respond_to(self, req: &'r Request<'_>) -> response::Result<'static> {
         let mut res = self.page.respond_to(req)?;
+        res.set_status(self.status);
         res.set_header(Header::new(crate::web::FORM_ACTION_HEADER, self.form_action));
         Ok(res)
     }
@@ -349,28 +353,17 @@ fn lifetime_choices(default_secs: i64) -> Vec<Choice> {
         .collect()
 }
 
-/// The authorization endpoint: the consent page for a valid request of a signed-in user (signed
-/// out: the sign-in page, then back here).
-#[get("/oauth/authorize?<q..>")]
-async fn authorize(
-    app: &State<AppState>,
-    user: Option<&CurrentUser>,
+/// The consent page for a checked request (`error`: a refused form, shown above it).
+fn consent_page(
+    app: &AppState,
+    user: &CurrentUser,
     layout: Layout,
-    q: AuthorizeQuery,
-    origin: &rocket::http::uri::Origin<'_>,
-    ip: Option<std::net::IpAddr>,
-) -> AppResult<Result<ConsentResponse, Redirect>> {
-    enabled(app)?;
-    let checked = match check(app, &q).await? {
-        Ok(c) => c,
-        Err(stop) => return stop.answer(app, q.client_id.as_deref(), user.map(|u| u.id), ip).map(Err),
-    };
-    let Some(user) = user else {
-        let next = crate::web::safe_next(&origin.to_string()).unwrap_or_else(|| "/".into());
-        return Ok(Err(Redirect::to(rocket::uri!(crate::routes::auth::login_page(Some(next.as_str()))))));
-    };
+    checked: &Checked,
+    error: Option<String>,
+) -> ConsentResponse {
     let requested = &checked.requested;
     let page = ConsentPage {
+        error,
         csrf_token: user.csrf_token.clone(),
         client_id: checked.client.client_id.clone(),
         client_name: checked.client.name.clone(),
@@ -409,7 +402,30 @@ async fn authorize(
     };
     let form_action = form_action_source(&checked.redirect_uri);
     let page = Template::render("authz/consent", Page::new(layout, "Allow access?", page));
-    Ok(Ok(ConsentResponse { page, form_action }))
+    ConsentResponse { page, form_action, status: Status::Ok }
+}
+
+/// The authorization endpoint: the consent page for a valid request of a signed-in user (signed
+/// out: the sign-in page, then back here).
+#[get("/oauth/authorize?<q..>")]
+async fn authorize(
+    app: &State<AppState>,
+    user: Option<&CurrentUser>,
+    layout: Layout,
+    q: AuthorizeQuery,
+    origin: &rocket::http::uri::Origin<'_>,
+    ip: Option<std::net::IpAddr>,
+) -> AppResult<Result<ConsentResponse, Redirect>> {
+    enabled(app)?;
+    let checked = match check(app, &q).await? {
+        Ok(c) => c,
+        Err(stop) => return stop.answer(app, q.client_id.as_deref(), user.map(|u| u.id), ip).map(Err),
+    };
+    let Some(user) = user else {
+        let next = crate::web::safe_next(&origin.to_string()).unwrap_or_else(|| "/".into());
+        return Ok(Err(Redirect::to(rocket::uri!(crate::routes::auth::login_page(Some(next.as_str()))))));
+    };
+    Ok(Ok(consent_page(app, user, layout, &checked, None)))
 }
 
 /// The consent form. No `Debug`: it carries the CSRF token.
@@ -435,14 +451,55 @@ impl CsrfField for ConsentForm {
     }
 }
 
-/// The user's decision: a grant and a code sent to the client, or `access_denied`.
+/// What the user chose on the consent form: the grant's scope and lifetime (`Err`: why the form
+/// is refused, shown on the page again with 422).
+fn chosen_scope(app: &AppState, form: &ConsentForm) -> Result<(GrantScope, i64), String> {
+    let mut capabilities = Vec::new();
+    for c in &form.capabilities {
+        let c: GrantCapability = c.parse().map_err(|_| "Unknown capability.".to_string())?;
+        if !capabilities.contains(&c) {
+            capabilities.push(c);
+        }
+    }
+    if capabilities.is_empty() {
+        return Err("Allow at least one thing, or choose Deny.".into());
+    }
+    capabilities.sort_by_key(|c| GrantCapability::ALL.iter().position(|a| a == c));
+    let services = match form.service_mode.as_str() {
+        "all" => None,
+        _ => {
+            let mut names: Vec<String> = Vec::new();
+            for s in &form.services {
+                if app.catalog.get(s).is_none() {
+                    return Err("Unknown service.".into());
+                }
+                if !names.contains(s) {
+                    names.push(s.clone());
+                }
+            }
+            if names.is_empty() {
+                return Err("Choose at least one service, or every service.".into());
+            }
+            Some(names)
+        }
+    };
+    let lifetime = parse_expiry(&form.lifetime)
+        .ok()
+        .filter(|l| (3600..=365 * 86_400).contains(l))
+        .ok_or_else(|| "Choose a lifetime between one hour and a year.".to_string())?;
+    Ok((GrantScope { services, capabilities }, lifetime))
+}
+
+/// The user's decision: a grant and a code sent to the client, or `access_denied` (a refused form:
+/// the page again, 422).
 #[post("/oauth/authorize", data = "<form>")]
 async fn decide(
     app: &State<AppState>,
     user: &CurrentUser,
+    layout: Layout,
     form: Csrf<ConsentForm>,
     ip: Option<std::net::IpAddr>,
-) -> AppResult<Redirect> {
+) -> AppResult<Result<Redirect, ConsentResponse>> {
     enabled(app)?;
     let form = form.into_inner();
     // The request is checked again: the form's fields are the user's browser's.
@@ -458,47 +515,21 @@ async fn decide(
     };
     let checked = match check(app, &q).await? {
         Ok(c) => c,
-        Err(stop) => return stop.answer(app, Some(&form.client_id), Some(user.id), ip),
+        Err(stop) => return stop.answer(app, Some(&form.client_id), Some(user.id), ip).map(Ok),
     };
     let state = checked.state.as_deref();
     if form.decision != "allow" {
         audit_refusal(app, Some(&form.client_id), Some(user.id), "access_denied", "the user denied access", ip);
-        return Ok(back_to(app, &checked.redirect_uri, &[("error", "access_denied")], state));
+        return Ok(Ok(back_to(app, &checked.redirect_uri, &[("error", "access_denied")], state)));
     }
-    let mut capabilities = Vec::new();
-    for c in &form.capabilities {
-        let c: GrantCapability = c.parse().map_err(|_| AppError::BadRequest("Unknown capability.".into()))?;
-        if !capabilities.contains(&c) {
-            capabilities.push(c);
-        }
-    }
-    if capabilities.is_empty() {
-        return Err(AppError::BadRequest("Allow at least one thing, or choose Deny.".into()));
-    }
-    capabilities.sort_by_key(|c| GrantCapability::ALL.iter().position(|a| a == c));
-    let services = match form.service_mode.as_str() {
-        "all" => None,
-        _ => {
-            let mut names: Vec<String> = Vec::new();
-            for s in &form.services {
-                if app.catalog.get(s).is_none() {
-                    return Err(AppError::BadRequest("Unknown service.".into()));
-                }
-                if !names.contains(s) {
-                    names.push(s.clone());
-                }
-            }
-            if names.is_empty() {
-                return Err(AppError::BadRequest("Choose at least one service, or every service.".into()));
-            }
-            Some(names)
+    let (scope, lifetime) = match chosen_scope(app, &form) {
+        Ok(chosen) => chosen,
+        Err(why) => {
+            let mut page = consent_page(app, user, layout, &checked, Some(why));
+            page.status = Status::UnprocessableEntity;
+            return Ok(Err(page));
         }
     };
-    let lifetime = parse_expiry(&form.lifetime)
-        .ok()
-        .filter(|l| (3600..=365 * 86_400).contains(l))
-        .ok_or_else(|| AppError::BadRequest("Choose a lifetime between one hour and a year.".into()))?;
-    let scope = GrantScope { services, capabilities };
     let (user_id, redirect_uri, resource) =
         (user.id, checked.redirect_uri.clone(), checked.resource.url(&app.settings));
     let (client, challenge) = (checked.client.clone(), checked.code_challenge.clone());
@@ -522,7 +553,7 @@ async fn decide(
         .await?
         .settle(app.effects());
     tracing::info!(user_id, client = %checked.client.client_id, "grant created");
-    Ok(back_to(app, &checked.redirect_uri, &[("code", code.expose_secret())], state))
+    Ok(Ok(back_to(app, &checked.redirect_uri, &[("code", code.expose_secret())], state)))
 }
 
 /// An OAuth JSON answer (`Cache-Control: no-store` comes from the security headers).

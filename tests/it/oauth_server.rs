@@ -538,6 +538,15 @@ async fn token_read_is_never_ticked_by_default_and_the_user_can_narrow_the_grant
     .await;
     let (_, tokens) = exchange(&app, &client_id, &code, &verifier, &[]).await;
     assert_eq!(tokens["scope"], "proxy:read service:fake");
+    // Nothing allowed: the page again, 422, with why; nothing granted.
+    let page = alice.fetch(&url).await;
+    let none: Vec<(String, String)> =
+        consent_fields(&page.text).into_iter().filter(|(k, _)| k != "capabilities").collect();
+    let mut none: Vec<(&str, &str)> = none.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    none.push(("decision", "allow"));
+    let r = alice.post_form("/oauth/authorize", &none).await;
+    assert_eq!((r.status, r.location.as_deref()), (Status::UnprocessableEntity, None));
+    assert!(r.text.contains(r#"id="grant-error""#) && r.text.contains(r#"id="grant-form""#), "{}", r.text);
     // Deny: access_denied back to the client, nothing granted.
     let page = alice.fetch(&url).await;
     let mut fields = consent_fields(&page.text);
