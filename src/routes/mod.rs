@@ -38,7 +38,9 @@ fn unauthorized(req: &Request<'_>) -> Result<Redirect, Prerendered> {
         if let (Ok(response), Some(app)) = (&mut answer, req.rocket().state::<crate::state::AppState>()) {
             if app.settings.authz.enabled && req.uri().path().starts_with("/api/v1") {
                 let metadata = crate::authz::Resource::Api.metadata_url(&app.settings);
-                response.set_raw_header("WWW-Authenticate", format!("Bearer resource_metadata=\"{metadata}\""));
+                // RFC 6750 §3.1: an error code only when credentials were sent.
+                let error = if req.headers().contains("Authorization") { "error=\"invalid_token\", " } else { "" };
+                response.set_raw_header("WWW-Authenticate", format!("Bearer {error}resource_metadata=\"{metadata}\""));
             }
         }
         return Err(Prerendered(answer));

@@ -201,12 +201,12 @@ async fn discovery_consent_pkce_tokens_and_the_api() {
     // A 401 says where the resource's metadata is.
     let (status, _, challenge) = api(&app, "GET", "/api/v1/connections", "tvat_nope").await;
     assert_eq!(status, Status::Unauthorized);
-    assert_eq!(
-        challenge.as_deref(),
-        Some(
-            format!(r#"Bearer resource_metadata="{PUBLIC_URL}/.well-known/oauth-protected-resource/api/v1""#).as_str()
-        )
-    );
+    let metadata = format!(r#"resource_metadata="{PUBLIC_URL}/.well-known/oauth-protected-resource/api/v1""#);
+    assert_eq!(challenge, Some(format!(r#"Bearer error="invalid_token", {metadata}"#)));
+    let bare = app.client.get("/api/v1/connections").dispatch().await;
+    assert_eq!(bare.status(), Status::Unauthorized);
+    let expected = format!("Bearer {metadata}");
+    assert_eq!(bare.headers().get_one("WWW-Authenticate"), Some(expected.as_str()), "no credentials: no error code");
 
     let client_id = register(&app, &[REDIRECT]).await;
     let (verifier, challenge) = pkce();
