@@ -269,8 +269,11 @@ fn mount_routes(rocket: Rocket<Build>, demo: bool) -> Rocket<Build> {
         api_keys::routes(),
         sessions::routes(),
         audit::routes(),
+        authz::routes(),
+        apps::routes(),
     ];
     let mut rocket = pages.into_iter().fold(rocket, |rocket, routes| rocket.mount("/", traced(routes)));
+    rocket = rocket.manage(crate::authz::clients::RegistrationLimiter::default());
     rocket = rocket.mount("/api/v1", traced(api::routes())).mount("/static", crate::assets::routes());
     if demo {
         rocket = rocket.mount("/demo", traced(crate::demo::routes())).manage(crate::demo::FailureSwitch::default());

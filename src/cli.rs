@@ -121,7 +121,7 @@ pub enum ApiKeyCommand {
         /// Limit the key to this service (repeat for several).
         #[arg(long = "service", value_name = "SERVICE")]
         services: Vec<String>,
-        /// Limit the key to this capability: connections:read, token:read or proxy (repeat for several).
+        /// Limit the key to this capability: connections:read, token:read, proxy or proxy:read (repeat for several).
         #[arg(long = "scope", value_name = "CAPABILITY")]
         scopes: Vec<String>,
         /// Make the key stop working after this long: 90m, 12h, 30d, 2w.

@@ -65,6 +65,11 @@ pub enum AppError {
     /// An API key used outside its limits (a service or capability it was not given).
     #[error("forbidden scope: {0}")]
     ForbiddenScope(String),
+    /// An access token of tokenvault's authorization server used beyond its grant: 403
+    /// `forbidden_scope` as for a limited key, and `scope` (the OAuth scopes to ask for) in the
+    /// JSON and in `WWW-Authenticate: Bearer error="insufficient_scope"` (RFC 6750 §3.1).
+    #[error("outside the grant: {message}")]
+    OutsideGrant { message: String, scope: String },
     #[error("{0}: reconnect required")]
     ReconnectRequired(Service),
     /// Several accounts of the service are connected and the request named none of them (409
@@ -132,7 +137,9 @@ impl AppError {
             AppError::BadRequest(_) | AppError::BadPath => Status::BadRequest,
             AppError::PayloadTooLarge { .. } => Status::PayloadTooLarge,
             AppError::TooManyRequests => Status::TooManyRequests,
-            AppError::ForbiddenScope(_) | AppError::InsufficientScope { .. } => Status::Forbidden,
+            AppError::ForbiddenScope(_) | AppError::OutsideGrant { .. } | AppError::InsufficientScope { .. } => {
+                Status::Forbidden
+            }
             AppError::ReconnectRequired(_) | AppError::AmbiguousAccount { .. } | AppError::Conflict(_) => {
                 Status::Conflict
             }
@@ -157,7 +164,7 @@ impl AppError {
             AppError::ClientRejected { .. } => "provider_rejected_client",
             AppError::ProviderResponseTooLarge { .. } => "provider_response_too_large",
             AppError::Busy { .. } => "busy",
-            AppError::ForbiddenScope(_) => "forbidden_scope",
+            AppError::ForbiddenScope(_) | AppError::OutsideGrant { .. } => "forbidden_scope",
             AppError::AmbiguousAccount { .. } => "ambiguous_account",
             AppError::InsufficientScope { .. } => "insufficient_scope",
             _ => StatusWords::of(self.status()).code,
@@ -171,6 +178,7 @@ impl AppError {
             AppError::NotConnected(s) => format!("{} is not connected.", s.display_name),
             AppError::NoApiBase(s) => format!("{} has no API base URL configured.", s.display_name),
             AppError::BadRequest(msg) | AppError::ForbiddenScope(msg) | AppError::Conflict(msg) => msg.clone(),
+            AppError::OutsideGrant { message, .. } => message.clone(),
             AppError::AmbiguousAccount { service, .. } => format!(
                 "Several {} accounts are connected: name one with ?account=<account id> (or ?connection=<id>).",
                 service.display_name
@@ -232,6 +240,9 @@ impl AppError {
             AppError::InsufficientScope { missing, upgrade_url, .. } => {
                 extra.insert("missing".into(), serde_json::json!(missing));
                 extra.insert("upgrade_url".into(), serde_json::json!(upgrade_url));
+            }
+            AppError::OutsideGrant { scope, .. } => {
+                extra.insert("scope".into(), serde_json::json!(scope));
             }
             _ => return None,
         }
@@ -338,6 +349,7 @@ mod tests {
             (AppError::NotConnected(fake()), 404, "not_connected"),
             (AppError::NoApiBase(fake()), 404, "no_api_base"),
             (AppError::NotFound, 404, "not_found"),
+            (AppError::OutsideGrant { message: "m".into(), scope: "proxy:write".into() }, 403, "forbidden_scope"),
             (AppError::ReconnectRequired(fake()), 409, "reconnect_required"),
             (AppError::PayloadTooLarge { limit: 10 }, 413, "request_too_large"),
             (AppError::internal("x"), 500, "internal_error"),

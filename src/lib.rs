@@ -6,6 +6,7 @@ pub mod app;
 pub mod assets;
 pub mod audit;
 pub mod auth;
+pub mod authz;
 pub mod cache;
 pub mod changes;
 pub mod cli;

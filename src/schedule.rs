@@ -94,6 +94,9 @@ pub fn all(app: &AppState) -> Vec<Scheduled> {
         });
         jobs.push(every(t.listen, listen::ListenJob { database_url: app.settings.database_url.clone(), ring }));
     }
+    if app.settings.authz.enabled {
+        jobs.push(every(crate::authz::SWEEP_EVERY, crate::authz::Sweep { db: app.db.clone() }));
+    }
     if app.settings.refresh.keepalive_worker {
         jobs.push(every(t.keepalive, app.keepalive().into_job(t.keepalive)).first_after_interval());
     }

@@ -92,6 +92,15 @@ pub enum Kind {
     /// `tokenvault audit restart`: a log that could no longer be appended to was archived and a
     /// new one started after it (the first entry of the new log).
     AuditRestarted,
+    /// A user allowed a client of tokenvault's authorization server a grant.
+    GrantCreated,
+    /// A grant ended before its expiry (`"reason"` says why).
+    GrantRevoked,
+    /// The token endpoint issued tokens of a grant.
+    GrantTokensIssued,
+    /// The authorization server refused a request (an authorization request, the consent
+    /// denied, a token request): through the batcher's bounded refusals, like refused sign-ins.
+    OAuthRefused,
 }
 
 impl Kind {
@@ -115,6 +124,10 @@ impl Kind {
         Kind::PasswordChanged,
         Kind::UserRenamed,
         Kind::AuditRestarted,
+        Kind::GrantCreated,
+        Kind::GrantRevoked,
+        Kind::GrantTokensIssued,
+        Kind::OAuthRefused,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -138,15 +151,21 @@ impl Kind {
             Kind::PasswordChanged => "password.changed",
             Kind::UserRenamed => "user.renamed",
             Kind::AuditRestarted => "audit.restarted",
+            Kind::GrantCreated => "grant.created",
+            Kind::GrantRevoked => "grant.revoked",
+            Kind::GrantTokensIssued => "grant.tokens_issued",
+            Kind::OAuthRefused => "oauth.refused",
         }
     }
 }
 
-/// Who acted: `user:<id>`, `key:<id>` (an API key), `cli` or `system`.
+/// Who acted: `user:<id>`, `key:<id>` (an API key), `grant:<id>` (an OAuth grant's token), `cli` or `system`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Actor {
     User(i64),
     Key(i64),
+    /// An access token of a grant of tokenvault's authorization server.
+    Grant(i64),
     Cli,
     System,
 }
@@ -156,6 +175,7 @@ impl std::fmt::Display for Actor {
         match self {
             Actor::User(id) => write!(f, "user:{id}"),
             Actor::Key(id) => write!(f, "key:{id}"),
+            Actor::Grant(id) => write!(f, "grant:{id}"),
             Actor::Cli => f.write_str("cli"),
             Actor::System => f.write_str("system"),
         }

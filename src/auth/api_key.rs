@@ -103,21 +103,81 @@ pub fn create(
 pub struct ApiUser {
     pub id: i64,
     pub username: String,
-    pub key_id: i64,
-    /// What the key may do: check it with [`ApiUser::require`] before acting.
+    /// What the request authenticated with.
+    pub via: Via,
+    /// What the key (or the grant) may do: check it with [`ApiUser::require`] before acting.
     pub scope: Arc<KeyScope>,
 }
 
+/// What an API request authenticated with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// A personal API key (its id).
+    Key(i64),
+    /// An access token of tokenvault's authorization server (its grant's id).
+    Grant(i64),
+}
+
 impl ApiUser {
-    /// `Ok` when the key may use `capability` (on `service`); else 403 `forbidden_scope`.
+    /// `Ok` when the key or grant may use `capability` (on `service`); else 403
+    /// `forbidden_scope` — for a grant's token with the scope to ask for (step-up).
     pub fn require(&self, capability: Capability, service: Option<&str>) -> AppResult<()> {
-        self.scope.require(capability, service)
+        let refused = match self.scope.require(capability, service) {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        match self.via {
+            Via::Key(_) => Err(refused),
+            Via::Grant(_) => {
+                let wanted = crate::authz::grants::GrantCapability::for_capability(capability);
+                let mut scope = wanted.as_str().to_string();
+                if let Some(s) = service {
+                    scope.push_str(&format!(" {}{s}", crate::authz::grants::SERVICE_SCOPE));
+                }
+                let message = refused.user_message().replace("This API key", "This access token's grant");
+                Err(AppError::OutsideGrant { message, scope })
+            }
+        }
+    }
+
+    /// Who the audit log says acted.
+    pub fn actor(&self) -> crate::audit::Actor {
+        match self.via {
+            Via::Key(id) => crate::audit::Actor::Key(id),
+            Via::Grant(id) => crate::audit::Actor::Grant(id),
+        }
     }
 }
 
 impl From<&CachedKey> for ApiUser {
     fn from(k: &CachedKey) -> Self {
-        ApiUser { id: k.user_id, username: k.username.clone(), key_id: k.key_id, scope: k.scope.clone() }
+        ApiUser { id: k.user_id, username: k.username.clone(), via: Via::Key(k.key_id), scope: k.scope.clone() }
+    }
+}
+
+/// Check an access token of tokenvault's authorization server for `/api/v1` (see
+/// `authz::tokens::check_access`: from the database, so a revocation holds at once everywhere).
+async fn authenticate_grant(
+    db: &Db,
+    resource: String,
+    token: &str,
+    ip: Option<String>,
+) -> Result<Option<ApiUser>, KeyCheckUnavailable> {
+    let token = token.to_string();
+    let checked =
+        db.run(move |conn| crate::authz::tokens::check_access(conn, &token, &resource, now(), ip.as_deref())).await;
+    match checked {
+        Ok(Ok(holder)) => Ok(Some(ApiUser {
+            id: holder.user_id,
+            username: holder.username,
+            via: Via::Grant(holder.grant_id),
+            scope: Arc::new(holder.scope),
+        })),
+        Ok(Err(_)) => Ok(None),
+        Err(e) => {
+            tracing::error!(error = %e, "access token lookup failed: answering 503");
+            Err(KeyCheckUnavailable)
+        }
     }
 }
 
@@ -232,13 +292,18 @@ impl<'r> FromRequest<'r> for &'r ApiUser {
                     return Ok(None);
                 };
                 let key = key.trim();
-                if !scheme.eq_ignore_ascii_case("bearer")
-                    || !(key.starts_with(KEY_PREFIX) || key.starts_with(LIMITED_KEY_PREFIX))
-                {
+                if !scheme.eq_ignore_ascii_case("bearer") {
                     return Ok(None);
                 }
                 let Some(app) = req.rocket().state::<AppState>() else { return Ok(None) };
                 let ip = req.client_ip().map(|ip| ip.to_string());
+                if key.starts_with(crate::authz::ACCESS_PREFIX) && app.settings.authz.enabled {
+                    let resource = crate::authz::Resource::Api.url(&app.settings);
+                    return authenticate_grant(&app.db, resource, key, ip).await;
+                }
+                if !(key.starts_with(KEY_PREFIX) || key.starts_with(LIMITED_KEY_PREFIX)) {
+                    return Ok(None);
+                }
                 authenticate(&app.db, &app.caches, key, ip).await
             })
             .await;

@@ -118,6 +118,54 @@ pub enum Change {
     /// An audit checkpoint was published and an endpoint in effect wants its `audit.checkpoint`
     /// event (recorded only then: see [`checkpoint_event`]). Audit's own: no audit entry.
     AuditCheckpointed { checkpoint: Checkpoint },
+
+    /// A user allowed a client of tokenvault's authorization server (`crate::authz`) a grant.
+    GrantCreated { grant: GrantSubject, address: Option<IpAddr> },
+    /// A grant ended before its expiry (its tokens stop working on every instance at once: each
+    /// check reads the grant).
+    GrantRevoked { by: Actor, grant: GrantSubject, why: GrantEnd },
+    /// The token endpoint issued tokens of a grant (never the tokens).
+    GrantTokensIssued { grant: GrantSubject, how: Issued, resource: String },
+}
+
+/// A grant as a change names it: whose, to which client, what it allows. Never a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantSubject {
+    pub id: i64,
+    pub user_id: i64,
+    pub client_id: String,
+    pub client_name: String,
+    /// `None`: every service, also those connected later.
+    pub services: Option<Vec<String>>,
+    pub capabilities: Vec<String>,
+    pub expires_at: i64,
+}
+
+/// Why a grant ended ([`Change::GrantRevoked`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantEnd {
+    /// On My Settings → Connected apps.
+    ByUser,
+    /// By an administrator on `/admin/oauth-clients`.
+    ByAdmin,
+    /// The client revoked its refresh token (RFC 7009).
+    ByClient,
+    /// An authorization code was presented a second time.
+    CodeReused,
+    /// A rotated refresh token was presented again after the grace period.
+    RefreshReplayed,
+}
+
+/// How tokens were issued ([`Change::GrantTokensIssued`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Issued {
+    /// For an authorization code.
+    Code,
+    /// For a refresh token (rotated).
+    Refresh,
+    /// For a refresh token presented again within the grace period (the pair issued for it
+    /// the first time is revoked).
+    RefreshRetry,
 }
 
 /// What changed of a webhook endpoint ([`Change::WebhookEndpointChanged`]). A URL only as its

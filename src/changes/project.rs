@@ -3,7 +3,7 @@
 //! and a writer used by `Tx::record` only. Every match is exhaustive: a new variant does not
 //! compile until each projection says what it makes of it.
 
-use super::{Change, EndpointChange, KeyRevoked, SessionsEnd, Subject};
+use super::{Change, EndpointChange, GrantEnd, GrantSubject, Issued, KeyRevoked, SessionsEnd, Subject};
 use crate::audit::{Actor, Entry, Kind};
 use crate::db::models::connections::ConnectionStatus;
 use crate::db::models::events::{self, EventKind, EventOutcome, NewEvent};
@@ -77,7 +77,10 @@ pub fn history_of(change: &Change) -> Option<HistoryRow<'_>> {
         | Change::VaultValueDeleted { .. }
         | Change::WebhookTestQueued { .. }
         | Change::WebhookEndpointChanged { .. }
-        | Change::AuditCheckpointed { .. } => None,
+        | Change::AuditCheckpointed { .. }
+        | Change::GrantCreated { .. }
+        | Change::GrantRevoked { .. }
+        | Change::GrantTokensIssued { .. } => None,
     }
 }
 
@@ -214,6 +217,50 @@ pub fn audit_of(change: &Change) -> Option<Entry> {
                 EndpointChange::Reverted => e("reverted"),
             })
         }
+        Change::GrantCreated { grant, address } => {
+            let services: serde_json::Value = match &grant.services {
+                None => "all".into(),
+                Some(s) => s.iter().map(String::as_str).collect::<Vec<_>>().into(),
+            };
+            Some(
+                grant_entry(Kind::GrantCreated, Actor::User(grant.user_id), grant)
+                    .address(*address)
+                    .with("services", services)
+                    .with("capabilities", grant.capabilities.join(" "))
+                    .with("expires_at", grant.expires_at),
+            )
+        }
+        Change::GrantRevoked { by, grant, why } => {
+            Some(grant_entry(Kind::GrantRevoked, by.clone(), grant).with("reason", grant_end_reason(*why)))
+        }
+        Change::GrantTokensIssued { grant, how, resource } => {
+            let how = match how {
+                Issued::Code => "authorization_code",
+                Issued::Refresh => "refresh_token",
+                Issued::RefreshRetry => "refresh_token_retry",
+            };
+            Some(
+                grant_entry(Kind::GrantTokensIssued, Actor::Grant(grant.id), grant)
+                    .with("grant_type", how)
+                    .with("resource", resource.as_str()),
+            )
+        }
+    }
+}
+
+/// The audit entry of something done with a grant: its user, grant id and client.
+fn grant_entry(kind: Kind, by: Actor, grant: &GrantSubject) -> Entry {
+    Entry::new(kind, by).user(grant.user_id).with("grant_id", grant.id).with("client_id", grant.client_id.as_str())
+}
+
+/// The reason code of a grant's end, as its audit entry and `grant.revoked` event say it.
+pub fn grant_end_reason(why: GrantEnd) -> &'static str {
+    match why {
+        GrantEnd::ByUser => "revoked_by_user",
+        GrantEnd::ByAdmin => "revoked_by_admin",
+        GrantEnd::ByClient => "revoked_by_client",
+        GrantEnd::CodeReused => "code_reused",
+        GrantEnd::RefreshReplayed => "refresh_token_replayed",
     }
 }
 
@@ -221,7 +268,7 @@ pub fn audit_of(change: &Change) -> Option<Entry> {
 fn by_user(e: Entry) -> Entry {
     match e.actor {
         Actor::User(id) => e.user(id),
-        Actor::Key(_) | Actor::Cli | Actor::System => e,
+        Actor::Key(_) | Actor::Grant(_) | Actor::Cli | Actor::System => e,
     }
 }
 
@@ -294,9 +341,22 @@ pub fn outbox_of(change: &Change) -> Option<OutboxEvent<'_>> {
         | Change::VaultValueSet { .. }
         | Change::VaultValueDeleted { .. }
         | Change::WebhookEndpointChanged { .. } => None,
+        Change::GrantTokensIssued { .. } => None,
         // Not connection events: recorded by `outbox` itself (a test for its one endpoint, a
-        // checkpoint with the checkpoint as its `data`).
-        Change::WebhookTestQueued { .. } | Change::AuditCheckpointed { .. } => None,
+        // checkpoint with the checkpoint as its `data`, a grant's with the grant).
+        Change::WebhookTestQueued { .. }
+        | Change::AuditCheckpointed { .. }
+        | Change::GrantCreated { .. }
+        | Change::GrantRevoked { .. } => None,
+    }
+}
+
+/// The `grant.*` event of `change`, if it is one: its type, the grant, and why it ended.
+pub fn grant_event_of(change: &Change) -> Option<(EventType, &GrantSubject, Option<&'static str>)> {
+    match change {
+        Change::GrantCreated { grant, .. } => Some((EventType::GrantCreated, grant, None)),
+        Change::GrantRevoked { grant, why, .. } => Some((EventType::GrantRevoked, grant, Some(grant_end_reason(*why)))),
+        _ => None,
     }
 }
 
@@ -311,6 +371,21 @@ pub(super) fn outbox(conn: &mut Conn, change: &Change) -> AppResult<Option<Strin
     if let Change::AuditCheckpointed { checkpoint } = change {
         return Ok(Some(outbox::record_audit_checkpoint(conn, checkpoint)?));
     }
+    if let Some((event_type, grant, reason)) = grant_event_of(change) {
+        let user = crate::db::models::users::find(conn, grant.user_id)?.map(|u| u.username).unwrap_or_default();
+        let data = outbox::GrantData {
+            grant_id: grant.id,
+            user,
+            client_id: grant.client_id.clone(),
+            client_name: grant.client_name.clone(),
+            services: grant.services.clone(),
+            capabilities: grant.capabilities.clone(),
+            expires_at: crate::util::rfc3339(grant.expires_at),
+            status: if reason.is_some() { "revoked" } else { "active" }.into(),
+            reason: reason.map(str::to_string),
+        };
+        return Ok(Some(outbox::record_grant(conn, event_type, &data)?));
+    }
     let Some(e) = outbox_of(change) else { return Ok(None) };
     let c = e.conn;
     let data = EventData::named(conn, c.id, c.user_id, &c.service, c.account.clone(), e.status, e.reason)?;
@@ -324,7 +399,7 @@ pub fn wakes_webhooks(change: &Change) -> bool {
         Change::WebhookEndpointChanged { .. } | Change::WebhookTestQueued { .. } | Change::AuditCheckpointed { .. } => {
             true
         }
-        other => outbox_of(other).is_some(),
+        other => outbox_of(other).is_some() || grant_event_of(other).is_some(),
     }
 }
 
@@ -361,6 +436,9 @@ pub fn invalidation_of(change: &Change) -> Option<Invalidated> {
         | Change::WebhookTestQueued { .. }
         | Change::WebhookEndpointChanged { .. }
         | Change::AuditCheckpointed { .. } => None,
+        // Grants and their tokens are not cached: every token check reads the grant, so a
+        // revocation holds on every instance at the next request.
+        Change::GrantCreated { .. } | Change::GrantRevoked { .. } | Change::GrantTokensIssued { .. } => None,
     }
 }
 

@@ -2,7 +2,7 @@
 //! transaction.
 
 use super::project::{audit_of, history_of, invalidation_of, outbox_of, wakes_webhooks};
-use super::{Actor, Change, EndpointChange, KeyRevoked, SessionsEnd, Subject};
+use super::{Actor, Change, EndpointChange, GrantEnd, GrantSubject, Issued, KeyRevoked, SessionsEnd, Subject};
 use crate::db::models::connections::Account;
 use crate::db::models::events::EventOutcome;
 use crate::db::models::invalidations::Invalidated;
@@ -110,7 +110,30 @@ fn samples() -> Vec<(&'static str, Change)> {
         ("hook_reverted", endpoint(EndpointChange::Reverted)),
         ("hook_test", Change::WebhookTestQueued { endpoint: "ops".into(), by: "root".into() }),
         ("checkpointed", Change::AuditCheckpointed { checkpoint: checkpoint() }),
+        ("grant_created", Change::GrantCreated { grant: grant(), address: Some(ip()) }),
+        ("grant_by_user", Change::GrantRevoked { by: Actor::User(7), grant: grant(), why: GrantEnd::ByUser }),
+        ("grant_code_reused", Change::GrantRevoked { by: Actor::System, grant: grant(), why: GrantEnd::CodeReused }),
+        (
+            "grant_issued",
+            Change::GrantTokensIssued {
+                grant: grant(),
+                how: Issued::Refresh,
+                resource: "https://tv.example/mcp".into(),
+            },
+        ),
     ]
+}
+
+fn grant() -> GrantSubject {
+    GrantSubject {
+        id: 5,
+        user_id: 7,
+        client_id: "https://agent.example/client.json".into(),
+        client_name: "Agent".into(),
+        services: Some(vec!["dropbox".into()]),
+        capabilities: vec!["proxy:read".into()],
+        expires_at: 1_700_000_000,
+    }
 }
 
 fn ip() -> std::net::IpAddr {
@@ -153,14 +176,17 @@ fn variant(change: &Change) -> &'static str {
         Change::WebhookEndpointChanged { .. } => "WebhookEndpointChanged",
         Change::WebhookTestQueued { .. } => "WebhookTestQueued",
         Change::AuditCheckpointed { .. } => "AuditCheckpointed",
+        Change::GrantCreated { .. } => "GrantCreated",
+        Change::GrantRevoked { .. } => "GrantRevoked",
+        Change::GrantTokensIssued { .. } => "GrantTokensIssued",
     }
 }
 
-const VARIANTS: usize = 25;
+const VARIANTS: usize = 28;
 
 /// The samples past the connection ones, which no connection projection (history, outbox)
 /// makes anything of.
-const NOT_CONNECTIONS: [&str; 24] = [
+const NOT_CONNECTIONS: [&str; 28] = [
     "signed_in",
     "signin_refused",
     "signed_out",
@@ -185,6 +211,10 @@ const NOT_CONNECTIONS: [&str; 24] = [
     "hook_reverted",
     "hook_test",
     "checkpointed",
+    "grant_created",
+    "grant_by_user",
+    "grant_code_reused",
+    "grant_issued",
 ];
 
 fn with_none(mut rows: Vec<(&'static str, Option<&'static str>)>) -> Vec<(&'static str, Option<&'static str>)> {
@@ -319,6 +349,30 @@ fn audit_projection() {
         ("hook_reverted", Some(&format!(r#"webhook.changed user:7 {at7} {{"change":"reverted","endpoint":"ops"}}"#))),
         ("hook_test", None),
         ("checkpointed", None),
+        (
+            "grant_created",
+            Some(&format!(
+                r#"grant.created user:7 {at7} {{"capabilities":"proxy:read","client_id":"https://agent.example/client.json","expires_at":1700000000,"grant_id":5,"services":["dropbox"]}} @192.0.2.1"#
+            )),
+        ),
+        (
+            "grant_by_user",
+            Some(&format!(
+                r#"grant.revoked user:7 {at7} {{"client_id":"https://agent.example/client.json","grant_id":5,"reason":"revoked_by_user"}}"#
+            )),
+        ),
+        (
+            "grant_code_reused",
+            Some(&format!(
+                r#"grant.revoked system {at7} {{"client_id":"https://agent.example/client.json","grant_id":5,"reason":"code_reused"}}"#
+            )),
+        ),
+        (
+            "grant_issued",
+            Some(&format!(
+                r#"grant.tokens_issued grant:5 {at7} {{"client_id":"https://agent.example/client.json","grant_id":5,"grant_type":"refresh_token","resource":"https://tv.example/mcp"}}"#
+            )),
+        ),
     ]));
     assert_eq!(got, want);
 }
@@ -538,8 +592,47 @@ fn wake_projection() {
         "hook_reverted",
         "hook_test",
         "checkpointed",
+        "grant_created",
+        "grant_by_user",
+        "grant_code_reused",
     ]);
     assert_eq!(woken, want);
+}
+
+/// A grant's creation and revocation are `grant.*` events carrying the grant (never a token).
+#[test]
+fn grant_events_carry_the_grant() {
+    use crate::db::Db;
+    use crate::vault::Cipher;
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(&dir.path().join("t.sqlite").to_string_lossy()).unwrap();
+    let cipher = Cipher::for_tests(3);
+    let mut conn = db.conn().unwrap();
+    crate::audit::open(&mut conn, &cipher).unwrap().unwrap();
+    let user_id = crate::db::models::users::for_tests(&mut conn, "ann");
+    let g = GrantSubject { user_id, ..grant() };
+    let committed = super::write_no_history(&mut conn, &cipher, |tx| {
+        tx.record(Change::GrantCreated { grant: g.clone(), address: None })?;
+        tx.record(Change::GrantRevoked { by: Actor::User(user_id), grant: g.clone(), why: GrantEnd::ByUser })?;
+        tx.record(Change::GrantTokensIssued { grant: g.clone(), how: Issued::Code, resource: "r".into() })?;
+        Ok(tx.events().len())
+    })
+    .unwrap();
+    assert!(committed.wakes());
+    assert_eq!(committed.recorded_only(), 2, "two events: created and revoked; issuing tokens sends none");
+    let bodies: Vec<String> = {
+        use crate::db::schema::webhook_events::dsl::*;
+        use diesel::prelude::*;
+        crate::on_conn!(&mut conn, c => webhook_events.select(body).order(id).load::<String>(c)).unwrap()
+    };
+    let parsed: Vec<serde_json::Value> = bodies.iter().map(|b| serde_json::from_str(b).unwrap()).collect();
+    assert_eq!(parsed[0]["type"], "grant.created");
+    assert_eq!(parsed[0]["data"]["user"], "ann");
+    assert_eq!(parsed[0]["data"]["status"], "active");
+    assert_eq!(parsed[0]["data"]["services"], serde_json::json!(["dropbox"]));
+    assert_eq!(parsed[1]["type"], "grant.revoked");
+    assert_eq!(parsed[1]["data"]["reason"], "revoked_by_user");
+    assert!(crate::audit::verify(&mut conn, &cipher).unwrap().is_ok());
 }
 
 /// A queued test event is one `webhook.test` event for its endpoint only, with its delivery ready

@@ -100,6 +100,15 @@ pub struct RawConfig {
     pub audit_checkpoint_file: Option<PathBuf>,
     /// Most entries in each of the login throttle's maps (addresses, accounts, devices).
     pub login_throttle_capacity: usize,
+    /// Serve tokenvault's own OAuth 2.1 authorization server (`/oauth/*`, the metadata documents)
+    /// and accept its access tokens at `/api/v1`.
+    pub oauth_server: bool,
+    /// Accept RFC 7591 dynamic client registrations at `/oauth/register`.
+    pub oauth_dynamic_registration: bool,
+    /// Lifetime of the authorization server's access tokens, seconds.
+    pub oauth_access_token_lifetime: i64,
+    /// Lifetime a grant is given unless the user picks another (the consent page's default), seconds.
+    pub oauth_grant_default_lifetime: i64,
     /// The log filter (`tracing` env-filter syntax); `RUST_LOG` overrides it.
     pub log: String,
     pub providers: BTreeMap<String, ProviderConfig>,
@@ -162,6 +171,10 @@ impl Default for RawConfig {
             audit_checkpoint_interval: 600,
             audit_checkpoint_file: None,
             login_throttle_capacity: DEFAULT_THROTTLE_CAPACITY,
+            oauth_server: true,
+            oauth_dynamic_registration: true,
+            oauth_access_token_lifetime: 3600,
+            oauth_grant_default_lifetime: 30 * 86_400,
             log: "info".into(),
             providers: BTreeMap::new(),
             webhooks: BTreeMap::new(),
@@ -193,6 +206,41 @@ pub struct Settings {
     pub audit: AuditSettings,
     pub metrics: MetricsSettings,
     pub demo: DemoSettings,
+    pub authz: AuthzSettings,
+}
+
+/// tokenvault's own authorization server (`oauth_server`, `oauth_dynamic_registration`,
+/// `oauth_access_token_lifetime`, `oauth_grant_default_lifetime`; its metadata documents follow
+/// `webhook_private_urls` for where a client metadata document may be fetched from).
+#[derive(Debug, Clone)]
+pub struct AuthzSettings {
+    pub enabled: bool,
+    pub dynamic_registration: bool,
+    pub access_token_lifetime: i64,
+    pub grant_default_lifetime: i64,
+}
+
+impl AuthzSettings {
+    fn resolve(raw: &RawConfig) -> Result<AuthzSettings, ConfigError> {
+        within(
+            "oauth_access_token_lifetime",
+            raw.oauth_access_token_lifetime,
+            60..=86_400,
+            "must be between 60 seconds and one day",
+        )?;
+        within(
+            "oauth_grant_default_lifetime",
+            raw.oauth_grant_default_lifetime,
+            3600..=365 * 86_400,
+            "must be between one hour and a year",
+        )?;
+        Ok(AuthzSettings {
+            enabled: raw.oauth_server,
+            dynamic_registration: raw.oauth_dynamic_registration,
+            access_token_lifetime: raw.oauth_access_token_lifetime,
+            grant_default_lifetime: raw.oauth_grant_default_lifetime,
+        })
+    }
 }
 
 /// Calls to providers and webhook receivers (`http_timeout`, `http_connect_timeout`, `max_response_bytes`).
@@ -439,6 +487,7 @@ impl Settings {
             audit: AuditSettings::resolve(raw)?,
             metrics: MetricsSettings::resolve(raw)?,
             demo: DemoSettings::resolve(raw)?,
+            authz: AuthzSettings::resolve(raw)?,
         })
     }
 }
@@ -772,6 +821,8 @@ mod tests {
             ("audit_checkpoint_interval", bad(RawConfig { audit_checkpoint_interval: 9, ..d() })),
             ("audit_checkpoint_interval", bad(RawConfig { audit_checkpoint_interval: 86_401, ..d() })),
             ("audit_checkpoint_file", bad(RawConfig { audit_checkpoint_file: Some(std::env::temp_dir()), ..d() })),
+            ("oauth_access_token_lifetime", bad(RawConfig { oauth_access_token_lifetime: 59, ..d() })),
+            ("oauth_grant_default_lifetime", bad(RawConfig { oauth_grant_default_lifetime: 366 * 86_400, ..d() })),
         ] {
             assert!(err.starts_with(&format!("`{key}` is invalid")), "{key}: {err}");
         }

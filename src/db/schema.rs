@@ -246,11 +246,74 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    authz_clients (id) {
+        id -> BigInt,
+        client_id -> Text,
+        kind -> Text,
+        name -> Text,
+        redirect_uris -> Text,
+        secret_hash -> Nullable<Text>,
+        created_at -> BigInt,
+        expires_at -> Nullable<BigInt>,
+        last_used_at -> Nullable<BigInt>,
+        registered_from -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    authz_grants (id) {
+        id -> BigInt,
+        user_id -> BigInt,
+        client_pk -> BigInt,
+        services -> Nullable<Text>,
+        capabilities -> Text,
+        created_at -> BigInt,
+        expires_at -> BigInt,
+        revoked_at -> Nullable<BigInt>,
+        last_used_at -> Nullable<BigInt>,
+        last_used_ip -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    authz_codes (id) {
+        id -> BigInt,
+        code_hash -> Text,
+        grant_id -> BigInt,
+        redirect_uri -> Text,
+        code_challenge -> Text,
+        resource -> Text,
+        created_at -> BigInt,
+        expires_at -> BigInt,
+        used_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    authz_tokens (id) {
+        id -> BigInt,
+        token_hash -> Text,
+        kind -> Text,
+        grant_id -> BigInt,
+        resource -> Text,
+        parent_id -> Nullable<BigInt>,
+        created_at -> BigInt,
+        expires_at -> BigInt,
+        rotated_at -> Nullable<BigInt>,
+        revoked_at -> Nullable<BigInt>,
+    }
+}
+
 diesel::joinable!(api_keys -> users (user_id));
 diesel::joinable!(sessions -> users (user_id));
 diesel::joinable!(connections -> users (user_id));
 diesel::joinable!(demo_tokens -> demo_grants (grant_id));
 diesel::joinable!(webhook_deliveries -> webhook_events (event_id));
+diesel::joinable!(authz_grants -> users (user_id));
+diesel::joinable!(authz_grants -> authz_clients (client_pk));
+diesel::joinable!(authz_codes -> authz_grants (grant_id));
+diesel::joinable!(authz_tokens -> authz_grants (grant_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     users,
@@ -271,4 +334,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     audit_log,
     audit_head,
     jobs,
+    authz_clients,
+    authz_grants,
+    authz_codes,
+    authz_tokens,
 );

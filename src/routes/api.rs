@@ -13,7 +13,7 @@ use rocket::{delete, get, head, patch, post, put, routes, Route, State};
 use serde::Serialize;
 
 use crate::audit;
-use crate::auth::api_key::{ApiUser, Capability};
+use crate::auth::api_key::{ApiUser, Capability, Via};
 use crate::db::models::connections::{self, Which};
 use crate::error::AppError;
 use crate::oauth::access::{connection_set, fresh_token, missing_scopes, pick, Named};
@@ -148,11 +148,8 @@ fn read_entry(
     row: &connections::Connection,
     ip: Option<impl ToString>,
 ) -> audit::Entry {
-    let entry = audit::Entry::new(kind, audit::Actor::Key(user.key_id))
-        .user(user.id)
-        .service(&row.service)
-        .connection(row.id)
-        .address(ip);
+    let entry =
+        audit::Entry::new(kind, user.actor()).user(user.id).service(&row.service).connection(row.id).address(ip);
     match row.account() {
         Some(a) => entry.with("account", a.id),
         None => entry,
@@ -174,7 +171,11 @@ async fn token(
     let (choice, _) = split_query(origin.query().map(|q| q.as_str()))?;
     let (which, row) = chosen(app, user, &p, &choice).await?;
     let t = fresh_token(&app.access(), which, &p).await.map_err(|e| e.into_app_error(&p))?;
-    app.audit.read(read_entry(audit::Kind::TokenRead, user, &row, ip).with("key_id", user.key_id));
+    let entry = read_entry(audit::Kind::TokenRead, user, &row, ip);
+    app.audit.read(match user.via {
+        Via::Key(id) => entry.with("key_id", id),
+        Via::Grant(id) => entry.with("grant_id", id),
+    });
     let token_type = if t.token_type.eq_ignore_ascii_case("bearer") { "Bearer".to_string() } else { t.token_type };
     Ok(Json(TokenOut {
         connection_id: t.connection_id,
@@ -264,7 +265,11 @@ async fn run_proxy(
     incoming: Incoming,
     body: Option<Data<'_>>,
 ) -> ApiResult<Proxied> {
-    user.require(Capability::Proxy, Some(service))?;
+    let capability = match method {
+        reqwest::Method::GET | reqwest::Method::HEAD => Capability::ProxyRead,
+        _ => Capability::Proxy,
+    };
+    user.require(capability, Some(service))?;
     let p = provider(app, service)?;
     let (choice, query) = split_query(incoming.query.as_deref())?;
     let (which, row) = chosen(app, user, &p, &choice).await?;

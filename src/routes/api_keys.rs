@@ -142,6 +142,7 @@ fn capability_label(c: Capability) -> &'static str {
         Capability::ConnectionsRead => "list connections",
         Capability::TokenRead => "read access tokens",
         Capability::Proxy => "call services through the proxy",
+        Capability::ProxyRead => "call services through the proxy, GET and HEAD only",
     }
 }
 

@@ -4,8 +4,10 @@ pub mod account;
 pub mod admin;
 pub mod api;
 pub mod api_keys;
+pub mod apps;
 pub mod audit;
 pub mod auth;
+pub mod authz;
 pub mod health;
 pub mod home;
 pub mod password;
@@ -31,7 +33,17 @@ pub fn catchers() -> Vec<Catcher> {
 fn unauthorized(req: &Request<'_>) -> Result<Redirect, Prerendered> {
     if crate::web::wants_json(req) {
         let words = StatusWords::of(Status::Unauthorized);
-        return Err(Prerendered(render_error(req, Status::Unauthorized, words.code, words.message.into())));
+        let mut answer = render_error(req, Status::Unauthorized, words.code, words.message.into());
+        // RFC 9728 §5.1: say where the resource's metadata (and so its authorization server) is.
+        if let (Ok(response), Some(app)) = (&mut answer, req.rocket().state::<crate::state::AppState>()) {
+            if app.settings.authz.enabled && req.uri().path().starts_with("/api/v1") {
+                let metadata = crate::authz::Resource::Api.metadata_url(&app.settings);
+                // RFC 6750 §3.1: an error code only when credentials were sent.
+                let error = if req.headers().contains("Authorization") { "error=\"invalid_token\", " } else { "" };
+                response.set_raw_header("WWW-Authenticate", format!("Bearer {error}resource_metadata=\"{metadata}\""));
+            }
+        }
+        return Err(Prerendered(answer));
     }
     let target = match req.method() {
         rocket::http::Method::Get => req.uri().to_string(),

@@ -114,6 +114,20 @@ impl<'r> Responder<'r, 'static> for AppError {
         if let Some(seconds) = self.retry_after() {
             response.set_raw_header("Retry-After", seconds.to_string());
         }
+        if let AppError::OutsideGrant { scope, .. } = &self {
+            // Step-up (RFC 6750 §3.1, MCP 2025-11-25): the scope to ask the user for.
+            let metadata = req
+                .rocket()
+                .state::<crate::state::AppState>()
+                .map(|app| {
+                    format!(", resource_metadata=\"{}\"", crate::authz::Resource::Api.metadata_url(&app.settings))
+                })
+                .unwrap_or_default();
+            response.set_raw_header(
+                "WWW-Authenticate",
+                format!("Bearer error=\"insufficient_scope\", scope=\"{scope}\"{metadata}"),
+            );
+        }
         Ok(response)
     }
 }

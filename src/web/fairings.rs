@@ -6,6 +6,16 @@ use rocket::{Data, Request, Response};
 
 use super::RequestId;
 
+/// The response header (never sent: the fairing removes it) by which a page names one more
+/// origin its forms may be redirected to (`form-action`).
+pub const FORM_ACTION_HEADER: &str = "X-Tokenvault-Form-Action";
+
+/// Whether `text` is a CSP host-source or scheme-source without anything that could end the
+/// directive (`;`, `,`, spaces, quotes).
+fn is_source_expression(text: &str) -> bool {
+    !text.is_empty() && text.len() <= 300 && text.chars().all(|c| c.is_ascii_alphanumeric() || ":/.-+[]".contains(c))
+}
+
 /// Security headers on every response, error pages included.
 pub struct SecurityHeaders {
     csp: String,
@@ -40,7 +50,15 @@ impl Fairing for SecurityHeaders {
     }
 
     async fn on_response<'r>(&self, req: &'r Request<'_>, res: &mut Response<'r>) {
-        res.set_header(Header::new("Content-Security-Policy", self.csp.clone()));
+        // A page whose form's answer redirects to another origin (the consent page, to the
+        // client's redirect URI) names it in FORM_ACTION_HEADER; it is added to `form-action`.
+        let extra = res.headers().get_one(FORM_ACTION_HEADER).filter(|o| is_source_expression(o)).map(str::to_string);
+        res.remove_header(FORM_ACTION_HEADER);
+        let csp = match extra {
+            Some(origin) => self.csp.replacen("form-action ", &format!("form-action {origin} "), 1),
+            None => self.csp.clone(),
+        };
+        res.set_header(Header::new("Content-Security-Policy", csp));
         res.set_header(Header::new("X-Content-Type-Options", "nosniff"));
         res.set_header(Header::new("Referrer-Policy", "no-referrer"));
         res.set_header(Header::new("X-Frame-Options", "DENY"));

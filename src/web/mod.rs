@@ -8,7 +8,7 @@ mod flash;
 mod page;
 
 pub use error_page::{render_error, wants_json, RETRY_AFTER_SECS};
-pub use fairings::{traced, RequestLog, SecurityHeaders};
+pub use fairings::{traced, RequestLog, SecurityHeaders, FORM_ACTION_HEADER};
 pub use flash::{Flash, FLASH_COOKIE};
 pub use page::{FlashView, Layout, Nav, Page};
 
@@ -36,12 +36,13 @@ impl fmt::Display for RequestId {
     }
 }
 
-/// Whether `next` is a safe same-origin path to send a user to after login or a flow.
+/// Whether `next` is a safe same-origin path to send a user to after login or a flow (at most
+/// 2048 bytes: an OAuth authorization request with a metadata-document `client_id` is long).
 ///
 /// Accepts only absolute paths on this site: no scheme, no host, no `//` or `/\` prefix (also when
 /// percent-encoded), no control characters or whitespace, no backslashes, no `..` segments.
 pub fn safe_next(next: &str) -> Option<String> {
-    if next.is_empty() || next.len() > 512 || !next.starts_with('/') {
+    if next.is_empty() || next.len() > 2048 || !next.starts_with('/') {
         return None;
     }
     if next.chars().any(|c| c.is_control() || c.is_whitespace() || c == '\\') {

@@ -88,6 +88,29 @@ pub fn record_audit_checkpoint(
     insert(conn, EventType::AuditCheckpoint, checkpoint, None).map(|(_, msg_id)| msg_id)
 }
 
+/// What a `grant.*` event says about a grant: the body's `data`. Never a token.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct GrantData {
+    pub grant_id: i64,
+    /// The username.
+    pub user: String,
+    pub client_id: String,
+    pub client_name: String,
+    /// `null`: every service, also those connected later.
+    pub services: Option<Vec<String>>,
+    pub capabilities: Vec<String>,
+    pub expires_at: String,
+    /// `active` or `revoked`.
+    pub status: String,
+    /// Why it was revoked (`revoked_by_user`, `code_reused`, …).
+    pub reason: Option<String>,
+}
+
+/// Record a `grant.created` or `grant.revoked` event.
+pub fn record_grant(conn: &mut Conn, event_type: EventType, data: &GrantData) -> diesel::QueryResult<String> {
+    insert(conn, event_type, data, None).map(|(_, msg_id)| msg_id)
+}
+
 /// Record a `webhook.test` event for the endpoint `endpoint` only, ready to deliver.
 pub fn record_test(conn: &mut Conn, endpoint: &str, by: &str) -> diesel::QueryResult<String> {
     #[derive(Serialize)]

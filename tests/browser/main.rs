@@ -21,6 +21,7 @@ mod admin;
 mod connect;
 mod cross_origin;
 mod headers;
+mod oauth_consent;
 mod phone;
 mod provider_accounts;
 mod revocation;

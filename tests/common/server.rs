@@ -19,11 +19,23 @@ pub struct Options<'a> {
     pub log_filter: &'a str,
     /// More `ROCKET_*` (or other) variables; they win over the defaults.
     pub env: Vec<(String, String)>,
+    /// `public_url` is the server's own address (`http://127.0.0.1:<port>`) instead of
+    /// [`super::PUBLIC_URL`]: for clients that check URLs the server names (OAuth discovery).
+    pub public_url_is_base: bool,
 }
 
 impl<'a> Options<'a> {
     pub fn new(database_url: &'a str, fake: &'a str, dir: &'a Path) -> Options<'a> {
-        Options { database_url, fake, dir, data_dir: None, profile: "debug", log_filter: "info", env: Vec::new() }
+        Options {
+            database_url,
+            fake,
+            dir,
+            data_dir: None,
+            profile: "debug",
+            log_filter: "info",
+            env: Vec::new(),
+            public_url_is_base: false,
+        }
     }
 }
 
@@ -49,7 +61,10 @@ pub async fn start_in(o: Options<'_>, cwd: &Path) -> Server {
         let data_dir = o.data_dir.map(Path::to_path_buf).unwrap_or_else(|| o.dir.join(format!("data-{port}")));
         cmd.current_dir(cwd)
             .env("ROCKET_PROFILE", o.profile)
-            .env("ROCKET_PUBLIC_URL", super::PUBLIC_URL)
+            .env(
+                "ROCKET_PUBLIC_URL",
+                if o.public_url_is_base { format!("http://127.0.0.1:{port}") } else { super::PUBLIC_URL.into() },
+            )
             .env("ROCKET_DATABASE_URL", o.database_url)
             .env("ROCKET_DATA_DIR", data_dir)
             .env("ROCKET_VAULT_KEY", super::VAULT_KEY)

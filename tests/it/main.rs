@@ -27,6 +27,7 @@ mod health;
 mod jobs;
 mod logging;
 mod multi_instance;
+mod oauth_server;
 mod oidc;
 mod provider_accounts;
 mod refresh;

@@ -231,6 +231,65 @@ async fn a_key_revoked_on_one_instance_is_refused_on_the_other_at_once() {
     assert!(started.elapsed() + Duration::from_secs(2) < fallback, "the test took {:?}", started.elapsed());
 }
 
+/// A grant revoked on My Settings → Connected apps of one instance stops its access token on the
+/// other at the next request: nothing of a grant is cached, every check reads it (issue 22).
+#[tokio::test]
+async fn a_grant_revoked_on_one_instance_is_refused_on_the_other_at_once() {
+    use crate::oauth_server::{authorize_url, consent_fields, pkce, query_of, REDIRECT};
+    if !postgres_configured() {
+        return;
+    }
+    let pair = two_instances_with_a_connection(common::FakeProvider::start().await).await;
+    let (a, b, http) = (&pair.a, &pair.b, &pair.http);
+    let registered: serde_json::Value = http
+        .post(format!("{}/oauth/register", a.base))
+        .json(&json!({"client_name": "Agent", "redirect_uris": [REDIRECT]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let client_id = registered["client_id"].as_str().unwrap().to_string();
+    let (verifier, challenge) = pkce();
+    let page = http
+        .get(format!("{}{}", a.base, authorize_url(&client_id, REDIRECT, Some(&challenge), &[])))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut fields = consent_fields(&page);
+    fields.push(("decision".into(), "allow".into()));
+    let allowed = http.post(format!("{}/oauth/authorize", a.base)).form(&fields).send().await.unwrap();
+    assert_eq!(allowed.status().as_u16(), 303);
+    let code = query_of(allowed.headers()["location"].to_str().unwrap())["code"].clone();
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("client_id", client_id.as_str()),
+        ("code", code.as_str()),
+        ("redirect_uri", REDIRECT),
+        ("code_verifier", verifier.as_str()),
+    ];
+    let tokens: serde_json::Value =
+        http.post(format!("{}/oauth/token", b.base)).form(&form).send().await.unwrap().json().await.unwrap();
+    let access = tokens["access_token"].as_str().expect("tokens from B for a code of A").to_string();
+    let status = |base: String| {
+        let (http, bearer) = (http.clone(), format!("Bearer {access}"));
+        async move {
+            let res = http.get(format!("{base}/api/v1/connections")).header("Authorization", bearer).send().await;
+            res.map(|r| r.status().as_u16()).unwrap_or(0)
+        }
+    };
+    assert_eq!((status(a.base.clone()).await, status(b.base.clone()).await), (200, 200));
+    let apps = http.get(format!("{}/settings/apps", a.base)).send().await.unwrap().text().await.unwrap();
+    let id = regex::Regex::new(r#"data-grant="(\d+)""#).unwrap().captures(&apps).unwrap()[1].to_string();
+    assert_eq!(post_form(http, &format!("{}/settings/apps/{id}/revoke", a.base), &apps).await, 303);
+    assert_eq!(status(b.base.clone()).await, 401, "B refuses the token at the very next request");
+    assert_eq!(status(a.base.clone()).await, 401);
+}
+
 /// A change's notification reaches the other instances' listener at its commit — not before, and
 /// not for a rollback: what wakes their cache reader and webhook worker (`db::notify`).
 #[test]

@@ -14,6 +14,8 @@ crate::db::text_enum::text_enum! {
         TokenRead = "token:read",
         /// `/api/v1/services/<service>/proxy/…`, every method.
         Proxy = "proxy",
+        /// `/api/v1/services/<service>/proxy/…` with `GET` and `HEAD` only (`proxy` includes it).
+        ProxyRead = "proxy:read",
     }
 }
 
@@ -110,7 +112,9 @@ impl KeyScope {
     }
 
     pub fn allows_capability(&self, capability: Capability) -> bool {
-        self.capabilities.as_ref().is_none_or(|c| c.contains(&capability))
+        self.capabilities.as_ref().is_none_or(|c| {
+            c.contains(&capability) || capability == Capability::ProxyRead && c.contains(&Capability::Proxy)
+        })
     }
 
     /// `Ok` when the key may use `capability` (on `service`, when one is named); else the
@@ -179,7 +183,7 @@ mod tests {
     #[test]
     fn capabilities_are_stored_as_their_names() {
         let names: Vec<_> = Capability::ALL.iter().map(|c| c.as_str()).collect();
-        assert_eq!(names, ["connections:read", "token:read", "proxy"]);
+        assert_eq!(names, ["connections:read", "token:read", "proxy", "proxy:read"]);
     }
 
     #[test]
@@ -195,6 +199,11 @@ mod tests {
         assert!(err.user_message().contains("dropbox"));
         let err = s.require(Capability::Proxy, Some("demo")).unwrap_err();
         assert!(err.user_message().contains("proxy"));
+        let read = KeyScope::from_input(&[], &["proxy:read".into()], None, known, 0).unwrap();
+        assert!(read.require(Capability::ProxyRead, Some("demo")).is_ok());
+        assert!(read.require(Capability::Proxy, Some("demo")).is_err(), "read methods only");
+        let all = KeyScope::from_input(&[], &["proxy".into()], None, known, 0).unwrap();
+        assert!(all.require(Capability::ProxyRead, Some("demo")).is_ok(), "proxy includes proxy:read");
         assert!(s.require(Capability::ConnectionsRead, None).is_err());
     }
 

@@ -2,6 +2,8 @@
 
 pub mod api_keys;
 pub mod audit;
+/// tokenvault's own authorization server: clients, grants, codes, tokens (`crate::authz`).
+pub mod authz;
 pub mod connections;
 pub mod demo;
 pub mod events;

@@ -22,6 +22,10 @@ crate::db::text_enum::text_enum! {
         /// An audit checkpoint (`crate::audit::checkpoint`): only to the endpoints whose `events`
         /// name it (`audit.checkpoint` or `audit.*`), not to those that take every event.
         AuditCheckpoint = "audit.checkpoint",
+        /// A user allowed a client of tokenvault's authorization server a grant (`data`: the grant).
+        GrantCreated = "grant.created",
+        /// A grant ended before its expiry (`data`: the grant and why).
+        GrantRevoked = "grant.revoked",
     }
 }
 
@@ -309,7 +313,9 @@ mod tests {
                 "connection.revoked",
                 "connection.deleted",
                 "webhook.test",
-                "audit.checkpoint"
+                "audit.checkpoint",
+                "grant.created",
+                "grant.revoked"
             ]
         );
         let statuses: Vec<_> = DeliveryStatus::ALL.iter().map(|s| s.as_str()).collect();
