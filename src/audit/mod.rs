@@ -92,6 +92,8 @@ pub enum Kind {
     /// `tokenvault audit restart`: a log that could no longer be appended to was archived and a
     /// new one started after it (the first entry of the new log).
     AuditRestarted,
+    /// A provider was added, edited, disabled, enabled, reverted or deleted in the app.
+    ProviderChanged,
 }
 
 impl Kind {
@@ -115,6 +117,7 @@ impl Kind {
         Kind::PasswordChanged,
         Kind::UserRenamed,
         Kind::AuditRestarted,
+        Kind::ProviderChanged,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -138,6 +141,7 @@ impl Kind {
             Kind::PasswordChanged => "password.changed",
             Kind::UserRenamed => "user.renamed",
             Kind::AuditRestarted => "audit.restarted",
+            Kind::ProviderChanged => "provider.changed",
         }
     }
 }

@@ -29,6 +29,7 @@ mod logging;
 mod multi_instance;
 mod oidc;
 mod provider_accounts;
+mod providers;
 mod refresh;
 mod revoke_presets;
 mod settings_vault;

@@ -22,6 +22,9 @@ crate::db::text_enum::text_enum! {
         /// An audit checkpoint (`crate::audit::checkpoint`): only to the endpoints whose `events`
         /// name it (`audit.checkpoint` or `audit.*`), not to those that take every event.
         AuditCheckpoint = "audit.checkpoint",
+        /// A provider was added, edited, disabled, enabled, reverted or deleted in the app
+        /// (`crate::oauth::managed`; never a secret).
+        ProviderChanged = "provider.changed",
     }
 }
 
@@ -309,7 +312,8 @@ mod tests {
                 "connection.revoked",
                 "connection.deleted",
                 "webhook.test",
-                "audit.checkpoint"
+                "audit.checkpoint",
+                "provider.changed"
             ]
         );
         let statuses: Vec<_> = DeliveryStatus::ALL.iter().map(|s| s.as_str()).collect();
