@@ -282,6 +282,7 @@ fn mount_routes(rocket: Rocket<Build>, demo: bool) -> Rocket<Build> {
         password::routes(),
         admin::routes(),
         webhooks::routes(),
+        providers::routes(),
         health::routes(),
         api_keys::routes(),
         sessions::routes(),

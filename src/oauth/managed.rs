@@ -587,6 +587,140 @@ impl Editor<'_> {
     }
 }
 
+/// Connections per provider: (all, degraded, reconnect required).
+pub fn connection_health(conn: &mut Conn) -> AppResult<BTreeMap<String, (i64, i64, i64)>> {
+    use crate::db::models::connections::ConnectionStatus;
+    use crate::db::schema::connections;
+    use diesel::dsl::count_star;
+    use diesel::prelude::*;
+    let rows: Vec<(String, String, i64)> = crate::on_conn!(conn, c => {
+        connections::table
+            .group_by((connections::service, connections::status))
+            .select((connections::service, connections::status, count_star()))
+            .load(c)
+    })?;
+    let mut out: BTreeMap<String, (i64, i64, i64)> = BTreeMap::new();
+    for (service, status, n) in rows {
+        let counts = out.entry(service).or_default();
+        counts.0 += n;
+        match status.parse::<ConnectionStatus>() {
+            Ok(ConnectionStatus::Degraded) => counts.1 += n,
+            Ok(ConnectionStatus::ReconnectRequired) | Err(_) => counts.2 += n,
+            Ok(ConnectionStatus::Active) => {}
+        }
+    }
+    Ok(out)
+}
+
+/// One check of the Test button.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Check {
+    pub what: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// The Test button: each endpoint of `p` resolves to addresses the egress rule allows and answers
+/// HTTP (any status: a token endpoint answers a bare GET with an error, which proves it is there);
+/// the client credentials are set. Nothing is sent but a GET without credentials: never the
+/// client secret.
+pub async fn test_endpoints(
+    http: &crate::oauth::http::Outbound,
+    egress: Egress,
+    p: &Provider,
+    credentials_set: bool,
+) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let mut urls: Vec<(&str, url::Url)> =
+        vec![("authorize_url", p.authorize_url.clone()), ("token_url", p.token_url.clone())];
+    let optional = [
+        ("account_url", p.account_url.clone()),
+        ("api_base_url", p.api_base_url.clone()),
+        ("jwks_url", p.jwks_url.clone()),
+    ];
+    urls.extend(optional.into_iter().filter_map(|(k, u)| u.map(|u| (k, u))));
+    for (what, url) in urls {
+        let check = |ok: bool, detail: String| Check {
+            what: format!("{what} ({})", url.origin().ascii_serialization()),
+            ok,
+            detail,
+        };
+        let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+            checks.push(check(false, "no host".into()));
+            continue;
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let addresses: Vec<std::net::IpAddr> = match rocket::tokio::net::lookup_host((host.as_str(), port)).await {
+            Ok(found) => found.map(|a| a.ip()).collect(),
+            Err(e) => {
+                checks.push(check(false, format!("does not resolve: {e}")));
+                continue;
+            }
+        };
+        let refused: Vec<String> = addresses
+            .iter()
+            .filter(|ip| {
+                !(egress.private_urls
+                    || crate::webhooks::egress::is_public(**ip)
+                    || (egress.loopback && ip.is_loopback()))
+            })
+            .map(|ip| ip.to_string())
+            .collect();
+        if addresses.is_empty() || !refused.is_empty() {
+            checks.push(check(false, format!("resolves to addresses the egress rule refuses: {}", refused.join(", "))));
+            continue;
+        }
+        match http.send(http.client().get(url.clone())).await {
+            Ok((status, _, _)) => checks.push(check(true, format!("answers (HTTP {})", status.as_u16()))),
+            Err(e) => checks.push(check(false, format!("does not answer: {e}"))),
+        }
+    }
+    checks.push(Check {
+        what: "client credentials".into(),
+        ok: credentials_set,
+        detail: if credentials_set {
+            "set in the vault".into()
+        } else {
+            format!("{} or {} is not set in the vault", p.client_id_path(), p.client_secret_path())
+        },
+    });
+    checks
+}
+
+/// Stored settings as the lines of the edit form (`key = <TOML value>`).
+pub fn toml_lines(settings: &Map<String, Value>) -> String {
+    fn value(v: &Value) -> String {
+        match v {
+            Value::Array(items) => format!("[{}]", items.iter().map(value).collect::<Vec<_>>().join(", ")),
+            Value::Object(map) => format!(
+                "{{ {} }}",
+                map.iter().map(|(k, v)| format!("{} = {}", key(k), value(v))).collect::<Vec<_>>().join(", ")
+            ),
+            // Strings (JSON escapes are TOML basic-string escapes), numbers, booleans.
+            other => other.to_string(),
+        }
+    }
+    fn key(k: &str) -> String {
+        if !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+            k.to_string()
+        } else {
+            Value::String(k.to_string()).to_string()
+        }
+    }
+    settings.iter().map(|(k, v)| format!("{k} = {}", value(v))).collect::<Vec<_>>().join("\n")
+}
+
+/// The lines of the edit and add forms (`key = value`, one a line) as provider table keys.
+pub fn parse_lines(text: &str) -> Result<Map<String, Value>, String> {
+    let pairs: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| l.replacen(" = ", "=", 1))
+        .collect();
+    parse_set(&pairs)
+}
+
 /// `key=value` pairs, each value in TOML (`--set 'scopes=["openid"]'`, `--set pkce=true`, a bare
 /// word taken as a string), as provider table keys; an unknown key or a wrong type is refused.
 pub fn parse_set(pairs: &[String]) -> Result<Map<String, Value>, String> {
@@ -646,6 +780,21 @@ mod tests {
         let cfg = config_of(&set).unwrap();
         assert_eq!(cfg.preset.as_deref(), Some("github"));
         assert!(config_of(&serde_json::from_str(r#"{"colour":"x"}"#).unwrap()).is_err());
+    }
+
+    #[test]
+    fn form_lines_round_trip() {
+        let set = parse_set(&[
+            "scopes=[\"a b\", \"c\"]".into(),
+            "params={ shop = \"tea\" }".into(),
+            "pkce=false".into(),
+            "display_name=\"Q \\\"x\\\"\"".into(),
+        ])
+        .unwrap();
+        let lines = toml_lines(&set);
+        assert_eq!(parse_lines(&lines).unwrap(), set, "{lines}");
+        assert!(parse_lines("colour = 1").is_err());
+        assert!(parse_lines("# a comment\n\npkce = true").unwrap().contains_key("pkce"));
     }
 
     #[test]

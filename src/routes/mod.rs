@@ -9,6 +9,7 @@ pub mod auth;
 pub mod health;
 pub mod home;
 pub mod password;
+pub mod providers;
 pub mod services;
 pub mod sessions;
 pub mod settings;

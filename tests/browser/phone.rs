@@ -107,6 +107,7 @@ async fn every_page_fits_a_phone_and_every_action_is_on_screen() {
         ("/settings/sessions", "#settings-sessions"),
         ("/admin/vault", "#nav-vault"),
         ("/admin/webhooks", "#no-webhooks"),
+        ("/admin/providers", "#providers"),
         ("/demo/", "#demo-grants"),
         ("/no-such-page", "#error[data-status=\"404\"]"),
     ] {

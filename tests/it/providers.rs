@@ -366,3 +366,237 @@ async fn two_instances_follow_a_provider_change_within_two_seconds() {
         .await;
     }
 }
+
+mod page {
+    //! `/admin/providers` over HTTP (the app in this process).
+
+    use crate::common;
+    use rocket::http::Status;
+    use std::time::Duration;
+    use wiremock::matchers::path;
+    use wiremock::{Mock, ResponseTemplate};
+
+    fn lines(fake: &str, extra: &str) -> String {
+        format!(
+            "display_name = \"Acme\"\nauthorize_url = \"{fake}/authorize\"\ntoken_url = \"{fake}/token\"\n\
+             revoke_url = \"{fake}/revoke\"\naccount_url = \"{fake}/account\"\napi_base_url = \"{fake}/api\"\n\
+             scopes = [\"read\", \"write\"]\nclient_auth = \"basic\"\n{extra}"
+        )
+    }
+
+    fn row<'t>(page: &'t str, name: &str) -> &'t str {
+        let start = page.find(&format!(r#"<tr data-provider="{name}""#)).unwrap_or_else(|| panic!("no row {name}"));
+        let end = page[start..].find("</tr>").map(|e| start + e).unwrap_or(page.len());
+        &page[start..end]
+    }
+
+    #[tokio::test]
+    async fn administrators_add_edit_disable_and_delete_providers_on_the_page() {
+        let app = common::builder().set("webhook_private_urls", false).start().await;
+        let root = app.user("root").await;
+        let page = root.fetch("/admin/providers").await;
+        assert_eq!(page.status, Status::Ok);
+        for id in [
+            "id=\"providers\"",
+            "id=\"add-provider-form\"",
+            "id=\"new-provider-preset\"",
+            "id=\"new-provider-name\"",
+            "id=\"new-provider-issuer\"",
+            "id=\"new-provider-client-id\"",
+            "id=\"new-provider-client-secret\"",
+            "id=\"add-provider-submit\"",
+            "id=\"nav-providers\"",
+            "id=\"nav-audit\"",
+            "id=\"redirect-uri-fake\"",
+        ] {
+            assert!(page.text.contains(id), "{id}");
+        }
+        let fake_row = row(&page.text, "fake");
+        assert!(fake_row.contains(r#"data-origin="config" data-enabled="true" data-credentials="set""#), "{fake_row}");
+        assert!(fake_row.contains("http://localhost:8000/services/fake/callback"));
+        // Not for other users.
+        let bob = app.user("bob").await;
+        assert_ne!(bob.fetch("/admin/providers").await.status, Status::Ok);
+        assert!(!bob.fetch("/").await.text.contains("nav-providers"));
+
+        // Refused forms: 422, the message and what was typed, nothing saved.
+        let csrf = root.csrf("/admin/providers").await;
+        let fake = app.fake.uri();
+        let add = |name: &'static str, settings: String, issuer: String| {
+            let csrf = csrf.clone();
+            let root = &root;
+            async move {
+                root.post_form(
+                    "/admin/providers",
+                    &[
+                        ("csrf_token", &csrf),
+                        ("name", name),
+                        ("issuer", &issuer),
+                        ("client_id", common::CLIENT_ID),
+                        ("client_secret", common::CLIENT_SECRET),
+                        ("settings", &settings),
+                    ],
+                )
+                .await
+            }
+        };
+        let cases = [
+            ("acme", lines("http://login.acme.example", ""), "https"),
+            ("acme", lines("https://10.0.0.7", ""), "public"),
+            ("fake", lines(&fake, ""), "exists already"),
+            ("acme", lines(&fake, "colour = \"blue\""), "colour"),
+            ("acme", lines(&fake, "account_id_pointer = \"id\""), "JSON pointer"),
+            ("Acme!", lines(&fake, ""), "names are"),
+        ];
+        for (name, settings, why) in cases {
+            let r = add(name, settings, String::new()).await;
+            assert_eq!(r.status, Status::UnprocessableEntity, "{why}: {}", r.text);
+            assert!(r.text.contains("id=\"add-provider-error\"") && r.text.contains(why), "{why}: {}", r.text);
+            assert!(r.text.contains(&format!("value=\"{name}\"")), "what was typed is shown again");
+            assert!(!r.text.contains(common::CLIENT_SECRET), "never the secret");
+        }
+        assert_eq!(app.count("SELECT COUNT(*) AS n FROM providers"), 0, "nothing saved");
+
+        // By issuer: a discovery document naming another issuer, none at all, a huge one, a slow one.
+        let mock = |route: &'static str, response: ResponseTemplate| Mock::given(path(route)).respond_with(response);
+        let doc = |issuer: &str| {
+            serde_json::json!({"issuer": issuer, "authorization_endpoint": format!("{fake}/authorize"),
+                               "token_endpoint": format!("{fake}/token")})
+        };
+        app.fake
+            .mount(mock(
+                "/other/.well-known/openid-configuration",
+                ResponseTemplate::new(200).set_body_json(doc("https://evil.example")),
+            ))
+            .await;
+        app.fake
+            .mount(mock(
+                "/huge/.well-known/openid-configuration",
+                ResponseTemplate::new(200).set_body_string("x".repeat(10 << 20)),
+            ))
+            .await;
+        app.fake
+            .mount(mock(
+                "/slow/.well-known/openid-configuration",
+                ResponseTemplate::new(200)
+                    .set_body_json(doc(&format!("{fake}/slow")))
+                    .set_delay(Duration::from_secs(30)),
+            ))
+            .await;
+        for (issuer, why) in [
+            (format!("{fake}/other"), "evil.example"),
+            ("http://127.0.0.1:9".to_string(), "Issuer"),
+            (format!("{fake}/huge"), "Issuer"),
+            (format!("{fake}/slow"), "Issuer"),
+        ] {
+            let r = add("oidc", String::new(), issuer.clone()).await;
+            assert_eq!(r.status, Status::UnprocessableEntity, "{issuer}: {}", r.text);
+            assert!(r.text.contains(why), "{issuer}: {}", r.text);
+        }
+        assert_eq!(app.count("SELECT COUNT(*) AS n FROM providers"), 0, "nothing saved");
+
+        // Added with its credentials: usable at once.
+        let r = add("acme", lines(&fake, ""), String::new()).await;
+        assert_eq!(r.status, Status::SeeOther, "{}", r.text);
+        let page = root.fetch("/admin/providers").await.text;
+        let acme = row(&page, "acme");
+        assert!(acme.contains(r#"data-origin="added" data-enabled="true" data-credentials="set""#), "{acme}");
+        assert!(!page.contains(common::CLIENT_SECRET));
+        app.fake.with_state(|s| s.service = Some("acme".into()));
+        let alice = app.user("alice").await;
+        alice.connect("acme").await;
+        let page = root.fetch("/admin/providers").await.text;
+        assert!(row(&page, "acme").contains("class=\"connections\">1"), "{}", row(&page, "acme"));
+
+        // Edit: a stale form is a 409 and saves nothing; a fresh one saves.
+        let csrf = root.csrf("/admin/providers").await;
+        let edit = |version: &'static str, settings: String| {
+            let (csrf, root) = (csrf.clone(), &root);
+            async move {
+                root.post_form(
+                    "/admin/providers/acme",
+                    &[("csrf_token", &csrf), ("version", version), ("settings", &settings)],
+                )
+                .await
+            }
+        };
+        let r = edit("1", lines(&fake, "").replace("\"Acme\"", "\"Acme Corp\"")).await;
+        assert_eq!(r.status, Status::SeeOther, "{}", r.text);
+        let r = edit("1", lines(&fake, "").replace("\"Acme\"", "\"Stale\"")).await;
+        assert_eq!(r.status, Status::Conflict, "{}", r.text);
+        let r = edit("2", lines("https://192.168.0.9", "")).await;
+        assert_eq!(r.status, Status::UnprocessableEntity);
+        assert!(r.text.contains("id=\"provider-error-acme\"") && r.text.contains("192.168.0.9"));
+        assert!(alice.fetch("/").await.text.contains("Acme Corp"));
+
+        // Test: each endpoint answers, the credentials are set; the secret is sent nowhere.
+        let r = root.post_form("/admin/providers/acme/test", &[("csrf_token", &csrf)]).await;
+        assert_eq!(r.status, Status::Ok);
+        assert!(r.text.contains("id=\"test-results-acme\""), "{}", r.text);
+        assert!(!r.text.contains("data-ok=\"false\""), "{}", r.text);
+        assert!(r.text.contains("token_url") && r.text.contains("answers (HTTP"));
+        let secret_sent = app.fake.all_requests().await.iter().any(|q| {
+            String::from_utf8_lossy(&q.body).contains(common::CLIENT_SECRET)
+                || q.url.as_str().contains(common::CLIENT_SECRET)
+        });
+        assert!(!secret_sent, "the test sends no credentials");
+
+        // Disable: card gone, Redirector and API refuse, connection kept; enable restores.
+        let r = root.post_form("/admin/providers/acme/disable", &[("csrf_token", &csrf), ("version", "2")]).await;
+        assert_eq!(r.status, Status::SeeOther);
+        assert!(!alice.fetch("/").await.text.contains(r#"data-service="acme""#));
+        assert_eq!(alice.fetch("/services/acme/authorize").await.status, Status::Conflict);
+        assert_eq!(app.count("SELECT COUNT(*) AS n FROM connections WHERE service = 'acme'"), 1);
+        let page = root.fetch("/admin/providers").await.text;
+        assert!(row(&page, "acme").contains(r#"data-enabled="false""#));
+        assert!(page.contains("id=\"enable-provider-acme\""));
+        let r = root.post_form("/admin/providers/acme/enable", &[("csrf_token", &csrf), ("version", "3")]).await;
+        assert_eq!(r.status, Status::SeeOther);
+        assert!(alice.fetch("/").await.text.contains(r#"data-service="acme""#));
+
+        // Delete: refused with a connection unless the box is ticked; then revoked and deleted.
+        let r = root.post_form("/admin/providers/acme/delete", &[("csrf_token", &csrf), ("version", "4")]).await;
+        assert_eq!(r.status, Status::SeeOther);
+        assert_eq!(app.count("SELECT COUNT(*) AS n FROM providers"), 1, "refused: it has a connection");
+        let r = root
+            .post_form(
+                "/admin/providers/acme/delete",
+                &[("csrf_token", &csrf), ("version", "4"), ("with_connections", "true")],
+            )
+            .await;
+        assert_eq!(r.status, Status::SeeOther);
+        assert_eq!(app.count("SELECT COUNT(*) AS n FROM providers"), 0);
+        assert_eq!(app.count("SELECT COUNT(*) AS n FROM connections WHERE service = 'acme'"), 0);
+        assert_eq!(app.fake.requests_to("/revoke").await.len(), 1, "revoked at the provider");
+        assert_eq!(alice.fetch("/services/acme/authorize").await.status, Status::NotFound);
+        assert_eq!(
+            app.count("SELECT COUNT(*) AS n FROM audit_log WHERE kind = 'provider.changed'"),
+            5,
+            "added, edited, disabled, enabled, deleted"
+        );
+    }
+
+    /// A configured provider edited on the page and reverted: its Rocket.toml table applies again.
+    #[tokio::test]
+    async fn a_configured_provider_is_edited_then_reverted() {
+        let app = common::TestApp::start().await;
+        let root = app.user("root").await;
+        let csrf = root.csrf("/admin/providers").await;
+        let r = root
+            .post_form(
+                "/admin/providers/fake",
+                &[("csrf_token", &csrf), ("version", "0"), ("settings", "display_name = \"Renamed\"")],
+            )
+            .await;
+        assert_eq!(r.status, Status::SeeOther, "{}", r.text);
+        let page = root.fetch("/admin/providers").await.text;
+        assert!(row(&page, "fake").contains(r#"data-origin="edited""#));
+        assert!(page.contains("Renamed") && page.contains("id=\"revert-provider-fake\""));
+        assert!(!page.contains("id=\"delete-provider-fake\""), "a configured provider is not deleted here");
+        let r = root.post_form("/admin/providers/fake/revert", &[("csrf_token", &csrf), ("version", "1")]).await;
+        assert_eq!(r.status, Status::SeeOther);
+        let page = root.fetch("/admin/providers").await.text;
+        assert!(row(&page, "fake").contains(r#"data-origin="config""#));
+        assert!(!page.contains("Renamed"));
+    }
+}
