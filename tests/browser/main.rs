@@ -23,6 +23,7 @@ mod cross_origin;
 mod headers;
 mod phone;
 mod provider_accounts;
+mod providers;
 mod revocation;
 mod sessions;
 #[allow(dead_code)]
