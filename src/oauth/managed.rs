@@ -414,6 +414,16 @@ impl Editor<'_> {
         Ok(())
     }
 
+    /// What [`Editor::add`] would add, checked, without saving anything (the page's confirmation
+    /// of the endpoints an issuer's discovery found).
+    pub fn preview(&self, conn: &mut Conn, name: &str, settings: &Map<String, Value>) -> AppResult<Provider> {
+        self.live.reload(conn)?;
+        if self.live.entry(name).is_some() || self.live.is_configured(name) {
+            return Err(AppError::Refused(format!("Name: a provider named {name} exists already")));
+        }
+        self.check(name, settings)
+    }
+
     /// Add a provider (its client credentials sealed into the vault in the same unit of work).
     pub fn add(&self, conn: &mut Conn, new: &NewProvider) -> AppResult<Committed<()>> {
         let name = new.name.trim();

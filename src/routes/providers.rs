@@ -61,6 +61,14 @@ struct AddDraft {
     client_id: String,
     settings: String,
     error: Option<String>,
+    /// The endpoints an issuer's discovery found, shown for confirmation before saving.
+    discovered: Option<Vec<Found>>,
+}
+
+#[derive(Serialize)]
+struct Found {
+    what: &'static str,
+    url: String,
 }
 
 #[derive(Serialize)]
@@ -257,7 +265,44 @@ fn is_loopback_host(url: &url::Url) -> bool {
     }
 }
 
-/// Add a provider; a refused form answers 422 with its message and what was typed (never the secret).
+/// Discovery's findings, checked, shown before anything is saved: the add form again with the
+/// provider's keys filled in (the issuer field emptied), the client secret to be typed again.
+async fn confirm_discovered(app: &AppState, admin: &AdminUser<'_>, form: &AddForm) -> AppResult<AddDraft> {
+    let settings = add_settings(app, form).await?;
+    let (live, cipher, egress) = (app.catalog.clone(), app.cipher.clone(), egress(app));
+    let (name, s) = (form.name.trim().to_string(), settings.clone());
+    let user_id = admin.0.id;
+    let provider = app
+        .db
+        .run(move |conn| {
+            let editor =
+                Editor { live: &live, cipher: &cipher, actor: crate::audit::Actor::User(user_id), by: "", egress };
+            editor.preview(conn, &name, &s)
+        })
+        .await?;
+    let mut discovered = vec![
+        Found { what: "authorize", url: provider.authorize_url.to_string() },
+        Found { what: "token", url: provider.token_url.to_string() },
+    ];
+    let optional = [
+        ("userinfo", provider.account_url.as_ref().map(|u| u.to_string())),
+        ("jwks", provider.jwks_url.as_ref().map(|u| u.to_string())),
+        ("revocation", provider.revoke_url.clone()),
+    ];
+    discovered.extend(optional.into_iter().filter_map(|(what, url)| url.map(|url| Found { what, url })));
+    Ok(AddDraft {
+        preset: String::new(),
+        name: form.name.clone(),
+        issuer: String::new(),
+        client_id: form.client_id.clone(),
+        settings: managed::toml_lines(&settings),
+        error: None,
+        discovered: Some(discovered),
+    })
+}
+
+/// Add a provider; a refused form answers 422 with its message and what was typed (never the
+/// secret). Given an issuer URL, discovery runs and its endpoints are shown for confirmation first.
 #[post("/admin/providers", data = "<form>")]
 async fn add(
     app: &State<AppState>,
@@ -267,6 +312,26 @@ async fn add(
 ) -> AppResult<Result<Flash<Redirect>, (Status, Template)>> {
     let form = form.into_inner();
     let name = form.name.trim().to_string();
+    if !form.issuer.trim().is_empty() {
+        let outcome = confirm_discovered(app, &admin, &form).await;
+        let (status, draft) = match outcome {
+            Ok(draft) => (Status::Ok, draft),
+            Err(AppError::Refused(message)) => (
+                Status::UnprocessableEntity,
+                AddDraft {
+                    preset: form.preset,
+                    name: form.name,
+                    issuer: form.issuer,
+                    client_id: form.client_id,
+                    settings: form.settings,
+                    error: Some(message),
+                    discovered: None,
+                },
+            ),
+            Err(e) => return Err(e),
+        };
+        return Ok(Err((status, render(app, &admin, layout, draft, RowExtra::default()).await?)));
+    }
     let outcome = match add_settings(app, &form).await {
         Ok(settings) => {
             let new = NewProvider {
@@ -296,6 +361,7 @@ async fn add(
                 client_id: form.client_id,
                 settings: form.settings,
                 error: Some(message),
+                discovered: None,
             };
             Ok(Err((Status::UnprocessableEntity, render(app, &admin, layout, draft, RowExtra::default()).await?)))
         }

@@ -177,6 +177,12 @@ async fn a_provider_added_by_issuer_url_alone_is_connected_against_a_real_openid
     b.fill("#new-provider-name", "oidc").await;
     b.fill("#new-provider-client-id", client_id).await;
     b.fill("#new-provider-client-secret", &client_secret).await;
+    // Discovery runs when the form is sent; its endpoints are shown before anything is saved.
+    b.click_to("#add-provider-submit", "#discovered-endpoints").await;
+    assert!(b.text("#discovered-endpoints").await.contains(&format!("{issuer}/token")));
+    assert!(!b.exists("tr[data-provider=\"oidc\"]").await, "nothing saved yet");
+    assert!(!b.source().await.contains(&client_secret), "the secret is not sent back");
+    b.fill("#new-provider-client-secret", &client_secret).await;
     b.click_to("#add-provider-submit", "#flash").await;
     assert!(
         b.exists("tr[data-provider=\"oidc\"][data-origin=\"added\"][data-credentials=\"set\"]").await,

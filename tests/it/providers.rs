@@ -367,6 +367,21 @@ async fn two_instances_follow_a_provider_change_within_two_seconds() {
     }
 }
 
+/// The add form's settings textarea, as the page filled it (HTML entities decoded).
+fn page_settings(html: &str) -> String {
+    let start = html.find("id=\"new-provider-settings\"").expect("the settings field");
+    let open = start + html[start..].find('>').unwrap() + 1;
+    let close = open + html[open..].find("</textarea>").unwrap();
+    html[open..close]
+        .replace("&quot;", "\"")
+        .replace("&#x3D;", "=")
+        .replace("&#x27;", "'")
+        .replace("&#x60;", "`")
+        .replace("&amp;", "&")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+}
+
 mod page {
     //! `/admin/providers` over HTTP (the app in this process).
 
@@ -494,6 +509,25 @@ mod page {
             assert!(r.text.contains(why), "{issuer}: {}", r.text);
         }
         assert_eq!(app.count("SELECT COUNT(*) AS n FROM providers"), 0, "nothing saved");
+        // A good issuer: its endpoints are shown for confirmation, nothing saved until then.
+        app.fake
+            .mount(mock(
+                "/good/.well-known/openid-configuration",
+                ResponseTemplate::new(200).set_body_json(doc(&format!("{fake}/good"))),
+            ))
+            .await;
+        let r = add("good", String::new(), format!("{fake}/good")).await;
+        assert_eq!(r.status, Status::Ok, "{}", r.text);
+        assert!(r.text.contains("id=\"discovered-endpoints\"") && r.text.contains(&format!("{fake}/token")));
+        assert!(!r.text.contains(common::CLIENT_SECRET));
+        assert_eq!(app.count("SELECT COUNT(*) AS n FROM providers"), 0, "nothing saved before confirmation");
+        let settings = super::page_settings(&r.text);
+        assert!(settings.contains(&format!("issuer = \"{fake}/good\"")), "{settings}");
+        let r = add("good", settings, String::new()).await;
+        assert_eq!(r.status, Status::SeeOther, "{}", r.text);
+        let r = root.post_form("/admin/providers/good/delete", &[("csrf_token", &csrf), ("version", "1")]).await;
+        assert_eq!(r.status, Status::SeeOther);
+        assert_eq!(app.count("SELECT COUNT(*) AS n FROM providers"), 0);
 
         // Added with its credentials: usable at once.
         let r = add("acme", lines(&fake, ""), String::new()).await;
@@ -571,8 +605,8 @@ mod page {
         assert_eq!(alice.fetch("/services/acme/authorize").await.status, Status::NotFound);
         assert_eq!(
             app.count("SELECT COUNT(*) AS n FROM audit_log WHERE kind = 'provider.changed'"),
-            5,
-            "added, edited, disabled, enabled, deleted"
+            7,
+            "good added and deleted; acme added, edited, disabled, enabled, deleted"
         );
     }
 
