@@ -263,7 +263,7 @@ fn app_state(db: Db, catalog: Arc<LiveCatalog>, h: Handles) -> AppState {
         ),
         webhooks,
         audit: Default::default(),
-        revocations: Default::default(),
+        job_wake: Default::default(),
         jobs,
         settings,
     }

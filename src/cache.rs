@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::db::models::connections::Connection;
-use crate::db::models::invalidations::{self, Invalidated, Invalidation, Written};
+use crate::db::models::invalidations::{self, Invalidated, Invalidation};
 use crate::db::Db;
 use crate::util::now;
 
@@ -328,26 +328,22 @@ impl Caches {
         }
     }
 
-    /// A write of this process has committed: drop what it invalidated (other instances learn of it
-    /// from the rows it recorded),
-    /// and hand back its outcome.
-    pub fn after_write<T>(&self, written: Written<T>) -> T {
-        let (value, invalidated) = written.into_parts();
-        for what in &invalidated {
+    /// A unit of work of this process has committed: drop what it invalidated (other instances
+    /// learn of it from the rows it recorded).
+    pub fn after_write(&self, invalidated: &[Invalidated]) {
+        for what in invalidated {
             self.drop_named(what);
         }
-        value
     }
 
     /// [`Caches::after_write`] for a refresh that has just stored `row` under its (user, service)
     /// with a ticket taken before the write: that row goes into the cached set in place of the old
     /// one (unless something else was invalidated meanwhile, see [`TtlCache::replace`]; a set not
     /// cached is simply dropped, to be read again).
-    pub fn after_refresh<T>(&self, written: Written<T>, ticket: Ticket, row: Arc<Connection>) -> T {
+    pub fn after_refresh(&self, invalidated: &[Invalidated], ticket: Ticket, row: Arc<Connection>) {
         let key = (row.user_id, row.service.clone());
-        let (value, invalidated) = written.into_parts();
         let mut replaced = false;
-        for what in &invalidated {
+        for what in invalidated {
             match what {
                 Invalidated::Connection { user_id, service } if !replaced && (*user_id, service) == (key.0, &key.1) => {
                     let updated = self.connections.get(&key).and_then(|set| {
@@ -365,7 +361,6 @@ impl Caches {
                 other => self.drop_named(other),
             }
         }
-        value
     }
 
     /// Counters per cache, by name.

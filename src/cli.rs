@@ -286,7 +286,7 @@ fn api_key_create(
 /// `tokenvault vault rotate-key`: every sealed value re-sealed under the active key.
 fn vault_rotate_key() -> Result<String, String> {
     let (mut conn, prepared) = open()?;
-    let done = crate::vault::rotation::rotate(&mut conn, &prepared.cipher, |what, n| {
+    let done = crate::changes::rotate_vault_key(&mut conn, &prepared.cipher, |what, n| {
         eprintln!("re-encrypted {n} {what}");
     })
     .map_err(|e| e.to_string())?;

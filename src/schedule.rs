@@ -56,7 +56,7 @@ pub fn all(app: &AppState) -> Vec<Scheduled> {
     let record_checkpoint = {
         let (hooks, cipher) = (app.webhooks.clone(), app.cipher.clone());
         Arc::new(move |conn: &mut crate::db::Conn, c: &_| {
-            let fx = crate::changes::Effects { caches: None, webhooks: Some(&hooks) };
+            let fx = crate::changes::Effects { webhooks: Some(&hooks), ..Default::default() };
             crate::changes::checkpoint_event(conn, &cipher, &hooks, c).map(|done| done.settle(fx))
         })
     };

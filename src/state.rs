@@ -74,8 +74,9 @@ pub struct AppState {
     pub webhooks: Arc<crate::webhooks::Webhooks>,
     /// The audit log's batcher for reads (`token.read`, `proxy.call`; see `crate::audit`).
     pub audit: Arc<crate::audit::batcher::Batcher>,
-    /// The wake-up of the worker that revokes replaced and discarded tokens (`oauth::retire`).
-    pub revocations: Arc<crate::oauth::retire::Queue>,
+    /// The wake-up of the workers of the jobs table (the token revocations, `oauth::retire`),
+    /// rung by settling a unit of work that queued a job.
+    pub job_wake: Arc<crate::jobs::Wake>,
     /// The background jobs' supervisor and metrics (see `crate::jobs`).
     pub jobs: Arc<crate::jobs::Supervisor>,
 }
@@ -89,6 +90,7 @@ impl AppState {
             caches: &self.caches,
             events_kept: self.settings.flows.events_per_connection,
             webhooks: Some(&self.webhooks),
+            jobs: Some(&self.job_wake),
         }
     }
 
@@ -100,7 +102,11 @@ impl AppState {
     /// What this process does after a unit of work commits: drop its cached copies, wake the
     /// webhook worker.
     pub fn effects(&self) -> crate::changes::Effects<'_> {
-        crate::changes::Effects { caches: Some(&self.caches), webhooks: Some(&self.webhooks) }
+        crate::changes::Effects {
+            caches: Some(&self.caches),
+            webhooks: Some(&self.webhooks),
+            jobs: Some(&self.job_wake),
+        }
     }
 
     /// Record `change` alone in a unit of work of its own, settled.
@@ -131,7 +137,7 @@ impl AppState {
             cipher: self.cipher.clone(),
             http: self.http.clone(),
             catalog: self.catalog.clone(),
-            queue: self.revocations.clone(),
+            queue: self.job_wake.clone(),
             default_lifetime: self.settings.refresh.default_token_lifetime,
             lease: (self.settings.http.timeout + self.settings.http.connect_timeout) as i64 * 2 + 5,
             worker: crate::jobs::queue::worker_id(),

@@ -287,7 +287,7 @@ fn the_chain_outlives_a_vault_key_rotation() {
     let mut conn = db.conn().unwrap();
     let key = |seed: u8| crate::util::b64_encode(&[seed; crate::vault::KEY_LEN]);
     let ring = Cipher::from_base64(&key(9), &[key(3)]).unwrap();
-    crate::vault::rotation::rotate(&mut conn, &ring, |_, _| {}).unwrap();
+    crate::vault::rotation::rotate(&mut conn, &ring, |_, _| Ok(()), |_, _| {}).unwrap();
     let new = Cipher::for_tests(9);
     assert_eq!(verify(&mut conn, &new).unwrap(), Ok(5));
     append(&mut conn, &new, &entries(2)).unwrap();

@@ -112,7 +112,6 @@ pub fn replace_password(
         let password_epoch = users::set_password(tx.conn(), user_id, hash, at)?;
         let sessions_ended = crate::db::models::sessions::delete_for_user(tx.conn(), user_id)?;
         let revoked = crate::db::models::api_keys::revoke_all_for_user(tx.conn(), user_id, at)?;
-        let revoked = tx.absorb(revoked);
         let api_keys_revoked = revoked.len();
         tx.record(Change::PasswordChanged { user_id, address, sessions_ended, api_keys_revoked })?;
         for (key_id, key_hash) in &revoked {

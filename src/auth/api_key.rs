@@ -68,7 +68,6 @@ pub fn create_written(
         };
         let row = api_keys::insert(tx.conn(), &new)?;
         let evicted = api_keys::revoke_oldest_beyond(tx.conn(), user_id, max_keys, now())?;
-        let evicted = tx.absorb(evicted);
         tx.record(Change::ApiKeyCreated { by: actor.clone(), user_id, key_id: row.id })?;
         for old in &evicted {
             tx.record(Change::ApiKeyRevoked {
@@ -86,7 +85,7 @@ pub fn create_written(
 }
 
 /// [`create_written`] for a process that caches no keys (the CLI, with actor `cli`; tests): the
-/// running servers learn of the evicted keys from the recorded invalidations.
+/// running servers learn of the evicted keys from the invalidations their changes recorded.
 pub fn create(
     conn: &mut Conn,
     cipher: &Cipher,
@@ -213,8 +212,7 @@ pub async fn revoke(app: &AppState, user_id: i64, key_id: i64) -> AppResult<bool
     let revoked = app
         .db
         .write(app.ledger(), move |tx| {
-            let revoked = api_keys::revoke(tx.conn(), user_id, key_id, now())?;
-            let Some(key_hash) = tx.absorb(revoked) else { return Ok(false) };
+            let Some(key_hash) = api_keys::revoke(tx.conn(), user_id, key_id, now())? else { return Ok(false) };
             let (by, why) = (Actor::User(user_id), KeyRevoked::ByUser);
             tx.record(Change::ApiKeyRevoked { by, user_id, key_id, key_hash, why, address: None })?;
             Ok(true)

@@ -2,9 +2,11 @@
 //! ([`write`], or [`Db::write`] on the blocking pool), and [`project`] turns each change, in that
 //! transaction, into everything that must follow from it: its connection history row
 //! (`connection_events`), its audit entry, its webhook outbox row and its cache invalidation.
-//! Nothing else writes the first three; the writers of the cached tables (`connections`,
-//! `api_keys`) still insert their own invalidation and return it as a `Written`, handed to
-//! [`Tx::absorb`].
+//! Nothing else writes any of the four: the model functions that write the cached tables
+//! (`connections`, `api_keys`) only write the rows, and the change recorded beside them says what
+//! every instance must drop. A compare-and-swap that finds the row changed under it records no
+//! change; it tells the unit with [`Tx::saw_stale`], so this process's copy is dropped on settling
+//! (the writer that won recorded its own invalidation for the other instances).
 //!
 //! Committing hands back a [`Committed`], `#[must_use]`, whose value comes out only through
 //! [`Committed::settle`] (this process's cached copies dropped, the webhook worker woken when an
@@ -13,8 +15,7 @@
 //!
 //! ```ignore
 //! let id = app.db.write(app.ledger(), move |tx| {
-//!     let upserted = connections::upsert(tx.conn(), &new)?;
-//!     tx.absorb(upserted);
+//!     connections::upsert(tx.conn(), &new)?;
 //!     let row = connections::find(tx.conn(), user_id, &service)?.ok_or(AppError::NotFound)?;
 //!     tx.record(Change::ConnectionCreated { conn: Subject::of(&row), detail })?;
 //!     Ok(row.id)
@@ -33,9 +34,10 @@ use crate::audit::checkpoint::Checkpoint;
 use crate::cache::{Caches, Ticket};
 use crate::db::models::connections::{Account, Connection};
 use crate::db::models::events::EventOutcome;
-use crate::db::models::invalidations::{Invalidated, Written};
+use crate::db::models::invalidations::Invalidated;
 use crate::db::{Conn, Db};
 use crate::error::AppResult;
+use crate::jobs::Wake;
 use crate::vault::Cipher;
 use crate::webhooks::Webhooks;
 
@@ -80,6 +82,10 @@ pub enum Change {
     RefreshNeedsAdmin { user_id: i64, service: String, detail: String },
     /// A connection's refresh token expires soon (`status`: the connection's, as stored).
     ExpiryWarned { conn: Subject, status: String },
+    /// `vault rotate-key` re-sealed a connection's tokens under the active key: the same tokens,
+    /// so no history, no event and no audit entry of its own; cached copies hold the old
+    /// ciphertext and are dropped everywhere.
+    ConnectionResealed { id: i64, user_id: i64, service: String },
 
     /// A user signed in.
     SignedIn { user_id: i64, address: Option<IpAddr> },
@@ -203,8 +209,13 @@ pub struct Tx<'c> {
     cipher: &'c Cipher,
     /// `None`: a unit that records no connection history (see [`write_no_history`]).
     events_kept: Option<i64>,
+    /// What this unit recorded as invalidated (each once).
+    recorded: Vec<Invalidated>,
+    /// What this process drops from its caches on settling: the recorded ones, and the stale.
     invalidated: Vec<Invalidated>,
     wake: bool,
+    /// A job was queued in the jobs table: its workers are woken on settling.
+    jobs_queued: bool,
     /// The `webhook-id`s of the events recorded so far.
     events: Vec<String>,
 }
@@ -224,29 +235,36 @@ impl<'c> Tx<'c> {
         }
         self.wake |= project::wakes_webhooks(&change);
         if let Some(what) = project::invalidation_of(&change) {
-            if !self.invalidated.contains(&what) {
+            if !self.recorded.contains(&what) {
                 project::invalidate(self.conn, &what)?;
-                self.invalidated.push(what);
+                self.recorded.push(what.clone());
+                self.drop_on_settle(what);
             }
         }
         Ok(())
     }
 
+    /// This unit queued a job in the jobs table (`crate::jobs::queue`): settling wakes its workers.
+    pub fn job_queued(&mut self) {
+        self.jobs_queued = true;
+    }
+
+    /// A compare-and-swap of this unit found `what` changed under it (or gone): nothing is
+    /// recorded — whoever changed it recorded that — but this process's copy, which the unit read,
+    /// is dropped on settling so the next read sees the row as it is.
+    pub fn saw_stale(&mut self, what: Invalidated) {
+        self.drop_on_settle(what);
+    }
+
+    fn drop_on_settle(&mut self, what: Invalidated) {
+        if !self.invalidated.contains(&what) {
+            self.invalidated.push(what);
+        }
+    }
+
     /// The `webhook-id`s of the events recorded so far in this unit, oldest first.
     pub fn events(&self) -> &[String] {
         &self.events
-    }
-
-    /// The value of a model write that recorded its own invalidations (their rows are already
-    /// written; this process's copies are dropped when the unit is settled).
-    pub fn absorb<T>(&mut self, written: Written<T>) -> T {
-        let (value, invalidated) = written.into_parts();
-        for what in invalidated {
-            if !self.invalidated.contains(&what) {
-                self.invalidated.push(what);
-            }
-        }
-        value
     }
 }
 
@@ -286,9 +304,18 @@ fn unit<T>(
     f: impl FnOnce(&mut Tx<'_>) -> AppResult<T>,
 ) -> AppResult<Committed<T>> {
     conn.transaction(|conn| {
-        let mut tx = Tx { conn, cipher, events_kept, invalidated: Vec::new(), wake: false, events: Vec::new() };
+        let mut tx = Tx {
+            conn,
+            cipher,
+            events_kept,
+            recorded: Vec::new(),
+            invalidated: Vec::new(),
+            wake: false,
+            jobs_queued: false,
+            events: Vec::new(),
+        };
         let value = f(&mut tx)?;
-        Ok(Committed { value, invalidated: tx.invalidated, wake: tx.wake })
+        Ok(Committed { value, invalidated: tx.invalidated, wake: tx.wake, jobs_queued: tx.jobs_queued })
     })
 }
 
@@ -310,6 +337,26 @@ pub fn checkpoint_event(
     })
 }
 
+/// Re-encrypt every sealed value under the active key ([`crate::vault::rotation::rotate`]),
+/// each batch of re-sealed connections recorded as [`Change::ConnectionResealed`] in the batch's
+/// transaction. Run by the CLI, which caches nothing: the recorded invalidations tell the servers.
+pub fn rotate_vault_key(
+    conn: &mut Conn,
+    cipher: &Cipher,
+    progress: impl FnMut(&str, usize),
+) -> AppResult<crate::vault::rotation::Rotated> {
+    let resealed = |conn: &mut Conn, rows: &[crate::vault::rotation::Resealed]| {
+        write_no_history(conn, cipher, |tx| {
+            for r in rows {
+                tx.record(Change::ConnectionResealed { id: r.id, user_id: r.user_id, service: r.service.clone() })?;
+            }
+            Ok(())
+        })
+        .map(Committed::recorded_only)
+    };
+    crate::vault::rotation::rotate(conn, cipher, resealed, progress)
+}
+
 impl Db {
     /// [`write`] on the blocking pool.
     pub async fn write<F, T>(&self, ledger: Ledger, f: F) -> AppResult<Committed<T>>
@@ -321,12 +368,24 @@ impl Db {
     }
 }
 
-/// What a process does after a commit: drop its cached copies, wake its webhook worker. A
-/// process without one of them leaves it `None`.
+/// What a process does after a commit: drop its cached copies, wake its webhook worker and the
+/// workers of the jobs table. A process without one of them leaves it `None`.
 #[derive(Clone, Copy, Default)]
 pub struct Effects<'a> {
     pub caches: Option<&'a Caches>,
     pub webhooks: Option<&'a Webhooks>,
+    pub jobs: Option<&'a Wake>,
+}
+
+impl Effects<'_> {
+    fn wake_workers(&self, webhooks: bool, jobs: bool) {
+        if let (true, Some(hooks)) = (webhooks, self.webhooks) {
+            hooks.wake();
+        }
+        if let (true, Some(wake)) = (jobs, self.jobs) {
+            wake.wake();
+        }
+    }
 }
 
 /// A committed unit of work: its value, and what this process must do now that it is committed.
@@ -336,35 +395,30 @@ pub struct Committed<T> {
     value: T,
     invalidated: Vec<Invalidated>,
     wake: bool,
+    jobs_queued: bool,
 }
 
 impl<T> Committed<T> {
     /// Drop this process's cached copies of what changed, wake the webhook worker when an event
-    /// was recorded, and hand back the value.
+    /// was recorded and the jobs' workers when a job was queued, and hand back the value.
     pub fn settle(self, fx: Effects<'_>) -> T {
-        let Committed { value, invalidated, wake } = self;
-        if wake {
-            if let Some(hooks) = fx.webhooks {
-                hooks.wake();
-            }
+        let Committed { value, invalidated, wake, jobs_queued } = self;
+        fx.wake_workers(wake, jobs_queued);
+        if let Some(caches) = fx.caches {
+            caches.after_write(&invalidated);
         }
-        match fx.caches {
-            Some(caches) => caches.after_write(Written::from_parts(value, invalidated)),
-            None => value,
-        }
+        value
     }
 
     /// [`Committed::settle`] for a refresh that has just stored `row` with a ticket taken before
     /// the write: the row goes into the cached set in place of the old one (`Caches::after_refresh`).
     pub fn settle_refresh(self, fx: Effects<'_>, ticket: Ticket, row: Arc<Connection>) -> T {
-        let Committed { value, invalidated, wake } = self;
-        if let (true, Some(hooks)) = (wake, fx.webhooks) {
-            hooks.wake();
+        let Committed { value, invalidated, wake, jobs_queued } = self;
+        fx.wake_workers(wake, jobs_queued);
+        if let Some(caches) = fx.caches {
+            caches.after_refresh(&invalidated, ticket, row);
         }
-        match fx.caches {
-            Some(caches) => caches.after_refresh(Written::from_parts(value, invalidated), ticket, row),
-            None => value,
-        }
+        value
     }
 
     /// The value, for a process that caches nothing and runs no webhook worker (the CLI, or a
@@ -379,12 +433,22 @@ impl<T> Committed<T> {
     }
 
     pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Committed<U> {
-        Committed { value: f(self.value), invalidated: self.invalidated, wake: self.wake }
+        Committed {
+            value: f(self.value),
+            invalidated: self.invalidated,
+            wake: self.wake,
+            jobs_queued: self.jobs_queued,
+        }
     }
 
     /// Whether settling wakes the webhook worker (an event was recorded).
     pub fn wakes(&self) -> bool {
         self.wake
+    }
+
+    /// Whether settling wakes the workers of the jobs table (a job was queued).
+    pub fn wakes_jobs(&self) -> bool {
+        self.jobs_queued
     }
 
     /// What settling drops from this process's caches.

@@ -63,6 +63,7 @@ pub fn history_of(change: &Change) -> Option<HistoryRow<'_>> {
             detail,
         }),
         Change::ExpiryWarned { .. }
+        | Change::ConnectionResealed { .. }
         | Change::SignedIn { .. }
         | Change::SignInRefused { .. }
         | Change::SignedOut { .. }
@@ -124,6 +125,8 @@ pub fn audit_of(change: &Change) -> Option<Entry> {
         | Change::RefreshNeedsAdmin { .. }
         | Change::ExpiryWarned { .. }
         | Change::WebhookTestQueued { .. } => None,
+        // The rotation is the operator's act; the tokens are the same.
+        Change::ConnectionResealed { .. } => None,
         // The checkpoint is the audit log's own statement about itself, not an entry in it.
         Change::AuditCheckpointed { .. } => None,
         Change::SignedIn { user_id, address } => {
@@ -295,6 +298,7 @@ pub fn outbox_of(change: &Change) -> Option<OutboxEvent<'_>> {
         }
         Change::ConnectRefused { .. }
         | Change::RefreshNeedsAdmin { .. }
+        | Change::ConnectionResealed { .. }
         | Change::SignedIn { .. }
         | Change::SignInRefused { .. }
         | Change::SignedOut { .. }
@@ -374,6 +378,9 @@ pub fn invalidation_of(change: &Change) -> Option<Invalidated> {
         | Change::ConnectionRefreshed { conn, .. }
         | Change::ReconnectRequired { conn, .. }
         | Change::ConnectionDegraded { conn, .. } => connection(conn),
+        Change::ConnectionResealed { user_id, service, .. } => {
+            Some(Invalidated::Connection { user_id: *user_id, service: service.clone() })
+        }
         // The warned mark is not cached; history rows are not cached.
         Change::ApiKeyRevoked { key_hash, .. } => Some(Invalidated::ApiKey(key_hash.clone())),
         // Every instance rebuilds its provider catalog (`crate::oauth::managed`).
@@ -399,6 +406,6 @@ pub fn invalidation_of(change: &Change) -> Option<Invalidated> {
 }
 
 pub(super) fn invalidate(conn: &mut Conn, what: &Invalidated) -> AppResult<()> {
-    invalidations::record(conn, what.clone())?.recorded_only();
+    invalidations::record(conn, what)?;
     Ok(())
 }

@@ -66,6 +66,7 @@ fn samples() -> Vec<(&'static str, Change)> {
         ),
         ("needs_admin", Change::RefreshNeedsAdmin { user_id: 7, service: "dropbox".into(), detail: "admin".into() }),
         ("expiring", Change::ExpiryWarned { conn, status: "active".into() }),
+        ("resealed", Change::ConnectionResealed { id: 3, user_id: 7, service: "dropbox".into() }),
         ("signed_in", Change::SignedIn { user_id: 7, address: Some(ip()) }),
         ("signin_refused", Change::SignInRefused { user_id: None, username: "eve".into(), address: Some(ip()) }),
         ("signed_out", Change::SignedOut { user_id: 7, address: None }),
@@ -159,6 +160,7 @@ fn variant(change: &Change) -> &'static str {
         Change::ConnectionDegraded { .. } => "ConnectionDegraded",
         Change::RefreshNeedsAdmin { .. } => "RefreshNeedsAdmin",
         Change::ExpiryWarned { .. } => "ExpiryWarned",
+        Change::ConnectionResealed { .. } => "ConnectionResealed",
         Change::SignedIn { .. } => "SignedIn",
         Change::SignInRefused { .. } => "SignInRefused",
         Change::SignedOut { .. } => "SignedOut",
@@ -177,7 +179,7 @@ fn variant(change: &Change) -> &'static str {
     }
 }
 
-const VARIANTS: usize = 25;
+const VARIANTS: usize = 26;
 
 /// The samples past the connection ones, which no connection projection (history, outbox)
 /// makes anything of.
@@ -259,6 +261,7 @@ fn history_projection() {
         ("still_degraded", Some("refresh / failed (retryable) / later")),
         ("needs_admin", Some("refresh / failed (admin) / admin")),
         ("expiring", None),
+        ("resealed", None),
     ];
     assert_eq!(got, expected(&with_none(want.to_vec())));
 }
@@ -293,6 +296,7 @@ fn audit_projection() {
         ("still_degraded", None),
         ("needs_admin", None),
         ("expiring", None),
+        ("resealed", None),
     ];
     let mut want: Vec<_> = want.into_iter().map(|(n, r)| (n, r.map(|r| r.to_string()))).collect();
     let none = "user=None service=None connection=None";
@@ -395,6 +399,7 @@ fn outbox_projection() {
         ("still_degraded", None),
         ("needs_admin", None),
         ("expiring", Some(r#"connection.expiring active Some("refresh_token_expiring")"#)),
+        ("resealed", None),
     ];
     assert_eq!(got, expected(&with_none(want.to_vec())));
 }
@@ -418,6 +423,7 @@ fn invalidation_projection() {
         ("still_degraded", conn.clone()),
         ("needs_admin", None),
         ("expiring", None),
+        ("resealed", conn.clone()),
     ];
     let mut want: Vec<_> = want.into_iter().chain(NOT_CONNECTIONS.iter().map(|n| (*n, None))).collect();
     for (name, what) in &mut want {
@@ -481,9 +487,98 @@ fn a_unit_of_work_writes_its_projections_in_its_transaction() {
     let ticket = caches.connections.ticket();
     caches.connections.fill(ticket, key.clone(), std::sync::Arc::new(Vec::new()));
     assert!(caches.connections.get(&key).is_some());
-    assert_eq!(committed.settle(super::Effects { caches: Some(&caches), webhooks: None }), 42);
+    assert_eq!(committed.settle(super::Effects { caches: Some(&caches), ..Default::default() }), 42);
     assert!(caches.connections.get(&key).is_none(), "settling dropped the cached copy");
     assert!(crate::audit::verify(&mut conn, &cipher).unwrap().is_ok(), "the chain still verifies");
+
+    // A compare-and-swap that lost: nothing is recorded, but this process's copy goes on settling.
+    let before: Vec<i64> = tables.iter().map(|t| count(&mut conn, t)).collect();
+    let stale = Invalidated::Connection { user_id, service: "dropbox".into() };
+    let committed = super::write(&mut conn, &cipher, 10, |tx| {
+        tx.saw_stale(stale.clone());
+        tx.saw_stale(stale.clone());
+        Ok(false)
+    })
+    .unwrap();
+    assert_eq!(tables.iter().map(|t| count(&mut conn, t)).collect::<Vec<_>>(), before, "no row of any projection");
+    assert_eq!((committed.invalidated(), committed.wakes()), (&[stale][..], false));
+    caches.connections.fill(caches.connections.ticket(), key.clone(), std::sync::Arc::new(Vec::new()));
+    assert!(!committed.settle(super::Effects { caches: Some(&caches), ..Default::default() }));
+    assert!(caches.connections.get(&key).is_none(), "the stale copy was dropped");
+}
+
+/// A unit that queued a job wakes the jobs' workers on settling (and only then); one without a
+/// bell to ring (the CLI) just hands back its value.
+#[test]
+fn a_unit_that_queued_a_job_wakes_the_jobs_workers() {
+    use crate::db::Db;
+    use crate::vault::Cipher;
+    use futures_util::FutureExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(&dir.path().join("t.sqlite").to_string_lossy()).unwrap();
+    let cipher = Cipher::for_tests(3);
+    let mut conn = db.conn().unwrap();
+    let bell = crate::jobs::Wake::default();
+    let quiet = super::write_no_history(&mut conn, &cipher, |_| Ok(1)).unwrap();
+    assert!(!quiet.wakes_jobs());
+    assert_eq!(quiet.settle(super::Effects { jobs: Some(&bell), ..Default::default() }), 1);
+    assert!(bell.notified().now_or_never().is_none(), "nothing queued, nobody woken");
+    let queued = super::write_no_history(&mut conn, &cipher, |tx| {
+        tx.job_queued();
+        Ok(2)
+    })
+    .unwrap();
+    assert!(queued.wakes_jobs() && !queued.wakes());
+    assert_eq!(queued.settle(super::Effects { jobs: Some(&bell), ..Default::default() }), 2);
+    assert!(bell.notified().now_or_never().is_some(), "the workers were woken");
+}
+
+/// `vault rotate-key` through the unit of work: each re-sealed connection is recorded as
+/// `ConnectionResealed`, so running servers drop their copies of the old ciphertext; a second
+/// run re-seals (and records) nothing.
+#[test]
+fn a_key_rotation_records_each_resealed_connection() {
+    use crate::db::models::connections::{self, ConnectionStatus, NewConnection};
+    use crate::db::models::invalidations;
+    use crate::db::Db;
+    use crate::vault::{Aad, Cipher};
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(&dir.path().join("t.sqlite").to_string_lossy()).unwrap();
+    let old = Cipher::for_tests(3);
+    let mut conn = db.conn().unwrap();
+    crate::audit::open(&mut conn, &old).unwrap().unwrap();
+    let user_id = crate::db::models::users::for_tests(&mut conn, "ann");
+    for service in ["dropbox", "google"] {
+        let access = old.seal_str("AT", Aad::AccessToken { user_id, service, account: "" });
+        let new = NewConnection {
+            user_id,
+            service,
+            access_token: &access,
+            refresh_token: None,
+            token_type: "Bearer",
+            scopes: "",
+            expires_at: None,
+            obtained_at: 1,
+            status: ConnectionStatus::Active,
+            version: 1,
+            updated_at: 1,
+            refresh_token_expires_at: None,
+            account_id: "",
+            account_label: None,
+            requested_scopes: None,
+        };
+        connections::upsert(&mut conn, &new).unwrap();
+    }
+    let key = |seed: u8| crate::util::b64_encode(&[seed; 32]);
+    let ring = Cipher::from_base64(&key(4), &[key(3)]).unwrap();
+    let done = super::rotate_vault_key(&mut conn, &ring, |_, _| {}).unwrap();
+    assert_eq!(done.connections, 2);
+    let recorded: Vec<_> = invalidations::after(&mut conn, 0).unwrap().into_iter().map(|i| i.target.unwrap()).collect();
+    let conn_of = |service: &str| Invalidated::Connection { user_id, service: service.into() };
+    assert_eq!(recorded, [conn_of("dropbox"), conn_of("google")]);
+    let again = super::rotate_vault_key(&mut conn, &ring, |_, _| {}).unwrap();
+    assert_eq!(again.connections, 0);
+    assert_eq!(invalidations::after(&mut conn, 0).unwrap().len(), 2, "nothing re-sealed, nothing recorded");
 }
 
 /// The webhook worker is woken after an event was recorded or the endpoints changed.

@@ -305,6 +305,7 @@ fn revoke_all(cx: &Context, provider: &crate::oauth::providers::Provider) -> Res
             caches: &caches,
             events_kept: settings.flows.events_per_connection,
             webhooks: None,
+            jobs: None,
         },
         http: &cx.http,
         metrics: &metrics,

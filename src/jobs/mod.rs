@@ -45,6 +45,25 @@ pub enum Next {
     At(Instant),
 }
 
+/// The wake-up of the workers of the durable queue ([`queue`]): a unit of work that queued a
+/// job says so (`crate::changes::Tx::job_queued`), and settling it rings this, so the job runs at
+/// once rather than at its next poll.
+#[derive(Debug, Default)]
+pub struct Wake {
+    notify: rocket::tokio::sync::Notify,
+}
+
+impl Wake {
+    pub fn wake(&self) {
+        self.notify.notify_one();
+    }
+
+    /// Resolves at the next [`Wake::wake`] (or at once if one came since the last wait).
+    pub fn notified(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.notify.notified())
+    }
+}
+
 /// One kind of background work (its interval is given where it is listed: `crate::schedule::all`).
 #[rocket::async_trait]
 pub trait Job: Send + 'static {

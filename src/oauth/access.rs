@@ -168,7 +168,7 @@ mod tests {
         let (cipher, caches, locks) = (Arc::new(Cipher::for_tests(3)), Caches::new(60), RefreshLocks::default());
         let (http, metrics) =
             (Outbound::new(&settings.http).unwrap(), OauthMetrics::register(&crate::metrics::Metrics::new()));
-        let tokens = Tokens { db: &db, cipher: &cipher, caches: &caches, events_kept: 10, webhooks: None };
+        let tokens = Tokens { db: &db, cipher: &cipher, caches: &caches, events_kept: 10, webhooks: None, jobs: None };
         let ctx = Access { tokens, http: &http, metrics: &metrics, locks: &locks, settings: &settings };
         let provider = crate::oauth::providers::demo(&settings);
         // The audit log starts before the first user, as at a server's first start.

@@ -264,6 +264,8 @@ impl Worker {
             caches: &self.caches,
             events_kept: self.settings.flows.events_per_connection,
             webhooks: Some(&self.webhooks),
+            // A refresh queues no job (rotated-out tokens are the provider's to drop).
+            jobs: None,
         };
         let ctx = Refresher {
             tokens,

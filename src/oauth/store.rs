@@ -7,6 +7,7 @@ use crate::cache::Caches;
 use crate::changes::{self, Change, Committed, Effects, Ledger, Subject};
 use crate::db::models::connections::{self, Account, Connection, ConnectionStatus, NewConnection, Which};
 use crate::db::models::events::{EventKind, EventOutcome};
+use crate::db::models::invalidations::Invalidated;
 use crate::db::{Conn, Db};
 use crate::error::AppResult;
 use crate::oauth::tokens::TokenSet;
@@ -28,6 +29,8 @@ pub struct Tokens<'a> {
     /// The webhook worker's bell, rung after a write that recorded an event (`None`: a process
     /// without the worker).
     pub webhooks: Option<&'a Webhooks>,
+    /// The jobs' workers' bell, rung after a write that queued a job (`None`: no workers).
+    pub jobs: Option<&'a crate::jobs::Wake>,
 }
 
 impl Tokens<'_> {
@@ -38,7 +41,7 @@ impl Tokens<'_> {
 
     /// What this process does after a commit: drop its cached rows, wake the webhook worker.
     pub fn effects(&self) -> Effects<'_> {
-        Effects { caches: Some(self.caches), webhooks: self.webhooks }
+        Effects { caches: Some(self.caches), webhooks: self.webhooks, jobs: self.jobs }
     }
 
     /// Record `change` alone in a unit of work of its own, settled.
@@ -110,7 +113,7 @@ pub fn save_new(
         };
         write_row(tx, to.into, &new)?;
         if let Some(old) = old.filter(|_| to.retire_replaced) {
-            retire_replaced(tx.conn(), cipher, &old, tokens)?;
+            retire_replaced(tx, cipher, &old, tokens)?;
         }
         let Some(row) =
             connections::list_for(tx.conn(), user_id, service)?.into_iter().find(|c| c.account_id == account)
@@ -141,16 +144,14 @@ pub fn save_new(
 fn write_row(tx: &mut changes::Tx<'_>, into: Option<i64>, new: &NewConnection<'_>) -> AppResult<()> {
     match into {
         Some(id) => {
-            let replaced = connections::replace(tx.conn(), id, new)?;
-            if tx.absorb(replaced) == 0 {
+            if connections::replace(tx.conn(), id, new)? == 0 {
                 return Err(crate::error::AppError::Conflict(
                     "The connection you were reconnecting was deleted meanwhile; nothing was stored.".into(),
                 ));
             }
         }
         None => {
-            let upserted = connections::upsert(tx.conn(), new)?;
-            tx.absorb(upserted);
+            connections::upsert(tx.conn(), new)?;
         }
     }
     Ok(())
@@ -158,11 +159,11 @@ fn write_row(tx: &mut changes::Tx<'_>, into: Option<i64>, new: &NewConnection<'_
 
 /// Queue `old`'s tokens for revocation if `new` replaces them (in the caller's transaction). Tokens
 /// that do not open are left alone (logged): storing the new ones matters more.
-fn retire_replaced(conn: &mut Conn, cipher: &Cipher, old: &Connection, new: &TokenSet) -> AppResult<()> {
+fn retire_replaced(tx: &mut changes::Tx<'_>, cipher: &Cipher, old: &Connection, new: &TokenSet) -> AppResult<()> {
     match open_tokens(cipher, old) {
         Ok((access, refresh)) if crate::oauth::retire::pending::replaced(&access, refresh.as_ref(), new) => {
             let whose = (old.user_id, old.service.as_str(), old.account_id.as_str());
-            crate::oauth::retire::pending::enqueue(conn, cipher, whose, &access, refresh.as_ref())
+            crate::oauth::retire::pending::enqueue(tx, cipher, whose, &access, refresh.as_ref())
         }
         Ok(_) => Ok(()),
         Err(e) => {
@@ -184,8 +185,11 @@ pub fn delete_with_event(
     detail: &str,
 ) -> AppResult<Committed<bool>> {
     changes::write(conn, &ledger.cipher, ledger.events_kept, |tx| {
-        let removed = connections::delete(tx.conn(), which, service)?;
-        let Some(row) = tx.absorb(removed) else { return Ok(false) };
+        let Some(row) = connections::delete(tx.conn(), which, service)? else {
+            // Gone already (deleted by another instance, which recorded it): drop our copy.
+            tx.saw_stale(Invalidated::Connection { user_id: which.user_id, service: service.to_string() });
+            return Ok(false);
+        };
         let (conn, detail) = (Subject::of(&row), detail.to_string());
         tx.record(match kind {
             EventKind::Revoke => Change::ConnectionRevoked { conn, outcome, detail },
@@ -278,7 +282,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("t.sqlite").to_string_lossy()).unwrap();
         let (cipher, caches) = (Arc::new(Cipher::for_tests(7)), Caches::new(60));
-        let store = Tokens { db: &db, cipher: &cipher, caches: &caches, events_kept: 10, webhooks: None };
+        let store = Tokens { db: &db, cipher: &cipher, caches: &caches, events_kept: 10, webhooks: None, jobs: None };
         // The audit log starts before the first user, as at a server's first start.
         crate::audit::open(&mut db.conn().unwrap(), &cipher).unwrap().unwrap();
         let user_id = users::for_tests(&mut db.conn().unwrap(), "ann");
@@ -328,7 +332,7 @@ mod tests {
         let (old_key, new_key) = (Cipher::generate_key(), Cipher::generate_key());
         let cipher = Arc::new(Cipher::from_base64(&old_key, &[]).unwrap());
         let caches = Caches::new(60);
-        let store = Tokens { db: &db, cipher: &cipher, caches: &caches, events_kept: 10, webhooks: None };
+        let store = Tokens { db: &db, cipher: &cipher, caches: &caches, events_kept: 10, webhooks: None, jobs: None };
         crate::audit::open(&mut db.conn().unwrap(), &cipher).unwrap().unwrap();
         let user_id = users::for_tests(&mut db.conn().unwrap(), "ann");
         let set = |n: u32, refresh: Option<&str>| TokenSet {
@@ -364,12 +368,12 @@ mod tests {
         assert!(cipher.open(&sealed, aad(user_id, "access_token")).is_err(), "and to its column");
 
         let ring = Cipher::from_base64(&new_key, std::slice::from_ref(&old_key)).unwrap();
-        let done = crate::vault::rotation::rotate(&mut conn, &ring, |_, _| {}).unwrap();
+        let done = crate::changes::rotate_vault_key(&mut conn, &ring, |_, _| {}).unwrap();
         assert_eq!(done.retired_tokens, 2);
         let only_new = Cipher::from_base64(&new_key, &[]).unwrap();
         let row = &revocations::all(&mut conn).unwrap()[0];
         let refresh = only_new.open(row.refresh_token.as_ref().unwrap(), aad(user_id, "refresh_token")).unwrap();
         assert_eq!(refresh.expose_secret(), "RT-2");
-        assert_eq!(crate::vault::rotation::rotate(&mut conn, &ring, |_, _| {}).unwrap().retired_tokens, 0);
+        assert_eq!(crate::changes::rotate_vault_key(&mut conn, &ring, |_, _| {}).unwrap().retired_tokens, 0);
     }
 }

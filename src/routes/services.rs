@@ -210,8 +210,6 @@ async fn finish_callback(
 ) -> AppResult<Result<Redirect, (rocket::http::Status, Template)>> {
     let p = provider(app, service)?;
     let finished = flow::finish(&app.access(), user, &p, params).await;
-    // Whatever the outcome, tokens may have been queued for revocation (replaced or thrown away).
-    app.revocations.wake();
     match finished? {
         Finished::Connected { return_to, connection_id, already_connected } => {
             tracing::info!(service = %p.name, connection_id, already_connected, "service connected");

@@ -73,11 +73,26 @@ fn reseal(cipher: &Cipher, sealed: &[u8], aad: Aad<'_>) -> AppResult<Option<Vec<
     Ok(Some(cipher.seal_str(plain.expose_secret(), aad)))
 }
 
-/// Re-encrypt everything under the active key. `progress` is told after each batch.
-pub fn rotate(conn: &mut Conn, cipher: &Cipher, mut progress: impl FnMut(&str, usize)) -> AppResult<Rotated> {
+/// A connection whose tokens a rotation re-sealed: cached copies hold the old ciphertext.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resealed {
+    pub id: i64,
+    pub user_id: i64,
+    pub service: String,
+}
+
+/// Re-encrypt everything under the active key. `resealed` is called in each batch's transaction
+/// with the connections it re-sealed (the unit of work records that they changed:
+/// `crate::changes::rotate_vault_key`); `progress` is told after each batch.
+pub fn rotate(
+    conn: &mut Conn,
+    cipher: &Cipher,
+    mut resealed: impl FnMut(&mut Conn, &[Resealed]) -> AppResult<()>,
+    mut progress: impl FnMut(&str, usize),
+) -> AppResult<Rotated> {
     let mut done = Rotated::default();
     vault_entries(conn, cipher, &mut done, &mut progress)?;
-    connection_tokens(conn, cipher, &mut done, &mut progress)?;
+    connection_tokens(conn, cipher, &mut done, &mut resealed, &mut progress)?;
     // The small tables (few rows each), in one transaction that ends by writing the key check.
     conn.transaction(|conn| {
         flow_verifiers(conn, cipher, &mut done)?;
@@ -122,6 +137,7 @@ fn connection_tokens(
     conn: &mut Conn,
     cipher: &Cipher,
     done: &mut Rotated,
+    resealed: &mut impl FnMut(&mut Conn, &[Resealed]) -> AppResult<()>,
     progress: &mut impl FnMut(&str, usize),
 ) -> AppResult<()> {
     let mut after_id = 0i64;
@@ -130,6 +146,7 @@ fn connection_tokens(
         let Some(last) = batch.last() else { break };
         after_id = last.id;
         conn.transaction(|conn| {
+            let mut changed = Vec::new();
             for row in &batch {
                 let (user_id, service, account) = (row.user_id, row.service.as_str(), row.account_id.as_str());
                 let new_access = reseal(cipher, &row.access_token, Aad::AccessToken { user_id, service, account })?;
@@ -139,7 +156,6 @@ fn connection_tokens(
                 };
                 // Compare-and-swap on the version: a refresh by a running server in between wins
                 // (it sealed its new tokens with the active key already).
-                // The CLI caches nothing: the recorded invalidations tell the running servers.
                 if (new_access.is_some() || new_refresh.is_some())
                     && connections::reseal(
                         conn,
@@ -147,12 +163,12 @@ fn connection_tokens(
                         new_access.as_deref(),
                         new_refresh.as_deref(),
                     )?
-                    .recorded_only()
                 {
                     done.connections += 1;
+                    changed.push(Resealed { id: row.id, user_id: row.user_id, service: row.service.clone() });
                 }
             }
-            Ok::<_, AppError>(())
+            resealed(conn, &changed)
         })?;
         progress("connections", done.connections);
     }

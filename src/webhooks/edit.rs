@@ -410,7 +410,7 @@ mod tests {
         let second = editor.rotate(&mut conn, "billing", 1).unwrap().recorded_only();
 
         let ring = Cipher::from_base64(&new_key, std::slice::from_ref(&old_key)).unwrap();
-        let done = crate::vault::rotation::rotate(&mut conn, &ring, |_, _| {}).unwrap();
+        let done = crate::vault::rotation::rotate(&mut conn, &ring, |_, _| Ok(()), |_, _| {}).unwrap();
         assert_eq!(done.webhook_secrets, 2);
         let only_new = Cipher::from_base64(&new_key, &[]).unwrap();
         let fresh = configured();
@@ -421,7 +421,10 @@ mod tests {
         let sig = billing.sign("m", t, "b");
         assert!(verifies(&sig, first.expose_secret(), "m", t, "b"));
         assert!(verifies(&sig, second.expose_secret(), "m", t, "b"));
-        assert_eq!(crate::vault::rotation::rotate(&mut conn, &ring, |_, _| {}).unwrap().webhook_secrets, 0);
+        assert_eq!(
+            crate::vault::rotation::rotate(&mut conn, &ring, |_, _| Ok(()), |_, _| {}).unwrap().webhook_secrets,
+            0
+        );
     }
 
     /// Review findings: a row deleted and made again under the same name and version is seen as

@@ -336,7 +336,7 @@ impl TestApp {
             if self.count("SELECT COUNT(*) AS n FROM jobs WHERE kind = 'token_revocations' AND dead_at IS NULL") == 0 {
                 return;
             }
-            self.state().revocations.wake();
+            self.state().job_wake.wake();
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         panic!("token revocations still queued after 10 s");

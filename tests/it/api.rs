@@ -277,7 +277,20 @@ async fn changes_from_elsewhere_arrive_by_invalidation_or_after_cache_ttl() {
         )
         .unwrap()
         .unwrap();
-        tokenvault::db::models::api_keys::revoke(&mut conn, 1, k.id, 0).unwrap().recorded_only();
+        tokenvault::changes::write_no_history(&mut conn, &app.state().cipher, |tx| {
+            let key_hash = tokenvault::db::models::api_keys::revoke(tx.conn(), 1, k.id, 0)?.unwrap();
+            let (by, why) = (tokenvault::changes::Actor::User(1), tokenvault::changes::KeyRevoked::ByUser);
+            tx.record(tokenvault::changes::Change::ApiKeyRevoked {
+                by,
+                user_id: 1,
+                key_id: k.id,
+                key_hash,
+                why,
+                address: None,
+            })
+        })
+        .unwrap()
+        .recorded_only();
     }
     let started = std::time::Instant::now();
     while api(&app, "GET", "/api/v1/services/fake/token", Some(&key)).await.0 != Status::Unauthorized {

@@ -739,7 +739,8 @@ async fn no_secret_leaks_into_pages_headers_logs_or_the_database() {
         let mut conn = db.conn().unwrap();
         tokenvault::on_conn!(&mut conn, c => diesel::sql_query("UPDATE connections SET next_attempt_at = 1").execute(c))
             .unwrap();
-        tokenvault::db::models::invalidations::connection(&mut conn, user_id, "fake").unwrap().recorded_only();
+        let what = tokenvault::db::models::invalidations::Invalidated::Connection { user_id, service: "fake".into() };
+        tokenvault::db::models::invalidations::record(&mut conn, &what).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(1500));
     };
     let (echo_at, echo_rt) = {

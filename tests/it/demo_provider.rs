@@ -102,7 +102,9 @@ impl Live {
         use diesel::RunQueryDsl;
         let mut conn = self.db.conn().unwrap();
         tokenvault::on_conn!(&mut conn, c => diesel::sql_query(statement).execute(c)).unwrap();
-        tokenvault::db::models::invalidations::connection(&mut conn, 1, "demo").unwrap().recorded_only();
+        let what =
+            tokenvault::db::models::invalidations::Invalidated::Connection { user_id: 1, service: "demo".into() };
+        tokenvault::db::models::invalidations::record(&mut conn, &what).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(1500));
     }
 

@@ -235,7 +235,7 @@ async fn a_key_revoked_on_one_instance_is_refused_on_the_other_at_once() {
 /// not for a rollback: what wakes their cache reader and webhook worker (`db::notify`).
 #[test]
 fn a_change_notifies_the_other_instances_at_its_commit() {
-    use tokenvault::db::models::invalidations;
+    use tokenvault::db::models::invalidations::{self, Invalidated};
     use tokenvault::db::notify::{Channel, Heard, Listener};
     use tokenvault::error::AppError;
     if !postgres_configured() {
@@ -264,14 +264,14 @@ fn a_change_notifies_the_other_instances_at_its_commit() {
     };
     let mut conn = db.conn().unwrap();
     let rolled_back: Result<(), AppError> = conn.transaction(|c| {
-        invalidations::api_key(c, "hash")?.recorded_only();
+        invalidations::record(c, &Invalidated::ApiKey("hash".into()))?;
         Err(AppError::NotFound)
     });
     assert!(rolled_back.is_err());
     assert_eq!(arrived(&mut listener, Duration::from_millis(300)), [], "nothing for a rollback");
     conn.transaction(|c| {
-        invalidations::api_key(c, "hash")?.recorded_only();
-        invalidations::connection(c, 1, "fake")?.recorded_only();
+        invalidations::record(c, &Invalidated::ApiKey("hash".into()))?;
+        invalidations::record(c, &Invalidated::Connection { user_id: 1, service: "fake".into() })?;
         assert_eq!(arrived(&mut listener, Duration::from_millis(300)), [], "nothing before the commit");
         Ok::<_, AppError>(())
     })

@@ -271,6 +271,29 @@ async fn tokens_tokenvault_replaces_or_throws_away_are_revoked_at_the_provider()
     }
 }
 
+/// The unit of work that queued a replaced token wakes the revocation worker when it is settled:
+/// the token is revoked at once, not at the worker's next poll (every 10 s). Nothing here rings
+/// the worker by hand.
+#[tokio::test]
+async fn a_replaced_token_is_revoked_at_once_not_at_the_next_poll() {
+    let app = TestApp::start().await;
+    let alice = app.user("alice").await;
+    alice.connect("fake").await;
+    let (_, before) = app.stored_tokens("alice", "fake").unwrap();
+    let before = before.unwrap();
+    // Let the worker's first rounds (at start) pass, so that only a wake-up can bring the next.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(flow(&alice, &[]).await.status, Status::SeeOther);
+    let started = std::time::Instant::now();
+    while app.fake.refresh_token_valid(&before) {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "the replaced refresh token was not revoked before the worker's next poll: nothing woke it"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// Dropbox revokes with an access token: a replaced refresh token is first exchanged for one.
 #[tokio::test]
 async fn dropbox_replaced_tokens_are_revoked_with_a_fresh_access_token() {
@@ -312,7 +335,7 @@ async fn a_provider_whose_revocation_ends_the_grant_is_not_asked_to_revoke_repla
     let id = connection_ids(&app)[0].to_string();
     assert_eq!(flow(&alice, &[("connection", &id)]).await.status, Status::Conflict);
     assert_eq!(app.count("SELECT COUNT(*) AS n FROM jobs"), 0, "nothing queued");
-    app.state().revocations.wake();
+    app.state().job_wake.wake();
     assert!(app.fake.requests_to("/revoke").await.is_empty());
     let (_, refresh) = app.stored_tokens("alice", "fake").unwrap();
     assert!(app.fake.refresh_token_valid(&refresh.unwrap()));
@@ -335,7 +358,7 @@ async fn a_failing_revocation_is_retried_with_backoff_then_given_up() {
             {
                 return before.unwrap();
             }
-            app.state().revocations.wake();
+            app.state().job_wake.wake();
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         panic!("no attempt within 10 s");

@@ -201,7 +201,7 @@ async fn key_rotation_re_encrypts_users_tokens() {
     let new_key = "b3RoZXItdmF1bHQta2V5LTMyLWJ5dGVzLWxvbmchISE=";
     let ring = tokenvault::vault::Cipher::from_base64(new_key, &[common::VAULT_KEY.to_string()]).unwrap();
     let mut conn = app.db.conn().unwrap();
-    let done = tokenvault::vault::rotation::rotate(&mut conn, &ring, |_, _| {}).unwrap();
+    let done = tokenvault::changes::rotate_vault_key(&mut conn, &ring, |_, _| {}).unwrap();
     assert_eq!((done.connections, done.vault_entries), (1, 2));
     let new_only = tokenvault::vault::Cipher::from_base64(new_key, &[]).unwrap();
     let row = tokenvault::db::models::connections::find(&mut conn, 1, "fake").unwrap().unwrap();
@@ -211,12 +211,10 @@ async fn key_rotation_re_encrypts_users_tokens() {
     // A row that changed since it was read (a concurrent refresh) is not overwritten.
     let row = tokenvault::db::models::connections::find(&mut conn, 1, "fake").unwrap().unwrap();
     let stale = tokenvault::db::models::connections::RowRef { version: row.version - 1, ..row.at_version() };
-    assert!(!tokenvault::db::models::connections::reseal(&mut conn, stale, Some(b"stale"), None)
-        .unwrap()
-        .recorded_only());
+    assert!(!tokenvault::db::models::connections::reseal(&mut conn, stale, Some(b"stale"), None).unwrap());
     let after = tokenvault::db::models::connections::find(&mut conn, 1, "fake").unwrap().unwrap();
     assert_eq!(after.access_token, row.access_token);
     // A second run has nothing left to do.
-    let again = tokenvault::vault::rotation::rotate(&mut conn, &ring, |_, _| {}).unwrap();
+    let again = tokenvault::changes::rotate_vault_key(&mut conn, &ring, |_, _| {}).unwrap();
     assert_eq!(again, tokenvault::vault::rotation::Rotated::default());
 }

@@ -1,6 +1,5 @@
 use diesel::prelude::*;
 
-use crate::db::models::invalidations::{self, Written};
 use crate::db::models::users::User;
 use crate::db::schema::{api_keys, users};
 use crate::db::Conn;
@@ -84,32 +83,26 @@ pub fn touch(conn: &mut Conn, id: i64, now: i64, ip: Option<&str>) -> QueryResul
     })
 }
 
-/// Revoke one of the user's keys (with its cache invalidation, in one transaction); the revoked
-/// key's hash, or `None` when it is not theirs or already revoked.
-pub fn revoke(conn: &mut Conn, user_id: i64, id: i64, now: i64) -> QueryResult<Written<Option<String>>> {
-    conn.transaction(|conn| {
-        let hash: Option<String> = crate::on_conn!(conn, conn => {
-            diesel::update(
-                api_keys::table
-                    .filter(api_keys::id.eq(id))
-                    .filter(api_keys::user_id.eq(user_id))
-                    .filter(api_keys::revoked_at.is_null()),
-            )
-            .set(api_keys::revoked_at.eq(now))
-            .returning(api_keys::key_hash)
-            .get_result(conn)
-            .optional()
-        })?;
-        match &hash {
-            Some(h) => Ok(invalidations::api_key(conn, h)?.with(hash)),
-            None => Ok(Written::from(hash)),
-        }
+/// Revoke one of the user's keys (in a unit of work, whose `ApiKeyRevoked` invalidates the cached
+/// key); the revoked key's hash, or `None` when it is not theirs or already revoked.
+pub fn revoke(conn: &mut Conn, user_id: i64, id: i64, now: i64) -> QueryResult<Option<String>> {
+    crate::on_conn!(conn, conn => {
+        diesel::update(
+            api_keys::table
+                .filter(api_keys::id.eq(id))
+                .filter(api_keys::user_id.eq(user_id))
+                .filter(api_keys::revoked_at.is_null()),
+        )
+        .set(api_keys::revoked_at.eq(now))
+        .returning(api_keys::key_hash)
+        .get_result(conn)
+        .optional()
     })
 }
 
-/// Revoke every live key of the user (after a password change), with their cache invalidations,
-/// in the caller's transaction; the revoked keys' (id, hash), by id.
-pub fn revoke_all_for_user(conn: &mut Conn, user_id: i64, now: i64) -> QueryResult<Written<Vec<(i64, String)>>> {
+/// Revoke every live key of the user (after a password change), in the caller's unit of work; the
+/// revoked keys' (id, hash), by id.
+pub fn revoke_all_for_user(conn: &mut Conn, user_id: i64, now: i64) -> QueryResult<Vec<(i64, String)>> {
     let mut revoked: Vec<(i64, String)> = crate::on_conn!(conn, conn => {
         diesel::update(api_keys::table.filter(api_keys::user_id.eq(user_id)).filter(api_keys::revoked_at.is_null()))
             .set(api_keys::revoked_at.eq(now))
@@ -117,22 +110,17 @@ pub fn revoke_all_for_user(conn: &mut Conn, user_id: i64, now: i64) -> QueryResu
             .get_results(conn)
     })?;
     revoked.sort_unstable();
-    let mut written = Written::from(());
-    for (_, hash) in &revoked {
-        written = written.and(invalidations::api_key(conn, hash)?);
-    }
-    Ok(written.with(revoked))
+    Ok(revoked)
 }
 
-/// Revoke the user's oldest live (unexpired) keys until at most `keep` remain, with their cache
-/// invalidations, in the caller's transaction; the keys revoked, oldest first.
-pub fn revoke_oldest_beyond(conn: &mut Conn, user_id: i64, keep: i64, now: i64) -> QueryResult<Written<Vec<ApiKey>>> {
+/// Revoke the user's oldest live (unexpired) keys until at most `keep` remain, in the caller's unit
+/// of work; the keys revoked, oldest first.
+pub fn revoke_oldest_beyond(conn: &mut Conn, user_id: i64, keep: i64, now: i64) -> QueryResult<Vec<ApiKey>> {
     // Newest first; an expired key does not count (it works no more, and evicting it would leave
     // a working key revoked while a dead one stays).
     let live = list_for_user(conn, user_id)?.into_iter().filter(|k| k.expires_at.is_none_or(|e| e > now));
     let mut evicted: Vec<ApiKey> = live.skip(usize::try_from(keep.max(0)).unwrap_or(0)).collect();
     evicted.reverse();
-    let mut written = Written::from(());
     for key in &mut evicted {
         crate::on_conn!(conn, conn => {
             diesel::update(api_keys::table.filter(api_keys::id.eq(key.id)).filter(api_keys::revoked_at.is_null()))
@@ -140,7 +128,6 @@ pub fn revoke_oldest_beyond(conn: &mut Conn, user_id: i64, keep: i64, now: i64) 
                 .execute(conn)
         })?;
         key.revoked_at = Some(now);
-        written = written.and(invalidations::api_key(conn, &key.key_hash)?);
     }
-    Ok(written.with(evicted))
+    Ok(evicted)
 }

@@ -1,7 +1,6 @@
 use diesel::prelude::*;
 use diesel::upsert::excluded;
 
-use crate::db::models::invalidations::{self, Written};
 use crate::db::schema::connections;
 use crate::db::Conn;
 
@@ -211,10 +210,8 @@ pub struct NewConnection<'a> {
 
 /// Insert the connection, or — the same account (`account_id`) of the same user and service
 /// connected again — replace the tokens of the existing one (bumping its version).
-/// Every write to a connection also records a cache invalidation (call inside a transaction) and
-/// returns it with its outcome.
-pub fn upsert(conn: &mut Conn, new: &NewConnection<'_>) -> QueryResult<Written<usize>> {
-    let written = invalidations::connection(conn, new.user_id, new.service)?;
+/// Call inside a unit of work: the change it records invalidates the cached copies.
+pub fn upsert(conn: &mut Conn, new: &NewConnection<'_>) -> QueryResult<usize> {
     let n = crate::on_conn!(conn, conn => {
         diesel::insert_into(connections::table)
             .values(new)
@@ -241,13 +238,12 @@ pub fn upsert(conn: &mut Conn, new: &NewConnection<'_>) -> QueryResult<Written<u
             ))
             .execute(conn)
     })?;
-    Ok(written.with(n))
+    Ok(n)
 }
 
 /// Reconnect connection `id` in place: new tokens, and the account the provider now names (a
 /// connection whose account was not known learns it), the version bumped, healthy again.
-pub fn replace(conn: &mut Conn, id: i64, new: &NewConnection<'_>) -> QueryResult<Written<usize>> {
-    let written = invalidations::connection(conn, new.user_id, new.service)?;
+pub fn replace(conn: &mut Conn, id: i64, new: &NewConnection<'_>) -> QueryResult<usize> {
     let n = crate::on_conn!(conn, conn => {
         // Only a row of this account, or of one not known yet: the pin holds at the write too
         // (two reconnects of a row of unknown account racing each other cannot both name it).
@@ -280,7 +276,7 @@ pub fn replace(conn: &mut Conn, id: i64, new: &NewConnection<'_>) -> QueryResult
         ))
         .execute(conn)
     })?;
-    Ok(written.with(n))
+    Ok(n)
 }
 
 /// The user's first connection to `service` (the only one for a user with one account there).
@@ -351,13 +347,12 @@ pub fn list_for_user(conn: &mut Conn, user_id: i64) -> QueryResult<Vec<Connectio
 /// Delete the connection `which` names among the user's connections to `service`; the row
 /// removed (`None` when there is none), read in the same statement (`RETURNING`), so the caller's
 /// transaction starts with its write.
-pub fn delete(conn: &mut Conn, which: Which, service: &str) -> QueryResult<Written<Option<Connection>>> {
-    let written = invalidations::connection(conn, which.user_id, service)?;
+pub fn delete(conn: &mut Conn, which: Which, service: &str) -> QueryResult<Option<Connection>> {
     let Some(id) = (match which.id {
         Some(id) => Some(id),
         None => find(conn, which.user_id, service)?.map(|c| c.id),
     }) else {
-        return Ok(written.with(None));
+        return Ok(None);
     };
     let row = crate::on_conn!(conn, conn => {
         diesel::delete(
@@ -370,7 +365,7 @@ pub fn delete(conn: &mut Conn, which: Which, service: &str) -> QueryResult<Writt
         .get_result(conn)
         .optional()
     })?;
-    Ok(written.with(row))
+    Ok(row)
 }
 
 /// Take the refresh lease of connection `id` at `version` until `until`: true when this caller
@@ -473,9 +468,8 @@ pub struct Refreshed<'a> {
 
 /// Store a refresh's new tokens if the row is still at its version; the connection is active
 /// again (reason, attempts and next attempt cleared).
-pub fn store_refreshed(conn: &mut Conn, row: RowRef<'_>, r: &Refreshed<'_>) -> QueryResult<Written<bool>> {
-    let RowRef { id, version, user_id, service } = row;
-    let written = invalidations::connection(conn, user_id, service)?;
+pub fn store_refreshed(conn: &mut Conn, row: RowRef<'_>, r: &Refreshed<'_>) -> QueryResult<bool> {
+    let RowRef { id, version, .. } = row;
     let stored: bool = crate::on_conn!(conn, conn => {
         let target = connections::table.filter(connections::id.eq(id)).filter(connections::version.eq(version));
         let common = (
@@ -505,12 +499,12 @@ pub fn store_refreshed(conn: &mut Conn, row: RowRef<'_>, r: &Refreshed<'_>) -> Q
         }
         QueryResult::Ok(n == 1)
     })?;
-    Ok(written.with(stored))
+    Ok(stored)
 }
 
 /// Mark a connection as needing the user to authorize again, with the reason's code (only if still
 /// at `version`).
-pub fn mark_reconnect_required(conn: &mut Conn, row: RowRef<'_>, reason: &str, now: i64) -> QueryResult<Written<bool>> {
+pub fn mark_reconnect_required(conn: &mut Conn, row: RowRef<'_>, reason: &str, now: i64) -> QueryResult<bool> {
     mark_unhealthy(conn, row, ConnectionStatus::ReconnectRequired, reason, None, now)
 }
 
@@ -522,7 +516,7 @@ pub fn mark_degraded(
     reason: &str,
     next_attempt_at: i64,
     now: i64,
-) -> QueryResult<Written<bool>> {
+) -> QueryResult<bool> {
     mark_unhealthy(conn, row, ConnectionStatus::Degraded, reason, Some(next_attempt_at), now)
 }
 
@@ -535,9 +529,8 @@ fn mark_unhealthy(
     reason: &str,
     next_attempt_at: Option<i64>,
     now: i64,
-) -> QueryResult<Written<bool>> {
-    let RowRef { id, version, user_id, service } = row;
-    let written = invalidations::connection(conn, user_id, service)?;
+) -> QueryResult<bool> {
+    let RowRef { id, version, .. } = row;
     let one_more = i64::from(status == ConnectionStatus::Degraded);
     let marked: bool = crate::on_conn!(conn, conn => {
         let n = diesel::update(connections::table.filter(connections::id.eq(id)).filter(connections::version.eq(version)))
@@ -553,7 +546,7 @@ fn mark_unhealthy(
             .execute(conn)?;
         QueryResult::Ok(n == 1)
     })?;
-    Ok(written.with(marked))
+    Ok(marked)
 }
 
 /// Connections the keep-alive worker should look at, by id above `after` (at most `limit`): those
@@ -677,14 +670,8 @@ pub fn sealed_batch(conn: &mut Conn, after: i64, limit: i64) -> QueryResult<Vec<
 }
 
 /// Replace sealed tokens (same plaintext, another key) if the row is still at `version`.
-pub fn reseal(
-    conn: &mut Conn,
-    row: RowRef<'_>,
-    access: Option<&[u8]>,
-    refresh: Option<&[u8]>,
-) -> QueryResult<Written<bool>> {
-    let RowRef { id, version, user_id, service } = row;
-    let written = invalidations::connection(conn, user_id, service)?;
+pub fn reseal(conn: &mut Conn, row: RowRef<'_>, access: Option<&[u8]>, refresh: Option<&[u8]>) -> QueryResult<bool> {
+    let RowRef { id, version, .. } = row;
     let changed: bool = crate::on_conn!(conn, conn => {
         let target = connections::table.filter(connections::id.eq(id)).filter(connections::version.eq(version));
         let mut changed = 0;
@@ -696,7 +683,7 @@ pub fn reseal(
         }
         QueryResult::Ok(changed > 0)
     })?;
-    Ok(written.with(changed))
+    Ok(changed)
 }
 
 #[cfg(test)]
@@ -732,7 +719,7 @@ mod tests {
                 account_label: None,
                 requested_scopes: None,
             };
-            upsert(&mut conn, &row).unwrap().recorded_only();
+            upsert(&mut conn, &row).unwrap();
             for outcome in [EventOutcome::Ok, EventOutcome::Failed] {
                 let event = NewEvent { user_id, service, at: 1, kind: EventKind::Refresh, outcome, detail: "" };
                 events::insert(&mut conn, &event).unwrap();
@@ -830,7 +817,7 @@ mod tests {
             account_label: Some("work@example.com"),
             requested_scopes: None,
         };
-        upsert(&mut conn, &second).unwrap().recorded_only();
+        upsert(&mut conn, &second).unwrap();
         assert_eq!(list_for(&mut conn, user_id, "dropbox").unwrap().len(), 2, "a second account is a second row");
         let other = NewConnection { account_id: "dbid:other", ..second };
         let next = diesel::insert_into(connections::table).values(&other).returning(connections::id);

@@ -87,85 +87,15 @@ struct NewInvalidation<'a> {
     created_at: i64,
 }
 
-/// The outcome of a write to a cached table and what it invalidated, recorded in the write's
-/// transaction. This process's own copies must still be dropped after the commit: hand it to
-/// `Caches::after_write` (or `Caches::after_refresh`), which returns the value. Ignoring it is a
-/// compile warning; a process without caches (the CLI) says so with [`Written::recorded_only`].
-#[must_use = "drop this process's cached copies after the commit: `Caches::after_write`"]
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Written<T> {
-    value: T,
-    invalidated: Vec<Invalidated>,
-}
-
-impl<T> Written<T> {
-    /// The value, to decide on inside the transaction.
-    pub fn value(&self) -> &T {
-        &self.value
-    }
-
-    /// What was invalidated, in the order recorded.
-    pub fn invalidated(&self) -> &[Invalidated] {
-        &self.invalidated
-    }
-
-    /// The same invalidations with another value.
-    pub fn with<U>(self, value: U) -> Written<U> {
-        Written { value, invalidated: self.invalidated }
-    }
-
-    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Written<U> {
-        Written { value: f(self.value), invalidated: self.invalidated }
-    }
-
-    /// Add the invalidations of another write of the same transaction.
-    pub fn and<U>(mut self, other: Written<U>) -> Written<T> {
-        self.invalidated.extend(other.invalidated);
-        self
-    }
-
-    /// The value, for a process that caches nothing (the CLI) or a test playing another instance:
-    /// the recorded rows alone tell the running servers.
-    pub fn recorded_only(self) -> T {
-        self.value
-    }
-
-    /// A value and what its write invalidated (for `crate::changes`, which records them).
-    pub(crate) fn from_parts(value: T, invalidated: Vec<Invalidated>) -> Written<T> {
-        Written { value, invalidated }
-    }
-
-    /// The value and the invalidations (for `Caches`).
-    pub(crate) fn into_parts(self) -> (T, Vec<Invalidated>) {
-        (self.value, self.invalidated)
-    }
-}
-
-impl<T> From<T> for Written<T> {
-    /// A value whose write invalidated nothing (yet: add to it with [`Written::and`]).
-    fn from(value: T) -> Self {
-        Written { value, invalidated: Vec::new() }
-    }
-}
-
-/// Record that `what` changed (call inside the transaction of the change). On PostgreSQL the other
-/// instances read it at commit (`db::notify`), without waiting for their next poll.
-pub fn record(conn: &mut Conn, what: Invalidated) -> QueryResult<Written<()>> {
+/// Record that `what` changed, in the transaction of the change. Called by the unit of work
+/// only (`crate::changes`: a change's invalidation is one of its projections); on PostgreSQL the
+/// other instances read it at commit (`db::notify`), without waiting for their next poll.
+pub fn record(conn: &mut Conn, what: &Invalidated) -> QueryResult<()> {
     let key = what.key();
     let row = NewInvalidation { kind: what.kind(), key: &key, created_at: crate::util::now() };
     crate::on_conn!(conn, conn => diesel::insert_into(cache_invalidations::table).values(&row).execute(conn))?;
     crate::db::notify::notify(conn, crate::db::notify::Channel::CacheInvalidations)?;
-    Ok(Written { value: (), invalidated: vec![what] })
-}
-
-/// Record that the connection of (user, service) changed.
-pub fn connection(conn: &mut Conn, user_id: i64, service: &str) -> QueryResult<Written<()>> {
-    record(conn, Invalidated::Connection { user_id, service: service.to_string() })
-}
-
-/// Record that the API key with this hash changed.
-pub fn api_key(conn: &mut Conn, key_hash: &str) -> QueryResult<Written<()>> {
-    record(conn, Invalidated::ApiKey(key_hash.to_string()))
+    Ok(())
 }
 
 /// Invalidations with an id above `after`, oldest first.

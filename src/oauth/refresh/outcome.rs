@@ -11,7 +11,7 @@ use super::read::{fresh_from, load};
 use super::{health, lease};
 use crate::changes::{Change, Committed, Subject};
 use crate::db::models::connections::{self, Connection, ConnectionStatus, Refreshed, RowRef, Which};
-use crate::db::models::invalidations::Written;
+use crate::db::models::invalidations::Invalidated;
 use crate::db::Conn;
 use crate::error::AppError;
 use crate::oauth::providers::Provider;
@@ -71,10 +71,11 @@ pub async fn store_tokens(
                 refresh_token_expires_at: refresh_expiry,
             };
             let at = RowRef { id, version, user_id, service: &service };
-            let written = connections::store_refreshed(tx.conn(), at, &r)?;
-            let stored = tx.absorb(written);
+            let stored = connections::store_refreshed(tx.conn(), at, &r)?;
             if stored {
                 tx.record(Change::ConnectionRefreshed { conn: subject, rotated, recovered })?;
+            } else {
+                tx.saw_stale(Invalidated::Connection { user_id, service });
             }
             Ok(stored)
         })
@@ -156,16 +157,17 @@ async fn mark_with_event<F>(
     mark: F,
 ) -> Result<Committed<bool>, AppError>
 where
-    F: FnOnce(&mut Conn, RowRef<'_>) -> diesel::QueryResult<Written<bool>> + Send + 'static,
+    F: FnOnce(&mut Conn, RowRef<'_>) -> diesel::QueryResult<bool> + Send + 'static,
 {
     let (id, version, user_id, service) = (row.id, row.version, row.user_id, row.service.clone());
     ctx.tokens
         .db
         .write(ctx.tokens.ledger(), move |tx| {
-            let written = mark(tx.conn(), RowRef { id, version, user_id, service: &service })?;
-            let marked = tx.absorb(written);
+            let marked = mark(tx.conn(), RowRef { id, version, user_id, service: &service })?;
             if marked {
                 tx.record(change)?;
+            } else {
+                tx.saw_stale(Invalidated::Connection { user_id, service });
             }
             Ok(marked)
         })

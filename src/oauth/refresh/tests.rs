@@ -129,7 +129,7 @@ impl Fixture {
     }
 
     fn tokens(&self) -> Tokens<'_> {
-        Tokens { db: &self.db, cipher: &self.cipher, caches: &self.caches, events_kept: 50, webhooks: None }
+        Tokens { db: &self.db, cipher: &self.cipher, caches: &self.caches, events_kept: 50, webhooks: None, jobs: None }
     }
 
     fn with<'a>(&'a self, endpoint: &'a dyn TokenEndpoint) -> Refresher<'a> {
@@ -232,8 +232,17 @@ async fn a_caller_that_loses_the_lease_waits_and_uses_the_holders_token() {
             obtained_at: now(),
             refresh_token_expires_at: None,
         };
-        let stored = connections::store_refreshed(&mut f.db.conn().unwrap(), held.at_version(), &r).unwrap();
-        assert!(stored.recorded_only(), "another instance's write: this process learns of it from the database");
+        // Another instance's write, through its own unit of work: this process learns of it from
+        // the database.
+        let subject = crate::changes::Subject::of(&held);
+        let stored = crate::changes::write(&mut f.db.conn().unwrap(), &f.cipher, 50, |tx| {
+            let stored = connections::store_refreshed(tx.conn(), held.at_version(), &r)?;
+            tx.record(crate::changes::Change::ConnectionRefreshed { conn: subject, rotated: false, recovered: false })?;
+            Ok(stored)
+        })
+        .unwrap()
+        .recorded_only();
+        assert!(stored);
     };
     let started = Instant::now();
     let (token, ()) = rocket::tokio::join!(f.fresh(&fake), holder);

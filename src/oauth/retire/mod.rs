@@ -54,22 +54,15 @@ pub async fn discard(store: Tokens<'_>, provider: &Provider, user_id: i64, acces
     }
     let (cipher, service) = (store.cipher.clone(), provider.name.clone());
     let (access, refresh) = (access.clone(), refresh.cloned());
-    let queued =
-        store.db.run(move |conn| enqueue(conn, &cipher, (user_id, &service, ""), &access, refresh.as_ref())).await;
-    if let Err(e) = queued {
-        tracing::error!(service = %provider.name, user_id, error = %e, "could not queue the revocation of tokens that were not stored");
-    }
-}
-
-/// The worker's wake-up: rung after a callback, which may have queued revocations.
-#[derive(Debug, Default)]
-pub struct Queue {
-    wake: rocket::tokio::sync::Notify,
-}
-
-impl Queue {
-    pub fn wake(&self) {
-        self.wake.notify_one();
+    let queued = store
+        .db
+        .write(store.ledger(), move |tx| enqueue(tx, &cipher, (user_id, &service, ""), &access, refresh.as_ref()))
+        .await;
+    match queued {
+        Ok(committed) => committed.settle(store.effects()),
+        Err(e) => {
+            tracing::error!(service = %provider.name, user_id, error = %e, "could not queue the revocation of tokens that were not stored")
+        }
     }
 }
 
@@ -91,7 +84,8 @@ pub struct Worker {
     pub cipher: Arc<Cipher>,
     pub http: Outbound,
     pub catalog: Arc<LiveCatalog>,
-    pub queue: Arc<Queue>,
+    /// Rung when a unit of work queued a job (`crate::changes::Effects::jobs`).
+    pub queue: Arc<crate::jobs::Wake>,
     /// `default_token_lifetime` (a Dropbox refresh before its revocation).
     pub default_lifetime: i64,
     /// Seconds a claimed row is this instance's: longer than an attempt can take.
@@ -101,7 +95,7 @@ pub struct Worker {
 }
 
 /// The worker as a background job (`crate::jobs`): a round at start, at once again while rounds
-/// come back full, at a wake-up ([`Queue::wake`]) and every [`POLL_INTERVAL`] otherwise.
+/// come back full, at a wake-up ([`crate::jobs::Wake`], rung when a unit of work queued one) and every [`POLL_INTERVAL`] otherwise.
 pub struct RetireJob {
     worker: Worker,
 }
@@ -124,7 +118,7 @@ impl crate::jobs::Job for RetireJob {
     }
 
     fn woken(&mut self) -> crate::jobs::BoxFuture<'_, ()> {
-        Box::pin(self.worker.queue.wake.notified())
+        self.worker.queue.notified()
     }
 }
 

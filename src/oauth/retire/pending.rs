@@ -3,8 +3,8 @@
 //! ([`enqueue`]). It imports nothing of `oauth` but the token set: the store depends on it, not
 //! on the worker that revokes (`super`), which calls the provider.
 
+use crate::changes::Tx;
 use crate::db::models::revocations::{self, NewRevocation};
-use crate::db::Conn;
 use crate::error::AppResult;
 use crate::jobs::queue;
 use crate::oauth::tokens::TokenSet;
@@ -39,7 +39,7 @@ pub(super) fn aad<'a>(user_id: i64, service: &'a str, account: &'a str, column: 
 /// Queue `access` (and `refresh`) of the user's `account` at `service` for revocation; call inside
 /// the transaction that drops them.
 pub fn enqueue(
-    conn: &mut Conn,
+    tx: &mut Tx<'_>,
     cipher: &Cipher,
     (user_id, service, account): (i64, &str, &str),
     access: &Secret,
@@ -49,7 +49,7 @@ pub fn enqueue(
     let sealed_refresh =
         refresh.map(|r| cipher.seal_str(r.expose_secret(), aad(user_id, service, account, "refresh_token")));
     revocations::insert(
-        conn,
+        tx.conn(),
         &NewRevocation {
             user_id,
             service,
@@ -60,5 +60,6 @@ pub fn enqueue(
             max_attempts: MAX_ATTEMPTS,
         },
     )?;
+    tx.job_queued();
     Ok(())
 }
