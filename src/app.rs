@@ -168,17 +168,7 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
         let c = cipher.clone();
         let hooks = webhooks.clone();
         let opened = rocket::tokio::task::spawn_blocking(move || open_database(&url, &c, &hooks, demo)).await;
-        let mut catalog = catalog;
-        catalog.discover(&http).await;
-        let catalog = Arc::new(LiveCatalog::new(providers, catalog));
-        let opened = match opened {
-            // The providers added, edited or disabled in the app, in effect before the first request.
-            Ok(Ok(db)) => match catalog.reload_in(&db).await {
-                Ok(_) => Ok(Ok(db)),
-                Err(e) => Ok(Err(format!("cannot read the providers table: {e}"))),
-            },
-            other => other,
-        };
+        let (catalog, opened) = live_catalog(catalog, providers, &http, opened).await;
         match opened {
             Ok(Ok(db)) => {
                 // Form posts may end in redirects to the providers' authorize pages (the Authorize
@@ -232,6 +222,27 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
         .manage(templates)
         .register("/", crate::routes::catchers());
     Ok(mount_routes(rocket, demo))
+}
+
+/// The configuration's catalog, discovered, with the providers added, edited or disabled in the
+/// app (the `providers` rows of the opened database) laid over it: in effect before the first
+/// request. A database whose providers cannot be read does not start.
+async fn live_catalog(
+    mut catalog: Catalog,
+    providers: std::collections::BTreeMap<String, crate::oauth::providers::ProviderConfig>,
+    http: &Outbound,
+    opened: Result<Result<Db, String>, rocket::tokio::task::JoinError>,
+) -> (Arc<LiveCatalog>, Result<Result<Db, String>, rocket::tokio::task::JoinError>) {
+    catalog.discover(http).await;
+    let catalog = Arc::new(LiveCatalog::new(providers, catalog));
+    let opened = match opened {
+        Ok(Ok(db)) => match catalog.reload_in(&db).await {
+            Ok(_) => Ok(Ok(db)),
+            Err(e) => Ok(Err(format!("cannot read the providers table: {e}"))),
+        },
+        other => other,
+    };
+    (catalog, opened)
 }
 
 /// What the server's state is made of before the database is open.
