@@ -12,6 +12,7 @@ use rocket_dyn_templates::Template;
 use crate::config::{invalid, key_or_file, load_or_create_key, ConfigError, RawConfig, Settings};
 use crate::db::Db;
 use crate::oauth::http::Outbound;
+use crate::oauth::managed::LiveCatalog;
 use crate::oauth::providers::Catalog;
 use crate::state::AppState;
 use crate::vault::Cipher;
@@ -22,6 +23,8 @@ pub struct Prepared {
     pub figment: Figment,
     pub settings: Settings,
     pub catalog: Catalog,
+    /// The configuration's provider tables, as written (the base of `oauth::managed::LiveCatalog`).
+    pub providers: std::collections::BTreeMap<String, crate::oauth::providers::ProviderConfig>,
     pub cipher: Cipher,
     pub webhooks: crate::webhooks::Webhooks,
 }
@@ -92,7 +95,7 @@ pub fn prepare(figment: Figment) -> Result<Prepared, ConfigError> {
     // tokenvault logs through `tracing` with its own request log, which never prints query strings
     // (callbacks carry codes and states there). Rocket's own logger would.
     figment = figment.merge(("log_level", "off"));
-    Ok(Prepared { figment, settings, catalog, cipher, webhooks })
+    Ok(Prepared { figment, settings, catalog, providers: raw.providers.clone(), cipher, webhooks })
 }
 
 /// The vault key (configured, in a file, or in the debug profile created on first start) and the
@@ -142,7 +145,7 @@ pub fn build(figment: Figment) -> Result<Rocket<Build>, ConfigError> {
 }
 
 pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
-    let Prepared { figment, settings, catalog, cipher, webhooks } = prepared;
+    let Prepared { figment, settings, catalog, providers, cipher, webhooks } = prepared;
     let webhooks = Arc::new(webhooks);
     // The embedded templates, or `template_dir` when it has them all (see `crate::assets`).
     let templates = crate::assets::template_root(settings.template_dir.as_deref())
@@ -165,14 +168,18 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
         let c = cipher.clone();
         let hooks = webhooks.clone();
         let opened = rocket::tokio::task::spawn_blocking(move || open_database(&url, &c, &hooks, demo)).await;
-        let mut catalog = catalog;
-        catalog.discover(&http).await;
-        let catalog = Arc::new(catalog);
+        let (catalog, opened) = live_catalog(catalog, providers, &http, opened).await;
         match opened {
             Ok(Ok(db)) => {
                 // Form posts may end in redirects to the providers' authorize pages (the Authorize
-                // button) and, for the demo provider's consent form, to the registered redirect URIs.
-                let headers = SecurityHeaders::new(&form_targets(&settings, &catalog), settings.is_https());
+                // button) and, for the demo provider's consent form, to the registered redirect URIs;
+                // the list follows the providers in effect.
+                let headers = SecurityHeaders::live(
+                    catalog.clone(),
+                    settings.public_origin(),
+                    form_extra_targets(&settings),
+                    settings.is_https(),
+                );
                 tracing::info!(profile = %settings.profile, public_url = %settings.public_url, vault_key_id = %cipher.active_key_id(), "database ready");
                 let state = app_state(
                     db,
@@ -217,6 +224,27 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
     Ok(mount_routes(rocket, demo))
 }
 
+/// The configuration's catalog, discovered, with the providers added, edited or disabled in the
+/// app (the `providers` rows of the opened database) laid over it: in effect before the first
+/// request. A database whose providers cannot be read does not start.
+async fn live_catalog(
+    mut catalog: Catalog,
+    providers: std::collections::BTreeMap<String, crate::oauth::providers::ProviderConfig>,
+    http: &Outbound,
+    opened: Result<Result<Db, String>, rocket::tokio::task::JoinError>,
+) -> (Arc<LiveCatalog>, Result<Result<Db, String>, rocket::tokio::task::JoinError>) {
+    catalog.discover(http).await;
+    let catalog = Arc::new(LiveCatalog::new(providers, catalog));
+    let opened = match opened {
+        Ok(Ok(db)) => match catalog.reload_in(&db).await {
+            Ok(_) => Ok(Ok(db)),
+            Err(e) => Ok(Err(format!("cannot read the providers table: {e}"))),
+        },
+        other => other,
+    };
+    (catalog, opened)
+}
+
 /// What the server's state is made of before the database is open.
 struct Handles {
     settings: Arc<Settings>,
@@ -228,7 +256,7 @@ struct Handles {
 }
 
 /// The server's state, once its database is open and its providers discovered.
-fn app_state(db: Db, catalog: Arc<Catalog>, h: Handles) -> AppState {
+fn app_state(db: Db, catalog: Arc<LiveCatalog>, h: Handles) -> AppState {
     let Handles { settings, cipher, http, metrics, webhooks, jobs } = h;
     AppState {
         db,
@@ -265,6 +293,7 @@ fn mount_routes(rocket: Rocket<Build>, demo: bool) -> Rocket<Build> {
         password::routes(),
         admin::routes(),
         webhooks::routes(),
+        providers::routes(),
         health::routes(),
         api_keys::routes(),
         sessions::routes(),
@@ -323,23 +352,19 @@ fn open_database(url: &str, cipher: &Cipher, hooks: &crate::webhooks::Webhooks, 
     Ok(db)
 }
 
-/// Where form posts may end: the providers' authorize pages (the Authorize button) and, for the
-/// demo provider's consent form, its registered redirect URIs.
-fn form_targets(settings: &Settings, catalog: &Catalog) -> Vec<String> {
-    let mut targets = catalog.authorize_origins(&settings.public_origin());
-    if settings.demo_provider {
-        targets.extend(
-            settings
-                .demo
-                .redirect_uris
-                .iter()
-                .filter_map(|u| url::Url::parse(u).ok())
-                .map(|u| u.origin().ascii_serialization()),
-        );
-        targets.sort();
-        targets.dedup();
+/// Where form posts may end besides the providers' authorize pages: for the demo provider's
+/// consent form, its registered redirect URIs.
+fn form_extra_targets(settings: &Settings) -> Vec<String> {
+    if !settings.demo_provider {
+        return Vec::new();
     }
-    targets
+    settings
+        .demo
+        .redirect_uris
+        .iter()
+        .filter_map(|u| url::Url::parse(u).ok())
+        .map(|u| u.origin().ascii_serialization())
+        .collect()
 }
 
 #[cfg(test)]

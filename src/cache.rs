@@ -323,6 +323,8 @@ impl Caches {
         match what {
             Invalidated::ApiKey(hash) => self.api_keys.invalidate(hash),
             Invalidated::Connection { user_id, service } => self.connections.invalidate(&(*user_id, service.clone())),
+            // Not a cache: the provider catalog, rebuilt by the poll's `on_providers`.
+            Invalidated::Providers(_) => {}
         }
     }
 
@@ -431,11 +433,30 @@ pub struct InvalidationPoll {
     wake: Arc<rocket::tokio::sync::Notify>,
     feed: Option<Feed>,
     polls: u64,
+    on_providers: Option<ProvidersReload>,
 }
+
+/// Rebuild the provider catalog from the database (see [`InvalidationPoll::with_providers`]).
+pub type ProvidersReload = Arc<dyn Fn(&mut crate::db::Conn) -> crate::error::AppResult<bool> + Send + Sync>;
 
 impl InvalidationPoll {
     pub fn new(db: Db, caches: Arc<Caches>, wake: Arc<rocket::tokio::sync::Notify>) -> InvalidationPoll {
-        InvalidationPoll { db, caches, wake, feed: None, polls: 0 }
+        InvalidationPoll { db, caches, wake, feed: None, polls: 0, on_providers: None }
+    }
+
+    /// Also rebuild the provider catalog (`oauth::managed`, above this module: handed in as a
+    /// function) when a row names `providers` or cannot be read, and every 30th poll regardless.
+    pub fn with_providers(mut self, reload: ProvidersReload) -> InvalidationPoll {
+        self.on_providers = Some(reload);
+        self
+    }
+
+    async fn reload_providers(&self) {
+        if let Some(reload) = self.on_providers.clone() {
+            if let Err(e) = self.db.run(move |conn| reload(conn)).await {
+                tracing::error!(error = %e, "could not reload the providers");
+            }
+        }
     }
 
     async fn poll(&mut self) -> Result<(), String> {
@@ -460,9 +481,14 @@ impl InvalidationPoll {
             }
         }
         let after = feed.read_after();
+        let every_30th = self.polls % 30 == 0;
         match db.run(move |conn| Ok(invalidations::after(conn, after)?)).await {
             Ok(rows) => {
                 feed.apply(&rows, caches);
+                let providers = rows.iter().any(|r| matches!(r.target, Ok(Invalidated::Providers(_)) | Err(_)));
+                if providers || every_30th {
+                    self.reload_providers().await;
+                }
                 Ok(())
             }
             Err(e) => {

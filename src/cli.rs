@@ -11,6 +11,9 @@ use crate::db::{self, Conn};
 use crate::util::Secret;
 use crate::vault::store as vault;
 
+mod providers;
+pub use providers::ProviderCommand;
+
 #[derive(Debug, Parser)]
 #[command(name = "tokenvault", version, about = "Connect third-party OAuth 2.0 accounts and use them safely")]
 pub struct Cli {
@@ -49,6 +52,12 @@ pub enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Manage providers: presets, list, show, add, edit, disable, enable, revert, delete (as
+    /// /admin/providers does; running servers follow within seconds, no restart).
+    Provider {
+        #[command(subcommand)]
+        command: ProviderCommand,
     },
     /// Check the configuration as `serve` would, open the database, verify the vault key, and
     /// list every provider with the redirect URI to register and whether its credentials are set.
@@ -193,6 +202,7 @@ pub fn run(command: Command) -> Result<String, String> {
         Command::Audit { command: AuditCommand::Restart { archive, reason } } => audit_restart(archive, reason),
         Command::Audit { command: AuditCommand::Tail { n, json } } => audit_tail(n, json),
         Command::Vault { command: VaultCommand::List } => vault_list(),
+        Command::Provider { command } => providers::run(command),
     }
 }
 
@@ -494,6 +504,19 @@ fn check_providers(
     for name in configured.keys().filter(|name| catalog.get(name).is_none()) {
         problems.push(format!("provider {name}: OpenID Connect discovery failed (see the log above)"));
     }
+    // With the providers added, edited and disabled in the app (the `providers` table).
+    let live = crate::oauth::managed::LiveCatalog::new(configured, catalog);
+    live.reload(conn).map_err(cli_error)?;
+    for e in live.entries().iter() {
+        match &e.provider {
+            Err(why) if e.origin != crate::oauth::managed::Origin::Config => {
+                problems.push(format!("provider {} ({} in the app): {why}", e.name, e.origin.as_str()))
+            }
+            Ok(_) if !e.enabled => println!("  {} is disabled in the app (its connections are kept)", e.name),
+            _ => {}
+        }
+    }
+    let catalog = live.current();
     println!("providers:");
     if catalog.iter().next().is_none() {
         problems.push("no providers are configured: add a `[<profile>.providers.<name>]` table".to_string());
@@ -645,7 +668,9 @@ impl Verification<'_> {
 /// generic message and logs the detail; the CLI has no log to point to).
 fn cli_error(e: crate::error::AppError) -> String {
     match e {
-        crate::error::AppError::BadRequest(message) => message,
+        crate::error::AppError::BadRequest(message)
+        | crate::error::AppError::Refused(message)
+        | crate::error::AppError::Conflict(message) => message,
         other => other.to_string(),
     }
 }

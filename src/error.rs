@@ -56,6 +56,14 @@ pub enum AppError {
     NoApiBase(Service),
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// A form that was read but refused (a value that fails validation): 422 with the message,
+    /// the form shown again with what was typed.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The service exists but an administrator disabled it (409 `service_disabled`; its
+    /// connections are kept).
+    #[error("{0}: disabled")]
+    ServiceDisabled(Service),
     #[error("refused proxy path")]
     BadPath,
     #[error("request body over {limit} bytes")]
@@ -135,14 +143,16 @@ impl AppError {
             | AppError::NoApiBase(_)
             | AppError::Database(diesel::result::Error::NotFound) => Status::NotFound,
             AppError::BadRequest(_) | AppError::BadPath => Status::BadRequest,
+            AppError::Refused(_) => Status::UnprocessableEntity,
             AppError::PayloadTooLarge { .. } => Status::PayloadTooLarge,
             AppError::TooManyRequests => Status::TooManyRequests,
             AppError::ForbiddenScope(_) | AppError::OutsideGrant { .. } | AppError::InsufficientScope { .. } => {
                 Status::Forbidden
             }
-            AppError::ReconnectRequired(_) | AppError::AmbiguousAccount { .. } | AppError::Conflict(_) => {
-                Status::Conflict
-            }
+            AppError::ReconnectRequired(_)
+            | AppError::AmbiguousAccount { .. }
+            | AppError::Conflict(_)
+            | AppError::ServiceDisabled(_) => Status::Conflict,
             AppError::Upstream { status, .. } => *status,
             AppError::ClientRejected { .. } | AppError::ProviderResponseTooLarge { .. } => Status::BadGateway,
             AppError::NotConfigured { .. }
@@ -160,6 +170,8 @@ impl AppError {
             AppError::NotConnected(_) => "not_connected",
             AppError::NoApiBase(_) => "no_api_base",
             AppError::BadPath => "bad_path",
+            AppError::Refused(_) => "invalid_input",
+            AppError::ServiceDisabled(_) => "service_disabled",
             AppError::NotConfigured { .. } => "not_configured",
             AppError::ClientRejected { .. } => "provider_rejected_client",
             AppError::ProviderResponseTooLarge { .. } => "provider_response_too_large",
@@ -177,8 +189,14 @@ impl AppError {
             AppError::UnknownService => "No such service.".into(),
             AppError::NotConnected(s) => format!("{} is not connected.", s.display_name),
             AppError::NoApiBase(s) => format!("{} has no API base URL configured.", s.display_name),
-            AppError::BadRequest(msg) | AppError::ForbiddenScope(msg) | AppError::Conflict(msg) => msg.clone(),
+            AppError::BadRequest(msg)
+            | AppError::ForbiddenScope(msg)
+            | AppError::Conflict(msg)
+            | AppError::Refused(msg) => msg.clone(),
             AppError::OutsideGrant { message, .. } => message.clone(),
+            AppError::ServiceDisabled(s) => {
+                format!("{} is disabled by an administrator; its connections are kept.", s.display_name)
+            }
             AppError::AmbiguousAccount { service, .. } => format!(
                 "Several {} accounts are connected: name one with ?account=<account id> (or ?connection=<id>).",
                 service.display_name

@@ -80,12 +80,15 @@ pub fn all(app: &AppState) -> Vec<Scheduled> {
         jobs.push(every(t.audit_prune, crate::audit::batcher::Pruner { db, cipher, days, metrics }));
     }
     let invalidations = Arc::new(rocket::tokio::sync::Notify::new());
-    if app.caches.api_keys.enabled() || app.caches.connections.enabled() {
-        jobs.push(every(
-            t.cache_invalidations,
-            crate::cache::InvalidationPoll::new(app.db.clone(), app.caches.clone(), invalidations.clone()),
-        ));
-    }
+    // Always listed: besides the caches, it keeps the provider catalog in step with the
+    // `providers` rows other instances (or the CLI) write.
+    let live = app.catalog.clone();
+    let providers: crate::cache::ProvidersReload = Arc::new(move |conn| live.reload(conn));
+    jobs.push(every(
+        t.cache_invalidations,
+        crate::cache::InvalidationPoll::new(app.db.clone(), app.caches.clone(), invalidations.clone())
+            .with_providers(providers),
+    ));
     if app.db.backend() == crate::db::Backend::Postgres {
         let hooks = app.webhooks.clone();
         let ring: listen::Ring = Arc::new(move |channel| match channel {

@@ -13,7 +13,7 @@ use crate::config::Settings;
 use crate::db::Db;
 use crate::oauth::access::{Access, RefreshLocks};
 use crate::oauth::http::Outbound;
-use crate::oauth::providers::Catalog;
+use crate::oauth::managed::LiveCatalog;
 use crate::oauth::store::Tokens;
 use crate::vault::Cipher;
 
@@ -60,7 +60,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub cipher: Arc<Cipher>,
     pub http: Outbound,
-    pub catalog: Arc<Catalog>,
+    /// The providers in effect, swapped when they change in the app (`oauth::managed`).
+    pub catalog: Arc<LiveCatalog>,
     /// Shared with the keep-alive worker, so that it and requests refresh a connection once.
     pub refresh_locks: Arc<RefreshLocks>,
     pub login_throttle: LoginThrottle,

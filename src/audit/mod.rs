@@ -101,6 +101,8 @@ pub enum Kind {
     /// The authorization server refused a request (an authorization request, the consent
     /// denied, a token request): through the batcher's bounded refusals, like refused sign-ins.
     OAuthRefused,
+    /// A provider was added, edited, disabled, enabled, reverted or deleted in the app.
+    ProviderChanged,
 }
 
 impl Kind {
@@ -128,6 +130,7 @@ impl Kind {
         Kind::GrantRevoked,
         Kind::GrantTokensIssued,
         Kind::OAuthRefused,
+        Kind::ProviderChanged,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -155,6 +158,7 @@ impl Kind {
             Kind::GrantRevoked => "grant.revoked",
             Kind::GrantTokensIssued => "grant.tokens_issued",
             Kind::OAuthRefused => "oauth.refused",
+            Kind::ProviderChanged => "provider.changed",
         }
     }
 }

@@ -126,6 +126,44 @@ pub enum Change {
     GrantRevoked { by: Actor, grant: GrantSubject, why: GrantEnd },
     /// The token endpoint issued tokens of a grant (never the tokens).
     GrantTokensIssued { grant: GrantSubject, how: Issued, resource: String },
+    /// A provider was changed in the app (`crate::oauth::managed`): its audit entry, its
+    /// `provider.changed` webhook and the invalidation that makes every instance rebuild its
+    /// catalog. Never a client secret.
+    ProviderChanged { by: Actor, name: String, action: ProviderAction },
+}
+
+/// What was done to a provider ([`Change::ProviderChanged`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProviderAction {
+    /// Added in the app; its authorize URL's origin.
+    Added {
+        authorize_origin: String,
+    },
+    /// Keys of its table set in the app (names only; `client_id`/`client_secret` when new
+    /// credentials were sealed into the vault).
+    Edited {
+        keys: Vec<String>,
+        authorize_origin: String,
+    },
+    Disabled,
+    Enabled,
+    /// A configured provider's edits dropped.
+    Reverted,
+    /// An added provider deleted.
+    Deleted,
+}
+
+impl ProviderAction {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ProviderAction::Added { .. } => "added",
+            ProviderAction::Edited { .. } => "edited",
+            ProviderAction::Disabled => "disabled",
+            ProviderAction::Enabled => "enabled",
+            ProviderAction::Reverted => "reverted",
+            ProviderAction::Deleted => "deleted",
+        }
+    }
 }
 
 /// A grant as a change names it: whose, to which client, what it allows. Never a token.

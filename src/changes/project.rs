@@ -3,7 +3,7 @@
 //! and a writer used by `Tx::record` only. Every match is exhaustive: a new variant does not
 //! compile until each projection says what it makes of it.
 
-use super::{Change, EndpointChange, GrantEnd, GrantSubject, Issued, KeyRevoked, SessionsEnd, Subject};
+use super::{Change, EndpointChange, GrantEnd, GrantSubject, Issued, KeyRevoked, ProviderAction, SessionsEnd, Subject};
 use crate::audit::{Actor, Entry, Kind};
 use crate::db::models::connections::ConnectionStatus;
 use crate::db::models::events::{self, EventKind, EventOutcome, NewEvent};
@@ -78,6 +78,7 @@ pub fn history_of(change: &Change) -> Option<HistoryRow<'_>> {
         | Change::WebhookTestQueued { .. }
         | Change::WebhookEndpointChanged { .. }
         | Change::AuditCheckpointed { .. }
+        | Change::ProviderChanged { .. }
         | Change::GrantCreated { .. }
         | Change::GrantRevoked { .. }
         | Change::GrantTokensIssued { .. } => None,
@@ -245,6 +246,22 @@ pub fn audit_of(change: &Change) -> Option<Entry> {
                     .with("resource", resource.as_str()),
             )
         }
+        Change::ProviderChanged { by, name, action } => {
+            let e = by_user(Entry::new(Kind::ProviderChanged, by.clone()))
+                .service(name)
+                .with("provider", name.as_str())
+                .with("action", action.as_str());
+            Some(match action {
+                ProviderAction::Added { authorize_origin } => e.with("authorize_origin", authorize_origin.as_str()),
+                ProviderAction::Edited { keys, authorize_origin } => e
+                    .with("keys", keys.iter().map(String::as_str).collect::<Vec<_>>())
+                    .with("authorize_origin", authorize_origin.as_str()),
+                ProviderAction::Disabled
+                | ProviderAction::Enabled
+                | ProviderAction::Reverted
+                | ProviderAction::Deleted => e,
+            })
+        }
     }
 }
 
@@ -342,6 +359,8 @@ pub fn outbox_of(change: &Change) -> Option<OutboxEvent<'_>> {
         | Change::VaultValueDeleted { .. }
         | Change::WebhookEndpointChanged { .. } => None,
         Change::GrantTokensIssued { .. } => None,
+        // Not a connection's event: recorded by `outbox` with its own `data`.
+        Change::ProviderChanged { .. } => None,
         // Not connection events: recorded by `outbox` itself (a test for its one endpoint, a
         // checkpoint with the checkpoint as its `data`, a grant's with the grant).
         Change::WebhookTestQueued { .. }
@@ -386,6 +405,25 @@ pub(super) fn outbox(conn: &mut Conn, change: &Change) -> AppResult<Option<Strin
         };
         return Ok(Some(outbox::record_grant(conn, event_type, &data)?));
     }
+    if let Change::ProviderChanged { by, name, action } = change {
+        let (keys, authorize_origin) = match action {
+            ProviderAction::Added { authorize_origin } => (None, Some(authorize_origin.as_str())),
+            ProviderAction::Edited { keys, authorize_origin } => {
+                (Some(keys.as_slice()), Some(authorize_origin.as_str()))
+            }
+            ProviderAction::Disabled | ProviderAction::Enabled | ProviderAction::Reverted | ProviderAction::Deleted => {
+                (None, None)
+            }
+        };
+        let data = outbox::ProviderChangedData {
+            provider: name,
+            action: action.as_str(),
+            by: by.to_string(),
+            keys,
+            authorize_origin,
+        };
+        return Ok(Some(outbox::record_provider_changed(conn, &data)?));
+    }
     let Some(e) = outbox_of(change) else { return Ok(None) };
     let c = e.conn;
     let data = EventData::named(conn, c.id, c.user_id, &c.service, c.account.clone(), e.status, e.reason)?;
@@ -396,9 +434,10 @@ pub(super) fn outbox(conn: &mut Conn, change: &Change) -> AppResult<Option<Strin
 /// or the endpoints changed (a new one may have events waiting).
 pub fn wakes_webhooks(change: &Change) -> bool {
     match change {
-        Change::WebhookEndpointChanged { .. } | Change::WebhookTestQueued { .. } | Change::AuditCheckpointed { .. } => {
-            true
-        }
+        Change::WebhookEndpointChanged { .. }
+        | Change::WebhookTestQueued { .. }
+        | Change::AuditCheckpointed { .. }
+        | Change::ProviderChanged { .. } => true,
         other => outbox_of(other).is_some() || grant_event_of(other).is_some(),
     }
 }
@@ -419,6 +458,8 @@ pub fn invalidation_of(change: &Change) -> Option<Invalidated> {
         }
         // The warned mark is not cached; history rows are not cached.
         Change::ApiKeyRevoked { key_hash, .. } => Some(Invalidated::ApiKey(key_hash.clone())),
+        // Every instance rebuilds its provider catalog (`crate::oauth::managed`).
+        Change::ProviderChanged { name, .. } => Some(Invalidated::Providers(name.clone())),
         // Sessions, accounts and vault values are not cached (a session is read per request).
         Change::ExpiryWarned { .. }
         | Change::ConnectRefused { .. }

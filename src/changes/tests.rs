@@ -2,7 +2,9 @@
 //! transaction.
 
 use super::project::{audit_of, history_of, invalidation_of, outbox_of, wakes_webhooks};
-use super::{Actor, Change, EndpointChange, GrantEnd, GrantSubject, Issued, KeyRevoked, SessionsEnd, Subject};
+use super::{
+    Actor, Change, EndpointChange, GrantEnd, GrantSubject, Issued, KeyRevoked, ProviderAction, SessionsEnd, Subject,
+};
 use crate::db::models::connections::Account;
 use crate::db::models::events::EventOutcome;
 use crate::db::models::invalidations::Invalidated;
@@ -121,6 +123,24 @@ fn samples() -> Vec<(&'static str, Change)> {
                 resource: "https://tv.example/mcp".into(),
             },
         ),
+        (
+            "provider_added",
+            provider(Actor::User(7), ProviderAction::Added { authorize_origin: "https://p.example".into() }),
+        ),
+        (
+            "provider_edited",
+            provider(
+                Actor::Cli,
+                ProviderAction::Edited {
+                    keys: vec!["scopes".into(), "client_secret".into()],
+                    authorize_origin: "https://p.example".into(),
+                },
+            ),
+        ),
+        ("provider_disabled", provider(Actor::User(7), ProviderAction::Disabled)),
+        ("provider_enabled", provider(Actor::User(7), ProviderAction::Enabled)),
+        ("provider_reverted", provider(Actor::User(7), ProviderAction::Reverted)),
+        ("provider_deleted", provider(Actor::Cli, ProviderAction::Deleted)),
     ]
 }
 
@@ -134,6 +154,10 @@ fn grant() -> GrantSubject {
         capabilities: vec!["proxy:read".into()],
         expires_at: 1_700_000_000,
     }
+}
+
+fn provider(by: Actor, action: ProviderAction) -> Change {
+    Change::ProviderChanged { by, name: "acme".into(), action }
 }
 
 fn ip() -> std::net::IpAddr {
@@ -179,14 +203,15 @@ fn variant(change: &Change) -> &'static str {
         Change::GrantCreated { .. } => "GrantCreated",
         Change::GrantRevoked { .. } => "GrantRevoked",
         Change::GrantTokensIssued { .. } => "GrantTokensIssued",
+        Change::ProviderChanged { .. } => "ProviderChanged",
     }
 }
 
-const VARIANTS: usize = 28;
+const VARIANTS: usize = 29;
 
 /// The samples past the connection ones, which no connection projection (history, outbox)
 /// makes anything of.
-const NOT_CONNECTIONS: [&str; 28] = [
+const NOT_CONNECTIONS: [&str; 34] = [
     "signed_in",
     "signin_refused",
     "signed_out",
@@ -215,6 +240,12 @@ const NOT_CONNECTIONS: [&str; 28] = [
     "grant_by_user",
     "grant_code_reused",
     "grant_issued",
+    "provider_added",
+    "provider_edited",
+    "provider_disabled",
+    "provider_enabled",
+    "provider_reverted",
+    "provider_deleted",
 ];
 
 fn with_none(mut rows: Vec<(&'static str, Option<&'static str>)>) -> Vec<(&'static str, Option<&'static str>)> {
@@ -373,6 +404,30 @@ fn audit_projection() {
                 r#"grant.tokens_issued grant:5 {at7} {{"client_id":"https://agent.example/client.json","grant_id":5,"grant_type":"refresh_token","resource":"https://tv.example/mcp"}}"#
             )),
         ),
+        (
+            "provider_added",
+            Some(r#"provider.changed user:7 user=Some(7) service=Some("acme") connection=None {"action":"added","authorize_origin":"https://p.example","provider":"acme"}"#),
+        ),
+        (
+            "provider_edited",
+            Some(r#"provider.changed cli user=None service=Some("acme") connection=None {"action":"edited","authorize_origin":"https://p.example","keys":["scopes","client_secret"],"provider":"acme"}"#),
+        ),
+        (
+            "provider_disabled",
+            Some(r#"provider.changed user:7 user=Some(7) service=Some("acme") connection=None {"action":"disabled","provider":"acme"}"#),
+        ),
+        (
+            "provider_enabled",
+            Some(r#"provider.changed user:7 user=Some(7) service=Some("acme") connection=None {"action":"enabled","provider":"acme"}"#),
+        ),
+        (
+            "provider_reverted",
+            Some(r#"provider.changed user:7 user=Some(7) service=Some("acme") connection=None {"action":"reverted","provider":"acme"}"#),
+        ),
+        (
+            "provider_deleted",
+            Some(r#"provider.changed cli user=None service=Some("acme") connection=None {"action":"deleted","provider":"acme"}"#),
+        ),
     ]));
     assert_eq!(got, want);
 }
@@ -430,6 +485,9 @@ fn invalidation_projection() {
     for (name, what) in &mut want {
         if name.starts_with("key_") && *name != "key_created" {
             *what = Some(Invalidated::ApiKey("9f86d0".into()));
+        }
+        if name.starts_with("provider_") {
+            *what = Some(Invalidated::Providers("acme".into()));
         }
     }
     assert_eq!(got, want);
@@ -595,6 +653,12 @@ fn wake_projection() {
         "grant_created",
         "grant_by_user",
         "grant_code_reused",
+        "provider_added",
+        "provider_edited",
+        "provider_disabled",
+        "provider_enabled",
+        "provider_reverted",
+        "provider_deleted",
     ]);
     assert_eq!(woken, want);
 }
@@ -713,4 +777,38 @@ fn a_checkpoint_event_is_recorded_only_when_an_endpoint_wants_it() {
     assert_eq!(body["type"], "audit.checkpoint");
     assert_eq!(body["data"], serde_json::to_value(checkpoint()).unwrap());
     assert!(crate::audit::verify(&mut conn, &cipher).unwrap().is_ok(), "the chain is untouched");
+}
+
+/// A provider change is one `provider.changed` event for every endpoint (names, never a secret),
+/// an audit entry and the `providers` invalidation that makes every instance rebuild its catalog.
+#[test]
+fn a_provider_change_is_audited_sent_and_invalidated() {
+    use crate::db::Db;
+    use crate::vault::Cipher;
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(&dir.path().join("t.sqlite").to_string_lossy()).unwrap();
+    let cipher = Cipher::for_tests(3);
+    let mut conn = db.conn().unwrap();
+    crate::audit::open(&mut conn, &cipher).unwrap().unwrap();
+    let action =
+        ProviderAction::Edited { keys: vec!["client_secret".into()], authorize_origin: "https://p.example".into() };
+    let committed = super::write_no_history(&mut conn, &cipher, |tx| tx.record(provider(Actor::Cli, action))).unwrap();
+    assert!(committed.wakes());
+    assert_eq!(committed.invalidated(), [Invalidated::Providers("acme".into())]);
+    committed.recorded_only();
+    let bodies = {
+        use crate::db::schema::webhook_events::dsl::*;
+        use diesel::prelude::*;
+        let conn = &mut conn;
+        crate::on_conn!(conn, c => webhook_events.select(body).order(id).load::<String>(c)).unwrap()
+    };
+    assert_eq!(bodies.len(), 1);
+    let body: serde_json::Value = serde_json::from_str(&bodies[0]).unwrap();
+    assert_eq!(body["type"], "provider.changed");
+    assert_eq!(
+        body["data"],
+        serde_json::json!({"provider": "acme", "action": "edited", "by": "cli", "keys": ["client_secret"],
+                           "authorize_origin": "https://p.example"})
+    );
+    assert!(crate::audit::verify(&mut conn, &cipher).unwrap().is_ok());
 }

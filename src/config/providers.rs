@@ -4,9 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ClientAuth {
     /// HTTP Basic `client_id:client_secret` (RFC 6749 §2.3.1).
@@ -15,7 +15,7 @@ pub enum ClientAuth {
     Post,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RevokeStyle {
     /// RFC 7009: form `token` + `token_type_hint`, client authentication.
@@ -36,7 +36,7 @@ pub enum RevokeStyle {
 }
 
 /// The HTTP method of a `bearer` revocation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum RevokeMethod {
     Post,
@@ -44,7 +44,7 @@ pub enum RevokeMethod {
 }
 
 /// How the code exchange and refresh requests are encoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TokenRequest {
     /// `application/x-www-form-urlencoded` (RFC 6749).
@@ -54,7 +54,7 @@ pub enum TokenRequest {
 }
 
 /// How the account call authenticates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AccountStyle {
     /// The access token authenticates a call to `account_url`, as it does API calls.
@@ -66,7 +66,7 @@ pub enum AccountStyle {
 
 /// What a URL parameter's value may be. None of them allows `/`, `@`, `?`, `#`, `%`, `\` or
 /// whitespace, so a parameter never moves a URL to another host or path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ParameterKind {
     /// One DNS label (`acme-store` of `acme-store.myshopify.com`): 1-63 of a-z, A-Z, 0-9 and `-`,
@@ -82,7 +82,7 @@ pub enum ParameterKind {
 
 /// A parameter a preset's URLs need (`{shop}`, `{subdomain}`, `{domain}`, `{realm}`…): the operator's
 /// table gives its value in `params` (Microsoft's `tenant` also as the `tenant` key).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ParameterSpec {
     pub name: String,
@@ -97,7 +97,7 @@ pub struct ParameterSpec {
     pub default: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum AccountMethod {
     Get,
@@ -106,7 +106,7 @@ pub enum AccountMethod {
 }
 
 /// One `[<profile>.providers.<name>]` table. Every field may override its preset.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
     pub preset: Option<String>,

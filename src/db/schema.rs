@@ -202,6 +202,19 @@ diesel::table! {
 }
 
 diesel::table! {
+    providers (name) {
+        name -> Text,
+        settings -> Nullable<Text>,
+        enabled -> Bool,
+        version -> BigInt,
+        revision -> Text,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+        updated_by -> Text,
+    }
+}
+
+diesel::table! {
     audit_log (id) {
         id -> BigInt,
         at -> BigInt,
@@ -331,6 +344,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     webhook_events,
     webhook_deliveries,
     webhook_endpoints,
+    providers,
     audit_log,
     audit_head,
     jobs,

@@ -33,6 +33,7 @@ use crate::db::models::connections::{self, Connection, ConnectionStatus, Which};
 use crate::db::Db;
 use crate::error::AppResult;
 use crate::oauth::http::Outbound;
+use crate::oauth::managed::LiveCatalog;
 use crate::oauth::metrics::OauthMetrics;
 use crate::oauth::providers::{Catalog, Provider};
 use crate::oauth::refresh::{refresh_if, AccessError, HttpEndpoint, RefreshLocks, Refresher};
@@ -245,7 +246,8 @@ pub struct Worker {
     pub metrics: OauthMetrics,
     pub locks: Arc<RefreshLocks>,
     pub settings: Arc<Settings>,
-    pub catalog: Arc<Catalog>,
+    /// Read once per pass: a provider disabled meanwhile is left alone from the next pass.
+    pub catalog: Arc<LiveCatalog>,
     /// Rung after a pass recorded webhook events (`connection.expiring`, …).
     pub webhooks: Arc<crate::webhooks::Webhooks>,
 }
@@ -272,7 +274,7 @@ impl Worker {
             locks: &self.locks,
             settings: &self.settings,
         };
-        pass(&ctx, &self.catalog, pace, stopping).await
+        pass(&ctx, &self.catalog.current(), pace, stopping).await
     }
 
     /// This worker as a background job (`crate::jobs`): a pass every `every` ([`tick`]), the first

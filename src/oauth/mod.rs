@@ -7,6 +7,7 @@ pub mod flow;
 pub mod http;
 pub mod id_token;
 pub mod keepalive;
+pub mod managed;
 pub mod metrics;
 pub mod parameters;
 pub mod preset_table;

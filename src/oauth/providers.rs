@@ -280,7 +280,7 @@ pub fn preset(name: &str) -> Option<&'static ProviderConfig> {
 const OIDC_ACCOUNT_FIELDS: (&str, &str, &str) = ("/sub", "/name", "/email");
 
 /// Overlay `over` on `base`: every field set in `over` wins.
-fn overlay(base: ProviderConfig, over: &ProviderConfig) -> ProviderConfig {
+pub(crate) fn overlay(base: ProviderConfig, over: &ProviderConfig) -> ProviderConfig {
     macro_rules! pick {
         ($($f:ident),*) => { ProviderConfig { $($f: over.$f.clone().or(base.$f),)* } };
     }
@@ -434,6 +434,18 @@ fn check_values(name: &str, merged: &ProviderConfig) -> Result<(), ConfigError> 
             return Err(invalid(key("scope_param"), "must be a parameter name (letters, digits and `_`)"));
         }
     }
+    let pointers = [
+        ("account_id_pointer", &merged.account_id_pointer),
+        ("account_name_pointer", &merged.account_name_pointer),
+        ("account_email_pointer", &merged.account_email_pointer),
+        ("account_label_pointer", &merged.account_label_pointer),
+    ];
+    for (name, pointer) in pointers {
+        // RFC 6901: empty (the whole document) or `/`-separated tokens.
+        if pointer.as_ref().is_some_and(|p| !p.is_empty() && !p.starts_with('/')) {
+            return Err(invalid(key(name), "must be a JSON pointer (starting with `/`, e.g. `/id`)"));
+        }
+    }
     if merged.token_response_root.as_ref().is_some_and(|root| !root.starts_with('/')) {
         return Err(invalid(key("token_response_root"), "must be a JSON pointer (starting with `/`)"));
     }
@@ -564,6 +576,16 @@ pub async fn discover(
     name: &str,
     cfg: &ProviderConfig,
 ) -> Result<Provider, String> {
+    resolve(name, &discovered_config(http, name, cfg).await?).map_err(|e| e.to_string())
+}
+
+/// What OpenID Connect discovery of `cfg.issuer` says, with `cfg` laid over it: the provider table
+/// to resolve (or to store, for a provider added in the app by its issuer).
+pub async fn discovered_config(
+    http: &crate::oauth::http::Outbound,
+    name: &str,
+    cfg: &ProviderConfig,
+) -> Result<ProviderConfig, String> {
     let issuer = cfg.issuer.clone().ok_or("no issuer configured")?;
     let url = format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'));
     let url = parse_endpoint(&format!("providers.{name}.issuer"), &url).map_err(|e| e.to_string())?;
@@ -599,7 +621,7 @@ pub async fn discover(
         scopes: Some(vec!["openid".into(), "email".into(), "profile".into()]),
         ..Default::default()
     };
-    resolve(name, &overlay(discovered, cfg)).map_err(|e| e.to_string())
+    Ok(overlay(discovered, cfg))
 }
 
 /// Every service users can connect, by name.
@@ -608,6 +630,9 @@ pub struct Catalog {
     providers: BTreeMap<String, Arc<Provider>>,
     /// Providers waiting for OpenID Connect discovery (done at ignite).
     pending: Vec<(String, ProviderConfig)>,
+    /// Providers disabled in the app (`crate::oauth::managed`): hidden from users and the API,
+    /// their connections kept.
+    disabled: BTreeMap<String, Arc<Provider>>,
 }
 
 impl Catalog {
@@ -627,7 +652,7 @@ impl Catalog {
             }
             providers.insert(name.clone(), Arc::new(resolve(name, cfg)?));
         }
-        Ok(Catalog { providers, pending })
+        Ok(Catalog { providers, pending, disabled: BTreeMap::new() })
     }
 
     /// Resolve the providers configured by `issuer` alone. A provider whose discovery fails is
@@ -646,6 +671,27 @@ impl Catalog {
 
     pub fn get(&self, name: &str) -> Option<Arc<Provider>> {
         self.providers.get(name).cloned()
+    }
+
+    /// A catalog of `providers` in effect and `disabled` ones (`crate::oauth::managed`).
+    pub fn assemble(providers: BTreeMap<String, Arc<Provider>>, disabled: BTreeMap<String, Arc<Provider>>) -> Catalog {
+        Catalog { providers, pending: Vec::new(), disabled }
+    }
+
+    /// Whether `name` is a provider disabled in the app.
+    pub fn is_disabled(&self, name: &str) -> bool {
+        self.disabled.contains_key(name)
+    }
+
+    /// The provider `name`, in effect or disabled: for what must go on with a disabled provider's
+    /// kept connections (a user deleting one, revoking replaced tokens, naming it on a page).
+    pub fn get_any(&self, name: &str) -> Option<Arc<Provider>> {
+        self.providers.get(name).or_else(|| self.disabled.get(name)).cloned()
+    }
+
+    /// The providers in effect, by name.
+    pub fn providers(&self) -> &BTreeMap<String, Arc<Provider>> {
+        &self.providers
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Provider>> {

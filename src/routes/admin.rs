@@ -42,7 +42,8 @@ async fn vault_page(app: &State<AppState>, admin: AdminUser<'_>, layout: Layout)
     let stored = app.db.run(vault::list).await?;
     let now = now();
     let mut entries: Vec<EntryView> = Vec::new();
-    for p in app.catalog.iter() {
+    let catalog = app.catalog.current();
+    for p in catalog.iter() {
         for path in [p.client_id_path(), p.client_secret_path()] {
             let found = stored.iter().find(|e| e.path == path);
             entries.push(EntryView {
@@ -67,8 +68,7 @@ async fn vault_page(app: &State<AppState>, admin: AdminUser<'_>, layout: Layout)
             });
         }
     }
-    let redirect_uris =
-        app.catalog.iter().map(|p| (p.display_name.clone(), app.settings.redirect_uri(&p.name))).collect();
+    let redirect_uris = catalog.iter().map(|p| (p.display_name.clone(), app.settings.redirect_uri(&p.name))).collect();
     let page = VaultPage { entries, csrf_token: admin.0.csrf_token.clone(), redirect_uris };
     Ok(Template::render("admin/vault", Page::new(layout, "Project vault", page)))
 }

@@ -30,7 +30,15 @@ pub fn routes() -> Vec<Route> {
 type ApiResult<T> = Result<T, AppError>;
 
 fn provider(app: &AppState, service: &str) -> ApiResult<std::sync::Arc<Provider>> {
-    app.catalog.get(service).ok_or(AppError::UnknownService)
+    let catalog = app.catalog.current();
+    match catalog.get(service) {
+        Some(p) => Ok(p),
+        // Disabled by an administrator: a clear 409 `service_disabled` (its connections are kept).
+        None => Err(match catalog.get_any(service) {
+            Some(disabled) => AppError::ServiceDisabled(disabled.service()),
+            None => AppError::UnknownService,
+        }),
+    }
 }
 
 #[get("/openapi.json")]
@@ -70,7 +78,7 @@ async fn list_connections(app: &State<AppState>, user: &ApiUser) -> ApiResult<Js
     Ok(Json(
         rows.iter()
             .filter(|c| user.scope.allows_service(&c.service))
-            .map(|c| ConnectionOut::from(ConnectionView::of(c, &app.catalog)))
+            .map(|c| ConnectionOut::from(ConnectionView::of(c, &app.catalog.current())))
             .collect(),
     ))
 }

@@ -126,7 +126,7 @@ async fn render(
         evicted,
         error,
         api_base: app.settings.url("/api/v1"),
-        services: app.catalog.iter().map(|p| Choice::new(&p.name, &p.display_name)).collect(),
+        services: app.catalog.current().iter().map(|p| Choice::new(&p.name, &p.display_name)).collect(),
         capabilities: Capability::ALL.iter().map(|c| Choice::new(c.as_str(), capability_label(*c))).collect(),
     };
     Ok(Template::render("settings/api_keys", Page::new(layout, "API keys", page)))

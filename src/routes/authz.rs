@@ -88,7 +88,7 @@ fn metadata(app: &AppState) -> Value {
         "token_endpoint_auth_methods_supported": ["none", "client_secret_basic", "client_secret_post"],
         "revocation_endpoint_auth_methods_supported": ["none", "client_secret_basic", "client_secret_post"],
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-        "scopes_supported": scopes_supported(app.catalog.iter().map(|p| p.name.as_str())),
+        "scopes_supported": scopes_supported(app.catalog.current().iter().map(|p| p.name.as_str())),
         "authorization_response_iss_parameter_supported": true,
         "client_id_metadata_document_supported": true,
         "service_documentation": s.url("/api/v1/openapi.json"),
@@ -122,7 +122,7 @@ fn resource_metadata(app: &AppState, resource: Resource) -> Value {
     json!({
         "resource": resource.url(s),
         "authorization_servers": [issuer(s)],
-        "scopes_supported": scopes_supported(app.catalog.iter().map(|p| p.name.as_str())),
+        "scopes_supported": scopes_supported(app.catalog.current().iter().map(|p| p.name.as_str())),
         "bearer_methods_supported": ["header"],
         "resource_name": name,
         "resource_documentation": s.url("/api/v1/openapi.json"),
@@ -389,6 +389,7 @@ fn consent_page(
             .collect(),
         services: app
             .catalog
+            .current()
             .iter()
             .map(|p| Choice {
                 value: p.name.clone(),

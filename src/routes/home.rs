@@ -50,12 +50,12 @@ async fn index(app: &State<AppState>, user: Option<&CurrentUser>, layout: Layout
     let uid = user.id;
     let rows = app.db.run(move |conn| Ok(connections::list_for_user(conn, uid)?)).await?;
     let now = now();
-    let services = app
-        .catalog
+    let catalog = app.catalog.current();
+    let services = catalog
         .iter()
         .map(|p| {
             let mine: Vec<ConnectionView> =
-                rows.iter().filter(|c| c.service == p.name).map(|c| ConnectionView::of(c, &app.catalog)).collect();
+                rows.iter().filter(|c| c.service == p.name).map(|c| ConnectionView::of(c, &catalog)).collect();
             // The card shows the connection in the worst state (the first among equals).
             let row = mine.iter().min_by_key(|c| (c.health.severity_rank(), c.id));
             let health = row.map(|c| &c.health);

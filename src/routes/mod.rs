@@ -11,6 +11,7 @@ pub mod authz;
 pub mod health;
 pub mod home;
 pub mod password;
+pub mod providers;
 pub mod services;
 pub mod sessions;
 pub mod settings;

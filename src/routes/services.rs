@@ -26,7 +26,14 @@ pub fn routes() -> Vec<Route> {
 }
 
 pub fn provider(app: &AppState, service: &str) -> AppResult<Arc<Provider>> {
-    app.catalog.get(service).ok_or(AppError::NotFound)
+    let catalog = app.catalog.current();
+    match catalog.get(service) {
+        Some(p) => Ok(p),
+        None => Err(match catalog.get_any(service) {
+            Some(disabled) => AppError::ServiceDisabled(disabled.service()),
+            None => AppError::NotFound,
+        }),
+    }
 }
 
 /// The Redirector's link that asks for more permissions on connection `id` (an incremental

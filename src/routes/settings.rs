@@ -98,6 +98,7 @@ async fn oauth2(app: &State<AppState>, user: &CurrentUser, layout: Layout) -> Ap
         .await?;
     let now = now();
     let mut seen = std::collections::HashSet::new();
+    let catalog = app.catalog.current();
     let connections = rows
         .into_iter()
         .map(|(c, ev)| {
@@ -113,7 +114,7 @@ async fn oauth2(app: &State<AppState>, user: &CurrentUser, layout: Layout) -> Ap
                     detail: e.detail,
                 })
                 .collect();
-            ConnectionRow::of(ConnectionView::of(&c, &app.catalog), first, events, now)
+            ConnectionRow::of(ConnectionView::of(&c, &catalog), first, events, now)
         })
         .collect();
     let mut connections: Vec<ConnectionRow> = connections;
@@ -209,7 +210,8 @@ async fn delete(
     if !removed {
         return Err(AppError::NotFound);
     }
-    let name = app.catalog.get(service).map(|p| p.display_name.clone()).unwrap_or_else(|| service.to_string());
+    let name =
+        app.catalog.current().get_any(service).map(|p| p.display_name.clone()).unwrap_or_else(|| service.to_string());
     tracing::info!(user_id = user.id, service, "connection deleted");
     Ok(Flash::success(
         Redirect::to(uri!(oauth2)),

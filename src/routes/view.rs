@@ -31,7 +31,7 @@ pub struct ConnectionView {
 
 impl ConnectionView {
     pub fn of(c: &Connection, catalog: &Catalog) -> ConnectionView {
-        let provider = catalog.get(&c.service);
+        let provider = catalog.get_any(&c.service);
         ConnectionView {
             id: c.id,
             service: c.service.clone(),

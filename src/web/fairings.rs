@@ -18,28 +18,75 @@ fn is_source_expression(text: &str) -> bool {
 
 /// Security headers on every response, error pages included.
 pub struct SecurityHeaders {
-    csp: String,
+    csp: std::sync::RwLock<(u64, String)>,
+    /// The providers in effect, whose authorize origins `form-action` follows (`None`: fixed).
+    live: Option<LiveForms>,
     hsts: bool,
+}
+
+/// Where the live `form-action` list comes from.
+struct LiveForms {
+    catalog: std::sync::Arc<crate::oauth::managed::LiveCatalog>,
+    own_origin: String,
+    /// Origins allowed whatever the catalog (the demo provider's registered redirect URIs).
+    extra: Vec<String>,
+}
+
+fn csp_of(form_action_origins: &[String]) -> String {
+    let mut form_action = String::from("'self'");
+    for origin in form_action_origins {
+        form_action.push(' ');
+        form_action.push_str(origin);
+    }
+    format!(
+        "default-src 'none'; style-src 'self'; img-src 'self' data:; font-src 'self'; \
+         form-action {form_action}; frame-ancestors 'none'; base-uri 'none'"
+    )
 }
 
 impl SecurityHeaders {
     /// `form_action_origins`: the providers' authorize origins, which the Authorize form's redirect
     /// must be allowed to reach (browsers apply `form-action` to redirects after a form POST).
     pub fn new(form_action_origins: &[String], https: bool) -> SecurityHeaders {
-        let mut form_action = String::from("'self'");
-        for origin in form_action_origins {
-            form_action.push(' ');
-            form_action.push_str(origin);
-        }
-        let csp = format!(
-            "default-src 'none'; style-src 'self'; img-src 'self' data:; font-src 'self'; \
-             form-action {form_action}; frame-ancestors 'none'; base-uri 'none'"
-        );
-        SecurityHeaders { csp, hsts: https }
+        SecurityHeaders { csp: std::sync::RwLock::new((0, csp_of(form_action_origins))), live: None, hsts: https }
     }
 
-    pub fn csp(&self) -> &str {
-        &self.csp
+    /// `form-action` following the catalog in effect: the authorize origins of its providers
+    /// (other than `own_origin`) and `extra`, recomputed when the catalog is replaced.
+    pub fn live(
+        catalog: std::sync::Arc<crate::oauth::managed::LiveCatalog>,
+        own_origin: String,
+        extra: Vec<String>,
+        https: bool,
+    ) -> SecurityHeaders {
+        let live = LiveForms { catalog, own_origin, extra };
+        let csp = std::sync::RwLock::new((live.catalog.generation(), csp_of(&live.origins())));
+        SecurityHeaders { csp, live: Some(live), hsts: https }
+    }
+
+    pub fn csp(&self) -> String {
+        if let Some(live) = &self.live {
+            let generation = live.catalog.generation();
+            let current = self.csp.read().unwrap_or_else(|e| e.into_inner());
+            if current.0 != generation {
+                drop(current);
+                let csp = csp_of(&live.origins());
+                *self.csp.write().unwrap_or_else(|e| e.into_inner()) = (generation, csp.clone());
+                return csp;
+            }
+            return current.1.clone();
+        }
+        self.csp.read().unwrap_or_else(|e| e.into_inner()).1.clone()
+    }
+}
+
+impl LiveForms {
+    fn origins(&self) -> Vec<String> {
+        let mut origins = self.catalog.current().authorize_origins(&self.own_origin);
+        origins.extend(self.extra.iter().cloned());
+        origins.sort();
+        origins.dedup();
+        origins
     }
 }
 
@@ -54,9 +101,10 @@ impl Fairing for SecurityHeaders {
         // client's redirect URI) names it in FORM_ACTION_HEADER; it is added to `form-action`.
         let extra = res.headers().get_one(FORM_ACTION_HEADER).filter(|o| is_source_expression(o)).map(str::to_string);
         res.remove_header(FORM_ACTION_HEADER);
+        let csp = self.csp();
         let csp = match extra {
-            Some(origin) => self.csp.replacen("form-action ", &format!("form-action {origin} "), 1),
-            None => self.csp.clone(),
+            Some(origin) => csp.replacen("form-action ", &format!("form-action {origin} "), 1),
+            None => csp,
         };
         res.set_header(Header::new("Content-Security-Policy", csp));
         res.set_header(Header::new("X-Content-Type-Options", "nosniff"));

@@ -111,6 +111,25 @@ pub fn record_grant(conn: &mut Conn, event_type: EventType, data: &GrantData) ->
     insert(conn, event_type, data, None).map(|(_, msg_id)| msg_id)
 }
 
+/// What a `provider.changed` event says: the provider, what was done, by whom (never a secret).
+#[derive(Debug, Clone, Serialize)]
+pub struct ProviderChangedData<'a> {
+    pub provider: &'a str,
+    pub action: &'a str,
+    pub by: String,
+    /// Keys set by an edit (names only; `client_secret` when a new one was sealed into the vault).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keys: Option<&'a [String]>,
+    /// The origin of the provider's authorize URL (after an add or edit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authorize_origin: Option<&'a str>,
+}
+
+/// Record a `provider.changed` event (fanned out to every endpoint whose filter wants it).
+pub fn record_provider_changed(conn: &mut Conn, data: &ProviderChangedData<'_>) -> diesel::QueryResult<String> {
+    insert(conn, EventType::ProviderChanged, data, None).map(|(_, msg_id)| msg_id)
+}
+
 /// Record a `webhook.test` event for the endpoint `endpoint` only, ready to deliver.
 pub fn record_test(conn: &mut Conn, endpoint: &str, by: &str) -> diesel::QueryResult<String> {
     #[derive(Serialize)]

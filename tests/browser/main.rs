@@ -24,6 +24,7 @@ mod headers;
 mod oauth_consent;
 mod phone;
 mod provider_accounts;
+mod providers;
 mod revocation;
 mod sessions;
 #[allow(dead_code)]

@@ -109,6 +109,7 @@ async fn every_page_fits_a_phone_and_every_action_is_on_screen() {
         ("/admin/webhooks", "#no-webhooks"),
         ("/settings/apps", "#no-connected-apps"),
         ("/admin/oauth-clients", "#oauth-client-form"),
+        ("/admin/providers", "#providers"),
         ("/demo/", "#demo-grants"),
         ("/no-such-page", "#error[data-status=\"404\"]"),
     ] {

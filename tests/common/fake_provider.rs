@@ -39,6 +39,9 @@ pub struct State {
     /// The app's `public_url` when a test sets another than `PUBLIC_URL` (the expected
     /// `redirect_uri` is built from it).
     pub public_url: Option<String>,
+    /// The service name the app knows this provider by, when not `fake` (the expected
+    /// `redirect_uri` is `<public_url>/services/<service>/callback`).
+    pub service: Option<String>,
     /// The account the user is signed in to at the provider: tokens issued for a code belong to
     /// it (`None`: [`FakeProvider::default_account`]); refreshed ones to their refresh token's.
     pub account: Option<serde_json::Value>,
@@ -159,7 +162,10 @@ impl Respond for TokenEndpoint {
                 let code = f.get("code").cloned().unwrap_or_default();
                 let Some(challenge) = st.codes.remove(&code) else { return error(400, "invalid_grant") };
                 let public_url = st.public_url.as_deref().unwrap_or(PUBLIC_URL);
-                if f.get("redirect_uri").map(String::as_str) != Some(&format!("{public_url}/services/fake/callback")) {
+                let service = st.service.as_deref().unwrap_or("fake");
+                if f.get("redirect_uri").map(String::as_str)
+                    != Some(&format!("{public_url}/services/{service}/callback"))
+                {
                     return error(400, "invalid_grant");
                 }
                 if st.enforce_pkce {

@@ -30,6 +30,7 @@ mod multi_instance;
 mod oauth_server;
 mod oidc;
 mod provider_accounts;
+mod providers;
 mod refresh;
 mod revoke_presets;
 mod settings_vault;

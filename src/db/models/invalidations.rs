@@ -13,6 +13,8 @@ crate::db::text_enum::text_enum! {
         ApiKey = "api_key",
         /// `key` is `<user id>:<service>`.
         Connection = "connection",
+        /// `key` is the provider's name: every instance rebuilds its provider catalog.
+        Providers = "providers",
     }
 }
 
@@ -23,6 +25,8 @@ pub enum Invalidated {
     ApiKey(String),
     /// The connection of (user, service).
     Connection { user_id: i64, service: String },
+    /// The providers managed in the app (`key`: the one that changed).
+    Providers(String),
 }
 
 impl Invalidated {
@@ -30,6 +34,7 @@ impl Invalidated {
         match self {
             Invalidated::ApiKey(_) => InvalidationKind::ApiKey,
             Invalidated::Connection { .. } => InvalidationKind::Connection,
+            Invalidated::Providers(_) => InvalidationKind::Providers,
         }
     }
 
@@ -38,6 +43,7 @@ impl Invalidated {
         match self {
             Invalidated::ApiKey(hash) => hash.clone(),
             Invalidated::Connection { user_id, service } => format!("{user_id}:{service}"),
+            Invalidated::Providers(name) => name.clone(),
         }
     }
 
@@ -45,6 +51,7 @@ impl Invalidated {
     pub fn parse(kind: &str, key: &str) -> Result<Invalidated, UnknownText> {
         match kind.parse::<InvalidationKind>()? {
             InvalidationKind::ApiKey => Ok(Invalidated::ApiKey(key.to_string())),
+            InvalidationKind::Providers => Ok(Invalidated::Providers(key.to_string())),
             InvalidationKind::Connection => key
                 .split_once(':')
                 .and_then(|(user, service)| Some((user.parse::<i64>().ok()?, service)))
@@ -124,7 +131,7 @@ mod tests {
     #[test]
     fn every_kind_is_stored_as_its_string() {
         let kinds: Vec<_> = InvalidationKind::ALL.iter().map(|k| k.as_str()).collect();
-        assert_eq!(kinds, ["api_key", "connection"]);
+        assert_eq!(kinds, ["api_key", "connection", "providers"]);
         crate::db::text_enum::assert_text_round_trips!(InvalidationKind);
     }
 
@@ -133,6 +140,7 @@ mod tests {
         for what in [
             Invalidated::ApiKey("9f86d081884c7d65".into()),
             Invalidated::Connection { user_id: 7, service: "dropbox".into() },
+            Invalidated::Providers("acme".into()),
             Invalidated::Connection { user_id: 7, service: "with:colon".into() },
         ] {
             let (kind, key) = (what.kind(), what.key());

@@ -13,6 +13,8 @@ pub mod jobs;
 /// What the limit columns of `api_keys` mean (not a table of its own).
 pub mod key_scope;
 pub mod meta;
+/// Providers added, edited or disabled in the app (`oauth::managed`).
+pub mod providers;
 /// Replaced and discarded tokens waiting to be revoked at the provider (`oauth::retire`).
 pub mod revocations;
 pub mod sessions;

@@ -26,6 +26,9 @@ crate::db::text_enum::text_enum! {
         GrantCreated = "grant.created",
         /// A grant ended before its expiry (`data`: the grant and why).
         GrantRevoked = "grant.revoked",
+        /// A provider was added, edited, disabled, enabled, reverted or deleted in the app
+        /// (`crate::oauth::managed`; never a secret).
+        ProviderChanged = "provider.changed",
     }
 }
 
@@ -315,7 +318,8 @@ mod tests {
                 "webhook.test",
                 "audit.checkpoint",
                 "grant.created",
-                "grant.revoked"
+                "grant.revoked",
+                "provider.changed"
             ]
         );
         let statuses: Vec<_> = DeliveryStatus::ALL.iter().map(|s| s.as_str()).collect();

@@ -32,7 +32,8 @@ use crate::db::Db;
 use crate::error::AppResult;
 use crate::jobs::queue::{self, Failed};
 use crate::oauth::http::Outbound;
-use crate::oauth::providers::{Catalog, Provider, RevokeStyle};
+use crate::oauth::managed::LiveCatalog;
+use crate::oauth::providers::{Provider, RevokeStyle};
 use crate::oauth::revoke::{self, CallFailed, Token};
 use crate::oauth::store::Tokens;
 use crate::oauth::tokens;
@@ -82,7 +83,7 @@ pub struct Worker {
     pub db: Db,
     pub cipher: Arc<Cipher>,
     pub http: Outbound,
-    pub catalog: Arc<Catalog>,
+    pub catalog: Arc<LiveCatalog>,
     /// Rung when a unit of work queued a job (`crate::changes::Effects::jobs`).
     pub queue: Arc<crate::jobs::Wake>,
     /// `default_token_lifetime` (a Dropbox refresh before its revocation).
@@ -192,7 +193,8 @@ impl Worker {
 
     /// Revoke one row's tokens in the provider's style.
     async fn attempt(&self, row: &Revocation) -> Attempt {
-        let Some(provider) = self.catalog.get(&row.service) else {
+        // A disabled provider's replaced tokens are still revoked.
+        let Some(provider) = self.catalog.current().get_any(&row.service) else {
             return Attempt::Dropped("the provider is no longer configured".into());
         };
         if !provider.revokes_retired_tokens() {
