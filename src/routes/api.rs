@@ -142,7 +142,7 @@ async fn chosen(
 }
 
 /// The audit entry of a token read or proxy call by an API key, for connection `row`.
-fn read_entry(
+pub(crate) fn read_entry(
     kind: audit::Kind,
     user: &ApiUser,
     row: &connections::Connection,

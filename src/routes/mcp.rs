@@ -27,7 +27,7 @@ use crate::auth::api_key::{ApiUser, Capability, Via};
 use crate::authz::Resource;
 use crate::db::models::connections::{self, Which};
 use crate::error::AppError;
-use crate::oauth::access::{connection_set, pick, AccessError, Named};
+use crate::oauth::access::{connection_set, pick, Named};
 use crate::oauth::proxy::Forward;
 use crate::routes::api::{forward_audited, proxy_target, ChoiceQuery};
 use crate::routes::view::ConnectionView;
@@ -436,7 +436,7 @@ async fn call_tool(app: &AppState, user: &ApiUser, params: &Value, address: Opti
         "list_connections" => list_connections(app, user, arg(&args, "service")?).await,
         "get_account" => {
             let service = arg(&args, "service")?.ok_or((-32602, "Invalid params: `service` is required.".into()))?;
-            get_account(app, user, service, arg(&args, "account")?).await
+            get_account(app, user, service, arg(&args, "account")?, address).await
         }
         _ => call_api(app, user, &args, address).await,
     }
@@ -472,7 +472,15 @@ async fn list_connections(app: &AppState, user: &ApiUser, service: Option<&str>)
     Ok(tool_result(json!({"connections": list, "services": services}), false))
 }
 
-async fn get_account(app: &AppState, user: &ApiUser, service: &str, account: Option<&str>) -> ToolOutcome {
+/// The account page's data; audited as a `proxy.call` (the stored token was used at the
+/// provider's account API), with `"tool": "get_account"`.
+async fn get_account(
+    app: &AppState,
+    user: &ApiUser,
+    service: &str,
+    account: Option<&str>,
+    address: Option<String>,
+) -> ToolOutcome {
     if let Err(e) = user.require(Capability::ConnectionsRead, Some(service)) {
         return Ok(tool_error(app, user, Some(service), e));
     }
@@ -491,7 +499,21 @@ async fn get_account(app: &AppState, user: &ApiUser, service: &str, account: Opt
         Ok(row) => row,
         Err(e) => return Ok(tool_error(app, user, Some(service), e)),
     };
-    match crate::oauth::account::fetch_account(&app.access(), Which::id(user.id, row.id), &p).await {
+    let fetched = crate::oauth::account::fetch_account(&app.access(), Which::id(user.id, row.id), &p)
+        .await
+        .map_err(|e| e.into_app_error(&p));
+    let status = match &fetched {
+        Ok(_) => 200,
+        Err(e) => e.status().code,
+    };
+    app.audit.read(
+        crate::routes::api::read_entry(crate::audit::Kind::ProxyCall, user, &row, address)
+            .with("method", "GET")
+            .with("path", "(account)")
+            .with("tool", "get_account")
+            .with("status", status),
+    );
+    match fetched {
         Ok(info) => Ok(tool_result(
             json!({
                 "service": p.name,
@@ -503,10 +525,7 @@ async fn get_account(app: &AppState, user: &ApiUser, service: &str, account: Opt
             }),
             false,
         )),
-        Err(e @ (AccessError::NotConnected | AccessError::ReconnectRequired)) => {
-            Ok(tool_error(app, user, Some(service), e.into_app_error(&p)))
-        }
-        Err(e) => Ok(tool_error(app, user, Some(service), e.into_app_error(&p))),
+        Err(e) => Ok(tool_error(app, user, Some(service), e)),
     }
 }
 
@@ -593,4 +612,33 @@ async fn call_api(app: &AppState, user: &ApiUser, args: &Value, address: Option<
         },
     };
     Ok(tool_result(json!({"status": status, "headers": headers, "body": body}), false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Sessions, VERSIONS};
+
+    #[test]
+    fn a_session_is_bound_to_its_grant_and_ends_once() {
+        let sessions = Sessions::default();
+        let id = sessions.open(7, VERSIONS[1]);
+        assert_eq!(sessions.use_session(&id, 7), Some("2025-06-18"));
+        assert_eq!(sessions.use_session(&id, 8), None, "another grant's token");
+        assert_eq!(sessions.use_session("nope", 7), None);
+        assert!(!sessions.end(&id, 8), "another grant cannot end it");
+        assert!(sessions.end(&id, 7));
+        assert!(!sessions.end(&id, 7));
+        assert_eq!(sessions.use_session(&id, 7), None);
+        let (a, b) = (sessions.open(1, VERSIONS[0]), sessions.open(1, VERSIONS[0]));
+        assert_ne!(a, b, "fresh random ids");
+        assert!(a.len() >= 32);
+    }
+
+    #[test]
+    fn idle_sessions_expire() {
+        let sessions = Sessions::default();
+        let id = sessions.open(1, VERSIONS[0]);
+        sessions.0.lock().unwrap().get_mut(&id).unwrap().last_used -= super::SESSION_IDLE + 1;
+        assert_eq!(sessions.use_session(&id, 1), None);
+    }
 }

@@ -282,6 +282,11 @@ async fn no_provider_token_in_any_answer_and_a_connect_link_when_not_connected()
     called["structuredContent"]["body"]["headers"] = Value::Null;
     called["content"] = Value::Null;
     answers.push(called);
+    app.state().audit.flush().await;
+    let audited = app.count(
+        "SELECT COUNT(*) AS n FROM audit_log WHERE kind = 'proxy.call' AND detail LIKE '%get_account%' AND actor LIKE 'grant:%'",
+    );
+    assert_eq!(audited, 1, "get_account is audited as the grant's");
     // Not connected: a tool error with the Redirector's link for alice.
     let missing = call(&app, &token, &sid, "call_api", json!({"service": "demo", "path": "me"})).await;
     assert_eq!(missing["isError"], true, "{missing}");
