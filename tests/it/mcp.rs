@@ -305,3 +305,22 @@ async fn no_provider_token_in_any_answer_and_a_connect_link_when_not_connected()
     let bob = app.user("bob").await;
     assert_eq!(bob.fetch(path).await.status, Status::Forbidden);
 }
+
+#[tokio::test]
+async fn after_the_user_connects_the_same_call_succeeds() {
+    let app = builder().start().await;
+    let alice = app.user("alice").await;
+    // A grant for every service, before any connection: it covers the one connected later.
+    let token = mcp_token(&app, &alice, "proxy:read").await;
+    let sid = session(&app, &token).await;
+    let args = json!({"service": "fake", "path": "files"});
+    let first = call(&app, &token, &sid, "call_api", args.clone()).await;
+    assert_eq!(first["isError"], true, "{first}");
+    assert_eq!(first["structuredContent"]["error"], "not_connected");
+    let link = first["structuredContent"]["connect_url"].as_str().unwrap();
+    assert!(link.contains("/services/fake/authorize?for_user="), "{link}");
+    alice.connect("fake").await;
+    let again = call(&app, &token, &sid, "call_api", args).await;
+    assert_eq!(again["isError"], false, "{again}");
+    assert_eq!(again["structuredContent"]["status"], 201);
+}
