@@ -150,7 +150,7 @@ async fn chosen(
 }
 
 /// The audit entry of a token read or proxy call by an API key, for connection `row`.
-fn read_entry(
+pub(crate) fn read_entry(
     kind: audit::Kind,
     user: &ApiUser,
     row: &connections::Connection,
@@ -273,14 +273,8 @@ async fn run_proxy(
     incoming: Incoming,
     body: Option<Data<'_>>,
 ) -> ApiResult<Proxied> {
-    let capability = match method {
-        reqwest::Method::GET | reqwest::Method::HEAD => Capability::ProxyRead,
-        _ => Capability::Proxy,
-    };
-    user.require(capability, Some(service))?;
-    let p = provider(app, service)?;
     let (choice, query) = split_query(incoming.query.as_deref())?;
-    let (which, row) = chosen(app, user, &p, &choice).await?;
+    let (p, which, row) = proxy_target(app, user, service, &method, &choice).await?;
     let body = match body {
         Some(data) => {
             let capped = data
@@ -303,29 +297,64 @@ async fn run_proxy(
         headers: incoming.headers,
         body,
     };
+    let answer = forward_audited(app, user, &p, which, &row, forward, incoming.address).await?;
+    Ok(Proxied { answer, limit: app.settings.api.proxy_max_response_bytes })
+}
+
+/// The provider and connection a proxied call with `method` goes to, once the key or grant is
+/// checked for it (`proxy:read` for GET and HEAD, `proxy` for the rest). Shared with `/mcp`'s
+/// `call_api`.
+pub(crate) async fn proxy_target(
+    app: &AppState,
+    user: &ApiUser,
+    service: &str,
+    method: &reqwest::Method,
+    choice: &ChoiceQuery,
+) -> ApiResult<(std::sync::Arc<Provider>, Which, std::sync::Arc<connections::Connection>)> {
+    let capability = match *method {
+        reqwest::Method::GET | reqwest::Method::HEAD => Capability::ProxyRead,
+        _ => Capability::Proxy,
+    };
+    user.require(capability, Some(service))?;
+    let p = provider(app, service)?;
+    let (which, row) = chosen(app, user, &p, choice).await?;
+    Ok((p, which, row))
+}
+
+/// Forward a proxied call (`proxy::forward`: its limits and refresh-on-401) and audit it as a
+/// `proxy.call` (coalesced like token reads). Shared with `/mcp`'s `call_api`.
+pub(crate) async fn forward_audited(
+    app: &AppState,
+    user: &ApiUser,
+    p: &Provider,
+    which: Which,
+    row: &connections::Connection,
+    forward: Forward<'_>,
+    address: Option<String>,
+) -> ApiResult<proxy::Answer> {
     let (method, template) = (forward.method.to_string(), audit::path_template(&forward.segments));
-    let result = proxy::forward(&app.access(), which, &p, forward).await.map_err(|e| e.into_app_error(&p));
+    let result = proxy::forward(&app.access(), which, p, forward).await.map_err(|e| e.into_app_error(p));
     let status = match &result {
         Ok(answer) => answer.response.status().as_u16(),
         Err(e) => e.status().code,
     };
     app.audit.read(
-        read_entry(audit::Kind::ProxyCall, user, &row, incoming.address)
+        read_entry(audit::Kind::ProxyCall, user, row, address)
             .with("method", method)
             .with("path", template)
             .with("status", status),
     );
-    result.map(|answer| Proxied { answer, limit: app.settings.api.proxy_max_response_bytes })
+    result
 }
 
 /// tokenvault's own parameters of a proxied call's query (`account`, `connection`,
 /// `required_scopes`; a malformed `connection` is a 400), and the rest of the query, forwarded
 /// byte for byte as it came.
 #[derive(Debug, Default)]
-struct ChoiceQuery {
-    account: Option<String>,
-    connection: Option<i64>,
-    required_scopes: Option<String>,
+pub(crate) struct ChoiceQuery {
+    pub account: Option<String>,
+    pub connection: Option<i64>,
+    pub required_scopes: Option<String>,
 }
 
 /// The token API and the proxy read them alike: a parameter given twice is a 400 (which one

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod authz;
 pub mod health;
 pub mod home;
+pub mod mcp;
 pub mod password;
 pub mod providers;
 pub mod services;

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use rocket::form::FromForm;
-use rocket::http::Header;
+use rocket::http::{Header, Status};
 use rocket::response::{Redirect, Responder};
 use rocket::{get, post, routes, Route, State};
 use rocket_dyn_templates::Template;
@@ -77,6 +77,7 @@ struct AuthorizePage {
 }
 
 #[get("/services/<service>/authorize?<next>&<connection>&<scopes>")]
+#[allow(clippy::too_many_arguments)]
 async fn authorize_page(
     app: &State<AppState>,
     user: &CurrentUser,
@@ -85,50 +86,69 @@ async fn authorize_page(
     next: Option<&str>,
     connection: Vec<String>,
     scopes: Vec<String>,
-) -> AppResult<Template> {
-    let (connection, scopes) = (fields::connection_id(&connection)?, fields::once("scopes", &scopes)?);
-    let p = provider(app, service)?;
-    let cipher = app.cipher.clone();
-    let (name, uid) = (p.name.clone(), user.id);
-    let (configured, rows) = app
-        .db
-        .run(move |conn| {
-            Ok((vault::client_credentials(conn, &cipher, &name)?.is_some(), connections::list_for(conn, uid, &name)?))
-        })
-        .await?;
-    let target = match connection {
-        Some(id) => Some(rows.iter().find(|c| c.id == id).ok_or(AppError::NotFound)?),
-        None => None,
-    };
-    let existing = target.or(if rows.len() == 1 { rows.first() } else { None });
-    let more = scope_param(scopes);
-    let all = flow::scopes_for(&p, target, &more)?;
-    let page = AuthorizePage {
-        service: p.name.clone(),
-        display_name: p.display_name.clone(),
-        description: p.description.clone(),
-        provider_host: if p.is_demo {
-            "the demo provider built into this tokenvault".to_string()
-        } else {
-            p.authorize_url.host_str().unwrap_or_default().to_string()
-        },
-        more_scopes: more.iter().filter(|s| !target.is_some_and(|t| t.granted().contains(s))).cloned().collect(),
-        more_scopes_param: more.join(","),
-        scopes: all,
-        redirect_uri: app.settings.redirect_uri(&p.name),
-        configured,
-        client_id_path: p.client_id_path(),
-        is_admin: user.is_admin,
-        already_connected: !rows.is_empty(),
-        reconnect: existing.is_some_and(|c| c.status == ConnectionStatus::ReconnectRequired),
-        connection: target.map(|c| c.id),
-        account_label: existing.and_then(|c| c.account_label.clone().or_else(|| c.account().map(|a| a.id))),
-        can_add_account: !rows.is_empty() && identifies(&p),
-        csrf_token: user.csrf_token.clone(),
-        next: return_path(next),
-    };
-    let title = format!("Connect {}", p.display_name);
-    Ok(Template::render("services/authorize", Page::new(layout, title, page)))
+    origin: &rocket::http::uri::Origin<'_>,
+) -> Result<AppResult<Template>, Status> {
+    // A link made for one user (`/mcp`'s "connect it" link names the grant's user): 403 to
+    // anyone else signed in, before anything is shown or stored.
+    // (Read from the query rather than declared: the route's name, a metrics label, stays as it was.)
+    let for_user: Vec<String> = origin
+        .query()
+        .map(|q| q.segments().filter(|(k, _)| *k == "for_user").map(|(_, v)| v.to_string()).collect())
+        .unwrap_or_default();
+    match fields::once("for_user", &for_user) {
+        Ok(Some(id)) if id.parse::<i64>().ok() != Some(user.id) => return Err(Status::Forbidden),
+        Err(e) => return Ok(Err(e)),
+        _ => {}
+    }
+    Ok(async move {
+        let (connection, scopes) = (fields::connection_id(&connection)?, fields::once("scopes", &scopes)?);
+        let p = provider(app, service)?;
+        let cipher = app.cipher.clone();
+        let (name, uid) = (p.name.clone(), user.id);
+        let (configured, rows) = app
+            .db
+            .run(move |conn| {
+                Ok((
+                    vault::client_credentials(conn, &cipher, &name)?.is_some(),
+                    connections::list_for(conn, uid, &name)?,
+                ))
+            })
+            .await?;
+        let target = match connection {
+            Some(id) => Some(rows.iter().find(|c| c.id == id).ok_or(AppError::NotFound)?),
+            None => None,
+        };
+        let existing = target.or(if rows.len() == 1 { rows.first() } else { None });
+        let more = scope_param(scopes);
+        let all = flow::scopes_for(&p, target, &more)?;
+        let page = AuthorizePage {
+            service: p.name.clone(),
+            display_name: p.display_name.clone(),
+            description: p.description.clone(),
+            provider_host: if p.is_demo {
+                "the demo provider built into this tokenvault".to_string()
+            } else {
+                p.authorize_url.host_str().unwrap_or_default().to_string()
+            },
+            more_scopes: more.iter().filter(|s| !target.is_some_and(|t| t.granted().contains(s))).cloned().collect(),
+            more_scopes_param: more.join(","),
+            scopes: all,
+            redirect_uri: app.settings.redirect_uri(&p.name),
+            configured,
+            client_id_path: p.client_id_path(),
+            is_admin: user.is_admin,
+            already_connected: !rows.is_empty(),
+            reconnect: existing.is_some_and(|c| c.status == ConnectionStatus::ReconnectRequired),
+            connection: target.map(|c| c.id),
+            account_label: existing.and_then(|c| c.account_label.clone().or_else(|| c.account().map(|a| a.id))),
+            can_add_account: !rows.is_empty() && identifies(&p),
+            csrf_token: user.csrf_token.clone(),
+            next: return_path(next),
+        };
+        let title = format!("Connect {}", p.display_name);
+        Ok::<Template, AppError>(Template::render("services/authorize", Page::new(layout, title, page)))
+    }
+    .await)
 }
 
 /// No `Debug`: it carries a secret (a token, code, password or CSRF token).

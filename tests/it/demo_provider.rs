@@ -370,3 +370,110 @@ async fn the_console_is_for_administrators_and_checks_its_input() {
         rocket::http::Status::NotFound
     );
 }
+
+/// Where `.ci/run` installs the official MCP TypeScript SDK (or `TOKENVAULT_MCP_SDK`), when it
+/// and `node` are there; otherwise the test is skipped — or fails under
+/// `TOKENVAULT_REQUIRE_BROWSER=1` (CI), as the browser tests do.
+fn mcp_sdk() -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("TOKENVAULT_MCP_SDK").map(std::path::PathBuf::from).unwrap_or_else(|| {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("target/node-mcp-client/node_modules/@modelcontextprotocol/sdk")
+    });
+    let node = std::process::Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
+    if node && dir.join("dist/esm/client/streamableHttp.js").is_file() {
+        return Some(dir);
+    }
+    let missing = if node { format!("no @modelcontextprotocol/sdk in {}", dir.display()) } else { "no node".into() };
+    if std::env::var("TOKENVAULT_REQUIRE_BROWSER").is_ok_and(|v| v == "1") {
+        panic!("the MCP SDK test cannot run: {missing} (.ci/run installs it); TOKENVAULT_REQUIRE_BROWSER=1");
+    }
+    eprintln!("MCP SDK test skipped: {missing} (run .ci/run, or npm install --prefix target/node-mcp-client @modelcontextprotocol/sdk)");
+    None
+}
+
+/// A real MCP client — the official TypeScript SDK's `Client` with its
+/// `StreamableHTTPClientTransport`, run by Node.js — against the binary: with an access token for
+/// `/mcp` from tokenvault's authorization server (consent given by alice), it initializes, lists
+/// the tools and calls `call_api` on the demo provider alice connected; the provider's token
+/// never appears in what it receives.
+#[tokio::test]
+async fn a_real_mcp_client_lists_tools_and_calls_the_demo_api() {
+    use crate::oauth_server::{authorize_url, consent_fields, pkce, query_of, REDIRECT};
+    let Some(sdk) = mcp_sdk() else { return };
+    let live = launch().await;
+    live.signup().await;
+    let consent = live.to_consent().await;
+    let callback = live.decide(consent, "allow").await;
+    assert_eq!(live.get(&callback).await.status(), StatusCode::SEE_OTHER);
+    let (demo_access, _) = live.tokens().expect("demo connected");
+
+    // An OAuth client registers, alice consents, the code is exchanged for a /mcp token.
+    let registered: serde_json::Value = live
+        .http
+        .post(format!("{}/oauth/register", live.base))
+        .json(&serde_json::json!({"client_name": "MCP SDK", "redirect_uris": [REDIRECT]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let client_id = registered["client_id"].as_str().unwrap();
+    let mcp = format!("{}/mcp", live.base);
+    let (verifier, challenge) = pkce();
+    let url = authorize_url(
+        client_id,
+        REDIRECT,
+        Some(&challenge),
+        &[("resource", &mcp), ("scope", "connections:read proxy:read")],
+    );
+    let page = live.get(&url).await.text().await.unwrap();
+    let mut fields = consent_fields(&page);
+    fields.push(("decision".into(), "allow".into()));
+    let allowed = live.http.post(format!("{}/oauth/authorize", live.base)).form(&fields).send().await.unwrap();
+    assert_eq!(allowed.status(), StatusCode::SEE_OTHER);
+    let code = query_of(allowed.headers()["location"].to_str().unwrap())["code"].clone();
+    let tokens: serde_json::Value = live
+        .http
+        .post(format!("{}/oauth/token", live.base))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("client_id", client_id),
+            ("code", &code),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", &verifier),
+            ("resource", &mcp),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let access = tokens["access_token"].as_str().expect("an access token").to_string();
+
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mcp_sdk_client.mjs");
+    let run = tokio::process::Command::new("node")
+        .arg(script)
+        .args([&mcp, &access, "demo", "account"])
+        .env("MCP_SDK", &sdk)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), run).await.expect("in time").unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .unwrap_or_else(|| panic!("the MCP client failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr)));
+    let result: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(result["protocolVersion"], "2025-11-25", "{result}");
+    assert!(result["sessionId"].as_str().is_some_and(|s| !s.is_empty()));
+    assert_eq!(result["server"]["name"], "tokenvault");
+    assert_eq!(result["tools"], serde_json::json!(["list_connections", "call_api", "get_account"]));
+    let called = &result["called"];
+    assert_eq!(called["isError"], false, "{result}");
+    assert_eq!(called["structuredContent"]["status"], 200, "{result}");
+    assert_eq!(called["structuredContent"]["body"]["email"], "alice@demo.example", "{result}");
+    assert_eq!(result["missing"]["isError"], true);
+    assert!(!line.contains(&demo_access), "the provider's token reached the MCP client");
+}

@@ -26,6 +26,7 @@ mod fuzz_regressions;
 mod health;
 mod jobs;
 mod logging;
+mod mcp;
 mod multi_instance;
 mod oauth_server;
 mod oidc;

@@ -63,7 +63,7 @@ async fn api(app: &TestApp, method: &str, uri: &str, token: &str) -> (Status, Va
 }
 
 /// Register a public client dynamically with these redirect URIs; its client_id.
-async fn register(app: &TestApp, redirects: &[&str]) -> String {
+pub(crate) async fn register(app: &TestApp, redirects: &[&str]) -> String {
     let (status, body) = post_json(
         app,
         "/oauth/register",
@@ -125,7 +125,7 @@ pub(crate) fn query_of(location: &str) -> BTreeMap<String, String> {
 }
 
 /// Open the consent page and allow with its defaults (changed by `change`); the code.
-async fn consent(
+pub(crate) async fn consent(
     agent: &Agent<'_>,
     url: &str,
     change: impl FnOnce(&mut Vec<(String, String)>),
@@ -143,7 +143,7 @@ async fn consent(
     (q.get("code").cloned().unwrap_or_default(), q)
 }
 
-async fn exchange(
+pub(crate) async fn exchange(
     app: &TestApp,
     client_id: &str,
     code: &str,

@@ -1,0 +1,645 @@
+//! The MCP server at `/mcp` (issue 22): the Streamable HTTP transport of the Model Context
+//! Protocol (2025-11-25, and 2025-06-18), protected by tokenvault's authorization server — only
+//! its access tokens bound to the `/mcp` resource are accepted (no API keys, no `/api/v1` token).
+//!
+//! - `POST /mcp`: one JSON-RPC message; a request is answered in JSON, a notification or a
+//!   response with 202. `initialize` negotiates the version and issues an `Mcp-Session-Id`, which
+//!   every later message must carry (unknown or ended: 404; missing: 400).
+//! - `GET /mcp`: 405 (no server-initiated stream is offered). `DELETE /mcp`: ends the session.
+//! - `Origin`, when sent, must be the app's own origin (DNS-rebinding protection): else 403.
+//!
+//! Tools: `list_connections`, `call_api` (through the same proxy code as `/api/v1/…/proxy`:
+//! `routes::api::proxy_target` and `forward_audited`), `get_account`. `tools/list` shows only
+//! those the grant allows; each call is checked against the grant again. A provider token never
+//! appears in an answer.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use rocket::data::{Data, ToByteUnit};
+use rocket::http::{ContentType, Header, Status};
+use rocket::request::{FromRequest, Outcome, Request};
+use rocket::response::{self, Responder, Response};
+use rocket::{delete, get, post, routes, Route, State};
+use serde_json::{json, Value};
+
+use crate::auth::api_key::{ApiUser, Capability, Via};
+use crate::authz::Resource;
+use crate::db::models::connections::{self, Which};
+use crate::error::AppError;
+use crate::oauth::access::{connection_set, pick, Named};
+use crate::oauth::proxy::Forward;
+use crate::routes::api::{forward_audited, proxy_target, ChoiceQuery};
+use crate::routes::view::ConnectionView;
+use crate::state::AppState;
+use crate::util::{now, random_token, rfc3339};
+
+pub fn routes() -> Vec<Route> {
+    routes![post_mcp, get_mcp, delete_mcp]
+}
+
+/// The protocol versions spoken, newest first (the first is offered to a client asking another).
+pub const VERSIONS: [&str; 2] = ["2025-11-25", "2025-06-18"];
+/// The most sessions kept at once (the oldest idle are dropped beyond).
+const MAX_SESSIONS: usize = 10_000;
+/// Seconds a session may stay idle.
+const SESSION_IDLE: i64 = 3600;
+/// The largest JSON-RPC message accepted (a `call_api` body is capped by the proxy's own limit).
+const EXTRA_BYTES: usize = 64 * 1024;
+
+struct Session {
+    grant_id: i64,
+    version: &'static str,
+    last_used: i64,
+}
+
+/// The live sessions of this process (managed state). A session is bound to the grant that
+/// opened it: another grant's token presenting its id gets 404.
+#[derive(Default)]
+pub struct Sessions(Mutex<HashMap<String, Session>>);
+
+impl Sessions {
+    fn open(&self, grant_id: i64, version: &'static str) -> String {
+        let id = random_token(24);
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let at = now();
+        map.retain(|_, s| s.last_used > at - SESSION_IDLE);
+        if map.len() >= MAX_SESSIONS {
+            if let Some(oldest) = map.iter().min_by_key(|(_, s)| s.last_used).map(|(k, _)| k.clone()) {
+                map.remove(&oldest);
+            }
+        }
+        map.insert(id.clone(), Session { grant_id, version, last_used: at });
+        id
+    }
+
+    /// The session's negotiated version, if `id` is a live session of `grant_id`.
+    fn use_session(&self, id: &str, grant_id: i64) -> Option<&'static str> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let at = now();
+        let s = map.get_mut(id).filter(|s| s.grant_id == grant_id && s.last_used > at - SESSION_IDLE)?;
+        s.last_used = at;
+        Some(s.version)
+    }
+
+    fn end(&self, id: &str, grant_id: i64) -> bool {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.get(id).is_some_and(|s| s.grant_id == grant_id) {
+            map.remove(id);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// What `/mcp` reads of a request's headers.
+pub struct McpHeaders {
+    authorization: Option<String>,
+    origin: Option<String>,
+    session: Option<String>,
+    version: Option<String>,
+    address: Option<String>,
+}
+
+#[rocket::async_trait]
+impl<'r> FromRequest<'r> for McpHeaders {
+    type Error = std::convert::Infallible;
+    async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Self::Error> {
+        let h = |name: &str| req.headers().get_one(name).map(str::to_string);
+        Outcome::Success(McpHeaders {
+            authorization: h("Authorization"),
+            origin: h("Origin"),
+            session: h("Mcp-Session-Id"),
+            version: h("MCP-Protocol-Version"),
+            address: req.client_ip().map(|ip| ip.to_string()),
+        })
+    }
+}
+
+/// An answer of `/mcp`: a status, headers and maybe a JSON body.
+pub struct McpAnswer {
+    status: Status,
+    headers: Vec<(&'static str, String)>,
+    body: Option<Value>,
+}
+
+impl McpAnswer {
+    fn json(status: Status, body: Value) -> McpAnswer {
+        McpAnswer { status, headers: Vec::new(), body: Some(body) }
+    }
+
+    fn empty(status: Status) -> McpAnswer {
+        McpAnswer { status, headers: Vec::new(), body: None }
+    }
+
+    /// A JSON-RPC error (`id` null when the request's could not be read).
+    fn error(status: Status, id: Value, code: i64, message: &str) -> McpAnswer {
+        McpAnswer::json(status, json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}}))
+    }
+
+    fn header(mut self, name: &'static str, value: String) -> McpAnswer {
+        self.headers.push((name, value));
+        self
+    }
+}
+
+impl<'r> Responder<'r, 'static> for McpAnswer {
+    fn respond_to(self, _: &'r Request<'_>) -> response::Result<'static> {
+        let mut b = Response::build();
+        b.status(self.status);
+        for (name, value) in self.headers {
+            b.header(Header::new(name, value));
+        }
+        b.raw_header("Cache-Control", "no-store");
+        if let Some(body) = self.body {
+            let text = body.to_string();
+            b.header(ContentType::JSON).sized_body(text.len(), std::io::Cursor::new(text));
+        }
+        Ok(b.finalize())
+    }
+}
+
+/// 403 unless `origin` (when sent) is the app's own origin.
+fn origin_refused(app: &AppState, origin: Option<&str>) -> Option<McpAnswer> {
+    let origin = origin?;
+    let own = url::Url::parse(&app.settings.url("")).ok()?.origin().ascii_serialization();
+    (origin.trim_end_matches('/') != own)
+        .then(|| McpAnswer::error(Status::Forbidden, Value::Null, -32600, "Forbidden: this Origin is not allowed."))
+}
+
+/// The grant's user, from an access token bound to `/mcp`; else the 401 (or 503) to answer.
+async fn authenticate(app: &AppState, headers: &McpHeaders) -> Result<ApiUser, McpAnswer> {
+    let metadata = Resource::Mcp.metadata_url(&app.settings);
+    let token = headers
+        .authorization
+        .as_deref()
+        .and_then(|h| h.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim().to_string());
+    let refused = |error: &str| {
+        McpAnswer::json(
+            Status::Unauthorized,
+            json!({"error": "unauthorized", "message": "An access token of this tokenvault for /mcp is required."}),
+        )
+        .header("WWW-Authenticate", format!("Bearer {error}resource_metadata=\"{metadata}\""))
+    };
+    let Some(token) = token else { return Err(refused("")) };
+    if !app.settings.authz.enabled {
+        return Err(refused("error=\"invalid_token\", "));
+    }
+    let (resource, ip) = (Resource::Mcp.url(&app.settings), headers.address.clone());
+    let checked =
+        app.db.run(move |conn| crate::authz::tokens::check_access(conn, &token, &resource, now(), ip.as_deref())).await;
+    match checked {
+        Ok(Ok(holder)) => Ok(ApiUser {
+            id: holder.user_id,
+            username: holder.username,
+            via: Via::Grant(holder.grant_id),
+            scope: std::sync::Arc::new(holder.scope),
+        }),
+        Ok(Err(_)) => Err(refused("error=\"invalid_token\", ")),
+        Err(e) => {
+            tracing::error!(error = %e, "access token lookup failed: answering 503");
+            Err(McpAnswer::json(Status::ServiceUnavailable, json!({"error": "unavailable"})))
+        }
+    }
+}
+
+fn grant_id(user: &ApiUser) -> i64 {
+    match user.via {
+        Via::Grant(id) | Via::Key(id) => id,
+    }
+}
+
+#[get("/mcp")]
+async fn get_mcp(app: &State<AppState>, headers: McpHeaders) -> McpAnswer {
+    if let Some(refused) = origin_refused(app, headers.origin.as_deref()) {
+        return refused;
+    }
+    if let Err(refused) = authenticate(app, &headers).await {
+        return refused;
+    }
+    McpAnswer::empty(Status::MethodNotAllowed).header("Allow", "POST, DELETE".into())
+}
+
+#[delete("/mcp")]
+async fn delete_mcp(app: &State<AppState>, sessions: &State<Sessions>, headers: McpHeaders) -> McpAnswer {
+    if let Some(refused) = origin_refused(app, headers.origin.as_deref()) {
+        return refused;
+    }
+    let user = match authenticate(app, &headers).await {
+        Ok(user) => user,
+        Err(refused) => return refused,
+    };
+    let Some(id) = headers.session.as_deref() else {
+        return McpAnswer::error(Status::BadRequest, Value::Null, -32600, "Mcp-Session-Id is required.");
+    };
+    if sessions.end(id, grant_id(&user)) {
+        McpAnswer::empty(Status::NoContent)
+    } else {
+        McpAnswer::error(Status::NotFound, Value::Null, -32001, "Session not found.")
+    }
+}
+
+#[post("/mcp", data = "<body>")]
+async fn post_mcp(app: &State<AppState>, sessions: &State<Sessions>, headers: McpHeaders, body: Data<'_>) -> McpAnswer {
+    if let Some(refused) = origin_refused(app, headers.origin.as_deref()) {
+        return refused;
+    }
+    let user = match authenticate(app, &headers).await {
+        Ok(user) => user,
+        Err(refused) => return refused,
+    };
+    let limit = app.settings.api.proxy_max_request_bytes + EXTRA_BYTES;
+    let bytes = match body.open(limit.bytes()).into_bytes().await {
+        Ok(capped) if capped.is_complete() => capped.into_inner(),
+        Ok(_) => return McpAnswer::error(Status::PayloadTooLarge, Value::Null, -32600, "The message is too large."),
+        Err(_) => return McpAnswer::error(Status::BadRequest, Value::Null, -32700, "Parse error."),
+    };
+    let Ok(message) = serde_json::from_slice::<Value>(&bytes) else {
+        return McpAnswer::error(Status::BadRequest, Value::Null, -32700, "Parse error: the body is not JSON.");
+    };
+    let Some(object) = message.as_object() else {
+        return McpAnswer::error(Status::BadRequest, Value::Null, -32600, "Invalid Request: one JSON-RPC object.");
+    };
+    let id = object.get("id").cloned();
+    let id_ok = id.as_ref().is_none_or(|i| i.is_string() || i.is_i64() || i.is_u64());
+    if object.get("jsonrpc") != Some(&json!("2.0")) || !id_ok {
+        return McpAnswer::error(Status::BadRequest, id.unwrap_or(Value::Null), -32600, "Invalid Request.");
+    }
+    let method = object.get("method").and_then(Value::as_str);
+    if let Some(v) = headers.version.as_deref() {
+        if !VERSIONS.contains(&v) {
+            let text = format!("Unsupported MCP-Protocol-Version; supported: {}.", VERSIONS.join(", "));
+            return McpAnswer::error(Status::BadRequest, id.unwrap_or(Value::Null), -32600, &text);
+        }
+    }
+    if method == Some("initialize") {
+        let Some(id) = id else {
+            return McpAnswer::error(Status::BadRequest, Value::Null, -32600, "initialize is a request (an id).");
+        };
+        let asked = message.pointer("/params/protocolVersion").and_then(Value::as_str);
+        let Some(asked) = asked else {
+            return McpAnswer::error(Status::Ok, id, -32602, "Invalid params: protocolVersion is required.");
+        };
+        let version = VERSIONS.iter().find(|v| **v == asked).copied().unwrap_or(VERSIONS[0]);
+        let session = sessions.open(grant_id(&user), version);
+        let result = json!({
+            "protocolVersion": version,
+            "capabilities": {"tools": {"listChanged": false}},
+            "serverInfo": {"name": "tokenvault", "title": "tokenvault", "version": env!("CARGO_PKG_VERSION")},
+            "instructions": "Call the APIs of the services the user connected in tokenvault. list_connections \
+                             says what is connected; call_api calls a provider's API with the user's stored \
+                             token (never shown); get_account shows the connected account.",
+        });
+        return McpAnswer::json(Status::Ok, json!({"jsonrpc": "2.0", "id": id, "result": result}))
+            .header("Mcp-Session-Id", session);
+    }
+    let Some(session) = headers.session.as_deref() else {
+        return McpAnswer::error(Status::BadRequest, id.unwrap_or(Value::Null), -32600, "Mcp-Session-Id is required.");
+    };
+    if sessions.use_session(session, grant_id(&user)).is_none() {
+        return McpAnswer::error(Status::NotFound, id.unwrap_or(Value::Null), -32001, "Session not found.");
+    }
+    // A notification, or the client's answer to a request of ours: accepted, nothing to say.
+    let (Some(id), Some(method)) = (id, method) else {
+        if method.is_none() && !(object.contains_key("result") || object.contains_key("error")) {
+            return McpAnswer::error(Status::BadRequest, Value::Null, -32600, "Invalid Request.");
+        }
+        return McpAnswer::empty(Status::Accepted);
+    };
+    let params = object.get("params").cloned().unwrap_or(Value::Null);
+    let answer = match method {
+        "ping" => Ok(json!({})),
+        "tools/list" => Ok(json!({"tools": tools_for(&user)})),
+        "tools/call" => call_tool(app, &user, &params, headers.address.clone()).await,
+        _ => Err((-32601, format!("Method not found: {}", crate::util::capped(method, 100)))),
+    };
+    let body = match answer {
+        Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
+        Err((code, message)) => json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}}),
+    };
+    McpAnswer::json(Status::Ok, body)
+}
+
+/// The tools, each with the capability its grant needs.
+fn all_tools() -> Vec<(Capability, Value)> {
+    vec![
+        (
+            Capability::ConnectionsRead,
+            json!({
+                "name": "list_connections",
+                "title": "List connections",
+                "description": "The services the user connected in tokenvault, with each account and its health \
+                                (ok, expiring, reconnect_required…) and granted scopes. Never a token.",
+                "inputSchema": {"type": "object", "properties": {
+                    "service": {"type": "string", "description": "Only this service's connections."}
+                }, "additionalProperties": false},
+                "annotations": {"readOnlyHint": true},
+            }),
+        ),
+        (
+            Capability::ProxyRead,
+            json!({
+                "name": "call_api",
+                "title": "Call a provider's API",
+                "description": "Call the API of a connected service with the user's stored token (refreshed when \
+                                needed; never shown). `path` is under the provider's API base URL. Answers the \
+                                provider's status, its allowed headers and its body (JSON when it is JSON). When \
+                                the service is not connected, the error carries a link the user opens to connect it.",
+                "inputSchema": {"type": "object", "properties": {
+                    "service": {"type": "string", "description": "The service's name in tokenvault (see list_connections)."},
+                    "account": {"type": "string", "description": "The provider's account id, when the user connected several."},
+                    "method": {"type": "string", "enum": ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"], "default": "GET"},
+                    "path": {"type": "string", "description": "The path under the provider's API base, e.g. `user` or `/files/list`."},
+                    "query": {"type": "object", "additionalProperties": {"type": "string"}, "description": "Query parameters."},
+                    "body": {"description": "A JSON body (sent as application/json)."}
+                }, "required": ["service", "path"], "additionalProperties": false},
+            }),
+        ),
+        (
+            Capability::ConnectionsRead,
+            json!({
+                "name": "get_account",
+                "title": "Get the connected account",
+                "description": "The provider's account the user connected for a service (id, name, email and the \
+                                provider's full answer), as tokenvault's account page shows it.",
+                "inputSchema": {"type": "object", "properties": {
+                    "service": {"type": "string", "description": "The service's name in tokenvault."},
+                    "account": {"type": "string", "description": "The provider's account id, when the user connected several."}
+                }, "required": ["service"], "additionalProperties": false},
+                "annotations": {"readOnlyHint": true},
+            }),
+        ),
+    ]
+}
+
+/// The tools `user`'s grant allows.
+fn tools_for(user: &ApiUser) -> Vec<Value> {
+    all_tools().into_iter().filter(|(c, _)| user.scope.allows_capability(*c)).map(|(_, t)| t).collect()
+}
+
+type ToolOutcome = Result<Value, (i64, String)>;
+
+/// A tool's answer: its JSON as text and as structured content.
+fn tool_result(value: Value, is_error: bool) -> Value {
+    json!({"content": [{"type": "text", "text": value.to_string()}], "structuredContent": value, "isError": is_error})
+}
+
+/// A tool's refusal: an `isError` result saying why, with where the user can fix it.
+fn tool_error(app: &AppState, user: &ApiUser, service: Option<&str>, e: AppError) -> Value {
+    let mut out = json!({"error": e.code(), "message": e.user_message()});
+    let link = match (&e, service) {
+        (AppError::NotConnected(_) | AppError::ReconnectRequired(_), Some(s)) => Some(connect_link(app, user, s)),
+        (AppError::InsufficientScope { upgrade_url, .. }, _) => upgrade_url.clone(),
+        _ => None,
+    };
+    if let Some(link) = link {
+        out["connect_url"] = json!(link);
+        out["message"] = json!(format!(
+            "{} Ask the user to open {link} (signed in to tokenvault as {}) to connect it, then call again.",
+            e.user_message(),
+            user.username
+        ));
+    }
+    tool_result(out, true)
+}
+
+/// The Redirector's page for `service`, for the grant's user only (`for_user`: another signed-in user
+/// is refused).
+pub fn connect_link(app: &AppState, user: &ApiUser, service: &str) -> String {
+    app.settings.url(&format!("/services/{service}/authorize?for_user={}", user.id))
+}
+
+fn arg<'a>(params: &'a Value, name: &str) -> Result<Option<&'a str>, (i64, String)> {
+    match params.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.as_str())),
+        Some(_) => Err((-32602, format!("Invalid params: `{name}` must be a string."))),
+    }
+}
+
+async fn call_tool(app: &AppState, user: &ApiUser, params: &Value, address: Option<String>) -> ToolOutcome {
+    let name = params.get("name").and_then(Value::as_str).ok_or((-32602, "Invalid params: `name`.".to_string()))?;
+    let args = params.get("arguments").cloned().unwrap_or(json!({}));
+    if !args.is_object() {
+        return Err((-32602, "Invalid params: `arguments` must be an object.".into()));
+    }
+    let Some((capability, _)) = all_tools().into_iter().find(|(_, t)| t["name"] == name) else {
+        return Err((-32602, format!("Unknown tool: {}", crate::util::capped(name, 100))));
+    };
+    if let Err(e) = user.require(capability, None) {
+        return Ok(tool_error(app, user, None, e));
+    }
+    match name {
+        "list_connections" => list_connections(app, user, arg(&args, "service")?).await,
+        "get_account" => {
+            let service = arg(&args, "service")?.ok_or((-32602, "Invalid params: `service` is required.".into()))?;
+            get_account(app, user, service, arg(&args, "account")?, address).await
+        }
+        _ => call_api(app, user, &args, address).await,
+    }
+}
+
+async fn list_connections(app: &AppState, user: &ApiUser, service: Option<&str>) -> ToolOutcome {
+    let uid = user.id;
+    let rows = match app.db.run(move |conn| Ok(connections::list_for_user(conn, uid)?)).await {
+        Ok(rows) => rows,
+        Err(e) => return Ok(tool_error(app, user, None, e)),
+    };
+    let catalog = app.catalog.current();
+    let list: Vec<Value> = rows
+        .iter()
+        .filter(|c| user.scope.allows_service(&c.service) && service.is_none_or(|s| s == c.service))
+        .map(|c| {
+            let v = ConnectionView::of(c, &catalog);
+            json!({
+                "connection_id": v.id,
+                "service": v.service,
+                "display_name": v.display_name,
+                "account_id": v.account_id(),
+                "account_label": v.account_label,
+                "status": v.health.status().as_str(),
+                "status_reason": v.health.reason(),
+                "scopes": v.scopes,
+                "expires_at": v.expires_at.map(rfc3339),
+                "has_refresh_token": v.has_refresh_token,
+            })
+        })
+        .collect();
+    let services: Vec<&str> =
+        catalog.iter().map(|p| p.name.as_str()).filter(|s| user.scope.allows_service(s)).collect();
+    Ok(tool_result(json!({"connections": list, "services": services}), false))
+}
+
+/// The account page's data; audited as a `proxy.call` (the stored token was used at the
+/// provider's account API), with `"tool": "get_account"`.
+async fn get_account(
+    app: &AppState,
+    user: &ApiUser,
+    service: &str,
+    account: Option<&str>,
+    address: Option<String>,
+) -> ToolOutcome {
+    if let Err(e) = user.require(Capability::ConnectionsRead, Some(service)) {
+        return Ok(tool_error(app, user, Some(service), e));
+    }
+    let Some(p) = app.catalog.get(service) else {
+        return Ok(tool_error(app, user, Some(service), AppError::UnknownService));
+    };
+    if p.account_url.is_none() {
+        let e = AppError::BadRequest(format!("{} has no account API configured.", p.display_name));
+        return Ok(tool_error(app, user, Some(service), e));
+    }
+    let set = match connection_set(app.tokens(), user.id, &p.name).await {
+        Ok(set) => set,
+        Err(e) => return Ok(tool_error(app, user, Some(service), e.into_app_error(&p))),
+    };
+    let row = match pick(&set, Named { account: account.filter(|a| !a.is_empty()), connection: None }, &p) {
+        Ok(row) => row,
+        Err(e) => return Ok(tool_error(app, user, Some(service), e)),
+    };
+    let fetched = crate::oauth::account::fetch_account(&app.access(), Which::id(user.id, row.id), &p)
+        .await
+        .map_err(|e| e.into_app_error(&p));
+    let status = match &fetched {
+        Ok(_) => 200,
+        Err(e) => e.status().code,
+    };
+    app.audit.read(
+        crate::routes::api::read_entry(crate::audit::Kind::ProxyCall, user, &row, address)
+            .with("method", "GET")
+            .with("path", "(account)")
+            .with("tool", "get_account")
+            .with("status", status),
+    );
+    match fetched {
+        Ok(info) => Ok(tool_result(
+            json!({
+                "service": p.name,
+                "connection_id": row.id,
+                "account_id": info.id,
+                "name": info.name,
+                "email": info.email,
+                "account": info.json,
+            }),
+            false,
+        )),
+        Err(e) => Ok(tool_error(app, user, Some(service), e)),
+    }
+}
+
+async fn call_api(app: &AppState, user: &ApiUser, args: &Value, address: Option<String>) -> ToolOutcome {
+    let service = arg(args, "service")?.ok_or((-32602, "Invalid params: `service` is required.".into()))?;
+    let path = arg(args, "path")?.ok_or((-32602, "Invalid params: `path` is required.".into()))?;
+    let method = arg(args, "method")?.unwrap_or("GET").to_ascii_uppercase();
+    let method = match method.as_str() {
+        "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" => reqwest::Method::from_bytes(method.as_bytes())
+            .map_err(|_| (-32602, "Invalid params: `method`.".to_string()))?,
+        _ => return Err((-32602, "Invalid params: `method` must be GET, HEAD, POST, PUT, PATCH or DELETE.".into())),
+    };
+    let query = match args.get("query") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(map)) => {
+            let mut q = url::form_urlencoded::Serializer::new(String::new());
+            for (k, v) in map {
+                match v {
+                    Value::String(s) => q.append_pair(k, s),
+                    Value::Number(_) | Value::Bool(_) => q.append_pair(k, &v.to_string()),
+                    _ => return Err((-32602, "Invalid params: `query` values must be strings.".into())),
+                };
+            }
+            Some(q.finish()).filter(|q| !q.is_empty())
+        }
+        Some(_) => return Err((-32602, "Invalid params: `query` must be an object.".into())),
+    };
+    let (body, headers) = match args.get("body") {
+        None | Some(Value::Null) => (Vec::new(), Vec::new()),
+        Some(v) => (v.to_string().into_bytes(), vec![("Content-Type".to_string(), "application/json".to_string())]),
+    };
+    if body.len() > app.settings.api.proxy_max_request_bytes {
+        let e = AppError::PayloadTooLarge { limit: app.settings.api.proxy_max_request_bytes };
+        return Ok(tool_error(app, user, Some(service), e));
+    }
+    let choice = ChoiceQuery { account: arg(args, "account")?.map(str::to_string), ..ChoiceQuery::default() };
+    let (p, which, row) = match proxy_target(app, user, service, &method, &choice).await {
+        Ok(target) => target,
+        Err(e) => return Ok(tool_error(app, user, Some(service), e)),
+    };
+    let raw_path = path.trim_start_matches('/');
+    let segments: Vec<&str> = if raw_path.is_empty() { Vec::new() } else { raw_path.split('/').collect() };
+    let forward = Forward { method, raw_path, segments, query: query.as_deref(), headers, body };
+    let answer = match forward_audited(app, user, &p, which, &row, forward, address).await {
+        Ok(answer) => answer,
+        Err(e) => return Ok(tool_error(app, user, Some(service), e)),
+    };
+    let status = answer.response.status().as_u16();
+    let limit = app.settings.api.proxy_max_response_bytes;
+    let mut bytes = Vec::new();
+    let mut response = answer.response;
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if bytes.len() + chunk.len() > limit {
+                    let e = AppError::ProviderResponseTooLarge {
+                        service: p.service(),
+                        detail: format!("the provider's answer exceeds the proxy size cap ({limit} bytes)"),
+                    };
+                    return Ok(tool_error(app, user, Some(service), e));
+                }
+                bytes.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(e) => {
+                let e = AppError::ProviderResponseTooLarge {
+                    service: p.service(),
+                    detail: format!("reading the provider's answer failed: {}", e.without_url()),
+                };
+                return Ok(tool_error(app, user, Some(service), e));
+            }
+        }
+    }
+    let headers: serde_json::Map<String, Value> =
+        answer.headers.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), Value::String(v))).collect();
+    let body = match serde_json::from_slice::<Value>(&bytes) {
+        Ok(json) => json,
+        Err(_) => match String::from_utf8(bytes) {
+            Ok(text) => Value::String(text),
+            Err(e) => {
+                use base64::Engine;
+                json!({"base64": base64::engine::general_purpose::STANDARD.encode(e.into_bytes())})
+            }
+        },
+    };
+    Ok(tool_result(json!({"status": status, "headers": headers, "body": body}), false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Sessions, VERSIONS};
+
+    #[test]
+    fn a_session_is_bound_to_its_grant_and_ends_once() {
+        let sessions = Sessions::default();
+        let id = sessions.open(7, VERSIONS[1]);
+        assert_eq!(sessions.use_session(&id, 7), Some("2025-06-18"));
+        assert_eq!(sessions.use_session(&id, 8), None, "another grant's token");
+        assert_eq!(sessions.use_session("nope", 7), None);
+        assert!(!sessions.end(&id, 8), "another grant cannot end it");
+        assert!(sessions.end(&id, 7));
+        assert!(!sessions.end(&id, 7));
+        assert_eq!(sessions.use_session(&id, 7), None);
+        let (a, b) = (sessions.open(1, VERSIONS[0]), sessions.open(1, VERSIONS[0]));
+        assert_ne!(a, b, "fresh random ids");
+        assert!(a.len() >= 32);
+    }
+
+    #[test]
+    fn idle_sessions_expire() {
+        let sessions = Sessions::default();
+        let id = sessions.open(1, VERSIONS[0]);
+        sessions.0.lock().unwrap().get_mut(&id).unwrap().last_used -= super::SESSION_IDLE + 1;
+        assert_eq!(sessions.use_session(&id, 1), None);
+    }
+}
