@@ -76,31 +76,45 @@ struct AuthorizePage {
     next: String,
 }
 
+/// The signed-in user of a page whose link may be made for one user only: `/mcp`'s "connect it"
+/// link names the grant's user (`?for_user=<id>`), and anyone else signed in gets 403 before
+/// anything is shown or stored; a repeated or malformed `for_user` is 400. (Read from the query
+/// rather than declared on the route, so the route's name, a metrics label, stays as it was.)
+pub struct LinkUser<'r>(&'r CurrentUser);
+
+#[rocket::async_trait]
+impl<'r> rocket::request::FromRequest<'r> for LinkUser<'r> {
+    type Error = ();
+
+    async fn from_request(req: &'r rocket::Request<'_>) -> rocket::request::Outcome<Self, ()> {
+        use rocket::outcome::{try_outcome, Outcome};
+        let user = try_outcome!(req.guard::<&CurrentUser>().await);
+        let for_user: Vec<String> = req
+            .uri()
+            .query()
+            .map(|q| q.segments().filter(|(k, _)| *k == "for_user").map(|(_, v)| v.to_string()).collect())
+            .unwrap_or_default();
+        match fields::once("for_user", &for_user) {
+            Ok(None) => Outcome::Success(LinkUser(user)),
+            Ok(Some(id)) if id.parse::<i64>().ok() == Some(user.id) => Outcome::Success(LinkUser(user)),
+            Ok(Some(_)) => Outcome::Error((Status::Forbidden, ())),
+            Err(_) => Outcome::Error((Status::BadRequest, ())),
+        }
+    }
+}
+
 #[get("/services/<service>/authorize?<next>&<connection>&<scopes>")]
-#[allow(clippy::too_many_arguments)]
 async fn authorize_page(
     app: &State<AppState>,
-    user: &CurrentUser,
+    user: LinkUser<'_>,
     layout: Layout,
     service: &str,
     next: Option<&str>,
     connection: Vec<String>,
     scopes: Vec<String>,
-    origin: &rocket::http::uri::Origin<'_>,
-) -> Result<AppResult<Template>, Status> {
-    // A link made for one user (`/mcp`'s "connect it" link names the grant's user): 403 to
-    // anyone else signed in, before anything is shown or stored.
-    // (Read from the query rather than declared: the route's name, a metrics label, stays as it was.)
-    let for_user: Vec<String> = origin
-        .query()
-        .map(|q| q.segments().filter(|(k, _)| *k == "for_user").map(|(_, v)| v.to_string()).collect())
-        .unwrap_or_default();
-    match fields::once("for_user", &for_user) {
-        Ok(Some(id)) if id.parse::<i64>().ok() != Some(user.id) => return Err(Status::Forbidden),
-        Err(e) => return Ok(Err(e)),
-        _ => {}
-    }
-    Ok(async move {
+) -> AppResult<Template> {
+    let LinkUser(user) = user;
+    {
         let (connection, scopes) = (fields::connection_id(&connection)?, fields::once("scopes", &scopes)?);
         let p = provider(app, service)?;
         let cipher = app.cipher.clone();
@@ -146,9 +160,8 @@ async fn authorize_page(
             next: return_path(next),
         };
         let title = format!("Connect {}", p.display_name);
-        Ok::<Template, AppError>(Template::render("services/authorize", Page::new(layout, title, page)))
+        Ok(Template::render("services/authorize", Page::new(layout, title, page)))
     }
-    .await)
 }
 
 /// No `Debug`: it carries a secret (a token, code, password or CSRF token).
