@@ -3,7 +3,9 @@
 //! revokes the grant (and so everything the first issued). Access tokens are opaque, stored as
 //! SHA-256, bound to one resource. Refresh tokens are rotated on every use; one presented again
 //! within [`super::REFRESH_GRACE`] seconds of its rotation is an honest retry (a new pair, the
-//! pair of its first use revoked), later it is a replay and the whole grant is revoked.
+//! pair of its first use revoked), later it is a replay and the whole grant is revoked — as it is
+//! at once when the refresh token of that first use was already used, or when a refresh token a
+//! retry revoked is presented (whoever holds it saw the answer the retrying client did not).
 //!
 //! The functions run inside a unit of work (`crate::changes`): what they record (a grant, tokens
 //! issued, a grant revoked) commits with them, and a refusal that revokes a grant commits too
@@ -228,8 +230,13 @@ pub fn refresh(
     if grant.client_pk != client.id {
         return Ok(Err(Refusal::InvalidGrant("the refresh token was issued to another client")));
     }
-    if !live(&grant, at) || token.revoked_at.is_some() || token.expires_at <= at {
+    if !live(&grant, at) || token.expires_at <= at {
         return Ok(Err(Refusal::InvalidGrant("the refresh token is no longer valid")));
+    }
+    if token.revoked_at.is_some() {
+        // Revoked while its grant lives: it was issued for a refresh that an honest retry then
+        // replaced. Whoever holds it saw an answer the retrying client never did: reuse.
+        return end_replayed_grant(tx, &grant, client, at);
     }
     if resource.is_some_and(|r| r.trim_end_matches('/') != token.resource) {
         return Ok(Err(Refusal::InvalidTarget));
@@ -239,14 +246,11 @@ pub fn refresh(
         Issued::Refresh
     } else {
         let rotated_at = token.rotated_at.unwrap_or(at);
-        if at - rotated_at > REFRESH_GRACE {
-            // A rotated refresh token replayed: it leaked, or the client is broken. End the grant.
-            let revoked = model::revoke_grant(tx.conn(), grant.id, None, at)?;
-            if let Some(grant) = revoked {
-                let grant = subject(&grant, client);
-                tx.record(Change::GrantRevoked { by: Actor::System, grant, why: GrantEnd::RefreshReplayed })?;
-            }
-            return Ok(Err(Refusal::InvalidGrant("the refresh token was already used; the grant is revoked")));
+        // A rotated refresh token replayed past the grace, or after the refresh token its first
+        // use issued was itself used (so the answer did arrive): it leaked, or the client is
+        // broken. End the grant.
+        if at - rotated_at > REFRESH_GRACE || model::child_refresh_used(tx.conn(), token.id)? {
+            return end_replayed_grant(tx, &grant, client, at);
         }
         // An honest retry: what its first use issued is replaced.
         model::revoke_children(tx.conn(), token.id, at)?;
@@ -255,6 +259,21 @@ pub fn refresh(
     let issued = issue(tx.conn(), &grant, &token.resource, Some(token.id), access_lifetime)?;
     tx.record(Change::GrantTokensIssued { grant: subject(&grant, client), how, resource: token.resource })?;
     Ok(Ok(issued))
+}
+
+/// A refresh token was reused: revoke its whole grant (every token of it, on every instance at the
+/// next request), recorded as `GrantEnd::RefreshReplayed`.
+fn end_replayed_grant(
+    tx: &mut Tx<'_>,
+    grant: &model::Grant,
+    client: &Client,
+    at: i64,
+) -> AppResult<Result<IssuedTokens, Refusal>> {
+    if let Some(grant) = model::revoke_grant(tx.conn(), grant.id, None, at)? {
+        let grant = subject(&grant, client);
+        tx.record(Change::GrantRevoked { by: Actor::System, grant, why: GrantEnd::RefreshReplayed })?;
+    }
+    Ok(Err(Refusal::InvalidGrant("the refresh token was already used; the grant is revoked")))
 }
 
 /// RFC 7009: revoke a token of `client` (another client's, or an unknown one, is ignored: the

@@ -443,7 +443,6 @@ async fn a_replayed_rotated_refresh_token_revokes_the_grant_after_the_grace() {
         api(&app, "GET", "/api/v1/connections", second["access_token"].as_str().unwrap()).await.0,
         Status::Unauthorized
     );
-    assert_eq!(refresh(&app, &client_id, second["refresh_token"].as_str().unwrap()).await.0, Status::BadRequest);
     let live = retry["access_token"].as_str().unwrap();
     assert_eq!(api(&app, "GET", "/api/v1/connections", live).await.0, Status::Ok);
     // Past the grace it is a replay: the whole grant ends.
@@ -460,6 +459,51 @@ async fn a_replayed_rotated_refresh_token_revokes_the_grant_after_the_grace() {
     let other = register(&app, &[REDIRECT]).await;
     let (status, body) = refresh(&app, &other, retry["refresh_token"].as_str().unwrap()).await;
     assert_eq!((status, body["error"].as_str()), (Status::BadRequest, Some("invalid_grant")));
+}
+
+/// The grace for an honest retry is no way around reuse detection: an attacker who replays a
+/// stolen refresh token within the grace gets a pair, but the grant ends as soon as the client
+/// presents the refresh token the retry replaced; and a replay after the client has already used
+/// what the first refresh gave it ends the grant at once.
+#[tokio::test]
+async fn a_replay_within_the_grace_does_not_outlive_the_clients_next_refresh() {
+    let app = builder().start().await;
+    let alice = app.user("alice").await;
+    alice.connect("fake").await;
+    let token = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap().to_string();
+    let replayed = || {
+        app.count("SELECT COUNT(*) AS n FROM audit_log WHERE kind = 'grant.revoked' AND detail LIKE '%refresh_token_replayed%'")
+    };
+
+    // The client refreshes; an attacker replays the same refresh token within the grace.
+    let (client_id, first) = granted(&app, &alice, "connections:read").await;
+    let r1 = token(&first, "refresh_token");
+    let (_, client) = refresh(&app, &client_id, &r1).await;
+    let (status, attacker) = refresh(&app, &client_id, &r1).await;
+    assert_eq!(status, Status::Ok, "within the grace it looks like a retry");
+    assert_eq!(api(&app, "GET", "/api/v1/connections", &token(&attacker, "access_token")).await.0, Status::Ok);
+    // The client presents the refresh token it was given: reuse — the whole grant ends.
+    let (status, body) = refresh(&app, &client_id, &token(&client, "refresh_token")).await;
+    assert_eq!((status, body["error"].as_str()), (Status::BadRequest, Some("invalid_grant")), "{body}");
+    assert_eq!(
+        api(&app, "GET", "/api/v1/connections", &token(&attacker, "access_token")).await.0,
+        Status::Unauthorized,
+        "the attacker's pair died with the grant"
+    );
+    assert_eq!(refresh(&app, &client_id, &token(&attacker, "refresh_token")).await.0, Status::BadRequest);
+    assert_eq!(replayed(), 1);
+
+    // The client refreshes twice within the grace; a replay of the first refresh token then finds
+    // its answer used already: the grant ends at once, and no second chain is born.
+    let (client_id, first) = granted(&app, &alice, "connections:read").await;
+    let r1 = token(&first, "refresh_token");
+    let (_, second) = refresh(&app, &client_id, &r1).await;
+    let (_, third) = refresh(&app, &client_id, &token(&second, "refresh_token")).await;
+    assert_eq!(api(&app, "GET", "/api/v1/connections", &token(&third, "access_token")).await.0, Status::Ok);
+    let (status, body) = refresh(&app, &client_id, &r1).await;
+    assert_eq!((status, body["error"].as_str()), (Status::BadRequest, Some("invalid_grant")), "{body}");
+    assert_eq!(api(&app, "GET", "/api/v1/connections", &token(&third, "access_token")).await.0, Status::Unauthorized);
+    assert_eq!(replayed(), 2);
 }
 
 #[tokio::test]

@@ -387,6 +387,19 @@ pub fn revoke_children(conn: &mut Conn, parent_id: i64, now: i64) -> QueryResult
     })
 }
 
+/// Whether a refresh token issued for the refresh of `parent_id` was itself used (rotated).
+pub fn child_refresh_used(conn: &mut Conn, parent_id: i64) -> QueryResult<bool> {
+    let n: i64 = crate::on_conn!(conn, conn => {
+        authz_tokens::table
+            .filter(authz_tokens::parent_id.eq(parent_id))
+            .filter(authz_tokens::kind.eq(TokenKind::Refresh))
+            .filter(authz_tokens::rotated_at.is_not_null())
+            .count()
+            .get_result(conn)
+    })?;
+    Ok(n > 0)
+}
+
 /// Revoke one token (RFC 7009).
 pub fn revoke_token(conn: &mut Conn, id: i64, now: i64) -> QueryResult<usize> {
     crate::on_conn!(conn, conn => {
