@@ -358,8 +358,10 @@ fn all_tools() -> Vec<(Capability, Value)> {
                 }, "required": ["service", "path"], "additionalProperties": false},
             }),
         ),
+        // It calls the provider with the user's token and hands back the provider's whole answer:
+        // a read of the provider's API (`proxy:read`), not the listing `connections:read` allows.
         (
-            Capability::ConnectionsRead,
+            Capability::ProxyRead,
             json!({
                 "name": "get_account",
                 "title": "Get the connected account",

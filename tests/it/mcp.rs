@@ -203,14 +203,18 @@ async fn tools_follow_the_grant_and_call_api_goes_through_the_proxy() {
     // connections:read only: no call_api.
     let reader = mcp_token(&app, &alice, "connections:read").await;
     let sid = session(&app, &reader).await;
-    assert_eq!(names(&rpc(&app, &reader, &sid, "tools/list", json!({})).await), ["list_connections", "get_account"]);
+    assert_eq!(names(&rpc(&app, &reader, &sid, "tools/list", json!({})).await), ["list_connections"]);
     let refused = call(&app, &reader, &sid, "call_api", json!({"service": "fake", "path": "files"})).await;
+    assert_eq!(refused["isError"], true, "{refused}");
+    // get_account calls the provider with the user's token and returns its whole answer: a read
+    // of the provider's API, which connections:read does not allow.
+    let refused = call(&app, &reader, &sid, "get_account", json!({"service": "fake"})).await;
     assert_eq!(refused["isError"], true, "{refused}");
     // proxy:read on fake only.
     let token = mcp_token(&app, &alice, "proxy:read service:fake").await;
     let sid = session(&app, &token).await;
     let tools = rpc(&app, &token, &sid, "tools/list", json!({})).await;
-    assert_eq!(names(&tools), ["call_api"]);
+    assert_eq!(names(&tools), ["call_api", "get_account"]);
     assert!(tools["result"]["tools"][0]["inputSchema"]["properties"]["path"].is_object());
     let before = app.fake.all_requests().await.len();
     let got =
