@@ -124,7 +124,26 @@ impl Drop for OidcProvider {
     }
 }
 
-fn start_oidc_provider(port: u16, client_id: &str, client_secret: &str, redirect_uri: &str) -> Option<OidcProvider> {
+/// Start the provider on a free port (another one when the port was taken between `free_port` and
+/// node's `listen`: a race with the other tests); the provider and its port.
+fn start_oidc_provider(client_id: &str, client_secret: &str, redirect_uri: &str) -> Option<(OidcProvider, u16)> {
+    for _ in 0..5 {
+        let port = crate::binary::free_port();
+        match start_oidc_provider_on(port, client_id, client_secret, redirect_uri)? {
+            Some(provider) => return Some((provider, port)),
+            None => continue,
+        }
+    }
+    panic!("the OpenID provider did not start on any of five free ports");
+}
+
+/// `None`: node and the package are missing (skipped); `Some(None)`: it did not start on `port`.
+fn start_oidc_provider_on(
+    port: u16,
+    client_id: &str,
+    client_secret: &str,
+    redirect_uri: &str,
+) -> Option<Option<OidcProvider>> {
     use std::io::BufRead;
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let modules = root.join("target/oidc/node_modules");
@@ -151,10 +170,14 @@ fn start_oidc_provider(port: u16, client_id: &str, client_secret: &str, redirect
     let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
-    assert!(line.starts_with("listening"), "the OpenID provider did not start: {line}");
+    if !line.starts_with("listening") {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Some(None);
+    }
     // Keep reading what it prints (a closed pipe would end it at its next line).
     std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-    Some(OidcProvider(child))
+    Some(Some(OidcProvider(child)))
 }
 
 /// The browser test: an administrator adds a provider by its issuer URL only, against a
@@ -163,11 +186,11 @@ fn start_oidc_provider(port: u16, client_id: &str, client_secret: &str, redirect
 /// disabled (card gone, API 409), enabled, and deleted with its connection.
 #[tokio::test]
 async fn a_provider_added_by_issuer_url_alone_is_connected_against_a_real_openid_provider() {
-    let (app_port, oidc_port) = (crate::binary::free_port(), crate::binary::free_port());
+    let app_port = crate::binary::free_port();
     let base = format!("http://127.0.0.1:{app_port}");
     let (client_id, client_secret) = ("tokenvault-browser", format!("CS-CANARY-{}", crate::harness::random_suffix()));
     let redirect = format!("{base}/services/oidc/callback");
-    let Some(_provider) = start_oidc_provider(oidc_port, client_id, &client_secret, &redirect) else { return };
+    let Some((_provider, oidc_port)) = start_oidc_provider(client_id, &client_secret, &redirect) else { return };
     let issuer = format!("http://localhost:{oidc_port}");
     let Some(b) = Browser::start_with(AppConfig::new().port(app_port)).await else { return };
     b.signup("admin").await;
