@@ -371,26 +371,6 @@ async fn the_console_is_for_administrators_and_checks_its_input() {
     );
 }
 
-/// Where `.ci/run` installs the official MCP TypeScript SDK (or `TOKENVAULT_MCP_SDK`), when it
-/// and `node` are there; otherwise the test is skipped — or fails under
-/// `TOKENVAULT_REQUIRE_BROWSER=1` (CI), as the browser tests do.
-fn mcp_sdk() -> Option<std::path::PathBuf> {
-    let dir = std::env::var_os("TOKENVAULT_MCP_SDK").map(std::path::PathBuf::from).unwrap_or_else(|| {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("target/node-mcp-client/node_modules/@modelcontextprotocol/sdk")
-    });
-    let node = std::process::Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
-    if node && dir.join("dist/esm/client/streamableHttp.js").is_file() {
-        return Some(dir);
-    }
-    let missing = if node { format!("no @modelcontextprotocol/sdk in {}", dir.display()) } else { "no node".into() };
-    if std::env::var("TOKENVAULT_REQUIRE_BROWSER").is_ok_and(|v| v == "1") {
-        panic!("the MCP SDK test cannot run: {missing} (.ci/run installs it); TOKENVAULT_REQUIRE_BROWSER=1");
-    }
-    eprintln!("MCP SDK test skipped: {missing} (run .ci/run, or npm install --prefix target/node-mcp-client @modelcontextprotocol/sdk)");
-    None
-}
-
 /// A real MCP client — the official TypeScript SDK's `Client` with its
 /// `StreamableHTTPClientTransport`, run by Node.js — against the binary: with an access token for
 /// `/mcp` from tokenvault's authorization server (consent given by alice), it initializes, lists
@@ -399,7 +379,7 @@ fn mcp_sdk() -> Option<std::path::PathBuf> {
 #[tokio::test]
 async fn a_real_mcp_client_lists_tools_and_calls_the_demo_api() {
     use crate::oauth_server::{authorize_url, consent_fields, pkce, query_of, REDIRECT};
-    let Some(sdk) = mcp_sdk() else { return };
+    let Some(sdk) = common::node::mcp_sdk("the MCP SDK test") else { return };
     let live = launch().await;
     live.signup().await;
     let consent = live.to_consent().await;

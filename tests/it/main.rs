@@ -27,6 +27,7 @@ mod health;
 mod jobs;
 mod logging;
 mod mcp;
+mod mcp_conformance;
 mod multi_instance;
 mod oauth_server;
 mod oidc;

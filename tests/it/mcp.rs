@@ -11,9 +11,14 @@ use crate::oauth_server::{authorize_url, consent, exchange, pkce, register, REDI
 
 /// A full flow for the `/mcp` resource with `scope`: the access token.
 async fn mcp_token(app: &TestApp, user: &Agent<'_>, scope: &str) -> String {
+    mcp_token_at(app, user, scope, PUBLIC_URL).await
+}
+
+/// [`mcp_token`] for an app whose `public_url` is `public_url`.
+pub(crate) async fn mcp_token_at(app: &TestApp, user: &Agent<'_>, scope: &str, public_url: &str) -> String {
     let client_id = register(app, &[REDIRECT]).await;
     let (verifier, challenge) = pkce();
-    let mcp = format!("{PUBLIC_URL}/mcp");
+    let mcp = format!("{public_url}/mcp");
     let url = authorize_url(&client_id, REDIRECT, Some(&challenge), &[("scope", scope), ("resource", &mcp)]);
     let (code, _) = consent(user, &url, |_| {}).await;
     let (status, tokens) = exchange(app, &client_id, &code, &verifier, &[("resource", &mcp)]).await;
