@@ -14,6 +14,9 @@
 #[path = "../common/binary.rs"]
 mod binary;
 mod harness;
+#[allow(dead_code)]
+#[path = "../common/node.rs"]
+mod node;
 
 mod account;
 mod accounts;
@@ -21,6 +24,7 @@ mod admin;
 mod connect;
 mod cross_origin;
 mod headers;
+mod mcp_sdk_oauth;
 mod oauth_consent;
 mod phone;
 mod provider_accounts;
