@@ -14,7 +14,7 @@
 //! in its document branch), and a probe checks that the SDK, given an https `clientMetadataUrl`,
 //! does choose it as the client id from tokenvault's metadata instead of registering.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use serde_json::{json, Value};
@@ -115,17 +115,30 @@ async fn consent(b: &Browser, authorize: &str, client: &ClientId<'_>) {
     b.click_to("#grant-allow", "#sdk-callback").await;
 }
 
-/// Sign up `user`, connect the demo provider; the provider's access token as stored.
-async fn user_with_demo(b: &Browser, vault_key: &str, user: &str) -> String {
+/// What both tests start with: the SDK, a browser on an app where `user` connected the demo
+/// provider, the demo provider's access token as stored, and a free port for the script's
+/// redirect URI; `None` when the test is skipped.
+struct Setup {
+    sdk: PathBuf,
+    b: Browser,
+    demo_token: String,
+    port: u16,
+}
+
+async fn setup(user: &str) -> Option<Setup> {
     use tokenvault::util::ExposeSecret;
+    let sdk = crate::node::mcp_sdk("the MCP SDK OAuth browser test")?;
+    let vault_key = random_vault_key();
+    let b = Browser::start_with(AppConfig::new().vault_key(&vault_key)).await?;
     b.signup(user).await;
     b.connect_demo().await;
     let db = tokenvault::db::Db::open_sized(&b.app.database_url(), 1).expect("open the app's database");
     let mut conn = db.conn().expect("a connection");
     let row = tokenvault::db::models::connections::find(&mut conn, 1, "demo").expect("read").expect("connected");
-    let cipher = tokenvault::vault::Cipher::from_base64(vault_key, &[]).expect("the vault key opens");
+    let cipher = tokenvault::vault::Cipher::from_base64(&vault_key, &[]).expect("the vault key opens");
     let (access, _) = tokenvault::oauth::store::open_tokens(&cipher, &row).expect("the tokens open");
-    access.expose_secret().to_string()
+    let demo_token = access.expose_secret().to_string();
+    Some(Setup { sdk, b, demo_token, port: free_port_on("127.0.0.1") })
 }
 
 /// What every run must show: discovery from the 401, PKCE S256 for `/mcp`, `iss` back, the tools,
@@ -168,11 +181,7 @@ fn hex(bytes: &[u8]) -> String {
 
 #[tokio::test]
 async fn the_mcp_sdk_authorizes_itself_with_a_client_metadata_document() {
-    let Some(sdk) = crate::node::mcp_sdk("the MCP SDK OAuth browser test") else { return };
-    let vault_key = random_vault_key();
-    let Some(b) = Browser::start_with(AppConfig::new().vault_key(&vault_key)).await else { return };
-    let demo_token = user_with_demo(&b, &vault_key, "hedy").await;
-    let port = free_port_on("127.0.0.1");
+    let Some(Setup { sdk, b, demo_token, port }) = setup("hedy").await else { return };
     let site = MockServer::start().await;
     let url = format!("{}/agent/client.json", site.uri());
     let document = json!({
@@ -202,11 +211,7 @@ async fn the_mcp_sdk_authorizes_itself_with_a_client_metadata_document() {
 
 #[tokio::test]
 async fn the_mcp_sdk_registers_itself_and_authorizes() {
-    let Some(sdk) = crate::node::mcp_sdk("the MCP SDK OAuth browser test") else { return };
-    let vault_key = random_vault_key();
-    let Some(b) = Browser::start_with(AppConfig::new().vault_key(&vault_key)).await else { return };
-    let demo_token = user_with_demo(&b, &vault_key, "ada").await;
-    let port = free_port_on("127.0.0.1");
+    let Some(Setup { sdk, b, demo_token, port }) = setup("ada").await else { return };
     let run = authorize_with_the_sdk(&b, &sdk, &ClientId::Registered, port).await;
     check_run(&b, &run, port, "ada", &demo_token).await;
     let id = run.result["clientId"].as_str().unwrap();
