@@ -7,12 +7,13 @@
 // registration) or uses a Client ID Metadata Document URL as its client_id, and starts the
 // authorization code flow with PKCE: `redirectToAuthorization` prints `AUTHORIZE <url>` and the
 // test opens it in Chromium. The consent page sends the browser to this script's loopback redirect
-// URI (http://127.0.0.1:<port>/callback), whose code goes to `transport.finishAuth(code)`. Then
+// URI (http://127.0.0.1:<port>/callback, on a port of its own, printed first as `LISTENING
+// <port>`), whose code goes to `transport.finishAuth(code)`. Then
 // the client connects again, lists the tools, calls `call_api` on the demo provider and prints
 // `RESULT <json>`. Tokens are never printed: they go to the file TOKENS_FILE names, for the test
 // to look for them in this script's output.
 //
-// Usage: MCP_SDK=<package dir> TOKENS_FILE=<path> node mcp_sdk_oauth.mjs <mcp url> <port> [<document url>]
+// Usage: MCP_SDK=<package dir> TOKENS_FILE=<path> node mcp_sdk_oauth.mjs <mcp url> [<document url>]
 // With a document URL the client's id is that URL (a Client ID Metadata Document the test serves);
 // without one the SDK registers dynamically.
 import { createServer } from 'node:http';
@@ -24,8 +25,8 @@ const load = (path) => import(pathToFileURL(`${process.env.MCP_SDK}/dist/esm/${p
 const { Client } = await load('client/index.js');
 const { StreamableHTTPClientTransport } = await load('client/streamableHttp.js');
 const { auth, UnauthorizedError } = await load('client/auth.js');
-const [mcpUrl, port, documentUrl] = process.argv.slice(2);
-const redirectUrl = `http://127.0.0.1:${port}/callback`;
+const [mcpUrl, documentUrl] = process.argv.slice(2);
+let redirectUrl; // once the loopback server listens
 
 // Everything kept in memory: one process is one session of this client.
 class Provider {
@@ -79,10 +80,11 @@ class Provider {
   }
 }
 
-// The loopback redirect URI: the first request to /callback settles the code.
-function callback(provider) {
-  return new Promise((resolve, reject) => {
-    const server = createServer((req, res) => {
+// The loopback redirect URI on a free port: the first request to /callback settles the code.
+async function callback(provider) {
+  let server;
+  const code = new Promise((resolve, reject) => {
+    server = createServer((req, res) => {
       const url = new URL(req.url, redirectUrl);
       if (url.pathname !== '/callback') {
         res.writeHead(404).end();
@@ -96,9 +98,15 @@ function callback(provider) {
       else if (q.get('error')) reject(new Error(`authorization refused: ${q.get('error')}`));
       else resolve({ code: q.get('code'), iss: q.get('iss') });
     });
-    server.on('error', reject);
-    server.listen(Number(port), '127.0.0.1');
   });
+  await new Promise((resolve, reject) => {
+    server.on('error', reject);
+    server.listen(0, '127.0.0.1', resolve);
+  });
+  const { port } = server.address();
+  redirectUrl = `http://127.0.0.1:${port}/callback`;
+  console.log(`LISTENING ${port}`);
+  return { code };
 }
 
 // With a document URL: does the SDK itself choose URL-based client ids here? It only accepts an
@@ -114,7 +122,7 @@ async function probeDocumentSupport() {
 }
 
 const provider = new Provider(documentUrl);
-const returned = callback(provider);
+const { code: returned } = await callback(provider);
 const first = new StreamableHTTPClientTransport(new URL(mcpUrl), { authProvider: provider });
 try {
   await new Client({ name: 'sdk-agent', version: '1.0.0' }).connect(first);

@@ -23,31 +23,53 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::harness::{free_port_on, random_vault_key, AppConfig, Browser, WAIT};
+use crate::harness::{random_vault_key, AppConfig, Browser, WAIT};
 
-/// What the SDK is given: a metadata document's URL (served by the test), or nothing (it registers).
+/// What the SDK is given: a metadata document's URL (on `site`, served once the script's redirect
+/// URI is known), or nothing (it registers).
 enum ClientId<'a> {
-    Document { url: &'a str, name: &'a str },
+    Document { site: &'a MockServer, name: &'a str },
     Registered,
 }
 
-/// One run of the script: its `RESULT`, everything it printed, and the tokens it kept.
+const DOCUMENT_PATH: &str = "/agent/client.json";
+
+/// Serve the client's metadata document on `site`, naming the script's redirect URI.
+async fn serve_document(site: &MockServer, name: &str, port: u16) {
+    let document = json!({
+        "client_id": format!("{}{DOCUMENT_PATH}", site.uri()),
+        "client_name": name,
+        "redirect_uris": [format!("http://127.0.0.1:{port}/callback")],
+        "grant_types": ["authorization_code", "refresh_token"],
+        "response_types": ["code"],
+        "token_endpoint_auth_method": "none",
+    });
+    Mock::given(method("GET"))
+        .and(path(DOCUMENT_PATH))
+        .respond_with(ResponseTemplate::new(200).set_body_json(document))
+        .mount(site)
+        .await;
+}
+
+/// One run of the script: its `RESULT`, everything it printed, the tokens it kept, and the port
+/// of its redirect URI.
 struct Run {
     result: Value,
     output: String,
     tokens: Value,
+    port: u16,
 }
 
 /// Start the script, and once it prints its authorization URL, allow in the browser; then wait
 /// for the script's result.
-async fn authorize_with_the_sdk(b: &Browser, sdk: &Path, client: &ClientId<'_>, port: u16) -> Run {
+async fn authorize_with_the_sdk(b: &Browser, sdk: &Path, client: &ClientId<'_>) -> Run {
     let dir = tempfile::tempdir().expect("a temp dir");
     let tokens_file = dir.path().join("tokens.json");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/mcp_sdk_oauth.mjs");
     let mut command = tokio::process::Command::new("node");
-    command.arg(script).arg(b.app.url("/mcp")).arg(port.to_string());
-    if let ClientId::Document { url, .. } = client {
-        command.arg(url);
+    command.arg(script).arg(b.app.url("/mcp"));
+    if let ClientId::Document { site, .. } = client {
+        command.arg(format!("{}{DOCUMENT_PATH}", site.uri()));
     }
     let mut child = command
         .env("MCP_SDK", sdk)
@@ -65,10 +87,17 @@ async fn authorize_with_the_sdk(b: &Browser, sdk: &Path, client: &ClientId<'_>, 
     });
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
     let mut output = String::new();
+    let mut port = None;
     let authorize = tokio::time::timeout(WAIT, async {
         while let Some(line) = lines.next_line().await.expect("read the script's output") {
             output.push_str(&line);
             output.push('\n');
+            if let Some(p) = line.strip_prefix("LISTENING ") {
+                port = Some(p.parse::<u16>().expect("a port"));
+                if let (ClientId::Document { site, name }, Some(p)) = (client, port) {
+                    serve_document(site, name, p).await;
+                }
+            }
             if let Some(url) = line.strip_prefix("AUTHORIZE ") {
                 return Some(url.to_string());
             }
@@ -77,7 +106,7 @@ async fn authorize_with_the_sdk(b: &Browser, sdk: &Path, client: &ClientId<'_>, 
     })
     .await
     .expect("the SDK asked for authorization in time");
-    let Some(authorize) = authorize else {
+    let (Some(authorize), Some(port)) = (authorize, port) else {
         panic!("the SDK stopped before asking for authorization:\n{output}\n{}", errors.await.unwrap_or_default());
     };
     consent(b, &authorize, client).await;
@@ -97,7 +126,7 @@ async fn authorize_with_the_sdk(b: &Browser, sdk: &Path, client: &ClientId<'_>, 
     println!("{output}");
     let result = serde_json::from_str(line).expect("RESULT is JSON");
     let tokens = serde_json::from_slice(&std::fs::read(&tokens_file).expect("the tokens file")).expect("JSON");
-    Run { result, output, tokens }
+    Run { result, output, tokens, port }
 }
 
 /// The user, signed in, sees who asks and allows with the consent page's defaults.
@@ -116,13 +145,11 @@ async fn consent(b: &Browser, authorize: &str, client: &ClientId<'_>) {
 }
 
 /// What both tests start with: the SDK, a browser on an app where `user` connected the demo
-/// provider, the demo provider's access token as stored, and a free port for the script's
-/// redirect URI; `None` when the test is skipped.
+/// provider, and the demo provider's access token as stored; `None` when the test is skipped.
 struct Setup {
     sdk: PathBuf,
     b: Browser,
     demo_token: String,
-    port: u16,
 }
 
 async fn setup(user: &str) -> Option<Setup> {
@@ -138,12 +165,12 @@ async fn setup(user: &str) -> Option<Setup> {
     let cipher = tokenvault::vault::Cipher::from_base64(&vault_key, &[]).expect("the vault key opens");
     let (access, _) = tokenvault::oauth::store::open_tokens(&cipher, &row).expect("the tokens open");
     let demo_token = access.expose_secret().to_string();
-    Some(Setup { sdk, b, demo_token, port: free_port_on("127.0.0.1") })
+    Some(Setup { sdk, b, demo_token })
 }
 
 /// What every run must show: discovery from the 401, PKCE S256 for `/mcp`, `iss` back, the tools,
 /// the demo account through `call_api`, and no token in the output; the token is for `/mcp` only.
-async fn check_run(b: &Browser, run: &Run, port: u16, user: &str, demo_token: &str) {
+async fn check_run(b: &Browser, run: &Run, user: &str, demo_token: &str) {
     let r = &run.result;
     assert_eq!(r["discovery"]["resourceMetadataUrl"], b.app.url("/.well-known/oauth-protected-resource/mcp"), "{r}");
     let server = r["discovery"]["authorizationServerUrl"].as_str().unwrap_or_default();
@@ -155,7 +182,7 @@ async fn check_run(b: &Browser, run: &Run, port: u16, user: &str, demo_token: &s
     assert_eq!(q["code_challenge_method"], "S256");
     assert!(q["code_challenge"].len() >= 43, "{q:?}");
     assert_eq!(q["resource"], b.app.url("/mcp"));
-    assert_eq!(q["redirect_uri"], format!("http://127.0.0.1:{port}/callback"));
+    assert_eq!(q["redirect_uri"], format!("http://127.0.0.1:{}/callback", run.port));
     assert_eq!(q["client_id"], r["clientId"].as_str().unwrap());
     assert_eq!(r["iss"], b.app.base, "RFC 9207 iss");
     assert_eq!(r["protocolVersion"], "2025-11-25");
@@ -181,25 +208,12 @@ fn hex(bytes: &[u8]) -> String {
 
 #[tokio::test]
 async fn the_mcp_sdk_authorizes_itself_with_a_client_metadata_document() {
-    let Some(Setup { sdk, b, demo_token, port }) = setup("hedy").await else { return };
+    let Some(Setup { sdk, b, demo_token }) = setup("hedy").await else { return };
     let site = MockServer::start().await;
-    let url = format!("{}/agent/client.json", site.uri());
-    let document = json!({
-        "client_id": url,
-        "client_name": "Document Agent",
-        "redirect_uris": [format!("http://127.0.0.1:{port}/callback")],
-        "grant_types": ["authorization_code", "refresh_token"],
-        "response_types": ["code"],
-        "token_endpoint_auth_method": "none",
-    });
-    Mock::given(method("GET"))
-        .and(path("/agent/client.json"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(document))
-        .mount(&site)
-        .await;
-    let client = ClientId::Document { url: &url, name: "Document Agent" };
-    let run = authorize_with_the_sdk(&b, &sdk, &client, port).await;
-    check_run(&b, &run, port, "hedy", &demo_token).await;
+    let client = ClientId::Document { site: &site, name: "Document Agent" };
+    let run = authorize_with_the_sdk(&b, &sdk, &client).await;
+    check_run(&b, &run, "hedy", &demo_token).await;
+    let url = format!("{}{DOCUMENT_PATH}", site.uri());
     assert_eq!(run.result["clientId"], url.as_str(), "the document's URL is the client id");
     let fetched = site.received_requests().await.unwrap_or_default();
     assert!(!fetched.is_empty(), "tokenvault fetched the client's metadata document");
@@ -211,9 +225,9 @@ async fn the_mcp_sdk_authorizes_itself_with_a_client_metadata_document() {
 
 #[tokio::test]
 async fn the_mcp_sdk_registers_itself_and_authorizes() {
-    let Some(Setup { sdk, b, demo_token, port }) = setup("ada").await else { return };
-    let run = authorize_with_the_sdk(&b, &sdk, &ClientId::Registered, port).await;
-    check_run(&b, &run, port, "ada", &demo_token).await;
+    let Some(Setup { sdk, b, demo_token }) = setup("ada").await else { return };
+    let run = authorize_with_the_sdk(&b, &sdk, &ClientId::Registered).await;
+    check_run(&b, &run, "ada", &demo_token).await;
     let id = run.result["clientId"].as_str().unwrap();
     assert!(!id.is_empty() && !id.starts_with("http"), "a client id from registration: {id}");
     assert!(run.result["probe"].is_null());
