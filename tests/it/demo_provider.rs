@@ -371,21 +371,34 @@ async fn the_console_is_for_administrators_and_checks_its_input() {
     );
 }
 
+/// Run tests/fixtures/mcp_sdk_client.mjs with `args`: its `RESULT` line and that JSON.
+async fn run_mcp_sdk_client(sdk: &std::path::Path, args: &[&str]) -> (String, serde_json::Value) {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mcp_sdk_client.mjs");
+    let run =
+        tokio::process::Command::new("node").arg(script).args(args).env("MCP_SDK", sdk).kill_on_drop(true).output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), run).await.expect("in time").unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .unwrap_or_else(|| panic!("the MCP client failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr)))
+        .to_string();
+    let result = serde_json::from_str(&line).unwrap();
+    (line, result)
+}
+
 /// A real MCP client — the official TypeScript SDK's `Client` with its
 /// `StreamableHTTPClientTransport`, run by Node.js — against the binary: with an access token for
 /// `/mcp` from tokenvault's authorization server (consent given by alice), it initializes, lists
 /// the tools and calls `call_api` on the demo provider alice connected; the provider's token
-/// never appears in what it receives.
+/// never appears in what it receives. Before alice connects it, a client declaring URL-mode
+/// elicitation receives the connect link as the SDK's `UrlElicitationRequiredError`.
 #[tokio::test]
 async fn a_real_mcp_client_lists_tools_and_calls_the_demo_api() {
     use crate::oauth_server::{authorize_url, consent_fields, pkce, query_of, REDIRECT};
     let Some(sdk) = common::node::mcp_sdk("the MCP SDK test") else { return };
     let live = launch().await;
     live.signup().await;
-    let consent = live.to_consent().await;
-    let callback = live.decide(consent, "allow").await;
-    assert_eq!(live.get(&callback).await.status(), StatusCode::SEE_OTHER);
-    let (demo_access, _) = live.tokens().expect("demo connected");
 
     // An OAuth client registers, alice consents, the code is exchanged for a /mcp token.
     let registered: serde_json::Value = live
@@ -432,20 +445,22 @@ async fn a_real_mcp_client_lists_tools_and_calls_the_demo_api() {
         .unwrap();
     let access = tokens["access_token"].as_str().expect("an access token").to_string();
 
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mcp_sdk_client.mjs");
-    let run = tokio::process::Command::new("node")
-        .arg(script)
-        .args([&mcp, &access, "demo", "account"])
-        .env("MCP_SDK", &sdk)
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(std::time::Duration::from_secs(60), run).await.expect("in time").unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let line = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("RESULT "))
-        .unwrap_or_else(|| panic!("the MCP client failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr)));
-    let result: serde_json::Value = serde_json::from_str(line).unwrap();
+    // Before alice connects the demo provider: a client that declared URL-mode elicitation gets
+    // the SDK's UrlElicitationRequiredError with the connect link, for alice only.
+    let (_, elicited) = run_mcp_sdk_client(&sdk, &[&mcp, &access, "demo", "account", "elicit"]).await;
+    assert_eq!(elicited["code"], -32042, "{elicited}");
+    let e = &elicited["elicitations"][0];
+    assert_eq!(e["mode"], "url", "{elicited}");
+    let link = e["url"].as_str().unwrap();
+    assert!(link.starts_with(&format!("{}/services/demo/authorize?for_user=", live.base)), "{link}");
+    assert!(e["elicitationId"].as_str().is_some_and(|id| !id.is_empty()));
+    // alice connects it; then the same client's calls succeed.
+    let consent = live.to_consent().await;
+    let callback = live.decide(consent, "allow").await;
+    assert_eq!(live.get(&callback).await.status(), StatusCode::SEE_OTHER);
+    let (demo_access, _) = live.tokens().expect("demo connected");
+
+    let (line, result) = run_mcp_sdk_client(&sdk, &[&mcp, &access, "demo", "account"]).await;
     assert_eq!(result["protocolVersion"], "2025-11-25", "{result}");
     assert!(result["sessionId"].as_str().is_some_and(|s| !s.is_empty()));
     assert_eq!(result["server"]["name"], "tokenvault");
