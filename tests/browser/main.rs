@@ -19,6 +19,7 @@ mod account;
 mod accounts;
 mod admin;
 mod connect;
+mod console;
 mod cross_origin;
 mod headers;
 mod oauth_consent;
