@@ -289,6 +289,7 @@ fn mount_routes(rocket: Rocket<Build>, demo: bool) -> Rocket<Build> {
         auth::routes(),
         services::routes(),
         account::routes(),
+        console::routes(),
         settings::routes(),
         password::routes(),
         admin::routes(),

@@ -506,6 +506,7 @@ async fn list_connections(app: &AppState, user: &ApiUser, service: Option<&str>)
     let list: Vec<Value> = rows
         .iter()
         .filter(|c| user.scope.allows_service(&c.service) && service.is_none_or(|s| s == c.service))
+        .filter(|c| !catalog.is_disabled(&c.service))
         .map(|c| {
             let v = ConnectionView::of(c, &catalog);
             json!({
@@ -539,8 +540,10 @@ async fn get_account(
     if let Err(e) = user.require(Capability::ConnectionsRead, Some(service)) {
         return Ok(tool_error(app, user, Some(service), e));
     }
-    let Some(p) = app.catalog.get(service) else {
-        return Ok(tool_error(app, user, Some(service), AppError::UnknownService));
+    // A disabled provider: `service_disabled`, as the API answers.
+    let p = match crate::routes::api::provider(app, service) {
+        Ok(p) => p,
+        Err(e) => return Ok(tool_error(app, user, Some(service), e)),
     };
     if p.account_url.is_none() {
         let e = AppError::BadRequest(format!("{} has no account API configured.", p.display_name));

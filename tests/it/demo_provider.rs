@@ -9,9 +9,9 @@ use tokenvault::util::ExposeSecret;
 use reqwest::redirect::Policy;
 use reqwest::StatusCode;
 
-struct Live {
-    base: String,
-    http: reqwest::Client,
+pub(crate) struct Live {
+    pub(crate) base: String,
+    pub(crate) http: reqwest::Client,
     db: tokenvault::db::Db,
     /// The binary (see `common::binary::spawn`), stopped before the database is dropped.
     _server: common::binary::Server,
@@ -20,7 +20,7 @@ struct Live {
     cipher: tokenvault::vault::Cipher,
 }
 
-async fn launch() -> Live {
+pub(crate) async fn launch() -> Live {
     launch_with(120).await
 }
 
@@ -45,22 +45,22 @@ async fn launch_with(demo_token_lifetime: i64) -> Live {
     Live { base: server.base.clone(), http, db, _server: server, _database: database, _dir: dir, cipher }
 }
 
-fn hidden_fields(html: &str) -> BTreeMap<String, String> {
+pub(crate) fn hidden_fields(html: &str) -> BTreeMap<String, String> {
     let re = regex::Regex::new(r#"<input type="hidden" name="([a-z_]+)" value="([^"]*)""#).unwrap();
     re.captures_iter(html).map(|c| (c[1].to_string(), c[2].replace("&amp;", "&").replace("&#x3D;", "="))).collect()
 }
 
 impl Live {
-    async fn get(&self, path: &str) -> reqwest::Response {
+    pub(crate) async fn get(&self, path: &str) -> reqwest::Response {
         let url = if path.starts_with("http") { path.to_string() } else { format!("{}{path}", self.base) };
         self.http.get(url).send().await.unwrap()
     }
 
-    async fn post(&self, path: &str, form: &BTreeMap<String, String>) -> reqwest::Response {
+    pub(crate) async fn post(&self, path: &str, form: &BTreeMap<String, String>) -> reqwest::Response {
         self.http.post(format!("{}{path}", self.base)).form(form).send().await.unwrap()
     }
 
-    async fn signup(&self) {
+    pub(crate) async fn signup(&self) {
         let page = self.get("/signup").await.text().await.unwrap();
         let mut form = hidden_fields(&page);
         form.insert("username".into(), "alice".into());
@@ -70,7 +70,7 @@ impl Live {
     }
 
     /// Redirector → consent page; returns the consent form's fields.
-    async fn to_consent(&self) -> BTreeMap<String, String> {
+    pub(crate) async fn to_consent(&self) -> BTreeMap<String, String> {
         let page = self.get("/services/demo/authorize").await.text().await.unwrap();
         assert!(page.contains(r#"id="authorize""#), "{page}");
         let res = self.post("/services/demo/authorize", &hidden_fields(&page)).await;
@@ -82,7 +82,7 @@ impl Live {
         hidden_fields(&consent)
     }
 
-    async fn decide(&self, mut form: BTreeMap<String, String>, decision: &str) -> String {
+    pub(crate) async fn decide(&self, mut form: BTreeMap<String, String>, decision: &str) -> String {
         form.insert("decision".into(), decision.into());
         form.insert("account".into(), "alice@demo.example".into());
         let res = self.post("/demo/oauth2/authorize", &form).await;
@@ -108,7 +108,7 @@ impl Live {
         std::thread::sleep(std::time::Duration::from_millis(1500));
     }
 
-    fn tokens(&self) -> Option<(String, Option<String>)> {
+    pub(crate) fn tokens(&self) -> Option<(String, Option<String>)> {
         let mut conn = self.db.conn().unwrap();
         let c = tokenvault::db::models::connections::find(&mut conn, 1, "demo").unwrap()?;
         let (a, r) = tokenvault::oauth::store::open_tokens(&self.cipher, &c).unwrap();

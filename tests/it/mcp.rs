@@ -10,7 +10,7 @@ use crate::common::{builder, Agent, TestApp, PUBLIC_URL};
 use crate::oauth_server::{authorize_url, consent, exchange, pkce, register, REDIRECT};
 
 /// A full flow for the `/mcp` resource with `scope`: the access token.
-async fn mcp_token(app: &TestApp, user: &Agent<'_>, scope: &str) -> String {
+pub(crate) async fn mcp_token(app: &TestApp, user: &Agent<'_>, scope: &str) -> String {
     mcp_token_at(app, user, scope, PUBLIC_URL).await
 }
 
@@ -60,7 +60,7 @@ fn initialize(version: &str) -> String {
 }
 
 /// Initialize: the session id.
-async fn session(app: &TestApp, token: &str) -> String {
+pub(crate) async fn session(app: &TestApp, token: &str) -> String {
     let a = post(app, Some(token), &[], &initialize("2025-11-25")).await;
     assert_eq!(a.status, Status::Ok, "{}", a.text);
     a.session.expect("a session id")
@@ -75,7 +75,7 @@ async fn rpc(app: &TestApp, token: &str, session: &str, method: &str, params: Va
     a.json
 }
 
-async fn call(app: &TestApp, token: &str, session: &str, tool: &str, args: Value) -> Value {
+pub(crate) async fn call(app: &TestApp, token: &str, session: &str, tool: &str, args: Value) -> Value {
     let answer = rpc(app, token, session, "tools/call", json!({"name": tool, "arguments": args})).await;
     answer["result"].clone()
 }
