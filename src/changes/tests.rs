@@ -124,6 +124,15 @@ fn samples() -> Vec<(&'static str, Change)> {
             },
         ),
         (
+            "grant_retried",
+            Change::GrantTokensIssued {
+                grant: grant(),
+                how: Issued::RefreshRetry,
+                resource: "https://tv.example/mcp".into(),
+            },
+        ),
+        ("grant_token_revoked", Change::GrantTokenRevoked { grant: grant() }),
+        (
             "provider_added",
             provider(Actor::User(7), ProviderAction::Added { authorize_origin: "https://p.example".into() }),
         ),
@@ -203,15 +212,16 @@ fn variant(change: &Change) -> &'static str {
         Change::GrantCreated { .. } => "GrantCreated",
         Change::GrantRevoked { .. } => "GrantRevoked",
         Change::GrantTokensIssued { .. } => "GrantTokensIssued",
+        Change::GrantTokenRevoked { .. } => "GrantTokenRevoked",
         Change::ProviderChanged { .. } => "ProviderChanged",
     }
 }
 
-const VARIANTS: usize = 29;
+const VARIANTS: usize = 30;
 
 /// The samples past the connection ones, which no connection projection (history, outbox)
 /// makes anything of.
-const NOT_CONNECTIONS: [&str; 34] = [
+const NOT_CONNECTIONS: [&str; 36] = [
     "signed_in",
     "signin_refused",
     "signed_out",
@@ -240,6 +250,8 @@ const NOT_CONNECTIONS: [&str; 34] = [
     "grant_by_user",
     "grant_code_reused",
     "grant_issued",
+    "grant_retried",
+    "grant_token_revoked",
     "provider_added",
     "provider_edited",
     "provider_disabled",
@@ -405,6 +417,18 @@ fn audit_projection() {
             )),
         ),
         (
+            "grant_retried",
+            Some(&format!(
+                r#"grant.tokens_issued grant:5 {at7} {{"client_id":"https://agent.example/client.json","grant_id":5,"grant_type":"refresh_token_retry","resource":"https://tv.example/mcp"}}"#
+            )),
+        ),
+        (
+            "grant_token_revoked",
+            Some(&format!(
+                r#"grant.token_revoked system {at7} {{"client_id":"https://agent.example/client.json","grant_id":5,"token_type":"access_token"}}"#
+            )),
+        ),
+        (
             "provider_added",
             Some(r#"provider.changed user:7 user=Some(7) service=Some("acme") connection=None {"action":"added","authorize_origin":"https://p.example","provider":"acme"}"#),
         ),
@@ -488,6 +512,11 @@ fn invalidation_projection() {
         }
         if name.starts_with("provider_") {
             *what = Some(Invalidated::Providers("acme".into()));
+        }
+        // A grant's cached access tokens go when it ends, when one is revoked, when a retried
+        // refresh revokes the first try's.
+        if ["grant_by_user", "grant_code_reused", "grant_retried", "grant_token_revoked"].contains(name) {
+            *what = Some(Invalidated::Grant(5));
         }
     }
     assert_eq!(got, want);
