@@ -6,7 +6,9 @@
 //! provider and the loopback fake provider connected, an API key and two grants (one for
 //! `/api/v1`, one for `/mcp`), and measures:
 //! - (a) `GET /api/v1/connections` with the API key and with the grant's access token (same user,
-//!   same data), with wrk: p50 and p99 at one connection, req/s at N;
+//!   same data), with wrk: p50 and p99 at one connection, req/s at N — on a server with
+//!   `cache_ttl = 0` first (every check reads the database, as every access-token check did before
+//!   tokens were cached), then on one with the default cache;
 //! - (b) the demo provider's `/account` through `call_api` on `POST /mcp` and through
 //!   `/api/v1/services/demo/proxy/account`: sequential keep-alive requests, the two interleaved,
 //!   p50 and p99 of each;
@@ -77,15 +79,14 @@ fn full_catalog(fake: &str) -> Vec<String> {
     tables
 }
 
-async fn start(database_url: &str, fake: &str, dir: &std::path::Path, providers: String) -> common::server::Server {
+async fn start(database_url: &str, fake: &str, dir: &std::path::Path, env: Headers) -> common::server::Server {
+    let mut env = env;
+    env.push(("ROCKET_DEMO_PROVIDER".into(), "true".into()));
+    env.push(("ROCKET_DEMO_TOKEN_LIFETIME".into(), "86400".into()));
     let options = common::server::Options {
         profile: "release",
         public_url_is_base: true,
-        env: vec![
-            ("ROCKET_PROVIDERS".into(), providers),
-            ("ROCKET_DEMO_PROVIDER".into(), "true".into()),
-            ("ROCKET_DEMO_TOKEN_LIFETIME".into(), "86400".into()),
-        ],
+        env,
         ..common::server::Options::new(database_url, fake, dir)
     };
     common::server::start(options).await
@@ -122,6 +123,7 @@ struct Seeded {
 /// work of the database, as the CLI writes).
 async fn seed(server: &common::server::Server, db: &tokenvault::db::Db, fake: &common::FakeProvider) -> Seeded {
     let http = common::server::browser();
+    fake.with_state(|s| s.public_url = Some(server.base.clone()));
     common::server::sign_up(&http, &server.base, "bench").await;
     common::server::connect(&http, &server.base, &server.base, fake).await;
     connect_demo(&http, &server.base).await;
@@ -279,12 +281,15 @@ async fn hot_paths(label: &str, base: &str, key: &str, connections: u64, seconds
     ]
 }
 
-/// A server on a database of its own in `dir`, its database and what was seeded.
+/// A server with these `ROCKET_PROVIDERS` (and more `env`) on a database of its own in `dir`,
+/// and what was seeded.
 async fn seeded_server(
     fake: &common::FakeProvider,
     dir: &std::path::Path,
     providers: String,
+    mut env: Headers,
 ) -> (common::server::Server, Seeded) {
+    env.push(("ROCKET_PROVIDERS".into(), providers));
     std::fs::create_dir_all(dir).unwrap();
     let url = dir.join("bench.sqlite").to_string_lossy().to_string();
     let db = tokenvault::db::Db::open_sized(&url, 2).unwrap();
@@ -293,9 +298,36 @@ async fn seeded_server(
     tokenvault::vault::store::set(&mut conn, &cipher, "fake.client_id", common::CLIENT_ID, "bench").unwrap();
     tokenvault::vault::store::set(&mut conn, &cipher, "fake.client_secret", common::CLIENT_SECRET, "bench").unwrap();
     drop(conn);
-    let server = start(&url, &fake.uri(), &dir.join("data"), providers).await;
+    let server = start(&url, &fake.uri(), &dir.join("data"), env).await;
     let seeded = seed(&server, &db, fake).await;
     (server, seeded)
+}
+
+fn default_catalog(fake: &common::FakeProvider) -> String {
+    providers_env(&fake.uri(), &[])
+}
+
+/// (a): `GET /api/v1/connections` with the API key, then with the `/api/v1` grant's access token.
+async fn key_and_token(label: &str, base: &str, seeded: &Seeded, connections: u64, seconds: u64) -> Vec<Row> {
+    let url = format!("{base}/api/v1/connections");
+    vec![
+        scenario(
+            &format!("{label}: GET /api/v1/connections, API key"),
+            &url,
+            &bearer(&seeded.key),
+            connections,
+            seconds,
+        )
+        .await,
+        scenario(
+            &format!("{label}: GET /api/v1/connections, grant access token"),
+            &url,
+            &bearer(&seeded.api_token),
+            connections,
+            seconds,
+        )
+        .await,
+    ]
 }
 
 #[tokio::main]
@@ -309,29 +341,26 @@ async fn main() {
     let fake = common::FakeProvider::start_unrecorded().await;
     let dir = tempfile::tempdir().unwrap();
 
-    let (one, seeded) = seeded_server(&fake, &dir.path().join("one"), providers_env(&fake.uri(), &[])).await;
+    // Without caches first: every check reads the database, as every access-token check did
+    // before tokens were cached.
+    let uncached_env = vec![("ROCKET_CACHE_TTL".to_string(), "0".to_string())];
+    let (uncached, seeded) =
+        seeded_server(&fake, &dir.path().join("uncached"), default_catalog(&fake), uncached_env).await;
+    let mut rows = key_and_token("cache_ttl = 0", &uncached.base, &seeded, connections, seconds).await;
+    drop(uncached);
+    let (one, seeded) = seeded_server(&fake, &dir.path().join("one"), default_catalog(&fake), Vec::new()).await;
     let base = one.base.clone();
-    let connections_url = format!("{base}/api/v1/connections");
-    let rows = vec![
-        scenario("GET /api/v1/connections, API key", &connections_url, &bearer(&seeded.key), connections, seconds)
-            .await,
-        scenario(
-            "GET /api/v1/connections, grant access token",
-            &connections_url,
-            &bearer(&seeded.api_token),
-            connections,
-            seconds,
-        )
-        .await,
-    ];
+    rows.extend(key_and_token("cached", &base, &seeded, connections, seconds).await);
     println!("\n## (a) An access token against an API key\n");
     print_rows(&rows);
-    println!(
-        "\n- access token / API key: {:.2}x req/s, p50 @1 {} vs {}",
-        rows[1].throughput.rps / rows[0].throughput.rps.max(1e-9),
-        ms(rows[1].latency.p50),
-        ms(rows[0].latency.p50)
-    );
+    for (label, pair) in [("cache_ttl = 0", &rows[..2]), ("cached", &rows[2..])] {
+        println!(
+            "- {label}: access token / API key {:.2}x req/s; p50 @1 {} vs {}",
+            pair[1].throughput.rps / pair[0].throughput.rps.max(1e-9),
+            ms(pair[1].latency.p50),
+            ms(pair[0].latency.p50)
+        );
+    }
 
     let [(mcp50, mcp99), (proxy50, proxy99)] = mcp_vs_proxy(&base, &seeded, calls).await;
     println!("\n## (b) call_api through /mcp against the proxy (demo provider, {calls} calls each)\n");
@@ -344,7 +373,7 @@ async fn main() {
     let mut hot = hot_paths("default catalog", &base, &seeded.key, connections, seconds).await;
     drop(one);
     let full = providers_env(&fake.uri(), &full_catalog(&fake.uri()));
-    let (fifty, seeded) = seeded_server(&fake, &dir.path().join("fifty"), full).await;
+    let (fifty, seeded) = seeded_server(&fake, &dir.path().join("fifty"), full, Vec::new()).await;
     for service in ["zoom", "auth0", "fake14"] {
         let url = format!("{}/api/v1/services/{service}/token", fifty.base);
         let res = reqwest::Client::new().get(url).header("Authorization", format!("Bearer {}", seeded.key));
