@@ -26,6 +26,9 @@ mod common;
 #[path = "support/wrk.rs"]
 #[allow(dead_code)]
 mod wrk;
+// The credentials and API key the benchmarks seed.
+#[path = "support/seed.rs"]
+mod seed;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -127,24 +130,14 @@ async fn seed(server: &common::server::Server, db: &tokenvault::db::Db, fake: &c
     common::server::sign_up(&http, &server.base, "bench").await;
     common::server::connect(&http, &server.base, &server.base, fake).await;
     connect_demo(&http, &server.base).await;
-    let cipher = tokenvault::vault::Cipher::from_base64(common::VAULT_KEY, &[]).unwrap();
+    let cipher = seed::cipher();
     let mut conn = db.conn().unwrap();
     let user = tokenvault::db::models::users::find_by_username(&mut conn, "bench").unwrap().unwrap();
-    let key = tokenvault::auth::api_key::create(
-        &mut conn,
-        &cipher,
-        tokenvault::audit::Actor::Cli,
-        user.id,
-        "bench",
-        &Default::default(),
-        20,
-    )
-    .unwrap()
-    .key;
+    let key = seed::api_key(&mut conn, user.id);
     let scope = "connections:read proxy:read";
     let api_token = grant_token(&mut conn, &cipher, user.id, &format!("{}/api/v1", server.base), scope);
     let mcp_token = grant_token(&mut conn, &cipher, user.id, &format!("{}/mcp", server.base), scope);
-    Seeded { key: key.expose_secret().to_string(), api_token, mcp_token }
+    Seeded { key, api_token, mcp_token }
 }
 
 /// A grant of `user_id` to a newly registered client for `resource` with `scope`, and the access
@@ -293,11 +286,7 @@ async fn seeded_server(
     std::fs::create_dir_all(dir).unwrap();
     let url = dir.join("bench.sqlite").to_string_lossy().to_string();
     let db = tokenvault::db::Db::open_sized(&url, 2).unwrap();
-    let cipher = tokenvault::vault::Cipher::from_base64(common::VAULT_KEY, &[]).unwrap();
-    let mut conn = db.conn().unwrap();
-    tokenvault::vault::store::set(&mut conn, &cipher, "fake.client_id", common::CLIENT_ID, "bench").unwrap();
-    tokenvault::vault::store::set(&mut conn, &cipher, "fake.client_secret", common::CLIENT_SECRET, "bench").unwrap();
-    drop(conn);
+    seed::vault(&db);
     let server = start(&url, &fake.uri(), &dir.join("data"), env).await;
     let seeded = seed(&server, &db, fake).await;
     (server, seeded)

@@ -28,6 +28,9 @@ mod common;
 // The load runner (wrk, or a built-in loop) and the table, shared with the other benchmarks.
 #[path = "support/wrk.rs"]
 mod wrk;
+// The credentials and API key the benchmarks seed.
+#[path = "support/seed.rs"]
+mod seed;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -121,18 +124,8 @@ async fn seed(instance: &Instance, fake: &FakeProvider, db: &tokenvault::db::Db)
     let user = tokenvault::db::models::users::find_by_username(&mut conn, "bench").unwrap().unwrap();
     let row = tokenvault::db::models::connections::find(&mut conn, user.id, "fake").unwrap().unwrap();
     let (access, _) = tokenvault::oauth::store::open_tokens(&cipher, &row).unwrap();
-    let key = tokenvault::auth::api_key::create(
-        &mut conn,
-        &cipher,
-        tokenvault::audit::Actor::Cli,
-        user.id,
-        "bench",
-        &Default::default(),
-        20,
-    )
-    .unwrap()
-    .key;
-    (cookie, access.expose_secret().to_string(), key.expose_secret().to_string())
+    let key = seed::api_key(&mut conn, user.id);
+    (cookie, access.expose_secret().to_string(), key)
 }
 
 /// Expire every stored token, as a change made outside the app: with an invalidation row for each
@@ -318,7 +311,7 @@ async fn main() {
     let dir = tempfile::tempdir().unwrap();
     let sqlite_url = dir.path().join("bench.sqlite").to_string_lossy().to_string();
     let db = tokenvault::db::Db::open_sized(&sqlite_url, 2).unwrap();
-    seed_vault(&db);
+    seed::vault(&db);
     let app = start(&sqlite_url, &fake.uri(), &dir.path().join("data")).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_idle = rss_kib(app.child.id());
@@ -473,7 +466,7 @@ async fn main() {
         std::env::set_var("TOKENVAULT_TEST_POSTGRES_URL", &admin);
         let database = common::TestDatabase::new(dir.path());
         let pgdb = tokenvault::db::Db::open_sized(&database.url, 2).unwrap();
-        seed_vault(&pgdb);
+        seed::vault(&pgdb);
         let a = start(&database.url, &fake.uri(), &dir.path().join("pa")).await;
         let (cookie, _, key) = seed(&a, &fake, &pgdb).await;
         let session = vec![("Cookie".to_string(), cookie)];
@@ -545,13 +538,6 @@ async fn get_json(url: &str, headers: &[(String, String)]) -> (u16, serde_json::
     let res = req.send().await.unwrap();
     let status = res.status().as_u16();
     (status, res.json().await.unwrap_or_default())
-}
-
-fn seed_vault(db: &tokenvault::db::Db) {
-    let cipher = tokenvault::vault::Cipher::from_base64(common::VAULT_KEY, &[]).unwrap();
-    let mut conn = db.conn().unwrap();
-    tokenvault::vault::store::set(&mut conn, &cipher, "fake.client_id", common::CLIENT_ID, "bench").unwrap();
-    tokenvault::vault::store::set(&mut conn, &cipher, "fake.client_secret", common::CLIENT_SECRET, "bench").unwrap();
 }
 
 fn num_cpus() -> usize {
