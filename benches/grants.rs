@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tokenvault::util::ExposeSecret;
-use wrk::{env_num, ms, print_rows, scenario, which, Row};
+use wrk::{env_num, load, ms, print_rows, scenario, which, Row};
 
 const REDIRECT: &str = "http://127.0.0.1:7777/callback";
 
@@ -296,27 +296,21 @@ fn default_catalog(fake: &common::FakeProvider) -> String {
     providers_env(&fake.uri(), &[])
 }
 
-/// (a): `GET /api/v1/connections` with the API key, then with the `/api/v1` grant's access token.
+/// (a): `GET /api/v1/connections` with the API key and with the `/api/v1` grant's access token:
+/// both one-connection runs first, then both N-connection runs (so that neither latency run
+/// follows a throughput run).
 async fn key_and_token(label: &str, base: &str, seeded: &Seeded, connections: u64, seconds: u64) -> Vec<Row> {
     let url = format!("{base}/api/v1/connections");
-    vec![
-        scenario(
-            &format!("{label}: GET /api/v1/connections, API key"),
-            &url,
-            &bearer(&seeded.key),
-            connections,
-            seconds,
-        )
-        .await,
-        scenario(
-            &format!("{label}: GET /api/v1/connections, grant access token"),
-            &url,
-            &bearer(&seeded.api_token),
-            connections,
-            seconds,
-        )
-        .await,
-    ]
+    let mut rows = Vec::new();
+    for (name, token) in [("API key", &seeded.key), ("grant access token", &seeded.api_token)] {
+        let latency = load(&url, &bearer(token), 1, seconds.min(3)).await;
+        let name = format!("{label}: GET /api/v1/connections, {name}");
+        rows.push(Row { name, latency, throughput: Default::default() });
+    }
+    for (row, token) in rows.iter_mut().zip([&seeded.key, &seeded.api_token]) {
+        row.throughput = load(&url, &bearer(token), connections, seconds).await;
+    }
+    rows
 }
 
 #[tokio::main]
