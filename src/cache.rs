@@ -1,5 +1,6 @@
-//! Short-lived in-memory copies of what the API's hot path reads on every request: API keys and
-//! connection rows. The database stays the source of truth:
+//! Short-lived in-memory copies of what the API's hot path reads on every request: API keys, access
+//! tokens of tokenvault's authorization server, and connection rows. The database stays the source
+//! of truth:
 //!
 //! - an entry lives at most `cache_ttl` seconds (`0` turns caching off);
 //! - every write that changes a cached row invalidates it in this process right after it commits,
@@ -14,6 +15,12 @@
 //!   reader never puts back a row that a writer has just replaced or deleted.
 //!
 //! Connection rows are cached as stored: tokens stay sealed in memory and are opened per use.
+//!
+//! Access tokens are held to more: a cached one is used only while this process's reading of the
+//! feed is current ([`FeedWatch::current`]: no invalidation heard and not yet read, and the feed
+//! read within a bound), never past the token's own expiry, and a grant's end drops every cached
+//! token of it ([`Invalidated::Grant`]) — so a revocation on another instance holds here as soon as
+//! its notification arrives (see docs/multi-instance.md for the bound).
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -24,6 +31,7 @@ use std::time::{Duration, Instant};
 use crate::db::models::connections::Connection;
 use crate::db::models::invalidations::{self, Invalidated, Invalidation};
 use crate::db::Db;
+use crate::jobs::listen::Look;
 use crate::util::now;
 
 /// A map whose entries expire after `ttl`, with invalidation-safe fills.
@@ -194,7 +202,11 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
         !self.ttl.is_zero()
     }
 
-    pub fn get(&self, key: &K) -> Option<V> {
+    pub fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         if !self.enabled() {
             return None;
         }
@@ -244,6 +256,16 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
         inner.generation += 1;
     }
 
+    /// Drop every entry `gone` names (e.g. the tokens of one grant), and every fill of a read
+    /// that started before.
+    pub fn invalidate_where(&self, gone: impl Fn(&K, &V) -> bool) {
+        let mut inner = self.lock();
+        inner.map.retain(|k, (v, _)| !gone(k, v));
+        inner.generation += 1;
+        // Misses after this start loads of their own instead of joining older ones.
+        self.loading.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
     pub fn invalidate(&self, key: &K) {
         let mut inner = self.lock();
         inner.map.remove(key);
@@ -288,8 +310,129 @@ impl CachedKey {
 
     /// True at most once a minute per key: time to record a use.
     pub fn should_touch(&self, now: i64) -> bool {
-        let last = self.last_used_at.load(Ordering::Relaxed);
-        last < now - 60 && self.last_used_at.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        touch_due(&self.last_used_at, now)
+    }
+}
+
+/// True at most once a minute per `mark` (shared by the copies of a cached entry): time to
+/// record a use, off the request's path.
+fn touch_due(mark: &AtomicI64, now: i64) -> bool {
+    let last = mark.load(Ordering::Relaxed);
+    last < now - 60 && mark.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+}
+
+/// A valid access token of tokenvault's authorization server, as checked (`authz::tokens`): whose,
+/// of which grant, for which resource, until when, and what its grant allows.
+#[derive(Debug, Clone)]
+pub struct CachedToken {
+    pub grant_id: i64,
+    pub user_id: i64,
+    pub username: String,
+    /// The resource (URL) the token is bound to.
+    pub resource: String,
+    /// The token's expiry (never after its grant's): a cached copy is not used past it.
+    pub expires_at: i64,
+    /// What the grant allows, as a limited key's scope.
+    pub scope: Arc<crate::db::models::key_scope::KeyScope>,
+    /// When this process last recorded a use of the grant through this token.
+    pub last_used_at: Arc<AtomicI64>,
+}
+
+impl CachedToken {
+    /// True at most once a minute per token: time to record a use of its grant.
+    pub fn should_touch(&self, now: i64) -> bool {
+        touch_due(&self.last_used_at, now)
+    }
+
+    #[cfg(test)]
+    pub fn for_tests(grant_id: i64, expires_at: i64) -> CachedToken {
+        CachedToken {
+            grant_id,
+            user_id: 7,
+            username: "a".into(),
+            resource: "https://tv.example/mcp".into(),
+            expires_at,
+            scope: Default::default(),
+            last_used_at: Default::default(),
+        }
+    }
+}
+
+/// How current this process's reading of `cache_invalidations` is, which a cached access token's
+/// use depends on: the poll ([`InvalidationPoll`]) says when it read the feed; on PostgreSQL the
+/// listener (`jobs::listen`) says when it heard another instance's invalidation, and lends a
+/// [`Look`] at its connection while it listens. Times are milliseconds since `base` (0: never).
+pub struct FeedWatch {
+    base: Instant,
+    /// Notifications of invalidations heard (PostgreSQL).
+    heard: AtomicU64,
+    /// `heard` as it was when the last successful read of the feed started.
+    applied: AtomicU64,
+    /// When the last successful read of the feed started.
+    read_at: AtomicU64,
+    /// How to look at the listener's connection now, while it listens.
+    look: Mutex<Option<Look>>,
+}
+
+impl Default for FeedWatch {
+    fn default() -> Self {
+        FeedWatch {
+            base: Instant::now(),
+            heard: AtomicU64::new(0),
+            applied: AtomicU64::new(0),
+            read_at: AtomicU64::new(0),
+            look: Mutex::new(None),
+        }
+    }
+}
+
+impl FeedWatch {
+    fn now_ms(&self) -> u64 {
+        self.base.elapsed().as_millis() as u64 + 1
+    }
+
+    /// The listener heard that another instance recorded an invalidation.
+    pub fn heard(&self) {
+        self.heard.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The listener listens (`Some`: how to look at its connection) or stopped (`None`).
+    pub fn listening(&self, look: Option<Look>) {
+        *self.look.lock().unwrap_or_else(|e| e.into_inner()) = look;
+    }
+
+    /// Taken by the poll before it reads the feed.
+    fn reading(&self) -> (u64, u64) {
+        (self.heard.load(Ordering::SeqCst), self.now_ms())
+    }
+
+    /// The read started at `reading` succeeded and its rows were applied.
+    fn read(&self, (heard, at): (u64, u64)) {
+        self.applied.fetch_max(heard, Ordering::SeqCst);
+        self.read_at.fetch_max(at, Ordering::SeqCst);
+    }
+
+    /// The feed could not be read.
+    fn lost(&self) {
+        self.read_at.store(0, Ordering::SeqCst);
+    }
+
+    /// Whether a cached access token may be used now. While the PostgreSQL listener listens, what
+    /// has reached its connection is looked at first (another instance's commit notifies it before
+    /// that instance answers its request): nothing heard may be left that the feed's last read
+    /// did not cover, and that read is recent — within two polls on SQLite (one instance: only the
+    /// CLI writes beside it), within two fallback polls while the listener listens.
+    pub fn current(&self) -> bool {
+        let look = self.look.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(look) = &look {
+            look();
+        }
+        if self.applied.load(Ordering::SeqCst) < self.heard.load(Ordering::SeqCst) {
+            return false;
+        }
+        let within = if look.is_some() { POLL_INTERVAL_LISTENING } else { POLL_INTERVAL };
+        let read = self.read_at.load(Ordering::SeqCst);
+        read != 0 && self.now_ms().saturating_sub(read) <= 2 * within.as_millis() as u64
     }
 }
 
@@ -303,12 +446,30 @@ pub struct Caches {
     /// (user id, service) → the user's connection rows to the service (one per account, first
     /// connected first), tokens sealed.
     pub connections: TtlCache<(i64, String), ConnectionSet>,
+    /// Access token hash → the checked token: read through [`Caches::access_token`].
+    pub access_tokens: TtlCache<String, CachedToken>,
+    /// How current the reading of the feed is (what a cached access token's use depends on).
+    pub feed: FeedWatch,
 }
 
 impl Caches {
     pub fn new(ttl_seconds: u64) -> Caches {
         let ttl = Duration::from_secs(ttl_seconds);
-        Caches { api_keys: TtlCache::new(ttl, 100_000), connections: TtlCache::new(ttl, 100_000) }
+        Caches {
+            api_keys: TtlCache::new(ttl, 100_000),
+            connections: TtlCache::new(ttl, 100_000),
+            access_tokens: TtlCache::new(ttl, 100_000),
+            feed: FeedWatch::default(),
+        }
+    }
+
+    /// The cached access token with this hash, if it may be used now: the feed's reading is
+    /// current and the token has not expired (a copy never outlives its token).
+    pub fn access_token(&self, hash: &str, now: i64) -> Option<CachedToken> {
+        if !self.feed.current() {
+            return None;
+        }
+        self.access_tokens.get(hash).filter(|t| t.expires_at > now)
     }
 
     /// Drop what an invalidation names (everything, when this version cannot tell what it names).
@@ -323,6 +484,7 @@ impl Caches {
         match what {
             Invalidated::ApiKey(hash) => self.api_keys.invalidate(hash),
             Invalidated::Connection { user_id, service } => self.connections.invalidate(&(*user_id, service.clone())),
+            Invalidated::Grant(id) => self.access_tokens.invalidate_where(|_, t| t.grant_id == *id),
             // Not a cache: the provider catalog, rebuilt by the poll's `on_providers`.
             Invalidated::Providers(_) => {}
         }
@@ -364,14 +526,19 @@ impl Caches {
     }
 
     /// Counters per cache, by name.
-    pub fn stats(&self) -> [(&'static str, CacheStats); 2] {
-        [("api_keys", self.api_keys.stats()), ("connections", self.connections.stats())]
+    pub fn stats(&self) -> [(&'static str, CacheStats); 3] {
+        [
+            ("api_keys", self.api_keys.stats()),
+            ("connections", self.connections.stats()),
+            ("access_tokens", self.access_tokens.stats()),
+        ]
     }
 
     /// Forget everything (after a change made outside tokenvault's own writes).
     pub fn clear(&self) {
         self.api_keys.clear();
         self.connections.clear();
+        self.access_tokens.clear();
     }
 }
 
@@ -461,16 +628,15 @@ impl InvalidationPoll {
 
     async fn poll(&mut self) -> Result<(), String> {
         let (db, caches) = (&self.db, &self.caches);
+        let reading = caches.feed.reading();
         let Some(feed) = self.feed.as_mut() else {
             return match db.run(|conn| Ok(invalidations::newest_id(conn)?)).await {
                 Ok(newest) => {
                     self.feed = Some(Feed::starting_at(newest));
+                    caches.feed.read(reading);
                     Ok(())
                 }
-                Err(e) => {
-                    caches.clear();
-                    Err(format!("could not read cache invalidations; cache cleared: {e}"))
-                }
+                Err(e) => Err(Self::lost(caches, e)),
             };
         };
         self.polls += 1;
@@ -485,18 +651,22 @@ impl InvalidationPoll {
         match db.run(move |conn| Ok(invalidations::after(conn, after)?)).await {
             Ok(rows) => {
                 feed.apply(&rows, caches);
+                caches.feed.read(reading);
                 let providers = rows.iter().any(|r| matches!(r.target, Ok(Invalidated::Providers(_)) | Err(_)));
                 if providers || every_30th {
                     self.reload_providers().await;
                 }
                 Ok(())
             }
-            Err(e) => {
-                // Without the feed this process cannot trust its copies.
-                caches.clear();
-                Err(format!("could not read cache invalidations; cache cleared: {e}"))
-            }
+            Err(e) => Err(Self::lost(caches, e)),
         }
+    }
+
+    /// Without the feed this process cannot trust its copies: they are cleared.
+    fn lost(caches: &Caches, e: crate::error::AppError) -> String {
+        caches.feed.lost();
+        caches.clear();
+        format!("could not read cache invalidations; cache cleared: {e}")
     }
 }
 
@@ -723,6 +893,98 @@ mod tests {
         assert!(caches.api_keys.get(&"hash".to_string()).is_none());
         caches.apply(&inv("something new", "x"));
         assert!(caches.connections.is_empty());
+    }
+
+    /// A cache whose feed was read just now (as the poll does), with a token of grant 5 and one of
+    /// grant 6 cached, both valid until `exp`.
+    fn with_tokens(exp: i64) -> Caches {
+        let caches = Caches::new(60);
+        caches.feed.read(caches.feed.reading());
+        for (hash, grant) in [("t5", 5), ("t6", 6)] {
+            let ticket = caches.access_tokens.ticket();
+            assert!(caches.access_tokens.fill(ticket, hash.into(), CachedToken::for_tests(grant, exp)));
+        }
+        caches
+    }
+
+    #[test]
+    fn a_grants_invalidation_drops_its_tokens_only_and_blocks_older_fills() {
+        let caches = with_tokens(now() + 3600);
+        let reader = caches.access_tokens.ticket(); // a check reads grant 5's token from the database…
+        caches.apply(&Invalidation::from_stored(1, "grant", "5")); // …another instance revokes it.
+        assert!(caches.access_token("t5", now()).is_none());
+        assert_eq!(caches.access_token("t6", now()).map(|t| t.grant_id), Some(6));
+        assert!(!caches.access_tokens.fill(reader, "t5".into(), CachedToken::for_tests(5, now() + 3600)));
+        assert!(caches.access_token("t5", now()).is_none(), "the read from before the revocation is not cached");
+        // This process's own revocation (settled): the same.
+        caches.after_write(&[Invalidated::Grant(6)]);
+        assert!(caches.access_tokens.is_empty());
+    }
+
+    #[test]
+    fn a_cached_token_is_not_used_past_its_expiry() {
+        let caches = with_tokens(now() + 2);
+        assert!(caches.access_token("t5", now()).is_some());
+        assert!(caches.access_token("t5", now() + 2).is_none(), "the entry never outlives the token");
+    }
+
+    #[test]
+    fn cached_tokens_wait_for_the_feed_to_be_read() {
+        let caches = with_tokens(now() + 3600);
+        let fresh = Caches::new(60);
+        let ticket = fresh.access_tokens.ticket();
+        fresh.access_tokens.fill(ticket, "t5".into(), CachedToken::for_tests(5, now() + 3600));
+        assert!(fresh.access_token("t5", now()).is_none(), "not before the feed's first read");
+        // Another instance's invalidation was heard: not until the reader has read it.
+        caches.feed.heard();
+        assert!(caches.access_token("t5", now()).is_none());
+        let reading = caches.feed.reading();
+        caches.feed.heard(); // heard while that read ran: it may not cover it
+        caches.feed.read(reading);
+        assert!(caches.access_token("t5", now()).is_none());
+        caches.feed.read(caches.feed.reading());
+        assert!(caches.access_token("t5", now()).is_some());
+        // The feed could not be read: nothing cached is trusted.
+        caches.feed.lost();
+        assert!(caches.access_token("t5", now()).is_none());
+    }
+
+    #[test]
+    fn a_listener_is_looked_at_before_a_cached_token_is_used() {
+        let Some(base) = Instant::now().checked_sub(Duration::from_secs(10)) else { return };
+        let watch = Arc::new(FeedWatch { base, ..FeedWatch::default() });
+        watch.read_at.store(1, Ordering::SeqCst); // the feed was read 10 s ago
+        assert!(!watch.current(), "without a listener the feed must have been read within two polls");
+        // A listener whose connection has another instance's notification waiting: looking at it
+        // rings (as the listener's loop would at its next tick), and the token is not trusted.
+        let waiting = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let look: Look = {
+            let (watch, waiting) = (Arc::downgrade(&watch), waiting.clone());
+            Arc::new(move || {
+                if waiting.swap(false, Ordering::SeqCst) {
+                    watch.upgrade().unwrap().heard();
+                }
+            })
+        };
+        watch.listening(Some(look));
+        assert!(watch.current(), "a listener rings at each other instance's commit: the old read is current");
+        waiting.store(true, Ordering::SeqCst);
+        assert!(!watch.current(), "a notification waiting on the connection is seen by the check itself");
+        watch.read(watch.reading());
+        assert!(watch.current());
+        watch.read_at.store(1, Ordering::SeqCst);
+        assert!(watch.current());
+        watch.listening(None);
+        assert!(!watch.current(), "once the listener stopped, a read 10 s old is not current");
+    }
+
+    #[test]
+    fn a_tokens_use_is_recorded_at_most_once_a_minute() {
+        let token = CachedToken::for_tests(5, i64::MAX);
+        let copy = token.clone();
+        assert!(token.should_touch(1_000));
+        assert!(!copy.should_touch(1_059));
+        assert!(copy.should_touch(1_061));
     }
 
     #[test]

@@ -90,12 +90,19 @@ pub fn all(app: &AppState) -> Vec<Scheduled> {
             .with_providers(providers),
     ));
     if app.db.backend() == crate::db::Backend::Postgres {
-        let hooks = app.webhooks.clone();
+        let (hooks, caches) = (app.webhooks.clone(), app.caches.clone());
         let ring: listen::Ring = Arc::new(move |channel| match channel {
             crate::db::notify::Channel::Webhooks => hooks.wake(),
-            crate::db::notify::Channel::CacheInvalidations => invalidations.notify_one(),
+            crate::db::notify::Channel::CacheInvalidations => {
+                // Cached access tokens are not used until the reader has read what this announces.
+                caches.feed.heard();
+                invalidations.notify_one();
+            }
         });
-        jobs.push(every(t.listen, listen::ListenJob { database_url: app.settings.database_url.clone(), ring }));
+        let caches = app.caches.clone();
+        let listening: listen::Listening = Arc::new(move |look| caches.feed.listening(look));
+        let database_url = app.settings.database_url.clone();
+        jobs.push(every(t.listen, listen::ListenJob { database_url, ring, listening }));
     }
     if app.settings.authz.enabled {
         jobs.push(every(crate::authz::SWEEP_EVERY, crate::authz::Sweep { db: app.db.clone() }));

@@ -98,6 +98,9 @@ pub enum Kind {
     GrantRevoked,
     /// The token endpoint issued tokens of a grant.
     GrantTokensIssued,
+    /// A client revoked one access token of a grant (RFC 7009; its refresh token ends the grant:
+    /// `grant.revoked`).
+    GrantTokenRevoked,
     /// The authorization server refused a request (an authorization request, the consent
     /// denied, a token request): through the batcher's bounded refusals, like refused sign-ins.
     OAuthRefused,
@@ -134,6 +137,7 @@ impl Kind {
         Kind::GrantCreated,
         Kind::GrantRevoked,
         Kind::GrantTokensIssued,
+        Kind::GrantTokenRevoked,
         Kind::OAuthRefused,
         Kind::ProviderChanged,
         Kind::ClientRegistered,
@@ -164,6 +168,7 @@ impl Kind {
             Kind::GrantCreated => "grant.created",
             Kind::GrantRevoked => "grant.revoked",
             Kind::GrantTokensIssued => "grant.tokens_issued",
+            Kind::GrantTokenRevoked => "grant.token_revoked",
             Kind::OAuthRefused => "oauth.refused",
             Kind::ProviderChanged => "provider.changed",
             Kind::ClientRegistered => "client.registered",

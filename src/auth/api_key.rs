@@ -8,7 +8,7 @@ use std::sync::Arc;
 use rocket::http::Status;
 use rocket::request::{FromRequest, Outcome, Request};
 
-use crate::cache::{CachedKey, Caches};
+use crate::cache::{CachedKey, CachedToken, Caches};
 use crate::changes::{self, Actor, Change, Committed, KeyRevoked};
 use crate::db::models::api_keys::{self, ApiKey, NewApiKey};
 pub use crate::db::models::key_scope::{Capability, KeyScope};
@@ -155,24 +155,23 @@ impl From<&CachedKey> for ApiUser {
     }
 }
 
+impl From<&CachedToken> for ApiUser {
+    fn from(t: &CachedToken) -> Self {
+        ApiUser { id: t.user_id, username: t.username.clone(), via: Via::Grant(t.grant_id), scope: t.scope.clone() }
+    }
+}
+
 /// Check an access token of tokenvault's authorization server for `/api/v1` (see
-/// `authz::tokens::check_access`: from the database, so a revocation holds at once everywhere).
+/// `authz::tokens::check_access`: cached as API keys are; a grant's end drops its tokens on every
+/// instance).
 async fn authenticate_grant(
-    db: &Db,
+    app: &AppState,
     resource: String,
     token: &str,
     ip: Option<String>,
 ) -> Result<Option<ApiUser>, KeyCheckUnavailable> {
-    let token = token.to_string();
-    let checked =
-        db.run(move |conn| crate::authz::tokens::check_access(conn, &token, &resource, now(), ip.as_deref())).await;
-    match checked {
-        Ok(Ok(holder)) => Ok(Some(ApiUser {
-            id: holder.user_id,
-            username: holder.username,
-            via: Via::Grant(holder.grant_id),
-            scope: Arc::new(holder.scope),
-        })),
+    match crate::authz::tokens::check_access(&app.db, &app.caches, token, &resource, ip).await {
+        Ok(Ok(holder)) => Ok(Some(ApiUser::from(&holder))),
         Ok(Err(_)) => Ok(None),
         Err(e) => {
             tracing::error!(error = %e, "access token lookup failed: answering 503");
@@ -299,7 +298,7 @@ impl<'r> FromRequest<'r> for &'r ApiUser {
                 let ip = req.client_ip().map(|ip| ip.to_string());
                 if key.starts_with(crate::authz::ACCESS_PREFIX) && app.settings.authz.enabled {
                     let resource = crate::authz::Resource::Api.url(&app.settings);
-                    return authenticate_grant(&app.db, resource, key, ip).await;
+                    return authenticate_grant(app, resource, key, ip).await;
                 }
                 if !(key.starts_with(KEY_PREFIX) || key.starts_with(LIMITED_KEY_PREFIX)) {
                     return Ok(None);

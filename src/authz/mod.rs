@@ -7,8 +7,11 @@
 //! through `auth::api_key`'s guard, and `/mcp` can use [`tokens::check_access`] with
 //! [`Resource::Mcp`].
 //!
-//! Nothing of a grant is cached: every access-token check reads the token and its grant (one
-//! indexed join), so a revocation holds on every instance at the next request.
+//! A checked access token is cached like an API key (`crate::cache`, keyed by its SHA-256, never
+//! past its expiry), so a check costs what a key's does. A grant's end, a token revoked by its
+//! client and a retried refresh record an invalidation of the grant: its tokens stop working at
+//! once on the instance that made the change and, on every other one, as soon as the commit's
+//! notification is read; until then a cached token is not trusted (`cache::FeedWatch`).
 
 pub mod clients;
 pub mod grants;

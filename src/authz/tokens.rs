@@ -15,12 +15,15 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
 
+use std::sync::atomic::AtomicI64;
+use std::sync::Arc;
+
 use super::grants::{subject, GrantScope};
 use super::{ACCESS_PREFIX, CODE_LIFETIME, CODE_PREFIX, REFRESH_GRACE, REFRESH_PREFIX};
+use crate::cache::{CachedToken, Caches};
 use crate::changes::{Actor, Change, GrantEnd, Issued, Tx};
 use crate::db::models::authz::{self as model, Client, Grant, NewCode, NewGrant, NewToken, TokenKind};
-use crate::db::models::key_scope::KeyScope;
-use crate::db::Conn;
+use crate::db::{Conn, Db};
 use crate::error::AppResult;
 use crate::util::{ct_eq, now, random_token, sha256_hex, Secret};
 
@@ -286,31 +289,24 @@ pub fn revoke(tx: &mut Tx<'_>, client: &Client, token: &str) -> AppResult<()> {
         if grant.client_pk != client.id {
             return Ok(());
         }
-        model::revoke_token(tx.conn(), row.id, at)?;
+        let revoked = model::revoke_token(tx.conn(), row.id, at)? > 0;
         if kind == TokenKind::Refresh {
             if let Some(grant) = model::revoke_grant(tx.conn(), grant.id, None, at)? {
                 let grant = subject(&grant, client);
                 tx.record(Change::GrantRevoked { by: Actor::System, grant, why: GrantEnd::ByClient })?;
             }
+        } else if revoked && live(&grant, at) {
+            // Cached copies of it, on every instance, go with the grant's others.
+            tx.record(Change::GrantTokenRevoked { grant: subject(&grant, client) })?;
         }
         return Ok(());
     }
     Ok(())
 }
 
-/// The holder of a valid access token: its user, grant and client, and the limits it is held to.
-#[derive(Debug, Clone)]
-pub struct TokenHolder {
-    pub user_id: i64,
-    pub username: String,
-    pub grant_id: i64,
-    pub client_pk: i64,
-    pub scope: KeyScope,
-    pub grant_scope: GrantScope,
-    pub resource: String,
-    pub expires_at: i64,
-    pub issued_at: i64,
-}
+/// The holder of a valid access token: its user and grant, the resource it is bound to, its expiry
+/// and the limits its grant holds it to (as cached).
+pub type TokenHolder = CachedToken;
 
 /// Why an access token is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -321,43 +317,73 @@ pub enum AccessRefused {
     OtherResource,
 }
 
-/// Check an access token for `resource` (its URL) at `at`, from the database (nothing is cached,
-/// so a revocation on any instance holds here at once); a use is recorded, with the client's
-/// address, at most once a minute.
-pub fn check_access(
-    conn: &mut Conn,
+/// The valid access token with this hash, from the database (for any resource: the caller checks
+/// it); a use of its grant is recorded, with the client's address, at most once a minute.
+pub fn load_access(conn: &mut Conn, hash: &str, at: i64, ip: Option<&str>) -> AppResult<Option<TokenHolder>> {
+    let Some((row, grant, user)) = model::find_token(conn, hash, TokenKind::Access)? else { return Ok(None) };
+    if row.revoked_at.is_some() || row.expires_at <= at || !live(&grant, at) {
+        return Ok(None);
+    }
+    let mut last_used = grant.last_used_at.unwrap_or(0);
+    if last_used < at - 60 {
+        model::touch_grant(conn, grant.id, at, ip)?;
+        last_used = at;
+    }
+    Ok(Some(CachedToken {
+        grant_id: grant.id,
+        user_id: user.id,
+        username: user.username,
+        resource: row.resource,
+        expires_at: row.expires_at,
+        scope: Arc::new(GrantScope::of(&grant).key_scope(grant.expires_at)),
+        last_used_at: Arc::new(AtomicI64::new(last_used)),
+    }))
+}
+
+/// Check an access token for `resource` (its URL): from this process's cache when it may be
+/// trusted (`Caches::access_token`: a grant's end on any instance drops its tokens; see
+/// `crate::cache`), else from the database, as an API key is checked. A use of the grant is
+/// recorded at most once a minute, off the request's path when the token was cached.
+pub async fn check_access(
+    db: &Db,
+    caches: &Caches,
     token: &str,
     resource: &str,
-    at: i64,
-    ip: Option<&str>,
+    ip: Option<String>,
 ) -> AppResult<Result<TokenHolder, AccessRefused>> {
     if !token.starts_with(ACCESS_PREFIX) {
         return Ok(Err(AccessRefused::Invalid));
     }
-    let Some((row, grant, user)) = model::find_token(conn, &sha256_hex(token), TokenKind::Access)? else {
-        return Ok(Err(AccessRefused::Invalid));
+    let (hash, at) = (sha256_hex(token), now());
+    let found = match caches.access_token(&hash, at) {
+        Some(cached) => {
+            if cached.should_touch(at) {
+                touch_later(db, cached.grant_id, ip);
+            }
+            Some(cached)
+        }
+        None => {
+            let lookup = hash.clone();
+            let load = || async move { db.run(move |conn| load_access(conn, &lookup, now(), ip.as_deref())).await };
+            caches.access_tokens.load_missing(&hash, load).await?
+        }
     };
-    if row.revoked_at.is_some() || row.expires_at <= at || !live(&grant, at) {
-        return Ok(Err(AccessRefused::Invalid));
-    }
-    if row.resource != resource {
-        return Ok(Err(AccessRefused::OtherResource));
-    }
-    if grant.last_used_at.is_none_or(|t| t < at - 60) {
-        model::touch_grant(conn, grant.id, at, ip)?;
-    }
-    let grant_scope = GrantScope::of(&grant);
-    Ok(Ok(TokenHolder {
-        user_id: user.id,
-        username: user.username,
-        grant_id: grant.id,
-        client_pk: grant.client_pk,
-        scope: grant_scope.key_scope(grant.expires_at),
-        grant_scope,
-        resource: row.resource,
-        expires_at: row.expires_at,
-        issued_at: row.created_at,
-    }))
+    Ok(match found {
+        Some(holder) if holder.expires_at > at && holder.resource == resource => Ok(holder),
+        Some(holder) if holder.expires_at > at => Err(AccessRefused::OtherResource),
+        _ => Err(AccessRefused::Invalid),
+    })
+}
+
+/// Record a use of a grant through a cached token, off the request's path.
+fn touch_later(db: &Db, grant_id: i64, ip: Option<String>) {
+    let db = db.clone();
+    rocket::tokio::spawn(async move {
+        let touched = db.run(move |conn| Ok(model::touch_grant(conn, grant_id, now(), ip.as_deref())?)).await;
+        if let Err(e) = touched {
+            tracing::warn!(error = %e, "could not record a grant's use");
+        }
+    });
 }
 
 /// RFC 7662: what the introspection endpoint says of a token presented by `client` (only its

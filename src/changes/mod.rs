@@ -121,9 +121,12 @@ pub enum Change {
 
     /// A user allowed a client of tokenvault's authorization server (`crate::authz`) a grant.
     GrantCreated { grant: GrantSubject, address: Option<IpAddr> },
-    /// A grant ended before its expiry (its tokens stop working on every instance at once: each
-    /// check reads the grant).
+    /// A grant ended before its expiry: its tokens stop working at once on this instance and, through
+    /// the grant's invalidation, on every other one (see `crate::cache::Caches::access_tokens`).
     GrantRevoked { by: Actor, grant: GrantSubject, why: GrantEnd },
+    /// Its client revoked one access token of a live grant (RFC 7009): the grant's cached tokens are
+    /// dropped everywhere, as for [`Change::GrantRevoked`] (never the token).
+    GrantTokenRevoked { grant: GrantSubject },
     /// The token endpoint issued tokens of a grant (never the tokens).
     GrantTokensIssued { grant: GrantSubject, how: Issued, resource: String },
     /// A client of the authorization server became known: registered by an administrator

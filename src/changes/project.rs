@@ -85,6 +85,7 @@ pub fn history_of(change: &Change) -> Option<HistoryRow<'_>> {
         | Change::GrantCreated { .. }
         | Change::GrantRevoked { .. }
         | Change::GrantTokensIssued { .. }
+        | Change::GrantTokenRevoked { .. }
         | Change::ClientRegistered { .. }
         | Change::ClientDeleted { .. } => None,
     }
@@ -239,6 +240,9 @@ pub fn audit_of(change: &Change) -> Option<Entry> {
         Change::GrantRevoked { by, grant, why } => {
             Some(grant_entry(Kind::GrantRevoked, by.clone(), grant).with("reason", grant_end_reason(*why)))
         }
+        Change::GrantTokenRevoked { grant } => {
+            Some(grant_entry(Kind::GrantTokenRevoked, Actor::System, grant).with("token_type", "access_token"))
+        }
         Change::GrantTokensIssued { grant, how, resource } => {
             let how = match how {
                 Issued::Code => "authorization_code",
@@ -382,7 +386,10 @@ pub fn outbox_of(change: &Change) -> Option<OutboxEvent<'_>> {
         | Change::WebhookEndpointChanged { .. } => None,
         // Clients are the instance's configuration, not a user's: no webhook event (the grants a
         // deletion ends each send their `grant.revoked`).
-        Change::GrantTokensIssued { .. } | Change::ClientRegistered { .. } | Change::ClientDeleted { .. } => None,
+        Change::GrantTokensIssued { .. }
+        | Change::GrantTokenRevoked { .. }
+        | Change::ClientRegistered { .. }
+        | Change::ClientDeleted { .. } => None,
         // Not a connection's event: recorded by `outbox` with its own `data`.
         Change::ProviderChanged { .. } => None,
         // Not connection events: recorded by `outbox` itself (a test for its one endpoint, a
@@ -501,13 +508,16 @@ pub fn invalidation_of(change: &Change) -> Option<Invalidated> {
         | Change::WebhookTestQueued { .. }
         | Change::WebhookEndpointChanged { .. }
         | Change::AuditCheckpointed { .. } => None,
-        // Grants and their tokens are not cached: every token check reads the grant, so a
-        // revocation holds on every instance at the next request.
-        Change::GrantCreated { .. }
-        | Change::GrantRevoked { .. }
-        | Change::GrantTokensIssued { .. }
-        | Change::ClientRegistered { .. }
-        | Change::ClientDeleted { .. } => None,
+        // Checked access tokens are cached by grant (`Caches::access_tokens`): a grant that ends, a
+        // token its client revokes, and a retried refresh (which revokes the tokens of the first
+        // try) drop the grant's cached tokens on every instance.
+        Change::GrantRevoked { grant, .. } | Change::GrantTokenRevoked { grant } => Some(Invalidated::Grant(grant.id)),
+        Change::GrantTokensIssued { grant, how: Issued::RefreshRetry, .. } => Some(Invalidated::Grant(grant.id)),
+        // A new grant, or new tokens that revoke nothing: nothing cached is stale.
+        Change::GrantCreated { .. } | Change::GrantTokensIssued { .. } => None,
+        // A client's registration changes nothing cached; its deletion revokes each live grant
+        // first (`GrantRevoked` above drops their tokens).
+        Change::ClientRegistered { .. } | Change::ClientDeleted { .. } => None,
     }
 }
 

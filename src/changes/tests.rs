@@ -125,6 +125,15 @@ fn samples() -> Vec<(&'static str, Change)> {
             },
         ),
         (
+            "grant_retried",
+            Change::GrantTokensIssued {
+                grant: grant(),
+                how: Issued::RefreshRetry,
+                resource: "https://tv.example/mcp".into(),
+            },
+        ),
+        ("grant_token_revoked", Change::GrantTokenRevoked { grant: grant() }),
+        (
             "provider_added",
             provider(Actor::User(7), ProviderAction::Added { authorize_origin: "https://p.example".into() }),
         ),
@@ -217,17 +226,18 @@ fn variant(change: &Change) -> &'static str {
         Change::GrantCreated { .. } => "GrantCreated",
         Change::GrantRevoked { .. } => "GrantRevoked",
         Change::GrantTokensIssued { .. } => "GrantTokensIssued",
+        Change::GrantTokenRevoked { .. } => "GrantTokenRevoked",
         Change::ProviderChanged { .. } => "ProviderChanged",
         Change::ClientRegistered { .. } => "ClientRegistered",
         Change::ClientDeleted { .. } => "ClientDeleted",
     }
 }
 
-const VARIANTS: usize = 31;
+const VARIANTS: usize = 32;
 
 /// The samples past the connection ones, which no connection projection (history, outbox)
 /// makes anything of.
-const NOT_CONNECTIONS: [&str; 37] = [
+const NOT_CONNECTIONS: [&str; 39] = [
     "signed_in",
     "signin_refused",
     "signed_out",
@@ -256,6 +266,8 @@ const NOT_CONNECTIONS: [&str; 37] = [
     "grant_by_user",
     "grant_code_reused",
     "grant_issued",
+    "grant_retried",
+    "grant_token_revoked",
     "provider_added",
     "provider_edited",
     "provider_disabled",
@@ -424,6 +436,18 @@ fn audit_projection() {
             )),
         ),
         (
+            "grant_retried",
+            Some(&format!(
+                r#"grant.tokens_issued grant:5 {at7} {{"client_id":"https://agent.example/client.json","grant_id":5,"grant_type":"refresh_token_retry","resource":"https://tv.example/mcp"}}"#
+            )),
+        ),
+        (
+            "grant_token_revoked",
+            Some(&format!(
+                r#"grant.token_revoked system {at7} {{"client_id":"https://agent.example/client.json","grant_id":5,"token_type":"access_token"}}"#
+            )),
+        ),
+        (
             "provider_added",
             Some(r#"provider.changed user:7 user=Some(7) service=Some("acme") connection=None {"action":"added","authorize_origin":"https://p.example","provider":"acme"}"#),
         ),
@@ -525,6 +549,13 @@ fn invalidation_projection() {
         }
         if name.starts_with("provider_") {
             *what = Some(Invalidated::Providers("acme".into()));
+        }
+        // A grant's cached access tokens go when it ends, when one is revoked, when a retried
+        // refresh revokes the first try's.
+        if ["grant_by_user", "grant_code_reused", "grant_retried", "grant_token_revoked", "grant_client_deleted"]
+            .contains(name)
+        {
+            *what = Some(Invalidated::Grant(5));
         }
     }
     assert_eq!(got, want);

@@ -9,8 +9,12 @@
 //! A run lasts until shutdown. When its connection fails the run fails (logged, counted) and the
 //! supervisor starts it again at its interval; every (re)connection first wakes everything once,
 //! for what was committed while nobody listened.
+//!
+//! While connected, the listener also hands out a [`Look`]: a request that must know whether
+//! another instance's change is already waiting (a cached access token's check, `crate::cache`)
+//! looks at the socket itself — no query, no round trip — instead of waiting for the next tick.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -28,9 +32,16 @@ pub const OWN_DELAY: Duration = Duration::from_secs(1);
 /// What a notification wakes, by channel.
 pub type Ring = Arc<dyn Fn(Channel) + Send + Sync>;
 
+/// Look at what has arrived on the listening connection now, ringing for it as the listener does.
+pub type Look = Arc<dyn Fn() + Send + Sync>;
+
+/// Told how to [`Look`] when the listener has connected, and `None` when it stopped listening.
+pub type Listening = Arc<dyn Fn(Option<Look>) + Send + Sync>;
+
 pub struct ListenJob {
     pub database_url: String,
     pub ring: Ring,
+    pub listening: Listening,
 }
 
 #[rocket::async_trait]
@@ -43,11 +54,13 @@ impl Job for ListenJob {
         // A thread of its own rather than the runtime's blocking pool: it ends at `stop`, and
         // also when this run is dropped (a runtime shutting down does not wait for it).
         let (url, ring, stop) = (self.database_url.clone(), self.ring.clone(), stop.clone());
+        let listening = self.listening.clone();
         let (done, result) = rocket::tokio::sync::oneshot::channel();
         std::thread::Builder::new()
             .name("pg-listen".into())
             .spawn(move || {
-                let ended = listen(&url, &*ring, &|| stop.is_cancelled() || done.is_closed());
+                let ended = listen(&url, ring, &*listening, &|| stop.is_cancelled() || done.is_closed());
+                listening(None);
                 let _ = done.send(ended);
             })
             .map_err(|e| format!("could not start the listener: {e}"))?;
@@ -55,33 +68,65 @@ impl Job for ListenJob {
     }
 }
 
-/// Listen until `stopped`; an error when the connection cannot be made or breaks.
-pub fn listen(url: &str, ring: &(dyn Fn(Channel) + Sync), stopped: &dyn Fn() -> bool) -> Result<Next, String> {
-    let mut listener = Listener::connect(url)?;
-    for channel in Channel::ALL {
-        ring(channel);
-    }
-    let mut checked = Instant::now();
-    // This process's own notifications, and when they wake their jobs.
-    let mut own: Vec<(Channel, Instant)> = Vec::new();
-    while !stopped() {
-        for heard in listener.received().map_err(|e| format!("the listening connection broke: {e}"))? {
+/// The listening connection and this process's own notifications heard, with when they wake their
+/// jobs: shared by the listener's loop and the requests that [`Look`].
+struct Ear {
+    listener: Listener,
+    own: Vec<(Channel, Instant)>,
+}
+
+impl Ear {
+    /// Ring for what arrived (another instance's at once, this process's own [`OWN_DELAY`] later).
+    fn hear(&mut self, ring: &(dyn Fn(Channel) + Sync)) -> Result<(), String> {
+        for heard in self.listener.received().map_err(|e| format!("the listening connection broke: {e}"))? {
             if !heard.own {
                 ring(heard.channel);
-            } else if !own.iter().any(|(c, _)| *c == heard.channel) {
-                own.push((heard.channel, Instant::now() + OWN_DELAY));
+            } else if !self.own.iter().any(|(c, _)| *c == heard.channel) {
+                self.own.push((heard.channel, Instant::now() + OWN_DELAY));
             }
         }
         let now = Instant::now();
-        own.retain(|(channel, at)| {
+        self.own.retain(|(channel, at)| {
             let due = *at <= now;
             if due {
                 ring(*channel);
             }
             !due
         });
+        Ok(())
+    }
+}
+
+fn lock(ear: &Mutex<Ear>) -> std::sync::MutexGuard<'_, Ear> {
+    ear.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Listen until `stopped`; an error when the connection cannot be made or breaks. `listening` is
+/// told how to look at the connection once it is made.
+pub fn listen(
+    url: &str,
+    ring: Ring,
+    listening: &(dyn Fn(Option<Look>) + Sync),
+    stopped: &dyn Fn() -> bool,
+) -> Result<Next, String> {
+    let listener = Listener::connect(url)?;
+    for channel in Channel::ALL {
+        ring(channel);
+    }
+    let ear = Arc::new(Mutex::new(Ear { listener, own: Vec::new() }));
+    let look: Look = {
+        let (ear, ring) = (ear.clone(), ring.clone());
+        // A broken connection is the loop's to report.
+        Arc::new(move || {
+            let _ = lock(&ear).hear(&*ring);
+        })
+    };
+    listening(Some(look));
+    let mut checked = Instant::now();
+    while !stopped() {
+        lock(&ear).hear(&*ring)?;
         if checked.elapsed() >= CHECK_EVERY {
-            listener.check().map_err(|e| format!("the listening connection broke: {e}"))?;
+            lock(&ear).listener.check().map_err(|e| format!("the listening connection broke: {e}"))?;
             checked = Instant::now();
         }
         std::thread::sleep(TICK);

@@ -203,15 +203,8 @@ async fn authenticate(app: &AppState, headers: &McpHeaders) -> Result<ApiUser, M
         return Err(refused("error=\"invalid_token\", "));
     }
     let (resource, ip) = (Resource::Mcp.url(&app.settings), headers.address.clone());
-    let checked =
-        app.db.run(move |conn| crate::authz::tokens::check_access(conn, &token, &resource, now(), ip.as_deref())).await;
-    match checked {
-        Ok(Ok(holder)) => Ok(ApiUser {
-            id: holder.user_id,
-            username: holder.username,
-            via: Via::Grant(holder.grant_id),
-            scope: std::sync::Arc::new(holder.scope),
-        }),
+    match crate::authz::tokens::check_access(&app.db, &app.caches, &token, &resource, ip).await {
+        Ok(Ok(holder)) => Ok(ApiUser::from(&holder)),
         Ok(Err(_)) => Err(refused("error=\"invalid_token\", ")),
         Err(e) => {
             tracing::error!(error = %e, "access token lookup failed: answering 503");

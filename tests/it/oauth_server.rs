@@ -1051,3 +1051,68 @@ async fn an_administrator_deletes_a_client_and_its_tokens_stop_at_once() {
         assert_eq!(n(&format!("detail LIKE '%{secret}%'")), 0, "a secret in the audit log");
     }
 }
+
+/// Requests with `token` to the API until one is answered from the app's token cache (the feed of
+/// invalidations is read every second; a loaded machine may delay a read, and until then the
+/// check reads the database): whether one was.
+async fn until_cached(app: &TestApp, token: &str) -> bool {
+    let hits = || app.state().caches.access_tokens.stats().hits;
+    let before = hits();
+    for _ in 0..50 {
+        assert_eq!(api(app, "GET", "/api/v1/connections", token).await.0, Status::Ok);
+        if hits() > before {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// An access-token check costs what an API key's does (issue 22, Performance): once checked, a
+/// token is answered from memory, without a database write per request (a use is recorded at most
+/// once a minute); and a revocation on this instance — of the grant on Connected apps, or of the
+/// token by its client (RFC 7009) — refuses it at the very next request.
+#[tokio::test]
+async fn a_cached_access_token_writes_nothing_per_request_and_a_revocation_holds_at_the_next_one() {
+    let app = builder().start().await;
+    let alice = app.user("alice").await;
+    alice.connect("fake").await;
+    let (client_id, tokens) = granted(&app, &alice, "connections:read").await;
+    let access = tokens["access_token"].as_str().unwrap();
+    assert!(until_cached(&app, access).await, "the token is served from the cache");
+    // The use was recorded (the first check); later requests record none within the minute.
+    let recorded = app.count("SELECT COALESCE(MAX(last_used_at), 0) AS n FROM authz_grants");
+    assert!(recorded > 0);
+    let long_ago = recorded - 30;
+    app.exec_unannounced(&format!("UPDATE authz_grants SET last_used_at = {long_ago}"));
+    for _ in 0..5 {
+        assert_eq!(api(&app, "GET", "/api/v1/connections", access).await.0, Status::Ok);
+    }
+    assert_eq!(app.count("SELECT MAX(last_used_at) AS n FROM authz_grants"), long_ago, "no write per request");
+    // The user revokes the grant: refused at the next request, though it was cached.
+    let page = alice.fetch("/settings/apps").await.text;
+    let id = regex::Regex::new(r#"id="revoke-grant-(\d+)""#).unwrap().captures(&page).unwrap()[1].to_string();
+    let csrf = common::csrf_from(&page);
+    let r = alice.post_form(&format!("/settings/apps/{id}/revoke"), &[("csrf_token", &csrf)]).await;
+    assert_eq!(r.status, Status::SeeOther);
+    assert_eq!(api(&app, "GET", "/api/v1/connections", access).await.0, Status::Unauthorized);
+
+    // The client revokes its access token (RFC 7009): refused at the next request, and audited.
+    let (verifier, challenge) = pkce();
+    let url = authorize_url(&client_id, REDIRECT, Some(&challenge), &[("scope", "connections:read")]);
+    let (code, _) = consent(&alice, &url, |_| {}).await;
+    let (status, tokens) = exchange(&app, &client_id, &code, &verifier, &[]).await;
+    assert_eq!(status, Status::Ok, "{tokens}");
+    let access = tokens["access_token"].as_str().unwrap();
+    assert!(until_cached(&app, access).await);
+    let (status, _) = post_form(&app, "/oauth/revoke", &[("token", access), ("client_id", &client_id)], &[]).await;
+    assert_eq!(status, Status::Ok);
+    assert_eq!(api(&app, "GET", "/api/v1/connections", access).await.0, Status::Unauthorized);
+    assert_eq!(app.count("SELECT COUNT(*) AS n FROM audit_log WHERE kind = 'grant.token_revoked'"), 1);
+    let recorded = app.text("SELECT kind || ':' || key AS t FROM cache_invalidations ORDER BY id DESC LIMIT 1");
+    assert!(recorded.starts_with("grant:"), "{recorded}");
+    // The refresh token still works (only the access token was revoked) and its new access token too.
+    let (status, renewed) = refresh(&app, &client_id, tokens["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(status, Status::Ok, "{renewed}");
+    assert_eq!(api(&app, "GET", "/api/v1/connections", renewed["access_token"].as_str().unwrap()).await.0, Status::Ok);
+}

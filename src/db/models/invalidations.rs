@@ -15,6 +15,8 @@ crate::db::text_enum::text_enum! {
         Connection = "connection",
         /// `key` is the provider's name: every instance rebuilds its provider catalog.
         Providers = "providers",
+        /// `key` is a grant's id: every instance drops the cached access tokens of that grant.
+        Grant = "grant",
     }
 }
 
@@ -27,6 +29,8 @@ pub enum Invalidated {
     Connection { user_id: i64, service: String },
     /// The providers managed in the app (`key`: the one that changed).
     Providers(String),
+    /// The access tokens of the grant with this id (it ended, or one of its tokens was revoked).
+    Grant(i64),
 }
 
 impl Invalidated {
@@ -35,6 +39,7 @@ impl Invalidated {
             Invalidated::ApiKey(_) => InvalidationKind::ApiKey,
             Invalidated::Connection { .. } => InvalidationKind::Connection,
             Invalidated::Providers(_) => InvalidationKind::Providers,
+            Invalidated::Grant(_) => InvalidationKind::Grant,
         }
     }
 
@@ -44,6 +49,7 @@ impl Invalidated {
             Invalidated::ApiKey(hash) => hash.clone(),
             Invalidated::Connection { user_id, service } => format!("{user_id}:{service}"),
             Invalidated::Providers(name) => name.clone(),
+            Invalidated::Grant(id) => id.to_string(),
         }
     }
 
@@ -52,6 +58,10 @@ impl Invalidated {
         match kind.parse::<InvalidationKind>()? {
             InvalidationKind::ApiKey => Ok(Invalidated::ApiKey(key.to_string())),
             InvalidationKind::Providers => Ok(Invalidated::Providers(key.to_string())),
+            InvalidationKind::Grant => key
+                .parse::<i64>()
+                .map(Invalidated::Grant)
+                .map_err(|_| UnknownText { what: "grant invalidation key", text: key.chars().take(64).collect() }),
             InvalidationKind::Connection => key
                 .split_once(':')
                 .and_then(|(user, service)| Some((user.parse::<i64>().ok()?, service)))
@@ -131,7 +141,7 @@ mod tests {
     #[test]
     fn every_kind_is_stored_as_its_string() {
         let kinds: Vec<_> = InvalidationKind::ALL.iter().map(|k| k.as_str()).collect();
-        assert_eq!(kinds, ["api_key", "connection", "providers"]);
+        assert_eq!(kinds, ["api_key", "connection", "providers", "grant"]);
         crate::db::text_enum::assert_text_round_trips!(InvalidationKind);
     }
 
@@ -142,6 +152,7 @@ mod tests {
             Invalidated::Connection { user_id: 7, service: "dropbox".into() },
             Invalidated::Providers("acme".into()),
             Invalidated::Connection { user_id: 7, service: "with:colon".into() },
+            Invalidated::Grant(42),
         ] {
             let (kind, key) = (what.kind(), what.key());
             assert_eq!(Invalidated::parse(kind.as_str(), &key), Ok(what));
@@ -151,5 +162,7 @@ mod tests {
         assert_eq!(unknown.to_string(), r#"unknown InvalidationKind "session" in the database"#);
         let bad_key = Invalidated::parse("connection", "seven:dropbox").unwrap_err();
         assert_eq!(bad_key.to_string(), r#"unknown connection invalidation key "seven:dropbox" in the database"#);
+        let bad_grant = Invalidated::parse("grant", "g1").unwrap_err();
+        assert_eq!(bad_grant.to_string(), r#"unknown grant invalidation key "g1" in the database"#);
     }
 }
