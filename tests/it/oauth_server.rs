@@ -277,13 +277,66 @@ async fn discovery_consent_pkce_tokens_and_the_api() {
     }
 }
 
+/// A client registered by an administrator (public); its client_id.
+pub(crate) fn admin_client(app: &TestApp, redirects: &[&str]) -> String {
+    let uris: Vec<String> = redirects.iter().map(|r| r.to_string()).collect();
+    let kind = tokenvault::db::models::authz::ClientKind::Admin;
+    let registered =
+        tokenvault::authz::clients::register(&mut app.db.conn().unwrap(), kind, "Backend", &uris, false, None).unwrap();
+    registered.client.client_id
+}
+
+/// An error of the authorization request goes back to the redirect URI only for a client an
+/// administrator registered; a dynamically registered client (anyone's) gets tokenvault's error
+/// page, with no redirect (no open redirector, RFC 9700 §4.11.2), signed in or not.
+#[tokio::test]
+async fn request_errors_go_back_only_to_administrators_clients() {
+    let app = builder().start().await;
+    let alice = app.user("alice").await;
+    let anonymous = app.agent();
+    let dynamic = register(&app, &[REDIRECT]).await;
+    let bad_pkce = |cid: &str| authorize_url(cid, REDIRECT, None, &[]);
+    let bad_scope = |cid: &str| authorize_url(cid, REDIRECT, Some(&challenge_of()), &[("scope", "nope:nope")]);
+    let bad_type = |cid: &str| authorize_url(cid, REDIRECT, Some(&challenge_of()), &[]).replace("=code&", "=token&");
+    for (url, error) in [
+        (bad_pkce(&dynamic), "invalid_request"),
+        (bad_scope(&dynamic), "invalid_scope"),
+        (bad_type(&dynamic), "unsupported_response_type"),
+    ] {
+        for who in [&alice, &anonymous] {
+            let r = who.fetch(&url).await;
+            assert_eq!((r.status, r.location.as_deref()), (Status::BadRequest, None), "{error}: {}", r.text);
+            assert!(r.text.contains(error), "{error}: {}", r.text);
+            assert!(!r.text.contains("127.0.0.1:7777"), "no link to the redirect URI: {}", r.text);
+        }
+    }
+    let admin = admin_client(&app, &[REDIRECT]);
+    let r = anonymous.fetch(&bad_pkce(&admin)).await;
+    assert_eq!(r.status, Status::SeeOther);
+    let q = query_of(r.location.as_deref().unwrap());
+    assert!(r.location.as_deref().unwrap().starts_with(REDIRECT));
+    assert_eq!(
+        (q["error"].as_str(), q["state"].as_str(), q["iss"].as_str()),
+        ("invalid_request", "st-123", PUBLIC_URL)
+    );
+    let r = alice.fetch(&bad_scope(&admin)).await;
+    assert_eq!(
+        (r.status, query_of(r.location.as_deref().unwrap())["error"].as_str()),
+        (Status::SeeOther, "invalid_scope")
+    );
+}
+
 #[tokio::test]
 async fn pkce_is_required_and_checked() {
     let app = builder().start().await;
     let alice = app.user("alice").await;
     let client_id = register(&app, &[REDIRECT]).await;
-    // No challenge: the error goes back to the (verified) redirect URI, with state and iss.
+    let admin = admin_client(&app, &[REDIRECT]);
+    // No challenge: the error goes back to the (verified) redirect URI of an administrator's
+    // client, with state and iss; a dynamic client's is shown here.
     let r = alice.fetch(&authorize_url(&client_id, REDIRECT, None, &[])).await;
+    assert_eq!((r.status, r.location.as_deref()), (Status::BadRequest, None));
+    let r = alice.fetch(&authorize_url(&admin, REDIRECT, None, &[])).await;
     assert_eq!(r.status, Status::SeeOther);
     let q = query_of(r.location.as_deref().unwrap());
     assert_eq!(
@@ -293,7 +346,7 @@ async fn pkce_is_required_and_checked() {
     let plain = alice
         .fetch(&format!(
             "{}&code_challenge={}&code_challenge_method=plain",
-            authorize_url(&client_id, REDIRECT, None, &[]),
+            authorize_url(&admin, REDIRECT, None, &[]),
             "a".repeat(43)
         ))
         .await;
@@ -416,10 +469,13 @@ async fn a_token_is_good_only_for_its_resource() {
         api(&app, "GET", "/api/v1/connections", tokens["access_token"].as_str().unwrap()).await;
     assert_eq!(status, Status::Unauthorized, "a token for /mcp is refused at /api/v1");
     assert!(challenge.unwrap().contains("resource_metadata="));
-    // Not ours at all: back to the client with invalid_target.
-    let r = alice
-        .fetch(&authorize_url(&client_id, REDIRECT, Some(&challenge_of()), &[("resource", "https://x.example/")]))
-        .await;
+    // Not ours at all: invalid_target, shown here (a dynamic client), back to an administrator's.
+    let foreign = [("resource", "https://x.example/")];
+    let r = alice.fetch(&authorize_url(&client_id, REDIRECT, Some(&challenge_of()), &foreign)).await;
+    assert_eq!((r.status, r.location.as_deref()), (Status::BadRequest, None));
+    assert!(r.text.contains("invalid_target"), "{}", r.text);
+    let admin = admin_client(&app, &[REDIRECT]);
+    let r = alice.fetch(&authorize_url(&admin, REDIRECT, Some(&challenge_of()), &foreign)).await;
     assert_eq!(query_of(r.location.as_deref().unwrap())["error"], "invalid_target");
 }
 
