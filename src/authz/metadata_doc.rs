@@ -114,7 +114,7 @@ pub async fn fetch(limits: &HttpLimits, url: &Url, private_allowed: bool) -> Res
     let http = if private_allowed {
         Outbound::new(&capped)
     } else {
-        Outbound::with_resolver(&capped, Arc::new(crate::webhooks::egress::PublicOnly))
+        Outbound::with_resolver(&capped, Arc::new(crate::webhooks::egress::PublicOnly::default()))
     }?;
     let request = http.client().get(url.clone()).header(reqwest::header::ACCEPT, "application/json");
     let (status, headers, body) = http.send(request).await.map_err(|e| match e {
