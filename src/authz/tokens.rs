@@ -399,6 +399,7 @@ pub fn sweep(conn: &mut Conn, at: i64) -> AppResult<usize> {
     n += model::delete_unused_registrations(conn, at)?;
     n += model::delete_ended_grants(conn, at - ENDED_GRANTS_KEPT)?;
     n += model::delete_stale_documents(conn, at - super::metadata_doc::MAX_CACHE_SECS)?;
+    n += model::evict_unused_documents(conn, super::metadata_doc::MAX_DOCUMENT_CLIENTS)?;
     Ok(n)
 }
 

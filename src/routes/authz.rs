@@ -153,7 +153,7 @@ fn protected_resource(app: &State<AppState>, path: std::path::PathBuf) -> AppRes
 /// verified).
 async fn find_client(app: &AppState, client_id: &str) -> AppResult<Result<Client, String>> {
     if metadata_doc::is_document_url(client_id) {
-        let private = app.settings.webhooks.private_urls;
+        let private = app.settings.authz.metadata_private_urls;
         return metadata_doc::resolve(&app.db, &app.settings.http, private, client_id).await;
     }
     let id = client_id.to_string();

@@ -849,6 +849,10 @@ async fn client_id_metadata_documents_are_fetched_checked_and_cached() {
     let r = alice.fetch(&authorize_url(&mismatch, REDIRECT, Some(&challenge), &[])).await;
     assert_eq!((r.status, r.location.is_none()), (Status::BadRequest, true));
     assert!(r.text.contains("client_id is not its URL"), "{}", r.text);
+    // A failure is remembered for a minute: asked again, it is refused without a fetch.
+    let again = alice.fetch(&authorize_url(&mismatch, REDIRECT, Some(&challenge), &[])).await;
+    assert!(again.status == Status::BadRequest && again.text.contains("client_id is not its URL"));
+    assert_eq!(_s.received_requests().await.unwrap().len(), 1, "fetched once");
     // Too large.
     let (_s, large) = document_server(|u| ResponseSpec {
         body: json!({"client_id": u, "client_name": "y".repeat(6000), "redirect_uris": [REDIRECT]}).to_string(),
@@ -866,13 +870,64 @@ async fn client_id_metadata_documents_are_fetched_checked_and_cached() {
     assert_eq!(r.status, Status::BadRequest);
     assert!(r.text.contains("did not arrive in time"), "{}", r.text);
 
-    // Where private addresses are not allowed, a loopback document is refused before any request.
-    let strict = builder().set("webhook_private_urls", false).start().await;
+    // Where private addresses are not allowed for metadata documents, a loopback document is
+    // refused before any request — private webhook URLs do not allow them.
+    let strict =
+        builder().set("webhook_private_urls", true).set("oauth_client_metadata_private_urls", false).start().await;
     let bob = strict.user("bob").await;
     let (server, url) = document_server(|u| ResponseSpec { body: doc(u, "Doc Agent"), delay: None }).await;
     let r = bob.fetch(&authorize_url(&url, REDIRECT, Some(&challenge), &[])).await;
     assert_eq!((r.status, r.location.is_none()), (Status::BadRequest, true));
     assert!(server.received_requests().await.unwrap().is_empty(), "never fetched");
+}
+
+/// Cached metadata-document clients without a grant are capped (the least recently used go);
+/// the administrators' client list is paged.
+#[tokio::test]
+async fn document_clients_are_capped_and_the_client_list_is_paged() {
+    use tokenvault::db::models::authz::{self as model, ClientKind, NewClient};
+    let app = builder().start().await;
+    let mut conn = app.db.conn().unwrap();
+    for (id, created) in
+        [("https://a.example/c.json", 10), ("https://b.example/c.json", 20), ("https://c.example/c.json", 30)]
+    {
+        let new = NewClient {
+            client_id: id,
+            kind: ClientKind::Metadata,
+            name: "doc",
+            redirect_uris: REDIRECT,
+            secret_hash: None,
+            created_at: created,
+            expires_at: Some(tokenvault::util::now() + 600),
+            registered_from: None,
+        };
+        model::insert_client(&mut conn, &new).unwrap();
+    }
+    let used = model::find_client(&mut conn, "https://a.example/c.json").unwrap().unwrap();
+    model::touch_client(&mut conn, used.id, 100).unwrap();
+    assert_eq!(model::evict_unused_documents(&mut conn, 3).unwrap(), 0);
+    assert_eq!(model::evict_unused_documents(&mut conn, 2).unwrap(), 1);
+    assert!(model::find_client(&mut conn, "https://b.example/c.json").unwrap().is_none(), "least recently used");
+    assert_eq!(model::evict_unused_documents(&mut conn, 1).unwrap(), 1);
+    assert!(model::find_client(&mut conn, "https://a.example/c.json").unwrap().is_some(), "the last used stays");
+    let admin = admin_client(&app, &[REDIRECT]);
+    assert_eq!(model::evict_unused_documents(&mut conn, 0).unwrap(), 1);
+    assert!(model::find_client(&mut conn, &admin).unwrap().is_some(), "only documents' clients are evicted");
+
+    for _ in 0..tokenvault::routes::apps::CLIENTS_PER_PAGE {
+        admin_client(&app, &[REDIRECT]);
+    }
+    let root = app.user("alice").await;
+    app.exec("UPDATE users SET is_admin = TRUE WHERE username = 'alice'");
+    let first = root.fetch("/admin/oauth-clients").await;
+    assert_eq!(first.status, Status::Ok);
+    let rows = |text: &str| text.matches("<tr data-client=").count();
+    assert_eq!(rows(&first.text) as i64, tokenvault::routes::apps::CLIENTS_PER_PAGE);
+    assert!(first.text.contains(r#"id="oauth-clients-older""#) && !first.text.contains("oauth-clients-newer"));
+    let second = root.fetch("/admin/oauth-clients?page=2").await;
+    assert_eq!(rows(&second.text), 1, "the oldest, on the second page");
+    assert!(second.text.contains(&admin), "the first registered is last");
+    assert!(second.text.contains(r#"id="oauth-clients-newer""#) && !second.text.contains("oauth-clients-older"));
 }
 
 /// Where `.ci/run` installs panva's `oauth4webapi` (or `TOKENVAULT_OAUTH4WEBAPI`), when it and

@@ -166,9 +166,15 @@ pub fn client_by_pk(conn: &mut Conn, id: i64) -> QueryResult<Option<Client>> {
     })
 }
 
-pub fn list_clients(conn: &mut Conn) -> QueryResult<Vec<Client>> {
+/// One page of the clients, newest first.
+pub fn list_clients(conn: &mut Conn, offset: i64, limit: i64) -> QueryResult<Vec<Client>> {
     crate::on_conn!(conn, conn => {
-        authz_clients::table.order(authz_clients::id.desc()).select(Client::as_select()).load(conn)
+        authz_clients::table
+            .order(authz_clients::id.desc())
+            .offset(offset)
+            .limit(limit)
+            .select(Client::as_select())
+            .load(conn)
     })
 }
 
@@ -224,6 +230,33 @@ pub fn delete_stale_documents(conn: &mut Conn, before: i64) -> QueryResult<usize
         )
         .execute(conn)
     })
+}
+
+/// Keep at most `keep` cached metadata-document clients that hold no grant: delete the least
+/// recently used others (by last use, else by when first fetched); how many.
+pub fn evict_unused_documents(conn: &mut Conn, keep: usize) -> QueryResult<usize> {
+    let unused: Vec<(i64, Option<i64>, i64)> = crate::on_conn!(conn, conn => {
+        let granted = authz_grants::table.filter(authz_grants::client_pk.eq(authz_clients::id));
+        authz_clients::table
+            .filter(authz_clients::kind.eq(ClientKind::Metadata))
+            .filter(diesel::dsl::not(diesel::dsl::exists(granted)))
+            .select((authz_clients::id, authz_clients::last_used_at, authz_clients::created_at))
+            .load(conn)
+    })?;
+    if unused.len() <= keep {
+        return Ok(0);
+    }
+    let mut by_use: Vec<(i64, i64)> =
+        unused.into_iter().map(|(id, used, created)| (used.unwrap_or(created), id)).collect();
+    by_use.sort_unstable_by(|a, b| b.cmp(a));
+    let evicted: Vec<i64> = by_use[keep..].iter().map(|(_, id)| *id).collect();
+    let mut n = 0;
+    for ids in evicted.chunks(500) {
+        n += crate::on_conn!(conn, conn => {
+            diesel::delete(authz_clients::table.filter(authz_clients::id.eq_any(ids))).execute(conn)
+        })?;
+    }
+    Ok(n)
 }
 
 /// Delete grants that ended (revoked or expired) before `before`, with their codes and tokens
