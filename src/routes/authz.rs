@@ -688,11 +688,7 @@ async fn client_of(
         None if metadata_doc::is_document_url(&id) => find_client(app, &id).await?.ok(),
         other => other,
     };
-    let used_basic = basic.0.is_some();
-    app.db
-        .run(move |conn| Ok(clients::authenticate(conn, found, secret.as_deref())))
-        .await?
-        .map_err(|_| invalid(used_basic))
+    clients::authenticate(found, secret.as_deref()).map_err(|_| invalid(basic.0.is_some()))
 }
 
 fn tokens_answer(t: IssuedTokens) -> OAuthJson {

@@ -367,8 +367,24 @@ async fn pkce_is_required_and_checked() {
     let (wrong, _) = pkce();
     let (status, body) = exchange(&app, &client_id, &code, &wrong, &[]).await;
     assert_eq!((status, body["error"].as_str()), (Status::BadRequest, Some("invalid_grant")), "{body}");
+    // Wrong guesses (a verifier, another client, another redirect URI) do not spend the code.
+    let other = register(&app, &[REDIRECT]).await;
+    let (status, body) = exchange(&app, &other, &code, &verifier, &[]).await;
+    assert_eq!((status, body["error"].as_str()), (Status::BadRequest, Some("invalid_grant")), "{body}");
+    let redirect = [("redirect_uri", "http://127.0.0.1:7777/other")];
+    let fields = [
+        ("grant_type", "authorization_code"),
+        ("client_id", client_id.as_str()),
+        ("code", code.as_str()),
+        ("code_verifier", verifier.as_str()),
+    ];
+    let (status, _) = post_form(&app, "/oauth/token", &[&fields[..], &redirect[..]].concat(), &[]).await;
+    assert_eq!(status, Status::BadRequest);
+    assert_eq!(app.count("SELECT COUNT(*) AS n FROM authz_codes WHERE used_at IS NOT NULL"), 0);
+    let (status, tokens) = exchange(&app, &client_id, &code, &verifier, &[]).await;
+    assert_eq!(status, Status::Ok, "the honest client's code still works: {tokens}");
     let (status, _) = exchange(&app, &client_id, &code, &verifier, &[]).await;
-    assert_eq!(status, Status::BadRequest, "a code is spent by a failed exchange too");
+    assert_eq!(status, Status::BadRequest, "used once: spent (and the grant revoked)");
     // Each refusal is audited (batched): the error and why, never the code.
     // (Identical refusals in one batch are coalesced into one entry with a count.)
     let refused = |why: &str| {
@@ -426,6 +442,21 @@ async fn the_redirect_uri_must_be_exact_but_for_a_loopback_port() {
     assert_eq!((status, body["error"].as_str()), (Status::BadRequest, Some("invalid_grant")), "{body}");
 }
 
+/// A failed token request does not mark a dynamic registration used: never used, it is still
+/// swept when its day is over.
+#[tokio::test]
+async fn a_failed_token_request_does_not_keep_an_unused_registration() {
+    let app = builder().start().await;
+    let idle = register(&app, &[REDIRECT]).await;
+    let (status, _) = exchange(&app, &idle, "tvac_guess", &"a".repeat(43), &[]).await;
+    assert_eq!(status, Status::BadRequest);
+    assert_eq!(refresh(&app, &idle, "tvrt_guess").await.0, Status::BadRequest);
+    assert_eq!(app.count("SELECT COUNT(*) AS n FROM authz_clients WHERE last_used_at IS NOT NULL"), 0);
+    app.exec("UPDATE authz_clients SET expires_at = 1");
+    tokenvault::authz::tokens::sweep(&mut app.db.conn().unwrap(), tokenvault::util::now()).unwrap();
+    assert_eq!(app.count("SELECT COUNT(*) AS n FROM authz_clients"), 0, "swept");
+}
+
 #[tokio::test]
 async fn a_code_used_twice_revokes_what_the_first_use_issued() {
     let app = builder().start().await;
@@ -481,6 +512,25 @@ async fn a_token_is_good_only_for_its_resource() {
 
 fn challenge_of() -> String {
     pkce().1
+}
+
+/// Concurrent refreshes with one refresh token give the same answers on SQLite and PostgreSQL
+/// (the suite runs on PostgreSQL when `TOKENVAULT_TEST_POSTGRES_URL` is set): the token held
+/// while each runs, the first rotates it and the others are honest retries within the grace —
+/// every one 200, never a database error — and only the last answer's refresh token stays live.
+#[tokio::test]
+async fn concurrent_refreshes_of_one_token_are_taken_one_at_a_time() {
+    let app = builder().start().await;
+    let alice = app.user("alice").await;
+    let (client_id, first) = granted(&app, &alice, "connections:read").await;
+    let rt = first["refresh_token"].as_str().unwrap();
+    let answers = futures_util::future::join_all((0..6).map(|_| refresh(&app, &client_id, rt))).await;
+    for (status, body) in &answers {
+        assert_eq!(*status, Status::Ok, "{body}");
+    }
+    let live =
+        "SELECT COUNT(*) AS n FROM authz_tokens WHERE kind = 'refresh' AND revoked_at IS NULL AND rotated_at IS NULL";
+    assert_eq!(app.count(live), 1, "one live refresh token: the last retry's");
 }
 
 #[tokio::test]

@@ -357,6 +357,13 @@ pub fn insert_code(conn: &mut Conn, new: &NewCode<'_>) -> QueryResult<Code> {
     })
 }
 
+/// The code with this hash, used or not.
+pub fn find_code(conn: &mut Conn, code_hash: &str) -> QueryResult<Option<Code>> {
+    crate::on_conn!(conn, conn => {
+        authz_codes::table.filter(authz_codes::code_hash.eq(code_hash)).select(Code::as_select()).first(conn).optional()
+    })
+}
+
 /// Mark the code with this hash used, once: `Ok(Ok(code))` for its first use (it may have
 /// expired: the caller checks), `Ok(Err(Some(code)))` when it was used before, `Ok(Err(None))`
 /// when there is no such code.
@@ -400,6 +407,47 @@ pub fn find_token(conn: &mut Conn, token_hash: &str, kind: TokenKind) -> QueryRe
 }
 
 /// Mark a refresh token rotated, once: whether this call did it.
+/// Hold the token with this hash for the rest of the transaction, so that concurrent uses of it
+/// run one after the other and each reads what the one before committed — the same answers on
+/// both backends: PostgreSQL locks its row (`SELECT … FOR UPDATE`), SQLite takes its write lock
+/// now (a deferred transaction that read first could not write later: `SQLITE_BUSY`). Call it
+/// before reading anything in the transaction.
+pub fn lock_token(conn: &mut Conn, token_hash: &str) -> QueryResult<()> {
+    match conn {
+        Conn::Sqlite(c) => sqlite_write_lock(c),
+        Conn::Postgres(c) => {
+            let c: &mut diesel::pg::PgConnection = c;
+            authz_tokens::table
+                .filter(authz_tokens::token_hash.eq(token_hash))
+                .select(authz_tokens::id)
+                .for_update()
+                .load::<i64>(c)
+                .map(drop)
+        }
+    }
+}
+
+/// [`lock_token`] for an authorization code: its exchange reads, checks, then marks it used.
+pub fn lock_code(conn: &mut Conn, code_hash: &str) -> QueryResult<()> {
+    match conn {
+        Conn::Sqlite(c) => sqlite_write_lock(c),
+        Conn::Postgres(c) => {
+            let c: &mut diesel::pg::PgConnection = c;
+            authz_codes::table
+                .filter(authz_codes::code_hash.eq(code_hash))
+                .select(authz_codes::id)
+                .for_update()
+                .load::<i64>(c)
+                .map(drop)
+        }
+    }
+}
+
+/// Take SQLite's write lock now (waiting for it under the busy timeout), before anything is read.
+fn sqlite_write_lock(c: &mut diesel::sqlite::SqliteConnection) -> QueryResult<()> {
+    diesel::sql_query("UPDATE authz_tokens SET id = id WHERE 0").execute(c).map(drop)
+}
+
 pub fn rotate_token(conn: &mut Conn, id: i64, now: i64) -> QueryResult<bool> {
     crate::on_conn!(conn, conn => {
         diesel::update(authz_tokens::table.filter(authz_tokens::id.eq(id)).filter(authz_tokens::rotated_at.is_null()))
