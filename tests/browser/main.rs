@@ -14,13 +14,18 @@
 #[path = "../common/binary.rs"]
 mod binary;
 mod harness;
+#[allow(dead_code)]
+#[path = "../common/node.rs"]
+mod node;
 
 mod account;
 mod accounts;
 mod admin;
 mod connect;
+mod console;
 mod cross_origin;
 mod headers;
+mod mcp_sdk_oauth;
 mod oauth_consent;
 mod phone;
 mod provider_accounts;

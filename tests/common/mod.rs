@@ -4,6 +4,7 @@
 pub mod binary;
 pub mod cli;
 pub mod fake_provider;
+pub mod node;
 pub mod server;
 pub mod webhook_receiver;
 
