@@ -152,7 +152,8 @@ pub fn rocket(prepared: Prepared) -> Result<Rocket<Build>, ConfigError> {
         .map_err(|e| invalid("template_dir", format!("cannot prepare the templates: {e}")))?;
     let figment = figment.merge(("template_dir", templates.path.clone()));
     warn_of_demo_outside_debug(&settings);
-    let http = Outbound::new(&settings.http).map_err(|e| invalid("http_timeout", e))?;
+    let egress = crate::oauth::managed::Egress::of(&settings);
+    let http = Outbound::with_egress(&settings.http, egress).map_err(|e| invalid("http_timeout", e))?;
     let static_files = crate::assets::StaticFiles { dir: settings.static_dir.clone() };
     let demo = settings.demo_provider;
     let settings = Arc::new(settings);

@@ -154,7 +154,7 @@ impl AppState {
             cipher: self.cipher.clone(),
             public_http: crate::oauth::http::Outbound::with_resolver(
                 &self.settings.http,
-                Arc::new(crate::webhooks::egress::PublicOnly),
+                Arc::new(crate::webhooks::egress::PublicOnly::default()),
             )
             .expect("the public-only client builds as the main one did"),
             lease: (self.settings.http.timeout + self.settings.http.connect_timeout) as i64 + 5,

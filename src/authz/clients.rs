@@ -8,7 +8,7 @@ use url::Url;
 
 use crate::changes::{Actor, Change, ClientSubject, Effects, GrantEnd, Ledger, Tx};
 use crate::db::models::authz::{self as model, Client, ClientKind, NewClient};
-use crate::db::{Conn, Db};
+use crate::db::Db;
 use crate::error::{AppError, AppResult};
 use crate::util::{ct_eq, now, random_token, sha256_hex, Secret};
 
@@ -173,61 +173,94 @@ pub enum ClientAuthError {
 
 /// The client a request authenticates as: a confidential client must present its secret
 /// (`client_secret_basic` or `client_secret_post`); a public client names itself and presents none.
-pub fn authenticate(conn: &mut Conn, client: Option<Client>, secret: Option<&str>) -> Result<Client, ClientAuthError> {
+/// Nothing is marked used here: anyone can name a public client, and a failed token request must
+/// not keep an unused registration from being swept (tokens issued mark it, `tokens::issue`).
+pub fn authenticate(client: Option<Client>, secret: Option<&str>) -> Result<Client, ClientAuthError> {
     let Some(client) = client else { return Err(ClientAuthError::Invalid) };
     match (&client.secret_hash, secret) {
         (Some(hash), Some(given)) if ct_eq(&sha256_hex(given), hash) => {}
         (None, None) => {}
         _ => return Err(ClientAuthError::Invalid),
     }
-    let _ = model::touch_client(conn, client.id, now());
     Ok(client)
 }
 
-/// Dynamic registrations allowed per client address per hour.
+/// Dynamic registrations allowed per client address (an IPv6 address: per /64) per hour.
 pub const REGISTRATIONS_PER_HOUR: u32 = 10;
-/// Addresses the limiter remembers at most (beyond: the oldest windows are dropped).
+/// … per IPv6 /48 (a site: one attacker holds many /64s) and per /32 (a provider's allocation).
+pub const REGISTRATIONS_PER_48: u32 = 30;
+pub const REGISTRATIONS_PER_32: u32 = 60;
+/// … from all addresses together, per hour (per instance).
+pub const REGISTRATIONS_IN_ALL: u32 = 1_000;
+/// Buckets the limiter remembers at most (beyond: the oldest windows are dropped).
 const LIMITER_CAPACITY: usize = 10_000;
 
-/// The rate limit of `/oauth/register`: [`REGISTRATIONS_PER_HOUR`] per client address (an IPv6
-/// address counted per /64), in memory (per instance), at most [`LIMITER_CAPACITY`] addresses: when
-/// that many have registered within the hour, a new address is refused until a window ends.
+/// A bucket: an address masked to a prefix, and the prefix length (0: no address known).
+type Bucket = (Option<std::net::IpAddr>, u8);
+/// When a window started, and the registrations counted in it.
+type Window = (i64, u32);
+
+/// The rate limit of `/oauth/register`, in memory (per instance), by hour-long windows:
+/// [`REGISTRATIONS_PER_HOUR`] per client address (an IPv6 address counted per /64, and its /48
+/// and /32 by [`REGISTRATIONS_PER_48`] and [`REGISTRATIONS_PER_32`]), [`REGISTRATIONS_IN_ALL`]
+/// from everyone; at most [`LIMITER_CAPACITY`] buckets: when that many are in use within the
+/// hour, a new address is refused until a window ends.
 #[derive(Default)]
 pub struct RegistrationLimiter {
-    windows: std::sync::Mutex<std::collections::HashMap<Option<std::net::IpAddr>, (i64, u32)>>,
+    /// Each bucket's window, and everyone's.
+    windows: std::sync::Mutex<(std::collections::HashMap<Bucket, Window>, Window)>,
 }
 
-/// The key an address is counted under: an IPv6 address by its /64.
-fn address_key(ip: Option<std::net::IpAddr>) -> Option<std::net::IpAddr> {
-    match ip {
-        Some(std::net::IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_none() => {
-            let s = v6.segments();
-            Some(std::net::IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0)))
-        }
-        Some(std::net::IpAddr::V6(v6)) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4),
-        other => other,
-    }
+/// The buckets a registration from `ip` counts in, with their limits.
+fn buckets(ip: Option<std::net::IpAddr>) -> Vec<(Bucket, u32)> {
+    use std::net::{IpAddr, Ipv6Addr};
+    let v6 = match ip {
+        Some(IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_none() => v6,
+        Some(IpAddr::V6(v6)) => return vec![((v6.to_ipv4_mapped().map(IpAddr::V4), 32), REGISTRATIONS_PER_HOUR)],
+        Some(v4) => return vec![((Some(v4), 32), REGISTRATIONS_PER_HOUR)],
+        None => return vec![((None, 0), REGISTRATIONS_PER_HOUR)],
+    };
+    let s = v6.segments();
+    let masked = |n: usize| {
+        let mut kept = [0u16; 8];
+        kept[..n].copy_from_slice(&s[..n]);
+        Some(IpAddr::V6(Ipv6Addr::from(kept)))
+    };
+    vec![
+        ((masked(4), 64), REGISTRATIONS_PER_HOUR),
+        ((masked(3), 48), REGISTRATIONS_PER_48),
+        ((masked(2), 32), REGISTRATIONS_PER_32),
+    ]
 }
 
 impl RegistrationLimiter {
-    /// Whether one more registration from `ip` is allowed at `now` (and count it).
+    /// Whether one more registration from `ip` is allowed at `now` (and count it in each bucket).
     pub fn allow(&self, ip: Option<std::net::IpAddr>, now: i64) -> bool {
-        let ip = address_key(ip);
-        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-        if windows.len() >= LIMITER_CAPACITY && !windows.contains_key(&ip) {
+        let keys = buckets(ip);
+        let mut guard = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        let (windows, all) = &mut *guard;
+        let fresh = |w: Window| if w.0 <= now - 3600 { (now, 0) } else { w };
+        *all = fresh(*all);
+        if all.1 >= REGISTRATIONS_IN_ALL {
+            return false;
+        }
+        let new = keys.iter().filter(|(k, _)| !windows.contains_key(k)).count();
+        if windows.len() + new > LIMITER_CAPACITY {
             windows.retain(|_, (start, _)| *start > now - 3600);
-            if windows.len() >= LIMITER_CAPACITY {
+            if windows.len() + new > LIMITER_CAPACITY {
                 return false;
             }
         }
-        let entry = windows.entry(ip).or_insert((now, 0));
-        if entry.0 <= now - 3600 {
-            *entry = (now, 0);
-        }
-        if entry.1 >= REGISTRATIONS_PER_HOUR {
+        let full = keys.iter().any(|(k, limit)| windows.get(k).is_some_and(|w| fresh(*w).1 >= *limit));
+        if full {
             return false;
         }
-        entry.1 += 1;
+        for (k, _) in keys {
+            let w = windows.entry(k).or_insert((now, 0));
+            *w = fresh(*w);
+            w.1 += 1;
+        }
+        all.1 += 1;
         true
     }
 }
@@ -251,13 +284,35 @@ mod tests {
             assert!(l.allow(v6(i), 1000));
         }
         assert!(!l.allow(v6(999), 1000), "an IPv6 /64 counts as one address");
-        let full = RegistrationLimiter::default();
-        for i in 0..LIMITER_CAPACITY as u32 {
-            assert!(full.allow(Some(std::net::IpAddr::from(i.to_be_bytes())), 1000));
+    }
+
+    /// An IPv6 attacker with many /64s is held by its /48 and its /32; everyone together by the
+    /// global cap.
+    #[test]
+    fn ipv6_prefixes_and_everyone_together_are_limited_too() {
+        let l = RegistrationLimiter::default();
+        let in_48 = |n: u16| Some(std::net::IpAddr::from([0x2001, 0xdb8, 7, n, 0, 0, 0, 1]));
+        let mut allowed = 0;
+        for n in 0..100 {
+            allowed += u32::from(l.allow(in_48(n), 1000));
         }
-        assert!(!full.allow(Some(std::net::IpAddr::from([203, 0, 113, 1])), 1000), "the map is bounded");
-        assert!(full.allow(Some(std::net::IpAddr::from([203, 0, 113, 1])), 1000 + 3600), "until windows end");
-        assert!(full.windows.lock().unwrap().len() <= LIMITER_CAPACITY);
+        assert_eq!(allowed, REGISTRATIONS_PER_48, "one /48, whatever its /64s");
+        let in_32 = |site: u16| Some(std::net::IpAddr::from([0x2001, 0xdb8, site, 0, 0, 0, 0, 1]));
+        let mut allowed = REGISTRATIONS_PER_48;
+        for site in 8..200 {
+            allowed += u32::from(l.allow(in_32(site), 1000));
+        }
+        assert_eq!(allowed, REGISTRATIONS_PER_32, "one /32, whatever its /48s");
+        assert!(l.allow(Some(std::net::IpAddr::from([0x2001, 0xdb9, 0, 0, 0, 0, 0, 1])), 1000), "another /32");
+
+        let all = RegistrationLimiter::default();
+        let mut allowed = 0;
+        for i in 0..(REGISTRATIONS_IN_ALL + 50) {
+            allowed += u32::from(all.allow(Some(std::net::IpAddr::from((0x0a00_0000 + i).to_be_bytes())), 1000));
+        }
+        assert_eq!(allowed, REGISTRATIONS_IN_ALL, "everyone together");
+        assert!(all.allow(Some(std::net::IpAddr::from([203, 0, 113, 1])), 1000 + 3600), "until the hour ends");
+        assert!(all.windows.lock().unwrap().0.len() <= LIMITER_CAPACITY);
     }
 
     fn client(uris: &str) -> Client {

@@ -2,12 +2,20 @@
 //! uses them): a `client_id` that is an https URL names a JSON document saying the client's name
 //! and redirect URIs. It is fetched under the egress rules of webhook URLs set on the admin page —
 //! https and public addresses only (checked on the URL, and again by the resolver when the
-//! connection is made), unless the operator allows private addresses (`webhook_private_urls`, on
-//! in `debug`), where http on a loopback host is accepted too — with a small size cap
-//! ([`MAX_DOCUMENT_BYTES`]) and timeout ([`FETCH_TIMEOUT_SECS`]), no redirects, and cached in
-//! `authz_clients` for as long as its `Cache-Control: max-age` says (between
-//! [`MIN_CACHE_SECS`] and [`MAX_CACHE_SECS`], [`DEFAULT_CACHE_SECS`] without one). Its
-//! `client_id` must be the URL it was fetched from. Such clients are public (no secret).
+//! connection is made), unless the operator allows private addresses for these documents
+//! (`oauth_client_metadata_private_urls`, on in `debug` only: `webhook_private_urls` does not
+//! open it, since anyone can name a document), where http on a loopback host is accepted too —
+//! with a small size cap ([`MAX_DOCUMENT_BYTES`]) and timeout ([`FETCH_TIMEOUT_SECS`]), no
+//! redirects, and cached in `authz_clients` for as long as its `Cache-Control: max-age` says
+//! (between [`MIN_CACHE_SECS`] and [`MAX_CACHE_SECS`], [`DEFAULT_CACHE_SECS`] without one); at
+//! most [`MAX_DOCUMENT_CLIENTS`] cached clients without a grant are kept (the least recently
+//! used go). Its `client_id` must be the URL it was fetched from. Such clients are public (no
+//! secret).
+//!
+//! Any visitor can make the server fetch one, so fetches are bounded: [`MAX_CONCURRENT_FETCHES`]
+//! at once, [`PER_HOST_FETCHES`] of them to one host (slow hosts cannot take every turn), and a
+//! failed fetch is remembered for [`FAILURE_CACHE_SECS`] (the same URL is refused without being
+//! fetched again; at most [`FAILURE_CACHE_CAPACITY`] URLs, per instance).
 
 use std::sync::Arc;
 
@@ -29,9 +37,80 @@ pub const MIN_CACHE_SECS: i64 = 60;
 pub const MAX_CACHE_SECS: i64 = 86_400;
 pub const DEFAULT_CACHE_SECS: i64 = 3_600;
 /// Metadata documents fetched at once, at most (any visitor can make the server fetch one).
-pub const MAX_CONCURRENT_FETCHES: usize = 4;
+pub const MAX_CONCURRENT_FETCHES: usize = 8;
+/// Of those, fetched from one host (and port) at once, at most (a further one is refused at once).
+pub const PER_HOST_FETCHES: usize = 2;
+/// Seconds a failed fetch is remembered.
+pub const FAILURE_CACHE_SECS: i64 = 60;
+/// Failed URLs remembered at most.
+pub const FAILURE_CACHE_CAPACITY: usize = 1_000;
+/// Cached metadata-document clients without a grant kept at most.
+pub const MAX_DOCUMENT_CLIENTS: usize = 1_000;
 
 static FETCHES: rocket::tokio::sync::Semaphore = rocket::tokio::sync::Semaphore::const_new(MAX_CONCURRENT_FETCHES);
+
+/// The hosts being fetched from (with how many fetches each) and the failures remembered (URL:
+/// until when, and why).
+#[derive(Default)]
+struct Fetching {
+    hosts: std::collections::HashMap<String, usize>,
+    failures: std::collections::HashMap<String, (i64, String)>,
+}
+
+static FETCHING: std::sync::LazyLock<std::sync::Mutex<Fetching>> = std::sync::LazyLock::new(Default::default);
+
+fn fetching() -> std::sync::MutexGuard<'static, Fetching> {
+    FETCHING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One of a host's [`PER_HOST_FETCHES`] turns, given back when dropped.
+struct HostTurn(String);
+
+impl HostTurn {
+    fn take(host: &str) -> Option<HostTurn> {
+        let mut state = fetching();
+        let n = state.hosts.entry(host.to_string()).or_insert(0);
+        if *n >= PER_HOST_FETCHES {
+            return None;
+        }
+        *n += 1;
+        Some(HostTurn(host.to_string()))
+    }
+}
+
+impl Drop for HostTurn {
+    fn drop(&mut self) {
+        let mut state = fetching();
+        if let Some(n) = state.hosts.get_mut(&self.0) {
+            *n -= 1;
+            if *n == 0 {
+                state.hosts.remove(&self.0);
+            }
+        }
+    }
+}
+
+/// Why fetching `url` failed, if it did within [`FAILURE_CACHE_SECS`] of `at`.
+fn failed_recently(url: &str, at: i64) -> Option<String> {
+    fetching().failures.get(url).filter(|(until, _)| *until > at).map(|(_, why)| why.clone())
+}
+
+/// Remember that fetching `url` failed (the map bounded: expired entries go first, then the
+/// oldest).
+fn remember_failure(url: &str, why: &str, at: i64) {
+    let mut state = fetching();
+    let failures = &mut state.failures;
+    if failures.len() >= FAILURE_CACHE_CAPACITY && !failures.contains_key(url) {
+        failures.retain(|_, (until, _)| *until > at);
+        if failures.len() >= FAILURE_CACHE_CAPACITY {
+            let oldest = failures.iter().min_by_key(|(_, (until, _))| *until).map(|(k, _)| k.clone());
+            if let Some(oldest) = oldest {
+                failures.remove(&oldest);
+            }
+        }
+    }
+    failures.insert(url.to_string(), (at + FAILURE_CACHE_SECS, why.to_string()));
+}
 
 /// Whether `client_id` names a metadata document (rather than a registered client).
 pub fn is_document_url(client_id: &str) -> bool {
@@ -60,7 +139,8 @@ pub fn check_url(client_id: &str, private_allowed: bool) -> Result<Url, String> 
         _ => return Err("a client_id URL must be https".into()),
     }
     if !private_allowed {
-        crate::webhooks::egress::check_public_host(&url)?;
+        crate::webhooks::egress::check_public_host(&url)
+            .map_err(|e| e.replace("`webhook_private_urls`", "`oauth_client_metadata_private_urls`"))?;
     }
     Ok(url)
 }
@@ -99,14 +179,38 @@ fn cache_secs(headers: &reqwest::header::HeaderMap) -> i64 {
     secs.clamp(MIN_CACHE_SECS, MAX_CACHE_SECS)
 }
 
-/// Fetch and check the document at `url` (at most [`MAX_CONCURRENT_FETCHES`] at once; one that
-/// waits longer than the fetch timeout for its turn is refused).
+/// Whether the document's `client_id` names the URL it was fetched from: both normalised (the
+/// case of the scheme and host, a default port, an empty path), nothing else forgiven (a trailing
+/// slash, another path, query or port is another URL).
+fn same_client_id(claimed: &str, fetched_from: &Url) -> bool {
+    Url::parse(claimed).is_ok_and(|c| c == *fetched_from)
+}
+
+/// Fetch and check the document at `url`: refused at once when it failed within
+/// [`FAILURE_CACHE_SECS`] or its host has [`PER_HOST_FETCHES`] fetches under way; at most
+/// [`MAX_CONCURRENT_FETCHES`] at once (one that waits longer than the fetch timeout for its turn
+/// is refused). A failure of the fetch itself is remembered.
 pub async fn fetch(limits: &HttpLimits, url: &Url, private_allowed: bool) -> Result<Fetched, String> {
+    if let Some(why) = failed_recently(url.as_str(), now()) {
+        return Err(why);
+    }
+    let busy = || "tokenvault is fetching too many client metadata documents; try again".to_string();
+    let server = format!("{}:{}", url.host_str().unwrap_or_default(), url.port_or_known_default().unwrap_or(0));
+    let _host = HostTurn::take(&server).ok_or_else(busy)?;
     let wait = std::time::Duration::from_secs(FETCH_TIMEOUT_SECS.min(limits.timeout));
     let _turn = match rocket::tokio::time::timeout(wait, FETCHES.acquire()).await {
         Ok(Ok(permit)) => permit,
-        _ => return Err("tokenvault is fetching too many client metadata documents; try again".into()),
+        _ => return Err(busy()),
     };
+    let fetched = fetch_document(limits, url, private_allowed).await;
+    if let Err(why) = &fetched {
+        remember_failure(url.as_str(), why, now());
+    }
+    fetched
+}
+
+/// Fetch the document at `url` and check it.
+async fn fetch_document(limits: &HttpLimits, url: &Url, private_allowed: bool) -> Result<Fetched, String> {
     let capped = HttpLimits {
         timeout: FETCH_TIMEOUT_SECS.min(limits.timeout),
         connect_timeout: FETCH_TIMEOUT_SECS.min(limits.connect_timeout),
@@ -115,7 +219,7 @@ pub async fn fetch(limits: &HttpLimits, url: &Url, private_allowed: bool) -> Res
     let http = if private_allowed {
         Outbound::new(&capped)
     } else {
-        Outbound::with_resolver(&capped, Arc::new(crate::webhooks::egress::PublicOnly))
+        Outbound::with_resolver(&capped, Arc::new(crate::webhooks::egress::PublicOnly::default()))
     }?;
     let request = http.client().get(url.clone()).header(reqwest::header::ACCEPT, "application/json");
     let (status, headers, body) = http.send(request).await.map_err(|e| match e {
@@ -130,7 +234,7 @@ pub async fn fetch(limits: &HttpLimits, url: &Url, private_allowed: bool) -> Res
     }
     let doc: Document =
         serde_json::from_slice(&body).map_err(|_| "the client metadata document is not valid JSON metadata")?;
-    if doc.client_id != url.as_str() {
+    if !same_client_id(&doc.client_id, url) {
         return Err("the client metadata document's client_id is not its URL".into());
     }
     if doc.token_endpoint_auth_method.as_deref().is_some_and(|m| m != "none") {
@@ -189,6 +293,8 @@ pub async fn resolve(app: &AppState, private_allowed: bool, client_id: &str) -> 
                 registered_from: None,
             };
             let client = model::insert_client(tx.conn(), &new)?;
+            // Anyone can add one: the least recently used unused ones make room.
+            model::evict_unused_documents(tx.conn(), MAX_DOCUMENT_CLIENTS)?;
             // First seen: a client known from now on (a refreshed copy is not a new one).
             let subject = ClientSubject::of(&client);
             tx.record(Change::ClientRegistered {
@@ -228,6 +334,59 @@ mod tests {
             "loopback http where private addresses are allowed"
         );
         assert!(check_url("http://agent.example/c.json", true).is_err(), "http only on loopback");
+    }
+
+    #[test]
+    fn a_documents_client_id_must_be_its_url_in_any_equal_form() {
+        let url = Url::parse("HTTPS://Agent.Example:443/c.json").unwrap();
+        for same in ["https://agent.example/c.json", "https://AGENT.example:443/c.json", "HTTPS://agent.example/c.json"]
+        {
+            assert!(same_client_id(same, &url), "{same}");
+        }
+        for other in [
+            "https://agent.example/c.json/",
+            "https://agent.example/C.json",
+            "https://agent.example:8443/c.json",
+            "http://agent.example/c.json",
+            "https://agent.example/c.json?x=1",
+            "https://agent.example.evil/c.json",
+            "agent.example/c.json",
+        ] {
+            assert!(!same_client_id(other, &url), "{other}");
+        }
+        let slash = Url::parse("https://agent.example/c/").unwrap();
+        assert!(!same_client_id("https://agent.example/c", &slash));
+    }
+
+    /// One host gets [`PER_HOST_FETCHES`] turns at once (given back when done); other hosts are
+    /// not held up by it.
+    #[test]
+    fn each_host_has_its_own_few_turns() {
+        let held: Vec<HostTurn> = (0..PER_HOST_FETCHES).map(|_| HostTurn::take("slow.example").unwrap()).collect();
+        assert!(HostTurn::take("slow.example").is_none());
+        let other = HostTurn::take("quick.example").expect("another host");
+        drop(other);
+        drop(held);
+        assert!(HostTurn::take("slow.example").is_some(), "turns are given back");
+        assert!(!fetching().hosts.contains_key("quick.example"), "no entry left behind");
+    }
+
+    /// A failure is remembered for a minute, per URL, in a bounded map.
+    #[test]
+    fn failures_are_remembered_briefly_in_a_bounded_map() {
+        let url = "https://failing.example/c.json";
+        remember_failure(url, "the client metadata document answered HTTP 404", 1000);
+        assert_eq!(
+            failed_recently(url, 1000 + FAILURE_CACHE_SECS - 1).as_deref(),
+            Some("the client metadata document answered HTTP 404")
+        );
+        assert_eq!(failed_recently(url, 1000 + FAILURE_CACHE_SECS), None, "forgotten after a minute");
+        assert_eq!(failed_recently("https://failing.example/other.json", 1000), None);
+        for i in 0..FAILURE_CACHE_CAPACITY + 10 {
+            remember_failure(&format!("https://flood.example/{i}"), "x", 5000 + i as i64);
+        }
+        assert!(fetching().failures.len() <= FAILURE_CACHE_CAPACITY);
+        assert!(failed_recently(&format!("https://flood.example/{}", FAILURE_CACHE_CAPACITY + 9), 5000).is_some());
     }
 
     #[test]

@@ -150,6 +150,8 @@ fn issue(
             },
         )?;
     }
+    // Tokens issued: the client is used (a dynamic registration is no longer swept as unused).
+    model::touch_client(conn, grant.client_pk, at)?;
     Ok(IssuedTokens {
         access: crate::util::secret(access),
         refresh: crate::util::secret(refresh),
@@ -163,8 +165,30 @@ fn client_grant(conn: &mut Conn, client: &Client, grant_id: i64) -> AppResult<Op
     Ok(model::find_grant(conn, grant_id)?.filter(|g| g.client_pk == client.id))
 }
 
+/// A code presented again after it was exchanged: someone else may hold it. Revoke the grant,
+/// and with it every token the first exchange issued (RFC 6749 §4.1.2, OAuth 2.1 §4.1.3).
+fn end_reused_code(
+    tx: &mut Tx<'_>,
+    client: &Client,
+    used: &model::Code,
+    at: i64,
+) -> AppResult<Result<IssuedTokens, Refusal>> {
+    if let Some(grant) = client_grant(tx.conn(), client, used.grant_id)? {
+        if let Some(grant) = model::revoke_grant(tx.conn(), grant.id, None, at)? {
+            tx.record(Change::GrantRevoked {
+                by: Actor::System,
+                grant: subject(&grant, client),
+                why: GrantEnd::CodeReused,
+            })?;
+        }
+    }
+    Ok(Err(Refusal::InvalidGrant("the authorization code was already used")))
+}
+
 /// The `authorization_code` grant: the code (one use), its redirect URI, the PKCE verifier and —
-/// when given — the same resource.
+/// when given — the same resource. Everything is checked before the code is marked used, so a
+/// wrong guess (another client, redirect URI or verifier) does not spend an honest client's code;
+/// a code presented again after its exchange revokes the grant.
 pub fn exchange_code(
     tx: &mut Tx<'_>,
     client: &Client,
@@ -175,24 +199,13 @@ pub fn exchange_code(
     access_lifetime: i64,
 ) -> AppResult<Result<IssuedTokens, Refusal>> {
     let at = now();
-    let found = model::use_code(tx.conn(), &sha256_hex(code), at)?;
-    let code = match found {
-        Ok(code) => code,
-        Err(None) => return Ok(Err(Refusal::InvalidGrant("unknown authorization code"))),
-        Err(Some(used)) => {
-            // A code presented twice: someone else may hold it. Revoke the grant, and with it
-            // every token the first exchange issued (RFC 6749 §4.1.2, OAuth 2.1 §4.1.3).
-            if let Some(grant) = client_grant(tx.conn(), client, used.grant_id)? {
-                if let Some(grant) = model::revoke_grant(tx.conn(), grant.id, None, at)? {
-                    tx.record(Change::GrantRevoked {
-                        by: Actor::System,
-                        grant: subject(&grant, client),
-                        why: GrantEnd::CodeReused,
-                    })?;
-                }
-            }
-            return Ok(Err(Refusal::InvalidGrant("the authorization code was already used")));
-        }
+    let hash = sha256_hex(code);
+    // Read, checked, then marked used: concurrent exchanges of one code run one after the other.
+    model::lock_code(tx.conn(), &hash)?;
+    let code = match model::find_code(tx.conn(), &hash)? {
+        None => return Ok(Err(Refusal::InvalidGrant("unknown authorization code"))),
+        Some(used) if used.used_at.is_some() => return end_reused_code(tx, client, &used, at),
+        Some(code) => code,
     };
     let Some(grant) = client_grant(tx.conn(), client, code.grant_id)? else {
         return Ok(Err(Refusal::InvalidGrant("the authorization code was issued to another client")));
@@ -212,6 +225,14 @@ pub fn exchange_code(
     if resource.is_some_and(|r| r.trim_end_matches('/') != code.resource) {
         return Ok(Err(Refusal::InvalidTarget));
     }
+    // Marked used once: a concurrent exchange of the same code that got here first wins, and
+    // this one is a second use.
+    if let Err(used) = model::use_code(tx.conn(), &hash, at)? {
+        return match used {
+            Some(used) => end_reused_code(tx, client, &used, at),
+            None => Ok(Err(Refusal::InvalidGrant("unknown authorization code"))),
+        };
+    }
     let issued = issue(tx.conn(), &grant, &code.resource, None, access_lifetime)?;
     let how = Issued::Code;
     tx.record(Change::GrantTokensIssued { grant: subject(&grant, client), how, resource: code.resource })?;
@@ -226,8 +247,11 @@ pub fn refresh(
     resource: Option<&str>,
     access_lifetime: i64,
 ) -> AppResult<Result<IssuedTokens, Refusal>> {
+    let hash = sha256_hex(refresh_token);
+    // Concurrent refreshes with one token run one after the other (see `model::lock_token`).
+    model::lock_token(tx.conn(), &hash)?;
     let at = now();
-    let Some((token, grant, _)) = model::find_token(tx.conn(), &sha256_hex(refresh_token), TokenKind::Refresh)? else {
+    let Some((token, grant, _)) = model::find_token(tx.conn(), &hash, TokenKind::Refresh)? else {
         return Ok(Err(Refusal::InvalidGrant("unknown refresh token")));
     };
     if grant.client_pk != client.id {
@@ -425,6 +449,7 @@ pub fn sweep(conn: &mut Conn, at: i64) -> AppResult<usize> {
     n += model::delete_unused_registrations(conn, at)?;
     n += model::delete_ended_grants(conn, at - ENDED_GRANTS_KEPT)?;
     n += model::delete_stale_documents(conn, at - super::metadata_doc::MAX_CACHE_SECS)?;
+    n += model::evict_unused_documents(conn, super::metadata_doc::MAX_DOCUMENT_CLIENTS)?;
     Ok(n)
 }
 

@@ -76,7 +76,9 @@ struct Context {
 impl Context {
     fn open() -> Result<Context, String> {
         let (mut conn, prepared) = open()?;
-        let http = crate::oauth::http::Outbound::new(&prepared.settings.http).map_err(|e| e.to_string())?;
+        let egress = Egress::of(&prepared.settings);
+        let http =
+            crate::oauth::http::Outbound::with_egress(&prepared.settings.http, egress).map_err(|e| e.to_string())?;
         let runtime = rocket::tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -96,7 +98,7 @@ impl Context {
             cipher: &self.cipher,
             actor: Actor::Cli,
             by: "cli",
-            egress: Egress { private_urls: settings.webhooks.private_urls, loopback: settings.dev_mode },
+            egress: Egress::of(settings),
         };
         f(&editor, &mut self.conn)
     }
@@ -238,7 +240,7 @@ fn discover(cx: &Context, name: &str, settings: Map<String, Value>) -> Result<Ma
     let cfg = managed::config_of(&settings)?;
     let found = cx
         .runtime
-        .block_on(crate::oauth::providers::discovered_config(&cx.http, name, &cfg))
+        .block_on(crate::oauth::providers::discovered_config(cx.http.set_in_app(), name, &cfg))
         .map_err(|e| format!("issuer: {e}"))?;
     Ok(managed::settings_of(&found))
 }

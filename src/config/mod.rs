@@ -33,6 +33,10 @@ pub struct RawConfig {
     pub allow_signup: Option<bool>,
     /// Webhook URLs set on `/admin/webhooks` may name private addresses (default: `debug` only).
     pub webhook_private_urls: Option<bool>,
+    /// Client ID Metadata Documents may be fetched from private addresses (and http on a
+    /// loopback host) — anyone can make the server fetch one (default: `debug` only; not opened by
+    /// `webhook_private_urls`).
+    pub oauth_client_metadata_private_urls: Option<bool>,
     pub data_dir: PathBuf,
     /// Overrides of the embedded static files and templates (see `crate::assets`).
     pub static_dir: Option<PathBuf>,
@@ -144,6 +148,7 @@ impl Default for RawConfig {
             demo_provider: None,
             allow_signup: None,
             webhook_private_urls: None,
+            oauth_client_metadata_private_urls: None,
             data_dir: PathBuf::from("data"),
             static_dir: None,
             template_dir: None,
@@ -215,20 +220,22 @@ pub struct Settings {
 }
 
 /// tokenvault's own authorization server (`oauth_server`, `oauth_dynamic_registration`,
-/// `oauth_access_token_lifetime`, `oauth_grant_default_lifetime`; its metadata documents follow
-/// `webhook_private_urls` for where a client metadata document may be fetched from).
+/// `oauth_access_token_lifetime`, `oauth_grant_default_lifetime`,
+/// `oauth_client_metadata_private_urls`).
 #[derive(Debug, Clone)]
 pub struct AuthzSettings {
     pub enabled: bool,
     pub dynamic_registration: bool,
     pub access_token_lifetime: i64,
     pub grant_default_lifetime: i64,
+    /// Client ID Metadata Documents may be fetched from private and loopback addresses.
+    pub metadata_private_urls: bool,
     /// `mcp_allowed_origins`, each as an ASCII-serialized origin (`https://host[:port]`).
     pub mcp_allowed_origins: Vec<String>,
 }
 
 impl AuthzSettings {
-    fn resolve(raw: &RawConfig) -> Result<AuthzSettings, ConfigError> {
+    fn resolve(raw: &RawConfig, dev_mode: bool) -> Result<AuthzSettings, ConfigError> {
         within(
             "oauth_access_token_lifetime",
             raw.oauth_access_token_lifetime,
@@ -246,6 +253,7 @@ impl AuthzSettings {
             dynamic_registration: raw.oauth_dynamic_registration,
             access_token_lifetime: raw.oauth_access_token_lifetime,
             grant_default_lifetime: raw.oauth_grant_default_lifetime,
+            metadata_private_urls: raw.oauth_client_metadata_private_urls.unwrap_or(dev_mode),
             mcp_allowed_origins: raw.mcp_allowed_origins.iter().map(|o| allowed_origin(o)).collect::<Result<_, _>>()?,
         })
     }
@@ -509,7 +517,7 @@ impl Settings {
             audit: AuditSettings::resolve(raw)?,
             metrics: MetricsSettings::resolve(raw)?,
             demo: DemoSettings::resolve(raw)?,
-            authz: AuthzSettings::resolve(raw)?,
+            authz: AuthzSettings::resolve(raw, dev_mode)?,
         })
     }
 }
@@ -815,6 +823,12 @@ mod tests {
         let prod = Settings::resolve(&raw, "release").unwrap();
         assert!(!prod.demo_provider && !prod.allow_signup && !prod.dev_mode && !prod.webhooks.private_urls);
         assert_eq!(dev.redirect_uri("dropbox"), "http://127.0.0.1:8000/services/dropbox/callback");
+        assert!(dev.authz.metadata_private_urls && !prod.authz.metadata_private_urls);
+        // Private webhook URLs do not open private addresses to anyone's metadata documents.
+        let hooks = RawConfig { webhook_private_urls: Some(true), ..RawConfig::default() };
+        assert!(!Settings::resolve(&hooks, "release").unwrap().authz.metadata_private_urls);
+        let open = RawConfig { oauth_client_metadata_private_urls: Some(true), ..RawConfig::default() };
+        assert!(Settings::resolve(&open, "release").unwrap().authz.metadata_private_urls);
     }
 
     #[test]

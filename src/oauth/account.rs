@@ -43,9 +43,9 @@ pub async fn send_with_token<B>(
 where
     B: Fn(&reqwest::Client, &Secret) -> reqwest::RequestBuilder,
 {
+    let http = ctx.http.for_provider(provider);
     let token = fresh_token(ctx, which, provider).await?;
-    let response =
-        ctx.http.send_streaming(build(ctx.http.client(), &token.access_token), limit).await.map_err(http_error)?;
+    let response = http.send_streaming(build(http.client(), &token.access_token), limit).await.map_err(http_error)?;
     if response.status().as_u16() != 401 {
         return Ok(response);
     }
@@ -54,7 +54,7 @@ where
         return Ok(response);
     };
     drop(response);
-    ctx.http.send_streaming(build(ctx.http.client(), &token.access_token), limit).await.map_err(http_error)
+    http.send_streaming(build(http.client(), &token.access_token), limit).await.map_err(http_error)
 }
 
 /// After a 401 to the token of `version`: the token to retry with (see [`refresh_after_401`]), or
@@ -90,9 +90,9 @@ pub async fn call_with_token<B>(
 where
     B: Fn(&reqwest::Client, &Secret) -> reqwest::RequestBuilder,
 {
+    let http = ctx.http.for_provider(provider);
     let token = fresh_token(ctx, which, provider).await?;
-    let (status, headers, body) =
-        ctx.http.send(build(ctx.http.client(), &token.access_token)).await.map_err(http_error)?;
+    let (status, headers, body) = http.send(build(http.client(), &token.access_token)).await.map_err(http_error)?;
     if status.as_u16() != 401 {
         return Ok(ProviderResponse { status: status.as_u16(), headers, body });
     }
@@ -100,8 +100,7 @@ where
     else {
         return Ok(ProviderResponse { status: status.as_u16(), headers, body });
     };
-    let (status, headers, body) =
-        ctx.http.send(build(ctx.http.client(), &token.access_token)).await.map_err(http_error)?;
+    let (status, headers, body) = http.send(build(http.client(), &token.access_token)).await.map_err(http_error)?;
     Ok(ProviderResponse { status: status.as_u16(), headers, body })
 }
 
@@ -227,6 +226,7 @@ pub async fn identify(
     let Some(url) = provider.account_url.clone().filter(|_| identifies(provider)) else {
         return Ok(None);
     };
+    let http = http.for_provider(provider);
     let request = account_request(http.client(), provider, url, access_token, Some(creds));
     let name = &provider.display_name;
     let failed = |detail: String| AppError::Upstream {

@@ -1,5 +1,9 @@
 //! The one outbound HTTP client: connect and total timeouts, no redirects followed, a size cap on
-//! response bodies, and errors that never carry a URL or a body.
+//! response bodies, and errors that never carry a URL or a body. Calls to a provider whose
+//! endpoints were set in the app go through a second client whose name resolution keeps only the
+//! addresses the egress rule allows ([`Outbound::for_provider`], `crate::oauth::managed::Egress`):
+//! checked when the connection is made, so a name that resolves to a private address (or starts
+//! to, DNS rebinding) is refused.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +35,16 @@ fn classify(e: reqwest::Error) -> HttpError {
     if e.is_timeout() {
         HttpError::Timeout
     } else if e.is_connect() {
-        HttpError::Connect(e.to_string())
+        // The innermost cause says why (refused, unreachable, or the egress rule's resolver):
+        // never a URL or a body.
+        let mut cause = std::error::Error::source(&e);
+        while let Some(inner) = cause.and_then(|c| c.source()) {
+            cause = Some(inner);
+        }
+        HttpError::Connect(match cause {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        })
     } else {
         HttpError::Other(e.to_string())
     }
@@ -41,11 +54,38 @@ fn classify(e: reqwest::Error) -> HttpError {
 pub struct Outbound {
     client: reqwest::Client,
     max_body: usize,
+    /// The client for providers set in the app (`None`: this one, any address allowed).
+    set_in_app: Option<Arc<Outbound>>,
 }
 
 impl Outbound {
+    /// The client; providers set in the app reach public addresses only.
     pub fn new(limits: &HttpLimits) -> Result<Outbound, String> {
-        Outbound::build(limits, |b| b)
+        Outbound::with_egress(limits, crate::oauth::managed::Egress { private_urls: false, loopback: false })
+    }
+
+    /// The client; providers set in the app reach the addresses `egress` allows.
+    pub fn with_egress(limits: &HttpLimits, egress: crate::oauth::managed::Egress) -> Result<Outbound, String> {
+        let mut outbound = Outbound::build(limits, |b| b)?;
+        if let Some(resolver) = egress.resolver() {
+            outbound.set_in_app = Some(Arc::new(Outbound::with_resolver(limits, Arc::new(resolver))?));
+        }
+        Ok(outbound)
+    }
+
+    /// The client for calls to `provider`: the checked one when its endpoints were set in the app.
+    pub fn for_provider(&self, provider: &crate::oauth::providers::Provider) -> &Outbound {
+        if provider.set_in_app {
+            self.set_in_app()
+        } else {
+            self
+        }
+    }
+
+    /// The client for endpoints set in the app (a provider's, its issuer's discovery, the Test
+    /// button's checks).
+    pub fn set_in_app(&self) -> &Outbound {
+        self.set_in_app.as_deref().unwrap_or(self)
     }
 
     /// The same client with its own name resolution (e.g. one that refuses private addresses).
@@ -67,7 +107,7 @@ impl Outbound {
             .timeout(Duration::from_secs(limits.timeout))
             .user_agent(concat!("tokenvault/", env!("CARGO_PKG_VERSION")));
         let client = customize(builder).build().map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-        Ok(Outbound { client, max_body: limits.max_response_bytes })
+        Ok(Outbound { client, max_body: limits.max_response_bytes, set_in_app: None })
     }
 
     pub fn client(&self) -> &reqwest::Client {

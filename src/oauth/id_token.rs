@@ -168,6 +168,7 @@ pub async fn verify(
     };
     let token = id_token.ok_or(Refused::Missing).map_err(refused)?;
     let url = provider.jwks_url.clone().ok_or_else(|| AppError::internal("verify without a jwks_url"))?;
+    let http = http.for_provider(provider);
     let (status, _, body) = http
         .send(http.client().get(url).header(reqwest::header::ACCEPT, "application/json"))
         .await

@@ -204,7 +204,12 @@ impl LiveCatalog {
                         token_url (or add it again by issuer)"
                 .into());
         }
-        resolve(name, &cfg).map_err(|e| e.to_string())
+        let mut provider = resolve(name, &cfg).map_err(|e| e.to_string())?;
+        // An endpoint typed in the app (not one the operator wrote in Rocket.toml) puts every
+        // call to the provider under the egress rule.
+        let operators = self.base.get(name).map(|c| endpoints(&c)).unwrap_or_default();
+        provider.set_in_app = endpoints(&provider).iter().any(|e| !operators.contains(e));
+        Ok(provider)
     }
 
     fn build(&self, rows: &[StoredProvider]) -> (Catalog, Vec<Entry>) {
@@ -288,6 +293,16 @@ fn endpoints(p: &Provider) -> Vec<(&'static str, url::Url)> {
 }
 
 impl Egress {
+    /// The rule of these settings: `webhook_private_urls`, loopback in `debug`.
+    pub fn of(settings: &crate::config::Settings) -> Egress {
+        Egress { private_urls: settings.webhooks.private_urls, loopback: settings.dev_mode }
+    }
+
+    /// The name resolution that enforces the rule when a call connects (`None`: any address).
+    pub fn resolver(&self) -> Option<crate::webhooks::egress::PublicOnly> {
+        (!self.private_urls).then_some(crate::webhooks::egress::PublicOnly { loopback: self.loopback })
+    }
+
     /// Every endpoint of `p` set in the app names an allowed host. Those that are as the operator
     /// wrote them in Rocket.toml (`configured`: the provider as configured) are not checked: the
     /// rule is for what is typed on the page, not for the configuration it overrides.
@@ -639,54 +654,22 @@ pub struct Check {
     pub detail: String,
 }
 
-/// The Test button: each endpoint of `p` resolves to addresses the egress rule allows and answers
-/// HTTP (any status: a token endpoint answers a bare GET with an error, which proves it is there);
-/// the client credentials are set. Nothing is sent but a GET without credentials: never the
-/// client secret.
-pub async fn test_endpoints(
-    http: &crate::oauth::http::Outbound,
-    egress: Egress,
-    p: &Provider,
-    credentials_set: bool,
-) -> Vec<Check> {
+/// The Test button: each endpoint of `p` answers HTTP (any status: a token endpoint answers a
+/// bare GET with an error, which proves it is there), connecting as the runtime calls do
+/// (`http.for_provider`: for a provider set in the app, only to addresses the egress rule allows,
+/// checked by the resolver of the connection itself — no separate lookup to rebind); the client
+/// credentials are set. Nothing is sent but a GET without credentials: never the client secret.
+pub async fn test_endpoints(http: &crate::oauth::http::Outbound, p: &Provider, credentials_set: bool) -> Vec<Check> {
+    let http = http.for_provider(p);
     let mut checks = Vec::new();
     // Not the refresh and revocation endpoints: they answer only a client's authenticated POST.
     let urls = endpoints(p).into_iter().filter(|(key, _)| !matches!(*key, "refresh_url" | "revoke_url"));
     for (what, url) in urls {
-        let check = |ok: bool, detail: String| Check {
-            what: format!("{what} ({})", url.origin().ascii_serialization()),
-            ok,
-            detail,
-        };
-        let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
-            checks.push(check(false, "no host".into()));
-            continue;
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
-        let addresses: Vec<std::net::IpAddr> = match rocket::tokio::net::lookup_host((host.as_str(), port)).await {
-            Ok(found) => found.map(|a| a.ip()).collect(),
-            Err(e) => {
-                checks.push(check(false, format!("does not resolve: {e}")));
-                continue;
-            }
-        };
-        let refused: Vec<String> = addresses
-            .iter()
-            .filter(|ip| {
-                !(egress.private_urls
-                    || crate::webhooks::egress::is_public(**ip)
-                    || (egress.loopback && ip.is_loopback()))
-            })
-            .map(|ip| ip.to_string())
-            .collect();
-        if addresses.is_empty() || !refused.is_empty() {
-            checks.push(check(false, format!("resolves to addresses the egress rule refuses: {}", refused.join(", "))));
-            continue;
-        }
-        match http.send(http.client().get(url.clone())).await {
-            Ok((status, _, _)) => checks.push(check(true, format!("answers (HTTP {})", status.as_u16()))),
-            Err(e) => checks.push(check(false, format!("does not answer: {e}"))),
-        }
+        let what = format!("{what} ({})", url.origin().ascii_serialization());
+        checks.push(match http.send(http.client().get(url)).await {
+            Ok((status, _, _)) => Check { what, ok: true, detail: format!("answers (HTTP {})", status.as_u16()) },
+            Err(e) => Check { what, ok: false, detail: format!("does not answer: {e}") },
+        });
     }
     checks.push(Check {
         what: "client credentials".into(),
@@ -888,6 +871,44 @@ mod tests {
         assert!(added.is_err(), "an added provider's endpoints are all the app's");
     }
 
+    /// A provider set in the app whose host is a NAME that resolves to loopback (`localhost`),
+    /// outside `debug`: the form check refuses it, and neither a runtime call (the token endpoint)
+    /// nor the Test button connects — the resolver of the connection refuses the address. The
+    /// same endpoints from the configuration (the operator's) are reached, and so are they in
+    /// `debug` (loopback allowed).
+    #[rocket::async_test]
+    async fn a_name_resolving_to_loopback_is_refused_when_set_in_the_app() {
+        use wiremock::{matchers::any, Mock, MockServer, ResponseTemplate};
+        let server = MockServer::start().await;
+        let tokens = ResponseTemplate::new(200)
+            .set_body_raw(r#"{"access_token":"at","token_type":"bearer","expires_in":60}"#, "application/json");
+        Mock::given(any()).respond_with(tokens).mount(&server).await;
+        let at = |path: &str| Some(format!("http://localhost:{}/{path}", server.address().port()));
+        let cfg = ProviderConfig { authorize_url: at("authorize"), token_url: at("token"), ..Default::default() };
+        let mut provider = resolve("acme", &cfg).unwrap();
+        let strict = Egress { private_urls: false, loopback: false };
+        assert!(strict.check(&provider, None).unwrap_err().contains("public"), "the form check");
+        let settings = crate::config::Settings::resolve(&crate::config::RawConfig::default(), "debug").unwrap();
+        let http = crate::oauth::http::Outbound::with_egress(&settings.http, strict).unwrap();
+        let creds = crate::vault::store::ClientCredentials {
+            client_id: "cid".into(),
+            client_secret: Some(crate::util::secret("s")),
+        };
+        let rt = crate::util::secret("rt");
+        provider.set_in_app = true;
+        let refused = crate::oauth::tokens::refresh(&http, &provider, &creds, &rt, 3600, &[]).await;
+        assert!(refused.is_err(), "the token endpoint is not called");
+        let checks = test_endpoints(&http, &provider, true).await;
+        assert!(checks[..2].iter().all(|c| !c.ok && c.detail.contains("no public address")), "{checks:?}");
+        assert!(server.received_requests().await.unwrap().is_empty(), "nothing reached the loopback server");
+
+        let debug = crate::oauth::http::Outbound::with_egress(&settings.http, Egress { loopback: true, ..strict });
+        assert!(crate::oauth::tokens::refresh(&debug.unwrap(), &provider, &creds, &rt, 3600, &[]).await.is_ok());
+        provider.set_in_app = false;
+        assert!(crate::oauth::tokens::refresh(&http, &provider, &creds, &rt, 3600, &[]).await.is_ok(), "configured");
+        assert!(test_endpoints(&http, &provider, true).await.iter().all(|c| c.ok));
+    }
+
     fn rows(list: &[(&str, Option<&str>, bool)]) -> Vec<StoredProvider> {
         list.iter()
             .map(|(name, settings, enabled)| StoredProvider {
@@ -920,6 +941,8 @@ mod tests {
             ("broken", Some(r#"{"preset":"nope"}"#), true),
         ]));
         assert_eq!(catalog.get("gh").unwrap().display_name, "GitHub (work)");
+        assert!(!catalog.get("gh").unwrap().set_in_app, "only its name edited: the operator's endpoints");
+        assert!(catalog.get_any("slack").unwrap().set_in_app, "added in the app");
         assert_eq!(catalog.get("gh").unwrap().token_url.as_str(), "https://github.com/login/oauth/access_token");
         assert!(catalog.get("slack").is_none() && catalog.is_disabled("slack"));
         assert!(catalog.get_any("slack").is_some());

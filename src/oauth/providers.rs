@@ -97,6 +97,9 @@ pub struct Provider {
     /// The JSON body of a `POST` account call (`account_body`).
     pub account_body: Option<String>,
     pub account_style: AccountStyle,
+    /// Its endpoints were set in the app (added or edited, `crate::oauth::managed`): every call
+    /// to it connects only to addresses the egress rule allows (`Outbound::for_provider`).
+    pub set_in_app: bool,
     /// Example requests of its API, for the console (`examples`).
     pub examples: Vec<ApiExample>,
 }
@@ -394,6 +397,7 @@ pub fn resolve(name: &str, cfg: &ProviderConfig) -> Result<Provider, ConfigError
         tokens_expire: merged.tokens_expire.unwrap_or(true),
         account_fields: AccountFields::of(&merged),
         is_demo: false,
+        set_in_app: false,
         register_url: urls.filled(&merged.register_url, "register_url")?,
         refresh_url: urls.endpoint(&merged.refresh_url, "refresh_url")?,
         scope_separator: merged.scope_separator.clone().unwrap_or_else(|| " ".into()),
@@ -573,6 +577,7 @@ pub fn demo(settings: &Settings) -> Provider {
             label: Some("/email".into()),
         },
         is_demo: true,
+        set_in_app: false,
         parameters: Vec::new(),
         register_url: None,
         scope_separator: " ".into(),

@@ -61,6 +61,7 @@ pub async fn call(
     creds: &ClientCredentials,
     token: Token<'_>,
 ) -> Result<(), CallFailed> {
+    let http = http.for_provider(provider);
     let client = http.client();
     let url = || provider.revoke_url.clone().ok_or("no revocation endpoint is configured");
     let named = |token: Token<'_>| match token {

@@ -421,7 +421,7 @@ pub async fn exchange_code(
     if let Some(v) = grant.verifier {
         request = request.set_pkce_verifier(PkceCodeVerifier::new(v.expose_secret().to_string()));
     }
-    let http = TokenHttp { http, provider, client_id: &creds.client_id };
+    let http = TokenHttp { http: http.for_provider(provider), provider, client_id: &creds.client_id };
     let response = request.request_async(&http).await.map_err(map_error)?;
     let id_token = response.id_token.clone().map(crate::util::secret);
     // An answer without `scope` granted what was asked for (RFC 6749 §5.1).
@@ -439,7 +439,7 @@ pub async fn refresh(
 ) -> Result<TokenSet, TokenError> {
     let client = client(provider, creds, None, provider.refresh_url())?;
     let token = RefreshToken::new(refresh_token.expose_secret().to_string());
-    let http = TokenHttp { http, provider, client_id: &creds.client_id };
+    let http = TokenHttp { http: http.for_provider(provider), provider, client_id: &creds.client_id };
     let response = client.exchange_refresh_token(&token).request_async(&http).await.map_err(map_error)?;
     into_token_set(response, provider, default_lifetime, current_scopes)
 }

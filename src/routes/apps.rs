@@ -117,20 +117,37 @@ struct AdminPage {
     new_client_id: Option<String>,
     new_client_secret: Option<String>,
     error: Option<String>,
+    /// The pages before and after this one of the client list (newest first).
+    newer_page: Option<i64>,
+    older_page: Option<i64>,
 }
+
+/// Clients listed on one page of `/admin/oauth-clients`.
+pub const CLIENTS_PER_PAGE: i64 = 50;
 
 async fn render_admin(
     app: &AppState,
     admin: &CurrentUser,
     layout: Layout,
+    page: i64,
     new: Option<clients::Registered>,
     error: Option<String>,
 ) -> AppResult<Template> {
     let at = now();
-    let (all_clients, all_grants) =
-        app.db.run(move |conn| Ok((model::list_clients(conn)?, model::all_live_grants(conn, at, 500)?))).await?;
+    let offset = (page - 1) * CLIENTS_PER_PAGE;
+    let (mut listed, all_grants) = app
+        .db
+        .run(move |conn| {
+            let clients = model::list_clients(conn, offset, CLIENTS_PER_PAGE + 1)?;
+            Ok((clients, model::all_live_grants(conn, at, 500)?))
+        })
+        .await?;
+    let more = listed.len() as i64 > CLIENTS_PER_PAGE;
+    listed.truncate(CLIENTS_PER_PAGE as usize);
     let page = AdminPage {
-        clients: all_clients
+        newer_page: (page > 1).then_some(page - 1),
+        older_page: more.then_some(page + 1),
+        clients: listed
             .iter()
             .map(|c| ClientView {
                 id: c.id,
@@ -155,9 +172,16 @@ async fn render_admin(
     Ok(Template::render("admin/oauth_clients", Page::new(layout, "OAuth clients", page)))
 }
 
-#[get("/admin/oauth-clients")]
-async fn admin_page(app: &State<AppState>, admin: AdminUser<'_>, layout: Layout) -> AppResult<Template> {
-    render_admin(app, admin.0, layout, None, None).await
+/// The clients, [`CLIENTS_PER_PAGE`] a page (`?page=2` …), and every live grant.
+#[get("/admin/oauth-clients?<page>")]
+async fn admin_page(
+    app: &State<AppState>,
+    admin: AdminUser<'_>,
+    layout: Layout,
+    page: Option<i64>,
+) -> AppResult<Template> {
+    let page = page.unwrap_or(1).clamp(1, 1_000_000);
+    render_admin(app, admin.0, layout, page, None, None).await
 }
 
 /// No `Debug`: it carries the CSRF token.
@@ -199,10 +223,10 @@ async fn admin_register(
     match registered {
         Ok(r) => {
             tracing::info!(user_id = admin.0.id, client = %r.client.client_id, "OAuth client registered");
-            Ok((Status::Ok, render_admin(app, admin.0, layout, Some(r), None).await?))
+            Ok((Status::Ok, render_admin(app, admin.0, layout, 1, Some(r), None).await?))
         }
         Err(AppError::BadRequest(msg)) => {
-            Ok((Status::UnprocessableEntity, render_admin(app, admin.0, layout, None, Some(msg)).await?))
+            Ok((Status::UnprocessableEntity, render_admin(app, admin.0, layout, 1, None, Some(msg)).await?))
         }
         Err(e) => Err(e),
     }
@@ -220,7 +244,7 @@ async fn admin_revoke(
         return Err(AppError::NotFound);
     }
     tracing::info!(user_id = admin.0.id, grant_id = id, "grant revoked by an administrator");
-    Ok(Flash::success(Redirect::to(uri!(admin_page)), "The grant was revoked."))
+    Ok(Flash::success(Redirect::to(uri!(admin_page(_))), "The grant was revoked."))
 }
 
 /// Delete a client: its live grants revoked (each audited and sent as `grant.revoked`), its codes
@@ -238,5 +262,5 @@ async fn admin_delete_client(
         return Err(AppError::NotFound);
     }
     tracing::info!(user_id = admin.0.id, client = id, "OAuth client deleted by an administrator");
-    Ok(Flash::success(Redirect::to(uri!(admin_page)), "The client was deleted and its grants revoked."))
+    Ok(Flash::success(Redirect::to(uri!(admin_page(_))), "The client was deleted and its grants revoked."))
 }

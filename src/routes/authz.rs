@@ -153,7 +153,7 @@ fn protected_resource(app: &State<AppState>, path: std::path::PathBuf) -> AppRes
 /// verified).
 async fn find_client(app: &AppState, client_id: &str) -> AppResult<Result<Client, String>> {
     if metadata_doc::is_document_url(client_id) {
-        let private = app.settings.webhooks.private_urls;
+        let private = app.settings.authz.metadata_private_urls;
         return metadata_doc::resolve(app, private, client_id).await;
     }
     let id = client_id.to_string();
@@ -185,9 +185,11 @@ struct Checked {
 }
 
 /// What the authorization endpoint answers before consent: an error page (client or redirect
-/// URI not verified), or an error sent back to the verified redirect URI.
+/// URI not verified; or an OAuth error of a client anyone could have created, see
+/// [`error_back`]), or an error sent back to the verified redirect URI.
 enum Stop {
     Page(AppError),
+    Shown { error: &'static str, why: String },
     Back { to: Box<Redirect>, error: &'static str, why: String },
 }
 
@@ -204,6 +206,10 @@ impl Stop {
             Stop::Page(e) => {
                 audit_refusal(app, client_id, user_id, "invalid_request", &e.user_message(), ip);
                 Err(e)
+            }
+            Stop::Shown { error, why } => {
+                audit_refusal(app, client_id, user_id, error, &why, ip);
+                Err(AppError::BadRequest(format!("The authorization request was refused ({error}): {why}.")))
             }
             Stop::Back { to, error, why } => {
                 audit_refusal(app, client_id, user_id, error, &why, ip);
@@ -229,13 +235,29 @@ fn back_to(app: &AppState, redirect_uri: &str, params: &[(&str, &str)], state: O
     Redirect::to(url.to_string())
 }
 
-fn error_back(app: &AppState, redirect_uri: &str, error: &'static str, description: &str, state: Option<&str>) -> Stop {
+/// An error of the authorization request (RFC 6749 §4.1.2.1). Sent back to the redirect URI
+/// only for a client an administrator registered: a dynamically registered or metadata-document
+/// client is anyone's, and sending its errors back before sign-in and consent would make
+/// tokenvault an open redirector (RFC 9700 §4.11.2). Those get tokenvault's error page (400)
+/// with the error and its description, and no link to the redirect URI.
+fn error_back(
+    app: &AppState,
+    client: &Client,
+    redirect_uri: &str,
+    error: &'static str,
+    description: &str,
+    state: Option<&str>,
+) -> Stop {
+    if client.kind != ClientKind::Admin {
+        return Stop::Shown { error, why: description.to_string() };
+    }
     let to = back_to(app, redirect_uri, &[("error", error), ("error_description", description)], state);
     Stop::Back { to: Box::new(to), error, why: description.to_string() }
 }
 
 /// Check an authorization request: first the client and its redirect URI (errors shown here),
-/// then the rest (errors sent back to the client, RFC 6749 §4.1.2.1).
+/// then the rest (errors sent back to an administrator's client, RFC 6749 §4.1.2.1; shown here
+/// for the others, see [`error_back`]).
 async fn check(app: &AppState, q: &AuthorizeQuery) -> AppResult<Result<Checked, Stop>> {
     let page = |m: &str| Ok(Err(Stop::Page(AppError::BadRequest(m.to_string()))));
     let Some(client_id) = q.client_id.as_deref().filter(|c| !c.is_empty()) else {
@@ -257,7 +279,7 @@ async fn check(app: &AppState, q: &AuthorizeQuery) -> AppResult<Result<Checked, 
         }
     };
     let state = q.state.clone();
-    let back = |e: &'static str, d: &str| Ok(Err(error_back(app, &redirect_uri, e, d, state.as_deref())));
+    let back = |e: &'static str, d: &str| Ok(Err(error_back(app, &client, &redirect_uri, e, d, state.as_deref())));
     if q.response_type.as_deref() != Some("code") {
         return back("unsupported_response_type", "only response_type=code is supported");
     }
@@ -666,11 +688,7 @@ async fn client_of(
         None if metadata_doc::is_document_url(&id) => find_client(app, &id).await?.ok(),
         other => other,
     };
-    let used_basic = basic.0.is_some();
-    app.db
-        .run(move |conn| Ok(clients::authenticate(conn, found, secret.as_deref())))
-        .await?
-        .map_err(|_| invalid(used_basic))
+    clients::authenticate(found, secret.as_deref()).map_err(|_| invalid(basic.0.is_some()))
 }
 
 fn tokens_answer(t: IssuedTokens) -> OAuthJson {

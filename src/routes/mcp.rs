@@ -48,6 +48,9 @@ pub fn routes() -> Vec<Route> {
 pub const VERSIONS: [&str; 2] = ["2025-11-25", "2025-06-18"];
 /// The most sessions kept at once (the oldest idle are dropped beyond).
 const MAX_SESSIONS: usize = 10_000;
+/// The most sessions one grant (or key) keeps at once: its oldest is dropped beyond, so one grant
+/// cannot push everyone else's out of [`MAX_SESSIONS`].
+const MAX_SESSIONS_PER_GRANT: usize = 16;
 /// Seconds a session may stay idle.
 const SESSION_IDLE: i64 = 3600;
 /// The largest JSON-RPC message accepted (a `call_api` body is capped by the proxy's own limit).
@@ -57,9 +60,13 @@ struct Session {
     grant_id: i64,
     version: &'static str,
     last_used: i64,
+    /// The order sessions were opened in (ties of `last_used` within a second).
+    opened: u64,
     /// The client declared URL-mode elicitation (`capabilities.elicitation.url`, 2025-11-25).
     url_elicitation: bool,
 }
+
+static OPENED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// The live sessions of this process (managed state). A session is bound to the grant that
 /// opened it: another grant's token presenting its id gets 404.
@@ -72,12 +79,19 @@ impl Sessions {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let at = now();
         map.retain(|_, s| s.last_used > at - SESSION_IDLE);
+        let own = map.iter().filter(|(_, s)| s.grant_id == grant_id);
+        if own.clone().count() >= MAX_SESSIONS_PER_GRANT {
+            if let Some(oldest) = own.min_by_key(|(_, s)| (s.last_used, s.opened)).map(|(k, _)| k.clone()) {
+                map.remove(&oldest);
+            }
+        }
         if map.len() >= MAX_SESSIONS {
             if let Some(oldest) = map.iter().min_by_key(|(_, s)| s.last_used).map(|(k, _)| k.clone()) {
                 map.remove(&oldest);
             }
         }
-        map.insert(id.clone(), Session { grant_id, version, last_used: at, url_elicitation });
+        let opened = OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        map.insert(id.clone(), Session { grant_id, version, last_used: at, opened, url_elicitation });
         id
     }
 
@@ -684,6 +698,24 @@ mod tests {
         assert!(!sessions.url_elicitation(&a) && sessions.url_elicitation(&b));
         assert_ne!(a, b, "fresh random ids");
         assert!(a.len() >= 32);
+    }
+
+    /// A grant opening many sessions drops its own oldest only.
+    #[test]
+    fn one_grant_cannot_evict_the_others_sessions() {
+        let sessions = Sessions::default();
+        let others = sessions.open(2, VERSIONS[0], false);
+        let first = sessions.open(1, VERSIONS[0], false);
+        sessions.0.lock().unwrap().get_mut(&first).unwrap().last_used -= 10;
+        let mut own = Vec::new();
+        for _ in 0..super::MAX_SESSIONS_PER_GRANT * 4 {
+            own.push(sessions.open(1, VERSIONS[0], false));
+        }
+        assert_eq!(sessions.use_session(&others, 2), Some(VERSIONS[0]), "another grant's session stays");
+        assert_eq!(sessions.use_session(&first, 1), None, "its oldest went first");
+        let kept = sessions.0.lock().unwrap().values().filter(|s| s.grant_id == 1).count();
+        assert_eq!(kept, super::MAX_SESSIONS_PER_GRANT);
+        assert!(own.iter().rev().take(super::MAX_SESSIONS_PER_GRANT).all(|id| sessions.use_session(id, 1).is_some()));
     }
 
     #[test]

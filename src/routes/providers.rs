@@ -95,7 +95,7 @@ struct RowExtra {
 }
 
 fn egress(app: &AppState) -> Egress {
-    Egress { private_urls: app.settings.webhooks.private_urls, loopback: app.settings.dev_mode }
+    Egress::of(&app.settings)
 }
 
 async fn render(
@@ -245,7 +245,7 @@ async fn add_settings(app: &AppState, form: &AddForm) -> AppResult<Map<String, V
         }
         settings.insert("issuer".into(), Value::String(issuer));
         let cfg = managed::config_of(&settings).map_err(refused)?;
-        let found = crate::oauth::providers::discovered_config(&app.http, form.name.trim(), &cfg)
+        let found = crate::oauth::providers::discovered_config(app.http.set_in_app(), form.name.trim(), &cfg)
             .await
             .map_err(|e| refused(format!("Issuer: {e}")))?;
         settings = managed::settings_of(&found);
@@ -569,7 +569,7 @@ async fn test(
                 .run(move |conn| crate::vault::store::client_credentials(conn, &cipher, &n))
                 .await?
                 .is_some_and(|c| c.client_secret.is_some());
-            managed::test_endpoints(&app.http, egress(app), p, set).await
+            managed::test_endpoints(&app.http, p, set).await
         }
         Err(why) => vec![Check { what: "settings".into(), ok: false, detail: why.clone() }],
     };

@@ -133,25 +133,33 @@ pub fn check_public_host(url: &Url) -> Result<(), String> {
     }
 }
 
-/// Name resolution that keeps only public addresses (none left: the connection fails).
-#[derive(Debug, Default)]
-pub struct PublicOnly;
+/// Name resolution that keeps only public addresses (none left: the connection fails) — and
+/// loopback ones too when `loopback` is set (the `debug` profile's rule for providers set in the
+/// app, `crate::oauth::managed::Egress`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PublicOnly {
+    pub loopback: bool,
+}
 
 impl Resolve for PublicOnly {
     fn resolve(&self, name: Name) -> Resolving {
+        let loopback = self.loopback;
         Box::pin(async move {
             let found = rocket::tokio::net::lookup_host((name.as_str(), 0)).await?;
-            let public = keep_public(found)?;
+            let public = keep_public(found, loopback)?;
             Ok(Box::new(public.into_iter()) as Addrs)
         })
     }
 }
 
-/// The public addresses among those a name resolved to; an error when there are none.
+/// The public (or, with `loopback`, loopback) addresses among those a name resolved to; an error
+/// when there are none.
 fn keep_public(
     found: impl IntoIterator<Item = SocketAddr>,
+    loopback: bool,
 ) -> Result<Vec<SocketAddr>, Box<dyn std::error::Error + Send + Sync>> {
-    let public: Vec<SocketAddr> = found.into_iter().filter(|a| is_public(a.ip())).collect();
+    let allowed = |ip: IpAddr| is_public(ip) || (loopback && ip.is_loopback());
+    let public: Vec<SocketAddr> = found.into_iter().filter(|a| allowed(a.ip())).collect();
     if public.is_empty() {
         return Err("the host resolves to no public address".into());
     }
@@ -290,18 +298,25 @@ mod tests {
         let addrs = |list: &[&str]| -> Vec<std::net::SocketAddr> {
             list.iter().map(|ip| std::net::SocketAddr::new(ip.parse().unwrap(), 443)).collect()
         };
-        let e = keep_public(addrs(&["::ffff:0:127.0.0.1", "::ffff:0:10.0.0.1", "64:ff9b::a9fe:a9fe", "::7f00:1"]))
-            .unwrap_err();
+        let e =
+            keep_public(addrs(&["::ffff:0:127.0.0.1", "::ffff:0:10.0.0.1", "64:ff9b::a9fe:a9fe", "::7f00:1"]), false)
+                .unwrap_err();
         assert!(e.to_string().contains("no public address"), "{e}");
         let kept =
-            keep_public(addrs(&["::ffff:0:192.168.1.1", "::ffff:0:8.8.8.8", "10.0.0.1", "2606:4700::1111"])).unwrap();
+            keep_public(addrs(&["::ffff:0:192.168.1.1", "::ffff:0:8.8.8.8", "10.0.0.1", "2606:4700::1111"]), false)
+                .unwrap();
         assert_eq!(kept, addrs(&["::ffff:0:8.8.8.8", "2606:4700::1111"]));
+        assert!(keep_public(addrs(&["127.0.0.1", "::1"]), false).is_err());
+        let debug = keep_public(addrs(&["127.0.0.1", "::1", "10.0.0.1"]), true).unwrap();
+        assert_eq!(debug, addrs(&["127.0.0.1", "::1"]), "loopback in debug, never private");
     }
 
     #[rocket::async_test]
     async fn a_name_that_resolves_to_loopback_is_refused_at_connect_time() {
         let name: reqwest::dns::Name = "localhost".parse().unwrap();
-        let e = PublicOnly.resolve(name).await.err().expect("localhost resolves to loopback only");
+        let e = PublicOnly::default().resolve(name).await.err().expect("localhost resolves to loopback only");
         assert!(e.to_string().contains("no public address"), "{e}");
+        let name: reqwest::dns::Name = "localhost".parse().unwrap();
+        assert!(PublicOnly { loopback: true }.resolve(name).await.is_ok(), "debug allows loopback");
     }
 }

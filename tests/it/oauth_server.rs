@@ -277,13 +277,76 @@ async fn discovery_consent_pkce_tokens_and_the_api() {
     }
 }
 
+/// A client registered by an administrator (public); its client_id.
+pub(crate) fn admin_client(app: &TestApp, redirects: &[&str]) -> String {
+    let uris: Vec<String> = redirects.iter().map(|r| r.to_string()).collect();
+    let registration = tokenvault::authz::clients::Registration {
+        kind: tokenvault::db::models::authz::ClientKind::Admin,
+        name: "Backend",
+        redirect_uris: &uris,
+        confidential: false,
+        by: tokenvault::changes::Actor::System,
+        address: None,
+    };
+    let mut conn = app.db.conn().unwrap();
+    let registered = tokenvault::changes::write_no_history(&mut conn, &app.cipher, |tx| {
+        tokenvault::authz::clients::register(tx, registration)
+    })
+    .unwrap();
+    registered.recorded_only().client.client_id
+}
+
+/// An error of the authorization request goes back to the redirect URI only for a client an
+/// administrator registered; a dynamically registered client (anyone's) gets tokenvault's error
+/// page, with no redirect (no open redirector, RFC 9700 §4.11.2), signed in or not.
+#[tokio::test]
+async fn request_errors_go_back_only_to_administrators_clients() {
+    let app = builder().start().await;
+    let alice = app.user("alice").await;
+    let anonymous = app.agent();
+    let dynamic = register(&app, &[REDIRECT]).await;
+    let bad_pkce = |cid: &str| authorize_url(cid, REDIRECT, None, &[]);
+    let bad_scope = |cid: &str| authorize_url(cid, REDIRECT, Some(&challenge_of()), &[("scope", "nope:nope")]);
+    let bad_type = |cid: &str| authorize_url(cid, REDIRECT, Some(&challenge_of()), &[]).replace("=code&", "=token&");
+    for (url, error) in [
+        (bad_pkce(&dynamic), "invalid_request"),
+        (bad_scope(&dynamic), "invalid_scope"),
+        (bad_type(&dynamic), "unsupported_response_type"),
+    ] {
+        for who in [&alice, &anonymous] {
+            let r = who.fetch(&url).await;
+            assert_eq!((r.status, r.location.as_deref()), (Status::BadRequest, None), "{error}: {}", r.text);
+            assert!(r.text.contains(error), "{error}: {}", r.text);
+            assert!(!r.text.contains("127.0.0.1:7777"), "no link to the redirect URI: {}", r.text);
+        }
+    }
+    let admin = admin_client(&app, &[REDIRECT]);
+    let r = anonymous.fetch(&bad_pkce(&admin)).await;
+    assert_eq!(r.status, Status::SeeOther);
+    let q = query_of(r.location.as_deref().unwrap());
+    assert!(r.location.as_deref().unwrap().starts_with(REDIRECT));
+    assert_eq!(
+        (q["error"].as_str(), q["state"].as_str(), q["iss"].as_str()),
+        ("invalid_request", "st-123", PUBLIC_URL)
+    );
+    let r = alice.fetch(&bad_scope(&admin)).await;
+    assert_eq!(
+        (r.status, query_of(r.location.as_deref().unwrap())["error"].as_str()),
+        (Status::SeeOther, "invalid_scope")
+    );
+}
+
 #[tokio::test]
 async fn pkce_is_required_and_checked() {
     let app = builder().start().await;
     let alice = app.user("alice").await;
     let client_id = register(&app, &[REDIRECT]).await;
-    // No challenge: the error goes back to the (verified) redirect URI, with state and iss.
+    let admin = admin_client(&app, &[REDIRECT]);
+    // No challenge: the error goes back to the (verified) redirect URI of an administrator's
+    // client, with state and iss; a dynamic client's is shown here.
     let r = alice.fetch(&authorize_url(&client_id, REDIRECT, None, &[])).await;
+    assert_eq!((r.status, r.location.as_deref()), (Status::BadRequest, None));
+    let r = alice.fetch(&authorize_url(&admin, REDIRECT, None, &[])).await;
     assert_eq!(r.status, Status::SeeOther);
     let q = query_of(r.location.as_deref().unwrap());
     assert_eq!(
@@ -293,7 +356,7 @@ async fn pkce_is_required_and_checked() {
     let plain = alice
         .fetch(&format!(
             "{}&code_challenge={}&code_challenge_method=plain",
-            authorize_url(&client_id, REDIRECT, None, &[]),
+            authorize_url(&admin, REDIRECT, None, &[]),
             "a".repeat(43)
         ))
         .await;
@@ -314,8 +377,24 @@ async fn pkce_is_required_and_checked() {
     let (wrong, _) = pkce();
     let (status, body) = exchange(&app, &client_id, &code, &wrong, &[]).await;
     assert_eq!((status, body["error"].as_str()), (Status::BadRequest, Some("invalid_grant")), "{body}");
+    // Wrong guesses (a verifier, another client, another redirect URI) do not spend the code.
+    let other = register(&app, &[REDIRECT]).await;
+    let (status, body) = exchange(&app, &other, &code, &verifier, &[]).await;
+    assert_eq!((status, body["error"].as_str()), (Status::BadRequest, Some("invalid_grant")), "{body}");
+    let redirect = [("redirect_uri", "http://127.0.0.1:7777/other")];
+    let fields = [
+        ("grant_type", "authorization_code"),
+        ("client_id", client_id.as_str()),
+        ("code", code.as_str()),
+        ("code_verifier", verifier.as_str()),
+    ];
+    let (status, _) = post_form(&app, "/oauth/token", &[&fields[..], &redirect[..]].concat(), &[]).await;
+    assert_eq!(status, Status::BadRequest);
+    assert_eq!(app.count("SELECT COUNT(*) AS n FROM authz_codes WHERE used_at IS NOT NULL"), 0);
+    let (status, tokens) = exchange(&app, &client_id, &code, &verifier, &[]).await;
+    assert_eq!(status, Status::Ok, "the honest client's code still works: {tokens}");
     let (status, _) = exchange(&app, &client_id, &code, &verifier, &[]).await;
-    assert_eq!(status, Status::BadRequest, "a code is spent by a failed exchange too");
+    assert_eq!(status, Status::BadRequest, "used once: spent (and the grant revoked)");
     // Each refusal is audited (batched): the error and why, never the code.
     // (Identical refusals in one batch are coalesced into one entry with a count.)
     let refused = |why: &str| {
@@ -373,6 +452,21 @@ async fn the_redirect_uri_must_be_exact_but_for_a_loopback_port() {
     assert_eq!((status, body["error"].as_str()), (Status::BadRequest, Some("invalid_grant")), "{body}");
 }
 
+/// A failed token request does not mark a dynamic registration used: never used, it is still
+/// swept when its day is over.
+#[tokio::test]
+async fn a_failed_token_request_does_not_keep_an_unused_registration() {
+    let app = builder().start().await;
+    let idle = register(&app, &[REDIRECT]).await;
+    let (status, _) = exchange(&app, &idle, "tvac_guess", &"a".repeat(43), &[]).await;
+    assert_eq!(status, Status::BadRequest);
+    assert_eq!(refresh(&app, &idle, "tvrt_guess").await.0, Status::BadRequest);
+    assert_eq!(app.count("SELECT COUNT(*) AS n FROM authz_clients WHERE last_used_at IS NOT NULL"), 0);
+    app.exec("UPDATE authz_clients SET expires_at = 1");
+    tokenvault::authz::tokens::sweep(&mut app.db.conn().unwrap(), tokenvault::util::now()).unwrap();
+    assert_eq!(app.count("SELECT COUNT(*) AS n FROM authz_clients"), 0, "swept");
+}
+
 #[tokio::test]
 async fn a_code_used_twice_revokes_what_the_first_use_issued() {
     let app = builder().start().await;
@@ -416,15 +510,37 @@ async fn a_token_is_good_only_for_its_resource() {
         api(&app, "GET", "/api/v1/connections", tokens["access_token"].as_str().unwrap()).await;
     assert_eq!(status, Status::Unauthorized, "a token for /mcp is refused at /api/v1");
     assert!(challenge.unwrap().contains("resource_metadata="));
-    // Not ours at all: back to the client with invalid_target.
-    let r = alice
-        .fetch(&authorize_url(&client_id, REDIRECT, Some(&challenge_of()), &[("resource", "https://x.example/")]))
-        .await;
+    // Not ours at all: invalid_target, shown here (a dynamic client), back to an administrator's.
+    let foreign = [("resource", "https://x.example/")];
+    let r = alice.fetch(&authorize_url(&client_id, REDIRECT, Some(&challenge_of()), &foreign)).await;
+    assert_eq!((r.status, r.location.as_deref()), (Status::BadRequest, None));
+    assert!(r.text.contains("invalid_target"), "{}", r.text);
+    let admin = admin_client(&app, &[REDIRECT]);
+    let r = alice.fetch(&authorize_url(&admin, REDIRECT, Some(&challenge_of()), &foreign)).await;
     assert_eq!(query_of(r.location.as_deref().unwrap())["error"], "invalid_target");
 }
 
 fn challenge_of() -> String {
     pkce().1
+}
+
+/// Concurrent refreshes with one refresh token give the same answers on SQLite and PostgreSQL
+/// (the suite runs on PostgreSQL when `TOKENVAULT_TEST_POSTGRES_URL` is set): the token held
+/// while each runs, the first rotates it and the others are honest retries within the grace —
+/// every one 200, never a database error — and only the last answer's refresh token stays live.
+#[tokio::test]
+async fn concurrent_refreshes_of_one_token_are_taken_one_at_a_time() {
+    let app = builder().start().await;
+    let alice = app.user("alice").await;
+    let (client_id, first) = granted(&app, &alice, "connections:read").await;
+    let rt = first["refresh_token"].as_str().unwrap();
+    let answers = futures_util::future::join_all((0..6).map(|_| refresh(&app, &client_id, rt))).await;
+    for (status, body) in &answers {
+        assert_eq!(*status, Status::Ok, "{body}");
+    }
+    let live =
+        "SELECT COUNT(*) AS n FROM authz_tokens WHERE kind = 'refresh' AND revoked_at IS NULL AND rotated_at IS NULL";
+    assert_eq!(app.count(live), 1, "one live refresh token: the last retry's");
 }
 
 #[tokio::test]
@@ -793,6 +909,10 @@ async fn client_id_metadata_documents_are_fetched_checked_and_cached() {
     let r = alice.fetch(&authorize_url(&mismatch, REDIRECT, Some(&challenge), &[])).await;
     assert_eq!((r.status, r.location.is_none()), (Status::BadRequest, true));
     assert!(r.text.contains("client_id is not its URL"), "{}", r.text);
+    // A failure is remembered for a minute: asked again, it is refused without a fetch.
+    let again = alice.fetch(&authorize_url(&mismatch, REDIRECT, Some(&challenge), &[])).await;
+    assert!(again.status == Status::BadRequest && again.text.contains("client_id is not its URL"));
+    assert_eq!(_s.received_requests().await.unwrap().len(), 1, "fetched once");
     // Too large.
     let (_s, large) = document_server(|u| ResponseSpec {
         body: json!({"client_id": u, "client_name": "y".repeat(6000), "redirect_uris": [REDIRECT]}).to_string(),
@@ -810,13 +930,64 @@ async fn client_id_metadata_documents_are_fetched_checked_and_cached() {
     assert_eq!(r.status, Status::BadRequest);
     assert!(r.text.contains("did not arrive in time"), "{}", r.text);
 
-    // Where private addresses are not allowed, a loopback document is refused before any request.
-    let strict = builder().set("webhook_private_urls", false).start().await;
+    // Where private addresses are not allowed for metadata documents, a loopback document is
+    // refused before any request — private webhook URLs do not allow them.
+    let strict =
+        builder().set("webhook_private_urls", true).set("oauth_client_metadata_private_urls", false).start().await;
     let bob = strict.user("bob").await;
     let (server, url) = document_server(|u| ResponseSpec { body: doc(u, "Doc Agent"), delay: None }).await;
     let r = bob.fetch(&authorize_url(&url, REDIRECT, Some(&challenge), &[])).await;
     assert_eq!((r.status, r.location.is_none()), (Status::BadRequest, true));
     assert!(server.received_requests().await.unwrap().is_empty(), "never fetched");
+}
+
+/// Cached metadata-document clients without a grant are capped (the least recently used go);
+/// the administrators' client list is paged.
+#[tokio::test]
+async fn document_clients_are_capped_and_the_client_list_is_paged() {
+    use tokenvault::db::models::authz::{self as model, ClientKind, NewClient};
+    let app = builder().start().await;
+    let mut conn = app.db.conn().unwrap();
+    for (id, created) in
+        [("https://a.example/c.json", 10), ("https://b.example/c.json", 20), ("https://c.example/c.json", 30)]
+    {
+        let new = NewClient {
+            client_id: id,
+            kind: ClientKind::Metadata,
+            name: "doc",
+            redirect_uris: REDIRECT,
+            secret_hash: None,
+            created_at: created,
+            expires_at: Some(tokenvault::util::now() + 600),
+            registered_from: None,
+        };
+        model::insert_client(&mut conn, &new).unwrap();
+    }
+    let used = model::find_client(&mut conn, "https://a.example/c.json").unwrap().unwrap();
+    model::touch_client(&mut conn, used.id, 100).unwrap();
+    assert_eq!(model::evict_unused_documents(&mut conn, 3).unwrap(), 0);
+    assert_eq!(model::evict_unused_documents(&mut conn, 2).unwrap(), 1);
+    assert!(model::find_client(&mut conn, "https://b.example/c.json").unwrap().is_none(), "least recently used");
+    assert_eq!(model::evict_unused_documents(&mut conn, 1).unwrap(), 1);
+    assert!(model::find_client(&mut conn, "https://a.example/c.json").unwrap().is_some(), "the last used stays");
+    let admin = admin_client(&app, &[REDIRECT]);
+    assert_eq!(model::evict_unused_documents(&mut conn, 0).unwrap(), 1);
+    assert!(model::find_client(&mut conn, &admin).unwrap().is_some(), "only documents' clients are evicted");
+
+    for _ in 0..tokenvault::routes::apps::CLIENTS_PER_PAGE {
+        admin_client(&app, &[REDIRECT]);
+    }
+    let root = app.user("alice").await;
+    app.exec("UPDATE users SET is_admin = TRUE WHERE username = 'alice'");
+    let first = root.fetch("/admin/oauth-clients").await;
+    assert_eq!(first.status, Status::Ok);
+    let rows = |text: &str| text.matches("<tr data-client=").count();
+    assert_eq!(rows(&first.text) as i64, tokenvault::routes::apps::CLIENTS_PER_PAGE);
+    assert!(first.text.contains(r#"id="oauth-clients-older""#) && !first.text.contains("oauth-clients-newer"));
+    let second = root.fetch("/admin/oauth-clients?page=2").await;
+    assert_eq!(rows(&second.text), 1, "the oldest, on the second page");
+    assert!(second.text.contains(&admin), "the first registered is last");
+    assert!(second.text.contains(r#"id="oauth-clients-newer""#) && !second.text.contains("oauth-clients-older"));
 }
 
 /// Where `.ci/run` installs panva's `oauth4webapi` (or `TOKENVAULT_OAUTH4WEBAPI`), when it and

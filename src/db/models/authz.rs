@@ -166,9 +166,15 @@ pub fn client_by_pk(conn: &mut Conn, id: i64) -> QueryResult<Option<Client>> {
     })
 }
 
-pub fn list_clients(conn: &mut Conn) -> QueryResult<Vec<Client>> {
+/// One page of the clients, newest first.
+pub fn list_clients(conn: &mut Conn, offset: i64, limit: i64) -> QueryResult<Vec<Client>> {
     crate::on_conn!(conn, conn => {
-        authz_clients::table.order(authz_clients::id.desc()).select(Client::as_select()).load(conn)
+        authz_clients::table
+            .order(authz_clients::id.desc())
+            .offset(offset)
+            .limit(limit)
+            .select(Client::as_select())
+            .load(conn)
     })
 }
 
@@ -224,6 +230,33 @@ pub fn delete_stale_documents(conn: &mut Conn, before: i64) -> QueryResult<usize
         )
         .execute(conn)
     })
+}
+
+/// Keep at most `keep` cached metadata-document clients that hold no grant: delete the least
+/// recently used others (by last use, else by when first fetched); how many.
+pub fn evict_unused_documents(conn: &mut Conn, keep: usize) -> QueryResult<usize> {
+    let unused: Vec<(i64, Option<i64>, i64)> = crate::on_conn!(conn, conn => {
+        let granted = authz_grants::table.filter(authz_grants::client_pk.eq(authz_clients::id));
+        authz_clients::table
+            .filter(authz_clients::kind.eq(ClientKind::Metadata))
+            .filter(diesel::dsl::not(diesel::dsl::exists(granted)))
+            .select((authz_clients::id, authz_clients::last_used_at, authz_clients::created_at))
+            .load(conn)
+    })?;
+    if unused.len() <= keep {
+        return Ok(0);
+    }
+    let mut by_use: Vec<(i64, i64)> =
+        unused.into_iter().map(|(id, used, created)| (used.unwrap_or(created), id)).collect();
+    by_use.sort_unstable_by(|a, b| b.cmp(a));
+    let evicted: Vec<i64> = by_use[keep..].iter().map(|(_, id)| *id).collect();
+    let mut n = 0;
+    for ids in evicted.chunks(500) {
+        n += crate::on_conn!(conn, conn => {
+            diesel::delete(authz_clients::table.filter(authz_clients::id.eq_any(ids))).execute(conn)
+        })?;
+    }
+    Ok(n)
 }
 
 /// Delete grants that ended (revoked or expired) before `before`, with their codes and tokens
@@ -336,6 +369,13 @@ pub fn insert_code(conn: &mut Conn, new: &NewCode<'_>) -> QueryResult<Code> {
     })
 }
 
+/// The code with this hash, used or not.
+pub fn find_code(conn: &mut Conn, code_hash: &str) -> QueryResult<Option<Code>> {
+    crate::on_conn!(conn, conn => {
+        authz_codes::table.filter(authz_codes::code_hash.eq(code_hash)).select(Code::as_select()).first(conn).optional()
+    })
+}
+
 /// Mark the code with this hash used, once: `Ok(Ok(code))` for its first use (it may have
 /// expired: the caller checks), `Ok(Err(Some(code)))` when it was used before, `Ok(Err(None))`
 /// when there is no such code.
@@ -379,6 +419,47 @@ pub fn find_token(conn: &mut Conn, token_hash: &str, kind: TokenKind) -> QueryRe
 }
 
 /// Mark a refresh token rotated, once: whether this call did it.
+/// Hold the token with this hash for the rest of the transaction, so that concurrent uses of it
+/// run one after the other and each reads what the one before committed — the same answers on
+/// both backends: PostgreSQL locks its row (`SELECT … FOR UPDATE`), SQLite takes its write lock
+/// now (a deferred transaction that read first could not write later: `SQLITE_BUSY`). Call it
+/// before reading anything in the transaction.
+pub fn lock_token(conn: &mut Conn, token_hash: &str) -> QueryResult<()> {
+    match conn {
+        Conn::Sqlite(c) => sqlite_write_lock(c),
+        Conn::Postgres(c) => {
+            let c: &mut diesel::pg::PgConnection = c;
+            authz_tokens::table
+                .filter(authz_tokens::token_hash.eq(token_hash))
+                .select(authz_tokens::id)
+                .for_update()
+                .load::<i64>(c)
+                .map(drop)
+        }
+    }
+}
+
+/// [`lock_token`] for an authorization code: its exchange reads, checks, then marks it used.
+pub fn lock_code(conn: &mut Conn, code_hash: &str) -> QueryResult<()> {
+    match conn {
+        Conn::Sqlite(c) => sqlite_write_lock(c),
+        Conn::Postgres(c) => {
+            let c: &mut diesel::pg::PgConnection = c;
+            authz_codes::table
+                .filter(authz_codes::code_hash.eq(code_hash))
+                .select(authz_codes::id)
+                .for_update()
+                .load::<i64>(c)
+                .map(drop)
+        }
+    }
+}
+
+/// Take SQLite's write lock now (waiting for it under the busy timeout), before anything is read.
+fn sqlite_write_lock(c: &mut diesel::sqlite::SqliteConnection) -> QueryResult<()> {
+    diesel::sql_query("UPDATE authz_tokens SET id = id WHERE 0").execute(c).map(drop)
+}
+
 pub fn rotate_token(conn: &mut Conn, id: i64, now: i64) -> QueryResult<bool> {
     crate::on_conn!(conn, conn => {
         diesel::update(authz_tokens::table.filter(authz_tokens::id.eq(id)).filter(authz_tokens::rotated_at.is_null()))
