@@ -59,6 +59,8 @@ pub struct CacheStats {
 pub struct CacheMetrics {
     lookups: prometheus::IntCounterVec,
     entries: prometheus::IntGaugeVec,
+    /// Revocations that answered before hearing their commit's notification (`jobs::listen::echoed`).
+    echo_timeouts: prometheus::IntCounter,
 }
 
 impl CacheMetrics {
@@ -70,6 +72,10 @@ impl CacheMetrics {
                 &["cache", "result"],
             ),
             entries: m.gauges("cache_entries", "In-memory cache entries", &["cache"]),
+            echo_timeouts: m.counter(
+                "revoke_echo_timeouts_total",
+                "Revocations answered before this instance heard their commit's notification (PostgreSQL)",
+            ),
         }
     }
 
@@ -81,6 +87,7 @@ impl CacheMetrics {
             }
             self.entries.with_label_values(&[name]).set(stats.entries as i64);
         }
+        crate::metrics::follow(&self.echo_timeouts, crate::jobs::listen::echo_timeouts());
     }
 }
 

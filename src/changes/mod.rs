@@ -295,6 +295,9 @@ pub struct Tx<'c> {
     jobs_queued: bool,
     /// The `webhook-id`s of the events recorded so far.
     events: Vec<String>,
+    /// The transaction's id in its notifications, when it ended a grant's tokens (PostgreSQL):
+    /// [`Db::write`] answers once this process's listener heard that commit.
+    echo: Option<i64>,
 }
 
 impl<'c> Tx<'c> {
@@ -314,6 +317,9 @@ impl<'c> Tx<'c> {
         if let Some(what) = project::invalidation_of(&change) {
             if !self.recorded.contains(&what) {
                 project::invalidate(self.conn, &what)?;
+                if matches!(what, Invalidated::Grant(_)) && self.echo.is_none() {
+                    self.echo = crate::db::notify::commit_id(self.conn)?;
+                }
                 self.recorded.push(what.clone());
                 self.drop_on_settle(what);
             }
@@ -390,9 +396,11 @@ fn unit<T>(
             wake: false,
             jobs_queued: false,
             events: Vec::new(),
+            echo: None,
         };
         let value = f(&mut tx)?;
-        Ok(Committed { value, invalidated: tx.invalidated, wake: tx.wake, jobs_queued: tx.jobs_queued })
+        let (invalidated, wake, jobs_queued, echo) = (tx.invalidated, tx.wake, tx.jobs_queued, tx.echo);
+        Ok(Committed { value, invalidated, wake, jobs_queued, echo })
     })
 }
 
@@ -435,13 +443,21 @@ pub fn rotate_vault_key(
 }
 
 impl Db {
-    /// [`write`] on the blocking pool.
+    /// [`write`] on the blocking pool. A unit that ended a grant's tokens on PostgreSQL returns
+    /// only once this process's listener heard its commit's notification (at most
+    /// `jobs::listen::ECHO_WITHIN`): PostgreSQL has then sent it to the other instances too, whose
+    /// check of a cached token looks at what reached their listener, so the revoking request's
+    /// answer is followed by a refusal on every instance.
     pub async fn write<F, T>(&self, ledger: Ledger, f: F) -> AppResult<Committed<T>>
     where
         F: FnOnce(&mut Tx<'_>) -> AppResult<T> + Send + 'static,
         T: Send + 'static,
     {
-        self.run(move |conn| write(conn, &ledger.cipher, ledger.events_kept, f)).await
+        let committed = self.run(move |conn| write(conn, &ledger.cipher, ledger.events_kept, f)).await?;
+        if let Some(tx) = committed.echo {
+            crate::jobs::listen::echoed(tx, crate::jobs::listen::ECHO_WITHIN).await;
+        }
+        Ok(committed)
     }
 }
 
@@ -473,13 +489,15 @@ pub struct Committed<T> {
     invalidated: Vec<Invalidated>,
     wake: bool,
     jobs_queued: bool,
+    /// The commit's id in its notifications, when it ended a grant's tokens (see [`Db::write`]).
+    echo: Option<i64>,
 }
 
 impl<T> Committed<T> {
     /// Drop this process's cached copies of what changed, wake the webhook worker when an event
     /// was recorded and the jobs' workers when a job was queued, and hand back the value.
     pub fn settle(self, fx: Effects<'_>) -> T {
-        let Committed { value, invalidated, wake, jobs_queued } = self;
+        let Committed { value, invalidated, wake, jobs_queued, .. } = self;
         fx.wake_workers(wake, jobs_queued);
         if let Some(caches) = fx.caches {
             caches.after_write(&invalidated);
@@ -490,7 +508,7 @@ impl<T> Committed<T> {
     /// [`Committed::settle`] for a refresh that has just stored `row` with a ticket taken before
     /// the write: the row goes into the cached set in place of the old one (`Caches::after_refresh`).
     pub fn settle_refresh(self, fx: Effects<'_>, ticket: Ticket, row: Arc<Connection>) -> T {
-        let Committed { value, invalidated, wake, jobs_queued } = self;
+        let Committed { value, invalidated, wake, jobs_queued, .. } = self;
         fx.wake_workers(wake, jobs_queued);
         if let Some(caches) = fx.caches {
             caches.after_refresh(&invalidated, ticket, row);
@@ -515,6 +533,7 @@ impl<T> Committed<T> {
             invalidated: self.invalidated,
             wake: self.wake,
             jobs_queued: self.jobs_queued,
+            echo: self.echo,
         }
     }
 

@@ -4,8 +4,10 @@
 //! [`Listener`]. The listener of each instance (`jobs::listen`) then wakes its webhook worker or
 //! its cache-invalidation reader at once, instead of their waiting for the next poll.
 //!
-//! Each notification carries the id of the process that sent it ([`instance`]), so a listener
-//! tells its own process's notifications ([`Heard::own`]) from other instances' (`jobs::listen`
+//! Each notification carries the id of the process that sent it ([`instance`]) and of the sending
+//! transaction, so a listener tells its own process's notifications ([`Heard::own`]) from other
+//! instances', and hears back its own commits ([`Listener::own_commits`], [`commit_id`]: what a
+//! revocation waits for before it answers, `jobs::listen::echoed`) (`jobs::listen`
 //! acts on its own ones a second later: its writes already dropped its cached copies and woke its
 //! worker, and reading its own invalidations back at once would only drop the copies just filled).
 //!
@@ -54,11 +56,11 @@ pub fn instance() -> &'static str {
 }
 
 /// Tell the other instances, when the caller's transaction commits, that `channel` has news
-/// (PostgreSQL; nothing on SQLite). PostgreSQL folds the same notification sent twice in one
-/// transaction into one.
+/// (PostgreSQL; nothing on SQLite). The payload is this process's id and the transaction's
+/// ([`commit_id`]): PostgreSQL folds the same notification sent twice in one transaction into one.
 pub fn notify(conn: &mut Conn, channel: Channel) -> QueryResult<()> {
     if let Conn::Postgres(c) = conn {
-        diesel::sql_query("SELECT pg_notify($1, $2)")
+        diesel::sql_query("SELECT pg_notify($1, $2 || ' ' || txid_current())")
             .bind::<Text, _>(channel.name())
             .bind::<Text, _>(instance())
             .execute(&mut **c)?;
@@ -66,9 +68,28 @@ pub fn notify(conn: &mut Conn, channel: Channel) -> QueryResult<()> {
     Ok(())
 }
 
+/// The id of the caller's transaction as its notifications carry it (PostgreSQL; `None` on
+/// SQLite): what [`Listener::own_commits`] hands back once the commit's notification arrived.
+pub fn commit_id(conn: &mut Conn) -> QueryResult<Option<i64>> {
+    #[derive(diesel::QueryableByName)]
+    struct Id {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        id: i64,
+    }
+    match conn {
+        Conn::Postgres(c) => {
+            let row: Id = diesel::sql_query("SELECT txid_current() AS id").get_result(&mut **c)?;
+            Ok(Some(row.id))
+        }
+        _ => Ok(None),
+    }
+}
+
 /// A connection of its own (outside the pool) listening on every [`Channel`].
 pub struct Listener {
     conn: PgConnection,
+    /// The transactions of this process whose notifications arrived, not yet taken.
+    own_commits: Vec<i64>,
 }
 
 /// A notification received.
@@ -88,7 +109,7 @@ impl Listener {
                 .execute(&mut conn)
                 .map_err(|e| format!("LISTEN {} failed: {e}", channel.name()))?;
         }
-        Ok(Listener { conn })
+        Ok(Listener { conn, own_commits: Vec::new() })
     }
 
     /// What was notified since the last call, each once, without waiting (what has reached the
@@ -98,13 +119,24 @@ impl Listener {
         for notification in self.conn.notifications_iter() {
             let notification = notification?;
             if let Some(channel) = Channel::named(&notification.channel) {
-                let heard = Heard { channel, own: notification.payload == instance() };
+                let (from, tx) = notification.payload.split_once(' ').unwrap_or((&notification.payload, ""));
+                let own = from == instance();
+                if let (true, Ok(tx)) = (own, tx.parse()) {
+                    self.own_commits.push(tx);
+                }
+                let heard = Heard { channel, own };
                 if !out.contains(&heard) {
                     out.push(heard);
                 }
             }
         }
         Ok(out)
+    }
+
+    /// The ids ([`commit_id`]) of this process's transactions whose notifications arrived since the
+    /// last call (through [`Listener::received`]).
+    pub fn own_commits(&mut self) -> Vec<i64> {
+        std::mem::take(&mut self.own_commits)
     }
 
     /// A round trip, to find a connection that broke without a word (the network dropped it).

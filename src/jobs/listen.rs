@@ -13,7 +13,15 @@
 //! While connected, the listener also hands out a [`Look`]: a request that must know whether
 //! another instance's change is already waiting (a cached access token's check, `crate::cache`)
 //! looks at the socket itself — no query, no round trip — instead of waiting for the next tick.
+//!
+//! And it hears this process's own commits back ([`echoed`]): a unit of work that ended a grant's
+//! tokens (a `grant` invalidation, `changes::Db::write`) answers only once this listener received
+//! its commit's notification — PostgreSQL sends it to every listening session at that commit, so
+//! the other instances' peek ([`Look`]) finds it at their next request — or after [`ECHO_WITHIN`]
+//! (counted: `tokenvault_revoke_echo_timeouts_total`).
 
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,6 +36,83 @@ pub const TICK: Duration = Duration::from_millis(50);
 pub const CHECK_EVERY: Duration = Duration::from_secs(30);
 /// How long after its own notification a job is woken.
 pub const OWN_DELAY: Duration = Duration::from_secs(1);
+
+/// How long a revoking request waits to hear its own commit's notification ([`echoed`]).
+pub const ECHO_WITHIN: Duration = Duration::from_secs(1);
+/// How often a waiting request looks at the listening connection.
+const ECHO_LOOK: Duration = Duration::from_millis(2);
+/// How many of this process's commits heard are remembered for the requests waiting for them.
+const ECHOES_KEPT: usize = 256;
+
+/// This process's listener, for the requests that wait for their commit's notification: how to
+/// look at its connection while it listens, and the own commits heard (newest last).
+struct Echoes {
+    look: Mutex<Option<Look>>,
+    heard: Mutex<VecDeque<i64>>,
+    timeouts: AtomicU64,
+}
+
+static ECHOES: Echoes =
+    Echoes { look: Mutex::new(None), heard: Mutex::new(VecDeque::new()), timeouts: AtomicU64::new(0) };
+
+/// Unsets the look of [`ECHOES`] when the listener stops, however it stops.
+struct Echoing;
+
+impl Echoing {
+    fn start(look: Look) -> Echoing {
+        *ECHOES.look.lock().unwrap_or_else(|e| e.into_inner()) = Some(look);
+        Echoing
+    }
+}
+
+impl Drop for Echoing {
+    fn drop(&mut self) {
+        *ECHOES.look.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+fn heard_back(commits: Vec<i64>) {
+    if commits.is_empty() {
+        return;
+    }
+    let mut heard = ECHOES.heard.lock().unwrap_or_else(|e| e.into_inner());
+    heard.extend(commits);
+    while heard.len() > ECHOES_KEPT {
+        heard.pop_front();
+    }
+}
+
+/// Wait until this process's listener has received the notification of its own transaction `tx`
+/// (`db::notify::commit_id`), at most `within`: true when it did; false at once when no listener
+/// listens (SQLite, or reconnecting), false and counted when `within` passed.
+pub async fn echoed(tx: i64, within: Duration) -> bool {
+    let until = Instant::now() + within;
+    loop {
+        let Some(look) = ECHOES.look.lock().unwrap_or_else(|e| e.into_inner()).clone() else { return false };
+        look();
+        if take_heard(tx) {
+            return true;
+        }
+        if Instant::now() >= until {
+            ECHOES.timeouts.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("a revocation answered without hearing its commit's notification within {within:?}");
+            return false;
+        }
+        rocket::tokio::time::sleep(ECHO_LOOK).await;
+    }
+}
+
+/// Whether own commit `tx` was heard (then forgotten).
+fn take_heard(tx: i64) -> bool {
+    let mut heard = ECHOES.heard.lock().unwrap_or_else(|e| e.into_inner());
+    let at = heard.iter().position(|t| *t == tx);
+    at.map(|at| heard.remove(at)).is_some()
+}
+
+/// How many times [`echoed`] gave up waiting, since the start.
+pub fn echo_timeouts() -> u64 {
+    ECHOES.timeouts.load(Ordering::Relaxed)
+}
 
 /// What a notification wakes, by channel.
 pub type Ring = Arc<dyn Fn(Channel) + Send + Sync>;
@@ -78,7 +163,9 @@ struct Ear {
 impl Ear {
     /// Ring for what arrived (another instance's at once, this process's own [`OWN_DELAY`] later).
     fn hear(&mut self, ring: &(dyn Fn(Channel) + Sync)) -> Result<(), String> {
-        for heard in self.listener.received().map_err(|e| format!("the listening connection broke: {e}"))? {
+        let received = self.listener.received().map_err(|e| format!("the listening connection broke: {e}"));
+        heard_back(self.listener.own_commits());
+        for heard in received? {
             if !heard.own {
                 ring(heard.channel);
             } else if !self.own.iter().any(|(c, _)| *c == heard.channel) {
@@ -121,7 +208,8 @@ pub fn listen(
             let _ = lock(&ear).hear(&*ring);
         })
     };
-    listening(Some(look));
+    listening(Some(look.clone()));
+    let _echoing = Echoing::start(look);
     let mut checked = Instant::now();
     while !stopped() {
         lock(&ear).hear(&*ring)?;

@@ -233,8 +233,9 @@ async fn a_key_revoked_on_one_instance_is_refused_on_the_other_at_once() {
 
 /// A grant revoked on My Settings → Connected apps of one instance stops its access token on the
 /// other (issue 22), though the other instance answers it from its cache: the revoking commit
-/// notifies the other instance, and a cached token's check looks at what reached the listener
-/// first (`cache::FeedWatch`), so the refusal waits only for that delivery, not for a poll.
+/// notifies the other instance, the revoking request answers only once the revoking instance heard
+/// its own commit's notification (`jobs::listen::echoed`), and a cached token's check looks at what
+/// reached the listener first (`cache::FeedWatch`): refused at the very next request.
 #[tokio::test]
 async fn a_grant_revoked_on_one_instance_is_refused_on_the_other_at_once() {
     use crate::oauth_server::{authorize_url, consent_fields, pkce, query_of, REDIRECT};
@@ -300,12 +301,10 @@ async fn a_grant_revoked_on_one_instance_is_refused_on_the_other_at_once() {
     let id = regex::Regex::new(r#"data-grant="(\d+)""#).unwrap().captures(&apps).unwrap()[1].to_string();
     assert_eq!(post_form(http, &format!("{}/settings/apps/{id}/revoke", a.base), &apps).await, 303);
     assert_eq!(status(a.base.clone()).await, 401, "A refuses it at once");
-    // B looks at its listener's connection before it trusts its copy: the revoking commit's
-    // notification is there as soon as PostgreSQL has sent it (in practice before A answered),
-    // so B refuses the token at its next request — on a starved machine within the delay of
-    // that delivery, which this bounds.
-    let seen_on_b = wait_for(|| status(b.base.clone()), 401).await;
-    assert!(seen_on_b.is_some_and(|d| d < Duration::from_secs(1)), "B refused the token after {seen_on_b:?}");
+    // A answered only once its own listener heard the revoking commit's notification, which
+    // PostgreSQL sent to B's listener at the same commit; B looks at its listener's connection
+    // before it trusts its copy, so it refuses the token at the very next request.
+    assert_eq!(status(b.base.clone()).await, 401, "B refuses it at the next request");
 }
 
 /// The access-token cache hits an instance counted so far (its `/metrics`).
@@ -363,6 +362,40 @@ fn a_change_notifies_the_other_instances_at_its_commit() {
     assert_eq!(arrived(&mut listener, Duration::from_secs(2)), [own(Channel::CacheInvalidations)]);
     tokenvault::webhooks::outbox::record_test(&mut conn, "somewhere", "alice").unwrap();
     assert_eq!(arrived(&mut listener, Duration::from_secs(2)), [own(Channel::Webhooks)]);
+}
+
+/// A commit's notification is heard back by its own process's listener under the id its
+/// transaction had (`db::notify::commit_id`): what a revoking request waits for before it answers
+/// (`jobs::listen::echoed`); two commits, two ids, each heard once.
+#[test]
+fn a_commit_is_heard_back_by_its_own_listener_under_its_id() {
+    use tokenvault::db::models::invalidations::{self, Invalidated};
+    use tokenvault::db::notify::{commit_id, Listener};
+    use tokenvault::error::AppError;
+    if !postgres_configured() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let database = common::TestDatabase::new(dir.path());
+    let db = tokenvault::db::Db::open_sized(&database.url, 1).unwrap();
+    let mut listener = Listener::connect(&database.url).unwrap();
+    let mut conn = db.conn().unwrap();
+    let mut revoke = |grant| {
+        conn.transaction(|c| {
+            invalidations::record(c, &Invalidated::Grant(grant))?;
+            Ok::<_, AppError>(commit_id(c)?.expect("an id on PostgreSQL"))
+        })
+        .unwrap()
+    };
+    let (first, second) = (revoke(7), revoke(8));
+    assert_ne!(first, second);
+    let (until, mut heard) = (std::time::Instant::now() + Duration::from_secs(2), Vec::new());
+    while heard.len() < 2 && std::time::Instant::now() < until {
+        listener.received().unwrap();
+        heard.extend(listener.own_commits());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(heard, [first, second]);
 }
 
 /// Post a form that carries only the CSRF token of `page`; the status.
