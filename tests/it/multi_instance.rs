@@ -305,6 +305,8 @@ async fn a_grant_revoked_on_one_instance_is_refused_on_the_other_at_once() {
     // PostgreSQL sent to B's listener at the same commit; B looks at its listener's connection
     // before it trusts its copy, so it refuses the token at the very next request.
     assert_eq!(status(b.base.clone()).await, 401, "B refuses it at the next request");
+    let metrics = http.get(format!("{}/metrics", a.base)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("\ntokenvault_revoke_echo_timeouts_total 0\n"), "A heard its commit in time");
 }
 
 /// The access-token cache hits an instance counted so far (its `/metrics`).
@@ -324,13 +326,10 @@ fn a_change_notifies_the_other_instances_at_its_commit() {
     if !postgres_configured() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let database = common::TestDatabase::new(dir.path());
-    let db = tokenvault::db::Db::open_sized(&database.url, 1).unwrap();
     // In this test one process writes and listens: its notifications are marked as its own (a
     // server acts on those a second later; tests/it/multi_instance.rs's two processes above hear
     // each other's as others').
-    let mut listener = Listener::connect(&database.url).unwrap();
+    let (_dir, _database, db, mut listener) = writing_and_listening();
     let own = |channel| Heard { channel, own: true };
     // What arrives within `within`, each channel once.
     let arrived = |listener: &mut Listener, within: Duration| {
@@ -370,15 +369,12 @@ fn a_change_notifies_the_other_instances_at_its_commit() {
 #[test]
 fn a_commit_is_heard_back_by_its_own_listener_under_its_id() {
     use tokenvault::db::models::invalidations::{self, Invalidated};
-    use tokenvault::db::notify::{commit_id, Listener};
+    use tokenvault::db::notify::commit_id;
     use tokenvault::error::AppError;
     if !postgres_configured() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let database = common::TestDatabase::new(dir.path());
-    let db = tokenvault::db::Db::open_sized(&database.url, 1).unwrap();
-    let mut listener = Listener::connect(&database.url).unwrap();
+    let (_dir, _database, db, mut listener) = writing_and_listening();
     let mut conn = db.conn().unwrap();
     let mut revoke = |grant| {
         conn.transaction(|c| {
@@ -396,6 +392,16 @@ fn a_commit_is_heard_back_by_its_own_listener_under_its_id() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(heard, [first, second]);
+}
+
+/// A fresh PostgreSQL database, one connection to write on it and a listener on it, in this process.
+fn writing_and_listening(
+) -> (tempfile::TempDir, common::TestDatabase, tokenvault::db::Db, tokenvault::db::notify::Listener) {
+    let dir = tempfile::tempdir().unwrap();
+    let database = common::TestDatabase::new(dir.path());
+    let db = tokenvault::db::Db::open_sized(&database.url, 1).unwrap();
+    let listener = tokenvault::db::notify::Listener::connect(&database.url).unwrap();
+    (dir, database, db, listener)
 }
 
 /// Post a form that carries only the CSRF token of `page`; the status.
