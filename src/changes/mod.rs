@@ -192,6 +192,8 @@ pub enum GrantEnd {
     CodeReused,
     /// A rotated refresh token was presented again after the grace period.
     RefreshReplayed,
+    /// Its user changed their password (which ends every grant, as it ends sessions and keys).
+    PasswordChanged,
 }
 
 /// How tokens were issued ([`Change::GrantTokensIssued`]).

@@ -278,6 +278,7 @@ pub fn grant_end_reason(why: GrantEnd) -> &'static str {
         GrantEnd::ByClient => "revoked_by_client",
         GrantEnd::CodeReused => "code_reused",
         GrantEnd::RefreshReplayed => "refresh_token_replayed",
+        GrantEnd::PasswordChanged => "password_changed",
     }
 }
 

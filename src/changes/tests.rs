@@ -115,6 +115,7 @@ fn samples() -> Vec<(&'static str, Change)> {
         ("grant_created", Change::GrantCreated { grant: grant(), address: Some(ip()) }),
         ("grant_by_user", Change::GrantRevoked { by: Actor::User(7), grant: grant(), why: GrantEnd::ByUser }),
         ("grant_code_reused", Change::GrantRevoked { by: Actor::System, grant: grant(), why: GrantEnd::CodeReused }),
+        ("grant_password", Change::GrantRevoked { by: Actor::User(7), grant: grant(), why: GrantEnd::PasswordChanged }),
         (
             "grant_issued",
             Change::GrantTokensIssued {
@@ -211,7 +212,7 @@ const VARIANTS: usize = 29;
 
 /// The samples past the connection ones, which no connection projection (history, outbox)
 /// makes anything of.
-const NOT_CONNECTIONS: [&str; 34] = [
+const NOT_CONNECTIONS: [&str; 35] = [
     "signed_in",
     "signin_refused",
     "signed_out",
@@ -239,6 +240,7 @@ const NOT_CONNECTIONS: [&str; 34] = [
     "grant_created",
     "grant_by_user",
     "grant_code_reused",
+    "grant_password",
     "grant_issued",
     "provider_added",
     "provider_edited",
@@ -396,6 +398,12 @@ fn audit_projection() {
             "grant_code_reused",
             Some(&format!(
                 r#"grant.revoked system {at7} {{"client_id":"https://agent.example/client.json","grant_id":5,"reason":"code_reused"}}"#
+            )),
+        ),
+        (
+            "grant_password",
+            Some(&format!(
+                r#"grant.revoked user:7 {at7} {{"client_id":"https://agent.example/client.json","grant_id":5,"reason":"password_changed"}}"#
             )),
         ),
         (
@@ -653,6 +661,7 @@ fn wake_projection() {
         "grant_created",
         "grant_by_user",
         "grant_code_reused",
+        "grant_password",
         "provider_added",
         "provider_edited",
         "provider_disabled",
