@@ -333,3 +333,27 @@ async fn after_the_user_connects_the_same_call_succeeds() {
     assert_eq!(again["isError"], false, "{again}");
     assert_eq!(again["structuredContent"]["status"], 201);
 }
+
+/// A `proxy:read` grant calls nothing through `call_api` on a provider whose API acts on a GET
+/// (`read_methods_are_safe = false`), and the consent page says so for that service (issue 22).
+#[tokio::test]
+async fn call_api_under_proxy_read_is_refused_where_reads_are_not_safe() {
+    let app = builder().provider("read_methods_are_safe", false).start().await;
+    let alice = app.user("alice").await;
+    alice.connect("fake").await;
+    let client_id = register(&app, &[REDIRECT]).await;
+    let (_, challenge) = pkce();
+    let page = alice.fetch(&authorize_url(&client_id, REDIRECT, Some(&challenge), &[("scope", "proxy:read")])).await;
+    assert!(page.text.contains(r#"id="grant-service-fake-no-read""#), "{}", page.text);
+    let token = mcp_token(&app, &alice, "proxy:read service:fake").await;
+    let sid = session(&app, &token).await;
+    let before = app.fake.all_requests().await.len();
+    let refused = call(&app, &token, &sid, "call_api", json!({"service": "fake", "path": "files"})).await;
+    assert_eq!(refused["isError"], true, "{refused}");
+    assert_eq!(refused["structuredContent"]["error"], "forbidden_scope", "{refused}");
+    assert_eq!(app.fake.all_requests().await.len(), before, "nothing reached the provider");
+    let writer = mcp_token(&app, &alice, "proxy:write service:fake").await;
+    let sid = session(&app, &writer).await;
+    let got = call(&app, &writer, &sid, "call_api", json!({"service": "fake", "path": "files"})).await;
+    assert_eq!(got["isError"], false, "{got}");
+}
