@@ -577,31 +577,13 @@ async fn call_api(app: &AppState, user: &ApiUser, args: &Value, address: Option<
         Err(e) => return Ok(tool_error(app, user, Some(service), e)),
     };
     let status = answer.response.status().as_u16();
-    let limit = app.settings.api.proxy_max_response_bytes;
-    let mut bytes = Vec::new();
-    let mut response = answer.response;
-    loop {
-        match response.chunk().await {
-            Ok(Some(chunk)) => {
-                if bytes.len() + chunk.len() > limit {
-                    let e = AppError::ProviderResponseTooLarge {
-                        service: p.service(),
-                        detail: format!("the provider's answer exceeds the proxy size cap ({limit} bytes)"),
-                    };
-                    return Ok(tool_error(app, user, Some(service), e));
-                }
-                bytes.extend_from_slice(&chunk);
-            }
-            Ok(None) => break,
-            Err(e) => {
-                let e = AppError::ProviderResponseTooLarge {
-                    service: p.service(),
-                    detail: format!("reading the provider's answer failed: {}", e.without_url()),
-                };
-                return Ok(tool_error(app, user, Some(service), e));
-            }
+    let bytes = match read_capped(answer.response, app.settings.api.mcp_max_response_bytes).await {
+        Ok(bytes) => bytes,
+        Err(why) => {
+            let message = format!("{}: {why}", p.display_name);
+            return Ok(tool_result(json!({"error": "provider_response_too_large", "message": message}), true));
         }
-    }
+    };
     let headers: serde_json::Map<String, Value> =
         answer.headers.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), Value::String(v))).collect();
     let body = match serde_json::from_slice::<Value>(&bytes) {
@@ -615,6 +597,32 @@ async fn call_api(app: &AppState, user: &ApiUser, args: &Value, address: Option<
         },
     };
     Ok(tool_result(json!({"status": status, "headers": headers, "body": body}), false))
+}
+
+/// The provider's answer, whole, when it is at most `limit` bytes (`mcp_max_response_bytes`:
+/// `call_api` holds it and sends it twice); else why not, saying its size. Refused before reading
+/// when its declared length is larger; never parsed when larger.
+async fn read_capped(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
+    let too_large = |size: String| {
+        format!(
+            "the provider's answer is {size}, larger than call_api passes back ({limit} bytes, \
+             mcp_max_response_bytes): make a narrower request (a smaller page, fewer fields, a filter)"
+        )
+    };
+    if let Some(declared) = response.content_length().filter(|n| *n > limit as u64) {
+        return Err(too_large(format!("{declared} bytes")));
+    }
+    let mut bytes = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) if bytes.len() + chunk.len() > limit => {
+                return Err(too_large(format!("more than {limit} bytes")));
+            }
+            Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
+            Ok(None) => return Ok(bytes),
+            Err(e) => return Err(format!("reading the provider's answer failed: {}", e.without_url())),
+        }
+    }
 }
 
 #[cfg(test)]

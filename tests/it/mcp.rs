@@ -357,3 +357,34 @@ async fn call_api_under_proxy_read_is_refused_where_reads_are_not_safe() {
     let got = call(&app, &writer, &sid, "call_api", json!({"service": "fake", "path": "files"})).await;
     assert_eq!(got["isError"], false, "{got}");
 }
+
+/// `call_api` passes back at most `mcp_max_response_bytes` (1 MiB by default): a 2 MiB answer is
+/// a tool error saying its size and to ask for less, not a 2 MiB JSON value held and sent twice;
+/// a smaller answer still comes back (issue 22).
+#[tokio::test]
+async fn call_api_refuses_an_answer_larger_than_its_own_cap() {
+    let app = builder().start().await;
+    let alice = app.user("alice").await;
+    alice.connect("fake").await;
+    let token = mcp_token(&app, &alice, "proxy:read service:fake").await;
+    let sid = session(&app, &token).await;
+    let big = call(&app, &token, &sid, "call_api", json!({"service": "fake", "path": "big-json"})).await;
+    assert_eq!(big["isError"], true, "a 2 MiB answer");
+    assert_eq!(big["structuredContent"]["error"], "provider_response_too_large", "{big}");
+    let message = big["structuredContent"]["message"].as_str().unwrap();
+    assert!(message.contains("2097153 bytes") && message.contains("1048576"), "{message}");
+    assert!(message.contains("narrower request"), "{message}");
+    assert!(big.to_string().len() < 4096, "the answer is not in the error");
+    let small = call(&app, &token, &sid, "call_api", json!({"service": "fake", "path": "big"})).await;
+    assert_eq!(small["isError"], false, "64 KiB is under the cap");
+    assert_eq!(small["structuredContent"]["body"].as_str().map(str::len), Some(64 * 1024));
+
+    let app = builder().set("mcp_max_response_bytes", 4 * 1024 * 1024).start().await;
+    let alice = app.user("alice").await;
+    alice.connect("fake").await;
+    let token = mcp_token(&app, &alice, "proxy:read service:fake").await;
+    let sid = session(&app, &token).await;
+    let big = call(&app, &token, &sid, "call_api", json!({"service": "fake", "path": "big-json"})).await;
+    assert_eq!(big["isError"], false, "raised cap");
+    assert_eq!(big["structuredContent"]["body"].as_array().map(Vec::len), Some(1 << 17));
+}
