@@ -560,6 +560,10 @@ async fn call_api(app: &AppState, user: &ApiUser, args: &Value, address: Option<
         None | Some(Value::Null) => (Vec::new(), Vec::new()),
         Some(v) => (v.to_string().into_bytes(), vec![("Content-Type".to_string(), "application/json".to_string())]),
     };
+    if !body.is_empty() && matches!(method, reqwest::Method::GET | reqwest::Method::HEAD) {
+        // The API's GET proxy never forwards a body; nor does call_api (proxy:read would carry one).
+        return Err((-32602, "Invalid params: `body` is not sent with GET or HEAD; use POST, PUT or PATCH.".into()));
+    }
     if body.len() > app.settings.api.proxy_max_request_bytes {
         let e = AppError::PayloadTooLarge { limit: app.settings.api.proxy_max_request_bytes };
         return Ok(tool_error(app, user, Some(service), e));

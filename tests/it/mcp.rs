@@ -388,3 +388,25 @@ async fn call_api_refuses_an_answer_larger_than_its_own_cap() {
     assert_eq!(big["isError"], false, "raised cap");
     assert_eq!(big["structuredContent"]["body"].as_array().map(Vec::len), Some(1 << 17));
 }
+
+/// `call_api` refuses a body with GET or HEAD (invalid params), as the API's GET proxy never
+/// forwards one: a `proxy:read` grant sends no body anywhere (issue 22).
+#[tokio::test]
+async fn call_api_refuses_a_body_with_get_or_head() {
+    let app = builder().start().await;
+    let alice = app.user("alice").await;
+    alice.connect("fake").await;
+    let token = mcp_token(&app, &alice, "proxy:write service:fake").await;
+    let sid = session(&app, &token).await;
+    let before = app.fake.all_requests().await.len();
+    for method in ["GET", "HEAD", "get"] {
+        let args = json!({"service": "fake", "method": method, "path": "files", "body": {"a": 1}});
+        let a = rpc(&app, &token, &sid, "tools/call", json!({"name": "call_api", "arguments": args})).await;
+        assert_eq!(a["error"]["code"], -32602, "{method}: {a}");
+        assert!(a["error"]["message"].as_str().unwrap().contains("body"), "{a}");
+    }
+    assert_eq!(app.fake.all_requests().await.len(), before, "nothing reached the provider");
+    let args = json!({"service": "fake", "method": "GET", "path": "files", "body": null});
+    let ok = call(&app, &token, &sid, "call_api", args).await;
+    assert_eq!(ok["isError"], false, "a null body is no body: {ok}");
+}
