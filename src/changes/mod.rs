@@ -194,6 +194,8 @@ pub enum GrantEnd {
     RefreshReplayed,
     /// Its user changed their password (which ends every grant, as it ends sessions and keys).
     PasswordChanged,
+    /// The only service it was limited to, a provider added in the app, was deleted.
+    ProviderDeleted,
 }
 
 /// How tokens were issued ([`Change::GrantTokensIssued`]).
@@ -250,6 +252,8 @@ pub enum KeyRevoked {
         max_keys: i64,
     },
     PasswordChanged,
+    /// The only service it was limited to, a provider added in the app, was deleted.
+    ProviderDeleted,
 }
 
 /// The transaction of a unit of work: the connection, for the domain's own queries, and
