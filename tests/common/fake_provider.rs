@@ -468,6 +468,10 @@ impl Respond for IntrospectEndpoint {
                 "hub_id": account["id"],
                 "user": account["email"],
                 "hub_domain": format!("{}.hubspot.example", account["login"].as_str().unwrap_or("x")),
+                // HubSpot's answer names the token it describes.
+                "token": token,
+                "signed_access_token": {"token": token, "expiresAt": 1},
+                "scopes": [token.clone(), "oauth".to_string()],
             })),
             None => ResponseTemplate::new(200).set_body_json(json!({"active": false})),
         }
