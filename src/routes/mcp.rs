@@ -323,11 +323,11 @@ async fn post_mcp(app: &State<AppState>, sessions: &State<Sessions>, headers: Mc
     McpAnswer::json(Status::Ok, body)
 }
 
-/// The tools, each with the capability its grant needs.
-fn all_tools() -> Vec<(Capability, Value)> {
+/// The tools, each with the capabilities its grant needs (all of them).
+fn all_tools() -> Vec<(&'static [Capability], Value)> {
     vec![
         (
-            Capability::ConnectionsRead,
+            &[Capability::ConnectionsRead],
             json!({
                 "name": "list_connections",
                 "title": "List connections",
@@ -340,7 +340,7 @@ fn all_tools() -> Vec<(Capability, Value)> {
             }),
         ),
         (
-            Capability::ProxyRead,
+            &[Capability::ProxyRead],
             json!({
                 "name": "call_api",
                 "title": "Call a provider's API",
@@ -359,9 +359,10 @@ fn all_tools() -> Vec<(Capability, Value)> {
             }),
         ),
         // It calls the provider with the user's token and hands back the provider's whole answer:
-        // a read of the provider's API (`proxy:read`), not the listing `connections:read` allows.
+        // a read of the provider's API (`proxy:read`), and it names the connection
+        // (`connections:read`): both are needed, and only a grant of both lists it.
         (
-            Capability::ProxyRead,
+            &[Capability::ConnectionsRead, Capability::ProxyRead],
             json!({
                 "name": "get_account",
                 "title": "Get the connected account",
@@ -379,7 +380,8 @@ fn all_tools() -> Vec<(Capability, Value)> {
 
 /// The tools `user`'s grant allows.
 fn tools_for(user: &ApiUser) -> Vec<Value> {
-    all_tools().into_iter().filter(|(c, _)| user.scope.allows_capability(*c)).map(|(_, t)| t).collect()
+    let allowed = |needs: &[Capability]| needs.iter().all(|c| user.scope.allows_capability(*c));
+    all_tools().into_iter().filter(|(needs, _)| allowed(needs)).map(|(_, t)| t).collect()
 }
 
 type ToolOutcome = Result<Value, (i64, String)>;
@@ -428,10 +430,10 @@ async fn call_tool(app: &AppState, user: &ApiUser, params: &Value, address: Opti
     if !args.is_object() {
         return Err((-32602, "Invalid params: `arguments` must be an object.".into()));
     }
-    let Some((capability, _)) = all_tools().into_iter().find(|(_, t)| t["name"] == name) else {
+    let Some((needs, _)) = all_tools().into_iter().find(|(_, t)| t["name"] == name) else {
         return Err((-32602, format!("Unknown tool: {}", crate::util::capped(name, 100))));
     };
-    if let Err(e) = user.require(capability, None) {
+    if let Err(e) = needs.iter().try_for_each(|c| user.require(*c, None)) {
         return Ok(tool_error(app, user, None, e));
     }
     match name {
@@ -484,7 +486,8 @@ async fn get_account(
     account: Option<&str>,
     address: Option<String>,
 ) -> ToolOutcome {
-    if let Err(e) = user.require(Capability::ConnectionsRead, Some(service)) {
+    let needs = [Capability::ConnectionsRead, Capability::ProxyRead];
+    if let Err(e) = needs.iter().try_for_each(|c| user.require(*c, Some(service))) {
         return Ok(tool_error(app, user, Some(service), e));
     }
     let Some(p) = app.catalog.get(service) else {

@@ -219,7 +219,10 @@ async fn tools_follow_the_grant_and_call_api_goes_through_the_proxy() {
     let token = mcp_token(&app, &alice, "proxy:read service:fake").await;
     let sid = session(&app, &token).await;
     let tools = rpc(&app, &token, &sid, "tools/list", json!({})).await;
-    assert_eq!(names(&tools), ["call_api", "get_account"]);
+    assert_eq!(names(&tools), ["call_api"], "get_account needs connections:read too");
+    let refused = call(&app, &token, &sid, "get_account", json!({"service": "fake"})).await;
+    assert_eq!(refused["isError"], true, "{refused}");
+    assert_eq!(refused["structuredContent"]["error"], "forbidden_scope", "{refused}");
     assert!(tools["result"]["tools"][0]["inputSchema"]["properties"]["path"].is_object());
     let before = app.fake.all_requests().await.len();
     let got =
@@ -254,6 +257,8 @@ async fn tools_follow_the_grant_and_call_api_goes_through_the_proxy() {
     // proxy:write: a POST with a JSON body goes through.
     let writer = mcp_token(&app, &alice, "proxy:write connections:read service:fake").await;
     let sid = session(&app, &writer).await;
+    let listed = rpc(&app, &writer, &sid, "tools/list", json!({})).await;
+    assert_eq!(names(&listed), ["list_connections", "call_api", "get_account"], "both granted: get_account too");
     let posted = call(
         &app,
         &writer,
