@@ -289,6 +289,7 @@ fn mount_routes(rocket: Rocket<Build>, demo: bool) -> Rocket<Build> {
         auth::routes(),
         services::routes(),
         account::routes(),
+        console::routes(),
         settings::routes(),
         password::routes(),
         admin::routes(),
@@ -304,6 +305,7 @@ fn mount_routes(rocket: Rocket<Build>, demo: bool) -> Rocket<Build> {
     let mut rocket = pages.into_iter().fold(rocket, |rocket, routes| rocket.mount("/", traced(routes)));
     rocket = rocket.manage(crate::authz::clients::RegistrationLimiter::default());
     rocket = rocket.mount("/", traced(mcp::routes())).manage(mcp::Sessions::default());
+    rocket = rocket.mount("/", traced(crate::web::cors::routes())).attach(crate::web::cors::Cors);
     rocket = rocket.mount("/api/v1", traced(api::routes())).mount("/static", crate::assets::routes());
     if demo {
         rocket = rocket.mount("/demo", traced(crate::demo::routes())).manage(crate::demo::FailureSwitch::default());

@@ -103,6 +103,11 @@ pub enum Kind {
     OAuthRefused,
     /// A provider was added, edited, disabled, enabled, reverted or deleted in the app.
     ProviderChanged,
+    /// A client of the authorization server became known (an administrator's, a dynamic
+    /// registration, a metadata document seen for the first time).
+    ClientRegistered,
+    /// An administrator deleted a client of the authorization server (its grants revoked).
+    ClientDeleted,
 }
 
 impl Kind {
@@ -131,6 +136,8 @@ impl Kind {
         Kind::GrantTokensIssued,
         Kind::OAuthRefused,
         Kind::ProviderChanged,
+        Kind::ClientRegistered,
+        Kind::ClientDeleted,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -159,6 +166,8 @@ impl Kind {
             Kind::GrantTokensIssued => "grant.tokens_issued",
             Kind::OAuthRefused => "oauth.refused",
             Kind::ProviderChanged => "provider.changed",
+            Kind::ClientRegistered => "client.registered",
+            Kind::ClientDeleted => "client.deleted",
         }
     }
 }

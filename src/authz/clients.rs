@@ -6,8 +6,9 @@
 
 use url::Url;
 
+use crate::changes::{Actor, Change, ClientSubject, Effects, GrantEnd, Ledger, Tx};
 use crate::db::models::authz::{self as model, Client, ClientKind, NewClient};
-use crate::db::Conn;
+use crate::db::{Conn, Db};
 use crate::error::{AppError, AppResult};
 use crate::util::{ct_eq, now, random_token, sha256_hex, Secret};
 
@@ -88,43 +89,79 @@ pub struct Registered {
     pub secret: Option<Secret>,
 }
 
-/// Register a client (an administrator's, or a dynamic registration from `address`).
-pub fn register(
-    conn: &mut Conn,
-    kind: ClientKind,
-    name: &str,
-    redirect_uris: &[String],
-    confidential: bool,
-    address: Option<&str>,
-) -> AppResult<Registered> {
-    let name = name.trim();
+/// What a registration says: how, by whom and from where (a dynamic registration's address).
+pub struct Registration<'a> {
+    pub kind: ClientKind,
+    pub name: &'a str,
+    pub redirect_uris: &'a [String],
+    pub confidential: bool,
+    pub by: Actor,
+    pub address: Option<std::net::IpAddr>,
+}
+
+/// Register a client (an administrator's, or a dynamic registration), recording
+/// [`Change::ClientRegistered`] in the unit of work `tx`.
+pub fn register(tx: &mut Tx<'_>, r: Registration<'_>) -> AppResult<Registered> {
+    let name = r.name.trim();
     if name.is_empty() || name.chars().count() > 100 {
         return Err(AppError::BadRequest("Give the client a name of 1 to 100 characters.".into()));
     }
-    if redirect_uris.is_empty() || redirect_uris.len() > MAX_REDIRECT_URIS {
+    if r.redirect_uris.is_empty() || r.redirect_uris.len() > MAX_REDIRECT_URIS {
         return Err(AppError::BadRequest(format!("Give 1 to {MAX_REDIRECT_URIS} redirect URIs.")));
     }
-    for uri in redirect_uris {
+    for uri in r.redirect_uris {
         check_redirect_uri(uri).map_err(AppError::BadRequest)?;
     }
     let client_id = format!("{CLIENT_PREFIX}{}", random_token(16));
-    let secret = confidential.then(|| format!("{SECRET_PREFIX}{}", random_token(32)));
+    let secret = r.confidential.then(|| format!("{SECRET_PREFIX}{}", random_token(32)));
     let hash = secret.as_deref().map(sha256_hex);
-    let expires_at = (kind == ClientKind::Dynamic).then(|| now() + UNUSED_REGISTRATION);
+    let expires_at = (r.kind == ClientKind::Dynamic).then(|| now() + UNUSED_REGISTRATION);
+    let address = r.address.map(|a| a.to_string());
     let client = model::insert_client(
-        conn,
+        tx.conn(),
         &NewClient {
             client_id: &client_id,
-            kind,
+            kind: r.kind,
             name,
-            redirect_uris: &redirect_uris.join(" "),
+            redirect_uris: &r.redirect_uris.join(" "),
             secret_hash: hash.as_deref(),
             created_at: now(),
             expires_at,
-            registered_from: address,
+            registered_from: address.as_deref(),
         },
     )?;
+    let subject = ClientSubject::of(&client);
+    tx.record(Change::ClientRegistered {
+        by: r.by,
+        client: subject,
+        confidential: r.confidential,
+        address: r.address,
+    })?;
     Ok(Registered { client, secret: secret.map(crate::util::secret) })
+}
+
+/// Delete client `pk` (an administrator's act): its live grants revoked, each recorded as
+/// [`Change::GrantRevoked`], then the client deleted with its grants, codes and tokens, in one
+/// unit of work. Its tokens stop working at the next request on every instance (each check
+/// reads the grant). `false`: no such client.
+pub async fn delete(db: &Db, ledger: Ledger, effects: Effects<'_>, pk: i64, by: Actor) -> AppResult<bool> {
+    let deleted = db
+        .write(ledger, move |tx| {
+            let Some(client) = model::client_by_pk(tx.conn(), pk)? else { return Ok(false) };
+            let grants = model::live_grants_for_client(tx.conn(), pk, now())?;
+            for g in &grants {
+                if model::revoke_grant(tx.conn(), g.id, None, now())?.is_some() {
+                    let grant = crate::authz::grants::subject(g, &client);
+                    tx.record(Change::GrantRevoked { by: by.clone(), grant, why: GrantEnd::ClientDeleted })?;
+                }
+            }
+            model::delete_client(tx.conn(), pk)?;
+            let client = ClientSubject::of(&client);
+            tx.record(Change::ClientDeleted { by, client, grants_revoked: grants.len() })?;
+            Ok(true)
+        })
+        .await?;
+    Ok(deleted.settle(effects))
 }
 
 /// Why a client could not be authenticated at the token, revocation or introspection endpoint.

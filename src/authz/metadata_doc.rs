@@ -15,11 +15,12 @@ use serde::Deserialize;
 use url::Url;
 
 use super::clients::check_redirect_uri;
+use crate::changes::{Actor, Change, ClientSubject};
 use crate::config::HttpLimits;
 use crate::db::models::authz::{self as model, Client, ClientKind, NewClient};
-use crate::db::Db;
 use crate::error::AppResult;
 use crate::oauth::http::Outbound;
+use crate::state::AppState;
 use crate::util::now;
 
 pub const MAX_DOCUMENT_BYTES: usize = 5 * 1024;
@@ -148,14 +149,9 @@ pub async fn fetch(limits: &HttpLimits, url: &Url, private_allowed: bool) -> Res
 
 /// The client `client_id` (a document URL) names: the cached copy while it is fresh, else the
 /// document fetched again and cached. `Ok(Err(why))`: the document is refused or unreachable.
-pub async fn resolve(
-    db: &Db,
-    limits: &HttpLimits,
-    private_allowed: bool,
-    client_id: &str,
-) -> AppResult<Result<Client, String>> {
+pub async fn resolve(app: &AppState, private_allowed: bool, client_id: &str) -> AppResult<Result<Client, String>> {
     let id = client_id.to_string();
-    let cached = db.run(move |conn| Ok(model::find_client(conn, &id)?)).await?;
+    let cached = app.db.run(move |conn| Ok(model::find_client(conn, &id)?)).await?;
     if let Some(c) = &cached {
         if c.kind != ClientKind::Metadata {
             return Ok(Err("this client_id is not a metadata document's".into()));
@@ -168,36 +164,43 @@ pub async fn resolve(
         Ok(url) => url,
         Err(why) => return Ok(Err(why)),
     };
-    let fetched = match fetch(limits, &url, private_allowed).await {
+    let fetched = match fetch(&app.settings.http, &url, private_allowed).await {
         Ok(f) => f,
         Err(why) => return Ok(Err(why)),
     };
     let id = client_id.to_string();
-    let client = db
-        .run(move |conn| {
+    let client = app
+        .db
+        .write(app.ledger(), move |tx| {
             let uris = fetched.redirect_uris.join(" ");
             let expires_at = now() + fetched.max_age;
-            match model::find_client(conn, &id)? {
-                Some(c) => {
-                    model::refresh_metadata_client(conn, c.id, &fetched.name, &uris, expires_at)?;
-                    Ok(model::client_by_pk(conn, c.id)?.unwrap_or(c))
-                }
-                None => Ok(model::insert_client(
-                    conn,
-                    &NewClient {
-                        client_id: &id,
-                        kind: ClientKind::Metadata,
-                        name: &fetched.name,
-                        redirect_uris: &uris,
-                        secret_hash: None,
-                        created_at: now(),
-                        expires_at: Some(expires_at),
-                        registered_from: None,
-                    },
-                )?),
+            if let Some(c) = model::find_client(tx.conn(), &id)? {
+                model::refresh_metadata_client(tx.conn(), c.id, &fetched.name, &uris, expires_at)?;
+                return Ok(model::client_by_pk(tx.conn(), c.id)?.unwrap_or(c));
             }
+            let new = NewClient {
+                client_id: &id,
+                kind: ClientKind::Metadata,
+                name: &fetched.name,
+                redirect_uris: &uris,
+                secret_hash: None,
+                created_at: now(),
+                expires_at: Some(expires_at),
+                registered_from: None,
+            };
+            let client = model::insert_client(tx.conn(), &new)?;
+            // First seen: a client known from now on (a refreshed copy is not a new one).
+            let subject = ClientSubject::of(&client);
+            tx.record(Change::ClientRegistered {
+                by: Actor::System,
+                client: subject,
+                confidential: false,
+                address: None,
+            })?;
+            Ok(client)
         })
-        .await?;
+        .await?
+        .settle(app.effects());
     Ok(Ok(client))
 }
 

@@ -126,6 +126,13 @@ pub enum Change {
     GrantRevoked { by: Actor, grant: GrantSubject, why: GrantEnd },
     /// The token endpoint issued tokens of a grant (never the tokens).
     GrantTokensIssued { grant: GrantSubject, how: Issued, resource: String },
+    /// A client of the authorization server became known: registered by an administrator
+    /// (`by`: them), by dynamic registration or a metadata document seen for the first time
+    /// (`by`: system; `address`: the registering client's). Never its secret.
+    ClientRegistered { by: Actor, client: ClientSubject, confidential: bool, address: Option<IpAddr> },
+    /// An administrator deleted a client; its `grants_revoked` live grants were revoked (each a
+    /// [`Change::GrantRevoked`] of its own, in the same unit) and its codes and tokens deleted.
+    ClientDeleted { by: Actor, client: ClientSubject, grants_revoked: usize },
     /// A provider was changed in the app (`crate::oauth::managed`): its audit entry, its
     /// `provider.changed` webhook and the invalidation that makes every instance rebuild its
     /// catalog. Never a client secret.
@@ -179,6 +186,23 @@ pub struct GrantSubject {
     pub expires_at: i64,
 }
 
+/// A client of the authorization server as a change names it. Never its secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientSubject {
+    /// Its row id (the administrators' page names it by this).
+    pub id: i64,
+    pub client_id: String,
+    pub name: String,
+    /// `admin`, `dynamic` or `metadata`.
+    pub kind: &'static str,
+}
+
+impl ClientSubject {
+    pub fn of(c: &crate::db::models::authz::Client) -> ClientSubject {
+        ClientSubject { id: c.id, client_id: c.client_id.clone(), name: c.name.clone(), kind: c.kind.as_str() }
+    }
+}
+
 /// Why a grant ended ([`Change::GrantRevoked`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GrantEnd {
@@ -196,6 +220,8 @@ pub enum GrantEnd {
     PasswordChanged,
     /// The only service it was limited to, a provider added in the app, was deleted.
     ProviderDeleted,
+    /// An administrator deleted its client.
+    ClientDeleted,
 }
 
 /// How tokens were issued ([`Change::GrantTokensIssued`]).

@@ -3,7 +3,10 @@
 //! and a writer used by `Tx::record` only. Every match is exhaustive: a new variant does not
 //! compile until each projection says what it makes of it.
 
-use super::{Change, EndpointChange, GrantEnd, GrantSubject, Issued, KeyRevoked, ProviderAction, SessionsEnd, Subject};
+use super::{
+    Change, ClientSubject, EndpointChange, GrantEnd, GrantSubject, Issued, KeyRevoked, ProviderAction, SessionsEnd,
+    Subject,
+};
 use crate::audit::{Actor, Entry, Kind};
 use crate::db::models::connections::ConnectionStatus;
 use crate::db::models::events::{self, EventKind, EventOutcome, NewEvent};
@@ -81,7 +84,9 @@ pub fn history_of(change: &Change) -> Option<HistoryRow<'_>> {
         | Change::ProviderChanged { .. }
         | Change::GrantCreated { .. }
         | Change::GrantRevoked { .. }
-        | Change::GrantTokensIssued { .. } => None,
+        | Change::GrantTokensIssued { .. }
+        | Change::ClientRegistered { .. }
+        | Change::ClientDeleted { .. } => None,
     }
 }
 
@@ -247,6 +252,12 @@ pub fn audit_of(change: &Change) -> Option<Entry> {
                     .with("resource", resource.as_str()),
             )
         }
+        Change::ClientRegistered { by, client, confidential, address } => {
+            Some(client_entry(Kind::ClientRegistered, by, client).address(*address).with("confidential", *confidential))
+        }
+        Change::ClientDeleted { by, client, grants_revoked } => {
+            Some(client_entry(Kind::ClientDeleted, by, client).with("grants_revoked", *grants_revoked))
+        }
         Change::ProviderChanged { by, name, action } => {
             let e = by_user(Entry::new(Kind::ProviderChanged, by.clone()))
                 .service(name)
@@ -271,6 +282,16 @@ fn grant_entry(kind: Kind, by: Actor, grant: &GrantSubject) -> Entry {
     Entry::new(kind, by).user(grant.user_id).with("grant_id", grant.id).with("client_id", grant.client_id.as_str())
 }
 
+/// The audit entry of a client's registration or deletion: its client id, name and kind (never
+/// its secret).
+fn client_entry(kind: Kind, by: &Actor, client: &ClientSubject) -> Entry {
+    by_user(Entry::new(kind, by.clone()))
+        .with("client", client.id)
+        .with("client_id", client.client_id.as_str())
+        .with("client_name", client.name.as_str())
+        .with("client_kind", client.kind)
+}
+
 /// The reason code of a grant's end, as its audit entry and `grant.revoked` event say it.
 pub fn grant_end_reason(why: GrantEnd) -> &'static str {
     match why {
@@ -281,6 +302,7 @@ pub fn grant_end_reason(why: GrantEnd) -> &'static str {
         GrantEnd::RefreshReplayed => "refresh_token_replayed",
         GrantEnd::PasswordChanged => "password_changed",
         GrantEnd::ProviderDeleted => "provider_deleted",
+        GrantEnd::ClientDeleted => "client_deleted",
     }
 }
 
@@ -361,7 +383,9 @@ pub fn outbox_of(change: &Change) -> Option<OutboxEvent<'_>> {
         | Change::VaultValueSet { .. }
         | Change::VaultValueDeleted { .. }
         | Change::WebhookEndpointChanged { .. } => None,
-        Change::GrantTokensIssued { .. } => None,
+        // Clients are the instance's configuration, not a user's: no webhook event (the grants a
+        // deletion ends each send their `grant.revoked`).
+        Change::GrantTokensIssued { .. } | Change::ClientRegistered { .. } | Change::ClientDeleted { .. } => None,
         // Not a connection's event: recorded by `outbox` with its own `data`.
         Change::ProviderChanged { .. } => None,
         // Not connection events: recorded by `outbox` itself (a test for its one endpoint, a
@@ -482,7 +506,11 @@ pub fn invalidation_of(change: &Change) -> Option<Invalidated> {
         | Change::AuditCheckpointed { .. } => None,
         // Grants and their tokens are not cached: every token check reads the grant, so a
         // revocation holds on every instance at the next request.
-        Change::GrantCreated { .. } | Change::GrantRevoked { .. } | Change::GrantTokensIssued { .. } => None,
+        Change::GrantCreated { .. }
+        | Change::GrantRevoked { .. }
+        | Change::GrantTokensIssued { .. }
+        | Change::ClientRegistered { .. }
+        | Change::ClientDeleted { .. } => None,
     }
 }
 

@@ -3,7 +3,8 @@
 
 use super::project::{audit_of, history_of, invalidation_of, outbox_of, wakes_webhooks};
 use super::{
-    Actor, Change, EndpointChange, GrantEnd, GrantSubject, Issued, KeyRevoked, ProviderAction, SessionsEnd, Subject,
+    Actor, Change, ClientSubject, EndpointChange, GrantEnd, GrantSubject, Issued, KeyRevoked, ProviderAction,
+    SessionsEnd, Subject,
 };
 use crate::db::models::connections::Account;
 use crate::db::models::events::EventOutcome;
@@ -147,7 +148,20 @@ fn samples() -> Vec<(&'static str, Change)> {
         ("provider_enabled", provider(Actor::User(7), ProviderAction::Enabled)),
         ("provider_reverted", provider(Actor::User(7), ProviderAction::Reverted)),
         ("provider_deleted", provider(Actor::Cli, ProviderAction::Deleted)),
+        (
+            "client_registered",
+            Change::ClientRegistered { by: Actor::System, client: client(), confidential: false, address: Some(ip()) },
+        ),
+        ("client_deleted", Change::ClientDeleted { by: Actor::User(7), client: client(), grants_revoked: 2 }),
+        (
+            "grant_client_deleted",
+            Change::GrantRevoked { by: Actor::User(7), grant: grant(), why: GrantEnd::ClientDeleted },
+        ),
     ]
+}
+
+fn client() -> ClientSubject {
+    ClientSubject { id: 9, client_id: "tvcl_abc".into(), name: "Agent".into(), kind: "dynamic" }
 }
 
 fn grant() -> GrantSubject {
@@ -210,14 +224,16 @@ fn variant(change: &Change) -> &'static str {
         Change::GrantRevoked { .. } => "GrantRevoked",
         Change::GrantTokensIssued { .. } => "GrantTokensIssued",
         Change::ProviderChanged { .. } => "ProviderChanged",
+        Change::ClientRegistered { .. } => "ClientRegistered",
+        Change::ClientDeleted { .. } => "ClientDeleted",
     }
 }
 
-const VARIANTS: usize = 29;
+const VARIANTS: usize = 31;
 
 /// The samples past the connection ones, which no connection projection (history, outbox)
 /// makes anything of.
-const NOT_CONNECTIONS: [&str; 37] = [
+const NOT_CONNECTIONS: [&str; 40] = [
     "signed_in",
     "signin_refused",
     "signed_out",
@@ -255,6 +271,9 @@ const NOT_CONNECTIONS: [&str; 37] = [
     "provider_enabled",
     "provider_reverted",
     "provider_deleted",
+    "client_registered",
+    "client_deleted",
+    "grant_client_deleted",
 ];
 
 fn with_none(mut rows: Vec<(&'static str, Option<&'static str>)>) -> Vec<(&'static str, Option<&'static str>)> {
@@ -449,6 +468,24 @@ fn audit_projection() {
         (
             "provider_deleted",
             Some(r#"provider.changed cli user=None service=Some("acme") connection=None {"action":"deleted","provider":"acme"}"#),
+        ),
+        (
+            "client_registered",
+            Some(&format!(
+                r#"client.registered system {none} {{"client":9,"client_id":"tvcl_abc","client_kind":"dynamic","client_name":"Agent","confidential":false}} @192.0.2.1"#
+            )),
+        ),
+        (
+            "client_deleted",
+            Some(&format!(
+                r#"client.deleted user:7 {at7} {{"client":9,"client_id":"tvcl_abc","client_kind":"dynamic","client_name":"Agent","grants_revoked":2}}"#
+            )),
+        ),
+        (
+            "grant_client_deleted",
+            Some(&format!(
+                r#"grant.revoked user:7 {at7} {{"client_id":"https://agent.example/client.json","grant_id":5,"reason":"client_deleted"}}"#
+            )),
         ),
     ]));
     assert_eq!(got, want);
@@ -683,6 +720,7 @@ fn wake_projection() {
         "provider_enabled",
         "provider_reverted",
         "provider_deleted",
+        "grant_client_deleted",
     ]);
     assert_eq!(woken, want);
 }

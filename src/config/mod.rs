@@ -112,6 +112,10 @@ pub struct RawConfig {
     pub oauth_access_token_lifetime: i64,
     /// Lifetime a grant is given unless the user picks another (the consent page's default), seconds.
     pub oauth_grant_default_lifetime: i64,
+    /// Origins of browser-based MCP clients allowed to call `/mcp` across origins (CORS), e.g.
+    /// `["https://inspector.example"]`. Empty (the default): only tokenvault's own origin; any
+    /// other `Origin` is refused with 403 (DNS-rebinding protection).
+    pub mcp_allowed_origins: Vec<String>,
     /// The log filter (`tracing` env-filter syntax); `RUST_LOG` overrides it.
     pub log: String,
     pub providers: BTreeMap<String, ProviderConfig>,
@@ -179,6 +183,7 @@ impl Default for RawConfig {
             oauth_dynamic_registration: true,
             oauth_access_token_lifetime: 3600,
             oauth_grant_default_lifetime: 30 * 86_400,
+            mcp_allowed_origins: Vec::new(),
             log: "info".into(),
             providers: BTreeMap::new(),
             webhooks: BTreeMap::new(),
@@ -222,6 +227,8 @@ pub struct AuthzSettings {
     pub dynamic_registration: bool,
     pub access_token_lifetime: i64,
     pub grant_default_lifetime: i64,
+    /// `mcp_allowed_origins`, each as an ASCII-serialized origin (`https://host[:port]`).
+    pub mcp_allowed_origins: Vec<String>,
 }
 
 impl AuthzSettings {
@@ -243,8 +250,23 @@ impl AuthzSettings {
             dynamic_registration: raw.oauth_dynamic_registration,
             access_token_lifetime: raw.oauth_access_token_lifetime,
             grant_default_lifetime: raw.oauth_grant_default_lifetime,
+            mcp_allowed_origins: raw.mcp_allowed_origins.iter().map(|o| allowed_origin(o)).collect::<Result<_, _>>()?,
         })
     }
+}
+
+/// One entry of `mcp_allowed_origins`: an http(s) origin, nothing after it (no `*`: each
+/// origin allowed is named).
+fn allowed_origin(given: &str) -> Result<String, ConfigError> {
+    let bad = |why: &str| invalid("mcp_allowed_origins", format!("{}: {why}", crate::util::capped(given, 100)));
+    let url = Url::parse(given).map_err(|_| bad("not an origin such as https://app.example"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(bad("an origin is http(s)://host[:port]"));
+    }
+    if url.path() != "/" || url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+        return Err(bad("an origin has no path, query or user"));
+    }
+    Ok(url.origin().ascii_serialization())
 }
 
 /// Calls to providers and webhook receivers (`http_timeout`, `http_connect_timeout`, `max_response_bytes`).
@@ -770,6 +792,16 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mcp_allowed_origins_are_origins() {
+        assert_eq!(allowed_origin("https://inspector.example").unwrap(), "https://inspector.example");
+        assert_eq!(allowed_origin("http://localhost:6274/").unwrap(), "http://localhost:6274");
+        assert_eq!(allowed_origin("HTTPS://App.Example:443").unwrap(), "https://app.example");
+        for bad in ["*", "null", "https://a.example/path", "ftp://a.example", "https://u@a.example", "a.example"] {
+            assert!(allowed_origin(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn endpoints_must_be_https_except_on_loopback() {

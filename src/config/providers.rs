@@ -105,6 +105,32 @@ pub enum AccountMethod {
     Post,
 }
 
+/// An example request of the provider's API, offered as a one-click fill on the console
+/// (`/services/<service>/console`): a path under `api_base_url` (with its query, if any) and, for
+/// `POST`, `PUT` and `PATCH`, a JSON body (`"null"` for Dropbox's argument-less calls).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiExample {
+    /// What it does, as the link says (`Current account`).
+    pub name: String,
+    /// `GET` (default), `HEAD`, `POST`, `PUT`, `PATCH` or `DELETE`.
+    #[serde(default = "ApiExample::get", skip_serializing_if = "ApiExample::is_get")]
+    pub method: String,
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+}
+
+impl ApiExample {
+    fn get() -> String {
+        "GET".into()
+    }
+
+    fn is_get(method: &str) -> bool {
+        method == "GET"
+    }
+}
+
 /// One `[<profile>.providers.<name>]` table. Every field may override its preset.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -194,4 +220,6 @@ pub struct ProviderConfig {
     /// `chat.postMessage`, `auth.revoke`): every proxied call then needs `proxy` (`proxy:write`),
     /// and `proxy:read` grants nothing there.
     pub read_methods_are_safe: Option<bool>,
+    /// Example requests of its API shown on the console (see [`ApiExample`]).
+    pub examples: Option<Vec<ApiExample>>,
 }

@@ -268,28 +268,36 @@ pub struct Egress {
     pub loopback: bool,
 }
 
+/// The endpoints of `p`, by key.
+fn endpoints(p: &Provider) -> Vec<(&'static str, url::Url)> {
+    let mut urls: Vec<(&str, url::Url)> =
+        vec![("authorize_url", p.authorize_url.clone()), ("token_url", p.token_url.clone())];
+    let optional = [
+        ("account_url", p.account_url.clone()),
+        ("api_base_url", p.api_base_url.clone()),
+        ("jwks_url", p.jwks_url.clone()),
+        ("refresh_url", p.refresh_url.clone()),
+    ];
+    urls.extend(optional.into_iter().filter_map(|(k, u)| u.map(|u| (k, u))));
+    if let Some(revoke) = &p.revoke_url {
+        if let Ok(u) = url::Url::parse(&revoke.replace("{client_id}", "id")) {
+            urls.push(("revoke_url", u));
+        }
+    }
+    urls
+}
+
 impl Egress {
-    /// Every endpoint of `p` names an allowed host.
-    pub fn check(&self, p: &Provider) -> Result<(), String> {
+    /// Every endpoint of `p` set in the app names an allowed host. Those that are as the operator
+    /// wrote them in Rocket.toml (`configured`: the provider as configured) are not checked: the
+    /// rule is for what is typed on the page, not for the configuration it overrides.
+    pub fn check(&self, p: &Provider, configured: Option<&Provider>) -> Result<(), String> {
         if self.private_urls {
             return Ok(());
         }
-        let mut urls: Vec<(&str, url::Url)> =
-            vec![("authorize_url", p.authorize_url.clone()), ("token_url", p.token_url.clone())];
-        let optional = [
-            ("account_url", p.account_url.clone()),
-            ("api_base_url", p.api_base_url.clone()),
-            ("jwks_url", p.jwks_url.clone()),
-            ("refresh_url", p.refresh_url.clone()),
-        ];
-        urls.extend(optional.into_iter().filter_map(|(k, u)| u.map(|u| (k, u))));
-        if let Some(revoke) = &p.revoke_url {
-            if let Ok(u) = url::Url::parse(&revoke.replace("{client_id}", "id")) {
-                urls.push(("revoke_url", u));
-            }
-        }
-        for (key, url) in urls {
-            if self.loopback && is_loopback(&url) {
+        let operators = configured.map(endpoints).unwrap_or_default();
+        for (key, url) in endpoints(p) {
+            if (self.loopback && is_loopback(&url)) || operators.contains(&(key, url.clone())) {
                 continue;
             }
             crate::webhooks::egress::check_public_host(&url).map_err(|e| {
@@ -375,7 +383,8 @@ impl Editor<'_> {
             return Err(AppError::Refused("`demo` is the built-in demo provider's name; pick another".into()));
         }
         let provider = self.live.resolve_stored(name, settings).map_err(AppError::Refused)?;
-        self.egress.check(&provider).map_err(AppError::Refused)?;
+        let configured = self.live.base.get(name).filter(|_| self.live.is_configured(name));
+        self.egress.check(&provider, configured.as_deref()).map_err(AppError::Refused)?;
         Ok(provider)
     }
 
@@ -644,14 +653,8 @@ pub async fn test_endpoints(
     credentials_set: bool,
 ) -> Vec<Check> {
     let mut checks = Vec::new();
-    let mut urls: Vec<(&str, url::Url)> =
-        vec![("authorize_url", p.authorize_url.clone()), ("token_url", p.token_url.clone())];
-    let optional = [
-        ("account_url", p.account_url.clone()),
-        ("api_base_url", p.api_base_url.clone()),
-        ("jwks_url", p.jwks_url.clone()),
-    ];
-    urls.extend(optional.into_iter().filter_map(|(k, u)| u.map(|u| (k, u))));
+    // Not the refresh and revocation endpoints: they answer only a client's authenticated POST.
+    let urls = endpoints(p).into_iter().filter(|(key, _)| !matches!(*key, "refresh_url" | "revoke_url"));
     for (what, url) in urls {
         let check = |ok: bool, detail: String| Check {
             what: format!("{what} ({})", url.origin().ascii_serialization()),
@@ -821,13 +824,71 @@ mod tests {
             resolve("acme", &cfg).unwrap()
         };
         let strict = Egress { private_urls: false, loopback: false };
-        assert!(strict.check(&p("login.acme.example")).is_ok());
-        let e = strict.check(&p("10.0.0.5")).unwrap_err();
+        assert!(strict.check(&p("login.acme.example"), None).is_ok());
+        let e = strict.check(&p("10.0.0.5"), None).unwrap_err();
         assert!(e.contains("authorize_url") && e.contains("public"), "{e}");
-        assert!(strict.check(&p("127.0.0.1:8443")).is_err());
-        assert!(Egress { private_urls: false, loopback: true }.check(&p("127.0.0.1:8443")).is_ok());
-        assert!(Egress { private_urls: false, loopback: true }.check(&p("10.0.0.5")).is_err());
-        assert!(Egress { private_urls: true, loopback: false }.check(&p("10.0.0.5")).is_ok());
+        assert!(strict.check(&p("127.0.0.1:8443"), None).is_err());
+        assert!(Egress { private_urls: false, loopback: true }.check(&p("127.0.0.1:8443"), None).is_ok());
+        assert!(Egress { private_urls: false, loopback: true }.check(&p("10.0.0.5"), None).is_err());
+        assert!(Egress { private_urls: true, loopback: false }.check(&p("10.0.0.5"), None).is_ok());
+    }
+
+    /// Endpoints as Rocket.toml has them are the operator's: an edit on the page re-checks only
+    /// the endpoints it changes.
+    #[test]
+    fn egress_checks_only_endpoints_set_in_the_app() {
+        let p = |authorize: &str, api: &str| {
+            let cfg = ProviderConfig {
+                authorize_url: Some(format!("https://{authorize}/authorize")),
+                token_url: Some("https://10.0.0.5/token".into()),
+                api_base_url: Some(format!("https://{api}/api")),
+                ..Default::default()
+            };
+            resolve("internal", &cfg).unwrap()
+        };
+        let strict = Egress { private_urls: false, loopback: false };
+        let configured = p("10.0.0.5", "10.0.0.5");
+        assert!(strict.check(&configured, Some(&configured)).is_ok(), "nothing set in the app");
+        assert!(strict.check(&p("10.0.0.5", "api.acme.example"), Some(&configured)).is_ok(), "a public one set");
+        let e = strict.check(&p("10.0.0.5", "10.0.0.6"), Some(&configured)).unwrap_err();
+        assert!(e.starts_with("api_base_url") && e.contains("public"), "the private one set in the app: {e}");
+        assert!(strict.check(&configured, None).is_err(), "an added provider: every endpoint");
+    }
+
+    /// The editor hands the egress rule the provider as Rocket.toml configures it: editing a
+    /// configured provider whose endpoints are private (the operator's) is not refused for them.
+    #[test]
+    fn editing_a_configured_provider_checks_only_what_the_app_sets() {
+        let cfg = ProviderConfig {
+            authorize_url: Some("https://10.0.0.5/authorize".into()),
+            token_url: Some("https://10.0.0.5/token".into()),
+            api_base_url: Some("https://10.0.0.5/api".into()),
+            ..Default::default()
+        };
+        let configured = BTreeMap::from([("internal".to_string(), cfg.clone())]);
+        let base = Catalog::assemble(
+            BTreeMap::from([("internal".to_string(), Arc::new(resolve("internal", &cfg).unwrap()))]),
+            BTreeMap::new(),
+        );
+        let live = LiveCatalog::new(configured, base);
+        let cipher = Cipher::from_base64(&Cipher::generate_key(), &[]).unwrap();
+        let editor = Editor {
+            live: &live,
+            cipher: &cipher,
+            actor: Actor::Cli,
+            by: "cli",
+            egress: Egress { private_urls: false, loopback: false },
+        };
+        let set = |json: &str| match serde_json::from_str(json).unwrap() {
+            Value::Object(map) => map,
+            _ => unreachable!(),
+        };
+        assert!(editor.check("internal", &set(r#"{"display_name":"Internal"}"#)).is_ok());
+        let e = editor.check("internal", &set(r#"{"api_base_url":"https://10.0.0.6/api"}"#)).unwrap_err();
+        assert!(e.user_message().contains("api_base_url"), "{e}");
+        let added =
+            editor.check("another", &set(r#"{"authorize_url":"https://10.0.0.5/a","token_url":"https://10.0.0.5/t"}"#));
+        assert!(added.is_err(), "an added provider's endpoints are all the app's");
     }
 
     fn rows(list: &[(&str, Option<&str>, bool)]) -> Vec<StoredProvider> {

@@ -10,8 +10,8 @@ use url::Url;
 use crate::config::{invalid, parse_endpoint, ConfigError, Settings};
 
 pub use crate::config::providers::{
-    AccountMethod, AccountStyle, ClientAuth, ParameterKind, ParameterSpec, ProviderConfig, RevokeMethod, RevokeStyle,
-    TokenRequest,
+    AccountMethod, AccountStyle, ApiExample, ClientAuth, ParameterKind, ParameterSpec, ProviderConfig, RevokeMethod,
+    RevokeStyle, TokenRequest,
 };
 use crate::oauth::parameters;
 pub use crate::oauth::parameters::Parameter;
@@ -100,6 +100,8 @@ pub struct Provider {
     /// The JSON body of a `POST` account call (`account_body`).
     pub account_body: Option<String>,
     pub account_style: AccountStyle,
+    /// Example requests of its API, for the console (`examples`).
+    pub examples: Vec<ApiExample>,
 }
 
 /// How the access token travels to the API: a header whose value is a prefix, the token and a
@@ -328,7 +330,8 @@ pub(crate) fn overlay(base: ProviderConfig, over: &ProviderConfig) -> ProviderCo
         account_style,
         add_account_params,
         revocation_ends_grant,
-        read_methods_are_safe
+        read_methods_are_safe,
+        examples
     )
 }
 
@@ -407,6 +410,7 @@ pub fn resolve(name: &str, cfg: &ProviderConfig) -> Result<Provider, ConfigError
         api_headers,
         account_body: merged.account_body.clone(),
         account_style: merged.account_style.unwrap_or(AccountStyle::Api),
+        examples: merged.examples.clone().unwrap_or_default(),
         parameters: urls.parameters,
     })
 }
@@ -451,6 +455,9 @@ fn check_values(name: &str, merged: &ProviderConfig) -> Result<(), ConfigError> 
             return Err(invalid(key(name), "must be a JSON pointer (starting with `/`, e.g. `/id`)"));
         }
     }
+    for (i, example) in merged.examples.iter().flatten().enumerate() {
+        check_example(example).map_err(|e| invalid(key(&format!("examples[{i}]")), e))?;
+    }
     if merged.token_response_root.as_ref().is_some_and(|root| !root.starts_with('/')) {
         return Err(invalid(key("token_response_root"), "must be a JSON pointer (starting with `/`)"));
     }
@@ -462,6 +469,35 @@ fn check_values(name: &str, merged: &ProviderConfig) -> Result<(), ConfigError> 
         }
     }
     Ok(())
+}
+
+/// The methods the API proxy forwards (one route each in `routes::api`).
+pub const API_METHODS: [&str; 6] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"];
+
+/// The methods that carry a request body through the proxy.
+pub fn method_takes_body(method: &str) -> bool {
+    matches!(method, "POST" | "PUT" | "PATCH")
+}
+
+/// An example request is one the console can send: a method the proxy forwards, a relative path
+/// (its query after `?`), a JSON body only where the method carries one.
+fn check_example(example: &ApiExample) -> Result<(), String> {
+    if example.name.trim().is_empty() {
+        return Err("needs a `name`".into());
+    }
+    if !API_METHODS.contains(&example.method.as_str()) {
+        return Err(format!("`method` must be one of {}", API_METHODS.join(", ")));
+    }
+    if example.path.contains("://") || example.path.starts_with("//") || example.path.split('/').any(|s| s == "..") {
+        return Err("`path` is a path under `api_base_url` (e.g. `/user`), not a URL".into());
+    }
+    match &example.body {
+        Some(_) if !method_takes_body(&example.method) => Err(format!("a {} request has no `body`", example.method)),
+        Some(body) => {
+            serde_json::from_str::<serde_json::Value>(body).map(|_| ()).map_err(|e| format!("`body` is not JSON ({e})"))
+        }
+        None => Ok(()),
+    }
 }
 
 /// A provider's URLs, filled in with its parameters and checked.
@@ -555,6 +591,12 @@ pub fn demo(settings: &Settings) -> Provider {
         api_headers: Vec::new(),
         account_body: None,
         account_style: AccountStyle::Api,
+        examples: vec![ApiExample {
+            name: "Your demo account".into(),
+            method: "GET".into(),
+            path: "/account".into(),
+            body: None,
+        }],
     }
 }
 
@@ -772,6 +814,51 @@ mod tests {
         assert!(params(custom(true, &["openid"], Some(&[]))).is_empty(), "configured empty: none");
         assert_eq!(params(custom(false, &[], Some(&[("login", "1")]))), [("login".to_string(), "1".to_string())]);
         assert!(!resolve("acme", &custom(false, &[], None)).unwrap().revocation_ends_grant);
+    }
+
+    /// Each preset's example requests are ones the console sends: a method the proxy forwards,
+    /// a path under the API base, JSON only where the method carries a body. Most presets offer
+    /// their account call, and a broken example is refused with the key that names it.
+    #[test]
+    fn preset_examples_are_requests_under_the_api_base() {
+        let mut with = 0;
+        for name in preset_names() {
+            let p = resolve(name, &with_examples(name)).unwrap();
+            let base = p.api_base_url.clone().unwrap_or_else(|| panic!("{name} has an API base"));
+            for ex in &p.examples {
+                let typed = crate::oauth::proxy::typed_target(&base, &ex.path, None);
+                assert!(typed.is_ok_and(|t| t.url.as_str().starts_with(base.as_str())), "{name}: {ex:?}");
+                assert!(API_METHODS.contains(&ex.method.as_str()), "{name}: {ex:?}");
+            }
+            with += usize::from(!p.examples.is_empty());
+        }
+        assert!(with >= 30, "{with} presets with examples");
+        let d = resolve("dropbox", &cfg("dropbox")).unwrap();
+        assert_eq!(
+            (d.examples[0].method.as_str(), d.examples[0].path.as_str(), d.examples[0].body.as_deref()),
+            ("POST", "/2/users/get_current_account", Some("null"))
+        );
+        let example = |method: &str, path: &str, body: Option<&str>| ProviderConfig {
+            examples: Some(vec![ApiExample {
+                name: "x".into(),
+                method: method.into(),
+                path: path.into(),
+                body: body.map(str::to_string),
+            }]),
+            ..cfg("github")
+        };
+        for (method, path, body) in [
+            ("TRACE", "/user", None),
+            ("GET", "https://evil.example/user", None),
+            ("GET", "//evil.example/user", None),
+            ("GET", "/../token", None),
+            ("GET", "/user", Some("{}")),
+            ("POST", "/user", Some("{not json")),
+        ] {
+            let err = resolve("gh", &example(method, path, body)).unwrap_err().to_string();
+            assert!(err.contains("providers.gh.examples[0]"), "{method} {path}: {err}");
+        }
+        assert!(resolve("gh", &example("POST", "/user", Some("null"))).is_ok());
     }
 
     /// The preset `name` with each parameter that has no default set to its example.

@@ -197,6 +197,77 @@ pub fn target_url(base: &Url, segments: &[&str], query: Option<&str>) -> Option<
     under_base(base, &url).then_some(url)
 }
 
+/// A request path typed by a person (the console's path field, a preset's example): the raw path
+/// as the proxy would receive it after `/proxy/`, its segments percent-decoded as Rocket decodes
+/// them, the query (normalised as the URL carries it) and the provider URL they make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Typed {
+    pub raw_path: String,
+    pub segments: Vec<String>,
+    pub query: Option<String>,
+    pub url: Url,
+}
+
+impl Typed {
+    /// The path and query after `/proxy/`, encoded as the provider receives them (for a curl line).
+    pub fn proxy_suffix(&self, base: &Url) -> String {
+        let base_path = base.path().trim_end_matches('/');
+        let path = self.url.path().strip_prefix(base_path).unwrap_or("").trim_start_matches('/');
+        path.to_string()
+    }
+}
+
+/// Read `text` (`/files/list?limit=2`, or `files/list`) as a path under `base`, with `more_query`
+/// (`k=v&…`) after its own query. Refused as the proxy refuses a path ([`refused_raw_path`],
+/// [`target_url`]) and more: a URL (`https://…`), `//host`, a fragment, an empty segment.
+pub fn typed_target(base: &Url, text: &str, more_query: Option<&str>) -> Result<Typed, ProxyError> {
+    let text = text.trim();
+    if text.contains("://") || text.starts_with("//") || text.contains('#') {
+        return Err(ProxyError::BadPath);
+    }
+    let (path, own_query) = match text.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (text, None),
+    };
+    let path = path.strip_prefix('/').unwrap_or(path);
+    // A trailing slash is dropped, as Rocket drops it from the proxy's own path.
+    let raw_path = path.strip_suffix('/').unwrap_or(path).to_string();
+    if refused_raw_path(&raw_path) {
+        return Err(ProxyError::BadPath);
+    }
+    let segments = if raw_path.is_empty() {
+        Vec::new()
+    } else {
+        raw_path
+            .split('/')
+            .map(|s| rocket::http::RawStr::new(s).percent_decode().map(|d| d.into_owned()))
+            .collect::<Result<Vec<String>, _>>()
+            .map_err(|_| ProxyError::BadPath)?
+    };
+    let parts: Vec<&str> =
+        [own_query, more_query].into_iter().flatten().map(|q| q.trim_matches('&')).filter(|q| !q.is_empty()).collect();
+    let joined = parts.join("&");
+    let refs: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let url = target_url(base, &refs, (!joined.is_empty()).then_some(joined.as_str())).ok_or(ProxyError::BadPath)?;
+    Ok(Typed { raw_path, segments, query: url.query().map(str::to_string), url })
+}
+
+/// The body of a provider's answer, read up to `limit` bytes: `Err` with the bytes read so far
+/// when it is longer (the proxy cuts such an answer off) or the read failed.
+pub async fn read_capped(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, (Vec<u8>, String)> {
+    let mut bytes = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) if bytes.len() + chunk.len() > limit => {
+                return Err((bytes, format!("the provider's answer exceeds the proxy size cap ({limit} bytes)")));
+            }
+            Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
+            Ok(None) => return Ok(bytes),
+            Err(e) => return Err((bytes, format!("reading the provider's answer failed: {}", e.without_url()))),
+        }
+    }
+}
+
 pub struct Forward<'a> {
     pub method: reqwest::Method,
     /// The request's path as it arrived (percent-encoded), checked with [`refused_raw_path`].
@@ -257,7 +328,7 @@ pub async fn forward(
 mod tests {
     use super::{
         forwardable_headers, forwards_request_header, refused_raw_path, returned_headers, returns_response_header,
-        target_url, upstream_location,
+        target_url, typed_target, upstream_location,
     };
     use url::Url;
 
@@ -398,5 +469,34 @@ mod tests {
         assert!(u.is_none() || u.unwrap().host_str() == Some("api.example.com"));
         let u = target_url(&base, &["@evil.example"], None).unwrap();
         assert_eq!(u.host_str(), Some("api.example.com"));
+    }
+
+    #[test]
+    fn typed_paths_stay_under_the_base_as_the_proxy_keeps_them() {
+        let base = Url::parse("https://api.example.com/v1").unwrap();
+        let t = typed_target(&base, "/files/list%20all?limit=2", Some("q=a b&")).unwrap();
+        assert_eq!(t.url.as_str(), "https://api.example.com/v1/files/list%20all?limit=2&q=a%20b");
+        assert_eq!(t.segments, ["files", "list all"]);
+        assert_eq!((t.raw_path.as_str(), t.query.as_deref()), ("files/list%20all", Some("limit=2&q=a%20b")));
+        assert_eq!(t.proxy_suffix(&base), "files/list%20all");
+        assert_eq!(typed_target(&base, "user/", None).unwrap().url.as_str(), "https://api.example.com/v1/user");
+        assert_eq!(typed_target(&base, "/", None).unwrap().url.as_str(), "https://api.example.com/v1");
+        assert_eq!(typed_target(&base, "", Some("")).unwrap().query, None);
+        for bad in [
+            "../token",
+            "/a/../../token",
+            "https://evil.example/v1/user",
+            "//evil.example/v1",
+            "/v1//x",
+            "a/%2e%2e/b",
+            "a/..%2Fb",
+            "a%2F..%2F..%2Ftoken",
+            "a;b",
+            "a\\b",
+            "a#frag",
+            "a/%ff",
+        ] {
+            assert!(typed_target(&base, bad, None).is_err(), "{bad}");
+        }
     }
 }

@@ -34,6 +34,8 @@ struct AccountPage {
     /// The connection shown, and the others of the service (the picker, when there are several).
     connection_id: Option<i64>,
     accounts: Vec<PickerEntry>,
+    /// The provider has an API base: the page links to its console.
+    has_console: bool,
 }
 
 #[derive(Serialize)]
@@ -84,6 +86,7 @@ async fn account(
     let mut page = AccountPage {
         connection_id: chosen.as_ref().map(|c| c.id),
         accounts,
+        has_console: p.api_base_url.is_some(),
         service: p.name.clone(),
         display_name: p.display_name.clone(),
         state: "ok",

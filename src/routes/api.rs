@@ -29,7 +29,9 @@ pub fn routes() -> Vec<Route> {
 
 type ApiResult<T> = Result<T, AppError>;
 
-fn provider(app: &AppState, service: &str) -> ApiResult<std::sync::Arc<Provider>> {
+/// The provider in effect named `service`: 409 `service_disabled` for one an administrator
+/// disabled, 404 `unknown_service` otherwise. Shared with `/mcp`.
+pub(crate) fn provider(app: &AppState, service: &str) -> ApiResult<std::sync::Arc<Provider>> {
     let catalog = app.catalog.current();
     match catalog.get(service) {
         Some(p) => Ok(p),
@@ -69,16 +71,18 @@ struct ConnectionOut {
 }
 
 /// The user's connections: service, scopes, expiry, status. Never a token. A key limited to
-/// some services sees only those.
+/// some services sees only those; those of a provider an administrator disabled are left out
+/// (the API hides a disabled provider: its other routes answer 409 `service_disabled`).
 #[get("/connections")]
 async fn list_connections(app: &State<AppState>, user: &ApiUser) -> ApiResult<Json<Vec<ConnectionOut>>> {
     user.require(Capability::ConnectionsRead, None)?;
     let uid = user.id;
     let rows = app.db.run(move |conn| Ok(connections::list_for_user(conn, uid)?)).await?;
+    let catalog = app.catalog.current();
     Ok(Json(
         rows.iter()
-            .filter(|c| user.scope.allows_service(&c.service))
-            .map(|c| ConnectionOut::from(ConnectionView::of(c, &app.catalog.current())))
+            .filter(|c| user.scope.allows_service(&c.service) && !catalog.is_disabled(&c.service))
+            .map(|c| ConnectionOut::from(ConnectionView::of(c, &catalog)))
             .collect(),
     ))
 }
@@ -156,11 +160,38 @@ pub(crate) fn read_entry(
     row: &connections::Connection,
     ip: Option<impl ToString>,
 ) -> audit::Entry {
-    let entry =
-        audit::Entry::new(kind, user.actor()).user(user.id).service(&row.service).connection(row.id).address(ip);
-    match row.account() {
-        Some(a) => entry.with("account", a.id),
-        None => entry,
+    Caller::from(user).entry(kind, row, ip)
+}
+
+/// Who a proxied call is for and who makes it, as its audit entry names them: an API key or grant
+/// (`/api/v1`, `/mcp`), or the signed-in user on the console (`via = "console"`).
+pub(crate) struct Caller {
+    pub user_id: i64,
+    pub actor: audit::Actor,
+    pub via: Option<&'static str>,
+}
+
+impl From<&ApiUser> for Caller {
+    fn from(user: &ApiUser) -> Caller {
+        Caller { user_id: user.id, actor: user.actor(), via: None }
+    }
+}
+
+impl Caller {
+    fn entry(&self, kind: audit::Kind, row: &connections::Connection, ip: Option<impl ToString>) -> audit::Entry {
+        let entry = audit::Entry::new(kind, self.actor.clone())
+            .user(self.user_id)
+            .service(&row.service)
+            .connection(row.id)
+            .address(ip);
+        let entry = match row.account() {
+            Some(a) => entry.with("account", a.id),
+            None => entry,
+        };
+        match self.via {
+            Some(via) => entry.with("via", via),
+            None => entry,
+        }
     }
 }
 
@@ -337,6 +368,17 @@ pub(crate) async fn forward_audited(
     forward: Forward<'_>,
     address: Option<String>,
 ) -> ApiResult<proxy::Answer> {
+    forward_audited_by(app, &Caller::from(user), (p, which, row), forward, address).await
+}
+
+/// [`forward_audited`] for any [`Caller`] (the console's signed-in user too).
+pub(crate) async fn forward_audited_by(
+    app: &AppState,
+    caller: &Caller,
+    (p, which, row): (&Provider, Which, &connections::Connection),
+    forward: Forward<'_>,
+    address: Option<String>,
+) -> ApiResult<proxy::Answer> {
     let (method, template) = (forward.method.to_string(), audit::path_template(&forward.segments));
     let result = proxy::forward(&app.access(), which, p, forward).await.map_err(|e| e.into_app_error(p));
     let status = match &result {
@@ -344,7 +386,8 @@ pub(crate) async fn forward_audited(
         Err(e) => e.status().code,
     };
     app.audit.read(
-        read_entry(audit::Kind::ProxyCall, user, row, address)
+        caller
+            .entry(audit::Kind::ProxyCall, row, address)
             .with("method", method)
             .with("path", template)
             .with("status", status),
@@ -364,7 +407,7 @@ pub(crate) struct ChoiceQuery {
 
 /// The token API and the proxy read them alike: a parameter given twice is a 400 (which one
 /// would win is a guess a script should not depend on).
-fn split_query(query: Option<&str>) -> Result<(ChoiceQuery, Option<String>), AppError> {
+pub(crate) fn split_query(query: Option<&str>) -> Result<(ChoiceQuery, Option<String>), AppError> {
     let mut choice = ChoiceQuery::default();
     let Some(query) = query else { return Ok((choice, None)) };
     let mut rest = Vec::new();

@@ -13,7 +13,7 @@ use rocket_dyn_templates::Template;
 use serde::Serialize;
 
 use crate::auth::{AdminUser, Csrf, CsrfField, CsrfOnly, CurrentUser};
-use crate::authz::clients::{self, redirect_host};
+use crate::authz::clients::{self, redirect_host, Registration};
 use crate::authz::grants::{self, GrantScope};
 use crate::changes::{Actor, GrantEnd};
 use crate::db::models::authz::{self as model, Client, ClientKind, Grant};
@@ -23,7 +23,7 @@ use crate::util::{format_utc, now, relative_time, ExposeSecret};
 use crate::web::{Flash, Layout, Page};
 
 pub fn routes() -> Vec<Route> {
-    routes![apps_page, revoke_own, admin_page, admin_register, admin_revoke]
+    routes![apps_page, revoke_own, admin_page, admin_register, admin_revoke, admin_delete_client]
 }
 
 #[derive(Serialize)]
@@ -100,6 +100,7 @@ async fn revoke_own(
 
 #[derive(Serialize)]
 struct ClientView {
+    id: i64,
     client_id: String,
     name: String,
     kind: &'static str,
@@ -132,6 +133,7 @@ async fn render_admin(
         clients: all_clients
             .iter()
             .map(|c| ClientView {
+                id: c.id,
                 client_id: c.client_id.clone(),
                 name: c.name.clone(),
                 kind: match c.kind {
@@ -184,9 +186,16 @@ async fn admin_register(
 ) -> AppResult<(Status, Template)> {
     let form = form.into_inner();
     let uris: Vec<String> = form.redirect_uris.split_whitespace().map(str::to_string).collect();
-    let (name, confidential) = (form.name.clone(), form.confidential);
-    let registered =
-        app.db.run(move |conn| clients::register(conn, ClientKind::Admin, &name, &uris, confidential, None)).await;
+    let (name, confidential, by) = (form.name.clone(), form.confidential, Actor::User(admin.0.id));
+    let registered = app
+        .db
+        .write(app.ledger(), move |tx| {
+            let kind = ClientKind::Admin;
+            let r = Registration { kind, name: &name, redirect_uris: &uris, confidential, by, address: None };
+            clients::register(tx, r)
+        })
+        .await
+        .map(|done| done.settle(app.effects()));
     match registered {
         Ok(r) => {
             tracing::info!(user_id = admin.0.id, client = %r.client.client_id, "OAuth client registered");
@@ -212,4 +221,22 @@ async fn admin_revoke(
     }
     tracing::info!(user_id = admin.0.id, grant_id = id, "grant revoked by an administrator");
     Ok(Flash::success(Redirect::to(uri!(admin_page)), "The grant was revoked."))
+}
+
+/// Delete a client: its live grants revoked (each audited and sent as `grant.revoked`), its codes
+/// and tokens deleted, in one unit of work; its tokens are refused on every instance at once. A
+/// metadata-document client comes back if the document is used again, but without a grant: its
+/// users must consent again.
+#[post("/admin/oauth-clients/<id>/delete", data = "<_form>")]
+async fn admin_delete_client(
+    app: &State<AppState>,
+    admin: AdminUser<'_>,
+    id: i64,
+    _form: Csrf<CsrfOnly>,
+) -> AppResult<Flash<Redirect>> {
+    if !clients::delete(&app.db, app.ledger(), app.effects(), id, Actor::User(admin.0.id)).await? {
+        return Err(AppError::NotFound);
+    }
+    tracing::info!(user_id = admin.0.id, client = id, "OAuth client deleted by an administrator");
+    Ok(Flash::success(Redirect::to(uri!(admin_page)), "The client was deleted and its grants revoked."))
 }

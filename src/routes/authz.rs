@@ -154,7 +154,7 @@ fn protected_resource(app: &State<AppState>, path: std::path::PathBuf) -> AppRes
 async fn find_client(app: &AppState, client_id: &str) -> AppResult<Result<Client, String>> {
     if metadata_doc::is_document_url(client_id) {
         let private = app.settings.webhooks.private_urls;
-        return metadata_doc::resolve(&app.db, &app.settings.http, private, client_id).await;
+        return metadata_doc::resolve(app, private, client_id).await;
     }
     let id = client_id.to_string();
     let found = app.db.run(move |conn| Ok(model::find_client(conn, &id)?)).await?;
@@ -843,11 +843,15 @@ async fn register(
     }
     let uris = req.redirect_uris.unwrap_or_default();
     let name = req.client_name.unwrap_or_else(|| uris.first().map(|u| redirect_host(u)).unwrap_or_default());
-    let address = ip.map(|i| i.to_string());
     let registered = app
         .db
-        .run(move |conn| clients::register(conn, ClientKind::Dynamic, &name, &uris, confidential, address.as_deref()))
-        .await;
+        .write(app.ledger(), move |tx| {
+            let (kind, by) = (ClientKind::Dynamic, crate::changes::Actor::System);
+            let r = clients::Registration { kind, name: &name, redirect_uris: &uris, confidential, by, address: ip };
+            clients::register(tx, r)
+        })
+        .await
+        .map(|done| done.settle(app.effects()));
     let registered = match registered {
         Ok(r) => r,
         Err(AppError::BadRequest(why)) => {

@@ -6,7 +6,13 @@
 //!   response with 202. `initialize` negotiates the version and issues an `Mcp-Session-Id`, which
 //!   every later message must carry (unknown or ended: 404; missing: 400).
 //! - `GET /mcp`: 405 (no server-initiated stream is offered). `DELETE /mcp`: ends the session.
-//! - `Origin`, when sent, must be the app's own origin (DNS-rebinding protection): else 403.
+//! - `Origin`, when sent, must be the app's own origin or one of `mcp_allowed_origins` (a
+//!   browser-based client, answered with CORS headers by `crate::web::cors`): else 403
+//!   (DNS-rebinding protection).
+//! - A client that declared URL-mode elicitation (2025-11-25) gets a refusal that carries a
+//!   connect link as a `URLElicitationRequiredError` (-32042); others get the tool error.
+//! - Sessions live in this process's memory: a client sent to another instance gets 404 for its
+//!   session and initializes again, as the specification says (docs/multi-instance.md).
 //!
 //! Tools: `list_connections`, `call_api` (through the same proxy code as `/api/v1/…/proxy`:
 //! `routes::api::proxy_target` and `forward_audited`), `get_account`. `tools/list` shows only
@@ -51,6 +57,8 @@ struct Session {
     grant_id: i64,
     version: &'static str,
     last_used: i64,
+    /// The client declared URL-mode elicitation (`capabilities.elicitation.url`, 2025-11-25).
+    url_elicitation: bool,
 }
 
 /// The live sessions of this process (managed state). A session is bound to the grant that
@@ -59,7 +67,7 @@ struct Session {
 pub struct Sessions(Mutex<HashMap<String, Session>>);
 
 impl Sessions {
-    fn open(&self, grant_id: i64, version: &'static str) -> String {
+    fn open(&self, grant_id: i64, version: &'static str, url_elicitation: bool) -> String {
         let id = random_token(24);
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let at = now();
@@ -69,7 +77,7 @@ impl Sessions {
                 map.remove(&oldest);
             }
         }
-        map.insert(id.clone(), Session { grant_id, version, last_used: at });
+        map.insert(id.clone(), Session { grant_id, version, last_used: at, url_elicitation });
         id
     }
 
@@ -80,6 +88,12 @@ impl Sessions {
         let s = map.get_mut(id).filter(|s| s.grant_id == grant_id && s.last_used > at - SESSION_IDLE)?;
         s.last_used = at;
         Some(s.version)
+    }
+
+    /// Whether the session's client declared URL-mode elicitation.
+    fn url_elicitation(&self, id: &str) -> bool {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(id).is_some_and(|s| s.url_elicitation)
     }
 
     fn end(&self, id: &str, grant_id: i64) -> bool {
@@ -160,11 +174,11 @@ impl<'r> Responder<'r, 'static> for McpAnswer {
     }
 }
 
-/// 403 unless `origin` (when sent) is the app's own origin.
+/// 403 unless `origin` (when sent) is the app's own origin or one of `mcp_allowed_origins`
+/// (`crate::web::cors`).
 fn origin_refused(app: &AppState, origin: Option<&str>) -> Option<McpAnswer> {
     let origin = origin?;
-    let own = url::Url::parse(&app.settings.url("")).ok()?.origin().ascii_serialization();
-    (origin.trim_end_matches('/') != own)
+    (!crate::web::cors::mcp_origin_allowed(&app.settings, origin))
         .then(|| McpAnswer::error(Status::Forbidden, Value::Null, -32600, "Forbidden: this Origin is not allowed."))
 }
 
@@ -276,25 +290,7 @@ async fn post_mcp(app: &State<AppState>, sessions: &State<Sessions>, headers: Mc
         }
     }
     if method == Some("initialize") {
-        let Some(id) = id else {
-            return McpAnswer::error(Status::BadRequest, Value::Null, -32600, "initialize is a request (an id).");
-        };
-        let asked = message.pointer("/params/protocolVersion").and_then(Value::as_str);
-        let Some(asked) = asked else {
-            return McpAnswer::error(Status::Ok, id, -32602, "Invalid params: protocolVersion is required.");
-        };
-        let version = VERSIONS.iter().find(|v| **v == asked).copied().unwrap_or(VERSIONS[0]);
-        let session = sessions.open(grant_id(&user), version);
-        let result = json!({
-            "protocolVersion": version,
-            "capabilities": {"tools": {"listChanged": false}},
-            "serverInfo": {"name": "tokenvault", "title": "tokenvault", "version": env!("CARGO_PKG_VERSION")},
-            "instructions": "Call the APIs of the services the user connected in tokenvault. list_connections \
-                             says what is connected; call_api calls a provider's API with the user's stored \
-                             token (never shown); get_account shows the connected account.",
-        });
-        return McpAnswer::json(Status::Ok, json!({"jsonrpc": "2.0", "id": id, "result": result}))
-            .header("Mcp-Session-Id", session);
+        return initialize(sessions, &user, id, &message);
     }
     let Some(session) = headers.session.as_deref() else {
         return McpAnswer::error(Status::BadRequest, id.unwrap_or(Value::Null), -32600, "Mcp-Session-Id is required.");
@@ -313,7 +309,13 @@ async fn post_mcp(app: &State<AppState>, sessions: &State<Sessions>, headers: Mc
     let answer = match method {
         "ping" => Ok(json!({})),
         "tools/list" => Ok(json!({"tools": tools_for(&user)})),
-        "tools/call" => call_tool(app, &user, &params, headers.address.clone()).await,
+        "tools/call" => match call_tool(app, &user, &params, headers.address.clone()).await {
+            Ok(result) if sessions.url_elicitation(session) => match url_elicitation_required(&result) {
+                Some(error) => return McpAnswer::json(Status::Ok, json!({"jsonrpc": "2.0", "id": id, "error": error})),
+                None => Ok(result),
+            },
+            other => other,
+        },
         _ => Err((-32601, format!("Method not found: {}", crate::util::capped(method, 100)))),
     };
     let body = match answer {
@@ -321,6 +323,32 @@ async fn post_mcp(app: &State<AppState>, sessions: &State<Sessions>, headers: Mc
         Err((code, message)) => json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}}),
     };
     McpAnswer::json(Status::Ok, body)
+}
+
+/// `initialize`: the version negotiated, a session opened for the grant (with whether the client
+/// declared URL-mode elicitation), the server's capabilities.
+fn initialize(sessions: &Sessions, user: &ApiUser, id: Option<Value>, message: &Value) -> McpAnswer {
+    let Some(id) = id else {
+        return McpAnswer::error(Status::BadRequest, Value::Null, -32600, "initialize is a request (an id).");
+    };
+    let asked = message.pointer("/params/protocolVersion").and_then(Value::as_str);
+    let Some(asked) = asked else {
+        return McpAnswer::error(Status::Ok, id, -32602, "Invalid params: protocolVersion is required.");
+    };
+    let version = VERSIONS.iter().find(|v| **v == asked).copied().unwrap_or(VERSIONS[0]);
+    // URL-mode elicitation is 2025-11-25's; declared by a non-null `elicitation.url`.
+    let url_mode =
+        version == VERSIONS[0] && message.pointer("/params/capabilities/elicitation/url").is_some_and(|u| !u.is_null());
+    let session = sessions.open(grant_id(user), version, url_mode);
+    let result = json!({
+        "protocolVersion": version,
+        "capabilities": {"tools": {"listChanged": false}},
+        "serverInfo": {"name": "tokenvault", "title": "tokenvault", "version": env!("CARGO_PKG_VERSION")},
+        "instructions": "Call the APIs of the services the user connected in tokenvault. list_connections \
+                         says what is connected; call_api calls a provider's API with the user's stored \
+                         token (never shown); get_account shows the connected account.",
+    });
+    McpAnswer::json(Status::Ok, json!({"jsonrpc": "2.0", "id": id, "result": result})).header("Mcp-Session-Id", session)
 }
 
 /// The tools, each with the capabilities its grant needs (all of them).
@@ -410,6 +438,30 @@ fn tool_error(app: &AppState, user: &ApiUser, service: Option<&str>, e: AppError
     tool_result(out, true)
 }
 
+/// For a client that declared URL-mode elicitation: a tool refusal carrying a link for the user
+/// (not connected, reconnect required, a permission missing) as the `URLElicitationRequiredError`
+/// (-32042) of MCP 2025-11-25, the link as its one elicitation. The server offers no stream
+/// (`GET /mcp` is 405), so no `notifications/elicitation/complete` follows: the client calls
+/// again once the user says they are done, as the specification allows.
+fn url_elicitation_required(result: &Value) -> Option<Value> {
+    let refused = result.get("structuredContent").filter(|_| result["isError"] == true)?;
+    let url = refused.get("connect_url")?.as_str()?;
+    let message = refused["message"].as_str().unwrap_or("Open the link to continue in tokenvault.");
+    Some(json!({
+        "code": URL_ELICITATION_REQUIRED,
+        "message": message,
+        "data": {"elicitations": [{
+            "mode": "url",
+            "elicitationId": random_token(16),
+            "url": url,
+            "message": message,
+        }]},
+    }))
+}
+
+/// The JSON-RPC error code of `URLElicitationRequiredError` (MCP 2025-11-25).
+pub const URL_ELICITATION_REQUIRED: i64 = -32042;
+
 /// The Redirector's page for `service`, for the grant's user only (`for_user`: another signed-in user
 /// is refused).
 pub fn connect_link(app: &AppState, user: &ApiUser, service: &str) -> String {
@@ -456,6 +508,7 @@ async fn list_connections(app: &AppState, user: &ApiUser, service: Option<&str>)
     let list: Vec<Value> = rows
         .iter()
         .filter(|c| user.scope.allows_service(&c.service) && service.is_none_or(|s| s == c.service))
+        .filter(|c| !catalog.is_disabled(&c.service))
         .map(|c| {
             let v = ConnectionView::of(c, &catalog);
             json!({
@@ -490,8 +543,10 @@ async fn get_account(
     if let Err(e) = needs.iter().try_for_each(|c| user.require(*c, Some(service))) {
         return Ok(tool_error(app, user, Some(service), e));
     }
-    let Some(p) = app.catalog.get(service) else {
-        return Ok(tool_error(app, user, Some(service), AppError::UnknownService));
+    // A disabled provider: `service_disabled`, as the API answers.
+    let p = match crate::routes::api::provider(app, service) {
+        Ok(p) => p,
+        Err(e) => return Ok(tool_error(app, user, Some(service), e)),
     };
     if p.account_url.is_none() {
         let e = AppError::BadRequest(format!("{} has no account API configured.", p.display_name));
@@ -639,7 +694,7 @@ mod tests {
     #[test]
     fn a_session_is_bound_to_its_grant_and_ends_once() {
         let sessions = Sessions::default();
-        let id = sessions.open(7, VERSIONS[1]);
+        let id = sessions.open(7, VERSIONS[1], false);
         assert_eq!(sessions.use_session(&id, 7), Some("2025-06-18"));
         assert_eq!(sessions.use_session(&id, 8), None, "another grant's token");
         assert_eq!(sessions.use_session("nope", 7), None);
@@ -647,7 +702,8 @@ mod tests {
         assert!(sessions.end(&id, 7));
         assert!(!sessions.end(&id, 7));
         assert_eq!(sessions.use_session(&id, 7), None);
-        let (a, b) = (sessions.open(1, VERSIONS[0]), sessions.open(1, VERSIONS[0]));
+        let (a, b) = (sessions.open(1, VERSIONS[0], false), sessions.open(1, VERSIONS[0], true));
+        assert!(!sessions.url_elicitation(&a) && sessions.url_elicitation(&b));
         assert_ne!(a, b, "fresh random ids");
         assert!(a.len() >= 32);
     }
@@ -655,7 +711,7 @@ mod tests {
     #[test]
     fn idle_sessions_expire() {
         let sessions = Sessions::default();
-        let id = sessions.open(1, VERSIONS[0]);
+        let id = sessions.open(1, VERSIONS[0], false);
         sessions.0.lock().unwrap().get_mut(&id).unwrap().last_used -= super::SESSION_IDLE + 1;
         assert_eq!(sessions.use_session(&id, 1), None);
     }

@@ -8,6 +8,7 @@ pub mod apps;
 pub mod audit;
 pub mod auth;
 pub mod authz;
+pub mod console;
 pub mod health;
 pub mod home;
 pub mod mcp;

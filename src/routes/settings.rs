@@ -68,6 +68,10 @@ struct ConnectionRow {
     known_service: bool,
     can_revoke: bool,
     has_account_page: bool,
+    /// The API console (`/services/<s>/console`): the provider is in effect and has an API base.
+    has_console: bool,
+    /// An administrator disabled the provider: the connection can still be revoked or deleted.
+    disabled: bool,
     events: Vec<EventView>,
 }
 
@@ -114,7 +118,8 @@ async fn oauth2(app: &State<AppState>, user: &CurrentUser, layout: Layout) -> Ap
                     detail: e.detail,
                 })
                 .collect();
-            ConnectionRow::of(ConnectionView::of(&c, &catalog), first, events, now)
+            let disabled = catalog.is_disabled(&c.service);
+            ConnectionRow::of(ConnectionView::of(&c, &catalog), (first, disabled), events, now)
         })
         .collect();
     let mut connections: Vec<ConnectionRow> = connections;
@@ -133,7 +138,7 @@ async fn oauth2(app: &State<AppState>, user: &CurrentUser, layout: Layout) -> Ap
 impl ConnectionRow {
     /// A connection's row on the page (`first`: the first of its service; `events`: the
     /// service's history, moved under its last row by the caller).
-    fn of(v: ConnectionView, first: bool, events: Vec<EventView>, now: i64) -> ConnectionRow {
+    fn of(v: ConnectionView, (first, disabled): (bool, bool), events: Vec<EventView>, now: i64) -> ConnectionRow {
         let more = v.more_scopes();
         let reconnect = matches!(v.health, Health::ReconnectRequired { .. });
         ConnectionRow {
@@ -142,9 +147,13 @@ impl ConnectionRow {
             not_granted: v.not_granted(),
             upgrade_url: (!more.is_empty() && !reconnect)
                 .then(|| crate::routes::services::upgrade_path(&v.service, v.id, &more)),
-            known_service: v.provider.is_some(),
+            // A disabled provider's connection: no reconnect, account page or console (they answer
+            // 409 service_disabled), but Revoke and Delete stay.
+            known_service: v.provider.is_some() && !disabled,
             can_revoke: v.provider.as_ref().is_some_and(|p| p.can_revoke()),
-            has_account_page: v.provider.as_ref().is_some_and(|p| p.account_url.is_some()),
+            has_account_page: !disabled && v.provider.as_ref().is_some_and(|p| p.account_url.is_some()),
+            has_console: !disabled && v.provider.as_ref().is_some_and(|p| p.api_base_url.is_some()),
+            disabled,
             obtained: relative_time(v.obtained_at, now),
             obtained_utc: format_utc(v.obtained_at),
             expires: v.expires_at.map(|e| relative_time(e, now)).unwrap_or_else(|| "never".into()),
@@ -227,7 +236,9 @@ async fn revoke(
     service: &str,
     form: Csrf<ConnectionForm>,
 ) -> AppResult<Flash<Redirect>> {
-    let p = crate::routes::services::provider(app, service)?;
+    // A provider an administrator disabled too: the tokens are the user's to remove, and the
+    // revocation is tried with the provider's settings as stored.
+    let p = app.catalog.current().get_any(service).ok_or(AppError::NotFound)?;
     let outcome = revoke_and_delete(&app.access(), which(user, &form)?, &p).await?;
     let name = &p.display_name;
     let back = Redirect::to(uri!(oauth2));

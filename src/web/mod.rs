@@ -1,6 +1,7 @@
 //! The web layer shared by every page: the page context, flash messages, request ids,
 //! security headers, request logging, and reading form and query fields once (`fields`).
 
+pub mod cors;
 mod error_page;
 mod fairings;
 pub mod fields;

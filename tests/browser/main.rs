@@ -22,6 +22,7 @@ mod account;
 mod accounts;
 mod admin;
 mod connect;
+mod console;
 mod cross_origin;
 mod headers;
 mod mcp_sdk_oauth;

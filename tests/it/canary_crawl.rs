@@ -693,6 +693,11 @@ async fn no_secret_leaks_into_pages_headers_logs_or_the_database() {
     // The proxy (the fake echoes what it received).
     c.proxy(Method::GET, "/api/v1/services/fake/proxy/anything?probe=1", &api_key, None).await;
     c.proxy(Method::POST, "/api/v1/services/fake/proxy/anything", &api_key, Some(r#"{"hello":"provider"}"#)).await;
+    // The console: a call through the proxy's code shown on a page — the fake's echo of the
+    // Authorization header it received included — with every token blanked out.
+    c.get("/services/fake/console").await.expect(200);
+    let fields = [("method", "POST"), ("path", "/anything"), ("body", r#"{"hello":"console"}"#)];
+    c.submit("/services/fake/console", "/services/fake/console", &fields).await.expect(200);
 
     // Failing callbacks: none may reach the token endpoint.
     let exchanges_before = fake.token_calls().await - fake.refresh_calls().await;

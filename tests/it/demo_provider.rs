@@ -9,9 +9,9 @@ use tokenvault::util::ExposeSecret;
 use reqwest::redirect::Policy;
 use reqwest::StatusCode;
 
-struct Live {
-    base: String,
-    http: reqwest::Client,
+pub(crate) struct Live {
+    pub(crate) base: String,
+    pub(crate) http: reqwest::Client,
     db: tokenvault::db::Db,
     /// The binary (see `common::binary::spawn`), stopped before the database is dropped.
     _server: common::binary::Server,
@@ -20,7 +20,7 @@ struct Live {
     cipher: tokenvault::vault::Cipher,
 }
 
-async fn launch() -> Live {
+pub(crate) async fn launch() -> Live {
     launch_with(120).await
 }
 
@@ -45,22 +45,22 @@ async fn launch_with(demo_token_lifetime: i64) -> Live {
     Live { base: server.base.clone(), http, db, _server: server, _database: database, _dir: dir, cipher }
 }
 
-fn hidden_fields(html: &str) -> BTreeMap<String, String> {
+pub(crate) fn hidden_fields(html: &str) -> BTreeMap<String, String> {
     let re = regex::Regex::new(r#"<input type="hidden" name="([a-z_]+)" value="([^"]*)""#).unwrap();
     re.captures_iter(html).map(|c| (c[1].to_string(), c[2].replace("&amp;", "&").replace("&#x3D;", "="))).collect()
 }
 
 impl Live {
-    async fn get(&self, path: &str) -> reqwest::Response {
+    pub(crate) async fn get(&self, path: &str) -> reqwest::Response {
         let url = if path.starts_with("http") { path.to_string() } else { format!("{}{path}", self.base) };
         self.http.get(url).send().await.unwrap()
     }
 
-    async fn post(&self, path: &str, form: &BTreeMap<String, String>) -> reqwest::Response {
+    pub(crate) async fn post(&self, path: &str, form: &BTreeMap<String, String>) -> reqwest::Response {
         self.http.post(format!("{}{path}", self.base)).form(form).send().await.unwrap()
     }
 
-    async fn signup(&self) {
+    pub(crate) async fn signup(&self) {
         let page = self.get("/signup").await.text().await.unwrap();
         let mut form = hidden_fields(&page);
         form.insert("username".into(), "alice".into());
@@ -70,7 +70,7 @@ impl Live {
     }
 
     /// Redirector → consent page; returns the consent form's fields.
-    async fn to_consent(&self) -> BTreeMap<String, String> {
+    pub(crate) async fn to_consent(&self) -> BTreeMap<String, String> {
         let page = self.get("/services/demo/authorize").await.text().await.unwrap();
         assert!(page.contains(r#"id="authorize""#), "{page}");
         let res = self.post("/services/demo/authorize", &hidden_fields(&page)).await;
@@ -82,7 +82,7 @@ impl Live {
         hidden_fields(&consent)
     }
 
-    async fn decide(&self, mut form: BTreeMap<String, String>, decision: &str) -> String {
+    pub(crate) async fn decide(&self, mut form: BTreeMap<String, String>, decision: &str) -> String {
         form.insert("decision".into(), decision.into());
         form.insert("account".into(), "alice@demo.example".into());
         let res = self.post("/demo/oauth2/authorize", &form).await;
@@ -108,7 +108,7 @@ impl Live {
         std::thread::sleep(std::time::Duration::from_millis(1500));
     }
 
-    fn tokens(&self) -> Option<(String, Option<String>)> {
+    pub(crate) fn tokens(&self) -> Option<(String, Option<String>)> {
         let mut conn = self.db.conn().unwrap();
         let c = tokenvault::db::models::connections::find(&mut conn, 1, "demo").unwrap()?;
         let (a, r) = tokenvault::oauth::store::open_tokens(&self.cipher, &c).unwrap();
@@ -371,21 +371,34 @@ async fn the_console_is_for_administrators_and_checks_its_input() {
     );
 }
 
+/// Run tests/fixtures/mcp_sdk_client.mjs with `args`: its `RESULT` line and that JSON.
+async fn run_mcp_sdk_client(sdk: &std::path::Path, args: &[&str]) -> (String, serde_json::Value) {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mcp_sdk_client.mjs");
+    let run =
+        tokio::process::Command::new("node").arg(script).args(args).env("MCP_SDK", sdk).kill_on_drop(true).output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), run).await.expect("in time").unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .unwrap_or_else(|| panic!("the MCP client failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr)))
+        .to_string();
+    let result = serde_json::from_str(&line).unwrap();
+    (line, result)
+}
+
 /// A real MCP client — the official TypeScript SDK's `Client` with its
 /// `StreamableHTTPClientTransport`, run by Node.js — against the binary: with an access token for
 /// `/mcp` from tokenvault's authorization server (consent given by alice), it initializes, lists
 /// the tools and calls `call_api` on the demo provider alice connected; the provider's token
-/// never appears in what it receives.
+/// never appears in what it receives. Before alice connects it, a client declaring URL-mode
+/// elicitation receives the connect link as the SDK's `UrlElicitationRequiredError`.
 #[tokio::test]
 async fn a_real_mcp_client_lists_tools_and_calls_the_demo_api() {
     use crate::oauth_server::{authorize_url, consent_fields, pkce, query_of, REDIRECT};
     let Some(sdk) = common::node::mcp_sdk("the MCP SDK test") else { return };
     let live = launch().await;
     live.signup().await;
-    let consent = live.to_consent().await;
-    let callback = live.decide(consent, "allow").await;
-    assert_eq!(live.get(&callback).await.status(), StatusCode::SEE_OTHER);
-    let (demo_access, _) = live.tokens().expect("demo connected");
 
     // An OAuth client registers, alice consents, the code is exchanged for a /mcp token.
     let registered: serde_json::Value = live
@@ -432,20 +445,22 @@ async fn a_real_mcp_client_lists_tools_and_calls_the_demo_api() {
         .unwrap();
     let access = tokens["access_token"].as_str().expect("an access token").to_string();
 
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mcp_sdk_client.mjs");
-    let run = tokio::process::Command::new("node")
-        .arg(script)
-        .args([&mcp, &access, "demo", "account"])
-        .env("MCP_SDK", &sdk)
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(std::time::Duration::from_secs(60), run).await.expect("in time").unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let line = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("RESULT "))
-        .unwrap_or_else(|| panic!("the MCP client failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr)));
-    let result: serde_json::Value = serde_json::from_str(line).unwrap();
+    // Before alice connects the demo provider: a client that declared URL-mode elicitation gets
+    // the SDK's UrlElicitationRequiredError with the connect link, for alice only.
+    let (_, elicited) = run_mcp_sdk_client(&sdk, &[&mcp, &access, "demo", "account", "elicit"]).await;
+    assert_eq!(elicited["code"], -32042, "{elicited}");
+    let e = &elicited["elicitations"][0];
+    assert_eq!(e["mode"], "url", "{elicited}");
+    let link = e["url"].as_str().unwrap();
+    assert!(link.starts_with(&format!("{}/services/demo/authorize?for_user=", live.base)), "{link}");
+    assert!(e["elicitationId"].as_str().is_some_and(|id| !id.is_empty()));
+    // alice connects it; then the same client's calls succeed.
+    let consent = live.to_consent().await;
+    let callback = live.decide(consent, "allow").await;
+    assert_eq!(live.get(&callback).await.status(), StatusCode::SEE_OTHER);
+    let (demo_access, _) = live.tokens().expect("demo connected");
+
+    let (line, result) = run_mcp_sdk_client(&sdk, &[&mcp, &access, "demo", "account"]).await;
     assert_eq!(result["protocolVersion"], "2025-11-25", "{result}");
     assert!(result["sessionId"].as_str().is_some_and(|s| !s.is_empty()));
     assert_eq!(result["server"]["name"], "tokenvault");

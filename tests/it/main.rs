@@ -18,6 +18,8 @@ mod canary_crawl;
 mod catalog_presets;
 mod cli;
 mod connect_flow;
+mod console;
+mod cors;
 mod crash_safety;
 mod demo_provider;
 mod deploy;

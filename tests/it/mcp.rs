@@ -10,7 +10,7 @@ use crate::common::{builder, Agent, TestApp, PUBLIC_URL};
 use crate::oauth_server::{authorize_url, consent, exchange, pkce, register, REDIRECT};
 
 /// A full flow for the `/mcp` resource with `scope`: the access token.
-async fn mcp_token(app: &TestApp, user: &Agent<'_>, scope: &str) -> String {
+pub(crate) async fn mcp_token(app: &TestApp, user: &Agent<'_>, scope: &str) -> String {
     mcp_token_at(app, user, scope, PUBLIC_URL).await
 }
 
@@ -60,7 +60,7 @@ fn initialize(version: &str) -> String {
 }
 
 /// Initialize: the session id.
-async fn session(app: &TestApp, token: &str) -> String {
+pub(crate) async fn session(app: &TestApp, token: &str) -> String {
     let a = post(app, Some(token), &[], &initialize("2025-11-25")).await;
     assert_eq!(a.status, Status::Ok, "{}", a.text);
     a.session.expect("a session id")
@@ -75,7 +75,7 @@ async fn rpc(app: &TestApp, token: &str, session: &str, method: &str, params: Va
     a.json
 }
 
-async fn call(app: &TestApp, token: &str, session: &str, tool: &str, args: Value) -> Value {
+pub(crate) async fn call(app: &TestApp, token: &str, session: &str, tool: &str, args: Value) -> Value {
     let answer = rpc(app, token, session, "tools/call", json!({"name": tool, "arguments": args})).await;
     answer["result"].clone()
 }
@@ -414,4 +414,113 @@ async fn call_api_refuses_a_body_with_get_or_head() {
     let args = json!({"service": "fake", "method": "GET", "path": "files", "body": null});
     let ok = call(&app, &token, &sid, "call_api", args).await;
     assert_eq!(ok["isError"], false, "a null body is no body: {ok}");
+}
+
+/// Initialize with `version` and these client `capabilities`: the session id.
+async fn session_with(app: &TestApp, token: &str, version: &str, capabilities: Value) -> String {
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": version, "capabilities": capabilities, "clientInfo": {"name": "test", "version": "1"}}});
+    let a = post(app, Some(token), &[], &body.to_string()).await;
+    assert_eq!(a.status, Status::Ok, "{}", a.text);
+    a.session.expect("a session id")
+}
+
+/// MCP 2025-11-25 URL-mode elicitation: a client that declared `elicitation.url` gets the connect
+/// link as a `URLElicitationRequiredError` (-32042); any other (no capability, form mode only,
+/// 2025-06-18) the tool error with the same link. The link is for the grant's user only, and once
+/// she connects, the same call succeeds in the same session.
+#[tokio::test]
+async fn url_mode_elicitation_when_the_client_declared_it_else_a_tool_error() {
+    let app = builder().start().await;
+    let alice = app.user("alice").await;
+    let token = mcp_token(&app, &alice, "connections:read proxy:read").await;
+    let url_mode = json!({"elicitation": {"url": {}}});
+    let elicits = session_with(&app, &token, "2025-11-25", url_mode.clone()).await;
+    let others = [
+        session(&app, &token).await,
+        session_with(&app, &token, "2025-11-25", json!({"elicitation": {}})).await,
+        session_with(&app, &token, "2025-11-25", json!({"elicitation": {"form": {}, "url": null}})).await,
+        session_with(&app, &token, "2025-06-18", url_mode).await,
+    ];
+    let args = json!({"service": "fake", "path": "files"});
+    let mut links = Vec::new();
+    for (tool, args) in [("call_api", args.clone()), ("get_account", json!({"service": "fake"}))] {
+        let answer = rpc(&app, &token, &elicits, "tools/call", json!({"name": tool, "arguments": args})).await;
+        assert!(answer.get("result").is_none(), "{answer}");
+        assert_eq!(answer["error"]["code"], -32042, "{answer}");
+        let e = &answer["error"]["data"]["elicitations"];
+        assert_eq!(e.as_array().map(Vec::len), Some(1), "{answer}");
+        assert_eq!(e[0]["mode"], "url");
+        assert!(e[0]["elicitationId"].as_str().is_some_and(|id| id.len() >= 16), "{answer}");
+        assert!(e[0]["message"].as_str().is_some_and(|m| m.contains("not connected")), "{answer}");
+        links.push(e[0]["url"].as_str().unwrap().to_string());
+    }
+    let link = links[0].clone();
+    assert!(link.starts_with(&format!("{PUBLIC_URL}/services/fake/authorize?for_user=")), "{link}");
+    assert_eq!(links[1], link);
+    let ids: Vec<Value> = {
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            let a = rpc(&app, &token, &elicits, "tools/call", json!({"name": "call_api", "arguments": args})).await;
+            ids.push(a["error"]["data"]["elicitations"][0]["elicitationId"].clone());
+        }
+        ids
+    };
+    assert_ne!(ids[0], ids[1], "a fresh elicitationId each time");
+    for sid in &others {
+        let refused = call(&app, &token, sid, "call_api", args.clone()).await;
+        assert_eq!(refused["isError"], true, "{refused}");
+        assert_eq!(refused["structuredContent"]["connect_url"], link.as_str(), "the same link as a tool error");
+    }
+    // Something no link fixes stays a tool error, also for the client that declared it.
+    let unknown = call(&app, &token, &elicits, "call_api", json!({"service": "nope", "path": "x"})).await;
+    assert_eq!(unknown["isError"], true, "{unknown}");
+    // The link is alice's only.
+    let path = link.strip_prefix(PUBLIC_URL).unwrap();
+    let bob = app.user("bob").await;
+    assert_eq!(bob.fetch(path).await.status, Status::Forbidden);
+    assert_eq!(alice.fetch(path).await.status, Status::Ok);
+    alice.connect("fake").await;
+    let again = call(&app, &token, &elicits, "call_api", args).await;
+    assert_eq!(again["isError"], false, "{again}");
+    assert_eq!(again["structuredContent"]["status"], 201);
+}
+
+/// Sessions live in one process's memory (README, docs/multi-instance.md): a client whose
+/// session this instance does not know — another instance's, or one forgotten by a restart —
+/// gets 404 with a JSON-RPC error, and, as the specification says it must, initializes again
+/// without a session id, which works with the same access token.
+#[tokio::test]
+async fn an_unknown_session_is_404_and_the_client_initializes_again() {
+    let app = builder().start().await;
+    let alice = app.user("alice").await;
+    let token = mcp_token(&app, &alice, "connections:read").await;
+    let elsewhere = tokenvault::util::random_token(24);
+    let list = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"}).to_string();
+    let headers = [("Mcp-Session-Id", elsewhere.as_str()), ("MCP-Protocol-Version", "2025-11-25")];
+    let a = post(&app, Some(&token), &headers, &list).await;
+    assert_eq!(a.status, Status::NotFound, "{}", a.text);
+    assert_eq!((a.json["jsonrpc"].clone(), a.json["id"].clone()), (json!("2.0"), json!(3)), "{}", a.text);
+    assert!(a.json["error"]["code"].is_i64());
+    assert!(a.session.is_none());
+    // A notification and DELETE with it: 404 too.
+    let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string();
+    assert_eq!(post(&app, Some(&token), &headers, &note).await.status, Status::NotFound);
+    let del = app
+        .client
+        .delete("/mcp")
+        .header(Header::new("Authorization", format!("Bearer {token}")))
+        .header(Header::new("Mcp-Session-Id", elsewhere.clone()))
+        .dispatch()
+        .await;
+    assert_eq!(del.status(), Status::NotFound);
+    // The client starts over: initialize without the old id; the new session works.
+    let fresh = session(&app, &token).await;
+    assert_ne!(fresh, elsewhere);
+    let listed = rpc(&app, &token, &fresh, "tools/list", json!({})).await;
+    assert_eq!(listed["result"]["tools"][0]["name"], "list_connections");
+    // An initialize that still carries the unknown id is a new session too (the id is ignored).
+    let again = post(&app, Some(&token), &[("Mcp-Session-Id", &elsewhere)], &initialize("2025-11-25")).await;
+    assert_eq!(again.status, Status::Ok, "{}", again.text);
+    assert!(again.session.is_some_and(|s| s != elsewhere));
 }

@@ -1013,3 +1013,82 @@ async fn a_password_change_ends_every_grant_and_its_tokens() {
                    WHERE event_type = 'grant.revoked' AND body LIKE '%\"reason\":\"password_changed\"%'";
     assert_eq!(app.count(revoked), 2, "one grant.revoked per grant, with its reason");
 }
+
+/// An administrator deletes a client on `/admin/oauth-clients` (CSRF-protected): every grant of it
+/// is revoked in the same unit of work, so its tokens are refused at `/api/v1` and `/mcp` at once;
+/// registering and deleting clients are audited (`client.registered`, `client.deleted`, and one
+/// `grant.revoked` per grant) without any secret.
+#[tokio::test]
+async fn an_administrator_deletes_a_client_and_its_tokens_stop_at_once() {
+    let app = builder().start().await;
+    let admin = app.user("root").await;
+    let bob = app.user("bob").await;
+    // A confidential client registered on the page (its secret must never be audited).
+    let csrf = admin.csrf("/admin/oauth-clients").await;
+    let fields =
+        [("csrf_token", csrf.as_str()), ("name", "Backend"), ("redirect_uris", REDIRECT), ("confidential", "true")];
+    let r = admin.post_form("/admin/oauth-clients", &fields).await;
+    assert_eq!(r.status, Status::Ok, "{}", r.text);
+    let secret =
+        regex::Regex::new(r#"id="new-client-secret">([^<]+)<"#).unwrap().captures(&r.text).unwrap()[1].to_string();
+    // A dynamically registered client, with two grants of bob's: one for /api/v1, one for /mcp.
+    let (client_id, tokens) = granted(&app, &bob, "connections:read").await;
+    let api_token = tokens["access_token"].as_str().unwrap().to_string();
+    let refresh_token = tokens["refresh_token"].as_str().unwrap().to_string();
+    let (verifier, challenge) = pkce();
+    let mcp = format!("{PUBLIC_URL}/mcp");
+    let url =
+        authorize_url(&client_id, REDIRECT, Some(&challenge), &[("scope", "connections:read"), ("resource", &mcp)]);
+    let (code, _) = consent(&bob, &url, |_| {}).await;
+    let (_, tokens) = exchange(&app, &client_id, &code, &verifier, &[("resource", &mcp)]).await;
+    let mcp_token = tokens["access_token"].as_str().unwrap().to_string();
+    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
+    .to_string();
+    let mcp_status = |token: String| {
+        let req = app.client.post("/mcp").header(ContentType::JSON).body(initialize.clone());
+        async move { req.header(Header::new("Authorization", format!("Bearer {token}"))).dispatch().await.status() }
+    };
+    assert_eq!(api(&app, "GET", "/api/v1/connections", &api_token).await.0, Status::Ok);
+    assert_eq!(mcp_status(mcp_token.clone()).await, Status::Ok);
+
+    // The page lists each client with its delete button.
+    let page = admin.fetch("/admin/oauth-clients").await;
+    let row = regex::Regex::new(&format!(r#"<tr data-client="{client_id}" data-oauth-client="(\d+)">"#)).unwrap();
+    let pk = row.captures(&page.text).unwrap_or_else(|| panic!("{}", page.text))[1].to_string();
+    assert!(page.text.contains(&format!(r#"id="delete-client-{pk}""#)));
+    let delete = format!("/admin/oauth-clients/{pk}/delete");
+    // Not without the CSRF token, not by a user who is not an administrator.
+    let r = admin.post_form(&delete, &[("csrf_token", "forged")]).await;
+    assert_ne!(r.status, Status::SeeOther);
+    let bob_csrf = common::csrf_from(&bob.fetch("/settings/apps").await.text);
+    assert_eq!(bob.post_form(&delete, &[("csrf_token", &bob_csrf)]).await.status, Status::Forbidden);
+    assert_eq!(api(&app, "GET", "/api/v1/connections", &api_token).await.0, Status::Ok, "still live");
+    let csrf = common::csrf_from(&page.text);
+    let r = admin.post_form(&delete, &[("csrf_token", &csrf)]).await;
+    assert_eq!(r.status, Status::SeeOther, "{}", r.text);
+    assert_eq!(admin.post_form(&delete, &[("csrf_token", &csrf)]).await.status, Status::NotFound, "gone");
+
+    // Its tokens are refused at once, everywhere; its refresh token too.
+    assert_eq!(api(&app, "GET", "/api/v1/connections", &api_token).await.0, Status::Unauthorized);
+    assert_eq!(mcp_status(mcp_token).await, Status::Unauthorized);
+    assert_eq!(refresh(&app, &client_id, &refresh_token).await.0, Status::Unauthorized, "the client is unknown now");
+    assert_eq!(app.count("SELECT COUNT(*) AS n FROM authz_grants"), 0);
+    assert_eq!(app.count("SELECT COUNT(*) AS n FROM authz_tokens"), 0);
+    assert!(!admin.fetch("/admin/oauth-clients").await.text.contains(&client_id));
+
+    // Audited: two registrations (the administrator's, the dynamic one), the deletion with the
+    // two grants it revoked, each revocation; sent as grant.revoked webhook events.
+    let n = |sql: &str| app.count(&format!("SELECT COUNT(*) AS n FROM audit_log WHERE {sql}"));
+    assert_eq!(n("kind = 'client.registered'"), 2);
+    assert_eq!(n("kind = 'client.registered' AND actor LIKE 'user:%' AND detail LIKE '%\"confidential\":true%'"), 1);
+    assert_eq!(
+        n(&format!("kind = 'client.deleted' AND detail LIKE '%{client_id}%' AND detail LIKE '%\"grants_revoked\":2%'")),
+        1
+    );
+    assert_eq!(n("kind = 'grant.revoked' AND detail LIKE '%client_deleted%'"), 2);
+    assert_eq!(app.count("SELECT COUNT(*) AS n FROM webhook_events WHERE event_type = 'grant.revoked'"), 2);
+    for secret in [secret.as_str(), api_token.as_str(), refresh_token.as_str()] {
+        assert_eq!(n(&format!("detail LIKE '%{secret}%'")), 0, "a secret in the audit log");
+    }
+}

@@ -270,6 +270,18 @@ pub fn live_grants_for_user(conn: &mut Conn, user_id: i64, now: i64) -> QueryRes
     })
 }
 
+/// The live grants of client `client_pk` (deleting the client revokes them).
+pub fn live_grants_for_client(conn: &mut Conn, client_pk: i64, now: i64) -> QueryResult<Vec<Grant>> {
+    crate::on_conn!(conn, conn => {
+        authz_grants::table
+            .filter(authz_grants::client_pk.eq(client_pk))
+            .filter(authz_grants::revoked_at.is_null())
+            .filter(authz_grants::expires_at.gt(now))
+            .select(Grant::as_select())
+            .load(conn)
+    })
+}
+
 /// Every live grant, newest first, with its client and user (the administrators' page).
 pub fn all_live_grants(conn: &mut Conn, now: i64, limit: i64) -> QueryResult<Vec<(Grant, Client, User)>> {
     crate::on_conn!(conn, conn => {
