@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use crate::auth::password;
-use crate::changes::{self, Actor, Change, Committed, KeyRevoked, SessionsEnd};
+use crate::changes::{self, Actor, Change, Committed, GrantEnd, KeyRevoked, SessionsEnd};
 use crate::db::models::users::{self, NewUser, User};
 use crate::db::Conn;
 use crate::error::{AppError, AppResult};
@@ -96,10 +96,11 @@ pub struct PasswordReplaced {
     pub password_epoch: i64,
 }
 
-/// Set a new password hash, end every session of the user and revoke every API key, in one
-/// transaction with their audit entries (`password.changed`, one `api_key.revoked` per key with
-/// `"reason": "password_changed"`, and `session.end` with the number of sessions ended). The
-/// caller starts a fresh session for the browser that made the change.
+/// Set a new password hash, end every session of the user, revoke every API key and every live
+/// grant of the authorization server (its access and refresh tokens stop working with it), in one
+/// transaction with their audit entries (`password.changed`, one `api_key.revoked` per key and one
+/// `grant.revoked` per grant with `"reason": "password_changed"`, and `session.end` with the
+/// number of sessions ended). The caller starts a fresh session for the browser that made the change.
 pub fn replace_password(
     conn: &mut Conn,
     cipher: &Cipher,
@@ -123,12 +124,25 @@ pub fn replace_password(
             let why = SessionsEnd::PasswordChanged { count: sessions_ended };
             tx.record(Change::SessionsEnded { user_id, address, why })?;
         }
+        revoke_grants(tx, user_id, at)?;
         Ok(PasswordReplaced {
             sessions_ended,
             revoked_key_hashes: revoked.into_iter().map(|(_, hash)| hash).collect(),
             password_epoch,
         })
     })
+}
+
+/// Revoke every live grant of `user_id` (a password change ends them), each recorded.
+fn revoke_grants(tx: &mut changes::Tx<'_>, user_id: i64, at: i64) -> AppResult<()> {
+    use crate::db::models::authz;
+    for (grant, client) in authz::live_grants_for_user(tx.conn(), user_id, at)? {
+        if let Some(grant) = authz::revoke_grant(tx.conn(), grant.id, Some(user_id), at)? {
+            let grant = crate::authz::grants::subject(&grant, &client);
+            tx.record(Change::GrantRevoked { by: Actor::User(user_id), grant, why: GrantEnd::PasswordChanged })?;
+        }
+    }
+    Ok(())
 }
 
 /// [`replace_password`] for the signed-in user, settled: this process's cached copies of the

@@ -265,6 +265,25 @@ pub async fn create_for(
     Ok(created)
 }
 
+/// A provider added in the app is deleted (in its unit of work): every live key limited to a list
+/// naming it loses the name, and a key whose list becomes empty is revoked (an empty list is never
+/// written: no list means every service), recorded with reason `provider_deleted`. So a later
+/// provider of the same name inherits nothing.
+pub fn forget_service(tx: &mut changes::Tx<'_>, service: &str, by: &Actor) -> AppResult<()> {
+    let at = now();
+    for key in api_keys::naming_service(tx.conn(), service)? {
+        let rest = key.services.as_deref().unwrap_or("").split_whitespace().filter(|s| *s != service);
+        let rest = rest.collect::<Vec<_>>().join(" ");
+        if !rest.is_empty() {
+            api_keys::set_services(tx.conn(), key.id, &rest)?;
+        } else if let Some(key_hash) = api_keys::revoke(tx.conn(), key.user_id, key.id, at)? {
+            let (by, user_id, key_id, why) = (by.clone(), key.user_id, key.id, KeyRevoked::ProviderDeleted);
+            tx.record(Change::ApiKeyRevoked { by, user_id, key_id, key_hash, why, address: None })?;
+        }
+    }
+    Ok(())
+}
+
 /// Revoke one of the user's keys; false when it is not theirs (or already revoked). The key stops
 /// working in this process at once and in every other instance within about a second.
 pub async fn revoke(app: &AppState, user_id: i64, key_id: i64) -> AppResult<bool> {

@@ -176,6 +176,23 @@ pub async fn revoke(
     Ok(revoked.settle(effects))
 }
 
+/// A provider added in the app is deleted (in its unit of work): every grant limited to a list
+/// naming it loses the name, and a grant whose list becomes empty is revoked (an empty list is
+/// never written: no list means every service), recorded with reason `provider_deleted`.
+pub fn forget_service(tx: &mut crate::changes::Tx<'_>, service: &str, by: &Actor) -> AppResult<()> {
+    for (grant, client) in model::grants_naming_service(tx.conn(), service)? {
+        let rest = grant.services.as_deref().unwrap_or("").split_whitespace().filter(|s| *s != service);
+        let rest = rest.collect::<Vec<_>>().join(" ");
+        if !rest.is_empty() {
+            model::set_grant_services(tx.conn(), grant.id, &rest)?;
+        } else if let Some(grant) = model::revoke_grant(tx.conn(), grant.id, None, now())? {
+            let (by, grant) = (by.clone(), subject(&grant, &client));
+            tx.record(Change::GrantRevoked { by, grant, why: GrantEnd::ProviderDeleted })?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -219,6 +219,10 @@ pub enum GrantEnd {
     CodeReused,
     /// A rotated refresh token was presented again after the grace period.
     RefreshReplayed,
+    /// Its user changed their password (which ends every grant, as it ends sessions and keys).
+    PasswordChanged,
+    /// The only service it was limited to, a provider added in the app, was deleted.
+    ProviderDeleted,
     /// An administrator deleted its client.
     ClientDeleted,
 }
@@ -277,6 +281,8 @@ pub enum KeyRevoked {
         max_keys: i64,
     },
     PasswordChanged,
+    /// The only service it was limited to, a provider added in the app, was deleted.
+    ProviderDeleted,
 }
 
 /// The transaction of a unit of work: the connection, for the domain's own queries, and

@@ -191,6 +191,7 @@ pub fn audit_of(change: &Change) -> Option<Entry> {
                     e.with("reason", "over_limit").with("max_api_keys_per_user", *max_keys)
                 }
                 KeyRevoked::PasswordChanged => e.with("reason", "password_changed"),
+                KeyRevoked::ProviderDeleted => e.with("reason", "provider_deleted"),
             })
         }
         Change::VaultValueSet { by, path } => {
@@ -303,6 +304,8 @@ pub fn grant_end_reason(why: GrantEnd) -> &'static str {
         GrantEnd::ByClient => "revoked_by_client",
         GrantEnd::CodeReused => "code_reused",
         GrantEnd::RefreshReplayed => "refresh_token_replayed",
+        GrantEnd::PasswordChanged => "password_changed",
+        GrantEnd::ProviderDeleted => "provider_deleted",
         GrantEnd::ClientDeleted => "client_deleted",
     }
 }

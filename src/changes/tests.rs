@@ -97,6 +97,7 @@ fn samples() -> Vec<(&'static str, Change)> {
         ("key_by_user", key_revoked(KeyRevoked::ByUser)),
         ("key_over_limit", key_revoked(KeyRevoked::OverLimit { max_keys: 20 })),
         ("key_password", key_revoked(KeyRevoked::PasswordChanged)),
+        ("key_provider_deleted", key_revoked(KeyRevoked::ProviderDeleted)),
         ("vault_set", Change::VaultValueSet { by: Actor::User(7), path: "oauth/x/client_secret".into() }),
         ("vault_cli", Change::VaultValueSet { by: Actor::Cli, path: "p".into() }),
         ("vault_deleted", Change::VaultValueDeleted { by: Actor::User(7), path: "p".into() }),
@@ -116,6 +117,11 @@ fn samples() -> Vec<(&'static str, Change)> {
         ("grant_created", Change::GrantCreated { grant: grant(), address: Some(ip()) }),
         ("grant_by_user", Change::GrantRevoked { by: Actor::User(7), grant: grant(), why: GrantEnd::ByUser }),
         ("grant_code_reused", Change::GrantRevoked { by: Actor::System, grant: grant(), why: GrantEnd::CodeReused }),
+        ("grant_password", Change::GrantRevoked { by: Actor::User(7), grant: grant(), why: GrantEnd::PasswordChanged }),
+        (
+            "grant_provider_deleted",
+            Change::GrantRevoked { by: Actor::Cli, grant: grant(), why: GrantEnd::ProviderDeleted },
+        ),
         (
             "grant_issued",
             Change::GrantTokensIssued {
@@ -237,7 +243,7 @@ const VARIANTS: usize = 32;
 
 /// The samples past the connection ones, which no connection projection (history, outbox)
 /// makes anything of.
-const NOT_CONNECTIONS: [&str; 39] = [
+const NOT_CONNECTIONS: [&str; 42] = [
     "signed_in",
     "signin_refused",
     "signed_out",
@@ -252,6 +258,7 @@ const NOT_CONNECTIONS: [&str; 39] = [
     "key_by_user",
     "key_over_limit",
     "key_password",
+    "key_provider_deleted",
     "vault_set",
     "vault_cli",
     "vault_deleted",
@@ -265,6 +272,8 @@ const NOT_CONNECTIONS: [&str; 39] = [
     "grant_created",
     "grant_by_user",
     "grant_code_reused",
+    "grant_password",
+    "grant_provider_deleted",
     "grant_issued",
     "grant_retried",
     "grant_token_revoked",
@@ -386,6 +395,7 @@ fn audit_projection() {
         ("key_by_user", Some(&format!(r#"{key}"reason":"revoked_by_user"}}"#))),
         ("key_over_limit", Some(&format!(r#"{key}"max_api_keys_per_user":20,"reason":"over_limit"}}"#))),
         ("key_password", Some(&format!(r#"{key}"reason":"password_changed"}}"#))),
+        ("key_provider_deleted", Some(&format!(r#"{key}"reason":"provider_deleted"}}"#))),
         ("vault_set", Some(&format!(r#"vault.set user:7 {at7} {{"path":"oauth/x/client_secret"}}"#))),
         ("vault_cli", Some(&format!(r#"vault.set cli {none} {{"path":"p"}}"#))),
         ("vault_deleted", Some(&format!(r#"vault.delete user:7 {at7} {{"path":"p"}}"#))),
@@ -427,6 +437,18 @@ fn audit_projection() {
             "grant_code_reused",
             Some(&format!(
                 r#"grant.revoked system {at7} {{"client_id":"https://agent.example/client.json","grant_id":5,"reason":"code_reused"}}"#
+            )),
+        ),
+        (
+            "grant_password",
+            Some(&format!(
+                r#"grant.revoked user:7 {at7} {{"client_id":"https://agent.example/client.json","grant_id":5,"reason":"password_changed"}}"#
+            )),
+        ),
+        (
+            "grant_provider_deleted",
+            Some(&format!(
+                r#"grant.revoked cli {at7} {{"client_id":"https://agent.example/client.json","grant_id":5,"reason":"provider_deleted"}}"#
             )),
         ),
         (
@@ -552,8 +574,16 @@ fn invalidation_projection() {
         }
         // A grant's cached access tokens go when it ends, when one is revoked, when a retried
         // refresh revokes the first try's.
-        if ["grant_by_user", "grant_code_reused", "grant_retried", "grant_token_revoked", "grant_client_deleted"]
-            .contains(name)
+        if [
+            "grant_by_user",
+            "grant_code_reused",
+            "grant_retried",
+            "grant_token_revoked",
+            "grant_client_deleted",
+            "grant_password",
+            "grant_provider_deleted",
+        ]
+        .contains(name)
         {
             *what = Some(Invalidated::Grant(5));
         }
@@ -721,6 +751,8 @@ fn wake_projection() {
         "grant_created",
         "grant_by_user",
         "grant_code_reused",
+        "grant_password",
+        "grant_provider_deleted",
         "provider_added",
         "provider_edited",
         "provider_disabled",

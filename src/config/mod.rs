@@ -77,6 +77,9 @@ pub struct RawConfig {
     pub proxy_max_request_bytes: usize,
     /// Largest provider answer the API proxy passes back, bytes.
     pub proxy_max_response_bytes: usize,
+    /// Largest provider answer MCP `call_api` passes back, bytes (it holds the answer in memory
+    /// and sends it twice: as text and as structured content).
+    pub mcp_max_response_bytes: usize,
     /// Serve Prometheus metrics at `/metrics`.
     pub metrics: bool,
     /// Bearer token `/metrics` requires. Outside `debug`, `/metrics` is not served without one.
@@ -168,6 +171,7 @@ impl Default for RawConfig {
             expiry_warning: 3 * 86_400,
             proxy_max_request_bytes: 1024 * 1024,
             proxy_max_response_bytes: 10 * 1024 * 1024,
+            mcp_max_response_bytes: 1024 * 1024,
             metrics: true,
             metrics_token: None,
             cache_ttl: 10,
@@ -311,11 +315,13 @@ pub struct RefreshSettings {
     pub expiry_warning: i64,
 }
 
-/// The JSON API (`proxy_max_request_bytes`, `proxy_max_response_bytes`, `max_api_keys_per_user`, `cache_ttl`).
+/// The JSON API (`proxy_max_request_bytes`, `proxy_max_response_bytes`, `mcp_max_response_bytes`,
+/// `max_api_keys_per_user`, `cache_ttl`).
 #[derive(Debug, Clone)]
 pub struct ApiLimits {
     pub proxy_max_request_bytes: usize,
     pub proxy_max_response_bytes: usize,
+    pub mcp_max_response_bytes: usize,
     pub max_keys_per_user: i64,
     pub cache_ttl: u64,
 }
@@ -614,9 +620,12 @@ impl RefreshSettings {
 impl ApiLimits {
     fn resolve(raw: &RawConfig) -> Result<ApiLimits, ConfigError> {
         within("cache_ttl", raw.cache_ttl, 0..=3600, "must be at most 3600 seconds (0 turns the cache off)")?;
+        let mcp = "must be between 1024 bytes and 64 MiB (67108864)";
+        within("mcp_max_response_bytes", raw.mcp_max_response_bytes, 1024..=64 * 1024 * 1024, mcp)?;
         Ok(ApiLimits {
             proxy_max_request_bytes: raw.proxy_max_request_bytes,
             proxy_max_response_bytes: raw.proxy_max_response_bytes,
+            mcp_max_response_bytes: raw.mcp_max_response_bytes,
             max_keys_per_user: bounded("max_api_keys_per_user", raw.max_api_keys_per_user, 1000)?,
             cache_ttl: raw.cache_ttl,
         })

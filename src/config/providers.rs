@@ -215,6 +215,11 @@ pub struct ProviderConfig {
     /// since that would end the new tokens (or another connection's) too. Default `false`: each
     /// token is revoked on its own (RFC 7009 allows either).
     pub revocation_ends_grant: Option<bool>,
+    /// Whether `GET` and `HEAD` calls to this provider's API only read (default `true`). `false`
+    /// for RPC-style APIs that act on a `GET` with a query string (Slack's Web API:
+    /// `chat.postMessage`, `auth.revoke`): every proxied call then needs `proxy` (`proxy:write`),
+    /// and `proxy:read` grants nothing there.
+    pub read_methods_are_safe: Option<bool>,
     /// Example requests of its API shown on the console (see [`ApiExample`]).
     pub examples: Option<Vec<ApiExample>>,
 }

@@ -282,17 +282,64 @@ pub async fn fetch_account(ctx: &Access<'_>, which: Which, provider: &Provider) 
         )
     })?;
     let f = &provider.account_fields;
-    Ok(AccountInfo {
-        id: field(&json, f.id.as_deref()),
-        name: field(&json, f.name.as_deref()),
-        email: field(&json, f.email.as_deref()),
-        json,
-    })
+    let (id, name, email) =
+        (field(&json, f.id.as_deref()), field(&json, f.name.as_deref()), field(&json, f.email.as_deref()));
+    let json = without_tokens(json, &stored_tokens(ctx, which, &provider.name).await?);
+    Ok(AccountInfo { id, name, email, json })
+}
+
+/// Keys whose values are token material wherever they are in an account answer (an
+/// introspection answer, HubSpot's, carries the token it describes).
+const TOKEN_KEYS: [&str; 5] = ["token", "access_token", "refresh_token", "signed_access_token", "id_token"];
+
+/// The connection's access and refresh tokens as stored now (after any refresh the call made).
+async fn stored_tokens(ctx: &Access<'_>, which: Which, service: &str) -> Result<Vec<String>, AccessError> {
+    let service = service.to_string();
+    let row =
+        ctx.tokens.db.run(move |conn| Ok(crate::db::models::connections::find_which(conn, which, &service)?)).await;
+    let Some(row) = row.map_err(AccessError::App)? else { return Ok(Vec::new()) };
+    let (access, refresh) = crate::oauth::store::open_tokens(ctx.tokens.cipher, &row).map_err(AccessError::App)?;
+    Ok([Some(access), refresh].into_iter().flatten().map(|t| t.expose_secret().to_string()).collect())
+}
+
+/// `json` without token material, at any depth: the [`TOKEN_KEYS`] and any string equal to one
+/// of `tokens` (dropped from objects and arrays alike). What every caller shows (the account page,
+/// `/api/v1`, MCP `get_account`) goes through here.
+pub fn without_tokens(json: serde_json::Value, tokens: &[String]) -> serde_json::Value {
+    use serde_json::Value;
+    let secret = |v: &Value| matches!(v, Value::String(s) if tokens.iter().any(|t| !t.is_empty() && t == s));
+    match json {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .filter(|(k, v)| !TOKEN_KEYS.contains(&k.as_str()) && !secret(v))
+                .map(|(k, v)| (k, without_tokens(v, tokens)))
+                .collect(),
+        ),
+        Value::Array(items) => {
+            Value::Array(items.into_iter().filter(|v| !secret(v)).map(|v| without_tokens(v, tokens)).collect())
+        }
+        other if secret(&other) => Value::Null,
+        other => other,
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::field;
+    use super::{field, without_tokens};
+
+    #[test]
+    fn token_material_is_stripped_at_any_depth() {
+        let v = serde_json::json!({
+            "user": "ann", "token": "AT-1", "hub_id": 7,
+            "details": {"signed_access_token": {"expiresAt": 1}, "echo": "AT-1", "refresh_token": "x", "keep": "k"},
+            "list": ["RT-1", "fine", {"id_token": "j", "access_token": "a"}],
+        });
+        let out = without_tokens(v, &["AT-1".into(), "RT-1".into()]);
+        let want = serde_json::json!({"user": "ann", "hub_id": 7, "details": {"keep": "k"}, "list": ["fine", {}]});
+        assert_eq!(out, want);
+        assert_eq!(without_tokens(serde_json::json!("AT-1"), &["AT-1".into()]), serde_json::Value::Null);
+        assert_eq!(without_tokens(serde_json::json!({"a": ""}), &[String::new()]), serde_json::json!({"a": ""}));
+    }
 
     #[test]
     fn fields_from_pointers() {

@@ -616,6 +616,9 @@ impl Editor<'_> {
                     tx.record(Change::VaultValueDeleted { by: self.actor.clone(), path })?;
                 }
             }
+            // Keys and grants limited to it lose it: a later provider of this name inherits none.
+            crate::auth::api_key::forget_service(tx, name, &self.actor)?;
+            crate::authz::grants::forget_service(tx, name, &self.actor)?;
             tx.record(self.changed(name, ProviderAction::Deleted))
         })
     }

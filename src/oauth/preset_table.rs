@@ -75,6 +75,9 @@ pub fn needs(cfg: &ProviderConfig) -> Vec<String> {
     } else if cfg.account_method == Some(AccountMethod::Post) {
         out.push("account POST without a body".into());
     }
+    if cfg.read_methods_are_safe == Some(false) {
+        out.push("read_methods_are_safe `false` (no `proxy:read`)".into());
+    }
     match cfg.revoke_style {
         Some(RevokeStyle::None) | None => out.push("no revocation".into()),
         Some(RevokeStyle::Rfc7009) => {}

@@ -65,6 +65,9 @@ pub struct Provider {
     /// Revoking one token ends the account's whole grant to the client (Google): replaced and
     /// discarded tokens are then left to expire rather than revoked.
     pub revocation_ends_grant: bool,
+    /// `GET` and `HEAD` only read (`read_methods_are_safe`, default `true`); when `false`, every
+    /// proxied call needs `proxy` and `proxy:read` grants nothing (Slack).
+    pub read_methods_are_safe: bool,
     pub client_auth: ClientAuth,
     pub pkce: bool,
     /// The issuer a callback's `iss` must equal (RFC 9207): configured, or the authorize origin.
@@ -330,6 +333,7 @@ pub(crate) fn overlay(base: ProviderConfig, over: &ProviderConfig) -> ProviderCo
         account_style,
         add_account_params,
         revocation_ends_grant,
+        read_methods_are_safe,
         examples
     )
 }
@@ -391,6 +395,7 @@ pub fn resolve(name: &str, cfg: &ProviderConfig) -> Result<Provider, ConfigError
         authorize_params: merged.authorize_params.clone().unwrap_or_default().into_iter().collect(),
         add_account_params,
         revocation_ends_grant: merged.revocation_ends_grant.unwrap_or(false),
+        read_methods_are_safe: merged.read_methods_are_safe.unwrap_or(true),
         client_auth: merged.client_auth.unwrap_or(ClientAuth::Basic),
         pkce: merged.pkce.unwrap_or(true),
         token_lifetime: merged.token_lifetime,
@@ -564,6 +569,7 @@ pub fn demo(settings: &Settings) -> Provider {
         // Its consent page asks for the account every time; each code makes a grant of its own.
         add_account_params: Vec::new(),
         revocation_ends_grant: false,
+        read_methods_are_safe: true,
         client_auth: ClientAuth::Basic,
         pkce: true,
         issuer: settings.url("/demo"),
@@ -791,6 +797,9 @@ mod tests {
         assert_eq!(gh.add_account_params, pair("prompt", "select_account"));
         assert!(g.revocation_ends_grant);
         assert!(!d.revocation_ends_grant && !gh.revocation_ends_grant && !m.revocation_ends_grant);
+        // Slack's Web API acts on a GET: no read-only calls there; elsewhere reads are safe.
+        assert!(!resolve("slack", &cfg("slack")).unwrap().read_methods_are_safe);
+        assert!(d.read_methods_are_safe && g.read_methods_are_safe && gh.read_methods_are_safe);
     }
 
     #[test]

@@ -333,7 +333,8 @@ async fn run_proxy(
 }
 
 /// The provider and connection a proxied call with `method` goes to, once the key or grant is
-/// checked for it (`proxy:read` for GET and HEAD, `proxy` for the rest). Shared with `/mcp`'s
+/// checked for it (`proxy:read` for GET and HEAD, `proxy` for the rest and for every method of a
+/// provider whose `read_methods_are_safe` is `false`). Shared with `/mcp`'s
 /// `call_api`.
 pub(crate) async fn proxy_target(
     app: &AppState,
@@ -348,6 +349,10 @@ pub(crate) async fn proxy_target(
     };
     user.require(capability, Some(service))?;
     let p = provider(app, service)?;
+    if !p.read_methods_are_safe {
+        // An RPC-style API acts on a GET too (Slack's chat.postMessage): nothing there is read-only.
+        user.require(Capability::Proxy, Some(service))?;
+    }
     let (which, row) = chosen(app, user, &p, choice).await?;
     Ok((p, which, row))
 }

@@ -310,6 +310,9 @@ struct Choice {
     label: String,
     checked: bool,
     dangerous: bool,
+    /// A service whose API acts on reads too (`read_methods_are_safe = false`): `proxy:read`
+    /// allows nothing there.
+    no_read: bool,
 }
 
 #[derive(Serialize)]
@@ -371,6 +374,7 @@ fn lifetime_choices(default_secs: i64) -> Vec<Choice> {
             label: if d == 1 { "1 day".into() } else { format!("{d} days") },
             checked: d == default_days,
             dangerous: false,
+            no_read: false,
         })
         .collect()
 }
@@ -407,6 +411,7 @@ fn consent_page(
                 // What was asked — but never token:read unless the user ticks it.
                 checked: requested.capabilities.contains(c) && *c != GrantCapability::TokenRead,
                 dangerous: *c == GrantCapability::TokenRead,
+                no_read: false,
             })
             .collect(),
         services: app
@@ -418,6 +423,7 @@ fn consent_page(
                 label: p.display_name.clone(),
                 checked: requested.services.as_ref().is_some_and(|s| s.contains(&p.name)),
                 dangerous: false,
+                no_read: !p.read_methods_are_safe,
             })
             .collect(),
         all_services: requested.services.is_none(),

@@ -358,11 +358,11 @@ fn initialize(sessions: &Sessions, user: &ApiUser, id: Option<Value>, message: &
     McpAnswer::json(Status::Ok, json!({"jsonrpc": "2.0", "id": id, "result": result})).header("Mcp-Session-Id", session)
 }
 
-/// The tools, each with the capability its grant needs.
-fn all_tools() -> Vec<(Capability, Value)> {
+/// The tools, each with the capabilities its grant needs (all of them).
+fn all_tools() -> Vec<(&'static [Capability], Value)> {
     vec![
         (
-            Capability::ConnectionsRead,
+            &[Capability::ConnectionsRead],
             json!({
                 "name": "list_connections",
                 "title": "List connections",
@@ -375,7 +375,7 @@ fn all_tools() -> Vec<(Capability, Value)> {
             }),
         ),
         (
-            Capability::ProxyRead,
+            &[Capability::ProxyRead],
             json!({
                 "name": "call_api",
                 "title": "Call a provider's API",
@@ -394,9 +394,10 @@ fn all_tools() -> Vec<(Capability, Value)> {
             }),
         ),
         // It calls the provider with the user's token and hands back the provider's whole answer:
-        // a read of the provider's API (`proxy:read`), not the listing `connections:read` allows.
+        // a read of the provider's API (`proxy:read`), and it names the connection
+        // (`connections:read`): both are needed, and only a grant of both lists it.
         (
-            Capability::ProxyRead,
+            &[Capability::ConnectionsRead, Capability::ProxyRead],
             json!({
                 "name": "get_account",
                 "title": "Get the connected account",
@@ -414,7 +415,8 @@ fn all_tools() -> Vec<(Capability, Value)> {
 
 /// The tools `user`'s grant allows.
 fn tools_for(user: &ApiUser) -> Vec<Value> {
-    all_tools().into_iter().filter(|(c, _)| user.scope.allows_capability(*c)).map(|(_, t)| t).collect()
+    let allowed = |needs: &[Capability]| needs.iter().all(|c| user.scope.allows_capability(*c));
+    all_tools().into_iter().filter(|(needs, _)| allowed(needs)).map(|(_, t)| t).collect()
 }
 
 type ToolOutcome = Result<Value, (i64, String)>;
@@ -487,10 +489,10 @@ async fn call_tool(app: &AppState, user: &ApiUser, params: &Value, address: Opti
     if !args.is_object() {
         return Err((-32602, "Invalid params: `arguments` must be an object.".into()));
     }
-    let Some((capability, _)) = all_tools().into_iter().find(|(_, t)| t["name"] == name) else {
+    let Some((needs, _)) = all_tools().into_iter().find(|(_, t)| t["name"] == name) else {
         return Err((-32602, format!("Unknown tool: {}", crate::util::capped(name, 100))));
     };
-    if let Err(e) = user.require(capability, None) {
+    if let Err(e) = needs.iter().try_for_each(|c| user.require(*c, None)) {
         return Ok(tool_error(app, user, None, e));
     }
     match name {
@@ -544,7 +546,8 @@ async fn get_account(
     account: Option<&str>,
     address: Option<String>,
 ) -> ToolOutcome {
-    if let Err(e) = user.require(Capability::ConnectionsRead, Some(service)) {
+    let needs = [Capability::ConnectionsRead, Capability::ProxyRead];
+    if let Err(e) = needs.iter().try_for_each(|c| user.require(*c, Some(service))) {
         return Ok(tool_error(app, user, Some(service), e));
     }
     // A disabled provider: `service_disabled`, as the API answers.
@@ -622,6 +625,10 @@ async fn call_api(app: &AppState, user: &ApiUser, args: &Value, address: Option<
         None | Some(Value::Null) => (Vec::new(), Vec::new()),
         Some(v) => (v.to_string().into_bytes(), vec![("Content-Type".to_string(), "application/json".to_string())]),
     };
+    if !body.is_empty() && matches!(method, reqwest::Method::GET | reqwest::Method::HEAD) {
+        // The API's GET proxy never forwards a body; nor does call_api (proxy:read would carry one).
+        return Err((-32602, "Invalid params: `body` is not sent with GET or HEAD; use POST, PUT or PATCH.".into()));
+    }
     if body.len() > app.settings.api.proxy_max_request_bytes {
         let e = AppError::PayloadTooLarge { limit: app.settings.api.proxy_max_request_bytes };
         return Ok(tool_error(app, user, Some(service), e));
@@ -639,31 +646,13 @@ async fn call_api(app: &AppState, user: &ApiUser, args: &Value, address: Option<
         Err(e) => return Ok(tool_error(app, user, Some(service), e)),
     };
     let status = answer.response.status().as_u16();
-    let limit = app.settings.api.proxy_max_response_bytes;
-    let mut bytes = Vec::new();
-    let mut response = answer.response;
-    loop {
-        match response.chunk().await {
-            Ok(Some(chunk)) => {
-                if bytes.len() + chunk.len() > limit {
-                    let e = AppError::ProviderResponseTooLarge {
-                        service: p.service(),
-                        detail: format!("the provider's answer exceeds the proxy size cap ({limit} bytes)"),
-                    };
-                    return Ok(tool_error(app, user, Some(service), e));
-                }
-                bytes.extend_from_slice(&chunk);
-            }
-            Ok(None) => break,
-            Err(e) => {
-                let e = AppError::ProviderResponseTooLarge {
-                    service: p.service(),
-                    detail: format!("reading the provider's answer failed: {}", e.without_url()),
-                };
-                return Ok(tool_error(app, user, Some(service), e));
-            }
+    let bytes = match read_capped(answer.response, app.settings.api.mcp_max_response_bytes).await {
+        Ok(bytes) => bytes,
+        Err(why) => {
+            let message = format!("{}: {why}", p.display_name);
+            return Ok(tool_result(json!({"error": "provider_response_too_large", "message": message}), true));
         }
-    }
+    };
     let headers: serde_json::Map<String, Value> =
         answer.headers.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), Value::String(v))).collect();
     let body = match serde_json::from_slice::<Value>(&bytes) {
@@ -677,6 +666,32 @@ async fn call_api(app: &AppState, user: &ApiUser, args: &Value, address: Option<
         },
     };
     Ok(tool_result(json!({"status": status, "headers": headers, "body": body}), false))
+}
+
+/// The provider's answer, whole, when it is at most `limit` bytes (`mcp_max_response_bytes`:
+/// `call_api` holds it and sends it twice); else why not, saying its size. Refused before reading
+/// when its declared length is larger; never parsed when larger.
+async fn read_capped(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
+    let too_large = |size: String| {
+        format!(
+            "the provider's answer is {size}, larger than call_api passes back ({limit} bytes, \
+             mcp_max_response_bytes): make a narrower request (a smaller page, fewer fields, a filter)"
+        )
+    };
+    if let Some(declared) = response.content_length().filter(|n| *n > limit as u64) {
+        return Err(too_large(format!("{declared} bytes")));
+    }
+    let mut bytes = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) if bytes.len() + chunk.len() > limit => {
+                return Err(too_large(format!("more than {limit} bytes")));
+            }
+            Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
+            Ok(None) => return Ok(bytes),
+            Err(e) => return Err(format!("reading the provider's answer failed: {}", e.without_url())),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -330,6 +330,15 @@ impl Respond for ApiEndpoint {
         if req.url.path() == "/api/big" {
             return ResponseTemplate::new(200).set_body_raw(vec![b'x'; 64 * 1024], "application/octet-stream");
         }
+        if req.url.path() == "/api/big-json" {
+            // 2 MiB of JSON: 2^17 strings of 13 digits, 16 bytes each with their quotes and comma.
+            let mut body = vec![b'['];
+            for i in 0..(1 << 17) {
+                body.extend_from_slice(format!("{}\"{i:013}\"", if i == 0 { "" } else { "," }).as_bytes());
+            }
+            body.push(b']');
+            return ResponseTemplate::new(200).set_body_raw(body, "application/json");
+        }
         let headers: HashMap<String, String> =
             req.headers.iter().map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string())).collect();
         ResponseTemplate::new(201)
@@ -459,6 +468,10 @@ impl Respond for IntrospectEndpoint {
                 "hub_id": account["id"],
                 "user": account["email"],
                 "hub_domain": format!("{}.hubspot.example", account["login"].as_str().unwrap_or("x")),
+                // HubSpot's answer names the token it describes.
+                "token": token,
+                "signed_access_token": {"token": token, "expiresAt": 1},
+                "scopes": [token.clone(), "oauth".to_string()],
             })),
             None => ResponseTemplate::new(200).set_body_json(json!({"active": false})),
         }

@@ -204,3 +204,28 @@ async fn every_api_route_refuses_a_key_without_its_capability() {
         }
     }
 }
+
+/// On a provider whose API acts on a GET (`read_methods_are_safe = false`, Slack's preset) a
+/// `proxy:read` key calls nothing: a GET needs `proxy` too (issue 22). Elsewhere it reads.
+#[tokio::test]
+async fn proxy_read_allows_nothing_on_a_provider_whose_reads_are_not_safe() {
+    let uri = "/api/v1/services/fake/proxy/files";
+    let app = builder().provider("read_methods_are_safe", false).start().await;
+    let alice = app.user("alice").await;
+    alice.connect("fake").await;
+    let reader = key(&alice, "reader", &[("capabilities", "proxy:read")]).await;
+    let writer = key(&alice, "writer", &[("capabilities", "proxy")]).await;
+    let before = app.fake.all_requests().await.len();
+    let (status, body) = get(&app, uri, &reader, "127.0.0.1").await;
+    assert_eq!((status, body["error"].as_str()), (Status::Forbidden, Some("forbidden_scope")), "{body}");
+    assert_eq!(app.fake.all_requests().await.len(), before, "nothing reached the provider");
+    let (status, body) = get(&app, uri, &writer, "127.0.0.1").await;
+    assert!(status.class().is_success(), "{status} {body}");
+
+    let app = builder().start().await;
+    let alice = app.user("alice").await;
+    alice.connect("fake").await;
+    let reader = key(&alice, "reader", &[("capabilities", "proxy:read")]).await;
+    let (status, body) = get(&app, uri, &reader, "127.0.0.1").await;
+    assert!(status.class().is_success(), "read_methods_are_safe defaults to true: {status} {body}");
+}

@@ -300,6 +300,11 @@ async fn hubspot_identifies_the_account_by_introspection() {
     let page = alice.fetch("/services/fake/account").await;
     assert_eq!(page.status, Status::Ok, "{}", page.text);
     assert!(page.text.contains("user3@fake.example"), "{}", page.text);
+    // The introspection answer names the token: shown without it (issue 22).
+    let (access, refresh) = app.stored_tokens("alice", "fake").unwrap();
+    assert!(page.text.contains("hub_domain") && page.text.contains("oauth"), "{}", page.text);
+    assert!(!page.text.contains(&access) && !page.text.contains("signed_access_token"), "{}", page.text);
+    assert!(refresh.is_none_or(|r| !page.text.contains(&r)));
 }
 
 #[tokio::test]

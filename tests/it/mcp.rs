@@ -219,7 +219,10 @@ async fn tools_follow_the_grant_and_call_api_goes_through_the_proxy() {
     let token = mcp_token(&app, &alice, "proxy:read service:fake").await;
     let sid = session(&app, &token).await;
     let tools = rpc(&app, &token, &sid, "tools/list", json!({})).await;
-    assert_eq!(names(&tools), ["call_api", "get_account"]);
+    assert_eq!(names(&tools), ["call_api"], "get_account needs connections:read too");
+    let refused = call(&app, &token, &sid, "get_account", json!({"service": "fake"})).await;
+    assert_eq!(refused["isError"], true, "{refused}");
+    assert_eq!(refused["structuredContent"]["error"], "forbidden_scope", "{refused}");
     assert!(tools["result"]["tools"][0]["inputSchema"]["properties"]["path"].is_object());
     let before = app.fake.all_requests().await.len();
     let got =
@@ -254,6 +257,8 @@ async fn tools_follow_the_grant_and_call_api_goes_through_the_proxy() {
     // proxy:write: a POST with a JSON body goes through.
     let writer = mcp_token(&app, &alice, "proxy:write connections:read service:fake").await;
     let sid = session(&app, &writer).await;
+    let listed = rpc(&app, &writer, &sid, "tools/list", json!({})).await;
+    assert_eq!(names(&listed), ["list_connections", "call_api", "get_account"], "both granted: get_account too");
     let posted = call(
         &app,
         &writer,
@@ -332,6 +337,83 @@ async fn after_the_user_connects_the_same_call_succeeds() {
     let again = call(&app, &token, &sid, "call_api", args).await;
     assert_eq!(again["isError"], false, "{again}");
     assert_eq!(again["structuredContent"]["status"], 201);
+}
+
+/// A `proxy:read` grant calls nothing through `call_api` on a provider whose API acts on a GET
+/// (`read_methods_are_safe = false`), and the consent page says so for that service (issue 22).
+#[tokio::test]
+async fn call_api_under_proxy_read_is_refused_where_reads_are_not_safe() {
+    let app = builder().provider("read_methods_are_safe", false).start().await;
+    let alice = app.user("alice").await;
+    alice.connect("fake").await;
+    let client_id = register(&app, &[REDIRECT]).await;
+    let (_, challenge) = pkce();
+    let page = alice.fetch(&authorize_url(&client_id, REDIRECT, Some(&challenge), &[("scope", "proxy:read")])).await;
+    assert!(page.text.contains(r#"id="grant-service-fake-no-read""#), "{}", page.text);
+    let token = mcp_token(&app, &alice, "proxy:read service:fake").await;
+    let sid = session(&app, &token).await;
+    let before = app.fake.all_requests().await.len();
+    let refused = call(&app, &token, &sid, "call_api", json!({"service": "fake", "path": "files"})).await;
+    assert_eq!(refused["isError"], true, "{refused}");
+    assert_eq!(refused["structuredContent"]["error"], "forbidden_scope", "{refused}");
+    assert_eq!(app.fake.all_requests().await.len(), before, "nothing reached the provider");
+    let writer = mcp_token(&app, &alice, "proxy:write service:fake").await;
+    let sid = session(&app, &writer).await;
+    let got = call(&app, &writer, &sid, "call_api", json!({"service": "fake", "path": "files"})).await;
+    assert_eq!(got["isError"], false, "{got}");
+}
+
+/// `call_api` passes back at most `mcp_max_response_bytes` (1 MiB by default): a 2 MiB answer is
+/// a tool error saying its size and to ask for less, not a 2 MiB JSON value held and sent twice;
+/// a smaller answer still comes back (issue 22).
+#[tokio::test]
+async fn call_api_refuses_an_answer_larger_than_its_own_cap() {
+    let app = builder().start().await;
+    let alice = app.user("alice").await;
+    alice.connect("fake").await;
+    let token = mcp_token(&app, &alice, "proxy:read service:fake").await;
+    let sid = session(&app, &token).await;
+    let big = call(&app, &token, &sid, "call_api", json!({"service": "fake", "path": "big-json"})).await;
+    assert_eq!(big["isError"], true, "a 2 MiB answer");
+    assert_eq!(big["structuredContent"]["error"], "provider_response_too_large", "{big}");
+    let message = big["structuredContent"]["message"].as_str().unwrap();
+    assert!(message.contains("2097153 bytes") && message.contains("1048576"), "{message}");
+    assert!(message.contains("narrower request"), "{message}");
+    assert!(big.to_string().len() < 4096, "the answer is not in the error");
+    let small = call(&app, &token, &sid, "call_api", json!({"service": "fake", "path": "big"})).await;
+    assert_eq!(small["isError"], false, "64 KiB is under the cap");
+    assert_eq!(small["structuredContent"]["body"].as_str().map(str::len), Some(64 * 1024));
+
+    let app = builder().set("mcp_max_response_bytes", 4 * 1024 * 1024).start().await;
+    let alice = app.user("alice").await;
+    alice.connect("fake").await;
+    let token = mcp_token(&app, &alice, "proxy:read service:fake").await;
+    let sid = session(&app, &token).await;
+    let big = call(&app, &token, &sid, "call_api", json!({"service": "fake", "path": "big-json"})).await;
+    assert_eq!(big["isError"], false, "raised cap");
+    assert_eq!(big["structuredContent"]["body"].as_array().map(Vec::len), Some(1 << 17));
+}
+
+/// `call_api` refuses a body with GET or HEAD (invalid params), as the API's GET proxy never
+/// forwards one: a `proxy:read` grant sends no body anywhere (issue 22).
+#[tokio::test]
+async fn call_api_refuses_a_body_with_get_or_head() {
+    let app = builder().start().await;
+    let alice = app.user("alice").await;
+    alice.connect("fake").await;
+    let token = mcp_token(&app, &alice, "proxy:write service:fake").await;
+    let sid = session(&app, &token).await;
+    let before = app.fake.all_requests().await.len();
+    for method in ["GET", "HEAD", "get"] {
+        let args = json!({"service": "fake", "method": method, "path": "files", "body": {"a": 1}});
+        let a = rpc(&app, &token, &sid, "tools/call", json!({"name": "call_api", "arguments": args})).await;
+        assert_eq!(a["error"]["code"], -32602, "{method}: {a}");
+        assert!(a["error"]["message"].as_str().unwrap().contains("body"), "{a}");
+    }
+    assert_eq!(app.fake.all_requests().await.len(), before, "nothing reached the provider");
+    let args = json!({"service": "fake", "method": "GET", "path": "files", "body": null});
+    let ok = call(&app, &token, &sid, "call_api", args).await;
+    assert_eq!(ok["isError"], false, "a null body is no body: {ok}");
 }
 
 /// Initialize with `version` and these client `capabilities`: the session id.

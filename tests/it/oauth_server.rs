@@ -1144,6 +1144,47 @@ async fn an_administrator_sees_and_revokes_any_grant() {
     assert!(r.text.contains(r#"id="oauth-client-error""#));
 }
 
+/// A password change ends the user's grants as it ends sessions and API keys (issue 22): their
+/// access tokens are refused at `/api/v1` and `/mcp`, their refresh tokens at the token endpoint,
+/// and each grant's end is recorded with the reason.
+#[tokio::test]
+async fn a_password_change_ends_every_grant_and_its_tokens() {
+    let app = builder().start().await;
+    let alice = app.user("alice").await;
+    alice.connect("fake").await;
+    let (client_id, tokens) = granted(&app, &alice, "connections:read").await;
+    let access = tokens["access_token"].as_str().unwrap();
+    let refresh_token = tokens["refresh_token"].as_str().unwrap();
+    let mcp = crate::mcp::mcp_token_at(&app, &alice, "connections:read", PUBLIC_URL).await;
+    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let mcp_status = || async {
+        let req = app.client.post("/mcp").header(ContentType::JSON).body(initialize.to_string());
+        let req = req.header(Header::new("Accept", "application/json, text/event-stream"));
+        req.header(Header::new("Authorization", format!("Bearer {mcp}"))).dispatch().await.status()
+    };
+    assert_eq!(api(&app, "GET", "/api/v1/connections", access).await.0, Status::Ok);
+    assert_eq!(mcp_status().await, Status::Ok);
+    let csrf = alice.csrf("/settings/password").await;
+    let new = "a brand new password";
+    let fields = [
+        ("csrf_token", csrf.as_str()),
+        ("current_password", common::PASSWORD),
+        ("new_password", new),
+        ("new_password_confirm", new),
+    ];
+    let r = alice.post_form("/settings/password", &fields).await;
+    assert_eq!(r.status, Status::SeeOther, "{}", r.text);
+    assert_eq!(api(&app, "GET", "/api/v1/connections", access).await.0, Status::Unauthorized);
+    assert_eq!(mcp_status().await, Status::Unauthorized);
+    let (status, body) = refresh(&app, &client_id, refresh_token).await;
+    assert_eq!((status, body["error"].as_str()), (Status::BadRequest, Some("invalid_grant")), "{body}");
+    assert!(alice.fetch("/settings/apps").await.text.contains(r#"id="no-connected-apps""#));
+    let revoked = "SELECT COUNT(*) AS n FROM webhook_events \
+                   WHERE event_type = 'grant.revoked' AND body LIKE '%\"reason\":\"password_changed\"%'";
+    assert_eq!(app.count(revoked), 2, "one grant.revoked per grant, with its reason");
+}
+
 /// An administrator deletes a client on `/admin/oauth-clients` (CSRF-protected): every grant of it
 /// is revoked in the same unit of work, so its tokens are refused at `/api/v1` and `/mcp` at once;
 /// registering and deleting clients are audited (`client.registered`, `client.deleted`, and one

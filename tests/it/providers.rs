@@ -633,4 +633,72 @@ mod page {
         assert!(row(&page, "fake").contains(r#"data-origin="config""#));
         assert!(!page.contains("Renamed"));
     }
+
+    /// Deleting an added provider takes its name off the API keys and grants limited to it, and
+    /// revokes those limited to it alone (recorded with reason `provider_deleted`): a later
+    /// provider of the same name inherits none of them (issue 22). No list is ever emptied into
+    /// NULL, which would mean every service.
+    #[tokio::test]
+    async fn deleting_a_provider_takes_it_off_keys_and_grants_and_revokes_those_left_with_nothing() {
+        use crate::oauth_server::{authorize_url, consent, pkce, register, REDIRECT};
+        let app = common::builder().set("webhook_private_urls", false).start().await;
+        let root = app.user("root").await;
+        let csrf = root.csrf("/admin/providers").await;
+        let fields = [
+            ("csrf_token", csrf.as_str()),
+            ("name", "acme"),
+            ("issuer", ""),
+            ("client_id", common::CLIENT_ID),
+            ("client_secret", common::CLIENT_SECRET),
+            ("settings", &lines(&app.fake.uri(), "")),
+        ];
+        let r = root.post_form("/admin/providers", &fields).await;
+        assert_eq!(r.status, Status::SeeOther, "{}", r.text);
+        app.exec(
+            "INSERT INTO api_keys (user_id, name, prefix, key_hash, created_at, services) VALUES \
+             (1, 'only', 'tvs_a', 'h1', 1, 'acme'), (1, 'two', 'tvs_b', 'h2', 1, 'acme fake'), \
+             (1, 'other', 'tvs_c', 'h3', 1, 'fake'), (1, 'all', 'tvk_d', 'h4', 1, NULL), \
+             (1, 'alike', 'tvs_e', 'h5', 1, 'acmeish')",
+        );
+        let client_id = register(&app, &[REDIRECT]).await;
+        for scope in ["proxy:read service:acme", "proxy:read service:acme service:fake"] {
+            let (_, challenge) = pkce();
+            consent(&root, &authorize_url(&client_id, REDIRECT, Some(&challenge), &[("scope", scope)]), |_| {}).await;
+        }
+        assert_eq!(app.count("SELECT COUNT(*) AS n FROM authz_grants WHERE revoked_at IS NULL"), 2);
+
+        let r = root.post_form("/admin/providers/acme/delete", &[("csrf_token", &csrf), ("version", "1")]).await;
+        assert_eq!(r.status, Status::SeeOther, "{}", r.text);
+        assert_eq!(app.count("SELECT COUNT(*) AS n FROM providers"), 0);
+        let key = |name: &str| {
+            let sql = format!(
+                "SELECT COALESCE(services, '<all>') || CASE WHEN revoked_at IS NULL THEN '' ELSE ' revoked' END AS t \
+                 FROM api_keys WHERE name = '{name}'"
+            );
+            app.text(&sql)
+        };
+        assert_eq!(key("only"), "acme revoked", "left with nothing: revoked, its list kept");
+        assert_eq!(key("two"), "fake");
+        assert_eq!(key("other"), "fake");
+        assert_eq!(key("all"), "<all>", "no list: every service, untouched");
+        assert_eq!(key("alike"), "acmeish", "another name");
+        let grants =
+            "SELECT COALESCE(services, '<all>') || CASE WHEN revoked_at IS NULL THEN '' ELSE ' revoked' END AS t \
+                      FROM authz_grants ORDER BY id";
+        assert_eq!(app.text(grants), "acme revoked");
+        assert_eq!(
+            app.count("SELECT COUNT(*) AS n FROM authz_grants WHERE services = 'fake' AND revoked_at IS NULL"),
+            1
+        );
+        let reason = "detail LIKE '%\"reason\":\"provider_deleted\"%'";
+        assert_eq!(
+            app.count(&format!("SELECT COUNT(*) AS n FROM audit_log WHERE kind = 'api_key.revoked' AND {reason}")),
+            1
+        );
+        assert_eq!(
+            app.count(&format!("SELECT COUNT(*) AS n FROM audit_log WHERE kind = 'grant.revoked' AND {reason}")),
+            1
+        );
+        assert_eq!(app.count("SELECT COUNT(*) AS n FROM webhook_events WHERE event_type = 'grant.revoked'"), 1);
+    }
 }

@@ -100,6 +100,33 @@ pub fn revoke(conn: &mut Conn, user_id: i64, id: i64, now: i64) -> QueryResult<O
     })
 }
 
+/// The live (unrevoked) keys limited to a list of services naming `service` (for deleting a
+/// provider), by id.
+pub fn naming_service(conn: &mut Conn, service: &str) -> QueryResult<Vec<ApiKey>> {
+    let keys: Vec<ApiKey> = crate::on_conn!(conn, conn => {
+        api_keys::table
+            .filter(api_keys::revoked_at.is_null())
+            .filter(api_keys::services.like(format!("%{service}%")))
+            .order(api_keys::id)
+            .select(ApiKey::as_select())
+            .load(conn)
+    })?;
+    Ok(keys
+        .into_iter()
+        .filter(|k| k.services.as_deref().is_some_and(|s| s.split_whitespace().any(|n| n == service)))
+        .collect())
+}
+
+/// Set a live key's list of services (never empty: `None` would mean every service).
+pub fn set_services(conn: &mut Conn, id: i64, services: &str) -> QueryResult<usize> {
+    debug_assert!(!services.trim().is_empty());
+    crate::on_conn!(conn, conn => {
+        diesel::update(api_keys::table.filter(api_keys::id.eq(id)).filter(api_keys::revoked_at.is_null()))
+            .set(api_keys::services.eq(Some(services)))
+            .execute(conn)
+    })
+}
+
 /// Revoke every live key of the user (after a password change), in the caller's unit of work; the
 /// revoked keys' (id, hash), by id.
 pub fn revoke_all_for_user(conn: &mut Conn, user_id: i64, now: i64) -> QueryResult<Vec<(i64, String)>> {

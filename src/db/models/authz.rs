@@ -350,6 +350,32 @@ pub fn revoke_grant(conn: &mut Conn, id: i64, user_id: Option<i64>, now: i64) ->
     })
 }
 
+/// The unrevoked grants limited to a list of services naming `service` (for deleting a
+/// provider), by id, with their clients.
+pub fn grants_naming_service(conn: &mut Conn, service: &str) -> QueryResult<Vec<(Grant, Client)>> {
+    let grants: Vec<(Grant, Client)> = crate::on_conn!(conn, conn => {
+        authz_grants::table
+            .inner_join(authz_clients::table)
+            .filter(authz_grants::revoked_at.is_null())
+            .filter(authz_grants::services.like(format!("%{service}%")))
+            .order(authz_grants::id)
+            .select((Grant::as_select(), Client::as_select()))
+            .load(conn)
+    })?;
+    let names = |g: &Grant| g.services.as_deref().is_some_and(|s| s.split_whitespace().any(|n| n == service));
+    Ok(grants.into_iter().filter(|(g, _)| names(g)).collect())
+}
+
+/// Set an unrevoked grant's list of services (never empty: `None` would mean every service).
+pub fn set_grant_services(conn: &mut Conn, id: i64, services: &str) -> QueryResult<usize> {
+    debug_assert!(!services.trim().is_empty());
+    crate::on_conn!(conn, conn => {
+        diesel::update(authz_grants::table.filter(authz_grants::id.eq(id)).filter(authz_grants::revoked_at.is_null()))
+            .set(authz_grants::services.eq(Some(services)))
+            .execute(conn)
+    })
+}
+
 /// Record a use of a grant and the client's address, at most once a minute.
 pub fn touch_grant(conn: &mut Conn, id: i64, now: i64, ip: Option<&str>) -> QueryResult<usize> {
     crate::on_conn!(conn, conn => {
