@@ -444,7 +444,6 @@ pub fn find_token(conn: &mut Conn, token_hash: &str, kind: TokenKind) -> QueryRe
     })
 }
 
-/// Mark a refresh token rotated, once: whether this call did it.
 /// Hold the token with this hash for the rest of the transaction, so that concurrent uses of it
 /// run one after the other and each reads what the one before committed — the same answers on
 /// both backends: PostgreSQL locks its row (`SELECT … FOR UPDATE`), SQLite takes its write lock
@@ -486,6 +485,7 @@ fn sqlite_write_lock(c: &mut diesel::sqlite::SqliteConnection) -> QueryResult<()
     diesel::sql_query("UPDATE authz_tokens SET id = id WHERE 0").execute(c).map(drop)
 }
 
+/// Mark a refresh token rotated, once: whether this call did it.
 pub fn rotate_token(conn: &mut Conn, id: i64, now: i64) -> QueryResult<bool> {
     crate::on_conn!(conn, conn => {
         diesel::update(authz_tokens::table.filter(authz_tokens::id.eq(id)).filter(authz_tokens::rotated_at.is_null()))
